@@ -1,0 +1,1 @@
+"""The certificate authority: keys, issuance, serials and the certificate inventory."""

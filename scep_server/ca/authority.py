@@ -1,0 +1,172 @@
+"""The issuing CA and its SCEP RA: creation on first start, loading, and certificate issuance."""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from .keys import FileKey, KeyOps
+from .policy import IssuancePolicy
+
+
+def random_serial() -> int:
+    """A positive serial with 127 random bits (RFC 5280 §4.1.2.2: at most 20 octets; CA/B: >= 64 bits)."""
+    return int.from_bytes(secrets.token_bytes(16), "big") >> 1 or 1
+
+
+def parse_name(text: str) -> x509.Name:
+    """An RFC 4514 string, e.g. "CN=Device Trust CA,O=Example"."""
+    return x509.Name.from_rfc4514_string(text)
+
+
+def cdp_url(base_url: str, ca_name: str) -> str:
+    return f"{base_url}/crl/{ca_name}.crl"
+
+
+def aia_url(base_url: str, ca_name: str) -> str:
+    return f"{base_url}/ca/{ca_name}.crt"
+
+
+@dataclass
+class CertificateAuthority:
+    """An issuing CA with a separate RSA RA certificate that decrypts and signs SCEP messages."""
+
+    name: str
+    cert: x509.Certificate
+    key: KeyOps
+    ra_cert: x509.Certificate
+    ra_key: KeyOps
+    base_url: str
+    next_ca_certs: list[x509.Certificate] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        enc = serialization.Encoding.DER
+        self.cert_der = self.cert.public_bytes(enc)
+        self.ra_cert_der = self.ra_cert.public_bytes(enc)
+        self.next_ca_ders = [c.public_bytes(enc) for c in self.next_ca_certs]
+        self.ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(self.ski)
+        self._cdp = x509.CRLDistributionPoints([x509.DistributionPoint(
+            full_name=[x509.UniformResourceIdentifier(cdp_url(self.base_url, self.name))],
+            relative_name=None, reasons=None, crl_issuer=None)])
+        self._aia = x509.AuthorityInformationAccess([x509.AccessDescription(
+            x509.oid.AuthorityInformationAccessOID.CA_ISSUERS,
+            x509.UniformResourceIdentifier(aia_url(self.base_url, self.name)))])
+        self.fingerprint_sha256 = hashlib.sha256(self.cert_der).hexdigest()
+
+    @property
+    def subject(self) -> x509.Name:
+        return self.cert.subject
+
+    def issued_by_us(self, cert: x509.Certificate) -> bool:
+        """True if `cert` carries a valid signature by this CA's key."""
+        if cert.issuer != self.cert.subject:
+            return False
+        try:
+            cert.verify_directly_issued_by(self.cert)
+        except (ValueError, TypeError, Exception):  # InvalidSignature, unsupported algorithms
+            return False
+        return True
+
+    def issue(self, csr: x509.CertificateSigningRequest, policy: IssuancePolicy, *, serial: int,
+              now: datetime) -> x509.Certificate:
+        """Sign a certificate for `csr` under `policy` (subject and SANs already vetted by the policy)."""
+        subject, sans = policy.subject_and_sans(csr)
+        not_before = now - timedelta(minutes=5)  # tolerate device clock skew
+        not_after = min(now + timedelta(days=policy.validity_days), self.cert.not_valid_after_utc)
+        b = (x509.CertificateBuilder()
+             .subject_name(subject)
+             .issuer_name(self.cert.subject)
+             .public_key(csr.public_key())
+             .serial_number(serial)
+             .not_valid_before(not_before)
+             .not_valid_after(not_after)
+             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+             .add_extension(policy.key_usage(), critical=True)
+             .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False)
+             .add_extension(self._aki, critical=False)
+             .add_extension(self._cdp, critical=False)
+             .add_extension(self._aia, critical=False))
+        eku = policy.extended_key_usage()
+        if eku is not None:
+            b = b.add_extension(eku, critical=False)
+        if sans:
+            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=not list(subject))
+        return self.key.sign_certificate(b, hashes.SHA256())
+
+
+# ---------------------------------------------------------------------------------------------
+# Creation and loading of CA material in the data directory: ca.crt, ca.key (encrypted), ra.crt, ra.key
+
+
+def _ca_extensions(b: x509.CertificateBuilder, pub) -> x509.CertificateBuilder:
+    ski = x509.SubjectKeyIdentifier.from_public_key(pub)
+    return (b.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(ski, critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False))
+
+
+def create_ca(directory: Path, *, name: str, subject: str, ra_subject: str, key_size: int, validity_days: int,
+              ra_validity_days: int, passphrase: bytes, base_url: str, now: datetime) -> CertificateAuthority:
+    """Create a self-signed issuing CA and its RA certificate, and write them to `directory`."""
+    ca_key = FileKey.generate(key_size)
+    ca_name = parse_name(subject)
+    ca_cert = ca_key.sign_certificate(_ca_extensions(
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(random_serial()).not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=validity_days)), ca_key.public_key()), hashes.SHA256())
+    ra_key = FileKey.generate(2048)
+    ra_cert = issue_ra_cert(ca_cert, ca_key, ra_key.public_key(), subject=ra_subject, validity_days=ra_validity_days,
+                            base_url=base_url, ca_name=name, now=now)
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key.save(directory / "ca.key", passphrase)
+    ra_key.save(directory / "ra.key", passphrase)
+    (directory / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "ra.crt").write_bytes(ra_cert.public_bytes(serialization.Encoding.PEM))
+    return CertificateAuthority(name=name, cert=ca_cert, key=ca_key, ra_cert=ra_cert, ra_key=ra_key, base_url=base_url)
+
+
+def issue_ra_cert(ca_cert: x509.Certificate, ca_key: KeyOps, ra_pub: rsa.RSAPublicKey, *, subject: str,
+                  validity_days: int, base_url: str, ca_name: str, now: datetime) -> x509.Certificate:
+    """The RA certificate (RFC 8894 §2.1.2): digitalSignature + keyEncipherment, RSA."""
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    b = (x509.CertificateBuilder().subject_name(parse_name(subject)).issuer_name(ca_cert.subject)
+         .public_key(ra_pub).serial_number(random_serial())
+         .not_valid_before(now - timedelta(minutes=5))
+         .not_valid_after(min(now + timedelta(days=validity_days), ca_cert.not_valid_after_utc))
+         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+         .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
+                                      data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                      crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ra_pub), critical=False)
+         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+         .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+             full_name=[x509.UniformResourceIdentifier(cdp_url(base_url, ca_name))], relative_name=None,
+             reasons=None, crl_issuer=None)]), critical=False)
+         .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
+             x509.oid.AuthorityInformationAccessOID.CA_ISSUERS,
+             x509.UniformResourceIdentifier(aia_url(base_url, ca_name)))]), critical=False))
+    return ca_key.sign_certificate(b, hashes.SHA256())
+
+
+def load_ca(directory: Path, *, name: str, passphrase: bytes, base_url: str) -> CertificateAuthority:
+    """Load CA material written by create_ca (plus an optional next CA for GetNextCACert: next-ca.crt)."""
+    def cert(fname: str) -> x509.Certificate:
+        return x509.load_pem_x509_certificate((directory / fname).read_bytes())
+
+    next_path = directory / "next-ca.crt"
+    next_certs = x509.load_pem_x509_certificates(next_path.read_bytes()) if next_path.exists() else []
+    return CertificateAuthority(
+        name=name, cert=cert("ca.crt"), key=FileKey.load(directory / "ca.key", passphrase),
+        ra_cert=cert("ra.crt"), ra_key=FileKey.load(directory / "ra.key", passphrase), base_url=base_url,
+        next_ca_certs=next_certs)
+

@@ -1,0 +1,194 @@
+"""The certificate inventory: every certificate the CA issued and its revocation state.
+
+Status values: ``valid``, ``hold`` (certificateHold: reversible), ``revoked`` (final).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from enum import IntEnum
+
+import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ..store.tables import cas, certificates
+
+
+class Reason(IntEnum):
+    """RFC 5280 §5.3.1 CRLReason values."""
+
+    UNSPECIFIED = 0
+    KEY_COMPROMISE = 1
+    CA_COMPROMISE = 2
+    AFFILIATION_CHANGED = 3
+    SUPERSEDED = 4
+    CESSATION_OF_OPERATION = 5
+    CERTIFICATE_HOLD = 6
+    REMOVE_FROM_CRL = 8
+    PRIVILEGE_WITHDRAWN = 9
+    AA_COMPROMISE = 10
+
+
+class InventoryError(Exception):
+    """A status change the inventory refuses (unknown serial, or a revoked certificate)."""
+
+
+@dataclass(frozen=True)
+class CertRecord:
+    serial: str
+    ca: str
+    profile: str | None
+    subject: str
+    sans: list[str]
+    not_before: datetime
+    not_after: datetime
+    status: str
+    revocation_reason: int | None
+    revoked_at: datetime | None
+    invalidity_date: datetime | None
+    transaction_id: str | None
+    fingerprint_sha256: str
+    public_key_sha256: str
+    der: bytes
+    issued_at: datetime
+    first_used_at: datetime | None
+
+    @property
+    def serial_int(self) -> int:
+        return int(self.serial, 16)
+
+
+def serial_hex(serial: int) -> str:
+    return format(serial, "x")
+
+
+def _record(row) -> CertRecord:
+    m = row._mapping
+    return CertRecord(
+        serial=m["serial"], ca=m["ca"], profile=m["profile"], subject=m["subject"], sans=json.loads(m["sans"]),
+        not_before=_aware(m["not_before"]), not_after=_aware(m["not_after"]), status=m["status"],
+        revocation_reason=m["revocation_reason"], revoked_at=_aware(m["revoked_at"]),
+        invalidity_date=_aware(m["invalidity_date"]), transaction_id=m["transaction_id"],
+        fingerprint_sha256=m["fingerprint_sha256"], public_key_sha256=m["public_key_sha256"], der=m["der"],
+        issued_at=_aware(m["issued_at"]), first_used_at=_aware(m["first_used_at"]),
+    )
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    if value is not None and value.tzinfo is None:
+        from datetime import timezone
+
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+async def get(conn: AsyncConnection, serial: str) -> CertRecord | None:
+    row = (await conn.execute(sa.select(certificates).where(certificates.c.serial == serial))).first()
+    return _record(row) if row else None
+
+
+async def get_by_fingerprint(conn: AsyncConnection, fingerprint_sha256: str) -> CertRecord | None:
+    row = (await conn.execute(
+        sa.select(certificates).where(certificates.c.fingerprint_sha256 == fingerprint_sha256))).first()
+    return _record(row) if row else None
+
+
+async def list_certs(conn: AsyncConnection, *, status: str | None = None, profile: str | None = None,
+                     limit: int = 1000) -> list[CertRecord]:
+    q = sa.select(certificates).order_by(certificates.c.issued_at.desc()).limit(limit)
+    if status:
+        q = q.where(certificates.c.status == status)
+    if profile:
+        q = q.where(certificates.c.profile == profile)
+    return [_record(r) for r in (await conn.execute(q))]
+
+
+async def set_status(conn: AsyncConnection, serial: str, status: str, *, at: datetime,
+                     reason: int | None = None, invalidity_date: datetime | None = None) -> CertRecord:
+    """Move a certificate to valid/hold/revoked; a revoked certificate never changes again.
+
+    Returns the record after the change. Raises InventoryError for an unknown serial or a
+    change away from ``revoked``.
+    """
+    if status not in ("valid", "hold", "revoked"):
+        raise ValueError(f"unknown status {status!r}")
+    if status == "hold":
+        reason = int(Reason.CERTIFICATE_HOLD)
+    values: dict = {"status": status, "updated_at": at}
+    if status == "valid":
+        values.update(revocation_reason=None, revoked_at=None, invalidity_date=None)
+    else:
+        values.update(revocation_reason=None if reason in (None, 0) else int(reason), revoked_at=at,
+                      invalidity_date=invalidity_date)
+    res = await conn.execute(
+        certificates.update()
+        .where(certificates.c.serial == serial, certificates.c.status != "revoked")
+        .values(**values)
+    )
+    if res.rowcount != 1:
+        current = await get(conn, serial)
+        if current is None:
+            raise InventoryError(f"no certificate with serial {serial}")
+        raise InventoryError(f"certificate {serial} is revoked for good and cannot change")
+    record = await get(conn, serial)
+    assert record is not None
+    return record
+
+
+async def mark_used(conn: AsyncConnection, serial: str, at: datetime) -> None:
+    """Record the first successful management attestation (read by the day-91 rule)."""
+    await conn.execute(certificates.update()
+                       .where(certificates.c.serial == serial, certificates.c.first_used_at.is_(None))
+                       .values(first_used_at=at))
+
+
+async def revoked_entries(conn: AsyncConnection, ca: str, *, now: datetime):
+    """Rows for the CRL: (serial int, revoked_at, reason, invalidity_date) of held/revoked, unexpired certs."""
+    q = (sa.select(certificates.c.serial, certificates.c.revoked_at, certificates.c.revocation_reason,
+                   certificates.c.invalidity_date)
+         .where(certificates.c.ca == ca, certificates.c.status.in_(("hold", "revoked")),
+                certificates.c.not_after > now))
+    return [(int(r.serial, 16), _aware(r.revoked_at), r.revocation_reason, _aware(r.invalidity_date))
+            for r in (await conn.execute(q))]
+
+
+def public_key_sha256(pub) -> str:
+    """SHA-256 of the DER SubjectPublicKeyInfo: identifies a key across CSR, signer and certificate."""
+    return hashlib.sha256(pub.public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
+
+
+_SAN_KINDS = {x509.DNSName: "dns", x509.RFC822Name: "email", x509.UniformResourceIdentifier: "uri",
+              x509.IPAddress: "ip"}
+
+
+def san_strings(cert: x509.Certificate) -> list[str]:
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [f"{_SAN_KINDS.get(type(n), type(n).__name__)}:{n.value}" for n in names]
+
+
+def certificate_row(cert: x509.Certificate, der: bytes, ca: str, profile: str | None, txid: str | None,
+                    pub_sha: str, now: datetime) -> dict:
+    """The inventory row of a newly issued certificate."""
+    return dict(serial=serial_hex(cert.serial_number), ca=ca, profile=profile,
+                subject=cert.subject.rfc4514_string(), sans=json.dumps(san_strings(cert)),
+                not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc, status="valid",
+                transaction_id=txid, fingerprint_sha256=hashlib.sha256(der).hexdigest(), public_key_sha256=pub_sha,
+                der=der, issued_at=now, updated_at=now)
+
+
+async def register_ca(conn: AsyncConnection, ca, now: datetime, *, kind: str = "issuing") -> None:
+    """Record a CA (issuing, or a customer's external CA) once."""
+    exists = (await conn.execute(sa.select(cas.c.name).where(cas.c.name == ca.name))).first()
+    if exists is None:
+        await conn.execute(cas.insert().values(
+            name=ca.name, kind=kind, subject=ca.cert.subject.rfc4514_string(), cert_der=ca.cert_der,
+            ski_hex=ca.ski.digest.hex(), fingerprint_sha256=ca.fingerprint_sha256, created_at=now))

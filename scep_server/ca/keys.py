@@ -1,0 +1,107 @@
+"""CA and RA private keys behind an interface that signs and decrypts raw bytes.
+
+A file key is the default; an HSM (PKCS#11) key can implement the same interface later.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+
+class KeyOps(Protocol):
+    """What the CA needs from a private key."""
+
+    def public_key(self) -> rsa.RSAPublicKey: ...
+
+    def sign(self, data: bytes, digest: hashes.HashAlgorithm) -> bytes:
+        """RSA PKCS#1 v1.5 signature over `data` (hashed with `digest` by the key holder)."""
+
+    def decrypt(self, ciphertext: bytes, scheme: str) -> bytes:
+        """RSA key transport: `scheme` is "pkcs1v15" or "oaep-<hash>" (e.g. "oaep-sha1")."""
+
+    def sign_certificate(self, builder: x509.CertificateBuilder, digest: hashes.HashAlgorithm) -> x509.Certificate:
+        """Sign a certificate template."""
+
+
+_OAEP_HASHES = {"sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256, "sha384": hashes.SHA384,
+                "sha512": hashes.SHA512}
+
+
+def rsa_decrypt(key: rsa.RSAPrivateKey, ciphertext: bytes, scheme: str) -> bytes:
+    if scheme == "pkcs1v15":
+        return key.decrypt(ciphertext, padding.PKCS1v15())
+    if scheme.startswith("oaep-") and scheme[5:] in _OAEP_HASHES:
+        h = _OAEP_HASHES[scheme[5:]]()
+        return key.decrypt(ciphertext, padding.OAEP(mgf=padding.MGF1(h), algorithm=h, label=None))
+    raise ValueError(f"unsupported key transport scheme {scheme!r}")
+
+
+class FileKey:
+    """An RSA key held in process memory, loaded from an encrypted PEM file."""
+
+    def __init__(self, key: rsa.RSAPrivateKey):
+        self._key = key
+        self._pub = key.public_key()
+
+    @classmethod
+    def generate(cls, bits: int) -> "FileKey":
+        return cls(rsa.generate_private_key(public_exponent=65537, key_size=bits))
+
+    @classmethod
+    def load(cls, path: Path, passphrase: bytes) -> "FileKey":
+        key = serialization.load_pem_private_key(path.read_bytes(), password=passphrase)
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError(f"{path}: only RSA keys are supported for the CA and RA")
+        return cls(key)
+
+    def save(self, path: Path, passphrase: bytes) -> None:
+        pem = self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.BestAvailableEncryption(passphrase))
+        _write_private(path, pem)
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        return self._pub
+
+    def sign(self, data: bytes, digest: hashes.HashAlgorithm) -> bytes:
+        return self._key.sign(data, padding.PKCS1v15(), digest)
+
+    def decrypt(self, ciphertext: bytes, scheme: str) -> bytes:
+        return rsa_decrypt(self._key, ciphertext, scheme)
+
+    def sign_certificate(self, builder: x509.CertificateBuilder, digest: hashes.HashAlgorithm) -> x509.Certificate:
+        return builder.sign(self._key, digest)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def load_or_create_passphrase(env_name: str, path: Path) -> bytes:
+    """The key passphrase: from the environment if set, else from `path` (created, mode 0600, if absent)."""
+    value = os.environ.get(env_name)
+    if value:
+        return value.encode()
+    if path.exists():
+        data = path.read_bytes().strip()
+        if not data:
+            raise ValueError(f"{path} is empty")
+        return data
+    data = secrets.token_urlsafe(32).encode()
+    _write_private(path, data + b"\n")
+    return data
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write a secret file readable by the owner only (atomic replace)."""
+    _write_private(path, data)

@@ -1,0 +1,254 @@
+"""The `scep-server` command line. Exit codes: 0 done, 1 the operation failed, 2 usage error."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .clock import utcnow
+from .config import ConfigError, Settings, load_settings
+
+
+class Context:
+    """Settings shared by every command; services are opened per command."""
+
+    def __init__(self, config: str | None, data_dir: str | None):
+        self.config = config
+        self.data_dir = data_dir
+        self._settings: Settings | None = None
+
+    def settings(self, **overrides: Any) -> Settings:
+        if self._settings is None or overrides:
+            try:
+                extra = {"data_dir": self.data_dir} if self.data_dir else {}
+                self._settings = load_settings(self.config, **extra, **overrides)
+            except ConfigError as exc:
+                raise click.ClickException(str(exc)) from None
+        return self._settings
+
+    @contextlib.asynccontextmanager
+    async def runtime(self):
+        from .runtime import open_runtime
+
+        try:
+            async with open_runtime(self.settings()) as rt:
+                yield rt
+        except FileNotFoundError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group()
+@click.option("--config", "-c", type=click.Path(dir_okay=False), envvar="SCEP_SERVER_CONFIG",
+              help="TOML configuration file (env: SCEP_SERVER_CONFIG).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (default ./data).")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, data_dir: str | None) -> None:
+    """Device-trust server: SCEP CA, CRLs, device binding, YubiKey OTP."""
+    ctx.obj = Context(config, data_dir)
+
+
+@main.command()
+@click.option("--listen", help="HOST:PORT (default 127.0.0.1:8080).")
+@click.option("--workers", type=click.IntRange(1, 64), help="Worker processes (default 1).")
+@pass_ctx
+def serve(ctx: Context, listen: str | None, workers: int | None) -> None:
+    """Run the server (creates the data directory, database, CA and a default profile on first start)."""
+    from .logs import configure
+    from .runtime import initialise
+    from .serve import serve as run_server
+
+    server: dict[str, Any] = {}
+    if listen:
+        server["listen"] = listen
+    if workers:
+        server["workers"] = workers
+    settings = ctx.settings(server=server) if server else ctx.settings()
+    configure(settings.log.level, settings.log.format)
+    for line in run(initialise(settings)):
+        click.echo(line)
+    sys.exit(run_server(settings, announce=click.echo))
+
+
+@main.command()
+@pass_ctx
+def init(ctx: Context) -> None:
+    """Create the data directory, database schema, CA and default profile if missing."""
+    from .runtime import initialise
+
+    report = run(initialise(ctx.settings()))
+    for line in report or ["already initialised"]:
+        click.echo(line)
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@pass_ctx
+def db_upgrade(ctx: Context) -> None:
+    """Apply all schema migrations."""
+    from .store.migrate import upgrade_url
+
+    upgrade_url(ctx.settings().database_url())
+    click.echo("database schema is up to date")
+
+
+# ---------------------------------------------------------------- profiles
+
+
+@main.group()
+def profile() -> None:
+    """SCEP profiles (one endpoint each)."""
+
+
+@profile.command("add")
+@click.argument("name")
+@click.option("--challenge", "kind", type=click.Choice(["static", "dynamic", "delegated"]), default="static",
+              show_default=True)
+@click.option("--secret", help="Static challenge (default: a random one, printed once).")
+@click.option("--validity-days", type=click.IntRange(1, 3650))
+@click.option("--require-approval", is_flag=True, help="Enrolments wait for `enrolment approve`.")
+@click.option("--settings-json", help="Full profile settings as JSON (see README).")
+@pass_ctx
+def profile_add(ctx: Context, name: str, kind: str, secret: str | None, validity_days: int | None,
+                require_approval: bool, settings_json: str | None) -> None:
+    """Create a profile; a static profile's secret is printed once."""
+    from pydantic import ValidationError
+
+    from .profiles import ProfileError, ProfileSettings, new_static_secret
+
+    try:
+        settings = ProfileSettings.model_validate_json(settings_json) if settings_json else ProfileSettings()
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid --settings-json: {exc}") from None
+    if validity_days:
+        settings.template.validity_days = validity_days
+    if require_approval:
+        settings.require_approval = True
+    if kind == "static" and not secret:
+        secret = new_static_secret()
+
+    async def go():
+        async with ctx.runtime() as rt:
+            ca = next(iter(rt.cas))
+            return await rt.profiles.create(name, ca=ca, challenge_kind=kind, static_secret=secret if kind == "static"
+                                            else None, settings=settings, now=utcnow())
+
+    try:
+        run(go())
+    except ProfileError as exc:
+        raise click.ClickException(str(exc)) from None
+    base = ctx.settings().server.public_base_url()
+    click.echo(f"profile {name!r} created: {base}/scep/{name}")
+    if kind == "static":
+        click.echo(f"challenge: {secret}")
+
+
+@profile.command("list")
+@pass_ctx
+def profile_list(ctx: Context) -> None:
+    """List profiles."""
+    async def go():
+        async with ctx.runtime() as rt:
+            return await rt.profiles.list()
+
+    for p in run(go()):
+        click.echo(f"{p.name}\t{p.challenge_kind}\tca={p.ca}\tvalidity={p.settings.template.validity_days}d"
+                   f"{'	approval' if p.settings.require_approval else ''}")
+
+
+@profile.command("show")
+@click.argument("name")
+@pass_ctx
+def profile_show(ctx: Context, name: str) -> None:
+    """Show one profile (no secrets) as JSON."""
+    from .profiles import UnknownProfile, describe
+
+    async def go():
+        async with ctx.runtime() as rt:
+            return await rt.profiles.get(name)
+
+    try:
+        p = run(go())
+    except UnknownProfile as exc:
+        raise click.ClickException(str(exc)) from None
+    view = describe(p)
+    view["url"] = f"{ctx.settings().server.public_base_url()}/scep/{name}"
+    click.echo(json.dumps(view, indent=2))
+
+
+# ---------------------------------------------------------------- certificates
+
+
+@main.group()
+def cert() -> None:
+    """Issued certificates."""
+
+
+@cert.command("list")
+@click.option("--status", type=click.Choice(["valid", "hold", "revoked"]))
+@click.option("--profile")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@pass_ctx
+def cert_list(ctx: Context, status: str | None, profile: str | None, fmt: str) -> None:
+    """The certificate inventory, newest first."""
+    from .ca import inventory
+
+    async def go():
+        async with ctx.runtime() as rt:
+            async with rt.engine.connect() as conn:
+                return await inventory.list_certs(conn, status=status, profile=profile)
+
+    rows = run(go())
+    if fmt == "json":
+        click.echo(json.dumps([{
+            "serial": r.serial, "subject": r.subject, "sans": r.sans, "profile": r.profile, "status": r.status,
+            "not_before": r.not_before.isoformat(), "not_after": r.not_after.isoformat(),
+            "transaction_id": r.transaction_id, "fingerprint_sha256": r.fingerprint_sha256,
+            "revocation_reason": r.revocation_reason} for r in rows], indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r.serial}\t{r.status}\t{r.profile}\t{r.not_after:%Y-%m-%d}\t{r.subject}")
+
+
+# ---------------------------------------------------------------- tokens
+
+
+@main.group()
+def token() -> None:
+    """Bearer tokens for the REST API."""
+
+
+@token.command("create")
+@click.option("--scope", type=click.Choice(["admin", "signin"]), required=True)
+@click.option("--name", default="", help="What the token is for.")
+@pass_ctx
+def token_create(ctx: Context, scope: str, name: str) -> None:
+    """Create a token; it is printed once."""
+    async def go():
+        async with ctx.runtime() as rt:
+            return await rt.tokens.create(scope=scope, name=name, now=utcnow())
+
+    token_id, secret = run(go())
+    click.echo(f"id: {token_id}")
+    click.echo(f"token: {secret}")
+
+
+
+
+if __name__ == "__main__":  # python -m scep_server.cli
+    main()

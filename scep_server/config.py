@@ -1,0 +1,141 @@
+"""Configuration: a TOML file with environment overrides, validated at start.
+
+Environment variables override the file: ``SCEP_SERVER_<SECTION>__<KEY>``, e.g.
+``SCEP_SERVER_DATABASE__URL=postgresql://...``; top-level keys: ``SCEP_SERVER_DATA_DIR``.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key."""
+
+
+class ServerSettings(BaseModel):
+    listen: str = "127.0.0.1:8080"
+    workers: int = Field(1, ge=1, le=64)
+    # Public base URL written into certificates (CRL Distribution Points, AIA caIssuers). Default: http://<listen>
+    base_url: str | None = None
+    max_body_bytes: int = Field(256 * 1024, ge=4096)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080")
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    def public_base_url(self) -> str:
+        return (self.base_url or f"http://{self.listen}").rstrip("/")
+
+
+class DatabaseSettings(BaseModel):
+    # Default: sqlite in the data directory
+    url: str | None = None
+    # SQLite PRAGMA synchronous: FULL survives power loss (an accepted OTP stays accepted)
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
+    pool_size: int = Field(10, ge=1, le=200)
+
+
+class CASettings(BaseModel):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    subject: str = "CN=Device Trust Issuing CA,O=Device Trust"
+    key_size: int = Field(3072, ge=2048, le=8192)
+    validity_days: int = Field(3650, ge=1)
+    ra_subject: str = "CN=Device Trust SCEP RA,O=Device Trust"
+    ra_validity_days: int = Field(730, ge=1)
+    # The CA and RA keys are encrypted at rest with this passphrase: read from the environment
+    # variable named here, else from passphrase_file (created with a random passphrase on first start).
+    passphrase_env: str = "SCEP_CA_PASSPHRASE"
+    passphrase_file: str | None = None
+
+
+class LogSettings(BaseModel):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class Settings(BaseSettings):
+    """Everything the server and the CLI read; one file for both."""
+
+    model_config = SettingsConfigDict(env_prefix="SCEP_SERVER_", env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Path("data")
+    server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    ca: CASettings = CASettings()
+    log: LogSettings = LogSettings()
+    # Sections owned by the crl and otp packages (validated by their own models)
+    crl: dict[str, Any] = {}
+    otp: dict[str, Any] = {}
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)
+
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite+aiosqlite:///{(self.data_dir / 'scep.db').resolve()}"
+
+    def passphrase_path(self) -> Path:
+        return Path(self.ca.passphrase_file) if self.ca.passphrase_file else self.data_dir / "ca" / "passphrase"
+
+    def ca_dir(self, name: str | None = None) -> Path:
+        return self.data_dir / "ca" / (name or self.ca.name)
+
+
+def _format_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"{key}: {err['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_settings(config_file: str | os.PathLike | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file (if any), apply environment variables, then explicit overrides (CLI flags)."""
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+    data = _deep_merge(data, {k: v for k, v in overrides.items() if v is not None})
+    try:
+        # The file is the lowest layer: environment variables must win over it, so the file goes
+        # through a temporary env-free model first, then env settings are applied on top.
+        from_file = Settings.model_validate(data) if data else None
+        env_only = Settings()
+        merged = _deep_merge(from_file.model_dump(exclude_unset=True) if from_file else {},
+                             env_only.model_dump(exclude_unset=True))
+        merged = _deep_merge(merged, {k: v for k, v in overrides.items() if v is not None})
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None

@@ -1,0 +1,95 @@
+"""Running the server: one process, or N worker processes sharing one listening socket."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+
+from aiohttp import web
+
+from .app import create_app
+from .config import Settings
+from .logs import configure
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _run_worker(settings: Settings, sock: socket.socket) -> None:
+    configure(settings.log.level, settings.log.format)
+    app = create_app(settings)
+    web.run_app(app, sock=sock, print=None, handle_signals=True, access_log=None)
+
+
+def serve(settings: Settings, *, announce=print) -> int:
+    """Serve until SIGINT/SIGTERM. With workers > 1, fork workers over a pre-bound socket and supervise them."""
+    sock = bind(settings.server.host, settings.server.port)
+    host, port = sock.getsockname()[:2]
+    announce(f"listening on http://{host}:{port} with {settings.server.workers} worker(s)")
+    sys.stdout.flush()
+    if settings.server.workers == 1:
+        _run_worker(settings, sock)
+        return 0
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            try:
+                _run_worker(settings, sock)
+            finally:
+                os._exit(0)
+        children[pid] = slot
+
+    def stop(signum, _frame) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for slot in range(settings.server.workers):
+        spawn(slot)
+    restarts: list[float] = []
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        slot = children.pop(pid, None)
+        if slot is None or stopping:
+            continue
+        # A worker died unexpectedly: restart it, unless workers keep dying (then give up).
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < 60] + [now]
+        if len(restarts) > 10:
+            announce("workers keep exiting; stopping")
+            stop(signal.SIGTERM, None)
+            continue
+        spawn(slot)
+    sock.close()
+    return 0
+
+
+def run_async(coro):
+    """Run a coroutine from the CLI."""
+    return asyncio.run(coro)

@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy Core tables, the engine factory and migrations."""

@@ -1,0 +1,69 @@
+"""Engine factory for the embedded SQLite default and PostgreSQL."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+
+def normalise_url(url: str) -> str:
+    """Accept plain `sqlite:///` and `postgresql://` URLs and pick the async drivers."""
+    u = make_url(url)
+    if u.drivername in ("sqlite", "sqlite+pysqlite"):
+        u = u.set(drivername="sqlite+aiosqlite")
+    elif u.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+        u = u.set(drivername="postgresql+asyncpg")
+    return u.render_as_string(hide_password=False)
+
+
+def is_sqlite(engine_or_url) -> bool:
+    name = engine_or_url.dialect.name if hasattr(engine_or_url, "dialect") else make_url(str(engine_or_url)).get_backend_name()
+    return name == "sqlite"
+
+
+def create_engine(url: str, *, pool_size: int = 10, sqlite_synchronous: str = "FULL") -> AsyncEngine:
+    """An AsyncEngine; SQLite gets WAL, a busy timeout and enforced foreign keys."""
+    url = normalise_url(url)
+    if make_url(url).get_backend_name() == "sqlite":
+        db = make_url(url).database
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        sync = sqlite_synchronous.upper()
+        if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"database.sqlite_synchronous: unknown value {sqlite_synchronous!r}")
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # pragma: no cover - exercised by every SQLite test
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={sync}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        # The driver's own transaction handling is switched off so that we emit BEGIN ourselves:
+        # a write transaction must start with BEGIN IMMEDIATE, or two processes that both read
+        # first and then write get SQLITE_BUSY at once (no busy wait for a lock upgrade in WAL).
+        @event.listens_for(engine.sync_engine, "connect")
+        def _no_autobegin(dbapi_conn, _record):  # pragma: no cover
+            dbapi_conn.isolation_level = None
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn):  # pragma: no cover
+            conn.exec_driver_sql("BEGIN " + conn.get_execution_options().get("sqlite_begin", "DEFERRED"))
+
+        return engine
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False)
+
+
+def writer(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine, but its transactions take the write lock at BEGIN on SQLite.
+
+    Use `async with writer(engine).begin() as conn:` for every transaction that writes.
+    """
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(sqlite_begin="IMMEDIATE")
+    return engine

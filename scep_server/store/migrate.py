@@ -1,0 +1,58 @@
+"""Alembic migrations: one history with a branch per package (core, crl, otp)."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import crl.migrations
+import otp.migrations
+
+from .db import normalise_url
+
+HERE = Path(__file__).parent / "migrations"
+VERSION_LOCATIONS = [
+    HERE / "versions",
+    Path(crl.migrations.__file__).parent / "versions",
+    Path(otp.migrations.__file__).parent / "versions",
+]
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(HERE))
+    # os.pathsep-separated list of folders holding revision files
+    cfg.set_main_option("path_separator", "os")
+    import os
+
+    cfg.set_main_option("version_locations", os.pathsep.join(str(p) for p in VERSION_LOCATIONS))
+    cfg.set_main_option("sqlalchemy.url", normalise_url(url).replace("%", "%%"))
+    return cfg
+
+
+def _upgrade_sync(connection, cfg: Config, target: str) -> None:
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, target)
+
+
+async def upgrade(engine: AsyncEngine, target: str = "heads") -> None:
+    """Bring the schema to `target` (all branch heads by default)."""
+    cfg = alembic_config(str(engine.url.render_as_string(hide_password=False)))
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade_sync, cfg, target)
+
+
+def upgrade_url(url: str, target: str = "heads") -> None:
+    from .db import create_engine
+
+    async def run() -> None:
+        engine = create_engine(url)
+        try:
+            await upgrade(engine, target)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())

@@ -1,0 +1,105 @@
+"""Core tables of the application (the CA inventory, profiles, SCEP transactions, tokens, events)."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+TS = sa.DateTime(timezone=True)
+
+cas = sa.Table(
+    "cas",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    # issuing: a CA this server runs; external: a customer's own CA ("bring your own CA")
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("cert_der", sa.LargeBinary, nullable=False),
+    sa.Column("ski_hex", sa.String(128), nullable=False),
+    sa.Column("fingerprint_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", TS, nullable=False),
+)
+
+profiles = sa.Table(
+    "profiles",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("ca", sa.String(64), sa.ForeignKey("cas.name"), nullable=False),
+    sa.Column("challenge_kind", sa.String(16), nullable=False),  # static | dynamic | delegated
+    # static challenge: SHA-256 of the secret (a high-entropy random string), compared in constant time
+    sa.Column("static_secret_sha256", sa.String(64)),
+    # JSON text: certificate template and challenge settings (see scep_server.profiles.ProfileSettings)
+    sa.Column("settings", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+)
+
+certificates = sa.Table(
+    "certificates",
+    metadata,
+    sa.Column("serial", sa.String(42), primary_key=True),  # lower-case hex, no leading zeros
+    sa.Column("ca", sa.String(64), sa.ForeignKey("cas.name"), nullable=False),
+    sa.Column("profile", sa.String(64)),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("sans", sa.Text, nullable=False, server_default="[]"),  # JSON list of "type:value"
+    sa.Column("not_before", TS, nullable=False),
+    sa.Column("not_after", TS, nullable=False),
+    # valid | hold | revoked
+    sa.Column("status", sa.String(16), nullable=False, server_default="valid"),
+    sa.Column("revocation_reason", sa.Integer),
+    sa.Column("revoked_at", TS),
+    sa.Column("invalidity_date", TS),
+    sa.Column("transaction_id", sa.String(255)),
+    sa.Column("fingerprint_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("public_key_sha256", sa.String(64), nullable=False),
+    sa.Column("der", sa.LargeBinary, nullable=False),
+    sa.Column("issued_at", TS, nullable=False),
+    sa.Column("first_used_at", TS),  # first successful management attestation (the day-91 rule)
+    sa.Column("updated_at", TS, nullable=False),
+    sa.Index("ix_certificates_status_issued", "status", "issued_at"),
+    sa.Index("ix_certificates_ca_status", "ca", "status"),
+    sa.Index("ix_certificates_public_key", "public_key_sha256"),
+)
+
+# One row per (profile, SCEP transactionID): makes retries idempotent and carries pending enrolments.
+scep_transactions = sa.Table(
+    "scep_transactions",
+    metadata,
+    sa.Column("profile", sa.String(64), primary_key=True),
+    sa.Column("transaction_id", sa.String(255), primary_key=True),
+    # issued | pending | rejected
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("message_type", sa.Integer, nullable=False),
+    sa.Column("csr_der", sa.LargeBinary, nullable=False),
+    sa.Column("public_key_sha256", sa.String(64), nullable=False),
+    sa.Column("serial", sa.String(42), sa.ForeignKey("certificates.serial")),
+    sa.Column("fail_text", sa.Text),
+    sa.Column("decided_by", sa.String(255)),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+    sa.Index("ix_scep_transactions_state", "state"),
+)
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("scope", sa.String(16), nullable=False),  # admin | signin
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("disabled_at", TS),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", TS, nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),  # e.g. pki.cert.issue, pki.cert.revoke, security.*
+    sa.Column("subject", sa.String(255)),  # serial, device id, ...
+    sa.Column("actor", sa.String(255)),
+    sa.Column("data", sa.Text, nullable=False, server_default="{}"),
+    sa.Index("ix_events_kind_at", "kind", "at"),
+    sa.Index("ix_events_subject", "subject"),
+)

@@ -1,0 +1,69 @@
+"""SCEP over HTTP (RFC 8894 §4.1): /scep/{profile}[/pkiclient.exe|/cgi-bin/pkiclient.exe]."""
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..appkeys import RUNTIME
+from ..enroll import NoNextCA
+from ..profiles import UnknownProfile
+from ..scep.message import decode_get_message
+from ..scep.types import MalformedMessage
+
+CT_CAPS = "text/plain"
+CT_CA_RA = "application/x-x509-ca-ra-cert"
+CT_NEXT_CA = "application/x-x509-next-ca-cert"
+CT_PKI = "application/x-pki-message"
+
+
+def _raw_query_param(request: web.Request, name: str) -> str | None:
+    """A query value before form decoding: base64 '+' must not become a space (macOS, Cisco)."""
+    for part in request.rel_url.raw_query_string.split("&"):
+        key, _, value = part.partition("=")
+        if key == name:
+            return value
+    return None
+
+
+def _text(status: int, reason: str) -> web.Response:
+    return web.Response(status=status, text=reason + "\n", content_type="text/plain")
+
+
+async def scep(request: web.Request) -> web.StreamResponse:
+    service = request.app[RUNTIME].scep
+    profile = request.match_info["profile"]
+    operation = request.query.get("operation", "")
+    try:
+        if operation == "GetCACaps":
+            return web.Response(text=await service.get_ca_caps(profile), content_type=CT_CAPS)
+        if operation == "GetCACert":
+            return web.Response(body=await service.get_ca_cert(profile), content_type=CT_CA_RA)
+        if operation == "GetNextCACert":
+            return web.Response(body=await service.get_next_ca_cert(profile), content_type=CT_NEXT_CA)
+        if operation == "PKIOperation":
+            if request.method == "POST":
+                # Content-Type is not checked: clients send application/octet-stream, x-pki-message or none
+                body = await request.read()
+            else:
+                raw = _raw_query_param(request, "message")
+                if not raw:
+                    return _text(400, "PKIOperation over GET needs a message parameter")
+                body = decode_get_message(raw)
+            if not body:
+                return _text(400, "empty PKIOperation message")
+            return web.Response(body=await service.pki_operation(profile, body), content_type=CT_PKI)
+    except UnknownProfile as exc:
+        return _text(404, str(exc))
+    except NoNextCA as exc:
+        return _text(404, str(exc))
+    except MalformedMessage as exc:
+        return _text(400, f"not a signed SCEP message: {exc}")
+    if not operation:
+        return _text(400, "missing operation parameter (GetCACaps, GetCACert, GetNextCACert, PKIOperation)")
+    return _text(400, f"unknown operation {operation!r}")
+
+
+def add_routes(app: web.Application) -> None:
+    for suffix in ("", "/", "/pkiclient.exe", "/cgi-bin/pkiclient.exe"):
+        path = "/scep/{profile}" + suffix
+        app.router.add_route("GET", path, scep)
+        app.router.add_route("POST", path, scep)

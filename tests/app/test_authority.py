@@ -1,0 +1,90 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from scep_server.ca.authority import load_ca, random_serial
+from scep_server.ca.policy import CertificateTemplate, IssuancePolicy, PolicyViolation
+from tests.factories import NOW, PASSPHRASE, csr, make_ca, pem, rsa_key
+from tests.helpers import require_tool
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory):
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def device_key():
+    return rsa_key()
+
+
+def test_serials_are_positive_and_wide():
+    serials = {random_serial() for _ in range(1000)}
+    assert len(serials) == 1000
+    assert all(0 < s < 2**127 for s in serials)
+    assert max(serials).bit_length() > 120  # 127 random bits
+
+
+def test_ca_and_ra_keys_are_encrypted_and_reload(tmp_path):
+    made = make_ca(tmp_path)
+    assert b"ENCRYPTED" in (tmp_path / "ca.key").read_bytes()
+    assert (tmp_path / "ca.key").stat().st_mode & 0o077 == 0
+    loaded = load_ca(tmp_path, name="default", passphrase=PASSPHRASE, base_url="http://x")
+    assert loaded.cert == made.cert and loaded.ra_cert == made.ra_cert
+    with pytest.raises(ValueError):
+        load_ca(tmp_path, name="default", passphrase=b"wrong", base_url="http://x")
+
+
+def test_ra_certificate_key_usage(ca):
+    ku = ca.ra_cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ku.digital_signature and ku.key_encipherment and not ku.key_cert_sign
+    ca_ku = ca.cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ca_ku.key_cert_sign and ca_ku.crl_sign
+
+
+def test_issued_certificate_follows_the_template(ca, device_key):
+    sans = [x509.DNSName("dev1.example.com"), x509.UniformResourceIdentifier("tag:microsoft.com,2022-09-14:sid:S-1-5-21")]
+    policy = IssuancePolicy(CertificateTemplate(validity_days=30))
+    cert = ca.issue(csr(device_key, "dev1", sans=sans), policy, serial=12345, now=NOW)
+    assert cert.serial_number == 12345 and cert.issuer == ca.cert.subject
+    assert (cert.not_valid_after_utc - NOW).days == 30
+    ext = cert.extensions
+    assert ext.get_extension_for_class(x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage(
+        [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH])
+    assert ext.get_extension_for_class(x509.KeyUsage).critical
+    assert list(ext.get_extension_for_class(x509.SubjectAlternativeName).value) == sans
+    cdp = ext.get_extension_for_class(x509.CRLDistributionPoints).value
+    assert cdp[0].full_name[0].value == "http://127.0.0.1:8080/crl/default.crl"
+    aia = ext.get_extension_for_class(x509.AuthorityInformationAccess).value
+    assert aia[0].access_location.value == "http://127.0.0.1:8080/ca/default.crt"
+    assert ca.issued_by_us(cert)
+
+
+def test_policy_refuses_weak_or_unexpected_requests(ca):
+    policy = IssuancePolicy(CertificateTemplate(san_types=["dns"]))
+    with pytest.raises(PolicyViolation, match="below the minimum"):
+        policy.check(csr(rsa_key(1024)))
+    with pytest.raises(PolicyViolation, match="not allowed"):
+        policy.check(csr(ec.generate_private_key(ec.SECP256R1())))
+    with pytest.raises(PolicyViolation, match="not allowed by the profile"):
+        policy.check(csr(rsa_key(), sans=[x509.RFC822Name("a@example.com")]))
+
+
+def test_openssl_verifies_and_pkilint_accepts(ca, device_key, tmp_path):
+    openssl = require_tool("openssl")
+    lint = require_tool(str(Path(sys.executable).parent / "lint_pkix_cert"))
+    cert = ca.issue(csr(device_key, "dev2"), IssuancePolicy(CertificateTemplate()), serial=random_serial(), now=NOW)
+    (tmp_path / "ca.pem").write_bytes(pem(ca.cert))
+    (tmp_path / "ra.pem").write_bytes(pem(ca.ra_cert))
+    (tmp_path / "dev.pem").write_bytes(pem(cert))
+    for leaf in ("ra.pem", "dev.pem"):
+        out = subprocess.run([openssl, "verify", "-CAfile", tmp_path / "ca.pem", tmp_path / leaf],
+                             capture_output=True, text=True)
+        assert out.returncode == 0 and ": OK" in out.stdout, out.stdout + out.stderr
+    for f in ("ca.pem", "ra.pem", "dev.pem"):
+        out = subprocess.run([lint, "lint", "-s", "WARNING", tmp_path / f], capture_output=True, text=True)
+        assert out.returncode == 0, f"{f}: {out.stdout}{out.stderr}"

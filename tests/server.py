@@ -1,0 +1,107 @@
+"""Running the application in tests: in-process on a real loopback port, or as `scep-server serve` processes."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from scep_server.app import create_app
+from scep_server.appkeys import RUNTIME
+from scep_server.config import Settings
+from scep_server.runtime import Runtime, initialise
+from tests.factories import settings_for
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    url: str
+    settings: Settings
+    app: object
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.app[RUNTIME]
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+    def challenge(self) -> str:
+        """The default static profile's challenge, as written on first start."""
+        return (self.data_dir / "default-challenge.txt").read_text().strip()
+
+
+async def start_app(aiohttp_server, tmp_path: Path, db_url: str | None = None, clock=None, **extra) -> RunningServer:
+    """Initialise a data directory (CA, schema, default profile) and serve the app on a free port."""
+    port = free_port()
+    settings = settings_for(tmp_path / "data", db_url, listen=f"127.0.0.1:{port}", **extra)
+    kwargs = {"clock": clock} if clock else {}
+    await initialise(settings, **kwargs)
+    app = create_app(settings, **kwargs)
+    await aiohttp_server(app, host="127.0.0.1", port=port)
+    return RunningServer(url=f"http://127.0.0.1:{port}", settings=settings, app=app)
+
+
+@contextlib.contextmanager
+def serve_processes(data_dir: Path, db_url: str, *, workers: int = 1, count: int = 1, env: dict | None = None):
+    """Start `count` independent `scep-server serve` processes on one data directory and database.
+
+    Yields their base URLs; all share the CA material and database, as instances of one deployment do.
+    """
+    procs, urls = [], []
+    environ = {**os.environ, "SCEP_SERVER_DATABASE__URL": db_url, "SCEP_SERVER_LOG__LEVEL": "warning",
+               "SCEP_SERVER_CA__KEY_SIZE": "2048", **(env or {})}
+    try:
+        for _ in range(count):
+            port = free_port()
+            cmd = [sys.executable, "-m", "scep_server.cli", "--data-dir", str(data_dir), "serve",
+                   "--listen", f"127.0.0.1:{port}", "--workers", str(workers)]
+            procs.append(subprocess.Popen(cmd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+            urls.append(f"http://127.0.0.1:{port}")
+            _wait_ready(urls[-1], procs[-1])
+        yield urls
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{out}")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server at {url} did not become ready in {timeout}s")
+
+
+async def run(*cmd: str, timeout: float = 60, cwd: Path | None = None, input: bytes | None = None):
+    """Run an external program without blocking the event loop (the server under test runs on it)."""
+    proc = await asyncio.create_subprocess_exec(*cmd, cwd=cwd, stdin=subprocess.PIPE if input else None,
+                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(input), timeout)
+    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
