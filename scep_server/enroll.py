@@ -1,0 +1,476 @@
+"""The SCEP service (RFC 8894): GetCACaps, GetCACert, GetNextCACert and PKIOperation.
+
+Checks are chained in front of the issuer: message check, challenge (or renewal by an issued
+certificate), CSR policy, approval, then issue. Every failure after the outer SignedData parsed
+becomes a signed CertRep FAILURE with its failInfo and a failInfoText.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Awaitable, Callable, Protocol
+
+import sqlalchemy as sa
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import AttributeOID
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .ca import inventory
+from .ca.authority import CertificateAuthority, random_serial
+from .ca.inventory import CertRecord, Reason
+from .ca.policy import PolicyViolation
+from .clock import Clock, utcnow
+from .profiles import Profile, ProfileStore
+from .scep import message as codec
+from .scep.types import ContentCipher, FailInfo, MalformedMessage, MessageType, PKIStatus, SCEPFailure
+from .store.db import writer
+from .store.events import record_event
+from .store.tables import certificates, scep_transactions
+
+log = structlog.get_logger("scep")
+
+DER = serialization.Encoding.DER
+
+
+class ChallengeRejected(Exception):
+    """The challenge (static, one-time or delegated) did not authorise this enrolment."""
+
+
+class NoNextCA(Exception):
+    """GetNextCACert without a configured rollover."""
+
+
+@dataclass(frozen=True)
+class EnrollmentRequest:
+    """What challenge verifiers and hooks see of a PKCSReq/RenewalReq."""
+
+    profile: Profile
+    message: codec.PKIMessage
+    csr: x509.CertificateSigningRequest
+    csr_der: bytes
+    challenge: str | None
+    renewal_of: CertRecord | None
+
+
+class ChallengeVerifier(Protocol):
+    """One per challenge kind (static, dynamic, delegated)."""
+
+    async def verify(self, req: EnrollmentRequest) -> None:
+        """Raise ChallengeRejected when the enrolment is not authorised."""
+
+    async def after_issue(self, req: EnrollmentRequest, cert: x509.Certificate) -> None:
+        """Called after issuance, before the CertRep goes out; raising withdraws the certificate."""
+
+    async def after_failure(self, req: EnrollmentRequest, text: str) -> None:
+        """Called when an authorised enrolment failed later (e.g. policy)."""
+
+
+class StaticChallenge:
+    """One secret per profile, compared in constant time."""
+
+    async def verify(self, req: EnrollmentRequest) -> None:
+        if not req.challenge:
+            raise ChallengeRejected("the CSR carries no challengePassword")
+        if not req.profile.check_static_secret(req.challenge):
+            raise ChallengeRejected("invalid challenge password")
+
+    async def after_issue(self, req: EnrollmentRequest, cert: x509.Certificate) -> None:
+        return None
+
+    async def after_failure(self, req: EnrollmentRequest, text: str) -> None:
+        return None
+
+
+def challenge_password(csr: x509.CertificateSigningRequest) -> str | None:
+    """The PKCS#9 challengePassword attribute of a CSR, if any."""
+    try:
+        value = csr.attributes.get_attribute_for_oid(AttributeOID.CHALLENGE_PASSWORD).value
+    except x509.AttributeNotFound:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class _Outcome:
+    status: PKIStatus
+    content: bytes | None = None
+    fail_info: FailInfo | None = None
+    fail_text: str | None = None
+    serial: str | None = None
+
+
+class ScepService:
+    """RFC 8894 operations for every profile."""
+
+    def __init__(self, *, engine: AsyncEngine, cas: dict[str, CertificateAuthority], profiles: ProfileStore,
+                 verifiers: dict[str, ChallengeVerifier] | None = None, clock: Clock = utcnow,
+                 crl_source: Callable[[str], Awaitable[bytes]] | None = None,
+                 on_status_change: Callable[[str], None] | None = None):
+        self.engine = engine
+        self.cas = cas
+        self.profiles = profiles
+        self.verifiers: dict[str, ChallengeVerifier] = {"static": StaticChallenge(), **(verifiers or {})}
+        self.clock = clock
+        self.crl_source = crl_source
+        self.on_status_change = on_status_change or (lambda ca: None)
+        self._cacert_cache: dict[str, bytes] = {}
+
+    # ------------------------------------------------------------------ GetCACaps / GetCACert
+
+    async def get_ca_caps(self, profile_name: str) -> str:
+        """RFC 8894 §3.5.2: capabilities generated from what this server enforces."""
+        profile = await self.profiles.get(profile_name)
+        caps = ["AES", "DES3", "SHA-1", "SHA-256", "SHA-512", "POSTPKIOperation", "SCEPStandard"]
+        if profile.settings.allow_renewal:
+            caps.append("Renewal")
+        if self.cas[profile.ca].next_ca_certs:
+            caps.append("GetNextCACert")
+        return "\n".join(caps) + "\n"
+
+    async def get_ca_cert(self, profile_name: str) -> bytes:
+        """RFC 8894 §4.2.1.2: RA certificate first, then the issuing CA, as a degenerate PKCS#7."""
+        profile = await self.profiles.get(profile_name)
+        cached = self._cacert_cache.get(profile.ca)
+        if cached is None:
+            ca = self.cas[profile.ca]
+            cached = self._cacert_cache[profile.ca] = codec.build_degenerate([ca.ra_cert_der, ca.cert_der])
+        return cached
+
+    async def get_next_ca_cert(self, profile_name: str) -> bytes:
+        """RFC 8894 §4.7.1: the next CA, signed by the current RA."""
+        profile = await self.profiles.get(profile_name)
+        ca = self.cas[profile.ca]
+        if not ca.next_ca_certs:
+            raise NoNextCA(f"no CA rollover is configured for CA {ca.name!r}")
+        return await asyncio.to_thread(codec.build_next_ca_cert, ca.next_ca_ders, ra_cert_der=ca.ra_cert_der,
+                                       sign=self._signer(ca), digest=codec.Digest.SHA256, signing_time=self.clock())
+
+    # ------------------------------------------------------------------ PKIOperation
+
+    async def pki_operation(self, profile_name: str, body: bytes) -> bytes:
+        """Handle one pkiMessage; MalformedMessage (HTTP 400) only when no signer can be answered."""
+        started = time.perf_counter()
+        profile = await self.profiles.get(profile_name)
+        ca = self.cas[profile.ca]
+        msg: codec.PKIMessage | None = None
+        cipher: ContentCipher | None = None
+        try:
+            msg, inner, cipher = await asyncio.to_thread(self._open, body, ca, profile)
+            outcome = await self._dispatch(profile, ca, msg, inner)
+        except SCEPFailure as exc:
+            if exc.message is None:
+                raise MalformedMessage(exc.text) from None
+            msg = exc.message
+            outcome = _Outcome(PKIStatus.FAILURE, fail_info=exc.fail_info, fail_text=exc.text)
+        reply = await asyncio.to_thread(self._reply, ca, msg, outcome, cipher)
+        log.info("scep.transaction", profile=profile.name, transaction_id=msg.transaction_id,
+                 message_type=_type_name(msg.message_type), outcome=outcome.status.name,
+                 fail_info=outcome.fail_info.name if outcome.fail_info is not None else None,
+                 fail_text=outcome.fail_text, serial=outcome.serial,
+                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        return reply
+
+    def _open(self, body: bytes, ca: CertificateAuthority, profile: Profile):
+        """Parse, verify and decrypt (CPU work, run in a thread)."""
+        msg = codec.parse_pki_message(body)
+        if msg.message_type not in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ, MessageType.CERT_POLL,
+                                    MessageType.GET_CERT, MessageType.GET_CRL):
+            raise SCEPFailure(FailInfo.BAD_REQUEST, f"unsupported messageType {int(msg.message_type)}", msg)
+        try:
+            inner, cipher = codec.decrypt_envelope(msg.envelope, ca.ra_key.decrypt)
+        except SCEPFailure as exc:
+            raise SCEPFailure(exc.fail_info, exc.text, msg) from None
+        if cipher is ContentCipher.DES_CBC and not profile.settings.allow_single_des:
+            raise SCEPFailure(FailInfo.BAD_ALG, "single DES is not accepted by this profile; use AES or DES3", msg)
+        return msg, inner, cipher
+
+    def _signer(self, ca: CertificateAuthority):
+        def sign(data: bytes, digest) -> bytes:
+            return ca.ra_key.sign(data, digest.hash_algorithm())
+        return sign
+
+    def _reply(self, ca: CertificateAuthority, msg: codec.PKIMessage, outcome: _Outcome,
+               cipher: ContentCipher | None) -> bytes:
+        kwargs = {}
+        if outcome.status is PKIStatus.SUCCESS:
+            reply_cipher = codec.reply_cipher(cipher)
+            kwargs = {"content": outcome.content, "cipher": reply_cipher,
+                      "cek": secrets.token_bytes(reply_cipher.key_size), "iv": secrets.token_bytes(reply_cipher.iv_size)}
+        return codec.build_cert_rep(request=msg, status=outcome.status, ra_cert_der=ca.ra_cert_der,
+                                    sign=self._signer(ca), sender_nonce=secrets.token_bytes(16),
+                                    signing_time=self.clock(), fail_info=outcome.fail_info,
+                                    fail_text=outcome.fail_text, **kwargs)
+
+    async def _dispatch(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
+                        inner: bytes) -> _Outcome:
+        t = msg.message_type
+        if t in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
+            return await self._enrol(profile, ca, msg, inner)
+        if t is MessageType.CERT_POLL:
+            return await self._poll(profile, ca, msg, inner)
+        if t is MessageType.GET_CERT:
+            return await self._get_cert(ca, msg, inner)
+        return await self._get_crl(ca, msg, inner)
+
+    # ------------------------------------------------------------------ enrolment
+
+    async def _enrol(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
+                     csr_der: bytes) -> _Outcome:
+        try:
+            csr = x509.load_der_x509_csr(csr_der)
+            pub_sha = inventory.public_key_sha256(csr.public_key())
+        except ValueError as exc:
+            raise SCEPFailure(FailInfo.BAD_REQUEST, f"the envelope does not hold a PKCS#10 request: {exc}", msg) from None
+
+        existing = await self._transaction(profile.name, msg.transaction_id)
+        if existing is not None:
+            return await self._replay(profile, msg, existing, pub_sha)
+
+        renewal_of = await self._renewal_certificate(profile, ca, msg, csr)
+        req = EnrollmentRequest(profile=profile, message=msg, csr=csr, csr_der=csr_der,
+                                challenge=challenge_password(csr), renewal_of=renewal_of)
+        verifier = self.verifiers.get(profile.challenge_kind)
+        if renewal_of is None:
+            if verifier is None:
+                raise SCEPFailure(FailInfo.BAD_REQUEST,
+                                  f"challenge kind {profile.challenge_kind!r} is not available on this server", msg)
+            try:
+                await verifier.verify(req)
+            except ChallengeRejected as exc:
+                raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
+        try:
+            profile.policy.check(csr)
+        except PolicyViolation as exc:
+            if verifier is not None and renewal_of is None:
+                await verifier.after_failure(req, str(exc))
+            raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
+
+        now = self.clock()
+        if profile.settings.require_approval and renewal_of is None:
+            state = await self._insert_transaction(profile.name, msg, csr_der, pub_sha, "pending", now)
+            if state is not None:  # a parallel retry won the insert
+                return await self._replay(profile, msg, state, pub_sha)
+            return _Outcome(PKIStatus.PENDING)
+        return await self._issue(profile, ca, req, pub_sha, now, verifier if renewal_of is None else None)
+
+    async def _issue(self, profile: Profile, ca: CertificateAuthority, req: EnrollmentRequest, pub_sha: str,
+                     now: datetime, verifier: ChallengeVerifier | None) -> _Outcome:
+        msg = req.message
+        cert = await asyncio.to_thread(ca.issue, req.csr, profile.policy, serial=random_serial(), now=now)
+        der = cert.public_bytes(DER)
+        serial = inventory.serial_hex(cert.serial_number)
+        try:
+            async with writer(self.engine).begin() as conn:
+                await conn.execute(certificates.insert().values(
+                    inventory.certificate_row(cert, der, ca.name, profile.name, msg.transaction_id, pub_sha, now)))
+                await conn.execute(scep_transactions.insert().values(
+                    profile=profile.name, transaction_id=msg.transaction_id, state="issued",
+                    message_type=int(msg.message_type), csr_der=req.csr_der, public_key_sha256=pub_sha,
+                    serial=serial, created_at=now, updated_at=now))
+                if req.renewal_of is not None and profile.settings.supersede_on_renewal:
+                    await inventory.set_status(conn, req.renewal_of.serial, "revoked", at=now,
+                                               reason=int(Reason.SUPERSEDED))
+                await record_event(conn, at=now, kind="pki.cert.renew" if req.renewal_of else "pki.cert.issue",
+                                   subject=serial, actor=f"scep:{profile.name}",
+                                   data={"transaction_id": msg.transaction_id, "subject": cert.subject.rfc4514_string(),
+                                         "renewal_of": req.renewal_of.serial if req.renewal_of else None})
+        except IntegrityError:
+            # A concurrent retry of the same transaction inserted first: answer with its result.
+            existing = await self._transaction(profile.name, msg.transaction_id)
+            if existing is None:
+                raise
+            return await self._replay(profile, msg, existing, pub_sha)
+        if req.renewal_of is not None and profile.settings.supersede_on_renewal:
+            self.on_status_change(ca.name)
+        if verifier is not None:
+            try:
+                await verifier.after_issue(req, cert)
+            except ChallengeRejected as exc:
+                await self._withdraw(ca, serial, profile.name, msg.transaction_id, str(exc))
+                raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
+        return _Outcome(PKIStatus.SUCCESS, content=codec.build_degenerate([der, ca.cert_der]), serial=serial)
+
+    async def _withdraw(self, ca: CertificateAuthority, serial: str, profile: str, txid: str, why: str) -> None:
+        """Revoke a certificate that must not be handed out, and mark its transaction rejected."""
+        now = self.clock()
+        async with writer(self.engine).begin() as conn:
+            await inventory.set_status(conn, serial, "revoked", at=now, reason=int(Reason.CESSATION_OF_OPERATION))
+            await conn.execute(scep_transactions.update().where(
+                scep_transactions.c.profile == profile, scep_transactions.c.transaction_id == txid
+            ).values(state="rejected", fail_text=why, updated_at=now))
+            await record_event(conn, at=now, kind="pki.cert.revoke", subject=serial, actor=f"scep:{profile}",
+                               data={"reason": "withdrawn after issue", "detail": why})
+        self.on_status_change(ca.name)
+
+    async def _renewal_certificate(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
+                                   csr: x509.CertificateSigningRequest) -> CertRecord | None:
+        """RFC 8894 §2.3: a request signed by a certificate we issued is a renewal authenticated by it."""
+        signer = msg.signer_cert
+        if signer.issuer != ca.cert.subject or not ca.issued_by_us(signer):
+            if msg.message_type is MessageType.RENEWAL_REQ and not req_has_challenge(csr):
+                raise SCEPFailure(FailInfo.BAD_REQUEST,
+                                  "RenewalReq must be signed by a valid certificate issued by this CA", msg)
+            return None
+        if not profile.settings.allow_renewal:
+            raise SCEPFailure(FailInfo.BAD_REQUEST, "renewal is not enabled on this profile", msg)
+        async with self.engine.connect() as conn:
+            record = await inventory.get_by_fingerprint(conn, hashlib.sha256(msg.signer_cert_der).hexdigest())
+        now = self.clock()
+        if record is None:
+            raise SCEPFailure(FailInfo.BAD_CERT_ID, "the signing certificate is not in this CA's inventory", msg)
+        if record.status != "valid":
+            raise SCEPFailure(FailInfo.BAD_REQUEST, f"the signing certificate is {record.status}", msg)
+        if not record.not_before <= now < record.not_after:
+            raise SCEPFailure(FailInfo.BAD_TIME, "the signing certificate is not within its validity period", msg)
+        window = profile.settings.renewal_window_days
+        if window is not None and record.not_after - now > timedelta(days=window):
+            raise SCEPFailure(FailInfo.BAD_REQUEST,
+                              f"renewal is accepted only within {window} days of expiry", msg)
+        if csr.subject != signer.subject:
+            raise SCEPFailure(FailInfo.BAD_REQUEST,
+                              "the renewal request's subject differs from the signing certificate's", msg)
+        return record
+
+    # ------------------------------------------------------------------ transactions
+
+    async def _transaction(self, profile: str, txid: str):
+        async with self.engine.connect() as conn:
+            return (await conn.execute(sa.select(scep_transactions).where(
+                scep_transactions.c.profile == profile, scep_transactions.c.transaction_id == txid))).first()
+
+    async def _insert_transaction(self, profile: str, msg: codec.PKIMessage, csr_der: bytes, pub_sha: str,
+                                  state: str, now: datetime):
+        """Insert a transaction row; on a concurrent duplicate return the existing row instead."""
+        try:
+            async with writer(self.engine).begin() as conn:
+                await conn.execute(scep_transactions.insert().values(
+                    profile=profile, transaction_id=msg.transaction_id, state=state,
+                    message_type=int(msg.message_type), csr_der=csr_der, public_key_sha256=pub_sha,
+                    created_at=now, updated_at=now))
+        except IntegrityError:
+            return await self._transaction(profile, msg.transaction_id)
+        return None
+
+    async def _replay(self, profile: Profile, msg: codec.PKIMessage, row, pub_sha: str) -> _Outcome:
+        """A retry of a known transaction: same answer, never a second certificate (RFC 8894 §3.3.1)."""
+        m = row._mapping
+        if m["public_key_sha256"] != pub_sha:
+            raise SCEPFailure(FailInfo.BAD_REQUEST,
+                              "this transactionID was already used with a different key", msg)
+        return await self._state_outcome(profile, msg, m)
+
+    async def _state_outcome(self, profile: Profile, msg: codec.PKIMessage, m) -> _Outcome:
+        state = m["state"]
+        if state == "pending":
+            return _Outcome(PKIStatus.PENDING)
+        if state == "rejected":
+            return _Outcome(PKIStatus.FAILURE, fail_info=FailInfo.BAD_REQUEST,
+                            fail_text=m["fail_text"] or "the enrolment was rejected")
+        async with self.engine.connect() as conn:
+            record = await inventory.get(conn, m["serial"])
+        if record is None or record.status == "revoked":
+            return _Outcome(PKIStatus.FAILURE, fail_info=FailInfo.BAD_REQUEST,
+                            fail_text="the certificate of this transaction has been revoked")
+        ca = self.cas[record.ca]
+        return _Outcome(PKIStatus.SUCCESS, content=codec.build_degenerate([record.der, ca.cert_der]),
+                        serial=record.serial)
+
+    async def _poll(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
+                    inner: bytes) -> _Outcome:
+        """CertPoll (GetCertInitial, RFC 8894 §3.3.3): the state of a pending transaction."""
+        try:
+            issuer, _subject = codec.parse_issuer_and_subject(inner)
+        except (ValueError, SCEPFailure) as exc:
+            raise SCEPFailure(FailInfo.BAD_REQUEST, f"CertPoll content is not an IssuerAndSubject: {exc}", msg) from None
+        if issuer != ca.cert.subject:
+            raise SCEPFailure(FailInfo.BAD_CERT_ID, "CertPoll names an issuer that is not this CA", msg)
+        row = await self._transaction(profile.name, msg.transaction_id)
+        if row is None:
+            raise SCEPFailure(FailInfo.BAD_CERT_ID, "no enrolment with this transactionID", msg)
+        return await self._state_outcome(profile, msg, row._mapping)
+
+    async def _get_cert(self, ca: CertificateAuthority, msg: codec.PKIMessage, inner: bytes) -> _Outcome:
+        """GetCert (RFC 8894 §3.3.4): a certificate by issuer and serial number."""
+        issuer, serial = self._issuer_and_serial(ca, msg, inner)
+        async with self.engine.connect() as conn:
+            record = await inventory.get(conn, inventory.serial_hex(serial))
+        if record is None or record.ca != ca.name:
+            raise SCEPFailure(FailInfo.BAD_CERT_ID, f"no certificate with serial {serial:x}", msg)
+        return _Outcome(PKIStatus.SUCCESS, content=codec.build_degenerate([record.der]), serial=record.serial)
+
+    async def _get_crl(self, ca: CertificateAuthority, msg: codec.PKIMessage, inner: bytes) -> _Outcome:
+        """GetCRL (RFC 8894 §3.3.4): the current CRL of the CA that issued the named certificate."""
+        self._issuer_and_serial(ca, msg, inner)
+        if self.crl_source is None:
+            raise SCEPFailure(FailInfo.BAD_REQUEST, "no CRL is published by this server", msg)
+        crl_der = await self.crl_source(ca.name)
+        return _Outcome(PKIStatus.SUCCESS, content=codec.build_degenerate([], [crl_der]))
+
+    def _issuer_and_serial(self, ca: CertificateAuthority, msg: codec.PKIMessage, inner: bytes):
+        try:
+            issuer, serial = codec.parse_issuer_and_serial(inner)
+        except (ValueError, SCEPFailure) as exc:
+            raise SCEPFailure(FailInfo.BAD_REQUEST, f"content is not an IssuerAndSerialNumber: {exc}", msg) from None
+        if issuer != ca.cert.subject:
+            raise SCEPFailure(FailInfo.BAD_CERT_ID, "the issuer named is not this CA", msg)
+        return issuer, serial
+
+    # ------------------------------------------------------------------ pending enrolments
+
+    async def decide(self, profile_name: str, transaction_id: str, *, approve: bool, actor: str,
+                     reason: str | None = None) -> str:
+        """Approve (issue now) or reject a pending enrolment; the device learns it at its next CertPoll."""
+        profile = await self.profiles.get(profile_name)
+        ca = self.cas[profile.ca]
+        now = self.clock()
+        row = await self._transaction(profile_name, transaction_id)
+        if row is None or row._mapping["state"] != "pending":
+            raise LookupError(f"no pending enrolment {transaction_id!r} on profile {profile_name!r}")
+        m = row._mapping
+        if not approve:
+            async with writer(self.engine).begin() as conn:
+                res = await conn.execute(scep_transactions.update().where(
+                    scep_transactions.c.profile == profile_name, scep_transactions.c.transaction_id == transaction_id,
+                    scep_transactions.c.state == "pending",
+                ).values(state="rejected", fail_text=reason or "rejected by an administrator", decided_by=actor,
+                         updated_at=now))
+                if res.rowcount != 1:
+                    raise LookupError(f"enrolment {transaction_id!r} was decided concurrently")
+                await record_event(conn, at=now, kind="scep.enrolment.reject", subject=transaction_id, actor=actor,
+                                   data={"profile": profile_name, "reason": reason})
+            return "rejected"
+        csr = x509.load_der_x509_csr(m["csr_der"])
+        cert = await asyncio.to_thread(ca.issue, csr, profile.policy, serial=random_serial(), now=now)
+        der = cert.public_bytes(DER)
+        serial = inventory.serial_hex(cert.serial_number)
+        async with writer(self.engine).begin() as conn:
+            await conn.execute(certificates.insert().values(
+                inventory.certificate_row(cert, der, ca.name, profile_name, transaction_id, m["public_key_sha256"], now)))
+            res = await conn.execute(scep_transactions.update().where(
+                scep_transactions.c.profile == profile_name, scep_transactions.c.transaction_id == transaction_id,
+                scep_transactions.c.state == "pending",
+            ).values(state="issued", serial=serial, decided_by=actor, updated_at=now))
+            if res.rowcount != 1:  # rolls the certificate back too
+                raise LookupError(f"enrolment {transaction_id!r} was decided concurrently")
+            await record_event(conn, at=now, kind="pki.cert.issue", subject=serial, actor=actor,
+                               data={"transaction_id": transaction_id, "approved": True})
+        return serial
+
+
+def req_has_challenge(csr: x509.CertificateSigningRequest) -> bool:
+    return bool(challenge_password(csr))
+
+
+def _type_name(t) -> str:
+    try:
+        return MessageType(t).name
+    except ValueError:
+        return str(t)

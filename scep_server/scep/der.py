@@ -1,0 +1,305 @@
+"""A small BER reader and DER writer for the CMS structures SCEP uses (X.690 §8, §10).
+
+Reading keeps offsets into the original bytes so that signed content is never re-encoded; BER
+indefinite lengths and constructed strings are accepted because real clients send them
+(BouncyCastle-based jscep streams BER, Go's pkcs7 sends a constructed ``[0]`` encryptedContent).
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+# Identifier octets (X.690 §8.1.2) used by CMS.
+BOOLEAN = 0x01
+INTEGER = 0x02
+BIT_STRING = 0x03
+OCTET_STRING = 0x04
+NULL = 0x05
+OID = 0x06
+UTF8_STRING = 0x0C
+SEQUENCE = 0x30
+SET = 0x31
+NUMERIC_STRING = 0x12
+PRINTABLE_STRING = 0x13
+TELETEX_STRING = 0x14
+IA5_STRING = 0x16
+UTC_TIME = 0x17
+GENERALIZED_TIME = 0x18
+VISIBLE_STRING = 0x1A
+UNIVERSAL_STRING = 0x1C
+BMP_STRING = 0x1E
+CONSTRUCTED = 0x20
+
+
+def ctx(n: int, constructed: bool = True) -> int:
+    """The identifier octet of a context-specific tag ``[n]`` (X.690 §8.1.2.2)."""
+    return 0x80 | (0x20 if constructed else 0) | n
+
+
+MAX_DEPTH = 40
+
+
+class DERError(ValueError):
+    """The bytes are not a well-formed BER/DER encoding of what was expected."""
+
+
+# A parsed element: (identifier, start of TLV, start of contents, end of contents, end of TLV).
+# For indefinite lengths the end of contents excludes the end-of-contents octets.
+Element = tuple[int, int, int, int, int]
+
+
+def read(data: bytes, pos: int, end: int, depth: int = 0) -> Element:
+    """Read one TLV starting at ``pos`` that must end by ``end`` (X.690 §8.1)."""
+    if pos + 2 > end:
+        raise DERError("truncated: no room for a tag and a length")
+    ident = data[pos]
+    p = pos + 1
+    if ident & 0x1F == 0x1F:  # high tag number form (§8.1.2.4): skipped over, never matched
+        while True:
+            if p >= end:
+                raise DERError("truncated tag")
+            b = data[p]
+            p += 1
+            if not b & 0x80:
+                break
+    if p >= end:
+        raise DERError("truncated length")
+    first = data[p]
+    p += 1
+    if first < 0x80:
+        cend = p + first
+    elif first == 0x80:  # indefinite length (§8.1.3.6): constructed only
+        if not ident & CONSTRUCTED:
+            raise DERError("indefinite length on a primitive value")
+        if depth >= MAX_DEPTH:
+            raise DERError("nesting too deep")
+        q = p
+        while True:
+            if q + 2 > end:
+                raise DERError("truncated: missing end-of-contents")
+            if data[q] == 0 and data[q + 1] == 0:
+                return ident, pos, p, q, q + 2
+            q = read(data, q, end, depth + 1)[4]
+    else:
+        n = first & 0x7F
+        if n > 4 or first == 0xFF:
+            raise DERError("length too large")
+        if p + n > end:
+            raise DERError("truncated length")
+        value = int.from_bytes(data[p:p + n], "big")
+        p += n
+        cend = p + value
+    if cend > end:
+        raise DERError("truncated: contents run past the end")
+    return ident, pos, p, cend, cend
+
+
+def read_one(data: bytes, expect: int | None = None) -> Element:
+    """Read the single TLV that makes up all of ``data``."""
+    el = read(data, 0, len(data))
+    if el[4] != len(data):
+        raise DERError("trailing data after the value")
+    if expect is not None and el[0] != expect:
+        raise DERError(f"expected tag 0x{expect:02x}, found 0x{el[0]:02x}")
+    return el
+
+
+def children(data: bytes, el: Element) -> list[Element]:
+    """The elements inside a constructed element."""
+    if not el[0] & CONSTRUCTED:
+        raise DERError("expected a constructed value")
+    out = []
+    pos, end = el[2], el[3]
+    while pos < end:
+        if pos + 2 <= end:  # fast path: low tag number, short definite length
+            ident, first = data[pos], data[pos + 1]
+            if first < 0x80 and ident & 0x1F != 0x1F:
+                cend = pos + 2 + first
+                if cend > end:
+                    raise DERError("truncated: contents run past the end")
+                out.append((ident, pos, pos + 2, cend, cend))
+                pos = cend
+                continue
+        c = read(data, pos, end)
+        out.append(c)
+        pos = c[4]
+    return out
+
+
+def expect(el: Element, ident: int, what: str) -> Element:
+    """Check an element's identifier octet."""
+    if el[0] != ident:
+        raise DERError(f"{what}: expected tag 0x{ident:02x}, found 0x{el[0]:02x}")
+    return el
+
+
+def contents(data: bytes, el: Element) -> bytes:
+    """The contents octets of an element (primitive form)."""
+    return data[el[2]:el[3]]
+
+
+def raw(data: bytes, el: Element) -> bytes:
+    """The whole encoding of an element, exactly as received."""
+    return data[el[1]:el[4]]
+
+
+def string_bytes(data: bytes, el: Element, depth: int = 0) -> bytes:
+    """The value of a string type in primitive or constructed form (X.690 §8.7.3, §8.21.6)."""
+    if not el[0] & CONSTRUCTED:
+        return data[el[2]:el[3]]
+    if depth >= MAX_DEPTH:
+        raise DERError("nesting too deep")
+    return b"".join(string_bytes(data, c, depth + 1) for c in children(data, el))
+
+
+def decode_int(body: bytes) -> int:
+    """An INTEGER's value from its contents octets (X.690 §8.3)."""
+    if not body:
+        raise DERError("empty INTEGER")
+    return int.from_bytes(body, "big", signed=True)
+
+
+_OID_CACHE: dict[bytes, str] = {}
+
+
+def decode_oid(body: bytes) -> str:
+    """A dotted OBJECT IDENTIFIER from its contents octets (X.690 §8.19)."""
+    dotted = _OID_CACHE.get(body)
+    if dotted is not None:
+        return dotted
+    if not body or body[-1] & 0x80:
+        raise DERError("malformed OBJECT IDENTIFIER")
+    arcs: list[int] = []
+    value = 0
+    for i, b in enumerate(body):
+        if value == 0 and b == 0x80 and (i == 0 or not body[i - 1] & 0x80):
+            raise DERError("non-minimal OBJECT IDENTIFIER arc")
+        value = (value << 7) | (b & 0x7F)
+        if not b & 0x80:
+            arcs.append(value)
+            value = 0
+    first = arcs[0]
+    head = [0, first] if first < 40 else [1, first - 40] if first < 80 else [2, first - 80]
+    dotted = ".".join(str(a) for a in head + arcs[1:])
+    if len(_OID_CACHE) < 4096:
+        _OID_CACHE[bytes(body)] = dotted
+    return dotted
+
+
+_TIME_FORMATS = {UTC_TIME: ("%y%m%d%H%M%SZ", "%y%m%d%H%MZ"), GENERALIZED_TIME: ("%Y%m%d%H%M%SZ",)}
+
+
+def decode_time(ident: int, body: bytes) -> datetime:
+    """A UTCTime or GeneralizedTime in UTC (X.690 §11.7, §11.8; RFC 5652 §11.3)."""
+    text = body.decode("ascii", "strict")
+    if ident == GENERALIZED_TIME and "." in text:  # fractional seconds
+        head, _, frac = text.partition(".")
+        text = head + "Z"
+        micro = int((frac.rstrip("Z") + "000000")[:6])
+    else:
+        micro = 0
+    for fmt in _TIME_FORMATS.get(ident, ()):
+        try:
+            dt = datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+        if ident == UTC_TIME and dt.year >= 2050:  # RFC 5280 §4.1.2.5.1: YY >= 50 means 19YY
+            dt = dt.replace(year=dt.year - 100)
+        return dt.replace(microsecond=micro, tzinfo=timezone.utc)
+    raise DERError("malformed time")
+
+
+_STRING_CODECS = {
+    UTF8_STRING: "utf-8", PRINTABLE_STRING: "ascii", IA5_STRING: "ascii", VISIBLE_STRING: "ascii",
+    NUMERIC_STRING: "ascii", TELETEX_STRING: "latin-1", BMP_STRING: "utf-16-be", UNIVERSAL_STRING: "utf-32-be",
+}
+
+
+def decode_string(data: bytes, el: Element) -> str:
+    """The text of an ASN.1 character string (X.680 §41)."""
+    codec = _STRING_CODECS.get(el[0] & ~CONSTRUCTED)
+    if codec is None:
+        raise DERError(f"tag 0x{el[0]:02x} is not a character string")
+    try:
+        return string_bytes(data, el).decode(codec)
+    except UnicodeDecodeError as exc:
+        raise DERError(f"malformed character string: {exc.reason}") from None
+
+
+# ---------------------------------------------------------------- writing (DER, X.690 §10)
+
+def length(n: int) -> bytes:
+    """DER length octets (X.690 §10.1)."""
+    if n < 0x80:
+        return bytes((n,))
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((0x80 | len(body),)) + body
+
+
+def tlv(ident: int, body: bytes) -> bytes:
+    """One DER element."""
+    n = len(body)
+    if n < 0x80:
+        return bytes((ident, n)) + body
+    if n < 0x100:
+        return bytes((ident, 0x81, n)) + body
+    if n < 0x10000:
+        return bytes((ident, 0x82, n >> 8, n & 0xFF)) + body
+    return bytes((ident,)) + length(n) + body
+
+
+def seq(*parts: bytes) -> bytes:
+    """A SEQUENCE of already-encoded parts."""
+    return tlv(SEQUENCE, b"".join(parts))
+
+
+def set_of(parts: list[bytes] | tuple[bytes, ...], sort: bool = True) -> bytes:
+    """A SET OF: DER order (X.690 §11.6) unless ``sort`` is off to keep a meaningful order."""
+    return tlv(SET, b"".join(sorted(parts) if sort else parts))
+
+
+def integer(value: int) -> bytes:
+    """A DER INTEGER (X.690 §8.3)."""
+    n = (value.bit_length() + 8) // 8 if value >= 0 else ((-value - 1).bit_length() + 8) // 8
+    return tlv(INTEGER, value.to_bytes(max(n, 1), "big", signed=True))
+
+
+def oid(dotted: str) -> bytes:
+    """A DER OBJECT IDENTIFIER (X.690 §8.19)."""
+    arcs = [int(a) for a in dotted.split(".")]
+    if len(arcs) < 2 or arcs[0] > 2 or (arcs[0] < 2 and arcs[1] >= 40):
+        raise ValueError(f"bad OID {dotted!r}")
+    out = bytearray()
+    for arc in [arcs[0] * 40 + arcs[1]] + arcs[2:]:
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        out += bytes(reversed(chunk))
+    return tlv(OID, bytes(out))
+
+
+def octet_string(body: bytes) -> bytes:
+    return tlv(OCTET_STRING, body)
+
+
+def printable(text: str) -> bytes:
+    """A PrintableString (X.680 §41.4); SCEP's messageType, pkiStatus and failInfo (RFC 8894 §3.2.1)."""
+    return tlv(PRINTABLE_STRING, text.encode("ascii"))
+
+
+def utf8(text: str) -> bytes:
+    return tlv(UTF8_STRING, text.encode("utf-8"))
+
+
+def cms_time(dt: datetime) -> bytes:
+    """UTCTime for 1950-2049, GeneralizedTime otherwise, always Zulu to the second (RFC 5652 §11.3)."""
+    if dt.tzinfo is None:
+        raise ValueError("time must be timezone-aware")
+    dt = dt.astimezone(timezone.utc)
+    if 1950 <= dt.year < 2050:
+        return tlv(UTC_TIME, dt.strftime("%y%m%d%H%M%SZ").encode("ascii"))
+    return tlv(GENERALIZED_TIME, dt.strftime("%Y%m%d%H%M%SZ").encode("ascii"))
+
+
+NULL_DER = b"\x05\x00"

@@ -1,0 +1,359 @@
+"""SCEP pkiMessage codec, server side: parse and verify requests, build CertRep and CA replies (RFC 8894 §3)."""
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable, Sequence
+from urllib.parse import unquote
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from . import algorithms, cms, der, oids
+from .cms import Signer, build_degenerate, parse_degenerate
+from .types import (REQUEST_TYPES, ContentCipher, Digest, FailInfo, MalformedMessage, MessageType, PKIStatus,
+                    SCEPFailure)
+
+__all__ = [
+    "PKIMessage", "parse_pki_message", "decrypt_envelope", "parse_issuer_and_subject", "parse_issuer_and_serial",
+    "build_cert_rep", "build_degenerate", "parse_degenerate", "build_next_ca_cert", "decode_get_message",
+]
+
+DecryptCEK = Callable[[bytes, str], bytes]
+"""RSA key transport with the RA key: (encryptedKey, "pkcs1v15" | "oaep-sha1" | "oaep-sha256" | ...) -> CEK."""
+
+
+@dataclass(frozen=True)
+class PKIMessage:
+    """A verified SCEP request (RFC 8894 §3.2): who signed it, its attributes and its still-encrypted envelope."""
+
+    message_type: MessageType | int
+    transaction_id: str
+    sender_nonce: bytes
+    signer_cert: x509.Certificate
+    signer_cert_der: bytes
+    digest: Digest
+    envelope: bytes                      # DER of the pkcsPKIEnvelope ContentInfo, as received
+    signing_time: datetime | None = None
+    cipher: ContentCipher | None = None  # the envelope's content cipher
+    key_transport: str | None = None     # "pkcs1v15" or "oaep-<hash>"
+    _transaction_id_der: bytes = field(default=b"", repr=False, compare=False)
+    _signer_id_der: bytes = field(default=b"", repr=False, compare=False)
+    _signer_key: object = field(default=None, repr=False, compare=False)
+    _envelope: cms.EnvelopedData | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def reply_cipher(self) -> ContentCipher:
+        """The CertRep's content cipher: the request's, single DES answered with AES-128-CBC (RFC 8894 §3.5.2)."""
+        return self.cipher.reply if self.cipher is not None else ContentCipher.AES128_CBC
+
+    @property
+    def reply_digest(self) -> Digest:
+        """The CertRep's digest: the request's, MD5 answered with SHA-256."""
+        return self.digest.reply
+
+    def decrypt(self, decrypt_cek: DecryptCEK, *, recipient_cert_der: bytes | None = None) -> tuple[bytes, ContentCipher]:
+        """The decrypted pkcsPKIEnvelope content and its cipher; see ``decrypt_envelope``."""
+        return decrypt_envelope(self, decrypt_cek, recipient_cert_der=recipient_cert_der)
+
+
+_BAD_ENVELOPE = "cannot decrypt the pkcsPKIEnvelope"  # one text for every decryption fault: no padding oracle
+
+
+def parse_pki_message(data: bytes) -> PKIMessage:
+    """Parse a request pkiMessage, find its signer certificate by sid and verify it (RFC 8894 §3.2, RFC 5652 §5.6).
+
+    Raises MalformedMessage when there is no signer to answer to, SCEPFailure (with the message) after that.
+    """
+    try:
+        sd = cms.parse_signed_data(data)
+        if not sd.signer_infos:
+            raise MalformedMessage("the SignedData has no SignerInfo")
+        si = sd.signer_info(0)
+    except der.DERError as exc:
+        raise MalformedMessage(f"not a CMS SignedData pkiMessage: {exc}") from None
+
+    found = cms.find_signer(sd, si)
+    if found is None:
+        raise MalformedMessage("no certificate in the SignedData matches the SignerInfo")
+    signer_der, ident = found
+    try:
+        signer_cert = x509.load_der_x509_certificate(signer_der)
+    except ValueError as exc:
+        raise MalformedMessage(f"the signer certificate does not parse: {exc}") from None
+
+    # From here on every problem is a CertRep FAILURE to this signer; collect what addresses it first.
+    f: dict = {"message_type": 0, "transaction_id": "", "sender_nonce": b"", "signer_cert": signer_cert,
+               "signer_cert_der": signer_der, "digest": Digest.SHA256, "envelope": sd.econtent or b"",
+               "_signer_id_der": der.seq(ident.issuer, ident.serial_der)}
+
+    def fail(info: FailInfo, text: str) -> SCEPFailure:
+        return SCEPFailure(info, text, PKIMessage(**f))
+
+    try:
+        attrs = sd.attributes(si)
+        el = attrs.get(oids.TRANSACTION_ID)
+        if el is not None:
+            f["transaction_id"] = der.decode_string(data, el)
+            f["_transaction_id_der"] = der.raw(data, el)
+        el = attrs.get(oids.SENDER_NONCE)
+        if el is not None and el[0] & ~der.CONSTRUCTED == der.OCTET_STRING:
+            f["sender_nonce"] = der.string_bytes(data, el)
+        el = attrs.get(oids.MESSAGE_TYPE)
+        if el is not None:
+            text = der.decode_string(data, el)
+            if text.isdigit() and len(text) < 6:
+                n = int(text)
+                f["message_type"] = MessageType(n) if n in MessageType._value2member_map_ else n
+        el = attrs.get(oids.SIGNING_TIME)
+        if el is not None:
+            f["signing_time"] = der.decode_time(el[0], der.contents(data, el))
+    except der.DERError as exc:
+        raise fail(FailInfo.BAD_MESSAGE_CHECK, f"malformed signed attributes: {exc}") from None
+
+    try:
+        _verify(data, sd, si, signer_cert, attrs, f, fail)
+    except der.DERError as exc:
+        raise fail(FailInfo.BAD_MESSAGE_CHECK, f"malformed pkiMessage: {exc}") from None
+    return PKIMessage(**f)
+
+
+def _verify(data: bytes, sd: cms.SignedData, si: cms.SignerInfo, signer_cert: x509.Certificate,
+            attrs: dict[str, der.Element], f: dict, fail: Callable[[FailInfo, str], SCEPFailure]) -> None:
+    """Check algorithms, signature, content binding and SCEP attributes, filling ``f`` (RFC 5652 §5.6, RFC 8894 §3.2)."""
+    digest_oid = der.children(data, si.digest_alg)
+    digest = (algorithms.DIGEST_BY_OID.get(der.decode_oid(der.contents(data, digest_oid[0])))
+              if digest_oid and digest_oid[0][0] == der.OID else None)
+    if digest is None:
+        raise fail(FailInfo.BAD_ALG, "unsupported digest algorithm")
+    f["digest"] = digest
+    try:
+        public_key = signer_cert.public_key()
+    except UnsupportedAlgorithm:
+        raise fail(FailInfo.BAD_ALG, "the signer key algorithm is not supported") from None
+    except ValueError:
+        raise fail(FailInfo.BAD_MESSAGE_CHECK, "the signer public key does not parse") from None
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        raise fail(FailInfo.BAD_ALG, "the signer key is not RSA (RFC 8894 §2.9)")
+    f["_signer_key"] = public_key
+    if si.signed_attrs is None:
+        raise fail(FailInfo.BAD_REQUEST, "the SignerInfo has no signed attributes (RFC 8894 §3.2.1)")
+    try:
+        pad, hash_alg = algorithms.signature_scheme(data, si.signature_alg, digest)
+    except algorithms.UnsupportedAlgorithm as exc:
+        raise fail(FailInfo.BAD_ALG, str(exc)) from None
+    except der.DERError as exc:
+        raise fail(FailInfo.BAD_MESSAGE_CHECK, f"malformed signature algorithm: {exc}") from None
+    try:
+        public_key.verify(si.signature, sd.signed_attrs_der(si), pad, hash_alg)
+    except (InvalidSignature, ValueError):
+        raise fail(FailInfo.BAD_MESSAGE_CHECK, "the signature does not verify") from None
+
+    # The signed attributes are authentic now: check them against the content (RFC 5652 §5.6).
+    el = attrs.get(oids.CONTENT_TYPE)
+    if el is None or el[0] != der.OID or der.decode_oid(der.contents(data, el)) != sd.econtent_type:
+        raise fail(FailInfo.BAD_MESSAGE_CHECK, "the contentType attribute does not match the content")
+    if sd.econtent is None:
+        raise fail(FailInfo.BAD_REQUEST, "the pkiMessage has no pkcsPKIEnvelope")
+    el = attrs.get(oids.MESSAGE_DIGEST)
+    if (el is None or el[0] != der.OCTET_STRING
+            or der.contents(data, el) != algorithms.digest_bytes(digest, sd.econtent)):
+        raise fail(FailInfo.BAD_MESSAGE_CHECK, "the messageDigest attribute does not match the content")
+    if sd.econtent_type != oids.DATA:
+        raise fail(FailInfo.BAD_REQUEST, f"the signed content type is {sd.econtent_type}, not data")
+    if not f["message_type"]:
+        raise fail(FailInfo.BAD_REQUEST, "the messageType attribute is missing or not a number")
+    if f["message_type"] not in REQUEST_TYPES:
+        raise fail(FailInfo.BAD_REQUEST, f"messageType {f['message_type']} is not a request")
+    if not f["transaction_id"]:
+        raise fail(FailInfo.BAD_REQUEST, "the transactionID attribute is missing")
+    if not f["sender_nonce"]:
+        raise fail(FailInfo.BAD_REQUEST, "the senderNonce attribute is missing")
+
+    try:
+        env = cms.parse_enveloped_data(sd.econtent)
+    except der.DERError as exc:
+        raise fail(FailInfo.BAD_REQUEST, f"the pkcsPKIEnvelope is not an EnvelopedData: {exc}") from None
+    f["_envelope"] = env
+    if env.cipher is None:
+        raise fail(FailInfo.BAD_ALG, f"unsupported content encryption algorithm {env.cipher_oid}")
+    f["cipher"] = env.cipher
+    if not env.recipients:
+        raise fail(FailInfo.BAD_ALG, "the pkcsPKIEnvelope has no key transport recipient")
+    f["key_transport"] = next((r.scheme for r in env.recipients if r.scheme), None)
+    if f["key_transport"] is None:
+        raise fail(FailInfo.BAD_ALG, env.recipients[0].unsupported or "unsupported key transport")
+
+
+def decrypt_envelope(envelope: bytes | PKIMessage, decrypt_cek: DecryptCEK, *,
+                     recipient_cert_der: bytes | None = None) -> tuple[bytes, ContentCipher]:
+    """Decrypt a pkcsPKIEnvelope (RFC 8894 §3.2.2, RFC 5652 §6): KeyTransRecipientInfo, AES/3DES/DES-CBC.
+
+    With ``recipient_cert_der`` (the RA certificate) only a RecipientInfo naming it is used. A PKIMessage
+    may be passed instead of bytes: its parsed envelope is reused and failures carry it.
+    """
+    message = envelope if isinstance(envelope, PKIMessage) else None
+    try:
+        env = message._envelope if message is not None else None
+        if env is None:
+            env = cms.parse_enveloped_data(message.envelope if message is not None else envelope)
+    except der.DERError as exc:
+        raise SCEPFailure(FailInfo.BAD_REQUEST, f"the pkcsPKIEnvelope is not an EnvelopedData: {exc}", message) from None
+    if env.cipher is None:
+        raise SCEPFailure(FailInfo.BAD_ALG, f"unsupported content encryption algorithm {env.cipher_oid}", message)
+    if not env.recipients:
+        raise SCEPFailure(FailInfo.BAD_ALG, "the pkcsPKIEnvelope has no key transport recipient", message)
+    chosen = None
+    for r in env.recipients:
+        try:
+            if recipient_cert_der is None or cms.rid_matches(env.data, r.rid, recipient_cert_der):
+                chosen = r
+                break
+        except der.DERError:
+            continue
+    if chosen is None:
+        raise SCEPFailure(FailInfo.BAD_MESSAGE_CHECK, "the pkcsPKIEnvelope is not addressed to this RA certificate",
+                          message)
+    if chosen.scheme is None:
+        raise SCEPFailure(FailInfo.BAD_ALG, chosen.unsupported or "unsupported key transport", message)
+    try:
+        cek = decrypt_cek(chosen.encrypted_key, chosen.scheme)
+        plain = algorithms.decrypt_content(env.cipher, cek, env.iv, env.ciphertext)
+    except ValueError:
+        raise SCEPFailure(FailInfo.BAD_MESSAGE_CHECK, _BAD_ENVELOPE, message) from None
+    return plain, env.cipher
+
+
+# ---------------------------------------------------------------- envelope contents (RFC 8894 §3.3)
+
+def _name(data: bytes, el: der.Element) -> x509.Name:
+    """An X.501 Name as a cryptography Name (RFC 5280 §4.1.2.4)."""
+    rdns = []
+    for rdn in der.children(data, der.expect(el, der.SEQUENCE, "Name")):
+        atvs = []
+        for atv in der.children(data, der.expect(rdn, der.SET, "RelativeDistinguishedName")):
+            kids = der.children(data, der.expect(atv, der.SEQUENCE, "AttributeTypeAndValue"))
+            if len(kids) != 2 or kids[0][0] != der.OID:
+                raise der.DERError("malformed AttributeTypeAndValue")
+            oid = x509.ObjectIdentifier(der.decode_oid(der.contents(data, kids[0])))
+            atvs.append(x509.NameAttribute(oid, der.decode_string(data, kids[1])))
+        if not atvs:
+            raise der.DERError("empty RelativeDistinguishedName")
+        rdns.append(x509.RelativeDistinguishedName(atvs))
+    return x509.Name(rdns)
+
+
+def parse_issuer_and_subject(data: bytes) -> tuple[x509.Name, x509.Name]:
+    """IssuerAndSubject of a CertPoll (RFC 8894 §3.3.3)."""
+    try:
+        kids = der.children(data, der.read_one(data, der.SEQUENCE))
+        if len(kids) != 2:
+            raise der.DERError("IssuerAndSubject has two fields")
+        return _name(data, kids[0]), _name(data, kids[1])
+    except (der.DERError, ValueError) as exc:
+        raise SCEPFailure(FailInfo.BAD_REQUEST, f"malformed IssuerAndSubject: {exc}") from None
+
+
+def parse_issuer_and_serial(data: bytes) -> tuple[x509.Name, int]:
+    """IssuerAndSerialNumber of a GetCert or GetCRL (RFC 8894 §3.3.4, RFC 5652 §10.2.4)."""
+    try:
+        kids = der.children(data, der.read_one(data, der.SEQUENCE))
+        if len(kids) != 2 or kids[1][0] != der.INTEGER:
+            raise der.DERError("IssuerAndSerialNumber is a Name and an INTEGER")
+        return _name(data, kids[0]), der.decode_int(der.contents(data, kids[1]))
+    except (der.DERError, ValueError) as exc:
+        raise SCEPFailure(FailInfo.BAD_REQUEST, f"malformed IssuerAndSerialNumber: {exc}") from None
+
+
+# ---------------------------------------------------------------- replies
+
+_PRINTABLE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()+,-./:=?")
+_MESSAGE_TYPE_CERT_REP = cms.attribute(oids.MESSAGE_TYPE_DER, der.printable("3"))
+_STATUS_ATTR = {s: cms.attribute(oids.PKI_STATUS_DER, der.printable(str(int(s)))) for s in PKIStatus}
+_FAIL_INFO_ATTR = {i: cms.attribute(oids.FAIL_INFO_DER, der.printable(str(int(i)))) for i in FailInfo}
+
+
+def _transaction_id_der(request: PKIMessage) -> bytes:
+    """The request's transactionID echoed in the encoding it arrived in (RFC 8894 §3.2.1.1)."""
+    if request._transaction_id_der:
+        return request._transaction_id_der
+    tid = request.transaction_id
+    return der.printable(tid) if set(tid) <= _PRINTABLE else der.utf8(tid)
+
+
+def build_cert_rep(*, request: PKIMessage, status: PKIStatus, ra_cert_der: bytes, sign: Signer,
+                   sender_nonce: bytes, signing_time: datetime,
+                   fail_info: FailInfo | None = None, fail_text: str | None = None,
+                   content: bytes | None = None, cek: bytes | None = None, iv: bytes | None = None) -> bytes:
+    """CertRep (RFC 8894 §3.3.2) signed by the RA with the request's digest, SUCCESS enveloped to the request signer.
+
+    ``cek``/``iv`` must be at least the reply cipher's key and block sizes (32 and 16 random bytes always do);
+    the leading bytes are used.
+    """
+    digest = request.digest.reply
+    attrs = [_MESSAGE_TYPE_CERT_REP, _STATUS_ATTR[PKIStatus(status)],
+             cms.attribute(oids.SENDER_NONCE_DER, der.octet_string(sender_nonce))]
+    if request.transaction_id or request._transaction_id_der:
+        attrs.append(cms.attribute(oids.TRANSACTION_ID_DER, _transaction_id_der(request)))
+    if request.sender_nonce:
+        attrs.append(cms.attribute(oids.RECIPIENT_NONCE_DER, der.octet_string(request.sender_nonce)))
+    econtent = b""
+    if status == PKIStatus.FAILURE:
+        if fail_info is None:
+            raise ValueError("a FAILURE CertRep needs a fail_info")
+        attrs.append(_FAIL_INFO_ATTR[FailInfo(fail_info)])
+        if fail_text:
+            attrs.append(cms.attribute(oids.FAIL_INFO_TEXT_DER, der.utf8(fail_text)))
+    elif status == PKIStatus.SUCCESS:
+        if content is None or cek is None or iv is None:
+            raise ValueError("a SUCCESS CertRep needs content, cek and iv")
+        cipher = request.reply_cipher
+        if len(cek) < cipher.key_size or len(iv) < cipher.block_size:
+            raise ValueError(f"{cipher.name} needs {cipher.key_size} key bytes and {cipher.block_size} IV bytes")
+        key = request._signer_key or request.signer_cert.public_key()
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise ValueError("the request signer key is not RSA")
+        econtent = cms.build_enveloped_data(
+            content, recipient_cert_der=request.signer_cert_der, recipient_key=key, cipher=cipher,
+            cek=cek[:cipher.key_size], iv=iv[:cipher.block_size], key_transport=request.key_transport or "pkcs1v15",
+            recipient_id_der=request._signer_id_der or None)
+    return cms.build_signed_data(econtent=econtent, signer_cert_der=ra_cert_der, sign=sign, digest=digest,
+                                 extra_attrs=attrs, signing_time=signing_time, certs=(ra_cert_der,))
+
+
+def build_next_ca_cert(next_ca_certs: Sequence[bytes], *, ra_cert_der: bytes, sign: Signer, digest: Digest,
+                       signing_time: datetime) -> bytes:
+    """GetNextCACert reply: the degenerate bundle of the next CA, signed by the current RA (RFC 8894 §4.7.1)."""
+    return cms.build_signed_data(econtent=build_degenerate(next_ca_certs), signer_cert_der=ra_cert_der, sign=sign,
+                                 digest=digest.reply, signing_time=signing_time, certs=(ra_cert_der,))
+
+
+# ---------------------------------------------------------------- HTTP GET transport (RFC 8894 §4.1)
+
+_URLSAFE = str.maketrans("-_", "+/", " \t\r\n")
+
+
+def decode_get_message(raw: str) -> bytes:
+    """The ``message=`` of a PKIOperation GET, decoded leniently (RFC 8894 §4.1, §4.3).
+
+    Accepts the raw or the already-decoded query value: %XX escapes (macOS escapes only '='), '+' turned
+    into ' ' by form decoding (Cisco and others send GET), the URL-safe alphabet, line breaks, missing padding.
+    """
+    s = raw
+    for _ in range(2):  # at most double-escaped
+        if "%" not in s:
+            break
+        try:
+            s = unquote(s, errors="strict")
+        except UnicodeDecodeError:
+            raise MalformedMessage("the PKIOperation message is not base64") from None
+    s = s.replace(" ", "+").translate(_URLSAFE).rstrip("=")
+    if len(s) % 4 == 1 or not s:
+        raise MalformedMessage("the PKIOperation message is not base64")
+    try:
+        return base64.b64decode(s + "=" * (-len(s) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedMessage("the PKIOperation message is not base64") from None
