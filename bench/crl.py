@@ -1,0 +1,321 @@
+"""CRL benchmark: build+sign vs `openssl ca -gencrl` on the same entries, checker parse and lookups, and
+serving throughput of the cached CRL endpoint vs a bare aiohttp handler (both measured with wrk in one run).
+
+    .venv/bin/python bench/crl.py                      # 10k, 100k, 1M entries + serving (about 2 minutes)
+    .venv/bin/python bench/crl.py --sizes 10000 --wrk-seconds 2
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+
+from crl.build import EntryEncoder, Issuer, build_crl  # noqa: E402
+from crl.parse import parse_crl  # noqa: E402
+from crl.signing import CrlSigner  # noqa: E402
+
+UTC = timezone.utc
+THIS_UPDATE = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+NEXT_UPDATE = THIS_UPDATE + timedelta(days=7)
+# reasons OpenSSL's `ca` can write too (it has no privilegeWithdrawn); a hold needs a hold instruction there
+REASONS = [None, 1, 4, 5, 6]
+OPENSSL_REASON = {1: "keyCompromise", 4: "superseded", 5: "cessationOfOperation",
+                  6: "certificateHold,holdInstructionReject"}
+
+
+def entries_for(n: int) -> list[tuple]:
+    """n revoked entries: random 127-bit serials, revocation times over the past year, mixed reasons."""
+    rnd = random.Random(n)
+    start = THIS_UPDATE - timedelta(days=365)
+    return [(rnd.getrandbits(126) | 1 << 126, start + timedelta(seconds=rnd.randrange(365 * 86400)),
+             rnd.choice(REASONS), None) for _ in range(n)]
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_ca(directory: Path):
+    cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+    key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+    return cert, key
+
+
+# ---------------------------------------------------------------- child: one build, its own peak memory
+
+def child_build(n: int, directory: Path) -> None:
+    cert, key = load_ca(directory)
+    issuer, signer = Issuer.from_certificate(cert), CrlSigner.for_private_key(key)
+    entries = entries_for(n)
+    input_rss = rss_mb()
+    started = time.perf_counter()
+    der = build_crl(issuer=issuer, signer=signer, number=1000, this_update=THIS_UPDATE, next_update=NEXT_UPDATE,
+                    entries=entries)
+    build_s = time.perf_counter() - started
+    peak_rss = rss_mb()
+    (directory / f"ours-{n}.der").write_bytes(der)
+    # a re-sign after one more revocation, with every other entry's DER kept from the previous build
+    encoder = EntryEncoder()
+    encoder.encode(entries)
+    entries.append((12345, THIS_UPDATE, 1, None))
+    started = time.perf_counter()
+    build_crl(issuer=issuer, signer=signer, number=1001, this_update=THIS_UPDATE, next_update=NEXT_UPDATE,
+              entries=entries, encoder=encoder)
+    resign_s = time.perf_counter() - started
+    entries.pop()
+    with open(directory / f"index-{n}.txt", "w") as fh:
+        for serial, at, reason, _ in entries:
+            rev = at.strftime("%y%m%d%H%M%SZ") + ("," + OPENSSL_REASON[reason] if reason else "")
+            fh.write(f"R\t491231235959Z\t{rev}\t{serial:X}\tunknown\t/CN=d\n")
+    print(json.dumps({"build_s": build_s, "der_bytes": len(der), "input_rss_mb": input_rss,
+                      "peak_rss_mb": peak_rss, "resign_s": resign_s, "resign_peak_rss_mb": rss_mb()}))
+
+
+# ---------------------------------------------------------------- parent
+
+def make_ca(directory: Path) -> None:
+    cnf = directory / "ca.cnf"
+    cnf.write_text("[req]\ndistinguished_name=dn\nprompt=no\nx509_extensions=v3\n[dn]\nCN=Bench Device CA\n"
+                   "[v3]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
+                   "subjectKeyIdentifier=hash\n")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+                    "-config", "ca.cnf", "-days", "3650"], cwd=directory, check=True, capture_output=True)
+
+
+def openssl_gencrl(n: int, directory: Path) -> tuple[float, bytes]:
+    shutil.copy(directory / f"index-{n}.txt", directory / "index.txt")
+    (directory / "crlnumber").write_text("03E8\n")
+    (directory / "openssl-ca.cnf").write_text(
+        "[ca]\ndefault_ca=d\n[d]\ndir=.\ndatabase=$dir/index.txt\ncrlnumber=$dir/crlnumber\ncertificate=$dir/ca.pem\n"
+        "private_key=$dir/ca.key\ndefault_md=sha256\ncrl_extensions=ext\nunique_subject=no\n"
+        "[ext]\nauthorityKeyIdentifier=keyid:always\n")
+    started = time.perf_counter()
+    subprocess.run(["openssl", "ca", "-gencrl", "-config", "openssl-ca.cnf", "-crl_lastupdate",
+                    THIS_UPDATE.strftime("%y%m%d%H%M%SZ"), "-crl_nextupdate", NEXT_UPDATE.strftime("%y%m%d%H%M%SZ"),
+                    "-out", "openssl.pem", "-batch"], cwd=directory, check=True, capture_output=True)
+    seconds = time.perf_counter() - started
+    der = subprocess.run(["openssl", "crl", "-in", "openssl.pem", "-outform", "DER"], cwd=directory, check=True,
+                         capture_output=True).stdout
+    return seconds, der
+
+
+def same_entries(ours: bytes, theirs: bytes) -> bool:
+    """Both CRLs list the same serials with the same reasonCodes (order and hold instructions aside)."""
+    a, b = parse_crl(ours).index().codes, parse_crl(theirs).index().codes
+    return a.keys() == b.keys() and all((a[s] & 0xF) == (b[s] & 0xF) for s in a)
+
+
+def checker_figures(der: bytes, cert_pem: bytes, n: int) -> dict:
+    from crl.check import CrlChecker
+
+    async def run() -> dict:
+        checker = CrlChecker(logger=_Quiet())
+        checker.add_ca(cert_pem, name="bench", require_cdp=False)
+        started = time.perf_counter()
+        outcome = await checker.install("bench", "http://127.0.0.1/bench.crl", der)
+        parse_s = time.perf_counter() - started
+        assert outcome.ok, outcome
+        listed = list(parse_crl(der).index().serials())[: min(n, 500_000)]
+        rnd = random.Random(1)
+        probes = listed + [rnd.getrandbits(127) for _ in range(len(listed))]
+        rnd.shuffle(probes)
+        check = checker.check_serial
+        best = float("inf")
+        for _ in range(3):  # best of three passes: the machine is shared
+            started = time.perf_counter()
+            for s in probes:
+                check("bench", s)
+            best = min(best, time.perf_counter() - started)
+        codes = parse_crl(der).index(offsets=False).codes
+        started = time.perf_counter()
+        for s in probes:
+            codes.get(s)
+        raw = len(probes) / (time.perf_counter() - started)
+        return {"parse_s": parse_s, "lookups_per_s": len(probes) / best, "raw_lookups_per_s": raw}
+
+    return asyncio.run(run())
+
+
+class _Quiet:
+    def info(self, *a, **k): ...
+
+    def warning(self, *a, **k): ...
+
+    def error(self, *a, **k): ...
+
+
+def cryptography_lookup_ms(der: bytes) -> float:
+    crl = x509.load_der_x509_crl(der)
+    started = time.perf_counter()
+    for s in (1, 2, 3):
+        crl.get_revoked_certificate_by_serial_number(s)
+    return (time.perf_counter() - started) / 3 * 1000
+
+
+def build_table(sizes: list[int], directory: Path) -> list[dict]:
+    cert_pem = (directory / "ca.pem").read_bytes()
+    rows = []
+    for n in sizes:
+        out = subprocess.run([sys.executable, __file__, "--child-build", str(n), str(directory)], check=True,
+                             capture_output=True, text=True).stdout
+        row = json.loads(out.strip().splitlines()[-1])
+        row["entries"] = n
+        row["openssl_s"], theirs = openssl_gencrl(n, directory)
+        ours = (directory / f"ours-{n}.der").read_bytes()
+        row["openssl_bytes"] = len(theirs)
+        row["same_entries"] = same_entries(ours, theirs)
+        row.update(checker_figures(ours, cert_pem, n))
+        row["crypto_lookup_ms"] = cryptography_lookup_ms(ours)
+        rows.append(row)
+        print(f"  {n:>9,} entries measured", file=sys.stderr, flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------- serving
+
+def serve(port: int, der_path: str) -> None:
+    from aiohttp import web
+
+    from crl.publish import PublishedCrl
+    from crl.web import add_routes
+
+    der = Path(der_path).read_bytes()
+
+    class Holder:
+        current = PublishedCrl.from_der("default", der)
+
+    async def bare(request: web.Request) -> web.Response:
+        return web.Response(body=der, content_type="application/pkix-crl")
+
+    app = web.Application()
+    app.router.add_get("/bare/default.crl", bare)
+    add_routes(app, {"default": Holder()})
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wrk(url: str, seconds: float, connections: int = 32) -> float:
+    out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{max(1, round(seconds))}s", url], check=True,
+                         capture_output=True, text=True).stdout
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def serving_table(directory: Path, seconds: float) -> list[dict]:
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: serving comparison skipped", file=sys.stderr)
+        return []
+    cert, key = load_ca(directory)
+    issuer, signer = Issuer.from_certificate(cert), CrlSigner.for_private_key(key)
+    rows = []
+    for n in (100, 20_000):
+        der = build_crl(issuer=issuer, signer=signer, number=1, this_update=THIS_UPDATE, next_update=NEXT_UPDATE,
+                        entries=entries_for(n))
+        path = directory / f"serve-{n}.der"
+        path.write_bytes(der)
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port), str(path)])
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            base = f"http://127.0.0.1:{port}"
+            wrk(base + "/crl/default.crl", 1)  # warm-up
+            bare, ours = [], []
+            for _ in range(3):  # interleaved, best of three, so drift and neighbours hit both alike
+                bare.append(wrk(base + "/bare/default.crl", seconds))
+                ours.append(wrk(base + "/crl/default.crl", seconds))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        rows.append({"entries": n, "bytes": len(der), "bare": max(bare), "ours": max(ours)})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--wrk-seconds", type=float, default=3.0)
+    ap.add_argument("--no-serving", action="store_true")
+    ap.add_argument("--child-build", nargs=2, metavar=("N", "DIR"), help=argparse.SUPPRESS)
+    ap.add_argument("--serve", nargs=2, metavar=("PORT", "DER"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child_build:
+        return child_build(int(args.child_build[0]), Path(args.child_build[1]))
+    if args.serve:
+        return serve(int(args.serve[0]), args.serve[1])
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory(prefix="crl-bench-") as tmp:
+        directory = Path(tmp)
+        make_ca(directory)
+        print(f"CRL benchmark: RSA-2048 CA, sha256WithRSAEncryption; Python {sys.version.split()[0]}, "
+              f"{os.cpu_count()} CPU(s); reasons mixed none/keyCompromise/superseded/cessationOfOperation/"
+              f"certificateHold")
+        rows = build_table(sizes, directory)
+        print()
+        print(f"{'entries':>9} | {'build+sign s':>12} | {'DER bytes':>11} | {'peak RSS MB':>11} | {'input MB':>8} | "
+              f"{'openssl ca s':>12} | {'ours/openssl':>12} | {'same':>4} | {'re-sign s':>9} | {'re-sign MB':>10} | "
+              f"{'checker parse s':>15} | {'lookups/s':>10} | {'dict get/s':>10} | {'crypto miss ms':>14}")
+        for r in rows:
+            print(f"{r['entries']:>9,} | {r['build_s']:>12.3f} | {r['der_bytes']:>11,} | {r['peak_rss_mb']:>11.0f} | "
+                  f"{r['input_rss_mb']:>8.0f} | {r['openssl_s']:>12.3f} | {r['build_s'] / r['openssl_s']:>12.3f} | "
+                  f"{'yes' if r['same_entries'] else 'NO':>4} | {r['resign_s']:>9.3f} | {r['resign_peak_rss_mb']:>10.0f} | "
+                  f"{r['parse_s']:>15.3f} | "
+                  f"{r['lookups_per_s']:>10,.0f} | {r['raw_lookups_per_s']:>10,.0f} | {r['crypto_lookup_ms']:>14.1f}")
+        print("  build+sign: entries -> signed DER (cold, no entry cache); peak RSS: whole process incl. the input "
+              "list; re-sign: one more revocation with the entry cache warm (re-sign MB: peak RSS with the cache); checker parse: parse + signature check "
+              "+ index (CrlChecker.install); lookups: CrlChecker.check_serial, half hits, best of 3 passes; dict get: the bare index lookup; crypto miss: cryptography's "
+              "get_revoked_certificate_by_serial_number for an absent serial; same: identical serials and reasons "
+              "in both CRLs")
+        big = [r for r in rows if r["entries"] >= 1_000_000]
+        for r in big:
+            print(f"  targets at {r['entries']:,}: build+sign <= 0.5 x openssl: "
+                  f"{'met' if r['build_s'] <= 0.5 * r['openssl_s'] else 'MISSED'}; peak < 1 GB: "
+                  f"{'met' if r['peak_rss_mb'] < 1024 else 'MISSED'}; parse+index < 2 s: "
+                  f"{'met' if r['parse_s'] < 2 else 'MISSED'}; lookups > 1M/s: "
+                  f"{'met' if r['lookups_per_s'] > 1e6 else 'MISSED'}")
+        if not args.no_serving:
+            print()
+            serving = serving_table(directory, args.wrk_seconds)
+            if serving:
+                print(f"Serving (wrk -t1 -c32 -d{args.wrk_seconds:g}s, best of 3 interleaved, server and wrk on the same host)")
+                print(f"{'entries':>9} | {'bytes':>9} | {'bare handler req/s':>18} | {'/crl/{ca}.crl req/s':>19} | "
+                      f"{'ratio':>6}")
+                for r in serving:
+                    print(f"{r['entries']:>9,} | {r['bytes']:>9,} | {r['bare']:>18,.0f} | {r['ours']:>19,.0f} | "
+                          f"{r['ours'] / r['bare']:>6.2f}")
+                print("  target: ratio >= 0.80 ("
+                      + ("met" if all(r["ours"] >= 0.8 * r["bare"] for r in serving) else "MISSED") + ")")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,652 @@
+"""Revocation checking of certificates from a customer's own CA ("bring your own CA", RFC 5280 §6.3)."""
+# CRLs are fetched from the CRL Distribution Points in the background (never on the request path),
+# validated (issuer, AKI, signature by a key allowed to sign CRLs, scope, unknown critical extensions,
+# freshness, no rollback of CRL Number or thisUpdate), indexed once, and kept as the last good copy.
+# `check()` answers from that local index: good, revoked, on hold, or unknown with the policy's verdict.
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Callable, Iterable, Sequence
+from urllib.parse import urlsplit
+
+import aiohttp
+import structlog
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import UnsupportedAlgorithm as UnsupportedAlgorithmError
+
+from .config import CheckerSettings, Policy
+from .parse import CrlFormatError, ParsedCrl, UnsupportedCrl, der_from_bytes, parse_crl
+from .signing import UnsupportedAlgorithm, verify_signature
+
+UTC = timezone.utc
+log = structlog.get_logger("crl.check")
+
+HOLD_CODE = 6 + 1  # index code of certificateHold (RFC 5280 §5.3.1)
+REMOVE_FROM_CRL_CODE = 8 + 1
+ACCEPT = "application/pkix-crl, application/x-pem-file;q=0.9, */*;q=0.1"
+
+
+class CheckStatus(str, Enum):
+    GOOD = "good"
+    REVOKED = "revoked"
+    ON_HOLD = "on_hold"  # certificateHold: revoked for now (RFC 5280 §5.3.1), may be released
+    UNKNOWN = "unknown"  # no usable CRL: the policy decides
+
+
+class FailureKind(str, Enum):
+    """Why a CRL download was not taken; each kind is its own log event `crl.check.<kind>`."""
+
+    UNREACHABLE = "unreachable"
+    TIMEOUT = "timeout"
+    HTTP_ERROR = "http_error"
+    TOO_LARGE = "too_large"
+    MALFORMED = "malformed"
+    UNSUPPORTED = "unsupported"
+    WRONG_ISSUER = "wrong_issuer"
+    WRONG_SIGNER = "wrong_signer"
+    BAD_SIGNATURE = "bad_signature"
+    SCOPE_MISMATCH = "scope_mismatch"
+    NOT_YET_VALID = "not_yet_valid"
+    EXPIRED = "expired"
+    ROLLBACK = "rollback"
+
+
+class CertificateRefused(ValueError):
+    """A CA certificate the checker will not work with; `reason` is a stable code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """The answer for one certificate: status, the verdict after policy, and the evidence."""
+
+    status: CheckStatus
+    allowed: bool
+    reason: str  # not_listed | listed | removed_from_crl | listed_on_stale_crl | stale_crl | no_crl | no_cdp | ...
+    ca: "str | None" = None
+    crl_url: "str | None" = None
+    crl_number: "int | None" = None
+    this_update: "datetime | None" = None
+    next_update: "datetime | None" = None
+    revocation_reason: "int | None" = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RefreshOutcome:
+    """What one fetch of one CDP URL did."""
+
+    ca: str
+    url: str
+    ok: bool
+    changed: bool
+    failure: "FailureKind | None" = None
+    detail: str = ""
+    crl_number: "int | None" = None
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    """Health of one (CA, CDP URL): the last good CRL and the last failure."""
+
+    ca: str
+    url: str
+    fresh: bool
+    crl_number: "int | None"
+    this_update: "datetime | None"
+    next_update: "datetime | None"
+    entries: int
+    last_success_at: "datetime | None"
+    last_failure: "FailureKind | None"
+    last_failure_detail: "str | None"
+    last_failure_at: "datetime | None"
+
+
+class _Failure(Exception):
+    def __init__(self, kind: FailureKind, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+class _Snapshot:
+    """One validated CRL, indexed, with the results that do not depend on the serial prepared in advance."""
+
+    __slots__ = ("crl", "codes", "sha256", "fresh_until", "number", "this_update", "next_update", "uris",
+                 "only_user", "only_ca", "good", "removed", "url", "_listed", "by_code")
+
+    def __init__(self, ca: str, url: str, crl: ParsedCrl, codes: dict[int, int], sha256: str,
+                 fresh_until: datetime) -> None:
+        self.crl = crl
+        self.codes = codes
+        self.sha256 = sha256
+        self.url = url
+        self.fresh_until = fresh_until.timestamp()
+        self.number = crl.crl_number
+        self.this_update = crl.this_update
+        self.next_update = crl.next_update
+        scope = crl.scope
+        self.uris = frozenset(scope.uris) if scope is not None and scope.uris else None
+        self.only_user = bool(scope and scope.only_user_certs)
+        self.only_ca = bool(scope and scope.only_ca_certs)
+        self.good = CheckResult(CheckStatus.GOOD, True, "not_listed", ca, url, self.number, self.this_update,
+                                self.next_update)
+        self.removed = CheckResult(CheckStatus.GOOD, True, "removed_from_crl", ca, url, self.number,
+                                   self.this_update, self.next_update)
+        # a listed serial's answer depends only on its reason code: one prepared result per code and staleness
+        self._listed = [self._make_listed(ca, code, stale) for stale in (False, True) for code in range(16)]
+        # the answer for a listed serial on this (fresh) CRL, by index code; removeFromCRL means not revoked
+        self.by_code = [self.removed if code == REMOVE_FROM_CRL_CODE else self._listed[code] for code in range(16)]
+
+    def covers(self, cert_uris: "frozenset[str] | None", is_ca: bool) -> bool:
+        """Whether this CRL's scope (§5.2.5) includes a certificate with these CDP URIs (§6.3.3 (b))."""
+        if self.uris is not None and (cert_uris is None or not (self.uris & cert_uris)):
+            return False
+        return not ((self.only_user and is_ca) or (self.only_ca and not is_ca))
+
+    def listed(self, ca: str, code: int, stale: bool) -> CheckResult:
+        return self._listed[(16 if stale else 0) + (code & 0xF)]
+
+    def _make_listed(self, ca: str, code: int, stale: bool) -> CheckResult:
+        reason = code - 1 if code else None
+        status = CheckStatus.ON_HOLD if code == HOLD_CODE else CheckStatus.REVOKED
+        return CheckResult(status, False, "listed_on_stale_crl" if stale else "listed", ca, self.url, self.number,
+                           self.this_update, self.next_update, reason)
+
+
+class _Source:
+    """One CDP URL of one CA: the last good snapshot, HTTP validators, schedule and last failure."""
+
+    def __init__(self, ca: "_Ca", url: str) -> None:
+        self.ca = ca
+        self.url = url
+        self.snapshot: "_Snapshot | None" = None
+        self.etag: "str | None" = None
+        self.last_modified: "str | None" = None
+        self.due = 0.0  # monotonic time of the next fetch
+        self.busy = False
+        self.last_success_at: "datetime | None" = None
+        self.last_failure: "FailureKind | None" = None
+        self.last_failure_detail: "str | None" = None
+        self.last_failure_at: "datetime | None" = None
+
+
+class _Ca:
+    def __init__(self, name: str, cert: x509.Certificate, policy: Policy) -> None:
+        self.name = name
+        self.cert = cert
+        self.subject = cert.subject.public_bytes()
+        self.subject_name = cert.subject
+        self.public_key = cert.public_key()
+        try:
+            self.key_id: "bytes | None" = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+        except x509.ExtensionNotFound:
+            self.key_id = None
+        self.policy = policy
+        self.sources: dict[str, _Source] = {}
+        self.full: "_Snapshot | None" = None  # the newest installed CRL without an Issuing Distribution Point
+        self.unknown = CheckResult(CheckStatus.UNKNOWN, policy is Policy.FAIL_OPEN, "no_crl", name,
+                                   detail="no CRL of this CA has been obtained yet")
+
+
+def _load_cert(certificate: "x509.Certificate | bytes") -> x509.Certificate:
+    if isinstance(certificate, x509.Certificate):
+        return certificate
+    if certificate.lstrip().startswith(b"-----BEGIN"):
+        return x509.load_pem_x509_certificate(certificate)
+    return x509.load_der_x509_certificate(certificate)
+
+
+def cdp_uris(cert: x509.Certificate) -> "list[str] | None":
+    """HTTP(S) fullName URIs of the CRL Distribution Points (§4.2.1.13); None without the extension."""
+    try:
+        cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except x509.ExtensionNotFound:
+        return None
+    uris: list[str] = []
+    for dp in cdp:
+        if dp.crl_issuer:  # indirect: another entity issues the CRL; not supported
+            continue
+        for gn in dp.full_name or ():
+            if isinstance(gn, x509.UniformResourceIdentifier) and urlsplit(gn.value).scheme.lower() in ("http", "https"):
+                uris.append(gn.value)
+    return uris
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class CrlChecker:
+    """CRL status of certificates issued by registered customer CAs, from background-fetched CRLs."""
+
+    def __init__(self, *, settings: "CheckerSettings | None" = None, session: "aiohttp.ClientSession | None" = None,
+                 clock: "Callable[[], datetime] | None" = None,
+                 on_update: "Callable[[str, str, bytes], None] | None" = None, logger=None) -> None:
+        self.settings = settings or CheckerSettings()
+        self._session = session
+        self._own_session = session is None
+        self._clock = clock or _utcnow
+        self._now_ts: Callable[[], float] = time.time if clock is None else (lambda: clock().timestamp())
+        self._on_update = on_update
+        self._log = logger or log
+        self._cas: dict[str, _Ca] = {}
+        self._by_subject: dict[bytes, list[_Ca]] = {}
+        self._wake = asyncio.Event()
+        self._task: "asyncio.Task | None" = None
+        self._sem = asyncio.Semaphore(self.settings.max_concurrent_fetches)
+
+    # ---- registration
+
+    def add_ca(self, certificate: "x509.Certificate | bytes", *, name: "str | None" = None,
+               crl_urls: Sequence[str] = (), policy: "Policy | None" = None, require_cdp: bool = True) -> str:
+        """Register a customer CA and the CDP URLs of its CRL; refuses non-CAs, no cRLSign, no CDP (§4.2.1.13)."""
+        # Okta requires a CDP in an uploaded CA certificate too; pass require_cdp=False for a self-signed root.
+        cert = _load_cert(certificate)
+        ca_name = name or cert.subject.rfc4514_string()
+        if not _is_ca(cert):
+            raise CertificateRefused("not_a_ca", f"{ca_name}: basicConstraints cA is not set (RFC 5280 §4.2.1.9)")
+        try:
+            ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+            if not ku.crl_sign:
+                raise CertificateRefused("no_crl_sign", f"{ca_name}: keyUsage lacks cRLSign, so it cannot sign its "
+                                                        f"CRL (RFC 5280 §4.2.1.3, §6.3.3 (f))")
+        except x509.ExtensionNotFound:
+            pass
+        if require_cdp and cdp_uris(cert) is None:
+            raise CertificateRefused("no_cdp", f"{ca_name}: the CA certificate has no CRL Distribution Points "
+                                               f"extension; CAs without one are refused")
+        for url in crl_urls:
+            self._check_url(url)
+        ca = _Ca(ca_name, cert, policy or self.settings.policy)
+        old = self._cas.pop(ca_name, None)
+        if old is not None:
+            self._by_subject[old.subject].remove(old)
+            ca.sources = {u: s for u, s in old.sources.items()}
+            ca.full = old.full
+            for s in ca.sources.values():
+                s.ca = ca
+        self._cas[ca_name] = ca
+        self._by_subject.setdefault(ca.subject, []).append(ca)
+        for url in crl_urls:
+            self._watch(ca, url)
+        return ca_name
+
+    def remove_ca(self, name: str) -> None:
+        ca = self._cas.pop(name, None)
+        if ca is not None:
+            self._by_subject[ca.subject].remove(ca)
+
+    @staticmethod
+    def _check_url(url: str) -> None:
+        if urlsplit(url).scheme.lower() not in ("http", "https"):
+            raise ValueError(f"CRL URL {url!r}: only http and https are fetched")
+
+    def _watch(self, ca: _Ca, url: str) -> _Source:
+        src = ca.sources.get(url)
+        if src is None:
+            src = ca.sources[url] = _Source(ca, url)
+            self._log.info("crl.check.watch", ca=ca.name, url=url)
+            self._wake.set()
+        return src
+
+    # ---- answers (local, synchronous)
+
+    def check(self, certificate: "x509.Certificate | bytes", *, verify_issued: bool = True) -> CheckResult:
+        """Status of a certificate from the local index of its issuer's CRL (RFC 5280 §6.3.3)."""
+        try:
+            cert = _load_cert(certificate)
+        except ValueError as exc:
+            return CheckResult(CheckStatus.UNKNOWN, False, "bad_certificate", detail=f"unreadable certificate: {exc}")
+        ca = self._issuer_of(cert)
+        if ca is None:
+            return CheckResult(CheckStatus.UNKNOWN, False, "unknown_issuer",
+                               detail="the certificate's issuer is not a registered CA")
+        if verify_issued:
+            try:
+                cert.verify_directly_issued_by(ca.cert)
+            except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithmError):
+                return CheckResult(CheckStatus.UNKNOWN, False, "not_issued_by_ca", ca.name,
+                                   detail=f"the certificate is not signed by {ca.name}")
+        uris = cdp_uris(cert)
+        if uris is None:
+            return CheckResult(CheckStatus.UNKNOWN, False, "no_cdp", ca.name,
+                               detail="the certificate has no CRL Distribution Points extension; "
+                                      "certificates without one are refused")
+        if not uris:
+            return CheckResult(CheckStatus.UNKNOWN, False, "no_http_cdp", ca.name,
+                               detail="the certificate's CRL Distribution Points name no http(s) URI")
+        for url in uris:
+            self._watch(ca, url)
+        return self._answer(ca, cert.serial_number, [ca.sources[u] for u in uris], frozenset(uris), _is_ca(cert))
+
+    def check_serial(self, ca: str, serial: int, *, urls: "Sequence[str] | None" = None,
+                     is_ca: bool = False) -> CheckResult:
+        """Status of `serial` of CA `ca`: from the CRLs at `urls` (the certificate's CDP), else any full CRL."""
+        c = self._cas.get(ca)
+        if c is None:
+            return CheckResult(CheckStatus.UNKNOWN, False, "unknown_issuer", detail=f"no registered CA {ca!r}")
+        if urls is None:
+            snap = c.full
+            if snap is not None and self._now_ts() < snap.fresh_until:  # the common case, kept short
+                code = snap.codes.get(serial)
+                return snap.good if code is None else snap.by_code[code & 0xF]
+            return self._answer(c, serial, c.sources.values(), None, is_ca)
+        return self._answer(c, serial, [self._watch(c, u) for u in urls], frozenset(urls), is_ca)
+
+    def _answer(self, ca: _Ca, serial: int, sources: Iterable[_Source], uris: "frozenset[str] | None",
+                is_ca: bool) -> CheckResult:
+        now = self._now_ts()
+        stale = None
+        for src in sources:
+            snap = src.snapshot
+            if snap is None or not snap.covers(uris, is_ca):
+                continue
+            if now < snap.fresh_until:
+                code = snap.codes.get(serial)
+                if code is None:
+                    return snap.good
+                if code & 0xF == REMOVE_FROM_CRL_CODE:
+                    return snap.removed
+                return snap.listed(ca.name, code, False)
+            if stale is None:
+                stale = snap
+        if stale is None:
+            return ca.unknown
+        code = stale.codes.get(serial)
+        if code is not None and code & 0xF != REMOVE_FROM_CRL_CODE:
+            return stale.listed(ca.name, code, True)  # the last good CRL lists it: refused under either policy
+        return CheckResult(CheckStatus.UNKNOWN, ca.policy is Policy.FAIL_OPEN, "stale_crl", ca.name, stale.url,
+                           stale.number, stale.this_update, stale.next_update,
+                           detail="the last good CRL is past its nextUpdate and no fresh one could be obtained")
+
+    def _issuer_of(self, cert: x509.Certificate) -> "_Ca | None":
+        issuer = cert.issuer.public_bytes()
+        candidates = self._by_subject.get(issuer)
+        if not candidates:  # the same name encoded differently (§7.1 comparison), e.g. PrintableString vs UTF8String
+            candidates = [ca for ca in self._cas.values() if self._same_name(issuer, ca.subject_name)]
+            if not candidates:
+                return None
+        if len(candidates) == 1:
+            return candidates[0]
+        try:  # several registered CAs share the name (key rollover): pick by AKI (§4.2.1.1)
+            aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+        except x509.ExtensionNotFound:
+            aki = None
+        for ca in candidates:
+            if aki is not None and ca.key_id == aki:
+                return ca
+        return candidates[-1]
+
+    def status(self) -> list[SourceStatus]:
+        """Per (CA, URL): freshness of the last good CRL and the last failure (for readiness and admin pages)."""
+        now = self._now_ts()
+        out = []
+        for ca in self._cas.values():
+            for src in ca.sources.values():
+                snap = src.snapshot
+                out.append(SourceStatus(
+                    ca=ca.name, url=src.url, fresh=snap is not None and now < snap.fresh_until,
+                    crl_number=snap.number if snap else None, this_update=snap.this_update if snap else None,
+                    next_update=snap.next_update if snap else None, entries=len(snap.codes) if snap else 0,
+                    last_success_at=src.last_success_at, last_failure=src.last_failure,
+                    last_failure_detail=src.last_failure_detail, last_failure_at=src.last_failure_at))
+        return out
+
+    # ---- fetching and validating
+
+    async def refresh(self, ca: "str | None" = None, url: "str | None" = None) -> list[RefreshOutcome]:
+        """Fetch now every watched URL (of one CA, or one URL of it) and return what happened."""
+        sources = [s for c in self._cas.values() if ca is None or c.name == ca
+                   for s in c.sources.values() if url is None or s.url == url]
+        if ca is not None and url is not None and not sources and ca in self._cas:
+            self._check_url(url)
+            sources = [self._watch(self._cas[ca], url)]
+        return list(await asyncio.gather(*(self._fetch(s) for s in sources)))
+
+    async def install(self, ca: str, url: str, data: bytes) -> RefreshOutcome:
+        """Validate and take a CRL obtained another way (a saved last-good copy, an upload) for `url`."""
+        src = self._watch(self._cas[ca], url)
+        try:
+            changed = await self._accept(src, data)
+        except _Failure as f:
+            return self._record_failure(src, f)
+        self._record_success(src)
+        return RefreshOutcome(ca, url, True, changed, crl_number=src.snapshot.number if src.snapshot else None)
+
+    async def _fetch(self, src: _Source) -> RefreshOutcome:
+        if src.busy:
+            return RefreshOutcome(src.ca.name, src.url, False, False, detail="a fetch is already running")
+        src.busy = True
+        try:
+            async with self._sem:
+                data = await self._download(src)
+            changed = False if data is None else await self._accept(src, data)
+            if data is None and src.snapshot is not None:
+                self._log.info("crl.check.not_modified", ca=src.ca.name, url=src.url, number=src.snapshot.number)
+            self._record_success(src)
+        except _Failure as f:
+            src.due = time.monotonic() + self.settings.retry_interval.total_seconds()
+            return self._record_failure(src, f)
+        finally:
+            src.busy = False
+            self._wake.set()  # the schedule loop recomputes its wait with this source's new due time
+        src.due = time.monotonic() + self._refresh_after(src.snapshot)
+        return RefreshOutcome(src.ca.name, src.url, True, changed,
+                              crl_number=src.snapshot.number if src.snapshot else None)
+
+    def _refresh_after(self, snap: "_Snapshot | None") -> float:
+        """Seconds to the next fetch: refresh_interval, or sooner so the copy is renewed half-way to nextUpdate."""
+        interval = self.settings.refresh_interval.total_seconds()
+        if snap is not None and snap.next_update is not None:
+            half = (snap.next_update - snap.this_update).total_seconds() / 2
+            left = snap.fresh_until - self._now_ts()
+            interval = min(interval, max(half if left > half else left / 2, 1.0))
+        return interval
+
+    def _record_success(self, src: _Source) -> None:
+        src.last_success_at = self._clock()
+        src.last_failure = src.last_failure_detail = src.last_failure_at = None
+
+    def _record_failure(self, src: _Source, f: _Failure) -> RefreshOutcome:
+        src.last_failure = f.kind
+        src.last_failure_detail = f.detail
+        src.last_failure_at = self._clock()
+        snap = src.snapshot
+        self._log.warning(f"crl.check.{f.kind.value}", ca=src.ca.name, url=src.url, detail=f.detail,
+                          keeping=snap.number if snap else None)
+        return RefreshOutcome(src.ca.name, src.url, False, False, f.kind, f.detail)
+
+    async def _session_for_fetch(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+            self._own_session = True
+        return self._session
+
+    async def _download(self, src: _Source) -> "bytes | None":
+        """GET the CRL (conditional when we hold one); None for 304 Not Modified."""
+        session = await self._session_for_fetch()
+        headers = {"Accept": ACCEPT}
+        if src.snapshot is not None:
+            if src.etag:
+                headers["If-None-Match"] = src.etag
+            if src.last_modified:
+                headers["If-Modified-Since"] = src.last_modified
+        cap = self.settings.max_bytes
+        timeout = aiohttp.ClientTimeout(total=self.settings.timeout.total_seconds())
+        try:
+            async with session.get(src.url, headers=headers, timeout=timeout) as resp:
+                if resp.status == 304 and src.snapshot is not None:
+                    return None
+                if resp.status != 200:
+                    raise _Failure(FailureKind.HTTP_ERROR, f"HTTP {resp.status} from {src.url}")
+                if resp.content_length is not None and resp.content_length > cap:
+                    raise _Failure(FailureKind.TOO_LARGE, f"{resp.content_length} bytes announced, cap {cap}")
+                buf = bytearray()
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    buf += chunk
+                    if len(buf) > cap:
+                        raise _Failure(FailureKind.TOO_LARGE, f"more than {cap} bytes")
+                src.etag = resp.headers.get("ETag")
+                src.last_modified = resp.headers.get("Last-Modified")
+                return bytes(buf)
+        except _Failure:
+            raise
+        except asyncio.TimeoutError:
+            raise _Failure(FailureKind.TIMEOUT, f"no complete answer within {self.settings.timeout}") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _Failure(FailureKind.UNREACHABLE, f"{type(exc).__name__}: {exc}") from None
+
+    async def _accept(self, src: _Source, data: bytes) -> bool:
+        """Validate off the event loop, then install if it is newer; False when it is the copy we hold."""
+        prev = src.snapshot
+        snap = await asyncio.to_thread(self._validate, src.ca, src.url, data, prev)
+        if snap is None:
+            return False
+        if src.snapshot is not prev:  # another fetch installed meanwhile: validate against it again
+            return await self._accept(src, data)
+        src.snapshot = snap
+        src.ca.full = max((s.snapshot for s in src.ca.sources.values()
+                           if s.snapshot is not None and s.snapshot.crl.scope is None),
+                          key=lambda sn: sn.this_update, default=None)
+        self._log.info("crl.check.updated", ca=src.ca.name, url=src.url, number=snap.number, entries=len(snap.codes),
+                       this_update=snap.this_update.isoformat(),
+                       next_update=snap.next_update.isoformat() if snap.next_update else None)
+        if self._on_update is not None:
+            self._on_update(src.ca.name, src.url, snap.crl.der)
+        return True
+
+    def _validate(self, ca: _Ca, url: str, data: bytes, prev: "_Snapshot | None") -> "_Snapshot | None":
+        """RFC 5280 §6.3.3 checks of a downloaded CRL, then the index (worker thread)."""
+        try:
+            crl = parse_crl(der_from_bytes(data))
+        except CrlFormatError as exc:
+            raise _Failure(FailureKind.MALFORMED, str(exc)) from None
+        digest = hashlib.sha256(crl.der).hexdigest()
+        if prev is not None and digest == prev.sha256:
+            return None
+        if crl.delta_base is not None:
+            raise _Failure(FailureKind.UNSUPPORTED, "a delta CRL (§5.2.4); only complete CRLs are used")
+        if crl.unknown_critical:
+            raise _Failure(FailureKind.UNSUPPORTED, f"unknown critical extension(s) {', '.join(crl.unknown_critical)}")
+        if crl.issuer != ca.subject and not self._same_name(crl.issuer, ca.subject_name):
+            raise _Failure(FailureKind.WRONG_ISSUER, "the CRL issuer is not the CA's subject (§6.3.3 (b))")
+        if crl.authority_key_id is not None and ca.key_id is not None and crl.authority_key_id != ca.key_id:
+            raise _Failure(FailureKind.WRONG_SIGNER, "the CRL's Authority Key Identifier is not the CA's key "
+                                                     "identifier (§5.2.1)")
+        if crl.tbs_signature_algorithm != crl.signature_algorithm:
+            raise _Failure(FailureKind.MALFORMED, "signature field differs from signatureAlgorithm (§5.1.1.2)")
+        try:
+            ok = verify_signature(ca.public_key, crl.signature_algorithm, crl.tbs, crl.signature)
+        except UnsupportedAlgorithm as exc:
+            raise _Failure(FailureKind.UNSUPPORTED, str(exc)) from None
+        if not ok:
+            raise _Failure(FailureKind.BAD_SIGNATURE, "the signature does not verify with the CA's key (§6.3.3 (g))")
+        scope = crl.scope
+        if scope is not None:
+            if scope.indirect or scope.only_attribute_certs or scope.only_some_reasons:
+                raise _Failure(FailureKind.UNSUPPORTED, "indirect, attribute-certificate or reason-partitioned CRL")
+            if scope.uris and url not in scope.uris:
+                raise _Failure(FailureKind.SCOPE_MISMATCH, f"the Issuing Distribution Point names "
+                                                           f"{', '.join(scope.uris)}, not {url} (§5.2.5)")
+        now = self._clock()
+        if crl.this_update > now + self.settings.clock_skew:
+            raise _Failure(FailureKind.NOT_YET_VALID, f"thisUpdate {crl.this_update.isoformat()} is in the future")
+        if crl.next_update is not None and crl.next_update <= now:
+            raise _Failure(FailureKind.EXPIRED, f"nextUpdate {crl.next_update.isoformat()} has passed")
+        if prev is not None:
+            if crl.crl_number is not None and prev.number is not None and crl.crl_number <= prev.number:
+                what = "goes backwards" if crl.crl_number < prev.number else "is reused for different content"
+                raise _Failure(FailureKind.ROLLBACK, f"CRL Number {crl.crl_number} {what} "
+                                                     f"(last good {prev.number})")
+            if crl.this_update < prev.this_update:
+                raise _Failure(FailureKind.ROLLBACK, f"thisUpdate {crl.this_update.isoformat()} is older than "
+                                                     f"the last good CRL's {prev.this_update.isoformat()}")
+        try:
+            codes = crl.index(offsets=False).codes
+        except UnsupportedCrl as exc:
+            raise _Failure(FailureKind.UNSUPPORTED, str(exc)) from None
+        except CrlFormatError as exc:
+            raise _Failure(FailureKind.MALFORMED, str(exc)) from None
+        fresh_until = crl.next_update or (crl.this_update + self.settings.missing_next_update_validity)
+        return _Snapshot(ca.name, url, crl, codes, digest, fresh_until)
+
+    @staticmethod
+    def _same_name(issuer_der: bytes, subject: x509.Name) -> bool:
+        """Name comparison beyond byte equality (RFC 5280 §7.1), as cryptography compares attributes."""
+        try:
+            a = asn1_x509.Name.load(issuer_der)
+            b = asn1_x509.Name.load(subject.public_bytes())
+            return a == b
+        except Exception:  # noqa: BLE001 - an unreadable name is simply not equal
+            return False
+
+    # ---- background schedule
+
+    async def start(self) -> None:
+        """Fetch every watched URL now and keep them fresh in the background."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="crl-checker")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> "CrlChecker":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def _loop(self) -> None:
+        running: set[asyncio.Task] = set()
+        while True:
+            now = time.monotonic()
+            soonest = now + 3600.0
+            for ca in list(self._cas.values()):
+                for src in list(ca.sources.values()):
+                    if src.busy:
+                        continue
+                    if src.due <= now:
+                        src.due = now + self.settings.timeout.total_seconds() + 1  # until the fetch sets it
+                        task = asyncio.create_task(self._fetch(src))
+                        running.add(task)
+                        task.add_done_callback(running.discard)
+                    else:
+                        soonest = min(soonest, src.due)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(soonest - time.monotonic(), 0.05))
+            except asyncio.TimeoutError:
+                pass
+            except asyncio.CancelledError:
+                for task in running:
+                    task.cancel()
+                raise
+

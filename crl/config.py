@@ -1,0 +1,70 @@
+"""Settings of CRL publishing, serving and checking (timedeltas accept seconds or ISO 8601 durations)."""
+from __future__ import annotations
+
+from datetime import timedelta
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Policy(str, Enum):
+    """What a check answers when no fresh CRL is available for a certificate."""
+
+    FAIL_CLOSED = "fail-closed"  # unknown status -> not allowed (Entra CBA, pyhanko CRL_REQUIRED)
+    FAIL_OPEN = "fail-open"  # unknown status -> allowed; a listed serial on the last good CRL stays refused
+
+
+class CheckerSettings(BaseModel):
+    """Background fetching and checking of customers' CRLs (bring your own CA)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    refresh_interval: timedelta = Field(default=timedelta(hours=4), description="re-fetch at least this often")
+    retry_interval: timedelta = Field(default=timedelta(minutes=5), description="after a failed fetch")
+    timeout: timedelta = Field(default=timedelta(seconds=10), description="whole download, per URL")
+    max_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="size cap of one CRL download")
+    policy: Policy = Policy.FAIL_CLOSED
+    clock_skew: timedelta = Field(default=timedelta(minutes=5), description="tolerance for thisUpdate in the future")
+    missing_next_update_validity: timedelta = Field(
+        default=timedelta(hours=24), description="how long a CRL without nextUpdate counts as fresh")
+    max_concurrent_fetches: int = Field(default=4, gt=0)
+
+    @model_validator(mode="after")
+    def _positive(self) -> "CheckerSettings":
+        for name in ("refresh_interval", "retry_interval", "timeout", "missing_next_update_validity"):
+            if getattr(self, name) <= timedelta(0):
+                raise ValueError(f"crl.checker.{name} must be positive")
+        if self.clock_skew < timedelta(0):
+            raise ValueError("crl.checker.clock_skew must not be negative")
+        return self
+
+
+class CrlSettings(BaseModel):
+    """Publishing and serving our own CRLs (RFC 5280 §5, crl_and_binding.md section 0)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    validity: timedelta = Field(default=timedelta(days=7), description="nextUpdate - thisUpdate")
+    resign_interval: timedelta = Field(default=timedelta(hours=1), description="re-sign at least this often")
+    coalesce_delay: timedelta = Field(default=timedelta(seconds=1),
+                                      description="wait after a status change for more changes before re-signing")
+    retry_interval: timedelta = Field(default=timedelta(seconds=30), description="after a failed re-sign")
+    poll_interval: timedelta = Field(default=timedelta(seconds=5),
+                                     description="how often to look for a CRL another process published")
+    http_max_age: timedelta = Field(default=timedelta(minutes=5),
+                                    description="Cache-Control max-age cap (never beyond nextUpdate)")
+    checker: CheckerSettings = CheckerSettings()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "CrlSettings":
+        for name in ("validity", "resign_interval", "retry_interval", "poll_interval"):
+            if getattr(self, name) <= timedelta(0):
+                raise ValueError(f"crl.{name} must be positive")
+        if self.coalesce_delay < timedelta(0) or self.http_max_age < timedelta(0):
+            raise ValueError("crl.coalesce_delay and crl.http_max_age must not be negative")
+        if self.resign_interval * 2 > self.validity:
+            raise ValueError("crl.resign_interval must be at most half of crl.validity, "
+                             "so a failed re-sign can be retried long before nextUpdate")
+        if self.coalesce_delay >= self.resign_interval:
+            raise ValueError("crl.coalesce_delay must be shorter than crl.resign_interval")
+        return self

@@ -1,0 +1,351 @@
+"""The CRL publisher of one CA scope (RFC 5280 §5): numbering, scheduled and on-change re-signing, serving copy."""
+# CRLs published by other processes on the same database are picked up by a cheap poll.
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Awaitable, Callable, Sequence
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .build import Entry, EntryEncoder, Issuer, Scope, build_crl
+from .config import CrlSettings
+from .der import utc_seconds
+from .parse import CrlFormatError, parse_crl, pem_from_der
+from .selfcheck import SelfCheckError, check_crl
+from .signing import CrlSigner, UnsupportedAlgorithm, verify_signature
+from .store import CrlStateStore
+
+UTC = timezone.utc
+log = structlog.get_logger("crl.publish")
+
+# The application's view of a CA's revocation state: (serial, revoked_at, reason, invalidity_date) tuples of
+# the held or revoked, unexpired certificates as of `now` (see scep_server.ca.inventory.revoked_entries).
+EntrySource = Callable[[datetime], Awaitable[Sequence[Entry]]]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class PublishError(Exception):
+    """A re-sign failed; the previous CRL (if any) is still the one served."""
+
+
+@dataclass(frozen=True, eq=False)
+class PublishedCrl:
+    """A signed CRL ready to serve: DER, PEM and the metadata HTTP validators need."""
+
+    ca: str
+    number: int
+    this_update: datetime
+    next_update: datetime
+    der: bytes = field(repr=False)
+    pem: bytes = field(repr=False)
+    sha256: str
+    entries: int
+
+    @classmethod
+    def from_der(cls, ca: str, der: bytes) -> "PublishedCrl":
+        """Wrap an existing signed CRL (e.g. one loaded from disk) for serving."""
+        crl = parse_crl(der)
+        if crl.crl_number is None or crl.next_update is None:
+            raise CrlFormatError("a CRL to serve needs a CRL Number and a nextUpdate")
+        return _published_from(ca, crl.der, crl.crl_number, crl.this_update, crl.next_update,
+                               len(crl.index()))
+
+    @property
+    def etag(self) -> str:
+        """Strong validator of the DER representation (CRL Number and content hash)."""
+        return f'"{self.number:x}-{self.sha256[:16]}"'
+
+
+@dataclass(frozen=True)
+class PublisherHealth:
+    """Readiness of one publisher: `ready` while a CRL whose nextUpdate is in the future is being served."""
+
+    ca: str
+    state: str  # starting | ok | degraded (last re-sign failed, CRL still fresh) | stale (none, or nextUpdate passed)
+    ready: bool
+    crl_number: "int | None"
+    this_update: "datetime | None"
+    next_update: "datetime | None"
+    last_success_at: "datetime | None"
+    last_failure_at: "datetime | None"
+    last_error: "str | None"
+    consecutive_failures: int
+
+
+def _published_from(ca: str, der: bytes, number: int, this_update: datetime, next_update: datetime,
+                    entries: int) -> PublishedCrl:
+    return PublishedCrl(ca=ca, number=number, this_update=this_update, next_update=next_update, der=der,
+                        pem=pem_from_der(der), sha256=hashlib.sha256(der).hexdigest(), entries=entries)
+
+
+class Publisher:
+    """Keeps the current CRL of one CA scope, re-signing on schedule and soon after status changes."""
+
+    def __init__(self, ca: str, *, issuer: Issuer, signer: CrlSigner, source: EntrySource, engine: AsyncEngine,
+                 settings: "CrlSettings | None" = None, clock: Callable[[], datetime] = _utcnow,
+                 scope: "Scope | None" = None, number_floor: int = 0, executor: "Executor | None" = None,
+                 instance_id: "str | None" = None, logger=None) -> None:
+        if issuer.public_key is None:
+            raise ValueError("the publisher verifies every CRL it signs: give the issuer's public key")
+        self.ca = ca
+        self.issuer = issuer
+        self.signer = signer
+        self.source = source
+        self.settings = settings or CrlSettings()
+        self.scope = scope
+        self.instance_id = instance_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._clock = clock
+        self._log = logger or log
+        self._store = CrlStateStore(engine, ca)
+        self._floor = number_floor
+        self._executor = executor
+        self._encoder = EntryEncoder()
+        self._lock = asyncio.Lock()
+        self._current: "PublishedCrl | None" = None
+        self._published = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._dirty_since: "float | None" = None
+        self._task: "asyncio.Task | None" = None
+        self._last_success_at: "datetime | None" = None
+        self._last_failure_at: "datetime | None" = None
+        self._last_failure_mono: "float | None" = None
+        self._last_error: "str | None" = None
+        self._failures = 0
+        self.last_build_seconds: "float | None" = None
+
+    # ---- what the application reads
+
+    @property
+    def current(self) -> "PublishedCrl | None":
+        """The CRL served now (the newest good one)."""
+        return self._current
+
+    def health(self) -> PublisherHealth:
+        """Readiness for /readyz: ready while the served CRL's nextUpdate is ahead."""
+        now = self._clock()
+        cur = self._current
+        if cur is None:
+            state = "starting" if self._failures == 0 else "stale"
+        elif now >= cur.next_update:
+            state = "stale"
+        elif self._failures:
+            state = "degraded"
+        else:
+            state = "ok"
+        return PublisherHealth(
+            ca=self.ca, state=state, ready=cur is not None and now < cur.next_update,
+            crl_number=cur.number if cur else None, this_update=cur.this_update if cur else None,
+            next_update=cur.next_update if cur else None, last_success_at=self._last_success_at,
+            last_failure_at=self._last_failure_at, last_error=self._last_error,
+            consecutive_failures=self._failures)
+
+    def notify_changed(self) -> None:
+        """A certificate of this CA changed status: re-sign after the coalescing delay (call on the event loop)."""
+        if self._dirty_since is None:
+            self._dirty_since = time.monotonic()
+        self._wake.set()
+
+    async def wait_newer(self, than: "int | None", timeout: "float | None" = None) -> PublishedCrl:
+        """Wait until a CRL with a number above `than` is current (any CRL when `than` is None)."""
+        async def _wait() -> PublishedCrl:
+            while self._current is None or (than is not None and self._current.number <= than):
+                await self._published.wait()
+            return self._current
+
+        return await asyncio.wait_for(_wait(), timeout)
+
+    # ---- publishing
+
+    async def publish_now(self) -> PublishedCrl:
+        """Allocate a number, read the source, build, sign, self-check and record a new CRL (RFC 5280 §5)."""
+        async with self._lock:
+            self._dirty_since = None
+            started = time.monotonic()
+            try:
+                published = await self._publish_locked()
+            except Exception as exc:  # noqa: BLE001 - every failure keeps the last good CRL and is reported
+                self._failed(exc)
+                raise PublishError(f"CRL for {self.ca} not published: {exc}") from exc
+            self.last_build_seconds = time.monotonic() - started
+            return published
+
+    async def _publish_locked(self) -> PublishedCrl:
+        now = utc_seconds(self._clock())
+        previous = self._current.number if self._current else None
+        # the number is taken before the source is read: a CRL that loses to a higher number never hides a
+        # change, because the higher number was allocated later and its source read saw at least as much
+        number, this_update = await self._store.allocate(now, floor=max(self._floor, previous or 0))
+        this_update = utc_seconds(this_update)
+        next_update = this_update + self.settings.validity
+        rows = await self.source(now)
+        entries = rows if isinstance(rows, list) and (not rows or type(rows[0]) is tuple) else [tuple(r) for r in rows]
+        published = await self._run(self._build, number, this_update, next_update, entries, previous)
+        saved = await self._store.save(number=number, this_update=this_update, next_update=next_update,
+                                       der=published.der, sha256=published.sha256, entries=published.entries,
+                                       published_at=self._clock(), published_by=self.instance_id)
+        if not saved:
+            self._log.info("crl.publish.superseded", ca=self.ca, number=number)
+            await self.refresh_from_store()
+            self._succeeded()
+            return self._current or published
+        self._install(published)
+        self._succeeded()
+        self._log.info("crl.published", ca=self.ca, number=number, entries=published.entries,
+                       bytes=len(published.der), this_update=this_update.isoformat(),
+                       next_update=next_update.isoformat(), reused_entries=self._encoder.last_reused)
+        return published
+
+    def _build(self, number: int, this_update: datetime, next_update: datetime, entries: list[Entry],
+               previous: "int | None") -> PublishedCrl:
+        """Worker-thread part: encode, sign once, self-check (profile, signature, entries vs source)."""
+        try:
+            der = build_crl(issuer=self.issuer, signer=self.signer, number=number, this_update=this_update,
+                            next_update=next_update, entries=entries, scope=self.scope, encoder=self._encoder)
+            check_crl(der, issuer=self.issuer, number=number, this_update=this_update, next_update=next_update,
+                      entries=entries, previous_number=previous, scope=self.scope)
+        except Exception:
+            self._encoder.clear()
+            raise
+        return _published_from(self.ca, der, number, this_update, next_update, len(entries))
+
+    async def refresh_from_store(self) -> bool:
+        """Adopt the newest CRL in the database if it is newer than ours (another process published it)."""
+        stored = await self._store.load()
+        if stored is None or (self._current is not None and stored.number <= self._current.number):
+            return False
+        try:
+            published = await self._run(self._verify_stored, stored)
+        except (CrlFormatError, UnsupportedAlgorithm, ValueError) as exc:
+            self._log.error("crl.adopt.rejected", ca=self.ca, number=stored.number, error=str(exc))
+            return False
+        if self._current is not None and published.number <= self._current.number:
+            return False
+        self._install(published)
+        self._log.info("crl.adopted", ca=self.ca, number=published.number, published_by=stored.published_by)
+        return True
+
+    def _verify_stored(self, stored) -> PublishedCrl:
+        crl = parse_crl(stored.der)
+        if crl.crl_number != stored.number or crl.issuer != self.issuer.name:
+            raise ValueError("stored CRL does not match its row")
+        if not verify_signature(self.issuer.public_key, crl.signature_algorithm, crl.tbs, crl.signature):
+            raise ValueError("stored CRL signature does not verify")
+        return _published_from(self.ca, stored.der, stored.number, crl.this_update, crl.next_update or
+                               stored.next_update, stored.entries)
+
+    def _install(self, published: PublishedCrl) -> None:
+        self._current = published
+        event, self._published = self._published, asyncio.Event()
+        event.set()
+
+    def _succeeded(self) -> None:
+        self._last_success_at = self._clock()
+        self._failures = 0
+        self._last_error = None
+        self._last_failure_mono = None
+
+    def _failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        self._last_failure_at = self._clock()
+        self._last_failure_mono = time.monotonic()
+        self._last_error = f"{type(exc).__name__}: {exc}"
+        cur = self._current
+        self._log.error("crl.publish.failed", ca=self.ca, error=self._last_error, failures=self._failures,
+                        serving=cur.number if cur else None,
+                        serving_next_update=cur.next_update.isoformat() if cur else None,
+                        problems=getattr(exc, "problems", None) if isinstance(exc, SelfCheckError) else None)
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # ---- the schedule
+
+    async def start(self) -> None:
+        """Load the last published CRL and start the re-sign / poll loop."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name=f"crl-publisher-{self.ca}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def __aenter__(self) -> "Publisher":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    def _seconds_until_resign(self) -> float:
+        """Scheduled re-sign: every resign_interval, and never later than half-way to nextUpdate."""
+        cur = self._current
+        if cur is None:
+            return 0.0
+        due = min(cur.this_update + self.settings.resign_interval,
+                  cur.this_update + (cur.next_update - cur.this_update) / 2)
+        return (due - self._clock()).total_seconds()
+
+    def _seconds_until_work(self) -> float:
+        """Seconds until the next re-sign is due (scheduled, or changes after the coalescing delay)."""
+        wait = self._seconds_until_resign()
+        if self._dirty_since is not None:
+            wait = min(wait, self._dirty_since + self.settings.coalesce_delay.total_seconds() - time.monotonic())
+        if self._last_failure_mono is not None:  # back off after a failure, whatever is due
+            wait = max(wait, self._last_failure_mono + self.settings.retry_interval.total_seconds() - time.monotonic())
+        return wait
+
+    async def _loop(self) -> None:
+        poll = self.settings.poll_interval.total_seconds()
+        next_poll = time.monotonic()
+        while True:
+            try:
+                if time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + poll
+                    await self._poll()
+                if self._seconds_until_work() <= 0:
+                    try:
+                        await self.publish_now()
+                    except PublishError:
+                        pass  # logged, reflected in health(); retried after retry_interval
+                    continue
+                wait = min(self._seconds_until_work(), next_poll - time.monotonic())
+                self._wake.clear()
+                if wait > 0:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), wait)
+                    except asyncio.TimeoutError:
+                        pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive a database hiccup
+                self._log.error("crl.publisher.loop_error", ca=self.ca, error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(min(poll, self.settings.retry_interval.total_seconds()))
+            self._warn_if_stale()
+
+    async def _poll(self) -> None:
+        """Cheap check for a CRL another process published; loads it only when the number moved."""
+        number = await self._store.published_number()
+        if number is not None and (self._current is None or number > self._current.number):
+            await self.refresh_from_store()
+
+    def _warn_if_stale(self) -> None:
+        cur = self._current
+        if cur is not None and self._clock() >= cur.next_update:
+            self._log.error("crl.stale", ca=self.ca, number=cur.number, next_update=cur.next_update.isoformat())
+

@@ -1,0 +1,28 @@
+"""Tables of the crl package: per-CA CRL numbering and the current published CRL."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+TS = sa.DateTime(timezone=True)
+
+# One row per CRL scope (a CA, or a CA's partition): the allocation counter and the newest published CRL.
+crl_state = sa.Table(
+    "crl_state",
+    metadata,
+    sa.Column("ca", sa.String(128), primary_key=True),
+    # last CRL Number handed out (RFC 5280 §5.2.3: never shared by two CRLs of one scope)
+    sa.Column("last_number", sa.BigInteger, nullable=False, server_default="0"),
+    # thisUpdate of the last allocation: thisUpdate never goes backwards across processes
+    sa.Column("last_this_update", TS),
+    # the newest published CRL (published number <= last_number)
+    sa.Column("crl_number", sa.BigInteger),
+    sa.Column("this_update", TS),
+    sa.Column("next_update", TS),
+    sa.Column("der", sa.LargeBinary),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("entries", sa.Integer),
+    sa.Column("published_at", TS),
+    sa.Column("published_by", sa.String(255)),
+)

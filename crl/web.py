@@ -1,0 +1,188 @@
+"""Serving CRLs at the CDP (RFC 5280 §4.2.1.13, RFC 2585 §4) with validators and 304s (RFC 9110 §13)."""
+# Cache-Control/Expires never reach beyond nextUpdate (RFC 9111 §5.2). Responses for the current CRL are
+# prepared once per CRL and per second (max-age counts down to nextUpdate); a request only looks the CA
+# up, compares validators and hands the prepared bytes and headers to aiohttp.
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+from email.utils import formatdate, parsedate_to_datetime
+from typing import Callable, Mapping, Protocol
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .config import CrlSettings
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.~-]+")
+DER_TYPE = "application/pkix-crl"  # RFC 2585 §4.2
+PEM_TYPE = "application/x-pem-file"
+
+
+class HasCurrentCrl(Protocol):
+    """Anything serving a CRL: a Publisher, or a fixed holder in tests."""
+
+    @property
+    def current(self): ...
+
+
+def _http_date(ts: float) -> str:
+    return formatdate(ts, usegmt=True)
+
+
+class _Prepared:
+    """Bodies and headers of one CRL for one second."""
+
+    __slots__ = ("crl", "second", "der", "pem", "etag_der", "etag_pem", "last_modified_ts", "der_headers",
+                 "pem_headers", "der_304", "pem_304")
+
+    def __init__(self, crl, second: int, max_age_cap: int) -> None:
+        self.crl = crl
+        self.second = second
+        self.der = crl.der
+        self.pem = crl.pem
+        self.etag_der = crl.etag
+        self.etag_pem = crl.etag[:-1] + '-pem"'
+        self.last_modified_ts = crl.this_update.timestamp()
+        remaining = int(crl.next_update.timestamp()) - second
+        common = {"Last-Modified": _http_date(self.last_modified_ts)}
+        if remaining > 0:
+            max_age = min(max_age_cap, remaining)
+            common["Cache-Control"] = f"public, max-age={max_age}, no-transform"
+            common["Expires"] = _http_date(second + max_age)
+        else:  # nextUpdate has passed: the CRL is stale, let nobody cache it
+            common["Cache-Control"] = "no-cache"
+            common["Expires"] = _http_date(second)
+        self.der_headers = CIMultiDict(common, **{"Content-Type": DER_TYPE, "ETag": self.etag_der})
+        self.pem_headers = CIMultiDict(common, **{"Content-Type": PEM_TYPE, "ETag": self.etag_pem})
+        self.der_304 = CIMultiDict(common, ETag=self.etag_der)
+        self.pem_304 = CIMultiDict(common, ETag=self.etag_pem)
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    """If-None-Match uses the weak comparison (RFC 9110 §13.1.2)."""
+    if header.strip() == "*":
+        return True
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if candidate.startswith("W/"):
+            candidate = candidate[2:]
+        if candidate == etag:
+            return True
+    return False
+
+
+def _not_modified_since(header: str, last_modified_ts: float) -> bool:
+    try:
+        since = parsedate_to_datetime(header)
+    except (TypeError, ValueError, IndexError):
+        return False  # an unreadable date is ignored (RFC 9110 §13.1.3)
+    if since.tzinfo is None:
+        return False
+    return int(last_modified_ts) <= since.timestamp()
+
+
+class CrlEndpoint:
+    """`GET/HEAD /crl/{ca}.crl` (DER) and `/crl/{ca}.pem`; 404 for an unknown CA, 503 before the first CRL."""
+
+    def __init__(self, publishers: Mapping[str, HasCurrentCrl], *, settings: "CrlSettings | None" = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.publishers = publishers
+        self.max_age = int((settings or CrlSettings()).http_max_age.total_seconds())
+        self.clock = clock
+        self._prepared: dict[str, _Prepared] = {}
+
+    def _prepare(self, ca: str):
+        pub = self.publishers.get(ca)
+        if pub is None:
+            return None
+        crl = pub.current
+        if crl is None:
+            return False
+        second = int(self.clock())
+        prepared = self._prepared.get(ca)
+        if prepared is None or prepared.crl is not crl or prepared.second != second:
+            prepared = self._prepared[ca] = _Prepared(crl, second, self.max_age)
+        return prepared
+
+    async def der(self, request: web.Request) -> web.Response:
+        """The CRL as DER, the representation the CDP URI names (RFC 5280 §4.2.1.13)."""
+        return self._der(request, request.match_info["ca"])
+
+    def der_for(self, ca: str):
+        """A handler bound to one CA, for a plain (non-pattern) route."""
+        async def handler(request: web.Request) -> web.Response:
+            return self._der(request, ca)
+
+        return handler
+
+    def pem_for(self, ca: str):
+        async def handler(request: web.Request) -> web.Response:
+            return self._pem(request, ca)
+
+        return handler
+
+    def _der(self, request: web.Request, ca: str) -> web.Response:
+        p = self._prepare(ca)
+        if not p:
+            return self._missing(ca, p)
+        headers = request.headers
+        if "If-None-Match" in headers or "If-Modified-Since" in headers:
+            if self._not_modified(headers, p.etag_der, p.last_modified_ts):
+                return web.Response(status=304, headers=p.der_304)
+        return web.Response(body=p.der, headers=p.der_headers)
+
+    async def pem(self, request: web.Request) -> web.Response:
+        """The CRL as PEM (RFC 7468 §5), a convenience for people and scripts."""
+        return self._pem(request, request.match_info["ca"])
+
+    def _pem(self, request: web.Request, ca: str) -> web.Response:
+        p = self._prepare(ca)
+        if not p:
+            return self._missing(ca, p)
+        headers = request.headers
+        if "If-None-Match" in headers or "If-Modified-Since" in headers:
+            if self._not_modified(headers, p.etag_pem, p.last_modified_ts):
+                return web.Response(status=304, headers=p.pem_304)
+        return web.Response(body=p.pem, headers=p.pem_headers)
+
+    async def other(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        return web.Response(status=404, text=f"no such CRL {name!r}: use /crl/<ca>.crl (DER) or /crl/<ca>.pem\n")
+
+    @staticmethod
+    def _not_modified(headers, etag: str, last_modified_ts: float) -> bool:
+        """RFC 9110 §13.2.2: If-None-Match decides when present, else If-Modified-Since."""
+        inm = headers.get("If-None-Match")
+        if inm is not None:
+            return _etag_matches(inm, etag)
+        return _not_modified_since(headers["If-Modified-Since"], last_modified_ts)
+
+    @staticmethod
+    def _missing(ca: str, p) -> web.Response:
+        if p is None:
+            return web.Response(status=404, text=f"no CA named {ca!r} publishes a CRL here\n")
+        return web.Response(status=503, headers={"Retry-After": "5"},
+                            text=f"the CRL of CA {ca!r} is not published yet\n")
+
+
+def add_routes(app: web.Application, publishers: Mapping[str, HasCurrentCrl], *, prefix: str = "/crl",
+               settings: "CrlSettings | None" = None, clock: Callable[[], float] = time.time) -> CrlEndpoint:
+    """Mount the CRL endpoints on `app` (GET, with HEAD) and return the endpoint object."""
+    endpoint = CrlEndpoint(publishers, settings=settings, clock=clock)
+    prefix = prefix.rstrip("/")
+    for ca in list(publishers):  # plain routes resolve by dict lookup; the patterns catch CAs added later
+        if not _PLAIN_NAME.fullmatch(ca):
+            continue
+        app.router.add_get(f"{prefix}/{ca}.crl", endpoint.der_for(ca))
+        app.router.add_get(f"{prefix}/{ca}.pem", endpoint.pem_for(ca))
+    app.router.add_get(prefix + "/{ca}.crl", endpoint.der)
+    app.router.add_get(prefix + "/{ca}.pem", endpoint.pem)
+    app.router.add_get(prefix + "/{name}", endpoint.other)
+    return endpoint
+
+
+def last_modified_of(this_update: datetime) -> str:
+    """The Last-Modified value a CRL is served with (thisUpdate, RFC 9110 §8.8.2)."""
+    return _http_date(this_update.timestamp())

@@ -1,0 +1,426 @@
+"""The BYO-CA checker against a customer CA run with OpenSSL, its CRLs served by a local aiohttp server."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import time
+from datetime import timedelta
+
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtensionOID, ObjectIdentifier
+
+from crl.check import CertificateRefused, CheckStatus, CrlChecker, FailureKind
+from crl.config import CheckerSettings, Policy
+from crl.parse import pem_from_der
+from tests.crl.conftest import FakeClock, RecordingLogger
+from tests.crl.pki import NOW, OpenSslCa, make_ca, openssl
+
+REVOKED, HELD, GOOD, NO_CDP = 0x1001, 0x1002, 0x1003, 0x1004
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def customer(tmp_path_factory):
+    """A customer's CA made with the openssl CLI, its CRL URL on a loopback port, and four leaf certificates."""
+    port = free_port()
+    ca = OpenSslCa(tmp_path_factory.mktemp("customer-ca"), "Customer Device CA",
+                   f"http://127.0.0.1:{port}/customer.crl")
+    ca.port = port
+    ca.leaves = {s: ca.issue(s) for s in (REVOKED, HELD, GOOD)}
+    ca.leaves[NO_CDP] = ca.issue(NO_CDP, cdp=False)
+    ca.impostor()
+    return ca
+
+
+class CrlServer:
+    """The customer's CDP: serves whatever body the test sets, with an ETag, optionally slowly."""
+
+    def __init__(self) -> None:
+        self.body = b""
+        self.status = 200
+        self.delay = 0.0
+        self.content_type = "application/pkix-crl"
+        self.requests: list[dict] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append(dict(request.headers))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        etag = f'"{hashlib.sha256(self.body).hexdigest()[:16]}"'
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={"ETag": etag})
+        return web.Response(status=self.status, body=self.body,
+                            headers={"ETag": etag, "Content-Type": self.content_type})
+
+
+@pytest.fixture
+async def cdp(aiohttp_server, customer):
+    server = CrlServer()
+    app = web.Application()
+    app.router.add_get("/customer.crl", server.handle)
+    await aiohttp_server(app, port=customer.port)
+    return server
+
+
+@pytest.fixture
+async def checker():
+    made: list[CrlChecker] = []
+
+    def make(**kw) -> CrlChecker:
+        settings = kw.pop("settings", None) or CheckerSettings(**kw.pop("opts", {}))
+        c = CrlChecker(settings=settings, logger=kw.pop("logger", RecordingLogger()), **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        await c.stop()
+
+
+def crl_with(customer: OpenSslCa, revoked: dict, **kw) -> bytes:
+    customer.set_revoked(revoked)
+    return customer.gencrl(**kw)
+
+
+async def test_revoked_held_good_and_released(customer, cdp, checker):
+    cdp.body = crl_with(customer, {REVOKED: "keyCompromise", HELD: "certificateHold"}, number=1)
+    c = checker()
+    name = c.add_ca(customer.cert_pem, name="customer", crl_urls=[f"http://127.0.0.1:{customer.port}/customer.crl"])
+    [outcome] = await c.refresh()
+    assert outcome.ok and outcome.changed and outcome.crl_number == 1
+
+    r = c.check(customer.leaves[REVOKED])
+    assert (r.status, r.allowed, r.reason, r.revocation_reason, r.ca, r.crl_number) == \
+        (CheckStatus.REVOKED, False, "listed", 1, name, 1)
+    r = c.check(customer.leaves[HELD])
+    assert (r.status, r.allowed, r.revocation_reason) == (CheckStatus.ON_HOLD, False, 6)
+    r = c.check(customer.leaves[GOOD])
+    assert (r.status, r.allowed, r.reason) == (CheckStatus.GOOD, True, "not_listed")
+    assert c.check_serial("customer", GOOD).status is CheckStatus.GOOD
+    assert c.check_serial("customer", REVOKED).status is CheckStatus.REVOKED
+
+    # the hold is released: the serial leaves the next CRL
+    cdp.body = crl_with(customer, {REVOKED: "keyCompromise"}, number=2)
+    [outcome] = await c.refresh()
+    assert outcome.ok and outcome.changed and outcome.crl_number == 2
+    assert c.check(customer.leaves[HELD]).status is CheckStatus.GOOD
+    assert c.check(customer.leaves[REVOKED]).status is CheckStatus.REVOKED
+    [status] = c.status()
+    assert status.fresh and status.crl_number == 2 and status.entries == 1 and status.last_failure is None
+
+
+async def test_answers_agree_with_openssl_verify(customer, cdp, checker, tmp_path):
+    der = crl_with(customer, {REVOKED: "keyCompromise", HELD: "certificateHold"}, number=3)
+    cdp.body = pem_from_der(der)  # served as PEM: tolerated
+    c = checker()
+    c.add_ca(customer.cert_pem, name="customer", crl_urls=[f"http://127.0.0.1:{customer.port}/customer.crl"])
+    assert (await c.refresh())[0].ok
+    (tmp_path / "crl.pem").write_bytes(pem_from_der(der))
+    (tmp_path / "ca.pem").write_bytes(customer.cert_pem)
+    for serial in (REVOKED, HELD, GOOD):
+        (tmp_path / "leaf.pem").write_bytes(customer.leaves[serial])
+        proc = openssl("verify", "-crl_check", "-CAfile", "ca.pem", "-CRLfile", "crl.pem", "leaf.pem", cwd=tmp_path,
+                       check=False)
+        openssl_ok = proc.returncode == 0
+        assert openssl_ok == c.check(customer.leaves[serial]).allowed, (serial, proc.stdout, proc.stderr)
+        if not openssl_ok:
+            assert b"certificate revoked" in proc.stdout + proc.stderr
+
+
+async def test_certificates_without_cdp_are_refused(customer, tmp_path, checker):
+    c = checker(opts={"policy": Policy.FAIL_OPEN})
+    c.add_ca(customer.cert_pem, name="customer")
+    r = c.check(customer.leaves[NO_CDP])
+    assert (r.status, r.allowed, r.reason) == (CheckStatus.UNKNOWN, False, "no_cdp")
+    assert "CRL Distribution Points" in r.detail
+    no_cdp_ca = OpenSslCa(tmp_path / "nocdp", "CA Without CDP", "http://127.0.0.1:9/x.crl", ca_cdp=None)
+    with pytest.raises(CertificateRefused) as info:
+        c.add_ca(no_cdp_ca.cert_pem)
+    assert info.value.reason == "no_cdp" and "CRL Distribution Points" in str(info.value)
+    assert c.add_ca(no_cdp_ca.cert_pem, name="root", require_cdp=False) == "root"  # e.g. a self-signed root
+
+
+async def test_ca_certificates_that_cannot_sign_crls_are_refused(checker):
+    c = checker()
+    with pytest.raises(CertificateRefused) as info:
+        c.add_ca(make_ca("No cRLSign", kind="ec", cdp="http://127.0.0.1/r.crl", crl_sign=False).pem)
+    assert info.value.reason == "no_crl_sign"
+    leaf = make_ca("Issuer", kind="ec", cdp="http://127.0.0.1/r.crl")
+    from tests.crl.pki import issue
+    with pytest.raises(CertificateRefused) as info:
+        c.add_ca(issue(leaf, 5))
+    assert info.value.reason == "not_a_ca"
+
+
+async def test_unknown_issuer_and_forged_issuer_name(customer, checker):
+    c = checker(opts={"policy": Policy.FAIL_OPEN})
+    stranger = make_ca("Stranger CA", kind="ec", cdp="http://127.0.0.1/s.crl")
+    from tests.crl.pki import issue
+    r = c.check(issue(stranger, 77))
+    assert (r.status, r.allowed, r.reason) == (CheckStatus.UNKNOWN, False, "unknown_issuer")
+    c.add_ca(customer.cert_pem, name="customer")
+    # a certificate naming the customer CA as issuer but signed by another key
+    forged = x509.load_pem_x509_certificate(customer.leaves[GOOD])
+    other = serialization.load_pem_private_key((customer.directory / "other.key").read_bytes(), None)
+    rebuilt = (x509.CertificateBuilder().subject_name(forged.subject).issuer_name(forged.issuer)
+               .public_key(forged.public_key()).serial_number(forged.serial_number)
+               .not_valid_before(forged.not_valid_before_utc).not_valid_after(forged.not_valid_after_utc)
+               .add_extension(forged.extensions.get_extension_for_oid(ExtensionOID.CRL_DISTRIBUTION_POINTS).value,
+                              critical=False).sign(other, hashes.SHA256()))
+    r = c.check(rebuilt)
+    assert (r.allowed, r.reason) == (False, "not_issued_by_ca")
+
+
+async def test_wrong_signer_is_refused_and_last_good_kept(customer, cdp, checker):
+    log = RecordingLogger()
+    c = checker(logger=log)
+    c.add_ca(customer.cert_pem, name="customer", crl_urls=[f"http://127.0.0.1:{customer.port}/customer.crl"])
+    cdp.body = crl_with(customer, {REVOKED: "keyCompromise"}, number=10)
+    assert (await c.refresh())[0].ok
+    # same issuer name, another key: its AKI gives it away
+    cdp.body = crl_with(customer, {}, number=11, key_file="other.key", cert_file="other.pem")
+    [outcome] = await c.refresh()
+    assert not outcome.ok and outcome.failure is FailureKind.WRONG_SIGNER
+    # without an AKI only the signature tells
+    cdp.body = crl_with(customer, {}, number=12, key_file="other.key", cert_file="other.pem", aki=False)
+    [outcome] = await c.refresh()
+    assert not outcome.ok and outcome.failure is FailureKind.BAD_SIGNATURE
+    r = c.check(customer.leaves[REVOKED])
+    assert r.status is CheckStatus.REVOKED and r.crl_number == 10  # the last good copy still answers
+    assert {"crl.check.wrong_signer", "crl.check.bad_signature"} <= set(log.events("warning"))
+    [status] = c.status()
+    assert status.last_failure is FailureKind.BAD_SIGNATURE and status.crl_number == 10
+
+
+@pytest.mark.parametrize("policy, allowed", [(Policy.FAIL_CLOSED, False), (Policy.FAIL_OPEN, True)])
+async def test_expired_crl_is_not_used(customer, cdp, checker, policy, allowed):
+    log = RecordingLogger()
+    c = checker(opts={"policy": policy}, logger=log)
+    c.add_ca(customer.cert_pem, name="customer", crl_urls=[f"http://127.0.0.1:{customer.port}/customer.crl"])
+    cdp.body = crl_with(customer, {REVOKED: "keyCompromise"}, number=20, last=NOW - timedelta(days=10),
+                        next=NOW - timedelta(days=3))
+    [outcome] = await c.refresh()
+    assert outcome.failure is FailureKind.EXPIRED and "crl.check.expired" in log.events()
+    for serial in (GOOD, REVOKED):
+        r = c.check(customer.leaves[serial])
+        assert (r.status, r.allowed, r.reason) == (CheckStatus.UNKNOWN, allowed, "no_crl")
+
+
+@pytest.mark.parametrize("policy", [Policy.FAIL_CLOSED, Policy.FAIL_OPEN])
+async def test_last_good_crl_past_next_update(customer, checker, policy):
+    clock = FakeClock(NOW)
+    c = checker(opts={"policy": policy}, clock=clock)
+    c.add_ca(customer.cert_pem, name="customer")
+    url = f"http://127.0.0.1:{customer.port}/customer.crl"
+    outcome = await c.install("customer", url, crl_with(customer, {REVOKED: "keyCompromise", HELD: "certificateHold"},
+                                                        number=30, last=NOW, next=NOW + timedelta(days=1)))
+    assert outcome.ok
+    assert c.check(customer.leaves[GOOD]).status is CheckStatus.GOOD
+    clock.advance(timedelta(days=1, seconds=1).total_seconds())
+    r = c.check(customer.leaves[GOOD])
+    assert (r.status, r.reason, r.allowed) == (CheckStatus.UNKNOWN, "stale_crl", policy is Policy.FAIL_OPEN)
+    for serial, status in ((REVOKED, CheckStatus.REVOKED), (HELD, CheckStatus.ON_HOLD)):
+        r = c.check(customer.leaves[serial])  # listed on the last good CRL: refused under either policy
+        assert (r.status, r.reason, r.allowed) == (status, "listed_on_stale_crl", False)
+    assert not c.status()[0].fresh
+
+
+async def test_rolled_back_crl_is_refused(customer, cdp, checker):
+    log = RecordingLogger()
+    c = checker(logger=log)
+    c.add_ca(customer.cert_pem, name="customer", crl_urls=[f"http://127.0.0.1:{customer.port}/customer.crl"])
+    cdp.body = crl_with(customer, {REVOKED: "keyCompromise"}, number=41)
+    assert (await c.refresh())[0].ok
+    cdp.body = crl_with(customer, {}, number=40)  # an older CRL that does not list the serial yet
+    [outcome] = await c.refresh()
+    assert outcome.failure is FailureKind.ROLLBACK and "goes backwards" in outcome.detail
+    cdp.body = crl_with(customer, {}, number=41)  # the same number, other content
+    [outcome] = await c.refresh()
+    assert outcome.failure is FailureKind.ROLLBACK and "reused" in outcome.detail
+    cdp.body = crl_with(customer, {}, number=42, last=NOW - timedelta(days=1))  # higher number, older thisUpdate
+    [outcome] = await c.refresh()
+    assert outcome.failure is FailureKind.ROLLBACK and "thisUpdate" in outcome.detail
+    r = c.check(customer.leaves[REVOKED])
+    assert r.status is CheckStatus.REVOKED and r.crl_number == 41
+    assert log.events("warning").count("crl.check.rollback") == 3
+
+
+@pytest.mark.parametrize("policy, allowed", [(Policy.FAIL_CLOSED, False), (Policy.FAIL_OPEN, True)])
+async def test_unreachable_server_under_both_policies(customer, checker, policy, allowed):
+    log = RecordingLogger()
+    c = checker(opts={"policy": policy, "timeout": 2}, logger=log)
+    c.add_ca(customer.cert_pem, name="customer", crl_urls=[f"http://127.0.0.1:{customer.port}/customer.crl"])
+    [outcome] = await c.refresh()  # nothing listens on the customer's port in this test
+    assert not outcome.ok and outcome.failure is FailureKind.UNREACHABLE
+    assert "crl.check.unreachable" in log.events("warning")
+    for serial in (GOOD, REVOKED):
+        r = c.check(customer.leaves[serial])
+        assert (r.status, r.allowed) == (CheckStatus.UNKNOWN, allowed)
+
+
+async def test_per_ca_policy_overrides_the_default(customer, checker):
+    c = checker(opts={"policy": Policy.FAIL_CLOSED})
+    c.add_ca(customer.cert_pem, name="customer", policy=Policy.FAIL_OPEN)
+    assert c.check(customer.leaves[GOOD]).allowed
+
+
+async def test_transport_failures_each_have_their_own_kind(customer, cdp, checker):
+    log = RecordingLogger()
+    url = f"http://127.0.0.1:{customer.port}/customer.crl"
+    c = checker(opts={"timeout": 0.3, "max_bytes": 4096}, logger=log)
+    c.add_ca(customer.cert_pem, name="customer", crl_urls=[url])
+    good = crl_with(customer, {REVOKED: "keyCompromise"}, number=50)
+
+    cdp.status, cdp.body = 404, b"not here"
+    assert (await c.refresh())[0].failure is FailureKind.HTTP_ERROR
+    cdp.status, cdp.body = 200, b"\x30\x03\x02\x01\x01"
+    assert (await c.refresh())[0].failure is FailureKind.MALFORMED
+    cdp.body = good + b"\x00" * 5000
+    assert (await c.refresh())[0].failure is FailureKind.TOO_LARGE
+    cdp.body, cdp.delay = good, 1.0
+    started = time.monotonic()
+    assert (await c.refresh())[0].failure is FailureKind.TIMEOUT
+    assert time.monotonic() - started < 0.9
+    cdp.delay = 0
+    assert (await c.refresh())[0].ok
+    events = log.events("warning")
+    for kind in ("http_error", "malformed", "too_large", "timeout"):
+        assert f"crl.check.{kind}" in events
+
+
+async def test_scope_and_unknown_critical_extensions(customer, cdp, checker):
+    url = f"http://127.0.0.1:{customer.port}/customer.crl"
+    c = checker()
+    c.add_ca(customer.cert_pem, name="customer", crl_urls=[url])
+    cdp.body = crl_with(customer, {REVOKED: "keyCompromise"}, number=60, idp_uri="http://127.0.0.1/other-shard.crl")
+    [outcome] = await c.refresh()
+    assert outcome.failure is FailureKind.SCOPE_MISMATCH
+    cdp.body = crl_with(customer, {REVOKED: "keyCompromise"}, number=61, idp_uri=url)
+    assert (await c.refresh())[0].ok
+    assert c.check(customer.leaves[REVOKED]).status is CheckStatus.REVOKED
+    assert c.check(customer.leaves[GOOD]).status is CheckStatus.GOOD
+
+    key = serialization.load_pem_private_key((customer.directory / "ca.key").read_bytes(), None)
+    cert = x509.load_pem_x509_certificate(customer.cert_pem)
+    oid = ObjectIdentifier("1.3.6.1.4.1.99999.7")
+    odd = (x509.CertificateRevocationListBuilder(
+        cert.subject, NOW + timedelta(minutes=1), NOW + timedelta(days=1),
+        [x509.Extension(ExtensionOID.CRL_NUMBER, False, x509.CRLNumber(62)),
+         x509.Extension(oid, True, x509.UnrecognizedExtension(oid, b"\x05\x00"))], [])
+        .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    cdp.body = odd
+    [outcome] = await c.refresh()
+    assert outcome.failure is FailureKind.UNSUPPORTED and "99999.7" in outcome.detail
+
+
+async def test_conditional_refetch_and_background_fetch_on_first_sight(customer, cdp, checker):
+    cdp.body = crl_with(customer, {REVOKED: "keyCompromise"}, number=70)
+    c = checker(opts={"refresh_interval": 3600})
+    c.add_ca(customer.cert_pem, name="customer")
+    await c.start()
+    r = c.check(customer.leaves[REVOKED])  # first sight of the CDP URL: fetched in the background
+    assert (r.status, r.reason) == (CheckStatus.UNKNOWN, "no_crl")
+    deadline = time.monotonic() + 5
+    while c.check(customer.leaves[REVOKED]).status is CheckStatus.UNKNOWN and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert c.check(customer.leaves[REVOKED]).status is CheckStatus.REVOKED
+    assert len(cdp.requests) == 1 and "application/pkix-crl" in cdp.requests[0]["Accept"]
+    [outcome] = await c.refresh()
+    assert outcome.ok and not outcome.changed
+    assert cdp.requests[-1].get("If-None-Match")  # conditional GET, answered 304
+
+
+async def test_a_changed_crl_is_picked_up_on_the_refresh_schedule(customer, cdp, checker):
+    cdp.body = crl_with(customer, {}, number=80)
+    c = checker(opts={"refresh_interval": 0.3, "retry_interval": 0.3})
+    c.add_ca(customer.cert_pem, name="customer", crl_urls=[f"http://127.0.0.1:{customer.port}/customer.crl"])
+    await c.start()
+    deadline = time.monotonic() + 5
+    while c.check(customer.leaves[REVOKED]).status is not CheckStatus.GOOD and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert c.check(customer.leaves[REVOKED]).status is CheckStatus.GOOD
+    cdp.body = crl_with(customer, {REVOKED: "keyCompromise"}, number=81)
+    while c.check(customer.leaves[REVOKED]).status is not CheckStatus.REVOKED and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert c.check(customer.leaves[REVOKED]).status is CheckStatus.REVOKED
+
+
+async def test_on_update_hands_out_the_last_good_copy(customer, cdp, checker):
+    saved: list[tuple] = []
+    url = f"http://127.0.0.1:{customer.port}/customer.crl"
+    c = checker(on_update=lambda ca, u, der: saved.append((ca, u, der)))
+    c.add_ca(customer.cert_pem, name="customer", crl_urls=[url])
+    cdp.body = crl_with(customer, {REVOKED: "keyCompromise"}, number=90)
+    assert (await c.refresh())[0].ok
+    assert saved == [("customer", url, cdp.body)]
+    # a restarted checker seeds itself from the saved copy, and still refuses a rollback below it
+    again = checker()
+    again.add_ca(customer.cert_pem, name="customer", crl_urls=[url])
+    assert (await again.install("customer", url, saved[0][2])).ok
+    assert again.check(customer.leaves[REVOKED]).status is CheckStatus.REVOKED
+    cdp.body = crl_with(customer, {}, number=89)
+    assert (await again.refresh())[0].failure is FailureKind.ROLLBACK
+
+
+async def test_an_intermediate_is_checked_against_its_root_crl(checker):
+    from datetime import datetime, timezone
+
+    from crl.build import Issuer, build_crl
+    from crl.signing import CrlSigner
+    from tests.crl.pki import key
+
+    root = make_ca("Customer Root", kind="ec", slot=4)
+    url = "http://127.0.0.1/root.crl"
+
+    def intermediate(serial: int) -> x509.Certificate:
+        k = key("ec", 5)
+        name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, f"Issuing CA {serial}")])
+        return (x509.CertificateBuilder().subject_name(name).issuer_name(root.cert.subject)
+                .public_key(k.public_key()).serial_number(serial).not_valid_before(NOW - timedelta(days=1))
+                .not_valid_after(NOW + timedelta(days=365))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+                    [x509.UniformResourceIdentifier(url)], None, None, None)]), critical=False)
+                .sign(root.key, hashes.SHA256()))
+
+    c = checker()
+    c.add_ca(root.pem, name="root", require_cdp=False)  # a self-signed trust anchor carries no CDP
+    der = build_crl(issuer=Issuer.from_certificate(root.cert), signer=CrlSigner.for_private_key(root.key), number=3,
+                    this_update=NOW, next_update=NOW + timedelta(days=30),
+                    entries=[(0x51, datetime.now(timezone.utc), 2, None)])  # cACompromise
+    assert (await c.install("root", url, der)).ok
+    r = c.check(intermediate(0x51))
+    assert (r.status, r.revocation_reason, r.ca) == (CheckStatus.REVOKED, 2, "root")
+    assert c.check(intermediate(0x52)).status is CheckStatus.GOOD
+
+
+async def test_garbage_is_answered_not_raised(checker):
+    r = checker(opts={"policy": Policy.FAIL_OPEN}).check(b"\x30\x03\x02\x01\x00")
+    assert (r.status, r.allowed, r.reason) == (CheckStatus.UNKNOWN, False, "bad_certificate")
+
+
+async def test_remove_from_crl_entries_count_as_not_revoked(checker):
+    ca = make_ca("Odd CA", kind="ec", slot=8, cdp="http://127.0.0.1/parent.crl")
+    entries = [x509.RevokedCertificateBuilder().serial_number(s).revocation_date(NOW)
+               .add_extension(x509.CRLReason(flag), critical=False).build()
+               for s, flag in ((0x61, x509.ReasonFlags.remove_from_crl), (0x62, x509.ReasonFlags.superseded))]
+    der = (x509.CertificateRevocationListBuilder(ca.cert.subject, NOW, NOW + timedelta(days=1), [], entries)
+           .sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    c = checker()
+    c.add_ca(ca.pem, name="odd")
+    assert (await c.install("odd", "http://127.0.0.1/odd.crl", der)).ok
+    r = c.check_serial("odd", 0x61)
+    assert (r.status, r.allowed, r.reason) == (CheckStatus.GOOD, True, "removed_from_crl")
+    r = c.check_serial("odd", 0x62)
+    assert (r.status, r.revocation_reason) == (CheckStatus.REVOKED, 4)
+    assert c.check_serial("odd", 0x63).status is CheckStatus.GOOD
+    assert c.check_serial("nobody", 0x63).reason == "unknown_issuer"
