@@ -1,0 +1,179 @@
+"""CLI groups `yubikey` and `otp-client` (registered by the application's `scep-server` command).
+
+Exit codes: 0 done, 1 the operation failed (the message says why), 2 usage error.
+"""
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+from typing import Any, AsyncContextManager, Awaitable, Callable, TypeVar
+
+import click
+
+from .errors import OtpError
+from .kek import KekError
+from .report import FORMATS, ReportFilter, parse_serial, render
+from .service import ImportResult, OtpService
+from .store import BACKEND_ERRORS
+from .tables import STATUSES
+
+T = TypeVar("T")
+OpenService = Callable[[], AsyncContextManager[OtpService]]
+
+DELETE_FACTOR_WARNING = (
+    "This deletes every YubiKey OTP key: unassigned keys are removed, enrolled and revoked keys are "
+    "retired (users can no longer sign in with them; they stay in the report for audit). "
+    "It cannot be undone."
+)
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "cli"
+
+
+def _serial(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_serial(value)
+    except OtpError as exc:
+        raise click.BadParameter(exc.detail) from None
+
+
+def _print_issues(result: ImportResult) -> None:
+    for issue in result.errors:
+        click.echo(f"error: {issue}", err=True)
+    for issue in result.warnings:
+        click.echo(f"warning: {issue}", err=True)
+    for issue in result.skipped:
+        click.echo(f"skipped: {issue}", err=True)
+
+
+def build_cli(open_service: OpenService) -> list[click.Group]:
+    """The `yubikey` and `otp-client` command groups, each command running on `open_service()`."""
+
+    def run(op: Callable[[OtpService], Awaitable[T]]) -> T:
+        async def main() -> T:
+            async with open_service() as service:
+                return await op(service)
+        try:
+            return asyncio.run(main())
+        except OtpError as exc:
+            raise click.ClickException(exc.detail) from None
+        except KekError as exc:
+            raise click.ClickException(str(exc)) from None
+        except BACKEND_ERRORS as exc:
+            raise click.ClickException(f"database error: {exc.__class__.__name__}: {exc}") from None
+
+    @click.group("yubikey", help="YubiKey OTP factor: import secrets files, report, revoke and delete keys.")
+    def yubikey() -> None:
+        pass
+
+    @yubikey.command("import")
+    @click.argument("file", type=click.File("rb"))
+    @click.option("--dry-run", is_flag=True, help="Validate every line and report; import nothing.")
+    def import_cmd(file: Any, dry_run: bool) -> None:
+        """Import a secrets file (Yubico format, ykman --config-output, YK-KSM); all lines or none."""
+        data = file.read()
+        result = run(lambda s: s.import_secrets(data, dry_run=dry_run, actor=_actor()))
+        _print_issues(result)
+        if not result.ok:
+            n = len(result.errors)
+            raise click.ClickException(f"{n} problem{'s' if n != 1 else ''} in {file.name} "
+                                       f"(format: {result.format}); nothing was imported")
+        if dry_run:
+            click.echo(f"dry run: {result.records} keys would be imported (format: {result.format})")
+        else:
+            click.echo(f"imported {result.imported} keys (format: {result.format}, import #{result.import_id})")
+
+    @yubikey.command("report")
+    @click.option("--status", type=click.Choice(STATUSES, case_sensitive=False))
+    @click.option("--serial", callback=_serial)
+    @click.option("--user", help="Current or former user of the key.")
+    @click.option("--public-id")
+    @click.option("--imported-after", metavar="DATE")
+    @click.option("--imported-before", metavar="DATE")
+    @click.option("--enrolled-after", metavar="DATE")
+    @click.option("--enrolled-before", metavar="DATE")
+    @click.option("--last-used-after", metavar="DATE")
+    @click.option("--last-used-before", metavar="DATE")
+    @click.option("--exclude-deleted", is_flag=True, help="Leave out keys taken out of the inventory.")
+    @click.option("--limit", type=click.IntRange(min=1))
+    @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+    def report_cmd(fmt: str, exclude_deleted: bool, **filters: Any) -> None:
+        """The YubiKey report: UNASSIGNED, ACTIVE and REVOKED keys with their history."""
+        try:
+            flt = ReportFilter.from_mapping({**filters, "include_deleted": not exclude_deleted})
+        except OtpError as exc:
+            raise click.UsageError(exc.detail) from None
+        rows = run(lambda s: s.report(flt, with_history=fmt == "json"))
+        click.echo(render(rows, fmt), nl=False)
+
+    @yubikey.command("revoke")
+    @click.argument("serial", callback=_serial)
+    def revoke_cmd(serial: int) -> None:
+        """Revoke a lost or stolen key: REVOKED, its user association removed, never usable again."""
+        row = run(lambda s: s.revoke(serial, actor=_actor()))
+        former = f" (was enrolled to {row.last_user})" if row.last_user else ""
+        click.echo(f"revoked YubiKey {row.serial} ({row.public_id}){former}")
+
+    @yubikey.command("delete")
+    @click.argument("serial", callback=_serial)
+    def delete_cmd(serial: int) -> None:
+        """Delete an unassigned key, or a revoked one (history kept); an ACTIVE key is refused."""
+        before = run(lambda s: s.delete(serial, actor=_actor()))
+        if before == "REVOKED":
+            click.echo(f"deleted revoked YubiKey {serial}; it stays in the report, and the same hardware may be "
+                       "imported again once reprogrammed")
+        else:
+            click.echo(f"deleted unassigned YubiKey {serial}")
+
+    @yubikey.command("delete-factor")
+    @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+    def delete_factor_cmd(yes: bool) -> None:
+        """Delete the YubiKey OTP factor: every OTP-mode key. Cannot be undone."""
+        click.echo(DELETE_FACTOR_WARNING, err=True)
+        if not yes and not click.confirm("Delete every YubiKey OTP key?", default=False, err=True):
+            raise click.ClickException("nothing was deleted")
+        counts = run(lambda s: s.delete_factor(actor=_actor()))
+        click.echo(f"deleted the YubiKey OTP factor: {counts['unassigned_removed']} unassigned keys removed, "
+                   f"{counts['assigned_retired']} enrolled or revoked keys retired (kept in the report)")
+
+    @click.group("otp-client", help="API clients of the Yubico validation protocol 2.0 (/wsapi/2.0/verify).")
+    def otp_client() -> None:
+        pass
+
+    @otp_client.command("add")
+    @click.option("--name", default="", help="A label, e.g. the sign-in service that uses the client.")
+    def client_add_cmd(name: str) -> None:
+        """Create a client: prints its id and base64 API key (shown only now)."""
+        info, key = run(lambda s: s.add_client(name))
+        click.echo(f"id: {info.id}")
+        click.echo(f"key: {key}")
+        click.echo(f"e.g. ykclient --url https://HOST/wsapi/2.0/verify --apikey {key} {info.id} OTP", err=True)
+
+    @otp_client.command("list")
+    @click.option("--format", "fmt", type=click.Choice(("table", "json")), default="table", show_default=True)
+    def client_list_cmd(fmt: str) -> None:
+        """List clients (keys are never shown again)."""
+        clients = run(lambda s: s.list_clients())
+        if fmt == "json":
+            click.echo(json.dumps([c.to_json() for c in clients], indent=2))
+            return
+        click.echo(f"{'ID':>6}  {'STATUS':8}  {'CREATED':20}  NAME")
+        for c in clients:
+            status = "active" if c.active else "disabled"
+            click.echo(f"{c.id:>6}  {status:8}  {c.created_at.strftime('%Y-%m-%dT%H:%M:%SZ'):20}  {c.name}")
+
+    @otp_client.command("disable")
+    @click.argument("client_id", metavar="ID", type=click.IntRange(min=1))
+    def client_disable_cmd(client_id: int) -> None:
+        """Disable a client: its requests are answered NO_SUCH_CLIENT."""
+        run(lambda s: s.disable_client(client_id))
+        click.echo(f"disabled OTP client {client_id}")
+
+    return [yubikey, otp_client]

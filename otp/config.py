@@ -1,0 +1,64 @@
+"""Settings of the YubiKey OTP factor (the application embeds them under `[otp]`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .kek import kek_from_env, load_or_create_kek
+
+DEFAULT_KEK_FILENAME = "otp-kek.key"
+
+
+class ThrottleSettings(BaseModel):
+    """Failure throttling: `max_failures` within `window_seconds` block for `lockout_seconds`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_failures: int = Field(10, ge=1)
+    window_seconds: int = Field(300, ge=1)
+    lockout_seconds: int = Field(900, ge=1)
+
+
+class OtpSettings(BaseModel):
+    """`[otp]` settings; the KEK comes from `kek_env` (an environment variable name) or `kek_file`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Key-encryption key (32 bytes). kek_env wins when both are set; with neither, the application's
+    # data directory holds `otp-kek.key`, created on first start.
+    kek_file: Path | None = None
+    kek_env: str | None = None
+    # Failures per user (sign-in API) and per key (both APIs) before a temporary block.
+    throttle_user: ThrottleSettings = ThrottleSettings()
+    throttle_key: ThrottleSettings = ThrottleSettings()
+    # Protocol 2.0 clients must sign requests (`h`); YK-VAL accepts unsigned ones.
+    require_signed_requests: bool = False
+    # Whether /wsapi/2.0/verify accepts keys nobody has enrolled yet (the service maps keys to users).
+    wsapi_accept_unassigned: bool = True
+    # How long a process trusts its cached view of an API client (disable takes effect after this).
+    client_cache_seconds: float = Field(5.0, ge=0)
+    # Public IDs whose sealed key material a process keeps in memory (state is always re-checked).
+    key_cache_size: int = Field(100_000, ge=0)
+    # Group commit of counter updates: at most this many independent keys per transaction, and
+    # this many transactions in flight per process.
+    commit_batch_max: int = Field(256, ge=1, le=10_000)
+    commit_inflight: int = Field(2, ge=1, le=16)
+    # Largest secrets file accepted by the import API.
+    import_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _kek_source(self) -> "OtpSettings":
+        if self.kek_env is not None and not self.kek_env.strip():
+            raise ValueError("otp.kek_env must name an environment variable")
+        return self
+
+    def load_kek(self, data_dir: Path | None = None) -> bytes:
+        """The KEK from the environment variable, the file, or `data_dir/otp-kek.key` (created if absent)."""
+        if self.kek_env:
+            return kek_from_env(self.kek_env)
+        if self.kek_file is not None:
+            return load_or_create_kek(self.kek_file)
+        if data_dir is None:
+            raise ValueError("otp: set kek_file or kek_env (no data directory to keep the key in)")
+        return load_or_create_kek(Path(data_dir) / DEFAULT_KEK_FILENAME)

@@ -1,0 +1,137 @@
+"""Typed outcomes and failures of the OTP factor, mapped to the wire in one place.
+
+A verification outcome carries a stable `Reason`; the protocol 2.0 endpoint sends only the
+protocol's closed status set (finer reasons go to logs and the admin API), the sign-in API sends
+the reason itself. Admin operations raise `OtpError` subclasses that carry their HTTP status.
+"""
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from .yubico import Status
+
+
+class Reason(str, enum.Enum):
+    """Why a verification succeeded or failed; stable strings, part of the sign-in API contract."""
+
+    VERIFIED = "verified"
+    ENROLLED = "enrolled"
+    MALFORMED_OTP = "malformed_otp"
+    UNKNOWN_KEY = "unknown_key"
+    REVOKED_KEY = "revoked_key"
+    UNASSIGNED_KEY = "unassigned_key"
+    INVALID_OTP = "invalid_otp"  # does not decrypt to a token with a valid CRC under the key's AES key
+    PRIVATE_ID_MISMATCH = "private_id_mismatch"  # decrypts, but the private ID is not the imported one
+    REPLAYED_OTP = "replayed_otp"
+    REPLAYED_REQUEST = "replayed_request"
+    WRONG_USER = "wrong_user"
+    THROTTLED = "throttled"
+    BACKEND_ERROR = "backend_error"
+
+    @property
+    def ok(self) -> bool:
+        return self in (Reason.VERIFIED, Reason.ENROLLED)
+
+    @property
+    def wire_status(self) -> Status:
+        """The protocol 2.0 status for this reason (docs/otp.md "What the server must do" 6)."""
+        return _WIRE[self]
+
+    @property
+    def http_status(self) -> int:
+        """The HTTP status of the sign-in API for this reason."""
+        if self.ok:
+            return 200
+        if self is Reason.THROTTLED:
+            return 429
+        if self is Reason.BACKEND_ERROR:
+            return 503
+        return 403
+
+    @property
+    def counts_as_failure(self) -> bool:
+        """Whether this outcome counts towards throttling.
+
+        Guess-like failures count; a replay does not (it proves nothing and gains nothing, and a
+        client retrying must not lock a user out), nor does an idempotent retry or a block itself.
+        """
+        return self in (Reason.MALFORMED_OTP, Reason.UNKNOWN_KEY, Reason.REVOKED_KEY, Reason.INVALID_OTP,
+                        Reason.PRIVATE_ID_MISMATCH, Reason.WRONG_USER)
+
+
+_WIRE = {
+    Reason.VERIFIED: Status.OK,
+    Reason.ENROLLED: Status.OK,
+    Reason.MALFORMED_OTP: Status.BAD_OTP,
+    Reason.UNKNOWN_KEY: Status.BAD_OTP,
+    Reason.REVOKED_KEY: Status.BAD_OTP,
+    Reason.UNASSIGNED_KEY: Status.BAD_OTP,
+    Reason.INVALID_OTP: Status.BAD_OTP,
+    Reason.PRIVATE_ID_MISMATCH: Status.BAD_OTP,
+    Reason.REPLAYED_OTP: Status.REPLAYED_OTP,
+    Reason.REPLAYED_REQUEST: Status.REPLAYED_REQUEST,
+    Reason.WRONG_USER: Status.BAD_OTP,
+    Reason.THROTTLED: Status.OPERATION_NOT_ALLOWED,
+    Reason.BACKEND_ERROR: Status.BACKEND_ERROR,
+}
+
+REASON_TEXT = {
+    Reason.VERIFIED: "the OTP is valid",
+    Reason.ENROLLED: "the OTP is valid and the key is now enrolled to this user",
+    Reason.MALFORMED_OTP: "the value is not a YubiKey OTP (32-48 ModHex characters)",
+    Reason.UNKNOWN_KEY: "no imported YubiKey has this public ID",
+    Reason.REVOKED_KEY: "this YubiKey was revoked",
+    Reason.UNASSIGNED_KEY: "this YubiKey is not enrolled to any user",
+    Reason.INVALID_OTP: "the OTP does not decrypt under this key's AES key",
+    Reason.PRIVATE_ID_MISMATCH: "the OTP's private ID does not match the imported key",
+    Reason.REPLAYED_OTP: "this OTP, or a newer one, was already used",
+    Reason.REPLAYED_REQUEST: "this exact request was already answered",
+    Reason.WRONG_USER: "this YubiKey is enrolled to another user",
+    Reason.THROTTLED: "too many failed attempts; try again later",
+    Reason.BACKEND_ERROR: "the key store is unavailable",
+}
+
+
+class OtpError(Exception):
+    """A failed admin operation; `status` is its HTTP status, `code` a stable identifier."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class InvalidInput(OtpError):
+    status = 400
+    code = "invalid_input"
+
+
+class NotFound(OtpError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(OtpError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(OtpError):
+    status = 413
+    code = "payload_too_large"
+
+
+class ImportRejected(OtpError):
+    """The secrets file has errors: nothing was imported; `extra["report"]` lists every bad line."""
+
+    status = 422
+    code = "import_rejected"
+
+
+class BackendError(OtpError):
+    status = 503
+    code = "backend_error"

@@ -1,0 +1,600 @@
+"""The YubiKey OTP factor: import, enrol, verify (sign-in API and protocol 2.0), report, revoke, delete."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping
+
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from . import yubico
+from .batching import CounterCommitter, MaterialLoader
+from .config import OtpSettings
+from .errors import REASON_TEXT, BackendError, Conflict, InvalidInput, NotFound, Reason
+from .kek import KekError, SecretBox
+from .report import KeyReport, ReportFilter
+from .secrets_csv import LineIssue, SecretRecord, parse_secrets
+from .store import BACKEND_ERRORS, CounterUpdate, KeyMaterial, KeyState, NewKey, OtpStore
+from .tables import ACTIVE, REVOKED, UNASSIGNED, otp_yubikeys
+from .token import Token, TokenError, split_otp, verify_token
+
+log = logging.getLogger(__name__)
+
+CLIENT_KEY_BYTES = 20  # as ykval-gen-clients: 20 random bytes, 28 base64 characters
+USER_MAX_LEN = 255
+# sl in replies: the percentage of validation servers that agreed. Counters live in one shared
+# database that every process commits to before answering, so the whole "pool" agrees.
+SYNC_LEVEL = 100
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class VerifyOutcome:
+    """The result of one verification: a stable reason, and the key it concerned when known."""
+
+    reason: Reason
+    serial: int | None = None
+    public_id: str | None = None
+    token: Token | None = field(default=None, repr=False)
+    user: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason.ok
+
+    @property
+    def enrolled(self) -> bool:
+        return self.reason is Reason.ENROLLED
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": "OK" if self.ok else "REJECTED", "reason": self.reason.value,
+                               "detail": REASON_TEXT[self.reason], "enrolled": self.enrolled}
+        if self.serial is not None:
+            out["serial"] = str(self.serial)
+        if self.public_id:
+            out["public_id"] = self.public_id
+        if self.user is not None:
+            out["user"] = self.user
+        return out
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """Outcome of an import or dry run: either every record imported, or none and every bad line named."""
+
+    format: str
+    dry_run: bool
+    records: int
+    imported: int
+    errors: tuple[LineIssue, ...]
+    warnings: tuple[LineIssue, ...]
+    skipped: tuple[LineIssue, ...]
+    import_id: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> dict[str, Any]:
+        def issues(items):
+            return [{"line": i.line, "reason": i.reason} for i in items]
+        return {"format": self.format, "dry_run": self.dry_run, "valid": self.ok, "records": self.records,
+                "imported": self.imported, "import_id": self.import_id, "errors": issues(self.errors),
+                "warnings": issues(self.warnings), "skipped": issues(self.skipped)}
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """A protocol 2.0 API client (its key is shown once, at creation)."""
+
+    id: int
+    name: str
+    created_at: datetime
+    disabled_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.disabled_at is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "active": self.active, "created_at": self.created_at.isoformat(),
+                "disabled_at": self.disabled_at.isoformat() if self.disabled_at else None}
+
+
+@dataclass(frozen=True, slots=True)
+class _Client:
+    id: int
+    key: bytes = field(repr=False)
+
+
+def _key_aad(public_id: str) -> bytes:
+    return b"otp-yubikey:" + public_id.encode("ascii")
+
+
+def _client_aad(client_id: int) -> bytes:
+    return b"otp-client:" + str(client_id).encode("ascii")
+
+
+def check_user(user: Any) -> str:
+    """A user name from the sign-in API: a non-empty string without control characters."""
+    if not isinstance(user, str) or not user.strip():
+        raise InvalidInput("user must be a non-empty string")
+    if len(user) > USER_MAX_LEN or any(ord(ch) < 32 or ord(ch) == 127 for ch in user):
+        raise InvalidInput(f"user must be at most {USER_MAX_LEN} printable characters")
+    return user
+
+
+class OtpService:
+    """Operations of the YubiKey OTP factor over one database; use as an async context manager."""
+
+    def __init__(self, engine: AsyncEngine, settings: OtpSettings, kek: bytes, *,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self.settings = settings
+        self.store = OtpStore(engine)
+        self._box = SecretBox(kek)
+        self._clock = clock or _utcnow
+        # SQLite has one writer at a time: a second in-process writer would only sleep in the busy handler.
+        inflight = 1 if self.store.is_sqlite else settings.commit_inflight
+        self._committer = CounterCommitter(self.store, self._clock, max_batch=settings.commit_batch_max,
+                                           max_inflight=inflight)
+        self._loader = MaterialLoader(self.store, max_inflight=settings.commit_inflight)
+        self._materials: dict[str, KeyMaterial] = {}
+        self._clients: dict[int, tuple[float, _Client | None]] = {}
+        self._wsapi_statuses = (UNASSIGNED, ACTIVE) if settings.wsapi_accept_unassigned else (ACTIVE,)
+
+    async def __aenter__(self) -> "OtpService":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Commit the counter updates still queued."""
+        await self._committer.aclose()
+        await self._loader.aclose()
+
+    @property
+    def kek_id(self) -> str:
+        return self._box.kek_id
+
+    # ---- verification -------------------------------------------------------------------------
+
+    async def verify_signin(self, user: str, otp: str, *, source: str | None = None) -> VerifyOutcome:
+        """Sign-in API: an UNASSIGNED key's first valid OTP enrols it to `user`; an ACTIVE key verifies
+        only for its user. Raises InvalidInput for a malformed request, BackendError when the store fails."""
+        user = check_user(user)
+        if not isinstance(otp, str):
+            raise InvalidInput("otp must be a string")
+        try:
+            now = self._clock()
+            throttle = await self.store.user_throttle(user)
+            if throttle is not None and throttle[2] is not None and throttle[2] > now:
+                log.info("otp.verify", extra={"api": "signin", "user": user, "reason": Reason.THROTTLED.value})
+                return VerifyOutcome(Reason.THROTTLED, user=user)
+            outcome = await self._verify(otp, user=user, nonce=None, client_id=None, source=source,
+                                         user_had_failures=throttle is not None)
+        except BACKEND_ERRORS as exc:
+            log.error("otp.verify.backend_error", exc_info=exc)
+            raise BackendError("the key store is unavailable") from None
+        log.info("otp.verify", extra={"api": "signin", "user": user, "public_id": outcome.public_id,
+                                      "reason": outcome.reason.value})
+        return outcome
+
+    async def verify_protocol(self, params: Mapping[str, str], *, source: str | None = None) -> str:
+        """Validation protocol 2.0 `verify`: the signed reply body for these request parameters."""
+        key = b""  # unknown client: the reply is still signed, with an empty key, as YK-VAL does
+        resp: yubico.VerifyResponse
+        try:
+            client_id = yubico.parse_client_id(params)
+            client = await self._client(client_id)
+            if client is None:
+                raise yubico.ProtocolError(yubico.Status.NO_SUCH_CLIENT, "unknown or disabled client")
+            key = client.key
+            if "h" in params:
+                if not yubico.signature_matches(params, key):
+                    raise yubico.ProtocolError(yubico.Status.BAD_SIGNATURE, "request signature does not match")
+            elif self.settings.require_signed_requests:
+                raise yubico.ProtocolError(yubico.Status.MISSING_PARAMETER, "h is required")
+            req = yubico.parse_verify_request(params, client_id)
+            outcome = await self._verify(req.otp, user=None, nonce=req.nonce, client_id=client_id, source=source)
+            status = outcome.reason.wire_status
+            if status in yubico.ECHO_STATUSES:
+                tok = outcome.token if status is yubico.Status.OK and req.want_timestamp else None
+                resp = yubico.VerifyResponse(
+                    status, otp=req.otp, nonce=req.nonce, sl=SYNC_LEVEL,
+                    timestamp=tok.timestamp if tok else None, sessioncounter=tok.usage_ctr if tok else None,
+                    sessionuse=tok.session_use if tok else None)
+            else:
+                resp = yubico.VerifyResponse(status)
+            if log.isEnabledFor(logging.INFO) and not outcome.ok:
+                log.info("otp.verify", extra={"api": "wsapi", "client_id": client_id, "public_id": outcome.public_id,
+                                              "reason": outcome.reason.value})
+        except yubico.ProtocolError as exc:
+            log.info("otp.verify.protocol_error", extra={"status": exc.status.value, "detail": str(exc)})
+            resp = yubico.VerifyResponse(exc.status)
+        except (*BACKEND_ERRORS, BackendError) as exc:
+            log.error("otp.verify.backend_error", exc_info=exc)
+            resp = yubico.VerifyResponse(yubico.Status.BACKEND_ERROR)
+        return yubico.encode_response(resp, key, self._clock())
+
+    async def _verify(self, otp: str, *, user: str | None, nonce: str | None, client_id: int | None,
+                      source: str | None, user_had_failures: bool = False) -> VerifyOutcome:
+        try:
+            parts = split_otp(otp)
+        except TokenError:
+            return await self._fail(Reason.MALFORMED_OTP, None, user=user, client_id=client_id, source=source)
+        # Cached key material is only a hint: every decision against it is re-checked in the store,
+        # and a failure that a stale entry could explain is retried once on fresh data.
+        for attempt in range(3):
+            fresh = attempt > 0
+            material = await self._material(parts.public_id, fresh)
+            if material is None:
+                return await self._fail(Reason.UNKNOWN_KEY, None, public_id=parts.public_id, user=user,
+                                        client_id=client_id, source=source)
+            if material.status == REVOKED:
+                if not fresh:
+                    continue
+                return await self._fail(Reason.REVOKED_KEY, material, user=user, client_id=client_id, source=source)
+            try:
+                aes_key, private_id = self._open_key(material)
+            except KekError as exc:
+                if not fresh:
+                    continue
+                log.error("otp.kek.mismatch", extra={"public_id": material.public_id, "detail": str(exc)})
+                return VerifyOutcome(Reason.BACKEND_ERROR, material.serial, material.public_id, user=user)
+            try:
+                tok = verify_token(parts.block, aes_key, private_id)
+            except TokenError as exc:
+                if not fresh:
+                    continue  # the key may have been deleted and re-imported with new secrets
+                reason = Reason.PRIVATE_ID_MISMATCH if exc.reason == "bad_private_id" else Reason.INVALID_OTP
+                return await self._fail(reason, material, user=user, client_id=client_id, source=source)
+            update = CounterUpdate(material.id, tok.usage_ctr, tok.session_use, tok.timestamp, nonce)
+            if user is None:
+                outcome = await self._commit_protocol(material, update, tok, client_id, source)
+            else:
+                outcome = await self._commit_signin(material, update, tok, user, source, user_had_failures)
+            if outcome is not None:
+                return outcome
+        return await self._fail(Reason.UNKNOWN_KEY, None, public_id=parts.public_id, user=user, client_id=client_id,
+                                source=source)
+
+    def _classify(self, state: KeyState, tok: Token, nonce: str | None, user: str | None,
+                  statuses: tuple[str, ...], now: datetime) -> Reason | None:
+        """Why a compare-and-set for this token fails against `state`, or None if it would succeed."""
+        if state.status == REVOKED:
+            return Reason.REVOKED_KEY
+        if user is None and state.status not in statuses:
+            return Reason.UNASSIGNED_KEY
+        if user is not None and state.status == ACTIVE and state.user_name != user:
+            return Reason.WRONG_USER
+        stored = (state.usage_ctr, state.session_use)
+        if tok.counters == stored and nonce is not None and state.last_nonce == nonce:
+            return Reason.REPLAYED_REQUEST
+        if tok.counters <= stored:
+            return Reason.REPLAYED_OTP
+        if state.blocked_until is not None and state.blocked_until > now:
+            return Reason.THROTTLED
+        return None
+
+    async def _commit_protocol(self, material: KeyMaterial, update: CounterUpdate, tok: Token,
+                               client_id: int | None, source: str | None) -> VerifyOutcome | None:
+        if await self._committer.submit(update, self._wsapi_statuses):
+            return VerifyOutcome(Reason.VERIFIED, material.serial, material.public_id, tok)
+        state = await self.store.key_state(material.id)
+        if state is None or state.deleted:
+            self._materials.pop(material.public_id, None)
+            return None
+        reason = self._classify(state, tok, update.nonce, None, self._wsapi_statuses, self._clock())
+        if reason is None:
+            return None  # the key changed under us (unblocked, re-enrolled): judge the OTP again
+        return await self._fail(reason, material, client_id=client_id, source=source, token=tok)
+
+    async def _commit_signin(self, material: KeyMaterial, update: CounterUpdate, tok: Token, user: str,
+                             source: str | None, user_had_failures: bool) -> VerifyOutcome | None:
+        now = self._clock()
+        async with self.store.begin_write() as conn:
+            state = await self.store.key_state(material.id, conn, for_update=True)
+            if state is None or state.deleted:
+                self._materials.pop(material.public_id, None)
+                return None
+            reason = self._classify(state, tok, None, user, (UNASSIGNED, ACTIVE), now)
+            if reason is None:
+                enrol = state.status == UNASSIGNED
+                if not await self.store.compare_and_set(conn, update, now, user=user, enrol=enrol):
+                    raise RuntimeError("compare-and-set failed on a locked row")  # pragma: no cover
+                if enrol:
+                    await self.store.add_event(conn, at=now, kind="otp.key.enrolled", key_id=state.id,
+                                               serial=state.serial, public_id=state.public_id, user=user,
+                                               source=source, actor=user)
+                if user_had_failures:
+                    await self.store.clear_user_failures(conn, user)
+                return VerifyOutcome(Reason.ENROLLED if enrol else Reason.VERIFIED, state.serial, state.public_id,
+                                     tok, user=user)
+            reason = await self._note_failure(conn, reason, material, user=user, client_id=None, source=source,
+                                              now=now, state=state)
+        return VerifyOutcome(reason, material.serial, material.public_id, user=user)
+
+    async def _fail(self, reason: Reason, material: KeyMaterial | None, *, public_id: str | None = None,
+                    user: str | None = None, client_id: int | None, source: str | None,
+                    token: Token | None = None) -> VerifyOutcome:
+        """Record what a failure calls for (security event, failure counts) and build the outcome."""
+        public_id = material.public_id if material else public_id
+        serial = material.serial if material else None
+        if self._needs_write(reason, material, user):
+            now = self._clock()
+            async with self.store.begin_write() as conn:
+                reason = await self._note_failure(conn, reason, material, public_id=public_id, user=user,
+                                                  client_id=client_id, source=source, now=now)
+        return VerifyOutcome(reason, serial, public_id, user=user)
+
+    @staticmethod
+    def _needs_write(reason: Reason, material: KeyMaterial | None, user: str | None) -> bool:
+        if reason in (Reason.UNKNOWN_KEY, Reason.REVOKED_KEY, Reason.WRONG_USER):
+            return True
+        return reason.counts_as_failure and (material is not None or user is not None)
+
+    async def _note_failure(self, conn: AsyncConnection, reason: Reason, material: KeyMaterial | None, *,
+                            user: str | None, client_id: int | None, source: str | None, now: datetime,
+                            public_id: str | None = None, state: KeyState | None = None) -> Reason:
+        """Security events and throttling counts for one failure, in the caller's transaction."""
+        key_id = material.id if material else None
+        serial = material.serial if material else None
+        public_id = material.public_id if material else public_id
+        if reason in (Reason.UNKNOWN_KEY, Reason.REVOKED_KEY, Reason.WRONG_USER):
+            detail: dict[str, Any] = {}
+            if reason is Reason.WRONG_USER and state is not None:
+                detail["enrolled_user"] = state.user_name
+            await self.store.add_event(conn, at=now, kind=f"security.otp.{reason.value}", key_id=key_id,
+                                       serial=serial, public_id=public_id, user=user, client_id=client_id,
+                                       source=source, detail=detail)
+            log.warning("otp.security", extra={"reason": reason.value, "public_id": public_id, "user": user,
+                                               "client_id": client_id, "source": source})
+        if not reason.counts_as_failure:
+            return reason
+        if material is not None:
+            if state is None:
+                state = await self.store.key_state(material.id, conn, for_update=True)
+            if state is not None and not state.deleted:
+                if state.blocked_until is not None and state.blocked_until > now:
+                    return Reason.THROTTLED  # blocked: no verdict on the OTP itself while the block lasts
+                if await self.store.note_key_failure(conn, state, now, self.settings.throttle_key):
+                    await self.store.add_event(conn, at=now, kind="security.otp.key_throttled", key_id=state.id,
+                                               serial=state.serial, public_id=state.public_id, user=user,
+                                               client_id=client_id, source=source)
+        if user is not None:
+            if await self.store.note_user_failure(conn, user, now, self.settings.throttle_user):
+                await self.store.add_event(conn, at=now, kind="security.otp.user_throttled", user=user,
+                                           public_id=public_id, source=source)
+        return reason
+
+    async def _material(self, public_id: str, fresh: bool) -> KeyMaterial | None:
+        if not fresh:
+            cached = self._materials.get(public_id)
+            if cached is not None:
+                return cached
+        material = await self._loader.load(public_id) if public_id else None
+        if material is None:
+            self._materials.pop(public_id, None)
+        elif self.settings.key_cache_size:
+            if len(self._materials) >= self.settings.key_cache_size and public_id not in self._materials:
+                self._materials.pop(next(iter(self._materials)))
+            self._materials[public_id] = material
+        return material
+
+    def _open_key(self, material: KeyMaterial) -> tuple[bytes, bytes]:
+        """AES key and private ID, decrypted in memory for this one verification."""
+        if material.kek_id != self._box.kek_id:
+            raise KekError(f"key sealed under KEK {material.kek_id or '(none)'}, this server has {self._box.kek_id}")
+        plain = self._box.open(material.secret_sealed, _key_aad(material.public_id))
+        return plain[:16], plain[16:22]
+
+    async def _client(self, client_id: int) -> _Client | None:
+        now = time.monotonic()
+        cached = self._clients.get(client_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        row = await self.store.client(client_id)
+        client = None
+        if row is not None and row.disabled_at is None:
+            try:
+                client = _Client(row.id, self._box.open(row.secret_sealed, _client_aad(row.id)))
+            except KekError as exc:
+                log.error("otp.kek.mismatch", extra={"client_id": client_id, "detail": str(exc)})
+                raise BackendError("client key does not open under this server's KEK") from None
+        if len(self._clients) > 10_000:
+            self._clients.clear()
+        self._clients[client_id] = (now + self.settings.client_cache_seconds, client)
+        return client
+
+    # ---- import -------------------------------------------------------------------------------
+
+    async def import_secrets(self, data: bytes, *, dry_run: bool = False, actor: str | None = None) -> ImportResult:
+        """Validate a secrets file and, unless `dry_run`, import all of it or nothing."""
+        parsed = await asyncio.to_thread(parse_secrets, data)
+        errors = list(parsed.errors)
+        records = parsed.records
+        if records:
+            dup_serials, dup_ids = await self.store.live_duplicates([r.serial for r in records],
+                                                                    [r.public_id for r in records])
+            for r in records:
+                if r.serial in dup_serials:
+                    errors.append(LineIssue(r.line, f"serial {r.serial} is already in the inventory (a reprogrammed "
+                                                    "key can be uploaded again once the old one is revoked and deleted)"))
+                if r.public_id in dup_ids:
+                    errors.append(LineIssue(r.line, f"public ID {r.public_id} already belongs to a key in the inventory"))
+        errors.sort(key=lambda i: i.line)
+
+        def result(imported: int, errs: list[LineIssue], import_id: int | None = None) -> ImportResult:
+            return ImportResult(format=parsed.format, dry_run=dry_run, records=len(records), imported=imported,
+                                errors=tuple(errs), warnings=parsed.warnings, skipped=parsed.skipped,
+                                import_id=import_id)
+
+        if errors or dry_run:
+            return result(0, errors)
+        keys = await asyncio.to_thread(self._seal_records, records)
+        now = self._clock()
+        try:
+            async with self.store.begin_write() as conn:
+                import_id = await self.store.insert_import(conn, at=now, actor=actor, fmt=parsed.format,
+                                                           file_sha256=hashlib.sha256(data).hexdigest(), keys=keys)
+        except IntegrityError:
+            return result(0, [LineIssue(0, "another import added some of these keys at the same time; "
+                                           "nothing was imported, run the import again to see which lines")])
+        for r in records:
+            self._materials.pop(r.public_id, None)
+        try:
+            await self.store.analyze()
+        except SQLAlchemyError as exc:  # statistics are an optimisation; the import itself is committed
+            log.warning("otp.import.analyze_failed", exc_info=exc)
+        log.info("otp.import", extra={"import_id": import_id, "keys": len(keys), "format": parsed.format,
+                                      "actor": actor})
+        return result(len(keys), [], import_id)
+
+    def _seal_records(self, records: tuple[SecretRecord, ...]) -> list[NewKey]:
+        box = self._box
+        return [NewKey(serial=r.serial, public_id=r.public_id,
+                       secret_sealed=box.seal(r.aes_key + r.private_id + (r.access_code or b""), _key_aad(r.public_id)),
+                       kek_id=box.kek_id, source_line=r.line) for r in records]
+
+    # ---- report, revoke, delete ---------------------------------------------------------------
+
+    async def report(self, flt: ReportFilter = ReportFilter(), *, with_history: bool = True) -> list[KeyReport]:
+        """Keys matching the filters, ordered by serial; every key ever assigned stays listed."""
+        t = otp_yubikeys
+        where: list[Any] = []
+        if flt.status:
+            where.append(t.c.status == flt.status)
+        if flt.serial is not None:
+            where.append(t.c.serial == flt.serial)
+        if flt.user:
+            where.append((t.c.user_name == flt.user) | (t.c.last_user == flt.user))
+        if flt.public_id:
+            where.append(t.c.public_id == flt.public_id)
+        for col, after, before in ((t.c.imported_at, flt.imported_after, flt.imported_before),
+                                   (t.c.enrolled_at, flt.enrolled_after, flt.enrolled_before),
+                                   (t.c.last_used_at, flt.last_used_after, flt.last_used_before)):
+            if after is not None:
+                where.append(col >= after)
+            if before is not None:
+                where.append(col < before)
+        if not flt.include_deleted:
+            where.append(t.c.deleted_at.is_(None))
+        rows = await self.store.report_rows(where, flt.limit)
+        history = await self.store.history([r["id"] for r in rows]) if with_history else {}
+        out = []
+        for r in rows:
+            events = [{"at": r["imported_at"], "event": "otp.key.imported", "user": None, "actor": r["actor"],
+                       "client_id": None, "source": None, "detail": {"import_id": r["import_id"], "format": r["format"]}}]
+            events += history.get(r["id"], [])
+            out.append(KeyReport(
+                serial=r["serial"], public_id=r["public_id"], status=r["status"], user=r["user_name"],
+                last_user=r["last_user"], imported_at=r["imported_at"], enrolled_at=r["enrolled_at"],
+                last_used_at=r["last_used_at"], revoked_at=r["revoked_at"], deleted_at=r["deleted_at"],
+                blocked_until=r["blocked_until"], import_id=r["import_id"], import_format=r["format"],
+                history=tuple(events) if with_history else ()))
+        return out
+
+    async def _live_report(self, serial: int) -> KeyReport:
+        rows = await self.report(ReportFilter(serial=serial, include_deleted=False))
+        return rows[0]
+
+    async def revoke(self, serial: int, *, actor: str | None = None) -> KeyReport:
+        """Lost or stolen: REVOKED, user association removed, secrets wiped; never usable again."""
+        now = self._clock()
+        async with self.store.begin_write() as conn:
+            state = await self.store.live_key_by_serial(conn, serial)
+            if state is None:
+                raise NotFound(f"no YubiKey with serial {serial} in the inventory")
+            if state.status == REVOKED:
+                raise Conflict(f"YubiKey {serial} is already revoked")
+            await self.store.revoke(conn, state.id, now)
+            await self.store.add_event(conn, at=now, kind="otp.key.revoked", key_id=state.id, serial=state.serial,
+                                       public_id=state.public_id, user=state.user_name, actor=actor,
+                                       detail={"status_before": state.status})
+        self._materials.pop(state.public_id, None)
+        log.info("otp.key.revoked", extra={"serial": serial, "actor": actor})
+        return await self._live_report(serial)
+
+    async def delete(self, serial: int, *, actor: str | None = None) -> str:
+        """Delete an unassigned key, or take a revoked one out of the inventory (its history stays).
+
+        Refuses a key that is ACTIVE for a user. Returns the status the key had.
+        """
+        now = self._clock()
+        async with self.store.begin_write() as conn:
+            state = await self.store.live_key_by_serial(conn, serial)
+            if state is None:
+                raise NotFound(f"no YubiKey with serial {serial} in the inventory")
+            if state.status == ACTIVE:
+                raise Conflict(f"YubiKey {serial} is ACTIVE for user {state.user_name!r}: an assigned key cannot be "
+                               "deleted; revoke it first")
+            if state.status == UNASSIGNED:
+                await self.store.hard_delete(conn, state.id)
+            else:
+                await self.store.soft_delete(conn, state.id, now)
+            await self.store.add_event(conn, at=now, kind="otp.key.deleted", key_id=state.id, serial=state.serial,
+                                       public_id=state.public_id, actor=actor, detail={"status_before": state.status})
+        self._materials.pop(state.public_id, None)
+        log.info("otp.key.deleted", extra={"serial": serial, "actor": actor, "status_before": state.status})
+        return state.status
+
+    async def delete_factor(self, *, actor: str | None = None) -> dict[str, int]:
+        """Remove every OTP-mode key (cannot be undone): unassigned ones vanish, the others stay only in history."""
+        now = self._clock()
+        async with self.store.begin_write() as conn:
+            removed, retired = await self.store.delete_factor(conn, now, actor)
+            await self.store.add_event(conn, at=now, kind="otp.factor.deleted", actor=actor,
+                                       detail={"unassigned_removed": removed, "assigned_retired": retired})
+        self._materials.clear()
+        log.warning("otp.factor.deleted", extra={"actor": actor, "removed": removed, "retired": retired})
+        return {"unassigned_removed": removed, "assigned_retired": retired}
+
+    async def security_events(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Security events (unknown/revoked key use, wrong user, throttling), oldest first."""
+        return await self.store.events(kind_prefix="security.", limit=limit)
+
+    # ---- protocol 2.0 API clients -------------------------------------------------------------
+
+    async def add_client(self, name: str = "") -> tuple[ClientInfo, str]:
+        """A new API client; returns it and its base64 key (shown only now)."""
+        name = (name or "").strip()
+        if len(name) > 255 or any(ord(ch) < 32 for ch in name):
+            raise InvalidInput("client name must be at most 255 printable characters")
+        secret = secrets.token_bytes(CLIENT_KEY_BYTES)
+        now = self._clock()
+        async with self.store.begin_write() as conn:
+            client_id = await self.store.add_client(conn, name, now)
+            await self.store.set_client_secret(conn, client_id, self._box.seal(secret, _client_aad(client_id)),
+                                               self._box.kek_id)
+            await self.store.add_event(conn, at=now, kind="otp.client.added", client_id=client_id,
+                                       detail={"name": name})
+        log.info("otp.client.added", extra={"client_id": client_id})
+        return ClientInfo(client_id, name, now, None), base64.b64encode(secret).decode("ascii")
+
+    async def list_clients(self) -> list[ClientInfo]:
+        return [ClientInfo(r.id, r.name, r.created_at, r.disabled_at) for r in await self.store.clients()]
+
+    async def disable_client(self, client_id: int) -> ClientInfo:
+        """Disable a client: its requests get NO_SUCH_CLIENT (other processes: within client_cache_seconds)."""
+        now = self._clock()
+        if not await self.store.disable_client(client_id, now):
+            row = await self.store.client(client_id)
+            if row is None:
+                raise NotFound(f"no OTP client with id {client_id}")
+            raise Conflict(f"OTP client {client_id} is already disabled")
+        await self.store.record_event(at=now, kind="otp.client.disabled", client_id=client_id)
+        self._clients.pop(client_id, None)
+        row = await self.store.client(client_id)
+        assert row is not None
+        return ClientInfo(row.id, row.name, row.created_at, row.disabled_at)

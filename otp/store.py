@@ -1,0 +1,474 @@
+"""SQL of the OTP factor (SQLAlchemy Core, async; SQLite and PostgreSQL).
+
+Every transaction that writes starts with BEGIN IMMEDIATE on SQLite (`sqlite_begin` execution
+option understood by the application's engine factory). The replay check is one compare-and-set
+UPDATE per key: the stored (usage_ctr, session_use) must be strictly lower than the OTP's.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Sequence
+
+import asyncpg
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .config import ThrottleSettings
+from .tables import (ACTIVE, REVOKED, UNASSIGNED, otp_clients, otp_events, otp_imports, otp_user_throttle,
+                     otp_yubikeys)
+
+k = otp_yubikeys
+
+# Failures of the store (not of the request): the database is down, a connection broke, a timeout.
+BACKEND_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, asyncpg.PostgresError,
+                                                   asyncpg.InterfaceError, asyncio.TimeoutError)
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back naive; every stored timestamp is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMaterial:
+    """What verification needs of a live key: identity, sealed secrets, status hint."""
+
+    id: int
+    serial: int
+    public_id: str
+    status: str
+    user_name: str | None
+    secret_sealed: bytes
+    kek_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    """The replay and lifecycle state of one key row, read fresh."""
+
+    id: int
+    serial: int
+    public_id: str
+    status: str
+    user_name: str | None
+    deleted: bool
+    usage_ctr: int
+    session_use: int
+    last_nonce: str | None
+    failures: int
+    failures_since: datetime | None
+    blocked_until: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CounterUpdate:
+    """One compare-and-set: accept (usage_ctr, session_use) for key `key_id` if strictly newer."""
+
+    key_id: int
+    usage_ctr: int
+    session_use: int
+    otp_timestamp: int
+    nonce: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    serial: int
+    public_id: str
+    secret_sealed: bytes
+    kek_id: str
+    source_line: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRow:
+    id: int
+    name: str
+    secret_sealed: bytes
+    kek_id: str
+    created_at: datetime
+    disabled_at: datetime | None
+
+
+_STATE_COLS = (k.c.id, k.c.serial, k.c.public_id, k.c.status, k.c.user_name, k.c.deleted_at, k.c.usage_ctr,
+               k.c.session_use, k.c.last_nonce, k.c.failures, k.c.failures_since, k.c.blocked_until)
+_MATERIAL_COLS = (k.c.id, k.c.serial, k.c.public_id, k.c.status, k.c.user_name, k.c.secret_sealed, k.c.kek_id)
+
+# PostgreSQL: one statement, run in autocommit (durable when it returns), does every compare-and-set
+# of a batch and returns the accepted ids. The `locked` CTE, evaluated first as an InitPlan, takes the
+# row locks in id order, so two processes whose batches share keys never deadlock. The two statements
+# of the verification hot path go straight to asyncpg on a pooled connection: SQLAlchemy's execution
+# layer cost more CPU per batch than the rest of a verification (profiled with bench/otp.py --profile).
+_PG_CAS_BATCH = (
+    "WITH v AS (SELECT * FROM unnest($1::int[], $2::int[], $3::int[], $4::int[], $5::varchar[]) "
+    "AS t(id, c, u, ts, n)), "
+    "locked AS (SELECT id FROM otp_yubikeys WHERE id = ANY($1::int[]) ORDER BY id FOR UPDATE) "
+    "UPDATE otp_yubikeys AS k SET usage_ctr = v.c, session_use = v.u, otp_timestamp = v.ts, last_nonce = v.n, "
+    "last_used_at = $7, failures = 0, failures_since = NULL "
+    "FROM v WHERE k.id = ANY($1::int[]) AND k.id = ANY(ARRAY(SELECT id FROM locked)) AND k.id = v.id "
+    "AND k.deleted_at IS NULL AND k.status = ANY($6::varchar[]) "
+    "AND (k.blocked_until IS NULL OR k.blocked_until <= $7) "
+    "AND (k.usage_ctr < v.c OR (k.usage_ctr = v.c AND k.session_use < v.u)) "
+    "RETURNING k.id"
+)
+_PG_MATERIALS = (
+    "SELECT id, serial, public_id, status, user_name, secret_sealed, kek_id FROM otp_yubikeys "
+    "WHERE public_id = ANY($1::varchar[]) AND deleted_at IS NULL"
+)
+# SQLite: the same single statement over a JSON array, inside BEGIN IMMEDIATE. The unary `+` keeps the
+# planner from driving the join by the status index (a scan of every key per batch row without ANALYZE
+# statistics): the batch is the outer loop and each key is found by its primary key.
+_SQLITE_CAS_BATCH = sa.text(
+    "UPDATE otp_yubikeys SET usage_ctr = v.c, session_use = v.u, otp_timestamp = v.ts, last_nonce = v.n, "
+    "last_used_at = :now, failures = 0, failures_since = NULL "
+    "FROM (SELECT value ->> 0 AS id, value ->> 1 AS c, value ->> 2 AS u, value ->> 3 AS ts, value ->> 4 AS n "
+    "FROM json_each(:batch)) AS v "
+    "WHERE otp_yubikeys.id = v.id AND +otp_yubikeys.deleted_at IS NULL AND +otp_yubikeys.status IN :statuses "
+    "AND (otp_yubikeys.blocked_until IS NULL OR otp_yubikeys.blocked_until <= :now) "
+    "AND (otp_yubikeys.usage_ctr < v.c OR (otp_yubikeys.usage_ctr = v.c AND otp_yubikeys.session_use < v.u)) "
+    "RETURNING otp_yubikeys.id"
+).bindparams(
+    sa.bindparam("statuses", expanding=True),
+    sa.bindparam("now", type_=sa.DateTime(timezone=True)),
+)
+
+
+def _newer(ctr, use):
+    """SQL: the stored pair is strictly lower than (ctr, use) (docs/otp.md "Product decisions")."""
+    return sa.or_(k.c.usage_ctr < ctr, sa.and_(k.c.usage_ctr == ctr, k.c.session_use < use))
+
+
+def _not_blocked(now):
+    return sa.or_(k.c.blocked_until.is_(None), k.c.blocked_until <= now)
+
+
+class OtpStore:
+    """Storage of keys, events, clients and throttling state."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self.is_postgresql = engine.dialect.name == "postgresql"
+        self._writer = engine.execution_options(sqlite_begin="IMMEDIATE") if self.is_sqlite else engine
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    def begin_write(self):
+        """A write transaction (BEGIN IMMEDIATE on SQLite)."""
+        return self._writer.begin()
+
+    # ---- keys: verification -------------------------------------------------------------------
+
+    async def key_material(self, public_id: str) -> KeyMaterial | None:
+        """The live key with this public ID."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(
+                sa.select(*_MATERIAL_COLS).where(k.c.public_id == public_id, k.c.deleted_at.is_(None))
+            )).first()
+        return KeyMaterial(*row) if row else None
+
+    async def key_state(self, key_id: int, conn: AsyncConnection | None = None, *,
+                        for_update: bool = False) -> KeyState | None:
+        """The current state of a key row (any row, deleted ones included)."""
+        stmt = sa.select(*_STATE_COLS).where(k.c.id == key_id)
+        if for_update and self.is_postgresql:
+            stmt = stmt.with_for_update()
+        if conn is None:
+            async with self.engine.connect() as c:
+                row = (await c.execute(stmt)).first()
+        else:
+            row = (await conn.execute(stmt)).first()
+        if row is None:
+            return None
+        return KeyState(id=row.id, serial=row.serial, public_id=row.public_id, status=row.status,
+                        user_name=row.user_name, deleted=row.deleted_at is not None, usage_ctr=row.usage_ctr,
+                        session_use=row.session_use, last_nonce=row.last_nonce, failures=row.failures,
+                        failures_since=aware(row.failures_since), blocked_until=aware(row.blocked_until))
+
+    async def key_materials(self, public_ids: Sequence[str]) -> dict[str, KeyMaterial]:
+        """The live keys with these public IDs, by public ID."""
+        if self.is_postgresql:
+            async with self.engine.connect() as conn:
+                driver = (await conn.get_raw_connection()).driver_connection
+                rows = await driver.fetch(_PG_MATERIALS, list(public_ids))
+            return {r[2]: KeyMaterial(*r) for r in rows}
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(*_MATERIAL_COLS).where(k.c.public_id.in_(list(public_ids)), k.c.deleted_at.is_(None)))
+            return {r.public_id: KeyMaterial(*r) for r in rows}
+
+    async def compare_and_set_batch(self, updates: Sequence[CounterUpdate], statuses: Sequence[str],
+                                    now: datetime) -> set[int]:
+        """Independent compare-and-sets (distinct keys) in one statement, durable on return; the accepted ids."""
+        if not updates:
+            return set()
+        updates = sorted(updates, key=lambda u: u.key_id)
+        if self.is_postgresql:
+            async with self.engine.connect() as conn:
+                # No statement goes through SQLAlchemy here, so it never opens a transaction: the
+                # statement runs in asyncpg's autocommit and is committed when fetch() returns.
+                driver = (await conn.get_raw_connection()).driver_connection
+                rows = await driver.fetch(
+                    _PG_CAS_BATCH, [u.key_id for u in updates], [u.usage_ctr for u in updates],
+                    [u.session_use for u in updates], [u.otp_timestamp for u in updates],
+                    [u.nonce for u in updates], list(statuses), now)
+            return {r[0] for r in rows}
+        batch = json.dumps([[u.key_id, u.usage_ctr, u.session_use, u.otp_timestamp, u.nonce] for u in updates])
+        async with self.begin_write() as conn:
+            rows = await conn.execute(_SQLITE_CAS_BATCH, {"batch": batch, "statuses": list(statuses), "now": now})
+            return {r[0] for r in rows}
+
+    async def compare_and_set(self, conn: AsyncConnection, update: CounterUpdate, now: datetime, *,
+                              user: str | None = None, enrol: bool = False) -> bool:
+        """One compare-and-set inside the caller's transaction; with `enrol` it also assigns the key."""
+        values: dict[str, Any] = dict(usage_ctr=update.usage_ctr, session_use=update.session_use,
+                                      otp_timestamp=update.otp_timestamp, last_nonce=update.nonce,
+                                      last_used_at=now, failures=0, failures_since=None)
+        cond = [k.c.id == update.key_id, k.c.deleted_at.is_(None), _not_blocked(now),
+                _newer(update.usage_ctr, update.session_use)]
+        if enrol:
+            cond.append(k.c.status == UNASSIGNED)
+            values.update(status=ACTIVE, user_name=user, last_user=user, enrolled_at=now)
+        elif user is not None:
+            cond += [k.c.status == ACTIVE, k.c.user_name == user]
+        res = await conn.execute(sa.update(k).where(*cond).values(**values))
+        return res.rowcount == 1
+
+    async def note_key_failure(self, conn: AsyncConnection, state: KeyState, now: datetime,
+                               limits: ThrottleSettings) -> bool:
+        """Count one failure against a key; True when this failure starts a block."""
+        window_start = state.failures_since
+        failures = state.failures
+        if window_start is None or now - window_start > timedelta(seconds=limits.window_seconds):
+            failures, window_start = 0, now
+        failures += 1
+        blocked = failures >= limits.max_failures
+        await conn.execute(sa.update(k).where(k.c.id == state.id).values(
+            failures=0 if blocked else failures, failures_since=None if blocked else window_start,
+            blocked_until=now + timedelta(seconds=limits.lockout_seconds) if blocked else k.c.blocked_until))
+        return blocked
+
+    # ---- users: throttling --------------------------------------------------------------------
+
+    async def user_throttle(self, user: str) -> tuple[int, datetime | None, datetime | None] | None:
+        """(failures, window start, blocked until) of a user, or None when the user has no failures."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(
+                otp_user_throttle.c.failures, otp_user_throttle.c.failures_since, otp_user_throttle.c.blocked_until
+            ).where(otp_user_throttle.c.user_name == user))).first()
+        return (row[0], aware(row[1]), aware(row[2])) if row else None
+
+    async def note_user_failure(self, conn: AsyncConnection, user: str, now: datetime,
+                                limits: ThrottleSettings) -> bool:
+        """Count one failure against a user; True when this failure starts a block."""
+        t = otp_user_throttle
+        stmt = sa.select(t.c.failures, t.c.failures_since).where(t.c.user_name == user)
+        if self.is_postgresql:
+            stmt = stmt.with_for_update()
+        row = (await conn.execute(stmt)).first()
+        if row is None:
+            ins = (postgresql.insert(t) if self.is_postgresql else sqlite.insert(t)).values(
+                user_name=user, failures=0, failures_since=now, blocked_until=None).on_conflict_do_nothing()
+            await conn.execute(ins)
+            row = (await conn.execute(stmt)).first()
+        failures, since = row[0], aware(row[1])
+        if since is None or now - since > timedelta(seconds=limits.window_seconds):
+            failures, since = 0, now
+        failures += 1
+        blocked = failures >= limits.max_failures
+        await conn.execute(sa.update(t).where(t.c.user_name == user).values(
+            failures=0 if blocked else failures, failures_since=since,
+            blocked_until=now + timedelta(seconds=limits.lockout_seconds) if blocked else t.c.blocked_until))
+        return blocked
+
+    async def clear_user_failures(self, conn: AsyncConnection, user: str) -> None:
+        await conn.execute(sa.delete(otp_user_throttle).where(otp_user_throttle.c.user_name == user))
+
+    # ---- events -------------------------------------------------------------------------------
+
+    @staticmethod
+    async def add_event(conn: AsyncConnection, *, at: datetime, kind: str, key_id: int | None = None,
+                        serial: int | None = None, public_id: str | None = None, user: str | None = None,
+                        client_id: int | None = None, source: str | None = None, actor: str | None = None,
+                        detail: dict[str, Any] | None = None) -> None:
+        """Append one history or security event inside the caller's transaction."""
+        await conn.execute(otp_events.insert().values(
+            at=at, kind=kind, key_id=key_id, serial=serial, public_id=public_id, user_name=user,
+            client_id=client_id, source=source, actor=actor,
+            detail=json.dumps(detail or {}, sort_keys=True, default=str)))
+
+    async def record_event(self, **fields: Any) -> None:
+        """Append one event in its own transaction."""
+        async with self.begin_write() as conn:
+            await self.add_event(conn, **fields)
+
+    async def events(self, *, kind_prefix: str | None = None, key_ids: Iterable[int] | None = None,
+                     limit: int = 1000) -> list[dict[str, Any]]:
+        """Events, oldest first, optionally by kind prefix or key."""
+        e = otp_events
+        stmt = sa.select(e).order_by(e.c.id)
+        if kind_prefix:
+            stmt = stmt.where(e.c.kind.startswith(kind_prefix))
+        if key_ids is not None:
+            stmt = stmt.where(e.c.key_id.in_(list(key_ids)))
+        stmt = stmt.limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["at"] = aware(d["at"])
+            d["detail"] = json.loads(d["detail"] or "{}")
+            out.append(d)
+        return out
+
+    # ---- import -------------------------------------------------------------------------------
+
+    async def live_duplicates(self, serials: Sequence[int], public_ids: Sequence[str]) -> tuple[set[int], set[str]]:
+        """Which of these serials and public IDs a live key already has."""
+        found_serials: set[int] = set()
+        found_ids: set[str] = set()
+        chunk = 5000
+        async with self.engine.connect() as conn:
+            for i in range(0, len(serials), chunk):
+                part = list(serials[i:i + chunk])
+                rows = await conn.execute(sa.select(k.c.serial).where(k.c.deleted_at.is_(None), k.c.serial.in_(part)))
+                found_serials.update(r[0] for r in rows)
+            for i in range(0, len(public_ids), chunk):
+                part = list(public_ids[i:i + chunk])
+                rows = await conn.execute(
+                    sa.select(k.c.public_id).where(k.c.deleted_at.is_(None), k.c.public_id.in_(part)))
+                found_ids.update(r[0] for r in rows)
+        return found_serials, found_ids
+
+    async def insert_import(self, conn: AsyncConnection, *, at: datetime, actor: str | None, fmt: str,
+                            file_sha256: str, keys: Sequence[NewKey]) -> int:
+        """One import batch and its keys, inside the caller's transaction; the import id."""
+        import_id = (await conn.execute(otp_imports.insert().values(
+            at=at, actor=actor, format=fmt, key_count=len(keys), file_sha256=file_sha256
+        ).returning(otp_imports.c.id))).scalar_one()
+        rows = [dict(serial=n.serial, public_id=n.public_id, status=UNASSIGNED, secret_sealed=n.secret_sealed,
+                     kek_id=n.kek_id, import_id=import_id, source_line=n.source_line, imported_at=at)
+                for n in keys]
+        chunk = 2000
+        for i in range(0, len(rows), chunk):
+            await conn.execute(k.insert(), rows[i:i + chunk])
+        return import_id
+
+    async def analyze(self) -> None:
+        """Refresh the planner's statistics after a bulk import (PostgreSQL), so look-ups use the primary key."""
+        if self.is_postgresql:
+            async with self._autocommit.connect() as conn:
+                await conn.execute(sa.text("ANALYZE otp_yubikeys"))
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    async def live_key_by_serial(self, conn: AsyncConnection, serial: int) -> KeyState | None:
+        row = (await conn.execute(sa.select(k.c.id).where(k.c.serial == serial, k.c.deleted_at.is_(None)))).first()
+        return await self.key_state(row[0], conn, for_update=True) if row else None
+
+    async def revoke(self, conn: AsyncConnection, key_id: int, now: datetime) -> None:
+        """REVOKED, user association removed, secrets wiped: the key never verifies again."""
+        await conn.execute(sa.update(k).where(k.c.id == key_id).values(
+            status=REVOKED, user_name=None, revoked_at=now, secret_sealed=b""))
+
+    async def soft_delete(self, conn: AsyncConnection, key_id: int, now: datetime) -> None:
+        """Take an ever-assigned key out of the inventory; the row stays for the report."""
+        await conn.execute(sa.update(k).where(k.c.id == key_id).values(deleted_at=now, secret_sealed=b""))
+
+    async def hard_delete(self, conn: AsyncConnection, key_id: int) -> None:
+        await conn.execute(sa.delete(k).where(k.c.id == key_id))
+
+    async def delete_factor(self, conn: AsyncConnection, now: datetime, actor: str | None) -> tuple[int, int]:
+        """Every live key out: never-assigned ones removed, the others revoked and marked deleted."""
+        live = (await conn.execute(sa.select(k.c.id, k.c.serial, k.c.public_id, k.c.status, k.c.user_name)
+                                   .where(k.c.deleted_at.is_(None)))).all()
+        unassigned = [r for r in live if r.status == UNASSIGNED]
+        kept = [r for r in live if r.status != UNASSIGNED]
+        if kept:
+            events = [dict(at=now, kind="otp.key.deleted", key_id=r.id, serial=r.serial, public_id=r.public_id,
+                           user_name=r.user_name, actor=actor,
+                           detail=json.dumps({"by": "delete-factor", "status_before": r.status}, sort_keys=True))
+                      for r in kept]
+            for i in range(0, len(events), 2000):
+                await conn.execute(otp_events.insert(), events[i:i + 2000])
+            await conn.execute(sa.update(k).where(k.c.deleted_at.is_(None), k.c.status == ACTIVE).values(
+                status=REVOKED, user_name=None, revoked_at=now))
+            await conn.execute(sa.update(k).where(k.c.deleted_at.is_(None), k.c.status == REVOKED).values(
+                deleted_at=now, secret_sealed=b""))
+        if unassigned:
+            await conn.execute(sa.delete(k).where(k.c.deleted_at.is_(None), k.c.status == UNASSIGNED))
+        return len(unassigned), len(kept)
+
+    # ---- report -------------------------------------------------------------------------------
+
+    async def report_rows(self, where: Sequence[Any], limit: int | None = None) -> list[dict[str, Any]]:
+        cols = [k.c.id, k.c.serial, k.c.public_id, k.c.status, k.c.user_name, k.c.last_user, k.c.imported_at,
+                k.c.enrolled_at, k.c.revoked_at, k.c.deleted_at, k.c.last_used_at, k.c.usage_ctr, k.c.session_use,
+                k.c.blocked_until, k.c.import_id, otp_imports.c.format, otp_imports.c.actor]
+        stmt = (sa.select(*cols).select_from(k.join(otp_imports, otp_imports.c.id == k.c.import_id))
+                .where(*where).order_by(k.c.serial, k.c.id))
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        out = []
+        for r in rows:
+            d = dict(r)
+            for name in ("imported_at", "enrolled_at", "revoked_at", "deleted_at", "last_used_at", "blocked_until"):
+                d[name] = aware(d[name])
+            out.append(d)
+        return out
+
+    async def history(self, key_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        out: dict[int, list[dict[str, Any]]] = {i: [] for i in key_ids}
+        e = otp_events
+        async with self.engine.connect() as conn:
+            for i in range(0, len(key_ids), 5000):
+                part = list(key_ids[i:i + 5000])
+                rows = await conn.execute(sa.select(e.c.key_id, e.c.at, e.c.kind, e.c.user_name, e.c.actor,
+                                                    e.c.client_id, e.c.source, e.c.detail)
+                                          .where(e.c.key_id.in_(part)).order_by(e.c.id))
+                for r in rows:
+                    out[r.key_id].append({"at": aware(r.at), "event": r.kind, "user": r.user_name, "actor": r.actor,
+                                          "client_id": r.client_id, "source": r.source,
+                                          "detail": json.loads(r.detail or "{}")})
+        return out
+
+    # ---- API clients --------------------------------------------------------------------------
+
+    async def add_client(self, conn: AsyncConnection, name: str, now: datetime) -> int:
+        return (await conn.execute(otp_clients.insert().values(
+            name=name, secret_sealed=b"", kek_id="", created_at=now).returning(otp_clients.c.id))).scalar_one()
+
+    async def set_client_secret(self, conn: AsyncConnection, client_id: int, sealed: bytes, kek_id: str) -> None:
+        await conn.execute(sa.update(otp_clients).where(otp_clients.c.id == client_id).values(
+            secret_sealed=sealed, kek_id=kek_id))
+
+    async def client(self, client_id: int) -> ClientRow | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(otp_clients).where(otp_clients.c.id == client_id))).first()
+        return _client_row(row) if row else None
+
+    async def clients(self) -> list[ClientRow]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(otp_clients).order_by(otp_clients.c.id))).all()
+        return [_client_row(r) for r in rows]
+
+    async def disable_client(self, client_id: int, now: datetime) -> bool:
+        async with self.begin_write() as conn:
+            res = await conn.execute(sa.update(otp_clients).where(
+                otp_clients.c.id == client_id, otp_clients.c.disabled_at.is_(None)).values(disabled_at=now))
+            return res.rowcount == 1
+
+
+def _client_row(row) -> ClientRow:
+    return ClientRow(id=row.id, name=row.name, secret_sealed=row.secret_sealed, kek_id=row.kek_id,
+                     created_at=aware(row.created_at), disabled_at=aware(row.disabled_at))
+

@@ -1,0 +1,160 @@
+"""The `yubikey` and `otp-client` command groups through click's CliRunner, on both databases."""
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from otp.cli import build_cli
+from otp.config import OtpSettings
+from otp.service import OtpService
+from scep_server.store.db import create_engine
+from tests.otp.conftest import make_key, secrets_file
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "otp"
+
+
+class Cli:
+    def __init__(self, db_url: str) -> None:
+        self.kek = os.urandom(32)
+        self.db_url = db_url
+        self.root = click.Group("scep-server", commands={g.name: g for g in build_cli(self.open_service)})
+        self.runner = CliRunner()
+
+    @asynccontextmanager
+    async def open_service(self):
+        engine = create_engine(self.db_url)
+        try:
+            async with OtpService(engine, OtpSettings(), self.kek) as service:
+                yield service
+        finally:
+            await engine.dispose()
+
+    def __call__(self, *args: str, input: str | None = None):
+        return self.runner.invoke(self.root, list(args), input=input)
+
+    def run(self, op):
+        async def main():
+            async with self.open_service() as service:
+                return await op(service)
+        return asyncio.run(main())
+
+
+@pytest.fixture
+def cli(db_url) -> Cli:
+    return Cli(db_url)
+
+
+def test_import_dry_run_and_rejection(cli):
+    path = str(FIXTURES / "yubico-format.csv")
+    r = cli("yubikey", "import", "--dry-run", path)
+    assert r.exit_code == 0 and "dry run: 3 keys would be imported (format: yubico)" in r.stdout
+    r = cli("yubikey", "import", path)
+    assert r.exit_code == 0 and "imported 3 keys" in r.stdout
+    r = cli("yubikey", "import", path)
+    assert r.exit_code == 1
+    assert "error: line 1: serial 12345678 is already in the inventory" in r.stderr
+    assert "6 problems" in r.stderr and "nothing was imported" in r.stderr
+    r = cli("yubikey", "import", str(FIXTURES / "bad-line-in-middle.csv"))
+    assert r.exit_code == 1 and "error: line 3: AES key must be 32 hex characters, got 31" in r.stderr
+    r = cli("yubikey", "import", str(FIXTURES / "traditional-log.csv"))
+    assert r.exit_code == 1 and "Yubico format" in r.stderr
+    r = cli("yubikey", "import", str(FIXTURES / "mixed-configurations.csv"))
+    assert r.exit_code == 0 and "skipped: line 2: OATH-HOTP" in r.stderr
+
+
+def test_import_from_stdin_and_usage_errors(cli):
+    r = cli("yubikey", "import", "-", input=secrets_file([make_key(1)]).decode())
+    assert r.exit_code == 0 and "imported 1 keys" in r.stdout
+    assert cli("yubikey", "import", "/nonexistent/file.csv").exit_code == 2
+    assert cli("yubikey", "import").exit_code == 2
+    assert cli("yubikey", "frobnicate").exit_code == 2
+
+
+def test_report_formats_and_filters(cli):
+    keys = [make_key(10), make_key(11), make_key(12)]
+    assert cli("yubikey", "import", "-", input=secrets_file(keys).decode()).exit_code == 0
+    cli.run(lambda s: s.verify_signin("quinn", keys[1].otp()))
+    table = cli("yubikey", "report")
+    assert table.exit_code == 0
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:4] == ["SERIAL", "PUBLIC_ID", "STATUS", "USER"]
+    assert lines[-1] == "3 keys" and "quinn" in lines[2]
+    rows = list(csv.DictReader(io.StringIO(cli("yubikey", "report", "--format", "csv").stdout)))
+    assert [(r["serial"], r["status"], r["user"]) for r in rows] == [("10", "UNASSIGNED", ""), ("11", "ACTIVE", "quinn"),
+                                                                     ("12", "UNASSIGNED", "")]
+    data = json.loads(cli("yubikey", "report", "--format", "json", "--status", "active").stdout)
+    assert data["count"] == 1 and data["keys"][0]["history"][1]["event"] == "otp.key.enrolled"
+    assert json.loads(cli("yubikey", "report", "--format", "json", "--user", "quinn").stdout)["count"] == 1
+    assert json.loads(cli("yubikey", "report", "--format", "json", "--serial", "12").stdout)["count"] == 1
+    assert json.loads(cli("yubikey", "report", "--format", "json",
+                          "--imported-after", "2999-01-01").stdout)["count"] == 0
+    assert cli("yubikey", "report", "--serial", "x").exit_code == 2
+    assert cli("yubikey", "report", "--status", "LOST").exit_code == 2
+    assert cli("yubikey", "report", "--enrolled-before", "soon").exit_code == 2
+    assert cli("yubikey", "report", "--format", "xml").exit_code == 2
+
+
+def test_revoke_delete(cli):
+    keys = [make_key(20), make_key(21)]
+    cli("yubikey", "import", "-", input=secrets_file(keys).decode())
+    cli.run(lambda s: s.verify_signin("rita", keys[0].otp()))
+    r = cli("yubikey", "delete", "20")
+    assert r.exit_code == 1 and "ACTIVE for user 'rita'" in r.stderr and "revoke it first" in r.stderr
+    r = cli("yubikey", "revoke", "20")
+    assert r.exit_code == 0 and "revoked YubiKey 20" in r.stdout and "rita" in r.stdout
+    assert cli("yubikey", "revoke", "20").exit_code == 1
+    r = cli("yubikey", "revoke", "404")
+    assert r.exit_code == 1 and "no YubiKey with serial 404" in r.stderr
+    r = cli("yubikey", "delete", "20")
+    assert r.exit_code == 0 and "stays in the report" in r.stdout
+    r = cli("yubikey", "delete", "21")
+    assert r.exit_code == 0 and "deleted unassigned YubiKey 21" in r.stdout
+    assert cli("yubikey", "revoke", "0").exit_code == 2
+    rows = json.loads(cli("yubikey", "report", "--format", "json").stdout)["keys"]
+    assert [(k["serial"], k["status"], k["deleted"], k["history"][-1]["actor"].startswith("cli")) for k in rows] == [
+        ("20", "REVOKED", True, True)]
+
+
+def test_delete_factor_needs_confirmation(cli):
+    keys = [make_key(30), make_key(31)]
+    cli("yubikey", "import", "-", input=secrets_file(keys).decode())
+    cli.run(lambda s: s.verify_signin("sam", keys[0].otp()))
+    r = cli("yubikey", "delete-factor", input="n\n")
+    assert r.exit_code == 1 and "cannot be undone" in r.stderr and "nothing was deleted" in r.stderr
+    assert len(json.loads(cli("yubikey", "report", "--format", "json").stdout)["keys"]) == 2
+    r = cli("yubikey", "delete-factor", input="")  # no answer at all: the default is no
+    assert r.exit_code == 1
+    r = cli("yubikey", "delete-factor", input="y\n")
+    assert r.exit_code == 0 and "1 unassigned keys removed, 1 enrolled or revoked keys retired" in r.stdout
+    assert cli("yubikey", "delete-factor", "--yes").exit_code == 0
+
+
+def test_otp_clients(cli):
+    r = cli("otp-client", "add", "--name", "vpn gateway")
+    assert r.exit_code == 0
+    out = dict(line.split(": ", 1) for line in r.stdout.splitlines())
+    assert out["id"] == "1" and len(out["key"]) == 28
+    listing = cli("otp-client", "list")
+    assert listing.exit_code == 0 and "vpn gateway" in listing.stdout and out["key"] not in listing.stdout
+    assert json.loads(cli("otp-client", "list", "--format", "json").stdout)[0]["active"] is True
+    assert cli("otp-client", "disable", "1").exit_code == 0
+    r = cli("otp-client", "disable", "1")
+    assert r.exit_code == 1 and "already disabled" in r.stderr
+    assert cli("otp-client", "disable", "9").exit_code == 1
+    assert cli("otp-client", "disable", "abc").exit_code == 2
+    assert "disabled" in cli("otp-client", "list").stdout
+
+
+def test_database_failure_is_exit_1(tmp_path):
+    cli = Cli(f"sqlite+aiosqlite:///{tmp_path}/not-migrated.db")
+    r = cli("yubikey", "report")
+    assert r.exit_code == 1 and "database error" in r.stderr

@@ -1,0 +1,266 @@
+"""HTTP surface: protocol 2.0 endpoint, sign-in API, admin JSON API, problem documents, scopes."""
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from pathlib import Path
+
+import pytest
+from aiohttp import FormData, web
+from yarl import URL
+
+from otp import yubico
+from otp.config import OtpSettings, ThrottleSettings
+from otp.service import OtpService
+from otp.web import ACTOR_KEY, add_routes, problem
+from tests.otp.conftest import make_key, secrets_file
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "otp"
+TOKENS = {"admin-token": "admin", "signin-token": "signin"}
+ADMIN = {"Authorization": "Bearer admin-token"}
+SIGNIN = {"Authorization": "Bearer signin-token"}
+
+
+@web.middleware
+async def bearer_scopes(request: web.Request, handler):
+    """What the application's middleware does: enforce the route handler's `required_scope`."""
+    scope = getattr(request.match_info.handler, "required_scope", None)
+    if scope is not None:
+        auth = request.headers.get("Authorization", "")
+        granted = TOKENS.get(auth[7:]) if auth.startswith("Bearer ") else None
+        if granted is None:
+            return problem(401, "a bearer token is required")
+        if granted != scope:
+            return problem(403, f"this endpoint needs a {scope!r} token")
+        request[ACTOR_KEY] = f"token:{granted}"
+    return await handler(request)
+
+
+async def make_api(aiohttp_client, service):
+    app = web.Application(middlewares=[bearer_scopes])
+    add_routes(app, service)
+    return await aiohttp_client(app)
+
+
+@pytest.fixture
+async def api(aiohttp_client, service):
+    return await make_api(aiohttp_client, service)
+
+
+async def import_via_api(api, keys):
+    resp = await api.post("/api/v1/yubikeys/import", data=secrets_file(keys), headers=ADMIN)
+    assert resp.status == 201, await resp.text()
+
+
+async def new_client(api) -> tuple[int, bytes]:
+    resp = await api.post("/api/v1/otp-clients", json={"name": "web"}, headers=ADMIN)
+    assert resp.status == 201
+    body = await resp.json()
+    return body["id"], base64.b64decode(body["api_key"])
+
+
+async def assert_problem(resp, status: int, *, contains: str = "") -> dict:
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == "application/problem+json"
+    body = await resp.json()
+    assert body["status"] == status and body["detail"] and contains in body["detail"]
+    return body
+
+
+def test_every_route_is_marked(service):
+    app = web.Application()
+    add_routes(app, service)
+    seen = {}
+    for route in app.router.routes():
+        seen[(route.method, route.resource.canonical)] = getattr(route.handler, "required_scope", "unset")
+    assert seen.pop(("GET", "/wsapi/2.0/verify")) is None
+    assert seen.pop(("POST", "/wsapi/2.0/verify")) is None
+    assert seen.pop(("POST", "/api/v1/otp/verify")) == "signin"
+    assert set(seen.values()) == {"admin"} and len(seen) == 7
+
+
+async def test_scopes_are_enforced(api):
+    await assert_problem(await api.get("/api/v1/yubikeys"), 401)
+    await assert_problem(await api.get("/api/v1/yubikeys", headers=SIGNIN), 403)
+    await assert_problem(await api.post("/api/v1/otp/verify", json={}, headers=ADMIN), 403)
+    assert (await api.get("/api/v1/yubikeys", headers=ADMIN)).status == 200
+
+
+# ---- import -----------------------------------------------------------------------------------
+
+async def test_import_body_dry_run_and_rejection(api):
+    data = (FIXTURES / "yubico-format.csv").read_bytes()
+    dry = await api.post("/api/v1/yubikeys/import?dry_run=1", data=data, headers=ADMIN)
+    assert dry.status == 200 and (await dry.json())["imported"] == 0
+    assert (await (await api.get("/api/v1/yubikeys", headers=ADMIN)).json())["count"] == 0
+    ok = await api.post("/api/v1/yubikeys/import", data=data, headers=ADMIN | {"Content-Type": "text/csv"})
+    body = await ok.json()
+    assert ok.status == 201 and body["imported"] == 3 and body["format"] == "yubico"
+    again = await assert_problem(await api.post("/api/v1/yubikeys/import", data=data, headers=ADMIN), 422,
+                                 contains="nothing was imported")
+    assert [e["line"] for e in again["errors"]] == [1, 1, 2, 2, 3, 3] and again["code"] == "import_rejected"
+    bad = await assert_problem(await api.post("/api/v1/yubikeys/import",
+                                              data=(FIXTURES / "bad-line-in-middle.csv").read_bytes(),
+                                              headers=ADMIN), 422)
+    assert [e["line"] for e in bad["errors"]] == [3]
+
+
+async def test_import_multipart_upload(api):
+    form = FormData()
+    form.add_field("file", (FIXTURES / "ykman-config-output.csv").read_bytes(), filename="secrets.csv",
+                   content_type="text/csv")
+    resp = await api.post("/api/v1/yubikeys/import", data=form, headers=ADMIN)
+    assert resp.status == 201 and (await resp.json())["imported"] == 2
+
+
+async def test_import_size_limit(aiohttp_client, engine, kek, clock):
+    async with OtpService(engine, OtpSettings(import_max_bytes=1024), kek, clock=clock) as service:
+        api = await make_api(aiohttp_client, service)
+        big = secrets_file([make_key(10_000 + i) for i in range(30)])
+        assert len(big) > 1024
+        await assert_problem(await api.post("/api/v1/yubikeys/import", data=big, headers=ADMIN), 413)
+
+        async def chunks():
+            for i in range(0, len(big), 100):
+                yield big[i:i + 100]
+        await assert_problem(await api.post("/api/v1/yubikeys/import", data=chunks(), headers=ADMIN), 413)
+
+
+# ---- report, revoke, delete -------------------------------------------------------------------
+
+async def test_report_revoke_delete(api):
+    keys = [make_key(20 + i) for i in range(3)]
+    await import_via_api(api, keys)
+    enrol = await api.post("/api/v1/otp/verify", json={"user": "nina", "otp": keys[0].otp()}, headers=SIGNIN)
+    assert (await enrol.json())["enrolled"] is True
+    report = await (await api.get("/api/v1/yubikeys?status=ACTIVE", headers=ADMIN)).json()
+    assert [(k["serial"], k["user"]) for k in report["keys"]] == [("20", "nina")]
+    assert [h["event"] for h in report["keys"][0]["history"]] == ["otp.key.imported", "otp.key.enrolled"]
+    csv_resp = await api.get("/api/v1/yubikeys?format=csv", headers=ADMIN)
+    assert csv_resp.content_type == "text/csv"
+    lines = (await csv_resp.text()).splitlines()
+    assert lines[0].startswith("serial,public_id,status,user") and len(lines) == 4
+    await assert_problem(await api.get("/api/v1/yubikeys?status=LOST", headers=ADMIN), 400, contains="status")
+    await assert_problem(await api.get("/api/v1/yubikeys?format=xml", headers=ADMIN), 400)
+
+    await assert_problem(await api.delete("/api/v1/yubikeys/20", headers=ADMIN), 409, contains="revoke it first")
+    revoked = await api.post("/api/v1/yubikeys/20/revoke", headers=ADMIN)
+    assert revoked.status == 200
+    body = await revoked.json()
+    assert (body["status"], body["user"], body["last_user"]) == ("REVOKED", None, "nina")
+    assert body["history"][-1]["actor"] == "token:admin"
+    await assert_problem(await api.post("/api/v1/yubikeys/20/revoke", headers=ADMIN), 409)
+    await assert_problem(await api.post("/api/v1/yubikeys/99/revoke", headers=ADMIN), 404)
+    await assert_problem(await api.post("/api/v1/yubikeys/abc/revoke", headers=ADMIN), 400)
+    deleted = await api.delete("/api/v1/yubikeys/21", headers=ADMIN)
+    assert deleted.status == 200 and (await deleted.json())["status_before"] == "UNASSIGNED"
+    assert (await (await api.delete("/api/v1/yubikeys/20", headers=ADMIN)).json())["status_before"] == "REVOKED"
+    report = await (await api.get("/api/v1/yubikeys?history=0", headers=ADMIN)).json()
+    assert [(k["serial"], k["deleted"]) for k in report["keys"]] == [("20", True), ("22", False)]
+    assert "history" not in report["keys"][0]
+
+
+# ---- sign-in API ------------------------------------------------------------------------------
+
+async def test_signin_verify(api):
+    k = make_key(40)
+    await import_via_api(api, [k])
+    otp = k.otp()
+    ok = await api.post("/api/v1/otp/verify", json={"user": "olga", "otp": otp}, headers=SIGNIN)
+    assert ok.status == 200
+    assert await ok.json() == {"status": "OK", "reason": "enrolled", "enrolled": True, "serial": "40",
+                               "public_id": k.public_id, "user": "olga",
+                               "detail": "the OTP is valid and the key is now enrolled to this user"}
+    replay = await assert_problem(await api.post("/api/v1/otp/verify", json={"user": "olga", "otp": otp},
+                                                 headers=SIGNIN), 403)
+    assert (replay["status"], replay["result"], replay["reason"], replay["title"]) == (
+        403, "REJECTED", "replayed_otp", "OTP rejected")
+    await assert_problem(await api.post("/api/v1/otp/verify", data=b"{", headers=SIGNIN), 400, contains="JSON")
+    await assert_problem(await api.post("/api/v1/otp/verify", json=["x"], headers=SIGNIN), 400)
+    await assert_problem(await api.post("/api/v1/otp/verify", json={"otp": otp}, headers=SIGNIN), 400,
+                         contains="user")
+    await assert_problem(await api.post("/api/v1/otp/verify", json={"user": "olga", "otp": 5}, headers=SIGNIN), 400)
+
+
+async def test_signin_throttled_is_429(aiohttp_client, engine, kek, clock):
+    settings = OtpSettings(throttle_user=ThrottleSettings(max_failures=2))
+    async with OtpService(engine, settings, kek, clock=clock) as service:
+        api = await make_api(aiohttp_client, service)
+        for _ in range(2):
+            await api.post("/api/v1/otp/verify", json={"user": "pat", "otp": "nope"}, headers=SIGNIN)
+        body = await assert_problem(await api.post("/api/v1/otp/verify", json={"user": "pat", "otp": "nope"},
+                                                   headers=SIGNIN), 429)
+        assert body["reason"] == "throttled"
+
+
+# ---- API clients ------------------------------------------------------------------------------
+
+async def test_otp_clients(api):
+    cid, key = await new_client(api)
+    assert len(key) == 20
+    listing = await (await api.get("/api/v1/otp-clients", headers=ADMIN)).json()
+    assert [(c["id"], c["name"], c["active"]) for c in listing["clients"]] == [(cid, "web", True)]
+    assert "api_key" not in json.dumps(listing)
+    resp = await api.post(f"/api/v1/otp-clients/{cid}/disable", headers=ADMIN)
+    assert resp.status == 200 and (await resp.json())["active"] is False
+    await assert_problem(await api.post(f"/api/v1/otp-clients/{cid}/disable", headers=ADMIN), 409)
+    await assert_problem(await api.post("/api/v1/otp-clients/777/disable", headers=ADMIN), 404)
+    await assert_problem(await api.post("/api/v1/otp-clients/x/disable", headers=ADMIN), 400)
+    no_body = await api.post("/api/v1/otp-clients", headers=ADMIN)
+    assert no_body.status == 201 and (await no_body.json())["name"] == ""
+    await assert_problem(await api.post("/api/v1/otp-clients", json={"name": 3}, headers=ADMIN), 400)
+
+
+# ---- protocol 2.0 endpoint --------------------------------------------------------------------
+
+def signed_query(cid: int, key: bytes, otp: str, nonce: str, **extra: str) -> tuple[dict[str, str], str]:
+    params = {"id": str(cid), "otp": otp, "nonce": nonce, **extra}
+    params["h"] = yubico.sign(params, key)
+    return params, params["h"]
+
+
+async def test_wsapi_get_with_raw_plus_in_h(api):
+    cid, key = await new_client(api)
+    k = make_key(60)
+    await import_via_api(api, [k])
+    # find an OTP/nonce whose signature contains a '+', and send it unescaped
+    for _ in range(200):
+        otp, nonce = k.otp(), secrets.token_hex(8)
+        params, h = signed_query(cid, key, otp, nonce, timestamp="1")
+        if "+" in h:
+            break
+    else:
+        pytest.fail("no signature with '+' found")
+    raw = f"/wsapi/2.0/verify?id={cid}&otp={otp}&nonce={nonce}&timestamp=1&h={h}"
+    resp = await api.get(URL(raw, encoded=True))
+    assert resp.status == 200 and resp.content_type == "text/plain"
+    body = await resp.text()
+    assert body.endswith("\r\n\r\n") and "\n" not in body.replace("\r\n", "")
+    fields = yubico.decode_response(body)
+    assert fields["status"] == "OK" and yubico.signature_matches(fields, key)
+    assert fields["otp"] == otp and fields["nonce"] == nonce and "sessionuse" in fields
+
+
+async def test_wsapi_post_form(api):
+    cid, key = await new_client(api)
+    k = make_key(61)
+    await import_via_api(api, [k])
+    params, _ = signed_query(cid, key, k.otp(), "abcdefghijklmnopqrst")
+    resp = await api.post("/wsapi/2.0/verify", data=params)
+    fields = yubico.decode_response(await resp.text())
+    assert resp.status == 200 and fields["status"] == "OK" and yubico.signature_matches(fields, key)
+
+
+@pytest.mark.parametrize("query", ["", "?%ZZ=%&&&==&id", "?id=1&otp=" + "c" * 5000, "?id=%00&nonce=%FF%FE",
+                                   "?id=1&id=2&nonce=abcdefghijklmnop&otp=ccccccccccccccccccccccccccccccccccc"])
+async def test_wsapi_never_fails_on_garbage(api, query):
+    resp = await api.get(URL("/wsapi/2.0/verify" + query, encoded=True))
+    assert resp.status == 200
+    fields = yubico.decode_response(await resp.text())
+    assert fields["status"] in {"MISSING_PARAMETER", "NO_SUCH_CLIENT", "BAD_OTP"} and "h" in fields
+
+
+async def test_wsapi_post_too_large(api):
+    resp = await api.post("/wsapi/2.0/verify", data=b"id=1&" + b"x" * 10_000)
+    assert resp.status == 413
