@@ -1,11 +1,13 @@
 """The aiohttp application factory."""
 from __future__ import annotations
 
+import asyncio
 from typing import AsyncIterator
 
 import structlog
 from aiohttp import web
 
+from . import features
 from .appkeys import RUNTIME
 from .clock import Clock, utcnow
 from .config import Settings
@@ -31,13 +33,34 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     app = web.Application(client_max_size=settings.server.max_body_bytes,
                           middlewares=[no_tracebacks, auth.bearer_auth])
 
+    loaded = features.load()
+
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_runtime(settings, clock=clock) as runtime:
             app[RUNTIME] = runtime
-            yield
+            tasks = [asyncio.create_task(_job(job), name=f"job:{feature.name}")
+                     for feature in loaded for job in feature.jobs(runtime)]
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     app.cleanup_ctx.append(runtime_ctx)
     scep.add_routes(app)
     ca.add_routes(app)
     health.add_routes(app)
+    for feature in loaded:
+        feature.add_routes(app)
     return app
+
+
+async def _job(job) -> None:
+    """Run a background loop; a crash is logged (never silent) and the loop is not restarted."""
+    try:
+        await job()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("job.crashed", job=getattr(job, "__qualname__", repr(job)))

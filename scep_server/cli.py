@@ -1,52 +1,14 @@
 """The `scep-server` command line. Exit codes: 0 done, 1 the operation failed, 2 usage error."""
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
 from .clock import utcnow
-from .config import ConfigError, Settings, load_settings
-
-
-class Context:
-    """Settings shared by every command; services are opened per command."""
-
-    def __init__(self, config: str | None, data_dir: str | None):
-        self.config = config
-        self.data_dir = data_dir
-        self._settings: Settings | None = None
-
-    def settings(self, **overrides: Any) -> Settings:
-        if self._settings is None or overrides:
-            try:
-                extra = {"data_dir": self.data_dir} if self.data_dir else {}
-                self._settings = load_settings(self.config, **extra, **overrides)
-            except ConfigError as exc:
-                raise click.ClickException(str(exc)) from None
-        return self._settings
-
-    @contextlib.asynccontextmanager
-    async def runtime(self):
-        from .runtime import open_runtime
-
-        try:
-            async with open_runtime(self.settings()) as rt:
-                yield rt
-        except FileNotFoundError as exc:
-            raise click.ClickException(str(exc)) from None
-
-
-def run(coro):
-    return asyncio.run(coro)
-
-
-pass_ctx = click.make_pass_decorator(Context)
+from .clictx import Context, pass_ctx, run
 
 
 @click.group()
@@ -249,6 +211,16 @@ def token_create(ctx: Context, scope: str, name: str) -> None:
 
 
 
+
+def _add_feature_commands() -> None:
+    from . import features
+
+    for feature in features.load():
+        for command in feature.cli():
+            main.add_command(command)
+
+
+_add_feature_commands()
 
 if __name__ == "__main__":  # python -m scep_server.cli
     main()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import secrets
 import time
 from dataclasses import dataclass
@@ -161,16 +160,15 @@ class ScepService:
         profile = await self.profiles.get(profile_name)
         ca = self.cas[profile.ca]
         msg: codec.PKIMessage | None = None
-        cipher: ContentCipher | None = None
         try:
-            msg, inner, cipher = await asyncio.to_thread(self._open, body, ca, profile)
+            msg, inner = await asyncio.to_thread(self._open, body, ca, profile)
             outcome = await self._dispatch(profile, ca, msg, inner)
         except SCEPFailure as exc:
             if exc.message is None:
                 raise MalformedMessage(exc.text) from None
             msg = exc.message
             outcome = _Outcome(PKIStatus.FAILURE, fail_info=exc.fail_info, fail_text=exc.text)
-        reply = await asyncio.to_thread(self._reply, ca, msg, outcome, cipher)
+        reply = await asyncio.to_thread(self._reply, ca, msg, outcome)
         log.info("scep.transaction", profile=profile.name, transaction_id=msg.transaction_id,
                  message_type=_type_name(msg.message_type), outcome=outcome.status.name,
                  fail_info=outcome.fail_info.name if outcome.fail_info is not None else None,
@@ -185,25 +183,23 @@ class ScepService:
                                     MessageType.GET_CERT, MessageType.GET_CRL):
             raise SCEPFailure(FailInfo.BAD_REQUEST, f"unsupported messageType {int(msg.message_type)}", msg)
         try:
-            inner, cipher = codec.decrypt_envelope(msg.envelope, ca.ra_key.decrypt)
+            inner, cipher = codec.decrypt_envelope(msg, ca.ra_key.decrypt, recipient_cert_der=ca.ra_cert_der)
         except SCEPFailure as exc:
-            raise SCEPFailure(exc.fail_info, exc.text, msg) from None
+            raise exc.with_message(msg) from None
         if cipher is ContentCipher.DES_CBC and not profile.settings.allow_single_des:
             raise SCEPFailure(FailInfo.BAD_ALG, "single DES is not accepted by this profile; use AES or DES3", msg)
-        return msg, inner, cipher
+        return msg, inner
 
     def _signer(self, ca: CertificateAuthority):
         def sign(data: bytes, digest) -> bytes:
             return ca.ra_key.sign(data, digest.hash_algorithm())
         return sign
 
-    def _reply(self, ca: CertificateAuthority, msg: codec.PKIMessage, outcome: _Outcome,
-               cipher: ContentCipher | None) -> bytes:
+    def _reply(self, ca: CertificateAuthority, msg: codec.PKIMessage, outcome: _Outcome) -> bytes:
         kwargs = {}
         if outcome.status is PKIStatus.SUCCESS:
-            reply_cipher = codec.reply_cipher(cipher)
-            kwargs = {"content": outcome.content, "cipher": reply_cipher,
-                      "cek": secrets.token_bytes(reply_cipher.key_size), "iv": secrets.token_bytes(reply_cipher.iv_size)}
+            # the codec mirrors the request's cipher (single DES answered with AES) and uses the leading bytes
+            kwargs = {"content": outcome.content, "cek": secrets.token_bytes(32), "iv": secrets.token_bytes(16)}
         return codec.build_cert_rep(request=msg, status=outcome.status, ra_cert_der=ca.ra_cert_der,
                                     sign=self._signer(ca), sender_nonce=secrets.token_bytes(16),
                                     signing_time=self.clock(), fail_info=outcome.fail_info,
@@ -230,7 +226,7 @@ class ScepService:
         except ValueError as exc:
             raise SCEPFailure(FailInfo.BAD_REQUEST, f"the envelope does not hold a PKCS#10 request: {exc}", msg) from None
 
-        existing = await self._transaction(profile.name, msg.transaction_id)
+        existing = await self._transaction(profile.name, self._key(ca, msg))
         if existing is not None:
             return await self._replay(profile, msg, existing, pub_sha)
 
@@ -255,7 +251,8 @@ class ScepService:
 
         now = self.clock()
         if profile.settings.require_approval and renewal_of is None:
-            state = await self._insert_transaction(profile.name, msg, csr_der, pub_sha, "pending", now)
+            state = await self._insert_transaction(profile.name, self._key(ca, msg), msg, csr_der, pub_sha, "pending",
+                                                    now)
             if state is not None:  # a parallel retry won the insert
                 return await self._replay(profile, msg, state, pub_sha)
             return _Outcome(PKIStatus.PENDING)
@@ -272,7 +269,7 @@ class ScepService:
                 await conn.execute(certificates.insert().values(
                     inventory.certificate_row(cert, der, ca.name, profile.name, msg.transaction_id, pub_sha, now)))
                 await conn.execute(scep_transactions.insert().values(
-                    profile=profile.name, transaction_id=msg.transaction_id, state="issued",
+                    profile=profile.name, transaction_id=self._key(ca, msg), state="issued",
                     message_type=int(msg.message_type), csr_der=req.csr_der, public_key_sha256=pub_sha,
                     serial=serial, created_at=now, updated_at=now))
                 if req.renewal_of is not None and profile.settings.supersede_on_renewal:
@@ -284,7 +281,7 @@ class ScepService:
                                          "renewal_of": req.renewal_of.serial if req.renewal_of else None})
         except IntegrityError:
             # A concurrent retry of the same transaction inserted first: answer with its result.
-            existing = await self._transaction(profile.name, msg.transaction_id)
+            existing = await self._transaction(profile.name, self._key(ca, msg))
             if existing is None:
                 raise
             return await self._replay(profile, msg, existing, pub_sha)
@@ -294,7 +291,7 @@ class ScepService:
             try:
                 await verifier.after_issue(req, cert)
             except ChallengeRejected as exc:
-                await self._withdraw(ca, serial, profile.name, msg.transaction_id, str(exc))
+                await self._withdraw(ca, serial, profile.name, self._key(ca, msg), str(exc))
                 raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
         return _Outcome(PKIStatus.SUCCESS, content=codec.build_degenerate([der, ca.cert_der]), serial=serial)
 
@@ -341,22 +338,36 @@ class ScepService:
 
     # ------------------------------------------------------------------ transactions
 
+    @staticmethod
+    def _key(ca: CertificateAuthority, msg: codec.PKIMessage) -> str:
+        """The idempotency key of an enrolment.
+
+        Clients derive the transactionID from the public key (RFC 8894 §3.2.1.1), so a renewal that keeps its
+        key repeats the original enrolment's transactionID: a request signed by one of our certificates is
+        therefore its own transaction, keyed by the signing certificate's serial as well.
+        """
+        txid = msg.transaction_id
+        signer = msg.signer_cert
+        if signer.issuer == ca.cert.subject and ca.issued_by_us(signer):
+            txid = f"{txid}/renewal/{signer.serial_number:x}"
+        return txid if len(txid) <= 255 else "sha256:" + hashlib.sha256(txid.encode()).hexdigest()
+
     async def _transaction(self, profile: str, txid: str):
         async with self.engine.connect() as conn:
             return (await conn.execute(sa.select(scep_transactions).where(
                 scep_transactions.c.profile == profile, scep_transactions.c.transaction_id == txid))).first()
 
-    async def _insert_transaction(self, profile: str, msg: codec.PKIMessage, csr_der: bytes, pub_sha: str,
-                                  state: str, now: datetime):
+    async def _insert_transaction(self, profile: str, key: str, msg: codec.PKIMessage, csr_der: bytes,
+                                  pub_sha: str, state: str, now: datetime):
         """Insert a transaction row; on a concurrent duplicate return the existing row instead."""
         try:
             async with writer(self.engine).begin() as conn:
                 await conn.execute(scep_transactions.insert().values(
-                    profile=profile, transaction_id=msg.transaction_id, state=state,
+                    profile=profile, transaction_id=key, state=state,
                     message_type=int(msg.message_type), csr_der=csr_der, public_key_sha256=pub_sha,
                     created_at=now, updated_at=now))
         except IntegrityError:
-            return await self._transaction(profile, msg.transaction_id)
+            return await self._transaction(profile, key)
         return None
 
     async def _replay(self, profile: Profile, msg: codec.PKIMessage, row, pub_sha: str) -> _Outcome:
@@ -392,7 +403,7 @@ class ScepService:
             raise SCEPFailure(FailInfo.BAD_REQUEST, f"CertPoll content is not an IssuerAndSubject: {exc}", msg) from None
         if issuer != ca.cert.subject:
             raise SCEPFailure(FailInfo.BAD_CERT_ID, "CertPoll names an issuer that is not this CA", msg)
-        row = await self._transaction(profile.name, msg.transaction_id)
+        row = await self._transaction(profile.name, self._key(ca, msg))
         if row is None:
             raise SCEPFailure(FailInfo.BAD_CERT_ID, "no enrolment with this transactionID", msg)
         return await self._state_outcome(profile, msg, row._mapping)

@@ -8,6 +8,7 @@ from typing import AsyncIterator
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from . import features
 from .ca import inventory
 from .ca.authority import CertificateAuthority, create_ca, load_ca
 from .ca.keys import load_or_create_passphrase, write_private_file
@@ -100,6 +101,14 @@ async def open_runtime(settings: Settings, *, clock: Clock = utcnow) -> AsyncIte
         runtime = Runtime(settings=settings, engine=engine, clock=clock, cas=cas, profiles=profiles,
                           tokens=TokenStore(engine),
                           scep=ScepService(engine=engine, cas=cas, profiles=profiles, clock=clock))
-        yield runtime
+        started = []
+        try:
+            for feature in features.load():
+                await feature.start(runtime)
+                started.append(feature)
+            yield runtime
+        finally:
+            for feature in reversed(started):
+                await feature.stop(runtime)
     finally:
         await engine.dispose()
