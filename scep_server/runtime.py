@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from . import features
 from .ca import inventory
 from .ca.authority import CertificateAuthority, create_ca, load_ca
+from .ca.revocation import RevocationService
 from .ca.keys import load_or_create_passphrase, write_private_file
 from .clock import Clock, utcnow
 from .config import Settings
@@ -32,6 +33,7 @@ class Runtime:
     profiles: ProfileStore
     tokens: TokenStore
     scep: ScepService
+    revocation: RevocationService
     extras: dict = field(default_factory=dict)
 
 
@@ -98,9 +100,11 @@ async def open_runtime(settings: Settings, *, clock: Clock = utcnow) -> AsyncIte
     try:
         cas = load_cas(settings)
         profiles = ProfileStore(engine)
+        revocation = RevocationService(engine, clock=clock)
         runtime = Runtime(settings=settings, engine=engine, clock=clock, cas=cas, profiles=profiles,
-                          tokens=TokenStore(engine),
-                          scep=ScepService(engine=engine, cas=cas, profiles=profiles, clock=clock))
+                          tokens=TokenStore(engine), revocation=revocation,
+                          scep=ScepService(engine=engine, cas=cas, profiles=profiles, clock=clock,
+                                           on_status_change=revocation.notify_changed))
         started = []
         try:
             for feature in features.load():

@@ -50,7 +50,8 @@ class RevocationService:
     def subscribe(self, listener: Callable[[str], None]) -> None:
         self._listeners.append(listener)
 
-    def _changed(self, ca: str) -> None:
+    def notify_changed(self, ca: str) -> None:
+        """Tell every listener (CRL publishers) that a certificate of ``ca`` changed status."""
         for listener in self._listeners:
             listener(ca)
 
@@ -63,7 +64,7 @@ class RevocationService:
             await record_event(conn, at=now, kind=kind, subject=serial, actor=actor,
                                data={"reason": Reason(reason).name if reason is not None else None, **(data or {})})
         log.info(kind, serial=serial, actor=actor, status=status, reason=reason)
-        self._changed(record.ca)
+        self.notify_changed(record.ca)
         return record
 
     async def revoke(self, serial: str, reason: Reason = Reason.UNSPECIFIED, *, actor: str,
@@ -114,7 +115,7 @@ class RevocationService:
                     revoked.append(serial)
                     touched.add(ca)
         for ca in touched:
-            self._changed(ca)
+            self.notify_changed(ca)
         if revoked:
             log.info("pki.cert.revoke_unused", count=len(revoked), unused_days=unused_days)
         return revoked
