@@ -99,9 +99,14 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
     raise RuntimeError(f"server at {url} did not become ready in {timeout}s")
 
 
-async def run(*cmd: str, timeout: float = 60, cwd: Path | None = None, input: bytes | None = None):
-    """Run an external program without blocking the event loop (the server under test runs on it)."""
+async def run(*cmd: str, timeout: float = 60, cwd: Path | None = None, input: bytes | None = None,
+              env: dict | None = None):
+    """Run an external program without blocking the event loop (the server under test runs on it).
+
+    ``env`` adds to (does not replace) this process's environment.
+    """
     proc = await asyncio.create_subprocess_exec(*cmd, cwd=cwd, stdin=subprocess.PIPE if input else None,
+                                                env={**os.environ, **env} if env else None,
                                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(input), timeout)
     return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")

@@ -1,0 +1,65 @@
+"""Fixtures for the interop tests: the full application on a real port, and PKCS#1 device keys for scepclient."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from scep_server.scep import ContentCipher, Digest, MessageType, client
+from scep_server.scep.cms import parse_degenerate
+from tests.helpers import require_tool
+from tests.server import start_app
+
+
+@pytest.fixture
+async def server(aiohttp_server, tmp_path, db_url):
+    return await start_app(aiohttp_server, tmp_path, db_url)
+
+
+@pytest.fixture
+def scepclient():
+    return require_tool("scepclient")
+
+
+@pytest.fixture
+def openssl():
+    return require_tool("openssl")
+
+
+def device_key(path: Path) -> Path:
+    """scepclient reads only PKCS#1 ("RSA PRIVATE KEY") PEM files."""
+    subprocess.run(["openssl", "genrsa", "-traditional", "-out", str(path), "2048"], check=True, capture_output=True)
+    return path
+
+
+def load_key(path: Path):
+    return serialization.load_pem_private_key(path.read_bytes(), None)
+
+
+async def ra_and_ca(session, url: str) -> tuple[bytes, bytes]:
+    async with session.get(f"{url}?operation=GetCACert") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "application/x-x509-ca-ra-cert"
+        certs, _ = parse_degenerate(await resp.read())
+    return certs[0], certs[1]
+
+
+def pkcs_req(key, ra_der: bytes, *, challenge: str | None, cn: str = "device", signer_der: bytes | None = None,
+             message_type: MessageType = MessageType.PKCS_REQ, content: bytes | None = None,
+             transaction_id: str | None = None, cipher: ContentCipher = ContentCipher.AES128_CBC,
+             digest: Digest = Digest.SHA256) -> bytes:
+    """A request pkiMessage built with the project's client codec (used where no real client can make it)."""
+    return client.build_request(
+        message_type, content=content if content is not None else client.make_csr(key, cn, challenge),
+        signer_cert_der=signer_der or client.make_self_signed_signer(key), signer_key=key,
+        recipient_cert_der=ra_der, transaction_id=transaction_id or client.transaction_id_for(key.public_key()),
+        sender_nonce=os.urandom(16), cek=os.urandom(cipher.key_size), iv=os.urandom(cipher.block_size),
+        cipher=cipher, digest=digest)
+
+
+def pem_cert(der: bytes) -> bytes:
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
