@@ -226,3 +226,24 @@ async def test_one_log_event_per_transaction(scep):
     async with scep.server.runtime.engine.connect() as conn:
         record = await inventory.get(conn, ok["serial"])
     assert record is not None and record.status == "valid"
+
+
+async def test_get_next_ca_cert_serves_a_configured_rollover(scep, tmp_path):
+    from scep_server.ca.authority import load_ca
+    from scep_server.ca.keys import load_or_create_passphrase
+    from tests.factories import make_ca, pem
+
+    settings = scep.server.settings
+    directory = settings.ca_dir()
+    successor = make_ca(tmp_path / "next", name="default")
+    (directory / "next-ca.crt").write_bytes(pem(successor.cert))
+    passphrase = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
+    # what a restart after the operator dropped next-ca.crt into the CA directory loads
+    scep.server.runtime.cas["default"] = load_ca(directory, name="default", passphrase=passphrase,
+                                                 base_url=settings.server.public_base_url())
+    status, caps = await scep.raw("GET", "operation=GetCACaps")
+    assert "GetNextCACert" in caps.split()
+    async with scep.session.get(f"{scep.url}?operation=GetNextCACert") as resp:
+        assert resp.status == 200 and resp.content_type == "application/x-x509-next-ca-cert"
+        certs = client.parse_next_ca_cert(await resp.read(), ra_cert_der=scep.ra_der)
+    assert certs == [successor.cert_der]
