@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -53,12 +54,20 @@ class OtpSettings(BaseModel):
             raise ValueError("otp.kek_env must name an environment variable")
         return self
 
-    def load_kek(self, data_dir: Path | None = None) -> bytes:
-        """The KEK from the environment variable, the file, or `data_dir/otp-kek.key` (created if absent)."""
+    def kek_path(self, data_dir: Path | None = None) -> Path | None:
+        """The KEK file in use: None when the KEK comes from the environment."""
         if self.kek_env:
-            return kek_from_env(self.kek_env)
+            return None
         if self.kek_file is not None:
-            return load_or_create_kek(self.kek_file)
+            return Path(self.kek_file)
         if data_dir is None:
             raise ValueError("otp: set kek_file or kek_env (no data directory to keep the key in)")
-        return load_or_create_kek(Path(data_dir) / DEFAULT_KEK_FILENAME)
+        return Path(data_dir) / DEFAULT_KEK_FILENAME
+
+    def load_kek(self, data_dir: Path | None = None, *, on_create: Callable[[Path], None] | None = None) -> bytes:
+        """The KEK from the environment variable, the file, or `data_dir/otp-kek.key` (a missing file
+        is created, mode 0600, and `on_create(path)` called)."""
+        path = self.kek_path(data_dir)
+        if path is None:
+            return kek_from_env(self.kek_env)  # type: ignore[arg-type]
+        return load_or_create_kek(path, on_create=on_create)

@@ -14,6 +14,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
+from typing import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -59,11 +60,12 @@ def read_kek_file(path: Path) -> bytes:
     return _parse_kek(data, str(path))
 
 
-def load_or_create_kek(path: Path) -> bytes:
+def load_or_create_kek(path: Path, *, on_create: Callable[[Path], None] | None = None) -> bytes:
     """The KEK in `path`, creating it (32 random bytes, base64, mode 0600) if it does not exist yet.
 
     Creation is atomic: the key is written to a private temporary file and linked into place, so
-    two processes starting together end up with the same key.
+    two processes starting together end up with the same key. `on_create(path)` is called by the
+    one process that created it.
     """
     path = Path(path)
     if path.exists():
@@ -80,6 +82,9 @@ def load_or_create_kek(path: Path) -> bytes:
             os.link(tmp, path)
         except FileExistsError:
             pass
+        else:
+            if on_create is not None:
+                on_create(path)
     finally:
         tmp.unlink(missing_ok=True)
     return read_kek_file(path)

@@ -1,9 +1,11 @@
 """HTTP surface of the OTP factor: protocol 2.0 `/wsapi/2.0/verify`, the sign-in API and admin JSON.
 
-Handlers parse, call `OtpService`, render. `/api/v1/*` handlers carry `required_scope`
-("signin" or "admin") for the application's bearer-token middleware; `/wsapi/2.0/verify`
-authenticates with the protocol's client id and HMAC (`required_scope = None`). Admin errors are
-`application/problem+json` (RFC 9457) with a `detail`.
+Handlers parse, call `OtpService`, render. `/api/v1/*` handlers need a bearer token of a scope
+("signin" or "admin"): the host application passes an `authenticate` callable that maps a token to
+its scope and the caller's name, and these routes check it themselves (without one, the handlers
+only carry `required_scope` for the host's own middleware). `/wsapi/2.0/verify` authenticates with
+the protocol's client id and HMAC. Admin errors are `application/problem+json` (RFC 9457) with a
+`detail`.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from .yubico import parse_params
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# (request, bearer token) -> (scope, actor) for a valid token, None for an unknown or disabled one.
+Authenticate = Callable[[web.Request, str], Awaitable["tuple[str, str] | None"]]
 
 PROBLEM_JSON = "application/problem+json"
 # The application's authentication middleware stores who is calling (e.g. the token's name) here.
@@ -116,8 +120,9 @@ def _actor(request: web.Request) -> str | None:
 
 
 class _Routes:
-    def __init__(self, service: OtpService) -> None:
-        self.service = service
+    def __init__(self, service: OtpService | Callable[[web.Request], OtpService]) -> None:
+        self._service: Callable[[web.Request], OtpService] = (
+            (lambda _request: service) if isinstance(service, OtpService) else service)
 
     @requires_scope(None)
     async def wsapi_verify(self, request: web.Request) -> web.StreamResponse:
@@ -130,7 +135,7 @@ class _Routes:
             params = parse_params(body.decode("utf-8", "replace").strip())
         # The raw query: aiohttp's decoded view turns a `+` of the base64 signature into a space.
         params.update(parse_params(request.rel_url.raw_query_string))
-        text = await self.service.verify_protocol(params, source=request.remote)
+        text = await self._service(request).verify_protocol(params, source=request.remote)
         return web.Response(text=text, content_type="text/plain")
 
     @requires_scope("signin")
@@ -138,7 +143,7 @@ class _Routes:
     async def otp_verify(self, request: web.Request) -> web.StreamResponse:
         """Sign-in API: {"user", "otp"} -> status, reason, key serial, whether this use enrolled the key."""
         data = await _json_object(request)
-        outcome = await self.service.verify_signin(data.get("user"), data.get("otp"), source=request.remote)
+        outcome = await self._service(request).verify_signin(data.get("user"), data.get("otp"), source=request.remote)
         if outcome.ok:
             return web.json_response(outcome.to_json())
         body = outcome.to_json()
@@ -152,8 +157,8 @@ class _Routes:
     async def import_keys(self, request: web.Request) -> web.StreamResponse:
         """Import a secrets file (CSV body or multipart upload); `?dry_run=1` validates only."""
         dry_run = _flag(request.query.get("dry_run")) if "dry_run" in request.query else False
-        data = await _upload(request, self.service.settings.import_max_bytes)
-        result = await self.service.import_secrets(data, dry_run=dry_run, actor=_actor(request))
+        data = await _upload(request, self._service(request).settings.import_max_bytes)
+        result = await self._service(request).import_secrets(data, dry_run=dry_run, actor=_actor(request))
         if not result.ok:
             n = len(result.errors)
             return problem(422, f"{n} problem{'s' if n != 1 else ''} in the file; nothing was imported",
@@ -169,7 +174,7 @@ class _Routes:
             raise InvalidInput("format must be json or csv")
         flt = ReportFilter.from_mapping(request.query)
         with_history = request.query.get("history", "1").lower() not in ("0", "false", "no")
-        rows = await self.service.report(flt, with_history=with_history and fmt == "json")
+        rows = await self._service(request).report(flt, with_history=with_history and fmt == "json")
         if fmt == "csv":
             return web.Response(text=render_csv(rows), content_type="text/csv",
                                 headers={"Content-Disposition": 'attachment; filename="yubikeys.csv"'})
@@ -179,7 +184,7 @@ class _Routes:
     @_api
     async def revoke(self, request: web.Request) -> web.StreamResponse:
         """Revoke a key by serial (lost or stolen)."""
-        row = await self.service.revoke(parse_serial(request.match_info["serial"]), actor=_actor(request))
+        row = await self._service(request).revoke(parse_serial(request.match_info["serial"]), actor=_actor(request))
         return web.json_response(row.to_json())
 
     @requires_scope("admin")
@@ -187,7 +192,7 @@ class _Routes:
     async def delete(self, request: web.Request) -> web.StreamResponse:
         """Delete an unassigned or revoked key by serial; an ACTIVE key is refused (409)."""
         serial = parse_serial(request.match_info["serial"])
-        before = await self.service.delete(serial, actor=_actor(request))
+        before = await self._service(request).delete(serial, actor=_actor(request))
         return web.json_response({"serial": str(serial), "deleted": True, "status_before": before})
 
     @requires_scope("admin")
@@ -198,13 +203,13 @@ class _Routes:
         name = data.get("name", "")
         if not isinstance(name, str):
             raise InvalidInput("name must be a string")
-        info, key = await self.service.add_client(name)
+        info, key = await self._service(request).add_client(name)
         return web.json_response({**info.to_json(), "api_key": key}, status=201)
 
     @requires_scope("admin")
     @_api
     async def list_clients(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"clients": [c.to_json() for c in await self.service.list_clients()]})
+        return web.json_response({"clients": [c.to_json() for c in await self._service(request).list_clients()]})
 
     @requires_scope("admin")
     @_api
@@ -212,32 +217,67 @@ class _Routes:
         raw = request.match_info["id"]
         if not raw.isdigit():
             raise InvalidInput(f"client id {raw!r} is not a number")
-        return web.json_response((await self.service.disable_client(int(raw))).to_json())
+        return web.json_response((await self._service(request).disable_client(int(raw))).to_json())
 
 
-def _bind(method: Any) -> Handler:
-    """A plain function for a bound handler, keeping `required_scope` visible to middlewares."""
+async def _check_bearer(request: web.Request, scope: str, authenticate: Authenticate) -> web.Response | None:
+    """None when the request carries a token of `scope` (the caller is then in `request[ACTOR_KEY]`),
+    else the 401/403 problem to answer."""
+    kind, _, token = request.headers.get("Authorization", "").partition(" ")
+    challenge = {"WWW-Authenticate": f'Bearer realm="otp", scope="{scope}"'}
+    token = token.strip()
+    if kind.lower() != "bearer" or not token:
+        return problem(401, f"a bearer token with scope {scope!r} is required", headers=challenge)
+    try:
+        granted = await authenticate(request, token)
+    except BACKEND_ERRORS as exc:
+        log.error("otp.api.auth_backend_error", exc_info=exc)
+        return problem(503, "the token store is unavailable", code="backend_error")
+    if granted is None:
+        return problem(401, "unknown or disabled token", headers=challenge)
+    granted_scope, actor = granted
+    if granted_scope != scope:
+        return problem(403, f"this endpoint needs a token with scope {scope!r}, not {granted_scope!r}")
+    request[ACTOR_KEY] = actor
+    return None
+
+
+def _bind(method: Any, authenticate: Authenticate | None = None) -> Handler:
+    """A plain function for a bound handler. With `authenticate`, it checks the bearer token itself;
+    without, it keeps `required_scope` visible to the host application's middleware."""
+    scope = getattr(method, "required_scope", None)
+
     @functools.wraps(method)
     async def handler(request: web.Request) -> web.StreamResponse:
+        if authenticate is not None and scope is not None:
+            refused = await _check_bearer(request, scope, authenticate)
+            if refused is not None:
+                return refused
         return await method(request)
-    handler.required_scope = getattr(method, "required_scope", None)  # type: ignore[attr-defined]
+    handler.required_scope = scope if authenticate is None else None  # type: ignore[attr-defined]
     return handler
 
 
-def add_routes(app: web.Application, service: OtpService) -> None:
-    """Add the OTP routes to `app` (the application owns the service's lifetime)."""
+def add_routes(app: web.Application, service: OtpService | Callable[[web.Request], OtpService], *,
+               authenticate: Authenticate | None = None) -> None:
+    """Add the OTP routes to `app` (the application owns the service's lifetime).
+
+    `service` is the service, or a function of the request returning it. `authenticate` checks the
+    bearer tokens of the `/api/v1/*` routes (see `Authenticate`)."""
     r = _Routes(service)
-    wsapi = _bind(r.wsapi_verify)
+
+    bind = functools.partial(_bind, authenticate=authenticate)
+    wsapi = bind(r.wsapi_verify)
     app.router.add_route("GET", "/wsapi/2.0/verify", wsapi)
     app.router.add_route("POST", "/wsapi/2.0/verify", wsapi)
-    app.router.add_route("POST", "/api/v1/otp/verify", _bind(r.otp_verify))
-    app.router.add_route("POST", "/api/v1/yubikeys/import", _bind(r.import_keys))
-    app.router.add_route("GET", "/api/v1/yubikeys", _bind(r.report))
-    app.router.add_route("POST", "/api/v1/yubikeys/{serial}/revoke", _bind(r.revoke))
-    app.router.add_route("DELETE", "/api/v1/yubikeys/{serial}", _bind(r.delete))
-    app.router.add_route("POST", "/api/v1/otp-clients", _bind(r.add_client))
-    app.router.add_route("GET", "/api/v1/otp-clients", _bind(r.list_clients))
-    app.router.add_route("POST", "/api/v1/otp-clients/{id}/disable", _bind(r.disable_client))
+    app.router.add_route("POST", "/api/v1/otp/verify", bind(r.otp_verify))
+    app.router.add_route("POST", "/api/v1/yubikeys/import", bind(r.import_keys))
+    app.router.add_route("GET", "/api/v1/yubikeys", bind(r.report))
+    app.router.add_route("POST", "/api/v1/yubikeys/{serial}/revoke", bind(r.revoke))
+    app.router.add_route("DELETE", "/api/v1/yubikeys/{serial}", bind(r.delete))
+    app.router.add_route("POST", "/api/v1/otp-clients", bind(r.add_client))
+    app.router.add_route("GET", "/api/v1/otp-clients", bind(r.list_clients))
+    app.router.add_route("POST", "/api/v1/otp-clients/{id}/disable", bind(r.disable_client))
 
 
-__all__ = ["ACTOR_KEY", "add_routes", "problem", "requires_scope"]
+__all__ = ["ACTOR_KEY", "Authenticate", "add_routes", "problem", "requires_scope"]

@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from otp.config import OtpSettings
+
 
 class ConfigError(Exception):
     """The configuration is invalid; the message names the key."""
@@ -81,9 +83,9 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     ca: CASettings = CASettings()
     log: LogSettings = LogSettings()
-    # Sections owned by the crl and otp packages (validated by their own models)
+    # Section owned by the crl package (validated by its own model)
     crl: dict[str, Any] = {}
-    otp: dict[str, Any] = {}
+    otp: OtpSettings = OtpSettings()
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

@@ -1,0 +1,134 @@
+"""The `otp` feature object (see scep_server.features)."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
+
+import click
+import sqlalchemy as sa
+import structlog
+from aiohttp import web
+
+from otp import web as otp_web
+from otp.cli import build_cli
+from otp.kek import KekError
+from otp.service import OtpService
+from otp.tables import otp_yubikeys
+
+from ..appkeys import RUNTIME
+from ..store.tables import api_tokens
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+log = structlog.get_logger("otp.feature")
+
+EXTRA = "otp"
+_TOKEN_NAMES = "otp.token_names"
+
+
+class OtpStartError(click.ClickException):
+    """The OTP factor cannot start (its key-encryption key is missing or unreadable)."""
+
+
+def service_of(runtime: "Runtime") -> OtpService:
+    return runtime.extras[EXTRA]
+
+
+def _announce_kek(path: Path) -> None:
+    message = (f"created the OTP key-encryption key {path} (mode 0600): it seals the imported YubiKey AES keys "
+               "and OTP client keys; back it up apart from the database, without it they cannot be used")
+    if structlog.is_configured():
+        log.warning("otp.kek.created", path=str(path), detail=message)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
+async def _kek_readiness(service: OtpService) -> str:
+    """"ok" when every live key was sealed under the KEK in use (a replaced KEK fails every OTP)."""
+    async with service.store.engine.connect() as conn:
+        others = (await conn.execute(sa.select(sa.func.count()).select_from(otp_yubikeys).where(
+            otp_yubikeys.c.deleted_at.is_(None), otp_yubikeys.c.kek_id != service.kek_id))).scalar_one()
+    if others:
+        return f"error: {others} YubiKey(s) sealed under another key-encryption key"
+    return "ok"
+
+
+async def _authenticate(request: web.Request, token: str) -> tuple[str, str] | None:
+    """The core's bearer tokens for otp's routes: (scope, "token:<name>") of an enabled token."""
+    runtime = request.app[RUNTIME]
+    scope = await runtime.tokens.scope_of(token)
+    if scope is None:
+        return None
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    names: dict[str, str] = runtime.extras.setdefault(_TOKEN_NAMES, {})
+    name = names.get(digest)
+    if name is None:
+        async with runtime.engine.connect() as conn:
+            name = (await conn.execute(sa.select(api_tokens.c.name).where(
+                api_tokens.c.token_sha256 == digest))).scalar_one_or_none() or "?"
+        if len(names) > 10_000:
+            names.clear()
+        names[digest] = name
+    return scope, f"token:{name}"
+
+
+def _service_for(request: web.Request) -> OtpService:
+    return request.app[RUNTIME].extras[EXTRA]
+
+
+@contextlib.asynccontextmanager
+async def _open_service() -> AsyncIterator[OtpService]:
+    """The service of a runtime opened for one CLI command (settings from `scep-server`'s options)."""
+    from ..clictx import Context
+
+    ctx = click.get_current_context().find_object(Context)
+    if ctx is None:
+        raise click.UsageError("run this command through `scep-server`")
+    async with ctx.runtime() as runtime:
+        yield service_of(runtime)
+
+
+class OtpFeature:
+    name = "otp"
+
+    async def start(self, runtime: "Runtime") -> None:
+        settings = runtime.settings.otp
+        try:
+            kek = settings.load_kek(runtime.settings.data_dir, on_create=_announce_kek)
+        except KekError as exc:
+            log.error("otp.kek.unavailable", error=str(exc))
+            raise OtpStartError(f"the OTP factor cannot start: {exc}") from None
+        service = OtpService(runtime.engine, settings, kek, clock=runtime.clock)
+        runtime.extras[EXTRA] = service
+        try:
+            state = await _kek_readiness(service)
+        except Exception as exc:  # noqa: BLE001 - a schema or database problem shows in readiness, not a crash
+            state = f"error: {exc.__class__.__name__}"
+        if state != "ok":
+            log.error("otp.kek.mismatch", detail=state, kek_id=service.kek_id)
+        runtime.extras.setdefault("readiness", {})[EXTRA] = lambda: state
+
+    async def stop(self, runtime: "Runtime") -> None:
+        service: OtpService | None = runtime.extras.pop(EXTRA, None)
+        runtime.extras.get("readiness", {}).pop(EXTRA, None)
+        runtime.extras.pop(_TOKEN_NAMES, None)
+        if service is not None:
+            await service.aclose()  # counter updates still queued are committed
+
+    def add_routes(self, app: web.Application) -> None:
+        otp_web.add_routes(app, _service_for, authenticate=_authenticate)
+
+    def jobs(self, runtime: "Runtime") -> list[Callable[[], Awaitable[None]]]:
+        return []
+
+    def cli(self) -> list[click.Command]:
+        return list(build_cli(_open_service))
+
+
+FEATURE = OtpFeature()
+
+__all__ = ["FEATURE", "OtpFeature", "service_of"]
