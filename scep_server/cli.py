@@ -187,6 +187,69 @@ def cert_list(ctx: Context, status: str | None, profile: str | None, fmt: str) -
         click.echo(f"{r.serial}\t{r.status}\t{r.profile}\t{r.not_after:%Y-%m-%d}\t{r.subject}")
 
 
+def _serial_arg(text: str) -> str:
+    """A serial as printed by `cert list` (hex), also with 0x, colons or upper case."""
+    from .ca.inventory import serial_hex
+
+    cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
+    try:
+        return serial_hex(int(cleaned, 16))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a hexadecimal serial number") from None
+
+
+def _status_change(ctx: Context, serial: str, change: str, **kwargs: Any) -> None:
+    """Apply a status change; the CRL is re-signed before the command ends (running servers pick it up)."""
+    from .ca.inventory import InventoryError, Reason
+    from .logs import configure
+
+    settings = ctx.settings()  # log lines go to stderr; the command prints the outcome
+    configure("warning" if settings.log.level in ("debug", "info") else settings.log.level, settings.log.format)
+
+    async def go():
+        async with ctx.runtime() as rt:
+            return await getattr(rt.revocation, change)(_serial_arg(serial), actor="cli", **kwargs)
+
+    try:
+        record = run(go())
+    except (InventoryError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    reason = "" if record.revocation_reason is None else f" ({Reason(record.revocation_reason).name.lower()})"
+    click.echo(f"{record.serial}: {record.status}{reason}")
+
+
+@cert.command("revoke")
+@click.argument("serial")
+@click.option("--reason", default="unspecified", show_default=True,
+              help="key-compromise, affiliation-changed, superseded, cessation-of-operation, privilege-withdrawn, ...")
+@pass_ctx
+def cert_revoke(ctx: Context, serial: str, reason: str) -> None:
+    """Revoke a certificate for good (it is listed on the CRL until it expires)."""
+    from .ca.revocation import parse_reason
+
+    try:
+        parsed = parse_reason(reason)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--reason") from None
+    _status_change(ctx, serial, "revoke", reason=parsed)
+
+
+@cert.command("hold")
+@click.argument("serial")
+@pass_ctx
+def cert_hold(ctx: Context, serial: str) -> None:
+    """Put a certificate on hold (certificateHold on the CRL until released)."""
+    _status_change(ctx, serial, "hold")
+
+
+@cert.command("release")
+@click.argument("serial")
+@pass_ctx
+def cert_release(ctx: Context, serial: str) -> None:
+    """Release a held certificate (it leaves the next CRL)."""
+    _status_change(ctx, serial, "release")
+
+
 # ---------------------------------------------------------------- tokens
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from crl.config import CrlSettings
 from otp.config import OtpSettings
 
 
@@ -68,6 +70,36 @@ class CASettings(BaseModel):
     passphrase_file: str | None = None
 
 
+class CrlSection(CrlSettings):
+    """Publishing our CRLs (crl.config.CrlSettings) and the day-91 rule of the certificate lifecycle."""
+
+    # a certificate never used in a successful attestation within this many days of issue is revoked
+    unused_days: int = Field(90, ge=1)
+    # how often the day-91 rule runs
+    unused_check_interval: timedelta = Field(timedelta(hours=1), gt=timedelta(0))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seconds_from_env(cls, data: Any) -> Any:
+        """Environment variables are strings: "1.5" means seconds, like a number in the TOML file."""
+        if isinstance(data, dict):
+            data = {k: float(v) if isinstance(v, str) and k in _CRL_DURATIONS and _is_number(v) else v
+                    for k, v in data.items()}
+        return data
+
+
+_CRL_DURATIONS = {"validity", "resign_interval", "coalesce_delay", "retry_interval", "poll_interval", "http_max_age",
+                  "unused_check_interval"}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 class LogSettings(BaseModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -83,8 +115,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     ca: CASettings = CASettings()
     log: LogSettings = LogSettings()
-    # Section owned by the crl package (validated by its own model)
-    crl: dict[str, Any] = {}
+    crl: CrlSection = CrlSection()
     otp: OtpSettings = OtpSettings()
 
     @classmethod

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 # Order matters: a later feature may use what an earlier one put into runtime.extras.
 FEATURE_MODULES: tuple[str, ...] = (
+    "scep_server.crlwiring",
     "scep_server.otpwiring",
 )
 

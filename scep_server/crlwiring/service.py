@@ -1,0 +1,218 @@
+"""The CRL publishers of our issuing CAs, wired to the inventory, the CA keys and the revocation service.
+
+How every process of a deployment serves the same CRL (RFC 5280 §5.2.3: one number sequence per CA):
+- a CRL Number is allocated atomically in the shared database (`crl.store.CrlStateStore`), and a CRL is
+  recorded there only if no higher number was recorded first, so numbers never go backwards;
+- the process where a status change happens re-signs after the coalescing delay; every other process polls
+  the recorded CRL Number (the change marker) every `crl.poll_interval` and adopts a newer CRL after
+  verifying its signature, so a change made anywhere is served everywhere within poll_interval plus the
+  re-sign time;
+- a process that changed a status and ends before its publisher ran (a CLI command) publishes on the way out;
+- as a safety net, each server process also watches the newest status-change event in the audit log: a change
+  newer than the served CRL that no process has published after a grace period makes it re-sign.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Callable
+
+import sqlalchemy as sa
+import structlog
+from cryptography.hazmat.primitives import hashes
+
+from crl.build import Issuer
+from crl.publish import PublishedCrl, Publisher, PublishError
+from crl.signing import CrlSigner, algorithm_for_public_key
+
+from ..ca import inventory
+from ..ca.authority import CertificateAuthority
+from ..store.tables import events
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+log = structlog.get_logger("crl.service")
+
+# audit events written in the same transaction as a status change of a certificate
+STATUS_EVENTS = ("pki.cert.revoke", "pki.cert.renew", "pki.cert.lifecycle.hold", "pki.cert.lifecycle.activate")
+
+_HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+
+
+class CrlError(Exception):
+    """A CRL operation the caller asked for is impossible (unknown CA, nothing published yet)."""
+
+
+def key_ops_signer(ca: CertificateAuthority, hash_name: str = "sha256") -> CrlSigner:
+    """Sign TBSCertList bytes through the CA's KeyOps (a file key today, an HSM key later)."""
+    algorithm = algorithm_for_public_key(ca.key.public_key(), hash_name)
+    digest = _HASHES[hash_name]
+    key = ca.key
+
+    def sign(tbs: bytes) -> bytes:
+        return key.sign(tbs, digest())
+
+    return CrlSigner(algorithm, sign)
+
+
+def inventory_source(runtime: "Runtime", ca_name: str):
+    """The publisher's entry source: held and revoked, unexpired certificates of one CA."""
+    engine = runtime.engine
+
+    async def source(now: datetime):
+        async with engine.connect() as conn:
+            return await inventory.revoked_entries(conn, ca_name, now=now)
+
+    return source
+
+
+class CrlService:
+    """One Publisher per issuing CA, plus what the application needs around them."""
+
+    def __init__(self, runtime: "Runtime") -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings.crl
+        self.publishers: dict[str, Publisher] = {
+            name: Publisher(name, issuer=Issuer.from_certificate(ca.cert), signer=key_ops_signer(ca),
+                            source=inventory_source(runtime, name), engine=runtime.engine,
+                            settings=self.settings, clock=runtime.clock)
+            for name, ca in runtime.cas.items()}
+        # CA name -> CRL Number served when a change was announced here (None: no CRL yet)
+        self._pending: dict[str, "int | None"] = {}
+        self._marker_seen: "datetime | None" = None
+        self.running = False
+        runtime.revocation.subscribe(self.on_status_change)
+
+    # ---- status changes and the schedule
+
+    def on_status_change(self, ca: str) -> None:
+        """A certificate of `ca` changed status in this process: re-sign soon (coalesced)."""
+        pub = self.publishers.get(ca)
+        if pub is None:
+            return
+        if ca not in self._pending:
+            self._pending[ca] = pub.current.number if pub.current else None
+        pub.notify_changed()
+
+    async def start_publishing(self) -> None:
+        """Run each publisher's loop: adopt the recorded CRL (or sign the first one), re-sign on schedule."""
+        for pub in self.publishers.values():
+            await pub.start()
+        self.running = True
+
+    async def stop_publishing(self) -> None:
+        self.running = False
+        for pub in self.publishers.values():
+            await pub.stop()
+
+    async def flush(self) -> list[PublishedCrl]:
+        """Publish now for every CA whose status changed here and has no CRL signed since (before exiting)."""
+        self.forget_published()
+        done = []
+        for ca in list(self._pending):
+            try:
+                done.append(await self.publishers[ca].publish_now())
+            except PublishError as exc:  # the server processes' safety net re-signs after the grace period
+                log.error("crl.flush.failed", ca=ca, error=str(exc))
+                continue
+            self._pending.pop(ca, None)
+        return done
+
+    def forget_published(self) -> None:
+        """Drop pending marks whose CA has published since the change (called from the server's watcher)."""
+        for ca, number_then in list(self._pending.items()):
+            cur = self.publishers[ca].current
+            if cur is not None and (number_then is None or cur.number > number_then):
+                del self._pending[ca]
+
+    # ---- the safety net
+
+    async def newest_status_change(self) -> "datetime | None":
+        """The time of the newest status-change event in the audit log (one index lookup per kind)."""
+        c = events.c
+        cols = [sa.select(sa.func.max(c.at)).where(c.kind == kind).scalar_subquery() for kind in STATUS_EVENTS]
+        async with self.runtime.engine.connect() as conn:
+            row = (await conn.execute(sa.select(*cols))).one()
+        found = [inventory._aware(v) for v in row if v is not None]
+        return max(found) if found else None
+
+    def grace(self) -> timedelta:
+        """How long the process that made a change has to publish it before the others step in."""
+        return self.settings.coalesce_delay + 2 * self.settings.poll_interval + timedelta(seconds=2)
+
+    async def check_marker(self) -> list[str]:
+        """Re-sign where a status change is newer than the served CRL and nobody published it in time."""
+        self.forget_published()
+        marker = await self.newest_status_change()
+        if marker is None:
+            return []
+        now = self.runtime.clock()
+        woken = []
+        for ca, pub in self.publishers.items():
+            cur = pub.current
+            if cur is None or marker < cur.this_update or now - marker < self.grace():
+                continue
+            if ca in self._pending:
+                continue  # already announced here, the publisher is on it
+            if marker != self._marker_seen:
+                log.warning("crl.change_not_published", ca=ca, change_at=marker.isoformat(), serving=cur.number,
+                            this_update=cur.this_update.isoformat())
+            woken.append(ca)
+            self.on_status_change(ca)
+        self._marker_seen = marker
+        return woken
+
+    # ---- what the rest of the application reads
+
+    def publisher(self, ca: "str | None") -> Publisher:
+        if ca is None:
+            if len(self.publishers) != 1:
+                raise CrlError(f"several CAs publish CRLs here ({', '.join(self.publishers)}): name one")
+            return next(iter(self.publishers.values()))
+        try:
+            return self.publishers[ca]
+        except KeyError:
+            raise CrlError(f"no CA named {ca!r} (known: {', '.join(self.publishers) or 'none'})") from None
+
+    async def current(self, ca: str) -> PublishedCrl:
+        """The CRL served for `ca`: the newest one in memory or in the database, signing one if none exists."""
+        pub = self.publisher(ca)
+        await pub.refresh_from_store()
+        if pub.current is None:
+            return await pub.publish_now()
+        return pub.current
+
+    async def crl_source(self, ca: str) -> bytes:
+        """SCEP GetCRL (RFC 8894 §3.3.4): the same DER bytes as /crl/{ca}.crl."""
+        pub = self.publisher(ca)
+        cur = pub.current
+        if cur is None:
+            cur = await self.current(ca)
+        return cur.der
+
+    def readiness(self) -> str:
+        """For /readyz: "ok" while every CA serves a fresh CRL and its last re-sign succeeded."""
+        problems = []
+        for ca, pub in self.publishers.items():
+            h = pub.health()
+            if h.state == "ok":
+                continue
+            if h.state == "starting":
+                problems.append(f"{ca}: no CRL yet")
+            elif h.state == "degraded":
+                problems.append(f"{ca}: re-sign failing ({h.consecutive_failures}x: {h.last_error}); serving CRL "
+                                f"#{h.crl_number} until {h.next_update:%Y-%m-%dT%H:%M:%SZ}")
+            else:
+                what = f"CRL #{h.crl_number} expired at {h.next_update:%Y-%m-%dT%H:%M:%SZ}" if h.crl_number \
+                    else "no CRL"
+                problems.append(f"{ca}: stale ({what}; last error: {h.last_error})")
+        return "ok" if not problems else "error: " + "; ".join(problems)
+
+
+def describe(crl: PublishedCrl) -> dict:
+    return {"ca": crl.ca, "number": crl.number, "this_update": crl.this_update.isoformat(),
+            "next_update": crl.next_update.isoformat(), "entries": crl.entries, "bytes": len(crl.der),
+            "sha256": crl.sha256}
+
+
+ReadinessCheck = Callable[[], str]
