@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 FEATURE_MODULES: tuple[str, ...] = (
     "scep_server.crlwiring",
     "scep_server.otpwiring",
+    "scep_server.challenge.feature",
 )
 
 

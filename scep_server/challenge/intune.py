@@ -1,0 +1,212 @@
+"""Microsoft Intune SCEP request validation for third-party CAs.
+
+OAuth2 client credentials (Entra app with ``scep_challenge_provider``), service discovery through
+Microsoft Graph (``ScepRequestValidationFEService``), then ``ScepActions/validateRequest``,
+``successNotification`` and ``failureNotification``. Tokens and the discovered URL are cached; every
+call has a timeout and a bounded number of retries; a 401 drops the token and retries once.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from datetime import timezone
+from typing import Any
+
+import aiohttp
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from .config import IntuneSettings
+
+log = structlog.get_logger("challenge.intune")
+
+CALLER = "scep-server"
+E_FAIL = 0x80004005  # HRESULT reported with failureNotification
+
+
+class IntuneRejected(Exception):
+    """Intune answered with a code other than Success."""
+
+    def __init__(self, code: str, description: str):
+        super().__init__(f"{code}: {description}" if description else code)
+        self.code = code
+        self.description = description
+
+
+class IntuneUnavailable(Exception):
+    """Intune (or its token or discovery endpoint) could not be reached or answered nonsense."""
+
+
+class _Retryable(Exception):
+    pass
+
+
+class IntuneClient:
+    def __init__(self, settings: IntuneSettings, session: aiohttp.ClientSession):
+        self.settings = settings
+        self.session = session
+        self._tokens: dict[str, tuple[str, float]] = {}
+        self._token_locks: dict[str, asyncio.Lock] = {}
+        self._service: tuple[str, float] | None = None
+        self._discovery_lock = asyncio.Lock()
+        self.token_requests = 0
+        self.discovery_requests = 0
+
+    # ------------------------------------------------------------------ token and discovery
+
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=self.settings.timeout_seconds)
+
+    async def _token(self, scope: str) -> str:
+        hit = self._tokens.get(scope)
+        if hit and hit[1] > time.monotonic():
+            return hit[0]
+        async with self._token_locks.setdefault(scope, asyncio.Lock()):
+            hit = self._tokens.get(scope)
+            if hit and hit[1] > time.monotonic():
+                return hit[0]
+            s = self.settings
+            url = f"{s.authority_url.rstrip('/')}/{s.tenant}/oauth2/v2.0/token"
+            form = {"grant_type": "client_credentials", "client_id": s.client_id,
+                    "client_secret": s.client_secret.read(), "scope": scope}
+
+            async def once() -> dict[str, Any]:
+                async with self.session.post(url, data=form, timeout=self._timeout()) as resp:
+                    body = await _json(resp)
+                    if resp.status >= 500:
+                        raise _Retryable(f"token endpoint answered HTTP {resp.status}")
+                    if resp.status != 200 or "access_token" not in body:
+                        raise IntuneUnavailable(f"token request refused (HTTP {resp.status}): "
+                                                f"{body.get('error')}: {body.get('error_description', '')}"[:300])
+                    return body
+
+            self.token_requests += 1
+            body = await self._retrying("token", once)
+            lifetime = float(body.get("expires_in", 3600))
+            # refresh a little before the expiry (a tenth of the lifetime, at most a minute)
+            self._tokens[scope] = (body["access_token"], time.monotonic() + lifetime - min(60.0, lifetime / 10))
+            return body["access_token"]
+
+    def _drop_token(self, scope: str) -> None:
+        self._tokens.pop(scope, None)
+
+    async def service_uri(self) -> str:
+        hit = self._service
+        if hit and hit[1] > time.monotonic():
+            return hit[0]
+        async with self._discovery_lock:
+            hit = self._service
+            if hit and hit[1] > time.monotonic():
+                return hit[0]
+            s = self.settings
+            scope = s.graph_url.rstrip("/") + "/.default"
+            url = f"{s.graph_url.rstrip('/')}/v1.0/servicePrincipals/appId={s.intune_app_id}/endpoints"
+
+            async def once() -> dict[str, Any]:
+                token = await self._token(scope)
+                async with self.session.get(url, headers={"Authorization": f"Bearer {token}"},
+                                            timeout=self._timeout()) as resp:
+                    body = await _json(resp)
+                    if resp.status == 401:
+                        self._drop_token(scope)
+                        raise _Retryable("Graph refused the token (HTTP 401)")
+                    if resp.status >= 500:
+                        raise _Retryable(f"Graph answered HTTP {resp.status}")
+                    if resp.status != 200:
+                        raise IntuneUnavailable(f"service discovery failed (HTTP {resp.status})")
+                    return body
+
+            self.discovery_requests += 1
+            body = await self._retrying("discovery", once)
+            for ep in body.get("value", []):
+                if s.service_name in (ep.get("providerName"), ep.get("serviceName")) and ep.get("uri"):
+                    self._service = (ep["uri"].rstrip("/"), time.monotonic() + s.discovery_cache_seconds)
+                    return self._service[0]
+            raise IntuneUnavailable(f"service discovery did not list {s.service_name}")
+
+    # ------------------------------------------------------------------ ScepActions
+
+    async def _action(self, action: str, payload: dict[str, Any], transaction_id: str) -> dict[str, Any]:
+        s = self.settings
+        # the resource URI keeps its trailing slash: "https://api.manage.microsoft.com//.default"
+        scope = s.intune_resource + "/.default"
+
+        async def once() -> dict[str, Any]:
+            base = await self.service_uri()
+            token = await self._token(scope)
+            headers = {"Authorization": f"Bearer {token}", "api-version": s.api_version,
+                       "client-request-id": str(uuid.uuid4()), "Content-Type": "application/json"}
+            try:
+                async with self.session.post(f"{base}/ScepActions/{action}", json=payload, headers=headers,
+                                             timeout=self._timeout()) as resp:
+                    body = await _json(resp)
+                    if resp.status == 401:
+                        self._drop_token(scope)
+                        raise _Retryable(f"{action}: the token was refused (HTTP 401)")
+                    if resp.status == 404:
+                        self._service = None  # rediscover: the service may have moved
+                        raise _Retryable(f"{action}: HTTP 404 at the discovered endpoint")
+                    if resp.status >= 500 or resp.status == 429:
+                        raise _Retryable(f"{action}: HTTP {resp.status}")
+                    if resp.status != 200:
+                        raise IntuneUnavailable(f"{action}: HTTP {resp.status}")
+                    return body
+            except aiohttp.ClientConnectionError:
+                self._service = None
+                raise
+
+        body = await self._retrying(action, once)
+        code = str(body.get("code", ""))
+        log.info("intune.action", action=action, transaction_id=transaction_id, code=code or None,
+                 description=body.get("errorDescription"))
+        if code != "Success":
+            raise IntuneRejected(code or "NoCode", str(body.get("errorDescription") or ""))
+        return body
+
+    async def _retrying(self, what: str, once):
+        attempts = self.settings.retries + 1
+        last: str = ""
+        for attempt in range(attempts):
+            try:
+                return await once()
+            except (_Retryable, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+                last = str(exc) or type(exc).__name__
+                if isinstance(exc, asyncio.TimeoutError):
+                    last = f"timed out after {self.settings.timeout_seconds:g}s"
+                log.warning("intune.retry", what=what, attempt=attempt + 1, of=attempts, error=last)
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
+        raise IntuneUnavailable(f"{what}: {last} ({attempts} attempt{'s' if attempts > 1 else ''})")
+
+    async def validate(self, transaction_id: str, csr_der: bytes) -> None:
+        await self._action("validateRequest", {"request": {
+            "transactionId": transaction_id, "certificateRequest": base64.b64encode(csr_der).decode(),
+            "callerInfo": CALLER}}, transaction_id)
+
+    async def success(self, transaction_id: str, csr_der: bytes, cert: x509.Certificate, issuer: str,
+                      ca_name: str) -> None:
+        await self._action("successNotification", {"notification": {
+            "transactionId": transaction_id, "certificateRequest": base64.b64encode(csr_der).decode(),
+            "certificateThumbprint": cert.fingerprint(hashes.SHA1()).hex().upper(),
+            "certificateSerialNumber": f"{cert.serial_number:x}",
+            "certificateExpirationDateUtc": cert.not_valid_after_utc.astimezone(timezone.utc).strftime(
+                "%Y-%m-%dT%H:%M:%S.0000000Z"),
+            "issuingCertificateAuthority": issuer, "callerInfo": CALLER,
+            "caConfiguration": ca_name, "certificateAuthority": ca_name}}, transaction_id)
+
+    async def failure(self, transaction_id: str, csr_der: bytes, description: str, hresult: int = E_FAIL) -> None:
+        await self._action("failureNotification", {"notification": {
+            "transactionId": transaction_id, "certificateRequest": base64.b64encode(csr_der).decode(),
+            "hResult": hresult, "errorDescription": description[:255], "callerInfo": CALLER}}, transaction_id)
+
+
+async def _json(resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    try:
+        data = await resp.json(content_type=None)
+    except (ValueError, aiohttp.ContentTypeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+

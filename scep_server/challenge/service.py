@@ -1,0 +1,187 @@
+"""The challenge service (one per process) and the verifiers it registers with the SCEP service."""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+import aiohttp
+import structlog
+from cryptography import x509
+
+from ..enroll import ChallengeRejected, EnrollmentRequest
+from ..profiles import Profile
+from .basic import CredentialChecker, Throttle
+from .config import (ChallengeConfigError, DelegatedSettings, DynamicSettings, delegated_settings,
+                     dynamic_settings)
+from .intune import IntuneClient, IntuneRejected, IntuneUnavailable
+from .store import ChallengeStore, Expectations, IssuedChallenge, check_csr
+from .webhook import WebhookClient, WebhookDenied, WebhookUnavailable
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+log = structlog.get_logger("challenge")
+
+EXTRAS_KEY = "challenge"
+
+
+class NotDynamic(Exception):
+    """The profile does not use dynamic challenges."""
+
+
+class ChallengeService:
+    def __init__(self, runtime: "Runtime"):
+        self.runtime = runtime
+        self.store = ChallengeStore(runtime.engine)
+        self.credentials = CredentialChecker()
+        self.throttle = Throttle()
+        self._session: aiohttp.ClientSession | None = None
+        self._clients: dict[str, tuple[str, object]] = {}
+
+    # ------------------------------------------------------------------ dynamic
+
+    async def dynamic_profile(self, name: str) -> tuple[Profile, DynamicSettings]:
+        profile = await self.runtime.profiles.get(name)
+        if profile.challenge_kind != "dynamic":
+            raise NotDynamic(f"profile {name!r} does not use dynamic challenges")
+        return profile, dynamic_settings(profile.settings.challenge)
+
+    async def new_challenge(self, name: str, *, source: str, requested_by: str | None = None,
+                            payload_identifier: str | None = None,
+                            expectations: Expectations | None = None) -> IssuedChallenge:
+        profile, settings = await self.dynamic_profile(name)
+        issued = await self.store.issue(profile.name, now=self.runtime.clock(),
+                                        ttl=timedelta(minutes=settings.ttl_minutes), source=source,
+                                        max_unused=settings.max_unused, requested_by=requested_by,
+                                        payload_identifier=payload_identifier, expectations=expectations)
+        log.info("challenge.issued", profile=profile.name, source=source, requested_by=requested_by,
+                 payload_identifier=payload_identifier, expires_at=issued.expires_at.isoformat())
+        return issued
+
+    # ------------------------------------------------------------------ outbound HTTP
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(headers={"User-Agent": "scep-server"})
+        return self._session
+
+    def _client(self, profile: Profile, settings: DelegatedSettings):
+        key = settings.model_dump_json()
+        hit = self._clients.get(profile.name)
+        if hit is None or hit[0] != key:
+            client = IntuneClient(settings.intune, self.session) if settings.provider == "intune" \
+                else WebhookClient(settings.webhook, self.session)
+            hit = self._clients[profile.name] = (key, client)
+        return hit[1]
+
+    def intune_client(self, profile: Profile) -> IntuneClient:
+        client = self._client(profile, delegated_settings(profile.settings.challenge))
+        assert isinstance(client, IntuneClient)
+        return client
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        self._clients.clear()
+
+
+class DynamicVerifier:
+    """A one-time challenge of this profile, unused and unexpired, whose expectations the CSR meets."""
+
+    def __init__(self, service: ChallengeService):
+        self.service = service
+
+    async def verify(self, req: EnrollmentRequest) -> None:
+        try:
+            dynamic_settings(req.profile.settings.challenge)
+        except ChallengeConfigError as exc:
+            raise ChallengeRejected(f"this profile is misconfigured: {exc}") from None
+        redeemed = await self.service.store.redeem(
+            req.profile.name, req.challenge, now=self.service.runtime.clock(),
+            transaction_id=req.message.transaction_id, check=lambda expected: check_csr(req.csr, expected))
+        log.info("challenge.redeemed", profile=req.profile.name, transaction_id=req.message.transaction_id,
+                 source=redeemed.source, payload_identifier=redeemed.payload_identifier)
+
+    async def after_issue(self, req: EnrollmentRequest, cert: x509.Certificate) -> None:
+        return None
+
+    async def after_failure(self, req: EnrollmentRequest, text: str) -> None:
+        return None
+
+
+class DelegatedVerifier:
+    """Intune or a webhook decides; they learn the outcome (success or failure notification)."""
+
+    def __init__(self, service: ChallengeService):
+        self.service = service
+
+    def _client(self, req: EnrollmentRequest):
+        try:
+            settings = delegated_settings(req.profile.settings.challenge)
+        except ChallengeConfigError as exc:
+            raise ChallengeRejected(f"this profile is misconfigured: {exc}") from None
+        return self.service._client(req.profile, settings)
+
+    async def verify(self, req: EnrollmentRequest) -> None:
+        client = self._client(req)
+        txid = req.message.transaction_id
+        try:
+            if isinstance(client, IntuneClient):
+                if not req.challenge:
+                    raise ChallengeRejected("the CSR carries no challengePassword (Intune: ChallengePasswordMissing)")
+                await client.validate(txid, req.csr_der)
+            else:
+                await client.validate(profile=req.profile.name, transaction_id=txid, challenge=req.challenge,
+                                      csr=req.csr, csr_der=req.csr_der)
+        except IntuneRejected as exc:
+            log.warning("challenge.intune.rejected", profile=req.profile.name, transaction_id=txid, code=exc.code,
+                        description=exc.description)
+            raise ChallengeRejected(f"Intune rejected the request: {exc.code}"
+                                    + (f" ({exc.description})" if exc.description else "")) from None
+        except IntuneUnavailable as exc:
+            log.error("challenge.intune.unavailable", profile=req.profile.name, transaction_id=txid, error=str(exc))
+            raise ChallengeRejected(f"Intune validation is unavailable: {exc}") from None
+        except WebhookDenied as exc:
+            log.warning("challenge.webhook.denied", profile=req.profile.name, transaction_id=txid, error=str(exc))
+            raise ChallengeRejected(f"the validation webhook denied the request: {exc}") from None
+        except (WebhookUnavailable, ChallengeConfigError) as exc:
+            log.error("challenge.webhook.unavailable", profile=req.profile.name, transaction_id=txid, error=str(exc))
+            raise ChallengeRejected(str(exc)) from None
+        log.info("challenge.delegated.allowed", profile=req.profile.name, transaction_id=txid,
+                 provider="intune" if isinstance(client, IntuneClient) else "webhook")
+
+    async def after_issue(self, req: EnrollmentRequest, cert: x509.Certificate) -> None:
+        client = self._client(req)
+        txid = req.message.transaction_id
+        if isinstance(client, IntuneClient):
+            ca = self.service.runtime.cas[req.profile.ca]
+            try:
+                await client.success(txid, req.csr_der, cert, issuer=cert.issuer.rfc4514_string(), ca_name=ca.name)
+            except (IntuneRejected, IntuneUnavailable) as exc:
+                code = getattr(exc, "code", None)
+                log.error("challenge.intune.success_notification_failed", profile=req.profile.name,
+                          transaction_id=txid, code=code, error=str(exc))
+                raise ChallengeRejected(f"Intune did not accept the success notification: {exc}") from None
+            return
+        try:
+            await client.success(profile=req.profile.name, transaction_id=txid, csr=req.csr, csr_der=req.csr_der,
+                                 cert=cert)
+        except (WebhookUnavailable, ChallengeConfigError) as exc:
+            log.warning("challenge.webhook.success_notification_failed", profile=req.profile.name,
+                        transaction_id=txid, error=str(exc))
+            if client.settings.require_success_ack:
+                raise ChallengeRejected(f"the success notification failed: {exc}") from None
+
+    async def after_failure(self, req: EnrollmentRequest, text: str) -> None:
+        client = self._client(req)
+        txid = req.message.transaction_id
+        try:
+            if isinstance(client, IntuneClient):
+                await client.failure(txid, req.csr_der, text)
+            else:
+                await client.failure(profile=req.profile.name, transaction_id=txid, csr=req.csr,
+                                     csr_der=req.csr_der, reason=text)
+        except (IntuneRejected, IntuneUnavailable, WebhookUnavailable, ChallengeConfigError) as exc:
+            log.warning("challenge.failure_notification_failed", profile=req.profile.name, transaction_id=txid,
+                        error=str(exc))

@@ -1,0 +1,224 @@
+"""One-time challenges: random, stored as SHA-256, bound to a profile, expiring, redeemed once.
+
+Redemption is a single compare-and-set UPDATE (unused, unexpired, this profile), so two enrolments
+racing for one challenge can never both win, on SQLite or PostgreSQL, in one process or many.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..enroll import ChallengeRejected
+from ..store.db import writer
+from ..store.tables import profiles
+from .tables import challenges
+
+# 20 random bytes = 160 bits, written as 40 upper-case hex digits (safe in a PrintableString and for scrapers)
+CHALLENGE_BYTES = 20
+
+
+class CacheFull(Exception):
+    """The profile already has its maximum of unused challenges (NDES: "The password cache is full.")."""
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """What the CSR redeeming a challenge must carry (None: not checked)."""
+
+    subject: str | None = None
+    sans: list[str] | None = None
+
+    def to_json(self) -> str | None:
+        data = {k: v for k, v in (("subject", self.subject), ("sans", self.sans)) if v is not None}
+        return json.dumps(data, sort_keys=True) if data else None
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "Expectations":
+        data = json.loads(text) if text else {}
+        return cls(subject=data.get("subject"), sans=data.get("sans"))
+
+
+@dataclass(frozen=True)
+class IssuedChallenge:
+    challenge: str = field(repr=False)
+    profile: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Redeemed:
+    profile: str
+    source: str
+    payload_identifier: str | None
+    expectations: Expectations
+
+
+def digest(challenge: str) -> str:
+    return hashlib.sha256(challenge.strip().encode("utf-8")).hexdigest()
+
+
+def new_challenge() -> str:
+    return secrets.token_hex(CHALLENGE_BYTES).upper()
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+class ChallengeStore:
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+
+    async def issue(self, profile: str, *, now: datetime, ttl: timedelta, source: str,
+                    max_unused: int | None = None, requested_by: str | None = None,
+                    payload_identifier: str | None = None, expectations: Expectations | None = None) -> IssuedChallenge:
+        """Create one challenge for ``profile``; raises CacheFull when the cap of unused ones is reached."""
+        now = _utc(now)
+        challenge = new_challenge()
+        expires = now + ttl
+        async with writer(self.engine).begin() as conn:
+            if max_unused is not None:
+                if conn.dialect.name == "postgresql":
+                    # serialise issuers of this profile so that the cap holds across instances
+                    await conn.execute(sa.select(profiles.c.name).where(profiles.c.name == profile).with_for_update())
+                unused = (await conn.execute(sa.select(sa.func.count()).select_from(challenges).where(
+                    challenges.c.profile == profile, challenges.c.used_at.is_(None),
+                    challenges.c.expires_at > now))).scalar_one()
+                if unused >= max_unused:
+                    raise CacheFull(f"profile {profile!r} already has {unused} unused challenges "
+                                    f"(maximum {max_unused})")
+            await conn.execute(challenges.insert().values(
+                challenge_sha256=digest(challenge), profile=profile, created_at=now, expires_at=expires,
+                source=source, requested_by=requested_by, payload_identifier=(payload_identifier or None),
+                expectations=expectations.to_json() if expectations else None))
+        return IssuedChallenge(challenge=challenge, profile=profile, expires_at=expires)
+
+    async def redeem(self, profile: str, challenge: str | None, *, now: datetime, transaction_id: str,
+                     check: Callable[[Expectations], None] | None = None) -> Redeemed:
+        """Use a challenge once for ``profile``; ChallengeRejected says why it cannot be used.
+
+        ``check`` sees the stored expectations first and may reject the CSR without using up the challenge.
+        """
+        if not challenge or not challenge.strip():
+            raise ChallengeRejected("the CSR carries no challengePassword")
+        now = _utc(now)
+        h = digest(challenge)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(challenges).where(challenges.c.challenge_sha256 == h))).first()
+        if row is None:
+            raise ChallengeRejected("unknown challenge password")
+        m = row._mapping
+        if m["profile"] != profile:
+            raise ChallengeRejected("this challenge password was issued for another SCEP profile")
+        if m["used_at"] is not None:
+            raise ChallengeRejected("this challenge password has already been used")
+        if _utc(m["expires_at"]) <= now:
+            raise ChallengeRejected(f"this challenge password expired at {_utc(m['expires_at']).isoformat()}")
+        expectations = Expectations.from_json(m["expectations"])
+        if check is not None:
+            check(expectations)
+        async with writer(self.engine).begin() as conn:
+            res = await conn.execute(challenges.update().where(
+                challenges.c.challenge_sha256 == h, challenges.c.profile == profile,
+                challenges.c.used_at.is_(None), challenges.c.expires_at > now,
+            ).values(used_at=now, transaction_id=transaction_id[:255]))
+        if res.rowcount != 1:
+            raise ChallengeRejected("this challenge password has already been used")
+        return Redeemed(profile=profile, source=m["source"], payload_identifier=m["payload_identifier"],
+                        expectations=expectations)
+
+    async def counts(self, profile: str, *, now: datetime) -> dict[str, int]:
+        now = _utc(now)
+        c = challenges.c
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(
+                sa.case((c.used_at.is_not(None), "used"), (c.expires_at <= now, "expired"), else_="unused"),
+                sa.func.count()).where(c.profile == profile).group_by(sa.text("1")))).all()
+        out = {"unused": 0, "used": 0, "expired": 0}
+        out.update({k: v for k, v in rows})
+        return out
+
+    async def prune(self, *, now: datetime, keep: timedelta = timedelta(days=30)) -> int:
+        """Delete challenges that expired (or were used) longer than ``keep`` ago."""
+        cutoff = _utc(now) - keep
+        async with writer(self.engine).begin() as conn:
+            res = await conn.execute(challenges.delete().where(challenges.c.expires_at < cutoff))
+        return res.rowcount or 0
+
+
+def expectations_from(payload: dict[str, Any] | None) -> Expectations | None:
+    """Expectations from an API/CLI payload: {"subject": str, "sans": [str]}."""
+    if not payload:
+        return None
+    subject = payload.get("subject")
+    sans = payload.get("sans")
+    if subject is not None and not isinstance(subject, str):
+        raise ValueError("subject must be a string (RFC 4514)")
+    if sans is not None and (not isinstance(sans, list) or not all(isinstance(s, str) for s in sans)):
+        raise ValueError("sans must be a list of strings like dns:host.example, email:a@b, ip:10.0.0.1, uri:...")
+    if subject is not None:
+        from cryptography import x509
+
+        try:
+            x509.Name.from_rfc4514_string(subject)
+        except ValueError as exc:
+            raise ValueError(f"subject is not an RFC 4514 name: {exc}") from None
+    if sans is not None:
+        for s in sans:
+            kind, sep, value = s.partition(":")
+            if not sep or kind.lower() not in ("dns", "email", "ip", "uri") or not value:
+                raise ValueError(f"SAN {s!r}: expected dns:, email:, ip: or uri: followed by a value")
+        sans = sorted(_norm_san(s) for s in sans)
+    return Expectations(subject=subject, sans=sans)
+
+
+def _norm_san(s: str) -> str:
+    kind, _, value = s.partition(":")
+    kind = kind.lower()
+    if kind in ("dns", "email"):
+        value = value.lower()
+    if kind == "ip":
+        import ipaddress
+
+        value = str(ipaddress.ip_address(value))
+    return f"{kind}:{value}"
+
+
+def csr_sans(csr) -> list[str]:
+    """The CSR's SANs in the ``kind:value`` form expectations use."""
+    from cryptography import x509
+
+    try:
+        ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    out = []
+    for name in ext:
+        if isinstance(name, x509.DNSName):
+            out.append(f"dns:{name.value.lower()}")
+        elif isinstance(name, x509.RFC822Name):
+            out.append(f"email:{name.value.lower()}")
+        elif isinstance(name, x509.IPAddress):
+            out.append(f"ip:{name.value}")
+        elif isinstance(name, x509.UniformResourceIdentifier):
+            out.append(f"uri:{name.value}")
+    return sorted(out)
+
+
+def check_csr(csr, expected: Expectations) -> None:
+    """Raise ChallengeRejected when the CSR does not match what the challenge was issued for."""
+    from cryptography import x509
+
+    if expected.subject is not None and csr.subject != x509.Name.from_rfc4514_string(expected.subject):
+        raise ChallengeRejected(f"the CSR subject {csr.subject.rfc4514_string()!r} is not the one this challenge "
+                                f"was issued for ({expected.subject!r})")
+    if expected.sans is not None and csr_sans(csr) != sorted(expected.sans):
+        raise ChallengeRejected(f"the CSR subjectAltNames {csr_sans(csr)} are not the ones this challenge was "
+                                f"issued for {sorted(expected.sans)}")

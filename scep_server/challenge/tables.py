@@ -1,0 +1,27 @@
+"""Tables of the challenge package (migration: store/migrations/versions/0002_challenge.py)."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+TS = sa.DateTime(timezone=True)
+
+challenges = sa.Table(
+    "scep_challenges",
+    metadata,
+    # SHA-256 of the one-time challenge (the challenge itself is never stored)
+    sa.Column("challenge_sha256", sa.String(64), primary_key=True),
+    sa.Column("profile", sa.String(64), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("expires_at", TS, nullable=False),
+    sa.Column("used_at", TS),
+    # the SCEP transaction that redeemed it
+    sa.Column("transaction_id", sa.String(255)),
+    # page | json | webhook | cli | api
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("requested_by", sa.String(255)),
+    # Jamf's payloadIdentifier (SCEPChallenge webhook)
+    sa.Column("payload_identifier", sa.String(255)),
+    # JSON {"subject": RFC 4514 string, "sans": ["dns:..", "email:..", "ip:..", "uri:.."]} the CSR must match
+    sa.Column("expectations", sa.Text),
+)
