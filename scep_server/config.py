@@ -70,6 +70,19 @@ class CASettings(BaseModel):
     passphrase_file: str | None = None
 
 
+class BindingSettings(BaseModel):
+    """Device binding and management attestation."""
+
+    # lifetime of an attestation nonce (single use)
+    nonce_ttl_seconds: int = Field(120, ge=5, le=3600)
+    # a certificate presented by a second device is also revoked (keyCompromise, invalidityDate = first sighting)
+    revoke_on_second_device: bool = False
+    # how often a server process re-reads the registered external CAs (added by `ca add-external`)
+    external_ca_reload_seconds: float = Field(10.0, gt=0)
+    # parsed client certificates kept in memory per process (by SHA-256 of the DER)
+    certificate_cache_size: int = Field(10_000, ge=0)
+
+
 class CrlSection(CrlSettings):
     """Publishing our CRLs (crl.config.CrlSettings) and the day-91 rule of the certificate lifecycle."""
 
@@ -115,6 +128,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     ca: CASettings = CASettings()
     log: LogSettings = LogSettings()
+    binding: BindingSettings = BindingSettings()
     crl: CrlSection = CrlSection()
     otp: OtpSettings = OtpSettings()
 

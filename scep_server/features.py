@@ -23,6 +23,7 @@ FEATURE_MODULES: tuple[str, ...] = (
     "scep_server.crlwiring",
     "scep_server.otpwiring",
     "scep_server.challenge.feature",
+    "scep_server.binding.feature",
 )
 
 

@@ -1,0 +1,479 @@
+"""Management attestation: a single-use server nonce, signed by the device with its client certificate's key.
+
+Signed bytes (UTF-8, no trailing newline)::
+
+    device-trust-attestation-v1\n<nonce>\n<device id>
+
+where ``<nonce>`` is the nonce string exactly as `POST /api/v1/attestation/challenge` returned it.
+Algorithms: ``rsa-pkcs1v15-sha256|384|512``, ``rsa-pss-sha256|384|512`` (MGF1 with the same hash,
+any salt length) and ``ecdsa-sha256|384|512`` (DER-encoded signature).
+
+Order of the checks (the first failing one gives the reason): request shape, certificate readable,
+signature, nonce (unknown / expired / reused), device known, issuer trusted, certificate known,
+binding (retired, or bound to another device), device state, validity period, certificate status
+(our inventory, or the external CA's CRL), then the binding compare-and-set. A verification costs
+one signature check and one database transaction (consume the nonce and read device, binding and
+inventory row in one indexed query); the first success also binds and marks the certificate used.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Callable
+
+import sqlalchemy as sa
+import structlog
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from crl.check import CheckResult, CheckStatus, cdp_uris
+
+from ..ca import inventory
+from ..ca.inventory import Reason
+from ..clock import Clock, utcnow
+from ..store.db import writer
+from ..store.events import record_event
+from ..store.tables import certificates
+from .devices import DeviceStatus, retire
+from .external import ExternalCas
+from .tables import attestation_nonces, device_certs, devices
+
+log = structlog.get_logger("attestation")
+
+SIGNED_PREFIX = b"device-trust-attestation-v1\n"
+
+
+def signed_bytes(nonce: str, device_id: str) -> bytes:
+    """The exact bytes a device signs."""
+    return SIGNED_PREFIX + nonce.encode() + b"\n" + device_id.encode()
+
+
+class Verdict(str, Enum):
+    """Stable reason codes of `POST /api/v1/attestation/verify`."""
+
+    MANAGED = "managed"
+    BAD_REQUEST = "bad_request"
+    CERTIFICATE_MALFORMED = "certificate_malformed"
+    ALGORITHM_UNSUPPORTED = "algorithm_unsupported"
+    SIGNATURE_INVALID = "signature_invalid"
+    NONCE_UNKNOWN = "nonce_unknown"
+    NONCE_EXPIRED = "nonce_expired"
+    NONCE_REUSED = "nonce_reused"
+    DEVICE_UNKNOWN = "device_unknown"
+    ISSUER_NOT_TRUSTED = "issuer_not_trusted"
+    CERTIFICATE_UNKNOWN = "certificate_unknown"
+    CERTIFICATE_NO_CDP = "certificate_no_cdp"
+    CERTIFICATE_RETIRED = "certificate_retired"
+    BOUND_TO_OTHER_DEVICE = "bound_to_other_device"
+    DEVICE_SUSPENDED = "device_suspended"
+    DEVICE_DEACTIVATED = "device_deactivated"
+    DEVICE_DELETED = "device_deleted"
+    CERTIFICATE_NOT_YET_VALID = "certificate_not_yet_valid"
+    CERTIFICATE_EXPIRED = "certificate_expired"
+    CERTIFICATE_REVOKED = "certificate_revoked"
+    CERTIFICATE_ON_HOLD = "certificate_on_hold"
+    CRL_UNAVAILABLE = "crl_unavailable"
+    CONFLICT = "conflict"
+
+
+ALGORITHMS: dict[str, tuple[str, hashes.HashAlgorithm]] = {}
+for _h in (hashes.SHA256(), hashes.SHA384(), hashes.SHA512()):
+    ALGORITHMS[f"rsa-pkcs1v15-{_h.name}"] = ("pkcs1", _h)
+    ALGORITHMS[f"rsa-pss-{_h.name}"] = ("pss", _h)
+    ALGORITHMS[f"ecdsa-{_h.name}"] = ("ecdsa", _h)
+
+
+@dataclass
+class Result:
+    managed: bool
+    reason: Verdict
+    detail: str = ""
+    device_id: str | None = None
+    device_status: str | None = None
+    certificate: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        out = {"managed": self.managed, "reason": self.reason.value, "detail": self.detail,
+               "device_id": self.device_id, "device_status": self.device_status, "certificate": self.certificate}
+        out.update(self.extra)
+        return out
+
+
+def fail(reason: Verdict, detail: str, **kw) -> Result:
+    return Result(False, reason, detail, **kw)
+
+
+class _Cert:
+    """A parsed client certificate and what can be known about it once (cached per process)."""
+
+    __slots__ = ("der", "fp", "cert", "key", "serial", "not_before", "not_after", "kind", "ca", "cdp", "summary")
+
+    def __init__(self, der: bytes, fp: str, cert: x509.Certificate):
+        self.der = der
+        self.fp = fp
+        self.cert = cert
+        self.key = cert.public_key()
+        self.serial = inventory.serial_hex(cert.serial_number)
+        self.not_before = cert.not_valid_before_utc
+        self.not_after = cert.not_valid_after_utc
+        self.kind: str | None = None  # "ours" | "external" once the issuer is established
+        self.ca: str | None = None
+        self.cdp: list[str] = []
+        self.summary = {"serial": self.serial, "fingerprint_sha256": fp, "subject": cert.subject.rfc4514_string(),
+                        "issuer": cert.issuer.rfc4514_string(), "not_after": self.not_after.isoformat()}
+
+
+def decode_certificate(text: str) -> bytes:
+    """PEM text or base64 DER -> DER bytes (ValueError when neither)."""
+    text = text.strip()
+    if text.startswith("-----BEGIN"):
+        body = "".join(line for line in text.splitlines() if line and not line.startswith("-----"))
+        return base64.b64decode(body, validate=False)
+    return b64decode(text)
+
+
+def b64decode(text: str) -> bytes:
+    """Standard or URL-safe base64, padding optional."""
+    t = text.strip().replace("-", "+").replace("_", "/")
+    t += "=" * (-len(t) % 4)
+    try:
+        return base64.b64decode(t, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not base64") from None
+
+
+_LOOKUP = (
+    sa.select(devices.c.status.label("device_status"), device_certs.c.device_id.label("bound_device"),
+              device_certs.c.state.label("binding_state"), device_certs.c.retired_reason,
+              certificates.c.status.label("cert_status"), certificates.c.revocation_reason,
+              certificates.c.first_used_at, certificates.c.ca.label("cert_ca"))
+    .select_from(devices.outerjoin(device_certs, device_certs.c.fingerprint_sha256 == sa.bindparam("fp"))
+                 .outerjoin(certificates, certificates.c.fingerprint_sha256 == sa.bindparam("fp")))
+    .where(devices.c.id == sa.bindparam("device"))
+)
+
+
+class AttestationService:
+    def __init__(self, engine: AsyncEngine, *, cas: dict, external: ExternalCas | None, clock: Clock = utcnow,
+                 nonce_ttl: timedelta = timedelta(minutes=2), revoke_on_second_device: bool = False,
+                 cache_size: int = 10_000, notify_changed: Callable[[str], None] | None = None):
+        self.engine = engine
+        self.cas = cas
+        self.external = external
+        self.clock = clock
+        self.nonce_ttl = nonce_ttl
+        self.revoke_on_second_device = revoke_on_second_device
+        self._cache: OrderedDict[str, _Cert] = OrderedDict()
+        self._cache_size = cache_size
+        self._notify = notify_changed or (lambda ca: None)
+        self._our_subjects = {ca.cert.subject.public_bytes(): ca for ca in cas.values()}
+        self._first_fetch_done: set[str] = set()
+
+    # ---------------------------------------------------------------- challenge
+
+    async def challenge(self, device_id: str) -> dict:
+        """A fresh single-use nonce (256 bits) for `device_id`; only its SHA-256 is stored."""
+        nonce = secrets.token_urlsafe(32)
+        now = self.clock()
+        expires = now + self.nonce_ttl
+        async with writer(self.engine).begin() as conn:
+            await conn.execute(attestation_nonces.insert().values(
+                nonce_sha256=hashlib.sha256(nonce.encode()).hexdigest(), device_id=device_id, issued_at=now,
+                expires_at=expires))
+        return {"nonce": nonce, "device_id": device_id, "expires_at": expires.isoformat(),
+                "expires_in": int(self.nonce_ttl.total_seconds()),
+                "signed_bytes": "device-trust-attestation-v1\\n<nonce>\\n<device_id>"}
+
+    async def purge_nonces(self) -> int:
+        """Delete nonces past their expiry (a reused expired nonce then reads as unknown)."""
+        cutoff = self.clock() - self.nonce_ttl
+        async with writer(self.engine).begin() as conn:
+            res = await conn.execute(attestation_nonces.delete().where(attestation_nonces.c.expires_at < cutoff))
+        return res.rowcount or 0
+
+    # ---------------------------------------------------------------- verify
+
+    def _parse(self, der: bytes) -> _Cert:
+        fp = hashlib.sha256(der).hexdigest()
+        hit = self._cache.get(fp)
+        if hit is not None:
+            return hit
+        info = _Cert(der, fp, x509.load_der_x509_certificate(der))
+        if self._cache_size:
+            self._cache[fp] = info
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return info
+
+    @staticmethod
+    def _signature_ok(key, algorithm: str | None, data: bytes, signature: bytes) -> Verdict | None:
+        if algorithm is None:
+            algorithm = "ecdsa-sha256" if isinstance(key, ec.EllipticCurvePublicKey) else "rsa-pkcs1v15-sha256"
+        spec = ALGORITHMS.get(algorithm)
+        if spec is None:
+            return Verdict.ALGORITHM_UNSUPPORTED
+        kind, digest = spec
+        try:
+            if kind == "ecdsa":
+                if not isinstance(key, ec.EllipticCurvePublicKey):
+                    return Verdict.ALGORITHM_UNSUPPORTED
+                key.verify(signature, data, ec.ECDSA(digest))
+            else:
+                if not isinstance(key, rsa.RSAPublicKey):
+                    return Verdict.ALGORITHM_UNSUPPORTED
+                pad = (padding.PKCS1v15() if kind == "pkcs1"
+                       else padding.PSS(mgf=padding.MGF1(digest), salt_length=padding.PSS.AUTO))
+                key.verify(signature, data, pad, digest)
+        except InvalidSignature:
+            return Verdict.SIGNATURE_INVALID
+        return None
+
+    async def _issuer(self, info: _Cert) -> Result | CheckResult | None:
+        """Establish who issued the certificate (cached). Returns a failure, a first CRL answer, or None."""
+        if info.kind is not None:
+            return None
+        ca = self._our_subjects.get(info.cert.issuer.public_bytes())
+        if ca is not None:
+            info.kind, info.ca = "ours", ca.name
+            return None
+        if self.external is None:
+            return fail(Verdict.ISSUER_NOT_TRUSTED, "the certificate's issuer is not a trusted CA")
+        first = self.external.check(info.cert)
+        if first.reason == "unknown_issuer" and await self.external.maybe_reload():
+            first = self.external.check(info.cert)
+        if first.reason in ("unknown_issuer", "not_issued_by_ca", "bad_certificate"):
+            return fail(Verdict.ISSUER_NOT_TRUSTED, first.detail or "the certificate's issuer is not a trusted CA")
+        if first.reason in ("no_cdp", "no_http_cdp"):
+            return fail(Verdict.CERTIFICATE_NO_CDP, first.detail)
+        info.kind, info.ca, info.cdp = "external", first.ca, cdp_uris(info.cert) or []
+        return first
+
+    async def verify(self, *, device_id: str, nonce: str, certificate: bytes, signature: bytes,
+                     algorithm: str | None = None) -> Result:
+        try:
+            info = self._parse(certificate)
+        except ValueError as exc:
+            return fail(Verdict.CERTIFICATE_MALFORMED, f"unreadable certificate: {exc}", device_id=device_id)
+        bad = self._signature_ok(info.key, algorithm, signed_bytes(nonce, device_id), signature)
+        if bad is not None:
+            detail = ("the signature does not verify with the certificate's key over the nonce and device id"
+                      if bad is Verdict.SIGNATURE_INVALID else
+                      f"algorithm {algorithm!r} is not supported for this key; one of: {', '.join(ALGORITHMS)}")
+            return fail(bad, detail, device_id=device_id, certificate=info.summary)
+        issuer = await self._issuer(info)
+        if isinstance(issuer, Result):
+            # the nonce is still spent: a signed, fresh request was answered
+            spent = await self._spend_only(nonce, device_id)
+            if spent is not None:
+                return spent
+            issuer.device_id, issuer.certificate = device_id, info.summary
+            return issuer
+        crl = None
+        if info.kind == "external":
+            crl = await self._crl_status(info)
+        for attempt in range(3):
+            try:
+                result, touched = await self._decide(info, nonce, device_id, crl)
+                break
+            except IntegrityError as exc:  # a concurrent bind of this device or certificate: look again
+                log.info("attestation.retry", device=device_id, error=type(exc.orig).__name__ if exc.orig else "")
+        else:
+            return fail(Verdict.CONFLICT, "concurrent changes to this device's binding; try again",
+                        device_id=device_id, certificate=info.summary)
+        for ca in touched:
+            self._notify(ca)
+        result.device_id = device_id
+        result.certificate = {**info.summary, "ca": info.ca, "external": info.kind == "external"}
+        if crl is not None:
+            result.extra["crl"] = {"status": crl.status.value, "reason": crl.reason, "url": crl.crl_url,
+                                   "crl_number": crl.crl_number,
+                                   "this_update": crl.this_update.isoformat() if crl.this_update else None}
+        log.info("attestation.verify", device=device_id, serial=info.serial, ca=info.ca, managed=result.managed,
+                 reason=result.reason.value)
+        return result
+
+    async def _crl_status(self, info: _Cert) -> CheckResult:
+        ext = self.external
+        assert ext is not None and info.ca is not None
+        res = ext.check_serial(info.ca, info.cert.serial_number, info.cdp)
+        if res.status is CheckStatus.UNKNOWN and res.reason == "no_crl":
+            pending = [u for u in info.cdp if (info.ca, u) not in self._first_fetch_done]
+            if pending:  # first sight of this CDP in this process: fetch it now once, then the job keeps it fresh
+                import asyncio
+
+                for url in pending:
+                    self._first_fetch_done.add((info.ca, url))
+                try:
+                    await asyncio.wait_for(asyncio.gather(*(ext.checker.refresh(info.ca, u) for u in pending)),
+                                           ext.checker.settings.timeout.total_seconds() + 1)
+                except asyncio.TimeoutError:
+                    pass
+                res = ext.check_serial(info.ca, info.cert.serial_number, info.cdp)
+        return res
+
+    async def _spend_only(self, nonce: str, device_id: str) -> Result | None:
+        now = self.clock()
+        async with writer(self.engine).begin() as conn:
+            return await self._consume(conn, nonce, device_id, now)
+
+    async def _consume(self, conn: AsyncConnection, nonce: str, device_id: str, now: datetime) -> Result | None:
+        h = hashlib.sha256(nonce.encode()).hexdigest()
+        res = await conn.execute(attestation_nonces.update().where(
+            attestation_nonces.c.nonce_sha256 == h, attestation_nonces.c.device_id == device_id,
+            attestation_nonces.c.used_at.is_(None), attestation_nonces.c.expires_at > now).values(used_at=now))
+        if res.rowcount == 1:
+            return None
+        row = (await conn.execute(sa.select(attestation_nonces).where(attestation_nonces.c.nonce_sha256 == h))).first()
+        if row is None or row.device_id != device_id:
+            return fail(Verdict.NONCE_UNKNOWN, "this nonce was not issued (for this device)")
+        if row.used_at is not None:
+            return fail(Verdict.NONCE_REUSED, "this nonce was already used; ask for a new challenge")
+        return fail(Verdict.NONCE_EXPIRED, "this nonce has expired; ask for a new challenge")
+
+    async def _decide(self, info: _Cert, nonce: str, device_id: str,
+                      crl: CheckResult | None) -> tuple[Result, list[str]]:
+        now = self.clock()
+        touched: list[str] = []
+        async with writer(self.engine).begin() as conn:
+            spent = await self._consume(conn, nonce, device_id, now)
+            if spent is not None:
+                return spent, touched
+            row = (await conn.execute(_LOOKUP, {"fp": info.fp, "device": device_id})).first()
+            if row is None:
+                return fail(Verdict.DEVICE_UNKNOWN, f"no device {device_id!r}"), touched
+            status = row.device_status
+            ours = info.kind == "ours"
+            if ours and row.cert_status is None:
+                ca = self.cas.get(info.ca)
+                if ca is not None and ca.issued_by_us(info.cert):
+                    return fail(Verdict.CERTIFICATE_UNKNOWN, "signed by our CA but not in the certificate inventory",
+                                device_status=status), touched
+                return fail(Verdict.ISSUER_NOT_TRUSTED, "not issued by our CA (signature does not verify)",
+                            device_status=status), touched
+            retired = row.binding_state == "retired"
+            if retired:
+                gone = (fail(Verdict.CERTIFICATE_REVOKED, _revoked_detail(row.revocation_reason),
+                             device_status=status) if ours and row.cert_status == "revoked" else
+                        fail(Verdict.CERTIFICATE_RETIRED, f"this certificate is never accepted again "
+                                                          f"({row.retired_reason})", device_status=status))
+            if row.bound_device is not None and row.bound_device != device_id:
+                touched = await self._second_device(conn, info, device_id, row.bound_device, now,
+                                                    revoke=not retired)
+                if retired:
+                    return gone, touched
+                return fail(Verdict.BOUND_TO_OTHER_DEVICE, "this certificate is bound to another device; "
+                                                           "the attempt was recorded", device_status=status), touched
+            if status == DeviceStatus.DELETED.value:
+                return fail(Verdict.DEVICE_DELETED, "the device was deleted", device_status=status), touched
+            if status == DeviceStatus.DEACTIVATED.value:
+                return fail(Verdict.DEVICE_DEACTIVATED, "the device is deactivated (its certificate is on hold)",
+                            device_status=status), touched
+            if status == DeviceStatus.SUSPENDED.value:
+                return fail(Verdict.DEVICE_SUSPENDED, "the device is suspended", device_status=status), touched
+            if retired:
+                return gone, touched
+            if now < info.not_before:
+                return fail(Verdict.CERTIFICATE_NOT_YET_VALID, f"valid from {info.not_before.isoformat()}",
+                            device_status=status), touched
+            if now >= info.not_after:
+                return fail(Verdict.CERTIFICATE_EXPIRED, f"expired at {info.not_after.isoformat()}",
+                            device_status=status), touched
+            if ours:
+                if row.cert_status == "revoked":
+                    return fail(Verdict.CERTIFICATE_REVOKED, _revoked_detail(row.revocation_reason),
+                                device_status=status), touched
+                if row.cert_status == "hold":
+                    return fail(Verdict.CERTIFICATE_ON_HOLD, "the certificate is on hold (certificateHold)",
+                                device_status=status), touched
+            else:
+                assert crl is not None
+                if crl.status is CheckStatus.REVOKED:
+                    if row.bound_device == device_id:
+                        await retire(conn, info.fp, "revoked", now)
+                    return fail(Verdict.CERTIFICATE_REVOKED, _revoked_detail(crl.revocation_reason, "on the CA's CRL"),
+                                device_status=status), touched
+                if crl.status is CheckStatus.ON_HOLD:
+                    return fail(Verdict.CERTIFICATE_ON_HOLD, "certificateHold on the CA's CRL",
+                                device_status=status), touched
+                if crl.status is CheckStatus.UNKNOWN and not crl.allowed:
+                    return fail(Verdict.CRL_UNAVAILABLE, crl.detail or "no fresh CRL (policy fail-closed)",
+                                device_status=status), touched
+            if row.bound_device is None:
+                lost_to = await self._bind(conn, info, device_id, now)
+                if lost_to is not None:
+                    touched = await self._second_device(conn, info, device_id, lost_to, now)
+                    return fail(Verdict.BOUND_TO_OTHER_DEVICE, "this certificate was just bound to another "
+                                                               "device; the attempt was recorded",
+                                device_status=status), touched
+            if ours and row.first_used_at is None:
+                await inventory.mark_used(conn, info.serial, now)
+            return Result(True, Verdict.MANAGED, "the device proved possession of its bound certificate",
+                          device_status=status), touched
+
+    async def _bind(self, conn: AsyncConnection, info: _Cert, device_id: str, now: datetime) -> str | None:
+        """Compare-and-set: bind an unbound certificate to this device. Returns the winner when another bound it."""
+        values = dict(fingerprint_sha256=info.fp, device_id=device_id, ca=info.ca, external=info.kind == "external",
+                      serial=info.serial, not_after=info.not_after, current=False, state="active", bound_at=now)
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        res = await conn.execute(insert(device_certs).values(**values)
+                                 .on_conflict_do_nothing(index_elements=["fingerprint_sha256"]))
+        if res.rowcount != 1:
+            owner = (await conn.execute(sa.select(device_certs.c.device_id).where(
+                device_certs.c.fingerprint_sha256 == info.fp))).scalar()
+            return None if owner == device_id else owner
+        old = (await conn.execute(sa.select(device_certs.c.fingerprint_sha256, device_certs.c.serial).where(
+            device_certs.c.device_id == device_id, device_certs.c.current.is_(True)))).all()
+        for fp, serial in old:
+            await retire(conn, fp, "superseded", now)
+            await record_event(conn, at=now, kind="pki.cert.unbind", subject=device_id, actor="attestation",
+                               data={"fingerprint_sha256": fp, "serial": serial, "reason": "superseded"})
+        await conn.execute(device_certs.update().where(device_certs.c.fingerprint_sha256 == info.fp)
+                           .values(current=True))
+        await record_event(conn, at=now, kind="pki.cert.bind", subject=device_id, actor="attestation",
+                           data={"fingerprint_sha256": info.fp, "serial": info.serial, "ca": info.ca})
+        log.info("pki.cert.bind", device=device_id, serial=info.serial, ca=info.ca)
+        return None
+
+    async def _second_device(self, conn: AsyncConnection, info: _Cert, device_id: str, owner: str,
+                             now: datetime, *, revoke: bool = True) -> list[str]:
+        """A certificate presented by a device it is not bound to: a security event; optionally revoke it."""
+        await record_event(conn, at=now, kind="security.cert.second_device", subject=info.fp, actor=device_id,
+                           data={"bound_to": owner, "presented_by": device_id, "serial": info.serial, "ca": info.ca})
+        log.warning("security.cert.second_device", serial=info.serial, ca=info.ca, bound_to=owner,
+                    presented_by=device_id)
+        if not (self.revoke_on_second_device and revoke):
+            return []
+        await retire(conn, info.fp, "key_compromise", now)
+        if info.kind != "ours":
+            return []
+        record = await inventory.get(conn, info.serial)
+        if record is None or record.status == "revoked":
+            return []
+        await inventory.set_status(conn, info.serial, "revoked", at=now, reason=int(Reason.KEY_COMPROMISE),
+                                   invalidity_date=now)
+        await record_event(conn, at=now, kind="pki.cert.revoke", subject=info.serial, actor="attestation",
+                           data={"reason": Reason.KEY_COMPROMISE.name, "invalidity_date": now.isoformat(),
+                                 "detail": f"presented by device {device_id}, bound to {owner}"})
+        return [record.ca]
+
+
+def _revoked_detail(code: int | None, where: str = "") -> str:
+    try:
+        name = Reason(code).name if code is not None else "unspecified"
+    except ValueError:
+        name = str(code)
+    return f"the certificate is revoked ({name}){' ' + where if where else ''}"

@@ -1,0 +1,139 @@
+"""`scep-server device ...` and `scep-server ca add-external|list-external`."""
+from __future__ import annotations
+
+import getpass
+import json
+from pathlib import Path
+
+import click
+
+from ..clictx import Context, pass_ctx, run
+from .errors import BindingError
+from .service import services
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "cli"
+
+
+def _call(ctx: Context, fn):
+    async def go():
+        async with ctx.runtime() as rt:
+            return await fn(services(rt), rt)
+
+    try:
+        return run(go())
+    except BindingError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+def device() -> None:
+    """Devices: lifecycle and bound certificates."""
+
+
+@device.command("add")
+@click.argument("device_id", required=False)
+@click.option("--name", default="", help="A label for the device.")
+@pass_ctx
+def device_add(ctx: Context, device_id: str | None, name: str) -> None:
+    """Register a device (active); a random id is chosen when none is given."""
+    d = _call(ctx, lambda svc, rt: svc.devices.create(device_id, name=name, actor=_actor()))
+    click.echo(d.id)
+
+
+@device.command("list")
+@click.option("--status", type=click.Choice(["active", "suspended", "deactivated", "deleted"]))
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@pass_ctx
+def device_list(ctx: Context, status: str | None, fmt: str) -> None:
+    """List devices."""
+    rows = _call(ctx, lambda svc, rt: svc.devices.list(status=status))
+    if fmt == "json":
+        click.echo(json.dumps([d.to_json() for d in rows], indent=2))
+        return
+    for d in rows:
+        click.echo(f"{d.id}\t{d.status.value}\t{d.status_changed_at:%Y-%m-%d %H:%M:%S}\t{d.name}")
+
+
+@device.command("show")
+@click.argument("device_id")
+@pass_ctx
+def device_show(ctx: Context, device_id: str) -> None:
+    """A device, its certificates and its history, as JSON."""
+    async def go(svc, rt):
+        d = await svc.devices.get(device_id)
+        return {**d.to_json(), "certificates": [b.to_json() for b in await svc.devices.bindings(device_id)],
+                "history": await svc.devices.history(device_id)}
+
+    click.echo(json.dumps(_call(ctx, go), indent=2))
+
+
+def _transition_command(action: str, help_text: str):
+    @device.command(action, help=help_text)
+    @click.argument("device_id")
+    @click.option("--reason", help="Why (recorded with the change).")
+    @pass_ctx
+    def command(ctx: Context, device_id: str, reason: str | None) -> None:
+        d, changes = _call(ctx, lambda svc, rt: svc.devices.transition(device_id, action, actor=_actor(),
+                                                                         reason=reason))
+        click.echo(f"{d.id}: {d.status.value}")
+        for c in changes:
+            click.echo(f"  certificate {c.serial} ({c.ca}): {c.status}")
+
+    return command
+
+
+_transition_command("suspend", "Suspend: the certificate stays valid, the device is not managed.")
+_transition_command("unsuspend", "Lift a suspension.")
+_transition_command("deactivate", "Deactivate: the device's certificates go on hold (certificateHold on the CRL).")
+_transition_command("reactivate", "Reactivate: holds are released.")
+_transition_command("delete", "Delete for good: the device's certificates are revoked (cessationOfOperation).")
+
+
+@device.command("remove-cert")
+@click.argument("device_id")
+@click.option("--reason")
+@pass_ctx
+def device_remove_cert(ctx: Context, device_id: str, reason: str | None) -> None:
+    """Remove the device's current certificate: never accepted again (ours is revoked)."""
+    b = _call(ctx, lambda svc, rt: svc.devices.remove_certificate(device_id, actor=_actor(), reason=reason))
+    click.echo(f"{device_id}: certificate {b.serial} ({b.ca}) removed")
+
+
+@click.group()
+def ca() -> None:
+    """Certificate authorities: customers' own CAs."""
+
+
+@ca.command("add-external")
+@click.argument("name")
+@click.option("--cert", "cert_path", type=click.Path(dir_okay=False, exists=True), required=True,
+              help="The CA certificate (PEM or DER) that issues the devices' certificates.")
+@click.option("--policy", type=click.Choice(["fail-open", "fail-closed"]), default="fail-closed", show_default=True,
+              help="When no fresh CRL is available: accept (fail-open) or refuse (fail-closed).")
+@pass_ctx
+def ca_add_external(ctx: Context, name: str, cert_path: str, policy: str) -> None:
+    """Register a customer's CA: its certificates are checked against its CRL (CDP required)."""
+    from crl.config import Policy
+
+    from .external import load_certificate
+
+    async def go(svc, rt):
+        cert = load_certificate(Path(cert_path).read_bytes())
+        return await svc.external.add(name, cert, policy=Policy(policy), actor=_actor(), now=rt.clock())
+
+    c = _call(ctx, go)
+    click.echo(f"external CA {c.name!r} added: {c.cert.subject.rfc4514_string()} SHA-256 {c.fingerprint_sha256} "
+               f"policy {c.policy.value}")
+
+
+@ca.command("list-external")
+@pass_ctx
+def ca_list_external(ctx: Context) -> None:
+    """List customers' CAs."""
+    for c in _call(ctx, lambda svc, rt: svc.external.list()):
+        click.echo(f"{c.name}\t{c.policy.value}\t{c.fingerprint_sha256}\t{c.cert.subject.rfc4514_string()}")

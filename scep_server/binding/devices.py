@@ -1,0 +1,304 @@
+"""Devices and their lifecycle; each change is recorded (who, when, why) and drives certificate state.
+
+| device state | our certificate (inventory, CRL)        | attestation |
+|--------------|------------------------------------------|-------------|
+| active       | valid, not listed                         | managed     |
+| suspended    | valid, not listed                         | not managed |
+| deactivated  | certificateHold (listed, reversible)      | not managed |
+| deleted      | revoked cessationOfOperation (final)      | not managed |
+
+Transitions: suspend (active -> suspended), unsuspend (suspended -> active), deactivate (active or
+suspended -> deactivated), reactivate (deactivated -> active), delete (any but deleted -> deleted).
+Deleted is final: the device id is never reused and its certificates are never accepted again.
+
+Certificate changes happen in the same transaction as the device change, so the inventory never
+disagrees with the device; the CRL publishers are told after the commit.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Callable
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ..ca import inventory
+from ..ca.inventory import Reason
+from ..ca.revocation import PERMANENT_REASON
+from ..clock import Clock, utcnow
+from ..store.db import writer
+from ..store.events import record_event
+from ..store.tables import certificates
+from .errors import DeviceExists, DeviceNotFound, InvalidInput, InvalidTransition
+from .tables import device_certs, devices
+
+log = structlog.get_logger("device")
+
+DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+
+
+class DeviceStatus(str, Enum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    DEACTIVATED = "deactivated"
+    DELETED = "deleted"
+
+
+S = DeviceStatus
+# action -> (allowed source states, target state)
+TRANSITIONS: dict[str, tuple[frozenset[DeviceStatus], DeviceStatus]] = {
+    "suspend": (frozenset({S.ACTIVE}), S.SUSPENDED),
+    "unsuspend": (frozenset({S.SUSPENDED}), S.ACTIVE),
+    "deactivate": (frozenset({S.ACTIVE, S.SUSPENDED}), S.DEACTIVATED),
+    "reactivate": (frozenset({S.DEACTIVATED}), S.ACTIVE),
+    "delete": (frozenset({S.ACTIVE, S.SUSPENDED, S.DEACTIVATED}), S.DELETED),
+}
+
+
+def _aware(value):
+    return inventory._aware(value)
+
+
+@dataclass(frozen=True)
+class Device:
+    id: str
+    name: str
+    status: DeviceStatus
+    created_at: datetime
+    created_by: str | None
+    status_changed_at: datetime
+    status_changed_by: str | None
+    status_reason: str | None
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "name": self.name, "status": self.status.value,
+                "created_at": self.created_at.isoformat(), "created_by": self.created_by,
+                "status_changed_at": self.status_changed_at.isoformat(),
+                "status_changed_by": self.status_changed_by, "status_reason": self.status_reason}
+
+
+@dataclass(frozen=True)
+class Binding:
+    fingerprint_sha256: str
+    device_id: str
+    ca: str
+    external: bool
+    serial: str
+    not_after: datetime
+    current: bool
+    state: str
+    retired_reason: str | None
+    bound_at: datetime
+    retired_at: datetime | None
+
+    def to_json(self) -> dict:
+        return {"fingerprint_sha256": self.fingerprint_sha256, "device_id": self.device_id, "ca": self.ca,
+                "external": self.external, "serial": self.serial, "not_after": self.not_after.isoformat(),
+                "current": self.current, "state": self.state, "retired_reason": self.retired_reason,
+                "bound_at": self.bound_at.isoformat(),
+                "retired_at": self.retired_at.isoformat() if self.retired_at else None}
+
+
+@dataclass(frozen=True)
+class CertChange:
+    """What a lifecycle change did to one of our certificates."""
+
+    serial: str
+    ca: str
+    status: str  # hold | valid | revoked
+
+    def to_json(self) -> dict:
+        return {"serial": self.serial, "ca": self.ca, "status": self.status}
+
+
+def _device(row) -> Device:
+    m = row._mapping
+    return Device(id=m["id"], name=m["name"], status=DeviceStatus(m["status"]), created_at=_aware(m["created_at"]),
+                  created_by=m["created_by"], status_changed_at=_aware(m["status_changed_at"]),
+                  status_changed_by=m["status_changed_by"], status_reason=m["status_reason"])
+
+
+def _binding(row) -> Binding:
+    m = row._mapping
+    return Binding(fingerprint_sha256=m["fingerprint_sha256"], device_id=m["device_id"], ca=m["ca"],
+                   external=bool(m["external"]), serial=m["serial"], not_after=_aware(m["not_after"]),
+                   current=bool(m["current"]), state=m["state"], retired_reason=m["retired_reason"],
+                   bound_at=_aware(m["bound_at"]),
+                   retired_at=_aware(m["retired_at"]))
+
+
+class DeviceStore:
+    """Device records, their lifecycle and the certificate state it drives."""
+
+    def __init__(self, engine: AsyncEngine, *, clock: Clock = utcnow,
+                 notify_changed: Callable[[str], None] | None = None):
+        self.engine = engine
+        self.clock = clock
+        self._notify = notify_changed or (lambda ca: None)
+
+    async def create(self, device_id: str | None, *, name: str = "", actor: str) -> Device:
+        """Register a device (active); a random id when none is given. Ids are never reused."""
+        device_id = device_id or f"dev_{secrets.token_hex(10)}"
+        if not DEVICE_ID.match(device_id):
+            raise InvalidInput(f"device id {device_id!r}: 1-64 characters of letters, digits and _.:- "
+                               f"starting with a letter or digit")
+        if len(name) > 255:
+            raise InvalidInput("device name: at most 255 characters")
+        now = self.clock()
+        async with writer(self.engine).begin() as conn:
+            exists = (await conn.execute(sa.select(devices.c.status).where(devices.c.id == device_id))).first()
+            if exists is not None:
+                raise DeviceExists(f"device {device_id!r} exists ({exists.status}); device ids are never reused")
+            await conn.execute(devices.insert().values(
+                id=device_id, name=name, status=S.ACTIVE.value, created_at=now, created_by=actor,
+                status_changed_at=now, status_changed_by=actor, status_reason="registered"))
+            await record_event(conn, at=now, kind="device.create", subject=device_id, actor=actor,
+                               data={"name": name})
+        log.info("device.create", device=device_id, actor=actor)
+        return Device(device_id, name, S.ACTIVE, now, actor, now, actor, "registered")
+
+    async def get(self, device_id: str) -> Device:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(devices).where(devices.c.id == device_id))).first()
+        if row is None:
+            raise DeviceNotFound(f"no device {device_id!r}")
+        return _device(row)
+
+    async def list(self, *, status: str | None = None, limit: int = 1000) -> list[Device]:
+        q = sa.select(devices).order_by(devices.c.created_at, devices.c.id).limit(limit)
+        if status:
+            q = q.where(devices.c.status == DeviceStatus(status).value)
+        async with self.engine.connect() as conn:
+            return [_device(r) for r in await conn.execute(q)]
+
+    async def bindings(self, device_id: str) -> list[Binding]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(device_certs).where(device_certs.c.device_id == device_id)
+                                      .order_by(device_certs.c.bound_at))
+            return [_binding(r) for r in rows]
+
+    async def history(self, device_id: str) -> list[dict]:
+        """The recorded changes of a device (oldest first)."""
+        from ..store.tables import events
+        import json
+
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(events).where(events.c.subject == device_id)
+                                      .order_by(events.c.id))
+            return [{"at": _aware(r.at).isoformat(), "kind": r.kind, "actor": r.actor, "data": json.loads(r.data)}
+                    for r in rows]
+
+    async def transition(self, device_id: str, action: str, *, actor: str,
+                         reason: str | None = None) -> tuple[Device, list[CertChange]]:
+        """Apply a lifecycle action; returns the device after it and the certificate changes it made."""
+        if action not in TRANSITIONS:
+            raise InvalidInput(f"unknown action {action!r}; one of: {', '.join(TRANSITIONS)}")
+        sources, target = TRANSITIONS[action]
+        now = self.clock()
+        async with writer(self.engine).begin() as conn:
+            row = (await conn.execute(sa.select(devices).where(devices.c.id == device_id))).first()
+            if row is None:
+                raise DeviceNotFound(f"no device {device_id!r}")
+            current = DeviceStatus(row.status)
+            if current not in sources:
+                raise InvalidTransition(f"device {device_id!r} is {current.value}: cannot {action} "
+                                        f"(allowed from {', '.join(sorted(s.value for s in sources))})")
+            res = await conn.execute(devices.update().where(devices.c.id == device_id,
+                                                            devices.c.status == current.value)
+                                     .values(status=target.value, status_changed_at=now, status_changed_by=actor,
+                                             status_reason=reason))
+            if res.rowcount != 1:  # changed meanwhile by another process (PostgreSQL read committed)
+                raise InvalidTransition(f"device {device_id!r} changed concurrently; try again")
+            await record_event(conn, at=now, kind=f"device.{action}", subject=device_id, actor=actor,
+                               data={"from": current.value, "to": target.value, "reason": reason})
+            changes = await _apply_to_certificates(conn, device_id, target, now=now, actor=actor, reason=reason)
+        log.info(f"device.{action}", device=device_id, actor=actor, reason=reason,
+                 certificates=[c.serial for c in changes])
+        for ca in sorted({c.ca for c in changes}):
+            self._notify(ca)
+        return _device_after(row, target, now, actor, reason), changes
+
+    async def remove_certificate(self, device_id: str, *, actor: str, reason: str | None = None) -> Binding:
+        """Take the device's current certificate out of the directory: never accepted again (ours is revoked)."""
+        now = self.clock()
+        async with writer(self.engine).begin() as conn:
+            row = (await conn.execute(sa.select(device_certs).where(
+                device_certs.c.device_id == device_id, device_certs.c.current.is_(True)))).first()
+            if row is None:
+                if (await conn.execute(sa.select(devices.c.id).where(devices.c.id == device_id))).first() is None:
+                    raise DeviceNotFound(f"no device {device_id!r}")
+                raise InvalidTransition(f"device {device_id!r} has no current certificate")
+            await retire(conn, row.fingerprint_sha256, "removed", now)
+            await record_event(conn, at=now, kind="device.cert.remove", subject=device_id, actor=actor,
+                               data={"fingerprint_sha256": row.fingerprint_sha256, "serial": row.serial,
+                                     "ca": row.ca, "reason": reason})
+            touched = None
+            if not row.external:
+                touched = await _revoke_ours(conn, row.serial, now=now, actor=actor, reason=PERMANENT_REASON,
+                                             why="certificate removed from the device")
+            binding = _binding((await conn.execute(sa.select(device_certs).where(
+                device_certs.c.fingerprint_sha256 == row.fingerprint_sha256))).first())
+        if touched:
+            self._notify(touched.ca)
+        return binding
+
+
+def _device_after(row, target: DeviceStatus, now: datetime, actor: str, reason: str | None) -> Device:
+    d = _device(row)
+    return Device(d.id, d.name, target, d.created_at, d.created_by, now, actor, reason)
+
+
+async def retire(conn: AsyncConnection, fingerprint: str, why: str, now: datetime) -> None:
+    """A binding that is never accepted again (the row stays: the certificate can never bind elsewhere)."""
+    await conn.execute(device_certs.update().where(device_certs.c.fingerprint_sha256 == fingerprint,
+                                                   device_certs.c.state == "active")
+                       .values(state="retired", retired_reason=why, retired_at=now, current=False))
+
+
+async def _revoke_ours(conn: AsyncConnection, serial: str, *, now: datetime, actor: str, reason: Reason,
+                       why: str, invalidity_date: datetime | None = None) -> CertChange | None:
+    record = await inventory.get(conn, serial)
+    if record is None or record.status == "revoked":
+        return None
+    await inventory.set_status(conn, serial, "revoked", at=now, reason=int(reason), invalidity_date=invalidity_date)
+    await record_event(conn, at=now, kind="pki.cert.revoke", subject=serial, actor=actor,
+                       data={"reason": reason.name, "detail": why})
+    return CertChange(serial, record.ca, "revoked")
+
+
+async def _apply_to_certificates(conn: AsyncConnection, device_id: str, target: DeviceStatus, *, now: datetime,
+                                 actor: str, reason: str | None) -> list[CertChange]:
+    """The certificate side of a lifecycle change (our certificates in the inventory; bindings)."""
+    rows = (await conn.execute(
+        sa.select(device_certs.c.fingerprint_sha256, device_certs.c.serial, device_certs.c.external,
+                  device_certs.c.state, certificates.c.status, certificates.c.revocation_reason, certificates.c.ca)
+        .select_from(device_certs.outerjoin(certificates,
+                                            certificates.c.fingerprint_sha256 == device_certs.c.fingerprint_sha256))
+        .where(device_certs.c.device_id == device_id))).all()
+    changes: list[CertChange] = []
+    data = {"device": device_id, "reason": reason}
+    for r in rows:
+        ours = not r.external and r.status is not None
+        if target is S.DEACTIVATED and ours and r.state == "active" and r.status == "valid":
+            await inventory.set_status(conn, r.serial, "hold", at=now)
+            await record_event(conn, at=now, kind="pki.cert.lifecycle.hold", subject=r.serial, actor=actor,
+                               data={"reason": Reason.CERTIFICATE_HOLD.name, **data})
+            changes.append(CertChange(r.serial, r.ca, "hold"))
+        elif target is S.ACTIVE and ours and r.state == "active" and r.status == "hold":
+            await inventory.set_status(conn, r.serial, "valid", at=now)
+            await record_event(conn, at=now, kind="pki.cert.lifecycle.activate", subject=r.serial, actor=actor,
+                               data=data)
+            changes.append(CertChange(r.serial, r.ca, "valid"))
+        elif target is S.DELETED:
+            await retire(conn, r.fingerprint_sha256, "device_deleted", now)
+            if ours:
+                change = await _revoke_ours(conn, r.serial, now=now, actor=actor, reason=PERMANENT_REASON,
+                                            why=f"device {device_id} deleted")
+                if change:
+                    changes.append(change)
+    return changes

@@ -1,0 +1,75 @@
+"""The binding feature: services in ``runtime.extras["binding"]``, HTTP routes, jobs and CLI groups."""
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import structlog
+
+from crl.check import CrlChecker
+
+from .attestation import AttestationService
+from .devices import DeviceStore
+from .external import ExternalCas, checker_settings
+from .service import EXTRAS_KEY, BindingServices, services
+
+log = structlog.get_logger("binding")
+
+
+class BindingFeature:
+    name = "binding"
+
+    async def start(self, runtime) -> None:
+        cfg = runtime.settings.binding
+        notify = runtime.revocation.notify_changed
+        checker = CrlChecker(settings=checker_settings(runtime.settings.crl), clock=runtime.clock)
+        external = ExternalCas(runtime.engine, checker, reload_seconds=cfg.external_ca_reload_seconds)
+        runtime.extras[EXTRAS_KEY] = BindingServices(
+            devices=DeviceStore(runtime.engine, clock=runtime.clock, notify_changed=notify),
+            attestation=AttestationService(
+                runtime.engine, cas=runtime.cas, external=external, clock=runtime.clock,
+                nonce_ttl=timedelta(seconds=cfg.nonce_ttl_seconds),
+                revoke_on_second_device=cfg.revoke_on_second_device, cache_size=cfg.certificate_cache_size,
+                notify_changed=notify),
+            external=external)
+
+    async def stop(self, runtime) -> None:
+        svc = runtime.extras.pop(EXTRAS_KEY, None)
+        if svc is not None:
+            await svc.external.checker.stop()
+
+    def add_routes(self, app) -> None:
+        from .web import add_routes
+
+        add_routes(app)
+
+    def jobs(self, runtime) -> list:
+        svc = services(runtime)
+
+        async def external_cas() -> None:
+            """Keep the registered external CAs loaded and their CRLs fresh (the checker's own schedule)."""
+            await svc.external.checker.start()
+            while True:
+                try:
+                    await svc.external.reload()
+                except Exception:  # noqa: BLE001 - a database hiccup must not end the job
+                    log.exception("binding.external_ca.reload_failed")
+                await asyncio.sleep(svc.external.reload_seconds)
+
+        async def purge_nonces() -> None:
+            while True:
+                try:
+                    await svc.attestation.purge_nonces()
+                except Exception:  # noqa: BLE001
+                    log.exception("binding.nonce_purge_failed")
+                await asyncio.sleep(60)
+
+        return [external_cas, purge_nonces]
+
+    def cli(self) -> list:
+        from .cli import ca, device
+
+        return [device, ca]
+
+
+FEATURE = BindingFeature()

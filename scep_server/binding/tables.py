@@ -1,0 +1,69 @@
+"""Tables of device binding: devices, certificate bindings, attestation nonces, external CAs."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from ..store.tables import TS
+
+metadata = sa.MetaData()
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False, server_default=""),
+    # active | suspended | deactivated | deleted (final)
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("created_by", sa.String(255)),
+    sa.Column("status_changed_at", TS, nullable=False),
+    sa.Column("status_changed_by", sa.String(255)),
+    sa.Column("status_reason", sa.Text),
+    sa.Index("ix_devices_status", "status"),
+)
+
+# One row per client certificate ever bound: the primary key makes "one certificate, one device" a
+# constraint; the partial unique index makes "one current certificate per device" one too.
+device_certs = sa.Table(
+    "device_certs",
+    metadata,
+    sa.Column("fingerprint_sha256", sa.String(64), primary_key=True),  # SHA-256 of the certificate DER
+    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id"), nullable=False),
+    sa.Column("ca", sa.String(64), nullable=False),  # our CA's name, or a registered external CA's
+    sa.Column("external", sa.Boolean, nullable=False),
+    sa.Column("serial", sa.String(42), nullable=False),  # lower-case hex
+    sa.Column("not_after", TS, nullable=False),
+    sa.Column("current", sa.Boolean, nullable=False),
+    # active | retired (never accepted again)
+    sa.Column("state", sa.String(16), nullable=False),
+    # superseded | removed | device_deleted | revoked | key_compromise
+    sa.Column("retired_reason", sa.String(32)),
+    sa.Column("bound_at", TS, nullable=False),
+    sa.Column("retired_at", TS),
+    sa.UniqueConstraint("ca", "serial", name="uq_device_certs_ca_serial"),
+    sa.Index("ix_device_certs_device", "device_id"),
+    sa.Index("uq_device_certs_current", "device_id", unique=True,
+             sqlite_where=sa.text("current"), postgresql_where=sa.text("current")),
+)
+
+attestation_nonces = sa.Table(
+    "attestation_nonces",
+    metadata,
+    sa.Column("nonce_sha256", sa.String(64), primary_key=True),
+    sa.Column("device_id", sa.String(64), nullable=False),
+    sa.Column("issued_at", TS, nullable=False),
+    sa.Column("expires_at", TS, nullable=False),
+    sa.Column("used_at", TS),
+    sa.Index("ix_attestation_nonces_expires", "expires_at"),
+)
+
+external_cas = sa.Table(
+    "external_cas",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("cert_der", sa.LargeBinary, nullable=False),
+    sa.Column("fingerprint_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("policy", sa.String(16), nullable=False),  # fail-open | fail-closed
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("created_by", sa.String(255)),
+)

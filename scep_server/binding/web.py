@@ -1,0 +1,208 @@
+"""HTTP API: management attestation (`signin` token) and device administration (`admin` token).
+
+    POST /api/v1/attestation/challenge   {"device_id"}                       -> {"nonce", "expires_at", ...}
+    POST /api/v1/attestation/verify      {"device_id", "nonce", "certificate", "signature", "algorithm"?}
+                                         -> {"managed": bool, "reason": code, "detail", ...}
+    GET  /api/v1/devices[?status=]       POST /api/v1/devices {"id"?, "name"?}
+    GET  /api/v1/devices/{id}            (device, bindings, history)
+    POST /api/v1/devices/{id}/{suspend|unsuspend|deactivate|reactivate|delete}  {"reason"?, "actor"?}
+    DELETE /api/v1/devices/{id}          (= delete)
+    DELETE /api/v1/devices/{id}/certificate   (remove the current certificate: never accepted again)
+    GET  /api/v1/external-cas            POST /api/v1/external-cas {"name", "certificate", "policy"?}
+"""
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from crl.config import Policy
+
+from ..appkeys import RUNTIME
+from ..web.auth import problem, requires
+from .attestation import Verdict, b64decode, decode_certificate
+from .devices import DEVICE_ID, TRANSITIONS
+from .errors import BindingError, InvalidInput
+from .external import load_certificate
+from .service import services
+
+
+def _verdict_400(detail: str) -> web.Response:
+    return web.json_response({"managed": False, "reason": Verdict.BAD_REQUEST.value, "detail": detail}, status=400)
+
+
+async def _json(request: web.Request) -> dict:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidInput("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object")
+    return body
+
+
+def _str(body: dict, key: str, *, required: bool = True, limit: int = 16384) -> str | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise InvalidInput(f"{key!r} is required")
+        return None
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise InvalidInput(f"{key!r} must be a non-empty string of at most {limit} characters")
+    return value
+
+
+def _device_id(body: dict) -> str:
+    device_id = _str(body, "device_id", limit=64)
+    if not DEVICE_ID.match(device_id):
+        raise InvalidInput("'device_id' is not a valid device id")
+    return device_id
+
+
+@requires("signin")
+async def challenge(request: web.Request) -> web.Response:
+    svc = services(request.app[RUNTIME])
+    try:
+        device_id = _device_id(await _json(request))
+    except InvalidInput as exc:
+        return problem(400, "Bad Request", str(exc))
+    return web.json_response(await svc.attestation.challenge(device_id))
+
+
+@requires("signin")
+async def verify(request: web.Request) -> web.Response:
+    svc = services(request.app[RUNTIME])
+    try:
+        body = await _json(request)
+        device_id = _device_id(body)
+        nonce = _str(body, "nonce", limit=256)
+        cert_text = _str(body, "certificate", limit=32768)
+        signature_text = _str(body, "signature", limit=4096)
+        algorithm = _str(body, "algorithm", required=False, limit=64)
+    except InvalidInput as exc:
+        return _verdict_400(str(exc))
+    try:
+        der = decode_certificate(cert_text)
+    except ValueError:
+        return _verdict_400("'certificate' must be PEM or base64 DER")
+    try:
+        signature = b64decode(signature_text)
+    except ValueError:
+        return _verdict_400("'signature' must be base64")
+    result = await svc.attestation.verify(device_id=device_id, nonce=nonce, certificate=der, signature=signature,
+                                          algorithm=algorithm)
+    return web.json_response(result.to_json())
+
+
+def _error(exc: BindingError) -> web.Response:
+    return problem(exc.http_status, exc.code, str(exc))
+
+
+def _actor(body: dict) -> str:
+    who = body.get("actor")
+    return f"api:{who}" if isinstance(who, str) and who and len(who) <= 200 else "api:admin"
+
+
+@requires("admin")
+async def list_devices(request: web.Request) -> web.Response:
+    status = request.query.get("status")
+    if status and status not in ("active", "suspended", "deactivated", "deleted"):
+        return problem(400, "Bad Request", "status: active, suspended, deactivated or deleted")
+    devices = await services(request.app[RUNTIME]).devices.list(status=status)
+    return web.json_response({"devices": [d.to_json() for d in devices]})
+
+
+@requires("admin")
+async def create_device(request: web.Request) -> web.Response:
+    try:
+        body = await _json(request)
+        device_id = _str(body, "id", required=False, limit=64)
+        name = _str(body, "name", required=False, limit=255) or ""
+        device = await services(request.app[RUNTIME]).devices.create(device_id, name=name, actor=_actor(body))
+    except BindingError as exc:
+        return _error(exc)
+    return web.json_response(device.to_json(), status=201)
+
+
+@requires("admin")
+async def show_device(request: web.Request) -> web.Response:
+    store = services(request.app[RUNTIME]).devices
+    device_id = request.match_info["device_id"]
+    try:
+        device = await store.get(device_id)
+    except BindingError as exc:
+        return _error(exc)
+    return web.json_response({**device.to_json(), "certificates": [b.to_json() for b in await store.bindings(device_id)],
+                              "history": await store.history(device_id)})
+
+
+async def _transition(request: web.Request, action: str) -> web.Response:
+    try:
+        body = await _json(request) if request.can_read_body else {}
+        reason = _str(body, "reason", required=False, limit=1000)
+        device, changes = await services(request.app[RUNTIME]).devices.transition(
+            request.match_info["device_id"], action, actor=_actor(body), reason=reason)
+    except BindingError as exc:
+        return _error(exc)
+    return web.json_response({**device.to_json(), "certificate_changes": [c.to_json() for c in changes]})
+
+
+@requires("admin")
+async def device_action(request: web.Request) -> web.Response:
+    action = request.match_info["action"]
+    if action not in TRANSITIONS:
+        return problem(404, "Not Found", f"unknown action {action!r}; one of: {', '.join(TRANSITIONS)}")
+    return await _transition(request, action)
+
+
+@requires("admin")
+async def delete_device(request: web.Request) -> web.Response:
+    return await _transition(request, "delete")
+
+
+@requires("admin")
+async def remove_certificate(request: web.Request) -> web.Response:
+    try:
+        body = await _json(request) if request.can_read_body else {}
+        binding = await services(request.app[RUNTIME]).devices.remove_certificate(
+            request.match_info["device_id"], actor=_actor(body), reason=_str(body, "reason", required=False))
+    except BindingError as exc:
+        return _error(exc)
+    return web.json_response(binding.to_json())
+
+
+@requires("admin")
+async def list_external(request: web.Request) -> web.Response:
+    cas = await services(request.app[RUNTIME]).external.list()
+    return web.json_response({"external_cas": [c.to_json() for c in cas]})
+
+
+@requires("admin")
+async def add_external(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    try:
+        body = await _json(request)
+        name = _str(body, "name", limit=64)
+        cert = load_certificate(_str(body, "certificate", limit=32768).encode())
+        try:
+            policy = Policy(body.get("policy") or "fail-closed")
+        except ValueError:
+            raise InvalidInput("'policy': fail-open or fail-closed") from None
+        ca = await services(rt).external.add(name, cert, policy=policy, actor=_actor(body), now=rt.clock())
+    except BindingError as exc:
+        return _error(exc)
+    await services(rt).external.reload()
+    return web.json_response(ca.to_json(), status=201)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/attestation/challenge", challenge)
+    app.router.add_post("/api/v1/attestation/verify", verify)
+    app.router.add_get("/api/v1/devices", list_devices)
+    app.router.add_post("/api/v1/devices", create_device)
+    app.router.add_get("/api/v1/devices/{device_id}", show_device)
+    app.router.add_delete("/api/v1/devices/{device_id}", delete_device)
+    app.router.add_delete("/api/v1/devices/{device_id}/certificate", remove_certificate)
+    app.router.add_post("/api/v1/devices/{device_id}/{action}", device_action)
+    app.router.add_get("/api/v1/external-cas", list_external)
+    app.router.add_post("/api/v1/external-cas", add_external)

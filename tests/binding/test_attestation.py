@@ -1,0 +1,224 @@
+"""Management attestation through the HTTP API with real certificates issued by micromdm's scepclient.
+
+Table-driven: every row of the lifecycle table (crl_and_binding.md, "Product decisions") and every
+reason code the verify endpoint answers.
+"""
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from scep_server.binding.attestation import Verdict
+from scep_server.binding.tables import device_certs
+from scep_server.ca import inventory
+from scep_server.ca.inventory import Reason
+from scep_server.store.tables import events
+
+from .conftest import enrol, sign
+
+pytestmark = pytest.mark.interop
+
+# device state -> (verdict, certificate status in our inventory)   (the seed's table)
+LIFECYCLE = [
+    ("active", [], Verdict.MANAGED, "valid"),
+    ("suspended", ["suspend"], Verdict.DEVICE_SUSPENDED, "valid"),
+    ("unsuspended", ["suspend", "unsuspend"], Verdict.MANAGED, "valid"),
+    ("deactivated", ["deactivate"], Verdict.DEVICE_DEACTIVATED, "hold"),
+    ("suspended-then-deactivated", ["suspend", "deactivate"], Verdict.DEVICE_DEACTIVATED, "hold"),
+    ("reactivated", ["deactivate", "reactivate"], Verdict.MANAGED, "valid"),
+    ("deleted", ["delete"], Verdict.DEVICE_DELETED, "revoked"),
+    ("deactivated-then-deleted", ["deactivate", "delete"], Verdict.DEVICE_DELETED, "revoked"),
+]
+
+
+async def _cert_status(runtime, serial: str):
+    async with runtime.engine.connect() as conn:
+        return await inventory.get(conn, serial)
+
+
+@pytest.mark.parametrize("row,actions,verdict,cert_status", LIFECYCLE, ids=[r[0] for r in LIFECYCLE])
+async def test_lifecycle_row(server, api, scepclient, tmp_path, row, actions, verdict, cert_status):
+    dev = await enrol(scepclient, server.url, server.challenge(), tmp_path / "dev", "laptop-1")
+    await api.add_device("laptop-1")
+    first = await api.attest("laptop-1", dev.cert_pem, dev.key)
+    assert first["managed"] is True and first["reason"] == "managed", first
+    record = await _cert_status(server.runtime, dev.serial)
+    assert record.first_used_at is not None  # the day-91 rule reads this
+    for action in actions:
+        await api.action("laptop-1", action)
+    res = await api.attest("laptop-1", dev.cert_pem, dev.key)
+    assert res["reason"] == verdict.value, res
+    assert res["managed"] is (verdict is Verdict.MANAGED)
+    record = await _cert_status(server.runtime, dev.serial)
+    assert record.status == cert_status
+    if cert_status == "hold":
+        assert record.revocation_reason == Reason.CERTIFICATE_HOLD
+    if cert_status == "revoked":
+        assert record.revocation_reason == Reason.CESSATION_OF_OPERATION
+    shown = await api.get("/api/v1/devices/laptop-1")
+    kinds = [h["kind"] for h in shown["history"]]
+    assert kinds == ["device.create", "pki.cert.bind"] + [f"device.{a}" for a in actions]
+    assert all(h["actor"] for h in shown["history"])
+    assert [c["serial"] for c in shown["certificates"]] == [dev.serial]
+
+
+async def test_deleted_device_certificate_never_accepted_again(server, api, scepclient, tmp_path):
+    dev = await enrol(scepclient, server.url, server.challenge(), tmp_path / "dev", "laptop-1")
+    await api.add_device("laptop-1")
+    assert (await api.attest("laptop-1", dev.cert_pem, dev.key))["managed"]
+    await api.action("laptop-1", "delete")
+    # the same hardware registered again under a new id: the old certificate is refused for good
+    await api.add_device("laptop-1b")
+    res = await api.attest("laptop-1b", dev.cert_pem, dev.key)
+    assert (res["managed"], res["reason"]) == (False, "certificate_revoked")
+    # deleted is final, and the id is not reusable
+    await api.action("laptop-1", "reactivate", expect=409)
+    await api.post("/api/v1/devices", {"id": "laptop-1"}, admin=True, expect=409)
+    # a new certificate for the hardware is accepted
+    fresh = await enrol(scepclient, server.url, server.challenge(), tmp_path / "dev2", "laptop-1b")
+    assert (await api.attest("laptop-1b", fresh.cert_pem, fresh.key))["managed"]
+
+
+async def test_reason_codes(server, api, scepclient, tmp_path, clock):
+    rt = server.runtime
+    a = await enrol(scepclient, server.url, server.challenge(), tmp_path / "a", "dev-a")
+    b = await enrol(scepclient, server.url, server.challenge(), tmp_path / "b", "dev-b")
+    c = await enrol(scepclient, server.url, server.challenge(), tmp_path / "c", "dev-c")
+    d = await enrol(scepclient, server.url, server.challenge(), tmp_path / "d", "dev-d")
+    for name in ("dev-a", "dev-b", "dev-c", "dev-d", "dev-x"):
+        await api.add_device(name)
+    seen: dict[str, dict] = {}
+
+    async def check(expected: Verdict, res: dict):
+        assert res["reason"] == expected.value, res
+        assert res["managed"] is (expected is Verdict.MANAGED)
+        seen[expected.value] = res
+
+    # managed; then every PKCS#1 v1.5 and PSS digest with the same key
+    await check(Verdict.MANAGED, await api.attest("dev-a", a.cert_pem, a.key))
+    for alg in ("rsa-pkcs1v15-sha384", "rsa-pss-sha256", "rsa-pss-sha512"):
+        assert (await api.attest("dev-a", a.cert_pem, a.key, algorithm=alg))["managed"], alg
+    # signature by another key, or over another device id
+    nonce = await api.nonce("dev-a")
+    await check(Verdict.SIGNATURE_INVALID, await api.post("/api/v1/attestation/verify", {
+        "device_id": "dev-a", "nonce": nonce, "certificate": a.cert_pem.decode(),
+        "signature": sign(b.key, nonce, "dev-a")}))
+    res = await api.post("/api/v1/attestation/verify", {
+        "device_id": "dev-a", "nonce": nonce, "certificate": a.cert_pem.decode(),
+        "signature": sign(a.key, nonce, "dev-b")})
+    assert res["reason"] == "signature_invalid"
+    await check(Verdict.ALGORITHM_UNSUPPORTED, await api.post("/api/v1/attestation/verify", {
+        "device_id": "dev-a", "nonce": nonce, "certificate": a.cert_pem.decode(),
+        "signature": sign(a.key, nonce, "dev-a"), "algorithm": "ecdsa-sha256"}))
+    # nonces: unknown, issued for another device, reused, expired
+    await check(Verdict.NONCE_UNKNOWN, await api.attest("dev-a", a.cert_pem, a.key, nonce="A" * 43))
+    other = await api.nonce("dev-b")
+    assert (await api.attest("dev-a", a.cert_pem, a.key, nonce=other))["reason"] == "nonce_unknown"
+    once = await api.nonce("dev-a")
+    assert (await api.attest("dev-a", a.cert_pem, a.key, nonce=once))["managed"]
+    await check(Verdict.NONCE_REUSED, await api.attest("dev-a", a.cert_pem, a.key, nonce=once))
+    late = await api.nonce("dev-a")
+    clock.advance(seconds=rt.settings.binding.nonce_ttl_seconds + 1)
+    await check(Verdict.NONCE_EXPIRED, await api.attest("dev-a", a.cert_pem, a.key, nonce=late))
+    # unknown device
+    await check(Verdict.DEVICE_UNKNOWN, await api.attest("dev-nobody", a.cert_pem, a.key))
+    # a second device presents a bound certificate: refused and recorded
+    await check(Verdict.BOUND_TO_OTHER_DEVICE, await api.attest("dev-x", a.cert_pem, a.key))
+    async with rt.engine.connect() as conn:
+        ev = (await conn.execute(sa.select(events).where(events.c.kind == "security.cert.second_device"))).all()
+    assert len(ev) == 1 and ev[0].actor == "dev-x" and json.loads(ev[0].data)["bound_to"] == "dev-a"
+    # still managed for its own device
+    assert (await api.attest("dev-a", a.cert_pem, a.key))["managed"]
+    # revoked / on hold before first use
+    await rt.revocation.revoke(b.serial, Reason.SUPERSEDED, actor="test")
+    await check(Verdict.CERTIFICATE_REVOKED, await api.attest("dev-b", b.cert_pem, b.key))
+    await rt.revocation.hold(c.serial, actor="test")
+    await check(Verdict.CERTIFICATE_ON_HOLD, await api.attest("dev-c", c.cert_pem, c.key))
+    await rt.revocation.release(c.serial, actor="test")
+    assert (await api.attest("dev-c", c.cert_pem, c.key))["managed"]
+    # one current certificate per device: a newer one supersedes, the old one is retired for good
+    assert (await api.attest("dev-c", d.cert_pem, d.key))["managed"]
+    await check(Verdict.CERTIFICATE_RETIRED, await api.attest("dev-c", c.cert_pem, c.key))
+    async with rt.engine.connect() as conn:
+        rows = (await conn.execute(sa.select(device_certs).where(device_certs.c.device_id == "dev-c"))).all()
+    assert sorted((r.serial, r.current, r.state) for r in rows) == sorted(
+        [(c.serial, False, "retired"), (d.serial, True, "active")])
+    # removed from the directory: never accepted again (and revoked on our CRL)
+    removed = await api.session.delete(server.url + "/api/v1/devices/dev-c/certificate", headers=api.admin)
+    assert removed.status == 200
+    assert (await api.attest("dev-c", d.cert_pem, d.key))["reason"] == "certificate_revoked"
+    # expiry and not-yet-valid, judged on the server's clock
+    e = await enrol(scepclient, server.url, server.challenge(), tmp_path / "e", "dev-e")
+    await api.add_device("dev-e")
+    clock.now = e.cert.not_valid_before_utc
+    clock.advance(minutes=-1)
+    await check(Verdict.CERTIFICATE_NOT_YET_VALID, await api.attest("dev-e", e.cert_pem, e.key))
+    clock.now = e.cert.not_valid_after_utc
+    await check(Verdict.CERTIFICATE_EXPIRED, await api.attest("dev-e", e.cert_pem, e.key))
+    clock.now = e.cert.not_valid_before_utc
+    clock.advance(hours=1)
+    # a certificate our CA signed that is not in the inventory
+    ca = rt.cas["default"]
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
+
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ghost")])).sign(key, hashes.SHA256()))
+    ghost = ca.issue(csr, IssuancePolicy(CertificateTemplate()), serial=0x1234567, now=clock.now)
+    ghost_pem = ghost.public_bytes(serialization.Encoding.PEM)
+    await check(Verdict.CERTIFICATE_UNKNOWN, await api.attest("dev-e", ghost_pem, key))
+    # issuers nobody trusts: a self-signed ECDSA certificate, and one forging our CA's name
+    eck = ec.generate_private_key(ec.SECP256R1())
+    selfsigned = _self_signed(eck, "CN=stranger")
+    await check(Verdict.ISSUER_NOT_TRUSTED, await api.attest("dev-e", selfsigned, eck, algorithm="ecdsa-sha256"))
+    forged = _self_signed(eck, ca.cert.subject.rfc4514_string(), issuer=ca.cert.subject)
+    assert (await api.attest("dev-e", forged, eck, algorithm="ecdsa-sha256"))["reason"] == "issuer_not_trusted"
+    # unreadable input
+    nonce = await api.nonce("dev-e")
+    await check(Verdict.CERTIFICATE_MALFORMED, await api.post("/api/v1/attestation/verify", {
+        "device_id": "dev-e", "nonce": nonce, "certificate": base64.b64encode(b"\x30\x03\x02\x01\x01").decode(),
+        "signature": "AAAA"}))
+    for body in ({}, {"device_id": "dev-e"}, {"device_id": "../x", "nonce": nonce, "certificate": "x",
+                                               "signature": "x"},
+                 {"device_id": "dev-e", "nonce": nonce, "certificate": "%%%", "signature": "AAAA"},
+                 {"device_id": "dev-e", "nonce": nonce, "certificate": e.cert_pem.decode(), "signature": "!!"}):
+        res = await api.post("/api/v1/attestation/verify", body, expect=400)
+        await check(Verdict.BAD_REQUEST, res)
+    async with api.session.post(server.url + "/api/v1/attestation/verify", data=b"not json",
+                                headers=api.signin) as resp:
+        assert resp.status == 400 and (await resp.json())["reason"] == "bad_request"
+    # the external-CA reasons are covered in test_external.py
+    external_only = {Verdict.CRL_UNAVAILABLE, Verdict.CERTIFICATE_NO_CDP, Verdict.CONFLICT}
+    covered_elsewhere = {Verdict.DEVICE_SUSPENDED, Verdict.DEVICE_DEACTIVATED, Verdict.DEVICE_DELETED}
+    assert set(seen) == {v.value for v in Verdict} - {v.value for v in external_only | covered_elsewhere}
+
+
+def _self_signed(key, subject: str, issuer: x509.Name | None = None) -> bytes:
+    from datetime import datetime, timedelta, timezone
+
+    name = x509.Name.from_rfc4514_string(subject)
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer or name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=30)).sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+async def test_tokens_and_scopes(server, api):
+    async with api.session.post(server.url + "/api/v1/attestation/challenge", json={"device_id": "x"}) as resp:
+        assert resp.status == 401
+    async with api.session.post(server.url + "/api/v1/attestation/challenge", json={"device_id": "x"},
+                                headers=api.admin) as resp:
+        assert resp.status == 403
+    async with api.session.post(server.url + "/api/v1/devices", json={"id": "x"}, headers=api.signin) as resp:
+        assert resp.status == 403
+    ch = await api.post("/api/v1/attestation/challenge", {"device_id": "x"})
+    assert len(base64.urlsafe_b64decode(ch["nonce"] + "=")) * 8 >= 128
+    assert ch["expires_in"] == server.settings.binding.nonce_ttl_seconds
