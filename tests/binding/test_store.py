@@ -1,0 +1,179 @@
+"""Devices, lifecycle and binding on the store, on SQLite and PostgreSQL (no HTTP)."""
+from __future__ import annotations
+
+import asyncio
+import base64
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy.exc import IntegrityError
+
+from scep_server.binding.attestation import AttestationService, Verdict
+from scep_server.binding.devices import DeviceStore
+from scep_server.binding.errors import DeviceExists, DeviceNotFound, InvalidInput, InvalidTransition
+from scep_server.binding.tables import device_certs
+from scep_server.ca import inventory
+from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
+from scep_server.store.db import writer
+from scep_server.store.tables import events
+from tests.factories import NOW, csr, make_ca, record_issued, register_ca, rsa_key
+
+from .conftest import sign
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory):
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+class Clock:
+    def __init__(self):
+        self.now = NOW + timedelta(minutes=30)
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+async def env(engine, ca):
+    await register_ca(engine, ca)
+    clock = Clock()
+    notified: list[str] = []
+    store = DeviceStore(engine, clock=clock, notify_changed=notified.append)
+    att = AttestationService(engine, cas={ca.name: ca}, external=None, clock=clock,
+                             notify_changed=notified.append)
+    return store, att, clock, notified
+
+
+_serial = iter(range(0x1000, 0x100000))
+
+
+async def issue(engine, ca):
+    key = rsa_key()
+    cert = ca.issue(csr(key, "device"), IssuancePolicy(CertificateTemplate()), serial=next(_serial), now=NOW)
+    serial = await record_issued(engine, ca, cert)
+    return key, cert.public_bytes(serialization.Encoding.DER), serial
+
+
+async def attest(att, device_id, key, der, **kw):
+    ch = await att.challenge(device_id)
+    sig = base64.b64decode(sign(key, ch["nonce"], device_id))
+    return await att.verify(device_id=device_id, nonce=ch["nonce"], certificate=der, signature=sig, **kw)
+
+
+async def test_lifecycle_transitions_are_checked_and_recorded(engine, env):
+    store, _, _, _ = env
+    await store.create("d1", name="laptop", actor="alice")
+    with pytest.raises(DeviceExists):
+        await store.create("d1", actor="alice")
+    with pytest.raises(InvalidInput):
+        await store.create("bad id!", actor="alice")
+    with pytest.raises(InvalidTransition):
+        await store.transition("d1", "unsuspend", actor="alice")
+    with pytest.raises(InvalidTransition):
+        await store.transition("d1", "reactivate", actor="alice")
+    with pytest.raises(DeviceNotFound):
+        await store.transition("nope", "suspend", actor="alice")
+    path = [("suspend", "suspended"), ("unsuspend", "active"), ("deactivate", "deactivated"),
+            ("reactivate", "active"), ("suspend", "suspended"), ("deactivate", "deactivated"), ("delete", "deleted")]
+    for action, status in path:
+        device, _ = await store.transition("d1", action, actor="bob", reason=f"why {action}")
+        assert device.status.value == status
+        assert (await store.get("d1")).status.value == status
+    for action in ("suspend", "unsuspend", "deactivate", "reactivate", "delete"):
+        with pytest.raises(InvalidTransition):
+            await store.transition("d1", action, actor="bob")
+    history = await store.history("d1")
+    assert [h["kind"] for h in history] == ["device.create"] + [f"device.{a}" for a, _ in path]
+    assert history[1]["actor"] == "bob" and history[1]["data"] == {"from": "active", "to": "suspended",
+                                                                    "reason": "why suspend"}
+    assert [d.id for d in await store.list(status="deleted")] == ["d1"]
+
+
+async def test_lifecycle_drives_our_certificate(engine, env, ca):
+    store, att, _, notified = env
+    key, der, serial = await issue(engine, ca)
+    await store.create("d1", actor="t")
+    assert (await attest(att, "d1", key, der)).reason is Verdict.MANAGED
+    expected = [("suspend", "valid"), ("unsuspend", "valid"), ("deactivate", "hold"), ("reactivate", "valid"),
+                ("deactivate", "hold"), ("delete", "revoked")]
+    for action, status in expected:
+        before = len(notified)
+        _, changes = await store.transition("d1", action, actor="t")
+        async with engine.connect() as conn:
+            assert (await inventory.get(conn, serial)).status == status, action
+        assert len(notified) - before == (0 if action in ("suspend", "unsuspend") else 1)
+        assert [c.status for c in changes] == ([] if action in ("suspend", "unsuspend") else [status])
+    async with engine.connect() as conn:
+        rec = await inventory.get(conn, serial)
+        row = (await conn.execute(sa.select(device_certs))).one()
+    assert rec.revocation_reason == 5 and rec.first_used_at is not None
+    assert (row.state, row.retired_reason, row.current) == ("retired", "device_deleted", False)
+
+
+async def test_constraints_one_device_per_certificate_one_current_per_device(engine, env, ca):
+    store, _, clock, _ = env
+    await store.create("d1", actor="t")
+    await store.create("d2", actor="t")
+    row = dict(device_id="d1", ca="default", external=False, not_after=NOW, state="active", bound_at=NOW)
+    async with writer(engine).begin() as conn:
+        await conn.execute(device_certs.insert().values(fingerprint_sha256="a" * 64, serial="1", current=True, **row))
+    with pytest.raises(IntegrityError):  # the same certificate for another device
+        async with writer(engine).begin() as conn:
+            await conn.execute(device_certs.insert().values(
+                fingerprint_sha256="a" * 64, serial="2", current=False, **{**row, "device_id": "d2"}))
+    with pytest.raises(IntegrityError):  # a second current certificate
+        async with writer(engine).begin() as conn:
+            await conn.execute(device_certs.insert().values(fingerprint_sha256="b" * 64, serial="3", current=True,
+                                                            **row))
+    async with writer(engine).begin() as conn:  # a non-current one is fine
+        await conn.execute(device_certs.insert().values(fingerprint_sha256="c" * 64, serial="4", current=False, **row))
+
+
+async def test_concurrent_binds_of_one_certificate_have_one_winner(engine, env, ca):
+    store, att, _, _ = env
+    key, der, _ = await issue(engine, ca)
+    ids = [f"d{i}" for i in range(12)]
+    for d in ids:
+        await store.create(d, actor="t")
+    results = await asyncio.gather(*(attest(att, d, key, der) for d in ids))
+    reasons = sorted(r.reason.value for r in results)
+    assert reasons.count("managed") == 1
+    assert reasons.count("bound_to_other_device") == len(ids) - 1
+    async with engine.connect() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(device_certs))).scalar() == 1
+        n = (await conn.execute(sa.select(sa.func.count()).select_from(events).where(
+            events.c.kind == "security.cert.second_device"))).scalar()
+    assert n == len(ids) - 1
+
+
+async def test_second_device_optionally_revokes_key_compromise(engine, env, ca):
+    store, att, clock, notified = env
+    att.revoke_on_second_device = True
+    key, der, serial = await issue(engine, ca)
+    await store.create("owner", actor="t")
+    await store.create("clone", actor="t")
+    assert (await attest(att, "owner", key, der)).managed
+    first_sighting = clock.now
+    assert (await attest(att, "clone", key, der)).reason is Verdict.BOUND_TO_OTHER_DEVICE
+    async with engine.connect() as conn:
+        rec = await inventory.get(conn, serial)
+    assert (rec.status, rec.revocation_reason, rec.invalidity_date) == ("revoked", 1, first_sighting)
+    assert notified == ["default"]
+    assert (await attest(att, "owner", key, der)).reason is Verdict.CERTIFICATE_REVOKED
+    assert (await attest(att, "clone", key, der)).reason is Verdict.CERTIFICATE_REVOKED
+
+
+async def test_nonce_single_use_under_concurrency_and_purge(engine, env, ca):
+    store, att, clock, _ = env
+    key, der, _ = await issue(engine, ca)
+    await store.create("d1", actor="t")
+    ch = await att.challenge("d1")
+    sig = base64.b64decode(sign(key, ch["nonce"], "d1"))
+    results = await asyncio.gather(*(att.verify(device_id="d1", nonce=ch["nonce"], certificate=der, signature=sig)
+                                     for _ in range(10)))
+    assert sorted(r.reason.value for r in results) == ["managed"] + ["nonce_reused"] * 9
+    clock.now += timedelta(hours=1)
+    assert await att.purge_nonces() == 1
