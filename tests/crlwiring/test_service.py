@@ -1,0 +1,99 @@
+"""Readiness of the publishers and the safety net for changes no process published (injected clock)."""
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import aiohttp
+import pytest
+
+from crl.publish import PublishError
+from crl.signing import CrlSigner
+from scep_server.ca import inventory
+from scep_server.ca.inventory import Reason, serial_hex
+from scep_server.store.db import writer
+from scep_server.store.events import record_event
+from tests.server import start_app
+
+from .conftest import FAST_CRL, FakeClock, crl_serials, enrol_with_codec, publisher, service, wait_for
+
+
+@pytest.fixture
+async def clocked(aiohttp_server, tmp_path, db_url):
+    clock = FakeClock()
+    srv = await start_app(aiohttp_server, tmp_path, db_url, clock=clock, crl=FAST_CRL)
+    await publisher(srv).wait_newer(None, timeout=10)
+    return srv, clock
+
+
+async def _readyz(srv) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{srv.url}/readyz") as resp:
+            return resp.status, await resp.json()
+
+
+async def test_readiness_reports_a_failing_then_stale_publisher(clocked):
+    srv, clock = clocked
+    pub = publisher(srv)
+    good_signer = pub.signer
+    serving = pub.current.number
+    assert (await _readyz(srv))[0] == 200
+
+    def broken(tbs: bytes) -> bytes:
+        raise RuntimeError("the key store is unreachable")
+
+    pub.signer = CrlSigner(good_signer.algorithm, broken)
+    with pytest.raises(PublishError):
+        await pub.publish_now()
+    status, body = await _readyz(srv)
+    assert status == 503
+    text = body["checks"]["crl"]
+    assert text.startswith("error: default: re-sign failing") and "key store is unreachable" in text
+    assert f"serving CRL #{serving}" in text
+    # the last good CRL is still served meanwhile
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{srv.url}/crl/default.crl") as resp:
+            assert resp.status == 200 and await resp.read() == pub.current.der
+
+    clock.advance(days=8)  # past nextUpdate with no successful re-sign
+    status, body = await _readyz(srv)
+    assert status == 503 and "stale" in body["checks"]["crl"] and "expired" in body["checks"]["crl"]
+
+    pub.signer = good_signer
+    await pub.publish_now()
+    status, body = await _readyz(srv)
+    assert status == 200 and body["checks"]["crl"] == "ok"
+
+
+async def test_a_change_nobody_published_is_signed_after_the_grace_period(clocked):
+    srv, clock = clocked
+    svc = service(srv)
+    pub = publisher(srv)
+    async with aiohttp.ClientSession() as session:
+        _, cert = await enrol_with_codec(session, srv.url, srv.challenge(), "orphan-change")
+    await asyncio.sleep(0.3)
+    before = pub.current.number
+    clock.advance(seconds=2)  # the change happens after the served CRL's thisUpdate
+    serial = serial_hex(cert.serial_number)
+    # what another process does before it dies without publishing: the change and its audit event, no CRL
+    async with writer(srv.runtime.engine).begin() as conn:
+        await inventory.set_status(conn, serial, "revoked", at=clock(), reason=int(Reason.KEY_COMPROMISE))
+        await record_event(conn, at=clock(), kind="pki.cert.revoke", subject=serial, actor="elsewhere")
+
+    assert await svc.newest_status_change() == clock()
+    assert await svc.check_marker() == []  # within the grace period the process that made it may still publish
+    await asyncio.sleep(1.0)
+    assert pub.current.number == before
+
+    clock.advance(seconds=svc.grace().total_seconds() + 1)
+
+    async def listed():
+        cur = pub.current
+        return cur if cur.number > before and cert.serial_number in crl_serials(cur.der) else None
+
+    cur, _ = await wait_for(listed, timeout=10)
+    # once a CRL newer than the change is served, the watcher leaves it alone
+    assert await svc.check_marker() == []
+    clock.advance(seconds=60)
+    assert await svc.check_marker() == []
+    assert cur.this_update >= clock() - timedelta(seconds=61)
