@@ -1,56 +1,79 @@
-"""The `yubikey` and `otp-client` command groups through click's CliRunner, on both databases."""
+"""`scep-server yubikey ...` and `scep-server otp-client ...` (click's CliRunner on the application's
+`main`), on both databases, in an initialised data directory."""
 from __future__ import annotations
 
 import asyncio
 import csv
 import io
 import json
-import os
-from contextlib import asynccontextmanager
+import stat
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner
 
-from otp.cli import build_cli
-from otp.config import OtpSettings
-from otp.service import OtpService
-from scep_server.store.db import create_engine
+from scep_server.cli import main
+from scep_server.runtime import initialise, open_runtime
+from tests.factories import settings_for
 from tests.otp.conftest import make_key, secrets_file
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "otp"
 
 
 class Cli:
-    def __init__(self, db_url: str) -> None:
-        self.kek = os.urandom(32)
+    """`scep-server --data-dir DIR ...` with the database given by the environment, as an operator runs it."""
+
+    def __init__(self, data_dir: Path, db_url: str) -> None:
+        self.data_dir = data_dir
         self.db_url = db_url
-        self.root = click.Group("scep-server", commands={g.name: g for g in build_cli(self.open_service)})
+        self.settings = settings_for(data_dir, db_url)
         self.runner = CliRunner()
 
-    @asynccontextmanager
-    async def open_service(self):
-        engine = create_engine(self.db_url)
-        try:
-            async with OtpService(engine, OtpSettings(), self.kek) as service:
-                yield service
-        finally:
-            await engine.dispose()
-
     def __call__(self, *args: str, input: str | None = None):
-        return self.runner.invoke(self.root, list(args), input=input)
+        return self.runner.invoke(main, ["--data-dir", str(self.data_dir), *args], input=input,
+                                  env={"SCEP_SERVER_DATABASE__URL": self.db_url, "SCEP_SERVER_CONFIG": None})
 
     def run(self, op):
-        async def main():
-            async with self.open_service() as service:
-                return await op(service)
-        return asyncio.run(main())
+        """Run `op(service)` on the OTP service of a runtime over the same data directory and database."""
+        async def go():
+            async with open_runtime(self.settings) as rt:
+                return await op(rt.extras["otp"])
+        return asyncio.run(go())
 
 
 @pytest.fixture
-def cli(db_url) -> Cli:
-    return Cli(db_url)
+def cli(db_url, tmp_path) -> Cli:
+    c = Cli(tmp_path / "data", db_url)
+    asyncio.run(initialise(c.settings))
+    return c
+
+
+def test_first_command_creates_the_kek(cli):
+    kek = cli.data_dir / "otp-kek.key"
+    assert not kek.exists()  # `init` does not need it
+    r = cli("otp-client", "list")
+    assert r.exit_code == 0, r.output
+    assert stat.S_IMODE(kek.stat().st_mode) == 0o600
+    assert "created the OTP key-encryption key" in r.stderr and str(kek) in r.stderr
+    before = kek.read_bytes()
+    r = cli("otp-client", "list")
+    assert r.exit_code == 0 and "key-encryption key" not in r.stderr and kek.read_bytes() == before
+
+
+def test_kek_from_the_environment(cli, monkeypatch):
+    monkeypatch.setenv("SCEP_SERVER_OTP__KEK_ENV", "TEST_OTP_KEK")
+    monkeypatch.delenv("TEST_OTP_KEK", raising=False)
+    r = cli("otp-client", "list")
+    assert r.exit_code == 1 and "TEST_OTP_KEK" in r.stderr and "is not set" in r.stderr
+    assert "Traceback" not in r.output
+    monkeypatch.setenv("TEST_OTP_KEK", "ab" * 32)
+    assert cli("otp-client", "add", "--name", "env").exit_code == 0
+    assert not (cli.data_dir / "otp-kek.key").exists()
+
+
+def test_needs_an_initialised_data_directory(tmp_path, db_url):
+    r = Cli(tmp_path / "empty", db_url)("yubikey", "report")
+    assert r.exit_code == 1 and "scep-server init" in r.stderr
 
 
 def test_import_dry_run_and_rejection(cli):
@@ -154,7 +177,7 @@ def test_otp_clients(cli):
     assert "disabled" in cli("otp-client", "list").stdout
 
 
-def test_database_failure_is_exit_1(tmp_path):
-    cli = Cli(f"sqlite+aiosqlite:///{tmp_path}/not-migrated.db")
-    r = cli("yubikey", "report")
-    assert r.exit_code == 1 and "database error" in r.stderr
+def test_database_failure_is_exit_1(cli, tmp_path):
+    other = Cli(cli.data_dir, f"sqlite+aiosqlite:///{tmp_path}/not-migrated.db")
+    r = other("yubikey", "report")
+    assert r.exit_code == 1 and "database error" in r.stderr and "Traceback" not in r.output

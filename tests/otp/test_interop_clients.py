@@ -1,4 +1,6 @@
-"""Real validation clients against /wsapi/2.0/verify: Debian's ykclient and PyPI yubico-client.
+"""Real validation clients against /wsapi/2.0/verify of the full application (`scep_server.app`, served
+on a loopback port, on SQLite and PostgreSQL): Debian's ykclient and PyPI yubico-client, both checking
+the response signatures.
 
 OTPs come from Debian's ykgenerate (libyubikey-dev) for test vector H's secrets.
 """
@@ -9,12 +11,9 @@ import base64
 import re
 
 import pytest
-from aiohttp import web
-
-from otp.service import OtpService
-from otp.web import add_routes
 from tests.helpers import require_tool
 from tests.otp.conftest import import_keys, key_h
+from tests.server import start_app
 
 pytestmark = pytest.mark.interop
 
@@ -35,13 +34,12 @@ class Server:
 
 
 @pytest.fixture
-async def server(aiohttp_server, service: OtpService) -> Server:
+async def server(aiohttp_server, tmp_path, db_url) -> Server:
+    app = await start_app(aiohttp_server, tmp_path, db_url)
+    service = app.runtime.extras["otp"]
     await import_keys(service, [key_h()])
     info, key = await service.add_client("interop")
-    app = web.Application()
-    add_routes(app, service)
-    srv = await aiohttp_server(app, host="127.0.0.1")
-    return Server(f"http://127.0.0.1:{srv.port}/wsapi/2.0/verify", info.id, key)
+    return Server(f"{app.url}/wsapi/2.0/verify", info.id, key)
 
 
 async def ykclient(server: Server, otp: str, *, apikey: str | None = "", client_id: int | None = None
