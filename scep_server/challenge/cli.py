@@ -1,13 +1,22 @@
 """`scep-server challenge ...` and `scep-server enrolment ...`."""
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
+import sys
 from typing import Any
 
 import click
 
-from ..clictx import Context, pass_ctx, run
+from ..clictx import Context, pass_ctx
+from ..clictx import run as _run
+
+
+def run(coro):
+    """Run a command's coroutine; log lines go to stderr so that stdout stays parseable by scripts."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return _run(coro)
 
 
 @click.group()

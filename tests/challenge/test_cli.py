@@ -1,0 +1,72 @@
+"""`scep-server challenge configure|new|status` and the profile settings they write."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from scep_server.challenge.basic import check_password
+from scep_server.cli import main
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCEP_SERVER_CA__KEY_SIZE", "2048")
+    monkeypatch.setenv("SCEP_SERVER_LOG__LEVEL", "warning")
+    runner = CliRunner()
+
+    def invoke(*args, code=0):
+        result = runner.invoke(main, ["--data-dir", str(tmp_path / "data"), *args])
+        assert result.exit_code == code, (result.output, result.exception)
+        return result.stdout if code == 0 else result.output
+
+    invoke("init")
+    return invoke
+
+
+def test_dynamic_profile_configuration(cli):
+    cli("profile", "add", "jamf", "--challenge", "dynamic")
+    out = cli("challenge", "configure", "jamf", "--username", "jamf-api")
+    password = re.search(r"password: (\S+)", out).group(1)
+    cli("challenge", "configure", "jamf", "--ttl-minutes", "30", "--max-unused", "2", "--page-encoding", "utf-16le")
+    shown = json.loads(cli("profile", "show", "jamf"))
+    ch = shown["settings"]["challenge"]
+    assert ch["ttl_minutes"] == 30 and ch["max_unused"] == 2 and ch["page_encoding"] == "utf-16le"
+    assert ch["credentials"]["username"] == "jamf-api"
+    assert password not in json.dumps(shown) and check_password(password, ch["credentials"]["password_hash"])
+
+    first = json.loads(cli("challenge", "new", "jamf", "--json"))
+    assert re.fullmatch(r"[0-9A-F]{40}", first["challenge"])
+    assert re.fullmatch(r"[0-9A-F]{40}\n", cli("challenge", "new", "jamf", "--subject", "CN=dev1",
+                                                "--san", "dns:dev1.example"))
+    assert "already has 2 unused" in cli("challenge", "new", "jamf", code=1)
+    assert json.loads(cli("challenge", "status", "jamf")) == {"expired": 0, "unused": 2, "used": 0}
+    cli("challenge", "configure", "jamf", "--max-unused", "0")
+    cli("challenge", "new", "jamf")
+
+    assert "bad" in cli("challenge", "new", "jamf", "--san", "bad", code=2).lower()
+    assert "does not use dynamic" in cli("challenge", "new", "default", code=1)
+    assert "nothing to configure" in cli("challenge", "configure", "default", "--username", "x", code=1)
+    assert "do not apply to a dynamic" in cli("challenge", "configure", "jamf", "--webhook-url", "http://x", code=2)
+
+
+def test_delegated_profile_configuration(cli, tmp_path):
+    cli("profile", "add", "intune", "--challenge", "delegated")
+    assert "provider" in cli("challenge", "configure", "intune", "--intune-tenant", "t", code=1)
+    cli("challenge", "configure", "intune", "--provider", "intune", "--intune-tenant", "contoso.onmicrosoft.com",
+        "--intune-client-id", "abc", "--intune-secret-env", "INTUNE_SECRET", "--timeout", "5", "--retries", "1")
+    ch = json.loads(cli("profile", "show", "intune"))["settings"]["challenge"]
+    assert ch == {"provider": "intune", "intune": {"tenant": "contoso.onmicrosoft.com", "client_id": "abc",
+                                                   "client_secret": {"env": "INTUNE_SECRET", "file": None},
+                                                   "timeout_seconds": 5.0, "retries": 1}}
+    cli("profile", "add", "hook", "--challenge", "delegated")
+    assert "exactly one" in cli("challenge", "configure", "hook", "--provider", "webhook", "--webhook-url",
+                                "https://hooks.example/scep", "--webhook-secret-env", "A",
+                                "--webhook-secret-file", "/x", code=1)
+    cli("challenge", "configure", "hook", "--provider", "webhook", "--webhook-url", "https://hooks.example/scep",
+        "--webhook-secret-file", str(tmp_path / "s"), "--webhook-require-ack")
+    ch = json.loads(cli("profile", "show", "hook"))["settings"]["challenge"]
+    assert ch["webhook"]["require_success_ack"] is True and ch["webhook"]["url"] == "https://hooks.example/scep"
+    assert "do not apply to a delegated" in cli("challenge", "configure", "hook", "--username", "u", code=2)
