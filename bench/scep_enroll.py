@@ -1,0 +1,424 @@
+"""SCEP enrolment throughput of `scep-server serve --workers 2`, against the RSA-bound ceiling of the same machine.
+
+    .venv/bin/python bench/scep_enroll.py              # SQLite (the embedded default), concurrency 1, 4, 16
+    .venv/bin/python bench/scep_enroll.py --pg         # PostgreSQL at 127.0.0.1:5432 (a fresh database)
+
+Everything the client sends is built before timing: RSA-2048 client keys, a CSR per enrolment (distinct
+subject, the profile's challenge), a self-signed signer certificate per key, and the PKCSReq bodies
+(AES-128-CBC, SHA-256). The load comes from a separate client process (aiohttp, one session, `c` requests in
+flight) so that it does not share the server's event loop; during the timed window it reads each reply and
+checks the HTTP status only. Every reply is then verified and decrypted outside the window: each must be a
+CertRep SUCCESS from the RA holding a certificate for the request's key, and every serial number must be new.
+
+The ceiling is measured in the same run, with the server idle: RSA-2048 PKCS#1 v1.5 signatures per second on
+two processes at once, divided by the three private-key operations an enrolment costs (the RA decrypts the
+envelope key, the CA signs the certificate, the RA signs the CertRep).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import pickle
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PG_ADMIN = os.environ.get("SCEP_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+TARGET_RATIO = 0.30
+
+
+# ---------------------------------------------------------------- the RSA-bound ceiling
+
+def _rsa_worker(seconds: float, start, out) -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pad, h = padding.PKCS1v15(), hashes.SHA256()
+    key.sign(b"warm-up", pad, h)
+    start.wait()
+    n, t0 = 0, time.perf_counter()
+    while True:
+        for _ in range(20):
+            key.sign(b"x" * 64, pad, h)
+        n += 20
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds:
+            break
+    out.put(n / elapsed)
+
+
+def rsa_ops_per_second(processes: int = 2, seconds: float = 3.0) -> float:
+    """RSA-2048 private operations per second, summed over `processes` processes running at once."""
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_rsa_worker, args=(seconds, start, out)) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # let both generate their keys
+    start.set()
+    rates = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(rates)
+
+
+# ---------------------------------------------------------------- preparing requests (before timing)
+
+def _make_keys(n: int) -> list[bytes]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return [rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        for _ in range(n)]
+
+
+def _build(job: tuple) -> list[tuple[int, bytes]]:
+    """Build PKCSReq bodies: job = (key DER, [(index, common name, transaction id)], RA cert DER, challenge)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography import x509
+
+    from scep_server.scep import client
+    from scep_server.scep.types import ContentCipher, Digest, MessageType
+
+    key_der, items, ra_der, challenge = job
+    key = serialization.load_der_private_key(key_der, None)
+    signer = client.make_self_signed_signer(key, cn="bench signer")
+    ra_pub = x509.load_der_x509_certificate(ra_der).public_key()
+    out = []
+    for index, cn, txid in items:
+        csr = client.make_csr(key, cn, challenge=challenge)
+        body = client.build_request(
+            MessageType.PKCS_REQ, content=csr, signer_cert_der=signer, signer_key=key, recipient_cert_der=ra_der,
+            recipient_key=ra_pub, transaction_id=txid, sender_nonce=secrets.token_bytes(16),
+            cipher=ContentCipher.AES128_CBC, digest=Digest.SHA256, cek=secrets.token_bytes(16),
+            iv=secrets.token_bytes(16))
+        out.append((index, body))
+    return out
+
+
+def prepare(total: int, n_keys: int, ra_der: bytes, challenge: str, pool, procs: int = 2
+            ) -> tuple[list[bytes], list[bytes], list[int]]:
+    """`total` PKCSReq bodies over `n_keys` client keys; returns (bodies, key DERs, key index per body)."""
+    per = [n_keys // procs + (1 if i < n_keys % procs else 0) for i in range(procs)]
+    keys = [k for chunk in pool.map(_make_keys, [p for p in per if p]) for k in chunk]
+    run_id = uuid.uuid4().hex[:8]
+    key_of = [i % n_keys for i in range(total)]
+    jobs = []
+    for k in range(n_keys):
+        items = [(i, f"bench-{run_id}-{i:06d}", f"BENCH-{run_id}-{i:06d}") for i in range(total) if key_of[i] == k]
+        # split into chunks so both processes stay busy
+        for j in range(0, len(items), 25):
+            jobs.append((keys[k], items[j:j + 25], ra_der, challenge))
+    bodies: list[bytes | None] = [None] * total
+    for chunk in pool.map(_build, jobs):
+        for index, body in chunk:
+            bodies[index] = body
+    return bodies, keys, key_of  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- the load client (its own process)
+
+def _client(url: str, bodies_path: str, concurrency: int, warmup: int, result_path: str) -> None:
+    import aiohttp
+
+    with open(bodies_path, "rb") as fh:
+        bodies: list[bytes] = pickle.load(fh)
+
+    async def main():
+        connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+        headers = {"Content-Type": "application/x-pki-message"}
+        results: list = [None] * len(bodies)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            next_index = 0
+
+            async def worker(stop: int):
+                nonlocal next_index
+                while next_index < stop:
+                    i = next_index
+                    next_index += 1
+                    t0 = time.perf_counter()
+                    try:
+                        async with session.post(url, data=bodies[i], headers=headers) as resp:
+                            reply = await resp.read()
+                            status = resp.status
+                    except aiohttp.ClientError as exc:
+                        reply, status = repr(exc).encode(), 0
+                    results[i] = (status, time.perf_counter() - t0, reply)
+
+            # warm-up: connections opened, server caches filled; not timed
+            await asyncio.gather(*(worker(warmup) for _ in range(concurrency)))
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            await asyncio.gather(*(worker(len(bodies)) for _ in range(concurrency)))
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        return results, wall, cpu
+
+    results, wall, cpu = asyncio.run(main())
+    with open(result_path, "wb") as fh:
+        pickle.dump({"results": results, "wall": wall, "cpu": cpu}, fh)
+
+
+def _check(job: tuple) -> list[tuple[int, str | None, str | None]]:
+    """Verify replies outside the timed window: (index, serial hex or None, problem or None)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from scep_server.scep import client
+    from scep_server.scep.types import PKIStatus
+
+    key_der, items, ra_der = job
+    key = serialization.load_der_private_key(key_der, None)
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    out = []
+    for index, status, reply in items:
+        if status != 200:
+            out.append((index, None, f"HTTP {status}: {reply[:200]!r}"))
+            continue
+        try:
+            rep = client.parse_cert_rep(reply, key, ra_cert_der=ra_der)
+        except client.CertRepError as exc:
+            out.append((index, None, f"bad CertRep: {exc}"))
+            continue
+        if rep.status is not PKIStatus.SUCCESS:
+            out.append((index, None, f"{rep.status.name} {rep.fail_info} {rep.fail_text}"))
+            continue
+        cert = x509.load_der_x509_certificate(rep.certs[0])
+        if cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo) != spki:
+            out.append((index, None, "certificate for another key"))
+            continue
+        out.append((index, format(cert.serial_number, "x"), None))
+    return out
+
+
+# ---------------------------------------------------------------- the server
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker_pids(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+class Server:
+    def __init__(self, data_dir: Path, db_url: str | None, workers: int, log_path: Path):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "SCEP_SERVER_CA__KEY_SIZE": "2048", "SCEP_SERVER_LOG__LEVEL": "info",
+               "PYTHONUNBUFFERED": "1"}
+        if db_url:
+            env["SCEP_SERVER_DATABASE__URL"] = db_url
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "scep_server.cli", "--data-dir", str(data_dir), "serve",
+             "--listen", f"127.0.0.1:{self.port}", "--workers", str(workers)],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the server exited with {self.proc.returncode}; see {log_path}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the server did not start in 60 s")
+                time.sleep(0.1)
+        while len(_worker_pids(self.proc.pid)) < workers and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.workers = _worker_pids(self.proc.pid) or [self.proc.pid]
+
+    def get(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=10) as resp:
+            return resp.read()
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def _pg_admin(sql: str) -> None:
+    import asyncpg
+
+    async def go():
+        conn = await asyncpg.connect(PG_ADMIN, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+    asyncio.run(go())
+
+
+def _inventory_count(db_url: str) -> tuple[int, int]:
+    import sqlalchemy as sa
+
+    from scep_server.store.db import create_engine
+
+    async def go():
+        engine = create_engine(db_url)
+        try:
+            async with engine.connect() as conn:
+                n = (await conn.execute(sa.text("SELECT count(*), count(DISTINCT serial) FROM certificates"))).one()
+                return int(n[0]), int(n[1])
+        finally:
+            await engine.dispose()
+    return asyncio.run(go())
+
+
+# ---------------------------------------------------------------- main
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pg", action="store_true", help="PostgreSQL instead of the embedded SQLite")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--requests", default="300,800,1500", help="timed enrolments per concurrency level")
+    ap.add_argument("--keys", type=int, default=32, help="distinct client keys (each enrols many times)")
+    ap.add_argument("--ceiling-seconds", type=float, default=3.0)
+    ap.add_argument("--keep", action="store_true", help="keep the data directory")
+    args = ap.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    counts = [int(n) for n in args.requests.split(",")]
+    if len(counts) == 1:
+        counts *= len(levels)
+    if len(counts) != len(levels):
+        ap.error("--requests needs one count, or one per concurrency level")
+
+    tmp = Path(tempfile.mkdtemp(prefix="scep-bench-"))
+    db_url = None
+    pg_name = None
+    if args.pg:
+        pg_name = f"scep_bench_{uuid.uuid4().hex[:10]}"
+        _pg_admin(f'CREATE DATABASE "{pg_name}"')
+        db_url = PG_ADMIN.rsplit("/", 1)[0] + "/" + pg_name
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, database "
+          f"{'PostgreSQL' if args.pg else 'SQLite (WAL, synchronous FULL)'}, {args.workers} server workers")
+
+    ceiling_ops = rsa_ops_per_second(2, args.ceiling_seconds)
+    ceiling = ceiling_ops / 3
+    print(f"RSA-2048 private operations/s on two processes: {ceiling_ops:,.0f} -> ceiling {ceiling:,.0f} enrolments/s")
+
+    server = Server(tmp / "data", db_url, args.workers, tmp / "server.log")
+    db_url = db_url or f"sqlite+aiosqlite:///{tmp / 'data' / 'scep.db'}"
+    rows = []
+    all_serials: list[str] = []
+    failures_total = 0
+    try:
+        from cryptography import x509
+        from scep_server.scep import client
+
+        ra_der = client.certs_in_order(server.get("/scep/default?operation=GetCACert"))[0]
+        assert x509.load_der_x509_certificate(ra_der)
+        challenge = (tmp / "data" / "default-challenge.txt").read_text().strip()
+        ctx = mp.get_context("spawn")
+        t0 = time.perf_counter()
+        with ctx.Pool(2) as pool:
+            prepared = []
+            for c, n in zip(levels, counts):
+                warmup = max(2 * c, 8)
+                prepared.append((c, warmup, prepare(warmup + n, args.keys, ra_der, challenge, pool)))
+        print(f"prepared {sum(len(p[2][0]) for p in prepared)} PKCSReq bodies in {time.perf_counter() - t0:.1f} s "
+              f"(not timed)")
+
+        for c, warmup, (bodies, keys, key_of) in prepared:
+            bodies_path, result_path = tmp / f"bodies-{c}.pkl", tmp / f"result-{c}.pkl"
+            bodies_path.write_bytes(pickle.dumps(bodies))
+            cpu0 = _cpu_seconds(server.workers)
+            proc = ctx.Process(target=_client, args=(server.url + "/scep/default?operation=PKIOperation",
+                                                     str(bodies_path), c, warmup, str(result_path)))
+            proc.start()
+            proc.join()
+            server_cpu = _cpu_seconds(server.workers) - cpu0  # includes the warm-up
+            out = pickle.loads(result_path.read_bytes())
+            results, wall, client_cpu = out["results"], out["wall"], out["cpu"]
+            # verification (not timed): every reply decrypted, every serial new
+            jobs: dict[int, list] = {}
+            for i, r in enumerate(results):
+                jobs.setdefault(key_of[i], []).append((i, r[0], r[2]))
+            with ctx.Pool(2) as pool:
+                checked = [x for chunk in pool.map(_check, [(keys[k], items, ra_der) for k, items in jobs.items()])
+                           for x in chunk]
+            timed = {i for i in range(warmup, len(bodies))}
+            problems = [(i, p) for i, s, p in checked if p is not None]
+            failures = sum(1 for i, _ in problems if i in timed)
+            failures_total += len(problems)
+            serials = [s for _, s, p in checked if s is not None]
+            all_serials.extend(serials)
+            lat = [results[i][1] for i in sorted(timed)]
+            n = len(timed)
+            rate = (n - failures) / wall
+            rows.append((c, n, rate, statistics.median(lat) * 1000, pct(lat, 0.99) * 1000, failures,
+                         rate / ceiling, client_cpu / wall, server_cpu / len(bodies) * 1000))
+            for i, p in problems[:3]:
+                print(f"  failure #{i}: {p}")
+    finally:
+        server.stop()
+
+    dup = len(all_serials) - len(set(all_serials))
+    inv_rows, inv_distinct = _inventory_count(db_url)
+    print()
+    print(f"{'conc':>4} | {'enrolments':>10} | {'enrol/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'failures':>8} | "
+          f"{'ratio':>6} | {'client CPU':>10} | {'server CPU ms/enrol':>19}")
+    for c, n, rate, p50, p99, failures, ratio, ccpu, scpu in rows:
+        print(f"{c:>4} | {n:>10,} | {rate:>8,.1f} | {p50:>7.2f} | {p99:>7.2f} | {failures:>8} | {ratio:>6.3f} | "
+              f"{ccpu * 100:>9.0f}% | {scpu:>19.2f}")
+    print(f"ceiling {ceiling:,.0f} enrolments/s; duplicate serials: {dup}; inventory rows {inv_rows} "
+          f"({inv_distinct} distinct serials) for {len(all_serials)} successful replies")
+    last = rows[-1]
+    ok = last[5] == 0 and dup == 0 and failures_total == 0 and last[6] >= TARGET_RATIO \
+        and inv_rows == inv_distinct == len(all_serials)
+    print(f"target at concurrency {last[0]}: zero failures, zero duplicate serials, ratio >= {TARGET_RATIO:.2f}: "
+          f"{'met' if ok else 'NOT met'} (ratio {last[6]:.3f})")
+    if pg_name:
+        _pg_admin(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+    if args.keep:
+        print(f"data directory kept: {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
