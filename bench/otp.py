@@ -3,9 +3,10 @@
     .venv/bin/python bench/otp.py [--backend sqlite|postgresql|both] [--duration 10] [--workers 2]
 
 For each backend, in one run: the store's durable single-row commit rate on one connection
-(SQLAlchemy, and raw asyncpg on PostgreSQL), then verifications/s through /wsapi/2.0/verify served
-by `--workers` processes (tests.otp.serve_otp, SO_REUSEPORT) and driven by wrk with fresh, signed
-OTPs (every OK is a durably committed counter update), then the import of `--import-keys` keys.
+(SQLAlchemy, and raw asyncpg on PostgreSQL), then verifications/s through /wsapi/2.0/verify of the
+full application (`scep-server serve --workers N`, every feature loaded, the access log off as in
+production) driven by wrk with fresh, signed OTPs (every OK is a durably committed counter update),
+then the import of `--import-keys` keys through the application's OTP service.
 """
 from __future__ import annotations
 
@@ -31,10 +32,9 @@ import sqlalchemy as sa  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from otp import modhex, yubico  # noqa: E402
-from otp.config import OtpSettings  # noqa: E402
-from otp.kek import load_or_create_kek  # noqa: E402
-from otp.service import OtpService  # noqa: E402
 from otp.token import Token, encrypt_token  # noqa: E402
+from scep_server.config import load_settings  # noqa: E402
+from scep_server.runtime import initialise, open_runtime  # noqa: E402
 from scep_server.store.db import create_engine  # noqa: E402
 from scep_server.store.migrate import upgrade  # noqa: E402
 
@@ -212,32 +212,53 @@ def write_paths(keys, client_id: int, api_key: bytes, total: int, threads: int, 
                              f"&h={quote(h, safe='')}\n")
 
 
-def start_servers(url: str, kek_file: Path, workers: int, port: int, profile: str | None = None,
-                  settings: str | None = None) -> list[subprocess.Popen]:
-    procs = []
-    for i in range(workers):
-        extra = ["--profile", f"{profile}.{i}"] if profile else []
-        if settings:
-            extra += ["--settings", settings]
-        p = subprocess.Popen([sys.executable, "-m", "tests.otp.serve_otp", "--db", url, "--port", str(port),
-                              "--kek-file", str(kek_file), "--reuse-port", *extra],
-                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        procs.append(p)
-    for p in procs:
-        line = p.stdout.readline()
-        if not line.startswith("READY"):
-            raise RuntimeError(f"server did not start: {line!r}")
-    return procs
+def app_settings(url: str, data_dir: Path, port: int = 8080, workers: int = 1):
+    return load_settings(None, data_dir=str(data_dir), database={"url": url}, ca={"key_size": 2048},
+                         server={"listen": f"127.0.0.1:{port}", "workers": workers}, log={"level": "warning"})
 
 
-def stop_servers(procs: list[subprocess.Popen]) -> list[str]:
-    stats = []
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        out, _ = p.communicate(timeout=30)
-        stats += [line for line in out.splitlines() if line.startswith("STATS")]
-    return stats
+def start_server(url: str, data_dir: Path, workers: int, port: int) -> subprocess.Popen:
+    """`scep-server serve` with `workers` processes; returns once /healthz answers."""
+    import urllib.request
+
+    env = {**os.environ, "SCEP_SERVER_DATABASE__URL": url, "SCEP_SERVER_LOG__LEVEL": "warning"}
+    proc = subprocess.Popen([sys.executable, "-m", "scep_server.cli", "--data-dir", str(data_dir), "serve",
+                             "--listen", f"127.0.0.1:{port}", "--workers", str(workers)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                pass
+            # every worker must be up: give the others a moment after the first answers
+            time.sleep(1.0)
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not become ready")
+
+
+def server_pids(proc: subprocess.Popen) -> list[int]:
+    """The supervisor and its forked workers."""
+    pids = [proc.pid]
+    try:
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as fh:
+            pids += [int(p) for p in fh.read().split()]
+    except OSError:
+        pass
+    return pids
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 async def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[str, float]:
@@ -245,15 +266,15 @@ async def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -
     await db.create()
     results: dict[str, float] = {}
     try:
-        kek_file = workdir / "otp-kek.key"
-        kek = load_or_create_kek(kek_file)
-        engine = create_engine(db.url)
+        data_dir = workdir / f"data-{backend}"
+        settings = app_settings(db.url, data_dir)
+        await initialise(settings)
         keys, data = key_lines(args.keys, 10_000_000)
-        async with OtpService(engine, OtpSettings(), kek) as service:
+        async with open_runtime(settings) as rt:
+            service = rt.extras["otp"]
             res = await service.import_secrets(data)
             assert res.ok and res.imported == len(keys), res.errors[:3]
             info, key_b64 = await service.add_client("bench")
-        await engine.dispose()
         results["commit_rate"] = await commit_rate(db.url, args.commit_seconds)
         if backend == "postgresql":
             results["raw_commit_rate"] = await raw_pg_commit_rate(db.url, args.commit_seconds)
@@ -262,33 +283,30 @@ async def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -
         write_paths(keys, info.id, base64.b64decode(key_b64), total, args.threads, workdir)
         gen = time.perf_counter() - t0
         port = free_port()
-        procs = start_servers(db.url, kek_file, args.workers, port, args.profile, args.server_settings)
+        proc = start_server(db.url, data_dir, args.workers, port)
         try:
             script = workdir / "verify.lua"
             script.write_text(WRK_SCRIPT)
-            server_pids = [p.pid for p in procs]
-            cpu0 = (cpu_seconds(server_pids), cpu_seconds(comm=db.server_comm), os.times())
+            pids = server_pids(proc)
+            cpu0 = (cpu_seconds(pids), cpu_seconds(comm=db.server_comm), os.times())
             out = subprocess.run(
                 [shutil.which("wrk") or "wrk", "-t", str(args.threads), "-c", str(args.connections),
                  "-d", f"{args.duration}s", "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{port}",
                  "--", str(workdir)],
                 capture_output=True, text=True, check=True).stdout
             t = os.times()
-            results["cpu_servers"] = cpu_seconds(server_pids) - cpu0[0]
+            results["cpu_servers"] = cpu_seconds(pids) - cpu0[0]
             results["cpu_database"] = cpu_seconds(comm=db.server_comm) - cpu0[1] if db.server_comm else 0.0
             results["cpu_wrk"] = (t.children_user + t.children_system) - (cpu0[2].children_user
                                                                           + cpu0[2].children_system)
         finally:
-            stats = stop_servers(procs)
+            stop_server(proc)
         line = next(x for x in out.splitlines() if x.startswith("RESULT"))
         fields = dict(kv.split("=") for kv in line.split()[1:])
         secs = int(fields["duration_us"]) / 1e6
         results.update(verify_rate=int(fields["ok"]) / secs, not_ok=int(fields["other"]),
                        exhausted=int(fields["exhausted"]), p50_ms=int(fields["p50_us"]) / 1000,
                        p99_ms=int(fields["p99_us"]) / 1000, gen_seconds=gen)
-        batches = sum(int(s.split()[1].split("=")[1]) for s in stats)
-        updates = sum(int(s.split()[2].split("=")[1]) for s in stats)
-        results["updates_per_commit"] = updates / batches if batches else 0.0
     finally:
         await db.drop()
     if args.import_keys:
@@ -300,14 +318,14 @@ async def bench_import(backend: str, count: int, workdir: Path) -> float:
     db = Database(backend, workdir)
     await db.create()
     try:
-        engine = create_engine(db.url)
+        settings = app_settings(db.url, workdir / f"data-import-{backend}")
+        await initialise(settings)
         _, data = key_lines(count, 20_000_000)
-        async with OtpService(engine, OtpSettings(), secrets.token_bytes(32)) as service:
+        async with open_runtime(settings) as rt:
             t0 = time.perf_counter()
-            res = await service.import_secrets(data)
+            res = await rt.extras["otp"].import_secrets(data)
             elapsed = time.perf_counter() - t0
             assert res.ok and res.imported == count, res.errors[:3]
-        await engine.dispose()
         return elapsed
     finally:
         await db.drop()
@@ -324,8 +342,6 @@ def main() -> None:
     p.add_argument("--max-rate", type=int, default=12000, help="OTPs generated per second of run")
     p.add_argument("--commit-seconds", type=float, default=3.0)
     p.add_argument("--import-keys", type=int, default=100_000)
-    p.add_argument("--profile", help="cProfile each server process into PROFILE.<n>")
-    p.add_argument("--server-settings", help="OtpSettings of the server processes, as JSON")
     args = p.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is required (apt-get install wrk)")
@@ -333,15 +349,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="otp-bench-") as tmp:
         for backend in backends:
             r = asyncio.run(bench_backend(backend, args, Path(tmp)))
-            print(f"== {backend} ({args.workers} server processes, wrk -t{args.threads} -c{args.connections}, "
+            print(f"== {backend} (scep-server serve --workers {args.workers}, wrk -t{args.threads} -c{args.connections}, "
                   f"{args.duration}s, {args.keys} keys)")
             print(f"durable single-row commits/s, one connection (SQLAlchemy): {r['commit_rate']:8.0f}")
             if "raw_commit_rate" in r:
                 print(f"durable single-row commits/s, one connection (raw asyncpg): {r['raw_commit_rate']:6.0f}")
             print(f"verifications/s through /wsapi/2.0/verify (status=OK):      {r['verify_rate']:8.0f}"
                   f"   non-OK answers: {r['not_ok']}   OTP list wrapped: {bool(r['exhausted'])}")
-            print(f"latency p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; "
-                  f"counter updates per commit: {r['updates_per_commit']:.1f}")
+            print(f"latency p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms")
             n = r["verify_rate"] * args.duration
             db_cpu = f", database {r['cpu_database'] / n * 1e6:.0f}" if r["cpu_database"] else ""
             print(f"CPU per verification: servers {r['cpu_servers'] / n * 1e6:.0f} us{db_cpu}, "

@@ -158,3 +158,25 @@ def test_quoted_csv_fields():
 def test_public_id_length_warning():
     r = parse_secrets(b"4711,dlcfffck,ca62baca62ba,ecde18dbe76fbd0c33330f1c354871db,,\n")
     assert r.ok and "not the standard 12" in r.warnings[0].reason
+
+
+@pytest.mark.parametrize("stamp, ok", [
+    ("2026-11-22T10:01:00", True), ("2026-11-22t10:01:00", True), ("2026-11-22 10:01:00", True),
+    ("2026-11-22T10:01:00.123456", True), ("", True),
+    ("2026-02-30T10:01:00", False), ("2026-11-22T24:01:00", False), ("2026-11-22T10:01", False),
+    ("2026-11-22", False), ("2026-11-22T10:01:00+01:00", False), ("22.11.26 10:01", False),
+    ("2026-11-22 10:01:00.5", False),
+], ids=lambda v: repr(v) if isinstance(v, str) else str(v))
+def test_timestamp_field(stamp, ok):
+    parsed = parse_secrets(f"12345678,vvccccnrhbfu,609963eae7b5,c68c9df8cbfe7d2f994cb904046c7218,,{stamp},\n".encode())
+    assert (not parsed.errors) is ok, parsed.errors
+    if not ok:
+        assert parsed.errors[0].reason.startswith("timestamp") and not parsed.records
+
+
+def test_quoted_fields_still_parse():
+    line = '"12345678","vvccccnrhbfu","609963eae7b5","c68c9df8cbfe7d2f994cb904046c7218","","2026-11-22T10:06:46",\n'
+    parsed = parse_secrets(line.encode())
+    assert not parsed.errors and parsed.records[0].serial == 12345678
+    broken = parse_secrets(b'12345678,"vvccccnrhbfu\n')
+    assert broken.errors and not broken.records
