@@ -81,6 +81,7 @@ class ChallengeService:
         return client
 
     async def close(self) -> None:
+        await self.store.close()
         if self._session is not None:
             await self._session.close()
         self._clients.clear()
