@@ -219,17 +219,23 @@ class ChallengeStore:
 
     @staticmethod
     async def _use_batch(conn, items: list[_Use]) -> list[bool]:
-        """Compare-and-set each challenge: unused, unexpired, this profile. Row locks are taken in digest order
-        so that two instances' batches cannot deadlock; of two uses of one challenge only the first wins."""
-        results: dict[int, bool] = {}
-        for i in sorted(range(len(items)), key=lambda k: items[k].h):
-            it = items[i]
-            res = await conn.execute(challenges.update().where(
-                challenges.c.challenge_sha256 == it.h, challenges.c.profile == it.profile,
-                challenges.c.used_at.is_(None), challenges.c.expires_at > it.now,
-            ).values(used_at=it.now, transaction_id=it.transaction_id))
-            results[i] = res.rowcount == 1
-        return [results[i] for i in range(len(items))]
+        """Compare-and-set the whole batch in one statement: every challenge that is still unused and unexpired
+        is marked used; RETURNING tells which were. Of two uses of one challenge only the first wins."""
+        now = max(it.now for it in items)
+        c = challenges.c
+        hashes = sorted({it.h for it in items})
+        txid = sa.case({it.h: it.transaction_id for it in reversed(items)}, value=c.challenge_sha256)
+        res = await conn.execute(challenges.update().where(
+            c.challenge_sha256.in_(hashes), c.used_at.is_(None), c.expires_at > now,
+        ).values(used_at=now, transaction_id=txid).returning(c.challenge_sha256, c.profile))
+        won = {h: profile for h, profile in res.all()}
+        results = []
+        for it in items:
+            ok = won.get(it.h) == it.profile
+            if ok:
+                del won[it.h]  # a second use of the same challenge in this batch loses
+            results.append(ok)
+        return results
 
     async def counts(self, profile: str, *, now: datetime) -> dict[str, int]:
         now = _utc(now)
