@@ -1,7 +1,8 @@
 """The `crl` feature object (see scep_server.features)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import click
 import structlog
@@ -20,7 +21,7 @@ log = structlog.get_logger("crl.feature")
 EXTRA = "crl"
 
 
-def service_of(runtime: "Runtime") -> CrlService:
+def service_of(runtime: Runtime) -> CrlService:
     return runtime.extras[EXTRA]
 
 
@@ -46,13 +47,13 @@ class _LazyPublishers:
 class CrlFeature:
     name = "crl"
 
-    async def start(self, runtime: "Runtime") -> None:
+    async def start(self, runtime: Runtime) -> None:
         service = CrlService(runtime)
         runtime.extras[EXTRA] = service
         runtime.extras.setdefault("readiness", {})[EXTRA] = service.readiness
         runtime.scep.crl_source = service.crl_source
 
-    async def stop(self, runtime: "Runtime") -> None:
+    async def stop(self, runtime: Runtime) -> None:
         service: CrlService | None = runtime.extras.pop(EXTRA, None)
         if service is None:
             return
@@ -68,7 +69,7 @@ class CrlFeature:
         app.router.add_get("/crl/{ca}.pem", endpoint.pem)
         app.router.add_get("/crl/{name}", endpoint.other)
 
-    def jobs(self, runtime: "Runtime") -> list[Callable[[], Awaitable[None]]]:
+    def jobs(self, runtime: Runtime) -> list[Callable[[], Awaitable[None]]]:
         from .jobs import change_watcher, publishers, unused_certificates
 
         service = service_of(runtime)

@@ -42,12 +42,12 @@ def change_watcher(service: CrlService):
     return watch_changes
 
 
-async def revoke_unused_once(runtime: "Runtime") -> list[str]:
+async def revoke_unused_once(runtime: Runtime) -> list[str]:
     """One run of the day-91 rule (the clock is the runtime's, so tests move it instead of waiting)."""
     return await runtime.revocation.revoke_unused(unused_days=runtime.settings.crl.unused_days)
 
 
-def unused_certificates(runtime: "Runtime"):
+def unused_certificates(runtime: Runtime):
     """The day-91 rule on a schedule (crl.unused_check_interval, first run at start-up)."""
     async def revoke_unused() -> None:
         interval = runtime.settings.crl.unused_check_interval.total_seconds()

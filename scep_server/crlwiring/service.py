@@ -14,7 +14,7 @@ How every process of a deployment serves the same CRL (RFC 5280 §5.2.3: one num
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 import structlog
@@ -55,7 +55,7 @@ def key_ops_signer(ca: CertificateAuthority, hash_name: str = "sha256") -> CrlSi
     return CrlSigner(algorithm, sign)
 
 
-def inventory_source(runtime: "Runtime", ca_name: str):
+def inventory_source(runtime: Runtime, ca_name: str):
     """The publisher's entry source: held and revoked, unexpired certificates of one CA."""
     engine = runtime.engine
 
@@ -69,7 +69,7 @@ def inventory_source(runtime: "Runtime", ca_name: str):
 class CrlService:
     """One Publisher per issuing CA, plus what the application needs around them."""
 
-    def __init__(self, runtime: "Runtime") -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.settings = runtime.settings.crl
         self.publishers: dict[str, Publisher] = {
@@ -78,8 +78,8 @@ class CrlService:
                             settings=self.settings, clock=runtime.clock)
             for name, ca in runtime.cas.items()}
         # CA name -> CRL Number served when a change was announced here (None: no CRL yet)
-        self._pending: dict[str, "int | None"] = {}
-        self._marker_seen: "datetime | None" = None
+        self._pending: dict[str, int | None] = {}
+        self._marker_seen: datetime | None = None
         self.running = False
         runtime.revocation.subscribe(self.on_status_change)
 
@@ -127,7 +127,7 @@ class CrlService:
 
     # ---- the safety net
 
-    async def newest_status_change(self) -> "datetime | None":
+    async def newest_status_change(self) -> datetime | None:
         """The time of the newest status-change event in the audit log (one index lookup per kind)."""
         c = events.c
         cols = [sa.select(sa.func.max(c.at)).where(c.kind == kind).scalar_subquery() for kind in STATUS_EVENTS]
@@ -164,7 +164,7 @@ class CrlService:
 
     # ---- what the rest of the application reads
 
-    def publisher(self, ca: "str | None") -> Publisher:
+    def publisher(self, ca: str | None) -> Publisher:
         if ca is None:
             if len(self.publishers) != 1:
                 raise CrlError(f"several CAs publish CRLs here ({', '.join(self.publishers)}): name one")
@@ -214,5 +214,3 @@ def describe(crl: PublishedCrl) -> dict:
             "next_update": crl.next_update.isoformat(), "entries": crl.entries, "bytes": len(crl.der),
             "sha256": crl.sha256}
 
-
-ReadinessCheck = Callable[[], str]

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -19,8 +18,6 @@ from scep_server.scep import ContentCipher, MessageType, PKIStatus, client
 from scep_server.scep.cms import parse_degenerate
 from tests.helpers import require_tool
 from tests.server import run, start_app
-
-UTC = timezone.utc
 
 # What these tests configure and promise: a status change in the process that makes it is on that
 # process's CRL after coalesce_delay plus one re-sign; another process serves it within poll_interval more.
@@ -84,8 +81,8 @@ async def enrol_with_scepclient(scepclient: str, srv_url: str, challenge: str, w
                                 cn: str) -> x509.Certificate:
     """micromdm's scepclient enrols a device key; returns the issued certificate (client.pem in workdir)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["openssl", "genrsa", "-traditional", "-out", str(workdir / "k.pem"), "2048"], check=True,
-                   capture_output=True)
+    rc, out, err = await run("openssl", "genrsa", "-traditional", "-out", str(workdir / "k.pem"), "2048")
+    assert rc == 0, err
     rc, out, err = await run(scepclient, "-server-url", f"{srv_url}/scep/default", "-private-key", "k.pem",
                              "-challenge", challenge, "-cn", cn, cwd=workdir)
     assert rc == 0, out + err
@@ -147,7 +144,7 @@ async def wait_for(predicate, timeout: float, interval: float = 0.02):
         await asyncio.sleep(interval)
 
 
-def crl_serials(der: bytes) -> dict[int, "x509.ReasonFlags | None"]:
+def crl_serials(der: bytes) -> dict[int, x509.ReasonFlags | None]:
     crl = x509.load_der_x509_crl(der)
     out = {}
     for entry in crl:
@@ -178,4 +175,3 @@ async def openssl_verify(openssl: str, ca_pem: Path, crl_der: bytes, cert: x509.
     return rc, out + err
 
 
-__all__ = ["start_app"]

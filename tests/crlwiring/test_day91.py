@@ -14,7 +14,14 @@ from scep_server.store.db import writer
 from scep_server.store.tables import certificates, events
 from tests.server import start_app
 
-from .conftest import FAST_CRL, FakeClock, crl_serials, enrol_with_codec, publisher, wait_for
+from .conftest import (
+    FAST_CRL,
+    FakeClock,
+    crl_serials,
+    enrol_with_codec,
+    publisher,
+    wait_for,
+)
 
 
 async def _status(srv, cert) -> str:

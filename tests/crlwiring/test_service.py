@@ -15,7 +15,15 @@ from scep_server.store.db import writer
 from scep_server.store.events import record_event
 from tests.server import start_app
 
-from .conftest import FAST_CRL, FakeClock, crl_serials, enrol_with_codec, publisher, service, wait_for
+from .conftest import (
+    FAST_CRL,
+    FakeClock,
+    crl_serials,
+    enrol_with_codec,
+    publisher,
+    service,
+    wait_for,
+)
 
 
 @pytest.fixture

@@ -11,8 +11,18 @@ from cryptography.hazmat.primitives import serialization
 from scep_server.ca.inventory import Reason, serial_hex
 from tests.server import run
 
-from .conftest import (ca_pem_path, cdp_of, crl_serials, enrol_with_codec, enrol_with_scepclient, fetch,
-                       get_crl_over_scep, openssl_verify, publisher, wait_for)
+from .conftest import (
+    ca_pem_path,
+    cdp_of,
+    crl_serials,
+    enrol_with_codec,
+    enrol_with_scepclient,
+    fetch,
+    get_crl_over_scep,
+    openssl_verify,
+    publisher,
+    wait_for,
+)
 
 # the bound this configuration promises for a change made in the serving process: coalesce_delay (0.1 s)
 # plus one re-sign; asserted with room for a loaded CI machine
@@ -47,7 +57,7 @@ async def test_revoke_hold_release_seen_by_openssl_through_the_cdp(server, scepc
             body = await fetch(session, url)
             return body if bad.serial_number in crl_serials(body) else None
 
-        der, waited = await wait_for(listed, timeout=10)
+        der, _ = await wait_for(listed, timeout=10)
         latency = time.monotonic() - started
         print(f"revoke -> on the served CRL (same process): {latency * 1000:.0f} ms")
         assert latency < IN_PROCESS_BOUND
