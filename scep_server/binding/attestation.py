@@ -11,12 +11,21 @@ any salt length) and ``ecdsa-sha256|384|512`` (DER-encoded signature).
 Order of the checks (the first failing one gives the reason): request shape, certificate readable,
 signature, nonce (unknown / expired / reused), device known, issuer trusted, certificate known,
 binding (retired, or bound to another device), device state, validity period, certificate status
-(our inventory, or the external CA's CRL), then the binding compare-and-set. A verification costs
-one signature check and one database transaction (consume the nonce and read device, binding and
-inventory row in one indexed query); the first success also binds and marks the certificate used.
+(our inventory, or the external CA's CRL), then the binding compare-and-set.
+
+Nonces are stateless (`nonces.py`: an HMAC over device id, expiry and 128 random bits, under a key
+every process reads from the database), so issuing one writes nothing and an unknown, other-device or
+expired nonce is refused without the database. A verification then costs one signature check and a
+share of one write transaction: concurrent verifications are group-committed (`store/batching.py`),
+and a batch spends its nonces with one INSERT (the primary key lets one use of a nonce commit, across
+processes), reads device, binding and inventory rows of every request in one indexed query inside the
+same transaction (so a status change committed before it is always seen), and writes only for a
+first bind, a first use or a security event. Nobody is answered before that transaction committed;
+if it fails, its requests are run again one by one.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -33,7 +42,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crl.check import CheckResult, CheckStatus, cdp_uris
@@ -41,12 +50,14 @@ from crl.check import CheckResult, CheckStatus, cdp_uris
 from ..ca import inventory
 from ..ca.inventory import Reason
 from ..clock import Clock, utcnow
+from ..store.batching import GroupCommit
 from ..store.db import writer
 from ..store.events import record_event
 from ..store.tables import certificates
 from .devices import DeviceStatus, retire
 from .external import ExternalCas
-from .tables import attestation_nonces, device_certs, devices
+from .nonces import NonceKey, NonceState, nonce_hash, purge_spent
+from .tables import attestation_spent_nonces, device_certs, devices
 
 log = structlog.get_logger("attestation")
 
@@ -153,21 +164,46 @@ def b64decode(text: str) -> bytes:
         raise ValueError("not base64") from None
 
 
-_LOOKUP = (
-    sa.select(devices.c.status.label("device_status"), device_certs.c.device_id.label("bound_device"),
-              device_certs.c.state.label("binding_state"), device_certs.c.retired_reason,
-              certificates.c.status.label("cert_status"), certificates.c.revocation_reason,
-              certificates.c.first_used_at, certificates.c.ca.label("cert_ca"))
-    .select_from(devices.outerjoin(device_certs, device_certs.c.fingerprint_sha256 == sa.bindparam("fp"))
-                 .outerjoin(certificates, certificates.c.fingerprint_sha256 == sa.bindparam("fp")))
-    .where(devices.c.id == sa.bindparam("device"))
-)
+_LOOKUP_COLUMNS = (devices.c.status.label("device_status"), device_certs.c.device_id.label("bound_device"),
+                   device_certs.c.state.label("binding_state"), device_certs.c.retired_reason,
+                   certificates.c.status.label("cert_status"), certificates.c.revocation_reason,
+                   certificates.c.first_used_at, certificates.c.ca.label("cert_ca"))
+
+
+def _lookup_query(pairs: list[tuple[str, str]]):
+    """Device, binding and inventory row of each (device id, fingerprint): one indexed select per pair,
+    joined with UNION ALL into one statement; a pair without a row is an unknown device."""
+    selects = []
+    for i, (device_id, fp) in enumerate(pairs):
+        selects.append(
+            sa.select(sa.literal(i, sa.Integer).label("i"), *_LOOKUP_COLUMNS)
+            .select_from(devices.outerjoin(device_certs, device_certs.c.fingerprint_sha256 == sa.literal(fp))
+                         .outerjoin(certificates, certificates.c.fingerprint_sha256 == sa.literal(fp)))
+            .where(devices.c.id == sa.literal(device_id)))
+    return selects[0] if len(selects) == 1 else sa.union_all(*selects)
+
+
+_RETRYABLE = ("40P01", "40001")  # PostgreSQL deadlock_detected, serialization_failure
+_LOOKUP_CHUNK = 200  # SQLite allows at most 500 terms in a compound select
+
+
+@dataclass(eq=False)
+class _Job:
+    """One verification waiting for the group commit."""
+
+    info: "_Cert"
+    device_id: str
+    nonce_sha256: str
+    expires: datetime
+    crl: CheckResult | None = None
+    spend_only: bool = False  # the answer is known already; only the nonce is spent
 
 
 class AttestationService:
     def __init__(self, engine: AsyncEngine, *, cas: dict, external: ExternalCas | None, clock: Clock = utcnow,
                  nonce_ttl: timedelta = timedelta(minutes=2), revoke_on_second_device: bool = False,
-                 cache_size: int = 10_000, notify_changed: Callable[[str], None] | None = None):
+                 cache_size: int = 10_000, notify_changed: Callable[[str], None] | None = None,
+                 max_batch: int = 256):
         self.engine = engine
         self.cas = cas
         self.external = external
@@ -179,28 +215,38 @@ class AttestationService:
         self._notify = notify_changed or (lambda ca: None)
         self._our_subjects = {ca.cert.subject.public_bytes(): ca for ca in cas.values()}
         self._first_fetch_done: set[str] = set()
+        self.nonces = NonceKey(engine)
+        self._max_batch = max_batch
+        self._group: GroupCommit | None = None
+        self._group_loop: asyncio.AbstractEventLoop | None = None
 
     # ---------------------------------------------------------------- challenge
 
     async def challenge(self, device_id: str) -> dict:
-        """A fresh single-use nonce (256 bits) for `device_id`; only its SHA-256 is stored."""
-        nonce = secrets.token_urlsafe(32)
-        now = self.clock()
-        expires = now + self.nonce_ttl
-        async with writer(self.engine).begin() as conn:
-            await conn.execute(attestation_nonces.insert().values(
-                nonce_sha256=hashlib.sha256(nonce.encode()).hexdigest(), device_id=device_id, issued_at=now,
-                expires_at=expires))
+        """A fresh single-use nonce (128 random bits, HMAC-bound to `device_id` and its expiry); no write."""
+        expires = self.clock() + self.nonce_ttl
+        nonce = await self.nonces.issue(device_id, expires)
         return {"nonce": nonce, "device_id": device_id, "expires_at": expires.isoformat(),
                 "expires_in": int(self.nonce_ttl.total_seconds()),
                 "signed_bytes": "device-trust-attestation-v1\\n<nonce>\\n<device_id>"}
 
     async def purge_nonces(self) -> int:
-        """Delete nonces past their expiry (a reused expired nonce then reads as unknown)."""
-        cutoff = self.clock() - self.nonce_ttl
-        async with writer(self.engine).begin() as conn:
-            res = await conn.execute(attestation_nonces.delete().where(attestation_nonces.c.expires_at < cutoff))
-        return res.rowcount or 0
+        """Delete spent nonces well past their expiry (the expiry check refuses them from then on; the
+        margin of one lifetime covers clocks of other instances running behind)."""
+        return await purge_spent(self.engine, self.clock() - self.nonce_ttl)
+
+    def _committer(self) -> GroupCommit[_Job, tuple[Result | None, list[str]]]:
+        loop = asyncio.get_running_loop()
+        if self._group is None or self._group_loop is not loop:
+            self._group = GroupCommit(self._flush, single=self._single, max_batch=self._max_batch,
+                                      max_inflight=1 if self.engine.dialect.name == "sqlite" else 2,
+                                      name="attestation.group_commit")
+            self._group_loop = loop
+        return self._group
+
+    async def aclose(self) -> None:
+        if self._group is not None:
+            await self._group.aclose()
 
     # ---------------------------------------------------------------- verify
 
@@ -271,26 +317,28 @@ class AttestationService:
                       if bad is Verdict.SIGNATURE_INVALID else
                       f"algorithm {algorithm!r} is not supported for this key; one of: {', '.join(ALGORITHMS)}")
             return fail(bad, detail, device_id=device_id, certificate=info.summary)
+        state, expires = await self.nonces.check(nonce, device_id, self.clock())
+        if state is not None:
+            return (fail(Verdict.NONCE_EXPIRED, "this nonce has expired; ask for a new challenge", device_id=device_id,
+                         certificate=info.summary) if state == NonceState.EXPIRED else
+                    fail(Verdict.NONCE_UNKNOWN, "this nonce was not issued (for this device)", device_id=device_id,
+                         certificate=info.summary))
+        job = _Job(info, device_id, nonce_hash(nonce), expires)
         issuer = await self._issuer(info)
         if isinstance(issuer, Result):
             # the nonce is still spent: a signed, fresh request was answered
-            spent = await self._spend_only(nonce, device_id)
+            job.spend_only = True
+            spent, _ = await self._committer().submit(job)
             if spent is not None:
+                spent.device_id, spent.certificate = device_id, info.summary
                 return spent
             issuer.device_id, issuer.certificate = device_id, info.summary
             return issuer
         crl = None
         if info.kind == "external":
-            crl = await self._crl_status(info)
-        for attempt in range(3):
-            try:
-                result, touched = await self._decide(info, nonce, device_id, crl)
-                break
-            except IntegrityError as exc:  # a concurrent bind of this device or certificate: look again
-                log.info("attestation.retry", device=device_id, error=type(exc.orig).__name__ if exc.orig else "")
-        else:
-            return fail(Verdict.CONFLICT, "concurrent changes to this device's binding; try again",
-                        device_id=device_id, certificate=info.summary)
+            crl = job.crl = await self._crl_status(info)
+        result, touched = await self._committer().submit(job)
+        assert result is not None
         for ca in touched:
             self._notify(ca)
         result.device_id = device_id
@@ -310,8 +358,6 @@ class AttestationService:
         if res.status is CheckStatus.UNKNOWN and res.reason == "no_crl":
             pending = [u for u in info.cdp if (info.ca, u) not in self._first_fetch_done]
             if pending:  # first sight of this CDP in this process: fetch it now once, then the job keeps it fresh
-                import asyncio
-
                 for url in pending:
                     self._first_fetch_done.add((info.ca, url))
                 try:
@@ -322,104 +368,156 @@ class AttestationService:
                 res = ext.check_serial(info.ca, info.cert.serial_number, info.cdp)
         return res
 
-    async def _spend_only(self, nonce: str, device_id: str) -> Result | None:
+    # ---------------------------------------------------------------- group commit
+
+    async def _flush(self, jobs: list[_Job]) -> list[tuple[Result | None, list[str]]]:
+        """One write transaction for a batch of verifications: spend the nonces (one INSERT), read every
+        request's rows (one query), decide each in order. A decision that writes makes the later ones of
+        the batch read their rows again, so each is judged exactly as if it ran alone after the previous."""
         now = self.clock()
+        out: list[tuple[Result | None, list[str]] | None] = [None] * len(jobs)
         async with writer(self.engine).begin() as conn:
-            return await self._consume(conn, nonce, device_id, now)
+            won = await self._spend(conn, jobs, now)
+            todo = []
+            for i, job in enumerate(jobs):
+                if i not in won:
+                    out[i] = (fail(Verdict.NONCE_REUSED, "this nonce was already used; ask for a new challenge"), [])
+                elif job.spend_only:
+                    out[i] = (None, [])
+                else:
+                    todo.append(i)
+            rows = await self._lookup(conn, [(jobs[i].device_id, jobs[i].info.fp) for i in todo])
+            dirty = False
+            for i, row in zip(todo, rows):
+                job = jobs[i]
+                if dirty:
+                    row = (await self._lookup(conn, [(job.device_id, job.info.fp)]))[0]
+                wrote: list[bool] = []
+                out[i] = await self._judge(conn, job.info, job.device_id, job.crl, now, row, wrote)
+                dirty = dirty or bool(wrote)
+        return out  # type: ignore[return-value]
 
-    async def _consume(self, conn: AsyncConnection, nonce: str, device_id: str, now: datetime) -> Result | None:
-        h = hashlib.sha256(nonce.encode()).hexdigest()
-        res = await conn.execute(attestation_nonces.update().where(
-            attestation_nonces.c.nonce_sha256 == h, attestation_nonces.c.device_id == device_id,
-            attestation_nonces.c.used_at.is_(None), attestation_nonces.c.expires_at > now).values(used_at=now))
-        if res.rowcount == 1:
-            return None
-        row = (await conn.execute(sa.select(attestation_nonces).where(attestation_nonces.c.nonce_sha256 == h))).first()
-        if row is None or row.device_id != device_id:
-            return fail(Verdict.NONCE_UNKNOWN, "this nonce was not issued (for this device)")
-        if row.used_at is not None:
-            return fail(Verdict.NONCE_REUSED, "this nonce was already used; ask for a new challenge")
-        return fail(Verdict.NONCE_EXPIRED, "this nonce has expired; ask for a new challenge")
+    async def _single(self, job: _Job) -> tuple[Result | None, list[str]]:
+        """One verification in its own transaction (after a failed batch), retried on a concurrent change."""
+        for _ in range(3):
+            try:
+                return (await self._flush([job]))[0]
+            except IntegrityError as exc:  # a concurrent bind of this device or certificate: look again
+                log.info("attestation.retry", device=job.device_id,
+                         error=type(exc.orig).__name__ if exc.orig else "")
+            except DBAPIError as exc:  # a deadlock with another instance's batch: the transaction rolled back
+                if getattr(exc.orig, "sqlstate", None) not in _RETRYABLE:
+                    raise
+                log.info("attestation.retry", device=job.device_id, error=type(exc.orig).__name__)
+        return fail(Verdict.CONFLICT, "concurrent changes to this device's binding; try again"), []
 
-    async def _decide(self, info: _Cert, nonce: str, device_id: str,
-                      crl: CheckResult | None) -> tuple[Result, list[str]]:
-        now = self.clock()
+    async def _spend(self, conn: AsyncConnection, jobs: list[_Job], now: datetime) -> set[int]:
+        """Insert the batch's nonce hashes; the indexes of the jobs whose insert committed their nonce's use.
+        Sorted, so that two batches replaying the same nonces lock them in the same order."""
+        first: dict[str, int] = {}
+        for i, job in enumerate(jobs):
+            first.setdefault(job.nonce_sha256, i)
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        rows = [{"nonce_sha256": h, "device_id": jobs[i].device_id, "expires_at": jobs[i].expires, "used_at": now}
+                for h, i in sorted(first.items())]
+        inserted = (await conn.execute(
+            insert(attestation_spent_nonces).values(rows).on_conflict_do_nothing(index_elements=["nonce_sha256"])
+            .returning(attestation_spent_nonces.c.nonce_sha256))).scalars().all()
+        return {first[h] for h in inserted}
+
+    async def _lookup(self, conn: AsyncConnection, pairs: list[tuple[str, str]]) -> list:
+        """Rows of `_LOOKUP_COLUMNS` for each (device id, fingerprint), None for an unknown device."""
+        found: dict[tuple[str, str], object] = {}
+        distinct = list(dict.fromkeys(pairs))
+        for start in range(0, len(distinct), _LOOKUP_CHUNK):
+            chunk = distinct[start:start + _LOOKUP_CHUNK]
+            for row in (await conn.execute(_lookup_query(chunk))).all():
+                found[chunk[row.i]] = row
+        return [found.get(p) for p in pairs]
+
+    async def _judge(self, conn: AsyncConnection, info: _Cert, device_id: str, crl: CheckResult | None,
+                     now: datetime, row, wrote: list[bool]) -> tuple[Result, list[str]]:
+        """The verdict on one verification whose nonce was just spent, from its rows; writes (recorded in
+        `wrote`) only for a first bind, a first use, a retirement or a security event."""
         touched: list[str] = []
-        async with writer(self.engine).begin() as conn:
-            spent = await self._consume(conn, nonce, device_id, now)
-            if spent is not None:
-                return spent, touched
-            row = (await conn.execute(_LOOKUP, {"fp": info.fp, "device": device_id})).first()
-            if row is None:
-                return fail(Verdict.DEVICE_UNKNOWN, f"no device {device_id!r}"), touched
-            status = row.device_status
-            ours = info.kind == "ours"
-            if ours and row.cert_status is None:
-                ca = self.cas.get(info.ca)
-                if ca is not None and ca.issued_by_us(info.cert):
-                    return fail(Verdict.CERTIFICATE_UNKNOWN, "signed by our CA but not in the certificate inventory",
-                                device_status=status), touched
-                return fail(Verdict.ISSUER_NOT_TRUSTED, "not issued by our CA (signature does not verify)",
+        if row is None:
+            return fail(Verdict.DEVICE_UNKNOWN, f"no device {device_id!r}"), touched
+        status = row.device_status
+        ours = info.kind == "ours"
+        if ours and row.cert_status is None:
+            ca = self.cas.get(info.ca)
+            if ca is not None and ca.issued_by_us(info.cert):
+                return fail(Verdict.CERTIFICATE_UNKNOWN, "signed by our CA but not in the certificate inventory",
                             device_status=status), touched
-            retired = row.binding_state == "retired"
-            if retired:
-                gone = (fail(Verdict.CERTIFICATE_REVOKED, _revoked_detail(row.revocation_reason),
-                             device_status=status) if ours and row.cert_status == "revoked" else
-                        fail(Verdict.CERTIFICATE_RETIRED, f"this certificate is never accepted again "
-                                                          f"({row.retired_reason})", device_status=status))
-            if row.bound_device is not None and row.bound_device != device_id:
-                touched = await self._second_device(conn, info, device_id, row.bound_device, now,
-                                                    revoke=not retired)
-                if retired:
-                    return gone, touched
-                return fail(Verdict.BOUND_TO_OTHER_DEVICE, "this certificate is bound to another device; "
-                                                           "the attempt was recorded", device_status=status), touched
-            if status == DeviceStatus.DELETED.value:
-                return fail(Verdict.DEVICE_DELETED, "the device was deleted", device_status=status), touched
-            if status == DeviceStatus.DEACTIVATED.value:
-                return fail(Verdict.DEVICE_DEACTIVATED, "the device is deactivated (its certificate is on hold)",
-                            device_status=status), touched
-            if status == DeviceStatus.SUSPENDED.value:
-                return fail(Verdict.DEVICE_SUSPENDED, "the device is suspended", device_status=status), touched
+            return fail(Verdict.ISSUER_NOT_TRUSTED, "not issued by our CA (signature does not verify)",
+                        device_status=status), touched
+        retired = row.binding_state == "retired"
+        if retired:
+            gone = (fail(Verdict.CERTIFICATE_REVOKED, _revoked_detail(row.revocation_reason),
+                         device_status=status) if ours and row.cert_status == "revoked" else
+                    fail(Verdict.CERTIFICATE_RETIRED, f"this certificate is never accepted again "
+                                                      f"({row.retired_reason})", device_status=status))
+        if row.bound_device is not None and row.bound_device != device_id:
+            wrote.append(True)
+            touched = await self._second_device(conn, info, device_id, row.bound_device, now,
+                                                revoke=not retired)
             if retired:
                 return gone, touched
-            if now < info.not_before:
-                return fail(Verdict.CERTIFICATE_NOT_YET_VALID, f"valid from {info.not_before.isoformat()}",
+            return fail(Verdict.BOUND_TO_OTHER_DEVICE, "this certificate is bound to another device; "
+                                                       "the attempt was recorded", device_status=status), touched
+        if status == DeviceStatus.DELETED.value:
+            return fail(Verdict.DEVICE_DELETED, "the device was deleted", device_status=status), touched
+        if status == DeviceStatus.DEACTIVATED.value:
+            return fail(Verdict.DEVICE_DEACTIVATED, "the device is deactivated (its certificate is on hold)",
+                        device_status=status), touched
+        if status == DeviceStatus.SUSPENDED.value:
+            return fail(Verdict.DEVICE_SUSPENDED, "the device is suspended", device_status=status), touched
+        if retired:
+            return gone, touched
+        if now < info.not_before:
+            return fail(Verdict.CERTIFICATE_NOT_YET_VALID, f"valid from {info.not_before.isoformat()}",
+                        device_status=status), touched
+        if now >= info.not_after:
+            return fail(Verdict.CERTIFICATE_EXPIRED, f"expired at {info.not_after.isoformat()}",
+                        device_status=status), touched
+        if ours:
+            if row.cert_status == "revoked":
+                return fail(Verdict.CERTIFICATE_REVOKED, _revoked_detail(row.revocation_reason),
                             device_status=status), touched
-            if now >= info.not_after:
-                return fail(Verdict.CERTIFICATE_EXPIRED, f"expired at {info.not_after.isoformat()}",
+            if row.cert_status == "hold":
+                return fail(Verdict.CERTIFICATE_ON_HOLD, "the certificate is on hold (certificateHold)",
                             device_status=status), touched
-            if ours:
-                if row.cert_status == "revoked":
-                    return fail(Verdict.CERTIFICATE_REVOKED, _revoked_detail(row.revocation_reason),
-                                device_status=status), touched
-                if row.cert_status == "hold":
-                    return fail(Verdict.CERTIFICATE_ON_HOLD, "the certificate is on hold (certificateHold)",
-                                device_status=status), touched
-            else:
-                assert crl is not None
-                if crl.status is CheckStatus.REVOKED:
-                    if row.bound_device == device_id:
-                        await retire(conn, info.fp, "revoked", now)
-                    return fail(Verdict.CERTIFICATE_REVOKED, _revoked_detail(crl.revocation_reason, "on the CA's CRL"),
-                                device_status=status), touched
-                if crl.status is CheckStatus.ON_HOLD:
-                    return fail(Verdict.CERTIFICATE_ON_HOLD, "certificateHold on the CA's CRL",
-                                device_status=status), touched
-                if crl.status is CheckStatus.UNKNOWN and not crl.allowed:
-                    return fail(Verdict.CRL_UNAVAILABLE, crl.detail or "no fresh CRL (policy fail-closed)",
-                                device_status=status), touched
-            if row.bound_device is None:
-                lost_to = await self._bind(conn, info, device_id, now)
-                if lost_to is not None:
-                    touched = await self._second_device(conn, info, device_id, lost_to, now)
-                    return fail(Verdict.BOUND_TO_OTHER_DEVICE, "this certificate was just bound to another "
-                                                               "device; the attempt was recorded",
-                                device_status=status), touched
-            if ours and row.first_used_at is None:
-                await inventory.mark_used(conn, info.serial, now)
-            return Result(True, Verdict.MANAGED, "the device proved possession of its bound certificate",
-                          device_status=status), touched
+        else:
+            assert crl is not None
+            if crl.status is CheckStatus.REVOKED:
+                if row.bound_device == device_id:
+                    wrote.append(True)
+                    await retire(conn, info.fp, "revoked", now)
+                return fail(Verdict.CERTIFICATE_REVOKED, _revoked_detail(crl.revocation_reason, "on the CA's CRL"),
+                            device_status=status), touched
+            if crl.status is CheckStatus.ON_HOLD:
+                return fail(Verdict.CERTIFICATE_ON_HOLD, "certificateHold on the CA's CRL",
+                            device_status=status), touched
+            if crl.status is CheckStatus.UNKNOWN and not crl.allowed:
+                return fail(Verdict.CRL_UNAVAILABLE, crl.detail or "no fresh CRL (policy fail-closed)",
+                            device_status=status), touched
+        if row.bound_device is None:
+            wrote.append(True)
+            lost_to = await self._bind(conn, info, device_id, now)
+            if lost_to is not None:
+                wrote.append(True)
+                touched = await self._second_device(conn, info, device_id, lost_to, now)
+                return fail(Verdict.BOUND_TO_OTHER_DEVICE, "this certificate was just bound to another "
+                                                           "device; the attempt was recorded",
+                            device_status=status), touched
+        if ours and row.first_used_at is None:
+            wrote.append(True)
+            await inventory.mark_used(conn, info.serial, now)
+        return Result(True, Verdict.MANAGED, "the device proved possession of its bound certificate",
+                      device_status=status), touched
 
     async def _bind(self, conn: AsyncConnection, info: _Cert, device_id: str, now: datetime) -> str | None:
         """Compare-and-set: bind an unbound certificate to this device. Returns the winner when another bound it."""

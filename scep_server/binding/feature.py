@@ -36,6 +36,7 @@ class BindingFeature:
     async def stop(self, runtime) -> None:
         svc = runtime.extras.pop(EXTRAS_KEY, None)
         if svc is not None:
+            await svc.attestation.aclose()
             await svc.external.checker.stop()
 
     def add_routes(self, app) -> None:

@@ -46,15 +46,27 @@ device_certs = sa.Table(
              sqlite_where=sa.text("current"), postgresql_where=sa.text("current")),
 )
 
-attestation_nonces = sa.Table(
-    "attestation_nonces",
+# Attestation nonces are stateless (an HMAC under the key below); a nonce is spent by inserting its hash
+# here, so the primary key makes "a nonce is used once" a constraint across processes and instances.
+# Rows are kept until well after the nonce's expiry, after which the expiry check refuses it anyway.
+attestation_spent_nonces = sa.Table(
+    "attestation_spent_nonces",
     metadata,
     sa.Column("nonce_sha256", sa.String(64), primary_key=True),
     sa.Column("device_id", sa.String(64), nullable=False),
-    sa.Column("issued_at", TS, nullable=False),
     sa.Column("expires_at", TS, nullable=False),
-    sa.Column("used_at", TS),
-    sa.Index("ix_attestation_nonces_expires", "expires_at"),
+    sa.Column("used_at", TS, nullable=False),
+    sa.Index("ix_attestation_spent_nonces_expires", "expires_at"),
+)
+
+# The HMAC key of attestation nonces, created by the first process that needs it and shared by every
+# process and instance on this database (one row, id 1).
+attestation_keys = sa.Table(
+    "attestation_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("secret", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
 )
 
 external_cas = sa.Table(

@@ -1,4 +1,4 @@
-"""binding tables: devices, certificate bindings, attestation nonces, external CAs
+"""binding tables: devices, certificate bindings, spent attestation nonces and their key, external CAs
 
 Revision ID: binding_0001
 Revises:
@@ -47,14 +47,19 @@ def upgrade() -> None:
     op.create_index("uq_device_certs_current", "device_certs", ["device_id"], unique=True,
                     sqlite_where=sa.text("current"), postgresql_where=sa.text("current"))
     op.create_table(
-        "attestation_nonces",
+        "attestation_spent_nonces",
         sa.Column("nonce_sha256", sa.String(64), primary_key=True),
         sa.Column("device_id", sa.String(64), nullable=False),
-        sa.Column("issued_at", TS, nullable=False),
         sa.Column("expires_at", TS, nullable=False),
-        sa.Column("used_at", TS),
+        sa.Column("used_at", TS, nullable=False),
     )
-    op.create_index("ix_attestation_nonces_expires", "attestation_nonces", ["expires_at"])
+    op.create_index("ix_attestation_spent_nonces_expires", "attestation_spent_nonces", ["expires_at"])
+    op.create_table(
+        "attestation_keys",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("secret", sa.LargeBinary, nullable=False),
+        sa.Column("created_at", TS, nullable=False),
+    )
     op.create_table(
         "external_cas",
         sa.Column("name", sa.String(64), primary_key=True),
@@ -67,5 +72,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for t in ("external_cas", "attestation_nonces", "device_certs", "devices"):
+    for t in ("external_cas", "attestation_keys", "attestation_spent_nonces", "device_certs", "devices"):
         op.drop_table(t)
