@@ -26,7 +26,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def _run_worker(settings: Settings, sock: socket.socket) -> None:
-    configure(settings.log.level, settings.log.format)
+    configure(settings.log.level, settings.log.format, cache=True)
     app = create_app(settings)
     web.run_app(app, sock=sock, print=None, handle_signals=True, access_log=None)
 

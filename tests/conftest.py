@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.engine import make_url
 
 from scep_server.store.db import create_engine
@@ -90,3 +91,10 @@ async def engine(db_url):
     eng = create_engine(db_url)
     yield eng
     await eng.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults():
+    """A CLI command run in-process configures logging; the next test starts from structlog's defaults."""
+    yield
+    structlog.reset_defaults()
