@@ -90,9 +90,12 @@ async def test_cli_revoke_reaches_every_running_instance_within_the_bound(tmp_pa
             assert _crl_number(shown) >= number and cert.serial_number in crl_serials(shown)
 
 
-def test_cli_errors_are_clear(tmp_path):
+def test_cli_errors_are_clear(tmp_path, monkeypatch):
     """Usage errors exit 2, refused operations exit 1, each with a message naming the problem."""
     from click.testing import CliRunner
+
+    # in-process: keep the commands from reconfiguring this test process's logging
+    monkeypatch.setattr("scep_server.logs.configure", lambda *args, **kwargs: None)
 
     from scep_server.cli import main
     from scep_server.runtime import initialise
