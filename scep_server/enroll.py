@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import secrets
+import sqlite3
 import time
+import threading
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Awaitable, Callable, Protocol
@@ -30,9 +34,9 @@ from .clock import Clock, utcnow
 from .profiles import Profile, ProfileStore
 from .scep import message as codec
 from .scep.types import ContentCipher, FailInfo, MalformedMessage, MessageType, PKIStatus, SCEPFailure
-from .store.db import writer
+from .store.db import is_sqlite, writer
 from .store.events import record_event
-from .store.tables import certificates, scep_transactions
+from .store.tables import certificates, events, scep_transactions
 
 log = structlog.get_logger("scep")
 
@@ -104,6 +108,209 @@ class _Outcome:
     fail_info: FailInfo | None = None
     fail_text: str | None = None
     serial: str | None = None
+    reply: bytes | None = None  # the signed CertRep, when built together with the certificate
+
+
+_NOT_LOOKED_UP = object()
+
+# ---------------------------------------------------------------------------------------------
+# The enrolment path's storage: find a transaction, record an issued certificate (one transaction).
+
+_FIND_TRANSACTION = sa.select(scep_transactions).where(
+    scep_transactions.c.profile == sa.bindparam("profile"),
+    scep_transactions.c.transaction_id == sa.bindparam("transaction_id"))
+
+
+def _event_row(*, at: datetime, kind: str, subject: str, actor: str, data: dict) -> dict:
+    """An audit event row, as store.events.record_event writes it."""
+    return {"at": at, "kind": kind, "subject": subject, "actor": actor,
+            "data": json.dumps(data, sort_keys=True, default=str)}
+
+
+def _record_statements(cert_row: dict, tx_row: dict, event_row: dict, *, one_statement: bool) -> list:
+    """The inserts of an issued certificate: certificate, transaction, audit event.
+
+    ``one_statement`` (PostgreSQL): WITH c AS (INSERT certificate), t AS (INSERT transaction) INSERT event,
+    atomic by itself and one round trip.
+    """
+    def values(table: sa.Table, row: dict, prefix: str) -> dict:
+        return {k: sa.bindparam(prefix + k, type_=table.c[k].type) for k in row}
+
+    inserts = [(certificates, cert_row, "c_"), (scep_transactions, tx_row, "t_"), (events, event_row, "e_")]
+    if not one_statement:
+        return [table.insert().values(values(table, row, prefix)) for table, row, prefix in inserts]
+    c, t = (table.insert().values(values(table, row, prefix)).cte(prefix[0]) for table, row, prefix in inserts[:2])
+    return [events.insert().values(values(events, event_row, "e_")).add_cte(c).add_cte(t)]
+
+
+def _record_params(cert_row: dict, tx_row: dict, event_row: dict) -> dict:
+    return {**{"c_" + k: v for k, v in cert_row.items()}, **{"t_" + k: v for k, v in tx_row.items()},
+            **{"e_" + k: v for k, v in event_row.items()}}
+
+
+class _Compiled:
+    """A Core statement compiled once for a dialect, executed on the driver connection.
+
+    The enrolment path runs the same three or four statements for every request; SQLAlchemy's per-execution
+    work (cache key, execution context, result wrapping) costs more CPU than the database itself does here.
+    """
+
+    def __init__(self, stmt, dialect, columns: list[sa.Column] | None = None):
+        compiled = stmt.compile(dialect=dialect)
+        self.sql = str(compiled)
+        names = compiled.positiontup or []
+        self._binds = [(name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+                       for name in names]
+        self._columns = [(c.name, c.type.dialect_impl(dialect).result_processor(dialect, None)) for c in columns or ()]
+
+    def params(self, values: dict) -> tuple:
+        return tuple(proc(values[name]) if proc else values[name] for name, proc in self._binds)
+
+    def row(self, raw) -> dict | None:
+        if raw is None:
+            return None
+        return {name: proc(v) if proc else v for (name, proc), v in zip(self._columns, raw)}
+
+
+class _AsyncStore:
+    """Lookup and record on the async engine; on PostgreSQL through asyncpg directly, one round trip each."""
+
+    inline = False
+
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+        self._postgres = engine.dialect.name == "postgresql" and engine.dialect.driver == "asyncpg"
+        self._find: _Compiled | None = None
+        self._record: _Compiled | None = None
+
+    async def prepare(self) -> None:
+        return None
+
+    async def find(self, profile: str, transaction_id: str) -> dict | None:
+        params = {"profile": profile, "transaction_id": transaction_id}
+        async with self.engine.connect() as conn:
+            if not self._postgres:
+                row = (await conn.execute(_FIND_TRANSACTION, params)).first()
+                return dict(row._mapping) if row is not None else None
+            if self._find is None:
+                self._find = _Compiled(_FIND_TRANSACTION, self.engine.dialect, list(scep_transactions.columns))
+            driver = (await conn.get_raw_connection()).driver_connection
+            return self._find.row(await driver.fetchrow(self._find.sql, *self._find.params(params)))
+
+    async def record(self, cert_row: dict, tx_row: dict, event_row: dict) -> None:
+        """Insert the certificate, its transaction and the audit event, all or nothing."""
+        if not self._postgres:
+            async with writer(self.engine).begin() as conn:
+                await conn.execute(certificates.insert(), cert_row)
+                await conn.execute(scep_transactions.insert(), tx_row)
+                await conn.execute(events.insert(), event_row)
+            return
+        import asyncpg
+
+        if self._record is None:
+            stmt, = _record_statements(cert_row, tx_row, event_row, one_statement=True)
+            self._record = _Compiled(stmt, self.engine.dialect)
+        async with self.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            try:  # no transaction is open on the connection: the statement commits by itself
+                await driver.execute(self._record.sql, *self._record.params(
+                    _record_params(cert_row, tx_row, event_row)))
+            except asyncpg.IntegrityConstraintViolationError as exc:
+                raise IntegrityError(self._record.sql, None, exc) from exc
+
+
+class _SqliteStore:
+    """The same two operations on synchronous SQLite connections, called from the enrolment's worker threads.
+
+    aiosqlite hands every driver call (cursor, execute, fetch, close, BEGIN, COMMIT) to its connection thread
+    and back, a dozen handoffs per enrolment. Here the lookup runs inside the thread that parses and decrypts
+    the request, and the write inside the thread that signs the certificate: no handoff of its own. Writers
+    of one process queue on a lock rather than in SQLite's busy handler, which polls with sleeps.
+    """
+
+    inline = True
+
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+        self._sync: sa.Engine | None = None
+        self._write_lock = threading.Lock()
+        self._find: _Compiled | None = None
+        self._record: list[_Compiled] = []
+
+    async def prepare(self) -> None:
+        if self._sync is not None:
+            return
+        # the durability the async engine was configured with (PRAGMA synchronous: 0 OFF .. 3 EXTRA)
+        async with self.engine.connect() as conn:
+            level = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
+        if self._sync is None:
+            sync = _sync_sqlite_engine(self.engine, {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(level, "FULL"))
+            self._find = _Compiled(_FIND_TRANSACTION, sync.dialect, list(scep_transactions.columns))
+            self._sync = sync
+            weakref.finalize(self, sync.dispose)
+
+    def find_sync(self, profile: str, transaction_id: str) -> dict | None:
+        assert self._sync is not None and self._find is not None
+        raw = self._sync.raw_connection()
+        try:
+            cursor = raw.driver_connection.execute(
+                self._find.sql, self._find.params({"profile": profile, "transaction_id": transaction_id}))
+            return self._find.row(cursor.fetchone())
+        finally:
+            raw.close()
+
+    def record_sync(self, cert_row: dict, tx_row: dict, event_row: dict) -> None:
+        assert self._sync is not None
+        if not self._record:
+            self._record = [_Compiled(stmt, self._sync.dialect)
+                            for stmt in _record_statements(cert_row, tx_row, event_row, one_statement=False)]
+        params = _record_params(cert_row, tx_row, event_row)
+        with self._write_lock:
+            raw = self._sync.raw_connection()
+            try:
+                db = raw.driver_connection
+                db.execute("BEGIN IMMEDIATE")  # take the write lock now (see store.db.writer)
+                try:
+                    for stmt in self._record:
+                        db.execute(stmt.sql, stmt.params(params))
+                    db.execute("COMMIT")
+                except BaseException as exc:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    if isinstance(exc, sqlite3.IntegrityError):
+                        raise IntegrityError(None, None, exc) from exc
+                    raise
+            finally:
+                raw.close()
+
+    async def find(self, profile: str, transaction_id: str) -> dict | None:
+        await self.prepare()
+        return await asyncio.to_thread(self.find_sync, profile, transaction_id)
+
+    async def record(self, cert_row: dict, tx_row: dict, event_row: dict) -> None:
+        await self.prepare()
+        await asyncio.to_thread(self.record_sync, cert_row, tx_row, event_row)
+
+
+def _sync_sqlite_engine(engine: AsyncEngine, synchronous: str) -> sa.Engine:
+    """A pysqlite engine on the async engine's database file, with the same pragmas (see store.db)."""
+    sync = sa.create_engine(engine.url.set(drivername="sqlite+pysqlite"), pool_size=8, max_overflow=8,
+                            connect_args={"timeout": 30, "check_same_thread": False})
+
+    @sa.event.listens_for(sync, "connect")
+    def _pragmas(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # BEGIN and COMMIT are ours
+        for pragma in ("journal_mode=WAL", f"synchronous={synchronous}", "foreign_keys=ON", "busy_timeout=30000"):
+            dbapi_conn.execute("PRAGMA " + pragma)
+
+    return sync
+
+
+def _enrolment_store(engine: AsyncEngine):
+    database = engine.url.database if is_sqlite(engine) else None
+    if database and database != ":memory:" and not database.startswith("file:"):
+        return _SqliteStore(engine)
+    return _AsyncStore(engine)
 
 
 class ScepService:
@@ -121,6 +328,7 @@ class ScepService:
         self.crl_source = crl_source
         self.on_status_change = on_status_change or (lambda ca: None)
         self._cacert_cache: dict[str, bytes] = {}
+        self._store = _enrolment_store(engine)
 
     # ------------------------------------------------------------------ GetCACaps / GetCACert
 
@@ -160,15 +368,16 @@ class ScepService:
         profile = await self.profiles.get(profile_name)
         ca = self.cas[profile.ca]
         msg: codec.PKIMessage | None = None
+        await self._store.prepare()
         try:
-            msg, inner = await asyncio.to_thread(self._open, body, ca, profile)
-            outcome = await self._dispatch(profile, ca, msg, inner)
+            msg, inner, known = await asyncio.to_thread(self._open, body, ca, profile)
+            outcome = await self._dispatch(profile, ca, msg, inner, known)
         except SCEPFailure as exc:
             if exc.message is None:
                 raise MalformedMessage(exc.text) from None
             msg = exc.message
             outcome = _Outcome(PKIStatus.FAILURE, fail_info=exc.fail_info, fail_text=exc.text)
-        reply = await asyncio.to_thread(self._reply, ca, msg, outcome)
+        reply = outcome.reply or await asyncio.to_thread(self._reply, ca, msg, outcome)
         log.info("scep.transaction", profile=profile.name, transaction_id=msg.transaction_id,
                  message_type=_type_name(msg.message_type), outcome=outcome.status.name,
                  fail_info=outcome.fail_info.name if outcome.fail_info is not None else None,
@@ -177,7 +386,7 @@ class ScepService:
         return reply
 
     def _open(self, body: bytes, ca: CertificateAuthority, profile: Profile):
-        """Parse, verify and decrypt (CPU work, run in a thread)."""
+        """Parse, verify and decrypt (CPU work, run in a thread); on SQLite, also find an enrolment's transaction."""
         msg = codec.parse_pki_message(body)
         if msg.message_type not in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ, MessageType.CERT_POLL,
                                     MessageType.GET_CERT, MessageType.GET_CRL):
@@ -188,7 +397,10 @@ class ScepService:
             raise exc.with_message(msg) from None
         if cipher is ContentCipher.DES_CBC and not profile.settings.allow_single_des:
             raise SCEPFailure(FailInfo.BAD_ALG, "single DES is not accepted by this profile; use AES or DES3", msg)
-        return msg, inner
+        known = _NOT_LOOKED_UP
+        if self._store.inline and msg.message_type in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
+            known = self._store.find_sync(profile.name, self._key(ca, msg))
+        return msg, inner, known
 
     def _signer(self, ca: CertificateAuthority):
         def sign(data: bytes, digest) -> bytes:
@@ -206,10 +418,10 @@ class ScepService:
                                     fail_text=outcome.fail_text, **kwargs)
 
     async def _dispatch(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
-                        inner: bytes) -> _Outcome:
+                        inner: bytes, known=_NOT_LOOKED_UP) -> _Outcome:
         t = msg.message_type
         if t in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
-            return await self._enrol(profile, ca, msg, inner)
+            return await self._enrol(profile, ca, msg, inner, known)
         if t is MessageType.CERT_POLL:
             return await self._poll(profile, ca, msg, inner)
         if t is MessageType.GET_CERT:
@@ -219,14 +431,14 @@ class ScepService:
     # ------------------------------------------------------------------ enrolment
 
     async def _enrol(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
-                     csr_der: bytes) -> _Outcome:
+                     csr_der: bytes, known=_NOT_LOOKED_UP) -> _Outcome:
         try:
             csr = x509.load_der_x509_csr(csr_der)
             pub_sha = inventory.public_key_sha256(csr.public_key())
         except ValueError as exc:
             raise SCEPFailure(FailInfo.BAD_REQUEST, f"the envelope does not hold a PKCS#10 request: {exc}", msg) from None
 
-        existing = await self._transaction(profile.name, self._key(ca, msg))
+        existing = known if known is not _NOT_LOOKED_UP else await self._transaction(profile.name, self._key(ca, msg))
         if existing is not None:
             return await self._replay(profile, msg, existing, pub_sha)
 
@@ -261,39 +473,74 @@ class ScepService:
     async def _issue(self, profile: Profile, ca: CertificateAuthority, req: EnrollmentRequest, pub_sha: str,
                      now: datetime, verifier: ChallengeVerifier | None) -> _Outcome:
         msg = req.message
-        cert = await asyncio.to_thread(ca.issue, req.csr, profile.policy, serial=random_serial(), now=now)
-        der = cert.public_bytes(DER)
-        serial = inventory.serial_hex(cert.serial_number)
-        try:
-            async with writer(self.engine).begin() as conn:
-                await conn.execute(certificates.insert().values(
-                    inventory.certificate_row(cert, der, ca.name, profile.name, msg.transaction_id, pub_sha, now)))
-                await conn.execute(scep_transactions.insert().values(
-                    profile=profile.name, transaction_id=self._key(ca, msg), state="issued",
-                    message_type=int(msg.message_type), csr_der=req.csr_der, public_key_sha256=pub_sha,
-                    serial=serial, created_at=now, updated_at=now))
-                if req.renewal_of is not None and profile.settings.supersede_on_renewal:
-                    await inventory.set_status(conn, req.renewal_of.serial, "revoked", at=now,
-                                               reason=int(Reason.SUPERSEDED))
-                await record_event(conn, at=now, kind="pki.cert.renew" if req.renewal_of else "pki.cert.issue",
-                                   subject=serial, actor=f"scep:{profile.name}",
-                                   data={"transaction_id": msg.transaction_id, "subject": cert.subject.rfc4514_string(),
-                                         "renewal_of": req.renewal_of.serial if req.renewal_of else None})
-        except IntegrityError:
-            # A concurrent retry of the same transaction inserted first: answer with its result.
-            existing = await self._transaction(profile.name, self._key(ca, msg))
-            if existing is None:
-                raise
-            return await self._replay(profile, msg, existing, pub_sha)
-        if req.renewal_of is not None and profile.settings.supersede_on_renewal:
+        key = self._key(ca, msg)
+        supersede = req.renewal_of is not None and profile.settings.supersede_on_renewal
+        inline = self._store.inline and not supersede
+        for _attempt in range(3):
+            # One thread hop signs the certificate and its CertRep (and on SQLite commits the rows in between);
+            # the reply leaves only once the rows are committed.
+            cert, rows, outcome = await asyncio.to_thread(self._sign, profile, ca, req, key, pub_sha, now, inline)
+            try:
+                if outcome is None:
+                    raise rows  # the inline write's IntegrityError
+                if supersede:
+                    await self._record_renewal(req.renewal_of, *rows, now)
+                elif not inline:
+                    await self._store.record(*rows[:2], _event_row(**rows[2]))
+            except IntegrityError:
+                # A concurrent retry of the same transaction inserted first: answer with its result.
+                existing = await self._transaction(profile.name, key)
+                if existing is not None:
+                    return await self._replay(profile, msg, existing, pub_sha)
+                continue  # the random serial (127 bits) was taken: sign again with a fresh one
+            break
+        else:
+            raise RuntimeError(f"could not record a certificate for transaction {key!r}")
+        if supersede:
             self.on_status_change(ca.name)
         if verifier is not None:
             try:
                 await verifier.after_issue(req, cert)
             except ChallengeRejected as exc:
-                await self._withdraw(ca, serial, profile.name, self._key(ca, msg), str(exc))
+                await self._withdraw(ca, outcome.serial, profile.name, key, str(exc))
                 raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
-        return _Outcome(PKIStatus.SUCCESS, content=codec.build_degenerate([der, ca.cert_der]), serial=serial)
+        return outcome
+
+    def _sign(self, profile: Profile, ca: CertificateAuthority, req: EnrollmentRequest, key: str, pub_sha: str,
+              now: datetime, inline: bool):
+        """Issue the certificate, write its rows when ``inline``, and build the CertRep SUCCESS (in a thread).
+
+        Returns (certificate, (certificate row, transaction row, event), outcome), or (certificate, the
+        IntegrityError, None) when the inline write lost to a concurrent insert.
+        """
+        msg = req.message
+        cert = ca.issue(req.csr, profile.policy, serial=random_serial(), now=now)
+        der = cert.public_bytes(DER)
+        cert_row = inventory.certificate_row(cert, der, ca.name, profile.name, msg.transaction_id, pub_sha, now)
+        serial = cert_row["serial"]
+        tx_row = dict(profile=profile.name, transaction_id=key, state="issued", message_type=int(msg.message_type),
+                      csr_der=req.csr_der, public_key_sha256=pub_sha, serial=serial, created_at=now, updated_at=now)
+        event = dict(at=now, kind="pki.cert.renew" if req.renewal_of else "pki.cert.issue", subject=serial,
+                     actor=f"scep:{profile.name}",
+                     data={"transaction_id": msg.transaction_id, "subject": cert_row["subject"],
+                           "renewal_of": req.renewal_of.serial if req.renewal_of else None})
+        if inline:
+            try:
+                self._store.record_sync(cert_row, tx_row, _event_row(**event))
+            except IntegrityError as exc:
+                return cert, exc, None
+        outcome = _Outcome(PKIStatus.SUCCESS, content=codec.build_degenerate([der, ca.cert_der]), serial=serial)
+        outcome.reply = self._reply(ca, msg, outcome)
+        return cert, (cert_row, tx_row, event), outcome
+
+    async def _record_renewal(self, renewal_of: CertRecord, cert_row: dict, tx_row: dict, event: dict,
+                              now: datetime) -> None:
+        """Record a renewal and revoke the certificate it supersedes, in one transaction."""
+        async with writer(self.engine).begin() as conn:
+            await conn.execute(certificates.insert(), cert_row)
+            await conn.execute(scep_transactions.insert(), tx_row)
+            await inventory.set_status(conn, renewal_of.serial, "revoked", at=now, reason=int(Reason.SUPERSEDED))
+            await record_event(conn, **event)
 
     async def _withdraw(self, ca: CertificateAuthority, serial: str, profile: str, txid: str, why: str) -> None:
         """Revoke a certificate that must not be handed out, and mark its transaction rejected."""
@@ -352,10 +599,8 @@ class ScepService:
             txid = f"{txid}/renewal/{signer.serial_number:x}"
         return txid if len(txid) <= 255 else "sha256:" + hashlib.sha256(txid.encode()).hexdigest()
 
-    async def _transaction(self, profile: str, txid: str):
-        async with self.engine.connect() as conn:
-            return (await conn.execute(sa.select(scep_transactions).where(
-                scep_transactions.c.profile == profile, scep_transactions.c.transaction_id == txid))).first()
+    async def _transaction(self, profile: str, txid: str) -> dict | None:
+        return await self._store.find(profile, txid)
 
     async def _insert_transaction(self, profile: str, key: str, msg: codec.PKIMessage, csr_der: bytes,
                                   pub_sha: str, state: str, now: datetime):
@@ -372,7 +617,7 @@ class ScepService:
 
     async def _replay(self, profile: Profile, msg: codec.PKIMessage, row, pub_sha: str) -> _Outcome:
         """A retry of a known transaction: same answer, never a second certificate (RFC 8894 §3.3.1)."""
-        m = row._mapping
+        m = row
         if m["public_key_sha256"] != pub_sha:
             raise SCEPFailure(FailInfo.BAD_REQUEST,
                               "this transactionID was already used with a different key", msg)
@@ -406,7 +651,7 @@ class ScepService:
         row = await self._transaction(profile.name, self._key(ca, msg))
         if row is None:
             raise SCEPFailure(FailInfo.BAD_CERT_ID, "no enrolment with this transactionID", msg)
-        return await self._state_outcome(profile, msg, row._mapping)
+        return await self._state_outcome(profile, msg, row)
 
     async def _get_cert(self, ca: CertificateAuthority, msg: codec.PKIMessage, inner: bytes) -> _Outcome:
         """GetCert (RFC 8894 §3.3.4): a certificate by issuer and serial number."""
@@ -443,9 +688,9 @@ class ScepService:
         ca = self.cas[profile.ca]
         now = self.clock()
         row = await self._transaction(profile_name, transaction_id)
-        if row is None or row._mapping["state"] != "pending":
+        if row is None or row["state"] != "pending":
             raise LookupError(f"no pending enrolment {transaction_id!r} on profile {profile_name!r}")
-        m = row._mapping
+        m = row
         if not approve:
             async with writer(self.engine).begin() as conn:
                 res = await conn.execute(scep_transactions.update().where(

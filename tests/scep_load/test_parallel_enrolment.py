@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from datetime import timedelta
 
 import aiohttp
 import pytest
@@ -15,6 +16,7 @@ import sqlalchemy as sa
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from scep_server.ca import inventory
 from scep_server.scep import client
 from scep_server.scep.types import MessageType, PKIStatus
 from scep_server.store.tables import certificates, scep_transactions
@@ -103,6 +105,23 @@ async def test_200_parallel_enrolments(aiohttp_server, tmp_path, db_url, client_
     rows, txs = await _inventory(srv.runtime.engine)
     assert sorted(rows) == sorted(serials)
     assert sorted(txs) == sorted((t, "issued", s) for t, s in zip(txids, serials))
+    # the rows read back through the inventory exactly as written (types, time encoding, ordering by time)
+    async with srv.runtime.engine.connect() as conn:
+        records = {r.serial: r for r in await inventory.list_certs(conn, status="valid", profile="default")}
+    assert len(records) == 200
+    for cert in certs:
+        record = records[format(cert.serial_number, "x")]
+        assert record.der == cert.public_bytes(serialization.Encoding.DER)
+        assert (record.not_before, record.not_after) == (cert.not_valid_before_utc, cert.not_valid_after_utc)
+        assert record.transaction_id == cert.subject.rfc4514_string()[3:]
+        assert record.public_key_sha256 == inventory.public_key_sha256(cert.public_key())
+        assert abs(record.issued_at - cert.not_valid_before_utc - timedelta(minutes=5)) < timedelta(minutes=1)
+    async with srv.runtime.engine.connect() as conn:  # times are stored as the rest of the application binds them
+        for cert in certs[:20]:
+            assert (await conn.execute(sa.select(sa.func.count()).select_from(certificates).where(
+                certificates.c.not_before == cert.not_valid_before_utc,
+                certificates.c.not_after == cert.not_valid_after_utc,
+                certificates.c.serial == format(cert.serial_number, "x")))).scalar() == 1
 
 
 async def test_parallel_retries_of_one_transaction_issue_one_certificate(aiohttp_server, tmp_path, db_url,
