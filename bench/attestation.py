@@ -131,6 +131,43 @@ end
 """
 
 
+def cpu_seconds(pids: list[int] | None = None, comm: str | None = None) -> float:
+    """CPU time (user + system) of the given processes, or of every process with this command name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or (pids is not None and int(entry) not in pids):
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        if comm is not None and stat[stat.index("(") + 1:stat.rindex(")")] != comm:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def server_pids(proc: subprocess.Popen) -> list[int]:
+    """The supervisor and its forked workers."""
+    pids = [proc.pid]
+    try:
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as fh:
+            pids += [int(p) for p in fh.read().split()]
+    except OSError:
+        pass
+    return pids
+
+
+def machine_times() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs since boot."""
+    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
 async def commit_rate(url: str, seconds: float) -> float:
     """Durable single-row commits/s on one connection through the store's engine (the reference of the target)."""
     import sqlalchemy as sa
@@ -252,9 +289,14 @@ def main() -> None:
                 await engine.dispose()
 
         before = asyncio.run(used())
+        pids = server_pids(proc)
+        cpu0, db0, m0 = cpu_seconds(pids), cpu_seconds(comm="postgres") if pg_name else 0.0, machine_times()
+        load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
         raw_rps, out = wrk(base + "/", opts.seconds, opts.connections, 2, script, [str(bodies), "2"])
         elapsed = time.perf_counter() - t0
+        cpu1, db1, m1 = cpu_seconds(pids), cpu_seconds(comm="postgres") if pg_name else 0.0, machine_times()
+        load1 = os.getloadavg()[0]
         managed = asyncio.run(used()) - before
         not_managed = int(next(l for l in out.splitlines() if l.startswith("not managed:")).split()[-1])
         if managed >= opts.nonces - 10:
@@ -294,6 +336,10 @@ def main() -> None:
           f"(wrk saw {raw_rps:,.0f} requests/s; answers other than managed: {not_managed})")
     print(f"reference, GET /healthz on the same server: {health_rps:,.0f} requests/s "
           f"(verify/healthz = {managed / elapsed / health_rps:.2f})")
+    busy = (m1[0] - m0[0]) / (m1[1] - m0[1])
+    print(f"CPU per managed verification: servers {(cpu1 - cpu0) / max(managed, 1) * 1e6:,.0f} us"
+          + (f", PostgreSQL {(db1 - db0) / max(managed, 1) * 1e6:,.0f} us" if pg_name else "")
+          + f"; machine busy {busy:.0%} of {os.cpu_count()} CPUs during the run, load average {load0:.1f} -> {load1:.1f}")
     print(f"reference, durable single-row commits/s on one connection: {commits:,.0f} "
           f"(verify/commit = {managed / elapsed / commits:.1f})")
     for action, values in lat.items():

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import secrets
 from collections import OrderedDict
@@ -170,21 +171,31 @@ _LOOKUP_COLUMNS = (devices.c.status.label("device_status"), device_certs.c.devic
                    certificates.c.first_used_at, certificates.c.ca.label("cert_ca"))
 
 
-def _lookup_query(pairs: list[tuple[str, str]]):
-    """Device, binding and inventory row of each (device id, fingerprint): one indexed select per pair,
-    joined with UNION ALL into one statement; a pair without a row is an unknown device."""
+@functools.lru_cache(maxsize=256)
+def _lookup_query(n: int):
+    """Device, binding and inventory row of `n` (device id ``d{i}``, fingerprint ``f{i}``) pairs: one indexed
+    select per pair, joined with UNION ALL into one statement (built once per size; a pair without a
+    row is an unknown device)."""
     selects = []
-    for i, (device_id, fp) in enumerate(pairs):
+    for i in range(n):
+        fp = sa.bindparam(f"f{i}", type_=sa.String)
         selects.append(
             sa.select(sa.literal(i, sa.Integer).label("i"), *_LOOKUP_COLUMNS)
-            .select_from(devices.outerjoin(device_certs, device_certs.c.fingerprint_sha256 == sa.literal(fp))
-                         .outerjoin(certificates, certificates.c.fingerprint_sha256 == sa.literal(fp)))
-            .where(devices.c.id == sa.literal(device_id)))
-    return selects[0] if len(selects) == 1 else sa.union_all(*selects)
+            .select_from(devices.outerjoin(device_certs, device_certs.c.fingerprint_sha256 == fp)
+                         .outerjoin(certificates, certificates.c.fingerprint_sha256 == fp))
+            .where(devices.c.id == sa.bindparam(f"d{i}", type_=sa.String)))
+    return selects[0] if n == 1 else sa.union_all(*selects)
 
 
 _RETRYABLE = ("40P01", "40001")  # PostgreSQL deadlock_detected, serialization_failure
 _LOOKUP_CHUNK = 200  # SQLite allows at most 500 terms in a compound select
+
+
+def _spend_statement(insert):
+    """INSERT of spent nonces, executed with a list of rows (the driver's batched "insertmanyvalues" path,
+    compiled once); RETURNING gives the hashes this statement inserted, i.e. the uses it won."""
+    return (insert(attestation_spent_nonces).on_conflict_do_nothing(index_elements=["nonce_sha256"])
+            .returning(attestation_spent_nonces.c.nonce_sha256))
 
 
 @dataclass(eq=False)
@@ -423,9 +434,7 @@ class AttestationService:
             from sqlalchemy.dialects.sqlite import insert
         rows = [{"nonce_sha256": h, "device_id": jobs[i].device_id, "expires_at": jobs[i].expires, "used_at": now}
                 for h, i in sorted(first.items())]
-        inserted = (await conn.execute(
-            insert(attestation_spent_nonces).values(rows).on_conflict_do_nothing(index_elements=["nonce_sha256"])
-            .returning(attestation_spent_nonces.c.nonce_sha256))).scalars().all()
+        inserted = (await conn.execute(_spend_statement(insert), rows)).scalars().all()
         return {first[h] for h in inserted}
 
     async def _lookup(self, conn: AsyncConnection, pairs: list[tuple[str, str]]) -> list:
@@ -434,7 +443,10 @@ class AttestationService:
         distinct = list(dict.fromkeys(pairs))
         for start in range(0, len(distinct), _LOOKUP_CHUNK):
             chunk = distinct[start:start + _LOOKUP_CHUNK]
-            for row in (await conn.execute(_lookup_query(chunk))).all():
+            params = {}
+            for i, (device_id, fp) in enumerate(chunk):
+                params[f"d{i}"], params[f"f{i}"] = device_id, fp
+            for row in (await conn.execute(_lookup_query(len(chunk)), params)).all():
                 found[chunk[row.i]] = row
         return [found.get(p) for p in pairs]
 
