@@ -39,12 +39,13 @@ def service_of(runtime: "Runtime") -> OtpService:
 
 
 def _announce_kek(path: Path) -> None:
+    """Say, once, that the KEK was created: on stderr for the operator (a CLI command or `serve`), and as a
+    structured event when the server's logging is set up (an unconfigured structlog would write to stdout)."""
     message = (f"created the OTP key-encryption key {path} (mode 0600): it seals the imported YubiKey AES keys "
                "and OTP client keys; back it up apart from the database, without it they cannot be used")
+    print(message, file=sys.stderr, flush=True)
     if structlog.is_configured():
-        log.warning("otp.kek.created", path=str(path), detail=message)
-    else:
-        print(message, file=sys.stderr, flush=True)
+        log.warning("otp.kek.created", path=str(path))
 
 
 async def _kek_readiness(service: OtpService) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import json
+import shutil
 import stat
 from pathlib import Path
 
@@ -41,10 +42,19 @@ class Cli:
         return asyncio.run(go())
 
 
+@pytest.fixture(scope="session")
+def ca_template(tmp_path_factory) -> Path:
+    """A data directory's CA material, made once per test process (key generation is the slow part)."""
+    data_dir = tmp_path_factory.mktemp("otp-cli-template") / "data"
+    asyncio.run(initialise(settings_for(data_dir, f"sqlite+aiosqlite:///{data_dir.parent / 'template.db'}")))
+    return data_dir / "ca"
+
+
 @pytest.fixture
-def cli(db_url, tmp_path) -> Cli:
+def cli(db_url, tmp_path, ca_template) -> Cli:
     c = Cli(tmp_path / "data", db_url)
-    asyncio.run(initialise(c.settings))
+    shutil.copytree(ca_template, c.data_dir / "ca")
+    asyncio.run(initialise(c.settings))  # registers the CA and the default profile in this test's database
     return c
 
 
