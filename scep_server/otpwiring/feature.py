@@ -16,7 +16,7 @@ from otp import web as otp_web
 from otp.cli import build_cli
 from otp.kek import KekError
 from otp.service import OtpService
-from otp.tables import otp_yubikeys
+from otp.tables import otp_clients, otp_yubikeys
 
 from ..appkeys import RUNTIME
 from ..store.tables import api_tokens
@@ -46,6 +46,28 @@ def _announce_kek(path: Path) -> None:
     print(message, file=sys.stderr, flush=True)
     if structlog.is_configured():
         log.warning("otp.kek.created", path=str(path))
+
+
+def _report(event: str, text: str, **fields: object) -> None:
+    """An error worth an operator's attention: a structured event in the server, a stderr line in a CLI
+    command (where structlog is not set up and would write to stdout, mixing with a command's output)."""
+    if structlog.is_configured():
+        log.error(event, detail=text, **fields)
+    else:
+        print(f"error: {text}", file=sys.stderr, flush=True)
+
+
+async def _sealed_keys(runtime: "Runtime") -> int:
+    """How many live keys and active clients hold secrets sealed under some KEK (0 if the schema is missing)."""
+    try:
+        async with runtime.engine.connect() as conn:
+            keys = (await conn.execute(sa.select(sa.func.count()).select_from(otp_yubikeys).where(
+                otp_yubikeys.c.deleted_at.is_(None)))).scalar_one()
+            clients = (await conn.execute(sa.select(sa.func.count()).select_from(otp_clients).where(
+                otp_clients.c.disabled_at.is_(None)))).scalar_one()
+    except sa.exc.SQLAlchemyError:
+        return 0
+    return keys + clients
 
 
 async def _kek_readiness(service: OtpService) -> str:
@@ -98,19 +120,30 @@ class OtpFeature:
 
     async def start(self, runtime: "Runtime") -> None:
         settings = runtime.settings.otp
+        path = settings.kek_path(runtime.settings.data_dir)
+        if path is not None and not path.exists():
+            sealed = await _sealed_keys(runtime)
+            if sealed:
+                # a new KEK would start silently and then fail every OTP of the stored keys
+                raise OtpStartError(f"the OTP key-encryption key {path} is missing, but {sealed} YubiKey(s) and "
+                                    "client(s) in the database are sealed under one: restore the file (or set "
+                                    "otp.kek_file / otp.kek_env to where it is)")
         try:
             kek = settings.load_kek(runtime.settings.data_dir, on_create=_announce_kek)
         except KekError as exc:
-            log.error("otp.kek.unavailable", error=str(exc))
+            if structlog.is_configured():  # a CLI command shows the exception's message itself
+                log.error("otp.kek.unavailable", detail=str(exc))
             raise OtpStartError(f"the OTP factor cannot start: {exc}") from None
         service = OtpService(runtime.engine, settings, kek, clock=runtime.clock)
         runtime.extras[EXTRA] = service
         try:
             state = await _kek_readiness(service)
         except Exception as exc:  # noqa: BLE001 - a schema or database problem shows in readiness, not a crash
-            state = f"error: {exc.__class__.__name__}"
-        if state != "ok":
-            log.error("otp.kek.mismatch", detail=state, kek_id=service.kek_id)
+            state = f"error: cannot check the stored keys ({exc.__class__.__name__})"
+        else:
+            if state != "ok":
+                _report("otp.kek.mismatch", state.removeprefix("error: ") + " (is this the right otp.kek_file or "
+                        "otp.kek_env?)", kek_id=service.kek_id)
         runtime.extras.setdefault("readiness", {})[EXTRA] = lambda: state
 
     async def stop(self, runtime: "Runtime") -> None:

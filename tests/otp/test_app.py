@@ -11,6 +11,7 @@ import pytest
 
 from otp import yubico
 from scep_server.config import ConfigError, load_settings
+from scep_server.otpwiring.feature import OtpStartError
 from scep_server.runtime import initialise, open_runtime
 from tests.factories import NOW, settings_for
 from tests.otp.conftest import make_key, secrets_file
@@ -144,9 +145,16 @@ async def test_configured_kek_file_and_a_replaced_kek(tmp_path, db_url):
     await initialise(settings)
     async with open_runtime(settings) as rt:
         assert (await rt.extras["otp"].import_secrets(secrets_file([make_key(600_200)]))).ok
+        await rt.extras["otp"].add_client("sealed too")
         assert rt.extras["readiness"]["otp"]() == "ok"
     assert kek_file.exists() and not (tmp_path / "data" / "otp-kek.key").exists()
-    kek_file.unlink()  # the key-encryption key is lost: a new one cannot open the stored keys
+    kek_file.unlink()  # the key-encryption key is lost: no new one is made over keys sealed under it
+    with pytest.raises(OtpStartError, match="is missing, but 2 YubiKey"):
+        async with open_runtime(settings):
+            pass
+    assert not kek_file.exists()
+    kek_file.write_text(base64.b64encode(secrets.token_bytes(32)).decode())  # another key put in its place
+    kek_file.chmod(0o600)
     async with open_runtime(settings) as rt:
         state = rt.extras["readiness"]["otp"]()
     assert state.startswith("error:") and "another key-encryption key" in state

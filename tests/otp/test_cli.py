@@ -70,6 +70,14 @@ def test_first_command_creates_the_kek(cli):
     assert r.exit_code == 0 and "key-encryption key" not in r.stderr and kek.read_bytes() == before
 
 
+def test_a_lost_kek_is_not_silently_replaced(cli):
+    assert cli("yubikey", "import", "-", input=secrets_file([make_key(5)]).decode()).exit_code == 0
+    (cli.data_dir / "otp-kek.key").unlink()
+    r = cli("yubikey", "report")
+    assert r.exit_code == 1 and "is missing" in r.stderr and "restore the file" in r.stderr
+    assert not (cli.data_dir / "otp-kek.key").exists() and "Traceback" not in r.output
+
+
 def test_kek_from_the_environment(cli, monkeypatch):
     monkeypatch.setenv("SCEP_SERVER_OTP__KEK_ENV", "TEST_OTP_KEK")
     monkeypatch.delenv("TEST_OTP_KEK", raising=False)
