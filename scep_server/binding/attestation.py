@@ -31,7 +31,7 @@ import binascii
 import functools
 import hashlib
 import secrets
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
@@ -51,7 +51,7 @@ from crl.check import CheckResult, CheckStatus, cdp_uris
 from ..ca import inventory
 from ..ca.inventory import Reason
 from ..clock import Clock, utcnow
-from ..store.batching import GroupCommit
+from ..store.batching import GroupCommit, on_sqlite_thread
 from ..store.db import writer
 from ..store.events import record_event
 from ..store.tables import certificates
@@ -187,6 +187,23 @@ def _lookup_query(n: int):
     return selects[0] if n == 1 else sa.union_all(*selects)
 
 
+_Row = namedtuple("_Row", ["i"] + [c.name for c in _LOOKUP_COLUMNS])
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_sql(n: int) -> tuple[str, dict]:
+    """`_lookup_query(n)` as SQLite text with named parameters, and its constant parameters."""
+    from sqlalchemy.dialects import sqlite
+    compiled = _lookup_query(n).compile(dialect=sqlite.dialect(paramstyle="named"))
+    return str(compiled), dict(compiled.params)
+
+
+@functools.lru_cache(maxsize=1)
+def _sqlite_spend_sql() -> str:
+    from sqlalchemy.dialects import sqlite
+    return str(_spend_statement(sqlite.insert).compile(dialect=sqlite.dialect(paramstyle="named")))
+
+
 _RETRYABLE = ("40P01", "40001")  # PostgreSQL deadlock_detected, serialization_failure
 _LOOKUP_CHUNK = 200  # SQLite allows at most 500 terms in a compound select
 
@@ -230,6 +247,7 @@ class AttestationService:
         self._max_batch = max_batch
         self._group: GroupCommit | None = None
         self._group_loop: asyncio.AbstractEventLoop | None = None
+        self.read_only_batches = 0  # batches committed in one hand-off (SQLite, no decision wrote)
 
     # ---------------------------------------------------------------- challenge
 
@@ -386,6 +404,10 @@ class AttestationService:
         request's rows (one query), decide each in order. A decision that writes makes the later ones of
         the batch read their rows again, so each is judged exactly as if it ran alone after the previous."""
         now = self.clock()
+        if self.engine.dialect.name == "sqlite":
+            fast = await self._flush_sqlite(jobs, now)
+            if fast is not None:
+                return fast
         out: list[tuple[Result | None, list[str]] | None] = [None] * len(jobs)
         async with writer(self.engine).begin() as conn:
             won = await self._spend(conn, jobs, now)
@@ -407,6 +429,81 @@ class AttestationService:
                 out[i] = await self._judge(conn, job.info, job.device_id, job.crl, now, row, wrote)
                 dirty = dirty or bool(wrote)
         return out  # type: ignore[return-value]
+
+    def _reads_only(self, job: _Job, row) -> bool:
+        """True when `_judge` cannot write for this request and these rows: an unknown device, a certificate
+        of ours missing from the inventory, or one bound to this very device that was used before (and,
+        for an external CA, is not revoked on its CRL). Errs on the side of False."""
+        if row is None:
+            return True
+        ours = job.info.kind == "ours"
+        if ours and row.cert_status is None:
+            return True
+        if row.bound_device != job.device_id:
+            return False
+        if ours:
+            return row.first_used_at is not None
+        return job.crl is None or job.crl.status is not CheckStatus.REVOKED
+
+    async def _flush_sqlite(self, jobs: list[_Job], now: datetime) -> list[tuple[Result | None, list[str]]] | None:
+        """The batch in one hand-off to the SQLite connection's thread: BEGIN IMMEDIATE, the nonce
+        INSERTs, the lookup, then COMMIT when no decision of the batch writes (the steady state: known
+        devices presenting their bound, already used certificate). When one would write, that transaction
+        is rolled back (nothing spent) and None returned: the batch then runs the general way."""
+        first: dict[str, int] = {}
+        for i, job in enumerate(jobs):
+            first.setdefault(job.nonce_sha256, i)
+        ts = attestation_spent_nonces.c.used_at.type
+        to_db = ts.dialect_impl(self.engine.dialect).bind_processor(self.engine.dialect) or (lambda v: v)
+        used_at = to_db(now)
+        spends = [{"nonce_sha256": h, "device_id": jobs[i].device_id, "expires_at": to_db(jobs[i].expires),
+                   "used_at": used_at} for h, i in sorted(first.items())]
+        pairs = list(dict.fromkeys((job.device_id, job.info.fp) for job in jobs if not job.spend_only))
+        spend_sql = _sqlite_spend_sql()
+
+        def run(db):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                won = {h for row in spends for (h,) in db.execute(spend_sql, row).fetchall()}
+                found: dict[tuple[str, str], _Row] = {}
+                for start in range(0, len(pairs), _LOOKUP_CHUNK):
+                    chunk = pairs[start:start + _LOOKUP_CHUNK]
+                    sql, params = _sqlite_sql(len(chunk))
+                    params = dict(params)
+                    for k, (device_id, fp) in enumerate(chunk):
+                        params[f"d{k}"], params[f"f{k}"] = device_id, fp
+                    for r in db.execute(sql, params).fetchall():
+                        found[chunk[r[0]]] = _Row(*r)
+                for h, i in first.items():
+                    job = jobs[i]
+                    if h in won and not job.spend_only and \
+                            not self._reads_only(job, found.get((job.device_id, job.info.fp))):
+                        db.execute("ROLLBACK")
+                        return None
+                db.execute("COMMIT")
+                return won, found
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+        done = await on_sqlite_thread(self.engine, run)
+        if done is None:
+            return None
+        won, found = done
+        self.read_only_batches += 1
+        out: list[tuple[Result | None, list[str]]] = []
+        for i, job in enumerate(jobs):
+            if first[job.nonce_sha256] != i or job.nonce_sha256 not in won:
+                out.append((fail(Verdict.NONCE_REUSED, "this nonce was already used; ask for a new challenge"), []))
+            elif job.spend_only:
+                out.append((None, []))
+            else:
+                wrote: list[bool] = []
+                out.append(await self._judge(None, job.info, job.device_id, job.crl, now,  # type: ignore[arg-type]
+                                             found.get((job.device_id, job.info.fp)), wrote))
+                assert not wrote
+        return out
 
     async def _single(self, job: _Job) -> tuple[Result | None, list[str]]:
         """One verification in its own transaction (after a failed batch), retried on a concurrent change."""

@@ -108,3 +108,17 @@ class GroupCommit(Generic[T, R]):
             if not self._tasks:
                 self._kick()
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+async def on_sqlite_thread(engine, fn: Callable[..., R]) -> R:
+    """Run `fn(sqlite3_connection)` on the thread of one pooled aiosqlite connection, as one hand-off.
+
+    Each statement through SQLAlchemy and aiosqlite is a hand-off to the connection's thread and back;
+    a transaction that needs several statements can run them all in one call this way. `fn` manages its
+    own transaction (the engine's connections run in autocommit mode, `isolation_level = None`) and must
+    leave none open; it runs off the event loop, so it must not touch asyncio objects.
+    """
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection  # aiosqlite.Connection
+        return await driver._execute(lambda: fn(driver._conn))

@@ -195,3 +195,47 @@ async def test_a_failing_batch_is_run_again_item_by_item(engine, env, ca, monkey
     assert await _spent(engine) == 6  # the failed batch's spends were rolled back and made again, once each
     replays = await asyncio.gather(*(verify(att, f"d{i}", *creds[i], nonces[i]) for i in range(6)))
     assert [r.reason for r in replays] == [Verdict.NONCE_REUSED] * 6
+
+
+async def test_steady_state_batches_spend_once_and_see_every_status_change(engine, env, ca):
+    """Known devices presenting their bound, used certificate: batches that write nothing but the spends
+    (on SQLite committed in one hand-off to the connection's thread). A replay in the same batch wins once;
+    a suspension or a revocation committed between two batches is seen by the next; a batch mixing a first
+    bind with steady requests is judged as a whole again, spending each nonce once."""
+    from scep_server.ca import inventory
+    from scep_server.store.db import writer
+
+    store, clock = env
+    att = service(engine, ca, clock)
+    creds = [await issue(engine, ca) for _ in range(5)]
+    for i in range(5):
+        await store.create(f"d{i}", actor="t")
+    for i in range(4):  # first bind and first use of d0..d3
+        assert (await verify(att, f"d{i}", *creds[i], (await att.challenge(f"d{i}"))["nonce"])).managed
+    before = att.read_only_batches
+
+    async def round_(devices, replay=0):
+        nonces = [(d, (await att.challenge(d))["nonce"]) for d in devices]
+        nonces += [nonces[0]] * replay
+        return await asyncio.gather(*(verify(att, d, *creds[int(d[1:])], n) for d, n in nonces))
+
+    results = await round_(["d0", "d1", "d2", "d3"] * 3, replay=3)
+    assert sorted(r.reason.value for r in results) == ["managed"] * 12 + ["nonce_reused"] * 3
+    if engine.dialect.name == "sqlite":
+        assert att.read_only_batches > before
+    assert await _spent(engine) == 4 + 12
+
+    await store.transition("d1", "suspend", actor="t")
+    async with writer(engine).begin() as conn:
+        cert = __import__("cryptography.x509", fromlist=["x"]).load_der_x509_certificate(creds[2][1])
+        await inventory.set_status(conn, inventory.serial_hex(cert.serial_number), "hold", at=clock())
+    results = await round_(["d0", "d1", "d2", "d3"])
+    assert [r.reason for r in results] == [Verdict.MANAGED, Verdict.DEVICE_SUSPENDED,
+                                          Verdict.CERTIFICATE_ON_HOLD, Verdict.MANAGED]
+    await store.transition("d1", "unsuspend", actor="t")
+    results = await round_(["d1", "d4", "d0", "d3", "d0"])  # d4 binds: this batch writes
+    assert [r.reason for r in results] == [Verdict.MANAGED] * 5
+    assert await _spent(engine) == 4 + 12 + 4 + 5
+    async with engine.connect() as conn:
+        bound = (await conn.execute(sa.select(device_certs.c.device_id).where(device_certs.c.current))).scalars()
+        assert sorted(bound) == ["d0", "d1", "d2", "d3", "d4"]
