@@ -112,11 +112,15 @@ def _build(job: tuple) -> list[tuple[int, bytes]]:
     return out
 
 
-def prepare(total: int, n_keys: int, ra_der: bytes, challenge: str, pool, procs: int = 2
-            ) -> tuple[list[bytes], list[bytes], list[int]]:
-    """`total` PKCSReq bodies over `n_keys` client keys; returns (bodies, key DERs, key index per body)."""
+def make_keys(n_keys: int, pool, procs: int = 2) -> list[bytes]:
     per = [n_keys // procs + (1 if i < n_keys % procs else 0) for i in range(procs)]
-    keys = [k for chunk in pool.map(_make_keys, [p for p in per if p]) for k in chunk]
+    return [k for chunk in pool.map(_make_keys, [p for p in per if p]) for k in chunk]
+
+
+def prepare(total: int, keys: list[bytes], ra_der: bytes, challenge: str, pool
+            ) -> tuple[list[bytes], list[bytes], list[int]]:
+    """`total` PKCSReq bodies over the client keys; returns (bodies, key DERs, key index per body)."""
+    n_keys = len(keys)
     run_id = uuid.uuid4().hex[:8]
     key_of = [i % n_keys for i in range(total)]
     jobs = []
@@ -314,7 +318,8 @@ def main() -> int:
     ap.add_argument("--pg", action="store_true", help="PostgreSQL instead of the embedded SQLite")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--concurrency", default="1,4,16")
-    ap.add_argument("--requests", default="300,800,1500", help="timed enrolments per concurrency level")
+    ap.add_argument("--requests", default="200,600,1000", help="timed enrolments per concurrency level and round")
+    ap.add_argument("--rounds", type=int, default=2, help="the levels run this many times, interleaved")
     ap.add_argument("--keys", type=int, default=32, help="distinct client keys (each enrols many times)")
     ap.add_argument("--ceiling-seconds", type=float, default=3.0)
     ap.add_argument("--keep", action="store_true", help="keep the data directory")
@@ -357,17 +362,19 @@ def main() -> int:
         ctx = mp.get_context("spawn")
         t0 = time.perf_counter()
         with ctx.Pool(2) as pool:
+            keys = make_keys(args.keys, pool)
             prepared = []
-            for c, n in zip(levels, counts):
-                warmup = max(2 * c, 8)
-                prepared.append((c, warmup, prepare(warmup + n, args.keys, ra_der, challenge, pool)))
+            for _round in range(args.rounds):
+                for c, n in zip(levels, counts):
+                    warmup = max(2 * c, 8)
+                    prepared.append((c, warmup, prepare(warmup + n, keys, ra_der, challenge, pool)))
         print(f"prepared {sum(len(p[2][0]) for p in prepared)} PKCSReq bodies in {time.perf_counter() - t0:.1f} s "
               f"(not timed)")
 
         for level, (c, warmup, (bodies, keys, key_of)) in enumerate(prepared):
             if level:
                 ceilings.append(rsa_ops_per_second(2, args.ceiling_seconds) / 3)
-            bodies_path, result_path = tmp / f"bodies-{c}.pkl", tmp / f"result-{c}.pkl"
+            bodies_path, result_path = tmp / f"bodies-{level}.pkl", tmp / f"result-{level}.pkl"
             bodies_path.write_bytes(pickle.dumps(bodies))
             cpu0 = _cpu_seconds(server.workers)
             proc = ctx.Process(target=_client, args=(server.url + "/scep/default?operation=PKIOperation",
@@ -393,28 +400,40 @@ def main() -> int:
             lat = [results[i][1] for i in sorted(timed)]
             n = len(timed)
             rate = (n - failures) / wall
-            rows.append([c, n, rate, statistics.median(lat) * 1000, pct(lat, 0.99) * 1000, failures,
-                         rate, client_cpu / wall, server_cpu / len(bodies) * 1000])
+            rows.append(dict(c=c, n=n, ok=n - failures, wall=wall, lat=lat, failures=failures, client_cpu=client_cpu,
+                             server_cpu=server_cpu, sent=len(bodies)))
             for i, p in problems[:3]:
                 print(f"  failure #{i}: {p}")
         ceilings.append(rsa_ops_per_second(2, args.ceiling_seconds) / 3)
     finally:
         server.stop()
     for i, row in enumerate(rows):
-        row[6] = row[2] / ((ceilings[i] + ceilings[i + 1]) / 2)
+        row["ratio"] = row["ok"] / row["wall"] / ((ceilings[i] + ceilings[i + 1]) / 2)
+    table = []
+    for c in levels:  # the rounds of one level together: ratio is the mean of the rounds' ratios
+        runs = [r for r in rows if r["c"] == c]
+        if not runs:
+            continue
+        wall = sum(r["wall"] for r in runs)
+        lat = [x for r in runs for x in r["lat"]]
+        table.append((c, sum(r["n"] for r in runs), sum(r["ok"] for r in runs) / wall, statistics.median(lat) * 1000,
+                      pct(lat, 0.99) * 1000, sum(r["failures"] for r in runs),
+                      statistics.mean(r["ratio"] for r in runs), sum(r["client_cpu"] for r in runs) / wall,
+                      sum(r["server_cpu"] for r in runs) / sum(r["sent"] for r in runs) * 1000,
+                      [r["ratio"] for r in runs]))
 
     dup = len(all_serials) - len(set(all_serials))
     inv_rows, inv_distinct = _inventory_count(db_url)
     print()
     print(f"{'conc':>4} | {'enrolments':>10} | {'enrol/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'failures':>8} | "
-          f"{'ratio':>6} | {'client CPU':>10} | {'server CPU ms/enrol':>19}")
-    for c, n, rate, p50, p99, failures, ratio, ccpu, scpu in rows:
+          f"{'ratio':>6} | {'client CPU':>10} | {'server CPU ms/enrol':>19} | ratio per round")
+    for c, n, rate, p50, p99, failures, ratio, ccpu, scpu, per_round in table:
         print(f"{c:>4} | {n:>10,} | {rate:>8,.1f} | {p50:>7.2f} | {p99:>7.2f} | {failures:>8} | {ratio:>6.3f} | "
-              f"{ccpu * 100:>9.0f}% | {scpu:>19.2f}")
+              f"{ccpu * 100:>9.0f}% | {scpu:>19.2f} | {' '.join(f'{x:.3f}' for x in per_round)}")
     print(f"ceiling (enrolments/s) measured {len(ceilings)} times: {', '.join(f'{x:,.0f}' for x in ceilings)}")
     print(f"duplicate serials: {dup}; inventory rows {inv_rows} "
           f"({inv_distinct} distinct serials) for {len(all_serials)} successful replies")
-    last = rows[-1]
+    last = table[-1]
     ok = last[5] == 0 and dup == 0 and failures_total == 0 and last[6] >= TARGET_RATIO \
         and inv_rows == inv_distinct == len(all_serials)
     print(f"target at concurrency {last[0]}: zero failures, zero duplicate serials, ratio >= {TARGET_RATIO:.2f}: "
