@@ -1,7 +1,7 @@
 """Capture real micromdm scepclient 2.1.0 requests into fixtures/scep/micromdm/ (run once; not a test).
 
 Run from the repository root: .venv/bin/python -m tests.scep.capture_micromdm
-See fixtures/README.scep.md for what each file is.
+See fixtures/README.md for what each file is.
 """
 from __future__ import annotations
 

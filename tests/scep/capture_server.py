@@ -44,7 +44,7 @@ class Exchange:
 
 @dataclass
 class CaptureCA:
-    """The fixture CA and RA (made with OpenSSL, see fixtures/README.scep.md) and what was exchanged."""
+    """The fixture CA and RA (made with OpenSSL, see fixtures/README.md) and what was exchanged."""
 
     challenge: str = "secret"
     ca_key: rsa.RSAPrivateKey = field(default_factory=lambda: load_key(FIXTURES / "ca.key"))

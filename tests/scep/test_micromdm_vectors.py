@@ -1,4 +1,4 @@
-"""Known-answer tests on real requests captured from micromdm scepclient 2.1.0 (fixtures/README.scep.md)."""
+"""Known-answer tests on real requests captured from micromdm scepclient 2.1.0 (fixtures/README.md)."""
 from __future__ import annotations
 
 import base64
