@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 
 from scep_server.store.db import create_engine
 from scep_server.store.migrate import upgrade
-from tests.helpers import missing
+from tests.helpers import missing, require_tool
 
 PG_ADMIN_URL = os.environ.get("SCEP_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 
@@ -98,3 +98,14 @@ def _structlog_defaults():
     """A CLI command run in-process configures logging; the next test starts from structlog's defaults."""
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture
+def openssl():
+    return require_tool("openssl")
+
+
+@pytest.fixture
+def scepclient():
+    """micromdm's scepclient (Debian package scep)."""
+    return require_tool("scepclient")

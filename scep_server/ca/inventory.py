@@ -8,29 +8,16 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from enum import IntEnum
 
 import sqlalchemy as sa
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from crl.build import Reason  # RFC 5280 §5.3.1 CRLReason, one definition shared with the CRL builder
+
 from ..store.tables import cas, certificates
 
-
-class Reason(IntEnum):
-    """RFC 5280 §5.3.1 CRLReason values."""
-
-    UNSPECIFIED = 0
-    KEY_COMPROMISE = 1
-    CA_COMPROMISE = 2
-    AFFILIATION_CHANGED = 3
-    SUPERSEDED = 4
-    CESSATION_OF_OPERATION = 5
-    CERTIFICATE_HOLD = 6
-    REMOVE_FROM_CRL = 8
-    PRIVILEGE_WITHDRAWN = 9
-    AA_COMPROMISE = 10
 
 
 class InventoryError(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import timezone
 from pathlib import Path
 
 import aiohttp
@@ -14,34 +14,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from scep_server.binding.attestation import signed_bytes
-from tests.helpers import require_tool
+from tests.factories import FakeClock  # noqa: F401  (re-exported for the tests here)
 from tests.server import run, start_app
 
 UTC = timezone.utc
 FAST_CRL = {"coalesce_delay": 0.1, "poll_interval": 0.5, "retry_interval": 0.5}
 
 
-class FakeClock:
-    """A settable UTC clock, starting at the real time."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta) -> None:
-        self.now += timedelta(**delta)
-
-
-@pytest.fixture
-def openssl():
-    return require_tool("openssl")
-
-
-@pytest.fixture
-def scepclient():
-    return require_tool("scepclient")
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import asyncio
 import os
 import sys
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -17,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from scep_server.scep import ContentCipher, MessageType, PKIStatus, client
 from scep_server.scep.cms import parse_degenerate
 from tests.helpers import require_tool
+from tests.factories import FakeClock  # noqa: F401  (re-exported for the tests here)
 from tests.server import run, start_app
 
 # What these tests configure and promise: a status change in the process that makes it is on that
@@ -24,27 +24,6 @@ from tests.server import run, start_app
 FAST_CRL = {"coalesce_delay": 0.1, "poll_interval": 0.5, "retry_interval": 0.5}
 
 
-class FakeClock:
-    """A settable UTC clock, starting at the real time."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta) -> None:
-        self.now += timedelta(**delta)
-
-
-@pytest.fixture
-def openssl():
-    return require_tool("openssl")
-
-
-@pytest.fixture
-def scepclient():
-    return require_tool("scepclient")
 
 
 @pytest.fixture(scope="session")

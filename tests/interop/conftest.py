@@ -11,7 +11,6 @@ from cryptography.hazmat.primitives import serialization
 
 from scep_server.scep import ContentCipher, Digest, MessageType, client
 from scep_server.scep.cms import parse_degenerate
-from tests.helpers import require_tool
 from tests.server import start_app
 
 
@@ -19,15 +18,6 @@ from tests.server import start_app
 async def server(aiohttp_server, tmp_path, db_url):
     return await start_app(aiohttp_server, tmp_path, db_url)
 
-
-@pytest.fixture
-def scepclient():
-    return require_tool("scepclient")
-
-
-@pytest.fixture
-def openssl():
-    return require_tool("openssl")
 
 
 def device_key(path: Path) -> Path:
