@@ -2,13 +2,11 @@
 SCEPChallenge webhook, then enrolment with micromdm's scepclient; reuse, expiry and another profile fail."""
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
 
 import aiohttp
-import pytest
 import sqlalchemy as sa
 from cryptography import x509
 

@@ -1,7 +1,6 @@
 """OpenSSL as the relying party and pkilint as the linter, on CRLs this package builds and publishes."""
 from __future__ import annotations
 
-import asyncio
 import random
 import subprocess
 import time
@@ -15,7 +14,7 @@ from crl.config import CrlSettings
 from crl.parse import pem_from_der
 from crl.publish import Publisher
 from crl.signing import CrlSigner
-from tests.crl.pki import NOW, issue, make_ca, openssl, openssl_time, pem
+from tests.crl.pki import NOW, issue, make_ca, openssl, pem
 
 pytestmark = pytest.mark.interop
 UTC = timezone.utc

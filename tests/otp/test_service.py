@@ -16,7 +16,6 @@ from otp.errors import Conflict, InvalidInput, NotFound, Reason
 from otp.report import ReportFilter
 from otp.service import OtpService
 from otp.tables import metadata, otp_yubikeys
-from otp.yubico import Status
 from tests.otp.conftest import import_keys, key_h, make_key, secrets_file
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "otp"
