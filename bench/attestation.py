@@ -32,6 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from measure import free_port, server_pids, cpu_seconds, commit_rate  # noqa: E402  (bench/measure.py)
+
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import padding, rsa  # noqa: E402
@@ -131,65 +133,11 @@ end
 """
 
 
-def cpu_seconds(pids: list[int] | None = None, comm: str | None = None) -> float:
-    """CPU time (user + system) of the given processes, or of every process with this command name."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or (pids is not None and int(entry) not in pids):
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        if comm is not None and stat[stat.index("(") + 1:stat.rindex(")")] != comm:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / tick
-
-
-def server_pids(proc: subprocess.Popen) -> list[int]:
-    """The supervisor and its forked workers."""
-    pids = [proc.pid]
-    try:
-        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as fh:
-            pids += [int(p) for p in fh.read().split()]
-    except OSError:
-        pass
-    return pids
-
-
 def machine_times() -> tuple[float, float]:
     """(busy, total) jiffies of all CPUs since boot."""
     fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
     idle = fields[3] + fields[4]
     return sum(fields) - idle, sum(fields)
-
-
-async def commit_rate(url: str, seconds: float) -> float:
-    """Durable single-row commits/s on one connection through the store's engine (the reference of the target)."""
-    import sqlalchemy as sa
-
-    from scep_server.store.db import create_engine, writer
-
-    engine = create_engine(url)
-    try:
-        async with writer(engine).begin() as conn:
-            await conn.execute(sa.text("CREATE TABLE IF NOT EXISTS bench_commit (id INTEGER PRIMARY KEY, n INTEGER)"))
-            await conn.execute(sa.text("DELETE FROM bench_commit"))
-            await conn.execute(sa.text("INSERT INTO bench_commit VALUES (1, 0)"))
-        stmt = sa.text("UPDATE bench_commit SET n = n + 1 WHERE id = 1")
-        n = 0
-        start = time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            async with writer(engine).begin() as conn:
-                await conn.execute(stmt)
-            n += 1
-        return n / (time.perf_counter() - start)
-    finally:
-        await engine.dispose()
 
 
 def wrk(url: str, seconds: float, connections: int, threads: int, script: Path | None = None,
@@ -215,7 +163,6 @@ def main() -> None:
         sys.exit("wrk is required (apt install wrk)")
 
     from scep_server.config import load_settings
-    from tests.server import free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-attest-"))
     port = free_port()

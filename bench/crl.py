@@ -25,6 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from measure import free_port  # noqa: E402  (bench/measure.py)
+
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 
@@ -209,12 +211,6 @@ def serve(port: int, der_path: str) -> None:
     app.router.add_get("/bare/default.crl", bare)
     add_routes(app, {"default": Holder()})
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wrk(url: str, seconds: float, connections: int = 32) -> float:

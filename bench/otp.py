@@ -16,7 +16,6 @@ import base64
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,8 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import sqlalchemy as sa  # noqa: E402
+from measure import free_port, server_pids, cpu_seconds, commit_rate  # noqa: E402  (bench/measure.py)
+
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from otp import modhex, yubico  # noqa: E402
@@ -75,32 +75,6 @@ end
 """
 
 
-def cpu_seconds(pids: list[int] | None = None, comm: str | None = None) -> float:
-    """CPU time (user + system) of the given processes, or of every process with this command name."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or (pids is not None and int(entry) not in pids):
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        if comm is not None and name != comm:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / tick
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def pg_admin(sql: str) -> None:
     import asyncpg
 
@@ -136,28 +110,6 @@ class Database:
     async def drop(self) -> None:
         if self.backend == "postgresql":
             await pg_admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-
-
-async def commit_rate(url: str, seconds: float) -> float:
-    """Durable single-row commits per second on one connection through the store's engine."""
-    engine = create_engine(url)
-    writer = engine.execution_options(sqlite_begin="IMMEDIATE") if engine.dialect.name == "sqlite" else engine
-    try:
-        async with writer.begin() as conn:
-            await conn.execute(sa.text("CREATE TABLE IF NOT EXISTS bench_commit (id INTEGER PRIMARY KEY, n INTEGER)"))
-            await conn.execute(sa.text("DELETE FROM bench_commit"))
-            await conn.execute(sa.text("INSERT INTO bench_commit VALUES (1, 0)"))
-        stmt = sa.text("UPDATE bench_commit SET n = n + 1 WHERE id = 1")
-        n = 0
-        deadline = time.perf_counter() + seconds
-        start = time.perf_counter()
-        while time.perf_counter() < deadline:
-            async with writer.begin() as conn:
-                await conn.execute(stmt)
-            n += 1
-        return n / (time.perf_counter() - start)
-    finally:
-        await engine.dispose()
 
 
 async def raw_pg_commit_rate(url: str, seconds: float) -> float:
@@ -239,17 +191,6 @@ def start_server(url: str, data_dir: Path, workers: int, port: int) -> subproces
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError("server did not become ready")
-
-
-def server_pids(proc: subprocess.Popen) -> list[int]:
-    """The supervisor and its forked workers."""
-    pids = [proc.pid]
-    try:
-        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as fh:
-            pids += [int(p) for p in fh.read().split()]
-    except OSError:
-        pass
-    return pids
 
 
 def stop_server(proc: subprocess.Popen) -> None:

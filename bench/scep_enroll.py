@@ -24,7 +24,6 @@ import pickle
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from measure import cpu_seconds, free_port  # noqa: E402  (bench/measure.py)
 
 PG_ADMIN = os.environ.get("SCEP_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TARGET_RATIO = 0.30
@@ -212,12 +213,6 @@ def _check(job: tuple) -> list[tuple[int, str | None, str | None]]:
 
 # ---------------------------------------------------------------- the server
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker_pids(pid: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -225,21 +220,9 @@ def _worker_pids(pid: int) -> list[int]:
         return []
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
-
-
 class Server:
     def __init__(self, data_dir: Path, db_url: str | None, workers: int, log_path: Path):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "SCEP_SERVER_CA__KEY_SIZE": "2048", "SCEP_SERVER_LOG__LEVEL": "info",
                "PYTHONUNBUFFERED": "1"}
@@ -376,12 +359,12 @@ def main() -> int:
                 ceilings.append(rsa_ops_per_second(2, args.ceiling_seconds) / 3)
             bodies_path, result_path = tmp / f"bodies-{level}.pkl", tmp / f"result-{level}.pkl"
             bodies_path.write_bytes(pickle.dumps(bodies))
-            cpu0 = _cpu_seconds(server.workers)
+            cpu0 = cpu_seconds(server.workers)
             proc = ctx.Process(target=_client, args=(server.url + "/scep/default?operation=PKIOperation",
                                                      str(bodies_path), c, warmup, str(result_path)))
             proc.start()
             proc.join()
-            server_cpu = _cpu_seconds(server.workers) - cpu0  # includes the warm-up
+            server_cpu = cpu_seconds(server.workers) - cpu0  # includes the warm-up
             out = pickle.loads(result_path.read_bytes())
             results, wall, client_cpu = out["results"], out["wall"], out["cpu"]
             # verification (not timed): every reply decrypted, every serial new
