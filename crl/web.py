@@ -34,16 +34,11 @@ def _http_date(ts: float) -> str:
 class _Prepared:
     """Bodies and headers of one CRL for one second."""
 
-    __slots__ = ("crl", "second", "der", "pem", "etag_der", "etag_pem", "last_modified_ts", "der_headers",
-                 "pem_headers", "der_304", "pem_304")
+    __slots__ = ("crl", "second", "last_modified_ts", "forms")
 
     def __init__(self, crl, second: int, max_age_cap: int) -> None:
         self.crl = crl
         self.second = second
-        self.der = crl.der
-        self.pem = crl.pem
-        self.etag_der = crl.etag
-        self.etag_pem = crl.etag[:-1] + '-pem"'
         self.last_modified_ts = crl.this_update.timestamp()
         remaining = int(crl.next_update.timestamp()) - second
         common = {"Last-Modified": _http_date(self.last_modified_ts)}
@@ -54,10 +49,12 @@ class _Prepared:
         else:  # nextUpdate has passed: the CRL is stale, let nobody cache it
             common["Cache-Control"] = "no-cache"
             common["Expires"] = _http_date(second)
-        self.der_headers = CIMultiDict(common, **{"Content-Type": DER_TYPE, "ETag": self.etag_der})
-        self.pem_headers = CIMultiDict(common, **{"Content-Type": PEM_TYPE, "ETag": self.etag_pem})
-        self.der_304 = CIMultiDict(common, ETag=self.etag_der)
-        self.pem_304 = CIMultiDict(common, ETag=self.etag_pem)
+        # per representation: (body, ETag, headers of a 200, headers of a 304)
+        self.forms = {}
+        for form, body, etag, ctype in (("der", crl.der, crl.etag, DER_TYPE),
+                                        ("pem", crl.pem, crl.etag[:-1] + '-pem"', PEM_TYPE)):
+            self.forms[form] = (body, etag, CIMultiDict(common, **{"Content-Type": ctype, "ETag": etag}),
+                                CIMultiDict(common, ETag=etag))
 
 
 def _etag_matches(header: str, etag: str) -> bool:
@@ -108,44 +105,35 @@ class CrlEndpoint:
 
     async def der(self, request: web.Request) -> web.Response:
         """The CRL as DER, the representation the CDP URI names (RFC 5280 §4.2.1.13)."""
-        return self._der(request, request.match_info["ca"])
+        return self._serve(request, request.match_info["ca"], "der")
+
+    async def pem(self, request: web.Request) -> web.Response:
+        """The CRL as PEM (RFC 7468 §5), a convenience for people and scripts."""
+        return self._serve(request, request.match_info["ca"], "pem")
 
     def der_for(self, ca: str):
         """A handler bound to one CA, for a plain (non-pattern) route."""
         async def handler(request: web.Request) -> web.Response:
-            return self._der(request, ca)
+            return self._serve(request, ca, "der")
 
         return handler
 
     def pem_for(self, ca: str):
         async def handler(request: web.Request) -> web.Response:
-            return self._pem(request, ca)
+            return self._serve(request, ca, "pem")
 
         return handler
 
-    def _der(self, request: web.Request, ca: str) -> web.Response:
+    def _serve(self, request: web.Request, ca: str, form: str) -> web.Response:
         p = self._prepare(ca)
         if not p:
             return self._missing(ca, p)
+        body, etag, ok_headers, not_modified_headers = p.forms[form]
         headers = request.headers
         if "If-None-Match" in headers or "If-Modified-Since" in headers:
-            if self._not_modified(headers, p.etag_der, p.last_modified_ts):
-                return web.Response(status=304, headers=p.der_304)
-        return web.Response(body=p.der, headers=p.der_headers)
-
-    async def pem(self, request: web.Request) -> web.Response:
-        """The CRL as PEM (RFC 7468 §5), a convenience for people and scripts."""
-        return self._pem(request, request.match_info["ca"])
-
-    def _pem(self, request: web.Request, ca: str) -> web.Response:
-        p = self._prepare(ca)
-        if not p:
-            return self._missing(ca, p)
-        headers = request.headers
-        if "If-None-Match" in headers or "If-Modified-Since" in headers:
-            if self._not_modified(headers, p.etag_pem, p.last_modified_ts):
-                return web.Response(status=304, headers=p.pem_304)
-        return web.Response(body=p.pem, headers=p.pem_headers)
+            if self._not_modified(headers, etag, p.last_modified_ts):
+                return web.Response(status=304, headers=not_modified_headers)
+        return web.Response(body=body, headers=ok_headers)
 
     async def other(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
