@@ -59,6 +59,7 @@ class CertificateAuthority:
             x509.oid.AuthorityInformationAccessOID.CA_ISSUERS,
             x509.UniformResourceIdentifier(aia_url(self.base_url, self.name)))])
         self.fingerprint_sha256 = hashlib.sha256(self.cert_der).hexdigest()
+        self._verified: dict[bytes, bool] = {}  # signature check results by certificate fingerprint
 
     @property
     def subject(self) -> x509.Name:
@@ -68,11 +69,19 @@ class CertificateAuthority:
         """True if `cert` carries a valid signature by this CA's key."""
         if cert.issuer != self.cert.subject:
             return False
-        try:
-            cert.verify_directly_issued_by(self.cert)
-        except (ValueError, TypeError, Exception):  # InvalidSignature, unsupported algorithms
-            return False
-        return True
+        # one SCEP request asks several times (idempotency key, renewal check): verify each certificate once
+        fingerprint = cert.fingerprint(hashes.SHA256())
+        known = self._verified.get(fingerprint)
+        if known is None:
+            try:
+                cert.verify_directly_issued_by(self.cert)
+                known = True
+            except (ValueError, TypeError, Exception):  # InvalidSignature, unsupported algorithms
+                known = False
+            if len(self._verified) >= 4096:
+                self._verified.clear()
+            self._verified[fingerprint] = known
+        return known
 
     def issue(self, csr: x509.CertificateSigningRequest, policy: IssuancePolicy, *, serial: int,
               now: datetime) -> x509.Certificate:
