@@ -43,6 +43,9 @@ class CertRecord:
     der: bytes
     issued_at: datetime
     first_used_at: datetime | None
+    renewal_of: str | None = None
+    unused_since: datetime | None = None
+    enrolled_device_id: str | None = None
 
     @property
     def serial_int(self) -> int:
@@ -62,6 +65,8 @@ def _record(row) -> CertRecord:
         invalidity_date=_aware(m["invalidity_date"]), transaction_id=m["transaction_id"],
         fingerprint_sha256=m["fingerprint_sha256"], public_key_sha256=m["public_key_sha256"], der=m["der"],
         issued_at=_aware(m["issued_at"]), first_used_at=_aware(m["first_used_at"]),
+        renewal_of=m["renewal_of"], unused_since=_aware(m["unused_since"]),
+        enrolled_device_id=m["enrolled_device_id"],
     )
 
 

@@ -56,7 +56,14 @@ certificates = sa.Table(
     sa.Column("issued_at", TS, nullable=False),
     sa.Column("first_used_at", TS),  # first successful management attestation (the day-91 rule)
     sa.Column("updated_at", TS, nullable=False),
+    # renewal lineage: the certificate this one renewed (its signer), if any
+    sa.Column("renewal_of", sa.String(42)),
+    # when the day-91 "never used" clock started: the issue time, or the start of an unused predecessor's clock
+    sa.Column("unused_since", TS),
+    # the device id a trusted source named at enrolment (challenge expectation, MDM, admin pre-registration)
+    sa.Column("enrolled_device_id", sa.String(64)),
     sa.Index("ix_certificates_status_issued", "status", "issued_at"),
+    sa.Index("ix_certificates_renewal_of", "renewal_of"),
     sa.Index("ix_certificates_ca_status", "ca", "status"),
     sa.Index("ix_certificates_public_key", "public_key_sha256"),
 )
