@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 CLIENT_KEY_BYTES = 20  # as ykval-gen-clients: 20 random bytes, 28 base64 characters
 USER_MAX_LEN = 255
+MAX_CLIENT_ID = 2**31 - 1  # client ids are 32-bit integer keys
 # sl in replies: the percentage of validation servers that agreed. Counters live in one shared
 # database that every process commits to before answering, so the whole "pool" agrees.
 SYNC_LEVEL = 100
@@ -400,6 +401,8 @@ class OtpService:
         return plain[:16], plain[16:22]
 
     async def _client(self, client_id: int) -> _Client | None:
+        if not 0 < client_id <= MAX_CLIENT_ID:
+            return None
         now = time.monotonic()
         cached = self._clients.get(client_id)
         if cached is not None and cached[0] > now:

