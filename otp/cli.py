@@ -149,9 +149,11 @@ def build_cli(open_service: OpenService) -> list[click.Group]:
 
     @otp_client.command("add")
     @click.option("--name", default="", help="A label, e.g. the sign-in service that uses the client.")
-    def client_add_cmd(name: str) -> None:
+    @click.option("--allow-unsigned", is_flag=True,
+                  help="A legacy client that cannot sign: accept its requests without h (each one is logged).")
+    def client_add_cmd(name: str, allow_unsigned: bool) -> None:
         """Create a client: prints its id and base64 API key (shown only now)."""
-        info, key = run(lambda s: s.add_client(name))
+        info, key = run(lambda s: s.add_client(name, allow_unsigned=allow_unsigned))
         click.echo(f"id: {info.id}")
         click.echo(f"key: {key}")
         click.echo(f"e.g. ykclient --url https://HOST/wsapi/2.0/verify --apikey {key} {info.id} OTP", err=True)
@@ -164,10 +166,22 @@ def build_cli(open_service: OpenService) -> list[click.Group]:
         if fmt == "json":
             click.echo(json.dumps([c.to_json() for c in clients], indent=2))
             return
-        click.echo(f"{'ID':>6}  {'STATUS':8}  {'CREATED':20}  NAME")
+        click.echo(f"{'ID':>6}  {'STATUS':8}  {'REQUESTS':8}  {'CREATED':20}  NAME")
         for c in clients:
             status = "active" if c.active else "disabled"
-            click.echo(f"{c.id:>6}  {status:8}  {c.created_at.strftime('%Y-%m-%dT%H:%M:%SZ'):20}  {c.name}")
+            signing = "unsigned" if c.allow_unsigned else "signed"
+            click.echo(f"{c.id:>6}  {status:8}  {signing:8}  {c.created_at.strftime('%Y-%m-%dT%H:%M:%SZ'):20}  "
+                       f"{c.name}")
+
+    @otp_client.command("set")
+    @click.argument("client_id", metavar="ID", type=click.IntRange(min=1))
+    @click.option("--allow-unsigned/--require-signed", "allow_unsigned", required=True,
+                  help="Whether the client may send requests without h (a legacy client).")
+    def client_set_cmd(client_id: int, allow_unsigned: bool) -> None:
+        """Let a legacy client send unsigned requests, or require its signatures again."""
+        run(lambda s: s.set_client_unsigned(client_id, allow_unsigned))
+        click.echo(f"OTP client {client_id}: " + ("unsigned requests accepted" if allow_unsigned
+                                                 else "signed requests required"))
 
     @otp_client.command("disable")
     @click.argument("client_id", metavar="ID", type=click.IntRange(min=1))

@@ -30,11 +30,19 @@ class OtpSettings(BaseModel):
     # data directory holds `otp-kek.key`, created on first start.
     kek_file: Path | None = None
     kek_env: str | None = None
-    # Failures per user (sign-in API) and per key (both APIs) before a temporary block.
-    throttle_user: ThrottleSettings = ThrottleSettings()
+    # Failures that prove nothing about a key's holder (an OTP that does not decrypt or names an unknown
+    # or revoked key, a malformed one) never count against a key or a user: they are counted per source
+    # address and per API client (protocol 2.0 client, sign-in token). While a source or client is blocked
+    # its failures are answered THROTTLED (valid OTPs are still accepted, replays still REPLAYED_OTP).
+    throttle_source: ThrottleSettings = ThrottleSettings()
+    throttle_client: ThrottleSettings = ThrottleSettings(max_failures=100)
+    # Fresh OTPs of a key presented for another user than the key's own (sign-in API) block that key.
     throttle_key: ThrottleSettings = ThrottleSettings()
-    # Protocol 2.0 clients must sign requests (`h`); YK-VAL accepts unsigned ones.
-    require_signed_requests: bool = False
+    # Security events (unknown or revoked key, wrong user, throttling) are kept this long.
+    security_event_retention_days: int = Field(90, ge=1)
+    # Protocol 2.0 clients must sign requests (`h`), unless the client was created or set with
+    # allow_unsigned (a legacy client); false lets every client send unsigned requests, as YK-VAL does.
+    require_signed_requests: bool = True
     # Whether /wsapi/2.0/verify accepts keys nobody has enrolled yet (the service maps keys to users).
     wsapi_accept_unassigned: bool = True
     # How long a process trusts its cached view of an API client (disable takes effect after this).

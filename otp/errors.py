@@ -50,14 +50,22 @@ class Reason(str, enum.Enum):
         return 403
 
     @property
-    def counts_as_failure(self) -> bool:
-        """Whether this outcome counts towards throttling.
+    def proves_nothing(self) -> bool:
+        """A failure anybody can cause with a key's public ID alone (garbage, an old key, a typo).
 
-        Guess-like failures count; a replay does not (it proves nothing and gains nothing, and a
-        client retrying must not lock a user out), nor does an idempotent retry or a block itself.
+        It says nothing about the key's holder or user, so it never counts against them: it is
+        throttled per source address and per API client instead.
         """
         return self in (Reason.MALFORMED_OTP, Reason.UNKNOWN_KEY, Reason.REVOKED_KEY, Reason.INVALID_OTP,
-                        Reason.PRIVATE_ID_MISMATCH, Reason.WRONG_USER)
+                        Reason.PRIVATE_ID_MISMATCH)
+
+    @property
+    def counts_against_key(self) -> bool:
+        """A failure only the key's holder can cause: a fresh OTP of the key presented for another user.
+
+        A replay never counts (it proves nothing and gains nothing), nor an idempotent retry or a block.
+        """
+        return self is Reason.WRONG_USER
 
 
 _WIRE = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time, timezone
 from typing import Any, Mapping
@@ -30,11 +31,26 @@ def parse_when(value: str, name: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
-def parse_serial(value: str | int) -> int:
+# ASCII digits only: str.isdigit() and int() also take other scripts' digits, and isdigit() takes '²'.
+_ASCII_NUMBER = re.compile(r"[0-9]{1,19}")
+
+
+def parse_number(value: str | int, what: str) -> int:
+    """A non-negative integer written in ASCII digits (surrounding blanks allowed); InvalidInput otherwise."""
     text = str(value).strip()
-    if not text.isdigit() or not 0 < int(text) <= 0xFFFFFFFF:
-        raise InvalidInput(f"serial {value!r} is not a YubiKey serial number")
+    if not _ASCII_NUMBER.fullmatch(text):
+        raise InvalidInput(f"{what} {value!r} is not a number")
     return int(text)
+
+
+def parse_serial(value: str | int) -> int:
+    try:
+        serial = parse_number(value, "serial")
+    except InvalidInput:
+        serial = 0
+    if not 0 < serial <= 0xFFFFFFFF:
+        raise InvalidInput(f"serial {value!r} is not a YubiKey serial number")
+    return serial
 
 
 @dataclass(frozen=True)
@@ -78,9 +94,10 @@ class ReportFilter:
         if deleted not in (None, ""):
             kw["include_deleted"] = str(deleted).lower() not in ("0", "false", "no")
         if values.get("limit") not in (None, ""):
+            limit = values["limit"]
             try:
-                kw["limit"] = int(values["limit"])
-            except ValueError:
+                kw["limit"] = limit if isinstance(limit, int) else parse_number(limit, "limit")
+            except InvalidInput:
                 raise InvalidInput("limit must be a number") from None
             if kw["limit"] < 1:
                 raise InvalidInput("limit must be positive")
@@ -158,12 +175,21 @@ def _row_cells(row: KeyReport, columns: tuple[str, ...], *, former_user_in_brack
     return cells
 
 
+# A spreadsheet reads a cell that starts with one of these as a formula (or strips the blank before one).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(cell: str) -> str:
+    """A cell a spreadsheet shows as text: a leading formula character is escaped with a quote."""
+    return "'" + cell if cell.startswith(_FORMULA_START) else cell
+
+
 def render_csv(rows: list[KeyReport]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(CSV_COLUMNS)
     for r in rows:
-        w.writerow(_row_cells(r, CSV_COLUMNS))
+        w.writerow([csv_safe(c) for c in _row_cells(r, CSV_COLUMNS)])
     return buf.getvalue()
 
 

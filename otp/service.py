@@ -4,11 +4,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import ipaddress
 import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -16,12 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import yubico
 from .batching import CounterCommitter, MaterialLoader
-from .config import OtpSettings
+from .config import OtpSettings, ThrottleSettings
 from .errors import REASON_TEXT, BackendError, Conflict, InvalidInput, NotFound, Reason
 from .kek import KekError, SecretBox
 from .report import KeyReport, ReportFilter
 from .secrets_csv import LineIssue, SecretRecord, parse_secrets
-from .store import BACKEND_ERRORS, CounterUpdate, KeyMaterial, KeyState, NewKey, OtpStore
+from .store import BACKEND_ERRORS, ClientRow, CounterUpdate, KeyMaterial, KeyState, NewKey, OtpStore
 from .tables import ACTIVE, REVOKED, UNASSIGNED, otp_yubikeys
 from .token import Token, TokenError, split_otp, verify_token
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 CLIENT_KEY_BYTES = 20  # as ykval-gen-clients: 20 random bytes, 28 base64 characters
 USER_MAX_LEN = 255
+MAX_CLIENT_ID = 2**31 - 1  # client ids are 32-bit integer keys
 # sl in replies: the percentage of validation servers that agreed. Counters live in one shared
 # database that every process commits to before answering, so the whole "pool" agrees.
 SYNC_LEVEL = 100
@@ -101,6 +103,7 @@ class ClientInfo:
     name: str
     created_at: datetime
     disabled_at: datetime | None
+    allow_unsigned: bool = False
 
     @property
     def active(self) -> bool:
@@ -108,13 +111,15 @@ class ClientInfo:
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "active": self.active, "created_at": self.created_at.isoformat(),
-                "disabled_at": self.disabled_at.isoformat() if self.disabled_at else None}
+                "disabled_at": self.disabled_at.isoformat() if self.disabled_at else None,
+                "allow_unsigned": self.allow_unsigned}
 
 
 @dataclass(frozen=True, slots=True)
 class _Client:
     id: int
     key: bytes = field(repr=False)
+    allow_unsigned: bool = False
 
 
 def _key_aad(public_id: str) -> bytes:
@@ -123,6 +128,19 @@ def _key_aad(public_id: str) -> bytes:
 
 def _client_aad(client_id: int) -> bytes:
     return b"otp-client:" + str(client_id).encode("ascii")
+
+
+def source_subject(source: str) -> str:
+    """The throttling key of a client address: an IPv6 address counts as its /64 (one host has them all)."""
+    try:
+        addr = ipaddress.ip_address(source)
+    except ValueError:
+        return source[:120]
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
 
 
 def check_user(user: Any) -> str:
@@ -150,6 +168,7 @@ class OtpService:
         self._loader = MaterialLoader(self.store, max_inflight=settings.commit_inflight)
         self._materials: dict[str, KeyMaterial] = {}
         self._clients: dict[int, tuple[float, _Client | None]] = {}
+        self._blocked: dict[str, datetime] = {}  # throttled sources and clients, until when
         self._wsapi_statuses = (UNASSIGNED, ACTIVE) if settings.wsapi_accept_unassigned else (ACTIVE,)
 
     async def __aenter__(self) -> "OtpService":
@@ -169,20 +188,16 @@ class OtpService:
 
     # ---- verification -------------------------------------------------------------------------
 
-    async def verify_signin(self, user: str, otp: str, *, source: str | None = None) -> VerifyOutcome:
+    async def verify_signin(self, user: str, otp: str, *, source: str | None = None,
+                            caller: str | None = None) -> VerifyOutcome:
         """Sign-in API: an UNASSIGNED key's first valid OTP enrols it to `user`; an ACTIVE key verifies
-        only for its user. Raises InvalidInput for a malformed request, BackendError when the store fails."""
+        only for its user. `source` is the caller's address and `caller` who it is (a token's name), for
+        throttling. Raises InvalidInput for a malformed request, BackendError when the store fails."""
         user = check_user(user)
         if not isinstance(otp, str):
             raise InvalidInput("otp must be a string")
         try:
-            now = self._clock()
-            throttle = await self.store.user_throttle(user)
-            if throttle is not None and throttle[2] is not None and throttle[2] > now:
-                log.info("otp.verify", extra={"api": "signin", "user": user, "reason": Reason.THROTTLED.value})
-                return VerifyOutcome(Reason.THROTTLED, user=user)
-            outcome = await self._verify(otp, user=user, nonce=None, client_id=None, source=source,
-                                         user_had_failures=throttle is not None)
+            outcome = await self._verify(otp, user=user, nonce=None, client_id=None, source=source, caller=caller)
         except BACKEND_ERRORS as exc:
             log.error("otp.verify.backend_error", exc_info=exc)
             raise BackendError("the key store is unavailable") from None
@@ -203,8 +218,10 @@ class OtpService:
             if "h" in params:
                 if not yubico.signature_matches(params, key):
                     raise yubico.ProtocolError(yubico.Status.BAD_SIGNATURE, "request signature does not match")
-            elif self.settings.require_signed_requests:
+            elif self.settings.require_signed_requests and not client.allow_unsigned:
                 raise yubico.ProtocolError(yubico.Status.MISSING_PARAMETER, "h is required")
+            else:
+                log.info("otp.verify.unsigned", extra={"client_id": client_id, "source": source})
             req = yubico.parse_verify_request(params, client_id)
             outcome = await self._verify(req.otp, user=None, nonce=req.nonce, client_id=client_id, source=source)
             status = outcome.reason.wire_status
@@ -228,11 +245,12 @@ class OtpService:
         return yubico.encode_response(resp, key, self._clock())
 
     async def _verify(self, otp: str, *, user: str | None, nonce: str | None, client_id: int | None,
-                      source: str | None, user_had_failures: bool = False) -> VerifyOutcome:
+                      source: str | None, caller: str | None = None) -> VerifyOutcome:
         try:
             parts = split_otp(otp)
         except TokenError:
-            return await self._fail(Reason.MALFORMED_OTP, None, user=user, client_id=client_id, source=source)
+            return await self._fail(Reason.MALFORMED_OTP, None, user=user, client_id=client_id, source=source,
+                                    caller=caller)
         # Cached key material is only a hint: every decision against it is re-checked in the store,
         # and a failure that a stale entry could explain is retried once on fresh data.
         for attempt in range(3):
@@ -240,11 +258,12 @@ class OtpService:
             material = await self._material(parts.public_id, fresh)
             if material is None:
                 return await self._fail(Reason.UNKNOWN_KEY, None, public_id=parts.public_id, user=user,
-                                        client_id=client_id, source=source)
+                                        client_id=client_id, source=source, caller=caller)
             if material.status == REVOKED:
                 if not fresh:
                     continue
-                return await self._fail(Reason.REVOKED_KEY, material, user=user, client_id=client_id, source=source)
+                return await self._fail(Reason.REVOKED_KEY, material, user=user, client_id=client_id, source=source,
+                                        caller=caller)
             try:
                 aes_key, private_id = self._open_key(material)
             except KekError as exc:
@@ -258,16 +277,17 @@ class OtpService:
                 if not fresh:
                     continue  # the key may have been deleted and re-imported with new secrets
                 reason = Reason.PRIVATE_ID_MISMATCH if exc.reason == "bad_private_id" else Reason.INVALID_OTP
-                return await self._fail(reason, material, user=user, client_id=client_id, source=source)
+                return await self._fail(reason, material, user=user, client_id=client_id, source=source,
+                                        caller=caller)
             update = CounterUpdate(material.id, tok.usage_ctr, tok.session_use, tok.timestamp, nonce)
             if user is None:
                 outcome = await self._commit_protocol(material, update, tok, client_id, source)
             else:
-                outcome = await self._commit_signin(material, update, tok, user, source, user_had_failures)
+                outcome = await self._commit_signin(material, update, tok, user, source, caller)
             if outcome is not None:
                 return outcome
         return await self._fail(Reason.UNKNOWN_KEY, None, public_id=parts.public_id, user=user, client_id=client_id,
-                                source=source)
+                                source=source, caller=caller)
 
     def _classify(self, state: KeyState, tok: Token, nonce: str | None, user: str | None,
                   statuses: tuple[str, ...], now: datetime) -> Reason | None:
@@ -276,13 +296,13 @@ class OtpService:
             return Reason.REVOKED_KEY
         if user is None and state.status not in statuses:
             return Reason.UNASSIGNED_KEY
-        if user is not None and state.status == ACTIVE and state.user_name != user:
-            return Reason.WRONG_USER
         stored = (state.usage_ctr, state.session_use)
         if tok.counters == stored and nonce is not None and state.last_nonce == nonce:
             return Reason.REPLAYED_REQUEST
         if tok.counters <= stored:
-            return Reason.REPLAYED_OTP
+            return Reason.REPLAYED_OTP  # before WRONG_USER: an old OTP of a key is no evidence against it
+        if user is not None and state.status == ACTIVE and state.user_name != user:
+            return Reason.WRONG_USER
         if state.blocked_until is not None and state.blocked_until > now:
             return Reason.THROTTLED
         return None
@@ -301,7 +321,7 @@ class OtpService:
         return await self._fail(reason, material, client_id=client_id, source=source, token=tok)
 
     async def _commit_signin(self, material: KeyMaterial, update: CounterUpdate, tok: Token, user: str,
-                             source: str | None, user_had_failures: bool) -> VerifyOutcome | None:
+                             source: str | None, caller: str | None) -> VerifyOutcome | None:
         now = self._clock()
         async with self.store.begin_write() as conn:
             state = await self.store.key_state(material.id, conn, for_update=True)
@@ -317,65 +337,98 @@ class OtpService:
                     await self.store.add_event(conn, at=now, kind="otp.key.enrolled", key_id=state.id,
                                                serial=state.serial, public_id=state.public_id, user=user,
                                                source=source, actor=user)
-                if user_had_failures:
-                    await self.store.clear_user_failures(conn, user)
                 return VerifyOutcome(Reason.ENROLLED if enrol else Reason.VERIFIED, state.serial, state.public_id,
                                      tok, user=user)
-            reason = await self._note_failure(conn, reason, material, user=user, client_id=None, source=source,
-                                              now=now, state=state)
+            if reason.counts_against_key:
+                reason = await self._note_key_failure(conn, reason, state, user=user, source=source, now=now)
+        if reason.proves_nothing:  # revoked meanwhile
+            return await self._fail(reason, material, user=user, client_id=None, source=source, caller=caller)
         return VerifyOutcome(reason, material.serial, material.public_id, user=user)
 
     async def _fail(self, reason: Reason, material: KeyMaterial | None, *, public_id: str | None = None,
-                    user: str | None = None, client_id: int | None, source: str | None,
+                    user: str | None = None, client_id: int | None, source: str | None, caller: str | None = None,
                     token: Token | None = None) -> VerifyOutcome:
-        """Record what a failure calls for (security event, failure counts) and build the outcome."""
+        """Record what a failure calls for (security event, throttling) and build the outcome."""
         public_id = material.public_id if material else public_id
         serial = material.serial if material else None
-        if self._needs_write(reason, material, user):
-            now = self._clock()
-            async with self.store.begin_write() as conn:
-                reason = await self._note_failure(conn, reason, material, public_id=public_id, user=user,
-                                                  client_id=client_id, source=source, now=now)
+        if reason.proves_nothing:
+            reason = await self._note_anonymous_failure(reason, material, public_id=public_id, user=user,
+                                                        client_id=client_id, source=source, caller=caller)
         return VerifyOutcome(reason, serial, public_id, user=user)
 
-    @staticmethod
-    def _needs_write(reason: Reason, material: KeyMaterial | None, user: str | None) -> bool:
-        if reason in (Reason.UNKNOWN_KEY, Reason.REVOKED_KEY, Reason.WRONG_USER):
-            return True
-        return reason.counts_as_failure and (material is not None or user is not None)
+    def _throttle_subjects(self, source: str | None, client_id: int | None,
+                           caller: str | None) -> list[tuple[str, str, ThrottleSettings]]:
+        """(subject, label, limits) of each party a failure is counted against."""
+        subjects = []
+        if source:
+            subjects.append((f"source:{source_subject(source)}", "source", self.settings.throttle_source))
+        if client_id is not None:
+            subjects.append((f"client:{client_id}", "client", self.settings.throttle_client))
+        elif caller:
+            subjects.append((f"signin:{caller}"[:160], "client", self.settings.throttle_client))
+        return subjects
 
-    async def _note_failure(self, conn: AsyncConnection, reason: Reason, material: KeyMaterial | None, *,
-                            user: str | None, client_id: int | None, source: str | None, now: datetime,
-                            public_id: str | None = None, state: KeyState | None = None) -> Reason:
-        """Security events and throttling counts for one failure, in the caller's transaction."""
+    async def _note_anonymous_failure(self, reason: Reason, material: KeyMaterial | None, *, public_id: str | None,
+                                      user: str | None, client_id: int | None, source: str | None,
+                                      caller: str | None) -> Reason:
+        """Count a failure that proves nothing about the key's holder against its source address and API
+        client (never the key or a user); THROTTLED while either is blocked. A blocked party's failures
+        cost no write: the block is remembered in memory until it ends."""
+        now = self._clock()
+        subjects = self._throttle_subjects(source, client_id, caller)
+        if any((until := self._blocked.get(subject)) is not None and until > now for subject, _, _ in subjects):
+            return Reason.THROTTLED
+        event = reason in (Reason.UNKNOWN_KEY, Reason.REVOKED_KEY)
+        if not subjects and not event:
+            return reason
         key_id = material.id if material else None
         serial = material.serial if material else None
-        public_id = material.public_id if material else public_id
-        if reason in (Reason.UNKNOWN_KEY, Reason.REVOKED_KEY, Reason.WRONG_USER):
-            detail: dict[str, Any] = {}
-            if reason is Reason.WRONG_USER and state is not None:
-                detail["enrolled_user"] = state.user_name
-            await self.store.add_event(conn, at=now, kind=f"security.otp.{reason.value}", key_id=key_id,
-                                       serial=serial, public_id=public_id, user=user, client_id=client_id,
-                                       source=source, detail=detail)
+        throttled = False
+        async with self.store.begin_write() as conn:
+            for subject, label, limits in subjects:
+                until, started = await self.store.note_throttle_failure(conn, subject, now, limits)
+                if until is None:
+                    continue
+                if len(self._blocked) >= 10_000:
+                    self._blocked.clear()
+                self._blocked[subject] = until
+                if not started:
+                    throttled = True
+                    continue
+                await self.store.add_event(conn, at=now, kind=f"security.otp.{label}_throttled", key_id=key_id,
+                                           serial=serial, public_id=public_id, user=user, client_id=client_id,
+                                           source=source, actor=caller,
+                                           detail={"subject": subject, "blocked_until": until.isoformat()})
+                log.warning("otp.security", extra={"reason": f"{label}_throttled", "subject": subject,
+                                                   "blocked_until": until.isoformat(), "source": source,
+                                                   "client_id": client_id, "caller": caller})
+            if throttled:
+                return Reason.THROTTLED
+            if event:
+                await self.store.add_event(conn, at=now, kind=f"security.otp.{reason.value}", key_id=key_id,
+                                           serial=serial, public_id=public_id, user=user, client_id=client_id,
+                                           source=source, actor=caller)
+        if event:
             log.warning("otp.security", extra={"reason": reason.value, "public_id": public_id, "user": user,
                                                "client_id": client_id, "source": source})
-        if not reason.counts_as_failure:
-            return reason
-        if material is not None:
-            if state is None:
-                state = await self.store.key_state(material.id, conn, for_update=True)
-            if state is not None and not state.deleted:
-                if state.blocked_until is not None and state.blocked_until > now:
-                    return Reason.THROTTLED  # blocked: no verdict on the OTP itself while the block lasts
-                if await self.store.note_key_failure(conn, state, now, self.settings.throttle_key):
-                    await self.store.add_event(conn, at=now, kind="security.otp.key_throttled", key_id=state.id,
-                                               serial=state.serial, public_id=state.public_id, user=user,
-                                               client_id=client_id, source=source)
-        if user is not None:
-            if await self.store.note_user_failure(conn, user, now, self.settings.throttle_user):
-                await self.store.add_event(conn, at=now, kind="security.otp.user_throttled", user=user,
-                                           public_id=public_id, source=source)
+        return reason
+
+    async def _note_key_failure(self, conn: AsyncConnection, reason: Reason, state: KeyState, *, user: str,
+                                source: str | None, now: datetime) -> Reason:
+        """A fresh OTP of a key enrolled to another user: a security event, and a count against that key
+        (its holder is the one trying), in the caller's transaction."""
+        await self.store.add_event(conn, at=now, kind=f"security.otp.{reason.value}", key_id=state.id,
+                                   serial=state.serial, public_id=state.public_id, user=user, source=source,
+                                   detail={"enrolled_user": state.user_name})
+        log.warning("otp.security", extra={"reason": reason.value, "public_id": state.public_id, "user": user,
+                                           "source": source})
+        if state.blocked_until is not None and state.blocked_until > now:
+            return Reason.THROTTLED
+        if await self.store.note_key_failure(conn, state, now, self.settings.throttle_key):
+            await self.store.add_event(conn, at=now, kind="security.otp.key_throttled", key_id=state.id,
+                                       serial=state.serial, public_id=state.public_id, user=user, source=source)
+            log.warning("otp.security", extra={"reason": "key_throttled", "public_id": state.public_id,
+                                               "user": user, "source": source})
         return reason
 
     async def _material(self, public_id: str, fresh: bool) -> KeyMaterial | None:
@@ -400,6 +453,8 @@ class OtpService:
         return plain[:16], plain[16:22]
 
     async def _client(self, client_id: int) -> _Client | None:
+        if not 0 < client_id <= MAX_CLIENT_ID:
+            return None
         now = time.monotonic()
         cached = self._clients.get(client_id)
         if cached is not None and cached[0] > now:
@@ -408,7 +463,7 @@ class OtpService:
         client = None
         if row is not None and row.disabled_at is None:
             try:
-                client = _Client(row.id, self._box.open(row.secret_sealed, _client_aad(row.id)))
+                client = _Client(row.id, self._box.open(row.secret_sealed, _client_aad(row.id)), row.allow_unsigned)
             except KekError as exc:
                 log.error("otp.kek.mismatch", extra={"client_id": client_id, "detail": str(exc)})
                 raise BackendError("client key does not open under this server's KEK") from None
@@ -566,24 +621,42 @@ class OtpService:
 
     # ---- protocol 2.0 API clients -------------------------------------------------------------
 
-    async def add_client(self, name: str = "") -> tuple[ClientInfo, str]:
-        """A new API client; returns it and its base64 key (shown only now)."""
+    async def add_client(self, name: str = "", *, allow_unsigned: bool = False) -> tuple[ClientInfo, str]:
+        """A new API client; returns it and its base64 key (shown only now). `allow_unsigned` lets a legacy
+        client send requests without `h` (each one is logged)."""
         name = (name or "").strip()
         if len(name) > 255 or any(ord(ch) < 32 for ch in name):
             raise InvalidInput("client name must be at most 255 printable characters")
         secret = secrets.token_bytes(CLIENT_KEY_BYTES)
         now = self._clock()
         async with self.store.begin_write() as conn:
-            client_id = await self.store.add_client(conn, name, now)
+            client_id = await self.store.add_client(conn, name, now, allow_unsigned=allow_unsigned)
             await self.store.set_client_secret(conn, client_id, self._box.seal(secret, _client_aad(client_id)),
                                                self._box.kek_id)
             await self.store.add_event(conn, at=now, kind="otp.client.added", client_id=client_id,
-                                       detail={"name": name})
-        log.info("otp.client.added", extra={"client_id": client_id})
-        return ClientInfo(client_id, name, now, None), base64.b64encode(secret).decode("ascii")
+                                       detail={"name": name, "allow_unsigned": allow_unsigned})
+        log.info("otp.client.added", extra={"client_id": client_id, "allow_unsigned": allow_unsigned})
+        return ClientInfo(client_id, name, now, None, allow_unsigned), base64.b64encode(secret).decode("ascii")
 
     async def list_clients(self) -> list[ClientInfo]:
-        return [ClientInfo(r.id, r.name, r.created_at, r.disabled_at) for r in await self.store.clients()]
+        return [_client_info(r) for r in await self.store.clients()]
+
+    async def set_client_unsigned(self, client_id: int, allow: bool) -> ClientInfo:
+        """Let a legacy client send unsigned requests, or require its signatures again (other processes:
+        within client_cache_seconds)."""
+        if not isinstance(allow, bool):
+            raise InvalidInput("allow_unsigned must be true or false")
+        now = self._clock()
+        async with self.store.begin_write() as conn:
+            if not 0 < client_id <= MAX_CLIENT_ID or not await self.store.set_client_unsigned(conn, client_id, allow):
+                raise NotFound(f"no OTP client with id {client_id}")
+            await self.store.add_event(conn, at=now, kind="otp.client.changed", client_id=client_id,
+                                       detail={"allow_unsigned": allow})
+        self._clients.pop(client_id, None)
+        log.warning("otp.client.changed", extra={"client_id": client_id, "allow_unsigned": allow})
+        row = await self.store.client(client_id)
+        assert row is not None
+        return _client_info(row)
 
     async def disable_client(self, client_id: int) -> ClientInfo:
         """Disable a client: its requests get NO_SUCH_CLIENT (other processes: within client_cache_seconds)."""
@@ -597,4 +670,25 @@ class OtpService:
         self._clients.pop(client_id, None)
         row = await self.store.client(client_id)
         assert row is not None
-        return ClientInfo(row.id, row.name, row.created_at, row.disabled_at)
+        return _client_info(row)
+
+    # ---- retention ----------------------------------------------------------------------------
+
+    async def prune(self) -> tuple[int, int]:
+        """Delete security events past their retention and throttling rows past their window and block."""
+        now = self._clock()
+        s = self.settings
+        window = max(s.throttle_source.window_seconds, s.throttle_client.window_seconds)
+        events, rows = await self.store.prune(
+            now, events_before=now - timedelta(days=s.security_event_retention_days),
+            throttle_window=timedelta(seconds=window))
+        for subject, until in list(self._blocked.items()):
+            if until <= now:
+                del self._blocked[subject]
+        if events or rows:
+            log.info("otp.prune", extra={"security_events": events, "throttle_rows": rows})
+        return events, rows
+
+
+def _client_info(row: ClientRow) -> ClientInfo:
+    return ClientInfo(row.id, row.name, row.created_at, row.disabled_at, row.allow_unsigned)

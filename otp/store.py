@@ -20,8 +20,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .config import ThrottleSettings
-from .tables import (ACTIVE, REVOKED, UNASSIGNED, otp_clients, otp_events, otp_imports, otp_user_throttle,
-                     otp_yubikeys)
+from .tables import ACTIVE, REVOKED, UNASSIGNED, otp_clients, otp_events, otp_imports, otp_throttle, otp_yubikeys
 
 k = otp_yubikeys
 
@@ -96,6 +95,13 @@ class ClientRow:
     kek_id: str
     created_at: datetime
     disabled_at: datetime | None
+    allow_unsigned: bool = False
+
+
+# Security events: aggregated per (kind, source, minute) and pruned after the retention period.
+SECURITY_KINDS = ("security.otp.unknown_key", "security.otp.revoked_key", "security.otp.wrong_user",
+                  "security.otp.key_throttled", "security.otp.source_throttled", "security.otp.client_throttled",
+                  "security.otp.user_throttled")
 
 
 _STATE_COLS = (k.c.id, k.c.serial, k.c.public_id, k.c.status, k.c.user_name, k.c.deleted_at, k.c.usage_ctr,
@@ -255,41 +261,69 @@ class OtpStore:
             blocked_until=now + timedelta(seconds=limits.lockout_seconds) if blocked else k.c.blocked_until))
         return blocked
 
-    # ---- users: throttling --------------------------------------------------------------------
+    # ---- sources and clients: throttling -------------------------------------------------------
 
-    async def user_throttle(self, user: str) -> tuple[int, datetime | None, datetime | None] | None:
-        """(failures, window start, blocked until) of a user, or None when the user has no failures."""
+    async def note_throttle_failure(self, conn: AsyncConnection, subject: str, now: datetime,
+                                    limits: ThrottleSettings) -> tuple[datetime | None, bool]:
+        """Count one failure of `subject` in one statement, unless it is blocked already.
+
+        Returns (blocked until, whether this failure started the block)."""
+        t = otp_throttle
+        ts = t.c.window_start.type
+        now_p = sa.literal(now, ts)
+        until = now + timedelta(seconds=limits.lockout_seconds)
+        blocked = t.c.blocked_until > now_p
+        # (evaluated when not blocked) the window is over, or a block ended: counting starts again
+        fresh = sa.or_(t.c.window_start <= sa.literal(now - timedelta(seconds=limits.window_seconds), ts),
+                       t.c.blocked_until.is_not(None))
+        counted = sa.case((fresh, 1), else_=t.c.failures + 1)
+        starts = counted >= limits.max_failures
+        first_blocks = 1 >= limits.max_failures
+        ins = (postgresql.insert(t) if self.is_postgresql else sqlite.insert(t)).values(
+            subject=subject, failures=0 if first_blocks else 1, window_start=now,
+            blocked_until=until if first_blocks else None)
+        # a block starts with failures = 0; while it lasts, failures counts what came in meanwhile
+        stmt = ins.on_conflict_do_update(index_elements=[t.c.subject], set_={
+            "failures": sa.case((blocked, t.c.failures + 1), (starts, 0), else_=counted),
+            "window_start": sa.case((blocked, t.c.window_start), (sa.or_(fresh, starts), now_p),
+                                    else_=t.c.window_start),
+            "blocked_until": sa.case((blocked, t.c.blocked_until), (starts, sa.literal(until, ts)),
+                                     else_=sa.null()),
+        }).returning(t.c.failures, t.c.blocked_until)
+        failures, blocked_until = (await conn.execute(stmt)).one()
+        blocked_until = aware(blocked_until)
+        if blocked_until is None or blocked_until <= now:
+            return None, False
+        return blocked_until, failures == 0
+
+    async def throttle_state(self, subject: str) -> tuple[int, datetime, datetime | None] | None:
+        """(failures, window start, blocked until) of a source or client, None without recent failures."""
         async with self.engine.connect() as conn:
-            row = (await conn.execute(sa.select(
-                otp_user_throttle.c.failures, otp_user_throttle.c.failures_since, otp_user_throttle.c.blocked_until
-            ).where(otp_user_throttle.c.user_name == user))).first()
+            row = (await conn.execute(sa.select(otp_throttle.c.failures, otp_throttle.c.window_start,
+                                                otp_throttle.c.blocked_until)
+                                      .where(otp_throttle.c.subject == subject))).first()
         return (row[0], aware(row[1]), aware(row[2])) if row else None
 
-    async def note_user_failure(self, conn: AsyncConnection, user: str, now: datetime,
-                                limits: ThrottleSettings) -> bool:
-        """Count one failure against a user; True when this failure starts a block."""
-        t = otp_user_throttle
-        stmt = sa.select(t.c.failures, t.c.failures_since).where(t.c.user_name == user)
-        if self.is_postgresql:
-            stmt = stmt.with_for_update()
-        row = (await conn.execute(stmt)).first()
-        if row is None:
-            ins = (postgresql.insert(t) if self.is_postgresql else sqlite.insert(t)).values(
-                user_name=user, failures=0, failures_since=now, blocked_until=None).on_conflict_do_nothing()
-            await conn.execute(ins)
-            row = (await conn.execute(stmt)).first()
-        failures, since = row[0], aware(row[1])
-        if since is None or now - since > timedelta(seconds=limits.window_seconds):
-            failures, since = 0, now
-        failures += 1
-        blocked = failures >= limits.max_failures
-        await conn.execute(sa.update(t).where(t.c.user_name == user).values(
-            failures=0 if blocked else failures, failures_since=since,
-            blocked_until=now + timedelta(seconds=limits.lockout_seconds) if blocked else t.c.blocked_until))
-        return blocked
-
-    async def clear_user_failures(self, conn: AsyncConnection, user: str) -> None:
-        await conn.execute(sa.delete(otp_user_throttle).where(otp_user_throttle.c.user_name == user))
+    async def prune(self, now: datetime, *, events_before: datetime, throttle_window: timedelta,
+                    chunk: int = 5000) -> tuple[int, int]:
+        """Delete security events older than `events_before` (in chunks, each its own transaction) and
+        throttle rows whose window and block are over. Returns (events, throttle rows) deleted."""
+        e = otp_events
+        events = 0
+        while True:
+            ids = (sa.select(e.c.id).where(e.c.kind.in_(SECURITY_KINDS), e.c.at < events_before)
+                   .limit(chunk).scalar_subquery())
+            async with self.begin_write() as conn:
+                n = (await conn.execute(sa.delete(e).where(e.c.id.in_(ids)))).rowcount
+            events += n
+            if n < chunk:
+                break
+        t = otp_throttle
+        async with self.begin_write() as conn:
+            rows = (await conn.execute(sa.delete(t).where(
+                t.c.window_start < now - throttle_window,
+                sa.or_(t.c.blocked_until.is_(None), t.c.blocked_until <= now)))).rowcount
+        return events, rows
 
     # ---- events -------------------------------------------------------------------------------
 
@@ -298,11 +332,21 @@ class OtpStore:
                         serial: int | None = None, public_id: str | None = None, user: str | None = None,
                         client_id: int | None = None, source: str | None = None, actor: str | None = None,
                         detail: dict[str, Any] | None = None) -> None:
-        """Append one history or security event inside the caller's transaction."""
-        await conn.execute(otp_events.insert().values(
-            at=at, kind=kind, key_id=key_id, serial=serial, public_id=public_id, user_name=user,
-            client_id=client_id, source=source, actor=actor,
-            detail=json.dumps(detail or {}, sort_keys=True, default=str)))
+        """Append one history or security event inside the caller's transaction.
+
+        A security event of the same kind from the same source in the same minute only counts one more
+        occurrence on the first one's row: hostile traffic cannot grow the table faster than that."""
+        values = dict(at=at, kind=kind, key_id=key_id, serial=serial, public_id=public_id, user_name=user,
+                      client_id=client_id, source=source, actor=actor,
+                      detail=json.dumps(detail or {}, sort_keys=True, default=str))
+        if kind not in SECURITY_KINDS:
+            await conn.execute(otp_events.insert().values(**values))
+            return
+        minute = at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M")
+        values["dedup_key"] = f"{kind}|{source or ''}|{minute}"[:160]
+        ins = (postgresql.insert(otp_events) if conn.dialect.name == "postgresql" else sqlite.insert(otp_events))
+        await conn.execute(ins.values(**values).on_conflict_do_update(
+            index_elements=[otp_events.c.dedup_key], set_={"occurrences": otp_events.c.occurrences + 1}))
 
     async def record_event(self, **fields: Any) -> None:
         """Append one event in its own transaction."""
@@ -470,19 +514,25 @@ class OtpStore:
             for i in range(0, len(key_ids), 5000):
                 part = list(key_ids[i:i + 5000])
                 rows = await conn.execute(sa.select(e.c.key_id, e.c.at, e.c.kind, e.c.user_name, e.c.actor,
-                                                    e.c.client_id, e.c.source, e.c.detail)
+                                                    e.c.client_id, e.c.source, e.c.detail, e.c.occurrences)
                                           .where(e.c.key_id.in_(part)).order_by(e.c.id))
                 for r in rows:
                     out[r.key_id].append({"at": aware(r.at), "event": r.kind, "user": r.user_name, "actor": r.actor,
                                           "client_id": r.client_id, "source": r.source,
-                                          "detail": json.loads(r.detail or "{}")})
+                                          "detail": json.loads(r.detail or "{}"), "occurrences": r.occurrences})
         return out
 
     # ---- API clients --------------------------------------------------------------------------
 
-    async def add_client(self, conn: AsyncConnection, name: str, now: datetime) -> int:
+    async def add_client(self, conn: AsyncConnection, name: str, now: datetime, *, allow_unsigned: bool = False) -> int:
         return (await conn.execute(otp_clients.insert().values(
-            name=name, secret_sealed=b"", kek_id="", created_at=now).returning(otp_clients.c.id))).scalar_one()
+            name=name, secret_sealed=b"", kek_id="", created_at=now, allow_unsigned=allow_unsigned
+        ).returning(otp_clients.c.id))).scalar_one()
+
+    async def set_client_unsigned(self, conn: AsyncConnection, client_id: int, allow: bool) -> bool:
+        res = await conn.execute(sa.update(otp_clients).where(otp_clients.c.id == client_id).values(
+            allow_unsigned=allow))
+        return res.rowcount == 1
 
     async def set_client_secret(self, conn: AsyncConnection, client_id: int, sealed: bytes, kek_id: str) -> None:
         await conn.execute(sa.update(otp_clients).where(otp_clients.c.id == client_id).values(
@@ -507,5 +557,6 @@ class OtpStore:
 
 def _client_row(row) -> ClientRow:
     return ClientRow(id=row.id, name=row.name, secret_sealed=row.secret_sealed, kek_id=row.kek_id,
-                     created_at=aware(row.created_at), disabled_at=aware(row.disabled_at))
+                     created_at=aware(row.created_at), disabled_at=aware(row.disabled_at),
+                     allow_unsigned=bool(row.allow_unsigned))
 

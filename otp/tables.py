@@ -81,6 +81,10 @@ otp_events = sa.Table(
     sa.Column("source", sa.String(64)),
     sa.Column("actor", sa.String(255)),
     sa.Column("detail", sa.Text, nullable=False, server_default="{}"),
+    # Security events are written once per (kind, source, minute): `occurrences` counts the rest.
+    sa.Column("occurrences", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("dedup_key", sa.String(160)),  # kind|source|minute of a security event, NULL otherwise
+    sa.Index("ux_otp_events_dedup", "dedup_key", unique=True),
     sa.Index("ix_otp_events_key", "key_id"),
     sa.Index("ix_otp_events_kind_at", "kind", "at"),
     sa.Index("ix_otp_events_public_id", "public_id"),
@@ -96,14 +100,18 @@ otp_clients = sa.Table(
     sa.Column("kek_id", sa.String(16), nullable=False),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("disabled_at", TS),
+    # A legacy client that cannot sign its requests may send them without `h` (off by default).
+    sa.Column("allow_unsigned", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
-# Failure throttling of users of the sign-in API.
-otp_user_throttle = sa.Table(
-    "otp_user_throttle",
+# Throttling of failures that prove nothing about a key's holder (an OTP that does not decrypt, an
+# unknown key...), per source address ("source:...") and per API client ("client:...", "signin:...").
+otp_throttle = sa.Table(
+    "otp_throttle",
     metadata,
-    sa.Column("user_name", sa.String(255), primary_key=True),
+    sa.Column("subject", sa.String(160), primary_key=True),
     sa.Column("failures", sa.Integer, nullable=False),
-    sa.Column("failures_since", TS, nullable=False),
+    sa.Column("window_start", TS, nullable=False),
     sa.Column("blocked_until", TS),
+    sa.Index("ix_otp_throttle_window_start", "window_start"),
 )

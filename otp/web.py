@@ -17,9 +17,9 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import BodyPartReader, web
 
-from .errors import InvalidInput, OtpError, PayloadTooLarge
-from .report import FORMATS, ReportFilter, parse_serial, render_csv, render_json
-from .service import OtpService
+from .errors import InvalidInput, NotFound, OtpError, PayloadTooLarge
+from .report import FORMATS, ReportFilter, parse_number, parse_serial, render_csv, render_json
+from .service import MAX_CLIENT_ID, OtpService
 from .store import BACKEND_ERRORS
 from .yubico import parse_params
 
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # (request, bearer token) -> (scope, actor) for a valid token, None for an unknown or disabled one.
 Authenticate = Callable[[web.Request, str], Awaitable["tuple[str, str] | None"]]
+# request -> the client's address, for throttling and security events.
+ClientAddress = Callable[[web.Request], "str | None"]
 
 PROBLEM_JSON = "application/problem+json"
 # The application's authentication middleware stores who is calling (e.g. the token's name) here.
@@ -119,23 +121,31 @@ def _actor(request: web.Request) -> str | None:
     return str(actor) if actor is not None else None
 
 
+def peer_address(request: web.Request) -> str | None:
+    """The address of the TCP peer (the default `ClientAddress`)."""
+    return request.remote
+
+
 class _Routes:
-    def __init__(self, service: OtpService | Callable[[web.Request], OtpService]) -> None:
+    def __init__(self, service: OtpService | Callable[[web.Request], OtpService],
+                 client_address: ClientAddress = peer_address) -> None:
         self._service: Callable[[web.Request], OtpService] = (
             (lambda _request: service) if isinstance(service, OtpService) else service)
+        self._address = client_address
 
     @requires_scope(None)
     async def wsapi_verify(self, request: web.Request) -> web.StreamResponse:
         """Validation protocol 2.0 verify (GET, or POST form); always 200 text/plain, signed."""
         params = {}
         if request.method == "POST":
-            body = await request.content.read(WSAPI_MAX_BODY + 1)
-            if len(body) > WSAPI_MAX_BODY:
+            try:
+                body = await _read_limited(request, WSAPI_MAX_BODY)  # every chunk, not one read()
+            except PayloadTooLarge:
                 return web.Response(status=413, text="request too large\n")
             params = parse_params(body.decode("utf-8", "replace").strip())
         # The raw query: aiohttp's decoded view turns a `+` of the base64 signature into a space.
         params.update(parse_params(request.rel_url.raw_query_string))
-        text = await self._service(request).verify_protocol(params, source=request.remote)
+        text = await self._service(request).verify_protocol(params, source=self._address(request))
         return web.Response(text=text, content_type="text/plain")
 
     @requires_scope("signin")
@@ -143,7 +153,8 @@ class _Routes:
     async def otp_verify(self, request: web.Request) -> web.StreamResponse:
         """Sign-in API: {"user", "otp"} -> status, reason, key serial, whether this use enrolled the key."""
         data = await _json_object(request)
-        outcome = await self._service(request).verify_signin(data.get("user"), data.get("otp"), source=request.remote)
+        outcome = await self._service(request).verify_signin(data.get("user"), data.get("otp"),
+                                                             source=self._address(request), caller=_actor(request))
         if outcome.ok:
             return web.json_response(outcome.to_json())
         body = outcome.to_json()
@@ -203,8 +214,22 @@ class _Routes:
         name = data.get("name", "")
         if not isinstance(name, str):
             raise InvalidInput("name must be a string")
-        info, key = await self._service(request).add_client(name)
+        allow_unsigned = data.get("allow_unsigned", False)
+        if not isinstance(allow_unsigned, bool):
+            raise InvalidInput("allow_unsigned must be true or false")
+        info, key = await self._service(request).add_client(name, allow_unsigned=allow_unsigned)
         return web.json_response({**info.to_json(), "api_key": key}, status=201)
+
+    @requires_scope("admin")
+    @_api
+    async def change_client(self, request: web.Request) -> web.StreamResponse:
+        """{"allow_unsigned": bool}: whether a legacy client may send requests without `h`."""
+        client_id = _client_id(request)
+        data = await _json_object(request)
+        if set(data) != {"allow_unsigned"}:
+            raise InvalidInput("the body must be {\"allow_unsigned\": true|false}")
+        return web.json_response((await self._service(request).set_client_unsigned(
+            client_id, data["allow_unsigned"])).to_json())
 
     @requires_scope("admin")
     @_api
@@ -214,10 +239,15 @@ class _Routes:
     @requires_scope("admin")
     @_api
     async def disable_client(self, request: web.Request) -> web.StreamResponse:
-        raw = request.match_info["id"]
-        if not raw.isdigit():
-            raise InvalidInput(f"client id {raw!r} is not a number")
-        return web.json_response((await self._service(request).disable_client(int(raw))).to_json())
+        client_id = _client_id(request)
+        return web.json_response((await self._service(request).disable_client(client_id)).to_json())
+
+
+def _client_id(request: web.Request) -> int:
+    client_id = parse_number(request.match_info["id"], "client id")
+    if client_id > MAX_CLIENT_ID:
+        raise NotFound(f"no OTP client with id {client_id}")
+    return client_id
 
 
 async def _check_bearer(request: web.Request, scope: str, authenticate: Authenticate) -> web.Response | None:
@@ -259,12 +289,13 @@ def _bind(method: Any, authenticate: Authenticate | None = None) -> Handler:
 
 
 def add_routes(app: web.Application, service: OtpService | Callable[[web.Request], OtpService], *,
-               authenticate: Authenticate | None = None) -> None:
+               authenticate: Authenticate | None = None, client_address: ClientAddress = peer_address) -> None:
     """Add the OTP routes to `app` (the application owns the service's lifetime).
 
     `service` is the service, or a function of the request returning it. `authenticate` checks the
-    bearer tokens of the `/api/v1/*` routes (see `Authenticate`)."""
-    r = _Routes(service)
+    bearer tokens of the `/api/v1/*` routes (see `Authenticate`); `client_address` says where a
+    request comes from (default: the TCP peer)."""
+    r = _Routes(service, client_address)
 
     bind = functools.partial(_bind, authenticate=authenticate)
     wsapi = bind(r.wsapi_verify)
@@ -277,7 +308,8 @@ def add_routes(app: web.Application, service: OtpService | Callable[[web.Request
     app.router.add_route("DELETE", "/api/v1/yubikeys/{serial}", bind(r.delete))
     app.router.add_route("POST", "/api/v1/otp-clients", bind(r.add_client))
     app.router.add_route("GET", "/api/v1/otp-clients", bind(r.list_clients))
+    app.router.add_route("PATCH", "/api/v1/otp-clients/{id}", bind(r.change_client))
     app.router.add_route("POST", "/api/v1/otp-clients/{id}/disable", bind(r.disable_client))
 
 
-__all__ = ["ACTOR_KEY", "Authenticate", "add_routes", "problem", "requires_scope"]
+__all__ = ["ACTOR_KEY", "Authenticate", "ClientAddress", "add_routes", "peer_address", "problem", "requires_scope"]

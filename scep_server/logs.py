@@ -1,4 +1,9 @@
-"""Structured logs (structlog): JSON lines by default, one event per SCEP transaction."""
+"""Structured logs (structlog): JSON lines by default, one event per SCEP transaction.
+
+Events logged through the standard library (the `crl` and `otp` libraries use `logging`, with their
+fields in `extra=`) go through structlog's `ProcessorFormatter`: every line is one JSON object (or one
+console line) with the event's fields, whichever API wrote it.
+"""
 from __future__ import annotations
 
 import logging
@@ -12,13 +17,13 @@ def configure(level: str = "info", fmt: str = "json", *, cache: bool = False) ->
     since a frozen logger ignores any later configuration (a CLI command run in-process must not freeze them).
     """
     lvl = getattr(logging, level.upper())
-    logging.basicConfig(level=lvl, stream=sys.stderr, format="%(message)s")
     renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamper,
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -26,6 +31,42 @@ def configure(level: str = "info", fmt: str = "json", *, cache: bool = False) ->
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr) if cache else _StderrLoggerFactory(),
         cache_logger_on_first_use=cache,
     )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.ExtraAdder(),  # the record's `extra=` fields
+            timestamper,
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    )
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(handler)  # configured again (a CLI command after another, in one process)
+    handler = _StderrHandler()
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+    root.setLevel(lvl)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a record is emitted."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
 
 
 class _StderrLoggerFactory:

@@ -1,6 +1,7 @@
 """The `otp` feature object (see scep_server.features)."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import sys
@@ -103,6 +104,26 @@ def _service_for(request: web.Request) -> OtpService:
     return request.app[RUNTIME].extras[EXTRA]
 
 
+def client_address(request: web.Request) -> str | None:
+    """Where an OTP request comes from, for throttling and security events: the TCP peer."""
+    return request.remote
+
+
+PRUNE_INTERVAL_SECONDS = 3600.0
+
+
+def _prune_job(service: OtpService, interval: float = PRUNE_INTERVAL_SECONDS) -> Callable[[], Awaitable[None]]:
+    """Security events past their retention and spent throttling rows are deleted hourly (and at start)."""
+    async def loop() -> None:
+        while True:
+            try:
+                await service.prune()
+            except Exception as exc:  # noqa: BLE001 - a failed round is retried at the next one
+                log.error("otp.prune.failed", error=f"{exc.__class__.__name__}: {exc}")
+            await asyncio.sleep(interval)
+    return loop
+
+
 @contextlib.asynccontextmanager
 async def _open_service() -> AsyncIterator[OtpService]:
     """The service of a runtime opened for one CLI command (settings from `scep-server`'s options)."""
@@ -154,10 +175,10 @@ class OtpFeature:
             await service.aclose()  # counter updates still queued are committed
 
     def add_routes(self, app: web.Application) -> None:
-        otp_web.add_routes(app, _service_for, authenticate=_authenticate)
+        otp_web.add_routes(app, _service_for, authenticate=_authenticate, client_address=client_address)
 
     def jobs(self, runtime: "Runtime") -> list[Callable[[], Awaitable[None]]]:
-        return []
+        return [_prune_job(service_of(runtime))]
 
     def cli(self) -> list[click.Command]:
         return list(build_cli(_open_service))

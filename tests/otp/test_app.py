@@ -124,8 +124,8 @@ async def test_protocol_endpoint_in_the_application(app):
 
 def test_otp_settings_are_typed(tmp_path):
     settings = load_settings(None, data_dir=str(tmp_path), otp={"kek_file": str(tmp_path / "k"),
-                                                                "throttle_user": {"max_failures": 3}})
-    assert settings.otp.throttle_user.max_failures == 3 and settings.otp.kek_path() == tmp_path / "k"
+                                                                "throttle_source": {"max_failures": 3}})
+    assert settings.otp.throttle_source.max_failures == 3 and settings.otp.kek_path() == tmp_path / "k"
     with pytest.raises(ConfigError, match=r"otp\.kek_fil"):
         load_settings(None, otp={"kek_fil": "x"})
     with pytest.raises(ConfigError, match=r"otp\.commit_batch_max"):
@@ -134,9 +134,9 @@ def test_otp_settings_are_typed(tmp_path):
 
 def test_otp_settings_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("SCEP_SERVER_OTP__KEK_FILE", str(tmp_path / "env.kek"))
-    monkeypatch.setenv("SCEP_SERVER_OTP__REQUIRE_SIGNED_REQUESTS", "true")
+    monkeypatch.setenv("SCEP_SERVER_OTP__REQUIRE_SIGNED_REQUESTS", "false")  # the default is true
     settings = load_settings(None)
-    assert settings.otp.kek_path() == tmp_path / "env.kek" and settings.otp.require_signed_requests is True
+    assert settings.otp.kek_path() == tmp_path / "env.kek" and settings.otp.require_signed_requests is False
 
 
 async def test_configured_kek_file_and_a_replaced_kek(tmp_path, db_url):

