@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+import time
 
 import aiohttp
 import gmpy2
@@ -296,3 +297,13 @@ async def test_proof_of_possession_is_required(svc):
     forged = der.seq(tbs, der.seq(der.oid("1.2.840.113549.1.1.11"), der.NULL_DER),
                      der.tlv(der.BIT_STRING, b"\x00" + other.sign(tbs, padding.PKCS1v15(), hashes.SHA256())))
     assert refused(await svc.enrol(key, forged), "the CSR's signature does not verify (no proof of possession)")
+
+
+async def test_a_backtracking_pattern_costs_no_more_than_a_plain_one(svc):
+    # (a+)+b backtracks exponentially in a backtracking engine; profile patterns run on RE2 (linear time)
+    await svc.add_profile("redos", subject_patterns={"CN": "(a+)+b"})
+    key = rsa_key()
+    started = time.perf_counter()
+    rep = await svc.enrol(key, make_csr(key, "CN=" + "a" * 60 + "!", challenge=SECRET), profile="redos")
+    assert time.perf_counter() - started < 5
+    assert refused(rep, "does not match the profile's pattern '(a+)+b'")
