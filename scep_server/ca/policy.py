@@ -155,6 +155,11 @@ class CertificateTemplate(BaseModel):
         return self
 
 
+@functools.lru_cache(maxsize=64)  # the CA's and RA's names, asked for every request
+def _reserved_key(name: x509.Name) -> tuple:
+    return _name_key(name)
+
+
 def _name_key(name: x509.Name) -> tuple:
     """A distinguished name compared as RFC 5280 §7.1 does: case and insignificant spaces ignored."""
     def norm(value) -> object:
@@ -320,7 +325,7 @@ class IssuancePolicy:
         self._check_subject(subject)
         if list(subject):
             key = _name_key(subject)
-            if any(key == _name_key(reserved) for reserved in reserved_names):
+            if any(key == _reserved_key(reserved) for reserved in reserved_names):
                 raise PolicyViolation(f"the subject {subject.rfc4514_string()!r} is the name of this CA or its RA")
         sans: list[x509.GeneralName] = []
         if ext is not None:

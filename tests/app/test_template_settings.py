@@ -89,3 +89,15 @@ async def test_stored_profiles_read_new_keys_as_their_restrictive_defaults(engin
     assert hand.validity_days == 30 and hand.san_types == [] and hand.subject_attributes == DEFAULT_SUBJECT_ATTRIBUTES
     async with engine.connect() as conn:
         assert (await conn.execute(sa.select(sa.func.count()).select_from(profiles))).scalar() == 2
+
+
+def test_set_template_replaces_a_profiles_template_and_keeps_the_rest(cli):
+    cli("profile", "add", "wide", "--require-approval",
+        "--settings-json", json.dumps({"template": {"san_types": ["dns", "email", "uri", "ip"]}}))
+    out = json.loads(cli("profile", "set-template", "wide", json.dumps({"san_types": ["dns"], "validity_days": 90})))
+    assert out["san_types"] == ["dns"] and out["validity_days"] == 90
+    shown = json.loads(cli("profile", "show", "wide"))["settings"]
+    assert shown["template"]["san_types"] == ["dns"] and shown["template"]["max_sans"] == 20
+    assert shown["require_approval"] is True
+    assert "invalid template" in cli("profile", "set-template", "wide", '{"san_type": []}', code=1)
+    assert "nope" in cli("profile", "set-template", "nope", "{}", code=1)
