@@ -1,7 +1,7 @@
 """Certificate templates and CSR policy: what a profile lets into an issued certificate.
 
-A CSR is checked before anything is signed, cheapest rule first: its signature algorithm, the key (type, size,
-RSA exponent, EC curve), the subject (allowed attributes, value patterns, never the CA's or the RA's name) and
+A CSR is checked before anything is signed, cheapest rule first: the key (type, size, RSA exponent, EC curve),
+the CSR's signature algorithm, the subject (allowed attributes, value patterns, never the CA's or the RA's name) and
 the subject alternative names (allowed types, patterns, DNS suffixes, e-mail domains), then the proof of
 possession (the CSR's signature) and last the known-weak-key tests (ROCA fingerprint, Fermat close primes).
 """
@@ -346,13 +346,13 @@ class IssuancePolicy:
         return subject, sans
 
     def check(self, csr: x509.CertificateSigningRequest, *, reserved_names: Iterable[x509.Name] = ()) -> None:
-        """All CSR checks, cheapest first: signature algorithm, key, subject and SANs, proof of possession, weak key.
+        """All CSR checks, cheapest first: key, signature algorithm, subject and SANs, proof of possession, weak key.
 
         CPU-bound (a signature verification and the weak-key arithmetic): call it from a worker thread.
         """
         try:
-            algorithm = self.check_signature_algorithm(csr)
             self.check_key(csr)
+            algorithm = self.check_signature_algorithm(csr)
             self.subject_and_sans(csr, reserved_names=reserved_names)
             valid = self._signature_valid(csr, algorithm)
         except (ValueError, UnsupportedAlgorithm) as exc:
