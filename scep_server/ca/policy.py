@@ -297,7 +297,7 @@ class IssuancePolicy:
                                           f"suffixes ({', '.join(t.dns_suffixes)})")
         elif kind == "email":
             local, at, domain = value.rpartition("@")
-            if not at or not local or not domain:
+            if not at or not local or not domain or "@" in local:
                 raise PolicyViolation(f"subject alternative name {label!r} is not an e-mail address")
             if t.email_domains and _normalise_domain(domain) not in t.email_domains:
                 raise PolicyViolation(f"subject alternative name {label!r} is outside the profile's e-mail "

@@ -224,6 +224,10 @@ async def test_rsa_public_exponents(svc):
         key = key_with_exponent(e) if e != 3 else rsa.generate_private_key(3, 2048)
         rep = await svc.enrol(key, make_csr(key, challenge=svc.server.challenge()))
         assert refused(rep, f"RSA public exponent {e} is not allowed: use 65537")
+    # an exponent as long as the modulus makes verifying the CSR cost a private-key operation: refused unverified
+    key = key_with_exponent(secrets.randbits(2047) | 1 | 1 << 2046)
+    rep = await svc.enrol(rsa_key(), make_csr(key, challenge=svc.server.challenge()))
+    assert refused(rep, "RSA public exponent of 2047 bits is not allowed: use 65537")
     await svc.add_profile("legacy-e3", allow_rsa_exponent_3=True)
     key = rsa.generate_private_key(3, 2048)
     assert leaf(await svc.enrol(key, make_csr(key, challenge=SECRET), profile="legacy-e3")).public_key() \
