@@ -153,6 +153,35 @@ def profile_show(ctx: Context, name: str) -> None:
     click.echo(json.dumps(view, indent=2))
 
 
+@profile.command("set-template")
+@click.argument("name")
+@click.argument("template_json")
+@pass_ctx
+def profile_set_template(ctx: Context, name: str, template_json: str) -> None:
+    """Replace a profile's certificate template (keys left out take their defaults); prints the result."""
+    from pydantic import ValidationError
+
+    from .ca.policy import CertificateTemplate
+    from .profiles import UnknownProfile
+
+    try:
+        template = CertificateTemplate.model_validate_json(template_json)
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid template: {exc}") from None
+
+    async def go():
+        async with ctx.runtime() as rt:
+            current = await rt.profiles.get(name)
+            settings = current.settings.model_copy(update={"template": template})
+            return await rt.profiles.update(name, settings=settings, now=utcnow())
+
+    try:
+        p = run(go())
+    except UnknownProfile as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(p.settings.template.model_dump_json(indent=2))
+
+
 # ---------------------------------------------------------------- certificates
 
 

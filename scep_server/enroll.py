@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .ca import inventory
 from .ca.authority import CertificateAuthority, random_serial
 from .ca.inventory import CertRecord, Reason
-from .ca.policy import PolicyViolation
+from .ca.policy import PolicyViolation, check_message_digest
 from .clock import Clock, utcnow
 from .profiles import Profile, ProfileStore
 from .scep import message as codec
@@ -388,6 +388,7 @@ class ScepService:
     def _open(self, body: bytes, ca: CertificateAuthority, profile: Profile):
         """Parse, verify and decrypt (CPU work, run in a thread); on SQLite, also find an enrolment's transaction."""
         msg = codec.parse_pki_message(body)
+        check_message_digest(msg)  # badAlg for a digest GetCACaps does not offer (MD5)
         if msg.message_type not in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ, MessageType.CERT_POLL,
                                     MessageType.GET_CERT, MessageType.GET_CRL):
             raise SCEPFailure(FailInfo.BAD_REQUEST, f"unsupported messageType {int(msg.message_type)}", msg)
@@ -455,7 +456,7 @@ class ScepService:
             except ChallengeRejected as exc:
                 raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
         try:
-            profile.policy.check(csr)
+            await asyncio.to_thread(profile.policy.check, csr, reserved_names=ca.reserved_names)
         except PolicyViolation as exc:
             if verifier is not None and renewal_of is None:
                 await verifier.after_failure(req, str(exc))

@@ -65,6 +65,11 @@ class CertificateAuthority:
     def subject(self) -> x509.Name:
         return self.cert.subject
 
+    @property
+    def reserved_names(self) -> tuple[x509.Name, ...]:
+        """Names never issued to a requester: this CA's, its RA's and a configured next CA's."""
+        return (self.cert.subject, self.ra_cert.subject, *(c.subject for c in self.next_ca_certs))
+
     def issued_by_us(self, cert: x509.Certificate) -> bool:
         """True if `cert` carries a valid signature by this CA's key."""
         if cert.issuer != self.cert.subject:
@@ -86,7 +91,7 @@ class CertificateAuthority:
     def issue(self, csr: x509.CertificateSigningRequest, policy: IssuancePolicy, *, serial: int,
               now: datetime) -> x509.Certificate:
         """Sign a certificate for `csr` under `policy` (subject and SANs already vetted by the policy)."""
-        subject, sans = policy.subject_and_sans(csr)
+        subject, sans = policy.subject_and_sans(csr, reserved_names=self.reserved_names)
         not_before = now - timedelta(minutes=5)  # tolerate device clock skew
         not_after = min(now + timedelta(days=policy.validity_days), self.cert.not_valid_after_utc)
         b = (x509.CertificateBuilder()

@@ -1,13 +1,27 @@
-"""Certificate templates and CSR policy: what a profile lets into an issued certificate."""
+"""Certificate templates and CSR policy: what a profile lets into an issued certificate.
+
+A CSR is checked before anything is signed, cheapest rule first: the key (type, size, RSA exponent, EC curve),
+the CSR's signature algorithm, the subject (allowed attributes, value patterns, never the CA's or the RA's name) and
+the subject alternative names (allowed types, patterns, DNS suffixes, e-mail domains), then the proof of
+possession (the CSR's signature) and last the known-weak-key tests (ROCA fingerprint, Fermat close primes).
+"""
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Iterable, Literal
 
+import re2
+from badkeys.rsakeys import fermat, roca
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID
-from pydantic import BaseModel, Field
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..scep.types import Digest, FailInfo, SCEPFailure
 
 
 class PolicyViolation(Exception):
@@ -19,10 +33,70 @@ _EKU = {"client_auth": ExtendedKeyUsageOID.CLIENT_AUTH, "server_auth": ExtendedK
         "email_protection": ExtendedKeyUsageOID.EMAIL_PROTECTION, "code_signing": ExtendedKeyUsageOID.CODE_SIGNING}
 _SAN_TYPES = {"dns": x509.DNSName, "email": x509.RFC822Name, "uri": x509.UniformResourceIdentifier,
               "ip": x509.IPAddress}
+_SAN_LABEL = {"dns": "DNS", "email": "email", "uri": "URI", "ip": "IP"}
+
+SanType = Literal["dns", "email", "uri", "ip"]
+SubjectAttribute = Literal["CN", "O", "OU", "C", "serialNumber", "UID", "L", "ST", "street", "postalCode", "DC",
+                           "emailAddress", "givenName", "SN", "title"]
+# attribute name -> (OID, longest value accepted: RFC 5280 appendix A upper bounds where it sets one)
+_SUBJECT_ATTRIBUTES: dict[str, tuple[x509.ObjectIdentifier, int]] = {
+    "CN": (NameOID.COMMON_NAME, 64), "O": (NameOID.ORGANIZATION_NAME, 64),
+    "OU": (NameOID.ORGANIZATIONAL_UNIT_NAME, 64), "C": (NameOID.COUNTRY_NAME, 2),
+    "serialNumber": (NameOID.SERIAL_NUMBER, 64), "UID": (NameOID.USER_ID, 256), "L": (NameOID.LOCALITY_NAME, 128),
+    "ST": (NameOID.STATE_OR_PROVINCE_NAME, 128), "street": (NameOID.STREET_ADDRESS, 128),
+    "postalCode": (NameOID.POSTAL_CODE, 40), "DC": (NameOID.DOMAIN_COMPONENT, 63),
+    "emailAddress": (NameOID.EMAIL_ADDRESS, 255), "givenName": (NameOID.GIVEN_NAME, 64),
+    "SN": (NameOID.SURNAME, 64), "title": (NameOID.TITLE, 64),
+}
+_ATTRIBUTE_NAME = {oid: name for name, (oid, _ub) in _SUBJECT_ATTRIBUTES.items()}
+DEFAULT_SUBJECT_ATTRIBUTES = ["CN", "O", "OU", "C", "serialNumber", "UID"]
+_MAX_SAN_CHARS = {"dns": 253, "email": 254, "uri": 1024, "ip": 64}
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+_CSR_HASHES = {"sha224", "sha256", "sha384", "sha512", "sha3-224", "sha3-256", "sha3-384", "sha3-512"}
+_EC_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384"}
+_RSA_SHA1_OIDS = {"1.2.840.113549.1.1.5", "1.3.14.3.2.29"}  # sha1WithRSAEncryption, and its OIW alias
+_ECDSA_SHA1_OID = "1.2.840.10045.4.1"
+
+# The outer SignedData digests GetCACaps advertises (RFC 8894 §3.5.2); anything else is badAlg.
+MESSAGE_DIGESTS = (Digest.SHA1, Digest.SHA256, Digest.SHA512)
+_CAPS_NAME = {Digest.SHA1: "SHA-1", Digest.SHA256: "SHA-256", Digest.SHA512: "SHA-512"}
+MESSAGE_DIGEST_CAPS = tuple(_CAPS_NAME[d] for d in MESSAGE_DIGESTS)
+
+
+def check_message_digest(msg) -> None:
+    """Refuse a pkiMessage whose SignedData digest is not one GetCACaps offers (e.g. MD5) with badAlg."""
+    if msg.digest not in MESSAGE_DIGESTS:
+        raise SCEPFailure(FailInfo.BAD_ALG, f"the message digest {msg.digest.name} is not accepted; use one of "
+                          f"{', '.join(MESSAGE_DIGEST_CAPS)} (GetCACaps)", msg)
+
+
+@functools.lru_cache(maxsize=512)
+def _compile(pattern: str):
+    """A linear-time (RE2) pattern: a profile's regex meets attacker-chosen values."""
+    options = re2.Options()
+    options.log_errors = False
+    return re2.compile(pattern, options)
+
+
+def _check_pattern(pattern: str) -> str:
+    try:
+        _compile(pattern)
+    except re2.error as exc:
+        raise ValueError(f"invalid pattern {pattern!r}: {exc}") from None
+    return pattern
+
+
+def _normalise_domain(value: str) -> str:
+    return value.strip().strip(".").lower()
 
 
 class CertificateTemplate(BaseModel):
-    """The certificate part of a profile (stored as JSON with the profile)."""
+    """The certificate part of a profile (stored as JSON with the profile).
+
+    A stored template lacking a key reads the default below, and each default is the restrictive choice.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     validity_days: int = Field(365, ge=1, le=3650)
     key_usage: list[Literal["digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
@@ -30,12 +104,74 @@ class CertificateTemplate(BaseModel):
     extended_key_usage: list[Literal["client_auth", "server_auth", "email_protection", "code_signing"]] = [
         "client_auth"]
     min_rsa_bits: int = Field(2048, ge=2048, le=16384)
-    allow_ec: bool = False
+    max_rsa_bits: int = Field(8192, ge=2048, le=16384)
+    # public exponent 3 (otherwise an odd exponent above 65535 is required: 65537 in practice)
+    allow_rsa_exponent_3: bool = False
+    allow_ec: bool = False  # P-256 and P-384
+    # CSRs signed with SHA-1 (legacy clients); MD5 is never accepted
+    allow_sha1_csr: bool = False
     # csr: copy the CSR subject; cn_only: keep only the CN of the CSR subject
     subject: Literal["csr", "cn_only"] = "csr"
+    # subject attributes a CSR may carry; any other refuses the CSR
+    subject_attributes: list[SubjectAttribute] = Field(default_factory=lambda: list(DEFAULT_SUBJECT_ATTRIBUTES))
+    # per attribute, a regular expression (RE2 syntax) every value must match in full
+    subject_patterns: dict[SubjectAttribute, str] = {}
     # which SAN types are copied from the CSR (Intune's SID SAN is a URI); others are refused
-    san_types: list[Literal["dns", "email", "uri", "ip"]] = ["dns", "email", "uri", "ip"]
+    san_types: list[SanType] = []
+    # per SAN type, a regular expression (RE2 syntax) every name of that type must match in full
+    san_patterns: dict[SanType, str] = {}
+    # DNS SANs must be one of these domains or below one (empty: any)
+    dns_suffixes: list[str] = []
+    # e-mail SANs must be at one of these domains (empty: any)
+    email_domains: list[str] = []
     max_sans: int = Field(20, ge=0, le=100)
+
+    @field_validator("subject_patterns", "san_patterns")
+    @classmethod
+    def _patterns_compile(cls, value: dict[str, str]) -> dict[str, str]:
+        for pattern in value.values():
+            _check_pattern(pattern)
+        return value
+
+    @field_validator("dns_suffixes", "email_domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        out = [_normalise_domain(v) for v in value]
+        for domain in out:
+            if not domain or not all(_DNS_LABEL.fullmatch(label) for label in domain.split(".")):
+                raise ValueError(f"{domain!r} is not a domain name")
+        return out
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "CertificateTemplate":
+        if self.min_rsa_bits > self.max_rsa_bits:
+            raise ValueError("min_rsa_bits is above max_rsa_bits")
+        for name in self.subject_patterns:
+            if name not in self.subject_attributes:
+                raise ValueError(f"subject_patterns names {name}, which subject_attributes does not allow")
+        for kind in self.san_patterns:
+            if kind not in self.san_types:
+                raise ValueError(f"san_patterns names {kind}, which san_types does not allow")
+        return self
+
+
+@functools.lru_cache(maxsize=64)  # the CA's and RA's names, asked for every request
+def _reserved_key(name: x509.Name) -> tuple:
+    return _name_key(name)
+
+
+def _name_key(name: x509.Name) -> tuple:
+    """A distinguished name compared as RFC 5280 §7.1 does: case and insignificant spaces ignored."""
+    def norm(value) -> object:
+        return " ".join(value.split()).casefold() if isinstance(value, str) else value
+    return tuple(frozenset((a.oid.dotted_string, norm(a.value)) for a in rdn) for rdn in name.rdns)
+
+
+def _describe_san(name: x509.GeneralName) -> str:
+    for kind, cls in _SAN_TYPES.items():
+        if isinstance(name, cls):
+            return f"{_SAN_LABEL[kind]}:{name.value}"
+    return type(name).__name__
 
 
 @dataclass(frozen=True)
@@ -48,48 +184,182 @@ class IssuancePolicy:
     def validity_days(self) -> int:
         return self.template.validity_days
 
+    def check_signature_algorithm(self, csr: x509.CertificateSigningRequest) -> hashes.HashAlgorithm | None:
+        """The CSR's signature hash, when the profile accepts it."""
+        try:
+            algorithm = csr.signature_hash_algorithm
+        except UnsupportedAlgorithm:
+            raise PolicyViolation(
+                f"the CSR's signature algorithm {csr.signature_algorithm_oid.dotted_string} is not supported") from None
+        name = algorithm.name if algorithm is not None else None
+        if isinstance(algorithm, hashes.MD5):
+            raise PolicyViolation("the CSR is signed with MD5, which is never accepted; sign it with SHA-256")
+        if isinstance(algorithm, hashes.SHA1):
+            if not self.template.allow_sha1_csr:
+                raise PolicyViolation("the CSR is signed with SHA-1, which this profile does not accept; "
+                                      "sign it with SHA-256")
+        elif name not in _CSR_HASHES:
+            raise PolicyViolation(f"the CSR's signature algorithm ({name or 'no hash'}) is not accepted")
+        return algorithm
+
+    @staticmethod
+    def _signature_valid(csr: x509.CertificateSigningRequest, algorithm: hashes.HashAlgorithm | None) -> bool:
+        """Proof of possession: the CSR's signature verifies under the key it carries."""
+        if not isinstance(algorithm, hashes.SHA1):
+            return csr.is_signature_valid
+        # cryptography's CSR check no longer verifies SHA-1; a profile that allows it verifies it here
+        pub, data = csr.public_key(), csr.tbs_certrequest_bytes
+        oid = csr.signature_algorithm_oid.dotted_string
+        try:
+            if isinstance(pub, rsa.RSAPublicKey) and oid in _RSA_SHA1_OIDS:
+                pub.verify(csr.signature, data, padding.PKCS1v15(), hashes.SHA1())
+            elif isinstance(pub, ec.EllipticCurvePublicKey) and oid == _ECDSA_SHA1_OID:
+                pub.verify(csr.signature, data, ec.ECDSA(hashes.SHA1()))
+            else:
+                return False
+        except InvalidSignature:
+            return False
+        return True
+
     def check_key(self, csr: x509.CertificateSigningRequest) -> None:
+        """Key type, size, exponent and curve (cheap: no arithmetic on the modulus)."""
+        t = self.template
         pub = csr.public_key()
         if isinstance(pub, rsa.RSAPublicKey):
-            if pub.key_size < self.template.min_rsa_bits:
-                raise PolicyViolation(f"RSA key of {pub.key_size} bits is below the minimum of "
-                                      f"{self.template.min_rsa_bits}")
-        elif isinstance(pub, ec.EllipticCurvePublicKey) and self.template.allow_ec:
-            if pub.curve.name not in ("secp256r1", "secp384r1"):
-                raise PolicyViolation(f"elliptic curve {pub.curve.name} is not allowed")
+            numbers = pub.public_numbers()
+            if pub.key_size < t.min_rsa_bits:
+                raise PolicyViolation(f"RSA key of {pub.key_size} bits is below the minimum of {t.min_rsa_bits}")
+            if pub.key_size > t.max_rsa_bits:
+                raise PolicyViolation(f"RSA key of {pub.key_size} bits is above the maximum of {t.max_rsa_bits}")
+            e = numbers.e
+            if not (e == 3 and t.allow_rsa_exponent_3) and not (e % 2 == 1 and 65535 < e < 2**256):
+                allowed = "3 or 65537" if t.allow_rsa_exponent_3 else "65537 (odd, above 65535)"
+                shown = str(e) if e.bit_length() <= 64 else f"of {e.bit_length()} bits"
+                raise PolicyViolation(f"RSA public exponent {shown} is not allowed: use {allowed}")
+            if numbers.n % 2 == 0:
+                raise PolicyViolation("the RSA modulus is even: the key is invalid")
+        elif isinstance(pub, ec.EllipticCurvePublicKey):
+            if not t.allow_ec:
+                raise PolicyViolation("key type EC is not allowed by this profile (RSA required)")
+            if pub.curve.name not in _EC_CURVES:
+                raise PolicyViolation(f"elliptic curve {pub.curve.name} is not allowed (P-256 or P-384)")
         else:
-            raise PolicyViolation(f"key type {type(pub).__name__.lstrip('_')} is not allowed (RSA required)")
+            kinds = "RSA, P-256 or P-384" if t.allow_ec else "RSA required"
+            raise PolicyViolation(f"key type {type(pub).__name__.lstrip('_')} is not allowed ({kinds})")
 
-    def subject_and_sans(self, csr: x509.CertificateSigningRequest) -> tuple[x509.Name, list[x509.GeneralName]]:
-        subject = csr.subject
-        if self.template.subject == "cn_only":
-            subject = x509.Name([a for a in subject if a.oid == x509.NameOID.COMMON_NAME])
-        sans: list[x509.GeneralName] = []
+    @staticmethod
+    def check_weak_key(csr: x509.CertificateSigningRequest) -> None:
+        """Known-weak RSA keys: the ROCA fingerprint (CVE-2017-15361) and primes close enough for Fermat."""
+        pub = csr.public_key()
+        if not isinstance(pub, rsa.RSAPublicKey):
+            return
+        n = pub.public_numbers().n
+        if roca(n):
+            raise PolicyViolation("the RSA key has the ROCA fingerprint (CVE-2017-15361, Infineon key generation): "
+                                  "its private key can be computed; generate a new key elsewhere")
+        if fermat(n):
+            raise PolicyViolation("the RSA key's primes are too close together (Fermat factorization): its private "
+                                  "key can be computed; generate a new key")
+
+    def _check_subject(self, subject: x509.Name) -> None:
+        t = self.template
+        allowed = set(t.subject_attributes)
+        for attr in subject:
+            name = _ATTRIBUTE_NAME.get(attr.oid)
+            if name is None or name not in allowed:
+                label = name or attr.oid.dotted_string
+                raise PolicyViolation(f"subject attribute {label} is not allowed by the profile (allowed: "
+                                      f"{', '.join(t.subject_attributes) or 'none'})")
+            value = attr.value
+            if not isinstance(value, str):
+                raise PolicyViolation(f"subject attribute {name} is not a string")
+            limit = _SUBJECT_ATTRIBUTES[name][1]
+            if not value or len(value) > limit or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+                raise PolicyViolation(f"subject attribute {name} must be 1 to {limit} printable characters")
+            pattern = t.subject_patterns.get(name)
+            if pattern is not None and not _compile(pattern).fullmatch(value):
+                raise PolicyViolation(f"subject {name}={value!r} does not match the profile's pattern {pattern!r}")
+
+    def _check_san(self, kind: str, name: x509.GeneralName) -> None:
+        t = self.template
+        value = str(name.value)
+        label = f"{_SAN_LABEL[kind]}:{value}"
+        if len(value) > _MAX_SAN_CHARS[kind] or not value.isascii() or not value.isprintable() or " " in value:
+            raise PolicyViolation(f"subject alternative name {label[:80]!r} is not a valid {_SAN_LABEL[kind]} name")
+        if kind == "dns":
+            labels = value.rstrip(".").split(".")
+            if not all(_DNS_LABEL.fullmatch(part) for part in labels):
+                raise PolicyViolation(f"subject alternative name {label!r} is not a host name (no wildcards)")
+            if t.dns_suffixes:
+                host = _normalise_domain(value)
+                if not any(host == s or host.endswith("." + s) for s in t.dns_suffixes):
+                    raise PolicyViolation(f"subject alternative name {label!r} is outside the profile's DNS "
+                                          f"suffixes ({', '.join(t.dns_suffixes)})")
+        elif kind == "email":
+            local, at, domain = value.rpartition("@")
+            if not at or not local or not domain or "@" in local:
+                raise PolicyViolation(f"subject alternative name {label!r} is not an e-mail address")
+            if t.email_domains and _normalise_domain(domain) not in t.email_domains:
+                raise PolicyViolation(f"subject alternative name {label!r} is outside the profile's e-mail "
+                                      f"domains ({', '.join(t.email_domains)})")
+        pattern = t.san_patterns.get(kind)
+        if pattern is not None and not _compile(pattern).fullmatch(value):
+            raise PolicyViolation(f"subject alternative name {label!r} does not match the profile's pattern "
+                                  f"{pattern!r}")
+
+    def subject_and_sans(self, csr: x509.CertificateSigningRequest, *,
+                         reserved_names: Iterable[x509.Name] = ()) -> tuple[x509.Name, list[x509.GeneralName]]:
+        """The subject and SANs the certificate gets, after the template's rules; PolicyViolation otherwise.
+
+        ``reserved_names`` (the CA's and the RA's) are never issued as a subject.
+        """
         try:
+            subject = csr.subject
             ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         except x509.ExtensionNotFound:
             ext = None
         except ValueError as exc:
-            raise PolicyViolation(f"the CSR's extensions cannot be parsed: {exc}") from None
+            raise PolicyViolation(f"the CSR's subject or extensions cannot be parsed: {exc}") from None
+        if self.template.subject == "cn_only":
+            subject = x509.Name([a for a in subject if a.oid == NameOID.COMMON_NAME])
+        self._check_subject(subject)
+        if list(subject):
+            key = _name_key(subject)
+            if any(key == _reserved_key(reserved) for reserved in reserved_names):
+                raise PolicyViolation(f"the subject {subject.rfc4514_string()!r} is the name of this CA or its RA")
+        sans: list[x509.GeneralName] = []
         if ext is not None:
-            allowed = tuple(_SAN_TYPES[t] for t in self.template.san_types)
+            if len(ext.value) > self.template.max_sans:
+                raise PolicyViolation(f"{len(ext.value)} subject alternative names exceed the profile's limit of "
+                                      f"{self.template.max_sans}")
+            kinds = {cls: kind for kind, cls in _SAN_TYPES.items() if kind in self.template.san_types}
             for name in ext.value:
-                if not isinstance(name, allowed):
-                    raise PolicyViolation(f"subject alternative name {name!r} is not allowed by the profile")
+                kind = next((k for cls, k in kinds.items() if isinstance(name, cls)), None)
+                if kind is None:
+                    raise PolicyViolation(f"subject alternative name {_describe_san(name)[:80]!r} is not allowed by "
+                                          f"the profile (allowed SAN types: "
+                                          f"{', '.join(self.template.san_types) or 'none'})")
+                self._check_san(kind, name)
                 sans.append(name)
-        if len(sans) > self.template.max_sans:
-            raise PolicyViolation(f"{len(sans)} subject alternative names exceed the profile's limit of "
-                                  f"{self.template.max_sans}")
         if not list(subject) and not sans:
             raise PolicyViolation("the CSR has neither a subject nor subject alternative names")
         return subject, sans
 
-    def check(self, csr: x509.CertificateSigningRequest) -> None:
-        """All CSR checks: proof of possession, key, subject and SANs."""
-        if not csr.is_signature_valid:
+    def check(self, csr: x509.CertificateSigningRequest, *, reserved_names: Iterable[x509.Name] = ()) -> None:
+        """All CSR checks, cheapest first: key, signature algorithm, subject and SANs, proof of possession, weak key.
+
+        CPU-bound (a signature verification and the weak-key arithmetic): call it from a worker thread.
+        """
+        try:
+            self.check_key(csr)
+            algorithm = self.check_signature_algorithm(csr)
+            self.subject_and_sans(csr, reserved_names=reserved_names)
+            valid = self._signature_valid(csr, algorithm)
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            raise PolicyViolation(f"the CSR cannot be checked: {exc}") from None
+        if not valid:
             raise PolicyViolation("the CSR's signature does not verify (no proof of possession)")
-        self.check_key(csr)
-        self.subject_and_sans(csr)
+        self.check_weak_key(csr)
 
     def key_usage(self) -> x509.KeyUsage:
         flags = {n: n in self.template.key_usage for n in _KU_NAMES}

@@ -48,7 +48,7 @@ def test_ra_certificate_key_usage(ca):
 
 def test_issued_certificate_follows_the_template(ca, device_key):
     sans = [x509.DNSName("dev1.example.com"), x509.UniformResourceIdentifier("tag:microsoft.com,2022-09-14:sid:S-1-5-21")]
-    policy = IssuancePolicy(CertificateTemplate(validity_days=30))
+    policy = IssuancePolicy(CertificateTemplate(validity_days=30, san_types=["dns", "uri"]))
     cert = ca.issue(csr(device_key, "dev1", sans=sans), policy, serial=12345, now=NOW)
     assert cert.serial_number == 12345 and cert.issuer == ca.cert.subject
     assert (cert.not_valid_after_utc - NOW).days == 30

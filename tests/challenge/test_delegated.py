@@ -202,7 +202,8 @@ def hook_secret(tmp_path):
 
 async def test_webhook_allow_deny_and_notifications(server, hook_secret):
     async with WebhookReceiver(allowed={"letmein"}) as hook, aiohttp.ClientSession() as s:
-        await add_profile(server, "hooked", "delegated", webhook_settings(hook, hook_secret))
+        await add_profile(server, "hooked", "delegated", webhook_settings(hook, hook_secret),
+                          template={"san_types": ["dns"]})
         rep = await enrol(s, server, "hooked", rsa_key(), "letmein", cn="sensor-1", sans=["sensor-1.example"])
         assert rep.status is PKIStatus.SUCCESS
         assert hook.types() == ["scep.challenge", "scep.success"]

@@ -174,7 +174,7 @@ async def test_cache_full(server):
 
 
 async def test_expectations_bound_to_challenge(server):
-    await add_profile(server, "bound", "dynamic", dynamic())
+    await add_profile(server, "bound", "dynamic", dynamic(), template={"san_types": ["dns"]})
     token_id, token = await server.runtime.tokens.create(scope="admin", name="t", now=server.runtime.clock())
     hdrs = {"Authorization": f"Bearer {token}"}
 

@@ -30,7 +30,7 @@ SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyI
 def _pkcs_req(key, ra_der: bytes, challenge: str, cn: str, txid: str, signer_der: bytes | None = None,
               csr_der: bytes | None = None) -> bytes:
     return client.build_request(
-        MessageType.PKCS_REQ, content=csr_der or client.make_csr(key, cn, challenge=challenge, sans=[f"{cn}.example"]),
+        MessageType.PKCS_REQ, content=csr_der or client.make_csr(key, cn, challenge=challenge),
         signer_cert_der=signer_der or client.make_self_signed_signer(key, cn=cn), signer_key=key,
         recipient_cert_der=ra_der, transaction_id=txid, sender_nonce=secrets.token_bytes(16),
         cek=secrets.token_bytes(16), iv=secrets.token_bytes(16))
