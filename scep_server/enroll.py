@@ -399,7 +399,7 @@ class ScepService:
             raise SCEPFailure(FailInfo.BAD_REQUEST, f"unsupported messageType {int(msg.message_type)}", msg)
         try:
             content = codec.open_request(msg, ca.ra_key.decrypt, recipient_cert_der=ca.ra_cert_der,
-                                         allow_single_des=profile.settings.allow_single_des)
+                                         allow_single_des=profile.settings.allow_single_des, issuer=ca.cert.subject)
         except SCEPFailure as exc:
             raise exc.with_message(msg) from None
         if content.cipher is ContentCipher.DES_CBC:
@@ -487,6 +487,8 @@ class ScepService:
             raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
 
         now = self.clock()
+        if renewal_of is None and self._foreign_signer(ca, msg, content):
+            await self._note_foreign_signer(profile, msg, pub_sha, now)
         if profile.settings.require_approval and renewal_of is None:
             state = await self._insert_transaction(profile.name, self._key(ca, msg), msg, csr_der, pub_sha, "pending",
                                                     now)
@@ -494,6 +496,25 @@ class ScepService:
                 return await self._replay(profile, msg, state, pub_sha)
             return _Outcome(PKIStatus.PENDING)
         return await self._issue(profile, ca, req, pub_sha, now, verifier if renewal_of is None else None)
+
+    async def _note_foreign_signer(self, profile: Profile, msg: codec.PKIMessage, pub_sha: str, now: datetime) -> None:
+        """A key that holds a valid certificate of the profile, enrolled again under a signer that is not that key:
+        a captured request re-wrapped by someone else looks like this. Recorded as a security event."""
+        c = certificates.c
+        async with self.engine.connect() as conn:
+            serials = (await conn.execute(sa.select(c.serial).where(
+                c.profile == profile.name, c.public_key_sha256 == pub_sha, c.status == "valid",
+                c.not_after > now).limit(10))).scalars().all()
+        if not serials:
+            return
+        signer = hashlib.sha256(msg.signer_cert_der).hexdigest()
+        async with writer(self.engine).begin() as conn:
+            await record_event(conn, at=now, kind="security.scep.foreign_signer", subject=msg.transaction_id,
+                               actor=f"scep:{profile.name}",
+                               data={"profile": profile.name, "public_key_sha256": pub_sha,
+                                     "signer_fingerprint_sha256": signer, "valid_certificates": list(serials)})
+        log.warning("security.scep.foreign_signer", profile=profile.name, transaction_id=msg.transaction_id,
+                    public_key_sha256=pub_sha, signer_fingerprint_sha256=signer, valid_certificates=list(serials))
 
     async def _issue(self, profile: Profile, ca: CertificateAuthority, req: EnrollmentRequest, pub_sha: str,
                      now: datetime, verifier: ChallengeVerifier | None) -> _Outcome:
@@ -681,7 +702,7 @@ class ScepService:
         async with self.engine.connect() as conn:
             record = await inventory.get(conn, inventory.serial_hex(serial))
         if record is None or record.ca != ca.name:
-            raise SCEPFailure(FailInfo.BAD_CERT_ID, f"no certificate with serial {serial:x}", msg)
+            raise SCEPFailure(FailInfo.BAD_CERT_ID, "no certificate with this issuer and serial number", msg)
         return _Outcome(PKIStatus.SUCCESS, content=codec.build_degenerate([record.der]), serial=record.serial)
 
     async def _get_crl(self, ca: CertificateAuthority, msg: codec.PKIMessage,

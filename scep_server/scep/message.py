@@ -221,18 +221,21 @@ class RequestContent:
 
 
 def open_request(message: PKIMessage, decrypt_cek: DecryptCEK, *, recipient_cert_der: bytes | None = None,
-                 allow_single_des: bool = True) -> RequestContent:
+                 allow_single_des: bool = True, issuer: x509.Name | None = None) -> RequestContent:
     """Decrypt a request's pkcsPKIEnvelope and parse its content for the message type (RFC 8894 §3.3).
 
     Failures that need no decryption (not an EnvelopedData, not addressed to the RA, unsupported or refused
     cipher, including single DES when ``allow_single_des`` is false) keep their own failInfo. From the key
     transport to the parsed content (RSA decryption, content decryption, padding, inner DER, the CSR's key
-    and proof of possession) every fault is the same badMessageCheck with the same text, after the same
-    steps: a modified envelope learns nothing about the plaintext (no padding or format oracle).
+    and proof of possession, and with ``issuer`` the issuer a CertPoll, GetCert or GetCRL names) every fault
+    is the same badMessageCheck with the same text, after the same steps: a modified envelope learns nothing
+    about the plaintext (no padding or format oracle).
     """
     env, chosen = _addressed(message, message, recipient_cert_der, allow_single_des)
     plain, ok = _decrypt(env, chosen, decrypt_cek)
     content, ok = _parse_content(message.message_type, plain, env.cipher, ok)
+    if content is not None and issuer is not None and content.issuer is not None and content.issuer != issuer:
+        ok = False
     if not ok:
         raise SCEPFailure(FailInfo.BAD_MESSAGE_CHECK, _BAD_ENVELOPE, message)
     return content
