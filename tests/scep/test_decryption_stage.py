@@ -30,6 +30,8 @@ from scep_server.store.db import writer
 from scep_server.store.tables import events, profiles
 from tests.factories import NOW, make_ca
 
+from .capture_server import FIXTURES
+
 SECRET = "s3cret-challenge"
 ONE_ANSWER = (PKIStatus.FAILURE, FailInfo.BAD_MESSAGE_CHECK, "cannot decrypt the pkcsPKIEnvelope")
 ALTERED = 2000  # envelopes per message type
@@ -364,3 +366,14 @@ def test_the_project_builders_sign_with_the_csr_key(device_key):
                                             serialization.PublicFormat.SubjectPublicKeyInfo) == \
         device_key.public_key().public_bytes(serialization.Encoding.DER,
                                              serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_scepclient_signs_its_pkcsreq_with_the_csr_key(pki):
+    """micromdm's scepclient 2.1.0 (captured request, fixtures/README.md) signs a PKCSReq with the CSR's key:
+    ``require_signer_csr_key`` does not stop it."""
+    msg = parse_pki_message((FIXTURES / "micromdm" / "pkcsreq.der").read_bytes())
+    content = open_request(msg, pki.decrypt_cek, recipient_cert_der=pki.ra_der, allow_single_des=True)
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    assert msg.signer_cert.public_key().public_bytes(serialization.Encoding.DER, spki) == \
+        content.public_key.public_bytes(serialization.Encoding.DER, spki)
+    assert msg.signer_cert.subject != content.csr.subject  # a separate self-signed "SCEP SIGNER" certificate
