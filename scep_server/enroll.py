@@ -418,8 +418,7 @@ class ScepService:
         signer = msg.signer_cert
         if signer.issuer == ca.cert.subject and ca.issued_by_us(signer):
             return False
-        return inventory.public_key_sha256(msg._signer_key or signer.public_key()) != \
-            inventory.public_key_sha256(content.public_key)
+        return inventory.public_key_sha256(signer.public_key()) != inventory.public_key_sha256(content.public_key)
 
     def _check_signer_key(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
                           content: codec.RequestContent) -> None:
