@@ -173,7 +173,9 @@ async def test_altered_envelopes_of_a_captured_request_get_one_answer(scep, ca, 
     lookups = []
     store = scep.service._store
     for obj, name in ((store, "find"), (store, "find_sync"), (inventory, "get"), (inventory, "get_by_fingerprint")):
-        real = getattr(obj, name)
+        real = getattr(obj, name, None)
+        if real is None:  # find_sync: SQLite only
+            continue
         monkeypatch.setattr(obj, name, lambda *a, _real=real, _name=name, **k: lookups.append(_name) or _real(*a, **k))
 
     answers: dict[tuple, int] = {}
