@@ -386,22 +386,48 @@ class ScepService:
         return reply
 
     def _open(self, body: bytes, ca: CertificateAuthority, profile: Profile):
-        """Parse, verify and decrypt (CPU work, run in a thread); on SQLite, also find an enrolment's transaction."""
+        """Parse, verify, decrypt and parse the content (CPU work, run in a thread); on SQLite, also find an
+        enrolment's transaction.
+
+        Nothing is looked up before the content parsed: every decryption-stage fault is one answer after the
+        same work (see codec.open_request). Single DES is refused from the envelope's algorithm, before any
+        decryption, unless the profile allows it.
+        """
         msg = codec.parse_pki_message(body)
         check_message_digest(msg)  # badAlg for a digest GetCACaps does not offer (MD5)
         if msg.message_type not in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ, MessageType.CERT_POLL,
                                     MessageType.GET_CERT, MessageType.GET_CRL):
             raise SCEPFailure(FailInfo.BAD_REQUEST, f"unsupported messageType {int(msg.message_type)}", msg)
         try:
-            inner, cipher = codec.decrypt_envelope(msg, ca.ra_key.decrypt, recipient_cert_der=ca.ra_cert_der)
+            content = codec.open_request(msg, ca.ra_key.decrypt, recipient_cert_der=ca.ra_cert_der,
+                                         allow_single_des=profile.settings.allow_single_des, issuer=ca.cert.subject)
         except SCEPFailure as exc:
             raise exc.with_message(msg) from None
-        if cipher is ContentCipher.DES_CBC and not profile.settings.allow_single_des:
-            raise SCEPFailure(FailInfo.BAD_ALG, "single DES is not accepted by this profile; use AES or DES3", msg)
+        if content.cipher is ContentCipher.DES_CBC:
+            log.warning("scep.single_des", profile=profile.name, transaction_id=msg.transaction_id,
+                        message_type=_type_name(msg.message_type))
         known = _NOT_LOOKED_UP
-        if self._store.inline and msg.message_type in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
-            known = self._store.find_sync(profile.name, self._key(ca, msg))
-        return msg, inner, known
+        if content.csr is not None:
+            self._check_signer_key(profile, ca, msg, content)
+            if self._store.inline:
+                known = self._store.find_sync(profile.name, self._key(ca, msg))
+        return msg, content, known
+
+    @staticmethod
+    def _foreign_signer(ca: CertificateAuthority, msg: codec.PKIMessage, content: codec.RequestContent) -> bool:
+        """A self-signed request (not a renewal by one of our certificates) whose signer key is not the CSR's."""
+        signer = msg.signer_cert
+        if signer.issuer == ca.cert.subject and ca.issued_by_us(signer):
+            return False
+        return inventory.public_key_sha256(signer.public_key()) != inventory.public_key_sha256(content.public_key)
+
+    def _check_signer_key(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
+                          content: codec.RequestContent) -> None:
+        """Profile setting ``require_signer_csr_key``: the self-signed signer must hold the CSR's key (RFC 8894 §2.3)."""
+        if profile.settings.require_signer_csr_key and self._foreign_signer(ca, msg, content):
+            raise SCEPFailure(FailInfo.BAD_REQUEST,
+                              "the request is signed by a key other than the CSR's (this profile requires the CSR's "
+                              "key)", msg)
 
     def _signer(self, ca: CertificateAuthority):
         def sign(data: bytes, digest) -> bytes:
@@ -419,7 +445,7 @@ class ScepService:
                                     fail_text=outcome.fail_text, **kwargs)
 
     async def _dispatch(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
-                        inner: bytes, known=_NOT_LOOKED_UP) -> _Outcome:
+                        inner: codec.RequestContent, known=_NOT_LOOKED_UP) -> _Outcome:
         t = msg.message_type
         if t in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
             return await self._enrol(profile, ca, msg, inner, known)
@@ -432,12 +458,10 @@ class ScepService:
     # ------------------------------------------------------------------ enrolment
 
     async def _enrol(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
-                     csr_der: bytes, known=_NOT_LOOKED_UP) -> _Outcome:
-        try:
-            csr = x509.load_der_x509_csr(csr_der)
-            pub_sha = inventory.public_key_sha256(csr.public_key())
-        except ValueError as exc:
-            raise SCEPFailure(FailInfo.BAD_REQUEST, f"the envelope does not hold a PKCS#10 request: {exc}", msg) from None
+                     content: codec.RequestContent, known=_NOT_LOOKED_UP) -> _Outcome:
+        # parsed, key loaded and proof of possession checked in the decryption stage (codec.open_request)
+        csr, csr_der = content.csr, content.der
+        pub_sha = inventory.public_key_sha256(content.public_key)
 
         existing = known if known is not _NOT_LOOKED_UP else await self._transaction(profile.name, self._key(ca, msg))
         if existing is not None:
@@ -463,6 +487,8 @@ class ScepService:
             raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
 
         now = self.clock()
+        if renewal_of is None and self._foreign_signer(ca, msg, content):
+            await self._note_foreign_signer(profile, msg, pub_sha, now)
         if profile.settings.require_approval and renewal_of is None:
             state = await self._insert_transaction(profile.name, self._key(ca, msg), msg, csr_der, pub_sha, "pending",
                                                     now)
@@ -470,6 +496,25 @@ class ScepService:
                 return await self._replay(profile, msg, state, pub_sha)
             return _Outcome(PKIStatus.PENDING)
         return await self._issue(profile, ca, req, pub_sha, now, verifier if renewal_of is None else None)
+
+    async def _note_foreign_signer(self, profile: Profile, msg: codec.PKIMessage, pub_sha: str, now: datetime) -> None:
+        """A key that holds a valid certificate of the profile, enrolled again under a signer that is not that key:
+        a captured request re-wrapped by someone else looks like this. Recorded as a security event."""
+        c = certificates.c
+        async with self.engine.connect() as conn:
+            serials = (await conn.execute(sa.select(c.serial).where(
+                c.profile == profile.name, c.public_key_sha256 == pub_sha, c.status == "valid",
+                c.not_after > now).limit(10))).scalars().all()
+        if not serials:
+            return
+        signer = hashlib.sha256(msg.signer_cert_der).hexdigest()
+        async with writer(self.engine).begin() as conn:
+            await record_event(conn, at=now, kind="security.scep.foreign_signer", subject=msg.transaction_id,
+                               actor=f"scep:{profile.name}",
+                               data={"profile": profile.name, "public_key_sha256": pub_sha,
+                                     "signer_fingerprint_sha256": signer, "valid_certificates": list(serials)})
+        log.warning("security.scep.foreign_signer", profile=profile.name, transaction_id=msg.transaction_id,
+                    public_key_sha256=pub_sha, signer_fingerprint_sha256=signer, valid_certificates=list(serials))
 
     async def _issue(self, profile: Profile, ca: CertificateAuthority, req: EnrollmentRequest, pub_sha: str,
                      now: datetime, verifier: ChallengeVerifier | None) -> _Outcome:
@@ -641,29 +686,27 @@ class ScepService:
                         serial=record.serial)
 
     async def _poll(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
-                    inner: bytes) -> _Outcome:
+                    inner: codec.RequestContent) -> _Outcome:
         """CertPoll (GetCertInitial, RFC 8894 §3.3.3): the state of a pending transaction."""
-        try:
-            issuer, _subject = codec.parse_issuer_and_subject(inner)
-        except (ValueError, SCEPFailure) as exc:
-            raise SCEPFailure(FailInfo.BAD_REQUEST, f"CertPoll content is not an IssuerAndSubject: {exc}", msg) from None
-        if issuer != ca.cert.subject:
+        if inner.issuer != ca.cert.subject:
             raise SCEPFailure(FailInfo.BAD_CERT_ID, "CertPoll names an issuer that is not this CA", msg)
         row = await self._transaction(profile.name, self._key(ca, msg))
         if row is None:
             raise SCEPFailure(FailInfo.BAD_CERT_ID, "no enrolment with this transactionID", msg)
         return await self._state_outcome(profile, msg, row)
 
-    async def _get_cert(self, ca: CertificateAuthority, msg: codec.PKIMessage, inner: bytes) -> _Outcome:
+    async def _get_cert(self, ca: CertificateAuthority, msg: codec.PKIMessage,
+                        inner: codec.RequestContent) -> _Outcome:
         """GetCert (RFC 8894 §3.3.4): a certificate by issuer and serial number."""
         issuer, serial = self._issuer_and_serial(ca, msg, inner)
         async with self.engine.connect() as conn:
             record = await inventory.get(conn, inventory.serial_hex(serial))
         if record is None or record.ca != ca.name:
-            raise SCEPFailure(FailInfo.BAD_CERT_ID, f"no certificate with serial {serial:x}", msg)
+            raise SCEPFailure(FailInfo.BAD_CERT_ID, "no certificate with this issuer and serial number", msg)
         return _Outcome(PKIStatus.SUCCESS, content=codec.build_degenerate([record.der]), serial=record.serial)
 
-    async def _get_crl(self, ca: CertificateAuthority, msg: codec.PKIMessage, inner: bytes) -> _Outcome:
+    async def _get_crl(self, ca: CertificateAuthority, msg: codec.PKIMessage,
+                       inner: codec.RequestContent) -> _Outcome:
         """GetCRL (RFC 8894 §3.3.4): the current CRL of the CA that issued the named certificate."""
         self._issuer_and_serial(ca, msg, inner)
         if self.crl_source is None:
@@ -671,14 +714,10 @@ class ScepService:
         crl_der = await self.crl_source(ca.name)
         return _Outcome(PKIStatus.SUCCESS, content=codec.build_degenerate([], [crl_der]))
 
-    def _issuer_and_serial(self, ca: CertificateAuthority, msg: codec.PKIMessage, inner: bytes):
-        try:
-            issuer, serial = codec.parse_issuer_and_serial(inner)
-        except (ValueError, SCEPFailure) as exc:
-            raise SCEPFailure(FailInfo.BAD_REQUEST, f"content is not an IssuerAndSerialNumber: {exc}", msg) from None
-        if issuer != ca.cert.subject:
+    def _issuer_and_serial(self, ca: CertificateAuthority, msg: codec.PKIMessage, inner: codec.RequestContent):
+        if inner.issuer != ca.cert.subject:
             raise SCEPFailure(FailInfo.BAD_CERT_ID, "the issuer named is not this CA", msg)
-        return issuer, serial
+        return inner.issuer, inner.serial
 
     # ------------------------------------------------------------------ pending enrolments
 

@@ -44,8 +44,12 @@ class ProfileSettings(BaseModel):
     supersede_on_renewal: bool = True
     # enrolments wait for an administrator's approval (SCEP PENDING, then CertPoll)
     require_approval: bool = False
-    # legacy single-DES requests are decrypted (micromdm scepclient sends them); replies never use DES
-    allow_single_des: bool = True
+    # legacy single-DES requests are decrypted (micromdm scepclient sends them), each use logged; replies never
+    # use DES. Off on new profiles; settings stored without the field (before it defaulted off) keep it on.
+    allow_single_des: bool = False
+    # a self-signed request must be signed with the CSR's own key (RFC 8894 §2.3 SHOULD); renewals signed by
+    # one of our certificates are not affected. Off by default: some clients sign with a separate key.
+    require_signer_csr_key: bool = False
     # settings of the dynamic or delegated challenge (owned by scep_server.challenge)
     challenge: dict[str, Any] = {}
 
@@ -78,6 +82,8 @@ def _row_to_profile(row) -> Profile:
     m = row._mapping
     try:
         settings = ProfileSettings.model_validate_json(m["settings"] or "{}")
+        if "allow_single_des" not in settings.model_fields_set:  # stored when single DES was on by default
+            settings = settings.model_copy(update={"allow_single_des": True})
     except ValidationError as exc:
         raise ProfileError(f"profile {m['name']}: stored settings are invalid: {exc}") from None
     return Profile(name=m["name"], ca=m["ca"], challenge_kind=m["challenge_kind"],

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from scep_server.app import create_app
 from scep_server.appkeys import RUNTIME
+from scep_server.clock import utcnow
 from scep_server.config import Settings
 from scep_server.runtime import Runtime, initialise
 from tests.factories import settings_for
@@ -43,12 +44,35 @@ class RunningServer:
         return (self.data_dir / "default-challenge.txt").read_text().strip()
 
 
-async def start_app(aiohttp_server, tmp_path: Path, db_url: str | None = None, clock=None, **extra) -> RunningServer:
-    """Initialise a data directory (CA, schema, default profile) and serve the app on a free port."""
+async def allow_single_des(settings: Settings, profile: str = "default", *, clock=utcnow) -> None:
+    """Let ``profile`` decrypt single DES: micromdm's scepclient 2.1.0 encrypts every request with DES-CBC
+    whatever GetCACaps offers, and new profiles refuse single DES. The test deployments that scepclient talks to
+    allow it on their `default` profile."""
+    from scep_server.profiles import ProfileStore
+    from scep_server.store.db import create_engine
+
+    engine = create_engine(settings.database_url(), sqlite_synchronous=settings.database.sqlite_synchronous)
+    try:
+        store = ProfileStore(engine)
+        current = await store.get(profile)
+        await store.update(profile, now=clock(),
+                           settings=current.settings.model_copy(update={"allow_single_des": True}))
+    finally:
+        await engine.dispose()
+
+
+async def start_app(aiohttp_server, tmp_path: Path, db_url: str | None = None, clock=None, *,
+                    single_des_on_default: bool = True, **extra) -> RunningServer:
+    """Initialise a data directory (CA, schema, default profile) and serve the app on a free port.
+
+    ``single_des_on_default``: the `default` profile accepts single DES, for micromdm's scepclient.
+    """
     port = free_port()
     settings = settings_for(tmp_path / "data", db_url, listen=f"127.0.0.1:{port}", **extra)
     kwargs = {"clock": clock} if clock else {}
     await initialise(settings, **kwargs)
+    if single_des_on_default:
+        await allow_single_des(settings, **kwargs)
     app = create_app(settings, **kwargs)
     await aiohttp_server(app, host="127.0.0.1", port=port)
     return RunningServer(url=f"http://127.0.0.1:{port}", settings=settings, app=app)
@@ -60,6 +84,7 @@ def serve_processes(data_dir: Path, db_url: str, *, workers: int = 1, count: int
 
     Yields their base URLs; all share the CA material and database, as instances of one deployment do.
     """
+    _prepare_for_scepclient(data_dir, db_url)
     procs, urls = [], []
     environ = {**os.environ, "SCEP_SERVER_DATABASE__URL": db_url, "SCEP_SERVER_LOG__LEVEL": "warning",
                "SCEP_SERVER_CA__KEY_SIZE": "2048", **(env or {})}
@@ -80,6 +105,23 @@ def serve_processes(data_dir: Path, db_url: str, *, workers: int = 1, count: int
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def _prepare_for_scepclient(data_dir: Path, db_url: str) -> None:
+    """Initialise the data directory as `serve` would and let its `default` profile accept single DES (see
+    allow_single_des); run on a thread of its own, since callers may be inside an event loop."""
+    import concurrent.futures
+
+    async def prepare():
+        from scep_server.profiles import UnknownProfile
+
+        settings = settings_for(data_dir, db_url)
+        await initialise(settings)
+        with contextlib.suppress(UnknownProfile):
+            await allow_single_des(settings)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, prepare()).result()
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:

@@ -4,6 +4,7 @@ from .algorithms import rsa_padding
 from .message import (PKIMessage, build_cert_rep, build_degenerate, build_next_ca_cert, decode_get_message,
                       decrypt_envelope, parse_degenerate, parse_issuer_and_serial, parse_issuer_and_subject,
                       parse_pki_message)
+from .message import RequestContent, open_request
 from .types import (REQUEST_TYPES, ContentCipher, Digest, FailInfo, MalformedMessage, MessageType, PKIStatus,
                     SCEPFailure)
 
@@ -11,5 +12,5 @@ __all__ = [
     "PKIMessage", "parse_pki_message", "decrypt_envelope", "parse_issuer_and_subject", "parse_issuer_and_serial",
     "build_cert_rep", "build_degenerate", "parse_degenerate", "build_next_ca_cert", "decode_get_message",
     "rsa_padding", "MessageType", "PKIStatus", "FailInfo", "ContentCipher", "Digest", "MalformedMessage",
-    "SCEPFailure", "REQUEST_TYPES",
+    "SCEPFailure", "REQUEST_TYPES", "RequestContent", "open_request",
 ]

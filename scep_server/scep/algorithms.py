@@ -186,9 +186,18 @@ def decrypt_content(cipher: ContentCipher, key: bytes, iv: bytes, ciphertext: by
     bs = cipher.block_size
     if len(key) != cipher.key_size or len(iv) != bs or not ciphertext or len(ciphertext) % bs:
         raise ValueError("bad key, IV or ciphertext length")
+    return unpad(cipher, decrypt_raw(cipher, key, iv, ciphertext))
+
+
+def decrypt_raw(cipher: ContentCipher, key: bytes, iv: bytes, ciphertext: bytes) -> bytes:
+    """CBC-decrypt whole blocks, padding left in place (lengths checked by the caller)."""
     dec = Cipher(_cipher_algorithm(cipher, key), modes.CBC(iv)).decryptor()
-    plain = dec.update(ciphertext) + dec.finalize()
-    unpadder = sympad.PKCS7(bs * 8).unpadder()
+    return dec.update(ciphertext) + dec.finalize()
+
+
+def unpad(cipher: ContentCipher, plain: bytes) -> bytes:
+    """Strip PKCS#7 padding (RFC 5652 §6.3); ValueError when it is not valid."""
+    unpadder = sympad.PKCS7(cipher.block_size * 8).unpadder()
     return unpadder.update(plain) + unpadder.finalize()
 
 

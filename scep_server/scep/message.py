@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Sequence
@@ -19,6 +20,7 @@ from .types import (REQUEST_TYPES, ContentCipher, Digest, FailInfo, MalformedMes
 
 __all__ = [
     "PKIMessage", "parse_pki_message", "decrypt_envelope", "parse_issuer_and_subject", "parse_issuer_and_serial",
+    "RequestContent", "open_request",
     "build_cert_rep", "build_degenerate", "parse_degenerate", "build_next_ca_cert", "decode_get_message",
 ]
 
@@ -189,13 +191,59 @@ def _verify(data: bytes, sd: cms.SignedData, si: cms.SignerInfo, signer_cert: x5
 
 
 def decrypt_envelope(envelope: bytes | PKIMessage, decrypt_cek: DecryptCEK, *,
-                     recipient_cert_der: bytes | None = None) -> tuple[bytes, ContentCipher]:
+                     recipient_cert_der: bytes | None = None,
+                     allow_single_des: bool = True) -> tuple[bytes, ContentCipher]:
     """Decrypt a pkcsPKIEnvelope (RFC 8894 §3.2.2, RFC 5652 §6): KeyTransRecipientInfo, AES/3DES/DES-CBC.
 
     With ``recipient_cert_der`` (the RA certificate) only a RecipientInfo naming it is used. A PKIMessage
-    may be passed instead of bytes: its parsed envelope is reused and failures carry it.
+    may be passed instead of bytes: its parsed envelope is reused and failures carry it. Every fault of the
+    key transport, the content decryption or the padding is one badMessageCheck with one text.
     """
     message = envelope if isinstance(envelope, PKIMessage) else None
+    env, chosen = _addressed(envelope, message, recipient_cert_der, allow_single_des)
+    plain, ok = _decrypt(env, chosen, decrypt_cek)
+    if not ok:
+        raise SCEPFailure(FailInfo.BAD_MESSAGE_CHECK, _BAD_ENVELOPE, message)
+    return plain, env.cipher
+
+
+@dataclass(frozen=True)
+class RequestContent:
+    """The decrypted and parsed pkcsPKIEnvelope of a request (RFC 8894 §3.3), by message type."""
+
+    der: bytes                                             # the inner content, as decrypted
+    cipher: ContentCipher
+    csr: x509.CertificateSigningRequest | None = None      # PKCSReq, RenewalReq: signature verified
+    public_key: object = None                              # PKCSReq, RenewalReq: the CSR's public key
+    issuer: x509.Name | None = None                        # CertPoll, GetCert, GetCRL
+    subject: x509.Name | None = None                       # CertPoll
+    serial: int | None = None                              # GetCert, GetCRL
+
+
+def open_request(message: PKIMessage, decrypt_cek: DecryptCEK, *, recipient_cert_der: bytes | None = None,
+                 allow_single_des: bool = True, issuer: x509.Name | None = None) -> RequestContent:
+    """Decrypt a request's pkcsPKIEnvelope and parse its content for the message type (RFC 8894 §3.3).
+
+    Failures that need no decryption (not an EnvelopedData, not addressed to the RA, unsupported or refused
+    cipher, including single DES when ``allow_single_des`` is false) keep their own failInfo. From the key
+    transport to the parsed content (RSA decryption, content decryption, padding, inner DER, the CSR's key
+    and proof of possession, and with ``issuer`` the issuer a CertPoll, GetCert or GetCRL names) every fault
+    is the same badMessageCheck with the same text, after the same steps: a modified envelope learns nothing
+    about the plaintext (no padding or format oracle).
+    """
+    env, chosen = _addressed(message, message, recipient_cert_der, allow_single_des)
+    plain, ok = _decrypt(env, chosen, decrypt_cek)
+    content, ok = _parse_content(message.message_type, plain, env.cipher, ok)
+    if content is not None and issuer is not None and content.issuer is not None and content.issuer != issuer:
+        ok = False
+    if not ok:
+        raise SCEPFailure(FailInfo.BAD_MESSAGE_CHECK, _BAD_ENVELOPE, message)
+    return content
+
+
+def _addressed(envelope: bytes | PKIMessage, message: PKIMessage | None, recipient_cert_der: bytes | None,
+               allow_single_des: bool) -> tuple[cms.EnvelopedData, cms.Recipient]:
+    """The envelope and the RecipientInfo to decrypt; failures here are visible from the envelope alone."""
     try:
         env = message._envelope if message is not None else None
         if env is None:
@@ -204,6 +252,8 @@ def decrypt_envelope(envelope: bytes | PKIMessage, decrypt_cek: DecryptCEK, *,
         raise SCEPFailure(FailInfo.BAD_REQUEST, f"the pkcsPKIEnvelope is not an EnvelopedData: {exc}", message) from None
     if env.cipher is None:
         raise SCEPFailure(FailInfo.BAD_ALG, f"unsupported content encryption algorithm {env.cipher_oid}", message)
+    if env.cipher is ContentCipher.DES_CBC and not allow_single_des:
+        raise SCEPFailure(FailInfo.BAD_ALG, "single DES is not accepted by this profile; use AES or DES3", message)
     if not env.recipients:
         raise SCEPFailure(FailInfo.BAD_ALG, "the pkcsPKIEnvelope has no key transport recipient", message)
     chosen = None
@@ -219,12 +269,81 @@ def decrypt_envelope(envelope: bytes | PKIMessage, decrypt_cek: DecryptCEK, *,
                           message)
     if chosen.scheme is None:
         raise SCEPFailure(FailInfo.BAD_ALG, chosen.unsupported or "unsupported key transport", message)
+    return env, chosen
+
+
+def _decrypt(env: cms.EnvelopedData, chosen: cms.Recipient, decrypt_cek: DecryptCEK) -> tuple[bytes, bool]:
+    """(plaintext, whether key transport, decryption and padding all succeeded), the same steps either way.
+
+    A key transport that fails (OAEP, or PKCS#1 v1.5 without OpenSSL's implicit rejection) or yields a key of
+    the wrong size is replaced by a random key, as RFC 8017 §7.2.2 implicit rejection and RFC 3218 §2.3.2
+    advise, and the content is decrypted with it all the same. Without valid padding the whole plaintext is
+    returned for the same parsing work.
+    """
+    cipher = env.cipher
+    assert cipher is not None
+    substitute = secrets.token_bytes(cipher.key_size)
     try:
-        cek = decrypt_cek(chosen.encrypted_key, chosen.scheme)
-        plain = algorithms.decrypt_content(env.cipher, cek, env.iv, env.ciphertext)
+        cek = decrypt_cek(chosen.encrypted_key, chosen.scheme or "")
+        ok = isinstance(cek, bytes) and len(cek) == cipher.key_size
+    except Exception:  # noqa: BLE001 - every key transport fault must read the same
+        cek, ok = b"", False
+    key = cek if ok else substitute
+    bs = cipher.block_size
+    if len(env.iv) != bs or not env.ciphertext or len(env.ciphertext) % bs:
+        return env.ciphertext, False
+    plain = algorithms.decrypt_raw(cipher, key, env.iv, env.ciphertext)
+    try:
+        return algorithms.unpad(cipher, plain), ok
     except ValueError:
-        raise SCEPFailure(FailInfo.BAD_MESSAGE_CHECK, _BAD_ENVELOPE, message) from None
-    return plain, env.cipher
+        return plain, False
+
+
+# A self-signed RSA-2048 CSR (CN=placeholder) whose signature is checked when the content did not parse, so
+# that a request whose content does not parse costs the same proof-of-possession check as one that does.
+_PLACEHOLDER_CSR = x509.load_der_x509_csr(base64.b64decode(
+    "MIICWzCCAUMCAQAwFjEUMBIGA1UEAwwLcGxhY2Vob2xkZXIwggEiMA0GCSqGSIb3DQEBAQUAA4IBDwAwggEKAoIBAQCx9KrufTl7"
+    "mxIYTlfXRzsUw6draXvNKO5MH4t9sNgzQ0ufybPxpg1JtivzcI2Du1c5whJ4cqtdyb+K/A7mFA4cfZVVQyldceTMPDruRjmWEnAg"
+    "2xrWmGbuSKNWpF4aIhxgkPf3Og75LWBzaZTfA4Fee2fGFmRo0nnnM/OI2JenTFQ8XiH7asFOchiylBgC1f0orEVwYTR0x31gh3DG"
+    "wXpBNK73oOrRLGyrvZjHJ0ER1TZpx4T4VbWlZeHctTKI7fj27aLDWz7u6Tds759AQKdLgTmfouT+coUXoYkLsb3Ip40APYw5nUlX"
+    "7GCkBKKxnQF/eGiA5GRlsUl/AQFqGOx9AgMBAAGgADANBgkqhkiG9w0BAQsFAAOCAQEAWPknwr48/MYBVEqATLsOT223EPTnhp0I"
+    "0FHD/A7MF87XuquaOdeMbN5F8BWDEBXpUQGseOw3tZbS1i+knb5I2To4/UFuBGWsG8oasEtoaozun3A4pUKPCUfQ4HfdhFGg7B2p"
+    "ARUuMBHVIh8E3a2jAzQocskbt5MQgLFYUojryxkIUWYAY1QeE4DGy2BGDqpJM9P8s6NSTfQ54AuEiLTmkolCFPW/vjwr/PaEfo5Z"
+    "gdlGYthJUVU+4hd9BGbKFbxDuGKlWvgS4Nt0ySORsj80LRbeVvMqxHCuD+tsFmgmoP52E/kucC2Q0nA5hVFpMPqYCwWBl3NFR3VB"
+    "MC/PrnHU/Q=="
+))
+
+
+def _parse_content(message_type: MessageType | int, plain: bytes, cipher: ContentCipher,
+                   ok: bool) -> tuple[RequestContent | None, bool]:
+    """Parse the content for the message type whether or not decryption succeeded; (content, all ok)."""
+    content: RequestContent | None = None
+    if message_type in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
+        csr = public_key = None
+        try:
+            csr = x509.load_der_x509_csr(plain)
+            public_key = csr.public_key()
+        except Exception:  # noqa: BLE001 - ValueError, UnsupportedAlgorithm: one answer
+            csr = None
+        try:
+            signed = (csr or _PLACEHOLDER_CSR).is_signature_valid
+        except Exception:  # noqa: BLE001 - an unsupported signature algorithm is no proof of possession
+            signed = False
+        if csr is not None and signed:
+            content = RequestContent(der=plain, cipher=cipher, csr=csr, public_key=public_key)
+    elif message_type is MessageType.CERT_POLL:
+        try:
+            issuer, subject = parse_issuer_and_subject(plain)
+            content = RequestContent(der=plain, cipher=cipher, issuer=issuer, subject=subject)
+        except Exception:  # noqa: BLE001 - SCEPFailure and anything a hostile Name raises: one answer
+            pass
+    elif message_type in (MessageType.GET_CERT, MessageType.GET_CRL):
+        try:
+            issuer, serial = parse_issuer_and_serial(plain)
+            content = RequestContent(der=plain, cipher=cipher, issuer=issuer, serial=serial)
+        except Exception:  # noqa: BLE001 - SCEPFailure and anything a hostile Name raises: one answer
+            pass
+    return content, ok and content is not None
 
 
 # ---------------------------------------------------------------- envelope contents (RFC 8894 §3.3)

@@ -49,7 +49,7 @@ async def scepclient_enrol(scepclient, srv, profile, challenge, workdir, cn):
 
 async def test_jamf_ndes_page_end_to_end(server, tmp_path, clock):
     scepclient = require_tool("scepclient")
-    await add_profile(server, "jamf", "dynamic", dynamic())
+    await add_profile(server, "jamf", "dynamic", dynamic(), allow_single_des=True)  # scepclient sends DES
     await add_profile(server, "other", "dynamic", dynamic())
     url = f"{server.url}/scep/jamf/challenge"
     async with aiohttp.ClientSession() as s:
@@ -91,7 +91,7 @@ async def test_jamf_ndes_page_end_to_end(server, tmp_path, clock):
 
 async def test_jamf_webhook_records_payload_identifier(server, tmp_path):
     scepclient = require_tool("scepclient")
-    await add_profile(server, "jamf", "dynamic", dynamic())
+    await add_profile(server, "jamf", "dynamic", dynamic(), allow_single_des=True)  # scepclient sends DES
     event = {"webhook": {"webhookEvent": "SCEPChallenge", "id": 1, "eventTimestamp": 1700000000000, "name": ""},
              "event": {"scepServerUrl": f"{server.url}/scep/jamf", "payloadIdentifier": "7A1B2C3D-PAYLOAD",
                        "payloadTypes": ["com.apple.security.scep"]}}
