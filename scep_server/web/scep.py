@@ -6,6 +6,7 @@ from aiohttp import web
 from ..appkeys import RUNTIME
 from ..enroll import NoNextCA
 from ..profiles import UnknownProfile
+from ..scep.der import DERError
 from ..scep.message import decode_get_message
 from ..scep.types import MalformedMessage
 
@@ -13,6 +14,14 @@ CT_CAPS = "text/plain"
 CT_CA_RA = "application/x-x509-ca-ra-cert"
 CT_NEXT_CA = "application/x-x509-next-ca-cert"
 CT_PKI = "application/x-pki-message"
+
+MAX_MESSAGE_BYTES = 64 * 1024
+"""The largest pkiMessage accepted. A PKCSReq with an RSA-4096 key, a self-signed signer certificate and
+a dozen SANs is under 6 KiB; a RenewalReq signed by a certificate carrying a long chain of extensions
+stays under 16 KiB. 64 KiB leaves four times that room and bounds what a hostile body can make the codec
+walk (every codec step is linear in it)."""
+MAX_GET_MESSAGE_CHARS = 4 * (MAX_MESSAGE_BYTES // 3 + 1) * 3
+"""The ``message=`` of a GET: base64 of the largest message, every character percent-escaped."""
 
 
 def _raw_query_param(request: web.Request, name: str) -> str | None:
@@ -22,6 +31,16 @@ def _raw_query_param(request: web.Request, name: str) -> str | None:
         if key == name:
             return value
     return None
+
+
+async def _read_body(request: web.Request) -> bytes | None:
+    """The body, or None when it is longer than MAX_MESSAGE_BYTES (never buffering more than that)."""
+    if request.content_length is not None and request.content_length > MAX_MESSAGE_BYTES:
+        return None
+    try:
+        return await request.clone(client_max_size=MAX_MESSAGE_BYTES).read()
+    except web.HTTPRequestEntityTooLarge:
+        return None
 
 
 def _text(status: int, reason: str) -> web.Response:
@@ -42,11 +61,15 @@ async def scep(request: web.Request) -> web.StreamResponse:
         if operation == "PKIOperation":
             if request.method == "POST":
                 # Content-Type is not checked: clients send application/octet-stream, x-pki-message or none
-                body = await request.read()
+                body = await _read_body(request)
+                if body is None:
+                    return _text(413, f"a pkiMessage is at most {MAX_MESSAGE_BYTES} bytes")
             else:
                 raw = _raw_query_param(request, "message")
                 if not raw:
                     return _text(400, "PKIOperation over GET needs a message parameter")
+                if len(raw) > MAX_GET_MESSAGE_CHARS:
+                    return _text(414, f"a pkiMessage is at most {MAX_MESSAGE_BYTES} bytes")
                 body = decode_get_message(raw)
             if not body:
                 return _text(400, "empty PKIOperation message")
@@ -55,7 +78,7 @@ async def scep(request: web.Request) -> web.StreamResponse:
         return _text(404, str(exc))
     except NoNextCA as exc:
         return _text(404, str(exc))
-    except MalformedMessage as exc:
+    except (MalformedMessage, DERError) as exc:
         return _text(400, f"not a signed SCEP message: {exc}")
     if not operation:
         return _text(400, "missing operation parameter (GetCACaps, GetCACert, GetNextCACert, PKIOperation)")
