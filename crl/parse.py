@@ -320,7 +320,14 @@ def _integer_value(value: bytes, what: str) -> int:
     return decode_integer(value[c0:c1])
 
 
+MAX_DECODED_EXTENSION = 4096
+"""The longest AKI or IDP value handed to asn1crypto (object per element): a key identifier and a few
+URIs take a few hundred octets; a hostile CRL is read before its signature is checked."""
+
+
 def _aki(value: bytes) -> "bytes | None":
+    if len(value) > MAX_DECODED_EXTENSION:
+        raise CrlFormatError(f"Authority Key Identifier longer than {MAX_DECODED_EXTENSION} octets")
     try:
         parsed = asn1_x509.AuthorityKeyIdentifier.load(value)
         key_id = parsed["key_identifier"].native
@@ -331,6 +338,8 @@ def _aki(value: bytes) -> "bytes | None":
 
 
 def _idp(value: bytes) -> IdpScope:
+    if len(value) > MAX_DECODED_EXTENSION:
+        raise CrlFormatError(f"Issuing Distribution Point longer than {MAX_DECODED_EXTENSION} octets")
     try:
         idp = asn1_crl.IssuingDistributionPoint.load(value)
         native = idp.native
