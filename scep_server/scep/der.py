@@ -103,13 +103,15 @@ def read_one(data: bytes, expect: int | None = None) -> Element:
     return el
 
 
-def children(data: bytes, el: Element) -> list[Element]:
-    """The elements inside a constructed element."""
+def children(data: bytes, el: Element, limit: int | None = None) -> list[Element]:
+    """The elements inside a constructed element; DERError after ``limit`` of them, if given."""
     if not el[0] & CONSTRUCTED:
         raise DERError("expected a constructed value")
     out = []
     pos, end = el[2], el[3]
     while pos < end:
+        if limit is not None and len(out) == limit:
+            raise DERError(f"more than {limit} elements")
         if pos + 2 <= end:  # fast path: low tag number, short definite length
             ident, first = data[pos], data[pos + 1]
             if first < 0x80 and ident & 0x1F != 0x1F:

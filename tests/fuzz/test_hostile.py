@@ -184,3 +184,26 @@ async def test_http_a_get_message_over_the_cap_is_refused_with_a_4xx(server):
         url = f"{server.url}/scep/default?operation=PKIOperation&message={'A' * 200_000}"
         async with session.get(url) as r:
             assert 400 <= r.status < 500
+
+
+def test_a_signer_certificate_with_an_invalid_version_is_malformed():
+    seed = seeds().scep[0]
+    at = seed.index(b"\xa0\x03\x02\x01\x02")  # the signer certificate's [0] version v3
+    hostile = seed[:at + 4] + b"\x0a" + seed[at + 5:]
+    out, _ = cpu(parse_pki_message, hostile)
+    assert isinstance(out, MalformedMessage), repr(out)
+
+
+@pytest.mark.parametrize("child", [b"\x30\x00", b"\x02\x01\x00"])
+def test_thousands_of_certificates_cost_no_more_than_a_normal_request(child):
+    from .corpus import _replace
+    seed = seeds().scep[0]
+    nodes = elements(seed)
+    certs = next(i for i, (el, parent) in enumerate(nodes) if el[0] == der.ctx(0) and nodes[parent][0][0] == der.SEQUENCE
+                 and parent == 3)  # SignedData's certificates [0]
+    hostile = _replace(seed, nodes, certs, der.tlv(der.ctx(0), child * 20_000))
+    assert len(hostile) <= MAX_MESSAGE_BYTES
+    normal = min(cpu(parse_pki_message, seed)[1] for _ in range(3))
+    out, spent = cpu(parse_pki_message, hostile)
+    assert isinstance(out, MalformedMessage), repr(out)
+    assert spent < max(5 * normal, 0.002), f"{spent * 1000:.1f} ms against {normal * 1000:.2f} ms for a normal request"
