@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ..replycache import FailureReplies
 from .keys import FileKey, KeyOps, durable_write
 from .policy import IssuancePolicy
 
@@ -47,6 +48,7 @@ class CertificateAuthority:
     ra_key: KeyOps
     base_url: str
     next_ca_certs: list[x509.Certificate] = field(default_factory=list)
+    failure_replies: FailureReplies = field(default_factory=FailureReplies, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         enc = serialization.Encoding.DER

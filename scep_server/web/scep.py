@@ -1,6 +1,9 @@
 """SCEP over HTTP (RFC 8894 §4.1): /scep/{profile}[/pkiclient.exe|/cgi-bin/pkiclient.exe]."""
 from __future__ import annotations
 
+import asyncio
+import hashlib
+
 from aiohttp import web
 
 from ..appkeys import RUNTIME
@@ -43,6 +46,41 @@ async def _read_body(request: web.Request) -> bytes | None:
         return None
 
 
+_in_flight: dict[tuple[int, str, bytes], asyncio.Future] = {}
+
+
+async def _pki_operation(service, profile: str, body: bytes) -> bytes:
+    """One pkiMessage, handled once however many identical copies arrive together (a replayed body).
+
+    Copies that arrive while the first is being handled share its answer (the same bytes get the same
+    answer: a FAILURE is then kept by the service for later copies, a retry of a good request is idempotent).
+    """
+    key = (id(service), profile, hashlib.sha256(body).digest())
+    first = _in_flight.get(key)
+    if first is not None:
+        try:
+            return await asyncio.shield(first)
+        except asyncio.CancelledError:
+            if not first.cancelled():
+                raise  # this request was cancelled
+            return await service.pki_operation(profile, body)  # the first one was: answer on our own
+    fut = asyncio.get_running_loop().create_future()
+    _in_flight[key] = fut
+    try:
+        reply = await service.pki_operation(profile, body)
+    except asyncio.CancelledError:
+        fut.cancel()
+        raise
+    except BaseException as exc:
+        fut.set_exception(exc)
+        fut.exception()  # retrieved: nobody may be waiting
+        raise
+    finally:
+        _in_flight.pop(key, None)
+    fut.set_result(reply)
+    return reply
+
+
 def _text(status: int, reason: str) -> web.Response:
     return web.Response(status=status, text=reason + "\n", content_type="text/plain")
 
@@ -73,7 +111,7 @@ async def scep(request: web.Request) -> web.StreamResponse:
                 body = decode_get_message(raw)
             if not body:
                 return _text(400, "empty PKIOperation message")
-            return web.Response(body=await service.pki_operation(profile, body), content_type=CT_PKI)
+            return web.Response(body=await _pki_operation(service, profile, body), content_type=CT_PKI)
     except UnknownProfile as exc:
         return _text(404, str(exc))
     except NoNextCA as exc:
