@@ -19,10 +19,9 @@ CT_NEXT_CA = "application/x-x509-next-ca-cert"
 CT_PKI = "application/x-pki-message"
 
 MAX_MESSAGE_BYTES = 64 * 1024
-"""The largest pkiMessage accepted. A PKCSReq with an RSA-4096 key, a self-signed signer certificate and
-a dozen SANs is under 6 KiB; a RenewalReq signed by a certificate carrying a long chain of extensions
-stays under 16 KiB. 64 KiB leaves four times that room and bounds what a hostile body can make the codec
-walk (every codec step is linear in it)."""
+"""The largest pkiMessage accepted. A PKCSReq with an RSA-4096 key, a self-signed signer certificate, a
+64-character challenge and twelve 50-character SANs is 4.6 KiB; 64 KiB leaves ten times that room and
+bounds what a hostile body can make the codec walk (every codec step is linear in it)."""
 MAX_GET_MESSAGE_CHARS = 4 * (MAX_MESSAGE_BYTES // 3 + 1) * 3
 """The ``message=`` of a GET: base64 of the largest message, every character percent-escaped."""
 
