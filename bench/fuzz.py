@@ -57,7 +57,8 @@ def run(name: str, n: int, bases: list[bytes], fn, rng: random.Random) -> bool:
     wall = time.perf_counter() - started
     label = "5xx" if name == "http" else "unexpected exceptions"
     print(f"{name:6} {n:>8,} inputs, {unexpected} {label}, {over} over 50 ms, max CPU per input "
-          f"{worst * 1000:.2f} ms ({worst_len:,} bytes), mean {total / max(n - over_cap, 1) * 1000:.3f} ms, {wall:.0f} s"
+          f"{worst * 1000:.2f} ms ({worst_len:,} bytes), mean {total / max(n - over_cap, 1) * 1000:.3f} ms, "
+          f"{wall:.0f} s"
           + (f" ({over_cap:,} over the 64 KiB cap: HTTP 413, not counted)" if over_cap else ""))
     return unexpected == 0 and over == 0
 

@@ -193,7 +193,8 @@ def create_ca(directory: Path, *, name: str, subject: str, ra_subject: str, key_
     ra_cert = issue_ra_cert(ca_cert, ca_key, ra_key.public_key(), subject=ra_subject, validity_days=ra_validity_days,
                             base_url=base_url, ca_name=name, now=now)
     directory.mkdir(parents=True, exist_ok=True)
-    # each file is created exclusively (never an overwrite); ca.crt last: its presence is what marks the CA directory complete (see load_or_create_ca)
+    # each file is created exclusively (never an overwrite); ca.crt last: its presence marks the directory
+    # complete (load_or_create_ca)
     ca_key.save(directory / "ca.key", passphrase)
     ra_key.save(directory / "ra.key", passphrase)
     durable_write(directory / "ra.crt", ra_cert.public_bytes(serialization.Encoding.PEM), mode=0o644, exclusive=True)

@@ -120,7 +120,7 @@ def elements(data: bytes) -> list[Node]:
     return out
 
 
-def _replace(data: bytes, nodes: list[Node], i: int, new: bytes) -> bytes:
+def replace_element(data: bytes, nodes: list[Node], i: int, new: bytes) -> bytes:
     """``data`` with element ``i`` replaced by ``new``, every enclosing definite length re-encoded."""
     el, parent = nodes[i]
     lo, hi, piece = el[1], el[4], new
@@ -144,13 +144,13 @@ def _oversized_oid(data, nodes, rng):
     i = _pick(nodes, rng, lambda el: el[0] == der.OID)
     n = rng.choice((65, 200, 4096, 60000, rng.randrange(2, 60000)))
     fill = rng.choice((b"\xff", b"\x81", b"\x7f", bytes((rng.randrange(128, 256),))))
-    return _replace(data, nodes, i, der.tlv(der.OID, b"\x2a" + fill * (n - 2) + b"\x01"))
+    return replace_element(data, nodes, i, der.tlv(der.OID, b"\x2a" + fill * (n - 2) + b"\x01"))
 
 
 def _indefinite(data, nodes, rng):
     i = _pick(nodes, rng, lambda el: el[0] & der.CONSTRUCTED)
     el = nodes[i][0]
-    return _replace(data, nodes, i, bytes((el[0] | der.CONSTRUCTED, 0x80)) + data[el[2]:el[3]] + b"\x00\x00")
+    return replace_element(data, nodes, i, bytes((el[0] | der.CONSTRUCTED, 0x80)) + data[el[2]:el[3]] + b"\x00\x00")
 
 
 def _nesting(data, nodes, rng):
@@ -165,15 +165,16 @@ def _nesting(data, nodes, rng):
         new = inner
         for _ in range(min(depth, 300)):
             new = der.tlv(tag, new)
-    return _replace(data, nodes, i, new)
+    return replace_element(data, nodes, i, new)
 
 
 def _many_children(data, nodes, rng):
     i = _pick(nodes, rng, lambda el: el[0] & der.CONSTRUCTED)
     el = nodes[i][0]
-    child = rng.choice((b"\x04\x00", b"\x30\x00", b"\x06\x01\x2a", b"\x24\x80\x00\x00", b"\x31\x80\x30\x80\x00\x00\x00\x00"))
+    child = rng.choice((b"\x04\x00", b"\x30\x00", b"\x06\x01\x2a", b"\x24\x80\x00\x00",
+                        b"\x31\x80\x30\x80\x00\x00\x00\x00"))
     count = rng.choice((100, 1000, 10000, 30000))
-    return _replace(data, nodes, i, der.tlv(el[0] | der.CONSTRUCTED, child * count))
+    return replace_element(data, nodes, i, der.tlv(el[0] | der.CONSTRUCTED, child * count))
 
 
 def _length(data, nodes, rng):
@@ -196,7 +197,7 @@ def _truncate(data, nodes, rng):
         return data[:rng.randrange(len(data))]
     i = _pick(nodes, rng)
     el = nodes[i][0]
-    return _replace(data, nodes, i, data[el[1]:rng.randrange(el[1], el[4] + 1)])
+    return replace_element(data, nodes, i, data[el[1]:rng.randrange(el[1], el[4] + 1)])
 
 
 def _splice(data, nodes, rng):
@@ -204,8 +205,8 @@ def _splice(data, nodes, rng):
     a, b = nodes[i][0], nodes[j][0]
     piece = data[b[1]:b[4]]
     if rng.random() < 0.5:
-        return _replace(data, nodes, i, piece)
-    return _replace(data, nodes, i, piece * rng.randrange(1, 4) + data[a[1]:a[4]])
+        return replace_element(data, nodes, i, piece)
+    return replace_element(data, nodes, i, piece * rng.randrange(1, 4) + data[a[1]:a[4]])
 
 
 def _tag(data, nodes, rng):
@@ -213,7 +214,7 @@ def _tag(data, nodes, rng):
     el = nodes[i][0]
     new_tag = rng.choice((0x1F, 0x3F, 0x9F, 0x04, 0x24, 0x06, 0x17, 0x18, 0x0C, 0x1E, 0x1C, rng.randrange(256)))
     extra = b"\x81\x80\x01" if new_tag & 0x1F == 0x1F else b""
-    return _replace(data, nodes, i, bytes((new_tag,)) + extra + data[el[1] + 1:el[4]])
+    return replace_element(data, nodes, i, bytes((new_tag,)) + extra + data[el[1] + 1:el[4]])
 
 
 def _time(data, nodes, rng):
@@ -221,13 +222,13 @@ def _time(data, nodes, rng):
     body = rng.choice((b"\xff\xfe250601120000Z", b"2506011200", b"20250601120000.xZ", b"20250601120000.Z",
                        b"99999999999999Z", b"-1-1-1-1-1-1Z", b" 5 6 1 1 1 1Z", b"250631120000Z", b"\xd9\xa3" * 6 + b"Z",
                        b"20250601120000." + b"9" * 5000 + b"Z", bytes(rng.randrange(256) for _ in range(13))))
-    return _replace(data, nodes, i, der.tlv(rng.choice((der.UTC_TIME, der.GENERALIZED_TIME)), body))
+    return replace_element(data, nodes, i, der.tlv(rng.choice((der.UTC_TIME, der.GENERALIZED_TIME)), body))
 
 
 def _integer(data, nodes, rng):
     i = _pick(nodes, rng, lambda el: el[0] == der.INTEGER)
     n = rng.choice((0, 21, 22, 300, 5000, 40000))
-    return _replace(data, nodes, i, der.tlv(der.INTEGER, b"\x7f" + b"\xff" * n if n else b""))
+    return replace_element(data, nodes, i, der.tlv(der.INTEGER, b"\x7f" + b"\xff" * n if n else b""))
 
 
 MUTATIONS = (_bitflip, _truncate, _length, _splice, _oversized_oid, _indefinite, _nesting, _many_children,

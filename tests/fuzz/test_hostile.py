@@ -3,20 +3,21 @@ CrlFormatError), quickly, never in another exception or an HTTP 500."""
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
 
 import aiohttp
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 
+from crl.der import encode_time, tlv
 from crl.parse import CrlFormatError, parse_crl
-from scep_server.scep import (FailInfo, MalformedMessage, MessageType, PKIStatus, SCEPFailure, client, cms, der,
-                              oids, parse_pki_message)
+from scep_server.scep import (Digest, FailInfo, MalformedMessage, PKIStatus, SCEPFailure, client, cms, der, oids,
+                              parse_pki_message)
 from scep_server.web.scep import MAX_MESSAGE_BYTES
 from tests.server import start_app
 
-from .corpus import NOW, elements, seeds
+from .corpus import NOW, elements, replace_element, seeds
 
 BUDGET = 0.05  # CPU seconds: a normal request parses in well under a millisecond
 
@@ -35,8 +36,7 @@ def with_outer_oid(message: bytes, oid_body: bytes) -> bytes:
     """``message`` with the ContentInfo's contentType replaced, the outer length re-encoded."""
     nodes = elements(message)
     i = next(i for i, (el, _) in enumerate(nodes) if el[0] == der.OID)
-    from .corpus import _replace
-    return _replace(message, nodes, i, der.tlv(der.OID, oid_body))
+    return replace_element(message, nodes, i, der.tlv(der.OID, oid_body))
 
 
 def huge_oid(n: int) -> bytes:
@@ -52,7 +52,6 @@ def request_with_signing_time(time_tlv: bytes) -> bytes:
              cms.attribute(oids.TRANSACTION_ID_DER, der.printable("TID-TIME")),
              cms.attribute(oids.SENDER_NONCE_DER, der.octet_string(b"n" * 16)),
              cms.attribute(oids.SIGNING_TIME_DER, time_tlv)]
-    from scep_server.scep import Digest
     return cms.build_signed_data(econtent=env, signer_cert_der=signer, sign=client.rsa_signer(s.key),
                                  digest=Digest.SHA256, extra_attrs=attrs)
 
@@ -102,13 +101,11 @@ def _crl_with(extensions=(), version: bytes | None = None) -> bytes:
     """A CRL signed by the seed RA key with extra raw extensions and optionally a raw version INTEGER."""
     s = seeds()
     base = x509.load_der_x509_crl(s.crl)
-    from crl.der import encode_time, tlv
     tbs = der.seq(
         version if version is not None else der.integer(1),
         der.seq(der.oid("1.2.840.113549.1.1.11"), der.NULL_DER), base.issuer.public_bytes(),
         encode_time(NOW), der.tlv(der.ctx(0), der.seq(*extensions)) if extensions else b"")
-    sig = s.ra_key.sign(tbs, __import__("cryptography.hazmat.primitives.asymmetric.padding",
-                                        fromlist=["PKCS1v15"]).PKCS1v15(), hashes.SHA256())
+    sig = s.ra_key.sign(tbs, padding.PKCS1v15(), hashes.SHA256())
     return der.seq(tbs, der.seq(der.oid("1.2.840.113549.1.1.11"), der.NULL_DER), tlv(0x03, b"\x00" + sig))
 
 
@@ -196,12 +193,10 @@ def test_a_signer_certificate_with_an_invalid_version_is_malformed():
 
 @pytest.mark.parametrize("child", [b"\x30\x00", b"\x02\x01\x00"])
 def test_thousands_of_certificates_cost_no_more_than_a_normal_request(child):
-    from .corpus import _replace
     seed = seeds().scep[0]
     nodes = elements(seed)
-    certs = next(i for i, (el, parent) in enumerate(nodes) if el[0] == der.ctx(0) and nodes[parent][0][0] == der.SEQUENCE
-                 and parent == 3)  # SignedData's certificates [0]
-    hostile = _replace(seed, nodes, certs, der.tlv(der.ctx(0), child * 20_000))
+    certs = next(i for i, (el, parent) in enumerate(nodes) if el[0] == der.ctx(0) and parent == 3)  # SignedData [0]
+    hostile = replace_element(seed, nodes, certs, der.tlv(der.ctx(0), child * 20_000))
     assert len(hostile) <= MAX_MESSAGE_BYTES
     normal = min(cpu(parse_pki_message, seed)[1] for _ in range(3))
     out, spent = cpu(parse_pki_message, hostile)

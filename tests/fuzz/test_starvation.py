@@ -13,7 +13,7 @@ from tests.factories import rsa_key
 from tests.interop.conftest import pkcs_req, ra_and_ca
 from tests.server import start_app
 
-from .corpus import _replace, elements, seeds
+from .corpus import replace_element, elements, seeds
 
 HOSTILE_EACH = 40
 
@@ -27,8 +27,8 @@ def hostile_bodies() -> list[bytes]:
     out = []
     for i in range(HOSTILE_EACH):
         body = b"\x2a" + b"\xff" * (60_000 + i) + b"\x01"  # oversized OID in the outer ContentInfo
-        out.append(_replace(seed, nodes, oid, der.tlv(der.OID, body)))
-        out.append(_replace(seed, nodes, certs, der.tlv(der.ctx(0), b"\x30\x00" * (30_000 - i))))  # many certificates
+        out.append(replace_element(seed, nodes, oid, der.tlv(der.OID, body)))
+        out.append(replace_element(seed, nodes, certs, der.tlv(der.ctx(0), b"\x30\x00" * (30_000 - i))))  # many certificates
         depth = 39 - i % 5
         out.append(b"\x30\x80" * depth + seed[:-i - 1] + b"\x00\x00" * depth)  # deep indefinite nesting, truncated
         out.append(seed[:-1 - i % 200] + bytes((seed[-1 - i % 200] ^ 0xFF,)) + seed[len(seed) - i % 200:])  # bad sig
