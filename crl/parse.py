@@ -162,9 +162,14 @@ def pem_from_der(der: bytes) -> bytes:
     return PEM_BEGIN + b"\n" + b"\n".join(lines) + b"\n" + PEM_END + b"\n"
 
 
+MAX_OID_BYTES = 64
+"""Longest OBJECT IDENTIFIER content read (a UUID OID is 20 octets), checked before any arithmetic."""
+MAX_OID_ARCS = 32
+
+
 def oid_dotted(content: bytes) -> str:
-    """Dotted form of OBJECT IDENTIFIER content octets (X.690 §8.19)."""
-    if not content or content[-1] & 0x80:
+    """Dotted form of OBJECT IDENTIFIER content octets (X.690 §8.19), at most 64 octets and 32 arcs."""
+    if not content or content[-1] & 0x80 or len(content) > MAX_OID_BYTES:
         raise CrlFormatError("bad OBJECT IDENTIFIER")
     arcs: list[int] = []
     value = 0
@@ -173,6 +178,8 @@ def oid_dotted(content: bytes) -> str:
         if not b & 0x80:
             arcs.append(value)
             value = 0
+    if len(arcs) > MAX_OID_ARCS - 1:  # the first subidentifier holds two arcs
+        raise CrlFormatError("bad OBJECT IDENTIFIER: too many arcs")
     first = min(arcs[0] // 40, 2)
     return ".".join(map(str, [first, arcs[0] - 40 * first, *arcs[1:]]))
 
@@ -208,6 +215,8 @@ def _parse(der: bytes) -> ParsedCrl:
     tag, c0, c1 = read_tlv(der, pos, te)
     version = 1
     if tag == TAG_INTEGER:
+        if c1 - c0 > 4:
+            raise CrlFormatError("CRL version is not a small INTEGER (§5.1.2.1)")
         v = decode_integer(der[c0:c1])
         if v != 1:
             raise CrlFormatError(f"CRL version value {v}: only v2 (1) may be written (§5.1.2.1)")
@@ -262,6 +271,8 @@ def _parse(der: bytes) -> ParsedCrl:
                     raise CrlFormatError("CRL Number is negative or longer than 20 octets (§5.2.3)")
             elif oid == DELTA_CRL_INDICATOR:
                 delta_base = _integer_value(value, "Delta CRL Indicator")
+                if delta_base < 0 or len(value) > 22:
+                    raise CrlFormatError("BaseCRLNumber is negative or longer than 20 octets (§5.2.4)")
             elif oid == AKI:
                 aki = _aki(value)
             elif oid == ISSUING_DISTRIBUTION_POINT:
@@ -309,7 +320,14 @@ def _integer_value(value: bytes, what: str) -> int:
     return decode_integer(value[c0:c1])
 
 
+MAX_DECODED_EXTENSION = 4096
+"""The longest AKI or IDP value handed to asn1crypto (object per element): a key identifier and a few
+URIs take a few hundred octets; a hostile CRL is read before its signature is checked."""
+
+
 def _aki(value: bytes) -> "bytes | None":
+    if len(value) > MAX_DECODED_EXTENSION:
+        raise CrlFormatError(f"Authority Key Identifier longer than {MAX_DECODED_EXTENSION} octets")
     try:
         parsed = asn1_x509.AuthorityKeyIdentifier.load(value)
         key_id = parsed["key_identifier"].native
@@ -320,6 +338,8 @@ def _aki(value: bytes) -> "bytes | None":
 
 
 def _idp(value: bytes) -> IdpScope:
+    if len(value) > MAX_DECODED_EXTENSION:
+        raise CrlFormatError(f"Issuing Distribution Point longer than {MAX_DECODED_EXTENSION} octets")
     try:
         idp = asn1_crl.IssuingDistributionPoint.load(value)
         native = idp.native

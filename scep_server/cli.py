@@ -38,7 +38,7 @@ def serve(ctx: Context, listen: str | None, workers: int | None) -> None:
         server["workers"] = workers
     settings = ctx.settings(server=server) if server else ctx.settings()
     configure(settings.log.level, settings.log.format)
-    for line in run(initialise(settings)):
+    for line in _initialise(initialise, settings):
         click.echo(line)
     sys.exit(run_server(settings, announce=click.echo))
 
@@ -49,9 +49,19 @@ def init(ctx: Context) -> None:
     """Create the data directory, database schema, CA and default profile if missing."""
     from .runtime import initialise
 
-    report = run(initialise(ctx.settings()))
+    report = _initialise(initialise, ctx.settings())
     for line in report or ["already initialised"]:
         click.echo(line)
+
+
+def _initialise(initialise, settings) -> list[str]:
+    """First-start set-up; CA files that would be overwritten are a clear error naming them, not a traceback."""
+    from .ca.authority import CAFilesExist
+
+    try:
+        return run(initialise(settings))
+    except CAFilesExist as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group()

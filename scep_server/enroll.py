@@ -367,10 +367,15 @@ class ScepService:
         started = time.perf_counter()
         profile = await self.profiles.get(profile_name)
         ca = self.cas[profile.ca]
+        cached = ca.failure_replies.get(profile.name, body)  # a replayed bad message: no second RA signature
+        if cached is not None:
+            return cached
         msg: codec.PKIMessage | None = None
+        opened = False
         await self._store.prepare()
         try:
             msg, inner, known = await asyncio.to_thread(self._open, body, ca, profile)
+            opened = True
             outcome = await self._dispatch(profile, ca, msg, inner, known)
         except SCEPFailure as exc:
             if exc.message is None:
@@ -378,6 +383,8 @@ class ScepService:
             msg = exc.message
             outcome = _Outcome(PKIStatus.FAILURE, fail_info=exc.fail_info, fail_text=exc.text)
         reply = outcome.reply or await asyncio.to_thread(self._reply, ca, msg, outcome)
+        if not opened:  # failed on its bytes alone (signature, structure, envelope): same bytes, same answer
+            ca.failure_replies.put(profile.name, body, reply)
         log.info("scep.transaction", profile=profile.name, transaction_id=msg.transaction_id,
                  message_type=_type_name(msg.message_type), outcome=outcome.status.name,
                  fail_info=outcome.fail_info.name if outcome.fail_info is not None else None,

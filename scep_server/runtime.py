@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import features
 from .ca import inventory
-from .ca.authority import CertificateAuthority, create_ca, load_ca
+from .ca.authority import CertificateAuthority, load_ca, load_or_create_ca
 from .ca.revocation import RevocationService
 from .ca.keys import load_or_create_passphrase, write_private_file
 from .clock import Clock, utcnow
@@ -46,11 +46,12 @@ def _load_or_create_ca(settings: Settings, now: datetime, report: list[str]) -> 
     directory = settings.ca_dir()
     passphrase = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
     base = settings.server.public_base_url()
-    if (directory / "ca.crt").exists():
-        return load_ca(directory, name=settings.ca.name, passphrase=passphrase, base_url=base)
-    ca = create_ca(directory, name=settings.ca.name, subject=settings.ca.subject, ra_subject=settings.ca.ra_subject,
-                   key_size=settings.ca.key_size, validity_days=settings.ca.validity_days,
-                   ra_validity_days=settings.ca.ra_validity_days, passphrase=passphrase, base_url=base, now=now)
+    ca, created = load_or_create_ca(
+        directory, name=settings.ca.name, subject=settings.ca.subject, ra_subject=settings.ca.ra_subject,
+        key_size=settings.ca.key_size, validity_days=settings.ca.validity_days,
+        ra_validity_days=settings.ca.ra_validity_days, passphrase=passphrase, base_url=base, now=now)
+    if not created:
+        return ca
     report.append(f"created CA {ca.name!r} ({ca.cert.subject.rfc4514_string()}) in {directory}")
     report.append(f"  CA certificate: {directory / 'ca.crt'}  SHA-256 {ca.fingerprint_sha256}")
     report.append(f"  keys encrypted with the passphrase in ${settings.ca.passphrase_env} or "

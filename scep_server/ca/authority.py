@@ -1,7 +1,10 @@
 """The issuing CA and its SCEP RA: creation on first start, loading, and certificate issuance."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import os
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -11,7 +14,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .keys import FileKey, KeyOps
+from ..replycache import FailureReplies
+from .keys import FileKey, KeyOps, durable_write
 from .policy import IssuancePolicy
 
 
@@ -44,6 +48,7 @@ class CertificateAuthority:
     ra_key: KeyOps
     base_url: str
     next_ca_certs: list[x509.Certificate] = field(default_factory=list)
+    failure_replies: FailureReplies = field(default_factory=FailureReplies, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         enc = serialization.Encoding.DER
@@ -129,9 +134,60 @@ def _ca_extensions(b: x509.CertificateBuilder, pub) -> x509.CertificateBuilder:
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False))
 
 
+CA_FILES = ("ca.key", "ra.key", "ra.crt", "ca.crt")
+LOCK_FILE = "ca.lock"
+
+
+class CAFilesExist(RuntimeError):
+    """CA material is (partly) present: creating a CA would overwrite keys that may be in use."""
+
+    def __init__(self, directory: Path, present: list[str]):
+        self.directory, self.present = directory, present
+        missing = [f for f in CA_FILES if f not in present]
+        super().__init__(
+            f"refusing to create a CA in {directory}: {', '.join(present)} already exist"
+            + (f" but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing" if missing else "")
+            + "; restore the missing files from a backup, or move the directory away to create a new CA")
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: Path):
+    """An exclusive lock on the CA directory (flock on ca.lock): one instance creates, the others wait."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def load_or_create_ca(directory: Path, *, name: str, subject: str, ra_subject: str, key_size: int,
+                      validity_days: int, ra_validity_days: int, passphrase: bytes, base_url: str,
+                      now: datetime) -> tuple[CertificateAuthority, bool]:
+    """The CA in ``directory``, created first if the directory holds none; (ca, created).
+
+    Instances starting together on one directory serialise on a lock: one creates, the others load its CA.
+    A directory holding a key without ``ca.crt`` (a lost file, a crash mid-creation) is refused
+    (CAFilesExist), never overwritten.
+    """
+    with _directory_lock(directory):
+        if (directory / "ca.crt").exists():
+            return load_ca(directory, name=name, passphrase=passphrase, base_url=base_url), False
+        return create_ca(directory, name=name, subject=subject, ra_subject=ra_subject, key_size=key_size,
+                         validity_days=validity_days, ra_validity_days=ra_validity_days, passphrase=passphrase,
+                         base_url=base_url, now=now), True
+
+
 def create_ca(directory: Path, *, name: str, subject: str, ra_subject: str, key_size: int, validity_days: int,
               ra_validity_days: int, passphrase: bytes, base_url: str, now: datetime) -> CertificateAuthority:
-    """Create a self-signed issuing CA and its RA certificate, and write them to `directory`."""
+    """Create a self-signed issuing CA and its RA certificate, and write them durably to `directory`.
+
+    Raises CAFilesExist if any of the four files is already there (checked before the keys are generated).
+    """
+    present = [f for f in CA_FILES if (directory / f).exists()]
+    if present:
+        raise CAFilesExist(directory, present)
     ca_key = FileKey.generate(key_size)
     ca_name = parse_name(subject)
     ca_cert = ca_key.sign_certificate(_ca_extensions(
@@ -142,10 +198,12 @@ def create_ca(directory: Path, *, name: str, subject: str, ra_subject: str, key_
     ra_cert = issue_ra_cert(ca_cert, ca_key, ra_key.public_key(), subject=ra_subject, validity_days=ra_validity_days,
                             base_url=base_url, ca_name=name, now=now)
     directory.mkdir(parents=True, exist_ok=True)
+    # each file is created exclusively (never an overwrite); ca.crt last: its presence marks the directory
+    # complete (load_or_create_ca)
     ca_key.save(directory / "ca.key", passphrase)
     ra_key.save(directory / "ra.key", passphrase)
-    (directory / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "ra.crt").write_bytes(ra_cert.public_bytes(serialization.Encoding.PEM))
+    durable_write(directory / "ra.crt", ra_cert.public_bytes(serialization.Encoding.PEM), mode=0o644, exclusive=True)
+    durable_write(directory / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM), mode=0o644, exclusive=True)
     return CertificateAuthority(name=name, cert=ca_cert, key=ca_key, ra_cert=ra_cert, ra_key=ra_key, base_url=base_url)
 
 

@@ -4,8 +4,10 @@ A file key is the default; an HSM (PKCS#11) key can implement the same interface
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Protocol
 
@@ -61,9 +63,10 @@ class FileKey:
         return cls(key)
 
     def save(self, path: Path, passphrase: bytes) -> None:
+        """Write the encrypted key durably; FileExistsError if ``path`` exists (a key is never overwritten)."""
         pem = self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                       serialization.BestAvailableEncryption(passphrase))
-        _write_private(path, pem)
+        _write_private(path, pem, exclusive=True)
 
     def public_key(self) -> rsa.RSAPublicKey:
         return self._pub
@@ -78,13 +81,44 @@ class FileKey:
         return builder.sign(self._key, digest)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+def durable_write(path: Path, data: bytes, *, mode: int = 0o600, exclusive: bool = False) -> None:
+    """Write a file so that a crash leaves the old file or the whole new one, never a torn one.
+
+    The bytes go to a temporary file in the same directory, which is fsynced, then renamed over ``path``
+    (or, with ``exclusive``, linked to ``path``, raising FileExistsError if it exists: never an overwrite),
+    then the directory is fsynced so that the new name survives a power loss.
+    """
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if exclusive:
+            os.link(tmp, path)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_directory(directory)
+
+
+def fsync_directory(directory: Path) -> None:
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    durable_write(path, data, mode=0o600, exclusive=exclusive)
 
 
 def load_or_create_passphrase(env_name: str, path: Path) -> bytes:
@@ -98,10 +132,13 @@ def load_or_create_passphrase(env_name: str, path: Path) -> bytes:
             raise ValueError(f"{path} is empty")
         return data
     data = secrets.token_urlsafe(32).encode()
-    _write_private(path, data + b"\n")
+    try:
+        _write_private(path, data + b"\n", exclusive=True)
+    except FileExistsError:  # another instance created it first: use theirs, the keys are encrypted with it
+        return load_or_create_passphrase(env_name, path)
     return data
 
 
 def write_private_file(path: Path, data: bytes) -> None:
-    """Write a secret file readable by the owner only (atomic replace)."""
+    """Write a secret file readable by the owner only (durable atomic replace)."""
     _write_private(path, data)

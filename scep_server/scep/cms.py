@@ -22,6 +22,12 @@ Signer = Callable[[bytes, Digest], bytes]
 _A0 = der.ctx(0)
 _A1 = der.ctx(1)
 
+# Bounds on what one message may list (a SCEP request carries one signer certificate, or a short chain, and
+# about eight signed attributes): each listed item costs a parse when the signer is looked for.
+MAX_CERTIFICATES = 32
+MAX_SIGNER_INFOS = 8
+MAX_ATTRIBUTES = 64
+
 
 # ---------------------------------------------------------------- certificates
 
@@ -64,7 +70,7 @@ def subject_key_identifier(cert_der: bytes) -> bytes | None:
     try:
         cert = x509.load_der_x509_certificate(cert_der)
         return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-    except (ValueError, x509.ExtensionNotFound):
+    except (ValueError, x509.InvalidVersion, x509.ExtensionNotFound):
         return None
 
 
@@ -146,7 +152,7 @@ class SignedData:
         out: dict[str, der.Element] = {}
         if si.signed_attrs is None:
             return out
-        for attr in der.children(data, si.signed_attrs):
+        for attr in der.children(data, si.signed_attrs, MAX_ATTRIBUTES):
             kids = der.children(data, der.expect(attr, der.SEQUENCE, "Attribute"))
             if len(kids) != 2 or kids[0][0] != der.OID or kids[1][0] != der.SET:
                 raise der.DERError("malformed Attribute")
@@ -205,14 +211,14 @@ def parse_signed_data(data: bytes) -> SignedData:
     crls: list[der.Element] = []
     i = 3
     if i < len(sd) and sd[i][0] == _A0:
-        certs = der.children(data, sd[i])
+        certs = der.children(data, sd[i], MAX_CERTIFICATES)
         i += 1
     if i < len(sd) and sd[i][0] == _A1:
-        crls = der.children(data, sd[i])
+        crls = der.children(data, sd[i], MAX_CERTIFICATES)
         i += 1
     if i != len(sd) - 1:
         raise der.DERError("malformed SignedData")
-    signer_infos = der.children(data, der.expect(sd[i], der.SET, "signerInfos"))
+    signer_infos = der.children(data, der.expect(sd[i], der.SET, "signerInfos"), MAX_SIGNER_INFOS)
     return SignedData(data, etype, econtent, certs, crls, signer_infos)
 
 

@@ -103,13 +103,15 @@ def read_one(data: bytes, expect: int | None = None) -> Element:
     return el
 
 
-def children(data: bytes, el: Element) -> list[Element]:
-    """The elements inside a constructed element."""
+def children(data: bytes, el: Element, limit: int | None = None) -> list[Element]:
+    """The elements inside a constructed element; DERError after ``limit`` of them, if given."""
     if not el[0] & CONSTRUCTED:
         raise DERError("expected a constructed value")
     out = []
     pos, end = el[2], el[3]
     while pos < end:
+        if limit is not None and len(out) == limit:
+            raise DERError(f"more than {limit} elements")
         if pos + 2 <= end:  # fast path: low tag number, short definite length
             ident, first = data[pos], data[pos + 1]
             if first < 0x80 and ident & 0x1F != 0x1F:
@@ -160,14 +162,21 @@ def decode_int(body: bytes) -> int:
 
 _OID_CACHE: dict[bytes, str] = {}
 
+MAX_OID_BYTES = 64
+"""Longest OBJECT IDENTIFIER content accepted: the longest this codec ever matches is 11 octets, a UUID
+OID (2.25.<128 bits>) is 20; checked before any arithmetic so a hostile OID costs nothing."""
+MAX_OID_ARCS = 32
+
 
 def decode_oid(body: bytes) -> str:
-    """A dotted OBJECT IDENTIFIER from its contents octets (X.690 §8.19)."""
+    """A dotted OBJECT IDENTIFIER from its contents octets (X.690 §8.19), at most 64 octets and 32 arcs."""
     dotted = _OID_CACHE.get(body)
     if dotted is not None:
         return dotted
     if not body or body[-1] & 0x80:
         raise DERError("malformed OBJECT IDENTIFIER")
+    if len(body) > MAX_OID_BYTES:
+        raise DERError(f"OBJECT IDENTIFIER longer than {MAX_OID_BYTES} octets")
     arcs: list[int] = []
     value = 0
     for i, b in enumerate(body):
@@ -177,6 +186,8 @@ def decode_oid(body: bytes) -> str:
         if not b & 0x80:
             arcs.append(value)
             value = 0
+    if len(arcs) > MAX_OID_ARCS - 1:  # the first subidentifier holds two arcs
+        raise DERError(f"OBJECT IDENTIFIER with more than {MAX_OID_ARCS} arcs")
     first = arcs[0]
     head = [0, first] if first < 40 else [1, first - 40] if first < 80 else [2, first - 80]
     dotted = ".".join(str(a) for a in head + arcs[1:])
@@ -189,14 +200,20 @@ _TIME_FORMATS = {UTC_TIME: ("%y%m%d%H%M%SZ", "%y%m%d%H%MZ"), GENERALIZED_TIME: (
 
 
 def decode_time(ident: int, body: bytes) -> datetime:
-    """A UTCTime or GeneralizedTime in UTC (X.690 §11.7, §11.8; RFC 5652 §11.3)."""
-    text = body.decode("ascii", "strict")
+    """A UTCTime or GeneralizedTime in UTC (X.690 §11.7, §11.8; RFC 5652 §11.3); DERError for anything else."""
+    if len(body) > 32 or not body.isascii():
+        raise DERError("malformed time")
+    text = body.decode("ascii")
+    micro = 0
     if ident == GENERALIZED_TIME and "." in text:  # fractional seconds
         head, _, frac = text.partition(".")
+        digits = frac[:-1] if frac.endswith("Z") else frac
+        if not digits.isdigit() or not digits.isascii():
+            raise DERError("malformed time")
         text = head + "Z"
-        micro = int((frac.rstrip("Z") + "000000")[:6])
-    else:
-        micro = 0
+        micro = int((digits + "000000")[:6])
+    if not text[:-1].isdigit():  # strptime also takes signs, spaces and single digits
+        raise DERError("malformed time")
     for fmt in _TIME_FORMATS.get(ident, ()):
         try:
             dt = datetime.strptime(text, fmt)

@@ -84,7 +84,7 @@ def parse_pki_message(data: bytes) -> PKIMessage:
     signer_der, ident = found
     try:
         signer_cert = x509.load_der_x509_certificate(signer_der)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise MalformedMessage(f"the signer certificate does not parse: {exc}") from None
 
     # From here on every problem is a CertRep FAILURE to this signer; collect what addresses it first.

@@ -1,0 +1,79 @@
+"""A bad-signature SCEP message replayed many times costs one RA signature, not one per copy."""
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from scep_server.replycache import FailureReplies
+from scep_server.scep import FailInfo, PKIStatus, client
+from tests.interop.conftest import pkcs_req, ra_and_ca
+from tests.factories import rsa_key
+from tests.server import start_app
+
+
+class CountingKey:
+    """The RA key, counting its signatures."""
+
+    def __init__(self, inner):
+        self._inner, self.signatures = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def sign(self, data, digest):
+        self.signatures += 1
+        return self._inner.sign(data, digest)
+
+
+@pytest.fixture
+async def server(aiohttp_server, tmp_path, db_url):
+    return await start_app(aiohttp_server, tmp_path, db_url)
+
+
+def _bad_signature(body: bytes) -> bytes:
+    """The last octet of a pkiMessage is the end of its SignerInfo's signature."""
+    return body[:-1] + bytes((body[-1] ^ 0x01,))
+
+
+async def test_500_identical_bad_signature_bodies_cost_one_ra_signature(server):
+    ca = next(iter(server.runtime.scep.cas.values()))
+    counter = CountingKey(ca.ra_key)
+    ca.ra_key = counter
+    key = rsa_key()
+    url = f"{server.url}/scep/default"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=20)) as session:
+        ra_der, _ = await ra_and_ca(session, url)
+        hostile = _bad_signature(pkcs_req(key, ra_der, challenge=server.challenge()))
+
+        async def post(body):
+            async with session.post(f"{url}?operation=PKIOperation", data=body) as resp:
+                assert resp.status == 200
+                return await resp.read()
+
+        replies = await asyncio.gather(*(post(hostile) for _ in range(500)))
+        assert counter.signatures == 1, f"{counter.signatures} RA signatures for one replayed body"
+        rep = client.parse_cert_rep(replies[0], key, ra_cert_der=ra_der)
+        assert rep.status is PKIStatus.FAILURE and rep.fail_info is FailInfo.BAD_MESSAGE_CHECK
+        assert len(set(replies)) == 1
+
+        # another body is answered on its own; a good request still enrols (the cache holds failures only)
+        await post(_bad_signature(pkcs_req(key, ra_der, challenge=server.challenge(), cn="other")))
+        assert counter.signatures == 2
+        good = pkcs_req(key, ra_der, challenge=server.challenge(), cn="good")
+        for _ in range(2):
+            rep = client.parse_cert_rep(await post(good), key, ra_cert_der=ra_der)
+            assert rep.status is PKIStatus.SUCCESS, rep.fail_text
+
+
+def test_the_cache_is_bounded_and_entries_expire():
+    now = [0.0]
+    cache = FailureReplies(size=3, ttl=10, clock=lambda: now[0])
+    for i in range(5):
+        cache.put("p", bytes([i]), b"reply%d" % i)
+    assert len(cache) == 3
+    assert cache.get("p", b"\x00") is None and cache.get("p", b"\x04") == b"reply4"
+    assert cache.get("other", b"\x04") is None  # per profile
+    now[0] = 10.0
+    assert cache.get("p", b"\x04") is None
