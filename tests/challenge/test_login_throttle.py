@@ -154,3 +154,24 @@ async def test_throttle_rows_are_pruned_and_bounded(engine):
     await throttle.prune(now + timedelta(seconds=200))
     async with engine.connect() as conn:
         assert (await conn.execute(sa.select(sa.func.count()).select_from(login_throttle))).scalar_one() == 0
+
+
+async def test_logins_beyond_the_waiting_cap_are_turned_away(aiohttp_server, tmp_path, db_url, clock, monkeypatch):
+    """A flood of logins does not queue without bound behind scrypt: past the cap the answer is 503."""
+    import asyncio
+    import time
+
+    srv = await start_app(aiohttp_server, tmp_path, db_url, clock=clock,
+                          challenge={"scrypt_log2_n": 10, "hash_workers": 1, "max_waiting_checks": 2})
+    await add_profile(srv, "jamf", "dynamic", dynamic())
+    original = CredentialChecker.check
+
+    def slow(self, *args):
+        time.sleep(0.3)
+        return original(self, *args)
+
+    monkeypatch.setattr(CredentialChecker, "check", slow)
+    url = f"{srv.url}/scep/jamf/challenge"
+    async with aiohttp.ClientSession() as s:
+        codes = await asyncio.gather(*(status(s, url, basic(USER, f"wrong-{i}")) for i in range(4)))
+    assert sorted(codes) == [401, 401, 503, 503], codes
