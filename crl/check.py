@@ -241,13 +241,11 @@ def guarded_socket_factory(allowed: Networks = ()):
 
 
 def _refused_literal(url: str, allowed: Networks) -> "str | None":
-    """The host of `url` if it is an IP address (or localhost) that may not be fetched."""
+    """The host of `url` if it is an IP address that may not be fetched (a name is judged at connect time)."""
     try:
         host = urlsplit(url).hostname or ""
     except ValueError:
         return url
-    if host.lower() in ("localhost", "localhost.") or host.lower().endswith(".localhost"):
-        return host
     try:
         ipaddress.ip_address(host)
     except ValueError:

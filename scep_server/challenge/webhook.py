@@ -78,8 +78,9 @@ class WebhookClient:
         last = ""
         for attempt in range(attempts):
             try:
+                timeout = aiohttp.ClientTimeout(total=self.settings.timeout_seconds)
                 async with self.session.post(url, data=body, headers=headers, allow_redirects=False,
-                                             timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds)) as resp:
+                                             timeout=timeout) as resp:
                     try:
                         data = await json_object(resp, self.settings.max_response_bytes)
                     except ResponseTooLarge as exc:
