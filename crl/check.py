@@ -6,7 +6,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import ipaddress
+import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -15,6 +18,7 @@ from typing import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
 import aiohttp
+import aiohttp.abc
 import structlog
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
@@ -56,6 +60,8 @@ class FailureKind(str, Enum):
     NOT_YET_VALID = "not_yet_valid"
     EXPIRED = "expired"
     ROLLBACK = "rollback"
+    FORBIDDEN_DESTINATION = "forbidden_destination"  # loopback, link-local, private, multicast... (not allowed)
+    TOO_MANY_URLS = "too_many_urls"
 
 
 class CertificateRefused(ValueError):
@@ -194,9 +200,57 @@ class _Ca:
             self.key_id = None
         self.policy = policy
         self.sources: dict[str, _Source] = {}
+        self.over_cap_logged = False
         self.full: "_Snapshot | None" = None  # the newest installed CRL without an Issuing Distribution Point
         self.unknown = CheckResult(CheckStatus.UNKNOWN, policy is Policy.FAIL_OPEN, "no_crl", name,
                                    detail="no CRL of this CA has been obtained yet")
+
+
+class DestinationRefused(OSError):
+    """An outbound connection to an address that is not public and not in the allowed networks."""
+
+
+Networks = "tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]"
+
+
+def destination_refused(address: str, allowed: Networks = ()) -> bool:
+    """Whether a fetch may not connect to this IP address: anything but a public unicast address, unless
+    one of the `allowed` networks holds it (an IPv4-mapped IPv6 address is judged as its IPv4 address)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if any(ip in net for net in allowed):
+        return False
+    return not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified
+
+
+def guarded_socket_factory(allowed: Networks = ()):
+    """An aiohttp socket factory that refuses, before connecting, every address `destination_refused`
+    names: it sees the address actually connected to, after name resolution and after every redirect."""
+
+    def factory(addr_info) -> socket.socket:
+        family, type_, proto, _, sockaddr = addr_info
+        if destination_refused(str(sockaddr[0]), allowed):
+            raise DestinationRefused(errno.EACCES, f"refused destination {sockaddr[0]} (not a public address)")
+        return socket.socket(family=family, type=type_, proto=proto)
+
+    return factory
+
+
+def _refused_literal(url: str, allowed: Networks) -> "str | None":
+    """The host of `url` if it is an IP address that may not be fetched (a name is judged at connect time)."""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return url
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None  # a name: judged on each address it resolves to, at connect time
+    return host if destination_refused(host, allowed) else None
 
 
 def _load_cert(certificate: "x509.Certificate | bytes") -> x509.Certificate:
@@ -223,6 +277,17 @@ def cdp_uris(cert: x509.Certificate) -> "list[str] | None":
     return uris
 
 
+def _caused_by_refusal(exc: BaseException) -> bool:
+    seen = 0
+    cur: "BaseException | None" = exc
+    while cur is not None and seen < 8:
+        if isinstance(cur, DestinationRefused) or "refused destination" in str(cur):
+            return True
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return False
+
+
 def _is_ca(cert: x509.Certificate) -> bool:
     try:
         return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
@@ -239,8 +304,10 @@ class CrlChecker:
 
     def __init__(self, *, settings: "CheckerSettings | None" = None, session: "aiohttp.ClientSession | None" = None,
                  clock: "Callable[[], datetime] | None" = None,
-                 on_update: "Callable[[str, str, bytes], None] | None" = None, logger=None) -> None:
+                 on_update: "Callable[[str, str, bytes], None] | None" = None, logger=None,
+                 resolver: "aiohttp.abc.AbstractResolver | None" = None) -> None:
         self.settings = settings or CheckerSettings()
+        self._resolver = resolver
         self._session = session
         self._own_session = session is None
         self._clock = clock or _utcnow
@@ -252,6 +319,7 @@ class CrlChecker:
         self._wake = asyncio.Event()
         self._task: "asyncio.Task | None" = None
         self._sem = asyncio.Semaphore(self.settings.max_concurrent_fetches)
+        self._allowed = self.settings.allowed_networks()
 
     # ---- registration
 
@@ -299,9 +367,16 @@ class CrlChecker:
         if urlsplit(url).scheme.lower() not in ("http", "https"):
             raise ValueError(f"CRL URL {url!r}: only http and https are fetched")
 
-    def _watch(self, ca: _Ca, url: str) -> _Source:
+    def _watch(self, ca: _Ca, url: str) -> "_Source | None":
+        """The source of `url`, watched from now on; None past `max_urls_per_ca` URLs of this CA."""
         src = ca.sources.get(url)
         if src is None:
+            if len(ca.sources) >= self.settings.max_urls_per_ca:
+                if not ca.over_cap_logged:
+                    ca.over_cap_logged = True
+                    self._log.warning("crl.check.too_many_urls", ca=ca.name, url=url,
+                                      cap=self.settings.max_urls_per_ca)
+                return None
             src = ca.sources[url] = _Source(ca, url)
             self._log.info("crl.check.watch", ca=ca.name, url=url)
             self._wake.set()
@@ -333,9 +408,8 @@ class CrlChecker:
         if not uris:
             return CheckResult(CheckStatus.UNKNOWN, False, "no_http_cdp", ca.name,
                                detail="the certificate's CRL Distribution Points name no http(s) URI")
-        for url in uris:
-            self._watch(ca, url)
-        return self._answer(ca, cert.serial_number, [ca.sources[u] for u in uris], frozenset(uris), _is_ca(cert))
+        sources = [src for src in (self._watch(ca, url) for url in uris) if src is not None]
+        return self._answer(ca, cert.serial_number, sources, frozenset(uris), _is_ca(cert))
 
     def check_serial(self, ca: str, serial: int, *, urls: "Sequence[str] | None" = None,
                      is_ca: bool = False) -> CheckResult:
@@ -349,7 +423,8 @@ class CrlChecker:
                 code = snap.codes.get(serial)
                 return snap.good if code is None else snap.by_code[code & 0xF]
             return self._answer(c, serial, c.sources.values(), None, is_ca)
-        return self._answer(c, serial, [self._watch(c, u) for u in urls], frozenset(urls), is_ca)
+        sources = [src for src in (self._watch(c, u) for u in urls) if src is not None]
+        return self._answer(c, serial, sources, frozenset(urls), is_ca)
 
     def _answer(self, ca: _Ca, serial: int, sources: Iterable[_Source], uris: "frozenset[str] | None",
                 is_ca: bool) -> CheckResult:
@@ -414,20 +489,33 @@ class CrlChecker:
 
     async def refresh(self, ca: "str | None" = None, url: "str | None" = None) -> list[RefreshOutcome]:
         """Fetch now every watched URL (of one CA, or one URL of it) and return what happened."""
+        # never raises: every problem with a URL or its CRL is an outcome (and a `crl.check.<kind>` event)
         sources = [s for c in self._cas.values() if ca is None or c.name == ca
                    for s in c.sources.values() if url is None or s.url == url]
         if ca is not None and url is not None and not sources and ca in self._cas:
-            self._check_url(url)
-            sources = [self._watch(self._cas[ca], url)]
+            try:
+                self._check_url(url)
+            except ValueError as exc:
+                return [RefreshOutcome(ca, url, False, False, FailureKind.UNSUPPORTED, str(exc))]
+            src = self._watch(self._cas[ca], url)
+            if src is None:
+                return [RefreshOutcome(ca, url, False, False, FailureKind.TOO_MANY_URLS,
+                                       f"more than {self.settings.max_urls_per_ca} CRL URLs for this CA")]
+            sources = [src]
         return list(await asyncio.gather(*(self._fetch(s) for s in sources)))
 
     async def install(self, ca: str, url: str, data: bytes) -> RefreshOutcome:
         """Validate and take a CRL obtained another way (a saved last-good copy, an upload) for `url`."""
         src = self._watch(self._cas[ca], url)
+        if src is None:
+            return RefreshOutcome(ca, url, False, False, FailureKind.TOO_MANY_URLS,
+                                  f"more than {self.settings.max_urls_per_ca} CRL URLs for this CA")
         try:
             changed = await self._accept(src, data)
         except _Failure as f:
             return self._record_failure(src, f)
+        except Exception as exc:  # noqa: BLE001 - whatever the bytes do, the answer is a failure outcome
+            return self._record_failure(src, _Failure(FailureKind.MALFORMED, f"{type(exc).__name__}: {exc}"))
         self._record_success(src)
         return RefreshOutcome(ca, url, True, changed, crl_number=src.snapshot.number if src.snapshot else None)
 
@@ -442,7 +530,8 @@ class CrlChecker:
             if data is None and src.snapshot is not None:
                 self._log.info("crl.check.not_modified", ca=src.ca.name, url=src.url, number=src.snapshot.number)
             self._record_success(src)
-        except _Failure as f:
+        except Exception as exc:  # noqa: BLE001 - a fetch ends in an outcome, never in a task exception
+            f = exc if isinstance(exc, _Failure) else _Failure(FailureKind.MALFORMED, f"{type(exc).__name__}: {exc}")
             src.due = time.monotonic() + self.settings.retry_interval.total_seconds()
             return self._record_failure(src, f)
         finally:
@@ -476,12 +565,20 @@ class CrlChecker:
 
     async def _session_for_fetch(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            # every connection goes through the guard: the addresses a name resolves to (each time, so DNS
+            # rebinding gains nothing), IP literals and every redirect target; no proxy from the environment
+            connector = aiohttp.TCPConnector(socket_factory=guarded_socket_factory(self._allowed),
+                                             resolver=self._resolver)
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
             self._own_session = True
         return self._session
 
     async def _download(self, src: _Source) -> "bytes | None":
         """GET the CRL (conditional when we hold one); None for 304 Not Modified."""
+        refused = _refused_literal(src.url, self._allowed)
+        if refused is not None:
+            raise _Failure(FailureKind.FORBIDDEN_DESTINATION, f"{refused} is not a public address "
+                                                              f"(crl.checker.allow_networks)")
         session = await self._session_for_fetch()
         headers = {"Accept": ACCEPT}
         if src.snapshot is not None:
@@ -492,7 +589,9 @@ class CrlChecker:
         cap = self.settings.max_bytes
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout.total_seconds())
         try:
-            async with session.get(src.url, headers=headers, timeout=timeout) as resp:
+            async with session.get(src.url, headers=headers, timeout=timeout,
+                                   max_redirects=self.settings.max_redirects,
+                                   allow_redirects=self.settings.max_redirects > 0) as resp:
                 if resp.status == 304 and src.snapshot is not None:
                     return None
                 if resp.status != 200:
@@ -512,6 +611,10 @@ class CrlChecker:
         except asyncio.TimeoutError:
             raise _Failure(FailureKind.TIMEOUT, f"no complete answer within {self.settings.timeout}") from None
         except (aiohttp.ClientError, OSError) as exc:
+            if _caused_by_refusal(exc):
+                raise _Failure(FailureKind.FORBIDDEN_DESTINATION, f"{exc} (crl.checker.allow_networks)") from None
+            raise _Failure(FailureKind.UNREACHABLE, f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - e.g. an invalid URL or header: the fetch failed, nothing else
             raise _Failure(FailureKind.UNREACHABLE, f"{type(exc).__name__}: {exc}") from None
 
     async def _accept(self, src: _Source, data: bytes) -> bool:
@@ -539,6 +642,8 @@ class CrlChecker:
             crl = parse_crl(der_from_bytes(data))
         except CrlFormatError as exc:
             raise _Failure(FailureKind.MALFORMED, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - hostile bytes: any parser fault is a malformed CRL
+            raise _Failure(FailureKind.MALFORMED, f"{type(exc).__name__}: {exc}") from None
         digest = hashlib.sha256(crl.der).hexdigest()
         if prev is not None and digest == prev.sha256:
             return None
@@ -585,6 +690,8 @@ class CrlChecker:
             raise _Failure(FailureKind.UNSUPPORTED, str(exc)) from None
         except CrlFormatError as exc:
             raise _Failure(FailureKind.MALFORMED, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001
+            raise _Failure(FailureKind.MALFORMED, f"{type(exc).__name__}: {exc}") from None
         fresh_until = crl.next_update or (crl.this_update + self.settings.missing_next_update_validity)
         return _Snapshot(ca.name, url, crl, codes, digest, fresh_until)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from enum import Enum
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -22,12 +23,16 @@ class CheckerSettings(BaseModel):
     refresh_interval: timedelta = Field(default=timedelta(hours=4), description="re-fetch at least this often")
     retry_interval: timedelta = Field(default=timedelta(minutes=5), description="after a failed fetch")
     timeout: timedelta = Field(default=timedelta(seconds=10), description="whole download, per URL")
-    max_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="size cap of one CRL download")
+    max_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="size cap of one CRL download")
     policy: Policy = Policy.FAIL_CLOSED
     clock_skew: timedelta = Field(default=timedelta(minutes=5), description="tolerance for thisUpdate in the future")
     missing_next_update_validity: timedelta = Field(
         default=timedelta(hours=24), description="how long a CRL without nextUpdate counts as fresh")
     max_concurrent_fetches: int = Field(default=4, gt=0)
+    max_urls_per_ca: int = Field(default=16, gt=0, description="CDP URLs watched per CA; more are not fetched")
+    allow_networks: tuple[str, ...] = Field(
+        default=(), description="networks (CIDR) fetched from although not public, e.g. a CDP on an internal host")
+    max_redirects: int = Field(default=3, ge=0, description="redirects followed; each target is checked again")
 
     @model_validator(mode="after")
     def _positive(self) -> "CheckerSettings":
@@ -36,7 +41,15 @@ class CheckerSettings(BaseModel):
                 raise ValueError(f"crl.checker.{name} must be positive")
         if self.clock_skew < timedelta(0):
             raise ValueError("crl.checker.clock_skew must not be negative")
+        for net in self.allow_networks:
+            try:
+                ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"crl.checker.allow_networks: {net!r} is not a network (CIDR)") from None
         return self
+
+    def allowed_networks(self) -> "tuple[IPv4Network | IPv6Network, ...]":
+        return tuple(ip_network(net, strict=False) for net in self.allow_networks)
 
 
 class CrlSettings(BaseModel):

@@ -12,7 +12,7 @@ from .appkeys import RUNTIME
 from .clock import Clock, utcnow
 from .config import Settings
 from .runtime import open_runtime
-from .web import auth, ca, health, scep
+from .web import auth, ca, client, health, scep
 
 log = structlog.get_logger("http")
 
@@ -31,7 +31,9 @@ async def no_tracebacks(request: web.Request, handler):
 
 def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     app = web.Application(client_max_size=settings.server.max_body_bytes,
-                          middlewares=[no_tracebacks, auth.bearer_auth])
+                          middlewares=[client.middleware(settings.server.trusted_proxies,
+                                                         settings.server.forwarded_header),
+                                       no_tracebacks, auth.bearer_auth])
 
     loaded = features.load()
 

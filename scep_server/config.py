@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import tomllib
 from datetime import timedelta
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,20 @@ class ServerSettings(BaseModel):
     # Public base URL written into certificates (CRL Distribution Points, AIA caIssuers). Default: http://<listen>
     base_url: str | None = None
     max_body_bytes: int = Field(256 * 1024, ge=4096)
+    # Reverse proxies (CIDRs) whose forwarded client address is believed; from any other peer the
+    # forwarding headers are ignored. forwarded_header names the header those proxies append to.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    forwarded_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not a network (CIDR, e.g. 10.0.0.0/8)") from None
+        return v
 
     @field_validator("listen")
     @classmethod
@@ -113,6 +128,23 @@ def _is_number(text: str) -> bool:
     return True
 
 
+class ChallengeSection(BaseModel):
+    """HTTP Basic login of the dynamic challenge endpoint (scep_server.challenge)."""
+
+    # scrypt cost (log2 of n, r = 8, p = 1) of new password hashes; older hashes are upgraded at the next login
+    scrypt_log2_n: int = Field(17, ge=10, le=20)
+    # failed logins: per (profile, client address), and per (profile, username) from all addresses together
+    failures_per_address: int = Field(5, ge=1)
+    failures_per_user: int = Field(20, ge=1)
+    window_seconds: int = Field(300, ge=1)
+    lockout_seconds: int = Field(300, ge=1)
+    # rows of the shared throttle table kept at most (the oldest expire first)
+    max_throttle_rows: int = Field(100_000, ge=100)
+    # password checks run on their own threads; beyond this many waiting the endpoint answers 503
+    hash_workers: int = Field(2, ge=1, le=16)
+    max_waiting_checks: int = Field(16, ge=1)
+
+
 class LogSettings(BaseModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -131,6 +163,7 @@ class Settings(BaseSettings):
     binding: BindingSettings = BindingSettings()
     crl: CrlSection = CrlSection()
     otp: OtpSettings = OtpSettings()
+    challenge: ChallengeSection = ChallengeSection()
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

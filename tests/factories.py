@@ -27,10 +27,14 @@ def make_ca(directory: Path, *, name: str = "default", base_url: str = "http://1
 def settings_for(data_dir: Path, db_url: str | None = None, *, listen: str = "127.0.0.1:8080", **extra) -> Settings:
     """Settings for a server in `data_dir` (a 2048-bit CA keeps tests quick)."""
     overrides = {"data_dir": str(data_dir), "server": {"listen": listen}, "ca": {"key_size": 2048},
-                 "log": {"level": "warning"}}
+                 "log": {"level": "warning"},
+                 # a cheap scrypt cost keeps logins quick (production: challenge.scrypt_log2_n = 17)
+                 "challenge": {"scrypt_log2_n": 10}}
     if db_url:
         overrides["database"] = {"url": db_url}
-    overrides.update(extra)
+    for key, value in extra.items():  # a section given by the test is merged over these defaults
+        overrides[key] = {**overrides[key], **value} if isinstance(value, dict) and isinstance(
+            overrides.get(key), dict) else value
     return load_settings(None, **overrides)
 
 

@@ -1,4 +1,6 @@
-"""HTTP Basic credentials of the challenge endpoint: salted scrypt hashes, constant-time checks, throttling."""
+"""HTTP Basic credentials of the challenge endpoint: salted scrypt hashes, constant-time checks.
+
+Failed logins are throttled in the database (throttle.py), shared by every instance."""
 from __future__ import annotations
 
 import base64
@@ -11,15 +13,30 @@ from collections import OrderedDict
 
 from .config import BasicCredentials
 
-# scrypt cost: n = 2**14, r = 8, p = 1 (16 MiB, tens of milliseconds)
-LOG2_N, R, P = 14, 8, 1
+# scrypt cost for operator-chosen passwords: n = 2**17, r = 8, p = 1 (128 MiB, a few hundred milliseconds);
+# `challenge.scrypt_log2_n` sets it, and a hash of another cost is replaced at the next good login
+LOG2_N, R, P = 17, 8, 1
+MAX_LOG2_N = 20
+
+
+def _maxmem(log2_n: int, r: int) -> int:
+    return 130 * r * 2 ** log2_n + (1 << 20)  # scrypt needs 128 * r * n bytes, plus a little
 
 
 def hash_password(password: str, *, log2_n: int = LOG2_N) -> str:
     salt = secrets.token_bytes(16)
-    dk = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=2 ** log2_n, r=R, p=P, maxmem=64 * 1024 * 1024,
+    dk = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=2 ** log2_n, r=R, p=P, maxmem=_maxmem(log2_n, R),
                         dklen=32)
     return f"scrypt${log2_n}${R}${P}${base64.b64encode(salt).decode()}${base64.b64encode(dk).decode()}"
+
+
+def hash_params(encoded: str) -> "tuple[int, int, int] | None":
+    """(log2 n, r, p) of a stored hash, None when it is not one of ours."""
+    try:
+        scheme, log2_n, r, p, _salt, _want = encoded.split("$")
+        return (int(log2_n), int(r), int(p)) if scheme == "scrypt" else None
+    except ValueError:
+        return None
 
 
 def check_password(password: str, encoded: str) -> bool:
@@ -28,9 +45,11 @@ def check_password(password: str, encoded: str) -> bool:
         if scheme != "scrypt":
             return False
         salt_b, want_b = base64.b64decode(salt), base64.b64decode(want)
+        if not 1 <= int(log2_n) <= MAX_LOG2_N or not 1 <= int(r) <= 32 or not 1 <= int(p) <= 16:
+            return False
         got = hashlib.scrypt(password.encode("utf-8"), salt=salt_b, n=2 ** int(log2_n), r=int(r), p=int(p),
-                             maxmem=64 * 1024 * 1024, dklen=len(want_b))
-    except (ValueError, binascii.Error):
+                             maxmem=_maxmem(int(log2_n), int(r)) * int(p), dklen=len(want_b))
+    except (ValueError, binascii.Error, MemoryError):
         return False
     return hmac.compare_digest(got, want_b)
 
@@ -48,6 +67,10 @@ def parse_basic(header: str | None) -> tuple[str, str] | None:
         return None
     user, sep, password = decoded.partition(":")
     return (user, password) if sep else None
+
+
+def username_matches(creds: BasicCredentials, user: str) -> bool:
+    return hmac.compare_digest(user.encode("utf-8", "surrogatepass"), creds.username.encode("utf-8", "surrogatepass"))
 
 
 class CredentialChecker:
@@ -70,8 +93,8 @@ class CredentialChecker:
         return until is not None and until > time.monotonic()
 
     def check(self, profile: str, creds: BasicCredentials, user: str, password: str) -> bool:
-        """Constant-time for the username; scrypt for the password (run this in a thread)."""
-        user_ok = hmac.compare_digest(user.encode(), creds.username.encode())
+        """Constant-time for the username; scrypt for the password (run this on the hashing executor)."""
+        user_ok = username_matches(creds, user)
         pw_ok = check_password(password, creds.password_hash)
         if user_ok and pw_ok:
             key = self._cache_key(profile, creds, user, password)
@@ -80,38 +103,3 @@ class CredentialChecker:
             while len(self._ok) > self._size:
                 self._ok.popitem(last=False)
         return user_ok and pw_ok
-
-
-class Throttle:
-    """Failed attempts per (profile, client address): after ``limit`` failures within ``window`` seconds the
-    client is refused for ``lockout`` seconds (429 with Retry-After)."""
-
-    def __init__(self, *, limit: int = 5, window: float = 300.0, lockout: float = 300.0, size: int = 10000):
-        self.limit, self.window, self.lockout, self.size = limit, window, lockout, size
-        self._failures: dict[tuple[str, str], list[float]] = {}
-        self._locked: dict[tuple[str, str], float] = {}
-
-    def retry_after(self, key: tuple[str, str]) -> int | None:
-        until = self._locked.get(key)
-        if until is None:
-            return None
-        remaining = until - time.monotonic()
-        if remaining <= 0:
-            self._locked.pop(key, None)
-            return None
-        return max(1, int(remaining + 0.999))
-
-    def failed(self, key: tuple[str, str]) -> None:
-        now = time.monotonic()
-        recent = [t for t in self._failures.get(key, []) if t > now - self.window]
-        recent.append(now)
-        if len(recent) >= self.limit:
-            self._locked[key] = now + self.lockout
-            recent = []
-        self._failures[key] = recent
-        if len(self._failures) > self.size:  # forget the oldest entries
-            for k in list(self._failures)[: len(self._failures) - self.size]:
-                del self._failures[k]
-
-    def succeeded(self, key: tuple[str, str]) -> None:
-        self._failures.pop(key, None)

@@ -108,7 +108,8 @@ def challenge_configure(ctx: Context, profile: str, **opts: Any) -> None:
                     password = opts["password"]
                     if password is None:
                         password = shown = secrets.token_urlsafe(18)
-                    current["credentials"] = {"username": username, "password_hash": hash_password(password)}
+                    current["credentials"] = {"username": username, "password_hash": hash_password(
+                        password, log2_n=rt.settings.challenge.scrypt_log2_n)}
                 for key in ("ttl_minutes", "page_encoding"):
                     if opts[key] is not None:
                         current[key] = opts[key]

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -77,6 +79,8 @@ class IntuneSettings(BaseModel):
     timeout_seconds: float = Field(10.0, gt=0, le=120)
     retries: int = Field(2, ge=0, le=5)
     discovery_cache_seconds: int = Field(3600, ge=0)
+    # a larger answer (token, discovery or ScepActions) is refused unread: Intune is unavailable
+    max_response_bytes: int = Field(256 * 1024, ge=1024, le=16 * 1024 * 1024)
 
 
 class WebhookSettings(BaseModel):
@@ -91,6 +95,28 @@ class WebhookSettings(BaseModel):
     retries: int = Field(1, ge=0, le=5)
     # a failed success notification withdraws the certificate (off: notifications are best effort)
     require_success_ack: bool = False
+    # a larger answer is refused unread: the webhook is unavailable
+    max_response_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # plain http is accepted only for a receiver on a loopback address, and only with this set
+    allow_http_loopback: bool = False
+
+    @model_validator(mode="after")
+    def _https(self) -> "WebhookSettings":
+        for name in ("url", "notify_url"):
+            url = getattr(self, name)
+            if url is not None and not url.lower().startswith("https://") and not (
+                    self.allow_http_loopback and _loopback_url(url)):
+                raise ValueError(f"{name} must be https (http only for a loopback receiver with "
+                                 f"allow_http_loopback)")
+        return self
+
+
+def _loopback_url(url: str) -> bool:
+    try:
+        host = urlsplit(url).hostname or ""
+        return host.lower() == "localhost" or ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class DelegatedSettings(BaseModel):

@@ -40,9 +40,13 @@ class ChallengeFeature:
     def jobs(self, runtime: "Runtime") -> list[Callable[[], Awaitable[None]]]:
         async def prune() -> None:
             while True:
-                removed = await runtime.extras[EXTRAS_KEY].store.prune(now=runtime.clock())
+                service = runtime.extras[EXTRAS_KEY]
+                removed = await service.store.prune(now=runtime.clock())
                 if removed:
                     log.info("challenge.pruned", removed=removed)
+                forgotten = await service.throttle.prune(runtime.clock())
+                if forgotten:
+                    log.info("challenge.login_throttle_pruned", removed=forgotten)
                 await asyncio.sleep(PRUNE_EVERY_SECONDS)
 
         return [prune]

@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from .config import IntuneSettings
+from .http import ResponseTooLarge, json_object
 
 log = structlog.get_logger("challenge.intune")
 
@@ -57,6 +58,13 @@ class IntuneClient:
 
     # ------------------------------------------------------------------ token and discovery
 
+    async def _json(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
+        """The answer's JSON object ({} if it is none), read up to `max_response_bytes`."""
+        try:
+            return await json_object(resp, self.settings.max_response_bytes) or {}
+        except ResponseTooLarge as exc:
+            raise IntuneUnavailable(f"{resp.url.host}: {exc}") from None
+
     def _timeout(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(total=self.settings.timeout_seconds)
 
@@ -75,7 +83,7 @@ class IntuneClient:
 
             async def once() -> dict[str, Any]:
                 async with self.session.post(url, data=form, timeout=self._timeout()) as resp:
-                    body = await _json(resp)
+                    body = await self._json(resp)
                     if resp.status >= 500:
                         raise _Retryable(f"token endpoint answered HTTP {resp.status}")
                     if resp.status != 200 or "access_token" not in body:
@@ -85,7 +93,10 @@ class IntuneClient:
 
             self.token_requests += 1
             body = await self._retrying("token", once)
-            lifetime = float(body.get("expires_in", 3600))
+            try:
+                lifetime = min(max(float(body.get("expires_in", 3600)), 0.0), 86400.0)
+            except (TypeError, ValueError):
+                lifetime = 0.0  # an unreadable lifetime: use the token once
             # refresh a little before the expiry (a tenth of the lifetime, at most a minute)
             self._tokens[scope] = (body["access_token"], time.monotonic() + lifetime - min(60.0, lifetime / 10))
             return body["access_token"]
@@ -109,7 +120,7 @@ class IntuneClient:
                 token = await self._token(scope)
                 async with self.session.get(url, headers={"Authorization": f"Bearer {token}"},
                                             timeout=self._timeout()) as resp:
-                    body = await _json(resp)
+                    body = await self._json(resp)
                     if resp.status == 401:
                         self._drop_token(scope)
                         raise _Retryable("Graph refused the token (HTTP 401)")
@@ -121,7 +132,10 @@ class IntuneClient:
 
             self.discovery_requests += 1
             body = await self._retrying("discovery", once)
-            for ep in body.get("value", []):
+            endpoints = body.get("value")
+            for ep in endpoints if isinstance(endpoints, list) else ():
+                if not isinstance(ep, dict) or not isinstance(ep.get("uri"), str):
+                    continue
                 if s.service_name in (ep.get("providerName"), ep.get("serviceName")) and ep.get("uri"):
                     self._service = (ep["uri"].rstrip("/"), time.monotonic() + s.discovery_cache_seconds)
                     return self._service[0]
@@ -142,7 +156,7 @@ class IntuneClient:
             try:
                 async with self.session.post(f"{base}/ScepActions/{action}", json=payload, headers=headers,
                                              timeout=self._timeout()) as resp:
-                    body = await _json(resp)
+                    body = await self._json(resp)
                     if resp.status == 401:
                         self._drop_token(scope)
                         raise _Retryable(f"{action}: the token was refused (HTTP 401)")
@@ -159,11 +173,11 @@ class IntuneClient:
                 raise
 
         body = await self._retrying(action, once)
-        code = str(body.get("code", ""))
+        code = str(body.get("code", ""))[:100]
         log.info("intune.action", action=action, transaction_id=transaction_id, code=code or None,
                  description=body.get("errorDescription"))
         if code != "Success":
-            raise IntuneRejected(code or "NoCode", str(body.get("errorDescription") or ""))
+            raise IntuneRejected(code or "NoCode", str(body.get("errorDescription") or "")[:300])
         return body
 
     async def _retrying(self, what: str, once):
@@ -203,10 +217,4 @@ class IntuneClient:
             "hResult": hresult, "errorDescription": description[:255], "callerInfo": CALLER}}, transaction_id)
 
 
-async def _json(resp: aiohttp.ClientResponse) -> dict[str, Any]:
-    try:
-        data = await resp.json(content_type=None)
-    except (ValueError, aiohttp.ContentTypeError):
-        return {}
-    return data if isinstance(data, dict) else {}
 

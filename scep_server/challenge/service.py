@@ -1,20 +1,28 @@
 """The challenge service (one per process) and the verifiers it registers with the SCEP service."""
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import aiohttp
+import sqlalchemy as sa
 import structlog
 from cryptography import x509
 
 from ..enroll import ChallengeRejected, EnrollmentRequest
-from ..profiles import Profile
-from .basic import CredentialChecker, Throttle
-from .config import (ChallengeConfigError, DelegatedSettings, DynamicSettings, delegated_settings,
+from ..profiles import Profile, ProfileSettings
+from ..store.db import writer
+from ..store.tables import profiles as profiles_table
+from ..web.client import throttle_key
+from .basic import P, R, CredentialChecker, hash_params, hash_password, username_matches
+from .config import (BasicCredentials, ChallengeConfigError, DelegatedSettings, DynamicSettings, delegated_settings,
                      dynamic_settings)
 from .intune import IntuneClient, IntuneRejected, IntuneUnavailable
 from .store import ChallengeStore, Expectations, IssuedChallenge, check_csr
+from .throttle import Limits, LoginThrottle, address_key, user_key
 from .webhook import WebhookClient, WebhookDenied, WebhookUnavailable
 
 if TYPE_CHECKING:
@@ -29,12 +37,28 @@ class NotDynamic(Exception):
     """The profile does not use dynamic challenges."""
 
 
+@dataclass(frozen=True)
+class Login:
+    """The outcome of a Basic login: ok, or refused (401), blocked (429, retry_after) or busy (503)."""
+
+    ok: bool
+    retry_after: "int | None" = None
+    busy: bool = False
+
+
 class ChallengeService:
     def __init__(self, runtime: "Runtime"):
         self.runtime = runtime
         self.store = ChallengeStore(runtime.engine)
         self.credentials = CredentialChecker()
-        self.throttle = Throttle()
+        section = runtime.settings.challenge
+        self.throttle = LoginThrottle(runtime.engine, Limits.from_settings(section))
+        self.scrypt_log2_n = section.scrypt_log2_n
+        # password hashing has its own threads: a flood of logins never delays the SCEP work
+        self._hasher = ThreadPoolExecutor(max_workers=section.hash_workers, thread_name_prefix="challenge-scrypt")
+        self._max_waiting = section.max_waiting_checks
+        self._waiting = 0
+        self._rehashed: set[tuple[str, str]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, tuple[str, object]] = {}
 
@@ -57,6 +81,69 @@ class ChallengeService:
         log.info("challenge.issued", profile=profile.name, source=source, requested_by=requested_by,
                  payload_identifier=payload_identifier, expires_at=issued.expires_at.isoformat())
         return issued
+
+    # ------------------------------------------------------------------ Basic login
+
+    async def login(self, profile: str, creds: BasicCredentials, user: str, password: str, address: str) -> Login:
+        """Check Basic credentials under the shared throttle (per client address and per username)."""
+        now = self.runtime.clock()
+        by_address = address_key(profile, throttle_key(address))
+        by_user = user_key(profile, creds.username) if username_matches(creds, user) else None
+        blocked = await self.throttle.blocked([by_address] + ([by_user] if by_user else []), now)
+        if by_address in blocked:
+            return Login(False, blocked[by_address])
+        if self.credentials.cached(profile, creds, user, password):
+            return Login(True)  # verified moments ago: not a guess, so the username's lock does not apply
+        if by_user in blocked:
+            return Login(False, blocked[by_user])
+        if self._waiting >= self._max_waiting:
+            return Login(False, 1, busy=True)
+        self._waiting += 1
+        try:
+            ok = await asyncio.get_running_loop().run_in_executor(
+                self._hasher, self.credentials.check, profile, creds, user, password)
+        finally:
+            self._waiting -= 1
+        now = self.runtime.clock()
+        if not ok:
+            limits = self.throttle.limits
+            keys = [(by_address, limits.failures_per_address)]
+            if by_user is not None:
+                keys.append((by_user, limits.failures_per_user))
+            await self.throttle.failed(keys, now)
+            return Login(False)
+        await self.throttle.succeeded(by_address)
+        if hash_params(creds.password_hash) != (self.scrypt_log2_n, R, P):
+            try:
+                await self._rehash(profile, creds, password)
+            except Exception:  # noqa: BLE001 - the login stands; the old hash stays until the next one
+                log.exception("challenge.password_rehash_failed", profile=profile)
+        return Login(True)
+
+    async def _rehash(self, profile: str, creds: BasicCredentials, password: str) -> None:
+        """Replace a hash of another cost after a good login (compare-and-set: a concurrent change wins)."""
+        if (profile, creds.password_hash) in self._rehashed:
+            return
+        self._rehashed.add((profile, creds.password_hash))
+        new = await asyncio.get_running_loop().run_in_executor(self._hasher, lambda: hash_password(
+            password, log2_n=self.scrypt_log2_n))
+        async with writer(self.runtime.engine).begin() as conn:
+            row = (await conn.execute(sa.select(profiles_table.c.settings).where(
+                profiles_table.c.name == profile))).first()
+            if row is None:
+                return
+            settings = ProfileSettings.model_validate_json(row.settings or "{}")
+            challenge = dict(settings.challenge)
+            stored = dict(challenge.get("credentials") or {})
+            if stored.get("password_hash") != creds.password_hash:
+                return
+            challenge["credentials"] = {**stored, "password_hash": new}
+            updated = settings.model_copy(update={"challenge": challenge}).model_dump_json()
+            res = await conn.execute(profiles_table.update().where(
+                profiles_table.c.name == profile, profiles_table.c.settings == row.settings).values(
+                settings=updated, updated_at=self.runtime.clock()))
+        if res.rowcount == 1:
+            log.info("challenge.password_rehashed", profile=profile, log2_n=self.scrypt_log2_n)
 
     # ------------------------------------------------------------------ outbound HTTP
 
@@ -81,6 +168,7 @@ class ChallengeService:
         return client
 
     async def close(self) -> None:
+        self._hasher.shutdown(wait=False, cancel_futures=True)
         await self.store.close()
         if self._session is not None:
             await self._session.close()

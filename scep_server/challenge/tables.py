@@ -1,4 +1,4 @@
-"""Tables of the challenge package (migration: store/migrations/versions/0002_challenge.py)."""
+"""Tables of the challenge package (migrations: store/migrations/versions/0002_challenge.py, 0005_...)."""
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -24,4 +24,17 @@ challenges = sa.Table(
     sa.Column("payload_identifier", sa.String(255)),
     # JSON {"subject": RFC 4514 string, "sans": ["dns:..", "email:..", "ip:..", "uri:.."]} the CSR must match
     sa.Column("expectations", sa.Text),
+)
+
+# failed HTTP Basic logins of the challenge endpoint, shared by every process and instance
+# (migration: store/migrations/versions/0005_challenge_login_throttle.py)
+login_throttle = sa.Table(
+    "challenge_login_throttle",
+    metadata,
+    # SHA-256 of "address|user \0 profile \0 address or username": fixed size, no username in clear
+    sa.Column("key_sha256", sa.String(64), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("failures_since", TS, nullable=False),
+    sa.Column("blocked_until", TS),
+    sa.Index("ix_challenge_login_throttle_since", "failures_since"),
 )

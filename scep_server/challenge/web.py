@@ -2,7 +2,6 @@
 for challenges and pending enrolments."""
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -13,6 +12,7 @@ from cryptography.hazmat.primitives import hashes
 from ..appkeys import RUNTIME
 from ..profiles import UnknownProfile
 from ..web.auth import problem, requires
+from ..web.client import client_address
 from .basic import parse_basic
 from .config import ChallengeConfigError
 from .enrolments import STATES, list_enrolments
@@ -48,24 +48,24 @@ async def _authorise(request: web.Request, service: ChallengeService, name: str)
     if settings.credentials is None:
         return None, problem(403, "Forbidden", f"no challenge credentials are configured for profile {name!r} "
                                                "(scep-server challenge configure)")
-    key = (profile.name, request.remote or "")
-    wait = service.throttle.retry_after(key)
-    if wait is not None:
-        return None, problem(429, "Too Many Requests", "too many failed attempts; try again later",
-                             **{"Retry-After": str(wait)})
     www = {"WWW-Authenticate": f'Basic realm="SCEP challenge {profile.name}", charset="UTF-8"'}
     given = parse_basic(request.headers.get("Authorization"))
     if given is None:
         return None, problem(401, "Unauthorized", "HTTP Basic credentials are required", **www)
     user, password = given
-    creds = settings.credentials
-    ok = service.credentials.cached(profile.name, creds, user, password) or await asyncio.to_thread(
-        service.credentials.check, profile.name, creds, user, password)
-    if not ok:
-        service.throttle.failed(key)
-        log.warning("challenge.auth_failed", profile=profile.name, remote=request.remote, username=user[:64])
+    remote = client_address(request)
+    login = await service.login(profile.name, settings.credentials, user, password, remote)
+    if login.busy:
+        log.warning("challenge.auth_busy", profile=profile.name, remote=remote)
+        return None, problem(503, "Service Unavailable", "too many logins are being checked; try again shortly",
+                             **{"Retry-After": str(login.retry_after)})
+    if login.retry_after is not None:
+        log.warning("challenge.auth_blocked", profile=profile.name, remote=remote, username=user[:64])
+        return None, problem(429, "Too Many Requests", "too many failed attempts; try again later",
+                             **{"Retry-After": str(login.retry_after)})
+    if not login.ok:
+        log.warning("challenge.auth_failed", profile=profile.name, remote=remote, username=user[:64])
         return None, problem(401, "Unauthorized", "invalid username or password", **www)
-    service.throttle.succeeded(key)
     return (profile, settings, user), None
 
 

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .config import WebhookSettings
+from .http import ResponseTooLarge, json_object
 from .store import csr_sans
 
 log = structlog.get_logger("challenge.webhook")
@@ -77,12 +78,13 @@ class WebhookClient:
         last = ""
         for attempt in range(attempts):
             try:
-                async with self.session.post(url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(
-                        total=self.settings.timeout_seconds)) as resp:
+                timeout = aiohttp.ClientTimeout(total=self.settings.timeout_seconds)
+                async with self.session.post(url, data=body, headers=headers, allow_redirects=False,
+                                             timeout=timeout) as resp:
                     try:
-                        data = await resp.json(content_type=None)
-                    except ValueError:
-                        data = None
+                        data = await json_object(resp, self.settings.max_response_bytes)
+                    except ResponseTooLarge as exc:
+                        raise WebhookUnavailable(f"the validation webhook's answer is too large: {exc}") from None
                     if resp.status >= 500 or resp.status == 429:
                         last = f"HTTP {resp.status}"
                     else:

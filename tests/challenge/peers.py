@@ -60,6 +60,8 @@ class FakeIntune(Peer):
     token_requests: list[str] = field(default_factory=list)
     discovery_requests: int = 0
     tokens: dict[str, tuple[str, float]] = field(default_factory=dict)  # token -> (scope, expiry)
+    padding: int = 0  # bytes of filler in every ScepActions answer
+    chunked: bool = False  # answer without Content-Length
 
     def __post_init__(self) -> None:
         Peer.__init__(self)
@@ -118,7 +120,10 @@ class FakeIntune(Peer):
         code = self.codes.get(name, "Success")
         if code.startswith("HTTP"):
             return web.Response(status=int(code[4:]), text="unavailable")
-        return web.json_response({"code": code, "errorDescription": "" if code == "Success" else f"{code} (test)"})
+        answer = {"code": code, "errorDescription": "" if code == "Success" else f"{code} (test)"}
+        if self.padding:
+            answer["padding"] = "x" * self.padding
+        return await _answer(request, answer, self.chunked)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -143,6 +148,8 @@ class WebhookReceiver(Peer):
     notify_status: int = 200
     received: list[dict] = field(default_factory=list)
     bad_signatures: int = 0
+    padding: int = 0  # bytes of filler in every answer
+    chunked: bool = False  # answer without Content-Length
 
     def __post_init__(self) -> None:
         Peer.__init__(self)
@@ -162,6 +169,8 @@ class WebhookReceiver(Peer):
         csr = payload["x509CertificateRequest"]
         assert base64.b64decode(csr["raw"])
         if payload["challenge"] in self.allowed:
+            if self.padding:
+                return await _answer(request, {"allow": True, "padding": "x" * self.padding}, self.chunked)
             return web.json_response({"allow": True})
         return web.json_response({"allow": False, "error": {"message": f"device {csr['commonName']} is unknown"}})
 
@@ -172,3 +181,16 @@ class WebhookReceiver(Peer):
 
     def types(self) -> list[str]:
         return [r["type"] for r in self.received]
+
+
+async def _answer(request: web.Request, payload: dict, chunked: bool) -> web.StreamResponse:
+    body = json.dumps(payload).encode()
+    if not chunked:
+        return web.Response(body=body, content_type="application/json")
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    for i in range(0, len(body), 8192):
+        await resp.write(body[i:i + 8192])
+    await resp.write_eof()
+    return resp

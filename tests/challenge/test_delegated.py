@@ -190,7 +190,8 @@ async def test_intune_bad_client_secret(server, tmp_path):
 
 def webhook_settings(hook: WebhookReceiver, secret_file, **extra) -> dict:
     return {"provider": "webhook", "webhook": {"url": f"{hook.url}/hook", "secret": {"file": str(secret_file)},
-                                               "timeout_seconds": 1, "retries": 0, **extra}}
+                                               "timeout_seconds": 1, "retries": 0,
+                                               "allow_http_loopback": True, **extra}}  # a loopback test receiver
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from tests.crl.conftest import FakeClock, RecordingLogger
 from tests.crl.pki import NOW, OpenSslCa, make_ca, openssl
 
 REVOKED, HELD, GOOD, NO_CDP = 0x1001, 0x1002, 0x1003, 0x1004
+LOOPBACK = ("127.0.0.1/32",)
 
 
 def free_port() -> int:
@@ -76,7 +77,8 @@ async def checker():
     made: list[CrlChecker] = []
 
     def make(**kw) -> CrlChecker:
-        settings = kw.pop("settings", None) or CheckerSettings(**kw.pop("opts", {}))
+        # the customer's CDP is a loopback test peer: allowed explicitly, as loopback is refused by default
+        settings = kw.pop("settings", None) or CheckerSettings(**{"allow_networks": LOOPBACK, **kw.pop("opts", {})})
         c = CrlChecker(settings=settings, logger=kw.pop("logger", RecordingLogger()), **kw)
         made.append(c)
         return c
@@ -424,3 +426,155 @@ async def test_remove_from_crl_entries_count_as_not_revoked(checker):
     assert (r.status, r.revocation_reason) == (CheckStatus.REVOKED, 4)
     assert c.check_serial("odd", 0x63).status is CheckStatus.GOOD
     assert c.check_serial("nobody", 0x63).reason == "unknown_issuer"
+
+
+# ---- outbound fetches cannot be aimed inward
+
+
+class CountingServer(CrlServer):
+    """A CDP that also answers with a redirect when `location` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.location: "str | None" = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if self.location is not None:
+            self.requests.append(dict(request.headers))
+            raise web.HTTPFound(self.location)
+        return await super().handle(request)
+
+
+@pytest.fixture
+async def cdp_peer(aiohttp_server, customer):
+    server = CountingServer()
+    app = web.Application()
+    app.router.add_get("/customer.crl", server.handle)
+    await aiohttp_server(app, host="127.0.0.1", port=customer.port)
+    return server
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:{port}/customer.crl", "http://localhost:{port}/customer.crl", "http://[::1]:{port}/customer.crl",
+    "http://[::ffff:127.0.0.1]:{port}/customer.crl", "http://169.254.169.254/latest/meta-data/",
+    "http://10.1.2.3/ca.crl", "http://192.168.0.1/ca.crl", "http://172.16.5.5/ca.crl", "http://100.64.0.1/ca.crl",
+    "http://224.0.0.1/ca.crl", "http://0.0.0.0:{port}/customer.crl", "http://[fe80::1]/ca.crl",
+    "http://[fd00::1]/ca.crl"])
+async def test_non_public_destinations_are_refused_by_default(customer, cdp_peer, checker, url):
+    """Without `allow_networks` a CDP on loopback, link-local (cloud metadata), private, shared or multicast
+    addresses is never connected to; the refusal is decided before any connection is made."""
+    cdp_peer.body = crl_with(customer, {}, number=1)
+    log = RecordingLogger()
+    c = checker(settings=CheckerSettings(), logger=log)
+    url = url.format(port=customer.port)
+    c.add_ca(customer.cert_pem, name="customer", crl_urls=[url])
+    [outcome] = await c.refresh()
+    assert (outcome.ok, outcome.failure) == (False, FailureKind.FORBIDDEN_DESTINATION), outcome
+    assert cdp_peer.requests == []
+    assert "crl.check.forbidden_destination" in log.events("warning")
+    assert c.check(customer.leaves[GOOD]).status is CheckStatus.UNKNOWN
+
+
+async def test_allowed_network_is_fetched_and_others_stay_refused(customer, cdp_peer, checker):
+    cdp_peer.body = crl_with(customer, {REVOKED: "keyCompromise"}, number=1)
+    c = checker(settings=CheckerSettings(allow_networks=("127.0.0.0/30",)))
+    c.add_ca(customer.cert_pem, name="customer", crl_urls=[f"http://127.0.0.1:{customer.port}/customer.crl",
+                                                           "http://10.0.0.1/ca.crl"])
+    outcomes = {o.url: o for o in await c.refresh()}
+    assert outcomes[f"http://127.0.0.1:{customer.port}/customer.crl"].ok
+    assert outcomes["http://10.0.0.1/ca.crl"].failure is FailureKind.FORBIDDEN_DESTINATION
+    with pytest.raises(ValueError):
+        CheckerSettings(allow_networks=("not-a-network",))
+
+
+class FixedResolver:
+    """Resolves every name to the given address (as a rebinding name server would answer)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.lookups: list[str] = []
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        self.lookups.append(host)
+        return [{"hostname": host, "host": self.address, "port": port, "family": socket.AF_INET, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST}]
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("allowed,ok", [((), False), (("127.0.0.1/32",), True)])
+async def test_a_name_is_judged_by_the_address_it_resolves_to(customer, cdp_peer, checker, allowed, ok):
+    """A public-looking name that resolves to loopback is refused at connect time (DNS rebinding)."""
+    cdp_peer.body = crl_with(customer, {}, number=1)
+    resolver = FixedResolver("127.0.0.1")
+    c = checker(settings=CheckerSettings(allow_networks=allowed), resolver=resolver)
+    c.add_ca(customer.cert_pem, name="customer", crl_urls=[f"http://crl.customer.example:{customer.port}/customer.crl"])
+    [outcome] = await c.refresh()
+    assert resolver.lookups == ["crl.customer.example"]
+    assert outcome.ok is ok, outcome
+    if not ok:
+        assert outcome.failure is FailureKind.FORBIDDEN_DESTINATION
+        assert cdp_peer.requests == []
+
+
+@pytest.mark.parametrize("target", ["http://127.0.0.2:{port}/customer.crl", "http://169.254.169.254/latest/",
+                                    "http://[::1]:{port}/customer.crl", "http://10.9.8.7/x.crl"])
+async def test_a_redirect_to_a_refused_address_is_refused(customer, cdp_peer, checker, target):
+    c = checker()  # 127.0.0.1/32 allowed: the first hop is reached, the redirect target is not
+    c.add_ca(customer.cert_pem, name="customer", crl_urls=[f"http://127.0.0.1:{customer.port}/customer.crl"])
+    cdp_peer.location = target.format(port=customer.port)
+    [outcome] = await c.refresh()
+    assert len(cdp_peer.requests) == 1
+    assert (outcome.ok, outcome.failure) == (False, FailureKind.FORBIDDEN_DESTINATION), outcome
+
+
+async def test_the_default_size_cap_is_sized_to_real_crls(customer, cdp, checker):
+    """A CRL of more than 10 MiB is not downloaded by default (and the cap is a setting)."""
+    assert CheckerSettings().max_bytes == 10 * 1024 * 1024
+    good = crl_with(customer, {}, number=1)
+    cdp.body = good + b"\x00" * (10 * 1024 * 1024)
+    c = checker(opts={})
+    c.add_ca(customer.cert_pem, name="customer", crl_urls=[f"http://127.0.0.1:{customer.port}/customer.crl"])
+    [outcome] = await c.refresh()
+    assert outcome.failure is FailureKind.TOO_LARGE, outcome
+
+
+@pytest.mark.parametrize("error", [IndexError("index out of range"), RecursionError("deep"), KeyError(3),
+                                   TypeError("unexpected")])
+async def test_any_parser_fault_is_a_malformed_crl_never_an_exception(customer, cdp, checker, monkeypatch, error):
+    import crl.check as check_module
+
+    def broken(data):
+        raise error
+
+    cdp.body = crl_with(customer, {}, number=1)
+    log = RecordingLogger()
+    c = checker(logger=log)
+    c.add_ca(customer.cert_pem, name="customer", crl_urls=[f"http://127.0.0.1:{customer.port}/customer.crl"])
+    monkeypatch.setattr(check_module, "parse_crl", broken)
+    [outcome] = await c.refresh()
+    assert (outcome.ok, outcome.failure) == (False, FailureKind.MALFORMED), outcome
+    assert "crl.check.malformed" in log.events("warning")
+    installed = await c.install("customer", f"http://127.0.0.1:{customer.port}/customer.crl", cdp.body)
+    assert installed.failure is FailureKind.MALFORMED
+    # the background loop's fetches end the same way: no task dies with an exception
+    c.add_ca(customer.cert_pem, name="customer", crl_urls=[f"http://127.0.0.1:{customer.port}/other.crl"])
+    assert [o.failure for o in await c.refresh("customer", f"http://127.0.0.1:{customer.port}/other.crl")] == \
+        [FailureKind.HTTP_ERROR]
+    assert [o.failure for o in await c.refresh("customer", "ftp://127.0.0.1/x.crl")] == [FailureKind.UNSUPPORTED]
+
+
+async def test_at_most_max_urls_per_ca_are_watched(customer, cdp, checker):
+    log = RecordingLogger()
+    c = checker(logger=log)
+    c.add_ca(customer.cert_pem, name="customer")
+    urls = [f"http://10.0.0.1/{i}.crl" for i in range(40)]
+    r = c.check_serial("customer", GOOD, urls=urls)
+    assert r.status is CheckStatus.UNKNOWN
+    assert len(c.status()) == CheckerSettings().max_urls_per_ca == 16
+    assert [o.failure for o in await c.refresh("customer", "http://10.0.0.2/x.crl")] == [FailureKind.TOO_MANY_URLS]
+    assert log.events("warning").count("crl.check.too_many_urls") == 1
+    small = checker(opts={"max_urls_per_ca": 2})
+    small.add_ca(customer.cert_pem, name="customer", crl_urls=urls[:5])
+    assert len(small.status()) == 2
