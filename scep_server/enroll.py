@@ -133,8 +133,7 @@ def _bounded(text: str, limit: int = 64) -> str:
 
 
 def _days(delta: timedelta) -> str:
-    days = delta.total_seconds() / 86400
-    return f"{days:.0f}" if days == int(days) else f"{days:.1f}"
+    return f"{delta.total_seconds() / 86400:.1f}".removesuffix(".0")
 
 
 def _unused_since(predecessor: CertRecord, now: datetime) -> datetime:
