@@ -759,7 +759,7 @@ class ScepService:
                 why = str(exc)
         if why is not None:
             outcome = "revoked"
-            await self._withdraw(ca, serial, profile_name, key, f"the success notification failed: {why}")
+            await self._withdraw(ca, serial, profile_name, key, f"not acknowledged by the MDM: {why}")
         async with writer(self.engine).begin() as conn:
             await record_event(conn, at=self.clock(), kind="scep.enrolment.reconcile", subject=serial,
                                actor="system:start-up", data={"profile": profile_name, "outcome": outcome,

@@ -12,7 +12,7 @@ from cryptography import x509
 
 from scep_server.ca import inventory
 from scep_server.enroll import ChallengeRejected, EnrollmentRequest
-from scep_server.scep import FailInfo, PKIStatus
+from scep_server.scep import FailInfo, PKIStatus, client
 from scep_server.store.tables import events
 from tests.challenge.conftest import add_profile, build, dynamic, enrol, pki
 from tests.factories import rsa_key
@@ -129,7 +129,8 @@ async def test_leftovers_are_reconciled_delivered_or_revoked_and_recorded(server
         recorded = {e["subject"]: e for e in await _events(server, "scep.enrolment.reconcile")}
         assert set(recorded) == {delivered, withdrawn}
 
-        by_serial = {serial: i for i, serial in enumerate(serials.values())}
+        txids = [client.transaction_id_for(k.public_key()) for k in keys]
+        by_serial = {serials[txid]: i for i, txid in enumerate(txids) if txid in serials}
         i = by_serial[delivered]
         rep = await pki(s, server, "mdm", bodies[i], keys[i])
         assert rep.status is PKIStatus.SUCCESS
