@@ -16,7 +16,9 @@ from scep_server.scep import FailInfo, PKIStatus
 from scep_server.store.db import writer
 from tests.factories import csr, rsa_key
 
-from .conftest import cert_row, certs_of, change_settings, issue, renew, serial_of, static_profile
+from .conftest import (SECRET, cert_row, certs_of, change_settings, enrol, issue, renew, serial_of, static_profile,
+                       transactions)
+from .test_delegated_ack import delegated
 
 
 async def test_renewal_only_at_the_issuing_profile_unless_it_names_the_target(server, clock):
@@ -190,3 +192,70 @@ async def test_renewing_an_unused_certificate_keeps_its_day_91_clock(server, clo
         assert serial_of(rep.certs[0]) in revoked
         assert serial_of(rep2.certs[0]) not in revoked
         assert (await cert_row(server, rep.certs[0]))["status"] == "revoked"
+
+
+async def test_a_pending_renewal_is_approved_as_a_renewal_and_a_hold_meanwhile_wins(server, clock):
+    await static_profile(server, "manual", template={"validity_days": 30}, require_approval=True)
+    rt = server.runtime
+    async with aiohttp.ClientSession() as s:
+        keys = [rsa_key(), rsa_key()]
+        ders = []
+        for i, key in enumerate(keys):  # enrolments wait for approval as well
+            assert (await enrol_manual(s, server, key, f"dev-{i}")).status is PKIStatus.PENDING
+            [tx] = [t for t in await transactions(server, "manual") if t["state"] == "pending"]
+            ders.append(await cert_row(server, await rt.scep.decide("manual", tx["transaction_id"], approve=True,
+                                                                     actor="admin")))
+        ders = [row["der"] for row in ders]
+        clock.advance(days=21)
+        for i, (der, key) in enumerate(zip(ders, keys)):
+            rep = await renew(s, server, "manual", der, key, cn=f"dev-{i}")
+            assert rep.status is PKIStatus.PENDING, rep.fail_text
+        pending = {t["renewal_of"]: t["transaction_id"] for t in await transactions(server, "manual")
+                   if t["state"] == "pending"}
+        assert set(pending) == {serial_of(d) for d in ders}
+
+        serial = await rt.scep.decide("manual", pending[serial_of(ders[0])], approve=True, actor="admin")
+        new = await cert_row(server, serial)
+        assert new["renewal_of"] == serial_of(ders[0])
+        assert inventory._aware(new["unused_since"]) == inventory._aware((await cert_row(server, ders[0]))["issued_at"])
+        old = await cert_row(server, ders[0])
+        assert old["status"] == "revoked" and old["revocation_reason"] == int(inventory.Reason.SUPERSEDED)
+
+        await rt.revocation.hold(serial_of(ders[1]), actor="admin")
+        try:
+            await rt.scep.decide("manual", pending[serial_of(ders[1])], approve=True, actor="admin")
+        except LookupError as exc:
+            assert "on hold" in str(exc)
+        else:
+            raise AssertionError("a renewal of a held certificate was approved")
+        assert (await cert_row(server, ders[1]))["status"] == "hold"
+        assert len(await certs_of(server, "manual")) == 3
+
+
+async def enrol_manual(session, srv, key, cn):
+    return await enrol(session, srv, "manual", key, SECRET, cn=cn)
+
+
+async def test_delegated_profiles_ask_the_mdm_about_renewals_unless_told_not_to(server, clock):
+    verifier = await delegated(server, "mdm")
+    await change_settings(server, "mdm", template=(await server.runtime.profiles.get("mdm")).settings.template
+                          .model_copy(update={"validity_days": 30}))
+    async with aiohttp.ClientSession() as s:
+        key = rsa_key()
+        rep = await enrol(s, server, "mdm", key, "c", cn="win-1")
+        assert rep.status is PKIStatus.SUCCESS and verifier.calls == ["verify", "after_issue"]
+        clock.advance(days=21)
+        verifier.calls.clear()
+        rep = await renew(s, server, "mdm", rep.certs[0], key, cn="win-1")
+        assert rep.status is PKIStatus.SUCCESS, rep.fail_text
+        assert verifier.calls == ["verify", "after_issue"]
+
+        await change_settings(server, "mdm", renewal_revalidate=False)
+        verifier.calls.clear()
+        second = rsa_key()
+        rep2 = await enrol(s, server, "mdm", second, "c", cn="win-2")
+        clock.advance(days=21)
+        verifier.calls.clear()
+        rep = await renew(s, server, "mdm", rep2.certs[0], second, cn="win-2")
+        assert rep.status is PKIStatus.SUCCESS, rep.fail_text
+        assert verifier.calls == []
