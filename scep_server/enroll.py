@@ -143,6 +143,10 @@ def _unused_since(predecessor: CertRecord, now: datetime) -> datetime:
     return now
 
 
+class _NotAwaiting(Exception):
+    """The transaction left ``awaiting_ack`` meanwhile."""
+
+
 class _SignerChanged(Exception):
     """The renewal's signing certificate left ``valid`` (a hold, a revocation) while the renewal was in flight."""
 
@@ -634,15 +638,17 @@ class ScepService:
         """
         now = self.clock()
         supersede = renewal_of is not None and profile.settings.supersede_on_renewal
-        async with writer(self.engine).begin() as conn:
-            if supersede:
-                await _guard_signer(conn, renewal_of, now, supersede=True)
-            res = await conn.execute(scep_transactions.update().where(
-                scep_transactions.c.profile == profile.name, scep_transactions.c.transaction_id == key,
-                scep_transactions.c.state == "awaiting_ack").values(state="issued", updated_at=now))
-            if res.rowcount != 1:
-                await conn.rollback()
-                return False
+        try:
+            async with writer(self.engine).begin() as conn:
+                if supersede:
+                    await _guard_signer(conn, renewal_of, now, supersede=True)
+                res = await conn.execute(scep_transactions.update().where(
+                    scep_transactions.c.profile == profile.name, scep_transactions.c.transaction_id == key,
+                    scep_transactions.c.state == "awaiting_ack").values(state="issued", updated_at=now))
+                if res.rowcount != 1:
+                    raise _NotAwaiting  # rolls the supersede back too
+        except _NotAwaiting:
+            return False
         if supersede:
             self.on_status_change(ca.name)
         return True
@@ -706,8 +712,9 @@ class ScepService:
         revoke (cessationOfOperation). Only rows untouched for ``older_than`` are taken (another instance may be
         notifying right now); each is claimed by a compare-and-set first. Returns {serial: outcome}."""
         now = self.clock()
-        q = (sa.select(scep_transactions, certificates.c.der, certificates.c.transaction_id.label("raw_txid"),
-                       certificates.c.renewal_of)
+        q = (sa.select(scep_transactions.c.profile, scep_transactions.c.transaction_id, scep_transactions.c.serial,
+                       scep_transactions.c.csr_der, scep_transactions.c.updated_at, certificates.c.der,
+                       certificates.c.ca, certificates.c.transaction_id.label("raw_txid"), certificates.c.renewal_of)
              .join(certificates, certificates.c.serial == scep_transactions.c.serial)
              .where(scep_transactions.c.state == "awaiting_ack", scep_transactions.c.updated_at <= now - older_than)
              .limit(1000))
@@ -733,7 +740,7 @@ class ScepService:
             profile = await self.profiles.get(profile_name)
         except UnknownProfile:
             profile, why = None, f"profile {profile_name!r} no longer exists"
-        ca = self.cas.get(profile.ca) if profile is not None else next(iter(self.cas.values()))
+        ca = self.cas[row["ca"]]
         verifier = self.verifiers.get(profile.challenge_kind) if profile is not None else None
         if why is None and verifier is None:
             why = f"challenge kind {profile.challenge_kind!r} is not available on this server"
