@@ -31,10 +31,10 @@ from cryptography.x509.oid import AttributeOID
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .binding.tables import device_certs, devices
 from .ca import inventory
 from .ca.authority import CertificateAuthority, random_serial
 from .ca.inventory import CertRecord, Reason
-from .binding.tables import device_certs, devices
 from .ca.policy import PolicyViolation
 from .clock import Clock, utcnow
 from .profiles import Profile, ProfileStore, UnknownProfile
@@ -442,7 +442,7 @@ class ScepService:
         if not ca.next_ca_certs:
             raise NoNextCA(f"no CA rollover is configured for CA {ca.name!r}")
         return await self._run(codec.build_next_ca_cert, ca.next_ca_ders, ra_cert_der=ca.ra_cert_der,
-                                       sign=self._signer(ca), digest=codec.Digest.SHA256, signing_time=self.clock())
+                               sign=self._signer(ca), digest=codec.Digest.SHA256, signing_time=self.clock())
 
     # ------------------------------------------------------------------ PKIOperation
 
@@ -615,7 +615,7 @@ class ScepService:
         except ChallengeRejected as exc:
             await self._withdraw(ca, outcome.serial, profile.name, key, str(exc))
             raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
-        except Exception:  # noqa: BLE001 - the start-up reconciliation retries or revokes it
+        except Exception:  # noqa: BLE001 - left awaiting_ack: the reconciliation job retries or revokes it
             log.exception("scep.ack.unresolved", profile=profile.name, transaction_id=_bounded(msg.transaction_id),
                           serial=outcome.serial)
             return _Outcome(PKIStatus.PENDING)
