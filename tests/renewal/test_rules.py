@@ -14,6 +14,7 @@ from scep_server.ca.authority import random_serial
 from scep_server.enroll import ScepService
 from scep_server.scep import FailInfo, PKIStatus
 from scep_server.store.db import writer
+from scep_server.store.tables import certificates
 from tests.factories import csr, rsa_key
 
 from .conftest import (SECRET, cert_row, certs_of, change_settings, enrol, issue, renew, serial_of, static_profile,
@@ -99,7 +100,7 @@ async def test_refused_signers_fail_with_a_clear_text_and_change_nothing(server,
     rt = server.runtime
     async with aiohttp.ClientSession() as s:
         keys = {name: rsa_key() for name in ("expired", "held", "revoked", "renewed", "suspended", "retired",
-                                              "bound", "unknown")}
+                                              "bound", "named", "unknown")}
         ders = {name: await issue(s, server, "short", key, cn=name) for name, key in keys.items()
                 if name != "unknown"}
         # a certificate of our CA that is not in the inventory
@@ -112,6 +113,13 @@ async def test_refused_signers_fail_with_a_clear_text_and_change_nothing(server,
         await _bind(server, ders["suspended"], device_status="suspended", binding_state="active", device_id="dev-s")
         await _bind(server, ders["retired"], device_status="active", binding_state="retired", device_id="dev-r")
         await _bind(server, ders["bound"], device_status="active", binding_state="active", device_id="dev-a")
+        # not bound yet, but enrolled for a device that has since been deactivated
+        now = rt.clock()
+        async with writer(rt.engine).begin() as conn:
+            await conn.execute(devices.insert().values(id="dev-n", name="dev-n", status="deactivated", created_at=now,
+                                                       status_changed_at=now))
+            await conn.execute(certificates.update().where(certificates.c.serial == serial_of(ders["named"]))
+                               .values(enrolled_device_id="dev-n"))
         clock.advance(days=21)
 
         first = await renew(s, server, "short", ders["renewed"], keys["renewed"], cn="renewed")
@@ -121,6 +129,7 @@ async def test_refused_signers_fail_with_a_clear_text_and_change_nothing(server,
         expected = {"held": "on hold", "revoked": "revoked", "renewed": "superseded",
                     "suspended": "bound to device dev-s, which is suspended",
                     "retired": "retired from its binding to device dev-r",
+                    "named": "bound to device dev-n, which is deactivated",
                     "unknown": "not in this CA's inventory"}
         for name, text in expected.items():
             rep = await renew(s, server, "short", ders[name], keys[name], cn=name)
