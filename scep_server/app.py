@@ -42,6 +42,8 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
             app[RUNTIME] = runtime
             tasks = [asyncio.create_task(_job(job), name=f"job:{feature.name}")
                      for feature in loaded for job in feature.jobs(runtime)]
+            # delegated certificates left awaiting the MDM's acknowledgement: delivered or revoked
+            tasks.append(asyncio.create_task(_job(runtime.scep.ack_reconciler), name="job:scep-ack"))
             try:
                 yield
             finally:

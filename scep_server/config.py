@@ -29,6 +29,8 @@ class ServerSettings(BaseModel):
     # Public base URL written into certificates (CRL Distribution Points, AIA caIssuers). Default: http://<listen>
     base_url: str | None = None
     max_body_bytes: int = Field(256 * 1024, ge=4096)
+    # threads of the SCEP service's own executor (parse, decrypt, sign); default: the number of CPUs
+    scep_threads: int | None = Field(None, ge=1, le=256)
     # Reverse proxies (CIDRs) whose forwarded client address is believed; from any other peer the
     # forwarding headers are ignored. forwarded_header names the header those proxies append to.
     trusted_proxies: list[str] = Field(default_factory=list)

@@ -7,13 +7,18 @@ becomes a signed CertRep FAILURE with its failInfo and a failInfoText.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import hashlib
 import json
+import os
+import re
 import secrets
 import sqlite3
 import time
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Awaitable, Callable, Protocol
@@ -26,12 +31,13 @@ from cryptography.x509.oid import AttributeOID
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .binding.tables import device_certs, devices
 from .ca import inventory
 from .ca.authority import CertificateAuthority, random_serial
 from .ca.inventory import CertRecord, Reason
 from .ca.policy import PolicyViolation, check_message_digest
 from .clock import Clock, utcnow
-from .profiles import Profile, ProfileStore
+from .profiles import Profile, ProfileStore, UnknownProfile
 from .scep import message as codec
 from .scep.types import ContentCipher, FailInfo, MalformedMessage, MessageType, PKIStatus, SCEPFailure
 from .store.db import is_sqlite, writer
@@ -112,6 +118,59 @@ class _Outcome:
 
 
 _NOT_LOOKED_UP = object()
+
+# RFC 8894 transactionIDs are PrintableStrings (clients send a hash of the key in hex or base64)
+MAX_TRANSACTION_ID = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# an ``awaiting_ack`` certificate untouched for this long is reconciled (longer than any notification may take)
+ACK_STALE_AFTER = timedelta(minutes=15)
+
+
+def _bounded(text: str, limit: int = 64) -> str:
+    """A transactionID as logs and failure texts show it: at most ``limit`` characters, control characters escaped."""
+    short = text[:limit].encode("unicode_escape").decode("ascii")
+    return short + f"...({len(text)} characters)" if len(text) > limit else short
+
+
+def _days(delta: timedelta) -> str:
+    return f"{delta.total_seconds() / 86400:.1f}".removesuffix(".0")
+
+
+def _unused_since(predecessor: CertRecord, now: datetime) -> datetime:
+    """The day-91 clock of a renewal: it continues from an unused predecessor's, else starts at the new issue."""
+    if predecessor.first_used_at is None:
+        return predecessor.unused_since or predecessor.issued_at
+    return now
+
+
+class _NotAwaiting(Exception):
+    """The transaction left ``awaiting_ack`` meanwhile."""
+
+
+class _SignerChanged(Exception):
+    """The renewal's signing certificate left ``valid`` (a hold, a revocation) while the renewal was in flight."""
+
+
+async def _guard_signer(conn, serial: str, now: datetime, *, supersede: bool) -> None:
+    """Within the caller's transaction: the signer must still be ``valid`` (and is revoked as superseded when
+    ``supersede``); the update locks its row, so a concurrent hold either waits for us or wins."""
+    values: dict = {"updated_at": now}
+    if supersede:
+        values.update(status="revoked", revocation_reason=int(Reason.SUPERSEDED), revoked_at=now)
+    res = await conn.execute(certificates.update().where(
+        certificates.c.serial == serial, certificates.c.status == "valid").values(**values))
+    if res.rowcount != 1:
+        current = (await conn.execute(sa.select(certificates.c.status).where(certificates.c.serial == serial))).first()
+        status = current.status if current is not None else "unknown"
+        raise _SignerChanged(f"the signing certificate is {'on hold' if status == 'hold' else status}: "
+                             "the renewal was not issued")
+
+
+@dataclass(frozen=True)
+class _StoredTransaction:
+    """What the verifiers read of a request's message, for a transaction taken up again from the database."""
+
+    transaction_id: str
 
 # ---------------------------------------------------------------------------------------------
 # The enrolment path's storage: find a transaction, record an issued certificate (one transaction).
@@ -232,6 +291,7 @@ class _SqliteStore:
 
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
+        self.executor: ThreadPoolExecutor | None = None  # the SCEP service's (None: the loop's default)
         self._sync: sa.Engine | None = None
         self._write_lock = threading.Lock()
         self._find: _Compiled | None = None
@@ -285,11 +345,22 @@ class _SqliteStore:
 
     async def find(self, profile: str, transaction_id: str) -> dict | None:
         await self.prepare()
-        return await asyncio.to_thread(self.find_sync, profile, transaction_id)
+        return await _in_executor(self.executor, self.find_sync, profile, transaction_id)
 
     async def record(self, cert_row: dict, tx_row: dict, event_row: dict) -> None:
         await self.prepare()
-        await asyncio.to_thread(self.record_sync, cert_row, tx_row, event_row)
+        await _in_executor(self.executor, self.record_sync, cert_row, tx_row, event_row)
+
+
+async def _in_executor(executor: ThreadPoolExecutor | None, fn, /, *args, **kwargs):
+    """``asyncio.to_thread`` on a given executor: the call runs in a copy of the caller's context."""
+    ctx = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(executor, functools.partial(ctx.run, fn, *args, **kwargs))
+
+
+def scep_threads(configured: int | None = None) -> int:
+    """The size of the SCEP service's executor: configured, else the number of CPUs (at least two)."""
+    return configured or max(2, os.cpu_count() or 1)
 
 
 def _sync_sqlite_engine(engine: AsyncEngine, synchronous: str) -> sa.Engine:
@@ -319,7 +390,7 @@ class ScepService:
     def __init__(self, *, engine: AsyncEngine, cas: dict[str, CertificateAuthority], profiles: ProfileStore,
                  verifiers: dict[str, ChallengeVerifier] | None = None, clock: Clock = utcnow,
                  crl_source: Callable[[str], Awaitable[bytes]] | None = None,
-                 on_status_change: Callable[[str], None] | None = None):
+                 on_status_change: Callable[[str], None] | None = None, threads: int | None = None):
         self.engine = engine
         self.cas = cas
         self.profiles = profiles
@@ -329,6 +400,19 @@ class ScepService:
         self.on_status_change = on_status_change or (lambda ca: None)
         self._cacert_cache: dict[str, bytes] = {}
         self._store = _enrolment_store(engine)
+        # SCEP's CPU work (parse, decrypt, sign) runs here, not on the loop's default executor: hostile requests
+        # queue behind each other instead of starving everything else that uses threads
+        self._executor = ThreadPoolExecutor(max_workers=scep_threads(threads), thread_name_prefix="scep")
+        if isinstance(self._store, _SqliteStore):
+            self._store.executor = self._executor
+
+    async def _run(self, fn, /, *args, **kwargs):
+        return await _in_executor(self._executor, fn, *args, **kwargs)
+
+    async def close(self) -> None:
+        """Stop the executor once the requests in it have finished (queued work that never started is dropped)."""
+        await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(self._executor.shutdown, wait=True, cancel_futures=True))
 
     # ------------------------------------------------------------------ GetCACaps / GetCACert
 
@@ -357,8 +441,8 @@ class ScepService:
         ca = self.cas[profile.ca]
         if not ca.next_ca_certs:
             raise NoNextCA(f"no CA rollover is configured for CA {ca.name!r}")
-        return await asyncio.to_thread(codec.build_next_ca_cert, ca.next_ca_ders, ra_cert_der=ca.ra_cert_der,
-                                       sign=self._signer(ca), digest=codec.Digest.SHA256, signing_time=self.clock())
+        return await self._run(codec.build_next_ca_cert, ca.next_ca_ders, ra_cert_der=ca.ra_cert_der,
+                               sign=self._signer(ca), digest=codec.Digest.SHA256, signing_time=self.clock())
 
     # ------------------------------------------------------------------ PKIOperation
 
@@ -367,25 +451,25 @@ class ScepService:
         started = time.perf_counter()
         profile = await self.profiles.get(profile_name)
         ca = self.cas[profile.ca]
-        cached = ca.failure_replies.get(profile.name, body)  # a replayed bad message: no second RA signature
+        cached = ca.failure_replies.get(profile.fingerprint, body)  # a replayed bad message: no second RA signature
         if cached is not None:
             return cached
         msg: codec.PKIMessage | None = None
         opened = False
         await self._store.prepare()
         try:
-            msg, inner, known = await asyncio.to_thread(self._open, body, ca, profile)
+            msg, inner, known, policy_error = await self._run(self._open, body, ca, profile)
             opened = True
-            outcome = await self._dispatch(profile, ca, msg, inner, known)
+            outcome = await self._dispatch(profile, ca, msg, inner, known, policy_error)
         except SCEPFailure as exc:
             if exc.message is None:
                 raise MalformedMessage(exc.text) from None
             msg = exc.message
             outcome = _Outcome(PKIStatus.FAILURE, fail_info=exc.fail_info, fail_text=exc.text)
-        reply = outcome.reply or await asyncio.to_thread(self._reply, ca, msg, outcome)
+        reply = outcome.reply or await self._run(self._reply, ca, msg, outcome)
         if not opened:  # failed on its bytes alone (signature, structure, envelope): same bytes, same answer
-            ca.failure_replies.put(profile.name, body, reply)
-        log.info("scep.transaction", profile=profile.name, transaction_id=msg.transaction_id,
+            ca.failure_replies.put(profile.fingerprint, body, reply)
+        log.info("scep.transaction", profile=profile.name, transaction_id=_bounded(msg.transaction_id),
                  message_type=_type_name(msg.message_type), outcome=outcome.status.name,
                  fail_info=outcome.fail_info.name if outcome.fail_info is not None else None,
                  fail_text=outcome.fail_text, serial=outcome.serial,
@@ -414,11 +498,17 @@ class ScepService:
             log.warning("scep.single_des", profile=profile.name, transaction_id=msg.transaction_id,
                         message_type=_type_name(msg.message_type))
         known = _NOT_LOOKED_UP
+        policy_error = None
         if content.csr is not None:
             self._check_signer_key(profile, ca, msg, content)
+            # the template's rules, judged here in the same thread; applied after a retry is recognised
+            try:
+                profile.policy.check(content.csr, reserved_names=ca.reserved_names, proof_checked=True)
+            except PolicyViolation as exc:
+                policy_error = str(exc)
             if self._store.inline:
                 known = self._store.find_sync(profile.name, self._key(ca, msg))
-        return msg, content, known
+        return msg, content, known, policy_error
 
     @staticmethod
     def _foreign_signer(ca: CertificateAuthority, msg: codec.PKIMessage, content: codec.RequestContent) -> bool:
@@ -452,10 +542,10 @@ class ScepService:
                                     fail_text=outcome.fail_text, **kwargs)
 
     async def _dispatch(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
-                        inner: codec.RequestContent, known=_NOT_LOOKED_UP) -> _Outcome:
+                        inner: codec.RequestContent, known=_NOT_LOOKED_UP, policy_error: str | None = None) -> _Outcome:
         t = msg.message_type
         if t in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
-            return await self._enrol(profile, ca, msg, inner, known)
+            return await self._enrol(profile, ca, msg, inner, known, policy_error)
         if t is MessageType.CERT_POLL:
             return await self._poll(profile, ca, msg, inner)
         if t is MessageType.GET_CERT:
@@ -465,7 +555,7 @@ class ScepService:
     # ------------------------------------------------------------------ enrolment
 
     async def _enrol(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
-                     content: codec.RequestContent, known=_NOT_LOOKED_UP) -> _Outcome:
+                     content: codec.RequestContent, known=_NOT_LOOKED_UP, policy_error: str | None = None) -> _Outcome:
         # parsed, key loaded and proof of possession checked in the decryption stage (codec.open_request)
         csr, csr_der = content.csr, content.der
         pub_sha = inventory.public_key_sha256(content.public_key)
@@ -474,11 +564,21 @@ class ScepService:
         if existing is not None:
             return await self._replay(profile, msg, existing, pub_sha)
 
-        renewal_of = await self._renewal_certificate(profile, ca, msg, csr)
+        by_us = self._signed_by_us(ca, msg)
+        if not by_us and msg.message_type is MessageType.RENEWAL_REQ and not req_has_challenge(csr):
+            raise SCEPFailure(FailInfo.BAD_REQUEST,
+                              "RenewalReq must be signed by a valid certificate issued by this CA", msg)
+        # cheap local checks (key, algorithms, subject, SANs, weak keys; judged in _open) before anything is
+        # spent or asked
+        if policy_error is not None:
+            raise SCEPFailure(FailInfo.BAD_REQUEST, policy_error, msg)
+        renewal_of = await self._renewal_certificate(profile, ca, msg, csr) if by_us else None
         req = EnrollmentRequest(profile=profile, message=msg, csr=csr, csr_der=csr_der,
                                 challenge=challenge_password(csr), renewal_of=renewal_of)
         verifier = self.verifiers.get(profile.challenge_kind)
-        if renewal_of is None:
+        validate = renewal_of is None or (profile.challenge_kind == "delegated"
+                                          and profile.settings.renewal_revalidate)
+        if validate:
             if verifier is None:
                 raise SCEPFailure(FailInfo.BAD_REQUEST,
                                   f"challenge kind {profile.challenge_kind!r} is not available on this server", msg)
@@ -486,23 +586,17 @@ class ScepService:
                 await verifier.verify(req)
             except ChallengeRejected as exc:
                 raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
-        try:
-            await asyncio.to_thread(profile.policy.check, csr, reserved_names=ca.reserved_names)
-        except PolicyViolation as exc:
-            if verifier is not None and renewal_of is None:
-                await verifier.after_failure(req, str(exc))
-            raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
 
         now = self.clock()
         if renewal_of is None and self._foreign_signer(ca, msg, content):
             await self._note_foreign_signer(profile, msg, pub_sha, now)
-        if profile.settings.require_approval and renewal_of is None:
+        if profile.settings.require_approval and (renewal_of is None or profile.settings.renewal_requires_approval):
             state = await self._insert_transaction(profile.name, self._key(ca, msg), msg, csr_der, pub_sha, "pending",
-                                                    now)
+                                                    now, renewal_of=renewal_of.serial if renewal_of else None)
             if state is not None:  # a parallel retry won the insert
                 return await self._replay(profile, msg, state, pub_sha)
             return _Outcome(PKIStatus.PENDING)
-        return await self._issue(profile, ca, req, pub_sha, now, verifier if renewal_of is None else None)
+        return await self._issue(profile, ca, req, pub_sha, now, verifier if validate else None)
 
     async def _note_foreign_signer(self, profile: Profile, msg: codec.PKIMessage, pub_sha: str, now: datetime) -> None:
         """A key that holds a valid certificate of the profile, enrolled again under a signer that is not that key:
@@ -525,19 +619,24 @@ class ScepService:
 
     async def _issue(self, profile: Profile, ca: CertificateAuthority, req: EnrollmentRequest, pub_sha: str,
                      now: datetime, verifier: ChallengeVerifier | None) -> _Outcome:
+        """Sign, record and answer. A delegated enrolment is recorded ``awaiting_ack`` and delivered only once the
+        MDM accepted the success notification; a renewal is recorded only while its signer is still valid."""
         msg = req.message
         key = self._key(ca, msg)
-        supersede = req.renewal_of is not None and profile.settings.supersede_on_renewal
-        inline = self._store.inline and not supersede
+        renewal = req.renewal_of is not None
+        ack = verifier is not None and profile.challenge_kind == "delegated"
+        supersede = renewal and profile.settings.supersede_on_renewal
+        inline = self._store.inline and not renewal and not ack
+        state = "awaiting_ack" if ack else "issued"
         for _attempt in range(3):
             # One thread hop signs the certificate and its CertRep (and on SQLite commits the rows in between);
             # the reply leaves only once the rows are committed.
-            cert, rows, outcome = await asyncio.to_thread(self._sign, profile, ca, req, key, pub_sha, now, inline)
+            cert, rows, outcome = await self._run(self._sign, profile, ca, req, key, pub_sha, now, inline, state)
             try:
                 if outcome is None:
                     raise rows  # the inline write's IntegrityError
-                if supersede:
-                    await self._record_renewal(req.renewal_of, *rows, now)
+                if renewal or ack:
+                    await self._record_guarded(req.renewal_of, *rows, now, supersede=supersede and not ack)
                 elif not inline:
                     await self._store.record(*rows[:2], _event_row(**rows[2]))
             except IntegrityError:
@@ -546,11 +645,17 @@ class ScepService:
                 if existing is not None:
                     return await self._replay(profile, msg, existing, pub_sha)
                 continue  # the random serial (127 bits) was taken: sign again with a fresh one
+            except _SignerChanged as exc:
+                if verifier is not None:
+                    await verifier.after_failure(req, str(exc))
+                raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
             break
         else:
-            raise RuntimeError(f"could not record a certificate for transaction {key!r}")
-        if supersede:
+            raise RuntimeError(f"could not record a certificate for transaction {_bounded(key)!r}")
+        if supersede and not ack:
             self.on_status_change(ca.name)
+        if ack:
+            return await self._acknowledge(profile, ca, req, verifier, cert, outcome, key)
         if verifier is not None:
             try:
                 await verifier.after_issue(req, cert)
@@ -559,8 +664,55 @@ class ScepService:
                 raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
         return outcome
 
+    async def _acknowledge(self, profile: Profile, ca: CertificateAuthority, req: EnrollmentRequest,
+                           verifier: ChallengeVerifier, cert: x509.Certificate, outcome: _Outcome, key: str) -> _Outcome:
+        """Tell the MDM about an ``awaiting_ack`` certificate; deliver it only once that succeeded."""
+        msg = req.message
+        try:
+            await verifier.after_issue(req, cert)
+        except ChallengeRejected as exc:
+            await self._withdraw(ca, outcome.serial, profile.name, key, str(exc))
+            raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
+        except Exception:  # noqa: BLE001 - left awaiting_ack: the reconciliation job retries or revokes it
+            log.exception("scep.ack.unresolved", profile=profile.name, transaction_id=_bounded(msg.transaction_id),
+                          serial=outcome.serial)
+            return _Outcome(PKIStatus.PENDING)
+        try:
+            confirmed = await self._confirm_ack(profile, ca, key, req.renewal_of.serial if req.renewal_of else None)
+        except _SignerChanged as exc:
+            await self._withdraw(ca, outcome.serial, profile.name, key, str(exc))
+            raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
+        if not confirmed:  # decided meanwhile (reconciled): answer what the transaction says now
+            row = await self._transaction(profile.name, key)
+            return await self._state_outcome(profile, msg, row)
+        return outcome
+
+    async def _confirm_ack(self, profile: Profile, ca: CertificateAuthority, key: str,
+                           renewal_of: str | None) -> bool:
+        """``awaiting_ack`` -> ``issued``, superseding a renewal's signer in the same transaction.
+
+        False when the transaction is no longer awaiting its acknowledgement; _SignerChanged when the signer left
+        ``valid`` meanwhile (nothing is changed then).
+        """
+        now = self.clock()
+        supersede = renewal_of is not None and profile.settings.supersede_on_renewal
+        try:
+            async with writer(self.engine).begin() as conn:
+                if supersede:
+                    await _guard_signer(conn, renewal_of, now, supersede=True)
+                res = await conn.execute(scep_transactions.update().where(
+                    scep_transactions.c.profile == profile.name, scep_transactions.c.transaction_id == key,
+                    scep_transactions.c.state == "awaiting_ack").values(state="issued", updated_at=now))
+                if res.rowcount != 1:
+                    raise _NotAwaiting  # rolls the supersede back too
+        except _NotAwaiting:
+            return False
+        if supersede:
+            self.on_status_change(ca.name)
+        return True
+
     def _sign(self, profile: Profile, ca: CertificateAuthority, req: EnrollmentRequest, key: str, pub_sha: str,
-              now: datetime, inline: bool):
+              now: datetime, inline: bool, state: str = "issued"):
         """Issue the certificate, write its rows when ``inline``, and build the CertRep SUCCESS (in a thread).
 
         Returns (certificate, (certificate row, transaction row, event), outcome), or (certificate, the
@@ -570,8 +722,10 @@ class ScepService:
         cert = ca.issue(req.csr, profile.policy, serial=random_serial(), now=now)
         der = cert.public_bytes(DER)
         cert_row = inventory.certificate_row(cert, der, ca.name, profile.name, msg.transaction_id, pub_sha, now)
+        cert_row["renewal_of"] = req.renewal_of.serial if req.renewal_of else None
+        cert_row["unused_since"] = _unused_since(req.renewal_of, now) if req.renewal_of else None
         serial = cert_row["serial"]
-        tx_row = dict(profile=profile.name, transaction_id=key, state="issued", message_type=int(msg.message_type),
+        tx_row = dict(profile=profile.name, transaction_id=key, state=state, message_type=int(msg.message_type),
                       csr_der=req.csr_der, public_key_sha256=pub_sha, serial=serial, created_at=now, updated_at=now)
         event = dict(at=now, kind="pki.cert.renew" if req.renewal_of else "pki.cert.issue", subject=serial,
                      actor=f"scep:{profile.name}",
@@ -586,13 +740,15 @@ class ScepService:
         outcome.reply = self._reply(ca, msg, outcome)
         return cert, (cert_row, tx_row, event), outcome
 
-    async def _record_renewal(self, renewal_of: CertRecord, cert_row: dict, tx_row: dict, event: dict,
-                              now: datetime) -> None:
-        """Record a renewal and revoke the certificate it supersedes, in one transaction."""
+    async def _record_guarded(self, renewal_of: CertRecord | None, cert_row: dict, tx_row: dict, event: dict,
+                              now: datetime, *, supersede: bool) -> None:
+        """Record a certificate in one transaction; a renewal only while its signer is still ``valid`` (revoked as
+        superseded when ``supersede``): a hold placed meanwhile wins and the renewal fails (_SignerChanged)."""
         async with writer(self.engine).begin() as conn:
+            if renewal_of is not None:
+                await _guard_signer(conn, renewal_of.serial, now, supersede=supersede)
             await conn.execute(certificates.insert(), cert_row)
             await conn.execute(scep_transactions.insert(), tx_row)
-            await inventory.set_status(conn, renewal_of.serial, "revoked", at=now, reason=int(Reason.SUPERSEDED))
             await record_event(conn, **event)
 
     async def _withdraw(self, ca: CertificateAuthority, serial: str, profile: str, txid: str, why: str) -> None:
@@ -607,33 +763,158 @@ class ScepService:
                                data={"reason": "withdrawn after issue", "detail": why})
         self.on_status_change(ca.name)
 
-    async def _renewal_certificate(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
-                                   csr: x509.CertificateSigningRequest) -> CertRecord | None:
-        """RFC 8894 §2.3: a request signed by a certificate we issued is a renewal authenticated by it."""
+    # ------------------------------------------------------------------ unacknowledged delegated issuance
+
+    async def reconcile_unacknowledged(self, *, older_than: timedelta = ACK_STALE_AFTER) -> dict[str, str]:
+        """Certificates left ``awaiting_ack`` (a crash, a lost connection): notify the MDM again and deliver, or
+        revoke (cessationOfOperation). Only rows untouched for ``older_than`` are taken (another instance may be
+        notifying right now); each is claimed by a compare-and-set first. Returns {serial: outcome}."""
+        now = self.clock()
+        q = (sa.select(scep_transactions.c.profile, scep_transactions.c.transaction_id, scep_transactions.c.serial,
+                       scep_transactions.c.csr_der, scep_transactions.c.updated_at, certificates.c.der,
+                       certificates.c.ca, certificates.c.transaction_id.label("raw_txid"), certificates.c.renewal_of)
+             .join(certificates, certificates.c.serial == scep_transactions.c.serial)
+             .where(scep_transactions.c.state == "awaiting_ack", scep_transactions.c.updated_at <= now - older_than)
+             .limit(1000))
+        async with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in (await conn.execute(q)).all()]
+        done: dict[str, str] = {}
+        for row in rows:
+            async with writer(self.engine).begin() as conn:
+                claimed = await conn.execute(scep_transactions.update().where(
+                    scep_transactions.c.profile == row["profile"],
+                    scep_transactions.c.transaction_id == row["transaction_id"],
+                    scep_transactions.c.state == "awaiting_ack",
+                    scep_transactions.c.updated_at == row["updated_at"]).values(updated_at=now))
+            if claimed.rowcount != 1:
+                continue
+            done[row["serial"]] = await self._reconcile_one(row)
+        return done
+
+    async def _reconcile_one(self, row: dict) -> str:
+        serial, key, profile_name = row["serial"], row["transaction_id"], row["profile"]
+        why = None
+        try:
+            profile = await self.profiles.get(profile_name)
+        except UnknownProfile:
+            profile, why = None, f"profile {profile_name!r} no longer exists"
+        ca = self.cas[row["ca"]]
+        verifier = self.verifiers.get(profile.challenge_kind) if profile is not None else None
+        if why is None and verifier is None:
+            why = f"challenge kind {profile.challenge_kind!r} is not available on this server"
+        if why is None:
+            renewal_of = None
+            if row["renewal_of"]:
+                async with self.engine.connect() as conn:
+                    renewal_of = await inventory.get(conn, row["renewal_of"])
+            csr = x509.load_der_x509_csr(row["csr_der"])
+            req = EnrollmentRequest(profile=profile, message=_StoredTransaction(row["raw_txid"] or key),
+                                    csr=csr, csr_der=row["csr_der"], challenge=challenge_password(csr),
+                                    renewal_of=renewal_of)
+            try:
+                await verifier.after_issue(req, x509.load_der_x509_certificate(row["der"]))
+            except Exception as exc:  # noqa: BLE001 - any failure to get the acknowledgement revokes
+                why = str(exc) or type(exc).__name__
+        outcome = "delivered"
+        if why is None:
+            try:
+                if not await self._confirm_ack(profile, ca, key, row["renewal_of"]):
+                    return "decided elsewhere"
+            except _SignerChanged as exc:
+                why = str(exc)
+        if why is not None:
+            outcome = "revoked"
+            await self._withdraw(ca, serial, profile_name, key, f"not acknowledged by the MDM: {why}")
+        async with writer(self.engine).begin() as conn:
+            await record_event(conn, at=self.clock(), kind="scep.enrolment.reconcile", subject=serial,
+                               actor="system:start-up", data={"profile": profile_name, "outcome": outcome,
+                                                              "detail": why})
+        log.info("scep.enrolment.reconcile", profile=profile_name, serial=serial, outcome=outcome, detail=why)
+        return outcome
+
+    async def ack_reconciler(self, every_seconds: float = 60.0) -> None:
+        """A background job: reconcile leftovers at start-up, then periodically."""
+        while True:
+            await self.reconcile_unacknowledged()
+            await asyncio.sleep(every_seconds)
+
+    # ------------------------------------------------------------------ renewal
+
+    @staticmethod
+    def _signed_by_us(ca: CertificateAuthority, msg: codec.PKIMessage) -> bool:
         signer = msg.signer_cert
-        if signer.issuer != ca.cert.subject or not ca.issued_by_us(signer):
-            if msg.message_type is MessageType.RENEWAL_REQ and not req_has_challenge(csr):
-                raise SCEPFailure(FailInfo.BAD_REQUEST,
-                                  "RenewalReq must be signed by a valid certificate issued by this CA", msg)
-            return None
+        return signer.issuer == ca.cert.subject and ca.issued_by_us(signer)
+
+    async def _renewal_certificate(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
+                                   csr: x509.CertificateSigningRequest) -> CertRecord:
+        """RFC 8894 §2.3: a request signed by a certificate we issued is a renewal authenticated by it.
+
+        The renewal may not widen what the certificate is: same profile (or one the issuing profile lists in
+        ``renewal_to``), same subject, no new SANs, a signer that is still valid and in use, within the window.
+        """
+        def refuse(text: str, info: FailInfo = FailInfo.BAD_REQUEST):
+            return SCEPFailure(info, text, msg)
+
         if not profile.settings.allow_renewal:
-            raise SCEPFailure(FailInfo.BAD_REQUEST, "renewal is not enabled on this profile", msg)
+            raise refuse("renewal is not enabled on this profile")
+        signer = msg.signer_cert
         async with self.engine.connect() as conn:
             record = await inventory.get_by_fingerprint(conn, hashlib.sha256(msg.signer_cert_der).hexdigest())
+            if record is None:
+                raise refuse("the signing certificate is not in this CA's inventory", FailInfo.BAD_CERT_ID)
+            successor = (await conn.execute(sa.select(certificates.c.serial).where(
+                certificates.c.renewal_of == record.serial, certificates.c.status != "revoked").limit(1))).first()
+            binding = (await conn.execute(
+                sa.select(device_certs.c.state, device_certs.c.device_id, devices.c.status)
+                .join(devices, devices.c.id == device_certs.c.device_id)
+                .where(device_certs.c.ca == record.ca, device_certs.c.serial == record.serial))).first()
+            if binding is None and record.enrolled_device_id:
+                named = (await conn.execute(sa.select(devices.c.status).where(
+                    devices.c.id == record.enrolled_device_id))).first()
+                if named is not None:
+                    binding = ("active", record.enrolled_device_id, named.status)
         now = self.clock()
-        if record is None:
-            raise SCEPFailure(FailInfo.BAD_CERT_ID, "the signing certificate is not in this CA's inventory", msg)
+        if record.status == "hold":
+            raise refuse("the signing certificate is on hold")
         if record.status != "valid":
-            raise SCEPFailure(FailInfo.BAD_REQUEST, f"the signing certificate is {record.status}", msg)
+            raise refuse(f"the signing certificate is {record.status}"
+                         + (" (superseded)" if record.revocation_reason == int(Reason.SUPERSEDED) else ""))
+        if successor is not None:
+            raise refuse(f"the signing certificate is superseded (already renewed as {successor.serial})")
         if not record.not_before <= now < record.not_after:
-            raise SCEPFailure(FailInfo.BAD_TIME, "the signing certificate is not within its validity period", msg)
+            raise refuse("the signing certificate has expired or is not yet valid")
+        if binding is not None:
+            state, device_id, device_status = binding
+            if state != "active":
+                raise refuse(f"the signing certificate is retired from its binding to device {device_id}")
+            if device_status != "active":
+                raise refuse(f"the signing certificate is bound to device {device_id}, which is {device_status}")
+        if record.profile != profile.name:
+            try:
+                issuing = await self.profiles.get(record.profile or "")
+            except UnknownProfile:
+                issuing = None
+            if issuing is None or profile.name not in issuing.settings.renewal_to:
+                raise refuse(f"a certificate issued at profile {record.profile!r} is renewed only there")
         window = profile.settings.renewal_window_days
-        if window is not None and record.not_after - now > timedelta(days=window):
-            raise SCEPFailure(FailInfo.BAD_REQUEST,
-                              f"renewal is accepted only within {window} days of expiry", msg)
-        if csr.subject != signer.subject:
-            raise SCEPFailure(FailInfo.BAD_REQUEST,
-                              "the renewal request's subject differs from the signing certificate's", msg)
+        window_td = timedelta(days=window) if window is not None else (record.not_after - record.not_before) / 3
+        if record.not_after - now > window_td:
+            raise refuse(f"renewal is accepted only within {_days(window_td)} days of expiry "
+                         f"(from {(record.not_after - window_td).isoformat()})")
+        try:
+            subject, sans = profile.policy.subject_and_sans(csr)
+        except PolicyViolation as exc:
+            raise refuse(str(exc)) from None
+        if subject != signer.subject:
+            raise refuse("the renewal request's subject differs from the signing certificate's")
+        try:
+            signer_sans = set(signer.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+        except x509.ExtensionNotFound:
+            signer_sans = set()
+        if not set(sans) <= signer_sans:
+            raise refuse("the renewal request names subject alternative names the signing certificate does not have")
+        if profile.settings.renewal_sans == "equal" and set(sans) != signer_sans:
+            raise refuse("the renewal request's subject alternative names differ from the signing certificate's")
         return record
 
     # ------------------------------------------------------------------ transactions
@@ -644,9 +925,14 @@ class ScepService:
 
         Clients derive the transactionID from the public key (RFC 8894 §3.2.1.1), so a renewal that keeps its
         key repeats the original enrolment's transactionID: a request signed by one of our certificates is
-        therefore its own transaction, keyed by the signing certificate's serial as well.
+        therefore its own transaction, keyed by the signing certificate's serial as well. A key longer than the
+        column is stored hashed. A transactionID that no client sends (control characters such as NUL, more than
+        255 characters) is refused before anything is looked up or spent.
         """
         txid = msg.transaction_id
+        if len(txid) > MAX_TRANSACTION_ID or _CONTROL.search(txid):
+            raise SCEPFailure(FailInfo.BAD_REQUEST, f"invalid transactionID {_bounded(txid)!r}: at most "
+                              f"{MAX_TRANSACTION_ID} printable characters", msg)
         signer = msg.signer_cert
         if signer.issuer == ca.cert.subject and ca.issued_by_us(signer):
             txid = f"{txid}/renewal/{signer.serial_number:x}"
@@ -656,14 +942,14 @@ class ScepService:
         return await self._store.find(profile, txid)
 
     async def _insert_transaction(self, profile: str, key: str, msg: codec.PKIMessage, csr_der: bytes,
-                                  pub_sha: str, state: str, now: datetime):
+                                  pub_sha: str, state: str, now: datetime, *, renewal_of: str | None = None):
         """Insert a transaction row; on a concurrent duplicate return the existing row instead."""
         try:
             async with writer(self.engine).begin() as conn:
                 await conn.execute(scep_transactions.insert().values(
                     profile=profile, transaction_id=key, state=state,
                     message_type=int(msg.message_type), csr_der=csr_der, public_key_sha256=pub_sha,
-                    created_at=now, updated_at=now))
+                    renewal_of=renewal_of, created_at=now, updated_at=now))
         except IntegrityError:
             return await self._transaction(profile, key)
         return None
@@ -678,7 +964,7 @@ class ScepService:
 
     async def _state_outcome(self, profile: Profile, msg: codec.PKIMessage, m) -> _Outcome:
         state = m["state"]
-        if state == "pending":
+        if state in ("pending", "awaiting_ack"):  # awaiting_ack: delivered once the MDM acknowledged it
             return _Outcome(PKIStatus.PENDING)
         if state == "rejected":
             return _Outcome(PKIStatus.FAILURE, fail_info=FailInfo.BAD_REQUEST,
@@ -751,20 +1037,38 @@ class ScepService:
                                    data={"profile": profile_name, "reason": reason})
             return "rejected"
         csr = x509.load_der_x509_csr(m["csr_der"])
-        cert = await asyncio.to_thread(ca.issue, csr, profile.policy, serial=random_serial(), now=now)
+        renewal_of = None
+        if m.get("renewal_of"):
+            async with self.engine.connect() as conn:
+                renewal_of = await inventory.get(conn, m["renewal_of"])
+            if renewal_of is None:
+                raise LookupError(f"the certificate renewed by enrolment {transaction_id!r} no longer exists")
+        supersede = renewal_of is not None and profile.settings.supersede_on_renewal
+        cert = await self._run(ca.issue, csr, profile.policy, serial=random_serial(), now=now)
         der = cert.public_bytes(DER)
         serial = inventory.serial_hex(cert.serial_number)
+        cert_row = inventory.certificate_row(cert, der, ca.name, profile_name, transaction_id, m["public_key_sha256"],
+                                             now)
+        if renewal_of is not None:
+            cert_row.update(renewal_of=renewal_of.serial, unused_since=_unused_since(renewal_of, now))
         async with writer(self.engine).begin() as conn:
-            await conn.execute(certificates.insert().values(
-                inventory.certificate_row(cert, der, ca.name, profile_name, transaction_id, m["public_key_sha256"], now)))
+            if renewal_of is not None:
+                try:
+                    await _guard_signer(conn, renewal_of.serial, now, supersede=supersede)
+                except _SignerChanged as exc:
+                    raise LookupError(f"enrolment {transaction_id!r} cannot be approved: {exc}") from None
+            await conn.execute(certificates.insert().values(cert_row))
             res = await conn.execute(scep_transactions.update().where(
                 scep_transactions.c.profile == profile_name, scep_transactions.c.transaction_id == transaction_id,
                 scep_transactions.c.state == "pending",
             ).values(state="issued", serial=serial, decided_by=actor, updated_at=now))
             if res.rowcount != 1:  # rolls the certificate back too
                 raise LookupError(f"enrolment {transaction_id!r} was decided concurrently")
-            await record_event(conn, at=now, kind="pki.cert.issue", subject=serial, actor=actor,
-                               data={"transaction_id": transaction_id, "approved": True})
+            await record_event(conn, at=now, kind="pki.cert.renew" if renewal_of else "pki.cert.issue", subject=serial,
+                               actor=actor, data={"transaction_id": transaction_id, "approved": True,
+                                                  "renewal_of": renewal_of.serial if renewal_of else None})
+        if supersede:
+            self.on_status_change(ca.name)
         return serial
 
 

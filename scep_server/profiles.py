@@ -1,6 +1,7 @@
 """SCEP profiles: one endpoint each (/scep/{profile}), with a challenge kind and a certificate template."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -38,8 +39,17 @@ class ProfileSettings(BaseModel):
     template: CertificateTemplate = CertificateTemplate()
     # RenewalReq (or PKCSReq) signed by a valid certificate this CA issued, without a challenge
     allow_renewal: bool = True
-    # accept renewal only within this many days of the old certificate's expiry (None: any time it is valid)
+    # accept renewal only within this many days of the old certificate's expiry (None: the last third of its
+    # validity)
     renewal_window_days: int | None = Field(None, ge=1)
+    # profiles (besides this one) at which a certificate issued here may be renewed (planned migrations)
+    renewal_to: list[str] = []
+    # the renewed certificate's SANs: a subset of the signer's ("subset") or exactly the signer's ("equal")
+    renewal_sans: Literal["subset", "equal"] = "subset"
+    # delegated profiles ask the MDM (Intune validateRequest, the webhook) about renewals too
+    renewal_revalidate: bool = True
+    # with require_approval, renewals wait for an administrator's approval too
+    renewal_requires_approval: bool = True
     # revoke the replaced certificate (reason superseded) when its renewal is issued
     supersede_on_renewal: bool = True
     # enrolments wait for an administrator's approval (SCEP PENDING, then CertPoll)
@@ -61,6 +71,12 @@ class Profile:
     challenge_kind: str
     static_secret_sha256: str | None
     settings: ProfileSettings
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Changes whenever what decides an answer changes (name, challenge, settings): a cache key."""
+        return hashlib.sha256(json.dumps([self.name, self.ca, self.challenge_kind, self.static_secret_sha256,
+                                          self.settings.model_dump_json()]).encode()).hexdigest()
 
     @property
     def policy(self) -> IssuancePolicy:

@@ -105,7 +105,8 @@ async def open_runtime(settings: Settings, *, clock: Clock = utcnow) -> AsyncIte
         runtime = Runtime(settings=settings, engine=engine, clock=clock, cas=cas, profiles=profiles,
                           tokens=TokenStore(engine), revocation=revocation,
                           scep=ScepService(engine=engine, cas=cas, profiles=profiles, clock=clock,
-                                           on_status_change=revocation.notify_changed))
+                                           on_status_change=revocation.notify_changed,
+                                           threads=settings.server.scep_threads))
         started = []
         try:
             for feature in features.load():
@@ -115,5 +116,6 @@ async def open_runtime(settings: Settings, *, clock: Clock = utcnow) -> AsyncIte
         finally:
             for feature in reversed(started):
                 await feature.stop(runtime)
+            await runtime.scep.close()
     finally:
         await engine.dispose()

@@ -15,12 +15,13 @@ from typing import Iterable, Literal
 import re2
 from badkeys.rsakeys import fermat, roca
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..scep.message import csr_signature_valid
 from ..scep.types import Digest, FailInfo, SCEPFailure
 
 
@@ -54,8 +55,6 @@ _MAX_SAN_CHARS = {"dns": 253, "email": 254, "uri": 1024, "ip": 64}
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 _CSR_HASHES = {"sha224", "sha256", "sha384", "sha512", "sha3-224", "sha3-256", "sha3-384", "sha3-512"}
 _EC_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384"}
-_RSA_SHA1_OIDS = {"1.2.840.113549.1.1.5", "1.3.14.3.2.29"}  # sha1WithRSAEncryption, and its OIW alias
-_ECDSA_SHA1_OID = "1.2.840.10045.4.1"
 
 # The outer SignedData digests GetCACaps advertises (RFC 8894 §3.5.2); anything else is badAlg.
 MESSAGE_DIGESTS = (Digest.SHA1, Digest.SHA256, Digest.SHA512)
@@ -202,25 +201,6 @@ class IssuancePolicy:
             raise PolicyViolation(f"the CSR's signature algorithm ({name or 'no hash'}) is not accepted")
         return algorithm
 
-    @staticmethod
-    def _signature_valid(csr: x509.CertificateSigningRequest, algorithm: hashes.HashAlgorithm | None) -> bool:
-        """Proof of possession: the CSR's signature verifies under the key it carries."""
-        if not isinstance(algorithm, hashes.SHA1):
-            return csr.is_signature_valid
-        # cryptography's CSR check no longer verifies SHA-1; a profile that allows it verifies it here
-        pub, data = csr.public_key(), csr.tbs_certrequest_bytes
-        oid = csr.signature_algorithm_oid.dotted_string
-        try:
-            if isinstance(pub, rsa.RSAPublicKey) and oid in _RSA_SHA1_OIDS:
-                pub.verify(csr.signature, data, padding.PKCS1v15(), hashes.SHA1())
-            elif isinstance(pub, ec.EllipticCurvePublicKey) and oid == _ECDSA_SHA1_OID:
-                pub.verify(csr.signature, data, ec.ECDSA(hashes.SHA1()))
-            else:
-                return False
-        except InvalidSignature:
-            return False
-        return True
-
     def check_key(self, csr: x509.CertificateSigningRequest) -> None:
         """Key type, size, exponent and curve (cheap: no arithmetic on the modulus)."""
         t = self.template
@@ -345,16 +325,19 @@ class IssuancePolicy:
             raise PolicyViolation("the CSR has neither a subject nor subject alternative names")
         return subject, sans
 
-    def check(self, csr: x509.CertificateSigningRequest, *, reserved_names: Iterable[x509.Name] = ()) -> None:
+    def check(self, csr: x509.CertificateSigningRequest, *, reserved_names: Iterable[x509.Name] = (),
+              proof_checked: bool = False) -> None:
         """All CSR checks, cheapest first: key, signature algorithm, subject and SANs, proof of possession, weak key.
 
-        CPU-bound (a signature verification and the weak-key arithmetic): call it from a worker thread.
+        ``proof_checked``: the CSR's signature was verified already (the SCEP decryption stage does it, see
+        scep.message.open_request). CPU-bound (the weak-key arithmetic, a signature verification unless
+        ``proof_checked``): call it from a worker thread.
         """
         try:
             self.check_key(csr)
-            algorithm = self.check_signature_algorithm(csr)
+            self.check_signature_algorithm(csr)
             self.subject_and_sans(csr, reserved_names=reserved_names)
-            valid = self._signature_valid(csr, algorithm)
+            valid = proof_checked or csr_signature_valid(csr)
         except (ValueError, UnsupportedAlgorithm) as exc:
             raise PolicyViolation(f"the CSR cannot be checked: {exc}") from None
         if not valid:

@@ -92,14 +92,18 @@ class RevocationService:
 
     async def revoke_unused(self, *, unused_days: int = 90, limit: int = 10_000) -> list[str]:
         """The day-91 rule: revoke valid certificates never used in a successful attestation within
-        `unused_days` of issue. Each certificate is revoked exactly once (the update re-checks the state)."""
+        `unused_days` of issue. Each certificate is revoked exactly once (the update re-checks the state).
+
+        The clock starts at issue, or for a renewal of a never-used certificate at its predecessor's start
+        (``unused_since``): renewing does not reset it."""
         now = self.clock()
         cutoff = now - timedelta(days=unused_days)
+        clock_start = sa.func.coalesce(certificates.c.unused_since, certificates.c.issued_at)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(
                 sa.select(certificates.c.serial, certificates.c.ca).where(
                     certificates.c.status.in_(("valid", "hold")), certificates.c.first_used_at.is_(None),
-                    certificates.c.issued_at <= cutoff).limit(limit))).all()
+                    clock_start <= cutoff).limit(limit))).all()
         revoked: list[str] = []
         touched: set[str] = set()
         for serial, ca in rows:

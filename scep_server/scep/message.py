@@ -11,7 +11,8 @@ from urllib.parse import unquote
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from . import algorithms, cms, der, oids
 from .cms import Signer, build_degenerate, parse_degenerate
@@ -140,6 +141,9 @@ def _verify(data: bytes, sd: cms.SignedData, si: cms.SignerInfo, signer_cert: x5
         raise fail(FailInfo.BAD_MESSAGE_CHECK, "the signer public key does not parse") from None
     if not isinstance(public_key, rsa.RSAPublicKey):
         raise fail(FailInfo.BAD_ALG, "the signer key is not RSA (RFC 8894 §2.9)")
+    if not rsa_key_bounded(public_key):
+        raise fail(FailInfo.BAD_ALG, f"the signer key is beyond {MAX_RSA_BITS} bits or its exponent beyond "
+                                     f"{MAX_RSA_EXPONENT_BITS} bits")
     f["_signer_key"] = public_key
     if si.signed_attrs is None:
         raise fail(FailInfo.BAD_REQUEST, "the SignerInfo has no signed attributes (RFC 8894 §3.2.1)")
@@ -299,6 +303,44 @@ def _decrypt(env: cms.EnvelopedData, chosen: cms.Recipient, decrypt_cek: Decrypt
         return plain, False
 
 
+_RSA_SHA1_OIDS = {"1.2.840.113549.1.1.5", "1.3.14.3.2.29"}  # sha1WithRSAEncryption, and its OIW alias
+_ECDSA_SHA1_OID = "1.2.840.10045.4.1"
+# Verification costs grow with the public exponent and the modulus: a request's key beyond these is refused
+# before any arithmetic (real keys use 65537, or 3, and at most 8192 bits).
+MAX_RSA_EXPONENT_BITS = 256
+MAX_RSA_BITS = 16384
+
+
+def rsa_key_bounded(public_key) -> bool:
+    """False for an RSA key whose verification would cost more than any real key's."""
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        return True
+    return (public_key.key_size <= MAX_RSA_BITS
+            and public_key.public_numbers().e.bit_length() <= MAX_RSA_EXPONENT_BITS)
+
+
+def csr_signature_valid(csr: x509.CertificateSigningRequest) -> bool:
+    """Proof of possession: the CSR's signature verifies under the key it carries (SHA-1 included: whether a
+    SHA-1 CSR is acceptable is the profile's decision, see ca.policy). False for a key beyond the bounds."""
+    public_key = csr.public_key()
+    if not rsa_key_bounded(public_key):
+        return False
+    oid = csr.signature_algorithm_oid.dotted_string
+    if oid not in _RSA_SHA1_OIDS and oid != _ECDSA_SHA1_OID:
+        return csr.is_signature_valid
+    # cryptography's CSR check no longer verifies SHA-1
+    try:
+        if isinstance(public_key, rsa.RSAPublicKey) and oid in _RSA_SHA1_OIDS:
+            public_key.verify(csr.signature, csr.tbs_certrequest_bytes, padding.PKCS1v15(), hashes.SHA1())
+        elif isinstance(public_key, ec.EllipticCurvePublicKey) and oid == _ECDSA_SHA1_OID:
+            public_key.verify(csr.signature, csr.tbs_certrequest_bytes, ec.ECDSA(hashes.SHA1()))
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True
+
+
 # A self-signed RSA-2048 CSR (CN=placeholder) whose signature is checked when the content did not parse, so
 # that a request whose content does not parse costs the same proof-of-possession check as one that does.
 _PLACEHOLDER_CSR = x509.load_der_x509_csr(base64.b64decode(
@@ -326,7 +368,7 @@ def _parse_content(message_type: MessageType | int, plain: bytes, cipher: Conten
         except Exception:  # noqa: BLE001 - ValueError, UnsupportedAlgorithm: one answer
             csr = None
         try:
-            signed = (csr or _PLACEHOLDER_CSR).is_signature_valid
+            signed = csr_signature_valid(csr or _PLACEHOLDER_CSR)
         except Exception:  # noqa: BLE001 - an unsupported signature algorithm is no proof of possession
             signed = False
         if csr is not None and signed:

@@ -74,7 +74,7 @@ scep_transactions = sa.Table(
     metadata,
     sa.Column("profile", sa.String(64), primary_key=True),
     sa.Column("transaction_id", sa.String(255), primary_key=True),
-    # issued | pending | rejected
+    # issued | pending | rejected | awaiting_ack (delegated: issued, delivered once the MDM acknowledged it)
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("message_type", sa.Integer, nullable=False),
     sa.Column("csr_der", sa.LargeBinary, nullable=False),
@@ -84,6 +84,8 @@ scep_transactions = sa.Table(
     sa.Column("decided_by", sa.String(255)),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("updated_at", TS, nullable=False),
+    # a renewal: the serial of the signing certificate it renews (read when a pending renewal is approved)
+    sa.Column("renewal_of", sa.String(42)),
     sa.Index("ix_scep_transactions_state", "state"),
 )
 

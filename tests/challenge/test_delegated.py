@@ -148,16 +148,16 @@ async def test_intune_failing_success_notification_withdraws(server, secret_file
         assert "failureNotification" not in fake.actions()
 
 
-async def test_intune_failure_notification_after_policy_failure(server, secret_file):
+async def test_intune_is_not_asked_about_a_csr_that_fails_policy(server, secret_file):
+    # the profile's own checks run first: a CSR it refuses never reaches Intune (no validation, no notification)
     async with FakeIntune() as fake, aiohttp.ClientSession() as s:
         await add_profile(server, "intune", "delegated", intune_settings(fake, secret_file),
                           template={"san_types": ["dns"]})
         rep = await enrol(s, server, "intune", rsa_key(), "c", sans=[x509.RFC822Name("user@example.com")])
-        assert rep.status is PKIStatus.FAILURE
-        assert fake.actions() == ["validateRequest", "failureNotification"]
-        note = fake.calls[1][1]["notification"]
-        assert note["transactionId"] == rep.transaction_id and note["hResult"] == 0x80004005
-        assert "not allowed" in note["errorDescription"] and len(note["errorDescription"]) <= 255
+        assert rep.status is PKIStatus.FAILURE and rep.fail_info is FailInfo.BAD_REQUEST
+        assert "not allowed" in rep.fail_text
+        assert fake.actions() == []
+        assert await issued_count(server, "intune") == 0
 
 
 async def test_intune_token_expiry_and_refresh(server, secret_file):

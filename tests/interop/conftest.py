@@ -53,3 +53,11 @@ def pkcs_req(key, ra_der: bytes, *, challenge: str | None, cn: str = "device", s
 
 def pem_cert(der: bytes) -> bytes:
     return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+
+
+async def renew_any_time(server, profile: str = "default") -> None:
+    """Renewal normally opens in the last third of a certificate's life; these tests renew right after issue."""
+    rt = server.runtime
+    current = await rt.profiles.get(profile)
+    await rt.profiles.update(profile, now=rt.clock(), settings=current.settings.model_copy(
+        update={"renewal_window_days": current.settings.template.validity_days + 1}))

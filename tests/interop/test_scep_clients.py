@@ -19,7 +19,7 @@ from scep_server.store.tables import certificates
 from tests.helpers import require_tool
 from tests.server import run
 
-from .conftest import device_key, load_key, pem_cert, pkcs_req, ra_and_ca
+from .conftest import device_key, load_key, pem_cert, pkcs_req, ra_and_ca, renew_any_time
 
 SCEP_SUBMIT = "/usr/lib/certmonger/scep-submit"
 
@@ -57,6 +57,7 @@ async def test_scepclient_enrols_renews_and_is_refused_a_wrong_challenge(server,
     assert rows[first]["transaction_id"]
 
     # 2. RenewalReq signed by the issued certificate (scepclient sends messageType 17), no challenge
+    await renew_any_time(server)
     (work / "csr.pem").unlink()
     shutil.move(work / "client.pem", work / "issued.pem")
     rc, out, err = await run(scepclient, "-server-url", url, "-private-key", "k.pem", "-certificate", "issued.pem",

@@ -16,7 +16,7 @@ from scep_server.ca import inventory
 from scep_server.scep import ContentCipher, Digest, FailInfo, MessageType, PKIStatus, client
 from tests.factories import rsa_key
 
-from .conftest import pkcs_req, ra_and_ca
+from .conftest import pkcs_req, ra_and_ca, renew_any_time
 
 KEY = rsa_key()
 KEY2 = rsa_key()
@@ -126,6 +126,7 @@ async def test_get_cert_and_renewal_rules(scep):
     assert missing.fail_info == FailInfo.BAD_CERT_ID
 
     # RenewalReq signed by the issued certificate, new key, no challenge
+    await renew_any_time(scep.server)
     new_key = rsa_key()
     renewal = client.build_request(MessageType.RENEWAL_REQ, content=client.make_csr(new_key, "laptop"),
                                    signer_cert_der=rep.certs[0], signer_key=key, recipient_cert_der=scep.ra_der,

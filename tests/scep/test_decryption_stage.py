@@ -346,7 +346,8 @@ def hashes_hex(der_bytes: bytes) -> str:
 
 
 async def test_a_profile_can_require_the_signer_to_hold_the_csr_key(engine, ca, device_key, attacker):
-    scep = await _service(engine, ca, require_signer_csr_key=True)
+    # renewal_window_days: this test renews right after issue (renewal opens in the last third by default)
+    scep = await _service(engine, ca, require_signer_csr_key=True, renewal_window_days=3650)
     csr = client.make_csr(device_key, "device-1", SECRET)
     captured = _request(ca, device_key, MessageType.PKCS_REQ, csr, transaction_id="original")
     first = await scep.send(captured, device_key)
