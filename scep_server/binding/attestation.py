@@ -57,7 +57,7 @@ from ..store.events import record_event
 from ..store.tables import certificates
 from .devices import DeviceStatus, retire
 from .external import ExternalCas
-from .nonces import NonceKey, NonceState, nonce_hash, purge_spent
+from .nonces import NonceKey, NonceState, decode as decode_nonce, nonce_hash, purge_spent
 from .tables import attestation_spent_nonces, device_certs, devices
 
 log = structlog.get_logger("attestation")
@@ -352,7 +352,7 @@ class AttestationService:
                          certificate=info.summary) if state == NonceState.EXPIRED else
                     fail(Verdict.NONCE_UNKNOWN, "this nonce was not issued (for this device)", device_id=device_id,
                          certificate=info.summary))
-        job = _Job(info, device_id, nonce_hash(nonce), expires)
+        job = _Job(info, device_id, nonce_hash(decode_nonce(nonce)), expires)
         issuer = await self._issuer(info)
         if isinstance(issuer, Result):
             # the nonce is still spent: a signed, fresh request was answered
