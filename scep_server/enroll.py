@@ -7,6 +7,7 @@ becomes a signed CertRep FAILURE with its failInfo and a failInfoText.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -61,13 +62,16 @@ class EnrollmentRequest:
     csr_der: bytes
     challenge: str | None
     renewal_of: CertRecord | None
+    # the device a trusted source named for this enrolment (challenge expectations, Intune, pre-registration)
+    device_id: str | None = None
 
 
 class ChallengeVerifier(Protocol):
     """One per challenge kind (static, dynamic, delegated)."""
 
-    async def verify(self, req: EnrollmentRequest) -> None:
-        """Raise ChallengeRejected when the enrolment is not authorised."""
+    async def verify(self, req: EnrollmentRequest) -> str | None:
+        """Raise ChallengeRejected when the enrolment is not authorised; may return the device id the
+        authorising source names for this enrolment (written as the certificate's enrolled_device_id)."""
 
     async def after_issue(self, req: EnrollmentRequest, cert: x509.Certificate) -> None:
         """Called after issuance, before the CertRep goes out; raising withdraws the certificate."""
@@ -329,6 +333,8 @@ class ScepService:
         self.on_status_change = on_status_change or (lambda ca: None)
         self._cacert_cache: dict[str, bytes] = {}
         self._store = _enrolment_store(engine)
+        # (profile, transactionID) -> the device id an administrator pre-registered for it (binding feature)
+        self.device_identity: Callable[[str, str], Awaitable[str | None]] | None = None
 
     # ------------------------------------------------------------------ GetCACaps / GetCACert
 
@@ -446,14 +452,18 @@ class ScepService:
         req = EnrollmentRequest(profile=profile, message=msg, csr=csr, csr_der=csr_der,
                                 challenge=challenge_password(csr), renewal_of=renewal_of)
         verifier = self.verifiers.get(profile.challenge_kind)
+        device_id = renewal_of.enrolled_device_id if renewal_of is not None else None
         if renewal_of is None:
             if verifier is None:
                 raise SCEPFailure(FailInfo.BAD_REQUEST,
                                   f"challenge kind {profile.challenge_kind!r} is not available on this server", msg)
             try:
-                await verifier.verify(req)
+                device_id = await verifier.verify(req)
             except ChallengeRejected as exc:
                 raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
+            if device_id is None and self.device_identity is not None:
+                device_id = await self.device_identity(profile.name, msg.transaction_id)
+        req = dataclasses.replace(req, device_id=device_id)
         try:
             profile.policy.check(csr)
         except PolicyViolation as exc:
@@ -517,6 +527,7 @@ class ScepService:
         cert = ca.issue(req.csr, profile.policy, serial=random_serial(), now=now)
         der = cert.public_bytes(DER)
         cert_row = inventory.certificate_row(cert, der, ca.name, profile.name, msg.transaction_id, pub_sha, now)
+        cert_row.update(renewal_of=req.renewal_of.serial if req.renewal_of else None, enrolled_device_id=req.device_id)
         serial = cert_row["serial"]
         tx_row = dict(profile=profile.name, transaction_id=key, state="issued", message_type=int(msg.message_type),
                       csr_der=req.csr_der, public_key_sha256=pub_sha, serial=serial, created_at=now, updated_at=now)
@@ -707,9 +718,11 @@ class ScepService:
         cert = await asyncio.to_thread(ca.issue, csr, profile.policy, serial=random_serial(), now=now)
         der = cert.public_bytes(DER)
         serial = inventory.serial_hex(cert.serial_number)
+        device_id = await self.device_identity(profile_name, transaction_id) if self.device_identity else None
         async with writer(self.engine).begin() as conn:
-            await conn.execute(certificates.insert().values(
-                inventory.certificate_row(cert, der, ca.name, profile_name, transaction_id, m["public_key_sha256"], now)))
+            await conn.execute(certificates.insert().values({
+                **inventory.certificate_row(cert, der, ca.name, profile_name, transaction_id, m["public_key_sha256"],
+                                            now), "enrolled_device_id": device_id}))
             res = await conn.execute(scep_transactions.update().where(
                 scep_transactions.c.profile == profile_name, scep_transactions.c.transaction_id == transaction_id,
                 scep_transactions.c.state == "pending",

@@ -46,6 +46,9 @@ class ProfileSettings(BaseModel):
     require_approval: bool = False
     # legacy single-DES requests are decrypted (micromdm scepclient sends them); replies never use DES
     allow_single_des: bool = True
+    # certificates of this profile may attest device management (bind to a device); off for the `default`
+    # static profile created on first start
+    device_trust: bool = True
     # settings of the dynamic or delegated challenge (owned by scep_server.challenge)
     challenge: dict[str, Any] = {}
 

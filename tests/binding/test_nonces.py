@@ -17,7 +17,7 @@ from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
 from scep_server.store.db import create_engine
 from tests.factories import NOW, csr, make_ca, record_issued, register_ca, rsa_key
 
-from .conftest import sign
+from .conftest import attesting_profile, sign
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,7 @@ async def verify(att, device_id, key, der, nonce):
 @pytest.fixture
 async def env(engine, ca):
     await register_ca(engine, ca)
+    await attesting_profile(engine, ca.name)
     clock = Clock()
     store = DeviceStore(engine, clock=clock)
     return store, clock

@@ -20,7 +20,7 @@ from scep_server.store.db import writer
 from scep_server.store.tables import events
 from tests.factories import NOW, csr, make_ca, record_issued, register_ca, rsa_key
 
-from .conftest import sign
+from .conftest import attesting_profile, sign
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,7 @@ class Clock:
 @pytest.fixture
 async def env(engine, ca):
     await register_ca(engine, ca)
+    await attesting_profile(engine, ca.name)
     clock = Clock()
     notified: list[str] = []
     store = DeviceStore(engine, clock=clock, notify_changed=notified.append)
