@@ -461,7 +461,7 @@ class ScepService:
                 device_id = await verifier.verify(req)
             except ChallengeRejected as exc:
                 raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
-            if device_id is None and self.device_identity is not None:
+            if device_id is None and self.device_identity is not None and profile.settings.device_trust:
                 device_id = await self.device_identity(profile.name, msg.transaction_id)
         req = dataclasses.replace(req, device_id=device_id)
         try:
@@ -718,7 +718,8 @@ class ScepService:
         cert = await asyncio.to_thread(ca.issue, csr, profile.policy, serial=random_serial(), now=now)
         der = cert.public_bytes(DER)
         serial = inventory.serial_hex(cert.serial_number)
-        device_id = await self.device_identity(profile_name, transaction_id) if self.device_identity else None
+        device_id = (await self.device_identity(profile_name, transaction_id)
+                     if self.device_identity and profile.settings.device_trust else None)
         async with writer(self.engine).begin() as conn:
             await conn.execute(certificates.insert().values({
                 **inventory.certificate_row(cert, der, ca.name, profile_name, transaction_id, m["public_key_sha256"],

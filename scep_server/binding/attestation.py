@@ -262,23 +262,27 @@ class _CurrentChanged(IntegrityError):
 
 class ProfileTrust:
     """Which profiles' certificates may attest (`ProfileSettings.device_trust`), read from the database and
-    kept for `ttl` seconds; a profile not seen yet is looked up again at most once a second."""
+    kept for `ttl` seconds; a profile not known yet is read again at once (concurrent askers share one read)."""
 
     def __init__(self, engine: AsyncEngine, *, ttl: float = 5.0):
         self.engine = engine
         self.ttl = ttl
         self._trusted: dict[str, bool] = {}
-        self._loaded = float("-inf")
+        self._loaded = float("-inf")  # when the read that gave `_trusted` started
+        self._lock = asyncio.Lock()
 
     async def trusted(self, profile: str | None) -> bool:
         if profile is None:
             return False
-        age = time.monotonic() - self._loaded
-        if age >= self.ttl or (profile not in self._trusted and age >= 1.0):
-            await self.reload()
+        asked = time.monotonic()
+        if asked - self._loaded >= self.ttl or profile not in self._trusted:
+            async with self._lock:
+                if self._loaded < asked:  # no read started since this question was asked
+                    await self.reload()
         return self._trusted.get(profile, False)
 
     async def reload(self) -> None:
+        started = time.monotonic()
         async with self.engine.connect() as conn:
             rows = (await conn.execute(sa.select(profiles.c.name, profiles.c.settings))).all()
         trusted = {}
@@ -287,7 +291,7 @@ class ProfileTrust:
                 trusted[name] = ProfileSettings.model_validate_json(text or "{}").device_trust
             except ValueError:  # unreadable settings: the profile's enrolments refuse it too
                 trusted[name] = False
-        self._trusted, self._loaded = trusted, time.monotonic()
+        self._trusted, self._loaded = trusted, started
 
 
 class AttestationService:

@@ -156,3 +156,30 @@ def test_intune_device_id_from_the_validated_request():
     assert intune_device_id(csr(key, sans=[uri("IntuneDeviceId://a"), uri("IntuneDeviceId://b")])) is None
     assert intune_device_id(csr(key, sans=[uri("IntuneDeviceId://")])) is None
     assert intune_device_id(csr(key, sans=[uri("IntuneDeviceId://" + "a" * 65)])) is None
+
+
+async def test_intune_enrolment_names_the_device(srv, api, tmp_path):
+    """A request Intune validated carries the device id in its IntuneDeviceId URI SAN: the certificate may
+    replace the device's current certificate; one for another Intune device may not."""
+    from tests.challenge.peers import CLIENT_SECRET, FakeIntune
+    from tests.challenge.test_delegated import intune_settings
+
+    secret = tmp_path / "intune-secret"
+    secret.write_text(CLIENT_SECRET + "\n")
+    await api.add_device("win-1")
+    first_key = rsa_key()
+    first = await scep_enrol(api.session, srv, "default", first_key, srv.challenge(), cn="win-1")
+    assert (await api.attest("win-1", pem(first.certs[0]), first_key))["managed"]
+    async with FakeIntune() as fake:
+        await add_profile(srv, "intune", "delegated", intune_settings(fake, secret))
+        uri = x509.UniformResourceIdentifier
+        key, other_key = rsa_key(), rsa_key()
+        rep = await scep_enrol(api.session, srv, "intune", key, "intune-challenge", cn="win-1",
+                               sans=[uri("IntuneDeviceId://win-1")])
+        other = await scep_enrol(api.session, srv, "intune", other_key, "intune-challenge-2", cn="win-2",
+                                 sans=[uri("IntuneDeviceId://win-2")])
+        assert rep.status is PKIStatus.SUCCESS and other.status is PKIStatus.SUCCESS, (rep.fail_text, other.fail_text)
+    assert (await record(srv, rep.certs[0])).enrolled_device_id == "win-1"
+    res = await api.attest("win-1", pem(other.certs[0]), other_key)
+    assert (res["managed"], res["reason"]) == (False, "certificate_of_other_device")
+    assert (await api.attest("win-1", pem(rep.certs[0]), key))["managed"]
