@@ -72,9 +72,12 @@ async def prepare(settings, count: int, device: str) -> tuple[str, bytes, bytes,
         now = rt.clock()
         cert = ca.issue(csr, IssuancePolicy(CertificateTemplate()), serial=x509.random_serial_number(), now=now)
         der = cert.public_bytes(serialization.Encoding.DER)
+        # a profile whose certificates attest (device_trust; the `default` static profile's do not)
+        await rt.profiles.create("devices", ca=ca.name, challenge_kind="static", static_secret=os.urandom(24).hex(),
+                                 now=now)
         async with writer(rt.engine).begin() as conn:
             await conn.execute(certificates.insert().values(inventory.certificate_row(
-                cert, der, ca.name, "default", None, inventory.public_key_sha256(key.public_key()), now)))
+                cert, der, ca.name, "devices", None, inventory.public_key_sha256(key.public_key()), now)))
         _, signin = await rt.tokens.create(scope="signin", name="bench", now=now)
         _, admin = await rt.tokens.create(scope="admin", name="bench", now=now)
         await rt.extras["binding"].devices.create(device, actor="bench")

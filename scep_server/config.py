@@ -98,6 +98,8 @@ class BindingSettings(BaseModel):
     external_ca_reload_seconds: float = Field(10.0, gt=0)
     # parsed client certificates kept in memory per process (by SHA-256 of the DER)
     certificate_cache_size: int = Field(10_000, ge=0)
+    # and at most this many bytes of them (only certificates whose issuer was established are kept)
+    certificate_cache_bytes: int = Field(32 << 20, ge=0)
 
 
 class CrlSection(CrlSettings):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import dataclasses
 import hashlib
 import json
 import os
@@ -67,13 +68,16 @@ class EnrollmentRequest:
     csr_der: bytes
     challenge: str | None
     renewal_of: CertRecord | None
+    # the device a trusted source named for this enrolment (challenge expectations, Intune, pre-registration)
+    device_id: str | None = None
 
 
 class ChallengeVerifier(Protocol):
     """One per challenge kind (static, dynamic, delegated)."""
 
-    async def verify(self, req: EnrollmentRequest) -> None:
-        """Raise ChallengeRejected when the enrolment is not authorised."""
+    async def verify(self, req: EnrollmentRequest) -> str | None:
+        """Raise ChallengeRejected when the enrolment is not authorised; may return the device id the
+        authorising source names for this enrolment (written as the certificate's enrolled_device_id)."""
 
     async def after_issue(self, req: EnrollmentRequest, cert: x509.Certificate) -> None:
         """Called after issuance, before the CertRep goes out; raising withdraws the certificate."""
@@ -413,6 +417,8 @@ class ScepService:
         """Stop the executor once the requests in it have finished (queued work that never started is dropped)."""
         await asyncio.get_running_loop().run_in_executor(
             None, functools.partial(self._executor.shutdown, wait=True, cancel_futures=True))
+        # (profile, transactionID) -> the device id an administrator pre-registered for it (binding feature)
+        self.device_identity: Callable[[str, str], Awaitable[str | None]] | None = None
 
     # ------------------------------------------------------------------ GetCACaps / GetCACert
 
@@ -576,6 +582,7 @@ class ScepService:
         req = EnrollmentRequest(profile=profile, message=msg, csr=csr, csr_der=csr_der,
                                 challenge=challenge_password(csr), renewal_of=renewal_of)
         verifier = self.verifiers.get(profile.challenge_kind)
+        device_id = renewal_of.enrolled_device_id if renewal_of is not None else None
         validate = renewal_of is None or (profile.challenge_kind == "delegated"
                                           and profile.settings.renewal_revalidate)
         if validate:
@@ -583,9 +590,12 @@ class ScepService:
                 raise SCEPFailure(FailInfo.BAD_REQUEST,
                                   f"challenge kind {profile.challenge_kind!r} is not available on this server", msg)
             try:
-                await verifier.verify(req)
+                device_id = device_id or await verifier.verify(req)  # a renewal keeps its signer's device
             except ChallengeRejected as exc:
                 raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
+            if device_id is None and self.device_identity is not None and profile.settings.device_trust:
+                device_id = await self.device_identity(profile.name, msg.transaction_id)
+        req = dataclasses.replace(req, device_id=device_id)
 
         now = self.clock()
         if renewal_of is None and self._foreign_signer(ca, msg, content):
@@ -722,8 +732,9 @@ class ScepService:
         cert = ca.issue(req.csr, profile.policy, serial=random_serial(), now=now)
         der = cert.public_bytes(DER)
         cert_row = inventory.certificate_row(cert, der, ca.name, profile.name, msg.transaction_id, pub_sha, now)
-        cert_row["renewal_of"] = req.renewal_of.serial if req.renewal_of else None
-        cert_row["unused_since"] = _unused_since(req.renewal_of, now) if req.renewal_of else None
+        cert_row.update(renewal_of=req.renewal_of.serial if req.renewal_of else None,
+                        unused_since=_unused_since(req.renewal_of, now) if req.renewal_of else None,
+                        enrolled_device_id=req.device_id)
         serial = cert_row["serial"]
         tx_row = dict(profile=profile.name, transaction_id=key, state=state, message_type=int(msg.message_type),
                       csr_der=req.csr_der, public_key_sha256=pub_sha, serial=serial, created_at=now, updated_at=now)
@@ -1047,8 +1058,14 @@ class ScepService:
         cert = await self._run(ca.issue, csr, profile.policy, serial=random_serial(), now=now)
         der = cert.public_bytes(DER)
         serial = inventory.serial_hex(cert.serial_number)
+        if renewal_of is not None:
+            device_id = renewal_of.enrolled_device_id
+        else:
+            device_id = (await self.device_identity(profile_name, transaction_id)
+                         if self.device_identity and profile.settings.device_trust else None)
         cert_row = inventory.certificate_row(cert, der, ca.name, profile_name, transaction_id, m["public_key_sha256"],
                                              now)
+        cert_row["enrolled_device_id"] = device_id
         if renewal_of is not None:
             cert_row.update(renewal_of=renewal_of.serial, unused_since=_unused_since(renewal_of, now))
         async with writer(self.engine).begin() as conn:

@@ -60,6 +60,9 @@ class ProfileSettings(BaseModel):
     # a self-signed request must be signed with the CSR's own key (RFC 8894 §2.3 SHOULD); renewals signed by
     # one of our certificates are not affected. Off by default: some clients sign with a separate key.
     require_signer_csr_key: bool = False
+    # certificates of this profile may attest device management (bind to a device); off for the `default`
+    # static profile created on first start
+    device_trust: bool = True
     # settings of the dynamic or delegated challenge (owned by scep_server.challenge)
     challenge: dict[str, Any] = {}
 

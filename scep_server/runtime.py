@@ -16,7 +16,7 @@ from .ca.keys import load_or_create_passphrase, write_private_file
 from .clock import Clock, utcnow
 from .config import Settings
 from .enroll import ScepService
-from .profiles import ProfileStore, new_static_secret
+from .profiles import ProfileSettings, ProfileStore, new_static_secret
 from .store.db import create_engine, writer
 from .store.migrate import upgrade
 from .tokens import TokenStore
@@ -73,7 +73,8 @@ async def initialise(settings: Settings, *, clock: Clock = utcnow) -> list[str]:
         store = ProfileStore(engine)
         if not await store.list():
             secret = new_static_secret()
-            await store.create("default", ca=ca.name, challenge_kind="static", static_secret=secret, now=now)
+            await store.create("default", ca=ca.name, challenge_kind="static", static_secret=secret, now=now,
+                               settings=ProfileSettings(device_trust=False))
             path = settings.data_dir / "default-challenge.txt"
             write_private_file(path, secret.encode() + b"\n")
             report.append(f"created static SCEP profile 'default': {settings.server.public_base_url()}/scep/default")

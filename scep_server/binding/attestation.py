@@ -10,8 +10,19 @@ any salt length) and ``ecdsa-sha256|384|512`` (DER-encoded signature).
 
 Order of the checks (the first failing one gives the reason): request shape, certificate readable,
 signature, nonce (unknown / expired / reused), device known, issuer trusted, certificate known,
+certificate eligible (issued by a profile marked ``device_trust``, or by a registered external CA),
 binding (retired, or bound to another device), device state, validity period, certificate status
-(our inventory, or the external CA's CRL), then the binding compare-and-set.
+(our inventory, or the external CA's CRL), then, for a certificate not bound yet, the evidence that it
+belongs to this device, and the binding compare-and-set.
+
+Binding an unbound certificate to a device (the first successful attestation) needs evidence when the
+device already has a current certificate: the new certificate renews it (the renewal lineage recorded
+at issuance, `certificates.renewal_of`, followed back a few generations), or it carries this device's
+id named at enrolment by a trusted source (`certificates.enrolled_device_id`: a one-time challenge's
+expectations, Intune, or an administrator's pre-registration). After `device remove-cert` the device
+has no current certificate and the next eligible one binds. A certificate enrolled for another device,
+or renewing a certificate bound to another device, never binds here. A refusal leaves the bound
+certificate untouched and records a security event.
 
 Nonces are stateless (`nonces.py`: an HMAC over device id, expiry and 128 random bits, under a key
 every process reads from the database), so issuing one writes nothing and an unknown, other-device or
@@ -31,6 +42,7 @@ import binascii
 import functools
 import hashlib
 import secrets
+import time
 from collections import OrderedDict, namedtuple
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -54,10 +66,11 @@ from ..clock import Clock, utcnow
 from ..store.batching import GroupCommit, on_sqlite_thread
 from ..store.db import writer
 from ..store.events import record_event
-from ..store.tables import certificates
+from ..profiles import ProfileSettings
+from ..store.tables import certificates, profiles
 from .devices import DeviceStatus, retire
 from .external import ExternalCas
-from .nonces import NonceKey, NonceState, nonce_hash, purge_spent
+from .nonces import NonceKey, NonceState, decode as decode_nonce, nonce_hash, purge_spent
 from .tables import attestation_spent_nonces, device_certs, devices
 
 log = structlog.get_logger("attestation")
@@ -87,6 +100,9 @@ class Verdict(str, Enum):
     CERTIFICATE_NO_CDP = "certificate_no_cdp"
     CERTIFICATE_RETIRED = "certificate_retired"
     BOUND_TO_OTHER_DEVICE = "bound_to_other_device"
+    CERTIFICATE_NOT_ELIGIBLE = "certificate_not_eligible"
+    DEVICE_BOUND_TO_OTHER_CERTIFICATE = "device_bound_to_other_certificate"
+    CERTIFICATE_OF_OTHER_DEVICE = "certificate_of_other_device"
     DEVICE_SUSPENDED = "device_suspended"
     DEVICE_DEACTIVATED = "device_deactivated"
     DEVICE_DELETED = "device_deleted"
@@ -129,7 +145,8 @@ def fail(reason: Verdict, detail: str, **kw) -> Result:
 class _Cert:
     """A parsed client certificate and what can be known about it once (cached per process)."""
 
-    __slots__ = ("der", "fp", "cert", "key", "serial", "not_before", "not_after", "kind", "ca", "cdp", "summary")
+    __slots__ = ("der", "fp", "cert", "key", "serial", "not_before", "not_after", "kind", "ca", "cdp", "summary",
+                 "cost")
 
     def __init__(self, der: bytes, fp: str, cert: x509.Certificate):
         self.der = der
@@ -144,6 +161,8 @@ class _Cert:
         self.cdp: list[str] = []
         self.summary = {"serial": self.serial, "fingerprint_sha256": fp, "subject": cert.subject.rfc4514_string(),
                         "issuer": cert.issuer.rfc4514_string(), "not_after": self.not_after.isoformat()}
+        # bytes held for it in the cache: the DER (here and inside the parsed object), its texts, a margin
+        self.cost = 2 * len(der) + sum(len(v) for v in self.summary.values()) + 1024
 
 
 def decode_certificate(text: str) -> bytes:
@@ -165,10 +184,14 @@ def b64decode(text: str) -> bytes:
         raise ValueError("not base64") from None
 
 
+_current = device_certs.alias("cur")  # the device's current certificate
 _LOOKUP_COLUMNS = (devices.c.status.label("device_status"), device_certs.c.device_id.label("bound_device"),
                    device_certs.c.state.label("binding_state"), device_certs.c.retired_reason,
                    certificates.c.status.label("cert_status"), certificates.c.revocation_reason,
-                   certificates.c.first_used_at, certificates.c.ca.label("cert_ca"))
+                   certificates.c.first_used_at, certificates.c.ca.label("cert_ca"),
+                   certificates.c.profile.label("cert_profile"), certificates.c.renewal_of,
+                   certificates.c.enrolled_device_id, _current.c.fingerprint_sha256.label("current_fp"),
+                   _current.c.serial.label("current_serial"), _current.c.external.label("current_external"))
 
 
 @functools.lru_cache(maxsize=256)
@@ -182,7 +205,9 @@ def _lookup_query(n: int):
         selects.append(
             sa.select(sa.literal(i, sa.Integer).label("i"), *_LOOKUP_COLUMNS)
             .select_from(devices.outerjoin(device_certs, device_certs.c.fingerprint_sha256 == fp)
-                         .outerjoin(certificates, certificates.c.fingerprint_sha256 == fp))
+                         .outerjoin(certificates, certificates.c.fingerprint_sha256 == fp)
+                         .outerjoin(_current, sa.and_(_current.c.device_id == devices.c.id,
+                                                      _current.c.current.is_(True))))
             .where(devices.c.id == sa.bindparam(f"d{i}", type_=sa.String)))
     return selects[0] if n == 1 else sa.union_all(*selects)
 
@@ -204,6 +229,7 @@ def _sqlite_spend_sql() -> str:
     return str(_spend_statement(sqlite.insert).compile(dialect=sqlite.dialect(paramstyle="named")))
 
 
+_LINEAGE_DEPTH = 16  # renewal generations followed back when looking for a device's current certificate
 _RETRYABLE = ("40P01", "40001")  # PostgreSQL deadlock_detected, serialization_failure
 _LOOKUP_CHUNK = 200  # SQLite allows at most 500 terms in a compound select
 
@@ -227,11 +253,52 @@ class _Job:
     spend_only: bool = False  # the answer is known already; only the nonce is spent
 
 
+class _CurrentChanged(IntegrityError):
+    """The device's current certificate changed between the judgement and the bind: judge again."""
+
+    def __init__(self, device_id: str):
+        super().__init__("bind", None, RuntimeError(f"the current certificate of {device_id!r} changed"))
+
+
+class ProfileTrust:
+    """Which profiles' certificates may attest (`ProfileSettings.device_trust`), read from the database and
+    kept for `ttl` seconds; a profile not known yet is read again at once (concurrent askers share one read)."""
+
+    def __init__(self, engine: AsyncEngine, *, ttl: float = 5.0):
+        self.engine = engine
+        self.ttl = ttl
+        self._trusted: dict[str, bool] = {}
+        self._loaded = float("-inf")  # when the read that gave `_trusted` started
+        self._lock = asyncio.Lock()
+
+    async def trusted(self, profile: str | None) -> bool:
+        if profile is None:
+            return False
+        asked = time.monotonic()
+        if asked - self._loaded >= self.ttl or profile not in self._trusted:
+            async with self._lock:
+                if self._loaded < asked:  # no read started since this question was asked
+                    await self.reload()
+        return self._trusted.get(profile, False)
+
+    async def reload(self) -> None:
+        started = time.monotonic()
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(profiles.c.name, profiles.c.settings))).all()
+        trusted = {}
+        for name, text in rows:
+            try:
+                trusted[name] = ProfileSettings.model_validate_json(text or "{}").device_trust
+            except ValueError:  # unreadable settings: the profile's enrolments refuse it too
+                trusted[name] = False
+        self._trusted, self._loaded = trusted, started
+
+
 class AttestationService:
     def __init__(self, engine: AsyncEngine, *, cas: dict, external: ExternalCas | None, clock: Clock = utcnow,
                  nonce_ttl: timedelta = timedelta(minutes=2), revoke_on_second_device: bool = False,
-                 cache_size: int = 10_000, notify_changed: Callable[[str], None] | None = None,
-                 max_batch: int = 256):
+                 cache_size: int = 10_000, cache_bytes: int = 32 << 20,
+                 notify_changed: Callable[[str], None] | None = None, max_batch: int = 256):
         self.engine = engine
         self.cas = cas
         self.external = external
@@ -240,6 +307,9 @@ class AttestationService:
         self.revoke_on_second_device = revoke_on_second_device
         self._cache: OrderedDict[str, _Cert] = OrderedDict()
         self._cache_size = cache_size
+        self._cache_bytes = cache_bytes
+        self.cache_used = 0  # bytes held by the cache (`_Cert.cost`)
+        self.trust = ProfileTrust(engine)
         self._notify = notify_changed or (lambda ca: None)
         self._our_subjects = {ca.cert.subject.public_bytes(): ca for ca in cas.values()}
         self._first_fetch_done: set[str] = set()
@@ -280,16 +350,24 @@ class AttestationService:
     # ---------------------------------------------------------------- verify
 
     def _parse(self, der: bytes) -> _Cert:
+        """The cached certificate (one whose issuer was established), or a fresh parse of it (not cached)."""
         fp = hashlib.sha256(der).hexdigest()
         hit = self._cache.get(fp)
         if hit is not None:
+            self._cache.move_to_end(fp)
             return hit
-        info = _Cert(der, fp, x509.load_der_x509_certificate(der))
-        if self._cache_size:
-            self._cache[fp] = info
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return info
+        return _Cert(der, fp, x509.load_der_x509_certificate(der))
+
+    def _remember(self, info: _Cert) -> None:
+        """Cache a certificate whose issuer is established (ours, signature checked, or a registered external
+        CA's), least recently used out first, within `cache_size` entries and `cache_bytes` bytes."""
+        if info.fp in self._cache or not self._cache_size or info.cost > self._cache_bytes:
+            return
+        self._cache[info.fp] = info
+        self.cache_used += info.cost
+        while len(self._cache) > self._cache_size or self.cache_used > self._cache_bytes:
+            _, old = self._cache.popitem(last=False)
+            self.cache_used -= old.cost
 
     @staticmethod
     def _signature_ok(key, algorithm: str | None, data: bytes, signature: bytes) -> Verdict | None:
@@ -320,6 +398,8 @@ class AttestationService:
             return None
         ca = self._our_subjects.get(info.cert.issuer.public_bytes())
         if ca is not None:
+            if not ca.issued_by_us(info.cert):
+                return fail(Verdict.ISSUER_NOT_TRUSTED, "not issued by our CA (signature does not verify)")
             info.kind, info.ca = "ours", ca.name
             return None
         if self.external is None:
@@ -352,8 +432,10 @@ class AttestationService:
                          certificate=info.summary) if state == NonceState.EXPIRED else
                     fail(Verdict.NONCE_UNKNOWN, "this nonce was not issued (for this device)", device_id=device_id,
                          certificate=info.summary))
-        job = _Job(info, device_id, nonce_hash(nonce), expires)
+        job = _Job(info, device_id, nonce_hash(decode_nonce(nonce)), expires)
         issuer = await self._issuer(info)
+        if not isinstance(issuer, Result):
+            self._remember(info)
         if isinstance(issuer, Result):
             # the nonce is still spent: a signed, fresh request was answered
             job.spend_only = True
@@ -563,6 +645,9 @@ class AttestationService:
                             device_status=status), touched
             return fail(Verdict.ISSUER_NOT_TRUSTED, "not issued by our CA (signature does not verify)",
                         device_status=status), touched
+        if ours and not await self.trust.trusted(row.cert_profile):
+            return fail(Verdict.CERTIFICATE_NOT_ELIGIBLE, f"issued by profile {row.cert_profile!r}, whose "
+                        f"certificates do not attest (device_trust is off)", device_status=status), touched
         retired = row.binding_state == "retired"
         if retired:
             gone = (fail(Verdict.CERTIFICATE_REVOKED, _revoked_detail(row.revocation_reason),
@@ -615,7 +700,11 @@ class AttestationService:
                             device_status=status), touched
         if row.bound_device is None:
             wrote.append(True)
-            lost_to = await self._bind(conn, info, device_id, now)
+            refused = await self._evidence(conn, info, device_id, row, now)
+            if refused is not None:
+                refused.device_status = status
+                return refused, touched
+            lost_to = await self._bind(conn, info, device_id, now, row.current_fp)
             if lost_to is not None:
                 wrote.append(True)
                 touched = await self._second_device(conn, info, device_id, lost_to, now)
@@ -628,8 +717,61 @@ class AttestationService:
         return Result(True, Verdict.MANAGED, "the device proved possession of its bound certificate",
                       device_status=status), touched
 
-    async def _bind(self, conn: AsyncConnection, info: _Cert, device_id: str, now: datetime) -> str | None:
-        """Compare-and-set: bind an unbound certificate to this device. Returns the winner when another bound it."""
+    async def _evidence(self, conn: AsyncConnection, info: _Cert, device_id: str, row, now: datetime) -> Result | None:
+        """Whether an unbound certificate may bind to this device (see the module's description); a refusal
+        (recorded as a security event) or None."""
+        ours = info.kind == "ours"
+        enrolled = row.enrolled_device_id if ours else None
+        ancestors: list[str] = []
+        owner = None  # the device the nearest bound ancestor is bound to
+        if ours and row.renewal_of:
+            ancestors, owner = await self._lineage(conn, row.renewal_of)
+        refusal = None
+        if enrolled is not None and enrolled != device_id:
+            refusal = (Verdict.CERTIFICATE_OF_OTHER_DEVICE, "this certificate was enrolled for another device")
+        elif owner is not None and owner != device_id:
+            refusal = (Verdict.CERTIFICATE_OF_OTHER_DEVICE, "this certificate renews a certificate of another device")
+        elif row.current_fp is not None and row.current_fp != info.fp and enrolled != device_id and not (
+                not row.current_external and row.current_serial in ancestors):
+            refusal = (Verdict.DEVICE_BOUND_TO_OTHER_CERTIFICATE,
+                       "the device has a current certificate, which this one neither renews nor replaces by "
+                       "enrolment for this device; an administrator can remove it (device remove-cert)")
+        if refusal is None:
+            return None
+        reason, detail = refusal
+        await record_event(conn, at=now, kind="security.binding.refused", subject=device_id, actor="attestation",
+                           data={"reason": reason.value, "fingerprint_sha256": info.fp, "serial": info.serial,
+                                 "ca": info.ca, "current_serial": row.current_serial, "enrolled_device_id": enrolled,
+                                 "renews_certificate_of": owner})
+        log.warning("security.binding.refused", device=device_id, serial=info.serial, ca=info.ca, reason=reason.value,
+                    current_serial=row.current_serial, enrolled_device_id=enrolled, renews_certificate_of=owner)
+        return fail(reason, detail + "; the attempt was recorded")
+
+    @staticmethod
+    async def _lineage(conn: AsyncConnection, serial: str) -> tuple[list[str], str | None]:
+        """The serials a certificate renews, nearest first (at most `_LINEAGE_DEPTH`), and the device the
+        nearest bound one of them is bound to."""
+        ancestors: list[str] = []
+        owner = None
+        query = (sa.select(certificates.c.renewal_of, device_certs.c.device_id)
+                 .select_from(certificates.outerjoin(
+                     device_certs, device_certs.c.fingerprint_sha256 == certificates.c.fingerprint_sha256))
+                 .where(certificates.c.serial == sa.bindparam("serial")))
+        while serial is not None and serial not in ancestors and len(ancestors) < _LINEAGE_DEPTH:
+            ancestors.append(serial)
+            found = (await conn.execute(query, {"serial": serial})).first()
+            if found is None:
+                break
+            if owner is None:
+                owner = found.device_id
+            serial = found.renewal_of
+        return ancestors, owner
+
+    async def _bind(self, conn: AsyncConnection, info: _Cert, device_id: str, now: datetime,
+                    expected_current: str | None) -> str | None:
+        """Compare-and-set: bind an unbound certificate to this device, replacing the current certificate the
+        judgement saw (`expected_current`; _CurrentChanged when the device's current certificate is another by
+        now). Returns the winner when another device bound the certificate."""
         values = dict(fingerprint_sha256=info.fp, device_id=device_id, ca=info.ca, external=info.kind == "external",
                       serial=info.serial, not_after=info.not_after, current=False, state="active", bound_at=now)
         if conn.dialect.name == "postgresql":
@@ -644,6 +786,8 @@ class AttestationService:
             return None if owner == device_id else owner
         old = (await conn.execute(sa.select(device_certs.c.fingerprint_sha256, device_certs.c.serial).where(
             device_certs.c.device_id == device_id, device_certs.c.current.is_(True)))).all()
+        if [fp for fp, _ in old] != ([expected_current] if expected_current else []):
+            raise _CurrentChanged(device_id)
         for fp, serial in old:
             await retire(conn, fp, "superseded", now)
             await record_event(conn, at=now, kind="pki.cert.unbind", subject=device_id, actor="attestation",

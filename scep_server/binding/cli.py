@@ -104,6 +104,18 @@ def device_remove_cert(ctx: Context, device_id: str, reason: str | None) -> None
     click.echo(f"{device_id}: certificate {b.serial} ({b.ca}) removed")
 
 
+@device.command("preregister")
+@click.argument("device_id")
+@click.option("--profile", required=True, help="The SCEP profile the device will enrol at.")
+@click.option("--transaction-id", required=True, help="The SCEP transactionID of that enrolment.")
+@pass_ctx
+def device_preregister(ctx: Context, device_id: str, profile: str, transaction_id: str) -> None:
+    """Name the device of a coming enrolment: its certificate may replace the device's current one."""
+    _call(ctx, lambda svc, rt: svc.devices.preregister(device_id, profile=profile, transaction_id=transaction_id,
+                                                        actor=_actor()))
+    click.echo(f"{device_id}: enrolment {transaction_id!r} at profile {profile!r} pre-registered")
+
+
 @click.group()
 def ca() -> None:
     """Certificate authorities: customers' own CAs."""

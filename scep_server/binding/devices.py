@@ -35,7 +35,7 @@ from ..store.db import writer
 from ..store.events import record_event
 from ..store.tables import certificates
 from .errors import DeviceExists, DeviceNotFound, InvalidInput, InvalidTransition
-from .tables import device_certs, devices
+from .tables import device_certs, device_enrolments, devices
 
 log = structlog.get_logger("device")
 
@@ -222,6 +222,41 @@ class DeviceStore:
         for ca in sorted({c.ca for c in changes}):
             self._notify(ca)
         return _device_after(row, target, now, actor, reason), changes
+
+    async def preregister(self, device_id: str, *, profile: str, transaction_id: str, actor: str) -> dict:
+        """State that the enrolment (profile, SCEP transactionID) is this device's: the certificate issued for it
+        names the device (enrolled_device_id). One device per enrolment; not for a deleted device."""
+        if not transaction_id or len(transaction_id) > 255 or "\0" in transaction_id:
+            raise InvalidInput("transaction id: 1-255 characters")
+        if not profile or len(profile) > 64:
+            raise InvalidInput("profile: 1-64 characters")
+        now = self.clock()
+        async with writer(self.engine).begin() as conn:
+            row = (await conn.execute(sa.select(devices.c.status).where(devices.c.id == device_id))).first()
+            if row is None:
+                raise DeviceNotFound(f"no device {device_id!r}")
+            if row.status == S.DELETED.value:
+                raise InvalidTransition(f"device {device_id!r} is deleted")
+            taken = (await conn.execute(sa.select(device_enrolments.c.device_id).where(
+                device_enrolments.c.profile == profile, device_enrolments.c.transaction_id == transaction_id))).first()
+            if taken is not None:
+                raise DeviceExists(f"enrolment {transaction_id!r} of profile {profile!r} is pre-registered for "
+                                   f"device {taken.device_id!r}")
+            await conn.execute(device_enrolments.insert().values(
+                profile=profile, transaction_id=transaction_id, device_id=device_id, created_at=now,
+                created_by=actor))
+            await record_event(conn, at=now, kind="device.enrolment.preregister", subject=device_id, actor=actor,
+                               data={"profile": profile, "transaction_id": transaction_id})
+        log.info("device.enrolment.preregister", device=device_id, profile=profile, transaction_id=transaction_id,
+                 actor=actor)
+        return {"device_id": device_id, "profile": profile, "transaction_id": transaction_id,
+                "created_at": now.isoformat(), "created_by": actor}
+
+    async def enrolment_device(self, profile: str, transaction_id: str) -> str | None:
+        """The device pre-registered for an enrolment (the SCEP service asks before issuing), if any."""
+        async with self.engine.connect() as conn:
+            return (await conn.execute(sa.select(device_enrolments.c.device_id).where(
+                device_enrolments.c.profile == profile, device_enrolments.c.transaction_id == transaction_id))).scalar()
 
     async def remove_certificate(self, device_id: str, *, actor: str, reason: str | None = None) -> Binding:
         """Take the device's current certificate out of the directory: never accepted again (ours is revoked)."""

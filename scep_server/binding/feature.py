@@ -30,8 +30,10 @@ class BindingFeature:
                 runtime.engine, cas=runtime.cas, external=external, clock=runtime.clock,
                 nonce_ttl=timedelta(seconds=cfg.nonce_ttl_seconds),
                 revoke_on_second_device=cfg.revoke_on_second_device, cache_size=cfg.certificate_cache_size,
+                cache_bytes=cfg.certificate_cache_bytes,
                 notify_changed=notify),
             external=external)
+        runtime.scep.device_identity = services(runtime).devices.enrolment_device
 
     async def stop(self, runtime) -> None:
         svc = runtime.extras.pop(EXTRAS_KEY, None)

@@ -5,7 +5,9 @@ A nonce is the URL-safe base64 (no padding) of::
     version (1 byte, 1) | expiry (8 bytes, milliseconds since the epoch, big-endian) | random (16 bytes)
     | tag (16 bytes: HMAC-SHA256 truncated, over a label, the device id and the bytes before it)
 
-41 bytes, 55 characters, 128 random bits. The HMAC key is one row of ``attestation_keys``, created by
+41 bytes, 55 characters, 128 random bits. Only that canonical text is read: exactly 55 characters of the
+URL-safe alphabet, no padding, the unused low bits of the last character zero, so one nonce has one
+spelling; the value spent is the decoded bytes (`nonce_hash`). The HMAC key is one row of ``attestation_keys``, created by
 the first process that needs it and read by every other process and instance sharing the database.
 Checking a nonce (tag, device, expiry) is pure computation; spending it is an INSERT of its SHA-256
 into ``attestation_spent_nonces``, whose primary key lets exactly one use commit. Holding the key lets
@@ -48,17 +50,29 @@ def _ms(at: datetime) -> int:
     return (at - _EPOCH) // timedelta(milliseconds=1)
 
 
-def _b64decode(text: str) -> bytes | None:
-    if len(text) > 128:
+TEXT_LENGTH = -(-LENGTH * 4 // 3)  # 55: unpadded base64 of LENGTH bytes
+_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _encode(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode(text: str) -> bytes | None:
+    """The nonce bytes of a canonical nonce text, None for anything else: no padding, no character outside
+    the URL-safe alphabet, exact length, and the text the bytes encode back to (no stray low bits)."""
+    if not isinstance(text, str) or len(text) != TEXT_LENGTH or not _ALPHABET.issuperset(text):
         return None
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         return None
+    return raw if len(raw) == LENGTH and _encode(raw) == text else None
 
 
-def nonce_hash(nonce: str) -> str:
-    return hashlib.sha256(nonce.encode()).hexdigest()
+def nonce_hash(raw: bytes) -> str:
+    """What spending records: SHA-256 of the nonce's value (its canonical text, the one spelling it has)."""
+    return hashlib.sha256(_encode(raw).encode()).hexdigest()
 
 
 class NonceKey:
@@ -99,13 +113,12 @@ class NonceKey:
     async def issue(self, device_id: str, expires: datetime) -> str:
         secret = await self.secret()
         body = _HEAD.pack(VERSION, _ms(expires)) + secrets.token_bytes(_RANDOM)
-        raw = body + self._tag(secret, device_id, body)
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        return _encode(body + self._tag(secret, device_id, body))
 
     async def check(self, nonce: str, device_id: str, now: datetime) -> tuple[str | None, datetime | None]:
         """(None, expiry) for a good nonce of this device; (NonceState.*, expiry or None) otherwise."""
-        raw = _b64decode(nonce)
-        if raw is None or len(raw) != LENGTH or raw[0] != VERSION:
+        raw = decode(nonce)
+        if raw is None or raw[0] != VERSION:
             return NonceState.UNKNOWN, None
         secret = await self.secret()
         body, tag = raw[:-_TAG], raw[-_TAG:]

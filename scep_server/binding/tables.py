@@ -69,6 +69,20 @@ attestation_keys = sa.Table(
     sa.Column("created_at", TS, nullable=False),
 )
 
+# An administrator's statement that the enrolment (profile, SCEP transactionID) is the named device's: the
+# certificate issued for it carries that device id (certificates.enrolled_device_id), which lets it replace
+# the device's current certificate at its first attestation.
+device_enrolments = sa.Table(
+    "device_enrolments",
+    metadata,
+    sa.Column("profile", sa.String(64), primary_key=True),
+    sa.Column("transaction_id", sa.String(255), primary_key=True),
+    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id"), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("created_by", sa.String(255)),
+    sa.Index("ix_device_enrolments_device", "device_id"),
+)
+
 external_cas = sa.Table(
     "external_cas",
     metadata,

@@ -8,6 +8,7 @@
     POST /api/v1/devices/{id}/{suspend|unsuspend|deactivate|reactivate|delete}  {"reason"?, "actor"?}
     DELETE /api/v1/devices/{id}          (= delete)
     DELETE /api/v1/devices/{id}/certificate   (remove the current certificate: never accepted again)
+    POST /api/v1/devices/{id}/enrolments {"profile", "transaction_id"}  (pre-register an enrolment)
     GET  /api/v1/external-cas            POST /api/v1/external-cas {"name", "certificate", "policy"?}
 """
 from __future__ import annotations
@@ -172,6 +173,18 @@ async def remove_certificate(request: web.Request) -> web.Response:
 
 
 @requires("admin")
+async def preregister(request: web.Request) -> web.Response:
+    try:
+        body = await _json(request)
+        done = await services(request.app[RUNTIME]).devices.preregister(
+            request.match_info["device_id"], profile=_str(body, "profile", limit=64),
+            transaction_id=_str(body, "transaction_id", limit=255), actor=_actor(body))
+    except BindingError as exc:
+        return _error(exc)
+    return web.json_response(done, status=201)
+
+
+@requires("admin")
 async def list_external(request: web.Request) -> web.Response:
     cas = await services(request.app[RUNTIME]).external.list()
     return web.json_response({"external_cas": [c.to_json() for c in cas]})
@@ -203,6 +216,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/devices/{device_id}", show_device)
     app.router.add_delete("/api/v1/devices/{device_id}", delete_device)
     app.router.add_delete("/api/v1/devices/{device_id}/certificate", remove_certificate)
+    app.router.add_post("/api/v1/devices/{device_id}/enrolments", preregister)
     app.router.add_post("/api/v1/devices/{device_id}/{action}", device_action)
     app.router.add_get("/api/v1/external-cas", list_external)
     app.router.add_post("/api/v1/external-cas", add_external)

@@ -181,7 +181,7 @@ class DynamicVerifier:
     def __init__(self, service: ChallengeService):
         self.service = service
 
-    async def verify(self, req: EnrollmentRequest) -> None:
+    async def verify(self, req: EnrollmentRequest) -> str | None:
         try:
             dynamic_settings(req.profile.settings.challenge)
         except ChallengeConfigError as exc:
@@ -191,12 +191,30 @@ class DynamicVerifier:
             transaction_id=req.message.transaction_id, check=lambda expected: check_csr(req.csr, expected))
         log.info("challenge.redeemed", profile=req.profile.name, transaction_id=req.message.transaction_id,
                  source=redeemed.source, payload_identifier=redeemed.payload_identifier)
+        return redeemed.expectations.device_id
 
     async def after_issue(self, req: EnrollmentRequest, cert: x509.Certificate) -> None:
         return None
 
     async def after_failure(self, req: EnrollmentRequest, text: str) -> None:
         return None
+
+
+INTUNE_DEVICE_URI = "intunedeviceid://"
+
+
+def intune_device_id(csr: x509.CertificateSigningRequest) -> str | None:
+    """The Intune device id of a request Intune validated: its URI SAN ``IntuneDeviceId://{{DeviceId}}`` (the
+    SCEP profile's variable, filled in by Intune, which validates the request as a whole); None when absent
+    or named more than once."""
+    try:
+        uris = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.UniformResourceIdentifier)
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+    found = {u[len(INTUNE_DEVICE_URI):] for u in uris if u.lower().startswith(INTUNE_DEVICE_URI)}
+    found.discard("")
+    return found.pop() if len(found) == 1 and len(next(iter(found))) <= 64 else None
 
 
 class DelegatedVerifier:
@@ -212,7 +230,7 @@ class DelegatedVerifier:
             raise ChallengeRejected(f"this profile is misconfigured: {exc}") from None
         return self.service._client(req.profile, settings)
 
-    async def verify(self, req: EnrollmentRequest) -> None:
+    async def verify(self, req: EnrollmentRequest) -> str | None:
         client = self._client(req)
         txid = req.message.transaction_id
         try:
@@ -239,6 +257,7 @@ class DelegatedVerifier:
             raise ChallengeRejected(str(exc)) from None
         log.info("challenge.delegated.allowed", profile=req.profile.name, transaction_id=txid,
                  provider="intune" if isinstance(client, IntuneClient) else "webhook")
+        return intune_device_id(req.csr) if isinstance(client, IntuneClient) else None
 
     async def after_issue(self, req: EnrollmentRequest, cert: x509.Certificate) -> None:
         client = self._client(req)

@@ -37,15 +37,18 @@ class Expectations:
 
     subject: str | None = None
     sans: list[str] | None = None
+    # the device the certificate is for: written as its enrolled_device_id (binding evidence)
+    device_id: str | None = None
 
     def to_json(self) -> str | None:
-        data = {k: v for k, v in (("subject", self.subject), ("sans", self.sans)) if v is not None}
+        data = {k: v for k, v in (("subject", self.subject), ("sans", self.sans), ("device_id", self.device_id))
+                if v is not None}
         return json.dumps(data, sort_keys=True) if data else None
 
     @classmethod
     def from_json(cls, text: str | None) -> "Expectations":
         data = json.loads(text) if text else {}
-        return cls(subject=data.get("subject"), sans=data.get("sans"))
+        return cls(subject=data.get("subject"), sans=data.get("sans"), device_id=data.get("device_id"))
 
 
 @dataclass(frozen=True)
@@ -257,11 +260,14 @@ class ChallengeStore:
 
 
 def expectations_from(payload: dict[str, Any] | None) -> Expectations | None:
-    """Expectations from an API/CLI payload: {"subject": str, "sans": [str]}."""
+    """Expectations from an API/CLI payload: {"subject": str, "sans": [str], "device_id": str}."""
     if not payload:
         return None
     subject = payload.get("subject")
     sans = payload.get("sans")
+    device_id = payload.get("device_id")
+    if device_id is not None and (not isinstance(device_id, str) or not 1 <= len(device_id) <= 64):
+        raise ValueError("device_id must be a device id (1-64 characters)")
     if subject is not None and not isinstance(subject, str):
         raise ValueError("subject must be a string (RFC 4514)")
     if sans is not None and (not isinstance(sans, list) or not all(isinstance(s, str) for s in sans)):
@@ -279,7 +285,7 @@ def expectations_from(payload: dict[str, Any] | None) -> Expectations | None:
             if not sep or kind.lower() not in ("dns", "email", "ip", "uri") or not value:
                 raise ValueError(f"SAN {s!r}: expected dns:, email:, ip: or uri: followed by a value")
         sans = sorted(_norm_san(s) for s in sans)
-    return Expectations(subject=subject, sans=sans)
+    return Expectations(subject=subject, sans=sans, device_id=device_id)
 
 
 def _norm_san(s: str) -> str:

@@ -24,6 +24,24 @@ FAST_CRL = {"coalesce_delay": 0.1, "poll_interval": 0.5, "retry_interval": 0.5,
 
 
 
+async def attesting_profile(engine, ca_name: str = "default", name: str = "default", *,
+                            device_trust: bool = True, kind: str = "static") -> None:
+    """A profile whose certificates attest (`device_trust`), for tests that record certificates under it."""
+    from scep_server.profiles import ProfileSettings, ProfileStore
+    from tests.factories import NOW
+
+    await ProfileStore(engine).create(name, ca=ca_name, challenge_kind=kind, now=NOW,
+                                      static_secret="s" * 32 if kind == "static" else None,
+                                      settings=ProfileSettings(device_trust=device_trust))
+
+
+async def trust_default_profile(runtime) -> None:
+    """Let the `default` static profile's certificates attest (it is created with device_trust off)."""
+    profile = await runtime.profiles.get("default")
+    await runtime.profiles.update("default", now=runtime.clock(),
+                                  settings=profile.settings.model_copy(update={"device_trust": True}))
+
+
 @pytest.fixture
 def clock():
     return FakeClock()
@@ -121,7 +139,9 @@ async def tokens(runtime) -> tuple[str, str]:
 @pytest.fixture
 async def server(aiohttp_server, tmp_path, clock):
     """The application on SQLite with a settable clock (store behaviour on both databases: test_store.py)."""
-    return await start_app(aiohttp_server, tmp_path, None, clock=clock, crl=FAST_CRL)
+    running = await start_app(aiohttp_server, tmp_path, None, clock=clock, crl=FAST_CRL)
+    await trust_default_profile(running.runtime)
+    return running
 
 
 @pytest.fixture

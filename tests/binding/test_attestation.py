@@ -143,7 +143,17 @@ async def test_reason_codes(server, api, scepclient, tmp_path, clock):
     await check(Verdict.CERTIFICATE_ON_HOLD, await api.attest("dev-c", c.cert_pem, c.key))
     await rt.revocation.release(c.serial, actor="test")
     assert (await api.attest("dev-c", c.cert_pem, c.key))["managed"]
-    # one current certificate per device: a newer one supersedes, the old one is retired for good
+    # one current certificate per device: another certificate without evidence that it is this device's
+    # is refused, and the current one stays
+    await check(Verdict.DEVICE_BOUND_TO_OTHER_CERTIFICATE, await api.attest("dev-c", d.cert_pem, d.key))
+    assert (await api.attest("dev-c", c.cert_pem, c.key))["managed"]
+    # one enrolled for this device (named by a trusted source) supersedes it; the old one is retired for good
+    from scep_server.store.db import writer
+    from scep_server.store.tables import certificates
+
+    async with writer(rt.engine).begin() as conn:
+        await conn.execute(certificates.update().where(certificates.c.serial == d.serial)
+                           .values(enrolled_device_id="dev-c"))
     assert (await api.attest("dev-c", d.cert_pem, d.key))["managed"]
     await check(Verdict.CERTIFICATE_RETIRED, await api.attest("dev-c", c.cert_pem, c.key))
     async with rt.engine.connect() as conn:
@@ -196,7 +206,8 @@ async def test_reason_codes(server, api, scepclient, tmp_path, clock):
         assert resp.status == 400 and (await resp.json())["reason"] == "bad_request"
     # the external-CA reasons are covered in test_external.py
     external_only = {Verdict.CRL_UNAVAILABLE, Verdict.CERTIFICATE_NO_CDP, Verdict.CONFLICT}
-    covered_elsewhere = {Verdict.DEVICE_SUSPENDED, Verdict.DEVICE_DEACTIVATED, Verdict.DEVICE_DELETED}
+    covered_elsewhere = {Verdict.DEVICE_SUSPENDED, Verdict.DEVICE_DEACTIVATED, Verdict.DEVICE_DELETED,
+                         Verdict.CERTIFICATE_NOT_ELIGIBLE, Verdict.CERTIFICATE_OF_OTHER_DEVICE}  # test_takeover.py
     assert set(seen) == {v.value for v in Verdict} - {v.value for v in external_only | covered_elsewhere}
 
 

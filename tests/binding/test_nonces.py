@@ -17,7 +17,7 @@ from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
 from scep_server.store.db import create_engine
 from tests.factories import NOW, csr, make_ca, record_issued, register_ca, rsa_key
 
-from .conftest import sign
+from .conftest import attesting_profile, sign
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,7 @@ async def verify(att, device_id, key, der, nonce):
 @pytest.fixture
 async def env(engine, ca):
     await register_ca(engine, ca)
+    await attesting_profile(engine, ca.name)
     clock = Clock()
     store = DeviceStore(engine, clock=clock)
     return store, clock
@@ -239,3 +240,58 @@ async def test_steady_state_batches_spend_once_and_see_every_status_change(engin
     async with engine.connect() as conn:
         bound = (await conn.execute(sa.select(device_certs.c.device_id).where(device_certs.c.current))).scalars()
         assert sorted(bound) == ["d0", "d1", "d2", "d3", "d4"]
+
+
+def _spellings(nonce: str, count: int) -> list[str]:
+    """`count` distinct texts that a lenient base64 reading decodes to the nonce's bytes: padding, characters
+    the decoder skips inserted anywhere, the standard alphabet's '+' and '/' for '-' and '_', and stray low
+    bits in the last character."""
+    import base64 as b64
+
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    value = b64.urlsafe_b64decode(nonce + "=")
+    out = {nonce + "=", nonce + "==", nonce.replace("-", "+").replace("_", "/")}
+    last = alphabet.index(nonce[-1])
+    out |= {nonce[:-1] + alphabet[(last & ~3) | low] for low in range(4)}
+    for junk in " .!*\n\t~":
+        for pos in range(len(nonce) + 1):
+            out.add(nonce[:pos] + junk + nonce[pos:])
+    for pos in range(len(nonce) + 1):
+        for second in range(pos, len(nonce) + 1):
+            if len(out) > count:
+                break
+            out.add(nonce[:pos] + "." + nonce[pos:second] + " " + nonce[second:])
+    out.discard(nonce)
+    variants = sorted(out)[:count]
+    assert len(variants) == count
+    for v in variants:  # each is the same nonce to a lenient reader
+        t = v.replace("-", "+").replace("_", "/")
+        t = "".join(c for c in t if c.isalnum() or c in "+/")
+        assert b64.b64decode(t + "=" * (-len(t) % 4)) == value, v
+    return variants
+
+
+async def test_spellings_of_one_nonce_are_one_nonce(engine, env, ca):
+    """1,000 encoding variants of one nonce, each correctly signed, plus the nonce itself: one acceptance."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    store, clock = env
+    att = service(engine, ca, clock)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = ca.issue(csr(key, "device"), IssuancePolicy(CertificateTemplate()), serial=next(_serial), now=NOW)
+    await record_issued(engine, ca, cert)
+    der = cert.public_bytes(serialization.Encoding.DER)
+    await store.create("d1", actor="t")
+    nonce = (await att.challenge("d1"))["nonce"]
+    texts = _spellings(nonce, 1000) + [nonce]
+
+    async def one(text):
+        sig = base64.b64decode(sign(key, text, "d1", "ecdsa-sha256"))
+        return (await att.verify(device_id="d1", nonce=text, certificate=der, signature=sig,
+                                 algorithm="ecdsa-sha256")).reason
+
+    reasons = await asyncio.gather(*(one(t) for t in texts))
+    assert reasons.count(Verdict.MANAGED) == 1, [r.value for r in reasons].count("managed")
+    assert reasons[-1] is Verdict.MANAGED  # the canonical text is the one accepted
+    assert set(reasons[:-1]) == {Verdict.NONCE_UNKNOWN}
+    assert await _spent(engine) == 1

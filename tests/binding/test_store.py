@@ -20,7 +20,7 @@ from scep_server.store.db import writer
 from scep_server.store.tables import events
 from tests.factories import NOW, csr, make_ca, record_issued, register_ca, rsa_key
 
-from .conftest import sign
+from .conftest import attesting_profile, sign
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,7 @@ class Clock:
 @pytest.fixture
 async def env(engine, ca):
     await register_ca(engine, ca)
+    await attesting_profile(engine, ca.name)
     clock = Clock()
     notified: list[str] = []
     store = DeviceStore(engine, clock=clock, notify_changed=notified.append)
@@ -177,3 +178,42 @@ async def test_nonce_single_use_under_concurrency_and_purge(engine, env, ca):
     assert sorted(r.reason.value for r in results) == ["managed"] + ["nonce_reused"] * 9
     clock.now += timedelta(hours=1)
     assert await att.purge_nonces() == 1
+
+
+async def test_upgrade_turns_device_trust_off_for_the_default_static_profile(engine, ca):
+    """binding_0002 on a database created before `device_trust`: the `default` static profile's certificates
+    stop attesting; other profiles, and a `default` profile that says so explicitly, keep their setting."""
+    import json as _json
+
+    from alembic import command
+
+    from scep_server.profiles import ProfileStore
+    from scep_server.store.migrate import alembic_config, upgrade
+    from scep_server.store.tables import profiles
+
+    await register_ca(engine, ca)
+    async with writer(engine).begin() as conn:
+        for name, settings in (("default", {"allow_renewal": True}), ("jamf", {})):
+            await conn.execute(profiles.insert().values(name=name, ca="default", challenge_kind="static",
+                                                        static_secret_sha256="0" * 64, settings=_json.dumps(settings),
+                                                        created_at=NOW, updated_at=NOW))
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+
+    def down(connection):
+        cfg.attributes["connection"] = connection
+        command.downgrade(cfg, "binding_0001")
+
+    async with engine.begin() as conn:
+        await conn.run_sync(down)
+    await upgrade(engine)
+    store = ProfileStore(engine, cache_seconds=0)
+    assert (await store.get("default")).settings.device_trust is False
+    assert (await store.get("default")).settings.allow_renewal is True
+    assert (await store.get("jamf")).settings.device_trust is True
+    # explicit settings are left alone by a second pass
+    await store.update("default", now=NOW, settings=(await store.get("default")).settings.model_copy(
+        update={"device_trust": True}))
+    async with engine.begin() as conn:
+        await conn.run_sync(down)
+    await upgrade(engine)
+    assert (await store.get("default")).settings.device_trust is True

@@ -44,7 +44,7 @@ async def test_renewal_only_at_the_issuing_profile_unless_it_names_the_target(se
 
 
 async def test_renewal_cannot_widen_subject_or_sans(server, clock):
-    await static_profile(server, "sensors", template={"validity_days": 30})
+    await static_profile(server, "sensors", template={"validity_days": 30, "san_types": ["dns"]})
     async with aiohttp.ClientSession() as s:
         key = rsa_key()
         der = await issue(s, server, "sensors", key, cn="sensor-1", sans=["sensor-1.example"])
