@@ -66,16 +66,36 @@ def _api(handler: Callable[..., Awaitable[web.StreamResponse]]) -> Callable[...,
     return wrapped
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise InvalidInput("the body repeats a key in one object")
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise InvalidInput(f"{name} is not JSON")
+
+
 async def _json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    """One JSON object without a repeated key, whose top-level strings carry no NUL or unpaired surrogate
+    (neither can be stored); anything else, a nesting bomb included, is an InvalidInput (400)."""
     raw = await request.read()
     if not raw.strip() and optional:
         return {}
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        data = json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and the integer digit limit are ValueErrors
         raise InvalidInput("the body must be a JSON object") from None
     if not isinstance(data, dict):
         raise InvalidInput("the body must be a JSON object")
+    for text in (t for item in data.items() for t in item if isinstance(t, str)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput("a string contains an unpaired surrogate") from None
+        if "\x00" in text:
+            raise InvalidInput("a string contains a NUL character")
     return data
 
 
@@ -215,7 +235,7 @@ class _Routes:
     @_api
     async def disable_client(self, request: web.Request) -> web.StreamResponse:
         raw = request.match_info["id"]
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
             raise InvalidInput(f"client id {raw!r} is not a number")
         return web.json_response((await self._service(request).disable_client(int(raw))).to_json())
 
