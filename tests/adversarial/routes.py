@@ -31,7 +31,7 @@ IN_BODY_VERDICT = {"/wsapi/2.0/verify"}
 # Routes that take a body that is not JSON (SCEP messages, a secrets file, the protocol's form) or none.
 NOT_JSON = {"/scep/{profile}", "/scep/{profile}/", "/scep/{profile}/pkiclient.exe",
             "/scep/{profile}/cgi-bin/pkiclient.exe", "/wsapi/2.0/verify", "/api/v1/yubikeys/import",
-            "/api/v1/yubikeys/{serial}/revoke", "/api/v1/yubikeys/{serial}"}
+            "/api/v1/yubikeys/{serial}/revoke", "/api/v1/yubikeys/{serial}", "/api/v1/otp-clients/{id}/disable"}
 
 
 def required(canonical: str) -> str:
