@@ -10,10 +10,10 @@ CYCLES = 3
 
 
 async def test_nothing_acknowledged_is_lost_across_kill_9(tmp_path):
-    run = CrashRun(tmp_path / "data", free_port(), distinct_keys(90), yubikeys=4)
+    run = CrashRun(tmp_path / "data", free_port(), distinct_keys(48), yubikeys=4)
     await run.prepare()
     for _ in range(CYCLES):
-        await run.cycle(load_seconds=1.0)
+        await run.cycle(load_seconds=0.8)
     await run.finish()
     figures = await run.check()
     print(summary(figures))
