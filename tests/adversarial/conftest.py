@@ -45,7 +45,8 @@ class Armed:
         """Authorization headers by name (the request's only difference in the matrix)."""
         basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         wrong = base64.b64encode(f"{USER}:wrong password".encode()).decode()
-        return {
+        return {  # the right Basic first: wrong ones then lock the client out of the challenge URL (429)
+            "basic-right": {"Authorization": "Basic " + basic},
             "none": {},
             "bearer-empty": {"Authorization": "Bearer "},
             "bearer-garbage": {"Authorization": "Bearer dt_admin_" + "A" * 43},
@@ -56,7 +57,10 @@ class Armed:
             "signin": {"Authorization": "Bearer " + self.signin},
             "admin": {"Authorization": "Bearer " + self.admin},
             "basic-wrong": {"Authorization": "Basic " + wrong},
-            "basic-right": {"Authorization": "Basic " + basic},
+            "basic-no-colon": {"Authorization": "Basic " + base64.b64encode(USER.encode()).decode()},
+            "basic-not-utf8": {"Authorization": "Basic " + base64.b64encode(b"\xff\xfe:\xc0\xaf").decode()},
+            "basic-long": {"Authorization": "Basic " + base64.b64encode(f"{USER}:{'p' * 6000}".encode()).decode()},
+            "basic-user-only": {"Authorization": "Basic " + base64.b64encode(f"{USER}:".encode()).decode()},
         }
 
     def route_path(self, canonical: str) -> str:

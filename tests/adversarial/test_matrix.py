@@ -30,7 +30,7 @@ async def _send(session, armed, method: str, path: str, headers: dict, body: byt
 async def _credentials(armed) -> list[str]:
     """Each route with each credential: 2xx only for the right one (or on public routes), never a 5xx."""
     creds = armed.credentials()
-    problems, accepted = [], 0
+    problems, accepted, basic_ok = [], 0, 0
     async with armed.session() as session:
         for method, canonical in _routes(armed):
             path = armed.route_path(canonical)
@@ -51,7 +51,9 @@ async def _credentials(armed) -> list[str]:
                     if refused:
                         problems.append("right credential refused: " + where)
                     accepted += 200 <= status < 300
+                    basic_ok += need == "basic" and 200 <= status < 300
     assert accepted >= 15  # the allowed callers did reach real data: the refusals above are meaningful
+    assert basic_ok >= 1  # (the first challenge route; wrong passwords then lock this client out: 429)
     return problems
 
 
