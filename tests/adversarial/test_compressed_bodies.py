@@ -2,10 +2,12 @@
 any 100 KB body (no client of ours compresses what it sends; the JSON routes then see bytes that are not JSON)."""
 from __future__ import annotations
 
+import asyncio
 import os
 import zlib
 
 import aiohttp
+import pytest
 
 from tests.server import serve_processes
 
@@ -39,3 +41,20 @@ async def test_a_gzip_bomb_is_not_inflated(tmp_path):
             spent = _cpu_seconds(pid) - before
     # inflating 9 x 128 MiB takes several CPU seconds; reading 9 x 100 KB takes a few milliseconds
     assert spent < 1.0, f"the server spent {spent:.2f} s of CPU on 9 compressed bodies"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_body_that_does_not_decode_is_a_400_under_any_runner(armed):
+    """Under a runner that does inflate (aiohttp's default, as in tests), a broken deflate stream is a 400."""
+    port = int(armed.url.rsplit(":", 1)[1])
+    for path in ("/api/v1/devices", "/wsapi/2.0/verify", "/scep/default?operation=PKIOperation",
+                 "/api/v1/yubikeys/import", "/api/v1/otp/verify"):
+        token = armed.signin if path == "/api/v1/otp/verify" else armed.admin
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                     "Content-Type: application/json\r\nContent-Encoding: deflate\r\nContent-Length: 10\r\n\r\n"
+                     "0123456789".encode())
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        assert status.split()[1] == b"400", (path, status)
