@@ -235,7 +235,7 @@ class _Routes:
     @_api
     async def disable_client(self, request: web.Request) -> web.StreamResponse:
         raw = request.match_info["id"]
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 9):  # ASCII: "²".isdigit() is True
             raise InvalidInput(f"client id {raw!r} is not a number")
         return web.json_response((await self._service(request).disable_client(int(raw))).to_json())
 
