@@ -47,7 +47,10 @@ async def main() -> int:
         figures = await run.check()
     print(summary(figures))
     print(f"{time.monotonic() - started:.0f} s", file=sys.stderr)
-    bad = figures["lost"] + figures["duplicate_serials"] + figures["otp_accepted_twice"] + figures["otp_counter_behind"]
+    bad = (figures["lost"] + figures["duplicate_serials"] + figures["otp_accepted_twice"]
+           + figures["otp_counter_behind"] + figures["violations"])
+    for violation in run.tally.violations[:20]:
+        print(violation, file=sys.stderr)
     return 1 if bad else 0
 
 

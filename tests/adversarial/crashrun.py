@@ -3,7 +3,10 @@
 Each cycle starts the server, runs SCEP enrolments (fresh keys, each retried with the same transaction
 after a lost answer) and sign-in OTP verifications (per key, increasing counters, each OTP whose answer was
 lost is sent again, and OTPs already accepted are replayed) at once, and kills the process with SIGKILL in
-the middle. After the last cycle a clean server answers the outstanding retries and replays, and then:
+the middle. Between the kill and the next start the SQLite file itself is audited: every certificate and
+every OTP acknowledged so far is durable, and an OTP committed whose answer the kill cut counts as accepted
+(so that accepting its retry shows as accepting it twice). After the last cycle a clean server answers the
+outstanding retries and replays, and then:
 
 - every certificate a client received is in the inventory, byte for byte;
 - no serial was handed out twice (a retried transaction gets its own certificate again, never another);
@@ -76,6 +79,8 @@ class Tally:
     otp_outstanding: list = field(default_factory=list)                # (user, OTP) whose answer was lost
     requests: int = 0
     lost_answers: int = 0
+    committed_unanswered: int = 0                                      # OTPs committed whose answer a kill cut
+    violations: list = field(default_factory=list)                     # found by the audits after each kill
 
 
 class Server:
@@ -254,6 +259,7 @@ class CrashRun:
             await asyncio.to_thread(self.server.kill9)
             stop.set()
             await asyncio.gather(*tasks)
+        await self._audit()
         self.tally.cycles += 1
 
     async def finish(self) -> None:
@@ -271,7 +277,8 @@ class CrashRun:
 
     # ---- verdict ---------------------------------------------------------------------------------------------
 
-    async def check(self) -> dict[str, int]:
+    async def _read_db(self) -> tuple[dict[str, bytes], dict[int, tuple[int, int]]]:
+        """(serial -> certificate DER, YubiKey serial -> stored counter pair), straight from the SQLite file."""
         engine = create_engine(f"sqlite+aiosqlite:///{(self.data_dir / 'scep.db').resolve()}")
         try:
             async with engine.connect() as conn:
@@ -281,20 +288,44 @@ class CrashRun:
                     sa.select(otp_yubikeys.c.serial, otp_yubikeys.c.usage_ctr, otp_yubikeys.c.session_use))}
         finally:
             await engine.dispose()
+        return inventory, counters
+
+    async def _audit(self) -> None:
+        """Between a kill and the next start, on the file itself: every acknowledged certificate and OTP is
+        durable; an OTP whose answer was cut but which was committed counts as accepted (its retry must fail)."""
+        inventory, counters = await self._read_db()
+        t = self.tally
+        for txid, der in t.delivered.items():
+            if inventory.get(format(x509.load_der_x509_certificate(der).serial_number, "x")) != der:
+                t.violations.append(f"certificate of {txid} delivered but not in the inventory after a kill")
+        for otp in t.otp_accepted:
+            serial, *pair = t.otp_pair[otp]
+            if counters[serial] < tuple(pair):
+                t.violations.append(f"OTP {otp} accepted but the stored counter {counters[serial]} is below it")
+        for _user, otp in t.otp_outstanding:
+            serial, *pair = t.otp_pair[otp]
+            if counters[serial] >= tuple(pair) and t.otp_accepted[otp] == 0:
+                t.otp_accepted[otp] += 1  # committed, unanswered: accepting its retry would accept it twice
+                t.committed_unanswered += 1
+
+    async def check(self) -> dict[str, int]:
+        inventory, counters = await self._read_db()
         t = self.tally
         lost = [txid for txid, der in t.delivered.items()
                 if inventory.get(format(x509.load_der_x509_certificate(der).serial_number, "x")) != der]
         duplicates = [s for s, n in t.serials_seen.items() if n > 1]
         twice = [otp for otp, n in t.otp_accepted.items() if n > 1]
-        behind = [otp for otp in t.otp_accepted
-                  if counters[t.otp_pair[otp][0]] < t.otp_pair[otp][1:]]
+        behind = [otp for otp in t.otp_accepted if counters[t.otp_pair[otp][0]] < t.otp_pair[otp][1:]]
         return {"cycles": t.cycles, "delivered": len(t.delivered), "lost": len(lost), "duplicate_serials": len(duplicates),
                 "otp_accepted": len(t.otp_accepted), "otp_accepted_twice": len(twice),
-                "otp_counter_behind": len(behind), "requests": t.requests, "lost_answers": t.lost_answers}
+                "otp_counter_behind": len(behind), "requests": t.requests, "lost_answers": t.lost_answers,
+                "committed_unanswered": t.committed_unanswered, "violations": len(t.violations)}
 
 
 def summary(figures: dict[str, int]) -> str:
     return (f"{figures['cycles']} cycles, {figures['delivered']} certificates delivered, {figures['lost']} lost, "
             f"{figures['duplicate_serials']} duplicate serials, {figures['otp_accepted_twice']} OTP accepted twice "
             f"({figures['otp_accepted']} OTPs accepted, {figures['otp_counter_behind']} stored counters behind an "
-            f"accepted OTP; {figures['requests']} requests, {figures['lost_answers']} answers cut by a kill)")
+            f"accepted OTP; {figures['requests']} requests, {figures['lost_answers']} answers cut by a kill, "
+            f"{figures['committed_unanswered']} of them OTPs committed before the kill; "
+            f"{figures['violations']} violations found between a kill and the next start)")

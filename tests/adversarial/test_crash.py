@@ -24,3 +24,4 @@ async def test_nothing_acknowledged_is_lost_across_kill_9(tmp_path):
     assert figures["duplicate_serials"] == 0, summary(figures)
     assert figures["otp_accepted_twice"] == 0, summary(figures)
     assert figures["otp_counter_behind"] == 0, summary(figures)
+    assert figures["violations"] == 0, "\n".join(run.tally.violations)
