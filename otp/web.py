@@ -68,16 +68,36 @@ def _api(handler: Callable[..., Awaitable[web.StreamResponse]]) -> Callable[...,
     return wrapped
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise InvalidInput("the body repeats a key in one object")
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise InvalidInput(f"{name} is not JSON")
+
+
 async def _json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    """One JSON object without a repeated key, whose top-level strings carry no NUL or unpaired surrogate
+    (neither can be stored); anything else, a nesting bomb included, is an InvalidInput (400)."""
     raw = await request.read()
     if not raw.strip() and optional:
         return {}
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        data = json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and the integer digit limit are ValueErrors
         raise InvalidInput("the body must be a JSON object") from None
     if not isinstance(data, dict):
         raise InvalidInput("the body must be a JSON object")
+    for text in (t for item in data.items() for t in item if isinstance(t, str)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput("a string contains an unpaired surrogate") from None
+        if "\x00" in text:
+            raise InvalidInput("a string contains a NUL character")
     return data
 
 
@@ -98,15 +118,18 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
 async def _upload(request: web.Request, limit: int) -> bytes:
     """A secrets file: the raw body, or the first file part of a multipart/form-data upload."""
     if request.content_type == "multipart/form-data":
-        reader = await request.multipart()
-        async for part in reader:
-            if isinstance(part, BodyPartReader) and (part.filename or part.name in ("file", "secrets")):
-                data = bytearray()
-                while chunk := await part.read_chunk(65536):
-                    data += chunk
-                    if len(data) > limit:
-                        raise PayloadTooLarge(f"the file is larger than {limit} bytes")
-                return bytes(data)
+        try:
+            reader = await request.multipart()
+            async for part in reader:
+                if isinstance(part, BodyPartReader) and (part.filename or part.name in ("file", "secrets")):
+                    data = bytearray()
+                    while chunk := await part.read_chunk(65536):
+                        data += chunk
+                        if len(data) > limit:
+                            raise PayloadTooLarge(f"the file is larger than {limit} bytes")
+                    return bytes(data)
+        except (ValueError, AssertionError) as exc:  # aiohttp's multipart reader on a body that is not multipart
+            raise InvalidInput(f"the multipart body does not parse: {str(exc)[:200]}") from None
         raise InvalidInput("the multipart body has no file part")
     return await _read_limited(request, limit)
 

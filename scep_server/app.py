@@ -24,6 +24,9 @@ async def no_tracebacks(request: web.Request, handler):
         return await handler(request)
     except web.HTTPException:
         raise
+    except web.RequestPayloadError as exc:  # a body that cannot be read as framed or encoded: the client's fault
+        log.info("http.bad_body", method=request.method, path=request.path, detail=str(exc)[:200])
+        return web.Response(status=400, text="the request body could not be read\n", content_type="text/plain")
     except Exception:
         log.exception("http.unhandled", method=request.method, path=request.path)
         return web.Response(status=500, text="internal error\n", content_type="text/plain")

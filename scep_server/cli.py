@@ -231,10 +231,10 @@ def _serial_arg(text: str) -> str:
     from .ca.inventory import serial_hex
 
     cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
-    try:
-        return serial_hex(int(cleaned, 16))
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a hexadecimal serial number") from None
+    # ASCII hex digits only: int() also takes other scripts' digits, "_" and a sign
+    if not (cleaned.isascii() and 0 < len(cleaned) <= 40 and all(c in "0123456789abcdef" for c in cleaned)):
+        raise click.BadParameter(f"{text!r} is not a hexadecimal serial number")
+    return serial_hex(int(cleaned, 16))
 
 
 def _status_change(ctx: Context, serial: str, change: str, **kwargs: Any) -> None:

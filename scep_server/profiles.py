@@ -21,7 +21,7 @@ from .ca.policy import CertificateTemplate, IssuancePolicy
 from .store.db import writer
 from .store.tables import profiles
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # \Z: `$` also matches before a final newline
 ChallengeKind = Literal["static", "dynamic", "delegated"]
 
 
@@ -136,7 +136,7 @@ class ProfileStore:
 
     async def create(self, name: str, *, ca: str, challenge_kind: ChallengeKind, now: datetime,
                      static_secret: str | None = None, settings: ProfileSettings | None = None) -> Profile:
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise ProfileError(f"invalid profile name {name!r}: letters, digits, '_', '.', '-' (max 64)")
         if challenge_kind not in ("static", "dynamic", "delegated"):
             raise ProfileError(f"unknown challenge kind {challenge_kind!r}: static, dynamic or delegated")

@@ -41,7 +41,6 @@ import base64
 import binascii
 import functools
 import hashlib
-import secrets
 import time
 from collections import OrderedDict, namedtuple
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ import sqlalchemy as sa
 import structlog
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine

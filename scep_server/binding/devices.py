@@ -39,7 +39,7 @@ from .tables import device_certs, device_enrolments, devices
 
 log = structlog.get_logger("device")
 
-DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+DEVICE_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")  # \Z: `$` also matches before a final newline
 
 
 class DeviceStatus(str, Enum):
@@ -144,7 +144,7 @@ class DeviceStore:
     async def create(self, device_id: str | None, *, name: str = "", actor: str) -> Device:
         """Register a device (active); a random id when none is given. Ids are never reused."""
         device_id = device_id or f"dev_{secrets.token_hex(10)}"
-        if not DEVICE_ID.match(device_id):
+        if not DEVICE_ID.fullmatch(device_id):
             raise InvalidInput(f"device id {device_id!r}: 1-64 characters of letters, digits and _.:- "
                                f"starting with a letter or digit")
         if len(name) > 255:

@@ -13,14 +13,13 @@
 """
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
 from crl.config import Policy
 
 from ..appkeys import RUNTIME
 from ..web.auth import problem, requires
+from ..web.jsonbody import BadJSON, read_object
 from .attestation import Verdict, b64decode, decode_certificate
 from .devices import DEVICE_ID, TRANSITIONS
 from .errors import BindingError, InvalidInput
@@ -34,12 +33,9 @@ def _verdict_400(detail: str) -> web.Response:
 
 async def _json(request: web.Request) -> dict:
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidInput("the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object")
-    return body
+        return await read_object(request)
+    except BadJSON as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 def _str(body: dict, key: str, *, required: bool = True, limit: int = 16384) -> str | None:
@@ -55,7 +51,7 @@ def _str(body: dict, key: str, *, required: bool = True, limit: int = 16384) -> 
 
 def _device_id(body: dict) -> str:
     device_id = _str(body, "device_id", limit=64)
-    if not DEVICE_ID.match(device_id):
+    if not DEVICE_ID.fullmatch(device_id):
         raise InvalidInput("'device_id' is not a valid device id")
     return device_id
 

@@ -31,7 +31,7 @@ PERMANENT_REASON = Reason.CESSATION_OF_OPERATION
 def parse_reason(text: str) -> Reason:
     """A CLI/API reason name ("key-compromise", "superseded", ...) or number."""
     key = text.strip().lower().replace("_", "-")
-    if key.isdigit() and int(key) in {int(r) for r in REASONS.values()}:
+    if key.isascii() and key.isdigit() and int(key) in {int(r) for r in REASONS.values()}:
         return Reason(int(key))
     if key not in REASONS:
         raise ValueError(f"unknown revocation reason {text!r}; one of: {', '.join(REASONS)}")

@@ -2,7 +2,6 @@
 for challenges and pending enrolments."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import structlog
@@ -13,6 +12,7 @@ from ..appkeys import RUNTIME
 from ..profiles import UnknownProfile
 from ..web.auth import problem, requires
 from ..web.client import client_address
+from ..web.jsonbody import BadJSON, read_object
 from .basic import parse_basic
 from .config import ChallengeConfigError
 from .enrolments import STATES, list_enrolments
@@ -106,11 +106,9 @@ async def jamf_webhook(request: web.Request) -> web.Response:
         return error
     profile, _settings, user = ok
     try:
-        payload = json.loads(await request.read() or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        return problem(400, "Bad Request", "the body is not JSON (expected Jamf's SCEPChallenge webhook event)")
-    if not isinstance(payload, dict):
-        return problem(400, "Bad Request", "the body must be a JSON object")
+        payload = await read_object(request, empty={})
+    except BadJSON as exc:
+        return problem(400, "Bad Request", f"{exc} (expected Jamf's SCEPChallenge webhook event)")
     hook = payload.get("webhook") if isinstance(payload.get("webhook"), dict) else {}
     event = payload.get("event") if isinstance(payload.get("event"), dict) else {}
     kind = hook.get("webhookEvent")
@@ -131,12 +129,9 @@ async def _json_body(request: web.Request) -> dict[str, Any] | web.Response:
     if not request.can_read_body:
         return {}
     try:
-        data = json.loads(await request.read() or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        return problem(400, "Bad Request", "the body is not JSON")
-    if not isinstance(data, dict):
-        return problem(400, "Bad Request", "the body must be a JSON object")
-    return data
+        return await read_object(request, empty={})
+    except BadJSON as exc:
+        return problem(400, "Bad Request", str(exc))
 
 
 @requires("admin")

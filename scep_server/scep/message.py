@@ -108,7 +108,7 @@ def parse_pki_message(data: bytes) -> PKIMessage:
         el = attrs.get(oids.MESSAGE_TYPE)
         if el is not None:
             text = der.decode_string(data, el)
-            if text.isdigit() and len(text) < 6:
+            if text.isascii() and text.isdigit() and len(text) < 6:
                 n = int(text)
                 f["message_type"] = MessageType(n) if n in MessageType._value2member_map_ else n
         el = attrs.get(oids.SIGNING_TIME)

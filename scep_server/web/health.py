@@ -1,32 +1,64 @@
-"""Liveness and readiness for operators."""
+"""Liveness and readiness for operators.
+
+`/readyz` answers 200 or 503 with ``{"ready": bool, "checks": {name: "ok" | "failed"}}``: which check
+failed, never why. The reason (an exception, a file name, a key store's message) goes to the log, once
+each time it changes.
+"""
 from __future__ import annotations
 
+import asyncio
+
 import sqlalchemy as sa
+import structlog
 from aiohttp import web
 
 from ..appkeys import RUNTIME
+
+log = structlog.get_logger("health")
+
+DATABASE_TIMEOUT = 5.0  # seconds: a database that does not answer in time is not ready
+_LAST_DETAIL = web.AppKey("readyz_last_detail", dict)
 
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def readyz(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
-    checks: dict[str, str] = {}
-    try:
+async def _database(runtime) -> str:
+    async def ping() -> None:
         async with runtime.engine.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
-        checks["database"] = "ok"
+    await asyncio.wait_for(ping(), DATABASE_TIMEOUT)
+    return "ok"
+
+
+async def readyz(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    details: dict[str, str] = {}
+    try:
+        details["database"] = await _database(runtime)
     except Exception as exc:  # noqa: BLE001 - readiness reports any database failure
-        checks["database"] = f"error: {exc.__class__.__name__}"
-    checks["ca"] = "ok" if runtime.cas else "error: no CA loaded"
-    for name, check in runtime.extras.get("readiness", {}).items():
-        checks[name] = check()
+        details["database"] = f"error: {exc.__class__.__name__}: {exc}"
+    details["ca"] = "ok" if runtime.cas else "error: no CA loaded"
+    for name, check in list(runtime.extras.get("readiness", {}).items()):
+        try:
+            details[name] = str(check())
+        except Exception as exc:  # noqa: BLE001 - a broken check is a failed check, not a 500
+            details[name] = f"error: {exc.__class__.__name__}: {exc}"
+    last = request.app[_LAST_DETAIL]
+    for name, detail in details.items():
+        if detail != "ok" and last.get(name) != detail:
+            log.warning("readyz.check_failed", check=name, detail=detail)
+        elif detail == "ok" and name in last and last[name] != "ok":
+            log.info("readyz.check_recovered", check=name)
+        last[name] = detail
+    checks = {name: "ok" if detail == "ok" else "failed" for name, detail in details.items()}
     ready = all(v == "ok" for v in checks.values())
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503,
+                             headers={"Cache-Control": "no-store"})
 
 
 def add_routes(app: web.Application) -> None:
+    app[_LAST_DETAIL] = {}
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
