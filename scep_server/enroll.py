@@ -36,7 +36,7 @@ from .binding.tables import device_certs, devices
 from .ca import inventory
 from .ca.authority import CertificateAuthority, random_serial
 from .ca.inventory import CertRecord, Reason
-from .ca.policy import PolicyViolation, check_message_digest
+from .ca.policy import MESSAGE_DIGEST_CAPS, PolicyViolation, check_message_digest
 from .clock import Clock, utcnow
 from .profiles import Profile, ProfileStore, UnknownProfile
 from .scep import message as codec
@@ -52,6 +52,10 @@ DER = serialization.Encoding.DER
 
 class ChallengeRejected(Exception):
     """The challenge (static, one-time or delegated) did not authorise this enrolment."""
+
+
+class ApprovalRefused(Exception):
+    """An administrator approved a pending enrolment that the profile's template now refuses: it is rejected."""
 
 
 class NoNextCA(Exception):
@@ -409,6 +413,8 @@ class ScepService:
         self._executor = ThreadPoolExecutor(max_workers=scep_threads(threads), thread_name_prefix="scep")
         if isinstance(self._store, _SqliteStore):
             self._store.executor = self._executor
+        # (profile, transactionID) -> the device id an administrator pre-registered for it (binding feature)
+        self.device_identity: Callable[[str, str], Awaitable[str | None]] | None = None
 
     async def _run(self, fn, /, *args, **kwargs):
         return await _in_executor(self._executor, fn, *args, **kwargs)
@@ -417,15 +423,13 @@ class ScepService:
         """Stop the executor once the requests in it have finished (queued work that never started is dropped)."""
         await asyncio.get_running_loop().run_in_executor(
             None, functools.partial(self._executor.shutdown, wait=True, cancel_futures=True))
-        # (profile, transactionID) -> the device id an administrator pre-registered for it (binding feature)
-        self.device_identity: Callable[[str, str], Awaitable[str | None]] | None = None
 
     # ------------------------------------------------------------------ GetCACaps / GetCACert
 
     async def get_ca_caps(self, profile_name: str) -> str:
         """RFC 8894 §3.5.2: capabilities generated from what this server enforces."""
         profile = await self.profiles.get(profile_name)
-        caps = ["AES", "DES3", "SHA-1", "SHA-256", "SHA-512", "POSTPKIOperation", "SCEPStandard"]
+        caps = ["AES", "DES3", *MESSAGE_DIGEST_CAPS, "POSTPKIOperation", "SCEPStandard"]
         if profile.settings.allow_renewal:
             caps.append("Renewal")
         if self.cas[profile.ca].next_ca_certs:
@@ -509,7 +513,8 @@ class ScepService:
             self._check_signer_key(profile, ca, msg, content)
             # the template's rules, judged here in the same thread; applied after a retry is recognised
             try:
-                profile.policy.check(content.csr, reserved_names=ca.reserved_names, proof_checked=True)
+                profile.policy.check(content.csr, reserved_names=ca.reserved_names,
+                                    proof_checked=content.proof_checked)
             except PolicyViolation as exc:
                 policy_error = str(exc)
             if self._store.inline:
@@ -1036,16 +1041,8 @@ class ScepService:
             raise LookupError(f"no pending enrolment {transaction_id!r} on profile {profile_name!r}")
         m = row
         if not approve:
-            async with writer(self.engine).begin() as conn:
-                res = await conn.execute(scep_transactions.update().where(
-                    scep_transactions.c.profile == profile_name, scep_transactions.c.transaction_id == transaction_id,
-                    scep_transactions.c.state == "pending",
-                ).values(state="rejected", fail_text=reason or "rejected by an administrator", decided_by=actor,
-                         updated_at=now))
-                if res.rowcount != 1:
-                    raise LookupError(f"enrolment {transaction_id!r} was decided concurrently")
-                await record_event(conn, at=now, kind="scep.enrolment.reject", subject=transaction_id, actor=actor,
-                                   data={"profile": profile_name, "reason": reason})
+            await self._reject_pending(profile_name, transaction_id, reason or "rejected by an administrator",
+                                       actor=actor, now=now, reason=reason)
             return "rejected"
         csr = x509.load_der_x509_csr(m["csr_der"])
         renewal_of = None
@@ -1055,7 +1052,12 @@ class ScepService:
             if renewal_of is None:
                 raise LookupError(f"the certificate renewed by enrolment {transaction_id!r} no longer exists")
         supersede = renewal_of is not None and profile.settings.supersede_on_renewal
-        cert = await self._run(ca.issue, csr, profile.policy, serial=random_serial(), now=now)
+        try:
+            cert = await self._run(ca.issue, csr, profile.policy, serial=random_serial(), now=now)
+        except PolicyViolation as exc:  # the template changed while the enrolment waited
+            text = f"the profile's certificate template refuses this request: {exc}"
+            await self._reject_pending(profile_name, transaction_id, text, actor=actor, now=now, reason=text)
+            raise ApprovalRefused(text) from None
         der = cert.public_bytes(DER)
         serial = inventory.serial_hex(cert.serial_number)
         if renewal_of is not None:
@@ -1087,6 +1089,20 @@ class ScepService:
         if supersede:
             self.on_status_change(ca.name)
         return serial
+
+
+    async def _reject_pending(self, profile_name: str, transaction_id: str, fail_text: str, *, actor: str,
+                              now: datetime, reason: str | None) -> None:
+        """Mark a pending enrolment rejected (the device learns it at its next CertPoll), with its audit event."""
+        async with writer(self.engine).begin() as conn:
+            res = await conn.execute(scep_transactions.update().where(
+                scep_transactions.c.profile == profile_name, scep_transactions.c.transaction_id == transaction_id,
+                scep_transactions.c.state == "pending",
+            ).values(state="rejected", fail_text=fail_text, decided_by=actor, updated_at=now))
+            if res.rowcount != 1:
+                raise LookupError(f"enrolment {transaction_id!r} was decided concurrently")
+            await record_event(conn, at=now, kind="scep.enrolment.reject", subject=transaction_id, actor=actor,
+                               data={"profile": profile_name, "reason": reason})
 
 
 def req_has_challenge(csr: x509.CertificateSigningRequest) -> bool:

@@ -337,7 +337,7 @@ class IssuancePolicy:
             self.check_key(csr)
             self.check_signature_algorithm(csr)
             self.subject_and_sans(csr, reserved_names=reserved_names)
-            valid = proof_checked or csr_signature_valid(csr)
+            valid = proof_checked or csr_signature_valid(csr) is True
         except (ValueError, UnsupportedAlgorithm) as exc:
             raise PolicyViolation(f"the CSR cannot be checked: {exc}") from None
         if not valid:

@@ -9,6 +9,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import hashes
 
 from ..appkeys import RUNTIME
+from ..enroll import ApprovalRefused
 from ..profiles import UnknownProfile
 from ..web.auth import problem, requires
 from ..web.client import client_address
@@ -184,6 +185,8 @@ async def _decide(request: web.Request, approve: bool) -> web.Response:
                                       reason=(reason or None) and reason[:500])
     except UnknownProfile as exc:
         return problem(404, "Not Found", str(exc))
+    except ApprovalRefused as exc:
+        return problem(422, "Unprocessable Content", str(exc))
     except LookupError as exc:
         return problem(409 if "concurrently" in str(exc) else 404, "Not Found", str(exc))
     log.info("enrolment.decided", profile=request.match_info["profile"], transaction_id=txid,

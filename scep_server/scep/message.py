@@ -219,6 +219,7 @@ class RequestContent:
     cipher: ContentCipher
     csr: x509.CertificateSigningRequest | None = None      # PKCSReq, RenewalReq: signature verified
     public_key: object = None                              # PKCSReq, RenewalReq: the CSR's public key
+    proof_checked: bool = False                            # PKCSReq, RenewalReq: the CSR's signature verified
     issuer: x509.Name | None = None                        # CertPoll, GetCert, GetCRL
     subject: x509.Name | None = None                       # CertPoll
     serial: int | None = None                              # GetCert, GetCRL
@@ -319,26 +320,32 @@ def rsa_key_bounded(public_key) -> bool:
             and public_key.public_numbers().e.bit_length() <= MAX_RSA_EXPONENT_BITS)
 
 
-def csr_signature_valid(csr: x509.CertificateSigningRequest) -> bool:
-    """Proof of possession: the CSR's signature verifies under the key it carries (SHA-1 included: whether a
-    SHA-1 CSR is acceptable is the profile's decision, see ca.policy). False for a key beyond the bounds."""
+def csr_signature_valid(csr: x509.CertificateSigningRequest) -> bool | None:
+    """Proof of possession: does the CSR's signature verify under the key it carries? SHA-1 is verified too
+    (whether a SHA-1 CSR is acceptable is the profile's decision, see ca.policy). None when it is not verified
+    here: a key beyond the bounds (verifying would cost more than any real key), MD5 or an algorithm
+    cryptography does not verify; the profile's policy refuses those with its own words."""
     public_key = csr.public_key()
     if not rsa_key_bounded(public_key):
-        return False
+        return None
     oid = csr.signature_algorithm_oid.dotted_string
-    if oid not in _RSA_SHA1_OIDS and oid != _ECDSA_SHA1_OID:
-        return csr.is_signature_valid
-    # cryptography's CSR check no longer verifies SHA-1
-    try:
-        if isinstance(public_key, rsa.RSAPublicKey) and oid in _RSA_SHA1_OIDS:
-            public_key.verify(csr.signature, csr.tbs_certrequest_bytes, padding.PKCS1v15(), hashes.SHA1())
-        elif isinstance(public_key, ec.EllipticCurvePublicKey) and oid == _ECDSA_SHA1_OID:
-            public_key.verify(csr.signature, csr.tbs_certrequest_bytes, ec.ECDSA(hashes.SHA1()))
-        else:
+    if oid in _RSA_SHA1_OIDS or oid == _ECDSA_SHA1_OID:  # cryptography's CSR check no longer verifies SHA-1
+        try:
+            if isinstance(public_key, rsa.RSAPublicKey) and oid in _RSA_SHA1_OIDS:
+                public_key.verify(csr.signature, csr.tbs_certrequest_bytes, padding.PKCS1v15(), hashes.SHA1())
+            elif isinstance(public_key, ec.EllipticCurvePublicKey) and oid == _ECDSA_SHA1_OID:
+                public_key.verify(csr.signature, csr.tbs_certrequest_bytes, ec.ECDSA(hashes.SHA1()))
+            else:
+                return False
+        except InvalidSignature:
             return False
-    except InvalidSignature:
-        return False
-    return True
+        return True
+    try:
+        if isinstance(csr.signature_hash_algorithm, hashes.MD5):
+            return None
+        return csr.is_signature_valid
+    except UnsupportedAlgorithm:
+        return None
 
 
 # A self-signed RSA-2048 CSR (CN=placeholder) whose signature is checked when the content did not parse, so
@@ -369,10 +376,13 @@ def _parse_content(message_type: MessageType | int, plain: bytes, cipher: Conten
             csr = None
         try:
             signed = csr_signature_valid(csr or _PLACEHOLDER_CSR)
-        except Exception:  # noqa: BLE001 - an unsupported signature algorithm is no proof of possession
+        except Exception:  # noqa: BLE001 - anything a hostile CSR raises is no proof of possession
             signed = False
-        if csr is not None and signed:
-            content = RequestContent(der=plain, cipher=cipher, csr=csr, public_key=public_key)
+        # a signature that does not verify is one answer with every other fault; one that cannot be verified here
+        # (None: MD5, a key beyond the bounds) goes on to the profile's policy, which refuses it in its own words
+        if csr is not None and signed is not False:
+            content = RequestContent(der=plain, cipher=cipher, csr=csr, public_key=public_key,
+                                     proof_checked=signed is True)
     elif message_type is MessageType.CERT_POLL:
         try:
             issuer, subject = parse_issuer_and_subject(plain)

@@ -190,3 +190,31 @@ def test_delegated_profiles_cannot_require_approval():
 
         asyncio.run(store.create("x", ca="default", challenge_kind="delegated", now=None,
                                  settings=ProfileSettings(require_approval=True)))
+
+
+async def test_approving_what_the_template_now_refuses_rejects_it_with_a_4xx(server):
+    """The template tightened while an enrolment waited: approval is refused with the template's words (never a
+    500), the enrolment is rejected, and the device's CertPoll learns it."""
+    await approval_profile(server)
+    rt = server.runtime
+    _, token = await rt.tokens.create(scope="admin", name="t", now=rt.clock())
+    key = rsa_key()
+    async with aiohttp.ClientSession() as s:
+        rep = await enrol(s, server, "manual", key, SECRET, cn="tv-2")
+        assert rep.status is PKIStatus.PENDING
+        current = await rt.profiles.get("manual")
+        await rt.profiles.update("manual", now=rt.clock(), settings=current.settings.model_copy(update={
+            "template": current.settings.template.model_copy(update={"subject_patterns": {"CN": "kiosk-[0-9]+"}})}))
+        async with s.post(f"{server.url}/api/v1/enrolments/manual/approve", headers={"Authorization": f"Bearer {token}"},
+                          json={"transaction_id": rep.transaction_id}) as resp:
+            assert resp.status == 422, await resp.text()
+            assert "template" in (await resp.json())["detail"]
+        subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "tv-2")])
+        ca = next(iter(rt.cas.values()))
+        body = build(server, key, challenge=None, message_type=MessageType.CERT_POLL, transaction_id=rep.transaction_id,
+                     content=client.issuer_and_subject(ca.cert.subject, subject))
+        polled = await pki(s, server, "manual", body, key)
+    assert polled.status is PKIStatus.FAILURE and "template" in polled.fail_text
+    async with rt.engine.connect() as conn:
+        import sqlalchemy as sa
+        assert (await conn.execute(sa.text("SELECT count(*) FROM certificates"))).scalar() == 0

@@ -237,6 +237,15 @@ async def test_rsa_public_exponents(svc):
                    "RSA public exponent 17 is not allowed: use 3 or 65537")
 
 
+async def test_a_message_signer_with_an_oversized_exponent_is_refused_before_verifying(svc):
+    """Verifying under an exponent as long as the modulus costs a private-key operation: the message's own
+    signer key is bounded like a CSR's, and refused (badAlg) before any arithmetic."""
+    signer = key_with_exponent(secrets.randbits(2047) | 1 | 1 << 2046)
+    key = rsa_key()
+    rep = await svc.enrol(signer, make_csr(key, challenge=svc.server.challenge()))
+    assert refused(rep, "the signer key is beyond 16384 bits or its exponent beyond 256 bits", FailInfo.BAD_ALG)
+
+
 async def test_known_weak_keys_are_refused(svc):
     key = roca_key()
     assert refused(await svc.enrol(key, make_csr(key, challenge=svc.server.challenge())),
@@ -300,7 +309,9 @@ async def test_proof_of_possession_is_required(svc):
     tbs = x509.load_der_x509_csr(make_csr(key, challenge=svc.server.challenge())).tbs_certrequest_bytes
     forged = der.seq(tbs, der.seq(der.oid("1.2.840.113549.1.1.11"), der.NULL_DER),
                      der.tlv(der.BIT_STRING, b"\x00" + other.sign(tbs, padding.PKCS1v15(), hashes.SHA256())))
-    assert refused(await svc.enrol(key, forged), "the CSR's signature does not verify (no proof of possession)")
+    # a CSR that does not verify under its own key is one of the decryption stage's faults: one answer for all
+    # (no padding oracle), and nothing is issued
+    assert refused(await svc.enrol(key, forged), "cannot decrypt the pkcsPKIEnvelope", FailInfo.BAD_MESSAGE_CHECK)
 
 
 async def test_a_backtracking_pattern_costs_no_more_than_a_plain_one(svc):
