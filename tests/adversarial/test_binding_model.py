@@ -39,7 +39,7 @@ from scep_server.store.tables import certificates
 from tests.conftest import _truncate_pg
 from tests.factories import NOW, csr, make_ca, record_issued, register_ca
 
-from .conftest import attesting_profile, sign
+from tests.binding.conftest import attesting_profile, sign
 
 DEVICES = ("d0", "d1", "d2")
 LIFECYCLE = {"suspend": ({"active"}, "suspended"), "unsuspend": ({"suspended"}, "active"),
