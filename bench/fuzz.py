@@ -33,6 +33,7 @@ def run(name: str, n: int, bases: list[bytes], fn, rng: random.Random) -> bool:
     nodes = [elements(b) for b in bases]
     unexpected, worst, worst_len, total = 0, 0.0, 0, 0.0
     over = over_cap = 0
+    suspects: list[bytes] = []
     started = time.perf_counter()
     for i in range(n):
         k = rng.randrange(len(bases))
@@ -52,15 +53,27 @@ def run(name: str, n: int, bases: list[bytes], fn, rng: random.Random) -> bool:
             continue
         if spent > harness.CPU_BUDGET:
             over += 1
+            if len(suspects) < 50:
+                suspects.append(data)
         if spent > worst:
             worst, worst_len = spent, len(data)
     wall = time.perf_counter() - started
+    # Process CPU time also counts whatever else the process did meanwhile (the in-process server's background
+    # jobs, the garbage collector): an input over the budget is timed three more times, and counts only if it
+    # is over the budget every time.
+    confirmed = [d for d in suspects if min(_cpu(fn, d) for _ in range(3)) > harness.CPU_BUDGET]
     label = "5xx" if name == "http" else "unexpected exceptions"
-    print(f"{name:6} {n:>8,} inputs, {unexpected} {label}, {over} over 50 ms, max CPU per input "
-          f"{worst * 1000:.2f} ms ({worst_len:,} bytes), mean {total / max(n - over_cap, 1) * 1000:.3f} ms, "
-          f"{wall:.0f} s"
+    print(f"{name:6} {n:>8,} inputs, {unexpected} {label}, {len(confirmed)} over 50 ms"
+          + (f" ({over} at first, not on re-timing)" if over and not confirmed else "")
+          + f", max CPU per input {worst * 1000:.2f} ms ({worst_len:,} bytes), "
+          f"mean {total / max(n - over_cap, 1) * 1000:.3f} ms, {wall:.0f} s"
           + (f" ({over_cap:,} over the 64 KiB cap: HTTP 413, not counted)" if over_cap else ""))
-    return unexpected == 0 and over == 0
+    return unexpected == 0 and not confirmed and over <= len(suspects)
+
+
+def _cpu(fn, data: bytes) -> float:
+    spent = fn(data)
+    return spent[1] if isinstance(spent, tuple) else spent
 
 
 def main() -> int:
