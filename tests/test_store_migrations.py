@@ -1,3 +1,5 @@
+import re
+
 import sqlalchemy as sa
 
 from scep_server.store import tables
@@ -8,3 +10,88 @@ async def test_migrated_schema_has_core_tables(engine):
         names = await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
     for t in tables.metadata.tables:
         assert t in names
+
+
+def _server_default_differs(context, inspected_column, metadata_column, inspected_default, metadata_default,
+                            rendered_metadata_default):
+    # alembic's SQLite comparison strips the quotes of a non-empty string only: SQLite's ('') is the model's ""
+    if context.dialect.name == "sqlite" and inspected_default == "('')" and rendered_metadata_default in ("", "''"):
+        return False
+    return None  # alembic's own comparison
+
+
+def _schema_diff(conn, metadata=None):
+    """What alembic's autogenerate would change to bring the migrated database to the models.
+
+    compare_type: column types (lengths included) are reflected faithfully on SQLite and PostgreSQL.
+    compare_server_default: server defaults are compared on both, with the one false difference of alembic's
+    SQLite comparison (an empty string default) answered by _server_default_differs.
+    """
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from scep_server.store.schema import combined_metadata
+
+    mc = MigrationContext.configure(conn, opts={"compare_type": True,
+                                                "compare_server_default": _server_default_differs})
+    return compare_metadata(mc, combined_metadata() if metadata is None else metadata)
+
+
+async def test_migrations_create_what_the_models_say(engine):
+    async with engine.connect() as conn:
+        diff = await conn.run_sync(_schema_diff)
+    assert diff == []
+
+
+def _predicate(text) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"^\((.*)\)$", r"\1", str(text).strip())).lower()
+
+
+def _partial_index_drift(conn, metadata=None) -> list[tuple[str, str, str | None, str | None]]:
+    """Partial indexes whose WHERE differs between the models and the database (autogenerate does not look)."""
+    from scep_server.store.schema import combined_metadata
+
+    metadata = combined_metadata() if metadata is None else metadata
+    dialect = conn.dialect.name
+    insp = sa.inspect(conn)
+    drift = []
+    for table in metadata.tables.values():
+        reflected = {i["name"]: i.get("dialect_options", {}).get(f"{dialect}_where")
+                     for i in insp.get_indexes(table.name)}
+        for index in table.indexes:
+            want = index.dialect_options[dialect]["where"]
+            have = reflected.get(index.name)
+            want, have = (None if w is None else _predicate(w) for w in (want, have))
+            if want != have:
+                drift.append((table.name, index.name, want, have))
+    return drift
+
+
+async def test_partial_indexes_have_the_models_predicates(engine):
+    async with engine.connect() as conn:
+        drift = await conn.run_sync(_partial_index_drift)
+    assert drift == []
+
+
+async def test_the_comparisons_see_a_model_that_drifted(engine):
+    """A column, a type, a server default and a partial index predicate changed in the models only are seen."""
+    from scep_server.store.schema import combined_metadata
+
+    drifted = combined_metadata()
+    throttle = drifted.tables["otp_throttle"]
+    throttle.append_column(sa.Column("note", sa.Text))
+    throttle.c.subject.type = sa.String(161)
+    drifted.tables["otp_events"].c.occurrences.server_default = sa.DefaultClause("2")
+    index = next(i for i in drifted.tables["device_certs"].indexes if i.name == "uq_device_certs_current")
+    for dialect in ("sqlite", "postgresql"):
+        index.dialect_options[dialect]["where"] = sa.text("NOT current")
+    async with engine.connect() as conn:
+        diff = await conn.run_sync(_schema_diff, drifted)
+        predicates = await conn.run_sync(_partial_index_drift, drifted)
+    flat = [d for item in diff for d in (item if isinstance(item, list) else [item])]
+    assert {(d[0], d[2], d[3] if d[0] != "add_column" else d[3].name) for d in flat} == {
+        ("add_column", "otp_throttle", "note"),
+        ("modify_type", "otp_throttle", "subject"),
+        ("modify_default", "otp_events", "occurrences"),
+    }
+    assert predicates == [("device_certs", "uq_device_certs_current", "not current", "current")]

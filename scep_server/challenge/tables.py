@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from ..store.tables import profiles
+
 metadata = sa.MetaData()
 TS = sa.DateTime(timezone=True)
 
@@ -11,7 +13,7 @@ challenges = sa.Table(
     metadata,
     # SHA-256 of the one-time challenge (the challenge itself is never stored)
     sa.Column("challenge_sha256", sa.String(64), primary_key=True),
-    sa.Column("profile", sa.String(64), nullable=False),
+    sa.Column("profile", sa.String(64), sa.ForeignKey(profiles.c.name, ondelete="CASCADE"), nullable=False),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("expires_at", TS, nullable=False),
     sa.Column("used_at", TS),
@@ -24,6 +26,9 @@ challenges = sa.Table(
     sa.Column("payload_identifier", sa.String(255)),
     # JSON {"subject": RFC 4514 string, "sans": ["dns:..", "email:..", "ip:..", "uri:.."]} the CSR must match
     sa.Column("expectations", sa.Text),
+    # the cap on unused challenges counts these
+    sa.Index("ix_scep_challenges_unused", "profile", "used_at", "expires_at"),
+    sa.Index("ix_scep_challenges_expires", "expires_at"),
 )
 
 # failed HTTP Basic logins of the challenge endpoint, shared by every process and instance
