@@ -133,13 +133,6 @@ class PayloadTooLarge(OtpError):
     code = "payload_too_large"
 
 
-class ImportRejected(OtpError):
-    """The secrets file has errors: nothing was imported; `extra["report"]` lists every bad line."""
-
-    status = 422
-    code = "import_rejected"
-
-
 class BackendError(OtpError):
     status = 503
     code = "backend_error"

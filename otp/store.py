@@ -172,14 +172,6 @@ class OtpStore:
 
     # ---- keys: verification -------------------------------------------------------------------
 
-    async def key_material(self, public_id: str) -> KeyMaterial | None:
-        """The live key with this public ID."""
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(
-                sa.select(*_MATERIAL_COLS).where(k.c.public_id == public_id, k.c.deleted_at.is_(None))
-            )).first()
-        return KeyMaterial(*row) if row else None
-
     async def key_state(self, key_id: int, conn: AsyncConnection | None = None, *,
                         for_update: bool = False) -> KeyState | None:
         """The current state of a key row (any row, deleted ones included)."""
