@@ -35,7 +35,7 @@ class Reason(str, enum.Enum):
 
     @property
     def wire_status(self) -> Status:
-        """The protocol 2.0 status for this reason (docs/otp.md "What the server must do" 6)."""
+        """The protocol 2.0 status for this reason (docs/otp.md "Protocol 2.0")."""
         return _WIRE[self]
 
     @property

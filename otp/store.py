@@ -148,7 +148,7 @@ _SQLITE_CAS_BATCH = sa.text(
 
 
 def _newer(ctr, use):
-    """SQL: the stored pair is strictly lower than (ctr, use) (docs/otp.md "Product decisions")."""
+    """SQL: the stored pair is strictly lower than (ctr, use) (docs/otp.md "Counters")."""
     return sa.or_(k.c.usage_ctr < ctr, sa.and_(k.c.usage_ctr == ctr, k.c.session_use < use))
 
 
