@@ -10,7 +10,6 @@ from enum import IntEnum
 from typing import Iterable, Sequence
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from .der import (TAG_CONTEXT_0, TAG_OCTET_STRING, TAG_SEQUENCE, encode_generalized_time, encode_integer,
                   encode_length, encode_time, tlv, utc_seconds)
@@ -81,10 +80,6 @@ class Issuer:
         except x509.ExtensionNotFound:
             key_id = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
         return cls(name=cert.subject.public_bytes(), key_id=key_id, public_key=cert.public_key())
-
-    def public_key_der(self) -> bytes:
-        return self.public_key.public_bytes(serialization.Encoding.DER,
-                                            serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ class CheckerSettings(BaseModel):
 
 
 class CrlSettings(BaseModel):
-    """Publishing and serving our own CRLs (RFC 5280 §5, crl_and_binding.md section 0)."""
+    """Publishing and serving our own CRLs (RFC 5280 §5, docs/crl-and-binding.md "Publishing CRLs")."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -110,7 +110,7 @@ class _Batcher(Generic[K, R]):
 
 
 class CounterCommitter(_Batcher[int, bool]):
-    """Group commit of compare-and-sets (docs/otp.md "Product decisions": one atomic CAS per OTP)."""
+    """Group commit of compare-and-sets (docs/otp.md "Counters": one atomic CAS per OTP)."""
 
     def __init__(self, store: OtpStore, clock: Callable[[], datetime], *, max_batch: int = 256,
                  max_inflight: int = 2) -> None:

@@ -35,7 +35,7 @@ class Reason(str, enum.Enum):
 
     @property
     def wire_status(self) -> Status:
-        """The protocol 2.0 status for this reason (docs/otp.md "What the server must do" 6)."""
+        """The protocol 2.0 status for this reason (docs/otp.md "Protocol 2.0")."""
         return _WIRE[self]
 
     @property
@@ -131,13 +131,6 @@ class Conflict(OtpError):
 class PayloadTooLarge(OtpError):
     status = 413
     code = "payload_too_large"
-
-
-class ImportRejected(OtpError):
-    """The secrets file has errors: nothing was imported; `extra["report"]` lists every bad line."""
-
-    status = 422
-    code = "import_rejected"
 
 
 class BackendError(OtpError):

@@ -1,6 +1,6 @@
 """YubiKey OTP secrets files: detect the format, validate every line, report every problem.
 
-Formats (docs/otp.md section 4): the Personalization Tool's "Yubico format" and ykman's
+Formats (docs/otp.md "Secrets file formats"): the Personalization Tool's "Yubico format" and ykman's
 `--config-output` (serial, public ID, private ID, AES key, access code, timestamp), the YK-KSM
 provisioning format (`# ykksm 1`), and the Personalization Tool's "Traditional" log, which has no
 serial column. Pure: bytes in, records and per-line issues out; nothing is decided about the

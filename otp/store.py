@@ -148,7 +148,7 @@ _SQLITE_CAS_BATCH = sa.text(
 
 
 def _newer(ctr, use):
-    """SQL: the stored pair is strictly lower than (ctr, use) (docs/otp.md "Product decisions")."""
+    """SQL: the stored pair is strictly lower than (ctr, use) (docs/otp.md "Counters")."""
     return sa.or_(k.c.usage_ctr < ctr, sa.and_(k.c.usage_ctr == ctr, k.c.session_use < use))
 
 
@@ -171,14 +171,6 @@ class OtpStore:
         return self._writer.begin()
 
     # ---- keys: verification -------------------------------------------------------------------
-
-    async def key_material(self, public_id: str) -> KeyMaterial | None:
-        """The live key with this public ID."""
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(
-                sa.select(*_MATERIAL_COLS).where(k.c.public_id == public_id, k.c.deleted_at.is_(None))
-            )).first()
-        return KeyMaterial(*row) if row else None
 
     async def key_state(self, key_id: int, conn: AsyncConnection | None = None, *,
                         for_update: bool = False) -> KeyState | None:

@@ -496,9 +496,6 @@ class ScepService:
         """
         msg = codec.parse_pki_message(body)
         check_message_digest(msg)  # badAlg for a digest GetCACaps does not offer (MD5)
-        if msg.message_type not in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ, MessageType.CERT_POLL,
-                                    MessageType.GET_CERT, MessageType.GET_CRL):
-            raise SCEPFailure(FailInfo.BAD_REQUEST, f"unsupported messageType {int(msg.message_type)}", msg)
         try:
             content = codec.open_request(msg, ca.ra_key.decrypt, recipient_cert_der=ca.ra_cert_der,
                                          allow_single_des=profile.settings.allow_single_des, issuer=ca.cert.subject)

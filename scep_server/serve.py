@@ -1,7 +1,6 @@
 """Running the server: one process, or N worker processes sharing one listening socket."""
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -92,7 +91,3 @@ def serve(settings: Settings, *, announce=print) -> int:
     sock.close()
     return 0
 
-
-def run_async(coro):
-    """Run a coroutine from the CLI."""
-    return asyncio.run(coro)

@@ -47,10 +47,6 @@ class CertRecord:
     unused_since: datetime | None = None
     enrolled_device_id: str | None = None
 
-    @property
-    def serial_int(self) -> int:
-        return int(self.serial, 16)
-
 
 def serial_hex(serial: int) -> str:
     return format(serial, "x")

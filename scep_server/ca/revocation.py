@@ -1,8 +1,8 @@
 """Revocation and holds in the inventory, the day-91 rule, and telling the CRL publisher.
 
-Product decisions (docs: "Product decisions" of crl_and_binding): a hold (certificateHold) can be
-released; a revocation is final; a certificate never used in a successful management attestation
-within 90 days of issue is revoked on day 91 (reason cessationOfOperation).
+Decisions (docs/crl-and-binding.md "Hold and revoke by lifecycle", "The 91-day rule"): a hold
+(certificateHold) can be released; a revocation is final; a certificate never used in a successful
+management attestation within 90 days of issue is revoked on day 91 (reason cessationOfOperation).
 """
 from __future__ import annotations
 

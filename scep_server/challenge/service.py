@@ -162,11 +162,6 @@ class ChallengeService:
             hit = self._clients[profile.name] = (key, client)
         return hit[1]
 
-    def intune_client(self, profile: Profile) -> IntuneClient:
-        client = self._client(profile, delegated_settings(profile.settings.challenge))
-        assert isinstance(client, IntuneClient)
-        return client
-
     async def close(self) -> None:
         self._hasher.shutdown(wait=False, cancel_futures=True)
         await self.store.close()

@@ -53,11 +53,6 @@ class PKIMessage:
         """The CertRep's content cipher: the request's, single DES answered with AES-128-CBC (RFC 8894 §3.5.2)."""
         return self.cipher.reply if self.cipher is not None else ContentCipher.AES128_CBC
 
-    @property
-    def reply_digest(self) -> Digest:
-        """The CertRep's digest: the request's, MD5 answered with SHA-256."""
-        return self.digest.reply
-
     def decrypt(self, decrypt_cek: DecryptCEK, *, recipient_cert_der: bytes | None = None) -> tuple[bytes, ContentCipher]:
         """The decrypted pkcsPKIEnvelope content and its cipher; see ``decrypt_envelope``."""
         return decrypt_envelope(self, decrypt_cek, recipient_cert_der=recipient_cert_der)

@@ -88,10 +88,6 @@ class Digest(Enum):
     def oid(self) -> str:
         return self.value
 
-    @property
-    def hashlib_name(self) -> str:
-        return _HASHLIB[self]
-
     def hash_algorithm(self) -> hashes.HashAlgorithm:
         """The matching cryptography hash, e.g. for an RSA signer."""
         return _HASHES[self]()
@@ -102,7 +98,6 @@ class Digest(Enum):
         return Digest.SHA256 if self is Digest.MD5 else self
 
 
-_HASHLIB = {Digest.MD5: "md5", Digest.SHA1: "sha1", Digest.SHA256: "sha256", Digest.SHA512: "sha512"}
 _HASHES = {Digest.MD5: hashes.MD5, Digest.SHA1: hashes.SHA1, Digest.SHA256: hashes.SHA256, Digest.SHA512: hashes.SHA512}
 
 

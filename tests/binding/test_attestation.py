@@ -1,6 +1,6 @@
 """Management attestation through the HTTP API with real certificates issued by micromdm's scepclient.
 
-Table-driven: every row of the lifecycle table (crl_and_binding.md, "Product decisions") and every
+Table-driven: every row of the lifecycle table (docs/crl-and-binding.md "Hold and revoke by lifecycle") and every
 reason code the verify endpoint answers.
 """
 from __future__ import annotations

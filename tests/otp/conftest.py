@@ -12,7 +12,7 @@ from otp.config import OtpSettings
 from otp.service import OtpService
 from otp.token import Token, build_otp
 
-# Vector H of docs/otp.md (Yubico/yubikey-ksm selftest.sh): public ID idkfefrdhtru.
+# Vector H (Yubico/yubikey-ksm selftest.sh): public ID idkfefrdhtru.
 KEY_H = dict(serial=1000001, public_id="idkfefrdhtru", private_id="609963eae7b5",
              aes_key="c68c9df8cbfe7d2f994cb904046c7218")
 

@@ -1,4 +1,4 @@
-"""ModHex, CRC-16 and token known-answer tests (docs/otp.md 1.4), and agreement with yubico-c's tools."""
+"""ModHex, CRC-16 and token known-answer tests (docs/otp.md "OTP format"), and agreement with yubico-c's tools."""
 from __future__ import annotations
 
 import re
