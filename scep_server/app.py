@@ -1,7 +1,6 @@
 """The aiohttp application factory."""
 from __future__ import annotations
 
-import asyncio
 from typing import AsyncIterator
 
 import structlog
@@ -11,10 +10,13 @@ from . import features
 from .appkeys import RUNTIME
 from .clock import Clock, utcnow
 from .config import Settings
+from .jobs import Supervisor
 from .runtime import open_runtime
 from .web import auth, ca, client, health, scep
 
 log = structlog.get_logger("http")
+
+JOBS = web.AppKey("jobs", Supervisor)  # the supervisor of the background jobs, while the server runs
 
 
 @web.middleware
@@ -43,16 +45,19 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_runtime(settings, clock=clock) as runtime:
             app[RUNTIME] = runtime
-            tasks = [asyncio.create_task(_job(job), name=f"job:{feature.name}")
-                     for feature in loaded for job in feature.jobs(runtime)]
+            supervisor = app[JOBS] = Supervisor()
+            readiness = runtime.extras.setdefault("readiness", {})
+            for feature in loaded:
+                for job in feature.jobs(runtime):
+                    supervisor.start(f"{feature.name}.{job.__name__}", job, readiness)
             # delegated certificates left awaiting the MDM's acknowledgement: delivered or revoked
-            tasks.append(asyncio.create_task(_job(runtime.scep.ack_reconciler), name="job:scep-ack"))
+            supervisor.start("scep.ack_reconciler", runtime.scep.ack_reconciler, readiness)
             try:
                 yield
             finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await supervisor.stop()
+                for name in supervisor.states:
+                    readiness.pop(f"job:{name}", None)
 
     app.cleanup_ctx.append(runtime_ctx)
     scep.add_routes(app)
@@ -62,12 +67,3 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
         feature.add_routes(app)
     return app
 
-
-async def _job(job) -> None:
-    """Run a background loop; a crash is logged (never silent) and the loop is not restarted."""
-    try:
-        await job()
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("job.crashed", job=getattr(job, "__qualname__", repr(job)))

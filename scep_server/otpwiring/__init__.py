@@ -3,7 +3,8 @@
 behind the core's bearer tokens, and the `yubikey` and `otp-client` commands.
 
 Services: ``runtime.extras["otp"]`` is the :class:`otp.service.OtpService`;
-``runtime.extras["readiness"]["otp"]`` says whether the key-encryption key opens the stored keys.
+``runtime.extras["readiness"]["otp"]`` says (awaited, at each /readyz) whether the key-encryption key opens
+the stored keys.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import sys
 from pathlib import Path
@@ -81,6 +82,14 @@ async def _kek_readiness(service: OtpService) -> str:
     return "ok"
 
 
+async def _readiness(service: OtpService) -> str:
+    """The OTP check of /readyz, computed at each call: the stored keys against the KEK in use."""
+    try:
+        return await _kek_readiness(service)
+    except Exception as exc:  # noqa: BLE001 - a schema or database problem is a failed check, not a crash
+        return f"error: cannot check the stored keys ({exc.__class__.__name__}: {exc})"
+
+
 async def _authenticate(request: web.Request, token: str) -> tuple[str, str] | None:
     """The core's bearer tokens for otp's routes: (scope, "token:<name>") of an enabled token."""
     runtime = request.app[RUNTIME]
@@ -114,14 +123,14 @@ PRUNE_INTERVAL_SECONDS = 3600.0
 
 def _prune_job(service: OtpService, interval: float = PRUNE_INTERVAL_SECONDS) -> Callable[[], Awaitable[None]]:
     """Security events past their retention and spent throttling rows are deleted hourly (and at start)."""
-    async def loop() -> None:
+    async def prune() -> None:
         while True:
             try:
                 await service.prune()
             except Exception as exc:  # noqa: BLE001 - a failed round is retried at the next one
                 log.error("otp.prune.failed", error=f"{exc.__class__.__name__}: {exc}")
             await asyncio.sleep(interval)
-    return loop
+    return prune
 
 
 @contextlib.asynccontextmanager
@@ -165,7 +174,7 @@ class OtpFeature:
             if state != "ok":
                 _report("otp.kek.mismatch", state.removeprefix("error: ") + " (is this the right otp.kek_file or "
                         "otp.kek_env?)", kek_id=service.kek_id)
-        runtime.extras.setdefault("readiness", {})[EXTRA] = lambda: state
+        runtime.extras.setdefault("readiness", {})[EXTRA] = functools.partial(_readiness, service)
 
     async def stop(self, runtime: "Runtime") -> None:
         service: OtpService | None = runtime.extras.pop(EXTRA, None)

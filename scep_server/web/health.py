@@ -2,11 +2,13 @@
 
 `/readyz` answers 200 or 503 with ``{"ready": bool, "checks": {name: "ok" | "failed"}}``: which check
 failed, never why. The reason (an exception, a file name, a key store's message) goes to the log, once
-each time it changes.
+each time it changes. Every check is computed at each request: a check is a function returning its detail
+("ok" or "error: ...") or an awaitable of it.
 """
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 import sqlalchemy as sa
 import structlog
@@ -42,7 +44,10 @@ async def readyz(request: web.Request) -> web.Response:
     details["ca"] = "ok" if runtime.cas else "error: no CA loaded"
     for name, check in list(runtime.extras.get("readiness", {}).items()):
         try:
-            details[name] = str(check())
+            result = check()
+            if inspect.isawaitable(result):  # a check that asks the database: bounded like the database's
+                result = await asyncio.wait_for(result, DATABASE_TIMEOUT)
+            details[name] = str(result)
         except Exception as exc:  # noqa: BLE001 - a broken check is a failed check, not a 500
             details[name] = f"error: {exc.__class__.__name__}: {exc}"
     last = request.app[_LAST_DETAIL]

@@ -146,7 +146,7 @@ async def test_configured_kek_file_and_a_replaced_kek(tmp_path, db_url):
     async with open_runtime(settings) as rt:
         assert (await rt.extras["otp"].import_secrets(secrets_file([make_key(600_200)]))).ok
         await rt.extras["otp"].add_client("sealed too")
-        assert rt.extras["readiness"]["otp"]() == "ok"
+        assert await rt.extras["readiness"]["otp"]() == "ok"
     assert kek_file.exists() and not (tmp_path / "data" / "otp-kek.key").exists()
     kek_file.unlink()  # the key-encryption key is lost: no new one is made over keys sealed under it
     with pytest.raises(OtpStartError, match="is missing, but 2 YubiKey"):
@@ -156,5 +156,5 @@ async def test_configured_kek_file_and_a_replaced_kek(tmp_path, db_url):
     kek_file.write_text(base64.b64encode(secrets.token_bytes(32)).decode())  # another key put in its place
     kek_file.chmod(0o600)
     async with open_runtime(settings) as rt:
-        state = rt.extras["readiness"]["otp"]()
+        state = await rt.extras["readiness"]["otp"]()
     assert state.startswith("error:") and "another key-encryption key" in state
