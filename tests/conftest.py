@@ -109,3 +109,23 @@ def openssl():
 def scepclient():
     """micromdm's scepclient (Debian package scep)."""
     return require_tool("scepclient")
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    """The command line run in-process on a fresh data directory (after `init`): cli(*args, code=0) -> output."""
+    from click.testing import CliRunner
+
+    from scep_server.cli import main
+
+    monkeypatch.setenv("SCEP_SERVER_CA__KEY_SIZE", "2048")
+    monkeypatch.setenv("SCEP_SERVER_LOG__LEVEL", "warning")
+    runner = CliRunner()
+
+    def invoke(*args, code=0):
+        result = runner.invoke(main, ["--data-dir", str(tmp_path / "data"), *args])
+        assert result.exit_code == code, (result.output, result.exception)
+        return result.stdout if code == 0 else result.output
+
+    invoke("init")
+    return invoke

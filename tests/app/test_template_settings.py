@@ -5,30 +5,13 @@ import json
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
 
-from scep_server.cli import main
 from scep_server.profiles import ProfileStore
 from scep_server.store.db import writer
 from scep_server.store.tables import profiles
 from tests.factories import NOW, make_ca, register_ca
 
 DEFAULT_SUBJECT_ATTRIBUTES = ["CN", "O", "OU", "C", "serialNumber", "UID"]
-
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch):
-    monkeypatch.setenv("SCEP_SERVER_CA__KEY_SIZE", "2048")
-    monkeypatch.setenv("SCEP_SERVER_LOG__LEVEL", "warning")
-    runner = CliRunner()
-
-    def invoke(*args, code=0):
-        result = runner.invoke(main, ["--data-dir", str(tmp_path / "data"), *args])
-        assert result.exit_code == code, (result.output, result.exception)
-        return result.stdout if code == 0 else result.output
-
-    invoke("init")
-    return invoke
 
 
 def test_first_start_and_new_profiles_allow_no_san_and_the_default_subject_attributes(cli):

@@ -4,26 +4,8 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
-from click.testing import CliRunner
 
 from scep_server.challenge.basic import check_password
-from scep_server.cli import main
-
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch):
-    monkeypatch.setenv("SCEP_SERVER_CA__KEY_SIZE", "2048")
-    monkeypatch.setenv("SCEP_SERVER_LOG__LEVEL", "warning")
-    runner = CliRunner()
-
-    def invoke(*args, code=0):
-        result = runner.invoke(main, ["--data-dir", str(tmp_path / "data"), *args])
-        assert result.exit_code == code, (result.output, result.exception)
-        return result.stdout if code == 0 else result.output
-
-    invoke("init")
-    return invoke
 
 
 def test_dynamic_profile_configuration(cli):
