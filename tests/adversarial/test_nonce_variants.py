@@ -9,7 +9,8 @@ from cryptography.hazmat.primitives import serialization
 from scep_server.binding.attestation import Verdict
 from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
 from tests.binding.conftest import sign
-from tests.binding.test_nonces import _serial, _spellings, _spent, ca, env, service  # noqa: F401 - fixtures
+from tests.binding.conftest import ca  # noqa: F401 - fixture
+from tests.binding.test_nonces import _serial, _spellings, _spent, env, service  # noqa: F401 - fixture
 from tests.factories import NOW, csr, record_issued
 
 

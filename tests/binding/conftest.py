@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
-from datetime import timezone
+from datetime import timedelta, timezone
 from pathlib import Path
 
 import aiohttp
@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from scep_server.binding.attestation import signed_bytes
-from tests.factories import FakeClock  # noqa: F401  (re-exported for the tests here)
+from tests.factories import NOW, FakeClock, make_ca  # noqa: F401  (FakeClock re-exported for the tests here)
 from tests.server import run, start_app
 
 UTC = timezone.utc
@@ -152,3 +152,19 @@ async def api(server):
 
 
 __all__ = ["start_app", "rsa"]
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory):
+    """One issuing CA per test module (its key generation is the slow part)."""
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+class Clock:
+    """A settable clock half an hour after the factories' NOW."""
+
+    def __init__(self):
+        self.now = NOW + timedelta(minutes=30)
+
+    def __call__(self):
+        return self.now

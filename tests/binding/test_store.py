@@ -18,22 +18,9 @@ from scep_server.ca import inventory
 from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
 from scep_server.store.db import writer
 from scep_server.store.tables import events
-from tests.factories import NOW, csr, make_ca, record_issued, register_ca, rsa_key
+from tests.factories import NOW, csr, record_issued, register_ca, rsa_key
 
-from .conftest import attesting_profile, sign
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory):
-    return make_ca(tmp_path_factory.mktemp("ca"))
-
-
-class Clock:
-    def __init__(self):
-        self.now = NOW + timedelta(minutes=30)
-
-    def __call__(self):
-        return self.now
+from .conftest import Clock, attesting_profile, sign
 
 
 @pytest.fixture

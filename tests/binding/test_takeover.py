@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from datetime import timedelta
 
 import aiohttp
 import pytest
@@ -25,22 +24,9 @@ from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
 from scep_server.profiles import ProfileSettings
 from scep_server.store.db import create_engine, writer
 from scep_server.store.tables import certificates, events
-from tests.factories import NOW, csr, make_ca, record_issued, register_ca
+from tests.factories import NOW, csr, record_issued, register_ca
 
-from .conftest import attesting_profile, sign
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory):
-    return make_ca(tmp_path_factory.mktemp("ca"))
-
-
-class Clock:
-    def __init__(self):
-        self.now = NOW + timedelta(minutes=30)
-
-    def __call__(self):
-        return self.now
+from .conftest import Clock, attesting_profile, sign
 
 
 _serial = iter(range(0x5000000, 0x6000000))
