@@ -60,7 +60,7 @@ async def prepare(settings, count: int, device: str) -> tuple[str, bytes, bytes,
     from scep_server.ca import inventory
     from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
     from scep_server.runtime import initialise, open_runtime
-    from scep_server.store.db import writer
+    from trustkit.db import writer
     from scep_server.store.tables import certificates
 
     await initialise(settings)
@@ -228,7 +228,7 @@ def main() -> None:
             import sqlalchemy as sa
 
             from scep_server.binding.tables import attestation_spent_nonces
-            from scep_server.store.db import create_engine
+            from trustkit.db import create_engine
 
             engine = create_engine(settings.database_url())
             try:

@@ -34,7 +34,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from scep_server.challenge.basic import hash_password  # noqa: E402
 from scep_server.challenge.store import ChallengeStore  # noqa: E402
 from scep_server.profiles import ProfileSettings, ProfileStore  # noqa: E402
-from scep_server.store.db import create_engine  # noqa: E402
+from trustkit.db import create_engine  # noqa: E402
 from scep_server.store.migrate import upgrade  # noqa: E402
 
 TTL = timedelta(minutes=60)
@@ -73,7 +73,7 @@ async def store_bench(url: str, count: int, tasks: int) -> dict[str, float]:
     engine = create_engine(url)
     try:
         await upgrade(engine)
-        from scep_server.store.db import writer
+        from trustkit.db import writer
         from scep_server.store.tables import cas
 
         now = datetime.now(timezone.utc)

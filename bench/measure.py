@@ -47,7 +47,7 @@ async def commit_rate(url: str, seconds: float) -> float:
     """Durable single-row commits/s on one connection through the store's engine (a target's reference)."""
     import sqlalchemy as sa
 
-    from scep_server.store.db import create_engine, writer
+    from trustkit.db import create_engine, writer
 
     engine = create_engine(url)
     try:

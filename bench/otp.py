@@ -35,7 +35,7 @@ from otp import modhex, yubico  # noqa: E402
 from otp.token import Token, encrypt_token  # noqa: E402
 from scep_server.config import load_settings  # noqa: E402
 from scep_server.runtime import initialise, open_runtime  # noqa: E402
-from scep_server.store.db import create_engine  # noqa: E402
+from trustkit.db import create_engine  # noqa: E402
 from scep_server.store.migrate import upgrade  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("SCEP_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")

@@ -276,7 +276,7 @@ def _pg_admin(sql: str) -> None:
 def _inventory_count(db_url: str) -> tuple[int, int]:
     import sqlalchemy as sa
 
-    from scep_server.store.db import create_engine
+    from trustkit.db import create_engine
 
     async def go():
         engine = create_engine(db_url)

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from . import features
 from .appkeys import RUNTIME
-from .clock import Clock, utcnow
+from trustkit.clock import Clock, utcnow
 from .config import Settings
 from .jobs import Supervisor
 from .runtime import open_runtime

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .clock import utcnow
+from trustkit.clock import utcnow
 from .clictx import Context, pass_ctx, run
 
 

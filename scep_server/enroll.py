@@ -37,11 +37,11 @@ from .ca import inventory
 from .ca.authority import CertificateAuthority, random_serial
 from .ca.inventory import CertRecord, Reason
 from .ca.policy import MESSAGE_DIGEST_CAPS, PolicyViolation, check_message_digest
-from .clock import Clock, utcnow
+from trustkit.clock import Clock, utcnow
 from .profiles import Profile, ProfileStore, UnknownProfile
 from .scep import message as codec
 from .scep.types import ContentCipher, FailInfo, MalformedMessage, MessageType, PKIStatus, SCEPFailure
-from .store.db import is_sqlite, writer
+from trustkit.db import is_sqlite, sqlite_pragmas, writer
 from .store.events import record_event
 from .store.tables import certificates, events, scep_transactions
 
@@ -337,7 +337,7 @@ class _SqliteStore:
             raw = self._sync.raw_connection()
             try:
                 db = raw.driver_connection
-                db.execute("BEGIN IMMEDIATE")  # take the write lock now (see store.db.writer)
+                db.execute("BEGIN IMMEDIATE")  # take the write lock now (see trustkit.db.writer)
                 try:
                     for stmt in self._record:
                         db.execute(stmt.sql, stmt.params(params))
@@ -372,15 +372,14 @@ def scep_threads(configured: int | None = None) -> int:
 
 
 def _sync_sqlite_engine(engine: AsyncEngine, synchronous: str) -> sa.Engine:
-    """A pysqlite engine on the async engine's database file, with the same pragmas (see store.db)."""
+    """A pysqlite engine on the async engine's database file, with the same pragmas (trustkit.db)."""
     sync = sa.create_engine(engine.url.set(drivername="sqlite+pysqlite"), pool_size=8, max_overflow=8,
                             connect_args={"timeout": 30, "check_same_thread": False})
 
     @sa.event.listens_for(sync, "connect")
     def _pragmas(dbapi_conn, _record):
         dbapi_conn.isolation_level = None  # BEGIN and COMMIT are ours
-        for pragma in ("journal_mode=WAL", f"synchronous={synchronous}", "foreign_keys=ON", "busy_timeout=30000"):
-            dbapi_conn.execute("PRAGMA " + pragma)
+        sqlite_pragmas(dbapi_conn, synchronous)
 
     return sync
 

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .ca.policy import CertificateTemplate, IssuancePolicy
-from .store.db import writer
+from trustkit.db import writer
 from .store.tables import profiles
 
 NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # \Z: `$` also matches before a final newline

@@ -13,11 +13,11 @@ from .ca import inventory
 from .ca.authority import CertificateAuthority, load_ca, load_or_create_ca
 from .ca.revocation import RevocationService
 from .ca.keys import load_or_create_passphrase, write_private_file
-from .clock import Clock, utcnow
+from trustkit.clock import Clock, utcnow
 from .config import Settings
 from .enroll import ScepService
 from .profiles import ProfileSettings, ProfileStore, new_static_secret
-from .store.db import create_engine, writer
+from trustkit.db import create_engine, writer
 from .store.migrate import upgrade
 from .tokens import TokenStore
 

@@ -10,7 +10,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .store.db import writer
+from trustkit.db import writer
 from .store.tables import api_tokens
 
 SCOPES = ("admin", "signin")

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import make_url
 
-from scep_server.store.db import create_engine
+from trustkit.db import create_engine
 from scep_server.store.migrate import upgrade
 from tests.helpers import missing, require_tool
 

@@ -58,7 +58,7 @@ def pem(cert: x509.Certificate) -> bytes:
 
 async def register_ca(engine, ca: CertificateAuthority, now: datetime = NOW) -> None:
     from scep_server.ca.inventory import register_ca as register
-    from scep_server.store.db import writer
+    from trustkit.db import writer
 
     async with writer(engine).begin() as conn:
         await register(conn, ca, now)
@@ -68,7 +68,7 @@ async def record_issued(engine, ca: CertificateAuthority, cert: x509.Certificate
                         profile: str = "default", txid: str | None = None) -> str:
     """Put a certificate into the inventory as the SCEP service does; returns its serial (hex)."""
     from scep_server.ca.inventory import certificate_row, public_key_sha256
-    from scep_server.store.db import writer
+    from trustkit.db import writer
     from scep_server.store.tables import certificates
 
     der = cert.public_bytes(serialization.Encoding.DER)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from scep_server.app import create_app
 from scep_server.appkeys import RUNTIME
-from scep_server.clock import utcnow
+from trustkit.clock import utcnow
 from scep_server.config import Settings
 from scep_server.runtime import Runtime, initialise
 from tests.factories import settings_for
@@ -49,7 +49,7 @@ async def allow_single_des(settings: Settings, profile: str = "default", *, cloc
     whatever GetCACaps offers, and new profiles refuse single DES. The test deployments that scepclient talks to
     allow it on their `default` profile."""
     from scep_server.profiles import ProfileStore
-    from scep_server.store.db import create_engine
+    from trustkit.db import create_engine
 
     engine = create_engine(settings.database_url(), sqlite_synchronous=settings.database.sqlite_synchronous)
     try:

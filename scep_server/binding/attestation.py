@@ -61,9 +61,9 @@ from crl.check import CheckResult, CheckStatus, cdp_uris
 
 from ..ca import inventory
 from ..ca.inventory import Reason
-from ..clock import Clock, utcnow
+from trustkit.clock import Clock, utcnow
 from ..store.batching import GroupCommit, on_sqlite_thread
-from ..store.db import writer
+from trustkit.db import writer
 from ..store.events import record_event
 from ..profiles import ProfileSettings
 from ..store.tables import certificates, profiles

@@ -30,8 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ..ca import inventory
 from ..ca.inventory import Reason
 from ..ca.revocation import PERMANENT_REASON
-from ..clock import Clock, utcnow
-from ..store.db import writer
+from trustkit.clock import Clock, utcnow
+from trustkit.db import writer
 from ..store.events import record_event
 from ..store.tables import certificates
 from .errors import DeviceExists, DeviceNotFound, InvalidInput, InvalidTransition

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from crl.check import CertificateRefused, CheckResult, CrlChecker
 from crl.config import CheckerSettings, CrlSettings, Policy
 
-from ..store.db import writer
+from trustkit.db import writer
 from ..store.events import record_event
 from .errors import ExternalCaError, InvalidInput
 from .tables import external_cas

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..store.db import writer
+from trustkit.db import writer
 from .tables import attestation_keys, attestation_spent_nonces
 
 VERSION = 1

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..clock import Clock, utcnow
-from ..store.db import writer
+from trustkit.clock import Clock, utcnow
+from trustkit.db import writer
 from ..store.events import record_event
 from ..store.tables import certificates
 from . import inventory

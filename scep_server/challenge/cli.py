@@ -88,7 +88,7 @@ def challenge_new(ctx: Context, profile: str, subject: str | None, sans: tuple[s
 @pass_ctx
 def challenge_configure(ctx: Context, profile: str, **opts: Any) -> None:
     """Set the dynamic or delegated challenge settings of PROFILE (merged with the current ones)."""
-    from ..clock import utcnow
+    from trustkit.clock import utcnow
     from ..profiles import ProfileError
     from .basic import hash_password
     from .config import ChallengeConfigError, validate_for
@@ -170,7 +170,7 @@ def _merge_delegated(current: dict[str, Any], opts: dict[str, Any]) -> None:
 @pass_ctx
 def challenge_status(ctx: Context, profile: str) -> None:
     """Counts of unused, used and expired challenges of PROFILE."""
-    from ..clock import utcnow
+    from trustkit.clock import utcnow
     from .service import EXTRAS_KEY
 
     async def go():

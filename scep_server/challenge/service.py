@@ -14,7 +14,7 @@ from cryptography import x509
 
 from ..enroll import ChallengeRejected, EnrollmentRequest
 from ..profiles import Profile, ProfileSettings
-from ..store.db import writer
+from trustkit.db import writer
 from ..store.tables import profiles as profiles_table
 from ..web.client import throttle_key
 from .basic import P, R, CredentialChecker, hash_params, hash_password, username_matches

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..enroll import ChallengeRejected
-from ..store.db import writer
+from trustkit.db import writer
 from ..store.tables import profiles
 from .tables import challenges
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..store.db import writer
+from trustkit.db import writer
 from .tables import login_throttle as t
 
 PRUNE_EVERY_FAILURES = 500

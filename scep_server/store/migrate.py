@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import crl.migrations
 import otp.migrations
 
-from .db import normalise_url
+from trustkit.db import normalise_url
 
 HERE = Path(__file__).parent / "migrations"
 VERSION_LOCATIONS = [

@@ -39,7 +39,7 @@ from otp import modhex
 from otp.tables import otp_yubikeys
 from otp.token import Token, build_otp
 from scep_server.scep import ContentCipher, MessageType, PKIStatus, client
-from scep_server.store.db import create_engine
+from trustkit.db import create_engine
 from scep_server.store.tables import certificates
 
 SERVER_ENV = {"SCEP_SERVER_LOG__LEVEL": "warning", "SCEP_SERVER_CA__KEY_SIZE": "2048"}

@@ -34,7 +34,7 @@ from scep_server.binding.tables import device_certs
 from scep_server.ca import inventory
 from scep_server.ca.inventory import Reason
 from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
-from scep_server.store.db import create_engine, writer
+from trustkit.db import create_engine, writer
 from scep_server.store.tables import certificates
 from tests.conftest import _truncate_pg
 from tests.factories import NOW, csr, make_ca, record_issued, register_ca

@@ -145,7 +145,7 @@ async def test_readyz_names_the_failed_check_without_its_error_text(armed):
         assert all(secret in e["detail"] for e in failed)
         del readiness["probe"], readiness["raising"]
 
-        from scep_server.store.db import create_engine
+        from trustkit.db import create_engine
         unreachable = create_engine("postgresql+asyncpg://postgres:hunter2@127.0.0.1:1/nowhere")
         real_engine = rt.engine
         rt.engine = unreachable

@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from scep_server.profiles import ProfileStore
-from scep_server.store.db import writer
+from trustkit.db import writer
 from scep_server.store.tables import profiles
 from tests.factories import NOW, make_ca, register_ca
 

@@ -148,7 +148,7 @@ async def test_reason_codes(server, api, scepclient, tmp_path, clock):
     await check(Verdict.DEVICE_BOUND_TO_OTHER_CERTIFICATE, await api.attest("dev-c", d.cert_pem, d.key))
     assert (await api.attest("dev-c", c.cert_pem, c.key))["managed"]
     # one enrolled for this device (named by a trusted source) supersedes it; the old one is retired for good
-    from scep_server.store.db import writer
+    from trustkit.db import writer
     from scep_server.store.tables import certificates
 
     async with writer(rt.engine).begin() as conn:

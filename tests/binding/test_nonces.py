@@ -14,7 +14,7 @@ from scep_server.binding.devices import DeviceStore
 from scep_server.binding.nonces import NonceKey
 from scep_server.binding.tables import attestation_keys, attestation_spent_nonces, device_certs
 from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
-from scep_server.store.db import create_engine
+from trustkit.db import create_engine
 from tests.factories import NOW, csr, record_issued, register_ca, rsa_key
 
 from .conftest import Clock, attesting_profile, sign
@@ -191,7 +191,7 @@ async def test_steady_state_batches_spend_once_and_see_every_status_change(engin
     a suspension or a revocation committed between two batches is seen by the next; a batch mixing a first
     bind with steady requests is judged as a whole again, spending each nonce once."""
     from scep_server.ca import inventory
-    from scep_server.store.db import writer
+    from trustkit.db import writer
 
     store, clock = env
     att = service(engine, ca, clock)

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from scep_server.binding.tables import device_certs
-from scep_server.store.db import create_engine
+from trustkit.db import create_engine
 from scep_server.store.tables import events
 from scep_server.tokens import TokenStore
 from tests.conftest import _truncate_pg

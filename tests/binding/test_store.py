@@ -16,7 +16,7 @@ from scep_server.binding.errors import DeviceExists, DeviceNotFound, InvalidInpu
 from scep_server.binding.tables import device_certs
 from scep_server.ca import inventory
 from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
-from scep_server.store.db import writer
+from trustkit.db import writer
 from scep_server.store.tables import events
 from tests.factories import NOW, csr, record_issued, register_ca, rsa_key
 

@@ -22,7 +22,7 @@ from scep_server.binding.tables import device_certs
 from scep_server.ca import inventory
 from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
 from scep_server.profiles import ProfileSettings
-from scep_server.store.db import create_engine, writer
+from trustkit.db import create_engine, writer
 from scep_server.store.tables import certificates, events
 from tests.factories import NOW, csr, record_issued, register_ca
 

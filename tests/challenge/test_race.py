@@ -15,7 +15,7 @@ from scep_server.challenge.store import ChallengeStore
 from scep_server.profiles import ProfileSettings, ProfileStore
 from scep_server.runtime import initialise, load_cas
 from scep_server.scep import PKIStatus
-from scep_server.store.db import create_engine
+from trustkit.db import create_engine
 from scep_server.store.tables import certificates
 from tests.challenge.conftest import add_profile, build, dynamic, pki
 from tests.factories import rsa_key, settings_for

@@ -12,7 +12,7 @@ from crl.build import Issuer, assemble
 from crl.parse import parse_crl
 from crl.publish import Publisher
 from crl.signing import CrlSigner
-from scep_server.store.db import create_engine
+from trustkit.db import create_engine
 
 
 async def main(url: str, cert_path: str, key_path: str, count: int) -> None:

@@ -20,7 +20,7 @@ from crl.selfcheck import SelfCheckError
 from crl.signing import CrlSigner
 from crl.store import CrlStateStore
 from crl.tables import crl_state
-from scep_server.store.db import create_engine
+from trustkit.db import create_engine
 
 UTC = timezone.utc
 REPO = Path(__file__).resolve().parents[2]

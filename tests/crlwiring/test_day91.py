@@ -10,7 +10,7 @@ from cryptography import x509
 
 from scep_server.ca import inventory
 from scep_server.ca.inventory import serial_hex
-from scep_server.store.db import writer
+from trustkit.db import writer
 from scep_server.store.tables import certificates, events
 from tests.server import start_app
 

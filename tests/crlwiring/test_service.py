@@ -12,7 +12,7 @@ from crl.publish import PublishError
 from crl.signing import CrlSigner
 from scep_server.ca import inventory
 from scep_server.ca.inventory import Reason, serial_hex
-from scep_server.store.db import writer
+from trustkit.db import writer
 from scep_server.store.events import record_event
 from tests.server import start_app
 

@@ -242,7 +242,7 @@ async def test_failures_that_prove_nothing_are_throttled_per_client(engine, kek,
 
 
 async def test_a_block_is_shared_by_every_process(db_url, kek, clock):
-    from scep_server.store.db import create_engine
+    from trustkit.db import create_engine
 
     limits = ThrottleSettings(max_failures=2, window_seconds=60, lockout_seconds=300)
     engines = [create_engine(db_url), create_engine(db_url)]
@@ -409,7 +409,7 @@ async def test_parallel_submissions_of_one_otp_give_one_ok(service, client):
 
 async def test_parallel_submissions_across_two_services(db_url, kek, clock):
     """Two services with their own engines (as two processes): exactly one OK for one OTP."""
-    from scep_server.store.db import create_engine
+    from trustkit.db import create_engine
 
     engines = [create_engine(db_url), create_engine(db_url)]
     try:
@@ -436,7 +436,7 @@ async def test_parallel_submissions_across_two_services(db_url, kek, clock):
 
 async def test_stale_cache_in_another_process(db_url, kek, clock):
     """Process A cached a key; B revokes, deletes and re-imports it with new secrets: A follows."""
-    from scep_server.store.db import create_engine
+    from trustkit.db import create_engine
 
     engines = [create_engine(db_url), create_engine(db_url)]
     try:

@@ -13,7 +13,7 @@ from scep_server.ca import inventory
 from scep_server.ca.authority import random_serial
 from scep_server.enroll import ScepService
 from scep_server.scep import FailInfo, PKIStatus
-from scep_server.store.db import writer
+from trustkit.db import writer
 from scep_server.store.tables import certificates
 from tests.factories import csr, rsa_key
 

@@ -58,7 +58,7 @@ async def _ra_der(url: str) -> bytes:
 
 async def _inventory(db_url_or_engine) -> tuple[list[str], list[tuple[str, str, str]]]:
     """(serials in the inventory, (transaction_id, state, serial) of every SCEP transaction)."""
-    from scep_server.store.db import create_engine
+    from trustkit.db import create_engine
 
     engine = create_engine(db_url_or_engine) if isinstance(db_url_or_engine, str) else db_url_or_engine
     try:

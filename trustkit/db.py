@@ -1,4 +1,8 @@
-"""Engine factory for the embedded SQLite default and PostgreSQL."""
+"""Engine factory for the embedded SQLite default and PostgreSQL, and write transactions.
+
+On SQLite every connection gets the same pragmas (:func:`sqlite_pragmas`), and a transaction begun on
+:func:`writer` starts with ``BEGIN IMMEDIATE``: the ``sqlite_begin`` execution option is honoured by every
+engine this module makes, whoever begins the transaction."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,6 +27,17 @@ def is_sqlite(engine_or_url) -> bool:
     return name == "sqlite"
 
 
+SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+def sqlite_pragmas(dbapi_conn, synchronous: str = "FULL") -> None:
+    """WAL, the durability level, enforced foreign keys and a busy wait, on one DB-API connection."""
+    cur = dbapi_conn.cursor()
+    for pragma in ("journal_mode=WAL", f"synchronous={synchronous}", "foreign_keys=ON", "busy_timeout=30000"):
+        cur.execute("PRAGMA " + pragma)
+    cur.close()
+
+
 def create_engine(url: str, *, pool_size: int = 10, sqlite_synchronous: str = "FULL") -> AsyncEngine:
     """An AsyncEngine; SQLite gets WAL, a busy timeout and enforced foreign keys."""
     url = normalise_url(url)
@@ -32,17 +47,12 @@ def create_engine(url: str, *, pool_size: int = 10, sqlite_synchronous: str = "F
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": 30})
         sync = sqlite_synchronous.upper()
-        if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        if sync not in SQLITE_SYNCHRONOUS:
             raise ValueError(f"database.sqlite_synchronous: unknown value {sqlite_synchronous!r}")
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn, _record):  # pragma: no cover - exercised by every SQLite test
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute(f"PRAGMA synchronous={sync}")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
+            sqlite_pragmas(dbapi_conn, sync)
 
         # The driver's own transaction handling is switched off so that we emit BEGIN ourselves:
         # a write transaction must start with BEGIN IMMEDIATE, or two processes that both read
