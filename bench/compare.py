@@ -360,6 +360,20 @@ class Run:
     error: str | None = None
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """End a run's session: the script and the servers it started."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(15)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def run_variant(variant: Variant, tree: Tree, rnd: int, quick: bool, timeout: float, log_dir: Path | None) -> Run:
     script = f"{variant.bench}.py"
     args, dropped = supported_args(tree, script, variant.quick if quick else variant.full)
@@ -375,18 +389,12 @@ def run_variant(variant: Variant, tree: Tree, rnd: int, quick: bool, timeout: fl
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(proc)
         out, err = proc.communicate()
         error = f"timed out after {timeout:.0f} s"
+    except BaseException:  # interrupted: nothing of the run may outlive its worktree
+        stop_group(proc)
+        raise
     seconds = time.perf_counter() - started
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -483,6 +491,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--rounds must be at least 1")
     variants = [v for b in wanted for v in VARIANTS[b] if not (opts.quick and v.name in QUICK_SKIPS)]
     timeout = opts.timeout or (300.0 if opts.quick else 900.0)
+    for rev in (opts.before, opts.after):
+        if rev != WORKTREE and subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=REPO,
+                                              capture_output=True).returncode:
+            ap.error(f"{rev!r} is not a commit of {REPO}")
 
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench-compare-"))

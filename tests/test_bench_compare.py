@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,31 @@ def test_bad_arguments_are_refused():
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "--before", "HEAD", "--bench", "nope"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "unknown benchmark" in out.stderr
+
+
+def test_an_unknown_revision_is_refused_before_anything_runs():
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "--before", "no-such-rev-xyz"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "is not a commit" in out.stderr
+
+
+def test_a_run_over_its_time_is_stopped_with_the_processes_it_started(tmp_path):
+    (tmp_path / "bench").mkdir()
+    pid_file = tmp_path / "child.pid"
+    (tmp_path / "bench" / "slow.py").write_text(textwrap.dedent(f"""\
+        import argparse, subprocess, time
+        argparse.ArgumentParser().parse_args()
+        child = subprocess.Popen(["sleep", "120"])
+        open({str(pid_file)!r}, "w").write(str(child.pid))
+        time.sleep(120)
+    """))
+    variant = compare.Variant("slow", "", [], [], lambda res: {}, lambda out: {}, {})
+    tree = compare.Tree("after", "x", "0" * 40, tmp_path)
+    run = compare.run_variant(variant, tree, 1, True, timeout=3, log_dir=None)
+    assert run.error == "timed out after 3 s" and run.figures == {}
+    assert run.seconds < 30  # not held until the child ends on its own (it keeps the output pipes open)
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)  # killed; its parent is gone, so init reaps it
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split(")")[1][:3]
