@@ -295,6 +295,13 @@ def main() -> None:
     for action, values in lat.items():
         print(f"{action} -> CRL served: median {statistics.median(values) * 1000:.0f} ms, "
               f"max {max(values) * 1000:.0f} ms over {len(values)} changes")
+    # the figures above in one line for tools (bench/compare.py)
+    print("RESULT " + json.dumps({
+        "db": opts.db, "workers": opts.workers, "connections": opts.connections, "managed": managed,
+        "seconds": elapsed, "managed_per_s": managed / elapsed, "wrk_rps": raw_rps, "not_managed": not_managed,
+        "healthz_rps": health_rps, "server_cpu_us": (cpu1 - cpu0) / max(managed, 1) * 1e6,
+        "postgresql_cpu_us": (db1 - db0) / max(managed, 1) * 1e6 if pg_name else None, "machine_busy": busy,
+        "commit_rate": commits, **{f"{action}_ms": [v * 1000 for v in values] for action, values in lat.items()}}))
 
 
 if __name__ == "__main__":

@@ -299,6 +299,7 @@ def main() -> None:
                   f"{'met' if r['peak_rss_mb'] < 1024 else 'MISSED'}; parse+index < 2 s: "
                   f"{'met' if r['parse_s'] < 2 else 'MISSED'}; lookups > 1M/s: "
                   f"{'met' if r['lookups_per_s'] > 1e6 else 'MISSED'}")
+        serving = []
         if not args.no_serving:
             print()
             serving = serving_table(directory, args.wrk_seconds)
@@ -311,6 +312,8 @@ def main() -> None:
                           f"{r['ours'] / r['bare']:>6.2f}")
                 print("  target: ratio >= 0.80 ("
                       + ("met" if all(r["ours"] >= 0.8 * r["bare"] for r in serving) else "MISSED") + ")")
+        # the figures above in one line for tools (bench/compare.py)
+        print("RESULT " + json.dumps({"build": rows, "serving": serving}))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import os
 import secrets
 import shutil
@@ -315,6 +316,9 @@ def main() -> None:
                 db_cpu = f", database {r['import_db_cpu']:.2f} s" if r["import_db_cpu"] else ""
                 print(f"import of {args.import_keys} keys: {r['import_seconds']:.2f} s (target < 10 s: {ok}); "
                       f"CPU: importing process {r['import_cpu']:.2f} s{db_cpu}")
+            # the figures above in one line for tools (bench/compare.py)
+            print("RESULT " + json.dumps({"backend": backend, "workers": args.workers, "duration": args.duration,
+                                          "import_keys": args.import_keys, **r}))
             sys.stdout.flush()
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing as mp
 import os
 import pickle
@@ -421,6 +422,13 @@ def main() -> int:
         and inv_rows == inv_distinct == len(all_serials)
     print(f"target at concurrency {last[0]}: zero failures, zero duplicate serials, ratio >= {TARGET_RATIO:.2f}: "
           f"{'met' if ok else 'NOT met'} (ratio {last[6]:.3f})")
+    # the figures above in one line for tools (bench/compare.py)
+    print("RESULT " + json.dumps({
+        "database": "postgresql" if args.pg else "sqlite", "workers": args.workers,
+        "levels": [dict(zip(("conc", "enrolments", "enrol_per_s", "p50_ms", "p99_ms", "failures", "ratio", "client_cpu",
+                             "server_cpu_ms_per_enrol", "ratio_per_round"), row)) for row in table],
+        "ceilings": ceilings, "duplicate_serials": dup, "inventory_rows": inv_rows,
+        "inventory_distinct_serials": inv_distinct, "successful_replies": len(all_serials), "target_met": ok}))
     if pg_name:
         _pg_admin(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
     if args.keep:
