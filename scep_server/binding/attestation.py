@@ -62,7 +62,7 @@ from crl.check import CheckResult, CheckStatus, cdp_uris
 from ..ca import inventory
 from ..ca.inventory import Reason
 from ..ca.revocation import change_status
-from ..ca.status import CHANGEABLE, CertStatus
+from ..ca.status import CHANGEABLE, CertStatus, EventKind
 from trustkit.clock import Clock, utcnow
 from ..store.batching import GroupCommit, on_sqlite_thread
 from trustkit.db import writer
@@ -791,13 +791,13 @@ class AttestationService:
             raise _CurrentChanged(device_id)
         for fp, serial in old:
             await retire(conn, fp, "superseded", now)
-            await record_event(conn, at=now, kind="pki.cert.unbind", subject=device_id, actor="attestation",
+            await record_event(conn, at=now, kind=EventKind.UNBIND, subject=device_id, actor="attestation",
                                data={"fingerprint_sha256": fp, "serial": serial, "reason": "superseded"})
         await conn.execute(device_certs.update().where(device_certs.c.fingerprint_sha256 == info.fp)
                            .values(current=True))
-        await record_event(conn, at=now, kind="pki.cert.bind", subject=device_id, actor="attestation",
+        await record_event(conn, at=now, kind=EventKind.BIND, subject=device_id, actor="attestation",
                            data={"fingerprint_sha256": info.fp, "serial": info.serial, "ca": info.ca})
-        log.info("pki.cert.bind", device=device_id, serial=info.serial, ca=info.ca)
+        log.info(EventKind.BIND.value, device=device_id, serial=info.serial, ca=info.ca)
         return None
 
     async def _second_device(self, conn: AsyncConnection, info: _Cert, device_id: str, owner: str,
