@@ -61,6 +61,8 @@ from crl.check import CheckResult, CheckStatus, cdp_uris
 
 from ..ca import inventory
 from ..ca.inventory import Reason
+from ..ca.revocation import change_status
+from ..ca.status import CHANGEABLE, CertStatus, EventKind
 from trustkit.clock import Clock, utcnow
 from ..store.batching import GroupCommit, on_sqlite_thread
 from trustkit.db import writer
@@ -650,7 +652,7 @@ class AttestationService:
         retired = row.binding_state == "retired"
         if retired:
             gone = (fail(Verdict.CERTIFICATE_REVOKED, _revoked_detail(row.revocation_reason),
-                         device_status=status) if ours and row.cert_status == "revoked" else
+                         device_status=status) if ours and row.cert_status == CertStatus.REVOKED else
                     fail(Verdict.CERTIFICATE_RETIRED, f"this certificate is never accepted again "
                                                       f"({row.retired_reason})", device_status=status))
         if row.bound_device is not None and row.bound_device != device_id:
@@ -677,10 +679,10 @@ class AttestationService:
             return fail(Verdict.CERTIFICATE_EXPIRED, f"expired at {info.not_after.isoformat()}",
                         device_status=status), touched
         if ours:
-            if row.cert_status == "revoked":
+            if row.cert_status == CertStatus.REVOKED:
                 return fail(Verdict.CERTIFICATE_REVOKED, _revoked_detail(row.revocation_reason),
                             device_status=status), touched
-            if row.cert_status == "hold":
+            if row.cert_status == CertStatus.HOLD:
                 return fail(Verdict.CERTIFICATE_ON_HOLD, "the certificate is on hold (certificateHold)",
                             device_status=status), touched
         else:
@@ -789,13 +791,13 @@ class AttestationService:
             raise _CurrentChanged(device_id)
         for fp, serial in old:
             await retire(conn, fp, "superseded", now)
-            await record_event(conn, at=now, kind="pki.cert.unbind", subject=device_id, actor="attestation",
+            await record_event(conn, at=now, kind=EventKind.UNBIND, subject=device_id, actor="attestation",
                                data={"fingerprint_sha256": fp, "serial": serial, "reason": "superseded"})
         await conn.execute(device_certs.update().where(device_certs.c.fingerprint_sha256 == info.fp)
                            .values(current=True))
-        await record_event(conn, at=now, kind="pki.cert.bind", subject=device_id, actor="attestation",
+        await record_event(conn, at=now, kind=EventKind.BIND, subject=device_id, actor="attestation",
                            data={"fingerprint_sha256": info.fp, "serial": info.serial, "ca": info.ca})
-        log.info("pki.cert.bind", device=device_id, serial=info.serial, ca=info.ca)
+        log.info(EventKind.BIND.value, device=device_id, serial=info.serial, ca=info.ca)
         return None
 
     async def _second_device(self, conn: AsyncConnection, info: _Cert, device_id: str, owner: str,
@@ -810,15 +812,11 @@ class AttestationService:
         await retire(conn, info.fp, "key_compromise", now)
         if info.kind != "ours":
             return []
-        record = await inventory.get(conn, info.serial)
-        if record is None or record.status == "revoked":
-            return []
-        await inventory.set_status(conn, info.serial, "revoked", at=now, reason=int(Reason.KEY_COMPROMISE),
-                                   invalidity_date=now)
-        await record_event(conn, at=now, kind="pki.cert.revoke", subject=info.serial, actor="attestation",
-                           data={"reason": Reason.KEY_COMPROMISE.name, "invalidity_date": now.isoformat(),
-                                 "detail": f"presented by device {device_id}, bound to {owner}"})
-        return [record.ca]
+        change = await change_status(conn, info.serial, CertStatus.REVOKED, at=now, actor="attestation",
+                                     reason=Reason.KEY_COMPROMISE, invalidity_date=now, expect=CHANGEABLE,
+                                     data={"invalidity_date": now.isoformat(),
+                                           "detail": f"presented by device {device_id}, bound to {owner}"})
+        return [change.ca] if change else []
 
 
 def _revoked_detail(code: int | None, where: str = "") -> str:

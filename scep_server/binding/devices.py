@@ -12,7 +12,8 @@ suspended -> deactivated), reactivate (deactivated -> active), delete (any but d
 Deleted is final: the device id is never reused and its certificates are never accepted again.
 
 Certificate changes happen in the same transaction as the device change, so the inventory never
-disagrees with the device; the CRL publishers are told after the commit.
+disagrees with the device; they are written by the status writer (`scep_server.ca.revocation.change_status`)
+and the CRL publishers are told after the commit.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..ca import inventory
 from ..ca.inventory import Reason
-from ..ca.revocation import PERMANENT_REASON
+from ..ca.revocation import PERMANENT_REASON, change_status
+from ..ca.status import CHANGEABLE, CertStatus, StatusChange
 from trustkit.clock import Clock, utcnow
 from trustkit.db import writer
 from ..store.events import record_event
@@ -104,16 +106,8 @@ class Binding:
                 "retired_at": self.retired_at.isoformat() if self.retired_at else None}
 
 
-@dataclass(frozen=True)
-class CertChange:
-    """What a lifecycle change did to one of our certificates."""
-
-    serial: str
-    ca: str
-    status: str  # hold | valid | revoked
-
-    def to_json(self) -> dict:
-        return {"serial": self.serial, "ca": self.ca, "status": self.status}
+# What a lifecycle change did to one of our certificates.
+CertChange = StatusChange
 
 
 def _device(row) -> Device:
@@ -297,13 +291,9 @@ async def retire(conn: AsyncConnection, fingerprint: str, why: str, now: datetim
 
 async def _revoke_ours(conn: AsyncConnection, serial: str, *, now: datetime, actor: str, reason: Reason,
                        why: str, invalidity_date: datetime | None = None) -> CertChange | None:
-    record = await inventory.get(conn, serial)
-    if record is None or record.status == "revoked":
-        return None
-    await inventory.set_status(conn, serial, "revoked", at=now, reason=int(reason), invalidity_date=invalidity_date)
-    await record_event(conn, at=now, kind="pki.cert.revoke", subject=serial, actor=actor,
-                       data={"reason": reason.name, "detail": why})
-    return CertChange(serial, record.ca, "revoked")
+    """Revoke one of our certificates unless it is revoked already (None then)."""
+    return await change_status(conn, serial, CertStatus.REVOKED, at=now, actor=actor, reason=reason,
+                               invalidity_date=invalidity_date, expect=CHANGEABLE, data={"detail": why})
 
 
 async def _apply_to_certificates(conn: AsyncConnection, device_id: str, target: DeviceStatus, *, now: datetime,
@@ -319,16 +309,16 @@ async def _apply_to_certificates(conn: AsyncConnection, device_id: str, target: 
     data = {"device": device_id, "reason": reason}
     for r in rows:
         ours = not r.external and r.status is not None
-        if target is S.DEACTIVATED and ours and r.state == "active" and r.status == "valid":
-            await inventory.set_status(conn, r.serial, "hold", at=now)
-            await record_event(conn, at=now, kind="pki.cert.lifecycle.hold", subject=r.serial, actor=actor,
-                               data={"reason": Reason.CERTIFICATE_HOLD.name, **data})
-            changes.append(CertChange(r.serial, r.ca, "hold"))
-        elif target is S.ACTIVE and ours and r.state == "active" and r.status == "hold":
-            await inventory.set_status(conn, r.serial, "valid", at=now)
-            await record_event(conn, at=now, kind="pki.cert.lifecycle.activate", subject=r.serial, actor=actor,
-                               data=data)
-            changes.append(CertChange(r.serial, r.ca, "valid"))
+        if target is S.DEACTIVATED and ours and r.state == "active" and r.status == CertStatus.VALID:
+            change = await change_status(conn, r.serial, CertStatus.HOLD, at=now, actor=actor,
+                                         expect=CertStatus.VALID, data=data)
+            if change:
+                changes.append(change)
+        elif target is S.ACTIVE and ours and r.state == "active" and r.status == CertStatus.HOLD:
+            change = await change_status(conn, r.serial, CertStatus.VALID, at=now, actor=actor,
+                                         expect=CertStatus.HOLD, data=data)
+            if change:
+                changes.append(change)
         elif target is S.DELETED:
             await retire(conn, r.fingerprint_sha256, "device_deleted", now)
             if ours:

@@ -1,6 +1,7 @@
 """The certificate inventory: every certificate the CA issued and its revocation state.
 
-Status values: ``valid``, ``hold`` (certificateHold: reversible), ``revoked`` (final).
+Status values (`status.CertStatus`): ``valid``, ``hold`` (certificateHold: reversible), ``revoked`` (final).
+This module reads; status changes are written by `revocation.change_status` only.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from crl.build import Reason  # RFC 5280 §5.3.1 CRLReason, one definition shared with the CRL builder
 
 from ..store.tables import cas, certificates
+from .status import LISTED, CertStatus
 
 
 
@@ -33,7 +35,7 @@ class CertRecord:
     sans: list[str]
     not_before: datetime
     not_after: datetime
-    status: str
+    status: CertStatus
     revocation_reason: int | None
     revoked_at: datetime | None
     invalidity_date: datetime | None
@@ -56,7 +58,7 @@ def _record(row) -> CertRecord:
     m = row._mapping
     return CertRecord(
         serial=m["serial"], ca=m["ca"], profile=m["profile"], subject=m["subject"], sans=json.loads(m["sans"]),
-        not_before=_aware(m["not_before"]), not_after=_aware(m["not_after"]), status=m["status"],
+        not_before=_aware(m["not_before"]), not_after=_aware(m["not_after"]), status=CertStatus(m["status"]),
         revocation_reason=m["revocation_reason"], revoked_at=_aware(m["revoked_at"]),
         invalidity_date=_aware(m["invalidity_date"]), transaction_id=m["transaction_id"],
         fingerprint_sha256=m["fingerprint_sha256"], public_key_sha256=m["public_key_sha256"], der=m["der"],
@@ -98,34 +100,15 @@ async def list_certs(conn: AsyncConnection, *, status: str | None = None, profil
 
 async def set_status(conn: AsyncConnection, serial: str, status: str, *, at: datetime,
                      reason: int | None = None, invalidity_date: datetime | None = None) -> CertRecord:
-    """Move a certificate to valid/hold/revoked; a revoked certificate never changes again.
+    """Deprecated form of `revocation.change_status` that records no event (the caller records its own):
+    move a certificate to valid/hold/revoked; InventoryError for an unknown serial or a revoked certificate.
+    Kept for the enrolment module until it calls `revocation.change_status`."""
+    from .revocation import change_status
 
-    Returns the record after the change. Raises InventoryError for an unknown serial or a
-    change away from ``revoked``.
-    """
-    if status not in ("valid", "hold", "revoked"):
-        raise ValueError(f"unknown status {status!r}")
-    if status == "hold":
-        reason = int(Reason.CERTIFICATE_HOLD)
-    values: dict = {"status": status, "updated_at": at}
-    if status == "valid":
-        values.update(revocation_reason=None, revoked_at=None, invalidity_date=None)
-    else:
-        values.update(revocation_reason=None if reason in (None, 0) else int(reason), revoked_at=at,
-                      invalidity_date=invalidity_date)
-    res = await conn.execute(
-        certificates.update()
-        .where(certificates.c.serial == serial, certificates.c.status != "revoked")
-        .values(**values)
-    )
-    if res.rowcount != 1:
-        current = await get(conn, serial)
-        if current is None:
-            raise InventoryError(f"no certificate with serial {serial}")
-        raise InventoryError(f"certificate {serial} is revoked for good and cannot change")
-    record = await get(conn, serial)
-    assert record is not None
-    return record
+    change = await change_status(conn, serial, CertStatus(status), at=at, actor="", reason=reason,
+                                 invalidity_date=invalidity_date, record=False)
+    assert change is not None and change.record is not None
+    return change.record
 
 
 async def mark_used(conn: AsyncConnection, serial: str, at: datetime) -> None:
@@ -139,7 +122,7 @@ async def revoked_entries(conn: AsyncConnection, ca: str, *, now: datetime):
     """Rows for the CRL: (serial int, revoked_at, reason, invalidity_date) of held/revoked, unexpired certs."""
     q = (sa.select(certificates.c.serial, certificates.c.revoked_at, certificates.c.revocation_reason,
                    certificates.c.invalidity_date)
-         .where(certificates.c.ca == ca, certificates.c.status.in_(("hold", "revoked")),
+         .where(certificates.c.ca == ca, certificates.c.status.in_(sorted(s.value for s in LISTED)),
                 certificates.c.not_after > now))
     return [(int(r.serial, 16), _aware(r.revoked_at), r.revocation_reason, _aware(r.invalidity_date))
             for r in (await conn.execute(q))]
@@ -168,7 +151,7 @@ def certificate_row(cert: x509.Certificate, der: bytes, ca: str, profile: str | 
     """The inventory row of a newly issued certificate."""
     return dict(serial=serial_hex(cert.serial_number), ca=ca, profile=profile,
                 subject=cert.subject.rfc4514_string(), sans=json.dumps(san_strings(cert)),
-                not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc, status="valid",
+                not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc, status=CertStatus.VALID.value,
                 transaction_id=txid, fingerprint_sha256=hashlib.sha256(der).hexdigest(), public_key_sha256=pub_sha,
                 der=der, issued_at=now, updated_at=now)
 

@@ -26,6 +26,7 @@ from crl.signing import CrlSigner, algorithm_for_public_key
 
 from ..ca import inventory
 from ..ca.authority import CertificateAuthority
+from ..ca.status import STATUS_CHANGE_KINDS
 from ..store.tables import events
 
 if TYPE_CHECKING:
@@ -33,8 +34,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("crl.service")
 
-# audit events written in the same transaction as a status change of a certificate
-STATUS_EVENTS = ("pki.cert.revoke", "pki.cert.renew", "pki.cert.lifecycle.hold", "pki.cert.lifecycle.activate")
+# audit events written in the same transaction as a status change of a certificate (by the status writer)
+STATUS_EVENTS = tuple(sorted(kind.value for kind in STATUS_CHANGE_KINDS))
 
 _HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 

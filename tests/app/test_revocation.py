@@ -1,3 +1,4 @@
+import json
 from datetime import timedelta
 
 import pytest
@@ -7,8 +8,10 @@ from scep_server.ca import inventory
 from scep_server.ca.authority import random_serial
 from scep_server.ca.inventory import InventoryError, Reason
 from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
-from scep_server.ca.revocation import RevocationService, parse_reason
+from scep_server.ca.revocation import RevocationService, change_status, lock_status, parse_reason
+from scep_server.ca.status import STATUS_CHANGE_KINDS, CertStatus, EventKind
 from scep_server.store.tables import events
+from trustkit.db import writer
 from tests.factories import NOW, csr, make_ca, record_issued, register_ca, rsa_key
 
 
@@ -79,3 +82,119 @@ def test_reason_names():
     assert parse_reason("1") is Reason.KEY_COMPROMISE
     with pytest.raises(ValueError, match="unknown revocation reason"):
         parse_reason("certificate-hold")
+
+
+async def _kinds(engine, serial):
+    async with engine.connect() as conn:
+        return (await conn.execute(sa.select(events.c.kind).where(events.c.subject == serial)
+                                   .order_by(events.c.id))).scalars().all()
+
+
+def test_stored_values_are_unchanged():
+    assert [s.value for s in CertStatus] == ["valid", "hold", "revoked"]
+    assert {k.value for k in STATUS_CHANGE_KINDS} == {
+        "pki.cert.revoke", "pki.cert.renew", "pki.cert.lifecycle.hold", "pki.cert.lifecycle.activate"}
+    assert {k.value for k in EventKind if not k.changes_status} == {"pki.cert.issue", "pki.cert.bind",
+                                                                    "pki.cert.unbind"}
+    assert f"{CertStatus.HOLD}" == "hold" and CertStatus.REVOKED == "revoked"
+    assert [s for s in CertStatus if s.listed] == [CertStatus.HOLD, CertStatus.REVOKED]
+
+
+async def test_a_change_in_the_callers_transaction_commits_or_rolls_back_with_it(engine, ca, key):
+    await register_ca(engine, ca)
+    serial = await issue(engine, ca, key)
+    with pytest.raises(RuntimeError):
+        async with writer(engine).begin() as conn:
+            change = await change_status(conn, serial, CertStatus.HOLD, at=NOW, actor="admin",
+                                         data={"device": "d1"})
+            assert (change.serial, change.ca, change.status) == (serial, ca.name, CertStatus.HOLD)
+            assert change.to_json() == {"serial": serial, "ca": ca.name, "status": "hold"}
+            raise RuntimeError("the caller's other write failed")
+    async with engine.connect() as conn:
+        assert (await inventory.get(conn, serial)).status == CertStatus.VALID
+    assert await _kinds(engine, serial) == []
+
+    async with writer(engine).begin() as conn:
+        await change_status(conn, serial, CertStatus.HOLD, at=NOW, actor="admin", data={"device": "d1"})
+    async with engine.connect() as conn:
+        rec = await inventory.get(conn, serial)
+        data = (await conn.execute(sa.select(events.c.data).where(events.c.subject == serial))).scalar()
+    assert rec.status is CertStatus.HOLD and rec.revocation_reason == Reason.CERTIFICATE_HOLD
+    assert json.loads(data) == {"reason": "CERTIFICATE_HOLD", "device": "d1"}
+    assert await _kinds(engine, serial) == ["pki.cert.lifecycle.hold"]
+
+
+async def test_a_conditional_change_writes_nothing_when_the_state_moved(engine, ca, key):
+    await register_ca(engine, ca)
+    serial = await issue(engine, ca, key)
+    async with writer(engine).begin() as conn:
+        await change_status(conn, serial, CertStatus.HOLD, at=NOW, actor="admin")
+        # e.g. a renewal superseding its signer only while it is still valid
+        assert await change_status(conn, serial, CertStatus.REVOKED, at=NOW, actor="scep:default",
+                                   reason=Reason.SUPERSEDED, expect=CertStatus.VALID, record=False) is None
+        assert await lock_status(conn, serial, expect=CertStatus.VALID, at=NOW) is False
+        assert await lock_status(conn, serial, expect=CertStatus.HOLD, at=NOW) is True
+        assert await lock_status(conn, "abcdef", expect=CertStatus.HOLD, at=NOW) is False
+        assert await change_status(conn, "abcdef", CertStatus.HOLD, at=NOW, actor="admin",
+                                   expect=CertStatus.VALID) is None
+    async with engine.connect() as conn:
+        assert (await inventory.get(conn, serial)).status == CertStatus.HOLD
+    assert await _kinds(engine, serial) == ["pki.cert.lifecycle.hold"]
+
+    async with writer(engine).begin() as conn:  # record=False: the caller's own event covers the change
+        change = await change_status(conn, serial, CertStatus.REVOKED, at=NOW, actor="scep:default",
+                                     reason=Reason.SUPERSEDED, expect={CertStatus.VALID, CertStatus.HOLD},
+                                     record=False)
+    assert change.status is CertStatus.REVOKED and change.record.revocation_reason == Reason.SUPERSEDED
+    assert await _kinds(engine, serial) == ["pki.cert.lifecycle.hold"]
+    async with writer(engine).begin() as conn:  # final: without a condition, a change is refused
+        with pytest.raises(InventoryError, match="for good"):
+            await change_status(conn, serial, CertStatus.VALID, at=NOW, actor="admin")
+        assert await change_status(conn, serial, CertStatus.VALID, at=NOW, actor="admin",
+                                   expect=CertStatus.HOLD) is None
+
+
+async def test_the_writer_refuses_what_the_crl_or_its_safety_net_would_get_wrong(engine, ca, key):
+    await register_ca(engine, ca)
+    serial = await issue(engine, ca, key)
+    async with writer(engine).begin() as conn:
+        with pytest.raises(ValueError, match="not a status-change event"):
+            await change_status(conn, serial, CertStatus.REVOKED, at=NOW, actor="a", kind=EventKind.BIND)
+        with pytest.raises(ValueError, match="not revocation reasons"):
+            await change_status(conn, serial, CertStatus.REVOKED, at=NOW, actor="a", reason=Reason.REMOVE_FROM_CRL)
+        with pytest.raises(ValueError, match="no revocation reason"):
+            await change_status(conn, serial, CertStatus.VALID, at=NOW, actor="a", reason=Reason.KEY_COMPROMISE)
+        with pytest.raises(ValueError, match="never changes"):
+            await change_status(conn, serial, CertStatus.VALID, at=NOW, actor="a", expect=CertStatus.REVOKED)
+        with pytest.raises(ValueError):
+            await change_status(conn, serial, "superseded", at=NOW, actor="a")
+        # a renewal may name its own status-change kind
+        await change_status(conn, serial, CertStatus.REVOKED, at=NOW, actor="a", reason=Reason.SUPERSEDED,
+                            kind=EventKind.RENEW)
+    assert await _kinds(engine, serial) == ["pki.cert.renew"]
+
+
+async def test_never_used_is_rechecked_by_the_update(engine, ca, key):
+    await register_ca(engine, ca)
+    serial = await issue(engine, ca, key)
+    async with writer(engine).begin() as conn:
+        await inventory.mark_used(conn, serial, NOW)
+        assert await change_status(conn, serial, CertStatus.REVOKED, at=NOW, actor="system:day-91",
+                                   reason=Reason.CESSATION_OF_OPERATION, never_used=True) is None
+    async with engine.connect() as conn:
+        assert (await inventory.get(conn, serial)).status == CertStatus.VALID
+
+
+async def test_notify_tells_each_changed_ca_once_after_the_commit(engine, ca, key):
+    await register_ca(engine, ca)
+    told = []
+    svc = RevocationService(engine, clock=lambda: NOW, on_status_change=told.append)
+    a, b = await issue(engine, ca, key), await issue(engine, ca, key)
+    async with writer(engine).begin() as conn:
+        changes = [await svc.change(conn, a, CertStatus.HOLD, actor="admin"),
+                   await svc.change(conn, b, CertStatus.REVOKED, actor="admin", reason=Reason.KEY_COMPROMISE),
+                   await svc.change(conn, b, CertStatus.HOLD, actor="admin", expect=CertStatus.VALID)]
+        assert told == []
+    assert changes[2] is None and changes[0].record.revoked_at == NOW
+    svc.notify(changes)
+    assert told == [ca.name]

@@ -191,6 +191,8 @@ async def test_steady_state_batches_spend_once_and_see_every_status_change(engin
     a suspension or a revocation committed between two batches is seen by the next; a batch mixing a first
     bind with steady requests is judged as a whole again, spending each nonce once."""
     from scep_server.ca import inventory
+    from scep_server.ca.revocation import change_status
+    from scep_server.ca.status import CertStatus
     from trustkit.db import writer
 
     store, clock = env
@@ -216,7 +218,7 @@ async def test_steady_state_batches_spend_once_and_see_every_status_change(engin
     await store.transition("d1", "suspend", actor="t")
     async with writer(engine).begin() as conn:
         cert = __import__("cryptography.x509", fromlist=["x"]).load_der_x509_certificate(creds[2][1])
-        await inventory.set_status(conn, inventory.serial_hex(cert.serial_number), "hold", at=clock())
+        await change_status(conn, inventory.serial_hex(cert.serial_number), CertStatus.HOLD, at=clock(), actor="t")
     results = await round_(["d0", "d1", "d2", "d3"])
     assert [r.reason for r in results] == [Verdict.MANAGED, Verdict.DEVICE_SUSPENDED,
                                           Verdict.CERTIFICATE_ON_HOLD, Verdict.MANAGED]

@@ -10,10 +10,11 @@ import pytest
 
 from crl.publish import PublishError
 from crl.signing import CrlSigner
-from scep_server.ca import inventory
 from scep_server.ca.inventory import Reason, serial_hex
-from trustkit.db import writer
+from scep_server.ca.revocation import change_status
+from scep_server.ca.status import CertStatus, EventKind
 from scep_server.store.events import record_event
+from trustkit.db import writer
 from tests.server import start_app
 
 from .conftest import (
@@ -89,8 +90,8 @@ async def test_a_change_nobody_published_is_signed_after_the_grace_period(clocke
     serial = serial_hex(cert.serial_number)
     # what another process does before it dies without publishing: the change and its audit event, no CRL
     async with writer(srv.runtime.engine).begin() as conn:
-        await inventory.set_status(conn, serial, "revoked", at=clock(), reason=int(Reason.KEY_COMPROMISE))
-        await record_event(conn, at=clock(), kind="pki.cert.revoke", subject=serial, actor="elsewhere")
+        await change_status(conn, serial, CertStatus.REVOKED, at=clock(), actor="elsewhere",
+                            reason=Reason.KEY_COMPROMISE)
 
     assert await svc.newest_status_change() == clock()
     assert await svc.check_marker() == []  # within the grace period the process that made it may still publish
@@ -109,3 +110,14 @@ async def test_a_change_nobody_published_is_signed_after_the_grace_period(clocke
     clock.advance(seconds=60)
     assert await svc.check_marker() == []
     assert cur.this_update >= clock() - timedelta(seconds=61)
+
+
+async def test_the_safety_net_watches_every_status_change_kind_and_only_those(clocked):
+    srv, clock = clocked
+    svc = service(srv)
+    for i, kind in enumerate(sorted(EventKind, key=lambda k: k.changes_status)):  # the others first
+        at = clock() + timedelta(seconds=i + 1)
+        before = await svc.newest_status_change()
+        async with writer(srv.runtime.engine).begin() as conn:
+            await record_event(conn, at=at, kind=kind, subject=f"s{i}", actor="elsewhere")
+        assert await svc.newest_status_change() == (at if kind.changes_status else before), kind
