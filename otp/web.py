@@ -5,7 +5,7 @@ Handlers parse, call `OtpService`, render. `/api/v1/*` handlers need a bearer to
 its scope and the caller's name, and these routes check it themselves with `trustkit.http.bearer_caller`
 (without one, the handlers only carry `required_scope` for the host's own middleware). `/wsapi/2.0/verify`
 authenticates with the protocol's client id and HMAC. API errors are raised `trustkit.problems.DomainError`s
-answered as `application/problem+json` (RFC 9457) by `trustkit.http.error_response` (docs/api.md "Errors").
+answered as problem+json documents (RFC 9457) by `trustkit.http.error_response` (docs/api.md "Errors").
 """
 from __future__ import annotations
 

@@ -10,8 +10,7 @@ handler wrapper) answers it with :func:`problem`:
     {"type": "about:blank", "title": "Conflict", "status": 409, "detail": "...", "code": "conflict"}
 
 ``type``, ``title``, ``status`` and ``detail`` are RFC 9457's members; ``code`` is ours, a stable
-machine-readable name of the failure. An error may carry more members (``extra``); they never replace
-the standard ones. docs/api.md "Errors" lists the codes.
+machine-readable name of the failure. An error may carry more members (``extra``). docs/api.md "Errors" lists the codes.
 """
 from __future__ import annotations
 
@@ -39,7 +38,6 @@ _STANDARD: dict[int, tuple[str, str]] = {
     500: ("internal_error", "Internal Server Error"),
     503: ("service_unavailable", "Service Unavailable"),
 }
-_MEMBERS = ("type", "title", "status", "detail", "code")
 
 
 def default_code(status: int) -> str:
@@ -64,9 +62,7 @@ def problem(status: int, detail: str, *, title: str | None = None, code: str | N
     """The problem document (RFC 9457) of a failure, as a response; the only place one is built."""
     body: dict[str, Any] = {"type": type, "title": title or default_title(status), "status": status,
                             "detail": detail, "code": code or default_code(status)}
-    for name, value in extra.items():
-        if name not in _MEMBERS:
-            body[name] = value
+    body.update(extra)  # (a keyword cannot name a standard member twice)
     return web.Response(status=status, text=json.dumps(body), content_type=PROBLEM_JSON,
                         headers=dict(headers) if headers else None)
 

@@ -1,7 +1,7 @@
 """The one error middleware: how every route answers a failure (docs/api.md "Errors").
 
 Handlers raise; they do not build error responses. A :class:`~trustkit.problems.DomainError` becomes its
-problem document (RFC 9457, ``application/problem+json``), an unavailable database a 503 problem with
+problem document (RFC 9457, problem+json), an unavailable database a 503 problem with
 ``Retry-After`` on every path, a body that cannot be read a 400, anything else a 500 whose cause goes to
 the log and never to the client. Protocol routes marked with :func:`trustkit.http.text_errors` (SCEP,
 the validation protocol) answer the 400 and the 500 in plain text, as their own errors are.
