@@ -43,6 +43,9 @@ def test_subclasses_name_status_and_code_and_instances_may_override():
     assert _body(err.response()) == {"type": "about:blank", "title": "OTP rejected", "status": 403,
                                      "detail": "rejected", "code": "replayed_otp", "reason": "replayed_otp"}
     assert DomainError("x", status=499).code == "http_499"
+    assert problems.ServiceUnavailable("down").response().headers["Retry-After"] == "5"
+    assert problems.ServiceUnavailable("busy", headers={"Retry-After": "1"}).headers == {"Retry-After": "1"}
+    assert "Retry-After" not in NotFound("x").headers
 
 
 def test_extra_members_follow_the_standard_ones():

@@ -21,11 +21,11 @@ import asyncpg
 from aiohttp import web
 from sqlalchemy import exc as sa_exc
 
-from .problems import BadRequest, DomainError, Forbidden, PayloadTooLarge, Unauthorized, problem
+from .problems import (RETRY_AFTER_SECONDS, BadRequest, DomainError, Forbidden, PayloadTooLarge, Unauthorized,
+                       problem)
 
 # ---- failures ---------------------------------------------------------------------------------------------
 
-RETRY_AFTER_SECONDS = 5  # what a 503 for an unavailable database asks the client to wait
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     sa_exc.OperationalError,  # cannot connect, the server went away, SQLite's "database is locked"
@@ -219,6 +219,6 @@ async def read_json_object(request: web.Request, *, empty: dict[str, Any] | None
     return loads_object(raw)
 
 
-__all__ = ["MAX_DEPTH", "RETRY_AFTER_SECONDS", "Authenticate", "BadJSON", "bearer_caller", "bearer_token",
+__all__ = ["MAX_DEPTH", "Authenticate", "BadJSON", "bearer_caller", "bearer_token",
            "error_response", "internal_error", "loads_object", "read_json_object", "text_errors", "unavailable",
            "wants_text", "www_authenticate"]

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from aiohttp import web
 
 PROBLEM_JSON = "application/problem+json"
+RETRY_AFTER_SECONDS = 5  # what a 503 asks the client to wait unless it says otherwise
 
 # the code and title of a problem that names neither (titles spelled as RFC 9110 spells them)
 _STANDARD: dict[int, tuple[str, str]] = {
@@ -72,7 +73,8 @@ class DomainError(Exception):
 
     Subclasses name their ``status`` (and usually a ``code``) at class level; an instance may override
     either. ``detail`` (also ``str(error)``) must be safe to show the caller. ``headers`` go on the answer
-    (``WWW-Authenticate``, ``Retry-After``); keyword ``extra`` members go into the problem document.
+    (``WWW-Authenticate``, ``Retry-After``: a 503 has one, ``RETRY_AFTER_SECONDS`` unless given); keyword
+    ``extra`` members go into the problem document.
     """
 
     status: int = 400
@@ -87,6 +89,8 @@ class DomainError(Exception):
         self.code = code or type(self).code or default_code(self.status)
         self.title = title or type(self).title or default_title(self.status)
         self.headers: dict[str, str] = dict(headers or {})
+        if self.status == 503 and not any(name.lower() == "retry-after" for name in self.headers):
+            self.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         self.extra = extra
 
     def response(self) -> web.Response:
@@ -137,6 +141,6 @@ class ServiceUnavailable(DomainError):
     status = 503
 
 
-__all__ = ["PROBLEM_JSON", "BadRequest", "Conflict", "DomainError", "Forbidden", "NotFound", "PayloadTooLarge",
-           "ServiceUnavailable", "TooManyRequests", "Unauthorized", "Unprocessable", "UnsupportedMediaType",
-           "default_code", "default_title", "problem"]
+__all__ = ["PROBLEM_JSON", "RETRY_AFTER_SECONDS", "BadRequest", "Conflict", "DomainError", "Forbidden", "NotFound",
+           "PayloadTooLarge", "ServiceUnavailable", "TooManyRequests", "Unauthorized", "Unprocessable",
+           "UnsupportedMediaType", "default_code", "default_title", "problem"]

@@ -21,6 +21,7 @@ from .basic import P, R, CredentialChecker, hash_params, hash_password, username
 from .config import (BasicCredentials, ChallengeConfigError, DelegatedSettings, DynamicSettings, delegated_settings,
                      dynamic_settings)
 from .intune import IntuneClient, IntuneRejected, IntuneUnavailable
+# ENROLMENT_STATES, CacheFull and expectations_from are also what the HTTP handlers use of the stores
 from .enrolments import STATES as ENROLMENT_STATES, list_enrolments
 from .store import CacheFull, ChallengeStore, Expectations, IssuedChallenge, check_csr, expectations_from
 from .throttle import Limits, LoginThrottle, address_key, user_key
