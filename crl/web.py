@@ -13,6 +13,8 @@ from typing import Callable, Mapping, Protocol
 from aiohttp import web
 from multidict import CIMultiDict
 
+from trustkit.http import text_errors
+
 from .config import CrlSettings
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.~-]+")
@@ -103,10 +105,12 @@ class CrlEndpoint:
             prepared = self._prepared[ca] = _Prepared(crl, second, self.max_age)
         return prepared
 
+    @text_errors
     async def der(self, request: web.Request) -> web.Response:
         """The CRL as DER, the representation the CDP URI names (RFC 5280 §4.2.1.13)."""
         return self._serve(request, request.match_info["ca"], "der")
 
+    @text_errors
     async def pem(self, request: web.Request) -> web.Response:
         """The CRL as PEM (RFC 7468 §5), a convenience for people and scripts."""
         return self._serve(request, request.match_info["ca"], "pem")
@@ -116,13 +120,13 @@ class CrlEndpoint:
         async def handler(request: web.Request) -> web.Response:
             return self._serve(request, ca, "der")
 
-        return handler
+        return text_errors(handler)
 
     def pem_for(self, ca: str):
         async def handler(request: web.Request) -> web.Response:
             return self._serve(request, ca, "pem")
 
-        return handler
+        return text_errors(handler)
 
     def _serve(self, request: web.Request, ca: str, form: str) -> web.Response:
         p = self._prepare(ca)
@@ -135,6 +139,7 @@ class CrlEndpoint:
                 return web.Response(status=304, headers=not_modified_headers)
         return web.Response(body=body, headers=ok_headers)
 
+    @text_errors
     async def other(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         return web.Response(status=404, text=f"no such CRL {name!r}: use /crl/<ca>.crl (DER) or /crl/<ca>.pem\n")

@@ -2,12 +2,14 @@
 
 A verification outcome carries a stable `Reason`; the protocol 2.0 endpoint sends only the
 protocol's closed status set (finer reasons go to logs and the admin API), the sign-in API sends
-the reason itself. Admin operations raise `OtpError` subclasses that carry their HTTP status.
+the reason itself. Admin operations raise `OtpError` subclasses (`trustkit.problems.DomainError`s) that
+carry their HTTP status and code.
 """
 from __future__ import annotations
 
 import enum
-from typing import Any
+from trustkit import problems
+from trustkit.problems import DomainError
 
 from .yubico import Status
 
@@ -101,38 +103,33 @@ REASON_TEXT = {
 }
 
 
-class OtpError(Exception):
-    """A failed admin operation; `status` is its HTTP status, `code` a stable identifier."""
+class OtpError(DomainError):
+    """A failed admin operation: a :class:`~trustkit.problems.DomainError` whose `status` is its HTTP status
+    and `code` a stable identifier; keyword `extra` members go into the problem document."""
 
     status = 400
     code = "bad_request"
 
-    def __init__(self, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.extra = extra
 
-
-class InvalidInput(OtpError):
-    status = 400
+class InvalidInput(OtpError, problems.BadRequest):
     code = "invalid_input"
 
 
-class NotFound(OtpError):
+class NotFound(OtpError, problems.NotFound):
     status = 404
     code = "not_found"
 
 
-class Conflict(OtpError):
+class Conflict(OtpError, problems.Conflict):
     status = 409
     code = "conflict"
 
 
-class PayloadTooLarge(OtpError):
+class PayloadTooLarge(OtpError, problems.PayloadTooLarge):
     status = 413
     code = "payload_too_large"
 
 
-class BackendError(OtpError):
+class BackendError(OtpError, problems.ServiceUnavailable):
     status = 503
     code = "backend_error"

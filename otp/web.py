@@ -2,36 +2,34 @@
 
 Handlers parse, call `OtpService`, render. `/api/v1/*` handlers need a bearer token of a scope
 ("signin" or "admin"): the host application passes an `authenticate` callable that maps a token to
-its scope and the caller's name, and these routes check it themselves (without one, the handlers
-only carry `required_scope` for the host's own middleware). `/wsapi/2.0/verify` authenticates with
-the protocol's client id and HMAC. Admin errors are `application/problem+json` (RFC 9457) with a
-`detail`.
+its scope and the caller's name, and these routes check it themselves with `trustkit.http.bearer_caller`
+(without one, the handlers only carry `required_scope` for the host's own middleware). `/wsapi/2.0/verify`
+authenticates with the protocol's client id and HMAC. API errors are raised `trustkit.problems.DomainError`s
+answered as problem+json documents (RFC 9457) by `trustkit.http.error_response` (docs/api.md "Errors").
 """
 from __future__ import annotations
 
 import functools
-import json
 import logging
-from http import HTTPStatus
 from typing import Any, Awaitable, Callable
 
 from aiohttp import BodyPartReader, web
 
-from .errors import InvalidInput, NotFound, OtpError, PayloadTooLarge
+from trustkit.http import Authenticate, bearer_caller, error_response, read_json_object, text_errors, unavailable
+from trustkit.problems import PROBLEM_JSON, DomainError, Unprocessable
+
+from .errors import InvalidInput, NotFound, PayloadTooLarge
 from .report import FORMATS, ReportFilter, parse_number, parse_serial, render_csv, render_json
 from .service import MAX_CLIENT_ID, OtpService
-from .store import BACKEND_ERRORS
 from .yubico import parse_params
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# (request, bearer token) -> (scope, actor) for a valid token, None for an unknown or disabled one.
-Authenticate = Callable[[web.Request, str], Awaitable["tuple[str, str] | None"]]
 # request -> the client's address, for throttling and security events.
 ClientAddress = Callable[[web.Request], "str | None"]
 
-PROBLEM_JSON = "application/problem+json"
+REALM = "otp"  # the realm of the bearer challenge unless the application names its own
 # The application's authentication middleware stores who is calling (e.g. the token's name) here.
 ACTOR_KEY = web.RequestKey("actor", str)
 WSAPI_MAX_BODY = 8192  # a verify request is a few hundred bytes
@@ -43,62 +41,6 @@ def requires_scope(scope: str | None) -> Callable[[Handler], Handler]:
         handler.required_scope = scope  # type: ignore[attr-defined]
         return handler
     return mark
-
-
-def problem(status: int, detail: str, *, title: str | None = None, headers: dict[str, str] | None = None,
-            **extra: Any) -> web.Response:
-    """An RFC 9457 problem document."""
-    body: dict[str, Any] = {"type": "about:blank", "title": title or HTTPStatus(status).phrase, "status": status,
-                            "detail": detail}
-    body.update(extra)
-    return web.json_response(body, status=status, content_type=PROBLEM_JSON, headers=headers)
-
-
-def _api(handler: Callable[..., Awaitable[web.StreamResponse]]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Map the service's typed failures to problem documents; never a 500 for client input."""
-    @functools.wraps(handler)
-    async def wrapped(*args: Any) -> web.StreamResponse:
-        try:
-            return await handler(*args)
-        except OtpError as exc:
-            return problem(exc.status, exc.detail, code=exc.code, **exc.extra)
-        except BACKEND_ERRORS as exc:
-            log.error("otp.api.backend_error", exc_info=exc)
-            return problem(503, "the key store is unavailable", code="backend_error")
-    return wrapped
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise InvalidInput("the body repeats a key in one object")
-    return obj
-
-
-def _no_constant(name: str) -> Any:
-    raise InvalidInput(f"{name} is not JSON")
-
-
-async def _json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
-    """One JSON object without a repeated key, whose top-level strings carry no NUL or unpaired surrogate
-    (neither can be stored); anything else, a nesting bomb included, is an InvalidInput (400)."""
-    raw = await request.read()
-    if not raw.strip() and optional:
-        return {}
-    try:
-        data = json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-    except (ValueError, RecursionError):  # UnicodeDecodeError and the integer digit limit are ValueErrors
-        raise InvalidInput("the body must be a JSON object") from None
-    if not isinstance(data, dict):
-        raise InvalidInput("the body must be a JSON object")
-    for text in (t for item in data.items() for t in item if isinstance(t, str)):
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidInput("a string contains an unpaired surrogate") from None
-        if "\x00" in text:
-            raise InvalidInput("a string contains a NUL character")
-    return data
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:
@@ -157,6 +99,7 @@ class _Routes:
         self._address = client_address
 
     @requires_scope(None)
+    @text_errors
     async def wsapi_verify(self, request: web.Request) -> web.StreamResponse:
         """Validation protocol 2.0 verify (GET, or POST form); always 200 text/plain, signed."""
         params = {}
@@ -172,10 +115,9 @@ class _Routes:
         return web.Response(text=text, content_type="text/plain")
 
     @requires_scope("signin")
-    @_api
     async def otp_verify(self, request: web.Request) -> web.StreamResponse:
         """Sign-in API: {"user", "otp"} -> status, reason, key serial, whether this use enrolled the key."""
-        data = await _json_object(request)
+        data = await read_json_object(request)
         outcome = await self._service(request).verify_signin(data.get("user"), data.get("otp"),
                                                              source=self._address(request), caller=_actor(request))
         if outcome.ok:
@@ -183,11 +125,11 @@ class _Routes:
         body = outcome.to_json()
         detail = body.pop("detail")
         body["result"] = body.pop("status")  # "status" of a problem document is the HTTP status (RFC 9457)
-        return problem(outcome.reason.http_status, detail, title="OTP rejected" if outcome.reason.http_status == 403
-                       else None, **body)
+        status = outcome.reason.http_status
+        raise DomainError(detail, status=status, code=outcome.reason.value,
+                          title="OTP rejected" if status == 403 else None, **body)
 
     @requires_scope("admin")
-    @_api
     async def import_keys(self, request: web.Request) -> web.StreamResponse:
         """Import a secrets file (CSV body or multipart upload); `?dry_run=1` validates only."""
         dry_run = _flag(request.query.get("dry_run")) if "dry_run" in request.query else False
@@ -195,12 +137,11 @@ class _Routes:
         result = await self._service(request).import_secrets(data, dry_run=dry_run, actor=_actor(request))
         if not result.ok:
             n = len(result.errors)
-            return problem(422, f"{n} problem{'s' if n != 1 else ''} in the file; nothing was imported",
-                           code="import_rejected", **result.to_json())
+            raise Unprocessable(f"{n} problem{'s' if n != 1 else ''} in the file; nothing was imported",
+                                code="import_rejected", **result.to_json())
         return web.json_response(result.to_json(), status=200 if dry_run else 201)
 
     @requires_scope("admin")
-    @_api
     async def report(self, request: web.Request) -> web.StreamResponse:
         """The YubiKey report with filters; `?format=json` (default, with history) or `csv`."""
         fmt = request.query.get("format", "json")
@@ -215,14 +156,12 @@ class _Routes:
         return web.Response(text=render_json(rows, with_history), content_type="application/json")
 
     @requires_scope("admin")
-    @_api
     async def revoke(self, request: web.Request) -> web.StreamResponse:
         """Revoke a key by serial (lost or stolen)."""
         row = await self._service(request).revoke(parse_serial(request.match_info["serial"]), actor=_actor(request))
         return web.json_response(row.to_json())
 
     @requires_scope("admin")
-    @_api
     async def delete(self, request: web.Request) -> web.StreamResponse:
         """Delete an unassigned or revoked key by serial; an ACTIVE key is refused (409)."""
         serial = parse_serial(request.match_info["serial"])
@@ -230,10 +169,9 @@ class _Routes:
         return web.json_response({"serial": str(serial), "deleted": True, "status_before": before})
 
     @requires_scope("admin")
-    @_api
     async def add_client(self, request: web.Request) -> web.StreamResponse:
         """Create a protocol 2.0 client; the base64 `api_key` is returned only here."""
-        data = await _json_object(request, optional=True)
+        data = await read_json_object(request, empty={})
         name = data.get("name", "")
         if not isinstance(name, str):
             raise InvalidInput("name must be a string")
@@ -244,23 +182,20 @@ class _Routes:
         return web.json_response({**info.to_json(), "api_key": key}, status=201)
 
     @requires_scope("admin")
-    @_api
     async def change_client(self, request: web.Request) -> web.StreamResponse:
         """{"allow_unsigned": bool}: whether a legacy client may send requests without `h`."""
         client_id = _client_id(request)
-        data = await _json_object(request)
+        data = await read_json_object(request)
         if set(data) != {"allow_unsigned"}:
             raise InvalidInput("the body must be {\"allow_unsigned\": true|false}")
         return web.json_response((await self._service(request).set_client_unsigned(
             client_id, data["allow_unsigned"])).to_json())
 
     @requires_scope("admin")
-    @_api
     async def list_clients(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"clients": [c.to_json() for c in await self._service(request).list_clients()]})
 
     @requires_scope("admin")
-    @_api
     async def disable_client(self, request: web.Request) -> web.StreamResponse:
         client_id = _client_id(request)
         return web.json_response((await self._service(request).disable_client(client_id)).to_json())
@@ -273,54 +208,47 @@ def _client_id(request: web.Request) -> int:
     return client_id
 
 
-async def _check_bearer(request: web.Request, scope: str, authenticate: Authenticate) -> web.Response | None:
-    """None when the request carries a token of `scope` (the caller is then in `request[ACTOR_KEY]`),
-    else the 401/403 problem to answer."""
-    kind, _, token = request.headers.get("Authorization", "").partition(" ")
-    challenge = {"WWW-Authenticate": f'Bearer realm="otp", scope="{scope}"'}
-    token = token.strip()
-    if kind.lower() != "bearer" or not token:
-        return problem(401, f"a bearer token with scope {scope!r} is required", headers=challenge)
-    try:
-        granted = await authenticate(request, token)
-    except BACKEND_ERRORS as exc:
-        log.error("otp.api.auth_backend_error", exc_info=exc)
-        return problem(503, "the token store is unavailable", code="backend_error")
-    if granted is None:
-        return problem(401, "unknown or disabled token", headers=challenge)
-    granted_scope, actor = granted
-    if granted_scope != scope:
-        return problem(403, f"this endpoint needs a token with scope {scope!r}, not {granted_scope!r}")
-    request[ACTOR_KEY] = actor
-    return None
-
-
-def _bind(method: Any, authenticate: Authenticate | None = None) -> Handler:
+def _bind(method: Any, authenticate: Authenticate | None = None, realm: str = REALM) -> Handler:
     """A plain function for a bound handler. With `authenticate`, it checks the bearer token itself;
-    without, it keeps `required_scope` visible to the host application's middleware."""
+    without, it keeps `required_scope` visible to the host application's middleware. A raised
+    `DomainError`, an unavailable store and an unreadable body are answered here (as the application's
+    error middleware would), so that the routes answer alike on their own and mounted."""
     scope = getattr(method, "required_scope", None)
+    text = getattr(method, "text_errors", False)
 
     @functools.wraps(method)
     async def handler(request: web.Request) -> web.StreamResponse:
-        if authenticate is not None and scope is not None:
-            refused = await _check_bearer(request, scope, authenticate)
-            if refused is not None:
-                return refused
-        return await method(request)
+        try:
+            if authenticate is not None and scope is not None:
+                request[ACTOR_KEY] = await bearer_caller(request, scope, authenticate, realm=realm)
+            return await method(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            answer = error_response(exc, text=text)
+            if answer is None:
+                raise
+            if not isinstance(exc, DomainError) and unavailable(exc):
+                log.error("otp.api.backend_error", exc_info=exc)
+            return answer
     handler.required_scope = scope if authenticate is None else None  # type: ignore[attr-defined]
+    if text:
+        text_errors(handler)
     return handler
 
 
 def add_routes(app: web.Application, service: OtpService | Callable[[web.Request], OtpService], *,
-               authenticate: Authenticate | None = None, client_address: ClientAddress = peer_address) -> None:
+               authenticate: Authenticate | None = None, realm: str = REALM,
+               client_address: ClientAddress = peer_address) -> None:
     """Add the OTP routes to `app` (the application owns the service's lifetime).
 
     `service` is the service, or a function of the request returning it. `authenticate` checks the
-    bearer tokens of the `/api/v1/*` routes (see `Authenticate`); `client_address` says where a
+    bearer tokens of the `/api/v1/*` routes (see `trustkit.http.Authenticate`), `realm` names them in the
+    challenge of a 401; `client_address` says where a
     request comes from (default: the TCP peer)."""
     r = _Routes(service, client_address)
 
-    bind = functools.partial(_bind, authenticate=authenticate)
+    bind = functools.partial(_bind, authenticate=authenticate, realm=realm)
     wsapi = bind(r.wsapi_verify)
     app.router.add_route("GET", "/wsapi/2.0/verify", wsapi)
     app.router.add_route("POST", "/wsapi/2.0/verify", wsapi)
@@ -335,4 +263,5 @@ def add_routes(app: web.Application, service: OtpService | Callable[[web.Request
     app.router.add_route("POST", "/api/v1/otp-clients/{id}/disable", bind(r.disable_client))
 
 
-__all__ = ["ACTOR_KEY", "Authenticate", "ClientAddress", "add_routes", "peer_address", "problem", "requires_scope"]
+__all__ = ["ACTOR_KEY", "PROBLEM_JSON", "REALM", "Authenticate", "ClientAddress", "add_routes", "peer_address",
+           "requires_scope"]

@@ -12,33 +12,18 @@ from trustkit.clock import Clock, utcnow
 from .config import Settings
 from .jobs import Supervisor
 from .runtime import open_runtime
-from .web import auth, ca, client, health, scep
+from .web import auth, ca, client, errors, health, scep
 
 log = structlog.get_logger("http")
 
 JOBS = web.AppKey("jobs", Supervisor)  # the supervisor of the background jobs, while the server runs
 
 
-@web.middleware
-async def no_tracebacks(request: web.Request, handler):
-    """An unexpected error is logged with its traceback and answered with a bare 500, never leaked."""
-    try:
-        return await handler(request)
-    except web.HTTPException:
-        raise
-    except web.RequestPayloadError as exc:  # a body that cannot be read as framed or encoded: the client's fault
-        log.info("http.bad_body", method=request.method, path=request.path, detail=str(exc)[:200])
-        return web.Response(status=400, text="the request body could not be read\n", content_type="text/plain")
-    except Exception:
-        log.exception("http.unhandled", method=request.method, path=request.path)
-        return web.Response(status=500, text="internal error\n", content_type="text/plain")
-
-
 def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     app = web.Application(client_max_size=settings.server.max_body_bytes,
                           middlewares=[client.middleware(settings.server.trusted_proxies,
                                                          settings.server.forwarded_header),
-                                       no_tracebacks, auth.bearer_auth])
+                                       errors.errors, auth.bearer_auth])
 
     loaded = features.load()
 

@@ -42,6 +42,7 @@ from .profiles import Profile, ProfileStore, UnknownProfile
 from .scep import message as codec
 from .scep.types import ContentCipher, FailInfo, MalformedMessage, MessageType, PKIStatus, SCEPFailure
 from trustkit.db import is_sqlite, sqlite_pragmas, writer
+from trustkit.problems import Conflict
 from .store.events import record_event
 from .store.tables import certificates, events, scep_transactions
 
@@ -1078,7 +1079,7 @@ class ScepService:
                 scep_transactions.c.state == "pending",
             ).values(state="issued", serial=serial, decided_by=actor, updated_at=now))
             if res.rowcount != 1:  # rolls the certificate back too
-                raise LookupError(f"enrolment {transaction_id!r} was decided concurrently")
+                raise Conflict(f"enrolment {transaction_id!r} was decided concurrently")
             await record_event(conn, at=now, kind="pki.cert.renew" if renewal_of else "pki.cert.issue", subject=serial,
                                actor=actor, data={"transaction_id": transaction_id, "approved": True,
                                                   "renewal_of": renewal_of.serial if renewal_of else None})
@@ -1096,7 +1097,7 @@ class ScepService:
                 scep_transactions.c.state == "pending",
             ).values(state="rejected", fail_text=fail_text, decided_by=actor, updated_at=now))
             if res.rowcount != 1:
-                raise LookupError(f"enrolment {transaction_id!r} was decided concurrently")
+                raise Conflict(f"enrolment {transaction_id!r} was decided concurrently")
             await record_event(conn, at=now, kind="scep.enrolment.reject", subject=transaction_id, actor=actor,
                                data={"profile": profile_name, "reason": reason})
 

@@ -36,7 +36,7 @@ from trustkit.clock import Clock, utcnow
 from trustkit.db import writer
 from ..store.events import record_event
 from ..store.tables import certificates
-from .errors import DeviceExists, DeviceNotFound, InvalidInput, InvalidTransition
+from .errors import ChangedConcurrently, DeviceExists, DeviceNotFound, InvalidInput, InvalidTransition
 from .tables import device_certs, device_enrolments, devices
 
 log = structlog.get_logger("device")
@@ -207,7 +207,7 @@ class DeviceStore:
                                      .values(status=target.value, status_changed_at=now, status_changed_by=actor,
                                              status_reason=reason))
             if res.rowcount != 1:  # changed meanwhile by another process (PostgreSQL read committed)
-                raise InvalidTransition(f"device {device_id!r} changed concurrently; try again")
+                raise ChangedConcurrently(f"device {device_id!r} changed concurrently; try again")
             await record_event(conn, at=now, kind=f"device.{action}", subject=device_id, actor=actor,
                                data={"from": current.value, "to": target.value, "reason": reason})
             changes = await _apply_to_certificates(conn, device_id, target, now=now, actor=actor, reason=reason)

@@ -1,34 +1,43 @@
-"""Typed errors of device management (mapped to HTTP 404/409/400 and CLI exit code 1)."""
+"""Typed errors of device management: `trustkit.problems.DomainError`s (HTTP 404/409/400 with a stable
+``code``, CLI exit code 1)."""
 from __future__ import annotations
 
+from trustkit import problems
 
-class BindingError(Exception):
-    """Base class; ``code`` is a stable machine-readable name."""
+
+class BindingError(problems.DomainError):
+    """Base class; ``code`` is a stable machine-readable name, ``status`` the HTTP status."""
 
     code = "binding_error"
-    http_status = 400
+    status = 400
 
 
-class DeviceNotFound(BindingError):
+class DeviceNotFound(BindingError, problems.NotFound):
     code = "device_not_found"
-    http_status = 404
+    status = 404
 
 
-class DeviceExists(BindingError):
+class DeviceExists(BindingError, problems.Conflict):
     code = "device_exists"
-    http_status = 409
+    status = 409
 
 
-class InvalidTransition(BindingError):
+class InvalidTransition(BindingError, problems.Conflict):
     code = "invalid_transition"
-    http_status = 409
+    status = 409
 
 
-class InvalidInput(BindingError):
+class ChangedConcurrently(InvalidTransition):
+    """Another writer changed the device between our read and our write: try again."""
+
+    code = "changed_concurrently"
+
+
+class InvalidInput(BindingError, problems.BadRequest):
     code = "invalid_input"
-    http_status = 400
+    status = 400
 
 
 class ExternalCaError(BindingError):
     code = "external_ca_refused"
-    http_status = 400
+    status = 400

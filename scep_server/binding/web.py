@@ -16,24 +16,25 @@ from __future__ import annotations
 from aiohttp import web
 
 from crl.config import Policy
+from trustkit.http import BadJSON, read_json_object
+from trustkit.problems import NotFound
 
 from ..appkeys import RUNTIME
-from ..web.auth import problem, requires
-from ..web.jsonbody import BadJSON, read_object
+from ..web.auth import requires
 from .attestation import Verdict, b64decode, decode_certificate
-from .devices import DEVICE_ID, TRANSITIONS
-from .errors import BindingError, InvalidInput
+from .errors import InvalidInput
 from .external import load_certificate
-from .service import services
+from .service import ACTIONS, is_device_id, services
 
 
 def _verdict_400(detail: str) -> web.Response:
     return web.json_response({"managed": False, "reason": Verdict.BAD_REQUEST.value, "detail": detail}, status=400)
 
 
-async def _json(request: web.Request) -> dict:
+async def _json(request: web.Request, *, optional: bool = False) -> dict:
+    """The body as one JSON object (an absent body is {} when `optional`); anything else an InvalidInput."""
     try:
-        return await read_object(request)
+        return await read_json_object(request, empty={} if optional else None)
     except BadJSON as exc:
         raise InvalidInput(str(exc)) from None
 
@@ -51,7 +52,7 @@ def _str(body: dict, key: str, *, required: bool = True, limit: int = 16384) -> 
 
 def _device_id(body: dict) -> str:
     device_id = _str(body, "device_id", limit=64)
-    if not DEVICE_ID.fullmatch(device_id):
+    if not is_device_id(device_id):
         raise InvalidInput("'device_id' is not a valid device id")
     return device_id
 
@@ -59,10 +60,7 @@ def _device_id(body: dict) -> str:
 @requires("signin")
 async def challenge(request: web.Request) -> web.Response:
     svc = services(request.app[RUNTIME])
-    try:
-        device_id = _device_id(await _json(request))
-    except InvalidInput as exc:
-        return problem(400, "Bad Request", str(exc))
+    device_id = _device_id(await _json(request))
     return web.json_response(await svc.attestation.challenge(device_id))
 
 
@@ -91,10 +89,6 @@ async def verify(request: web.Request) -> web.Response:
     return web.json_response(result.to_json())
 
 
-def _error(exc: BindingError) -> web.Response:
-    return problem(exc.http_status, exc.code, str(exc))
-
-
 def _actor(body: dict) -> str:
     who = body.get("actor")
     return f"api:{who}" if isinstance(who, str) and who and len(who) <= 200 else "api:admin"
@@ -104,20 +98,17 @@ def _actor(body: dict) -> str:
 async def list_devices(request: web.Request) -> web.Response:
     status = request.query.get("status")
     if status and status not in ("active", "suspended", "deactivated", "deleted"):
-        return problem(400, "Bad Request", "status: active, suspended, deactivated or deleted")
+        raise InvalidInput("status: active, suspended, deactivated or deleted")
     devices = await services(request.app[RUNTIME]).devices.list(status=status)
     return web.json_response({"devices": [d.to_json() for d in devices]})
 
 
 @requires("admin")
 async def create_device(request: web.Request) -> web.Response:
-    try:
-        body = await _json(request)
-        device_id = _str(body, "id", required=False, limit=64)
-        name = _str(body, "name", required=False, limit=255) or ""
-        device = await services(request.app[RUNTIME]).devices.create(device_id, name=name, actor=_actor(body))
-    except BindingError as exc:
-        return _error(exc)
+    body = await _json(request)
+    device_id = _str(body, "id", required=False, limit=64)
+    name = _str(body, "name", required=False, limit=255) or ""
+    device = await services(request.app[RUNTIME]).devices.create(device_id, name=name, actor=_actor(body))
     return web.json_response(device.to_json(), status=201)
 
 
@@ -125,30 +116,24 @@ async def create_device(request: web.Request) -> web.Response:
 async def show_device(request: web.Request) -> web.Response:
     store = services(request.app[RUNTIME]).devices
     device_id = request.match_info["device_id"]
-    try:
-        device = await store.get(device_id)
-    except BindingError as exc:
-        return _error(exc)
+    device = await store.get(device_id)
     return web.json_response({**device.to_json(), "certificates": [b.to_json() for b in await store.bindings(device_id)],
                               "history": await store.history(device_id)})
 
 
 async def _transition(request: web.Request, action: str) -> web.Response:
-    try:
-        body = await _json(request) if request.can_read_body else {}
-        reason = _str(body, "reason", required=False, limit=1000)
-        device, changes = await services(request.app[RUNTIME]).devices.transition(
-            request.match_info["device_id"], action, actor=_actor(body), reason=reason)
-    except BindingError as exc:
-        return _error(exc)
+    body = await _json(request, optional=True)
+    reason = _str(body, "reason", required=False, limit=1000)
+    device, changes = await services(request.app[RUNTIME]).devices.transition(
+        request.match_info["device_id"], action, actor=_actor(body), reason=reason)
     return web.json_response({**device.to_json(), "certificate_changes": [c.to_json() for c in changes]})
 
 
 @requires("admin")
 async def device_action(request: web.Request) -> web.Response:
     action = request.match_info["action"]
-    if action not in TRANSITIONS:
-        return problem(404, "Not Found", f"unknown action {action!r}; one of: {', '.join(TRANSITIONS)}")
+    if action not in ACTIONS:
+        raise NotFound(f"unknown action {action!r}; one of: {', '.join(ACTIONS)}")
     return await _transition(request, action)
 
 
@@ -159,24 +144,18 @@ async def delete_device(request: web.Request) -> web.Response:
 
 @requires("admin")
 async def remove_certificate(request: web.Request) -> web.Response:
-    try:
-        body = await _json(request) if request.can_read_body else {}
-        binding = await services(request.app[RUNTIME]).devices.remove_certificate(
-            request.match_info["device_id"], actor=_actor(body), reason=_str(body, "reason", required=False))
-    except BindingError as exc:
-        return _error(exc)
+    body = await _json(request, optional=True)
+    binding = await services(request.app[RUNTIME]).devices.remove_certificate(
+        request.match_info["device_id"], actor=_actor(body), reason=_str(body, "reason", required=False))
     return web.json_response(binding.to_json())
 
 
 @requires("admin")
 async def preregister(request: web.Request) -> web.Response:
-    try:
-        body = await _json(request)
-        done = await services(request.app[RUNTIME]).devices.preregister(
-            request.match_info["device_id"], profile=_str(body, "profile", limit=64),
-            transaction_id=_str(body, "transaction_id", limit=255), actor=_actor(body))
-    except BindingError as exc:
-        return _error(exc)
+    body = await _json(request)
+    done = await services(request.app[RUNTIME]).devices.preregister(
+        request.match_info["device_id"], profile=_str(body, "profile", limit=64),
+        transaction_id=_str(body, "transaction_id", limit=255), actor=_actor(body))
     return web.json_response(done, status=201)
 
 
@@ -189,17 +168,14 @@ async def list_external(request: web.Request) -> web.Response:
 @requires("admin")
 async def add_external(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
+    body = await _json(request)
+    name = _str(body, "name", limit=64)
+    cert = load_certificate(_str(body, "certificate", limit=32768).encode())
     try:
-        body = await _json(request)
-        name = _str(body, "name", limit=64)
-        cert = load_certificate(_str(body, "certificate", limit=32768).encode())
-        try:
-            policy = Policy(body.get("policy") or "fail-closed")
-        except ValueError:
-            raise InvalidInput("'policy': fail-open or fail-closed") from None
-        ca = await services(rt).external.add(name, cert, policy=policy, actor=_actor(body), now=rt.clock())
-    except BindingError as exc:
-        return _error(exc)
+        policy = Policy(body.get("policy") or "fail-closed")
+    except ValueError:
+        raise InvalidInput("'policy': fail-open or fail-closed") from None
+    ca = await services(rt).external.add(name, cert, policy=policy, actor=_actor(body), now=rt.clock())
     await services(rt).external.reload()
     return web.json_response(ca.to_json(), status=201)
 

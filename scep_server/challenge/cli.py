@@ -212,6 +212,8 @@ def enrolment_list(ctx: Context, profile: str | None, state: str, fmt: str) -> N
 
 
 def _decide(ctx: Context, profile: str, transaction_id: str, approve: bool, reason: str | None) -> str:
+    from trustkit.problems import Conflict
+
     from ..enroll import ApprovalRefused
     from ..profiles import UnknownProfile
 
@@ -221,7 +223,7 @@ def _decide(ctx: Context, profile: str, transaction_id: str, approve: bool, reas
 
     try:
         return run(go())
-    except (UnknownProfile, LookupError, ApprovalRefused) as exc:
+    except (UnknownProfile, LookupError, Conflict, ApprovalRefused) as exc:
         raise click.ClickException(str(exc).strip("'\"")) from None
 
 

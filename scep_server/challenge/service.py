@@ -21,7 +21,9 @@ from .basic import P, R, CredentialChecker, hash_params, hash_password, username
 from .config import (BasicCredentials, ChallengeConfigError, DelegatedSettings, DynamicSettings, delegated_settings,
                      dynamic_settings)
 from .intune import IntuneClient, IntuneRejected, IntuneUnavailable
-from .store import ChallengeStore, Expectations, IssuedChallenge, check_csr
+# ENROLMENT_STATES, CacheFull and expectations_from are also what the HTTP handlers use of the stores
+from .enrolments import STATES as ENROLMENT_STATES, list_enrolments
+from .store import CacheFull, ChallengeStore, Expectations, IssuedChallenge, check_csr, expectations_from
 from .throttle import Limits, LoginThrottle, address_key, user_key
 from .webhook import WebhookClient, WebhookDenied, WebhookUnavailable
 
@@ -81,6 +83,10 @@ class ChallengeService:
         log.info("challenge.issued", profile=profile.name, source=source, requested_by=requested_by,
                  payload_identifier=payload_identifier, expires_at=issued.expires_at.isoformat())
         return issued
+
+    async def enrolments(self, *, state: str | None, profile: str | None) -> list[dict]:
+        """Enrolments in `state` (all when None), of one profile or all: see `list_enrolments`."""
+        return await list_enrolments(self.runtime.engine, state=state, profile=profile)
 
     # ------------------------------------------------------------------ Basic login
 

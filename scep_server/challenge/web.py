@@ -1,25 +1,23 @@
 """HTTP: the dynamic challenge endpoint (NDES page, JSON, Jamf SCEPChallenge webhook) and the admin API
-for challenges and pending enrolments."""
+for challenges and pending enrolments. Failures are raised `trustkit.problems.DomainError`s (problem+json),
+except the NDES page's own "password cache is full" page."""
 from __future__ import annotations
-
-from typing import Any
 
 import structlog
 from aiohttp import web
 from cryptography.hazmat.primitives import hashes
 
+from trustkit.http import BadJSON, read_json_object
+from trustkit.problems import BadRequest, Forbidden, NotFound, ServiceUnavailable, TooManyRequests, Unprocessable
+
 from ..appkeys import RUNTIME
 from ..enroll import ApprovalRefused
 from ..profiles import UnknownProfile
-from ..web.auth import problem, requires
+from ..web.auth import bad_credentials, basic_credentials, basic_realm, requires
 from ..web.client import client_address
-from ..web.jsonbody import BadJSON, read_object
-from .basic import parse_basic
 from .config import ChallengeConfigError
-from .enrolments import STATES, list_enrolments
 from .page import cache_full_page, challenge_page
-from .service import EXTRAS_KEY, ChallengeService, NotDynamic
-from .store import CacheFull, expectations_from
+from .service import ENROLMENT_STATES, EXTRAS_KEY, CacheFull, ChallengeService, NotDynamic, expectations_from
 
 log = structlog.get_logger("challenge.http")
 
@@ -32,52 +30,47 @@ def _wants_json(request: web.Request) -> bool:
     return "application/json" in request.headers.get("Accept", "").lower()
 
 
-def _text(status: int, text: str, **headers: str) -> web.Response:
-    return web.Response(status=status, text=text + "\n", content_type="text/plain", headers=headers)
+async def _dynamic_profile(service: ChallengeService, name: str):
+    """(profile, settings) of a profile with dynamic challenges; 404 for another or none, 503 when its
+    challenge settings cannot be read."""
+    try:
+        return await service.dynamic_profile(name)
+    except (UnknownProfile, NotDynamic) as exc:
+        raise NotFound(str(exc)) from None
+    except ChallengeConfigError as exc:
+        raise ServiceUnavailable(str(exc)) from None
 
 
 async def _authorise(request: web.Request, service: ChallengeService, name: str):
-    """(profile, settings, username) or an error response: 404, 403, 401 or 429."""
-    try:
-        profile, settings = await service.dynamic_profile(name)
-    except UnknownProfile as exc:
-        return None, problem(404, "Not Found", str(exc))
-    except NotDynamic as exc:
-        return None, problem(404, "Not Found", str(exc))
-    except ChallengeConfigError as exc:
-        return None, problem(503, "Service Unavailable", str(exc))
+    """(profile, settings, username) of a caller with the profile's Basic credentials; else raises 404, 403,
+    401, 429 or 503."""
+    profile, settings = await _dynamic_profile(service, name)
     if settings.credentials is None:
-        return None, problem(403, "Forbidden", f"no challenge credentials are configured for profile {name!r} "
-                                               "(scep-server challenge configure)")
-    www = {"WWW-Authenticate": f'Basic realm="SCEP challenge {profile.name}", charset="UTF-8"'}
-    given = parse_basic(request.headers.get("Authorization"))
-    if given is None:
-        return None, problem(401, "Unauthorized", "HTTP Basic credentials are required", **www)
-    user, password = given
+        raise Forbidden(f"no challenge credentials are configured for profile {name!r} "
+                        "(scep-server challenge configure)")
+    realm = basic_realm(profile.name)
+    user, password = basic_credentials(request, realm)
     remote = client_address(request)
     login = await service.login(profile.name, settings.credentials, user, password, remote)
     if login.busy:
         log.warning("challenge.auth_busy", profile=profile.name, remote=remote)
-        return None, problem(503, "Service Unavailable", "too many logins are being checked; try again shortly",
-                             **{"Retry-After": str(login.retry_after)})
+        raise ServiceUnavailable("too many logins are being checked; try again shortly",
+                                 headers={"Retry-After": str(login.retry_after)})
     if login.retry_after is not None:
         log.warning("challenge.auth_blocked", profile=profile.name, remote=remote, username=user[:64])
-        return None, problem(429, "Too Many Requests", "too many failed attempts; try again later",
-                             **{"Retry-After": str(login.retry_after)})
+        raise TooManyRequests("too many failed attempts; try again later",
+                              headers={"Retry-After": str(login.retry_after)})
     if not login.ok:
         log.warning("challenge.auth_failed", profile=profile.name, remote=remote, username=user[:64])
-        return None, problem(401, "Unauthorized", "invalid username or password", **www)
-    return (profile, settings, user), None
+        raise bad_credentials(realm)
+    return profile, settings, user
 
 
 async def get_challenge(request: web.Request) -> web.Response:
     """NDES-style page (default) or JSON {"challenge", "expires_at"} for Accept: application/json."""
     service = _service(request)
     name = request.match_info["profile"]
-    ok, error = await _authorise(request, service, name)
-    if error is not None:
-        return error
-    profile, settings, user = ok
+    profile, settings, user = await _authorise(request, service, name)
     want_json = _wants_json(request)
     ca = request.app[RUNTIME].cas[profile.ca]
     charset = settings.page_encoding
@@ -86,7 +79,7 @@ async def get_challenge(request: web.Request) -> web.Response:
                                              requested_by=user)
     except CacheFull as exc:
         if want_json:
-            return problem(429, "Too Many Requests", f"The password cache is full: {exc}")
+            raise TooManyRequests(f"The password cache is full: {exc}") from None
         page = cache_full_page(ca_name=ca.name, charset=charset)
         return web.Response(status=429, body=page.encode(charset), content_type="text/html", charset=charset)
     headers = {"Cache-Control": "no-store"}
@@ -102,58 +95,44 @@ async def jamf_webhook(request: web.Request) -> web.Response:
     """Jamf Pro's SCEPChallenge webhook: the response body is the challenge."""
     service = _service(request)
     name = request.match_info["profile"]
-    ok, error = await _authorise(request, service, name)
-    if error is not None:
-        return error
-    profile, _settings, user = ok
+    profile, _settings, user = await _authorise(request, service, name)
     try:
-        payload = await read_object(request, empty={})
+        payload = await read_json_object(request, empty={})
     except BadJSON as exc:
-        return problem(400, "Bad Request", f"{exc} (expected Jamf's SCEPChallenge webhook event)")
+        raise BadJSON(f"{exc} (expected Jamf's SCEPChallenge webhook event)") from None
     hook = payload.get("webhook") if isinstance(payload.get("webhook"), dict) else {}
     event = payload.get("event") if isinstance(payload.get("event"), dict) else {}
     kind = hook.get("webhookEvent")
     if kind is not None and kind != "SCEPChallenge":
-        return problem(400, "Bad Request", f"webhook event {kind!r} is not SCEPChallenge")
+        raise BadRequest(f"webhook event {kind!r} is not SCEPChallenge")
     payload_id = event.get("payloadIdentifier")
     if payload_id is not None and (not isinstance(payload_id, str) or len(payload_id) > 255):
-        return problem(400, "Bad Request", "event.payloadIdentifier must be a string of at most 255 characters")
+        raise BadRequest("event.payloadIdentifier must be a string of at most 255 characters")
     try:
         issued = await service.new_challenge(profile.name, source="webhook", requested_by=user,
                                              payload_identifier=payload_id)
     except CacheFull as exc:
-        return problem(429, "Too Many Requests", f"The password cache is full: {exc}")
+        raise TooManyRequests(f"The password cache is full: {exc}") from None
     return web.Response(text=issued.challenge, content_type="text/plain", headers={"Cache-Control": "no-store"})
-
-
-async def _json_body(request: web.Request) -> dict[str, Any] | web.Response:
-    if not request.can_read_body:
-        return {}
-    try:
-        return await read_object(request, empty={})
-    except BadJSON as exc:
-        return problem(400, "Bad Request", str(exc))
 
 
 @requires("admin")
 async def api_new_challenge(request: web.Request) -> web.Response:
     """POST /api/v1/challenges/{profile} {"subject"?, "sans"?} -> {"challenge", "expires_at"}."""
-    data = await _json_body(request)
-    if isinstance(data, web.Response):
-        return data
+    data = await read_json_object(request, empty={})
     try:
         expectations = expectations_from(data)
     except ValueError as exc:
-        return problem(400, "Bad Request", str(exc))
+        raise BadRequest(str(exc)) from None
     try:
         issued = await _service(request).new_challenge(request.match_info["profile"], source="api",
                                                        requested_by="api", expectations=expectations)
     except (UnknownProfile, NotDynamic) as exc:
-        return problem(404, "Not Found", str(exc))
+        raise NotFound(str(exc)) from None
     except ChallengeConfigError as exc:
-        return problem(503, "Service Unavailable", str(exc))
+        raise ServiceUnavailable(str(exc)) from None
     except CacheFull as exc:
-        return problem(429, "Too Many Requests", str(exc))
+        raise TooManyRequests(str(exc)) from None
     return web.json_response({"challenge": issued.challenge, "expires_at": issued.expires_at.isoformat()},
                              status=201, headers={"Cache-Control": "no-store"})
 
@@ -162,33 +141,31 @@ async def api_new_challenge(request: web.Request) -> web.Response:
 async def api_list_enrolments(request: web.Request) -> web.Response:
     """GET /api/v1/enrolments?state=pending|issued|rejected|all&profile=NAME"""
     state = request.query.get("state", "pending")
-    if state not in (*STATES, "all"):
-        return problem(400, "Bad Request", f"state must be one of {', '.join(STATES)} or all")
-    rows = await list_enrolments(request.app[RUNTIME].engine, state=None if state == "all" else state,
-                                 profile=request.query.get("profile") or None)
+    if state not in (*ENROLMENT_STATES, "all"):
+        raise BadRequest(f"state must be one of {', '.join(ENROLMENT_STATES)} or all")
+    rows = await _service(request).enrolments(state=None if state == "all" else state,
+                                              profile=request.query.get("profile") or None)
     return web.json_response({"enrolments": rows})
 
 
 async def _decide(request: web.Request, approve: bool) -> web.Response:
-    data = await _json_body(request)
-    if isinstance(data, web.Response):
-        return data
+    data = await read_json_object(request, empty={})
     txid = data.get("transaction_id")
     reason = data.get("reason")
     if not isinstance(txid, str) or not txid:
-        return problem(400, "Bad Request", "transaction_id (string) is required")
+        raise BadRequest("transaction_id (string) is required")
     if reason is not None and not isinstance(reason, str):
-        return problem(400, "Bad Request", "reason must be a string")
+        raise BadRequest("reason must be a string")
     rt = request.app[RUNTIME]
     try:
         result = await rt.scep.decide(request.match_info["profile"], txid, approve=approve, actor="api:admin",
                                       reason=(reason or None) and reason[:500])
     except UnknownProfile as exc:
-        return problem(404, "Not Found", str(exc))
+        raise NotFound(str(exc)) from None
     except ApprovalRefused as exc:
-        return problem(422, "Unprocessable Content", str(exc))
-    except LookupError as exc:
-        return problem(409 if "concurrently" in str(exc) else 404, "Not Found", str(exc))
+        raise Unprocessable(str(exc)) from None
+    except LookupError as exc:  # no such pending enrolment (a lost race is a Conflict, answered as raised)
+        raise NotFound(str(exc)) from None
     log.info("enrolment.decided", profile=request.match_info["profile"], transaction_id=txid,
              approve=approve, actor="api:admin")
     return web.json_response({"profile": request.match_info["profile"], "transaction_id": txid,

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
@@ -21,7 +20,7 @@ from otp.service import OtpService
 from otp.tables import otp_clients, otp_yubikeys
 
 from ..appkeys import RUNTIME
-from ..store.tables import api_tokens
+from ..web import auth
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("otp.feature")
 
 EXTRA = "otp"
-_TOKEN_NAMES = "otp.token_names"
 
 
 class OtpStartError(click.ClickException):
@@ -88,25 +86,6 @@ async def _readiness(service: OtpService) -> str:
         return await _kek_readiness(service)
     except Exception as exc:  # noqa: BLE001 - a schema or database problem is a failed check, not a crash
         return f"error: cannot check the stored keys ({exc.__class__.__name__}: {exc})"
-
-
-async def _authenticate(request: web.Request, token: str) -> tuple[str, str] | None:
-    """The core's bearer tokens for otp's routes: (scope, "token:<name>") of an enabled token."""
-    runtime = request.app[RUNTIME]
-    scope = await runtime.tokens.scope_of(token)
-    if scope is None:
-        return None
-    digest = hashlib.sha256(token.encode()).hexdigest()
-    names: dict[str, str] = runtime.extras.setdefault(_TOKEN_NAMES, {})
-    name = names.get(digest)
-    if name is None:
-        async with runtime.engine.connect() as conn:
-            name = (await conn.execute(sa.select(api_tokens.c.name).where(
-                api_tokens.c.token_sha256 == digest))).scalar_one_or_none() or "?"
-        if len(names) > 10_000:
-            names.clear()
-        names[digest] = name
-    return scope, f"token:{name}"
 
 
 def _service_for(request: web.Request) -> OtpService:
@@ -179,12 +158,12 @@ class OtpFeature:
     async def stop(self, runtime: "Runtime") -> None:
         service: OtpService | None = runtime.extras.pop(EXTRA, None)
         runtime.extras.get("readiness", {}).pop(EXTRA, None)
-        runtime.extras.pop(_TOKEN_NAMES, None)
         if service is not None:
             await service.aclose()  # counter updates still queued are committed
 
     def add_routes(self, app: web.Application) -> None:
-        otp_web.add_routes(app, _service_for, authenticate=_authenticate, client_address=client_address)
+        otp_web.add_routes(app, _service_for, authenticate=auth.authenticate_token, realm=auth.REALM,
+                           client_address=client_address)
 
     def jobs(self, runtime: "Runtime") -> list[Callable[[], Awaitable[None]]]:
         return [_prune_job(service_of(runtime))]

@@ -1,17 +1,32 @@
-"""Bearer-token authentication for handlers that declare a `required_scope` (admin or signin)."""
-from __future__ import annotations
+"""Authentication of the HTTP routes, in one place (docs/api.md "Authentication").
 
-import json
+- Bearer API tokens (``scep-server token create``), each of one scope, ``admin`` or ``signin``. A handler
+  declares its scope with :func:`requires`; :func:`bearer_auth` enforces it. otp's routes are handed
+  :func:`authenticate_token` and :data:`REALM` and check the same tokens the same way.
+- HTTP Basic for the challenge page of a profile (its credentials are the profile's own):
+  :func:`basic_credentials` and :func:`bad_credentials`.
+
+Realms name what the credentials belong to: ``device-trust`` for the API tokens, ``SCEP challenge
+<profile>`` for a profile's Basic credentials. Every challenge has one format,
+``<Scheme> realm="<realm>"[, name="value"]...`` (:func:`trustkit.http.www_authenticate`). A refusal is a
+raised :class:`~trustkit.problems.Unauthorized` (401, with the challenge) or
+:class:`~trustkit.problems.Forbidden` (403); the error middleware answers it.
+"""
+from __future__ import annotations
 
 from aiohttp import web
 
+from trustkit.http import bearer_caller, www_authenticate
+from trustkit.problems import Unauthorized
+
 from ..appkeys import RUNTIME
+from ..challenge.basic import parse_basic
 
+REALM = "device-trust"
+"""The realm of the API tokens, on every route they protect (the application's and otp's)."""
 
-def problem(status: int, title: str, detail: str, **headers: str) -> web.Response:
-    """An RFC 9457 problem+json response."""
-    return web.Response(status=status, headers=headers, content_type="application/problem+json",
-                        text=json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}))
+ACTOR = web.RequestKey("api_actor", str)
+"""Who called, as ``token:<name>``, once :func:`bearer_auth` has let a request through."""
 
 
 def requires(scope: str):
@@ -22,20 +37,41 @@ def requires(scope: str):
     return mark
 
 
+async def authenticate_token(request: web.Request, token: str) -> tuple[str, str] | None:
+    """(scope, "token:<name>") of an enabled API token, None for an unknown or disabled one."""
+    granted = await request.app[RUNTIME].tokens.identify(token)
+    if granted is None:
+        return None
+    scope, name = granted
+    return scope, f"token:{name}"
+
+
 @web.middleware
 async def bearer_auth(request: web.Request, handler):
-    route_handler = request.match_info.handler
-    scope = getattr(route_handler, "required_scope", None)
-    if scope is None:
-        return await handler(request)
-    header = request.headers.get("Authorization", "")
-    kind, _, token = header.partition(" ")
-    challenge = {"WWW-Authenticate": f'Bearer realm="device-trust", scope="{scope}"'}
-    if kind.lower() != "bearer" or not token.strip():
-        return problem(401, "Unauthorized", f"a bearer token with scope {scope!r} is required", **challenge)
-    granted = await request.app[RUNTIME].tokens.scope_of(token.strip())
-    if granted is None:
-        return problem(401, "Unauthorized", "unknown or disabled token", **challenge)
-    if granted != scope:
-        return problem(403, "Forbidden", f"this endpoint needs a token with scope {scope!r}, not {granted!r}")
+    """Enforce the `required_scope` of the matched handler (401 or 403, raised)."""
+    scope = getattr(request.match_info.handler, "required_scope", None)
+    if scope is not None:
+        request[ACTOR] = await bearer_caller(request, scope, authenticate_token, realm=REALM)
     return await handler(request)
+
+
+def basic_realm(profile: str) -> str:
+    """The realm of a profile's challenge-page credentials."""
+    return f"SCEP challenge {profile}"
+
+
+def basic_credentials(request: web.Request, realm: str) -> tuple[str, str]:
+    """(username, password) of the request's ``Authorization: Basic``, or a raised 401 with the challenge."""
+    given = parse_basic(request.headers.get("Authorization"))
+    if given is None:
+        raise Unauthorized("HTTP Basic credentials are required", headers=_basic_challenge(realm))
+    return given
+
+
+def bad_credentials(realm: str) -> Unauthorized:
+    """The 401 for a wrong username or password (raise it)."""
+    return Unauthorized("invalid username or password", headers=_basic_challenge(realm))
+
+
+def _basic_challenge(realm: str) -> dict[str, str]:
+    return www_authenticate("Basic", realm, charset="UTF-8")

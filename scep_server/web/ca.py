@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from trustkit.http import text_errors
+
 from ..appkeys import RUNTIME
 
 
+@text_errors
 async def ca_cert(request: web.Request) -> web.Response:
     ca = request.app[RUNTIME].cas.get(request.match_info["ca"])
     if ca is None:

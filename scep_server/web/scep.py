@@ -6,6 +6,8 @@ import hashlib
 
 from aiohttp import web
 
+from trustkit.http import text_errors
+
 from ..appkeys import RUNTIME
 from ..enroll import NoNextCA
 from ..profiles import UnknownProfile
@@ -84,6 +86,7 @@ def _text(status: int, reason: str) -> web.Response:
     return web.Response(status=status, text=reason + "\n", content_type="text/plain")
 
 
+@text_errors
 async def scep(request: web.Request) -> web.StreamResponse:
     service = request.app[RUNTIME].scep
     profile = request.match_info["profile"]

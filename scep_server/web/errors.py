@@ -1,0 +1,37 @@
+"""The one error middleware: how every route answers a failure (docs/api.md "Errors").
+
+Handlers raise; they do not build error responses. A :class:`~trustkit.problems.DomainError` becomes its
+problem document (RFC 9457, problem+json), an unavailable database a 503 problem with
+``Retry-After`` on every path, a body that cannot be read a 400, anything else a 500 whose cause goes to
+the log and never to the client. Protocol routes marked with :func:`trustkit.http.text_errors` (SCEP,
+the validation protocol) answer the 400 and the 500 in plain text, as their own errors are.
+"""
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+
+from trustkit.http import error_response, internal_error, unavailable, wants_text
+from trustkit.problems import DomainError
+
+log = structlog.get_logger("http")
+
+
+@web.middleware
+async def errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure gets an answer that leaks nothing
+        text = wants_text(request)
+        answer = error_response(exc, text=text)
+        if answer is None:
+            log.exception("http.unhandled", method=request.method, path=request.path)
+            return internal_error(text=text)
+        if isinstance(exc, web.RequestPayloadError):
+            log.info("http.bad_body", method=request.method, path=request.path, detail=str(exc)[:200])
+        elif not isinstance(exc, DomainError) and unavailable(exc):
+            log.warning("http.database_unavailable", method=request.method, path=request.path,
+                        error=f"{exc.__class__.__name__}: {str(exc)[:200]}")
+        return answer
