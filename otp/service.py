@@ -15,6 +15,8 @@ from typing import Any, Callable, Mapping
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from trustkit.clock import utcnow
+
 from . import yubico
 from .batching import CounterCommitter, MaterialLoader
 from .config import OtpSettings, ThrottleSettings
@@ -34,10 +36,6 @@ MAX_CLIENT_ID = 2**31 - 1  # client ids are 32-bit integer keys
 # sl in replies: the percentage of validation servers that agreed. Counters live in one shared
 # database that every process commits to before answering, so the whole "pool" agrees.
 SYNC_LEVEL = 100
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -160,7 +158,7 @@ class OtpService:
         self.settings = settings
         self.store = OtpStore(engine)
         self._box = SecretBox(kek)
-        self._clock = clock or _utcnow
+        self._clock = clock or utcnow
         # SQLite has one writer at a time: a second in-process writer would only sleep in the busy handler.
         inflight = 1 if self.store.is_sqlite else settings.commit_inflight
         self._committer = CounterCommitter(self.store, self._clock, max_batch=settings.commit_batch_max,

@@ -1,7 +1,7 @@
 """SQL of the OTP factor (SQLAlchemy Core, async; SQLite and PostgreSQL).
 
-Every transaction that writes starts with BEGIN IMMEDIATE on SQLite (`sqlite_begin` execution
-option understood by the application's engine factory). The replay check is one compare-and-set
+Every transaction that writes starts with BEGIN IMMEDIATE on SQLite (`trustkit.db.writer`, which sets the
+`sqlite_begin` option engines from `trustkit.db.create_engine` honour). The replay check is one compare-and-set
 UPDATE per key: the stored (usage_ctr, session_use) must be strictly lower than the OTP's.
 """
 from __future__ import annotations
@@ -18,6 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from trustkit.db import writer
 
 from .config import ThrottleSettings
 from .tables import ACTIVE, REVOKED, UNASSIGNED, otp_clients, otp_events, otp_imports, otp_throttle, otp_yubikeys
@@ -163,7 +165,7 @@ class OtpStore:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self.is_postgresql = engine.dialect.name == "postgresql"
-        self._writer = engine.execution_options(sqlite_begin="IMMEDIATE") if self.is_sqlite else engine
+        self._writer = writer(engine)
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def begin_write(self):
