@@ -1,6 +1,8 @@
 """Low-level parts shared by `scep_server`, `crl` and `otp`; this package imports nothing of theirs.
 
 - `trustkit.clock`: aware UTC datetimes and the settable clock every service takes.
+- `trustkit.der`: the one BER reader (lenient for SCEP clients, strict DER for CRLs) and DER writer, one
+  error type.
 - `trustkit.db`: the engine factory (embedded SQLite or PostgreSQL), SQLite pragmas and write transactions
   that take the lock at BEGIN.
 """

@@ -9,7 +9,7 @@ from aiohttp import web
 from ..appkeys import RUNTIME
 from ..enroll import NoNextCA
 from ..profiles import UnknownProfile
-from ..scep.der import DERError
+from trustkit.der import DERError
 from ..scep.message import decode_get_message
 from ..scep.types import MalformedMessage
 
