@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from trustkit.clock import utcnow
 
 from . import yubico
-from .batching import CounterCommitter, MaterialLoader
 from .config import OtpSettings, ThrottleSettings
 from .errors import REASON_TEXT, BackendError, Conflict, InvalidInput, NotFound, Reason
 from .kek import KekError, SecretBox
@@ -161,9 +160,9 @@ class OtpService:
         self._clock = clock or utcnow
         # SQLite has one writer at a time: a second in-process writer would only sleep in the busy handler.
         inflight = 1 if self.store.is_sqlite else settings.commit_inflight
-        self._committer = CounterCommitter(self.store, self._clock, max_batch=settings.commit_batch_max,
-                                           max_inflight=inflight)
-        self._loader = MaterialLoader(self.store, max_inflight=settings.commit_inflight)
+        self._committer = self.store.counter_committer(self._clock, max_batch=settings.commit_batch_max,
+                                                       max_inflight=inflight)
+        self._loader = self.store.material_loader(max_inflight=settings.commit_inflight)
         self._materials: dict[str, KeyMaterial] = {}
         self._clients: dict[int, tuple[float, _Client | None]] = {}
         self._blocked: dict[str, datetime] = {}  # throttled sources and clients, until when
@@ -307,7 +306,7 @@ class OtpService:
 
     async def _commit_protocol(self, material: KeyMaterial, update: CounterUpdate, tok: Token,
                                client_id: int | None, source: str | None) -> VerifyOutcome | None:
-        if await self._committer.submit(update, self._wsapi_statuses):
+        if await self._committer.submit((update, self._wsapi_statuses)):
             return VerifyOutcome(Reason.VERIFIED, material.serial, material.public_id, tok)
         state = await self.store.key_state(material.id)
         if state is None or state.deleted:
@@ -434,7 +433,7 @@ class OtpService:
             cached = self._materials.get(public_id)
             if cached is not None:
                 return cached
-        material = await self._loader.load(public_id) if public_id else None
+        material = await self._loader.submit(public_id) if public_id else None
         if material is None:
             self._materials.pop(public_id, None)
         elif self.settings.key_cache_size:

@@ -3,6 +3,8 @@
 - `trustkit.clock`: aware UTC datetimes and the settable clock every service takes.
 - `trustkit.der`: the one BER reader (lenient for SCEP clients, strict DER for CRLs) and DER writer, one
   error type.
-- `trustkit.db`: the engine factory (embedded SQLite or PostgreSQL), SQLite pragmas and write transactions
-  that take the lock at BEGIN.
+- `trustkit.db`: the engine factory (embedded SQLite or PostgreSQL), SQLite pragmas, write transactions
+  that take the lock at BEGIN, and whole transactions run on an aiosqlite connection's thread.
+- `trustkit.batching`: group commit, many callers' writes in one durable transaction; a distinct-key mode
+  keeps one item per key in flight.
 """
