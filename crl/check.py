@@ -12,7 +12,7 @@ import ipaddress
 import socket
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from enum import Enum
 from typing import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
@@ -31,7 +31,6 @@ from .config import CheckerSettings, Policy
 from .parse import CrlFormatError, ParsedCrl, UnsupportedCrl, der_from_bytes, parse_crl
 from .signing import UnsupportedAlgorithm, verify_signature
 
-UTC = timezone.utc
 log = structlog.get_logger("crl.check")
 
 HOLD_CODE = 6 + 1  # index code of certificateHold (RFC 5280 §5.3.1)

@@ -9,7 +9,7 @@ import socket
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Awaitable, Callable, Sequence
 
 import structlog
@@ -25,7 +25,6 @@ from .selfcheck import SelfCheckError, check_crl
 from .signing import CrlSigner, UnsupportedAlgorithm, verify_signature
 from .store import CrlStateStore
 
-UTC = timezone.utc
 log = structlog.get_logger("crl.publish")
 
 # The application's view of a CA's revocation state: (serial, revoked_at, reason, invalidity_date) tuples of

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -12,8 +12,6 @@ from trustkit.clock import aware
 from trustkit.db import writer
 
 from .tables import crl_state
-
-UTC = timezone.utc
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError

@@ -15,11 +15,9 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crl.build import Reason  # RFC 5280 §5.3.1 CRLReason, one definition shared with the CRL builder
-
 from trustkit.clock import aware
 
 from ..store.tables import cas, certificates
-
 
 
 class InventoryError(Exception):

@@ -12,13 +12,13 @@ from crl.publish import PublishError
 from crl.signing import CrlSigner
 from scep_server.ca import inventory
 from scep_server.ca.inventory import Reason, serial_hex
+from trustkit.clock import SettableClock
 from trustkit.db import writer
 from scep_server.store.events import record_event
 from tests.server import start_app
 
 from .conftest import (
     FAST_CRL,
-    FakeClock,
     crl_serials,
     enrol_with_codec,
     publisher,
@@ -29,7 +29,7 @@ from .conftest import (
 
 @pytest.fixture
 async def clocked(aiohttp_server, tmp_path, db_url):
-    clock = FakeClock()
+    clock = SettableClock()
     srv = await start_app(aiohttp_server, tmp_path, db_url, clock=clock, crl=FAST_CRL)
     await publisher(srv).wait_newer(None, timeout=10)
     return srv, clock
