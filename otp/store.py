@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from trustkit.batching import GroupCommit
+from trustkit.clock import aware
 from trustkit.db import writer
 
 from .config import ThrottleSettings
@@ -30,13 +31,6 @@ k = otp_yubikeys
 # Failures of the store (not of the request): the database is down, a connection broke, a timeout.
 BACKEND_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, asyncpg.PostgresError,
                                                    asyncpg.InterfaceError, asyncio.TimeoutError)
-
-
-def aware(value: datetime | None) -> datetime | None:
-    """SQLite hands timestamps back naive; every stored timestamp is UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
 
 
 @dataclass(frozen=True, slots=True)
