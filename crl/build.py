@@ -11,8 +11,9 @@ from typing import Iterable, Sequence
 
 from cryptography import x509
 
-from .der import (TAG_CONTEXT_0, TAG_OCTET_STRING, TAG_SEQUENCE, encode_generalized_time, encode_integer,
-                  encode_length, encode_time, tlv, utc_seconds)
+from trustkit.der import (OCTET_STRING, SEQUENCE, ctx, encode_generalized_time, encode_length, encode_time, integer,
+                          tlv, utc_seconds)
+
 from .signing import CrlSigner
 
 UTC = timezone.utc
@@ -48,8 +49,8 @@ class Reason(IntEnum):
 
 def _reason_extensions(code: int) -> bytes:
     """crlEntryExtensions holding only reasonCode (§5.3.1), as DER."""
-    ext = tlv(TAG_SEQUENCE, OID_REASON_CODE + tlv(TAG_OCTET_STRING, b"\x0a\x01" + bytes((code,))))
-    return tlv(TAG_SEQUENCE, ext)
+    ext = tlv(SEQUENCE, OID_REASON_CODE + tlv(OCTET_STRING, b"\x0a\x01" + bytes((code,))))
+    return tlv(SEQUENCE, ext)
 
 
 # unspecified (0) is written as no reasonCode at all (§5.3.1 SHOULD); 7 is unassigned; removeFromCRL (8) belongs
@@ -99,12 +100,12 @@ class Scope:
     def value_der(self) -> bytes:
         """IssuingDistributionPoint DER: distributionPoint [0] { fullName [0] { uniformResourceIdentifier [6] } }."""
         names = b"".join(b"\x86" + encode_length(len(u.encode("ascii"))) + u.encode("ascii") for u in self.uris)
-        body = tlv(TAG_CONTEXT_0, tlv(TAG_CONTEXT_0, names))
+        body = tlv(ctx(0), tlv(ctx(0), names))
         if self.only_user_certs:
             body += b"\x81\x01\xff"
         if self.only_ca_certs:
             body += b"\x82\x01\xff"
-        return tlv(TAG_SEQUENCE, body)
+        return tlv(SEQUENCE, body)
 
 
 def encode_entry(serial: int, revoked_at: datetime, reason: "int | None" = None,
@@ -117,11 +118,11 @@ def encode_entry(serial: int, revoked_at: datetime, reason: "int | None" = None,
         raise CrlBuildError(f"serial {serial:x}: reason {reason!r} cannot appear on a complete CRL") from None
     exts = reason_ext[2:] if reason_ext else b""  # the bare Extension, without its SEQUENCE OF wrapper
     if invalidity_date is not None:
-        exts += tlv(TAG_SEQUENCE, OID_INVALIDITY_DATE + tlv(TAG_OCTET_STRING, encode_generalized_time(invalidity_date)))
-    body = encode_integer(serial) + encode_time(revoked_at)
+        exts += tlv(SEQUENCE, OID_INVALIDITY_DATE + tlv(OCTET_STRING, encode_generalized_time(utc_seconds(invalidity_date))))
+    body = integer(serial) + encode_time(utc_seconds(revoked_at))
     if exts:
-        body += tlv(TAG_SEQUENCE, exts)
-    return tlv(TAG_SEQUENCE, body)
+        body += tlv(SEQUENCE, exts)
+    return tlv(SEQUENCE, body)
 
 
 def _check_serial(serial: int) -> None:
@@ -229,13 +230,13 @@ def extensions_der(issuer: Issuer, number: int, scope: "Scope | None") -> bytes:
         raise CrlBuildError(f"CRL number {number} is outside 0..2^159-1 (§5.2.3)")
     if not issuer.key_id:
         raise CrlBuildError("the issuer has no key identifier for the AKI (§5.2.1)")
-    aki = tlv(TAG_SEQUENCE, OID_AUTHORITY_KEY_IDENTIFIER + tlv(
-        TAG_OCTET_STRING, tlv(TAG_SEQUENCE, b"\x80" + encode_length(len(issuer.key_id)) + issuer.key_id)))
-    num = tlv(TAG_SEQUENCE, OID_CRL_NUMBER + tlv(TAG_OCTET_STRING, encode_integer(number)))
+    aki = tlv(SEQUENCE, OID_AUTHORITY_KEY_IDENTIFIER + tlv(
+        OCTET_STRING, tlv(SEQUENCE, b"\x80" + encode_length(len(issuer.key_id)) + issuer.key_id)))
+    num = tlv(SEQUENCE, OID_CRL_NUMBER + tlv(OCTET_STRING, integer(number)))
     exts = aki + num
     if scope is not None:
-        exts += tlv(TAG_SEQUENCE, OID_ISSUING_DISTRIBUTION_POINT + CRITICAL + tlv(TAG_OCTET_STRING, scope.value_der()))
-    return tlv(TAG_CONTEXT_0, tlv(TAG_SEQUENCE, exts))
+        exts += tlv(SEQUENCE, OID_ISSUING_DISTRIBUTION_POINT + CRITICAL + tlv(OCTET_STRING, scope.value_der()))
+    return tlv(ctx(0), tlv(SEQUENCE, exts))
 
 
 def build_tbs(*, issuer: Issuer, algorithm: bytes, number: int, this_update: datetime, next_update: datetime,
@@ -254,7 +255,7 @@ def build_tbs(*, issuer: Issuer, algorithm: bytes, number: int, this_update: dat
         parts += encoded_entries
         parts.append(tail)
         return b"".join(parts)
-    return tlv(TAG_SEQUENCE, head + tail)
+    return tlv(SEQUENCE, head + tail)
 
 
 def assemble(tbs: bytes, algorithm: bytes, signature: bytes) -> bytes:

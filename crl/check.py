@@ -12,7 +12,7 @@ import ipaddress
 import socket
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from enum import Enum
 from typing import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
@@ -25,11 +25,12 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.exceptions import UnsupportedAlgorithm as UnsupportedAlgorithmError
 
+from trustkit.clock import utcnow
+
 from .config import CheckerSettings, Policy
 from .parse import CrlFormatError, ParsedCrl, UnsupportedCrl, der_from_bytes, parse_crl
 from .signing import UnsupportedAlgorithm, verify_signature
 
-UTC = timezone.utc
 log = structlog.get_logger("crl.check")
 
 HOLD_CODE = 6 + 1  # index code of certificateHold (RFC 5280 §5.3.1)
@@ -295,10 +296,6 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class CrlChecker:
     """CRL status of certificates issued by registered customer CAs, from background-fetched CRLs."""
 
@@ -310,7 +307,7 @@ class CrlChecker:
         self._resolver = resolver
         self._session = session
         self._own_session = session is None
-        self._clock = clock or _utcnow
+        self._clock = clock or utcnow
         self._now_ts: Callable[[], float] = time.time if clock is None else (lambda: clock().timestamp())
         self._on_update = on_update
         self._log = logger or log

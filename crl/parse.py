@@ -13,9 +13,8 @@ from datetime import datetime
 from asn1crypto import crl as asn1_crl
 from asn1crypto import x509 as asn1_x509
 
-from .der import (TAG_BIT_STRING, TAG_BOOLEAN, TAG_CONTEXT_0, TAG_ENUMERATED, TAG_GENERALIZED_TIME, TAG_INTEGER,
-                  TAG_OCTET_STRING, TAG_OID, TAG_SEQUENCE, TAG_UTC_TIME, DerError, decode_integer, decode_time,
-                  expect, read_tlv)
+from trustkit.der import (BIT_STRING, BOOLEAN, ENUMERATED, GENERALIZED_TIME, INTEGER, OCTET_STRING, OID, SEQUENCE,
+                          UTC_TIME, DERError, ctx, decode_integer, decode_oid, decode_time, expect, read)
 
 PEM_BEGIN = b"-----BEGIN X509 CRL-----"
 PEM_END = b"-----END X509 CRL-----"
@@ -162,26 +161,12 @@ def pem_from_der(der: bytes) -> bytes:
     return PEM_BEGIN + b"\n" + b"\n".join(lines) + b"\n" + PEM_END + b"\n"
 
 
-MAX_OID_BYTES = 64
-"""Longest OBJECT IDENTIFIER content read (a UUID OID is 20 octets), checked before any arithmetic."""
-MAX_OID_ARCS = 32
-
-
 def oid_dotted(content: bytes) -> str:
     """Dotted form of OBJECT IDENTIFIER content octets (X.690 §8.19), at most 64 octets and 32 arcs."""
-    if not content or content[-1] & 0x80 or len(content) > MAX_OID_BYTES:
-        raise CrlFormatError("bad OBJECT IDENTIFIER")
-    arcs: list[int] = []
-    value = 0
-    for b in content:
-        value = (value << 7) | (b & 0x7F)
-        if not b & 0x80:
-            arcs.append(value)
-            value = 0
-    if len(arcs) > MAX_OID_ARCS - 1:  # the first subidentifier holds two arcs
-        raise CrlFormatError("bad OBJECT IDENTIFIER: too many arcs")
-    first = min(arcs[0] // 40, 2)
-    return ".".join(map(str, [first, arcs[0] - 40 * first, *arcs[1:]]))
+    try:
+        return decode_oid(content)
+    except DERError as exc:
+        raise CrlFormatError(f"bad OBJECT IDENTIFIER: {exc}") from None
 
 
 def parse_crl(data: bytes) -> ParsedCrl:
@@ -189,22 +174,22 @@ def parse_crl(data: bytes) -> ParsedCrl:
     der = der_from_bytes(bytes(data))
     try:
         return _parse(der)
-    except DerError as exc:
+    except DERError as exc:
         raise CrlFormatError(str(exc)) from None
 
 
 def _parse(der: bytes) -> ParsedCrl:
     n = len(der)
-    start, end = expect(der, 0, n, TAG_SEQUENCE, "CertificateList")
+    _, _, start, end, _ = expect(read(der, 0, n, strict=True), SEQUENCE, "CertificateList")
     if end != n:
         raise CrlFormatError("trailing bytes after the CertificateList")
-    tag, ts, te = read_tlv(der, start, end)
-    if tag != TAG_SEQUENCE:
+    tag, _, ts, te, _ = read(der, start, end, strict=True)
+    if tag != SEQUENCE:
         raise CrlFormatError("tbsCertList is not a SEQUENCE")
     tbs_start, tbs_end = start, te
-    a0, a1 = expect(der, te, end, TAG_SEQUENCE, "signatureAlgorithm")
+    _, _, a0, a1, _ = expect(read(der, te, end, strict=True), SEQUENCE, "signatureAlgorithm")
     alg = der[te:a1]
-    b0, b1 = expect(der, a1, end, TAG_BIT_STRING, "signatureValue")
+    _, _, b0, b1, _ = expect(read(der, a1, end, strict=True), BIT_STRING, "signatureValue")
     if b1 != end:
         raise CrlFormatError("trailing elements after signatureValue")
     if b1 - b0 < 1 or der[b0] != 0:
@@ -212,41 +197,41 @@ def _parse(der: bytes) -> ParsedCrl:
     signature = der[b0 + 1:b1]
 
     pos = ts
-    tag, c0, c1 = read_tlv(der, pos, te)
+    tag, _, c0, c1, _ = read(der, pos, te, strict=True)
     version = 1
-    if tag == TAG_INTEGER:
+    if tag == INTEGER:
         if c1 - c0 > 4:
             raise CrlFormatError("CRL version is not a small INTEGER (§5.1.2.1)")
-        v = decode_integer(der[c0:c1])
+        v = decode_integer(der[c0:c1], strict=True)
         if v != 1:
             raise CrlFormatError(f"CRL version value {v}: only v2 (1) may be written (§5.1.2.1)")
         version = 2
         pos = c1
-    s0, s1 = expect(der, pos, te, TAG_SEQUENCE, "signature")
+    _, _, s0, s1, _ = expect(read(der, pos, te, strict=True), SEQUENCE, "signature")
     tbs_alg = der[pos:s1]
-    i0, i1 = expect(der, s1, te, TAG_SEQUENCE, "issuer")
+    _, _, i0, i1, _ = expect(read(der, s1, te, strict=True), SEQUENCE, "issuer")
     issuer = der[s1:i1]
-    tag, t0, t1 = read_tlv(der, i1, te)
-    if tag not in (TAG_UTC_TIME, TAG_GENERALIZED_TIME):
+    tag, _, t0, t1, _ = read(der, i1, te, strict=True)
+    if tag not in (UTC_TIME, GENERALIZED_TIME):
         raise CrlFormatError("thisUpdate is not a Time")
-    this_update = decode_time(tag, der[t0:t1])
+    this_update = decode_time(tag, der[t0:t1], strict=True)
     pos = t1
     next_update = None
     entries_start = entries_end = 0
     ext_bytes = None
     if pos < te:
-        tag, t0, t1 = read_tlv(der, pos, te)
-        if tag in (TAG_UTC_TIME, TAG_GENERALIZED_TIME):
-            next_update = decode_time(tag, der[t0:t1])
+        tag, _, t0, t1, _ = read(der, pos, te, strict=True)
+        if tag in (UTC_TIME, GENERALIZED_TIME):
+            next_update = decode_time(tag, der[t0:t1], strict=True)
             pos = t1
     if pos < te:
-        tag, t0, t1 = read_tlv(der, pos, te)
-        if tag == TAG_SEQUENCE:
+        tag, _, t0, t1, _ = read(der, pos, te, strict=True)
+        if tag == SEQUENCE:
             entries_start, entries_end = t0, t1
             pos = t1
     if pos < te:
-        tag, t0, t1 = read_tlv(der, pos, te)
-        if tag == TAG_CONTEXT_0:
+        tag, _, t0, t1, _ = read(der, pos, te, strict=True)
+        if tag == ctx(0):
             if version != 2:
                 raise CrlFormatError("a v1 CRL cannot carry extensions (§5.1.2.1)")
             ext_bytes = (t0, t1)
@@ -259,7 +244,7 @@ def _parse(der: bytes) -> ParsedCrl:
     scope = None
     unknown_critical: list[str] = []
     if ext_bytes is not None:
-        e0, e1 = expect(der, ext_bytes[0], ext_bytes[1], TAG_SEQUENCE, "crlExtensions")
+        _, _, e0, e1, _ = expect(read(der, ext_bytes[0], ext_bytes[1], strict=True), SEQUENCE, "crlExtensions")
         if e1 != ext_bytes[1]:
             raise CrlFormatError("trailing bytes in crlExtensions")
         raw = _extensions(der, e0, e1)
@@ -291,18 +276,18 @@ def _extensions(der: bytes, pos: int, end: int) -> list[tuple[bytes, bool, bytes
     out: list[tuple[bytes, bool, bytes]] = []
     seen: set[bytes] = set()
     while pos < end:
-        x0, x1 = expect(der, pos, end, TAG_SEQUENCE, "Extension")
-        o0, o1 = expect(der, x0, x1, TAG_OID, "extnID")
+        _, _, x0, x1, _ = expect(read(der, pos, end, strict=True), SEQUENCE, "Extension")
+        _, _, o0, o1, _ = expect(read(der, x0, x1, strict=True), OID, "extnID")
         oid = der[o0:o1]
         p = o1
         critical = False
-        tag, b0, b1 = read_tlv(der, p, x1)
-        if tag == TAG_BOOLEAN:
+        tag, _, b0, b1, _ = read(der, p, x1, strict=True)
+        if tag == BOOLEAN:
             if b1 - b0 != 1 or der[b0] not in (0, 0xFF):
                 raise CrlFormatError("bad BOOLEAN in Extension")
             critical = der[b0] == 0xFF
             p = b1
-        v0, v1 = expect(der, p, x1, TAG_OCTET_STRING, "extnValue")
+        _, _, v0, v1, _ = expect(read(der, p, x1, strict=True), OCTET_STRING, "extnValue")
         if v1 != x1:
             raise CrlFormatError("trailing bytes in Extension")
         if oid in seen:
@@ -314,10 +299,10 @@ def _extensions(der: bytes, pos: int, end: int) -> list[tuple[bytes, bool, bytes
 
 
 def _integer_value(value: bytes, what: str) -> int:
-    t, c0, c1 = read_tlv(value, 0, len(value))
-    if t != TAG_INTEGER or c1 != len(value):
+    t, _, c0, c1, _ = read(value, 0, len(value), strict=True)
+    if t != INTEGER or c1 != len(value):
         raise CrlFormatError(f"{what} is not an INTEGER")
-    return decode_integer(value[c0:c1])
+    return decode_integer(value[c0:c1], strict=True)
 
 
 MAX_DECODED_EXTENSION = 4096
@@ -377,7 +362,7 @@ def index_entries(der: bytes, pos: int, end: int, *, offsets: bool = True) -> di
                 c0 = pos + 2
                 c1 = c0 + length
             else:
-                _, c0, c1 = read_tlv(der, pos, end)
+                _, _, c0, c1, _ = read(der, pos, end, strict=True)
             sl = der[c0 + 1]
             if c1 > end or der[c0] != 0x02 or not 0 < sl <= 21:
                 raise CrlFormatError(f"bad userCertificate in the entry at {pos}")
@@ -401,7 +386,7 @@ def index_entries(der: bytes, pos: int, end: int, *, offsets: bool = True) -> di
             pos = c1
     except IndexError:
         raise CrlFormatError("truncated revokedCertificates") from None
-    except DerError as exc:
+    except DERError as exc:
         raise CrlFormatError(str(exc)) from None
     if pos != end:
         raise CrlFormatError("revokedCertificates overruns its SEQUENCE")
@@ -412,13 +397,13 @@ def index_entries(der: bytes, pos: int, end: int, *, offsets: bool = True) -> di
 
 def _entry_reason_code(der: bytes, pos: int, end: int) -> int:
     """Index code of crlEntryExtensions (§5.3); raises for unknown critical ones and indirect-CRL entries."""
-    e0, e1 = expect(der, pos, end, TAG_SEQUENCE, "crlEntryExtensions")
+    _, _, e0, e1, _ = expect(read(der, pos, end, strict=True), SEQUENCE, "crlEntryExtensions")
     if e1 != end:
         raise CrlFormatError("trailing bytes after crlEntryExtensions")
     code = 0
     for oid, critical, value in _extensions(der, e0, e1):
         if oid == REASON_CODE:
-            if len(value) != 3 or value[0] != TAG_ENUMERATED or value[1] != 1:
+            if len(value) != 3 or value[0] != ENUMERATED or value[1] != 1:
                 raise CrlFormatError("bad reasonCode")
             r = value[2]
             code = r + 1 if r <= 10 and r != 7 else UNKNOWN_REASON
@@ -432,22 +417,22 @@ def _entry_reason_code(der: bytes, pos: int, end: int) -> int:
 def decode_entry(der: bytes, offset: int) -> RevokedEntry:
     """The entry at `offset` (from the index), fully decoded."""
     try:
-        c0, c1 = expect(der, offset, len(der), TAG_SEQUENCE, "revoked entry")
-        s0, s1 = expect(der, c0, c1, TAG_INTEGER, "userCertificate")
-        tag, t0, t1 = read_tlv(der, s1, c1)
-        revoked_at = decode_time(tag, der[t0:t1])
+        _, _, c0, c1, _ = expect(read(der, offset, len(der), strict=True), SEQUENCE, "revoked entry")
+        _, _, s0, s1, _ = expect(read(der, c0, c1, strict=True), INTEGER, "userCertificate")
+        tag, _, t0, t1, _ = read(der, s1, c1, strict=True)
+        revoked_at = decode_time(tag, der[t0:t1], strict=True)
         reason = invalidity = None
         if t1 < c1:
-            e0, e1 = expect(der, t1, c1, TAG_SEQUENCE, "crlEntryExtensions")
+            _, _, e0, e1, _ = expect(read(der, t1, c1, strict=True), SEQUENCE, "crlEntryExtensions")
             for oid, _critical, value in _extensions(der, e0, e1):
                 if oid == REASON_CODE and len(value) == 3:
                     reason = value[2]
                 elif oid == INVALIDITY_DATE:
-                    vt, v0, v1 = read_tlv(value, 0, len(value))
-                    invalidity = decode_time(vt, value[v0:v1])
-        return RevokedEntry(serial=decode_integer(der[s0:s1]), revoked_at=revoked_at, reason=reason,
+                    vt, _, v0, v1, _ = read(value, 0, len(value), strict=True)
+                    invalidity = decode_time(vt, value[v0:v1], strict=True)
+        return RevokedEntry(serial=decode_integer(der[s0:s1], strict=True), revoked_at=revoked_at, reason=reason,
                             invalidity_date=invalidity)
-    except DerError as exc:
+    except DERError as exc:
         raise CrlFormatError(str(exc)) from None
 
 

@@ -9,30 +9,27 @@ import socket
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Awaitable, Callable, Sequence
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from trustkit.clock import utcnow
+from trustkit.der import utc_seconds
+
 from .build import Entry, EntryEncoder, Issuer, Scope, build_crl
 from .config import CrlSettings
-from .der import utc_seconds
 from .parse import CrlFormatError, parse_crl, pem_from_der
 from .selfcheck import SelfCheckError, check_crl
 from .signing import CrlSigner, UnsupportedAlgorithm, verify_signature
 from .store import CrlStateStore
 
-UTC = timezone.utc
 log = structlog.get_logger("crl.publish")
 
 # The application's view of a CA's revocation state: (serial, revoked_at, reason, invalidity_date) tuples of
 # the held or revoked, unexpired certificates as of `now` (see scep_server.ca.inventory.revoked_entries).
 EntrySource = Callable[[datetime], Awaitable[Sequence[Entry]]]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class PublishError(Exception):
@@ -93,7 +90,7 @@ class Publisher:
     """Keeps the current CRL of one CA scope, re-signing on schedule and soon after status changes."""
 
     def __init__(self, ca: str, *, issuer: Issuer, signer: CrlSigner, source: EntrySource, engine: AsyncEngine,
-                 settings: "CrlSettings | None" = None, clock: Callable[[], datetime] = _utcnow,
+                 settings: "CrlSettings | None" = None, clock: Callable[[], datetime] = utcnow,
                  scope: "Scope | None" = None, number_floor: int = 0, executor: "Executor | None" = None,
                  instance_id: "str | None" = None, logger=None) -> None:
         if issuer.public_key is None:

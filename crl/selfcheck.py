@@ -4,8 +4,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Sequence
 
+from trustkit.der import utc_seconds
+
 from .build import Entry, Issuer, Scope
-from .der import utc_seconds
 from .parse import CrlFormatError, ParsedCrl, parse_crl
 from .signing import UnsupportedAlgorithm, verify_signature
 

@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .tables import crl_state
+from trustkit.clock import aware
+from trustkit.db import writer
 
-UTC = timezone.utc
+from .tables import crl_state
 
 
 @dataclass(frozen=True)
@@ -24,21 +25,13 @@ class StoredCrl:
     published_by: "str | None"
 
 
-def _aware(value: "datetime | None") -> "datetime | None":
-    """SQLite hands back naive datetimes; everything stored here is UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
 class CrlStateStore:
     """One CRL scope's row in `crl_state` (RFC 5280 §5.2.3: numbers are never shared within a scope)."""
 
     def __init__(self, engine: AsyncEngine, ca: str) -> None:
         self.engine = engine
         self.ca = ca
-        self._writer = (engine.execution_options(sqlite_begin="IMMEDIATE")
-                        if engine.dialect.name == "sqlite" else engine)
+        self._writer = writer(engine)
 
     def _insert_ignore(self):
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
@@ -59,7 +52,7 @@ class CrlStateStore:
                         (sa.or_(c.last_this_update.is_(None), c.last_this_update < now_v), now_v),
                         else_=c.last_this_update),
                 ).returning(c.last_number, c.last_this_update))).one()
-        return int(row.last_number), _aware(row.last_this_update)
+        return int(row.last_number), aware(row.last_this_update)
 
     async def save(self, *, number: int, this_update: datetime, next_update: datetime, der: bytes, sha256: str,
                    entries: int, published_at: datetime, published_by: str) -> bool:
@@ -89,8 +82,8 @@ class CrlStateStore:
                 .where(c.ca == self.ca, c.crl_number.is_not(None)))).first()
         if row is None:
             return None
-        return StoredCrl(number=int(row.crl_number), this_update=_aware(row.this_update),
-                         next_update=_aware(row.next_update), der=bytes(row.der), sha256=row.sha256,
+        return StoredCrl(number=int(row.crl_number), this_update=aware(row.this_update),
+                         next_update=aware(row.next_update), der=bytes(row.der), sha256=row.sha256,
                          entries=int(row.entries or 0), published_by=row.published_by)
 
     async def last_allocated(self) -> int:

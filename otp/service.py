@@ -9,14 +9,15 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from trustkit.clock import utcnow
+
 from . import yubico
-from .batching import CounterCommitter, MaterialLoader
 from .config import OtpSettings, ThrottleSettings
 from .errors import REASON_TEXT, BackendError, Conflict, InvalidInput, NotFound, Reason
 from .kek import KekError, SecretBox
@@ -34,10 +35,6 @@ MAX_CLIENT_ID = 2**31 - 1  # client ids are 32-bit integer keys
 # sl in replies: the percentage of validation servers that agreed. Counters live in one shared
 # database that every process commits to before answering, so the whole "pool" agrees.
 SYNC_LEVEL = 100
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -160,12 +157,12 @@ class OtpService:
         self.settings = settings
         self.store = OtpStore(engine)
         self._box = SecretBox(kek)
-        self._clock = clock or _utcnow
+        self._clock = clock or utcnow
         # SQLite has one writer at a time: a second in-process writer would only sleep in the busy handler.
         inflight = 1 if self.store.is_sqlite else settings.commit_inflight
-        self._committer = CounterCommitter(self.store, self._clock, max_batch=settings.commit_batch_max,
-                                           max_inflight=inflight)
-        self._loader = MaterialLoader(self.store, max_inflight=settings.commit_inflight)
+        self._committer = self.store.counter_committer(self._clock, max_batch=settings.commit_batch_max,
+                                                       max_inflight=inflight)
+        self._loader = self.store.material_loader(max_inflight=settings.commit_inflight)
         self._materials: dict[str, KeyMaterial] = {}
         self._clients: dict[int, tuple[float, _Client | None]] = {}
         self._blocked: dict[str, datetime] = {}  # throttled sources and clients, until when
@@ -309,7 +306,7 @@ class OtpService:
 
     async def _commit_protocol(self, material: KeyMaterial, update: CounterUpdate, tok: Token,
                                client_id: int | None, source: str | None) -> VerifyOutcome | None:
-        if await self._committer.submit(update, self._wsapi_statuses):
+        if await self._committer.submit((update, self._wsapi_statuses)):
             return VerifyOutcome(Reason.VERIFIED, material.serial, material.public_id, tok)
         state = await self.store.key_state(material.id)
         if state is None or state.deleted:
@@ -436,7 +433,7 @@ class OtpService:
             cached = self._materials.get(public_id)
             if cached is not None:
                 return cached
-        material = await self._loader.load(public_id) if public_id else None
+        material = await self._loader.submit(public_id) if public_id else None
         if material is None:
             self._materials.pop(public_id, None)
         elif self.settings.key_cache_size:

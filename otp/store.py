@@ -1,7 +1,7 @@
 """SQL of the OTP factor (SQLAlchemy Core, async; SQLite and PostgreSQL).
 
-Every transaction that writes starts with BEGIN IMMEDIATE on SQLite (`sqlite_begin` execution
-option understood by the application's engine factory). The replay check is one compare-and-set
+Every transaction that writes starts with BEGIN IMMEDIATE on SQLite (`trustkit.db.writer`, which sets the
+`sqlite_begin` option engines from `trustkit.db.create_engine` honour). The replay check is one compare-and-set
 UPDATE per key: the stored (usage_ctr, session_use) must be strictly lower than the OTP's.
 """
 from __future__ import annotations
@@ -19,6 +19,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from trustkit.batching import GroupCommit
+from trustkit.clock import aware
+from trustkit.db import writer
+
 from .config import ThrottleSettings
 from .tables import ACTIVE, REVOKED, UNASSIGNED, otp_clients, otp_events, otp_imports, otp_throttle, otp_yubikeys
 
@@ -27,13 +31,6 @@ k = otp_yubikeys
 # Failures of the store (not of the request): the database is down, a connection broke, a timeout.
 BACKEND_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, asyncpg.PostgresError,
                                                    asyncpg.InterfaceError, asyncio.TimeoutError)
-
-
-def aware(value: datetime | None) -> datetime | None:
-    """SQLite hands timestamps back naive; every stored timestamp is UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,12 +160,37 @@ class OtpStore:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self.is_postgresql = engine.dialect.name == "postgresql"
-        self._writer = engine.execution_options(sqlite_begin="IMMEDIATE") if self.is_sqlite else engine
+        self._writer = writer(engine)
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def begin_write(self):
         """A write transaction (BEGIN IMMEDIATE on SQLite)."""
         return self._writer.begin()
+
+    def counter_committer(self, clock, *, max_batch: int = 256,
+                          max_inflight: int = 2) -> GroupCommit[tuple[CounterUpdate, tuple[str, ...]], bool]:
+        """Group commit of compare-and-sets (docs/otp.md "Counters": one atomic CAS per OTP).
+
+        An item is (update, accepted statuses); its result is True once the update is durably committed,
+        False if the stored counters were not lower. A batch holds one update per key (a key is never in two
+        batches in flight) and one set of statuses, so each compare-and-set is judged as if it ran alone."""
+        async def flush(jobs: list[tuple[CounterUpdate, tuple[str, ...]]]) -> list[bool]:
+            accepted = await self.compare_and_set_batch([u for u, _ in jobs], jobs[0][1], clock())
+            return [u.key_id in accepted for u, _ in jobs]
+
+        return GroupCommit(flush, key=lambda job: job[0].key_id, group=lambda job: job[1], max_batch=max_batch,
+                           max_inflight=max_inflight, name="otp.counters")
+
+    def material_loader(self, *, max_batch: int = 500,
+                        max_inflight: int = 2) -> GroupCommit[str, "KeyMaterial | None"]:
+        """Look-ups of live keys by public ID, many per query; identical queued look-ups share one answer,
+        read by a query issued after each of them was asked."""
+        async def flush(public_ids: list[str]) -> list[KeyMaterial | None]:
+            found = await self.key_materials(public_ids)
+            return [found.get(public_id) for public_id in public_ids]
+
+        return GroupCommit(flush, key=lambda public_id: public_id, coalesce=True, max_batch=max_batch,
+                           max_inflight=max_inflight, name="otp.keys")
 
     # ---- keys: verification -------------------------------------------------------------------
 

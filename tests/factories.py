@@ -77,16 +77,3 @@ async def record_issued(engine, ca: CertificateAuthority, cert: x509.Certificate
     async with writer(engine).begin() as conn:
         await conn.execute(certificates.insert().values(row))
     return row["serial"]
-
-
-class FakeClock:
-    """A settable UTC clock, starting at the real time (or ``start``)."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime.now(timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float = 0, **delta) -> None:
-        self.now += timedelta(seconds=seconds, **delta)

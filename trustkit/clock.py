@@ -31,8 +31,10 @@ class SettableClock:
     def __call__(self) -> datetime:
         return self.now
 
-    def advance(self, delta: timedelta | None = None, **kwargs: float) -> datetime:
-        self.now += delta if delta is not None else timedelta(**kwargs)
+    def advance(self, seconds: float | timedelta = 0, **kwargs: float) -> datetime:
+        """Move forward by ``seconds`` (a number or a timedelta) plus any ``timedelta`` keywords."""
+        step = seconds if isinstance(seconds, timedelta) else timedelta(seconds=seconds)
+        self.now += step + timedelta(**kwargs)
         return self.now
 
     def set(self, value: datetime) -> datetime:

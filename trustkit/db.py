@@ -6,10 +6,13 @@ engine this module makes, whoever begins the transaction."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+R = TypeVar("R")
 
 
 def normalise_url(url: str) -> str:
@@ -77,3 +80,17 @@ def writer(engine: AsyncEngine) -> AsyncEngine:
     if engine.dialect.name == "sqlite":
         return engine.execution_options(sqlite_begin="IMMEDIATE")
     return engine
+
+
+async def on_sqlite_thread(engine: AsyncEngine, fn: Callable[..., R]) -> R:
+    """Run `fn(sqlite3_connection)` on the thread of one pooled aiosqlite connection, as one hand-off.
+
+    Each statement through SQLAlchemy and aiosqlite is a hand-off to the connection's thread and back;
+    a transaction that needs several statements can run them all in one call this way. `fn` manages its
+    own transaction (the engine's connections run in autocommit mode, `isolation_level = None`) and must
+    leave none open; it runs off the event loop, so it must not touch asyncio objects.
+    """
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection  # aiosqlite.Connection
+        return await driver._execute(lambda: fn(driver._conn))

@@ -27,7 +27,7 @@ certificate untouched and records a security event.
 Nonces are stateless (`nonces.py`: an HMAC over device id, expiry and 128 random bits, under a key
 every process reads from the database), so issuing one writes nothing and an unknown, other-device or
 expired nonce is refused without the database. A verification then costs one signature check and a
-share of one write transaction: concurrent verifications are group-committed (`store/batching.py`),
+share of one write transaction: concurrent verifications are group-committed (`trustkit/batching.py`),
 and a batch spends its nonces with one INSERT (the primary key lets one use of a nonce commit, across
 processes), reads device, binding and inventory rows of every request in one indexed query inside the
 same transaction (so a status change committed before it is always seen), and writes only for a
@@ -63,9 +63,9 @@ from ..ca import inventory
 from ..ca.inventory import Reason
 from ..ca.revocation import change_status
 from ..ca.status import CHANGEABLE, CertStatus, EventKind
+from trustkit.batching import GroupCommit
 from trustkit.clock import Clock, utcnow
-from ..store.batching import GroupCommit, on_sqlite_thread
-from trustkit.db import writer
+from trustkit.db import on_sqlite_thread, writer
 from ..store.events import record_event
 from ..profiles import ProfileSettings
 from ..store.tables import certificates, profiles

@@ -32,7 +32,7 @@ from ..ca import inventory
 from ..ca.inventory import Reason
 from ..ca.revocation import PERMANENT_REASON, change_status
 from ..ca.status import CHANGEABLE, CertStatus, StatusChange
-from trustkit.clock import Clock, utcnow
+from trustkit.clock import Clock, aware, utcnow
 from trustkit.db import writer
 from ..store.events import record_event
 from ..store.tables import certificates
@@ -60,10 +60,6 @@ TRANSITIONS: dict[str, tuple[frozenset[DeviceStatus], DeviceStatus]] = {
     "reactivate": (frozenset({S.DEACTIVATED}), S.ACTIVE),
     "delete": (frozenset({S.ACTIVE, S.SUSPENDED, S.DEACTIVATED}), S.DELETED),
 }
-
-
-def _aware(value):
-    return inventory._aware(value)
 
 
 @dataclass(frozen=True)
@@ -112,18 +108,18 @@ CertChange = StatusChange
 
 def _device(row) -> Device:
     m = row._mapping
-    return Device(id=m["id"], name=m["name"], status=DeviceStatus(m["status"]), created_at=_aware(m["created_at"]),
-                  created_by=m["created_by"], status_changed_at=_aware(m["status_changed_at"]),
+    return Device(id=m["id"], name=m["name"], status=DeviceStatus(m["status"]), created_at=aware(m["created_at"]),
+                  created_by=m["created_by"], status_changed_at=aware(m["status_changed_at"]),
                   status_changed_by=m["status_changed_by"], status_reason=m["status_reason"])
 
 
 def _binding(row) -> Binding:
     m = row._mapping
     return Binding(fingerprint_sha256=m["fingerprint_sha256"], device_id=m["device_id"], ca=m["ca"],
-                   external=bool(m["external"]), serial=m["serial"], not_after=_aware(m["not_after"]),
+                   external=bool(m["external"]), serial=m["serial"], not_after=aware(m["not_after"]),
                    current=bool(m["current"]), state=m["state"], retired_reason=m["retired_reason"],
-                   bound_at=_aware(m["bound_at"]),
-                   retired_at=_aware(m["retired_at"]))
+                   bound_at=aware(m["bound_at"]),
+                   retired_at=aware(m["retired_at"]))
 
 
 class DeviceStore:
@@ -184,7 +180,7 @@ class DeviceStore:
         async with self.engine.connect() as conn:
             rows = await conn.execute(sa.select(events).where(events.c.subject == device_id)
                                       .order_by(events.c.id))
-            return [{"at": _aware(r.at).isoformat(), "kind": r.kind, "actor": r.actor, "data": json.loads(r.data)}
+            return [{"at": aware(r.at).isoformat(), "kind": r.kind, "actor": r.actor, "data": json.loads(r.data)}
                     for r in rows]
 
     async def transition(self, device_id: str, action: str, *, actor: str,

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from crl.check import CertificateRefused, CheckResult, CrlChecker
 from crl.config import CheckerSettings, CrlSettings, Policy
 
+from trustkit.clock import aware
 from trustkit.db import writer
 from ..store.events import record_event
 from .errors import ExternalCaError, InvalidInput
@@ -102,12 +103,10 @@ class ExternalCas:
         return ExternalCa(name, cert, fp, policy, now)
 
     async def list(self) -> list[ExternalCa]:
-        from ..ca.inventory import _aware
-
         async with self.engine.connect() as conn:
             rows = (await conn.execute(sa.select(external_cas).order_by(external_cas.c.name))).all()
         return [ExternalCa(r.name, x509.load_der_x509_certificate(r.cert_der), r.fingerprint_sha256,
-                           Policy(r.policy), _aware(r.created_at)) for r in rows]
+                           Policy(r.policy), aware(r.created_at)) for r in rows]
 
     async def reload(self) -> None:
         """Bring the checker in line with the database (CAs added or removed by other processes)."""

@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crl.build import Reason  # RFC 5280 §5.3.1 CRLReason, one definition shared with the CRL builder
+from trustkit.clock import aware
 
 from ..store.tables import cas, certificates
 from .status import LISTED, CertStatus
-
 
 
 class InventoryError(Exception):
@@ -58,23 +58,14 @@ def _record(row) -> CertRecord:
     m = row._mapping
     return CertRecord(
         serial=m["serial"], ca=m["ca"], profile=m["profile"], subject=m["subject"], sans=json.loads(m["sans"]),
-        not_before=_aware(m["not_before"]), not_after=_aware(m["not_after"]), status=CertStatus(m["status"]),
-        revocation_reason=m["revocation_reason"], revoked_at=_aware(m["revoked_at"]),
-        invalidity_date=_aware(m["invalidity_date"]), transaction_id=m["transaction_id"],
+        not_before=aware(m["not_before"]), not_after=aware(m["not_after"]), status=CertStatus(m["status"]),
+        revocation_reason=m["revocation_reason"], revoked_at=aware(m["revoked_at"]),
+        invalidity_date=aware(m["invalidity_date"]), transaction_id=m["transaction_id"],
         fingerprint_sha256=m["fingerprint_sha256"], public_key_sha256=m["public_key_sha256"], der=m["der"],
-        issued_at=_aware(m["issued_at"]), first_used_at=_aware(m["first_used_at"]),
-        renewal_of=m["renewal_of"], unused_since=_aware(m["unused_since"]),
+        issued_at=aware(m["issued_at"]), first_used_at=aware(m["first_used_at"]),
+        renewal_of=m["renewal_of"], unused_since=aware(m["unused_since"]),
         enrolled_device_id=m["enrolled_device_id"],
     )
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything we store is UTC."""
-    if value is not None and value.tzinfo is None:
-        from datetime import timezone
-
-        return value.replace(tzinfo=timezone.utc)
-    return value
 
 
 async def get(conn: AsyncConnection, serial: str) -> CertRecord | None:
@@ -124,7 +115,7 @@ async def revoked_entries(conn: AsyncConnection, ca: str, *, now: datetime):
                    certificates.c.invalidity_date)
          .where(certificates.c.ca == ca, certificates.c.status.in_(sorted(s.value for s in LISTED)),
                 certificates.c.not_after > now))
-    return [(int(r.serial, 16), _aware(r.revoked_at), r.revocation_reason, _aware(r.invalidity_date))
+    return [(int(r.serial, 16), aware(r.revoked_at), r.revocation_reason, aware(r.invalidity_date))
             for r in (await conn.execute(q))]
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from trustkit.clock import aware
 from trustkit.db import writer
 from .tables import login_throttle as t
 
@@ -49,12 +50,6 @@ def user_key(profile: str, username: str) -> str:
     return _key("user", profile, username)
 
 
-def _aware(dt: "datetime | None") -> "datetime | None":
-    if dt is None or dt.tzinfo is not None:
-        return dt
-    return dt.replace(tzinfo=timezone.utc)
-
-
 class LoginThrottle:
     def __init__(self, engine: AsyncEngine, limits: Limits = Limits()):
         self.engine = engine
@@ -68,7 +63,7 @@ class LoginThrottle:
                 t.c.key_sha256.in_(keys), t.c.blocked_until.is_not(None)))).all()
         out = {}
         for r in rows:
-            wait = (_aware(r.blocked_until) - now).total_seconds()
+            wait = (aware(r.blocked_until) - now).total_seconds()
             if wait > 0:
                 out[r.key_sha256] = max(1, int(wait + 0.999))
         return out

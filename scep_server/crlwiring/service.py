@@ -24,6 +24,8 @@ from crl.build import Issuer
 from crl.publish import PublishedCrl, Publisher, PublishError
 from crl.signing import CrlSigner, algorithm_for_public_key
 
+from trustkit.clock import aware
+
 from ..ca import inventory
 from ..ca.authority import CertificateAuthority
 from ..ca.status import STATUS_CHANGE_KINDS
@@ -134,7 +136,7 @@ class CrlService:
         cols = [sa.select(sa.func.max(c.at)).where(c.kind == kind).scalar_subquery() for kind in STATUS_EVENTS]
         async with self.runtime.engine.connect() as conn:
             row = (await conn.execute(sa.select(*cols))).one()
-        found = [inventory._aware(v) for v in row if v is not None]
+        found = [aware(v) for v in row if v is not None]
         return max(found) if found else None
 
     def grace(self) -> timedelta:

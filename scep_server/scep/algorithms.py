@@ -9,7 +9,9 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from cryptography.hazmat.primitives.ciphers.algorithms import AES
 
-from . import der, oids
+from trustkit import der
+
+from . import oids
 from .types import ContentCipher, Digest
 
 with warnings.catch_warnings():
@@ -164,9 +166,9 @@ def signature_scheme(data: bytes, alg: der.Element, digest: Digest) -> tuple[pad
             elif p[0] == der.ctx(1):
                 mgf = _mgf1_hash(data, inner[0])
             elif p[0] == der.ctx(2):
-                salt = der.decode_int(der.contents(data, der.expect(inner[0], der.INTEGER, "saltLength")))
+                salt = der.decode_integer(der.contents(data, der.expect(inner[0], der.INTEGER, "saltLength")))
             elif p[0] == der.ctx(3):
-                if der.decode_int(der.contents(data, der.expect(inner[0], der.INTEGER, "trailerField"))) != 1:
+                if der.decode_integer(der.contents(data, der.expect(inner[0], der.INTEGER, "trailerField"))) != 1:
                     raise UnsupportedAlgorithm("unsupported PSS trailer field")
     if salt < 0:
         raise der.DERError("negative PSS salt length")

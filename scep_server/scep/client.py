@@ -16,7 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import AttributeOID, NameOID
 
-from . import algorithms, cms, der, oids
+from trustkit import der
+
+from . import algorithms, cms, oids
 from .cms import Signer
 from .types import ContentCipher, Digest, FailInfo, MessageType, PKIStatus
 
@@ -112,7 +114,7 @@ def make_self_signed_signer(key: rsa.RSAPrivateKey, cn: str = "SCEP SIGNER", cri
     ]
     tbs = der.seq(
         der.tlv(der.ctx(0), der.integer(2)), der.integer(serial), sig_alg, name,
-        der.seq(der.cms_time(not_before), der.cms_time(not_after)), name, spki,
+        der.seq(der.encode_time(not_before), der.encode_time(not_after)), name, spki,
         der.tlv(der.ctx(3), der.seq(*exts)),
     )
     signature = key.sign(tbs, padding.PKCS1v15(), digest.hash_algorithm())

@@ -13,7 +13,9 @@ from typing import Callable, Sequence
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from . import algorithms, der, oids
+from trustkit import der
+
+from . import algorithms, oids
 from .types import ContentCipher, Digest
 
 Signer = Callable[[bytes, Digest], bytes]
@@ -54,7 +56,7 @@ def cert_identity(data: bytes, cert: der.Element | None = None) -> CertIdentity:
     serial = der.expect(el, der.INTEGER, "serialNumber")
     sig = der.read(data, serial[4], tbs[3])
     issuer = der.expect(der.read(data, sig[4], tbs[3]), der.SEQUENCE, "issuer")
-    return CertIdentity(der.raw(data, issuer), der.decode_int(der.contents(data, serial)), der.raw(data, serial))
+    return CertIdentity(der.raw(data, issuer), der.decode_integer(der.contents(data, serial)), der.raw(data, serial))
 
 
 @lru_cache(maxsize=128)
@@ -81,7 +83,7 @@ def rid_matches(data: bytes, rid: der.Element, cert_der: bytes, ident: CertIdent
         if len(kids) != 2 or kids[1][0] != der.INTEGER:
             raise der.DERError("malformed IssuerAndSerialNumber")
         ident = ident or cert_identity(cert_der)
-        return (der.decode_int(der.contents(data, kids[1])) == ident.serial
+        return (der.decode_integer(der.contents(data, kids[1])) == ident.serial
                 and der.raw(data, kids[0]) == ident.issuer)
     if rid[0] in (0x80, _A0):  # [0] SubjectKeyIdentifier
         return der.string_bytes(data, rid) == subject_key_identifier(cert_der)
@@ -246,7 +248,7 @@ def build_signed_data(*, econtent: bytes, signer_cert_der: bytes, sign: Signer, 
     attrs = [_CONTENT_TYPE_DATA_ATTR,
              attribute(oids.MESSAGE_DIGEST_DER, der.octet_string(algorithms.digest_bytes(digest, econtent)))]
     if signing_time is not None:
-        attrs.append(attribute(oids.SIGNING_TIME_DER, der.cms_time(signing_time)))
+        attrs.append(attribute(oids.SIGNING_TIME_DER, der.encode_time(signing_time)))
     attrs.extend(extra_attrs)
     attrs.sort()  # DER SET OF order (X.690 §11.6)
     attrs_body = b"".join(attrs)

@@ -14,7 +14,9 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from . import algorithms, cms, der, oids
+from trustkit import der
+
+from . import algorithms, cms, oids
 from .cms import Signer, build_degenerate, parse_degenerate
 from .types import (REQUEST_TYPES, ContentCipher, Digest, FailInfo, MalformedMessage, MessageType, PKIStatus,
                     SCEPFailure)
@@ -429,7 +431,7 @@ def parse_issuer_and_serial(data: bytes) -> tuple[x509.Name, int]:
         kids = der.children(data, der.read_one(data, der.SEQUENCE))
         if len(kids) != 2 or kids[1][0] != der.INTEGER:
             raise der.DERError("IssuerAndSerialNumber is a Name and an INTEGER")
-        return _name(data, kids[0]), der.decode_int(der.contents(data, kids[1]))
+        return _name(data, kids[0]), der.decode_integer(der.contents(data, kids[1]))
     except (der.DERError, ValueError) as exc:
         raise SCEPFailure(FailInfo.BAD_REQUEST, f"malformed IssuerAndSerialNumber: {exc}") from None
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from asn1crypto import cms, core
 
-from . import der
+from trustkit import der
 
 # CMS content types (RFC 5652 §4, §5.1, §6.1).
 DATA = "1.2.840.113549.1.7.1"

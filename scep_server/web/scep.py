@@ -11,7 +11,7 @@ from trustkit.http import text_errors
 from ..appkeys import RUNTIME
 from ..enroll import NoNextCA
 from ..profiles import UnknownProfile
-from ..scep.der import DERError
+from trustkit.der import DERError
 from ..scep.message import decode_get_message
 from ..scep.types import MalformedMessage
 

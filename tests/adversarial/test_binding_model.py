@@ -34,6 +34,7 @@ from scep_server.binding.tables import device_certs
 from scep_server.ca import inventory
 from scep_server.ca.inventory import Reason
 from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
+from trustkit.clock import SettableClock
 from trustkit.db import create_engine, writer
 from scep_server.store.tables import certificates
 from tests.conftest import _truncate_pg
@@ -117,9 +118,7 @@ class Model:
         return V.MANAGED
 
 
-class Clock:
-    def __call__(self):
-        return NOW + timedelta(minutes=30)
+START = NOW + timedelta(minutes=30)  # the clocks of the services under test stand still here
 
 
 _serials = iter(range(0x7000000, 0x8000000))
@@ -138,8 +137,8 @@ def machine(ca, db_url: str, sqlite_template):
             else:
                 self.run(_truncate_pg(url))
             self.engine = create_engine(url, sqlite_synchronous="OFF")  # durability is not under test here
-            self.store = DeviceStore(self.engine, clock=Clock())
-            self.att = AttestationService(self.engine, cas={ca.name: ca}, external=None, clock=Clock())
+            self.store = DeviceStore(self.engine, clock=SettableClock(START))
+            self.att = AttestationService(self.engine, cas={ca.name: ca}, external=None, clock=SettableClock(START))
             self.model = Model()
             self.certs: list[Cert] = []
             self.served: dict[str, str] = {}  # serial -> the device it was ever managed for
@@ -243,9 +242,9 @@ def machine(ca, db_url: str, sqlite_template):
             async def go():
                 async with writer(self.engine).begin() as conn:
                     if hold and cert.status == "valid":
-                        await inventory.set_status(conn, cert.serial, "hold", at=Clock()())
+                        await inventory.set_status(conn, cert.serial, "hold", at=START)
                     elif not hold:
-                        await inventory.set_status(conn, cert.serial, "revoked", at=Clock()(),
+                        await inventory.set_status(conn, cert.serial, "revoked", at=START,
                                                    reason=int(Reason.KEY_COMPROMISE))
 
             self.run(go())

@@ -15,7 +15,8 @@ from scep_server.ca.inventory import Reason
 from scep_server.ca.revocation import parse_reason
 from scep_server.cli import _serial_arg
 from scep_server.profiles import ProfileError
-from scep_server.scep import ContentCipher, MessageType, client, der
+from scep_server.scep import ContentCipher, MessageType, client
+from trustkit import der
 from trustkit.http import MAX_DEPTH, BadJSON, loads_object
 from tests.factories import rsa_key
 

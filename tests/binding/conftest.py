@@ -14,14 +14,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from scep_server.binding.attestation import signed_bytes
-from tests.factories import NOW, FakeClock, make_ca  # noqa: F401  (FakeClock re-exported for the tests here)
+from tests.factories import NOW, make_ca
 from tests.server import run, start_app
+from trustkit.clock import SettableClock
 
 UTC = timezone.utc
 FAST_CRL = {"coalesce_delay": 0.1, "poll_interval": 0.5, "retry_interval": 0.5,
             "checker": {"allow_networks": ["127.0.0.1/32"]}}  # the customers' CDPs are loopback test peers
-
-
 
 
 async def attesting_profile(engine, ca_name: str = "default", name: str = "default", *,
@@ -44,7 +43,7 @@ async def trust_default_profile(runtime) -> None:
 
 @pytest.fixture
 def clock():
-    return FakeClock()
+    return SettableClock()
 
 
 class Enrolled:
@@ -160,11 +159,5 @@ def ca(tmp_path_factory):
     return make_ca(tmp_path_factory.mktemp("ca"))
 
 
-class Clock:
-    """A settable clock half an hour after the factories' NOW."""
-
-    def __init__(self):
-        self.now = NOW + timedelta(minutes=30)
-
-    def __call__(self):
-        return self.now
+START = NOW + timedelta(minutes=30)
+"""Where the binding tests' clocks start: half an hour after the factories' NOW."""

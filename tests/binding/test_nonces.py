@@ -17,7 +17,9 @@ from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
 from trustkit.db import create_engine
 from tests.factories import NOW, csr, record_issued, register_ca, rsa_key
 
-from .conftest import Clock, attesting_profile, sign
+from trustkit.clock import SettableClock
+
+from .conftest import START, attesting_profile, sign
 
 
 _serial = iter(range(0x200000, 0x300000))
@@ -43,7 +45,7 @@ async def verify(att, device_id, key, der, nonce):
 async def env(engine, ca):
     await register_ca(engine, ca)
     await attesting_profile(engine, ca.name)
-    clock = Clock()
+    clock = SettableClock(START)
     store = DeviceStore(engine, clock=clock)
     return store, clock
 

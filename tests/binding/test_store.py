@@ -20,14 +20,16 @@ from trustkit.db import writer
 from scep_server.store.tables import events
 from tests.factories import NOW, csr, record_issued, register_ca, rsa_key
 
-from .conftest import Clock, attesting_profile, sign
+from trustkit.clock import SettableClock
+
+from .conftest import START, attesting_profile, sign
 
 
 @pytest.fixture
 async def env(engine, ca):
     await register_ca(engine, ca)
     await attesting_profile(engine, ca.name)
-    clock = Clock()
+    clock = SettableClock(START)
     notified: list[str] = []
     store = DeviceStore(engine, clock=clock, notify_changed=notified.append)
     att = AttestationService(engine, cas={ca.name: ca}, external=None, clock=clock,

@@ -26,7 +26,9 @@ from trustkit.db import create_engine, writer
 from scep_server.store.tables import certificates, events
 from tests.factories import NOW, csr, record_issued, register_ca
 
-from .conftest import Clock, attesting_profile, sign
+from trustkit.clock import SettableClock
+
+from .conftest import START, attesting_profile, sign
 
 
 _serial = iter(range(0x5000000, 0x6000000))
@@ -61,7 +63,7 @@ async def attest(att: AttestationService, device_id: str, cred: Cred) -> Verdict
 async def env(engine, ca):
     await register_ca(engine, ca)
     await attesting_profile(engine, ca.name, "devices")
-    clock = Clock()
+    clock = SettableClock(START)
     store = DeviceStore(engine, clock=clock)
     att = AttestationService(engine, cas={ca.name: ca}, external=None, clock=clock)
     return store, att
@@ -188,7 +190,7 @@ async def test_unrelated_certificates_racing_for_one_device_on_two_instances(db_
     store, _ = env
     engine_a, engine_b = create_engine(db_url), create_engine(db_url)
     try:
-        services = [AttestationService(e, cas={ca.name: ca}, external=None, clock=Clock()) for e in (engine_a, engine_b)]
+        services = [AttestationService(e, cas={ca.name: ca}, external=None, clock=SettableClock(START)) for e in (engine_a, engine_b)]
         await store.create("d1", actor="t")
         creds = [await issue(engine_a, ca) for _ in range(12)]
         results = await asyncio.gather(*(attest(services[i % 2], "d1", c) for i, c in enumerate(creds)))
@@ -221,7 +223,7 @@ async def test_certificate_cache_is_bounded_in_bytes_and_holds_only_established_
         assert res.reason is Verdict.ISSUER_NOT_TRUSTED
     assert dict(att._cache) == before
     # the byte budget: room for two certificates of this size keeps the two most recent
-    small = AttestationService(engine, cas={ca.name: ca}, external=None, clock=Clock(),
+    small = AttestationService(engine, cas={ca.name: ca}, external=None, clock=SettableClock(START),
                                cache_bytes=2 * att._cache[next(iter(att._cache))].cost + 10)
     creds = [await issue(engine, ca) for _ in range(4)]
     for i, c in enumerate(creds):

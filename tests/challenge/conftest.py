@@ -15,26 +15,16 @@ from scep_server.profiles import ProfileSettings
 from scep_server.scep import ContentCipher, MessageType, client
 from scep_server.scep.client import CertRepResult
 from tests.server import RunningServer, start_app
+from trustkit.clock import SettableClock
 
 USER, PASSWORD = "jamf-scep", "correct horse battery staple"
 # low scrypt cost keeps the tests quick; production hashes use the default cost
 FAST_HASH = hash_password(PASSWORD, log2_n=10)
 
 
-class SettableClock:
-    def __init__(self) -> None:
-        self.now = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kw) -> None:
-        self.now += timedelta(**kw)
-
-
 @pytest.fixture
 def clock() -> SettableClock:
-    return SettableClock()
+    return SettableClock(datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5))
 
 
 @pytest.fixture

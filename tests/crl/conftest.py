@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -12,21 +12,9 @@ from crl.build import Issuer
 from crl.signing import CrlSigner
 from tests.crl.pki import make_ca
 from tests.helpers import require_tool
+from trustkit.clock import SettableClock
 
 UTC = timezone.utc
-
-
-class FakeClock:
-    """A settable UTC clock."""
-
-    def __init__(self, start: "datetime | None" = None) -> None:
-        self.now = start or datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class MemorySource:
@@ -74,7 +62,7 @@ class RecordingLogger:
 
 @pytest.fixture
 def clock():
-    return FakeClock()
+    return SettableClock(datetime(2026, 11, 23, 10, 0, 0, tzinfo=UTC))
 
 
 @pytest.fixture

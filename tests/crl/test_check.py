@@ -16,8 +16,9 @@ from cryptography.x509.oid import ExtensionOID, ObjectIdentifier
 from crl.check import CertificateRefused, CheckStatus, CrlChecker, FailureKind
 from crl.config import CheckerSettings, Policy
 from crl.parse import pem_from_der
-from tests.crl.conftest import FakeClock, RecordingLogger
+from tests.crl.conftest import RecordingLogger
 from tests.crl.pki import NOW, OpenSslCa, make_ca, openssl
+from trustkit.clock import SettableClock
 
 REVOKED, HELD, GOOD, NO_CDP = 0x1001, 0x1002, 0x1003, 0x1004
 LOOPBACK = ("127.0.0.1/32",)
@@ -219,7 +220,7 @@ async def test_expired_crl_is_not_used(customer, cdp, checker, policy, allowed):
 
 @pytest.mark.parametrize("policy", [Policy.FAIL_CLOSED, Policy.FAIL_OPEN])
 async def test_last_good_crl_past_next_update(customer, checker, policy):
-    clock = FakeClock(NOW)
+    clock = SettableClock(NOW)
     c = checker(opts={"policy": policy}, clock=clock)
     c.add_ca(customer.cert_pem, name="customer")
     url = f"http://127.0.0.1:{customer.port}/customer.crl"

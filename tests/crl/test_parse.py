@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtensionOID, ObjectIdentifier
 
 from crl.build import Issuer, build_crl
-from crl.der import encode_length, tlv
+from trustkit.der import encode_length, tlv
 from crl.parse import (CrlFormatError, UnsupportedCrl, der_from_bytes, oid_dotted, parse_crl, pem_from_der)
 from crl.signing import CrlSigner, verify_signature
 from tests.crl.pki import make_ca

@@ -14,6 +14,7 @@ from crl.publish import PublishedCrl
 from crl.signing import CrlSigner
 from crl.web import add_routes, last_modified_of
 from tests.crl.pki import make_ca
+from trustkit.clock import SettableClock
 
 UTC = timezone.utc
 T0 = datetime(2026, 11, 23, 10, tzinfo=UTC)
@@ -33,21 +34,13 @@ def make_crl(number: int, this_update: datetime = T0, validity: timedelta = time
     return PublishedCrl.from_der("default", der)
 
 
-class Clock:
-    def __init__(self, t: datetime) -> None:
-        self.t = t.timestamp()
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @pytest.fixture
 def served():
     holder = Holder(make_crl(5, entries=[(9, T0 - timedelta(days=1), 1, None)]))
-    clock = Clock(T0 + timedelta(hours=1))
+    clock = SettableClock(T0 + timedelta(hours=1))
     app = web.Application()
     add_routes(app, {"default": holder, "unpublished": Holder()}, settings=CrlSettings(http_max_age=600),
-               clock=clock)
+               clock=lambda: clock().timestamp())
     return app, holder, clock
 
 
@@ -132,11 +125,11 @@ async def test_cache_lifetime_counts_down_to_next_update(aiohttp_client, served)
     app, holder, clock = served
     client = await aiohttp_client(app)
     next_update = holder.current.next_update
-    clock.t = (next_update - timedelta(seconds=90)).timestamp()
+    clock.set(next_update - timedelta(seconds=90))
     resp = await client.get("/crl/default.crl")
     assert resp.headers["Cache-Control"] == "public, max-age=90, no-transform"
     assert parsedate_to_datetime(resp.headers["Expires"]) == next_update
-    clock.t = (next_update + timedelta(seconds=1)).timestamp()
+    clock.set(next_update + timedelta(seconds=1))
     resp = await client.get("/crl/default.crl")
     assert resp.status == 200 and resp.headers["Cache-Control"] == "no-cache"
     assert parsedate_to_datetime(resp.headers["Expires"]) <= next_update + timedelta(seconds=1)

@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from scep_server.scep import ContentCipher, MessageType, PKIStatus, client
 from scep_server.scep.cms import parse_degenerate
 from tests.helpers import require_tool
-from tests.factories import FakeClock  # noqa: F401  (re-exported for the tests here)
 from tests.server import run, start_app
 
 # What these tests configure and promise: a status change in the process that makes it is on that

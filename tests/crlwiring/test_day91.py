@@ -10,13 +10,13 @@ from cryptography import x509
 
 from scep_server.ca import inventory
 from scep_server.ca.inventory import serial_hex
+from trustkit.clock import SettableClock
 from trustkit.db import writer
 from scep_server.store.tables import certificates, events
 from tests.server import start_app
 
 from .conftest import (
     FAST_CRL,
-    FakeClock,
     crl_serials,
     enrol_with_codec,
     publisher,
@@ -36,7 +36,7 @@ async def _revoke_events(srv, cert) -> int:
 
 
 async def test_unused_certificates_are_revoked_once_on_day_91_and_listed(aiohttp_server, tmp_path, db_url):
-    clock = FakeClock()
+    clock = SettableClock()
     srv = await start_app(aiohttp_server, tmp_path, db_url, clock=clock,
                           crl={**FAST_CRL, "unused_check_interval": 0.1})
     pub = publisher(srv)

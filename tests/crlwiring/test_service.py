@@ -13,13 +13,13 @@ from crl.signing import CrlSigner
 from scep_server.ca.inventory import Reason, serial_hex
 from scep_server.ca.revocation import change_status
 from scep_server.ca.status import CertStatus, EventKind
+from trustkit.clock import SettableClock
 from scep_server.store.events import record_event
 from trustkit.db import writer
 from tests.server import start_app
 
 from .conftest import (
     FAST_CRL,
-    FakeClock,
     crl_serials,
     enrol_with_codec,
     publisher,
@@ -30,7 +30,7 @@ from .conftest import (
 
 @pytest.fixture
 async def clocked(aiohttp_server, tmp_path, db_url):
-    clock = FakeClock()
+    clock = SettableClock()
     srv = await start_app(aiohttp_server, tmp_path, db_url, clock=clock, crl=FAST_CRL)
     await publisher(srv).wait_newer(None, timeout=10)
     return srv, clock

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from scep_server.scep import MessageType, client, der
+from scep_server.scep import MessageType, client
+from trustkit import der
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -130,7 +131,7 @@ def replace_element(data: bytes, nodes: list[Node], i: int, new: bytes) -> bytes
         if data[pel[1] + 1] == 0x80:  # indefinite: the end-of-contents octets stay
             piece = data[pel[1]:pel[2]] + content + data[pel[3]:pel[4]]
         else:
-            piece = data[pel[1]:pel[1] + 1] + der.length(len(content)) + content
+            piece = data[pel[1]:pel[1] + 1] + der.encode_length(len(content)) + content
         lo, hi, parent = pel[1], pel[4], parent_next
     return data[:lo] + piece + data[hi:]
 

@@ -10,12 +10,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from crl.der import encode_time, tlv
 from crl.parse import CrlFormatError, parse_crl
-from scep_server.scep import (Digest, FailInfo, MalformedMessage, PKIStatus, SCEPFailure, client, cms, der, oids,
+from scep_server.scep import (Digest, FailInfo, MalformedMessage, PKIStatus, SCEPFailure, client, cms, oids,
                               parse_pki_message)
 from scep_server.web.scep import MAX_MESSAGE_BYTES
 from tests.server import start_app
+from trustkit import der
+from trustkit.der import encode_time, tlv
 
 from .corpus import NOW, elements, replace_element, seeds
 
@@ -93,7 +94,7 @@ def test_a_malformed_signing_time_is_a_bad_message_check_failure(time_tlv):
 
 
 def test_a_well_formed_signing_time_still_parses():
-    msg = parse_pki_message(request_with_signing_time(der.cms_time(NOW)))
+    msg = parse_pki_message(request_with_signing_time(der.encode_time(NOW)))
     assert msg.signing_time == NOW
 
 

@@ -7,7 +7,8 @@ import time
 
 import aiohttp
 
-from scep_server.scep import PKIStatus, client, der
+from scep_server.scep import PKIStatus, client
+from trustkit import der
 from scep_server.web.scep import MAX_MESSAGE_BYTES
 from tests.factories import rsa_key
 from tests.interop.conftest import pkcs_req, ra_and_ca

@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID
 
 from scep_server.profiles import ProfileSettings
 from scep_server.scep import Digest, FailInfo, PKIStatus, client
-from scep_server.scep import der
+from trustkit import der
 from tests.factories import rsa_key
 
 from .conftest import pkcs_req, ra_and_ca

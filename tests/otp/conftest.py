@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 
@@ -11,23 +11,11 @@ from otp import modhex
 from otp.config import OtpSettings
 from otp.service import OtpService
 from otp.token import Token, build_otp
+from trustkit.clock import SettableClock
 
 # Vector H (Yubico/yubikey-ksm selftest.sh): public ID idkfefrdhtru.
 KEY_H = dict(serial=1000001, public_id="idkfefrdhtru", private_id="609963eae7b5",
              aes_key="c68c9df8cbfe7d2f994cb904046c7218")
-
-
-class FakeClock:
-    """A settable UTC clock."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime(2026, 11, 23, 10, 0, 0, tzinfo=timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @dataclass
@@ -78,8 +66,8 @@ def kek() -> bytes:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> SettableClock:
+    return SettableClock(datetime(2026, 11, 23, 10, 0, 0, tzinfo=timezone.utc))
 
 
 @pytest.fixture

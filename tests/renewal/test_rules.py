@@ -13,6 +13,7 @@ from scep_server.ca import inventory
 from scep_server.ca.authority import random_serial
 from scep_server.enroll import ScepService
 from scep_server.scep import FailInfo, PKIStatus
+from trustkit.clock import aware
 from trustkit.db import writer
 from scep_server.store.tables import certificates
 from tests.factories import csr, rsa_key
@@ -183,7 +184,7 @@ async def test_renewing_an_unused_certificate_keeps_its_day_91_clock(server, clo
         assert rep.status is PKIStatus.SUCCESS, rep.fail_text
         renewed = await cert_row(server, rep.certs[0])
         assert renewed["renewal_of"] == serial_of(der)
-        assert inventory._aware(renewed["unused_since"]) == inventory._aware(issued_at)
+        assert aware(renewed["unused_since"]) == aware(issued_at)
 
         # a used certificate's renewal starts a clock of its own
         used_key = rsa_key()
@@ -194,7 +195,7 @@ async def test_renewing_an_unused_certificate_keeps_its_day_91_clock(server, clo
         rep2 = await renew(s, server, "quarter", used, used_key, cn="busy")
         assert rep2.status is PKIStatus.SUCCESS, rep2.fail_text
         fresh = await cert_row(server, rep2.certs[0])
-        assert inventory._aware(fresh["unused_since"]) == rt.clock()
+        assert aware(fresh["unused_since"]) == rt.clock()
 
         clock.advance(days=21)  # day 91 after the idle certificate's first issue, day 21 of the busy renewal
         revoked = await rt.revocation.revoke_unused(unused_days=90)
@@ -226,7 +227,7 @@ async def test_a_pending_renewal_is_approved_as_a_renewal_and_a_hold_meanwhile_w
         serial = await rt.scep.decide("manual", pending[serial_of(ders[0])], approve=True, actor="admin")
         new = await cert_row(server, serial)
         assert new["renewal_of"] == serial_of(ders[0])
-        assert inventory._aware(new["unused_since"]) == inventory._aware((await cert_row(server, ders[0]))["issued_at"])
+        assert aware(new["unused_since"]) == aware((await cert_row(server, ders[0]))["issued_at"])
         old = await cert_row(server, ders[0])
         assert old["status"] == "revoked" and old["revocation_reason"] == int(inventory.Reason.SUPERSEDED)
 

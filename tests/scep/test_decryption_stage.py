@@ -25,7 +25,8 @@ from scep_server.ca.keys import FileKey
 from scep_server.enroll import ScepService
 from scep_server.profiles import ProfileSettings, ProfileStore
 from scep_server.scep import (ContentCipher, Digest, FailInfo, MessageType, PKIStatus, SCEPFailure, algorithms, client,
-                              cms, der, oids, open_request, parse_pki_message)
+                              cms, oids, open_request, parse_pki_message)
+from trustkit import der
 from trustkit.db import writer
 from scep_server.store.tables import events, profiles
 from tests.factories import NOW, make_ca

@@ -9,9 +9,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from scep_server.scep import (ContentCipher, Digest, FailInfo, MalformedMessage, MessageType, PKIStatus, SCEPFailure,
-                              build_cert_rep, build_degenerate, cms, decode_get_message, decrypt_envelope, der, oids,
+                              build_cert_rep, build_degenerate, cms, decode_get_message, decrypt_envelope, oids,
                               parse_issuer_and_serial, parse_issuer_and_subject, parse_pki_message)
 from scep_server.scep import client
+from trustkit import der
 
 from .conftest import NOW
 

@@ -12,9 +12,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import AttributeOID, NameOID
 
-from scep_server.scep import (ContentCipher, Digest, MessageType, PKIStatus, decrypt_envelope, der,
+from scep_server.scep import (ContentCipher, Digest, MessageType, PKIStatus, decrypt_envelope,
                               parse_pki_message)
 from scep_server.scep import client
+from trustkit import der
 
 from .capture_server import FIXTURES, load_key
 

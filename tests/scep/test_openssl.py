@@ -9,9 +9,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from scep_server.scep import (ContentCipher, Digest, FailInfo, MessageType, PKIStatus, SCEPFailure, build_cert_rep,
-                              build_degenerate, build_next_ca_cert, cms, der, decrypt_envelope, oids,
+                              build_degenerate, build_next_ca_cert, cms, decrypt_envelope, oids,
                               parse_pki_message)
 from scep_server.scep import client
+from trustkit import der
 from tests.helpers import require_tool
 
 from .capture_server import FIXTURES

@@ -136,7 +136,8 @@ def test_cert_rep_attribute_set_and_structure(pki):
 
 def test_transaction_id_is_echoed_in_its_received_encoding(pki):
     # A client sending transactionID as UTF8String gets the same bytes back.
-    from scep_server.scep import cms, der, oids
+    from scep_server.scep import cms, oids
+    from trustkit import der
     envelope = cms.build_enveloped_data(pki.csr(), recipient_cert_der=pki.ra_der,
                                         recipient_key=x509.load_der_x509_certificate(pki.ra_der).public_key(),
                                         cipher=ContentCipher.AES256_CBC, cek=bytes(32), iv=bytes(16))

@@ -1,20 +1,31 @@
-"""A small BER reader and DER writer for the CMS structures SCEP uses (X.690 §8, §10).
+"""One BER/DER reader and DER writer (X.690 §8, §10) for the CMS structures of SCEP and for CRLs.
 
-Reading keeps offsets into the original bytes so that signed content is never re-encoded; BER
-indefinite lengths and constructed strings are accepted because real clients send them
-(BouncyCastle-based jscep streams BER, Go's pkcs7 sends a constructed ``[0]`` encryptedContent).
+Reading keeps offsets into the original bytes so that signed content is never re-encoded. Every reader
+raises :class:`DERError` and nothing else for malformed input, and takes a ``strict`` flag:
+
+- lenient (the default) reads BER as real SCEP clients send it: indefinite lengths, non-minimal length
+  octets, constructed strings (BouncyCastle-based jscep streams BER, Go's pkcs7 sends a constructed ``[0]``
+  encryptedContent);
+- ``strict=True`` reads DER only (X.690 §10): definite lengths in their shortest form, primitive strings,
+  minimal INTEGERs and the RFC 5280 §4.1.2.5 time forms, as a CRL must be encoded.
+
+An element is a tuple ``(identifier, start of TLV, start of contents, end of contents, end of TLV)``; for an
+indefinite length the end of contents excludes the end-of-contents octets.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-# Identifier octets (X.690 §8.1.2) used by CMS.
+UTC = timezone.utc
+
+# Identifier octets (X.690 §8.1.2).
 BOOLEAN = 0x01
 INTEGER = 0x02
 BIT_STRING = 0x03
 OCTET_STRING = 0x04
 NULL = 0x05
 OID = 0x06
+ENUMERATED = 0x0A
 UTF8_STRING = 0x0C
 SEQUENCE = 0x30
 SET = 0x31
@@ -39,21 +50,30 @@ MAX_DEPTH = 40
 
 
 class DERError(ValueError):
-    """The bytes are not a well-formed BER/DER encoding of what was expected."""
+    """The bytes are not a well-formed BER (or, when strict, DER) encoding of what was expected."""
 
 
-# A parsed element: (identifier, start of TLV, start of contents, end of contents, end of TLV).
-# For indefinite lengths the end of contents excludes the end-of-contents octets.
 Element = tuple[int, int, int, int, int]
 
 
-def read(data: bytes, pos: int, end: int, depth: int = 0) -> Element:
-    """Read one TLV starting at ``pos`` that must end by ``end`` (X.690 §8.1)."""
-    if pos + 2 > end:
+def read(data: bytes, pos: int, end: int, depth: int = 0, strict: bool = False) -> Element:
+    """Read one TLV starting at ``pos`` that must end by ``end`` (X.690 §8.1; §10.1 when ``strict``).
+
+    High tag numbers (§8.1.2.4) are read over; their identifier is the first octet, so they never match
+    a tag constant."""
+    if pos + 2 <= end:  # fast path: low tag number, short definite length (both modes)
+        ident = data[pos]
+        first = data[pos + 1]
+        if first < 0x80 and ident & 0x1F != 0x1F:
+            cend = pos + 2 + first
+            if cend > end:
+                raise DERError("truncated: contents run past the end")
+            return ident, pos, pos + 2, cend, cend
+    else:
         raise DERError("truncated: no room for a tag and a length")
     ident = data[pos]
     p = pos + 1
-    if ident & 0x1F == 0x1F:  # high tag number form (§8.1.2.4): skipped over, never matched
+    if ident & 0x1F == 0x1F:
         while True:
             if p >= end:
                 raise DERError("truncated tag")
@@ -67,7 +87,9 @@ def read(data: bytes, pos: int, end: int, depth: int = 0) -> Element:
     p += 1
     if first < 0x80:
         cend = p + first
-    elif first == 0x80:  # indefinite length (§8.1.3.6): constructed only
+    elif first == 0x80:  # indefinite length (§8.1.3.6): BER only, constructed only
+        if strict:
+            raise DERError("indefinite length (not DER)")
         if not ident & CONSTRUCTED:
             raise DERError("indefinite length on a primitive value")
         if depth >= MAX_DEPTH:
@@ -86,6 +108,8 @@ def read(data: bytes, pos: int, end: int, depth: int = 0) -> Element:
         if p + n > end:
             raise DERError("truncated length")
         value = int.from_bytes(data[p:p + n], "big")
+        if strict and (value < 0x80 or data[p] == 0):
+            raise DERError("length is not minimally encoded (not DER)")
         p += n
         cend = p + value
     if cend > end:
@@ -93,9 +117,9 @@ def read(data: bytes, pos: int, end: int, depth: int = 0) -> Element:
     return ident, pos, p, cend, cend
 
 
-def read_one(data: bytes, expect: int | None = None) -> Element:
+def read_one(data: bytes, expect: int | None = None, strict: bool = False) -> Element:
     """Read the single TLV that makes up all of ``data``."""
-    el = read(data, 0, len(data))
+    el = read(data, 0, len(data), 0, strict)
     if el[4] != len(data):
         raise DERError("trailing data after the value")
     if expect is not None and el[0] != expect:
@@ -103,7 +127,7 @@ def read_one(data: bytes, expect: int | None = None) -> Element:
     return el
 
 
-def children(data: bytes, el: Element, limit: int | None = None) -> list[Element]:
+def children(data: bytes, el: Element, limit: int | None = None, strict: bool = False) -> list[Element]:
     """The elements inside a constructed element; DERError after ``limit`` of them, if given."""
     if not el[0] & CONSTRUCTED:
         raise DERError("expected a constructed value")
@@ -121,14 +145,14 @@ def children(data: bytes, el: Element, limit: int | None = None) -> list[Element
                 out.append((ident, pos, pos + 2, cend, cend))
                 pos = cend
                 continue
-        c = read(data, pos, end)
+        c = read(data, pos, end, 0, strict)
         out.append(c)
         pos = c[4]
     return out
 
 
 def expect(el: Element, ident: int, what: str) -> Element:
-    """Check an element's identifier octet."""
+    """``el`` itself, if its identifier octet is ``ident``; DERError naming ``what`` otherwise."""
     if el[0] != ident:
         raise DERError(f"{what}: expected tag 0x{ident:02x}, found 0x{el[0]:02x}")
     return el
@@ -144,26 +168,30 @@ def raw(data: bytes, el: Element) -> bytes:
     return data[el[1]:el[4]]
 
 
-def string_bytes(data: bytes, el: Element, depth: int = 0) -> bytes:
-    """The value of a string type in primitive or constructed form (X.690 §8.7.3, §8.21.6)."""
+def string_bytes(data: bytes, el: Element, depth: int = 0, strict: bool = False) -> bytes:
+    """The value of a string type in primitive or (BER only) constructed form (X.690 §8.7.3, §8.21.6, §10.2)."""
     if not el[0] & CONSTRUCTED:
         return data[el[2]:el[3]]
+    if strict:
+        raise DERError("constructed string (not DER)")
     if depth >= MAX_DEPTH:
         raise DERError("nesting too deep")
     return b"".join(string_bytes(data, c, depth + 1) for c in children(data, el))
 
 
-def decode_int(body: bytes) -> int:
-    """An INTEGER's value from its contents octets (X.690 §8.3)."""
+def decode_integer(body: bytes, strict: bool = False) -> int:
+    """An INTEGER's value from its contents octets (X.690 §8.3); when ``strict``, minimal octets only (§8.3.2)."""
     if not body:
         raise DERError("empty INTEGER")
+    if strict and len(body) > 1 and ((body[0] == 0 and body[1] < 0x80) or (body[0] == 0xFF and body[1] >= 0x80)):
+        raise DERError("INTEGER is not minimally encoded")
     return int.from_bytes(body, "big", signed=True)
 
 
 _OID_CACHE: dict[bytes, str] = {}
 
 MAX_OID_BYTES = 64
-"""Longest OBJECT IDENTIFIER content accepted: the longest this codec ever matches is 11 octets, a UUID
+"""Longest OBJECT IDENTIFIER content accepted: the longest the SCEP codec ever matches is 11 octets, a UUID
 OID (2.25.<128 bits>) is 20; checked before any arithmetic so a hostile OID costs nothing."""
 MAX_OID_ARCS = 32
 
@@ -199,8 +227,13 @@ def decode_oid(body: bytes) -> str:
 _TIME_FORMATS = {UTC_TIME: ("%y%m%d%H%M%SZ", "%y%m%d%H%MZ"), GENERALIZED_TIME: ("%Y%m%d%H%M%SZ",)}
 
 
-def decode_time(ident: int, body: bytes) -> datetime:
-    """A UTCTime or GeneralizedTime in UTC (X.690 §11.7, §11.8; RFC 5652 §11.3); DERError for anything else."""
+def decode_time(ident: int, body: bytes, strict: bool = False) -> datetime:
+    """A UTCTime or GeneralizedTime as an aware UTC datetime; DERError for anything else.
+
+    Lenient: the CMS forms (X.690 §11.7, §11.8; RFC 5652 §11.3), UTCTime also without seconds. Strict: the
+    RFC 5280 §4.1.2.5 forms only, YYMMDDHHMMSSZ and YYYYMMDDHHMMSS[.f]Z."""
+    if strict:
+        return _decode_time_strict(ident, body)
     if len(body) > 32 or not body.isascii():
         raise DERError("malformed time")
     text = body.decode("ascii")
@@ -221,8 +254,41 @@ def decode_time(ident: int, body: bytes) -> datetime:
             continue
         if ident == UTC_TIME and dt.year >= 2050:  # RFC 5280 §4.1.2.5.1: YY >= 50 means 19YY
             dt = dt.replace(year=dt.year - 100)
-        return dt.replace(microsecond=micro, tzinfo=timezone.utc)
+        return dt.replace(microsecond=micro, tzinfo=UTC)
     raise DERError("malformed time")
+
+
+def _decode_time_strict(ident: int, body: bytes) -> datetime:
+    try:
+        text = body.decode("ascii")
+    except UnicodeDecodeError:
+        raise DERError("time is not ASCII") from None
+    if not text.endswith("Z"):
+        raise DERError(f"time {text!r} is not in UTC (Z)")
+    digits = text[:-1]
+    if ident == UTC_TIME:
+        if len(digits) != 12 or not digits.isdigit():
+            raise DERError(f"bad UTCTime {text!r}")
+        yy = int(digits[:2])
+        year = 1900 + yy if yy >= 50 else 2000 + yy
+        rest = digits[2:]
+        frac = ""
+    elif ident == GENERALIZED_TIME:
+        main, _, frac = digits.partition(".")
+        if len(main) != 14 or not main.isdigit() or (frac and not frac.isdigit()):
+            raise DERError(f"bad GeneralizedTime {text!r}")
+        year = int(main[:4])
+        rest = main[4:]
+    else:
+        raise DERError(f"tag 0x{ident:02x} is not a time")
+    try:
+        value = datetime(year, int(rest[0:2]), int(rest[2:4]), int(rest[4:6]), int(rest[6:8]), int(rest[8:10]),
+                         tzinfo=UTC)
+    except ValueError:
+        raise DERError(f"impossible time {text!r}") from None
+    if frac:
+        value += timedelta(microseconds=int(frac[:6].ljust(6, "0")))
+    return value
 
 
 _STRING_CODECS = {
@@ -244,8 +310,8 @@ def decode_string(data: bytes, el: Element) -> str:
 
 # ---------------------------------------------------------------- writing (DER, X.690 §10)
 
-def length(n: int) -> bytes:
-    """DER length octets (X.690 §10.1)."""
+def encode_length(n: int) -> bytes:
+    """Definite-form length octets, shortest form (X.690 §8.1.3, §10.1)."""
     if n < 0x80:
         return bytes((n,))
     body = n.to_bytes((n.bit_length() + 7) // 8, "big")
@@ -253,7 +319,7 @@ def length(n: int) -> bytes:
 
 
 def tlv(ident: int, body: bytes) -> bytes:
-    """One DER element."""
+    """One DER element with a single-octet identifier."""
     n = len(body)
     if n < 0x80:
         return bytes((ident, n)) + body
@@ -261,7 +327,7 @@ def tlv(ident: int, body: bytes) -> bytes:
         return bytes((ident, 0x81, n)) + body
     if n < 0x10000:
         return bytes((ident, 0x82, n >> 8, n & 0xFF)) + body
-    return bytes((ident,)) + length(n) + body
+    return bytes((ident,)) + encode_length(n) + body
 
 
 def seq(*parts: bytes) -> bytes:
@@ -274,10 +340,16 @@ def set_of(parts: list[bytes] | tuple[bytes, ...], sort: bool = True) -> bytes:
     return tlv(SET, b"".join(sorted(parts) if sort else parts))
 
 
+def integer_content(value: int) -> bytes:
+    """Two's-complement minimal contents octets of an INTEGER (X.690 §8.3)."""
+    if value >= 0:
+        return value.to_bytes((value.bit_length() + 8) // 8, "big")
+    return value.to_bytes((value + 1).bit_length() // 8 + 1, "big", signed=True)
+
+
 def integer(value: int) -> bytes:
     """A DER INTEGER (X.690 §8.3)."""
-    n = (value.bit_length() + 8) // 8 if value >= 0 else ((-value - 1).bit_length() + 8) // 8
-    return tlv(INTEGER, value.to_bytes(max(n, 1), "big", signed=True))
+    return tlv(INTEGER, integer_content(value))
 
 
 def oid(dotted: str) -> bytes:
@@ -309,14 +381,35 @@ def utf8(text: str) -> bytes:
     return tlv(UTF8_STRING, text.encode("utf-8"))
 
 
-def cms_time(dt: datetime) -> bytes:
-    """UTCTime for 1950-2049, GeneralizedTime otherwise, always Zulu to the second (RFC 5652 §11.3)."""
-    if dt.tzinfo is None:
+def utc_seconds(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime truncated to whole seconds; a naive value is taken as UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    elif value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.replace(microsecond=0)
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
         raise ValueError("time must be timezone-aware")
-    dt = dt.astimezone(timezone.utc)
-    if 1950 <= dt.year < 2050:
-        return tlv(UTC_TIME, dt.strftime("%y%m%d%H%M%SZ").encode("ascii"))
-    return tlv(GENERALIZED_TIME, dt.strftime("%Y%m%d%H%M%SZ").encode("ascii"))
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
+
+
+def encode_time(value: datetime) -> bytes:
+    """Time (RFC 5280 §4.1.2.5, RFC 5652 §11.3): UTCTime for 1950-2049, GeneralizedTime otherwise, Zulu, to
+    the second (fractions dropped). ``value`` must be aware: ValueError otherwise."""
+    v = _utc(value)
+    if 1950 <= v.year < 2050:
+        return b"\x17\x0d%02d%02d%02d%02d%02d%02dZ" % (v.year % 100, v.month, v.day, v.hour, v.minute, v.second)
+    return b"\x18\x0f%04d%02d%02d%02d%02d%02dZ" % (v.year, v.month, v.day, v.hour, v.minute, v.second)
+
+
+def encode_generalized_time(value: datetime) -> bytes:
+    """GeneralizedTime YYYYMMDDHHMMSSZ (RFC 5280 §4.1.2.5.2) whatever the year, as invalidityDate requires
+    (§5.3.2). ``value`` must be aware: ValueError otherwise."""
+    v = _utc(value)
+    return b"\x18\x0f%04d%02d%02d%02d%02d%02dZ" % (v.year, v.month, v.day, v.hour, v.minute, v.second)
 
 
 NULL_DER = b"\x05\x00"
