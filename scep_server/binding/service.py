@@ -1,13 +1,15 @@
-"""The binding services of one process, shared through ``runtime.extras["binding"]``."""
+"""The binding services of one process (``runtime.binding``, built by the composition root)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .attestation import AttestationService
 from .devices import DeviceStore
 from .external import ExternalCas
 
-EXTRAS_KEY = "binding"
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 
 @dataclass
@@ -17,5 +19,8 @@ class BindingServices:
     external: ExternalCas
 
 
-def services(runtime) -> BindingServices:
-    return runtime.extras[EXTRAS_KEY]
+def services(runtime: "Runtime") -> BindingServices:
+    """The binding services of a runtime in which the capability is open (handlers, commands)."""
+    if runtime.binding is None:
+        raise LookupError("device binding is not open in this process")
+    return runtime.binding

@@ -18,14 +18,16 @@ from .basic import parse_basic
 from .config import ChallengeConfigError
 from .enrolments import STATES, list_enrolments
 from .page import cache_full_page, challenge_page
-from .service import EXTRAS_KEY, ChallengeService, NotDynamic
+from .service import ChallengeService, NotDynamic
 from .store import CacheFull, expectations_from
 
 log = structlog.get_logger("challenge.http")
 
 
 def _service(request: web.Request) -> ChallengeService:
-    return request.app[RUNTIME].extras[EXTRAS_KEY]
+    service = request.app[RUNTIME].challenges
+    assert service is not None  # the routes exist only when the capability is on
+    return service
 
 
 def _wants_json(request: web.Request) -> bool:

@@ -1,4 +1,4 @@
-"""The `otp` feature object (see scep_server.features)."""
+"""The `otp` capability: its service (opened by the composition root), routes, readiness and jobs."""
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +15,6 @@ import structlog
 from aiohttp import web
 
 from otp import web as otp_web
-from otp.cli import build_cli
 from otp.kek import KekError
 from otp.service import OtpService
 from otp.tables import otp_clients, otp_yubikeys
@@ -24,20 +23,16 @@ from ..appkeys import RUNTIME
 from ..store.tables import api_tokens
 
 if TYPE_CHECKING:
+    from ..config import Settings
     from ..runtime import Runtime
 
 log = structlog.get_logger("otp.feature")
 
-EXTRA = "otp"
-_TOKEN_NAMES = "otp.token_names"
+READINESS = "otp"
 
 
 class OtpStartError(click.ClickException):
     """The OTP factor cannot start (its key-encryption key is missing or unreadable)."""
-
-
-def service_of(runtime: "Runtime") -> OtpService:
-    return runtime.extras[EXTRA]
 
 
 def _announce_kek(path: Path) -> None:
@@ -90,6 +85,9 @@ async def _readiness(service: OtpService) -> str:
         return f"error: cannot check the stored keys ({exc.__class__.__name__}: {exc})"
 
 
+_TOKEN_NAMES: web.AppKey[dict[str, str]] = web.AppKey("otp_token_names", dict)
+
+
 async def _authenticate(request: web.Request, token: str) -> tuple[str, str] | None:
     """The core's bearer tokens for otp's routes: (scope, "token:<name>") of an enabled token."""
     runtime = request.app[RUNTIME]
@@ -97,7 +95,7 @@ async def _authenticate(request: web.Request, token: str) -> tuple[str, str] | N
     if scope is None:
         return None
     digest = hashlib.sha256(token.encode()).hexdigest()
-    names: dict[str, str] = runtime.extras.setdefault(_TOKEN_NAMES, {})
+    names = request.app[_TOKEN_NAMES]
     name = names.get(digest)
     if name is None:
         async with runtime.engine.connect() as conn:
@@ -110,7 +108,9 @@ async def _authenticate(request: web.Request, token: str) -> tuple[str, str] | N
 
 
 def _service_for(request: web.Request) -> OtpService:
-    return request.app[RUNTIME].extras[EXTRA]
+    service = request.app[RUNTIME].otp
+    assert service is not None  # the routes exist only when the capability is on
+    return service
 
 
 def client_address(request: web.Request) -> str | None:
@@ -133,39 +133,50 @@ def _prune_job(service: OtpService, interval: float = PRUNE_INTERVAL_SECONDS) ->
     return prune
 
 
+class _NoKek:
+    """The sealing box of a service opened without the key-encryption key: every use is refused."""
+
+    kek_id = "(not loaded)"
+
+    def seal(self, *_args: object, **_kwargs: object) -> bytes:
+        raise KekError("this command does not load the OTP key-encryption key")
+
+    open = seal
+
+
+async def _check_kek_present(runtime: "Runtime", path: Path | None) -> None:
+    if path is not None and not path.exists():
+        sealed = await _sealed_keys(runtime)
+        if sealed:
+            # a new KEK would start silently and then fail every OTP of the stored keys
+            raise OtpStartError(f"the OTP key-encryption key {path} is missing, but {sealed} YubiKey(s) and "
+                                "client(s) in the database are sealed under one: restore the file (or set "
+                                "otp.kek_file / otp.kek_env to where it is)")
+
+
 @contextlib.asynccontextmanager
-async def _open_service() -> AsyncIterator[OtpService]:
-    """The service of a runtime opened for one CLI command (settings from `scep-server`'s options)."""
-    from ..clictx import Context
-
-    ctx = click.get_current_context().find_object(Context)
-    if ctx is None:
-        raise click.UsageError("run this command through `scep-server`")
-    async with ctx.runtime() as runtime:
-        yield service_of(runtime)
-
-
-class OtpFeature:
-    name = "otp"
-
-    async def start(self, runtime: "Runtime") -> None:
-        settings = runtime.settings.otp
-        path = settings.kek_path(runtime.settings.data_dir)
-        if path is not None and not path.exists():
-            sealed = await _sealed_keys(runtime)
-            if sealed:
-                # a new KEK would start silently and then fail every OTP of the stored keys
-                raise OtpStartError(f"the OTP key-encryption key {path} is missing, but {sealed} YubiKey(s) and "
-                                    "client(s) in the database are sealed under one: restore the file (or set "
-                                    "otp.kek_file / otp.kek_env to where it is)")
+async def open_otp(runtime: "Runtime", *, with_kek: bool = True) -> AsyncIterator[OtpService]:
+    """The OTP service on the runtime's database. Without `with_kek` (commands that neither seal nor open a
+    secret: reports, revocations, client settings) the key-encryption key is neither read nor created."""
+    settings = runtime.settings.otp
+    # the key-encryption key file gone while keys sealed under it remain: refused even without the KEK
+    await _check_kek_present(runtime, settings.kek_path(runtime.settings.data_dir))
+    if not with_kek:
+        service = OtpService(runtime.engine, settings, bytes(32), clock=runtime.clock)
+        service._box = _NoKek()  # type: ignore[assignment]  # nothing is sealed or opened without the KEK
         try:
-            kek = settings.load_kek(runtime.settings.data_dir, on_create=_announce_kek)
-        except KekError as exc:
-            if structlog.is_configured():  # a CLI command shows the exception's message itself
-                log.error("otp.kek.unavailable", detail=str(exc))
-            raise OtpStartError(f"the OTP factor cannot start: {exc}") from None
-        service = OtpService(runtime.engine, settings, kek, clock=runtime.clock)
-        runtime.extras[EXTRA] = service
+            yield service
+        finally:
+            await service.aclose()
+        return
+    try:
+        kek = settings.load_kek(runtime.settings.data_dir, on_create=_announce_kek)
+    except KekError as exc:
+        if structlog.is_configured():  # a CLI command shows the exception's message itself
+            log.error("otp.kek.unavailable", detail=str(exc))
+        raise OtpStartError(f"the OTP factor cannot start: {exc}") from None
+    service = OtpService(runtime.engine, settings, kek, clock=runtime.clock)
+    try:
         try:
             state = await _kek_readiness(service)
         except Exception as exc:  # noqa: BLE001 - a schema or database problem shows in readiness, not a crash
@@ -174,25 +185,28 @@ class OtpFeature:
             if state != "ok":
                 _report("otp.kek.mismatch", state.removeprefix("error: ") + " (is this the right otp.kek_file or "
                         "otp.kek_env?)", kek_id=service.kek_id)
-        runtime.extras.setdefault("readiness", {})[EXTRA] = functools.partial(_readiness, service)
+        runtime.readiness.add(READINESS, functools.partial(_readiness, service))
+        yield service
+    finally:
+        runtime.readiness.pop(READINESS, None)
+        await service.aclose()  # counter updates still queued are committed
 
-    async def stop(self, runtime: "Runtime") -> None:
-        service: OtpService | None = runtime.extras.pop(EXTRA, None)
-        runtime.extras.get("readiness", {}).pop(EXTRA, None)
-        runtime.extras.pop(_TOKEN_NAMES, None)
-        if service is not None:
-            await service.aclose()  # counter updates still queued are committed
+
+class OtpFeature:
+    name = "otp"
+
+    def enabled(self, settings: "Settings") -> bool:
+        return settings.otp.enabled
 
     def add_routes(self, app: web.Application) -> None:
+        app[_TOKEN_NAMES] = {}
         otp_web.add_routes(app, _service_for, authenticate=_authenticate, client_address=client_address)
 
     def jobs(self, runtime: "Runtime") -> list[Callable[[], Awaitable[None]]]:
-        return [_prune_job(service_of(runtime))]
-
-    def cli(self) -> list[click.Command]:
-        return list(build_cli(_open_service))
+        assert runtime.otp is not None
+        return [_prune_job(runtime.otp)]
 
 
 FEATURE = OtpFeature()
 
-__all__ = ["FEATURE", "OtpFeature", "service_of"]
+__all__ = ["FEATURE", "OtpFeature", "open_otp"]
