@@ -37,12 +37,12 @@ class Context:
 
     @contextlib.asynccontextmanager
     async def runtime(self, uses: "Uses | None" = None) -> AsyncIterator["Runtime"]:
-        from .runtime import CapabilityOff, Uses, open_runtime
+        from .runtime import CaKeysUnavailable, CapabilityOff, Uses, open_runtime
 
         try:
             async with open_runtime(self.settings(), uses=uses or Uses()) as rt:
                 yield rt
-        except (FileNotFoundError, CapabilityOff) as exc:
+        except (FileNotFoundError, CapabilityOff, CaKeysUnavailable) as exc:
             raise click.ClickException(str(exc)) from None
 
 

@@ -51,6 +51,10 @@ class CapabilityOff(Exception):
     """A command needs a capability the configuration switches off."""
 
 
+class CaKeysUnavailable(Exception):
+    """The CA's private keys cannot be read (a wrong passphrase, an unreadable file)."""
+
+
 @dataclass(frozen=True)
 class Uses:
     """What a process opens. The core (engine, profiles, tokens, revocation) is always there; the rest on demand.
@@ -169,7 +173,12 @@ def load_cas(settings: Settings) -> dict[str, CertificateAuthority]:
     directory = settings.ca_dir()
     ca_names(settings)
     passphrase = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
-    ca = load_ca(directory, name=settings.ca.name, passphrase=passphrase, base_url=settings.server.public_base_url())
+    try:
+        ca = load_ca(directory, name=settings.ca.name, passphrase=passphrase,
+                     base_url=settings.server.public_base_url())
+    except (ValueError, TypeError, PermissionError) as exc:
+        raise CaKeysUnavailable(f"cannot read the CA keys in {directory} (is ${settings.ca.passphrase_env} or "
+                                f"{settings.passphrase_path()} the right passphrase?): {exc}") from None
     return {ca.name: ca}
 
 
