@@ -266,8 +266,10 @@ def _status_change(ctx: Context, serial: str, change: str, **kwargs: Any) -> Non
     settings = ctx.settings()  # log lines go to stderr; the command prints the outcome
     configure("warning" if settings.log.level in ("debug", "info") else settings.log.level, settings.log.format)
 
+    from .runtime import Uses
+
     async def go():
-        async with ctx.runtime() as rt:
+        async with ctx.runtime(Uses(revocation=True)) as rt:
             return await getattr(rt.revocation, change)(_serial_arg(serial), actor="cli", **kwargs)
 
     try:

@@ -17,21 +17,18 @@ from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Union
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from trustkit.clock import Clock, utcnow
-from trustkit.db import create_engine, writer
+from trustkit.db import create_engine
 
-from .ca import inventory
-from .ca.authority import CertificateAuthority, load_ca, load_or_create_ca
-from .ca.keys import load_or_create_passphrase, write_private_file
-from .ca.revocation import RevocationService
 from .config import Settings
-from .profiles import ProfileSettings, ProfileStore, new_static_secret
-from .store.migrate import upgrade
+from .profiles import ProfileStore
 from .tokens import TokenStore
 
 if TYPE_CHECKING:
     from otp.service import OtpService
 
     from .binding.service import BindingServices
+    from .ca.authority import CertificateAuthority
+    from .ca.revocation import RevocationService
     from .challenge.service import ChallengeService
     from .crlwiring.service import CrlService
     from .enroll import ScepService
@@ -63,6 +60,7 @@ class Uses:
     """
 
     ca_keys: bool = False
+    revocation: bool = False  # certificate status changes (hold, release, revoke)
     scep: bool = False
     crl: bool = False
     otp: bool = False
@@ -73,7 +71,7 @@ class Uses:
     @classmethod
     def server(cls, settings: Settings) -> "Uses":
         """Everything that is switched on (what `serve` and the application open)."""
-        return cls(ca_keys=True, scep=True, crl=True, otp=settings.otp.enabled, binding=settings.binding.enabled,
+        return cls(ca_keys=True, revocation=True, scep=True, crl=True, otp=settings.otp.enabled, binding=settings.binding.enabled,
                    challenge=settings.challenge.enabled)
 
     @classmethod
@@ -83,7 +81,8 @@ class Uses:
 
     def complete(self) -> "Uses":
         """Add what the services asked for depend on (the services that sign need the CA keys)."""
-        return dataclasses.replace(self, ca_keys=self.ca_keys or self.scep or self.crl)
+        return dataclasses.replace(self, ca_keys=self.ca_keys or self.scep or self.crl,
+                                   revocation=self.revocation or self.scep or self.crl or self.binding)
 
 
 def enabled(settings: Settings, capability: str) -> bool:
@@ -101,9 +100,9 @@ class Runtime:
     clock: Clock
     profiles: ProfileStore
     tokens: TokenStore
-    revocation: RevocationService
     # CA name -> CA (with its private keys); empty when the process did not open the keys
-    cas: dict[str, CertificateAuthority] = field(default_factory=dict)
+    cas: "dict[str, CertificateAuthority]" = field(default_factory=dict)
+    revocation: "RevocationService | None" = None
     scep: "ScepService | None" = None
     crl: "CrlService | None" = None
     otp: "OtpService | None" = None
@@ -117,7 +116,10 @@ def _engine(settings: Settings) -> AsyncEngine:
                          sqlite_synchronous=settings.database.sqlite_synchronous)
 
 
-def _load_or_create_ca(settings: Settings, now: datetime, report: list[str]) -> CertificateAuthority:
+def _load_or_create_ca(settings: Settings, now: datetime, report: list[str]) -> "CertificateAuthority":
+    from .ca.authority import load_or_create_ca
+    from .ca.keys import load_or_create_passphrase
+
     directory = settings.ca_dir()
     passphrase = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
     base = settings.server.public_base_url()
@@ -136,6 +138,13 @@ def _load_or_create_ca(settings: Settings, now: datetime, report: list[str]) -> 
 
 async def initialise(settings: Settings, *, clock: Clock = utcnow) -> list[str]:
     """First start: data directory, database schema, CA and RA, a `default` static profile. Idempotent."""
+    from trustkit.db import writer
+
+    from .ca import inventory
+    from .ca.keys import write_private_file
+    from .profiles import ProfileSettings, new_static_secret
+    from .store.migrate import upgrade
+
     report: list[str] = []
     now = clock()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +178,10 @@ def ca_names(settings: Settings) -> list[str]:
     return [settings.ca.name]
 
 
-def load_cas(settings: Settings) -> dict[str, CertificateAuthority]:
+def load_cas(settings: Settings) -> "dict[str, CertificateAuthority]":
+    from .ca.authority import load_ca
+    from .ca.keys import load_or_create_passphrase
+
     directory = settings.ca_dir()
     ca_names(settings)
     passphrase = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
@@ -204,8 +216,11 @@ async def open_runtime(settings: Settings, *, clock: Clock = utcnow, uses: Uses 
     try:
         async with contextlib.AsyncExitStack() as stack:
             runtime = Runtime(settings=settings, engine=engine, clock=clock, profiles=ProfileStore(engine),
-                              tokens=TokenStore(engine), revocation=RevocationService(engine, clock=clock),
-                              cas=load_cas(settings) if uses.ca_keys else {})
+                              tokens=TokenStore(engine), cas=load_cas(settings) if uses.ca_keys else {})
+            if uses.revocation:
+                from .ca.revocation import RevocationService
+
+                runtime.revocation = RevocationService(engine, clock=clock)
             if uses.crl:
                 from .crlwiring.feature import open_crl
 
@@ -239,6 +254,7 @@ async def _open_scep(runtime: Runtime) -> AsyncIterator["ScepService"]:
         from .challenge.service import DelegatedVerifier, DynamicVerifier
 
         verifiers = {"dynamic": DynamicVerifier(runtime.challenges), "delegated": DelegatedVerifier(runtime.challenges)}
+    assert runtime.revocation is not None
     service = ScepService(
         engine=runtime.engine, cas=runtime.cas, profiles=runtime.profiles, clock=runtime.clock, verifiers=verifiers,
         crl_source=runtime.crl.crl_source if runtime.crl is not None else None,

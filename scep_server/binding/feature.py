@@ -26,6 +26,7 @@ log = structlog.get_logger("binding")
 @contextlib.asynccontextmanager
 async def open_binding(runtime: "Runtime") -> AsyncIterator[BindingServices]:
     cfg = runtime.settings.binding
+    assert runtime.revocation is not None
     notify = runtime.revocation.notify_changed
     checker = CrlChecker(settings=checker_settings(runtime.settings.crl), clock=runtime.clock)
     external = ExternalCas(runtime.engine, checker, reload_seconds=cfg.external_ca_reload_seconds)
