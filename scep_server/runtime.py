@@ -54,9 +54,10 @@ class CaKeysUnavailable(Exception):
 
 @dataclass(frozen=True)
 class Uses:
-    """What a process opens. The core (engine, profiles, tokens, revocation) is always there; the rest on demand.
+    """What a process opens. The core (engine, profiles, tokens) is always there; the rest on demand.
 
     ``ca_keys``: the CA and RA private keys (the passphrase); the services that sign need them.
+    ``complete()`` adds what the services named depend on.
     """
 
     ca_keys: bool = False
@@ -71,8 +72,8 @@ class Uses:
     @classmethod
     def server(cls, settings: Settings) -> "Uses":
         """Everything that is switched on (what `serve` and the application open)."""
-        return cls(ca_keys=True, revocation=True, scep=True, crl=True, otp=settings.otp.enabled, binding=settings.binding.enabled,
-                   challenge=settings.challenge.enabled)
+        return cls(ca_keys=True, revocation=True, scep=True, crl=True, otp=settings.otp.enabled,
+                   binding=settings.binding.enabled, challenge=settings.challenge.enabled)
 
     @classmethod
     def issuing(cls, settings: Settings) -> "Uses":
