@@ -227,7 +227,7 @@ async def open_runtime(settings: Settings, *, clock: Clock = utcnow, uses: Uses 
 
                 runtime.crl = await stack.enter_async_context(open_crl(runtime))
             if uses.otp:
-                from .otpwiring.feature import open_otp
+                from .otpwiring.service import open_otp
 
                 runtime.otp = await stack.enter_async_context(open_otp(runtime, with_kek=uses.otp_kek))
             if uses.challenge:
