@@ -4,22 +4,28 @@ Exit codes: 0 done, 1 the operation failed (the message says why), 2 usage error
 """
 from __future__ import annotations
 
-import asyncio
 import getpass
 import json
-from typing import Any, AsyncContextManager, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncContextManager, Awaitable, Callable, Protocol, TypeVar
 
 import click
 
-from .errors import OtpError
-from .kek import KekError
-from .report import FORMATS, ReportFilter, parse_serial, render
-from .service import ImportResult, OtpService
-from .store import BACKEND_ERRORS
-from .tables import STATUSES
+if TYPE_CHECKING:
+    from .service import ImportResult, OtpService
 
 T = TypeVar("T")
-OpenService = Callable[[], AsyncContextManager[OtpService]]
+
+# the choices of the options, spelled here so that building the commands imports nothing else of the
+# package (`--help` stays quick); they are otp.tables.STATUSES and otp.report.FORMATS
+STATUSES = ("UNASSIGNED", "ACTIVE", "REVOKED")
+FORMATS = ("table", "csv", "json")
+
+
+class OpenService(Protocol):
+    """Opens the service for one command. ``with_kek=False``: the command neither seals nor opens a secret,
+    so the key-encryption key need not be loaded (nor exist)."""
+
+    def __call__(self, *, with_kek: bool = True) -> AsyncContextManager["OtpService"]: ...
 
 DELETE_FACTOR_WARNING = (
     "This deletes every YubiKey OTP key: unassigned keys are removed, enrolled and revoked keys are "
@@ -36,6 +42,9 @@ def _actor() -> str:
 
 
 def _serial(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    from .errors import OtpError
+    from .report import parse_serial
+
     if value is None:
         return None
     try:
@@ -44,7 +53,7 @@ def _serial(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(exc.detail) from None
 
 
-def _print_issues(result: ImportResult) -> None:
+def _print_issues(result: "ImportResult") -> None:
     for issue in result.errors:
         click.echo(f"error: {issue}", err=True)
     for issue in result.warnings:
@@ -56,9 +65,15 @@ def _print_issues(result: ImportResult) -> None:
 def build_cli(open_service: OpenService) -> list[click.Group]:
     """The `yubikey` and `otp-client` command groups, each command running on `open_service()`."""
 
-    def run(op: Callable[[OtpService], Awaitable[T]]) -> T:
+    def run(op: Callable[["OtpService"], Awaitable[T]], *, with_kek: bool = True) -> T:
+        import asyncio
+
+        from .errors import OtpError
+        from .kek import KekError
+        from .store import BACKEND_ERRORS
+
         async def main() -> T:
-            async with open_service() as service:
+            async with open_service(with_kek=with_kek) as service:
                 return await op(service)
         try:
             return asyncio.run(main())
@@ -106,18 +121,21 @@ def build_cli(open_service: OpenService) -> list[click.Group]:
     @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
     def report_cmd(fmt: str, exclude_deleted: bool, **filters: Any) -> None:
         """The YubiKey report: UNASSIGNED, ACTIVE and REVOKED keys with their history."""
+        from .errors import OtpError
+        from .report import ReportFilter, render
+
         try:
             flt = ReportFilter.from_mapping({**filters, "include_deleted": not exclude_deleted})
         except OtpError as exc:
             raise click.UsageError(exc.detail) from None
-        rows = run(lambda s: s.report(flt, with_history=fmt == "json"))
+        rows = run(lambda s: s.report(flt, with_history=fmt == "json"), with_kek=False)
         click.echo(render(rows, fmt), nl=False)
 
     @yubikey.command("revoke")
     @click.argument("serial", callback=_serial)
     def revoke_cmd(serial: int) -> None:
         """Revoke a lost or stolen key: REVOKED, its user association removed, never usable again."""
-        row = run(lambda s: s.revoke(serial, actor=_actor()))
+        row = run(lambda s: s.revoke(serial, actor=_actor()), with_kek=False)
         former = f" (was enrolled to {row.last_user})" if row.last_user else ""
         click.echo(f"revoked YubiKey {row.serial} ({row.public_id}){former}")
 
@@ -125,7 +143,7 @@ def build_cli(open_service: OpenService) -> list[click.Group]:
     @click.argument("serial", callback=_serial)
     def delete_cmd(serial: int) -> None:
         """Delete an unassigned key, or a revoked one (history kept); an ACTIVE key is refused."""
-        before = run(lambda s: s.delete(serial, actor=_actor()))
+        before = run(lambda s: s.delete(serial, actor=_actor()), with_kek=False)
         if before == "REVOKED":
             click.echo(f"deleted revoked YubiKey {serial}; it stays in the report, and the same hardware may be "
                        "imported again once reprogrammed")
@@ -139,7 +157,7 @@ def build_cli(open_service: OpenService) -> list[click.Group]:
         click.echo(DELETE_FACTOR_WARNING, err=True)
         if not yes and not click.confirm("Delete every YubiKey OTP key?", default=False, err=True):
             raise click.ClickException("nothing was deleted")
-        counts = run(lambda s: s.delete_factor(actor=_actor()))
+        counts = run(lambda s: s.delete_factor(actor=_actor()), with_kek=False)
         click.echo(f"deleted the YubiKey OTP factor: {counts['unassigned_removed']} unassigned keys removed, "
                    f"{counts['assigned_retired']} enrolled or revoked keys retired (kept in the report)")
 

@@ -11,7 +11,7 @@ from .appkeys import RUNTIME
 from trustkit.clock import Clock, utcnow
 from .config import Settings
 from .jobs import Supervisor
-from .runtime import open_runtime
+from .runtime import Uses, open_runtime
 from .web import auth, ca, client, errors, health, scep
 
 log = structlog.get_logger("http")
@@ -25,24 +25,27 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
                                                          settings.server.forwarded_header),
                                        errors.errors, auth.bearer_auth])
 
-    loaded = features.load()
+    loaded = features.load(settings)  # the capabilities switched on: their routes, jobs and services only
 
     async def runtime_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with open_runtime(settings, clock=clock) as runtime:
+        # services first (the composition root), then what uses them: jobs, and the routes' late parts
+        async with open_runtime(settings, clock=clock, uses=Uses.server(settings)) as runtime:
             app[RUNTIME] = runtime
             supervisor = app[JOBS] = Supervisor()
-            readiness = runtime.extras.setdefault("readiness", {})
             for feature in loaded:
                 for job in feature.jobs(runtime):
-                    supervisor.start(f"{feature.name}.{job.__name__}", job, readiness)
+                    supervisor.start(f"{feature.name}.{job.__name__}", job, runtime.readiness)
             # delegated certificates left awaiting the MDM's acknowledgement: delivered or revoked
-            supervisor.start("scep.ack_reconciler", runtime.scep.ack_reconciler, readiness)
+            assert runtime.scep is not None
+            supervisor.start("scep.ack_reconciler", runtime.scep.ack_reconciler, runtime.readiness)
             try:
                 yield
             finally:
                 await supervisor.stop()
                 for name in supervisor.states:
-                    readiness.pop(f"job:{name}", None)
+                    runtime.readiness.pop(f"job:{name}", None)
+                if runtime.crl is not None:
+                    await runtime.crl.flush()  # a status change made here must not wait for another process
 
     app.cleanup_ctx.append(runtime_ctx)
     scep.add_routes(app)
@@ -51,4 +54,3 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     for feature in loaded:
         feature.add_routes(app)
     return app
-

@@ -11,7 +11,24 @@ from trustkit.clock import utcnow
 from .clictx import Context, pass_ctx, run
 
 
-@click.group()
+class _Commands(click.Group):
+    """The core commands, plus the capabilities' groups (scep_server.features.COMMANDS) imported on use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from .features import COMMANDS
+
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        from . import features
+
+        found = super().get_command(ctx, cmd_name)
+        if found is None and cmd_name in features.COMMANDS:
+            found = features.command(cmd_name)
+        return found
+
+
+@click.group(cls=_Commands)
 @click.option("--config", "-c", type=click.Path(dir_okay=False), envvar="SCEP_SERVER_CONFIG",
               help="TOML configuration file (env: SCEP_SERVER_CONFIG).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Data directory (default ./data).")
@@ -115,13 +132,17 @@ def profile_add(ctx: Context, name: str, kind: str, secret: str | None, validity
         secret = new_static_secret()
 
     async def go():
+        from .runtime import ca_names
+
+        ca = ca_names(ctx.settings())[0]  # the CA's certificate is enough: no private key is read
         async with ctx.runtime() as rt:
-            ca = next(iter(rt.cas))
             return await rt.profiles.create(name, ca=ca, challenge_kind=kind, static_secret=secret if kind == "static"
                                             else None, settings=settings, now=utcnow())
 
     try:
         run(go())
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
     except ProfileError as exc:
         raise click.ClickException(str(exc)) from None
     base = ctx.settings().server.public_base_url()
@@ -238,15 +259,17 @@ def _serial_arg(text: str) -> str:
 
 
 def _status_change(ctx: Context, serial: str, change: str, **kwargs: Any) -> None:
-    """Apply a status change; the CRL is re-signed before the command ends (running servers pick it up)."""
+    """Apply a status change. The command signs no CRL: the running servers see the change and re-sign."""
     from .ca.inventory import InventoryError, Reason
     from .logs import configure
 
     settings = ctx.settings()  # log lines go to stderr; the command prints the outcome
     configure("warning" if settings.log.level in ("debug", "info") else settings.log.level, settings.log.format)
 
+    from .runtime import Uses
+
     async def go():
-        async with ctx.runtime() as rt:
+        async with ctx.runtime(Uses(revocation=True)) as rt:
             return await getattr(rt.revocation, change)(_serial_arg(serial), actor="cli", **kwargs)
 
     try:
@@ -311,18 +334,6 @@ def token_create(ctx: Context, scope: str, name: str) -> None:
     click.echo(f"id: {token_id}")
     click.echo(f"token: {secret}")
 
-
-
-
-def _add_feature_commands() -> None:
-    from . import features
-
-    for feature in features.load():
-        for command in feature.cli():
-            main.add_command(command)
-
-
-_add_feature_commands()
 
 if __name__ == "__main__":  # python -m scep_server.cli
     main()

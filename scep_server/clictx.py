@@ -1,16 +1,19 @@
 """What every `scep-server` command shares: settings from the global options, services opened per command.
 
-Feature command groups use ``pass_ctx`` and ``async with ctx.runtime() as rt`` like the core commands.
+A command opens only the services it uses: ``async with ctx.runtime(Uses(...)) as rt`` (see
+:class:`scep_server.runtime.Uses`; without an argument, the core: engine, profiles, tokens, revocation).
+This module and the command modules import the rest of the application on use, so `--help` stays quick.
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import click
 
-from .config import ConfigError, Settings, load_settings
+if TYPE_CHECKING:
+    from .config import Settings
+    from .runtime import Runtime, Uses
 
 
 class Context:
@@ -21,7 +24,9 @@ class Context:
         self.data_dir = data_dir
         self._settings: Settings | None = None
 
-    def settings(self, **overrides: Any) -> Settings:
+    def settings(self, **overrides: Any) -> "Settings":
+        from .config import ConfigError, load_settings
+
         if self._settings is None or overrides:
             try:
                 extra = {"data_dir": self.data_dir} if self.data_dir else {}
@@ -31,17 +36,19 @@ class Context:
         return self._settings
 
     @contextlib.asynccontextmanager
-    async def runtime(self):
-        from .runtime import open_runtime
+    async def runtime(self, uses: "Uses | None" = None) -> AsyncIterator["Runtime"]:
+        from .runtime import CaKeysUnavailable, CapabilityOff, Uses, open_runtime
 
         try:
-            async with open_runtime(self.settings()) as rt:
+            async with open_runtime(self.settings(), uses=uses or Uses()) as rt:
                 yield rt
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, CapabilityOff, CaKeysUnavailable) as exc:
             raise click.ClickException(str(exc)) from None
 
 
 def run(coro):
+    import asyncio
+
     return asyncio.run(coro)
 
 

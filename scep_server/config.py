@@ -90,6 +90,8 @@ class CASettings(BaseModel):
 class BindingSettings(BaseModel):
     """Device binding and management attestation."""
 
+    # off: no /api/v1/devices, attestation or external-CA routes, no binding jobs, no `device`/`ca` commands
+    enabled: bool = True
     # lifetime of an attestation nonce (single use)
     nonce_ttl_seconds: int = Field(120, ge=5, le=3600)
     # a certificate presented by a second device is also revoked (keyCompromise, invalidityDate = first sighting)
@@ -133,8 +135,10 @@ def _is_number(text: str) -> bool:
 
 
 class ChallengeSection(BaseModel):
-    """HTTP Basic login of the dynamic challenge endpoint (scep_server.challenge)."""
+    """Dynamic and delegated challenges (scep_server.challenge) and their endpoint's HTTP Basic login."""
 
+    # off: only static profiles enrol; no challenge or enrolment routes, jobs or commands
+    enabled: bool = True
     # scrypt cost (log2 of n, r = 8, p = 1) of new password hashes; older hashes are upgraded at the next login
     scrypt_log2_n: int = Field(17, ge=10, le=20)
     # failed logins: per (profile, client address), and per (profile, username) from all addresses together
@@ -147,6 +151,13 @@ class ChallengeSection(BaseModel):
     # password checks run on their own threads; beyond this many waiting the endpoint answers 503
     hash_workers: int = Field(2, ge=1, le=16)
     max_waiting_checks: int = Field(16, ge=1)
+
+
+class OtpSection(OtpSettings):
+    """The YubiKey OTP factor (otp.config.OtpSettings), which a deployment may switch off."""
+
+    # off: no OTP routes or jobs, no `yubikey`/`otp-client` commands, and no key-encryption key is needed
+    enabled: bool = True
 
 
 class LogSettings(BaseModel):
@@ -166,7 +177,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     binding: BindingSettings = BindingSettings()
     crl: CrlSection = CrlSection()
-    otp: OtpSettings = OtpSettings()
+    otp: OtpSection = OtpSection()
     challenge: ChallengeSection = ChallengeSection()
 
     @classmethod

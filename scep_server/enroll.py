@@ -398,7 +398,8 @@ class ScepService:
     def __init__(self, *, engine: AsyncEngine, cas: dict[str, CertificateAuthority], profiles: ProfileStore,
                  verifiers: dict[str, ChallengeVerifier] | None = None, clock: Clock = utcnow,
                  crl_source: Callable[[str], Awaitable[bytes]] | None = None,
-                 on_status_change: Callable[[str], None] | None = None, threads: int | None = None):
+                 on_status_change: Callable[[str], None] | None = None, threads: int | None = None,
+                 device_identity: Callable[[str, str], Awaitable[str | None]] | None = None):
         self.engine = engine
         self.cas = cas
         self.profiles = profiles
@@ -414,7 +415,7 @@ class ScepService:
         if isinstance(self._store, _SqliteStore):
             self._store.executor = self._executor
         # (profile, transactionID) -> the device id an administrator pre-registered for it (binding feature)
-        self.device_identity: Callable[[str, str], Awaitable[str | None]] | None = None
+        self.device_identity = device_identity
 
     async def _run(self, fn, /, *args, **kwargs):
         return await _in_executor(self._executor, fn, *args, **kwargs)

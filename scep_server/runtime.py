@@ -1,40 +1,115 @@
-"""Wiring: first-start initialisation and the services a running server (or a CLI command) uses."""
+"""The composition root: first-start initialisation, and the typed services a server (or a CLI command) uses.
+
+`open_runtime` builds the services in dependency order and hands each its dependencies through its
+constructor: the CRL service, the challenge verifiers and the device-identity lookup exist before the SCEP
+service that uses them. A process opens only what it uses (:class:`Uses`): the server every capability that
+is switched on, a CLI command the few services it calls. Optional capabilities (`[otp]`, `[binding]`,
+`[challenge]` with ``enabled = false``) are never built when off.
+"""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Union
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import features
-from .ca import inventory
-from .ca.authority import CertificateAuthority, load_ca, load_or_create_ca
-from .ca.revocation import RevocationService
-from .ca.keys import load_or_create_passphrase, write_private_file
 from trustkit.clock import Clock, utcnow
+from trustkit.db import create_engine
+
 from .config import Settings
-from .enroll import ScepService
-from .profiles import ProfileSettings, ProfileStore, new_static_secret
-from trustkit.db import create_engine, writer
-from .store.migrate import upgrade
+from .profiles import ProfileStore
 from .tokens import TokenStore
+
+if TYPE_CHECKING:
+    from otp.service import OtpService
+
+    from .binding.service import BindingServices
+    from .ca.authority import CertificateAuthority
+    from .ca.revocation import RevocationService
+    from .challenge.service import ChallengeService
+    from .crlwiring.service import CrlService
+    from .enroll import ScepService
+
+# a readiness check returns its detail ("ok" or "error: ..."), or an awaitable of it
+Check = Callable[[], Union[str, Awaitable[str]]]
+
+
+class Readiness(dict[str, Check]):
+    """The checks /readyz computes at each request, by name (services and the job supervisor add theirs)."""
+
+    def add(self, name: str, check: Check) -> None:
+        self[name] = check
+
+
+class CapabilityOff(Exception):
+    """A command needs a capability the configuration switches off."""
+
+
+class CaKeysUnavailable(Exception):
+    """The CA's private keys cannot be read (a wrong passphrase, an unreadable file)."""
+
+
+@dataclass(frozen=True)
+class Uses:
+    """What a process opens. The core (engine, profiles, tokens) is always there; the rest on demand.
+
+    ``ca_keys``: the CA and RA private keys (the passphrase); the services that sign need them.
+    ``complete()`` adds what the services named depend on.
+    """
+
+    ca_keys: bool = False
+    revocation: bool = False  # certificate status changes (hold, release, revoke)
+    scep: bool = False
+    crl: bool = False
+    otp: bool = False
+    otp_kek: bool = True  # with ``otp``: the key-encryption key (commands that never seal nor open do without)
+    binding: bool = False
+    challenge: bool = False
+
+    @classmethod
+    def server(cls, settings: Settings) -> "Uses":
+        """Everything that is switched on (what `serve` and the application open)."""
+        return cls(ca_keys=True, revocation=True, scep=True, crl=True, otp=settings.otp.enabled,
+                   binding=settings.binding.enabled, challenge=settings.challenge.enabled)
+
+    @classmethod
+    def issuing(cls, settings: Settings) -> "Uses":
+        """The SCEP service with the hooks of the capabilities that are on (a command that issues), no CRL."""
+        return cls(scep=True, binding=settings.binding.enabled, challenge=settings.challenge.enabled)
+
+    def complete(self) -> "Uses":
+        """Add what the services asked for depend on (the services that sign need the CA keys)."""
+        return dataclasses.replace(self, ca_keys=self.ca_keys or self.scep or self.crl,
+                                   revocation=self.revocation or self.scep or self.crl or self.binding)
+
+
+def enabled(settings: Settings, capability: str) -> bool:
+    """Whether an optional capability ("otp", "binding", "challenge") is switched on; the others always are."""
+    section = getattr(settings, capability, None)
+    return bool(getattr(section, "enabled", True))
 
 
 @dataclass
 class Runtime:
-    """Everything a request handler or a CLI command needs, built once per process."""
+    """The services of one process. Optional services are None when the capability is off or not opened."""
 
     settings: Settings
     engine: AsyncEngine
     clock: Clock
-    cas: dict[str, CertificateAuthority]
     profiles: ProfileStore
     tokens: TokenStore
-    scep: ScepService
-    revocation: RevocationService
-    extras: dict = field(default_factory=dict)
+    # CA name -> CA (with its private keys); empty when the process did not open the keys
+    cas: "dict[str, CertificateAuthority]" = field(default_factory=dict)
+    revocation: "RevocationService | None" = None
+    scep: "ScepService | None" = None
+    crl: "CrlService | None" = None
+    otp: "OtpService | None" = None
+    binding: "BindingServices | None" = None
+    challenges: "ChallengeService | None" = None
+    readiness: Readiness = field(default_factory=Readiness)
 
 
 def _engine(settings: Settings) -> AsyncEngine:
@@ -42,7 +117,10 @@ def _engine(settings: Settings) -> AsyncEngine:
                          sqlite_synchronous=settings.database.sqlite_synchronous)
 
 
-def _load_or_create_ca(settings: Settings, now: datetime, report: list[str]) -> CertificateAuthority:
+def _load_or_create_ca(settings: Settings, now: datetime, report: list[str]) -> "CertificateAuthority":
+    from .ca.authority import load_or_create_ca
+    from .ca.keys import load_or_create_passphrase
+
     directory = settings.ca_dir()
     passphrase = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
     base = settings.server.public_base_url()
@@ -61,6 +139,13 @@ def _load_or_create_ca(settings: Settings, now: datetime, report: list[str]) -> 
 
 async def initialise(settings: Settings, *, clock: Clock = utcnow) -> list[str]:
     """First start: data directory, database schema, CA and RA, a `default` static profile. Idempotent."""
+    from trustkit.db import writer
+
+    from .ca import inventory
+    from .ca.keys import write_private_file
+    from .profiles import ProfileSettings, new_static_secret
+    from .store.migrate import upgrade
+
     report: list[str] = []
     now = clock()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -86,37 +171,97 @@ async def initialise(settings: Settings, *, clock: Clock = utcnow) -> list[str]:
     return report
 
 
-def load_cas(settings: Settings) -> dict[str, CertificateAuthority]:
+def ca_names(settings: Settings) -> list[str]:
+    """The CAs of this deployment, from their certificates only (no private key is read)."""
     directory = settings.ca_dir()
     if not (directory / "ca.crt").exists():
         raise FileNotFoundError(f"no CA in {directory}: run `scep-server init` first")
+    return [settings.ca.name]
+
+
+def load_cas(settings: Settings) -> "dict[str, CertificateAuthority]":
+    from .ca.authority import load_ca
+    from .ca.keys import load_or_create_passphrase
+
+    directory = settings.ca_dir()
+    ca_names(settings)
     passphrase = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
-    ca = load_ca(directory, name=settings.ca.name, passphrase=passphrase, base_url=settings.server.public_base_url())
+    try:
+        ca = load_ca(directory, name=settings.ca.name, passphrase=passphrase,
+                     base_url=settings.server.public_base_url())
+    except (ValueError, TypeError, PermissionError) as exc:
+        raise CaKeysUnavailable(f"cannot read the CA keys in {directory} (is ${settings.ca.passphrase_env} or "
+                                f"{settings.passphrase_path()} the right passphrase?): {exc}") from None
     return {ca.name: ca}
 
 
+def _check_on(settings: Settings, uses: Uses) -> None:
+    for capability in ("otp", "binding", "challenge"):
+        if getattr(uses, capability) and not enabled(settings, capability):
+            raise CapabilityOff(f"the {capability} capability is switched off in this deployment "
+                                f"([{capability}] enabled = false)")
+
+
 @contextlib.asynccontextmanager
-async def open_runtime(settings: Settings, *, clock: Clock = utcnow) -> AsyncIterator[Runtime]:
-    """Build the services over one engine; dispose of it on exit."""
+async def open_runtime(settings: Settings, *, clock: Clock = utcnow, uses: Uses | None = None
+                       ) -> AsyncIterator[Runtime]:
+    """Build the services `uses` names (default: the server's) over one engine; close them and the engine on exit.
+
+    Raises CapabilityOff when `uses` names a capability the configuration switches off, FileNotFoundError
+    when the CA keys are asked for before `init`.
+    """
+    uses = (uses or Uses.server(settings)).complete()
+    _check_on(settings, uses)
+    ca_names(settings)  # an initialised data directory (checked without reading a key)
     engine = _engine(settings)
     try:
-        cas = load_cas(settings)
-        profiles = ProfileStore(engine)
-        revocation = RevocationService(engine, clock=clock)
-        runtime = Runtime(settings=settings, engine=engine, clock=clock, cas=cas, profiles=profiles,
-                          tokens=TokenStore(engine), revocation=revocation,
-                          scep=ScepService(engine=engine, cas=cas, profiles=profiles, clock=clock,
-                                           on_status_change=revocation.notify_changed,
-                                           threads=settings.server.scep_threads))
-        started = []
-        try:
-            for feature in features.load():
-                await feature.start(runtime)
-                started.append(feature)
+        async with contextlib.AsyncExitStack() as stack:
+            runtime = Runtime(settings=settings, engine=engine, clock=clock, profiles=ProfileStore(engine),
+                              tokens=TokenStore(engine), cas=load_cas(settings) if uses.ca_keys else {})
+            if uses.revocation:
+                from .ca.revocation import RevocationService
+
+                runtime.revocation = RevocationService(engine, clock=clock)
+            if uses.crl:
+                from .crlwiring.feature import open_crl
+
+                runtime.crl = await stack.enter_async_context(open_crl(runtime))
+            if uses.otp:
+                from .otpwiring.service import open_otp
+
+                runtime.otp = await stack.enter_async_context(open_otp(runtime, with_kek=uses.otp_kek))
+            if uses.challenge:
+                from .challenge.feature import open_challenges
+
+                runtime.challenges = await stack.enter_async_context(open_challenges(runtime))
+            if uses.binding:
+                from .binding.feature import open_binding
+
+                runtime.binding = await stack.enter_async_context(open_binding(runtime))
+            if uses.scep:
+                runtime.scep = await stack.enter_async_context(_open_scep(runtime))
             yield runtime
-        finally:
-            for feature in reversed(started):
-                await feature.stop(runtime)
-            await runtime.scep.close()
     finally:
         await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def _open_scep(runtime: Runtime) -> AsyncIterator["ScepService"]:
+    """The SCEP service, with the hooks of the capabilities that are open."""
+    from .enroll import ScepService
+
+    verifiers = {}
+    if runtime.challenges is not None:
+        from .challenge.service import DelegatedVerifier, DynamicVerifier
+
+        verifiers = {"dynamic": DynamicVerifier(runtime.challenges), "delegated": DelegatedVerifier(runtime.challenges)}
+    assert runtime.revocation is not None
+    service = ScepService(
+        engine=runtime.engine, cas=runtime.cas, profiles=runtime.profiles, clock=runtime.clock, verifiers=verifiers,
+        crl_source=runtime.crl.crl_source if runtime.crl is not None else None,
+        device_identity=runtime.binding.devices.enrolment_device if runtime.binding is not None else None,
+        on_status_change=runtime.revocation.notify_changed, threads=runtime.settings.server.scep_threads)
+    try:
+        yield service
+    finally:
+        await service.close()

@@ -8,8 +8,6 @@ from pathlib import Path
 import click
 
 from ..clictx import Context, pass_ctx, run
-from .errors import BindingError
-from .service import services
 
 
 def _actor() -> str:
@@ -20,8 +18,12 @@ def _actor() -> str:
 
 
 def _call(ctx: Context, fn):
+    from ..runtime import Uses
+    from .errors import BindingError
+    from .service import services
+
     async def go():
-        async with ctx.runtime() as rt:
+        async with ctx.runtime(Uses(binding=True)) as rt:
             return await fn(services(rt), rt)
 
     try:

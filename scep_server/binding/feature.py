@@ -1,8 +1,11 @@
-"""The binding feature: services in ``runtime.extras["binding"]``, HTTP routes, jobs and CLI groups."""
+"""The `binding` capability (`[binding] enabled`): its services (``runtime.binding``), HTTP routes and jobs.
+The composition root hands the device-identity lookup to the SCEP service."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
+from typing import TYPE_CHECKING, AsyncIterator
 
 import structlog
 
@@ -11,43 +14,52 @@ from crl.check import CrlChecker
 from .attestation import AttestationService
 from .devices import DeviceStore
 from .external import ExternalCas, checker_settings
-from .service import EXTRAS_KEY, BindingServices, services
+from .service import BindingServices
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..runtime import Runtime
 
 log = structlog.get_logger("binding")
+
+
+@contextlib.asynccontextmanager
+async def open_binding(runtime: "Runtime") -> AsyncIterator[BindingServices]:
+    cfg = runtime.settings.binding
+    assert runtime.revocation is not None
+    notify = runtime.revocation.notify_changed
+    checker = CrlChecker(settings=checker_settings(runtime.settings.crl), clock=runtime.clock)
+    external = ExternalCas(runtime.engine, checker, reload_seconds=cfg.external_ca_reload_seconds)
+    svc = BindingServices(
+        devices=DeviceStore(runtime.engine, clock=runtime.clock, notify_changed=notify),
+        attestation=AttestationService(
+            runtime.engine, cas=runtime.cas, external=external, clock=runtime.clock,
+            nonce_ttl=timedelta(seconds=cfg.nonce_ttl_seconds),
+            revoke_on_second_device=cfg.revoke_on_second_device, cache_size=cfg.certificate_cache_size,
+            cache_bytes=cfg.certificate_cache_bytes,
+            notify_changed=notify),
+        external=external)
+    try:
+        yield svc
+    finally:
+        await svc.attestation.aclose()
+        await svc.external.checker.stop()
 
 
 class BindingFeature:
     name = "binding"
 
-    async def start(self, runtime) -> None:
-        cfg = runtime.settings.binding
-        notify = runtime.revocation.notify_changed
-        checker = CrlChecker(settings=checker_settings(runtime.settings.crl), clock=runtime.clock)
-        external = ExternalCas(runtime.engine, checker, reload_seconds=cfg.external_ca_reload_seconds)
-        runtime.extras[EXTRAS_KEY] = BindingServices(
-            devices=DeviceStore(runtime.engine, clock=runtime.clock, notify_changed=notify),
-            attestation=AttestationService(
-                runtime.engine, cas=runtime.cas, external=external, clock=runtime.clock,
-                nonce_ttl=timedelta(seconds=cfg.nonce_ttl_seconds),
-                revoke_on_second_device=cfg.revoke_on_second_device, cache_size=cfg.certificate_cache_size,
-                cache_bytes=cfg.certificate_cache_bytes,
-                notify_changed=notify),
-            external=external)
-        runtime.scep.device_identity = services(runtime).devices.enrolment_device
-
-    async def stop(self, runtime) -> None:
-        svc = runtime.extras.pop(EXTRAS_KEY, None)
-        if svc is not None:
-            await svc.attestation.aclose()
-            await svc.external.checker.stop()
+    def enabled(self, settings: "Settings") -> bool:
+        return settings.binding.enabled
 
     def add_routes(self, app) -> None:
         from .web import add_routes
 
         add_routes(app)
 
-    def jobs(self, runtime) -> list:
-        svc = services(runtime)
+    def jobs(self, runtime: "Runtime") -> list:
+        svc = runtime.binding
+        assert svc is not None
 
         async def external_cas() -> None:
             """Keep the registered external CAs loaded and their CRLs fresh (the checker's own schedule)."""
@@ -68,11 +80,6 @@ class BindingFeature:
                 await asyncio.sleep(60)
 
         return [external_cas, purge_nonces]
-
-    def cli(self) -> list:
-        from .cli import ca, device
-
-        return [device, ca]
 
 
 FEATURE = BindingFeature()

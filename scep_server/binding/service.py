@@ -1,14 +1,17 @@
-"""The binding services of one process, shared through ``runtime.extras["binding"]``, and what the HTTP
-handlers need to know of the device model (the id syntax, the lifecycle actions)."""
+"""The binding services of one process (``runtime.binding``, built by the composition root), and what
+the HTTP handlers need to know of the device model (the id syntax, the lifecycle actions)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .attestation import AttestationService
 from .devices import DEVICE_ID, TRANSITIONS, DeviceStore
 from .external import ExternalCas
 
-EXTRAS_KEY = "binding"
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
 ACTIONS = tuple(TRANSITIONS)  # the lifecycle actions of a device (suspend, unsuspend, ...)
 
 
@@ -23,5 +26,8 @@ class BindingServices:
     external: ExternalCas
 
 
-def services(runtime) -> BindingServices:
-    return runtime.extras[EXTRAS_KEY]
+def services(runtime: "Runtime") -> BindingServices:
+    """The binding services of a runtime in which the capability is open (handlers, commands)."""
+    if runtime.binding is None:
+        raise LookupError("device binding is not open in this process")
+    return runtime.binding

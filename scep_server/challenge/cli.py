@@ -34,7 +34,8 @@ def challenge_new(ctx: Context, profile: str, subject: str | None, sans: tuple[s
     """Create a one-time challenge for a dynamic PROFILE and print it."""
     from ..profiles import UnknownProfile
     from .config import ChallengeConfigError
-    from .service import EXTRAS_KEY, NotDynamic
+    from ..runtime import Uses
+    from .service import NotDynamic
     from .store import CacheFull, expectations_from
 
     payload: dict[str, Any] = {}
@@ -48,9 +49,10 @@ def challenge_new(ctx: Context, profile: str, subject: str | None, sans: tuple[s
         raise click.BadParameter(str(exc)) from None
 
     async def go():
-        async with ctx.runtime() as rt:
-            return await rt.extras[EXTRAS_KEY].new_challenge(profile, source="cli", requested_by="cli",
-                                                             expectations=expectations)
+        async with ctx.runtime(Uses(challenge=True)) as rt:
+            assert rt.challenges is not None
+            return await rt.challenges.new_challenge(profile, source="cli", requested_by="cli",
+                                                     expectations=expectations)
 
     try:
         issued = run(go())
@@ -90,11 +92,12 @@ def challenge_configure(ctx: Context, profile: str, **opts: Any) -> None:
     """Set the dynamic or delegated challenge settings of PROFILE (merged with the current ones)."""
     from trustkit.clock import utcnow
     from ..profiles import ProfileError
+    from ..runtime import Uses
     from .basic import hash_password
     from .config import ChallengeConfigError, validate_for
 
     async def go():
-        async with ctx.runtime() as rt:
+        async with ctx.runtime(Uses(challenge=True)) as rt:
             p = await rt.profiles.get(profile)
             current: dict[str, Any] = json.loads(json.dumps(p.settings.challenge))
             shown = None
@@ -171,11 +174,12 @@ def _merge_delegated(current: dict[str, Any], opts: dict[str, Any]) -> None:
 def challenge_status(ctx: Context, profile: str) -> None:
     """Counts of unused, used and expired challenges of PROFILE."""
     from trustkit.clock import utcnow
-    from .service import EXTRAS_KEY
+    from ..runtime import Uses
 
     async def go():
-        async with ctx.runtime() as rt:
-            return await rt.extras[EXTRAS_KEY].store.counts(profile, now=utcnow())
+        async with ctx.runtime(Uses(challenge=True)) as rt:
+            assert rt.challenges is not None
+            return await rt.challenges.store.counts(profile, now=utcnow())
 
     click.echo(json.dumps(run(go()), sort_keys=True))
 
@@ -196,10 +200,11 @@ def enrolment() -> None:
 @pass_ctx
 def enrolment_list(ctx: Context, profile: str | None, state: str, fmt: str) -> None:
     """List enrolments (pending ones by default)."""
+    from ..runtime import Uses
     from .enrolments import list_enrolments
 
     async def go():
-        async with ctx.runtime() as rt:
+        async with ctx.runtime(Uses()) as rt:
             return await list_enrolments(rt.engine, state=None if state == "all" else state, profile=profile)
 
     rows = run(go())
@@ -216,9 +221,11 @@ def _decide(ctx: Context, profile: str, transaction_id: str, approve: bool, reas
 
     from ..enroll import ApprovalRefused
     from ..profiles import UnknownProfile
+    from ..runtime import Uses
 
     async def go():
-        async with ctx.runtime() as rt:
+        async with ctx.runtime(Uses.issuing(ctx.settings())) as rt:
+            assert rt.scep is not None
             return await rt.scep.decide(profile, transaction_id, approve=approve, actor="cli", reason=reason)
 
     try:

@@ -1,16 +1,18 @@
-"""The challenge feature: dynamic and delegated challenge verifiers, their HTTP endpoints, CLI and cleanup."""
+"""The `challenge` capability (`[challenge] enabled`): dynamic and delegated challenge verifiers, their HTTP
+endpoints and cleanup. The composition root hands the verifiers to the SCEP service."""
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Awaitable, Callable
+import contextlib
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 
-import click
 import structlog
 from aiohttp import web
 
-from .service import EXTRAS_KEY, ChallengeService, DelegatedVerifier, DynamicVerifier
+from .service import ChallengeService
 
 if TYPE_CHECKING:
+    from ..config import Settings
     from ..runtime import Runtime
 
 log = structlog.get_logger("challenge")
@@ -18,29 +20,34 @@ log = structlog.get_logger("challenge")
 PRUNE_EVERY_SECONDS = 3600
 
 
+@contextlib.asynccontextmanager
+async def open_challenges(runtime: "Runtime") -> AsyncIterator[ChallengeService]:
+    service = ChallengeService(runtime)
+    try:
+        yield service
+    finally:
+        await service.close()
+
+
 class ChallengeFeature:
     name = "challenge"
 
-    async def start(self, runtime: "Runtime") -> None:
-        service = ChallengeService(runtime)
-        runtime.extras[EXTRAS_KEY] = service
-        runtime.scep.verifiers["dynamic"] = DynamicVerifier(service)
-        runtime.scep.verifiers["delegated"] = DelegatedVerifier(service)
-
-    async def stop(self, runtime: "Runtime") -> None:
-        service = runtime.extras.pop(EXTRAS_KEY, None)
-        if service is not None:
-            await service.close()
+    def enabled(self, settings: "Settings") -> bool:
+        return settings.challenge.enabled
 
     def add_routes(self, app: web.Application) -> None:
-        from .web import add_routes
+        from . import web as handlers
 
-        add_routes(app)
+        app.router.add_get("/scep/{profile}/challenge", handlers.get_challenge)
+        app.router.add_post("/scep/{profile}/challenge", handlers.jamf_webhook)
+        app.router.add_post("/api/v1/challenges/{profile}", handlers.api_new_challenge)
 
     def jobs(self, runtime: "Runtime") -> list[Callable[[], Awaitable[None]]]:
+        service = runtime.challenges
+        assert service is not None
+
         async def prune() -> None:
             while True:
-                service = runtime.extras[EXTRAS_KEY]
                 removed = await service.store.prune(now=runtime.clock())
                 if removed:
                     log.info("challenge.pruned", removed=removed)
@@ -51,10 +58,25 @@ class ChallengeFeature:
 
         return [prune]
 
-    def cli(self) -> list[click.Command]:
-        from .cli import challenge, enrolment
 
-        return [challenge, enrolment]
+class EnrolmentsFeature:
+    """Enrolments waiting for approval (profiles with require_approval, static ones too): always on."""
+
+    name = "enrolments"
+
+    def enabled(self, settings: "Settings") -> bool:
+        return True
+
+    def add_routes(self, app: web.Application) -> None:
+        from . import web as handlers
+
+        app.router.add_get("/api/v1/enrolments", handlers.api_list_enrolments)
+        app.router.add_post("/api/v1/enrolments/{profile}/approve", handlers.api_approve)
+        app.router.add_post("/api/v1/enrolments/{profile}/reject", handlers.api_reject)
+
+    def jobs(self, runtime: "Runtime") -> list[Callable[[], Awaitable[None]]]:
+        return []
 
 
 FEATURE = ChallengeFeature()
+ENROLMENTS = EnrolmentsFeature()

@@ -32,9 +32,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("challenge")
 
-EXTRAS_KEY = "challenge"
-
-
 class NotDynamic(Exception):
     """The profile does not use dynamic challenges."""
 

@@ -17,13 +17,15 @@ from ..web.auth import bad_credentials, basic_credentials, basic_realm, requires
 from ..web.client import client_address
 from .config import ChallengeConfigError
 from .page import cache_full_page, challenge_page
-from .service import ENROLMENT_STATES, EXTRAS_KEY, CacheFull, ChallengeService, NotDynamic, expectations_from
+from .service import ENROLMENT_STATES, CacheFull, ChallengeService, NotDynamic, expectations_from
 
 log = structlog.get_logger("challenge.http")
 
 
 def _service(request: web.Request) -> ChallengeService:
-    return request.app[RUNTIME].extras[EXTRAS_KEY]
+    service = request.app[RUNTIME].challenges
+    assert service is not None  # the routes exist only when the capability is on
+    return service
 
 
 def _wants_json(request: web.Request) -> bool:

@@ -6,7 +6,6 @@ import json
 import click
 
 from ..clictx import Context, pass_ctx, run
-from .service import CrlError, describe
 
 
 def _quiet_logs(ctx: Context) -> None:
@@ -38,14 +37,15 @@ def crl_publish(ctx: Context, ca_name: str | None, fmt: str) -> None:
     """Sign a new CRL now; running servers serve it within crl.poll_interval."""
     from crl.publish import PublishError
 
-    from .feature import service_of
+    from ..runtime import Uses
+    from .service import CrlError, describe
 
     _quiet_logs(ctx)
 
     async def go():
-        async with ctx.runtime() as rt:
-            service = service_of(rt)
-            pub = service.publisher(ca_name)
+        async with ctx.runtime(Uses(crl=True)) as rt:
+            assert rt.crl is not None
+            pub = rt.crl.publisher(ca_name)
             await pub.refresh_from_store()
             return describe(await pub.publish_now())
 
@@ -63,13 +63,15 @@ def crl_publish(ctx: Context, ca_name: str | None, fmt: str) -> None:
 @pass_ctx
 def crl_show(ctx: Context, ca_name: str | None, pem: bool, fmt: str) -> None:
     """The CRL currently published (as recorded in the database)."""
-    from .feature import service_of
+    from ..runtime import Uses
+    from .service import CrlError, describe
 
     _quiet_logs(ctx)
 
     async def go():
-        async with ctx.runtime() as rt:
-            pub = service_of(rt).publisher(ca_name)
+        async with ctx.runtime(Uses(crl=True)) as rt:
+            assert rt.crl is not None
+            pub = rt.crl.publisher(ca_name)
             await pub.refresh_from_store()
             if pub.current is None:
                 raise CrlError(f"no CRL published yet for CA {pub.ca!r}: start the server or run `crl publish`")

@@ -1,11 +1,10 @@
-"""The `crl` feature object (see scep_server.features)."""
+"""The `crl` capability: its service (built by the composition root), `/crl/{ca}.crl|.pem` and its jobs."""
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
-import click
-import structlog
 from aiohttp import web
 
 from crl.web import CrlEndpoint
@@ -14,82 +13,68 @@ from ..appkeys import RUNTIME
 from .service import CrlService
 
 if TYPE_CHECKING:
+    from ..config import Settings
     from ..runtime import Runtime
 
-log = structlog.get_logger("crl.feature")
-
-EXTRA = "crl"
-
-
-def service_of(runtime: Runtime) -> CrlService:
-    return runtime.extras[EXTRA]
+READINESS = "crl"
+ENDPOINT: web.AppKey[CrlEndpoint] = web.AppKey("crl_endpoint", CrlEndpoint)
 
 
-class _LazyPublishers:
-    """The publishers of the runtime the app is serving (built at start-up, after the routes are added)."""
+@contextlib.asynccontextmanager
+async def open_crl(runtime: Runtime) -> AsyncIterator[CrlService]:
+    """One publisher per CA of the runtime; a process publishes only while its publishers job runs (the server)."""
+    service = CrlService(runtime)
+    runtime.readiness.add(READINESS, service.readiness)
+    try:
+        yield service
+    finally:
+        runtime.readiness.pop(READINESS, None)
+        await service.stop_publishing()
 
-    def __init__(self, app: web.Application) -> None:
-        self._app = app
 
-    def _map(self):
-        runtime = self._app.get(RUNTIME)
-        if runtime is None or EXTRA not in runtime.extras:
-            return {}
-        return runtime.extras[EXTRA].publishers
+def _endpoint(request: web.Request) -> CrlEndpoint:
+    return request.app[ENDPOINT]
 
-    def get(self, ca, default=None):
-        return self._map().get(ca, default)
 
-    def __iter__(self):
-        return iter(self._map())
+async def _der(request: web.Request) -> web.StreamResponse:
+    return await _endpoint(request).der(request)
+
+
+async def _pem(request: web.Request) -> web.StreamResponse:
+    return await _endpoint(request).pem(request)
+
+
+async def _other(request: web.Request) -> web.StreamResponse:
+    return await _endpoint(request).other(request)
+
+
+async def _attach(app: web.Application) -> None:
+    """Once the runtime is built (the application's first start-up step): the endpoint over its publishers."""
+    runtime = app[RUNTIME]
+    assert runtime.crl is not None
+    app[ENDPOINT] = CrlEndpoint(runtime.crl.publishers, settings=runtime.settings.crl)
 
 
 class CrlFeature:
     name = "crl"
 
-    async def start(self, runtime: Runtime) -> None:
-        service = CrlService(runtime)
-        runtime.extras[EXTRA] = service
-        runtime.extras.setdefault("readiness", {})[EXTRA] = service.readiness
-        runtime.scep.crl_source = service.crl_source
-
-    async def stop(self, runtime: Runtime) -> None:
-        service: CrlService | None = runtime.extras.pop(EXTRA, None)
-        if service is None:
-            return
-        await service.stop_publishing()
-        await service.flush()  # a status change made by this process must not wait for the next schedule
-        runtime.extras.get("readiness", {}).pop(EXTRA, None)
+    def enabled(self, settings: Settings) -> bool:
+        return True
 
     def add_routes(self, app: web.Application) -> None:
-        # the CA names are known only once the runtime exists: the endpoint resolves them per request
-        endpoint = CrlEndpoint(_LazyPublishers(app), settings=None)
-        app.on_startup.append(_configure_endpoint(endpoint))
-        app.router.add_get("/crl/{ca}.crl", endpoint.der)
-        app.router.add_get("/crl/{ca}.pem", endpoint.pem)
-        app.router.add_get("/crl/{name}", endpoint.other)
+        app.on_startup.append(_attach)
+        app.router.add_get("/crl/{ca}.crl", _der)
+        app.router.add_get("/crl/{ca}.pem", _pem)
+        app.router.add_get("/crl/{name}", _other)
 
     def jobs(self, runtime: Runtime) -> list[Callable[[], Awaitable[None]]]:
         from .jobs import change_watcher, publishers, unused_certificates
 
-        service = service_of(runtime)
+        service = runtime.crl
+        assert service is not None
         return [publishers(service), change_watcher(service), unused_certificates(runtime)]
-
-    def cli(self) -> list[click.Command]:
-        from .cli import crl
-
-        return [crl]
-
-
-def _configure_endpoint(endpoint: CrlEndpoint):
-    async def configure(app: web.Application) -> None:
-        runtime = app.get(RUNTIME)
-        if runtime is not None:
-            endpoint.max_age = int(runtime.settings.crl.http_max_age.total_seconds())
-
-    return configure
 
 
 FEATURE = CrlFeature()
 
-__all__ = ["FEATURE", "CrlFeature", "service_of"]
+__all__ = ["ENDPOINT", "FEATURE", "CrlFeature", "open_crl"]

@@ -1,13 +1,8 @@
-"""The YubiKey OTP factor in the server: the `otp` service on the application's database, its routes
-(`/wsapi/2.0/verify`, `/api/v1/otp/verify`, the `/api/v1/yubikeys` and `/api/v1/otp-clients` admin API)
-behind the core's bearer tokens, and the `yubikey` and `otp-client` commands.
+"""The YubiKey OTP factor in the server (`[otp] enabled`, on by default): the `otp` service on the
+application's database, its routes (`/wsapi/2.0/verify`, `/api/v1/otp/verify`, the `/api/v1/yubikeys` and
+`/api/v1/otp-clients` admin API) behind the core's bearer tokens, and the `yubikey` and `otp-client` commands.
 
-Services: ``runtime.extras["otp"]`` is the :class:`otp.service.OtpService`;
-``runtime.extras["readiness"]["otp"]`` says (awaited, at each /readyz) whether the key-encryption key opens
-the stored keys.
+The service is ``runtime.otp`` (an :class:`otp.service.OtpService`); ``runtime.readiness["otp"]`` says
+(awaited, at each /readyz) whether the key-encryption key opens the stored keys. The modules are imported on
+use: ``feature`` (service, routes, jobs) and ``cli`` (commands).
 """
-from __future__ import annotations
-
-from .feature import FEATURE, OtpFeature, service_of
-
-__all__ = ["FEATURE", "OtpFeature", "service_of"]

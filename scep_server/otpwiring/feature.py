@@ -1,95 +1,29 @@
-"""The `otp` feature object (see scep_server.features)."""
+"""The `otp` capability: its routes and jobs (the service: scep_server.otpwiring.service)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
-import click
-import sqlalchemy as sa
 import structlog
 from aiohttp import web
 
 from otp import web as otp_web
-from otp.cli import build_cli
-from otp.kek import KekError
 from otp.service import OtpService
-from otp.tables import otp_clients, otp_yubikeys
 
 from ..appkeys import RUNTIME
 from ..web import auth
+from .service import OtpStartError, open_otp
 
 if TYPE_CHECKING:
+    from ..config import Settings
     from ..runtime import Runtime
 
 log = structlog.get_logger("otp.feature")
 
-EXTRA = "otp"
-
-
-class OtpStartError(click.ClickException):
-    """The OTP factor cannot start (its key-encryption key is missing or unreadable)."""
-
-
-def service_of(runtime: "Runtime") -> OtpService:
-    return runtime.extras[EXTRA]
-
-
-def _announce_kek(path: Path) -> None:
-    """Say, once, that the KEK was created: on stderr for the operator (a CLI command or `serve`), and as a
-    structured event when the server's logging is set up (an unconfigured structlog would write to stdout)."""
-    message = (f"created the OTP key-encryption key {path} (mode 0600): it seals the imported YubiKey AES keys "
-               "and OTP client keys; back it up apart from the database, without it they cannot be used")
-    print(message, file=sys.stderr, flush=True)
-    if structlog.is_configured():
-        log.warning("otp.kek.created", path=str(path))
-
-
-def _report(event: str, text: str, **fields: object) -> None:
-    """An error worth an operator's attention: a structured event in the server, a stderr line in a CLI
-    command (where structlog is not set up and would write to stdout, mixing with a command's output)."""
-    if structlog.is_configured():
-        log.error(event, detail=text, **fields)
-    else:
-        print(f"error: {text}", file=sys.stderr, flush=True)
-
-
-async def _sealed_keys(runtime: "Runtime") -> int:
-    """How many live keys and active clients hold secrets sealed under some KEK (0 if the schema is missing)."""
-    try:
-        async with runtime.engine.connect() as conn:
-            keys = (await conn.execute(sa.select(sa.func.count()).select_from(otp_yubikeys).where(
-                otp_yubikeys.c.deleted_at.is_(None)))).scalar_one()
-            clients = (await conn.execute(sa.select(sa.func.count()).select_from(otp_clients).where(
-                otp_clients.c.disabled_at.is_(None)))).scalar_one()
-    except sa.exc.SQLAlchemyError:
-        return 0
-    return keys + clients
-
-
-async def _kek_readiness(service: OtpService) -> str:
-    """"ok" when every live key was sealed under the KEK in use (a replaced KEK fails every OTP)."""
-    async with service.store.engine.connect() as conn:
-        others = (await conn.execute(sa.select(sa.func.count()).select_from(otp_yubikeys).where(
-            otp_yubikeys.c.deleted_at.is_(None), otp_yubikeys.c.kek_id != service.kek_id))).scalar_one()
-    if others:
-        return f"error: {others} YubiKey(s) sealed under another key-encryption key"
-    return "ok"
-
-
-async def _readiness(service: OtpService) -> str:
-    """The OTP check of /readyz, computed at each call: the stored keys against the KEK in use."""
-    try:
-        return await _kek_readiness(service)
-    except Exception as exc:  # noqa: BLE001 - a schema or database problem is a failed check, not a crash
-        return f"error: cannot check the stored keys ({exc.__class__.__name__}: {exc})"
-
-
 def _service_for(request: web.Request) -> OtpService:
-    return request.app[RUNTIME].extras[EXTRA]
+    service = request.app[RUNTIME].otp
+    assert service is not None  # the routes exist only when the capability is on
+    return service
 
 
 def client_address(request: web.Request) -> str | None:
@@ -112,66 +46,21 @@ def _prune_job(service: OtpService, interval: float = PRUNE_INTERVAL_SECONDS) ->
     return prune
 
 
-@contextlib.asynccontextmanager
-async def _open_service() -> AsyncIterator[OtpService]:
-    """The service of a runtime opened for one CLI command (settings from `scep-server`'s options)."""
-    from ..clictx import Context
-
-    ctx = click.get_current_context().find_object(Context)
-    if ctx is None:
-        raise click.UsageError("run this command through `scep-server`")
-    async with ctx.runtime() as runtime:
-        yield service_of(runtime)
-
-
 class OtpFeature:
     name = "otp"
 
-    async def start(self, runtime: "Runtime") -> None:
-        settings = runtime.settings.otp
-        path = settings.kek_path(runtime.settings.data_dir)
-        if path is not None and not path.exists():
-            sealed = await _sealed_keys(runtime)
-            if sealed:
-                # a new KEK would start silently and then fail every OTP of the stored keys
-                raise OtpStartError(f"the OTP key-encryption key {path} is missing, but {sealed} YubiKey(s) and "
-                                    "client(s) in the database are sealed under one: restore the file (or set "
-                                    "otp.kek_file / otp.kek_env to where it is)")
-        try:
-            kek = settings.load_kek(runtime.settings.data_dir, on_create=_announce_kek)
-        except KekError as exc:
-            if structlog.is_configured():  # a CLI command shows the exception's message itself
-                log.error("otp.kek.unavailable", detail=str(exc))
-            raise OtpStartError(f"the OTP factor cannot start: {exc}") from None
-        service = OtpService(runtime.engine, settings, kek, clock=runtime.clock)
-        runtime.extras[EXTRA] = service
-        try:
-            state = await _kek_readiness(service)
-        except Exception as exc:  # noqa: BLE001 - a schema or database problem shows in readiness, not a crash
-            state = f"error: cannot check the stored keys ({exc.__class__.__name__})"
-        else:
-            if state != "ok":
-                _report("otp.kek.mismatch", state.removeprefix("error: ") + " (is this the right otp.kek_file or "
-                        "otp.kek_env?)", kek_id=service.kek_id)
-        runtime.extras.setdefault("readiness", {})[EXTRA] = functools.partial(_readiness, service)
-
-    async def stop(self, runtime: "Runtime") -> None:
-        service: OtpService | None = runtime.extras.pop(EXTRA, None)
-        runtime.extras.get("readiness", {}).pop(EXTRA, None)
-        if service is not None:
-            await service.aclose()  # counter updates still queued are committed
+    def enabled(self, settings: "Settings") -> bool:
+        return settings.otp.enabled
 
     def add_routes(self, app: web.Application) -> None:
         otp_web.add_routes(app, _service_for, authenticate=auth.authenticate_token, realm=auth.REALM,
                            client_address=client_address)
 
     def jobs(self, runtime: "Runtime") -> list[Callable[[], Awaitable[None]]]:
-        return [_prune_job(service_of(runtime))]
-
-    def cli(self) -> list[click.Command]:
-        return list(build_cli(_open_service))
+        assert runtime.otp is not None
+        return [_prune_job(runtime.otp)]
 
 
 FEATURE = OtpFeature()
 
-__all__ = ["FEATURE", "OtpFeature", "service_of"]
+__all__ = ["FEATURE", "OtpFeature", "OtpStartError", "open_otp"]

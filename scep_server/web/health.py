@@ -42,7 +42,7 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:  # noqa: BLE001 - readiness reports any database failure
         details["database"] = f"error: {exc.__class__.__name__}: {exc}"
     details["ca"] = "ok" if runtime.cas else "error: no CA loaded"
-    for name, check in list(runtime.extras.get("readiness", {}).items()):
+    for name, check in list(runtime.readiness.items()):
         try:
             result = check()
             if inspect.isawaitable(result):  # a check that asks the database: bounded like the database's

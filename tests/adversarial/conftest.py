@@ -17,7 +17,6 @@ from yarl import URL
 
 from scep_server.binding.service import services
 from scep_server.challenge.basic import hash_password
-from scep_server.otpwiring.feature import EXTRA as OTP_EXTRA
 from scep_server.profiles import ProfileSettings
 from tests.otp.conftest import TestKey, make_key, secrets_file
 from tests.server import RunningServer, start_app
@@ -88,7 +87,7 @@ async def arm(aiohttp_server, tmp_path, db_url) -> Armed:
     await rt.profiles.create(PROFILE, ca=next(iter(rt.cas)), challenge_kind="dynamic", now=now, settings=ProfileSettings(
         challenge={"credentials": {"username": USER, "password_hash": hash_password(PASSWORD, log2_n=10)}}))
     device = await services(rt).devices.create(None, name="adversarial", actor="tests")
-    otp = rt.extras[OTP_EXTRA]
+    otp = rt.otp
     key = make_key(700_001)
     result = await otp.import_secrets(secrets_file([key]), actor="tests")
     assert result.ok, result.to_json()

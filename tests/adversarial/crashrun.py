@@ -145,7 +145,6 @@ class CrashRun:
         """First start in this process (CA, schema, default profile, KEK), tokens, the YubiKeys imported."""
         from otp.service import OtpService
         from scep_server.config import load_settings
-        from scep_server.otpwiring.feature import EXTRA as OTP_EXTRA
         from scep_server.runtime import initialise, open_runtime
 
         settings = load_settings(None, data_dir=str(self.data_dir), ca={"key_size": 2048}, log={"level": "warning"})
@@ -154,7 +153,7 @@ class CrashRun:
             now = rt.clock()
             self.admin = (await rt.tokens.create(scope="admin", name="crash-admin", now=now))[1]
             self.signin = (await rt.tokens.create(scope="signin", name="crash-signin", now=now))[1]
-            otp: OtpService = rt.extras[OTP_EXTRA]
+            otp: OtpService = rt.otp
             result = await otp.import_secrets(("\n".join(k.line() for k in self.keys) + "\n").encode(), actor="crash")
             assert result.ok, result.to_json()
             self.ra_der = rt.cas["default"].ra_cert_der

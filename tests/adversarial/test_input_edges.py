@@ -120,7 +120,7 @@ async def test_readyz_names_the_failed_check_without_its_error_text(armed):
     def broken() -> str:
         raise RuntimeError(secret)
 
-    readiness = rt.extras.setdefault("readiness", {})
+    readiness = rt.readiness
     async with aiohttp.ClientSession() as session:
         for _ in range(100):  # the first CRL is published shortly after start
             async with session.get(armed.url + "/readyz") as r:

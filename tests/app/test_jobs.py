@@ -125,7 +125,7 @@ async def test_a_crashing_app_job_is_restarted_and_readyz_shows_it(aiohttp_serve
         return json.loads(text)["checks"].get("job:challenge.prune") == "ok"
 
     await _until(recovered)
-    assert srv.runtime.extras["readiness"]["job:challenge.prune"]() == "ok"
+    assert srv.runtime.readiness["job:challenge.prune"]() == "ok"
 
 
 async def test_otp_readiness_follows_the_stored_keys_without_a_restart(aiohttp_server, tmp_path, db_url):
@@ -135,7 +135,7 @@ async def test_otp_readiness_follows_the_stored_keys_without_a_restart(aiohttp_s
         return json.loads((await _readyz(srv.url))[1])["checks"]["otp"]
 
     assert await otp_check() == "ok"
-    service = srv.runtime.extras["otp"]
+    service = srv.runtime.otp
     assert (await service.import_secrets(secrets_file([make_key(600_300)]))).ok
     assert await otp_check() == "ok"
     async with srv.runtime.engine.begin() as conn:  # the key is now sealed under a KEK this server lacks

@@ -56,7 +56,7 @@ async def test_challenge_expectation_names_the_device_and_replaces_its_certifica
     assert (await record(srv, first.certs[0])).enrolled_device_id is None
     assert (await api.attest("mac-1", pem(first.certs[0]), first_key))["managed"]
     # a one-time challenge issued for mac-1 (as the MDM asks for it)
-    issued = await rt.extras["challenge"].new_challenge("jamf", source="api",
+    issued = await rt.challenges.new_challenge("jamf", source="api",
                                                         expectations=expectations_from({"device_id": "mac-1"}))
     key = rsa_key()
     rep = await scep_enrol(api.session, srv, "jamf", key, issued.challenge, cn="mac-1")
@@ -69,7 +69,7 @@ async def test_challenge_expectation_names_the_device_and_replaces_its_certifica
         (format(x509.load_der_x509_certificate(rep.certs[0]).serial_number, "x"), True, None)]
     # another one-time challenge, for another device: its certificate is refused here
     await api.add_device("mac-2")
-    other = await rt.extras["challenge"].new_challenge("jamf", source="api",
+    other = await rt.challenges.new_challenge("jamf", source="api",
                                                        expectations=Expectations(device_id="mac-2"))
     key2 = rsa_key()
     rep2 = await scep_enrol(api.session, srv, "jamf", key2, other.challenge, cn="mac-2")

@@ -121,7 +121,7 @@ async def test_customer_ca_judged_by_its_crl(server, api, openssl, crl_server, t
     res = await api.attest("ext-rsa", rsa_pem, rsa_key)
     assert (res["managed"], res["reason"]) == (False, "crl_unavailable"), res
     crl_server.crls["acme.crl"] = acme.crl()
-    checker = server.runtime.extras["binding"].external.checker
+    checker = server.runtime.binding.external.checker
     await checker.refresh("acme")
     res = await api.attest("ext-rsa", rsa_pem, rsa_key)
     assert (res["managed"], res["reason"]) == (True, "managed"), res

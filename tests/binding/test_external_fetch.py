@@ -24,7 +24,7 @@ async def test_a_cdp_on_a_metadata_address_is_not_fetched(server, api, openssl, 
     clock.now = datetime.now(UTC) + timedelta(seconds=5)
     res = await api.attest("dev-1", pem, key)
     assert (res["managed"], res["reason"]) == (False, "crl_unavailable"), res
-    [status] = server.runtime.extras["binding"].external.checker.status()
+    [status] = server.runtime.binding.external.checker.status()
     assert status.last_failure is check_module.FailureKind.FORBIDDEN_DESTINATION
 
 

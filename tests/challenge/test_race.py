@@ -44,7 +44,7 @@ class _At:
 
 async def test_parallel_redemptions_in_process(server):
     await add_profile(server, "race", "dynamic", dynamic())
-    issued = await server.runtime.extras["challenge"].new_challenge("race", source="cli")
+    issued = await server.runtime.challenges.new_challenge("race", source="cli")
     keys = [rsa_key() for _ in range(N)]
     async with aiohttp.ClientSession() as s:
         reps = await _race(s, [server.url], _At(server.url, server.runtime), "race", issued.challenge, keys)

@@ -39,7 +39,7 @@ async def server(aiohttp_server, tmp_path, db_url):
 
 
 def service(srv):
-    return srv.runtime.extras["crl"]
+    return srv.runtime.crl
 
 
 def publisher(srv, ca: str = "default"):

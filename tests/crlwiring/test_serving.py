@@ -149,7 +149,7 @@ async def test_http_validators_head_and_pem(server):
             assert resp.status == 404
 
         # a new CRL changes the validators: the old ETag no longer matches
-        await server.runtime.extras["crl"].publisher("default").publish_now()
+        await server.runtime.crl.publisher("default").publish_now()
         async with session.get(url, headers={"If-None-Match": etag}) as resp:
             assert resp.status == 200
             assert resp.headers["ETag"] != etag

@@ -100,7 +100,7 @@ async def test_signin_and_admin_api_with_core_tokens(app):
 
 async def test_protocol_endpoint_in_the_application(app):
 
-    service = app.runtime.extras["otp"]
+    service = app.runtime.otp
     key = make_key(600_100)
     assert (await service.import_secrets(secrets_file([key]))).ok
     info, b64 = await service.add_client("app")
@@ -144,9 +144,9 @@ async def test_configured_kek_file_and_a_replaced_kek(tmp_path, db_url):
     settings = settings_for(tmp_path / "data", db_url, otp={"kek_file": str(kek_file)})
     await initialise(settings)
     async with open_runtime(settings) as rt:
-        assert (await rt.extras["otp"].import_secrets(secrets_file([make_key(600_200)]))).ok
-        await rt.extras["otp"].add_client("sealed too")
-        assert await rt.extras["readiness"]["otp"]() == "ok"
+        assert (await rt.otp.import_secrets(secrets_file([make_key(600_200)]))).ok
+        await rt.otp.add_client("sealed too")
+        assert await rt.readiness["otp"]() == "ok"
     assert kek_file.exists() and not (tmp_path / "data" / "otp-kek.key").exists()
     kek_file.unlink()  # the key-encryption key is lost: no new one is made over keys sealed under it
     with pytest.raises(OtpStartError, match="is missing, but 2 YubiKey"):
@@ -156,5 +156,5 @@ async def test_configured_kek_file_and_a_replaced_kek(tmp_path, db_url):
     kek_file.write_text(base64.b64encode(secrets.token_bytes(32)).decode())  # another key put in its place
     kek_file.chmod(0o600)
     async with open_runtime(settings) as rt:
-        state = await rt.extras["readiness"]["otp"]()
+        state = await rt.readiness["otp"]()
     assert state.startswith("error:") and "another key-encryption key" in state

@@ -38,7 +38,7 @@ class Cli:
         """Run `op(service)` on the OTP service of a runtime over the same data directory and database."""
         async def go():
             async with open_runtime(self.settings) as rt:
-                return await op(rt.extras["otp"])
+                return await op(rt.otp)
         return asyncio.run(go())
 
 

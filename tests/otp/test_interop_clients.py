@@ -37,7 +37,7 @@ class Server:
 @pytest.fixture
 async def server(aiohttp_server, tmp_path, db_url) -> Server:
     app = await start_app(aiohttp_server, tmp_path, db_url)
-    service = app.runtime.extras["otp"]
+    service = app.runtime.otp
     await import_keys(service, [key_h()])
     info, key = await service.add_client("interop")
     legacy, _ = await service.add_client("legacy", allow_unsigned=True)

@@ -145,7 +145,7 @@ async def test_leftovers_are_reconciled_delivered_or_revoked_and_recorded(server
 async def test_local_checks_run_before_a_challenge_is_spent_or_an_mdm_is_asked(server):
     verifier = await delegated(server)
     await add_profile(server, "dyn", "dynamic", dynamic(), template={"san_types": ["dns"]})
-    issued = await server.runtime.extras["challenge"].new_challenge("dyn", source="cli")
+    issued = await server.runtime.challenges.new_challenge("dyn", source="cli")
     async with aiohttp.ClientSession() as s:
         bad_san = [x509.RFC822Name("user@example.com")]
         rep = await enrol(s, server, "dyn", rsa_key(), issued.challenge, sans=bad_san)
@@ -161,7 +161,7 @@ async def test_local_checks_run_before_a_challenge_is_spent_or_an_mdm_is_asked(s
 
 async def test_invalid_transaction_ids_fail_without_spending_a_one_time_challenge(server):
     await add_profile(server, "dyn", "dynamic", dynamic())
-    issued = await server.runtime.extras["challenge"].new_challenge("dyn", source="cli")
+    issued = await server.runtime.challenges.new_challenge("dyn", source="cli")
     async with aiohttp.ClientSession() as s:
         for txid in ("\x00" + "0" * 20, "A" * 300, "abc\x00"):
             key = rsa_key()

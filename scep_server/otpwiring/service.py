@@ -1,0 +1,140 @@
+"""The OTP service of a process (``runtime.otp``), opened by the composition root: the key-encryption key,
+its safety checks and the readiness check. No HTTP here: a command opens it without loading the routes."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, AsyncIterator
+
+import click
+import sqlalchemy as sa
+import structlog
+
+from otp.kek import KekError
+from otp.service import OtpService
+from otp.tables import otp_clients, otp_yubikeys
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+log = structlog.get_logger("otp.feature")
+
+READINESS = "otp"
+
+
+class OtpStartError(click.ClickException):
+    """The OTP factor cannot start (its key-encryption key is missing or unreadable)."""
+
+
+def _announce_kek(path: Path) -> None:
+    """Say, once, that the KEK was created: on stderr for the operator (a CLI command or `serve`), and as a
+    structured event when the server's logging is set up (an unconfigured structlog would write to stdout)."""
+    message = (f"created the OTP key-encryption key {path} (mode 0600): it seals the imported YubiKey AES keys "
+               "and OTP client keys; back it up apart from the database, without it they cannot be used")
+    print(message, file=sys.stderr, flush=True)
+    if structlog.is_configured():
+        log.warning("otp.kek.created", path=str(path))
+
+
+def _report(event: str, text: str, **fields: object) -> None:
+    """An error worth an operator's attention: a structured event in the server, a stderr line in a CLI
+    command (where structlog is not set up and would write to stdout, mixing with a command's output)."""
+    if structlog.is_configured():
+        log.error(event, detail=text, **fields)
+    else:
+        print(f"error: {text}", file=sys.stderr, flush=True)
+
+
+async def _sealed_keys(runtime: "Runtime") -> int:
+    """How many live keys and active clients hold secrets sealed under some KEK (0 if the schema is missing)."""
+    try:
+        async with runtime.engine.connect() as conn:
+            keys = (await conn.execute(sa.select(sa.func.count()).select_from(otp_yubikeys).where(
+                otp_yubikeys.c.deleted_at.is_(None)))).scalar_one()
+            clients = (await conn.execute(sa.select(sa.func.count()).select_from(otp_clients).where(
+                otp_clients.c.disabled_at.is_(None)))).scalar_one()
+    except sa.exc.SQLAlchemyError:
+        return 0
+    return keys + clients
+
+
+async def _kek_readiness(service: OtpService) -> str:
+    """"ok" when every live key was sealed under the KEK in use (a replaced KEK fails every OTP)."""
+    async with service.store.engine.connect() as conn:
+        others = (await conn.execute(sa.select(sa.func.count()).select_from(otp_yubikeys).where(
+            otp_yubikeys.c.deleted_at.is_(None), otp_yubikeys.c.kek_id != service.kek_id))).scalar_one()
+    if others:
+        return f"error: {others} YubiKey(s) sealed under another key-encryption key"
+    return "ok"
+
+
+async def _readiness(service: OtpService) -> str:
+    """The OTP check of /readyz, computed at each call: the stored keys against the KEK in use."""
+    try:
+        return await _kek_readiness(service)
+    except Exception as exc:  # noqa: BLE001 - a schema or database problem is a failed check, not a crash
+        return f"error: cannot check the stored keys ({exc.__class__.__name__}: {exc})"
+
+
+class _NoKek:
+    """The sealing box of a service opened without the key-encryption key: every use is refused."""
+
+    kek_id = "(not loaded)"
+
+    def seal(self, *_args: object, **_kwargs: object) -> bytes:
+        raise KekError("this command does not load the OTP key-encryption key")
+
+    open = seal
+
+
+async def _check_kek_present(runtime: "Runtime", path: Path | None) -> None:
+    if path is not None and not path.exists():
+        sealed = await _sealed_keys(runtime)
+        if sealed:
+            # a new KEK would start silently and then fail every OTP of the stored keys
+            raise OtpStartError(f"the OTP key-encryption key {path} is missing, but {sealed} YubiKey(s) and "
+                                "client(s) in the database are sealed under one: restore the file (or set "
+                                "otp.kek_file / otp.kek_env to where it is)")
+
+
+@contextlib.asynccontextmanager
+async def open_otp(runtime: "Runtime", *, with_kek: bool = True) -> AsyncIterator[OtpService]:
+    """The OTP service on the runtime's database. Without `with_kek` (commands that neither seal nor open a
+    secret: reports, revocations, client settings) the key-encryption key is neither read nor created."""
+    settings = runtime.settings.otp
+    # the key-encryption key file gone while keys sealed under it remain: refused even without the KEK
+    await _check_kek_present(runtime, settings.kek_path(runtime.settings.data_dir))
+    if not with_kek:
+        service = OtpService(runtime.engine, settings, bytes(32), clock=runtime.clock)
+        service._box = _NoKek()  # type: ignore[assignment]  # nothing is sealed or opened without the KEK
+        try:
+            yield service
+        finally:
+            await service.aclose()
+        return
+    try:
+        kek = settings.load_kek(runtime.settings.data_dir, on_create=_announce_kek)
+    except KekError as exc:
+        if structlog.is_configured():  # a CLI command shows the exception's message itself
+            log.error("otp.kek.unavailable", detail=str(exc))
+        raise OtpStartError(f"the OTP factor cannot start: {exc}") from None
+    service = OtpService(runtime.engine, settings, kek, clock=runtime.clock)
+    try:
+        try:
+            state = await _kek_readiness(service)
+        except Exception as exc:  # noqa: BLE001 - a schema or database problem shows in readiness, not a crash
+            state = f"error: cannot check the stored keys ({exc.__class__.__name__})"
+        else:
+            if state != "ok":
+                _report("otp.kek.mismatch", state.removeprefix("error: ") + " (is this the right otp.kek_file or "
+                        "otp.kek_env?)", kek_id=service.kek_id)
+        runtime.readiness.add(READINESS, functools.partial(_readiness, service))
+        yield service
+    finally:
+        runtime.readiness.pop(READINESS, None)
+        await service.aclose()  # counter updates still queued are committed
+
+
+__all__ = ["OtpStartError", "open_otp"]
