@@ -70,10 +70,10 @@ class CrlFeature:
         app.router.add_get("/crl/{name}", endpoint.other)
 
     def jobs(self, runtime: Runtime) -> list[Callable[[], Awaitable[None]]]:
-        from .jobs import change_watcher, publishers, unused_certificates
+        from .jobs import change_feed, change_watcher, publishers, unused_certificates
 
         service = service_of(runtime)
-        return [publishers(service), change_watcher(service), unused_certificates(runtime)]
+        return [publishers(service), change_feed(service), change_watcher(service), unused_certificates(runtime)]
 
     def cli(self) -> list[click.Command]:
         from .cli import crl
