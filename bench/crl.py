@@ -1,5 +1,6 @@
 """CRL benchmark: build+sign vs `openssl ca -gencrl` on the same entries, checker parse and lookups, and
-serving throughput of the cached CRL endpoint vs a bare aiohttp handler (both measured with wrk in one run).
+serving throughput of the server's /crl/{ca}.crl (its own application) vs a bare aiohttp handler in that application
+(both measured with wrk in one run).
 
     .venv/bin/python bench/crl.py                      # 10k, 100k, 1M entries + serving (about 2 minutes)
     .venv/bin/python bench/crl.py --sizes 10000 --wrk-seconds 2
@@ -8,17 +9,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import random
 import re
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -193,23 +195,51 @@ def build_table(sizes: list[int], directory: Path) -> list[dict]:
 
 # ---------------------------------------------------------------- serving
 
-def serve(port: int, der_path: str) -> None:
+async def _record_crl(settings, n: int) -> bytes:
+    """Initialise a server data directory (SQLite) and record a CRL of `n` entries signed by its CA, the way a
+    publisher records one: the server adopts it at start-up and serves it."""
+    from crl.der import utc_seconds
+    from crl.store import CrlStateStore
+    from scep_server.crlwiring.service import key_ops_signer
+    from scep_server.runtime import initialise, load_cas
+    from trustkit.db import create_engine
+
+    await initialise(settings)
+    ca = next(iter(load_cas(settings).values()))
+    engine = create_engine(settings.database_url())
+    try:
+        store = CrlStateStore(engine, ca.name)
+        number, this_update = await store.allocate(utc_seconds(datetime.now(UTC)))
+        this_update = utc_seconds(this_update)
+        next_update = this_update + timedelta(days=7)
+        der = build_crl(issuer=Issuer.from_certificate(ca.cert), signer=key_ops_signer(ca), number=number,
+                        this_update=this_update, next_update=next_update, entries=entries_for(n))
+        assert await store.save(number=number, this_update=this_update, next_update=next_update, der=der,
+                                sha256=hashlib.sha256(der).hexdigest(), entries=n, published_at=this_update,
+                                published_by="bench")
+    finally:
+        await engine.dispose()
+    return der
+
+
+def serve(port: int, data_dir: str, n: int) -> None:
+    """The server's own application (create_app: its middlewares, the CRL feature's /crl/{ca}.crl over the
+    running publishers) on a data directory whose recorded CRL has `n` entries, plus a bare handler returning
+    the same bytes from a plain route of the same application."""
     from aiohttp import web
 
-    from crl.publish import PublishedCrl
-    from crl.web import add_routes
+    from scep_server.app import create_app
+    from scep_server.config import load_settings
 
-    der = Path(der_path).read_bytes()
-
-    class Holder:
-        current = PublishedCrl.from_der("default", der)
+    settings = load_settings(None, data_dir=data_dir, server={"listen": f"127.0.0.1:{port}"},
+                             ca={"key_size": 2048}, log={"level": "warning"})
+    der = asyncio.run(_record_crl(settings, n))
 
     async def bare(request: web.Request) -> web.Response:
         return web.Response(body=der, content_type="application/pkix-crl")
 
-    app = web.Application()
+    app = create_app(settings)
     app.router.add_get("/bare/default.crl", bare)
-    add_routes(app, {"default": Holder()})
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
@@ -223,26 +253,24 @@ def serving_table(directory: Path, seconds: float) -> list[dict]:
     if shutil.which("wrk") is None:
         print("wrk is not installed: serving comparison skipped", file=sys.stderr)
         return []
-    cert, key = load_ca(directory)
-    issuer, signer = Issuer.from_certificate(cert), CrlSigner.for_private_key(key)
     rows = []
     for n in (100, 20_000):
-        der = build_crl(issuer=issuer, signer=signer, number=1, this_update=THIS_UPDATE, next_update=NEXT_UPDATE,
-                        entries=entries_for(n))
-        path = directory / f"serve-{n}.der"
-        path.write_bytes(der)
         port = free_port()
-        proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port), str(path)])
+        proc = subprocess.Popen([sys.executable, __file__, "--serve", str(port), str(directory / f"server-{n}"),
+                                 str(n)])
         try:
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 60
             while True:
                 try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/crl/default.crl", timeout=1) as resp:
+                        der = resp.read()
+                    if len(x509.load_der_x509_crl(der)) == n:
+                        break
+                except (OSError, ValueError):
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not serve the {n}-entry CRL")
+                time.sleep(0.1)
             base = f"http://127.0.0.1:{port}"
             wrk(base + "/crl/default.crl", 1)  # warm-up
             bare, ours = [], []
@@ -262,12 +290,12 @@ def main() -> None:
     ap.add_argument("--wrk-seconds", type=float, default=3.0)
     ap.add_argument("--no-serving", action="store_true")
     ap.add_argument("--child-build", nargs=2, metavar=("N", "DIR"), help=argparse.SUPPRESS)
-    ap.add_argument("--serve", nargs=2, metavar=("PORT", "DER"), help=argparse.SUPPRESS)
+    ap.add_argument("--serve", nargs=3, metavar=("PORT", "DATA_DIR", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_build:
         return child_build(int(args.child_build[0]), Path(args.child_build[1]))
     if args.serve:
-        return serve(int(args.serve[0]), args.serve[1])
+        return serve(int(args.serve[0]), args.serve[1], int(args.serve[2]))
 
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="crl-bench-") as tmp:

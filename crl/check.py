@@ -315,6 +315,7 @@ class CrlChecker:
         self._by_subject: dict[bytes, list[_Ca]] = {}
         self._wake = asyncio.Event()
         self._task: "asyncio.Task | None" = None
+        self._running: "set[asyncio.Task]" = set()  # fetches started by the schedule
         self._sem = asyncio.Semaphore(self.settings.max_concurrent_fetches)
         self._allowed = self.settings.allowed_networks()
 
@@ -705,9 +706,10 @@ class CrlChecker:
     # ---- background schedule
 
     async def start(self) -> None:
-        """Fetch every watched URL now and keep them fresh in the background."""
+        """Fetch every watched URL now and keep them fresh in the background (unsupervised: an application
+        runs :meth:`run` as a job of its own instead, restarted if it raises)."""
         if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="crl-checker")
+            self._task = asyncio.create_task(self.run(), name="crl-checker")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -717,6 +719,8 @@ class CrlChecker:
                 await task
             except asyncio.CancelledError:
                 pass
+        for fetch in list(self._running):
+            fetch.cancel()
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -728,29 +732,37 @@ class CrlChecker:
     async def __aexit__(self, *exc) -> None:
         await self.stop()
 
-    async def _loop(self) -> None:
-        running: set[asyncio.Task] = set()
-        while True:
-            now = time.monotonic()
-            soonest = now + 3600.0
-            for ca in list(self._cas.values()):
-                for src in list(ca.sources.values()):
-                    if src.busy:
-                        continue
-                    if src.due <= now:
-                        src.due = now + self.settings.timeout.total_seconds() + 1  # until the fetch sets it
-                        task = asyncio.create_task(self._fetch(src))
-                        running.add(task)
-                        task.add_done_callback(running.discard)
-                    else:
-                        soonest = min(soonest, src.due)
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), max(soonest - time.monotonic(), 0.05))
-            except asyncio.TimeoutError:
-                pass
-            except asyncio.CancelledError:
-                for task in running:
-                    task.cancel()
-                raise
+    def run_round(self) -> float:
+        """One round of the schedule: start a fetch of every watched URL that is due (each ends in an outcome,
+        never in an exception); returns the seconds until the next one is due."""
+        now = time.monotonic()
+        soonest = now + 3600.0
+        for ca in list(self._cas.values()):
+            for src in list(ca.sources.values()):
+                if src.busy:
+                    continue
+                if src.due <= now:
+                    src.due = now + self.settings.timeout.total_seconds() + 1  # until the fetch sets it
+                    task = asyncio.create_task(self._fetch(src))
+                    self._running.add(task)
+                    task.add_done_callback(self._running.discard)
+                else:
+                    soonest = min(soonest, src.due)
+        return max(soonest - time.monotonic(), 0.05)
 
+    async def run(self) -> None:
+        """The schedule: a round, then a wait until the next URL is due or the watched set changes, forever.
+        What a round raises ends the run (the caller logs it and runs it again); cancelling it cancels the
+        fetches it started."""
+        try:
+            while True:
+                wait = self.run_round()
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
+        except asyncio.CancelledError:
+            for task in list(self._running):
+                task.cancel()
+            raise

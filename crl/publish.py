@@ -1,5 +1,7 @@
 """The CRL publisher of one CA scope (RFC 5280 §5): numbering, scheduled and on-change re-signing, serving copy."""
-# CRLs published by other processes on the same database are picked up by a cheap poll.
+# CRLs published by other processes on the same database are picked up by a cheap poll, every poll_interval
+# and whenever the application calls `poll_soon` (it learnt that something changed); `on_recorded` lets the
+# application tell the other processes that a CRL was recorded.
 from __future__ import annotations
 
 import asyncio
@@ -30,6 +32,8 @@ log = structlog.get_logger("crl.publish")
 # The application's view of a CA's revocation state: (serial, revoked_at, reason, invalidity_date) tuples of
 # the held or revoked, unexpired certificates as of `now` (see scep_server.ca.inventory.revoked_entries).
 EntrySource = Callable[[datetime], Awaitable[Sequence[Entry]]]
+# Called after a CRL signed here was recorded in the database (e.g. to notify the other processes).
+RecordedHook = Callable[["PublishedCrl"], Awaitable[None]]
 
 
 class PublishError(Exception):
@@ -92,7 +96,7 @@ class Publisher:
     def __init__(self, ca: str, *, issuer: Issuer, signer: CrlSigner, source: EntrySource, engine: AsyncEngine,
                  settings: "CrlSettings | None" = None, clock: Callable[[], datetime] = utcnow,
                  scope: "Scope | None" = None, number_floor: int = 0, executor: "Executor | None" = None,
-                 instance_id: "str | None" = None, logger=None) -> None:
+                 instance_id: "str | None" = None, logger=None, on_recorded: "RecordedHook | None" = None) -> None:
         if issuer.public_key is None:
             raise ValueError("the publisher verifies every CRL it signs: give the issuer's public key")
         self.ca = ca
@@ -112,6 +116,8 @@ class Publisher:
         self._current: "PublishedCrl | None" = None
         self._published = asyncio.Event()
         self._wake = asyncio.Event()
+        self._poll_requested = False
+        self._on_recorded = on_recorded
         self._dirty_since: "float | None" = None
         self._task: "asyncio.Task | None" = None
         self._last_success_at: "datetime | None" = None
@@ -151,6 +157,12 @@ class Publisher:
         """A certificate of this CA changed status: re-sign after the coalescing delay (call on the event loop)."""
         if self._dirty_since is None:
             self._dirty_since = time.monotonic()
+        self._wake.set()
+
+    def poll_soon(self) -> None:
+        """Another process may have recorded a CRL: look at the database now, not at the next poll_interval
+        (call on the event loop; the publisher's loop does the lookup)."""
+        self._poll_requested = True
         self._wake.set()
 
     async def wait_newer(self, than: "int | None", timeout: "float | None" = None) -> PublishedCrl:
@@ -201,6 +213,12 @@ class Publisher:
         self._log.info("crl.published", ca=self.ca, number=number, entries=published.entries,
                        bytes=len(published.der), this_update=this_update.isoformat(),
                        next_update=next_update.isoformat(), reused_entries=self._encoder.last_reused)
+        if self._on_recorded is not None:
+            try:
+                await self._on_recorded(published)
+            except Exception as exc:  # noqa: BLE001 - the CRL is recorded; the others find it at their next poll
+                self._log.warning("crl.recorded_hook.failed", ca=self.ca, number=number,
+                                  error=f"{type(exc).__name__}: {exc}")
         return published
 
     def _build(self, number: int, this_update: datetime, next_update: datetime, entries: list[Entry],
@@ -312,7 +330,8 @@ class Publisher:
         next_poll = time.monotonic()
         while True:
             try:
-                if time.monotonic() >= next_poll:
+                if self._poll_requested or time.monotonic() >= next_poll:
+                    self._poll_requested = False
                     next_poll = time.monotonic() + poll
                     await self._poll()
                 if self._seconds_until_work() <= 0:
@@ -323,7 +342,7 @@ class Publisher:
                     continue
                 wait = min(self._seconds_until_work(), next_poll - time.monotonic())
                 self._wake.clear()
-                if wait > 0:
+                if wait > 0 and not self._poll_requested:
                     try:
                         await asyncio.wait_for(self._wake.wait(), wait)
                     except asyncio.TimeoutError:

@@ -62,14 +62,17 @@ class BindingFeature:
         assert svc is not None
 
         async def external_cas() -> None:
-            """Keep the registered external CAs loaded and their CRLs fresh (the checker's own schedule)."""
-            await svc.external.checker.start()
+            """Keep the registered external CAs loaded."""
             while True:
                 try:
                     await svc.external.reload()
                 except Exception:  # noqa: BLE001 - a database hiccup must not end the job
                     log.exception("binding.external_ca.reload_failed")
                 await asyncio.sleep(svc.external.reload_seconds)
+
+        async def external_crls() -> None:
+            """Keep the CRLs of the external CAs fresh: the checker's schedule, restarted if a round raises."""
+            await svc.external.checker.run()
 
         async def purge_nonces() -> None:
             while True:
@@ -79,7 +82,7 @@ class BindingFeature:
                     log.exception("binding.nonce_purge_failed")
                 await asyncio.sleep(60)
 
-        return [external_cas, purge_nonces]
+        return [external_cas, external_crls, purge_nonces]
 
 
 FEATURE = BindingFeature()

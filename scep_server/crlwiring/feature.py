@@ -68,11 +68,11 @@ class CrlFeature:
         app.router.add_get("/crl/{name}", _other)
 
     def jobs(self, runtime: Runtime) -> list[Callable[[], Awaitable[None]]]:
-        from .jobs import change_watcher, publishers, unused_certificates
+        from .jobs import change_feed, change_watcher, publishers, unused_certificates
 
         service = runtime.crl
         assert service is not None
-        return [publishers(service), change_watcher(service), unused_certificates(runtime)]
+        return [publishers(service), change_feed(service), change_watcher(service), unused_certificates(runtime)]
 
 
 FEATURE = CrlFeature()

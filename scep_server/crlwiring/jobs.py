@@ -1,7 +1,8 @@
-"""Background loops of the server: the publishers, the change-marker watcher and the day-91 rule."""
+"""Background loops of the server: the publishers, the change feed, the change-marker watcher and the day-91 rule."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 import structlog
@@ -26,12 +27,36 @@ def publishers(service: CrlService):
     return run_publishers
 
 
+def change_feed(service: CrlService):
+    """Listen for changes made by other processes (crlwiring.changes): their CRLs are adopted at once."""
+    from .changes import ChangeFeed
+
+    async def listen_changes() -> None:
+        await ChangeFeed(service.runtime.engine, service.on_remote_change).run()
+
+    return listen_changes
+
+
 def change_watcher(service: CrlService):
-    """Every poll_interval: re-sign where a status change was not published by the process that made it."""
+    """Every poll_interval, and once the grace period after a change announced by another process has
+    passed: re-sign where a status change was not published by the process that made it."""
     async def watch_changes() -> None:
         interval = service.settings.poll_interval.total_seconds()
+        next_regular = time.monotonic() + interval
         while True:
-            await asyncio.sleep(interval)
+            now = time.monotonic()
+            due = next_regular if service.check_due is None else min(next_regular, service.check_due)
+            if due > now:
+                service.watch_wake.clear()
+                try:
+                    await asyncio.wait_for(service.watch_wake.wait(), due - now)
+                except asyncio.TimeoutError:
+                    pass
+                continue  # recompute: woken for a new check_due, or the time has come
+            if now >= next_regular:
+                next_regular = now + interval
+            if service.check_due is not None and now >= service.check_due:
+                service.check_due = None
             try:
                 await service.check_marker()
             except asyncio.CancelledError:

@@ -3,16 +3,19 @@
 How every process of a deployment serves the same CRL (RFC 5280 §5.2.3: one number sequence per CA):
 - a CRL Number is allocated atomically in the shared database (`crl.store.CrlStateStore`), and a CRL is
   recorded there only if no higher number was recorded first, so numbers never go backwards;
-- the process where a status change happens re-signs after the coalescing delay; every other process polls
-  the recorded CRL Number (the change marker) every `crl.poll_interval` and adopts a newer CRL after
-  verifying its signature, so a change made anywhere is served everywhere within poll_interval plus the
-  re-sign time;
+- the process where a status change happens re-signs after the coalescing delay; every other process looks
+  at the recorded CRL Number (the change marker) and adopts a newer CRL after verifying its signature. It
+  looks as soon as it learns of a change (`crlwiring.changes`: PostgreSQL LISTEN/NOTIFY, SQLite's
+  data_version), and every `crl.poll_interval` as the safety net, so a change made anywhere is served
+  everywhere well within a second of the CRL that carries it being recorded;
 - a process that changed a status and ends before its publisher ran (a CLI command) publishes on the way out;
 - as a safety net, each server process also watches the newest status-change event in the audit log: a change
   newer than the served CRL that no process has published after a grace period makes it re-sign.
 """
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -28,16 +31,13 @@ from trustkit.clock import aware
 
 from ..ca import inventory
 from ..ca.authority import CertificateAuthority
-from ..ca.status import STATUS_CHANGE_KINDS
+from ..store.events import STATUS_EVENTS, announce
 from ..store.tables import events
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
 log = structlog.get_logger("crl.service")
-
-# audit events written in the same transaction as a status change of a certificate (by the status writer)
-STATUS_EVENTS = tuple(sorted(kind.value for kind in STATUS_CHANGE_KINDS))
 
 _HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 
@@ -78,11 +78,14 @@ class CrlService:
         self.publishers: dict[str, Publisher] = {
             name: Publisher(name, issuer=Issuer.from_certificate(ca.cert), signer=key_ops_signer(ca),
                             source=inventory_source(runtime, name), engine=runtime.engine,
-                            settings=self.settings, clock=runtime.clock)
+                            settings=self.settings, clock=runtime.clock, on_recorded=self._announce_recorded)
             for name, ca in runtime.cas.items()}
         # CA name -> CRL Number served when a change was announced here (None: no CRL yet)
         self._pending: dict[str, int | None] = {}
         self._marker_seen: datetime | None = None
+        # when the safety net should look again because another process announced a change (monotonic time)
+        self.check_due: float | None = None
+        self.watch_wake = asyncio.Event()
         self.running = False
         runtime.revocation.subscribe(self.on_status_change)
 
@@ -96,6 +99,30 @@ class CrlService:
         if ca not in self._pending:
             self._pending[ca] = pub.current.number if pub.current else None
         pub.notify_changed()
+
+    async def _announce_recorded(self, published: PublishedCrl) -> None:
+        """Tell the other processes that a CRL was recorded (PostgreSQL; SQLite's listeners see the commit)."""
+        if self.runtime.engine.dialect.name != "postgresql":
+            return
+        async with self.runtime.engine.begin() as conn:
+            await announce(conn, f"crl:{published.ca}")
+
+    def on_remote_change(self, payload: str) -> None:
+        """Another process (or connection) changed something (see crlwiring.changes): ``crl:<ca>`` a CRL was
+        recorded; ``status`` a certificate status changed; ``any`` something was committed; ``resync``
+        notifications may have been missed. Publishers look at the database now; after a status change the
+        safety net looks again once the grace period has passed."""
+        if payload.startswith("crl:"):
+            pub = self.publishers.get(payload[4:])
+            if pub is not None:
+                pub.poll_soon()
+            return
+        if payload != "status":
+            for pub in self.publishers.values():
+                pub.poll_soon()
+        if self.check_due is None:
+            self.check_due = time.monotonic() + self.grace().total_seconds() + 0.1
+            self.watch_wake.set()
 
     async def start_publishing(self) -> None:
         """Run each publisher's loop: adopt the recorded CRL (or sign the first one), re-sign on schedule."""

@@ -210,6 +210,43 @@ async def test_restart_adopts_the_stored_crl_and_pollers_pick_up_new_ones(engine
         await b.stop()
 
 
+async def test_poll_soon_adopts_a_crl_of_another_publisher_without_waiting_for_the_poll(engine, issuer, signer,
+                                                                                         source):
+    settings = CrlSettings(poll_interval=3600, coalesce_delay=0.05)
+    a = make_publisher(engine, issuer, signer, source, settings=settings)
+    first = await a.publish_now()
+    b = make_publisher(engine, issuer, signer, source, settings=settings)
+    await b.start()
+    try:
+        await b.wait_newer(None, timeout=5)  # the first look at start-up
+        newer = await a.publish_now()
+        await asyncio.sleep(0.3)
+        assert b.current.number == first.number  # the next poll is an hour away
+        b.poll_soon()
+        picked = await b.wait_newer(first.number, timeout=2)
+        assert picked.number == newer.number and picked.der == newer.der
+    finally:
+        await b.stop()
+
+
+async def test_on_recorded_is_called_for_recorded_crls_and_its_failure_fails_nothing(engine, issuer, signer, source,
+                                                                                   recorder):
+    calls = []
+
+    async def hook(published):
+        calls.append(published.number)
+        if len(calls) == 2:
+            raise ConnectionError("notification channel down")
+
+    pub = make_publisher(engine, issuer, signer, source, on_recorded=hook, logger=recorder)
+    first = await pub.publish_now()
+    second = await pub.publish_now()  # the hook raises: the CRL is recorded and served all the same
+    assert calls == [first.number, second.number]
+    assert pub.current is second and pub.health().state == "ok"
+    assert (await CrlStateStore(engine, "default").load()).number == second.number
+    assert "crl.recorded_hook.failed" in recorder.events("warning")
+
+
 async def test_a_tampered_stored_crl_is_not_adopted(engine, issuer, signer, source, recorder):
     a = make_publisher(engine, issuer, signer, source)
     first = await a.publish_now()

@@ -8,13 +8,20 @@ import sys
 import time
 
 import aiohttp
+import pytest
+import sqlalchemy as sa
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from scep_server.ca.inventory import serial_hex
-from tests.server import run, serve_processes
+from scep_server.ca.inventory import Reason, serial_hex
+from scep_server.crlwiring.changes import ChangeFeed
+from scep_server.runtime import open_runtime
+from scep_server.store.events import announce, record_event
+from tests.server import run, serve_processes, start_app
+from trustkit.clock import utcnow
+from trustkit.db import create_engine, writer
 
-from .conftest import cdp_of, crl_serials, enrol_with_scepclient, fetch
+from .conftest import cdp_of, crl_serials, enrol_with_codec, enrol_with_scepclient, fetch, publisher, wait_for
 
 POLL = 0.5
 ENV = {"SCEP_SERVER_CRL__POLL_INTERVAL": str(POLL), "SCEP_SERVER_CRL__COALESCE_DELAY": "0.1"}
@@ -125,3 +132,126 @@ def test_cli_errors_are_clear(tmp_path, monkeypatch):
     code, out = cli("crl", "publish", "--format", "json")
     assert code == 0, out
     assert json.loads(out[out.index("{"):])["number"] == 1
+
+
+# ---- the fast path: another process's change is noticed at once (LISTEN/NOTIFY, SQLite data_version)
+
+# the periodic poll is set far beyond the bound, so only the change feed can deliver within it
+SLOW_POLL = {"coalesce_delay": 0.1, "poll_interval": 60, "retry_interval": 0.5}
+# the target is 1 s from the CRL being recorded to every instance serving it; asserted with room for a loaded CI
+FEED_BOUND = 2.0
+
+
+async def _served(session, url: str, serial: int, timeout: float = 10) -> float:
+    """Seconds until `url` serves a CRL listing `serial` (polled every 20 ms)."""
+    async def listed():
+        return serial in crl_serials(await fetch(session, f"{url}/crl/default.crl"))
+
+    _, waited = await wait_for(listed, timeout=timeout)
+    return waited
+
+
+async def test_a_revocation_by_a_command_line_process_is_served_within_a_second(aiohttp_server, tmp_path, db_url):
+    """What `scep-server cert revoke` does (its own runtime and engine, publishing as it ends) reaches a running
+    server through the change feed, not through its poll."""
+    srv = await start_app(aiohttp_server, tmp_path, db_url, crl=SLOW_POLL)
+    await publisher(srv).wait_newer(None, timeout=10)
+    async with aiohttp.ClientSession() as session:
+        _, cert = await enrol_with_codec(session, srv.url, srv.challenge(), "cli-revoked")
+        await asyncio.sleep(0.5)  # the server's own re-sign after the issue has run
+        assert cert.serial_number not in crl_serials(await fetch(session, f"{srv.url}/crl/default.crl"))
+        async with open_runtime(srv.settings) as other:
+            await other.revocation.revoke(serial_hex(cert.serial_number), Reason.KEY_COMPROMISE, actor="cli:test")
+        # leaving the runtime has recorded a CRL with the change (as the command does before exiting)
+        waited = await _served(session, srv.url, cert.serial_number)
+        print(f"command-line revocation served by the running server {waited * 1000:.0f} ms after it was recorded")
+        assert waited < FEED_BOUND
+        assert publisher(srv).current.entries == 1
+
+
+async def test_a_revocation_on_a_peer_instance_is_served_by_the_other_within_a_second(aiohttp_server, tmp_path,
+                                                                                    db_url):
+    """Two servers on one database: a change made on one is served by the other once the first has published."""
+    a = await start_app(aiohttp_server, tmp_path, db_url, crl=SLOW_POLL)
+    b = await start_app(aiohttp_server, tmp_path, db_url, crl=SLOW_POLL)
+    for srv in (a, b):
+        await publisher(srv).wait_newer(None, timeout=10)
+    async with aiohttp.ClientSession() as session:
+        _, cert = await enrol_with_codec(session, a.url, a.challenge(), "peer-revoked")
+        await asyncio.sleep(0.5)
+        await b.runtime.revocation.revoke(serial_hex(cert.serial_number), Reason.KEY_COMPROMISE, actor="api:test")
+        on_b = await _served(session, b.url, cert.serial_number)
+        on_a = await _served(session, a.url, cert.serial_number)
+        print(f"peer revocation: served by the instance that made it after {on_b * 1000:.0f} ms, "
+              f"by the other {on_a * 1000:.0f} ms later")
+        assert on_a < FEED_BOUND
+        assert publisher(a).current.number == publisher(b).current.number
+
+
+async def test_the_change_feed_reports_commits_of_other_connections(db_url):
+    """PostgreSQL: the NOTIFY sent with a status change's audit event; SQLite: data_version moved."""
+    feed_engine, other = create_engine(db_url), create_engine(db_url)
+    seen: list[str] = []
+    feed = ChangeFeed(feed_engine, seen.append)
+    task = asyncio.create_task(feed.run())
+    try:
+        await wait_for(_async(lambda: feed.connected), timeout=10)
+        assert seen == ["resync"]
+        async with writer(other).begin() as conn:
+            await record_event(conn, at=utcnow(), kind="device.create", subject="d1", actor="t")
+        if feed_engine.dialect.name == "sqlite":
+            _, waited = await wait_for(_async(lambda: "any" in seen), timeout=FEED_BOUND)
+        else:  # an event that changes no status is not announced
+            await asyncio.sleep(0.3)
+            assert seen == ["resync"]
+        seen.clear()
+        async with writer(other).begin() as conn:
+            await record_event(conn, at=utcnow(), kind="pki.cert.revoke", subject="01", actor="t")
+        expected = "any" if feed_engine.dialect.name == "sqlite" else "status"
+        _, waited = await wait_for(_async(lambda: expected in seen), timeout=FEED_BOUND)
+        # a transaction that rolls back announces nothing
+        seen.clear()
+        with pytest.raises(RuntimeError):
+            async with writer(other).begin() as conn:
+                await record_event(conn, at=utcnow(), kind="pki.cert.revoke", subject="02", actor="t")
+                raise RuntimeError("rolled back")
+        await asyncio.sleep(0.5)
+        assert seen == []
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await feed_engine.dispose()
+        await other.dispose()
+
+
+async def test_the_change_feed_reconnects_after_losing_its_connection(pg_url):
+    """A listening connection killed on the server side is re-opened; the listener hears `resync` (notifications
+    sent meanwhile are lost) and then the notifications again."""
+    engine, other = create_engine(pg_url), create_engine(pg_url)
+    seen: list[str] = []
+    feed = ChangeFeed(engine, seen.append)
+    task = asyncio.create_task(feed.run())
+    try:
+        await wait_for(_async(lambda: feed.connected), timeout=10)
+        async with other.begin() as conn:
+            killed = (await conn.execute(sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE query LIKE 'LISTEN%' AND datname = current_database() AND pid <> pg_backend_pid()"))).scalar()
+        assert killed == 1
+        await wait_for(_async(lambda: feed.connections == 2 and feed.connected), timeout=10)
+        assert seen == ["resync", "resync"]
+        async with other.begin() as conn:
+            await announce(conn, "crl:default")
+        await wait_for(_async(lambda: "crl:default" in seen), timeout=FEED_BOUND)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await engine.dispose()
+        await other.dispose()
+
+
+def _async(fn):
+    async def predicate():
+        return fn()
+
+    return predicate
