@@ -15,6 +15,7 @@ How every process of a deployment serves the same CRL (RFC 5280 §5.2.3: one num
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -38,6 +39,11 @@ if TYPE_CHECKING:
     from ..runtime import Runtime
 
 log = structlog.get_logger("crl.service")
+
+# seconds past the coalescing delay before an instance signs a change it did not make and nobody published,
+# and the most each instance adds to that at random
+STEP_IN_MARGIN = 0.4
+STEP_IN_SPREAD = 0.3
 
 _HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 
@@ -85,6 +91,9 @@ class CrlService:
         self._marker_seen: datetime | None = None
         # when the safety net should look again because another process announced a change (monotonic time)
         self.check_due: float | None = None
+        # a spread over the instances of one database, so that one of them signs a change nobody published
+        # (a command-line process signs nothing) and the others adopt its CRL instead of signing too
+        self._spread = random.uniform(0.0, STEP_IN_SPREAD)
         self.watch_wake = asyncio.Event()
         self.running = False
         runtime.revocation.subscribe(self.on_status_change)
@@ -120,8 +129,9 @@ class CrlService:
         if payload != "status":
             for pub in self.publishers.values():
                 pub.poll_soon()
-        if self.check_due is None:
-            self.check_due = time.monotonic() + self.grace().total_seconds() + 0.1
+        due = time.monotonic() + self.grace().total_seconds() + 0.05
+        if self.check_due is None or due < self.check_due:
+            self.check_due = due
             self.watch_wake.set()
 
     async def start_publishing(self) -> None:
@@ -167,8 +177,11 @@ class CrlService:
         return max(found) if found else None
 
     def grace(self) -> timedelta:
-        """How long the process that made a change has to publish it before the others step in."""
-        return self.settings.coalesce_delay + 2 * self.settings.poll_interval + timedelta(seconds=2)
+        """How long the process that made a change has to publish it before the others step in: its coalescing
+        delay and a margin for signing and recording. A change made where nothing publishes (a command-line
+        process) is signed by the first instance whose grace ends; the others adopt that CRL when it is
+        announced, and if two sign, the higher number wins everywhere."""
+        return self.settings.coalesce_delay + timedelta(seconds=STEP_IN_MARGIN + self._spread)
 
     async def check_marker(self) -> list[str]:
         """Re-sign where a status change is newer than the served CRL and nobody published it in time."""
@@ -184,6 +197,8 @@ class CrlService:
                 continue
             if ca in self._pending:
                 continue  # already announced here, the publisher is on it
+            if await pub.refresh_from_store() and marker < pub.current.this_update:
+                continue  # another instance has recorded a CRL with the change: adopted, not signed again
             if marker != self._marker_seen:
                 log.warning("crl.change_not_published", ca=ca, change_at=marker.isoformat(), serving=cur.number,
                             this_update=cur.this_update.isoformat())
