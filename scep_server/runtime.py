@@ -15,7 +15,7 @@ from .ca.revocation import RevocationService
 from .ca.keys import load_or_create_passphrase, write_private_file
 from trustkit.clock import Clock, utcnow
 from .config import Settings
-from .enroll import ScepService
+from .enrolment import ScepService
 from .profiles import ProfileSettings, ProfileStore, new_static_secret
 from trustkit.db import create_engine, writer
 from .store.migrate import upgrade

@@ -9,7 +9,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import hashes
 
 from ..appkeys import RUNTIME
-from ..enroll import ApprovalRefused
+from ..enrolment import ApprovalRefused
 from ..profiles import UnknownProfile
 from ..web.auth import problem, requires
 from ..web.client import client_address

@@ -7,7 +7,7 @@ import hashlib
 from aiohttp import web
 
 from ..appkeys import RUNTIME
-from ..enroll import NoNextCA
+from ..enrolment import NoNextCA
 from ..profiles import UnknownProfile
 from ..scep.der import DERError
 from ..scep.message import decode_get_message
