@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .ca.revocation import RevocationService
     from .challenge.service import ChallengeService
     from .crlwiring.service import CrlService
-    from .enroll import ScepService
+    from .enrolment import ScepService
 
 # a readiness check returns its detail ("ok" or "error: ..."), or an awaitable of it
 Check = Callable[[], Union[str, Awaitable[str]]]
@@ -248,7 +248,7 @@ async def open_runtime(settings: Settings, *, clock: Clock = utcnow, uses: Uses 
 @contextlib.asynccontextmanager
 async def _open_scep(runtime: Runtime) -> AsyncIterator["ScepService"]:
     """The SCEP service, with the hooks of the capabilities that are open."""
-    from .enroll import ScepService
+    from .enrolment import ScepService
 
     verifiers = {}
     if runtime.challenges is not None:

@@ -219,7 +219,7 @@ def enrolment_list(ctx: Context, profile: str | None, state: str, fmt: str) -> N
 def _decide(ctx: Context, profile: str, transaction_id: str, approve: bool, reason: str | None) -> str:
     from trustkit.problems import Conflict
 
-    from ..enroll import ApprovalRefused
+    from ..enrolment import ApprovalRefused
     from ..profiles import UnknownProfile
     from ..runtime import Uses
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import structlog
 from cryptography import x509
 
-from ..enroll import ChallengeRejected, EnrollmentRequest
+from ..enrolment import ChallengeRejected, EnrollmentRequest
 from ..profiles import Profile, ProfileSettings
 from trustkit.db import writer
 from ..store.tables import profiles as profiles_table

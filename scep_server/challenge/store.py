@@ -18,7 +18,7 @@ from typing import Any, Callable
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..enroll import ChallengeRejected
+from ..enrolment import ChallengeRejected
 from trustkit.db import writer
 from ..store.tables import profiles
 from .tables import challenges

@@ -11,7 +11,7 @@ from trustkit.http import BadJSON, read_json_object
 from trustkit.problems import BadRequest, Forbidden, NotFound, ServiceUnavailable, TooManyRequests, Unprocessable
 
 from ..appkeys import RUNTIME
-from ..enroll import ApprovalRefused
+from ..enrolment import ApprovalRefused
 from ..profiles import UnknownProfile
 from ..web.auth import bad_credentials, basic_credentials, basic_realm, requires
 from ..web.client import client_address

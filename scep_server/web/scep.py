@@ -9,7 +9,7 @@ from aiohttp import web
 from trustkit.http import text_errors
 
 from ..appkeys import RUNTIME
-from ..enroll import NoNextCA
+from ..enrolment import NoNextCA
 from ..profiles import UnknownProfile
 from trustkit.der import DERError
 from ..scep.message import decode_get_message

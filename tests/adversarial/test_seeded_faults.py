@@ -21,7 +21,7 @@ from otp.config import OtpSettings
 from otp.service import OtpService
 from otp.store import CounterUpdate, OtpStore
 from otp.tables import ACTIVE, UNASSIGNED, otp_yubikeys
-from scep_server import enroll
+from scep_server.enrolment import service as enrolment_service
 from scep_server.ca.authority import random_serial
 from scep_server.scep import ContentCipher, MessageType, PKIStatus, client
 from scep_server.store.tables import certificates
@@ -52,7 +52,7 @@ async def test_a_serial_collision_is_signed_again_with_a_fresh_serial(aiohttp_se
         drawn.append(serial)
         return serial
 
-    monkeypatch.setattr(enroll, "random_serial", repeating)
+    monkeypatch.setattr(enrolment_service, "random_serial", repeating)
     async with aiohttp.ClientSession() as session:
         first = await _enrol(session, srv, rsa_key(), "first")
         second = await _enrol(session, srv, rsa_key(), "second")

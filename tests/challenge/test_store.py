@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes
 from scep_server.challenge.store import (CHALLENGE_BYTES, CacheFull, ChallengeStore, Expectations, check_csr,
                                          digest, expectations_from)
 from scep_server.challenge.tables import challenges
-from scep_server.enroll import ChallengeRejected
+from scep_server.enrolment import ChallengeRejected
 from scep_server.profiles import ProfileStore
 from tests.factories import NOW, csr, make_ca, register_ca, rsa_key
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from cryptography import x509
 
 from scep_server.ca import inventory
-from scep_server.enroll import ChallengeRejected, EnrollmentRequest
+from scep_server.enrolment import ChallengeRejected, EnrollmentRequest
 from scep_server.scep import FailInfo, PKIStatus, client
 from scep_server.store.tables import events
 from tests.challenge.conftest import add_profile, build, dynamic, enrol, pki

@@ -5,7 +5,7 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from scep_server.enroll import ScepService
+from scep_server.enrolment import ScepService
 from scep_server.profiles import ProfileStore
 from scep_server.scep import PKIStatus, client
 from tests.challenge.conftest import build
@@ -32,7 +32,7 @@ async def test_enrolment_completes_while_the_default_executor_is_saturated(serve
 
 
 async def test_the_executor_is_sized_by_settings_and_shut_down_with_the_service(engine):
-    from scep_server.enroll import scep_threads
+    from scep_server.enrolment import scep_threads
 
     scep = ScepService(engine=engine, cas={}, profiles=ProfileStore(engine), threads=3)
     assert scep._executor._max_workers == 3

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from scep_server.binding.tables import device_certs, devices
 from scep_server.ca import inventory
 from scep_server.ca.authority import random_serial
-from scep_server.enroll import ScepService
+from scep_server.enrolment.checks import Renewal
 from scep_server.scep import FailInfo, PKIStatus
 from trustkit.clock import aware
 from trustkit.db import writer
@@ -152,7 +152,7 @@ async def test_refused_signers_fail_with_a_clear_text_and_change_nothing(server,
 async def test_a_hold_placed_while_a_renewal_is_in_flight_wins(server, clock, monkeypatch):
     await static_profile(server, "short", template={"validity_days": 30})
     rt = server.runtime
-    checked = ScepService._renewal_certificate
+    checked = Renewal._signer_record
 
     async def checked_then_held(self, *args, **kwargs):
         record = await checked(self, *args, **kwargs)
@@ -163,7 +163,7 @@ async def test_a_hold_placed_while_a_renewal_is_in_flight_wins(server, clock, mo
         key = rsa_key()
         der = await issue(s, server, "short", key)
         clock.advance(days=21)
-        monkeypatch.setattr(ScepService, "_renewal_certificate", checked_then_held)
+        monkeypatch.setattr(Renewal, "_signer_record", checked_then_held)
         rep = await renew(s, server, "short", der, key)
         assert rep.status is PKIStatus.FAILURE and rep.fail_info is FailInfo.BAD_REQUEST
         assert "on hold" in rep.fail_text

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from scep_server.ca import inventory
 from scep_server.ca.authority import CertificateAuthority, issue_ra_cert
 from scep_server.ca.keys import FileKey
-from scep_server.enroll import ScepService
+from scep_server.enrolment import ScepService
 from scep_server.profiles import ProfileSettings, ProfileStore
 from scep_server.scep import (ContentCipher, Digest, FailInfo, MessageType, PKIStatus, SCEPFailure, algorithms, client,
                               cms, oids, open_request, parse_pki_message)
@@ -172,7 +172,7 @@ async def test_altered_envelopes_of_a_captured_request_get_one_answer(scep, ca, 
 
     # every lookup the service makes for a request, counted: none may happen before the content parsed
     lookups = []
-    store = scep.service._store
+    store = scep.service.repository
     for obj, name in ((store, "find"), (store, "find_sync"), (inventory, "get"), (inventory, "get_by_fingerprint")):
         real = getattr(obj, name, None)
         if real is None:  # find_sync: SQLite only

@@ -1,0 +1,96 @@
+"""The approval workflow: an administrator approves (issues now) or rejects a pending enrolment; the device
+learns the decision at its next CertPoll."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from trustkit.problems import Conflict
+
+from ..ca import inventory
+from ..ca.authority import random_serial
+from ..ca.policy import PolicyViolation
+from .model import ApprovalRefused, unused_since
+from .repository import NotPending, SignerChanged
+
+if TYPE_CHECKING:
+    from .service import ScepService
+
+
+def decided_concurrently(transaction_id: str) -> Exception:
+    """The error of a decision that lost to another one (the transaction left ``pending`` meanwhile): 409."""
+    return Conflict(f"enrolment {transaction_id!r} was decided concurrently")
+
+
+class ApprovalWorkflow:
+    def __init__(self, service: ScepService):
+        self.service = service
+
+    async def decide(self, profile_name: str, transaction_id: str, *, approve: bool, actor: str,
+                     reason: str | None = None) -> str:
+        """Approve (issue now; returns the serial) or reject (returns "rejected") a pending enrolment."""
+        svc = self.service
+        repo = svc.repository
+        profile = await svc.profiles.get(profile_name)
+        ca = svc.cas[profile.ca]
+        now = svc.clock()
+        m = await repo.find(profile_name, transaction_id)
+        if m is None or m["state"] != "pending":
+            raise LookupError(f"no pending enrolment {transaction_id!r} on profile {profile_name!r}")
+        if not approve:
+            await self.reject(profile_name, transaction_id, reason or "rejected by an administrator", actor=actor,
+                              now=now, reason=reason)
+            return "rejected"
+        csr = x509.load_der_x509_csr(m["csr_der"])
+        renewal_of = None
+        if m.get("renewal_of"):
+            renewal_of = await repo.certificate(m["renewal_of"])
+            if renewal_of is None:
+                raise LookupError(f"the certificate renewed by enrolment {transaction_id!r} no longer exists")
+        supersede = renewal_of is not None and profile.settings.supersede_on_renewal
+        try:
+            cert = await svc._run(ca.issue, csr, profile.policy, serial=random_serial(), now=now)
+        except PolicyViolation as exc:  # the template changed while the enrolment waited
+            text = f"the profile's certificate template refuses this request: {exc}"
+            await self.reject(profile_name, transaction_id, text, actor=actor, now=now, reason=text)
+            raise ApprovalRefused(text) from None
+        der = cert.public_bytes(serialization.Encoding.DER)
+        serial = inventory.serial_hex(cert.serial_number)
+        if renewal_of is not None:
+            device_id = renewal_of.enrolled_device_id
+        else:
+            device_id = (await svc.device_identity(profile_name, transaction_id)
+                         if svc.device_identity and profile.settings.device_trust else None)
+        cert_row = inventory.certificate_row(cert, der, ca.name, profile_name, transaction_id, m["public_key_sha256"],
+                                             now)
+        cert_row["enrolled_device_id"] = device_id
+        if renewal_of is not None:
+            cert_row.update(renewal_of=renewal_of.serial, unused_since=unused_since(renewal_of, now))
+        event = dict(at=now, kind="pki.cert.renew" if renewal_of else "pki.cert.issue", subject=serial, actor=actor,
+                     data={"transaction_id": transaction_id, "approved": True,
+                           "renewal_of": renewal_of.serial if renewal_of else None})
+        try:
+            await repo.approve(profile_name, transaction_id, cert_row, event,
+                               renewal_of=renewal_of.serial if renewal_of else None, now=now, supersede=supersede,
+                               actor=actor)
+        except SignerChanged as exc:
+            raise LookupError(f"enrolment {transaction_id!r} cannot be approved: {exc}") from None
+        except NotPending:
+            raise decided_concurrently(transaction_id) from None
+        if supersede:
+            svc.on_status_change(ca.name)
+        return serial
+
+    async def reject(self, profile_name: str, transaction_id: str, fail_text: str, *, actor: str, now: datetime,
+                     reason: str | None) -> None:
+        """Mark a pending enrolment rejected, with its audit event."""
+        try:
+            await self.service.repository.reject_pending(
+                profile_name, transaction_id, fail_text, dict(
+                    at=now, kind="scep.enrolment.reject", subject=transaction_id, actor=actor,
+                    data={"profile": profile_name, "reason": reason}), actor=actor, now=now)
+        except NotPending:
+            raise decided_concurrently(transaction_id) from None

@@ -1,0 +1,245 @@
+"""The chain of checks in front of the issuer, for PKCSReq and RenewalReq.
+
+Each check is an async callable taking the enrolment being judged: it returns None to pass it on, an Outcome to
+answer now (a retry of a known transaction, a pending enrolment), or raises SCEPFailure to refuse it. The
+service runs them in order (``default_checks``), then issues: the cheap local checks come first, before
+anything is spent or asked (a one-time challenge, a webhook, a pending row).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Protocol
+
+import structlog
+from cryptography import x509
+
+from ..ca.authority import CertificateAuthority
+from ..ca.inventory import CertRecord, Reason
+from ..ca.policy import PolicyViolation
+from ..profiles import Profile, UnknownProfile
+from ..scep import message as codec
+from ..scep.types import FailInfo, MessageType, PKIStatus, SCEPFailure
+from .model import ChallengeRejected, ChallengeVerifier, EnrollmentRequest, Outcome, challenge_password, days
+
+if TYPE_CHECKING:
+    from .service import ScepService
+
+log = structlog.get_logger("scep")
+
+NOT_LOOKED_UP = object()
+
+
+@dataclass
+class Enrolment:
+    """A PKCSReq or RenewalReq on its way through the checks; each check may fill in what it learned."""
+
+    profile: Profile
+    ca: CertificateAuthority
+    message: codec.PKIMessage
+    content: codec.RequestContent
+    key: str  # the idempotency key (ScepService.transaction_key)
+    public_key_sha256: str
+    known: object = NOT_LOOKED_UP  # the transaction row when looked up in the decryption stage (None: none)
+    policy_error: str | None = None  # the template's verdict, judged in the decryption stage
+    signed_by_us: bool = False
+    renewal_of: CertRecord | None = None  # the signing certificate, for a renewal
+    device_id: str | None = None
+    verifier: ChallengeVerifier | None = None  # set when a challenge authorised it: its hooks run after issue
+    now: datetime | None = field(default=None)
+
+    def refuse(self, text: str, info: FailInfo = FailInfo.BAD_REQUEST) -> SCEPFailure:
+        return SCEPFailure(info, text, self.message)
+
+    def request(self) -> EnrollmentRequest:
+        csr = self.content.csr
+        return EnrollmentRequest(profile=self.profile, message=self.message, csr=csr, csr_der=self.content.der,
+                                 challenge=challenge_password(csr), renewal_of=self.renewal_of,
+                                 device_id=self.device_id)
+
+
+class Check(Protocol):
+    async def __call__(self, e: Enrolment) -> Outcome | None: ...
+
+
+class Replay:
+    """A retry of a known transaction gets the same answer, never a second certificate (RFC 8894 §3.3.1); the
+    same transaction under another key is refused."""
+
+    def __init__(self, service: ScepService):
+        self.service = service
+
+    async def __call__(self, e: Enrolment) -> Outcome | None:
+        existing = e.known if e.known is not NOT_LOOKED_UP else await self.service.repository.find(e.profile.name, e.key)
+        if existing is None:
+            return None
+        return await self.service.replay(e.profile, e.message, existing, e.public_key_sha256)
+
+
+async def renewal_req_signed(e: Enrolment) -> None:
+    """A RenewalReq is signed by one of our certificates, or carries a challenge (then it enrols as new)."""
+    if not e.signed_by_us and e.message.message_type is MessageType.RENEWAL_REQ and not challenge_password(e.content.csr):
+        raise e.refuse("RenewalReq must be signed by a valid certificate issued by this CA")
+
+
+async def template_policy(e: Enrolment) -> None:
+    """The profile's certificate template (key, algorithms, subject, SANs, weak keys), judged in the decryption
+    stage and applied here, after a retry was recognised."""
+    if e.policy_error is not None:
+        raise e.refuse(e.policy_error)
+
+
+class Renewal:
+    """RFC 8894 §2.3: a request signed by a certificate we issued is a renewal authenticated by it.
+
+    The renewal may not widen what the certificate is: same profile (or one the issuing profile lists in
+    ``renewal_to``), same subject, no new SANs, a signer that is still valid and in use, within the window.
+    """
+
+    def __init__(self, service: ScepService):
+        self.service = service
+
+    async def __call__(self, e: Enrolment) -> None:
+        if e.signed_by_us:
+            e.renewal_of = await self._signer_record(e)
+
+    async def _signer_record(self, e: Enrolment) -> CertRecord:
+        profile, msg, csr, refuse = e.profile, e.message, e.content.csr, e.refuse
+        if not profile.settings.allow_renewal:
+            raise refuse("renewal is not enabled on this profile")
+        signer = msg.signer_cert
+        standing = await self.service.repository.signer_standing(hashlib.sha256(msg.signer_cert_der).hexdigest())
+        if standing is None:
+            raise refuse("the signing certificate is not in this CA's inventory", FailInfo.BAD_CERT_ID)
+        record = standing.record
+        now = self.service.clock()
+        if record.status == "hold":
+            raise refuse("the signing certificate is on hold")
+        if record.status != "valid":
+            raise refuse(f"the signing certificate is {record.status}"
+                         + (" (superseded)" if record.revocation_reason == int(Reason.SUPERSEDED) else ""))
+        if standing.successor is not None:
+            raise refuse(f"the signing certificate is superseded (already renewed as {standing.successor})")
+        if not record.not_before <= now < record.not_after:
+            raise refuse("the signing certificate has expired or is not yet valid")
+        if standing.binding is not None:
+            binding = standing.binding
+            if binding.state != "active":
+                raise refuse(f"the signing certificate is retired from its binding to device {binding.device_id}")
+            if binding.device_status != "active":
+                raise refuse(f"the signing certificate is bound to device {binding.device_id}, which is "
+                             f"{binding.device_status}")
+        if record.profile != profile.name:
+            try:
+                issuing = await self.service.profiles.get(record.profile or "")
+            except UnknownProfile:
+                issuing = None
+            if issuing is None or profile.name not in issuing.settings.renewal_to:
+                raise refuse(f"a certificate issued at profile {record.profile!r} is renewed only there")
+        window = profile.settings.renewal_window_days
+        window_td = timedelta(days=window) if window is not None else (record.not_after - record.not_before) / 3
+        if record.not_after - now > window_td:
+            raise refuse(f"renewal is accepted only within {days(window_td)} days of expiry "
+                         f"(from {(record.not_after - window_td).isoformat()})")
+        try:
+            subject, sans = profile.policy.subject_and_sans(csr)
+        except PolicyViolation as exc:
+            raise refuse(str(exc)) from None
+        if subject != signer.subject:
+            raise refuse("the renewal request's subject differs from the signing certificate's")
+        try:
+            signer_sans = set(signer.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+        except x509.ExtensionNotFound:
+            signer_sans = set()
+        if not set(sans) <= signer_sans:
+            raise refuse("the renewal request names subject alternative names the signing certificate does not have")
+        if profile.settings.renewal_sans == "equal" and set(sans) != signer_sans:
+            raise refuse("the renewal request's subject alternative names differ from the signing certificate's")
+        return record
+
+
+class Challenge:
+    """The profile's challenge authorises a new enrolment (and a delegated renewal, when the profile
+    re-validates renewals); it may name the device. A renewal keeps its signer's device."""
+
+    def __init__(self, service: ScepService):
+        self.service = service
+
+    async def __call__(self, e: Enrolment) -> None:
+        profile = e.profile
+        req = e.request()  # verifiers see no device id yet
+        inherited = e.renewal_of.enrolled_device_id if e.renewal_of is not None else None
+        e.device_id = inherited
+        validate = e.renewal_of is None or (profile.challenge_kind == "delegated"
+                                            and profile.settings.renewal_revalidate)
+        if not validate:
+            return
+        verifier = self.service.verifiers.get(profile.challenge_kind)
+        if verifier is None:
+            raise e.refuse(f"challenge kind {profile.challenge_kind!r} is not available on this server")
+        try:
+            e.device_id = inherited or await verifier.verify(req)
+        except ChallengeRejected as exc:
+            raise e.refuse(str(exc)) from None
+        identity = self.service.device_identity
+        if e.device_id is None and identity is not None and profile.settings.device_trust:
+            e.device_id = await identity(profile.name, e.message.transaction_id)
+        e.verifier = verifier
+
+
+class ForeignSigner:
+    """A key that holds a valid certificate of the profile, enrolled again under a signer that is not that key:
+    a captured request re-wrapped by someone else looks like this. Recorded as a security event; it passes."""
+
+    def __init__(self, service: ScepService):
+        self.service = service
+
+    async def __call__(self, e: Enrolment) -> None:
+        if e.renewal_of is not None or not self.service.foreign_signer(e.ca, e.message, e.content):
+            return
+        now = e.now = e.now or self.service.clock()
+        profile, msg, pub_sha = e.profile, e.message, e.public_key_sha256
+        serials = await self.service.repository.valid_serials_for_key(profile.name, pub_sha, now)
+        if not serials:
+            return
+        signer = hashlib.sha256(msg.signer_cert_der).hexdigest()
+        await self.service.repository.record_event(dict(
+            at=now, kind="security.scep.foreign_signer", subject=msg.transaction_id, actor=f"scep:{profile.name}",
+            data={"profile": profile.name, "public_key_sha256": pub_sha, "signer_fingerprint_sha256": signer,
+                  "valid_certificates": list(serials)}))
+        log.warning("security.scep.foreign_signer", profile=profile.name, transaction_id=msg.transaction_id,
+                    public_key_sha256=pub_sha, signer_fingerprint_sha256=signer, valid_certificates=list(serials))
+
+
+class Approval:
+    """On a profile that requires approval, the enrolment waits (PENDING) for an administrator's decision
+    (scep_server.enrolment.approval); a renewal waits too unless the profile exempts renewals."""
+
+    def __init__(self, service: ScepService):
+        self.service = service
+
+    async def __call__(self, e: Enrolment) -> Outcome | None:
+        settings = e.profile.settings
+        if not settings.require_approval or (e.renewal_of is not None and not settings.renewal_requires_approval):
+            return None
+        now = e.now = e.now or self.service.clock()
+        msg = e.message
+        existing = await self.service.repository.insert_transaction(dict(
+            profile=e.profile.name, transaction_id=e.key, state="pending", message_type=int(msg.message_type),
+            csr_der=e.content.der, public_key_sha256=e.public_key_sha256,
+            renewal_of=e.renewal_of.serial if e.renewal_of else None, created_at=now, updated_at=now))
+        if existing is not None:  # a parallel retry won the insert
+            return await self.service.replay(e.profile, msg, existing, e.public_key_sha256)
+        return Outcome(PKIStatus.PENDING)
+
+
+def default_checks(service: ScepService) -> list[Check]:
+    """The chain, in order: recognise a retry, the message's and template's local rules, the renewal rules, the
+    challenge, the foreign-signer note, approval."""
+    return [Replay(service), renewal_req_signed, template_policy, Renewal(service), Challenge(service),
+            ForeignSigner(service), Approval(service)]
+
+
+__all__ = ["Approval", "Challenge", "Check", "Enrolment", "ForeignSigner", "NOT_LOOKED_UP", "Renewal", "Replay",
+           "default_checks", "renewal_req_signed", "template_policy"]

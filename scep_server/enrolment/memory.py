@@ -1,0 +1,159 @@
+"""The enrolment repository in memory: the enrolment rules without a database (tests, tools).
+
+Certificates, transactions, bindings and events live in dicts and lists; every operation keeps the SQL
+repository's guarantees (a write is all or nothing, duplicates are refused, compare-and-set states)."""
+from __future__ import annotations
+
+import copy
+import json
+from datetime import datetime
+
+from ..ca.inventory import CertRecord, Reason
+from .repository import Binding, Duplicate, NotPending, SignerStanding, signer_changed
+
+_RECORD_FIELDS = [f for f in CertRecord.__dataclass_fields__]
+
+
+class InMemoryRepository:
+    inline = False
+
+    def __init__(self) -> None:
+        self.certificates: dict[str, dict] = {}  # serial -> row
+        self.transactions: dict[tuple[str, str], dict] = {}  # (profile, transaction id) -> row
+        self.bindings: dict[str, Binding] = {}  # serial -> the device binding of that certificate
+        self.events: list[dict] = []
+
+    # ------------------------------------------------------------------ reading
+
+    async def prepare(self) -> None:
+        return None
+
+    async def find(self, profile: str, key: str) -> dict | None:
+        row = self.transactions.get((profile, key))
+        return dict(row) if row is not None else None
+
+    async def certificate(self, serial: str) -> CertRecord | None:
+        row = self.certificates.get(serial)
+        return self._as_record(row) if row is not None else None
+
+    async def signer_standing(self, fingerprint_sha256: str) -> SignerStanding | None:
+        row = next((r for r in self.certificates.values() if r["fingerprint_sha256"] == fingerprint_sha256), None)
+        if row is None:
+            return None
+        successor = next((r["serial"] for r in self.certificates.values()
+                          if r.get("renewal_of") == row["serial"] and r["status"] != "revoked"), None)
+        return SignerStanding(record=self._as_record(row), successor=successor,
+                              binding=self.bindings.get(row["serial"]))
+
+    async def valid_serials_for_key(self, profile: str, public_key_sha256: str, now: datetime) -> list[str]:
+        return [r["serial"] for r in self.certificates.values()
+                if r["profile"] == profile and r["public_key_sha256"] == public_key_sha256
+                and r["status"] == "valid" and r["not_after"] > now][:10]
+
+    async def awaiting_ack(self, updated_before: datetime) -> list[dict]:
+        out = []
+        for row in self.transactions.values():
+            if row["state"] == "awaiting_ack" and row["updated_at"] <= updated_before:
+                cert = self.certificates[row["serial"]]
+                out.append({**{k: row[k] for k in ("profile", "transaction_id", "serial", "csr_der", "updated_at")},
+                            "der": cert["der"], "ca": cert["ca"], "raw_txid": cert["transaction_id"],
+                            "renewal_of": cert.get("renewal_of")})
+        return out[:1000]
+
+    # ------------------------------------------------------------------ writing
+
+    async def record(self, cert_row: dict, tx_row: dict, event: dict) -> None:
+        await self.record_guarded(cert_row, tx_row, event, renewal_of=None, now=cert_row["issued_at"],
+                                  supersede=False)
+
+    async def record_guarded(self, cert_row: dict, tx_row: dict, event: dict, *, renewal_of: str | None,
+                             now: datetime, supersede: bool) -> None:
+        if cert_row["serial"] in self.certificates or (tx_row["profile"], tx_row["transaction_id"]) in self.transactions:
+            raise Duplicate(cert_row["serial"])
+        if renewal_of is not None:
+            self._guard_signer(renewal_of, now, supersede=supersede)
+        self._insert_certificate(cert_row)
+        self.transactions[(tx_row["profile"], tx_row["transaction_id"])] = dict(tx_row)
+        self._event(event)
+
+    async def insert_transaction(self, tx_row: dict) -> dict | None:
+        key = (tx_row["profile"], tx_row["transaction_id"])
+        if key in self.transactions:
+            return dict(self.transactions[key])
+        self.transactions[key] = {"serial": None, "fail_text": None, "decided_by": None, "renewal_of": None,
+                                  **tx_row}
+        return None
+
+    async def record_event(self, event: dict) -> None:
+        self._event(event)
+
+    async def approve(self, profile: str, key: str, cert_row: dict, event: dict, *, renewal_of: str | None,
+                      now: datetime, supersede: bool, actor: str) -> None:
+        tx = self._in_state(profile, key, "pending")
+        if cert_row["serial"] in self.certificates:
+            raise Duplicate(cert_row["serial"])
+        if renewal_of is not None:
+            self._guard_signer(renewal_of, now, supersede=supersede)
+        self._insert_certificate(cert_row)
+        tx.update(state="issued", serial=cert_row["serial"], decided_by=actor, updated_at=now)
+        self._event(event)
+
+    async def reject_pending(self, profile: str, key: str, fail_text: str, event: dict, *, actor: str,
+                             now: datetime) -> None:
+        self._in_state(profile, key, "pending").update(state="rejected", fail_text=fail_text, decided_by=actor,
+                                                        updated_at=now)
+        self._event(event)
+
+    async def withdraw(self, serial: str, profile: str, key: str, why: str, event: dict, *, now: datetime) -> None:
+        cert = self.certificates[serial]
+        if cert["status"] != "revoked":
+            cert.update(status="revoked", revocation_reason=int(Reason.CESSATION_OF_OPERATION), revoked_at=now,
+                        updated_at=now)
+        tx = self.transactions.get((profile, key))
+        if tx is not None:
+            tx.update(state="rejected", fail_text=why, updated_at=now)
+        self._event(event)
+
+    async def confirm_ack(self, profile: str, key: str, *, renewal_of: str | None, now: datetime,
+                          supersede: bool) -> None:
+        tx = self._in_state(profile, key, "awaiting_ack")
+        if supersede and renewal_of is not None:
+            self._guard_signer(renewal_of, now, supersede=True)
+        tx.update(state="issued", updated_at=now)
+
+    async def claim(self, row: dict, now: datetime) -> bool:
+        tx = self.transactions.get((row["profile"], row["transaction_id"]))
+        if tx is None or tx["state"] != "awaiting_ack" or tx["updated_at"] != row["updated_at"]:
+            return False
+        tx["updated_at"] = now
+        return True
+
+    # ------------------------------------------------------------------ helpers
+
+    def _in_state(self, profile: str, key: str, state: str) -> dict:
+        tx = self.transactions.get((profile, key))
+        if tx is None or tx["state"] != state:
+            raise NotPending(key)
+        return tx
+
+    def _guard_signer(self, serial: str, now: datetime, *, supersede: bool) -> None:
+        cert = self.certificates.get(serial)
+        if cert is None or cert["status"] != "valid":
+            raise signer_changed(cert["status"] if cert is not None else None)
+        cert["updated_at"] = now
+        if supersede:
+            cert.update(status="revoked", revocation_reason=int(Reason.SUPERSEDED), revoked_at=now)
+
+    def _insert_certificate(self, cert_row: dict) -> None:
+        row = {"revocation_reason": None, "revoked_at": None, "invalidity_date": None, "first_used_at": None,
+               "renewal_of": None, "unused_since": None, "enrolled_device_id": None, **copy.copy(cert_row)}
+        self.certificates[row["serial"]] = row
+
+    def _event(self, event: dict) -> None:
+        self.events.append({**event, "data": json.loads(json.dumps(event.get("data") or {}, default=str))})
+
+    @staticmethod
+    def _as_record(row: dict) -> CertRecord:
+        fields = {k: row.get(k) for k in _RECORD_FIELDS}
+        fields["sans"] = json.loads(row["sans"]) if isinstance(row["sans"], str) else list(row["sans"])
+        return CertRecord(**fields)

@@ -1,0 +1,139 @@
+"""What the enrolment service, its checks and its repositories share: the request as verifiers see it, the
+answer being built, the errors, and the small rules about transaction ids and renewal clocks."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.x509.oid import AttributeOID
+
+from ..ca.inventory import CertRecord
+from ..profiles import Profile
+from ..scep import message as codec
+from ..scep.types import FailInfo, MessageType, PKIStatus
+
+
+class ChallengeRejected(Exception):
+    """The challenge (static, one-time or delegated) did not authorise this enrolment."""
+
+
+class ApprovalRefused(Exception):
+    """An administrator approved a pending enrolment that the profile's template now refuses: it is rejected."""
+
+
+class NoNextCA(Exception):
+    """GetNextCACert without a configured rollover."""
+
+
+@dataclass(frozen=True)
+class EnrollmentRequest:
+    """What challenge verifiers and hooks see of a PKCSReq/RenewalReq."""
+
+    profile: Profile
+    message: codec.PKIMessage
+    csr: x509.CertificateSigningRequest
+    csr_der: bytes
+    challenge: str | None
+    renewal_of: CertRecord | None
+    # the device a trusted source named for this enrolment (challenge expectations, Intune, pre-registration)
+    device_id: str | None = None
+
+
+class ChallengeVerifier(Protocol):
+    """One per challenge kind (static, dynamic, delegated)."""
+
+    async def verify(self, req: EnrollmentRequest) -> str | None:
+        """Raise ChallengeRejected when the enrolment is not authorised; may return the device id the
+        authorising source names for this enrolment (written as the certificate's enrolled_device_id)."""
+
+    async def after_issue(self, req: EnrollmentRequest, cert: x509.Certificate) -> None:
+        """Called after issuance, before the CertRep goes out; raising withdraws the certificate."""
+
+    async def after_failure(self, req: EnrollmentRequest, text: str) -> None:
+        """Called when an authorised enrolment failed later (e.g. policy)."""
+
+
+class StaticChallenge:
+    """One secret per profile, compared in constant time."""
+
+    async def verify(self, req: EnrollmentRequest) -> None:
+        if not req.challenge:
+            raise ChallengeRejected("the CSR carries no challengePassword")
+        if not req.profile.check_static_secret(req.challenge):
+            raise ChallengeRejected("invalid challenge password")
+
+    async def after_issue(self, req: EnrollmentRequest, cert: x509.Certificate) -> None:
+        return None
+
+    async def after_failure(self, req: EnrollmentRequest, text: str) -> None:
+        return None
+
+
+def challenge_password(csr: x509.CertificateSigningRequest) -> str | None:
+    """The PKCS#9 challengePassword attribute of a CSR, if any."""
+    try:
+        value = csr.attributes.get_attribute_for_oid(AttributeOID.CHALLENGE_PASSWORD).value
+    except x509.AttributeNotFound:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def req_has_challenge(csr: x509.CertificateSigningRequest) -> bool:
+    return bool(challenge_password(csr))
+
+
+@dataclass
+class Outcome:
+    """The answer to one pkiMessage, before it is signed."""
+
+    status: PKIStatus
+    content: bytes | None = None
+    fail_info: FailInfo | None = None
+    fail_text: str | None = None
+    serial: str | None = None
+    reply: bytes | None = None  # the signed CertRep, when built together with the certificate
+
+
+@dataclass(frozen=True)
+class StoredTransaction:
+    """What the verifiers read of a request's message, for a transaction taken up again from the database."""
+
+    transaction_id: str
+
+
+# RFC 8894 transactionIDs are PrintableStrings (clients send a hash of the key in hex or base64)
+MAX_TRANSACTION_ID = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# an ``awaiting_ack`` certificate untouched for this long is reconciled (longer than any notification may take)
+ACK_STALE_AFTER = timedelta(minutes=15)
+
+
+def bounded(text: str, limit: int = 64) -> str:
+    """A transactionID as logs and failure texts show it: at most ``limit`` characters, control characters escaped."""
+    short = text[:limit].encode("unicode_escape").decode("ascii")
+    return short + f"...({len(text)} characters)" if len(text) > limit else short
+
+
+def has_control_characters(text: str) -> bool:
+    return _CONTROL.search(text) is not None
+
+
+def days(delta: timedelta) -> str:
+    return f"{delta.total_seconds() / 86400:.1f}".removesuffix(".0")
+
+
+def unused_since(predecessor: CertRecord, now: datetime) -> datetime:
+    """The day-91 clock of a renewal: it continues from an unused predecessor's, else starts at the new issue."""
+    if predecessor.first_used_at is None:
+        return predecessor.unused_since or predecessor.issued_at
+    return now
+
+
+def type_name(t) -> str:
+    try:
+        return MessageType(t).name
+    except ValueError:
+        return str(t)

@@ -1,0 +1,463 @@
+"""The SCEP service (RFC 8894): GetCACaps, GetCACert, GetNextCACert and PKIOperation.
+
+Checks are chained in front of the issuer: message check (the decryption stage), then the enrolment checks of
+scep_server.enrolment.checks (retry, template, renewal by an issued certificate or challenge, approval), then
+issue. Every failure after the outer SignedData parsed becomes a signed CertRep FAILURE with its failInfo and a
+failInfoText. Storage is an EnrolmentRepository (scep_server.enrolment.repository).
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import os
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Awaitable, Callable
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from trustkit.clock import Clock, utcnow
+
+from ..ca import inventory
+from ..ca.authority import CertificateAuthority, random_serial
+from ..ca.policy import MESSAGE_DIGEST_CAPS, PolicyViolation, check_message_digest
+from ..profiles import Profile, ProfileStore
+from ..scep import message as codec
+from ..scep.types import ContentCipher, FailInfo, MalformedMessage, MessageType, PKIStatus, SCEPFailure
+from .approval import ApprovalWorkflow
+from .checks import NOT_LOOKED_UP, Check, Enrolment, default_checks
+from .model import (ACK_STALE_AFTER, MAX_TRANSACTION_ID, ChallengeRejected, ChallengeVerifier, EnrollmentRequest,
+                    NoNextCA, Outcome, StaticChallenge, bounded, has_control_characters, type_name, unused_since)
+from .reconcile import AckReconciler
+from .repository import Duplicate, EnrolmentRepository, NotPending, SignerChanged
+from .sql import SqliteRepository, in_executor, repository_for
+
+log = structlog.get_logger("scep")
+
+DER = serialization.Encoding.DER
+
+
+def scep_threads(configured: int | None = None) -> int:
+    """The size of the SCEP service's executor: configured, else the number of CPUs (at least two)."""
+    return configured or max(2, os.cpu_count() or 1)
+
+
+class ScepService:
+    """RFC 8894 operations for every profile."""
+
+    def __init__(self, *, engine: AsyncEngine | None = None, cas: dict[str, CertificateAuthority],
+                 profiles: ProfileStore, verifiers: dict[str, ChallengeVerifier] | None = None,
+                 clock: Clock = utcnow, crl_source: Callable[[str], Awaitable[bytes]] | None = None,
+                 on_status_change: Callable[[str], None] | None = None, threads: int | None = None,
+                 repository: EnrolmentRepository | None = None,
+                 device_identity: Callable[[str, str], Awaitable[str | None]] | None = None):
+        if repository is None:
+            if engine is None:
+                raise TypeError("ScepService needs an engine or a repository")
+            repository = repository_for(engine)
+        self.engine = engine
+        self.cas = cas
+        self.profiles = profiles
+        self.verifiers: dict[str, ChallengeVerifier] = {"static": StaticChallenge(), **(verifiers or {})}
+        self.clock = clock
+        self.crl_source = crl_source
+        self.on_status_change = on_status_change or (lambda ca: None)
+        self._cacert_cache: dict[str, bytes] = {}
+        self.repository: EnrolmentRepository = repository
+        # SCEP's CPU work (parse, decrypt, sign) runs here, not on the loop's default executor: hostile requests
+        # queue behind each other instead of starving everything else that uses threads
+        self._executor = ThreadPoolExecutor(max_workers=scep_threads(threads), thread_name_prefix="scep")
+        if isinstance(repository, SqliteRepository):
+            repository.executor = self._executor
+        # (profile, transactionID) -> the device id an administrator pre-registered for it (binding feature)
+        self.device_identity = device_identity
+        self.checks: list[Check] = default_checks(self)
+        self.approvals = ApprovalWorkflow(self)
+        self.reconciler = AckReconciler(self)
+
+    async def _run(self, fn, /, *args, **kwargs):
+        return await in_executor(self._executor, fn, *args, **kwargs)
+
+    async def close(self) -> None:
+        """Stop the executor once the requests in it have finished (queued work that never started is dropped)."""
+        await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(self._executor.shutdown, wait=True, cancel_futures=True))
+
+    # ------------------------------------------------------------------ GetCACaps / GetCACert
+
+    async def get_ca_caps(self, profile_name: str) -> str:
+        """RFC 8894 §3.5.2: capabilities generated from what this server enforces."""
+        profile = await self.profiles.get(profile_name)
+        caps = ["AES", "DES3", *MESSAGE_DIGEST_CAPS, "POSTPKIOperation", "SCEPStandard"]
+        if profile.settings.allow_renewal:
+            caps.append("Renewal")
+        if self.cas[profile.ca].next_ca_certs:
+            caps.append("GetNextCACert")
+        return "\n".join(caps) + "\n"
+
+    async def get_ca_cert(self, profile_name: str) -> bytes:
+        """RFC 8894 §4.2.1.2: RA certificate first, then the issuing CA, as a degenerate PKCS#7."""
+        profile = await self.profiles.get(profile_name)
+        cached = self._cacert_cache.get(profile.ca)
+        if cached is None:
+            ca = self.cas[profile.ca]
+            cached = self._cacert_cache[profile.ca] = codec.build_degenerate([ca.ra_cert_der, ca.cert_der])
+        return cached
+
+    async def get_next_ca_cert(self, profile_name: str) -> bytes:
+        """RFC 8894 §4.7.1: the next CA, signed by the current RA."""
+        profile = await self.profiles.get(profile_name)
+        ca = self.cas[profile.ca]
+        if not ca.next_ca_certs:
+            raise NoNextCA(f"no CA rollover is configured for CA {ca.name!r}")
+        return await self._run(codec.build_next_ca_cert, ca.next_ca_ders, ra_cert_der=ca.ra_cert_der,
+                               sign=self._signer(ca), digest=codec.Digest.SHA256, signing_time=self.clock())
+
+    # ------------------------------------------------------------------ PKIOperation
+
+    async def pki_operation(self, profile_name: str, body: bytes) -> bytes:
+        """Handle one pkiMessage; MalformedMessage (HTTP 400) only when no signer can be answered."""
+        started = time.perf_counter()
+        profile = await self.profiles.get(profile_name)
+        ca = self.cas[profile.ca]
+        cached = ca.failure_replies.get(profile.fingerprint, body)  # a replayed bad message: no second RA signature
+        if cached is not None:
+            return cached
+        msg: codec.PKIMessage | None = None
+        opened = False
+        await self.repository.prepare()
+        try:
+            msg, inner, known, policy_error = await self._run(self._open, body, ca, profile)
+            opened = True
+            outcome = await self._dispatch(profile, ca, msg, inner, known, policy_error)
+        except SCEPFailure as exc:
+            if exc.message is None:
+                raise MalformedMessage(exc.text) from None
+            msg = exc.message
+            outcome = Outcome(PKIStatus.FAILURE, fail_info=exc.fail_info, fail_text=exc.text)
+        reply = outcome.reply or await self._run(self._reply, ca, msg, outcome)
+        if not opened:  # failed on its bytes alone (signature, structure, envelope): same bytes, same answer
+            ca.failure_replies.put(profile.fingerprint, body, reply)
+        log.info("scep.transaction", profile=profile.name, transaction_id=bounded(msg.transaction_id),
+                 message_type=type_name(msg.message_type), outcome=outcome.status.name,
+                 fail_info=outcome.fail_info.name if outcome.fail_info is not None else None,
+                 fail_text=outcome.fail_text, serial=outcome.serial,
+                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        return reply
+
+    def _open(self, body: bytes, ca: CertificateAuthority, profile: Profile):
+        """Parse, verify, decrypt and parse the content (CPU work, run in a thread); with an inline repository,
+        also find an enrolment's transaction.
+
+        Nothing is looked up before the content parsed: every decryption-stage fault is one answer after the
+        same work (see codec.open_request). Single DES is refused from the envelope's algorithm, before any
+        decryption, unless the profile allows it.
+        """
+        msg = codec.parse_pki_message(body)
+        check_message_digest(msg)  # badAlg for a digest GetCACaps does not offer (MD5)
+        try:
+            content = codec.open_request(msg, ca.ra_key.decrypt, recipient_cert_der=ca.ra_cert_der,
+                                         allow_single_des=profile.settings.allow_single_des, issuer=ca.cert.subject)
+        except SCEPFailure as exc:
+            raise exc.with_message(msg) from None
+        if content.cipher is ContentCipher.DES_CBC:
+            log.warning("scep.single_des", profile=profile.name, transaction_id=msg.transaction_id,
+                        message_type=type_name(msg.message_type))
+        known = NOT_LOOKED_UP
+        policy_error = None
+        if content.csr is not None:
+            self._check_signer_key(profile, ca, msg, content)
+            # the template's rules, judged here in the same thread; applied after a retry is recognised
+            try:
+                profile.policy.check(content.csr, reserved_names=ca.reserved_names,
+                                     proof_checked=content.proof_checked)
+            except PolicyViolation as exc:
+                policy_error = str(exc)
+            if self.repository.inline:
+                known = self.repository.find_sync(profile.name, self.transaction_key(ca, msg))
+        return msg, content, known, policy_error
+
+    @staticmethod
+    def signed_by_us(ca: CertificateAuthority, msg: codec.PKIMessage) -> bool:
+        signer = msg.signer_cert
+        return signer.issuer == ca.cert.subject and ca.issued_by_us(signer)
+
+    @classmethod
+    def foreign_signer(cls, ca: CertificateAuthority, msg: codec.PKIMessage, content: codec.RequestContent) -> bool:
+        """A self-signed request (not a renewal by one of our certificates) whose signer key is not the CSR's."""
+        if cls.signed_by_us(ca, msg):
+            return False
+        return inventory.public_key_sha256(msg.signer_cert.public_key()) != inventory.public_key_sha256(
+            content.public_key)
+
+    def _check_signer_key(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
+                          content: codec.RequestContent) -> None:
+        """Profile setting ``require_signer_csr_key``: the self-signed signer must hold the CSR's key (RFC 8894 §2.3)."""
+        if profile.settings.require_signer_csr_key and self.foreign_signer(ca, msg, content):
+            raise SCEPFailure(FailInfo.BAD_REQUEST,
+                              "the request is signed by a key other than the CSR's (this profile requires the CSR's "
+                              "key)", msg)
+
+    def _signer(self, ca: CertificateAuthority):
+        def sign(data: bytes, digest) -> bytes:
+            return ca.ra_key.sign(data, digest.hash_algorithm())
+        return sign
+
+    def _reply(self, ca: CertificateAuthority, msg: codec.PKIMessage, outcome: Outcome) -> bytes:
+        kwargs = {}
+        if outcome.status is PKIStatus.SUCCESS:
+            # the codec mirrors the request's cipher (single DES answered with AES) and uses the leading bytes
+            kwargs = {"content": outcome.content, "cek": secrets.token_bytes(32), "iv": secrets.token_bytes(16)}
+        return codec.build_cert_rep(request=msg, status=outcome.status, ra_cert_der=ca.ra_cert_der,
+                                    sign=self._signer(ca), sender_nonce=secrets.token_bytes(16),
+                                    signing_time=self.clock(), fail_info=outcome.fail_info,
+                                    fail_text=outcome.fail_text, **kwargs)
+
+    async def _dispatch(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
+                        inner: codec.RequestContent, known=NOT_LOOKED_UP, policy_error: str | None = None) -> Outcome:
+        t = msg.message_type
+        if t in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
+            return await self._enrol(profile, ca, msg, inner, known, policy_error)
+        if t is MessageType.CERT_POLL:
+            return await self._poll(profile, ca, msg, inner)
+        if t is MessageType.GET_CERT:
+            return await self._get_cert(ca, msg, inner)
+        return await self._get_crl(ca, msg, inner)
+
+    # ------------------------------------------------------------------ enrolment
+
+    async def _enrol(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
+                     content: codec.RequestContent, known=NOT_LOOKED_UP, policy_error: str | None = None) -> Outcome:
+        # parsed, key loaded and proof of possession checked in the decryption stage (codec.open_request)
+        e = Enrolment(profile=profile, ca=ca, message=msg, content=content, key=self.transaction_key(ca, msg),
+                      public_key_sha256=inventory.public_key_sha256(content.public_key), known=known,
+                      policy_error=policy_error, signed_by_us=self.signed_by_us(ca, msg))
+        for check in self.checks:
+            answer = await check(e)
+            if answer is not None:
+                return answer
+        e.now = e.now or self.clock()
+        return await self._issue(e)
+
+    async def _issue(self, e: Enrolment) -> Outcome:
+        """Sign, record and answer. A delegated enrolment is recorded ``awaiting_ack`` and delivered only once the
+        MDM accepted the success notification; a renewal is recorded only while its signer is still valid."""
+        profile, ca, msg, key, now, verifier = e.profile, e.ca, e.message, e.key, e.now, e.verifier
+        req = e.request()
+        renewal = req.renewal_of is not None
+        ack = verifier is not None and profile.challenge_kind == "delegated"
+        supersede = renewal and profile.settings.supersede_on_renewal
+        inline = self.repository.inline and not renewal and not ack
+        state = "awaiting_ack" if ack else "issued"
+        for _attempt in range(3):
+            # One thread hop signs the certificate and its CertRep (and with an inline repository commits the rows
+            # in between); the reply leaves only once the rows are committed.
+            cert, rows, outcome = await self._run(self._sign, profile, ca, req, key, e.public_key_sha256, now,
+                                                  inline, state)
+            try:
+                if outcome is None:
+                    raise rows  # the inline write's Duplicate
+                if renewal or ack:
+                    await self.repository.record_guarded(
+                        *rows, renewal_of=req.renewal_of.serial if renewal else None, now=now,
+                        supersede=supersede and not ack)
+                elif not inline:
+                    await self.repository.record(*rows)
+            except Duplicate:
+                # A concurrent retry of the same transaction inserted first: answer with its result.
+                existing = await self.repository.find(profile.name, key)
+                if existing is not None:
+                    return await self.replay(profile, msg, existing, e.public_key_sha256)
+                continue  # the random serial (127 bits) was taken: sign again with a fresh one
+            except SignerChanged as exc:
+                if verifier is not None:
+                    await verifier.after_failure(req, str(exc))
+                raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
+            break
+        else:
+            raise RuntimeError(f"could not record a certificate for transaction {bounded(key)!r}")
+        if supersede and not ack:
+            self.on_status_change(ca.name)
+        if ack:
+            return await self._acknowledge(profile, ca, req, verifier, cert, outcome, key)
+        if verifier is not None:
+            try:
+                await verifier.after_issue(req, cert)
+            except ChallengeRejected as exc:
+                await self.withdraw(ca, outcome.serial, profile.name, key, str(exc))
+                raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
+        return outcome
+
+    async def _acknowledge(self, profile: Profile, ca: CertificateAuthority, req: EnrollmentRequest,
+                           verifier: ChallengeVerifier, cert: x509.Certificate, outcome: Outcome, key: str) -> Outcome:
+        """Tell the MDM about an ``awaiting_ack`` certificate; deliver it only once that succeeded."""
+        msg = req.message
+        try:
+            await verifier.after_issue(req, cert)
+        except ChallengeRejected as exc:
+            await self.withdraw(ca, outcome.serial, profile.name, key, str(exc))
+            raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
+        except Exception:  # noqa: BLE001 - left awaiting_ack: the reconciliation job retries or revokes it
+            log.exception("scep.ack.unresolved", profile=profile.name, transaction_id=bounded(msg.transaction_id),
+                          serial=outcome.serial)
+            return Outcome(PKIStatus.PENDING)
+        try:
+            confirmed = await self.confirm_ack(profile, ca, key, req.renewal_of.serial if req.renewal_of else None)
+        except SignerChanged as exc:
+            await self.withdraw(ca, outcome.serial, profile.name, key, str(exc))
+            raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
+        if not confirmed:  # decided meanwhile (reconciled): answer what the transaction says now
+            row = await self.repository.find(profile.name, key)
+            return await self.state_outcome(profile, msg, row)
+        return outcome
+
+    async def confirm_ack(self, profile: Profile, ca: CertificateAuthority, key: str, renewal_of: str | None) -> bool:
+        """``awaiting_ack`` -> ``issued``, superseding a renewal's signer in the same transaction.
+
+        False when the transaction is no longer awaiting its acknowledgement; SignerChanged when the signer left
+        ``valid`` meanwhile (nothing is changed then).
+        """
+        supersede = renewal_of is not None and profile.settings.supersede_on_renewal
+        try:
+            await self.repository.confirm_ack(profile.name, key, renewal_of=renewal_of, now=self.clock(),
+                                              supersede=supersede)
+        except NotPending:
+            return False
+        if supersede:
+            self.on_status_change(ca.name)
+        return True
+
+    def _sign(self, profile: Profile, ca: CertificateAuthority, req: EnrollmentRequest, key: str, pub_sha: str,
+              now: datetime, inline: bool, state: str = "issued"):
+        """Issue the certificate, write its rows when ``inline``, and build the CertRep SUCCESS (in a thread).
+
+        Returns (certificate, (certificate row, transaction row, event), outcome), or (certificate, the
+        Duplicate, None) when the inline write lost to a concurrent insert.
+        """
+        msg = req.message
+        cert = ca.issue(req.csr, profile.policy, serial=random_serial(), now=now)
+        der = cert.public_bytes(DER)
+        cert_row = inventory.certificate_row(cert, der, ca.name, profile.name, msg.transaction_id, pub_sha, now)
+        cert_row.update(renewal_of=req.renewal_of.serial if req.renewal_of else None,
+                        unused_since=unused_since(req.renewal_of, now) if req.renewal_of else None,
+                        enrolled_device_id=req.device_id)
+        serial = cert_row["serial"]
+        tx_row = dict(profile=profile.name, transaction_id=key, state=state, message_type=int(msg.message_type),
+                      csr_der=req.csr_der, public_key_sha256=pub_sha, serial=serial, created_at=now, updated_at=now)
+        event = dict(at=now, kind="pki.cert.renew" if req.renewal_of else "pki.cert.issue", subject=serial,
+                     actor=f"scep:{profile.name}",
+                     data={"transaction_id": msg.transaction_id, "subject": cert_row["subject"],
+                           "renewal_of": req.renewal_of.serial if req.renewal_of else None})
+        if inline:
+            try:
+                self.repository.record_sync(cert_row, tx_row, event)
+            except Duplicate as exc:
+                return cert, exc, None
+        outcome = Outcome(PKIStatus.SUCCESS, content=codec.build_degenerate([der, ca.cert_der]), serial=serial)
+        outcome.reply = self._reply(ca, msg, outcome)
+        return cert, (cert_row, tx_row, event), outcome
+
+    async def withdraw(self, ca: CertificateAuthority, serial: str, profile: str, key: str, why: str) -> None:
+        """Revoke a certificate that must not be handed out, and mark its transaction rejected."""
+        now = self.clock()
+        await self.repository.withdraw(serial, profile, key, why, dict(
+            at=now, kind="pki.cert.revoke", subject=serial, actor=f"scep:{profile}",
+            data={"reason": "withdrawn after issue", "detail": why}), now=now)
+        self.on_status_change(ca.name)
+
+    # ------------------------------------------------------------------ transactions
+
+    @classmethod
+    def transaction_key(cls, ca: CertificateAuthority, msg: codec.PKIMessage) -> str:
+        """The idempotency key of an enrolment.
+
+        Clients derive the transactionID from the public key (RFC 8894 §3.2.1.1), so a renewal that keeps its
+        key repeats the original enrolment's transactionID: a request signed by one of our certificates is
+        therefore its own transaction, keyed by the signing certificate's serial as well. A key longer than the
+        column is stored hashed. A transactionID that no client sends (control characters such as NUL, more than
+        255 characters) is refused before anything is looked up or spent.
+        """
+        txid = msg.transaction_id
+        if len(txid) > MAX_TRANSACTION_ID or has_control_characters(txid):
+            raise SCEPFailure(FailInfo.BAD_REQUEST, f"invalid transactionID {bounded(txid)!r}: at most "
+                              f"{MAX_TRANSACTION_ID} printable characters", msg)
+        if cls.signed_by_us(ca, msg):
+            txid = f"{txid}/renewal/{msg.signer_cert.serial_number:x}"
+        return txid if len(txid) <= 255 else "sha256:" + hashlib.sha256(txid.encode()).hexdigest()
+
+    async def replay(self, profile: Profile, msg: codec.PKIMessage, row: dict, pub_sha: str) -> Outcome:
+        """A retry of a known transaction: same answer, never a second certificate (RFC 8894 §3.3.1)."""
+        if row["public_key_sha256"] != pub_sha:
+            raise SCEPFailure(FailInfo.BAD_REQUEST, "this transactionID was already used with a different key", msg)
+        return await self.state_outcome(profile, msg, row)
+
+    async def state_outcome(self, profile: Profile, msg: codec.PKIMessage, row: dict) -> Outcome:
+        state = row["state"]
+        if state in ("pending", "awaiting_ack"):  # awaiting_ack: delivered once the MDM acknowledged it
+            return Outcome(PKIStatus.PENDING)
+        if state == "rejected":
+            return Outcome(PKIStatus.FAILURE, fail_info=FailInfo.BAD_REQUEST,
+                           fail_text=row["fail_text"] or "the enrolment was rejected")
+        record = await self.repository.certificate(row["serial"])
+        if record is None or record.status == "revoked":
+            return Outcome(PKIStatus.FAILURE, fail_info=FailInfo.BAD_REQUEST,
+                           fail_text="the certificate of this transaction has been revoked")
+        ca = self.cas[record.ca]
+        return Outcome(PKIStatus.SUCCESS, content=codec.build_degenerate([record.der, ca.cert_der]),
+                       serial=record.serial)
+
+    async def _poll(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
+                    inner: codec.RequestContent) -> Outcome:
+        """CertPoll (GetCertInitial, RFC 8894 §3.3.3): the state of a pending transaction."""
+        if inner.issuer != ca.cert.subject:
+            raise SCEPFailure(FailInfo.BAD_CERT_ID, "CertPoll names an issuer that is not this CA", msg)
+        row = await self.repository.find(profile.name, self.transaction_key(ca, msg))
+        if row is None:
+            raise SCEPFailure(FailInfo.BAD_CERT_ID, "no enrolment with this transactionID", msg)
+        return await self.state_outcome(profile, msg, row)
+
+    async def _get_cert(self, ca: CertificateAuthority, msg: codec.PKIMessage,
+                        inner: codec.RequestContent) -> Outcome:
+        """GetCert (RFC 8894 §3.3.4): a certificate by issuer and serial number."""
+        issuer, serial = self._issuer_and_serial(ca, msg, inner)
+        record = await self.repository.certificate(inventory.serial_hex(serial))
+        if record is None or record.ca != ca.name:
+            raise SCEPFailure(FailInfo.BAD_CERT_ID, "no certificate with this issuer and serial number", msg)
+        return Outcome(PKIStatus.SUCCESS, content=codec.build_degenerate([record.der]), serial=record.serial)
+
+    async def _get_crl(self, ca: CertificateAuthority, msg: codec.PKIMessage,
+                       inner: codec.RequestContent) -> Outcome:
+        """GetCRL (RFC 8894 §3.3.4): the current CRL of the CA that issued the named certificate."""
+        self._issuer_and_serial(ca, msg, inner)
+        if self.crl_source is None:
+            raise SCEPFailure(FailInfo.BAD_REQUEST, "no CRL is published by this server", msg)
+        crl_der = await self.crl_source(ca.name)
+        return Outcome(PKIStatus.SUCCESS, content=codec.build_degenerate([], [crl_der]))
+
+    def _issuer_and_serial(self, ca: CertificateAuthority, msg: codec.PKIMessage, inner: codec.RequestContent):
+        if inner.issuer != ca.cert.subject:
+            raise SCEPFailure(FailInfo.BAD_CERT_ID, "the issuer named is not this CA", msg)
+        return inner.issuer, inner.serial
+
+    # ------------------------------------------------------------------ pending enrolments, leftovers
+
+    async def decide(self, profile_name: str, transaction_id: str, *, approve: bool, actor: str,
+                     reason: str | None = None) -> str:
+        """Approve (issue now) or reject a pending enrolment (scep_server.enrolment.approval)."""
+        return await self.approvals.decide(profile_name, transaction_id, approve=approve, actor=actor, reason=reason)
+
+    async def reconcile_unacknowledged(self, *, older_than: timedelta = ACK_STALE_AFTER) -> dict[str, str]:
+        """Certificates left ``awaiting_ack`` (scep_server.enrolment.reconcile). Returns {serial: outcome}."""
+        return await self.reconciler.run(older_than=older_than)
+
+    async def ack_reconciler(self, every_seconds: float = 60.0) -> None:
+        """A background job: reconcile leftovers at start-up, then periodically."""
+        while True:
+            await self.reconcile_unacknowledged()
+            await asyncio.sleep(every_seconds)

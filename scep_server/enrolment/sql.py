@@ -1,0 +1,373 @@
+"""The enrolment repository on SQLAlchemy: PostgreSQL (asyncpg statements compiled once, one round trip per
+lookup and per issued certificate) and SQLite (raw sqlite3 connections used from the service's worker threads,
+writers queued on a lock and BEGIN IMMEDIATE)."""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import json
+import sqlite3
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from trustkit.db import is_sqlite, sqlite_pragmas, writer
+
+from ..binding.tables import device_certs, devices
+from ..ca import inventory
+from ..ca.inventory import CertRecord, Reason
+from ..store.events import record_event
+from ..store.tables import certificates, events, scep_transactions
+from .repository import Binding, Duplicate, NotPending, SignerStanding, signer_changed
+
+_FIND_TRANSACTION = sa.select(scep_transactions).where(
+    scep_transactions.c.profile == sa.bindparam("profile"),
+    scep_transactions.c.transaction_id == sa.bindparam("transaction_id"))
+
+
+async def in_executor(executor: ThreadPoolExecutor | None, fn, /, *args, **kwargs):
+    """``asyncio.to_thread`` on a given executor: the call runs in a copy of the caller's context."""
+    ctx = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(executor, functools.partial(ctx.run, fn, *args, **kwargs))
+
+
+def _event_row(*, at: datetime, kind: str, subject: str, actor: str, data: dict) -> dict:
+    """An audit event row, as store.events.record_event writes it."""
+    return {"at": at, "kind": kind, "subject": subject, "actor": actor,
+            "data": json.dumps(data, sort_keys=True, default=str)}
+
+
+def _record_statements(cert_row: dict, tx_row: dict, event_row: dict, *, one_statement: bool) -> list:
+    """The inserts of an issued certificate: certificate, transaction, audit event.
+
+    ``one_statement`` (PostgreSQL): WITH c AS (INSERT certificate), t AS (INSERT transaction) INSERT event,
+    atomic by itself and one round trip.
+    """
+    def values(table: sa.Table, row: dict, prefix: str) -> dict:
+        return {k: sa.bindparam(prefix + k, type_=table.c[k].type) for k in row}
+
+    inserts = [(certificates, cert_row, "c_"), (scep_transactions, tx_row, "t_"), (events, event_row, "e_")]
+    if not one_statement:
+        return [table.insert().values(values(table, row, prefix)) for table, row, prefix in inserts]
+    c, t = (table.insert().values(values(table, row, prefix)).cte(prefix[0]) for table, row, prefix in inserts[:2])
+    return [events.insert().values(values(events, event_row, "e_")).add_cte(c).add_cte(t)]
+
+
+def _record_params(cert_row: dict, tx_row: dict, event_row: dict) -> dict:
+    return {**{"c_" + k: v for k, v in cert_row.items()}, **{"t_" + k: v for k, v in tx_row.items()},
+            **{"e_" + k: v for k, v in event_row.items()}}
+
+
+class _Compiled:
+    """A Core statement compiled once for a dialect, executed on the driver connection.
+
+    The enrolment path runs the same three or four statements for every request; SQLAlchemy's per-execution
+    work (cache key, execution context, result wrapping) costs more CPU than the database itself does here.
+    """
+
+    def __init__(self, stmt, dialect, columns: list[sa.Column] | None = None):
+        compiled = stmt.compile(dialect=dialect)
+        self.sql = str(compiled)
+        names = compiled.positiontup or []
+        self._binds = [(name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+                       for name in names]
+        self._columns = [(c.name, c.type.dialect_impl(dialect).result_processor(dialect, None)) for c in columns or ()]
+
+    def params(self, values: dict) -> tuple:
+        return tuple(proc(values[name]) if proc else values[name] for name, proc in self._binds)
+
+    def row(self, raw) -> dict | None:
+        if raw is None:
+            return None
+        return {name: proc(v) if proc else v for (name, proc), v in zip(self._columns, raw)}
+
+
+def _tx_where(profile: str, key: str, *states: str):
+    c = scep_transactions.c
+    where = [c.profile == profile, c.transaction_id == key]
+    if states:
+        where.append(c.state == states[0])
+    return where
+
+
+class SqlRepository:
+    """Every operation through SQLAlchemy on the async engine (any database); the subclasses speed up the
+    lookup and the record of a plain issue, which every enrolment runs."""
+
+    inline = False
+
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+
+    async def prepare(self) -> None:
+        return None
+
+    async def find(self, profile: str, key: str) -> dict | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(_FIND_TRANSACTION, {"profile": profile, "transaction_id": key})).first()
+        return dict(row._mapping) if row is not None else None
+
+    async def record(self, cert_row: dict, tx_row: dict, event: dict) -> None:
+        await self.record_guarded(cert_row, tx_row, event, renewal_of=None, now=cert_row["issued_at"],
+                                  supersede=False)
+
+    async def record_guarded(self, cert_row: dict, tx_row: dict, event: dict, *, renewal_of: str | None,
+                             now: datetime, supersede: bool) -> None:
+        try:
+            async with writer(self.engine).begin() as conn:
+                if renewal_of is not None:
+                    await self._guard_signer(conn, renewal_of, now, supersede=supersede)
+                await conn.execute(certificates.insert(), cert_row)
+                await conn.execute(scep_transactions.insert(), tx_row)
+                await record_event(conn, **event)
+        except IntegrityError as exc:
+            raise Duplicate(str(exc.orig)) from exc
+
+    @staticmethod
+    async def _guard_signer(conn: AsyncConnection, serial: str, now: datetime, *, supersede: bool) -> None:
+        """Within the caller's transaction: the signer must still be ``valid`` (and is revoked as superseded when
+        ``supersede``); the update locks its row, so a concurrent hold either waits for us or wins."""
+        values: dict = {"updated_at": now}
+        if supersede:
+            values.update(status="revoked", revocation_reason=int(Reason.SUPERSEDED), revoked_at=now)
+        res = await conn.execute(certificates.update().where(
+            certificates.c.serial == serial, certificates.c.status == "valid").values(**values))
+        if res.rowcount != 1:
+            current = (await conn.execute(sa.select(certificates.c.status).where(
+                certificates.c.serial == serial))).first()
+            raise signer_changed(current.status if current is not None else None)
+
+    async def insert_transaction(self, tx_row: dict) -> dict | None:
+        try:
+            async with writer(self.engine).begin() as conn:
+                await conn.execute(scep_transactions.insert().values(tx_row))
+        except IntegrityError:
+            return await self.find(tx_row["profile"], tx_row["transaction_id"])
+        return None
+
+    async def certificate(self, serial: str) -> CertRecord | None:
+        async with self.engine.connect() as conn:
+            return await inventory.get(conn, serial)
+
+    async def signer_standing(self, fingerprint_sha256: str) -> SignerStanding | None:
+        async with self.engine.connect() as conn:
+            record = await inventory.get_by_fingerprint(conn, fingerprint_sha256)
+            if record is None:
+                return None
+            successor = (await conn.execute(sa.select(certificates.c.serial).where(
+                certificates.c.renewal_of == record.serial, certificates.c.status != "revoked").limit(1))).first()
+            binding = (await conn.execute(
+                sa.select(device_certs.c.state, device_certs.c.device_id, devices.c.status)
+                .join(devices, devices.c.id == device_certs.c.device_id)
+                .where(device_certs.c.ca == record.ca, device_certs.c.serial == record.serial))).first()
+            if binding is None and record.enrolled_device_id:
+                named = (await conn.execute(sa.select(devices.c.status).where(
+                    devices.c.id == record.enrolled_device_id))).first()
+                if named is not None:
+                    binding = ("active", record.enrolled_device_id, named.status)
+        return SignerStanding(record=record, successor=successor.serial if successor is not None else None,
+                              binding=Binding(*binding) if binding is not None else None)
+
+    async def valid_serials_for_key(self, profile: str, public_key_sha256: str, now: datetime) -> list[str]:
+        c = certificates.c
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(sa.select(c.serial).where(
+                c.profile == profile, c.public_key_sha256 == public_key_sha256, c.status == "valid",
+                c.not_after > now).limit(10))).scalars().all())
+
+    async def record_event(self, event: dict) -> None:
+        async with writer(self.engine).begin() as conn:
+            await record_event(conn, **event)
+
+    async def approve(self, profile: str, key: str, cert_row: dict, event: dict, *, renewal_of: str | None,
+                      now: datetime, supersede: bool, actor: str) -> None:
+        async with writer(self.engine).begin() as conn:
+            if renewal_of is not None:
+                await self._guard_signer(conn, renewal_of, now, supersede=supersede)
+            await conn.execute(certificates.insert().values(cert_row))
+            res = await conn.execute(scep_transactions.update().where(*_tx_where(profile, key, "pending")).values(
+                state="issued", serial=cert_row["serial"], decided_by=actor, updated_at=now))
+            if res.rowcount != 1:  # rolls the certificate back too
+                raise NotPending(key)
+            await record_event(conn, **event)
+
+    async def reject_pending(self, profile: str, key: str, fail_text: str, event: dict, *, actor: str,
+                             now: datetime) -> None:
+        async with writer(self.engine).begin() as conn:
+            res = await conn.execute(scep_transactions.update().where(*_tx_where(profile, key, "pending")).values(
+                state="rejected", fail_text=fail_text, decided_by=actor, updated_at=now))
+            if res.rowcount != 1:
+                raise NotPending(key)
+            await record_event(conn, **event)
+
+    async def withdraw(self, serial: str, profile: str, key: str, why: str, event: dict, *, now: datetime) -> None:
+        async with writer(self.engine).begin() as conn:
+            await inventory.set_status(conn, serial, "revoked", at=now, reason=int(Reason.CESSATION_OF_OPERATION))
+            await conn.execute(scep_transactions.update().where(*_tx_where(profile, key)).values(
+                state="rejected", fail_text=why, updated_at=now))
+            await record_event(conn, **event)
+
+    async def confirm_ack(self, profile: str, key: str, *, renewal_of: str | None, now: datetime,
+                          supersede: bool) -> None:
+        async with writer(self.engine).begin() as conn:
+            if supersede and renewal_of is not None:
+                await self._guard_signer(conn, renewal_of, now, supersede=True)
+            res = await conn.execute(scep_transactions.update().where(
+                *_tx_where(profile, key, "awaiting_ack")).values(state="issued", updated_at=now))
+            if res.rowcount != 1:
+                raise NotPending(key)  # rolls the supersede back too
+
+    async def awaiting_ack(self, updated_before: datetime) -> list[dict]:
+        q = (sa.select(scep_transactions.c.profile, scep_transactions.c.transaction_id, scep_transactions.c.serial,
+                       scep_transactions.c.csr_der, scep_transactions.c.updated_at, certificates.c.der,
+                       certificates.c.ca, certificates.c.transaction_id.label("raw_txid"), certificates.c.renewal_of)
+             .join(certificates, certificates.c.serial == scep_transactions.c.serial)
+             .where(scep_transactions.c.state == "awaiting_ack", scep_transactions.c.updated_at <= updated_before)
+             .limit(1000))
+        async with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in (await conn.execute(q)).all()]
+
+    async def claim(self, row: dict, now: datetime) -> bool:
+        async with writer(self.engine).begin() as conn:
+            claimed = await conn.execute(scep_transactions.update().where(
+                *_tx_where(row["profile"], row["transaction_id"], "awaiting_ack"),
+                scep_transactions.c.updated_at == row["updated_at"]).values(updated_at=now))
+        return claimed.rowcount == 1
+
+
+class PostgresRepository(SqlRepository):
+    """Lookup and record through asyncpg directly, one round trip each."""
+
+    def __init__(self, engine: AsyncEngine):
+        super().__init__(engine)
+        self._find: _Compiled | None = None
+        self._record: _Compiled | None = None
+
+    async def find(self, profile: str, key: str) -> dict | None:
+        params = {"profile": profile, "transaction_id": key}
+        if self._find is None:
+            self._find = _Compiled(_FIND_TRANSACTION, self.engine.dialect, list(scep_transactions.columns))
+        async with self.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            return self._find.row(await driver.fetchrow(self._find.sql, *self._find.params(params)))
+
+    async def record(self, cert_row: dict, tx_row: dict, event: dict) -> None:
+        """Insert the certificate, its transaction and the audit event in one statement."""
+        import asyncpg
+
+        event_row = _event_row(**event)
+        if self._record is None:
+            stmt, = _record_statements(cert_row, tx_row, event_row, one_statement=True)
+            self._record = _Compiled(stmt, self.engine.dialect)
+        async with self.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            try:  # no transaction is open on the connection: the statement commits by itself
+                await driver.execute(self._record.sql, *self._record.params(_record_params(cert_row, tx_row, event_row)))
+            except asyncpg.IntegrityConstraintViolationError as exc:
+                raise Duplicate(str(exc)) from exc
+
+
+class SqliteRepository(SqlRepository):
+    """Lookup and record of a plain issue on synchronous SQLite connections, called from the enrolment's worker
+    threads (the rest as SqlRepository).
+
+    aiosqlite hands every driver call (cursor, execute, fetch, close, BEGIN, COMMIT) to its connection thread
+    and back, a dozen handoffs per enrolment. Here the lookup runs inside the thread that parses and decrypts
+    the request, and the write inside the thread that signs the certificate: no handoff of its own. Writers
+    of one process queue on a lock rather than in SQLite's busy handler, which polls with sleeps.
+    """
+
+    inline = True
+
+    def __init__(self, engine: AsyncEngine):
+        super().__init__(engine)
+        self.executor: ThreadPoolExecutor | None = None  # the SCEP service's (None: the loop's default)
+        self._sync: sa.Engine | None = None
+        self._write_lock = threading.Lock()
+        self._find: _Compiled | None = None
+        self._record: list[_Compiled] = []
+
+    async def prepare(self) -> None:
+        if self._sync is not None:
+            return
+        # the durability the async engine was configured with (PRAGMA synchronous: 0 OFF .. 3 EXTRA)
+        async with self.engine.connect() as conn:
+            level = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
+        if self._sync is None:
+            sync = _sync_sqlite_engine(self.engine, {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(level, "FULL"))
+            self._find = _Compiled(_FIND_TRANSACTION, sync.dialect, list(scep_transactions.columns))
+            self._sync = sync
+            weakref.finalize(self, sync.dispose)
+
+    def find_sync(self, profile: str, key: str) -> dict | None:
+        assert self._sync is not None and self._find is not None
+        raw = self._sync.raw_connection()
+        try:
+            cursor = raw.driver_connection.execute(
+                self._find.sql, self._find.params({"profile": profile, "transaction_id": key}))
+            return self._find.row(cursor.fetchone())
+        finally:
+            raw.close()
+
+    def record_sync(self, cert_row: dict, tx_row: dict, event: dict) -> None:
+        assert self._sync is not None
+        event_row = _event_row(**event)
+        if not self._record:
+            self._record = [_Compiled(stmt, self._sync.dialect)
+                            for stmt in _record_statements(cert_row, tx_row, event_row, one_statement=False)]
+        params = _record_params(cert_row, tx_row, event_row)
+        with self._write_lock:
+            raw = self._sync.raw_connection()
+            try:
+                db = raw.driver_connection
+                db.execute("BEGIN IMMEDIATE")  # take the write lock now (see trustkit.db.writer)
+                try:
+                    for stmt in self._record:
+                        db.execute(stmt.sql, stmt.params(params))
+                    db.execute("COMMIT")
+                except BaseException as exc:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    if isinstance(exc, sqlite3.IntegrityError):
+                        raise Duplicate(str(exc)) from exc
+                    raise
+            finally:
+                raw.close()
+
+    async def find(self, profile: str, key: str) -> dict | None:
+        await self.prepare()
+        return await in_executor(self.executor, self.find_sync, profile, key)
+
+    async def record(self, cert_row: dict, tx_row: dict, event: dict) -> None:
+        await self.prepare()
+        await in_executor(self.executor, self.record_sync, cert_row, tx_row, event)
+
+
+def _sync_sqlite_engine(engine: AsyncEngine, synchronous: str) -> sa.Engine:
+    """A pysqlite engine on the async engine's database file, with the same pragmas (trustkit.db)."""
+    sync = sa.create_engine(engine.url.set(drivername="sqlite+pysqlite"), pool_size=8, max_overflow=8,
+                            connect_args={"timeout": 30, "check_same_thread": False})
+
+    @sa.event.listens_for(sync, "connect")
+    def _pragmas(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # BEGIN and COMMIT are ours
+        sqlite_pragmas(dbapi_conn, synchronous)
+
+    return sync
+
+
+def repository_for(engine: AsyncEngine) -> SqlRepository:
+    """The fastest repository for the engine's database."""
+    if is_sqlite(engine):
+        database = engine.url.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            return SqliteRepository(engine)
+    elif engine.dialect.name == "postgresql" and engine.dialect.driver == "asyncpg":
+        return PostgresRepository(engine)
+    return SqlRepository(engine)

@@ -1,0 +1,140 @@
+"""Every enrolment repository keeps the same guarantees: the in-memory one (used by test_rules.py) and the SQL
+ones on SQLite and PostgreSQL. Writes are all or nothing, duplicates are refused, states are compare-and-set."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+from datetime import timedelta
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from scep_server.ca import inventory
+from scep_server.ca.authority import random_serial
+from scep_server.ca.inventory import Reason
+from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
+from scep_server.enrolment.memory import InMemoryRepository
+from scep_server.enrolment.repository import Duplicate, NotPending, SignerChanged
+from scep_server.enrolment.sql import PostgresRepository, SqliteRepository, repository_for
+from trustkit.db import create_engine
+from tests.conftest import _truncate_pg
+from tests.factories import NOW, csr, make_ca, register_ca, rsa_key
+
+POLICY = IssuancePolicy(CertificateTemplate())
+AT = NOW + timedelta(minutes=1)
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory):
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def key():
+    return rsa_key()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def repo_url(request, tmp_path, sqlite_template):
+    """None for the in-memory repository, else a migrated, empty database."""
+    if request.param == "memory":
+        return None
+    if request.param == "sqlite":
+        shutil.copy(sqlite_template, tmp_path / "test.db")
+        return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    url = request.getfixturevalue("pg_url")
+    asyncio.run(_truncate_pg(url))
+    return url
+
+
+@pytest.fixture
+async def repo(repo_url, ca):
+    if repo_url is None:
+        yield InMemoryRepository()
+        return
+    engine = create_engine(repo_url)
+    try:
+        await register_ca(engine, ca)
+        repository = repository_for(engine)
+        assert isinstance(repository, (SqliteRepository, PostgresRepository))
+        await repository.prepare()
+        yield repository
+    finally:
+        await engine.dispose()
+
+
+def rows(ca, key, txid: str, *, state: str = "issued", renewal_of: str | None = None):
+    cert = ca.issue(csr(key, f"cn-{txid}"), POLICY, serial=random_serial(), now=AT)
+    der = cert.public_bytes(serialization.Encoding.DER)
+    pub = inventory.public_key_sha256(cert.public_key())
+    cert_row = inventory.certificate_row(cert, der, ca.name, "p", txid, pub, AT)
+    cert_row.update(renewal_of=renewal_of, unused_since=None, enrolled_device_id=None)
+    tx_row = dict(profile="p", transaction_id=txid, state=state, message_type=19, csr_der=b"csr",
+                  public_key_sha256=pub, serial=cert_row["serial"], created_at=AT, updated_at=AT)
+    event = dict(at=AT, kind="pki.cert.issue", subject=cert_row["serial"], actor="scep:p", data={"transaction_id": txid})
+    return cert_row, tx_row, event
+
+
+async def test_record_then_find_and_a_duplicate_transaction_writes_nothing(repo, ca, key):
+    first = rows(ca, key, "t1")
+    await repo.record(*first)
+    found = await repo.find("p", "t1")
+    assert found["serial"] == first[0]["serial"] and found["state"] == "issued"
+    assert (await repo.certificate(first[0]["serial"])).status == "valid"
+    again = rows(ca, key, "t1")
+    with pytest.raises(Duplicate):
+        await repo.record(*again)
+    assert await repo.certificate(again[0]["serial"]) is None
+    assert await repo.find("p", "t2") is None
+
+
+async def test_a_renewal_is_recorded_only_while_its_signer_is_valid(repo, ca, key):
+    signer = rows(ca, key, "s")
+    await repo.record(*signer)
+    renewal = rows(ca, key, "r", renewal_of=signer[0]["serial"])
+    await repo.record_guarded(*renewal, renewal_of=signer[0]["serial"], now=AT, supersede=True)
+    old = await repo.certificate(signer[0]["serial"])
+    assert (old.status, old.revocation_reason) == ("revoked", int(Reason.SUPERSEDED))
+    assert (await repo.signer_standing(old.fingerprint_sha256)).successor == renewal[0]["serial"]
+
+    late = rows(ca, key, "r2", renewal_of=signer[0]["serial"])
+    with pytest.raises(SignerChanged, match="revoked"):
+        await repo.record_guarded(*late, renewal_of=signer[0]["serial"], now=AT, supersede=True)
+    assert await repo.certificate(late[0]["serial"]) is None and await repo.find("p", "r2") is None
+
+
+async def test_pending_transactions_are_decided_once(repo, ca, key):
+    cert_row, tx_row, event = rows(ca, key, "pend", state="pending")
+    pending = {k: v for k, v in tx_row.items() if k != "serial"}
+    assert await repo.insert_transaction(pending) is None
+    assert (await repo.insert_transaction(pending))["state"] == "pending"  # the existing row
+    await repo.reject_pending("p", "pend", "no", event, actor="a", now=AT)
+    with pytest.raises(NotPending):
+        await repo.reject_pending("p", "pend", "no", event, actor="a", now=AT)
+    with pytest.raises(NotPending):
+        await repo.approve("p", "pend", cert_row, event, renewal_of=None, now=AT, supersede=False, actor="b")
+    assert await repo.certificate(cert_row["serial"]) is None  # the approval's certificate was not kept
+    assert (await repo.find("p", "pend"))["fail_text"] == "no"
+
+
+async def test_an_acknowledgement_is_confirmed_once_and_leftovers_are_claimed_once(repo, ca, key):
+    cert_row, tx_row, event = rows(ca, key, "ack", state="awaiting_ack")
+    await repo.record_guarded(cert_row, tx_row, event, renewal_of=None, now=AT, supersede=False)
+    [left] = await repo.awaiting_ack(AT + timedelta(minutes=15))
+    assert left["serial"] == cert_row["serial"] and left["raw_txid"] == "ack"
+    assert await repo.claim(left, AT + timedelta(minutes=16))
+    assert not await repo.claim(left, AT + timedelta(minutes=17))  # updated_at moved on
+    await repo.confirm_ack("p", "ack", renewal_of=None, now=AT, supersede=False)
+    with pytest.raises(NotPending):
+        await repo.confirm_ack("p", "ack", renewal_of=None, now=AT, supersede=False)
+    assert await repo.awaiting_ack(AT + timedelta(days=1)) == []
+
+
+async def test_withdraw_revokes_and_rejects(repo, ca, key):
+    cert_row, tx_row, event = rows(ca, key, "w")
+    await repo.record(cert_row, tx_row, event)
+    await repo.withdraw(cert_row["serial"], "p", "w", "refused", dict(event, kind="pki.cert.revoke"), now=AT)
+    record = await repo.certificate(cert_row["serial"])
+    assert (record.status, record.revocation_reason) == ("revoked", int(Reason.CESSATION_OF_OPERATION))
+    assert (await repo.find("p", "w"))["state"] == "rejected"
+    assert await repo.valid_serials_for_key("p", cert_row["public_key_sha256"], AT) == []

@@ -1,0 +1,349 @@
+"""The enrolment rules on the in-memory repository: real pkiMessages through ScepService, no database."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from datetime import timedelta
+
+import pytest
+from trustkit.problems import Conflict
+from cryptography import x509
+
+from scep_server.ca.inventory import Reason, serial_hex
+from scep_server.ca.policy import CertificateTemplate
+from scep_server.enrolment import ChallengeRejected, EnrollmentRequest, ScepService
+from scep_server.enrolment.memory import InMemoryRepository
+from scep_server.enrolment.repository import Binding
+from scep_server.profiles import Profile, ProfileSettings, UnknownProfile
+from scep_server.scep import FailInfo, MessageType, PKIStatus, client
+from tests.factories import NOW, FakeClock, make_ca, rsa_key
+
+SECRET = "in-memory-secret"
+
+
+class Profiles:
+    """A ProfileStore stand-in: profiles by name."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, Profile] = {}
+
+    def add(self, name: str, *, kind: str = "static", **settings) -> Profile:
+        profile = Profile(name=name, ca="default", challenge_kind=kind,
+                          static_secret_sha256=hashlib.sha256(SECRET.encode()).hexdigest(),
+                          settings=ProfileSettings(**settings))
+        self.by_name[name] = profile
+        return profile
+
+    async def get(self, name: str) -> Profile:
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise UnknownProfile(name) from None
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory):
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return [rsa_key() for _ in range(4)]
+
+
+class Harness:
+    def __init__(self, ca):
+        self.ca = ca
+        self.repo = InMemoryRepository()
+        self.profiles = Profiles()
+        self.clock = FakeClock(NOW + timedelta(minutes=1))
+        self.service = ScepService(cas={"default": ca}, profiles=self.profiles, clock=self.clock,
+                                   repository=self.repo, threads=2)
+
+    def body(self, message_type: MessageType, key, content: bytes, *, txid: str, signer_der: bytes | None = None,
+             signer_key=None) -> bytes:
+        return client.build_request(
+            message_type, content=content, signer_cert_der=signer_der or client.make_self_signed_signer(key),
+            signer_key=signer_key or key, recipient_cert_der=self.ca.ra_cert_der, transaction_id=txid,
+            sender_nonce=os.urandom(16), cek=os.urandom(16), iv=os.urandom(16))
+
+    async def send(self, profile: str, body: bytes, reply_key) -> client.CertRepResult:
+        reply = await self.service.pki_operation(profile, body)
+        return client.parse_cert_rep(reply, reply_key, ra_cert_der=self.ca.ra_cert_der)
+
+    async def enrol(self, profile: str, key, *, cn: str = "device", challenge: str | None = SECRET, sans=(),
+                    txid: str | None = None) -> client.CertRepResult:
+        txid = txid or client.transaction_id_for(key.public_key())
+        body = self.body(MessageType.PKCS_REQ, key, client.make_csr(key, cn, challenge, sans), txid=txid)
+        return await self.send(profile, body, key)
+
+    async def poll(self, profile: str, key, *, cn: str = "device") -> client.CertRepResult:
+        subject = x509.Name.from_rfc4514_string(f"CN={cn}")
+        body = self.body(MessageType.CERT_POLL, key, client.issuer_and_subject(self.ca.cert.subject, subject),
+                         txid=client.transaction_id_for(key.public_key()))
+        return await self.send(profile, body, key)
+
+    async def renew(self, profile: str, signer_der: bytes, signer_key, new_key, *, cn: str = "device",
+                    sans=()) -> client.CertRepResult:
+        body = self.body(MessageType.RENEWAL_REQ, new_key, client.make_csr(new_key, cn, None, sans),
+                         txid=client.transaction_id_for(new_key.public_key()), signer_der=signer_der,
+                         signer_key=signer_key)
+        return await self.send(profile, body, signer_key)
+
+    def stored(self) -> tuple[int, int, int]:
+        return len(self.repo.certificates), len(self.repo.transactions), len(self.repo.events)
+
+
+@pytest.fixture
+async def h(ca):
+    harness = Harness(ca)
+    yield harness
+    await harness.service.close()
+
+
+def serial_of(rep: client.CertRepResult) -> str:
+    return serial_hex(x509.load_der_x509_certificate(rep.certs[0]).serial_number)
+
+
+def refused(rep: client.CertRepResult, text: str) -> bool:
+    return rep.status is PKIStatus.FAILURE and rep.fail_info is FailInfo.BAD_REQUEST and text in (rep.fail_text or "")
+
+
+# ---------------------------------------------------------------- transactions
+
+async def test_a_retry_of_a_transaction_returns_the_same_certificate(h, keys):
+    h.profiles.add("p")
+    first = await h.enrol("p", keys[0])
+    again = await h.enrol("p", keys[0])
+    assert first.status is PKIStatus.SUCCESS and again.status is PKIStatus.SUCCESS
+    assert again.certs[0] == first.certs[0]
+    assert h.stored() == (1, 1, 1)
+    assert h.repo.events[0]["kind"] == "pki.cert.issue" and h.repo.events[0]["subject"] == serial_of(first)
+
+
+async def test_a_different_key_under_a_used_transaction_id_is_refused(h, keys):
+    h.profiles.add("p")
+    txid = client.transaction_id_for(keys[0].public_key())
+    assert (await h.enrol("p", keys[0], txid=txid)).status is PKIStatus.SUCCESS
+    rep = await h.enrol("p", keys[1], txid=txid)
+    assert refused(rep, "already used with a different key")
+    assert h.stored() == (1, 1, 1)
+
+
+async def test_concurrent_retries_issue_one_certificate(h, keys):
+    h.profiles.add("p")
+    reps = await asyncio.gather(*(h.enrol("p", keys[0]) for _ in range(4)))
+    assert {r.status for r in reps} == {PKIStatus.SUCCESS}
+    assert len({r.certs[0] for r in reps}) == 1
+    assert len(h.repo.certificates) == 1
+
+
+async def test_a_transaction_id_no_client_sends_is_refused_before_anything_is_stored(h, keys):
+    h.profiles.add("p")
+    rep = await h.enrol("p", keys[0], txid="bad\x00id")
+    assert refused(rep, "invalid transactionID")
+    assert h.stored() == (0, 0, 0)
+
+
+# ---------------------------------------------------------------- challenge and policy
+
+async def test_a_wrong_or_missing_challenge_answers_bad_request_and_records_nothing(h, keys):
+    h.profiles.add("p")
+    assert refused(await h.enrol("p", keys[0], challenge="wrong"), "invalid challenge password")
+    assert refused(await h.enrol("p", keys[1], challenge=None), "no challengePassword")
+    assert h.stored() == (0, 0, 0)
+
+
+async def test_the_template_refuses_before_the_challenge_is_asked(h, keys):
+    h.profiles.add("p")  # the default template copies no SAN
+    asked = []
+
+    class Counting:
+        async def verify(self, req: EnrollmentRequest):
+            asked.append(req)
+
+        async def after_issue(self, req, cert):
+            return None
+
+        async def after_failure(self, req, text):
+            return None
+
+    h.service.verifiers["static"] = Counting()
+    rep = await h.enrol("p", keys[0], sans=["device.example.com"])
+    assert rep.status is PKIStatus.FAILURE and rep.fail_info is FailInfo.BAD_REQUEST
+    assert "subject alternative name" in rep.fail_text
+    assert asked == [] and h.stored() == (0, 0, 0)
+
+
+async def test_a_verifier_may_name_the_device_and_withdraw_after_issue(h, keys):
+    h.profiles.add("p")
+
+    class Naming:
+        def __init__(self):
+            self.refuse = False
+
+        async def verify(self, req):
+            return "device-42"
+
+        async def after_issue(self, req, cert):
+            if self.refuse:
+                raise ChallengeRejected("the MDM refused the certificate")
+
+        async def after_failure(self, req, text):
+            return None
+
+    verifier = h.service.verifiers["static"] = Naming()
+    rep = await h.enrol("p", keys[0], cn="named")
+    assert rep.status is PKIStatus.SUCCESS
+    assert h.repo.certificates[serial_of(rep)]["enrolled_device_id"] == "device-42"
+
+    verifier.refuse = True
+    rep = await h.enrol("p", keys[1], cn="withdrawn")
+    assert refused(rep, "the MDM refused the certificate")
+    withdrawn = [c for c in h.repo.certificates.values() if c["subject"] == "CN=withdrawn"]
+    assert [(c["status"], c["revocation_reason"]) for c in withdrawn] == [
+        ("revoked", int(Reason.CESSATION_OF_OPERATION))]
+    # a retry learns the refusal, and gets no certificate
+    assert refused(await h.enrol("p", keys[1], cn="withdrawn"), "the MDM refused the certificate")
+
+
+# ---------------------------------------------------------------- approval
+
+async def test_a_pending_enrolment_is_issued_once_approved(h, keys):
+    h.profiles.add("manual", require_approval=True)
+    assert (await h.enrol("manual", keys[0])).status is PKIStatus.PENDING
+    assert (await h.poll("manual", keys[0])).status is PKIStatus.PENDING
+    assert h.repo.certificates == {}
+    txid = client.transaction_id_for(keys[0].public_key())
+    serial = await h.service.decide("manual", txid, approve=True, actor="admin")
+    rep = await h.poll("manual", keys[0])
+    assert rep.status is PKIStatus.SUCCESS and serial_of(rep) == serial
+    assert (await h.enrol("manual", keys[0])).certs[0] == rep.certs[0]  # the retried PKCSReq too
+    with pytest.raises(LookupError, match="no pending enrolment"):
+        await h.service.decide("manual", txid, approve=False, actor="admin")
+
+
+async def test_a_rejected_enrolment_fails_at_its_next_poll_and_is_not_decided_twice(h, keys):
+    h.profiles.add("manual", require_approval=True)
+    assert (await h.enrol("manual", keys[0])).status is PKIStatus.PENDING
+    txid = client.transaction_id_for(keys[0].public_key())
+    assert await h.service.decide("manual", txid, approve=False, actor="admin", reason="unknown device") == "rejected"
+    assert refused(await h.poll("manual", keys[0]), "unknown device")
+    with pytest.raises(LookupError):
+        await h.service.decide("manual", txid, approve=True, actor="admin")
+    assert h.repo.certificates == {}
+    assert [e["kind"] for e in h.repo.events] == ["scep.enrolment.reject"]
+
+
+async def test_two_decisions_at_once_issue_at_most_one_certificate(h, keys):
+    h.profiles.add("manual", require_approval=True)
+    assert (await h.enrol("manual", keys[0])).status is PKIStatus.PENDING
+    txid = client.transaction_id_for(keys[0].public_key())
+    results = await asyncio.gather(h.service.decide("manual", txid, approve=True, actor="a"),
+                                   h.service.decide("manual", txid, approve=False, actor="b"),
+                                   return_exceptions=True)
+    lost = (LookupError, Conflict)  # no longer pending, or decided while this decision was being made (409)
+    assert sum(isinstance(r, lost) for r in results) == 1
+    assert len(h.repo.certificates) == (1 if isinstance(results[1], lost) else 0)
+
+
+async def test_an_approval_the_template_now_refuses_rejects_the_enrolment(h, keys):
+    from scep_server.enrolment import ApprovalRefused
+
+    h.profiles.add("manual", require_approval=True, template=CertificateTemplate(min_rsa_bits=2048))
+    assert (await h.enrol("manual", keys[0])).status is PKIStatus.PENDING
+    h.profiles.add("manual", require_approval=True, template=CertificateTemplate(subject_patterns={"CN": "kiosk-.*"}))
+    with pytest.raises(ApprovalRefused):
+        await h.service.decide("manual", client.transaction_id_for(keys[0].public_key()), approve=True, actor="a")
+    assert refused(await h.poll("manual", keys[0]), "template refuses")
+    assert h.repo.certificates == {}
+
+
+# ---------------------------------------------------------------- renewal
+
+def renewal_profile(h: Harness, name: str = "r", **settings) -> None:
+    h.profiles.add(name, template=CertificateTemplate(validity_days=30, san_types=["dns"]), **settings)
+
+
+async def test_a_renewal_within_the_window_supersedes_its_signer(h, keys):
+    renewal_profile(h)
+    old = await h.enrol("r", keys[0], sans=["a.example.com", "b.example.com"])
+    h.clock.advance(days=21)
+    rep = await h.renew("r", old.certs[0], keys[0], keys[1], sans=["a.example.com"])
+    assert rep.status is PKIStatus.SUCCESS, rep.fail_text
+    signer = h.repo.certificates[serial_of(old)]
+    assert (signer["status"], signer["revocation_reason"]) == ("revoked", int(Reason.SUPERSEDED))
+    renewed = h.repo.certificates[serial_of(rep)]
+    assert renewed["renewal_of"] == serial_of(old)
+    assert h.repo.events[-1]["kind"] == "pki.cert.renew"
+    # the superseded certificate renews no more
+    assert refused(await h.renew("r", old.certs[0], keys[0], keys[2]), "revoked (superseded)")
+
+
+async def test_a_renewal_before_the_window_is_refused(h, keys):
+    renewal_profile(h)
+    old = await h.enrol("r", keys[0])
+    h.clock.advance(days=5)
+    assert refused(await h.renew("r", old.certs[0], keys[0], keys[1]), "renewal is accepted only within 10 days")
+    assert len(h.repo.certificates) == 1
+
+
+async def test_a_renewal_may_not_add_subject_alternative_names(h, keys):
+    renewal_profile(h)
+    old = await h.enrol("r", keys[0], sans=["a.example.com"])
+    h.clock.advance(days=21)
+    rep = await h.renew("r", old.certs[0], keys[0], keys[1], sans=["a.example.com", "b.example.com"])
+    assert refused(rep, "names subject alternative names the signing certificate does not have")
+    renewal_profile(h, "equal", renewal_sans="equal")
+    old = await h.enrol("equal", keys[2], cn="eq", sans=["a.example.com", "b.example.com"])
+    h.clock.advance(days=21)
+    assert refused(await h.renew("equal", old.certs[0], keys[2], keys[3], cn="eq", sans=["a.example.com"]),
+                   "differ from the signing certificate's")
+
+
+async def test_a_revoked_held_or_unbound_signer_is_refused(h, keys):
+    renewal_profile(h)
+    reps = [await h.enrol("r", key, cn=f"d{i}") for i, key in enumerate(keys[:3])]
+    h.clock.advance(days=21)
+    h.repo.certificates[serial_of(reps[0])]["status"] = "revoked"
+    h.repo.certificates[serial_of(reps[1])]["status"] = "hold"
+    h.repo.bindings[serial_of(reps[2])] = Binding(state="active", device_id="dev-1", device_status="retired")
+    assert refused(await h.renew("r", reps[0].certs[0], keys[0], keys[3], cn="d0"), "signing certificate is revoked")
+    assert refused(await h.renew("r", reps[1].certs[0], keys[1], keys[3], cn="d1"), "signing certificate is on hold")
+    assert refused(await h.renew("r", reps[2].certs[0], keys[2], keys[3], cn="d2"),
+                   "bound to device dev-1, which is retired")
+    assert len(h.repo.certificates) == 3
+
+
+async def test_a_renewal_is_renewed_only_at_its_own_profile_unless_listed(h, keys):
+    renewal_profile(h, "a")
+    renewal_profile(h, "b")
+    old = await h.enrol("a", keys[0])
+    h.clock.advance(days=21)
+    assert refused(await h.renew("b", old.certs[0], keys[0], keys[1]), "is renewed only there")
+    renewal_profile(h, "a", renewal_to=["b"])
+    assert (await h.renew("b", old.certs[0], keys[0], keys[1])).status is PKIStatus.SUCCESS
+
+
+async def test_a_renewal_req_not_signed_by_this_ca_needs_a_challenge(h, keys):
+    h.profiles.add("p")
+    body = h.body(MessageType.RENEWAL_REQ, keys[0], client.make_csr(keys[0], "device"),
+                  txid=client.transaction_id_for(keys[0].public_key()))
+    assert refused(await h.send("p", body, keys[0]), "RenewalReq must be signed by a valid certificate")
+    assert h.stored() == (0, 0, 0)
+
+
+# ---------------------------------------------------------------- the chain
+
+async def test_a_check_added_to_the_chain_runs_before_issue(h, keys):
+    h.profiles.add("p")
+
+    async def no_test_devices(e):
+        if e.content.csr.subject.rfc4514_string().startswith("CN=test-"):
+            raise e.refuse("test devices are not enrolled here")
+
+    h.service.checks.append(no_test_devices)
+    assert refused(await h.enrol("p", keys[0], cn="test-1"), "test devices are not enrolled here")
+    assert (await h.enrol("p", keys[1], cn="real-1")).status is PKIStatus.SUCCESS
+    assert len(h.repo.certificates) == 1
