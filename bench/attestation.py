@@ -80,9 +80,9 @@ async def prepare(settings, count: int, device: str) -> tuple[str, bytes, bytes,
                 cert, der, ca.name, "devices", None, inventory.public_key_sha256(key.public_key()), now)))
         _, signin = await rt.tokens.create(scope="signin", name="bench", now=now)
         _, admin = await rt.tokens.create(scope="admin", name="bench", now=now)
-        await rt.extras["binding"].devices.create(device, actor="bench")
+        await rt.binding.devices.create(device, actor="bench")
         # nonces as POST /api/v1/attestation/challenge issues them (stateless: the HMAC key is in the database)
-        att = rt.extras["binding"].attestation
+        att = rt.binding.attestation
         att.nonce_ttl = timedelta(hours=1)  # signing the bodies takes longer than the default lifetime
         nonces = [(await att.challenge(device))["nonce"] for _ in range(count)]
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,

@@ -213,7 +213,7 @@ async def bench_backend(backend: str, args: argparse.Namespace, workdir: Path) -
         await initialise(settings)
         keys, data = key_lines(args.keys, 10_000_000)
         async with open_runtime(settings) as rt:
-            service = rt.extras["otp"]
+            service = rt.otp
             res = await service.import_secrets(data)
             assert res.ok and res.imported == len(keys), res.errors[:3]
             info, key_b64 = await service.add_client("bench")
@@ -268,7 +268,7 @@ async def bench_import(backend: str, count: int, workdir: Path) -> tuple[float, 
         async with open_runtime(settings) as rt:
             cpu0 = time.process_time(), cpu_seconds(comm=db.server_comm) if db.server_comm else 0.0
             t0 = time.perf_counter()
-            res = await rt.extras["otp"].import_secrets(data)
+            res = await rt.otp.import_secrets(data)
             elapsed = time.perf_counter() - t0
             cpu = time.process_time() - cpu0[0]
             db_cpu = (cpu_seconds(comm=db.server_comm) - cpu0[1]) if db.server_comm else 0.0

@@ -9,9 +9,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITER = "scep_server/ca/revocation.py"
-# Modules that still write certificate status directly. TEMPORARY: each is to call change_status (the renewal's
-# supersede: expect=CertStatus.VALID, record=False) and lock_status, and then leave this list.
-TEMPORARY = ("scep_server/enroll.py", "scep_server/enrolment/")
+# Modules allowed to write certificate status directly besides the writer (none: enrolment, binding and
+# attestation call revocation.change_status / lock_status inside their transactions).
+TEMPORARY: tuple[str, ...] = ()
 
 STATUS_COLUMNS = frozenset({"status", "revocation_reason", "revoked_at", "invalidity_date"})
 _RAW_UPDATE = re.compile(r"\bupdate\s+certificates\b", re.IGNORECASE)

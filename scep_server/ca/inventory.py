@@ -89,19 +89,6 @@ async def list_certs(conn: AsyncConnection, *, status: str | None = None, profil
     return [_record(r) for r in (await conn.execute(q))]
 
 
-async def set_status(conn: AsyncConnection, serial: str, status: str, *, at: datetime,
-                     reason: int | None = None, invalidity_date: datetime | None = None) -> CertRecord:
-    """Deprecated form of `revocation.change_status` that records no event (the caller records its own):
-    move a certificate to valid/hold/revoked; InventoryError for an unknown serial or a revoked certificate.
-    Kept for the enrolment module until it calls `revocation.change_status`."""
-    from .revocation import change_status
-
-    change = await change_status(conn, serial, CertStatus(status), at=at, actor="", reason=reason,
-                                 invalidity_date=invalidity_date, record=False)
-    assert change is not None and change.record is not None
-    return change.record
-
-
 async def mark_used(conn: AsyncConnection, serial: str, at: datetime) -> None:
     """Record the first successful management attestation (read by the day-91 rule)."""
     await conn.execute(certificates.update()

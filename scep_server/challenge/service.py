@@ -28,6 +28,8 @@ from .throttle import Limits, LoginThrottle, address_key, user_key
 from .webhook import WebhookClient, WebhookDenied, WebhookUnavailable
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from ..runtime import Runtime
 
 log = structlog.get_logger("challenge")
@@ -83,7 +85,7 @@ class ChallengeService:
 
     async def enrolments(self, *, state: str | None, profile: str | None) -> list[dict]:
         """Enrolments in `state` (all when None), of one profile or all: see `list_enrolments`."""
-        return await list_enrolments(self.runtime.engine, state=state, profile=profile)
+        return await enrolments(self.runtime.engine, state=state, profile=profile)
 
     # ------------------------------------------------------------------ Basic login
 
@@ -291,3 +293,9 @@ class DelegatedVerifier:
         except (IntuneRejected, IntuneUnavailable, WebhookUnavailable, ChallengeConfigError) as exc:
             log.warning("challenge.failure_notification_failed", profile=req.profile.name, transaction_id=txid,
                         error=str(exc))
+
+
+async def enrolments(engine: AsyncEngine, *, state: str | None, profile: str | None) -> list[dict]:
+    """Enrolments in `state` (all when None), of one profile or all, for the admin API: approval works on
+    every profile, so this needs no challenge service (the capability may be switched off)."""
+    return await list_enrolments(engine, state=state, profile=profile)

@@ -17,7 +17,7 @@ from ..web.auth import bad_credentials, basic_credentials, basic_realm, requires
 from ..web.client import client_address
 from .config import ChallengeConfigError
 from .page import cache_full_page, challenge_page
-from .service import ENROLMENT_STATES, CacheFull, ChallengeService, NotDynamic, expectations_from
+from .service import ENROLMENT_STATES, CacheFull, ChallengeService, NotDynamic, enrolments, expectations_from
 
 log = structlog.get_logger("challenge.http")
 
@@ -145,8 +145,8 @@ async def api_list_enrolments(request: web.Request) -> web.Response:
     state = request.query.get("state", "pending")
     if state not in (*ENROLMENT_STATES, "all"):
         raise BadRequest(f"state must be one of {', '.join(ENROLMENT_STATES)} or all")
-    rows = await _service(request).enrolments(state=None if state == "all" else state,
-                                              profile=request.query.get("profile") or None)
+    rows = await enrolments(request.app[RUNTIME].engine, state=None if state == "all" else state,
+                            profile=request.query.get("profile") or None)
     return web.json_response({"enrolments": rows})
 
 

@@ -129,7 +129,11 @@ class CrlService:
         if payload != "status":
             for pub in self.publishers.values():
                 pub.poll_soon()
-        due = time.monotonic() + self.grace().total_seconds() + 0.05
+        self._look_again_in(self.grace().total_seconds() + 0.05)
+
+    def _look_again_in(self, seconds: float) -> None:
+        """Have the safety net look in `seconds` (or sooner, if it already will)."""
+        due = time.monotonic() + seconds
         if self.check_due is None or due < self.check_due:
             self.check_due = due
             self.watch_wake.set()
@@ -193,7 +197,10 @@ class CrlService:
         woken = []
         for ca, pub in self.publishers.items():
             cur = pub.current
-            if cur is None or marker < cur.this_update or now - marker < self.grace():
+            if cur is None or marker < cur.this_update:
+                continue
+            if now - marker < self.grace():  # the process that made it may still publish: look again then
+                self._look_again_in((self.grace() - (now - marker)).total_seconds() + 0.05)
                 continue
             if ca in self._pending:
                 continue  # already announced here, the publisher is on it

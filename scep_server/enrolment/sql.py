@@ -22,6 +22,8 @@ from trustkit.db import is_sqlite, sqlite_pragmas, writer
 from ..binding.tables import device_certs, devices
 from ..ca import inventory
 from ..ca.inventory import CertRecord, Reason
+from ..ca.revocation import change_status, lock_status
+from ..ca.status import CertStatus
 from ..store.events import record_event
 from ..store.tables import certificates, events, scep_transactions
 from .repository import Binding, Duplicate, NotPending, SignerStanding, signer_changed
@@ -132,13 +134,14 @@ class SqlRepository:
     @staticmethod
     async def _guard_signer(conn: AsyncConnection, serial: str, now: datetime, *, supersede: bool) -> None:
         """Within the caller's transaction: the signer must still be ``valid`` (and is revoked as superseded when
-        ``supersede``); the update locks its row, so a concurrent hold either waits for us or wins."""
-        values: dict = {"updated_at": now}
+        ``supersede``, with no event of its own: the renewal's event covers it); the update locks its row, so a
+        concurrent hold either waits for us or wins."""
         if supersede:
-            values.update(status="revoked", revocation_reason=int(Reason.SUPERSEDED), revoked_at=now)
-        res = await conn.execute(certificates.update().where(
-            certificates.c.serial == serial, certificates.c.status == "valid").values(**values))
-        if res.rowcount != 1:
+            ok = await change_status(conn, serial, CertStatus.REVOKED, at=now, actor="scep:renewal",
+                                     reason=Reason.SUPERSEDED, expect=CertStatus.VALID, record=False) is not None
+        else:
+            ok = await lock_status(conn, serial, expect=CertStatus.VALID, at=now)
+        if not ok:
             current = (await conn.execute(sa.select(certificates.c.status).where(
                 certificates.c.serial == serial))).first()
             raise signer_changed(current.status if current is not None else None)
@@ -208,10 +211,10 @@ class SqlRepository:
 
     async def withdraw(self, serial: str, profile: str, key: str, why: str, event: dict, *, now: datetime) -> None:
         async with writer(self.engine).begin() as conn:
-            await inventory.set_status(conn, serial, "revoked", at=now, reason=int(Reason.CESSATION_OF_OPERATION))
+            await change_status(conn, serial, CertStatus.REVOKED, at=now, actor=event["actor"],
+                                reason=Reason.CESSATION_OF_OPERATION, data=event["data"])
             await conn.execute(scep_transactions.update().where(*_tx_where(profile, key)).values(
                 state="rejected", fail_text=why, updated_at=now))
-            await record_event(conn, **event)
 
     async def confirm_ack(self, profile: str, key: str, *, renewal_of: str | None, now: datetime,
                           supersede: bool) -> None:

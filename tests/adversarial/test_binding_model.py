@@ -33,6 +33,8 @@ from scep_server.binding.errors import InvalidTransition
 from scep_server.binding.tables import device_certs
 from scep_server.ca import inventory
 from scep_server.ca.inventory import Reason
+from scep_server.ca.revocation import change_status
+from scep_server.ca.status import CertStatus
 from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
 from trustkit.clock import SettableClock
 from trustkit.db import create_engine, writer
@@ -242,10 +244,10 @@ def machine(ca, db_url: str, sqlite_template):
             async def go():
                 async with writer(self.engine).begin() as conn:
                     if hold and cert.status == "valid":
-                        await inventory.set_status(conn, cert.serial, "hold", at=START)
+                        await change_status(conn, cert.serial, CertStatus.HOLD, at=START, actor="test:model")
                     elif not hold:
-                        await inventory.set_status(conn, cert.serial, "revoked", at=START,
-                                                   reason=int(Reason.KEY_COMPROMISE))
+                        await change_status(conn, cert.serial, CertStatus.REVOKED, at=START, actor="test:model",
+                                            reason=Reason.KEY_COMPROMISE)
 
             self.run(go())
             if hold and cert.status == "valid":

@@ -150,8 +150,7 @@ async def test_a_lost_race_is_a_409_conflict_and_a_missing_enrolment_a_404(srv, 
 
 async def test_rejecting_an_enrolment_that_is_no_longer_pending_raises_a_conflict(srv):
     with pytest.raises(Conflict, match="concurrently"):
-        await srv.runtime.scep._reject_pending("default", "never-pending", "no", actor="test", now=NOW,
-                                               reason=None)
+        await srv.runtime.scep.approvals.reject("default", "never-pending", "no", actor="test", now=NOW, reason=None)
 
 
 async def test_a_device_changed_concurrently_is_a_409_with_its_own_code(srv, monkeypatch):

@@ -17,7 +17,8 @@ from scep_server.enrolment.memory import InMemoryRepository
 from scep_server.enrolment.repository import Binding
 from scep_server.profiles import Profile, ProfileSettings, UnknownProfile
 from scep_server.scep import FailInfo, MessageType, PKIStatus, client
-from tests.factories import NOW, FakeClock, make_ca, rsa_key
+from tests.factories import NOW, make_ca, rsa_key
+from trustkit.clock import SettableClock
 
 SECRET = "in-memory-secret"
 
@@ -57,7 +58,7 @@ class Harness:
         self.ca = ca
         self.repo = InMemoryRepository()
         self.profiles = Profiles()
-        self.clock = FakeClock(NOW + timedelta(minutes=1))
+        self.clock = SettableClock(NOW + timedelta(minutes=1))
         self.service = ScepService(cas={"default": ca}, profiles=self.profiles, clock=self.clock,
                                    repository=self.repo, threads=2)
 
