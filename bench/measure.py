@@ -1,10 +1,28 @@
-"""What the benchmarks share: ports, process CPU time from /proc, and the store's durable commit rate."""
+"""What the benchmarks share: ports, process CPU time from /proc, the store's durable commit rate, and the
+PostgreSQL administration connection (fresh databases per run)."""
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import time
+
+
+PG_ADMIN = os.environ.get("SCEP_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def pg_admin(sql: str) -> None:
+    """Run one statement (CREATE / DROP DATABASE) on the administration connection."""
+    import asyncpg
+
+    async def go():
+        conn = await asyncpg.connect(PG_ADMIN, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+    asyncio.run(go())
 
 
 def free_port() -> int:

@@ -30,14 +30,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from measure import free_port  # noqa: E402  (bench/measure.py)
+from measure import PG_ADMIN, free_port, pg_admin  # noqa: E402  (bench/measure.py)
 
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import padding, rsa  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
-PG_ADMIN = os.environ.get("SCEP_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TARGET = 1.0
 
 
@@ -244,17 +243,6 @@ def run_db(kind: str, db_url: str | None, args, root: Path) -> dict:
             "api_other": api_other, "api_recorded": api_recorded}
 
 
-def _pg_admin(sql: str) -> None:
-    import asyncpg
-
-    async def go():
-        conn = await asyncpg.connect(PG_ADMIN, timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-    asyncio.run(go())
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -274,13 +262,13 @@ def main() -> None:
             report(results[-1], args)
         if args.db in ("postgresql", "both"):
             name = f"prop_bench_{uuid.uuid4().hex[:10]}"
-            _pg_admin(f'CREATE DATABASE "{name}"')
+            pg_admin(f'CREATE DATABASE "{name}"')
             try:
                 url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
                 results.append(run_db("postgresql", url, args, root))
                 report(results[-1], args)
             finally:
-                _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         if args.keep:
             print(f"kept {root}", file=sys.stderr)

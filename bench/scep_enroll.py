@@ -37,9 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from measure import cpu_seconds, free_port  # noqa: E402  (bench/measure.py)
+from measure import PG_ADMIN, cpu_seconds, free_port, pg_admin  # noqa: E402  (bench/measure.py)
 
-PG_ADMIN = os.environ.get("SCEP_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TARGET_RATIO = 0.30
 
 
@@ -262,17 +261,6 @@ class Server:
         self.log.close()
 
 
-def _pg_admin(sql: str) -> None:
-    import asyncpg
-
-    async def go():
-        conn = await asyncpg.connect(PG_ADMIN, timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-    asyncio.run(go())
-
 
 def _inventory_count(db_url: str) -> tuple[int, int]:
     import sqlalchemy as sa
@@ -320,7 +308,7 @@ def main() -> int:
     pg_name = None
     if args.pg:
         pg_name = f"scep_bench_{uuid.uuid4().hex[:10]}"
-        _pg_admin(f'CREATE DATABASE "{pg_name}"')
+        pg_admin(f'CREATE DATABASE "{pg_name}"')
         db_url = PG_ADMIN.rsplit("/", 1)[0] + "/" + pg_name
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, database "
           f"{'PostgreSQL' if args.pg else 'SQLite (WAL, synchronous FULL)'}, {args.workers} server workers")
@@ -430,7 +418,7 @@ def main() -> int:
         "ceilings": ceilings, "duplicate_serials": dup, "inventory_rows": inv_rows,
         "inventory_distinct_serials": inv_distinct, "successful_replies": len(all_serials), "target_met": ok}))
     if pg_name:
-        _pg_admin(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+        pg_admin(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
     if args.keep:
         print(f"data directory kept: {tmp}")
     else:
