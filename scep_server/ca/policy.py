@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Iterable, Literal
 
 import re2
-from badkeys.rsakeys import fermat, roca
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
@@ -21,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..scep.message import csr_signature_valid
 from ..scep.types import Digest, FailInfo, SCEPFailure
 
 
@@ -233,6 +231,8 @@ class IssuancePolicy:
         pub = csr.public_key()
         if not isinstance(pub, rsa.RSAPublicKey):
             return
+        from badkeys.rsakeys import fermat, roca  # imported when first needed: CLI commands never need it
+
         n = pub.public_numbers().n
         if roca(n):
             raise PolicyViolation("the RSA key has the ROCA fingerprint (CVE-2017-15361, Infineon key generation): "
@@ -333,6 +333,8 @@ class IssuancePolicy:
         scep.message.open_request). CPU-bound (the weak-key arithmetic, a signature verification unless
         ``proof_checked``): call it from a worker thread.
         """
+        from ..scep.message import csr_signature_valid  # the SCEP codec, loaded when a CSR is first checked
+
         try:
             self.check_key(csr)
             self.check_signature_algorithm(csr)

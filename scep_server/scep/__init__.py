@@ -1,16 +1,28 @@
-"""SCEP wire codec (RFC 8894): pure functions from bytes to frozen values and back, no I/O."""
-from . import oids  # noqa: F401  (registers the SCEP attribute OIDs with asn1crypto)
-from .algorithms import rsa_padding
-from .message import (PKIMessage, build_cert_rep, build_degenerate, build_next_ca_cert, decode_get_message,
-                      decrypt_envelope, parse_degenerate, parse_issuer_and_serial, parse_issuer_and_subject,
-                      parse_pki_message)
-from .message import RequestContent, open_request
-from .types import (REQUEST_TYPES, ContentCipher, Digest, FailInfo, MalformedMessage, MessageType, PKIStatus,
-                    SCEPFailure)
+"""SCEP wire codec (RFC 8894): pure functions from bytes to frozen values and back, no I/O.
 
-__all__ = [
-    "PKIMessage", "parse_pki_message", "decrypt_envelope", "parse_issuer_and_subject", "parse_issuer_and_serial",
-    "build_cert_rep", "build_degenerate", "parse_degenerate", "build_next_ca_cert", "decode_get_message",
-    "rsa_padding", "MessageType", "PKIStatus", "FailInfo", "ContentCipher", "Digest", "MalformedMessage",
-    "SCEPFailure", "REQUEST_TYPES", "RequestContent", "open_request",
-]
+The names below are loaded from their modules when first used, so that importing one small module of the
+codec (e.g. `scep.types` for the failure codes) does not load the whole codec and asn1crypto's CMS.
+"""
+from __future__ import annotations
+
+import importlib
+
+_HOME = {
+    "rsa_padding": "algorithms",
+    **dict.fromkeys(("PKIMessage", "build_cert_rep", "build_degenerate", "build_next_ca_cert", "decode_get_message",
+                     "decrypt_envelope", "parse_degenerate", "parse_issuer_and_serial", "parse_issuer_and_subject",
+                     "parse_pki_message", "RequestContent", "open_request"), "message"),
+    **dict.fromkeys(("REQUEST_TYPES", "ContentCipher", "Digest", "FailInfo", "MalformedMessage", "MessageType",
+                     "PKIStatus", "SCEPFailure"), "types"),
+}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
