@@ -198,7 +198,7 @@ def build_table(sizes: list[int], directory: Path) -> list[dict]:
 async def _record_crl(settings, n: int) -> bytes:
     """Initialise a server data directory (SQLite) and record a CRL of `n` entries signed by its CA, the way a
     publisher records one: the server adopts it at start-up and serves it."""
-    from crl.der import utc_seconds
+    from trustkit.der import utc_seconds
     from crl.store import CrlStateStore
     from scep_server.crlwiring.service import key_ops_signer
     from scep_server.runtime import initialise, load_cas

@@ -70,7 +70,7 @@ async def prepare(settings, count: int) -> dict:
                     cert, der, ca.name, "devices", None, inventory.public_key_sha256(key.public_key()), now)))
             certs.append((cert, key))
         for i in range(count):
-            await rt.extras["binding"].devices.create(f"dev-{i}", actor="bench")
+            await rt.binding.devices.create(f"dev-{i}", actor="bench")
         _, signin = await rt.tokens.create(scope="signin", name="bench", now=now)
         _, admin = await rt.tokens.create(scope="admin", name="bench", now=now)
     return {"certs": certs, "signin": signin, "admin": admin}
