@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 from http import HTTPStatus
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from aiohttp import web
+if TYPE_CHECKING:  # aiohttp is loaded when a problem is rendered, not by the modules that only raise
+    from aiohttp import web
 
 PROBLEM_JSON = "application/problem+json"
 RETRY_AFTER_SECONDS = 5  # what a 503 asks the client to wait unless it says otherwise
@@ -64,6 +65,8 @@ def problem(status: int, detail: str, *, title: str | None = None, code: str | N
     body: dict[str, Any] = {"type": type, "title": title or default_title(status), "status": status,
                             "detail": detail, "code": code or default_code(status)}
     body.update(extra)  # (a keyword cannot name a standard member twice)
+    from aiohttp import web  # here, not at the top: modules that only raise these errors load no HTTP stack
+
     return web.Response(status=status, text=json.dumps(body), content_type=PROBLEM_JSON,
                         headers=dict(headers) if headers else None)
 
