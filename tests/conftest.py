@@ -129,3 +129,13 @@ def cli(tmp_path, monkeypatch):
 
     invoke("init")
     return invoke
+
+
+@pytest.fixture
+def fast_job_backoff(monkeypatch):
+    """Supervised jobs restart after milliseconds, not seconds, and settle quickly (scep_server.jobs)."""
+    from scep_server import jobs
+
+    monkeypatch.setattr(jobs, "INITIAL_BACKOFF", 0.01)
+    monkeypatch.setattr(jobs, "MAX_BACKOFF", 0.05)
+    monkeypatch.setattr(jobs, "SETTLE", 0.3)

@@ -10,7 +10,6 @@ import sqlalchemy as sa
 import structlog
 
 from otp.tables import otp_yubikeys
-from scep_server import jobs
 from scep_server.app import JOBS
 from scep_server.challenge.store import ChallengeStore
 from scep_server.jobs import Supervisor
@@ -89,10 +88,7 @@ async def _readyz(url: str) -> tuple[int, str]:
         return r.status, await r.text()
 
 
-async def test_a_crashing_app_job_is_restarted_and_readyz_shows_it(aiohttp_server, tmp_path, db_url, monkeypatch):
-    monkeypatch.setattr(jobs, "INITIAL_BACKOFF", 0.01)
-    monkeypatch.setattr(jobs, "MAX_BACKOFF", 0.05)
-    monkeypatch.setattr(jobs, "SETTLE", 0.3)
+async def test_a_crashing_app_job_is_restarted_and_readyz_shows_it(aiohttp_server, tmp_path, db_url, monkeypatch, fast_job_backoff):
     broken = True
     calls = 0
     real_prune = ChallengeStore.prune

@@ -9,7 +9,6 @@ import aiohttp
 import structlog
 
 from crl.check import CrlChecker
-from scep_server import jobs
 from scep_server.app import JOBS
 from scep_server.binding.service import services
 from tests.server import start_app
@@ -27,10 +26,7 @@ async def _check(url: str, name: str) -> str | None:
         return json.loads(await r.text())["checks"].get(name)
 
 
-async def test_a_raising_checker_round_is_restarted_and_reported(aiohttp_server, tmp_path, db_url, monkeypatch):
-    monkeypatch.setattr(jobs, "INITIAL_BACKOFF", 0.01)
-    monkeypatch.setattr(jobs, "MAX_BACKOFF", 0.05)
-    monkeypatch.setattr(jobs, "SETTLE", 0.3)
+async def test_a_raising_checker_round_is_restarted_and_reported(aiohttp_server, tmp_path, db_url, monkeypatch, fast_job_backoff):
     broken = False
     rounds = 0
     real_round = CrlChecker.run_round
