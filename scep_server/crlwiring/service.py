@@ -45,6 +45,12 @@ log = structlog.get_logger("crl.service")
 STEP_IN_MARGIN = 0.4
 STEP_IN_SPREAD = 0.3
 
+
+def is_command_line(actor: str | None) -> bool:
+    """Whether a change was made by `scep-server` on the command line (actor ``cli`` or ``cli:<user>``), a
+    process that signs no CRL."""
+    return actor is not None and (actor == "cli" or actor.startswith("cli:"))
+
 _HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 
 
@@ -129,7 +135,9 @@ class CrlService:
         if payload != "status":
             for pub in self.publishers.values():
                 pub.poll_soon()
-        self._look_again_in(self.grace().total_seconds() + 0.05)
+        # a quick look: a change made by a command-line process is signed at once; the safety net looks again
+        # when the grace of a change made by a server has passed (check_marker)
+        self._look_again_in(self.grace(from_command_line=True).total_seconds())
 
     def _look_again_in(self, seconds: float) -> None:
         """Have the safety net look in `seconds` (or sooner, if it already will)."""
@@ -180,11 +188,22 @@ class CrlService:
         found = [aware(v) for v in row if v is not None]
         return max(found) if found else None
 
-    def grace(self) -> timedelta:
-        """How long the process that made a change has to publish it before the others step in: its coalescing
-        delay and a margin for signing and recording. A change made where nothing publishes (a command-line
-        process) is signed by the first instance whose grace ends; the others adopt that CRL when it is
-        announced, and if two sign, the higher number wins everywhere."""
+    async def _actor_of(self, marker: datetime) -> str | None:
+        """Who made the status change recorded at `marker` (the newest one)."""
+        c = events.c
+        async with self.runtime.engine.connect() as conn:
+            return (await conn.execute(sa.select(c.actor).where(c.kind.in_(STATUS_EVENTS), c.at == marker)
+                                       .limit(1))).scalar_one_or_none()
+
+    def grace(self, *, from_command_line: bool = False) -> timedelta:
+        """How long the process that made a change has to publish it before the others step in.
+
+        A server publishes its own changes after its coalescing delay: its grace is that delay and a margin for
+        signing and recording. A command-line process signs no CRL: its changes are signed by the first instance
+        whose spread ends. Either way the others adopt that CRL when it is announced, and if two sign, the higher
+        number wins everywhere."""
+        if from_command_line:
+            return timedelta(seconds=0.05 + self._spread)
         return self.settings.coalesce_delay + timedelta(seconds=STEP_IN_MARGIN + self._spread)
 
     async def check_marker(self) -> list[str]:
@@ -195,21 +214,32 @@ class CrlService:
             return []
         now = self.runtime.clock()
         woken = []
+        from_command_line: bool | None = None  # read once, when a CA's CRL is older than the change
         for ca, pub in self.publishers.items():
             cur = pub.current
             if cur is None or marker < cur.this_update:
                 continue
-            if now - marker < self.grace():  # the process that made it may still publish: look again then
-                self._look_again_in((self.grace() - (now - marker)).total_seconds() + 0.05)
+            if from_command_line is None:
+                from_command_line = is_command_line(await self._actor_of(marker))
+            grace = self.grace(from_command_line=from_command_line)
+            if now - marker < grace:  # the process that made it may still publish: look again then
+                self._look_again_in((grace - (now - marker)).total_seconds() + 0.05)
                 continue
             if ca in self._pending:
                 continue  # already announced here, the publisher is on it
             if await pub.refresh_from_store() and marker < pub.current.this_update:
                 continue  # another instance has recorded a CRL with the change: adopted, not signed again
+            woken.append(ca)
+            if from_command_line:
+                try:  # nobody else will: sign now (the change is already past any coalescing)
+                    await pub.publish_now()
+                except PublishError as exc:  # the publisher's own loop retries on its schedule
+                    log.error("crl.step_in.failed", ca=ca, error=str(exc))
+                    self.on_status_change(ca)
+                continue
             if marker != self._marker_seen:
                 log.warning("crl.change_not_published", ca=ca, change_at=marker.isoformat(), serving=cur.number,
                             this_update=cur.this_update.isoformat())
-            woken.append(ca)
             self.on_status_change(ca)
         self._marker_seen = marker
         return woken

@@ -15,13 +15,14 @@ from cryptography.hazmat.primitives import serialization
 
 from scep_server.ca.inventory import Reason, serial_hex
 from scep_server.crlwiring.changes import ChangeFeed
-from scep_server.runtime import open_runtime
+from scep_server.runtime import Uses, open_runtime
 from scep_server.store.events import announce, record_event
 from tests.server import run, serve_processes, start_app
 from trustkit.clock import utcnow
 from trustkit.db import create_engine, writer
 
-from .conftest import cdp_of, crl_serials, enrol_with_codec, enrol_with_scepclient, fetch, publisher, wait_for
+from .conftest import (cdp_of, crl_serials, enrol_with_codec, enrol_with_scepclient, fetch, publisher, service,
+                       wait_for)
 
 POLL = 0.5
 ENV = {"SCEP_SERVER_CRL__POLL_INTERVAL": str(POLL), "SCEP_SERVER_CRL__COALESCE_DELAY": "0.1"}
@@ -170,6 +171,23 @@ async def test_a_revocation_by_a_command_line_process_is_served_within_a_second(
         print(f"command-line revocation served by the running server {waited * 1000:.0f} ms after it was committed")
         assert waited < FEED_BOUND
         assert publisher(srv).current.entries == 1
+
+
+async def test_a_command_line_change_is_signed_at_once_not_after_the_servers_coalescing(aiohttp_server, tmp_path,
+                                                                                       db_url):
+    """A command-line process signs no CRL: a running server signs its change as soon as it learns of it, not after
+    the grace it leaves a server that made a change (its coalescing delay, here 3 s, and a margin)."""
+    srv = await start_app(aiohttp_server, tmp_path, db_url,
+                          crl={"coalesce_delay": 3, "poll_interval": 60, "retry_interval": 0.5})
+    await publisher(srv).wait_newer(None, timeout=10)
+    async with aiohttp.ClientSession() as session:
+        _, cert = await enrol_with_codec(session, srv.url, srv.challenge(), "cli-at-once")
+        async with open_runtime(srv.settings, uses=Uses(revocation=True)) as cli:  # what `cert revoke` opens
+            await cli.revocation.revoke(serial_hex(cert.serial_number), Reason.KEY_COMPROMISE, actor="cli")
+        waited = await _served(session, srv.url, cert.serial_number)
+        print(f"command-line revocation served {waited * 1000:.0f} ms after it was committed")
+        assert waited < FEED_BOUND
+        assert service(srv).grace().total_seconds() > 3  # a server's own change would still be in its grace
 
 
 async def test_a_revocation_on_a_peer_instance_is_served_by_the_other_within_a_second(aiohttp_server, tmp_path,
