@@ -52,6 +52,8 @@ def configure(level: str = "info", fmt: str = "json", *, cache: bool = False) ->
     handler.setFormatter(formatter)
     root.addHandler(handler)
     root.setLevel(lvl)
+    # Alembic announces each of its plugins at info at every start: noise for an operator below debug
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING if lvl > logging.DEBUG else logging.NOTSET)
 
 
 class _StderrHandler(logging.StreamHandler):

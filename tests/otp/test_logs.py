@@ -58,3 +58,11 @@ async def test_otp_security_event_reaches_the_log_with_its_fields(json_logs, cap
     assert len(events) == 1
     assert (events[0]["reason"], events[0]["user"], events[0]["source"]) == ("unknown_key", "eve", "198.51.100.9")
     assert events[0]["public_id"] == make_key(801).public_id
+
+
+def test_migrations_do_not_announce_their_plugins_at_info(json_logs, capsys):
+    """At info an operator sees what the server does, not alembic's plugin set-up at every start."""
+    logging.getLogger("alembic.runtime.plugins").info("setup plugin alembic.autogenerate.schemas")
+    logging.getLogger("alembic.runtime.migration").info("Running upgrade")
+    events = [line["event"] for line in json_lines(capsys.readouterr().err)]
+    assert events == ["Running upgrade"]
