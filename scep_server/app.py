@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
-import structlog
 from aiohttp import web
 
 from . import features
@@ -13,8 +12,6 @@ from .config import Settings
 from .jobs import Supervisor
 from .runtime import Uses, open_runtime
 from .web import auth, ca, client, errors, health, scep
-
-log = structlog.get_logger("http")
 
 JOBS = web.AppKey("jobs", Supervisor)  # the supervisor of the background jobs, while the server runs
 

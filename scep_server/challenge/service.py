@@ -83,10 +83,6 @@ class ChallengeService:
                  payload_identifier=payload_identifier, expires_at=issued.expires_at.isoformat())
         return issued
 
-    async def enrolments(self, *, state: str | None, profile: str | None) -> list[dict]:
-        """Enrolments in `state` (all when None), of one profile or all: see `list_enrolments`."""
-        return await enrolments(self.runtime.engine, state=state, profile=profile)
-
     # ------------------------------------------------------------------ Basic login
 
     async def login(self, profile: str, creds: BasicCredentials, user: str, password: str, address: str) -> Login:
