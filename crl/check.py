@@ -759,8 +759,9 @@ class CrlChecker:
                 wait = self.run_round()
                 self._wake.clear()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), wait)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+                except TimeoutError:
                     pass
         except asyncio.CancelledError:
             for task in list(self._running):

@@ -172,7 +172,8 @@ class Publisher:
                 await self._published.wait()
             return self._current
 
-        return await asyncio.wait_for(_wait(), timeout)
+        async with asyncio.timeout(timeout):
+            return await _wait()
 
     # ---- publishing
 
@@ -344,8 +345,9 @@ class Publisher:
                 self._wake.clear()
                 if wait > 0 and not self._poll_requested:
                     try:
-                        await asyncio.wait_for(self._wake.wait(), wait)
-                    except asyncio.TimeoutError:
+                        async with asyncio.timeout(wait):
+                            await self._wake.wait()
+                    except TimeoutError:
                         pass
             except asyncio.CancelledError:
                 raise

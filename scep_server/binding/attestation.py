@@ -473,9 +473,9 @@ class AttestationService:
                 for url in pending:
                     self._first_fetch_done.add((info.ca, url))
                 try:
-                    await asyncio.wait_for(asyncio.gather(*(ext.checker.refresh(info.ca, u) for u in pending)),
-                                           ext.checker.settings.timeout.total_seconds() + 1)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(ext.checker.settings.timeout.total_seconds() + 1):
+                        await asyncio.gather(*(ext.checker.refresh(info.ca, u) for u in pending))
+                except TimeoutError:
                     pass
                 res = ext.check_serial(info.ca, info.cert.serial_number, info.cdp)
         return res

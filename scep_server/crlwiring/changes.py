@@ -98,9 +98,11 @@ class ChangeFeed:
             self._connected()
             while not lost.is_set():
                 try:
-                    await asyncio.wait_for(lost.wait(), self.keepalive)
-                except asyncio.TimeoutError:
-                    await asyncio.wait_for(apg.fetchval("SELECT 1"), self.keepalive)
+                    async with asyncio.timeout(self.keepalive):
+                        await lost.wait()
+                except TimeoutError:
+                    async with asyncio.timeout(self.keepalive):
+                        await apg.fetchval("SELECT 1")
             raise ConnectionError("the listening connection was closed")
         finally:
             apg.remove_termination_listener(on_terminate)

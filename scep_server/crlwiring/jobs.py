@@ -49,8 +49,9 @@ def change_watcher(service: CrlService):
             if due > now:
                 service.watch_wake.clear()
                 try:
-                    await asyncio.wait_for(service.watch_wake.wait(), due - now)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(due - now):
+                        await service.watch_wake.wait()
+                except TimeoutError:
                     pass
                 continue  # recompute: woken for a new check_due, or the time has come
             if now >= next_regular:

@@ -30,7 +30,8 @@ async def _database(runtime) -> str:
     async def ping() -> None:
         async with runtime.engine.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
-    await asyncio.wait_for(ping(), DATABASE_TIMEOUT)
+    async with asyncio.timeout(DATABASE_TIMEOUT):
+        await ping()
     return "ok"
 
 
@@ -46,7 +47,8 @@ async def readyz(request: web.Request) -> web.Response:
         try:
             result = check()
             if inspect.isawaitable(result):  # a check that asks the database: bounded like the database's
-                result = await asyncio.wait_for(result, DATABASE_TIMEOUT)
+                async with asyncio.timeout(DATABASE_TIMEOUT):
+                    result = await result
             details[name] = str(result)
         except Exception as exc:  # noqa: BLE001 - a broken check is a failed check, not a 500
             details[name] = f"error: {exc.__class__.__name__}: {exc}"

@@ -314,3 +314,18 @@ async def test_failures_are_retried_on_the_retry_interval(engine, issuer, signer
         assert crl.number >= 1 and pub.health().state == "ok"
     finally:
         await pub.stop()
+
+
+async def test_stop_while_a_wake_up_is_pending_stops_the_loop(engine, issuer, signer, source):
+    """A shutdown that lands as another process's CRL is announced (poll_soon) ends the publisher's loop."""
+    b = make_publisher(engine, issuer, signer, source, settings=CrlSettings(poll_interval=3600))
+    await b.start()
+    await asyncio.sleep(0.2)  # the loop now waits for its next wake-up
+    task = b._task
+    b.poll_soon()
+    stopping = asyncio.create_task(b.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=5)
+    if not done:  # leave nothing running when the assertion fails
+        task.cancel()
+        await asyncio.wait({stopping}, timeout=5)
+    assert done, "stop() hangs: the loop swallowed its cancellation"
