@@ -9,6 +9,7 @@ import click
 
 from trustkit.clock import utcnow
 from .clictx import Context, pass_ctx, run
+from .clipaging import collect, paging_options, say_more
 
 
 class _Commands(click.Group):
@@ -225,26 +226,31 @@ def cert() -> None:
 @click.option("--status", type=click.Choice(["valid", "hold", "revoked"]))
 @click.option("--profile")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@paging_options
 @pass_ctx
-def cert_list(ctx: Context, status: str | None, profile: str | None, fmt: str) -> None:
-    """The certificate inventory, newest first."""
+def cert_list(ctx: Context, status: str | None, profile: str | None, fmt: str, limit: int, cursor: str | None,
+              all_rows: bool) -> None:
+    """The certificate inventory, newest first (a page; see --all)."""
     from .ca import inventory
 
     async def go():
         async with ctx.runtime() as rt:
-            async with rt.engine.connect() as conn:
-                return await inventory.list_certs(conn, status=status, profile=profile)
+            async def fetch(page):
+                async with rt.engine.connect() as conn:
+                    return await inventory.list_certs(conn, page, status=status, profile=profile)
+            return await collect(fetch, limit=limit, cursor=cursor, all_rows=all_rows, kinds=inventory.CERT_KEY)
 
-    rows = run(go())
+    rows, more = run(go())
     if fmt == "json":
         click.echo(json.dumps([{
             "serial": r.serial, "subject": r.subject, "sans": r.sans, "profile": r.profile, "status": r.status,
             "not_before": r.not_before.isoformat(), "not_after": r.not_after.isoformat(),
             "transaction_id": r.transaction_id, "fingerprint_sha256": r.fingerprint_sha256,
             "revocation_reason": r.revocation_reason} for r in rows], indent=2))
-        return
-    for r in rows:
-        click.echo(f"{r.serial}\t{r.status}\t{r.profile}\t{r.not_after:%Y-%m-%d}\t{r.subject}")
+    else:
+        for r in rows:
+            click.echo(f"{r.serial}\t{r.status}\t{r.profile}\t{r.not_after:%Y-%m-%d}\t{r.subject}")
+    say_more(more, len(rows))
 
 
 def _serial_arg(text: str) -> str:

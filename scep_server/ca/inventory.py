@@ -16,7 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from crl.build import Reason  # RFC 5280 §5.3.1 CRLReason, one definition shared with the CRL builder
+from trustkit import paging
 from trustkit.clock import aware
+from trustkit.paging import Page, PageRequest
 
 from ..store.tables import cas, certificates
 from .status import LISTED, CertStatus
@@ -79,14 +81,22 @@ async def get_by_fingerprint(conn: AsyncConnection, fingerprint_sha256: str) -> 
     return _record(row) if row else None
 
 
-async def list_certs(conn: AsyncConnection, *, status: str | None = None, profile: str | None = None,
-                     limit: int = 1000) -> list[CertRecord]:
-    q = sa.select(certificates).order_by(certificates.c.issued_at.desc()).limit(limit)
+CERT_KEY = (datetime, str)
+"""The kinds of a certificate list's cursor: newest first by issue time, then by serial."""
+
+
+async def list_certs(conn: AsyncConnection, page: PageRequest, *, status: str | None = None,
+                     profile: str | None = None) -> Page[CertRecord]:
+    """One page of the inventory, newest first (docs/api.md "Pagination")."""
+    key = [certificates.c.issued_at, certificates.c.serial]
+    q = (sa.select(certificates).where(paging.after(key, page.after, descending=True))
+         .order_by(*paging.order(key, descending=True)).limit(page.limit + 1))
     if status:
         q = q.where(certificates.c.status == status)
     if profile:
         q = q.where(certificates.c.profile == profile)
-    return [_record(r) for r in (await conn.execute(q))]
+    rows = [_record(r) for r in (await conn.execute(q))]
+    return paging.take(rows, page.limit, key=lambda r: (r.issued_at, r.serial))
 
 
 async def mark_used(conn: AsyncConnection, serial: str, at: datetime) -> None:

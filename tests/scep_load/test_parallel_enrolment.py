@@ -20,6 +20,7 @@ from scep_server.ca import inventory
 from scep_server.scep import client
 from scep_server.scep.types import MessageType, PKIStatus
 from scep_server.store.tables import certificates, scep_transactions
+from trustkit.paging import PageRequest
 from tests.server import serve_processes, start_app
 
 from .conftest import KEY_COUNT
@@ -107,7 +108,8 @@ async def test_200_parallel_enrolments(aiohttp_server, tmp_path, db_url, client_
     assert sorted(txs) == sorted((t, "issued", s) for t, s in zip(txids, serials))
     # the rows read back through the inventory exactly as written (types, time encoding, ordering by time)
     async with srv.runtime.engine.connect() as conn:
-        records = {r.serial: r for r in await inventory.list_certs(conn, status="valid", profile="default")}
+        records = {r.serial: r for r in (await inventory.list_certs(
+            conn, PageRequest(limit=1000, after=None), status="valid", profile="default")).items}
     assert len(records) == 200
     for cert in certs:
         record = records[format(cert.serial_number, "x")]
