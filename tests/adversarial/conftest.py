@@ -92,6 +92,8 @@ async def arm(aiohttp_server, tmp_path, db_url) -> Armed:
     result = await otp.import_secrets(secrets_file([key]), actor="tests")
     assert result.ok, result.to_json()
     info, client_key = await otp.add_client("adversarial")
+    for publisher in rt.crl.publishers.values():  # "not published yet" is a fair 503: probe once they serve
+        await publisher.wait_newer(None, timeout=120)
     return Armed(srv=srv, admin=admin, signin=signin, disabled=disabled, device_id=device.id, yubikey=key,
                  client_id=info.id, client_key=client_key)
 
