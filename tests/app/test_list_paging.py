@@ -304,3 +304,21 @@ async def test_otp_clients_page_by_id(server, admin, db_url):
     out, _ = await asyncio.to_thread(cli, server, db_url, "otp-client", "list", "--all", "--limit", "2",
                                      "--format", "json")
     assert [c["id"] for c in json.loads(out)] == sorted(made)
+
+
+async def test_rows_added_between_pages_neither_repeat_nor_shift_a_page(server, admin):
+    from scep_server.store.tables import scep_transactions
+
+    def row(tx: str, seconds: int) -> dict:
+        at = START + timedelta(seconds=seconds)
+        return dict(profile="p", transaction_id=tx, state="pending", message_type=19, csr_der=b"-",
+                    public_key_sha256="0" * 64, created_at=at, updated_at=at)
+
+    async with server.runtime.engine.begin() as conn:
+        await conn.execute(scep_transactions.insert(), [row(f"tx-{i}", i * 10) for i in range(6)])
+    _, first = await admin.get("/api/v1/enrolments?limit=3")
+    assert [r["transaction_id"] for r in first["enrolments"]] == ["tx-0", "tx-1", "tx-2"]
+    async with server.runtime.engine.begin() as conn:  # one before the cursor, one after it, one at the end
+        await conn.execute(scep_transactions.insert(), [row("early", 5), row("middle", 35), row("late", 99)])
+    rest, _ = await admin.walk(first["next"], "enrolments")
+    assert [r["transaction_id"] for r in rest] == ["tx-3", "middle", "tx-4", "tx-5", "late"]
