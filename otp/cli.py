@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, AsyncContextManager, Awaitable, Callable,
 
 import click
 
+from trustkit.clipaging import collect, paging_options, say_more
+
 if TYPE_CHECKING:
     from .service import ImportResult, OtpService
 
@@ -117,19 +119,27 @@ def build_cli(open_service: OpenService) -> list[click.Group]:
     @click.option("--last-used-after", metavar="DATE")
     @click.option("--last-used-before", metavar="DATE")
     @click.option("--exclude-deleted", is_flag=True, help="Leave out keys taken out of the inventory.")
-    @click.option("--limit", type=click.IntRange(min=1))
     @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-    def report_cmd(fmt: str, exclude_deleted: bool, **filters: Any) -> None:
-        """The YubiKey report: UNASSIGNED, ACTIVE and REVOKED keys with their history."""
+    @paging_options
+    def report_cmd(fmt: str, exclude_deleted: bool, limit: int, cursor: str | None, all_rows: bool,
+                   **filters: Any) -> None:
+        """The YubiKey report by serial: UNASSIGNED, ACTIVE and REVOKED keys with their history (a page; see
+        --all, which renders every page as one table, CSV or JSON document)."""
         from .errors import OtpError
-        from .report import ReportFilter, render
+        from .report import REPORT_KEY, ReportFilter, render
 
         try:
             flt = ReportFilter.from_mapping({**filters, "include_deleted": not exclude_deleted})
         except OtpError as exc:
             raise click.UsageError(exc.detail) from None
-        rows = run(lambda s: s.report(flt, with_history=fmt == "json"), with_kek=False)
+
+        async def pages(s: "OtpService") -> tuple[list[Any], str | None]:
+            return await collect(lambda page: s.report_page(flt, page, with_history=fmt == "json"), limit=limit,
+                                 cursor=cursor, all_rows=all_rows, kinds=REPORT_KEY)
+
+        rows, more = run(pages, with_kek=False)
         click.echo(render(rows, fmt), nl=False)
+        say_more(more, len(rows))
 
     @yubikey.command("revoke")
     @click.argument("serial", callback=_serial)
@@ -178,18 +188,26 @@ def build_cli(open_service: OpenService) -> list[click.Group]:
 
     @otp_client.command("list")
     @click.option("--format", "fmt", type=click.Choice(("table", "json")), default="table", show_default=True)
-    def client_list_cmd(fmt: str) -> None:
-        """List clients (keys are never shown again)."""
-        clients = run(lambda s: s.list_clients())
+    @paging_options
+    def client_list_cmd(fmt: str, limit: int, cursor: str | None, all_rows: bool) -> None:
+        """List clients by id (keys are never shown again; a page, see --all)."""
+        from .service import CLIENT_LIST_KEY
+
+        async def pages(s: "OtpService") -> tuple[list[Any], str | None]:
+            return await collect(s.list_clients, limit=limit, cursor=cursor, all_rows=all_rows,
+                                 kinds=CLIENT_LIST_KEY)
+
+        clients, more = run(pages)
         if fmt == "json":
             click.echo(json.dumps([c.to_json() for c in clients], indent=2))
-            return
-        click.echo(f"{'ID':>6}  {'STATUS':8}  {'REQUESTS':8}  {'CREATED':20}  NAME")
-        for c in clients:
-            status = "active" if c.active else "disabled"
-            signing = "unsigned" if c.allow_unsigned else "signed"
-            click.echo(f"{c.id:>6}  {status:8}  {signing:8}  {c.created_at.strftime('%Y-%m-%dT%H:%M:%SZ'):20}  "
-                       f"{c.name}")
+        else:
+            click.echo(f"{'ID':>6}  {'STATUS':8}  {'REQUESTS':8}  {'CREATED':20}  NAME")
+            for c in clients:
+                status = "active" if c.active else "disabled"
+                signing = "unsigned" if c.allow_unsigned else "signed"
+                click.echo(f"{c.id:>6}  {status:8}  {signing:8}  {c.created_at.strftime('%Y-%m-%dT%H:%M:%SZ'):20}  "
+                           f"{c.name}")
+        say_more(more, len(clients))
 
     @otp_client.command("set")
     @click.argument("client_id", metavar="ID", type=click.IntRange(min=1))

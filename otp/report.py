@@ -14,6 +14,9 @@ from .tables import STATUSES
 
 FORMATS = ("table", "csv", "json")
 
+REPORT_KEY = (int, int)
+"""The kinds of a report page's cursor: the serial, then the row id (a serial repeats among deleted keys)."""
+
 # (filter name, query/option name) of the date-range filters
 DATE_FILTERS = ("imported_after", "imported_before", "enrolled_after", "enrolled_before",
                 "last_used_after", "last_used_before")
@@ -122,6 +125,7 @@ class KeyReport:
     import_id: int
     import_format: str
     history: tuple[dict[str, Any], ...] = field(default=())
+    key_id: int = field(default=0, compare=False)  # the row's id: with the serial, where a page ends
 
     @property
     def deleted(self) -> bool:
@@ -130,7 +134,7 @@ class KeyReport:
     def to_json(self, with_history: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in fields(self):
-            if f.name == "history":
+            if f.name in ("history", "key_id"):
                 continue
             v = getattr(self, f.name)
             out[f.name] = v.isoformat() if isinstance(v, datetime) else v

@@ -15,7 +15,9 @@ from typing import Any, Callable, Mapping
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from trustkit import paging
 from trustkit.clock import utcnow
+from trustkit.paging import Page, PageRequest
 
 from . import yubico
 from .config import OtpSettings, ThrottleSettings
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 CLIENT_KEY_BYTES = 20  # as ykval-gen-clients: 20 random bytes, 28 base64 characters
 USER_MAX_LEN = 255
 MAX_CLIENT_ID = 2**31 - 1  # client ids are 32-bit integer keys
+CLIENT_LIST_KEY = (int,)  # the kinds of a client list's cursor: the id
 # sl in replies: the percentage of validation servers that agreed. Counters live in one shared
 # database that every process commits to before answering, so the whole "pool" agrees.
 SYNC_LEVEL = 100
@@ -522,6 +525,18 @@ class OtpService:
     # ---- report, revoke, delete ---------------------------------------------------------------
 
     async def report(self, flt: ReportFilter = ReportFilter(), *, with_history: bool = True) -> list[KeyReport]:
+        """Every key matching the filters (up to `flt.limit`), ordered by serial: for a few keys (one serial);
+        lists read :meth:`report_page`."""
+        return await self._report(flt, flt.limit, None, with_history)
+
+    async def report_page(self, flt: ReportFilter, page: PageRequest, *,
+                          with_history: bool = True) -> Page[KeyReport]:
+        """One page of the report (serial, then row id: REPORT_KEY; docs/api.md "Pagination")."""
+        rows = await self._report(flt, page.limit + 1, page.after, with_history)
+        return paging.take(rows, page.limit, key=lambda r: (r.serial, r.key_id))
+
+    async def _report(self, flt: ReportFilter, limit: int | None, start: tuple | None,
+                      with_history: bool) -> list[KeyReport]:
         """Keys matching the filters, ordered by serial; every key ever assigned stays listed."""
         t = otp_yubikeys
         where: list[Any] = []
@@ -542,7 +557,7 @@ class OtpService:
                 where.append(col < before)
         if not flt.include_deleted:
             where.append(t.c.deleted_at.is_(None))
-        rows = await self.store.report_rows(where, flt.limit)
+        rows = await self.store.report_rows(where, limit, start)
         history = await self.store.history([r["id"] for r in rows]) if with_history else {}
         out = []
         for r in rows:
@@ -554,7 +569,7 @@ class OtpService:
                 last_user=r["last_user"], imported_at=r["imported_at"], enrolled_at=r["enrolled_at"],
                 last_used_at=r["last_used_at"], revoked_at=r["revoked_at"], deleted_at=r["deleted_at"],
                 blocked_until=r["blocked_until"], import_id=r["import_id"], import_format=r["format"],
-                history=tuple(events) if with_history else ()))
+                history=tuple(events) if with_history else (), key_id=r["id"]))
         return out
 
     async def _live_report(self, serial: int) -> KeyReport:
@@ -635,8 +650,10 @@ class OtpService:
         log.info("otp.client.added", extra={"client_id": client_id, "allow_unsigned": allow_unsigned})
         return ClientInfo(client_id, name, now, None, allow_unsigned), base64.b64encode(secret).decode("ascii")
 
-    async def list_clients(self) -> list[ClientInfo]:
-        return [_client_info(r) for r in await self.store.clients()]
+    async def list_clients(self, page: PageRequest) -> Page[ClientInfo]:
+        """One page of the API clients by id (CLIENT_LIST_KEY; docs/api.md "Pagination")."""
+        rows = await self.store.clients(page)
+        return Page(items=[_client_info(r) for r in rows.items], next_cursor=rows.next_cursor)
 
     async def set_client_unsigned(self, client_id: int, allow: bool) -> ClientInfo:
         """Let a legacy client send unsigned requests, or require its signatures again (other processes:

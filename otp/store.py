@@ -19,9 +19,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from trustkit import paging
 from trustkit.batching import GroupCommit
 from trustkit.clock import aware
 from trustkit.db import writer
+from trustkit.paging import Page, PageRequest
 
 from .config import ThrottleSettings
 from .tables import ACTIVE, REVOKED, UNASSIGNED, otp_clients, otp_events, otp_imports, otp_throttle, otp_yubikeys
@@ -503,12 +505,16 @@ class OtpStore:
 
     # ---- report -------------------------------------------------------------------------------
 
-    async def report_rows(self, where: Sequence[Any], limit: int | None = None) -> list[dict[str, Any]]:
+    async def report_rows(self, where: Sequence[Any], limit: int | None = None,
+                          after: tuple | None = None) -> list[dict[str, Any]]:
+        """Report rows by serial, then row id (REPORT_KEY): the first `limit` after the key `after`
+        (an index range of ix_otp_yubikeys_serial_id)."""
         cols = [k.c.id, k.c.serial, k.c.public_id, k.c.status, k.c.user_name, k.c.last_user, k.c.imported_at,
                 k.c.enrolled_at, k.c.revoked_at, k.c.deleted_at, k.c.last_used_at, k.c.usage_ctr, k.c.session_use,
                 k.c.blocked_until, k.c.import_id, otp_imports.c.format, otp_imports.c.actor]
+        key = [k.c.serial, k.c.id]
         stmt = (sa.select(*cols).select_from(k.join(otp_imports, otp_imports.c.id == k.c.import_id))
-                .where(*where).order_by(k.c.serial, k.c.id))
+                .where(*where, paging.after(key, after)).order_by(*paging.order(key)))
         if limit is not None:
             stmt = stmt.limit(limit)
         async with self.engine.connect() as conn:
@@ -557,10 +563,13 @@ class OtpStore:
             row = (await conn.execute(sa.select(otp_clients).where(otp_clients.c.id == client_id))).first()
         return _client_row(row) if row else None
 
-    async def clients(self) -> list[ClientRow]:
+    async def clients(self, page: PageRequest) -> Page[ClientRow]:
+        """One page of the API clients by id (CLIENT_LIST_KEY; docs/api.md "Pagination")."""
+        key = [otp_clients.c.id]
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(sa.select(otp_clients).order_by(otp_clients.c.id))).all()
-        return [_client_row(r) for r in rows]
+            rows = (await conn.execute(sa.select(otp_clients).where(paging.after(key, page.after))
+                                       .order_by(*paging.order(key)).limit(page.limit + 1))).all()
+        return paging.take([_client_row(r) for r in rows], page.limit, key=lambda r: (r.id,))
 
     async def disable_client(self, client_id: int, now: datetime) -> bool:
         async with self.begin_write() as conn:

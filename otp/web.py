@@ -16,11 +16,12 @@ from typing import Any, Awaitable, Callable
 from aiohttp import BodyPartReader, web
 
 from trustkit.http import Authenticate, bearer_caller, error_response, read_json_object, text_errors, unavailable
+from trustkit.paging import page_body, page_request
 from trustkit.problems import PROBLEM_JSON, DomainError, Unprocessable
 
 from .errors import InvalidInput, NotFound, PayloadTooLarge
-from .report import FORMATS, ReportFilter, parse_number, parse_serial, render_csv, render_json
-from .service import MAX_CLIENT_ID, OtpService
+from .report import FORMATS, REPORT_KEY, ReportFilter, parse_number, parse_serial, render_csv
+from .service import CLIENT_LIST_KEY, MAX_CLIENT_ID, OtpService
 from .yubico import parse_params
 
 log = logging.getLogger(__name__)
@@ -143,17 +144,23 @@ class _Routes:
 
     @requires_scope("admin")
     async def report(self, request: web.Request) -> web.StreamResponse:
-        """The YubiKey report with filters; `?format=json` (default, with history) or `csv`."""
+        """A page of the YubiKey report with filters; `?format=json` (default, with history) or `csv`.
+
+        Both formats page alike (docs/otp.md "Key report"): the JSON carries `next_cursor` and `next`, and
+        both carry the `Link: <next>; rel="next"` header; a CSV page repeats the header row."""
         fmt = request.query.get("format", "json")
         if fmt not in FORMATS or fmt == "table":
             raise InvalidInput("format must be json or csv")
-        flt = ReportFilter.from_mapping(request.query)
+        flt = ReportFilter.from_mapping({k: v for k, v in request.query.items() if k not in ("limit", "cursor")})
         with_history = request.query.get("history", "1").lower() not in ("0", "false", "no")
-        rows = await self._service(request).report(flt, with_history=with_history and fmt == "json")
+        page = await self._service(request).report_page(flt, page_request(request.query, REPORT_KEY),
+                                                        with_history=with_history and fmt == "json")
+        items = [r.to_json(with_history) for r in page.items] if fmt == "json" else []
+        body, headers = page_body("keys", items, page, request.rel_url)
         if fmt == "csv":
-            return web.Response(text=render_csv(rows), content_type="text/csv",
-                                headers={"Content-Disposition": 'attachment; filename="yubikeys.csv"'})
-        return web.Response(text=render_json(rows, with_history), content_type="application/json")
+            return web.Response(text=render_csv(page.items), content_type="text/csv",
+                                headers={"Content-Disposition": 'attachment; filename="yubikeys.csv"', **headers})
+        return web.json_response({"count": len(items), **body}, headers=headers)
 
     @requires_scope("admin")
     async def revoke(self, request: web.Request) -> web.StreamResponse:
@@ -193,7 +200,10 @@ class _Routes:
 
     @requires_scope("admin")
     async def list_clients(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"clients": [c.to_json() for c in await self._service(request).list_clients()]})
+        """A page of the protocol 2.0 clients by id (docs/api.md "Pagination")."""
+        page = await self._service(request).list_clients(page_request(request.query, CLIENT_LIST_KEY))
+        body, headers = page_body("clients", [c.to_json() for c in page.items], page, request.rel_url)
+        return web.json_response(body, headers=headers)
 
     @requires_scope("admin")
     async def disable_client(self, request: web.Request) -> web.StreamResponse:

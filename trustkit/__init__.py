@@ -10,4 +10,6 @@
 - `trustkit.problems`: the one error type of the HTTP APIs (`DomainError`) and the one problem+json builder.
 - `trustkit.http`: the JSON body reader, the bearer-token check and its `WWW-Authenticate` format, and the
   answer to a failure a handler raised.
+- `trustkit.paging`: cursor pagination of lists (keyset pages, checked `limit` and `cursor`, the page's body
+  and `Link`); `trustkit.clipaging`: the same lists on a command line (`--limit`, `--cursor`, `--all`).
 """

@@ -103,7 +103,11 @@ def page_request(query: Mapping[str, str], kinds: Sequence[KeyPart], *, default:
 def after(columns: Sequence[sa.ColumnElement], key: Sequence[Any] | None, *,
           descending: bool = False) -> sa.ColumnElement[bool]:
     """Rows strictly after `key` in the order of `columns` (all ascending, or all descending): the expanded
-    form ``(a > x) OR (a = x AND b > y) ...``, which SQLite and PostgreSQL both plan as an index range."""
+    form ``(a > x) OR (a = x AND b > y) ...``, behind the redundant bound ``a >= x``.
+
+    The bound is what makes a page an index range: PostgreSQL takes no condition of an OR as an index bound,
+    so without it an ordered index scan starts at the list's beginning and filters every row before the
+    cursor (a page deep in a list costs what all the rows before it cost); SQLite starts at the bound too."""
     if key is None:
         return sa.true()
     if len(columns) != len(key):
@@ -112,7 +116,10 @@ def after(columns: Sequence[sa.ColumnElement], key: Sequence[Any] | None, *,
     for i, (col, value) in enumerate(zip(columns, key)):
         step = col < value if descending else col > value
         clauses.append(sa.and_(*(c == v for c, v in zip(columns[:i], key[:i])), step))
-    return sa.or_(*clauses)
+    if len(columns) == 1:
+        return clauses[0]
+    bound = columns[0] <= key[0] if descending else columns[0] >= key[0]
+    return sa.and_(bound, sa.or_(*clauses))
 
 
 def order(columns: Sequence[sa.ColumnElement], *, descending: bool = False) -> list[sa.ColumnElement]:

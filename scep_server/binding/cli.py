@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..clictx import Context, pass_ctx, run
+from ..clipaging import collect, paging_options, say_more
 
 
 def _actor() -> str:
@@ -50,15 +51,23 @@ def device_add(ctx: Context, device_id: str | None, name: str) -> None:
 @device.command("list")
 @click.option("--status", type=click.Choice(["active", "suspended", "deactivated", "deleted"]))
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@paging_options
 @pass_ctx
-def device_list(ctx: Context, status: str | None, fmt: str) -> None:
-    """List devices."""
-    rows = _call(ctx, lambda svc, rt: svc.devices.list(status=status))
+def device_list(ctx: Context, status: str | None, fmt: str, limit: int, cursor: str | None, all_rows: bool) -> None:
+    """List devices, oldest first (a page; see --all)."""
+    from .service import DEVICE_KEY
+
+    async def go(svc, rt):
+        return await collect(lambda page: svc.devices.page(page, status=status), limit=limit, cursor=cursor,
+                             all_rows=all_rows, kinds=DEVICE_KEY)
+
+    rows, more = _call(ctx, go)
     if fmt == "json":
         click.echo(json.dumps([d.to_json() for d in rows], indent=2))
-        return
-    for d in rows:
-        click.echo(f"{d.id}\t{d.status.value}\t{d.status_changed_at:%Y-%m-%d %H:%M:%S}\t{d.name}")
+    else:
+        for d in rows:
+            click.echo(f"{d.id}\t{d.status.value}\t{d.status_changed_at:%Y-%m-%d %H:%M:%S}\t{d.name}")
+    say_more(more, len(rows))
 
 
 @device.command("show")
@@ -146,8 +155,16 @@ def ca_add_external(ctx: Context, name: str, cert_path: str, policy: str) -> Non
 
 
 @ca.command("list-external")
+@paging_options
 @pass_ctx
-def ca_list_external(ctx: Context) -> None:
-    """List customers' CAs."""
-    for c in _call(ctx, lambda svc, rt: svc.external.list()):
+def ca_list_external(ctx: Context, limit: int, cursor: str | None, all_rows: bool) -> None:
+    """List customers' CAs by name (a page; see --all)."""
+    from .service import EXTERNAL_CA_KEY
+
+    async def go(svc, rt):
+        return await collect(svc.external.page, limit=limit, cursor=cursor, all_rows=all_rows, kinds=EXTERNAL_CA_KEY)
+
+    rows, more = _call(ctx, go)
+    for c in rows:
         click.echo(f"{c.name}\t{c.policy.value}\t{c.fingerprint_sha256}\t{c.cert.subject.rfc4514_string()}")
+    say_more(more, len(rows))

@@ -32,8 +32,10 @@ from ..ca import inventory
 from ..ca.inventory import Reason
 from ..ca.revocation import PERMANENT_REASON, change_status
 from ..ca.status import CHANGEABLE, CertStatus, StatusChange
+from trustkit import paging
 from trustkit.clock import Clock, aware, utcnow
 from trustkit.db import writer
+from trustkit.paging import Page, PageRequest
 from ..store.events import record_event
 from ..store.tables import certificates
 from .errors import ChangedConcurrently, DeviceExists, DeviceNotFound, InvalidInput, InvalidTransition
@@ -42,6 +44,10 @@ from .tables import device_certs, device_enrolments, devices
 log = structlog.get_logger("device")
 
 DEVICE_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")  # \Z: `$` also matches before a final newline
+
+
+DEVICE_KEY = (datetime, str)
+"""The kinds of a device list's cursor: registration time, then id."""
 
 
 class DeviceStatus(str, Enum):
@@ -159,12 +165,17 @@ class DeviceStore:
             raise DeviceNotFound(f"no device {device_id!r}")
         return _device(row)
 
-    async def list(self, *, status: str | None = None, limit: int = 1000) -> list[Device]:
-        q = sa.select(devices).order_by(devices.c.created_at, devices.c.id).limit(limit)
+    async def page(self, page: PageRequest, *, status: str | None = None) -> Page[Device]:
+        """One page of the devices, oldest first (registration time, then id; docs/api.md "Pagination"),
+        of one status or all: an index range of ix_devices_status_created or ix_devices_created."""
+        key = [devices.c.created_at, devices.c.id]
+        q = (sa.select(devices).where(paging.after(key, page.after)).order_by(*paging.order(key))
+             .limit(page.limit + 1))
         if status:
             q = q.where(devices.c.status == DeviceStatus(status).value)
         async with self.engine.connect() as conn:
-            return [_device(r) for r in await conn.execute(q)]
+            rows = [_device(r) for r in await conn.execute(q)]
+        return paging.take(rows, page.limit, key=lambda d: (d.created_at, d.id))
 
     async def bindings(self, device_id: str) -> list[Binding]:
         async with self.engine.connect() as conn:

@@ -21,8 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from crl.check import CertificateRefused, CheckResult, CrlChecker
 from crl.config import CheckerSettings, CrlSettings, Policy
 
+from trustkit import paging
 from trustkit.clock import aware
 from trustkit.db import writer
+from trustkit.paging import Page, PageRequest
 from ..store.events import record_event
 from .errors import ExternalCaError, InvalidInput
 from .tables import external_cas
@@ -42,6 +44,15 @@ class ExternalCa:
         return {"name": self.name, "subject": self.cert.subject.rfc4514_string(),
                 "fingerprint_sha256": self.fingerprint_sha256, "policy": self.policy.value,
                 "created_at": self.created_at.isoformat()}
+
+
+EXTERNAL_CA_KEY = (str,)
+"""The kinds of an external CA list's cursor: the name."""
+
+
+def _external_ca(row) -> ExternalCa:
+    return ExternalCa(row.name, x509.load_der_x509_certificate(row.cert_der), row.fingerprint_sha256,
+                      Policy(row.policy), aware(row.created_at))
 
 
 def load_certificate(data: bytes) -> x509.Certificate:
@@ -103,10 +114,18 @@ class ExternalCas:
         return ExternalCa(name, cert, fp, policy, now)
 
     async def list(self) -> list[ExternalCa]:
+        """Every registered CA (the checker's reload: a deployment registers a handful)."""
         async with self.engine.connect() as conn:
             rows = (await conn.execute(sa.select(external_cas).order_by(external_cas.c.name))).all()
-        return [ExternalCa(r.name, x509.load_der_x509_certificate(r.cert_der), r.fingerprint_sha256,
-                           Policy(r.policy), aware(r.created_at)) for r in rows]
+        return [_external_ca(r) for r in rows]
+
+    async def page(self, page: PageRequest) -> Page[ExternalCa]:
+        """One page of the registered CAs by name (the primary key; docs/api.md "Pagination")."""
+        key = [external_cas.c.name]
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(external_cas).where(paging.after(key, page.after))
+                                       .order_by(*paging.order(key)).limit(page.limit + 1))).all()
+        return paging.take([_external_ca(r) for r in rows], page.limit, key=lambda c: (c.name,))
 
     async def reload(self) -> None:
         """Bring the checker in line with the database (CAs added or removed by other processes)."""

@@ -6,13 +6,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .attestation import AttestationService
-from .devices import DEVICE_ID, TRANSITIONS, DeviceStore
-from .external import ExternalCas
+from .devices import DEVICE_ID, DEVICE_KEY, TRANSITIONS, DeviceStatus, DeviceStore
+from .external import EXTERNAL_CA_KEY, ExternalCas
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
 ACTIONS = tuple(TRANSITIONS)  # the lifecycle actions of a device (suspend, unsuspend, ...)
+DEVICE_STATUSES = tuple(s.value for s in DeviceStatus)  # the `status` filter of the device list
+__all__ = ["ACTIONS", "DEVICE_KEY", "DEVICE_STATUSES", "EXTERNAL_CA_KEY", "BindingServices", "is_device_id",
+           "services"]
 
 
 def is_device_id(text: str) -> bool:

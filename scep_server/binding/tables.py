@@ -19,7 +19,8 @@ devices = sa.Table(
     sa.Column("status_changed_at", TS, nullable=False),
     sa.Column("status_changed_by", sa.String(255)),
     sa.Column("status_reason", sa.Text),
-    sa.Index("ix_devices_status", "status"),
+    sa.Index("ix_devices_created", "created_at", "id"),  # the device list's order
+    sa.Index("ix_devices_status_created", "status", "created_at", "id"),
 )
 
 # One row per client certificate ever bound: the primary key makes "one certificate, one device" a

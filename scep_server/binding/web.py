@@ -3,13 +3,15 @@
     POST /api/v1/attestation/challenge   {"device_id"}                       -> {"nonce", "expires_at", ...}
     POST /api/v1/attestation/verify      {"device_id", "nonce", "certificate", "signature", "algorithm"?}
                                          -> {"managed": bool, "reason": code, "detail", ...}
-    GET  /api/v1/devices[?status=]       POST /api/v1/devices {"id"?, "name"?}
+    GET  /api/v1/devices[?status=&limit=&cursor=]   POST /api/v1/devices {"id"?, "name"?}
     GET  /api/v1/devices/{id}            (device, bindings, history)
     POST /api/v1/devices/{id}/{suspend|unsuspend|deactivate|reactivate|delete}  {"reason"?, "actor"?}
     DELETE /api/v1/devices/{id}          (= delete)
     DELETE /api/v1/devices/{id}/certificate   (remove the current certificate: never accepted again)
     POST /api/v1/devices/{id}/enrolments {"profile", "transaction_id"}  (pre-register an enrolment)
-    GET  /api/v1/external-cas            POST /api/v1/external-cas {"name", "certificate", "policy"?}
+    GET  /api/v1/external-cas[?limit=&cursor=]      POST /api/v1/external-cas {"name", "certificate", "policy"?}
+
+The lists are cursor-paged (docs/api.md "Pagination"): {"devices"|"external_cas": [...], "next_cursor", "next"}.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from aiohttp import web
 
 from crl.config import Policy
 from trustkit.http import BadJSON, read_json_object
+from trustkit.paging import page_body, page_request
 from trustkit.problems import NotFound
 
 from ..appkeys import RUNTIME
@@ -24,7 +27,7 @@ from ..web.auth import requires
 from .attestation import Verdict, b64decode, decode_certificate
 from .errors import InvalidInput
 from .external import load_certificate
-from .service import ACTIONS, is_device_id, services
+from .service import ACTIONS, DEVICE_KEY, DEVICE_STATUSES, EXTERNAL_CA_KEY, is_device_id, services
 
 
 def _verdict_400(detail: str) -> web.Response:
@@ -97,10 +100,12 @@ def _actor(body: dict) -> str:
 @requires("admin")
 async def list_devices(request: web.Request) -> web.Response:
     status = request.query.get("status")
-    if status and status not in ("active", "suspended", "deactivated", "deleted"):
+    if status and status not in DEVICE_STATUSES:
         raise InvalidInput("status: active, suspended, deactivated or deleted")
-    devices = await services(request.app[RUNTIME]).devices.list(status=status)
-    return web.json_response({"devices": [d.to_json() for d in devices]})
+    page = await services(request.app[RUNTIME]).devices.page(page_request(request.query, DEVICE_KEY),
+                                                                status=status or None)
+    body, headers = page_body("devices", [d.to_json() for d in page.items], page, request.rel_url)
+    return web.json_response(body, headers=headers)
 
 
 @requires("admin")
@@ -161,8 +166,9 @@ async def preregister(request: web.Request) -> web.Response:
 
 @requires("admin")
 async def list_external(request: web.Request) -> web.Response:
-    cas = await services(request.app[RUNTIME]).external.list()
-    return web.json_response({"external_cas": [c.to_json() for c in cas]})
+    page = await services(request.app[RUNTIME]).external.page(page_request(request.query, EXTERNAL_CA_KEY))
+    body, headers = page_body("external_cas", [c.to_json() for c in page.items], page, request.rel_url)
+    return web.json_response(body, headers=headers)
 
 
 @requires("admin")

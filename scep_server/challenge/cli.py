@@ -11,6 +11,7 @@ import click
 
 from ..clictx import Context, pass_ctx
 from ..clictx import run as _run
+from ..clipaging import collect, paging_options, say_more
 
 
 def run(coro):
@@ -197,23 +198,29 @@ def enrolment() -> None:
 @click.option("--state", type=click.Choice(["pending", "issued", "rejected", "all"]), default="pending",
               show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@paging_options
 @pass_ctx
-def enrolment_list(ctx: Context, profile: str | None, state: str, fmt: str) -> None:
-    """List enrolments (pending ones by default)."""
+def enrolment_list(ctx: Context, profile: str | None, state: str, fmt: str, limit: int, cursor: str | None,
+                   all_rows: bool) -> None:
+    """List enrolments (pending ones by default), oldest first (a page; see --all)."""
     from ..runtime import Uses
-    from .enrolments import list_enrolments
+    from .enrolments import ENROLMENT_KEY, page_enrolments
 
     async def go():
         async with ctx.runtime(Uses()) as rt:
-            return await list_enrolments(rt.engine, state=None if state == "all" else state, profile=profile)
+            async def fetch(page):
+                return await page_enrolments(rt.engine, page, state=None if state == "all" else state,
+                                             profile=profile)
+            return await collect(fetch, limit=limit, cursor=cursor, all_rows=all_rows, kinds=ENROLMENT_KEY)
 
-    rows = run(go())
+    rows, more = run(go())
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
-        return
-    for r in rows:
-        click.echo(f"{r['profile']}\t{r['transaction_id']}\t{r['state']}\t{r['created_at']}\t{r['subject']}"
-                   + (f"\t{','.join(r['sans'])}" if r["sans"] else ""))
+    else:
+        for r in rows:
+            click.echo(f"{r['profile']}\t{r['transaction_id']}\t{r['state']}\t{r['created_at']}\t{r['subject']}"
+                       + (f"\t{','.join(r['sans'])}" if r["sans"] else ""))
+    say_more(more, len(rows))
 
 
 def _decide(ctx: Context, profile: str, transaction_id: str, approve: bool, reason: str | None) -> str:

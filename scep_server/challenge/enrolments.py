@@ -1,12 +1,16 @@
 """Pending enrolments (profiles with ``require_approval``): listing for the CLI and the admin API."""
 from __future__ import annotations
 
-from datetime import timezone
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from cryptography import x509
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from trustkit import paging
+from trustkit.clock import aware
+from trustkit.paging import Page, PageRequest
 
 from ..store.tables import scep_transactions
 from .store import csr_sans
@@ -14,29 +18,38 @@ from .store import csr_sans
 STATES = ("pending", "issued", "rejected")
 
 
-async def list_enrolments(engine: AsyncEngine, *, state: str | None = "pending", profile: str | None = None,
-                          limit: int = 500) -> list[dict[str, Any]]:
+ENROLMENT_KEY = (datetime, str, str)
+"""The kinds of an enrolment list's cursor: creation time, profile, transaction id (oldest first)."""
+
+
+async def page_enrolments(engine: AsyncEngine, page: PageRequest, *, state: str | None = "pending",
+                          profile: str | None = None) -> Page[dict[str, Any]]:
+    """One page of the enrolments in `state` (all when None), of one profile or all, oldest first
+    (docs/api.md "Pagination"): an index range of ix_scep_transactions_state_created or _created."""
     t = scep_transactions.c
-    q = sa.select(scep_transactions).order_by(t.created_at, t.transaction_id).limit(limit)
+    key = [t.created_at, t.profile, t.transaction_id]
+    q = (sa.select(scep_transactions).where(paging.after(key, page.after)).order_by(*paging.order(key))
+         .limit(page.limit + 1))
     if state:
         q = q.where(t.state == state)
     if profile:
         q = q.where(t.profile == profile)
     async with engine.connect() as conn:
         rows = (await conn.execute(q)).all()
-    out = []
-    for row in rows:
-        m = row._mapping
-        try:
-            csr = x509.load_der_x509_csr(m["csr_der"])
-            subject, sans = csr.subject.rfc4514_string(), csr_sans(csr)
-        except ValueError:
-            subject, sans = None, []
-        created = m["created_at"]
-        if created.tzinfo is None:
-            created = created.replace(tzinfo=timezone.utc)
-        out.append({"profile": m["profile"], "transaction_id": m["transaction_id"], "state": m["state"],
-                    "subject": subject, "sans": sans, "public_key_sha256": m["public_key_sha256"],
-                    "created_at": created.isoformat(), "serial": m["serial"], "decided_by": m["decided_by"],
-                    "fail_text": m["fail_text"]})
-    return out
+    # the cursor carries the creation time as the ISO text the row shows: the same instant
+    return paging.take([_row(r) for r in rows], page.limit,
+                       key=lambda r: (r["created_at"], r["profile"], r["transaction_id"]))
+
+
+def _row(row) -> dict[str, Any]:
+    """An enrolment as the API and the command line show it."""
+    m = row._mapping
+    try:
+        csr = x509.load_der_x509_csr(m["csr_der"])
+        subject, sans = csr.subject.rfc4514_string(), csr_sans(csr)
+    except ValueError:
+        subject, sans = None, []
+    return {"profile": m["profile"], "transaction_id": m["transaction_id"], "state": m["state"],
+            "subject": subject, "sans": sans, "public_key_sha256": m["public_key_sha256"],
+            "created_at": aware(m["created_at"]).isoformat(), "serial": m["serial"], "decided_by": m["decided_by"],
+            "fail_text": m["fail_text"]}

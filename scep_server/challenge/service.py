@@ -21,14 +21,16 @@ from .basic import P, R, CredentialChecker, hash_params, hash_password, username
 from .config import (BasicCredentials, ChallengeConfigError, DelegatedSettings, DynamicSettings, delegated_settings,
                      dynamic_settings)
 from .intune import IntuneClient, IntuneRejected, IntuneUnavailable
-# ENROLMENT_STATES, CacheFull and expectations_from are also what the HTTP handlers use of the stores
-from .enrolments import STATES as ENROLMENT_STATES, list_enrolments
+# ENROLMENT_STATES, ENROLMENT_KEY, CacheFull and expectations_from are also what the HTTP handlers use of the stores
+from .enrolments import ENROLMENT_KEY, STATES as ENROLMENT_STATES, page_enrolments
 from .store import CacheFull, ChallengeStore, Expectations, IssuedChallenge, check_csr, expectations_from
 from .throttle import Limits, LoginThrottle, address_key, user_key
 from .webhook import WebhookClient, WebhookDenied, WebhookUnavailable
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from trustkit.paging import Page, PageRequest
 
     from ..runtime import Runtime
 
@@ -291,7 +293,8 @@ class DelegatedVerifier:
                         error=str(exc))
 
 
-async def enrolments(engine: AsyncEngine, *, state: str | None, profile: str | None) -> list[dict]:
-    """Enrolments in `state` (all when None), of one profile or all, for the admin API: approval works on
-    every profile, so this needs no challenge service (the capability may be switched off)."""
-    return await list_enrolments(engine, state=state, profile=profile)
+async def enrolments(engine: AsyncEngine, page: "PageRequest", *, state: str | None,
+                     profile: str | None) -> "Page[dict]":
+    """A page of the enrolments in `state` (all when None), of one profile or all, for the admin API: approval
+    works on every profile, so this needs no challenge service (the capability may be switched off)."""
+    return await page_enrolments(engine, page, state=state, profile=profile)

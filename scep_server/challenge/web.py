@@ -8,6 +8,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import hashes
 
 from trustkit.http import BadJSON, read_json_object
+from trustkit.paging import page_body, page_request
 from trustkit.problems import BadRequest, Forbidden, NotFound, ServiceUnavailable, TooManyRequests, Unprocessable
 
 from ..appkeys import RUNTIME
@@ -17,7 +18,7 @@ from ..web.auth import bad_credentials, basic_credentials, basic_realm, requires
 from ..web.client import client_address
 from .config import ChallengeConfigError
 from .page import cache_full_page, challenge_page
-from .service import ENROLMENT_STATES, CacheFull, ChallengeService, NotDynamic, enrolments, expectations_from
+from .service import ENROLMENT_KEY, ENROLMENT_STATES, CacheFull, ChallengeService, NotDynamic, enrolments, expectations_from
 
 log = structlog.get_logger("challenge.http")
 
@@ -141,13 +142,17 @@ async def api_new_challenge(request: web.Request) -> web.Response:
 
 @requires("admin")
 async def api_list_enrolments(request: web.Request) -> web.Response:
-    """GET /api/v1/enrolments?state=pending|issued|rejected|all&profile=NAME"""
+    """GET /api/v1/enrolments?state=pending|issued|rejected|all&profile=NAME&limit=&cursor= (a page, oldest first)"""
     state = request.query.get("state", "pending")
     if state not in (*ENROLMENT_STATES, "all"):
-        raise BadRequest(f"state must be one of {', '.join(ENROLMENT_STATES)} or all")
-    rows = await enrolments(request.app[RUNTIME].engine, state=None if state == "all" else state,
-                            profile=request.query.get("profile") or None)
-    return web.json_response({"enrolments": rows})
+        raise BadRequest(f"state must be one of {', '.join(ENROLMENT_STATES)} or all", code="invalid_input")
+    profile = request.query.get("profile") or None
+    if profile is not None and (len(profile) > 64 or not profile.isprintable()):
+        raise BadRequest("profile: a profile name (at most 64 printable characters)", code="invalid_input")
+    page = await enrolments(request.app[RUNTIME].engine, page_request(request.query, ENROLMENT_KEY),
+                            state=None if state == "all" else state, profile=profile)
+    body, headers = page_body("enrolments", page.items, page, request.rel_url)
+    return web.json_response(body, headers=headers)
 
 
 async def _decide(request: web.Request, approve: bool) -> web.Response:

@@ -86,7 +86,9 @@ scep_transactions = sa.Table(
     sa.Column("updated_at", TS, nullable=False),
     # a renewal: the serial of the signing certificate it renews (read when a pending renewal is approved)
     sa.Column("renewal_of", sa.String(42)),
-    sa.Index("ix_scep_transactions_state", "state"),
+    # the enrolment list's order, of one state or all
+    sa.Index("ix_scep_transactions_state_created", "state", "created_at", "profile", "transaction_id"),
+    sa.Index("ix_scep_transactions_created", "created_at", "profile", "transaction_id"),
 )
 
 api_tokens = sa.Table(

@@ -21,6 +21,7 @@ from scep_server.store.tables import events
 from tests.factories import NOW, csr, record_issued, register_ca, rsa_key
 
 from trustkit.clock import SettableClock
+from trustkit.paging import PageRequest
 
 from .conftest import START, attesting_profile, sign
 
@@ -79,7 +80,9 @@ async def test_lifecycle_transitions_are_checked_and_recorded(engine, env):
     assert [h["kind"] for h in history] == ["device.create"] + [f"device.{a}" for a, _ in path]
     assert history[1]["actor"] == "bob" and history[1]["data"] == {"from": "active", "to": "suspended",
                                                                     "reason": "why suspend"}
-    assert [d.id for d in await store.list(status="deleted")] == ["d1"]
+    deleted = await store.page(PageRequest(limit=10, after=None), status="deleted")
+    assert [d.id for d in deleted.items] == ["d1"] and deleted.next_cursor is None
+    assert (await store.page(PageRequest(limit=10, after=None), status="active")).items == []
 
 
 async def test_lifecycle_drives_our_certificate(engine, env, ca):

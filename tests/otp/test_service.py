@@ -14,6 +14,7 @@ from otp import yubico
 from otp.config import OtpSettings, ThrottleSettings
 from otp.errors import Conflict, InvalidInput, NotFound, Reason
 from otp.report import ReportFilter
+from trustkit.paging import PageRequest
 from otp.service import OtpService
 from otp.tables import metadata, otp_yubikeys
 from tests.otp.conftest import import_keys, key_h, make_key, secrets_file
@@ -566,7 +567,8 @@ async def test_report_filters(service, clock):
 async def test_clients(service):
     info, key = await service.add_client("vpn")
     assert len(base64.b64decode(key)) == 20
-    assert [(c.id, c.name, c.active) for c in await service.list_clients()] == [(info.id, "vpn", True)]
+    listed = await service.list_clients(PageRequest(limit=10, after=None))
+    assert [(c.id, c.name, c.active) for c in listed.items] == [(info.id, "vpn", True)] and listed.next_cursor is None
     disabled = await service.disable_client(info.id)
     assert not disabled.active
     with pytest.raises(Conflict):
