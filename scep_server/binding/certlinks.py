@@ -1,0 +1,36 @@
+"""The binding capability's side of a certificate, for the inventory's reads (`scep_server.ca.queries`):
+which certificates a device holds or held, and the binding of one certificate."""
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from trustkit.clock import aware
+
+from ..store.tables import certificates
+from .tables import device_certs, devices
+
+
+class BoundCertificates:
+    """`scep_server.ca.queries.DeviceLinks` over ``device_certs`` (our certificates only, not external CAs')."""
+
+    def bound_to(self, device_id: str) -> sa.ColumnElement[bool]:
+        d = device_certs.c
+        return sa.exists().where(d.device_id == device_id, sa.not_(d.external), d.ca == certificates.c.ca,
+                                 d.serial == certificates.c.serial)
+
+    async def binding_of(self, conn: AsyncConnection, ca: str, serial: str) -> dict[str, Any] | None:
+        d = device_certs.c
+        row = (await conn.execute(
+            sa.select(d.device_id, d.current, d.state, d.retired_reason, d.bound_at, d.retired_at,
+                      devices.c.status.label("device_status"))
+            .select_from(device_certs.join(devices, devices.c.id == d.device_id))
+            .where(d.ca == ca, d.serial == serial, sa.not_(d.external)))).first()
+        if row is None:
+            return None
+        return {"device_id": row.device_id, "device_status": row.device_status, "current": bool(row.current),
+                "state": row.state, "retired_reason": row.retired_reason,
+                "bound_at": aware(row.bound_at).isoformat(),
+                "retired_at": aware(row.retired_at).isoformat() if row.retired_at is not None else None}
