@@ -6,7 +6,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from crl.publish import PublishError
-from trustkit.problems import Conflict, NotFound, ServiceUnavailable
+from trustkit.http import read_json_object
+from trustkit.problems import BadRequest, Conflict, NotFound, ServiceUnavailable
 
 from ..appkeys import RUNTIME
 from ..web.auth import requires
@@ -17,6 +18,8 @@ from .service import describe
 async def publish(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     name = request.match_info["ca"]
+    if await read_json_object(request, empty={}):  # no body, or an empty object
+        raise BadRequest("the body is empty or {}", code="invalid_input")
     if name not in runtime.cas:
         raise NotFound(f"no CA named {name!r}", code="ca_not_found")
     if runtime.crl is None:  # pragma: no cover - the server opens the CRL service whenever this route exists

@@ -257,6 +257,11 @@ async def test_refusals_are_problems(api):
         assert status == 404 and body["code"] == "certificate_not_found", (suffix, body)
     status, _, body = await api.call("POST", "/api/v1/cas/nope/crl/publish")
     assert status == 404 and body["code"] == "ca_not_found"
+    before = rt.crl.publishers["default"].current.number
+    for bad in ({"now": True}, [], "x"):
+        status, _, body = await api.call("POST", "/api/v1/cas/default/crl/publish", json=bad)
+        assert status == 400 and body["code"] == "invalid_input", (bad, body)
+    assert rt.crl.publishers["default"].current.number == before  # nothing signed
 
     future = (rt.clock() + timedelta(days=1)).isoformat()
     for bad in ({"reason": "certificate-hold"}, {"reason": "sleepy"}, {"reason": 1}, {"reasn": "superseded"},
