@@ -9,17 +9,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from trustkit.clock import aware
 
-from ..store.tables import certificates
 from .tables import device_certs, devices
 
 
 class BoundCertificates:
     """`scep_server.ca.queries.DeviceLinks` over ``device_certs`` (our certificates only, not external CAs')."""
 
-    def bound_to(self, device_id: str) -> sa.ColumnElement[bool]:
+    def bound_serials(self, device_id: str) -> sa.Select:
+        """The serials of our certificates bound to the device (now or before), by ix_device_certs_device."""
         d = device_certs.c
-        return sa.exists().where(d.device_id == device_id, sa.not_(d.external), d.ca == certificates.c.ca,
-                                 d.serial == certificates.c.serial)
+        return sa.select(d.serial).where(d.device_id == device_id, sa.not_(d.external))
 
     async def binding_of(self, conn: AsyncConnection, ca: str, serial: str) -> dict[str, Any] | None:
         d = device_certs.c
