@@ -96,3 +96,29 @@ def test_ca_list(cli, tmp_path):
     assert row["crl"]["number"] == 1 and row["crl"]["state"] == "ok"
     table = _invoke(tmp_path, "ca", "list").stdout
     assert table.startswith("default\t") and "CRL #1 (ok" in table
+
+
+def test_with_binding_off_ca_list_works_and_device_means_enrolled_for(cli, tmp_path, monkeypatch):
+    from trustkit.db import create_engine, writer
+    from scep_server.store.tables import certificates
+
+    enrolled, other = _issue(tmp_path, [0, 1])
+
+    async def mark():
+        engine = create_engine(settings_for(tmp_path / "data").database_url())
+        try:
+            async with writer(engine).begin() as conn:
+                await conn.execute(certificates.update().where(certificates.c.serial == enrolled)
+                                   .values(enrolled_device_id="kiosk-1"))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(mark())
+    monkeypatch.setenv("SCEP_SERVER_BINDING__ENABLED", "false")
+    assert "binding capability is switched off" in _invoke(tmp_path, "device", "list", code=1).output
+    [row] = json.loads(_invoke(tmp_path, "ca", "list", "--format", "json").stdout)
+    assert row["name"] == "default"
+    rows = json.loads(_invoke(tmp_path, "cert", "list", "--device", "kiosk-1", "--format", "json").stdout)
+    assert [r["serial"] for r in rows] == [enrolled] and rows[0]["enrolled_device_id"] == "kiosk-1"
+    shown = json.loads(_invoke(tmp_path, "cert", "show", enrolled).stdout)
+    assert shown["binding"] is None and shown["enrolled_device_id"] == "kiosk-1"
