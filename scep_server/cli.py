@@ -222,35 +222,73 @@ def cert() -> None:
     """Issued certificates."""
 
 
+def _time_option(name: str, help_text: str):
+    return click.option(name, metavar="ISO8601", help=help_text)
+
+
 @cert.command("list")
 @click.option("--status", type=click.Choice(["valid", "hold", "revoked"]))
 @click.option("--profile")
+@click.option("--device", help="Certificates bound to this device (now or before) or enrolled for it.")
+@_time_option("--issued-after", "Issued at or after (a date or date-time; UTC without an offset).")
+@_time_option("--issued-before", "Issued before.")
+@_time_option("--expires-after", "Expiring at or after.")
+@_time_option("--expires-before", "Expiring before.")
+@click.option("--serial-prefix", metavar="HEX", help="The first hexadecimal digits of the serial.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @paging_options
 @pass_ctx
-def cert_list(ctx: Context, status: str | None, profile: str | None, fmt: str, limit: int, cursor: str | None,
-              all_rows: bool) -> None:
-    """The certificate inventory, newest first (a page; see --all)."""
+def cert_list(ctx: Context, status: str | None, profile: str | None, device: str | None, issued_after: str | None,
+              issued_before: str | None, expires_after: str | None, expires_before: str | None,
+              serial_prefix: str | None, fmt: str, limit: int, cursor: str | None, all_rows: bool) -> None:
+    """The certificate inventory, newest first (a page; see --all), filtered as GET /api/v1/certificates."""
+    from trustkit.problems import BadRequest
+
     from .ca import inventory
+    from .ca.queries import CertFilter, summary
+
+    given = {"status": status, "profile": profile, "device": device, "issued_after": issued_after,
+             "issued_before": issued_before, "expires_after": expires_after, "expires_before": expires_before,
+             "serial_prefix": serial_prefix}
+    try:
+        filters = CertFilter.parse(given)
+    except BadRequest as exc:
+        option = "--" + exc.detail.partition(":")[0].replace("_", "-")
+        raise click.BadParameter(exc.detail.partition(": ")[2] or exc.detail, param_hint=option) from None
 
     async def go():
         async with ctx.runtime() as rt:
-            async def fetch(page):
-                async with rt.engine.connect() as conn:
-                    return await inventory.list_certs(conn, page, status=status, profile=profile)
-            return await collect(fetch, limit=limit, cursor=cursor, all_rows=all_rows, kinds=inventory.CERT_KEY)
+            assert rt.certificates is not None
+            return await collect(lambda page: rt.certificates.list(page, filters), limit=limit, cursor=cursor,
+                                 all_rows=all_rows, kinds=inventory.CERT_KEY)
 
     rows, more = run(go())
     if fmt == "json":
-        click.echo(json.dumps([{
-            "serial": r.serial, "subject": r.subject, "sans": r.sans, "profile": r.profile, "status": r.status,
-            "not_before": r.not_before.isoformat(), "not_after": r.not_after.isoformat(),
-            "transaction_id": r.transaction_id, "fingerprint_sha256": r.fingerprint_sha256,
-            "revocation_reason": r.revocation_reason} for r in rows], indent=2))
+        click.echo(json.dumps([summary(r) for r in rows], indent=2))
     else:
         for r in rows:
             click.echo(f"{r.serial}\t{r.status}\t{r.profile}\t{r.not_after:%Y-%m-%d}\t{r.subject}")
     say_more(more, len(rows))
+
+
+@cert.command("show")
+@click.argument("serial")
+@pass_ctx
+def cert_show(ctx: Context, serial: str) -> None:
+    """One certificate as JSON: its fields, PEM, CA, device binding and audit events."""
+    from .ca.inventory import InventoryError
+
+    parsed = _serial_arg(serial)
+
+    async def go():
+        async with ctx.runtime() as rt:
+            assert rt.certificates is not None
+            return await rt.certificates.show(parsed)
+
+    try:
+        click.echo(json.dumps(run(go()), indent=2))
+    except InventoryError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _serial_arg(text: str) -> str:
@@ -290,16 +328,30 @@ def _status_change(ctx: Context, serial: str, change: str, **kwargs: Any) -> Non
 @click.argument("serial")
 @click.option("--reason", default="unspecified", show_default=True,
               help="key-compromise, affiliation-changed, superseded, cessation-of-operation, privilege-withdrawn, ...")
+@click.option("--invalidity-date", metavar="ISO8601",
+              help="When the key is known or suspected to have been compromised (not in the future; UTC without "
+                   "an offset); the CRL entry carries it.")
 @pass_ctx
-def cert_revoke(ctx: Context, serial: str, reason: str) -> None:
+def cert_revoke(ctx: Context, serial: str, reason: str, invalidity_date: str | None) -> None:
     """Revoke a certificate for good (it is listed on the CRL until it expires)."""
+    from trustkit.problems import BadRequest
+
+    from .ca.queries import parse_time
     from .ca.revocation import parse_reason
 
     try:
         parsed = parse_reason(reason)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--reason") from None
-    _status_change(ctx, serial, "revoke", reason=parsed)
+    when = None
+    if invalidity_date is not None:
+        try:
+            when = parse_time(invalidity_date, "invalidity date")
+        except BadRequest as exc:
+            raise click.BadParameter(exc.detail, param_hint="--invalidity-date") from None
+        if when > utcnow():
+            raise click.BadParameter("a time in the past", param_hint="--invalidity-date")
+    _status_change(ctx, serial, "revoke", reason=parsed, invalidity_date=when)
 
 
 @cert.command("hold")

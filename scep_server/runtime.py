@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from .binding.service import BindingServices
     from .ca.authority import CertificateAuthority
+    from .ca.queries import CertificateQueries
     from .ca.revocation import RevocationService
     from .challenge.service import ChallengeService
     from .crlwiring.service import CrlService
@@ -103,6 +104,7 @@ class Runtime:
     tokens: TokenStore
     # CA name -> CA (with its private keys); empty when the process did not open the keys
     cas: "dict[str, CertificateAuthority]" = field(default_factory=dict)
+    certificates: "CertificateQueries | None" = None  # administrators' reads of the inventory (always built)
     revocation: "RevocationService | None" = None
     scep: "ScepService | None" = None
     crl: "CrlService | None" = None
@@ -218,6 +220,7 @@ async def open_runtime(settings: Settings, *, clock: Clock = utcnow, uses: Uses 
         async with contextlib.AsyncExitStack() as stack:
             runtime = Runtime(settings=settings, engine=engine, clock=clock, profiles=ProfileStore(engine),
                               tokens=TokenStore(engine), cas=load_cas(settings) if uses.ca_keys else {})
+            runtime.certificates = _certificate_queries(settings, engine)
             if uses.revocation:
                 from .ca.revocation import RevocationService
 
@@ -243,6 +246,19 @@ async def open_runtime(settings: Settings, *, clock: Clock = utcnow, uses: Uses 
             yield runtime
     finally:
         await engine.dispose()
+
+
+def _certificate_queries(settings: Settings, engine: AsyncEngine) -> "CertificateQueries":
+    """The inventory's reads, with the devices' bindings when the binding capability is on (its tables are
+    read, so a process that did not open the binding services still filters by device)."""
+    from .ca.queries import CertificateQueries
+
+    links = None
+    if enabled(settings, "binding"):
+        from .binding.certlinks import BoundCertificates
+
+        links = BoundCertificates()
+    return CertificateQueries(engine, device_links=links)
 
 
 @contextlib.asynccontextmanager

@@ -129,7 +129,34 @@ def device_preregister(ctx: Context, device_id: str, profile: str, transaction_i
 
 @click.group()
 def ca() -> None:
-    """Certificate authorities: customers' own CAs."""
+    """Certificate authorities: ours (`ca list`) and customers' own CAs."""
+
+
+@ca.command("list")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@pass_ctx
+def ca_list(ctx: Context, fmt: str) -> None:
+    """Our issuing CAs: certificate, RA certificate and CRL state, as GET /api/v1/cas (needs the CA keys, as
+    `crl show` does; works with the binding capability off)."""
+    from ..ca.overview import overview
+    from ..crlwiring.cli import _quiet_logs
+    from ..runtime import Uses
+
+    _quiet_logs(ctx)
+
+    async def go():
+        async with ctx.runtime(Uses(crl=True)) as rt:
+            return await overview(rt.cas, rt.crl)
+
+    rows = run(go())
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for c in rows:
+        crl = c["crl"] or {}
+        click.echo(f"{c['name']}\t{c['certificate']['subject']}\tuntil {c['certificate']['not_after'][:10]}"
+                   f"\tRA until {c['ra_certificate']['not_after'][:10]}\tCRL #{crl.get('number')} "
+                   f"({crl.get('state')}, next update {crl.get('next_update')})")
 
 
 @ca.command("add-external")

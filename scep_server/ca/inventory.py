@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -19,6 +20,7 @@ from crl.build import Reason  # RFC 5280 §5.3.1 CRLReason, one definition share
 from trustkit import paging
 from trustkit.clock import aware
 from trustkit.paging import Page, PageRequest
+from trustkit.problems import Conflict, NotFound
 
 from ..store.tables import cas, certificates
 from .status import LISTED, CertStatus
@@ -26,6 +28,18 @@ from .status import LISTED, CertStatus
 
 class InventoryError(Exception):
     """A status change the inventory refuses (unknown serial, or a revoked certificate)."""
+
+
+class UnknownCertificate(InventoryError, NotFound):
+    """No certificate with this serial (404 in the API)."""
+
+    code = "certificate_not_found"
+
+
+class InvalidTransition(InventoryError, Conflict):
+    """The certificate's state forbids the change: a revocation is final, only a hold is released (409)."""
+
+    code = "invalid_transition"
 
 
 @dataclass(frozen=True)
@@ -86,10 +100,11 @@ CERT_KEY = (datetime, str)
 
 
 async def list_certs(conn: AsyncConnection, page: PageRequest, *, status: str | None = None,
-                     profile: str | None = None) -> Page[CertRecord]:
-    """One page of the inventory, newest first (docs/api.md "Pagination")."""
+                     profile: str | None = None, where: Sequence[sa.ColumnElement[bool]] = ()) -> Page[CertRecord]:
+    """One page of the inventory, newest first (docs/api.md "Pagination"); `where`: more conditions over
+    ``certificates`` (the filters of `scep_server.ca.queries`)."""
     key = [certificates.c.issued_at, certificates.c.serial]
-    q = (sa.select(certificates).where(paging.after(key, page.after, descending=True))
+    q = (sa.select(certificates).where(paging.after(key, page.after, descending=True), *where)
          .order_by(*paging.order(key, descending=True)).limit(page.limit + 1))
     if status:
         q = q.where(certificates.c.status == status)

@@ -26,7 +26,7 @@ from trustkit.db import writer
 from ..store.events import record_event
 from ..store.tables import certificates
 from . import inventory
-from .inventory import CertRecord, InventoryError, Reason
+from .inventory import CertRecord, InvalidTransition, Reason, UnknownCertificate
 from .status import CHANGEABLE, DEFAULT_KIND, CertStatus, EventKind, StatusChange
 
 log = structlog.get_logger("revocation")
@@ -109,8 +109,8 @@ async def change_status(conn: AsyncConnection, serial: str, status: CertStatus, 
         if states is not None or never_used:
             return None
         if await inventory.get(conn, serial) is None:
-            raise InventoryError(f"no certificate with serial {serial}")
-        raise InventoryError(f"certificate {serial} is revoked for good and cannot change")
+            raise UnknownCertificate(f"no certificate with serial {serial}")
+        raise InvalidTransition(f"certificate {serial} is revoked for good and cannot change")
     after = await inventory.get(conn, serial)
     assert after is not None
     if record:
@@ -167,8 +167,8 @@ class RevocationService:
             if change is None:  # a conditional change whose condition did not hold
                 current = await inventory.get(conn, serial)
                 if current is None:
-                    raise InventoryError(f"no certificate with serial {serial}")
-                raise InventoryError(f"certificate {serial} is {current.status.value}, not on hold")
+                    raise UnknownCertificate(f"no certificate with serial {serial}")
+                raise InvalidTransition(f"certificate {serial} is {current.status.value}, not on hold")
         assert change.record is not None
         kind = EventKind(kw.get("kind") or DEFAULT_KIND[status])
         log.info(kind.value, serial=serial, actor=actor, status=status.value, reason=change.record.revocation_reason)

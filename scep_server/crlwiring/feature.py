@@ -66,6 +66,9 @@ class CrlFeature:
         app.router.add_get("/crl/{ca}.crl", _der)
         app.router.add_get("/crl/{ca}.pem", _pem)
         app.router.add_get("/crl/{name}", _other)
+        from .web import add_routes
+
+        add_routes(app)  # POST /api/v1/cas/{ca}/crl/publish
 
     def jobs(self, runtime: Runtime) -> list[Callable[[], Awaitable[None]]]:
         from .jobs import change_feed, change_watcher, publishers, unused_certificates

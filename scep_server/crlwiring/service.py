@@ -31,7 +31,7 @@ from crl.signing import CrlSigner, algorithm_for_public_key
 from trustkit.clock import aware
 
 from ..ca import inventory
-from ..ca.authority import CertificateAuthority
+from ..ca.authority import CertificateAuthority, cdp_url
 from ..store.events import STATUS_EVENTS, announce
 from ..store.tables import events
 
@@ -263,6 +263,31 @@ class CrlService:
         if pub.current is None:
             return await pub.publish_now()
         return pub.current
+
+    async def status(self, ca: str) -> dict:
+        """The state of `ca`'s CRL for administrators (`GET /api/v1/cas`, `ca list`): the CRL served, after a
+        look at the database (a CRL another process recorded is adopted), and the outcome of this process's
+        re-signs (`Publisher.health`). CrlError for an unknown CA."""
+        pub = self.publisher(ca)
+        await pub.refresh_from_store()
+        h = pub.health()
+        cur = pub.current
+
+        def iso(value: datetime | None) -> str | None:
+            return value.isoformat() if value is not None else None
+
+        return {"state": h.state, "number": h.crl_number, "this_update": iso(h.this_update),
+                "next_update": iso(h.next_update), "entries": cur.entries if cur else None,
+                "sha256": cur.sha256 if cur else None, "url": cdp_url(self.runtime.settings.server.public_base_url(), ca),
+                "last_success_at": iso(h.last_success_at), "last_failure_at": iso(h.last_failure_at),
+                "last_error": h.last_error, "consecutive_failures": h.consecutive_failures}
+
+    async def publish(self, ca: str) -> PublishedCrl:
+        """Sign and record a new CRL of `ca` now (an administrator's request); CrlError for an unknown CA,
+        PublishError when signing or recording fails (the previous CRL is still served)."""
+        pub = self.publisher(ca)
+        await pub.refresh_from_store()  # number after the newest recorded anywhere
+        return await pub.publish_now()
 
     async def crl_source(self, ca: str) -> bytes:
         """SCEP GetCRL (RFC 8894 §3.3.4): the same DER bytes as /crl/{ca}.crl."""

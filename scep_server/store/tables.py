@@ -66,6 +66,9 @@ certificates = sa.Table(
     sa.Index("ix_certificates_renewal_of", "renewal_of"),
     sa.Index("ix_certificates_ca_status", "ca", "status"),
     sa.Index("ix_certificates_public_key", "public_key_sha256"),
+    sa.Index("ix_certificates_issued", "issued_at", "serial"),  # lists: newest first (core_0005)
+    sa.Index("ix_certificates_enrolled_device", "enrolled_device_id"),
+    sa.Index("ix_certificates_not_after", "not_after"),
 )
 
 # One row per (profile, SCEP transactionID): makes retries idempotent and carries pending enrolments.

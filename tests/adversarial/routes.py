@@ -68,6 +68,10 @@ def body_for(armed: Armed, method: str, canonical: str) -> tuple[bytes | None, d
         "/api/v1/otp/verify": {"user": "matrix", "otp": fresh_otp(armed.yubikey)},
         "/api/v1/otp-clients": {"name": "matrix"},
         "/api/v1/external-cas": {"name": "matrix", "certificate": "AAAA"},
+        "/api/v1/certificates/{serial}/revoke": {"reason": "superseded", "invalidity_date": "2026-01-01"},
+        "/api/v1/certificates/{serial}/hold": {},
+        "/api/v1/certificates/{serial}/release": {},
+        "/api/v1/cas/{ca}/crl/publish": {},
         "/scep/{profile}/challenge": {"webhook": {"webhookEvent": "SCEPChallenge"}, "event": {}},
     }
     if method == "POST" and canonical == "/api/v1/yubikeys/import":
