@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from trustkit import paging
 from trustkit.clock import aware
 from trustkit.db import writer
 
@@ -36,7 +37,7 @@ GENESIS = "0" * 64
 
 LOCK_KEY = 0x5CE9_A0D1  # pg_advisory_xact_lock key of the sealers (a constant of this application)
 BATCH = 1000  # rows sealed per statement batch
-MAX_BATCHES = 100  # per seal() call: a backlog larger than this is finished by the next calls
+MAX_BATCHES = 5  # per seal() call (its transaction holds SQLite's write lock): a larger backlog takes more calls
 READ_BATCH = 5000  # rows read per query by verify()
 
 _COLUMNS = (events.c.id, events.c.at, events.c.kind, events.c.subject, events.c.actor, events.c.data,
@@ -90,6 +91,11 @@ async def _fold_anchor(conn: AsyncConnection) -> tuple[int, str]:
 async def seal(engine: AsyncEngine, *, now: datetime) -> int:
     """Link the events not yet sealed (starting the chain with its anchor on the first call); the number
     sealed. One transaction per call, serialised with every other sealer of the database."""
+    async with engine.connect() as conn:  # nothing to do (the steady state): no write transaction, no lock
+        started = (await conn.execute(sa.select(events_chain.c.id).where(events_chain.c.id == 1))).first()
+        pending = (await conn.execute(sa.select(events.c.id).where(events.c.chain_seq.is_(None)).limit(1))).first()
+    if started is not None and pending is None:
+        return 0
     sealed = 0
     async with writer(engine).begin() as conn:
         await _lock(conn)
@@ -162,10 +168,11 @@ async def _verify(conn: AsyncConnection) -> Verification:
             f"{aware(head.started_at).isoformat()}) were changed or deleted: {count} remain and their hash differs"
             if count != head.anchor_count else
             f"an event written before the chain was started (one of the {count} anchored) was changed"), **found)
-    previous, expected, last_seq = head.anchor_hash, 1, 0
+    previous, expected, last = head.anchor_hash, 1, None
+    key = [events.c.chain_seq, events.c.id]
     for _ in range(10 ** 9 // READ_BATCH):
-        rows = (await conn.execute(sa.select(*_COLUMNS).where(events.c.chain_seq > last_seq)
-                                   .order_by(events.c.chain_seq, events.c.id).limit(READ_BATCH))).all()
+        rows = (await conn.execute(sa.select(*_COLUMNS).where(events.c.chain_seq > 0, paging.after(key, last))
+                                   .order_by(*paging.order(key)).limit(READ_BATCH))).all()
         for r in rows:
             if r.chain_seq != expected:
                 what = (f"the event sealed as number {expected} is missing (deleted)" if r.chain_seq > expected
@@ -179,7 +186,7 @@ async def _verify(conn: AsyncConnection) -> Verification:
             previous, expected = r.chain_hash, expected + 1
         if len(rows) < READ_BATCH:
             break
-        last_seq = rows[-1].chain_seq
+        last = (rows[-1].chain_seq, rows[-1].id)
     if (expected - 1, previous) != (head.seq, head.hash):
         return Verification(ok=False, anchored=count, checked=expected - 1, problem=(
             f"the chain ends at number {expected - 1} but its head says {head.seq}: the last events were deleted"

@@ -202,3 +202,17 @@ async def test_the_server_seals_what_it_writes(aiohttp_server, tmp_path, db_url)
         async with http.get("/api/v1/events", params={"subject": "dev-1"}) as r:
             [event] = (await r.json())["events"]
     assert event["chain_seq"] >= 1 and len(event["chain_hash"]) == 64
+
+
+async def test_verification_reads_in_pages_and_sees_a_number_used_twice(engine, monkeypatch):
+    monkeypatch.setattr(chain, "READ_BATCH", 2)  # every page boundary is crossed
+    await _write(engine, 3)
+    await chain.seal(engine, now=NOW)
+    await _write(engine, 5, start=3)
+    await chain.seal(engine, now=NOW)
+    result = await chain.verify(engine)
+    assert (result.ok, result.anchored, result.checked) == (True, 3, 5)
+    ids = await _ids_by_seq(engine)
+    await _exec(engine, events.update().where(events.c.id == ids[3]).values(chain_seq=2))
+    result = await chain.verify(engine)
+    assert not result.ok and result.broken_id == ids[3] and "appears twice" in result.problem
