@@ -27,6 +27,30 @@ async def _seed(engine, rows: list[tuple]) -> None:
             await record_event(conn, at=at, kind=kind, subject=subject, actor=actor, data={"n": kind})
 
 
+def _customer_ca() -> str:
+    """A customer's CA certificate (PEM) with a CRL distribution point (on loopback: never fetched here, the
+    checker refuses non-public destinations by default)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    from tests.factories import rsa_key
+
+    key = rsa_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Acme Devices CA")])
+    cdp = x509.CRLDistributionPoints([x509.DistributionPoint(
+        [x509.UniformResourceIdentifier("http://127.0.0.1:9/devices.crl")], None, None, None)])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(NOW - timedelta(days=1))
+            .not_valid_after(NOW + timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(cdp, critical=False)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
 async def test_admin_changes_name_the_token_never_a_body_actor(aiohttp_server, tmp_path, db_url):
     app = await start_app(aiohttp_server, tmp_path, db_url)
     rt = app.runtime
@@ -42,6 +66,8 @@ async def test_admin_changes_name_the_token_never_a_body_actor(aiohttp_server, t
         async with http.post("/api/v1/devices/dev-1/enrolments",
                              json={"profile": "default", "transaction_id": "tx-1", **forged}) as r:
             assert r.status == 201, await r.text()
+        async with http.post("/api/v1/external-cas", json={"name": "acme", "certificate": _customer_ca(), **forged}) as r:
+            assert r.status == 201, await r.text()
         async with http.post("/api/v1/otp-clients", json={"name": "rp"}) as r:
             assert r.status == 201, await r.text()
             client_id = (await r.json())["id"]
@@ -52,6 +78,9 @@ async def test_admin_changes_name_the_token_never_a_body_actor(aiohttp_server, t
             events = (await r.json())["events"]
     assert [e["kind"] for e in events] == ["device.enrolment.preregister", "device.suspend", "device.create"]
     assert {e["actor"] for e in events} == {me}
+    async with aiohttp.ClientSession(app.url, headers=bearer(admin)) as http:
+        async with http.get("/api/v1/events", params={"kind": "pki.ca.add"}) as r:
+            assert [(e["subject"], e["actor"]) for e in (await r.json())["events"]] == [("acme", me)]
     otp_events = await rt.otp.store.events(kind_prefix="otp.client.")
     assert [(e["kind"], e["actor"]) for e in otp_events] == [("otp.client.added", me), ("otp.client.disabled", me)]
 
