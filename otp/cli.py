@@ -181,7 +181,7 @@ def build_cli(open_service: OpenService) -> list[click.Group]:
                   help="A legacy client that cannot sign: accept its requests without h (each one is logged).")
     def client_add_cmd(name: str, allow_unsigned: bool) -> None:
         """Create a client: prints its id and base64 API key (shown only now)."""
-        info, key = run(lambda s: s.add_client(name, allow_unsigned=allow_unsigned))
+        info, key = run(lambda s: s.add_client(name, allow_unsigned=allow_unsigned, actor=_actor()))
         click.echo(f"id: {info.id}")
         click.echo(f"key: {key}")
         click.echo(f"e.g. ykclient --url https://HOST/wsapi/2.0/verify --apikey {key} {info.id} OTP", err=True)
@@ -215,7 +215,7 @@ def build_cli(open_service: OpenService) -> list[click.Group]:
                   help="Whether the client may send requests without h (a legacy client).")
     def client_set_cmd(client_id: int, allow_unsigned: bool) -> None:
         """Let a legacy client send unsigned requests, or require its signatures again."""
-        run(lambda s: s.set_client_unsigned(client_id, allow_unsigned))
+        run(lambda s: s.set_client_unsigned(client_id, allow_unsigned, actor=_actor()))
         click.echo(f"OTP client {client_id}: " + ("unsigned requests accepted" if allow_unsigned
                                                  else "signed requests required"))
 
@@ -223,7 +223,7 @@ def build_cli(open_service: OpenService) -> list[click.Group]:
     @click.argument("client_id", metavar="ID", type=click.IntRange(min=1))
     def client_disable_cmd(client_id: int) -> None:
         """Disable a client: its requests are answered NO_SUCH_CLIENT."""
-        run(lambda s: s.disable_client(client_id))
+        run(lambda s: s.disable_client(client_id, actor=_actor()))
         click.echo(f"disabled OTP client {client_id}")
 
     return [yubikey, otp_client]

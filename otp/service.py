@@ -633,7 +633,8 @@ class OtpService:
 
     # ---- protocol 2.0 API clients -------------------------------------------------------------
 
-    async def add_client(self, name: str = "", *, allow_unsigned: bool = False) -> tuple[ClientInfo, str]:
+    async def add_client(self, name: str = "", *, allow_unsigned: bool = False,
+                         actor: str | None = None) -> tuple[ClientInfo, str]:
         """A new API client; returns it and its base64 key (shown only now). `allow_unsigned` lets a legacy
         client send requests without `h` (each one is logged)."""
         name = (name or "").strip()
@@ -645,7 +646,7 @@ class OtpService:
             client_id = await self.store.add_client(conn, name, now, allow_unsigned=allow_unsigned)
             await self.store.set_client_secret(conn, client_id, self._box.seal(secret, _client_aad(client_id)),
                                                self._box.kek_id)
-            await self.store.add_event(conn, at=now, kind="otp.client.added", client_id=client_id,
+            await self.store.add_event(conn, at=now, kind="otp.client.added", client_id=client_id, actor=actor,
                                        detail={"name": name, "allow_unsigned": allow_unsigned})
         log.info("otp.client.added", extra={"client_id": client_id, "allow_unsigned": allow_unsigned})
         return ClientInfo(client_id, name, now, None, allow_unsigned), base64.b64encode(secret).decode("ascii")
@@ -655,7 +656,7 @@ class OtpService:
         rows = await self.store.clients(page)
         return Page(items=[_client_info(r) for r in rows.items], next_cursor=rows.next_cursor)
 
-    async def set_client_unsigned(self, client_id: int, allow: bool) -> ClientInfo:
+    async def set_client_unsigned(self, client_id: int, allow: bool, *, actor: str | None = None) -> ClientInfo:
         """Let a legacy client send unsigned requests, or require its signatures again (other processes:
         within client_cache_seconds)."""
         if not isinstance(allow, bool):
@@ -664,7 +665,7 @@ class OtpService:
         async with self.store.begin_write() as conn:
             if not 0 < client_id <= MAX_CLIENT_ID or not await self.store.set_client_unsigned(conn, client_id, allow):
                 raise NotFound(f"no OTP client with id {client_id}")
-            await self.store.add_event(conn, at=now, kind="otp.client.changed", client_id=client_id,
+            await self.store.add_event(conn, at=now, kind="otp.client.changed", client_id=client_id, actor=actor,
                                        detail={"allow_unsigned": allow})
         self._clients.pop(client_id, None)
         log.warning("otp.client.changed", extra={"client_id": client_id, "allow_unsigned": allow})
@@ -672,7 +673,7 @@ class OtpService:
         assert row is not None
         return _client_info(row)
 
-    async def disable_client(self, client_id: int) -> ClientInfo:
+    async def disable_client(self, client_id: int, *, actor: str | None = None) -> ClientInfo:
         """Disable a client: its requests get NO_SUCH_CLIENT (other processes: within client_cache_seconds)."""
         now = self._clock()
         if not await self.store.disable_client(client_id, now):
@@ -680,7 +681,7 @@ class OtpService:
             if row is None:
                 raise NotFound(f"no OTP client with id {client_id}")
             raise Conflict(f"OTP client {client_id} is already disabled")
-        await self.store.record_event(at=now, kind="otp.client.disabled", client_id=client_id)
+        await self.store.record_event(at=now, kind="otp.client.disabled", client_id=client_id, actor=actor)
         self._clients.pop(client_id, None)
         row = await self.store.client(client_id)
         assert row is not None

@@ -185,7 +185,8 @@ class _Routes:
         allow_unsigned = data.get("allow_unsigned", False)
         if not isinstance(allow_unsigned, bool):
             raise InvalidInput("allow_unsigned must be true or false")
-        info, key = await self._service(request).add_client(name, allow_unsigned=allow_unsigned)
+        info, key = await self._service(request).add_client(name, allow_unsigned=allow_unsigned,
+                                                                 actor=_actor(request))
         return web.json_response({**info.to_json(), "api_key": key}, status=201)
 
     @requires_scope("admin")
@@ -196,7 +197,7 @@ class _Routes:
         if set(data) != {"allow_unsigned"}:
             raise InvalidInput("the body must be {\"allow_unsigned\": true|false}")
         return web.json_response((await self._service(request).set_client_unsigned(
-            client_id, data["allow_unsigned"])).to_json())
+            client_id, data["allow_unsigned"], actor=_actor(request))).to_json())
 
     @requires_scope("admin")
     async def list_clients(self, request: web.Request) -> web.StreamResponse:
@@ -208,7 +209,7 @@ class _Routes:
     @requires_scope("admin")
     async def disable_client(self, request: web.Request) -> web.StreamResponse:
         client_id = _client_id(request)
-        return web.json_response((await self._service(request).disable_client(client_id)).to_json())
+        return web.json_response((await self._service(request).disable_client(client_id, actor=_actor(request))).to_json())
 
 
 def _client_id(request: web.Request) -> int:

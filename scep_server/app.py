@@ -10,6 +10,7 @@ from .appkeys import RUNTIME
 from trustkit.clock import Clock, utcnow
 from .config import Settings
 from .jobs import Supervisor
+from .audit import web as audit_web
 from .runtime import Uses, open_runtime
 from .web import admin_certs, auth, ca, client, errors, health, scep
 
@@ -35,6 +36,10 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
             # delegated certificates left awaiting the MDM's acknowledgement: delivered or revoked
             assert runtime.scep is not None
             supervisor.start("scep.ack_reconciler", runtime.scep.ack_reconciler, runtime.readiness)
+            if settings.audit.chain:  # the audit trail's hash chain: new events are sealed every seal_interval
+                from .audit.service import sealer_job
+
+                supervisor.start("audit.sealer", sealer_job(runtime), runtime.readiness)
             try:
                 yield
             finally:
@@ -49,6 +54,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     ca.add_routes(app)
     health.add_routes(app)
     admin_certs.add_routes(app)
+    audit_web.add_routes(app)
     for feature in loaded:
         feature.add_routes(app)
     return app

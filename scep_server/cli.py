@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from trustkit.clock import utcnow
-from .clictx import Context, pass_ctx, run
+from .clictx import Context, cli_actor, pass_ctx, run
 from .clipaging import collect, paging_options, say_more
 
 
@@ -314,7 +314,7 @@ def _status_change(ctx: Context, serial: str, change: str, **kwargs: Any) -> Non
 
     async def go():
         async with ctx.runtime(Uses(revocation=True)) as rt:
-            return await getattr(rt.revocation, change)(_serial_arg(serial), actor="cli", **kwargs)
+            return await getattr(rt.revocation, change)(_serial_arg(serial), actor=cli_actor(), **kwargs)
 
     try:
         record = run(go())

@@ -46,6 +46,16 @@ class Context:
             raise click.ClickException(str(exc)) from None
 
 
+def cli_actor() -> str:
+    """The actor of a change made on the command line: ``cli:<os user>`` (``cli`` where no user name exists)."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"[:255]
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "cli"
+
+
 def run(coro):
     import asyncio
 

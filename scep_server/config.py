@@ -160,6 +160,14 @@ class OtpSection(OtpSettings):
     enabled: bool = True
 
 
+class AuditSettings(BaseModel):
+    """The audit trail's hash chain (scep_server/store/chain.py)."""
+    # Seal the events table into a SHA-256 hash chain (`scep-server audit verify` checks it). Every process
+    # sharing a database should have the same value.
+    chain: bool = False
+    seal_interval: float = Field(1.0, gt=0, le=3600)  # seconds between two seals of a server process
+
+
 class LogSettings(BaseModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -175,6 +183,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     ca: CASettings = CASettings()
     log: LogSettings = LogSettings()
+    audit: AuditSettings = AuditSettings()
     binding: BindingSettings = BindingSettings()
     crl: CrlSection = CrlSection()
     otp: OtpSection = OtpSection()

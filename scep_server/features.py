@@ -30,6 +30,7 @@ FEATURES: tuple[str, ...] = (
 
 # command group name -> "module:attribute" (the module is imported when the group is used)
 COMMANDS: dict[str, str] = {
+    "audit": "scep_server.audit.cli:audit",
     "crl": "scep_server.crlwiring.cli:crl",
     "yubikey": "scep_server.otpwiring.cli:yubikey",
     "otp-client": "scep_server.otpwiring.cli:otp_client",

@@ -244,6 +244,8 @@ async def open_runtime(settings: Settings, *, clock: Clock = utcnow, uses: Uses 
             if uses.scep:
                 runtime.scep = await stack.enter_async_context(_open_scep(runtime))
             yield runtime
+        if settings.audit.chain:  # what this process wrote is sealed before it ends (a command's changes)
+            await _seal_on_exit(runtime)
     finally:
         await engine.dispose()
 
@@ -259,6 +261,15 @@ def _certificate_queries(settings: Settings, engine: AsyncEngine) -> "Certificat
 
         links = BoundCertificates()
     return CertificateQueries(engine, device_links=links)
+async def _seal_on_exit(runtime: Runtime) -> None:
+    from .audit.service import seal
+
+    try:
+        await seal(runtime)
+    except Exception as exc:  # noqa: BLE001 - a running server's sealer, or the next command, seals them
+        import structlog
+
+        structlog.get_logger(__name__).warning("audit.seal.failed", error=f"{exc.__class__.__name__}: {exc}")
 
 
 @contextlib.asynccontextmanager

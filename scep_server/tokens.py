@@ -35,7 +35,7 @@ class TokenStore:
     def __init__(self, engine: AsyncEngine, *, cache_seconds: float = 5.0):
         self._engine = engine
         self._ttl = cache_seconds
-        self._cache: dict[str, tuple[float, tuple[str, str] | None]] = {}
+        self._cache: dict[str, tuple[float, tuple[str, str, str] | None]] = {}
 
     async def create(self, *, scope: str, name: str, now: datetime) -> tuple[str, str]:
         """A new token: returns (id, secret token); the secret is shown once and never stored."""
@@ -53,16 +53,16 @@ class TokenStore:
         granted = await self.identify(token)
         return granted[0] if granted else None
 
-    async def identify(self, token: str) -> tuple[str, str] | None:
-        """(scope, name) of an enabled token, or None."""
+    async def identify(self, token: str) -> tuple[str, str, str] | None:
+        """(scope, id, name) of an enabled token, or None."""
         digest = _digest(token)
         hit = self._cache.get(digest)
         if hit and hit[0] > time.monotonic():
             return hit[1]
         async with self._engine.connect() as conn:
-            row = (await conn.execute(sa.select(api_tokens.c.scope, api_tokens.c.name).where(
+            row = (await conn.execute(sa.select(api_tokens.c.scope, api_tokens.c.id, api_tokens.c.name).where(
                 api_tokens.c.token_sha256 == digest, api_tokens.c.disabled_at.is_(None)))).first()
-        granted = (row.scope, row.name) if row else None
+        granted = (row.scope, row.id, row.name) if row else None
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[digest] = (time.monotonic() + self._ttl, granted)

@@ -1,21 +1,13 @@
 """`scep-server device ...` and `scep-server ca add-external|list-external`."""
 from __future__ import annotations
 
-import getpass
 import json
 from pathlib import Path
 
 import click
 
-from ..clictx import Context, pass_ctx, run
+from ..clictx import Context, cli_actor as _actor, pass_ctx, run
 from ..clipaging import collect, paging_options, say_more
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:  # noqa: BLE001 - no user name in some containers
-        return "cli"
 
 
 def _call(ctx: Context, fn):

@@ -5,13 +5,15 @@
                                          -> {"managed": bool, "reason": code, "detail", ...}
     GET  /api/v1/devices[?status=&limit=&cursor=]   POST /api/v1/devices {"id"?, "name"?}
     GET  /api/v1/devices/{id}            (device, bindings, history)
-    POST /api/v1/devices/{id}/{suspend|unsuspend|deactivate|reactivate|delete}  {"reason"?, "actor"?}
+    POST /api/v1/devices/{id}/{suspend|unsuspend|deactivate|reactivate|delete}  {"reason"?}
     DELETE /api/v1/devices/{id}          (= delete)
     DELETE /api/v1/devices/{id}/certificate   (remove the current certificate: never accepted again)
     POST /api/v1/devices/{id}/enrolments {"profile", "transaction_id"}  (pre-register an enrolment)
     GET  /api/v1/external-cas[?limit=&cursor=]      POST /api/v1/external-cas {"name", "certificate", "policy"?}
 
 The lists are cursor-paged (docs/api.md "Pagination"): {"devices"|"external_cas": [...], "next_cursor", "next"}.
+The actor of every change is the caller's token (``token:<id>:<name>``, scep_server.web.auth.ACTOR); a body
+never names it (an ``actor`` member is ignored).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from trustkit.paging import page_body, page_request
 from trustkit.problems import NotFound
 
 from ..appkeys import RUNTIME
-from ..web.auth import requires
+from ..web.auth import ACTOR, requires
 from .attestation import Verdict, b64decode, decode_certificate
 from .errors import InvalidInput
 from .external import load_certificate
@@ -92,9 +94,9 @@ async def verify(request: web.Request) -> web.Response:
     return web.json_response(result.to_json())
 
 
-def _actor(body: dict) -> str:
-    who = body.get("actor")
-    return f"api:{who}" if isinstance(who, str) and who and len(who) <= 200 else "api:admin"
+def _actor(request: web.Request) -> str:
+    """The authenticated principal (set by the bearer middleware before the handler runs)."""
+    return request[ACTOR]
 
 
 @requires("admin")
@@ -113,7 +115,7 @@ async def create_device(request: web.Request) -> web.Response:
     body = await _json(request)
     device_id = _str(body, "id", required=False, limit=64)
     name = _str(body, "name", required=False, limit=255) or ""
-    device = await services(request.app[RUNTIME]).devices.create(device_id, name=name, actor=_actor(body))
+    device = await services(request.app[RUNTIME]).devices.create(device_id, name=name, actor=_actor(request))
     return web.json_response(device.to_json(), status=201)
 
 
@@ -130,7 +132,7 @@ async def _transition(request: web.Request, action: str) -> web.Response:
     body = await _json(request, optional=True)
     reason = _str(body, "reason", required=False, limit=1000)
     device, changes = await services(request.app[RUNTIME]).devices.transition(
-        request.match_info["device_id"], action, actor=_actor(body), reason=reason)
+        request.match_info["device_id"], action, actor=_actor(request), reason=reason)
     return web.json_response({**device.to_json(), "certificate_changes": [c.to_json() for c in changes]})
 
 
@@ -151,7 +153,7 @@ async def delete_device(request: web.Request) -> web.Response:
 async def remove_certificate(request: web.Request) -> web.Response:
     body = await _json(request, optional=True)
     binding = await services(request.app[RUNTIME]).devices.remove_certificate(
-        request.match_info["device_id"], actor=_actor(body), reason=_str(body, "reason", required=False))
+        request.match_info["device_id"], actor=_actor(request), reason=_str(body, "reason", required=False))
     return web.json_response(binding.to_json())
 
 
@@ -160,7 +162,7 @@ async def preregister(request: web.Request) -> web.Response:
     body = await _json(request)
     done = await services(request.app[RUNTIME]).devices.preregister(
         request.match_info["device_id"], profile=_str(body, "profile", limit=64),
-        transaction_id=_str(body, "transaction_id", limit=255), actor=_actor(body))
+        transaction_id=_str(body, "transaction_id", limit=255), actor=_actor(request))
     return web.json_response(done, status=201)
 
 
@@ -181,7 +183,7 @@ async def add_external(request: web.Request) -> web.Response:
         policy = Policy(body.get("policy") or "fail-closed")
     except ValueError:
         raise InvalidInput("'policy': fail-open or fail-closed") from None
-    ca = await services(rt).external.add(name, cert, policy=policy, actor=_actor(body), now=rt.clock())
+    ca = await services(rt).external.add(name, cert, policy=policy, actor=_actor(request), now=rt.clock())
     await services(rt).external.reload()
     return web.json_response(ca.to_json(), status=201)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..clictx import Context, pass_ctx
+from ..clictx import Context, cli_actor, pass_ctx
 from ..clictx import run as _run
 from ..clipaging import collect, paging_options, say_more
 
@@ -52,7 +52,7 @@ def challenge_new(ctx: Context, profile: str, subject: str | None, sans: tuple[s
     async def go():
         async with ctx.runtime(Uses(challenge=True)) as rt:
             assert rt.challenges is not None
-            return await rt.challenges.new_challenge(profile, source="cli", requested_by="cli",
+            return await rt.challenges.new_challenge(profile, source="cli", requested_by=cli_actor(),
                                                      expectations=expectations)
 
     try:
@@ -233,7 +233,7 @@ def _decide(ctx: Context, profile: str, transaction_id: str, approve: bool, reas
     async def go():
         async with ctx.runtime(Uses.issuing(ctx.settings())) as rt:
             assert rt.scep is not None
-            return await rt.scep.decide(profile, transaction_id, approve=approve, actor="cli", reason=reason)
+            return await rt.scep.decide(profile, transaction_id, approve=approve, actor=cli_actor(), reason=reason)
 
     try:
         return run(go())

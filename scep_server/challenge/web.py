@@ -14,7 +14,7 @@ from trustkit.problems import BadRequest, Forbidden, NotFound, ServiceUnavailabl
 from ..appkeys import RUNTIME
 from ..enrolment import ApprovalRefused
 from ..profiles import UnknownProfile
-from ..web.auth import bad_credentials, basic_credentials, basic_realm, requires
+from ..web.auth import ACTOR, bad_credentials, basic_credentials, basic_realm, requires
 from ..web.client import client_address
 from .config import ChallengeConfigError
 from .page import cache_full_page, challenge_page
@@ -129,7 +129,7 @@ async def api_new_challenge(request: web.Request) -> web.Response:
         raise BadRequest(str(exc)) from None
     try:
         issued = await _service(request).new_challenge(request.match_info["profile"], source="api",
-                                                       requested_by="api", expectations=expectations)
+                                                       requested_by=request[ACTOR], expectations=expectations)
     except (UnknownProfile, NotDynamic) as exc:
         raise NotFound(str(exc)) from None
     except ChallengeConfigError as exc:
@@ -165,7 +165,7 @@ async def _decide(request: web.Request, approve: bool) -> web.Response:
         raise BadRequest("reason must be a string")
     rt = request.app[RUNTIME]
     try:
-        result = await rt.scep.decide(request.match_info["profile"], txid, approve=approve, actor="api:admin",
+        result = await rt.scep.decide(request.match_info["profile"], txid, approve=approve, actor=request[ACTOR],
                                       reason=(reason or None) and reason[:500])
     except UnknownProfile as exc:
         raise NotFound(str(exc)) from None
@@ -174,7 +174,7 @@ async def _decide(request: web.Request, approve: bool) -> web.Response:
     except LookupError as exc:  # no such pending enrolment (a lost race is a Conflict, answered as raised)
         raise NotFound(str(exc)) from None
     log.info("enrolment.decided", profile=request.match_info["profile"], transaction_id=txid,
-             approve=approve, actor="api:admin")
+             approve=approve, actor=request[ACTOR])
     return web.json_response({"profile": request.match_info["profile"], "transaction_id": txid,
                               "result": "rejected" if not approve else "issued",
                               "serial": result if approve else None})

@@ -114,6 +114,24 @@ events = sa.Table(
     sa.Column("subject", sa.String(255)),  # serial, device id, ...
     sa.Column("actor", sa.String(255)),
     sa.Column("data", sa.Text, nullable=False, server_default="{}"),
+    # the hash chain ([audit] chain, scep_server/store/chain.py): NULL until sealed, 0 for the rows the anchor
+    # covers (written before the chain was switched on), then 1, 2, 3 ... in chain order
+    sa.Column("chain_seq", sa.BigInteger),
+    sa.Column("chain_hash", sa.String(64)),  # SHA-256 (hex) of the previous link and this row's canonical encoding
     sa.Index("ix_events_kind_at", "kind", "at"),
     sa.Index("ix_events_subject", "subject"),
+    sa.Index("ix_events_actor", "actor"),
+    sa.Index("ix_events_chain", "chain_seq", "id"),
+)
+
+# The head of the audit chain: one row (id 1) once the chain is switched on; sealers lock it in turn.
+events_chain = sa.Table(
+    "events_chain",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("started_at", TS, nullable=False),
+    sa.Column("anchor_count", sa.BigInteger, nullable=False),  # events written before the chain (chain_seq 0)
+    sa.Column("anchor_hash", sa.String(64), nullable=False),  # the chain folded over those, in id order
+    sa.Column("seq", sa.BigInteger, nullable=False),  # the last sealed link
+    sa.Column("hash", sa.String(64), nullable=False),
 )

@@ -26,7 +26,8 @@ REALM = "device-trust"
 """The realm of the API tokens, on every route they protect (the application's and otp's)."""
 
 ACTOR = web.RequestKey("api_actor", str)
-"""Who called, as ``token:<name>``, once :func:`bearer_auth` has let a request through."""
+"""Who called, as ``token:<id>:<name>``, once :func:`bearer_auth` has let a request through: the principal
+recorded as the actor of the caller's changes in the audit trail (docs/api.md "Authentication")."""
 
 
 def requires(scope: str):
@@ -38,12 +39,17 @@ def requires(scope: str):
 
 
 async def authenticate_token(request: web.Request, token: str) -> tuple[str, str] | None:
-    """(scope, "token:<name>") of an enabled API token, None for an unknown or disabled one."""
+    """(scope, "token:<id>:<name>") of an enabled API token, None for an unknown or disabled one."""
     granted = await request.app[RUNTIME].tokens.identify(token)
     if granted is None:
         return None
-    scope, name = granted
-    return scope, f"token:{name}"
+    scope, token_id, name = granted
+    return scope, token_principal(token_id, name)
+
+
+def token_principal(token_id: str, name: str) -> str:
+    """The actor of an API token's changes: ``token:<id>:<name>`` (the id is unique, the name says whose)."""
+    return f"token:{token_id}:{name}"[:255]  # events.actor holds 255 characters
 
 
 @web.middleware

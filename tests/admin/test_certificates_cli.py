@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from click.testing import CliRunner
 
 from scep_server.cli import main
+from scep_server.clictx import cli_actor
 from tests.factories import csr, record_issued, rsa_key, settings_for
 
 
@@ -78,7 +79,7 @@ def test_cert_show_and_revoke_with_invalidity_date(cli, tmp_path):
     assert out.strip() == f"{serial}: revoked (key_compromise)"
     shown = json.loads(_invoke(tmp_path, "cert", "show", serial).stdout)
     assert shown["invalidity_date"] == "2026-01-02T03:04:05+00:00"
-    assert [(e["kind"], e["actor"]) for e in shown["events"]] == [("pki.cert.revoke", "cli")]
+    assert [(e["kind"], e["actor"]) for e in shown["events"]] == [("pki.cert.revoke", cli_actor())]
 
     unknown = _invoke(tmp_path, "cert", "show", "abcdef", code=1)
     assert "no certificate with serial abcdef" in unknown.output

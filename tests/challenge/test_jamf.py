@@ -184,6 +184,9 @@ async def test_expectations_bound_to_challenge(server):
                           json={"subject": "CN=kiosk-7", "sans": ["dns:kiosk-7.example"]}) as resp:
             assert resp.status == 201
             challenge = (await resp.json())["challenge"]
+        async with server.runtime.engine.connect() as conn:  # the caller's token, as the audit trail names it
+            requested_by = (await conn.execute(sa.select(challenges.c.requested_by))).scalars().all()
+        assert requested_by == [f"token:{token_id}:t"]
         async with s.post(f"{server.url}/api/v1/challenges/bound", headers=hdrs, json={"sans": ["bogus"]}) as resp:
             assert resp.status == 400
         async with s.post(f"{server.url}/api/v1/challenges/bound", json={}) as resp:

@@ -149,7 +149,7 @@ async def test_pending_reject_with_scep_submit_and_api(server, tmp_path):
             assert resp.status == 200 and (await resp.json())["result"] == "rejected"
         async with s.get(f"{server.url}/api/v1/enrolments?state=rejected", headers=admin) as resp:
             rows = (await resp.json())["enrolments"]
-        assert rows[0]["decided_by"] == "api:admin" and rows[0]["fail_text"] == "unknown camera"
+        assert rows[0]["decided_by"] == f"token:{token_id}:t" and rows[0]["fail_text"] == "unknown camera"
     rc, out = await dev.cert_poll()
     assert rc == 2, out  # "the CA rejected the request"
     # what the device's CertPoll got back, read with the project's codec: FAILURE with the reason

@@ -80,7 +80,8 @@ async def test_signin_and_admin_api_with_core_tokens(app):
         async with http.get("/api/v1/yubikeys?status=ACTIVE", headers=bearer(tok["admin"])) as r:
             report = await r.json()
         assert [(k["serial"], k["status"], k["user"]) for k in report["keys"]] == [("600001", "ACTIVE", "ada")]
-        assert report["keys"][0]["history"][0]["actor"] == "token:admin-tests"
+        admin_id = next(t.id for t in await app.runtime.tokens.list() if t.name == "admin-tests")
+        assert report["keys"][0]["history"][0]["actor"] == f"token:{admin_id}:admin-tests"
         async with http.get("/api/v1/yubikeys?format=csv", headers=bearer(tok["admin"])) as r:
             assert r.status == 200 and r.content_type == "text/csv" and "600002" in await r.text()
 
