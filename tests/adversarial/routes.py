@@ -69,6 +69,9 @@ def body_for(armed: Armed, method: str, canonical: str) -> tuple[bytes | None, d
         "/api/v1/otp-clients": {"name": "matrix"},
         "/api/v1/external-cas": {"name": "matrix", "certificate": "AAAA"},
         "/scep/{profile}/challenge": {"webhook": {"webhookEvent": "SCEPChallenge"}, "event": {}},
+        "/api/v1/profiles": {"name": "matrix", "challenge": "static", "settings": {}},
+        "/api/v1/profiles/{name}": {"settings": {"require_approval": False}},
+        "/api/v1/tokens": {"scope": "signin", "name": "matrix"},
     }
     if method == "POST" and canonical == "/api/v1/yubikeys/import":
         return secrets_file([make_key(next(_serials))]), {"Content-Type": "text/csv"}
