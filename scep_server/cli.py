@@ -136,7 +136,7 @@ def profile_add(ctx: Context, name: str, kind: str, secret: str | None, validity
         ca = ca_names(ctx.settings())[0]  # the CA's certificate is enough: no private key is read
         async with ctx.runtime() as rt:
             return await rt.profiles.create(name, ca=ca, challenge_kind=kind, static_secret=secret if kind == "static"
-                                            else None, settings=settings, now=utcnow())
+                                            else None, settings=settings, now=utcnow(), actor="cli")
 
     try:
         run(go())
@@ -432,7 +432,7 @@ def token_create(ctx: Context, scope: str, name: str, expires_in: str | None, ex
 
     async def go():
         async with ctx.runtime() as rt:
-            return await rt.tokens.create(scope=scope, name=name, now=utcnow(), expires_at=expiry)
+            return await rt.tokens.create(scope=scope, name=name, now=utcnow(), expires_at=expiry, actor="cli")
 
     try:
         token_id, secret = run(go())

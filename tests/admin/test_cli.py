@@ -9,6 +9,14 @@ from click.testing import CliRunner
 from scep_server.cli import main
 
 
+def _events(tmp_path, prefix: str) -> list[tuple[str, str, str]]:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "data" / "scep.db") as db:
+        return db.execute("SELECT kind, subject, actor FROM events WHERE kind LIKE ? ORDER BY id",
+                          (prefix + "%",)).fetchall()
+
+
 def test_token_create_list_disable(cli, tmp_path):
     out = cli("token", "create", "--scope", "admin", "--name", "ops", "--expires-in", "90d")
     token_id = re.search(r"^id: (\w+)$", out, re.M).group(1)
@@ -28,6 +36,9 @@ def test_token_create_list_disable(cli, tmp_path):
     assert "--cursor" in result.stderr
 
     assert cli("token", "disable", token_id).strip() == f"token {token_id} disabled"
+    assert _events(tmp_path, "security.token") == [("security.token.create", token_id, "cli"),
+                                                  ("security.token.create", rows[1][0], "cli"),
+                                                  ("security.token.disable", token_id, "cli")]
     assert "already disabled" in cli("token", "disable", token_id)
     assert "\tdisabled\t" in cli("token", "list").splitlines()[0]
     assert "no API token" in cli("token", "disable", "nope", code=1)
@@ -38,7 +49,7 @@ def test_token_create_list_disable(cli, tmp_path):
         cli("token", "create", "--scope", "admin", *bad, code=2)
 
 
-def test_profile_update_rotate_delete(cli):
+def test_profile_update_rotate_delete(cli, tmp_path):
     out = cli("profile", "add", "kiosk")
     old = re.search(r"^challenge: (\S+)$", out, re.M).group(1)
     shown = json.loads(cli("profile", "update", "kiosk", "--settings-json",
@@ -63,6 +74,8 @@ def test_profile_update_rotate_delete(cli):
     assert "no SCEP profile" in cli("profile", "delete", "kiosk", code=1)
     assert "kiosk" not in cli("profile", "list")
     assert "deleted" in cli("profile", "delete", "a", "--force")
+    assert [kind for kind, subject, actor in _events(tmp_path, "pki.profile") if subject == "kiosk"] == [
+        "pki.profile.create", "pki.profile.update", "pki.profile.rotate_secret", "pki.profile.delete"]
 
 
 def test_profile_add_refuses_unknown_settings(cli):
