@@ -13,7 +13,7 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 import sqlalchemy as sa
 import structlog
@@ -111,6 +111,10 @@ class TokenStore:
         if expires_at is not None:
             if expires_at.tzinfo is None:
                 raise TokenError("expires_at: a time with its UTC offset", field="expires_at")
+            try:
+                expires_at = expires_at.astimezone(timezone.utc)  # stored as UTC (beyond year 9999: refused)
+            except OverflowError:
+                raise TokenError("expires_at: out of range", field="expires_at") from None
             if expires_at <= now:
                 raise TokenError("expires_at: a time in the future", field="expires_at")
         token_id = secrets.token_hex(8)

@@ -145,6 +145,7 @@ async def test_hostile_bodies(server, admin, session):
         ({"scope": "root"}, 422, "invalid_token_request"),
         ({"scope": "admin", "expires_at": past}, 422, "invalid_token_request"),
         ({"scope": "admin", "name": "x" * 256}, 422, "invalid_token_request"),
+        ({"scope": "admin", "expires_at": "9999-12-31T23:59:59-14:00"}, 422, "invalid_token_request"),
         ({}, 400, "invalid_input"),
         ({"scope": ["admin"]}, 400, "invalid_input"),
         ({"scope": "admin", "name": 3}, 400, "invalid_input"),
