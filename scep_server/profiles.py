@@ -138,6 +138,14 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return merged
 
 
+def _message(error: dict) -> str:
+    """A pydantic error's message, with the refused value when it is a short scalar."""
+    given = error.get("input")
+    if isinstance(given, (str, int, float, bool)):
+        return f"{error['msg']} (given {repr(given)[:80]})"
+    return error["msg"]
+
+
 def _field(loc: tuple) -> str:
     return ".".join(["settings", *(str(part) for part in loc)])
 
@@ -156,7 +164,7 @@ def parse_settings(raw: Any, *, kind: str, base: ProfileSettings | None = None) 
     try:
         settings = ProfileSettings.model_validate(data)
     except ValidationError as exc:
-        errors = [{"field": _field(e["loc"]), "message": e["msg"]} for e in exc.errors(include_url=False)]
+        errors = [{"field": _field(e["loc"]), "message": _message(e)} for e in exc.errors(include_url=False)]
         first = errors[0] if errors else {"field": "settings", "message": "invalid"}
         raise InvalidSettings(f"{first['field']}: {first['message']}", first["field"], errors) from None
     _check_kind(kind, settings)
