@@ -154,6 +154,8 @@ def _json_arg(text: str) -> object:
     """A command-line JSON argument (a usage error when it is not JSON)."""
     try:
         return json.loads(text)
+    except RecursionError:
+        raise click.BadParameter("nested too deeply", param_hint="--settings-json") from None
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--settings-json") from None
 
