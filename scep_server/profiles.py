@@ -150,16 +150,22 @@ def _field(loc: tuple) -> str:
     return ".".join(["settings", *(str(part) for part in loc)])
 
 
-def parse_settings(raw: Any, *, kind: str, base: ProfileSettings | None = None) -> ProfileSettings:
+def parse_settings(raw: Any, *, kind: str, base: ProfileSettings | None = None,
+                   allow_challenge: bool = True) -> ProfileSettings:
     """Profile settings from JSON data (the API's ``settings``, the command line's ``--settings-json``): the
     whole settings, or with `base` a merge patch (RFC 7396) onto them. Keys the model does not know, values
     it refuses and challenge settings that do not fit the challenge kind are an InvalidSettings naming the
-    field."""
+    field. Without `allow_challenge` (the HTTP API) ``challenge`` may not be given: its settings name files
+    and environment variables of the server whose contents go to the hosts they name, so only someone on
+    the server host sets them (``scep-server challenge configure``)."""
     if not isinstance(raw, dict):
         raise InvalidSettings("settings: a JSON object", "settings")
     unknown = sorted(set(raw) - set(ProfileSettings.model_fields))
     if unknown:
         raise InvalidSettings(f"settings.{unknown[0]}: not a profile setting", f"settings.{unknown[0]}")
+    if not allow_challenge and "challenge" in raw:
+        raise InvalidSettings("settings.challenge: set on the server host with `scep-server challenge configure`",
+                              "settings.challenge")
     data = merge_patch(json.loads(base.model_dump_json()), raw) if base is not None else raw
     try:
         settings = ProfileSettings.model_validate(data)
@@ -288,11 +294,13 @@ class ProfileStore:
         self._cache.pop(name, None)
         return await self.get(name)
 
-    async def update_settings(self, name: str, patch: Any, *, now: datetime, actor: str | None = None) -> Profile:
+    async def update_settings(self, name: str, patch: Any, *, now: datetime, actor: str | None = None,
+                              allow_challenge: bool = True) -> Profile:
         """Apply a merge patch (RFC 7396) to a profile's settings, validated as :func:`parse_settings` does."""
         self._cache.pop(name, None)
         current = await self.get(name)
-        settings = parse_settings(patch, kind=current.challenge_kind, base=current.settings)
+        settings = parse_settings(patch, kind=current.challenge_kind, base=current.settings,
+                                  allow_challenge=allow_challenge)
         return await self.update(name, settings=settings, now=now, actor=actor)
 
     async def rotate_secret(self, name: str, *, now: datetime, actor: str | None = None) -> str:

@@ -8,7 +8,9 @@
     POST   /api/v1/profiles/{name}/rotate-secret (static profiles) -> the new secret, once
 
 Handlers check the body's shape (400) and hand the rest to the profile store (runtime.profiles), whose
-refusals become problems here: 404 unknown, 409 exists / in use / not static, 422 invalid settings.
+refusals become problems here: 404 unknown, 409 exists / in use / not static, 422 invalid settings. The
+challenge's settings (``settings.challenge``) are not set here: they name files and environment variables
+of the server, whose contents go to the hosts they name; `scep-server challenge configure` sets them.
 """
 from __future__ import annotations
 
@@ -27,10 +29,15 @@ from .auth import ACTOR, requires
 
 KINDS = ("static", "dynamic", "delegated")
 NO_STORE = {"Cache-Control": "no-store"}
+REDACTED = "(set)"
 
 
 def _view(request: web.Request, profile: Profile) -> dict[str, Any]:
+    """The profile as the API shows it: no secret, and the challenge's Basic password hash left out."""
     view = describe(profile)
+    credentials = view["settings"].get("challenge", {}).get("credentials")
+    if isinstance(credentials, dict) and "password_hash" in credentials:
+        credentials["password_hash"] = REDACTED
     view["url"] = f"{request.app[RUNTIME].settings.server.public_base_url()}/scep/{profile.name}"
     return view
 
@@ -91,7 +98,7 @@ async def create_profile(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     secret = new_static_secret() if kind == "static" else None
     try:
-        settings = parse_settings(raw, kind=kind)
+        settings = parse_settings(raw, kind=kind, allow_challenge=False)
         profile = await rt.profiles.create(name, ca=rt.settings.ca.name, challenge_kind=kind, static_secret=secret,
                                            settings=settings, now=rt.clock(), actor=request[ACTOR])
     except ProfileError as exc:
@@ -114,7 +121,7 @@ async def update_profile(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     try:
         profile = await rt.profiles.update_settings(_name(request), body["settings"], now=rt.clock(),
-                                                    actor=request[ACTOR])
+                                                    actor=request[ACTOR], allow_challenge=False)
     except ProfileError as exc:
         raise _problem(exc) from None
     return web.json_response(_view(request, profile))

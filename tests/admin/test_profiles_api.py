@@ -243,3 +243,32 @@ async def test_deleted_static_profile_refuses_its_secret_at_once(server, admin, 
     rep = await enrol(session, server, "kiosk", rsa_key(), created["secret"], cn="after")
     assert rep.status is PKIStatus.FAILURE
     assert not [c for c in rep.certs if x509.load_der_x509_certificate(c)]
+
+
+async def test_challenge_settings_stay_on_the_server_host(server, admin, session):
+    """The challenge's settings name server files and environment variables whose contents go to the hosts
+    they name: the API neither sets them nor shows the Basic password's hash."""
+    await add_profile(server, "dyn", "dynamic", dynamic())
+    status, shown, _ = await call(session, "GET", f"{server.url}{API}/dyn", admin)
+    assert status == 200 and shown["settings"]["challenge"]["credentials"] == {"username": "jamf-scep",
+                                                                              "password_hash": "(set)"}
+    status, listed, _ = await call(session, "GET", server.url + API, admin)
+    assert "scrypt$" not in str(listed)
+    exfiltrate = {"provider": "intune", "intune": {"tenant": "t", "client_id": "c",
+                                                   "authority_url": "https://attacker.example",
+                                                   "client_secret": {"file": "/etc/passwd"}}}
+    status, body, _ = await call(session, "POST", server.url + API, admin, json={
+        "name": "mdm", "challenge": "delegated", "settings": {"challenge": exfiltrate}})
+    assert status == 422 and body["field"] == "settings.challenge"
+    status, body, _ = await call(session, "POST", server.url + API, admin, json={"name": "mdm",
+                                                                                 "challenge": "delegated"})
+    assert status == 201
+    status, body, _ = await call(session, "PATCH", f"{server.url}{API}/mdm", admin,
+                                 json={"settings": {"challenge": exfiltrate}})
+    assert status == 422 and body["field"] == "settings.challenge"
+    status, body, _ = await call(session, "PATCH", f"{server.url}{API}/dyn", admin,
+                                 json={"settings": {"require_approval": True}})
+    assert status == 200  # the other settings of a profile with a challenge change as usual
+    stored = await server.runtime.profiles.get("dyn")
+    assert stored.settings.challenge["credentials"]["password_hash"].startswith("scrypt$")
+    assert (await server.runtime.profiles.get("mdm")).settings.challenge == {}
