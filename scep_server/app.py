@@ -12,7 +12,7 @@ from .config import Settings
 from .jobs import Supervisor
 from .audit import web as audit_web
 from .runtime import Uses, open_runtime
-from .web import admin_certs, auth, ca, client, errors, health, scep
+from .web import admin_certs, admin_profiles, admin_tokens, auth, ca, client, errors, health, scep
 
 JOBS = web.AppKey("jobs", Supervisor)  # the supervisor of the background jobs, while the server runs
 
@@ -55,6 +55,8 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     health.add_routes(app)
     admin_certs.add_routes(app)
     audit_web.add_routes(app)
+    admin_profiles.add_routes(app)
+    admin_tokens.add_routes(app)
     for feature in loaded:
         feature.add_routes(app)
     return app

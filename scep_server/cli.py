@@ -117,13 +117,11 @@ def profile() -> None:
 def profile_add(ctx: Context, name: str, kind: str, secret: str | None, validity_days: int | None,
                 require_approval: bool, settings_json: str | None) -> None:
     """Create a profile; a static profile's secret is printed once."""
-    from pydantic import ValidationError
-
-    from .profiles import ProfileError, ProfileSettings, new_static_secret
+    from .profiles import InvalidSettings, ProfileError, ProfileSettings, new_static_secret, parse_settings
 
     try:
-        settings = ProfileSettings.model_validate_json(settings_json) if settings_json else ProfileSettings()
-    except ValidationError as exc:
+        settings = parse_settings(_json_arg(settings_json), kind=kind) if settings_json else ProfileSettings()
+    except InvalidSettings as exc:
         raise click.ClickException(f"invalid --settings-json: {exc}") from None
     if validity_days:
         settings.template.validity_days = validity_days
@@ -138,7 +136,7 @@ def profile_add(ctx: Context, name: str, kind: str, secret: str | None, validity
         ca = ca_names(ctx.settings())[0]  # the CA's certificate is enough: no private key is read
         async with ctx.runtime() as rt:
             return await rt.profiles.create(name, ca=ca, challenge_kind=kind, static_secret=secret if kind == "static"
-                                            else None, settings=settings, now=utcnow())
+                                            else None, settings=settings, now=utcnow(), actor=cli_actor())
 
     try:
         run(go())
@@ -152,17 +150,30 @@ def profile_add(ctx: Context, name: str, kind: str, secret: str | None, validity
         click.echo(f"challenge: {secret}")
 
 
+def _json_arg(text: str) -> object:
+    """A command-line JSON argument (a usage error when it is not JSON)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise click.BadParameter("nested too deeply", param_hint="--settings-json") from None
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--settings-json") from None
+
+
 @profile.command("list")
+@paging_options
 @pass_ctx
-def profile_list(ctx: Context) -> None:
-    """List profiles."""
+def profile_list(ctx: Context, limit: int, cursor: str | None, all_rows: bool) -> None:
+    """List profiles, by name (a page; see --all)."""
     async def go():
         async with ctx.runtime() as rt:
-            return await rt.profiles.list()
+            return await collect(rt.profiles.page, limit=limit, cursor=cursor, all_rows=all_rows, kinds=(str,))
 
-    for p in run(go()):
+    rows, more = run(go())
+    for p in rows:
         click.echo(f"{p.name}\t{p.challenge_kind}\tca={p.ca}\tvalidity={p.settings.template.validity_days}d"
                    f"{'	approval' if p.settings.require_approval else ''}")
+    say_more(more, len(rows))
 
 
 @profile.command("show")
@@ -212,6 +223,67 @@ def profile_set_template(ctx: Context, name: str, template_json: str) -> None:
     except UnknownProfile as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(p.settings.template.model_dump_json(indent=2))
+
+
+@profile.command("update")
+@click.argument("name")
+@click.option("--settings-json", required=True,
+              help="A merge patch (RFC 7396) of the settings: keys given replace, null resets to the default.")
+@pass_ctx
+def profile_update(ctx: Context, name: str, settings_json: str) -> None:
+    """Change a profile's settings (as PATCH /api/v1/profiles/NAME does); prints the profile."""
+    from .profiles import ProfileError, describe
+
+    patch = _json_arg(settings_json)
+
+    async def go():
+        async with ctx.runtime() as rt:
+            return await rt.profiles.update_settings(name, patch, now=utcnow(), actor=cli_actor())
+
+    try:
+        p = run(go())
+    except ProfileError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(describe(p), indent=2))
+
+
+@profile.command("rotate-secret")
+@click.argument("name")
+@pass_ctx
+def profile_rotate_secret(ctx: Context, name: str) -> None:
+    """A new static challenge for a static profile, printed once; the old one is refused at once."""
+    from .profiles import ProfileError
+
+    async def go():
+        async with ctx.runtime() as rt:
+            return await rt.profiles.rotate_secret(name, now=utcnow(), actor=cli_actor())
+
+    try:
+        secret = run(go())
+    except ProfileError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"challenge: {secret}")
+
+
+@profile.command("delete")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Delete even while certificates of the profile are valid or on hold "
+              "(they stay valid until revoked or expired).")
+@pass_ctx
+def profile_delete(ctx: Context, name: str, force: bool) -> None:
+    """Delete a profile: its unused challenges go, its pending enrolments are rejected, its certificates stay."""
+    from .profiles import ProfileError
+
+    async def go():
+        async with ctx.runtime() as rt:
+            return await rt.profiles.delete(name, now=utcnow(), force=force, actor=cli_actor())
+
+    try:
+        counts = run(go())
+    except ProfileError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"profile {name!r} deleted ({counts['certificates']} certificate(s) valid or on hold kept, "
+               f"{counts['rejected_enrolments']} pending enrolment(s) rejected)")
 
 
 # ---------------------------------------------------------------- certificates
@@ -378,19 +450,97 @@ def token() -> None:
     """Bearer tokens for the REST API."""
 
 
+def _expiry(expires_in: str | None, expires_at: str | None):
+    """The expiry of --expires-in (N followed by s, m, h or d) or --expires-at (ISO 8601; UTC unless it says)."""
+    import re
+    from datetime import datetime, timedelta, timezone
+
+    if expires_in and expires_at:
+        raise click.UsageError("give --expires-in or --expires-at, not both")
+    if expires_in:
+        m = re.fullmatch(r"([0-9]{1,6})([smhd])", expires_in.strip())
+        if not m or int(m.group(1)) == 0:
+            raise click.BadParameter("a positive number followed by s, m, h or d (e.g. 90d)", param_hint="--expires-in")
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+        return utcnow() + timedelta(**{unit: int(m.group(1))})
+    if expires_at:
+        try:
+            parsed = datetime.fromisoformat(expires_at.strip())
+        except ValueError:
+            raise click.BadParameter("an ISO 8601 time, e.g. 2027-01-31T00:00:00Z", param_hint="--expires-at") from None
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+    return None
+
+
 @token.command("create")
 @click.option("--scope", type=click.Choice(["admin", "signin"]), required=True)
 @click.option("--name", default="", help="What the token is for.")
+@click.option("--expires-in", help="Refused after this long: N followed by s, m, h or d (e.g. 90d).")
+@click.option("--expires-at", help="Refused from this time on (ISO 8601; UTC unless an offset is given).")
 @pass_ctx
-def token_create(ctx: Context, scope: str, name: str) -> None:
+def token_create(ctx: Context, scope: str, name: str, expires_in: str | None, expires_at: str | None) -> None:
     """Create a token; it is printed once."""
+    from trustkit.problems import DomainError
+
+    expiry = _expiry(expires_in, expires_at)
+
     async def go():
         async with ctx.runtime() as rt:
-            return await rt.tokens.create(scope=scope, name=name, now=utcnow())
+            return await rt.tokens.create(scope=scope, name=name, now=utcnow(), expires_at=expiry, actor=cli_actor())
 
-    token_id, secret = run(go())
+    try:
+        token_id, secret = run(go())
+    except DomainError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"id: {token_id}")
     click.echo(f"token: {secret}")
+    if expiry is not None:
+        click.echo(f"expires: {expiry.isoformat()}")
+
+
+@token.command("list")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@paging_options
+@pass_ctx
+def token_list(ctx: Context, fmt: str, limit: int, cursor: str | None, all_rows: bool) -> None:
+    """The API tokens, oldest first (never their secrets; a page, see --all)."""
+    from datetime import datetime
+
+    async def go():
+        async with ctx.runtime() as rt:
+            return await collect(rt.tokens.page, limit=limit, cursor=cursor, all_rows=all_rows, kinds=(datetime, str))
+
+    rows, more = run(go())
+    if fmt == "json":
+        click.echo(json.dumps([t.view() for t in rows], indent=2))
+    else:
+        def when(value) -> str:
+            return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else "-"
+
+        for t in rows:
+            state = "disabled" if t.disabled_at else ("expired" if t.expires_at and t.expires_at <= utcnow()
+                                                      else "enabled")
+            click.echo(f"{t.id}\t{t.scope}\t{state}\tcreated={when(t.created_at)}\texpires={when(t.expires_at)}"
+                       f"\tlast_used={when(t.last_used_at)}\t{t.name}")
+    say_more(more, len(rows))
+
+
+@token.command("disable")
+@click.argument("token_id", metavar="ID")
+@pass_ctx
+def token_disable(ctx: Context, token_id: str) -> None:
+    """Disable a token (as `token list` shows its id): refused at once here, within 5 s by running servers."""
+    from trustkit.problems import DomainError
+
+    async def go():
+        async with ctx.runtime() as rt:
+            return await rt.tokens.disable(token_id, now=utcnow(), actor=cli_actor())
+
+    try:
+        changed = run(go())
+    except DomainError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"token {token_id} disabled" if changed else f"token {token_id} was already disabled")
 
 
 if __name__ == "__main__":  # python -m scep_server.cli

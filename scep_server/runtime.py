@@ -219,7 +219,7 @@ async def open_runtime(settings: Settings, *, clock: Clock = utcnow, uses: Uses 
     try:
         async with contextlib.AsyncExitStack() as stack:
             runtime = Runtime(settings=settings, engine=engine, clock=clock, profiles=ProfileStore(engine),
-                              tokens=TokenStore(engine), cas=load_cas(settings) if uses.ca_keys else {})
+                              tokens=TokenStore(engine, clock=clock), cas=load_cas(settings) if uses.ca_keys else {})
             runtime.certificates = _certificate_queries(settings, engine)
             if uses.revocation:
                 from .ca.revocation import RevocationService
@@ -241,6 +241,7 @@ async def open_runtime(settings: Settings, *, clock: Clock = utcnow, uses: Uses 
                 from .binding.feature import open_binding
 
                 runtime.binding = await stack.enter_async_context(open_binding(runtime))
+            stack.push_async_callback(runtime.tokens.close)  # the last uses still queued, before the engine closes
             if uses.scep:
                 runtime.scep = await stack.enter_async_context(_open_scep(runtime))
             yield runtime

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.x509.oid import AttributeOID
 
 from ..ca.inventory import CertRecord
-from ..profiles import Profile
+from ..profiles import Profile, ProfileStore
 from ..scep import message as codec
 from ..scep.types import FailInfo, MessageType, PKIStatus
 
@@ -57,12 +57,21 @@ class ChallengeVerifier(Protocol):
 
 
 class StaticChallenge:
-    """One secret per profile, compared in constant time."""
+    """One secret per profile, compared in constant time. With the profile store, the secret is the one stored
+    now, not the cached profile's: a rotated secret is refused at once by every process."""
+
+    def __init__(self, profiles: "ProfileStore | None" = None) -> None:
+        self.profiles = profiles
 
     async def verify(self, req: EnrollmentRequest) -> None:
         if not req.challenge:
             raise ChallengeRejected("the CSR carries no challengePassword")
-        if not req.profile.check_static_secret(req.challenge):
+        fresh = getattr(self.profiles, "static_secret_ok", None)  # a store without it: the profile's own secret
+        if fresh is not None:
+            ok = await fresh(req.profile.name, req.challenge)
+        else:
+            ok = req.profile.check_static_secret(req.challenge)
+        if not ok:
             raise ChallengeRejected("invalid challenge password")
 
     async def after_issue(self, req: EnrollmentRequest, cert: x509.Certificate) -> None:

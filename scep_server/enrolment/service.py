@@ -64,7 +64,7 @@ class ScepService:
         self.engine = engine
         self.cas = cas
         self.profiles = profiles
-        self.verifiers: dict[str, ChallengeVerifier] = {"static": StaticChallenge(), **(verifiers or {})}
+        self.verifiers: dict[str, ChallengeVerifier] = {"static": StaticChallenge(profiles), **(verifiers or {})}
         self.clock = clock
         self.crl_source = crl_source
         self.on_status_change = on_status_change or (lambda ca: None)

@@ -103,6 +103,10 @@ api_tokens = sa.Table(
     sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("disabled_at", TS),
+    sa.Column("expires_at", TS),  # refused from then on (None: never expires)
+    # when the token was last accepted, written at most once a minute per token and process (scep_server.tokens)
+    sa.Column("last_used_at", TS),
+    sa.Index("ix_api_tokens_created", "created_at", "id"),  # the list's page order
 )
 
 events = sa.Table(

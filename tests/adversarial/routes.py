@@ -73,6 +73,9 @@ def body_for(armed: Armed, method: str, canonical: str) -> tuple[bytes | None, d
         "/api/v1/certificates/{serial}/release": {},
         "/api/v1/cas/{ca}/crl/publish": {},
         "/scep/{profile}/challenge": {"webhook": {"webhookEvent": "SCEPChallenge"}, "event": {}},
+        "/api/v1/profiles": {"name": "matrix", "challenge": "static", "settings": {}},
+        "/api/v1/profiles/{name}": {"settings": {"require_approval": False}},
+        "/api/v1/tokens": {"scope": "signin", "name": "matrix"},
     }
     if method == "POST" and canonical == "/api/v1/yubikeys/import":
         return secrets_file([make_key(next(_serials))]), {"Content-Type": "text/csv"}

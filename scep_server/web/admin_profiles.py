@@ -1,0 +1,160 @@
+"""The profiles of the admin API (admin tokens; docs/api.md "Profiles"):
+
+    GET    /api/v1/profiles                      (paged by name)
+    POST   /api/v1/profiles                      {"name", "challenge"?, "settings"?} -> 201, a static secret once
+    GET    /api/v1/profiles/{name}
+    PATCH  /api/v1/profiles/{name}               {"settings"}: a merge patch (RFC 7396) of the settings
+    DELETE /api/v1/profiles/{name}[?force=true]  409 while its certificates are valid or on hold
+    POST   /api/v1/profiles/{name}/rotate-secret (static profiles) -> the new secret, once
+
+Handlers check the body's shape (400) and hand the rest to the profile store (runtime.profiles), whose
+refusals become problems here: 404 unknown, 409 exists / in use / not static, 422 invalid settings. The
+challenge's settings (``settings.challenge``) are not set here: they name files and environment variables
+of the server, whose contents go to the hosts they name; `scep-server challenge configure` sets them.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from trustkit.http import read_json_object
+from trustkit.paging import page_body, page_request
+from trustkit.problems import BadRequest, Conflict, NotFound, Unprocessable
+
+from ..appkeys import RUNTIME
+from ..profiles import (InvalidSettings, NotStatic, Profile, ProfileError, ProfileExists, ProfileInUse,
+                        UnknownProfile, describe, new_static_secret, parse_settings)
+from .auth import ACTOR, requires
+
+KINDS = ("static", "dynamic", "delegated")
+NO_STORE = {"Cache-Control": "no-store"}
+REDACTED = "(set)"
+
+
+def _view(request: web.Request, profile: Profile) -> dict[str, Any]:
+    """The profile as the API shows it: no secret, and the challenge's Basic password hash left out."""
+    view = describe(profile)
+    credentials = view["settings"].get("challenge", {}).get("credentials")
+    if isinstance(credentials, dict) and "password_hash" in credentials:
+        credentials["password_hash"] = REDACTED
+    view["url"] = f"{request.app[RUNTIME].settings.server.public_base_url()}/scep/{profile.name}"
+    return view
+
+
+def _problem(exc: ProfileError) -> Exception:
+    """The problem a profile store's refusal is."""
+    if isinstance(exc, UnknownProfile):
+        return NotFound(str(exc), code="profile_not_found")
+    if isinstance(exc, ProfileExists):
+        return Conflict(str(exc), code="profile_exists")
+    if isinstance(exc, ProfileInUse):
+        return Conflict(str(exc), code="profile_in_use", certificates=exc.certificates)
+    if isinstance(exc, NotStatic):
+        return Conflict(str(exc), code="not_static")
+    if isinstance(exc, InvalidSettings):
+        return Unprocessable(str(exc), code="invalid_settings", field=exc.field, errors=exc.errors)
+    return Unprocessable(str(exc), code="invalid_profile")
+
+
+def _only(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise BadRequest(f"{unknown[0]}: not a member of this body (allowed: {', '.join(allowed)})",
+                         code="invalid_input", field=unknown[0][:64])
+
+
+def _name(request: web.Request) -> str:
+    return request.match_info["name"]
+
+
+@requires("admin")
+async def list_profiles(request: web.Request) -> web.Response:
+    page = await request.app[RUNTIME].profiles.page(page_request(request.query, (str,)))
+    body, headers = page_body("profiles", [_view(request, p) for p in page.items], page, request.rel_url)
+    return web.json_response(body, headers=headers)
+
+
+@requires("admin")
+async def show_profile(request: web.Request) -> web.Response:
+    try:
+        profile = await request.app[RUNTIME].profiles.get(_name(request))
+    except ProfileError as exc:
+        raise _problem(exc) from None
+    return web.json_response(_view(request, profile))
+
+
+@requires("admin")
+async def create_profile(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    _only(body, ("name", "challenge", "settings"))
+    name, kind, raw = body.get("name"), body.get("challenge", "static"), body.get("settings", {})
+    if not isinstance(name, str):
+        raise BadRequest("name: a string is required", code="invalid_input", field="name")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise Unprocessable(f"challenge: one of {', '.join(KINDS)}", code="invalid_profile", field="challenge")
+    if not isinstance(raw, dict):
+        raise BadRequest("settings: a JSON object", code="invalid_input", field="settings")
+    rt = request.app[RUNTIME]
+    secret = new_static_secret() if kind == "static" else None
+    try:
+        settings = parse_settings(raw, kind=kind, allow_challenge=False)
+        profile = await rt.profiles.create(name, ca=rt.settings.ca.name, challenge_kind=kind, static_secret=secret,
+                                           settings=settings, now=rt.clock(), actor=request[ACTOR])
+    except ProfileError as exc:
+        raise _problem(exc) from None
+    view = _view(request, profile)
+    if secret is not None:
+        view["secret"] = secret  # shown once: only its digest is stored
+    return web.json_response(view, status=201, headers={**NO_STORE, "Location": f"/api/v1/profiles/{name}"})
+
+
+@requires("admin")
+async def update_profile(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    _only(body, ("settings",))
+    if "settings" not in body:
+        raise BadRequest("settings: required (a merge patch of the profile's settings)", code="invalid_input",
+                         field="settings")
+    if not isinstance(body["settings"], dict):
+        raise BadRequest("settings: a JSON object", code="invalid_input", field="settings")
+    rt = request.app[RUNTIME]
+    try:
+        profile = await rt.profiles.update_settings(_name(request), body["settings"], now=rt.clock(),
+                                                    actor=request[ACTOR], allow_challenge=False)
+    except ProfileError as exc:
+        raise _problem(exc) from None
+    return web.json_response(_view(request, profile))
+
+
+@requires("admin")
+async def delete_profile(request: web.Request) -> web.Response:
+    force = request.query.get("force", "false")
+    if force not in ("true", "false"):
+        raise BadRequest("force: true or false", code="invalid_input", field="force")
+    rt = request.app[RUNTIME]
+    try:
+        counts = await rt.profiles.delete(_name(request), now=rt.clock(), force=force == "true",
+                                          actor=request[ACTOR])
+    except ProfileError as exc:
+        raise _problem(exc) from None
+    return web.json_response({"deleted": _name(request), **counts})
+
+
+@requires("admin")
+async def rotate_secret(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    try:
+        secret = await rt.profiles.rotate_secret(_name(request), now=rt.clock(), actor=request[ACTOR])
+    except ProfileError as exc:
+        raise _problem(exc) from None
+    return web.json_response({"name": _name(request), "secret": secret}, headers=NO_STORE)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/v1/profiles", list_profiles)
+    app.router.add_post("/api/v1/profiles", create_profile)
+    app.router.add_get("/api/v1/profiles/{name}", show_profile)
+    app.router.add_patch("/api/v1/profiles/{name}", update_profile)
+    app.router.add_delete("/api/v1/profiles/{name}", delete_profile)
+    app.router.add_post("/api/v1/profiles/{name}/rotate-secret", rotate_secret)
