@@ -1,6 +1,7 @@
 """Structured logs (structlog): JSON lines by default, one event per SCEP transaction.
 
-Events logged through the standard library (the `crl` and `otp` libraries use `logging`, with their
+Every line written while a request is handled carries its `request_id` (structlog's context variables,
+bound by :mod:`scep_server.web.access`). Events logged through the standard library (the `crl` and `otp` libraries use `logging`, with their
 fields in `extra=`) go through structlog's `ProcessorFormatter`: every line is one JSON object (or one
 console line) with the event's fields, whichever API wrote it.
 """
@@ -54,6 +55,13 @@ def configure(level: str = "info", fmt: str = "json", *, cache: bool = False) ->
     root.setLevel(lvl)
     # Alembic announces each of its plugins at info at every start: noise for an operator below debug
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING if lvl > logging.DEBUG else logging.NOTSET)
+
+
+def access_logger():
+    """The access log's logger: the configured processors and output, but its `info` lines are written
+    whatever `log.level` is (an operator who turns `log.access` on wants them)."""
+    return structlog.wrap_logger(None, wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+                                 logger_factory_args=("http.access",))
 
 
 class _StderrHandler(logging.StreamHandler):

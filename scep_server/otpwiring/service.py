@@ -29,13 +29,15 @@ class OtpStartError(click.ClickException):
 
 
 def _announce_kek(path: Path) -> None:
-    """Say, once, that the KEK was created: on stderr for the operator (a CLI command or `serve`), and as a
-    structured event when the server's logging is set up (an unconfigured structlog would write to stdout)."""
+    """Say, once, that the KEK was created: a structured event when logging is set up (`serve`, whose stderr
+    holds only log lines: one JSON object each with log.format=json), else a line on stderr (a CLI command,
+    where an unconfigured structlog would write to stdout)."""
     message = (f"created the OTP key-encryption key {path} (mode 0600): it seals the imported YubiKey AES keys "
                "and OTP client keys; back it up apart from the database, without it they cannot be used")
-    print(message, file=sys.stderr, flush=True)
     if structlog.is_configured():
-        log.warning("otp.kek.created", path=str(path))
+        log.warning("otp.kek.created", path=str(path), detail=message)
+    else:
+        print(message, file=sys.stderr, flush=True)
 
 
 def _report(event: str, text: str, **fields: object) -> None:

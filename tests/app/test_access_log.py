@@ -1,0 +1,161 @@
+"""Request ids and the access log, against a real server (in-process, on a loopback port)."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import aiohttp
+import pytest
+
+from scep_server.logs import configure
+from scep_server.web.access import UNMATCHED, request_id
+from tests.factories import NOW
+from tests.server import start_app
+
+GENERATED = re.compile(r"[0-9a-f]{16}")
+
+
+@pytest.fixture
+def json_logs():
+    """Logging set up as a server does it (JSON lines on stderr), removed afterwards."""
+    root = logging.getLogger()
+    before = list(root.handlers), root.level
+
+    def setup(level: str = "info") -> None:
+        configure(level, "json")
+
+    yield setup
+    for handler in list(root.handlers):
+        if handler not in before[0]:
+            root.removeHandler(handler)
+    root.setLevel(before[1])
+
+
+def lines(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+
+
+def access_lines(capsys) -> list[dict]:
+    return [line for line in lines(capsys) if line["event"] == "http.access"]
+
+
+async def admin_token(server) -> str:
+    return (await server.runtime.tokens.create(scope="admin", name="admin-tests", now=NOW))[1]
+
+
+@pytest.fixture
+async def server(aiohttp_server, tmp_path, json_logs):
+    json_logs("warning")  # the access line is written whatever log.level is
+    return await start_app(aiohttp_server, tmp_path, log={"access": True},
+                           server={"trusted_proxies": ["127.0.0.0/8"]})
+
+
+async def test_one_access_line_per_request_with_the_route_template(server, capsys):
+    token = await admin_token(server)
+    capsys.readouterr()
+    async with aiohttp.ClientSession(server.url) as http:
+        async with http.get("/healthz") as r:
+            assert r.status == 200
+            healthz_id = r.headers["X-Request-ID"]
+        async with http.get("/api/v1/devices/no-such-device", headers={"Authorization": f"Bearer {token}"}) as r:
+            assert r.status == 404 and r.content_type == "application/problem+json"
+            problem_id = r.headers["X-Request-ID"]
+        async with http.get("/api/v1/devices/also-missing") as r:  # refused before the handler: 401
+            assert r.status == 401
+            refused_id = r.headers["X-Request-ID"]
+    healthz, problem, refused = access_lines(capsys)
+    assert healthz == {"event": "http.access", "level": "info", "method": "GET", "route": "/healthz", "status": 200,
+                       "duration_ms": healthz["duration_ms"], "client": "127.0.0.1", "request_id": healthz_id,
+                       "timestamp": healthz["timestamp"]}
+    assert isinstance(healthz["duration_ms"], float) and 0 <= healthz["duration_ms"] < 10_000
+    assert GENERATED.fullmatch(healthz_id)
+    assert (problem["route"], problem["status"], problem["request_id"]) == (
+        "/api/v1/devices/{device_id}", 404, problem_id)
+    assert (refused["route"], refused["status"], refused["request_id"]) == (
+        "/api/v1/devices/{device_id}", 401, refused_id)
+    assert len({healthz_id, problem_id, refused_id}) == 3
+
+
+async def test_unmatched_paths_and_methods_log_a_placeholder_and_echo_the_id(server, capsys):
+    hostile = "/" + "x" * 300 + "/%2e%2e/%00?" + "q=" + "y" * 50
+    async with aiohttp.ClientSession(server.url) as http:
+        async with http.get(hostile) as r:
+            assert r.status == 404 and GENERATED.fullmatch(r.headers["X-Request-ID"])
+            not_found = r.headers["X-Request-ID"]
+        async with http.post("/healthz", headers={"X-Request-ID": "proxy-7"}) as r:
+            assert r.status == 405 and r.headers["X-Request-ID"] == "proxy-7"
+        async with http.request("PROPFIND", "/healthz") as r:
+            assert r.status == 405 and GENERATED.fullmatch(r.headers["X-Request-ID"])
+    found = access_lines(capsys)
+    assert [(a["method"], a["route"], a["status"]) for a in found] == [
+        ("GET", UNMATCHED, 404), ("POST", UNMATCHED, 405), ("OTHER", UNMATCHED, 405)]
+    assert [a["request_id"] for a in found][:2] == [not_found, "proxy-7"]
+    assert "x" * 20 not in json.dumps(found)
+
+
+async def test_client_address_honours_trusted_proxies(server, capsys):
+    async with aiohttp.ClientSession(server.url) as http:
+        async with http.get("/healthz", headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.5"}) as r:
+            assert r.status == 200
+    (line,) = access_lines(capsys)
+    assert line["client"] == "203.0.113.5"
+
+
+@pytest.mark.parametrize("offered,accepted", [
+    ("abc-123.x:y_Z", True),
+    ("r" * 128, True),
+    ("r" * 129, False),
+    ("two words", False),
+    ("caf\u00e9", False),
+    ("a/b", False),
+    ("", False),
+    ("{\"json\": 1}", False),
+])
+def test_request_id_is_taken_only_when_short_and_safe(offered, accepted):
+    rid = request_id(offered)
+    assert (rid == offered) is accepted
+    if not accepted:
+        assert GENERATED.fullmatch(rid)
+    assert request_id(None) != request_id(None)
+
+
+async def test_offered_ids_echoed_and_unsafe_ones_replaced(server, capsys):
+    async with aiohttp.ClientSession(server.url) as http:
+        async with http.get("/readyz", headers={"X-Request-ID": "lb:0a1b.2c-3d_4"}) as r:
+            assert r.headers["X-Request-ID"] == "lb:0a1b.2c-3d_4"
+        async with http.get("/readyz", headers={"X-Request-ID": "x" * 129}) as r:
+            assert GENERATED.fullmatch(r.headers["X-Request-ID"])
+        async with http.get("/readyz", headers={"X-Request-ID": "a\tb"}) as r:
+            assert GENERATED.fullmatch(r.headers["X-Request-ID"])
+    assert [a["request_id"] for a in access_lines(capsys)][0] == "lb:0a1b.2c-3d_4"
+
+
+async def test_every_line_of_a_request_carries_its_id_and_the_next_request_does_not(server, capsys, json_logs):
+    json_logs("info")
+    token = await admin_token(server)
+    headers = {"Authorization": f"Bearer {token}"}
+    capsys.readouterr()
+    async with aiohttp.ClientSession(server.url) as http:  # one keep-alive connection for both requests
+        async with http.post("/api/v1/devices", json={"id": "laptop-17"},
+                             headers={**headers, "X-Request-ID": "create-17"}) as r:
+            assert r.status == 201, await r.text()
+        async with http.post("/api/v1/devices", json={"id": "laptop-18"}, headers=headers) as r:
+            assert r.status == 201
+            second = r.headers["X-Request-ID"]
+    events = lines(capsys)
+    created = [e for e in events if e["event"] == "device.create"]
+    assert [(e["device"], e["request_id"]) for e in created] == [("laptop-17", "create-17"), ("laptop-18", second)]
+
+
+async def test_no_access_line_by_default_but_the_id_is_echoed(aiohttp_server, tmp_path, json_logs, capsys):
+    json_logs("info")
+    server = await start_app(aiohttp_server, tmp_path)
+    assert server.settings.log.access is False
+    async with aiohttp.ClientSession(server.url) as http:
+        async with http.get("/nowhere", headers={"X-Request-ID": "given"}) as r:
+            assert r.status == 404 and r.headers["X-Request-ID"] == "given"
+        async with http.post("/api/v1/devices", data=b"{") as r:
+            assert r.status == 401 and GENERATED.fullmatch(r.headers["X-Request-ID"])
+    assert access_lines(capsys) == []
+
