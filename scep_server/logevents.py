@@ -43,7 +43,7 @@ DYNAMIC: dict[str, tuple[str, ...]] = {
 
 EVENTS: tuple[Event, ...] = (
     # HTTP
-    _e("http.access", "info", "method route status duration_ms client",
+    _e("http.access", "info", "method route status duration_ms client request_id",
        "one request answered (log.access; written whatever log.level is); route is the route's template or "
        "`<unmatched>`, method one of the standard methods or OTHER"),
     _e("http.unhandled", "error", "method path exception", "a handler failed unexpectedly; the client got a 500"),

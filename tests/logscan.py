@@ -1,6 +1,6 @@
 """Find every log event the source emits: calls on loggers, by AST, with their level and fields.
 
-A logger is a name ending a receiver called ``log``, ``logger``, ``_log`` or ``_logger`` (``log.info``,
+Besides those, a call of a function of :data:`WRITERS` writes its event. A logger is a name ending a receiver called ``log``, ``logger``, ``_log`` or ``_logger`` (``log.info``,
 ``self._log.warning``); tests/test_logevents.py checks that every module-level logger is named so. An event
 name is the call's first argument: a string, a constant expression (``EventKind.BIND.value``, evaluated in the
 module), or anything else, reported as *dynamic* with its source text.
@@ -19,6 +19,7 @@ LEVELS = {"debug": "debug", "info": "info", "warning": "warning", "warn": "warni
           "exception": "error", "critical": "critical"}
 LOGGER_NAME = re.compile(r"_?log(ger)?")
 NOT_FIELDS = {"extra", "exc_info", "stack_info", "stacklevel"}
+WRITERS = {"access_line": ("http.access", "info")}  # functions that write one event each (scep_server/logs.py)
 
 
 @dataclass
@@ -74,6 +75,12 @@ def calls(paths: list[Path] | None = None) -> list[Call]:
     for path in paths or source_files():
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in WRITERS:
+                name, level = WRITERS[node.func.id]
+                found.append(Call(path=_rel(path), line=node.lineno, level=level, name=name, expression=repr(name),
+                                  fields={kw.arg for kw in node.keywords if kw.arg is not None},
+                                  open_fields=any(kw.arg is None for kw in node.keywords)))
+                continue
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr in LEVELS and node.args):
                 continue

@@ -87,14 +87,16 @@ def test_the_scan_finds_structlog_and_stdlib_calls_with_their_fields(tmp_path):
         "    logger.warning('b.seen', extra={'source': 1, 'user': 2}, exc_info=True)\n"
         "    self._log.exception(f'c.{kind}')\n"
         "    log.error('d.open', **fields)\n"
-        "    other.info('not.a.logger', x=1)\n")
+        "    other.info('not.a.logger', x=1)\n"
+        "    access_line(method='GET', status=200)\n")
     found = {(c.name, c.expression): c for c in logscan.calls([source])}
     assert set(found) == {("a.done", "'a.done'"), ("b.seen", "'b.seen'"), (None, "f'c.{kind}'"),
-                          ("d.open", "'d.open'")}
+                          ("d.open", "'d.open'"), ("http.access", "'http.access'")}
     assert found["a.done", "'a.done'"].fields == {"count", "who"} and found["a.done", "'a.done'"].level == "info"
     assert found["b.seen", "'b.seen'"].fields == {"source", "user", "exception"}
     assert found[None, "f'c.{kind}'"].level == "error" and found[None, "f'c.{kind}'"].fields == {"exception"}
     assert found["d.open", "'d.open'"].open_fields
+    assert found["http.access", "'http.access'"].fields == {"method", "status"}
 
 
 def test_readme_lists_the_catalogue():

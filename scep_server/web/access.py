@@ -22,7 +22,7 @@ import time
 import structlog
 from aiohttp import web
 
-from ..logs import access_logger
+from ..logs import access_line
 from . import client
 
 HEADER = "X-Request-ID"
@@ -54,7 +54,6 @@ def method_label(method: str) -> str:
 
 def middleware(access: bool):
     """Bind the request id for the request and echo it; with ``access``, write one ``http.access`` line."""
-    log = access_logger() if access else None
     bind, reset = structlog.contextvars.bind_contextvars, structlog.contextvars.reset_contextvars
 
     @web.middleware
@@ -78,10 +77,10 @@ def middleware(access: bool):
             status = CLIENT_CLOSED
             raise
         finally:
-            if log is not None:
-                log.info("http.access", method=method_label(request.method), route=route_template(request),
-                         status=status, duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                         client=request.get(client.KEY) or request.remote or "")
+            if access:
+                access_line(method=method_label(request.method), route=route_template(request), status=status,
+                            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                            client=request.get(client.KEY) or request.remote or "", request_id=rid)
             reset(**tokens)
 
     return request_context

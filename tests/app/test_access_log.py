@@ -159,3 +159,40 @@ async def test_no_access_line_by_default_but_the_id_is_echoed(aiohttp_server, tm
             assert r.status == 401 and GENERATED.fullmatch(r.headers["X-Request-ID"])
     assert access_lines(capsys) == []
 
+
+
+def test_the_json_access_line_escapes_what_it_is_given(json_logs, capsys):
+    from scep_server.logs import access_line
+
+    json_logs("error")
+    access_line(method="GET", route='/a"b\\c', status=404, duration_ms=1.5, client="x\n\u00e9\"", request_id="r-1")
+    (line,) = lines(capsys)
+    assert (line["route"], line["client"], line["status"], line["duration_ms"], line["level"]) == (
+        '/a"b\\c', "x\n\u00e9\"", 404, 1.5, "info")
+    assert line["timestamp"].endswith("Z")
+
+
+async def test_console_format_writes_the_access_line_too(aiohttp_server, tmp_path, capsys):
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    configure("warning", "console")
+    try:
+        server = await start_app(aiohttp_server, tmp_path, log={"access": True, "format": "console"})
+        async with aiohttp.ClientSession(server.url) as http, http.get("/healthz") as r:
+            rid = r.headers["X-Request-ID"]
+        (line,) = [x for x in capsys.readouterr().err.splitlines() if "http.access" in x]
+        assert "route=/healthz" in line and "status=200" in line and f"request_id={rid}" in line
+    finally:
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+
+
+def test_log_access_setting(monkeypatch):
+    from scep_server.config import ConfigError, load_settings
+
+    assert load_settings(None).log.access is False
+    monkeypatch.setenv("SCEP_SERVER_LOG__ACCESS", "true")
+    assert load_settings(None).log.access is True
+    with pytest.raises(ConfigError, match="log.acces"):
+        load_settings(None, log={"acces": True})  # a misspelt key is an error, not a silent no-op
