@@ -62,6 +62,38 @@ def configure(level: str = "info", fmt: str = "json", *, cache: bool = False) ->
     root.setLevel(lvl)
     # Alembic announces each of its plugins at info at every start: noise for an operator below debug
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING if lvl > logging.DEBUG else logging.NOTSET)
+    server = logging.getLogger("aiohttp.server")
+    for old in [f for f in server.filters if isinstance(f, _MalformedRequests)]:
+        server.removeFilter(old)
+    server.addFilter(_MalformedRequests(lvl))
+
+
+log = structlog.get_logger("http")
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (bad request line, method or header, a line too long) as an
+    error with a traceback. On a server facing the internet that is the client's doing, not a fault of
+    ours: such a record becomes one `http.malformed_request` line at info, without traceback (the client
+    got a 400)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info:
+            return True
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1]
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        if self.level <= logging.INFO:
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            log.info("http.malformed_request", peer=str(peer) if peer is not None else None, status=exc.code,
+                     error=type(exc).__name__, detail=str(exc.message)[:200])
+        return False
 
 
 # the access log's lines are written whatever log.level is (an operator who turns log.access on wants them)

@@ -196,3 +196,34 @@ def test_log_access_setting(monkeypatch):
     assert load_settings(None).log.access is True
     with pytest.raises(ConfigError, match="log.acces"):
         load_settings(None, log={"acces": True})  # a misspelt key is an error, not a silent no-op
+
+
+async def test_a_request_that_does_not_parse_is_one_info_line_without_traceback(server, capsys, json_logs):
+    import asyncio
+
+    json_logs("info")
+    capsys.readouterr()
+    host, port = server.url.removeprefix("http://").split(":")
+    for raw in (b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad\x01Header: y\r\n\r\n",
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1e3\r\n\r\n"):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(raw)
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert b" 400 Bad Request\r\n" in answer
+    events = [e for e in lines(capsys) if e.get("logger") != "aiohttp.access"]  # the test server's own log
+    malformed = [e for e in events if e["event"] == "http.malformed_request"]
+    assert [(e["level"], e["status"], e["peer"]) for e in malformed] == [("info", 400, "127.0.0.1")] * 2
+    assert "exception" not in json.dumps(malformed)
+    assert not [e for e in events if e.get("logger") == "aiohttp.server"]
+
+
+async def test_malformed_requests_are_not_logged_above_info(server, capsys):
+    import asyncio
+
+    host, port = server.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad\x01Header: y\r\n\r\n")
+    assert b" 400 Bad Request\r\n" in await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert [e["event"] for e in lines(capsys) if e["event"] != "http.access" and e.get("logger") != "aiohttp.access"] == []
