@@ -1,12 +1,14 @@
 """Request ids and the access log, against a real server (in-process, on a loopback port)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from scep_server.logs import configure
 from scep_server.web.access import UNMATCHED, request_id
@@ -227,3 +229,25 @@ async def test_malformed_requests_are_not_logged_above_info(server, capsys):
     assert b" 400 Bad Request\r\n" in await asyncio.wait_for(reader.read(), 10)
     writer.close()
     assert [e["event"] for e in lines(capsys) if e["event"] != "http.access" and e.get("logger") != "aiohttp.access"] == []
+
+
+@pytest.mark.parametrize("raised,status", [(asyncio.CancelledError, 499), (RuntimeError, 500)])
+async def test_a_handler_that_does_not_answer_is_logged_with_its_status(json_logs, capsys, raised, status):
+    from aiohttp.test_utils import make_mocked_request
+    from scep_server.web.access import middleware
+
+    json_logs("info")
+
+    async def handler(request):
+        raise raised("boom")
+
+    from aiohttp.web_urldispatcher import MatchInfoError
+    from scep_server.web import client
+
+    request = make_mocked_request("GET", "/x", headers={"X-Request-ID": "gone-1"})
+    request._match_info = MatchInfoError(web.HTTPNotFound())
+    request[client.KEY] = "192.0.2.1"
+    with pytest.raises(raised):
+        await middleware(True)(request, handler)
+    (line,) = access_lines(capsys)
+    assert (line["status"], line["request_id"], line["client"]) == (status, "gone-1", "192.0.2.1")
