@@ -1,9 +1,10 @@
 """Structured logs (structlog): JSON lines by default, one event per SCEP transaction.
 
-Every line written while a request is handled carries its `request_id` (structlog's context variables,
-bound by :mod:`scep_server.web.access`). Events logged through the standard library (the `crl` and `otp` libraries use `logging`, with their
-fields in `extra=`) go through structlog's `ProcessorFormatter`: every line is one JSON object (or one
-console line) with the event's fields, whichever API wrote it.
+Events logged through the standard library (the `otp` and `trustkit` libraries use `logging`, with their
+fields in `extra=`; alembic and aiohttp too) go through structlog's `ProcessorFormatter`: every line is one
+JSON object (or one console line) with the event's fields, whichever API wrote it. Every line written while
+a request is handled carries its `request_id` (structlog's context variables, bound by
+:mod:`scep_server.web.access`). The events are catalogued in :mod:`scep_server.logevents`.
 """
 from __future__ import annotations
 

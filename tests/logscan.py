@@ -1,7 +1,8 @@
 """Find every log event the source emits: calls on loggers, by AST, with their level and fields.
 
-Besides those, a call of a function of :data:`WRITERS` writes its event. A logger is a name ending a receiver called ``log``, ``logger``, ``_log`` or ``_logger`` (``log.info``,
-``self._log.warning``); tests/test_logevents.py checks that every module-level logger is named so. An event
+A logger is a name ending a receiver called ``log``, ``logger``, ``_log`` or ``_logger`` (``log.info``,
+``self._log.warning``); tests/test_logevents.py checks that every module-level logger is named so; a call of
+a function of :data:`WRITERS` writes its event too. An event
 name is the call's first argument: a string, a constant expression (``EventKind.BIND.value``, evaluated in the
 module), or anything else, reported as *dynamic* with its source text.
 """

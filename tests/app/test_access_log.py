@@ -228,7 +228,8 @@ async def test_malformed_requests_are_not_logged_above_info(server, capsys):
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad\x01Header: y\r\n\r\n")
     assert b" 400 Bad Request\r\n" in await asyncio.wait_for(reader.read(), 10)
     writer.close()
-    assert [e["event"] for e in lines(capsys) if e["event"] != "http.access" and e.get("logger") != "aiohttp.access"] == []
+    assert [e["event"] for e in lines(capsys)
+            if e["event"] != "http.access" and e.get("logger") != "aiohttp.access"] == []
 
 
 @pytest.mark.parametrize("raised,status", [(asyncio.CancelledError, 499), (RuntimeError, 500)])
