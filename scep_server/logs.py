@@ -112,9 +112,12 @@ def access_line(*, method: str, route: str, status: int, duration_ms: float, cli
                 f'"duration_ms": {float(duration_ms)!r}, "client": {_quote(client)}, '
                 f'"request_id": {_quote(request_id)}, "event": "http.access", "level": "info", '
                 f'"timestamp": "{timestamp}"}}\n')
-        stream = sys.stderr
-        stream.write(line)
-        stream.flush()
+        try:
+            stream = sys.stderr
+            stream.write(line)
+            stream.flush()
+        except (OSError, ValueError):  # stderr gone (a collector that died): the request is answered all the same
+            pass
     else:
         _access_log.info("http.access", method=method, route=route, status=status, duration_ms=duration_ms,
                          client=client, request_id=request_id)

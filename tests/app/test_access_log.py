@@ -252,3 +252,18 @@ async def test_a_handler_that_does_not_answer_is_logged_with_its_status(json_log
         await middleware(True)(request, handler)
     (line,) = access_lines(capsys)
     assert (line["status"], line["request_id"], line["client"]) == (status, "gone-1", "192.0.2.1")
+
+
+def test_an_access_line_that_cannot_be_written_does_not_fail_the_request(json_logs, monkeypatch):
+    from scep_server.logs import access_line
+
+    class Gone:
+        def write(self, _text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise ValueError("I/O operation on closed file")
+
+    json_logs("info")
+    monkeypatch.setattr("sys.stderr", Gone())
+    access_line(method="GET", route="/healthz", status=200, duration_ms=0.1, client="127.0.0.1", request_id="r")
