@@ -12,14 +12,16 @@ from .config import Settings
 from .jobs import Supervisor
 from .audit import web as audit_web
 from .runtime import Uses, open_runtime
-from .web import admin_certs, admin_profiles, admin_tokens, auth, ca, client, errors, health, scep
+from .web import access, admin_certs, admin_profiles, admin_tokens, auth, ca, client, errors, health, scep
 
 JOBS = web.AppKey("jobs", Supervisor)  # the supervisor of the background jobs, while the server runs
 
 
 def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
+    # outermost first: the request id and access line see every answer (problems, 404, 405, 500)
     app = web.Application(client_max_size=settings.server.max_body_bytes,
-                          middlewares=[client.middleware(settings.server.trusted_proxies,
+                          middlewares=[access.middleware(settings.log.access),
+                                       client.middleware(settings.server.trusted_proxies,
                                                          settings.server.forwarded_header),
                                        errors.errors, auth.bearer_auth])
 

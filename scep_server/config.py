@@ -12,7 +12,7 @@ from ipaddress import ip_network
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from crl.config import CrlSettings
@@ -169,8 +169,13 @@ class AuditSettings(BaseModel):
 
 
 class LogSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt `access` is an error, not an access log that never comes
+
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
+    # one `http.access` line per request (method, route template, status, duration, client, request id),
+    # written whatever `level` is
+    access: bool = False
 
 
 class Settings(BaseSettings):

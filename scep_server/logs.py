@@ -1,22 +1,31 @@
 """Structured logs (structlog): JSON lines by default, one event per SCEP transaction.
 
-Events logged through the standard library (the `crl` and `otp` libraries use `logging`, with their
-fields in `extra=`) go through structlog's `ProcessorFormatter`: every line is one JSON object (or one
-console line) with the event's fields, whichever API wrote it.
+Events logged through the standard library (the `otp` and `trustkit` libraries use `logging`, with their
+fields in `extra=`; alembic and aiohttp too) go through structlog's `ProcessorFormatter`: every line is one
+JSON object (or one console line) with the event's fields, whichever API wrote it. Every line written while
+a request is handled carries its `request_id` (structlog's context variables, bound by
+:mod:`scep_server.web.access`). The events are catalogued in :mod:`scep_server.logevents`.
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from datetime import datetime, timezone
 
 import structlog
+
+
+_format: "str | None" = None  # the format configured, None before configure()
 
 
 def configure(level: str = "info", fmt: str = "json", *, cache: bool = False) -> None:
     """Configure structlog and logging. ``cache`` freezes each logger at first use: for server workers only,
     since a frozen logger ignores any later configuration (a CLI command run in-process must not freeze them).
     """
+    global _format
     lvl = getattr(logging, level.upper())
+    _format = fmt
     renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
@@ -54,6 +63,64 @@ def configure(level: str = "info", fmt: str = "json", *, cache: bool = False) ->
     root.setLevel(lvl)
     # Alembic announces each of its plugins at info at every start: noise for an operator below debug
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING if lvl > logging.DEBUG else logging.NOTSET)
+    server = logging.getLogger("aiohttp.server")
+    for old in [f for f in server.filters if isinstance(f, _MalformedRequests)]:
+        server.removeFilter(old)
+    server.addFilter(_MalformedRequests(lvl))
+
+
+log = structlog.get_logger("http")
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (bad request line, method or header, a line too long) as an
+    error with a traceback. On a server facing the internet that is the client's doing, not a fault of
+    ours: such a record becomes one `http.malformed_request` line at info, without traceback (the client
+    got a 400)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info:
+            return True
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1]
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        if self.level <= logging.INFO:
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            log.info("http.malformed_request", peer=str(peer) if peer is not None else None, status=exc.code,
+                     error=type(exc).__name__, detail=str(exc.message)[:200])
+        return False
+
+
+# the access log's lines are written whatever log.level is (an operator who turns log.access on wants them)
+_access_log = structlog.wrap_logger(None, wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+                                    logger_factory_args=("http.access",))
+_quote = json.encoder.encode_basestring_ascii  # a JSON string literal, escaped (C)
+
+
+def access_line(*, method: str, route: str, status: int, duration_ms: float, client: str, request_id: str) -> None:
+    """Write one `http.access` line. In JSON, the line structlog would write (same keys), formatted here
+    without its processor chain: there is one per request, so it must cost little (a few microseconds)."""
+    if _format == "json":
+        timestamp = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+        line = (f'{{"method": {_quote(method)}, "route": {_quote(route)}, "status": {int(status)}, '
+                f'"duration_ms": {float(duration_ms)!r}, "client": {_quote(client)}, '
+                f'"request_id": {_quote(request_id)}, "event": "http.access", "level": "info", '
+                f'"timestamp": "{timestamp}"}}\n')
+        try:
+            stream = sys.stderr
+            stream.write(line)
+            stream.flush()
+        except (OSError, ValueError):  # stderr gone (a collector that died): the request is answered all the same
+            pass
+    else:
+        _access_log.info("http.access", method=method, route=route, status=status, duration_ms=duration_ms,
+                         client=client, request_id=request_id)
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -270,7 +270,7 @@ async def _seal_on_exit(runtime: Runtime) -> None:
     except Exception as exc:  # noqa: BLE001 - a running server's sealer, or the next command, seals them
         import structlog
 
-        structlog.get_logger(__name__).warning("audit.seal.failed", error=f"{exc.__class__.__name__}: {exc}")
+        structlog.get_logger(__name__).error("audit.seal.failed", error=f"{exc.__class__.__name__}: {exc}")
 
 
 @contextlib.asynccontextmanager

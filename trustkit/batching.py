@@ -131,13 +131,13 @@ class GroupCommit(Generic[T, R]):
                     raise RuntimeError(f"{self.name}: flush returned {len(results)} results for {len(items)} items")
             except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
                 if self._single is None:
-                    log.error("%s: batch of %d failed", self.name, len(items), exc_info=exc)
+                    log.error("batch.failed", extra={"batcher": self.name, "items": len(items)}, exc_info=exc)
                     for _, fut, _ in batch:
                         if not fut.done():
                             fut.set_exception(exc)
                     return
-                log.info("%s: batch of %d failed (%s); running its items one by one", self.name, len(items),
-                         type(exc).__name__)
+                log.info("batch.fallback", extra={"batcher": self.name, "items": len(items),  # one by one, now
+                                                  "error": type(exc).__name__})
                 self.fallbacks += 1
                 for item, fut, _ in batch:
                     try:

@@ -29,20 +29,22 @@ class OtpStartError(click.ClickException):
 
 
 def _announce_kek(path: Path) -> None:
-    """Say, once, that the KEK was created: on stderr for the operator (a CLI command or `serve`), and as a
-    structured event when the server's logging is set up (an unconfigured structlog would write to stdout)."""
+    """Say, once, that the KEK was created: a structured event when logging is set up (`serve`, whose stderr
+    holds only log lines: one JSON object each with log.format=json), else a line on stderr (a CLI command,
+    where an unconfigured structlog would write to stdout)."""
     message = (f"created the OTP key-encryption key {path} (mode 0600): it seals the imported YubiKey AES keys "
                "and OTP client keys; back it up apart from the database, without it they cannot be used")
-    print(message, file=sys.stderr, flush=True)
     if structlog.is_configured():
-        log.warning("otp.kek.created", path=str(path))
+        log.warning("otp.kek.created", path=str(path), detail=message)
+    else:
+        print(message, file=sys.stderr, flush=True)
 
 
-def _report(event: str, text: str, **fields: object) -> None:
-    """An error worth an operator's attention: a structured event in the server, a stderr line in a CLI
-    command (where structlog is not set up and would write to stdout, mixing with a command's output)."""
+def _report_kek_mismatch(text: str, kek_id: str) -> None:
+    """Keys sealed under another KEK: a structured event in the server, a stderr line in a CLI command
+    (where structlog is not set up and would write to stdout, mixing with a command's output)."""
     if structlog.is_configured():
-        log.error(event, detail=text, **fields)
+        log.error("otp.kek.mismatch", detail=text, kek_id=kek_id)
     else:
         print(f"error: {text}", file=sys.stderr, flush=True)
 
@@ -128,8 +130,8 @@ async def open_otp(runtime: "Runtime", *, with_kek: bool = True) -> AsyncIterato
             state = f"error: cannot check the stored keys ({exc.__class__.__name__})"
         else:
             if state != "ok":
-                _report("otp.kek.mismatch", state.removeprefix("error: ") + " (is this the right otp.kek_file or "
-                        "otp.kek_env?)", kek_id=service.kek_id)
+                _report_kek_mismatch(state.removeprefix("error: ") + " (is this the right otp.kek_file or "
+                                     "otp.kek_env?)", service.kek_id)
         runtime.readiness.add(READINESS, functools.partial(_readiness, service))
         yield service
     finally:

@@ -66,3 +66,56 @@ def test_migrations_do_not_announce_their_plugins_at_info(json_logs, capsys):
     logging.getLogger("alembic.runtime.migration").info("Running upgrade")
     events = [line["event"] for line in json_lines(capsys.readouterr().err)]
     assert events == ["Running upgrade"]
+
+
+async def test_a_served_otp_failure_logs_json_with_its_fields_and_request_id(tmp_path):
+    """`scep-server serve` with log.format=json: every stderr line is a JSON object; the OTP library's stdlib
+    security event keeps its `extra=` fields and carries the request's id, as does the access line."""
+    import os
+    import subprocess
+    import sys
+
+    import aiohttp
+
+    from scep_server.runtime import initialise
+    from scep_server.tokens import TokenStore
+    from tests.factories import NOW, settings_for
+    from tests.server import _wait_ready, free_port
+    from trustkit.db import create_engine
+
+    settings = settings_for(tmp_path / "data")
+    await initialise(settings)
+    engine = create_engine(settings.database_url())
+    try:
+        token = (await TokenStore(engine).create(scope="signin", name="served-logs", now=NOW))[1]
+    finally:
+        await engine.dispose()
+    port = free_port()
+    env = {**os.environ, "SCEP_SERVER_LOG__FORMAT": "json", "SCEP_SERVER_LOG__LEVEL": "info",
+           "SCEP_SERVER_LOG__ACCESS": "true", "SCEP_SERVER_CA__KEY_SIZE": "2048"}
+    stderr = tmp_path / "stderr.log"
+    with stderr.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "scep_server.cli", "--data-dir", str(settings.data_dir),
+                                 "serve", "--listen", f"127.0.0.1:{port}"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=err)
+        try:
+            _wait_ready(f"http://127.0.0.1:{port}", proc)
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"http://127.0.0.1:{port}/api/v1/otp/verify",
+                                     json={"user": "eve", "otp": make_key(901).otp()},
+                                     headers={"Authorization": f"Bearer {token}", "X-Request-ID": "otp-901"}) as r:
+                    assert r.status == 403 and (await r.json())["reason"] == "unknown_key"
+                    assert r.headers["X-Request-ID"] == "otp-901"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    text = stderr.read_text()
+    lines = [json.loads(line) for line in text.splitlines()]  # every line is one JSON object
+    (security,) = [line for line in lines if line["event"] == "otp.security"]
+    assert (security["reason"], security["user"], security["public_id"], security["source"]) == (
+        "unknown_key", "eve", make_key(901).public_id, "127.0.0.1")
+    assert (security["level"], security["logger"], security["request_id"]) == ("warning", "otp.service", "otp-901")
+    (verify,) = [line for line in lines if line["event"] == "otp.verify"]
+    assert verify["request_id"] == "otp-901" and verify["api"] == "signin"
+    access = [line for line in lines if line["event"] == "http.access" and line["request_id"] == "otp-901"]
+    assert [(a["route"], a["status"]) for a in access] == [("/api/v1/otp/verify", 403)]

@@ -1,0 +1,219 @@
+"""The catalogue of log events: every event the server writes (scep_server, and the crl, otp and trustkit
+libraries it runs), with its level, its fields and what it means. Data only; nothing here logs.
+
+tests/test_logevents.py holds it to the source: every event name passed to a logger is listed here with the
+fields actually passed, nothing listed is stale, and the README's "Log events" section is :func:`readme_block`
+(``python -m scep_server.logevents`` prints it).
+
+Besides its own fields, a line carries ``event``, ``level`` and ``timestamp``; ``logger`` on lines written
+through the standard library (the otp and trustkit libraries); ``request_id`` on every line written while a
+request is handled; ``exception`` (the traceback) where an event lists it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    level: str  # debug, info, warning, error
+    fields: tuple[str, ...]
+    meaning: str
+
+
+def _e(name: str, level: str, fields: str, meaning: str) -> Event:
+    return Event(name, level, tuple(fields.split()), meaning)
+
+
+_CRL_CHECK_FAILURES = ("unreachable", "timeout", "http_error", "too_large", "malformed", "unsupported",
+                       "wrong_issuer", "wrong_signer", "bad_signature", "scope_mismatch", "not_yet_valid",
+                       "expired", "rollback", "forbidden_destination", "too_many_urls")
+_DEVICE_ACTIONS = ("suspend", "unsuspend", "deactivate", "reactivate", "delete")
+_STATUS_CHANGES = {"pki.cert.revoke": "a certificate revoked (CLI, API, device lifecycle)",
+                   "pki.cert.lifecycle.hold": "a certificate put on hold (certificateHold)",
+                   "pki.cert.lifecycle.activate": "a certificate's hold released"}
+
+# Call sites whose event name is computed, by "path:expression", and the names they produce
+DYNAMIC: dict[str, tuple[str, ...]] = {
+    "crl/check.py:f'crl.check.{f.kind.value}'": tuple(f"crl.check.{kind}" for kind in _CRL_CHECK_FAILURES),
+    "scep_server/binding/devices.py:f'device.{action}'": tuple(f"device.{action}" for action in _DEVICE_ACTIONS),
+    "scep_server/ca/revocation.py:kind.value": tuple(_STATUS_CHANGES),
+}
+
+EVENTS: tuple[Event, ...] = (
+    # HTTP
+    _e("http.access", "info", "method route status duration_ms client request_id",
+       "one request answered (log.access; written whatever log.level is); route is the route's template or "
+       "`<unmatched>`, method one of the standard methods or OTHER"),
+    _e("http.malformed_request", "info", "peer status error detail",
+       "a request that does not parse as HTTP was answered 400 (aiohttp's own error line, without its traceback)"),
+    _e("http.unhandled", "error", "method path exception", "a handler failed unexpectedly; the client got a 500"),
+    _e("http.bad_body", "info", "method path detail", "a request body could not be read; the client got a 400"),
+    _e("http.database_unavailable", "warning", "method path error",
+       "the database is unreachable; the client got a 503"),
+    _e("readyz.check_failed", "warning", "check detail", "a readiness check started failing (logged once per change)"),
+    _e("readyz.check_recovered", "info", "check", "a readiness check passes again"),
+    # API tokens and the audit trail
+    _e("tokens.last_used_failed", "warning", "error tokens",
+       "recording when tokens were last used failed; the requests themselves were answered"),
+    _e("audit.sealed", "debug", "events", "the audit chain's sealer linked this many new events ([audit] chain)"),
+    _e("audit.seal.failed", "error", "error", "sealing the audit chain failed; the next round seals those events"),
+    # background jobs
+    _e("job.crashed", "error", "job error restart_in exception",
+       "a background job raised; it restarts after restart_in"),
+    _e("job.recovered", "info", "job restarts", "a restarted background job has run long enough to count as healthy"),
+    _e("job.finished", "info", "job", "a background job returned"),
+    _e("batch.failed", "error", "batcher items exception",
+       "a group commit failed; every caller of the batch got the error"),
+    _e("batch.fallback", "info", "batcher items error",
+       "a group commit failed; its items are run one by one so one bad item cannot fail the others"),
+    # SCEP and enrolment
+    _e("scep.transaction", "info", "profile transaction_id message_type outcome serial fail_info fail_text duration_ms",
+       "one SCEP PKIOperation answered (SUCCESS, FAILURE or PENDING)"),
+    _e("scep.single_des", "warning", "profile transaction_id message_type",
+       "a request encrypted with single DES was accepted"),
+    _e("scep.ack.unresolved", "error", "profile transaction_id serial exception",
+       "the MDM's acknowledgement of an issued certificate failed; the reconciler retries or revokes"),
+    _e("scep.enrolment.reconcile", "info", "profile serial outcome detail",
+       "a certificate left awaiting the MDM's acknowledgement was delivered or revoked"),
+    _e("security.scep.foreign_signer", "warning",
+       "profile transaction_id public_key_sha256 signer_fingerprint_sha256 valid_certificates",
+       "a key holding a valid certificate was enrolled again under another signer"),
+    _e("enrolment.decided", "info", "profile transaction_id approve actor",
+       "a pending enrolment was approved or rejected"),
+    # certificates
+    *(_e(name, "info", "serial actor status reason", meaning) for name, meaning in _STATUS_CHANGES.items()),
+    _e("pki.cert.revoke_unused", "info", "count unused_days",
+       "certificates never used in an attestation within unused_days were revoked"),
+    _e("pki.cert.bind", "info", "device serial ca", "a certificate was bound to a device at its first attestation"),
+    # CRLs of this CA
+    _e("crl.published", "info", "ca number entries bytes this_update next_update reused_entries",
+       "a CRL was signed and recorded"),
+    _e("crl.publish.superseded", "info", "ca number",
+       "another instance recorded this CRL number first; its CRL is served"),
+    _e("crl.adopted", "info", "ca number published_by", "a CRL recorded by another instance or process is served"),
+    _e("crl.adopt.rejected", "error", "ca number error", "a recorded CRL failed its checks and is not served"),
+    _e("crl.publish.failed", "error", "ca error failures serving serving_next_update problems",
+       "signing a CRL failed; the CRL being served stays until its next_update"),
+    _e("crl.publisher.loop_error", "error", "ca error", "the publisher's loop failed unexpectedly; it goes on"),
+    _e("crl.recorded_hook.failed", "warning", "ca number error",
+       "telling the other instances about a new CRL failed; they find it at their next poll"),
+    _e("crl.stale", "error", "ca number next_update", "the CRL being served is past its next_update"),
+    _e("crl.flush.failed", "error", "ca error", "re-signing a CRL at shutdown failed"),
+    _e("crl.step_in.failed", "error", "ca error", "re-signing a CRL whose change no instance published failed"),
+    _e("crl.change_not_published", "warning", "ca change_at serving this_update",
+       "a status change is not in the served CRL after the grace period; this instance re-signs"),
+    _e("crl.watch.failed", "error", "error", "watching for status changes failed; the poll goes on"),
+    _e("crl.changes.disconnected", "warning", "error retry_in", "the PostgreSQL change listener lost its connection"),
+    _e("crl.changes.reconnected", "info", "connections", "the PostgreSQL change listener is connected again"),
+    _e("crl.day91.revoked", "info", "count unused_days",
+       "the day-91 rule revoked certificates never used in an attestation"),
+    _e("crl.day91.failed", "error", "error", "a run of the day-91 rule failed; it runs again later"),
+    # customers' CAs and their CRLs
+    _e("crl.check.watch", "info", "ca url", "a customer CA's CRL distribution point is watched"),
+    _e("crl.check.updated", "info", "ca url number entries this_update next_update",
+       "a customer CA's CRL was fetched and taken"),
+    _e("crl.check.not_modified", "info", "ca url number", "a customer CA's CRL has not changed"),
+    *(_e(name, "warning", "ca url detail keeping" + (" cap" if name == "crl.check.too_many_urls" else ""),
+         f"a customer CA's CRL was not taken: {name.rsplit('.', 1)[1].replace('_', ' ')}; keeping is the CRL "
+         "number still used") for name in DYNAMIC["crl/check.py:f'crl.check.{f.kind.value}'"]),
+    _e("binding.external_ca.loaded", "info", "ca policy", "a customer CA was loaded"),
+    _e("binding.external_ca.refused", "warning", "ca error", "a registered customer CA could not be loaded"),
+    _e("binding.external_ca.reload_failed", "error", "exception", "reloading the customer CAs failed"),
+    # devices and attestation
+    _e("attestation.verify", "info", "device serial ca managed reason", "an attestation was answered"),
+    _e("attestation.retry", "info", "device error", "an attestation met a concurrent change and is tried again"),
+    _e("security.binding.refused", "warning",
+       "device serial ca reason current_serial enrolled_device_id renews_certificate_of",
+       "a certificate was refused a binding to a device"),
+    _e("security.cert.second_device", "warning", "serial ca bound_to presented_by",
+       "a certificate bound to one device was presented for another"),
+    _e("binding.nonce_purge_failed", "error", "exception", "purging spent attestation nonces failed"),
+    _e("device.create", "info", "device actor", "a device was registered"),
+    *(_e(name, "info", "device actor reason certificates",
+         f"a device's lifecycle action ({name.split('.')[1]}); certificates lists the certificates it changed")
+      for name in DYNAMIC["scep_server/binding/devices.py:f'device.{action}'"]),
+    _e("device.enrolment.preregister", "info", "device profile transaction_id actor",
+       "an enrolment was pre-registered for a device"),
+    # challenges
+    _e("challenge.issued", "info", "profile source requested_by payload_identifier expires_at",
+       "a one-time challenge was issued"),
+    _e("challenge.redeemed", "info", "profile transaction_id source payload_identifier",
+       "a one-time challenge was spent"),
+    _e("challenge.pruned", "info", "removed", "expired one-time challenges were deleted"),
+    _e("challenge.login_throttle_pruned", "info", "removed", "expired login throttle rows were deleted"),
+    _e("challenge.auth_failed", "warning", "profile remote username", "a Basic login to the challenge URL failed"),
+    _e("challenge.auth_blocked", "warning", "profile remote username",
+       "a Basic login was refused by the throttle (429)"),
+    _e("challenge.auth_busy", "warning", "profile remote", "too many logins waiting for a password check (503)"),
+    _e("challenge.password_rehashed", "info", "profile log2_n",
+       "a Basic password hash was upgraded to the current cost"),
+    _e("challenge.password_rehash_failed", "error", "profile exception", "upgrading a Basic password hash failed"),
+    _e("challenge.delegated.allowed", "info", "profile transaction_id provider",
+       "Intune or a webhook allowed an enrolment"),
+    _e("challenge.intune.rejected", "warning", "profile transaction_id code description",
+       "Intune refused an enrolment"),
+    _e("challenge.intune.unavailable", "error", "profile transaction_id error",
+       "Intune could not be asked; the enrolment fails"),
+    _e("challenge.intune.success_notification_failed", "error", "profile transaction_id code error",
+       "telling Intune about an issued certificate failed"),
+    _e("challenge.webhook.denied", "warning", "profile transaction_id error", "the webhook refused an enrolment"),
+    _e("challenge.webhook.unavailable", "error", "profile transaction_id error",
+       "the webhook could not be asked; the enrolment fails"),
+    _e("challenge.webhook.success_notification_failed", "warning", "profile transaction_id error",
+       "telling the webhook about an issued certificate failed"),
+    _e("challenge.failure_notification_failed", "warning", "profile transaction_id error",
+       "telling Intune or the webhook about a failed enrolment failed"),
+    _e("intune.action", "info", "action transaction_id code description",
+       "Intune answered a validation or notification"),
+    _e("intune.retry", "warning", "what attempt of error", "a call to Intune failed and is tried again"),
+    _e("webhook.retry", "warning", "url type attempt of error", "a call to the webhook failed and is tried again"),
+    # YubiKey OTP
+    _e("otp.verify", "info", "api user client_id public_id reason",
+       "an OTP was verified (api: signin or wsapi; wsapi logs failures only)"),
+    _e("otp.verify.unsigned", "info", "client_id source",
+       "a protocol 2.0 client allowed to skip signing sent an unsigned request"),
+    _e("otp.verify.protocol_error", "info", "status detail", "a protocol 2.0 request was refused before any OTP check"),
+    _e("otp.verify.backend_error", "error", "exception", "the key store failed during a verification"),
+    _e("otp.api.backend_error", "error", "exception", "the key store failed during a sign-in API call"),
+    _e("otp.security", "warning", "reason user public_id client_id source subject blocked_until caller",
+       "a security event: an OTP failure anybody can cause, a key presented for another user, or a throttle "
+       "that started (reason `*_throttled`, with subject and blocked_until)"),
+    _e("otp.import", "info", "import_id keys format actor", "YubiKey secrets were imported"),
+    _e("otp.import.analyze_failed", "warning", "exception", "refreshing the planner statistics after an import failed"),
+    _e("otp.key.revoked", "info", "serial actor", "a YubiKey was revoked"),
+    _e("otp.key.deleted", "info", "serial actor status_before", "a YubiKey was deleted"),
+    _e("otp.factor.deleted", "warning", "actor removed retired", "every YubiKey of the factor was deleted"),
+    _e("otp.client.added", "info", "client_id allow_unsigned", "a protocol 2.0 client was added"),
+    _e("otp.client.changed", "warning", "client_id allow_unsigned",
+       "a protocol 2.0 client's unsigned access was changed"),
+    _e("otp.prune", "info", "security_events throttle_rows",
+       "old OTP security events and spent throttle rows were deleted"),
+    _e("otp.prune.failed", "error", "error", "pruning OTP security events failed; it runs again later"),
+    _e("otp.kek.created", "warning", "path detail", "the OTP key-encryption key was created: back it up"),
+    _e("otp.kek.permissions", "warning", "path mode", "the key-encryption key file is readable by others"),
+    _e("otp.kek.unavailable", "error", "detail",
+       "the key-encryption key cannot be read; the OTP factor does not start"),
+    _e("otp.kek.mismatch", "error", "detail kek_id public_id client_id",
+       "secrets are sealed under another key-encryption key than the one in use"),
+)
+
+BY_NAME: dict[str, Event] = {event.name: event for event in EVENTS}
+assert len(BY_NAME) == len(EVENTS), "an event is listed twice"
+
+BEGIN = "<!-- log events: generated by `python -m scep_server.logevents`; do not edit -->"
+END = "<!-- end of log events -->"
+
+
+def readme_block() -> str:
+    """The README's table of log events, between its markers."""
+    rows = [BEGIN, "", "| Event | Level | Fields | Meaning |", "|---|---|---|---|"]
+    for event in sorted(EVENTS, key=lambda e: e.name):
+        fields = ", ".join(f"`{f}`" for f in event.fields) or "-"
+        rows.append(f"| `{event.name}` | {event.level} | {fields} | {event.meaning.replace('|', '/')} |")
+    return "\n".join([*rows, "", END])
+
+
+if __name__ == "__main__":
+    print(readme_block())
