@@ -11,7 +11,7 @@ from trustkit.clock import Clock, utcnow
 from .config import Settings
 from .jobs import Supervisor
 from .runtime import Uses, open_runtime
-from .web import auth, ca, client, errors, health, scep
+from .web import apidoc, auth, ca, client, errors, health, scep
 
 JOBS = web.AppKey("jobs", Supervisor)  # the supervisor of the background jobs, while the server runs
 
@@ -48,6 +48,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     scep.add_routes(app)
     ca.add_routes(app)
     health.add_routes(app)
+    apidoc.add_routes(app)
     for feature in loaded:
         feature.add_routes(app)
     return app

@@ -94,6 +94,20 @@ async def engine(db_url):
 
 
 @pytest.fixture(autouse=True)
+def _api_matches_openapi():
+    """Every /api/v1 exchange with an in-process server matches the OpenAPI document (tests/openapi_check.py)."""
+    from tests import openapi_check
+
+    openapi_check.FAILURES.clear()
+    yield
+    failures = list(openapi_check.FAILURES)
+    openapi_check.FAILURES.clear()
+    if failures:
+        pytest.fail(f"{len(failures)} API exchange(s) do not match the OpenAPI document:\n" + "\n\n".join(failures[:5]),
+                    pytrace=False)
+
+
+@pytest.fixture(autouse=True)
 def _structlog_defaults():
     """A CLI command run in-process configures logging; the next test starts from structlog's defaults."""
     yield

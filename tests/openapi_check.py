@@ -1,0 +1,190 @@
+"""Every /api/v1 exchange a test makes with an in-process server is checked against the OpenAPI document.
+
+:func:`attach` puts :func:`middleware` outermost on an application (before it starts). The middleware lets
+the request through, then checks it and its answer with openapi-core against the assembled document
+(scep_server/web/apidoc.py) and records what does not match in :data:`FAILURES`; the autouse fixture of
+tests/conftest.py fails the test that made such an exchange. The rules:
+
+- the answer must match the document: a documented status, content type, body and headers, whatever the
+  request (a refused request's problem document included);
+- a request the document says is invalid (a missing member, no token, a parameter out of range) must be
+  refused: answered 4xx;
+- a path the document does not hold may only be answered 404, a method it does not hold 404 or 405; a
+  request the router has no route for (a capability switched off) is left to the router (404 or 405). The
+  route-coverage test (tests/test_openapi.py) keeps the router of a fully-enabled application and the
+  document equal.
+
+The validator is built once per process.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+PREFIX = "/api/v1/"
+
+FAILURES: list[str] = []  # what did not match, since the current test started
+CHECKED: list[int] = [0]  # exchanges checked in this process
+
+
+@functools.cache
+def _openapi():
+    from openapi_core import Config, OpenAPI
+    from openapi_core.deserializing.media_types.util import json_loads, plain_loads
+
+    from scep_server.web.apidoc import assemble
+
+    extra = {"application/problem+json": json_loads, "text/csv": plain_loads}
+    return OpenAPI.from_dict(assemble(), config=Config(extra_media_type_deserializers=extra))
+
+
+@functools.cache
+def _partial_validators():
+    """The request checks that need no body (for a handler that streamed the body itself)."""
+    from openapi_core.validation.request.validators import (V31RequestParametersValidator,
+                                                            V31RequestSecurityValidator)
+
+    spec = _openapi().spec
+    return V31RequestParametersValidator(spec), V31RequestSecurityValidator(spec)
+
+
+@dataclass
+class _Request:
+    """openapi-core's request protocol over what the server received."""
+
+    method: str
+    host_url: str
+    path: str
+    body: bytes | None
+    content_type: str
+    parameters: object = field(repr=False)
+
+
+@dataclass
+class _Response:
+    status_code: int
+    content_type: str
+    data: bytes
+    headers: object = field(repr=False)
+
+
+def _exception_name(exc: BaseException) -> str:
+    return type(exc).__name__
+
+
+def _describe(exc: BaseException) -> str:
+    parts = [f"{_exception_name(exc)}: {exc}"]
+    cause = exc.__cause__ or exc.__context__
+    for _ in range(4):
+        if cause is None:
+            break
+        inner = getattr(cause, "schema_errors", None)
+        parts.append(f"{_exception_name(cause)}: {str(cause)[:500]}")
+        if inner:
+            parts.extend(f"  - {getattr(e, 'message', e)} at {list(getattr(e, 'path', []))}" for e in inner)
+        cause = cause.__cause__ or cause.__context__
+    return "\n".join(parts)
+
+
+def check(request: _Request, response: _Response, *, body_known: bool = True) -> str | None:
+    """What is wrong with this exchange, or None (`body_known`: False when the handler streamed the body,
+    which is then not checked)."""
+    from openapi_core.templating.paths.exceptions import OperationNotFound, PathNotFound, ServerNotFound
+
+    api = _openapi()
+    status = response.status_code
+    where = f"{request.method.upper()} {request.path} -> {status}"
+    try:
+        if not body_known:
+            for validator in _partial_validators():
+                validator.validate(request)
+        else:
+            api.validate_request(request)
+        request_error = None
+    except (PathNotFound, ServerNotFound):
+        return None if status == 404 else f"{where}: the path is not in the OpenAPI document"
+    except OperationNotFound:
+        return None if status in (404, 405) else f"{where}: the method is not in the OpenAPI document"
+    except Exception as exc:  # noqa: BLE001 - any validation error: the request is not as documented
+        if _exception_name(exc) in ("PathNotFound", "OperationNotFound") or \
+                _exception_name(getattr(exc, "__cause__", None) or exc) in ("PathNotFound", "OperationNotFound"):
+            return None if status in (404, 405) else f"{where}: not in the OpenAPI document"
+        request_error = exc
+    if request_error is not None and not 400 <= status < 500:
+        return f"{where}: the request does not match the document, yet was answered {status}:\n" \
+               f"{_describe(request_error)}"
+    try:
+        api.validate_response(request, response)
+    except Exception as exc:  # noqa: BLE001
+        return f"{where}: the answer does not match the document:\n{_describe(exc)}\n" \
+               f"body: {response.data[:600]!r}"
+    return None
+
+
+async def _body_read(request: web.Request) -> bytes | None:
+    """The request's body if the handler read it whole (or it had none); None when it was streamed."""
+    data = getattr(request, "_read_bytes", None)
+    if data is not None:
+        return data
+    if not request.body_exists:
+        return b""
+    if request.content.at_eof() and request.content.total_bytes == 0:
+        return b""
+    if request.content.total_bytes == 0:  # nobody touched it: read it now
+        try:
+            return await request.read()
+        except Exception:  # noqa: BLE001 - too large, broken chunking: the body is unknown
+            return None
+    return None
+
+
+def _as_request(request: web.Request, body: bytes | None) -> _Request:
+    from openapi_core.datatypes import RequestParameters
+
+    return _Request(method=request.method.lower(), host_url=f"{request.scheme}://{request.host}",
+                    path=request.path, body=body or None,
+                    content_type=request.content_type if request.body_exists else "",
+                    parameters=RequestParameters(query=request.query, header=request.headers,
+                                                 cookie=request.cookies))
+
+
+def _as_response(response: web.StreamResponse) -> _Response:
+    body = getattr(response, "body", None)
+    if isinstance(body, str):
+        body = body.encode()
+    elif not isinstance(body, (bytes, bytearray)):
+        body = b""
+    return _Response(status_code=response.status, content_type=response.content_type or "",
+                     data=bytes(body), headers=response.headers)
+
+
+@web.middleware
+async def middleware(request: web.Request, handler):
+    if not request.path.startswith(PREFIX):
+        return await handler(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        _record(request, await _body_read(request), exc)
+        raise
+    _record(request, await _body_read(request), response)
+    return response
+
+
+def _record(request: web.Request, body: bytes | None, response: web.StreamResponse) -> None:
+    CHECKED[0] += 1
+    if request.match_info.http_exception is not None:  # no route: a capability switched off, a wrong path
+        if response.status not in (404, 405):
+            FAILURES.append(f"{request.method} {request.path} -> {response.status}: no route, yet not 404 or 405")
+        return
+    problem = check(_as_request(request, body), _as_response(response), body_known=body is not None)
+    if problem:
+        FAILURES.append(problem)
+
+
+def attach(app: web.Application) -> web.Application:
+    """Check every /api/v1 exchange of `app` (call before it starts)."""
+    app.middlewares.insert(0, middleware)
+    return app
