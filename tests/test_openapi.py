@@ -277,3 +277,20 @@ async def test_an_undocumented_answer_of_a_served_application_is_recorded(aiohtt
         assert len(openapi_check.FAILURES) == 1 and "GET /api/v1/devices -> 200" in openapi_check.FAILURES[0]
     finally:
         openapi_check.FAILURES.clear()
+
+
+def test_a_json_body_sent_under_another_type_is_checked_as_json():
+    plain = _req("post", "/api/v1/devices", body=b'{"id": "d1"}', headers=ADMIN)
+    plain.content_type = "text/plain"
+    assert openapi_check.check(plain, _resp(201, DEVICE)) is None
+    plain.body = b'{"id": 5}'
+    assert "request" in openapi_check.check(plain, _resp(201, DEVICE))
+
+
+def test_a_list_not_paged_yet_may_ignore_limit_and_cursor_but_nothing_else():
+    bad_limit = _req("get", "/api/v1/devices", headers=ADMIN, query="limit=-5")
+    assert openapi_check.check(bad_limit, _resp(200, b'{"devices": []}')) is None
+    paged = b'{"devices": [], "next_cursor": null, "next": null}'
+    assert "request" in openapi_check.check(bad_limit, _resp(200, paged))
+    both = _req("get", "/api/v1/devices", headers=ADMIN, query="limit=-5&status=gone")
+    assert "request" in openapi_check.check(both, _resp(200, b'{"devices": []}'))

@@ -6,7 +6,7 @@ other ``openapi/*.yaml`` holds the ``paths`` (and any ``components`` of its own)
 (:class:`DocumentError`), as is a part with other top-level keys. The server builds the document once, on
 the first request of ``GET /api/v1/openapi.json`` (public); ``GET /api/v1/docs`` is a small page, shipped
 with the package, that renders it (no outside assets). The tests check every API request and response
-they make against the same document (README, "API document").
+they make against the same document (docs/api.md "The API document").
 """
 from __future__ import annotations
 
