@@ -93,6 +93,14 @@ async def engine(db_url):
     await eng.dispose()
 
 
+def pytest_terminal_summary(terminalreporter):
+    from tests import openapi_check
+
+    if openapi_check.CHECKED[0]:
+        terminalreporter.write_line(f"openapi: {openapi_check.CHECKED[0]} API exchanges checked against the document "
+                                    f"in {openapi_check.SECONDS[0]:.1f} s (this process)")
+
+
 @pytest.fixture(autouse=True)
 def _api_matches_openapi():
     """Every /api/v1 exchange with an in-process server matches the OpenAPI document (tests/openapi_check.py)."""

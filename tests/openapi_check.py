@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from dataclasses import dataclass, field, replace
 
 from aiohttp import web
@@ -28,6 +29,7 @@ PREFIX = "/api/v1/"
 
 FAILURES: list[str] = []  # what did not match, since the current test started
 CHECKED: list[int] = [0]  # exchanges checked in this process
+SECONDS: list[float] = [0.0]  # time spent checking them
 
 
 @functools.cache
@@ -192,7 +194,7 @@ def _as_request(request: web.Request, body: bytes | None) -> _Request:
     from openapi_core.datatypes import RequestParameters
 
     return _Request(method=request.method.lower(), host_url=f"{request.scheme}://{request.host}",
-                    path=request.path, body=body or None,
+                    path=request.rel_url.raw_path, body=body or None,
                     content_type=request.content_type if request.body_exists else "",
                     parameters=RequestParameters(query=request.query, header=request.headers,
                                                  cookie=request.cookies))
@@ -222,12 +224,20 @@ async def middleware(request: web.Request, handler):
 
 
 def _record(request: web.Request, body: bytes | None, response: web.StreamResponse) -> None:
+    started = time.perf_counter()
+    try:
+        _check_exchange(request, body, response)
+    finally:
+        SECONDS[0] += time.perf_counter() - started
+
+
+def _check_exchange(request: web.Request, body: bytes | None, response: web.StreamResponse) -> None:
     CHECKED[0] += 1
     if request.match_info.http_exception is not None:  # no route: a capability switched off, a wrong path
         if response.status not in (404, 405):
             FAILURES.append(f"{request.method} {request.path} -> {response.status}: no route, yet not 404 or 405")
         return
-    if request.method == "HEAD" or any(part in (".", "..") for part in request.path.split("/")):
+    if request.method == "HEAD" or any(part in (".", "..") for part in request.rel_url.raw_path.split("/")):
         return  # HEAD is GET without a body (aiohttp's); a dot segment the document's URLs cannot spell
     problem = check(_as_request(request, body), _as_response(response), body_known=body is not None)
     if problem:
