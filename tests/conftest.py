@@ -106,8 +106,10 @@ def _api_matches_openapi():
     """Every /api/v1 exchange with an in-process server matches the OpenAPI document (tests/openapi_check.py)."""
     from tests import openapi_check
 
+    openapi_check.PENDING.clear()
     openapi_check.FAILURES.clear()
     yield
+    openapi_check.drain()
     failures = list(openapi_check.FAILURES)
     openapi_check.FAILURES.clear()
     if failures:
