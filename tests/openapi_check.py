@@ -22,6 +22,7 @@ import functools
 import json
 import time
 from dataclasses import dataclass, field, replace
+from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -175,20 +176,18 @@ def check(request: _Request, response: _Response, *, body_known: bool = True) ->
 
 
 async def _body_read(request: web.Request) -> bytes | None:
-    """The request's body if the handler read it whole (or it had none); None when it was streamed."""
+    """The request's body if the handler read it whole (or there is none); None when the handler streamed it
+    or left it unread (the check never reads a body the server did not: that would change what it does)."""
     data = getattr(request, "_read_bytes", None)
     if data is not None:
         return data
-    if not request.body_exists:
-        return b""
-    if request.content.at_eof() and request.content.total_bytes == 0:
-        return b""
-    if request.content.total_bytes == 0:  # nobody touched it: read it now
-        try:
-            return await request.read()
-        except Exception:  # noqa: BLE001 - too large, broken chunking: the body is unknown
-            return None
-    return None
+    return b"" if not request.body_exists else None
+
+
+def _document_path(raw_path: str) -> str:
+    """The path as the router matches it: each segment decoded, a slash inside a segment kept as %2F."""
+    return "/".join(unquote(segment).replace("%", "%25").replace("/", "%2F") if "%" in segment else segment
+                    for segment in raw_path.split("/"))
 
 
 def _as_request(request: web.Request, body: bytes | None) -> _Request:
@@ -196,7 +195,7 @@ def _as_request(request: web.Request, body: bytes | None) -> _Request:
     from openapi_core.datatypes import RequestParameters
 
     return _Request(method=request.method.lower(), host_url=f"{request.scheme}://{request.host}",
-                    path=request.rel_url.raw_path, body=body or None,
+                    path=_document_path(request.rel_url.raw_path), body=body or None,
                     content_type=request.content_type if request.body_exists else "",
                     parameters=RequestParameters(query=MultiDict(request.query), header=CIMultiDict(request.headers),
                                                  cookie=dict(request.cookies)))
@@ -240,7 +239,8 @@ def _capture(request: web.Request, body: bytes | None, response: web.StreamRespo
         if response.status not in (404, 405):
             FAILURES.append(f"{request.method} {request.path} -> {response.status}: no route, yet not 404 or 405")
         return
-    if request.method == "HEAD" or any(part in (".", "..") for part in request.rel_url.raw_path.split("/")):
+    if request.method == "HEAD" or \
+            any(part in (".", "..") for part in _document_path(request.rel_url.raw_path).split("/")):
         return  # HEAD is GET without a body (aiohttp's); a dot segment the document's URLs cannot spell
     PENDING.append((_as_request(request, body), _as_response(response), body is not None))
 

@@ -298,3 +298,11 @@ def test_a_list_not_paged_yet_may_ignore_limit_and_cursor_but_nothing_else():
     assert "request" in openapi_check.check(bad_limit, _resp(200, paged))
     both = _req("get", "/api/v1/devices", headers=ADMIN, query="limit=-5&status=gone")
     assert "request" in openapi_check.check(both, _resp(200, b'{"devices": []}'))
+
+
+def test_paths_are_checked_as_the_router_matches_them():
+    assert openapi_check._document_path("/%61%70%69/%761/devices/d%2F1") == "/api/v1/devices/d%2F1"
+    # an encoded slash stays inside its segment: one device id, not a path with another route's shape
+    assert openapi_check.check(_req("get", openapi_check._document_path("/api/v1/devices/a%2Fb"), headers=ADMIN),
+                               _resp(404, b'{"type": "about:blank", "title": "N", "status": 404, "detail": "", '
+                                          b'"code": "device_not_found"}', "application/problem+json")) is None
