@@ -1,9 +1,9 @@
 """Every /api/v1 exchange a test makes with an in-process server is checked against the OpenAPI document.
 
 :func:`attach` puts :func:`middleware` outermost on an application (before it starts). The middleware lets
-the request through, then checks it and its answer with openapi-core against the assembled document
-(scep_server/web/apidoc.py) and records what does not match in :data:`FAILURES`; the autouse fixture of
-tests/conftest.py fails the test that made such an exchange. The rules:
+the request through and captures it with its answer; when the test ends, the autouse fixture of
+tests/conftest.py checks them (:func:`drain`) with openapi-core against the assembled document
+(scep_server/web/apidoc.py) and fails the test when one does not match. The rules:
 
 - the answer must match the document: a documented status, content type, body and headers, whatever the
   request (a refused request's problem document included);
@@ -14,7 +14,12 @@ tests/conftest.py fails the test that made such an exchange. The rules:
   route-coverage test (tests/test_openapi.py) keeps the router of a fully-enabled application and the
   document equal.
 
-The validator is built once per process.
+What the check cannot see it leaves alone: a body the handler streamed or did not read (the request is
+checked without it), HEAD (aiohttp's GET without a body), a path with a dot segment. A JSON body sent
+under another content type is checked as JSON (the server reads it so). Until the lists are paged, a list
+answer without `next_cursor` may have ignored a bad `limit` or `cursor`.
+
+The validator is built once per process; identical exchanges are checked once.
 """
 from __future__ import annotations
 
