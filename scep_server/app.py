@@ -12,7 +12,7 @@ from .config import Settings
 from .jobs import Supervisor
 from .audit import web as audit_web
 from .runtime import Uses, open_runtime
-from .web import access, admin_certs, admin_profiles, admin_tokens, auth, ca, client, errors, health, scep
+from .web import access, admin_certs, admin_profiles, admin_tokens, apidoc, auth, ca, client, errors, health, scep
 
 JOBS = web.AppKey("jobs", Supervisor)  # the supervisor of the background jobs, while the server runs
 
@@ -59,6 +59,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     audit_web.add_routes(app)
     admin_profiles.add_routes(app)
     admin_tokens.add_routes(app)
+    apidoc.add_routes(app)
     for feature in loaded:
         feature.add_routes(app)
     return app

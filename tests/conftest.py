@@ -93,6 +93,30 @@ async def engine(db_url):
     await eng.dispose()
 
 
+def pytest_terminal_summary(terminalreporter):
+    from tests import openapi_check
+
+    if openapi_check.CHECKED[0]:
+        terminalreporter.write_line(f"openapi: {openapi_check.CHECKED[0]} API exchanges checked against the document "
+                                    f"in {openapi_check.SECONDS[0]:.1f} s (this process)")
+
+
+@pytest.fixture(autouse=True)
+def _api_matches_openapi():
+    """Every /api/v1 exchange with an in-process server matches the OpenAPI document (tests/openapi_check.py)."""
+    from tests import openapi_check
+
+    openapi_check.PENDING.clear()
+    openapi_check.FAILURES.clear()
+    yield
+    openapi_check.drain()
+    failures = list(openapi_check.FAILURES)
+    openapi_check.FAILURES.clear()
+    if failures:
+        pytest.fail(f"{len(failures)} API exchange(s) do not match the OpenAPI document:\n" + "\n\n".join(failures[:5]),
+                    pytrace=False)
+
+
 @pytest.fixture(autouse=True)
 def _structlog_defaults():
     """A CLI command run in-process configures logging; the next test starts from structlog's defaults."""

@@ -17,6 +17,7 @@ from trustkit.clock import utcnow
 from scep_server.config import Settings
 from scep_server.runtime import Runtime, initialise
 from tests.factories import settings_for
+from tests.openapi_check import attach as check_against_openapi
 
 
 def free_port() -> int:
@@ -73,7 +74,7 @@ async def start_app(aiohttp_server, tmp_path: Path, db_url: str | None = None, c
     await initialise(settings, **kwargs)
     if single_des_on_default:
         await allow_single_des(settings, **kwargs)
-    app = create_app(settings, **kwargs)
+    app = check_against_openapi(create_app(settings, **kwargs))  # every /api/v1 exchange matches the document
     await aiohttp_server(app, host="127.0.0.1", port=port)
     return RunningServer(url=f"http://127.0.0.1:{port}", settings=settings, app=app)
 

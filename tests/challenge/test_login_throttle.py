@@ -17,6 +17,7 @@ from scep_server.app import create_app
 from scep_server.challenge.basic import CredentialChecker, check_password, hash_params, hash_password
 from scep_server.challenge.tables import login_throttle
 from scep_server.challenge.throttle import Limits, LoginThrottle
+from tests.openapi_check import attach as check_against_openapi
 from scep_server.store.tables import profiles
 from tests.challenge.conftest import PASSWORD, USER, add_profile, dynamic
 from tests.server import free_port, start_app
@@ -79,7 +80,7 @@ async def test_a_distributed_guess_locks_the_username(proxied):
 async def test_the_throttle_is_shared_by_two_instances_on_one_database(server, aiohttp_server, clock):
     """Failures counted by one instance lock the client out of the other."""
     await add_profile(server, "jamf", "dynamic", dynamic())
-    second = create_app(server.settings, clock=clock)
+    second = check_against_openapi(create_app(server.settings, clock=clock))
     port = free_port()
     await aiohttp_server(second, host="127.0.0.1", port=port)
     urls = [f"{server.url}/scep/jamf/challenge", f"http://127.0.0.1:{port}/scep/jamf/challenge"]

@@ -67,6 +67,7 @@ class Server:
         from scep_server.app import create_app
         from scep_server.runtime import initialise
         from tests.factories import settings_for
+        from tests.openapi_check import attach as check_against_openapi
         from tests.server import free_port
 
         self.port = free_port()
@@ -76,7 +77,7 @@ class Server:
 
         async def boot():
             await initialise(settings)
-            self._runner = web.AppRunner(create_app(settings))
+            self._runner = web.AppRunner(check_against_openapi(create_app(settings)))
             await self._runner.setup()
             await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 

@@ -18,6 +18,7 @@ from otp import yubico
 from otp.config import OtpSettings, ThrottleSettings
 from otp.service import OtpService
 from otp.web import add_routes
+from tests.openapi_check import attach as check_against_openapi
 from tests.otp.conftest import make_key, secrets_file
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "otp"
@@ -37,7 +38,7 @@ async def authenticate(request: web.Request, token: str):
 async def make_api(aiohttp_client, service):
     app = web.Application()
     add_routes(app, service, authenticate=authenticate)
-    return await aiohttp_client(app)
+    return await aiohttp_client(check_against_openapi(app))
 
 
 @pytest.fixture
@@ -365,7 +366,7 @@ async def test_wsapi_requires_signed_requests_unless_the_client_opts_out(api, ca
 async def test_wsapi_throttles_by_the_client_address_function(aiohttp_client, service):
     app = web.Application()
     add_routes(app, service, authenticate=authenticate, client_address=lambda request: "192.0.2.200")
-    api = await aiohttp_client(app)
+    api = await aiohttp_client(check_against_openapi(app))
     assert await service.store.throttle_state("source:192.0.2.200") is None
     await api.post("/api/v1/otp/verify", json={"user": "u", "otp": "nope"}, headers=SIGNIN)
     assert (await service.store.throttle_state("source:192.0.2.200"))[0] == 1
