@@ -176,6 +176,16 @@ class _Routes:
         return web.json_response({"serial": str(serial), "deleted": True, "status_before": before})
 
     @requires_scope("admin")
+    async def delete_factor(self, request: web.Request) -> web.StreamResponse:
+        """Delete the YubiKey OTP factor: every OTP-mode key (cannot be undone). The body must be
+        ``{"confirm": true}``, as the command line asks for confirmation."""
+        data = await read_json_object(request, empty={})
+        if data.get("confirm") is not True:
+            raise InvalidInput('deleting the YubiKey OTP factor cannot be undone: send {"confirm": true}')
+        counts = await self._service(request).delete_factor(actor=_actor(request))
+        return web.json_response(counts)
+
+    @requires_scope("admin")
     async def add_client(self, request: web.Request) -> web.StreamResponse:
         """Create a protocol 2.0 client; the base64 `api_key` is returned only here."""
         data = await read_json_object(request, empty={})
@@ -267,6 +277,7 @@ def add_routes(app: web.Application, service: OtpService | Callable[[web.Request
     app.router.add_route("POST", "/api/v1/yubikeys/import", bind(r.import_keys))
     app.router.add_route("GET", "/api/v1/yubikeys", bind(r.report))
     app.router.add_route("POST", "/api/v1/yubikeys/{serial}/revoke", bind(r.revoke))
+    app.router.add_route("POST", "/api/v1/yubikeys/delete-factor", bind(r.delete_factor))
     app.router.add_route("DELETE", "/api/v1/yubikeys/{serial}", bind(r.delete))
     app.router.add_route("POST", "/api/v1/otp-clients", bind(r.add_client))
     app.router.add_route("GET", "/api/v1/otp-clients", bind(r.list_clients))

@@ -174,6 +174,24 @@ async def test_report_revoke_delete(api):
     assert "history" not in report["keys"][0]
 
 
+async def test_delete_factor_needs_confirmation(api):
+    keys = [make_key(60 + i) for i in range(3)]
+    await import_via_api(api, keys)
+    enrol = await api.post("/api/v1/otp/verify", json={"user": "pia", "otp": keys[0].otp()}, headers=SIGNIN)
+    assert (await enrol.json())["enrolled"] is True
+    for body in (None, {}, {"confirm": "yes"}, {"confirm": 1}):
+        await assert_problem(await api.post("/api/v1/yubikeys/delete-factor", json=body, headers=ADMIN), 400,
+                             contains="confirm")
+    await assert_problem(await api.post("/api/v1/yubikeys/delete-factor", json={"confirm": True}, headers=SIGNIN),
+                         403)
+    report = await (await api.get("/api/v1/yubikeys?history=0", headers=ADMIN)).json()
+    assert len(report["keys"]) == 3  # nothing was deleted by the refused requests
+    done = await api.post("/api/v1/yubikeys/delete-factor", json={"confirm": True}, headers=ADMIN)
+    assert done.status == 200 and await done.json() == {"unassigned_removed": 2, "assigned_retired": 1}
+    report = await (await api.get("/api/v1/yubikeys?history=0", headers=ADMIN)).json()
+    assert [(k["serial"], k["deleted"]) for k in report["keys"]] == [("60", True)]
+
+
 # ---- sign-in API ------------------------------------------------------------------------------
 
 async def test_signin_verify(api):
