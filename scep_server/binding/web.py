@@ -19,6 +19,7 @@ from crl.config import Policy
 from trustkit.http import BadJSON, read_json_object
 from trustkit.problems import NotFound
 
+from .. import metrics
 from ..appkeys import RUNTIME
 from ..web.auth import requires
 from .attestation import Verdict, b64decode, decode_certificate
@@ -28,6 +29,7 @@ from .service import ACTIONS, is_device_id, services
 
 
 def _verdict_400(detail: str) -> web.Response:
+    metrics.attestation_verdict(Verdict.BAD_REQUEST.value)
     return web.json_response({"managed": False, "reason": Verdict.BAD_REQUEST.value, "detail": detail}, status=400)
 
 

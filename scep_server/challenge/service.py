@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -13,6 +14,7 @@ import structlog
 from cryptography import x509
 
 from ..enrolment import ChallengeRejected, EnrollmentRequest
+from .. import metrics
 from ..profiles import Profile, ProfileSettings
 from trustkit.db import writer
 from ..store.tables import profiles as profiles_table
@@ -79,6 +81,7 @@ class ChallengeService:
                                         ttl=timedelta(minutes=settings.ttl_minutes), source=source,
                                         max_unused=settings.max_unused, requested_by=requested_by,
                                         payload_identifier=payload_identifier, expectations=expectations)
+        metrics.challenge_issued(profile.name)
         log.info("challenge.issued", profile=profile.name, source=source, requested_by=requested_by,
                  payload_identifier=payload_identifier, expires_at=issued.expires_at.isoformat())
         return issued
@@ -182,9 +185,14 @@ class DynamicVerifier:
             dynamic_settings(req.profile.settings.challenge)
         except ChallengeConfigError as exc:
             raise ChallengeRejected(f"this profile is misconfigured: {exc}") from None
-        redeemed = await self.service.store.redeem(
-            req.profile.name, req.challenge, now=self.service.runtime.clock(),
-            transaction_id=req.message.transaction_id, check=lambda expected: check_csr(req.csr, expected))
+        try:
+            redeemed = await self.service.store.redeem(
+                req.profile.name, req.challenge, now=self.service.runtime.clock(),
+                transaction_id=req.message.transaction_id, check=lambda expected: check_csr(req.csr, expected))
+        except ChallengeRejected:
+            metrics.challenge_redeemed(req.profile.name, "refused")
+            raise
+        metrics.challenge_redeemed(req.profile.name, "redeemed")
         log.info("challenge.redeemed", profile=req.profile.name, transaction_id=req.message.transaction_id,
                  source=redeemed.source, payload_identifier=redeemed.payload_identifier)
         return redeemed.expectations.device_id
@@ -228,6 +236,21 @@ class DelegatedVerifier:
 
     async def verify(self, req: EnrollmentRequest) -> str | None:
         client = self._client(req)
+        provider = "intune" if isinstance(client, IntuneClient) else "webhook"
+        started = time.perf_counter()
+        outcome = "unavailable"
+        try:
+            found = await self._validate(req, client)
+            outcome = "allowed"
+            return found
+        except ChallengeRejected as exc:
+            if isinstance(exc.__context__, (IntuneRejected, WebhookDenied)) or "ChallengePasswordMissing" in str(exc):
+                outcome = "denied"
+            raise
+        finally:
+            metrics.delegated_validation(provider, outcome, time.perf_counter() - started)
+
+    async def _validate(self, req: EnrollmentRequest, client) -> str | None:
         txid = req.message.transaction_id
         try:
             if isinstance(client, IntuneClient):
