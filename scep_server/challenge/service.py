@@ -221,6 +221,10 @@ def intune_device_id(csr: x509.CertificateSigningRequest) -> str | None:
     return found.pop() if len(found) == 1 and len(next(iter(found))) <= 64 else None
 
 
+class _Denied(ChallengeRejected):
+    """Intune or the webhook said no (as opposed to: could not be asked)."""
+
+
 class DelegatedVerifier:
     """Intune or a webhook decides; they learn the outcome (success or failure notification)."""
 
@@ -243,9 +247,8 @@ class DelegatedVerifier:
             found = await self._validate(req, client)
             outcome = "allowed"
             return found
-        except ChallengeRejected as exc:
-            if isinstance(exc.__context__, (IntuneRejected, WebhookDenied)) or "ChallengePasswordMissing" in str(exc):
-                outcome = "denied"
+        except _Denied:
+            outcome = "denied"
             raise
         finally:
             metrics.delegated_validation(provider, outcome, time.perf_counter() - started)
@@ -255,7 +258,7 @@ class DelegatedVerifier:
         try:
             if isinstance(client, IntuneClient):
                 if not req.challenge:
-                    raise ChallengeRejected("the CSR carries no challengePassword (Intune: ChallengePasswordMissing)")
+                    raise _Denied("the CSR carries no challengePassword (Intune: ChallengePasswordMissing)")
                 await client.validate(txid, req.csr_der)
             else:
                 await client.validate(profile=req.profile.name, transaction_id=txid, challenge=req.challenge,
@@ -263,14 +266,14 @@ class DelegatedVerifier:
         except IntuneRejected as exc:
             log.warning("challenge.intune.rejected", profile=req.profile.name, transaction_id=txid, code=exc.code,
                         description=exc.description)
-            raise ChallengeRejected(f"Intune rejected the request: {exc.code}"
+            raise _Denied(f"Intune rejected the request: {exc.code}"
                                     + (f" ({exc.description})" if exc.description else "")) from None
         except IntuneUnavailable as exc:
             log.error("challenge.intune.unavailable", profile=req.profile.name, transaction_id=txid, error=str(exc))
             raise ChallengeRejected(f"Intune validation is unavailable: {exc}") from None
         except WebhookDenied as exc:
             log.warning("challenge.webhook.denied", profile=req.profile.name, transaction_id=txid, error=str(exc))
-            raise ChallengeRejected(f"the validation webhook denied the request: {exc}") from None
+            raise _Denied(f"the validation webhook denied the request: {exc}") from None
         except (WebhookUnavailable, ChallengeConfigError) as exc:
             log.error("challenge.webhook.unavailable", profile=req.profile.name, transaction_id=txid, error=str(exc))
             raise ChallengeRejected(str(exc)) from None

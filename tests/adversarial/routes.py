@@ -23,7 +23,7 @@ def fresh_otp(key) -> str:
         return key.otp(usage_ctr=key.usage_ctr + 1, session_use=0)
     return key.otp()
 
-PUBLIC_PREFIXES = ("/scep/", "/ca/", "/crl/", "/healthz", "/readyz", "/wsapi/")
+PUBLIC_PREFIXES = ("/scep/", "/ca/", "/crl/", "/healthz", "/readyz", "/wsapi/", "/metrics")
 BASIC_ROUTES = {"/scep/{profile}/challenge"}
 SIGNIN_ROUTES = {"/api/v1/attestation/challenge", "/api/v1/attestation/verify", "/api/v1/otp/verify"}
 # Protocol 2.0 answers 200 to everyone; the verdict is in the body.
