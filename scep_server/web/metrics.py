@@ -70,7 +70,7 @@ def install(app: web.Application, settings: Settings, *, sock: socket.socket | N
     token = section.token()
     digest = hashlib.sha256(token.encode()).digest() if token is not None else None
     metrics.activate()
-    app.middlewares.append(count_requests)
+    app.middlewares.insert(0, count_requests)  # first: every answer counts, refusals included
     if section.listen is None:
         app[_TOKEN] = digest
         app.router.add_get("/metrics", serve_metrics)
