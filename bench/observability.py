@@ -207,7 +207,7 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32, help="wrk connections")
     ap.add_argument("--otp-keys", type=int, default=200, help="YubiKeys per OTP turn")
     ap.add_argument("--max-rate", type=int, default=6000, help="OTPs generated per second of an OTP turn")
-    ap.add_argument("--scrape-interval", type=float, default=1.0)
+    ap.add_argument("--scrape-interval", type=float, default=5.0, help="seconds between scrapes (Prometheus: 15-60)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is required (apt-get install wrk)")

@@ -64,6 +64,16 @@ class _Metrics:
     worker_requests: Any
     # CA -> the (serial, revoked_at) listed in the last CRL signed here and newer than the CRL before it
     crl_recent: dict[str, frozenset] = field(default_factory=dict)
+    # (id of the metric, *label values) -> the labelled child: `labels()` costs more than the increment itself.
+    # Bounded like the label sets (closed sets only).
+    children: dict[tuple, Any] = field(default_factory=dict)
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        found = self.children.get(key)
+        if found is None:
+            found = self.children[key] = metric.labels(*labels)
+        return found
 
 
 _active: _Metrics | None = None
@@ -171,50 +181,50 @@ def scep_transaction(profile: str, message_type: int, outcome: str, fail_info: s
     m = _active
     if m is None:
         return
-    m.enrolments.labels(profile, _MESSAGE_TYPES.get(message_type, "other"), outcome, fail_info or "none").inc()
-    m.enrolment_seconds.labels(profile).observe(seconds)
+    m.child(m.enrolments, profile, _MESSAGE_TYPES.get(message_type, "other"), outcome, fail_info or "none").inc()
+    m.child(m.enrolment_seconds, profile).observe(seconds)
 
 
 def challenge_issued(profile: str) -> None:
     m = _active
     if m is not None:
-        m.challenges_issued.labels(profile).inc()
+        m.child(m.challenges_issued, profile).inc()
 
 
 def challenge_redeemed(profile: str, outcome: str) -> None:
     """``outcome``: redeemed | refused."""
     m = _active
     if m is not None:
-        m.challenge_redemptions.labels(profile, outcome).inc()
+        m.child(m.challenge_redemptions, profile, outcome).inc()
 
 
 def delegated_validation(provider: str, outcome: str, seconds: float) -> None:
     """``provider``: intune | webhook; ``outcome``: allowed | denied | unavailable."""
     m = _active
     if m is not None:
-        m.delegated.labels(provider, outcome).inc()
-        m.delegated_seconds.labels(provider, outcome).observe(seconds)
+        m.child(m.delegated, provider, outcome).inc()
+        m.child(m.delegated_seconds, provider, outcome).observe(seconds)
 
 
 def otp_verified(client: str, status: str) -> None:
     """``client``: "signin" (the sign-in API) or a protocol 2.0 client id that exists ("unknown" otherwise)."""
     m = _active
     if m is not None:
-        m.otp.labels(client, status).inc()
+        m.child(m.otp, client, status).inc()
 
 
 def attestation_verdict(reason: str) -> None:
     m = _active
     if m is not None:
-        m.attestation.labels(reason).inc()
+        m.child(m.attestation, reason).inc()
 
 
 def group_commit(store: str, items: int, seconds: float) -> None:
     """trustkit.batching's observer: one committed batch."""
     m = _active
     if m is not None:
-        m.batch_size.labels(store).observe(items)
-        m.commit_seconds.labels(store).observe(seconds)
+        m.child(m.batch_size, store).observe(items)
+        m.child(m.commit_seconds, store).observe(seconds)
 
 
 def request_served() -> None:
@@ -234,13 +244,13 @@ def crl_signed(published: "PublishedCrl", entries: Sequence[tuple], previous: "P
     if m is None:
         return
     ca = published.ca
-    m.crl_publish_seconds.labels(ca).observe(seconds)
+    m.child(m.crl_publish_seconds, ca).observe(seconds)
     if previous is None:
         return
     since = previous.this_update
     recent = frozenset((e[0], e[1]) for e in entries if e[1] is not None and e[1] >= since)
     counted = m.crl_recent.get(ca, frozenset())
-    histogram = m.revocation_seconds.labels(ca)
+    histogram = m.child(m.revocation_seconds, ca)
     for _, changed_at in recent - counted:
         histogram.observe(max(0.0, (signed_at - changed_at).total_seconds()))
     m.crl_recent[ca] = recent

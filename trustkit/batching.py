@@ -41,10 +41,11 @@ Observer = Callable[[str, int, float], None]
 _observer: Observer | None = None
 
 
-def set_observer(observer: Observer | None) -> None:
-    """The observer of every GroupCommit without one of its own (None: nobody)."""
+def set_observer(observer: Observer | None) -> Observer | None:
+    """The observer of every GroupCommit without one of its own (None: nobody); returns the one it replaces."""
     global _observer
-    _observer = observer
+    previous, _observer = _observer, observer
+    return previous
 
 
 class GroupCommit(Generic[T, R]):

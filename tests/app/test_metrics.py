@@ -4,6 +4,7 @@ whose workers' counts are summed (prometheus-client's multiprocess mode), on SQL
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import secrets
 
@@ -13,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cryptography import x509
 
+from otp import yubico
 from scep_server.ca.inventory import Reason, serial_hex
 from scep_server.config import ConfigError, load_settings
 from scep_server.scep import client
@@ -120,6 +122,17 @@ async def test_enrolments_otp_attestation_and_crl_are_recorded(aiohttp_server, t
             async with http.post(url + "/api/v1/otp/verify", json={"user": "ada", "otp": otp},
                                  headers=bearer(tok["signin"])) as r:
                 assert r.status == expected
+        # the validation protocol 2.0: a client that exists is its id, any other is "unknown"
+        info, api_key = await app.runtime.otp.add_client("metrics")
+        wsapi_key = make_key(710_002)
+        async with http.post(url + "/api/v1/yubikeys/import", data=secrets_file([wsapi_key]),
+                             headers=bearer(tok["admin"])) as r:
+            assert r.status == 201
+        for client_id, key_b64 in ((str(info.id), api_key), ("987654", api_key)):
+            params = {"id": client_id, "otp": wsapi_key.otp(), "nonce": secrets.token_hex(10)}
+            params["h"] = yubico.sign(params, base64.b64decode(key_b64))
+            async with http.get(url + "/wsapi/2.0/verify", params=params) as r:
+                assert r.status == 200
         async with http.post(url + "/api/v1/attestation/verify", json={"device_id": "x"},
                              headers=bearer(tok["signin"])) as r:
             assert r.status == 400
@@ -137,6 +150,10 @@ async def test_enrolments_otp_attestation_and_crl_are_recorded(aiohttp_server, t
     assert delta("otp_verifications_total", client="signin", status="replayed_otp") == 1
     assert total(after, "group_commit_batch_size_count", store="otp.keys") \
         > total(before, "group_commit_batch_size_count", store="otp.keys")
+    assert delta("otp_verifications_total", client=str(info.id), status="OK") == 1
+    assert delta("otp_verifications_total", client="unknown", status="NO_SUCH_CLIENT") == 1
+    assert total(after, "group_commit_batch_size_count", store="otp.counters") \
+        > total(before, "group_commit_batch_size_count", store="otp.counters")
     assert delta("attestation_verdicts_total", reason="bad_request") == 1
     # the state of the worker answering, computed at the scrape
     current = await first_crl(app)
@@ -294,3 +311,25 @@ async def test_two_workers_are_summed(tmp_path, db_url):
             if len(answered_by) == 2:
                 break
         assert answered_by == set(served), (answered_by, served)
+
+
+# ---------------------------------------------------------------- the multiprocess directory of one start
+
+def test_multiprocess_directory_is_made_per_start_and_removed(tmp_path, monkeypatch):
+    from scep_server import metrics
+
+    monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
+    first = metrics.prepare_multiprocess(tmp_path)
+    try:
+        assert first.is_dir() and list(first.iterdir()) == []
+        assert os.environ[metrics.MULTIPROC_ENV] == str(first)
+        (first / "gauge_liveall_4242.db").write_bytes(b"")
+        (first / "counter_4242.db").write_bytes(b"")
+        metrics.worker_exited(4242)  # its live gauges go, its counts stay
+        assert [p.name for p in first.iterdir()] == ["counter_4242.db"]
+    finally:
+        metrics.cleanup_multiprocess(first)
+    assert not first.exists() and metrics.MULTIPROC_ENV not in os.environ
+    second = metrics.prepare_multiprocess(tmp_path)
+    metrics.cleanup_multiprocess(second)
+    assert second != first
