@@ -20,6 +20,8 @@ This module imports prometheus-client only when activated or scraped (the comman
 """
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import shutil
 import tempfile
@@ -177,6 +179,23 @@ def active() -> bool:
 
 # ---------------------------------------------------------------- recorders (cheap no-ops until activated)
 
+def _never_raises(recorder):
+    """A recorder's failure (a metrics file that cannot grow, say) is logged once and never fails the request."""
+    failed = False
+
+    @functools.wraps(recorder)
+    def record(*args, **kwargs) -> None:
+        nonlocal failed
+        try:
+            recorder(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - metrics are not worth an answer
+            if not failed:
+                failed = True
+                logging.getLogger(__name__).exception("metrics.record_failed: %s", recorder.__name__)
+    return record
+
+
+@_never_raises
 def scep_transaction(profile: str, message_type: int, outcome: str, fail_info: str | None, seconds: float) -> None:
     m = _active
     if m is None:
@@ -185,12 +204,14 @@ def scep_transaction(profile: str, message_type: int, outcome: str, fail_info: s
     m.child(m.enrolment_seconds, profile).observe(seconds)
 
 
+@_never_raises
 def challenge_issued(profile: str) -> None:
     m = _active
     if m is not None:
         m.child(m.challenges_issued, profile).inc()
 
 
+@_never_raises
 def challenge_redeemed(profile: str, outcome: str) -> None:
     """``outcome``: redeemed | refused."""
     m = _active
@@ -198,6 +219,7 @@ def challenge_redeemed(profile: str, outcome: str) -> None:
         m.child(m.challenge_redemptions, profile, outcome).inc()
 
 
+@_never_raises
 def delegated_validation(provider: str, outcome: str, seconds: float) -> None:
     """``provider``: intune | webhook; ``outcome``: allowed | denied | unavailable."""
     m = _active
@@ -206,6 +228,7 @@ def delegated_validation(provider: str, outcome: str, seconds: float) -> None:
         m.child(m.delegated_seconds, provider, outcome).observe(seconds)
 
 
+@_never_raises
 def otp_verified(client: str, status: str) -> None:
     """``client``: "signin" (the sign-in API) or a protocol 2.0 client id that exists ("unknown" otherwise)."""
     m = _active
@@ -213,12 +236,14 @@ def otp_verified(client: str, status: str) -> None:
         m.child(m.otp, client, status).inc()
 
 
+@_never_raises
 def attestation_verdict(reason: str) -> None:
     m = _active
     if m is not None:
         m.child(m.attestation, reason).inc()
 
 
+@_never_raises
 def group_commit(store: str, items: int, seconds: float) -> None:
     """trustkit.batching's observer: one committed batch."""
     m = _active
@@ -227,12 +252,14 @@ def group_commit(store: str, items: int, seconds: float) -> None:
         m.child(m.commit_seconds, store).observe(seconds)
 
 
+@_never_raises
 def request_served() -> None:
     m = _active
     if m is not None:
         m.worker_requests.inc()
 
 
+@_never_raises
 def crl_signed(published: "PublishedCrl", entries: Sequence[tuple], previous: "PublishedCrl | None",
                seconds: float, signed_at: datetime) -> None:
     """crl.publish's hook: a CRL signed and recorded by this process.

@@ -220,7 +220,8 @@ async def test_token_is_required_when_configured(aiohttp_server, tmp_path, monke
                 assert resp.status == 401, headers
                 assert resp.headers["WWW-Authenticate"] == 'Bearer realm="metrics"'
                 assert resp.content_type == "application/problem+json"
-    assert "scep_enrolments_total" in str(await scrape(app.url, "s3cret-scrape-token"))
+    samples = await scrape(app.url, "s3cret-scrape-token")
+    assert value(samples, "scep_server_ready", check="database") == 1
 
 
 def test_token_sources_are_checked(tmp_path, monkeypatch):
