@@ -113,6 +113,9 @@ async def test_enrolments_otp_attestation_and_crl_are_recorded(aiohttp_server, t
     async with aiohttp.ClientSession() as http:
         assert await enrol(http, url, ra, key, app.challenge(), "metrics-1") is PKIStatus.SUCCESS
         assert await enrol(http, url, ra, rsa_key(), "wrong", "metrics-2") is PKIStatus.FAILURE
+        # a profile that does not exist never becomes a label value
+        async with http.post(url + "/scep/no-such-profile-%0a?operation=PKIOperation", data=b"\x30\x00") as r:
+            assert r.status == 404
         otp_key = make_key(710_001)
         async with http.post(url + "/api/v1/yubikeys/import", data=secrets_file([otp_key]),
                              headers=bearer(tok["admin"])) as r:
@@ -146,6 +149,7 @@ async def test_enrolments_otp_attestation_and_crl_are_recorded(aiohttp_server, t
     assert delta("scep_enrolments_total", profile="default", message_type="PKCSReq", outcome="FAILURE",
                  fail_info="BAD_REQUEST") == 1
     assert delta("scep_enrolment_duration_seconds_count", profile="default") == 2
+    assert not any(dict(ls).get("profile", "").startswith("no-such-profile") for (_, ls) in after)
     assert delta("otp_verifications_total", client="signin", status="enrolled") == 1
     assert delta("otp_verifications_total", client="signin", status="replayed_otp") == 1
     assert total(after, "group_commit_batch_size_count", store="otp.keys") \
