@@ -14,8 +14,10 @@ Each round measures, in an order that alternates between rounds (on then off, th
 - OTP: `--duration` seconds of wrk against /wsapi/2.0/verify with fresh, signed OTPs, as in bench/otp.py
   (each turn has keys of its own, so no OTP is ever replayed).
 
-It prints each turn's rate, the totals per mode and the ratio on/off per workload; the target is a cost
-below 5 % (ratio >= 0.95). The machine's load (`uptime`) is printed before and after: other work on it
+It prints each turn's rate and the server's CPU per operation (its supervisor and workers, from /proc; the
+enrolment figure includes the turn's warm-up requests, the OTP figure counts every answer), the means per mode
+and the ratios on/off per workload; the target is a cost below 5 % (throughput ratio >= 0.95). On a machine
+shared with other work the CPU per operation is the steadier of the two figures. The machine's load (`uptime`) is printed before and after: other work on it
 shows up as a spread between rounds of one mode.
 """
 from __future__ import annotations
@@ -46,7 +48,7 @@ sys.path.insert(1, str(BENCH))
 
 import otp  # noqa: E402,F401  (the package, before bench/otp.py is loaded under another name)
 
-from measure import PG_ADMIN, free_port, pg_admin  # noqa: E402  (bench/measure.py)
+from measure import PG_ADMIN, cpu_seconds, free_port, pg_admin, server_pids  # noqa: E402  (bench/measure.py)
 import scep_enroll  # noqa: E402  (bench/scep_enroll.py: the enrolment load)
 
 
@@ -98,6 +100,11 @@ class Server:
                     raise SystemExit("the server did not start in 90 s")
                 time.sleep(0.1)
         time.sleep(1.0)  # the other workers
+        self.pids = server_pids(self.proc)
+
+    def cpu(self) -> float:
+        """CPU seconds used so far by the supervisor and its workers."""
+        return cpu_seconds(self.pids)
 
     def get(self, path: str) -> bytes:
         with urllib.request.urlopen(self.url + path, timeout=10) as resp:
@@ -137,14 +144,17 @@ class Scraper:
 
 
 def enrol_turn(ctx, server: Server, bodies, keys, key_of, ra_der: bytes, concurrency: int, warmup: int,
-               tmp: Path, tag: str) -> float:
-    """Enrolments/s of one turn (every reply checked afterwards)."""
+               tmp: Path, tag: str) -> tuple[float, float]:
+    """Enrolments/s of one turn and the server's CPU seconds per enrolment (warm-up included; every reply
+    checked afterwards)."""
     bodies_path, result_path = tmp / f"bodies-{tag}.pkl", tmp / f"result-{tag}.pkl"
     bodies_path.write_bytes(pickle.dumps(bodies))
+    cpu0 = server.cpu()
     proc = ctx.Process(target=scep_enroll._client, args=(server.url + "/scep/default?operation=PKIOperation",
                                                          str(bodies_path), concurrency, warmup, str(result_path)))
     proc.start()
     proc.join()
+    cpu = server.cpu() - cpu0
     out = pickle.loads(result_path.read_bytes())
     results, wall = out["results"], out["wall"]
     jobs: dict[int, list] = {}
@@ -156,22 +166,26 @@ def enrol_turn(ctx, server: Server, bodies, keys, key_of, ra_der: bytes, concurr
     problems = [p for _, _, p in checked if p is not None]
     if problems:
         raise SystemExit(f"{len(problems)} enrolments failed in turn {tag}, e.g. {problems[0]}")
-    return (len(bodies) - warmup) / wall
+    return (len(bodies) - warmup) / wall, cpu / len(bodies)
 
 
-def otp_turn(server: Server, paths_dir: Path, args) -> tuple[float, int]:
-    """OTP verifications/s (status=OK) of one wrk turn, and the non-OK answers."""
+def otp_turn(server: Server, paths_dir: Path, args) -> tuple[float, int, float]:
+    """OTP verifications/s (status=OK) of one wrk turn, the non-OK answers, and the server's CPU seconds per
+    answer."""
     script = paths_dir / "verify.lua"
     script.write_text(otp_bench.WRK_SCRIPT)
+    cpu0 = server.cpu()
     out = subprocess.run(
         [shutil.which("wrk") or "wrk", "-t", str(args.threads), "-c", str(args.connections), "-d",
          f"{args.duration}s", "--timeout", "10s", "-s", str(script), server.url, "--", str(paths_dir)],
         capture_output=True, text=True, check=True).stdout
+    cpu = server.cpu() - cpu0
     line = next(x for x in out.splitlines() if x.startswith("RESULT"))
     fields = dict(kv.split("=") for kv in line.split()[1:])
     if int(fields["exhausted"]):
         raise SystemExit("the OTP list wrapped (replays): raise --max-rate")
-    return int(fields["ok"]) / (int(fields["duration_us"]) / 1e6), int(fields["other"])
+    answered = int(fields["ok"]) + int(fields["other"])
+    return int(fields["ok"]) / (int(fields["duration_us"]) / 1e6), int(fields["other"]), cpu / max(1, answered)
 
 
 async def import_otp_keys(data_dir: Path, db_url: str | None, count: int):
@@ -224,6 +238,7 @@ def main() -> int:
     data_dir = tmp / "data"
     servers: dict[str, Server] = {}
     rates: dict[str, dict[str, list[float]]] = {"enrol": {"on": [], "off": []}, "otp": {"on": [], "off": []}}
+    cpus: dict[str, dict[str, list[float]]] = {"enrol": {"on": [], "off": []}, "otp": {"on": [], "off": []}}
     scrapes = 0
     try:
         servers["on"] = Server("on", data_dir, db_url, args.workers, tmp / "server-on.log")
@@ -250,7 +265,8 @@ def main() -> int:
             otp_dirs.append(d)
         print(f"prepared {len(turns)} turns in {time.perf_counter() - t0:.1f} s (not timed)")
 
-        print(f"{'round':>5} | {'mode':>4} | {'enrol/s':>8} | {'OTP verify/s':>12} | non-OK OTP")
+        print(f"{'round':>5} | {'mode':>4} | {'enrol/s':>8} | {'CPU ms/enrol':>12} | {'OTP verify/s':>12} | "
+              f"{'CPU us/OTP':>10} | non-OK OTP")
         for i, (r, mode) in enumerate(turns):
             server = servers[mode]
             bodies, keys_, key_of = prepared[i]
@@ -258,16 +274,19 @@ def main() -> int:
             if scraper:
                 scraper.__enter__()
             try:
-                enrol_rate = enrol_turn(ctx, server, bodies, keys_, key_of, ra_der, args.concurrency, warmup, tmp,
-                                        f"{i}")
-                otp_rate, not_ok = otp_turn(server, otp_dirs[i], args)
+                enrol_rate, enrol_cpu = enrol_turn(ctx, server, bodies, keys_, key_of, ra_der, args.concurrency,
+                                                   warmup, tmp, f"{i}")
+                otp_rate, not_ok, otp_cpu = otp_turn(server, otp_dirs[i], args)
             finally:
                 if scraper:
                     scraper.__exit__()
                     scrapes += scraper.count
             rates["enrol"][mode].append(enrol_rate)
             rates["otp"][mode].append(otp_rate)
-            print(f"{r:>5} | {mode:>4} | {enrol_rate:>8.1f} | {otp_rate:>12.0f} | {not_ok}")
+            cpus["enrol"][mode].append(enrol_cpu)
+            cpus["otp"][mode].append(otp_cpu)
+            print(f"{r:>5} | {mode:>4} | {enrol_rate:>8.1f} | {enrol_cpu * 1e3:>12.2f} | {otp_rate:>12.0f} | "
+                  f"{otp_cpu * 1e6:>10.0f} | {not_ok}")
             sys.stdout.flush()
     finally:
         for server in servers.values():
@@ -285,8 +304,10 @@ def main() -> int:
         on, off = mean(rates[workload]["on"]), mean(rates[workload]["off"])
         summary[workload] = {"on": on, "off": off, "ratio": on / off, "rounds_on": rates[workload]["on"],
                              "rounds_off": rates[workload]["off"]}
+        cpu_on, cpu_off = mean(cpus[workload]["on"]), mean(cpus[workload]["off"])
+        summary[workload].update(cpu_on=cpu_on, cpu_off=cpu_off, cpu_ratio=cpu_on / cpu_off)
         print(f"{label:<22} on {on:9.1f}   off {off:9.1f}   ratio on/off {on / off:.3f}   "
-              f"(cost {100 * (1 - on / off):+.1f} %)")
+              f"(cost {100 * (1 - on / off):+.1f} %);  server CPU per operation on/off {cpu_on / cpu_off:.3f}")
     ok = all(s["ratio"] >= TARGET for s in summary.values())
     print(f"scrapes of /metrics during the on turns: {scrapes}; load average after {uptime()}")
     print(f"target: cost < {100 * (1 - TARGET):.0f} % (ratio >= {TARGET}): {'met' if ok else 'NOT met'}")
