@@ -73,14 +73,16 @@ def access_log_setting() -> bool:
 class Server:
     """One `scep-server serve` instance with the observability of `mode`."""
 
-    def __init__(self, mode: str, data_dir: Path, db_url: str | None, workers: int, log_path: Path):
+    def __init__(self, mode: str, data_dir: Path, db_url: str | None, workers: int, log_path: Path, *,
+                 observe: bool = True):
         self.mode = mode
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        on = mode == "on" and observe
         env = {**os.environ, "SCEP_SERVER_CA__KEY_SIZE": "2048", "SCEP_SERVER_LOG__LEVEL": "info",
-               "PYTHONUNBUFFERED": "1", "SCEP_SERVER_METRICS__ENABLED": "true" if mode == "on" else "false"}
+               "PYTHONUNBUFFERED": "1", "SCEP_SERVER_METRICS__ENABLED": "true" if on else "false"}
         if access_log_setting():
-            env["SCEP_SERVER_LOG__ACCESS"] = "true" if mode == "on" else "false"
+            env["SCEP_SERVER_LOG__ACCESS"] = "true" if on else "false"
         if db_url:
             env["SCEP_SERVER_DATABASE__URL"] = db_url
         self.log = open(log_path, "wb")
@@ -221,6 +223,8 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32, help="wrk connections")
     ap.add_argument("--otp-keys", type=int, default=200, help="YubiKeys per OTP turn")
     ap.add_argument("--max-rate", type=int, default=6000, help="OTPs generated per second of an OTP turn")
+    ap.add_argument("--aa", action="store_true", help="A/A check: both instances without observability (what "
+                    "the instances differ by when nothing differs)")
     ap.add_argument("--scrape-interval", type=float, default=5.0, help="seconds between scrapes (Prometheus: 15-60)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
@@ -241,7 +245,7 @@ def main() -> int:
     cpus: dict[str, dict[str, list[float]]] = {"enrol": {"on": [], "off": []}, "otp": {"on": [], "off": []}}
     scrapes = 0
     try:
-        servers["on"] = Server("on", data_dir, db_url, args.workers, tmp / "server-on.log")
+        servers["on"] = Server("on", data_dir, db_url, args.workers, tmp / "server-on.log", observe=not args.aa)
         servers["off"] = Server("off", data_dir, db_url, args.workers, tmp / "server-off.log")
         turns = [(r, mode) for r in range(args.rounds) for mode in (("on", "off") if r % 2 == 0 else ("off", "on"))]
         # everything a turn sends is made before the timing starts
@@ -270,7 +274,7 @@ def main() -> int:
         for i, (r, mode) in enumerate(turns):
             server = servers[mode]
             bodies, keys_, key_of = prepared[i]
-            scraper = Scraper(server.url, args.scrape_interval) if mode == "on" else None
+            scraper = Scraper(server.url, args.scrape_interval) if mode == "on" and not args.aa else None
             if scraper:
                 scraper.__enter__()
             try:
@@ -312,6 +316,7 @@ def main() -> int:
     print(f"scrapes of /metrics during the on turns: {scrapes}; load average after {uptime()}")
     print(f"target: cost < {100 * (1 - TARGET):.0f} % (ratio >= {TARGET}): {'met' if ok else 'NOT met'}")
     print("RESULT " + json.dumps({"database": "postgresql" if args.pg else "sqlite", "workers": args.workers,
+                                  "aa": args.aa,
                                   "rounds": args.rounds, "access_log": access_log_setting(), **summary,
                                   "target_met": ok}))
     return 0 if ok else 1
