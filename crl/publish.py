@@ -34,6 +34,9 @@ log = structlog.get_logger("crl.publish")
 EntrySource = Callable[[datetime], Awaitable[Sequence[Entry]]]
 # Called after a CRL signed here was recorded in the database (e.g. to notify the other processes).
 RecordedHook = Callable[["PublishedCrl"], Awaitable[None]]
+# a CRL this publisher signed and recorded: (the CRL, its entries, the CRL served before it, seconds from the
+# start of the publication to the record, the time of the record); called on the event loop, must be cheap
+SignedHook = Callable[["PublishedCrl", Sequence[Entry], "PublishedCrl | None", float, datetime], None]
 
 
 class PublishError(Exception):
@@ -96,7 +99,8 @@ class Publisher:
     def __init__(self, ca: str, *, issuer: Issuer, signer: CrlSigner, source: EntrySource, engine: AsyncEngine,
                  settings: "CrlSettings | None" = None, clock: Callable[[], datetime] = utcnow,
                  scope: "Scope | None" = None, number_floor: int = 0, executor: "Executor | None" = None,
-                 instance_id: "str | None" = None, logger=None, on_recorded: "RecordedHook | None" = None) -> None:
+                 instance_id: "str | None" = None, logger=None, on_recorded: "RecordedHook | None" = None,
+                 on_signed: "SignedHook | None" = None) -> None:
         if issuer.public_key is None:
             raise ValueError("the publisher verifies every CRL it signs: give the issuer's public key")
         self.ca = ca
@@ -118,6 +122,7 @@ class Publisher:
         self._wake = asyncio.Event()
         self._poll_requested = False
         self._on_recorded = on_recorded
+        self._on_signed = on_signed
         self._dirty_since: "float | None" = None
         self._task: "asyncio.Task | None" = None
         self._last_success_at: "datetime | None" = None
@@ -191,6 +196,8 @@ class Publisher:
             return published
 
     async def _publish_locked(self) -> PublishedCrl:
+        started = time.monotonic()
+        served = self._current
         now = utc_seconds(self._clock())
         previous = self._current.number if self._current else None
         # the number is taken before the source is read: a CRL that loses to a higher number never hides a
@@ -211,6 +218,12 @@ class Publisher:
             return self._current or published
         self._install(published)
         self._succeeded()
+        if self._on_signed is not None:
+            try:
+                self._on_signed(published, entries, served, time.monotonic() - started, self._clock())
+            except Exception as exc:  # noqa: BLE001 - an observer never fails a publication
+                self._log.warning("crl.signed_hook.failed", ca=self.ca, number=number,
+                                  error=f"{type(exc).__name__}: {exc}")
         self._log.info("crl.published", ca=self.ca, number=number, entries=published.entries,
                        bytes=len(published.der), this_update=this_update.isoformat(),
                        next_update=next_update.isoformat(), reused_entries=self._encoder.last_reused)

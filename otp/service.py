@@ -156,8 +156,13 @@ class OtpService:
     """Operations of the YubiKey OTP factor over one database; use as an async context manager."""
 
     def __init__(self, engine: AsyncEngine, settings: OtpSettings, kek: bytes, *,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None,
+                 on_verified: Callable[[str, str], None] | None = None) -> None:
+        """``on_verified(client, status)`` hears of every verification: client "signin" (the sign-in API), a
+        protocol 2.0 client's id, or "unknown" (no such client); status the sign-in reason code or the protocol
+        status. Both come from closed sets (client ids that exist), never from what a request wrote."""
         self.settings = settings
+        self._on_verified = on_verified
         self.store = OtpStore(engine)
         self._box = SecretBox(kek)
         self._clock = clock or utcnow
@@ -200,7 +205,11 @@ class OtpService:
             outcome = await self._verify(otp, user=user, nonce=None, client_id=None, source=source, caller=caller)
         except BACKEND_ERRORS as exc:
             log.error("otp.verify.backend_error", exc_info=exc)
+            if self._on_verified is not None:
+                self._on_verified("signin", Reason.BACKEND_ERROR.value)
             raise BackendError("the key store is unavailable") from None
+        if self._on_verified is not None:
+            self._on_verified("signin", outcome.reason.value)
         log.info("otp.verify", extra={"api": "signin", "user": user, "public_id": outcome.public_id,
                                       "reason": outcome.reason.value})
         return outcome
@@ -209,12 +218,14 @@ class OtpService:
         """Validation protocol 2.0 `verify`: the signed reply body for these request parameters."""
         key = b""  # unknown client: the reply is still signed, with an empty key, as YK-VAL does
         resp: yubico.VerifyResponse
+        label = "unknown"
         try:
             client_id = yubico.parse_client_id(params)
             client = await self._client(client_id)
             if client is None:
                 raise yubico.ProtocolError(yubico.Status.NO_SUCH_CLIENT, "unknown or disabled client")
             key = client.key
+            label = str(client_id)
             if "h" in params:
                 if not yubico.signature_matches(params, key):
                     raise yubico.ProtocolError(yubico.Status.BAD_SIGNATURE, "request signature does not match")
@@ -242,6 +253,8 @@ class OtpService:
         except (*BACKEND_ERRORS, BackendError) as exc:
             log.error("otp.verify.backend_error", exc_info=exc)
             resp = yubico.VerifyResponse(yubico.Status.BACKEND_ERROR)
+        if self._on_verified is not None:
+            self._on_verified(label, resp.status.value)
         return yubico.encode_response(resp, key, self._clock())
 
     async def _verify(self, otp: str, *, user: str | None, nonce: str | None, client_id: int | None,

@@ -1,6 +1,7 @@
 """The aiohttp application factory."""
 from __future__ import annotations
 
+import socket
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -12,12 +13,16 @@ from .config import Settings
 from .jobs import Supervisor
 from .audit import web as audit_web
 from .runtime import Uses, open_runtime
-from .web import access, admin_certs, admin_profiles, admin_tokens, apidoc, auth, ca, client, errors, health, scep
+from .web import (access, admin_certs, admin_profiles, admin_tokens, apidoc, auth, ca, client, errors, health,
+                  metrics, scep)
 
 JOBS = web.AppKey("jobs", Supervisor)  # the supervisor of the background jobs, while the server runs
 
 
-def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
+def create_app(settings: Settings, *, clock: Clock = utcnow, metrics_sock: socket.socket | None = None
+               ) -> web.Application:
+    """The application. ``metrics_sock``: the pre-bound socket of ``[metrics] listen`` (`serve` binds it once
+    for all workers); without it the application binds that address itself."""
     # outermost first: the request id and access line see every answer (problems, 404, 405, 500)
     app = web.Application(client_max_size=settings.server.max_body_bytes,
                           middlewares=[access.middleware(settings.log.access),
@@ -52,6 +57,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
                     await runtime.crl.flush()  # a status change made here must not wait for another process
 
     app.cleanup_ctx.append(runtime_ctx)
+    metrics.install(app, settings, sock=metrics_sock)
     scep.add_routes(app)
     ca.add_routes(app)
     health.add_routes(app)

@@ -47,6 +47,7 @@ def serve(ctx: Context, listen: str | None, workers: int | None) -> None:
     """Run the server (creates the data directory, database, CA and a default profile on first start)."""
     from .logs import configure
     from .runtime import initialise
+    from .config import ConfigError
     from .serve import serve as run_server
 
     server: dict[str, Any] = {}
@@ -55,6 +56,10 @@ def serve(ctx: Context, listen: str | None, workers: int | None) -> None:
     if workers:
         server["workers"] = workers
     settings = ctx.settings(server=server) if server else ctx.settings()
+    try:
+        settings.metrics.token()  # an empty token source is a configuration error, before anything starts
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     configure(settings.log.level, settings.log.format)
     for line in _initialise(initialise, settings):
         click.echo(line)

@@ -178,6 +178,64 @@ class LogSettings(BaseModel):
     access: bool = False
 
 
+def _host_port(v: str) -> str:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return v
+
+
+class MetricsSettings(BaseModel):
+    """Prometheus metrics (scep_server.metrics): `/metrics` on every worker, or on a listen address of its own."""
+
+    enabled: bool = True
+    # "HOST:PORT": serve /metrics there only (not on server.listen); every worker shares the socket
+    listen: str | None = None
+    # a bearer token scrapers must send (compared in constant time): from this environment variable ...
+    token_env: str | None = None
+    # ... or from this file (its first line); without either, /metrics is open to whoever reaches it
+    token_file: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        return None if v is None else _host_port(v)
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> "MetricsSettings":
+        if self.token_env and self.token_file:
+            raise ValueError("set token_env or token_file, not both")
+        return self
+
+    @property
+    def host(self) -> str:
+        assert self.listen is not None
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        assert self.listen is not None
+        return int(self.listen.rpartition(":")[2])
+
+    def token(self) -> str | None:
+        """The bearer token scrapers must present, or None; raises ConfigError when the named source is empty."""
+        if self.token_env:
+            value = os.environ.get(self.token_env, "").strip()
+            if not value:
+                raise ConfigError(f"metrics.token_env: the environment variable {self.token_env} is not set or empty")
+            return value
+        if self.token_file:
+            try:
+                lines = Path(self.token_file).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"metrics.token_file: cannot read {self.token_file}: {exc}") from None
+            value = lines[0].strip() if lines else ""
+            if not value:
+                raise ConfigError(f"metrics.token_file: {self.token_file} holds no token")
+            return value
+        return None
+
+
 class Settings(BaseSettings):
     """Everything the server and the CLI read; one file for both."""
 
@@ -193,6 +251,7 @@ class Settings(BaseSettings):
     crl: CrlSection = CrlSection()
     otp: OtpSection = OtpSection()
     challenge: ChallengeSection = ChallengeSection()
+    metrics: MetricsSettings = MetricsSettings()
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

@@ -66,6 +66,8 @@ EVENTS: tuple[Event, ...] = (
     _e("job.finished", "info", "job", "a background job returned"),
     _e("batch.failed", "error", "batcher items exception",
        "a group commit failed; every caller of the batch got the error"),
+    _e("batch.observer_failed", "error", "batcher items exception",
+       "the metrics observer of a committed batch raised; the batch's callers got their results"),
     _e("batch.fallback", "info", "batcher items error",
        "a group commit failed; its items are run one by one so one bad item cannot fail the others"),
     # SCEP and enrolment
@@ -88,6 +90,8 @@ EVENTS: tuple[Event, ...] = (
        "certificates never used in an attestation within unused_days were revoked"),
     _e("pki.cert.bind", "info", "device serial ca", "a certificate was bound to a device at its first attestation"),
     # CRLs of this CA
+    _e("crl.signed_hook.failed", "warning", "ca number error",
+       "recording a signed CRL's metrics failed; the CRL was published"),
     _e("crl.published", "info", "ca number entries bytes this_update next_update reused_entries",
        "a CRL was signed and recorded"),
     _e("crl.publish.superseded", "info", "ca number",

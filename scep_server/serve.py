@@ -24,9 +24,9 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _run_worker(settings: Settings, sock: socket.socket) -> None:
+def _run_worker(settings: Settings, sock: socket.socket, metrics_sock: socket.socket | None = None) -> None:
     configure(settings.log.level, settings.log.format, cache=True)
-    app = create_app(settings)
+    app = create_app(settings, metrics_sock=metrics_sock)
     # auto_decompress off: no client of ours compresses a request, and inflating one costs unbounded CPU
     # before the body size limit applies (a 100 KB gzip is 128 MiB), or a 500 when it does not inflate
     web.run_app(app, sock=sock, print=None, handle_signals=True, access_log=None,
@@ -35,13 +35,33 @@ def _run_worker(settings: Settings, sock: socket.socket) -> None:
 
 def serve(settings: Settings, *, announce=print) -> int:
     """Serve until SIGINT/SIGTERM. With workers > 1, fork workers over a pre-bound socket and supervise them."""
+    from . import metrics
+
+    section = settings.metrics
+    section.token()  # a token source that is empty stops the start here, once
     sock = bind(settings.server.host, settings.server.port)
+    # [metrics] listen: one socket for every worker, like the main one
+    metrics_sock = bind(section.host, section.port) if section.enabled and section.listen else None
     host, port = sock.getsockname()[:2]
     announce(f"listening on http://{host}:{port} with {settings.server.workers} worker(s)")
+    if metrics_sock is not None:
+        m_host, m_port = metrics_sock.getsockname()[:2]
+        announce(f"metrics on http://{m_host}:{m_port}/metrics")
     sys.stdout.flush()
     if settings.server.workers == 1:
-        _run_worker(settings, sock)
+        _run_worker(settings, sock, metrics_sock)
         return 0
+    # the workers' metrics are summed from files in a directory made for this start
+    metrics_dir = metrics.prepare_multiprocess() if section.enabled else None
+    try:
+        return _supervise(settings, sock, metrics_sock, announce)
+    finally:
+        if metrics_dir is not None:
+            metrics.cleanup_multiprocess(metrics_dir)
+
+
+def _supervise(settings: Settings, sock: socket.socket, metrics_sock: socket.socket | None, announce) -> int:
+    from . import metrics
     children: dict[int, int] = {}
     stopping = False
 
@@ -51,7 +71,7 @@ def serve(settings: Settings, *, announce=print) -> int:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             try:
-                _run_worker(settings, sock)
+                _run_worker(settings, sock, metrics_sock)
             finally:
                 os._exit(0)
         children[pid] = slot
@@ -78,6 +98,7 @@ def serve(settings: Settings, *, announce=print) -> int:
         except InterruptedError:
             continue
         slot = children.pop(pid, None)
+        metrics.worker_exited(pid)
         if slot is None or stopping:
             continue
         # A worker died unexpectedly: restart it, unless workers keep dying (then give up).

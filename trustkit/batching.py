@@ -13,6 +13,10 @@ first item's); with `coalesce=True`, an item submitted while an item of the same
 shares that item's result instead of queueing again (a read asked for by several callers is done once,
 by a query issued after every one of them asked).
 
+An observer (`set_observer`, set once by the application that wants metrics; or `observer=` per instance)
+hears of every committed batch: the group's name, its number of items and the seconds its flush took. It
+must be cheap and never raise (an exception from it is logged and ignored).
+
 If a flush raises, the batch rolled back as a whole; when a `single` function is given, every item of
 that batch is then run alone (its own transaction), so one bad item cannot fail the others. Without it,
 every caller of the batch receives the exception.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Awaitable, Callable, Generic, Hashable, Sequence, TypeVar
 
 log = logging.getLogger(__name__)
@@ -30,13 +35,25 @@ R = TypeVar("R")
 
 _Entry = tuple  # (item, future, key or None)
 
+Observer = Callable[[str, int, float], None]
+"""Hears of a committed batch: (group name, items in the batch, seconds the flush took)."""
+
+_observer: Observer | None = None
+
+
+def set_observer(observer: Observer | None) -> Observer | None:
+    """The observer of every GroupCommit without one of its own (None: nobody); returns the one it replaces."""
+    global _observer
+    previous, _observer = _observer, observer
+    return previous
+
 
 class GroupCommit(Generic[T, R]):
     def __init__(self, flush: Callable[[list[T]], Awaitable[Sequence[R]]], *,
                  single: Callable[[T], Awaitable[R]] | None = None, max_batch: int = 256,
                  max_inflight: int = 1, name: str = "group_commit",
                  key: Callable[[T], Hashable] | None = None, group: Callable[[T], Hashable] | None = None,
-                 coalesce: bool = False) -> None:
+                 coalesce: bool = False, observer: Observer | None = None) -> None:
         if max_batch < 1 or max_inflight < 1:
             raise ValueError("max_batch and max_inflight must be at least 1")
         if (group is not None or coalesce) and key is None:
@@ -49,6 +66,7 @@ class GroupCommit(Generic[T, R]):
         self._group = group
         self._coalesce = coalesce
         self.name = name
+        self._observer = observer
         self._queue: list[_Entry] = []
         self._busy: set[Hashable] = set()  # keys in a batch in flight (distinct-key mode)
         self._queued: dict[Hashable, asyncio.Future[R]] = {}  # key -> queued future (coalesce)
@@ -126,6 +144,7 @@ class GroupCommit(Generic[T, R]):
         items = [entry[0] for entry in batch]
         try:
             try:
+                started = time.perf_counter()
                 results = await self._flush(items)
                 if len(results) != len(items):
                     raise RuntimeError(f"{self.name}: flush returned {len(results)} results for {len(items)} items")
@@ -151,6 +170,12 @@ class GroupCommit(Generic[T, R]):
                 return
             self.batches += 1
             self.items += len(items)
+            observer = self._observer or _observer
+            if observer is not None:
+                try:
+                    observer(self.name, len(items), time.perf_counter() - started)
+                except Exception:  # noqa: BLE001 - an observer never fails a commit
+                    log.exception("batch.observer_failed", extra={"batcher": self.name, "items": len(items)})
             for (_, fut, _), result in zip(batch, results):
                 if not fut.done():
                     fut.set_result(result)

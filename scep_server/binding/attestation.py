@@ -59,6 +59,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from crl.check import CheckResult, CheckStatus, cdp_uris
 
+from .. import metrics
 from ..ca import inventory
 from ..ca.inventory import Reason
 from ..ca.revocation import change_status
@@ -417,6 +418,13 @@ class AttestationService:
 
     async def verify(self, *, device_id: str, nonce: str, certificate: bytes, signature: bytes,
                      algorithm: str | None = None) -> Result:
+        result = await self._verify(device_id=device_id, nonce=nonce, certificate=certificate, signature=signature,
+                                    algorithm=algorithm)
+        metrics.attestation_verdict(result.reason.value)
+        return result
+
+    async def _verify(self, *, device_id: str, nonce: str, certificate: bytes, signature: bytes,
+                      algorithm: str | None) -> Result:
         try:
             info = self._parse(certificate)
         except ValueError as exc:

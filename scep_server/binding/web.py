@@ -24,6 +24,7 @@ from trustkit.http import BadJSON, read_json_object
 from trustkit.paging import page_body, page_request
 from trustkit.problems import NotFound
 
+from .. import metrics
 from ..appkeys import RUNTIME
 from ..web.auth import ACTOR, requires
 from .attestation import Verdict, b64decode, decode_certificate
@@ -33,6 +34,7 @@ from .service import ACTIONS, DEVICE_KEY, DEVICE_STATUSES, EXTERNAL_CA_KEY, is_d
 
 
 def _verdict_400(detail: str) -> web.Response:
+    metrics.attestation_verdict(Verdict.BAD_REQUEST.value)
     return web.json_response({"managed": False, "reason": Verdict.BAD_REQUEST.value, "detail": detail}, status=400)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -13,6 +14,7 @@ import structlog
 from cryptography import x509
 
 from ..enrolment import ChallengeRejected, EnrollmentRequest
+from .. import metrics
 from ..profiles import Profile, ProfileSettings
 from trustkit.db import writer
 from ..store.tables import profiles as profiles_table
@@ -81,6 +83,7 @@ class ChallengeService:
                                         ttl=timedelta(minutes=settings.ttl_minutes), source=source,
                                         max_unused=settings.max_unused, requested_by=requested_by,
                                         payload_identifier=payload_identifier, expectations=expectations)
+        metrics.challenge_issued(profile.name)
         log.info("challenge.issued", profile=profile.name, source=source, requested_by=requested_by,
                  payload_identifier=payload_identifier, expires_at=issued.expires_at.isoformat())
         return issued
@@ -184,9 +187,14 @@ class DynamicVerifier:
             dynamic_settings(req.profile.settings.challenge)
         except ChallengeConfigError as exc:
             raise ChallengeRejected(f"this profile is misconfigured: {exc}") from None
-        redeemed = await self.service.store.redeem(
-            req.profile.name, req.challenge, now=self.service.runtime.clock(),
-            transaction_id=req.message.transaction_id, check=lambda expected: check_csr(req.csr, expected))
+        try:
+            redeemed = await self.service.store.redeem(
+                req.profile.name, req.challenge, now=self.service.runtime.clock(),
+                transaction_id=req.message.transaction_id, check=lambda expected: check_csr(req.csr, expected))
+        except ChallengeRejected:
+            metrics.challenge_redeemed(req.profile.name, "refused")
+            raise
+        metrics.challenge_redeemed(req.profile.name, "redeemed")
         log.info("challenge.redeemed", profile=req.profile.name, transaction_id=req.message.transaction_id,
                  source=redeemed.source, payload_identifier=redeemed.payload_identifier)
         return redeemed.expectations.device_id
@@ -215,6 +223,10 @@ def intune_device_id(csr: x509.CertificateSigningRequest) -> str | None:
     return found.pop() if len(found) == 1 and len(next(iter(found))) <= 64 else None
 
 
+class _Denied(ChallengeRejected):
+    """Intune or the webhook said no (as opposed to: could not be asked)."""
+
+
 class DelegatedVerifier:
     """Intune or a webhook decides; they learn the outcome (success or failure notification)."""
 
@@ -230,11 +242,25 @@ class DelegatedVerifier:
 
     async def verify(self, req: EnrollmentRequest) -> str | None:
         client = self._client(req)
+        provider = "intune" if isinstance(client, IntuneClient) else "webhook"
+        started = time.perf_counter()
+        outcome = "unavailable"
+        try:
+            found = await self._validate(req, client)
+            outcome = "allowed"
+            return found
+        except _Denied:
+            outcome = "denied"
+            raise
+        finally:
+            metrics.delegated_validation(provider, outcome, time.perf_counter() - started)
+
+    async def _validate(self, req: EnrollmentRequest, client) -> str | None:
         txid = req.message.transaction_id
         try:
             if isinstance(client, IntuneClient):
                 if not req.challenge:
-                    raise ChallengeRejected("the CSR carries no challengePassword (Intune: ChallengePasswordMissing)")
+                    raise _Denied("the CSR carries no challengePassword (Intune: ChallengePasswordMissing)")
                 await client.validate(txid, req.csr_der)
             else:
                 await client.validate(profile=req.profile.name, transaction_id=txid, challenge=req.challenge,
@@ -242,14 +268,14 @@ class DelegatedVerifier:
         except IntuneRejected as exc:
             log.warning("challenge.intune.rejected", profile=req.profile.name, transaction_id=txid, code=exc.code,
                         description=exc.description)
-            raise ChallengeRejected(f"Intune rejected the request: {exc.code}"
+            raise _Denied(f"Intune rejected the request: {exc.code}"
                                     + (f" ({exc.description})" if exc.description else "")) from None
         except IntuneUnavailable as exc:
             log.error("challenge.intune.unavailable", profile=req.profile.name, transaction_id=txid, error=str(exc))
             raise ChallengeRejected(f"Intune validation is unavailable: {exc}") from None
         except WebhookDenied as exc:
             log.warning("challenge.webhook.denied", profile=req.profile.name, transaction_id=txid, error=str(exc))
-            raise ChallengeRejected(f"the validation webhook denied the request: {exc}") from None
+            raise _Denied(f"the validation webhook denied the request: {exc}") from None
         except (WebhookUnavailable, ChallengeConfigError) as exc:
             log.error("challenge.webhook.unavailable", profile=req.profile.name, transaction_id=txid, error=str(exc))
             raise ChallengeRejected(str(exc)) from None

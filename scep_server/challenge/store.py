@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
@@ -18,6 +19,7 @@ from typing import Any, Callable
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .. import metrics
 from ..enrolment import ChallengeRejected
 from trustkit.db import writer
 from ..store.tables import profiles
@@ -86,8 +88,9 @@ class GroupCommit:
     batch. A lone caller waits for nothing: its batch holds one item.
     """
 
-    def __init__(self, engine: AsyncEngine, write, *, batch_max: int = 256):
+    def __init__(self, engine: AsyncEngine, write, *, batch_max: int = 256, name: str = "challenge"):
         self.engine = engine
+        self.name = name
         self._write = write
         self._batch_max = batch_max
         self._queue: list[tuple[Any, asyncio.Future]] = []
@@ -104,8 +107,10 @@ class GroupCommit:
         while self._queue:
             batch, self._queue = self._queue[: self._batch_max], self._queue[self._batch_max:]
             try:
+                started = time.perf_counter()
                 async with writer(self.engine).begin() as conn:
                     results = await self._write(conn, [item for item, _ in batch])
+                metrics.group_commit(self.name, len(batch), time.perf_counter() - started)
             except BaseException as exc:  # noqa: BLE001 - every waiter must learn the outcome
                 for _, future in batch:
                     if not future.done():
@@ -144,8 +149,8 @@ class ChallengeStore:
 
     def __init__(self, engine: AsyncEngine, *, batch_max: int = 256):
         self.engine = engine
-        self._issuer = GroupCommit(engine, self._insert_batch, batch_max=batch_max)
-        self._redeemer = GroupCommit(engine, self._use_batch, batch_max=batch_max)
+        self._issuer = GroupCommit(engine, self._insert_batch, batch_max=batch_max, name="challenge.issue")
+        self._redeemer = GroupCommit(engine, self._use_batch, batch_max=batch_max, name="challenge.redeem")
 
     async def close(self) -> None:
         await self._issuer.close()

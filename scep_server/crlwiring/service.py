@@ -30,6 +30,7 @@ from crl.signing import CrlSigner, algorithm_for_public_key
 
 from trustkit.clock import aware
 
+from .. import metrics
 from ..ca import inventory
 from ..ca.authority import CertificateAuthority, cdp_url
 from ..store.events import STATUS_EVENTS, announce
@@ -90,7 +91,8 @@ class CrlService:
         self.publishers: dict[str, Publisher] = {
             name: Publisher(name, issuer=Issuer.from_certificate(ca.cert), signer=key_ops_signer(ca),
                             source=inventory_source(runtime, name), engine=runtime.engine,
-                            settings=self.settings, clock=runtime.clock, on_recorded=self._announce_recorded)
+                            settings=self.settings, clock=runtime.clock, on_recorded=self._announce_recorded,
+                            on_signed=metrics.crl_signed)
             for name, ca in runtime.cas.items()}
         # CA name -> CRL Number served when a change was announced here (None: no CRL yet)
         self._pending: dict[str, int | None] = {}

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from trustkit.clock import Clock, utcnow
 
+from .. import metrics
 from ..ca import inventory
 from ..ca.authority import CertificateAuthority, random_serial
 from ..ca.policy import MESSAGE_DIGEST_CAPS, PolicyViolation, check_message_digest
@@ -144,11 +145,13 @@ class ScepService:
         reply = outcome.reply or await self._run(self._reply, ca, msg, outcome)
         if not opened:  # failed on its bytes alone (signature, structure, envelope): same bytes, same answer
             ca.failure_replies.put(profile.fingerprint, body, reply)
+        elapsed = time.perf_counter() - started
+        fail_info = outcome.fail_info.name if outcome.fail_info is not None else None
+        metrics.scep_transaction(profile.name, msg.message_type, outcome.status.name, fail_info, elapsed)
         log.info("scep.transaction", profile=profile.name, transaction_id=bounded(msg.transaction_id),
                  message_type=type_name(msg.message_type), outcome=outcome.status.name,
-                 fail_info=outcome.fail_info.name if outcome.fail_info is not None else None,
-                 fail_text=outcome.fail_text, serial=outcome.serial,
-                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+                 fail_info=fail_info, fail_text=outcome.fail_text, serial=outcome.serial,
+                 duration_ms=round(elapsed * 1000, 2))
         return reply
 
     def _open(self, body: bytes, ca: CertificateAuthority, profile: Profile):

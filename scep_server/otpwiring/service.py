@@ -16,6 +16,8 @@ from otp.kek import KekError
 from otp.service import OtpService
 from otp.tables import otp_clients, otp_yubikeys
 
+from .. import metrics
+
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
@@ -122,7 +124,7 @@ async def open_otp(runtime: "Runtime", *, with_kek: bool = True) -> AsyncIterato
         if structlog.is_configured():  # a CLI command shows the exception's message itself
             log.error("otp.kek.unavailable", detail=str(exc))
         raise OtpStartError(f"the OTP factor cannot start: {exc}") from None
-    service = OtpService(runtime.engine, settings, kek, clock=runtime.clock)
+    service = OtpService(runtime.engine, settings, kek, clock=runtime.clock, on_verified=metrics.otp_verified)
     try:
         try:
             state = await _kek_readiness(service)

@@ -23,7 +23,7 @@ def fresh_otp(key) -> str:
         return key.otp(usage_ctr=key.usage_ctr + 1, session_use=0)
     return key.otp()
 
-PUBLIC_PREFIXES = ("/scep/", "/ca/", "/crl/", "/healthz", "/readyz", "/wsapi/", "/api/v1/openapi.json",
+PUBLIC_PREFIXES = ("/scep/", "/ca/", "/crl/", "/healthz", "/readyz", "/wsapi/", "/metrics", "/api/v1/openapi.json",
                    "/api/v1/docs")
 BASIC_ROUTES = {"/scep/{profile}/challenge"}
 SIGNIN_ROUTES = {"/api/v1/attestation/challenge", "/api/v1/attestation/verify", "/api/v1/otp/verify"}

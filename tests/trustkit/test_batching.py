@@ -196,3 +196,41 @@ def test_group_and_coalesce_need_a_key():
         GroupCommit(Recorder().flush, group=len)
     with pytest.raises(ValueError):
         GroupCommit(Recorder().flush, max_batch=0)
+
+
+async def test_the_observer_hears_of_each_committed_batch_only():
+    heard: list[tuple[str, int, float]] = []
+    rec = Recorder(fail_on=99)
+    rec.gate.clear()
+    gc = GroupCommit(rec.flush, max_batch=3, name="test.store", observer=lambda *a: heard.append(a))
+    first = asyncio.ensure_future(gc.submit(0))
+    await settle()
+    rest = [asyncio.ensure_future(gc.submit(i)) for i in range(1, 4)]
+    await settle()
+    rec.gate.set()
+    await asyncio.gather(first, *rest)
+    assert [(name, n) for name, n, _ in heard] == [("test.store", 1), ("test.store", 3)]
+    assert all(seconds >= 0 for _, _, seconds in heard)
+    with pytest.raises(ValueError):
+        await gc.submit(99)  # a batch that failed is not a committed batch
+    assert len(heard) == 2
+    await gc.aclose()
+
+
+async def test_the_module_observer_serves_every_group_and_may_fail_without_harm():
+    from trustkit import batching
+
+    heard: list[str] = []
+
+    def observer(name: str, items: int, seconds: float) -> None:
+        heard.append(name)
+        raise RuntimeError("observer bug")
+
+    previous = batching.set_observer(observer)
+    try:
+        gc = GroupCommit(Recorder().flush, name="module.observed")
+        assert await gc.submit(1) == ("done", 1)  # the observer's exception never reaches the caller
+        assert heard == ["module.observed"]
+        await gc.aclose()
+    finally:
+        assert batching.set_observer(previous) is observer
