@@ -19,6 +19,8 @@ T = TypeVar("T")
 # package (`--help` stays quick); they are otp.tables.STATUSES and otp.report.FORMATS
 STATUSES = ("UNASSIGNED", "ACTIVE", "REVOKED")
 FORMATS = ("table", "csv", "json")
+# the stages of an import's progress (OtpService.import_secrets) as the bars name them
+IMPORT_STAGES = {"read": "reading lines", "seal": "sealing keys", "write": "writing keys"}
 
 
 class OpenService(Protocol):
@@ -92,9 +94,14 @@ def build_cli(open_service: OpenService) -> list[click.Group]:
     @click.argument("file", type=click.File("rb"))
     @click.option("--dry-run", is_flag=True, help="Validate every line and report; import nothing.")
     def import_cmd(file: Any, dry_run: bool) -> None:
-        """Import a secrets file (Yubico format, ykman --config-output, YK-KSM); all lines or none."""
+        """Import a secrets file (Yubico format, ykman --config-output, YK-KSM); all lines or none.
+
+        On a terminal, bars on stderr follow the reading, sealing and writing of the keys."""
+        from trustkit.progress import stage_bars
+
         data = file.read()
-        result = run(lambda s: s.import_secrets(data, dry_run=dry_run, actor=_actor()))
+        with stage_bars(IMPORT_STAGES) as progress:
+            result = run(lambda s: s.import_secrets(data, dry_run=dry_run, actor=_actor(), progress=progress))
         _print_issues(result)
         if not result.ok:
             n = len(result.errors)
