@@ -93,9 +93,10 @@ def _run(env: dict, data_dir: Path, args: list[str], tree: Path = ROOT) -> tuple
     """(wall seconds, CPU seconds) of one `scep-server` process run from `tree`."""
     cpu = _cpu()
     started = time.perf_counter()
+    # run from the tree: `python -m` puts the working directory first on sys.path
     out = subprocess.run([sys.executable, "-m", "scep_server.cli", "--data-dir", str(data_dir), *args],
-                         env={**env, "PYTHONPATH": str(tree)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True)
+                         env={**env, "PYTHONPATH": str(tree)}, cwd=tree, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - started
     if out.returncode != 0:
         raise SystemExit(f"`scep-server {' '.join(args)}` failed ({out.returncode}):\n{out.stderr}")

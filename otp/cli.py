@@ -44,11 +44,11 @@ def _actor() -> str:
 
 
 def _serial(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    if value is None:  # before the imports: shell completion runs this callback at every TAB
+        return None
     from .errors import OtpError
     from .report import parse_serial
 
-    if value is None:
-        return None
     try:
         return parse_serial(value)
     except OtpError as exc:

@@ -28,6 +28,13 @@ class _Commands(click.Group):
             found = features.command(cmd_name)
         return found
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        # the variable of the completion scripts, whatever the program is called (`python -m scep_server.cli`)
+        from .completion import COMPLETE_VAR
+
+        kwargs.setdefault("complete_var", COMPLETE_VAR)
+        return super().main(*args, **kwargs)
+
 
 @click.group(cls=_Commands)
 @click.option("--config", "-c", type=click.Path(dir_okay=False), envvar="SCEP_SERVER_CONFIG",
@@ -339,6 +346,18 @@ def token_create(ctx: Context, scope: str, name: str) -> None:
     token_id, secret = run(go())
     click.echo(f"id: {token_id}")
     click.echo(f"token: {secret}")
+
+
+# ---------------------------------------------------------------- shell completion
+
+
+def _add_completion() -> None:
+    from .completion import completion
+
+    main.add_command(completion)
+
+
+_add_completion()
 
 
 if __name__ == "__main__":  # python -m scep_server.cli
