@@ -58,21 +58,23 @@ class _StageBars:
         self._lock = threading.Lock()
         self._stage: str | None = None
         self._bar: Any = None
+        self._total = 0
         self._done = 0
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         import click
 
         with self._lock:
-            if stage != self._stage or self._bar is None or total != self._bar.length:
+            if stage != self._stage or self._bar is None or total != self._total:
                 self._finish()
                 label = self._labels.get(stage, stage)
                 width = max(len(text) for text in [label, *self._labels.values()])
                 self._bar = click.progressbar(length=max(total, 1), label=label.ljust(width), file=self._file,
                                               show_eta=True, show_percent=True, show_pos=True)
                 self._bar.__enter__()
-                self._stage, self._done = stage, 0
-            step = min(done, total) - self._done
+                self._stage, self._total, self._done = stage, total, 0
+            # an empty stage (total 0) is complete once reported done
+            step = (self._bar.length if done >= total else done) - self._done
             if step > 0:
                 self._bar.update(step)
                 self._done += step

@@ -105,3 +105,14 @@ def test_a_refused_import_ends_its_bar_and_says_why_on_a_terminal(data_dir, tmp_
     assert code == 1 and out == ""
     assert "reading lines" in err and "sealing keys" not in err  # nothing sealed or written
     assert "already in the inventory" in err and "nothing was imported" in err
+
+
+def test_crl_publish_draws_its_steps_on_a_terminal_only(data_dir):
+    code, out, err = run_cli(data_dir, "crl", "publish", stderr_tty=True)
+    assert code == 0, err
+    assert "number: " in out and "entries: " in out
+    for label in ("reading entries", "building, signing", "recording"):
+        assert label in err, err
+    assert err.index("reading entries") < err.index("building, signing") < err.index("recording")
+    code, out, err = run_cli(data_dir, "crl", "publish", stderr_tty=False)
+    assert code == 0 and "number: " in out and err == ""

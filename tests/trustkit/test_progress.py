@@ -45,3 +45,13 @@ def test_a_terminal_gets_a_bar_per_stage_finished_in_turn(monkeypatch):
     assert "writing keys" in text and "10/10" in text and "12/10" not in text
     assert text.index("30/30") < text.index("writing keys")
     assert text.endswith("\n")  # the last bar is finished when the block ends
+
+
+def test_an_empty_stage_is_one_bar_complete_when_done(monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with stage_bars({"sign": "signing"}) as progress:
+        progress("sign", 0, 0)
+        progress("sign", 0, 0)
+    text = terminal.getvalue()
+    assert text.count("signing") == 2 and "1/1" in text  # one bar: drawn at 0/1, then complete
