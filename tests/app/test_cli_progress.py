@@ -61,9 +61,14 @@ def run_cli(data_dir: Path, *args: str, stderr_tty: bool, timeout: float = 240) 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
+    """An initialised data directory whose OTP key-encryption key exists (its creation is announced on stderr)."""
     data = tmp_path_factory.mktemp("progress") / "data"
     code, _, err = run_cli(data, "init", stderr_tty=False)
     assert code == 0, err
+    first = data.parent / "first.csv"
+    first.write_bytes(secrets_file([make_key(10_000_000)]))
+    code, _, err = run_cli(data, "yubikey", "import", str(first), stderr_tty=False)
+    assert code == 0 and "key-encryption key" in err, err
     return data
 
 
