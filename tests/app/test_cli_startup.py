@@ -69,6 +69,14 @@ def test_read_commands_import_neither_orm_nor_rich_nor_pydantic_settings(data_di
     assert _loaded(modules, NEVER) == []
 
 
+@pytest.mark.parametrize("args", [
+    ["cert", "list"], ["yubikey", "report"], ["token", "create", "--scope", "admin"],
+], ids=" ".join)
+def test_commands_that_touch_no_profile_load_no_certificate_template_checks(data_dir, args):
+    modules = _modules(data_dir, *args)
+    assert _loaded(modules, ("scep_server.profiles", "scep_server.ca.policy", "re2")) == []
+
+
 def test_a_command_that_logs_gets_structlog_without_rich(data_dir):
     import asyncio
 
