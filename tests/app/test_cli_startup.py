@@ -77,6 +77,10 @@ def test_commands_that_touch_no_profile_load_no_certificate_template_checks(data
     assert _loaded(modules, ("scep_server.profiles", "scep_server.ca.policy", "re2")) == []
 
 
+def test_yubikey_report_loads_no_structlog(data_dir):
+    assert _loaded(_modules(data_dir, "yubikey", "report", "--format", "json"), ("structlog",)) == []
+
+
 def test_token_create_loads_no_cryptography(data_dir):
     assert _loaded(_modules(data_dir, "token", "create", "--scope", "signin"), ("cryptography",)) == []
 
