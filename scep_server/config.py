@@ -248,9 +248,11 @@ def environment_values(environ: Mapping[str, str] | None = None) -> dict[str, An
     ``SCEP_SERVER_<FIELD>`` sets a top-level field; ``SCEP_SERVER_<SECTION>__<KEY>`` (further ``__<KEY>`` for
     a sub-section such as ``crl.checker``) a field of a section. Names are compared in lower case. A value for
     a list, a tuple or a whole section is JSON (a section's JSON object is completed by its ``__<KEY>``
-    variables); everything else is the string, which the model converts. This is what pydantic-settings' environment source does with ``env_prefix="SCEP_SERVER_"`` and
-    ``env_nested_delimiter="__"`` (tests/app/test_config.py compares the two); it is read here so that a
-    command does not import pydantic-settings.
+    variables); a JSON null at the top is as if unset; everything else is the string, which the model
+    converts. This is what pydantic-settings' environment source does with ``env_prefix="SCEP_SERVER_"`` and
+    ``env_nested_delimiter="__"`` (tests/app/test_config_env.py compares the two, variable by variable); it is
+    read here so that a command does not import pydantic-settings. A value that is not JSON where JSON is
+    expected is a ConfigError naming the variable (pydantic-settings raised its own SettingsError).
     """
     env = {name.lower(): (name, value) for name, value in (os.environ if environ is None else environ).items()}
     prefix = ENV_PREFIX.lower()

@@ -35,11 +35,6 @@ def install() -> None:
         sys.meta_path.insert(0, _Finder())
 
 
-def uninstall() -> None:
-    for finder in [f for f in sys.meta_path if isinstance(f, _Finder)]:
-        sys.meta_path.remove(finder)
-
-
 class _Finder:
     """Finds the two packages with the other finders, and wraps their loader for the first execution."""
 
