@@ -17,7 +17,9 @@ SHELLS = ("bash", "zsh", "fish")
 @click.argument("shell", type=click.Choice(SHELLS))
 @click.pass_context
 def completion(ctx: click.Context, shell: str) -> None:
-    """Print the completion script for SHELL (bash, zsh or fish); see README.md "Shell completion"."""
+    """Print the shell completion script (bash, zsh or fish).
+
+    For example `eval "$(scep-server completion bash)"`; README.md "Shell completion" has the install lines."""
     from click.shell_completion import get_completion_class
 
     script_class = get_completion_class(shell)
