@@ -8,17 +8,24 @@ costs when the machine is loaded by something else (wall time then mostly measur
 
     .venv/bin/python bench/cli.py                 # 7 runs per command
     .venv/bin/python bench/cli.py --runs 15 --keep
+    .venv/bin/python bench/cli.py --before HEAD~3 # the same commands at that commit too, runs interleaved
+
+With `--before REV`, the tree of that commit (`git archive`, in the temporary directory) runs each command too,
+alternating with this tree run by run on the same data directory, and both are printed: on this shared
+machine two sittings minutes apart differ more than most changes do.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -82,43 +89,83 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _run(env: dict, data_dir: Path, args: list[str]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of one `scep-server` process."""
+def _run(env: dict, data_dir: Path, args: list[str], tree: Path = ROOT) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one `scep-server` process run from `tree`."""
     cpu = _cpu()
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "scep_server.cli", "--data-dir", str(data_dir), *args], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # run from the tree: `python -m` puts the working directory first on sys.path
+    out = subprocess.run([sys.executable, "-m", "scep_server.cli", "--data-dir", str(data_dir), *args],
+                         env={**env, "PYTHONPATH": str(tree)}, cwd=tree, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - started
     if out.returncode != 0:
         raise SystemExit(f"`scep-server {' '.join(args)}` failed ({out.returncode}):\n{out.stderr}")
     return elapsed, _cpu() - cpu
 
 
+def _figures(runs: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """(best wall, median wall, median CPU) of some runs."""
+    walls = [wall for wall, _ in runs]
+    return min(walls), statistics.median(walls), statistics.median(c for _, c in runs)
+
+
+def _export(rev: str, into: Path) -> Path:
+    """The tree of commit `rev` of this repository, written under `into` (no git worktree is made)."""
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev], capture_output=True, check=True)
+    into.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as archive:
+        archive.extractall(into, filter="data")
+    # compiled now, as an installed tree is: the first run must not pay for writing __pycache__
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(into)], check=True, stdout=subprocess.DEVNULL)
+    return into
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="runs per command (default 7)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
+    parser.add_argument("--before", metavar="REV", help="also run the commands at this commit, interleaved")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-cli-"))
     data_dir = work / "data"
+    before = _export(args.before, work / "before") if args.before else None
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SCEP_SERVER_LOG__LEVEL": "warning",
            "SCEP_SERVER_CA__KEY_SIZE": "3072"}
     env.pop("SCEP_SERVER_CONFIG", None)
     try:
         _run(env, data_dir, ["init"])
-        serials = asyncio.run(_record_certificates(data_dir, args.runs))
+        serials = asyncio.run(_record_certificates(data_dir, args.runs * (2 if before else 1)))
         print(f"scep-server commands, {args.runs} runs each, embedded SQLite, data directory {data_dir}")
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        print(f"{'command':<16} {'best':>8} {'median':>8} {'cpu':>8} {'target':>8}  verdict")
+        header = f"{'command':<16} {'best':>8} {'median':>8} {'cpu':>8} {'target':>8}  verdict"
+        if before is not None:
+            print(f"before = {args.before}; each command runs at before and at this tree in turn")
+            header += f"  | {'before':>8} {'median':>8} {'cpu':>8}"
+        print(header)
         failed = 0
         for label, argv, target in COMMANDS:
-            runs = [_run(env, data_dir, [a.replace("{serial}", serials[i]) for a in argv]) for i in range(args.runs)]
-            walls = [wall for wall, _ in runs]
-            best, median, cpu = min(walls), statistics.median(walls), statistics.median(c for _, c in runs)
+            runs, previous = [], []
+            for i in range(args.runs):
+                def once(tree: Path, n: int) -> tuple[float, float]:
+                    return _run(env, data_dir, [a.replace("{serial}", serials[n]) for a in argv], tree)
+
+                if before is None:
+                    runs.append(once(ROOT, i))
+                elif i % 2:  # the order alternates from run to run
+                    runs.append(once(ROOT, 2 * i))
+                    previous.append(once(before, 2 * i + 1))
+                else:
+                    previous.append(once(before, 2 * i + 1))
+                    runs.append(once(ROOT, 2 * i))
+            best, median, cpu = _figures(runs)
             ok = median <= target
             failed += not ok
-            print(f"{label:<16} {best:>7.3f}s {median:>7.3f}s {cpu:>7.3f}s {target:>7.2f}s  {'ok' if ok else 'OVER'}")
+            line = f"{label:<16} {best:>7.3f}s {median:>7.3f}s {cpu:>7.3f}s {target:>7.2f}s  {'ok' if ok else 'OVER':<7}"
+            if before is not None:
+                b_best, b_median, b_cpu = _figures(previous)
+                line += f"  | {b_best:>7.3f}s {b_median:>7.3f}s {b_cpu:>7.3f}s"
+            print(line)
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         return 1 if failed else 0
     finally:

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from trustkit.clock import utcnow
 from trustkit.der import utc_seconds
+from trustkit.progress import Progress, report
 
 from .build import Entry, EntryEncoder, Issuer, Scope, build_crl
 from .config import CrlSettings
@@ -182,20 +183,24 @@ class Publisher:
 
     # ---- publishing
 
-    async def publish_now(self) -> PublishedCrl:
-        """Allocate a number, read the source, build, sign, self-check and record a new CRL (RFC 5280 §5)."""
+    async def publish_now(self, progress: "Progress | None" = None) -> PublishedCrl:
+        """Allocate a number, read the source, build, sign, self-check and record a new CRL (RFC 5280 §5).
+
+        ``progress(stage, done, total)`` (trustkit.progress) follows the steps: "read" (0 then 1), "sign" (0
+        then the number of entries, once built, signed and checked) and "record" (0 then 1)."""
         async with self._lock:
             self._dirty_since = None
             started = time.monotonic()
             try:
-                published = await self._publish_locked()
+                published = await self._publish_locked(progress)
             except Exception as exc:  # noqa: BLE001 - every failure keeps the last good CRL and is reported
                 self._failed(exc)
                 raise PublishError(f"CRL for {self.ca} not published: {exc}") from exc
             self.last_build_seconds = time.monotonic() - started
             return published
 
-    async def _publish_locked(self) -> PublishedCrl:
+    async def _publish_locked(self, progress: "Progress | None" = None) -> PublishedCrl:
+        report(progress, "read", 0, 1)
         started = time.monotonic()
         served = self._current
         now = utc_seconds(self._clock())
@@ -207,10 +212,15 @@ class Publisher:
         next_update = this_update + self.settings.validity
         rows = await self.source(now)
         entries = rows if isinstance(rows, list) and (not rows or type(rows[0]) is tuple) else [tuple(r) for r in rows]
+        report(progress, "read", 1, 1)
+        report(progress, "sign", 0, len(entries))
         published = await self._run(self._build, number, this_update, next_update, entries, previous)
+        report(progress, "sign", len(entries), len(entries))
+        report(progress, "record", 0, 1)
         saved = await self._store.save(number=number, this_update=this_update, next_update=next_update,
                                        der=published.der, sha256=published.sha256, entries=published.entries,
                                        published_at=self._clock(), published_by=self.instance_id)
+        report(progress, "record", 1, 1)
         if not saved:
             self._log.info("crl.publish.superseded", ca=self.ca, number=number)
             await self.refresh_from_store()

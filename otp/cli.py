@@ -21,6 +21,8 @@ T = TypeVar("T")
 # package (`--help` stays quick); they are otp.tables.STATUSES and otp.report.FORMATS
 STATUSES = ("UNASSIGNED", "ACTIVE", "REVOKED")
 FORMATS = ("table", "csv", "json")
+# the stages of an import's progress (OtpService.import_secrets) as the bars name them
+IMPORT_STAGES = {"read": "reading lines", "seal": "sealing keys", "write": "writing keys"}
 
 
 class OpenService(Protocol):
@@ -44,11 +46,11 @@ def _actor() -> str:
 
 
 def _serial(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    if value is None:  # before the imports: shell completion runs this callback at every TAB
+        return None
     from .errors import OtpError
     from .report import parse_serial
 
-    if value is None:
-        return None
     try:
         return parse_serial(value)
     except OtpError as exc:
@@ -94,9 +96,14 @@ def build_cli(open_service: OpenService) -> list[click.Group]:
     @click.argument("file", type=click.File("rb"))
     @click.option("--dry-run", is_flag=True, help="Validate every line and report; import nothing.")
     def import_cmd(file: Any, dry_run: bool) -> None:
-        """Import a secrets file (Yubico format, ykman --config-output, YK-KSM); all lines or none."""
+        """Import a secrets file (Yubico format, ykman --config-output, YK-KSM); all lines or none.
+
+        On a terminal, bars on stderr follow the reading, sealing and writing of the keys."""
+        from trustkit.progress import stage_bars
+
         data = file.read()
-        result = run(lambda s: s.import_secrets(data, dry_run=dry_run, actor=_actor()))
+        with stage_bars(IMPORT_STAGES) as progress:
+            result = run(lambda s: s.import_secrets(data, dry_run=dry_run, actor=_actor(), progress=progress))
         _print_issues(result)
         if not result.ok:
             n = len(result.errors)

@@ -6,8 +6,6 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .kek import kek_from_env, load_or_create_kek
-
 DEFAULT_KEK_FILENAME = "otp-kek.key"
 
 
@@ -75,6 +73,8 @@ class OtpSettings(BaseModel):
     def load_kek(self, data_dir: Path | None = None, *, on_create: Callable[[Path], None] | None = None) -> bytes:
         """The KEK from the environment variable, the file, or `data_dir/otp-kek.key` (a missing file
         is created, mode 0600, and `on_create(path)` called)."""
+        from .kek import kek_from_env, load_or_create_kek  # cryptography: not for a command that reads settings
+
         path = self.kek_path(data_dir)
         if path is None:
             return kek_from_env(self.kek_env)  # type: ignore[arg-type]

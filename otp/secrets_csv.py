@@ -12,6 +12,7 @@ import csv
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Callable
 
 from . import modhex
 
@@ -320,12 +321,21 @@ def _is_traditional(fields: list[str]) -> bool:
     return event.startswith(_TRADITIONAL_EVENTS) or len(fields) == TRADITIONAL_FIELDS
 
 
-def parse_secrets(data: bytes) -> ParsedSecrets:
-    """Parse a secrets file: strip BOM/CR/blank/comment lines, detect the format per line, validate."""
+PROGRESS_LINES = 5000  # parse_secrets reports its progress every this many lines
+
+
+def parse_secrets(data: bytes, progress: Callable[[int, int], None] | None = None) -> ParsedSecrets:
+    """Parse a secrets file: strip BOM/CR/blank/comment lines, detect the format per line, validate.
+
+    ``progress(lines_done, lines)`` is called every PROGRESS_LINES lines and at the end (from the thread
+    that parses)."""
     b = _Builder()
     ksm = False
     text = _decode_text(data)
-    for number, raw_line in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines()
+    for number, raw_line in enumerate(lines, start=1):
+        if progress is not None and number % PROGRESS_LINES == 0:
+            progress(number, len(lines))
         stripped = raw_line.strip().lstrip("\ufeff").strip()
         if not stripped:
             continue
@@ -352,6 +362,8 @@ def parse_secrets(data: bytes) -> ParsedSecrets:
         # IDs and keys are case-insensitive hex/ModHex; some tools group them with spaces.
         fields = [f.lower().replace(" ", "") if i <= 3 else f.lower() for i, f in enumerate(fields)]
         _yubico_row(fields, number, FORMAT_KSM if ksm else FORMAT_YUBICO, b)
+    if progress is not None:
+        progress(len(lines), len(lines))
     _cross_line_checks(b)
     if not b.records and not b.errors:
         b.error(0, "no YubiKey OTP records found in the file")

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from trustkit import paging
 from trustkit.clock import utcnow
 from trustkit.paging import Page, PageRequest
+from trustkit.progress import Progress, report
 
 from . import yubico
 from .config import OtpSettings, ThrottleSettings
@@ -38,6 +39,7 @@ CLIENT_LIST_KEY = (int,)  # the kinds of a client list's cursor: the id
 # sl in replies: the percentage of validation servers that agreed. Counters live in one shared
 # database that every process commits to before answering, so the whole "pool" agrees.
 SYNC_LEVEL = 100
+SEAL_CHUNK = 5000  # keys encrypted per hand-off to a thread during an import
 
 
 @dataclass(frozen=True)
@@ -487,9 +489,14 @@ class OtpService:
 
     # ---- import -------------------------------------------------------------------------------
 
-    async def import_secrets(self, data: bytes, *, dry_run: bool = False, actor: str | None = None) -> ImportResult:
-        """Validate a secrets file and, unless `dry_run`, import all of it or nothing."""
-        parsed = await asyncio.to_thread(parse_secrets, data)
+    async def import_secrets(self, data: bytes, *, dry_run: bool = False, actor: str | None = None,
+                             progress: "Progress | None" = None) -> ImportResult:
+        """Validate a secrets file and, unless `dry_run`, import all of it or nothing.
+
+        ``progress(stage, done, total)`` (trustkit.progress) follows the long steps: "read" (lines parsed, from
+        the parsing thread), "seal" (keys encrypted) and "write" (keys written, before the commit)."""
+        line_progress = None if progress is None else (lambda done, total: progress("read", done, total))
+        parsed = await asyncio.to_thread(parse_secrets, data, line_progress)
         errors = list(parsed.errors)
         records = parsed.records
         if records:
@@ -510,12 +517,16 @@ class OtpService:
 
         if errors or dry_run:
             return result(0, errors)
-        keys = await asyncio.to_thread(self._seal_records, records)
+        keys: list[NewKey] = []
+        for i in range(0, len(records), SEAL_CHUNK):  # in chunks, so that the progress moves
+            keys += await asyncio.to_thread(self._seal_records, records[i:i + SEAL_CHUNK])
+            report(progress, "seal", len(keys), len(records))
         now = self._clock()
         try:
             async with self.store.begin_write() as conn:
                 import_id = await self.store.insert_import(conn, at=now, actor=actor, fmt=parsed.format,
-                                                           file_sha256=hashlib.sha256(data).hexdigest(), keys=keys)
+                                                           file_sha256=hashlib.sha256(data).hexdigest(), keys=keys,
+                                                           progress=progress)
         except IntegrityError:
             return result(0, [LineIssue(0, "another import added some of these keys at the same time; "
                                            "nothing was imported, run the import again to see which lines")])

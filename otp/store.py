@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from trustkit import paging
 from trustkit.batching import GroupCommit
 from trustkit.clock import aware
+from trustkit.progress import Progress, report
 from trustkit.db import writer
 from trustkit.paging import Page, PageRequest
 
@@ -29,6 +30,8 @@ from .config import ThrottleSettings
 from .tables import ACTIVE, REVOKED, UNASSIGNED, otp_clients, otp_events, otp_imports, otp_throttle, otp_yubikeys
 
 k = otp_yubikeys
+
+INSERT_CHUNK = 10_000  # keys per bulk insert of an import (all in one transaction)
 
 # Failures of the store (not of the request): the database is down, a connection broke, a timeout.
 BACKEND_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError, asyncpg.PostgresError,
@@ -424,12 +427,13 @@ class OtpStore:
                        "imported_at")
 
     async def insert_import(self, conn: AsyncConnection, *, at: datetime, actor: str | None, fmt: str,
-                            file_sha256: str, keys: Sequence[NewKey]) -> int:
+                            file_sha256: str, keys: Sequence[NewKey], progress: "Progress | None" = None) -> int:
         """One import batch and its keys, inside the caller's transaction; the import id.
 
         The keys go in through the driver's bulk path (COPY on PostgreSQL, executemany on SQLite) in
         the same transaction: per-row parameter processing would dominate a 100,000-key import.
-        A uniqueness violation is raised as SQLAlchemy's IntegrityError either way."""
+        A uniqueness violation is raised as SQLAlchemy's IntegrityError either way. The keys are written
+        in chunks of INSERT_CHUNK, ``progress("write", keys written, keys)`` after each."""
         import_id = (await conn.execute(otp_imports.insert().values(
             at=at, actor=actor, format=fmt, key_count=len(keys), file_sha256=file_sha256
         ).returning(otp_imports.c.id))).scalar_one()
@@ -440,15 +444,18 @@ class OtpStore:
             records = [(n.serial, n.public_id, UNASSIGNED, n.secret_sealed, n.kek_id, import_id, n.source_line, at_db)
                        for n in keys]
             driver = (await conn.get_raw_connection()).driver_connection
-            try:
-                if self.is_postgresql:
-                    await driver.copy_records_to_table(k.name, records=records, columns=self._IMPORT_COLUMNS)
-                else:
-                    marks = ", ".join("?" * len(self._IMPORT_COLUMNS))
-                    await driver.executemany(
-                        f"INSERT INTO {k.name} ({', '.join(self._IMPORT_COLUMNS)}) VALUES ({marks})", records)
-            except (asyncpg.IntegrityConstraintViolationError, sqlite3.IntegrityError) as exc:
-                raise IntegrityError(f"bulk insert into {k.name}", None, exc) from exc
+            marks = ", ".join("?" * len(self._IMPORT_COLUMNS))
+            insert = f"INSERT INTO {k.name} ({', '.join(self._IMPORT_COLUMNS)}) VALUES ({marks})"
+            for i in range(0, len(records), INSERT_CHUNK):
+                part = records[i:i + INSERT_CHUNK]
+                try:
+                    if self.is_postgresql:
+                        await driver.copy_records_to_table(k.name, records=part, columns=self._IMPORT_COLUMNS)
+                    else:
+                        await driver.executemany(insert, part)
+                except (asyncpg.IntegrityConstraintViolationError, sqlite3.IntegrityError) as exc:
+                    raise IntegrityError(f"bulk insert into {k.name}", None, exc) from exc
+                report(progress, "write", i + len(part), len(records))
             return import_id
         rows = [dict(serial=n.serial, public_id=n.public_id, status=UNASSIGNED, secret_sealed=n.secret_sealed,
                      kek_id=n.kek_id, import_id=import_id, source_line=n.source_line, imported_at=at)
@@ -456,6 +463,7 @@ class OtpStore:
         chunk = 2000
         for i in range(0, len(rows), chunk):
             await conn.execute(k.insert(), rows[i:i + chunk])
+            report(progress, "write", i + len(rows[i:i + chunk]), len(rows))
         return import_id
 
     async def analyze(self) -> None:

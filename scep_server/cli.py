@@ -28,6 +28,13 @@ class _Commands(click.Group):
             found = features.command(cmd_name)
         return found
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        # the variable of the completion scripts, whatever the program is called (`python -m scep_server.cli`)
+        from .completion import COMPLETE_VAR
+
+        kwargs.setdefault("complete_var", COMPLETE_VAR)
+        return super().main(*args, **kwargs)
+
 
 @click.group(cls=_Commands)
 @click.option("--config", "-c", type=click.Path(dir_okay=False), envvar="SCEP_SERVER_CONFIG",
@@ -546,6 +553,18 @@ def token_disable(ctx: Context, token_id: str) -> None:
     except DomainError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"token {token_id} disabled" if changed else f"token {token_id} was already disabled")
+
+
+# ---------------------------------------------------------------- shell completion
+
+
+def _add_completion() -> None:
+    from .completion import completion
+
+    main.add_command(completion)
+
+
+_add_completion()
 
 
 if __name__ == "__main__":  # python -m scep_server.cli

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import click
 
+from . import importhooks
+
 if TYPE_CHECKING:
     from .config import Settings
     from .runtime import Runtime, Uses
@@ -63,3 +65,5 @@ def run(coro):
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+importhooks.install()  # before a command imports SQLAlchemy's asyncio extension or structlog

@@ -1,19 +1,26 @@
 """Configuration: a TOML file with environment overrides, validated at start.
 
 Environment variables override the file: ``SCEP_SERVER_<SECTION>__<KEY>``, e.g.
-``SCEP_SERVER_DATABASE__URL=postgresql://...``; top-level keys: ``SCEP_SERVER_DATA_DIR``.
+``SCEP_SERVER_DATABASE__URL=postgresql://...``; top-level keys: ``SCEP_SERVER_DATA_DIR``. Names are
+matched without regard to case; a list or a whole section is given as JSON
+(``SCEP_SERVER_SERVER__TRUSTED_PROXIES='["10.0.0.0/8"]'``). The models below are the one description of
+the settings: the file, the environment and the command-line flags are validated by them alike.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import tomllib
+import types
+from collections import deque
+from collections.abc import Mapping, Sequence, Set
 from datetime import timedelta
 from ipaddress import ip_network
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from crl.config import CrlSettings
 from otp.config import OtpSettings
@@ -236,10 +243,10 @@ class MetricsSettings(BaseModel):
         return None
 
 
-class Settings(BaseSettings):
-    """Everything the server and the CLI read; one file for both."""
+class Settings(BaseModel):
+    """Everything the server and the CLI read; one file for both (see :func:`load_settings`)."""
 
-    model_config = SettingsConfigDict(env_prefix="SCEP_SERVER_", env_nested_delimiter="__", extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     data_dir: Path = Path("data")
     server: ServerSettings = ServerSettings()
@@ -252,11 +259,6 @@ class Settings(BaseSettings):
     otp: OtpSection = OtpSection()
     challenge: ChallengeSection = ChallengeSection()
     metrics: MetricsSettings = MetricsSettings()
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings)
 
     def database_url(self) -> str:
         return self.database.url or f"sqlite+aiosqlite:///{(self.data_dir / 'scep.db').resolve()}"
@@ -300,10 +302,117 @@ def load_settings(config_file: str | os.PathLike | None = None, **overrides: Any
         # The file is the lowest layer: environment variables must win over it, so the file goes
         # through a temporary env-free model first, then env settings are applied on top.
         from_file = Settings.model_validate(data) if data else None
-        env_only = Settings()
+        env_only = Settings.model_validate(environment_values())
         merged = _deep_merge(from_file.model_dump(exclude_unset=True) if from_file else {},
                              env_only.model_dump(exclude_unset=True))
         merged = _deep_merge(merged, {k: v for k, v in overrides.items() if v is not None})
         return Settings.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc)) from None
+
+
+ENV_PREFIX = "SCEP_SERVER_"
+ENV_NESTED_DELIMITER = "__"
+
+
+def environment_values(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The settings the environment sets, as a dict for :class:`Settings` (nothing validated yet).
+
+    ``SCEP_SERVER_<FIELD>`` sets a top-level field; ``SCEP_SERVER_<SECTION>__<KEY>`` (further ``__<KEY>`` for
+    a sub-section such as ``crl.checker``) a field of a section. Names are compared in lower case. A value for
+    a list, a tuple or a whole section is JSON (a section's JSON object is completed by its ``__<KEY>``
+    variables); a JSON null at the top is as if unset; everything else is the string, which the model
+    converts. This is what pydantic-settings' environment source does with ``env_prefix="SCEP_SERVER_"`` and
+    ``env_nested_delimiter="__"`` (tests/app/test_config_env.py compares the two, variable by variable); it is
+    read here so that a command does not import pydantic-settings. A value that is not JSON where JSON is
+    expected is a ConfigError naming the variable (pydantic-settings raised its own SettingsError).
+    """
+    env = {name.lower(): (name, value) for name, value in (os.environ if environ is None else environ).items()}
+    prefix = ENV_PREFIX.lower()
+    out: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        var = prefix + name
+        found = env.get(var)
+        value = None if found is None else found[1]
+        is_complex, lenient = _complexity(field.annotation)
+        if is_complex:
+            if value is None:
+                exploded = _explode(var + ENV_NESTED_DELIMITER, field.annotation, env, name)
+                if exploded:
+                    out[name] = exploded
+            else:
+                value = _json(found[0], name, value, lenient)
+                if isinstance(value, dict):
+                    value = _deep_merge(value, _explode(var + ENV_NESTED_DELIMITER, field.annotation, env, name))
+                if value is not None:  # JSON null: as if unset
+                    out[name] = value
+        elif value is not None:
+            out[name] = value
+    return out
+
+
+def _explode(prefix: str, annotation: Any, env: Mapping[str, tuple[str, str]], key: str) -> dict[str, Any]:
+    """The ``PREFIX<KEY>[__<KEY>...]`` variables of one section, as nested dicts (in the environment's order)."""
+    result: dict[str, Any] = {}
+    for env_name, (original, env_val) in env.items():
+        if not env_name.startswith(prefix):
+            continue
+        *keys, last = env_name[len(prefix):].split(ENV_NESTED_DELIMITER)
+        node: Any = result
+        target = annotation
+        for part in keys:
+            target = _subfield(target, part)
+            if isinstance(node, dict):
+                node = node.setdefault(part, {})
+        target = _subfield(target, last)
+        if target is not None and env_val:
+            is_complex, lenient = _complexity(target)
+            if is_complex:
+                env_val = _json(original, ".".join([key, *keys, last]), env_val, lenient)
+        if isinstance(node, dict):
+            node[last] = env_val
+    return result
+
+
+def _subfield(annotation: Any, key: str) -> Any:
+    """The annotation of field `key` (any case) of the model `annotation` names (also inside a union), or None."""
+    if annotation is None or isinstance(annotation, str):
+        return None
+    for arg in get_args(annotation):
+        found = _subfield(arg, key)
+        if found is not None:
+            return found
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        for name, field in annotation.model_fields.items():
+            if name.lower() == key.lower():
+                return field.annotation
+    return None
+
+
+def _complexity(annotation: Any) -> tuple[bool, bool]:
+    """(whether the environment gives this type as JSON, whether a value that is not JSON is kept as a string)."""
+    if _is_complex(annotation):
+        return True, False
+    if get_origin(annotation) in (Union, types.UnionType) and any(_is_complex(a) for a in get_args(annotation)):
+        return True, True
+    return False, False
+
+
+def _is_complex(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    for t in (annotation, origin):
+        if not isinstance(t, type) or issubclass(t, (str, bytes)):
+            continue
+        if issubclass(t, (BaseModel, Mapping, Sequence, Set, tuple, set, frozenset, deque)) or dataclasses.is_dataclass(t):
+            return True
+    return hasattr(origin, "__pydantic_core_schema__") or hasattr(origin, "__get_pydantic_core_schema__")
+
+
+def _json(variable: str, key: str, value: str, lenient: bool) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        if lenient:
+            return value
+        raise ConfigError(f"invalid configuration:\n  {key}: environment variable {variable} is not valid JSON "
+                          f"({exc})") from None

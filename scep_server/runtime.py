@@ -20,7 +20,6 @@ from trustkit.clock import Clock, utcnow
 from trustkit.db import create_engine
 
 from .config import Settings
-from .profiles import ProfileStore
 from .tokens import TokenStore
 
 if TYPE_CHECKING:
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
     from .challenge.service import ChallengeService
     from .crlwiring.service import CrlService
     from .enrolment import ScepService
+    from .profiles import ProfileStore
 
 # a readiness check returns its detail ("ok" or "error: ..."), or an awaitable of it
 Check = Callable[[], Union[str, Awaitable[str]]]
@@ -100,11 +100,9 @@ class Runtime:
     settings: Settings
     engine: AsyncEngine
     clock: Clock
-    profiles: ProfileStore
     tokens: TokenStore
     # CA name -> CA (with its private keys); empty when the process did not open the keys
     cas: "dict[str, CertificateAuthority]" = field(default_factory=dict)
-    certificates: "CertificateQueries | None" = None  # administrators' reads of the inventory (always built)
     revocation: "RevocationService | None" = None
     scep: "ScepService | None" = None
     crl: "CrlService | None" = None
@@ -112,6 +110,26 @@ class Runtime:
     binding: "BindingServices | None" = None
     challenges: "ChallengeService | None" = None
     readiness: Readiness = field(default_factory=Readiness)
+    _profiles: "ProfileStore | None" = field(default=None, repr=False)
+    _certificates: "CertificateQueries | None" = field(default=None, repr=False)
+
+    @property
+    def profiles(self) -> "ProfileStore":
+        """The profile store, made on first use (it loads the certificate templates' checks, which a command
+        that does not touch profiles never needs)."""
+        if self._profiles is None:
+            from .profiles import ProfileStore
+
+            self._profiles = ProfileStore(self.engine)
+        return self._profiles
+
+    @property
+    def certificates(self) -> "CertificateQueries":
+        """Administrators' reads of the inventory, made on first use (they load the certificate and CRL
+        encoders, which a command that lists no certificate never needs)."""
+        if self._certificates is None:
+            self._certificates = _certificate_queries(self.settings, self.engine)
+        return self._certificates
 
 
 def _engine(settings: Settings) -> AsyncEngine:
@@ -145,7 +163,7 @@ async def initialise(settings: Settings, *, clock: Clock = utcnow) -> list[str]:
 
     from .ca import inventory
     from .ca.keys import write_private_file
-    from .profiles import ProfileSettings, new_static_secret
+    from .profiles import ProfileSettings, ProfileStore, new_static_secret
     from .store.migrate import upgrade
 
     report: list[str] = []
@@ -218,9 +236,8 @@ async def open_runtime(settings: Settings, *, clock: Clock = utcnow, uses: Uses 
     engine = _engine(settings)
     try:
         async with contextlib.AsyncExitStack() as stack:
-            runtime = Runtime(settings=settings, engine=engine, clock=clock, profiles=ProfileStore(engine),
-                              tokens=TokenStore(engine, clock=clock), cas=load_cas(settings) if uses.ca_keys else {})
-            runtime.certificates = _certificate_queries(settings, engine)
+            runtime = Runtime(settings=settings, engine=engine, clock=clock, tokens=TokenStore(engine, clock=clock),
+                              cas=load_cas(settings) if uses.ca_keys else {})
             if uses.revocation:
                 from .ca.revocation import RevocationService
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from trustkit.clock import Clock, aware, utcnow
@@ -26,8 +25,6 @@ from trustkit.problems import NotFound, Unprocessable
 
 from .store.events import record_event
 from .store.tables import api_tokens
-
-log = structlog.get_logger("tokens")
 
 SCOPES = ("admin", "signin")
 MAX_NAME = 255
@@ -187,6 +184,9 @@ class TokenStore:
                             sa.or_(api_tokens.c.last_used_at.is_(None), api_tokens.c.last_used_at < at),
                         ).values(last_used_at=at))
             except Exception as exc:  # noqa: BLE001 - a lost last-used time is not worth a failed request
+                import structlog  # here: a command that makes a token need not import it
+
+                log = structlog.get_logger("tokens")
                 log.warning("tokens.last_used_failed", error=repr(exc), tokens=len(batch))
                 return
 

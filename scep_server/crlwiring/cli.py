@@ -8,6 +8,10 @@ import click
 from ..clictx import Context, pass_ctx, run
 
 
+# the steps of `crl publish` as its progress bars name them (crl.publish.CrlPublisher.publish_now)
+PUBLISH_STAGES = {"read": "reading entries", "sign": "building, signing", "record": "recording"}
+
+
 def _quiet_logs(ctx: Context) -> None:
     """Log lines go to stderr so that the command's output stays machine-readable."""
     from ..logs import configure
@@ -34,23 +38,27 @@ def crl() -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @pass_ctx
 def crl_publish(ctx: Context, ca_name: str | None, fmt: str) -> None:
-    """Sign a new CRL now; running servers serve it within crl.poll_interval."""
+    """Sign a new CRL now; running servers serve it within crl.poll_interval.
+
+    On a terminal, bars on stderr follow the reading of the entries, the signing and the recording."""
     from crl.publish import PublishError
+    from trustkit.progress import stage_bars
 
     from ..runtime import Uses
     from .service import CrlError, describe
 
     _quiet_logs(ctx)
 
-    async def go():
+    async def go(progress):
         async with ctx.runtime(Uses(crl=True)) as rt:
             assert rt.crl is not None
             pub = rt.crl.publisher(ca_name)
             await pub.refresh_from_store()
-            return describe(await pub.publish_now())
+            return describe(await pub.publish_now(progress))
 
     try:
-        info = run(go())
+        with stage_bars(PUBLISH_STAGES) as progress:
+            info = run(go(progress))
     except (CrlError, PublishError) as exc:
         raise click.ClickException(str(exc)) from None
     _print(info, fmt)

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 import click
 import sqlalchemy as sa
-import structlog
 
 from otp.kek import KekError
 from otp.service import OtpService
@@ -21,7 +20,14 @@ from .. import metrics
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-log = structlog.get_logger("otp.feature")
+
+def _server_log():
+    """structlog's logger once logging is set up (the server, or a command that set it up); None otherwise:
+    an unconfigured structlog would write to stdout, and a command that does not log need not import it."""
+    structlog = sys.modules.get("structlog")
+    if structlog is None or not structlog.is_configured():
+        return None
+    return structlog.get_logger("otp.feature")
 
 READINESS = "otp"
 
@@ -36,7 +42,8 @@ def _announce_kek(path: Path) -> None:
     where an unconfigured structlog would write to stdout)."""
     message = (f"created the OTP key-encryption key {path} (mode 0600): it seals the imported YubiKey AES keys "
                "and OTP client keys; back it up apart from the database, without it they cannot be used")
-    if structlog.is_configured():
+    log = _server_log()
+    if log is not None:
         log.warning("otp.kek.created", path=str(path), detail=message)
     else:
         print(message, file=sys.stderr, flush=True)
@@ -45,7 +52,8 @@ def _announce_kek(path: Path) -> None:
 def _report_kek_mismatch(text: str, kek_id: str) -> None:
     """Keys sealed under another KEK: a structured event in the server, a stderr line in a CLI command
     (where structlog is not set up and would write to stdout, mixing with a command's output)."""
-    if structlog.is_configured():
+    log = _server_log()
+    if log is not None:
         log.error("otp.kek.mismatch", detail=text, kek_id=kek_id)
     else:
         print(f"error: {text}", file=sys.stderr, flush=True)
@@ -121,7 +129,8 @@ async def open_otp(runtime: "Runtime", *, with_kek: bool = True) -> AsyncIterato
     try:
         kek = settings.load_kek(runtime.settings.data_dir, on_create=_announce_kek)
     except KekError as exc:
-        if structlog.is_configured():  # a CLI command shows the exception's message itself
+        log = _server_log()
+        if log is not None:  # a CLI command shows the exception's message itself
             log.error("otp.kek.unavailable", detail=str(exc))
         raise OtpStartError(f"the OTP factor cannot start: {exc}") from None
     service = OtpService(runtime.engine, settings, kek, clock=runtime.clock, on_verified=metrics.otp_verified)

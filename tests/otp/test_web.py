@@ -75,7 +75,7 @@ def test_every_route_is_marked(service):
     assert seen.pop(("GET", "/wsapi/2.0/verify")) is None
     assert seen.pop(("POST", "/wsapi/2.0/verify")) is None
     assert seen.pop(("POST", "/api/v1/otp/verify")) == "signin"
-    assert set(seen.values()) == {"admin"} and len(seen) == 8
+    assert set(seen.values()) == {"admin"} and len(seen) == 9
 
 
 def test_routes_check_tokens_themselves_with_authenticate(service):
