@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import socket
 import subprocess
@@ -68,15 +69,23 @@ async def start_app(aiohttp_server, tmp_path: Path, db_url: str | None = None, c
 
     ``single_des_on_default``: the `default` profile accepts single DES, for micromdm's scepclient.
     """
-    port = free_port()
-    settings = settings_for(tmp_path / "data", db_url, listen=f"127.0.0.1:{port}", **extra)
     kwargs = {"clock": clock} if clock else {}
-    await initialise(settings, **kwargs)
-    if single_des_on_default:
-        await allow_single_des(settings, **kwargs)
-    app = check_against_openapi(create_app(settings, **kwargs))  # every /api/v1 exchange matches the document
-    await aiohttp_server(app, host="127.0.0.1", port=port)
-    return RunningServer(url=f"http://127.0.0.1:{port}", settings=settings, app=app)
+    for attempt in range(5):  # the free port may be taken by another process before the server binds it
+        port = free_port()
+        settings = settings_for(tmp_path / "data", db_url, listen=f"127.0.0.1:{port}", **extra)
+        if attempt == 0:
+            await initialise(settings, **kwargs)
+            if single_des_on_default:
+                await allow_single_des(settings, **kwargs)
+        app = check_against_openapi(create_app(settings, **kwargs))  # every /api/v1 exchange matches the document
+        try:
+            await aiohttp_server(app, host="127.0.0.1", port=port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or attempt == 4:
+                raise
+            continue
+        return RunningServer(url=f"http://127.0.0.1:{port}", settings=settings, app=app)
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
