@@ -60,6 +60,10 @@ def create_app(settings: Settings, *, clock: Clock = utcnow) -> web.Application:
     admin_profiles.add_routes(app)
     admin_tokens.add_routes(app)
     apidoc.add_routes(app)
+    if settings.console.enabled:  # the admin console's pages at /admin/
+        from .console import web as console_web
+
+        console_web.add_routes(app)
     for feature in loaded:
         feature.add_routes(app)
     return app

@@ -1,0 +1,256 @@
+"""The admin console over HTTP (no browser): security headers, cookie flags, server-side sessions (expiry,
+sign-out, a disabled token), CSRF, the trusted header, and hostile input ending in a 4xx page.
+Runs on SQLite and PostgreSQL (the sessions are a table)."""
+from __future__ import annotations
+
+import hashlib
+import re
+
+import pytest
+import sqlalchemy as sa
+
+from scep_server.store.tables import console_sessions, events
+
+from .conftest import CSRF, open_console
+
+PAGES = ("/admin/", "/admin/certificates", "/admin/certificates/1a2b", "/admin/certificates/1a2b/revoke",
+         "/admin/certificates/1a2b/hold", "/admin/certificates/1a2b/release", "/admin/nothing-here",
+         "/admin/certificates?status=valid")
+HEADERS = {"X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+
+
+def assert_secure_headers(headers) -> None:
+    csp = headers["Content-Security-Policy"]
+    assert "default-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    for name, value in HEADERS.items():
+        assert headers[name] == value, name
+
+
+async def test_sign_in_sets_a_strict_cookie_and_stores_only_its_digest(console):
+    status, headers, text = await console.get("/admin/login")
+    assert status == 200 and 'name="token"' in text
+    assert_secure_headers(headers)
+    cookie, jar = await console.sign_in()
+    morsel = jar["console_session"]
+    assert morsel["httponly"] is True and morsel["samesite"] == "Strict" and morsel["path"] == "/admin/"
+    assert not morsel["secure"]  # plain http from a peer that is no trusted proxy
+    status, headers, text = await console.get("/admin/", cookie)
+    assert status == 200 and "CA default" in text and f"token:{console.admin_id}:console-admin" in text
+    assert_secure_headers(headers)
+    async with console.srv.runtime.engine.connect() as conn:
+        rows = (await conn.execute(sa.select(console_sessions))).all()
+    assert [r.id_sha256 for r in rows] == [hashlib.sha256(cookie.encode()).hexdigest()]
+    assert all(cookie not in str(v) for v in rows[0])
+    # the style sheet is served to anybody, with the same headers
+    status, headers, _ = await console.get("/admin/static/console.css")
+    assert status == 200
+    assert_secure_headers(headers)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_cookie_is_secure_behind_a_trusted_https_proxy_only(aiohttp_server, tmp_path, db_url):
+    proxied = await open_console(aiohttp_server, tmp_path / "a", db_url, server={"trusted_proxies": ["127.0.0.1/32"]})
+    direct = await open_console(aiohttp_server, tmp_path / "b", db_url)
+    try:
+        https = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "192.0.2.7"}
+        _, jar = await proxied.sign_in(headers=https)
+        assert jar["console_session"]["secure"] is True
+        _, jar = await proxied.sign_in()
+        assert not jar["console_session"]["secure"]
+        _, jar = await direct.sign_in(headers=https)  # the header of a peer we do not trust is ignored
+        assert not jar["console_session"]["secure"]
+    finally:
+        await proxied.http.close()
+        await direct.http.close()
+
+
+async def test_anonymous_requests_are_sent_to_sign_in(console):
+    for path in PAGES + ("/admin",):
+        status, headers, _ = await console.get(path)
+        assert status == 303, path
+        assert headers["Location"] in ("/admin/login", "/admin/"), path
+        assert_secure_headers(headers)
+    for path in ("/admin/logout", "/admin/certificates/1a2b/revoke"):
+        status, headers, _ = await console.post(path, {"csrf": "0" * 64})
+        assert status == 303 and headers["Location"] == "/admin/login", path
+    status, headers, _ = await console.get("/admin/", "not-a-session")  # an unknown cookie is no session
+    assert status == 303 and headers["Location"] == "/admin/login"
+
+
+async def test_only_an_enabled_admin_token_signs_in(console):
+    rt = console.srv.runtime
+    signin = (await rt.tokens.create(scope="signin", name="s", now=rt.clock()))[1]
+    off_id, off = await rt.tokens.create(scope="admin", name="off", now=rt.clock())
+    await rt.tokens.disable(off_id, now=rt.clock())
+    for token in (signin, off, "dt_admin_" + "x" * 43, "", "x" * 5000, "é"):
+        status, headers, text = await console.post("/admin/login", {"token": token})
+        assert status == 403 and "Set-Cookie" not in headers, token[:20]
+        assert "not an enabled admin API token" in text
+        assert_secure_headers(headers)
+
+
+async def test_idle_timeout_and_absolute_lifetime(aiohttp_server, tmp_path, db_url, clock):
+    console = await open_console(aiohttp_server, tmp_path, db_url, clock,
+                                 console={"idle_timeout": 900, "lifetime": 3600})
+    try:
+        cookie, _ = await console.sign_in()
+        for _ in range(4):  # a request every 14 minutes keeps the session alive ...
+            clock.advance(minutes=14)
+            assert (await console.get("/admin/", cookie))[0] == 200
+        clock.advance(minutes=14)  # ... until the absolute lifetime (60 min) ends it
+        assert (await console.get("/admin/", cookie))[0] == 303
+        cookie, _ = await console.sign_in()
+        clock.advance(minutes=15)  # 15 minutes idle: ended
+        status, headers, _ = await console.get("/admin/", cookie)
+        assert status == 303 and headers["Location"] == "/admin/login"
+        clock.advance(minutes=-15)  # ended for good, even if the clock went back
+        assert (await console.get("/admin/", cookie))[0] == 303
+    finally:
+        await console.http.close()
+
+
+async def test_sign_out_ends_the_session_server_side(console):
+    cookie, _ = await console.sign_in()
+    csrf = await console.csrf(cookie)
+    status, headers, _ = await console.post("/admin/logout", {"csrf": csrf}, cookie)
+    assert status == 303 and headers["Location"] == "/admin/login"
+    assert "console_session=" in headers["Set-Cookie"]  # the browser forgets it ...
+    status, headers, _ = await console.get("/admin/", cookie)  # ... and a copy of it is refused
+    assert status == 303 and headers["Location"] == "/admin/login"
+    async with console.srv.runtime.engine.connect() as conn:
+        assert (await conn.execute(sa.select(console_sessions.c.ended_at))).scalar() is not None
+
+
+async def test_a_disabled_token_ends_its_sessions(console):
+    cookie, _ = await console.sign_in()
+    assert (await console.get("/admin/", cookie))[0] == 200
+    rt = console.srv.runtime
+    assert await rt.tokens.disable(console.admin_id, now=rt.clock())
+    status, headers, _ = await console.get("/admin/", cookie)
+    assert status == 303 and headers["Location"] == "/admin/login"
+
+
+async def test_state_changes_need_this_sessions_csrf_token(console):
+    serial = await console.issue()
+    cookie, _ = await console.sign_in()
+    other, _ = await console.sign_in()
+    other_csrf = await console.csrf(other)
+    status, _, text = await console.get(f"/admin/certificates/{serial}/revoke", cookie)
+    assert status == 200
+    csrf = CSRF.search(text).group(1)
+    assert csrf != other_csrf
+    path = f"/admin/certificates/{serial}/revoke"
+    for form in ({"reason": "key-compromise"}, {"reason": "key-compromise", "csrf": other_csrf},
+                 {"reason": "key-compromise", "csrf": ""}, {"reason": "key-compromise", "csrf": "é" * 64}):
+        status, headers, text = await console.post(path, form, cookie)
+        assert status == 403 and "CSRF" in text, form
+        assert_secure_headers(headers)
+    status, _, _ = await console.post("/admin/logout", {}, cookie)
+    assert status == 403
+    assert (await console.srv.runtime.certificates.get(serial)).status.value == "valid"
+    status, headers, _ = await console.post(path, {"reason": "key-compromise", "csrf": csrf}, cookie)
+    assert status == 303 and headers["Location"] == f"/admin/certificates/{serial}"
+    record = await console.srv.runtime.certificates.get(serial)
+    assert record.status.value == "revoked" and record.revocation_reason == 1
+    async with console.srv.runtime.engine.connect() as conn:
+        actor = (await conn.execute(sa.select(events.c.actor).where(
+            events.c.subject == serial, events.c.kind == "pki.cert.revoke"))).scalar()
+    assert actor == f"token:{console.admin_id}:console-admin"
+
+
+async def test_hold_and_release_through_the_forms(console):
+    serial = await console.issue()
+    cookie, _ = await console.sign_in()
+    csrf = await console.csrf(cookie)
+    status, _, text = await console.get(f"/admin/certificates/{serial}", cookie)
+    assert 'id="action-hold"' in text and 'id="action-release"' not in text
+    assert (await console.post(f"/admin/certificates/{serial}/hold", {"csrf": csrf}, cookie))[0] == 303
+    status, _, text = await console.get(f"/admin/certificates/{serial}", cookie)
+    assert 'id="status">hold' in text and 'id="action-release"' in text
+    # releasing twice: the second is a conflict, shown as a page
+    assert (await console.post(f"/admin/certificates/{serial}/release", {"csrf": csrf}, cookie))[0] == 303
+    status, headers, _ = await console.post(f"/admin/certificates/{serial}/release", {"csrf": csrf}, cookie)
+    assert 400 <= status < 500 and headers["Content-Type"].startswith("text/html")
+
+
+async def test_hostile_input_is_a_4xx_page_and_output_is_escaped(console):
+    serial = await console.issue(cn="<script>alert(1)</script>")
+    cookie, _ = await console.sign_in()
+    csrf = await console.csrf(cookie)
+    status, _, text = await console.get(f"/admin/certificates/{serial}", cookie)
+    assert status == 200 and "<script" not in text and "&lt;script\\&gt;alert(1)" in text
+    cases = [("/admin/certificates?status=bogus", 400), ("/admin/certificates?issued_after=yesterday", 400),
+             ("/admin/certificates?cursor=%00%FF", 400), ("/admin/certificates?limit=0", 400),
+             ("/admin/certificates?serial_prefix=%3Cb%3E", 400), ("/admin/certificates/zz", 400),
+             ("/admin/certificates/abcdef", 404), (f"/admin/certificates/{serial}/suspend", 404),
+             ("/admin/certificates?profile=a&profile=b", 400)]
+    for path, expected in cases:
+        status, headers, text = await console.get(path, cookie)
+        assert status == expected, (path, status)
+        assert headers["Content-Type"].startswith("text/html") and "<b>" not in text
+        assert_secure_headers(headers)
+    status, _, text = await console.post(f"/admin/certificates/{serial}/revoke",
+                                         {"csrf": csrf, "reason": "<i>never</i>"}, cookie)
+    assert status == 400 and "<i>" not in text
+    status, _, _ = await console.post("/admin/certificates/abcdef/hold", {"csrf": csrf}, cookie)
+    assert status == 404
+
+
+async def test_certificate_filters_and_pages(console, clock):
+    first = await console.issue(cn="first")
+    clock.advance(1)
+    second = await console.issue(cn="second")
+    cookie, _ = await console.sign_in()
+    _, _, text = await console.get("/admin/certificates?limit=1", cookie)
+    assert f'data-serial="{second}"' in text and f'data-serial="{first}"' not in text  # newest first
+    href = re.search(r'href="([^"]+)" id="next"', text).group(1).replace("&amp;", "&")
+    assert "cursor=" in href and "limit=1" in href
+    _, _, text = await console.get(href, cookie)
+    assert f'data-serial="{first}"' in text and f'data-serial="{second}"' not in text and 'id="next"' not in text
+    _, _, text = await console.get(f"/admin/certificates?serial_prefix={first[:8]}", cookie)
+    assert f'data-serial="{first}"' in text and f'data-serial="{second}"' not in text
+    _, _, text = await console.get("/admin/certificates?status=revoked", cookie)
+    assert "data-serial" not in text
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_trusted_header_sign_in_from_a_trusted_peer(aiohttp_server, tmp_path, db_url):
+    console = await open_console(aiohttp_server, tmp_path, db_url, console={
+        "trusted_header": "X-Auth-Request-Email", "trusted_header_networks": ["127.0.0.0/8"]})
+    try:
+        who = {"X-Auth-Request-Email": "alice@example.com"}
+        status, headers, text = await console.get("/admin/", headers=who)
+        assert status == 200 and "proxy:alice@example.com" in text
+        cookie = headers["Set-Cookie"].split(";")[0].partition("=")[2]
+        assert "HttpOnly" in headers["Set-Cookie"] and "SameSite=Strict" in headers["Set-Cookie"]
+        assert (await console.get("/admin/", cookie, headers=who))[0] == 200
+        # the proxy no longer vouches for alice (or names another user): her session ends
+        assert (await console.get("/admin/", cookie, headers={"X-Auth-Request-Email": "mallory@example.com"}))[0] == 200
+        assert (await console.get("/admin/", cookie))[0] == 303
+        assert (await console.get("/admin/", headers={"X-Auth-Request-Email": ""}))[0] == 303
+    finally:
+        await console.http.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_trusted_header_from_an_untrusted_peer_is_ignored(aiohttp_server, tmp_path, db_url):
+    console = await open_console(aiohttp_server, tmp_path, db_url, console={
+        "trusted_header": "X-Auth-Request-Email", "trusted_header_networks": ["10.0.0.0/8"]},
+        server={"trusted_proxies": ["127.0.0.1/32"]})
+    try:
+        # even forwarded "from" an address inside the header's networks by a trusted proxy: the TCP peer counts
+        status, headers, _ = await console.get("/admin/", headers={"X-Auth-Request-Email": "alice@example.com",
+                                                                   "X-Forwarded-For": "10.1.2.3"})
+        assert status == 303 and headers["Location"] == "/admin/login" and "Set-Cookie" not in headers
+    finally:
+        await console.http.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_console_can_be_switched_off(aiohttp_server, tmp_path, db_url):
+    console = await open_console(aiohttp_server, tmp_path, db_url, console={"enabled": False})
+    try:
+        assert (await console.get("/admin/login"))[0] == 404
+        assert console.srv.runtime.console is None
+    finally:
+        await console.http.close()
