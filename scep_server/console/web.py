@@ -190,13 +190,27 @@ async def _guarded(request: web.Request, handler) -> web.StreamResponse:
         return _redirect(PREFIX + "/login")
     request[SESSION_ID], request[SESSION] = found
     if request.method not in ("GET", "HEAD"):
-        form = await request.post()
+        form = await read_form(request)
         given = form.get("csrf")
         if not csrf_matches(request[SESSION_ID], given if isinstance(given, str) else None):
             return _error_page(request, 403, "Forbidden", "the form's CSRF token is missing or not this session's; "
                                                           "reload the page and try again")
         request[FORM] = form
     return await handler(request)
+
+
+async def read_form(request: web.Request) -> Any:
+    """The POSTed form (application/x-www-form-urlencoded, what the pages send), or an empty one when the body
+    is of another type or does not decode: then the CSRF token and the sign-in token are missing (403), never
+    a 500."""
+    from multidict import MultiDict
+
+    if request.content_type != "application/x-www-form-urlencoded":
+        return MultiDict()
+    try:
+        return await request.post()
+    except (ValueError, UnicodeDecodeError):
+        return MultiDict()
 
 
 def _form(request: web.Request) -> Any:
@@ -215,7 +229,7 @@ async def login_page(request: web.Request) -> web.Response:
 
 async def login(request: web.Request) -> web.Response:
     runtime = _runtime(request)
-    form = await request.post()
+    form = await read_form(request)
     token = form.get("token")
     granted = None
     if isinstance(token, str) and 0 < len(token.strip()) <= MAX_TOKEN_CHARS and token.strip().isascii():

@@ -196,6 +196,21 @@ async def test_hostile_input_is_a_4xx_page_and_output_is_escaped(console):
     assert status == 404
 
 
+async def test_bodies_that_are_no_form_are_refused_not_500(console):
+    garbage = [({"Content-Type": "multipart/form-data; boundary=x"}, b"--x\r\nnot a part"),
+               ({"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}, b"token=%FF%FE\xff\xfe"),
+               ({"Content-Type": "application/json"}, b'{"token": "x"}'), ({}, b"\x00" * 100)]
+    cookie, _ = await console.sign_in()
+    for path, jar in (("/admin/login", None), ("/admin/logout", cookie), ("/admin/certificates/1a/hold", cookie)):
+        for headers, body in garbage:
+            if jar:
+                headers = {**headers, "Cookie": f"console_session={jar}"}
+            async with console.http.post(console.url + path, data=body, headers=headers,
+                                         allow_redirects=False) as r:
+                assert r.status == 403, (path, headers, r.status)
+    assert (await console.get("/admin/", cookie))[0] == 200
+
+
 async def test_certificate_filters_and_pages(console, clock):
     first = await console.issue(cn="first")
     clock.advance(1)
