@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from trustkit.clock import Clock, aware
 from trustkit.db import writer
 
+from ..store.events import record_event
 from ..store.tables import console_sessions
 from .model import Session
 
@@ -45,6 +46,8 @@ class ConsoleSessions:
             await conn.execute(console_sessions.insert().values(
                 id_sha256=_digest(session_id), token_id=token_id, principal=principal[:255], created_at=now,
                 last_seen_at=now, expires_at=now + self.lifetime))
+            await record_event(conn, at=now, kind="security.console.signin", subject=token_id, actor=principal[:255],
+                               data={"session": _digest(session_id)[:16]})
             # sessions that ended long ago are of no further use: removed as new ones are opened
             await conn.execute(console_sessions.delete().where(
                 console_sessions.c.expires_at < now - timedelta(days=1)))
@@ -73,12 +76,17 @@ class ConsoleSessions:
             last_seen = now
         return Session(digest, row.token_id, row.principal, aware(row.created_at), last_seen, expires)
 
-    async def end(self, session_id: str) -> None:
-        """Sign out: the session is refused from now on, by every process."""
-        await self.end_digest(_digest(session_id))
+    async def end(self, session_id: str, *, actor: str | None = None) -> None:
+        """Sign out: the session is refused from now on, by every process. With `actor` (the session's
+        principal signing out) an audit event ``security.console.signout``."""
+        await self.end_digest(_digest(session_id), actor=actor)
 
-    async def end_digest(self, digest: str) -> None:
+    async def end_digest(self, digest: str, *, actor: str | None = None) -> None:
+        now = self._clock()
         async with writer(self._engine).begin() as conn:
-            await conn.execute(console_sessions.update().where(
+            res = await conn.execute(console_sessions.update().where(
                 console_sessions.c.id_sha256 == digest, console_sessions.c.ended_at.is_(None)
-            ).values(ended_at=self._clock()))
+            ).values(ended_at=now))
+            if actor is not None and res.rowcount == 1:
+                await record_event(conn, at=now, kind="security.console.signout", actor=actor,
+                                   data={"session": digest[:16]})

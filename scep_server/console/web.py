@@ -9,9 +9,10 @@
     GET  /admin/static/...                     the style sheet
 
 Every answer carries a strict Content-Security-Policy (no inline script or style), ``X-Frame-Options: DENY``,
-``Referrer-Policy: no-referrer`` and ``Cache-Control: no-store``. Anonymous requests to anything but the
-sign-in page and the style sheet are redirected (303) to the sign-in page. Every POST but the sign-in carries
-the session's CSRF token (``csrf`` field), or is refused with 403. Changes go through the same services as
+``Referrer-Policy: same-origin`` (with no-referrer a browser posts forms with ``Origin: null``) and
+``Cache-Control: no-store``. Anonymous requests to anything but the sign-in page and the style sheet are
+redirected (303) to the sign-in page. Every POST but the sign-in carries the session's CSRF token (``csrf``
+field), and no POST may come with another site's ``Origin``; otherwise 403. Changes go through the same services as
 the API (``runtime.revocation``) with the token's principal as the actor (``token:<id>:<name>``).
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
+from yarl import URL
 
 from trustkit import paging
 from trustkit.problems import DomainError
@@ -53,7 +55,7 @@ HEADERS = {
     "Content-Security-Policy": "default-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
                                "object-src 'none'",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
 }
@@ -94,6 +96,21 @@ def is_https(request: web.Request) -> bool:
         return bool(forwarded) and str(forwarded[-1].get("proto", "")).lower() == "https"
     proto = request.headers.get("X-Forwarded-Proto", "")
     return proto.rpartition(",")[2].strip().lower() == "https"
+
+
+def same_origin(request: web.Request) -> bool:
+    """Whether a POST comes from our own pages: no ``Origin`` (a client that is no browser), or ours (this
+    request's scheme and Host, or `server.base_url`'s). A defence beside the CSRF token, and the one the
+    sign-in form has (a page elsewhere cannot sign a browser into the attacker's session)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    own = f"{'https' if is_https(request) else 'http'}://{request.host}"
+    base = URL(_runtime(request).settings.server.public_base_url())
+    allowed = {own.lower()}
+    if base.is_absolute():
+        allowed.add(str(base.origin()).lower())
+    return origin.strip().lower() in allowed
 
 
 def _header_user(request: web.Request) -> str | None:
@@ -190,6 +207,8 @@ async def _guarded(request: web.Request, handler) -> web.StreamResponse:
         return _redirect(PREFIX + "/login")
     request[SESSION_ID], request[SESSION] = found
     if request.method not in ("GET", "HEAD"):
+        if not same_origin(request):
+            return _error_page(request, 403, "Forbidden", "this form was posted from another site")
         form = await read_form(request)
         given = form.get("csrf")
         if not csrf_matches(request[SESSION_ID], given if isinstance(given, str) else None):
@@ -229,6 +248,9 @@ async def login_page(request: web.Request) -> web.Response:
 
 async def login(request: web.Request) -> web.Response:
     runtime = _runtime(request)
+    if not same_origin(request):
+        return _page(request, "login.jinja2", {"error": "This form was posted from another site.",
+                                               "header_signin": False}, status=403)
     form = await read_form(request)
     token = form.get("token")
     granted = None
@@ -248,7 +270,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
-    await _runtime(request).console.end(request[SESSION_ID])
+    await _runtime(request).console.end(request[SESSION_ID], actor=request[SESSION].principal)
     response = _redirect(PREFIX + "/login")
     response.del_cookie(COOKIE, path=PREFIX + "/")
     return response

@@ -16,7 +16,7 @@ from .conftest import CSRF, open_console
 PAGES = ("/admin/", "/admin/certificates", "/admin/certificates/1a2b", "/admin/certificates/1a2b/revoke",
          "/admin/certificates/1a2b/hold", "/admin/certificates/1a2b/release", "/admin/nothing-here",
          "/admin/certificates?status=valid")
-HEADERS = {"X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+HEADERS = {"X-Frame-Options": "DENY", "Referrer-Policy": "same-origin", "Cache-Control": "no-store"}
 
 
 def assert_secure_headers(headers) -> None:
@@ -156,6 +156,35 @@ async def test_state_changes_need_this_sessions_csrf_token(console):
         actor = (await conn.execute(sa.select(events.c.actor).where(
             events.c.subject == serial, events.c.kind == "pki.cert.revoke"))).scalar()
     assert actor == f"token:{console.admin_id}:console-admin"
+
+
+async def test_posts_from_another_origin_are_refused(console):
+    serial = await console.issue()
+    evil = {"Origin": "http://evil.example"}
+    status, headers, _ = await console.post("/admin/login", {"token": console.admin}, headers=evil)
+    assert status == 403 and "Set-Cookie" not in headers  # no login CSRF into an attacker's session
+    cookie, _ = await console.sign_in(headers={"Origin": console.url})
+    csrf = await console.csrf(cookie)
+    for origin in ("http://evil.example", "null", console.url + ".evil.example"):
+        status, _, text = await console.post(f"/admin/certificates/{serial}/hold", {"csrf": csrf}, cookie,
+                                             headers={"Origin": origin})
+        assert status == 403 and "another site" in text, origin
+    assert (await console.srv.runtime.certificates.get(serial)).status.value == "valid"
+    status, _, _ = await console.post(f"/admin/certificates/{serial}/hold", {"csrf": csrf}, cookie,
+                                      headers={"Origin": console.url})
+    assert status == 303
+
+
+async def test_sign_in_and_out_are_audit_events(console):
+    cookie, _ = await console.sign_in()
+    csrf = await console.csrf(cookie)
+    await console.post("/admin/logout", {"csrf": csrf}, cookie)
+    async with console.srv.runtime.engine.connect() as conn:
+        rows = (await conn.execute(sa.select(events.c.kind, events.c.subject, events.c.actor).where(
+            events.c.kind.like("security.console.%")).order_by(events.c.id))).all()
+    actor = f"token:{console.admin_id}:console-admin"
+    assert [tuple(r) for r in rows] == [("security.console.signin", console.admin_id, actor),
+                                        ("security.console.signout", None, actor)]
 
 
 async def test_hold_and_release_through_the_forms(console):
