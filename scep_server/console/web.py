@@ -6,6 +6,8 @@
     GET  /admin/certificates                   the inventory: filters and cursor pages (the API's query service)
     GET  /admin/certificates/{serial}          one certificate: subject, SANs, validity, binding, events
     GET|POST /admin/certificates/{serial}/{revoke|hold|release}   a confirmation form, then the change
+    GET  /admin/enrolments                     pending (or decided) enrolments; GET /admin/enrolments/confirm and
+                                               POST /admin/enrolments/decide approve or reject one
     GET  /admin/static/...                     the style sheet
 
 Every answer carries a strict Content-Security-Policy (no inline script or style), ``X-Frame-Options: DENY``,
@@ -27,7 +29,7 @@ from aiohttp import web
 from yarl import URL
 
 from trustkit import paging
-from trustkit.problems import DomainError
+from trustkit.problems import BadRequest, DomainError, NotFound, Unprocessable
 
 from ..appkeys import RUNTIME
 from ..ca.inventory import CERT_KEY
@@ -350,6 +352,89 @@ async def change(request: web.Request) -> web.Response:
     return _redirect(f"{PREFIX}/certificates/{serial}")
 
 
+# --- pending enrolments (the challenge capability) -------------------------------------------------------
+
+DECISIONS = ("approve", "reject")
+
+
+def _enrolment_states() -> tuple[str, ...]:
+    from ..challenge.service import ENROLMENT_STATES
+
+    return (*ENROLMENT_STATES, "all")
+
+
+def _challenges_on(request: web.Request) -> None:
+    if _runtime(request).challenges is None:
+        raise web.HTTPNotFound()  # [challenge] enabled = false: no pending enrolments here
+
+
+def _enrolment_key(values: Any) -> tuple[str, str]:
+    """(profile, transaction id) of a query or form; 400 unless both are short printable texts."""
+    profile, txid = values.get("profile"), values.get("transaction_id")
+    for name, value, cap in (("profile", profile, 64), ("transaction_id", txid, 255)):
+        if not (isinstance(value, str) and 0 < len(value) <= cap and value.isprintable()):
+            raise BadRequest(f"{name}: 1 to {cap} printable characters", code="invalid_input")
+    return profile, txid
+
+
+async def enrolment_list(request: web.Request) -> web.Response:
+    from ..challenge.service import ENROLMENT_KEY, enrolments
+
+    _challenges_on(request)
+    state = request.query.get("state", "pending")
+    profile = request.query.get("profile") or None
+    error, rows, next_url = None, [], None
+    try:
+        if state not in _enrolment_states():
+            raise BadRequest(f"state: one of {', '.join(_enrolment_states())}", code="invalid_input")
+        if profile is not None and (len(profile) > 64 or not profile.isprintable()):
+            raise BadRequest("profile: a profile name (at most 64 printable characters)", code="invalid_input")
+        page = await enrolments(_runtime(request).engine, paging.page_request(request.query, ENROLMENT_KEY, default=50),
+                                state=None if state == "all" else state, profile=profile)
+        rows, next_url = page.items, paging.next_link(request.rel_url, page)
+    except BadRequest as exc:
+        error = exc.detail
+    return _page(request, "enrolments.jinja2", {"state": state, "profile": profile or "", "rows": rows,
+                                                "states": _enrolment_states(), "next_url": next_url,
+                                                "error": error}, status=400 if error else 200)
+
+
+async def enrolment_confirm(request: web.Request) -> web.Response:
+    _challenges_on(request)
+    profile, txid = _enrolment_key(request.query)
+    decision = request.query.get("decision")
+    if decision not in DECISIONS:
+        raise BadRequest("decision: approve or reject", code="invalid_input")
+    return _page(request, "enrolment_confirm.jinja2", {"profile": profile, "transaction_id": txid,
+                                                       "decision": decision})
+
+
+async def enrolment_decide(request: web.Request) -> web.Response:
+    from ..enrolment import ApprovalRefused
+    from ..profiles import UnknownProfile
+
+    _challenges_on(request)
+    form = _form(request)
+    profile, txid = _enrolment_key(form)
+    decision = form.get("decision")
+    if decision not in DECISIONS:
+        raise BadRequest("decision: approve or reject", code="invalid_input")
+    reason = form.get("reason")
+    reason = reason[:500] if isinstance(reason, str) and reason.strip() else None
+    scep = _runtime(request).scep
+    assert scep is not None  # the server always opens it
+    try:
+        await scep.decide(profile, txid, approve=decision == "approve", actor=request[SESSION].principal,
+                          reason=reason)
+    except UnknownProfile as exc:
+        raise NotFound(str(exc)) from None
+    except ApprovalRefused as exc:
+        raise Unprocessable(str(exc)) from None
+    except LookupError as exc:  # no such pending enrolment
+        raise NotFound(str(exc)) from None
+    return _redirect(PREFIX + "/enrolments?state=all")
+
+
 def console_app() -> web.Application:
     app = web.Application(middlewares=[console_middleware])
     env = aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(str(HERE / "templates")),
@@ -364,6 +449,9 @@ def console_app() -> web.Application:
     app.router.add_get("/certificates/{serial}", certificate)
     app.router.add_get("/certificates/{serial}/{action}", confirm)
     app.router.add_post("/certificates/{serial}/{action}", change)
+    app.router.add_get("/enrolments", enrolment_list)
+    app.router.add_get("/enrolments/confirm", enrolment_confirm)
+    app.router.add_post("/enrolments/decide", enrolment_decide)
     app.router.add_static("/static", HERE / "static", append_version=False)
     return app
 

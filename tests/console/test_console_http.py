@@ -298,3 +298,50 @@ async def test_console_can_be_switched_off(aiohttp_server, tmp_path, db_url):
         assert console.srv.runtime.console is None
     finally:
         await console.http.close()
+
+
+async def _pending(console, txid: str, cn: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from scep_server.store.tables import scep_transactions
+    from tests.factories import csr
+
+    der = csr(console.key, cn).public_bytes(serialization.Encoding.DER)
+    now = console.srv.runtime.clock()
+    async with console.srv.runtime.engine.begin() as conn:
+        await conn.execute(scep_transactions.insert().values(
+            profile="default", transaction_id=txid, state="pending", message_type=19, csr_der=der,
+            public_key_sha256="0" * 64, created_at=now, updated_at=now))
+
+
+async def test_pending_enrolments_are_approved_and_rejected_through_forms(console):
+    await _pending(console, "tx-approve", "pending-1")
+    await _pending(console, "tx <b>&reject", "pending-2")
+    cookie, _ = await console.sign_in()
+    status, _, text = await console.get("/admin/enrolments", cookie)
+    assert status == 200 and 'data-transaction="tx-approve"' in text and "tx &lt;b&gt;&amp;reject" in text
+    href = re.search(r'href="(/admin/enrolments/confirm\?[^"]*tx-approve[^"]*decision=approve)"', text).group(1)
+    status, _, page = await console.get(href.replace("&amp;", "&"), cookie)
+    assert status == 200 and 'name="transaction_id" value="tx-approve"' in page
+    csrf = CSRF.search(page).group(1)
+    form = {"profile": "default", "transaction_id": "tx-approve", "decision": "approve"}
+    assert (await console.post("/admin/enrolments/decide", form, cookie))[0] == 403  # no CSRF token
+    status, headers, _ = await console.post("/admin/enrolments/decide", {**form, "csrf": csrf}, cookie)
+    assert status == 303 and headers["Location"] == "/admin/enrolments?state=all"
+    reject = {"profile": "default", "transaction_id": "tx <b>&reject", "decision": "reject", "reason": "unknown",
+              "csrf": csrf}
+    assert (await console.post("/admin/enrolments/decide", reject, cookie))[0] == 303
+    _, _, text = await console.get("/admin/enrolments?state=all", cookie)
+    actor = f"token:{console.admin_id}:console-admin"
+    assert text.count(actor) >= 2 and ">issued<" in text and ">rejected<" in text
+    # deciding again, or something that does not exist: a 4xx page
+    for bad, expected in (({**form, "csrf": csrf}, 404), ({**form, "profile": "nope", "csrf": csrf}, 404),
+                          ({**form, "decision": "maybe", "csrf": csrf}, 400),
+                          ({**form, "transaction_id": "", "csrf": csrf}, 400),
+                          ({**form, "transaction_id": "x" * 300, "csrf": csrf}, 400)):
+        status, headers, _ = await console.post("/admin/enrolments/decide", bad, cookie)
+        assert status == expected and headers["Content-Type"].startswith("text/html"), bad
+    for path in ("/admin/enrolments?state=bogus", "/admin/enrolments?cursor=%FF", "/admin/enrolments/confirm",
+                 "/admin/enrolments/confirm?profile=default&transaction_id=t&decision=x"):
+        assert (await console.get(path, cookie))[0] == 400, path
+    assert (await console.get("/admin/enrolments")) [0] == 303  # anonymous
