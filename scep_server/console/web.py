@@ -8,6 +8,8 @@
     GET|POST /admin/certificates/{serial}/{revoke|hold|release}   a confirmation form, then the change
     GET  /admin/enrolments                     pending (or decided) enrolments; GET /admin/enrolments/confirm and
                                                POST /admin/enrolments/decide approve or reject one
+    GET  /admin/devices, /admin/devices/{id}   devices (status filter, pages), one device with its certificates
+    GET|POST /admin/devices/{id}/{suspend|unsuspend|deactivate|reactivate|delete}   a confirmation form, the change
     GET  /admin/static/...                     the style sheet
 
 Every answer carries a strict Content-Security-Policy (no inline script or style), ``X-Frame-Options: DENY``,
@@ -435,6 +437,83 @@ async def enrolment_decide(request: web.Request) -> web.Response:
     return _redirect(PREFIX + "/enrolments?state=all")
 
 
+# --- devices (the binding capability) --------------------------------------------------------------------
+
+def _devices(request: web.Request):
+    from ..binding.service import services
+
+    runtime = _runtime(request)
+    if runtime.binding is None:
+        raise web.HTTPNotFound()  # [binding] enabled = false: no devices here
+    return services(runtime).devices
+
+
+def _device_id(request: web.Request) -> str:
+    from ..binding.service import is_device_id
+
+    device_id = request.match_info["device_id"]
+    if not is_device_id(device_id):
+        raise BadRequest("device id: letters, digits and . _ : - (at most 64)", code="invalid_input")
+    return device_id
+
+
+def _device_actions(status: str) -> list[str]:
+    return {"active": ["suspend", "deactivate", "delete"], "suspended": ["unsuspend", "deactivate", "delete"],
+            "deactivated": ["reactivate", "delete"]}.get(status, [])
+
+
+async def device_list(request: web.Request) -> web.Response:
+    from ..binding.service import DEVICE_KEY, DEVICE_STATUSES
+
+    devices = _devices(request)
+    status = request.query.get("status", "")
+    error, rows, next_url = None, [], None
+    try:
+        if status and status not in DEVICE_STATUSES:
+            raise BadRequest(f"status: one of {', '.join(DEVICE_STATUSES)}", code="invalid_input")
+        page = await devices.page(paging.page_request(request.query, DEVICE_KEY, default=50), status=status or None)
+        rows, next_url = [d.to_json() for d in page.items], paging.next_link(request.rel_url, page)
+    except BadRequest as exc:
+        error = exc.detail
+    return _page(request, "devices.jinja2", {"status": status, "statuses": DEVICE_STATUSES, "rows": rows,
+                                             "next_url": next_url, "error": error}, status=400 if error else 200)
+
+
+async def device_page(request: web.Request) -> web.Response:
+    devices = _devices(request)
+    device_id = _device_id(request)
+    device = (await devices.get(device_id)).to_json()
+    return _page(request, "device.jinja2", {
+        "device": device, "bindings": [b.to_json() for b in await devices.bindings(device_id)],
+        "history": await devices.history(device_id), "actions": _device_actions(device["status"])})
+
+
+def _device_action(request: web.Request) -> str:
+    from ..binding.service import ACTIONS as DEVICE_ACTIONS
+
+    action = request.match_info["action"]
+    if action not in DEVICE_ACTIONS:
+        raise web.HTTPNotFound()
+    return action
+
+
+async def device_confirm(request: web.Request) -> web.Response:
+    devices = _devices(request)
+    action = _device_action(request)
+    device = (await devices.get(_device_id(request))).to_json()
+    return _page(request, "device_confirm.jinja2", {"device": device, "action": action})
+
+
+async def device_change(request: web.Request) -> web.Response:
+    devices = _devices(request)
+    action = _device_action(request)
+    device_id = _device_id(request)
+    reason = _form(request).get("reason")
+    reason = reason[:1000] if isinstance(reason, str) and reason.strip() else None
+    await devices.transition(device_id, action, actor=request[SESSION].principal, reason=reason)
+    return _redirect(f"{PREFIX}/devices/{device_id}")
+
+
 def console_app() -> web.Application:
     app = web.Application(middlewares=[console_middleware])
     env = aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(str(HERE / "templates")),
@@ -452,6 +531,10 @@ def console_app() -> web.Application:
     app.router.add_get("/enrolments", enrolment_list)
     app.router.add_get("/enrolments/confirm", enrolment_confirm)
     app.router.add_post("/enrolments/decide", enrolment_decide)
+    app.router.add_get("/devices", device_list)
+    app.router.add_get("/devices/{device_id}", device_page)
+    app.router.add_get("/devices/{device_id}/{action}", device_confirm)
+    app.router.add_post("/devices/{device_id}/{action}", device_change)
     app.router.add_static("/static", HERE / "static", append_version=False)
     return app
 

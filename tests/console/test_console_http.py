@@ -345,3 +345,38 @@ async def test_pending_enrolments_are_approved_and_rejected_through_forms(consol
                  "/admin/enrolments/confirm?profile=default&transaction_id=t&decision=x"):
         assert (await console.get(path, cookie))[0] == 400, path
     assert (await console.get("/admin/enrolments")) [0] == 303  # anonymous
+
+
+async def test_devices_list_and_lifecycle_through_forms(console):
+    from scep_server.binding.service import services
+
+    devices = services(console.srv.runtime).devices
+    await devices.create("laptop-1", name="<b>Ann's</b> laptop", actor="test")
+    await devices.create("laptop-2", name="spare", actor="test")
+    await devices.transition("laptop-2", "suspend", actor="test")
+    cookie, _ = await console.sign_in()
+    _, _, text = await console.get("/admin/devices?status=active", cookie)
+    assert 'data-device="laptop-1"' in text and 'data-device="laptop-2"' not in text
+    assert "&lt;b&gt;Ann&#39;s&lt;/b&gt; laptop" in text
+    _, _, text = await console.get("/admin/devices?limit=1", cookie)
+    assert 'id="next"' in text
+    status, _, text = await console.get("/admin/devices/laptop-1", cookie)
+    assert status == 200 and 'id="action-suspend"' in text and 'id="action-reactivate"' not in text
+    status, _, page = await console.get("/admin/devices/laptop-1/suspend", cookie)
+    csrf = CSRF.search(page).group(1)
+    assert (await console.post("/admin/devices/laptop-1/suspend", {"reason": "lost"}, cookie))[0] == 403
+    status, headers, _ = await console.post("/admin/devices/laptop-1/suspend", {"csrf": csrf, "reason": "lost"}, cookie)
+    assert status == 303 and headers["Location"] == "/admin/devices/laptop-1"
+    device = await devices.get("laptop-1")
+    assert device.status.value == "suspended" and device.status_changed_by == f"token:{console.admin_id}:console-admin"
+    _, _, text = await console.get("/admin/devices/laptop-1", cookie)
+    assert 'id="status">suspended' in text and 'id="action-unsuspend"' in text
+    # an action the state does not allow, an unknown device or action, a bad id or filter: a 4xx page
+    status, headers, _ = await console.post("/admin/devices/laptop-1/reactivate", {"csrf": csrf}, cookie)
+    assert 400 <= status < 500 and headers["Content-Type"].startswith("text/html")
+    for path, expected in (("/admin/devices/nobody", 404), ("/admin/devices/laptop-1/explode", 404),
+                           ("/admin/devices/%2Fetc", 400), ("/admin/devices/-x", 400),
+                           ("/admin/devices?status=gone", 400), ("/admin/devices?cursor=%FF", 400)):
+        status, _, _ = await console.get(path, cookie)
+        assert status == expected, (path, status)
+    assert (await console.post("/admin/devices/nobody/delete", {"csrf": csrf}, cookie))[0] == 404
