@@ -104,7 +104,7 @@ async def test_csrf_and_anonymous_pages(aiohttp_server, tmp_path, db_url, browse
         serial = await console.issue()
         async with page_of(browser, tmp_path, "anonymous") as page:
             for path in ("/admin/", "/admin/certificates", f"/admin/certificates/{serial}",
-                         f"/admin/certificates/{serial}/hold", "/admin"):
+                         f"/admin/certificates/{serial}/hold", "/admin/enrolments", "/admin/devices", "/admin"):
                 await page.goto(console.url + path)
                 assert page.url == console.url + "/admin/login", path
         async with page_of(browser, tmp_path, "csrf") as page:

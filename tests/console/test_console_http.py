@@ -15,7 +15,8 @@ from .conftest import CSRF, open_console
 
 PAGES = ("/admin/", "/admin/certificates", "/admin/certificates/1a2b", "/admin/certificates/1a2b/revoke",
          "/admin/certificates/1a2b/hold", "/admin/certificates/1a2b/release", "/admin/nothing-here",
-         "/admin/certificates?status=valid")
+         "/admin/certificates?status=valid", "/admin/enrolments", "/admin/enrolments/confirm", "/admin/devices",
+         "/admin/devices/laptop-1", "/admin/devices/laptop-1/suspend")
 HEADERS = {"X-Frame-Options": "DENY", "Referrer-Policy": "same-origin", "Cache-Control": "no-store"}
 
 
@@ -70,7 +71,8 @@ async def test_anonymous_requests_are_sent_to_sign_in(console):
         assert status == 303, path
         assert headers["Location"] in ("/admin/login", "/admin/"), path
         assert_secure_headers(headers)
-    for path in ("/admin/logout", "/admin/certificates/1a2b/revoke"):
+    for path in ("/admin/logout", "/admin/certificates/1a2b/revoke", "/admin/enrolments/decide",
+                 "/admin/devices/laptop-1/delete"):
         status, headers, _ = await console.post(path, {"csrf": "0" * 64})
         assert status == 303 and headers["Location"] == "/admin/login", path
     status, headers, _ = await console.get("/admin/", "not-a-session")  # an unknown cookie is no session
