@@ -66,6 +66,10 @@ def create_app(settings: Settings, *, clock: Clock = utcnow, metrics_sock: socke
     admin_profiles.add_routes(app)
     admin_tokens.add_routes(app)
     apidoc.add_routes(app)
+    if settings.console.enabled:  # the admin console's pages at /admin/
+        from .console import web as console_web
+
+        console_web.add_routes(app)
     for feature in loaded:
         feature.add_routes(app)
     return app

@@ -175,6 +175,29 @@ class AuditSettings(BaseModel):
     seal_interval: float = Field(1.0, gt=0, le=3600)  # seconds between two seals of a server process
 
 
+class ConsoleSettings(BaseModel):
+    """The admin console at /admin/ (scep_server/console; README "Console")."""
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    idle_timeout: int = Field(900, ge=60, le=86400)  # seconds without a request before a session ends
+    lifetime: int = Field(43200, ge=300, le=604800)  # seconds after sign-in when a session ends in any case
+    # sign-in by a header an authenticating (OIDC) reverse proxy sets, e.g. "X-Auth-Request-Email"; believed
+    # only from a TCP peer in trusted_header_networks
+    trusted_header: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")
+    trusted_header_networks: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_header_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not a network (CIDR, e.g. 10.0.0.0/8)") from None
+        return v
+
+
 class LogSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt `access` is an error, not an access log that never comes
 
@@ -259,6 +282,7 @@ class Settings(BaseModel):
     otp: OtpSection = OtpSection()
     challenge: ChallengeSection = ChallengeSection()
     metrics: MetricsSettings = MetricsSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     def database_url(self) -> str:
         return self.database.url or f"sqlite+aiosqlite:///{(self.data_dir / 'scep.db').resolve()}"

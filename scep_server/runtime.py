@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .ca.queries import CertificateQueries
     from .ca.revocation import RevocationService
     from .challenge.service import ChallengeService
+    from .console.sessions import ConsoleSessions
     from .crlwiring.service import CrlService
     from .enrolment import ScepService
     from .profiles import ProfileStore
@@ -69,12 +70,14 @@ class Uses:
     otp_kek: bool = True  # with ``otp``: the key-encryption key (commands that never seal nor open do without)
     binding: bool = False
     challenge: bool = False
+    console: bool = False  # the admin console's sessions
 
     @classmethod
     def server(cls, settings: Settings) -> "Uses":
         """Everything that is switched on (what `serve` and the application open)."""
         return cls(ca_keys=True, revocation=True, scep=True, crl=True, otp=settings.otp.enabled,
-                   binding=settings.binding.enabled, challenge=settings.challenge.enabled)
+                   binding=settings.binding.enabled, challenge=settings.challenge.enabled,
+                   console=settings.console.enabled)
 
     @classmethod
     def issuing(cls, settings: Settings) -> "Uses":
@@ -109,6 +112,7 @@ class Runtime:
     otp: "OtpService | None" = None
     binding: "BindingServices | None" = None
     challenges: "ChallengeService | None" = None
+    console: "ConsoleSessions | None" = None  # the admin console's sessions ([console] enabled, server only)
     readiness: Readiness = field(default_factory=Readiness)
     _profiles: "ProfileStore | None" = field(default=None, repr=False)
     _certificates: "CertificateQueries | None" = field(default=None, repr=False)
@@ -259,6 +263,11 @@ async def open_runtime(settings: Settings, *, clock: Clock = utcnow, uses: Uses 
 
                 runtime.binding = await stack.enter_async_context(open_binding(runtime))
             stack.push_async_callback(runtime.tokens.close)  # the last uses still queued, before the engine closes
+            if uses.console and settings.console.enabled:
+                from .console.sessions import ConsoleSessions
+
+                runtime.console = ConsoleSessions(engine, clock=clock, idle_timeout=settings.console.idle_timeout,
+                                                  lifetime=settings.console.lifetime)
             if uses.scep:
                 runtime.scep = await stack.enter_async_context(_open_scep(runtime))
             yield runtime

@@ -157,6 +157,26 @@ class TokenStore:
         self._note_use(grant.id, now)
         return grant
 
+    async def grant_of(self, token_id: str) -> Grant | None:
+        """The grant of the enabled, unexpired token with this id, or None (cached like :meth:`grant`, so a
+        disabled token is refused within ``cache_seconds``): what a console session checks at each request."""
+        key = "id:" + token_id
+        hit = self._cache.get(key)
+        if hit and hit[0] > time.monotonic():
+            grant = hit[1]
+        else:
+            async with self._engine.connect() as conn:
+                row = (await conn.execute(sa.select(api_tokens.c.id, api_tokens.c.scope, api_tokens.c.name,
+                                                    api_tokens.c.expires_at).where(
+                    api_tokens.c.id == token_id, api_tokens.c.disabled_at.is_(None)))).first()
+            grant = Grant(row.id, row.scope, row.name, aware(row.expires_at)) if row else None
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key] = (time.monotonic() + self._ttl, grant)
+        if grant is None or (grant.expires_at is not None and grant.expires_at <= self._clock()):
+            return None
+        return grant
+
     def _note_use(self, token_id: str, now: datetime) -> None:
         """Queue a last_used_at write unless one was queued for this token within the period."""
         mono = time.monotonic()

@@ -109,6 +109,22 @@ api_tokens = sa.Table(
     sa.Index("ix_api_tokens_created", "created_at", "id"),  # the list's page order
 )
 
+# The admin console's sessions (scep_server/console/sessions.py): the cookie holds a random id, the row only
+# its SHA-256. token_id: the admin token signed in with (None for a trusted-header sign-in).
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("id_sha256", sa.String(64), primary_key=True),
+    sa.Column("token_id", sa.String(32)),
+    sa.Column("principal", sa.String(255), nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("last_seen_at", TS, nullable=False),
+    sa.Column("expires_at", TS, nullable=False),  # the absolute lifetime's end
+    sa.Column("ended_at", TS),  # signed out, or ended by the server
+    sa.Index("ix_console_sessions_token", "token_id"),
+    sa.Index("ix_console_sessions_expires", "expires_at"),
+)
+
 events = sa.Table(
     "events",
     metadata,

@@ -36,7 +36,8 @@ async def _database(runtime) -> str:
 
 
 async def check_details(runtime) -> dict[str, str]:
-    """Every readiness check computed now: name -> "ok" or "error: ..." (also the metrics' readiness gauge)."""
+    """Every readiness check computed now: name -> "ok" or "error: ..." (the metrics' readiness gauge and the
+    admin console show them)."""
     details: dict[str, str] = {}
     try:
         details["database"] = await _database(runtime)

@@ -23,8 +23,10 @@ def fresh_otp(key) -> str:
         return key.otp(usage_ctr=key.usage_ctr + 1, session_use=0)
     return key.otp()
 
+# The console's pages (/admin) authenticate by their own session cookie, never by a bearer token: anonymous
+# callers are redirected to the sign-in page (tests/console).
 PUBLIC_PREFIXES = ("/scep/", "/ca/", "/crl/", "/healthz", "/readyz", "/wsapi/", "/metrics", "/api/v1/openapi.json",
-                   "/api/v1/docs")
+                   "/api/v1/docs", "/admin")
 BASIC_ROUTES = {"/scep/{profile}/challenge"}
 SIGNIN_ROUTES = {"/api/v1/attestation/challenge", "/api/v1/attestation/verify", "/api/v1/otp/verify"}
 # Protocol 2.0 answers 200 to everyone; the verdict is in the body.
@@ -32,7 +34,9 @@ IN_BODY_VERDICT = {"/wsapi/2.0/verify"}
 # Routes that take a body that is not JSON (SCEP messages, a secrets file, the protocol's form) or none.
 NOT_JSON = {"/scep/{profile}", "/scep/{profile}/", "/scep/{profile}/pkiclient.exe",
             "/scep/{profile}/cgi-bin/pkiclient.exe", "/wsapi/2.0/verify", "/api/v1/yubikeys/import",
-            "/api/v1/yubikeys/{serial}/revoke", "/api/v1/yubikeys/{serial}", "/api/v1/otp-clients/{id}/disable"}
+            "/api/v1/yubikeys/{serial}/revoke", "/api/v1/yubikeys/{serial}", "/api/v1/otp-clients/{id}/disable",
+            "/admin/login", "/admin/logout", "/admin/certificates/{serial}/{action}", "/admin/enrolments/decide",
+            "/admin/devices/{device_id}/{action}"}  # the console's forms
 
 
 def required(canonical: str) -> str:
