@@ -52,14 +52,6 @@ async def serve_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
 
-@web.middleware
-async def count_requests(request: web.Request, handler):
-    try:
-        return await handler(request)
-    finally:
-        metrics.request_served()
-
-
 def install(app: web.Application, settings: Settings, *, sock: socket.socket | None = None) -> None:
     """Turn recording on in this process and serve /metrics (on the app, or on the metrics address). Call it
     after the runtime's cleanup context is added: the metrics listener starts after the services and stops
@@ -70,7 +62,7 @@ def install(app: web.Application, settings: Settings, *, sock: socket.socket | N
     token = section.token()
     digest = hashlib.sha256(token.encode()).digest() if token is not None else None
     metrics.activate()
-    app.middlewares.insert(0, count_requests)  # first: every answer counts, refusals included
+    # every answer is counted by the outermost middleware (scep_server.web.access), refusals included
     if section.listen is None:
         app[_TOKEN] = digest
         app.router.add_get("/metrics", serve_metrics)
