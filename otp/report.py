@@ -1,13 +1,13 @@
 """The YubiKey report: filters, rows and their table / CSV / JSON renderings (Okta "View Report")."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time, timezone
 from typing import Any, Mapping
+
+from trustkit import spreadsheet
 
 from .errors import InvalidInput
 from .tables import STATUSES
@@ -179,22 +179,8 @@ def _row_cells(row: KeyReport, columns: tuple[str, ...], *, former_user_in_brack
     return cells
 
 
-# A spreadsheet reads a cell that starts with one of these as a formula (or strips the blank before one).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_safe(cell: str) -> str:
-    """A cell a spreadsheet shows as text: a leading formula character is escaped with a quote."""
-    return "'" + cell if cell.startswith(_FORMULA_START) else cell
-
-
 def render_csv(rows: list[KeyReport]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\r\n")
-    w.writerow(CSV_COLUMNS)
-    for r in rows:
-        w.writerow([csv_safe(c) for c in _row_cells(r, CSV_COLUMNS)])
-    return buf.getvalue()
+    return spreadsheet.render_csv(CSV_COLUMNS, (_row_cells(r, CSV_COLUMNS) for r in rows))
 
 
 def render_json(rows: list[KeyReport], with_history: bool = True) -> str:

@@ -30,6 +30,16 @@ class ConfigError(Exception):
     """The configuration is invalid; the message names the key."""
 
 
+def _networks(v: list[str]) -> list[str]:
+    """The value of a setting listing networks (CIDR), each checked."""
+    for net in v:
+        try:
+            ip_network(net, strict=False)
+        except ValueError:
+            raise ValueError(f"{net!r} is not a network (CIDR, e.g. 10.0.0.0/8)") from None
+    return v
+
+
 class ServerSettings(BaseModel):
     listen: str = "127.0.0.1:8080"
     workers: int = Field(1, ge=1, le=64)
@@ -46,12 +56,7 @@ class ServerSettings(BaseModel):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, v: list[str]) -> list[str]:
-        for net in v:
-            try:
-                ip_network(net, strict=False)
-            except ValueError:
-                raise ValueError(f"{net!r} is not a network (CIDR, e.g. 10.0.0.0/8)") from None
-        return v
+        return _networks(v)
 
     @field_validator("listen")
     @classmethod
@@ -190,12 +195,7 @@ class ConsoleSettings(BaseModel):
     @field_validator("trusted_header_networks")
     @classmethod
     def _networks(cls, v: list[str]) -> list[str]:
-        for net in v:
-            try:
-                ip_network(net, strict=False)
-            except ValueError:
-                raise ValueError(f"{net!r} is not a network (CIDR, e.g. 10.0.0.0/8)") from None
-        return v
+        return _networks(v)
 
 
 class LogSettings(BaseModel):

@@ -137,18 +137,7 @@ class TokenStore:
     async def grant(self, token: str) -> Grant | None:
         """The grant of an enabled, unexpired token, or None; notes the use (see :meth:`_note_use`)."""
         digest = _digest(token)
-        hit = self._cache.get(digest)
-        if hit and hit[0] > time.monotonic():
-            grant = hit[1]
-        else:
-            async with self._engine.connect() as conn:
-                row = (await conn.execute(sa.select(api_tokens.c.id, api_tokens.c.scope, api_tokens.c.name,
-                                                    api_tokens.c.expires_at).where(
-                    api_tokens.c.token_sha256 == digest, api_tokens.c.disabled_at.is_(None)))).first()
-            grant = Grant(row.id, row.scope, row.name, aware(row.expires_at)) if row else None
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[digest] = (time.monotonic() + self._ttl, grant)
+        grant = await self._cached(digest, api_tokens.c.token_sha256 == digest)
         if grant is None:
             return None
         now = self._clock()
@@ -160,21 +149,24 @@ class TokenStore:
     async def grant_of(self, token_id: str) -> Grant | None:
         """The grant of the enabled, unexpired token with this id, or None (cached like :meth:`grant`, so a
         disabled token is refused within ``cache_seconds``): what a console session checks at each request."""
-        key = "id:" + token_id
-        hit = self._cache.get(key)
-        if hit and hit[0] > time.monotonic():
-            grant = hit[1]
-        else:
-            async with self._engine.connect() as conn:
-                row = (await conn.execute(sa.select(api_tokens.c.id, api_tokens.c.scope, api_tokens.c.name,
-                                                    api_tokens.c.expires_at).where(
-                    api_tokens.c.id == token_id, api_tokens.c.disabled_at.is_(None)))).first()
-            grant = Grant(row.id, row.scope, row.name, aware(row.expires_at)) if row else None
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[key] = (time.monotonic() + self._ttl, grant)
+        grant = await self._cached("id:" + token_id, api_tokens.c.id == token_id)
         if grant is None or (grant.expires_at is not None and grant.expires_at <= self._clock()):
             return None
+        return grant
+
+    async def _cached(self, key: str, which: sa.ColumnElement[bool]) -> Grant | None:
+        """The grant of the enabled token `which` selects (expired or not), from the cache while it is fresh."""
+        hit = self._cache.get(key)
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(sa.select(api_tokens.c.id, api_tokens.c.scope, api_tokens.c.name,
+                                                api_tokens.c.expires_at).where(
+                which, api_tokens.c.disabled_at.is_(None)))).first()
+        grant = Grant(row.id, row.scope, row.name, aware(row.expires_at)) if row else None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[key] = (time.monotonic() + self._ttl, grant)
         return grant
 
     def _note_use(self, token_id: str, now: datetime) -> None:

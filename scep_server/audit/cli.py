@@ -1,33 +1,24 @@
 """`scep-server audit list|verify`: the audit trail on the command line."""
 from __future__ import annotations
 
-import csv
-import io
 import json
 
 import click
 
 from ..clictx import Context, pass_ctx, run
+from trustkit import spreadsheet
+
 from ..clipaging import collect, paging_options, say_more
 
 CSV_COLUMNS = ("id", "at", "kind", "subject", "actor", "data", "chain_seq", "chain_hash")
-# A spreadsheet reads a cell that starts with one of these as a formula (as otp.report.csv_safe escapes them).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_safe(cell: str) -> str:
-    """A cell a spreadsheet shows as text: a leading formula character is escaped with a quote."""
-    return "'" + cell if cell.startswith(_FORMULA_START) else cell
 
 
 def render_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\r\n")
-    w.writerow(CSV_COLUMNS)
-    for r in rows:
-        cells = {**r, "data": json.dumps(r["data"], sort_keys=True, separators=(",", ":"))}
-        w.writerow([csv_safe("" if cells[c] is None else str(cells[c])) for c in CSV_COLUMNS])
-    return buf.getvalue()
+    def cells(r: dict) -> list[str]:
+        values = {**r, "data": json.dumps(r["data"], sort_keys=True, separators=(",", ":"))}
+        return ["" if values[c] is None else str(values[c]) for c in CSV_COLUMNS]
+
+    return spreadsheet.render_csv(CSV_COLUMNS, (cells(r) for r in rows))
 
 
 @click.group()
