@@ -31,7 +31,6 @@ import multiprocessing as mp
 import os
 import pickle
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -70,55 +69,22 @@ def access_log_setting() -> bool:
     return "access" in LogSettings.model_fields
 
 
-class Server:
+class Server(scep_enroll.Server):
     """One `scep-server serve` instance with the observability of `mode`."""
 
     def __init__(self, mode: str, data_dir: Path, db_url: str | None, workers: int, log_path: Path, *,
                  observe: bool = True):
         self.mode = mode
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         on = mode == "on" and observe
-        env = {**os.environ, "SCEP_SERVER_CA__KEY_SIZE": "2048", "SCEP_SERVER_LOG__LEVEL": "info",
-               "PYTHONUNBUFFERED": "1", "SCEP_SERVER_METRICS__ENABLED": "true" if on else "false"}
+        env = {"SCEP_SERVER_METRICS__ENABLED": "true" if on else "false"}
         if access_log_setting():
             env["SCEP_SERVER_LOG__ACCESS"] = "true" if on else "false"
-        if db_url:
-            env["SCEP_SERVER_DATABASE__URL"] = db_url
-        self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scep_server.cli", "--data-dir", str(data_dir), "serve",
-             "--listen", f"127.0.0.1:{self.port}", "--workers", str(workers)],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + 90
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the {mode} server exited with {self.proc.returncode}; see {log_path}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the server did not start in 90 s")
-                time.sleep(0.1)
-        time.sleep(1.0)  # the other workers
+        super().__init__(data_dir, db_url, workers, log_path, env_extra=env, name=f"the {mode} server")
         self.pids = server_pids(self.proc)
 
     def cpu(self) -> float:
         """CPU seconds used so far by the supervisor and its workers."""
         return cpu_seconds(self.pids)
-
-    def get(self, path: str) -> bytes:
-        with urllib.request.urlopen(self.url + path, timeout=10) as resp:
-            return resp.read()
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 class Scraper:

@@ -221,11 +221,12 @@ def _worker_pids(pid: int) -> list[int]:
 
 
 class Server:
-    def __init__(self, data_dir: Path, db_url: str | None, workers: int, log_path: Path):
+    def __init__(self, data_dir: Path, db_url: str | None, workers: int, log_path: Path, *,
+                 env_extra: dict[str, str] | None = None, name: str = "the server"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "SCEP_SERVER_CA__KEY_SIZE": "2048", "SCEP_SERVER_LOG__LEVEL": "info",
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1", **(env_extra or {})}
         if db_url:
             env["SCEP_SERVER_DATABASE__URL"] = db_url
         self.log = open(log_path, "wb")
@@ -236,7 +237,7 @@ class Server:
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
-                raise SystemExit(f"the server exited with {self.proc.returncode}; see {log_path}")
+                raise SystemExit(f"{name} exited with {self.proc.returncode}; see {log_path}")
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1):
                     break
