@@ -179,6 +179,11 @@ def _row_cells(row: KeyReport, columns: tuple[str, ...], *, former_user_in_brack
     return cells
 
 
+def csv_cells(row: KeyReport) -> list[str]:
+    """The cells of a row as the CSV carries them (before spreadsheet escaping), for pages showing what it holds."""
+    return _row_cells(row, CSV_COLUMNS)
+
+
 def render_csv(rows: list[KeyReport]) -> str:
     return spreadsheet.render_csv(CSV_COLUMNS, (_row_cells(r, CSV_COLUMNS) for r in rows))
 
