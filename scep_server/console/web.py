@@ -63,6 +63,7 @@ FORM = web.RequestKey("console_form", object)  # the checked form of a POST
 UPLOAD = web.RequestKey("console_upload", bytes)  # the file of a multipart POST (the YubiKey import)
 MAX_FIELD_BYTES = 4096  # a text field of a multipart form (the CSRF token, a step, a digest)
 MAX_PARTS = 16
+IMPORT_PATH = PREFIX + "/yubikeys/import"  # the one form posted as multipart/form-data
 NEW_COOKIE = web.RequestKey("console_new_cookie", str)  # a session opened by the trusted header
 PUBLIC = {"/admin/login"}  # besides the static files
 ACTIONS = ("revoke", "hold", "release")
@@ -235,12 +236,12 @@ async def _guarded(request: web.Request, handler) -> web.StreamResponse:
 
 
 async def read_form(request: web.Request) -> Any:
-    """The POSTed form (application/x-www-form-urlencoded, what the pages send), or an empty one when the body
-    is of another type or does not decode: then the CSRF token and the sign-in token are missing (403), never
+    """The POSTed form (application/x-www-form-urlencoded, what the pages send; multipart/form-data to the
+    YubiKey import only), or an empty one when the body is of another type or does not decode: then the CSRF token and the sign-in token are missing (403), never
     a 500."""
     from multidict import MultiDict
 
-    if request.content_type == "multipart/form-data":
+    if request.content_type == "multipart/form-data" and request.path == IMPORT_PATH:
         return await _read_multipart(request)
     if request.content_type != "application/x-www-form-urlencoded":
         return MultiDict()
@@ -255,6 +256,7 @@ async def _read_multipart(request: web.Request) -> Any:
     the API's bound on an import (``[otp] import_max_bytes``: 413 beyond it); an empty form when it does not
     parse."""
     from aiohttp import BodyPartReader
+    from aiohttp.http_exceptions import HttpProcessingError
     from multidict import MultiDict
 
     otp = _runtime(request).otp
@@ -284,7 +286,7 @@ async def _read_multipart(request: web.Request) -> Any:
                 request[UPLOAD] = bytes(data)
             elif part.name:
                 form.add(part.name, data.decode("utf-8"))
-    except (ValueError, AssertionError, UnicodeDecodeError):  # aiohttp's reader on a body that is not multipart
+    except (ValueError, AssertionError, UnicodeDecodeError, HttpProcessingError):  # a body that is not multipart
         return MultiDict()
     return form
 

@@ -184,6 +184,9 @@ async def test_import_hostile_bodies_end_in_4xx(console):
     token = await console.csrf(cookie, "/admin/yubikeys/import")
     hdrs = {"Cookie": f"console_session={cookie}"}
     for body, ctype in ((b"garbage", "multipart/form-data; boundary=xyz"), (b"--xyz\r\n\r\n", "multipart/form-data"),
+                        (b"--xyz\r\nnot a part", "multipart/form-data; boundary=xyz"),
+                        (b"--xyz\r\nContent-Disposition: form-data; name=csrf\r\n\r\n" + b"a" * 5000 + b"\r\n--xyz--\r\n",
+                         "multipart/form-data; boundary=xyz"),
                         (f"csrf={token}&step=preview".encode(), "application/x-www-form-urlencoded")):
         async with console.http.post(console.url + "/admin/yubikeys/import", data=body,
                                      headers={**hdrs, "Content-Type": ctype}) as r:
