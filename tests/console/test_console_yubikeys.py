@@ -137,7 +137,8 @@ async def test_filters_counts_and_a_csv_of_exactly_the_page_shown(console, keys)
 @pytest.mark.parametrize("query", ["status=LOST", "serial=abc", "serial=99999999999", "serial=%C2%B2",
                                    "imported_after=yesterday", "enrolled_before=2026-13-01", "limit=0",
                                    "limit=-1", "cursor=not-a-cursor", "exclude_deleted=maybe", "user=%00",
-                                   "public_id=" + "x" * 300])
+                                   "public_id=" + "x" * 300, "imported_after=0001-01-01T00:00:00%2B01:00",
+                                   "last_used_before=9999-12-31T23:59:59-01:00"])
 async def test_bad_filter_values_give_a_400_page(console, query):
     cookie, _ = await console.sign_in()
     status, headers, text = await console.get(f"/admin/yubikeys?{query}", cookie)
