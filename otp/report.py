@@ -31,7 +31,12 @@ def parse_when(value: str, name: str) -> datetime:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise InvalidInput(f"{name}: {value!r} is not an ISO date (YYYY-MM-DD) or date-time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=timezone.utc)
+    try:  # in UTC, as the database compares it: an offset must not carry it past year 1 or 9999
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:
+        raise InvalidInput(f"{name}: {value!r} is out of range") from None
 
 
 # ASCII digits only: str.isdigit() and int() also take other scripts' digits, and isdigit() takes '²'.
@@ -177,6 +182,11 @@ def _row_cells(row: KeyReport, columns: tuple[str, ...], *, former_user_in_brack
         else:
             cells.append(_cell(getattr(row, c)))
     return cells
+
+
+def csv_cells(row: KeyReport) -> list[str]:
+    """The cells of a row as the CSV carries them (before spreadsheet escaping), for pages showing what it holds."""
+    return _row_cells(row, CSV_COLUMNS)
 
 
 def render_csv(rows: list[KeyReport]) -> str:

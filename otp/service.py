@@ -559,12 +559,11 @@ class OtpService:
         rows = await self._report(flt, page.limit + 1, page.after, with_history)
         return paging.take(rows, page.limit, key=lambda r: (r.serial, r.key_id))
 
-    async def _report(self, flt: ReportFilter, limit: int | None, start: tuple | None,
-                      with_history: bool) -> list[KeyReport]:
-        """Keys matching the filters, ordered by serial; every key ever assigned stays listed."""
+    def _where(self, flt: ReportFilter, *, with_status: bool = True) -> list[Any]:
+        """The report's filters as conditions on the keys' table."""
         t = otp_yubikeys
         where: list[Any] = []
-        if flt.status:
+        if flt.status and with_status:
             where.append(t.c.status == flt.status)
         if flt.serial is not None:
             where.append(t.c.serial == flt.serial)
@@ -581,7 +580,16 @@ class OtpService:
                 where.append(col < before)
         if not flt.include_deleted:
             where.append(t.c.deleted_at.is_(None))
-        rows = await self.store.report_rows(where, limit, start)
+        return where
+
+    async def status_counts(self, flt: ReportFilter = ReportFilter()) -> dict[str, int]:
+        """How many keys of each status match the filters other than the status (the report's totals)."""
+        return await self.store.status_counts(self._where(flt, with_status=False))
+
+    async def _report(self, flt: ReportFilter, limit: int | None, start: tuple | None,
+                      with_history: bool) -> list[KeyReport]:
+        """Keys matching the filters, ordered by serial; every key ever assigned stays listed."""
+        rows = await self.store.report_rows(self._where(flt), limit, start)
         history = await self.store.history([r["id"] for r in rows]) if with_history else {}
         out = []
         for r in rows:

@@ -535,6 +535,13 @@ class OtpStore:
             out.append(d)
         return out
 
+    async def status_counts(self, where: Sequence[Any]) -> dict[str, int]:
+        """How many keys matching `where` each status has (every status named, zeros included)."""
+        stmt = sa.select(k.c.status, sa.func.count()).where(*where).group_by(k.c.status)
+        async with self.engine.connect() as conn:
+            found = {status: n for status, n in (await conn.execute(stmt)).all()}
+        return {status: int(found.get(status, 0)) for status in (UNASSIGNED, ACTIVE, REVOKED)}
+
     async def history(self, key_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
         out: dict[int, list[dict[str, Any]]] = {i: [] for i in key_ids}
         e = otp_events

@@ -10,6 +10,15 @@
                                                POST /admin/enrolments/decide approve or reject one
     GET  /admin/devices, /admin/devices/{id}   devices (status filter, pages), one device with its certificates
     GET|POST /admin/devices/{id}/{suspend|unsuspend|deactivate|reactivate|delete}   a confirmation form, the change
+    GET  /admin/yubikeys                       the YubiKey report: every filter of `yubikey report`, counts per
+                                               status (of the other filters), cursor pages; GET /admin/yubikeys.csv
+                                               with the same query downloads exactly that page (render_csv)
+    GET|POST /admin/yubikeys/import            a secrets file: "preview" (a dry run naming every bad line, nothing
+                                               imported), then "import" (all or nothing): the admin chooses the
+                                               file again and the form carries only the preview's SHA-256, so no
+                                               secret goes into a page nor stays on the server between the steps
+    GET|POST /admin/yubikeys/{serial}/{revoke|delete}   a confirmation form, the change (an ACTIVE key cannot be
+                                               deleted: 409, as on the command line)
     GET  /admin/static/...                     the style sheet
 
 Every answer carries a strict Content-Security-Policy (no inline script or style), ``X-Frame-Options: DENY``,
@@ -17,7 +26,7 @@ Every answer carries a strict Content-Security-Policy (no inline script or style
 ``Cache-Control: no-store``. Anonymous requests to anything but the sign-in page and the style sheet are
 redirected (303) to the sign-in page. Every POST but the sign-in carries the session's CSRF token (``csrf``
 field), and no POST may come with another site's ``Origin``; otherwise 403. Changes go through the same services as
-the API (``runtime.revocation``) with the token's principal as the actor (``token:<id>:<name>``).
+the API (``runtime.revocation``, ``runtime.otp``) with the token's principal as the actor (``token:<id>:<name>``).
 """
 from __future__ import annotations
 
@@ -31,7 +40,7 @@ from aiohttp import web
 from yarl import URL
 
 from trustkit import paging
-from trustkit.problems import BadRequest, DomainError, NotFound, Unprocessable
+from trustkit.problems import BadRequest, DomainError, NotFound, PayloadTooLarge, Unprocessable
 
 from ..appkeys import RUNTIME
 from ..ca.inventory import CERT_KEY
@@ -51,6 +60,10 @@ COOKIE = "console_session"
 SESSION = web.RequestKey("console_session", Session)
 SESSION_ID = web.RequestKey("console_session_id", str)
 FORM = web.RequestKey("console_form", object)  # the checked form of a POST
+UPLOAD = web.RequestKey("console_upload", bytes)  # the file of a multipart POST (the YubiKey import)
+MAX_FIELD_BYTES = 4096  # a text field of a multipart form (the CSRF token, a step, a digest)
+MAX_PARTS = 16
+IMPORT_PATH = PREFIX + "/yubikeys/import"  # the one form posted as multipart/form-data
 NEW_COOKIE = web.RequestKey("console_new_cookie", str)  # a session opened by the trusted header
 PUBLIC = {"/admin/login"}  # besides the static files
 ACTIONS = ("revoke", "hold", "release")
@@ -223,17 +236,59 @@ async def _guarded(request: web.Request, handler) -> web.StreamResponse:
 
 
 async def read_form(request: web.Request) -> Any:
-    """The POSTed form (application/x-www-form-urlencoded, what the pages send), or an empty one when the body
-    is of another type or does not decode: then the CSRF token and the sign-in token are missing (403), never
+    """The POSTed form (application/x-www-form-urlencoded, what the pages send; multipart/form-data to the
+    YubiKey import only), or an empty one when the body is of another type or does not decode: then the CSRF token and the sign-in token are missing (403), never
     a 500."""
     from multidict import MultiDict
 
+    if request.content_type == "multipart/form-data" and request.path == IMPORT_PATH:
+        return await _read_multipart(request)
     if request.content_type != "application/x-www-form-urlencoded":
         return MultiDict()
     try:
         return await request.post()
     except (ValueError, UnicodeDecodeError):
         return MultiDict()
+
+
+async def _read_multipart(request: web.Request) -> Any:
+    """A multipart form (the YubiKey import): its text fields, and its file in ``request[UPLOAD]``, read within
+    the API's bound on an import (``[otp] import_max_bytes``: 413 beyond it); an empty form when it does not
+    parse."""
+    from aiohttp import BodyPartReader
+    from aiohttp.http_exceptions import HttpProcessingError
+    from multidict import MultiDict
+
+    otp = _runtime(request).otp
+    limit = otp.settings.import_max_bytes if otp is not None else 0
+    if request.content_length is not None and request.content_length > limit + MAX_PARTS * MAX_FIELD_BYTES:
+        raise PayloadTooLarge(f"the upload is larger than {limit} bytes")
+    form: MultiDict = MultiDict()
+    try:
+        reader = await request.multipart()
+        parts = 0
+        async for part in reader:
+            parts += 1
+            if parts > MAX_PARTS or not isinstance(part, BodyPartReader):
+                return MultiDict()
+            is_file = part.filename is not None
+            cap = limit if is_file else MAX_FIELD_BYTES
+            data = bytearray()
+            while chunk := await part.read_chunk(65536):
+                data += chunk
+                if len(data) > cap:
+                    if is_file:
+                        raise PayloadTooLarge(f"the file is larger than {limit} bytes")
+                    return MultiDict()
+            if is_file:
+                if UPLOAD in request:
+                    return MultiDict()  # one file only
+                request[UPLOAD] = bytes(data)
+            elif part.name:
+                form.add(part.name, data.decode("utf-8"))
+    except (ValueError, AssertionError, UnicodeDecodeError, HttpProcessingError):  # a body that is not multipart
+        return MultiDict()
+    return form
 
 
 def _form(request: web.Request) -> Any:
@@ -514,6 +569,145 @@ async def device_change(request: web.Request) -> web.Response:
     return _redirect(f"{PREFIX}/devices/{device_id}")
 
 
+# --- YubiKeys (the otp capability) -----------------------------------------------------------------------
+
+KEY_ACTIONS = ("revoke", "delete")
+
+
+def _otp(request: web.Request):
+    otp = _runtime(request).otp
+    if otp is None:
+        raise web.HTTPNotFound()  # [otp] enabled = false: no YubiKeys here
+    return otp
+
+
+def _report_values(request: web.Request) -> dict[str, str]:
+    """The report's filters as the page's form shows them (every filter of `scep-server yubikey report`)."""
+    from otp.report import DATE_FILTERS
+
+    return {key: request.query.get(key, "") for key in ("status", "serial", "user", "public_id", *DATE_FILTERS,
+                                                         "exclude_deleted")}
+
+
+def _report_filter(values: dict[str, str]):
+    from otp.report import ReportFilter
+
+    exclude = values["exclude_deleted"]
+    if exclude not in ("", "1", "on"):
+        raise BadRequest("exclude_deleted: 1 or nothing", code="invalid_input")
+    for name in ("user", "public_id"):
+        if len(values[name]) > 255 or not values[name].isprintable():
+            raise BadRequest(f"{name}: at most 255 printable characters", code="invalid_input")
+    mapping = {k: v for k, v in values.items() if k != "exclude_deleted"}
+    return ReportFilter.from_mapping({**mapping, "include_deleted": "0" if exclude else ""})
+
+
+async def _report(request: web.Request):
+    """(filter values, page, counts per status) of the report's query; a DomainError (400) on a bad value."""
+    from otp.report import REPORT_KEY
+
+    otp = _otp(request)
+    values = _report_values(request)
+    flt = _report_filter(values)
+    page = await otp.report_page(flt, paging.page_request(request.query, REPORT_KEY, default=50), with_history=False)
+    return values, flt, page
+
+
+async def yubikeys(request: web.Request) -> web.Response:
+    from otp.report import CSV_COLUMNS, STATUSES, csv_cells
+
+    otp = _otp(request)
+    values, error, rows, counts, next_url = _report_values(request), None, [], {}, None
+    try:
+        values, flt, page = await _report(request)
+        counts = await otp.status_counts(flt)
+        rows = [{"serial": r.serial, "status": r.status, "deleted": r.deleted, "cells": csv_cells(r)}
+                for r in page.items]
+        next_url = paging.next_link(request.rel_url, page)
+    except DomainError as exc:
+        if exc.status != 400:
+            raise
+        error = exc.detail
+    csv_url = str(URL(PREFIX + "/yubikeys.csv").with_query(request.rel_url.query))
+    return _page(request, "yubikeys.jinja2", {
+        "filters": values, "statuses": STATUSES, "columns": CSV_COLUMNS, "rows": rows, "counts": counts,
+        "next_url": next_url, "csv_url": csv_url, "error": error}, status=400 if error else 200)
+
+
+async def yubikeys_csv(request: web.Request) -> web.Response:
+    """Exactly the page the report shows (same filters, same cursor and limit), as spreadsheet-safe CSV."""
+    from otp.report import render_csv
+
+    _, _, page = await _report(request)
+    return web.Response(text=render_csv(page.items), content_type="text/csv",
+                        headers={"Content-Disposition": 'attachment; filename="yubikeys.csv"'})
+
+
+def _key_action(request: web.Request) -> tuple[str, int]:
+    from otp.report import parse_serial
+
+    action = request.match_info["action"]
+    if action not in KEY_ACTIONS:
+        raise web.HTTPNotFound()
+    return action, parse_serial(request.match_info["serial"])
+
+
+async def yubikey_confirm(request: web.Request) -> web.Response:
+    from otp.report import ReportFilter, csv_cells
+
+    otp = _otp(request)
+    action, serial = _key_action(request)
+    found = await otp.report(ReportFilter(serial=serial, include_deleted=False), with_history=False)
+    if not found:
+        raise NotFound(f"no YubiKey with serial {serial} in the inventory")
+    key = found[0]
+    return _page(request, "yubikey_confirm.jinja2", {"key": key, "action": action, "cells": csv_cells(key)})
+
+
+async def yubikey_change(request: web.Request) -> web.Response:
+    otp = _otp(request)
+    action, serial = _key_action(request)
+    actor = request[SESSION].principal
+    if action == "revoke":
+        await otp.revoke(serial, actor=actor)  # a Conflict (already revoked) becomes the error page
+        return _redirect(f"{PREFIX}/yubikeys?serial={serial}")
+    await otp.delete(serial, actor=actor)  # an ACTIVE key: Conflict (409), as on the command line
+    return _redirect(f"{PREFIX}/yubikeys")
+
+
+async def yubikey_import_page(request: web.Request) -> web.Response:
+    _otp(request)
+    return _page(request, "yubikey_import.jinja2", {"step": "choose", "result": None, "digest": None,
+                                                    "error": None})
+
+
+async def yubikey_import(request: web.Request) -> web.Response:
+    """Preview (a dry run: every bad line named, nothing imported), then import (all or nothing).
+
+    The import step takes the file again, chosen anew by the admin, and the digest of the previewed one: a
+    secrets file never goes into a page nor stays on the server between the two steps."""
+    import hashlib
+
+    otp = _otp(request)
+    form = _form(request)
+    step = form.get("step")
+    if step not in ("preview", "import"):
+        raise BadRequest("step: preview or import", code="invalid_input")
+    data = request.get(UPLOAD)
+    if not data:
+        return _page(request, "yubikey_import.jinja2", {"step": "choose", "result": None, "digest": None,
+                                                        "error": "Choose a secrets file."}, status=400)
+    digest = hashlib.sha256(data).hexdigest()
+    if step == "import" and form.get("digest") != digest:
+        return _page(request, "yubikey_import.jinja2", {
+            "step": "choose", "result": None, "digest": None,
+            "error": "That is not the file of the preview: preview the file you mean to import."}, status=400)
+    result = await otp.import_secrets(data, dry_run=step == "preview", actor=request[SESSION].principal)
+    return _page(request, "yubikey_import.jinja2", {"step": "imported" if step == "import" and result.ok else "preview",
+                                                    "result": result, "digest": digest, "error": None},
+                 status=200 if result.ok else 422)
+
+
 def console_app() -> web.Application:
     app = web.Application(middlewares=[console_middleware])
     env = aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(str(HERE / "templates")),
@@ -535,6 +729,12 @@ def console_app() -> web.Application:
     app.router.add_get("/devices/{device_id}", device_page)
     app.router.add_get("/devices/{device_id}/{action}", device_confirm)
     app.router.add_post("/devices/{device_id}/{action}", device_change)
+    app.router.add_get("/yubikeys", yubikeys)
+    app.router.add_get("/yubikeys.csv", yubikeys_csv)
+    app.router.add_get("/yubikeys/import", yubikey_import_page)
+    app.router.add_post("/yubikeys/import", yubikey_import)
+    app.router.add_get("/yubikeys/{serial}/{action}", yubikey_confirm)
+    app.router.add_post("/yubikeys/{serial}/{action}", yubikey_change)
     app.router.add_static("/static", HERE / "static", append_version=False)
     return app
 

@@ -4,12 +4,15 @@ SCEP_TEST_ALLOW_MISSING=1 outside CI. A failing test leaves a screenshot in its 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import re
 
 import pytest
 
 from tests.crlwiring.conftest import FAST_CRL, crl_serials
 from tests.helpers import missing, require_tool
+from tests.otp.conftest import make_key, secrets_file
 
 from .conftest import open_console
 
@@ -123,3 +126,55 @@ async def test_csrf_and_anonymous_pages(aiohttp_server, tmp_path, db_url, browse
 
 async def rt_status(console, serial: str) -> str:
     return (await console.srv.runtime.certificates.get(serial)).status.value
+
+
+def upload(name: str, data: bytes) -> dict:
+    return {"name": name, "mimeType": "text/csv", "buffer": data}
+
+
+async def test_yubikeys_import_with_a_preview_then_filter_and_download_the_csv(aiohttp_server, tmp_path, db_url,
+                                                                               browser):
+    console = await open_console(aiohttp_server, tmp_path, db_url)
+    try:
+        otp = console.srv.runtime.otp
+        keys = [make_key(800_001 + i) for i in range(3)]
+        good = secrets_file(keys)
+        bad = good + b"800009,not-modhex,00,00,,,\n"
+        async with page_of(browser, tmp_path, "yubikeys") as page:
+            await sign_in(page, console)
+            await page.click("text=YubiKeys")
+            await page.click("#import")
+            # a file with one bad line: the preview names it, nothing is imported
+            await page.set_input_files("#file", upload("bad.csv", bad))
+            await page.click("#preview")
+            await page.wait_for_selector("#summary")
+            lines = await page.locator("tr.bad-line").evaluate_all("rs => rs.map(r => r.dataset.line)")
+            assert set(lines) == {"4"}  # every problem of that line, and none of the others
+            assert await page.locator("#import-form").count() == 0
+            assert await otp.report(with_history=False) == []
+            # the good file: previewed, then chosen again and imported
+            await page.set_input_files("#file", upload("good.csv", good))
+            await page.click("#preview")
+            await page.wait_for_selector("#import-form")
+            assert await otp.report(with_history=False) == []
+            await page.set_input_files("#import-file", upload("good.csv", good))
+            await page.click("#import")
+            assert "Imported 3 keys" in await page.inner_text("#imported")
+            await otp.revoke(800_002)
+            # filter the report, then download the CSV of what it shows
+            await page.click("text=YubiKeys")
+            assert await page.inner_text("#count-UNASSIGNED") == "2"
+            await page.select_option("#f-status", "UNASSIGNED")
+            await page.click("#apply")
+            await page.wait_for_url(re.compile(r"status=UNASSIGNED"))
+            shown = await page.locator("tr.key").evaluate_all(
+                "rs => rs.map(r => Array.from(r.querySelectorAll('td.cell'), c => c.textContent))")
+            assert [row[0] for row in shown] == ["800001", "800003"]
+            async with page.expect_download() as info:
+                await page.click("#csv")
+            download = await info.value
+            assert download.suggested_filename == "yubikeys.csv"
+            rows = list(csv.reader(io.StringIO(open(await download.path(), encoding="utf-8").read())))
+            assert rows[0][0] == "serial" and rows[1:] == shown
+    finally:
+        await console.http.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -560,6 +560,11 @@ async def test_report_filters(service, clock):
         ReportFilter.from_mapping({"status": "LOST"})
     with pytest.raises(InvalidInput):
         ReportFilter.from_mapping({"imported_after": "yesterday"})
+    for out_of_range in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):  # past year 1 or 9999 in UTC
+        with pytest.raises(InvalidInput):
+            ReportFilter.from_mapping({"imported_after": out_of_range})
+    assert ReportFilter.from_mapping({"enrolled_before": "2026-12-01T01:00:00+01:00"}).enrolled_before == \
+        datetime(2026, 12, 1, tzinfo=timezone.utc)
 
 
 # ---- API clients ------------------------------------------------------------------------------
