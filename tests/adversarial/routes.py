@@ -36,7 +36,8 @@ NOT_JSON = {"/scep/{profile}", "/scep/{profile}/", "/scep/{profile}/pkiclient.ex
             "/scep/{profile}/cgi-bin/pkiclient.exe", "/wsapi/2.0/verify", "/api/v1/yubikeys/import",
             "/api/v1/yubikeys/{serial}/revoke", "/api/v1/yubikeys/{serial}", "/api/v1/otp-clients/{id}/disable",
             "/admin/login", "/admin/logout", "/admin/certificates/{serial}/{action}", "/admin/enrolments/decide",
-            "/admin/devices/{device_id}/{action}"}  # the console's forms
+            "/admin/devices/{device_id}/{action}", "/admin/yubikeys/import",
+            "/admin/yubikeys/{serial}/{action}"}  # the console's forms
 
 
 def required(canonical: str) -> str:
