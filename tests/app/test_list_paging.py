@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 import aiohttp
 import pytest
+import structlog.testing
 from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -100,7 +101,10 @@ def cli(server, db_url: str, *args: str, code: int = 0) -> tuple[str, str]:
     from scep_server.cli import main
 
     env = {"SCEP_SERVER_DATABASE__URL": db_url, "SCEP_SERVER_LOG__LEVEL": "warning"}
-    result = CliRunner().invoke(main, ["--data-dir", str(server.data_dir), *args], env=env)
+    # the in-process server goes on logging while the command runs, and CliRunner captures the process's
+    # stdout: its lines are held aside, so the output is the command's alone
+    with structlog.testing.capture_logs():
+        result = CliRunner().invoke(main, ["--data-dir", str(server.data_dir), *args], env=env)
     assert result.exit_code == code, (result.output, result.exception)
     return result.stdout, result.stderr
 
