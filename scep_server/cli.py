@@ -9,7 +9,7 @@ import click
 
 from trustkit.clock import utcnow
 from .clictx import Context, cli_actor, pass_ctx, run
-from .clipaging import collect, paging_options, say_more
+from trustkit.clipaging import collect, paging_options, say_more
 
 
 class _Commands(click.Group):
@@ -342,7 +342,6 @@ def cert_list(ctx: Context, status: str | None, profile: str | None, device: str
 
     async def go():
         async with ctx.runtime() as rt:
-            assert rt.certificates is not None
             return await collect(lambda page: rt.certificates.list(page, filters), limit=limit, cursor=cursor,
                                  all_rows=all_rows, kinds=inventory.CERT_KEY)
 
@@ -366,7 +365,6 @@ def cert_show(ctx: Context, serial: str) -> None:
 
     async def go():
         async with ctx.runtime() as rt:
-            assert rt.certificates is not None
             return await rt.certificates.show(parsed)
 
     try:

@@ -8,7 +8,7 @@ import click
 from ..clictx import Context, pass_ctx, run
 from trustkit import spreadsheet
 
-from ..clipaging import collect, paging_options, say_more
+from trustkit.clipaging import collect, paging_options, say_more
 
 CSV_COLUMNS = ("id", "at", "kind", "subject", "actor", "data", "chain_seq", "chain_hash")
 

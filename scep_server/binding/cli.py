@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..clictx import Context, cli_actor as _actor, pass_ctx, run
-from ..clipaging import collect, paging_options, say_more
+from trustkit.clipaging import collect, paging_options, say_more
 
 
 def _call(ctx: Context, fn):

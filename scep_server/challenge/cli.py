@@ -11,7 +11,7 @@ import click
 
 from ..clictx import Context, cli_actor, pass_ctx
 from ..clictx import run as _run
-from ..clipaging import collect, paging_options, say_more
+from trustkit.clipaging import collect, paging_options, say_more
 
 
 def run(coro):
