@@ -314,7 +314,6 @@ async def _seal_on_exit(runtime: Runtime) -> None:
 async def _open_scep(runtime: Runtime) -> AsyncIterator["ScepService"]:
     """The SCEP service, with the hooks of the capabilities that are open."""
     from .enrolment import ScepService
-    from .mdm.service import MdmService
 
     verifiers = {}
     if runtime.challenges is not None:
@@ -326,6 +325,7 @@ async def _open_scep(runtime: Runtime) -> AsyncIterator["ScepService"]:
         engine=runtime.engine, cas=runtime.cas, profiles=runtime.profiles, clock=runtime.clock, verifiers=verifiers,
         crl_source=runtime.crl.crl_source if runtime.crl is not None else None,
         device_identity=runtime.binding.devices.enrolment_device if runtime.binding is not None else None,
+        ensure_device=runtime.binding.devices.ensure if runtime.binding is not None else None,
         on_status_change=runtime.revocation.notify_changed, threads=runtime.settings.server.scep_threads)
     try:
         yield service
