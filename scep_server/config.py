@@ -116,6 +116,29 @@ class BindingSettings(BaseModel):
     certificate_cache_bytes: int = Field(32 << 20, ge=0)
 
 
+MdmAction = Literal["none", "suspend", "deactivate", "delete"]
+
+
+class MdmSettings(BaseModel):
+    """Device lifecycle that follows the MDM's device records (sources added by `scep-server mdm configure`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    # how often each configured MDM's inventory is read (one process of the deployment does it per period)
+    sync_interval_seconds: int = Field(900, ge=30, le=86400)
+    # what a device the MDM no longer manages becomes here (Jamf: managed = false; also a device gone from the
+    # inventory, until the grace period has passed)
+    unmanaged_action: MdmAction = "deactivate"
+    # what a device disabled in the directory (Entra ID accountEnabled = false) becomes here
+    disabled_action: MdmAction = "deactivate"
+    # what a device gone from the MDM's inventory becomes once the grace period has passed
+    removed_action: MdmAction = "delete"
+    removed_grace_days: float = Field(7.0, ge=0, le=365)
+    # a device this MDM took down (and only such a device) is made active again when the MDM manages it again
+    restore_when_managed: bool = True
+    # outbound calls to the MDM (token, inventory pages)
+    timeout_seconds: float = Field(30.0, gt=0, le=300)
+
+
 class CrlSection(CrlSettings):
     """Publishing our CRLs (crl.config.CrlSettings) and the day-91 rule of the certificate lifecycle."""
 
@@ -278,6 +301,7 @@ class Settings(BaseModel):
     log: LogSettings = LogSettings()
     audit: AuditSettings = AuditSettings()
     binding: BindingSettings = BindingSettings()
+    mdm: MdmSettings = MdmSettings()
     crl: CrlSection = CrlSection()
     otp: OtpSection = OtpSection()
     challenge: ChallengeSection = ChallengeSection()

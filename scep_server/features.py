@@ -26,6 +26,7 @@ FEATURES: tuple[str, ...] = (
     "scep_server.challenge.feature:FEATURE",
     "scep_server.challenge.feature:ENROLMENTS",
     "scep_server.binding.feature:FEATURE",
+    "scep_server.mdm.feature:FEATURE",
 )
 
 # command group name -> "module:attribute" (the module is imported when the group is used)
@@ -38,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "enrolment": "scep_server.challenge.cli:enrolment",
     "device": "scep_server.binding.cli:device",
     "ca": "scep_server.binding.cli:ca",
+    "mdm": "scep_server.mdm.cli:mdm",
 }
 
 

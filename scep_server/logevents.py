@@ -140,6 +140,12 @@ EVENTS: tuple[Event, ...] = (
       for name in DYNAMIC["scep_server/binding/devices.py:f'device.{action}'"]),
     _e("device.enrolment.preregister", "info", "device profile transaction_id actor",
        "an enrolment was pre-registered for a device"),
+    # MDM sources (Jamf Pro, Intune)
+    _e("mdm.configure", "info", "source kind actor", "an MDM source was added or changed"),
+    _e("mdm.remove", "info", "source actor", "an MDM source was removed"),
+    _e("mdm.sync", "info", "source dry_run records changes skipped error",
+       "an MDM's inventory was read (error: it could not be read in full, nothing changed)"),
+    _e("mdm.sync_failed", "error", "exception", "the periodic MDM sync raised (it runs again next period)"),
     # challenges
     _e("challenge.issued", "info", "profile source requested_by payload_identifier expires_at",
        "a one-time challenge was issued"),

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -61,6 +61,33 @@ class InvalidSettings(ProfileError):
         self.errors = errors or [{"field": field, "message": message}]
 
 
+STATIC_NAMES_NO_DEVICE = ("a static profile cannot name devices (settings.device_id): its secret is shared by every "
+                          "device, so any of them could claim another's id; use a dynamic or delegated challenge")
+
+
+class DeviceIdSource(BaseModel):
+    """Where a request names its device: a subject attribute, or a URI SAN after a prefix, filled in by the MDM's
+    profile variables (Jamf `$UDID`, `$SERIALNUMBER`; Intune `{{DeviceId}}`, `{{AAD_Device_ID}}`; Workspace ONE
+    `{DeviceUid}`). The value must match `pattern` (RE2, whole value) and be a device id (docs/mdm.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["subject", "san_uri"] = "subject"
+    attribute: Literal["CN", "serialNumber", "UID", "OU"] = "CN"  # for source = subject
+    uri_prefix: str = Field("", max_length=128)  # for source = san_uri, e.g. "urn:device:"
+    pattern: str = Field(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", min_length=1, max_length=512)
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        from .ca.policy import compile_pattern
+
+        try:
+            compile_pattern(value)
+        except Exception as exc:  # noqa: BLE001 - re2.error; the message names the pattern
+            raise ValueError(f"invalid pattern {value!r}: {exc}") from None
+        return value
+
+
 class ProfileSettings(BaseModel):
     """Stored as JSON with each profile."""
 
@@ -91,6 +118,9 @@ class ProfileSettings(BaseModel):
     # certificates of this profile may attest device management (bind to a device); off for the `default`
     # static profile created on first start
     device_trust: bool = True
+    # where an enrolment names its device (None: it does not); the certificate is issued for that device, which is
+    # created (active) if new. Dynamic and delegated profiles only: a static secret is shared by every device.
+    device_id: DeviceIdSource | None = None
     # settings of the dynamic or delegated challenge (owned by scep_server.challenge)
     challenge: dict[str, Any] = {}
 
@@ -182,6 +212,8 @@ def _check_kind(kind: str, settings: ProfileSettings) -> None:
     if kind == "delegated" and settings.require_approval:
         raise InvalidSettings("settings.require_approval: delegated (Intune) profiles cannot require approval: "
                               "Intune has no pending state", "settings.require_approval")
+    if kind == "static" and settings.device_id is not None:
+        raise InvalidSettings(STATIC_NAMES_NO_DEVICE, "settings.device_id")
     if settings.challenge:
         from .challenge.config import ChallengeConfigError, validate_for
 
@@ -261,6 +293,8 @@ class ProfileStore:
         settings = settings or ProfileSettings()
         if challenge_kind == "delegated" and settings.require_approval:
             raise ProfileError("delegated (Intune) profiles cannot require approval: Intune has no pending state")
+        if challenge_kind == "static" and settings.device_id is not None:
+            raise ProfileError(STATIC_NAMES_NO_DEVICE)
         digest = hashlib.sha256(static_secret.encode()).hexdigest() if static_secret else None
         try:
             async with writer(self._engine).begin() as conn:
@@ -280,6 +314,9 @@ class ProfileStore:
     async def update(self, name: str, *, now: datetime, static_secret: str | None = None,
                      settings: ProfileSettings | None = None, actor: str | None = None) -> Profile:
         values: dict[str, Any] = {"updated_at": now}
+        if settings is not None and settings.device_id is not None and (await self.get(name)).challenge_kind == \
+                "static":
+            raise ProfileError(STATIC_NAMES_NO_DEVICE)
         if static_secret is not None:
             values["static_secret_sha256"] = hashlib.sha256(static_secret.encode()).hexdigest()
         if settings is not None:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .console.sessions import ConsoleSessions
     from .crlwiring.service import CrlService
     from .enrolment import ScepService
+    from .mdm.service import MdmService
     from .profiles import ProfileStore
 
 # a readiness check returns its detail ("ok" or "error: ..."), or an awaitable of it
@@ -116,6 +117,16 @@ class Runtime:
     readiness: Readiness = field(default_factory=Readiness)
     _profiles: "ProfileStore | None" = field(default=None, repr=False)
     _certificates: "CertificateQueries | None" = field(default=None, repr=False)
+    _mdm: "MdmService | None" = field(default=None, repr=False)
+
+    @property
+    def mdm(self) -> "MdmService":
+        """The MDM sources and their sync, made on first use (needs device binding open)."""
+        if self._mdm is None:
+            from .mdm.feature import open_mdm
+
+            self._mdm = open_mdm(self)
+        return self._mdm
 
     @property
     def profiles(self) -> "ProfileStore":
@@ -314,6 +325,7 @@ async def _open_scep(runtime: Runtime) -> AsyncIterator["ScepService"]:
         engine=runtime.engine, cas=runtime.cas, profiles=runtime.profiles, clock=runtime.clock, verifiers=verifiers,
         crl_source=runtime.crl.crl_source if runtime.crl is not None else None,
         device_identity=runtime.binding.devices.enrolment_device if runtime.binding is not None else None,
+        ensure_device=runtime.binding.devices.ensure if runtime.binding is not None else None,
         on_status_change=runtime.revocation.notify_changed, threads=runtime.settings.server.scep_threads)
     try:
         yield service

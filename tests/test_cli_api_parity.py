@@ -41,6 +41,8 @@ PAIRS: dict[str, tuple[str, str]] = {
     "otp-client add": ("POST", "/api/v1/otp-clients"),
     "otp-client set": ("PATCH", "/api/v1/otp-clients/{id}"),
     "otp-client disable": ("POST", "/api/v1/otp-clients/{id}/disable"),
+    "mdm sync": ("POST", "/api/v1/mdm/{source}/sync"),
+    "mdm remove": ("DELETE", "/api/v1/mdm/{source}"),
 }
 
 # commands that change state and have no API equivalent, and why
@@ -50,12 +52,17 @@ CLI_ONLY = {
     "db upgrade": "migrates the schema the server needs to start",
     "challenge configure": "names files and environment variables of the host (secrets the server then sends "
                            "to the hosts the same settings name): host-only by design, docs/api.md \"Profiles\"",
+    "mdm configure jamf": "names files and environment variables of the host (the API client's secret), as "
+                          "`challenge configure` does: host-only by design, docs/mdm.md",
+    "mdm configure intune": "names files and environment variables of the host (the app's client secret), as "
+                            "`challenge configure` does: host-only by design, docs/mdm.md",
 }
 
 # commands that change nothing
 READ_ONLY = {"profile list", "profile show", "cert list", "cert show", "ca list", "ca list-external",
              "crl show", "token list", "challenge status", "device list", "device show", "enrolment list",
-             "yubikey report", "otp-client list", "audit list", "audit verify", "completion"}
+             "yubikey report", "otp-client list", "audit list", "audit verify", "completion",
+             "mdm list", "mdm show"}
 
 # state-changing routes that are not administration (no command: they serve devices and sign-in services)
 NOT_ADMIN = {

@@ -11,6 +11,9 @@ Transitions: suspend (active -> suspended), unsuspend (suspended -> active), dea
 suspended -> deactivated), reactivate (deactivated -> active), delete (any but deleted -> deleted).
 Deleted is final: the device id is never reused and its certificates are never accepted again.
 
+A device's certificates are those bound to it and those of ours issued for it (`enrolled_device_id`) that have
+not bound yet: a certificate enrolled for a device follows the device from its issue on.
+
 Certificate changes happen in the same transaction as the device change, so the inventory never
 disagrees with the device; they are written by the status writer (`scep_server.ca.revocation.change_status`)
 and the CRL publishers are told after the commit.
@@ -26,6 +29,7 @@ from typing import Callable
 
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..ca import inventory
@@ -157,6 +161,21 @@ class DeviceStore:
                                data={"name": name})
         log.info("device.create", device=device_id, actor=actor)
         return Device(device_id, name, S.ACTIVE, now, actor, now, actor, "registered")
+
+    async def ensure(self, device_id: str, actor: str) -> bool:
+        """Register a device an enrolment names (active) unless it exists; False when it exists and is deleted."""
+        if not DEVICE_ID.fullmatch(device_id):
+            raise InvalidInput(f"device id {device_id!r}: not a device id")
+        async with self.engine.connect() as conn:
+            status = (await conn.execute(sa.select(devices.c.status).where(devices.c.id == device_id))).scalar()
+        if status is None:
+            try:
+                await self.create(device_id, actor=actor)
+            except (DeviceExists, IntegrityError):  # registered meanwhile by another request or process
+                async with self.engine.connect() as conn:
+                    status = (await conn.execute(sa.select(devices.c.status)
+                                                 .where(devices.c.id == device_id))).scalar()
+        return status != S.DELETED.value
 
     async def get(self, device_id: str) -> Device:
         async with self.engine.connect() as conn:
@@ -312,6 +331,15 @@ async def _apply_to_certificates(conn: AsyncConnection, device_id: str, target: 
         .select_from(device_certs.outerjoin(certificates,
                                             certificates.c.fingerprint_sha256 == device_certs.c.fingerprint_sha256))
         .where(device_certs.c.device_id == device_id))).all()
+    # our certificates issued for the device (enrolled_device_id) that have not bound yet follow it too
+    bound = sa.select(device_certs.c.fingerprint_sha256).where(
+        device_certs.c.fingerprint_sha256 == certificates.c.fingerprint_sha256)
+    unbound = (await conn.execute(
+        sa.select(certificates.c.fingerprint_sha256, certificates.c.serial, sa.literal(False).label("external"),
+                  sa.literal("active").label("state"), certificates.c.status, certificates.c.revocation_reason,
+                  certificates.c.ca)
+        .where(certificates.c.enrolled_device_id == device_id, ~bound.exists()))).all()
+    rows = [*rows, *unbound]
     changes: list[CertChange] = []
     data = {"device": device_id, "reason": reason}
     for r in rows:

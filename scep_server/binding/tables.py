@@ -94,3 +94,36 @@ external_cas = sa.Table(
     sa.Column("created_at", TS, nullable=False),
     sa.Column("created_by", sa.String(255)),
 )
+
+# An MDM whose device records the device lifecycle follows (`scep-server mdm configure`): its kind (jamf |
+# intune), connection settings (no secret: a client secret is named by a file or an environment variable of the
+# host), the SHA-256 of the generated webhook secret, and the state of its periodic sync.
+mdm_sources = sa.Table(
+    "mdm_sources",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("config", sa.Text, nullable=False),  # JSON
+    sa.Column("webhook_secret_sha256", sa.String(64)),
+    sa.Column("delta_link", sa.Text),  # Microsoft Graph: where the next delta query of Entra devices starts
+    sa.Column("directory_disabled", sa.Text),  # Microsoft Graph: JSON list of the Entra device ids disabled
+    sa.Column("sync_claimed_until", TS),  # the process that claims a sync holds it until then
+    sa.Column("last_sync_at", TS),
+    sa.Column("last_sync_outcome", sa.Text),
+    sa.Column("created_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+)
+
+# What an MDM last said of one of our devices: the sync compares with it, and a device that left the MDM's
+# inventory is deleted here only after the grace period counted from `missing_since`.
+mdm_devices = sa.Table(
+    "mdm_devices",
+    metadata,
+    sa.Column("source", sa.String(32), primary_key=True),
+    sa.Column("device_id", sa.String(64), primary_key=True),
+    sa.Column("mdm_id", sa.String(255)),  # the MDM's own record id
+    sa.Column("state", sa.String(16), nullable=False),  # managed | unmanaged | disabled | missing
+    sa.Column("last_seen_at", TS),
+    sa.Column("missing_since", TS),
+    sa.Column("updated_at", TS, nullable=False),
+)

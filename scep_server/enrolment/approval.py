@@ -13,6 +13,7 @@ from trustkit.problems import Conflict
 from ..ca import inventory
 from ..ca.authority import random_serial
 from ..ca.policy import PolicyViolation
+from .identity import NoDeviceId, device_id_of
 from .model import ApprovalRefused, unused_since
 from .repository import NotPending, SignerChanged
 
@@ -64,6 +65,8 @@ class ApprovalWorkflow:
         else:
             device_id = (await svc.device_identity(profile_name, transaction_id)
                          if svc.device_identity and profile.settings.device_trust else None)
+            if device_id is None and profile.settings.device_id is not None:
+                device_id = await self._named_device(profile, csr, transaction_id, actor=actor, now=now)
         cert_row = inventory.certificate_row(cert, der, ca.name, profile_name, transaction_id, m["public_key_sha256"],
                                              now)
         cert_row["enrolled_device_id"] = device_id
@@ -83,6 +86,22 @@ class ApprovalWorkflow:
         if supersede:
             svc.on_status_change(ca.name)
         return serial
+
+    async def _named_device(self, profile, csr, transaction_id: str, *, actor: str, now: datetime) -> str:
+        """The device a pending request names (profile `device_id`), registered if new; a request that names none
+        (the setting was added while it waited) or names a deleted device is rejected."""
+        svc = self.service
+        try:
+            device_id = device_id_of(csr, profile.settings.device_id)
+        except NoDeviceId as exc:
+            text = f"the profile's device id setting refuses this request: {exc}"
+            await self.reject(profile.name, transaction_id, text, actor=actor, now=now, reason=text)
+            raise ApprovalRefused(text) from None
+        if svc.ensure_device is not None and not await svc.ensure_device(device_id, actor):
+            text = f"device {device_id} is deleted: its id is never enrolled again"
+            await self.reject(profile.name, transaction_id, text, actor=actor, now=now, reason=text)
+            raise ApprovalRefused(text)
+        return device_id
 
     async def reject(self, profile_name: str, transaction_id: str, fail_text: str, *, actor: str, now: datetime,
                      reason: str | None) -> None:

@@ -21,6 +21,7 @@ from ..ca.policy import PolicyViolation
 from ..profiles import Profile, UnknownProfile
 from ..scep import message as codec
 from ..scep.types import FailInfo, MessageType, PKIStatus, SCEPFailure
+from .identity import NoDeviceId, device_id_of
 from .model import ChallengeRejected, ChallengeVerifier, EnrollmentRequest, Outcome, challenge_password, days
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class Enrolment:
     signed_by_us: bool = False
     renewal_of: CertRecord | None = None  # the signing certificate, for a renewal
     device_id: str | None = None
+    named_device: str | None = None  # the device the request itself names (profile setting `device_id`)
     verifier: ChallengeVerifier | None = None  # set when a challenge authorised it: its hooks run after issue
     now: datetime | None = field(default=None)
 
@@ -188,6 +190,37 @@ class Challenge:
         e.verifier = verifier
 
 
+async def device_named(e: Enrolment) -> None:
+    """A profile with a `device_id` source: the request must name its device there (read before any challenge is
+    spent). A renewal keeps its signer's device."""
+    source = e.profile.settings.device_id
+    if source is None or e.renewal_of is not None:
+        return
+    try:
+        e.named_device = device_id_of(e.content.csr, source)
+    except NoDeviceId as exc:
+        raise e.refuse(str(exc)) from None
+
+
+class DeviceLinked:
+    """The device the request names is the one its challenge was issued for (when the challenge names one), and is
+    registered (active) if new; a deleted device's id is never enrolled again."""
+
+    def __init__(self, service: ScepService):
+        self.service = service
+
+    async def __call__(self, e: Enrolment) -> None:
+        named = e.named_device
+        if named is None:
+            return
+        if e.device_id is not None and e.device_id != named:
+            raise e.refuse("the request names another device than the one its challenge was issued for")
+        e.device_id = named
+        if self.service.ensure_device is not None and not await self.service.ensure_device(
+                named, f"scep:{e.profile.name}"):
+            raise e.refuse(f"device {named} is deleted: its id is never enrolled again")
+
+
 class ForeignSigner:
     """A key that holds a valid certificate of the profile, enrolled again under a signer that is not that key:
     a captured request re-wrapped by someone else looks like this. Recorded as a security event; it passes."""
@@ -237,9 +270,10 @@ class Approval:
 def default_checks(service: ScepService) -> list[Check]:
     """The chain, in order: recognise a retry, the message's and template's local rules, the renewal rules, the
     challenge, the foreign-signer note, approval."""
-    return [Replay(service), renewal_req_signed, template_policy, Renewal(service), Challenge(service),
-            ForeignSigner(service), Approval(service)]
+    return [Replay(service), renewal_req_signed, template_policy, Renewal(service), device_named, Challenge(service),
+            DeviceLinked(service), ForeignSigner(service), Approval(service)]
 
 
-__all__ = ["Approval", "Challenge", "Check", "Enrolment", "ForeignSigner", "NOT_LOOKED_UP", "Renewal", "Replay",
+__all__ = ["Approval", "Challenge", "Check", "DeviceLinked", "Enrolment", "ForeignSigner", "NOT_LOOKED_UP", "Renewal",
+           "Replay", "device_named",
            "default_checks", "renewal_req_signed", "template_policy"]

@@ -57,7 +57,8 @@ class ScepService:
                  clock: Clock = utcnow, crl_source: Callable[[str], Awaitable[bytes]] | None = None,
                  on_status_change: Callable[[str], None] | None = None, threads: int | None = None,
                  repository: EnrolmentRepository | None = None,
-                 device_identity: Callable[[str, str], Awaitable[str | None]] | None = None):
+                 device_identity: Callable[[str, str], Awaitable[str | None]] | None = None,
+                 ensure_device: Callable[[str, str], Awaitable[bool]] | None = None):
         if repository is None:
             if engine is None:
                 raise TypeError("ScepService needs an engine or a repository")
@@ -78,6 +79,9 @@ class ScepService:
             repository.executor = self._executor
         # (profile, transactionID) -> the device id an administrator pre-registered for it (binding feature)
         self.device_identity = device_identity
+        # (device id, actor): register a device an enrolment names, if new; False for a deleted device (binding
+        # feature; profile `device_id`)
+        self.ensure_device = ensure_device
         self.checks: list[Check] = default_checks(self)
         self.approvals = ApprovalWorkflow(self)
         self.reconciler = AckReconciler(self)

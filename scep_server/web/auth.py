@@ -5,6 +5,8 @@
   :func:`authenticate_token` and :data:`REALM` and check the same tokens the same way.
 - HTTP Basic for the challenge page of a profile (its credentials are the profile's own):
   :func:`basic_credentials` and :func:`bad_credentials`.
+- The webhook secret of an MDM source (``/hooks/{source}``), presented as Jamf Pro sends it: the password of
+  HTTP Basic, or a header (:data:`WEBHOOK_HEADER`): :func:`webhook_secret` and :func:`bad_webhook_secret`.
 
 Realms name what the credentials belong to: ``device-trust`` for the API tokens, ``SCEP challenge
 <profile>`` for a profile's Basic credentials. Every challenge has one format,
@@ -77,6 +79,30 @@ def basic_credentials(request: web.Request, realm: str) -> tuple[str, str]:
 def bad_credentials(realm: str) -> Unauthorized:
     """The 401 for a wrong username or password (raise it)."""
     return Unauthorized("invalid username or password", headers=_basic_challenge(realm))
+
+
+WEBHOOK_HEADER = "X-Webhook-Secret"
+"""The header that carries an MDM source's webhook secret when the MDM uses header authentication."""
+
+
+def webhook_realm(source: str) -> str:
+    return f"MDM webhook {source}"
+
+
+def webhook_secret(request: web.Request) -> str | None:
+    """The webhook secret a request presents: the `X-Webhook-Secret` header, or the password of HTTP Basic
+    (the user name is not checked: the secret alone is the credential)."""
+    header = request.headers.get(WEBHOOK_HEADER)
+    if header:
+        return header
+    given = parse_basic(request.headers.get("Authorization"))
+    return given[1] if given is not None else None
+
+
+def bad_webhook_secret(source: str) -> Unauthorized:
+    """The 401 of a webhook post without the source's secret (also for a source that does not exist)."""
+    return Unauthorized("the webhook secret of this source is required", headers=_basic_challenge(
+        webhook_realm(source)))
 
 
 def _basic_challenge(realm: str) -> dict[str, str]:

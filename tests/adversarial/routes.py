@@ -26,7 +26,7 @@ def fresh_otp(key) -> str:
 # The console's pages (/admin) authenticate by their own session cookie, never by a bearer token: anonymous
 # callers are redirected to the sign-in page (tests/console).
 PUBLIC_PREFIXES = ("/scep/", "/ca/", "/crl/", "/healthz", "/readyz", "/wsapi/", "/metrics", "/api/v1/openapi.json",
-                   "/api/v1/docs", "/admin")
+                   "/api/v1/docs", "/admin", "/hooks/")
 BASIC_ROUTES = {"/scep/{profile}/challenge"}
 SIGNIN_ROUTES = {"/api/v1/attestation/challenge", "/api/v1/attestation/verify", "/api/v1/otp/verify"}
 # Protocol 2.0 answers 200 to everyone; the verdict is in the body.

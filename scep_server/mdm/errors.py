@@ -1,0 +1,24 @@
+"""Typed errors of MDM sources (`trustkit.problems.DomainError`s: HTTP status and stable code)."""
+from __future__ import annotations
+
+from trustkit import problems
+
+
+class MdmError(problems.DomainError):
+    code = "mdm_error"
+    status = 400
+
+
+class MdmSourceNotFound(MdmError, problems.NotFound):
+    code = "mdm_source_not_found"
+    status = 404
+
+
+class MdmSourceExists(MdmError, problems.Conflict):
+    code = "mdm_source_exists"
+    status = 409
+
+
+class MdmSourceInvalid(MdmError, problems.BadRequest):
+    code = "mdm_source_invalid"
+    status = 400

@@ -1,0 +1,289 @@
+"""MDM sources and their sync: the configuration of each source, what it last said of our devices, and the
+lifecycle changes it drives (through the device store: every change is an audit event whose actor is
+``mdm:<source>``, and the certificates follow the device as for any other change).
+
+A sync reads the MDM's whole inventory first; when that fails, nothing is changed (and the failure is kept as
+the source's last outcome). A dry run plans the same changes and applies none.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Awaitable, Callable
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from trustkit.clock import Clock, aware, utcnow
+from trustkit.db import writer
+
+from ..binding.devices import DeviceStore
+from ..binding.errors import InvalidTransition
+from ..binding.tables import devices, mdm_devices, mdm_sources
+from ..store.events import record_event
+from .errors import MdmSourceExists, MdmSourceInvalid, MdmSourceNotFound
+from .plan import Change, MdmState, Ours, Record, Rules, Tracked, decide, plan
+
+log = structlog.get_logger("mdm")
+
+SOURCE_NAME = re.compile(r"\A[a-z][a-z0-9-]{0,31}\Z")
+KINDS = ("jamf", "intune")
+ID_FIELDS = {"jamf": ("udid", "serial_number"), "intune": ("device_id", "azure_ad_device_id", "serial_number")}
+_CHUNK = 500
+
+
+@dataclass
+class SyncReport:
+    source: str
+    dry_run: bool
+    records: int = 0
+    changes: list[Change] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # changes the device store refused (changed meanwhile)
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return {"source": self.source, "dry_run": self.dry_run, "records": self.records,
+                "changes": [c.to_json() for c in self.changes], "skipped": self.skipped, "error": self.error}
+
+
+def secret_sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def rules_of(settings) -> Rules:
+    return Rules(unmanaged=settings.unmanaged_action, disabled=settings.disabled_action,
+                 removed=settings.removed_action, removed_grace=timedelta(days=settings.removed_grace_days),
+                 restore=settings.restore_when_managed)
+
+
+def _public(row) -> dict:
+    m = row._mapping
+    return {"name": m["name"], "kind": m["kind"], "config": json.loads(m["config"]),
+            "webhook": m["webhook_secret_sha256"] is not None,
+            "last_sync_at": aware(m["last_sync_at"]).isoformat() if m["last_sync_at"] else None,
+            "last_sync_outcome": m["last_sync_outcome"],
+            "created_at": aware(m["created_at"]).isoformat(), "updated_at": aware(m["updated_at"]).isoformat()}
+
+
+# reads a source's inventory: (records, the source row's Graph state to keep) -- see scep_server.mdm.readers
+Reader = Callable[[dict, dict], Awaitable[tuple[list[Record], dict]]]
+
+
+class MdmService:
+    def __init__(self, engine: AsyncEngine, device_store: DeviceStore, settings, *, reader: Reader,
+                 clock: Clock = utcnow):
+        self.engine = engine
+        self.devices = device_store
+        self.settings = settings
+        self.rules = rules_of(settings)
+        self.reader = reader
+        self.clock = clock
+
+    # ------------------------------------------------------------------ sources
+
+    async def configure(self, name: str, kind: str, config: dict[str, Any], *, actor: str,
+                        new_webhook_secret: bool = False) -> tuple[dict, str | None]:
+        """Add or update a source; returns it and, when asked for (or on creation), its new webhook secret
+        (shown once: only its SHA-256 is kept)."""
+        if not SOURCE_NAME.fullmatch(name):
+            raise MdmSourceInvalid("source name: 1-32 of a-z, 0-9 and -, starting with a letter")
+        if kind not in KINDS:
+            raise MdmSourceInvalid(f"kind: one of {', '.join(KINDS)}")
+        id_field = config.get("id_field")
+        if id_field not in ID_FIELDS[kind]:
+            raise MdmSourceInvalid(f"id_field: one of {', '.join(ID_FIELDS[kind])}")
+        now = self.clock()
+        secret = None
+        async with writer(self.engine).begin() as conn:
+            row = (await conn.execute(sa.select(mdm_sources).where(mdm_sources.c.name == name))).first()
+            if row is not None and row.kind != kind:
+                raise MdmSourceExists(f"source {name!r} is a {row.kind} source")
+            if row is None or new_webhook_secret:
+                secret = secrets.token_urlsafe(32)
+            values = {"kind": kind, "config": json.dumps(config, sort_keys=True), "updated_at": now}
+            if secret is not None:
+                values["webhook_secret_sha256"] = secret_sha256(secret)
+            if row is None:
+                await conn.execute(mdm_sources.insert().values(name=name, created_at=now, **values))
+            else:
+                await conn.execute(mdm_sources.update().where(mdm_sources.c.name == name).values(**values))
+            await record_event(conn, at=now, kind="mdm.configure", subject=name, actor=actor,
+                               data={"kind": kind, "config": config, "webhook_secret_rotated": secret is not None})
+            row = (await conn.execute(sa.select(mdm_sources).where(mdm_sources.c.name == name))).first()
+        log.info("mdm.configure", source=name, kind=kind, actor=actor)
+        return _public(row), secret
+
+    async def sources(self) -> list[dict]:
+        async with self.engine.connect() as conn:
+            return [_public(r) for r in await conn.execute(sa.select(mdm_sources).order_by(mdm_sources.c.name))]
+
+    async def _row(self, name: str):
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(mdm_sources).where(mdm_sources.c.name == name))).first()
+        if row is None:
+            raise MdmSourceNotFound(f"no MDM source {name!r}")
+        return row
+
+    async def source(self, name: str) -> dict:
+        return _public(await self._row(name))
+
+    async def remove(self, name: str, *, actor: str) -> None:
+        now = self.clock()
+        async with writer(self.engine).begin() as conn:
+            res = await conn.execute(mdm_sources.delete().where(mdm_sources.c.name == name))
+            if res.rowcount != 1:
+                raise MdmSourceNotFound(f"no MDM source {name!r}")
+            await conn.execute(mdm_devices.delete().where(mdm_devices.c.source == name))
+            await record_event(conn, at=now, kind="mdm.remove", subject=name, actor=actor, data={})
+        log.info("mdm.remove", source=name, actor=actor)
+
+    # ------------------------------------------------------------------ devices
+
+    async def _ours(self, ids: list[str]) -> dict[str, Ours]:
+        out: dict[str, Ours] = {}
+        async with self.engine.connect() as conn:
+            for i in range(0, len(ids), _CHUNK):
+                rows = await conn.execute(sa.select(devices.c.id, devices.c.status, devices.c.status_changed_by)
+                                          .where(devices.c.id.in_(ids[i:i + _CHUNK])))
+                out.update({r.id: Ours(r.status, r.status_changed_by) for r in rows})
+        return out
+
+    async def _tracked(self, name: str) -> dict[str, Tracked]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(mdm_devices).where(mdm_devices.c.source == name))
+            return {r.device_id: Tracked(MdmState(r.state), aware(r.missing_since) if r.missing_since else None)
+                    for r in rows}
+
+    async def _apply(self, name: str, changes: list[Change], report: SyncReport) -> None:
+        actor = f"mdm:{name}"
+        for change in changes:
+            try:
+                await self.devices.transition(change.device_id, change.action, actor=actor, reason=change.why)
+            except InvalidTransition as exc:  # changed meanwhile (an admin, a webhook): the next sync looks again
+                report.skipped.append({**change.to_json(), "error": exc.code})
+            else:
+                report.changes.append(change)
+
+    async def _track(self, name: str, tracking: dict[str, tuple[Tracked, str | None]], before: dict[str, Tracked],
+                     untrack: list[str], now: datetime) -> None:
+        async with writer(self.engine).begin() as conn:
+            for device_id, (t, mdm_id) in tracking.items():
+                seen = now if t.state is not MdmState.MISSING else None
+                values = {"state": t.state.value, "missing_since": t.missing_since, "updated_at": now}
+                if mdm_id:
+                    values["mdm_id"] = mdm_id
+                if seen is not None:
+                    values["last_seen_at"] = seen
+                if device_id in before:
+                    if before[device_id] == t and seen is None:
+                        continue
+                    await conn.execute(mdm_devices.update().where(mdm_devices.c.source == name,
+                                                                  mdm_devices.c.device_id == device_id).values(values))
+                else:
+                    await conn.execute(mdm_devices.insert().values(source=name, device_id=device_id, **values))
+            for i in range(0, len(untrack), _CHUNK):
+                await conn.execute(mdm_devices.delete().where(mdm_devices.c.source == name,
+                                                              mdm_devices.c.device_id.in_(untrack[i:i + _CHUNK])))
+
+    async def sync(self, name: str, *, dry_run: bool = False, actor: str) -> SyncReport:
+        """Read the source's whole inventory and apply what it asks for (none of it on a dry run)."""
+        from .clients import MdmUnavailable
+
+        row = await self._row(name)
+        report = SyncReport(name, dry_run)
+        state = {"delta_link": row.delta_link, "directory_disabled": json.loads(row.directory_disabled or "[]")}
+        try:
+            records, state = await self.reader({"kind": row.kind, **json.loads(row.config)}, state)
+        except MdmUnavailable as exc:
+            report.error = str(exc)[:500]
+        if report.error is None:
+            report.records = len(records)
+            by_id = {r.device_id: r for r in records}
+            tracked = await self._tracked(name)
+            ours = await self._ours(sorted(set(by_id) | set(tracked)))
+            now = self.clock()
+            p = plan(by_id, tracked, ours, actor=f"mdm:{name}", rules=self.rules, now=now)
+            if dry_run:
+                report.changes = p.changes
+            else:
+                await self._apply(name, p.changes, report)
+                await self._track(name, p.tracking, tracked, p.untrack, now)
+        if not dry_run:
+            await self._finish(name, report, state if report.error is None else None, actor)
+        log.info("mdm.sync", source=name, dry_run=dry_run, records=report.records, changes=len(report.changes),
+                 skipped=len(report.skipped), error=report.error)
+        return report
+
+    async def _finish(self, name: str, report: SyncReport, state: dict | None, actor: str) -> None:
+        now = self.clock()
+        outcome = f"error: {report.error}" if report.error else \
+            f"ok: {report.records} records, {len(report.changes)} changes"
+        values: dict[str, Any] = {"last_sync_at": now, "last_sync_outcome": outcome[:500]}
+        if state is not None:
+            values.update(delta_link=state.get("delta_link"),
+                          directory_disabled=json.dumps(sorted(state.get("directory_disabled") or [])))
+        async with writer(self.engine).begin() as conn:
+            await conn.execute(mdm_sources.update().where(mdm_sources.c.name == name).values(**values))
+            await record_event(conn, at=now, kind="mdm.sync", subject=name, actor=actor,
+                               data={"records": report.records, "changes": len(report.changes),
+                                     "skipped": len(report.skipped), "error": report.error})
+
+    async def claim(self, name: str, *, hold: timedelta) -> bool:
+        """Whether this process runs the source's periodic sync now: due, and not claimed by another process."""
+        now = self.clock()
+        interval = timedelta(seconds=self.settings.sync_interval_seconds)
+        async with writer(self.engine).begin() as conn:
+            row = (await conn.execute(sa.select(mdm_sources.c.sync_claimed_until, mdm_sources.c.last_sync_at)
+                                      .where(mdm_sources.c.name == name))).first()
+            if row is None:
+                return False
+            claimed = aware(row.sync_claimed_until) if row.sync_claimed_until else None
+            last = aware(row.last_sync_at) if row.last_sync_at else None
+            if (claimed is not None and claimed > now) or (last is not None and now - last < interval):
+                return False
+            cond = (mdm_sources.c.sync_claimed_until.is_(None) if row.sync_claimed_until is None
+                    else mdm_sources.c.sync_claimed_until == row.sync_claimed_until)
+            res = await conn.execute(mdm_sources.update().where(mdm_sources.c.name == name, cond)
+                                     .values(sync_claimed_until=now + hold))
+            return res.rowcount == 1
+
+    # ------------------------------------------------------------------ webhooks
+
+    async def webhook_source(self, name: str, presented: str | None) -> dict:
+        """The source a webhook post names, if `presented` is its secret (MdmSourceNotFound otherwise, whichever
+        part is wrong: a caller learns nothing of which sources exist)."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(mdm_sources).where(mdm_sources.c.name == name))).first()
+        expected = row.webhook_secret_sha256 if row is not None else None
+        given = secret_sha256(presented or "")
+        ok = hmac.compare_digest(given, expected or "0" * 64) and expected is not None and presented is not None
+        if not ok:
+            raise MdmSourceNotFound("unknown source or wrong secret")
+        return {"kind": row.kind, **json.loads(row.config)}
+
+    async def event(self, name: str, record: Record) -> Change | None:
+        """One device event of the MDM (a webhook): the change it asks for, applied, and remembered."""
+        ours = (await self._ours([record.device_id])).get(record.device_id)
+        if ours is None:
+            return None
+        change = decide(record, ours, actor=f"mdm:{name}", rules=self.rules)
+        report = SyncReport(name, False)
+        if change is not None:
+            await self._apply(name, [change], report)
+        before = await self._tracked_one(name, record.device_id)
+        await self._track(name, {record.device_id: (Tracked(record.state), record.mdm_id)}, before, [], self.clock())
+        return report.changes[0] if report.changes else None
+
+    async def _tracked_one(self, name: str, device_id: str) -> dict[str, Tracked]:
+        async with self.engine.connect() as conn:
+            r = (await conn.execute(sa.select(mdm_devices).where(mdm_devices.c.source == name,
+                                                                 mdm_devices.c.device_id == device_id))).first()
+        if r is None:
+            return {}
+        return {device_id: Tracked(MdmState(r.state), aware(r.missing_since) if r.missing_since else None)}

@@ -1,0 +1,134 @@
+"""MDM sources on the store (SQLite and PostgreSQL): configuration, the periodic sync's claim, tracking; and the
+`scep-server mdm` commands."""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from structlog.testing import capture_logs
+
+from scep_server.binding.devices import DeviceStore
+from scep_server.config import MdmSettings
+from scep_server.mdm.clients import MdmUnavailable
+from scep_server.mdm.errors import MdmSourceInvalid, MdmSourceNotFound
+from scep_server.mdm.plan import MdmState, Record
+from scep_server.mdm.service import MdmService
+from trustkit.clock import SettableClock
+
+from tests.binding.conftest import START
+
+JAMF = {"url": "https://jamf.example", "client_id": "c", "client_secret": {"env": "X"}, "id_field": "udid"}
+
+
+class FakeMdm:
+    def __init__(self):
+        self.records: list[Record] = []
+        self.fail = False
+
+    async def __call__(self, config, state):
+        if self.fail:
+            raise MdmUnavailable("GET /api/v1/computers-inventory: HTTP 503")
+        return list(self.records), state
+
+
+@pytest.fixture
+async def env(engine):
+    clock = SettableClock(START)
+    devices = DeviceStore(engine, clock=clock)
+    fake = FakeMdm()
+    svc = MdmService(engine, devices, MdmSettings(), reader=fake, clock=clock)
+    return svc, devices, fake, clock
+
+
+async def test_configure_validates_and_keeps_only_a_hash_of_the_webhook_secret(env, engine):
+    svc, *_ = env
+    with pytest.raises(MdmSourceInvalid):
+        await svc.configure("Bad Name", "jamf", JAMF, actor="t")
+    with pytest.raises(MdmSourceInvalid):
+        await svc.configure("jamf", "jamf", {**JAMF, "id_field": "device_id"}, actor="t")
+    source, secret = await svc.configure("jamf", "jamf", JAMF, actor="t")
+    assert secret and source["webhook"] and "secret" not in json.dumps(source["config"]).replace("client_secret", "")
+    assert (await svc.webhook_source("jamf", secret))["url"] == JAMF["url"]
+    with pytest.raises(MdmSourceNotFound):
+        await svc.webhook_source("jamf", secret[:-1])
+    # an update keeps the secret unless a new one is asked for
+    _, again = await svc.configure("jamf", "jamf", {**JAMF, "url": "https://other.example"}, actor="t")
+    assert again is None and (await svc.webhook_source("jamf", secret))["url"] == "https://other.example"
+    _, rotated = await svc.configure("jamf", "jamf", JAMF, actor="t", new_webhook_secret=True)
+    with pytest.raises(MdmSourceNotFound):
+        await svc.webhook_source("jamf", secret)
+    assert await svc.webhook_source("jamf", rotated)
+
+
+async def test_the_periodic_sync_is_claimed_by_one_process_per_period(env, engine):
+    svc, devices, fake, clock = env
+    other = MdmService(engine, devices, MdmSettings(), reader=fake, clock=clock)
+    await svc.configure("jamf", "jamf", JAMF, actor="t")
+    hold = timedelta(seconds=900)
+    assert await svc.claim("jamf", hold=hold)
+    assert not await other.claim("jamf", hold=hold)
+    await svc.sync("jamf", actor="mdm:jamf")
+    clock.advance(timedelta(seconds=899))
+    assert not await other.claim("jamf", hold=hold)
+    clock.advance(timedelta(seconds=2))
+    assert await other.claim("jamf", hold=hold)
+    assert not await svc.claim("nope", hold=hold)
+
+
+async def test_a_failed_read_changes_nothing_and_is_the_last_outcome(env):
+    svc, devices, fake, clock = env
+    await svc.configure("jamf", "jamf", JAMF, actor="t")
+    await devices.create("d1", actor="t")
+    fake.records = [Record("d1", "1", MdmState.MANAGED)]
+    assert (await svc.sync("jamf", actor="t")).changes == []
+    fake.fail = True
+    clock.advance(timedelta(days=30))
+    report = await svc.sync("jamf", actor="t")
+    assert report.error and report.changes == []
+    assert (await devices.get("d1")).status.value == "active"
+    assert (await svc.source("jamf"))["last_sync_outcome"].startswith("error: GET")
+
+
+async def test_tracking_follows_the_inventory_and_forgets_deleted_devices(env, engine):
+    svc, devices, fake, clock = env
+    await svc.configure("jamf", "jamf", JAMF, actor="t")
+    for d in ("d1", "d2"):
+        await devices.create(d, actor="t")
+    fake.records = [Record("d1", "1", MdmState.MANAGED), Record("d2", "2", MdmState.UNMANAGED)]
+    report = await svc.sync("jamf", actor="t")
+    assert [(c.device_id, c.action) for c in report.changes] == [("d2", "deactivate")]
+    assert (await devices.get("d2")).status_changed_by == "mdm:jamf"
+    await devices.transition("d1", "delete", actor="cli:root")
+    fake.records = []
+    report = await svc.sync("jamf", actor="t")
+    assert report.changes == []  # d1 is deleted already; d2 is held already (its grace period starts)
+    assert set((await svc._tracked("jamf"))) == {"d2"}
+    clock.advance(timedelta(days=7))
+    assert [(c.device_id, c.action) for c in (await svc.sync("jamf", actor="t")).changes] == [("d2", "delete")]
+    await svc.remove("jamf", actor="t")
+    assert await svc._tracked("jamf") == {}
+    with pytest.raises(MdmSourceNotFound):
+        await svc.sync("jamf", actor="t")
+
+
+def test_mdm_commands(cli, tmp_path):
+    with capture_logs():  # the commands' log lines stay out of their output
+        _mdm_commands(cli, tmp_path)
+
+
+def _mdm_commands(cli, tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    out = cli("mdm", "configure", "jamf", "--url", "https://127.0.0.1:1", "--client-id", "c",
+              "--client-secret-file", str(secret))
+    assert json.loads(out)["kind"] == "jamf"
+    assert cli("mdm", "configure", "jamf", "--url", "http://jamf.example", "--client-id", "c",
+               "--client-secret-file", str(secret), code=2)  # plain http only to a loopback address
+    assert "give exactly one" in cli("mdm", "configure", "intune", "--tenant", "t", "--client-id", "c", code=2)
+    assert cli("mdm", "list").startswith("jamf\tjamf\t-")
+    assert json.loads(cli("mdm", "show", "jamf"))["config"]["client_secret"] == {"file": str(secret)}
+    # the MDM cannot be reached: the command fails and says nothing changed
+    assert "nothing changed" in cli("mdm", "sync", "jamf", "--dry-run", code=1)
+    cli("mdm", "remove", "jamf")
+    assert "no MDM source" in cli("mdm", "show", "jamf", code=1)
