@@ -265,10 +265,11 @@ async def create_backup(settings: Settings, directory: Path, *, now: datetime, f
     postgres = not is_sqlite(normalise_url(url))
     if postgres and not files_only:
         raise PostgresBackup(
-            "the database is PostgreSQL: back it up with pg_dump, which takes a consistent snapshot while the "
-            f"servers run:\n  {pg_dump_command(url, directory)}\n(give the password through PGPASSWORD or "
-            "~/.pgpass), and back up the CA directory and the secrets with "
-            f"`scep-server backup --files-only {directory}`")
+            "the database is PostgreSQL: this command does not copy it; pg_dump does, with a consistent snapshot "
+            "taken while the servers run. Back up the CA directory and the secrets, then the database:\n"
+            f"  scep-server backup --files-only {directory}\n  {pg_dump_command(url, directory)}\n"
+            "(pg_dump reads the password from PGPASSWORD or ~/.pgpass; restore with pg_restore into an empty "
+            "database, then `scep-server restore` with database.url set to it)")
     if directory.exists() and not _is_empty_dir(directory):
         raise BackupError(f"{directory} is not an empty directory: a backup is written into a new or empty one")
     ca_dir = settings.ca_dir()
