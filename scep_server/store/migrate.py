@@ -59,7 +59,7 @@ async def upgrade(engine: AsyncEngine, target: str = "heads") -> None:
 
 
 def upgrade_url(url: str, target: str = "heads") -> None:
-    from .db import create_engine
+    from trustkit.db import create_engine
 
     async def run() -> None:
         engine = create_engine(url)
