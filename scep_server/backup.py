@@ -181,7 +181,9 @@ def _online_backup(source: Path, target: Path) -> None:
     try:
         dst = sqlite3.connect(target)
         try:
-            src.backup(dst, pages=4096)
+            # in one step: one read transaction, which in WAL mode blocks no writer; a copy in several steps
+            # would start over after each write of another connection, and might never end under load
+            src.backup(dst, pages=-1)
             dst.execute("PRAGMA journal_mode=DELETE")
             dst.commit()
         finally:

@@ -144,10 +144,9 @@ def backup(ctx: Context, directory, files_only: bool) -> None:
     except BackupError as exc:
         raise click.ClickException(f"backup refused: {exc}") from None
     run(record_backup(ctx.settings(), result, actor=cli_actor(), now=now))
-    structlog.get_logger("backup").info("backup.created", directory=str(directory),
-                                        database=result.manifest["database"]["kind"],
-                                        files=len(result.manifest["files"]),
-                                        highest_crl_number=result.manifest["highest_crl_number"])
+    log = structlog.get_logger("backup")
+    log.info("backup.created", directory=str(directory), database=result.manifest["database"]["kind"],
+             files=len(result.manifest["files"]), highest_crl_number=result.manifest["highest_crl_number"])
     click.echo(f"backup written to {directory}")
     for note in result.notes:
         click.echo(f"  {note}")
