@@ -39,11 +39,19 @@ async def test_backup_during_enrolments_loses_nothing_acknowledged(aiohttp_serve
 
     async with aiohttp.ClientSession() as session:
         clients = [asyncio.create_task(client(n, session)) for n in range(CLIENTS)]
+        # the backup starts once the load runs (a second, and a few enrolments in: the machine may be slow) ...
         await asyncio.sleep(LOAD_SECONDS / 2)
+        async with asyncio.timeout(60):
+            while len(acked) < CLIENTS:
+                await asyncio.sleep(0.05)
         started = time.monotonic()
         result = await create_backup(srv.settings, tmp_path / "backup", now=utcnow())
         finished = time.monotonic()
+        # ... and the load goes on after it
         await asyncio.sleep(LOAD_SECONDS / 2)
+        async with asyncio.timeout(60):
+            while not any(at > finished for at, _ in acked):
+                await asyncio.sleep(0.05)
         stop.set()
         await asyncio.gather(*clients)
 
