@@ -1,0 +1,51 @@
+"""Restore details: the schema check, secrets from the environment (not copied), a newer schema refused."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from scep_server.backup import schema_state, script_heads
+
+from .support import cli
+
+
+def test_schema_state_of_revisions():
+    assert schema_state(script_heads()) == "head"
+    assert schema_state(["core_0001"]) == "upgradable"
+    assert schema_state([*script_heads()[:-1], "core_0001"]) == "upgradable"
+    assert schema_state(["core_9999"]) == "unknown"
+
+
+def test_passphrase_from_the_environment_is_not_copied_and_is_needed_to_restore(tmp_path):
+    env = {"SCEP_CA_PASSPHRASE": "a passphrase from the environment"}
+    data = tmp_path / "data"
+    cli("--data-dir", str(data), "init", env=env)
+    assert not (data / "ca" / "passphrase").exists()
+    out = cli("--data-dir", str(data), "backup", str(tmp_path / "b"), env=env)
+    assert "not copied (from $SCEP_CA_PASSPHRASE)" in out
+    assert not (tmp_path / "b" / "ca-passphrase").exists()
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["secrets"]["ca_passphrase"] == {"env": "SCEP_CA_PASSPHRASE"}
+    new = tmp_path / "n" / "data"
+    out = cli("restore", str(tmp_path / "b"), "--data-dir", str(new), code=1,
+              env={"SCEP_CA_PASSPHRASE": ""})
+    assert "the CA passphrase" in out and not new.exists()
+    out = cli("restore", str(tmp_path / "b"), "--data-dir", str(new), env=env)
+    assert "schema: head" in out and not (new / "ca" / "passphrase").exists()
+    # the restored directory serves with the same environment: the CA keys open
+    out = cli("--data-dir", str(new), "ca", "list", env=env)
+    assert "default" in out
+
+
+def test_a_database_newer_than_this_software_is_refused(tmp_path):
+    data = tmp_path / "data"
+    cli("--data-dir", str(data), "init")
+    conn = sqlite3.connect(data / "scep.db")
+    conn.execute("INSERT INTO alembic_version (version_num) VALUES ('core_9999')")
+    conn.commit()
+    conn.close()
+    cli("--data-dir", str(data), "backup", str(tmp_path / "b"))
+    new = tmp_path / "n" / "data"
+    out = cli("restore", str(tmp_path / "b"), "--data-dir", str(new), code=1)
+    assert "newer than this software knows" in out and not new.exists()
+    assert not list((tmp_path / "n").iterdir())
