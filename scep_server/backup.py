@@ -238,14 +238,6 @@ def _ca_key_paths(ca_dir: Path) -> list[Path]:
     return sorted(p for p in ca_dir.iterdir() if p.is_file() and p.suffix == ".key")
 
 
-def _sign_manifest(data: bytes, ca_dir: Path, passphrase: bytes) -> bytes:
-    from cryptography.hazmat.primitives import hashes
-
-    from .ca.keys import FileKey
-
-    return FileKey.load(ca_dir / "ca.key", passphrase).sign(data, hashes.SHA256())
-
-
 @dataclass
 class BackupResult:
     directory: Path
@@ -260,7 +252,9 @@ async def create_backup(settings: Settings, directory: Path, *, now: datetime, f
     On PostgreSQL this raises PostgresBackup (nothing written) unless `files_only`: then the CA directory and the
     secrets are copied and the manifest records the database's migration heads and CRL Numbers, and the
     database itself is the operator's pg_dump."""
-    from .ca.keys import load_or_create_passphrase
+    from cryptography.hazmat.primitives import hashes
+
+    from .ca.keys import FileKey, load_or_create_passphrase
 
     directory = Path(directory)
     url = settings.database_url()
@@ -283,66 +277,82 @@ async def create_backup(settings: Settings, directory: Path, *, now: datetime, f
     if not from_env and not passphrase_path.exists():
         raise BackupError(f"the CA passphrase is neither in ${settings.ca.passphrase_env} nor in {passphrase_path}")
     passphrase = load_or_create_passphrase(settings.ca.passphrase_env, passphrase_path)
+    try:
+        ca_key = FileKey.load(ca_dir / "ca.key", passphrase)  # it signs the manifest
+    except (OSError, ValueError, TypeError) as exc:
+        raise BackupError(f"cannot open the CA key {ca_dir / 'ca.key'} with the passphrase: {exc}") from None
+    created = not directory.exists()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
-    notes: list[str] = []
-    files: dict[str, dict[str, Any]] = {}
+    try:
+        notes: list[str] = []
+        files: dict[str, dict[str, Any]] = {}
 
-    def add(rel: str) -> None:
-        path = directory / rel
-        files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        def add(rel: str) -> None:
+            path = directory / rel
+            files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
-    # 1. the database (the online backup runs on a thread: the event loop, if a server shares it, keeps going)
-    if postgres:
-        revisions, crl_numbers = await _pg_facts(url)
-        database = {"kind": "postgresql", "included": False}
-        notes.append(f"database: not included (PostgreSQL): {pg_dump_command(url, directory)}")
-    else:
-        target = directory / DATABASE_FILE
-        await asyncio.to_thread(_online_backup, _sqlite_path(url), target)
-        revisions, crl_numbers = await asyncio.to_thread(_read_copy, target)
-        add(DATABASE_FILE)
-        database = {"kind": "sqlite", "file": DATABASE_FILE}
-        notes.append(f"database: {DATABASE_FILE} ({files[DATABASE_FILE]['bytes']} bytes)")
-    # 2. the CA directory
-    for src in sorted(ca_dir.iterdir()):
-        if src.is_file() and src.name not in _SKIPPED_CA_FILES and not src.name.startswith("."):
-            rel = f"ca/{settings.ca.name}/{src.name}"
-            _private_copy(src, directory / rel)
-            add(rel)
-    notes.append(f"CA directory: ca/{settings.ca.name}/")
-    for name in EXTRA_FILES:
-        if (settings.data_dir / name).is_file():
-            _private_copy(settings.data_dir / name, directory / name)
-            add(name)
-    # 3. the secrets, each in a file of its own
-    secrets_: dict[str, Any] = {}
-    if from_env:
-        secrets_["ca_passphrase"] = {"env": settings.ca.passphrase_env}
-        notes.append(f"CA passphrase: not copied (from ${settings.ca.passphrase_env}); keep it safe")
-    else:
-        _private_copy(passphrase_path, directory / PASSPHRASE_FILE)
-        secrets_["ca_passphrase"] = {"file": PASSPHRASE_FILE}
-        notes.append(f"CA passphrase: {PASSPHRASE_FILE} (store it apart from the backup)")
-    secrets_["otp_kek"] = _backup_kek(settings, directory, notes)
-    # 4. the manifest, signed by the CA key
-    manifest = {
-        "format": FORMAT,
-        "created_at": now.isoformat(),
-        "versions": software_versions(),
-        "database": database,
-        "migration_heads": revisions,
-        "crl_numbers": crl_numbers,
-        "highest_crl_number": {ca: max(v["last_allocated"] or 0, v["published"] or 0)
-                               for ca, v in crl_numbers.items()},
-        "ca": {"name": settings.ca.name, "directory": f"ca/{settings.ca.name}"},
-        "secrets": secrets_,
-        "files": files,
-    }
-    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    _private_write(directory / MANIFEST, data)
-    _private_write(directory / SIGNATURE, base64.b64encode(_sign_manifest(data, ca_dir, passphrase)) + b"\n")
-    _private_dirs(directory)
+        # 1. the database (the online backup runs on a thread: the event loop, if a server shares it, keeps going)
+        if postgres:
+            revisions, crl_numbers = await _pg_facts(url)
+            database = {"kind": "postgresql", "included": False}
+            notes.append(f"database: not included (PostgreSQL): {pg_dump_command(url, directory)}")
+        else:
+            target = directory / DATABASE_FILE
+            await asyncio.to_thread(_online_backup, _sqlite_path(url), target)
+            revisions, crl_numbers = await asyncio.to_thread(_read_copy, target)
+            add(DATABASE_FILE)
+            database = {"kind": "sqlite", "file": DATABASE_FILE}
+            notes.append(f"database: {DATABASE_FILE} ({files[DATABASE_FILE]['bytes']} bytes)")
+        # 2. the CA directory
+        for src in sorted(ca_dir.iterdir()):
+            if src.is_file() and src.name not in _SKIPPED_CA_FILES and not src.name.startswith("."):
+                rel = f"ca/{settings.ca.name}/{src.name}"
+                _private_copy(src, directory / rel)
+                add(rel)
+        notes.append(f"CA directory: ca/{settings.ca.name}/")
+        for name in EXTRA_FILES:
+            if (settings.data_dir / name).is_file():
+                _private_copy(settings.data_dir / name, directory / name)
+                add(name)
+        # 3. the secrets, each in a file of its own
+        secrets_: dict[str, Any] = {}
+        if from_env:
+            secrets_["ca_passphrase"] = {"env": settings.ca.passphrase_env}
+            notes.append(f"CA passphrase: not copied (from ${settings.ca.passphrase_env}); keep it safe")
+        else:
+            _private_copy(passphrase_path, directory / PASSPHRASE_FILE)
+            secrets_["ca_passphrase"] = {"file": PASSPHRASE_FILE}
+            notes.append(f"CA passphrase: {PASSPHRASE_FILE} (store it apart from the backup)")
+        secrets_["otp_kek"] = _backup_kek(settings, directory, notes)
+        # 4. the manifest, signed by the CA key
+        manifest = {
+            "format": FORMAT,
+            "created_at": now.isoformat(),
+            "versions": software_versions(),
+            "database": database,
+            "migration_heads": revisions,
+            "crl_numbers": crl_numbers,
+            "highest_crl_number": {ca: max(v["last_allocated"] or 0, v["published"] or 0)
+                                   for ca, v in crl_numbers.items()},
+            "ca": {"name": settings.ca.name, "directory": f"ca/{settings.ca.name}"},
+            "secrets": secrets_,
+            "files": files,
+        }
+        data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+        _private_write(directory / MANIFEST, data)
+        _private_write(directory / SIGNATURE, base64.b64encode(ca_key.sign(data, hashes.SHA256())) + b"\n")
+        _private_dirs(directory)
+    except BaseException:
+        # a failed backup leaves nothing behind: the directory was new or empty
+        for entry in directory.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        if created:
+            directory.rmdir()
+        raise
     return BackupResult(directory, manifest, notes)
 
 
@@ -404,6 +414,29 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
+def _check_shape(manifest: dict[str, Any]) -> None:
+    """The members a restore reads have the types it expects (BackupError otherwise)."""
+    def fail(what: str):
+        raise BackupError(f"{MANIFEST}: {what}")
+
+    ca = manifest.get("ca")
+    if not isinstance(ca, dict) or not isinstance(ca.get("name"), str) or not isinstance(ca.get("directory"), str):
+        fail("names no CA")
+    if not isinstance(manifest.get("database"), dict):
+        fail("describes no database")
+    secrets_ = manifest.get("secrets")
+    if not isinstance(secrets_, dict):
+        fail("describes no secrets")
+    for name in ("ca_passphrase", "otp_kek"):
+        entry = secrets_.get(name)
+        if entry is not None and (not isinstance(entry, dict) or not all(
+                isinstance(entry.get(k), (str, type(None))) for k in ("file", "env", "kek_id"))):
+            fail(f"the entry of {name} is malformed")
+    highest = manifest.get("highest_crl_number", {})
+    if not isinstance(highest, dict) or not all(isinstance(v, int) and v >= 0 for v in highest.values()):
+        fail("the CRL Numbers are malformed")
+
+
 def _inside(directory: Path, rel: str) -> Path:
     """`directory/rel`, refusing a name that leaves the directory (an absolute path, ``..``)."""
     parts = Path(rel).parts
@@ -459,18 +492,19 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
     if data_dir.exists() and not _is_empty_dir(data_dir):
         raise BackupError(f"{data_dir} exists and is not empty: a backup is restored into a new data directory")
     manifest = read_manifest(source)
-    ca = manifest.get("ca") or {}
-    ca_name, ca_rel = ca.get("name"), ca.get("directory")
-    if not isinstance(ca_name, str) or not isinstance(ca_rel, str):
-        raise BackupError(f"{MANIFEST}: names no CA")
+    _check_shape(manifest)
+    ca_name, ca_rel = manifest["ca"]["name"], manifest["ca"]["directory"]
     ca_src = _inside(source, ca_rel)
+    if not ca_src.is_dir():
+        raise BackupError(f"{ca_rel} is missing from the backup")
     secrets_ = manifest.get("secrets") or {}
     notes: list[str] = []
     # the CA passphrase opens every key of the CA directory; the CA key signed the manifest
     pp = secrets_.get("ca_passphrase") or {}
     passphrase, pp_from = _read_secret(passphrase_file, _inside(source, pp["file"]) if pp.get("file") else None,
                                        pp.get("env") or settings.ca.passphrase_env, "the CA passphrase")
-    passphrase = passphrase.strip()
+    if pp_from != f"${pp.get('env') or settings.ca.passphrase_env}":
+        passphrase = passphrase.strip()  # a file's trailing newline, as the server reads it
     keys = {}
     for path in _ca_key_paths(ca_src):
         try:
@@ -512,7 +546,7 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
             _private_write(staging / "ca" / "passphrase", passphrase + b"\n")
             notes.append(f"CA passphrase written to {data_dir / 'ca' / 'passphrase'}")
         if kek_entry and kek_entry.get("file"):
-            _private_write(staging / "otp-kek.key", raw.strip() + b"\n")
+            _private_write(staging / "otp-kek.key", raw)
             notes.append(f"OTP key-encryption key written to {data_dir / 'otp-kek.key'}")
         if database.get("kind") == "sqlite":
             db_file = staging / "scep.db"

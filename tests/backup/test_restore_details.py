@@ -49,3 +49,17 @@ def test_a_database_newer_than_this_software_is_refused(tmp_path):
     out = cli("restore", str(tmp_path / "b"), "--data-dir", str(new), code=1)
     assert "newer than this software knows" in out and not new.exists()
     assert not list((tmp_path / "n").iterdir())
+
+
+def test_a_failed_backup_leaves_nothing(tmp_path):
+    data = tmp_path / "data"
+    cli("--data-dir", str(data), "init")
+    out = cli("--data-dir", str(data), "backup", str(tmp_path / "b"), env={"SCEP_CA_PASSPHRASE": "wrong"}, code=1)
+    assert "cannot open the CA key" in out and not (tmp_path / "b").exists()
+    # a failure half-way (the database is gone) removes what was written
+    (data / "scep.db").rename(tmp_path / "elsewhere.db")
+    (tmp_path / "empty").mkdir()
+    out = cli("--data-dir", str(data), "backup", str(tmp_path / "empty"), code=1)
+    assert "does not exist" in out and list((tmp_path / "empty").iterdir()) == []
+    out = cli("--data-dir", str(data), "backup", str(tmp_path / "b"), code=1)
+    assert not (tmp_path / "b").exists()
