@@ -478,9 +478,9 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
     """Restore the backup in `source` into the new data directory `data_dir`.
 
     Everything is checked before anything is written: the manifest's checksums and signature, that the CA keys
-    open with the passphrase, that the KEK is the one the backup was made with, that the schema is this
-    software's (at head or upgradable). With `verify`, also that the KEK opens every sealed key and client
-    secret and that the database passes SQLite's integrity check. The files are written into a temporary
+    open with the passphrase, that the KEK is the one the backup was made with and opens every sealed YubiKey
+    and client secret, that the schema is this software's (at head or upgradable). With `verify`, also that the
+    database passes SQLite's integrity check. The files are written into a temporary
     directory beside `data_dir` which is renamed into place at the end: `data_dir` holds the whole restore or
     does not exist. For a backup without its database (PostgreSQL), the database at the configured URL is the
     one restored with pg_restore: it is checked and its CRL Numbers raised in the same way."""
@@ -563,7 +563,7 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
         else:
             raise BackupError(f"{MANIFEST}: unknown database kind {database.get('kind')!r}")
         _private_dirs(staging)
-        state, floors, checked = await _restore_database(url, manifest, box, verify=verify, gap=crl_number_gap,
+        state, floors, checked = await _restore_database(url, manifest, box, gap=crl_number_gap,
                                                          actor=actor, now=now, source=source)
         if data_dir.exists():
             _move_into(staging, data_dir)
@@ -610,7 +610,7 @@ def _integrity_check(path: Path) -> None:
         raise BackupError(f"the database fails SQLite's integrity check: {'; '.join(result[:5])}")
 
 
-async def _restore_database(url: str, manifest: dict[str, Any], box, *, verify: bool, gap: int, actor: str,
+async def _restore_database(url: str, manifest: dict[str, Any], box, *, gap: int, actor: str,
                             now: datetime, source: Path) -> tuple[str, dict[str, int], dict[str, int]]:
     """Check the restored database and raise its CRL Number floors; (schema state, floors, sealed values opened)."""
     from crl.tables import crl_state
@@ -630,7 +630,7 @@ async def _restore_database(url: str, manifest: dict[str, Any], box, *, verify: 
             raise BackupError(f"the database's schema ({', '.join(revisions)}) is newer than this software knows "
                               f"({', '.join(script_heads())}): restore with the version that made the backup "
                               f"({manifest.get('versions', {}).get('scep_server', '?')})")
-        checked = await _open_sealed(engine, box) if verify and box is not None and "otp_yubikeys" in names else {}
+        checked = await _open_sealed(engine, box) if box is not None and "otp_yubikeys" in names else {}
         floors: dict[str, int] = {}
         highest = {ca: int(n) for ca, n in (manifest.get("highest_crl_number") or {}).items()}
         async with writer(engine).begin() as conn:

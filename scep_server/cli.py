@@ -157,8 +157,7 @@ def backup(ctx: Context, directory, files_only: bool) -> None:
 @click.option("--data-dir", "new_data_dir", required=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="The new data directory (must not exist, or be empty).")
-@click.option("--verify", is_flag=True, help="Also open every sealed OTP secret with the key-encryption key and run "
-              "SQLite's integrity check.")
+@click.option("--verify", is_flag=True, help="Also run SQLite's integrity check on the database (reads all of it).")
 @click.option("--kek-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="The OTP key-encryption key, where it was stored apart (default: the backup's otp-kek.key).")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True,
@@ -189,9 +188,11 @@ def restore(ctx: Context, directory, new_data_dir, verify: bool, kek_file, passp
     click.echo(f"  schema: {result.schema}")
     for ca, floor in result.crl_floors.items():
         click.echo(f"  CA {ca}: CRL Numbers continue above {floor}")
+    if result.checked:
+        click.echo(f"  verified: {result.checked['yubikeys']} YubiKey secret(s) and {result.checked['clients']} OTP "
+                   "client secret(s) open with the key-encryption key")
     if verify:
-        click.echo(f"  verified: {result.checked.get('yubikeys', 0)} YubiKey secret(s) and "
-                   f"{result.checked.get('clients', 0)} OTP client secret(s) open with the key-encryption key")
+        click.echo("  verified: the database passes SQLite's integrity check")
     for note in result.notes:
         click.echo(f"  {note}")
     click.echo(f"start the server with --data-dir {new_data_dir} (or data_dir = \"{new_data_dir}\")")

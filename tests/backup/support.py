@@ -24,6 +24,8 @@ def cli(*args: str, env: dict | None = None, code: int = 0) -> str:
     with structlog.testing.capture_logs():  # the in-process server's lines stay out of the command's output
         result = CliRunner().invoke(main, list(args), env=environ)
     assert result.exit_code == code, (result.output, result.exception)
+    if code and result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"the command failed with a traceback, not a message: {result.exception!r}")
     return result.output
 
 

@@ -63,3 +63,28 @@ def test_a_failed_backup_leaves_nothing(tmp_path):
     assert "does not exist" in out and list((tmp_path / "empty").iterdir()) == []
     out = cli("--data-dir", str(data), "backup", str(tmp_path / "b"), code=1)
     assert not (tmp_path / "b").exists()
+
+
+def test_a_sealed_key_that_does_not_open_is_refused(tmp_path):
+    from click.testing import CliRunner
+
+    from scep_server.cli import main
+    from tests.otp.conftest import make_key, secrets_file
+
+    data = tmp_path / "data"
+    cli("--data-dir", str(data), "init")
+    result = CliRunner().invoke(main, ["--data-dir", str(data), "yubikey", "import", "-"],
+                                input=secrets_file([make_key(900_001), make_key(900_002)]).decode(),
+                                env={"SCEP_SERVER_LOG__LEVEL": "warning"})
+    assert result.exit_code == 0, result.output
+    cli("--data-dir", str(data), "backup", str(tmp_path / "good"))
+    # a sealed value damaged in the database itself (same KEK id): the backup copies it faithfully
+    conn = sqlite3.connect(data / "scep.db")
+    conn.execute("UPDATE otp_yubikeys SET secret_sealed = CAST(X'01' || randomblob(60) AS BLOB) WHERE serial = 900002")
+    conn.commit()
+    conn.close()
+    cli("--data-dir", str(data), "backup", str(tmp_path / "bad"))
+    out = cli("restore", str(tmp_path / "good"), "--data-dir", str(tmp_path / "n1"))
+    assert "2 YubiKey secret(s)" in out
+    out = cli("restore", str(tmp_path / "bad"), "--data-dir", str(tmp_path / "n2"), code=1)
+    assert "does not open with the OTP key-encryption key" in out and not (tmp_path / "n2").exists()
