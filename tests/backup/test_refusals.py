@@ -55,9 +55,14 @@ def _edit_manifest(backup: Path, change) -> None:
     (backup / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def test_the_untouched_copy_restores(copy, tmp_path):
+def test_the_untouched_copy_restores_also_into_an_empty_directory(copy, tmp_path):
     out = cli("restore", str(copy), "--data-dir", str(tmp_path / "new" / "data"), "--verify")
-    assert "1 YubiKey secret(s)" in out
+    assert "1 YubiKey secret(s)" in out and "integrity check" in out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cli("restore", str(copy), "--data-dir", str(empty))
+    assert sorted(p.name for p in empty.iterdir()) == ["ca", "default-challenge.txt", "otp-kek.key", "scep.db"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging directory left
 
 
 def test_a_changed_file_is_refused(copy, tmp_path):
