@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -107,6 +108,94 @@ def db_upgrade(ctx: Context) -> None:
 
     upgrade_url(ctx.settings().database_url())
     click.echo("database schema is up to date")
+
+
+# ---------------------------------------------------------------- backup and restore
+
+
+def _cli_logging(ctx: Context) -> None:
+    """Log lines go to stderr at the configured level (warnings at least); the command prints its outcome."""
+    from .logs import configure
+
+    settings = ctx.settings()
+    configure(settings.log.level, settings.log.format)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--files-only", is_flag=True,
+              help="PostgreSQL: copy the CA directory and the secrets only (the database is pg_dump's).")
+@pass_ctx
+def backup(ctx: Context, directory, files_only: bool) -> None:
+    """Back up the database (SQLite), the CA directory and the secrets into DIRECTORY (new or empty).
+
+    The OTP key-encryption key (otp-kek.key) and the CA passphrase (ca-passphrase) are written to files of their
+    own: store them apart from the rest. On PostgreSQL the command prints the pg_dump command to run instead."""
+    import structlog
+
+    from .backup import BackupError, PostgresBackup, create_backup, record_backup
+
+    _cli_logging(ctx)
+    now = utcnow()
+    try:
+        result = run(create_backup(ctx.settings(), directory, now=now, files_only=files_only))
+    except PostgresBackup as exc:
+        raise click.ClickException(str(exc)) from None
+    except BackupError as exc:
+        raise click.ClickException(f"backup refused: {exc}") from None
+    run(record_backup(ctx.settings(), result, actor=cli_actor(), now=now))
+    log = structlog.get_logger("backup")
+    log.info("backup.created", directory=str(directory), database=result.manifest["database"]["kind"],
+             files=len(result.manifest["files"]), highest_crl_number=result.manifest["highest_crl_number"])
+    click.echo(f"backup written to {directory}")
+    for note in result.notes:
+        click.echo(f"  {note}")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data-dir", "new_data_dir", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="The new data directory (must not exist, or be empty).")
+@click.option("--verify", is_flag=True, help="Also run SQLite's integrity check on the database (reads all of it).")
+@click.option("--kek-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The OTP key-encryption key, where it was stored apart (default: the backup's otp-kek.key).")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True,
+                                                   path_type=Path),
+              help="The CA passphrase, where it was stored apart (default: the backup's ca-passphrase).")
+@click.option("--crl-number-gap", type=click.IntRange(1, 10**15), default=1_000_000, show_default=True,
+              help="Raise each CA's next CRL Number this far above the highest number the backup saw.")
+@pass_ctx
+def restore(ctx: Context, directory, new_data_dir, verify: bool, kek_file, passphrase_file,
+            crl_number_gap: int) -> None:
+    """Restore a backup made by `scep-server backup` into a new data directory, checking it first."""
+    import structlog
+
+    from .backup import BackupError, restore_backup
+
+    _cli_logging(ctx)
+    log = structlog.get_logger("backup")
+    try:
+        result = run(restore_backup(ctx.settings(), directory, new_data_dir, kek_file=kek_file,
+                                    passphrase_file=passphrase_file, verify=verify, crl_number_gap=crl_number_gap,
+                                    actor=cli_actor(), now=utcnow()))
+    except BackupError as exc:
+        log.warning("backup.restore_refused", directory=str(directory), error=str(exc))
+        raise click.ClickException(f"restore refused: {exc}") from None
+    log.info("backup.restored", directory=str(directory), data_dir=str(new_data_dir), schema=result.schema,
+             crl_number_floors=result.crl_floors)
+    click.echo(f"restored {directory} (made {result.manifest['created_at']}) into {new_data_dir}")
+    click.echo(f"  schema: {result.schema}")
+    for ca, floor in result.crl_floors.items():
+        click.echo(f"  CA {ca}: CRL Numbers continue above {floor}")
+    if result.checked:
+        click.echo(f"  verified: {result.checked['yubikeys']} YubiKey secret(s) and {result.checked['clients']} OTP "
+                   "client secret(s) open with the key-encryption key")
+    if verify:
+        click.echo("  verified: the database passes SQLite's integrity check")
+    for note in result.notes:
+        click.echo(f"  {note}")
+    click.echo(f"start the server with --data-dir {new_data_dir} (or data_dir = \"{new_data_dir}\")")
 
 
 # ---------------------------------------------------------------- profiles

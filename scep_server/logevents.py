@@ -58,6 +58,14 @@ EVENTS: tuple[Event, ...] = (
     _e("tokens.last_used_failed", "warning", "error tokens",
        "recording when tokens were last used failed; the requests themselves were answered"),
     _e("audit.sealed", "debug", "events", "the audit chain's sealer linked this many new events ([audit] chain)"),
+    # backup and restore (`scep-server backup`, `scep-server restore`; README "Backup and restore")
+    _e("backup.created", "info", "directory database files highest_crl_number",
+       "a backup was written (the database kind, how many files the manifest lists, the CRL Numbers it saw)"),
+    _e("backup.restored", "info", "directory data_dir schema crl_number_floors",
+       "a backup was restored into a new data directory; each CA's CRL Numbers continue above its floor"),
+    _e("backup.restore_refused", "warning", "directory error",
+       "a restore was refused (a changed file or manifest, a wrong secret, an existing directory); nothing was "
+       "written"),
     _e("audit.seal.failed", "error", "error", "sealing the audit chain failed; the next round seals those events"),
     # background jobs
     _e("job.crashed", "error", "job error restart_in exception",

@@ -50,6 +50,8 @@ CLI_ONLY = {
     "serve": "runs the server itself",
     "init": "creates the data directory, CA and schema before any server can answer",
     "db upgrade": "migrates the schema the server needs to start",
+    "backup": "copies the database file, the CA directory and the secrets of the host into a directory of the host",
+    "restore": "writes a new data directory on the host, for a server not yet started on it",
     "challenge configure": "names files and environment variables of the host (secrets the server then sends "
                            "to the hosts the same settings name): host-only by design, docs/api.md \"Profiles\"",
     "mdm configure jamf": "names files and environment variables of the host (the API client's secret), as "

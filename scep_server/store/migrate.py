@@ -6,6 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import crl.migrations
@@ -38,15 +39,27 @@ def _upgrade_sync(connection, cfg: Config, target: str) -> None:
     command.upgrade(cfg, target)
 
 
+# pg_advisory_xact_lock key held while migrations run ("scep-mig" in ASCII): any number of processes may
+# run `db upgrade` (or start) on one database at once; one applies the migrations, the others wait for its
+# commit and find the schema at its heads.
+MIGRATION_LOCK_KEY = 0x7363_6570_2D6D_6967
+
+
 async def upgrade(engine: AsyncEngine, target: str = "heads") -> None:
-    """Bring the schema to `target` (all branch heads by default)."""
+    """Bring the schema to `target` (all branch heads by default), in one transaction that holds the migration
+    lock: a PostgreSQL advisory lock (transaction-scoped, released by the commit) or, on SQLite, the database
+    lock itself (BEGIN EXCLUSIVE; a second process waits for it within the busy timeout)."""
     cfg = alembic_config(str(engine.url.render_as_string(hide_password=False)))
+    if engine.dialect.name == "sqlite":
+        engine = engine.execution_options(sqlite_begin="EXCLUSIVE")
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         await conn.run_sync(_upgrade_sync, cfg, target)
 
 
 def upgrade_url(url: str, target: str = "heads") -> None:
-    from .db import create_engine
+    from trustkit.db import create_engine
 
     async def run() -> None:
         engine = create_engine(url)

@@ -1,0 +1,702 @@
+"""`scep-server backup` and `scep-server restore`: a consistent copy of a deployment, and its restoration.
+
+A backup directory holds:
+
+- ``database.sqlite3``: the SQLite database, copied through SQLite's online backup API (a consistent snapshot
+  taken while servers keep writing; PostgreSQL is backed up with ``pg_dump`` instead, see :func:`pg_dump_command`);
+- ``ca/<name>/``: the CA directory (``ca.key`` and ``ra.key`` encrypted with the CA passphrase, the certificates);
+- ``otp-kek.key``: the OTP key-encryption key, and ``ca-passphrase``: the CA passphrase, when they are files (from
+  the environment they are not copied). Both are secrets that open the rest: they are meant to be stored apart
+  from the other files (``restore --kek-file`` / ``--passphrase-file`` read them from wherever they are kept);
+- ``manifest.json``: format, time, versions, the migration heads and the CRL Numbers of the copied database, and
+  the SHA-256 of every other file; ``manifest.sig``: its signature by the CA key, so that an edited manifest is
+  refused as surely as an edited file.
+
+Every file is written with mode 0600 (directories 0700). A restore checks all of it before it writes anything,
+writes into a new data directory (never over an existing one), and raises each CA's CRL Number floor above any
+number the backup saw by a margin, so that CRLs signed after the restore are numbered above those the old
+deployment may have published after the backup (RFC 5280 §5.2.3: CRL Numbers only grow).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from trustkit.db import create_engine, is_sqlite, normalise_url, writer
+
+from .config import Settings
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+DATABASE_FILE = "database.sqlite3"
+KEK_FILE = "otp-kek.key"
+PASSPHRASE_FILE = "ca-passphrase"
+# data-directory files copied beside the CA directory when present
+EXTRA_FILES = ("default-challenge.txt",)
+# how far a restore raises each CA's CRL Number above the highest number the backup saw (see the module doc)
+DEFAULT_CRL_NUMBER_GAP = 1_000_000
+# files of a CA directory that are not copied (the lock of concurrent first starts)
+_SKIPPED_CA_FILES = {"ca.lock"}
+
+
+class BackupError(Exception):
+    """The backup or restore cannot be done; the message says why (nothing was written, or what was)."""
+
+
+class PostgresBackup(BackupError):
+    """The database is PostgreSQL: its backup is pg_dump's (the message holds the command)."""
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _private_copy(src: Path, dst: Path) -> None:
+    """Copy `src` to a new file `dst` (mode 0600, fsynced); never an overwrite."""
+    dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
+        shutil.copyfileobj(inp, out)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _private_write(dst: Path, data: bytes) -> None:
+    dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _private_dirs(root: Path) -> None:
+    """Every directory under `root` (and `root`) readable by the owner only."""
+    for dirpath, _dirs, _files in os.walk(root):
+        os.chmod(dirpath, 0o700)
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def software_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    try:
+        own = metadata.version("scep-server")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree without installing
+        own = "unknown"
+    return {"scep_server": own, "python": platform.python_version(), "sqlite": sqlite3.sqlite_version}
+
+
+def script_heads() -> list[str]:
+    """The migration heads this software knows (every branch: core, crl, otp ...)."""
+    from alembic.script import ScriptDirectory
+
+    from .store.migrate import alembic_config
+
+    return sorted(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
+
+
+def schema_state(revisions: list[str]) -> str:
+    """"head", "upgradable" (every revision known, some behind) or "unknown" (a revision this software lacks:
+    the database comes from a newer version)."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    from .store.migrate import alembic_config
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    if sorted(revisions) == sorted(script.get_heads()):
+        return "head"
+    for rev in revisions:
+        try:
+            if script.get_revision(rev) is None:
+                return "unknown"
+        except CommandError:
+            return "unknown"
+    return "upgradable"
+
+
+def pg_dump_command(url: str, directory: Path) -> str:
+    """The pg_dump command that backs up the database of `url` into `directory` (the password is not shown:
+    give it through PGPASSWORD or ~/.pgpass)."""
+    import shlex
+
+    u = make_url(normalise_url(url))
+    parts = ["pg_dump", "--format=custom", f"--file={directory / 'database.pgdump'}"]
+    if u.host:
+        parts.append(f"--host={u.host}")
+    if u.port:
+        parts.append(f"--port={u.port}")
+    if u.username:
+        parts.append(f"--username={u.username}")
+    parts.append(f"--dbname={u.database}")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+# ---------------------------------------------------------------------------------------------- backup
+
+
+def _sqlite_path(url: str) -> Path:
+    db = make_url(normalise_url(url)).database
+    if not db or db == ":memory:":
+        raise BackupError("the database is an in-memory SQLite database: there is nothing to back up")
+    return Path(db)
+
+
+def _online_backup(source: Path, target: Path) -> None:
+    """Copy the live database with sqlite3's online backup API (blocking: runs on a thread of its own).
+
+    The copy is a snapshot of one moment: what was committed before the backup began is in it, servers go on
+    writing meanwhile. The copy leaves WAL mode, so that it is one self-contained file."""
+    if not source.exists():
+        raise BackupError(f"the database {source} does not exist (run `scep-server init` first)")
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
+    try:
+        dst = sqlite3.connect(target)
+        try:
+            # in one step: one read transaction, which in WAL mode blocks no writer; a copy in several steps
+            # would start over after each write of another connection, and might never end under load
+            src.backup(dst, pages=-1)
+            dst.execute("PRAGMA journal_mode=DELETE")
+            dst.commit()
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    with target.open("rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _read_copy(path: Path) -> tuple[list[str], dict[str, dict[str, int | None]]]:
+    """(migration revisions, CRL numbers per CA) of a copied SQLite database."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return _db_facts_sync(conn)
+    finally:
+        conn.close()
+
+
+def _db_facts_sync(conn) -> tuple[list[str], dict[str, dict[str, int | None]]]:
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    revisions = sorted(r[0] for r in conn.execute("SELECT version_num FROM alembic_version")) \
+        if "alembic_version" in tables else []
+    crl: dict[str, dict[str, int | None]] = {}
+    if "crl_state" in tables:
+        for ca, last, published in conn.execute("SELECT ca, last_number, crl_number FROM crl_state ORDER BY ca"):
+            crl[ca] = {"last_allocated": int(last or 0), "published": None if published is None else int(published)}
+    return revisions, crl
+
+
+async def _pg_facts(url: str) -> tuple[list[str], dict[str, dict[str, int | None]]]:
+    from crl.tables import crl_state
+
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            names = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
+            revisions = sorted((await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalars()) \
+                if "alembic_version" in names else []
+            crl: dict[str, dict[str, int | None]] = {}
+            if "crl_state" in names:
+                rows = await conn.execute(sa.select(crl_state.c.ca, crl_state.c.last_number, crl_state.c.crl_number))
+                for ca, last, published in rows:
+                    crl[ca] = {"last_allocated": int(last or 0),
+                               "published": None if published is None else int(published)}
+    finally:
+        await engine.dispose()
+    return revisions, crl
+
+
+def _ca_key_paths(ca_dir: Path) -> list[Path]:
+    return sorted(p for p in ca_dir.iterdir() if p.is_file() and p.suffix == ".key")
+
+
+@dataclass
+class BackupResult:
+    directory: Path
+    manifest: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+async def create_backup(settings: Settings, directory: Path, *, now: datetime, files_only: bool = False
+                        ) -> BackupResult:
+    """Back up the deployment of `settings` into `directory` (absent or empty; created 0700).
+
+    On PostgreSQL this raises PostgresBackup (nothing written) unless `files_only`: then the CA directory and the
+    secrets are copied and the manifest records the database's migration heads and CRL Numbers, and the
+    database itself is the operator's pg_dump."""
+    from cryptography.hazmat.primitives import hashes
+
+    from .ca.keys import FileKey, load_or_create_passphrase
+
+    directory = Path(directory)
+    url = settings.database_url()
+    postgres = not is_sqlite(normalise_url(url))
+    if postgres and not files_only:
+        raise PostgresBackup(
+            "the database is PostgreSQL: this command does not copy it; pg_dump does, with a consistent snapshot "
+            "taken while the servers run. Back up the CA directory and the secrets, then the database:\n"
+            f"  scep-server backup --files-only {directory}\n  {pg_dump_command(url, directory)}\n"
+            "(pg_dump reads the password from PGPASSWORD or ~/.pgpass; restore with pg_restore into an empty "
+            "database, then `scep-server restore` with database.url set to it)")
+    if directory.exists() and not _is_empty_dir(directory):
+        raise BackupError(f"{directory} is not an empty directory: a backup is written into a new or empty one")
+    ca_dir = settings.ca_dir()
+    if not (ca_dir / "ca.crt").exists():
+        raise BackupError(f"no CA in {ca_dir}: nothing to back up (run `scep-server init` first)")
+    # the passphrase is needed to sign the manifest: read it (never created here) before anything is written
+    passphrase_path = settings.passphrase_path()
+    from_env = bool(os.environ.get(settings.ca.passphrase_env))
+    if not from_env and not passphrase_path.exists():
+        raise BackupError(f"the CA passphrase is neither in ${settings.ca.passphrase_env} nor in {passphrase_path}")
+    passphrase = load_or_create_passphrase(settings.ca.passphrase_env, passphrase_path)
+    try:
+        ca_key = FileKey.load(ca_dir / "ca.key", passphrase)  # it signs the manifest
+    except (OSError, ValueError, TypeError) as exc:
+        raise BackupError(f"cannot open the CA key {ca_dir / 'ca.key'} with the passphrase: {exc}") from None
+    created = not directory.exists()
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    try:
+        notes: list[str] = []
+        files: dict[str, dict[str, Any]] = {}
+
+        def add(rel: str) -> None:
+            path = directory / rel
+            files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+        # 1. the database (the online backup runs on a thread: the event loop, if a server shares it, keeps going)
+        if postgres:
+            revisions, crl_numbers = await _pg_facts(url)
+            database = {"kind": "postgresql", "included": False}
+            notes.append(f"database: not included (PostgreSQL): {pg_dump_command(url, directory)}")
+        else:
+            target = directory / DATABASE_FILE
+            await asyncio.to_thread(_online_backup, _sqlite_path(url), target)
+            revisions, crl_numbers = await asyncio.to_thread(_read_copy, target)
+            add(DATABASE_FILE)
+            database = {"kind": "sqlite", "file": DATABASE_FILE}
+            notes.append(f"database: {DATABASE_FILE} ({files[DATABASE_FILE]['bytes']} bytes)")
+        # 2. the CA directory
+        for src in sorted(ca_dir.iterdir()):
+            if src.is_file() and src.name not in _SKIPPED_CA_FILES and not src.name.startswith("."):
+                rel = f"ca/{settings.ca.name}/{src.name}"
+                _private_copy(src, directory / rel)
+                add(rel)
+        notes.append(f"CA directory: ca/{settings.ca.name}/")
+        for name in EXTRA_FILES:
+            if (settings.data_dir / name).is_file():
+                _private_copy(settings.data_dir / name, directory / name)
+                add(name)
+        # 3. the secrets, each in a file of its own
+        secrets_: dict[str, Any] = {}
+        if from_env:
+            secrets_["ca_passphrase"] = {"env": settings.ca.passphrase_env}
+            notes.append(f"CA passphrase: not copied (from ${settings.ca.passphrase_env}); keep it safe")
+        else:
+            _private_copy(passphrase_path, directory / PASSPHRASE_FILE)
+            secrets_["ca_passphrase"] = {"file": PASSPHRASE_FILE}
+            notes.append(f"CA passphrase: {PASSPHRASE_FILE} (store it apart from the backup)")
+        secrets_["otp_kek"] = _backup_kek(settings, directory, notes)
+        # 4. the manifest, signed by the CA key
+        manifest = {
+            "format": FORMAT,
+            "created_at": now.isoformat(),
+            "versions": software_versions(),
+            "database": database,
+            "migration_heads": revisions,
+            "crl_numbers": crl_numbers,
+            "highest_crl_number": {ca: max(v["last_allocated"] or 0, v["published"] or 0)
+                                   for ca, v in crl_numbers.items()},
+            "ca": {"name": settings.ca.name, "directory": f"ca/{settings.ca.name}"},
+            "secrets": secrets_,
+            "files": files,
+        }
+        data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+        _private_write(directory / MANIFEST, data)
+        _private_write(directory / SIGNATURE, base64.b64encode(ca_key.sign(data, hashes.SHA256())) + b"\n")
+        _private_dirs(directory)
+    except BaseException:
+        # a failed backup leaves nothing behind: the directory was new or empty
+        for entry in directory.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        if created:
+            directory.rmdir()
+        raise
+    return BackupResult(directory, manifest, notes)
+
+
+def _backup_kek(settings: Settings, directory: Path, notes: list[str]) -> dict[str, Any] | None:
+    from otp.kek import SecretBox, read_kek_file
+
+    if not settings.otp.enabled:
+        return None
+    path = settings.otp.kek_path(settings.data_dir)
+    if path is None:
+        notes.append(f"OTP key-encryption key: not copied (from ${settings.otp.kek_env}); keep it safe")
+        return {"env": settings.otp.kek_env}
+    if not path.exists():
+        return None
+    kek = read_kek_file(path)
+    _private_copy(path, directory / KEK_FILE)
+    notes.append(f"OTP key-encryption key: {KEK_FILE} (store it apart from the backup)")
+    return {"file": KEK_FILE, "kek_id": SecretBox(kek).kek_id}
+
+
+# ---------------------------------------------------------------------------------------------- restore
+
+
+@dataclass
+class RestoreResult:
+    data_dir: Path
+    manifest: dict[str, Any]
+    schema: str
+    crl_floors: dict[str, int]
+    checked: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest, once every file it lists is there with its size and SHA-256 (BackupError otherwise)."""
+    directory = Path(directory)
+    try:
+        raw = (directory / MANIFEST).read_bytes()
+    except OSError as exc:
+        raise BackupError(f"{directory / MANIFEST}: cannot read the manifest ({exc.strerror})") from None
+    try:
+        manifest = json.loads(raw)
+    except ValueError as exc:
+        raise BackupError(f"{directory / MANIFEST} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BackupError(f"{directory / MANIFEST}: not a backup manifest of format {FORMAT}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BackupError(f"{directory / MANIFEST}: lists no files")
+    for rel, meta in files.items():
+        path = _inside(directory, rel)
+        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
+            raise BackupError(f"{MANIFEST}: the entry of {rel} has no checksum")
+        if not path.is_file():
+            raise BackupError(f"{rel} is missing from the backup")
+        if path.stat().st_size != meta.get("bytes") or sha256_file(path) != meta["sha256"]:
+            raise BackupError(f"{rel} does not match its checksum in the manifest: the backup was changed or "
+                              "damaged; refusing to restore it")
+    return manifest
+
+
+def _check_shape(manifest: dict[str, Any]) -> None:
+    """The members a restore reads have the types it expects (BackupError otherwise)."""
+    def fail(what: str):
+        raise BackupError(f"{MANIFEST}: {what}")
+
+    ca = manifest.get("ca")
+    if not isinstance(ca, dict) or not isinstance(ca.get("name"), str) or not isinstance(ca.get("directory"), str):
+        fail("names no CA")
+    if not isinstance(manifest.get("database"), dict):
+        fail("describes no database")
+    secrets_ = manifest.get("secrets")
+    if not isinstance(secrets_, dict):
+        fail("describes no secrets")
+    for name in ("ca_passphrase", "otp_kek"):
+        entry = secrets_.get(name)
+        if entry is not None and (not isinstance(entry, dict) or not all(
+                isinstance(entry.get(k), (str, type(None))) for k in ("file", "env", "kek_id"))):
+            fail(f"the entry of {name} is malformed")
+    highest = manifest.get("highest_crl_number", {})
+    if not isinstance(highest, dict) or not all(isinstance(v, int) and v >= 0 for v in highest.values()):
+        fail("the CRL Numbers are malformed")
+
+
+def _inside(directory: Path, rel: str) -> Path:
+    """`directory/rel`, refusing a name that leaves the directory (an absolute path, ``..``)."""
+    parts = Path(rel).parts
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in parts or rel.startswith("~"):
+        raise BackupError(f"{MANIFEST}: the file name {rel!r} is not inside the backup")
+    return directory / rel
+
+
+def _check_signature(data: bytes, signature_path: Path, ca_key) -> None:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    try:
+        signature = base64.b64decode(signature_path.read_bytes().strip(), validate=True)
+        ca_key.public_key().verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+    except (OSError, ValueError, InvalidSignature):
+        raise BackupError(f"{SIGNATURE} is missing or is not the CA key's signature of {MANIFEST}: the manifest "
+                          "was changed; refusing to restore") from None
+
+
+def _read_secret(given: Path | None, default: Path | None, env: str | None, what: str) -> tuple[bytes, str]:
+    """(the secret's bytes, where it came from): the given file, the backup's own file, or the environment."""
+    for path in (given, default):
+        if path is not None and path.is_file():
+            return path.read_bytes(), str(path)
+        if path is not None and path is given:
+            raise BackupError(f"{what}: {path} does not exist")
+    if env and os.environ.get(env):
+        return os.environ[env].encode(), f"${env}"
+    raise BackupError(f"{what}: not in the backup; give it with the option naming its file"
+                      + (f" or in ${env}" if env else ""))
+
+
+async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, kek_file: Path | None = None,
+                         passphrase_file: Path | None = None, verify: bool = False,
+                         crl_number_gap: int = DEFAULT_CRL_NUMBER_GAP, actor: str = "cli",
+                         now: datetime) -> RestoreResult:
+    """Restore the backup in `source` into the new data directory `data_dir`.
+
+    Everything is checked before anything is written: the manifest's checksums and signature, that the CA keys
+    open with the passphrase, that the KEK is the one the backup was made with and opens every sealed YubiKey
+    and client secret, that the schema is this software's (at head or upgradable). With `verify`, also that the
+    database passes SQLite's integrity check. The files are written into a temporary
+    directory beside `data_dir` which is renamed into place at the end: `data_dir` holds the whole restore or
+    does not exist. For a backup without its database (PostgreSQL), the database at the configured URL is the
+    one restored with pg_restore: it is checked and its CRL Numbers raised in the same way."""
+    from otp.kek import KekError, SecretBox
+
+    from .ca.keys import FileKey
+
+    source, data_dir = Path(source), Path(data_dir)
+    if data_dir.exists() and not _is_empty_dir(data_dir):
+        raise BackupError(f"{data_dir} exists and is not empty: a backup is restored into a new data directory")
+    manifest = read_manifest(source)
+    _check_shape(manifest)
+    ca_name, ca_rel = manifest["ca"]["name"], manifest["ca"]["directory"]
+    ca_src = _inside(source, ca_rel)
+    if not ca_src.is_dir():
+        raise BackupError(f"{ca_rel} is missing from the backup")
+    secrets_ = manifest.get("secrets") or {}
+    notes: list[str] = []
+    # the CA passphrase opens every key of the CA directory; the CA key signed the manifest
+    pp = secrets_.get("ca_passphrase") or {}
+    passphrase, pp_from = _read_secret(passphrase_file, _inside(source, pp["file"]) if pp.get("file") else None,
+                                       pp.get("env") or settings.ca.passphrase_env, "the CA passphrase")
+    if pp_from != f"${pp.get('env') or settings.ca.passphrase_env}":
+        passphrase = passphrase.strip()  # a file's trailing newline, as the server reads it
+    keys = {}
+    for path in _ca_key_paths(ca_src):
+        try:
+            keys[path.name] = FileKey.load(path, passphrase)
+        except (ValueError, TypeError) as exc:
+            raise BackupError(f"{ca_rel}/{path.name} does not open with the passphrase from {pp_from}: {exc}") from None
+    if "ca.key" not in keys:
+        raise BackupError(f"{ca_rel}/ca.key is not in the backup")
+    _check_signature((source / MANIFEST).read_bytes(), source / SIGNATURE, keys["ca.key"])
+    _check_ca_pair(ca_src, keys)
+    # the OTP key-encryption key
+    kek_entry = secrets_.get("otp_kek")
+    box = None
+    if kek_entry:
+        raw, kek_from = _read_secret(kek_file, _inside(source, kek_entry["file"]) if kek_entry.get("file") else None,
+                                     kek_entry.get("env"), "the OTP key-encryption key")
+        from otp.kek import _parse_kek
+
+        try:
+            box = SecretBox(_parse_kek(raw, kek_from))
+        except KekError as exc:
+            raise BackupError(str(exc)) from None
+        if kek_entry.get("kek_id") and box.kek_id != kek_entry["kek_id"]:
+            raise BackupError(f"the OTP key-encryption key from {kek_from} is not the one of the backup "
+                              f"(id {box.kek_id}, the backup's {kek_entry['kek_id']})")
+    database = manifest.get("database") or {}
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.restore-", dir=data_dir.parent))
+    try:
+        os.chmod(staging, 0o700)
+        for rel in manifest["files"]:
+            if rel == DATABASE_FILE:
+                continue
+            if rel.startswith(ca_rel + "/"):
+                _private_copy(source / rel, staging / "ca" / ca_name / rel[len(ca_rel) + 1:])
+            elif rel in EXTRA_FILES:
+                _private_copy(source / rel, staging / rel)
+        if pp.get("file"):
+            _private_write(staging / "ca" / "passphrase", passphrase + b"\n")
+            notes.append(f"CA passphrase written to {data_dir / 'ca' / 'passphrase'}")
+        if kek_entry and kek_entry.get("file"):
+            _private_write(staging / "otp-kek.key", raw)
+            notes.append(f"OTP key-encryption key written to {data_dir / 'otp-kek.key'}")
+        if database.get("kind") == "sqlite":
+            db_file = staging / "scep.db"
+            _private_copy(source / database["file"], db_file)
+            url = f"sqlite+aiosqlite:///{db_file.resolve()}"
+            if verify:
+                await asyncio.to_thread(_integrity_check, db_file)
+        elif database.get("kind") == "postgresql":
+            url = settings.database_url()
+            if is_sqlite(normalise_url(url)):
+                raise BackupError("the backup holds no database (PostgreSQL): restore it with pg_restore into an "
+                                  "empty database, and configure its URL (database.url) for the restore")
+            notes.append(f"database: the PostgreSQL database at {make_url(normalise_url(url)).render_as_string()}")
+        else:
+            raise BackupError(f"{MANIFEST}: unknown database kind {database.get('kind')!r}")
+        _private_dirs(staging)
+        state, floors, checked = await _restore_database(url, manifest, box, gap=crl_number_gap,
+                                                         actor=actor, now=now, source=source)
+        if data_dir.exists():
+            _move_into(staging, data_dir)
+        else:
+            os.rename(staging, data_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if state == "upgradable":
+        notes.append("the schema is behind this software's: `scep-server db upgrade` (or the first start) "
+                     "brings it up to date")
+    return RestoreResult(data_dir, manifest, state, floors, checked, notes)
+
+
+def _move_into(staging: Path, data_dir: Path) -> None:
+    """`data_dir` exists and is empty: move the staged files into it, then drop the staging directory."""
+    for entry in staging.iterdir():
+        os.rename(entry, data_dir / entry.name)
+    staging.rmdir()
+    os.chmod(data_dir, 0o700)
+
+
+def _check_ca_pair(ca_dir: Path, keys: dict) -> None:
+    """The certificates belong to the keys beside them (ca.crt to ca.key, ra.crt to ra.key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    for cert_name, key_name in (("ca.crt", "ca.key"), ("ra.crt", "ra.key")):
+        if not (ca_dir / cert_name).exists() or key_name not in keys:
+            raise BackupError(f"{cert_name} or {key_name} is missing from the backup's CA directory")
+        cert = x509.load_pem_x509_certificate((ca_dir / cert_name).read_bytes())
+        if cert.public_key().public_bytes(*spki) != keys[key_name].public_key().public_bytes(*spki):
+            raise BackupError(f"{cert_name} is not the certificate of {key_name}")
+
+
+def _integrity_check(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        result = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+    finally:
+        conn.close()
+    if result != ["ok"]:
+        raise BackupError(f"the database fails SQLite's integrity check: {'; '.join(result[:5])}")
+
+
+async def _restore_database(url: str, manifest: dict[str, Any], box, *, gap: int, actor: str,
+                            now: datetime, source: Path) -> tuple[str, dict[str, int], dict[str, int]]:
+    """Check the restored database and raise its CRL Number floors; (schema state, floors, sealed values opened)."""
+    from crl.tables import crl_state
+
+    from .store.events import record_event
+
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            names = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
+            revisions = sorted((await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalars()) \
+                if "alembic_version" in names else []
+        if not revisions:
+            raise BackupError("the database has no schema (no migration applied): is it the restored database?")
+        state = schema_state(revisions)
+        if state == "unknown":
+            raise BackupError(f"the database's schema ({', '.join(revisions)}) is newer than this software knows "
+                              f"({', '.join(script_heads())}): restore with the version that made the backup "
+                              f"({manifest.get('versions', {}).get('scep_server', '?')})")
+        checked = await _open_sealed(engine, box) if box is not None and "otp_yubikeys" in names else {}
+        floors: dict[str, int] = {}
+        highest = {ca: int(n) for ca, n in (manifest.get("highest_crl_number") or {}).items()}
+        async with writer(engine).begin() as conn:
+            if "crl_state" in names:
+                for ca, last, published in (await conn.execute(
+                        sa.select(crl_state.c.ca, crl_state.c.last_number, crl_state.c.crl_number))).all():
+                    highest[ca] = max(highest.get(ca, 0), int(last or 0), int(published or 0))
+                for ca, seen in highest.items():
+                    floor = seen + gap
+                    # the published CRL is dropped: the first start signs a new one numbered above the floor,
+                    # rather than serving one older than CRLs the old deployment may have published
+                    values = dict(last_number=floor, crl_number=None, this_update=None, next_update=None, der=None,
+                                  sha256=None, entries=None, published_at=None, published_by=None)
+                    res = await conn.execute(crl_state.update().where(crl_state.c.ca == ca).values(**values))
+                    if res.rowcount == 0:
+                        await conn.execute(crl_state.insert().values(ca=ca, **values))
+                    floors[ca] = floor
+            await record_event(conn, at=now, kind="admin.restore", subject=str(manifest.get("created_at")),
+                               actor=actor, data={"backup": str(source), "crl_number_floors": floors,
+                                                  "schema": state})
+    finally:
+        await engine.dispose()
+    return state, floors, checked
+
+
+async def _open_sealed(engine, box) -> dict[str, int]:
+    """Open every live sealed value with the KEK: YubiKey secrets and API client secrets (BackupError if one
+    does not open)."""
+    from otp.kek import KekError
+    from otp.service import _client_aad, _key_aad
+    from otp.tables import otp_clients, otp_yubikeys
+
+    counts = {"yubikeys": 0, "clients": 0}
+    async with engine.connect() as conn:
+        k = otp_yubikeys.c
+        rows = await conn.execute(sa.select(k.public_id, k.secret_sealed).where(
+            k.deleted_at.is_(None), sa.func.length(k.secret_sealed) > 0))
+        for public_id, sealed in rows:
+            try:
+                box.open(bytes(sealed), _key_aad(public_id))
+            except KekError:
+                raise BackupError(f"the YubiKey {public_id}'s secret does not open with the OTP key-encryption "
+                                  "key") from None
+            counts["yubikeys"] += 1
+        c = otp_clients.c
+        rows = await conn.execute(sa.select(c.id, c.secret_sealed).where(sa.func.length(c.secret_sealed) > 0))
+        for client_id, sealed in rows:
+            try:
+                box.open(bytes(sealed), _client_aad(client_id))
+            except KekError:
+                raise BackupError(f"the OTP client {client_id}'s secret does not open with the OTP "
+                                  "key-encryption key") from None
+            counts["clients"] += 1
+    return counts
+
+
+async def record_backup(settings: Settings, result: BackupResult, *, actor: str, now: datetime) -> None:
+    """The audit event of a backup, in the database that was backed up (after the copy: it is not in it)."""
+    from .store.events import record_event
+
+    engine = create_engine(settings.database_url())
+    try:
+        async with writer(engine).begin() as conn:
+            await record_event(conn, at=now, kind="admin.backup", subject=str(result.directory.resolve()),
+                               actor=actor, data={"database": result.manifest["database"]["kind"],
+                                                  "highest_crl_number": result.manifest["highest_crl_number"],
+                                                  "migration_heads": result.manifest["migration_heads"]})
+    finally:
+        await engine.dispose()
