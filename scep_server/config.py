@@ -16,7 +16,7 @@ import types
 from collections import deque
 from collections.abc import Mapping, Sequence, Set
 from datetime import timedelta
-from ipaddress import ip_network
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -45,6 +45,9 @@ class ServerSettings(BaseModel):
     workers: int = Field(1, ge=1, le=64)
     # Public base URL written into certificates (CRL Distribution Points, AIA caIssuers). Default: http://<listen>
     base_url: str | None = None
+    # With a wildcard listen address (0.0.0.0, ::) and no base_url, certificates would name http://0.0.0.0:...:
+    # the server then refuses to issue unless this is true (a lab)
+    allow_wildcard_base_url: bool = False
     max_body_bytes: int = Field(256 * 1024, ge=4096)
     # threads of the SCEP service's own executor (parse, decrypt, sign); default: the number of CPUs
     scep_threads: int | None = Field(None, ge=1, le=256)
@@ -76,6 +79,24 @@ class ServerSettings(BaseModel):
 
     def public_base_url(self) -> str:
         return (self.base_url or f"http://{self.listen}").rstrip("/")
+
+    def wildcard_base_url(self) -> bool:
+        """True when no base_url is set and listen is a wildcard address (0.0.0.0, ::): the URLs written into
+        certificates would then name an address no device can reach."""
+        if self.base_url:
+            return False
+        try:
+            return ip_address(self.host).is_unspecified
+        except ValueError:
+            return False
+
+    def issuing_refusal(self) -> str | None:
+        """Why no certificate may be issued with these settings, or None (see wildcard_base_url)."""
+        if not self.wildcard_base_url() or self.allow_wildcard_base_url:
+            return None
+        return (f"this server issues no certificates: it listens on {self.listen} and server.base_url is not set, "
+                f"so certificates would name {self.public_base_url()} as their CRL and CA certificate location; "
+                "set server.base_url (SCEP_SERVER_SERVER__BASE_URL) to the URL devices reach")
 
 
 class DatabaseSettings(BaseModel):

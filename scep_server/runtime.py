@@ -158,7 +158,21 @@ def _load_or_create_ca(settings: Settings, now: datetime, report: list[str]) -> 
     report.append(f"  CA certificate: {directory / 'ca.crt'}  SHA-256 {ca.fingerprint_sha256}")
     report.append(f"  keys encrypted with the passphrase in ${settings.ca.passphrase_env} or "
                   f"{settings.passphrase_path()}")
+    report.extend(base_url_notice(settings))
     return ca
+
+
+def base_url_notice(settings: Settings) -> list[str]:
+    """First start without server.base_url: what certificates will name, and how to set the public URL."""
+    server = settings.server
+    if server.base_url:
+        return []
+    how = ("set server.base_url in the configuration file (or SCEP_SERVER_SERVER__BASE_URL) to the URL devices "
+           "reach, e.g. https://scep.example.com")
+    if server.issuing_refusal() is not None:
+        return [f"  no certificate is issued: server.listen is {server.listen} and server.base_url is not set; {how}"]
+    return [f"  certificates will name {server.public_base_url()} as their CRL and CA certificate location "
+            f"(server.base_url is not set); {how}"]
 
 
 async def initialise(settings: Settings, *, clock: Clock = utcnow) -> list[str]:
@@ -314,7 +328,8 @@ async def _open_scep(runtime: Runtime) -> AsyncIterator["ScepService"]:
         engine=runtime.engine, cas=runtime.cas, profiles=runtime.profiles, clock=runtime.clock, verifiers=verifiers,
         crl_source=runtime.crl.crl_source if runtime.crl is not None else None,
         device_identity=runtime.binding.devices.enrolment_device if runtime.binding is not None else None,
-        on_status_change=runtime.revocation.notify_changed, threads=runtime.settings.server.scep_threads)
+        on_status_change=runtime.revocation.notify_changed, threads=runtime.settings.server.scep_threads,
+        refuse_issuing=runtime.settings.server.issuing_refusal())
     try:
         yield service
     finally:

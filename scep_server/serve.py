@@ -7,11 +7,14 @@ import socket
 import sys
 import time
 
+import structlog
 from aiohttp import web
 
 from .app import create_app
 from .config import Settings
 from .logs import configure
+
+log = structlog.get_logger("server")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -22,6 +25,20 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def warn_wildcard_base_url(settings: Settings, announce=print) -> None:
+    """A wildcard listen address without server.base_url: say (and log) that certificates would name it."""
+    server = settings.server
+    if not server.wildcard_base_url():
+        return
+    refusal = server.issuing_refusal()
+    log.warning("server.base_url.wildcard", listen=server.listen, issuing=refusal is None)
+    if refusal is not None:
+        announce(f"warning: {refusal}; GetCACaps and GetCACert are served")
+    else:
+        announce(f"warning: server.base_url is not set: certificates name {server.public_base_url()} as their CRL "
+                 "and CA certificate location (server.allow_wildcard_base_url = true)")
 
 
 def _run_worker(settings: Settings, sock: socket.socket, metrics_sock: socket.socket | None = None) -> None:
@@ -39,6 +56,7 @@ def serve(settings: Settings, *, announce=print) -> int:
 
     section = settings.metrics
     section.token()  # a token source that is empty stops the start here, once
+    warn_wildcard_base_url(settings, announce)
     sock = bind(settings.server.host, settings.server.port)
     # [metrics] listen: one socket for every worker, like the main one
     metrics_sock = bind(section.host, section.port) if section.enabled and section.listen else None
