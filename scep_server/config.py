@@ -61,6 +61,22 @@ class ServerSettings(BaseModel):
     def _networks(cls, v: list[str]) -> list[str]:
         return _networks(v)
 
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str | None) -> str | None:
+        if not v:  # an empty environment variable: not set
+            return None
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(v)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
+                or parts.fragment:
+            raise ValueError("expected an http or https URL without query or fragment, e.g. https://scep.example.com")
+        return v
+
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:

@@ -175,8 +175,12 @@ def base_url_notice(settings: Settings) -> list[str]:
             f"(server.base_url is not set); {how}"]
 
 
-async def initialise(settings: Settings, *, clock: Clock = utcnow) -> list[str]:
-    """First start: data directory, database schema, CA and RA, a `default` static profile. Idempotent."""
+async def initialise(settings: Settings, *, clock: Clock = utcnow, default_profile: bool | None = True) -> list[str]:
+    """First start: data directory, database schema, CA and RA, a `default` static profile. Idempotent.
+
+    ``default_profile``: True makes the `default` profile when there is no profile, False never, None only on the
+    start that creates the CA (a server's restart does not bring back a profile an administrator deleted).
+    """
     from trustkit.db import writer
 
     from .ca import inventory
@@ -194,7 +198,9 @@ async def initialise(settings: Settings, *, clock: Clock = utcnow) -> list[str]:
         async with writer(engine).begin() as conn:
             await inventory.register_ca(conn, ca, now)
         store = ProfileStore(engine)
-        if not await store.list():
+        if default_profile is None:
+            default_profile = bool(report)  # the CA was created just now
+        if default_profile and not await store.list():
             secret = new_static_secret()
             await store.create("default", ca=ca.name, challenge_kind="static", static_secret=secret, now=now,
                                settings=ProfileSettings(device_trust=False))
