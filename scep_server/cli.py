@@ -174,6 +174,36 @@ def _initialise(initialise, settings, **kwargs: Any) -> list[str]:
         raise click.ClickException(str(exc)) from None
 
 
+@main.group("config")
+def config_group() -> None:
+    """The configuration: what is in effect, and checking a file (docs/configuration.md)."""
+
+
+@config_group.command("show")
+@click.option("--defaults", is_flag=True, help="The defaults, ignoring the configuration file and environment.")
+@pass_ctx
+def config_show(ctx: Context, defaults: bool) -> None:
+    """Print the configuration in effect (file, environment, --data-dir) as TOML, secrets redacted."""
+    from .config import Settings
+    from .configdoc import as_toml
+
+    click.echo(as_toml(Settings() if defaults else ctx.settings()), nl=False)
+
+
+@config_group.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+def config_check(file: str) -> None:
+    """Validate a configuration file alone (not the environment): exit 0, or 2 naming the key that is wrong."""
+    from .config import ConfigError, check_file
+
+    try:
+        check_file(file)
+    except ConfigError as exc:
+        click.echo(f"{file}: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"{file}: valid")
+
+
 @main.group()
 def db() -> None:
     """Database schema."""
