@@ -128,6 +128,9 @@ class DatabaseSettings(BaseModel):
         "<data_dir>/scep.db", json_schema_extra={"secret": True})
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = Field(
         "FULL", description="SQLite PRAGMA synchronous: FULL survives power loss (an accepted OTP stays accepted)")
+    url_file: str | None = Field(
+        None, description="file whose first line is that URL (a container or systemd secret); url wins when both "
+        "are set")
     pool_size: int = Field(10, ge=1, le=200, description="connections per process (PostgreSQL)")
 
 
@@ -344,7 +347,21 @@ class Settings(BaseModel):
     console: ConsoleSettings = ConsoleSettings()
 
     def database_url(self) -> str:
-        return self.database.url or f"sqlite+aiosqlite:///{(self.data_dir / 'scep.db').resolve()}"
+        """The database's URL: database.url, else the first line of database.url_file, else SQLite in data_dir.
+
+        Raises ConfigError when url_file cannot be read or is empty."""
+        if self.database.url:
+            return self.database.url
+        if self.database.url_file:
+            path = Path(self.database.url_file)
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"database.url_file: cannot read {path}: {exc}") from None
+            if not lines or not lines[0].strip():
+                raise ConfigError(f"database.url_file: {path} holds no URL")
+            return lines[0].strip()
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'scep.db').resolve()}"
 
     def passphrase_path(self) -> Path:
         return Path(self.ca.passphrase_file) if self.ca.passphrase_file else self.data_dir / "ca" / "passphrase"
@@ -405,6 +422,7 @@ def load_settings(config_file: str | os.PathLike | None = None, **overrides: Any
         env_only = Settings.model_validate(environment_values())
         merged = _deep_merge(from_file.model_dump(exclude_unset=True) if from_file else {},
                              env_only.model_dump(exclude_unset=True))
+        merged = _deep_merge(credential_values(), merged)  # below the file: an explicit setting wins
         merged = _deep_merge(merged, {k: v for k, v in overrides.items() if v is not None})
         return Settings.model_validate(merged)
     except ValidationError as exc:
@@ -413,6 +431,28 @@ def load_settings(config_file: str | os.PathLike | None = None, **overrides: Any
 
 ENV_PREFIX = "SCEP_SERVER_"
 ENV_NESTED_DELIMITER = "__"
+
+# systemd credentials (LoadCredential=NAME:PATH in the unit; the files are in $CREDENTIALS_DIRECTORY) -> the
+# setting each one fills when neither the file nor the environment sets it
+CREDENTIALS: dict[str, tuple[str, str]] = {
+    "ca-passphrase": ("ca", "passphrase_file"),
+    "otp-kek": ("otp", "kek_file"),
+    "database-url": ("database", "url_file"),
+}
+
+
+def credential_values(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The settings systemd credentials provide: each file of :data:`CREDENTIALS` present in
+    ``$CREDENTIALS_DIRECTORY`` names its setting's file (nothing without the variable)."""
+    directory = (os.environ if environ is None else environ).get("CREDENTIALS_DIRECTORY")
+    out: dict[str, Any] = {}
+    if not directory:
+        return out
+    for name, (section, key) in CREDENTIALS.items():
+        path = Path(directory) / name
+        if path.is_file():
+            out.setdefault(section, {})[key] = str(path)
+    return out
 
 
 def environment_values(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
