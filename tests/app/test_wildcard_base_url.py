@@ -153,3 +153,21 @@ def test_no_warning_with_a_base_url_or_the_loopback_default():
         with capture_logs() as logs:
             warn_wildcard_base_url(load_settings(None, server=server), said.append)
         assert said == [] and logs == []
+
+
+def test_serve_warns_before_it_starts(monkeypatch):
+    """`serve` itself says it (once, in the supervisor), before any worker runs."""
+    from scep_server import serve as serve_module
+
+    real_bind = serve_module.bind
+    monkeypatch.setattr(serve_module, "bind", lambda host, port: real_bind("127.0.0.1", 0))  # nothing on 0.0.0.0
+    started = []
+    monkeypatch.setattr(serve_module, "_run_worker", lambda *args, **kwargs: started.append(kwargs))
+    said: list[str] = []
+    settings = load_settings(None, server={"listen": "0.0.0.0:8080"}, metrics={"enabled": False})
+    with capture_logs() as logs:
+        assert serve_module.serve(settings, announce=said.append) == 0
+    assert "server.base_url" in said[0] and "issues no certificates" in said[0]
+    assert said[1].startswith("listening on http://127.0.0.1:")
+    assert [e["event"] for e in logs] == ["server.base_url.wildcard"]
+    assert len(started) == 1 and callable(started[0]["ready"])
