@@ -230,6 +230,9 @@ class Server:
         if db_url:
             env["SCEP_SERVER_DATABASE__URL"] = db_url
         self.log = open(log_path, "wb")
+        if db_url:  # on a shared (PostgreSQL) database, serve makes no CA: init does, once
+            subprocess.run([sys.executable, "-m", "scep_server.cli", "--data-dir", str(data_dir), "init",
+                            "--no-input"], env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, check=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "scep_server.cli", "--data-dir", str(data_dir), "serve",
              "--listen", f"127.0.0.1:{self.port}", "--workers", str(workers)],

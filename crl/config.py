@@ -24,11 +24,12 @@ class CheckerSettings(BaseModel):
     retry_interval: timedelta = Field(default=timedelta(minutes=5), description="after a failed fetch")
     timeout: timedelta = Field(default=timedelta(seconds=10), description="whole download, per URL")
     max_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="size cap of one CRL download")
-    policy: Policy = Policy.FAIL_CLOSED
+    policy: Policy = Field(default=Policy.FAIL_CLOSED,
+                           description="the answer when no fresh CRL is available: fail-closed (refused) or fail-open")
     clock_skew: timedelta = Field(default=timedelta(minutes=5), description="tolerance for thisUpdate in the future")
     missing_next_update_validity: timedelta = Field(
         default=timedelta(hours=24), description="how long a CRL without nextUpdate counts as fresh")
-    max_concurrent_fetches: int = Field(default=4, gt=0)
+    max_concurrent_fetches: int = Field(default=4, gt=0, description="CRL downloads running at once")
     max_urls_per_ca: int = Field(default=16, gt=0, description="CDP URLs watched per CA; more are not fetched")
     allow_networks: tuple[str, ...] = Field(
         default=(), description="networks (CIDR) fetched from although not public, e.g. a CDP on an internal host")

@@ -14,9 +14,9 @@ class ThrottleSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_failures: int = Field(10, ge=1)
-    window_seconds: int = Field(300, ge=1)
-    lockout_seconds: int = Field(900, ge=1)
+    max_failures: int = Field(10, ge=1, description="failures within window_seconds before a block")
+    window_seconds: int = Field(300, ge=1, description="the window failures are counted in")
+    lockout_seconds: int = Field(900, ge=1, description="how long a block lasts")
 
 
 class OtpSettings(BaseModel):
@@ -26,33 +26,40 @@ class OtpSettings(BaseModel):
 
     # Key-encryption key (32 bytes). kek_env wins when both are set; with neither, the application's
     # data directory holds `otp-kek.key`, created on first start.
-    kek_file: Path | None = None
-    kek_env: str | None = None
+    kek_file: Path | None = Field(None, description="file holding the key-encryption key (32 bytes) that seals the "
+                                  "YubiKeys' AES keys; unset: otp-kek.key in the data directory, created on first "
+                                  "start")
+    kek_env: str | None = Field(None, description="environment variable holding the key-encryption key (wins over "
+                                "kek_file)")
     # Failures that prove nothing about a key's holder (an OTP that does not decrypt or names an unknown
     # or revoked key, a malformed one) never count against a key or a user: they are counted per source
     # address and per API client (protocol 2.0 client, sign-in token). While a source or client is blocked
     # its failures are answered THROTTLED (valid OTPs are still accepted, replays still REPLAYED_OTP).
-    throttle_source: ThrottleSettings = ThrottleSettings()
-    throttle_client: ThrottleSettings = ThrottleSettings(max_failures=100)
-    # Fresh OTPs of a key presented for another user than the key's own (sign-in API) block that key.
-    throttle_key: ThrottleSettings = ThrottleSettings()
-    # Security events (unknown or revoked key, wrong user, throttling) are kept this long.
-    security_event_retention_days: int = Field(90, ge=1)
-    # Protocol 2.0 clients must sign requests (`h`), unless the client was created or set with
-    # allow_unsigned (a legacy client); false lets every client send unsigned requests, as YK-VAL does.
-    require_signed_requests: bool = True
-    # Whether /wsapi/2.0/verify accepts keys nobody has enrolled yet (the service maps keys to users).
-    wsapi_accept_unassigned: bool = True
-    # How long a process trusts its cached view of an API client (disable takes effect after this).
-    client_cache_seconds: float = Field(5.0, ge=0)
-    # Public IDs whose sealed key material a process keeps in memory (state is always re-checked).
-    key_cache_size: int = Field(100_000, ge=0)
-    # Group commit of counter updates: at most this many independent keys per transaction, and
-    # this many transactions in flight per process.
-    commit_batch_max: int = Field(256, ge=1, le=10_000)
-    commit_inflight: int = Field(2, ge=1, le=16)
-    # Largest secrets file accepted by the import API.
-    import_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    throttle_source: ThrottleSettings = Field(
+        ThrottleSettings(), description="failures per source address that prove nothing about a key's holder")
+    throttle_client: ThrottleSettings = Field(
+        ThrottleSettings(max_failures=100), description="the same failures per API client (protocol 2.0 client, "
+        "sign-in token)")
+    throttle_key: ThrottleSettings = Field(
+        ThrottleSettings(), description="fresh OTPs of a key presented for another user than the key's own")
+    security_event_retention_days: int = Field(
+        90, ge=1, description="days security events (unknown or revoked key, wrong user, throttling) are kept")
+    require_signed_requests: bool = Field(
+        True, description="protocol 2.0 clients must sign requests (h), unless created or set with allow_unsigned; "
+        "false lets every client send unsigned requests, as YK-VAL does")
+    wsapi_accept_unassigned: bool = Field(
+        True, description="/wsapi/2.0/verify accepts keys nobody has enrolled yet (the service maps keys to users)")
+    client_cache_seconds: float = Field(
+        5.0, ge=0, description="how long a process trusts its cached view of an API client (a disable takes effect "
+        "after this)")
+    key_cache_size: int = Field(
+        100_000, ge=0, description="public IDs whose sealed key material a process keeps in memory (state is always "
+        "re-checked)")
+    commit_batch_max: int = Field(256, ge=1, le=10_000,
+                                  description="group commit of counter updates: independent keys per transaction")
+    commit_inflight: int = Field(2, ge=1, le=16, description="group commit transactions in flight per process")
+    import_max_bytes: int = Field(64 * 1024 * 1024, ge=1024,
+                                  description="largest secrets file accepted by the import API")
 
     @model_validator(mode="after")
     def _kek_source(self) -> "OtpSettings":

@@ -52,7 +52,8 @@ def main(ctx: click.Context, config: str | None, data_dir: str | None) -> None:
 @click.option("--workers", type=click.IntRange(1, 64), help="Worker processes (default 1).")
 @pass_ctx
 def serve(ctx: Context, listen: str | None, workers: int | None) -> None:
-    """Run the server (creates the data directory, database, CA and a default profile on first start)."""
+    """Run the server (creates the data directory, database, CA and a default profile on first start; with a
+    PostgreSQL database, which instances share, the CA is made once by `init`)."""
     from .logs import configure
     from .runtime import initialise
     from .config import ConfigError
@@ -68,31 +69,140 @@ def serve(ctx: Context, listen: str | None, workers: int | None) -> None:
         settings.metrics.token()  # an empty token source is a configuration error, before anything starts
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    if _shared_database(settings) and not (settings.ca_dir() / "ca.crt").exists():
+        # instances of one deployment share the database: each making a CA of its own would issue under several
+        raise click.ClickException(
+            f"no CA in {settings.ca_dir()}, and the database is PostgreSQL, which the instances of a deployment "
+            "share: run `scep-server init` once to create the CA, then give every instance that CA directory and "
+            "its passphrase")
     configure(settings.log.level, settings.log.format)
-    for line in _initialise(initialise, settings):
+    for line in _initialise(initialise, settings, default_profile=None):
         click.echo(line)
     sys.exit(run_server(settings, announce=click.echo))
 
 
+def _shared_database(settings) -> bool:
+    return settings.database_url().split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+
+
+def _interactive() -> bool:
+    """Whether `init` may ask: a person at a terminal (stdin and stdout are both terminals)."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+KEY_TYPES = ("rsa",)
+
+
 @main.command()
+@click.option("--ca-subject", metavar="DN", help="The CA's subject, RFC 4514 (default: ca.subject).")
+@click.option("--key-type", type=click.Choice(KEY_TYPES), help="The CA key's type (default rsa).")
+@click.option("--key-size", type=click.IntRange(2048, 8192), help="RSA key size in bits (default: ca.key_size).")
+@click.option("--validity-days", type=click.IntRange(1, 36500),
+              help="The CA certificate's validity in days (default: ca.validity_days).")
+@click.option("--base-url", metavar="URL", help="The public URL devices reach, written into certificates "
+              "(default: server.base_url, else http://<server.listen>).")
+@click.option("--default-profile/--no-default-profile", default=None,
+              help="Create a static SCEP profile `default` when there is no profile (default: yes).")
+@click.option("--no-input", is_flag=True, help="Never ask; what is not given takes its default.")
 @pass_ctx
-def init(ctx: Context) -> None:
-    """Create the data directory, database schema, CA and default profile if missing."""
+def init(ctx: Context, ca_subject: str | None, key_type: str | None, key_size: int | None,
+         validity_days: int | None, base_url: str | None, default_profile: bool | None, no_input: bool) -> None:
+    """Create the data directory, database schema, CA and default profile if missing.
+
+    On a terminal, what is not given is asked for (unless --no-input); otherwise it takes its default."""
     from .runtime import initialise
 
-    report = _initialise(initialise, ctx.settings())
+    configured = ctx.settings()
+    new_ca = not (configured.ca_dir() / "ca.crt").exists()
+    if new_ca and not no_input and _interactive():
+        if ca_subject is None:
+            ca_subject = click.prompt("CA subject", default=configured.ca.subject, value_proc=_subject)
+        if key_type is None:
+            key_type = click.prompt("CA key type", default=KEY_TYPES[0], type=click.Choice(KEY_TYPES))
+        if key_size is None:
+            key_size = click.prompt("CA key size (bits)", default=configured.ca.key_size,
+                                    type=click.IntRange(2048, 8192))
+        if validity_days is None:
+            validity_days = click.prompt("CA validity (days)", default=configured.ca.validity_days,
+                                         type=click.IntRange(1, 36500))
+        if base_url is None:
+            answer = click.prompt("Public base URL devices reach", default=configured.server.public_base_url())
+            base_url = None if answer.rstrip("/") == configured.server.public_base_url() else answer
+        if default_profile is None:
+            default_profile = click.confirm("Create a static SCEP profile 'default'", default=True)
+    if ca_subject is not None:
+        _subject(ca_subject)
+    ca = {k: v for k, v in (("subject", ca_subject), ("key_size", key_size), ("validity_days", validity_days))
+          if v is not None}
+    overrides: dict[str, Any] = {}
+    if ca:
+        overrides["ca"] = ca
+    if base_url is not None:
+        overrides["server"] = {"base_url": base_url}
+    settings = ctx.settings(**overrides) if overrides else configured
+    if not new_ca and (ca or key_type is not None):
+        click.echo(f"a CA exists in {settings.ca_dir()}: --ca-subject, --key-type, --key-size and --validity-days "
+                   "do not change it", err=True)
+    report = _initialise(initialise, settings, default_profile=True if default_profile is None else default_profile)
+    if base_url is not None and configured.server.public_base_url() != settings.server.public_base_url():
+        report.append(f"serve reads the base URL from its configuration: set server.base_url = "
+                      f"\"{settings.server.public_base_url()}\" (or SCEP_SERVER_SERVER__BASE_URL) where it runs")
     for line in report or ["already initialised"]:
         click.echo(line)
 
 
-def _initialise(initialise, settings) -> list[str]:
+def _subject(text: str) -> str:
+    """A CA subject: an RFC 4514 name with at least one attribute."""
+    from cryptography import x509
+
+    try:
+        name = x509.Name.from_rfc4514_string(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not an RFC 4514 name (e.g. CN=Example CA,O=Example): {exc}",
+                                 param_hint="--ca-subject") from None
+    if not list(name):
+        raise click.BadParameter("an empty name", param_hint="--ca-subject")
+    return text
+
+
+def _initialise(initialise, settings, **kwargs: Any) -> list[str]:
     """First-start set-up; CA files that would be overwritten are a clear error naming them, not a traceback."""
     from .ca.authority import CAFilesExist
 
     try:
-        return run(initialise(settings))
+        return run(initialise(settings, **kwargs))
     except CAFilesExist as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@main.group("config")
+def config_group() -> None:
+    """The configuration: what is in effect, and checking a file (docs/configuration.md)."""
+
+
+@config_group.command("show")
+@click.option("--defaults", is_flag=True, help="The defaults, ignoring the configuration file and environment.")
+@pass_ctx
+def config_show(ctx: Context, defaults: bool) -> None:
+    """Print the configuration in effect (file, environment, --data-dir) as TOML, secrets redacted."""
+    from .config import Settings
+    from .configdoc import as_toml
+
+    click.echo(as_toml(Settings() if defaults else ctx.settings()), nl=False)
+
+
+@config_group.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+def config_check(file: str) -> None:
+    """Validate a configuration file alone (not the environment): exit 0, or 2 naming the key that is wrong."""
+    from .config import ConfigError, check_file
+
+    try:
+        check_file(file)
+    except ConfigError as exc:
+        click.echo(f"{file}: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"{file}: valid")
 
 
 @main.group()

@@ -33,6 +33,7 @@ class Context:
             try:
                 extra = {"data_dir": self.data_dir} if self.data_dir else {}
                 self._settings = load_settings(self.config, **extra, **overrides)
+                self._settings.database_url()  # a database.url_file that cannot be read stops here, named
             except ConfigError as exc:
                 raise click.ClickException(str(exc)) from None
         return self._settings

@@ -16,7 +16,7 @@ import types
 from collections import deque
 from collections.abc import Mapping, Sequence, Set
 from datetime import timedelta
-from ipaddress import ip_network
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -41,22 +41,46 @@ def _networks(v: list[str]) -> list[str]:
 
 
 class ServerSettings(BaseModel):
-    listen: str = "127.0.0.1:8080"
-    workers: int = Field(1, ge=1, le=64)
-    # Public base URL written into certificates (CRL Distribution Points, AIA caIssuers). Default: http://<listen>
-    base_url: str | None = None
-    max_body_bytes: int = Field(256 * 1024, ge=4096)
-    # threads of the SCEP service's own executor (parse, decrypt, sign); default: the number of CPUs
-    scep_threads: int | None = Field(None, ge=1, le=256)
-    # Reverse proxies (CIDRs) whose forwarded client address is believed; from any other peer the
-    # forwarding headers are ignored. forwarded_header names the header those proxies append to.
-    trusted_proxies: list[str] = Field(default_factory=list)
-    forwarded_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
+    """The HTTP server: where it listens, how many processes, and the public URL certificates name."""
+
+    listen: str = Field("127.0.0.1:8080", description="HOST:PORT the server listens on ([::]:PORT for IPv6)")
+    workers: int = Field(1, ge=1, le=64, description="worker processes sharing the listening socket")
+    base_url: str | None = Field(
+        None, description="public base URL written into certificates (CRL Distribution Points, AIA caIssuers) and "
+        "shown for profiles; unset: http://<listen>")
+    allow_wildcard_base_url: bool = Field(
+        False, description="issue certificates although listen is a wildcard address (0.0.0.0, ::) and base_url is "
+        "unset, so that they name http://0.0.0.0:...; without it such a server refuses to issue (a lab setting)")
+    max_body_bytes: int = Field(256 * 1024, ge=4096, description="largest request body accepted")
+    scep_threads: int | None = Field(
+        None, ge=1, le=256, description="threads of the SCEP service's own executor (parse, decrypt, sign); unset: "
+        "the number of CPUs")
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="reverse proxies (CIDRs) whose forwarded client address is believed; "
+        "from any other peer the forwarding headers are ignored")
+    forwarded_header: Literal["x-forwarded-for", "forwarded"] = Field(
+        "x-forwarded-for", description="the header the trusted proxies append the client address to")
 
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, v: list[str]) -> list[str]:
         return _networks(v)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, v: str | None) -> str | None:
+        if not v:  # an empty environment variable: not set
+            return None
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(v)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
+                or parts.fragment:
+            raise ValueError("expected an http or https URL without query or fragment, e.g. https://scep.example.com")
+        return v
 
     @field_validator("listen")
     @classmethod
@@ -77,43 +101,75 @@ class ServerSettings(BaseModel):
     def public_base_url(self) -> str:
         return (self.base_url or f"http://{self.listen}").rstrip("/")
 
+    def wildcard_base_url(self) -> bool:
+        """True when no base_url is set and listen is a wildcard address (0.0.0.0, ::): the URLs written into
+        certificates would then name an address no device can reach."""
+        if self.base_url:
+            return False
+        try:
+            return ip_address(self.host).is_unspecified
+        except ValueError:
+            return False
+
+    def issuing_refusal(self) -> str | None:
+        """Why no certificate may be issued with these settings, or None (see wildcard_base_url)."""
+        if not self.wildcard_base_url() or self.allow_wildcard_base_url:
+            return None
+        return (f"this server issues no certificates: it listens on {self.listen} and server.base_url is not set, "
+                f"so certificates would name {self.public_base_url()} as their CRL and CA certificate location; "
+                "set server.base_url (SCEP_SERVER_SERVER__BASE_URL) to the URL devices reach")
+
 
 class DatabaseSettings(BaseModel):
-    # Default: sqlite in the data directory
-    url: str | None = None
-    # SQLite PRAGMA synchronous: FULL survives power loss (an accepted OTP stays accepted)
-    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
-    pool_size: int = Field(10, ge=1, le=200)
+    """The database: embedded SQLite in the data directory, or PostgreSQL shared by several instances."""
+
+    url: str | None = Field(
+        None, description="SQLAlchemy URL, e.g. postgresql://user:password@host/db; unset: SQLite "
+        "<data_dir>/scep.db", json_schema_extra={"secret": True})
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = Field(
+        "FULL", description="SQLite PRAGMA synchronous: FULL survives power loss (an accepted OTP stays accepted)")
+    url_file: str | None = Field(
+        None, description="file whose first line is that URL (a container or systemd secret); url wins when both "
+        "are set")
+    pool_size: int = Field(10, ge=1, le=200, description="connections per process (PostgreSQL)")
 
 
 class CASettings(BaseModel):
-    name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    subject: str = "CN=Device Trust Issuing CA,O=Device Trust"
-    key_size: int = Field(3072, ge=2048, le=8192)
-    validity_days: int = Field(3650, ge=1)
-    ra_subject: str = "CN=Device Trust SCEP RA,O=Device Trust"
-    ra_validity_days: int = Field(730, ge=1)
-    # The CA and RA keys are encrypted at rest with this passphrase: read from the environment
-    # variable named here, else from passphrase_file (created with a random passphrase on first start).
-    passphrase_env: str = "SCEP_CA_PASSPHRASE"
-    passphrase_file: str | None = None
+    """The issuing CA and its SCEP RA (created by `init` or the first start, in <data_dir>/ca/<name>)."""
+
+    name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                      description="the CA's name: its directory, /crl/<name>.crl and /ca/<name>.crt")
+    subject: str = Field("CN=Device Trust Issuing CA,O=Device Trust",
+                         description="subject of a new CA certificate (RFC 4514)")
+    key_size: int = Field(3072, ge=2048, le=8192, description="RSA key size of a new CA, in bits")
+    validity_days: int = Field(3650, ge=1, description="validity of a new CA certificate, in days")
+    ra_subject: str = Field("CN=Device Trust SCEP RA,O=Device Trust",
+                            description="subject of the RA certificate (decrypts and signs SCEP messages)")
+    ra_validity_days: int = Field(730, ge=1, description="validity of the RA certificate, in days")
+    passphrase_env: str = Field(
+        "SCEP_CA_PASSPHRASE", description="environment variable holding the passphrase that encrypts the CA and "
+        "RA keys at rest (wins over passphrase_file)")
+    passphrase_file: str | None = Field(
+        None, description="file holding that passphrase; unset: <data_dir>/ca/passphrase, created with a random "
+        "passphrase on first start")
 
 
 class BindingSettings(BaseModel):
     """Device binding and management attestation."""
 
-    # off: no /api/v1/devices, attestation or external-CA routes, no binding jobs, no `device`/`ca` commands
-    enabled: bool = True
-    # lifetime of an attestation nonce (single use)
-    nonce_ttl_seconds: int = Field(120, ge=5, le=3600)
-    # a certificate presented by a second device is also revoked (keyCompromise, invalidityDate = first sighting)
-    revoke_on_second_device: bool = False
-    # how often a server process re-reads the registered external CAs (added by `ca add-external`)
-    external_ca_reload_seconds: float = Field(10.0, gt=0)
-    # parsed client certificates kept in memory per process (by SHA-256 of the DER)
-    certificate_cache_size: int = Field(10_000, ge=0)
-    # and at most this many bytes of them (only certificates whose issuer was established are kept)
-    certificate_cache_bytes: int = Field(32 << 20, ge=0)
+    enabled: bool = Field(True, description="off: no /api/v1/devices, attestation or external-CA routes, no "
+                          "binding jobs, no `device`/`ca` commands")
+    nonce_ttl_seconds: int = Field(120, ge=5, le=3600, description="lifetime of an attestation nonce (single use)")
+    revoke_on_second_device: bool = Field(
+        False, description="a certificate presented by a second device is also revoked (keyCompromise, "
+        "invalidityDate = first sighting)")
+    external_ca_reload_seconds: float = Field(
+        10.0, gt=0, description="how often a server process re-reads the registered external CAs (`ca add-external`)")
+    certificate_cache_size: int = Field(
+        10_000, ge=0, description="parsed client certificates kept in memory per process (by SHA-256 of the DER)")
+    certificate_cache_bytes: int = Field(
+        32 << 20, ge=0, description="and at most this many bytes of them (only certificates whose issuer was "
+        "established are kept)")
 
 
 MdmAction = Literal["none", "suspend", "deactivate", "delete"]
@@ -123,29 +179,33 @@ class MdmSettings(BaseModel):
     """Device lifecycle that follows the MDM's device records (sources added by `scep-server mdm configure`)."""
 
     model_config = ConfigDict(extra="forbid")
-    # how often each configured MDM's inventory is read (one process of the deployment does it per period)
-    sync_interval_seconds: int = Field(900, ge=30, le=86400)
-    # what a device the MDM no longer manages becomes here (Jamf: managed = false; also a device gone from the
-    # inventory, until the grace period has passed)
-    unmanaged_action: MdmAction = "deactivate"
-    # what a device disabled in the directory (Entra ID accountEnabled = false) becomes here
-    disabled_action: MdmAction = "deactivate"
-    # what a device gone from the MDM's inventory becomes once the grace period has passed
-    removed_action: MdmAction = "delete"
-    removed_grace_days: float = Field(7.0, ge=0, le=365)
-    # a device this MDM took down (and only such a device) is made active again when the MDM manages it again
-    restore_when_managed: bool = True
-    # outbound calls to the MDM (token, inventory pages)
-    timeout_seconds: float = Field(30.0, gt=0, le=300)
+    sync_interval_seconds: int = Field(
+        900, ge=30, le=86400, description="how often each configured MDM's inventory is read (one process of the "
+        "deployment does it per period)")
+    unmanaged_action: MdmAction = Field(
+        "deactivate", description="what a device the MDM no longer manages becomes here (Jamf: managed = false; "
+        "also a device gone from the inventory, until the grace period has passed)")
+    disabled_action: MdmAction = Field(
+        "deactivate", description="what a device disabled in the directory (Entra ID accountEnabled = false) "
+        "becomes here")
+    removed_action: MdmAction = Field(
+        "delete", description="what a device gone from the MDM's inventory becomes once the grace period has passed")
+    removed_grace_days: float = Field(7.0, ge=0, le=365, description="the grace period of a device gone from the "
+                                      "MDM's inventory, in days")
+    restore_when_managed: bool = Field(
+        True, description="a device this MDM took down (and only such a device) is made active again when the MDM "
+        "manages it again")
+    timeout_seconds: float = Field(30.0, gt=0, le=300, description="timeout of each outbound call to the MDM "
+                                   "(token, inventory pages)")
 
 
 class CrlSection(CrlSettings):
     """Publishing our CRLs (crl.config.CrlSettings) and the day-91 rule of the certificate lifecycle."""
 
-    # a certificate never used in a successful attestation within this many days of issue is revoked
-    unused_days: int = Field(90, ge=1)
-    # how often the day-91 rule runs
-    unused_check_interval: timedelta = Field(timedelta(hours=1), gt=timedelta(0))
+    unused_days: int = Field(90, ge=1, description="a certificate never used in a successful attestation within "
+                             "this many days of issue is revoked")
+    unused_check_interval: timedelta = Field(timedelta(hours=1), gt=timedelta(0),
+                                             description="how often the day-91 rule runs")
 
     @model_validator(mode="before")
     @classmethod
@@ -172,48 +232,51 @@ def _is_number(text: str) -> bool:
 class ChallengeSection(BaseModel):
     """Dynamic and delegated challenges (scep_server.challenge) and their endpoint's HTTP Basic login."""
 
-    # off: only static profiles enrol; no challenge or enrolment routes, jobs or commands
-    enabled: bool = True
-    # scrypt cost (log2 of n, r = 8, p = 1) of new password hashes; older hashes are upgraded at the next login
-    scrypt_log2_n: int = Field(17, ge=10, le=20)
-    # failed logins: per (profile, client address), and per (profile, username) from all addresses together
-    failures_per_address: int = Field(5, ge=1)
-    failures_per_user: int = Field(20, ge=1)
-    window_seconds: int = Field(300, ge=1)
-    lockout_seconds: int = Field(300, ge=1)
-    # rows of the shared throttle table kept at most (the oldest expire first)
-    max_throttle_rows: int = Field(100_000, ge=100)
-    # password checks run on their own threads; beyond this many waiting the endpoint answers 503
-    hash_workers: int = Field(2, ge=1, le=16)
-    max_waiting_checks: int = Field(16, ge=1)
+    enabled: bool = Field(True, description="off: only static profiles enrol; no challenge or enrolment routes, "
+                          "jobs or commands")
+    scrypt_log2_n: int = Field(17, ge=10, le=20, description="scrypt cost (log2 of n, r = 8, p = 1) of new "
+                               "password hashes; older hashes are upgraded at the next login")
+    failures_per_address: int = Field(5, ge=1, description="failed logins per (profile, client address) within "
+                                      "window_seconds before a lockout")
+    failures_per_user: int = Field(20, ge=1, description="failed logins per (profile, username) from all addresses "
+                                   "together within window_seconds before a lockout")
+    window_seconds: int = Field(300, ge=1, description="the window failed logins are counted in")
+    lockout_seconds: int = Field(300, ge=1, description="how long a lockout lasts")
+    max_throttle_rows: int = Field(100_000, ge=100, description="rows of the shared throttle table kept at most "
+                                   "(the oldest expire first)")
+    hash_workers: int = Field(2, ge=1, le=16, description="threads checking passwords")
+    max_waiting_checks: int = Field(16, ge=1, description="password checks waiting beyond which the endpoint "
+                                    "answers 503")
 
 
 class OtpSection(OtpSettings):
     """The YubiKey OTP factor (otp.config.OtpSettings), which a deployment may switch off."""
 
-    # off: no OTP routes or jobs, no `yubikey`/`otp-client` commands, and no key-encryption key is needed
-    enabled: bool = True
+    enabled: bool = Field(True, description="off: no OTP routes or jobs, no `yubikey`/`otp-client` commands, and "
+                          "no key-encryption key is needed")
 
 
 class AuditSettings(BaseModel):
     """The audit trail's hash chain (scep_server/store/chain.py)."""
-    # Seal the events table into a SHA-256 hash chain (`scep-server audit verify` checks it). Every process
-    # sharing a database should have the same value.
-    chain: bool = False
-    seal_interval: float = Field(1.0, gt=0, le=3600)  # seconds between two seals of a server process
+    chain: bool = Field(False, description="seal the events table into a SHA-256 hash chain (`scep-server audit "
+                        "verify` checks it); every process sharing a database should have the same value")
+    seal_interval: float = Field(1.0, gt=0, le=3600, description="seconds between two seals of a server process")
 
 
 class ConsoleSettings(BaseModel):
     """The admin console at /admin/ (scep_server/console; README "Console")."""
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
-    idle_timeout: int = Field(900, ge=60, le=86400)  # seconds without a request before a session ends
-    lifetime: int = Field(43200, ge=300, le=604800)  # seconds after sign-in when a session ends in any case
-    # sign-in by a header an authenticating (OIDC) reverse proxy sets, e.g. "X-Auth-Request-Email"; believed
-    # only from a TCP peer in trusted_header_networks
-    trusted_header: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")
-    trusted_header_networks: list[str] = Field(default_factory=list)
+    enabled: bool = Field(True, description="off: no /admin/ routes")
+    idle_timeout: int = Field(900, ge=60, le=86400, description="seconds without a request before a session ends")
+    lifetime: int = Field(43200, ge=300, le=604800,
+                          description="seconds after sign-in when a session ends in any case")
+    trusted_header: str | None = Field(
+        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$",
+        description="sign-in by a header an authenticating (OIDC) reverse proxy sets, e.g. X-Auth-Request-Email; "
+        "believed only from a peer in trusted_header_networks")
+    trusted_header_networks: list[str] = Field(
+        default_factory=list, description="networks (CIDR) of the proxies trusted_header is believed from")
 
     @field_validator("trusted_header_networks")
     @classmethod
@@ -222,13 +285,15 @@ class ConsoleSettings(BaseModel):
 
 
 class LogSettings(BaseModel):
+    """Logs, on stderr (README "Log events")."""
+
     model_config = ConfigDict(extra="forbid")  # a misspelt `access` is an error, not an access log that never comes
 
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["json", "console"] = "json"
-    # one `http.access` line per request (method, route template, status, duration, client, request id),
-    # written whatever `level` is
-    access: bool = False
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="the least level written")
+    format: Literal["json", "console"] = Field("json", description="one JSON object per line, or console for "
+                                               "people")
+    access: bool = Field(False, description="one `http.access` line per request (method, route template, status, "
+                         "duration, client, request id), written whatever level is")
 
 
 def _host_port(v: str) -> str:
@@ -241,13 +306,13 @@ def _host_port(v: str) -> str:
 class MetricsSettings(BaseModel):
     """Prometheus metrics (scep_server.metrics): `/metrics` on every worker, or on a listen address of its own."""
 
-    enabled: bool = True
-    # "HOST:PORT": serve /metrics there only (not on server.listen); every worker shares the socket
-    listen: str | None = None
-    # a bearer token scrapers must send (compared in constant time): from this environment variable ...
-    token_env: str | None = None
-    # ... or from this file (its first line); without either, /metrics is open to whoever reaches it
-    token_file: str | None = None
+    enabled: bool = Field(True, description="off: no /metrics")
+    listen: str | None = Field(None, description="HOST:PORT to serve /metrics on instead of server.listen; every "
+                               "worker shares the socket")
+    token_env: str | None = Field(None, description="environment variable holding the bearer token scrapers must "
+                                  "send (compared in constant time)")
+    token_file: str | None = Field(None, description="or a file holding it (its first line); without either, "
+                                   "/metrics is open to whoever reaches it")
 
     @field_validator("listen")
     @classmethod
@@ -294,7 +359,8 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
-    data_dir: Path = Path("data")
+    data_dir: Path = Field(Path("data"), description="the data directory: SQLite database, CA keys and "
+                           "certificates, generated secrets")
     server: ServerSettings = ServerSettings()
     database: DatabaseSettings = DatabaseSettings()
     ca: CASettings = CASettings()
@@ -309,7 +375,21 @@ class Settings(BaseModel):
     console: ConsoleSettings = ConsoleSettings()
 
     def database_url(self) -> str:
-        return self.database.url or f"sqlite+aiosqlite:///{(self.data_dir / 'scep.db').resolve()}"
+        """The database's URL: database.url, else the first line of database.url_file, else SQLite in data_dir.
+
+        Raises ConfigError when url_file cannot be read or is empty."""
+        if self.database.url:
+            return self.database.url
+        if self.database.url_file:
+            path = Path(self.database.url_file)
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"database.url_file: cannot read {path}: {exc}") from None
+            if not lines or not lines[0].strip():
+                raise ConfigError(f"database.url_file: {path} holds no URL")
+            return lines[0].strip()
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'scep.db').resolve()}"
 
     def passphrase_path(self) -> Path:
         return Path(self.ca.passphrase_file) if self.ca.passphrase_file else self.data_dir / "ca" / "passphrase"
@@ -333,18 +413,35 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def _read_toml(config_file: str | os.PathLike) -> dict[str, Any]:
+    path = Path(config_file)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"configuration file {path} is a directory") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"configuration file {path} cannot be read: {exc}") from None
+
+
+def check_file(config_file: str | os.PathLike) -> Settings:
+    """The settings of a TOML file alone (no environment): ConfigError naming the key when it is invalid."""
+    data = _read_toml(config_file)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+
+
 def load_settings(config_file: str | os.PathLike | None = None, **overrides: Any) -> Settings:
     """Read the TOML file (if any), apply environment variables, then explicit overrides (CLI flags)."""
     data: dict[str, Any] = {}
     if config_file is not None:
-        path = Path(config_file)
-        try:
-            with path.open("rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"configuration file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+        data = _read_toml(config_file)
     data = _deep_merge(data, {k: v for k, v in overrides.items() if v is not None})
     try:
         # The file is the lowest layer: environment variables must win over it, so the file goes
@@ -353,6 +450,7 @@ def load_settings(config_file: str | os.PathLike | None = None, **overrides: Any
         env_only = Settings.model_validate(environment_values())
         merged = _deep_merge(from_file.model_dump(exclude_unset=True) if from_file else {},
                              env_only.model_dump(exclude_unset=True))
+        merged = _deep_merge(credential_values(), merged)  # below the file: an explicit setting wins
         merged = _deep_merge(merged, {k: v for k, v in overrides.items() if v is not None})
         return Settings.model_validate(merged)
     except ValidationError as exc:
@@ -361,6 +459,28 @@ def load_settings(config_file: str | os.PathLike | None = None, **overrides: Any
 
 ENV_PREFIX = "SCEP_SERVER_"
 ENV_NESTED_DELIMITER = "__"
+
+# systemd credentials (LoadCredential=NAME:PATH in the unit; the files are in $CREDENTIALS_DIRECTORY) -> the
+# setting each one fills when neither the file nor the environment sets it
+CREDENTIALS: dict[str, tuple[str, str]] = {
+    "ca-passphrase": ("ca", "passphrase_file"),
+    "otp-kek": ("otp", "kek_file"),
+    "database-url": ("database", "url_file"),
+}
+
+
+def credential_values(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The settings systemd credentials provide: each file of :data:`CREDENTIALS` present in
+    ``$CREDENTIALS_DIRECTORY`` names its setting's file (nothing without the variable)."""
+    directory = (os.environ if environ is None else environ).get("CREDENTIALS_DIRECTORY")
+    out: dict[str, Any] = {}
+    if not directory:
+        return out
+    for name, (section, key) in CREDENTIALS.items():
+        path = Path(directory) / name
+        if path.is_file():
+            out.setdefault(section, {})[key] = str(path)
+    return out
 
 
 def environment_values(environ: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -52,6 +52,11 @@ EVENTS: tuple[Event, ...] = (
     _e("http.bad_body", "info", "method path detail", "a request body could not be read; the client got a 400"),
     _e("http.database_unavailable", "warning", "method path error",
        "the database is unreachable; the client got a 503"),
+    _e("server.base_url.wildcard", "warning", "listen issuing",
+       "server.base_url is not set and server.listen is a wildcard address (0.0.0.0, ::): certificates would name "
+       "it, so none is issued (issuing false) unless server.allow_wildcard_base_url is true"),
+    _e("systemd.notify_failed", "warning", "error",
+       "the readiness notification to systemd ($NOTIFY_SOCKET) could not be sent; the server runs on"),
     _e("readyz.check_failed", "warning", "check detail", "a readiness check started failing (logged once per change)"),
     _e("readyz.check_recovered", "info", "check", "a readiness check passes again"),
     # API tokens and the audit trail

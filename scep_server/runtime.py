@@ -169,11 +169,29 @@ def _load_or_create_ca(settings: Settings, now: datetime, report: list[str]) -> 
     report.append(f"  CA certificate: {directory / 'ca.crt'}  SHA-256 {ca.fingerprint_sha256}")
     report.append(f"  keys encrypted with the passphrase in ${settings.ca.passphrase_env} or "
                   f"{settings.passphrase_path()}")
+    report.extend(base_url_notice(settings))
     return ca
 
 
-async def initialise(settings: Settings, *, clock: Clock = utcnow) -> list[str]:
-    """First start: data directory, database schema, CA and RA, a `default` static profile. Idempotent."""
+def base_url_notice(settings: Settings) -> list[str]:
+    """First start without server.base_url: what certificates will name, and how to set the public URL."""
+    server = settings.server
+    if server.base_url:
+        return []
+    how = ("set server.base_url in the configuration file (or SCEP_SERVER_SERVER__BASE_URL) to the URL devices "
+           "reach, e.g. https://scep.example.com")
+    if server.issuing_refusal() is not None:
+        return [f"  no certificate is issued: server.listen is {server.listen} and server.base_url is not set; {how}"]
+    return [f"  certificates will name {server.public_base_url()} as their CRL and CA certificate location "
+            f"(server.base_url is not set); {how}"]
+
+
+async def initialise(settings: Settings, *, clock: Clock = utcnow, default_profile: bool | None = True) -> list[str]:
+    """First start: data directory, database schema, CA and RA, a `default` static profile. Idempotent.
+
+    ``default_profile``: True makes the `default` profile when there is no profile, False never, None only on the
+    start that creates the CA (a server's restart does not bring back a profile an administrator deleted).
+    """
     from trustkit.db import writer
 
     from .ca import inventory
@@ -191,7 +209,9 @@ async def initialise(settings: Settings, *, clock: Clock = utcnow) -> list[str]:
         async with writer(engine).begin() as conn:
             await inventory.register_ca(conn, ca, now)
         store = ProfileStore(engine)
-        if not await store.list():
+        if default_profile is None:
+            default_profile = bool(report)  # the CA was created just now
+        if default_profile and not await store.list():
             secret = new_static_secret()
             await store.create("default", ca=ca.name, challenge_kind="static", static_secret=secret, now=now,
                                settings=ProfileSettings(device_trust=False))
@@ -326,7 +346,8 @@ async def _open_scep(runtime: Runtime) -> AsyncIterator["ScepService"]:
         crl_source=runtime.crl.crl_source if runtime.crl is not None else None,
         device_identity=runtime.binding.devices.enrolment_device if runtime.binding is not None else None,
         ensure_device=runtime.binding.devices.ensure if runtime.binding is not None else None,
-        on_status_change=runtime.revocation.notify_changed, threads=runtime.settings.server.scep_threads)
+        on_status_change=runtime.revocation.notify_changed, threads=runtime.settings.server.scep_threads,
+        refuse_issuing=runtime.settings.server.issuing_refusal())
     try:
         yield service
     finally:

@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import sys
 import time
+from collections.abc import Callable, Mapping
 
+import structlog
 from aiohttp import web
 
 from .app import create_app
 from .config import Settings
 from .logs import configure
+
+log = structlog.get_logger("server")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -24,9 +29,47 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _run_worker(settings: Settings, sock: socket.socket, metrics_sock: socket.socket | None = None) -> None:
+def warn_wildcard_base_url(settings: Settings, announce=print) -> None:
+    """A wildcard listen address without server.base_url: say (and log) that certificates would name it."""
+    server = settings.server
+    if not server.wildcard_base_url():
+        return
+    refusal = server.issuing_refusal()
+    log.warning("server.base_url.wildcard", listen=server.listen, issuing=refusal is None)
+    if refusal is not None:
+        announce(f"warning: {refusal}; GetCACaps and GetCACert are served")
+    else:
+        announce(f"warning: server.base_url is not set: certificates name {server.public_base_url()} as their CRL "
+                 "and CA certificate location (server.allow_wildcard_base_url = true)")
+
+
+def sd_notify(message: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Send `message` (e.g. "READY=1") to systemd's notification socket, $NOTIFY_SOCKET (a path, or "@name" in
+    the abstract namespace). False when there is no such socket; a socket that refuses the message is logged."""
+    address = (os.environ if environ is None else environ).get("NOTIFY_SOCKET", "")
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    elif not address.startswith("/"):
+        return False  # unset, or a kind of socket (vsock) this server does not speak
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(address)
+            s.sendall(message.encode())
+    except OSError as exc:
+        log.warning("systemd.notify_failed", error=f"{exc.__class__.__name__}: {exc}")
+        return False
+    return True
+
+
+def _run_worker(settings: Settings, sock: socket.socket, metrics_sock: socket.socket | None = None,
+                ready: Callable[[], None] | None = None) -> None:
     configure(settings.log.level, settings.log.format, cache=True)
     app = create_app(settings, metrics_sock=metrics_sock)
+    if ready is not None:
+        async def _ready(_app: web.Application) -> None:  # after the runtime opened (CA keys, database)
+            ready()
+
+        app.on_startup.append(_ready)
     # auto_decompress off: no client of ours compresses a request, and inflating one costs unbounded CPU
     # before the body size limit applies (a 100 KB gzip is 128 MiB), or a 500 when it does not inflate
     web.run_app(app, sock=sock, print=None, handle_signals=True, access_log=None,
@@ -39,6 +82,7 @@ def serve(settings: Settings, *, announce=print) -> int:
 
     section = settings.metrics
     section.token()  # a token source that is empty stops the start here, once
+    warn_wildcard_base_url(settings, announce)
     sock = bind(settings.server.host, settings.server.port)
     # [metrics] listen: one socket for every worker, like the main one
     metrics_sock = bind(section.host, section.port) if section.enabled and section.listen else None
@@ -49,7 +93,7 @@ def serve(settings: Settings, *, announce=print) -> int:
         announce(f"metrics on http://{m_host}:{m_port}/metrics")
     sys.stdout.flush()
     if settings.server.workers == 1:
-        _run_worker(settings, sock, metrics_sock)
+        _run_worker(settings, sock, metrics_sock, ready=lambda: sd_notify(f"READY=1\nSTATUS=listening on {host}:{port}"))
         return 0
     # the workers' metrics are summed from files in a directory made for this start
     metrics_dir = metrics.prepare_multiprocess() if section.enabled else None
@@ -60,18 +104,56 @@ def serve(settings: Settings, *, announce=print) -> int:
             metrics.cleanup_multiprocess(metrics_dir)
 
 
+def _worker_ready(fd: int) -> None:
+    try:
+        os.write(fd, b"r")
+    except OSError:  # the supervisor no longer listens (it was told long ago)
+        pass
+
+
+def _await_workers(fd: int, count: int, give_up: Callable[[], bool], timeout: float = 300.0) -> bool:
+    """Whether `count` workers said they are ready on the pipe `fd` within `timeout` seconds; False at once when
+    `give_up()` (the server is stopping) or a worker exited meanwhile."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while seen < count:
+        left = deadline - time.monotonic()
+        if left <= 0 or give_up() or _a_child_exited():
+            return False
+        try:
+            readable, _, _ = select.select([fd], [], [], min(left, 0.2))
+        except InterruptedError:
+            continue
+        if readable:
+            data = os.read(fd, count - seen)
+            if not data:
+                return False
+            seen += len(data)
+    return True
+
+
+def _a_child_exited() -> bool:
+    """Whether a child process has exited (it is left for os.wait to collect)."""
+    try:
+        return os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
 def _supervise(settings: Settings, sock: socket.socket, metrics_sock: socket.socket | None, announce) -> int:
     from . import metrics
     children: dict[int, int] = {}
     stopping = False
+    ready_r, ready_w = os.pipe()  # each worker writes one byte once it serves; the supervisor then tells systemd
 
     def spawn(slot: int) -> None:
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.close(ready_r)
             try:
-                _run_worker(settings, sock, metrics_sock)
+                _run_worker(settings, sock, metrics_sock, ready=lambda: _worker_ready(ready_w))
             finally:
                 os._exit(0)
         children[pid] = slot
@@ -89,6 +171,10 @@ def _supervise(settings: Settings, sock: socket.socket, metrics_sock: socket.soc
     signal.signal(signal.SIGINT, stop)
     for slot in range(settings.server.workers):
         spawn(slot)
+    if _await_workers(ready_r, settings.server.workers, lambda: stopping):
+        host, port = sock.getsockname()[:2]
+        sd_notify(f"READY=1\nSTATUS=listening on {host}:{port} with {settings.server.workers} workers")
+    os.close(ready_r)
     restarts: list[float] = []
     while children:
         try:
@@ -109,6 +195,7 @@ def _supervise(settings: Settings, sock: socket.socket, metrics_sock: socket.soc
             stop(signal.SIGTERM, None)
             continue
         spawn(slot)
+    os.close(ready_w)
     sock.close()
     return 0
 

@@ -63,8 +63,8 @@ CLI_ONLY = {
 # commands that change nothing
 READ_ONLY = {"profile list", "profile show", "cert list", "cert show", "ca list", "ca list-external",
              "crl show", "token list", "challenge status", "device list", "device show", "enrolment list",
-             "yubikey report", "otp-client list", "audit list", "audit verify", "completion",
-             "mdm list", "mdm show"}
+             "yubikey report", "otp-client list", "audit list", "audit verify", "completion", "config show",
+             "config check", "mdm list", "mdm show"}
 
 # state-changing routes that are not administration (no command: they serve devices and sign-in services)
 NOT_ADMIN = {

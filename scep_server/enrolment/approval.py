@@ -45,6 +45,8 @@ class ApprovalWorkflow:
             await self.reject(profile_name, transaction_id, reason or "rejected by an administrator", actor=actor,
                               now=now, reason=reason)
             return "rejected"
+        if svc.refuse_issuing:  # the enrolment stays pending: it can be approved once server.base_url is set
+            raise Conflict(svc.refuse_issuing)
         csr = x509.load_der_x509_csr(m["csr_der"])
         renewal_of = None
         if m.get("renewal_of"):

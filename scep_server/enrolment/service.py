@@ -58,7 +58,8 @@ class ScepService:
                  on_status_change: Callable[[str], None] | None = None, threads: int | None = None,
                  repository: EnrolmentRepository | None = None,
                  device_identity: Callable[[str, str], Awaitable[str | None]] | None = None,
-                 ensure_device: Callable[[str, str], Awaitable[bool]] | None = None):
+                 ensure_device: Callable[[str, str], Awaitable[bool]] | None = None,
+                 refuse_issuing: str | None = None):
         if repository is None:
             if engine is None:
                 raise TypeError("ScepService needs an engine or a repository")
@@ -82,6 +83,9 @@ class ScepService:
         # (device id, actor): register a device an enrolment names, if new; False for a deleted device (binding
         # feature; profile `device_id`)
         self.ensure_device = ensure_device
+        # why no certificate may be issued (server.base_url unset behind a wildcard listen address), or None:
+        # enrolments and approvals are refused with this text; GetCACaps, GetCACert, CertPoll, GetCert still answer
+        self.refuse_issuing = refuse_issuing
         self.checks: list[Check] = default_checks(self)
         self.approvals = ApprovalWorkflow(self)
         self.reconciler = AckReconciler(self)
@@ -242,6 +246,8 @@ class ScepService:
     async def _enrol(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
                      content: codec.RequestContent, known=NOT_LOOKED_UP, policy_error: str | None = None) -> Outcome:
         # parsed, key loaded and proof of possession checked in the decryption stage (codec.open_request)
+        if self.refuse_issuing:  # before any check: no challenge is used up by a request that cannot succeed
+            raise SCEPFailure(FailInfo.BAD_REQUEST, self.refuse_issuing, msg)
         e = Enrolment(profile=profile, ca=ca, message=msg, content=content, key=self.transaction_key(ca, msg),
                       public_key_sha256=inventory.public_key_sha256(content.public_key), known=known,
                       policy_error=policy_error, signed_by_us=self.signed_by_us(ca, msg))
