@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..replycache import FailureReplies
+from . import tbs
 from .keys import FileKey, KeyOps, durable_write
 from .policy import IssuancePolicy
 
@@ -117,7 +118,7 @@ class CertificateAuthority:
             b = b.add_extension(eku, critical=False)
         if sans:
             b = b.add_extension(x509.SubjectAlternativeName(sans), critical=not list(subject))
-        return self.key.sign_certificate(b, hashes.SHA256())
+        return tbs.sign_certificate(b, self.key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,10 +191,10 @@ def create_ca(directory: Path, *, name: str, subject: str, ra_subject: str, key_
         raise CAFilesExist(directory, present)
     ca_key = FileKey.generate(key_size)
     ca_name = parse_name(subject)
-    ca_cert = ca_key.sign_certificate(_ca_extensions(
+    ca_cert = tbs.sign_certificate(_ca_extensions(
         x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
         .serial_number(random_serial()).not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=validity_days)), ca_key.public_key()), hashes.SHA256())
+        .not_valid_after(now + timedelta(days=validity_days)), ca_key.public_key()), ca_key)
     ra_key = FileKey.generate(2048)
     ra_cert = issue_ra_cert(ca_cert, ca_key, ra_key.public_key(), subject=ra_subject, validity_days=ra_validity_days,
                             base_url=base_url, ca_name=name, now=now)
@@ -227,7 +228,7 @@ def issue_ra_cert(ca_cert: x509.Certificate, ca_key: KeyOps, ra_pub: rsa.RSAPubl
          .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
              x509.oid.AuthorityInformationAccessOID.CA_ISSUERS,
              x509.UniformResourceIdentifier(aia_url(base_url, ca_name)))]), critical=False))
-    return ca_key.sign_certificate(b, hashes.SHA256())
+    return tbs.sign_certificate(b, ca_key)
 
 
 def load_ca(directory: Path, *, name: str, passphrase: bytes, base_url: str) -> CertificateAuthority:
