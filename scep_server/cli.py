@@ -74,12 +74,14 @@ def serve(ctx: Context, listen: str | None, workers: int | None) -> None:
 
 
 @main.command()
+@click.option("--ca-key-type", type=click.Choice(["rsa", "ec-p256", "ec-p384"]),
+              help="Key of a CA created now (default: setting ca.key_type, rsa); the RA key is always RSA.")
 @pass_ctx
-def init(ctx: Context) -> None:
+def init(ctx: Context, ca_key_type: str | None) -> None:
     """Create the data directory, database schema, CA and default profile if missing."""
     from .runtime import initialise
 
-    report = _initialise(initialise, ctx.settings())
+    report = _initialise(initialise, ctx.settings(ca={"key_type": ca_key_type}) if ca_key_type else ctx.settings())
     for line in report or ["already initialised"]:
         click.echo(line)
 

@@ -89,6 +89,9 @@ class DatabaseSettings(BaseModel):
 class CASettings(BaseModel):
     name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     subject: str = "CN=Device Trust Issuing CA,O=Device Trust"
+    # the CA key made on first start: RSA of key_size bits, or EC on P-256 / P-384 (the RA key stays RSA:
+    # SCEP clients encrypt their requests to it)
+    key_type: Literal["rsa", "ec-p256", "ec-p384"] = "rsa"
     key_size: int = Field(3072, ge=2048, le=8192)
     validity_days: int = Field(3650, ge=1)
     ra_subject: str = "CN=Device Trust SCEP RA,O=Device Trust"

@@ -151,10 +151,13 @@ def _load_or_create_ca(settings: Settings, now: datetime, report: list[str]) -> 
     ca, created = load_or_create_ca(
         directory, name=settings.ca.name, subject=settings.ca.subject, ra_subject=settings.ca.ra_subject,
         key_size=settings.ca.key_size, validity_days=settings.ca.validity_days,
-        ra_validity_days=settings.ca.ra_validity_days, passphrase=passphrase, base_url=base, now=now)
+        ra_validity_days=settings.ca.ra_validity_days, passphrase=passphrase, base_url=base, now=now,
+        key_type=settings.ca.key_type)
     if not created:
         return ca
-    report.append(f"created CA {ca.name!r} ({ca.cert.subject.rfc4514_string()}) in {directory}")
+    key_type = {"ec-p256": "EC P-256", "ec-p384": "EC P-384"}.get(settings.ca.key_type,
+                                                                   f"RSA {settings.ca.key_size}")
+    report.append(f"created CA {ca.name!r} ({ca.cert.subject.rfc4514_string()}, {key_type} key) in {directory}")
     report.append(f"  CA certificate: {directory / 'ca.crt'}  SHA-256 {ca.fingerprint_sha256}")
     report.append(f"  keys encrypted with the passphrase in ${settings.ca.passphrase_env} or "
                   f"{settings.passphrase_path()}")

@@ -165,7 +165,7 @@ def _directory_lock(directory: Path):
 
 def load_or_create_ca(directory: Path, *, name: str, subject: str, ra_subject: str, key_size: int,
                       validity_days: int, ra_validity_days: int, passphrase: bytes, base_url: str,
-                      now: datetime) -> tuple[CertificateAuthority, bool]:
+                      now: datetime, key_type: str = "rsa") -> tuple[CertificateAuthority, bool]:
     """The CA in ``directory``, created first if the directory holds none; (ca, created).
 
     Instances starting together on one directory serialise on a lock: one creates, the others load its CA.
@@ -177,19 +177,23 @@ def load_or_create_ca(directory: Path, *, name: str, subject: str, ra_subject: s
             return load_ca(directory, name=name, passphrase=passphrase, base_url=base_url), False
         return create_ca(directory, name=name, subject=subject, ra_subject=ra_subject, key_size=key_size,
                          validity_days=validity_days, ra_validity_days=ra_validity_days, passphrase=passphrase,
-                         base_url=base_url, now=now), True
+                         base_url=base_url, now=now, key_type=key_type), True
 
 
 def create_ca(directory: Path, *, name: str, subject: str, ra_subject: str, key_size: int, validity_days: int,
-              ra_validity_days: int, passphrase: bytes, base_url: str, now: datetime) -> CertificateAuthority:
+              ra_validity_days: int, passphrase: bytes, base_url: str, now: datetime,
+              key_type: str = "rsa") -> CertificateAuthority:
     """Create a self-signed issuing CA and its RA certificate, and write them durably to `directory`.
+
+    The CA key is RSA of `key_size` bits or EC (`key_type` "ec-p256", "ec-p384"); the RA key is always RSA
+    (RFC 8894 §2.1.2: clients encrypt to it).
 
     Raises CAFilesExist if any of the four files is already there (checked before the keys are generated).
     """
     present = [f for f in CA_FILES if (directory / f).exists()]
     if present:
         raise CAFilesExist(directory, present)
-    ca_key = FileKey.generate(key_size)
+    ca_key = FileKey.generate(key_size, key_type)
     ca_name = parse_name(subject)
     ca_cert = tbs.sign_certificate(_ca_extensions(
         x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
