@@ -89,10 +89,11 @@ def init(ctx: Context, ca_key_type: str | None) -> None:
 def _initialise(initialise, settings) -> list[str]:
     """First-start set-up; CA files that would be overwritten are a clear error naming them, not a traceback."""
     from .ca.authority import CAFilesExist
+    from .ca.pkcs11 import HsmError
 
     try:
         return run(initialise(settings))
-    except CAFilesExist as exc:
+    except (CAFilesExist, HsmError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

@@ -100,6 +100,25 @@ class CASettings(BaseModel):
     # variable named here, else from passphrase_file (created with a random passphrase on first start).
     passphrase_env: str = "SCEP_CA_PASSPHRASE"
     passphrase_file: str | None = None
+    # where the CA and RA private keys live: "file" (encrypted PEM files in the CA directory, above) or
+    # "pkcs11" (a token: the keys are found by label, generated there by `init` when missing, never exported)
+    key_backend: Literal["file", "pkcs11"] = "file"
+    pkcs11_module: str | None = None        # path of the token's PKCS#11 library
+    pkcs11_token_label: str | None = None
+    pkcs11_pin_env: str = "SCEP_CA_PKCS11_PIN"   # the user PIN: this environment variable, else pkcs11_pin_file
+    pkcs11_pin_file: str | None = None
+    ca_key_label: str = Field("scep-ca", min_length=1, max_length=128)
+    ra_key_label: str = Field("scep-ra", min_length=1, max_length=128)
+
+    @model_validator(mode="after")
+    def _pkcs11_complete(self) -> "CASettings":
+        if self.key_backend == "pkcs11":
+            missing = [k for k in ("pkcs11_module", "pkcs11_token_label") if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"key_backend = \"pkcs11\" needs {' and '.join(missing)}")
+            if self.ca_key_label == self.ra_key_label:
+                raise ValueError("ca_key_label and ra_key_label must differ")
+        return self
 
 
 class BindingSettings(BaseModel):

@@ -34,6 +34,16 @@ class KeyOps(Protocol):
         """RSA key transport: `scheme` is "pkcs1v15" or "oaep-<hash>" (e.g. "oaep-sha1")."""
 
 
+class KeyStore(Protocol):
+    """Keys held outside the CA directory (a PKCS#11 token): found, or with `create`, generated there."""
+
+    def ca_key(self, create: tuple[str, int] | None = None) -> KeyOps:
+        """The CA key; `create` = (key type, RSA bits) generates it when absent."""
+
+    def ra_key(self, create: tuple[str, int] | None = None) -> KeyOps:
+        """The RA key (RSA)."""
+
+
 _OAEP_HASHES = {"sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256, "sha384": hashes.SHA384,
                 "sha512": hashes.SHA512}
 
