@@ -3,6 +3,11 @@
 The keys are found by label; `init` generates missing ones in the token (sensitive, not extractable). A pool of
 sessions, one per signing thread, is opened once per process after a single login; a thread waits for a free
 session rather than sharing one (a PKCS#11 session serves one operation at a time).
+
+python-pkcs11 initialises the module with C_Initialize(NULL), which tells it that no two threads call it at once
+(PKCS#11 §5.4: no OS locking), and SoftHSM then takes no locks: concurrent calls corrupt its state (a PKCS#1
+decryption fails at random). So the calls of one process into the module are serialised by a lock; each
+forked worker has its own module instance and its own lock.
 """
 from __future__ import annotations
 
@@ -55,6 +60,12 @@ def read_pin(pin_env: str, pin_file: Path | None) -> str:
 
 _init_lock = threading.Lock()
 _initialised_in: dict[str, int] = {}  # module path -> pid that initialised it
+_call_locks: dict[str, threading.Lock] = {}  # module path -> the lock every call into it holds (see above)
+
+
+def _call_lock(module: str) -> threading.Lock:
+    with _init_lock:
+        return _call_locks.setdefault(module, threading.Lock())
 
 
 def _library(module: str):
@@ -71,6 +82,7 @@ def _library(module: str):
         if _initialised_in.setdefault(module, pid) != pid:
             lib.reinitialize()  # a forked worker: PKCS#11 state is not inherited across fork
             _initialised_in[module] = pid
+            _call_locks[module] = threading.Lock()  # nor is a lock another thread of the parent held
     return lib
 
 
@@ -78,9 +90,14 @@ class SessionPool:
     """Logged-in sessions of one token, lent to one thread at a time."""
 
     def __init__(self, settings: HsmSettings):
+        lib = _library(settings.module)
+        self._lock = _call_lock(settings.module)
+        with self._lock:
+            self._open(lib, settings)
+
+    def _open(self, lib, settings: HsmSettings) -> None:
         import pkcs11
 
-        lib = _library(settings.module)
         try:
             self.token = lib.get_token(token_label=settings.token_label)
         except pkcs11.NoSuchToken:
@@ -116,9 +133,11 @@ class SessionPool:
 
     @contextlib.contextmanager
     def session(self) -> Iterator:
+        """A session of the pool, with the module's call lock held while it is used."""
         s = self._free.get()
         try:
-            yield s
+            with self._lock:
+                yield s
         finally:
             self._free.put(s)
 
@@ -134,10 +153,11 @@ class SessionPool:
         return key
 
     def close(self) -> None:
-        while self._all:
-            with contextlib.suppress(Exception):
-                self._all.pop().close()
-        self._keys.clear()
+        with self._lock:
+            while self._all:
+                with contextlib.suppress(Exception):
+                    self._all.pop().close()
+            self._keys.clear()
 
 
 _RSA_SIGN = {"sha1": "SHA1_RSA_PKCS", "sha224": "SHA224_RSA_PKCS", "sha256": "SHA256_RSA_PKCS",

@@ -148,3 +148,24 @@ def test_a_ca_in_the_token_writes_no_key_file_and_threads_share_the_pool(softhsm
             load_ca(tmp_path / "ca", name="default", passphrase=b"", base_url="http://x", key_store=other)
     finally:
         other.close()
+
+
+def test_threads_decrypt_and_sign_at_once_without_a_fault(softhsm):
+    """python-pkcs11 initialises the library without OS locking: calls from several threads must be serialised."""
+    store = keys(softhsm, pool_size=4)
+    try:
+        ra = store.ra_key(create=("rsa", 2048))
+        ca = store.ca_key(create=("ec-p256", 0))
+        pub = ra.public_key()
+        ceks = [os.urandom(16) for _ in range(50)]
+        wrapped = [pub.encrypt(c, padding.PKCS1v15()) for c in ceks]
+
+        def work(i):
+            assert ra.decrypt(wrapped[i % 50], "pkcs1v15") == ceks[i % 50]
+            ca.public_key().verify(ca.sign(b"%d" % i, hashes.SHA256()), b"%d" % i, ec.ECDSA(hashes.SHA256()))
+            return True
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            assert all(pool.map(work, range(400)))
+    finally:
+        store.close()
