@@ -303,7 +303,8 @@ def _softhsm_env(directory: Path) -> dict[str, str]:
     conf.write_text(f"directories.tokendir = {directory / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
     pin = secrets.token_hex(4)
     subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "bench", "--pin", pin, "--so-pin",
-                    secrets.token_hex(4)], check=True, capture_output=True, env={**os.environ, "SOFTHSM2_CONF": str(conf)})
+                    secrets.token_hex(4)], check=True, capture_output=True,
+                   env={**os.environ, "SOFTHSM2_CONF": str(conf)})
     return {"SOFTHSM2_CONF": str(conf), "SCEP_SERVER_CA__PKCS11_MODULE": SOFTHSM_MODULE,
             "SCEP_SERVER_CA__PKCS11_TOKEN_LABEL": "bench", "SCEP_CA_PKCS11_PIN": pin}
 
