@@ -169,3 +169,18 @@ def test_threads_decrypt_and_sign_at_once_without_a_fault(softhsm):
             assert all(pool.map(work, range(400)))
     finally:
         store.close()
+
+
+def test_the_pkcs11_backend_needs_its_module_and_token_and_two_labels():
+    from scep_server.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="needs pkcs11_module and pkcs11_token_label"):
+        load_settings(None, ca={"key_backend": "pkcs11"})
+    with pytest.raises(ConfigError, match="ca_key_label and ra_key_label must differ"):
+        load_settings(None, ca={"key_backend": "pkcs11", "pkcs11_module": "/m.so", "pkcs11_token_label": "t",
+                                "ra_key_label": "scep-ca"})
+    with pytest.raises(ConfigError, match="key_type"):
+        load_settings(None, ca={"key_type": "ec-p521"})
+    ok = load_settings(None, ca={"key_backend": "pkcs11", "pkcs11_module": "/m.so", "pkcs11_token_label": "t"})
+    assert (ok.ca.ca_key_label, ok.ca.ra_key_label, ok.ca.pkcs11_pin_env) == ("scep-ca", "scep-ra",
+                                                                             "SCEP_CA_PKCS11_PIN")
