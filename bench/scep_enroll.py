@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/scep_enroll.py              # SQLite (the embedded default), concurrency 1, 4, 16
     .venv/bin/python bench/scep_enroll.py --pg         # PostgreSQL at 127.0.0.1:5432 (a fresh database)
+    .venv/bin/python bench/scep_enroll.py --compare-keys   # file vs SoftHSM keys, EC P-256 vs RSA-3072 CA
 
 Everything the client sends is built before timing: RSA-2048 client keys, a CSR per enrolment (distinct
 subject, the profile's challenge), a self-signed signer certificate per key, and the PKCSReq bodies
@@ -289,6 +290,105 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
+# ---------------------------------------------------------------- CA key set-ups compared (--compare-keys)
+
+SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+KEY_SETUPS = {  # name -> (key backend, CA key type); the RA is RSA-2048 in every set-up
+    "file-rsa3072": ("file", "rsa"), "file-ec-p256": ("file", "ec-p256"),
+    "softhsm-rsa3072": ("pkcs11", "rsa"), "softhsm-ec-p256": ("pkcs11", "ec-p256"),
+}
+
+
+def _softhsm_env(directory: Path) -> dict[str, str]:
+    """A SoftHSM token of its own in `directory`, and the environment that points a server at it."""
+    (directory / "tokens").mkdir(parents=True)
+    conf = directory / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {directory / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    pin = secrets.token_hex(4)
+    subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "bench", "--pin", pin, "--so-pin",
+                    secrets.token_hex(4)], check=True, capture_output=True,
+                   env={**os.environ, "SOFTHSM2_CONF": str(conf)})
+    return {"SOFTHSM2_CONF": str(conf), "SCEP_SERVER_CA__PKCS11_MODULE": SOFTHSM_MODULE,
+            "SCEP_SERVER_CA__PKCS11_TOKEN_LABEL": "bench", "SCEP_CA_PKCS11_PIN": pin}
+
+
+def compare_keys(args, setups: list[str]) -> int:
+    """Enrolments/s of one server per CA key set-up, the set-ups interleaved within each round."""
+    level, count = int(args.concurrency.split(",")[0]), int(args.requests.split(",")[0])
+    tmp = Path(tempfile.mkdtemp(prefix="scep-bench-keys-"))
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, SQLite, {args.workers} server workers, "
+          f"concurrency {level}, {count} timed enrolments per set-up and round, {args.rounds} round(s)")
+    servers: dict[str, Server] = {}
+    rates: dict[str, list[float]] = {name: [] for name in setups}
+    cpu: dict[str, list[float]] = {name: [] for name in setups}
+    failures = 0
+    ctx = mp.get_context("spawn")
+    try:
+        from scep_server.scep import client
+
+        prepared: dict[str, list] = {}
+        with ctx.Pool(2) as pool:
+            keys = make_keys(args.keys, pool)
+            for name in setups:
+                backend, key_type = KEY_SETUPS[name]
+                env = {"SCEP_SERVER_CA__KEY_TYPE": key_type, "SCEP_SERVER_CA__KEY_SIZE": "3072",
+                       "SCEP_SERVER_CA__KEY_BACKEND": backend, "SCEP_SERVER_LOG__LEVEL": "warning"}
+                if backend == "pkcs11":
+                    env.update(_softhsm_env(tmp / name / "softhsm"))
+                server = servers[name] = Server(tmp / name / "data", None, args.workers, tmp / f"{name}.log",
+                                                env_extra=env, name=name)
+                ra_der = client.certs_in_order(server.get("/scep/default?operation=GetCACert"))[0]
+                challenge = (tmp / name / "data" / "default-challenge.txt").read_text().strip()
+                warmup = max(2 * level, 8)
+                prepared[name] = [(warmup, ra_der, prepare(warmup + count, keys, ra_der, challenge, pool))
+                                  for _ in range(args.rounds)]
+        for round_ in range(args.rounds):
+            order = setups if round_ % 2 == 0 else setups[::-1]
+            for name in order:
+                server = servers[name]
+                warmup, ra_der, (bodies, keys_, key_of) = prepared[name][round_]
+                path, result_path = tmp / f"bodies-{name}-{round_}.pkl", tmp / f"result-{name}-{round_}.pkl"
+                path.write_bytes(pickle.dumps(bodies))
+                cpu0 = cpu_seconds(server.workers)
+                proc = ctx.Process(target=_client, args=(server.url + "/scep/default?operation=PKIOperation",
+                                                         str(path), level, warmup, str(result_path)))
+                proc.start()
+                proc.join()
+                server_cpu = cpu_seconds(server.workers) - cpu0
+                out = pickle.loads(result_path.read_bytes())
+                jobs: dict[int, list] = {}
+                for i, r in enumerate(out["results"]):
+                    jobs.setdefault(key_of[i], []).append((i, r[0], r[2]))
+                with ctx.Pool(2) as pool:
+                    checked = [x for chunk in pool.map(_check, [(keys_[k], items, ra_der) for k, items in jobs.items()])
+                               for x in chunk]
+                problems = [(i, p) for i, _, p in checked if p is not None]
+                failures += len(problems)
+                for i, p in problems[:3]:
+                    print(f"  {name} failure #{i}: {p}")
+                ok = sum(1 for i, _, p in checked if p is None and i >= warmup)
+                rates[name].append(ok / out["wall"])
+                cpu[name].append(server_cpu / len(bodies) * 1000)
+                print(f"  round {round_ + 1} {name:<16} {ok / out['wall']:8.1f} enrolments/s")
+    finally:
+        for server in servers.values():
+            server.stop()
+    print()
+    print(f"{'set-up':<16} | {'enrol/s':>8} | {'server CPU ms/enrol':>19} | per round")
+    for name in setups:
+        print(f"{name:<16} | {statistics.mean(rates[name]):>8.1f} | {statistics.mean(cpu[name]):>19.2f} | "
+              f"{' '.join(f'{x:.1f}' for x in rates[name])}")
+    print("RESULT " + json.dumps({"compare_keys": {name: {"enrol_per_s": statistics.mean(rates[name]),
+                                                          "server_cpu_ms_per_enrol": statistics.mean(cpu[name]),
+                                                          "per_round": rates[name]} for name in setups},
+                                  "concurrency": level, "workers": args.workers, "failures": failures}))
+    if args.keep:
+        print(f"data directories kept: {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if failures == 0 else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pg", action="store_true", help="PostgreSQL instead of the embedded SQLite")
@@ -299,7 +399,16 @@ def main() -> int:
     ap.add_argument("--keys", type=int, default=32, help="distinct client keys (each enrols many times)")
     ap.add_argument("--ceiling-seconds", type=float, default=3.0)
     ap.add_argument("--keep", action="store_true", help="keep the data directory")
+    ap.add_argument("--compare-keys", nargs="?", const=",".join(KEY_SETUPS), metavar="SETUPS",
+                    help="enrolments/s per CA key set-up in one run instead (SQLite; the first --concurrency and "
+                         f"--requests): comma-separated, of {', '.join(KEY_SETUPS)} (default: all)")
     args = ap.parse_args()
+    if args.compare_keys:
+        setups = [s.strip() for s in args.compare_keys.split(",") if s.strip()]
+        unknown = [s for s in setups if s not in KEY_SETUPS]
+        if unknown or not setups:
+            ap.error(f"--compare-keys: unknown set-up {', '.join(unknown)} (one of {', '.join(KEY_SETUPS)})")
+        return compare_keys(args, setups)
     levels = [int(c) for c in args.concurrency.split(",")]
     counts = [int(n) for n in args.requests.split(",")]
     if len(counts) == 1:

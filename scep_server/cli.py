@@ -90,12 +90,13 @@ def _interactive() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
-KEY_TYPES = ("rsa",)
+KEY_TYPES = ("rsa", "ec-p256", "ec-p384")  # the CA key; the RA key is always RSA
 
 
 @main.command()
 @click.option("--ca-subject", metavar="DN", help="The CA's subject, RFC 4514 (default: ca.subject).")
-@click.option("--key-type", type=click.Choice(KEY_TYPES), help="The CA key's type (default rsa).")
+@click.option("--key-type", "--ca-key-type", "key_type", type=click.Choice(KEY_TYPES),
+              help="The CA key's type (default: ca.key_type, rsa); the RA key is always RSA.")
 @click.option("--key-size", type=click.IntRange(2048, 8192), help="RSA key size in bits (default: ca.key_size).")
 @click.option("--validity-days", type=click.IntRange(1, 36500),
               help="The CA certificate's validity in days (default: ca.validity_days).")
@@ -118,7 +119,7 @@ def init(ctx: Context, ca_subject: str | None, key_type: str | None, key_size: i
         if ca_subject is None:
             ca_subject = click.prompt("CA subject", default=configured.ca.subject, value_proc=_subject)
         if key_type is None:
-            key_type = click.prompt("CA key type", default=KEY_TYPES[0], type=click.Choice(KEY_TYPES))
+            key_type = click.prompt("CA key type", default=configured.ca.key_type, type=click.Choice(KEY_TYPES))
         if key_size is None:
             key_size = click.prompt("CA key size (bits)", default=configured.ca.key_size,
                                     type=click.IntRange(2048, 8192))
@@ -132,8 +133,8 @@ def init(ctx: Context, ca_subject: str | None, key_type: str | None, key_size: i
             default_profile = click.confirm("Create a static SCEP profile 'default'", default=True)
     if ca_subject is not None:
         _subject(ca_subject)
-    ca = {k: v for k, v in (("subject", ca_subject), ("key_size", key_size), ("validity_days", validity_days))
-          if v is not None}
+    ca = {k: v for k, v in (("subject", ca_subject), ("key_type", key_type), ("key_size", key_size),
+                            ("validity_days", validity_days)) if v is not None}
     overrides: dict[str, Any] = {}
     if ca:
         overrides["ca"] = ca
@@ -168,10 +169,11 @@ def _subject(text: str) -> str:
 def _initialise(initialise, settings, **kwargs: Any) -> list[str]:
     """First-start set-up; CA files that would be overwritten are a clear error naming them, not a traceback."""
     from .ca.authority import CAFilesExist
+    from .ca.pkcs11 import HsmError
 
     try:
         return run(initialise(settings, **kwargs))
-    except CAFilesExist as exc:
+    except (CAFilesExist, HsmError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

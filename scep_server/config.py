@@ -141,6 +141,9 @@ class CASettings(BaseModel):
                       description="the CA's name: its directory, /crl/<name>.crl and /ca/<name>.crt")
     subject: str = Field("CN=Device Trust Issuing CA,O=Device Trust",
                          description="subject of a new CA certificate (RFC 4514)")
+    key_type: Literal["rsa", "ec-p256", "ec-p384"] = Field(
+        "rsa", description="the key of a new CA: RSA of key_size bits, or EC on P-256 / P-384 (the RA key stays "
+        "RSA: SCEP clients encrypt their requests to it)")
     key_size: int = Field(3072, ge=2048, le=8192, description="RSA key size of a new CA, in bits")
     validity_days: int = Field(3650, ge=1, description="validity of a new CA certificate, in days")
     ra_subject: str = Field("CN=Device Trust SCEP RA,O=Device Trust",
@@ -152,6 +155,26 @@ class CASettings(BaseModel):
     passphrase_file: str | None = Field(
         None, description="file holding that passphrase; unset: <data_dir>/ca/passphrase, created with a random "
         "passphrase on first start")
+    key_backend: Literal["file", "pkcs11"] = Field(
+        "file", description="where the CA and RA private keys live: file (encrypted PEM files in the CA directory) "
+        "or pkcs11 (a token: the keys are found by label, generated there by `init` when missing, never exported)")
+    pkcs11_module: str | None = Field(None, description="path of the token's PKCS#11 library (key_backend = pkcs11)")
+    pkcs11_token_label: str | None = Field(None, description="label of the PKCS#11 token holding the keys")
+    pkcs11_pin_env: str = Field("SCEP_CA_PKCS11_PIN", description="environment variable holding the token's user "
+                                "PIN (wins over pkcs11_pin_file)")
+    pkcs11_pin_file: str | None = Field(None, description="file holding the token's user PIN")
+    ca_key_label: str = Field("scep-ca", min_length=1, max_length=128, description="label of the CA key in the token")
+    ra_key_label: str = Field("scep-ra", min_length=1, max_length=128, description="label of the RA key in the token")
+
+    @model_validator(mode="after")
+    def _pkcs11_complete(self) -> "CASettings":
+        if self.key_backend == "pkcs11":
+            missing = [k for k in ("pkcs11_module", "pkcs11_token_label") if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"key_backend = \"pkcs11\" needs {' and '.join(missing)}")
+            if self.ca_key_label == self.ra_key_label:
+                raise ValueError("ca_key_label and ra_key_label must differ")
+        return self
 
 
 class BindingSettings(BaseModel):

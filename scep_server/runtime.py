@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Union
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -152,23 +153,52 @@ def _engine(settings: Settings) -> AsyncEngine:
                          sqlite_synchronous=settings.database.sqlite_synchronous)
 
 
+def key_store(settings: Settings, pool_size: int | None = None):
+    """The PKCS#11 key store of `[ca] key_backend = "pkcs11"` (None for key files): a pool of `pool_size`
+    sessions, by default one per SCEP thread plus two (CRL signing, the event loop). Raises HsmError."""
+    if settings.ca.key_backend != "pkcs11":
+        return None
+    from .ca.pkcs11 import HsmSettings, Pkcs11Keys, read_pin
+    from .enrolment.service import scep_threads
+
+    ca = settings.ca
+    pin = read_pin(ca.pkcs11_pin_env, Path(ca.pkcs11_pin_file) if ca.pkcs11_pin_file else None)
+    return Pkcs11Keys(HsmSettings(
+        module=ca.pkcs11_module or "", token_label=ca.pkcs11_token_label or "", pin=pin,
+        ca_key_label=ca.ca_key_label, ra_key_label=ca.ra_key_label,
+        pool_size=pool_size or scep_threads(settings.server.scep_threads) + 2))
+
+
 def _load_or_create_ca(settings: Settings, now: datetime, report: list[str]) -> "CertificateAuthority":
     from .ca.authority import load_or_create_ca
     from .ca.keys import load_or_create_passphrase
 
     directory = settings.ca_dir()
-    passphrase = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
+    store = key_store(settings, pool_size=1)
+    passphrase = (load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
+                  if store is None else b"")
     base = settings.server.public_base_url()
-    ca, created = load_or_create_ca(
-        directory, name=settings.ca.name, subject=settings.ca.subject, ra_subject=settings.ca.ra_subject,
-        key_size=settings.ca.key_size, validity_days=settings.ca.validity_days,
-        ra_validity_days=settings.ca.ra_validity_days, passphrase=passphrase, base_url=base, now=now)
+    try:
+        ca, created = load_or_create_ca(
+            directory, name=settings.ca.name, subject=settings.ca.subject, ra_subject=settings.ca.ra_subject,
+            key_size=settings.ca.key_size, validity_days=settings.ca.validity_days,
+            ra_validity_days=settings.ca.ra_validity_days, passphrase=passphrase, base_url=base, now=now,
+            key_type=settings.ca.key_type, key_store=store)
+    finally:
+        if store is not None:
+            store.close()  # this process (a `serve` parent about to fork) keeps no session open
     if not created:
         return ca
-    report.append(f"created CA {ca.name!r} ({ca.cert.subject.rfc4514_string()}) in {directory}")
+    key_type = {"ec-p256": "EC P-256", "ec-p384": "EC P-384"}.get(settings.ca.key_type,
+                                                                   f"RSA {settings.ca.key_size}")
+    report.append(f"created CA {ca.name!r} ({ca.cert.subject.rfc4514_string()}, {key_type} key) in {directory}")
     report.append(f"  CA certificate: {directory / 'ca.crt'}  SHA-256 {ca.fingerprint_sha256}")
-    report.append(f"  keys encrypted with the passphrase in ${settings.ca.passphrase_env} or "
-                  f"{settings.passphrase_path()}")
+    if store is not None:
+        report.append(f"  keys {settings.ca.ca_key_label!r} (CA) and {settings.ca.ra_key_label!r} (RA) in PKCS#11 "
+                      f"token {settings.ca.pkcs11_token_label!r}")
+    else:
+        report.append(f"  keys encrypted with the passphrase in ${settings.ca.passphrase_env} or "
+                      f"{settings.passphrase_path()}")
     report.extend(base_url_notice(settings))
     return ca
 
@@ -240,6 +270,8 @@ def load_cas(settings: Settings) -> "dict[str, CertificateAuthority]":
 
     directory = settings.ca_dir()
     ca_names(settings)
+    if settings.ca.key_backend == "pkcs11":
+        return _load_token_cas(settings)
     passphrase = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
     try:
         ca = load_ca(directory, name=settings.ca.name, passphrase=passphrase,
@@ -248,6 +280,32 @@ def load_cas(settings: Settings) -> "dict[str, CertificateAuthority]":
         raise CaKeysUnavailable(f"cannot read the CA keys in {directory} (is ${settings.ca.passphrase_env} or "
                                 f"{settings.passphrase_path()} the right passphrase?): {exc}") from None
     return {ca.name: ca}
+
+
+def _load_token_cas(settings: Settings) -> "dict[str, CertificateAuthority]":
+    from .ca.authority import load_ca
+    from .ca.pkcs11 import HsmError
+
+    store = None
+    try:
+        store = key_store(settings)
+        ca = load_ca(settings.ca_dir(), name=settings.ca.name, passphrase=b"", key_store=store,
+                     base_url=settings.server.public_base_url())
+    except (HsmError, ValueError) as exc:
+        if store is not None:
+            store.close()
+        raise CaKeysUnavailable(f"cannot use the CA keys in PKCS#11 token {settings.ca.pkcs11_token_label!r}: "
+                                f"{exc}") from None
+    return {ca.name: ca}
+
+
+def release_keys(cas: "dict[str, CertificateAuthority]") -> None:
+    """Close what the CAs' keys hold open (PKCS#11 sessions); key files hold nothing."""
+    for ca in cas.values():
+        for key in (ca.key, ca.ra_key):
+            close = getattr(key, "close", None)
+            if close is not None:
+                close()
 
 
 def _check_on(settings: Settings, uses: Uses) -> None:
@@ -273,6 +331,7 @@ async def open_runtime(settings: Settings, *, clock: Clock = utcnow, uses: Uses 
         async with contextlib.AsyncExitStack() as stack:
             runtime = Runtime(settings=settings, engine=engine, clock=clock, tokens=TokenStore(engine, clock=clock),
                               cas=load_cas(settings) if uses.ca_keys else {})
+            stack.callback(release_keys, runtime.cas)  # last, after the SCEP threads have stopped
             if uses.revocation:
                 from .ca.revocation import RevocationService
 

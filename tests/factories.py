@@ -18,10 +18,10 @@ PASSPHRASE = b"test passphrase"
 
 
 def make_ca(directory: Path, *, name: str = "default", base_url: str = "http://127.0.0.1:8080",
-            now: datetime = NOW) -> CertificateAuthority:
+            now: datetime = NOW, key_type: str = "rsa") -> CertificateAuthority:
     return create_ca(directory, name=name, subject="CN=Test Device CA,O=Device Trust Tests",
                      ra_subject="CN=Test SCEP RA,O=Device Trust Tests", key_size=2048, validity_days=3650,
-                     ra_validity_days=730, passphrase=PASSPHRASE, base_url=base_url, now=now)
+                     ra_validity_days=730, passphrase=PASSPHRASE, base_url=base_url, now=now, key_type=key_type)
 
 
 def settings_for(data_dir: Path, db_url: str | None = None, *, listen: str = "127.0.0.1:8080", **extra) -> Settings:

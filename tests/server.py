@@ -12,6 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from scep_server.app import create_app
 from scep_server.appkeys import RUNTIME
 from trustkit.clock import utcnow
@@ -44,6 +48,18 @@ class RunningServer:
     def challenge(self) -> str:
         """The default static profile's challenge, as written on first start."""
         return (self.data_dir / "default-challenge.txt").read_text().strip()
+
+    def scepclient_recipient(self, ca: str = "default") -> list[str]:
+        """Arguments that make micromdm's scepclient encrypt to the RA only when the CA key is EC.
+
+        scepclient encrypts a request to every certificate GetCACert returns unless `-ca-fingerprint` picks
+        one, and cannot encrypt to an EC key: with an EC CA it is pointed at the RSA RA certificate.
+        """
+        ra = self.data_dir / "ca" / ca / "ra.crt"
+        ca_cert = x509.load_pem_x509_certificate((self.data_dir / "ca" / ca / "ca.crt").read_bytes())
+        if isinstance(ca_cert.public_key(), rsa.RSAPublicKey):
+            return []
+        return ["-ca-fingerprint", x509.load_pem_x509_certificate(ra.read_bytes()).fingerprint(hashes.SHA256()).hex()]
 
 
 async def allow_single_des(settings: Settings, profile: str = "default", *, clock=utcnow) -> None:

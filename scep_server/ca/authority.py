@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ..replycache import FailureReplies
-from .keys import FileKey, KeyOps, durable_write
+from . import tbs
+from .keys import FileKey, KeyOps, KeyStore, durable_write
 from .policy import IssuancePolicy
 
 
@@ -117,7 +118,7 @@ class CertificateAuthority:
             b = b.add_extension(eku, critical=False)
         if sans:
             b = b.add_extension(x509.SubjectAlternativeName(sans), critical=not list(subject))
-        return self.key.sign_certificate(b, hashes.SHA256())
+        return tbs.sign_certificate(b, self.key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +136,7 @@ def _ca_extensions(b: x509.CertificateBuilder, pub) -> x509.CertificateBuilder:
 
 
 CA_FILES = ("ca.key", "ra.key", "ra.crt", "ca.crt")
+CERT_FILES = ("ra.crt", "ca.crt")  # what a CA whose keys are in a key store (PKCS#11 token) writes
 LOCK_FILE = "ca.lock"
 
 
@@ -164,7 +166,8 @@ def _directory_lock(directory: Path):
 
 def load_or_create_ca(directory: Path, *, name: str, subject: str, ra_subject: str, key_size: int,
                       validity_days: int, ra_validity_days: int, passphrase: bytes, base_url: str,
-                      now: datetime) -> tuple[CertificateAuthority, bool]:
+                      now: datetime, key_type: str = "rsa",
+                      key_store: KeyStore | None = None) -> tuple[CertificateAuthority, bool]:
     """The CA in ``directory``, created first if the directory holds none; (ca, created).
 
     Instances starting together on one directory serialise on a lock: one creates, the others load its CA.
@@ -173,35 +176,44 @@ def load_or_create_ca(directory: Path, *, name: str, subject: str, ra_subject: s
     """
     with _directory_lock(directory):
         if (directory / "ca.crt").exists():
-            return load_ca(directory, name=name, passphrase=passphrase, base_url=base_url), False
+            return load_ca(directory, name=name, passphrase=passphrase, base_url=base_url, key_store=key_store), False
         return create_ca(directory, name=name, subject=subject, ra_subject=ra_subject, key_size=key_size,
                          validity_days=validity_days, ra_validity_days=ra_validity_days, passphrase=passphrase,
-                         base_url=base_url, now=now), True
+                         base_url=base_url, now=now, key_type=key_type, key_store=key_store), True
 
 
 def create_ca(directory: Path, *, name: str, subject: str, ra_subject: str, key_size: int, validity_days: int,
-              ra_validity_days: int, passphrase: bytes, base_url: str, now: datetime) -> CertificateAuthority:
+              ra_validity_days: int, passphrase: bytes, base_url: str, now: datetime,
+              key_type: str = "rsa", key_store: KeyStore | None = None) -> CertificateAuthority:
     """Create a self-signed issuing CA and its RA certificate, and write them durably to `directory`.
+
+    The CA key is RSA of `key_size` bits or EC (`key_type` "ec-p256", "ec-p384"); the RA key is always RSA
+    (RFC 8894 §2.1.2: clients encrypt to it). With a `key_store` the keys are taken from it by label, or
+    generated there, and no key file is written.
 
     Raises CAFilesExist if any of the four files is already there (checked before the keys are generated).
     """
     present = [f for f in CA_FILES if (directory / f).exists()]
     if present:
         raise CAFilesExist(directory, present)
-    ca_key = FileKey.generate(key_size)
+    if key_store is None:
+        ca_key: KeyOps = FileKey.generate(key_size, key_type)
+    else:
+        ca_key = key_store.ca_key(create=(key_type, key_size))
     ca_name = parse_name(subject)
-    ca_cert = ca_key.sign_certificate(_ca_extensions(
+    ca_cert = tbs.sign_certificate(_ca_extensions(
         x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
         .serial_number(random_serial()).not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=validity_days)), ca_key.public_key()), hashes.SHA256())
-    ra_key = FileKey.generate(2048)
+        .not_valid_after(now + timedelta(days=validity_days)), ca_key.public_key()), ca_key)
+    ra_key = FileKey.generate(2048) if key_store is None else key_store.ra_key(create=("rsa", 2048))
     ra_cert = issue_ra_cert(ca_cert, ca_key, ra_key.public_key(), subject=ra_subject, validity_days=ra_validity_days,
                             base_url=base_url, ca_name=name, now=now)
     directory.mkdir(parents=True, exist_ok=True)
     # each file is created exclusively (never an overwrite); ca.crt last: its presence marks the directory
     # complete (load_or_create_ca)
-    ca_key.save(directory / "ca.key", passphrase)
-    ra_key.save(directory / "ra.key", passphrase)
+    if key_store is None:
+        ca_key.save(directory / "ca.key", passphrase)
+        ra_key.save(directory / "ra.key", passphrase)
     durable_write(directory / "ra.crt", ra_cert.public_bytes(serialization.Encoding.PEM), mode=0o644, exclusive=True)
     durable_write(directory / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM), mode=0o644, exclusive=True)
     return CertificateAuthority(name=name, cert=ca_cert, key=ca_key, ra_cert=ra_cert, ra_key=ra_key, base_url=base_url)
@@ -227,18 +239,29 @@ def issue_ra_cert(ca_cert: x509.Certificate, ca_key: KeyOps, ra_pub: rsa.RSAPubl
          .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
              x509.oid.AuthorityInformationAccessOID.CA_ISSUERS,
              x509.UniformResourceIdentifier(aia_url(base_url, ca_name)))]), critical=False))
-    return ca_key.sign_certificate(b, hashes.SHA256())
+    return tbs.sign_certificate(b, ca_key)
 
 
-def load_ca(directory: Path, *, name: str, passphrase: bytes, base_url: str) -> CertificateAuthority:
-    """Load CA material written by create_ca (plus an optional next CA for GetNextCACert: next-ca.crt)."""
+def load_ca(directory: Path, *, name: str, passphrase: bytes, base_url: str,
+            key_store: KeyStore | None = None) -> CertificateAuthority:
+    """Load CA material written by create_ca (plus an optional next CA for GetNextCACert: next-ca.crt).
+
+    With a `key_store`, the keys come from it and must be the keys of ca.crt and ra.crt (ValueError if not)."""
     def cert(fname: str) -> x509.Certificate:
         return x509.load_pem_x509_certificate((directory / fname).read_bytes())
 
     next_path = directory / "next-ca.crt"
     next_certs = x509.load_pem_x509_certificates(next_path.read_bytes()) if next_path.exists() else []
+    if key_store is None:
+        ca_key: KeyOps = FileKey.load(directory / "ca.key", passphrase)
+        ra_key: KeyOps = FileKey.load(directory / "ra.key", passphrase)
+    else:
+        ca_key, ra_key = key_store.ca_key(), key_store.ra_key()
+    ca_cert, ra_cert = cert("ca.crt"), cert("ra.crt")
+    for what, key, c in (("CA", ca_key, ca_cert), ("RA", ra_key, ra_cert)):
+        if key_store is not None and key.public_key() != c.public_key():
+            raise ValueError(f"the {what} key in the key store is not the key of {what.lower()}.crt")
     return CertificateAuthority(
-        name=name, cert=cert("ca.crt"), key=FileKey.load(directory / "ca.key", passphrase),
-        ra_cert=cert("ra.crt"), ra_key=FileKey.load(directory / "ra.key", passphrase), base_url=base_url,
+        name=name, cert=ca_cert, key=ca_key, ra_cert=ra_cert, ra_key=ra_key, base_url=base_url,
         next_ca_certs=next_certs)
 

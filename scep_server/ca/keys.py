@@ -1,6 +1,7 @@
 """CA and RA private keys behind an interface that signs and decrypts raw bytes.
 
-A file key is the default; an HSM (PKCS#11) key can implement the same interface later.
+A file key is the default; an HSM key (scep_server.ca.pkcs11) implements the same interface. Certificates are
+signed from their TBS bytes (scep_server.ca.tbs), so any key that signs bytes can issue.
 """
 from __future__ import annotations
 
@@ -11,24 +12,36 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from .tbs import SignsCertificates
+
+CA_KEY_TYPES = ("rsa", "ec-p256", "ec-p384")
+_CURVES = {"ec-p256": ec.SECP256R1, "ec-p384": ec.SECP384R1}
 
 
 class KeyOps(Protocol):
     """What the CA needs from a private key."""
 
-    def public_key(self) -> rsa.RSAPublicKey: ...
+    def public_key(self) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey: ...
 
     def sign(self, data: bytes, digest: hashes.HashAlgorithm) -> bytes:
-        """RSA PKCS#1 v1.5 signature over `data` (hashed with `digest` by the key holder)."""
+        """Signature over `data` (hashed with `digest` by the key holder): RSA PKCS#1 v1.5, or ECDSA as the
+        DER Ecdsa-Sig-Value (RFC 3279 §2.2.3)."""
 
     def decrypt(self, ciphertext: bytes, scheme: str) -> bytes:
         """RSA key transport: `scheme` is "pkcs1v15" or "oaep-<hash>" (e.g. "oaep-sha1")."""
 
-    def sign_certificate(self, builder: x509.CertificateBuilder, digest: hashes.HashAlgorithm) -> x509.Certificate:
-        """Sign a certificate template."""
+
+class KeyStore(Protocol):
+    """Keys held outside the CA directory (a PKCS#11 token): found, or with `create`, generated there."""
+
+    def ca_key(self, create: tuple[str, int] | None = None) -> KeyOps:
+        """The CA key; `create` = (key type, RSA bits) generates it when absent."""
+
+    def ra_key(self, create: tuple[str, int] | None = None) -> KeyOps:
+        """The RA key (RSA)."""
 
 
 _OAEP_HASHES = {"sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256, "sha384": hashes.SHA384,
@@ -44,22 +57,29 @@ def rsa_decrypt(key: rsa.RSAPrivateKey, ciphertext: bytes, scheme: str) -> bytes
     raise ValueError(f"unsupported key transport scheme {scheme!r}")
 
 
-class FileKey:
-    """An RSA key held in process memory, loaded from an encrypted PEM file."""
+class FileKey(SignsCertificates):
+    """An RSA or EC (P-256, P-384) key held in process memory, loaded from an encrypted PEM file."""
 
-    def __init__(self, key: rsa.RSAPrivateKey):
+    def __init__(self, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         self._key = key
         self._pub = key.public_key()
 
     @classmethod
-    def generate(cls, bits: int) -> "FileKey":
-        return cls(rsa.generate_private_key(public_exponent=65537, key_size=bits))
+    def generate(cls, bits: int, key_type: str = "rsa") -> "FileKey":
+        """A new key: RSA of `bits` bits, or an EC key on the curve `key_type` names ("ec-p256", "ec-p384")."""
+        if key_type == "rsa":
+            return cls(rsa.generate_private_key(public_exponent=65537, key_size=bits))
+        if key_type in _CURVES:
+            return cls(ec.generate_private_key(_CURVES[key_type]()))
+        raise ValueError(f"unknown key type {key_type!r} (one of {', '.join(CA_KEY_TYPES)})")
 
     @classmethod
     def load(cls, path: Path, passphrase: bytes) -> "FileKey":
         key = serialization.load_pem_private_key(path.read_bytes(), password=passphrase)
+        if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name in ("secp256r1", "secp384r1"):
+            return cls(key)
         if not isinstance(key, rsa.RSAPrivateKey):
-            raise ValueError(f"{path}: only RSA keys are supported for the CA and RA")
+            raise ValueError(f"{path}: only RSA and EC P-256/P-384 keys are supported for the CA and RA")
         return cls(key)
 
     def save(self, path: Path, passphrase: bytes) -> None:
@@ -68,17 +88,18 @@ class FileKey:
                                       serialization.BestAvailableEncryption(passphrase))
         _write_private(path, pem, exclusive=True)
 
-    def public_key(self) -> rsa.RSAPublicKey:
+    def public_key(self) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
         return self._pub
 
     def sign(self, data: bytes, digest: hashes.HashAlgorithm) -> bytes:
+        if isinstance(self._key, ec.EllipticCurvePrivateKey):
+            return self._key.sign(data, ec.ECDSA(digest))
         return self._key.sign(data, padding.PKCS1v15(), digest)
 
     def decrypt(self, ciphertext: bytes, scheme: str) -> bytes:
+        if not isinstance(self._key, rsa.RSAPrivateKey):
+            raise ValueError("an EC key does not decrypt (SCEP key transport needs the RSA RA key)")
         return rsa_decrypt(self._key, ciphertext, scheme)
-
-    def sign_certificate(self, builder: x509.CertificateBuilder, digest: hashes.HashAlgorithm) -> x509.Certificate:
-        return builder.sign(self._key, digest)
 
 
 def durable_write(path: Path, data: bytes, *, mode: int = 0o600, exclusive: bool = False) -> None:

@@ -33,6 +33,7 @@ from trustkit.clock import aware
 from .. import metrics
 from ..ca import inventory
 from ..ca.authority import CertificateAuthority, cdp_url
+from ..ca.tbs import digest_for
 from ..store.events import STATUS_EVENTS, announce
 from ..store.tables import events
 
@@ -59,8 +60,10 @@ class CrlError(Exception):
     """A CRL operation the caller asked for is impossible (unknown CA, nothing published yet)."""
 
 
-def key_ops_signer(ca: CertificateAuthority, hash_name: str = "sha256") -> CrlSigner:
-    """Sign TBSCertList bytes through the CA's KeyOps (a file key today, an HSM key later)."""
+def key_ops_signer(ca: CertificateAuthority, hash_name: str | None = None) -> CrlSigner:
+    """Sign TBSCertList bytes through the CA's KeyOps (a file or HSM key): sha256WithRSAEncryption for an RSA
+    key, ecdsa-with-SHA256 / SHA384 for a P-256 / P-384 key (the hash the CA signs its certificates with)."""
+    hash_name = hash_name or digest_for(ca.key.public_key()).name
     algorithm = algorithm_for_public_key(ca.key.public_key(), hash_name)
     digest = _HASHES[hash_name]
     key = ca.key

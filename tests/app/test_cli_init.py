@@ -127,7 +127,7 @@ def test_nothing_is_asked_once_the_ca_exists_and_its_flags_are_said_to_change_no
     (["--ca-subject", "not a name"], "not an RFC 4514 name"),
     (["--ca-subject", ""], "empty name"),
     (["--key-size", "1024"], "1024 is not in the range"),
-    (["--key-type", "dsa"], "'dsa' is not 'rsa'"),
+    (["--key-type", "dsa"], "'dsa' is not one of 'rsa', 'ec-p256', 'ec-p384'"),
     (["--validity-days", "0"], "0 is not in the range"),
 ])
 def test_bad_flags_are_usage_errors(run_cli, args, message):

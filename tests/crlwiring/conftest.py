@@ -32,8 +32,14 @@ def lint_crl() -> str:
 
 
 @pytest.fixture
-async def server(aiohttp_server, tmp_path, db_url):
-    srv = await start_app(aiohttp_server, tmp_path, db_url, crl=FAST_CRL)
+def ca_key_type() -> str:
+    """The CA key of the `server` fixture (a test parametrises it to run over EC CAs)."""
+    return "rsa"
+
+
+@pytest.fixture
+async def server(aiohttp_server, tmp_path, db_url, ca_key_type):
+    srv = await start_app(aiohttp_server, tmp_path, db_url, crl=FAST_CRL, ca={"key_type": ca_key_type})
     await publisher(srv).wait_newer(None, timeout=10)
     return srv
 
@@ -56,13 +62,15 @@ def cdp_of(cert: x509.Certificate) -> str:
 
 
 async def enrol_with_scepclient(scepclient: str, srv_url: str, challenge: str, workdir: Path,
-                                cn: str) -> x509.Certificate:
-    """micromdm's scepclient enrols a device key; returns the issued certificate (client.pem in workdir)."""
+                                cn: str, *, extra: list[str] = ()) -> x509.Certificate:
+    """micromdm's scepclient enrols a device key; returns the issued certificate (client.pem in workdir).
+
+    `extra`: more scepclient arguments (RunningServer.scepclient_recipient for an EC CA)."""
     workdir.mkdir(parents=True, exist_ok=True)
     rc, out, err = await run("openssl", "genrsa", "-traditional", "-out", str(workdir / "k.pem"), "2048")
     assert rc == 0, err
     rc, out, err = await run(scepclient, "-server-url", f"{srv_url}/scep/default", "-private-key", "k.pem",
-                             "-challenge", challenge, "-cn", cn, cwd=workdir)
+                             "-challenge", challenge, "-cn", cn, *extra, cwd=workdir)
     assert rc == 0, out + err
     return x509.load_pem_x509_certificate((workdir / "client.pem").read_bytes())
 

@@ -5,6 +5,7 @@ import time
 from email.utils import parsedate_to_datetime
 
 import aiohttp
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -28,10 +29,19 @@ from .conftest import (
 # plus one re-sign; asserted with room for a loaded CI machine
 IN_PROCESS_BOUND = 2.0
 
+CRL_ALGORITHM = {"rsa": x509.SignatureAlgorithmOID.RSA_WITH_SHA256,
+                 "ec-p256": x509.SignatureAlgorithmOID.ECDSA_WITH_SHA256,
+                 "ec-p384": x509.SignatureAlgorithmOID.ECDSA_WITH_SHA384}
 
-async def test_revoke_hold_release_seen_by_openssl_through_the_cdp(server, scepclient, openssl, lint_crl, tmp_path):
-    good = await enrol_with_scepclient(scepclient, server.url, server.challenge(), tmp_path / "good", "good-device")
-    bad = await enrol_with_scepclient(scepclient, server.url, server.challenge(), tmp_path / "bad", "bad-device")
+
+@pytest.mark.parametrize("ca_key_type", ["rsa", "ec-p256", "ec-p384"])
+async def test_revoke_hold_release_seen_by_openssl_through_the_cdp(server, scepclient, openssl, lint_crl, tmp_path,
+                                                                    ca_key_type):
+    recipient = server.scepclient_recipient()
+    good = await enrol_with_scepclient(scepclient, server.url, server.challenge(), tmp_path / "good", "good-device",
+                                       extra=recipient)
+    bad = await enrol_with_scepclient(scepclient, server.url, server.challenge(), tmp_path / "bad", "bad-device",
+                                      extra=recipient)
     ca_pem = ca_pem_path(server)
     url = cdp_of(bad)
     assert url == f"{server.url}/crl/default.crl"  # the CDP of every issued certificate is this server
@@ -43,6 +53,7 @@ async def test_revoke_hold_release_seen_by_openssl_through_the_cdp(server, scepc
         rc, out, err = await run(openssl, "crl", "-inform", "DER", "-in", str(tmp_path / "crl.der"), "-noout",
                                  "-verify", "-CAfile", str(ca_pem))
         assert rc == 0 and "verify OK" in out + err, out + err
+        assert x509.load_der_x509_crl(der).signature_algorithm_oid == CRL_ALGORITHM[ca_key_type]
         assert crl_serials(der) == {}
         for cert in (good, bad):
             rc, out = await openssl_verify(openssl, ca_pem, der, cert, tmp_path / "v0")

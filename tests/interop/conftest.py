@@ -15,8 +15,14 @@ from tests.server import start_app
 
 
 @pytest.fixture
-async def server(aiohttp_server, tmp_path, db_url):
-    return await start_app(aiohttp_server, tmp_path, db_url)
+def ca_key_type() -> str:
+    """The CA key of the `server` fixture (tests parametrise it to run over EC CAs; the RA stays RSA)."""
+    return "rsa"
+
+
+@pytest.fixture
+async def server(aiohttp_server, tmp_path, db_url, ca_key_type):
+    return await start_app(aiohttp_server, tmp_path, db_url, ca={"key_type": ca_key_type})
 
 
 

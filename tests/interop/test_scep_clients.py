@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 import sqlalchemy as sa
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -23,6 +24,12 @@ from .conftest import device_key, load_key, pem_cert, pkcs_req, ra_and_ca, renew
 
 SCEP_SUBMIT = "/usr/lib/certmonger/scep-submit"
 
+# every client runs against an RSA CA and an EC CA (the RA, which clients encrypt to, stays RSA)
+pytestmark = pytest.mark.parametrize("ca_key_type", ["rsa", "ec-p256", "ec-p384"])
+SIGNATURE = {"rsa": x509.SignatureAlgorithmOID.RSA_WITH_SHA256,
+             "ec-p256": x509.SignatureAlgorithmOID.ECDSA_WITH_SHA256,
+             "ec-p384": x509.SignatureAlgorithmOID.ECDSA_WITH_SHA384}
+
 
 async def _inventory(server) -> dict[str, dict]:
     async with server.runtime.engine.connect() as conn:
@@ -30,7 +37,8 @@ async def _inventory(server) -> dict[str, dict]:
     return {r._mapping["serial"]: dict(r._mapping) for r in rows}
 
 
-async def test_scepclient_enrols_renews_and_is_refused_a_wrong_challenge(server, scepclient, openssl, tmp_path):
+async def test_scepclient_enrols_renews_and_is_refused_a_wrong_challenge(server, scepclient, openssl, tmp_path,
+                                                                         ca_key_type):
     url = f"{server.url}/scep/default"
     ca_pem = server.data_dir / "ca" / "default" / "ca.crt"
     work = tmp_path / "dev1"
@@ -39,12 +47,13 @@ async def test_scepclient_enrols_renews_and_is_refused_a_wrong_challenge(server,
 
     # 1. PKCSReq with the profile's static challenge
     rc, out, err = await run(scepclient, "-server-url", url, "-private-key", "k.pem", "-challenge",
-                             server.challenge(), "-cn", "dev1", cwd=work)
+                             server.challenge(), "-cn", "dev1", *server.scepclient_recipient(), cwd=work)
     assert rc == 0, out + err
     issued = x509.load_pem_x509_certificate((work / "client.pem").read_bytes())
     rc, out, err = await run(openssl, "verify", "-CAfile", str(ca_pem), str(work / "client.pem"))
     assert rc == 0 and ": OK" in out, out + err
     assert issued.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "dev1"
+    assert issued.signature_algorithm_oid == SIGNATURE[ca_key_type]
     cdp = issued.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     assert cdp[0].full_name[0].value == f"{server.url}/crl/default.crl"
     aia = issued.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
@@ -61,7 +70,7 @@ async def test_scepclient_enrols_renews_and_is_refused_a_wrong_challenge(server,
     (work / "csr.pem").unlink()
     shutil.move(work / "client.pem", work / "issued.pem")
     rc, out, err = await run(scepclient, "-server-url", url, "-private-key", "k.pem", "-certificate", "issued.pem",
-                             "-cn", "dev1", cwd=work)
+                             "-cn", "dev1", *server.scepclient_recipient(), cwd=work)
     assert rc == 0, out + err
     # scepclient writes the renewed certificate over the one given with -certificate
     renewed = x509.load_pem_x509_certificate((work / "issued.pem").read_bytes())
@@ -76,14 +85,14 @@ async def test_scepclient_enrols_renews_and_is_refused_a_wrong_challenge(server,
     other.mkdir()
     device_key(other / "k.pem")
     rc, out, err = await run(scepclient, "-server-url", url, "-private-key", "k.pem", "-challenge", "wrong",
-                             "-cn", "dev2", cwd=other)
+                             "-cn", "dev2", *server.scepclient_recipient(), cwd=other)
     assert rc != 0
     assert "badRequest" in out + err
     assert not (other / "client.pem").exists()
     assert len(await _inventory(server)) == 2
 
 
-async def test_certmonger_reads_caps_and_ca_certs_and_enrols_over_get(server, openssl, tmp_path):
+async def test_certmonger_reads_caps_and_ca_certs_and_enrols_over_get(server, openssl, tmp_path, ca_key_type):
     submit = require_tool(SCEP_SUBMIT)
     url = f"{server.url}/scep/default"
     rc, out, err = await run(submit, "-u", url, "-c")
@@ -97,6 +106,7 @@ async def test_certmonger_reads_caps_and_ca_certs_and_enrols_over_get(server, op
                 .subject.rfc4514_string() for p in pems}
     ca = server.runtime.cas["default"]
     assert subjects == {ca.cert.subject.rfc4514_string(), ca.ra_cert.subject.rfc4514_string()}
+    assert ca.cert.signature_algorithm_oid == SIGNATURE[ca_key_type]
 
     async with aiohttp.ClientSession() as session:
         ra_der, ca_der = await ra_and_ca(session, url)
@@ -121,6 +131,7 @@ async def test_certmonger_reads_caps_and_ca_certs_and_enrols_over_get(server, op
     assert rc == 0, err
     leaf = x509.load_pem_x509_certificate(out[out.index("-----BEGIN CERTIFICATE-----"):].encode())
     assert leaf.subject.rfc4514_string() == "CN=cm-dev"
+    assert leaf.signature_algorithm_oid == SIGNATURE[ca_key_type]
     (tmp_path / "leaf.pem").write_bytes(pem_cert(leaf.public_bytes(serialization.Encoding.DER)))
     (tmp_path / "ca.pem").write_bytes(pem_cert(ca_der))
     rc, out, err = await run(openssl, "verify", "-CAfile", str(tmp_path / "ca.pem"), str(tmp_path / "leaf.pem"))
@@ -139,7 +150,8 @@ async def test_pkilint_finds_no_error_in_ca_ra_and_issued_certificates(server, s
     lint = require_tool(str(Path(sys.executable).parent / "lint_pkix_cert"))
     device_key(tmp_path / "k.pem")
     rc, out, err = await run(scepclient, "-server-url", f"{server.url}/scep/default", "-private-key", "k.pem",
-                             "-challenge", server.challenge(), "-cn", "lint-me", cwd=tmp_path)
+                             "-challenge", server.challenge(), "-cn", "lint-me", *server.scepclient_recipient(),
+                             cwd=tmp_path)
     assert rc == 0, out + err
     ca = server.runtime.cas["default"]
     (tmp_path / "ca.pem").write_bytes(pem_cert(ca.cert_der))
