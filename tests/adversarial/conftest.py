@@ -64,7 +64,8 @@ class Armed:
 
     def route_path(self, canonical: str) -> str:
         values = {"profile": PROFILE, "ca": "default", "name": "default.crl", "device_id": self.device_id,
-                  "action": "suspend", "serial": str(self.yubikey.serial), "id": str(self.client_id)}
+                  "action": "suspend", "serial": str(self.yubikey.serial), "id": str(self.client_id),
+                  "request": "MAA%3D"}  # an OCSP GET's URL-encoded base64 request
         return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], canonical)
 
     def session(self) -> aiohttp.ClientSession:
