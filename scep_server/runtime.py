@@ -322,7 +322,8 @@ async def _open_scep(runtime: Runtime) -> AsyncIterator["ScepService"]:
         engine=runtime.engine, cas=runtime.cas, profiles=runtime.profiles, clock=runtime.clock, verifiers=verifiers,
         crl_source=runtime.crl.crl_source if runtime.crl is not None else None,
         device_identity=runtime.binding.devices.enrolment_device if runtime.binding is not None else None,
-        on_status_change=runtime.revocation.notify_changed, threads=runtime.settings.server.scep_threads)
+        on_status_change=runtime.revocation.notify_changed, threads=runtime.settings.server.scep_threads,
+        ocsp_aia=runtime.settings.ocsp.enabled)
     try:
         yield service
     finally:

@@ -57,7 +57,8 @@ class ScepService:
                  clock: Clock = utcnow, crl_source: Callable[[str], Awaitable[bytes]] | None = None,
                  on_status_change: Callable[[str], None] | None = None, threads: int | None = None,
                  repository: EnrolmentRepository | None = None,
-                 device_identity: Callable[[str, str], Awaitable[str | None]] | None = None):
+                 device_identity: Callable[[str, str], Awaitable[str | None]] | None = None,
+                 ocsp_aia: bool = False):
         if repository is None:
             if engine is None:
                 raise TypeError("ScepService needs an engine or a repository")
@@ -78,6 +79,8 @@ class ScepService:
             repository.executor = self._executor
         # (profile, transactionID) -> the device id an administrator pre-registered for it (binding feature)
         self.device_identity = device_identity
+        # the OCSP responder runs ([ocsp] enabled): certificates of profiles with ocsp_aia name it in their AIA
+        self.ocsp_aia = ocsp_aia
         self.checks: list[Check] = default_checks(self)
         self.approvals = ApprovalWorkflow(self)
         self.reconciler = AckReconciler(self)
@@ -344,7 +347,8 @@ class ScepService:
         Duplicate, None) when the inline write lost to a concurrent insert.
         """
         msg = req.message
-        cert = ca.issue(req.csr, profile.policy, serial=random_serial(), now=now)
+        cert = ca.issue(req.csr, profile.policy, serial=random_serial(), now=now,
+                        ocsp=self.ocsp_aia and profile.settings.ocsp_aia)
         der = cert.public_bytes(DER)
         cert_row = inventory.certificate_row(cert, der, ca.name, profile.name, msg.transaction_id, pub_sha, now)
         cert_row.update(renewal_of=req.renewal_of.serial if req.renewal_of else None,
