@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Sequence
 
-from asn1crypto import algos, core, ocsp
+from asn1crypto import core, ocsp
 from asn1crypto import x509 as asn1_x509
+
+from trustkit import der
 
 MAX_REQUEST_BYTES = 4096
 MAX_CERT_IDS = 8
@@ -153,6 +155,8 @@ class Answer:
             raise ValueError(f"unknown OCSP status {self.status!r}")
         if self.status == "revoked" and self.revoked_at is None:
             raise ValueError("a revoked answer needs its revocation time")
+        if self.reason is not None and not 0 <= self.reason <= 10:
+            raise ValueError(f"CRLReason {self.reason} is out of range")
 
 
 @dataclass(frozen=True)
@@ -171,9 +175,13 @@ class ResponseSigner:
         object.__setattr__(self, "key_hash", hashlib.sha1(cert.public_key["public_key"].contents[1:]).digest())
 
 
-def _gtime(value: datetime) -> datetime:
-    """GeneralizedTime without fractions (RFC 5280 §4.1.2.5.2)."""
-    return value.astimezone(timezone.utc).replace(microsecond=0)
+# DER of the fixed parts (RFC 6960 §4.2.1): id-pkix-ocsp-basic, the status "successful", good and unknown
+_BASIC_OID = der.oid("1.3.6.1.5.5.7.48.1.1")
+_SUCCESSFUL = b"\x0a\x01\x00"
+_GOOD = b"\x80\x00"  # [0] IMPLICIT NULL
+_UNKNOWN = b"\x82\x00"  # [2] IMPLICIT NULL
+_NONCE_OID = der.oid(NONCE_OID)
+_EXTENDED_REVOKE = der.seq(der.oid("1.3.6.1.5.5.7.48.1.9"), der.octet_string(der.NULL_DER))
 
 
 def build_response(answers: Sequence[Answer], signer: ResponseSigner, *, produced_at: datetime,
@@ -181,43 +189,39 @@ def build_response(answers: Sequence[Answer], signer: ResponseSigner, *, produce
     """A successful OCSPResponse (RFC 6960 §4.2.1) with one SingleResponse per answer, in order.
 
     ``nonce``: the request's Nonce extnValue contents, echoed in responseExtensions. An answer for a serial
-    never issued, given as revoked at `NEVER_ISSUED_TIME`, adds the extended revoke extension (§4.4.8)."""
+    never issued, given as revoked at `NEVER_ISSUED_TIME`, adds the extended revoke extension (§4.4.8).
+    Written with the DER writer of `trustkit.der` (the parsed request's CertIDs are echoed as received)."""
+    this_der = der.encode_generalized_time(this_update)
+    next_der = der.tlv(der.ctx(0), der.encode_generalized_time(next_update))
     singles = []
     extended_revoke = False
     for a in answers:
         if a.status == "good":
-            status = ocsp.CertStatus(name="good", value=core.Null())
+            status = _GOOD
         elif a.status == "unknown":
-            status = ocsp.CertStatus(name="unknown", value=core.Null())
+            status = _UNKNOWN
         else:
-            info = {"revocation_time": _gtime(a.revoked_at)}
+            assert a.revoked_at is not None
+            info = der.encode_generalized_time(a.revoked_at)
             if a.reason is not None:
-                info["revocation_reason"] = a.reason
+                info += der.tlv(der.ctx(0), der.tlv(0x0A, bytes((a.reason,))))  # [0] EXPLICIT CRLReason
             if a.revoked_at == NEVER_ISSUED_TIME:
                 extended_revoke = True
-            status = ocsp.CertStatus(name="revoked", value=ocsp.RevokedInfo(info))
-        singles.append(ocsp.SingleResponse({
-            "cert_id": ocsp.CertId.load(a.cert_id.der), "cert_status": status,
-            "this_update": _gtime(this_update), "next_update": _gtime(next_update)}))
+            status = der.tlv(der.ctx(1), info)  # [1] IMPLICIT RevokedInfo
+        singles.append(der.seq(a.cert_id.der, status, this_der, next_der))
     exts = []
     if nonce is not None:
-        exts.append(ocsp.ResponseDataExtension({"extn_id": "nonce", "critical": False,
-                                                "extn_value": core.OctetString.load(nonce)}))
+        exts.append(der.seq(_NONCE_OID, der.octet_string(nonce)))
     if extended_revoke:
-        exts.append(ocsp.ResponseDataExtension({"extn_id": "extended_revoke", "critical": False,
-                                                "extn_value": core.Null()}))
-    data = {"responder_id": ocsp.ResponderId(name="by_key", value=signer.key_hash),  # type: ignore[attr-defined]
-            "produced_at": _gtime(produced_at), "responses": singles}
-    if exts:
-        data["response_extensions"] = exts
-    tbs = ocsp.ResponseData(data)
-    basic = {"tbs_response_data": tbs,
-             "signature_algorithm": algos.SignedDigestAlgorithm.load(signer.algorithm),
-             "signature": signer.sign(tbs.dump())}
+        exts.append(_EXTENDED_REVOKE)
+    tbs = der.seq(der.tlv(der.ctx(2), der.octet_string(signer.key_hash)),  # type: ignore[attr-defined]
+                  der.encode_generalized_time(produced_at), der.seq(*singles),
+                  der.tlv(der.ctx(1), der.seq(*exts)) if exts else b"")
+    parts = [tbs, signer.algorithm, der.tlv(0x03, b"\x00" + signer.sign(tbs))]
     if signer.include_certs:
-        basic["certs"] = [asn1_x509.Certificate.load(c) for c in signer.include_certs]
-    return ocsp.OCSPResponse({"response_status": "successful", "response_bytes": {
-        "response_type": "basic_ocsp_response", "response": ocsp.BasicOCSPResponse(basic)}}).dump()
+        parts.append(der.tlv(der.ctx(0), der.seq(*signer.include_certs)))
+    basic = der.seq(*parts)
+    return der.seq(_SUCCESSFUL, der.tlv(der.ctx(0), der.seq(_BASIC_OID, der.octet_string(basic))))
 
 
 _ERRORS = {name: ocsp.OCSPResponse({"response_status": name}).dump()

@@ -40,7 +40,7 @@ from crl.ocsp import (
 
 from ..ca.status import CertStatus
 from .signer import DelegatedSigner, ca_signer
-from .store import ChangeScanner, statuses
+from .store import ChangeScanner, SerialStatus, statuses
 
 log = structlog.get_logger("ocsp")
 
@@ -64,14 +64,16 @@ class Reply:
 
 @dataclass(frozen=True)
 class _Entry:
-    reply: Reply
+    reply: Reply | None  # a pre-signed response, or None for a status entry
     serial: str
     refresh_at: datetime
+    status: SerialStatus | None = None  # status entries: the serial's status (None: never issued by the CA)
 
 
 class ResponseCache:
-    """Pre-signed responses by (CA, CertID DER) and by (CA, request DER), indexed by serial for invalidation;
-    the oldest entries go first beyond ``capacity``."""
+    """Pre-signed responses by (CA, CertID DER) and by (CA, request DER), and statuses by (CA, serial) (so a
+    request with a nonce is signed without a database read), indexed by serial for invalidation; the oldest
+    entries go first beyond ``capacity``."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -239,7 +241,7 @@ class OcspService:
         await self._wait_local()
         now = self.clock()
         hit = self.cache.get(("r", ca, der), now)
-        if hit is not None:
+        if hit is not None and hit.reply is not None:
             return hit.reply
         try:
             request = parse_request(der, max_bytes=self.settings.max_request_bytes,
@@ -253,11 +255,11 @@ class OcspService:
             return Reply(error_response("unauthorized"), "unauthorized")
         if request.cacheable:
             hit = self.cache.get(("c", ca, request.cert_ids[0].der), now)
-            if hit is not None:
+            if hit is not None and hit.reply is not None:
                 self.cache.put(("r", ca, der), hit)
                 return hit.reply
         generation = self.cache.generation
-        reply = await self._sign(ca, signer, request, now)
+        reply = await self._sign(ca, signer, request, now, generation)
         if request.cacheable and generation == self.cache.generation and self.started:
             validity = self.settings.response_validity
             entry = _Entry(reply, format(request.cert_ids[0].serial, "x"), reply.this_update + validity / 2)
@@ -265,9 +267,32 @@ class OcspService:
             self.cache.put(("r", ca, der), entry)
         return reply
 
-    async def _sign(self, ca: str, signer: ResponseSigner, request: OcspRequest, now: datetime) -> Reply:
+    async def _statuses(self, ca: str, serials: set[str], now: datetime, generation: int
+                        ) -> dict[str, SerialStatus | None]:
+        """The status of each serial, from the cache or else the database (then cached, unless an
+        invalidation happened since ``generation`` was read)."""
+        known: dict[str, SerialStatus | None] = {}
+        missing = []
+        for serial in serials:
+            entry = self.cache.get(("s", ca, serial), now)
+            if entry is None:
+                missing.append(serial)
+            else:
+                known[serial] = entry.status
+        if missing:
+            found = await statuses(self.runtime.engine, ca, sorted(missing))
+            keep = generation == self.cache.generation and self.started
+            for serial in missing:
+                known[serial] = found.get(serial)
+                if keep:
+                    self.cache.put(("s", ca, serial), _Entry(None, serial, now + self.settings.response_validity,
+                                                             known[serial]))
+        return known
+
+    async def _sign(self, ca: str, signer: ResponseSigner, request: OcspRequest, now: datetime,
+                    generation: int) -> Reply:
         serials = {cid.serial: format(cid.serial, "x") for cid in request.cert_ids if cid.serial > 0}
-        found = await statuses(self.runtime.engine, ca, sorted(set(serials.values()))) if serials else {}
+        found = await self._statuses(ca, set(serials.values()), now, generation) if serials else {}
         answers = []
         for cid in request.cert_ids:
             st = found.get(serials.get(cid.serial, ""))
