@@ -19,6 +19,7 @@ A response being signed while a scan drops entries is not cached (the invalidati
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,7 +58,7 @@ class Reply:
     next_update: datetime | None = None
     cacheable: bool = False  # one CertID, no nonce: the same answer for everyone until nextUpdate
 
-    @property
+    @functools.cached_property
     def etag(self) -> str:
         return '"' + hashlib.sha256(self.body).hexdigest()[:32] + '"'
 

@@ -38,25 +38,37 @@ def _http_date(ts: float) -> str:
     return formatdate(ts, usegmt=True)
 
 
+_NO_STORE = {"Content-Type": RESPONSE_TYPE, "Cache-Control": "no-store"}
+
+
+def _caching_headers(reply: Reply, max_age_cap: int) -> dict[str, str]:
+    """RFC 5019 §6 headers of a cacheable reply, prepared once per reply and second (a pre-signed reply is
+    served many times a second)."""
+    second = int(time.time())
+    prepared = reply.__dict__.get("_headers")
+    if prepared is not None and prepared[0] == second:
+        return prepared[1]
+    assert reply.this_update is not None and reply.next_update is not None
+    remaining = int(reply.next_update.timestamp()) - second
+    headers = {"Content-Type": RESPONSE_TYPE, "ETag": reply.etag,
+               "Last-Modified": _http_date(reply.this_update.timestamp())}
+    if remaining > 0:
+        max_age = min(remaining, max_age_cap)
+        headers["Cache-Control"] = f"max-age={max_age}, public, no-transform, must-revalidate"
+        headers["Expires"] = _http_date(second + max_age)
+    else:
+        headers["Cache-Control"] = "no-cache"
+    reply.__dict__["_headers"] = (second, headers)  # a memo beside the frozen fields
+    return headers
+
+
 def _answer(reply: Reply, *, cache_headers: bool, max_age_cap: int = 0, if_none_match: str | None = None
             ) -> web.Response:
-    headers = {"Content-Type": RESPONSE_TYPE}
-    if cache_headers and reply.this_update is not None and reply.next_update is not None:
-        service_now = time.time()
-        remaining = int(reply.next_update.timestamp() - service_now)
-        etag = reply.etag
-        headers["ETag"] = etag
-        headers["Last-Modified"] = _http_date(reply.this_update.timestamp())
-        if remaining > 0:
-            max_age = min(remaining, max_age_cap)
-            headers["Cache-Control"] = f"max-age={max_age}, public, no-transform, must-revalidate"
-            headers["Expires"] = _http_date(service_now + max_age)
-        else:
-            headers["Cache-Control"] = "no-cache"
-        if if_none_match is not None and etag in (t.strip().removeprefix("W/") for t in if_none_match.split(",")):
-            return web.Response(status=304, headers={k: v for k, v in headers.items() if k != "Content-Type"})
-    else:
-        headers["Cache-Control"] = "no-store"
+    if not cache_headers or reply.this_update is None:
+        return web.Response(body=reply.body, headers=_NO_STORE)
+    headers = _caching_headers(reply, max_age_cap)
+    if if_none_match is not None and reply.etag in (t.strip().removeprefix("W/") for t in if_none_match.split(",")):
+        return web.Response(status=304, headers={k: v for k, v in headers.items() if k != "Content-Type"})
     return web.Response(body=reply.body, headers=headers)
 
 
