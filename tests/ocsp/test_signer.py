@@ -52,3 +52,31 @@ def test_a_foreign_or_mismatched_signer_file_is_replaced(tmp_path):
     assert fresh.refresh(NOW) is True
     assert fresh.cert.issuer == ca.cert.subject
     del stranger
+
+
+async def test_readiness_fails_with_an_expired_signer_until_it_is_renewed(aiohttp_server, tmp_path, db_url):
+    import aiohttp
+    from cryptography.x509 import ocsp
+
+    from trustkit.clock import SettableClock
+    from tests.server import start_app
+
+    from .conftest import post, request_der
+
+    clock = SettableClock()
+    srv = await start_app(aiohttp_server, tmp_path, db_url, clock=clock)
+    service = srv.runtime.ocsp
+    first = service.delegated["default"].cert
+    assert service.readiness() == "ok"
+    clock.advance(days=8)  # the signer's certificate has expired and its renewal check has not run yet
+    assert "expired" in service.readiness()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{srv.url}/readyz") as resp:
+            assert resp.status == 503 and (await resp.json())["checks"]["ocsp"] == "failed"
+    assert await service.refresh_signers() == ["default"]
+    assert service.readiness() == "ok"
+    renewed = service.delegated["default"].cert
+    assert renewed.serial_number != first.serial_number and renewed.not_valid_after_utc > clock()
+    # answers are signed by the new certificate (the cache was emptied when the signer changed)
+    answer = ocsp.load_der_ocsp_response((await post(srv.url, request_der(first, srv.runtime.cas["default"].cert)))[1])
+    assert answer.certificates[0].serial_number == renewed.serial_number
