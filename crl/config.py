@@ -4,6 +4,7 @@ from __future__ import annotations
 from datetime import timedelta
 from enum import Enum
 from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -82,3 +83,63 @@ class CrlSettings(BaseModel):
         if self.coalesce_delay >= self.resign_interval:
             raise ValueError("crl.coalesce_delay must be shorter than crl.resign_interval")
         return self
+
+
+class OcspSettings(BaseModel):
+    """The OCSP responder of our CAs (RFC 6960 in the RFC 5019 profile; docs/ocsp.md "Settings")."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(default=True, description="serve /ocsp/{ca}")
+    signer: Literal["delegated", "ca"] = Field(
+        default="delegated", description="a delegated OCSP signing certificate per CA, or the CA key itself")
+    signer_validity: timedelta = Field(default=timedelta(days=7), description="the delegated certificate's lifetime")
+    signer_renew_before: timedelta = Field(default=timedelta(days=2),
+                                           description="renew the delegated certificate this long before it expires")
+    signer_check_interval: timedelta = Field(default=timedelta(minutes=10),
+                                             description="how often a process looks at its delegated certificate")
+    response_validity: timedelta = Field(default=timedelta(hours=1), description="nextUpdate - thisUpdate")
+    http_max_age: timedelta = Field(default=timedelta(minutes=5),
+                                    description="Cache-Control max-age cap of GET answers (never beyond nextUpdate)")
+    unknown_as_revoked: bool = Field(
+        default=False, description="a serial never issued is answered revoked (RFC 6960 §2.2), not unknown")
+    max_request_bytes: int = Field(default=4096, ge=64, le=65536,
+                                   description="a larger OCSP request is refused unread (413 for a POST)")
+    max_cert_ids: int = Field(default=8, ge=1, le=64, description="CertIDs answered in one request")
+    cache_entries: int = Field(default=100_000, ge=0, description="pre-signed responses kept per process")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seconds_from_env(cls, data):
+        """Environment variables are strings: "1.5" means seconds, like a number in the TOML file."""
+        if isinstance(data, dict):
+            out = {}
+            for k, v in data.items():
+                if isinstance(v, str) and k in _OCSP_DURATIONS:
+                    try:
+                        v = float(v)
+                    except ValueError:
+                        pass
+                out[k] = v
+            data = out
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "OcspSettings":
+        for name in _OCSP_DURATIONS - {"http_max_age"}:
+            if getattr(self, name) <= timedelta(0):
+                raise ValueError(f"ocsp.{name} must be positive")
+        if self.http_max_age < timedelta(0):
+            raise ValueError("ocsp.http_max_age must not be negative")
+        if self.signer_renew_before >= self.signer_validity:
+            raise ValueError("ocsp.signer_renew_before must be shorter than ocsp.signer_validity")
+        if self.signer_check_interval * 2 > self.signer_renew_before:
+            raise ValueError("ocsp.signer_check_interval must be at most half of ocsp.signer_renew_before")
+        if self.response_validity > self.signer_renew_before:
+            raise ValueError("ocsp.response_validity must not exceed ocsp.signer_renew_before: a response "
+                             "never outlives its signer's certificate")
+        return self
+
+
+_OCSP_DURATIONS = {"signer_validity", "signer_renew_before", "signer_check_interval", "response_validity",
+                   "http_max_age"}

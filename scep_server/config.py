@@ -22,7 +22,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from crl.config import CrlSettings
+from crl.config import CrlSettings, OcspSettings
 from otp.config import OtpSettings
 
 
@@ -392,6 +392,7 @@ class Settings(BaseModel):
     binding: BindingSettings = BindingSettings()
     mdm: MdmSettings = MdmSettings()
     crl: CrlSection = CrlSection()
+    ocsp: OcspSettings = OcspSettings()
     otp: OtpSection = OtpSection()
     challenge: ChallengeSection = ChallengeSection()
     metrics: MetricsSettings = MetricsSettings()

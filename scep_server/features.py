@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 # "module:attribute" of each feature object, in the order their routes are added and their jobs started
 FEATURES: tuple[str, ...] = (
     "scep_server.crlwiring.feature:FEATURE",
+    "scep_server.ocspwiring.feature:FEATURE",
     "scep_server.otpwiring.feature:FEATURE",
     "scep_server.challenge.feature:FEATURE",
     "scep_server.challenge.feature:ENROLMENTS",

@@ -121,6 +121,9 @@ class ProfileSettings(BaseModel):
     # where an enrolment names its device (None: it does not); the certificate is issued for that device, which is
     # created (active) if new. Dynamic and delegated profiles only: a static secret is shared by every device.
     device_id: DeviceIdSource | None = None
+    # certificates issued carry the OCSP responder's URL in their AIA extension (while [ocsp] enabled); on for
+    # new profiles, off for settings stored before the field existed (docs/ocsp.md "The OCSP URL in certificates")
+    ocsp_aia: bool = True
     # settings of the dynamic or delegated challenge (owned by scep_server.challenge)
     challenge: dict[str, Any] = {}
 
@@ -232,6 +235,8 @@ def _row_to_profile(row) -> Profile:
         settings = ProfileSettings.model_validate_json(m["settings"] or "{}")
         if "allow_single_des" not in settings.model_fields_set:  # stored when single DES was on by default
             settings = settings.model_copy(update={"allow_single_des": True})
+        if "ocsp_aia" not in settings.model_fields_set:  # stored before certificates named an OCSP responder
+            settings = settings.model_copy(update={"ocsp_aia": False})
     except ValidationError as exc:
         raise ProfileError(f"profile {m['name']}: stored settings are invalid: {exc}") from None
     return Profile(name=m["name"], ca=m["ca"], challenge_kind=m["challenge_kind"],

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .challenge.service import ChallengeService
     from .console.sessions import ConsoleSessions
     from .crlwiring.service import CrlService
+    from .ocspwiring.service import OcspService
     from .enrolment import ScepService
     from .mdm.service import MdmService
     from .profiles import ProfileStore
@@ -68,6 +69,7 @@ class Uses:
     revocation: bool = False  # certificate status changes (hold, release, revoke)
     scep: bool = False
     crl: bool = False
+    ocsp: bool = False  # the OCSP responder (needs the CA keys)
     otp: bool = False
     otp_kek: bool = True  # with ``otp``: the key-encryption key (commands that never seal nor open do without)
     binding: bool = False
@@ -77,7 +79,8 @@ class Uses:
     @classmethod
     def server(cls, settings: Settings) -> "Uses":
         """Everything that is switched on (what `serve` and the application open)."""
-        return cls(ca_keys=True, revocation=True, scep=True, crl=True, otp=settings.otp.enabled,
+        return cls(ca_keys=True, revocation=True, scep=True, crl=True, ocsp=settings.ocsp.enabled,
+                   otp=settings.otp.enabled,
                    binding=settings.binding.enabled, challenge=settings.challenge.enabled,
                    console=settings.console.enabled)
 
@@ -88,8 +91,8 @@ class Uses:
 
     def complete(self) -> "Uses":
         """Add what the services asked for depend on (the services that sign need the CA keys)."""
-        return dataclasses.replace(self, ca_keys=self.ca_keys or self.scep or self.crl,
-                                   revocation=self.revocation or self.scep or self.crl or self.binding)
+        return dataclasses.replace(self, ca_keys=self.ca_keys or self.scep or self.crl or self.ocsp,
+                                   revocation=self.revocation or self.scep or self.crl or self.ocsp or self.binding)
 
 
 def enabled(settings: Settings, capability: str) -> bool:
@@ -111,6 +114,7 @@ class Runtime:
     revocation: "RevocationService | None" = None
     scep: "ScepService | None" = None
     crl: "CrlService | None" = None
+    ocsp: "OcspService | None" = None  # the OCSP responder ([ocsp] enabled, server only)
     otp: "OtpService | None" = None
     binding: "BindingServices | None" = None
     challenges: "ChallengeService | None" = None
@@ -340,6 +344,10 @@ async def open_runtime(settings: Settings, *, clock: Clock = utcnow, uses: Uses 
                 from .crlwiring.feature import open_crl
 
                 runtime.crl = await stack.enter_async_context(open_crl(runtime))
+            if uses.ocsp and settings.ocsp.enabled:
+                from .ocspwiring.feature import open_ocsp
+
+                runtime.ocsp = await stack.enter_async_context(open_ocsp(runtime))
             if uses.otp:
                 from .otpwiring.service import open_otp
 
@@ -406,7 +414,7 @@ async def _open_scep(runtime: Runtime) -> AsyncIterator["ScepService"]:
         device_identity=runtime.binding.devices.enrolment_device if runtime.binding is not None else None,
         ensure_device=runtime.binding.devices.ensure if runtime.binding is not None else None,
         on_status_change=runtime.revocation.notify_changed, threads=runtime.settings.server.scep_threads,
-        refuse_issuing=runtime.settings.server.issuing_refusal())
+        refuse_issuing=runtime.settings.server.issuing_refusal(), ocsp_aia=runtime.settings.ocsp.enabled)
     try:
         yield service
     finally:

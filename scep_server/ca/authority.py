@@ -38,6 +38,10 @@ def aia_url(base_url: str, ca_name: str) -> str:
     return f"{base_url}/ca/{ca_name}.crt"
 
 
+def ocsp_url(base_url: str, ca_name: str) -> str:
+    return f"{base_url}/ocsp/{ca_name}"
+
+
 @dataclass
 class CertificateAuthority:
     """An issuing CA with a separate RSA RA certificate that decrypts and signs SCEP messages."""
@@ -64,6 +68,10 @@ class CertificateAuthority:
         self._aia = x509.AuthorityInformationAccess([x509.AccessDescription(
             x509.oid.AuthorityInformationAccessOID.CA_ISSUERS,
             x509.UniformResourceIdentifier(aia_url(self.base_url, self.name)))])
+        # the same AIA with the OCSP responder first (RFC 5280 §4.2.2.1), for profiles that name it
+        self._aia_ocsp = x509.AuthorityInformationAccess([x509.AccessDescription(
+            x509.oid.AuthorityInformationAccessOID.OCSP,
+            x509.UniformResourceIdentifier(ocsp_url(self.base_url, self.name))), *self._aia])
         self.fingerprint_sha256 = hashlib.sha256(self.cert_der).hexdigest()
         self._verified: dict[bytes, bool] = {}  # signature check results by certificate fingerprint
 
@@ -95,8 +103,9 @@ class CertificateAuthority:
         return known
 
     def issue(self, csr: x509.CertificateSigningRequest, policy: IssuancePolicy, *, serial: int,
-              now: datetime) -> x509.Certificate:
-        """Sign a certificate for `csr` under `policy` (subject and SANs already vetted by the policy)."""
+              now: datetime, ocsp: bool = False) -> x509.Certificate:
+        """Sign a certificate for `csr` under `policy` (subject and SANs already vetted by the policy); with
+        ``ocsp`` its AIA names the OCSP responder too."""
         subject, sans = policy.subject_and_sans(csr, reserved_names=self.reserved_names)
         not_before = now - timedelta(minutes=5)  # tolerate device clock skew
         not_after = min(now + timedelta(days=policy.validity_days), self.cert.not_valid_after_utc)
@@ -112,7 +121,7 @@ class CertificateAuthority:
              .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False)
              .add_extension(self._aki, critical=False)
              .add_extension(self._cdp, critical=False)
-             .add_extension(self._aia, critical=False))
+             .add_extension(self._aia_ocsp if ocsp else self._aia, critical=False))
         eku = policy.extended_key_usage()
         if eku is not None:
             b = b.add_extension(eku, critical=False)

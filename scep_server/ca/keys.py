@@ -82,11 +82,12 @@ class FileKey(SignsCertificates):
             raise ValueError(f"{path}: only RSA and EC P-256/P-384 keys are supported for the CA and RA")
         return cls(key)
 
-    def save(self, path: Path, passphrase: bytes) -> None:
-        """Write the encrypted key durably; FileExistsError if ``path`` exists (a key is never overwritten)."""
+    def save(self, path: Path, passphrase: bytes, *, replace: bool = False) -> None:
+        """Write the encrypted key durably; FileExistsError if ``path`` exists (a key is never overwritten),
+        unless ``replace`` (a short-lived key renewed in place, such as the OCSP signer's)."""
         pem = self._key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                       serialization.BestAvailableEncryption(passphrase))
-        _write_private(path, pem, exclusive=True)
+        _write_private(path, pem, exclusive=not replace)
 
     def public_key(self) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
         return self._pub

@@ -18,7 +18,7 @@ import asyncio
 import random
 import time
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import sqlalchemy as sa
 import structlog
@@ -107,6 +107,8 @@ class CrlService:
         self._spread = random.uniform(0.0, STEP_IN_SPREAD)
         self.watch_wake = asyncio.Event()
         self.running = False
+        # also told of every change the feed reports (the OCSP responder's cache), with the same payloads
+        self.remote_listeners: list[Callable[[str], None]] = []
         runtime.revocation.subscribe(self.on_status_change)
 
     # ---- status changes and the schedule
@@ -131,7 +133,9 @@ class CrlService:
         """Another process (or connection) changed something (see crlwiring.changes): ``crl:<ca>`` a CRL was
         recorded; ``status`` a certificate status changed; ``any`` something was committed; ``resync``
         notifications may have been missed. Publishers look at the database now; after a status change the
-        safety net looks again once the grace period has passed."""
+        safety net looks again once the grace period has passed. The `remote_listeners` hear the same payload."""
+        for listener in self.remote_listeners:
+            listener(payload)
         if payload.startswith("crl:"):
             pub = self.publishers.get(payload[4:])
             if pub is not None:

@@ -59,7 +59,7 @@ class ScepService:
                  repository: EnrolmentRepository | None = None,
                  device_identity: Callable[[str, str], Awaitable[str | None]] | None = None,
                  ensure_device: Callable[[str, str], Awaitable[bool]] | None = None,
-                 refuse_issuing: str | None = None):
+                 refuse_issuing: str | None = None, ocsp_aia: bool = False):
         if repository is None:
             if engine is None:
                 raise TypeError("ScepService needs an engine or a repository")
@@ -86,6 +86,8 @@ class ScepService:
         # why no certificate may be issued (server.base_url unset behind a wildcard listen address), or None:
         # enrolments and approvals are refused with this text; GetCACaps, GetCACert, CertPoll, GetCert still answer
         self.refuse_issuing = refuse_issuing
+        # the OCSP responder runs ([ocsp] enabled): certificates of profiles with ocsp_aia name it in their AIA
+        self.ocsp_aia = ocsp_aia
         self.checks: list[Check] = default_checks(self)
         self.approvals = ApprovalWorkflow(self)
         self.reconciler = AckReconciler(self)
@@ -354,7 +356,8 @@ class ScepService:
         Duplicate, None) when the inline write lost to a concurrent insert.
         """
         msg = req.message
-        cert = ca.issue(req.csr, profile.policy, serial=random_serial(), now=now)
+        cert = ca.issue(req.csr, profile.policy, serial=random_serial(), now=now,
+                        ocsp=self.ocsp_aia and profile.settings.ocsp_aia)
         der = cert.public_bytes(DER)
         cert_row = inventory.certificate_row(cert, der, ca.name, profile.name, msg.transaction_id, pub_sha, now)
         cert_row.update(renewal_of=req.renewal_of.serial if req.renewal_of else None,

@@ -25,8 +25,8 @@ def fresh_otp(key) -> str:
 
 # The console's pages (/admin) authenticate by their own session cookie, never by a bearer token: anonymous
 # callers are redirected to the sign-in page (tests/console).
-PUBLIC_PREFIXES = ("/scep/", "/ca/", "/crl/", "/healthz", "/readyz", "/wsapi/", "/metrics", "/api/v1/openapi.json",
-                   "/api/v1/docs", "/admin", "/hooks/")
+PUBLIC_PREFIXES = ("/scep/", "/ca/", "/crl/", "/ocsp/", "/healthz", "/readyz", "/wsapi/", "/metrics",
+                   "/api/v1/openapi.json", "/api/v1/docs", "/admin", "/hooks/")
 BASIC_ROUTES = {"/scep/{profile}/challenge"}
 SIGNIN_ROUTES = {"/api/v1/attestation/challenge", "/api/v1/attestation/verify", "/api/v1/otp/verify"}
 # Protocol 2.0 answers 200 to everyone; the verdict is in the body.
@@ -37,7 +37,8 @@ NOT_JSON = {"/scep/{profile}", "/scep/{profile}/", "/scep/{profile}/pkiclient.ex
             "/api/v1/yubikeys/{serial}/revoke", "/api/v1/yubikeys/{serial}", "/api/v1/otp-clients/{id}/disable",
             "/admin/login", "/admin/logout", "/admin/certificates/{serial}/{action}", "/admin/enrolments/decide",
             "/admin/devices/{device_id}/{action}", "/admin/yubikeys/import",
-            "/admin/yubikeys/{serial}/{action}"}  # the console's forms
+            "/admin/yubikeys/{serial}/{action}",  # the console's forms
+            "/ocsp/{ca}"}  # OCSP requests (application/ocsp-request)
 
 
 def required(canonical: str) -> str:
