@@ -19,7 +19,8 @@
                                                secret goes into a page nor stays on the server between the steps
     GET|POST /admin/yubikeys/{serial}/{revoke|delete}   a confirmation form, the change (an ACTIVE key cannot be
                                                deleted: 409, as on the command line)
-    GET  /admin/static/...                     the style sheet
+    /admin/profiles..., /admin/tokens...       SCEP profiles and API tokens (scep_server.console.profiles, .tokens)
+    GET  /admin/static/...                     the style sheet and the copy buttons' script
 
 Every answer carries a strict Content-Security-Policy (no inline script or style), ``X-Frame-Options: DENY``,
 ``Referrer-Policy: same-origin`` (with no-referrer a browser posts forms with ``Origin: null``) and
@@ -735,6 +736,9 @@ def console_app() -> web.Application:
     app.router.add_post("/yubikeys/import", yubikey_import)
     app.router.add_get("/yubikeys/{serial}/{action}", yubikey_confirm)
     app.router.add_post("/yubikeys/{serial}/{action}", yubikey_change)
+    from . import profiles, tokens  # their pages use this module's helpers
+    profiles.add_routes(app)  # /admin/profiles (scep_server.console.profiles)
+    tokens.add_routes(app)  # /admin/tokens (scep_server.console.tokens)
     app.router.add_static("/static", HERE / "static", append_version=False)
     return app
 
