@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from trustkit import paging
+from trustkit.http import BadJSON, loads_object
 from trustkit.problems import BadRequest, DomainError
 
 from ..web import admin_profiles
@@ -40,14 +41,16 @@ def _text(form: Any, name: str, cap: int) -> str:
     return value
 
 
-def _settings(text: str, *, empty: dict[str, Any]) -> Any:
-    """The settings of a form's JSON text (blank: `empty`); a BadRequest unless it is JSON."""
+def _settings(text: str, *, empty: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a form's JSON text (blank: `empty`), parsed as an API body is (one JSON object, bounded
+    nesting, no repeated key); a BadRequest otherwise."""
     if not text.strip():
         return empty
     try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise BadRequest(f"settings: not JSON ({exc})", code="invalid_input", field="settings") from None
+        return loads_object(text)
+    except BadJSON as exc:
+        detail = exc.detail.replace("the body", "the text")
+        raise BadRequest(f"settings: {detail}", code="invalid_input", field="settings") from None
 
 
 def _shown(value: Any) -> str:

@@ -79,6 +79,8 @@ async def token_create(request: web.Request) -> web.Response:
             value = form.get(name, "")
             if not isinstance(value, str) or len(value) > MAX_FIELD:
                 raise BadRequest(f"{name}: at most {MAX_FIELD} characters", code="invalid_input", field=name)
+            if "\x00" in value:  # refused in an API body too (PostgreSQL cannot store it)
+                raise BadRequest(f"{name}: a NUL character", code="invalid_input", field=name)
             values[name] = value
         try:
             expires_at = expiry(values["expires_in"] or None, values["expires_at"] or None, rt.clock())

@@ -125,8 +125,13 @@ async def test_create_refusals_are_the_apis_messages_on_the_form(console):
         ({"name": "bad name!", "challenge": "static", "settings": "{}"}, 422, "invalid profile name"),
         ({"name": "default", "challenge": "static", "settings": "{}"}, 409, "already exists"),
         ({"name": "p1", "challenge": "magic", "settings": "{}"}, 422, "challenge: one of static, dynamic, delegated"),
-        ({"name": "p1", "challenge": "static", "settings": "{not json"}, 400, "settings: not JSON"),
-        ({"name": "p1", "challenge": "static", "settings": "[1]"}, 400, "settings: a JSON object"),
+        ({"name": "p1", "challenge": "static", "settings": "{not json"}, 400, "settings: the text is not JSON"),
+        ({"name": "p1", "challenge": "static", "settings": "[1]"}, 400, "settings: the text must be a JSON object"),
+        ({"name": "p1", "challenge": "static", "settings": "[" * 60000}, 400, "settings: the text is nested"),
+        ({"name": "p1", "challenge": "static", "settings": '{"template": {"max_sans": 1}, "template": {}}'}, 400,
+         "settings: the text repeats a key"),
+        ({"name": "p1", "challenge": "static", "settings": '{"a":' * 100 + "1" + "}" * 100}, 400,
+         "settings: the text is nested deeper"),
         ({"name": "p1", "challenge": "static", "settings": '{"template": {"validity_days": 0}}'}, 422,
          "settings.template.validity_days"),
         ({"name": "p1", "challenge": "static", "settings": '{"colour": "red"}'}, 422,
@@ -176,7 +181,8 @@ async def test_edit_applies_a_merge_patch_and_refuses_bad_settings(console):
     for text_in, expected, message in (('{"renewal_window_days": 0}', 422, "settings.renewal_window_days"),
                                        ('{"renewal_sans": "all"}', 422, "settings.renewal_sans"),
                                        ('{"challenge": {"url": "http://x"}}', 422, "challenge configure"),
-                                       ("nope", 400, "settings: not JSON")):
+                                       ("nope", 400, "settings: the text is not JSON"),
+                                       ('{"renewal_to": ["\\u0000"]}', 400, "NUL character")):
         status, _, page = await console.post("/admin/profiles/default/edit", {"csrf": csrf, "settings": text_in},
                                              cookie)
         assert status == expected, text_in

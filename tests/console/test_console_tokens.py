@@ -131,7 +131,8 @@ async def test_create_refusals_are_4xx_forms(console):
              ({"scope": "admin", "expires_at": past}, 422, "expires_at: a time in the future"),
              ({"scope": "admin", "expires_at": "9999-12-31T23:59:59-05:00"}, 422, "expires_at: out of range"),
              ({"scope": "admin", "expires_in": "1d", "expires_at": "2099-01-01"}, 400, "not both"),
-             ({"scope": "admin", "name": "x" * 2000}, 400, "name: at most 1000 characters")]
+             ({"scope": "admin", "name": "x" * 2000}, 400, "name: at most 1000 characters"),
+             ({"scope": "admin", "name": "a\x00b"}, 400, "name: a NUL character")]
     for form, expected, message in cases:
         status, headers, text = await console.post("/admin/tokens", {"csrf": csrf, **form}, cookie)
         assert status == expected, (form, status)
