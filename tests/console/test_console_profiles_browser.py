@@ -1,6 +1,7 @@
-"""Rotating a profile's static secret in a real browser (Playwright, Debian's chromium), then enrolling with micromdm's
-scepclient: the secret read from the page is accepted, the old one refused. Missing chromium, Playwright or
-scepclient fails these tests, unless SCEP_TEST_ALLOW_MISSING=1 outside CI."""
+"""The console's profile and token pages in a real browser (Playwright, Debian's chromium): a static secret rotated
+in the console enrols a device with micromdm's scepclient and the old one is refused; the secret page without
+JavaScript; a token made, used and disabled. Missing chromium, Playwright or scepclient fails these tests, unless
+SCEP_TEST_ALLOW_MISSING=1 outside CI."""
 from __future__ import annotations
 
 import re
@@ -78,5 +79,37 @@ async def test_the_secret_page_works_without_javascript(aiohttp_server, tmp_path
             assert not await page.is_visible("#copy-secret")  # no script: no button that could not work
         finally:
             await context.close()
+    finally:
+        await console.http.close()
+
+
+async def test_make_a_token_use_it_and_disable_it(aiohttp_server, tmp_path, db_url, browser):
+    console = await open_console(aiohttp_server, tmp_path, db_url)
+
+    async def api_status(token: str) -> int:
+        async with console.http.get(console.url + "/api/v1/profiles",
+                                    headers={"Authorization": f"Bearer {token}"}) as r:
+            return r.status
+
+    try:
+        async with page_of(browser, tmp_path, "tokens") as page:
+            await sign_in(page, console)
+            await page.click("text=Tokens")
+            await page.select_option("#scope", "admin")
+            await page.fill("#name", "deploy")
+            await page.fill("#expires-in", "1d")
+            await page.click("#create")
+            await page.wait_for_selector("#secret")
+            secret = (await page.inner_text("#secret")).strip()
+            assert await api_status(secret) == 200
+            await page.click("#to-tokens")
+            row = page.locator("tr.token", has_text="deploy")
+            assert await row.locator(".state").inner_text() == "enabled"
+            assert secret not in await page.content()
+            await row.locator("a.button").click()
+            await page.click("#confirm")
+            await page.wait_for_url(re.compile(r"/admin/tokens$"))
+            assert await page.locator("tr.token", has_text="deploy").locator(".state").inner_text() == "disabled"
+            assert await api_status(secret) == 401
     finally:
         await console.http.close()
