@@ -26,7 +26,8 @@ from trustkit.http import BadJSON, loads_object
 from trustkit.problems import BadRequest, DomainError
 
 from ..web import admin_profiles
-from .web import PREFIX, SESSION, _form, _page, _redirect, _runtime
+from .pages import PREFIX, SESSION
+from .pages import form as _form, page as _page, redirect as _redirect, runtime as _runtime
 
 MAX_SETTINGS_CHARS = 65536
 RENEWAL = ("allow_renewal", "renewal_window_days", "renewal_to", "renewal_sans", "renewal_revalidate",

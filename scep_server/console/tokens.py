@@ -25,7 +25,8 @@ from trustkit.clock import ExpiryError, expiry
 from trustkit.problems import BadRequest, DomainError
 
 from ..web.admin_tokens import PAGE_KEY
-from .web import PREFIX, SESSION, _form, _page, _redirect, _runtime
+from .pages import PREFIX, SESSION
+from .pages import form as _form, page as _page, redirect as _redirect, runtime as _runtime
 
 SCOPES = ("admin", "signin")  # what the form offers; the token store decides
 FIELDS = ("scope", "name", "expires_in", "expires_at")
