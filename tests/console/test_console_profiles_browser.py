@@ -38,12 +38,14 @@ async def test_rotate_the_secret_in_the_console_then_enrol_with_it(aiohttp_serve
             await page.click("a[href$='/profiles/default']")
             url = (await page.inner_text("#scep-url")).strip()
             assert url == f"{console.srv.runtime.settings.server.public_base_url()}/scep/default"
-            assert await page.is_visible("button[data-copy=scep-url]")  # the script showed the copy button
+            # the deferred script shows the copy button (it may run after the click returned)
+            await page.wait_for_selector("button[data-copy=scep-url]", state="visible")
             await page.click("#action-rotate")
             await page.click("#confirm")
             await page.wait_for_selector("#secret")
             secret = (await page.inner_text("#secret")).strip()
             assert secret and secret != old
+            await page.bring_to_front()  # the clipboard is written for a focused page only
             await page.click("#copy-secret")
             await page.wait_for_function("document.getElementById('copy-secret').textContent === 'Copied'")
             assert await page.evaluate("navigator.clipboard.readText()") == secret
