@@ -663,24 +663,14 @@ def token() -> None:
 
 def _expiry(expires_in: str | None, expires_at: str | None):
     """The expiry of --expires-in (N followed by s, m, h or d) or --expires-at (ISO 8601; UTC unless it says)."""
-    import re
-    from datetime import datetime, timedelta, timezone
+    from trustkit.clock import ExpiryError, expiry
 
-    if expires_in and expires_at:
-        raise click.UsageError("give --expires-in or --expires-at, not both")
-    if expires_in:
-        m = re.fullmatch(r"([0-9]{1,6})([smhd])", expires_in.strip())
-        if not m or int(m.group(1)) == 0:
-            raise click.BadParameter("a positive number followed by s, m, h or d (e.g. 90d)", param_hint="--expires-in")
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
-        return utcnow() + timedelta(**{unit: int(m.group(1))})
-    if expires_at:
-        try:
-            parsed = datetime.fromisoformat(expires_at.strip())
-        except ValueError:
-            raise click.BadParameter("an ISO 8601 time, e.g. 2027-01-31T00:00:00Z", param_hint="--expires-at") from None
-        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
-    return None
+    try:
+        return expiry(expires_in, expires_at, utcnow())
+    except ExpiryError as exc:
+        if exc.field is None:
+            raise click.UsageError("give --expires-in or --expires-at, not both") from None
+        raise click.BadParameter(exc.message, param_hint="--" + exc.field.replace("_", "-")) from None
 
 
 @token.command("create")

@@ -19,7 +19,8 @@
                                                secret goes into a page nor stays on the server between the steps
     GET|POST /admin/yubikeys/{serial}/{revoke|delete}   a confirmation form, the change (an ACTIVE key cannot be
                                                deleted: 409, as on the command line)
-    GET  /admin/static/...                     the style sheet
+    /admin/profiles..., /admin/tokens...       SCEP profiles and API tokens (scep_server.console.profiles, .tokens)
+    GET  /admin/static/...                     the style sheet and the copy buttons' script
 
 Every answer carries a strict Content-Security-Policy (no inline script or style), ``X-Frame-Options: DENY``,
 ``Referrer-Policy: same-origin`` (with no-referrer a browser posts forms with ``Origin: null``) and
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 from ipaddress import ip_address, ip_network
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp_jinja2
 import jinja2
@@ -42,24 +43,19 @@ from yarl import URL
 from trustkit import paging
 from trustkit.problems import BadRequest, DomainError, NotFound, PayloadTooLarge, Unprocessable
 
-from ..appkeys import RUNTIME
 from ..ca.inventory import CERT_KEY
 from ..ca.overview import overview
 from ..ca.queries import FILTERS, parse_filters, parse_serial
 from ..ca.revocation import REASONS, parse_reason
 from ..web.auth import token_principal
 from ..web.health import check_details
-from .model import Session, csrf_matches, csrf_token
-
-if TYPE_CHECKING:
-    from ..runtime import Runtime
+from . import profiles, tokens
+from .model import Session, csrf_matches
+from .pages import FORM, PREFIX, SESSION, SESSION_ID
+from .pages import form as _form, page as _page, redirect as _redirect, runtime as _runtime
 
 HERE = Path(__file__).parent
-PREFIX = "/admin"
 COOKIE = "console_session"
-SESSION = web.RequestKey("console_session", Session)
-SESSION_ID = web.RequestKey("console_session_id", str)
-FORM = web.RequestKey("console_form", object)  # the checked form of a POST
 UPLOAD = web.RequestKey("console_upload", bytes)  # the file of a multipart POST (the YubiKey import)
 MAX_FIELD_BYTES = 4096  # a text field of a multipart form (the CSRF token, a step, a digest)
 MAX_PARTS = 16
@@ -76,10 +72,6 @@ HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
 }
-
-
-def _runtime(request: web.Request) -> "Runtime":
-    return request.config_dict[RUNTIME]
 
 
 def _peer(request: web.Request) -> str | None:
@@ -153,10 +145,6 @@ def _set_cookie(request: web.Request, response: web.StreamResponse, session_id: 
                         samesite="Strict")
 
 
-def _redirect(location: str) -> web.Response:
-    return web.Response(status=303, headers={"Location": location})
-
-
 async def _session(request: web.Request) -> tuple[str, Session] | None:
     """The request's live session (its token still enabled, its proxy user still the same), or None."""
     runtime = _runtime(request)
@@ -183,12 +171,6 @@ async def _session(request: web.Request) -> tuple[str, Session] | None:
         if found is not None:
             return session_id, found
     return None
-
-
-def _page(request: web.Request, template: str, context: dict[str, Any], *, status: int = 200) -> web.Response:
-    base = {"principal": request[SESSION].principal if SESSION in request else None,
-            "csrf": csrf_token(request[SESSION_ID]) if SESSION_ID in request else None}
-    return aiohttp_jinja2.render_template(template, request, {**base, **context}, status=status)
 
 
 def _error_page(request: web.Request, status: int, title: str, detail: str) -> web.Response:
@@ -289,10 +271,6 @@ async def _read_multipart(request: web.Request) -> Any:
     except (ValueError, AssertionError, UnicodeDecodeError, HttpProcessingError):  # a body that is not multipart
         return MultiDict()
     return form
-
-
-def _form(request: web.Request) -> Any:
-    return request[FORM]
 
 
 # --- sign-in ---------------------------------------------------------------------------------------------
@@ -735,6 +713,8 @@ def console_app() -> web.Application:
     app.router.add_post("/yubikeys/import", yubikey_import)
     app.router.add_get("/yubikeys/{serial}/{action}", yubikey_confirm)
     app.router.add_post("/yubikeys/{serial}/{action}", yubikey_change)
+    profiles.add_routes(app)  # /admin/profiles (scep_server.console.profiles)
+    tokens.add_routes(app)  # /admin/tokens (scep_server.console.tokens)
     app.router.add_static("/static", HERE / "static", append_version=False)
     return app
 

@@ -8,13 +8,15 @@
     POST   /api/v1/profiles/{name}/rotate-secret (static profiles) -> the new secret, once
 
 Handlers check the body's shape (400) and hand the rest to the profile store (runtime.profiles), whose
-refusals become problems here: 404 unknown, 409 exists / in use / not static, 422 invalid settings. The
+refusals become problems here: 404 unknown, 409 exists / in use / not static, 422 invalid settings. The admin
+console's profile pages (scep_server.console.profiles) go through the same functions (view, create, update,
+rotate), so a form is checked exactly as a body is. The
 challenge's settings (``settings.challenge``) are not set here: they name files and environment variables
 of the server, whose contents go to the hosts they name; `scep-server challenge configure` sets them.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -27,22 +29,30 @@ from ..profiles import (InvalidSettings, NotStatic, Profile, ProfileError, Profi
                         UnknownProfile, describe, new_static_secret, parse_settings)
 from .auth import ACTOR, requires
 
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
 KINDS = ("static", "dynamic", "delegated")
 NO_STORE = {"Cache-Control": "no-store"}
 REDACTED = "(set)"
 
 
-def _view(request: web.Request, profile: Profile) -> dict[str, Any]:
-    """The profile as the API shows it: no secret, and the challenge's Basic password hash left out."""
-    view = describe(profile)
-    credentials = view["settings"].get("challenge", {}).get("credentials")
+def view(rt: "Runtime", profile: Profile) -> dict[str, Any]:
+    """The profile as the API shows it: no secret, and the challenge's Basic password hash left out; ``url``
+    is its SCEP URL (what an MDM is given)."""
+    shown = describe(profile)
+    credentials = shown["settings"].get("challenge", {}).get("credentials")
     if isinstance(credentials, dict) and "password_hash" in credentials:
         credentials["password_hash"] = REDACTED
-    view["url"] = f"{request.app[RUNTIME].settings.server.public_base_url()}/scep/{profile.name}"
-    return view
+    shown["url"] = f"{rt.settings.server.public_base_url()}/scep/{profile.name}"
+    return shown
 
 
-def _problem(exc: ProfileError) -> Exception:
+def _view(request: web.Request, profile: Profile) -> dict[str, Any]:
+    return view(request.app[RUNTIME], profile)
+
+
+def problem(exc: ProfileError) -> Exception:
     """The problem a profile store's refusal is."""
     if isinstance(exc, UnknownProfile):
         return NotFound(str(exc), code="profile_not_found")
@@ -80,13 +90,13 @@ async def show_profile(request: web.Request) -> web.Response:
     try:
         profile = await request.app[RUNTIME].profiles.get(_name(request))
     except ProfileError as exc:
-        raise _problem(exc) from None
+        raise problem(exc) from None
     return web.json_response(_view(request, profile))
 
 
-@requires("admin")
-async def create_profile(request: web.Request) -> web.Response:
-    body = await read_json_object(request)
+async def create(rt: "Runtime", body: dict[str, Any], *, actor: str) -> tuple[Profile, str | None]:
+    """Create the profile a body ({"name", "challenge"?, "settings"?}) describes: (the profile, its static
+    secret or None). A body of the wrong shape is a BadRequest, a refusal of the store its problem."""
     _only(body, ("name", "challenge", "settings"))
     name, kind, raw = body.get("name"), body.get("challenge", "static"), body.get("settings", {})
     if not isinstance(name, str):
@@ -95,35 +105,53 @@ async def create_profile(request: web.Request) -> web.Response:
         raise Unprocessable(f"challenge: one of {', '.join(KINDS)}", code="invalid_profile", field="challenge")
     if not isinstance(raw, dict):
         raise BadRequest("settings: a JSON object", code="invalid_input", field="settings")
-    rt = request.app[RUNTIME]
     secret = new_static_secret() if kind == "static" else None
     try:
         settings = parse_settings(raw, kind=kind, allow_challenge=False)
         profile = await rt.profiles.create(name, ca=rt.settings.ca.name, challenge_kind=kind, static_secret=secret,
-                                           settings=settings, now=rt.clock(), actor=request[ACTOR])
+                                           settings=settings, now=rt.clock(), actor=actor)
     except ProfileError as exc:
-        raise _problem(exc) from None
-    view = _view(request, profile)
-    if secret is not None:
-        view["secret"] = secret  # shown once: only its digest is stored
-    return web.json_response(view, status=201, headers={**NO_STORE, "Location": f"/api/v1/profiles/{name}"})
+        raise problem(exc) from None
+    return profile, secret
 
 
-@requires("admin")
-async def update_profile(request: web.Request) -> web.Response:
-    body = await read_json_object(request)
+async def update(rt: "Runtime", name: str, body: dict[str, Any], *, actor: str) -> Profile:
+    """Apply a body's ``settings`` (a merge patch) to a profile's settings."""
     _only(body, ("settings",))
     if "settings" not in body:
         raise BadRequest("settings: required (a merge patch of the profile's settings)", code="invalid_input",
                          field="settings")
     if not isinstance(body["settings"], dict):
         raise BadRequest("settings: a JSON object", code="invalid_input", field="settings")
-    rt = request.app[RUNTIME]
     try:
-        profile = await rt.profiles.update_settings(_name(request), body["settings"], now=rt.clock(),
-                                                    actor=request[ACTOR], allow_challenge=False)
+        return await rt.profiles.update_settings(name, body["settings"], now=rt.clock(), actor=actor,
+                                                 allow_challenge=False)
     except ProfileError as exc:
-        raise _problem(exc) from None
+        raise problem(exc) from None
+
+
+async def rotate(rt: "Runtime", name: str, *, actor: str) -> str:
+    """A new static secret for a profile (returned once)."""
+    try:
+        return await rt.profiles.rotate_secret(name, now=rt.clock(), actor=actor)
+    except ProfileError as exc:
+        raise problem(exc) from None
+
+
+@requires("admin")
+async def create_profile(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    profile, secret = await create(request.app[RUNTIME], body, actor=request[ACTOR])
+    shown = _view(request, profile)
+    if secret is not None:
+        shown["secret"] = secret  # shown once: only its digest is stored
+    return web.json_response(shown, status=201, headers={**NO_STORE, "Location": f"/api/v1/profiles/{profile.name}"})
+
+
+@requires("admin")
+async def update_profile(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    profile = await update(request.app[RUNTIME], _name(request), body, actor=request[ACTOR])
     return web.json_response(_view(request, profile))
 
 
@@ -137,17 +165,13 @@ async def delete_profile(request: web.Request) -> web.Response:
         counts = await rt.profiles.delete(_name(request), now=rt.clock(), force=force == "true",
                                           actor=request[ACTOR])
     except ProfileError as exc:
-        raise _problem(exc) from None
+        raise problem(exc) from None
     return web.json_response({"deleted": _name(request), **counts})
 
 
 @requires("admin")
 async def rotate_secret(request: web.Request) -> web.Response:
-    rt = request.app[RUNTIME]
-    try:
-        secret = await rt.profiles.rotate_secret(_name(request), now=rt.clock(), actor=request[ACTOR])
-    except ProfileError as exc:
-        raise _problem(exc) from None
+    secret = await rotate(request.app[RUNTIME], _name(request), actor=request[ACTOR])
     return web.json_response({"name": _name(request), "secret": secret}, headers=NO_STORE)
 
 

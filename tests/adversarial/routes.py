@@ -37,7 +37,8 @@ NOT_JSON = {"/scep/{profile}", "/scep/{profile}/", "/scep/{profile}/pkiclient.ex
             "/api/v1/yubikeys/{serial}/revoke", "/api/v1/yubikeys/{serial}", "/api/v1/otp-clients/{id}/disable",
             "/admin/login", "/admin/logout", "/admin/certificates/{serial}/{action}", "/admin/enrolments/decide",
             "/admin/devices/{device_id}/{action}", "/admin/yubikeys/import",
-            "/admin/yubikeys/{serial}/{action}",  # the console's forms
+            "/admin/yubikeys/{serial}/{action}", "/admin/profiles", "/admin/profiles/{name}/edit",
+            "/admin/profiles/{name}/rotate-secret", "/admin/tokens", "/admin/tokens/{id}/disable",  # the console's forms
             "/ocsp/{ca}"}  # OCSP requests (application/ocsp-request)
 
 
