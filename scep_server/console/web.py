@@ -6,8 +6,9 @@
     GET  /admin/certificates                   the inventory: filters and cursor pages (the API's query service)
     GET  /admin/certificates/{serial}          one certificate: subject, SANs, validity, binding, events
     GET|POST /admin/certificates/{serial}/{revoke|hold|release}   a confirmation form, then the change
-    GET  /admin/enrolments                     pending (or decided) enrolments; GET /admin/enrolments/confirm and
-                                               POST /admin/enrolments/decide approve or reject one
+    GET  /admin/enrolments                     pending (or decided) enrolments; GET /admin/enrolments/one shows one
+                                               (CSR subject, SANs, key, transaction id); GET /admin/enrolments/confirm
+                                               and POST /admin/enrolments/decide approve or reject it, with a reason
     GET  /admin/devices, /admin/devices/{id}   devices (status filter, pages), one device with its certificates
     GET|POST /admin/devices/{id}/{suspend|unsuspend|deactivate|reactivate|delete}   a confirmation form, the change
     GET  /admin/yubikeys                       the YubiKey report: every filter of `yubikey report`, counts per
@@ -19,6 +20,8 @@
                                                secret goes into a page nor stays on the server between the steps
     GET|POST /admin/yubikeys/{serial}/{revoke|delete}   a confirmation form, the change (an ACTIVE key cannot be
                                                deleted: 409, as on the command line)
+    GET  /admin/otp-clients..., /admin/external-cas..., /admin/audit...   pages of their own modules (otpclients.py,
+                                               externalcas.py, audit.py)
     GET  /admin/static/...                     the style sheet
 
 Every answer carries a strict Content-Security-Policy (no inline script or style), ``X-Frame-Options: DENY``,
@@ -40,7 +43,7 @@ from aiohttp import web
 from yarl import URL
 
 from trustkit import paging
-from trustkit.problems import BadRequest, DomainError, NotFound, PayloadTooLarge, Unprocessable
+from trustkit.problems import BadRequest, Conflict, DomainError, NotFound, PayloadTooLarge, Unprocessable
 
 from ..appkeys import RUNTIME
 from ..ca.inventory import CERT_KEY
@@ -63,7 +66,9 @@ FORM = web.RequestKey("console_form", object)  # the checked form of a POST
 UPLOAD = web.RequestKey("console_upload", bytes)  # the file of a multipart POST (the YubiKey import)
 MAX_FIELD_BYTES = 4096  # a text field of a multipart form (the CSRF token, a step, a digest)
 MAX_PARTS = 16
-IMPORT_PATH = PREFIX + "/yubikeys/import"  # the one form posted as multipart/form-data
+IMPORT_PATH = PREFIX + "/yubikeys/import"  # a form posted as multipart/form-data
+# other pages' multipart forms: path -> the bound on the request's file (each page adds its own)
+MULTIPART: dict[str, Any] = {}
 NEW_COOKIE = web.RequestKey("console_new_cookie", str)  # a session opened by the trusted header
 PUBLIC = {"/admin/login"}  # besides the static files
 ACTIONS = ("revoke", "hold", "release")
@@ -241,7 +246,7 @@ async def read_form(request: web.Request) -> Any:
     a 500."""
     from multidict import MultiDict
 
-    if request.content_type == "multipart/form-data" and request.path == IMPORT_PATH:
+    if request.content_type == "multipart/form-data" and (request.path == IMPORT_PATH or request.path in MULTIPART):
         return await _read_multipart(request)
     if request.content_type != "application/x-www-form-urlencoded":
         return MultiDict()
@@ -261,6 +266,8 @@ async def _read_multipart(request: web.Request) -> Any:
 
     otp = _runtime(request).otp
     limit = otp.settings.import_max_bytes if otp is not None else 0
+    if request.path in MULTIPART:
+        limit = MULTIPART[request.path](request)
     if request.content_length is not None and request.content_length > limit + MAX_PARTS * MAX_FIELD_BYTES:
         raise PayloadTooLarge(f"the upload is larger than {limit} bytes")
     form: MultiDict = MultiDict()
@@ -364,9 +371,16 @@ async def certificates(request: web.Request) -> web.Response:
 
 
 async def certificate(request: web.Request) -> web.Response:
+    from cryptography import x509
+
+    from ..ca.keyinfo import describe
+
     serial = parse_serial(request.match_info["serial"])
-    detail = await _runtime(request).certificates.show(serial)
-    return _page(request, "certificate.jinja2", {"cert": detail, "actions": _actions(detail["status"])})
+    runtime = _runtime(request)
+    detail = await runtime.certificates.show(serial)
+    key = describe(x509.load_pem_x509_certificate(detail["pem"].encode("ascii")).public_key())
+    return _page(request, "certificate.jinja2", {"cert": detail, "actions": _actions(detail["status"]), "key": key,
+                                                 "devices": runtime.binding is not None})
 
 
 def _actions(status: str) -> list[str]:
@@ -456,14 +470,33 @@ async def enrolment_list(request: web.Request) -> web.Response:
                                                 "error": error}, status=400 if error else 200)
 
 
+async def _enrolment(request: web.Request, profile: str, txid: str) -> dict[str, Any]:
+    from ..challenge.service import enrolment
+
+    found = await enrolment(_runtime(request).engine, profile, txid)
+    if found is None:
+        raise NotFound(f"no enrolment {txid!r} on profile {profile!r}")
+    return found
+
+
+async def enrolment_page(request: web.Request) -> web.Response:
+    """One enrolment: its request (subject, SANs, key), the requester's transaction id, its state."""
+    _challenges_on(request)
+    profile, txid = _enrolment_key(request.query)
+    return _page(request, "enrolment.jinja2", {"e": await _enrolment(request, profile, txid)})
+
+
 async def enrolment_confirm(request: web.Request) -> web.Response:
     _challenges_on(request)
     profile, txid = _enrolment_key(request.query)
     decision = request.query.get("decision")
     if decision not in DECISIONS:
         raise BadRequest("decision: approve or reject", code="invalid_input")
+    found = await _enrolment(request, profile, txid)
+    if found["state"] != "pending":
+        raise Conflict(f"enrolment {txid!r} is {found['state']}, not pending")
     return _page(request, "enrolment_confirm.jinja2", {"profile": profile, "transaction_id": txid,
-                                                       "decision": decision})
+                                                       "decision": decision, "e": found})
 
 
 async def enrolment_decide(request: web.Request) -> web.Response:
@@ -723,6 +756,7 @@ def console_app() -> web.Application:
     app.router.add_get("/certificates/{serial}/{action}", confirm)
     app.router.add_post("/certificates/{serial}/{action}", change)
     app.router.add_get("/enrolments", enrolment_list)
+    app.router.add_get("/enrolments/one", enrolment_page)
     app.router.add_get("/enrolments/confirm", enrolment_confirm)
     app.router.add_post("/enrolments/decide", enrolment_decide)
     app.router.add_get("/devices", device_list)
@@ -735,6 +769,10 @@ def console_app() -> web.Application:
     app.router.add_post("/yubikeys/import", yubikey_import)
     app.router.add_get("/yubikeys/{serial}/{action}", yubikey_confirm)
     app.router.add_post("/yubikeys/{serial}/{action}", yubikey_change)
+    from . import audit, externalcas, otpclients  # pages of their own modules (which import this one)
+    otpclients.add_routes(app)
+    externalcas.add_routes(app)
+    audit.add_routes(app)
     app.router.add_static("/static", HERE / "static", append_version=False)
     return app
 
