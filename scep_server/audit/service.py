@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import structlog
@@ -53,14 +53,17 @@ def parse_time(name: str, text: str) -> datetime:
         raise bad from None
     if value.tzinfo is None or value.utcoffset() is None:
         raise bad
-    return value
+    try:  # in UTC, as stored: an offset must not carry it past year 1 or 9999
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise bad from None
 
 
 def _text(name: str, value: str | None) -> str | None:
     if value is None:
         return None
-    if not value or len(value) > MAX_TEXT:
-        raise BadRequest(f"{name}: at most {MAX_TEXT} characters", code="invalid_input")
+    if not value or len(value) > MAX_TEXT or not value.isprintable():
+        raise BadRequest(f"{name}: at most {MAX_TEXT} printable characters", code="invalid_input")
     return value
 
 
