@@ -28,7 +28,7 @@ def _client_id(request: web.Request) -> int:
     from otp.report import parse_number
     from otp.service import MAX_CLIENT_ID
 
-    client_id = parse_number(request.match_info["client_id"], "client id")  # InvalidInput: 400
+    client_id = parse_number(request.match_info["id"], "client id")  # InvalidInput: 400
     if not 0 < client_id <= MAX_CLIENT_ID:
         raise NotFound(f"no OTP client with id {client_id}")
     return client_id
@@ -107,5 +107,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/otp-clients", client_list)
     app.router.add_get("/otp-clients/new", new_client_page)
     app.router.add_post("/otp-clients/new", add_client)
-    app.router.add_get("/otp-clients/{client_id}/{action}", client_confirm)
-    app.router.add_post("/otp-clients/{client_id}/{action}", client_change)
+    app.router.add_get("/otp-clients/{id}/{action}", client_confirm)
+    app.router.add_post("/otp-clients/{id}/{action}", client_change)

@@ -37,7 +37,8 @@ NOT_JSON = {"/scep/{profile}", "/scep/{profile}/", "/scep/{profile}/pkiclient.ex
             "/api/v1/yubikeys/{serial}/revoke", "/api/v1/yubikeys/{serial}", "/api/v1/otp-clients/{id}/disable",
             "/admin/login", "/admin/logout", "/admin/certificates/{serial}/{action}", "/admin/enrolments/decide",
             "/admin/devices/{device_id}/{action}", "/admin/yubikeys/import",
-            "/admin/yubikeys/{serial}/{action}"}  # the console's forms
+            "/admin/yubikeys/{serial}/{action}", "/admin/otp-clients/new", "/admin/otp-clients/{id}/{action}",
+            "/admin/external-cas/new", "/admin/external-cas/remove"}  # the console's forms
 
 
 def required(canonical: str) -> str:
