@@ -19,6 +19,7 @@ from trustkit.db import writer
 from trustkit.spreadsheet import csv_safe
 
 from .conftest import CSRF, open_console
+from .test_console_browser import browser, page_of, sign_in  # noqa: F401 - the browser fixture
 
 ROW = re.compile(r'<tr class="event" data-id="(\d+)">(.*?)</tr>', re.S)
 CELL = re.compile(r'<td class="cell[^"]*">(.*?)</td>', re.S)
@@ -167,5 +168,36 @@ async def test_chain_verification_intact_then_broken(aiohttp_server, tmp_path, d
         status, _, text = await console.get("/admin/audit/chain", cookie)
         assert status == 200 and 'id="chain-result" class="failed">BROKEN' in text
         assert f'id="broken-id">{target}<' in text
+    finally:
+        await console.http.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_in_a_browser_filter_the_log_then_download_the_csv_of_what_it_shows(aiohttp_server, tmp_path, db_url,
+                                                                                   browser):
+    console = await open_console(aiohttp_server, tmp_path, db_url)
+    try:
+        await seed(console)
+        async with page_of(browser, tmp_path, "audit") as page:
+            await sign_in(page, console)
+            await page.click("text=Audit log")
+            await page.wait_for_url(re.compile(r"/admin/audit$"))
+            await page.fill("#f-kind", "device.")
+            await page.fill("#f-subject", "laptop-1")
+            await page.fill("#f-since", "2026-01-01T00:00:00Z")
+            await page.click("#apply")
+            await page.wait_for_url(re.compile(r"kind=device\.&"))
+            shown = await page.locator("tr.event").evaluate_all(
+                "rs => rs.map(r => Array.from(r.querySelectorAll('td.cell'), c => c.textContent))")
+            assert [row[2] for row in shown] == ["device.suspend", "device.create"]
+            assert [row[4] for row in shown] == ["@evil", "token:ab:ops"]
+            async with page.expect_download() as info:
+                await page.click("#csv")
+            download = await info.value
+            assert download.suggested_filename == "audit.csv"
+            rows = list(csv.reader(io.StringIO(open(await download.path(), encoding="utf-8").read())))
+            assert rows[0][:3] == ["id", "at", "kind"]
+            assert rows[1:] == [[csv_safe(c) for c in row] for row in shown]
+            assert rows[1][4] == "'@evil"  # spreadsheet-safe
     finally:
         await console.http.close()
