@@ -161,7 +161,9 @@ async def test_chain_verification_intact_then_broken(aiohttp_server, tmp_path, d
         _, _, text = await console.get("/admin/audit", cookie)
         assert "Hash chain: on" in text
         status, _, text = await link(console, cookie, text, "verify")
-        assert status == 200 and 'id="chain-result" class="ok">intact' in text and 'id="checked">5<' in text
+        checked = (await chain.verify(engine)).checked  # the server's sealer may have sealed the sign-in too
+        assert status == 200 and 'id="chain-result" class="ok">intact' in text and checked >= 5
+        assert f'id="checked">{checked}<' in text
         async with writer(engine).begin() as conn:
             target = (await conn.execute(sa.select(events.c.id).where(events.c.kind == "device.create"))).scalar_one()
             await conn.execute(events.update().where(events.c.id == target).values(actor="someone else"))
