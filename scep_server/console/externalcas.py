@@ -1,5 +1,5 @@
 """The console's external CAs page: customers' own CAs whose certificates the CRL checker judges
-(`scep-server ca add-external|list-external`, /api/v1/external-cas), through ``ExternalCas``:
+(`scep-server ca add-external|remove-external|list-external`, /api/v1/external-cas), through ``ExternalCas``:
 
     GET  /admin/external-cas                   every registered CA (a deployment registers a handful: one page)
                                                with this process's CRL checker's latest outcome for it; filters
