@@ -9,8 +9,6 @@ from ..clictx import Context, pass_ctx, run
 
 from trustkit.clipaging import collect, paging_options, say_more
 
-from .service import render_csv
-
 
 @click.group()
 def audit() -> None:
@@ -47,6 +45,8 @@ def audit_list(ctx: Context, kind: str | None, actor: str | None, subject: str |
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
     elif fmt == "csv":
+        from .service import render_csv
+
         click.echo(render_csv(rows), nl=False)
     else:
         for r in rows:
