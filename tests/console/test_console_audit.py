@@ -18,7 +18,7 @@ from scep_server.store.tables import events
 from trustkit.db import writer
 from trustkit.spreadsheet import csv_safe
 
-from .conftest import CSRF, open_console
+from .conftest import open_console
 from .test_console_browser import browser, page_of, sign_in  # noqa: F401 - the browser fixture
 
 ROW = re.compile(r'<tr class="event" data-id="(\d+)">(.*?)</tr>', re.S)

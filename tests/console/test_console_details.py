@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from scep_server.ca.authority import random_serial
 from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
 from scep_server.store.tables import certificates, events, scep_transactions
-from tests.factories import csr, record_issued, rsa_key
+from tests.factories import csr, record_issued
 from trustkit.db import writer
 
 from .conftest import CSRF
