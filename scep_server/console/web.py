@@ -242,7 +242,7 @@ async def _guarded(request: web.Request, handler) -> web.StreamResponse:
 
 async def read_form(request: web.Request) -> Any:
     """The POSTed form (application/x-www-form-urlencoded, what the pages send; multipart/form-data to the
-    YubiKey import only), or an empty one when the body is of another type or does not decode: then the CSRF token and the sign-in token are missing (403), never
+    upload forms only: the YubiKey import and those in MULTIPART), or an empty one when the body is of another type or does not decode: then the CSRF token and the sign-in token are missing (403), never
     a 500."""
     from multidict import MultiDict
 
@@ -257,9 +257,9 @@ async def read_form(request: web.Request) -> Any:
 
 
 async def _read_multipart(request: web.Request) -> Any:
-    """A multipart form (the YubiKey import): its text fields, and its file in ``request[UPLOAD]``, read within
-    the API's bound on an import (``[otp] import_max_bytes``: 413 beyond it); an empty form when it does not
-    parse."""
+    """A multipart form (the YubiKey import, or a form in MULTIPART): its text fields, and its file in
+    ``request[UPLOAD]``, read within the API's bound on an import (``[otp] import_max_bytes``), or the form's own
+    bound: 413 beyond it; an empty form when it does not parse."""
     from aiohttp import BodyPartReader
     from aiohttp.http_exceptions import HttpProcessingError
     from multidict import MultiDict
