@@ -688,6 +688,13 @@ class OtpService:
         rows = await self.store.clients(page)
         return Page(items=[_client_info(r) for r in rows.items], next_cursor=rows.next_cursor)
 
+    async def get_client(self, client_id: int) -> ClientInfo:
+        """One API client (never its key); NotFound when there is none."""
+        row = await self.store.client(client_id) if 0 < client_id <= MAX_CLIENT_ID else None
+        if row is None:
+            raise NotFound(f"no OTP client with id {client_id}")
+        return _client_info(row)
+
     async def set_client_unsigned(self, client_id: int, allow: bool, *, actor: str | None = None) -> ClientInfo:
         """Let a legacy client send unsigned requests, or require its signatures again (other processes:
         within client_cache_seconds)."""

@@ -6,19 +6,8 @@ import json
 import click
 
 from ..clictx import Context, pass_ctx, run
-from trustkit import spreadsheet
 
 from trustkit.clipaging import collect, paging_options, say_more
-
-CSV_COLUMNS = ("id", "at", "kind", "subject", "actor", "data", "chain_seq", "chain_hash")
-
-
-def render_csv(rows: list[dict]) -> str:
-    def cells(r: dict) -> list[str]:
-        values = {**r, "data": json.dumps(r["data"], sort_keys=True, separators=(",", ":"))}
-        return ["" if values[c] is None else str(values[c]) for c in CSV_COLUMNS]
-
-    return spreadsheet.render_csv(CSV_COLUMNS, (cells(r) for r in rows))
 
 
 @click.group()
@@ -56,6 +45,8 @@ def audit_list(ctx: Context, kind: str | None, actor: str | None, subject: str |
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
     elif fmt == "csv":
+        from .service import render_csv
+
         click.echo(render_csv(rows), nl=False)
     else:
         for r in rows:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from trustkit import spreadsheet
 from trustkit.clock import aware
 from trustkit.paging import Page, PageRequest
 from trustkit.problems import BadRequest
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["EVENT_KEY", "EventFilter", "event_json", "filter_from", "page", "parse_kind", "parse_time", "seal",
-           "sealer_job", "verify"]
+__all__ = ["CSV_COLUMNS", "EVENT_KEY", "EventFilter", "csv_cells", "event_json", "filter_from", "page", "parse_kind",
+           "parse_time", "render_csv", "seal", "sealer_job", "verify"]
 
 _KIND = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 MAX_TEXT = 255  # actor and subject are columns of 255 characters
@@ -52,14 +53,17 @@ def parse_time(name: str, text: str) -> datetime:
         raise bad from None
     if value.tzinfo is None or value.utcoffset() is None:
         raise bad
-    return value
+    try:  # in UTC, as stored: an offset must not carry it past year 1 or 9999
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise bad from None
 
 
 def _text(name: str, value: str | None) -> str | None:
     if value is None:
         return None
-    if not value or len(value) > MAX_TEXT:
-        raise BadRequest(f"{name}: at most {MAX_TEXT} characters", code="invalid_input")
+    if not value or len(value) > MAX_TEXT or not value.isprintable():
+        raise BadRequest(f"{name}: at most {MAX_TEXT} printable characters", code="invalid_input")
     return value
 
 
@@ -82,6 +86,20 @@ def event_json(row: Any) -> dict[str, Any]:
     return {"id": row.id, "at": aware(row.at).isoformat(), "kind": row.kind, "subject": row.subject,
             "actor": row.actor, "data": data if isinstance(data, dict) else {"_stored": row.data},
             "chain_seq": row.chain_seq, "chain_hash": row.chain_hash}
+
+
+CSV_COLUMNS = ("id", "at", "kind", "subject", "actor", "data", "chain_seq", "chain_hash")
+
+
+def csv_cells(event: dict[str, Any]) -> list[str]:
+    """An event (`event_json`) as the cells of its CSV row (before spreadsheet escaping): what a page shows of it."""
+    values = {**event, "data": json.dumps(event["data"], sort_keys=True, separators=(",", ":"))}
+    return ["" if values[c] is None else str(values[c]) for c in CSV_COLUMNS]
+
+
+def render_csv(events: list[dict[str, Any]]) -> str:
+    """Events as spreadsheet-safe CSV (`audit list --format csv`, the console's download)."""
+    return spreadsheet.render_csv(CSV_COLUMNS, (csv_cells(e) for e in events))
 
 
 async def page(engine: AsyncEngine, request: PageRequest, flt: EventFilter) -> Page[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""`scep-server device ...` and `scep-server ca add-external|list-external`."""
+"""`scep-server device ...` and `scep-server ca add-external|remove-external|list-external`."""
 from __future__ import annotations
 
 import json
@@ -171,6 +171,18 @@ def ca_add_external(ctx: Context, name: str, cert_path: str, policy: str) -> Non
     c = _call(ctx, go)
     click.echo(f"external CA {c.name!r} added: {c.cert.subject.rfc4514_string()} SHA-256 {c.fingerprint_sha256} "
                f"policy {c.policy.value}")
+
+
+@ca.command("remove-external")
+@click.argument("name")
+@pass_ctx
+def ca_remove_external(ctx: Context, name: str) -> None:
+    """Unregister a customer's CA: its certificates have an unknown issuer from then on (devices unmanaged)."""
+    async def go(svc, rt):
+        return await svc.external.remove(name, actor=_actor(), now=rt.clock())
+
+    c = _call(ctx, go)
+    click.echo(f"external CA {c.name!r} removed: {c.cert.subject.rfc4514_string()} SHA-256 {c.fingerprint_sha256}")
 
 
 @ca.command("list-external")

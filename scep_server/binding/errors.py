@@ -41,3 +41,8 @@ class InvalidInput(BindingError, problems.BadRequest):
 class ExternalCaError(BindingError):
     code = "external_ca_refused"
     status = 400
+
+
+class ExternalCaNotFound(BindingError, problems.NotFound):
+    code = "external_ca_not_found"
+    status = 404

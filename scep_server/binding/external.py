@@ -26,7 +26,7 @@ from trustkit.clock import aware
 from trustkit.db import writer
 from trustkit.paging import Page, PageRequest
 from ..store.events import record_event
-from .errors import ExternalCaError, InvalidInput
+from .errors import ExternalCaError, ExternalCaNotFound, InvalidInput
 from .tables import external_cas
 
 log = structlog.get_logger("binding.external")
@@ -44,6 +44,48 @@ class ExternalCa:
         return {"name": self.name, "subject": self.cert.subject.rfc4514_string(),
                 "fingerprint_sha256": self.fingerprint_sha256, "policy": self.policy.value,
                 "created_at": self.created_at.isoformat()}
+
+
+@dataclass(frozen=True)
+class CheckerOutcome:
+    """The CRL checker's latest word on one registered CA (this process's checker), for the admin pages.
+
+    ``state``: ``not_loaded`` (the checker does not hold the CA: not reloaded yet, or refused), ``no_crl_url``
+    (no certificate of the CA seen yet, so no CRL URL to watch), ``pending`` (a URL never fetched yet),
+    ``failing`` (a URL's last fetch failed), ``stale`` (no fresh CRL on a URL) or ``fresh``."""
+
+    state: str
+    urls: int = 0
+    last_success_at: datetime | None = None
+    last_failure: str | None = None
+    last_failure_detail: str | None = None
+    last_failure_at: datetime | None = None
+    crl_number: int | None = None
+
+
+OUTCOME_STATES = ("fresh", "stale", "failing", "pending", "no_crl_url", "not_loaded")
+
+
+def _outcome(sources: list) -> CheckerOutcome:
+    """One CA's outcome from its sources' status (crl.check.SourceStatus): the worst of them."""
+    if not sources:
+        return CheckerOutcome("no_crl_url")
+    if any(s.last_failure is not None for s in sources):  # a success clears a source's failure
+        state = "failing"
+    elif any(s.last_success_at is None and s.crl_number is None for s in sources):
+        state = "pending"
+    elif not all(s.fresh for s in sources):
+        state = "stale"
+    else:
+        state = "fresh"
+    successes = [s.last_success_at for s in sources if s.last_success_at is not None]
+    failed = max((s for s in sources if s.last_failure_at is not None), key=lambda s: s.last_failure_at,
+                 default=None)
+    numbers = [s.crl_number for s in sources if s.crl_number is not None]
+    return CheckerOutcome(state, len(sources), max(successes, default=None),
+                          failed.last_failure.value if failed and failed.last_failure else None,
+                          failed.last_failure_detail if failed else None, failed.last_failure_at if failed else None,
+                          max(numbers, default=None))
 
 
 EXTERNAL_CA_KEY = (str,)
@@ -113,6 +155,21 @@ class ExternalCas:
         self._loaded_at = 0.0
         return ExternalCa(name, cert, fp, policy, now)
 
+    async def remove(self, name: str, *, actor: str, now: datetime) -> ExternalCa:
+        """Unregister a CA (a ``pki.ca.remove`` event): its certificates are of an unknown issuer from the next
+        reload on (this process: now), so their devices are no longer managed."""
+        async with writer(self.engine).begin() as conn:
+            row = (await conn.execute(sa.select(external_cas).where(external_cas.c.name == name))).first()
+            if row is None:
+                raise ExternalCaNotFound(f"no external CA {name!r}")
+            ca = _external_ca(row)
+            await conn.execute(external_cas.delete().where(external_cas.c.name == name))
+            await record_event(conn, at=now, kind="pki.ca.remove", subject=name, actor=actor,
+                               data={"subject": ca.cert.subject.rfc4514_string(),
+                                     "fingerprint_sha256": ca.fingerprint_sha256, "policy": ca.policy.value})
+        self._loaded_at = 0.0
+        return ca
+
     async def list(self) -> list[ExternalCa]:
         """Every registered CA (the checker's reload: a deployment registers a handful)."""
         async with self.engine.connect() as conn:
@@ -154,6 +211,14 @@ class ExternalCas:
             return False
         await self.reload()
         return True
+
+    def outcomes(self) -> dict[str, CheckerOutcome]:
+        """The checker's latest outcome per CA it holds (by name); a registered CA missing here is not loaded."""
+        by_ca: dict[str, list] = {name: [] for name in self._known}
+        for status in self.checker.status():
+            if status.ca in by_ca:
+                by_ca[status.ca].append(status)
+        return {name: _outcome(sources) for name, sources in by_ca.items()}
 
     def check(self, cert: x509.Certificate) -> CheckResult:
         return self.checker.check(cert)

@@ -10,6 +10,7 @@
     DELETE /api/v1/devices/{id}/certificate   (remove the current certificate: never accepted again)
     POST /api/v1/devices/{id}/enrolments {"profile", "transaction_id"}  (pre-register an enrolment)
     GET  /api/v1/external-cas[?limit=&cursor=]      POST /api/v1/external-cas {"name", "certificate", "policy"?}
+    DELETE /api/v1/external-cas/{name}   (unregister: its certificates then have an unknown issuer)
 
 The lists are cursor-paged (docs/api.md "Pagination"): {"devices"|"external_cas": [...], "next_cursor", "next"}.
 The actor of every change is the caller's token (``token:<id>:<name>``, scep_server.web.auth.ACTOR); a body
@@ -190,6 +191,14 @@ async def add_external(request: web.Request) -> web.Response:
     return web.json_response(ca.to_json(), status=201)
 
 
+@requires("admin")
+async def remove_external(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    ca = await services(rt).external.remove(request.match_info["name"], actor=_actor(request), now=rt.clock())
+    await services(rt).external.reload()
+    return web.json_response(ca.to_json())
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/attestation/challenge", challenge)
     app.router.add_post("/api/v1/attestation/verify", verify)
@@ -202,3 +211,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/devices/{device_id}/{action}", device_action)
     app.router.add_get("/api/v1/external-cas", list_external)
     app.router.add_post("/api/v1/external-cas", add_external)
+    app.router.add_delete("/api/v1/external-cas/{name}", remove_external)

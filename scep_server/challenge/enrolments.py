@@ -41,6 +41,25 @@ async def page_enrolments(engine: AsyncEngine, page: PageRequest, *, state: str 
                        key=lambda r: (r["created_at"], r["profile"], r["transaction_id"]))
 
 
+async def find_enrolment(engine: AsyncEngine, profile: str, transaction_id: str) -> dict[str, Any] | None:
+    """One enrolment (any state) as the list shows it, with what an approver checks of its request: the
+    public key's algorithm and size, whether it renews a certificate, when it last changed; None when absent."""
+    from ..ca.keyinfo import describe
+
+    t = scep_transactions.c
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(scep_transactions).where(
+            t.profile == profile, t.transaction_id == transaction_id))).first()
+    if row is None:
+        return None
+    try:
+        key = describe(x509.load_der_x509_csr(row.csr_der).public_key())
+    except (ValueError, TypeError):  # an unreadable request or key
+        key = None
+    return {**_row(row), "key": key, "renewal_of": row.renewal_of, "message_type": row.message_type,
+            "updated_at": aware(row.updated_at).isoformat()}
+
+
 def _row(row) -> dict[str, Any]:
     """An enrolment as the API and the command line show it."""
     m = row._mapping

@@ -6,8 +6,9 @@
     GET  /admin/certificates                   the inventory: filters and cursor pages (the API's query service)
     GET  /admin/certificates/{serial}          one certificate: subject, SANs, validity, binding, events
     GET|POST /admin/certificates/{serial}/{revoke|hold|release}   a confirmation form, then the change
-    GET  /admin/enrolments                     pending (or decided) enrolments; GET /admin/enrolments/confirm and
-                                               POST /admin/enrolments/decide approve or reject one
+    GET  /admin/enrolments                     pending (or decided) enrolments; GET /admin/enrolments/one shows one
+                                               (CSR subject, SANs, key, transaction id); GET /admin/enrolments/confirm
+                                               and POST /admin/enrolments/decide approve or reject it, with a reason
     GET  /admin/devices, /admin/devices/{id}   devices (status filter, pages), one device with its certificates
     GET|POST /admin/devices/{id}/{suspend|unsuspend|deactivate|reactivate|delete}   a confirmation form, the change
     GET  /admin/yubikeys                       the YubiKey report: every filter of `yubikey report`, counts per
@@ -20,6 +21,8 @@
     GET|POST /admin/yubikeys/{serial}/{revoke|delete}   a confirmation form, the change (an ACTIVE key cannot be
                                                deleted: 409, as on the command line)
     /admin/profiles..., /admin/tokens...       SCEP profiles and API tokens (scep_server.console.profiles, .tokens)
+    GET  /admin/otp-clients..., /admin/external-cas..., /admin/audit...   pages of their own modules (otpclients.py,
+                                               externalcas.py, audit.py)
     GET  /admin/static/...                     the style sheet and the copy buttons' script
 
 Every answer carries a strict Content-Security-Policy (no inline script or style), ``X-Frame-Options: DENY``,
@@ -41,7 +44,7 @@ from aiohttp import web
 from yarl import URL
 
 from trustkit import paging
-from trustkit.problems import BadRequest, DomainError, NotFound, PayloadTooLarge, Unprocessable
+from trustkit.problems import BadRequest, Conflict, DomainError, NotFound, PayloadTooLarge, Unprocessable
 
 from ..ca.inventory import CERT_KEY
 from ..ca.overview import overview
@@ -51,15 +54,14 @@ from ..web.auth import token_principal
 from ..web.health import check_details
 from . import profiles, tokens
 from .model import Session, csrf_matches
-from .pages import FORM, PREFIX, SESSION, SESSION_ID
-from .pages import form as _form, page as _page, redirect as _redirect, runtime as _runtime
+from .pages import FORM, MULTIPART, PREFIX, SESSION, SESSION_ID, UPLOAD
+from .pages import form as _form, otp as _otp, page as _page, redirect as _redirect, runtime as _runtime
 
 HERE = Path(__file__).parent
 COOKIE = "console_session"
-UPLOAD = web.RequestKey("console_upload", bytes)  # the file of a multipart POST (the YubiKey import)
 MAX_FIELD_BYTES = 4096  # a text field of a multipart form (the CSRF token, a step, a digest)
 MAX_PARTS = 16
-IMPORT_PATH = PREFIX + "/yubikeys/import"  # the one form posted as multipart/form-data
+IMPORT_PATH = PREFIX + "/yubikeys/import"  # a form posted as multipart/form-data
 NEW_COOKIE = web.RequestKey("console_new_cookie", str)  # a session opened by the trusted header
 PUBLIC = {"/admin/login"}  # besides the static files
 ACTIONS = ("revoke", "hold", "release")
@@ -219,11 +221,11 @@ async def _guarded(request: web.Request, handler) -> web.StreamResponse:
 
 async def read_form(request: web.Request) -> Any:
     """The POSTed form (application/x-www-form-urlencoded, what the pages send; multipart/form-data to the
-    YubiKey import only), or an empty one when the body is of another type or does not decode: then the CSRF token and the sign-in token are missing (403), never
+    upload forms only: the YubiKey import and those in MULTIPART), or an empty one when the body is of another type or does not decode: then the CSRF token and the sign-in token are missing (403), never
     a 500."""
     from multidict import MultiDict
 
-    if request.content_type == "multipart/form-data" and request.path == IMPORT_PATH:
+    if request.content_type == "multipart/form-data" and (request.path == IMPORT_PATH or request.path in MULTIPART):
         return await _read_multipart(request)
     if request.content_type != "application/x-www-form-urlencoded":
         return MultiDict()
@@ -234,15 +236,17 @@ async def read_form(request: web.Request) -> Any:
 
 
 async def _read_multipart(request: web.Request) -> Any:
-    """A multipart form (the YubiKey import): its text fields, and its file in ``request[UPLOAD]``, read within
-    the API's bound on an import (``[otp] import_max_bytes``: 413 beyond it); an empty form when it does not
-    parse."""
+    """A multipart form (the YubiKey import, or a form in MULTIPART): its text fields, and its file in
+    ``request[UPLOAD]``, read within the API's bound on an import (``[otp] import_max_bytes``), or the form's own
+    bound: 413 beyond it; an empty form when it does not parse."""
     from aiohttp import BodyPartReader
     from aiohttp.http_exceptions import HttpProcessingError
     from multidict import MultiDict
 
     otp = _runtime(request).otp
     limit = otp.settings.import_max_bytes if otp is not None else 0
+    if request.path in MULTIPART:
+        limit = MULTIPART[request.path](request)
     if request.content_length is not None and request.content_length > limit + MAX_PARTS * MAX_FIELD_BYTES:
         raise PayloadTooLarge(f"the upload is larger than {limit} bytes")
     form: MultiDict = MultiDict()
@@ -342,9 +346,16 @@ async def certificates(request: web.Request) -> web.Response:
 
 
 async def certificate(request: web.Request) -> web.Response:
+    from cryptography import x509
+
+    from ..ca.keyinfo import describe
+
     serial = parse_serial(request.match_info["serial"])
-    detail = await _runtime(request).certificates.show(serial)
-    return _page(request, "certificate.jinja2", {"cert": detail, "actions": _actions(detail["status"])})
+    runtime = _runtime(request)
+    detail = await runtime.certificates.show(serial)
+    key = describe(x509.load_pem_x509_certificate(detail["pem"].encode("ascii")).public_key())
+    return _page(request, "certificate.jinja2", {"cert": detail, "actions": _actions(detail["status"]), "key": key,
+                                                 "devices": runtime.binding is not None})
 
 
 def _actions(status: str) -> list[str]:
@@ -434,14 +445,33 @@ async def enrolment_list(request: web.Request) -> web.Response:
                                                 "error": error}, status=400 if error else 200)
 
 
+async def _enrolment(request: web.Request, profile: str, txid: str) -> dict[str, Any]:
+    from ..challenge.service import enrolment
+
+    found = await enrolment(_runtime(request).engine, profile, txid)
+    if found is None:
+        raise NotFound(f"no enrolment {txid!r} on profile {profile!r}")
+    return found
+
+
+async def enrolment_page(request: web.Request) -> web.Response:
+    """One enrolment: its request (subject, SANs, key), the requester's transaction id, its state."""
+    _challenges_on(request)
+    profile, txid = _enrolment_key(request.query)
+    return _page(request, "enrolment.jinja2", {"e": await _enrolment(request, profile, txid)})
+
+
 async def enrolment_confirm(request: web.Request) -> web.Response:
     _challenges_on(request)
     profile, txid = _enrolment_key(request.query)
     decision = request.query.get("decision")
     if decision not in DECISIONS:
         raise BadRequest("decision: approve or reject", code="invalid_input")
+    found = await _enrolment(request, profile, txid)
+    if found["state"] != "pending":
+        raise Conflict(f"enrolment {txid!r} is {found['state']}, not pending")
     return _page(request, "enrolment_confirm.jinja2", {"profile": profile, "transaction_id": txid,
-                                                       "decision": decision})
+                                                       "decision": decision, "e": found})
 
 
 async def enrolment_decide(request: web.Request) -> web.Response:
@@ -550,13 +580,6 @@ async def device_change(request: web.Request) -> web.Response:
 # --- YubiKeys (the otp capability) -----------------------------------------------------------------------
 
 KEY_ACTIONS = ("revoke", "delete")
-
-
-def _otp(request: web.Request):
-    otp = _runtime(request).otp
-    if otp is None:
-        raise web.HTTPNotFound()  # [otp] enabled = false: no YubiKeys here
-    return otp
 
 
 def _report_values(request: web.Request) -> dict[str, str]:
@@ -701,6 +724,7 @@ def console_app() -> web.Application:
     app.router.add_get("/certificates/{serial}/{action}", confirm)
     app.router.add_post("/certificates/{serial}/{action}", change)
     app.router.add_get("/enrolments", enrolment_list)
+    app.router.add_get("/enrolments/one", enrolment_page)
     app.router.add_get("/enrolments/confirm", enrolment_confirm)
     app.router.add_post("/enrolments/decide", enrolment_decide)
     app.router.add_get("/devices", device_list)
@@ -715,6 +739,10 @@ def console_app() -> web.Application:
     app.router.add_post("/yubikeys/{serial}/{action}", yubikey_change)
     profiles.add_routes(app)  # /admin/profiles (scep_server.console.profiles)
     tokens.add_routes(app)  # /admin/tokens (scep_server.console.tokens)
+    from . import audit, externalcas, otpclients  # pages of their own modules (which import this one)
+    otpclients.add_routes(app)
+    externalcas.add_routes(app)
+    audit.add_routes(app)
     app.router.add_static("/static", HERE / "static", append_version=False)
     return app
 

@@ -76,7 +76,8 @@ class ApprovalWorkflow:
             cert_row.update(renewal_of=renewal_of.serial, unused_since=unused_since(renewal_of, now))
         event = dict(at=now, kind="pki.cert.renew" if renewal_of else "pki.cert.issue", subject=serial, actor=actor,
                      data={"transaction_id": transaction_id, "approved": True,
-                           "renewal_of": renewal_of.serial if renewal_of else None})
+                           "renewal_of": renewal_of.serial if renewal_of else None,
+                           **({"reason": reason} if reason else {})})
         try:
             await repo.approve(profile_name, transaction_id, cert_row, event,
                                renewal_of=renewal_of.serial if renewal_of else None, now=now, supersede=supersede,

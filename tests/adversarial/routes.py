@@ -38,7 +38,9 @@ NOT_JSON = {"/scep/{profile}", "/scep/{profile}/", "/scep/{profile}/pkiclient.ex
             "/admin/login", "/admin/logout", "/admin/certificates/{serial}/{action}", "/admin/enrolments/decide",
             "/admin/devices/{device_id}/{action}", "/admin/yubikeys/import",
             "/admin/yubikeys/{serial}/{action}", "/admin/profiles", "/admin/profiles/{name}/edit",
-            "/admin/profiles/{name}/rotate-secret", "/admin/tokens", "/admin/tokens/{id}/disable",  # the console's forms
+            "/admin/profiles/{name}/rotate-secret", "/admin/tokens", "/admin/tokens/{id}/disable",
+            "/admin/otp-clients/new", "/admin/otp-clients/{id}/{action}", "/admin/external-cas/new",
+            "/admin/external-cas/remove",  # the console's forms
             "/ocsp/{ca}"}  # OCSP requests (application/ocsp-request)
 
 
