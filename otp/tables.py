@@ -115,3 +115,15 @@ otp_throttle = sa.Table(
     sa.Column("blocked_until", TS),
     sa.Index("ix_otp_throttle_window_start", "window_start"),
 )
+
+# Verifications per hour (both APIs), by protocol 2.0 status: what the admin console's dashboard charts. The
+# service counts in memory and adds its counts here every minute (and when it closes); rows are pruned with the
+# security events.
+otp_verify_counts = sa.Table(
+    "otp_verify_counts",
+    metadata,
+    sa.Column("hour", TS, primary_key=True),  # the hour's start (UTC)
+    sa.Column("api", sa.String(16), primary_key=True),  # signin | wsapi
+    sa.Column("status", sa.String(32), primary_key=True),  # the protocol 2.0 status (OK, BAD_OTP, ...)
+    sa.Column("count", sa.BigInteger, nullable=False),
+)

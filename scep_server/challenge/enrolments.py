@@ -1,7 +1,7 @@
 """Pending enrolments (profiles with ``require_approval``): listing for the CLI and the admin API."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
@@ -53,3 +53,26 @@ def _row(row) -> dict[str, Any]:
             "subject": subject, "sans": sans, "public_key_sha256": m["public_key_sha256"],
             "created_at": aware(m["created_at"]).isoformat(), "serial": m["serial"], "decided_by": m["decided_by"],
             "fail_text": m["fail_text"]}
+
+
+def _hour_text(dialect: str, column: sa.ColumnElement) -> sa.ColumnElement[str]:
+    """The UTC hour of a timestamp column as text ``YYYY-MM-DD HH``, computed by the database."""
+    if dialect == "postgresql":
+        return sa.func.to_char(sa.func.timezone(sa.literal_column("'UTC'"), column),
+                               sa.literal_column("'YYYY-MM-DD HH24'"))
+    return sa.func.substr(column, 1, 13)  # SQLite keeps UTC timestamps as ISO text: "YYYY-MM-DD HH:MM:SS..."
+
+
+async def hourly_outcomes(engine: AsyncEngine, since: datetime, until: datetime) -> list[tuple[datetime, str, int]]:
+    """(hour start, state, count) of the enrolments received in [since, until), by the hour they were received
+    and their state now (issued, pending, rejected, awaiting_ack): one GROUP BY over an index range of
+    ix_scep_transactions_created."""
+    t = scep_transactions.c
+    hour = _hour_text(engine.dialect.name, t.created_at).label("hour")
+    q = (sa.select(hour, t.state, sa.func.count().label("n"))
+         .where(t.created_at >= since.astimezone(timezone.utc), t.created_at < until.astimezone(timezone.utc))
+         .group_by(hour, t.state).order_by(hour, t.state))
+    async with engine.connect() as conn:
+        rows = (await conn.execute(q)).all()
+    return [(datetime.strptime(r.hour, "%Y-%m-%d %H").replace(tzinfo=timezone.utc), r.state, int(r.n))
+            for r in rows]
