@@ -1,0 +1,67 @@
+"""What the console's dashboard shows: each CA (certificate and RA certificate expiry, the CRL's number, updates,
+entries and re-sign state), each readiness check, and charts of the last 7 days:
+
+- enrolments per hour, by state: the enrolments recorded (``scep_transactions``), by the hour they came in and
+  their state now (issued, pending, rejected, awaiting_ack). A request refused before it is recorded (a wrong
+  challenge, a policy refusal) is not one: those show in the ``scep.transaction`` log and the metrics;
+- OTP verifications per hour, by protocol 2.0 status (both APIs): the OTP factor's hourly counts
+  (``otp_verify_counts``), written by each process every minute.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from ..ca.overview import overview
+from ..web.health import check_details
+from .charts import HOUR, hour_floor, hourly_series, stacked_bars
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+DAYS = 7
+HOURS = DAYS * 24
+EXPIRY_WARNING = timedelta(days=30)  # a certificate closer than this to its end is shown as a warning
+
+
+def window(now: datetime) -> tuple[datetime, datetime]:
+    """[start, end) of the charts: the 168 hours ending with the current one."""
+    end = hour_floor(now) + HOUR
+    return end - HOURS * HOUR, end
+
+
+def expiry(not_after: str, now: datetime) -> dict[str, Any]:
+    """How far a certificate is from its end: days left (negative once past), and "ok", "soon" or "expired"."""
+    end = datetime.fromisoformat(not_after)
+    left = end - now
+    state = "expired" if left <= timedelta(0) else "soon" if left < EXPIRY_WARNING else "ok"
+    return {"days": left.days, "state": state}
+
+
+async def charts(runtime: "Runtime", now: datetime) -> dict[str, Any]:
+    """The dashboard's charts (None for the OTP one when the factor is off)."""
+    from ..challenge.service import enrolment_counts
+
+    start, end = window(now)
+    enrolments = hourly_series(await enrolment_counts(runtime.engine, start, end), start, HOURS)
+    out: dict[str, Any] = {"start": start, "end": end, "enrolments": stacked_bars(
+        "Enrolments per hour, by state (last 7 days, UTC)", start, HOURS, enrolments, chart_id="chart-enrolments"),
+        "otp": None}
+    if runtime.otp is not None:
+        rows = [(hour, status, n) for hour, _api, status, n in await runtime.otp.verify_counts(start, end)]
+        otp = hourly_series(rows, start, HOURS)
+        out["otp"] = stacked_bars("OTP verifications per hour, by status (last 7 days, UTC)", start, HOURS, otp,
+                                  chart_id="chart-otp")
+    return out
+
+
+async def dashboard_context(runtime: "Runtime") -> dict[str, Any]:
+    """The dashboard page's context."""
+    now = runtime.clock()
+    cas = await overview(runtime.cas, runtime.crl)
+    for ca in cas:
+        ca["expiry"] = expiry(ca["certificate"]["not_after"], now)
+        ca["ra_expiry"] = expiry(ca["ra_certificate"]["not_after"], now)
+    checks = await check_details(runtime)
+    return {"cas": cas, "checks": sorted(checks.items()), "ready": all(v == "ok" for v in checks.values()),
+            "charts": await charts(runtime, now)}
