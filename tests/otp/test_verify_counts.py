@@ -82,3 +82,37 @@ async def test_counts_that_fail_to_be_written_are_kept_for_the_next_flush(servic
     assert (await service.verify_signin("carol", k.otp())).ok
     assert await service.flush_verify_counts() == 2
     assert await service.verify_counts(H, H + timedelta(hours=1)) == [(H, "signin", "OK", 2)]
+
+
+async def test_the_server_adds_the_counts_at_each_interval_and_survives_a_failed_round(service, clock, monkeypatch):
+    import asyncio
+
+    import structlog
+
+    from scep_server.otpwiring.feature import _flush_job
+
+    k = make_key(730)
+    await import_keys(service, [k])
+    clock.set(H)
+    assert (await service.verify_signin("dave", k.otp())).ok
+    real = service.store.add_verify_counts
+    calls = []
+
+    async def flaky(counts):
+        calls.append(dict(counts))
+        if len(calls) == 1:
+            raise OSError("database down")
+        await real(counts)
+
+    monkeypatch.setattr(service.store, "add_verify_counts", flaky)
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(_flush_job(service, interval=0.05)())
+        try:
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if await service.verify_counts(H, H + timedelta(hours=1)):
+                    break
+        finally:
+            task.cancel()
+    assert await service.verify_counts(H, H + timedelta(hours=1)) == [(H, "signin", "OK", 1)]
+    assert [e["event"] for e in logs if e["log_level"] == "error"][:1] == ["otp.verify_counts.failed"]
