@@ -9,8 +9,13 @@ entries and re-sign state), each readiness check, and charts of the last 7 days:
 """
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+from markupsafe import Markup
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..ca.overview import overview
 from ..web.health import check_details
@@ -21,6 +26,7 @@ if TYPE_CHECKING:
 
 DAYS = 7
 HOURS = DAYS * 24
+CHART_TIMEOUT = 5.0  # seconds: a chart whose query takes longer is left out, as /readyz bounds its checks
 EXPIRY_WARNING = timedelta(days=30)  # a certificate closer than this to its end is shown as a warning
 
 
@@ -39,20 +45,34 @@ def expiry(not_after: str, now: datetime) -> dict[str, Any]:
 
 
 async def charts(runtime: "Runtime", now: datetime) -> dict[str, Any]:
-    """The dashboard's charts (None for the OTP one when the factor is off)."""
+    """The dashboard's charts: each its SVG element or the reason it cannot be drawn now (the database failing or
+    slow: the rest of the dashboard is still shown); the OTP one None when the factor is off."""
     from ..challenge.service import enrolment_counts
 
     start, end = window(now)
-    enrolments = hourly_series(await enrolment_counts(runtime.engine, start, end), start, HOURS)
-    out: dict[str, Any] = {"start": start, "end": end, "enrolments": stacked_bars(
-        "Enrolments per hour, by state (last 7 days, UTC)", start, HOURS, enrolments, chart_id="chart-enrolments"),
-        "otp": None}
-    if runtime.otp is not None:
+
+    async def enrolments() -> Markup:
+        rows = await enrolment_counts(runtime.engine, start, end)
+        return stacked_bars("Enrolments per hour, by state (last 7 days, UTC)", start, HOURS,
+                            hourly_series(rows, start, HOURS), chart_id="chart-enrolments")
+
+    async def otp() -> Markup:
+        assert runtime.otp is not None
         rows = [(hour, status, n) for hour, _api, status, n in await runtime.otp.verify_counts(start, end)]
-        otp = hourly_series(rows, start, HOURS)
-        out["otp"] = stacked_bars("OTP verifications per hour, by status (last 7 days, UTC)", start, HOURS, otp,
-                                  chart_id="chart-otp")
-    return out
+        return stacked_bars("OTP verifications per hour, by status (last 7 days, UTC)", start, HOURS,
+                            hourly_series(rows, start, HOURS), chart_id="chart-otp")
+
+    return {"start": start, "end": end, "enrolments": await _drawn(enrolments),
+            "otp": await _drawn(otp) if runtime.otp is not None else None}
+
+
+async def _drawn(draw: Callable[[], Awaitable[Markup]]) -> dict[str, Any]:
+    """{"svg": the chart, "error": None}, or {"svg": None, "error": why it cannot be drawn now}."""
+    try:
+        async with asyncio.timeout(CHART_TIMEOUT):
+            return {"svg": await draw(), "error": None}
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        return {"svg": None, "error": f"cannot be drawn now ({exc.__class__.__name__})"}
 
 
 async def dashboard_context(runtime: "Runtime") -> dict[str, Any]:

@@ -132,3 +132,17 @@ async def test_the_dashboard_shows_each_ca_s_expiry_and_crl(console):
         assert f'class="{cls}' in ca, cls
     assert "/crl/default.crl" in ca
     assert 'id="readiness"' in page
+
+
+async def test_a_chart_whose_query_fails_is_left_out_and_the_dashboard_still_shows(console, monkeypatch):
+    async def broken(since, until):
+        raise OSError("database unreachable")
+
+    monkeypatch.setattr(console.srv.runtime.otp, "verify_counts", broken)
+    cookie, _ = await console.sign_in()
+    status, _, page = await console.get("/admin/", cookie)
+    assert status == 200
+    assert "OTP verifications per hour: cannot be drawn now (OSError)" in page
+    assert 'id="chart-otp"' not in page
+    chart(page, "chart-enrolments")  # the other chart is drawn
+    assert 'id="ca-default"' in page
