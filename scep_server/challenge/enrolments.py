@@ -25,7 +25,7 @@ ENROLMENT_KEY = (datetime, str, str)
 async def page_enrolments(engine: AsyncEngine, page: PageRequest, *, state: str | None = "pending",
                           profile: str | None = None) -> Page[dict[str, Any]]:
     """One page of the enrolments in `state` (all when None), of one profile or all, oldest first
-    (docs/api.md "Pagination"): an index range of ix_scep_transactions_state_created or _created."""
+    (docs/api.md "Pagination"): an index range of ix_scep_transactions_state_created or _created_state."""
     t = scep_transactions.c
     key = [t.created_at, t.profile, t.transaction_id]
     q = (sa.select(scep_transactions).where(paging.after(key, page.after)).order_by(*paging.order(key))
@@ -66,7 +66,7 @@ def _hour_text(dialect: str, column: sa.ColumnElement) -> sa.ColumnElement[str]:
 async def hourly_outcomes(engine: AsyncEngine, since: datetime, until: datetime) -> list[tuple[datetime, str, int]]:
     """(hour start, state, count) of the enrolments received in [since, until), by the hour they were received
     and their state now (issued, pending, rejected, awaiting_ack): one GROUP BY over an index range of
-    ix_scep_transactions_created."""
+    ix_scep_transactions_created_state."""
     t = scep_transactions.c
     hour = _hour_text(engine.dialect.name, t.created_at).label("hour")
     q = (sa.select(hour, t.state, sa.func.count().label("n"))
