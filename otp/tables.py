@@ -61,7 +61,7 @@ otp_yubikeys = sa.Table(
     sa.Index("ux_otp_yubikeys_live_public_id", "public_id", unique=True,
              postgresql_where=sa.text("deleted_at IS NULL"), sqlite_where=sa.text("deleted_at IS NULL")),
     sa.Index("ix_otp_yubikeys_serial_id", "serial", "id"),  # the report's order
-    sa.Index("ix_otp_yubikeys_status", "status"),
+    sa.Index("ix_otp_yubikeys_status_serial", "status", "serial", "id"),  # the report of one status, in order
     sa.Index("ix_otp_yubikeys_user", "user_name"),
     sa.Index("ix_otp_yubikeys_last_user", "last_user"),
 )

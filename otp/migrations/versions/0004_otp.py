@@ -1,4 +1,4 @@
-"""otp: verifications counted per hour, API and status
+"""otp: verifications counted per hour, API and status; the report of one status walks an index in its order
 
 Revision ID: otp_0004
 Revises: otp_0003
@@ -21,7 +21,12 @@ def upgrade() -> None:
         sa.Column("status", sa.String(32), primary_key=True),
         sa.Column("count", sa.BigInteger, nullable=False),
     )
+    # its prefix serves every lookup by status the index it replaces served
+    op.create_index("ix_otp_yubikeys_status_serial", "otp_yubikeys", ["status", "serial", "id"])
+    op.drop_index("ix_otp_yubikeys_status", table_name="otp_yubikeys")
 
 
 def downgrade() -> None:
+    op.create_index("ix_otp_yubikeys_status", "otp_yubikeys", ["status"])
+    op.drop_index("ix_otp_yubikeys_status_serial", table_name="otp_yubikeys")
     op.drop_table("otp_verify_counts")
