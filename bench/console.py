@@ -63,6 +63,17 @@ def _modhex(n: int) -> str:
     return "".join("cbdefghijklnrtuv"[(n >> (4 * i)) & 15] for i in range(12))
 
 
+async def insert(conn, table: sa.Table, rows: list[dict]) -> None:
+    """Bulk insert: COPY on PostgreSQL (asyncpg), an executemany elsewhere."""
+    if conn.dialect.name != "postgresql":
+        await conn.execute(table.insert(), rows)
+        return
+    columns = list(rows[0])
+    raw = await conn.get_raw_connection()
+    await raw.driver_connection.copy_records_to_table(table.name, records=[tuple(r[c] for c in columns) for r in rows],
+                                                      columns=columns)
+
+
 async def seed(url: str, n: int, now: datetime, *, kek_id: str) -> None:
     """N YubiKeys (a third of each status), N certificates (1 in 50 revoked) of the CA `default`, and for the
     dashboard N/2 enrolments and 168 hours of OTP verification counts over the last 7 days."""
@@ -83,7 +94,7 @@ async def seed(url: str, n: int, now: datetime, *, kek_id: str) -> None:
                                      source_line=i + 1, imported_at=now - timedelta(seconds=i),
                                      enrolled_at=now if status != "UNASSIGNED" else None,
                                      revoked_at=now if status == "REVOKED" else None))
-                await conn.execute(otp_yubikeys.insert(), rows)
+                await insert(conn, otp_yubikeys, rows)
             for start in range(0, n, CHUNK):
                 rows = []
                 for i in range(start, min(n, start + CHUNK)):
@@ -96,7 +107,7 @@ async def seed(url: str, n: int, now: datetime, *, kek_id: str) -> None:
                                      public_key_sha256="k" * 64,
                                      der=b"\x30" * 300, fingerprint_sha256=hashlib.sha256(serial.encode()).hexdigest(),
                                      issued_at=now - timedelta(minutes=i), updated_at=now))
-                await conn.execute(certificates.insert(), rows)
+                await insert(conn, certificates, rows)
             # the dashboard's charts: N/2 enrolments and an hour of OTP verification counts each, over 7 days
             week = 7 * 24 * 3600
             for start in range(0, n // 2, CHUNK):
@@ -106,7 +117,7 @@ async def seed(url: str, n: int, now: datetime, *, kek_id: str) -> None:
                     rows.append(dict(profile=f"p{i % 5}", transaction_id=f"tx-{i}", state=TX_STATES[i % 10],
                                      message_type=19, csr_der=b"-", public_key_sha256="0" * 64, created_at=at,
                                      updated_at=at))
-                await conn.execute(scep_transactions.insert(), rows)
+                await insert(conn, scep_transactions, rows)
             hour = now.replace(minute=0, second=0, microsecond=0)
             await conn.execute(otp_verify_counts.insert(), [
                 dict(hour=hour - timedelta(hours=h), api=api, status=status, count=10 + h % 7)

@@ -55,24 +55,29 @@ def _row(row) -> dict[str, Any]:
             "fail_text": m["fail_text"]}
 
 
-def _hour_text(dialect: str, column: sa.ColumnElement) -> sa.ColumnElement[str]:
-    """The UTC hour of a timestamp column as text ``YYYY-MM-DD HH``, computed by the database."""
+def _hour(dialect: str, column: sa.ColumnElement) -> sa.ColumnElement:
+    """The start of the UTC hour of a timestamp column, computed by the database: a timestamp on PostgreSQL, the
+    text ``YYYY-MM-DD HH`` on SQLite (which keeps UTC timestamps as ISO text: "YYYY-MM-DD HH:MM:SS...")."""
     if dialect == "postgresql":
-        return sa.func.to_char(sa.func.timezone(sa.literal_column("'UTC'"), column),
-                               sa.literal_column("'YYYY-MM-DD HH24'"))
-    return sa.func.substr(column, 1, 13)  # SQLite keeps UTC timestamps as ISO text: "YYYY-MM-DD HH:MM:SS..."
+        return sa.func.date_trunc(sa.literal_column("'hour'"), column, sa.literal_column("'UTC'"))
+    return sa.func.substr(column, 1, 13)
+
+
+def _hour_start(value: datetime | str) -> datetime:
+    if isinstance(value, str):
+        return datetime.strptime(value, "%Y-%m-%d %H").replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
 
 
 async def hourly_outcomes(engine: AsyncEngine, since: datetime, until: datetime) -> list[tuple[datetime, str, int]]:
     """(hour start, state, count) of the enrolments received in [since, until), by the hour they were received
     and their state now (issued, pending, rejected, awaiting_ack): one GROUP BY over an index range of
-    ix_scep_transactions_created_state."""
+    ix_scep_transactions_created_state, which holds every column it reads."""
     t = scep_transactions.c
-    hour = _hour_text(engine.dialect.name, t.created_at).label("hour")
+    hour = _hour(engine.dialect.name, t.created_at).label("hour")
     q = (sa.select(hour, t.state, sa.func.count().label("n"))
          .where(t.created_at >= since.astimezone(timezone.utc), t.created_at < until.astimezone(timezone.utc))
          .group_by(hour, t.state).order_by(hour, t.state))
     async with engine.connect() as conn:
         rows = (await conn.execute(q)).all()
-    return [(datetime.strptime(r.hour, "%Y-%m-%d %H").replace(tzinfo=timezone.utc), r.state, int(r.n))
-            for r in rows]
+    return [(_hour_start(r.hour), r.state, int(r.n)) for r in rows]

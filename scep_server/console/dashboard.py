@@ -62,8 +62,8 @@ async def charts(runtime: "Runtime", now: datetime) -> dict[str, Any]:
         return stacked_bars("OTP verifications per hour, by status (last 7 days, UTC)", start, HOURS,
                             hourly_series(rows, start, HOURS), chart_id="chart-otp")
 
-    return {"start": start, "end": end, "enrolments": await _drawn(enrolments),
-            "otp": await _drawn(otp) if runtime.otp is not None else None}
+    drawn = await asyncio.gather(_drawn(enrolments), *([_drawn(otp)] if runtime.otp is not None else []))
+    return {"start": start, "end": end, "enrolments": drawn[0], "otp": drawn[1] if len(drawn) > 1 else None}
 
 
 async def _drawn(draw: Callable[[], Awaitable[Markup]]) -> dict[str, Any]:
@@ -78,10 +78,10 @@ async def _drawn(draw: Callable[[], Awaitable[Markup]]) -> dict[str, Any]:
 async def dashboard_context(runtime: "Runtime") -> dict[str, Any]:
     """The dashboard page's context."""
     now = runtime.clock()
-    cas = await overview(runtime.cas, runtime.crl)
+    cas, checks, drawn = await asyncio.gather(overview(runtime.cas, runtime.crl), check_details(runtime),
+                                              charts(runtime, now))
     for ca in cas:
         ca["expiry"] = expiry(ca["certificate"]["not_after"], now)
         ca["ra_expiry"] = expiry(ca["ra_certificate"]["not_after"], now)
-    checks = await check_details(runtime)
     return {"cas": cas, "checks": sorted(checks.items()), "ready": all(v == "ok" for v in checks.values()),
-            "charts": await charts(runtime, now)}
+            "charts": drawn}
