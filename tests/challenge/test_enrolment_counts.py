@@ -22,6 +22,7 @@ async def test_enrolments_are_counted_per_hour_received_and_state(engine):
         (timedelta(hours=1), "issued"), (timedelta(hours=1, minutes=1), "awaiting_ack"),
         (timedelta(hours=3, minutes=59, microseconds=999), "pending"),
         (timedelta(hours=4), "issued"),  # the end: excluded
+        (timedelta(hours=2, minutes=5), "unnamed"),  # a state the chart does not name
     ]
     async with engine.begin() as conn:
         await conn.execute(scep_transactions.insert(), [_row(f"tx-{i}", state, H + off)
@@ -29,6 +30,6 @@ async def test_enrolments_are_counted_per_hour_received_and_state(engine):
     counts = await hourly_outcomes(engine, H, H + timedelta(hours=4))
     assert counts == [(H, "issued", 2), (H, "pending", 1), (H, "rejected", 1),
                       (H + timedelta(hours=1), "awaiting_ack", 1), (H + timedelta(hours=1), "issued", 1),
-                      (H + timedelta(hours=3), "pending", 1)]
+                      (H + timedelta(hours=2), "other", 1), (H + timedelta(hours=3), "pending", 1)]
     assert all(hour.tzinfo is not None for hour, _, _ in counts)
     assert await hourly_outcomes(engine, H + timedelta(hours=5), H + timedelta(hours=6)) == []
