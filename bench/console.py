@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import os
 import re
+import shutil
 import socket
 import statistics
 import sys
@@ -202,6 +203,7 @@ async def run(kind: str, n: int, requests: int) -> None:
             await runner.cleanup()
         if kind == "postgresql":
             await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:
