@@ -9,7 +9,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -177,6 +177,8 @@ class OtpService:
         self._clients: dict[int, tuple[float, _Client | None]] = {}
         self._blocked: dict[str, datetime] = {}  # throttled sources and clients, until when
         self._wsapi_statuses = (UNASSIGNED, ACTIVE) if settings.wsapi_accept_unassigned else (ACTIVE,)
+        # verifications per (hour, api, protocol 2.0 status) not yet added to the store (flush_verify_counts)
+        self._verify_counts: dict[tuple[datetime, str, str], int] = {}
 
     async def __aenter__(self) -> "OtpService":
         return self
@@ -185,9 +187,34 @@ class OtpService:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Commit the counter updates still queued."""
+        """Commit the counter updates still queued, and the verification counts."""
         await self._committer.aclose()
         await self._loader.aclose()
+        try:
+            await self.flush_verify_counts()
+        except BACKEND_ERRORS as exc:
+            log.error("otp.verify_counts.failed", exc_info=exc)
+
+    def _count_verification(self, api: str, status: str) -> None:
+        hour = self._clock().astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+        key = (hour, api, status)
+        self._verify_counts[key] = self._verify_counts.get(key, 0) + 1
+
+    async def flush_verify_counts(self) -> int:
+        """Add the verifications counted since the last flush to the store's hourly counts (the dashboard's
+        chart); the number of verifications added. Counts that fail to be written are kept for the next flush."""
+        counts, self._verify_counts = self._verify_counts, {}
+        try:
+            await self.store.add_verify_counts(counts)
+        except BaseException:
+            for key, n in counts.items():
+                self._verify_counts[key] = self._verify_counts.get(key, 0) + n
+            raise
+        return sum(counts.values())
+
+    async def verify_counts(self, since: datetime, until: datetime) -> list[tuple[datetime, str, str, int]]:
+        """(hour start, api, status, count) of the verifications recorded in [since, until), oldest first."""
+        return await self.store.verify_counts(since.astimezone(timezone.utc), until.astimezone(timezone.utc))
 
     @property
     def kek_id(self) -> str:
@@ -209,9 +236,11 @@ class OtpService:
             log.error("otp.verify.backend_error", exc_info=exc)
             if self._on_verified is not None:
                 self._on_verified("signin", Reason.BACKEND_ERROR.value)
+            self._count_verification("signin", Reason.BACKEND_ERROR.wire_status.value)
             raise BackendError("the key store is unavailable") from None
         if self._on_verified is not None:
             self._on_verified("signin", outcome.reason.value)
+        self._count_verification("signin", outcome.reason.wire_status.value)
         log.info("otp.verify", extra={"api": "signin", "user": user, "public_id": outcome.public_id,
                                       "reason": outcome.reason.value})
         return outcome
@@ -257,6 +286,7 @@ class OtpService:
             resp = yubico.VerifyResponse(yubico.Status.BACKEND_ERROR)
         if self._on_verified is not None:
             self._on_verified(label, resp.status.value)
+        self._count_verification("wsapi", resp.status.value)
         return yubico.encode_response(resp, key, self._clock())
 
     async def _verify(self, otp: str, *, user: str | None, nonce: str | None, client_id: int | None,

@@ -27,7 +27,8 @@ from trustkit.db import writer
 from trustkit.paging import Page, PageRequest
 
 from .config import ThrottleSettings
-from .tables import ACTIVE, REVOKED, UNASSIGNED, otp_clients, otp_events, otp_imports, otp_throttle, otp_yubikeys
+from .tables import (ACTIVE, REVOKED, UNASSIGNED, otp_clients, otp_events, otp_imports, otp_throttle,
+                     otp_verify_counts, otp_yubikeys)
 
 k = otp_yubikeys
 
@@ -342,7 +343,32 @@ class OtpStore:
             rows = (await conn.execute(sa.delete(t).where(
                 t.c.window_start < now - throttle_window,
                 sa.or_(t.c.blocked_until.is_(None), t.c.blocked_until <= now)))).rowcount
+        async with self.begin_write() as conn:
+            await conn.execute(sa.delete(otp_verify_counts).where(otp_verify_counts.c.hour < events_before))
         return events, rows
+
+    # ---- verification counts ------------------------------------------------------------------
+
+    async def add_verify_counts(self, counts: dict[tuple[datetime, str, str], int]) -> None:
+        """Add counts of verifications, keyed by (hour start, api, status), in one transaction."""
+        if not counts:
+            return
+        t = otp_verify_counts
+        insert = postgresql.insert if self.is_postgresql else sqlite.insert
+        async with self.begin_write() as conn:
+            for (hour, api, status), n in sorted(counts.items()):
+                ins = insert(t).values(hour=hour, api=api, status=status, count=n)
+                await conn.execute(ins.on_conflict_do_update(index_elements=[t.c.hour, t.c.api, t.c.status],
+                                                             set_={"count": t.c.count + n}))
+
+    async def verify_counts(self, since: datetime, until: datetime) -> list[tuple[datetime, str, str, int]]:
+        """(hour start, api, status, count) of the hours from `since` (included) to `until` (excluded)."""
+        t = otp_verify_counts
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(t.c.hour, t.c.api, t.c.status, t.c.count)
+                                       .where(t.c.hour >= since, t.c.hour < until)
+                                       .order_by(t.c.hour, t.c.api, t.c.status))).all()
+        return [(aware(r.hour), r.api, r.status, int(r.count)) for r in rows]
 
     # ---- events -------------------------------------------------------------------------------
 

@@ -61,7 +61,7 @@ otp_yubikeys = sa.Table(
     sa.Index("ux_otp_yubikeys_live_public_id", "public_id", unique=True,
              postgresql_where=sa.text("deleted_at IS NULL"), sqlite_where=sa.text("deleted_at IS NULL")),
     sa.Index("ix_otp_yubikeys_serial_id", "serial", "id"),  # the report's order
-    sa.Index("ix_otp_yubikeys_status", "status"),
+    sa.Index("ix_otp_yubikeys_status_serial", "status", "serial", "id"),  # the report of one status, in order
     sa.Index("ix_otp_yubikeys_user", "user_name"),
     sa.Index("ix_otp_yubikeys_last_user", "last_user"),
 )
@@ -114,4 +114,16 @@ otp_throttle = sa.Table(
     sa.Column("window_start", TS, nullable=False),
     sa.Column("blocked_until", TS),
     sa.Index("ix_otp_throttle_window_start", "window_start"),
+)
+
+# Verifications per hour (both APIs), by protocol 2.0 status: what the admin console's dashboard charts. The
+# service counts in memory and adds its counts here every minute (and when it closes); rows are pruned with the
+# security events.
+otp_verify_counts = sa.Table(
+    "otp_verify_counts",
+    metadata,
+    sa.Column("hour", TS, primary_key=True),  # the hour's start (UTC)
+    sa.Column("api", sa.String(16), primary_key=True),  # signin | wsapi
+    sa.Column("status", sa.String(32), primary_key=True),  # the protocol 2.0 status (OK, BAD_OTP, ...)
+    sa.Column("count", sa.BigInteger, nullable=False),
 )

@@ -229,6 +229,9 @@ EVENTS: tuple[Event, ...] = (
     _e("otp.prune", "info", "security_events throttle_rows",
        "old OTP security events and spent throttle rows were deleted"),
     _e("otp.prune.failed", "error", "error", "pruning OTP security events failed; it runs again later"),
+    _e("otp.verify_counts.failed", "error", "exception error",
+       "adding the verifications counted per hour (the console's chart) to the database failed; kept for the "
+       "next try while the process runs"),
     _e("otp.kek.created", "warning", "path detail", "the OTP key-encryption key was created: back it up"),
     _e("otp.kek.permissions", "warning", "path mode", "the key-encryption key file is readable by others"),
     _e("otp.kek.unavailable", "error", "detail",

@@ -5,7 +5,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -24,7 +24,7 @@ from .config import (BasicCredentials, ChallengeConfigError, DelegatedSettings, 
                      dynamic_settings)
 from .intune import IntuneClient, IntuneRejected, IntuneUnavailable
 # ENROLMENT_STATES, ENROLMENT_KEY, CacheFull and expectations_from are also what the HTTP handlers use of the stores
-from .enrolments import ENROLMENT_KEY, STATES as ENROLMENT_STATES, find_enrolment, page_enrolments
+from .enrolments import ENROLMENT_KEY, STATES as ENROLMENT_STATES, find_enrolment, hourly_outcomes, page_enrolments
 from .store import CacheFull, ChallengeStore, Expectations, IssuedChallenge, check_csr, expectations_from
 from .throttle import Limits, LoginThrottle, address_key, user_key
 from .webhook import WebhookClient, WebhookDenied, WebhookUnavailable
@@ -329,3 +329,9 @@ async def enrolments(engine: AsyncEngine, page: "PageRequest", *, state: str | N
 async def enrolment(engine: AsyncEngine, profile: str, transaction_id: str) -> "dict | None":
     """One enrolment (any state) with its request's key, for the admin pages; None when there is none."""
     return await find_enrolment(engine, profile, transaction_id)
+
+
+async def enrolment_counts(engine: AsyncEngine, since: datetime, until: datetime) -> list[tuple[datetime, str, int]]:
+    """(hour start, state, count) of the enrolments received in [since, until), for the console's dashboard (no
+    challenge service needed either)."""
+    return await hourly_outcomes(engine, since, until)

@@ -2,7 +2,8 @@
 
     GET  /admin/login, POST /admin/login       sign in with an admin API token (form)
     POST /admin/logout                         sign out (the session ends server-side)
-    GET  /admin/                               dashboard: the CAs, their RA certificates and CRLs, readiness
+    GET  /admin/                               dashboard: the CAs, their RA certificates and CRLs, readiness, charts
+                                               of the last 7 days (console/dashboard.py)
     GET  /admin/certificates                   the inventory: filters and cursor pages (the API's query service)
     GET  /admin/certificates/{serial}          one certificate: subject, SANs, validity, binding, events
     GET|POST /admin/certificates/{serial}/{revoke|hold|release}   a confirmation form, then the change
@@ -47,12 +48,11 @@ from trustkit import paging
 from trustkit.problems import BadRequest, Conflict, DomainError, NotFound, PayloadTooLarge, Unprocessable
 
 from ..ca.inventory import CERT_KEY
-from ..ca.overview import overview
 from ..ca.queries import FILTERS, parse_filters, parse_serial
 from ..ca.revocation import REASONS, parse_reason
 from ..web.auth import token_principal
-from ..web.health import check_details
 from . import profiles, tokens
+from .dashboard import dashboard_context
 from .model import Session, csrf_matches
 from .pages import FORM, MULTIPART, PREFIX, SESSION, SESSION_ID, UPLOAD
 from .pages import form as _form, otp as _otp, page as _page, redirect as _redirect, runtime as _runtime
@@ -320,11 +320,7 @@ async def logout(request: web.Request) -> web.Response:
 # --- pages -----------------------------------------------------------------------------------------------
 
 async def dashboard(request: web.Request) -> web.Response:
-    runtime = _runtime(request)
-    cas = await overview(runtime.cas, runtime.crl)
-    checks = await check_details(runtime)
-    return _page(request, "dashboard.jinja2", {"cas": cas, "checks": sorted(checks.items()),
-                                               "ready": all(v == "ok" for v in checks.values())})
+    return _page(request, "dashboard.jinja2", await dashboard_context(_runtime(request)))
 
 
 async def certificates(request: web.Request) -> web.Response:

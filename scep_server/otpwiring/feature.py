@@ -46,6 +46,22 @@ def _prune_job(service: OtpService, interval: float = PRUNE_INTERVAL_SECONDS) ->
     return prune
 
 
+FLUSH_INTERVAL_SECONDS = 60.0
+
+
+def _flush_job(service: OtpService, interval: float = FLUSH_INTERVAL_SECONDS) -> Callable[[], Awaitable[None]]:
+    """The verifications counted in memory are added to the hourly counts in the database every minute (and
+    when the service closes)."""
+    async def flush() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await service.flush_verify_counts()
+            except Exception as exc:  # noqa: BLE001 - the counts are kept and added at the next round
+                log.error("otp.verify_counts.failed", error=f"{exc.__class__.__name__}: {exc}")
+    return flush
+
+
 class OtpFeature:
     name = "otp"
 
@@ -58,7 +74,7 @@ class OtpFeature:
 
     def jobs(self, runtime: "Runtime") -> list[Callable[[], Awaitable[None]]]:
         assert runtime.otp is not None
-        return [_prune_job(runtime.otp)]
+        return [_prune_job(runtime.otp), _flush_job(runtime.otp)]
 
 
 FEATURE = OtpFeature()
