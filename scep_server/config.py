@@ -93,11 +93,24 @@ class CASettings(BaseModel):
     validity_days: int = Field(3650, ge=1)
     ra_subject: str = "CN=Device Trust SCEP RA,O=Device Trust"
     ra_validity_days: int = Field(730, ge=1)
+    # the server renews the RA certificate (a new key) when it has less than this many days left
+    ra_renew_before_days: int = Field(60, ge=1)
+    # how often a server process looks for a renewed RA certificate (written by another process or
+    # `ca renew-ra`) and whether its RA is due for renewal, in seconds
+    ra_check_interval: float = Field(5.0, gt=0)
     # The CA and RA keys are encrypted at rest with this passphrase: read from the environment
     # variable named here, else from passphrase_file (created with a random passphrase on first start).
     passphrase_env: str = "SCEP_CA_PASSPHRASE"
     passphrase_file: str | None = None
 
+
+    @model_validator(mode="after")
+    def _renewal_before_end(self) -> "CASettings":
+        if self.ra_renew_before_days >= self.ra_validity_days:
+            raise ValueError(f"ca.ra_renew_before_days ({self.ra_renew_before_days}) must be less than "
+                             f"ca.ra_validity_days ({self.ra_validity_days}): a new RA certificate would be due "
+                             f"for renewal at once")
+        return self
 
 class BindingSettings(BaseModel):
     """Device binding and management attestation."""

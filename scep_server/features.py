@@ -37,7 +37,7 @@ COMMANDS: dict[str, str] = {
     "challenge": "scep_server.challenge.cli:challenge",
     "enrolment": "scep_server.challenge.cli:enrolment",
     "device": "scep_server.binding.cli:device",
-    "ca": "scep_server.binding.cli:ca",
+    "ca": "scep_server.ca.cli:ca",
 }
 
 

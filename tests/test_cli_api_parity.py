@@ -20,6 +20,7 @@ PAIRS: dict[str, tuple[str, str]] = {
     "cert hold": ("POST", "/api/v1/certificates/{serial}/hold"),
     "cert release": ("POST", "/api/v1/certificates/{serial}/release"),
     "crl publish": ("POST", "/api/v1/cas/{ca}/crl/publish"),
+    "ca renew-ra": ("POST", "/api/v1/cas/{ca}/ra/renew"),
     "token create": ("POST", "/api/v1/tokens"),
     "token disable": ("POST", "/api/v1/tokens/{id}/disable"),
     "challenge new": ("POST", "/api/v1/challenges/{profile}"),

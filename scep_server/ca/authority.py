@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from ..replycache import FailureReplies
 from .keys import FileKey, KeyOps, durable_write
 from .policy import IssuancePolicy
+from .rafiles import load_ras
 
 
 def random_serial() -> int:
@@ -48,6 +49,8 @@ class CertificateAuthority:
     ra_key: KeyOps
     base_url: str
     next_ca_certs: list[x509.Certificate] = field(default_factory=list)
+    # earlier RA certificates still valid, with their keys: requests encrypted to them still decrypt (ca.ra)
+    previous_ras: list[tuple[x509.Certificate, KeyOps]] = field(default_factory=list)
     failure_replies: FailureReplies = field(default_factory=FailureReplies, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -55,6 +58,9 @@ class CertificateAuthority:
         self.cert_der = self.cert.public_bytes(enc)
         self.ra_cert_der = self.ra_cert.public_bytes(enc)
         self.next_ca_ders = [c.public_bytes(enc) for c in self.next_ca_certs]
+        # (RA certificate DER, its key transport): the current RA first, then its predecessors
+        self.ra_recipients = [(self.ra_cert_der, self.ra_key.decrypt),
+                              *((c.public_bytes(enc), k.decrypt) for c, k in self.previous_ras)]
         self.ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(self.ski)
         self._cdp = x509.CRLDistributionPoints([x509.DistributionPoint(
@@ -237,8 +243,8 @@ def load_ca(directory: Path, *, name: str, passphrase: bytes, base_url: str) -> 
 
     next_path = directory / "next-ca.crt"
     next_certs = x509.load_pem_x509_certificates(next_path.read_bytes()) if next_path.exists() else []
+    (ra_cert, ra_key), *previous = load_ras(directory, passphrase)  # the current RA and those still valid
     return CertificateAuthority(
         name=name, cert=cert("ca.crt"), key=FileKey.load(directory / "ca.key", passphrase),
-        ra_cert=cert("ra.crt"), ra_key=FileKey.load(directory / "ra.key", passphrase), base_url=base_url,
-        next_ca_certs=next_certs)
+        ra_cert=ra_cert, ra_key=ra_key, base_url=base_url, next_ca_certs=next_certs, previous_ras=previous)
 

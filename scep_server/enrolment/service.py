@@ -69,7 +69,7 @@ class ScepService:
         self.clock = clock
         self.crl_source = crl_source
         self.on_status_change = on_status_change or (lambda ca: None)
-        self._cacert_cache: dict[str, bytes] = {}
+        self._cacert_cache: dict[str, tuple[CertificateAuthority, bytes]] = {}
         self.repository: EnrolmentRepository = repository
         # SCEP's CPU work (parse, decrypt, sign) runs here, not on the loop's default executor: hostile requests
         # queue behind each other instead of starving everything else that uses threads
@@ -105,11 +105,11 @@ class ScepService:
     async def get_ca_cert(self, profile_name: str) -> bytes:
         """RFC 8894 §4.2.1.2: RA certificate first, then the issuing CA, as a degenerate PKCS#7."""
         profile = await self.profiles.get(profile_name)
+        ca = self.cas[profile.ca]
         cached = self._cacert_cache.get(profile.ca)
-        if cached is None:
-            ca = self.cas[profile.ca]
-            cached = self._cacert_cache[profile.ca] = codec.build_degenerate([ca.ra_cert_der, ca.cert_der])
-        return cached
+        if cached is None or cached[0] is not ca:  # a renewed RA replaces the CA object (scep_server.ca.ra)
+            cached = self._cacert_cache[profile.ca] = (ca, codec.build_degenerate([ca.ra_cert_der, ca.cert_der]))
+        return cached[1]
 
     async def get_next_ca_cert(self, profile_name: str) -> bytes:
         """RFC 8894 §4.7.1: the next CA, signed by the current RA."""
@@ -165,7 +165,7 @@ class ScepService:
         msg = codec.parse_pki_message(body)
         check_message_digest(msg)  # badAlg for a digest GetCACaps does not offer (MD5)
         try:
-            content = codec.open_request(msg, ca.ra_key.decrypt, recipient_cert_der=ca.ra_cert_der,
+            content = codec.open_request(msg, None, recipients=ca.ra_recipients,
                                          allow_single_des=profile.settings.allow_single_des, issuer=ca.cert.subject)
         except SCEPFailure as exc:
             raise exc.with_message(msg) from None

@@ -105,7 +105,7 @@ async def test_a_crashing_app_job_is_restarted_and_readyz_shows_it(aiohttp_serve
     assert set(srv.app[JOBS].states) == {  # every background job of the server runs supervised
         "crl.run_publishers", "crl.listen_changes", "crl.watch_changes", "crl.revoke_unused", "otp.prune",
         "challenge.prune", "binding.external_cas", "binding.external_crls", "binding.purge_nonces",
-        "scep.ack_reconciler"}
+        "scep.ack_reconciler", "ca.ra_lifecycle"}
 
     async def failing() -> bool:
         status, text = await _readyz(srv.url)

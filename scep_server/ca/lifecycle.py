@@ -1,0 +1,135 @@
+"""The RA certificate's lifecycle in a running deployment: renewal (`scep-server ca renew-ra`,
+``POST /api/v1/cas/{ca}/ra/renew``, and automatically ``ca.ra_renew_before_days`` before it expires), the
+pick-up of a renewal made by another process, and the readiness check of an RA that is about to expire.
+
+Each server process runs :func:`ra_job`: every ``ca.ra_check_interval`` seconds it reloads the RA
+certificates when the files changed (a renewal by the command line or another process) and renews the RA
+when it is due. Renewals of one CA directory serialise on its lock (`scep_server.ca.ra.renew_ra`): of the
+processes that find the RA due at the same time, one renews and the others load its certificate.
+"""
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from trustkit.db import writer
+from trustkit.problems import NotFound
+
+from ..store.events import record_event
+from . import ra
+from .overview import describe_certificate
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+log = structlog.get_logger("ca")
+
+RENEW_KIND = "pki.ra.renew"
+"""The audit event of an RA renewal (subject: the CA's name)."""
+
+SYSTEM_ACTOR = "system:ra-renewal"
+NOT_READY_WITHIN = timedelta(days=14)
+"""An RA certificate that expires within this is a failed readiness check (``ca.ra``): it was not renewed."""
+
+
+class UnknownCA(NotFound):
+    code = "ca_not_found"
+
+
+def _passphrase(runtime: "Runtime") -> bytes:
+    from .keys import load_or_create_passphrase
+
+    s = runtime.settings
+    return load_or_create_passphrase(s.ca.passphrase_env, s.passphrase_path())
+
+
+def describe_ras(ca) -> dict[str, Any]:
+    return {"ca": ca.name, "ra_certificate": describe_certificate(ca.ra_cert),
+            "previous_ra_certificates": [describe_certificate(c) for c, _ in ca.previous_ras]}
+
+
+async def reload_ras(runtime: "Runtime", name: str) -> None:
+    """Load the CA's RA certificates from its directory into this process (a renewal made elsewhere)."""
+    directory = runtime.settings.ca_dir(name)
+    ras = await asyncio.to_thread(ra.load_ras, directory, _passphrase(runtime), now=runtime.clock())
+    current = runtime.cas[name]
+    runtime.cas[name] = ra.with_ras(current, ras)
+    if ras[0][0].serial_number != current.ra_cert.serial_number:
+        log.info("ca.ra.loaded", ca=name, serial=format(ras[0][0].serial_number, "x"),
+                 not_after=ras[0][0].not_valid_after_utc.isoformat())
+
+
+async def renew(runtime: "Runtime", name: str, *, actor: str, only_if_due: timedelta | None = None
+                ) -> dict[str, Any] | None:
+    """Renew the RA of CA ``name`` now (or, with ``only_if_due``, if it is due and nobody renewed it first):
+    write the new certificate and key, record the audit event, and use it in this process. The new RA
+    certificates (None when nothing was due)."""
+    ca = runtime.cas.get(name)
+    if ca is None:
+        raise UnknownCA(f"no CA named {name!r}")
+    now = runtime.clock()
+    previous = ca.ra_cert
+    cert = await asyncio.to_thread(ra.renew_ra, runtime.settings.ca_dir(name), ca,
+                                   validity_days=runtime.settings.ca.ra_validity_days,
+                                   passphrase=_passphrase(runtime), now=now, only_if_due=only_if_due)
+    if cert is None:
+        await reload_ras(runtime, name)  # another process may have renewed it
+        return None
+    async with writer(runtime.engine).begin() as conn:
+        await record_event(conn, at=now, kind=RENEW_KIND, subject=name, actor=actor, data={
+            "serial": format(cert.serial_number, "x"), "previous_serial": format(previous.serial_number, "x"),
+            "not_after": cert.not_valid_after_utc.isoformat()})
+    log.info("ca.ra.renewed", ca=name, serial=format(cert.serial_number, "x"),
+             previous_serial=format(previous.serial_number, "x"), not_after=cert.not_valid_after_utc.isoformat(),
+             actor=actor)
+    await reload_ras(runtime, name)
+    return describe_ras(runtime.cas[name])
+
+
+def ra_readiness(runtime: "Runtime") -> str:
+    """``ca.ra``: failed when a CA's current RA certificate expires within 14 days (it was not renewed)."""
+    now = runtime.clock()
+    late = [f"{name}: RA certificate expires {ca.ra_cert.not_valid_after_utc.isoformat()}"
+            for name, ca in sorted(runtime.cas.items()) if ca.ra_cert.not_valid_after_utc - now < NOT_READY_WITHIN]
+    return "ok" if not late else "error: not renewed: " + "; ".join(late)
+
+
+async def check_once(runtime: "Runtime", states: dict[str, Any]) -> None:
+    """One round of the job: pick up changed RA files, then renew what is due."""
+    before = timedelta(days=runtime.settings.ca.ra_renew_before_days)
+    for name in sorted(runtime.cas):
+        directory = runtime.settings.ca_dir(name)
+        state = await asyncio.to_thread(ra.files_state, directory)
+        if states.get(name) not in (None, state):
+            await reload_ras(runtime, name)
+        states[name] = state
+        if ra.renewal_due(runtime.cas[name].ra_cert, now=runtime.clock(), renew_before=before):
+            try:
+                if await renew(runtime, name, actor=SYSTEM_ACTOR, only_if_due=before) is not None:
+                    states[name] = await asyncio.to_thread(ra.files_state, directory)
+            except Exception as exc:  # noqa: BLE001 - retried at the next round; readiness fails near expiry
+                log.error("ca.ra.renew_failed", ca=name, error=f"{exc.__class__.__name__}: {exc}")
+
+
+def ra_job(runtime: "Runtime"):
+    """The server's RA job (supervised: scep_server.jobs)."""
+    states: dict[str, Any] = {}
+
+    async def ra_lifecycle() -> None:
+        while True:
+            await check_once(runtime, states)
+            await asyncio.sleep(runtime.settings.ca.ra_check_interval)
+
+    return ra_lifecycle
+
+
+def expiry(runtime: "Runtime") -> dict[str, dict[str, str]]:
+    """Each CA's certificate, RA and next CA notAfter (ISO 8601), for /readyz details."""
+    out = {}
+    for name, ca in sorted(runtime.cas.items()):
+        out[name] = {"ca": ca.cert.not_valid_after_utc.isoformat(), "ra": ca.ra_cert.not_valid_after_utc.isoformat(),
+                     **({"next_ca": max(c.not_valid_after_utc for c in ca.next_ca_certs).isoformat()}
+                        if ca.next_ca_certs else {})}
+    return out
