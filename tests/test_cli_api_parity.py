@@ -21,6 +21,7 @@ PAIRS: dict[str, tuple[str, str]] = {
     "cert release": ("POST", "/api/v1/certificates/{serial}/release"),
     "crl publish": ("POST", "/api/v1/cas/{ca}/crl/publish"),
     "ca renew-ra": ("POST", "/api/v1/cas/{ca}/ra/renew"),
+    "ca rollover prepare": ("POST", "/api/v1/cas/{ca}/rollover/prepare"),
     "token create": ("POST", "/api/v1/tokens"),
     "token disable": ("POST", "/api/v1/tokens/{id}/disable"),
     "challenge new": ("POST", "/api/v1/challenges/{profile}"),

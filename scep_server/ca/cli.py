@@ -51,3 +51,40 @@ def ca_renew_ra(ctx: Context, name: str | None, fmt: str) -> None:
                f"SHA-256 {new['fingerprint_sha256']}")
     for old in renewed["previous_ra_certificates"]:
         click.echo(f"  still decrypting until it expires: {old['serial']} until {old['not_after']}")
+
+
+@ca.group("rollover")
+def rollover() -> None:
+    """CA rollover (RFC 8894 §4.7): the next CA, announced by GetNextCACert."""
+
+
+@rollover.command("prepare")
+@click.argument("name", required=False)
+@click.option("--cross-sign", is_flag=True, help="Also issue the new CA a certificate signed by the current CA.")
+@click.option("--subject", help="The next CA's name (RFC 4514); default: the current one's, numbered G2, G3, ...")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@pass_ctx
+def rollover_prepare(ctx: Context, name: str | None, cross_sign: bool, subject: str | None, fmt: str) -> None:
+    """Create the next CA (new key, its RA certificate) of the CA (default: this deployment's); every running
+    server serves it at GetNextCACert within ca.ra_check_interval."""
+    from ..runtime import Uses
+    from . import lifecycle
+    from .rollover import RolloverPrepared
+
+    name = _ca_name(ctx, name)
+
+    async def go():
+        async with ctx.runtime(Uses(ca_keys=True)) as rt:
+            return await lifecycle.prepare_rollover(rt, name, actor=cli_actor(), subject=subject,
+                                                    cross_sign=cross_sign)
+
+    try:
+        prepared = run(go())
+    except (RolloverPrepared, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if fmt == "json":
+        click.echo(json.dumps(prepared, indent=2))
+        return
+    for c in prepared["next_ca_certificates"]:
+        click.echo(f"{name}: next {c['subject']} (issued by {c['issuer']}) serial {c['serial']} until {c['not_after']}, "
+                   f"SHA-256 {c['fingerprint_sha256']}")

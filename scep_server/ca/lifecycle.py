@@ -1,4 +1,4 @@
-"""The RA certificate's lifecycle in a running deployment: renewal (`scep-server ca renew-ra`,
+"""The RA certificate's lifecycle in a running deployment (and the pick-up of a prepared CA rollover): renewal (`scep-server ca renew-ra`,
 ``POST /api/v1/cas/{ca}/ra/renew``, and automatically ``ca.ra_renew_before_days`` before it expires), the
 pick-up of a renewal made by another process, and the readiness check of an RA that is about to expire.
 
@@ -50,12 +50,33 @@ def describe_ras(ca) -> dict[str, Any]:
             "previous_ra_certificates": [describe_certificate(c) for c, _ in ca.previous_ras]}
 
 
+def _next_ca_certs(directory) -> list:
+    from cryptography import x509
+
+    path = directory / "next-ca.crt"
+    return x509.load_pem_x509_certificates(path.read_bytes()) if path.exists() else []
+
+
+def files_state(directory) -> tuple:
+    """The RA files and the prepared next CA as they are now (names, modification times)."""
+    path = directory / "next-ca.crt"
+    return ra.files_state(directory), path.stat().st_mtime_ns if path.exists() else None
+
+
 async def reload_ras(runtime: "Runtime", name: str) -> None:
-    """Load the CA's RA certificates from its directory into this process (a renewal made elsewhere)."""
+    """Load the CA's RA certificates and its prepared next CA from its directory into this process (a renewal
+    or a rollover prepared elsewhere)."""
     directory = runtime.settings.ca_dir(name)
-    ras = await asyncio.to_thread(ra.load_ras, directory, _passphrase(runtime), now=runtime.clock())
+
+    def load():
+        return ra.load_ras(directory, _passphrase(runtime), now=runtime.clock()), _next_ca_certs(directory)
+
+    ras, next_certs = await asyncio.to_thread(load)
     current = runtime.cas[name]
-    runtime.cas[name] = ra.with_ras(current, ras)
+    runtime.cas[name] = ra.with_ras(current, ras, next_certs)
+    if next_certs and not current.next_ca_certs:
+        log.info("ca.rollover.loaded", ca=name, subject=next_certs[0].subject.rfc4514_string(),
+                 not_after=next_certs[0].not_valid_after_utc.isoformat())
     if ras[0][0].serial_number != current.ra_cert.serial_number:
         log.info("ca.ra.loaded", ca=name, serial=format(ras[0][0].serial_number, "x"),
                  not_after=ras[0][0].not_valid_after_utc.isoformat())
@@ -88,6 +109,35 @@ async def renew(runtime: "Runtime", name: str, *, actor: str, only_if_due: timed
     return describe_ras(runtime.cas[name])
 
 
+PREPARE_KIND = "pki.ca.rollover.prepare"
+"""The audit event of a prepared CA rollover (subject: the CA's name)."""
+
+
+async def prepare_rollover(runtime: "Runtime", name: str, *, actor: str, subject: str | None = None,
+                           cross_sign: bool = False) -> dict[str, Any]:
+    """Create the next CA of ``name`` (scep_server.ca.rollover), record the audit event and announce it in this
+    process; the CA's description (``next_ca_certificates``)."""
+    from .overview import describe_ca
+    from .rollover import prepare
+
+    ca = runtime.cas.get(name)
+    if ca is None:
+        raise UnknownCA(f"no CA named {name!r}")
+    s, now = runtime.settings, runtime.clock()
+    certs = await asyncio.to_thread(prepare, s.ca_dir(name), ca, key_size=s.ca.key_size,
+                                    validity_days=s.ca.validity_days, ra_validity_days=s.ca.ra_validity_days,
+                                    passphrase=_passphrase(runtime), now=now, subject=subject, cross_sign=cross_sign)
+    async with writer(runtime.engine).begin() as conn:
+        await record_event(conn, at=now, kind=PREPARE_KIND, subject=name, actor=actor, data={
+            "subject": certs[0].subject.rfc4514_string(), "serial": format(certs[0].serial_number, "x"),
+            "not_after": certs[0].not_valid_after_utc.isoformat(), "cross_signed": cross_sign})
+    log.info("ca.rollover.prepared", ca=name, subject=certs[0].subject.rfc4514_string(), cross_signed=cross_sign,
+             actor=actor)
+    await reload_ras(runtime, name)
+    described = describe_ca(runtime.cas[name])
+    return {"name": name, "next_ca_certificates": described["next_ca_certificates"]}
+
+
 def ra_readiness(runtime: "Runtime") -> str:
     """``ca.ra``: failed when a CA's current RA certificate expires within 14 days (it was not renewed)."""
     now = runtime.clock()
@@ -101,14 +151,14 @@ async def check_once(runtime: "Runtime", states: dict[str, Any]) -> None:
     before = timedelta(days=runtime.settings.ca.ra_renew_before_days)
     for name in sorted(runtime.cas):
         directory = runtime.settings.ca_dir(name)
-        state = await asyncio.to_thread(ra.files_state, directory)
+        state = await asyncio.to_thread(files_state, directory)
         if states.get(name) not in (None, state):
             await reload_ras(runtime, name)
         states[name] = state
         if ra.renewal_due(runtime.cas[name].ra_cert, now=runtime.clock(), renew_before=before):
             try:
                 if await renew(runtime, name, actor=SYSTEM_ACTOR, only_if_due=before) is not None:
-                    states[name] = await asyncio.to_thread(ra.files_state, directory)
+                    states[name] = await asyncio.to_thread(files_state, directory)
             except Exception as exc:  # noqa: BLE001 - retried at the next round; readiness fails near expiry
                 log.error("ca.ra.renew_failed", ca=name, error=f"{exc.__class__.__name__}: {exc}")
 

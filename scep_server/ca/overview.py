@@ -22,7 +22,8 @@ class CrlStatus(Protocol):
 
 def describe_certificate(cert: x509.Certificate) -> dict[str, Any]:
     der = cert.public_bytes(serialization.Encoding.DER)
-    return {"subject": cert.subject.rfc4514_string(), "serial": format(cert.serial_number, "x"),
+    return {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
+            "serial": format(cert.serial_number, "x"),
             "not_before": cert.not_valid_before_utc.isoformat(), "not_after": cert.not_valid_after_utc.isoformat(),
             "fingerprint_sha256": hashlib.sha256(der).hexdigest(),
             "pem": cert.public_bytes(serialization.Encoding.PEM).decode("ascii")}

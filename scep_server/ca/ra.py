@@ -25,12 +25,14 @@ __all__ = ["files_state", "load_ras", "ra_certificates", "with_ras", "renewal_du
 RA_KEY_BITS = 2048
 
 
-def with_ras(ca: CertificateAuthority, ras: list[tuple[x509.Certificate, KeyOps]]) -> CertificateAuthority:
-    """A copy of ``ca`` with these RA certificates (the first current); its GetCACert answer and reply caches
-    start afresh."""
+def with_ras(ca: CertificateAuthority, ras: list[tuple[x509.Certificate, KeyOps]],
+             next_ca_certs: list[x509.Certificate] | None = None) -> CertificateAuthority:
+    """A copy of ``ca`` with these RA certificates (the first current) and next CA certificates (default:
+    its own); its GetCACert answer and reply caches start afresh."""
     (ra_cert, ra_key), *previous = ras
     return CertificateAuthority(name=ca.name, cert=ca.cert, key=ca.key, ra_cert=ra_cert, ra_key=ra_key,
-                                base_url=ca.base_url, next_ca_certs=list(ca.next_ca_certs), previous_ras=previous)
+                                base_url=ca.base_url, previous_ras=previous,
+                                next_ca_certs=list(ca.next_ca_certs if next_ca_certs is None else next_ca_certs))
 
 
 def renewal_due(ra_cert: x509.Certificate, *, now: datetime, renew_before: timedelta) -> bool:
