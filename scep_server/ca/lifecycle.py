@@ -173,13 +173,3 @@ def ra_job(runtime: "Runtime"):
             await asyncio.sleep(runtime.settings.ca.ra_check_interval)
 
     return ra_lifecycle
-
-
-def expiry(runtime: "Runtime") -> dict[str, dict[str, str]]:
-    """Each CA's certificate, RA and next CA notAfter (ISO 8601), for /readyz details."""
-    out = {}
-    for name, ca in sorted(runtime.cas.items()):
-        out[name] = {"ca": ca.cert.not_valid_after_utc.isoformat(), "ra": ca.ra_cert.not_valid_after_utc.isoformat(),
-                     **({"next_ca": max(c.not_valid_after_utc for c in ca.next_ca_certs).isoformat()}
-                        if ca.next_ca_certs else {})}
-    return out

@@ -36,6 +36,16 @@ def describe_ca(ca: CertificateAuthority) -> dict[str, Any]:
             "next_ca_certificates": [describe_certificate(c) for c in ca.next_ca_certs]}
 
 
+def expiry(cas: dict[str, CertificateAuthority]) -> dict[str, dict[str, str]]:
+    """Each CA's notAfter (ISO 8601) of its certificate (``ca``), its current RA certificate (``ra``) and, once a
+    rollover is prepared, the next CA's certificate (``next_ca``): /readyz, metrics, `ca list`."""
+    out = {}
+    for name, ca in sorted(cas.items()):
+        out[name] = {"ca": ca.cert.not_valid_after_utc.isoformat(), "ra": ca.ra_cert.not_valid_after_utc.isoformat(),
+                     **({"next_ca": ca.next_ca_certs[0].not_valid_after_utc.isoformat()} if ca.next_ca_certs else {})}
+    return out
+
+
 async def overview(cas: dict[str, CertificateAuthority], crl: CrlStatus | None,
                    names: list[str] | None = None) -> list[dict[str, Any]]:
     """The CAs named (default: all, by name), each with its CRL's state (``crl`` None: no CRL capability)."""

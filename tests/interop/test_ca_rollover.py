@@ -111,3 +111,37 @@ async def test_prepare_over_the_api_once(server):
             assert resp.status == 409 and (await resp.json())["code"] == "rollover_prepared"
         async with session.get(f"{server.url}/scep/default?operation=GetCACaps") as resp:
             assert "GetNextCACert" in (await resp.text()).split()
+
+
+async def test_expiry_of_ca_ra_and_next_ca_in_readyz_metrics_and_ca_list(server, db_url):
+    ca = server.runtime.cas["default"]
+
+    async def readyz_and_metrics() -> tuple[dict, str]:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{server.url}/readyz") as resp:
+                body = await resp.json()
+            async with session.get(f"{server.url}/metrics") as resp:
+                return body, await resp.text()
+
+    body, text = await readyz_and_metrics()
+    assert body["expiry"] == {"default": {"ca": ca.cert.not_valid_after_utc.isoformat(),
+                                          "ra": ca.ra_cert.not_valid_after_utc.isoformat()}}
+    assert 'role="next-ca"' not in text
+    assert 'ca_certificate_not_after_timestamp_seconds{ca="default",role="ra"}' in text
+
+    await asyncio.to_thread(cli, server, db_url, "ca", "rollover", "prepare")
+    await lifecycle_reload(server)
+    nxt = server.runtime.cas["default"].next_ca_certs[0]
+    body, text = await readyz_and_metrics()
+    assert body["expiry"]["default"]["next_ca"] == nxt.not_valid_after_utc.isoformat()
+    assert 'ca_certificate_not_after_timestamp_seconds{ca="default",role="next-ca"}' in text
+    out = await asyncio.to_thread(cli, server, db_url, "ca", "list")
+    assert f"next CA until {nxt.not_valid_after_utc.date().isoformat()}" in out
+    assert f"RA until {ca.ra_cert.not_valid_after_utc.date().isoformat()}" in out
+
+
+async def lifecycle_reload(server, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not server.runtime.cas["default"].next_ca_certs:
+        assert time.monotonic() < deadline, "the prepared CA was not picked up"
+        await asyncio.sleep(0.1)
