@@ -553,6 +553,26 @@ def token_disable(ctx: Context, token_id: str) -> None:
     click.echo(f"token {token_id} disabled" if changed else f"token {token_id} was already disabled")
 
 
+@token.command("rotate")
+@click.argument("token_id", metavar="ID")
+@pass_ctx
+def token_rotate(ctx: Context, token_id: str) -> None:
+    """A new secret for a token (same id, name, scope and expiry), printed once; the old secret is refused at
+    once here and within 5 s by running servers."""
+    from trustkit.problems import DomainError
+
+    async def go():
+        async with ctx.runtime() as rt:
+            return await rt.tokens.rotate(token_id, now=utcnow(), actor=cli_actor())
+
+    try:
+        secret = run(go())
+    except DomainError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(secret)
+    click.echo(f"token {token_id}: new secret above, shown once; the previous one no longer works", err=True)
+
+
 # ---------------------------------------------------------------- shell completion
 
 

@@ -24,6 +24,7 @@ PAIRS: dict[str, tuple[str, str]] = {
     "ca rollover prepare": ("POST", "/api/v1/cas/{ca}/rollover/prepare"),
     "token create": ("POST", "/api/v1/tokens"),
     "token disable": ("POST", "/api/v1/tokens/{id}/disable"),
+    "token rotate": ("POST", "/api/v1/tokens/{id}/rotate"),
     "challenge new": ("POST", "/api/v1/challenges/{profile}"),
     "enrolment approve": ("POST", "/api/v1/enrolments/{profile}/approve"),
     "enrolment reject": ("POST", "/api/v1/enrolments/{profile}/reject"),
