@@ -51,6 +51,8 @@ CLI_ONLY = {
     "serve": "runs the server itself",
     "init": "creates the data directory, CA and schema before any server can answer",
     "db upgrade": "migrates the schema the server needs to start",
+    "ca passphrase change": "re-encrypts the key files of the host's CA directory and writes its passphrase file "
+                            "(or prints the value the host's environment must then hold): host-only, like `init`",
     "challenge configure": "names files and environment variables of the host (secrets the server then sends "
                            "to the hosts the same settings name): host-only by design, docs/api.md \"Profiles\"",
 }

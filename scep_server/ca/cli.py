@@ -88,3 +88,66 @@ def rollover_prepare(ctx: Context, name: str | None, cross_sign: bool, subject: 
     for c in prepared["next_ca_certificates"]:
         click.echo(f"{name}: next {c['subject']} (issued by {c['issuer']}) serial {c['serial']} until {c['not_after']}, "
                    f"SHA-256 {c['fingerprint_sha256']}")
+
+
+@ca.group("passphrase")
+def passphrase() -> None:
+    """The passphrase that encrypts the CA and RA private keys."""
+
+
+@passphrase.command("change")
+@click.option("--new-from-file", "new_file", type=click.Path(dir_okay=False, exists=True),
+              help="Read the new passphrase from this file's first line (default: a random one).")
+@pass_ctx
+def passphrase_change(ctx: Context, new_file: str | None) -> None:
+    """Re-encrypt every CA and RA key with a new passphrase (docs/scep.md "Key passphrase").
+
+    With the passphrase in its file (ca.passphrase_file), the file gets the new one. With the passphrase in
+    the environment (ca.passphrase_env), the new one is printed once: set it there before the next start.
+    The previous key files stay as <key>.previous until you remove them.
+    """
+    import os
+    import secrets
+    from pathlib import Path
+
+    from ..ca.keys import load_or_create_passphrase, write_private_file
+    from ..runtime import Uses, ca_names
+    from ..store.events import record_event
+    from trustkit.db import writer
+    from trustkit.clock import utcnow
+
+    from .passphrase import change
+
+    settings = ctx.settings()
+    try:
+        ca_names(settings)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    from_env = bool(os.environ.get(settings.ca.passphrase_env))
+    old = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
+    if new_file:
+        lines = Path(new_file).read_bytes().splitlines()
+        new = lines[0].strip() if lines else b""
+    else:
+        new = secrets.token_urlsafe(32).encode()
+    try:
+        changed = change(settings.ca_dir(), old, new)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not from_env:
+        write_private_file(settings.passphrase_path(), new + b"\n")
+
+    async def go():
+        async with ctx.runtime(Uses()) as rt:
+            async with writer(rt.engine).begin() as conn:
+                await record_event(conn, at=utcnow(), kind="pki.ca.passphrase.change", subject=settings.ca.name,
+                                   actor=cli_actor(), data={"keys": [p.name for p in changed],
+                                                            "source": "env" if from_env else "file"})
+
+    run(go())
+    click.echo(f"{len(changed)} keys re-encrypted in {settings.ca_dir()} ({', '.join(p.name for p in changed)}); "
+               f"the previous files are kept as <key>.previous until you remove them")
+    if from_env:
+        click.echo(f"new passphrase (set ${settings.ca.passphrase_env} to it before the next start): {new.decode()}")
+    else:
+        click.echo(f"the new passphrase is in {settings.passphrase_path()}")

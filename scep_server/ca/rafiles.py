@@ -47,3 +47,11 @@ def load_ras(directory: Path, passphrase: bytes, *, now: datetime | None = None
     now = now or datetime.now().astimezone()
     kept = [certs[0]] + [(c, k) for c, k in certs[1:] if c.not_valid_after_utc > now]
     return [(c, FileKey.load(k, passphrase)) for c, k in kept]
+
+
+def key_files(directory: Path) -> list[Path]:
+    """Every encrypted private key of a CA directory: the CA's, every RA's and a prepared next CA's and RA's."""
+    names = {"ca.key", "ra.key", "next-ca.key", "next-ra.key"}
+    return sorted(p for p in directory.iterdir()
+                  if p.name in names or (p.name.startswith("ra-") and p.name.endswith(".key")
+                                         and _generation(p.name[:-4] + ".crt") is not None))
