@@ -70,6 +70,8 @@ EVENTS: tuple[Event, ...] = (
        "the metrics observer of a committed batch raised; the batch's callers got their results"),
     _e("batch.fallback", "info", "batcher items error",
        "a group commit failed; its items are run one by one so one bad item cannot fail the others"),
+    _e("profile.previous_secret_used", "warning", "profile until",
+       "an enrolment used a static profile's previous secret during the grace period of its rotation"),
     # the RA certificate
     _e("ca.ra.renewed", "info", "ca serial previous_serial not_after actor",
        "a new RA certificate and key were issued (`ca renew-ra`, the API, or the server before expiry)"),

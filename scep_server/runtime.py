@@ -124,7 +124,7 @@ class Runtime:
         if self._profiles is None:
             from .profiles import ProfileStore
 
-            self._profiles = ProfileStore(self.engine)
+            self._profiles = ProfileStore(self.engine, clock=self.clock)
         return self._profiles
 
     @property
