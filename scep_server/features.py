@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "crl": "scep_server.crlwiring.cli:crl",
     "yubikey": "scep_server.otpwiring.cli:yubikey",
     "otp-client": "scep_server.otpwiring.cli:otp_client",
+    "otp": "scep_server.otpwiring.cli:otp",
     "challenge": "scep_server.challenge.cli:challenge",
     "enrolment": "scep_server.challenge.cli:enrolment",
     "device": "scep_server.binding.cli:device",

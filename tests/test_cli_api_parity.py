@@ -53,6 +53,8 @@ CLI_ONLY = {
     "db upgrade": "migrates the schema the server needs to start",
     "ca passphrase change": "re-encrypts the key files of the host's CA directory and writes its passphrase file "
                             "(or prints the value the host's environment must then hold): host-only, like `init`",
+    "otp kek rotate": "re-seals the stored keys under a new key file of the host and swaps the files: host-only, "
+                      "like `ca passphrase change`",
     "challenge configure": "names files and environment variables of the host (secrets the server then sends "
                            "to the hosts the same settings name): host-only by design, docs/api.md \"Profiles\"",
 }
