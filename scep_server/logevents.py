@@ -80,6 +80,9 @@ EVENTS: tuple[Event, ...] = (
        "the automatic RA renewal failed; retried every ca.ra_check_interval (readiness fails 14 days before expiry)"),
     _e("ca.rollover.prepared", "info", "ca subject cross_signed actor",
        "the next CA of a CA was created (`ca rollover prepare`, the API); GetNextCACert serves it"),
+    _e("ca.rollover.activated", "info", "ca active profiles actor",
+       "a prepared next CA became the issuing CA (`ca rollover activate`, the API); servers issue from it once "
+       "restarted"),
     _e("ca.rollover.loaded", "info", "ca subject not_after", "this process now announces a prepared next CA"),
     # SCEP and enrolment
     _e("scep.transaction", "info", "profile transaction_id message_type outcome serial fail_info fail_text duration_ms",

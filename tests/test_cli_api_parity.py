@@ -22,6 +22,7 @@ PAIRS: dict[str, tuple[str, str]] = {
     "crl publish": ("POST", "/api/v1/cas/{ca}/crl/publish"),
     "ca renew-ra": ("POST", "/api/v1/cas/{ca}/ra/renew"),
     "ca rollover prepare": ("POST", "/api/v1/cas/{ca}/rollover/prepare"),
+    "ca rollover activate": ("POST", "/api/v1/cas/{ca}/rollover/activate"),
     "token create": ("POST", "/api/v1/tokens"),
     "token disable": ("POST", "/api/v1/tokens/{id}/disable"),
     "token rotate": ("POST", "/api/v1/tokens/{id}/rotate"),

@@ -120,7 +120,7 @@ def passphrase_change(ctx: Context, new_file: str | None) -> None:
 
     settings = ctx.settings()
     try:
-        ca_names(settings)
+        names = ca_names(settings)
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
     from_env = bool(os.environ.get(settings.ca.passphrase_env))
@@ -130,10 +130,14 @@ def passphrase_change(ctx: Context, new_file: str | None) -> None:
         new = lines[0].strip() if lines else b""
     else:
         new = secrets.token_urlsafe(32).encode()
+    changed = []
     try:
-        changed = change(settings.ca_dir(), old, new)
+        for name in names:  # every CA directory (a CA rollover leaves the previous one)
+            changed += change(settings.ca_dir(name), old, new)
     except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(("nothing changed: " if not changed else
+                                    f"{len(changed)} keys were already changed (their previous files are kept as "
+                                    "<key>.previous): ") + str(exc)) from None
     if not from_env:
         write_private_file(settings.passphrase_path(), new + b"\n")
 
@@ -141,13 +145,44 @@ def passphrase_change(ctx: Context, new_file: str | None) -> None:
         async with ctx.runtime(Uses()) as rt:
             async with writer(rt.engine).begin() as conn:
                 await record_event(conn, at=utcnow(), kind="pki.ca.passphrase.change", subject=settings.ca.name,
-                                   actor=cli_actor(), data={"keys": [p.name for p in changed],
+                                   actor=cli_actor(), data={"keys": [f"{p.parent.name}/{p.name}" for p in changed],
                                                             "source": "env" if from_env else "file"})
 
     run(go())
-    click.echo(f"{len(changed)} keys re-encrypted in {settings.ca_dir()} ({', '.join(p.name for p in changed)}); "
+    click.echo(f"{len(changed)} keys re-encrypted in {', '.join(str(settings.ca_dir(n)) for n in names)} "
+               f"({', '.join(p.name for p in changed)}); "
                f"the previous files are kept as <key>.previous until you remove them")
     if from_env:
         click.echo(f"new passphrase (set ${settings.ca.passphrase_env} to it before the next start): {new.decode()}")
     else:
         click.echo(f"the new passphrase is in {settings.passphrase_path()}")
+
+
+@rollover.command("activate")
+@click.argument("name", required=False)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@pass_ctx
+def rollover_activate(ctx: Context, name: str | None, fmt: str) -> None:
+    """Make the prepared next CA the issuing CA (default: of this deployment's issuing CA); every profile of
+    the CA moves to it. Restart the running servers: they then issue from it, and the previous CA keeps
+    publishing its CRL (docs/scep.md "CA rollover")."""
+    from ..runtime import Uses
+    from . import lifecycle
+    from .rollover import NotPrepared
+
+    name = _ca_name(ctx, name)
+
+    async def go():
+        async with ctx.runtime(Uses(ca_keys=True)) as rt:
+            return await lifecycle.activate_rollover(rt, name, actor=cli_actor())
+
+    try:
+        done = run(go())
+    except NotPrepared as exc:
+        raise click.ClickException(str(exc)) from None
+    if fmt == "json":
+        click.echo(json.dumps(done, indent=2))
+        return
+    click.echo(f"{done['active']} ({done['certificate']['subject']}) now issues for {done['profiles']} profiles of "
+               f"{name}, which keeps publishing its CRL; restart the running servers")
+

@@ -138,6 +138,39 @@ async def prepare_rollover(runtime: "Runtime", name: str, *, actor: str, subject
     return {"name": name, "next_ca_certificates": described["next_ca_certificates"]}
 
 
+ACTIVATE_KIND = "pki.ca.rollover.activate"
+"""The audit event of an activated CA rollover (subject: the CA that issued until then)."""
+
+
+async def activate_rollover(runtime: "Runtime", name: str, *, actor: str) -> dict[str, Any]:
+    """Make the prepared next CA of ``name`` the issuing CA (scep_server.ca.rollover.activate): its files, then
+    in one transaction its row in ``cas``, every profile of ``name`` moved to it and the audit event. The
+    running servers issue from it once restarted; ``name`` keeps publishing its CRL."""
+    from ..store.tables import profiles
+    from .authority import load_ca
+    from .inventory import register_ca
+    from .rollover import activate
+
+    if name not in runtime.cas:
+        raise UnknownCA(f"no CA named {name!r}")
+    s, now = runtime.settings, runtime.clock()
+    new_name = await asyncio.to_thread(activate, s.ca_dir(name).parent, name)
+    new_ca = await asyncio.to_thread(load_ca, s.ca_dir(new_name), name=new_name, passphrase=_passphrase(runtime),
+                                     base_url=s.server.public_base_url())
+    import sqlalchemy as sa
+
+    async with writer(runtime.engine).begin() as conn:
+        await register_ca(conn, new_ca, now)
+        moved = (await conn.execute(sa.update(profiles).where(profiles.c.ca == name)
+                                    .values(ca=new_name, updated_at=now))).rowcount
+        await record_event(conn, at=now, kind=ACTIVATE_KIND, subject=name, actor=actor, data={
+            "ca": new_name, "subject": new_ca.cert.subject.rfc4514_string(),
+            "serial": format(new_ca.cert.serial_number, "x"), "profiles": moved})
+    log.info("ca.rollover.activated", ca=name, active=new_name, profiles=moved, actor=actor)
+    return {"ca": name, "active": new_name, "certificate": describe_certificate(new_ca.cert), "profiles": moved,
+            "restart_required": True}
+
+
 def ra_readiness(runtime: "Runtime") -> str:
     """``ca.ra``: failed when a CA's current RA certificate expires within 14 days (it was not renewed)."""
     now = runtime.clock()

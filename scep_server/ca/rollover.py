@@ -22,6 +22,14 @@ from .keys import FileKey, durable_write
 from .ra import RA_KEY_BITS
 
 NEXT_FILES = ("next-ca.key", "next-ra.key", "next-ca.crt")
+ACTIVE_FILE = "active"
+"""In the directory of the CA directories: the name of the CA that issues (after a rollover's activation)."""
+
+
+def successor_name(name: str) -> str:
+    """The name the next CA of CA ``name`` gets on activation: "default" -> "default-g2" -> "default-g3"."""
+    m = re.fullmatch(r"(.*)-g(\d+)", name)
+    return f"{m.group(1)}-g{int(m.group(2)) + 1}" if m else f"{name}-g2"
 
 
 class RolloverPrepared(Exception):
@@ -71,7 +79,8 @@ def prepare(directory: Path, ca: CertificateAuthority, *, key_size: int, validit
             builder.issuer_name(name).serial_number(random_serial()), key.public_key()), hashes.SHA256())
         ra_key = FileKey.generate(RA_KEY_BITS)
         ra_cert = issue_ra_cert(new_ca, key, ra_key.public_key(), subject=ca.ra_cert.subject.rfc4514_string(),
-                                validity_days=ra_validity_days, base_url=ca.base_url, ca_name=ca.name, now=now)
+                                validity_days=ra_validity_days, base_url=ca.base_url,
+                                ca_name=successor_name(ca.name), now=now)
         out = [new_ca, ra_cert]
         if cross_sign:
             cross = (x509.CertificateBuilder().subject_name(name).issuer_name(ca.cert.subject)
@@ -89,3 +98,39 @@ def prepare(directory: Path, ca: CertificateAuthority, *, key_size: int, validit
         durable_write(directory / "next-ca.crt",
                       b"".join(c.public_bytes(serialization.Encoding.PEM) for c in out), mode=0o644, exclusive=True)
         return out
+
+
+class NotPrepared(Exception):
+    """No next CA is prepared in the CA directory."""
+
+
+def activate(root: Path, name: str) -> str:
+    """Make the prepared next CA of CA ``name`` (in ``root``/``name``) a CA of its own, ``root``/<successor
+    name> (its key, RA key and certificates), and the issuing one (``root``/active); the CA ``name`` stops
+    announcing it. The new CA's name. Idempotent: a second call after a completed one changes nothing."""
+    directory, new_name = root / name, successor_name(name)
+    target = root / new_name
+    with _directory_lock(directory):
+        if (target / "ca.crt").exists():  # activated before (the database step may still be due)
+            durable_write(root / ACTIVE_FILE, new_name.encode() + b"\n", mode=0o644)
+            return new_name
+        missing = [f for f in NEXT_FILES if not (directory / f).exists()]
+        if missing:
+            raise NotPrepared(f"no next CA is prepared for {name!r} ({', '.join(missing)} missing): run "
+                              "`ca rollover prepare` first")
+        new_ca, ra_cert, *cross = x509.load_pem_x509_certificates((directory / "next-ca.crt").read_bytes())
+        target.mkdir(parents=True, exist_ok=True)
+        for leftover in target.iterdir():  # what an interrupted activation wrote; ca.crt (written last) is absent
+            leftover.unlink()
+        pem = serialization.Encoding.PEM
+        durable_write(target / "ca.key", (directory / "next-ca.key").read_bytes(), exclusive=True)
+        durable_write(target / "ra.key", (directory / "next-ra.key").read_bytes(), exclusive=True)
+        durable_write(target / "ra.crt", ra_cert.public_bytes(pem), mode=0o644, exclusive=True)
+        if cross:
+            durable_write(target / "cross.crt", b"".join(c.public_bytes(pem) for c in cross), mode=0o644,
+                          exclusive=True)
+        durable_write(target / "ca.crt", new_ca.public_bytes(pem), mode=0o644, exclusive=True)
+        durable_write(root / ACTIVE_FILE, new_name.encode() + b"\n", mode=0o644)
+        (directory / "next-ca.crt").replace(directory / "next-ca.crt.activated")  # no longer announced
+        return new_name
+

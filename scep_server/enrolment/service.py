@@ -186,15 +186,16 @@ class ScepService:
                 known = self.repository.find_sync(profile.name, self.transaction_key(ca, msg))
         return msg, content, known, policy_error
 
-    @staticmethod
-    def signed_by_us(ca: CertificateAuthority, msg: codec.PKIMessage) -> bool:
+    def signed_by_us(self, ca: CertificateAuthority, msg: codec.PKIMessage) -> bool:
+        """Signed by a certificate of ``ca``, or of another of our CAs (a CA that issued before a rollover: its
+        certificates renew at the new one)."""
         signer = msg.signer_cert
-        return signer.issuer == ca.cert.subject and ca.issued_by_us(signer)
+        return any(signer.issuer == c.cert.subject and c.issued_by_us(signer)
+                   for c in (ca, *(c for c in self.cas.values() if c is not ca)))
 
-    @classmethod
-    def foreign_signer(cls, ca: CertificateAuthority, msg: codec.PKIMessage, content: codec.RequestContent) -> bool:
+    def foreign_signer(self, ca: CertificateAuthority, msg: codec.PKIMessage, content: codec.RequestContent) -> bool:
         """A self-signed request (not a renewal by one of our certificates) whose signer key is not the CSR's."""
-        if cls.signed_by_us(ca, msg):
+        if self.signed_by_us(ca, msg):
             return False
         return inventory.public_key_sha256(msg.signer_cert.public_key()) != inventory.public_key_sha256(
             content.public_key)
@@ -376,8 +377,7 @@ class ScepService:
 
     # ------------------------------------------------------------------ transactions
 
-    @classmethod
-    def transaction_key(cls, ca: CertificateAuthority, msg: codec.PKIMessage) -> str:
+    def transaction_key(self, ca: CertificateAuthority, msg: codec.PKIMessage) -> str:
         """The idempotency key of an enrolment.
 
         Clients derive the transactionID from the public key (RFC 8894 §3.2.1.1), so a renewal that keeps its
@@ -390,7 +390,7 @@ class ScepService:
         if len(txid) > MAX_TRANSACTION_ID or has_control_characters(txid):
             raise SCEPFailure(FailInfo.BAD_REQUEST, f"invalid transactionID {bounded(txid)!r}: at most "
                               f"{MAX_TRANSACTION_ID} printable characters", msg)
-        if cls.signed_by_us(ca, msg):
+        if self.signed_by_us(ca, msg):
             txid = f"{txid}/renewal/{msg.signer_cert.serial_number:x}"
         return txid if len(txid) <= 255 else "sha256:" + hashlib.sha256(txid.encode()).hexdigest()
 

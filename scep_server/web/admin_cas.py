@@ -3,6 +3,7 @@
     POST /api/v1/cas/{ca}/ra/renew            a new RA certificate and key; the previous RA still decrypts until
                                               it expires
     POST /api/v1/cas/{ca}/rollover/prepare    {"cross_sign"?, "subject"?}: the next CA, served by GetNextCACert
+    POST /api/v1/cas/{ca}/rollover/activate   the prepared next CA issues (after a restart of the servers)
 
 The actor recorded is the caller's token. `GET /api/v1/cas` is in `scep_server.web.admin_certs`.
 """
@@ -50,6 +51,21 @@ async def prepare_rollover(request: web.Request) -> web.Response:
     return web.json_response(prepared)
 
 
+@requires("admin")
+async def activate_rollover(request: web.Request) -> web.Response:
+    from ..ca.rollover import NotPrepared
+
+    if await read_json_object(request, empty={}):
+        raise BadRequest("the body is empty or {}", code="invalid_input")
+    try:
+        done = await lifecycle.activate_rollover(request.app[RUNTIME], request.match_info["ca"],
+                                                 actor=request[ACTOR])
+    except NotPrepared as exc:
+        raise Conflict(str(exc), code="rollover_not_prepared") from None
+    return web.json_response(done)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/cas/{ca}/ra/renew", renew_ra)
     app.router.add_post("/api/v1/cas/{ca}/rollover/prepare", prepare_rollover)
+    app.router.add_post("/api/v1/cas/{ca}/rollover/activate", activate_rollover)

@@ -79,6 +79,7 @@ def body_for(armed: Armed, method: str, canonical: str) -> tuple[bytes | None, d
         "/api/v1/certificates/{serial}/release": {},
         "/api/v1/cas/{ca}/crl/publish": {},
         "/api/v1/cas/{ca}/ra/renew": {},
+        "/api/v1/cas/{ca}/rollover/activate": {},
         "/api/v1/tokens/{id}/rotate": {},
         "/api/v1/cas/{ca}/rollover/prepare": {"cross_sign": False},
         "/scep/{profile}/challenge": {"webhook": {"webhookEvent": "SCEPChallenge"}, "event": {}},

@@ -61,7 +61,7 @@ def test_change_reencrypts_every_key_and_replaces_the_passphrase_file(cli, tmp_p
     rows = asyncio.run(kinds())
     assert len(rows) == 2 and rows[0].actor.startswith("cli")
     assert old.decode() not in rows[0].data and new.decode() not in rows[1].data  # never the secret itself
-    assert json.loads(rows[0].data)["keys"] == keys
+    assert json.loads(rows[0].data)["keys"] == [f"default/{k}" for k in keys]
 
 
 def test_a_wrong_current_passphrase_changes_nothing(cli, tmp_path, monkeypatch):

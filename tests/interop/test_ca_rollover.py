@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 
 import aiohttp
@@ -18,7 +19,7 @@ from scep_server.store.tables import events
 from tests.helpers import require_tool
 from tests.server import run, start_app
 
-from .conftest import device_key, ra_and_ca
+from .conftest import device_key, pem_cert, ra_and_ca, renew_any_time
 from .test_ra_renewal import FAST, cli
 
 SCEP_SUBMIT = "/usr/lib/certmonger/scep-submit"
@@ -145,3 +146,73 @@ async def lifecycle_reload(server, timeout: float = 15) -> None:
     while not server.runtime.cas["default"].next_ca_certs:
         assert time.monotonic() < deadline, "the prepared CA was not picked up"
         await asyncio.sleep(0.1)
+
+
+async def test_activate_then_enrol_and_renew_an_old_ca_certificate(aiohttp_server, server, db_url, scepclient,
+                                                                   openssl, tmp_path):
+    url = f"{server.url}/scep/default"
+    old_ca = server.runtime.cas["default"].cert
+    # a device enrolled from the current CA
+    work = tmp_path / "old"
+    before = await enrol(server, scepclient, work, "old-device")
+    assert before.issuer == old_ca.subject
+
+    await asyncio.to_thread(cli, server, db_url, "ca", "rollover", "prepare", "--cross-sign")
+    await lifecycle_reload(server)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{url}?operation=GetNextCACert") as resp:
+            announced = client.parse_next_ca_cert(await resp.read(), ra_cert_der=await served_ra_der(session, url))
+    done = json.loads(await asyncio.to_thread(cli, server, db_url, "ca", "rollover", "activate", "--format", "json"))
+    assert done["ca"] == "default" and done["active"] == "default-g2" and done["profiles"] == 1
+    data = server.data_dir / "ca"
+    assert (data / "active").read_text().strip() == "default-g2"
+
+    # the servers are restarted: a new process on the same data directory and database
+    after = await start_app(aiohttp_server, tmp_path, db_url, ca=FAST)
+    url = f"{after.url}/scep/default"
+    assert list(after.runtime.cas) == ["default-g2", "default"]
+    async with aiohttp.ClientSession() as session:
+        ra_der, ca_der = await ra_and_ca(session, url)
+        assert [ra_der, ca_der] == announced[1::-1]  # what GetNextCACert announced: its RA, then the CA
+        async with session.get(f"{url}?operation=GetCACaps") as resp:
+            assert "GetNextCACert" not in (await resp.text()).split()
+        for name, issuer in (("default", old_ca), ("default-g2", x509.load_der_x509_certificate(ca_der))):
+            deadline = time.monotonic() + 15
+            while True:  # 503 until the new process signed its first CRLs
+                async with session.get(f"{after.url}/crl/{name}.crl") as resp:
+                    body = await resp.read()
+                    if resp.status == 200:
+                        break
+                    assert resp.status == 503 and time.monotonic() < deadline, (name, resp.status)
+                await asyncio.sleep(0.2)
+            crl = x509.load_der_x509_crl(body)  # the previous CA keeps publishing its CRL
+            assert crl.issuer == issuer.subject and crl.is_signature_valid(issuer.public_key())
+    new_ca = x509.load_der_x509_certificate(ca_der)
+    (tmp_path / "new-ca.pem").write_bytes(pem_cert(ca_der))
+
+    # a new device enrols from the new CA
+    fresh = await enrol(after, scepclient, tmp_path / "new", "new-device")
+    fresh.verify_directly_issued_by(new_ca)
+    cdp = fresh.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    assert cdp[0].full_name[0].value == f"{after.url}/crl/default-g2.crl"
+
+    # the old CA's certificate renews at the new CA (RenewalReq signed by it, no challenge)
+    await renew_any_time(after)
+    (work / "csr.pem").unlink()
+    shutil.move(work / "client.pem", work / "issued.pem")
+    rc, out, err = await run(scepclient, "-server-url", url, "-private-key", "k.pem", "-certificate", "issued.pem",
+                             "-cn", "old-device", cwd=work)
+    assert rc == 0, out + err
+    renewed = x509.load_pem_x509_certificate((work / "issued.pem").read_bytes())
+    assert renewed.serial_number != before.serial_number
+    renewed.verify_directly_issued_by(new_ca)
+    rc, out, err = await run(openssl, "verify", "-CAfile", str(tmp_path / "new-ca.pem"), str(work / "issued.pem"))
+    assert rc == 0 and ": OK" in out, out + err
+
+    async with after.runtime.engine.connect() as conn:
+        rows = (await conn.execute(sa.select(events).where(events.c.kind == "pki.ca.rollover.activate"))).all()
+    assert len(rows) == 1 and json.loads(rows[0].data)["ca"] == "default-g2"
+
+
+async def served_ra_der(session, url: str) -> bytes:
+    return (await ra_and_ca(session, url))[0]
