@@ -171,11 +171,18 @@ async def activate_rollover(runtime: "Runtime", name: str, *, actor: str) -> dic
             "restart_required": True}
 
 
+def _issuing(runtime: "Runtime") -> list[str]:
+    """The CA that issues: the first one loaded (`scep_server.runtime.ca_names`); a CA that issued before a
+    rollover only publishes its CRL, its RA serves nobody."""
+    return list(runtime.cas)[:1]
+
+
 def ra_readiness(runtime: "Runtime") -> str:
-    """``ca.ra``: failed when a CA's current RA certificate expires within 14 days (it was not renewed)."""
+    """``ca.ra``: failed when the issuing CA's RA certificate expires within 14 days (it was not renewed)."""
     now = runtime.clock()
-    late = [f"{name}: RA certificate expires {ca.ra_cert.not_valid_after_utc.isoformat()}"
-            for name, ca in sorted(runtime.cas.items()) if ca.ra_cert.not_valid_after_utc - now < NOT_READY_WITHIN]
+    late = [f"{name}: RA certificate expires {runtime.cas[name].ra_cert.not_valid_after_utc.isoformat()}"
+            for name in _issuing(runtime)
+            if runtime.cas[name].ra_cert.not_valid_after_utc - now < NOT_READY_WITHIN]
     return "ok" if not late else "error: not renewed: " + "; ".join(late)
 
 
@@ -188,7 +195,8 @@ async def check_once(runtime: "Runtime", states: dict[str, Any]) -> None:
         if states.get(name) not in (None, state):
             await reload_ras(runtime, name)
         states[name] = state
-        if ra.renewal_due(runtime.cas[name].ra_cert, now=runtime.clock(), renew_before=before):
+        if name in _issuing(runtime) and ra.renewal_due(runtime.cas[name].ra_cert, now=runtime.clock(),
+                                                         renew_before=before):
             try:
                 if await renew(runtime, name, actor=SYSTEM_ACTOR, only_if_due=before) is not None:
                     states[name] = await asyncio.to_thread(files_state, directory)

@@ -20,7 +20,7 @@ from tests.helpers import require_tool
 from tests.server import run, start_app
 
 from .conftest import device_key, pem_cert, ra_and_ca, renew_any_time
-from .test_ra_renewal import FAST, cli
+from .test_ra_renewal import FAST, cli, json_of
 
 SCEP_SUBMIT = "/usr/lib/certmonger/scep-submit"
 
@@ -50,7 +50,7 @@ async def test_prepare_a_rollover_then_get_next_ca_cert(server, db_url, scepclie
     rc, out, _ = await run(submit, "-u", url, "-c")
     assert rc == 0 and "GetNextCACert" not in out.split()
 
-    prepared = json.loads(await asyncio.to_thread(cli, server, db_url, "ca", "rollover", "prepare", "--cross-sign",
+    prepared = json_of(await asyncio.to_thread(cli, server, db_url, "ca", "rollover", "prepare", "--cross-sign",
                                                   "--format", "json"))
     assert len(prepared["next_ca_certificates"]) == 3
 
@@ -162,7 +162,7 @@ async def test_activate_then_enrol_and_renew_an_old_ca_certificate(aiohttp_serve
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{url}?operation=GetNextCACert") as resp:
             announced = client.parse_next_ca_cert(await resp.read(), ra_cert_der=await served_ra_der(session, url))
-    done = json.loads(await asyncio.to_thread(cli, server, db_url, "ca", "rollover", "activate", "--format", "json"))
+    done = json_of(await asyncio.to_thread(cli, server, db_url, "ca", "rollover", "activate", "--format", "json"))
     assert done["ca"] == "default" and done["active"] == "default-g2" and done["profiles"] == 1
     data = server.data_dir / "ca"
     assert (data / "active").read_text().strip() == "default-g2"

@@ -38,6 +38,14 @@ async def server(aiohttp_server, tmp_path, db_url):
     return await start_app(aiohttp_server, tmp_path, db_url, ca=FAST)
 
 
+def json_of(out: str):
+    """The JSON document a command printed (indented: from a line "{" to a line "}"), without the lines the
+    in-process server may log meanwhile on the same standard output."""
+    lines = out.splitlines()
+    start = lines.index("{")
+    return json.loads("\n".join(lines[start:lines.index("}", start) + 1]))
+
+
 def cli(server, db_url: str, *args: str) -> str:
     from scep_server.cli import main
 
@@ -93,7 +101,7 @@ async def test_renew_ra_on_the_command_line_then_scepclient_certmonger_and_the_o
     early_key = rsa_key()
     early = pkcs_req(early_key, old_der, challenge=server.challenge(), cn="early")
 
-    renewed = json.loads(await asyncio.to_thread(cli, server, db_url, "ca", "renew-ra", "default", "--format", "json"))
+    renewed = json_of(await asyncio.to_thread(cli, server, db_url, "ca", "renew-ra", "default", "--format", "json"))
     new_der = await wait_for_ra(url, old_der)
     old, new, ca = cert(old_der), cert(new_der), cert(ca_der)
     assert renewed["ra_certificate"]["serial"] == format(new.serial_number, "x")
