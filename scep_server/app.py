@@ -1,6 +1,7 @@
 """The aiohttp application factory."""
 from __future__ import annotations
 
+import functools
 import socket
 from typing import AsyncIterator
 
@@ -12,8 +13,9 @@ from trustkit.clock import Clock, utcnow
 from .config import Settings
 from .jobs import Supervisor
 from .audit import web as audit_web
+from .ca import lifecycle as ra_lifecycle
 from .runtime import Uses, open_runtime
-from .web import (access, admin_certs, admin_profiles, admin_tokens, apidoc, auth, ca, client, errors, health,
+from .web import (access, admin_cas, admin_certs, admin_profiles, admin_tokens, apidoc, auth, ca, client, errors, health,
                   metrics, scep)
 
 JOBS = web.AppKey("jobs", Supervisor)  # the supervisor of the background jobs, while the server runs
@@ -43,6 +45,9 @@ def create_app(settings: Settings, *, clock: Clock = utcnow, metrics_sock: socke
             # delegated certificates left awaiting the MDM's acknowledgement: delivered or revoked
             assert runtime.scep is not None
             supervisor.start("scep.ack_reconciler", runtime.scep.ack_reconciler, runtime.readiness)
+            # RA certificates: renewed before they expire, a renewal made elsewhere picked up
+            supervisor.start("ca.ra_lifecycle", ra_lifecycle.ra_job(runtime), runtime.readiness)
+            runtime.readiness.add("ca.ra", functools.partial(ra_lifecycle.ra_readiness, runtime))
             if settings.audit.chain:  # the audit trail's hash chain: new events are sealed every seal_interval
                 from .audit.service import sealer_job
 
@@ -62,6 +67,7 @@ def create_app(settings: Settings, *, clock: Clock = utcnow, metrics_sock: socke
     ca.add_routes(app)
     health.add_routes(app)
     admin_certs.add_routes(app)
+    admin_cas.add_routes(app)
     audit_web.add_routes(app)
     admin_profiles.add_routes(app)
     admin_tokens.add_routes(app)

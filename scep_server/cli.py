@@ -460,22 +460,43 @@ def profile_update(ctx: Context, name: str, settings_json: str) -> None:
     click.echo(json.dumps(describe(p), indent=2))
 
 
+def _grace(text: str | None):
+    """--grace: N followed by s, m, h or d."""
+    import re
+    from datetime import timedelta
+
+    if text is None:
+        return None
+    m = re.fullmatch(r"([0-9]{1,6})([smhd])", text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise click.BadParameter("a positive number followed by s, m, h or d (e.g. 24h)", param_hint="--grace")
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+    return timedelta(**{unit: int(m.group(1))})
+
+
 @profile.command("rotate-secret")
 @click.argument("name")
+@click.option("--grace", help="Keep accepting the old secret this long (e.g. 24h, 7d; at most 30d), each use "
+              "logged; default: refused at once.")
 @pass_ctx
-def profile_rotate_secret(ctx: Context, name: str) -> None:
-    """A new static challenge for a static profile, printed once; the old one is refused at once."""
+def profile_rotate_secret(ctx: Context, name: str, grace: str | None) -> None:
+    """A new static challenge for a static profile, printed once; the old one is refused at once (or after
+    --grace)."""
     from .profiles import ProfileError
+
+    period = _grace(grace)
 
     async def go():
         async with ctx.runtime() as rt:
-            return await rt.profiles.rotate_secret(name, now=utcnow(), actor=cli_actor())
+            return await rt.profiles.rotate_secret(name, now=utcnow(), actor=cli_actor(), grace=period)
 
     try:
         secret = run(go())
     except ProfileError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"challenge: {secret}")
+    if period is not None:
+        click.echo(f"the previous challenge is accepted until {(utcnow() + period).isoformat()}", err=True)
 
 
 @profile.command("delete")
@@ -742,6 +763,26 @@ def token_disable(ctx: Context, token_id: str) -> None:
     except DomainError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"token {token_id} disabled" if changed else f"token {token_id} was already disabled")
+
+
+@token.command("rotate")
+@click.argument("token_id", metavar="ID")
+@pass_ctx
+def token_rotate(ctx: Context, token_id: str) -> None:
+    """A new secret for a token (same id, name, scope and expiry), printed once; the old secret is refused at
+    once here and within 5 s by running servers."""
+    from trustkit.problems import DomainError
+
+    async def go():
+        async with ctx.runtime() as rt:
+            return await rt.tokens.rotate(token_id, now=utcnow(), actor=cli_actor())
+
+    try:
+        secret = run(go())
+    except DomainError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(secret)
+    click.echo(f"token {token_id}: new secret above, shown once; the previous one no longer works", err=True)
 
 
 # ---------------------------------------------------------------- shell completion

@@ -149,6 +149,11 @@ class CASettings(BaseModel):
     ra_subject: str = Field("CN=Device Trust SCEP RA,O=Device Trust",
                             description="subject of the RA certificate (decrypts and signs SCEP messages)")
     ra_validity_days: int = Field(730, ge=1, description="validity of the RA certificate, in days")
+    ra_renew_before_days: int = Field(60, ge=1, description="the server renews the RA certificate (a new key) "
+                                      "when it has less than this many days left")
+    ra_check_interval: float = Field(5.0, gt=0, description="how often a server process looks for a renewed RA "
+                                     "certificate (written by another process or `ca renew-ra`) and whether its "
+                                     "RA is due for renewal, in seconds")
     passphrase_env: str = Field(
         "SCEP_CA_PASSPHRASE", description="environment variable holding the passphrase that encrypts the CA and "
         "RA keys at rest (wins over passphrase_file)")
@@ -176,6 +181,14 @@ class CASettings(BaseModel):
                 raise ValueError("ca_key_label and ra_key_label must differ")
         return self
 
+
+    @model_validator(mode="after")
+    def _renewal_before_end(self) -> "CASettings":
+        if self.ra_renew_before_days >= self.ra_validity_days:
+            raise ValueError(f"ca.ra_renew_before_days ({self.ra_renew_before_days}) must be less than "
+                             f"ca.ra_validity_days ({self.ra_validity_days}): a new RA certificate would be due "
+                             f"for renewal at once")
+        return self
 
 class BindingSettings(BaseModel):
     """Device binding and management attestation."""

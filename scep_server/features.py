@@ -36,10 +36,11 @@ COMMANDS: dict[str, str] = {
     "crl": "scep_server.crlwiring.cli:crl",
     "yubikey": "scep_server.otpwiring.cli:yubikey",
     "otp-client": "scep_server.otpwiring.cli:otp_client",
+    "otp": "scep_server.otpwiring.cli:otp",
     "challenge": "scep_server.challenge.cli:challenge",
     "enrolment": "scep_server.challenge.cli:enrolment",
     "device": "scep_server.binding.cli:device",
-    "ca": "scep_server.binding.cli:ca",
+    "ca": "scep_server.ca.cli:ca",
     "mdm": "scep_server.mdm.cli:mdm",
 }
 

@@ -83,6 +83,20 @@ EVENTS: tuple[Event, ...] = (
        "the metrics observer of a committed batch raised; the batch's callers got their results"),
     _e("batch.fallback", "info", "batcher items error",
        "a group commit failed; its items are run one by one so one bad item cannot fail the others"),
+    _e("profile.previous_secret_used", "warning", "profile until",
+       "an enrolment used a static profile's previous secret during the grace period of its rotation"),
+    # the RA certificate
+    _e("ca.ra.renewed", "info", "ca serial previous_serial not_after actor",
+       "a new RA certificate and key were issued (`ca renew-ra`, the API, or the server before expiry)"),
+    _e("ca.ra.loaded", "info", "ca serial not_after", "this process now uses a renewed RA certificate"),
+    _e("ca.ra.renew_failed", "error", "ca error",
+       "the automatic RA renewal failed; retried every ca.ra_check_interval (readiness fails 14 days before expiry)"),
+    _e("ca.rollover.prepared", "info", "ca subject cross_signed actor",
+       "the next CA of a CA was created (`ca rollover prepare`, the API); GetNextCACert serves it"),
+    _e("ca.rollover.activated", "info", "ca active profiles actor",
+       "a prepared next CA became the issuing CA (`ca rollover activate`, the API); servers issue from it once "
+       "restarted"),
+    _e("ca.rollover.loaded", "info", "ca subject not_after", "this process now announces a prepared next CA"),
     # SCEP and enrolment
     _e("scep.transaction", "info", "profile transaction_id message_type outcome serial fail_info fail_text duration_ms",
        "one SCEP PKIOperation answered (SUCCESS, FAILURE or PENDING)"),

@@ -316,7 +316,7 @@ class _SnapshotCollector:
                 family.add_metric([crl.ca], float(value(crl)))
             yield family
         family = GaugeMetricFamily("ca_certificate_not_after_timestamp_seconds",
-                                   "notAfter of the CA and RA certificates", labels=["ca", "role"])
+                                   "notAfter of the CA, RA and next CA certificates", labels=["ca", "role"])
         for ca, role, not_after in s.certificates:
             family.add_metric([ca, role], not_after.timestamp())
         yield family

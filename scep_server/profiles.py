@@ -9,7 +9,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -17,7 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import structlog
+
 from .ca.policy import CertificateTemplate, IssuancePolicy
+from trustkit.clock import Clock, aware, utcnow
 from trustkit.db import writer
 from trustkit.paging import Page, PageRequest, after, take
 
@@ -154,6 +157,11 @@ class Profile:
         return hmac.compare_digest(given, self.static_secret_sha256) and bool(challenge)
 
 
+_log = structlog.get_logger("profiles")
+MAX_GRACE = timedelta(days=30)
+"""The longest a rotated static secret may keep working."""
+
+
 def new_static_secret() -> str:
     return secrets.token_urlsafe(24)
 
@@ -246,8 +254,9 @@ def _row_to_profile(row) -> Profile:
 class ProfileStore:
     """Profiles in the database, cached briefly in memory for the enrolment hot path."""
 
-    def __init__(self, engine: AsyncEngine, *, cache_seconds: float = 5.0):
+    def __init__(self, engine: AsyncEngine, *, cache_seconds: float = 5.0, clock: Clock = utcnow):
         self._engine = engine
+        self._clock = clock
         self._cache: dict[str, tuple[float, Profile]] = {}
         self._ttl = cache_seconds
 
@@ -281,10 +290,19 @@ class ProfileStore:
         if not challenge:
             return False
         async with self._engine.connect() as conn:
-            digest = (await conn.execute(sa.select(profiles.c.static_secret_sha256).where(
-                profiles.c.name == name, profiles.c.challenge_kind == "static"))).scalar()
+            row = (await conn.execute(sa.select(
+                profiles.c.static_secret_sha256, profiles.c.previous_secret_sha256, profiles.c.previous_secret_until
+            ).where(profiles.c.name == name, profiles.c.challenge_kind == "static"))).first()
+        if row is None:
+            return False
         given = hashlib.sha256(challenge.encode()).hexdigest()
-        return bool(digest) and hmac.compare_digest(given, digest)
+        current = bool(row.static_secret_sha256) and hmac.compare_digest(given, row.static_secret_sha256)
+        previous = bool(row.previous_secret_sha256) and hmac.compare_digest(given, row.previous_secret_sha256)
+        until = aware(row.previous_secret_until)
+        if not current and previous and until is not None and self._clock() < until:
+            _log.warning("profile.previous_secret_used", profile=name, until=until.isoformat())
+            return True
+        return current
 
     async def create(self, name: str, *, ca: str, challenge_kind: ChallengeKind, now: datetime,
                      static_secret: str | None = None, settings: ProfileSettings | None = None,
@@ -345,21 +363,30 @@ class ProfileStore:
                                   allow_challenge=allow_challenge)
         return await self.update(name, settings=settings, now=now, actor=actor)
 
-    async def rotate_secret(self, name: str, *, now: datetime, actor: str | None = None) -> str:
+    async def rotate_secret(self, name: str, *, now: datetime, actor: str | None = None,
+                            grace: timedelta | None = None) -> str:
         """A new secret for a static profile (returned once); the old one is refused from the commit on, by every
-        process (:meth:`static_secret_ok` reads past the cache)."""
+        process (:meth:`static_secret_ok` reads past the cache), or with ``grace`` once that period is over
+        (each use meanwhile is logged)."""
         secret = new_static_secret()
+        if grace is not None and not timedelta(0) < grace <= MAX_GRACE:
+            raise ProfileError(f"grace: more than 0 and at most {MAX_GRACE.days} days")
         async with writer(self._engine).begin() as conn:
+            old = (await conn.execute(sa.select(profiles.c.static_secret_sha256).where(
+                profiles.c.name == name, profiles.c.challenge_kind == "static"))).scalar()
             res = await conn.execute(profiles.update().where(
                 profiles.c.name == name, profiles.c.challenge_kind == "static").values(
-                static_secret_sha256=hashlib.sha256(secret.encode()).hexdigest(), updated_at=now))
+                static_secret_sha256=hashlib.sha256(secret.encode()).hexdigest(), updated_at=now,
+                previous_secret_sha256=old if grace is not None else None,
+                previous_secret_until=now + grace if grace is not None else None))
             if res.rowcount != 1:
                 kind = (await conn.execute(sa.select(profiles.c.challenge_kind).where(
                     profiles.c.name == name))).scalar()
                 if kind is None:
                     raise UnknownProfile(f"no SCEP profile named {name!r}")
                 raise NotStatic(f"profile {name!r} has a {kind} challenge: only a static profile has a secret")
-            await record_event(conn, at=now, kind="pki.profile.rotate_secret", subject=name, actor=actor)
+            await record_event(conn, at=now, kind="pki.profile.rotate_secret", subject=name, actor=actor,
+                               data={"previous_until": (now + grace).isoformat()} if grace is not None else None)
         self._cache.pop(name, None)
         return secret
 

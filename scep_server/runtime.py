@@ -140,7 +140,7 @@ class Runtime:
         if self._profiles is None:
             from .profiles import ProfileStore
 
-            self._profiles = ProfileStore(self.engine)
+            self._profiles = ProfileStore(self.engine, clock=self.clock)
         return self._profiles
 
     @property
@@ -261,29 +261,37 @@ async def initialise(settings: Settings, *, clock: Clock = utcnow, default_profi
 
 
 def ca_names(settings: Settings) -> list[str]:
-    """The CAs of this deployment, from their certificates only (no private key is read)."""
+    """The CAs of this deployment, the issuing one first (after a CA rollover's activation, the one named in
+    ``ca/active``; the earlier ones still publish their CRLs), from their certificates only (no private key
+    is read)."""
     directory = settings.ca_dir()
     if not (directory / "ca.crt").exists():
         raise FileNotFoundError(f"no CA in {directory}: run `scep-server init` first")
-    return [settings.ca.name]
+    root = directory.parent
+    active_file = root / "active"
+    active = active_file.read_text().strip() if active_file.exists() else settings.ca.name
+    others = sorted(p.name for p in root.iterdir() if p.name != active and (p / "ca.crt").is_file())
+    return [active, *others]
 
 
 def load_cas(settings: Settings) -> "dict[str, CertificateAuthority]":
     from .ca.authority import load_ca
     from .ca.keys import load_or_create_passphrase
 
-    directory = settings.ca_dir()
-    ca_names(settings)
+    names = ca_names(settings)
     if settings.ca.key_backend == "pkcs11":
-        return _load_token_cas(settings)
+        return _load_token_cas(settings)  # one CA, its keys in the token (no RA renewal or rollover there yet)
     passphrase = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
-    try:
-        ca = load_ca(directory, name=settings.ca.name, passphrase=passphrase,
-                     base_url=settings.server.public_base_url())
-    except (ValueError, TypeError, PermissionError) as exc:
-        raise CaKeysUnavailable(f"cannot read the CA keys in {directory} (is ${settings.ca.passphrase_env} or "
-                                f"{settings.passphrase_path()} the right passphrase?): {exc}") from None
-    return {ca.name: ca}
+    cas = {}
+    for name in names:
+        directory = settings.ca_dir(name)
+        try:
+            ca = load_ca(directory, name=name, passphrase=passphrase, base_url=settings.server.public_base_url())
+        except (ValueError, TypeError, PermissionError) as exc:
+            raise CaKeysUnavailable(f"cannot read the CA keys in {directory} (is ${settings.ca.passphrase_env} or "
+                                    f"{settings.passphrase_path()} the right passphrase?): {exc}") from None
+        cas[name] = ca
+    return cas
 
 
 def _load_token_cas(settings: Settings) -> "dict[str, CertificateAuthority]":

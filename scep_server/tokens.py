@@ -248,6 +248,27 @@ class TokenStore:
         self._cache.clear()
         return changed
 
+    async def rotate(self, token_id: str, *, now: datetime, actor: str | None = None) -> str:
+        """A new secret for an enabled token, same id, name, scope and expiry; the old secret is refused at once
+        here and within ``cache_seconds`` by every other process. UnknownToken when there is none, TokenError
+        for a disabled one. With `actor` the change is an audit event (``security.token.rotate``)."""
+        if len(token_id) > 32:
+            raise UnknownToken(f"no API token with id {token_id[:32]!r}...")
+        async with writer(self._engine).begin() as conn:
+            row = (await conn.execute(sa.select(api_tokens.c.scope, api_tokens.c.disabled_at)
+                                      .where(api_tokens.c.id == token_id))).first()
+            if row is None:
+                raise UnknownToken(f"no API token with id {token_id!r}")
+            if row.disabled_at is not None:
+                raise TokenError(f"token {token_id} is disabled: make a new one", field="id")
+            token = f"dt_{row.scope}_{secrets.token_urlsafe(32)}"
+            await conn.execute(api_tokens.update().where(api_tokens.c.id == token_id, api_tokens.c.disabled_at.is_(None))
+                               .values(token_sha256=_digest(token)))
+            if actor is not None:
+                await record_event(conn, at=now, kind="security.token.rotate", subject=token_id, actor=actor)
+        self._cache.clear()
+        return token
+
 
 __all__ = ["LAST_USED_EVERY", "PAGE_KEY", "SCOPES", "Grant", "TokenError", "TokenInfo", "TokenStore",
            "UnknownToken"]

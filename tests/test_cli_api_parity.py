@@ -20,8 +20,12 @@ PAIRS: dict[str, tuple[str, str]] = {
     "cert hold": ("POST", "/api/v1/certificates/{serial}/hold"),
     "cert release": ("POST", "/api/v1/certificates/{serial}/release"),
     "crl publish": ("POST", "/api/v1/cas/{ca}/crl/publish"),
+    "ca renew-ra": ("POST", "/api/v1/cas/{ca}/ra/renew"),
+    "ca rollover prepare": ("POST", "/api/v1/cas/{ca}/rollover/prepare"),
+    "ca rollover activate": ("POST", "/api/v1/cas/{ca}/rollover/activate"),
     "token create": ("POST", "/api/v1/tokens"),
     "token disable": ("POST", "/api/v1/tokens/{id}/disable"),
+    "token rotate": ("POST", "/api/v1/tokens/{id}/rotate"),
     "challenge new": ("POST", "/api/v1/challenges/{profile}"),
     "enrolment approve": ("POST", "/api/v1/enrolments/{profile}/approve"),
     "enrolment reject": ("POST", "/api/v1/enrolments/{profile}/reject"),
@@ -53,6 +57,10 @@ CLI_ONLY = {
     "db upgrade": "migrates the schema the server needs to start",
     "backup": "copies the database file, the CA directory and the secrets of the host into a directory of the host",
     "restore": "writes a new data directory on the host, for a server not yet started on it",
+    "ca passphrase change": "re-encrypts the key files of the host's CA directory and writes its passphrase file "
+                            "(or prints the value the host's environment must then hold): host-only, like `init`",
+    "otp kek rotate": "re-seals the stored keys under a new key file of the host and swaps the files: host-only, "
+                      "like `ca passphrase change`",
     "challenge configure": "names files and environment variables of the host (secrets the server then sends "
                            "to the hosts the same settings name): host-only by design, docs/api.md \"Profiles\"",
     "mdm configure jamf": "names files and environment variables of the host (the API client's secret), as "

@@ -146,9 +146,11 @@ def ca_list(ctx: Context, fmt: str) -> None:
         return
     for c in rows:
         crl = c["crl"] or {}
+        nxt = c["next_ca_certificates"]
         click.echo(f"{c['name']}\t{c['certificate']['subject']}\tuntil {c['certificate']['not_after'][:10]}"
-                   f"\tRA until {c['ra_certificate']['not_after'][:10]}\tCRL #{crl.get('number')} "
-                   f"({crl.get('state')}, next update {crl.get('next_update')})")
+                   f"\tRA until {c['ra_certificate']['not_after'][:10]}"
+                   + (f"\tnext CA until {nxt[0]['not_after'][:10]}" if nxt else "")
+                   + f"\tCRL #{crl.get('number')} ({crl.get('state')}, next update {crl.get('next_update')})")
 
 
 @ca.command("add-external")

@@ -18,6 +18,7 @@ from ..replycache import FailureReplies
 from . import tbs
 from .keys import FileKey, KeyOps, KeyStore, durable_write
 from .policy import IssuancePolicy
+from .rafiles import load_ras
 
 
 def random_serial() -> int:
@@ -53,6 +54,8 @@ class CertificateAuthority:
     ra_key: KeyOps
     base_url: str
     next_ca_certs: list[x509.Certificate] = field(default_factory=list)
+    # earlier RA certificates still valid, with their keys: requests encrypted to them still decrypt (ca.ra)
+    previous_ras: list[tuple[x509.Certificate, KeyOps]] = field(default_factory=list)
     failure_replies: FailureReplies = field(default_factory=FailureReplies, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -60,6 +63,9 @@ class CertificateAuthority:
         self.cert_der = self.cert.public_bytes(enc)
         self.ra_cert_der = self.ra_cert.public_bytes(enc)
         self.next_ca_ders = [c.public_bytes(enc) for c in self.next_ca_certs]
+        # (RA certificate DER, its key transport): the current RA first, then its predecessors
+        self.ra_recipients = [(self.ra_cert_der, self.ra_key.decrypt),
+                              *((c.public_bytes(enc), k.decrypt) for c, k in self.previous_ras)]
         self.ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(self.ski)
         self._cdp = x509.CRLDistributionPoints([x509.DistributionPoint(
@@ -263,14 +269,15 @@ def load_ca(directory: Path, *, name: str, passphrase: bytes, base_url: str,
     next_certs = x509.load_pem_x509_certificates(next_path.read_bytes()) if next_path.exists() else []
     if key_store is None:
         ca_key: KeyOps = FileKey.load(directory / "ca.key", passphrase)
-        ra_key: KeyOps = FileKey.load(directory / "ra.key", passphrase)
+        (ra_cert, ra_key), *previous = load_ras(directory, passphrase)  # the current RA and those still valid
     else:
         ca_key, ra_key = key_store.ca_key(), key_store.ra_key()
-    ca_cert, ra_cert = cert("ca.crt"), cert("ra.crt")
+        ra_cert, previous = cert("ra.crt"), []
+    ca_cert = cert("ca.crt")
     for what, key, c in (("CA", ca_key, ca_cert), ("RA", ra_key, ra_cert)):
         if key_store is not None and key.public_key() != c.public_key():
             raise ValueError(f"the {what} key in the key store is not the key of {what.lower()}.crt")
     return CertificateAuthority(
         name=name, cert=ca_cert, key=ca_key, ra_cert=ra_cert, ra_key=ra_key, base_url=base_url,
-        next_ca_certs=next_certs)
+        next_ca_certs=next_certs, previous_ras=previous)
 

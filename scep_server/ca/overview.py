@@ -22,7 +22,8 @@ class CrlStatus(Protocol):
 
 def describe_certificate(cert: x509.Certificate) -> dict[str, Any]:
     der = cert.public_bytes(serialization.Encoding.DER)
-    return {"subject": cert.subject.rfc4514_string(), "serial": format(cert.serial_number, "x"),
+    return {"subject": cert.subject.rfc4514_string(), "issuer": cert.issuer.rfc4514_string(),
+            "serial": format(cert.serial_number, "x"),
             "not_before": cert.not_valid_before_utc.isoformat(), "not_after": cert.not_valid_after_utc.isoformat(),
             "fingerprint_sha256": hashlib.sha256(der).hexdigest(),
             "pem": cert.public_bytes(serialization.Encoding.PEM).decode("ascii")}
@@ -33,6 +34,16 @@ def describe_ca(ca: CertificateAuthority) -> dict[str, Any]:
     return {"name": ca.name, "certificate": describe_certificate(ca.cert), "certificate_url": aia_url(ca.base_url, ca.name),
             "ra_certificate": describe_certificate(ca.ra_cert),
             "next_ca_certificates": [describe_certificate(c) for c in ca.next_ca_certs]}
+
+
+def expiry(cas: dict[str, CertificateAuthority]) -> dict[str, dict[str, str]]:
+    """Each CA's notAfter (ISO 8601) of its certificate (``ca``), its current RA certificate (``ra``) and, once a
+    rollover is prepared, the next CA's certificate (``next_ca``): /readyz, metrics, `ca list`."""
+    out = {}
+    for name, ca in sorted(cas.items()):
+        out[name] = {"ca": ca.cert.not_valid_after_utc.isoformat(), "ra": ca.ra_cert.not_valid_after_utc.isoformat(),
+                     **({"next_ca": ca.next_ca_certs[0].not_valid_after_utc.isoformat()} if ca.next_ca_certs else {})}
+    return out
 
 
 async def overview(cas: dict[str, CertificateAuthority], crl: CrlStatus | None,

@@ -71,7 +71,7 @@ class ScepService:
         self.clock = clock
         self.crl_source = crl_source
         self.on_status_change = on_status_change or (lambda ca: None)
-        self._cacert_cache: dict[str, bytes] = {}
+        self._cacert_cache: dict[str, tuple[CertificateAuthority, bytes]] = {}
         self.repository: EnrolmentRepository = repository
         # SCEP's CPU work (parse, decrypt, sign) runs here, not on the loop's default executor: hostile requests
         # queue behind each other instead of starving everything else that uses threads
@@ -115,11 +115,11 @@ class ScepService:
     async def get_ca_cert(self, profile_name: str) -> bytes:
         """RFC 8894 §4.2.1.2: RA certificate first, then the issuing CA, as a degenerate PKCS#7."""
         profile = await self.profiles.get(profile_name)
+        ca = self.cas[profile.ca]
         cached = self._cacert_cache.get(profile.ca)
-        if cached is None:
-            ca = self.cas[profile.ca]
-            cached = self._cacert_cache[profile.ca] = codec.build_degenerate([ca.ra_cert_der, ca.cert_der])
-        return cached
+        if cached is None or cached[0] is not ca:  # a renewed RA replaces the CA object (scep_server.ca.ra)
+            cached = self._cacert_cache[profile.ca] = (ca, codec.build_degenerate([ca.ra_cert_der, ca.cert_der]))
+        return cached[1]
 
     async def get_next_ca_cert(self, profile_name: str) -> bytes:
         """RFC 8894 §4.7.1: the next CA, signed by the current RA."""
@@ -175,7 +175,7 @@ class ScepService:
         msg = codec.parse_pki_message(body)
         check_message_digest(msg)  # badAlg for a digest GetCACaps does not offer (MD5)
         try:
-            content = codec.open_request(msg, ca.ra_key.decrypt, recipient_cert_der=ca.ra_cert_der,
+            content = codec.open_request(msg, None, recipients=ca.ra_recipients,
                                          allow_single_des=profile.settings.allow_single_des, issuer=ca.cert.subject)
         except SCEPFailure as exc:
             raise exc.with_message(msg) from None
@@ -196,15 +196,16 @@ class ScepService:
                 known = self.repository.find_sync(profile.name, self.transaction_key(ca, msg))
         return msg, content, known, policy_error
 
-    @staticmethod
-    def signed_by_us(ca: CertificateAuthority, msg: codec.PKIMessage) -> bool:
+    def signed_by_us(self, ca: CertificateAuthority, msg: codec.PKIMessage) -> bool:
+        """Signed by a certificate of ``ca``, or of another of our CAs (a CA that issued before a rollover: its
+        certificates renew at the new one)."""
         signer = msg.signer_cert
-        return signer.issuer == ca.cert.subject and ca.issued_by_us(signer)
+        return any(signer.issuer == c.cert.subject and c.issued_by_us(signer)
+                   for c in (ca, *(c for c in self.cas.values() if c is not ca)))
 
-    @classmethod
-    def foreign_signer(cls, ca: CertificateAuthority, msg: codec.PKIMessage, content: codec.RequestContent) -> bool:
+    def foreign_signer(self, ca: CertificateAuthority, msg: codec.PKIMessage, content: codec.RequestContent) -> bool:
         """A self-signed request (not a renewal by one of our certificates) whose signer key is not the CSR's."""
-        if cls.signed_by_us(ca, msg):
+        if self.signed_by_us(ca, msg):
             return False
         return inventory.public_key_sha256(msg.signer_cert.public_key()) != inventory.public_key_sha256(
             content.public_key)
@@ -389,8 +390,7 @@ class ScepService:
 
     # ------------------------------------------------------------------ transactions
 
-    @classmethod
-    def transaction_key(cls, ca: CertificateAuthority, msg: codec.PKIMessage) -> str:
+    def transaction_key(self, ca: CertificateAuthority, msg: codec.PKIMessage) -> str:
         """The idempotency key of an enrolment.
 
         Clients derive the transactionID from the public key (RFC 8894 §3.2.1.1), so a renewal that keeps its
@@ -403,7 +403,7 @@ class ScepService:
         if len(txid) > MAX_TRANSACTION_ID or has_control_characters(txid):
             raise SCEPFailure(FailInfo.BAD_REQUEST, f"invalid transactionID {bounded(txid)!r}: at most "
                               f"{MAX_TRANSACTION_ID} printable characters", msg)
-        if cls.signed_by_us(ca, msg):
+        if self.signed_by_us(ca, msg):
             txid = f"{txid}/renewal/{msg.signer_cert.serial_number:x}"
         return txid if len(txid) <= 255 else "sha256:" + hashlib.sha256(txid.encode()).hexdigest()
 

@@ -135,7 +135,8 @@ class OcspService:
         self.issuers = {name: IssuerIdentity.from_certificate(ca.cert_der) for name, ca in runtime.cas.items()}
         self.delegated: dict[str, DelegatedSigner] = {}
         self.signers: dict[str, ResponseSigner] = {}
-        if self.settings.signer == "delegated":
+        # with the CA keys in a PKCS#11 token no key file is written: the CA key signs the responses itself
+        if self.settings.signer == "delegated" and runtime.settings.ca.key_backend == "file":
             passphrase = load_or_create_passphrase(runtime.settings.ca.passphrase_env,
                                                    runtime.settings.passphrase_path())
             self.delegated = {name: DelegatedSigner(ca, runtime.settings.ca_dir(name), passphrase, self.settings)

@@ -29,4 +29,88 @@ async def _open_service(*, with_kek: bool = True) -> AsyncIterator["OtpService"]
 
 yubikey, otp_client = build_cli(_open_service)
 
-__all__ = ["otp_client", "yubikey"]
+
+@click.group("otp")
+def otp() -> None:
+    """The OTP factor's key-encryption key."""
+
+
+@otp.group("kek")
+def kek() -> None:
+    """The key-encryption key that seals the YubiKey AES keys and OTP client keys."""
+
+
+@kek.command("rotate")
+def kek_rotate() -> None:
+    """Re-seal every YubiKey key and OTP client key under a new key-encryption key, in one transaction
+    (docs/otp.md "Rotating the key-encryption key").
+
+    The new key is written beside the current one first; once the database committed, it takes the KEK
+    file's name and the previous file is kept as <file>.<kek id>.previous until you remove it. Restart the
+    running servers afterwards: until then they refuse keys sealed under the new KEK (readiness shows it).
+    """
+    import asyncio
+    import base64
+    import os
+    import secrets as random
+
+    from otp.kek import KekError, SecretBox, read_kek_file
+    from otp.rekey import reseal_all
+    from trustkit.clock import utcnow
+    from trustkit.db import writer
+
+    from ..ca.keys import durable_write, fsync_directory
+    from ..clictx import cli_actor
+    from ..runtime import Uses, enabled
+    from ..store.events import record_event
+
+    ctx = click.get_current_context().find_object(Context)
+    settings = ctx.settings()
+    if not enabled(settings, "otp"):
+        raise click.ClickException("the otp capability is switched off in this deployment ([otp] enabled = false)")
+    path = settings.otp.kek_path(settings.data_dir)
+    if path is None:
+        raise click.ClickException(f"the key-encryption key comes from ${settings.otp.kek_env}: set otp.kek_file to "
+                                   "rotate it here, or re-seal with a file first")
+    try:
+        old = read_kek_file(path)
+    except KekError as exc:
+        raise click.ClickException(str(exc)) from None
+    new = random.token_bytes(32)
+    old_id, new_id = SecretBox(old).kek_id, SecretBox(new).kek_id
+    staged = path.with_name(path.name + ".new")
+    try:
+        durable_write(staged, base64.b64encode(new) + b"\n", mode=0o600, exclusive=True)
+    except FileExistsError:
+        raise click.ClickException(f"{staged} exists: a rotation was interrupted. If the database's keys are sealed "
+                                   f"under it (`yubikey report` works with it), move it to {path}; else remove "
+                                   "it") from None
+
+    async def go():
+        async with ctx.runtime(Uses()) as rt:
+            async with writer(rt.engine).begin() as conn:
+                counts = await reseal_all(conn, old, new)
+                await record_event(conn, at=utcnow(), kind="security.otp.kek_rotate", actor=cli_actor(),
+                                   data={"previous_kek_id": old_id, "kek_id": new_id, "keys": counts[0],
+                                         "clients": counts[1]})
+            return counts
+
+    try:
+        keys, clients = asyncio.run(go())
+    except KekError as exc:
+        staged.unlink(missing_ok=True)
+        raise click.ClickException(f"nothing changed: {exc}") from None
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    previous = path.with_name(f"{path.name}.{old_id}.previous")
+    if not previous.exists():
+        os.link(path, previous)
+    os.replace(staged, path)
+    fsync_directory(path.parent)
+    click.echo(f"re-sealed {keys} YubiKey keys and {clients} OTP client keys under KEK {new_id} (was {old_id}); "
+               f"the new key is in {path}, the previous one in {previous} until you remove it; restart the running "
+               "servers")
+
+
+__all__ = ["kek", "otp", "otp_client", "yubikey"]

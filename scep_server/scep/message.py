@@ -222,8 +222,9 @@ class RequestContent:
     serial: int | None = None                              # GetCert, GetCRL
 
 
-def open_request(message: PKIMessage, decrypt_cek: DecryptCEK, *, recipient_cert_der: bytes | None = None,
-                 allow_single_des: bool = True, issuer: x509.Name | None = None) -> RequestContent:
+def open_request(message: PKIMessage, decrypt_cek: DecryptCEK | None, *, recipient_cert_der: bytes | None = None,
+                 recipients: Sequence[tuple[bytes, DecryptCEK]] = (), allow_single_des: bool = True,
+                 issuer: x509.Name | None = None) -> RequestContent:
     """Decrypt a request's pkcsPKIEnvelope and parse its content for the message type (RFC 8894 §3.3).
 
     Failures that need no decryption (not an EnvelopedData, not addressed to the RA, unsupported or refused
@@ -232,9 +233,14 @@ def open_request(message: PKIMessage, decrypt_cek: DecryptCEK, *, recipient_cert
     and proof of possession, and with ``issuer`` the issuer a CertPoll, GetCert or GetCRL names) every fault
     is the same badMessageCheck with the same text, after the same steps: a modified envelope learns nothing
     about the plaintext (no padding or format oracle).
+
+    ``recipients``: instead of one RA certificate and its key, every RA certificate that may be addressed (a
+    renewed RA and its predecessor during their overlap), each with its key transport; the RecipientInfo's
+    issuerAndSerialNumber or subjectKeyIdentifier picks the key, no key is tried on another's envelope.
     """
-    env, chosen = _addressed(message, message, recipient_cert_der, allow_single_des)
-    plain, ok = _decrypt(env, chosen, decrypt_cek)
+    candidates = list(recipients) or [(recipient_cert_der, decrypt_cek)]
+    env, chosen, decrypt = _addressed_to(message, message, candidates, allow_single_des)
+    plain, ok = _decrypt(env, chosen, decrypt)
     content, ok = _parse_content(message.message_type, plain, env.cipher, ok)
     if content is not None and issuer is not None and content.issuer is not None and content.issuer != issuer:
         ok = False
@@ -246,6 +252,15 @@ def open_request(message: PKIMessage, decrypt_cek: DecryptCEK, *, recipient_cert
 def _addressed(envelope: bytes | PKIMessage, message: PKIMessage | None, recipient_cert_der: bytes | None,
                allow_single_des: bool) -> tuple[cms.EnvelopedData, cms.Recipient]:
     """The envelope and the RecipientInfo to decrypt; failures here are visible from the envelope alone."""
+    env, chosen, _ = _addressed_to(envelope, message, [(recipient_cert_der, None)], allow_single_des)
+    return env, chosen
+
+
+def _addressed_to(envelope: bytes | PKIMessage, message: PKIMessage | None,
+                  candidates: Sequence[tuple[bytes | None, DecryptCEK | None]], allow_single_des: bool
+                  ) -> tuple[cms.EnvelopedData, cms.Recipient, DecryptCEK | None]:
+    """The envelope, the RecipientInfo to decrypt and the key transport of the RA certificate it names (the
+    first RecipientInfo naming one of ``candidates``; a candidate without certificate takes any)."""
     try:
         env = message._envelope if message is not None else None
         if env is None:
@@ -258,20 +273,23 @@ def _addressed(envelope: bytes | PKIMessage, message: PKIMessage | None, recipie
         raise SCEPFailure(FailInfo.BAD_ALG, "single DES is not accepted by this profile; use AES or DES3", message)
     if not env.recipients:
         raise SCEPFailure(FailInfo.BAD_ALG, "the pkcsPKIEnvelope has no key transport recipient", message)
-    chosen = None
+    chosen = decrypt = None
     for r in env.recipients:
-        try:
-            if recipient_cert_der is None or cms.rid_matches(env.data, r.rid, recipient_cert_der):
-                chosen = r
+        for cert_der, candidate in candidates:
+            try:
+                if cert_der is None or cms.rid_matches(env.data, r.rid, cert_der):
+                    chosen, decrypt = r, candidate
+                    break
+            except der.DERError:
                 break
-        except der.DERError:
-            continue
+        if chosen is not None:
+            break
     if chosen is None:
         raise SCEPFailure(FailInfo.BAD_MESSAGE_CHECK, "the pkcsPKIEnvelope is not addressed to this RA certificate",
                           message)
     if chosen.scheme is None:
         raise SCEPFailure(FailInfo.BAD_ALG, chosen.unsupported or "unsupported key transport", message)
-    return env, chosen
+    return env, chosen, decrypt
 
 
 def _decrypt(env: cms.EnvelopedData, chosen: cms.Recipient, decrypt_cek: DecryptCEK) -> tuple[bytes, bool]:

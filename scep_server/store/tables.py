@@ -28,6 +28,9 @@ profiles = sa.Table(
     sa.Column("challenge_kind", sa.String(16), nullable=False),  # static | dynamic | delegated
     # static challenge: SHA-256 of the secret (a high-entropy random string), compared in constant time
     sa.Column("static_secret_sha256", sa.String(64)),
+    # after a rotation with a grace period: the previous secret's SHA-256, accepted until previous_secret_until
+    sa.Column("previous_secret_sha256", sa.String(64)),
+    sa.Column("previous_secret_until", TS),
     # JSON text: certificate template and challenge settings (see scep_server.profiles.ProfileSettings)
     sa.Column("settings", sa.Text, nullable=False, server_default="{}"),
     sa.Column("created_at", TS, nullable=False),

@@ -5,7 +5,8 @@
     GET    /api/v1/profiles/{name}
     PATCH  /api/v1/profiles/{name}               {"settings"}: a merge patch (RFC 7396) of the settings
     DELETE /api/v1/profiles/{name}[?force=true]  409 while its certificates are valid or on hold
-    POST   /api/v1/profiles/{name}/rotate-secret (static profiles) -> the new secret, once
+    POST   /api/v1/profiles/{name}/rotate-secret {"grace_seconds"?} (static profiles) -> the new secret, once;
+                                                 with a grace period the old one works until then (logged)
 
 Handlers check the body's shape (400) and hand the rest to the profile store (runtime.profiles), whose
 refusals become problems here: 404 unknown, 409 exists / in use / not static, 422 invalid settings. The admin
@@ -16,6 +17,7 @@ of the server, whose contents go to the hosts they name; `scep-server challenge 
 """
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -25,7 +27,7 @@ from trustkit.paging import page_body, page_request
 from trustkit.problems import BadRequest, Conflict, NotFound, Unprocessable
 
 from ..appkeys import RUNTIME
-from ..profiles import (InvalidSettings, NotStatic, Profile, ProfileError, ProfileExists, ProfileInUse,
+from ..profiles import (MAX_GRACE, InvalidSettings, NotStatic, Profile, ProfileError, ProfileExists, ProfileInUse,
                         UnknownProfile, describe, new_static_secret, parse_settings)
 from .auth import ACTOR, requires
 
@@ -130,10 +132,10 @@ async def update(rt: "Runtime", name: str, body: dict[str, Any], *, actor: str) 
         raise problem(exc) from None
 
 
-async def rotate(rt: "Runtime", name: str, *, actor: str) -> str:
-    """A new static secret for a profile (returned once)."""
+async def rotate(rt: "Runtime", name: str, *, actor: str, grace: timedelta | None = None) -> str:
+    """A new static secret for a profile (returned once); with `grace`, the old one still works until then."""
     try:
-        return await rt.profiles.rotate_secret(name, now=rt.clock(), actor=actor)
+        return await rt.profiles.rotate_secret(name, now=rt.clock(), actor=actor, grace=grace)
     except ProfileError as exc:
         raise problem(exc) from None
 
@@ -171,8 +173,23 @@ async def delete_profile(request: web.Request) -> web.Response:
 
 @requires("admin")
 async def rotate_secret(request: web.Request) -> web.Response:
-    secret = await rotate(request.app[RUNTIME], _name(request), actor=request[ACTOR])
-    return web.json_response({"name": _name(request), "secret": secret}, headers=NO_STORE)
+    rt = request.app[RUNTIME]
+    body = await read_json_object(request, empty={})
+    unknown = sorted(set(body) - {"grace_seconds"})
+    if unknown:
+        raise BadRequest(f"unknown member {unknown[0]!r}; allowed: grace_seconds", code="invalid_input")
+    seconds = body.get("grace_seconds")
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int)
+                                or not 0 < seconds <= MAX_GRACE.total_seconds()):
+        raise BadRequest(f"grace_seconds: an integer from 1 to {int(MAX_GRACE.total_seconds())}",
+                         code="invalid_input", field="grace_seconds")
+    grace = timedelta(seconds=seconds) if seconds is not None else None
+    now = rt.clock()
+    secret = await rotate(rt, _name(request), actor=request[ACTOR], grace=grace)
+    answer = {"name": _name(request), "secret": secret}
+    if grace is not None:
+        answer["previous_valid_until"] = (now + grace).isoformat()
+    return web.json_response(answer, headers=NO_STORE)
 
 
 def add_routes(app: web.Application) -> None:

@@ -3,6 +3,7 @@
     GET  /api/v1/tokens                  (paged, oldest first; never a secret nor its digest)
     POST /api/v1/tokens                  {"scope", "name"?, "expires_at"?} -> 201, the secret once
     POST /api/v1/tokens/{id}/disable     -> the token, disabled (again: the same answer)
+    POST /api/v1/tokens/{id}/rotate      -> the token with a new secret, shown once (the old one is refused)
 
 The token store (runtime.tokens) refuses with problems of its own: 404 unknown id, 422 unknown scope, an
 expiry in the past or a name too long. Making or disabling a token through the API is an audit event.
@@ -77,7 +78,20 @@ async def disable_token(request: web.Request) -> web.Response:
     return web.json_response((await rt.tokens.get(token_id)).view())
 
 
+@requires("admin")
+async def rotate_token(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    token_id = request.match_info["id"]
+    if await read_json_object(request, empty={}):
+        raise BadRequest("the body is empty or {}", code="invalid_input")
+    secret = await rt.tokens.rotate(token_id, now=rt.clock(), actor=request[ACTOR])
+    view = (await rt.tokens.get(token_id)).view()
+    view["token"] = secret  # shown once: only its digest is stored
+    return web.json_response(view, headers=NO_STORE)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/tokens", list_tokens)
     app.router.add_post("/api/v1/tokens", create_token)
     app.router.add_post("/api/v1/tokens/{id}/disable", disable_token)
+    app.router.add_post("/api/v1/tokens/{id}/rotate", rotate_token)

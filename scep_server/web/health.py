@@ -1,7 +1,8 @@
 """Liveness and readiness for operators.
 
-`/readyz` answers 200 or 503 with ``{"ready": bool, "checks": {name: "ok" | "failed"}}``: which check
-failed, never why. The reason (an exception, a file name, a key store's message) goes to the log, once
+`/readyz` answers 200 or 503 with ``{"ready": bool, "checks": {name: "ok" | "failed"}, "expiry": {ca: {"ca",
+"ra", "next_ca"?: notAfter}}}``: which check failed, never why; and when each CA's certificate, RA certificate
+and prepared next CA (public certificates) expire. The reason (an exception, a file name, a key store's message) goes to the log, once
 each time it changes. Every check is computed at each request: a check is a function returning its detail
 ("ok" or "error: ...") or an awaitable of it.
 """
@@ -15,6 +16,7 @@ import structlog
 from aiohttp import web
 
 from ..appkeys import RUNTIME
+from ..ca.overview import expiry
 
 log = structlog.get_logger("health")
 
@@ -67,7 +69,8 @@ async def readyz(request: web.Request) -> web.Response:
         last[name] = detail
     checks = {name: "ok" if detail == "ok" else "failed" for name, detail in details.items()}
     ready = all(v == "ok" for v in checks.values())
-    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503,
+    body = {"ready": ready, "checks": checks, "expiry": expiry(request.app[RUNTIME].cas)}
+    return web.json_response(body, status=200 if ready else 503,
                              headers={"Cache-Control": "no-store"})
 
 

@@ -47,6 +47,8 @@ async def serve_metrics(request: web.Request) -> web.Response:
     certificates = []
     for name, ca in runtime.cas.items():
         certificates += [(name, "ca", ca.cert.not_valid_after_utc), (name, "ra", ca.ra_cert.not_valid_after_utc)]
+        if ca.next_ca_certs:  # a prepared rollover's new CA (GetNextCACert)
+            certificates.append((name, "next-ca", ca.next_ca_certs[0].not_valid_after_utc))
     snapshot = metrics.Snapshot(crls=crls, certificates=certificates, readiness=await check_details(runtime))
     body, content_type = metrics.render(snapshot, request.headers.get("Accept"))
     return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})

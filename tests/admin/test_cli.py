@@ -83,3 +83,35 @@ def test_profile_add_refuses_unknown_settings(cli):
     assert "settings.bogus" in cli("profile", "add", "x", "--settings-json", '{"bogus": true}', code=1)
     cli("profile", "add", "x", "--settings-json", '{"template": {"validity_days": 5}}')
     assert json.loads(cli("profile", "show", "x"))["settings"]["template"]["validity_days"] == 5
+
+
+def test_token_rotate(cli):
+    out = cli("token", "create", "--scope", "admin", "--name", "ops")
+    token_id = re.search(r"^id: (\w+)$", out, re.M).group(1)
+    old = re.search(r"^token: (\S+)$", out, re.M).group(1)
+    new = cli("token", "rotate", token_id).strip()
+    assert new.startswith("dt_admin_") and new != old
+    listed = [line.split("\t") for line in cli("token", "list").splitlines()]
+    assert [(r[0], r[2], r[-1]) for r in listed] == [(token_id, "enabled", "ops")]  # the same token
+    cli("token", "rotate", "nope", code=1)
+
+
+
+def test_profile_rotate_secret_with_grace(cli, tmp_path):
+    import asyncio
+
+    from scep_server.profiles import ProfileStore
+    from trustkit.db import create_engine
+
+    old = (tmp_path / "data" / "default-challenge.txt").read_text().strip()
+    new = cli("profile", "rotate-secret", "default", "--grace", "2h").split("challenge: ")[1].strip()
+    cli("profile", "rotate-secret", "default", "--grace", "2x", code=2)
+    cli("profile", "rotate-secret", "default", "--grace", "31d", code=1)
+
+    async def ok(secret: str) -> bool:
+        engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'scep.db'}")
+        try:
+            return await ProfileStore(engine).static_secret_ok("default", secret)
+        finally:
+            await engine.dispose()
+    assert asyncio.run(ok(old)) and asyncio.run(ok(new)) and not asyncio.run(ok("other"))

@@ -1,6 +1,8 @@
 """Profiles through the admin API (docs/api.md "Profiles"): create, show, list, update, delete, rotate."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import sqlalchemy as sa
 from cryptography import x509
 
@@ -62,6 +64,34 @@ async def test_rotation_refuses_the_old_secret_at_once(server, admin, session):
         actor = (await conn.execute(sa.select(events.c.actor).where(
             events.c.kind == "pki.profile.rotate_secret", events.c.subject == "kiosk"))).scalar_one()
     assert is_admin_token(actor)
+
+
+async def test_rotation_with_a_grace_period_keeps_the_old_secret_until_then(server, admin, session, clock):
+    import structlog
+
+    created, _ = await _create(session, server, admin)
+    old = created["secret"]
+    url = f"{server.url}{API}/kiosk/rotate-secret"
+    for bad in ({"grace_seconds": 0}, {"grace_seconds": 31 * 86400}, {"grace_seconds": "1h"}, {"grace": 60}):
+        status, body, _ = await call(session, "POST", url, admin, json=bad)
+        assert status == 400, (bad, body)
+    status, rotated, _ = await call(session, "POST", url, admin, json={"grace_seconds": 3600})
+    assert status == 200, rotated
+    new = rotated["secret"]
+    assert rotated["previous_valid_until"] == (clock() + timedelta(hours=1)).isoformat()
+    with structlog.testing.capture_logs() as logs:
+        assert (await enrol(session, server, "kiosk", rsa_key(), old, cn="old-1")).status is PKIStatus.SUCCESS
+    assert [e["profile"] for e in logs if e["event"] == "profile.previous_secret_used"] == ["kiosk"]
+    assert (await enrol(session, server, "kiosk", rsa_key(), new, cn="new-1")).status is PKIStatus.SUCCESS
+    assert (await enrol(session, server, "kiosk", rsa_key(), "neither", cn="x")).status is PKIStatus.FAILURE
+    clock.advance(3601)  # the grace period is over
+    assert (await enrol(session, server, "kiosk", rsa_key(), old, cn="old-2")).status is PKIStatus.FAILURE
+    assert (await enrol(session, server, "kiosk", rsa_key(), new, cn="new-2")).status is PKIStatus.SUCCESS
+    # a rotation without grace ends any grace at once
+    status, _, _ = await call(session, "POST", url, admin, json={"grace_seconds": 600})
+    status, again, _ = await call(session, "POST", url, admin)
+    assert status == 200 and "previous_valid_until" not in again
+    assert (await enrol(session, server, "kiosk", rsa_key(), new, cn="new-3")).status is PKIStatus.FAILURE
 
 
 async def test_rotation_by_another_process_is_seen_at_once(server, admin, session):

@@ -167,3 +167,35 @@ async def test_hostile_bodies(server, admin, session):
     _, signin = await server.runtime.tokens.create(scope="signin", name="s", now=server.runtime.clock())
     assert (await call(session, "POST", url, signin, json={"scope": "admin"}))[0] == 403
     assert (await call(session, "GET", url, None))[0] == 401
+
+
+async def test_rotate_gives_a_new_secret_and_refuses_the_old_one(server, admin, session):
+    rt = server.runtime
+    token_id, old = await rt.tokens.create(scope="signin", name="sso", now=rt.clock())
+    assert await rt.tokens.identify(old) == ("signin", token_id, "sso")
+    status, body, headers = await call(session, "POST", f"{server.url}{API}/{token_id}/rotate", admin)
+    assert status == 200 and headers["Cache-Control"] == "no-store"
+    new = body.pop("token")
+    assert set(body) == FIELDS and body["id"] == token_id and body["scope"] == "signin" and body["name"] == "sso"
+    assert new.startswith("dt_signin_") and new != old
+    assert await rt.tokens.identify(old) is None  # refused at once by the process that rotated it
+    assert await rt.tokens.identify(new) == ("signin", token_id, "sso")
+    # another process's cache forgets the old secret within its cache time
+    engine = create_engine(server.settings.database_url())
+    other = TokenStore(engine, cache_seconds=0)
+    try:
+        assert await other.identify(old) is None and (await other.identify(new))[1] == token_id
+    finally:
+        await other.close()
+        await engine.dispose()
+    async with rt.engine.connect() as conn:
+        event = (await conn.execute(sa.select(events).where(events.c.kind == "security.token.rotate"))).one()
+    assert event.subject == token_id and is_admin_token(event.actor)
+
+    status, problem, _ = await call(session, "POST", f"{server.url}{API}/nope/rotate", admin)
+    assert status == 404
+    await rt.tokens.disable(token_id, now=rt.clock())
+    status, problem, _ = await call(session, "POST", f"{server.url}{API}/{token_id}/rotate", admin)
+    assert status == 422 and problem["code"] == "invalid_token_request"
+    status, _, _ = await call(session, "POST", f"{server.url}{API}/{token_id}/rotate", admin, json={"x": 1})
+    assert status == 400

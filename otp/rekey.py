@@ -1,0 +1,47 @@
+"""Re-sealing every stored secret under a new key-encryption key (`scep-server otp kek rotate`).
+
+:func:`reseal_all` opens every YubiKey's sealed material and every API client's key with the current KEK
+and seals it again with the new one, in the caller's transaction: either every row moves to the new KEK or
+none does. A row sealed under another KEK than the current one stops the rotation (nothing is written), as
+does a value that does not open. Deleted and revoked keys hold no material (their sealed value is empty)
+and are left as they are.
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .kek import KekError, SecretBox
+from .service import _client_aad, _key_aad
+from .tables import otp_clients, otp_yubikeys
+
+
+async def reseal_all(conn: AsyncConnection, old_kek: bytes, new_kek: bytes) -> tuple[int, int]:
+    """Re-seal every key and client secret from ``old_kek`` to ``new_kek`` within ``conn``'s transaction;
+    (keys, clients) re-sealed. KekError (nothing usable written: the caller rolls back) when a value was
+    sealed under another KEK or does not open."""
+    old, new = SecretBox(old_kek), SecretBox(new_kek)
+    if old.kek_id == new.kek_id:
+        raise KekError("the new key-encryption key is the current one")
+    k, c = otp_yubikeys, otp_clients
+    keys = (await conn.execute(sa.select(k.c.id, k.c.public_id, k.c.secret_sealed, k.c.kek_id)
+                               .where(sa.func.length(k.c.secret_sealed) > 0).order_by(k.c.id))).all()
+    clients = (await conn.execute(sa.select(c.c.id, c.c.secret_sealed, c.c.kek_id).order_by(c.c.id))).all()
+    key_updates, client_updates = [], []
+    for row in keys:
+        if row.kek_id != old.kek_id:
+            raise KekError(f"YubiKey {row.public_id} is sealed under KEK {row.kek_id}, not the current {old.kek_id}")
+        aad = _key_aad(row.public_id)
+        key_updates.append({"row_id": row.id, "sealed": new.seal(old.open(row.secret_sealed, aad), aad)})
+    for row in clients:
+        if row.kek_id != old.kek_id:
+            raise KekError(f"OTP client {row.id} is sealed under KEK {row.kek_id}, not the current {old.kek_id}")
+        aad = _client_aad(row.id)
+        client_updates.append({"row_id": row.id, "sealed": new.seal(old.open(row.secret_sealed, aad), aad)})
+    if key_updates:
+        await conn.execute(sa.update(k).where(k.c.id == sa.bindparam("row_id"))
+                           .values(secret_sealed=sa.bindparam("sealed"), kek_id=new.kek_id), key_updates)
+    if client_updates:
+        await conn.execute(sa.update(c).where(c.c.id == sa.bindparam("row_id"))
+                           .values(secret_sealed=sa.bindparam("sealed"), kek_id=new.kek_id), client_updates)
+    return len(key_updates), len(client_updates)

@@ -1,0 +1,66 @@
+"""The RA certificates of a CA directory: the first one (``ra.crt``, ``ra.key``) and its renewals
+(``ra-<n>.crt``, ``ra-<n>.key``, n = 1, 2, ... in the order they were issued).
+
+The current RA is the one issued last (the highest n); GetCACert serves it and replies are signed with
+it. Every earlier RA certificate that has not expired still decrypts requests addressed to it (the overlap
+of a renewal: a device that read the old RA certificate just before the renewal still enrols). A renewal
+writes its key first and its certificate last, each exclusively: a crash leaves at most a key without a
+certificate, which is ignored. Renewals of one directory serialise on the directory's lock (``ca.lock``,
+the lock that creates the CA): one process renews, the others find the new certificate and load it.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from .authority import CertificateAuthority, _directory_lock, issue_ra_cert
+from .keys import FileKey, KeyOps, durable_write
+from .rafiles import _generation, _ra_cert_files, files_state, load_ras, ra_certificates
+
+__all__ = ["files_state", "load_ras", "ra_certificates", "with_ras", "renewal_due", "renew_ra"]
+
+RA_KEY_BITS = 2048
+
+
+def with_ras(ca: CertificateAuthority, ras: list[tuple[x509.Certificate, KeyOps]],
+             next_ca_certs: list[x509.Certificate] | None = None) -> CertificateAuthority:
+    """A copy of ``ca`` with these RA certificates (the first current) and next CA certificates (default:
+    its own); its GetCACert answer and reply caches start afresh."""
+    (ra_cert, ra_key), *previous = ras
+    return CertificateAuthority(name=ca.name, cert=ca.cert, key=ca.key, ra_cert=ra_cert, ra_key=ra_key,
+                                base_url=ca.base_url, previous_ras=previous,
+                                next_ca_certs=list(ca.next_ca_certs if next_ca_certs is None else next_ca_certs))
+
+
+def renewal_due(ra_cert: x509.Certificate, *, now: datetime, renew_before: timedelta) -> bool:
+    return ra_cert.not_valid_after_utc - now < renew_before
+
+
+def renew_ra(directory: Path, ca: CertificateAuthority, *, validity_days: int, passphrase: bytes, now: datetime,
+             only_if_due: timedelta | None = None) -> x509.Certificate | None:
+    """Issue a new RA certificate with a new key under ``ca`` and write it to ``directory``; the new one.
+
+    With ``only_if_due`` (the automatic renewal), nothing is done (None) when the newest RA certificate on
+    disk has more than that left (another process renewed it first), or when a new certificate would end no
+    later than it (the CA itself ends first: that needs a CA rollover, not another RA).
+    """
+    with _directory_lock(directory):
+        newest = _ra_cert_files(directory)[0]
+        current = x509.load_pem_x509_certificate(newest.read_bytes())
+        not_after = min(now + timedelta(days=validity_days), ca.cert.not_valid_after_utc)
+        if only_if_due is not None and (not renewal_due(current, now=now, renew_before=only_if_due)
+                                        or not_after <= current.not_valid_after_utc):
+            return None
+        key = FileKey.generate(RA_KEY_BITS)
+        cert = issue_ra_cert(ca.cert, ca.key, key.public_key(), subject=current.subject.rfc4514_string(),
+                             validity_days=validity_days, base_url=ca.base_url, ca_name=ca.name, now=now)
+        stem = f"ra-{(_generation(newest.name) or 0) + 1}"
+        # a key without its certificate is what a crash between the two writes leaves: never used, replaced
+        (directory / f"{stem}.key").unlink(missing_ok=True)
+        key.save(directory / f"{stem}.key", passphrase)  # the key first, the certificate (which completes it) last
+        durable_write(directory / f"{stem}.crt", cert.public_bytes(serialization.Encoding.PEM), mode=0o644,
+                      exclusive=True)
+        return cert

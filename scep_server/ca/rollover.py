@@ -1,0 +1,136 @@
+"""Preparing a CA rollover (RFC 8894 §4.7): the next CA of a CA directory, announced by GetNextCACert.
+
+`prepare` creates, in the CA's directory, a new self-signed CA certificate with a new key
+(``next-ca.key``), the RA certificate that will serve it (``next-ra.key``), optionally a cross certificate of
+the new CA signed by the current one, and last ``next-ca.crt``: the new CA certificate, then the next RA
+certificate and the cross certificate. Its presence marks the rollover prepared: every server loads it
+(`scep_server.ca.authority.load_ca`), GetCACaps advertises GetNextCACert and GetNextCACert serves those
+certificates signed by the current RA. Files are created exclusively, never overwritten.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+from .authority import CertificateAuthority, _ca_extensions, _directory_lock, issue_ra_cert, parse_name, random_serial
+from .keys import FileKey, durable_write
+from .ra import RA_KEY_BITS
+
+NEXT_FILES = ("next-ca.key", "next-ra.key", "next-ca.crt")
+ACTIVE_FILE = "active"
+"""In the directory of the CA directories: the name of the CA that issues (after a rollover's activation)."""
+
+
+def successor_name(name: str) -> str:
+    """The name the next CA of CA ``name`` gets on activation: "default" -> "default-g2" -> "default-g3"."""
+    m = re.fullmatch(r"(.*)-g(\d+)", name)
+    return f"{m.group(1)}-g{int(m.group(2)) + 1}" if m else f"{name}-g2"
+
+
+class RolloverPrepared(Exception):
+    """The CA directory already holds a next CA (or part of one)."""
+
+
+def next_subject(current: x509.Name) -> x509.Name:
+    """The current CA's name with its common name numbered one higher ("... CA" -> "... CA G2" -> "... CA G3")."""
+    attrs = []
+    changed = False
+    for attr in current:
+        if attr.oid == NameOID.COMMON_NAME and not changed:
+            value = str(attr.value)
+            m = re.fullmatch(r"(.*) G(\d+)", value)
+            value = f"{m.group(1)} G{int(m.group(2)) + 1}" if m else f"{value} G2"
+            attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, value[:64]))
+            changed = True
+        else:
+            attrs.append(attr)
+    if not changed:
+        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, "Issuing CA G2"))
+    return x509.Name(attrs)
+
+
+def prepare(directory: Path, ca: CertificateAuthority, *, key_size: int, validity_days: int, ra_validity_days: int,
+            passphrase: bytes, now: datetime, subject: str | None = None, cross_sign: bool = False
+            ) -> list[x509.Certificate]:
+    """Create the next CA of ``ca`` in ``directory``; the certificates GetNextCACert will serve (the new CA,
+    its RA, and with ``cross_sign`` the new CA's certificate signed by the current CA).
+
+    Raises RolloverPrepared when a next CA is there already, ValueError for a subject that does not parse or
+    that is the current CA's.
+    """
+    name = parse_name(subject) if subject else next_subject(ca.cert.subject)
+    if name == ca.cert.subject:
+        raise ValueError("the next CA needs a name of its own (the current CA's is taken)")
+    with _directory_lock(directory):
+        present = [f for f in NEXT_FILES if (directory / f).exists()]
+        if present:
+            raise RolloverPrepared(f"a next CA is already prepared in {directory} ({', '.join(present)})")
+        key = FileKey.generate(key_size)
+        not_before = now - timedelta(minutes=5)
+        not_after = now + timedelta(days=validity_days)
+        builder = (x509.CertificateBuilder().subject_name(name).public_key(key.public_key())
+                   .not_valid_before(not_before).not_valid_after(not_after))
+        new_ca = key.sign_certificate(_ca_extensions(
+            builder.issuer_name(name).serial_number(random_serial()), key.public_key()), hashes.SHA256())
+        ra_key = FileKey.generate(RA_KEY_BITS)
+        ra_cert = issue_ra_cert(new_ca, key, ra_key.public_key(), subject=ca.ra_cert.subject.rfc4514_string(),
+                                validity_days=ra_validity_days, base_url=ca.base_url,
+                                ca_name=successor_name(ca.name), now=now)
+        out = [new_ca, ra_cert]
+        if cross_sign:
+            cross = (x509.CertificateBuilder().subject_name(name).issuer_name(ca.cert.subject)
+                     .public_key(key.public_key()).serial_number(random_serial()).not_valid_before(not_before)
+                     .not_valid_after(min(not_after, ca.cert.not_valid_after_utc)))
+            ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+            cross = (cross.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                     .add_extension(new_ca.extensions.get_extension_for_class(x509.KeyUsage).value, critical=True)
+                     .add_extension(ski, critical=False)
+                     .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca.ski),
+                                    critical=False))
+            out.append(ca.key.sign_certificate(cross, hashes.SHA256()))
+        key.save(directory / "next-ca.key", passphrase)
+        ra_key.save(directory / "next-ra.key", passphrase)
+        durable_write(directory / "next-ca.crt",
+                      b"".join(c.public_bytes(serialization.Encoding.PEM) for c in out), mode=0o644, exclusive=True)
+        return out
+
+
+class NotPrepared(Exception):
+    """No next CA is prepared in the CA directory."""
+
+
+def activate(root: Path, name: str) -> str:
+    """Make the prepared next CA of CA ``name`` (in ``root``/``name``) a CA of its own, ``root``/<successor
+    name> (its key, RA key and certificates), and the issuing one (``root``/active); the CA ``name`` stops
+    announcing it. The new CA's name. Idempotent: a second call after a completed one changes nothing."""
+    directory, new_name = root / name, successor_name(name)
+    target = root / new_name
+    with _directory_lock(directory):
+        if (target / "ca.crt").exists():  # activated before (the database step may still be due)
+            durable_write(root / ACTIVE_FILE, new_name.encode() + b"\n", mode=0o644)
+            return new_name
+        missing = [f for f in NEXT_FILES if not (directory / f).exists()]
+        if missing:
+            raise NotPrepared(f"no next CA is prepared for {name!r} ({', '.join(missing)} missing): run "
+                              "`ca rollover prepare` first")
+        new_ca, ra_cert, *cross = x509.load_pem_x509_certificates((directory / "next-ca.crt").read_bytes())
+        target.mkdir(parents=True, exist_ok=True)
+        for leftover in target.iterdir():  # what an interrupted activation wrote; ca.crt (written last) is absent
+            leftover.unlink()
+        pem = serialization.Encoding.PEM
+        durable_write(target / "ca.key", (directory / "next-ca.key").read_bytes(), exclusive=True)
+        durable_write(target / "ra.key", (directory / "next-ra.key").read_bytes(), exclusive=True)
+        durable_write(target / "ra.crt", ra_cert.public_bytes(pem), mode=0o644, exclusive=True)
+        if cross:
+            durable_write(target / "cross.crt", b"".join(c.public_bytes(pem) for c in cross), mode=0o644,
+                          exclusive=True)
+        durable_write(target / "ca.crt", new_ca.public_bytes(pem), mode=0o644, exclusive=True)
+        durable_write(root / ACTIVE_FILE, new_name.encode() + b"\n", mode=0o644)
+        (directory / "next-ca.crt").replace(directory / "next-ca.crt.activated")  # no longer announced
+        return new_name
+

@@ -1,0 +1,83 @@
+"""`scep-server ca passphrase change`: every CA and RA key re-encrypted, the passphrase file replaced, the
+previous files kept; a wrong current passphrase changes nothing."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
+
+from scep_server.store.tables import events
+
+
+def _opens(path, passphrase: bytes) -> bool:
+    try:
+        serialization.load_pem_private_key(path.read_bytes(), password=passphrase)
+        return True
+    except (ValueError, TypeError):
+        return False
+
+
+def test_change_reencrypts_every_key_and_replaces_the_passphrase_file(cli, tmp_path):
+    data = tmp_path / "data"
+    directory = data / "ca" / "default"
+    cli("ca", "renew-ra")  # a renewed RA's key is re-encrypted too
+    cli("ca", "rollover", "prepare")  # and a prepared next CA's
+    old = (data / "ca" / "passphrase").read_bytes().strip()
+    keys = sorted(p.name for p in directory.glob("*.key"))
+    assert keys == ["ca.key", "next-ca.key", "next-ra.key", "ra-1.key", "ra.key"]
+
+    out = cli("ca", "passphrase", "change")
+    assert "5 keys re-encrypted" in out
+    new = (data / "ca" / "passphrase").read_bytes().strip()
+    assert new != old
+    for name in keys:
+        assert _opens(directory / name, new) and not _opens(directory / name, old), name
+        assert _opens(directory / f"{name}.previous", old), name  # kept until the operator removes them
+    assert not list(directory.glob("*.new"))
+    listed = json.loads(cli("ca", "list", "--format", "json"))  # the keys load with the new passphrase
+    assert listed[0]["name"] == "default" and len(listed[0]["next_ca_certificates"]) == 2
+
+    chosen = tmp_path / "chosen.txt"
+    chosen.write_text("correct horse battery staple\n")
+    cli("ca", "passphrase", "change", "--new-from-file", str(chosen))
+    assert (data / "ca" / "passphrase").read_bytes().strip() == b"correct horse battery staple"
+    assert _opens(directory / "ca.key", b"correct horse battery staple")
+    assert _opens(directory / "ca.key.previous", new)
+
+    import asyncio
+
+    from trustkit.db import create_engine
+
+    async def kinds():
+        engine = create_engine(f"sqlite+aiosqlite:///{data / 'scep.db'}")
+        try:
+            async with engine.connect() as conn:
+                return (await conn.execute(sa.select(events.c.actor, events.c.data).where(
+                    events.c.kind == "pki.ca.passphrase.change"))).all()
+        finally:
+            await engine.dispose()
+    rows = asyncio.run(kinds())
+    assert len(rows) == 2 and rows[0].actor.startswith("cli")
+    assert old.decode() not in rows[0].data and new.decode() not in rows[1].data  # never the secret itself
+    assert json.loads(rows[0].data)["keys"] == [f"default/{k}" for k in keys]
+
+
+def test_a_wrong_current_passphrase_changes_nothing(cli, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    directory = data / "ca" / "default"
+    before = {p.name: p.read_bytes() for p in directory.glob("*.key")}
+    monkeypatch.setenv("SCEP_CA_PASSPHRASE", "not the passphrase")
+    out = cli("ca", "passphrase", "change", code=1)
+    assert "cannot be read with the current passphrase" in out
+    assert {p.name: p.read_bytes() for p in directory.glob("*.key")} == before
+    assert not list(directory.glob("*.new")) and not list(directory.glob("*.previous"))
+
+
+@pytest.mark.parametrize("value", ["", "same"])
+def test_an_empty_or_unchanged_new_passphrase_is_refused(cli, tmp_path, value):
+    chosen = tmp_path / "new.txt"
+    current = (tmp_path / "data" / "ca" / "passphrase").read_text().strip()
+    chosen.write_text(current if value == "same" else "")
+    assert "must be non-empty and differ" in cli("ca", "passphrase", "change", "--new-from-file", str(chosen), code=1)

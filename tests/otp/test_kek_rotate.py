@@ -1,0 +1,104 @@
+"""`scep-server otp kek rotate`: every YubiKey key and OTP client key re-sealed under a new KEK in one
+transaction; the previous KEK file kept; OTPs verify before and after (under the new KEK only)."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import sqlalchemy as sa
+
+from otp.config import OtpSettings
+from otp.errors import Reason
+from otp.kek import SecretBox, read_kek_file
+from otp.service import OtpService, _client_aad
+from otp.tables import otp_clients, otp_yubikeys
+from scep_server.store.tables import events
+from trustkit.db import create_engine
+
+from .conftest import make_key, secrets_file
+
+
+def _db(tmp_path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'data' / 'scep.db'}"
+
+
+async def _verify(tmp_path, kek: bytes, user: str, otp: str) -> Reason:
+    engine = create_engine(_db(tmp_path))
+    try:
+        async with OtpService(engine, OtpSettings(), kek) as svc:
+            return (await svc.verify_signin(user, otp)).reason
+    finally:
+        await engine.dispose()
+
+
+async def _rows(tmp_path):
+    engine = create_engine(_db(tmp_path))
+    try:
+        async with engine.connect() as conn:
+            keys = (await conn.execute(sa.select(otp_yubikeys.c.public_id, otp_yubikeys.c.kek_id))).all()
+            clients = (await conn.execute(sa.select(otp_clients.c.id, otp_clients.c.secret_sealed,
+                                                    otp_clients.c.kek_id))).all()
+            rotated = (await conn.execute(sa.select(events.c.actor, events.c.data).where(
+                events.c.kind == "security.otp.kek_rotate"))).all()
+        return keys, clients, rotated
+    finally:
+        await engine.dispose()
+
+
+def test_rotate_reseals_everything_and_keeps_the_previous_file(cli, tmp_path):
+    data = tmp_path / "data"
+    keys = [make_key(820_001), make_key(820_002)]
+    (tmp_path / "keys.csv").write_bytes(secrets_file(keys))
+    cli("yubikey", "import", str(tmp_path / "keys.csv"))
+    added = cli("otp-client", "add", "--name", "sso")
+    client_key = added.split("key: ")[1].split()[0]
+    kek_path = data / "otp-kek.key"
+    old = read_kek_file(kek_path)
+    assert asyncio.run(_verify(tmp_path, old, "alice", keys[0].otp())) is Reason.ENROLLED  # at first use
+
+    out = cli("otp", "kek", "rotate")
+    assert "re-sealed 2 YubiKey keys and 1 OTP client keys" in out
+    new = read_kek_file(kek_path)
+    assert new != old
+    old_id, new_id = SecretBox(old).kek_id, SecretBox(new).kek_id
+    previous = data / f"otp-kek.key.{old_id}.previous"
+    assert read_kek_file(previous) == old  # kept until the operator removes it
+    assert not (data / "otp-kek.key.new").exists()
+
+    stored, clients, rotated = asyncio.run(_rows(tmp_path))
+    assert {r.kek_id for r in stored} == {new_id} and {r.kek_id for r in clients} == {new_id}
+    import base64
+
+    assert SecretBox(new).open(clients[0].secret_sealed, _client_aad(clients[0].id)) == base64.b64decode(client_key)
+    (event,) = rotated
+    assert event.actor.startswith("cli") and json.loads(event.data)["keys"] == 2
+    assert old.hex() not in event.data and new.hex() not in event.data
+
+    # OTPs verify under the new KEK (the counters carried on), not under the old one
+    assert asyncio.run(_verify(tmp_path, new, "alice", keys[0].otp())) is Reason.VERIFIED
+    assert asyncio.run(_verify(tmp_path, old, "bob", keys[1].otp())) is Reason.BACKEND_ERROR  # the KEK is refused
+    assert asyncio.run(_verify(tmp_path, new, "bob", keys[1].otp())) is Reason.ENROLLED
+    assert "2 YubiKey keys" in cli("otp", "kek", "rotate")  # and again
+
+
+def test_a_row_under_another_kek_stops_the_rotation_and_nothing_changes(cli, tmp_path):
+    data = tmp_path / "data"
+    (tmp_path / "keys.csv").write_bytes(secrets_file([make_key(820_101)]))
+    cli("yubikey", "import", str(tmp_path / "keys.csv"))
+    cli("otp-client", "add", "--name", "sso")
+
+    async def foreign():
+        engine = create_engine(_db(tmp_path))
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(otp_clients.update().values(kek_id="0123456789abcdef"))
+        finally:
+            await engine.dispose()
+    asyncio.run(foreign())
+    before = (data / "otp-kek.key").read_bytes()
+    out = cli("otp", "kek", "rotate", code=1)
+    assert "nothing changed" in out and "0123456789abcdef" in out
+    assert (data / "otp-kek.key").read_bytes() == before
+    assert not list(data.glob("otp-kek.key.*"))
+    stored, _, rotated = asyncio.run(_rows(tmp_path))
+    assert {r.kek_id for r in stored} == {SecretBox(read_kek_file(data / "otp-kek.key")).kek_id} and not rotated
