@@ -130,7 +130,7 @@ async def _shoot(url: str, admin: str) -> list[str]:
                     continue
                 await link.click()
             target = OUT / f"{name}.png"
-            await page.screenshot(path=str(target))
+            await page.screenshot(path=str(target), full_page=name == "dashboard")  # its charts are below the fold
             written.append(target.name)
         await browser.close()
     return written
