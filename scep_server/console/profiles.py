@@ -115,7 +115,7 @@ async def _profile(request: web.Request) -> dict[str, Any]:
     try:
         return admin_profiles.view(rt, await rt.profiles.get(request.match_info["name"]))
     except ProfileError as exc:
-        raise admin_profiles.problem(exc) from None
+        raise admin_profiles.profile_error(exc) from None
 
 
 async def profile_page(request: web.Request) -> web.Response:
@@ -154,7 +154,7 @@ async def rotate_confirm(request: web.Request) -> web.Response:
 
     view = await _profile(request)
     if view["challenge"] != "static":
-        raise admin_profiles.problem(NotStatic(f"profile {view['name']!r} has a {view['challenge']} challenge: "
+        raise admin_profiles.profile_error(NotStatic(f"profile {view['name']!r} has a {view['challenge']} challenge: "
                                                "only a static profile has a secret"))
     return _page(request, "profile_rotate.jinja2", {"profile": view})
 

@@ -54,7 +54,7 @@ def _view(request: web.Request, profile: Profile) -> dict[str, Any]:
     return view(request.app[RUNTIME], profile)
 
 
-def problem(exc: ProfileError) -> Exception:
+def profile_error(exc: ProfileError) -> Exception:
     """The problem a profile store's refusal is."""
     if isinstance(exc, UnknownProfile):
         return NotFound(str(exc), code="profile_not_found")
@@ -92,7 +92,7 @@ async def show_profile(request: web.Request) -> web.Response:
     try:
         profile = await request.app[RUNTIME].profiles.get(_name(request))
     except ProfileError as exc:
-        raise problem(exc) from None
+        raise profile_error(exc) from None
     return web.json_response(_view(request, profile))
 
 
@@ -113,7 +113,7 @@ async def create(rt: "Runtime", body: dict[str, Any], *, actor: str) -> tuple[Pr
         profile = await rt.profiles.create(name, ca=rt.settings.ca.name, challenge_kind=kind, static_secret=secret,
                                            settings=settings, now=rt.clock(), actor=actor)
     except ProfileError as exc:
-        raise problem(exc) from None
+        raise profile_error(exc) from None
     return profile, secret
 
 
@@ -129,7 +129,7 @@ async def update(rt: "Runtime", name: str, body: dict[str, Any], *, actor: str) 
         return await rt.profiles.update_settings(name, body["settings"], now=rt.clock(), actor=actor,
                                                  allow_challenge=False)
     except ProfileError as exc:
-        raise problem(exc) from None
+        raise profile_error(exc) from None
 
 
 async def rotate(rt: "Runtime", name: str, *, actor: str, grace: timedelta | None = None) -> str:
@@ -137,7 +137,7 @@ async def rotate(rt: "Runtime", name: str, *, actor: str, grace: timedelta | Non
     try:
         return await rt.profiles.rotate_secret(name, now=rt.clock(), actor=actor, grace=grace)
     except ProfileError as exc:
-        raise problem(exc) from None
+        raise profile_error(exc) from None
 
 
 @requires("admin")
@@ -167,7 +167,7 @@ async def delete_profile(request: web.Request) -> web.Response:
         counts = await rt.profiles.delete(_name(request), now=rt.clock(), force=force == "true",
                                           actor=request[ACTOR])
     except ProfileError as exc:
-        raise problem(exc) from None
+        raise profile_error(exc) from None
     return web.json_response({"deleted": _name(request), **counts})
 
 

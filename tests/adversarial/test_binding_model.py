@@ -212,14 +212,17 @@ def machine(ca, db_url: str, sqlite_template):
             self.model.status[device] = target
             for c in self.certs:
                 b = self.model.bound.get(c.serial)
-                if b is None or b.device != device:
+                # a device's certificates: those bound to it, and those issued for it that have not bound yet
+                if (b is None and c.enrolled != device) or (b is not None and b.device != device):
                     continue
-                if target == "deactivated" and b.state == "active" and c.status == "valid":
+                state = b.state if b is not None else "active"
+                if target == "deactivated" and state == "active" and c.status == "valid":
                     c.status = "hold"
-                elif target == "active" and b.state == "active" and c.status == "hold":
+                elif target == "active" and state == "active" and c.status == "hold":
                     c.status = "valid"
                 elif target == "deleted":
-                    self.model.retire(c.serial, "device_deleted")
+                    if b is not None:
+                        self.model.retire(c.serial, "device_deleted")
                     c.status = "revoked"
 
         @rule(device=st.sampled_from(DEVICES))

@@ -54,8 +54,9 @@ async def _serve(aiohttp_server, tmp_path, **server) -> tuple[RunningServer, lis
 def _cdp_and_aia(der: bytes) -> tuple[str, str]:
     cert = x509.load_der_x509_certificate(der)
     cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value[0].full_name[0].value
-    aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value[0].access_location.value
-    return cdp, aia
+    aia = [d.access_location.value for d in cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+           if d.access_method == x509.AuthorityInformationAccessOID.CA_ISSUERS]
+    return cdp, aia[0]
 
 
 def _issued(rep) -> bytes:
