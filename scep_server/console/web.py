@@ -11,7 +11,8 @@
                                                (CSR subject, SANs, key, transaction id); GET /admin/enrolments/confirm
                                                and POST /admin/enrolments/decide approve or reject it, with a reason
     GET  /admin/devices, /admin/devices/{id}   devices (status filter, pages), one device with its certificates
-    GET|POST /admin/devices/{id}/{suspend|unsuspend|deactivate|reactivate|delete}   a confirmation form, the change
+    GET|POST /admin/devices/{id}/{suspend|unsuspend|deactivate|reactivate|delete|remove-cert}   a confirmation
+                                               form, the change
     GET  /admin/yubikeys                       the YubiKey report: every filter of `yubikey report`, counts per
                                                status (of the other filters), cursor pages; GET /admin/yubikeys.csv
                                                with the same query downloads exactly that page (render_csv)
@@ -516,9 +517,13 @@ def _device_id(request: web.Request) -> str:
     return device_id
 
 
-def _device_actions(status: str) -> list[str]:
-    return {"active": ["suspend", "deactivate", "delete"], "suspended": ["unsuspend", "deactivate", "delete"],
-            "deactivated": ["reactivate", "delete"]}.get(status, [])
+REMOVE_CERT = "remove-cert"  # take the current certificate out of the device: never accepted again (ours revoked)
+
+
+def _device_actions(status: str, has_current: bool) -> list[str]:
+    actions = {"active": ["suspend", "deactivate", "delete"], "suspended": ["unsuspend", "deactivate", "delete"],
+               "deactivated": ["reactivate", "delete"]}.get(status, [])
+    return [*actions, REMOVE_CERT] if has_current and status != "deleted" else actions
 
 
 async def device_list(request: web.Request) -> web.Response:
@@ -542,16 +547,17 @@ async def device_page(request: web.Request) -> web.Response:
     devices = _devices(request)
     device_id = _device_id(request)
     device = (await devices.get(device_id)).to_json()
+    bindings = [b.to_json() for b in await devices.bindings(device_id)]
     return _page(request, "device.jinja2", {
-        "device": device, "bindings": [b.to_json() for b in await devices.bindings(device_id)],
-        "history": await devices.history(device_id), "actions": _device_actions(device["status"])})
+        "device": device, "bindings": bindings, "history": await devices.history(device_id),
+        "actions": _device_actions(device["status"], any(b["current"] for b in bindings))})
 
 
 def _device_action(request: web.Request) -> str:
     from ..binding.service import ACTIONS as DEVICE_ACTIONS
 
     action = request.match_info["action"]
-    if action not in DEVICE_ACTIONS:
+    if action not in DEVICE_ACTIONS and action != REMOVE_CERT:
         raise web.HTTPNotFound()
     return action
 
@@ -569,7 +575,10 @@ async def device_change(request: web.Request) -> web.Response:
     device_id = _device_id(request)
     reason = _form(request).get("reason")
     reason = reason[:1000] if isinstance(reason, str) and reason.strip() else None
-    await devices.transition(device_id, action, actor=request[SESSION].principal, reason=reason)
+    if action == REMOVE_CERT:  # as `scep-server device remove-cert` and DELETE /api/v1/devices/{id}/certificate
+        await devices.remove_certificate(device_id, actor=request[SESSION].principal, reason=reason)
+    else:
+        await devices.transition(device_id, action, actor=request[SESSION].principal, reason=reason)
     return _redirect(f"{PREFIX}/devices/{device_id}")
 
 

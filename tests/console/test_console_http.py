@@ -382,3 +382,49 @@ async def test_devices_list_and_lifecycle_through_forms(console):
         status, _, _ = await console.get(path, cookie)
         assert status == expected, (path, status)
     assert (await console.post("/admin/devices/nobody/delete", {"csrf": csrf}, cookie))[0] == 404
+
+
+async def test_a_devices_certificate_is_removed_through_a_confirmation_form(console):
+    """As `device remove-cert`: the current certificate is retired and ours revoked; offered only while there is one."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    from scep_server.binding.attestation import signed_bytes
+    from scep_server.binding.service import services
+    from scep_server.ca import inventory
+
+    rt = console.srv.runtime
+    profile = await rt.profiles.get("default")
+    await rt.profiles.update("default", now=rt.clock(),
+                             settings=profile.settings.model_copy(update={"device_trust": True}))
+    svc = services(rt)
+    await svc.devices.create("laptop-9", actor="test")
+    serial = await console.issue("laptop-9")
+    async with rt.engine.connect() as conn:
+        der = (await inventory.get(conn, serial)).der
+    nonce = (await svc.attestation.challenge("laptop-9"))["nonce"]
+    signature = console.key.sign(signed_bytes(nonce, "laptop-9"), padding.PKCS1v15(), hashes.SHA256())
+    verdict = await svc.attestation.verify(device_id="laptop-9", nonce=nonce, certificate=der, signature=signature,
+                                           algorithm="rsa-pkcs1v15-sha256")
+    assert verdict.managed, verdict
+
+    cookie, _ = await console.sign_in()
+    _, _, text = await console.get("/admin/devices/laptop-9", cookie)
+    assert 'id="action-remove-cert"' in text
+    status, _, page = await console.get("/admin/devices/laptop-9/remove-cert", cookie)
+    assert status == 200 and "never accepted again" in page
+    assert (await console.post("/admin/devices/laptop-9/remove-cert", {}, cookie))[0] == 403  # no CSRF token
+    csrf = await console.csrf(cookie)
+    status, headers, _ = await console.post("/admin/devices/laptop-9/remove-cert", {"csrf": csrf, "reason": "stolen"},
+                                            cookie)
+    assert status == 303 and headers["Location"] == "/admin/devices/laptop-9"
+    [binding] = await svc.devices.bindings("laptop-9")
+    assert (binding.current, binding.state, binding.retired_reason) == (False, "retired", "removed")
+    async with rt.engine.connect() as conn:
+        assert (await inventory.get(conn, serial)).status == "revoked"
+    history = await svc.devices.history("laptop-9")
+    assert history[-1]["kind"] == "device.cert.remove" and history[-1]["actor"].startswith("token:")
+    # nothing left to remove: not offered, and a post is a conflict
+    _, _, text = await console.get("/admin/devices/laptop-9", cookie)
+    assert 'id="action-remove-cert"' not in text
+    assert (await console.post("/admin/devices/laptop-9/remove-cert", {"csrf": csrf}, cookie))[0] == 409
