@@ -1,6 +1,6 @@
 """A device from enrolment to retirement, driven by a simulated Jamf Pro (API and webhooks) and a simulated
-Microsoft Graph: its certificate goes good -> on hold -> revoked on the CRL, and every change is an audit event
-whose actor is the MDM."""
+Microsoft Graph: its certificate goes good -> on hold -> revoked over OCSP and on the CRL, and every change is an
+audit event whose actor is the MDM."""
 from __future__ import annotations
 
 import asyncio
@@ -36,6 +36,21 @@ async def _await_crl(api, serial: int, reason, timeout: float = 10) -> None:
         await asyncio.sleep(0.05)
 
 
+async def _ocsp(api, cert: x509.Certificate, issuer: x509.Certificate):
+    """The certificate's status and revocation reason in the OCSP responder's answer (POST /ocsp/default)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509 import ocsp
+
+    body = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1()).build().public_bytes(
+        serialization.Encoding.DER)
+    async with api.session.post(api.url + "/ocsp/default", data=body,
+                                headers={"Content-Type": "application/ocsp-request"}) as resp:
+        assert resp.status == 200 and resp.content_type == "application/ocsp-response"
+        answer = ocsp.load_der_ocsp_response(await resp.read())
+    assert answer.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL and answer.serial_number == cert.serial_number
+    return answer.certificate_status, answer.revocation_reason
+
+
 async def _device(api, device_id: str) -> dict:
     return await api.get(f"/api/v1/devices/{device_id}")
 
@@ -55,6 +70,10 @@ async def test_jamf_drives_a_device_from_enrolment_to_retirement(server, api, sc
     await api.add_device(UDID)
     assert (await api.attest(UDID, dev.cert_pem, dev.key))["managed"]
     serial = dev.cert.serial_number
+    issuer = server.runtime.cas["default"].cert
+    from cryptography.x509.ocsp import OCSPCertStatus
+
+    assert await _ocsp(api, dev.cert, issuer) == (OCSPCertStatus.GOOD, None)
 
     mdm = server.runtime.mdm
     source, hook_secret = await mdm.configure("jamf", "jamf", {"url": jamf_url, "client_id": CLIENT_ID,
@@ -74,6 +93,8 @@ async def test_jamf_drives_a_device_from_enrolment_to_retirement(server, api, sc
     status, body = await jamf_webhook(api.session, hook, "MobileDeviceUnEnrolled", UDID, secret=hook_secret)
     assert status == 200 and body["change"]["action"] == "deactivate", body
     assert (await _device(api, UDID))["status"] == "deactivated"
+    # the responder answers the change at once (the CRL within its re-sign delay)
+    assert await _ocsp(api, dev.cert, issuer) == (OCSPCertStatus.REVOKED, x509.ReasonFlags.certificate_hold)
     await _await_crl(api, serial, x509.ReasonFlags.certificate_hold)
     assert not (await api.attest(UDID, dev.cert_pem, dev.key))["managed"]
 
@@ -81,6 +102,7 @@ async def test_jamf_drives_a_device_from_enrolment_to_retirement(server, api, sc
     status, body = await jamf_webhook(api.session, hook, "MobileDeviceEnrolled", UDID, secret=hook_secret,
                                       header=True)
     assert status == 200 and body["change"]["action"] == "reactivate", body
+    assert await _ocsp(api, dev.cert, issuer) == (OCSPCertStatus.GOOD, None)
     await _await_crl(api, serial, None)
     assert (await api.attest(UDID, dev.cert_pem, dev.key))["managed"]
 
@@ -97,6 +119,7 @@ async def test_jamf_drives_a_device_from_enrolment_to_retirement(server, api, sc
     report = await api.post("/api/v1/mdm/jamf/sync", {}, admin=True)
     assert [c["action"] for c in report["changes"]] == ["delete"]
     assert (await _device(api, UDID))["status"] == "deleted"
+    assert await _ocsp(api, dev.cert, issuer) == (OCSPCertStatus.REVOKED, x509.ReasonFlags.cessation_of_operation)
     await _await_crl(api, serial, x509.ReasonFlags.cessation_of_operation)
 
     # the audit trail names the MDM as the actor of each change
