@@ -8,6 +8,7 @@ a request is handled carries its `request_id` (structlog's context variables, bo
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import sys
@@ -103,6 +104,40 @@ _access_log = structlog.wrap_logger(None, wrapper_class=structlog.make_filtering
 _quote = json.encoder.encode_basestring_ascii  # a JSON string literal, escaped (C)
 
 
+_pending_access: list[str] = []  # access lines of this turn of the event loop, written together at its end
+
+
+def _flush_access() -> None:
+    lines = "".join(_pending_access)
+    _pending_access.clear()
+    try:
+        stream = sys.stderr
+        stream.write(lines)
+        stream.flush()
+    except (OSError, ValueError):  # stderr gone (a collector that died): the requests are answered all the same
+        pass
+
+
+def _emit_access(line: str) -> None:
+    """Queue one line; the lines of one turn of the event loop go out in one write when the turn ends (under load
+    many requests end in one turn: one system call for all of them instead of one each). Outside a loop the line
+    is written at once."""
+    import asyncio  # loaded already wherever requests are served; the command line never needs it for this
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        _pending_access.append(line)
+        _flush_access()
+        return
+    if not _pending_access:
+        loop.call_soon(_flush_access)
+    _pending_access.append(line)
+
+
+atexit.register(_flush_access)  # a turn the loop never finished (the process stopping)
+
+
 def access_line(*, method: str, route: str, status: int, duration_ms: float, client: str, request_id: str) -> None:
     """Write one `http.access` line. In JSON, the line structlog would write (same keys), formatted here
     without its processor chain: there is one per request, so it must cost little (a few microseconds)."""
@@ -112,12 +147,7 @@ def access_line(*, method: str, route: str, status: int, duration_ms: float, cli
                 f'"duration_ms": {float(duration_ms)!r}, "client": {_quote(client)}, '
                 f'"request_id": {_quote(request_id)}, "event": "http.access", "level": "info", '
                 f'"timestamp": "{timestamp}"}}\n')
-        try:
-            stream = sys.stderr
-            stream.write(line)
-            stream.flush()
-        except (OSError, ValueError):  # stderr gone (a collector that died): the request is answered all the same
-            pass
+        _emit_access(line)
     else:
         _access_log.info("http.access", method=method, route=route, status=status, duration_ms=duration_ms,
                          client=client, request_id=request_id)
