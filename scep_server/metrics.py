@@ -7,7 +7,9 @@ single process (one worker, the tests' in-process servers) keeps them in memory.
 
 Recording is switched on per process by :func:`activate` (the application does it when ``[metrics] enabled``);
 until then every ``record`` function below returns at once, so a command-line process or a server with
-metrics off pays one attribute test per event. Label values come from closed sets only: profiles that exist
+metrics off pays one attribute test per event. Counter increments made in a turn of the event loop are added
+up and applied when the turn ends (one write per series and turn, not one per request: in a multi-worker
+server each write is a locked update of a memory-mapped file); a scrape applies its own worker's first. Label values come from closed sets only: profiles that exist
 (a request naming an unknown profile never reaches a recorder), the SCEP enums, the OTP and attestation
 reason codes, the configured CAs, the names of the group-commit stores: nothing a client writes becomes a label.
 
@@ -20,6 +22,7 @@ This module imports prometheus-client only when activated or scraped (the comman
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
@@ -80,6 +83,49 @@ class _Metrics:
 
 _active: _Metrics | None = None
 _multiproc_dir: str | None = None
+
+# Counter and gauge increments of this turn of the event loop, added up per labelled child and applied together
+# when the turn ends. In a multi-worker server each increment is a locked write to a memory-mapped file: under
+# load many requests end in one turn, and one write per child and turn replaces one per request. Outside a
+# running loop (a thread, the command line) an increment is applied at once.
+_pending: dict[Any, float] = {}
+
+
+def _flush_pending() -> None:
+    if not _pending:
+        return
+    items = list(_pending.items())
+    _pending.clear()
+    for child, amount in items:
+        _apply(child, amount)
+
+
+@functools.lru_cache(maxsize=None)
+def _log_failure_once(what: str) -> None:
+    logging.getLogger(__name__).exception("metrics.record_failed: %s", what)
+
+
+def _apply(child: Any, amount: float) -> None:
+    try:
+        child.inc(amount)
+    except Exception:  # noqa: BLE001 - metrics are not worth an answer (a metrics file that cannot grow, say)
+        _log_failure_once("inc")
+
+
+def _inc(child: Any, amount: float = 1.0) -> None:
+    import asyncio  # loaded already wherever requests are served
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        _apply(child, amount)
+        return
+    if not _pending:
+        loop.call_soon(_flush_pending)
+    _pending[child] = _pending.get(child, 0.0) + amount
+
+
+atexit.register(_flush_pending)  # a turn the loop never finished (the process stopping)
 
 
 # ---------------------------------------------------------------- multiprocess set-up (the serving parent)
@@ -200,7 +246,7 @@ def scep_transaction(profile: str, message_type: int, outcome: str, fail_info: s
     m = _active
     if m is None:
         return
-    m.child(m.enrolments, profile, _MESSAGE_TYPES.get(message_type, "other"), outcome, fail_info or "none").inc()
+    _inc(m.child(m.enrolments, profile, _MESSAGE_TYPES.get(message_type, "other"), outcome, fail_info or "none"))
     m.child(m.enrolment_seconds, profile).observe(seconds)
 
 
@@ -208,7 +254,7 @@ def scep_transaction(profile: str, message_type: int, outcome: str, fail_info: s
 def challenge_issued(profile: str) -> None:
     m = _active
     if m is not None:
-        m.child(m.challenges_issued, profile).inc()
+        _inc(m.child(m.challenges_issued, profile))
 
 
 @_never_raises
@@ -216,7 +262,7 @@ def challenge_redeemed(profile: str, outcome: str) -> None:
     """``outcome``: redeemed | refused."""
     m = _active
     if m is not None:
-        m.child(m.challenge_redemptions, profile, outcome).inc()
+        _inc(m.child(m.challenge_redemptions, profile, outcome))
 
 
 @_never_raises
@@ -224,7 +270,7 @@ def delegated_validation(provider: str, outcome: str, seconds: float) -> None:
     """``provider``: intune | webhook; ``outcome``: allowed | denied | unavailable."""
     m = _active
     if m is not None:
-        m.child(m.delegated, provider, outcome).inc()
+        _inc(m.child(m.delegated, provider, outcome))
         m.child(m.delegated_seconds, provider, outcome).observe(seconds)
 
 
@@ -233,14 +279,14 @@ def otp_verified(client: str, status: str) -> None:
     """``client``: "signin" (the sign-in API) or a protocol 2.0 client id that exists ("unknown" otherwise)."""
     m = _active
     if m is not None:
-        m.child(m.otp, client, status).inc()
+        _inc(m.child(m.otp, client, status))
 
 
 @_never_raises
 def attestation_verdict(reason: str) -> None:
     m = _active
     if m is not None:
-        m.child(m.attestation, reason).inc()
+        _inc(m.child(m.attestation, reason))
 
 
 @_never_raises
@@ -256,7 +302,7 @@ def group_commit(store: str, items: int, seconds: float) -> None:
 def request_served() -> None:
     m = _active
     if m is not None:
-        m.worker_requests.inc()
+        _inc(m.worker_requests)
 
 
 @_never_raises
@@ -349,6 +395,7 @@ def render(snapshot: Snapshot, accept: str | None = None) -> tuple[bytes, str]:
 
     activate()
     assert _active is not None
+    _flush_pending()  # this worker's increments of the current turn are in the answer
     scrape = CollectorRegistry(auto_describe=False)
     scrape.register(_SnapshotCollector(snapshot))
     ProcessCollector(registry=scrape)
