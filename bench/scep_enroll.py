@@ -3,6 +3,7 @@
     .venv/bin/python bench/scep_enroll.py              # SQLite (the embedded default), concurrency 1, 4, 16
     .venv/bin/python bench/scep_enroll.py --pg         # PostgreSQL at 127.0.0.1:5432 (a fresh database)
     .venv/bin/python bench/scep_enroll.py --compare-keys   # file vs SoftHSM keys, EC P-256 vs RSA-3072 CA
+    .venv/bin/python bench/scep_enroll.py --vs-micromdm    # beside micromdm's scepserver (root: a netns of its own)
 
 Everything the client sends is built before timing: RSA-2048 client keys, a CSR per enrolment (distinct
 subject, the profile's challenge), a self-signed signer certificate per key, and the PKCSReq bodies
@@ -45,11 +46,11 @@ TARGET_RATIO = 0.30
 
 # ---------------------------------------------------------------- the RSA-bound ceiling
 
-def _rsa_worker(seconds: float, start, out) -> None:
+def _rsa_worker(seconds: float, start, out, key_size: int = 2048) -> None:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
     pad, h = padding.PKCS1v15(), hashes.SHA256()
     key.sign(b"warm-up", pad, h)
     start.wait()
@@ -64,11 +65,11 @@ def _rsa_worker(seconds: float, start, out) -> None:
     out.put(n / elapsed)
 
 
-def rsa_ops_per_second(processes: int = 2, seconds: float = 3.0) -> float:
-    """RSA-2048 private operations per second, summed over `processes` processes running at once."""
+def rsa_ops_per_second(processes: int = 2, seconds: float = 3.0, key_size: int = 2048) -> float:
+    """RSA private operations per second (of `key_size` bits), summed over `processes` processes at once."""
     ctx = mp.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_rsa_worker, args=(seconds, start, out)) for _ in range(processes)]
+    procs = [ctx.Process(target=_rsa_worker, args=(seconds, start, out, key_size)) for _ in range(processes)]
     for p in procs:
         p.start()
     time.sleep(1.0)  # let both generate their keys
@@ -283,6 +284,27 @@ def _inventory_count(db_url: str) -> tuple[int, int]:
     return asyncio.run(go())
 
 
+def run_turn(ctx, tmp: Path, tag: str, url: str, pids: list[int], bodies: list[bytes], keys: list[bytes],
+             key_of: list[int], ra_der: bytes, level: int, warmup: int) -> tuple[dict, float, list]:
+    """One timed turn from the client process, then every reply checked (not timed): (the client's figures,
+    the server's CPU seconds during the turn, [(index, serial or None, problem or None)])."""
+    path, result_path = tmp / f"bodies-{tag}.pkl", tmp / f"result-{tag}.pkl"
+    path.write_bytes(pickle.dumps(bodies))
+    cpu0 = cpu_seconds(pids)
+    proc = ctx.Process(target=_client, args=(url, str(path), level, warmup, str(result_path)))
+    proc.start()
+    proc.join()
+    server_cpu = cpu_seconds(pids) - cpu0
+    out = pickle.loads(result_path.read_bytes())
+    jobs: dict[int, list] = {}
+    for i, r in enumerate(out["results"]):
+        jobs.setdefault(key_of[i], []).append((i, r[0], r[2]))
+    with ctx.Pool(2) as pool:
+        checked = [x for chunk in pool.map(_check, [(keys[k], items, ra_der) for k, items in jobs.items()])
+                   for x in chunk]
+    return out, server_cpu, checked
+
+
 # ---------------------------------------------------------------- main
 
 def pct(values: list[float], q: float) -> float:
@@ -347,21 +369,9 @@ def compare_keys(args, setups: list[str]) -> int:
             for name in order:
                 server = servers[name]
                 warmup, ra_der, (bodies, keys_, key_of) = prepared[name][round_]
-                path, result_path = tmp / f"bodies-{name}-{round_}.pkl", tmp / f"result-{name}-{round_}.pkl"
-                path.write_bytes(pickle.dumps(bodies))
-                cpu0 = cpu_seconds(server.workers)
-                proc = ctx.Process(target=_client, args=(server.url + "/scep/default?operation=PKIOperation",
-                                                         str(path), level, warmup, str(result_path)))
-                proc.start()
-                proc.join()
-                server_cpu = cpu_seconds(server.workers) - cpu0
-                out = pickle.loads(result_path.read_bytes())
-                jobs: dict[int, list] = {}
-                for i, r in enumerate(out["results"]):
-                    jobs.setdefault(key_of[i], []).append((i, r[0], r[2]))
-                with ctx.Pool(2) as pool:
-                    checked = [x for chunk in pool.map(_check, [(keys_[k], items, ra_der) for k, items in jobs.items()])
-                               for x in chunk]
+                out, server_cpu, checked = run_turn(ctx, tmp, f"{name}-{round_}",
+                                                    server.url + "/scep/default?operation=PKIOperation",
+                                                    server.workers, bodies, keys_, key_of, ra_der, level, warmup)
                 problems = [(i, p) for i, _, p in checked if p is not None]
                 failures += len(problems)
                 for i, p in problems[:3]:
@@ -389,6 +399,180 @@ def compare_keys(args, setups: list[str]) -> int:
     return 0 if failures == 0 else 1
 
 
+# ---------------------------------------------------------------- side by side with micromdm's scepserver (--vs-micromdm)
+
+NETNS_FLAG = "--inside-netns"
+
+
+def _run_in_private_netns() -> int:
+    """Run this script again inside a new network namespace whose only interface is loopback (micromdm's
+    `scepserver` listens on every interface: there it can reach nothing and nothing can reach it), then remove
+    the namespace."""
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        raise SystemExit("--vs-micromdm runs the servers in a network namespace of their own: it needs root and "
+                         "iproute2's `ip`")
+    name = f"scep-bench-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+        return subprocess.call(["ip", "netns", "exec", name, sys.executable, __file__, *sys.argv[1:], NETNS_FLAG])
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def _only_loopback() -> bool:
+    return sorted(os.listdir("/sys/class/net")) == ["lo"]
+
+
+class MicroMdm:
+    """micromdm's `scepserver` with a fresh depot: CA of `key_size` bits, one static challenge."""
+
+    def __init__(self, tmp: Path, key_size: int, challenge: str):
+        self.depot = tmp / "micromdm-depot"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(tmp / "micromdm.log", "wb")
+        subprocess.run(["scepserver", "ca", "-init", "-depot", str(self.depot), "-keySize", str(key_size)],
+                       stdout=self.log, stderr=subprocess.STDOUT, check=True)
+        self.proc = subprocess.Popen(["scepserver", "-depot", str(self.depot), "-port", str(self.port),
+                                      "-challenge", challenge], stdout=self.log, stderr=subprocess.STDOUT)
+        self.workers = [self.proc.pid]
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.get("/scep?operation=GetCACaps")
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"micromdm's scepserver did not start; see {tmp / 'micromdm.log'}")
+                time.sleep(0.1)
+
+    def get(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=10) as resp:
+            return resp.read()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def vs_micromdm(args) -> int:
+    """This server (CA RSA-2048 as micromdm's, and the default RSA-3072) and micromdm's scepserver 2.1.0 in one
+    run, interleaved round by round, at each concurrency level; the load and its checks as in the default mode."""
+    if NETNS_FLAG not in sys.argv:
+        return _run_in_private_netns()
+    if not _only_loopback():
+        raise SystemExit("refusing to start micromdm's scepserver: this network namespace has interfaces other "
+                         "than loopback")
+    if not shutil.which("scepserver"):
+        raise SystemExit("micromdm's scepserver is required (Debian package scep)")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    counts = [int(n) for n in args.requests.split(",")]
+    counts = counts * len(levels) if len(counts) == 1 else counts
+    tmp = Path(tempfile.mkdtemp(prefix="scep-bench-vs-"))
+    version = subprocess.run(["scepserver", "-version"], capture_output=True, text=True).stdout.strip()
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, in a network namespace with loopback only; "
+          f"this server: SQLite, {args.workers} workers; micromdm scepserver {version} (file depot)")
+    r2048 = rsa_ops_per_second(2, args.ceiling_seconds, 2048)
+    r3072 = rsa_ops_per_second(2, args.ceiling_seconds, 3072)
+    # an enrolment costs two RA-2048 private operations (decrypt, sign the CertRep) and one CA signature
+    ceiling = {2048: 1 / (2 / r2048 + 1 / r2048), 3072: 1 / (2 / r2048 + 1 / r3072)}
+    print(f"RSA private operations/s on two processes: 2048-bit {r2048:,.0f}, 3072-bit {r3072:,.0f}; ceilings "
+          f"{ceiling[2048]:,.0f} enrolments/s (CA 2048), {ceiling[3072]:,.0f} (CA 3072)")
+    servers: dict[str, object] = {}
+    ca_bits = {"this-ca2048": 2048, "this-ca3072": 3072, "micromdm": 2048}
+    rows: dict[tuple[str, int], list[dict]] = {}
+    serials: dict[str, list[str]] = {name: [] for name in ca_bits}
+    ctx = mp.get_context("spawn")
+    try:
+        from scep_server.scep import client
+
+        targets: dict[str, tuple[str, bytes, str]] = {}  # name -> (PKIOperation URL, recipient/signer, challenge)
+        for name in ("this-ca2048", "this-ca3072"):
+            server = servers[name] = Server(tmp / name, None, args.workers, tmp / f"{name}.log", name=name,
+                                            env_extra={"SCEP_SERVER_CA__KEY_SIZE": str(ca_bits[name]),
+                                                       "SCEP_SERVER_LOG__LEVEL": "info"})
+            targets[name] = (server.url + "/scep/default?operation=PKIOperation",
+                             client.certs_in_order(server.get("/scep/default?operation=GetCACert"))[0],
+                             (tmp / name / "default-challenge.txt").read_text().strip())
+        challenge = secrets.token_hex(16)
+        mm = servers["micromdm"] = MicroMdm(tmp, 2048, challenge)
+        # one CA certificate and no RA: GetCACert answers the certificate itself (application/x-x509-ca-cert)
+        targets["micromdm"] = (mm.url + "/scep?operation=PKIOperation", mm.get("/scep?operation=GetCACert"), challenge)
+        names = list(targets)
+        with ctx.Pool(2) as pool:
+            keys = make_keys(args.keys, pool)
+            prepared = {(r, name, c): prepare(max(2 * c, 8) + n, keys, targets[name][1], targets[name][2], pool)
+                        for r in range(args.rounds) for name in names for c, n in zip(levels, counts)}
+        for r in range(args.rounds):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                url, recipient, _ = targets[name]
+                for c in levels:
+                    warmup = max(2 * c, 8)
+                    bodies, keys_, key_of = prepared[(r, name, c)]
+                    out, server_cpu, checked = run_turn(ctx, tmp, f"{name}-{r}-{c}", url, servers[name].workers,
+                                                        bodies, keys_, key_of, recipient, c, warmup)
+                    timed = range(warmup, len(bodies))
+                    bad = {i for i, _, p in checked if p is not None}
+                    ok = sum(1 for i in timed if i not in bad)
+                    serials[name].extend(s for _, s, p in checked if s is not None)
+                    rows.setdefault((name, c), []).append(dict(
+                        ok=ok, failures=len(timed) - ok, wall=out["wall"], lat=[out["results"][i][1] for i in timed]))
+                    first = next((p for _, _, p in checked if p is not None), None)
+                    print(f"  round {r + 1} {name:<12} c={c:<3} {ok / out['wall']:8.1f} enrolments/s, "
+                          f"{len(timed) - ok} failures" + (f" (e.g. {first[:120]})" if first else ""))
+    finally:
+        for server in servers.values():
+            server.stop()
+    table = {}
+    print()
+    print(f"{'server':<12} | {'conc':>4} | {'enrol/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'failures':>8} | "
+          f"{'of ceiling':>10} | duplicate serials")
+    for name in ca_bits:
+        dup = len(serials[name]) - len(set(serials[name]))
+        for c in levels:
+            runs = rows[(name, c)]
+            lat = [x for run in runs for x in run["lat"]]
+            rate = sum(run["ok"] for run in runs) / sum(run["wall"] for run in runs)
+            table[(name, c)] = t = dict(rate=rate, p50=statistics.median(lat) * 1000, p99=pct(lat, 0.99) * 1000,
+                                        failures=sum(run["failures"] for run in runs),
+                                        ceiling=rate / ceiling[ca_bits[name]], duplicates=dup)
+            print(f"{name:<12} | {c:>4} | {rate:>8.1f} | {t['p50']:>7.2f} | {t['p99']:>7.2f} | {t['failures']:>8} | "
+                  f"{t['ceiling']:>10.3f} | {dup}")
+    lo, hi = min(levels), max(levels)
+    ours, theirs = table[("this-ca2048", hi)], table[("micromdm", hi)]
+    checks = [
+        (f"c={hi}: successful enrolments/s >= 1.5x micromdm's",
+         ours["rate"] / max(theirs["rate"], 1e-9), ours["rate"] >= 1.5 * theirs["rate"]),
+        (f"c={hi}: zero failures", ours["failures"] + table[("this-ca3072", hi)]["failures"],
+         ours["failures"] == table[("this-ca3072", hi)]["failures"] == 0),
+        (f"c={lo}: p50 not above micromdm's (ms, ours / theirs)",
+         table[("this-ca2048", lo)]["p50"] / table[("micromdm", lo)]["p50"],
+         table[("this-ca2048", lo)]["p50"] <= table[("micromdm", lo)]["p50"]),
+        (f"c={hi}: >= 0.45 of the RSA ceiling, CA 2048", ours["ceiling"], ours["ceiling"] >= 0.45),
+        (f"c={hi}: >= 0.45 of the RSA ceiling, CA 3072 (the default)", table[("this-ca3072", hi)]["ceiling"],
+         table[("this-ca3072", hi)]["ceiling"] >= 0.45),
+        (f"c={hi}: p99 under 100 ms (CA 2048)", ours["p99"], ours["p99"] < 100),
+        ("no duplicate serials (this server)", ours["duplicates"] + table[("this-ca3072", hi)]["duplicates"],
+         ours["duplicates"] == table[("this-ca3072", hi)]["duplicates"] == 0),
+    ]
+    print()
+    for text, figure, met in checks:
+        print(f"target {text}: {figure:.3f} {'met' if met else 'NOT met'}")
+    print("RESULT " + json.dumps({"vs_micromdm": {f"{name}@{c}": t for (name, c), t in table.items()},
+                                  "ceilings": {str(k): v for k, v in ceiling.items()},
+                                  "targets": {text: met for text, _, met in checks}}))
+    if args.keep:
+        print(f"data directories kept: {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if all(met for _, _, met in checks) else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pg", action="store_true", help="PostgreSQL instead of the embedded SQLite")
@@ -402,7 +586,17 @@ def main() -> int:
     ap.add_argument("--compare-keys", nargs="?", const=",".join(KEY_SETUPS), metavar="SETUPS",
                     help="enrolments/s per CA key set-up in one run instead (SQLite; the first --concurrency and "
                          f"--requests): comma-separated, of {', '.join(KEY_SETUPS)} (default: all)")
+    ap.add_argument("--vs-micromdm", action="store_true",
+                    help="this server and micromdm's scepserver side by side, in a network namespace with loopback "
+                         "only (needs root; SQLite; --concurrency and --requests as given, default 1,16 and 200,1000)")
+    ap.add_argument(NETNS_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.vs_micromdm:
+        args.concurrency = "1,16" if args.concurrency == "1,4,16" else args.concurrency
+        args.requests = "200,1000" if args.requests == "200,600,1000" else args.requests
+        if len(args.requests.split(",")) not in (1, len(args.concurrency.split(","))):
+            ap.error("--requests needs one count, or one per concurrency level")
+        return vs_micromdm(args)
     if args.compare_keys:
         setups = [s.strip() for s in args.compare_keys.split(",") if s.strip()]
         unknown = [s for s in setups if s not in KEY_SETUPS]
@@ -459,23 +653,10 @@ def main() -> int:
         for level, (c, warmup, (bodies, keys, key_of)) in enumerate(prepared):
             if level:
                 ceilings.append(rsa_ops_per_second(2, args.ceiling_seconds) / 3)
-            bodies_path, result_path = tmp / f"bodies-{level}.pkl", tmp / f"result-{level}.pkl"
-            bodies_path.write_bytes(pickle.dumps(bodies))
-            cpu0 = cpu_seconds(server.workers)
-            proc = ctx.Process(target=_client, args=(server.url + "/scep/default?operation=PKIOperation",
-                                                     str(bodies_path), c, warmup, str(result_path)))
-            proc.start()
-            proc.join()
-            server_cpu = cpu_seconds(server.workers) - cpu0  # includes the warm-up
-            out = pickle.loads(result_path.read_bytes())
+            # server CPU includes the warm-up; verification (not timed): every reply decrypted, every serial new
+            out, server_cpu, checked = run_turn(ctx, tmp, str(level), server.url + "/scep/default?operation=PKIOperation",
+                                                server.workers, bodies, keys, key_of, ra_der, c, warmup)
             results, wall, client_cpu = out["results"], out["wall"], out["cpu"]
-            # verification (not timed): every reply decrypted, every serial new
-            jobs: dict[int, list] = {}
-            for i, r in enumerate(results):
-                jobs.setdefault(key_of[i], []).append((i, r[0], r[2]))
-            with ctx.Pool(2) as pool:
-                checked = [x for chunk in pool.map(_check, [(keys[k], items, ra_der) for k, items in jobs.items()])
-                           for x in chunk]
             timed = {i for i in range(warmup, len(bodies))}
             problems = [(i, p) for i, s, p in checked if p is not None]
             failures = sum(1 for i, _ in problems if i in timed)
