@@ -48,6 +48,16 @@ def set_observer(observer: Observer | None) -> Observer | None:
     return previous
 
 
+def observed(name: str, items: int, seconds: float) -> None:
+    """Tell the observer of a batch committed by other means (a group commit of threads, say)."""
+    observer = _observer
+    if observer is not None:
+        try:
+            observer(name, items, seconds)
+        except Exception:  # noqa: BLE001 - an observer never fails a commit
+            log.exception("batch.observer_failed", extra={"batcher": name, "items": items})
+
+
 class GroupCommit(Generic[T, R]):
     def __init__(self, flush: Callable[[list[T]], Awaitable[Sequence[R]]], *,
                  single: Callable[[T], Awaitable[R]] | None = None, max_batch: int = 256,

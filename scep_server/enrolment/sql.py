@@ -9,6 +9,7 @@ import functools
 import json
 import sqlite3
 import threading
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from trustkit import batching
 from trustkit.db import is_sqlite, sqlite_pragmas, writer
 
 from ..binding.tables import device_certs, devices
@@ -276,6 +278,18 @@ class PostgresRepository(SqlRepository):
                 raise Duplicate(str(exc)) from exc
 
 
+_MAX_GROUP = 64  # writes carried by one commit at most
+
+
+class _QueuedWrite:
+    __slots__ = ("params", "done", "error")
+
+    def __init__(self, params: dict) -> None:
+        self.params = params
+        self.done = False
+        self.error: BaseException | None = None
+
+
 class SqliteRepository(SqlRepository):
     """Lookup and record of a plain issue on synchronous SQLite connections, called from the enrolment's worker
     threads (the rest as SqlRepository).
@@ -283,7 +297,8 @@ class SqliteRepository(SqlRepository):
     aiosqlite hands every driver call (cursor, execute, fetch, close, BEGIN, COMMIT) to its connection thread
     and back, a dozen handoffs per enrolment. Here the lookup runs inside the thread that parses and decrypts
     the request, and the write inside the thread that signs the certificate: no handoff of its own. Writers
-    of one process queue on a lock rather than in SQLite's busy handler, which polls with sleeps.
+    of one process queue on a lock rather than in SQLite's busy handler, which polls with sleeps, and the
+    writes queued meanwhile share one durable commit (record_sync).
     """
 
     inline = True
@@ -293,6 +308,8 @@ class SqliteRepository(SqlRepository):
         self.executor: ThreadPoolExecutor | None = None  # the SCEP service's (None: the loop's default)
         self._sync: sa.Engine | None = None
         self._write_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_QueuedWrite] = []
         self._find: _Compiled | None = None
         self._record: list[_Compiled] = []
 
@@ -319,29 +336,63 @@ class SqliteRepository(SqlRepository):
             raw.close()
 
     def record_sync(self, cert_row: dict, tx_row: dict, event: dict) -> None:
+        """Record one issue durably; returns once the commit carrying it is on disk.
+
+        Group commit among the process's signing threads: each write queues, then waits for the write lock.
+        The holder commits the writes queued at that moment in one transaction (one durable commit for all),
+        each in a savepoint of its own so that one write losing to a concurrent insert (Duplicate) fails
+        alone. A thread whose write an earlier holder carried finds it done and returns."""
         assert self._sync is not None
         event_row = _event_row(**event)
         if not self._record:
             self._record = [_Compiled(stmt, self._sync.dialect)
                             for stmt in _record_statements(cert_row, tx_row, event_row, one_statement=False)]
-        params = _record_params(cert_row, tx_row, event_row)
+        item = _QueuedWrite(_record_params(cert_row, tx_row, event_row))
+        with self._queue_lock:
+            self._queue.append(item)
         with self._write_lock:
+            while not item.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue[:_MAX_GROUP], self._queue[_MAX_GROUP:]
+                self._commit_group(batch)
+        if item.error is not None:
+            raise item.error
+
+    def _commit_group(self, batch: list["_QueuedWrite"]) -> None:
+        """One transaction for the batch; every item ends done, with its error if it was not written."""
+        assert self._sync is not None
+        started = time.perf_counter()
+        try:
             raw = self._sync.raw_connection()
             try:
                 db = raw.driver_connection
-                db.execute("BEGIN IMMEDIATE")  # take the write lock now (see trustkit.db.writer)
                 try:
-                    for stmt in self._record:
-                        db.execute(stmt.sql, stmt.params(params))
+                    db.execute("BEGIN IMMEDIATE")  # take the write lock now (see trustkit.db.writer)
+                    for item in batch:
+                        db.execute("SAVEPOINT one_write")
+                        try:
+                            for stmt in self._record:
+                                db.execute(stmt.sql, stmt.params(item.params))
+                        except sqlite3.IntegrityError as exc:
+                            db.execute("ROLLBACK TO one_write")
+                            item.error = Duplicate(str(exc))
+                        db.execute("RELEASE one_write")
                     db.execute("COMMIT")
-                except BaseException as exc:
+                except BaseException:
                     if db.in_transaction:
                         db.execute("ROLLBACK")
-                    if isinstance(exc, sqlite3.IntegrityError):
-                        raise Duplicate(str(exc)) from exc
                     raise
             finally:
                 raw.close()
+        except BaseException as exc:  # nothing of the batch was written: each caller gets the failure
+            for item in batch:
+                item.error = exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for item in batch:
+                item.done = True
+        batching.observed("enrolment_record", len(batch), time.perf_counter() - started)
 
     async def find(self, profile: str, key: str) -> dict | None:
         await self.prepare()

@@ -138,3 +138,62 @@ async def test_withdraw_revokes_and_rejects(repo, ca, key):
     assert (record.status, record.revocation_reason) == ("revoked", int(Reason.CESSATION_OF_OPERATION))
     assert (await repo.find("p", "w"))["state"] == "rejected"
     assert await repo.valid_serials_for_key("p", cert_row["public_key_sha256"], AT) == []
+
+
+# ---------------------------------------------------------------- SQLite: signing threads share one durable commit
+
+@pytest.fixture
+async def sqlite_repo(tmp_path, sqlite_template, ca):
+    shutil.copy(sqlite_template, tmp_path / "test.db")
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'test.db'}")
+    try:
+        await register_ca(engine, ca)
+        repository = repository_for(engine)
+        assert isinstance(repository, SqliteRepository)
+        await repository.prepare()
+        yield repository
+    finally:
+        await engine.dispose()
+
+
+async def test_writes_queued_while_one_commits_share_the_next_commit_and_a_duplicate_fails_alone(sqlite_repo, ca, key):
+    import threading
+
+    from trustkit import batching
+
+    batches: list[tuple[str, int]] = []
+    previous = batching.set_observer(lambda name, items, seconds: batches.append((name, items)))
+    try:
+        sqlite_repo.record_sync(*rows(ca, key, "first"))
+        assert batches == [("enrolment_record", 1)]  # a lone write commits at once
+        writes = [rows(ca, key, f"g{i}") for i in range(5)] + [rows(ca, key, "first")]  # the last: a duplicate
+        outcomes: dict[str, object] = {}
+
+        def write(r):
+            try:
+                sqlite_repo.record_sync(*r)
+                outcomes[r[1]["transaction_id"] + r[0]["serial"]] = "ok"
+            except Duplicate as exc:
+                outcomes[r[1]["transaction_id"] + r[0]["serial"]] = exc
+
+        sqlite_repo._write_lock.acquire()  # a commit in progress: the six writes queue behind it
+        threads = [threading.Thread(target=write, args=(r,)) for r in writes]
+        for t in threads:
+            t.start()
+        for _ in range(500):  # bounded: until all six are queued
+            if len(sqlite_repo._queue) == 6:
+                break
+            await asyncio.sleep(0.01)
+        assert len(sqlite_repo._queue) == 6
+        sqlite_repo._write_lock.release()
+        for t in threads:
+            t.join(10)
+        assert batches[1:] == [("enrolment_record", 6)]  # one commit carried all six
+        assert sorted(map(str, outcomes.values())).count("ok") == 5
+        assert sum(isinstance(v, Duplicate) for v in outcomes.values()) == 1
+        for r in writes[:5]:
+            assert (await sqlite_repo.find("p", r[1]["transaction_id"]))["serial"] == r[0]["serial"]
+        # the duplicate wrote nothing: the transaction still names the first certificate only
+        assert (await sqlite_repo.find("p", "first"))["serial"] != writes[5][0]["serial"]
+    finally:
+        batching.set_observer(previous)
