@@ -342,46 +342,55 @@ def test_multiprocess_directory_is_made_per_start_and_removed(tmp_path, monkeypa
 
 # ---------------------------------------------------------------- increments of one turn of the loop, applied together
 
-async def test_the_increments_of_one_turn_are_applied_once_when_it_ends():
+@pytest.fixture
+def otp_writes():
+    """(status -> the writes made to the OTP counter's series of that status), recorded."""
     from scep_server import metrics
 
     metrics.activate()
     m = metrics._active
-    child = m.child(m.otp, "signin", "REPLAYED_OTP")
-    writes: list[float] = []
-    real_inc = child.inc
-    child.inc = lambda amount=1.0: (writes.append(amount), real_inc(amount))
-    try:
-        before = value(parse(metrics.render(metrics.Snapshot())[0].decode()), "otp_verifications_total",
-                       client="signin", status="REPLAYED_OTP")
-        for _ in range(3):
-            metrics.otp_verified("signin", "REPLAYED_OTP")
-        assert writes == []  # nothing written while the turn goes on
-        await asyncio.sleep(0)  # the turn ends
-        assert writes == [3.0]  # one write for the three
+    watched = []
+
+    def watch(status: str) -> list[float]:
+        child = m.child(m.otp, "signin", status)
+        writes: list[float] = []
+        real_inc = child.inc
+        child.inc = lambda amount=1.0: (writes.append(amount), real_inc(amount))
+        watched.append(child)
+        return writes
+
+    yield watch
+    for child in watched:
+        del child.inc
+
+
+def otp_count(status: str) -> float:
+    from scep_server import metrics
+
+    return value(parse(metrics.render(metrics.Snapshot())[0].decode()), "otp_verifications_total",
+                 client="signin", status=status)
+
+
+async def test_the_increments_of_one_turn_are_applied_once_when_it_ends(otp_writes):
+    from scep_server import metrics
+
+    writes = otp_writes("REPLAYED_OTP")
+    before = otp_count("REPLAYED_OTP")
+    for _ in range(3):
         metrics.otp_verified("signin", "REPLAYED_OTP")
-        # a scrape in the same turn reports what was counted before it
-        after = value(parse(metrics.render(metrics.Snapshot())[0].decode()), "otp_verifications_total",
-                      client="signin", status="REPLAYED_OTP")
-        assert after == before + 4
-        assert writes == [3.0, 1.0]
-        await asyncio.sleep(0)
-        assert writes == [3.0, 1.0]  # nothing counted twice
-    finally:
-        del child.inc
+    assert writes == []  # nothing written while the turn goes on
+    await asyncio.sleep(0)  # the turn ends
+    assert writes == [3.0]  # one write for the three
+    metrics.otp_verified("signin", "REPLAYED_OTP")
+    assert otp_count("REPLAYED_OTP") == before + 4  # a scrape in the same turn reports what came before it
+    assert writes == [3.0, 1.0]
+    await asyncio.sleep(0)
+    assert writes == [3.0, 1.0]  # nothing counted twice
 
 
-def test_an_increment_outside_a_loop_is_applied_at_once():
+def test_an_increment_outside_a_loop_is_applied_at_once(otp_writes):
     from scep_server import metrics
 
-    metrics.activate()
-    m = metrics._active
-    child = m.child(m.otp, "signin", "BAD_OTP")
-    writes: list[float] = []
-    real_inc = child.inc
-    child.inc = lambda amount=1.0: (writes.append(amount), real_inc(amount))
-    try:
-        metrics.otp_verified("signin", "BAD_OTP")
-        assert writes == [1.0]
-    finally:
-        del child.inc
+    writes = otp_writes("BAD_OTP")
+    metrics.otp_verified("signin", "BAD_OTP")
+    assert writes == [1.0]
