@@ -94,9 +94,13 @@ EVENTS: tuple[Event, ...] = (
     _e("ca.rollover.prepared", "info", "ca subject cross_signed actor",
        "the next CA of a CA was created (`ca rollover prepare`, the API); GetNextCACert serves it"),
     _e("ca.rollover.activated", "info", "ca active profiles actor",
-       "a prepared next CA became the issuing CA (`ca rollover activate`, the API); servers issue from it once "
-       "restarted"),
+       "a prepared next CA became the issuing CA (`ca rollover activate`, the API); every server "
+       "issues from it within seconds (`ca.loaded`)"),
     _e("ca.rollover.loaded", "info", "ca subject not_after", "this process now announces a prepared next CA"),
+    _e("ca.loaded", "info", "ca issuing subject", "this process loaded a CA added since it started (a rollover "
+       "activated by the command line or another process); `issuing`: it now issues from it"),
+    _e("ca.load_failed", "warning", "ca error", "a CA added since the start could not be loaded yet (its files "
+       "being written); the next round of the RA job tries again"),
     # SCEP and enrolment
     _e("scep.transaction", "info", "profile transaction_id message_type outcome serial fail_info fail_text duration_ms",
        "one SCEP PKIOperation answered (SUCCESS, FAILURE or PENDING)"),

@@ -8,8 +8,10 @@ is switched on, a CLI command the few services it calls. Optional capabilities (
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from trustkit.clock import Clock, utcnow
 from trustkit.db import create_engine
 
+from .ca.names import ca_names
 from .config import Settings
 from .tokens import TokenStore
 
@@ -120,6 +123,9 @@ class Runtime:
     challenges: "ChallengeService | None" = None
     console: "ConsoleSessions | None" = None  # the admin console's sessions ([console] enabled, server only)
     readiness: Readiness = field(default_factory=Readiness)
+    # told of each CA loaded after the start (a rollover activated elsewhere: scep_server.ca.lifecycle)
+    ca_listeners: "list[Callable[[str], Awaitable[None]]]" = field(default_factory=list)
+    ca_pick_up: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     _profiles: "ProfileStore | None" = field(default=None, repr=False)
     _certificates: "CertificateQueries | None" = field(default=None, repr=False)
     _mdm: "MdmService | None" = field(default=None, repr=False)
@@ -260,20 +266,6 @@ async def initialise(settings: Settings, *, clock: Clock = utcnow, default_profi
     return report
 
 
-def ca_names(settings: Settings) -> list[str]:
-    """The CAs of this deployment, the issuing one first (after a CA rollover's activation, the one named in
-    ``ca/active``; the earlier ones still publish their CRLs), from their certificates only (no private key
-    is read)."""
-    directory = settings.ca_dir()
-    if not (directory / "ca.crt").exists():
-        raise FileNotFoundError(f"no CA in {directory}: run `scep-server init` first")
-    root = directory.parent
-    active_file = root / "active"
-    active = active_file.read_text().strip() if active_file.exists() else settings.ca.name
-    others = sorted(p.name for p in root.iterdir() if p.name != active and (p / "ca.crt").is_file())
-    return [active, *others]
-
-
 def load_cas(settings: Settings) -> "dict[str, CertificateAuthority]":
     from .ca.authority import load_ca
     from .ca.keys import load_or_create_passphrase
@@ -408,6 +400,7 @@ async def _seal_on_exit(runtime: Runtime) -> None:
 @contextlib.asynccontextmanager
 async def _open_scep(runtime: Runtime) -> AsyncIterator["ScepService"]:
     """The SCEP service, with the hooks of the capabilities that are open."""
+    from .ca.lifecycle import pick_up_cas
     from .enrolment import ScepService
 
     verifiers = {}
@@ -422,7 +415,8 @@ async def _open_scep(runtime: Runtime) -> AsyncIterator["ScepService"]:
         device_identity=runtime.binding.devices.enrolment_device if runtime.binding is not None else None,
         ensure_device=runtime.binding.devices.ensure if runtime.binding is not None else None,
         on_status_change=runtime.revocation.notify_changed, threads=runtime.settings.server.scep_threads,
-        refuse_issuing=runtime.settings.server.issuing_refusal(), ocsp_aia=runtime.settings.ocsp.enabled)
+        refuse_issuing=runtime.settings.server.issuing_refusal(), ocsp_aia=runtime.settings.ocsp.enabled,
+        pick_up_cas=functools.partial(pick_up_cas, runtime))
     try:
         yield service
     finally:

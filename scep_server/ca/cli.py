@@ -164,8 +164,8 @@ def passphrase_change(ctx: Context, new_file: str | None) -> None:
 @pass_ctx
 def rollover_activate(ctx: Context, name: str | None, fmt: str) -> None:
     """Make the prepared next CA the issuing CA (default: of this deployment's issuing CA); every profile of
-    the CA moves to it. Restart the running servers: they then issue from it, and the previous CA keeps
-    publishing its CRL (docs/scep.md "CA rollover")."""
+    the CA moves to it. The running servers issue from it within seconds, without a restart, and the previous
+    CA keeps publishing its CRL (docs/scep.md "CA rollover")."""
     from ..runtime import Uses
     from . import lifecycle
     from .rollover import NotPrepared
@@ -184,5 +184,5 @@ def rollover_activate(ctx: Context, name: str | None, fmt: str) -> None:
         click.echo(json.dumps(done, indent=2))
         return
     click.echo(f"{done['active']} ({done['certificate']['subject']}) now issues for {done['profiles']} profiles of "
-               f"{name}, which keeps publishing its CRL; restart the running servers")
+               f"{name}, which keeps publishing its CRL; the running servers pick it up within seconds")
 

@@ -2,9 +2,10 @@
 ``POST /api/v1/cas/{ca}/ra/renew``, and automatically ``ca.ra_renew_before_days`` before it expires), the
 pick-up of a renewal made by another process, and the readiness check of an RA that is about to expire.
 
-Each server process runs :func:`ra_job`: every ``ca.ra_check_interval`` seconds it reloads the RA
-certificates when the files changed (a renewal by the command line or another process) and renews the RA
-when it is due. Renewals of one CA directory serialise on its lock (`scep_server.ca.ra.renew_ra`): of the
+Each server process runs :func:`ra_job`: every ``ca.ra_check_interval`` seconds it loads a CA that became
+the issuing one since it started (a rollover activated by the command line or another process:
+:func:`pick_up_cas`), reloads the RA certificates when the files changed (a renewal by the command line or
+another process) and renews the RA when it is due. Renewals of one CA directory serialise on its lock (`scep_server.ca.ra.renew_ra`): of the
 processes that find the RA due at the same time, one renews and the others load its certificate.
 """
 from __future__ import annotations
@@ -65,6 +66,42 @@ def files_state(directory) -> tuple:
     """The RA files and the prepared next CA as they are now (names, modification times)."""
     path = directory / "next-ca.crt"
     return ra.files_state(directory), path.stat().st_mtime_ns if path.exists() else None
+
+
+async def pick_up_cas(runtime: "Runtime") -> list[str]:
+    """Load the CAs of the deployment that this process has not loaded yet (a CA rollover activated by the
+    command line or another process) and put the issuing one first; the services that keep something per CA
+    (CRL publishers, the OCSP responder) hear of each through ``runtime.ca_listeners``. The CAs loaded."""
+    if runtime.settings.ca.key_backend != "file" or not runtime.cas:
+        return []  # no rollover with keys in a token; a process that did not open the CA keys
+    from .names import ca_names
+    from .authority import load_ca
+
+    async with runtime.ca_pick_up:
+        names = await asyncio.to_thread(ca_names, runtime.settings)
+        if names[:1] == list(runtime.cas)[:1] and set(names) <= set(runtime.cas):
+            return []
+        s = runtime.settings
+        loaded = {}
+        for name in names:
+            if name not in runtime.cas:
+                try:
+                    loaded[name] = await asyncio.to_thread(load_ca, s.ca_dir(name), name=name,
+                                                           passphrase=_passphrase(runtime),
+                                                           base_url=s.server.public_base_url())
+                except (OSError, ValueError, TypeError) as exc:  # being written now: the next round loads it
+                    log.warning("ca.load_failed", ca=name, error=f"{exc.__class__.__name__}: {exc}")
+        names = [name for name in names if name in runtime.cas or name in loaded]
+        ordered = {name: runtime.cas.get(name) or loaded[name] for name in names}
+        ordered.update((name, ca) for name, ca in runtime.cas.items() if name not in ordered)
+        runtime.cas.clear()  # the same mapping: the SCEP service and the others read it
+        runtime.cas.update(ordered)
+        for name in loaded:
+            log.info("ca.loaded", ca=name, issuing=name == names[0],
+                     subject=loaded[name].cert.subject.rfc4514_string())
+            for listener in list(runtime.ca_listeners):
+                await listener(name)
+        return list(loaded)
 
 
 async def reload_ras(runtime: "Runtime", name: str) -> None:
@@ -150,8 +187,9 @@ ACTIVATE_KIND = "pki.ca.rollover.activate"
 
 async def activate_rollover(runtime: "Runtime", name: str, *, actor: str) -> dict[str, Any]:
     """Make the prepared next CA of ``name`` the issuing CA (scep_server.ca.rollover.activate): its files, then
-    in one transaction its row in ``cas``, every profile of ``name`` moved to it and the audit event. The
-    running servers issue from it once restarted; ``name`` keeps publishing its CRL."""
+    in one transaction its row in ``cas``, every profile of ``name`` moved to it and the audit event. This
+    process issues from it at once, the other running servers once they picked it up (:func:`pick_up_cas`,
+    within ``ca.ra_check_interval``); ``name`` keeps publishing its CRL."""
     from ..store.tables import profiles
     from .authority import load_ca
     from .inventory import register_ca
@@ -173,12 +211,12 @@ async def activate_rollover(runtime: "Runtime", name: str, *, actor: str) -> dic
             "ca": new_name, "subject": new_ca.cert.subject.rfc4514_string(),
             "serial": format(new_ca.cert.serial_number, "x"), "profiles": moved})
     log.info("ca.rollover.activated", ca=name, active=new_name, profiles=moved, actor=actor)
-    return {"ca": name, "active": new_name, "certificate": describe_certificate(new_ca.cert), "profiles": moved,
-            "restart_required": True}
+    await pick_up_cas(runtime)  # this process issues from it now; the others within ca.ra_check_interval
+    return {"ca": name, "active": new_name, "certificate": describe_certificate(new_ca.cert), "profiles": moved}
 
 
 def _issuing(runtime: "Runtime") -> list[str]:
-    """The CA that issues: the first one loaded (`scep_server.runtime.ca_names`); a CA that issued before a
+    """The CA that issues: the first one loaded (`scep_server.ca.names.ca_names`); a CA that issued before a
     rollover only publishes its CRL, its RA serves nobody."""
     return list(runtime.cas)[:1]
 
@@ -197,6 +235,7 @@ async def check_once(runtime: "Runtime", states: dict[str, Any]) -> None:
     PKCS#11 token nothing is renewed here, and readiness fails 14 days before the RA expires)."""
     if runtime.settings.ca.key_backend != "file":
         return
+    await pick_up_cas(runtime)
     before = timedelta(days=runtime.settings.ca.ra_renew_before_days)
     for name in sorted(runtime.cas):
         directory = runtime.settings.ca_dir(name)

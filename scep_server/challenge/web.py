@@ -75,7 +75,8 @@ async def get_challenge(request: web.Request) -> web.Response:
     name = request.match_info["profile"]
     profile, settings, user = await _authorise(request, service, name)
     want_json = _wants_json(request)
-    ca = request.app[RUNTIME].cas[profile.ca]
+    runtime = request.app[RUNTIME]
+    ca = await runtime.scep.ca_of(profile) if runtime.scep is not None else runtime.cas[profile.ca]
     charset = settings.page_encoding
     try:
         issued = await service.new_challenge(profile.name, source="json" if want_json else "page",

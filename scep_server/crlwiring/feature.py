@@ -25,9 +25,11 @@ async def open_crl(runtime: Runtime) -> AsyncIterator[CrlService]:
     """One publisher per CA of the runtime; a process publishes only while its publishers job runs (the server)."""
     service = CrlService(runtime)
     runtime.readiness.add(READINESS, service.readiness)
+    runtime.ca_listeners.append(service.add_ca)
     try:
         yield service
     finally:
+        runtime.ca_listeners.remove(service.add_ca)
         runtime.readiness.pop(READINESS, None)
         await service.stop_publishing()
 

@@ -91,12 +91,7 @@ class CrlService:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.settings = runtime.settings.crl
-        self.publishers: dict[str, Publisher] = {
-            name: Publisher(name, issuer=Issuer.from_certificate(ca.cert), signer=key_ops_signer(ca),
-                            source=inventory_source(runtime, name), engine=runtime.engine,
-                            settings=self.settings, clock=runtime.clock, on_recorded=self._announce_recorded,
-                            on_signed=metrics.crl_signed)
-            for name, ca in runtime.cas.items()}
+        self.publishers: dict[str, Publisher] = {name: self._publisher(name, ca) for name, ca in runtime.cas.items()}
         # CA name -> CRL Number served when a change was announced here (None: no CRL yet)
         self._pending: dict[str, int | None] = {}
         self._marker_seen: datetime | None = None
@@ -110,6 +105,21 @@ class CrlService:
         # also told of every change the feed reports (the OCSP responder's cache), with the same payloads
         self.remote_listeners: list[Callable[[str], None]] = []
         runtime.revocation.subscribe(self.on_status_change)
+
+    def _publisher(self, name: str, ca) -> Publisher:
+        return Publisher(name, issuer=Issuer.from_certificate(ca.cert), signer=key_ops_signer(ca),
+                         source=inventory_source(self.runtime, name), engine=self.runtime.engine,
+                         settings=self.settings, clock=self.runtime.clock, on_recorded=self._announce_recorded,
+                         on_signed=metrics.crl_signed)
+
+    async def add_ca(self, name: str) -> None:
+        """A CA loaded after the start (scep_server.ca.lifecycle.pick_up_cas): its publisher, running if the
+        others run (the endpoint serves from the same mapping)."""
+        if name in self.publishers:
+            return
+        pub = self.publishers[name] = self._publisher(name, self.runtime.cas[name])
+        if self.running:
+            await pub.start()
 
     # ---- status changes and the schedule
 

@@ -36,7 +36,7 @@ class ApprovalWorkflow:
         svc = self.service
         repo = svc.repository
         profile = await svc.profiles.get(profile_name)
-        ca = svc.cas[profile.ca]
+        ca = await svc.ca_of(profile)
         now = svc.clock()
         m = await repo.find(profile_name, transaction_id)
         if m is None or m["state"] != "pending":

@@ -10,6 +10,8 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.x509.oid import AttributeOID
 
+from trustkit.problems import ServiceUnavailable
+
 from ..ca.inventory import CertRecord
 from ..profiles import Profile, ProfileStore
 from ..scep import message as codec
@@ -26,6 +28,12 @@ class ApprovalRefused(Exception):
 
 class NoNextCA(Exception):
     """GetNextCACert without a configured rollover."""
+
+
+class CaNotLoaded(ServiceUnavailable):
+    """A profile names a CA this process could not load (yet): try again."""
+
+    code = "ca_not_loaded"
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from ..scep.types import ContentCipher, FailInfo, MalformedMessage, MessageType,
 from .approval import ApprovalWorkflow
 from .checks import NOT_LOOKED_UP, Check, Enrolment, default_checks
 from .model import (ACK_STALE_AFTER, MAX_TRANSACTION_ID, ChallengeRejected, ChallengeVerifier, EnrollmentRequest,
-                    NoNextCA, Outcome, StaticChallenge, bounded, has_control_characters, type_name, unused_since)
+                    CaNotLoaded, NoNextCA, Outcome, StaticChallenge, bounded, has_control_characters, type_name, unused_since)
 from .reconcile import AckReconciler
 from .repository import Duplicate, EnrolmentRepository, NotPending, SignerChanged
 from .sql import SqliteRepository, in_executor, repository_for
@@ -59,7 +59,8 @@ class ScepService:
                  repository: EnrolmentRepository | None = None,
                  device_identity: Callable[[str, str], Awaitable[str | None]] | None = None,
                  ensure_device: Callable[[str, str], Awaitable[bool]] | None = None,
-                 refuse_issuing: str | None = None, ocsp_aia: bool = False):
+                 refuse_issuing: str | None = None, ocsp_aia: bool = False,
+                 pick_up_cas: Callable[[], Awaitable[list[str]]] | None = None):
         if repository is None:
             if engine is None:
                 raise TypeError("ScepService needs an engine or a repository")
@@ -88,6 +89,8 @@ class ScepService:
         self.refuse_issuing = refuse_issuing
         # the OCSP responder runs ([ocsp] enabled): certificates of profiles with ocsp_aia name it in their AIA
         self.ocsp_aia = ocsp_aia
+        # loads the CAs this process has not loaded yet (a CA rollover activated elsewhere), or None
+        self.pick_up_cas = pick_up_cas
         self.checks: list[Check] = default_checks(self)
         self.approvals = ApprovalWorkflow(self)
         self.reconciler = AckReconciler(self)
@@ -100,6 +103,21 @@ class ScepService:
         await asyncio.get_running_loop().run_in_executor(
             None, functools.partial(self._executor.shutdown, wait=True, cancel_futures=True))
 
+    async def ca_of(self, profile) -> CertificateAuthority:
+        """The CA that issues for the profile. A profile may name a CA this process has not loaded yet: a
+        rollover activated by another process moved it there. That CA is loaded now; until it can be, the
+        request is answered 503 (try again), never with the previous CA."""
+        ca = self.cas.get(profile.ca)
+        if ca is None and self.pick_up_cas is not None:
+            try:
+                await self.pick_up_cas()
+            except Exception as exc:  # noqa: BLE001 - answered 503 below; the RA job tries again
+                log.warning("ca.load_failed", ca=profile.ca, error=f"{exc.__class__.__name__}: {exc}")
+            ca = self.cas.get(profile.ca)
+        if ca is None:
+            raise CaNotLoaded(f"the CA {profile.ca!r} of profile {profile.name!r} is not loaded here yet")
+        return ca
+
     # ------------------------------------------------------------------ GetCACaps / GetCACert
 
     async def get_ca_caps(self, profile_name: str) -> str:
@@ -108,14 +126,14 @@ class ScepService:
         caps = ["AES", "DES3", *MESSAGE_DIGEST_CAPS, "POSTPKIOperation", "SCEPStandard"]
         if profile.settings.allow_renewal:
             caps.append("Renewal")
-        if self.cas[profile.ca].next_ca_certs:
+        if (await self.ca_of(profile)).next_ca_certs:
             caps.append("GetNextCACert")
         return "\n".join(caps) + "\n"
 
     async def get_ca_cert(self, profile_name: str) -> bytes:
         """RFC 8894 §4.2.1.2: RA certificate first, then the issuing CA, as a degenerate PKCS#7."""
         profile = await self.profiles.get(profile_name)
-        ca = self.cas[profile.ca]
+        ca = await self.ca_of(profile)
         cached = self._cacert_cache.get(profile.ca)
         if cached is None or cached[0] is not ca:  # a renewed RA replaces the CA object (scep_server.ca.ra)
             cached = self._cacert_cache[profile.ca] = (ca, codec.build_degenerate([ca.ra_cert_der, ca.cert_der]))
@@ -124,7 +142,7 @@ class ScepService:
     async def get_next_ca_cert(self, profile_name: str) -> bytes:
         """RFC 8894 §4.7.1: the next CA, signed by the current RA."""
         profile = await self.profiles.get(profile_name)
-        ca = self.cas[profile.ca]
+        ca = await self.ca_of(profile)
         if not ca.next_ca_certs:
             raise NoNextCA(f"no CA rollover is configured for CA {ca.name!r}")
         return await self._run(codec.build_next_ca_cert, ca.next_ca_ders, ra_cert_der=ca.ra_cert_der,
@@ -136,7 +154,7 @@ class ScepService:
         """Handle one pkiMessage; MalformedMessage (HTTP 400) only when no signer can be answered."""
         started = time.perf_counter()
         profile = await self.profiles.get(profile_name)
-        ca = self.cas[profile.ca]
+        ca = await self.ca_of(profile)
         cached = ca.failure_replies.get(profile.fingerprint, body)  # a replayed bad message: no second RA signature
         if cached is not None:
             return cached

@@ -28,9 +28,11 @@ async def open_ocsp(runtime: Runtime) -> AsyncIterator[OcspService]:
     if runtime.crl is not None:
         runtime.crl.remote_listeners.append(service.on_remote_change)
     runtime.readiness.add(READINESS, service.readiness)
+    runtime.ca_listeners.append(service.add_ca)
     try:
         yield service
     finally:
+        runtime.ca_listeners.remove(service.add_ca)
         runtime.readiness.pop(READINESS, None)
         if runtime.crl is not None and service.on_remote_change in runtime.crl.remote_listeners:
             runtime.crl.remote_listeners.remove(service.on_remote_change)

@@ -136,9 +136,10 @@ class OcspService:
         self.delegated: dict[str, DelegatedSigner] = {}
         self.signers: dict[str, ResponseSigner] = {}
         # with the CA keys in a PKCS#11 token no key file is written: the CA key signs the responses itself
+        self._passphrase: bytes | None = None
         if self.settings.signer == "delegated" and runtime.settings.ca.key_backend == "file":
-            passphrase = load_or_create_passphrase(runtime.settings.ca.passphrase_env,
-                                                   runtime.settings.passphrase_path())
+            passphrase = self._passphrase = load_or_create_passphrase(runtime.settings.ca.passphrase_env,
+                                                                      runtime.settings.passphrase_path())
             self.delegated = {name: DelegatedSigner(ca, runtime.settings.ca_dir(name), passphrase, self.settings)
                               for name, ca in runtime.cas.items()}
         else:
@@ -156,6 +157,19 @@ class OcspService:
 
     # ---- signers
 
+    async def add_ca(self, name: str) -> None:
+        """A CA loaded after the start (scep_server.ca.lifecycle.pick_up_cas): answer for it too."""
+        if name in self.issuers:
+            return
+        ca = self.runtime.cas[name]
+        if self._passphrase is not None:
+            self.delegated[name] = DelegatedSigner(ca, self.runtime.settings.ca_dir(name), self._passphrase,
+                                                   self.settings)
+            await self.refresh_signers()
+        else:
+            self.signers[name] = ca_signer(ca)
+        self.issuers[name] = IssuerIdentity.from_certificate(ca.cert_der)
+
     async def start(self) -> None:
         """Load (or issue) the delegated signers and note the audit log's position."""
         await self.refresh_signers()
@@ -165,7 +179,7 @@ class OcspService:
     async def refresh_signers(self) -> list[str]:
         """Load renewed signer files, or renew a signer that is due (in a thread: key generation blocks)."""
         renewed = []
-        for name, delegated in self.delegated.items():
+        for name, delegated in list(self.delegated.items()):
             if await asyncio.to_thread(delegated.refresh, self.clock()):
                 renewed.append(name)
             assert delegated.signer is not None

@@ -3,7 +3,7 @@
     POST /api/v1/cas/{ca}/ra/renew            a new RA certificate and key; the previous RA still decrypts until
                                               it expires
     POST /api/v1/cas/{ca}/rollover/prepare    {"cross_sign"?, "subject"?}: the next CA, served by GetNextCACert
-    POST /api/v1/cas/{ca}/rollover/activate   the prepared next CA issues (after a restart of the servers)
+    POST /api/v1/cas/{ca}/rollover/activate   the prepared next CA issues (every server picks it up)
 
 The actor recorded is the caller's token. `GET /api/v1/cas` is in `scep_server.web.admin_certs`.
 """
