@@ -4,7 +4,6 @@ guide itself, so that the page and what is tested cannot drift apart."""
 from __future__ import annotations
 
 import base64
-import os
 import re
 import shlex
 import sys
@@ -12,12 +11,13 @@ from pathlib import Path
 
 import aiohttp
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from scep_server.scep import client
 from scep_server.scep.cms import parse_degenerate
 from scep_server.scep.client import CertRepResult
 from tests.factories import csr as make_csr
-from tests.interop.conftest import pkcs_req
+from tests.interop.conftest import device_key, pkcs_req
 from tests.server import run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,8 +123,6 @@ async def ndes_challenge(session: aiohttp.ClientSession, url: str, user: str, pa
 
 async def scepclient_enrol(scepclient: str, url: str, challenge: str, cn: str, workdir: Path):
     """micromdm's scepclient enrols a new PKCS#1 key; (rc, output, certificate or None)."""
-    from tests.interop.conftest import device_key
-
     workdir.mkdir()
     device_key(workdir / "k.pem")
     rc, out, err = await run(scepclient, "-server-url", url, "-private-key", "k.pem", "-challenge", challenge,
@@ -141,8 +139,6 @@ async def enrol_with_san(session: aiohttp.ClientSession, url: str, key, cn: str,
         assert resp.status == 200
         ra_der = parse_degenerate(await resp.read())[0][0]
     request = make_csr(key, cn, challenge=challenge, sans=[x509.UniformResourceIdentifier(uri)])
-    from cryptography.hazmat.primitives import serialization
-
     body = pkcs_req(key, ra_der, challenge=None, content=request.public_bytes(serialization.Encoding.DER))
     async with session.post(f"{url}?operation=PKIOperation", data=body) as resp:
         assert resp.status == 200, await resp.text()
@@ -151,5 +147,4 @@ async def enrol_with_san(session: aiohttp.ClientSession, url: str, key, cn: str,
 
 def fast_env() -> dict[str, str]:
     """A cheap scrypt cost for the challenge password (production: 17), for the command and the server alike."""
-    return {"SCEP_SERVER_CHALLENGE__SCRYPT_LOG2_N": "10", "SCEP_SERVER_LOG__LEVEL": "warning",
-            "PATH": os.environ.get("PATH", "")}
+    return {"SCEP_SERVER_CHALLENGE__SCRYPT_LOG2_N": "10", "SCEP_SERVER_LOG__LEVEL": "warning"}

@@ -92,9 +92,9 @@ async def test_the_jamf_guide(tmp_path, db_url, scepclient, aiohttp_server):
             assert payload["Challenge Type"] == "Static" and payload["Key Size"] == "2048"
             scep_url = fill([payload["URL"]], values)[0]
             cn = _subject(payload["Subject"], UDID_STATIC)
-            rc, log, cert = await scepclient_enrol(scepclient, scep_url, secret, cn, tmp_path / "static")
+            rc, log, static_cert = await scepclient_enrol(scepclient, scep_url, secret, cn, tmp_path / "static")
             assert rc == 0, log
-            _check_certificate(cert, UDID_STATIC, ca)
+            _check_certificate(static_cert, UDID_STATIC, ca)
             rc, log, cert = await scepclient_enrol(scepclient, scep_url, "not-the-secret", cn, tmp_path / "wrong")
             assert rc != 0 and cert is None
 
@@ -163,15 +163,18 @@ async def test_the_jamf_guide(tmp_path, db_url, scepclient, aiohttp_server):
             crl_url = f"{url}/crl/default.crl"
             serial = device_cert.serial_number
 
-            async def post(event: str, password: str) -> tuple[int, dict]:
+            async def post(event: str, password: str, udid: str = UDID_DYNAMIC) -> tuple[int, dict]:
                 """One webhook as Jamf Pro posts it: Basic authentication, a JSON body."""
                 body = {"webhook": {"id": 7, "name": "scep-server " + event, "webhookEvent": event,
                                     "eventTimestamp": 1764676800000},
-                        "event": {"udid": UDID_DYNAMIC, "serialNumber": "C02XYZ", "jssID": 42, "deviceName": "Mac"}}
+                        "event": {"udid": udid, "serialNumber": "C02XYZ", "jssID": 42, "deviceName": "Mac"}}
                 async with session.post(hook_url, json=body, headers=basic(hook["Username"][1][0], password)) as r:
                     return r.status, await r.json(content_type=None)
 
             assert (await post("MobileDeviceUnEnrolled", "not-the-secret"))[0] == 401
+            # the static profile's device is known to nobody here: the webhook leaves its certificate alone
+            status, body = await post("MobileDeviceUnEnrolled", hook_secret, UDID_STATIC)
+            assert status == 200 and body["change"] is None, body
             status, body = await post("MobileDeviceUnEnrolled", hook_secret)
             assert status == 200 and body["change"]["action"] == "deactivate", body
             await _await_crl(session, crl_url, serial, x509.ReasonFlags.certificate_hold)
@@ -188,3 +191,4 @@ async def test_the_jamf_guide(tmp_path, db_url, scepclient, aiohttp_server):
             out, _ = await cli(["scep-server", "mdm", "sync", "jamf"])
             assert f"reactivate\t{UDID_DYNAMIC}" in out, out
             await _await_crl(session, crl_url, serial, None)
+            assert await _crl_reason(session, crl_url, static_cert.serial_number) is None
