@@ -32,6 +32,7 @@ class Guide:
     def __init__(self, name: str) -> None:
         self.path = ROOT / "docs" / name
         self.text = self.path.read_text()
+        self.taken: list[list[str]] = []
 
     def commands(self) -> list[list[str]]:
         """Every `scep-server ...` command of the page's shell blocks, as its argument list."""
@@ -56,7 +57,12 @@ class Guide:
         """The one command of the page that starts with these words."""
         hits = [c for c in self.commands() if c[:len(prefix)] == list(prefix)]
         assert len(hits) == 1, f"{self.path.name}: {len(hits)} commands start with {' '.join(prefix)!r}"
+        self.taken.append(hits[0])
         return hits[0]
+
+    def not_taken(self) -> list[str]:
+        """The page's commands no test step took: a command added to the guide must be followed too."""
+        return [" ".join(c) for c in self.commands() if c not in self.taken]
 
     def table(self, heading: str) -> dict[str, str]:
         """The rows of the tables under `heading` (up to the next heading): field -> its value, the first

@@ -192,3 +192,4 @@ async def test_the_jamf_guide(tmp_path, db_url, scepclient, aiohttp_server):
             assert f"reactivate\t{UDID_DYNAMIC}" in out, out
             await _await_crl(session, crl_url, serial, None)
             assert await _crl_reason(session, crl_url, static_cert.serial_number) is None
+    assert GUIDE.not_taken() == []  # every command of the guide was run

@@ -118,3 +118,4 @@ async def test_the_workspace_one_guide(tmp_path, db_url, scepclient):
             assert rep.status is PKIStatus.FAILURE and rep.fail_info is FailInfo.BAD_REQUEST
             rep = await enrol_with_san(session, scep_url, rsa_key(), uid, f"urn:device:{uid}", secret)
             assert rep.status is PKIStatus.FAILURE and rep.fail_info is FailInfo.BAD_REQUEST
+    assert GUIDE.not_taken() == []  # every command of the guide was run
