@@ -151,8 +151,8 @@ async def test_the_jamf_guide(tmp_path, db_url, scepclient, aiohttp_server):
             secret_file = tmp_path / "jamf-secret"
             secret_file.write_text(CLIENT_SECRET + "\n")
             configure = GUIDE.command("scep-server", "mdm", "configure", "jamf")
-            _, err = await cli(fill(configure, {**values, "https://example.jamfcloud.com": f"http://127.0.0.1:{peer.port}",
-                                                "<client-id>": CLIENT_ID,
+            _, err = await cli(fill(configure, {**values, "https://example.jamfcloud.com":
+                                                f"http://127.0.0.1:{peer.port}", "<client-id>": CLIENT_ID,
                                                 "/etc/scep-server/jamf-secret": str(secret_file)}))
             hook_secret = re.search(r"webhook secret \(shown once\): (\S+)", err).group(1)
             hook = GUIDE.cells(WEBHOOK)
