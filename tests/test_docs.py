@@ -1,4 +1,5 @@
-"""Every document the code and README cite exists in the repository, with the heading cited.
+"""Every document the code, the README and the documents themselves cite exists in the repository, with the
+heading cited.
 
 Forms: `docs/x.md`, `docs/x.md#anchor`, `docs/x.md: Heading`, `docs/x.md "Heading"` (and
 `docs/x.md "Heading", "Other heading"`). A citation that names no file ("docs: ...") is refused.
@@ -9,7 +10,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCANNED = ("scep_server", "crl", "otp", "bench", "README.md")
+SCANNED = ("scep_server", "crl", "otp", "bench", "docs", "README.md")
 
 _PATH = r"docs/[\w-]+(?:/[\w-]+)*\.md"
 CITATION = re.compile(rf"({_PATH})(?:#([\w-]+)|:[ \t]+([^\s\"();,.][^\n\"();,]*)|((?:,?[ \t]+\"[^\"\n]+\")+))?")
