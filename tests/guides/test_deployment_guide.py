@@ -75,6 +75,12 @@ def test_every_setting_named_exists():
     assert sorted(n for n in named if not setting_exists(n)) == []
 
 
+def test_every_setting_the_sign_in_guide_names_exists():
+    named = settings_named((ROOT / "docs" / "okta.md").read_text())
+    assert {"binding.nonce_ttl_seconds", "crl.validity", "otp.throttle_key"} <= named
+    assert sorted(n for n in named if not setting_exists(n)) == []
+
+
 def test_the_setting_check_refuses_a_name_that_is_not_there():
     assert setting_exists("crl.checker.refresh_interval") and setting_exists("otp.client_cache_seconds")
     assert not setting_exists("server.base_uri") and not setting_exists("crl.checker.nope")
@@ -85,6 +91,15 @@ def test_every_command_shown_exists():
     lines = commands(DOC)
     assert len(lines) >= 7
     problems = [p for line in lines for p in command_problems(split(line))]
+    assert problems == []
+
+
+def test_every_command_the_sign_in_guide_names_exists():
+    """docs/okta.md names commands in its sh blocks and in code spans of its text."""
+    text = (ROOT / "docs" / "okta.md").read_text()
+    lines = commands("okta.md") + re.findall(r"`(scep-server [^`]+)`", re.sub(r"\s*\n\s*", " ", text))
+    assert len(lines) >= 5
+    problems = [p for line in lines for p in command_problems(split(line.replace("|utf-16le", "")))]
     assert problems == []
 
 

@@ -8,7 +8,6 @@ import re
 from dataclasses import dataclass
 
 import aiohttp
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -101,7 +100,6 @@ def test_the_shape_check_finds_differences():
     assert shape_problems({"serial": "1"}, {"serial": "2"}) != []  # a YubiKey's serial
 
 
-@pytest.mark.interop
 async def test_the_documented_calls_against_a_server(aiohttp_server, tmp_path):
     server = await start_app(aiohttp_server, tmp_path)
     await trust_default_profile(server.runtime)
