@@ -154,3 +154,35 @@ async def enrol_with_san(session: aiohttp.ClientSession, url: str, key, cn: str,
 def fast_env() -> dict[str, str]:
     """A cheap scrypt cost for the challenge password (production: 17), for the command and the server alike."""
     return {"SCEP_SERVER_CHALLENGE__SCRYPT_LOG2_N": "10", "SCEP_SERVER_LOG__LEVEL": "warning"}
+
+
+# ---------------------------------------------------------------- fenced blocks of any language, commands as lines
+
+ANY_FENCE = re.compile(r"^[ \t]*```([\w+-]*)[^\n]*\n(.*?)^[ \t]*```[ \t]*$", re.MULTILINE | re.DOTALL)
+
+
+def blocks(doc: str, *languages: str) -> list[str]:
+    """The fenced blocks of docs/`doc` whose info string is one of `languages` (all when none is given)."""
+    text = (ROOT / "docs" / doc).read_text()
+    return [m.group(2) for m in ANY_FENCE.finditer(text) if not languages or m.group(1) in languages]
+
+
+def commands(doc: str, program: str = "scep-server") -> list[str]:
+    """Every `program` command line of the guide's sh blocks, in order, continuation lines joined (with the
+    program's name)."""
+    out = []
+    for block in blocks(doc, "sh"):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.split("  #")[0].strip()
+            if line.startswith(program + " "):
+                out.append(line)
+    return out
+
+
+def split(line: str, values: dict[str, str] | None = None) -> list[str]:
+    """A command line's arguments (without the program's name), split as a shell would, after each placeholder
+    (`<tenant id>`, a path) is replaced by the test's value."""
+    for placeholder, value in (values or {}).items():
+        line = line.replace(placeholder, value)
+    return shlex.split(line)[1:]
