@@ -86,3 +86,10 @@ class OtpSettings(BaseModel):
         if path is None:
             return kek_from_env(self.kek_env)  # type: ignore[arg-type]
         return load_or_create_kek(path, on_create=on_create)
+
+    def read_kek(self, data_dir: Path | None = None) -> bytes:
+        """The KEK as its source holds it now (read again after a rotation); never creates one."""
+        from .kek import kek_from_env, read_kek_file
+
+        path = self.kek_path(data_dir)
+        return kek_from_env(self.kek_env) if path is None else read_kek_file(path)  # type: ignore[arg-type]

@@ -40,6 +40,7 @@ CLIENT_LIST_KEY = (int,)  # the kinds of a client list's cursor: the id
 # database that every process commits to before answering, so the whole "pool" agrees.
 SYNC_LEVEL = 100
 SEAL_CHUNK = 5000  # keys encrypted per hand-off to a thread during an import
+KEK_REREAD_SECONDS = 1.0  # a key sealed under an unknown KEK makes the source be read again at most this often
 
 
 @dataclass(frozen=True)
@@ -159,14 +160,22 @@ class OtpService:
 
     def __init__(self, engine: AsyncEngine, settings: OtpSettings, kek: bytes, *,
                  clock: Callable[[], datetime] | None = None,
-                 on_verified: Callable[[str, str], None] | None = None) -> None:
+                 on_verified: Callable[[str, str], None] | None = None,
+                 reload_kek: Callable[[], bytes] | None = None) -> None:
         """``on_verified(client, status)`` hears of every verification: client "signin" (the sign-in API), a
         protocol 2.0 client's id, or "unknown" (no such client); status the sign-in reason code or the protocol
-        status. Both come from closed sets (client ids that exist), never from what a request wrote."""
+        status. Both come from closed sets (client ids that exist), never from what a request wrote.
+
+        ``reload_kek()`` reads the KEK from its source again: a key sealed under a KEK this process does not
+        hold (the KEK was rotated since it started: ``otp kek rotate``) makes it read the new one and seal
+        with it from then on, without a restart. Keys cached under the previous KEK still open."""
         self.settings = settings
         self._on_verified = on_verified
         self.store = OtpStore(engine)
         self._box = SecretBox(kek)
+        self._boxes: dict[str, SecretBox] = {self._box.kek_id: self._box}  # every KEK this process read
+        self._reload_kek = reload_kek
+        self._kek_read_at = float("-inf")  # when the source was last read again
         self._clock = clock or utcnow
         # SQLite has one writer at a time: a second in-process writer would only sleep in the busy handler.
         inflight = 1 if self.store.is_sqlite else settings.commit_inflight
@@ -490,11 +499,35 @@ class OtpService:
             self._materials[public_id] = material
         return material
 
+    def _box_for(self, kek_id: str) -> SecretBox:
+        """The KEK a value was sealed under: one this process read, else the source read again (at most once a
+        second) in case the KEK was rotated; KekError when it is not that one either."""
+        box = self._boxes.get(kek_id)
+        if box is not None:
+            return box
+        if self._reload_kek is not None and time.monotonic() - self._kek_read_at >= KEK_REREAD_SECONDS:
+            self.refresh_kek()
+            box = self._boxes.get(kek_id)
+            if box is not None:
+                return box
+        raise KekError(f"key sealed under KEK {kek_id or '(none)'}, this server has {self._box.kek_id}")
+
+    def refresh_kek(self) -> bool:
+        """Read the KEK from its source again; True when it changed (it seals from now on)."""
+        if self._reload_kek is None:
+            return False
+        self._kek_read_at = time.monotonic()
+        box = SecretBox(self._reload_kek())
+        if box.kek_id == self._box.kek_id:
+            return False
+        self._boxes[box.kek_id] = box
+        previous, self._box = self._box.kek_id, box
+        log.warning("otp.kek.reloaded", extra={"kek_id": box.kek_id, "previous_kek_id": previous})
+        return True
+
     def _open_key(self, material: KeyMaterial) -> tuple[bytes, bytes]:
         """AES key and private ID, decrypted in memory for this one verification."""
-        if material.kek_id != self._box.kek_id:
-            raise KekError(f"key sealed under KEK {material.kek_id or '(none)'}, this server has {self._box.kek_id}")
-        plain = self._box.open(material.secret_sealed, _key_aad(material.public_id))
+        plain = self._box_for(material.kek_id).open(material.secret_sealed, _key_aad(material.public_id))
         return plain[:16], plain[16:22]
 
     async def _client(self, client_id: int) -> _Client | None:
@@ -508,7 +541,8 @@ class OtpService:
         client = None
         if row is not None and row.disabled_at is None:
             try:
-                client = _Client(row.id, self._box.open(row.secret_sealed, _client_aad(row.id)), row.allow_unsigned)
+                client = _Client(row.id, self._box_for(row.kek_id).open(row.secret_sealed, _client_aad(row.id)),
+                                 row.allow_unsigned)
             except KekError as exc:
                 log.error("otp.kek.mismatch", extra={"client_id": client_id, "detail": str(exc)})
                 raise BackendError("client key does not open under this server's KEK") from None
@@ -548,8 +582,10 @@ class OtpService:
         if errors or dry_run:
             return result(0, errors)
         keys: list[NewKey] = []
+        self.refresh_kek()  # never seal under a KEK rotated away since this process read it
+        box = self._box  # one KEK for the whole import
         for i in range(0, len(records), SEAL_CHUNK):  # in chunks, so that the progress moves
-            keys += await asyncio.to_thread(self._seal_records, records[i:i + SEAL_CHUNK])
+            keys += await asyncio.to_thread(self._seal_records, box, records[i:i + SEAL_CHUNK])
             report(progress, "seal", len(keys), len(records))
         now = self._clock()
         try:
@@ -570,8 +606,8 @@ class OtpService:
                                       "actor": actor})
         return result(len(keys), [], import_id)
 
-    def _seal_records(self, records: tuple[SecretRecord, ...]) -> list[NewKey]:
-        box = self._box
+    @staticmethod
+    def _seal_records(box: SecretBox, records: tuple[SecretRecord, ...]) -> list[NewKey]:
         return [NewKey(serial=r.serial, public_id=r.public_id,
                        secret_sealed=box.seal(r.aes_key + r.private_id + (r.access_code or b""), _key_aad(r.public_id)),
                        kek_id=box.kek_id, source_line=r.line) for r in records]
@@ -704,6 +740,7 @@ class OtpService:
             raise InvalidInput("client name must be at most 255 printable characters")
         secret = secrets.token_bytes(CLIENT_KEY_BYTES)
         now = self._clock()
+        self.refresh_kek()  # never seal under a KEK rotated away since this process read it
         async with self.store.begin_write() as conn:
             client_id = await self.store.add_client(conn, name, now, allow_unsigned=allow_unsigned)
             await self.store.set_client_secret(conn, client_id, self._box.seal(secret, _client_aad(client_id)),

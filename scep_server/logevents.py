@@ -254,6 +254,9 @@ EVENTS: tuple[Event, ...] = (
     _e("otp.kek.permissions", "warning", "path mode", "the key-encryption key file is readable by others"),
     _e("otp.kek.unavailable", "error", "detail",
        "the key-encryption key cannot be read; the OTP factor does not start"),
+    _e("otp.kek.reloaded", "warning", "kek_id previous_kek_id", "this process read the rotated OTP "
+       "key-encryption key (`otp kek rotate`) and seals with it from now on; keys sealed under the previous "
+       "one that it holds still open"),
     _e("otp.kek.mismatch", "error", "detail kek_id public_id client_id",
        "secrets are sealed under another key-encryption key than the one in use"),
 )

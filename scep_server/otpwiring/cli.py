@@ -46,8 +46,8 @@ def kek_rotate() -> None:
     (docs/otp.md "Rotating the key-encryption key").
 
     The new key is written beside the current one first; once the database committed, it takes the KEK
-    file's name and the previous file is kept as <file>.<kek id>.previous until you remove it. Restart the
-    running servers afterwards: until then they refuse keys sealed under the new KEK (readiness shows it).
+    file's name and the previous file is kept as <file>.<kek id>.previous until you remove it. The running
+    servers read the new key when they first meet a key sealed under it: no restart.
     """
     import asyncio
     import base64
@@ -109,8 +109,8 @@ def kek_rotate() -> None:
     os.replace(staged, path)
     fsync_directory(path.parent)
     click.echo(f"re-sealed {keys} YubiKey keys and {clients} OTP client keys under KEK {new_id} (was {old_id}); "
-               f"the new key is in {path}, the previous one in {previous} until you remove it; restart the running "
-               "servers")
+               f"the new key is in {path}, the previous one in {previous} until you remove it; the running "
+               "servers read it when they need it")
 
 
 __all__ = ["kek", "otp", "otp_client", "yubikey"]

@@ -83,9 +83,18 @@ async def _kek_readiness(service: OtpService) -> str:
 
 
 async def _readiness(service: OtpService) -> str:
-    """The OTP check of /readyz, computed at each call: the stored keys against the KEK in use."""
+    """The OTP check of /readyz, computed at each call: the stored keys against the KEK in use (read again
+    when they differ: the KEK may have been rotated since this process read it)."""
     try:
-        return await _kek_readiness(service)
+        state = await _kek_readiness(service)
+        if state != "ok":
+            try:
+                changed = service.refresh_kek()
+            except KekError:
+                changed = False
+            if changed:
+                state = await _kek_readiness(service)
+        return state
     except Exception as exc:  # noqa: BLE001 - a schema or database problem is a failed check, not a crash
         return f"error: cannot check the stored keys ({exc.__class__.__name__}: {exc})"
 
@@ -121,6 +130,7 @@ async def open_otp(runtime: "Runtime", *, with_kek: bool = True) -> AsyncIterato
     if not with_kek:
         service = OtpService(runtime.engine, settings, bytes(32), clock=runtime.clock)
         service._box = _NoKek()  # type: ignore[assignment]  # nothing is sealed or opened without the KEK
+        service._boxes = {}
         try:
             yield service
         finally:
@@ -133,7 +143,8 @@ async def open_otp(runtime: "Runtime", *, with_kek: bool = True) -> AsyncIterato
         if log is not None:  # a CLI command shows the exception's message itself
             log.error("otp.kek.unavailable", detail=str(exc))
         raise OtpStartError(f"the OTP factor cannot start: {exc}") from None
-    service = OtpService(runtime.engine, settings, kek, clock=runtime.clock, on_verified=metrics.otp_verified)
+    service = OtpService(runtime.engine, settings, kek, clock=runtime.clock, on_verified=metrics.otp_verified,
+                         reload_kek=functools.partial(settings.read_kek, runtime.settings.data_dir))
     try:
         try:
             state = await _kek_readiness(service)

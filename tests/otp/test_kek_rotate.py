@@ -102,3 +102,44 @@ def test_a_row_under_another_kek_stops_the_rotation_and_nothing_changes(cli, tmp
     assert not list(data.glob("otp-kek.key.*"))
     stored, _, rotated = asyncio.run(_rows(tmp_path))
     assert {r.kek_id for r in stored} == {SecretBox(read_kek_file(data / "otp-kek.key")).kek_id} and not rotated
+
+
+async def test_a_running_service_reads_the_rotated_kek_without_a_restart(cli, tmp_path):
+    """A server opened before the rotation: keys sealed under the new KEK verify, the keys it cached under
+    the previous one still do, and what it seals afterwards is sealed under the new KEK."""
+    data = tmp_path / "data"
+    keys = [make_key(820_101), make_key(820_102)]
+    (tmp_path / "keys.csv").write_bytes(secrets_file(keys))
+    await asyncio.to_thread(cli, "yubikey", "import", str(tmp_path / "keys.csv"))
+    kek_path = data / "otp-kek.key"
+    old = read_kek_file(kek_path)
+    engine = create_engine(_db(tmp_path))
+    try:
+        async with OtpService(engine, OtpSettings(), old, reload_kek=lambda: read_kek_file(kek_path)) as svc:
+            assert (await svc.verify_signin("alice", keys[0].otp())).reason is Reason.ENROLLED
+            await asyncio.to_thread(cli, "otp", "kek", "rotate")
+            new_id = SecretBox(read_kek_file(kek_path)).kek_id
+            assert svc.kek_id == SecretBox(old).kek_id  # not read yet: nothing needed it
+            assert (await svc.verify_signin("bob", keys[1].otp())).reason is Reason.ENROLLED  # sealed under the new
+            assert svc.kek_id == new_id
+            assert (await svc.verify_signin("alice", keys[0].otp())).reason is Reason.VERIFIED
+            info, _ = await svc.add_client("after the rotation")
+    finally:
+        await engine.dispose()
+    _, clients, _ = await _rows(tmp_path)
+    assert {c.kek_id for c in clients if c.id == info.id} == {new_id}
+    assert "2 YubiKey keys and 1 OTP client keys" in await asyncio.to_thread(cli, "otp", "kek", "rotate")
+
+
+async def test_a_key_under_an_unknown_kek_is_still_refused(cli, tmp_path):
+    """Reading the source again does not make a wrong KEK right: the key is refused (no other KEK is taken)."""
+    keys = [make_key(820_201)]
+    (tmp_path / "keys.csv").write_bytes(secrets_file(keys))
+    await asyncio.to_thread(cli, "yubikey", "import", str(tmp_path / "keys.csv"))
+    wrong = bytes(range(32))
+    engine = create_engine(_db(tmp_path))
+    try:
+        async with OtpService(engine, OtpSettings(), wrong, reload_kek=lambda: wrong) as svc:
+            assert (await svc.verify_signin("alice", keys[0].otp())).reason is Reason.BACKEND_ERROR
+    finally:
+        await engine.dispose()
