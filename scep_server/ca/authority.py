@@ -236,7 +236,9 @@ def create_ca(directory: Path, *, name: str, subject: str, ra_subject: str, key_
 
 def issue_ra_cert(ca_cert: x509.Certificate, ca_key: KeyOps, ra_pub: rsa.RSAPublicKey, *, subject: str,
                   validity_days: int, base_url: str, ca_name: str, now: datetime) -> x509.Certificate:
-    """The RA certificate (RFC 8894 §2.1.2): digitalSignature + keyEncipherment, RSA."""
+    """The RA certificate (RFC 8894 §2.1.2): digitalSignature + keyEncipherment, RSA. Its CRL and CA certificate
+    locations are left out when the base URL names a wildcard address (0.0.0.0, ::): nobody could reach them,
+    and the RA certificate lives two years (RA renewal writes them once server.base_url is set)."""
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     b = (x509.CertificateBuilder().subject_name(parse_name(subject)).issuer_name(ca_cert.subject)
          .public_key(ra_pub).serial_number(random_serial())
@@ -247,14 +249,26 @@ def issue_ra_cert(ca_cert: x509.Certificate, ca_key: KeyOps, ra_pub: rsa.RSAPubl
                                       data_encipherment=False, key_agreement=False, key_cert_sign=False,
                                       crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ra_pub), critical=False)
-         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
-         .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
-             full_name=[x509.UniformResourceIdentifier(cdp_url(base_url, ca_name))], relative_name=None,
-             reasons=None, crl_issuer=None)]), critical=False)
-         .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
-             x509.oid.AuthorityInformationAccessOID.CA_ISSUERS,
-             x509.UniformResourceIdentifier(aia_url(base_url, ca_name)))]), critical=False))
+         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False))
+    if not names_wildcard(base_url):
+        b = (b.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+                 full_name=[x509.UniformResourceIdentifier(cdp_url(base_url, ca_name))], relative_name=None,
+                 reasons=None, crl_issuer=None)]), critical=False)
+              .add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
+                  x509.oid.AuthorityInformationAccessOID.CA_ISSUERS,
+                  x509.UniformResourceIdentifier(aia_url(base_url, ca_name)))]), critical=False))
     return tbs.sign_certificate(b, ca_key)
+
+
+def names_wildcard(base_url: str) -> bool:
+    """Whether the URL's host is a wildcard address (0.0.0.0, ::), which no client can reach."""
+    from ipaddress import ip_address
+    from urllib.parse import urlsplit
+
+    try:
+        return ip_address(urlsplit(base_url).hostname or "").is_unspecified
+    except ValueError:
+        return False
 
 
 def load_ca(directory: Path, *, name: str, passphrase: bytes, base_url: str,

@@ -172,3 +172,16 @@ def test_serve_warns_before_it_starts(monkeypatch):
     assert said[1].startswith("listening on http://127.0.0.1:")
     assert [e["event"] for e in logs] == ["server.base_url.wildcard"]
     assert len(started) == 1 and callable(started[0]["ready"])
+
+
+async def test_the_ra_certificate_made_behind_a_wildcard_names_no_unreachable_location(aiohttp_server, tmp_path):
+    srv, _ = await _serve(aiohttp_server, tmp_path, listen="0.0.0.0:8080")
+    ra_cert = srv.runtime.cas["default"].ra_cert
+    for extension in (x509.CRLDistributionPoints, x509.AuthorityInformationAccess):
+        with pytest.raises(x509.ExtensionNotFound):
+            ra_cert.extensions.get_extension_for_class(extension)
+    # with a reachable base URL the RA certificate names its CRL and CA certificate as before
+    other, _ = await _serve(aiohttp_server, tmp_path / "other", listen="0.0.0.0:8080",
+                            base_url="https://scep.example.com")
+    assert _cdp_and_aia(other.runtime.cas["default"].ra_cert_der) == (
+        "https://scep.example.com/crl/default.crl", "https://scep.example.com/ca/default.crt")
