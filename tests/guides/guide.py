@@ -186,3 +186,29 @@ def split(line: str, values: dict[str, str] | None = None) -> list[str]:
     for placeholder, value in (values or {}).items():
         line = line.replace(placeholder, value)
     return shlex.split(line)[1:]
+
+
+# ---------------------------------------------------------------- steps the MDM guides share
+
+def single_des(profile: str) -> list[str]:
+    """Not a step of a guide: micromdm's scepclient encrypts with single DES, which new profiles refuse (Apple
+    devices do not; docs/scep.md "Client quirks")."""
+    return ["scep-server", "profile", "update", profile, "--settings-json", '{"allow_single_des": true}']
+
+
+async def trusted_ca(session: aiohttp.ClientSession, guide: "Guide", values: dict[str, str]
+                     ) -> tuple[str, x509.Certificate]:
+    """(URL, certificate) of the CA certificate, downloaded from where the guide's `curl -o` command takes it."""
+    url = fill([re.search(r"curl -o \S+ (\S+)", guide.text).group(1)], values)[0]
+    async with session.get(url) as resp:
+        assert resp.status == 200, url
+        return url, x509.load_der_x509_certificate(await resp.read())
+
+
+async def static_profile(cli: "Cli", guide: "Guide", name: str, values: dict[str, str]) -> str:
+    """Run the guide's `scep-server profile add NAME` (a static profile) and let scepclient use it; the secret
+    the command printed."""
+    out, _ = await cli(fill(guide.command("scep-server", "profile", "add", name), values))
+    await cli(single_des(name))
+    return re.search(r"^challenge: (\S+)$", out, re.MULTILINE).group(1)
+

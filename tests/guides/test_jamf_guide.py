@@ -17,7 +17,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from scep_server.scep import FailInfo, PKIStatus
 from tests.factories import rsa_key
-from tests.guides.guide import Cli, Guide, basic, enrol_with_san, fast_env, fill, ndes_challenge, scepclient_enrol
+from tests.guides.guide import (Cli, Guide, basic, enrol_with_san, fast_env, fill, ndes_challenge, scepclient_enrol,
+                                single_des, static_profile, trusted_ca)
 from tests.mdm.peers import CLIENT_ID, CLIENT_SECRET, JamfPeer
 from tests.server import serve_processes
 
@@ -37,12 +38,6 @@ def _subject(value: str, udid: str) -> str:
     m = re.fullmatch(r"CN=(.+)", value)
     assert m, value
     return m.group(1).replace("$UDID", udid)
-
-
-def _single_des(profile: str) -> list[str]:
-    """Not a step of the guide: micromdm's scepclient encrypts with single DES, which new profiles refuse (Apple
-    devices do not; docs/scep.md "Client quirks")."""
-    return ["scep-server", "profile", "update", profile, "--settings-json", '{"allow_single_des": true}']
 
 
 def _check_certificate(cert: x509.Certificate, cn: str, ca: x509.Certificate) -> None:
@@ -78,16 +73,11 @@ async def test_the_jamf_guide(tmp_path, db_url, scepclient, aiohttp_server):
         values = {EXAMPLE_BASE: url}
         async with aiohttp.ClientSession() as session:
             # the trusted CA certificate, from where the guide downloads it
-            ca_url = fill(["curl", *re.search(r"curl -o \S+ (\S+)", GUIDE.text).groups()], values)[1]
+            ca_url, ca = await trusted_ca(session, GUIDE, values)
             assert ca_url == f"{url}/ca/default.crt"
-            async with session.get(ca_url) as resp:
-                assert resp.status == 200
-                ca = x509.load_der_x509_certificate(await resp.read())
 
             # --- static challenge
-            out, _ = await cli(fill(GUIDE.command("scep-server", "profile", "add", "jamf-static"), values))
-            secret = re.search(r"^challenge: (\S+)$", out, re.MULTILINE).group(1)
-            await cli(_single_des("jamf-static"))
+            secret = await static_profile(cli, GUIDE, "jamf-static", values)
             payload = GUIDE.table(STATIC)
             assert payload["Challenge Type"] == "Static" and payload["Key Size"] == "2048"
             scep_url = fill([payload["URL"]], values)[0]
@@ -103,7 +93,7 @@ async def test_the_jamf_guide(tmp_path, db_url, scepclient, aiohttp_server):
             password = "guide-password-1"
             await cli(fill(GUIDE.command("scep-server", "challenge", "configure", "jamf"),
                            {**values, "<challenge password>": password}))
-            await cli(_single_des("jamf"))
+            await cli(single_des("jamf"))
             dyn = {**payload, **GUIDE.table(DYNAMIC)}
             assert dyn["Challenge Type"] == "Dynamic-Microsoft CA"
             admin_url, user = fill([dyn["URL To SCEP Admin"]], values)[0], dyn["Username"]

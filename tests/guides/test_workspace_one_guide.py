@@ -14,7 +14,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from scep_server.scep import FailInfo, PKIStatus
 from tests.factories import rsa_key
-from tests.guides.guide import Cli, Guide, basic, enrol_with_san, fast_env, fill, ndes_challenge, scepclient_enrol
+from tests.guides.guide import (Cli, Guide, basic, enrol_with_san, fast_env, fill, ndes_challenge, scepclient_enrol,
+                                single_des, static_profile, trusted_ca)
 from tests.server import serve_processes
 
 pytestmark = pytest.mark.interop
@@ -23,12 +24,6 @@ GUIDE = Guide("workspace-one.md")
 EXAMPLE_BASE = "https://scep.example.com"
 STATIC, DYNAMIC, TEMPLATE = "Static challenge", "Dynamic challenge (NDES-compatible page)", "The certificate template"
 DEVICE_UIDS = ("4C4C4544-0031-5A10-8047-B3C04F4D4E32", "a3f9e0c2b1d74e5f8a6b7c8d9e0f1a2b", "R58N12ABCDEF0123")
-
-
-def _single_des(profile: str) -> list[str]:
-    """Not a step of the guide: micromdm's scepclient encrypts with single DES, which new profiles refuse
-    (docs/scep.md "Client quirks")."""
-    return ["scep-server", "profile", "update", profile, "--settings-json", '{"allow_single_des": true}']
 
 
 def _lookup(value: str, uid: str) -> str:
@@ -56,15 +51,10 @@ async def test_the_workspace_one_guide(tmp_path, db_url, scepclient):
         cli = Cli(data, db_url, env)
         values = {EXAMPLE_BASE: url}
         async with aiohttp.ClientSession() as session:
-            ca_url = fill([re.search(r"curl -o \S+ (\S+)", GUIDE.text).group(1)], values)[0]
-            async with session.get(ca_url) as resp:
-                assert resp.status == 200
-                ca = x509.load_der_x509_certificate(await resp.read())
+            _, ca = await trusted_ca(session, GUIDE, values)
 
             # --- Generic SCEP, static challenge
-            out, _ = await cli(fill(GUIDE.command("scep-server", "profile", "add", "workspace-one-static"), values))
-            secret = re.search(r"^challenge: (\S+)$", out, re.MULTILINE).group(1)
-            await cli(_single_des("workspace-one-static"))
+            secret = await static_profile(cli, GUIDE, "workspace-one-static", values)
             authority = GUIDE.table(STATIC)
             assert authority["Authority Type"] == "Generic SCEP" and authority["Challenge Type"] == "Static"
             scep_url = fill([authority["SCEP URL"]], values)[0]
@@ -79,7 +69,7 @@ async def test_the_workspace_one_guide(tmp_path, db_url, scepclient):
             password = "guide-password-2"
             configure = GUIDE.command("scep-server", "challenge", "configure", "workspace-one")
             await cli(fill(configure, {**values, "<challenge password>": password}))
-            await cli(_single_des("workspace-one"))
+            await cli(single_des("workspace-one"))
             authority = GUIDE.table(DYNAMIC)
             assert authority["Challenge Type"] == "Dynamic" and authority["Version"] == "NDES 2008/2012"
             encoding = configure[configure.index("--page-encoding") + 1]
