@@ -39,6 +39,13 @@ def _check_certificate(cert: x509.Certificate, cn: str, ca: x509.Certificate) ->
         ExtendedKeyUsageOID.CLIENT_AUTH]
 
 
+async def _enrols(scepclient, scep_url: str, challenge: str, subject: str, uid: str, work, ca) -> None:
+    """scepclient enrols the device `uid` with the template's subject; its certificate is as the guide says."""
+    rc, log, cert = await scepclient_enrol(scepclient, scep_url, challenge, _lookup(subject, uid), work)
+    assert rc == 0, log
+    _check_certificate(cert, uid, ca)
+
+
 async def test_the_workspace_one_guide(tmp_path, db_url, scepclient):
     data = tmp_path / "data"
     env = fast_env()
@@ -57,12 +64,8 @@ async def test_the_workspace_one_guide(tmp_path, db_url, scepclient):
             secret = await static_profile(cli, GUIDE, "workspace-one-static", values)
             authority = GUIDE.table(STATIC)
             assert authority["Authority Type"] == "Generic SCEP" and authority["Challenge Type"] == "Static"
-            scep_url = fill([authority["SCEP URL"]], values)[0]
-            uid = DEVICE_UIDS[0]
-            rc, log, cert = await scepclient_enrol(scepclient, scep_url, secret, _lookup(subject, uid),
-                                                   tmp_path / "static")
-            assert rc == 0, log
-            _check_certificate(cert, uid, ca)
+            await _enrols(scepclient, fill([authority["SCEP URL"]], values)[0], secret, subject, DEVICE_UIDS[0],
+                          tmp_path / "static", ca)
 
             # --- NDES-compatible dynamic challenge
             await cli(fill(GUIDE.command("scep-server", "profile", "add", "workspace-one"), values))
@@ -80,10 +83,7 @@ async def test_the_workspace_one_guide(tmp_path, db_url, scepclient):
             assert len(challenge) == int(authority["SCEP Challenge Length"])
             scep_url = fill([authority["SCEP URL"]], values)[0]
             uid = DEVICE_UIDS[1]
-            rc, log, cert = await scepclient_enrol(scepclient, scep_url, challenge, _lookup(subject, uid),
-                                                   tmp_path / "dyn")
-            assert rc == 0, log
-            _check_certificate(cert, uid, ca)
+            await _enrols(scepclient, scep_url, challenge, subject, uid, tmp_path / "dyn", ca)
             shown, _ = await cli(["scep-server", "device", "show", uid])  # registered by its enrolment
             assert '"status": "active"' in shown
 
