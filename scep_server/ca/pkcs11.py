@@ -21,6 +21,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
@@ -119,7 +120,8 @@ def _gone(exc: BaseException) -> bool:
     import pkcs11
 
     if isinstance(exc, (pkcs11.SessionHandleInvalid, pkcs11.SessionClosed, pkcs11.DeviceRemoved,
-                        pkcs11.TokenNotPresent, pkcs11.TokenNotRecognised, pkcs11.DeviceError, pkcs11.UserNotLoggedIn, pkcs11.ObjectHandleInvalid, pkcs11.KeyHandleInvalid,
+                        pkcs11.TokenNotPresent, pkcs11.TokenNotRecognised, pkcs11.DeviceError,
+                        pkcs11.UserNotLoggedIn, pkcs11.ObjectHandleInvalid, pkcs11.KeyHandleInvalid,
                         pkcs11.NoSuchKey)):
         return True
     # CKR_CRYPTOKI_NOT_INITIALIZED (the module was finalised) has no class of its own in python-pkcs11
@@ -416,8 +418,9 @@ _OAEP = {"sha1": ("SHA_1", "SHA1"), "sha224": ("SHA224", "SHA224"), "sha256": ("
 class Pkcs11Key(SignsCertificates):
     """A private key in the token, by label: signs (RSA PKCS#1 v1.5, ECDSA) and decrypts (RSA) there."""
 
-    def __init__(self, pool: SessionPool, label: str, public_key):
+    def __init__(self, pool: SessionPool, label: str, public_key, store: "Pkcs11Keys | None" = None):
         self.pool, self.label, self._pub = pool, label, public_key
+        self.store = store  # the key store it came from: a renewed RA's key is made and found through it
 
     def public_key(self) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
         return self._pub
@@ -477,8 +480,14 @@ class Pkcs11Keys:
         """The CA key; with `create` = (key_type, bits), generated in the token first if no key has its label."""
         return self._key(self.settings.ca_key_label, create, ca=True)
 
-    def ra_key(self, create: tuple[str, int] | None = None) -> Pkcs11Key:
-        return self._key(self.settings.ra_key_label, create, ca=False)
+    def ra_key(self, create: tuple[str, int] | None = None, label: str | None = None) -> Pkcs11Key:
+        """The RA key labelled ``ca.ra_key_label``, or ``label`` (a renewed RA's, recorded beside its
+        certificate: scep_server.ca.ra)."""
+        return self._key(label or self.settings.ra_key_label, create, ca=False)
+
+    def renewed_ra_label(self, now: datetime) -> str:
+        """``ca.ra_key_label`` with the renewal's UTC time and a random suffix: unique in the token."""
+        return f"{self.settings.ra_key_label}-{now.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
 
     def _key(self, label: str, create: tuple[str, int] | None, *, ca: bool) -> Pkcs11Key:
         def find(s, _key):
@@ -494,7 +503,7 @@ class Pkcs11Keys:
         if not ca and not isinstance(public, rsa.RSAPublicKey):
             raise HsmError(f"the RA key {label!r} in token {self.pool.label!r} must be RSA (clients encrypt to it)")
         self.pool.track(label)
-        return Pkcs11Key(self.pool, label, public)
+        return Pkcs11Key(self.pool, label, public, store=self)
 
 
 def _find_public(session, label: str, token: str):
