@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import aiohttp
 import pkcs11
+import pytest
 import structlog
 from click.testing import CliRunner
 from cryptography import x509
@@ -111,3 +112,44 @@ async def test_the_server_renews_a_due_ra_in_the_token(aiohttp_server, tmp_path,
         async with session.get(f"{server.url}/readyz") as resp:
             checks = (await resp.json())["checks"]
     assert checks["ca.ra"] == checks["ca.token"] == "ok"
+
+
+def test_each_ra_key_is_found_by_the_label_beside_its_certificate_and_must_be_its_key(softhsm, tmp_path):
+    from scep_server.ca.authority import create_ca, load_ca
+    from scep_server.ca.pkcs11 import HsmError
+    from scep_server.ca.ra import renew_ra
+
+    from .test_keys import keys
+
+    now = datetime.now(timezone.utc)
+    directory = tmp_path / "ca"
+    store = keys(softhsm)
+    try:
+        ca = create_ca(directory, name="default", subject="CN=HSM CA", ra_subject="CN=HSM RA", key_size=2048,
+                       validity_days=365, ra_validity_days=365, passphrase=b"", base_url="http://127.0.0.1:1",
+                       now=now, key_type="ec-p256", key_store=store)
+        first = renew_ra(directory, ca, validity_days=365, passphrase=b"", now=now, key_store=store)
+        second = renew_ra(directory, ca, validity_days=365, passphrase=b"", now=now, key_store=store)
+        labels = [(directory / f"ra-{n}.label").read_text().strip() for n in (1, 2)]
+        assert len(set(labels)) == 2 and all(label.startswith("scep-ra-") for label in labels)
+        assert sorted(p.name for p in directory.iterdir() if not p.name.startswith(".")) == [
+            "ca.crt", "ca.lock", "ra-1.crt", "ra-1.label", "ra-2.crt", "ra-2.label", "ra.crt"]
+
+        def load():
+            return load_ca(directory, name="default", passphrase=b"", base_url="http://127.0.0.1:1", key_store=store)
+
+        loaded = load()
+        assert loaded.ra_cert == second and loaded.ra_key.label == labels[1]
+        assert [(c, k.label) for c, k in loaded.previous_ras] == [(first, labels[0]), (ca.ra_cert, "scep-ra")]
+
+        (directory / "ra-2.label").write_text(labels[0] + "\n")  # names another RA's key
+        with pytest.raises(ValueError, match="not the key of ra-2.crt"):
+            load()
+        (directory / "ra-2.label").write_text("no-such-key\n")
+        with pytest.raises(HsmError, match="no private key labelled 'no-such-key'"):
+            load()
+        (directory / "ra-2.label").unlink()
+        with pytest.raises(ValueError, match="ra-2.crt has no ra-2.label"):
+            load()
+    finally:
+        store.close()
