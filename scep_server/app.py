@@ -48,6 +48,11 @@ def create_app(settings: Settings, *, clock: Clock = utcnow, metrics_sock: socke
             # RA certificates: renewed before they expire, a renewal made elsewhere picked up
             supervisor.start("ca.ra_lifecycle", ra_lifecycle.ra_job(runtime), runtime.readiness)
             runtime.readiness.add("ca.ra", functools.partial(ra_lifecycle.ra_readiness, runtime))
+            if settings.ca.key_backend == "pkcs11":  # the token still answers (reopened when it came back)
+                from .ca import tokencheck
+
+                runtime.readiness.add(tokencheck.READINESS,
+                                      tokencheck.TokenCheck(functools.partial(tokencheck.pools, runtime.cas)))
             if settings.audit.chain:  # the audit trail's hash chain: new events are sealed every seal_interval
                 from .audit.service import sealer_job
 

@@ -91,6 +91,14 @@ EVENTS: tuple[Event, ...] = (
     _e("ca.ra.loaded", "info", "ca serial not_after", "this process now uses a renewed RA certificate"),
     _e("ca.ra.renew_failed", "error", "ca error",
        "the automatic RA renewal failed; retried every ca.ra_check_interval (readiness fails 14 days before expiry)"),
+    _e("ca.pkcs11.session_lost", "warning", "token error",
+       "a key operation found its PKCS#11 session gone (the token restarted or was removed): the sessions are "
+       "reopened and the operation tried once more"),
+    _e("ca.pkcs11.reconnected", "info", "token sessions",
+       "the sessions of the PKCS#11 token were opened again (logged in, the keys found by label)"),
+    _e("ca.pkcs11.reconnect_failed", "error", "token error retry_in",
+       "the PKCS#11 token could not be opened again; key operations fail (503) until the next attempt, "
+       "retry_in seconds later at the earliest (readiness check ca.token)"),
     _e("ca.rollover.prepared", "info", "ca subject cross_signed actor",
        "the next CA of a CA was created (`ca rollover prepare`, the API); GetNextCACert serves it"),
     _e("ca.rollover.activated", "info", "ca active profiles actor",

@@ -340,6 +340,8 @@ class Snapshot:
     certificates: Sequence[tuple[str, str, datetime]] = ()
     # readiness check name -> "ok" or anything else (failed)
     readiness: dict[str, str] = field(default_factory=dict)
+    # (PKCS#11 token label, whether it answered the last probe): keys in a token only
+    tokens: Sequence[tuple[str, bool]] = ()
 
 
 class _SnapshotCollector:
@@ -370,6 +372,11 @@ class _SnapshotCollector:
                                    "at this scrape", labels=["check"])
         for check, detail in sorted(s.readiness.items()):
             family.add_metric([check], 1.0 if detail == "ok" else 0.0)
+        yield family
+        family = GaugeMetricFamily("ca_pkcs11_token_available", "Whether the PKCS#11 token holding the CA and RA "
+                                   "keys answers (1) or not (0), probed at most every few seconds", labels=["token"])
+        for token, available in s.tokens:
+            family.add_metric([token], 1.0 if available else 0.0)
         yield family
         family = GaugeMetricFamily("scep_server_scrape_worker", "The worker that answered this scrape (its "
                                    "process_* metrics are the ones reported)", labels=["pid"])

@@ -272,7 +272,7 @@ def load_cas(settings: Settings) -> "dict[str, CertificateAuthority]":
 
     names = ca_names(settings)
     if settings.ca.key_backend == "pkcs11":
-        return _load_token_cas(settings)  # one CA, its keys in the token (no RA renewal or rollover there yet)
+        return _load_token_cas(settings)  # one CA, its keys in the token (its renewed RAs too; no CA rollover there)
     passphrase = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
     cas = {}
     for name in names:

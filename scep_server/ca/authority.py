@@ -275,7 +275,8 @@ def load_ca(directory: Path, *, name: str, passphrase: bytes, base_url: str,
             key_store: KeyStore | None = None) -> CertificateAuthority:
     """Load CA material written by create_ca (plus an optional next CA for GetNextCACert: next-ca.crt).
 
-    With a `key_store`, the keys come from it and must be the keys of ca.crt and ra.crt (ValueError if not)."""
+    With a `key_store`, the keys come from it and must be the keys of ca.crt and of the RA certificates
+    (ValueError if not): a renewed RA's key by the label recorded beside its certificate (scep_server.ca.rafiles)."""
     def cert(fname: str) -> x509.Certificate:
         return x509.load_pem_x509_certificate((directory / fname).read_bytes())
 
@@ -285,12 +286,12 @@ def load_ca(directory: Path, *, name: str, passphrase: bytes, base_url: str,
         ca_key: KeyOps = FileKey.load(directory / "ca.key", passphrase)
         (ra_cert, ra_key), *previous = load_ras(directory, passphrase)  # the current RA and those still valid
     else:
-        ca_key, ra_key = key_store.ca_key(), key_store.ra_key()
-        ra_cert, previous = cert("ra.crt"), []
+        ca_key = key_store.ca_key()
+        (ra_cert, ra_key), *previous = load_ras(directory, passphrase, key_store=key_store)
     ca_cert = cert("ca.crt")
     for what, key, c in (("CA", ca_key, ca_cert), ("RA", ra_key, ra_cert)):
         if key_store is not None and key.public_key() != c.public_key():
-            raise ValueError(f"the {what} key in the key store is not the key of {what.lower()}.crt")
+            raise ValueError(f"the {what} key in the key store is not the key of {what.lower()}.crt")  # RA: above
     return CertificateAuthority(
         name=name, cert=ca_cert, key=ca_key, ra_cert=ra_cert, ra_key=ra_key, base_url=base_url,
         next_ca_certs=next_certs, previous_ras=previous)

@@ -31,7 +31,8 @@ def ca_renew_ra(ctx: Context, name: str | None, fmt: str) -> None:
     """Issue a new RA certificate with a new key under the CA (default: this deployment's CA).
 
     GetCACert serves the new one as soon as each running server sees it (within ca.ra_check_interval); a
-    request encrypted to the previous RA certificate is still decrypted until that certificate expires.
+    request encrypted to the previous RA certificate is still decrypted until that certificate expires. With
+    the keys in a PKCS#11 token the new key pair is generated in the token, under a new label.
     """
     from ..runtime import Uses
     from . import lifecycle

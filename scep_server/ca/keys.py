@@ -9,6 +9,7 @@ import contextlib
 import os
 import secrets
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -40,8 +41,11 @@ class KeyStore(Protocol):
     def ca_key(self, create: tuple[str, int] | None = None) -> KeyOps:
         """The CA key; `create` = (key type, RSA bits) generates it when absent."""
 
-    def ra_key(self, create: tuple[str, int] | None = None) -> KeyOps:
-        """The RA key (RSA)."""
+    def ra_key(self, create: tuple[str, int] | None = None, label: str | None = None) -> KeyOps:
+        """The RA key (RSA); ``label``: a renewed RA's key (scep_server.ca.ra), not the first RA's."""
+
+    def renewed_ra_label(self, now: datetime) -> str:
+        """A new label for the key of an RA renewed at ``now``, used by no other key."""
 
 
 _OAEP_HASHES = {"sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256, "sha384": hashes.SHA384,

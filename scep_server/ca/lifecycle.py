@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from trustkit.db import writer
-from trustkit.problems import Conflict, NotFound
+from trustkit.problems import NotFound
 
 from ..store.events import record_event
 from . import ra
@@ -39,15 +39,23 @@ class UnknownCA(NotFound):
     code = "ca_not_found"
 
 
-class RaInToken(Conflict):
-    code = "ra_key_in_token"
-
-
 def _passphrase(runtime: "Runtime") -> bytes:
     from .keys import load_or_create_passphrase
 
     s = runtime.settings
     return load_or_create_passphrase(s.ca.passphrase_env, s.passphrase_path())
+
+
+def _key_store(runtime: "Runtime", name: str):
+    """The key store (a PKCS#11 token) the CA's keys come from; None for key files."""
+    if runtime.settings.ca.key_backend == "file":
+        return None
+    return getattr(runtime.cas[name].key, "store", None)
+
+
+def _ra_passphrase(runtime: "Runtime", store) -> bytes:
+    """The passphrase of the RA key files; none when the keys are in a token (no file, no passphrase made)."""
+    return b"" if store is not None else _passphrase(runtime)
 
 
 def describe_ras(ca) -> dict[str, Any]:
@@ -109,8 +117,11 @@ async def reload_ras(runtime: "Runtime", name: str) -> None:
     or a rollover prepared elsewhere)."""
     directory = runtime.settings.ca_dir(name)
 
+    store = _key_store(runtime, name)
+
     def load():
-        return ra.load_ras(directory, _passphrase(runtime), now=runtime.clock()), _next_ca_certs(directory)
+        return (ra.load_ras(directory, _ra_passphrase(runtime, store), now=runtime.clock(), key_store=store),
+                _next_ca_certs(directory))
 
     ras, next_certs = await asyncio.to_thread(load)
     current = runtime.cas[name]
@@ -131,13 +142,13 @@ async def renew(runtime: "Runtime", name: str, *, actor: str, only_if_due: timed
     ca = runtime.cas.get(name)
     if ca is None:
         raise UnknownCA(f"no CA named {name!r}")
-    if runtime.settings.ca.key_backend != "file":
-        raise RaInToken(f"the RA key of CA {name!r} is in a PKCS#11 token: renewing it there is not supported yet")
     now = runtime.clock()
     previous = ca.ra_cert
+    store = _key_store(runtime, name)
     cert = await asyncio.to_thread(ra.renew_ra, runtime.settings.ca_dir(name), ca,
                                    validity_days=runtime.settings.ca.ra_validity_days,
-                                   passphrase=_passphrase(runtime), now=now, only_if_due=only_if_due)
+                                   passphrase=_ra_passphrase(runtime, store), now=now, only_if_due=only_if_due,
+                                   key_store=store)
     if cert is None:
         await reload_ras(runtime, name)  # another process may have renewed it
         return None
@@ -231,10 +242,8 @@ def ra_readiness(runtime: "Runtime") -> str:
 
 
 async def check_once(runtime: "Runtime", states: dict[str, Any]) -> None:
-    """One round of the job: pick up changed RA files, then renew what is due (file keys only: with keys in a
-    PKCS#11 token nothing is renewed here, and readiness fails 14 days before the RA expires)."""
-    if runtime.settings.ca.key_backend != "file":
-        return
+    """One round of the job: load a CA activated elsewhere, pick up changed RA files, then renew what is due
+    (keys in files, or in the PKCS#11 token: scep_server.ca.ra.renew_ra)."""
     await pick_up_cas(runtime)
     before = timedelta(days=runtime.settings.ca.ra_renew_before_days)
     for name in sorted(runtime.cas):

@@ -2,7 +2,9 @@
 
 The keys are found by label; `init` generates missing ones in the token (sensitive, not extractable). A pool of
 sessions, one per signing thread, is opened once per process after a single login; a thread waits for a free
-session rather than sharing one (a PKCS#11 session serves one operation at a time).
+session rather than sharing one (a PKCS#11 session serves one operation at a time). When the token goes away
+and comes back (an HSM restarted, a network HSM reconnected), the sessions are opened again and the operation
+retried once (SessionPool.call); while it is away, operations fail at once with TokenUnavailable (a 503).
 
 python-pkcs11 initialises the module with C_Initialize(NULL), which tells it that no two threads call it at once
 (PKCS#11 §5.4: no OS locking), and SoftHSM then takes no locks: concurrent calls corrupt its state (a PKCS#1
@@ -12,18 +14,27 @@ forked worker has its own module instance and its own lock.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import secrets
 import threading
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
+import structlog
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from trustkit.problems import ServiceUnavailable
+
 from .tbs import SignsCertificates
+
+log = structlog.get_logger("ca.pkcs11")
+T = TypeVar("T")
 
 _CURVES = {"ec-p256": "secp256r1", "ec-p384": "secp384r1"}
 
@@ -86,78 +97,316 @@ def _library(module: str):
     return lib
 
 
+class TokenUnavailable(HsmError, ServiceUnavailable):
+    """The token cannot be used now (gone, restarting, or its sessions could not be reopened): the operation
+    failed without waiting, a later one tries the token again. Answered 503 to a client."""
+
+    code = "token_unavailable"
+
+    def __init__(self, detail: str) -> None:
+        ServiceUnavailable.__init__(self, detail)
+
+
+RECONNECT_BACKOFF = (1.0, 30.0)
+"""Seconds a failed reopening of the sessions is not retried for: the first, doubling up to the second."""
+CALL_TIMEOUT = 30.0
+"""Seconds a key operation waits for a session and the module's call lock before it fails (a hung token)."""
+
+
+def _gone(exc: BaseException) -> bool:
+    """Whether a PKCS#11 failure says the session, the login or the token is gone (retried on new sessions),
+    not that the operation itself is wrong (bad data, a refused mechanism: never retried). CKR_GENERAL_ERROR is
+    not one: SoftHSM answers it to a PKCS#1 v1.5 decryption whose padding is wrong."""
+    import pkcs11
+
+    if isinstance(exc, (pkcs11.SessionHandleInvalid, pkcs11.SessionClosed, pkcs11.DeviceRemoved,
+                        pkcs11.TokenNotPresent, pkcs11.TokenNotRecognised, pkcs11.DeviceError,
+                        pkcs11.UserNotLoggedIn, pkcs11.ObjectHandleInvalid, pkcs11.KeyHandleInvalid,
+                        pkcs11.NoSuchKey)):
+        return True
+    # CKR_CRYPTOKI_NOT_INITIALIZED (the module was finalised) has no class of its own in python-pkcs11
+    return type(exc) is pkcs11.PKCS11Error and "not initialized" in str(exc)
+
+
+class _Sessions:
+    """One generation of logged-in sessions; replaced as a whole when the token comes back."""
+
+    def __init__(self, generation: int, token, sessions: list) -> None:
+        self.generation, self.token, self.all = generation, token, sessions
+        self.free: queue.LifoQueue = queue.LifoQueue()
+        for s in sessions:
+            self.free.put(s)
+        self.keys: dict[tuple[int, str, object], object] = {}  # (id(session), label, class) -> key object
+
+
 class SessionPool:
-    """Logged-in sessions of one token, lent to one thread at a time."""
+    """Logged-in sessions of one token, lent to one thread at a time.
+
+    When the token goes away (its sessions fail with CKR_SESSION_HANDLE_INVALID, CKR_DEVICE_REMOVED,
+    CKR_TOKEN_NOT_PRESENT, CKR_CRYPTOKI_NOT_INITIALIZED and the like), :meth:`call` drops every session, opens
+    new ones (logged in again, the keys found again by label) and runs the operation once more. One thread
+    reopens; the others wait for it and use its sessions. A reopening that fails makes the operation fail at
+    once with :class:`TokenUnavailable`, and so does every operation for a back-off (1 s doubling to 30 s)
+    before the next attempt.
+    """
 
     def __init__(self, settings: HsmSettings):
+        self.settings = settings
+        self.label = settings.token_label
         lib = _library(settings.module)
         self._lock = _call_lock(settings.module)
+        self._reconnect_lock = threading.Lock()
+        self._closed = False
+        self._failures = 0  # reopenings failed in a row
+        self._retry_at = 0.0  # time.monotonic() before which no reopening is attempted
+        self._error = ""  # why the last reopening failed
+        self.backoff = RECONNECT_BACKOFF
+        self.timeout = CALL_TIMEOUT
+        self.reconnects = 0  # successful reopenings
+        self._labels: set[str] = set()  # the key labels used so far: found again when the sessions are reopened
+        self._generation = 1
         with self._lock:
-            self._open(lib, settings)
+            self._state: _Sessions | None = self._open(lib, generation=1)
 
-    def _open(self, lib, settings: HsmSettings) -> None:
+    def _open(self, lib, *, generation: int) -> _Sessions:
         import pkcs11
 
+        settings = self.settings
         try:
-            self.token = lib.get_token(token_label=settings.token_label)
+            token = lib.get_token(token_label=settings.token_label)
         except pkcs11.NoSuchToken:
             raise HsmError(f"no PKCS#11 token labelled {settings.token_label!r} in {settings.module} "
                            "(ca.pkcs11_token_label)") from None
         except pkcs11.MultipleTokensReturned:
             raise HsmError(f"several PKCS#11 tokens are labelled {settings.token_label!r}") from None
-        self.label = settings.token_label
-        self._all: list = []
-        self._free: queue.LifoQueue = queue.LifoQueue()
-        self._keys: dict[tuple[int, str, object], object] = {}
+        except pkcs11.PKCS11Error as exc:
+            raise HsmError(f"cannot list the tokens of {settings.module}: {type(exc).__name__} {exc}") from None
         try:
-            first = self.token.open(rw=True, user_pin=settings.pin)
+            first = token.open(rw=True, user_pin=settings.pin)
         except pkcs11.UserAlreadyLoggedIn:  # another pool of this process holds the login (it is per token)
-            first = self.token.open(rw=True)
+            first = token.open(rw=True)
         except (pkcs11.PinIncorrect, pkcs11.PinInvalid, pkcs11.PinLenRange):
             raise HsmError(f"the PKCS#11 PIN of token {self.label!r} is wrong") from None
         except pkcs11.PinLocked:
             raise HsmError(f"the PKCS#11 user PIN of token {self.label!r} is locked") from None
         except pkcs11.PKCS11Error as exc:
             raise HsmError(f"cannot open a session on token {self.label!r}: {type(exc).__name__} {exc}") from None
-        self._add(first)
-        for _ in range(settings.pool_size - 1):
-            self._add(self.token.open(rw=True))
-
-    def _add(self, session) -> None:
-        self._all.append(session)
-        self._free.put(session)
+        sessions = [first]
+        try:
+            for _ in range(settings.pool_size - 1):
+                sessions.append(token.open(rw=True))
+        except pkcs11.PKCS11Error as exc:
+            for s in sessions:
+                with contextlib.suppress(Exception):
+                    s.close()
+            raise HsmError(f"cannot open a session on token {self.label!r}: {type(exc).__name__} {exc}") from None
+        return _Sessions(generation, token, sessions)
 
     @property
     def size(self) -> int:
-        return len(self._all)
+        state = self._state
+        return len(state.all) if state is not None else 0
+
+    @property
+    def generation(self) -> int:
+        state = self._state
+        return state.generation if state is not None else 0
+
+    def _borrow(self, timeout: float) -> tuple[_Sessions, object]:
+        """A free session of the current generation (reopening the sessions first when they are dropped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._closed:
+                raise HsmError(f"the sessions of PKCS#11 token {self.label!r} are closed")
+            state = self._state
+            if state is None:
+                self._reconnect(0)
+                continue
+            try:
+                return state, state.free.get(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    raise TokenUnavailable(f"no session of PKCS#11 token {self.label!r} was free within "
+                                           f"{timeout:g} s") from None
+
+    @contextlib.contextmanager
+    def _locked(self, timeout: float | None = None) -> Iterator[None]:
+        timeout = self.timeout if timeout is None else timeout
+        if not self._lock.acquire(timeout=timeout):
+            raise TokenUnavailable(f"PKCS#11 token {self.label!r} did not answer within {timeout:g} s")
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     @contextlib.contextmanager
     def session(self) -> Iterator:
-        """A session of the pool, with the module's call lock held while it is used."""
-        s = self._free.get()
+        """A session of the pool, with the module's call lock held while it is used (no reopening: see call)."""
+        state, s = self._borrow(self.timeout)
         try:
-            with self._lock:
+            with self._locked():
                 yield s
         finally:
-            self._free.put(s)
+            state.free.put(s)
 
-    def private_key(self, session, label: str, key_class=None):
-        """The private key object labelled `label` as seen from `session` (looked up once per session)."""
+    def call(self, operation: Callable[[object, Callable[[str], object]], T], *, timeout: float | None = None,
+             uniform: bool = False) -> T:
+        """``operation(session, key)`` on a session of the pool (``key(label)`` the private key labelled so, as
+        that session sees it), with the module's call lock held; run once more on new sessions when the token
+        went away in between (see the class). TokenUnavailable when it is not back, or when no session and
+        lock were had within ``timeout`` seconds (default: ``self.timeout``).
+
+        ``uniform`` (a decryption): an operation that fails again on the new sessions raises its own error, as
+        any other failure of the operation does, never TokenUnavailable: whether the answer is a 503 must not
+        depend on the ciphertext (a token might answer a bad padding with an error that reads as "gone")."""
+        timeout = self.timeout if timeout is None else timeout
+        for attempt in (1, 2):
+            state, s = self._borrow(timeout)
+            try:
+                with self._locked(timeout):
+                    return operation(s, functools.partial(self._private_key, state, s))
+            except Exception as exc:
+                if not _gone(exc):
+                    raise
+                if attempt == 2:
+                    if uniform:
+                        raise
+                    raise TokenUnavailable(f"PKCS#11 token {self.label!r} failed again after its sessions were "
+                                           f"reopened: {type(exc).__name__} {exc}".rstrip()) from None
+                log.warning("ca.pkcs11.session_lost", token=self.label, error=type(exc).__name__)
+                self._reconnect(state.generation)
+            finally:
+                state.free.put(s)
+        raise AssertionError("unreachable")
+
+    def _private_key(self, state: _Sessions, session, label: str, key_class=None):
         import pkcs11
 
         cache_key = (id(session), label, key_class)
-        key = self._keys.get(cache_key)
+        key = state.keys.get(cache_key)
         if key is None:
             key = session.get_key(object_class=key_class or pkcs11.ObjectClass.PRIVATE_KEY, label=label)
-            self._keys[cache_key] = key
+            state.keys[cache_key] = key
+            if key_class is None:
+                self._labels.add(label)
         return key
 
-    def close(self) -> None:
-        with self._lock:
-            while self._all:
+    def track(self, label: str) -> None:
+        """A key label the deployment uses: found again when the sessions are reopened, and by :meth:`probe`."""
+        self._labels.add(label)
+
+    def private_key(self, session, label: str, key_class=None):
+        """The private key object labelled `label` as seen from `session` (looked up once per session)."""
+        state = self._state
+        if state is None:
+            raise TokenUnavailable(f"the sessions of PKCS#11 token {self.label!r} are being reopened")
+        return self._private_key(state, session, label, key_class)
+
+    def _reconnect(self, seen: int) -> None:
+        """Replace the sessions of generation ``seen`` (0: none) with new ones, unless another thread did; one
+        thread at a time, the others wait here and then use the new sessions."""
+        with self._reconnect_lock:
+            state = self._state
+            if state is not None and state.generation != seen:
+                return  # another thread reopened them while this one waited
+            if self._closed:
+                raise HsmError(f"the sessions of PKCS#11 token {self.label!r} are closed")
+            now = time.monotonic()
+            if now < self._retry_at:
+                raise TokenUnavailable(f"PKCS#11 token {self.label!r} is unavailable: {self._error} (next attempt "
+                                       f"in {self._retry_at - now:.1f} s)")
+            self._generation += 1
+            generation = self._generation
+            self._state = None
+            if state is not None:
+                self._drop(state)
+            try:
+                new = self._reopen(generation)
+            except HsmError as exc:
+                self._failures += 1
+                first, most = self.backoff
+                self._retry_at = time.monotonic() + min(most, first * 2 ** (self._failures - 1))
+                self._error = str(exc)
+                log.error("ca.pkcs11.reconnect_failed", token=self.label, error=self._error,
+                          retry_in=round(self._retry_at - time.monotonic(), 1))
+                raise TokenUnavailable(f"PKCS#11 token {self.label!r} is unavailable: {exc}") from None
+            self._failures, self._retry_at, self._error = 0, 0.0, ""
+            self._state = new
+            self.reconnects += 1
+            log.info("ca.pkcs11.reconnected", token=self.label, sessions=len(new.all))
+
+    def _drop(self, state: _Sessions) -> None:
+        """Close the sessions of a dropped generation (most calls fail: the token forgot them)."""
+        with self._locked():
+            for s in state.all:
                 with contextlib.suppress(Exception):
-                    self._all.pop().close()
-            self._keys.clear()
+                    s.close()
+        state.keys.clear()
+
+    def _reopen(self, generation: int) -> _Sessions:
+        """New sessions, logged in, every key label of the deployment found; the module is initialised again
+        when the token cannot be opened as it is (it was finalised, or the token was replaced)."""
+        lib = _library(self.settings.module)
+        with self._locked():
+            try:
+                new = self._open(lib, generation=generation)
+            except HsmError:
+                with contextlib.suppress(Exception):
+                    lib.reinitialize()
+                new = self._open(lib, generation=generation)
+            try:
+                self._check_keys(new)
+            except HsmError:
+                for s in new.all:
+                    with contextlib.suppress(Exception):
+                        s.close()
+                raise
+        return new
+
+    def _check_keys(self, state: _Sessions) -> None:
+        import pkcs11
+
+        s = state.all[0]
+        for label in sorted(self._labels):
+            try:
+                self._private_key(state, s, label)
+            except pkcs11.NoSuchKey:
+                raise HsmError(f"no private key labelled {label!r} in PKCS#11 token {self.label!r}") from None
+            except pkcs11.PKCS11Error as exc:
+                raise HsmError(f"cannot find the key {label!r} in PKCS#11 token {self.label!r}: "
+                               f"{type(exc).__name__} {exc}".rstrip()) from None
+
+    def probe(self, timeout: float = 2.0) -> str:
+        """Whether the token serves now: the CA and RA keys found by label on a session of the pool (the
+        sessions reopened when they were lost, within the back-off); asked of the token each time, not of a
+        cache. "ok", or "error: ..." saying why; at most ``timeout`` seconds waiting for a session."""
+        import pkcs11
+        from pkcs11 import Attribute, ObjectClass
+
+        labels = sorted(self._labels) or [self.settings.ca_key_label]
+
+        def find(session, _key) -> None:
+            for label in labels:
+                if not list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: label})):
+                    raise pkcs11.NoSuchKey(f"no private key labelled {label!r}")
+
+        try:
+            self.call(find, timeout=timeout)
+        except HsmError as exc:
+            return f"error: {exc}"
+        except pkcs11.PKCS11Error as exc:
+            return f"error: PKCS#11 token {self.label!r}: {type(exc).__name__} {exc}".rstrip()
+        return "ok"
+
+    def close(self) -> None:
+        self._closed = True
+        state, self._state = self._state, None
+        if state is not None:
+            with self._lock:
+                for s in state.all:
+                    with contextlib.suppress(Exception):
+                        s.close()
+            state.keys.clear()
 
 
 _RSA_SIGN = {"sha1": "SHA1_RSA_PKCS", "sha224": "SHA224_RSA_PKCS", "sha256": "SHA256_RSA_PKCS",
@@ -169,8 +418,9 @@ _OAEP = {"sha1": ("SHA_1", "SHA1"), "sha224": ("SHA224", "SHA224"), "sha256": ("
 class Pkcs11Key(SignsCertificates):
     """A private key in the token, by label: signs (RSA PKCS#1 v1.5, ECDSA) and decrypts (RSA) there."""
 
-    def __init__(self, pool: SessionPool, label: str, public_key):
+    def __init__(self, pool: SessionPool, label: str, public_key, store: "Pkcs11Keys | None" = None):
         self.pool, self.label, self._pub = pool, label, public_key
+        self.store = store  # the key store it came from: a renewed RA's key is made and found through it
 
     def public_key(self) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
         return self._pub
@@ -179,17 +429,18 @@ class Pkcs11Key(SignsCertificates):
         import pkcs11
         from pkcs11.util.ec import encode_ecdsa_signature
 
-        with self.pool.session() as s:
-            key = self.pool.private_key(s, self.label)
-            if isinstance(self._pub, rsa.RSAPublicKey):
-                mechanism = _RSA_SIGN.get(digest.name)
-                if mechanism is None:
-                    raise ValueError(f"no RSA signature with {digest.name} in PKCS#11")
-                return key.sign(data, mechanism=getattr(pkcs11.Mechanism, mechanism))
-            h = hashes.Hash(digest)
-            h.update(data)
-            # CKM_ECDSA over a digest made here: tokens without CKM_ECDSA_SHA384 (SoftHSM) sign all the same
-            return encode_ecdsa_signature(key.sign(h.finalize(), mechanism=pkcs11.Mechanism.ECDSA))
+        if isinstance(self._pub, rsa.RSAPublicKey):
+            mechanism = _RSA_SIGN.get(digest.name)
+            if mechanism is None:
+                raise ValueError(f"no RSA signature with {digest.name} in PKCS#11")
+            return self.pool.call(lambda s, key: key(self.label).sign(
+                data, mechanism=getattr(pkcs11.Mechanism, mechanism)))
+        h = hashes.Hash(digest)
+        h.update(data)
+        tbs = h.finalize()
+        # CKM_ECDSA over a digest made here: tokens without CKM_ECDSA_SHA384 (SoftHSM) sign all the same
+        return encode_ecdsa_signature(self.pool.call(lambda s, key: key(self.label).sign(
+            tbs, mechanism=pkcs11.Mechanism.ECDSA)))
 
     def decrypt(self, ciphertext: bytes, scheme: str) -> bytes:
         import pkcs11
@@ -204,9 +455,8 @@ class Pkcs11Key(SignsCertificates):
                                 (getattr(pkcs11.Mechanism, h), getattr(pkcs11.MGF, mgf), None))
         else:
             raise ValueError(f"unsupported key transport scheme {scheme!r}")
-        with self.pool.session() as s:
-            key = self.pool.private_key(s, self.label)
-            return key.decrypt(ciphertext, mechanism=mechanism, mechanism_param=param)
+        return self.pool.call(lambda s, key: key(self.label).decrypt(ciphertext, mechanism=mechanism,
+                                                                     mechanism_param=param), uniform=True)
 
     def close(self) -> None:
         self.pool.close()
@@ -222,24 +472,38 @@ class Pkcs11Keys:
     def close(self) -> None:
         self.pool.close()
 
+    def probe(self, timeout: float = 2.0) -> str:
+        """The token's state now (SessionPool.probe): "ok" or "error: ..."."""
+        return self.pool.probe(timeout)
+
     def ca_key(self, create: tuple[str, int] | None = None) -> Pkcs11Key:
         """The CA key; with `create` = (key_type, bits), generated in the token first if no key has its label."""
         return self._key(self.settings.ca_key_label, create, ca=True)
 
-    def ra_key(self, create: tuple[str, int] | None = None) -> Pkcs11Key:
-        return self._key(self.settings.ra_key_label, create, ca=False)
+    def ra_key(self, create: tuple[str, int] | None = None, label: str | None = None) -> Pkcs11Key:
+        """The RA key labelled ``ca.ra_key_label``, or ``label`` (a renewed RA's, recorded beside its
+        certificate: scep_server.ca.ra)."""
+        return self._key(label or self.settings.ra_key_label, create, ca=False)
+
+    def renewed_ra_label(self, now: datetime) -> str:
+        """``ca.ra_key_label`` with the renewal's UTC time and a random suffix: unique in the token."""
+        return f"{self.settings.ra_key_label}-{now.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
 
     def _key(self, label: str, create: tuple[str, int] | None, *, ca: bool) -> Pkcs11Key:
-        with self.pool.session() as s:
-            public = _find_public(s, label, self.pool.label)
-            if public is None and create is not None:
-                public = _generate(s, label, *create, ca=ca)
+        def find(s, _key):
+            found = _find_public(s, label, self.pool.label)
+            if found is None and create is not None:
+                found = _generate(s, label, *create, ca=ca)
+            return found
+
+        public = self.pool.call(find)
         if public is None:
             raise HsmError(f"no private key labelled {label!r} in PKCS#11 token {self.pool.label!r} "
                            f"(ca.{'ca' if ca else 'ra'}_key_label; `scep-server init` generates it)")
         if not ca and not isinstance(public, rsa.RSAPublicKey):
             raise HsmError(f"the RA key {label!r} in token {self.pool.label!r} must be RSA (clients encrypt to it)")
-        return Pkcs11Key(self.pool, label, public)
+        self.pool.track(label)
+        return Pkcs11Key(self.pool, label, public, store=self)
 
 
 def _find_public(session, label: str, token: str):

@@ -5,7 +5,8 @@ The current RA is the one issued last (the highest n); GetCACert serves it and r
 it. Every earlier RA certificate that has not expired still decrypts requests addressed to it (the overlap
 of a renewal: a device that read the old RA certificate just before the renewal still enrols). A renewal
 writes its key first and its certificate last, each exclusively: a crash leaves at most a key without a
-certificate, which is ignored. Renewals of one directory serialise on the directory's lock (``ca.lock``,
+certificate, which is ignored. With the keys in a PKCS#11 token, ``ra-<n>.label`` names the new key in the
+token instead of ``ra-<n>.key``. Renewals of one directory serialise on the directory's lock (``ca.lock``,
 the lock that creates the CA): one process renews, the others find the new certificate and load it.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .authority import CertificateAuthority, _directory_lock, issue_ra_cert
-from .keys import FileKey, KeyOps, durable_write
+from .keys import FileKey, KeyOps, KeyStore, durable_write
 from .rafiles import _generation, _ra_cert_files, files_state, load_ras, ra_certificates
 
 __all__ = ["files_state", "load_ras", "ra_certificates", "with_ras", "renewal_due", "renew_ra"]
@@ -40,8 +41,12 @@ def renewal_due(ra_cert: x509.Certificate, *, now: datetime, renew_before: timed
 
 
 def renew_ra(directory: Path, ca: CertificateAuthority, *, validity_days: int, passphrase: bytes, now: datetime,
-             only_if_due: timedelta | None = None) -> x509.Certificate | None:
+             only_if_due: timedelta | None = None, key_store: KeyStore | None = None) -> x509.Certificate | None:
     """Issue a new RA certificate with a new key under ``ca`` and write it to ``directory``; the new one.
+
+    With a ``key_store`` (a PKCS#11 token) the new key pair is generated in the token (sensitive, never
+    extractable) under a new label (``KeyStore.renewed_ra_label``), which ``ra-<n>.label`` records in place of
+    a key file: every process finds the key by it (scep_server.ca.rafiles.load_ras).
 
     With ``only_if_due`` (the automatic renewal), nothing is done (None) when the newest RA certificate on
     disk has more than that left (another process renewed it first), or when a new certificate would end no
@@ -54,13 +59,23 @@ def renew_ra(directory: Path, ca: CertificateAuthority, *, validity_days: int, p
         if only_if_due is not None and (not renewal_due(current, now=now, renew_before=only_if_due)
                                         or not_after <= current.not_valid_after_utc):
             return None
-        key = FileKey.generate(RA_KEY_BITS)
+        label, file_key = None, None
+        key: KeyOps
+        if key_store is None:
+            key = file_key = FileKey.generate(RA_KEY_BITS)
+        else:
+            label = key_store.renewed_ra_label(now)
+            key = key_store.ra_key(create=("rsa", RA_KEY_BITS), label=label)
         cert = issue_ra_cert(ca.cert, ca.key, key.public_key(), subject=current.subject.rfc4514_string(),
                              validity_days=validity_days, base_url=ca.base_url, ca_name=ca.name, now=now)
         stem = f"ra-{(_generation(newest.name) or 0) + 1}"
-        # a key without its certificate is what a crash between the two writes leaves: never used, replaced
-        (directory / f"{stem}.key").unlink(missing_ok=True)
-        key.save(directory / f"{stem}.key", passphrase)  # the key first, the certificate (which completes it) last
+        # the key (or its label) first, the certificate (which completes it) last: a key or label without its
+        # certificate is what a crash between the writes leaves, never used, replaced here
+        if file_key is None:
+            durable_write(directory / f"{stem}.label", f"{label}\n".encode(), mode=0o644)
+        else:
+            (directory / f"{stem}.key").unlink(missing_ok=True)
+            file_key.save(directory / f"{stem}.key", passphrase)
         durable_write(directory / f"{stem}.crt", cert.public_bytes(serialization.Encoding.PEM), mode=0o644,
                       exclusive=True)
         return cert

@@ -1,6 +1,7 @@
 """The RA certificate files of a CA directory: ``ra.crt`` (``ra.key``) and its renewals ``ra-<n>.crt``
 (``ra-<n>.key``), n = 1, 2, ... in the order they were issued; read by `scep_server.ca.authority.load_ca`,
-written by `scep_server.ca.ra.renew_ra`."""
+written by `scep_server.ca.ra.renew_ra`. With the keys in a PKCS#11 token there is no key file: ``ra-<n>.label``
+holds the label of a renewal's key in the token."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from .keys import FileKey, KeyOps
+from .keys import FileKey, KeyOps, KeyStore
 
 
 def _generation(name: str) -> int | None:
@@ -40,13 +41,33 @@ def ra_certificates(directory: Path) -> list[tuple[x509.Certificate, Path]]:
     return found
 
 
-def load_ras(directory: Path, passphrase: bytes, *, now: datetime | None = None
+def load_ras(directory: Path, passphrase: bytes, *, now: datetime | None = None, key_store: KeyStore | None = None
              ) -> list[tuple[x509.Certificate, KeyOps]]:
-    """The current RA certificate and key, then the earlier ones that have not expired (at ``now``)."""
+    """The current RA certificate and key, then the earlier ones that have not expired (at ``now``). With a
+    ``key_store`` (a PKCS#11 token) the keys are found there by label: ``ca.ra_key_label`` for ``ra.crt``,
+    the label recorded in ``ra-<n>.label`` for a renewal; ValueError when a key is not its certificate's."""
     certs = ra_certificates(directory)
     now = now or datetime.now().astimezone()
     kept = [certs[0]] + [(c, k) for c, k in certs[1:] if c.not_valid_after_utc > now]
-    return [(c, FileKey.load(k, passphrase)) for c, k in kept]
+    if key_store is None:
+        return [(c, FileKey.load(k, passphrase)) for c, k in kept]
+    return [(c, _token_key(key_store, c, k)) for c, k in kept]
+
+
+def _token_key(key_store: KeyStore, cert: x509.Certificate, key_path: Path) -> KeyOps:
+    crt = key_path.with_suffix(".crt").name
+    if crt == "ra.crt":
+        key = key_store.ra_key()
+    else:
+        label_path = key_path.with_suffix(".label")
+        try:
+            label = label_path.read_text().strip()
+        except FileNotFoundError:
+            raise ValueError(f"{crt} has no {label_path.name}: the label of its key in the token is unknown") from None
+        key = key_store.ra_key(label=label)
+    if key.public_key() != cert.public_key():
+        raise ValueError(f"the RA key in the key store is not the key of {crt}")
+    return key
 
 
 def key_files(directory: Path) -> list[Path]:

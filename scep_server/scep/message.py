@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from trustkit import der
+from trustkit.problems import ServiceUnavailable
 
 from . import algorithms, cms, oids
 from .cms import Signer, build_degenerate, parse_degenerate
@@ -306,6 +307,8 @@ def _decrypt(env: cms.EnvelopedData, chosen: cms.Recipient, decrypt_cek: Decrypt
     try:
         cek = decrypt_cek(chosen.encrypted_key, chosen.scheme or "")
         ok = isinstance(cek, bytes) and len(cek) == cipher.key_size
+    except ServiceUnavailable:  # the key's holder (a PKCS#11 token) is away: a 503, whatever the ciphertext
+        raise
     except Exception:  # noqa: BLE001 - every key transport fault must read the same
         cek, ok = b"", False
     key = cek if ok else substitute

@@ -49,7 +49,13 @@ async def serve_metrics(request: web.Request) -> web.Response:
         certificates += [(name, "ca", ca.cert.not_valid_after_utc), (name, "ra", ca.ra_cert.not_valid_after_utc)]
         if ca.next_ca_certs:  # a prepared rollover's new CA (GetNextCACert)
             certificates.append((name, "next-ca", ca.next_ca_certs[0].not_valid_after_utc))
-    snapshot = metrics.Snapshot(crls=crls, certificates=certificates, readiness=await check_details(runtime))
+    readiness = await check_details(runtime)
+    tokens = []
+    if runtime.settings.ca.key_backend == "pkcs11":
+        from ..ca.tokencheck import READINESS
+
+        tokens.append((runtime.settings.ca.pkcs11_token_label or "", readiness.get(READINESS) == "ok"))
+    snapshot = metrics.Snapshot(crls=crls, certificates=certificates, readiness=readiness, tokens=tokens)
     body, content_type = metrics.render(snapshot, request.headers.get("Accept"))
     return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 

@@ -1,0 +1,112 @@
+"""A running server whose token goes away and comes back: /readyz and the token metric follow it, an enrolment
+meanwhile is a 503 (never a hang nor a 500), and the same request succeeds once the token is back."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from scep_server.ca.pkcs11 import _call_lock
+from scep_server.ca.tokencheck import TokenCheck
+from scep_server.scep import MessageType, PKIStatus, client
+from tests.crlwiring.conftest import _request, enrol_with_codec, ra_and_ca, scep_operation, wait_for
+from tests.server import start_app
+
+
+async def readyz(session: aiohttp.ClientSession, url: str) -> tuple[int, dict]:
+    async with session.get(f"{url}/readyz") as resp:
+        return resp.status, await resp.json()
+
+
+async def token_metric(session: aiohttp.ClientSession, url: str, label: str) -> str | None:
+    async with session.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    prefix = f'ca_pkcs11_token_available{{token="{label}"}} '
+    return next((line[len(prefix):] for line in text.splitlines() if line.startswith(prefix)), None)
+
+
+async def test_readiness_and_enrolment_follow_the_token(aiohttp_server, tmp_path, db_url, softhsm):
+    server = await start_app(aiohttp_server, tmp_path, db_url, ca=softhsm.ca_settings(key_type="ec-p256"))
+    runtime = server.runtime
+    pool = runtime.cas["default"].key.pool
+    assert runtime.cas["default"].ra_key.pool is pool
+    pool.backoff = (0.2, 0.2)
+    check = runtime.readiness["ca.token"]
+    assert isinstance(check, TokenCheck)
+    check.ttl = 0.1
+    url = server.url
+    async with aiohttp.ClientSession() as session:
+        async def ready():
+            status, body = await readyz(session, url)
+            return status == 200 and body["checks"]["ca.token"] == "ok"
+
+        await wait_for(ready, timeout=10, interval=0.1)  # the first CRL signed (in the token), the token probed
+        assert await token_metric(session, url, softhsm.label) == "1.0"
+        await enrol_with_codec(session, url, server.challenge(), "before")
+
+        # the token is removed (its directory kept aside, as a restarted HSM keeps its keys)
+        tokens, saved = softhsm.directory / "tokens", softhsm.directory / "saved"
+        shutil.copytree(tokens, saved)
+        env = {"SOFTHSM2_CONF": str(softhsm.directory / "softhsm2.conf"), "PATH": "/usr/bin:/bin"}
+        with _call_lock(softhsm.module):
+            subprocess.run(["softhsm2-util", "--delete-token", "--token", softhsm.label], check=True,
+                           capture_output=True, env=env)
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        ra_der, _ = await ra_and_ca(session, url)  # GetCACert needs no key: still served
+        request = _request(key, ra_der, MessageType.PKCS_REQ, client.make_csr(key, "during", server.challenge()),
+                           client.make_self_signed_signer(key))
+        async with session.post(f"{url}/scep/default?operation=PKIOperation", data=request) as resp:
+            assert resp.status == 503, await resp.text()
+            problem = await resp.json(content_type=None)
+            assert problem["code"] == "token_unavailable" and softhsm.label in problem["detail"]
+            assert resp.headers["Retry-After"]
+        await asyncio.sleep(0.15)
+        status, body = await readyz(session, url)
+        assert status == 503 and body["checks"]["ca.token"] == "failed", body
+        assert await token_metric(session, url, softhsm.label) == "0.0"
+
+        # the token is back: a probe reopens the sessions, readiness returns without an enrolment first
+        shutil.rmtree(tokens)
+        shutil.copytree(saved, tokens)
+
+        await wait_for(ready, timeout=10, interval=0.1)
+        assert pool.reconnects == 1
+        assert await token_metric(session, url, softhsm.label) == "1.0"
+        # the request refused meanwhile succeeds now (its failure was not remembered), and so does a new one
+        rep = await scep_operation(session, url, request, key, ra_der)
+        assert rep.status is PKIStatus.SUCCESS, rep.fail_text
+        await enrol_with_codec(session, url, server.challenge(), "after")
+
+
+async def test_the_token_check_probes_at_most_once_per_ttl_and_bounds_a_slow_probe():
+    class Pool:
+        def __init__(self, answer: str, delay: float = 0.0):
+            self.answer, self.delay, self.probes = answer, delay, 0
+
+        def probe(self, timeout: float) -> str:
+            import time
+
+            self.probes += 1
+            time.sleep(self.delay)
+            return self.answer
+
+    now = [0.0]
+    fine, away = Pool("ok"), Pool("error: PKCS#11 token 't' is unavailable")
+    check = TokenCheck(lambda: [fine], ttl=5.0, clock=lambda: now[0])
+    assert check.available is None
+    assert await asyncio.gather(*(check() for _ in range(5))) == ["ok"] * 5
+    assert fine.probes == 1 and check.available is True
+    now[0] = 4.9
+    assert await check() == "ok" and fine.probes == 1
+    now[0] = 5.0
+    assert await check() == "ok" and fine.probes == 2
+
+    both = TokenCheck(lambda: [fine, away], clock=lambda: now[0])
+    assert await both() == "error: PKCS#11 token 't' is unavailable" and both.available is False
+
+    slow = TokenCheck(lambda: [Pool("ok", delay=0.8)], timeout=0.1, clock=lambda: now[0])
+    assert (await slow()).startswith("error: the PKCS#11 token did not answer within")
