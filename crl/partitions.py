@@ -39,13 +39,14 @@ log = structlog.get_logger("crl.partitions")
 
 # (partition, now) -> the partition's entries (held or revoked, unexpired certificates that name it)
 PartitionSource = Callable[[int, datetime], Awaitable[Sequence[Entry]]]
-# since -> the partitions holding a certificate whose row changed at or after `since`
-ChangedSource = Callable[[datetime], Awaitable[Iterable[int]]]
+# since -> a row (partition, serial, updated_at, status) per certificate of a partition changed at or after `since`
+Change = tuple[int, object, datetime, object]
+ChangedSource = Callable[[datetime], Awaitable[Iterable[Change]]]
 
 MAX_PARTITIONS = 10_000
-# how far before the previous look a look for changed partitions reaches: a status change carries the time its
+# how far before the previous look a look for changed certificates reaches: a status change carries the time its
 # transaction began, which can be earlier than the look that missed its commit (and other instances' clocks
-# differ a little); partitions found again are re-signed only if their entries differ
+# differ a little); a change already looked at is recognised and not looked at again
 LOOKBACK = timedelta(minutes=2)
 
 
@@ -111,6 +112,7 @@ class PartitionSet:
         self._names = {scope_name(ca, p): p for p in range(partitions)}
         self._dirty_since: "float | None" = None
         self._last_look: "datetime | None" = None
+        self._seen: set[Change] = set()  # changes whose partition was read since they were committed
         self._poll_requested = True
         self._wake = asyncio.Event()
         self._task: "asyncio.Task | None" = None
@@ -151,18 +153,24 @@ class PartitionSet:
         return adopted
 
     async def publish_changed(self) -> list[int]:
-        """Re-sign the partitions whose certificates changed lately and whose entries differ from their CRL's."""
+        """Re-sign the partitions holding a certificate changed since the last look (a change not looked at
+        yet), when their entries differ from what their CRL lists."""
         self._dirty_since = None
         now = self._clock()
         since = (self._last_look or now) - LOOKBACK
         try:
-            candidates = sorted(set(await self._changed(since)))
+            changes = [tuple(c) for c in await self._changed(since)]
         except Exception:
             self._dirty_since = time.monotonic()  # look again after the coalescing delay
             raise
         self._last_look = now
+        self._seen = {c for c in self._seen if c[2] >= since}
+        fresh: dict[int, list[Change]] = {}
+        for change in changes:
+            if change not in self._seen:
+                fresh.setdefault(int(change[0]), []).append(change)
         signed = []
-        for p in candidates:
+        for p in sorted(fresh):
             pub = self.publishers.get(p)
             if pub is None:
                 continue
@@ -170,7 +178,8 @@ class PartitionSet:
             try:
                 after = await pub.publish_now(only_if_changed=True)
             except PublishError:
-                continue  # logged; the schedule retries after retry_interval
+                continue  # logged; looked at again with the next change, and the schedule retries
+            self._seen.update(fresh[p])  # committed before the scan, so read by this publication
             if after is not before:
                 signed.append(p)
         self.resigned_after_change += len(signed)

@@ -134,11 +134,13 @@ async def revoked_entries(conn: AsyncConnection, ca: str, *, now: datetime, part
             for r in (await conn.execute(q))]
 
 
-async def changed_partitions(conn: AsyncConnection, ca: str, *, since: datetime) -> list[int]:
-    """The CRL partitions of `ca` holding a certificate whose row changed at or after `since`."""
-    q = (sa.select(certificates.c.crl_partition).distinct()
-         .where(certificates.c.ca == ca, certificates.c.crl_partition.is_not(None), certificates.c.updated_at >= since))
-    return [int(p) for p in (await conn.execute(q)).scalars()]
+async def partition_changes(conn: AsyncConnection, ca: str, *, since: datetime) -> list[tuple]:
+    """(CRL partition, serial, updated_at, status) of the certificates of `ca` in a CRL partition whose row changed
+    at or after `since` (crl.partitions.PartitionSet.publish_changed)."""
+    c = certificates.c
+    q = (sa.select(c.crl_partition, c.serial, c.updated_at, c.status)
+         .where(c.ca == ca, c.crl_partition.is_not(None), c.updated_at >= since))
+    return [(int(r.crl_partition), r.serial, aware(r.updated_at), r.status) for r in (await conn.execute(q))]
 
 
 def public_key_sha256(pub) -> str:

@@ -87,7 +87,7 @@ def inventory_source(runtime: Runtime, ca_name: str):
 
 
 def partition_sources(runtime: Runtime, ca_name: str):
-    """A partition set's sources: a partition's entries, and the partitions whose certificates changed lately."""
+    """A partition set's sources: a partition's entries, and the certificates of partitions changed lately."""
     engine = runtime.engine
 
     async def source(partition: int, now: datetime):
@@ -96,7 +96,7 @@ def partition_sources(runtime: Runtime, ca_name: str):
 
     async def changed(since: datetime):
         async with engine.connect() as conn:
-            return await inventory.changed_partitions(conn, ca_name, since=since)
+            return await inventory.partition_changes(conn, ca_name, since=since)
 
     return source, changed
 

@@ -22,19 +22,22 @@ class PartitionedSource:
 
     def __init__(self) -> None:
         self.rows: dict[int, tuple] = {}
-        self.touched: set[int] = set()
+        self.changes: list[tuple] = []  # (partition, serial, updated_at, status)
         self.reads: list[int] = []
 
     def revoke(self, serial: int, at: datetime, reason=None) -> None:
         self.rows[serial] = (at, reason, None)
-        self.touched.add(partition_of(serial, COUNT))
+        self.touch(serial, at, "revoked")
+
+    def touch(self, serial: int, at: datetime, status: str = "valid") -> None:
+        self.changes.append((partition_of(serial, COUNT), serial, at, status))
 
     async def source(self, partition: int, now: datetime):
         self.reads.append(partition)
         return [(s, at, r, inv) for s, (at, r, inv) in self.rows.items() if partition_of(s, COUNT) == partition]
 
     async def changed(self, since: datetime):
-        return set(self.touched)
+        return [c for c in self.changes if c[2] >= since]
 
 
 def url(p: int) -> str:
@@ -100,14 +103,21 @@ async def test_a_change_resigns_only_the_partitions_whose_entries_changed(engine
     assert serials(parts.publishers[2].current.der) == {0x202}
     assert parts.publishers[2].current.number == numbers[2] + 1
     assert all(parts.publishers[p].current.number == numbers[p] for p in (0, 1, 3))
-    # found again by the look-back: entries unchanged, nothing signed
+    # found again by the look-back: a change already looked at is not read again
     current = parts.publishers[2].current
+    src.reads.clear()
     assert await parts.publish_changed() == []
-    assert parts.publishers[2].current is current
-    # a partition reported changed whose entries did not change (a touched row that is not revoked) is not re-signed
-    src.touched.add(3)
+    assert parts.publishers[2].current is current and src.reads == []
+    # a change committed late (its time before the last look) is still found, and its partition re-signed
+    src.revoke(0x206, clock.now - timedelta(seconds=30))
+    assert await parts.publish_changed() == [2]
+    assert serials(parts.publishers[2].current.der) == {0x202, 0x206}
+    # a partition whose certificate changed without changing its entries (issued, renewed) is read, not re-signed
+    src.touch(0x303, clock.now)
+    src.reads.clear()
     assert await parts.publish_changed() == []
-    assert parts.resigned_after_change == 1
+    assert src.reads == [3] and parts.publishers[3].current.number == numbers[3]
+    assert parts.resigned_after_change == 2
 
 
 async def test_the_loop_publishes_a_change_after_the_coalescing_delay(engine, issuer, signer, clock):
