@@ -4,6 +4,12 @@ serving throughput of the server's /crl/{ca}.crl (its own application) vs a bare
 
     .venv/bin/python bench/crl.py                      # 10k, 100k, 1M entries + serving (about 2 minutes)
     .venv/bin/python bench/crl.py --sizes 10000 --wrk-seconds 2
+    .venv/bin/python bench/crl.py --partitioned 1000000 --partitions 100 --revocations 100   # partitioned CRLs
+
+--partitioned N: N revoked certificates spread over --partitions partitions in a server database (SQLite), then
+the full CRL's publication against one partition's, and --revocations revocations each timed until its partition's
+served CRL lists it (p50/p99), and the peak RSS of the process doing all that (targets: p99 < 1 s, a partition's
+re-sign < 1/50 of the full CRL's, peak < 1 GB).
 """
 from __future__ import annotations
 
@@ -91,6 +97,154 @@ def child_build(n: int, directory: Path) -> None:
             fh.write(f"R\t491231235959Z\t{rev}\t{serial:X}\tunknown\t/CN=d\n")
     print(json.dumps({"build_s": build_s, "der_bytes": len(der), "input_rss_mb": input_rss,
                       "peak_rss_mb": peak_rss, "resign_s": resign_s, "resign_peak_rss_mb": rss_mb()}))
+
+
+# ---------------------------------------------------------------- partitioned CRLs (child process: its own peak RSS)
+
+def child_partitioned(n: int, partitions: int, revocations: int, directory: Path) -> None:
+    print(json.dumps(asyncio.run(_partitioned(n, partitions, revocations, directory))))
+
+
+async def _partitioned(n: int, partitions: int, revocations: int, directory: Path) -> dict:
+    import sqlalchemy as sa
+
+    from crl.config import CrlSettings
+    from crl.partitions import PartitionSet
+    from crl.publish import Publisher
+    from scep_server.ca import inventory
+    from scep_server.ca.authority import partition_cdp_url
+    from scep_server.ca.revocation import RevocationService
+    from scep_server.config import load_settings
+    from scep_server.crlwiring.service import key_ops_signer
+    from scep_server.runtime import initialise, load_cas
+    from scep_server.store.tables import certificates
+    from trustkit.clock import utcnow
+    from trustkit.db import create_engine
+
+    settings = load_settings(None, data_dir=str(directory / "data"), ca={"key_size": 2048}, log={"level": "warning"})
+    await initialise(settings)
+    ca = next(iter(load_cas(settings).values()))
+    url = settings.database_url()
+    now = datetime.now(UTC).replace(microsecond=0)
+    rnd = random.Random(n)
+
+    def row(serial: int, status: str) -> dict:
+        at = now - timedelta(seconds=rnd.randrange(1, 300 * 86400)) - timedelta(days=1)
+        return dict(serial=format(serial, "x"), ca=ca.name, subject="CN=bench", sans="[]", not_before=at,
+                    not_after=now + timedelta(days=365), status=status,
+                    revocation_reason=rnd.choice([None, 1, 4, 5]) if status == "revoked" else None,
+                    revoked_at=at if status == "revoked" else None, fingerprint_sha256=f"{serial:064x}",
+                    public_key_sha256="0" * 64, der=b"", issued_at=at, updated_at=at,
+                    crl_partition=serial % partitions)
+
+    started = time.perf_counter()
+    sync = sa.create_engine(url.replace("+aiosqlite", ""))
+    valid = []
+    with sync.begin() as conn:
+        for start in range(0, n + revocations, 50_000):
+            batch = []
+            for i in range(start, min(n + revocations, start + 50_000)):
+                serial = rnd.getrandbits(126) | 1 << 126
+                if i >= n:
+                    valid.append(serial)
+                batch.append(row(serial, "revoked" if i < n else "valid"))
+            conn.execute(certificates.insert(), batch)
+    sync.dispose()
+    fill_s = time.perf_counter() - started
+
+    engine = create_engine(url)
+    crl_settings = CrlSettings(coalesce_delay=timedelta(0), poll_interval=timedelta(seconds=60))
+    signer = key_ops_signer(ca)
+
+    async def full_source(at):
+        async with engine.connect() as conn:
+            return await inventory.revoked_entries(conn, ca.name, now=at)
+
+    async def source(partition, at):
+        async with engine.connect() as conn:
+            return await inventory.revoked_entries(conn, ca.name, now=at, partition=partition)
+
+    async def changed(since):
+        async with engine.connect() as conn:
+            return await inventory.partition_changes(conn, ca.name, since=since)
+
+    full = Publisher(ca.name, issuer=Issuer.from_certificate(ca.cert), signer=signer, source=full_source,
+                     engine=engine, settings=crl_settings)
+    parts = PartitionSet(ca.name, partitions, url_for=lambda p: partition_cdp_url("http://bench", ca.name, p),
+                         issuer=full.issuer, signer=signer, source=source, changed=changed, engine=engine,
+                         settings=crl_settings, clock=utcnow)
+    revocation = RevocationService(engine, on_status_change=lambda _ca: parts.notify_changed())
+    try:
+        started = time.perf_counter()
+        first = await full.publish_now()
+        full_s = time.perf_counter() - started
+        started = time.perf_counter()
+        await full.publish_now()  # the entry cache is warm: what a re-sign after a change costs
+        full_warm_s = time.perf_counter() - started
+        started = time.perf_counter()
+        await parts.publish_due()
+        all_parts_s = time.perf_counter() - started
+        # one revocation, then the partition set's look for changes: only that partition is read and re-signed
+        await parts.publish_changed()  # the first look (nothing to do)
+        await revocation.revoke(format(valid.pop(), "x"), actor="bench")
+        started = time.perf_counter()
+        signed = await parts.publish_changed()
+        partition_s = time.perf_counter() - started
+        assert len(signed) == 1, signed
+        # revocations, each timed from the call until its partition's served CRL (what /crl/{ca}/{p}.crl sends) lists it
+        await parts.start()
+        latencies = []
+        for serial in valid[:revocations - 1]:
+            pub = parts.publishers[serial % partitions]
+            before = pub.current.number
+            started = time.perf_counter()
+            await revocation.revoke(format(serial, "x"), actor="bench")
+            while True:
+                crl = await pub.wait_newer(before, timeout=60)
+                if crl.entries and serial in parse_crl(crl.der).index().codes:
+                    break
+                before = crl.number
+            latencies.append(time.perf_counter() - started)
+        await parts.stop()
+    finally:
+        await engine.dispose()
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")
+
+    sizes = [pub.current.entries for pub in parts.publishers.values()]
+    return {"entries": n, "partitions": partitions, "fill_s": fill_s, "full_s": full_s, "full_warm_s": full_warm_s,
+            "full_bytes": len(first.der), "all_partitions_s": all_parts_s, "partition_resign_s": partition_s,
+            "partition_entries": [min(sizes), max(sizes)],
+            "partition_bytes": len(parts.publishers[0].current.der), "revocations": len(latencies),
+            "p50_s": pct(0.50), "p99_s": pct(0.99), "max_s": latencies[-1] if latencies else None,
+            "peak_rss_mb": rss_mb()}
+
+
+def partitioned_table(n: int, partitions: int, revocations: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="crl-bench-parts-") as tmp:
+        out = subprocess.run([sys.executable, __file__, "--child-partitioned", str(n), str(partitions),
+                              str(revocations), tmp], check=True, capture_output=True, text=True).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    print(f"Partitioned CRLs: {r['entries']:,} revoked certificates over {r['partitions']} partitions "
+          f"({r['partition_entries'][0]:,}-{r['partition_entries'][1]:,} entries each), SQLite, RSA-2048 CA; "
+          f"Python {sys.version.split()[0]}, {os.cpu_count()} CPU(s)")
+    print(f"  database fill: {r['fill_s']:.1f} s")
+    print(f"  full CRL: first publication {r['full_s']:.2f} s, re-sign with a warm entry cache {r['full_warm_s']:.2f} s, "
+          f"{r['full_bytes']:,} bytes")
+    print(f"  every partition once: {r['all_partitions_s']:.2f} s; one partition re-signed after a revocation "
+          f"(look for changes, read, build, sign, self-check, record): {r['partition_resign_s'] * 1000:.0f} ms, "
+          f"{r['partition_bytes']:,} bytes")
+    ratio = r["partition_resign_s"] / min(r["full_s"], r["full_warm_s"])
+    print(f"  revocation -> its partition's served CRL, {r['revocations']} revocations one after another: "
+          f"p50 {r['p50_s'] * 1000:.0f} ms, p99 {r['p99_s'] * 1000:.0f} ms, max {r['max_s'] * 1000:.0f} ms")
+    print(f"  peak RSS of the process (full CRL included): {r['peak_rss_mb']:.0f} MB")
+    print(f"  targets: p99 < 1 s: {'met' if r['p99_s'] < 1 else 'MISSED'}; partition re-sign < 1/50 of the full CRL's "
+          f"(best of its two): {ratio:.4f} {'met' if ratio < 1 / 50 else 'MISSED'}; peak < 1 GB: "
+          f"{'met' if r['peak_rss_mb'] < 1024 else 'MISSED'}")
+    print("RESULT " + json.dumps({"partitioned": r}))
+    return r
 
 
 # ---------------------------------------------------------------- parent
@@ -291,7 +445,18 @@ def main() -> None:
     ap.add_argument("--no-serving", action="store_true")
     ap.add_argument("--child-build", nargs=2, metavar=("N", "DIR"), help=argparse.SUPPRESS)
     ap.add_argument("--serve", nargs=3, metavar=("PORT", "DATA_DIR", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--partitioned", type=int, metavar="N", help="partitioned CRLs with N revoked certificates")
+    ap.add_argument("--partitions", type=int, default=100)
+    ap.add_argument("--revocations", type=int, default=100)
+    ap.add_argument("--child-partitioned", nargs=4, metavar=("N", "PARTITIONS", "REVOCATIONS", "DIR"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child_partitioned:
+        n, parts, revs, where = args.child_partitioned
+        return child_partitioned(int(n), int(parts), int(revs), Path(where))
+    if args.partitioned:
+        partitioned_table(args.partitioned, args.partitions, args.revocations)
+        return
     if args.child_build:
         return child_build(int(args.child_build[0]), Path(args.child_build[1]))
     if args.serve:
