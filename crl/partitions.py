@@ -182,7 +182,7 @@ class PartitionSet:
             self._seen.update(fresh[p])  # committed before the scan, so read by this publication
             if after is not before:
                 signed.append(p)
-        self.resigned_after_change += len(signed)
+                self.resigned_after_change += 1
         return signed
 
     async def publish_due(self) -> list[int]:
