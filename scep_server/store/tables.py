@@ -76,7 +76,9 @@ certificates = sa.Table(
     sa.Index("ix_certificates_enrolled_device", "enrolled_device_id"),
     sa.Index("ix_certificates_not_after", "not_after"),
     # a partition's CRL entries, and the partitions whose certificates changed lately (core_0011)
-    sa.Index("ix_certificates_crl_partition", "ca", "crl_partition", "status",
+    # (covering: a partition's CRL is read from the index alone, not from rows spread over the whole table)
+    sa.Index("ix_certificates_crl_partition", "ca", "crl_partition", "status", "not_after", "serial", "revoked_at",
+             "revocation_reason", "invalidity_date",
              postgresql_where=sa.text("crl_partition IS NOT NULL"), sqlite_where=sa.text("crl_partition IS NOT NULL")),
     sa.Index("ix_certificates_partition_updated", "ca", "updated_at",
              postgresql_where=sa.text("crl_partition IS NOT NULL"), sqlite_where=sa.text("crl_partition IS NOT NULL")),
