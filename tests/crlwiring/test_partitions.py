@@ -150,6 +150,23 @@ async def test_turned_off_later_the_recorded_partitions_stay_published(server, a
                 return resp.status == 200
 
         await wait_for(served, timeout=10)
+
+        # a revocation in the first instance reaches the partition CRL the second one serves (adopted, not signed)
+        _, cert = await enrol_with_codec(session, server.url, server.challenge(), "before-off")
+        part = cert.serial_number % COUNT
+        await server.runtime.revocation.revoke(serial_hex(cert.serial_number), Reason.KEY_COMPROMISE, actor="test")
+
+        async def listed_by_the_other():
+            body = await fetch(session, f"{off.url}/crl/default/{part}.crl")
+            return body if cert.serial_number in crl_serials(body) else None
+
+        await wait_for(listed_by_the_other, timeout=10)
+
+        async def the_same():  # both serve one CRL: one number sequence per partition across processes
+            a = await fetch(session, f"{server.url}/crl/default/{part}.crl")
+            return a == await fetch(session, f"{off.url}/crl/default/{part}.crl")
+
+        await wait_for(the_same, timeout=10)
     # a later setting never changes a recorded count: serials stay in their partition
     from crl.partitions import record_partitioning
     assert await record_partitioning(off.runtime.engine, "default", 7, off.runtime.clock()) == COUNT
