@@ -88,7 +88,8 @@ class PartitionSet:
 
     def __init__(self, ca: str, partitions: int, *, url_for: Callable[[int], str], issuer: Issuer,
                  signer: CrlSigner, source: PartitionSource, changed: ChangedSource, engine: AsyncEngine,
-                 settings: "CrlSettings | None" = None, clock: Callable[[], datetime], executor: "Executor | None" = None,
+                 settings: "CrlSettings | None" = None, clock: Callable[[], datetime],
+                 executor: "Executor | None" = None,
                  on_recorded: "RecordedHook | None" = None, logger=None) -> None:
         if not 1 <= partitions <= MAX_PARTITIONS:
             raise ValueError(f"a CA has 1 to {MAX_PARTITIONS} CRL partitions, not {partitions}")
