@@ -143,7 +143,10 @@ class _Snapshot:
         self.this_update = crl.this_update
         self.next_update = crl.next_update
         scope = crl.scope
-        self.uris = frozenset(scope.uris) if scope is not None and scope.uris else None
+        # a CRL whose IDP names a distribution point covers only certificates whose CDP names it (§5.2.5): the URIs
+        # of its fullName, and none when it names the point otherwise (a relative name, a directory name); an IDP
+        # without a distribution point covers every certificate of the issuer (within onlyContains...)
+        self.uris = frozenset(scope.uris) if scope is not None and scope.has_distribution_point else None
         self.only_user = bool(scope and scope.only_user_certs)
         self.only_ca = bool(scope and scope.only_ca_certs)
         self.good = CheckResult(CheckStatus.GOOD, True, "not_listed", ca, url, self.number, self.this_update,
@@ -156,7 +159,8 @@ class _Snapshot:
         self.by_code = [self.removed if code == REMOVE_FROM_CRL_CODE else self._listed[code] for code in range(16)]
 
     def covers(self, cert_uris: "frozenset[str] | None", is_ca: bool) -> bool:
-        """Whether this CRL's scope (§5.2.5) includes a certificate with these CDP URIs (§6.3.3 (b))."""
+        """Whether this CRL's scope (§5.2.5) includes a certificate with these CDP URIs (§6.3.3 (b)): a partition's
+        CRL is never an answer for a certificate of another partition, nor for a serial asked without its CDP."""
         if self.uris is not None and (cert_uris is None or not (self.uris & cert_uris)):
             return False
         return not ((self.only_user and is_ca) or (self.only_ca and not is_ca))
@@ -666,9 +670,10 @@ class CrlChecker:
         if scope is not None:
             if scope.indirect or scope.only_attribute_certs or scope.only_some_reasons:
                 raise _Failure(FailureKind.UNSUPPORTED, "indirect, attribute-certificate or reason-partitioned CRL")
-            if scope.uris and url not in scope.uris:
-                raise _Failure(FailureKind.SCOPE_MISMATCH, f"the Issuing Distribution Point names "
-                                                           f"{', '.join(scope.uris)}, not {url} (§5.2.5)")
+            if scope.has_distribution_point and url not in scope.uris:
+                named = ", ".join(scope.uris) or "a distribution point without a URI"
+                raise _Failure(FailureKind.SCOPE_MISMATCH, f"the Issuing Distribution Point names {named}, "
+                                                           f"not {url} (§5.2.5)")
         now = self._clock()
         if crl.this_update > now + self.settings.clock_skew:
             raise _Failure(FailureKind.NOT_YET_VALID, f"thisUpdate {crl.this_update.isoformat()} is in the future")

@@ -332,7 +332,7 @@ def _idp(value: bytes) -> IdpScope:
         raise CrlFormatError(f"bad Issuing Distribution Point: {exc}") from None
     uris: list[str] = []
     dp = native.get("distribution_point")
-    if isinstance(dp, list):  # fullName: GeneralNames
+    if dp is not None and idp["distribution_point"].name == "full_name":  # not nameRelativeToCRLIssuer
         for gn in idp["distribution_point"].chosen:
             if gn.name == "uniform_resource_identifier":
                 uris.append(gn.chosen.native)

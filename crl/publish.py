@@ -94,6 +94,13 @@ def _published_from(ca: str, der: bytes, number: int, this_update: datetime, nex
                         pem=pem_from_der(der), sha256=hashlib.sha256(der).hexdigest(), entries=entries)
 
 
+def entries_fingerprint(entries: Sequence[Entry]) -> tuple[int, int]:
+    """What a list of entries holds, whatever their order, as (count, sum of hashes): equal lists give equal
+    fingerprints; a different list gives a different one but with a chance of 2^-64 (hash() is seeded per process,
+    so a fingerprint is compared only within one process)."""
+    return len(entries), sum(map(hash, entries)) & 0xFFFF_FFFF_FFFF_FFFF
+
+
 class Publisher:
     """Keeps the current CRL of one CA scope, re-signing on schedule and soon after status changes."""
 
@@ -101,7 +108,7 @@ class Publisher:
                  settings: "CrlSettings | None" = None, clock: Callable[[], datetime] = utcnow,
                  scope: "Scope | None" = None, number_floor: int = 0, executor: "Executor | None" = None,
                  instance_id: "str | None" = None, logger=None, on_recorded: "RecordedHook | None" = None,
-                 on_signed: "SignedHook | None" = None) -> None:
+                 on_signed: "SignedHook | None" = None, encoder_cache: bool = True) -> None:
         if issuer.public_key is None:
             raise ValueError("the publisher verifies every CRL it signs: give the issuer's public key")
         self.ca = ca
@@ -116,7 +123,11 @@ class Publisher:
         self._store = CrlStateStore(engine, ca)
         self._floor = number_floor
         self._executor = executor
-        self._encoder = EntryEncoder()
+        # a partition's publisher keeps no entry cache: its CRL is small, and a hundred caches would hold the
+        # whole revocation list again
+        self._encoder = EntryEncoder(cache=encoder_cache)
+        # what the CRL signed here last listed (entries_fingerprint); None after adopting another process's CRL
+        self._fingerprint: "tuple[int, int] | None" = None
         self._lock = asyncio.Lock()
         self._current: "PublishedCrl | None" = None
         self._published = asyncio.Event()
@@ -183,8 +194,11 @@ class Publisher:
 
     # ---- publishing
 
-    async def publish_now(self, progress: "Progress | None" = None) -> PublishedCrl:
+    async def publish_now(self, progress: "Progress | None" = None, *, only_if_changed: bool = False) -> PublishedCrl:
         """Allocate a number, read the source, build, sign, self-check and record a new CRL (RFC 5280 §5).
+
+        ``only_if_changed``: when the source lists exactly what the CRL signed here last listed, sign nothing
+        and return the CRL served (the allocated number is left unused: numbers only need to grow).
 
         ``progress(stage, done, total)`` (trustkit.progress) follows the steps: "read" (0 then 1), "sign" (0
         then the number of entries, once built, signed and checked) and "record" (0 then 1)."""
@@ -192,14 +206,15 @@ class Publisher:
             self._dirty_since = None
             started = time.monotonic()
             try:
-                published = await self._publish_locked(progress)
+                published = await self._publish_locked(progress, only_if_changed)
             except Exception as exc:  # noqa: BLE001 - every failure keeps the last good CRL and is reported
                 self._failed(exc)
                 raise PublishError(f"CRL for {self.ca} not published: {exc}") from exc
             self.last_build_seconds = time.monotonic() - started
             return published
 
-    async def _publish_locked(self, progress: "Progress | None" = None) -> PublishedCrl:
+    async def _publish_locked(self, progress: "Progress | None" = None, only_if_changed: bool = False
+                              ) -> PublishedCrl:
         report(progress, "read", 0, 1)
         started = time.monotonic()
         served = self._current
@@ -212,6 +227,10 @@ class Publisher:
         next_update = this_update + self.settings.validity
         rows = await self.source(now)
         entries = rows if isinstance(rows, list) and (not rows or type(rows[0]) is tuple) else [tuple(r) for r in rows]
+        fingerprint = entries_fingerprint(entries)
+        if only_if_changed and served is not None and fingerprint == self._fingerprint:
+            report(progress, "read", 1, 1)
+            return served
         report(progress, "read", 1, 1)
         report(progress, "sign", 0, len(entries))
         published = await self._run(self._build, number, this_update, next_update, entries, previous)
@@ -227,6 +246,7 @@ class Publisher:
             self._succeeded()
             return self._current or published
         self._install(published)
+        self._fingerprint = fingerprint
         self._succeeded()
         if self._on_signed is not None:
             try:
@@ -271,6 +291,7 @@ class Publisher:
         if self._current is not None and published.number <= self._current.number:
             return False
         self._install(published)
+        self._fingerprint = None
         self._log.info("crl.adopted", ca=self.ca, number=published.number, published_by=stored.published_by)
         return True
 

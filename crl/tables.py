@@ -26,3 +26,13 @@ crl_state = sa.Table(
     sa.Column("published_at", TS),
     sa.Column("published_by", sa.String(255)),
 )
+
+# One row per partitioned CA: how many partitions its certificates are spread over (serial mod partitions),
+# fixed when partitioning was first turned on, and when. A CA with a row publishes its partition CRLs.
+crl_partitioning = sa.Table(
+    "crl_partitioning",
+    metadata,
+    sa.Column("ca", sa.String(64), primary_key=True),
+    sa.Column("partitions", sa.Integer, nullable=False),
+    sa.Column("since", TS, nullable=False),
+)

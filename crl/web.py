@@ -18,6 +18,7 @@ from trustkit.http import text_errors
 from .config import CrlSettings
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.~-]+")
+_PARTITION = re.compile(r"0|[1-9][0-9]{0,5}")  # one spelling per partition: no sign, no leading zero
 DER_TYPE = "application/pkix-crl"  # RFC 2585 §4.2
 PEM_TYPE = "application/x-pem-file"
 
@@ -83,26 +84,30 @@ def _not_modified_since(header: str, last_modified_ts: float) -> bool:
 
 
 class CrlEndpoint:
-    """`GET/HEAD /crl/{ca}.crl` (DER) and `/crl/{ca}.pem`; 404 for an unknown CA, 503 before the first CRL."""
+    """`GET/HEAD /crl/{ca}.crl` (DER) and `/crl/{ca}.pem`; 404 for an unknown CA, 503 before the first CRL.
+    With `partitions` (CA -> partition number -> publisher), `/crl/{ca}/{partition}.crl|.pem` too."""
 
     def __init__(self, publishers: Mapping[str, HasCurrentCrl], *, settings: "CrlSettings | None" = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 partitions: "Mapping[str, Mapping[int, HasCurrentCrl]] | None" = None) -> None:
         self.publishers = publishers
+        self.partitions = partitions if partitions is not None else {}
         self.max_age = int((settings or CrlSettings()).http_max_age.total_seconds())
         self.clock = clock
         self._prepared: dict[str, _Prepared] = {}
 
-    def _prepare(self, ca: str):
-        pub = self.publishers.get(ca)
+    def _prepare(self, ca: str, pub: "HasCurrentCrl | None" = None, key: "str | None" = None):
+        pub = pub if pub is not None else self.publishers.get(ca)
         if pub is None:
             return None
         crl = pub.current
         if crl is None:
             return False
         second = int(self.clock())
-        prepared = self._prepared.get(ca)
+        key = key or ca
+        prepared = self._prepared.get(key)
         if prepared is None or prepared.crl is not crl or prepared.second != second:
-            prepared = self._prepared[ca] = _Prepared(crl, second, self.max_age)
+            prepared = self._prepared[key] = _Prepared(crl, second, self.max_age)
         return prepared
 
     @text_errors
@@ -114,6 +119,23 @@ class CrlEndpoint:
     async def pem(self, request: web.Request) -> web.Response:
         """The CRL as PEM (RFC 7468 §5), a convenience for people and scripts."""
         return self._serve(request, request.match_info["ca"], "pem")
+
+    @text_errors
+    async def partition_der(self, request: web.Request) -> web.Response:
+        """A partition's CRL as DER: the URL the CRL Distribution Point of its certificates names."""
+        return self._serve_partition(request, "der")
+
+    @text_errors
+    async def partition_pem(self, request: web.Request) -> web.Response:
+        return self._serve_partition(request, "pem")
+
+    def _serve_partition(self, request: web.Request, form: str) -> web.Response:
+        ca, part = request.match_info["ca"], request.match_info["partition"]
+        pubs = self.partitions.get(ca)
+        pub = pubs.get(int(part)) if pubs is not None and _PARTITION.fullmatch(part) else None
+        if pub is None:
+            return web.Response(status=404, text=f"no CRL partition {part[:16]!r} of CA {ca[:64]!r} here\n")
+        return self._serve(request, ca, form, pub, f"{ca}/{part}")
 
     def der_for(self, ca: str):
         """A handler bound to one CA, for a plain (non-pattern) route."""
@@ -128,8 +150,9 @@ class CrlEndpoint:
 
         return text_errors(handler)
 
-    def _serve(self, request: web.Request, ca: str, form: str) -> web.Response:
-        p = self._prepare(ca)
+    def _serve(self, request: web.Request, ca: str, form: str, pub: "HasCurrentCrl | None" = None,
+               key: "str | None" = None) -> web.Response:
+        p = self._prepare(ca, pub, key)
         if not p:
             return self._missing(ca, p)
         body, etag, ok_headers, not_modified_headers = p.forms[form]
@@ -157,13 +180,14 @@ class CrlEndpoint:
         if p is None:
             return web.Response(status=404, text=f"no CA named {ca!r} publishes a CRL here\n")
         return web.Response(status=503, headers={"Retry-After": "5"},
-                            text=f"the CRL of CA {ca!r} is not published yet\n")
+                            text=f"the CRL of CA {ca[:64]!r} is not published yet\n")
 
 
 def add_routes(app: web.Application, publishers: Mapping[str, HasCurrentCrl], *, prefix: str = "/crl",
-               settings: "CrlSettings | None" = None, clock: Callable[[], float] = time.time) -> CrlEndpoint:
+               settings: "CrlSettings | None" = None, clock: Callable[[], float] = time.time,
+               partitions: "Mapping[str, Mapping[int, HasCurrentCrl]] | None" = None) -> CrlEndpoint:
     """Mount the CRL endpoints on `app` (GET, with HEAD) and return the endpoint object."""
-    endpoint = CrlEndpoint(publishers, settings=settings, clock=clock)
+    endpoint = CrlEndpoint(publishers, settings=settings, clock=clock, partitions=partitions)
     prefix = prefix.rstrip("/")
     for ca in list(publishers):  # plain routes resolve by dict lookup; the patterns catch CAs added later
         if not _PLAIN_NAME.fullmatch(ca):
@@ -172,6 +196,8 @@ def add_routes(app: web.Application, publishers: Mapping[str, HasCurrentCrl], *,
         app.router.add_get(f"{prefix}/{ca}.pem", endpoint.pem_for(ca))
     app.router.add_get(prefix + "/{ca}.crl", endpoint.der)
     app.router.add_get(prefix + "/{ca}.pem", endpoint.pem)
+    app.router.add_get(prefix + "/{ca}/{partition}.crl", endpoint.partition_der)
+    app.router.add_get(prefix + "/{ca}/{partition}.pem", endpoint.partition_pem)
     app.router.add_get(prefix + "/{name}", endpoint.other)
     return endpoint
 

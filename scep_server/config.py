@@ -242,6 +242,16 @@ class CrlSection(CrlSettings):
                              "this many days of issue is revoked")
     unused_check_interval: timedelta = Field(timedelta(hours=1), gt=timedelta(0),
                                              description="how often the day-91 rule runs")
+    partitioning: bool = Field(False, description="certificates issued from now on name a partition CRL "
+                               "(/crl/<ca>/<n>.crl, serial mod the partition count) as their CRL Distribution Point; "
+                               "the full CRL stays published (docs/crl-and-binding.md \"Partitioned CRLs\")")
+    partition_target_size: int = Field(100_000, ge=100, le=10_000_000,
+                                       description="certificates per partition: the partition count is "
+                                       "partition_expected_certificates / this, fixed when partitioning is first "
+                                       "turned on for a CA")
+    partition_expected_certificates: int = Field(1_000_000, ge=1, description="unexpired certificates a CA is "
+                                                 "expected to hold, for the partition count (read once per CA, "
+                                                 "when partitioning is first turned on)")
 
     @model_validator(mode="before")
     @classmethod

@@ -140,6 +140,8 @@ EVENTS: tuple[Event, ...] = (
     _e("crl.publish.failed", "error", "ca error failures serving serving_next_update problems",
        "signing a CRL failed; the CRL being served stays until its next_update"),
     _e("crl.publisher.loop_error", "error", "ca error", "the publisher's loop failed unexpectedly; it goes on"),
+    _e("crl.partitions.loop_error", "error", "ca error",
+       "the loop of a CA's partition CRLs failed unexpectedly (e.g. the database was away); it goes on"),
     _e("crl.recorded_hook.failed", "warning", "ca number error",
        "telling the other instances about a new CRL failed; they find it at their next poll"),
     _e("crl.stale", "error", "ca number next_update", "the CRL being served is past its next_update"),

@@ -117,6 +117,8 @@ class Runtime:
     revocation: "RevocationService | None" = None
     scep: "ScepService | None" = None
     crl: "CrlService | None" = None
+    # CA name -> its recorded CRL partition count (crl.partitions), for the CAs of `cas` that publish partitions
+    crl_partitions: dict[str, int] = field(default_factory=dict)
     ocsp: "OcspService | None" = None  # the OCSP responder ([ocsp] enabled, server only)
     otp: "OtpService | None" = None
     binding: "BindingServices | None" = None
@@ -340,6 +342,8 @@ async def open_runtime(settings: Settings, *, clock: Clock = utcnow, uses: Uses 
                 from .ca.revocation import RevocationService
 
                 runtime.revocation = RevocationService(engine, clock=clock)
+            if runtime.cas and (uses.crl or settings.crl.partitioning):
+                await _crl_partitioning(runtime)
             if uses.crl:
                 from .crlwiring.feature import open_crl
 
@@ -373,6 +377,21 @@ async def open_runtime(settings: Settings, *, clock: Clock = utcnow, uses: Uses 
             await _seal_on_exit(runtime)
     finally:
         await engine.dispose()
+
+
+async def _crl_partitioning(runtime: Runtime) -> None:
+    """With ``crl.partitioning`` on, record each CA's partition count (the first record wins) and have its
+    certificates name their partition; either way, every CA with a recorded count publishes its partitions
+    (certificates issued while partitioning was on name them, even once it is off)."""
+    from crl.partitions import partition_count, record_partitioning, recorded_partitioning
+
+    crl = runtime.settings.crl
+    if crl.partitioning:
+        count = partition_count(crl.partition_expected_certificates, crl.partition_target_size)
+        for name, ca in runtime.cas.items():
+            ca.crl_partitions = await record_partitioning(runtime.engine, name, count, runtime.clock())
+    recorded = await recorded_partitioning(runtime.engine)
+    runtime.crl_partitions = {name: n for name, n in recorded.items() if name in runtime.cas}
 
 
 def _certificate_queries(settings: Settings, engine: AsyncEngine) -> "CertificateQueries":

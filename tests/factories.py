@@ -73,7 +73,8 @@ async def record_issued(engine, ca: CertificateAuthority, cert: x509.Certificate
 
     der = cert.public_bytes(serialization.Encoding.DER)
     row = certificate_row(cert, der, ca.name, profile, txid or f"tx-{cert.serial_number:x}",
-                          public_key_sha256(cert.public_key()), issued_at)
+                          public_key_sha256(cert.public_key()), issued_at,
+                          crl_partition=ca.partition_of(cert.serial_number))
     async with writer(engine).begin() as conn:
         await conn.execute(certificates.insert().values(row))
     return row["serial"]

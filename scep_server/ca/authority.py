@@ -14,6 +14,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from crl.partitions import partition_of
+
 from ..replycache import FailureReplies
 from . import tbs
 from .keys import FileKey, KeyOps, KeyStore, durable_write
@@ -33,6 +35,11 @@ def parse_name(text: str) -> x509.Name:
 
 def cdp_url(base_url: str, ca_name: str) -> str:
     return f"{base_url}/crl/{ca_name}.crl"
+
+
+def partition_cdp_url(base_url: str, ca_name: str, partition: int) -> str:
+    """The CRL Distribution Point of a certificate in a partition (crl.partitions), and its CRL's IDP."""
+    return f"{base_url}/crl/{ca_name}/{partition}.crl"
 
 
 def aia_url(base_url: str, ca_name: str) -> str:
@@ -57,6 +64,9 @@ class CertificateAuthority:
     # earlier RA certificates still valid, with their keys: requests encrypted to them still decrypt (ca.ra)
     previous_ras: list[tuple[x509.Certificate, KeyOps]] = field(default_factory=list)
     failure_replies: FailureReplies = field(default_factory=FailureReplies, repr=False, compare=False)
+    # the CA's recorded CRL partition count while partitioning is on (crl.partitions): issued certificates
+    # name their partition's CRL; None: they name the full CRL
+    crl_partitions: int | None = None
 
     def __post_init__(self) -> None:
         enc = serialization.Encoding.DER
@@ -80,6 +90,22 @@ class CertificateAuthority:
             x509.UniformResourceIdentifier(ocsp_url(self.base_url, self.name))), *self._aia])
         self.fingerprint_sha256 = hashlib.sha256(self.cert_der).hexdigest()
         self._verified: dict[bytes, bool] = {}  # signature check results by certificate fingerprint
+        self._partition_cdps: dict[int, x509.CRLDistributionPoints] = {}
+
+    def partition_of(self, serial: int) -> int | None:
+        """The CRL partition a certificate with this serial is issued into (None: the full CRL only)."""
+        return None if not self.crl_partitions else partition_of(serial, self.crl_partitions)
+
+    def _cdp_for(self, serial: int) -> x509.CRLDistributionPoints:
+        partition = self.partition_of(serial)
+        if partition is None:
+            return self._cdp
+        cdp = self._partition_cdps.get(partition)
+        if cdp is None:
+            cdp = self._partition_cdps[partition] = x509.CRLDistributionPoints([x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(partition_cdp_url(self.base_url, self.name, partition))],
+                relative_name=None, reasons=None, crl_issuer=None)])
+        return cdp
 
     @property
     def subject(self) -> x509.Name:
@@ -126,7 +152,7 @@ class CertificateAuthority:
              .add_extension(policy.key_usage(), critical=True)
              .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False)
              .add_extension(self._aki, critical=False)
-             .add_extension(self._cdp, critical=False)
+             .add_extension(self._cdp_for(serial), critical=False)
              .add_extension(self._aia_ocsp if ocsp else self._aia, critical=False))
         eku = policy.extended_key_usage()
         if eku is not None:

@@ -121,14 +121,26 @@ async def mark_used(conn: AsyncConnection, serial: str, at: datetime) -> None:
                        .values(first_used_at=at))
 
 
-async def revoked_entries(conn: AsyncConnection, ca: str, *, now: datetime):
-    """Rows for the CRL: (serial int, revoked_at, reason, invalidity_date) of held/revoked, unexpired certs."""
+async def revoked_entries(conn: AsyncConnection, ca: str, *, now: datetime, partition: int | None = None):
+    """Rows for the CRL: (serial int, revoked_at, reason, invalidity_date) of held/revoked, unexpired certs (of
+    one CRL partition when `partition` is given)."""
     q = (sa.select(certificates.c.serial, certificates.c.revoked_at, certificates.c.revocation_reason,
                    certificates.c.invalidity_date)
          .where(certificates.c.ca == ca, certificates.c.status.in_(sorted(s.value for s in LISTED)),
                 certificates.c.not_after > now))
+    if partition is not None:
+        q = q.where(certificates.c.crl_partition == partition)
     return [(int(r.serial, 16), aware(r.revoked_at), r.revocation_reason, aware(r.invalidity_date))
             for r in (await conn.execute(q))]
+
+
+async def partition_changes(conn: AsyncConnection, ca: str, *, since: datetime) -> list[tuple]:
+    """(CRL partition, serial, updated_at, status) of the certificates of `ca` in a CRL partition whose row changed
+    at or after `since` (crl.partitions.PartitionSet.publish_changed)."""
+    c = certificates.c
+    q = (sa.select(c.crl_partition, c.serial, c.updated_at, c.status)
+         .where(c.ca == ca, c.crl_partition.is_not(None), c.updated_at >= since))
+    return [(int(r.crl_partition), r.serial, aware(r.updated_at), r.status) for r in (await conn.execute(q))]
 
 
 def public_key_sha256(pub) -> str:
@@ -150,13 +162,13 @@ def san_strings(cert: x509.Certificate) -> list[str]:
 
 
 def certificate_row(cert: x509.Certificate, der: bytes, ca: str, profile: str | None, txid: str | None,
-                    pub_sha: str, now: datetime) -> dict:
-    """The inventory row of a newly issued certificate."""
+                    pub_sha: str, now: datetime, crl_partition: int | None = None) -> dict:
+    """The inventory row of a newly issued certificate (`crl_partition`: the CRL partition its CDP names)."""
     return dict(serial=serial_hex(cert.serial_number), ca=ca, profile=profile,
                 subject=cert.subject.rfc4514_string(), sans=json.dumps(san_strings(cert)),
                 not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc, status=CertStatus.VALID.value,
                 transaction_id=txid, fingerprint_sha256=hashlib.sha256(der).hexdigest(), public_key_sha256=pub_sha,
-                der=der, issued_at=now, updated_at=now)
+                der=der, issued_at=now, updated_at=now, crl_partition=crl_partition)
 
 
 async def register_ca(conn: AsyncConnection, ca, now: datetime, *, kind: str = "issuing") -> None:

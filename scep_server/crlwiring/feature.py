@@ -1,4 +1,5 @@
-"""The `crl` capability: its service (built by the composition root), `/crl/{ca}.crl|.pem` and its jobs."""
+"""The `crl` capability: its service (built by the composition root), `/crl/{ca}.crl|.pem`, the partition CRLs
+`/crl/{ca}/{partition}.crl|.pem` and its jobs."""
 from __future__ import annotations
 
 import contextlib
@@ -46,6 +47,14 @@ async def _pem(request: web.Request) -> web.StreamResponse:
     return await _endpoint(request).pem(request)
 
 
+async def _partition_der(request: web.Request) -> web.StreamResponse:
+    return await _endpoint(request).partition_der(request)
+
+
+async def _partition_pem(request: web.Request) -> web.StreamResponse:
+    return await _endpoint(request).partition_pem(request)
+
+
 async def _other(request: web.Request) -> web.StreamResponse:
     return await _endpoint(request).other(request)
 
@@ -54,7 +63,8 @@ async def _attach(app: web.Application) -> None:
     """Once the runtime is built (the application's first start-up step): the endpoint over its publishers."""
     runtime = app[RUNTIME]
     assert runtime.crl is not None
-    app[ENDPOINT] = CrlEndpoint(runtime.crl.publishers, settings=runtime.settings.crl)
+    app[ENDPOINT] = CrlEndpoint(runtime.crl.publishers, settings=runtime.settings.crl,
+                                partitions={ca: parts.publishers for ca, parts in runtime.crl.partitions.items()})
 
 
 class CrlFeature:
@@ -67,6 +77,8 @@ class CrlFeature:
         app.on_startup.append(_attach)
         app.router.add_get("/crl/{ca}.crl", _der)
         app.router.add_get("/crl/{ca}.pem", _pem)
+        app.router.add_get("/crl/{ca}/{partition}.crl", _partition_der)
+        app.router.add_get("/crl/{ca}/{partition}.pem", _partition_pem)
         app.router.add_get("/crl/{name}", _other)
         from .web import add_routes
 

@@ -25,6 +25,7 @@ import structlog
 from cryptography.hazmat.primitives import hashes
 
 from crl.build import Issuer
+from crl.partitions import PartitionSet
 from crl.publish import PublishedCrl, Publisher, PublishError
 from crl.signing import CrlSigner, algorithm_for_public_key
 
@@ -32,7 +33,7 @@ from trustkit.clock import aware
 
 from .. import metrics
 from ..ca import inventory
-from ..ca.authority import CertificateAuthority, cdp_url
+from ..ca.authority import CertificateAuthority, cdp_url, partition_cdp_url
 from ..ca.tbs import digest_for
 from ..store.events import STATUS_EVENTS, announce
 from ..store.tables import events
@@ -85,6 +86,21 @@ def inventory_source(runtime: Runtime, ca_name: str):
     return source
 
 
+def partition_sources(runtime: Runtime, ca_name: str):
+    """A partition set's sources: a partition's entries, and the certificates of partitions changed lately."""
+    engine = runtime.engine
+
+    async def source(partition: int, now: datetime):
+        async with engine.connect() as conn:
+            return await inventory.revoked_entries(conn, ca_name, now=now, partition=partition)
+
+    async def changed(since: datetime):
+        async with engine.connect() as conn:
+            return await inventory.partition_changes(conn, ca_name, since=since)
+
+    return source, changed
+
+
 class CrlService:
     """One Publisher per issuing CA, plus what the application needs around them."""
 
@@ -92,6 +108,17 @@ class CrlService:
         self.runtime = runtime
         self.settings = runtime.settings.crl
         self.publishers: dict[str, Publisher] = {name: self._publisher(name, ca) for name, ca in runtime.cas.items()}
+        base = runtime.settings.server.public_base_url()
+        # the partition CRLs of the CAs that have a recorded partition count (crl.partitions)
+        self.partitions: dict[str, PartitionSet] = {}
+        for name, count in runtime.crl_partitions.items():
+            ca = runtime.cas[name]
+            source, changed = partition_sources(runtime, name)
+            self.partitions[name] = PartitionSet(
+                name, count, url_for=lambda p, _name=name: partition_cdp_url(base, _name, p),
+                issuer=self.publishers[name].issuer, signer=self.publishers[name].signer, source=source,
+                changed=changed, engine=runtime.engine, settings=self.settings, clock=runtime.clock,
+                on_recorded=self._announce_recorded)
         # CA name -> CRL Number served when a change was announced here (None: no CRL yet)
         self._pending: dict[str, int | None] = {}
         self._marker_seen: datetime | None = None
@@ -131,6 +158,9 @@ class CrlService:
         if ca not in self._pending:
             self._pending[ca] = pub.current.number if pub.current else None
         pub.notify_changed()
+        parts = self.partitions.get(ca)
+        if parts is not None:
+            parts.notify_changed()
 
     async def _announce_recorded(self, published: PublishedCrl) -> None:
         """Tell the other processes that a CRL was recorded (PostgreSQL; SQLite's listeners see the commit)."""
@@ -147,13 +177,20 @@ class CrlService:
         for listener in self.remote_listeners:
             listener(payload)
         if payload.startswith("crl:"):
-            pub = self.publishers.get(payload[4:])
+            name = payload[4:]
+            pub = self.publishers.get(name)
             if pub is not None:
                 pub.poll_soon()
+            elif "/" in name:  # a partition CRL: <ca>/<partition>
+                parts = self.partitions.get(name.split("/", 1)[0])
+                if parts is not None:
+                    parts.poll_soon()
             return
         if payload != "status":
             for pub in self.publishers.values():
                 pub.poll_soon()
+            for parts in self.partitions.values():
+                parts.poll_soon()
         # a quick look: a change made by a command-line process is signed at once; the safety net looks again
         # when the grace of a change made by a server has passed (check_marker)
         self._look_again_in(self.grace(from_command_line=True).total_seconds())
@@ -169,12 +206,16 @@ class CrlService:
         """Run each publisher's loop: adopt the recorded CRL (or sign the first one), re-sign on schedule."""
         for pub in self.publishers.values():
             await pub.start()
+        for parts in self.partitions.values():
+            await parts.start()
         self.running = True
 
     async def stop_publishing(self) -> None:
         self.running = False
         for pub in self.publishers.values():
             await pub.stop()
+        for parts in self.partitions.values():
+            await parts.stop()
 
     async def flush(self) -> list[PublishedCrl]:
         """Publish now for every CA whose status changed here and has no CRL signed since (before exiting)."""
@@ -299,7 +340,17 @@ class CrlService:
                 "next_update": iso(h.next_update), "entries": cur.entries if cur else None,
                 "sha256": cur.sha256 if cur else None, "url": cdp_url(self.runtime.settings.server.public_base_url(), ca),
                 "last_success_at": iso(h.last_success_at), "last_failure_at": iso(h.last_failure_at),
-                "last_error": h.last_error, "consecutive_failures": h.consecutive_failures}
+                "last_error": h.last_error, "consecutive_failures": h.consecutive_failures,
+                **self._partition_status(ca)}
+
+    def _partition_status(self, ca: str) -> dict:
+        parts = self.partitions.get(ca)
+        if parts is None:
+            return {}
+        states = [h.state for h in parts.health()]
+        return {"partitions": {"count": parts.count, "ok": states.count("ok"),
+                               "url": partition_cdp_url(self.runtime.settings.server.public_base_url(), ca, 0)
+                               .removesuffix("/0.crl") + "/{partition}.crl"}}
 
     async def publish(self, ca: str) -> PublishedCrl:
         """Sign and record a new CRL of `ca` now (an administrator's request); CrlError for an unknown CA,
@@ -332,6 +383,11 @@ class CrlService:
                 what = f"CRL #{h.crl_number} expired at {h.next_update:%Y-%m-%dT%H:%M:%SZ}" if h.crl_number \
                     else "no CRL"
                 problems.append(f"{ca}: stale ({what}; last error: {h.last_error})")
+        for ca, parts in self.partitions.items():
+            stale = [h for h in parts.health() if not h.ready]
+            if stale:
+                problems.append(f"{ca}: {len(stale)} of {parts.count} CRL partitions without a fresh CRL "
+                                f"(partition {stale[0].ca}: {stale[0].state})")
         return "ok" if not problems else "error: " + "; ".join(problems)
 
 

@@ -70,7 +70,7 @@ class ApprovalWorkflow:
             if device_id is None and profile.settings.device_id is not None:
                 device_id = await self._named_device(profile, csr, transaction_id, actor=actor, now=now)
         cert_row = inventory.certificate_row(cert, der, ca.name, profile_name, transaction_id, m["public_key_sha256"],
-                                             now)
+                                             now, crl_partition=ca.partition_of(cert.serial_number))
         cert_row["enrolled_device_id"] = device_id
         if renewal_of is not None:
             cert_row.update(renewal_of=renewal_of.serial, unused_since=unused_since(renewal_of, now))

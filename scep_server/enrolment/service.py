@@ -378,7 +378,8 @@ class ScepService:
         cert = ca.issue(req.csr, profile.policy, serial=random_serial(), now=now,
                         ocsp=self.ocsp_aia and profile.settings.ocsp_aia)
         der = cert.public_bytes(DER)
-        cert_row = inventory.certificate_row(cert, der, ca.name, profile.name, msg.transaction_id, pub_sha, now)
+        cert_row = inventory.certificate_row(cert, der, ca.name, profile.name, msg.transaction_id, pub_sha, now,
+                                             crl_partition=ca.partition_of(cert.serial_number))
         cert_row.update(renewal_of=req.renewal_of.serial if req.renewal_of else None,
                         unused_since=unused_since(req.renewal_of, now) if req.renewal_of else None,
                         enrolled_device_id=req.device_id)

@@ -65,6 +65,9 @@ certificates = sa.Table(
     sa.Column("unused_since", TS),
     # the device id a trusted source named at enrolment (challenge expectation, MDM, admin pre-registration)
     sa.Column("enrolled_device_id", sa.String(64)),
+    # the partition of its CA's partitioned CRLs its CRL Distribution Point names (crl.partitions); none for a
+    # certificate issued while partitioning was off (it names the full CRL)
+    sa.Column("crl_partition", sa.Integer),
     sa.Index("ix_certificates_status_issued", "status", "issued_at"),
     sa.Index("ix_certificates_renewal_of", "renewal_of"),
     sa.Index("ix_certificates_ca_status", "ca", "status"),
@@ -72,6 +75,13 @@ certificates = sa.Table(
     sa.Index("ix_certificates_issued", "issued_at", "serial"),  # lists: newest first (core_0005)
     sa.Index("ix_certificates_enrolled_device", "enrolled_device_id"),
     sa.Index("ix_certificates_not_after", "not_after"),
+    # a partition's CRL entries, and the partitions whose certificates changed lately (core_0011)
+    # (covering: a partition's CRL is read from the index alone, not from rows spread over the whole table)
+    sa.Index("ix_certificates_crl_partition", "ca", "crl_partition", "status", "not_after", "serial", "revoked_at",
+             "revocation_reason", "invalidity_date",
+             postgresql_where=sa.text("crl_partition IS NOT NULL"), sqlite_where=sa.text("crl_partition IS NOT NULL")),
+    sa.Index("ix_certificates_partition_updated", "ca", "updated_at",
+             postgresql_where=sa.text("crl_partition IS NOT NULL"), sqlite_where=sa.text("crl_partition IS NOT NULL")),
 )
 
 # One row per (profile, SCEP transactionID): makes retries idempotent and carries pending enrolments.

@@ -65,7 +65,8 @@ class Armed:
     def route_path(self, canonical: str) -> str:
         values = {"profile": PROFILE, "ca": "default", "name": "default.crl", "device_id": self.device_id,
                   "action": "suspend", "serial": str(self.yubikey.serial), "id": str(self.client_id),
-                  "source": "jamf", "request": "MAA%3D"}  # {request}: an OCSP GET's URL-encoded base64 request
+                  "source": "jamf", "request": "MAA%3D",  # {request}: an OCSP GET's URL-encoded base64 request
+                  "partition": "0"}
         return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], canonical)
 
     def session(self) -> aiohttp.ClientSession:

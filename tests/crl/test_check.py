@@ -579,3 +579,84 @@ async def test_at_most_max_urls_per_ca_are_watched(customer, cdp, checker):
     small = checker(opts={"max_urls_per_ca": 2})
     small.add_ca(customer.cert_pem, name="customer", crl_urls=urls[:5])
     assert len(small.status()) == 2
+
+
+# ---- partitioned CRLs: an IDP-scoped CRL answers only for the certificates whose CDP names it (§5.2.5)
+
+PART0, PART1 = "http://127.0.0.1/crl/cust/0.crl", "http://127.0.0.1/crl/cust/1.crl"
+
+
+def scoped(ca, entries, number: int, scope=None) -> bytes:
+    from crl.build import Issuer, build_crl
+    from crl.signing import CrlSigner
+
+    return build_crl(issuer=Issuer.from_certificate(ca.cert), signer=CrlSigner.for_private_key(ca.key), number=number,
+                     this_update=NOW, next_update=NOW + timedelta(days=7),
+                     entries=[(s, NOW - timedelta(hours=1), 1, None) for s in entries], scope=scope)
+
+
+def partitioned_customer(checker):
+    ca = make_ca("Partitioned Customer CA", kind="ec", slot=4, cdp="http://127.0.0.1/crl/cust.crl")
+    c = checker(clock=SettableClock(NOW + timedelta(minutes=1)))
+    c.add_ca(ca.pem, name="cust")
+    return ca, c
+
+
+async def test_a_partition_crl_is_no_proof_for_another_partition(checker):
+    from crl.build import Scope
+    from tests.crl.pki import issue
+
+    ca, c = partitioned_customer(checker)
+    in0, in1 = issue(ca, 0x70, cdp=PART0), issue(ca, 0x71, cdp=PART1)
+    # partition 0's CRL: lists 0x70, and says nothing about partition 1 even though 0x71 is not on it
+    assert (await c.install("cust", PART0, scoped(ca, [0x70], 1, Scope((PART0,), only_user_certs=True)))).ok
+    assert c.check(in0).status is CheckStatus.REVOKED
+    r = c.check(in1)
+    assert (r.status, r.allowed, r.reason) == (CheckStatus.UNKNOWN, False, "no_crl")
+    # a serial asked without its CDP is never answered from a partition's CRL
+    assert c.check_serial("cust", 0x71).status is CheckStatus.UNKNOWN
+    assert c.check_serial("cust", 0x70).status is CheckStatus.UNKNOWN
+    assert c.check_serial("cust", 0x70, urls=[PART0]).status is CheckStatus.REVOKED
+    # partition 1's own CRL answers for it
+    assert (await c.install("cust", PART1, scoped(ca, [0x73], 1, Scope((PART1,), only_user_certs=True)))).ok
+    assert c.check(in1).status is CheckStatus.GOOD
+    assert c.check(issue(ca, 0x73, cdp=PART1)).status is CheckStatus.REVOKED
+    # a partition CRL served at another partition's URL is refused, the last good copy kept
+    outcome = await c.install("cust", PART1, scoped(ca, [], 2, Scope((PART0,), only_user_certs=True)))
+    assert outcome.failure is FailureKind.SCOPE_MISMATCH
+    assert c.check(issue(ca, 0x73, cdp=PART1)).status is CheckStatus.REVOKED
+
+
+async def test_only_contains_user_or_ca_certs_is_respected(checker):
+    from crl.build import Scope
+    from tests.crl.pki import issue
+
+    ca, c = partitioned_customer(checker)
+    user, sub_ca = issue(ca, 0x80, cdp=PART0), issue(ca, 0x81, cdp=PART0, is_ca=True)
+    assert (await c.install("cust", PART0, scoped(ca, [0x80, 0x81], 1, Scope((PART0,), only_user_certs=True)))).ok
+    assert c.check(user).status is CheckStatus.REVOKED
+    assert c.check(sub_ca).reason == "no_crl"  # a user-certificates CRL says nothing about a CA certificate
+    assert (await c.install("cust", PART0, scoped(ca, [0x80, 0x81], 2, Scope((PART0,), only_ca_certs=True)))).ok
+    assert c.check(sub_ca).status is CheckStatus.REVOKED
+    assert c.check(user).reason == "no_crl"
+
+
+async def test_an_idp_naming_its_point_without_a_uri_covers_no_certificate_by_url(checker):
+    """An IDP whose distribution point is a relative name is a partition we cannot match by URL: the CRL is not
+    taken as the answer for a certificate whose CDP names the URL it was fetched from."""
+    from tests.crl.pki import issue
+
+    ca, c = partitioned_customer(checker)
+    idp = x509.IssuingDistributionPoint(
+        full_name=None, relative_name=x509.RelativeDistinguishedName(
+            [x509.NameAttribute(x509.NameOID.COMMON_NAME, "partition 1")]),
+        only_contains_user_certs=True, only_contains_ca_certs=False, only_some_reasons=None, indirect_crl=False,
+        only_contains_attribute_certs=False)
+    der = (x509.CertificateRevocationListBuilder(
+        ca.cert.subject, NOW, NOW + timedelta(days=1),
+        [x509.Extension(ExtensionOID.CRL_NUMBER, False, x509.CRLNumber(1)),
+         x509.Extension(ExtensionOID.ISSUING_DISTRIBUTION_POINT, True, idp)], [])
+        .sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    outcome = await c.install("cust", PART0, der)
+    assert outcome.failure is FailureKind.SCOPE_MISMATCH and "without a URI" in outcome.detail
+    assert c.check(issue(ca, 0x90, cdp=PART0)).reason == "no_crl"
