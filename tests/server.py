@@ -53,13 +53,13 @@ class RunningServer:
         """Arguments that make micromdm's scepclient encrypt to the RA only when the CA key is EC.
 
         scepclient encrypts a request to every certificate GetCACert returns unless `-ca-fingerprint` picks
-        one, and cannot encrypt to an EC key: with an EC CA it is pointed at the RSA RA certificate.
+        one, and cannot encrypt to an EC key: with an EC CA it is pointed at the RSA RA certificate that
+        decrypts (split RA certificates: the encryption one).
         """
-        ra = self.data_dir / "ca" / ca / "ra.crt"
-        ca_cert = x509.load_pem_x509_certificate((self.data_dir / "ca" / ca / "ca.crt").read_bytes())
-        if isinstance(ca_cert.public_key(), rsa.RSAPublicKey):
+        authority = self.runtime.cas[ca]
+        if isinstance(authority.cert.public_key(), rsa.RSAPublicKey):
             return []
-        return ["-ca-fingerprint", x509.load_pem_x509_certificate(ra.read_bytes()).fingerprint(hashes.SHA256()).hex()]
+        return ["-ca-fingerprint", (authority.ra_enc_cert or authority.ra_cert).fingerprint(hashes.SHA256()).hex()]
 
 
 async def allow_single_des(settings: Settings, profile: str = "default", *, clock=utcnow) -> None:
