@@ -53,13 +53,14 @@ class RunningServer:
         """Arguments that make micromdm's scepclient encrypt to the RA only when the CA key is EC.
 
         scepclient encrypts a request to every certificate GetCACert returns unless `-ca-fingerprint` picks
-        one, and cannot encrypt to an EC key: with an EC CA it is pointed at the RSA RA certificate that
-        decrypts (split RA certificates: the encryption one).
+        one, and cannot encrypt to an EC key: with an EC CA it is pointed at the RSA RA certificate. It also
+        verifies the reply's signature with only the certificate picked: with split RA certificates that is the
+        signing one (the server decrypts a request addressed to it with its key, docs/scep.md).
         """
         authority = self.runtime.cas[ca]
         if isinstance(authority.cert.public_key(), rsa.RSAPublicKey):
             return []
-        return ["-ca-fingerprint", (authority.ra_enc_cert or authority.ra_cert).fingerprint(hashes.SHA256()).hex()]
+        return ["-ca-fingerprint", authority.ra_cert.fingerprint(hashes.SHA256()).hex()]
 
 
 async def allow_single_des(settings: Settings, profile: str = "default", *, clock=utcnow) -> None:
