@@ -24,6 +24,7 @@ def test_change_reencrypts_every_key_and_replaces_the_passphrase_file(cli, tmp_p
     directory = data / "ca" / "default"
     cli("ca", "renew-ra")  # a renewed RA's key is re-encrypted too
     cli("ca", "renew-ra", "--mode", "split")  # and split RA certificates' keys
+    assert "\tRA (split) until " in cli("ca", "list")
     cli("ca", "rollover", "prepare")  # and a prepared next CA's
     old = (data / "ca" / "passphrase").read_bytes().strip()
     keys = sorted(p.name for p in directory.glob("*.key"))

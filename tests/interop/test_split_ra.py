@@ -303,3 +303,44 @@ async def test_transport_quirks_in_split_mode(server, ra_mode):
             rep = client.parse_cert_rep(await resp.read(), key, ra_cert_der=ca.ra_cert_der)
     assert rep.status == PKIStatus.SUCCESS, rep.fail_text
 
+
+
+async def test_the_server_renews_both_split_ra_certificates_when_due(aiohttp_server, tmp_path, db_url):
+    """The automatic renewal before expiry renews the signing and the encryption RA certificate."""
+    from datetime import datetime, timedelta, timezone
+
+    from scep_server.ca import ra
+    from scep_server.ca.authority import load_ca
+    from scep_server.ca.keys import load_or_create_passphrase
+    from tests.factories import settings_for
+    from tests.interop.test_ra_renewal import FAST, initialise_in_the_past, renew_events
+
+    await initialise_in_the_past(tmp_path, db_url, 700)
+    settings = settings_for(tmp_path / "data", db_url)
+    directory = settings.ca_dir()
+    passphrase = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
+    authority = load_ca(directory, name="default", passphrase=passphrase, base_url=settings.server.public_base_url())
+    # switched to split RA certificates 700 days ago: both have 30 days left, renewal is due (60 days before)
+    ra.renew_ra(directory, authority, validity_days=730, passphrase=passphrase, mode="split",
+                now=datetime.now(timezone.utc) - timedelta(days=700))
+    server = await start_app(aiohttp_server, tmp_path, db_url, ca=FAST)
+    deadline = asyncio.get_running_loop().time() + 15
+    while not await renew_events(server.runtime.engine):
+        assert asyncio.get_running_loop().time() < deadline, "the RA was not renewed"
+        await asyncio.sleep(0.1)
+    (event,) = await renew_events(server.runtime.engine)
+    assert event["actor"] == "system:ra-renewal" and event["data"]["ra_mode"] == "split"
+    ca = server.runtime.cas["default"]
+    assert ca.ra_mode == "split"
+    assert format(ca.ra_enc_cert.serial_number, "x") == event["data"]["encryption_serial"]
+    for c in (ca.ra_cert, ca.ra_enc_cert):
+        assert c.not_valid_after_utc - datetime.now(timezone.utc) > timedelta(days=700)
+    assert sorted(p.name for p in directory.glob("ra*.crt")) == ["ra-1.crt", "ra-2.crt", "ra-enc-1.crt",
+                                                                 "ra-enc.crt", "ra.crt"]
+    url = f"{server.url}/scep/default"
+    assert [der(c) for c in await get_ca_cert(url)] == [ca.ra_cert_der, ca.ra_enc_cert_der, ca.cert_der]
+    key = rsa_key()
+    certs = await get_ca_cert(url)
+    rep = await post(url, request(key, by_key_usage(certs), challenge=server.challenge(), cn="renewed-split"), key,
+                     ca.ra_cert_der)
+    assert rep.status == PKIStatus.SUCCESS, rep.fail_text
