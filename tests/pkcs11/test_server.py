@@ -157,9 +157,14 @@ async def test_split_ra_and_the_ca_key_as_recipient_are_refused_with_keys_in_the
     with pytest.raises(ValidationError, match="decrypt_with_ca_key"):
         CASettings(**softhsm.ca_settings(decrypt_with_ca_key=True))
     assert CASettings(**softhsm.ca_settings()).ca_key_decrypts() is False
-    server = await start_app(aiohttp_server, tmp_path, db_url, ca=softhsm.ca_settings())
+    server = await start_app(aiohttp_server, tmp_path, db_url, crl=FAST_CRL, ca=softhsm.ca_settings())
     url = f"{server.url}/scep/default"
     async with aiohttp.ClientSession() as session:
+        async def published() -> bool:  # the CRL job is idle before the test ends (no signing in the token
+            async with session.get(f"{server.url}/crl/default.crl") as resp:  # while the next test starts one)
+                return resp.status == 200
+
+        await wait_for(published, timeout=10)
         ra_der, ca_der = await ra_and_ca(session, url)
         key = load_key(device_key(tmp_path / "k.pem"))
         for recipient, expected in ((ca_der, PKIStatus.FAILURE), (ra_der, PKIStatus.SUCCESS)):
