@@ -151,6 +151,10 @@ class CASettings(BaseModel):
     ra_validity_days: int = Field(730, ge=1, description="validity of the RA certificate, in days")
     ra_renew_before_days: int = Field(60, ge=1, description="the server renews the RA certificate (a new key) "
                                       "when it has less than this many days left")
+    decrypt_with_ca_key: bool | None = Field(
+        None, description="a SCEP request encrypted to the CA certificate (a client that does not pick the RA "
+        "certificate) is decrypted with the CA key, which then also decrypts; unset: yes with key_backend = file, "
+        "no with pkcs11 (where it cannot be switched on); false: such a request is answered badMessageCheck")
     ra_check_interval: float = Field(5.0, gt=0, description="how often a server process looks for a renewed RA "
                                      "certificate (written by another process or `ca renew-ra`) and whether its "
                                      "RA is due for renewal, in seconds")
@@ -179,7 +183,16 @@ class CASettings(BaseModel):
                 raise ValueError(f"key_backend = \"pkcs11\" needs {' and '.join(missing)}")
             if self.ca_key_label == self.ra_key_label:
                 raise ValueError("ca_key_label and ra_key_label must differ")
+            if self.decrypt_with_ca_key:
+                raise ValueError("decrypt_with_ca_key = true needs key_backend = \"file\" (a token's CA key only "
+                                 "signs)")
         return self
+
+    def ca_key_decrypts(self) -> bool:
+        """Whether a request addressed to the CA certificate is decrypted with the CA key."""
+        if self.decrypt_with_ca_key is None:
+            return self.key_backend == "file"
+        return self.decrypt_with_ca_key
 
 
     @model_validator(mode="after")

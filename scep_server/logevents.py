@@ -86,8 +86,9 @@ EVENTS: tuple[Event, ...] = (
     _e("profile.previous_secret_used", "warning", "profile until",
        "an enrolment used a static profile's previous secret during the grace period of its rotation"),
     # the RA certificate
-    _e("ca.ra.renewed", "info", "ca serial previous_serial not_after actor",
-       "a new RA certificate and key were issued (`ca renew-ra`, the API, or the server before expiry)"),
+    _e("ca.ra.renewed", "info", "ca serial previous_serial not_after ra_mode actor",
+       "a new RA certificate and key were issued (`ca renew-ra`, the API, or the server before expiry); ra_mode "
+       "split: a signing and an encryption RA certificate, each with a new key"),
     _e("ca.ra.loaded", "info", "ca serial not_after", "this process now uses a renewed RA certificate"),
     _e("ca.ra.renew_failed", "error", "ca error",
        "the automatic RA renewal failed; retried every ca.ra_check_interval (readiness fails 14 days before expiry)"),

@@ -280,7 +280,8 @@ def load_cas(settings: Settings) -> "dict[str, CertificateAuthority]":
     for name in names:
         directory = settings.ca_dir(name)
         try:
-            ca = load_ca(directory, name=name, passphrase=passphrase, base_url=settings.server.public_base_url())
+            ca = load_ca(directory, name=name, passphrase=passphrase, base_url=settings.server.public_base_url(),
+                         ca_decrypts=settings.ca.ca_key_decrypts())
         except (ValueError, TypeError, PermissionError) as exc:
             raise CaKeysUnavailable(f"cannot read the CA keys in {directory} (is ${settings.ca.passphrase_env} or "
                                     f"{settings.passphrase_path()} the right passphrase?): {exc}") from None
@@ -296,7 +297,7 @@ def _load_token_cas(settings: Settings) -> "dict[str, CertificateAuthority]":
     try:
         store = key_store(settings)
         ca = load_ca(settings.ca_dir(), name=settings.ca.name, passphrase=b"", key_store=store,
-                     base_url=settings.server.public_base_url())
+                     base_url=settings.server.public_base_url(), ca_decrypts=settings.ca.ca_key_decrypts())
     except (HsmError, ValueError) as exc:
         if store is not None:
             store.close()
@@ -308,7 +309,7 @@ def _load_token_cas(settings: Settings) -> "dict[str, CertificateAuthority]":
 def release_keys(cas: "dict[str, CertificateAuthority]") -> None:
     """Close what the CAs' keys hold open (PKCS#11 sessions); key files hold nothing."""
     for ca in cas.values():
-        for key in (ca.key, ca.ra_key):
+        for key in (ca.key, ca.ra_key):  # a PKCS#11 CA has one RA key (no split RA certificates there)
             close = getattr(key, "close", None)
             if close is not None:
                 close()

@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -53,13 +52,14 @@ class RunningServer:
         """Arguments that make micromdm's scepclient encrypt to the RA only when the CA key is EC.
 
         scepclient encrypts a request to every certificate GetCACert returns unless `-ca-fingerprint` picks
-        one, and cannot encrypt to an EC key: with an EC CA it is pointed at the RSA RA certificate.
+        one, and cannot encrypt to an EC key: with an EC CA it is pointed at the RSA RA certificate. It also
+        verifies the reply's signature with only the certificate picked: with split RA certificates that is the
+        signing one (the server decrypts a request addressed to it with its key, docs/scep.md).
         """
-        ra = self.data_dir / "ca" / ca / "ra.crt"
-        ca_cert = x509.load_pem_x509_certificate((self.data_dir / "ca" / ca / "ca.crt").read_bytes())
-        if isinstance(ca_cert.public_key(), rsa.RSAPublicKey):
+        authority = self.runtime.cas[ca]
+        if isinstance(authority.cert.public_key(), rsa.RSAPublicKey):
             return []
-        return ["-ca-fingerprint", x509.load_pem_x509_certificate(ra.read_bytes()).fingerprint(hashes.SHA256()).hex()]
+        return ["-ca-fingerprint", authority.ra_cert.fingerprint(hashes.SHA256()).hex()]
 
 
 async def allow_single_des(settings: Settings, profile: str = "default", *, clock=utcnow) -> None:

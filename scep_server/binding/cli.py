@@ -148,7 +148,8 @@ def ca_list(ctx: Context, fmt: str) -> None:
         crl = c["crl"] or {}
         nxt = c["next_ca_certificates"]
         click.echo(f"{c['name']}\t{c['certificate']['subject']}\tuntil {c['certificate']['not_after'][:10]}"
-                   f"\tRA until {c['ra_certificate']['not_after'][:10]}"
+                   f"\tRA{' (split)' if c.get('ra_mode') == 'split' else ''} until "
+                   f"{c['ra_certificate']['not_after'][:10]}"
                    + (f"\tnext CA until {nxt[0]['not_after'][:10]}" if nxt else "")
                    + f"\tCRL #{crl.get('number')} ({crl.get('state')}, next update {crl.get('next_update')})")
 

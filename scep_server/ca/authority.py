@@ -20,7 +20,7 @@ from ..replycache import FailureReplies
 from . import tbs
 from .keys import FileKey, KeyOps, KeyStore, durable_write
 from .policy import IssuancePolicy
-from .rafiles import load_ras
+from .rafiles import is_split, load_encryption_ras, load_ras
 
 
 def random_serial() -> int:
@@ -52,7 +52,8 @@ def ocsp_url(base_url: str, ca_name: str) -> str:
 
 @dataclass
 class CertificateAuthority:
-    """An issuing CA with a separate RSA RA certificate that decrypts and signs SCEP messages."""
+    """An issuing CA with a separate RSA RA certificate that decrypts and signs SCEP messages, or (split RA
+    certificates, as Microsoft NDES publishes them) a signing-only RA certificate and an encryption-only one."""
 
     name: str
     cert: x509.Certificate
@@ -63,6 +64,14 @@ class CertificateAuthority:
     next_ca_certs: list[x509.Certificate] = field(default_factory=list)
     # earlier RA certificates still valid, with their keys: requests encrypted to them still decrypt (ca.ra)
     previous_ras: list[tuple[x509.Certificate, KeyOps]] = field(default_factory=list)
+    # split mode: the encryption RA certificate (keyEncipherment, dataEncipherment) and its key; ra_cert then
+    # only signs (digitalSignature)
+    ra_enc_cert: x509.Certificate | None = None
+    ra_enc_key: KeyOps | None = None
+    # earlier encryption RA certificates still valid (a renewal, or a switch back to one RA certificate)
+    previous_enc_ras: list[tuple[x509.Certificate, KeyOps]] = field(default_factory=list)
+    # a request addressed to the CA certificate is decrypted with the CA key (setting ca.decrypt_with_ca_key)
+    ca_decrypts: bool = False
     failure_replies: FailureReplies = field(default_factory=FailureReplies, repr=False, compare=False)
     # the CA's recorded CRL partition count while partitioning is on (crl.partitions): issued certificates
     # name their partition's CRL; None: they name the full CRL
@@ -73,9 +82,19 @@ class CertificateAuthority:
         self.cert_der = self.cert.public_bytes(enc)
         self.ra_cert_der = self.ra_cert.public_bytes(enc)
         self.next_ca_ders = [c.public_bytes(enc) for c in self.next_ca_certs]
-        # (RA certificate DER, its key transport): the current RA first, then its predecessors
-        self.ra_recipients = [(self.ra_cert_der, self.ra_key.decrypt),
-                              *((c.public_bytes(enc), k.decrypt) for c, k in self.previous_ras)]
+        self.ra_enc_cert_der = self.ra_enc_cert.public_bytes(enc) if self.ra_enc_cert is not None else None
+        # (certificate DER, its key transport): the current encryption RA (split mode), the current RA, their
+        # predecessors, then the CA when its key may decrypt (an RSA key only)
+        current = [] if self.ra_enc_key is None else [(self.ra_enc_cert_der, self.ra_enc_key.decrypt)]
+        self.ra_recipients = [*current, (self.ra_cert_der, self.ra_key.decrypt),
+                              *((c.public_bytes(enc), k.decrypt) for c, k in self.previous_ras),
+                              *((c.public_bytes(enc), k.decrypt) for c, k in self.previous_enc_ras)]
+        if self.ca_decrypts and isinstance(self.cert.public_key(), rsa.RSAPublicKey):
+            self.ra_recipients.append((self.cert_der, self.key.decrypt))
+        # GetCACert (RFC 8894 §4.2.1.2): the RA certificate(s), then the CA; split as NDES orders them: the
+        # signing RA certificate, the encryption RA certificate, the CA
+        self.ca_cert_ders = [self.ra_cert_der, *([self.ra_enc_cert_der] if self.ra_enc_cert_der else []),
+                             self.cert_der]
         self.ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(self.ski)
         self._cdp = x509.CRLDistributionPoints([x509.DistributionPoint(
@@ -108,13 +127,19 @@ class CertificateAuthority:
         return cdp
 
     @property
+    def ra_mode(self) -> str:
+        """"split" (a signing and an encryption RA certificate) or "single" (one RA certificate for both)."""
+        return "split" if self.ra_enc_cert is not None else "single"
+
+    @property
     def subject(self) -> x509.Name:
         return self.cert.subject
 
     @property
     def reserved_names(self) -> tuple[x509.Name, ...]:
         """Names never issued to a requester: this CA's, its RA's and a configured next CA's."""
-        return (self.cert.subject, self.ra_cert.subject, *(c.subject for c in self.next_ca_certs))
+        enc = () if self.ra_enc_cert is None else (self.ra_enc_cert.subject,)
+        return (self.cert.subject, self.ra_cert.subject, *enc, *(c.subject for c in self.next_ca_certs))
 
     def issued_by_us(self, cert: x509.Certificate) -> bool:
         """True if `cert` carries a valid signature by this CA's key."""
@@ -260,20 +285,29 @@ def create_ca(directory: Path, *, name: str, subject: str, ra_subject: str, key_
     return CertificateAuthority(name=name, cert=ca_cert, key=ca_key, ra_cert=ra_cert, ra_key=ra_key, base_url=base_url)
 
 
+RA_USAGES = ("both", "sign", "encrypt")
+
+
 def issue_ra_cert(ca_cert: x509.Certificate, ca_key: KeyOps, ra_pub: rsa.RSAPublicKey, *, subject: str,
-                  validity_days: int, base_url: str, ca_name: str, now: datetime) -> x509.Certificate:
-    """The RA certificate (RFC 8894 §2.1.2): digitalSignature + keyEncipherment, RSA. Its CRL and CA certificate
-    locations are left out when the base URL names a wildcard address (0.0.0.0, ::): nobody could reach them,
-    and the RA certificate lives two years (RA renewal writes them once server.base_url is set)."""
+                  validity_days: int, base_url: str, ca_name: str, now: datetime,
+                  usage: str = "both") -> x509.Certificate:
+    """The RA certificate (RFC 8894 §2.1.2), RSA: digitalSignature + keyEncipherment (``usage`` "both"); in split
+    mode the signing one (digitalSignature, "sign") or the encryption one (keyEncipherment + dataEncipherment,
+    "encrypt"). Its CRL and CA certificate locations are left out when the base URL names a wildcard address
+    (0.0.0.0, ::): nobody could reach them, and the RA certificate lives two years (RA renewal writes them once
+    server.base_url is set)."""
+    if usage not in RA_USAGES:
+        raise ValueError(f"unknown RA certificate usage {usage!r}")
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     b = (x509.CertificateBuilder().subject_name(parse_name(subject)).issuer_name(ca_cert.subject)
          .public_key(ra_pub).serial_number(random_serial())
          .not_valid_before(now - timedelta(minutes=5))
          .not_valid_after(min(now + timedelta(days=validity_days), ca_cert.not_valid_after_utc))
          .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-         .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
-                                      data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                      crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+         .add_extension(x509.KeyUsage(digital_signature=usage != "encrypt", content_commitment=False,
+                                      key_encipherment=usage != "sign", data_encipherment=usage == "encrypt",
+                                      key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False,
+                                      decipher_only=False), critical=True)
          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ra_pub), critical=False)
          .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False))
     if not names_wildcard(base_url):
@@ -298,7 +332,7 @@ def names_wildcard(base_url: str) -> bool:
 
 
 def load_ca(directory: Path, *, name: str, passphrase: bytes, base_url: str,
-            key_store: KeyStore | None = None) -> CertificateAuthority:
+            key_store: KeyStore | None = None, ca_decrypts: bool = False) -> CertificateAuthority:
     """Load CA material written by create_ca (plus an optional next CA for GetNextCACert: next-ca.crt).
 
     With a `key_store`, the keys come from it and must be the keys of ca.crt and of the RA certificates
@@ -311,14 +345,26 @@ def load_ca(directory: Path, *, name: str, passphrase: bytes, base_url: str,
     if key_store is None:
         ca_key: KeyOps = FileKey.load(directory / "ca.key", passphrase)
         (ra_cert, ra_key), *previous = load_ras(directory, passphrase)  # the current RA and those still valid
+        enc_ras = load_encryption_ras(directory, passphrase, split=is_split(ra_cert))
     else:
         ca_key = key_store.ca_key()
         (ra_cert, ra_key), *previous = load_ras(directory, passphrase, key_store=key_store)
+        enc_ras = []  # split RA certificates are not made with the keys in a token
     ca_cert = cert("ca.crt")
     for what, key, c in (("CA", ca_key, ca_cert), ("RA", ra_key, ra_cert)):
         if key_store is not None and key.public_key() != c.public_key():
             raise ValueError(f"the {what} key in the key store is not the key of {what.lower()}.crt")  # RA: above
     return CertificateAuthority(
         name=name, cert=ca_cert, key=ca_key, ra_cert=ra_cert, ra_key=ra_key, base_url=base_url,
-        next_ca_certs=next_certs, previous_ras=previous)
+        next_ca_certs=next_certs, previous_ras=previous, ca_decrypts=ca_decrypts,
+        **split_ras(ra_cert, enc_ras))
+
+
+def split_ras(ra_cert: x509.Certificate, enc_ras: list[tuple[x509.Certificate, KeyOps]]) -> dict:
+    """The encryption RA arguments of a CertificateAuthority whose current RA certificate is ``ra_cert``: in
+    split mode the first of ``enc_ras`` is current and the rest previous, otherwise all are previous."""
+    if is_split(ra_cert) and enc_ras:
+        (enc_cert, enc_key), *rest = enc_ras
+        return {"ra_enc_cert": enc_cert, "ra_enc_key": enc_key, "previous_enc_ras": rest}
+    return {"previous_enc_ras": enc_ras}
 

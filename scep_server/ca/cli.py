@@ -25,10 +25,14 @@ def _ca_name(ctx: Context, name: str | None) -> str:
 
 @ca.command("renew-ra")
 @click.argument("name", required=False)
+@click.option("--mode", type=click.Choice(["single", "split"]),
+              help="Switch the RA certificates: split = a signing-only and an encryption-only RA certificate, as "
+              "Microsoft NDES publishes them; single = one RA certificate for both (default: keep the mode).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @pass_ctx
-def ca_renew_ra(ctx: Context, name: str | None, fmt: str) -> None:
-    """Issue a new RA certificate with a new key under the CA (default: this deployment's CA).
+def ca_renew_ra(ctx: Context, name: str | None, mode: str | None, fmt: str) -> None:
+    """Issue a new RA certificate with a new key under the CA (default: this deployment's CA); in split mode
+    the encryption RA certificate too (docs/scep.md "Split RA certificates").
 
     GetCACert serves the new one as soon as each running server sees it (within ca.ra_check_interval); a
     request encrypted to the previous RA certificate is still decrypted until that certificate expires. With
@@ -41,15 +45,21 @@ def ca_renew_ra(ctx: Context, name: str | None, fmt: str) -> None:
 
     async def go():
         async with ctx.runtime(Uses(ca_keys=True)) as rt:
-            return await lifecycle.renew(rt, name, actor=cli_actor())
+            return await lifecycle.renew(rt, name, actor=cli_actor(), mode=mode)
 
-    renewed = run(go())
+    try:
+        renewed = run(go())
+    except lifecycle.RaInToken as exc:
+        raise click.ClickException(str(exc)) from None
     if fmt == "json":
         click.echo(json.dumps(renewed, indent=2))
         return
-    new = renewed["ra_certificate"]
-    click.echo(f"{name}: new RA certificate {new['serial']} ({new['subject']}) valid until {new['not_after']}, "
-               f"SHA-256 {new['fingerprint_sha256']}")
+    new, enc = renewed["ra_certificate"], renewed["ra_encryption_certificate"]
+    click.echo(f"{name}: new {'signing ' if enc else ''}RA certificate {new['serial']} ({new['subject']}) valid until "
+               f"{new['not_after']}, SHA-256 {new['fingerprint_sha256']}")
+    if enc:
+        click.echo(f"{name}: new encryption RA certificate {enc['serial']} valid until {enc['not_after']}, "
+                   f"SHA-256 {enc['fingerprint_sha256']}")
     for old in renewed["previous_ra_certificates"]:
         click.echo(f"  still decrypting until it expires: {old['serial']} until {old['not_after']}")
 

@@ -59,8 +59,10 @@ def _ra_passphrase(runtime: "Runtime", store) -> bytes:
 
 
 def describe_ras(ca) -> dict[str, Any]:
-    return {"ca": ca.name, "ra_certificate": describe_certificate(ca.ra_cert),
-            "previous_ra_certificates": [describe_certificate(c) for c, _ in ca.previous_ras]}
+    return {"ca": ca.name, "ra_mode": ca.ra_mode, "ra_certificate": describe_certificate(ca.ra_cert),
+            "ra_encryption_certificate": describe_certificate(ca.ra_enc_cert) if ca.ra_enc_cert else None,
+            "previous_ra_certificates": [describe_certificate(c)
+                                         for c, _ in (*ca.previous_ras, *ca.previous_enc_ras)]}
 
 
 def _next_ca_certs(directory) -> list:
@@ -120,12 +122,15 @@ async def reload_ras(runtime: "Runtime", name: str) -> None:
     store = _key_store(runtime, name)
 
     def load():
-        return (ra.load_ras(directory, _ra_passphrase(runtime, store), now=runtime.clock(), key_store=store),
-                _next_ca_certs(directory))
+        passphrase, now = _ra_passphrase(runtime, store), runtime.clock()
+        ras = ra.load_ras(directory, passphrase, now=now, key_store=store)
+        enc = [] if store is not None else ra.load_encryption_ras(directory, passphrase,
+                                                                  split=ra.is_split(ras[0][0]), now=now)
+        return ras, enc, _next_ca_certs(directory)
 
-    ras, next_certs = await asyncio.to_thread(load)
+    ras, enc_ras, next_certs = await asyncio.to_thread(load)
     current = runtime.cas[name]
-    runtime.cas[name] = ra.with_ras(current, ras, next_certs)
+    runtime.cas[name] = ra.with_ras(current, ras, next_certs, enc_ras)
     if next_certs and not current.next_ca_certs:
         log.info("ca.rollover.loaded", ca=name, subject=next_certs[0].subject.rfc4514_string(),
                  not_after=next_certs[0].not_valid_after_utc.isoformat())
@@ -134,33 +139,41 @@ async def reload_ras(runtime: "Runtime", name: str) -> None:
                  not_after=ras[0][0].not_valid_after_utc.isoformat())
 
 
-async def renew(runtime: "Runtime", name: str, *, actor: str, only_if_due: timedelta | None = None
-                ) -> dict[str, Any] | None:
+async def renew(runtime: "Runtime", name: str, *, actor: str, only_if_due: timedelta | None = None,
+                mode: str | None = None) -> dict[str, Any] | None:
     """Renew the RA of CA ``name`` now (or, with ``only_if_due``, if it is due and nobody renewed it first):
-    write the new certificate and key, record the audit event, and use it in this process. The new RA
+    write the new certificate and key (in split mode both RA certificates; ``mode`` switches between "single"
+    and "split", scep_server.ca.ra.renew_ra), record the audit event, and use it in this process. The new RA
     certificates (None when nothing was due)."""
     ca = runtime.cas.get(name)
     if ca is None:
         raise UnknownCA(f"no CA named {name!r}")
+    if runtime.settings.ca.key_backend != "file" and mode == "split":
+        raise RaInToken(f"the RA key of CA {name!r} is in a PKCS#11 token: split RA certificates are not made "
+                        "there")
     now = runtime.clock()
     previous = ca.ra_cert
     store = _key_store(runtime, name)
     cert = await asyncio.to_thread(ra.renew_ra, runtime.settings.ca_dir(name), ca,
                                    validity_days=runtime.settings.ca.ra_validity_days,
                                    passphrase=_ra_passphrase(runtime, store), now=now, only_if_due=only_if_due,
-                                   key_store=store)
+                                   key_store=store, mode=mode)
     if cert is None:
         await reload_ras(runtime, name)  # another process may have renewed it
         return None
+    await reload_ras(runtime, name)
+    renewed = runtime.cas[name]
+    enc = renewed.ra_enc_cert
+    data = {"serial": format(cert.serial_number, "x"), "previous_serial": format(previous.serial_number, "x"),
+            "not_after": cert.not_valid_after_utc.isoformat(), "ra_mode": renewed.ra_mode}
+    if enc is not None:
+        data["encryption_serial"] = format(enc.serial_number, "x")
     async with writer(runtime.engine).begin() as conn:
-        await record_event(conn, at=now, kind=RENEW_KIND, subject=name, actor=actor, data={
-            "serial": format(cert.serial_number, "x"), "previous_serial": format(previous.serial_number, "x"),
-            "not_after": cert.not_valid_after_utc.isoformat()})
+        await record_event(conn, at=now, kind=RENEW_KIND, subject=name, actor=actor, data=data)
     log.info("ca.ra.renewed", ca=name, serial=format(cert.serial_number, "x"),
              previous_serial=format(previous.serial_number, "x"), not_after=cert.not_valid_after_utc.isoformat(),
-             actor=actor)
-    await reload_ras(runtime, name)
-    return describe_ras(runtime.cas[name])
+             ra_mode=renewed.ra_mode, actor=actor)
+    return describe_ras(renewed)
 
 
 PREPARE_KIND = "pki.ca.rollover.prepare"
@@ -211,7 +224,7 @@ async def activate_rollover(runtime: "Runtime", name: str, *, actor: str) -> dic
     s, now = runtime.settings, runtime.clock()
     new_name = await asyncio.to_thread(activate, s.ca_dir(name).parent, name)
     new_ca = await asyncio.to_thread(load_ca, s.ca_dir(new_name), name=new_name, passphrase=_passphrase(runtime),
-                                     base_url=s.server.public_base_url())
+                                     base_url=s.server.public_base_url(), ca_decrypts=s.ca.ca_key_decrypts())
     import sqlalchemy as sa
 
     async with writer(runtime.engine).begin() as conn:

@@ -32,7 +32,8 @@ def describe_certificate(cert: x509.Certificate) -> dict[str, Any]:
 def describe_ca(ca: CertificateAuthority) -> dict[str, Any]:
     """A CA, its RA certificate and the next CA certificates it announces (GetNextCACert)."""
     return {"name": ca.name, "certificate": describe_certificate(ca.cert), "certificate_url": aia_url(ca.base_url, ca.name),
-            "ra_certificate": describe_certificate(ca.ra_cert),
+            "ra_certificate": describe_certificate(ca.ra_cert), "ra_mode": ca.ra_mode,
+            "ra_encryption_certificate": describe_certificate(ca.ra_enc_cert) if ca.ra_enc_cert else None,
             "next_ca_certificates": [describe_certificate(c) for c in ca.next_ca_certs]}
 
 

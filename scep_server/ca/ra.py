@@ -1,5 +1,11 @@
 """The RA certificates of a CA directory: the first one (``ra.crt``, ``ra.key``) and its renewals
-(``ra-<n>.crt``, ``ra-<n>.key``, n = 1, 2, ... in the order they were issued).
+(``ra-<n>.crt``, ``ra-<n>.key``, n = 1, 2, ... in the order they were issued); in split mode also the
+encryption RA certificate (``ra-enc.crt``, ``ra-enc.key``) and its renewals (``ra-enc-<n>.crt``).
+
+Split mode (`scep-server ca ra-mode split`), as Microsoft NDES publishes its RA: the current RA certificate
+only signs (digitalSignature), and the newest encryption RA certificate (keyEncipherment, dataEncipherment)
+is the one clients that choose by key usage encrypt to. The mode is what the newest RA certificate says: one
+without keyEncipherment is split. A renewal in split mode renews both.
 
 The current RA is the one issued last (the highest n); GetCACert serves it and replies are signed with
 it. Every earlier RA certificate that has not expired still decrypts requests addressed to it (the overlap
@@ -17,23 +23,28 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .authority import CertificateAuthority, _directory_lock, issue_ra_cert
+from .authority import CertificateAuthority, _directory_lock, issue_ra_cert, split_ras
 from .keys import FileKey, KeyOps, KeyStore, durable_write
-from .rafiles import _generation, _ra_cert_files, files_state, load_ras, ra_certificates
+from .rafiles import (ENCRYPTION, _generation, _ra_cert_files, files_state, is_split, load_encryption_ras, load_ras,
+                      ra_certificates)
 
-__all__ = ["files_state", "load_ras", "ra_certificates", "with_ras", "renewal_due", "renew_ra"]
+__all__ = ["files_state", "load_ras", "load_encryption_ras", "ra_certificates", "with_ras", "renewal_due",
+           "renew_ra", "is_split"]
 
 RA_KEY_BITS = 2048
 
 
 def with_ras(ca: CertificateAuthority, ras: list[tuple[x509.Certificate, KeyOps]],
-             next_ca_certs: list[x509.Certificate] | None = None) -> CertificateAuthority:
-    """A copy of ``ca`` with these RA certificates (the first current) and next CA certificates (default:
-    its own); its GetCACert answer and reply caches start afresh."""
+             next_ca_certs: list[x509.Certificate] | None = None,
+             enc_ras: list[tuple[x509.Certificate, KeyOps]] | None = None) -> CertificateAuthority:
+    """A copy of ``ca`` with these RA certificates (the first current), encryption RA certificates (newest
+    first; default: none) and next CA certificates (default: its own); its GetCACert answer and reply caches
+    start afresh."""
     (ra_cert, ra_key), *previous = ras
     return CertificateAuthority(name=ca.name, cert=ca.cert, key=ca.key, ra_cert=ra_cert, ra_key=ra_key,
-                                base_url=ca.base_url, previous_ras=previous,
-                                next_ca_certs=list(ca.next_ca_certs if next_ca_certs is None else next_ca_certs))
+                                base_url=ca.base_url, previous_ras=previous, ca_decrypts=ca.ca_decrypts,
+                                next_ca_certs=list(ca.next_ca_certs if next_ca_certs is None else next_ca_certs),
+                                **split_ras(ra_cert, enc_ras or []))
 
 
 def renewal_due(ra_cert: x509.Certificate, *, now: datetime, renew_before: timedelta) -> bool:
@@ -41,17 +52,26 @@ def renewal_due(ra_cert: x509.Certificate, *, now: datetime, renew_before: timed
 
 
 def renew_ra(directory: Path, ca: CertificateAuthority, *, validity_days: int, passphrase: bytes, now: datetime,
-             only_if_due: timedelta | None = None, key_store: KeyStore | None = None) -> x509.Certificate | None:
+             only_if_due: timedelta | None = None, mode: str | None = None,
+             key_store: KeyStore | None = None) -> x509.Certificate | None:
     """Issue a new RA certificate with a new key under ``ca`` and write it to ``directory``; the new one.
+
+    In split mode (the newest RA certificate only signs) the encryption RA certificate is renewed too, with
+    its own new key, and written first. ``mode`` ("single", "split") switches the mode: "split" issues a
+    signing-only RA certificate and an encryption-only one, "single" one RA certificate for both (the
+    encryption RA certificates then still decrypt until they expire); None keeps the current mode.
 
     With a ``key_store`` (a PKCS#11 token) the new key pair is generated in the token (sensitive, never
     extractable) under a new label (``KeyStore.renewed_ra_label``), which ``ra-<n>.label`` records in place of
-    a key file: every process finds the key by it (scep_server.ca.rafiles.load_ras).
+    a key file: every process finds the key by it (scep_server.ca.rafiles.load_ras). Split mode is not made
+    there.
 
     With ``only_if_due`` (the automatic renewal), nothing is done (None) when the newest RA certificate on
     disk has more than that left (another process renewed it first), or when a new certificate would end no
     later than it (the CA itself ends first: that needs a CA rollover, not another RA).
     """
+    if mode not in (None, "single", "split"):
+        raise ValueError(f"unknown RA mode {mode!r} (single or split)")
     with _directory_lock(directory):
         newest = _ra_cert_files(directory)[0]
         current = x509.load_pem_x509_certificate(newest.read_bytes())
@@ -59,23 +79,38 @@ def renew_ra(directory: Path, ca: CertificateAuthority, *, validity_days: int, p
         if only_if_due is not None and (not renewal_due(current, now=now, renew_before=only_if_due)
                                         or not_after <= current.not_valid_after_utc):
             return None
-        label, file_key = None, None
-        key: KeyOps
-        if key_store is None:
-            key = file_key = FileKey.generate(RA_KEY_BITS)
-        else:
-            label = key_store.renewed_ra_label(now)
-            key = key_store.ra_key(create=("rsa", RA_KEY_BITS), label=label)
-        cert = issue_ra_cert(ca.cert, ca.key, key.public_key(), subject=current.subject.rfc4514_string(),
-                             validity_days=validity_days, base_url=ca.base_url, ca_name=ca.name, now=now)
-        stem = f"ra-{(_generation(newest.name) or 0) + 1}"
-        # the key (or its label) first, the certificate (which completes it) last: a key or label without its
-        # certificate is what a crash between the writes leaves, never used, replaced here
-        if file_key is None:
-            durable_write(directory / f"{stem}.label", f"{label}\n".encode(), mode=0o644)
-        else:
-            (directory / f"{stem}.key").unlink(missing_ok=True)
-            file_key.save(directory / f"{stem}.key", passphrase)
-        durable_write(directory / f"{stem}.crt", cert.public_bytes(serialization.Encoding.PEM), mode=0o644,
-                      exclusive=True)
-        return cert
+        split = is_split(current) if mode is None else mode == "split"
+        if split and key_store is not None:
+            raise ValueError("split RA certificates are not made with the keys in a PKCS#11 token")
+        subject = current.subject.rfc4514_string()
+        if split:
+            enc_files = _ra_cert_files(directory, ENCRYPTION)
+            generation = _generation(enc_files[0].name, ENCRYPTION) + 1 if enc_files else 0
+            _write_ra(directory, ENCRYPTION if generation == 0 else f"{ENCRYPTION}-{generation}", ca,
+                      subject=subject, validity_days=validity_days, passphrase=passphrase, now=now, usage="encrypt")
+        return _write_ra(directory, f"ra-{(_generation(newest.name) or 0) + 1}", ca, subject=subject,
+                         validity_days=validity_days, passphrase=passphrase, now=now,
+                         usage="sign" if split else "both", key_store=key_store)
+
+
+def _write_ra(directory: Path, stem: str, ca: CertificateAuthority, *, subject: str, validity_days: int,
+              passphrase: bytes, now: datetime, usage: str, key_store: KeyStore | None = None) -> x509.Certificate:
+    label, file_key = None, None
+    key: KeyOps
+    if key_store is None:
+        key = file_key = FileKey.generate(RA_KEY_BITS)
+    else:
+        label = key_store.renewed_ra_label(now)
+        key = key_store.ra_key(create=("rsa", RA_KEY_BITS), label=label)
+    cert = issue_ra_cert(ca.cert, ca.key, key.public_key(), subject=subject, validity_days=validity_days,
+                         base_url=ca.base_url, ca_name=ca.name, now=now, usage=usage)
+    # the key (or its label) first, the certificate (which completes it) last: a key or label without its
+    # certificate is what a crash between the writes leaves, never used, replaced here
+    if file_key is None:
+        durable_write(directory / f"{stem}.label", f"{label}\n".encode(), mode=0o644)
+    else:
+        (directory / f"{stem}.key").unlink(missing_ok=True)
+        file_key.save(directory / f"{stem}.key", passphrase)
+    durable_write(directory / f"{stem}.crt", cert.public_bytes(serialization.Encoding.PEM), mode=0o644,
+                  exclusive=True)
+    return cert

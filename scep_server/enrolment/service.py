@@ -131,12 +131,13 @@ class ScepService:
         return "\n".join(caps) + "\n"
 
     async def get_ca_cert(self, profile_name: str) -> bytes:
-        """RFC 8894 §4.2.1.2: RA certificate first, then the issuing CA, as a degenerate PKCS#7."""
+        """RFC 8894 §4.2.1.2: RA certificate first (split: the signing one, then the encryption one, as NDES
+        orders them), then the issuing CA, as a degenerate PKCS#7."""
         profile = await self.profiles.get(profile_name)
         ca = await self.ca_of(profile)
         cached = self._cacert_cache.get(profile.ca)
         if cached is None or cached[0] is not ca:  # a renewed RA replaces the CA object (scep_server.ca.ra)
-            cached = self._cacert_cache[profile.ca] = (ca, codec.build_degenerate([ca.ra_cert_der, ca.cert_der]))
+            cached = self._cacert_cache[profile.ca] = (ca, codec.build_degenerate(ca.ca_cert_ders))
         return cached[1]
 
     async def get_next_ca_cert(self, profile_name: str) -> bytes:

@@ -43,15 +43,18 @@ def build_request(message_type: MessageType, *, content: bytes, signer_cert_der:
                   recipient_cert_der: bytes, transaction_id: str, sender_nonce: bytes,
                   cipher: ContentCipher = ContentCipher.AES128_CBC, digest: Digest = Digest.SHA256,
                   cek: bytes, iv: bytes, key_transport: str = "pkcs1v15", signing_time: datetime | None = None,
-                  recipient_key: rsa.RSAPublicKey | None = None) -> bytes:
-    """A request pkiMessage: ``content`` enveloped to the RA, signed by the requester (RFC 8894 §3.2, §3.3)."""
+                  recipient_key: rsa.RSAPublicKey | None = None, recipient_id_der: bytes | None = None) -> bytes:
+    """A request pkiMessage: ``content`` enveloped to the RA, signed by the requester (RFC 8894 §3.2, §3.3);
+    the recipient is named by issuer and serial unless ``recipient_id_der`` names it otherwise
+    (cms.subject_key_identifier_rid)."""
     if recipient_key is None:
         pub = x509.load_der_x509_certificate(recipient_cert_der).public_key()
         if not isinstance(pub, rsa.RSAPublicKey):
             raise ValueError("the RA certificate key is not RSA")
         recipient_key = pub
     envelope = cms.build_enveloped_data(content, recipient_cert_der=recipient_cert_der, recipient_key=recipient_key,
-                                        cipher=cipher, cek=cek, iv=iv, key_transport=key_transport)
+                                        cipher=cipher, cek=cek, iv=iv, key_transport=key_transport,
+                                        recipient_id_der=recipient_id_der)
     attrs = [
         cms.attribute(oids.MESSAGE_TYPE_DER, der.printable(str(int(message_type)))),
         cms.attribute(oids.TRANSACTION_ID_DER, der.printable(transaction_id)),

@@ -239,6 +239,7 @@ _EMPTY_SET = der.tlv(der.SET, b"")
 _DATA_ECI_NO_CONTENT = der.seq(oids.DATA_DER)
 _VERSION_1 = der.integer(1)
 _VERSION_0 = der.integer(0)
+_VERSION_2 = der.integer(2)
 
 
 def build_signed_data(*, econtent: bytes, signer_cert_der: bytes, sign: Signer, digest: Digest,
@@ -377,11 +378,21 @@ def parse_enveloped_data(data: bytes) -> EnvelopedData:
 def build_enveloped_data(content: bytes, *, recipient_cert_der: bytes, recipient_key: rsa.RSAPublicKey,
                          cipher: ContentCipher, cek: bytes, iv: bytes, key_transport: str = "pkcs1v15",
                          recipient_id_der: bytes | None = None) -> bytes:
-    """ContentInfo(EnvelopedData) to one RSA recipient named by issuer and serial (RFC 5652 §6.1, §6.2.1)."""
+    """ContentInfo(EnvelopedData) to one RSA recipient named by issuer and serial, or by ``recipient_id_der``
+    (an IssuerAndSerialNumber, or a [0] SubjectKeyIdentifier: versions 2, RFC 5652 §6.1, §6.2.1)."""
     encrypted_key = recipient_key.encrypt(cek, algorithms.rsa_padding(key_transport))
     rid = recipient_id_der or issuer_and_serial_der(recipient_cert_der)
-    ktri = der.seq(_VERSION_0, rid,
+    version = _VERSION_2 if rid[0] == 0x80 else _VERSION_0
+    ktri = der.seq(version, rid,
                    algorithms.key_transport_alg_der(key_transport), der.octet_string(encrypted_key))
     eci = der.seq(oids.DATA_DER, algorithms.content_cipher_alg_der(cipher, iv),
                   der.tlv(0x80, algorithms.encrypt_content(cipher, cek, iv, content)))
-    return content_info(oids.ENVELOPED_DATA_DER, der.seq(_VERSION_0, der.tlv(der.SET, ktri), eci))
+    return content_info(oids.ENVELOPED_DATA_DER, der.seq(version, der.tlv(der.SET, ktri), eci))
+
+
+def subject_key_identifier_rid(cert_der: bytes) -> bytes:
+    """A RecipientIdentifier naming a certificate by its SubjectKeyIdentifier ([0] IMPLICIT, RFC 5652 §6.2.1)."""
+    ski = subject_key_identifier(cert_der)
+    if ski is None:
+        raise ValueError("the certificate has no SubjectKeyIdentifier")
+    return der.tlv(0x80, ski)

@@ -1,7 +1,7 @@
 """Admin API of our CAs' lifecycle (`admin` token; docs/api.md "Certificates and CAs").
 
-    POST /api/v1/cas/{ca}/ra/renew            a new RA certificate and key; the previous RA still decrypts until
-                                              it expires
+    POST /api/v1/cas/{ca}/ra/renew            {"mode"?}: a new RA certificate and key (split mode: both RA
+                                              certificates); the previous RA still decrypts until it expires
     POST /api/v1/cas/{ca}/rollover/prepare    {"cross_sign"?, "subject"?}: the next CA, served by GetNextCACert
     POST /api/v1/cas/{ca}/rollover/activate   the prepared next CA issues (every server picks it up)
 
@@ -21,9 +21,14 @@ from .auth import ACTOR, requires
 
 @requires("admin")
 async def renew_ra(request: web.Request) -> web.Response:
-    if await read_json_object(request, empty={}):
-        raise BadRequest("the body is empty or {}", code="invalid_input")
-    renewed = await lifecycle.renew(request.app[RUNTIME], request.match_info["ca"], actor=request[ACTOR])
+    body = await read_json_object(request, empty={})
+    unknown = sorted(set(body) - {"mode"})
+    if unknown:
+        raise BadRequest(f"unknown member {unknown[0]!r}; allowed: mode", code="invalid_input")
+    mode = body.get("mode")
+    if mode not in (None, "single", "split"):
+        raise BadRequest("mode: \"single\" or \"split\"", code="invalid_input")
+    renewed = await lifecycle.renew(request.app[RUNTIME], request.match_info["ca"], actor=request[ACTOR], mode=mode)
     assert renewed is not None  # an unconditional renewal always issues
     return web.json_response(renewed)
 

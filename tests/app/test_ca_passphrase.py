@@ -23,13 +23,15 @@ def test_change_reencrypts_every_key_and_replaces_the_passphrase_file(cli, tmp_p
     data = tmp_path / "data"
     directory = data / "ca" / "default"
     cli("ca", "renew-ra")  # a renewed RA's key is re-encrypted too
+    cli("ca", "renew-ra", "--mode", "split")  # and split RA certificates' keys
+    assert "\tRA (split) until " in cli("ca", "list")
     cli("ca", "rollover", "prepare")  # and a prepared next CA's
     old = (data / "ca" / "passphrase").read_bytes().strip()
     keys = sorted(p.name for p in directory.glob("*.key"))
-    assert keys == ["ca.key", "next-ca.key", "next-ra.key", "ra-1.key", "ra.key"]
+    assert keys == ["ca.key", "next-ca.key", "next-ra.key", "ra-1.key", "ra-2.key", "ra-enc.key", "ra.key"]
 
     out = cli("ca", "passphrase", "change")
-    assert "5 keys re-encrypted" in out
+    assert "7 keys re-encrypted" in out
     new = (data / "ca" / "passphrase").read_bytes().strip()
     assert new != old
     for name in keys:
@@ -38,6 +40,7 @@ def test_change_reencrypts_every_key_and_replaces_the_passphrase_file(cli, tmp_p
     assert not list(directory.glob("*.new"))
     listed = json.loads(cli("ca", "list", "--format", "json"))  # the keys load with the new passphrase
     assert listed[0]["name"] == "default" and len(listed[0]["next_ca_certificates"]) == 2
+    assert listed[0]["ra_mode"] == "split" and listed[0]["ra_encryption_certificate"]["serial"]
 
     chosen = tmp_path / "chosen.txt"
     chosen.write_text("correct horse battery staple\n")

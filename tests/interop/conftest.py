@@ -21,8 +21,26 @@ def ca_key_type() -> str:
 
 
 @pytest.fixture
-async def server(aiohttp_server, tmp_path, db_url, ca_key_type):
-    return await start_app(aiohttp_server, tmp_path, db_url, ca={"key_type": ca_key_type})
+def ra_mode() -> str:
+    """The RA certificates of the `server` fixture: "single" (one RA certificate), or "split" (a signing and an
+    encryption RA certificate, as NDES publishes them); tests parametrise it."""
+    return "single"
+
+
+@pytest.fixture
+async def server(aiohttp_server, tmp_path, db_url, ca_key_type, ra_mode):
+    started = await start_app(aiohttp_server, tmp_path, db_url, ca={"key_type": ca_key_type})
+    if ra_mode == "split":
+        await split_ras(started)
+    return started
+
+
+async def split_ras(server) -> None:
+    """Switch the server's CA to split RA certificates, as `scep-server ca renew-ra --mode split` does."""
+    from scep_server.ca import lifecycle
+
+    await lifecycle.renew(server.runtime, "default", actor="test", mode="split")
+    assert server.runtime.cas["default"].ra_mode == "split"
 
 
 
@@ -37,11 +55,13 @@ def load_key(path: Path):
 
 
 async def ra_and_ca(session, url: str) -> tuple[bytes, bytes]:
+    """The first certificate of GetCACert (the RA; the signing one of split RA certificates) and the last (the
+    CA)."""
     async with session.get(f"{url}?operation=GetCACert") as resp:
         assert resp.status == 200
         assert resp.content_type == "application/x-x509-ca-ra-cert"
         certs, _ = parse_degenerate(await resp.read())
-    return certs[0], certs[1]
+    return certs[0], certs[-1]
 
 
 def pkcs_req(key, ra_der: bytes, *, challenge: str | None, cn: str = "device", signer_der: bytes | None = None,

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from scep_server.ca import lifecycle
 from scep_server.runtime import initialise
 from scep_server.scep import ContentCipher, FailInfo, MessageType, PKIStatus, client
+from scep_server.scep.cms import parse_degenerate
 from scep_server.store.tables import events
 from tests.factories import rsa_key, settings_for
 from tests.helpers import require_tool
@@ -186,13 +187,30 @@ async def test_renew_ra_over_the_api(server):
         async with session.post(f"{server.url}/api/v1/cas/default/ra/renew", headers=headers,
                                 json={"x": 1}) as resp:
             assert resp.status == 400
+        async with session.post(f"{server.url}/api/v1/cas/default/ra/renew", headers=headers,
+                                json={"mode": "both"}) as resp:
+            assert resp.status == 400 and "mode" in (await resp.json())["detail"]
         async with session.post(f"{server.url}/api/v1/cas/default/ra/renew") as resp:
             assert resp.status == 401
-    new_der = await served_ra(url)  # this process serves it at once
-    assert body["ra_certificate"]["serial"] == format(cert(new_der).serial_number, "x")
-    assert body["previous_ra_certificates"][0]["serial"] == format(cert(old_der).serial_number, "x")
-    (event,) = await renew_events(server.runtime.engine)
-    assert event["actor"].startswith("token:") and event["actor"].endswith(":ra-tests")
+        new_der = await served_ra(url)  # this process serves it at once
+        assert body["ra_mode"] == "single" and body["ra_encryption_certificate"] is None
+        assert body["ra_certificate"]["serial"] == format(cert(new_der).serial_number, "x")
+        assert body["previous_ra_certificates"][0]["serial"] == format(cert(old_der).serial_number, "x")
+        # the switch to split RA certificates: GetCACert serves the signing one first, then the encryption one
+        async with session.post(f"{server.url}/api/v1/cas/default/ra/renew", headers=headers,
+                                json={"mode": "split"}) as resp:
+            assert resp.status == 200, await resp.text()
+            split = await resp.json()
+        async with session.get(f"{url}?operation=GetCACert") as resp:
+            served = [cert(c) for c in parse_degenerate(await resp.read())[0]]
+    assert split["ra_mode"] == "split"
+    assert [format(c.serial_number, "x") for c in served[:2]] == [
+        split["ra_certificate"]["serial"], split["ra_encryption_certificate"]["serial"]]
+    first, second = await renew_events(server.runtime.engine)
+    assert first["actor"].startswith("token:") and first["actor"].endswith(":ra-tests")
+    assert first["data"]["ra_mode"] == "single" and "encryption_serial" not in first["data"]
+    assert second["data"]["ra_mode"] == "split"
+    assert second["data"]["encryption_serial"] == split["ra_encryption_certificate"]["serial"]
 
 
 async def initialise_in_the_past(tmp_path, db_url, days: int) -> None:

@@ -65,6 +65,7 @@ async def test_every_cipher_and_digest_enrols_and_the_reply_mirrors_them(scep, c
     assert rep.certs[1] == scep.ca_der
 
 
+@pytest.mark.parametrize("ra_mode", ["single", "split"])
 async def test_get_transport_with_escaped_base64(scep):
     body = scep.request(cn="over-get")
     message = quote(base64.b64encode(body).decode(), safe="")
@@ -197,6 +198,7 @@ async def test_random_corruption_never_gives_a_500(scep):
         assert status in (200, 400)
 
 
+@pytest.mark.parametrize("ra_mode", ["single", "split"])
 async def test_ca_operations_and_unknown_profiles(scep):
     status, caps = await scep.raw("GET", "operation=GetCACaps")
     assert status == 200 and "GetNextCACert" not in caps.split()

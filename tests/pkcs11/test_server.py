@@ -142,3 +142,43 @@ async def test_forked_workers_each_open_the_token(tmp_path, softhsm, monkeypatch
                 cert.verify_directly_issued_by(ca)
             der = await fetch(session, f"{url}/crl/default.crl")
             assert x509.load_der_x509_crl(der).is_signature_valid(ca.public_key())
+
+
+async def test_split_ra_and_the_ca_key_as_recipient_are_refused_with_keys_in_the_token(aiohttp_server, tmp_path,
+                                                                                        db_url, softhsm):
+    """The token's CA key only signs: a request addressed to the CA certificate is badMessageCheck (a signed
+    CertRep, not a 500), `decrypt_with_ca_key = true` is refused, and so are split RA certificates."""
+    from pydantic import ValidationError
+
+    from scep_server.ca import lifecycle
+    from scep_server.config import CASettings
+    from scep_server.scep import FailInfo, MessageType, PKIStatus
+
+    with pytest.raises(ValidationError, match="decrypt_with_ca_key"):
+        CASettings(**softhsm.ca_settings(decrypt_with_ca_key=True))
+    assert CASettings(**softhsm.ca_settings()).ca_key_decrypts() is False
+    server = await start_app(aiohttp_server, tmp_path, db_url, crl=FAST_CRL, ca=softhsm.ca_settings())
+    url = f"{server.url}/scep/default"
+    async with aiohttp.ClientSession() as session:
+        async def published() -> bool:  # the CRL job is idle before the test ends (no signing in the token
+            async with session.get(f"{server.url}/crl/default.crl") as resp:  # while the next test starts one)
+                return resp.status == 200
+
+        await wait_for(published, timeout=10)
+        ra_der, ca_der = await ra_and_ca(session, url)
+        key = load_key(device_key(tmp_path / "k.pem"))
+        for recipient, expected in ((ca_der, PKIStatus.FAILURE), (ra_der, PKIStatus.SUCCESS)):
+            body = client.build_request(
+                MessageType.PKCS_REQ, content=client.make_csr(key, "to-ca", server.challenge()),
+                signer_cert_der=client.make_self_signed_signer(key), signer_key=key, recipient_cert_der=recipient,
+                transaction_id=client.transaction_id_for(key.public_key()), sender_nonce=os.urandom(16),
+                cek=os.urandom(16), iv=os.urandom(16))
+            async with session.post(f"{url}?operation=PKIOperation", data=body) as resp:
+                assert resp.status == 200
+                rep = client.parse_cert_rep(await resp.read(), key, ra_cert_der=ra_der)
+            assert rep.status == expected, rep.fail_text
+            if expected is PKIStatus.FAILURE:
+                assert rep.fail_info == FailInfo.BAD_MESSAGE_CHECK
+    with pytest.raises(lifecycle.RaInToken, match="split RA certificates"):
+        await lifecycle.renew(server.runtime, "default", actor="test", mode="split")
+    assert server.runtime.cas["default"].ra_mode == "single"

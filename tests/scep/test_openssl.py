@@ -162,3 +162,25 @@ def test_openssl_parses_our_requests(pki, files):
         out = ok(openssl("cms", "-decrypt", "-inform", "DER", "-in", str(files / "env.der"),
                          "-recip", str(FIXTURES / "ra.pem"), "-inkey", str(FIXTURES / "ra.key")))
         assert out == pki.csr()
+
+
+def test_recipient_named_by_subject_key_identifier_both_ways(pki, files):
+    """An envelope naming its recipient by SubjectKeyIdentifier (version 2, RFC 5652 §6.2.1): OpenSSL's (-keyid)
+    is decrypted with the RA key it names, and ours decrypts with OpenSSL."""
+    csr = pki.csr()
+    (files / "csr.der").write_bytes(csr)
+    theirs = ok(openssl("cms", "-encrypt", "-binary", "-outform", "DER", "-in", str(files / "csr.der"), "-aes128",
+                        "-keyid", "-recip", str(FIXTURES / "ra.pem")))
+    content, _ = decrypt_envelope(parse_pki_message(sign_envelope(pki, theirs)), pki.decrypt_cek,
+                                  recipient_cert_der=pki.ra_der)
+    assert content == csr
+
+    rid = cms.subject_key_identifier_rid(pki.ra_der)
+    ours = cms.build_enveloped_data(csr, recipient_cert_der=pki.ra_der, recipient_key=pki.ra_key.public_key(),
+                                    cipher=ContentCipher.AES128_CBC, cek=b"k" * 16, iv=b"i" * 16, recipient_id_der=rid)
+    (files / "ours.der").write_bytes(ours)
+    printed = ok(openssl("cms", "-cmsout", "-print", "-inform", "DER", "-in", str(files / "ours.der"))).decode()
+    assert "subjectKeyIdentifier" in printed and "version: 2" in printed
+    out = ok(openssl("cms", "-decrypt", "-inform", "DER", "-in", str(files / "ours.der"),
+                     "-recip", str(FIXTURES / "ra.pem"), "-inkey", str(FIXTURES / "ra.key")))
+    assert out == csr
