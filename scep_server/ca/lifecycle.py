@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from trustkit.db import writer
-from trustkit.problems import NotFound
+from trustkit.problems import Conflict, NotFound
 
 from ..store.events import record_event
 from . import ra
@@ -37,6 +37,12 @@ NOT_READY_WITHIN = timedelta(days=14)
 
 class UnknownCA(NotFound):
     code = "ca_not_found"
+
+
+class RaInToken(Conflict):
+    """Split RA certificates asked for with the keys in a PKCS#11 token."""
+
+    code = "ra_key_in_token"
 
 
 def _passphrase(runtime: "Runtime") -> bytes:
