@@ -379,7 +379,7 @@ def _json_arg(text: str) -> object:
 def profile_list(ctx: Context, limit: int, cursor: str | None, all_rows: bool) -> None:
     """List profiles, by name (a page; see --all)."""
     async def go():
-        async with ctx.runtime() as rt:
+        async with ctx.reads() as rt:
             return await collect(rt.profiles.page, limit=limit, cursor=cursor, all_rows=all_rows, kinds=(str,))
 
     rows, more = run(go())
@@ -550,8 +550,7 @@ def cert_list(ctx: Context, status: str | None, profile: str | None, device: str
     """The certificate inventory, newest first (a page; see --all), filtered as GET /api/v1/certificates."""
     from trustkit.problems import BadRequest
 
-    from .ca import inventory
-    from .ca.queries import CertFilter, summary
+    from .ca.records import CERT_KEY, CertFilter, summary
 
     given = {"status": status, "profile": profile, "device": device, "issued_after": issued_after,
              "issued_before": issued_before, "expires_after": expires_after, "expires_before": expires_before,
@@ -563,9 +562,9 @@ def cert_list(ctx: Context, status: str | None, profile: str | None, device: str
         raise click.BadParameter(exc.detail.partition(": ")[2] or exc.detail, param_hint=option) from None
 
     async def go():
-        async with ctx.runtime() as rt:
+        async with ctx.reads() as rt:
             return await collect(lambda page: rt.certificates.list(page, filters), limit=limit, cursor=cursor,
-                                 all_rows=all_rows, kinds=inventory.CERT_KEY)
+                                 all_rows=all_rows, kinds=CERT_KEY)
 
     rows, more = run(go())
     if fmt == "json":

@@ -49,6 +49,22 @@ class Context:
             raise click.ClickException(str(exc)) from None
 
 
+    @contextlib.asynccontextmanager
+    async def reads(self) -> AsyncIterator[Any]:
+        """What a listing command reads through (``profiles.page``, ``certificates.list``): on the embedded SQLite
+        database the standard library's sqlite3 (scep_server.store.sqlitereads; no SQLAlchemy, no services),
+        elsewhere the runtime's stores."""
+        from .store.sqlitereads import open_reads
+
+        reader = open_reads(self.settings())
+        if reader is None:
+            async with self.runtime() as rt:
+                yield rt
+            return
+        with reader:
+            yield reader
+
+
 def cli_actor() -> str:
     """The actor of a change made on the command line: ``cli:<os user>`` (``cli`` where no user name exists)."""
     import getpass
