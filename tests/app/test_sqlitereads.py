@@ -216,3 +216,25 @@ def test_listing_commands_print_the_same_through_either_reader(listed, monkeypat
         assert listed(*args) == fast
     assert fast.strip()
 
+
+
+def test_a_coroutine_that_waits_is_not_completed_without_an_event_loop():
+    import asyncio
+
+    from scep_server.clictx import complete
+
+    async def reads():
+        return 42
+
+    async def waits():
+        await asyncio.sleep(0)
+        return 42
+
+    async def fails():
+        raise ValueError("named")
+
+    assert complete(reads()) == 42
+    with pytest.raises(RuntimeError, match="event loop"):
+        complete(waits())
+    with pytest.raises(ValueError, match="named"):
+        complete(fails())
