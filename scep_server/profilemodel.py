@@ -10,11 +10,14 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .ca.policy import CertificateTemplate, IssuancePolicy
+from .ca.template import CertificateTemplate, compile_pattern
+
+if TYPE_CHECKING:
+    from .ca.policy import IssuancePolicy
 
 ChallengeKind = Literal["static", "dynamic", "delegated"]
 
@@ -70,8 +73,6 @@ class DeviceIdSource(BaseModel):
     @field_validator("pattern")
     @classmethod
     def _pattern(cls, value: str) -> str:
-        from .ca.policy import compile_pattern
-
         try:
             compile_pattern(value)
         except Exception as exc:  # noqa: BLE001 - re2.error; the message names the pattern
@@ -134,7 +135,9 @@ class Profile:
                                           self.settings.model_dump_json()]).encode()).hexdigest()
 
     @property
-    def policy(self) -> IssuancePolicy:
+    def policy(self) -> "IssuancePolicy":
+        from .ca.policy import IssuancePolicy  # the CSR checks: cryptography's X.509, the SCEP codec
+
         return IssuancePolicy(self.settings.template)
 
     def check_static_secret(self, challenge: str | None) -> bool:

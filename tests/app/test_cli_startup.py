@@ -80,6 +80,13 @@ def test_listing_commands_on_sqlite_import_no_sqlalchemy(data_dir, args):
     assert _loaded(modules, ("scep_server.runtime", "scep_server.tokens", "structlog", "asyncio", "ssl")) == []
 
 
+def test_profile_list_loads_no_certificate_checks(data_dir):
+    """The profiles' settings need the template's model only, not the CSR checks (X.509, RE2, the SCEP codec)."""
+    modules = _modules(data_dir, "profile", "list")
+    assert "scep_server.ca.template" in modules
+    assert _loaded(modules, ("cryptography", "re2", "scep_server.ca.policy", "scep_server.scep")) == []
+
+
 def test_listing_commands_with_the_audit_chain_open_the_runtime(data_dir):
     """The runtime seals the audit chain's backlog when a command ends: with the chain on, a list opens it."""
     out, modules = _run("--data-dir", str(data_dir), "profile", "list", env={"SCEP_SERVER_AUDIT__CHAIN": "true"})
