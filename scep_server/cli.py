@@ -378,11 +378,8 @@ def _json_arg(text: str) -> object:
 @pass_ctx
 def profile_list(ctx: Context, limit: int, cursor: str | None, all_rows: bool) -> None:
     """List profiles, by name (a page; see --all)."""
-    async def go():
-        async with ctx.runtime() as rt:
-            return await collect(rt.profiles.page, limit=limit, cursor=cursor, all_rows=all_rows, kinds=(str,))
-
-    rows, more = run(go())
+    rows, more = ctx.read(lambda stores: collect(stores.profiles.page, limit=limit, cursor=cursor,
+                                                 all_rows=all_rows, kinds=(str,)))
     for p in rows:
         click.echo(f"{p.name}\t{p.challenge_kind}\tca={p.ca}\tvalidity={p.settings.template.validity_days}d"
                    f"{'	approval' if p.settings.require_approval else ''}")
@@ -550,8 +547,7 @@ def cert_list(ctx: Context, status: str | None, profile: str | None, device: str
     """The certificate inventory, newest first (a page; see --all), filtered as GET /api/v1/certificates."""
     from trustkit.problems import BadRequest
 
-    from .ca import inventory
-    from .ca.queries import CertFilter, summary
+    from .ca.records import CERT_KEY, CertFilter, summary
 
     given = {"status": status, "profile": profile, "device": device, "issued_after": issued_after,
              "issued_before": issued_before, "expires_after": expires_after, "expires_before": expires_before,
@@ -562,12 +558,8 @@ def cert_list(ctx: Context, status: str | None, profile: str | None, device: str
         option = "--" + exc.detail.partition(":")[0].replace("_", "-")
         raise click.BadParameter(exc.detail.partition(": ")[2] or exc.detail, param_hint=option) from None
 
-    async def go():
-        async with ctx.runtime() as rt:
-            return await collect(lambda page: rt.certificates.list(page, filters), limit=limit, cursor=cursor,
-                                 all_rows=all_rows, kinds=inventory.CERT_KEY)
-
-    rows, more = run(go())
+    rows, more = ctx.read(lambda stores: collect(lambda page: stores.certificates.list(page, filters), limit=limit,
+                                                 cursor=cursor, all_rows=all_rows, kinds=CERT_KEY))
     if fmt == "json":
         click.echo(json.dumps([summary(r) for r in rows], indent=2))
     else:

@@ -1,17 +1,21 @@
 """What every `scep-server` command shares: settings from the global options, services opened per command.
 
 A command opens only the services it uses: ``async with ctx.runtime(Uses(...)) as rt`` (see
-:class:`scep_server.runtime.Uses`; without an argument, the core: engine, profiles, tokens, revocation).
+:class:`scep_server.runtime.Uses`; without an argument, the core: engine, profiles, tokens, revocation). A
+command that only lists profiles or certificates reads through ``ctx.read(...)``, which on the embedded SQLite
+database opens no service at all (scep_server.store.sqlitereads).
 This module and the command modules import the rest of the application on use, so `--help` stays quick.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Coroutine, TypeVar
 
 import click
 
 from . import importhooks
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -49,6 +53,23 @@ class Context:
             raise click.ClickException(str(exc)) from None
 
 
+    def read(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """``fn(stores)`` for a listing command that reads ``stores.profiles.page`` or ``stores.certificates.list``:
+        on the embedded SQLite database the standard library's sqlite3 reads (scep_server.store.sqlitereads; no
+        SQLAlchemy, no services, and no event loop: those reads never wait), elsewhere the runtime's stores."""
+        from .store.sqlitereads import open_reads
+
+        reader = open_reads(self.settings())
+        if reader is None:
+            async def go() -> T:
+                async with self.runtime() as rt:
+                    return await fn(rt)
+
+            return run(go())
+        with reader:
+            return complete(fn(reader))
+
+
 def cli_actor() -> str:
     """The actor of a change made on the command line: ``cli:<os user>`` (``cli`` where no user name exists)."""
     import getpass
@@ -63,6 +84,17 @@ def run(coro):
     import asyncio
 
     return asyncio.run(coro)
+
+
+def complete(coro: Coroutine[Any, Any, T]) -> T:
+    """The result of a coroutine that never waits for anything (asyncio is not even imported): RuntimeError if it
+    does wait."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("the coroutine waited: it needs an event loop (run)")
 
 
 pass_ctx = click.make_pass_decorator(Context)

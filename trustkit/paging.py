@@ -22,12 +22,13 @@ import binascii
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Generic, Mapping, Sequence, TypeVar
-
-import sqlalchemy as sa
+from typing import TYPE_CHECKING, Any, Callable, Generic, Mapping, Sequence, TypeVar
 
 from .clock import aware
 from .problems import BadRequest
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -108,6 +109,8 @@ def after(columns: Sequence[sa.ColumnElement], key: Sequence[Any] | None, *,
     The bound is what makes a page an index range: PostgreSQL takes no condition of an OR as an index bound,
     so without it an ordered index scan starts at the list's beginning and filters every row before the
     cursor (a page deep in a list costs what all the rows before it cost); SQLite starts at the bound too."""
+    import sqlalchemy as sa  # here: the pages' other helpers serve readers that do not use SQLAlchemy
+
     if key is None:
         return sa.true()
     if len(columns) != len(key):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -23,6 +22,7 @@ from trustkit.paging import Page, PageRequest
 from trustkit.problems import Conflict, NotFound
 
 from ..store.tables import cas, certificates
+from .records import CERT_KEY, CertRecord, record_from_row, serial_hex  # noqa: F401 - re-exported
 from .status import LISTED, CertStatus
 
 
@@ -42,46 +42,8 @@ class InvalidTransition(InventoryError, Conflict):
     code = "invalid_transition"
 
 
-@dataclass(frozen=True)
-class CertRecord:
-    serial: str
-    ca: str
-    profile: str | None
-    subject: str
-    sans: list[str]
-    not_before: datetime
-    not_after: datetime
-    status: CertStatus
-    revocation_reason: int | None
-    revoked_at: datetime | None
-    invalidity_date: datetime | None
-    transaction_id: str | None
-    fingerprint_sha256: str
-    public_key_sha256: str
-    der: bytes
-    issued_at: datetime
-    first_used_at: datetime | None
-    renewal_of: str | None = None
-    unused_since: datetime | None = None
-    enrolled_device_id: str | None = None
-
-
-def serial_hex(serial: int) -> str:
-    return format(serial, "x")
-
-
 def _record(row) -> CertRecord:
-    m = row._mapping
-    return CertRecord(
-        serial=m["serial"], ca=m["ca"], profile=m["profile"], subject=m["subject"], sans=json.loads(m["sans"]),
-        not_before=aware(m["not_before"]), not_after=aware(m["not_after"]), status=CertStatus(m["status"]),
-        revocation_reason=m["revocation_reason"], revoked_at=aware(m["revoked_at"]),
-        invalidity_date=aware(m["invalidity_date"]), transaction_id=m["transaction_id"],
-        fingerprint_sha256=m["fingerprint_sha256"], public_key_sha256=m["public_key_sha256"], der=m["der"],
-        issued_at=aware(m["issued_at"]), first_used_at=aware(m["first_used_at"]),
-        renewal_of=m["renewal_of"], unused_since=aware(m["unused_since"]),
-        enrolled_device_id=m["enrolled_device_id"],
-    )
+    return record_from_row(row._mapping)
 
 
 async def get(conn: AsyncConnection, serial: str) -> CertRecord | None:
@@ -93,10 +55,6 @@ async def get_by_fingerprint(conn: AsyncConnection, fingerprint_sha256: str) -> 
     row = (await conn.execute(
         sa.select(certificates).where(certificates.c.fingerprint_sha256 == fingerprint_sha256))).first()
     return _record(row) if row else None
-
-
-CERT_KEY = (datetime, str)
-"""The kinds of a certificate list's cursor: newest first by issue time, then by serial."""
 
 
 async def list_certs(conn: AsyncConnection, page: PageRequest, *, status: str | None = None,

@@ -34,9 +34,9 @@ def _env(**extra: str) -> dict[str, str]:
             **extra}
 
 
-def _run(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
-    out = subprocess.run([sys.executable, "-c", REPORT, *args], env=_env(), capture_output=True, text=True,
-                         timeout=120)
+def _run(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, set[str]]:
+    out = subprocess.run([sys.executable, "-c", REPORT, *args], env=_env(**(env or {})), capture_output=True,
+                         text=True, timeout=120)
     return out, set(json.loads(out.stderr.rpartition("MODULES ")[2].splitlines()[0]))
 
 
@@ -59,14 +59,39 @@ def _loaded(modules: set[str], names: tuple[str, ...]) -> list[str]:
                                                                          for n in names))
 
 
-@pytest.mark.parametrize("args", [
-    ["profile", "list"], ["cert", "list"], ["yubikey", "report"], ["token", "create", "--scope", "admin"],
-    ["cert", "list", "--status", "revoked", "--format", "json"],
-], ids=" ".join)
+@pytest.mark.parametrize("args", [["yubikey", "report"], ["token", "create", "--scope", "admin"]], ids=" ".join)
 def test_read_commands_import_neither_orm_nor_rich_nor_pydantic_settings(data_dir, args):
     modules = _modules(data_dir, *args)
     assert "sqlalchemy.ext.asyncio" in modules and "pydantic" in modules  # they did run
     assert _loaded(modules, NEVER) == []
+
+
+LISTS = [["profile", "list"], ["cert", "list"], ["cert", "list", "--status", "revoked", "--format", "json"],
+         ["cert", "list", "--device", "dev-1", "--all"], ["profile", "list", "--limit", "1"]]
+
+
+@pytest.mark.parametrize("args", LISTS, ids=" ".join)
+def test_listing_commands_on_sqlite_import_no_sqlalchemy(data_dir, args):
+    """On the embedded SQLite database the listing commands read through sqlite3 (scep_server.store.sqlitereads)."""
+    modules = _modules(data_dir, *args)
+    assert "scep_server.store.sqlitereads" in modules and "sqlite3" in modules  # they did run, and read
+    assert _loaded(modules, ("sqlalchemy", "aiosqlite", "asyncpg", *NEVER)) == []
+    # no services, no logging set-up, and no event loop (the sqlite3 reads never wait): not even asyncio or ssl
+    assert _loaded(modules, ("scep_server.runtime", "scep_server.tokens", "structlog", "asyncio", "ssl")) == []
+
+
+def test_profile_list_loads_no_certificate_checks(data_dir):
+    """The profiles' settings need the template's model only, not the CSR checks (X.509, RE2, the SCEP codec)."""
+    modules = _modules(data_dir, "profile", "list")
+    assert "scep_server.ca.template" in modules
+    assert _loaded(modules, ("cryptography", "re2", "scep_server.ca.policy", "scep_server.scep")) == []
+
+
+def test_listing_commands_with_the_audit_chain_open_the_runtime(data_dir):
+    """The runtime seals the audit chain's backlog when a command ends: with the chain on, a list opens it."""
+    out, modules = _run("--data-dir", str(data_dir), "profile", "list", env={"SCEP_SERVER_AUDIT__CHAIN": "true"})
+    assert out.returncode == 0 and out.stdout.startswith("default\t"), out.stderr
+    assert "sqlalchemy.ext.asyncio" in modules and "scep_server.runtime" in modules
 
 
 @pytest.mark.parametrize("args", [
