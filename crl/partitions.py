@@ -31,7 +31,7 @@ from trustkit.db import writer
 
 from .build import Entry, Issuer, Scope
 from .config import CrlSettings
-from .publish import PublishError, Publisher, PublisherHealth, RecordedHook
+from .publish import PublishError, Publisher, PublisherHealth, RecordedHook, idle
 from .signing import CrlSigner
 from .tables import crl_partitioning, crl_state
 
@@ -241,14 +241,8 @@ class PartitionSet:
                 if self._seconds_until_work() <= 0:
                     await self.publish_due()
                     continue
-                wait = min(self._seconds_until_work(), next_poll - time.monotonic())
-                self._wake.clear()
-                if wait > 0 and not self._poll_requested:
-                    try:
-                        async with asyncio.timeout(wait):
-                            await self._wake.wait()
-                    except TimeoutError:
-                        pass
+                await idle(self._wake, min(self._seconds_until_work(), next_poll - time.monotonic()),
+                           skip=self._poll_requested)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the loop must outlive a database hiccup

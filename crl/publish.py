@@ -72,6 +72,18 @@ class PublishedCrl:
         return f'"{self.number:x}-{self.sha256[:16]}"'
 
 
+async def idle(wake: asyncio.Event, seconds: float, *, skip: bool = False) -> None:
+    """A publishing loop's rest: until `wake` is set or `seconds` have passed (at once when there is no time
+    left or `skip`, a poll asked for meanwhile)."""
+    wake.clear()
+    if seconds > 0 and not skip:
+        try:
+            async with asyncio.timeout(seconds):
+                await wake.wait()
+        except TimeoutError:
+            pass
+
+
 @dataclass(frozen=True)
 class PublisherHealth:
     """Readiness of one publisher: `ready` while a CRL whose nextUpdate is in the future is being served."""
@@ -385,14 +397,8 @@ class Publisher:
                     except PublishError:
                         pass  # logged, reflected in health(); retried after retry_interval
                     continue
-                wait = min(self._seconds_until_work(), next_poll - time.monotonic())
-                self._wake.clear()
-                if wait > 0 and not self._poll_requested:
-                    try:
-                        async with asyncio.timeout(wait):
-                            await self._wake.wait()
-                    except TimeoutError:
-                        pass
+                await idle(self._wake, min(self._seconds_until_work(), next_poll - time.monotonic()),
+                           skip=self._poll_requested)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the loop must outlive a database hiccup
