@@ -14,12 +14,14 @@ from trustkit.clipaging import collect, paging_options, say_more
 
 if TYPE_CHECKING:
     from .service import ImportResult, OtpService
+    from .sqlitereads import OtpReads
 
 T = TypeVar("T")
 
-# the choices of the options, spelled here so that building the commands imports nothing else of the
-# package (`--help` stays quick); they are otp.tables.STATUSES and otp.report.FORMATS
-STATUSES = ("UNASSIGNED", "ACTIVE", "REVOKED")
+from .statuses import STATUSES
+
+# the formats, spelled here so that building the commands imports no more of the package (`--help` stays
+# quick); they are otp.report.FORMATS
 FORMATS = ("table", "csv", "json")
 # the stages of an import's progress (OtpService.import_secrets) as the bars name them
 IMPORT_STAGES = {"read": "reading lines", "seal": "sealing keys", "write": "writing keys"}
@@ -66,8 +68,11 @@ def _print_issues(result: "ImportResult") -> None:
         click.echo(f"skipped: {issue}", err=True)
 
 
-def build_cli(open_service: OpenService) -> list[click.Group]:
-    """The `yubikey` and `otp-client` command groups, each command running on `open_service()`."""
+def build_cli(open_service: OpenService,
+              open_reads: Callable[[], "OtpReads | None"] | None = None) -> list[click.Group]:
+    """The `yubikey` and `otp-client` command groups, each command running on `open_service()`; `yubikey report`
+    reads through ``open_reads()`` instead where it returns a reader (the application's database is a SQLite
+    file it may read directly: otp.sqlitereads)."""
 
     def run(op: Callable[["OtpService"], Awaitable[T]], *, with_kek: bool = True) -> T:
         import asyncio
@@ -140,11 +145,23 @@ def build_cli(open_service: OpenService) -> list[click.Group]:
         except OtpError as exc:
             raise click.UsageError(exc.detail) from None
 
-        async def pages(s: "OtpService") -> tuple[list[Any], str | None]:
+        async def pages(s: "OtpService | OtpReads") -> tuple[list[Any], str | None]:
             return await collect(lambda page: s.report_page(flt, page, with_history=fmt == "json"), limit=limit,
                                  cursor=cursor, all_rows=all_rows, kinds=REPORT_KEY)
 
-        rows, more = run(pages, with_kek=False)
+        reads = open_reads() if open_reads is not None else None
+        if reads is None:
+            rows, more = run(pages, with_kek=False)
+        else:
+            import sqlite3
+
+            from trustkit.sqlitereads import complete
+
+            try:
+                with reads:
+                    rows, more = complete(pages(reads))
+            except sqlite3.Error as exc:
+                raise click.ClickException(f"database error: {exc.__class__.__name__}: {exc}") from None
         click.echo(render(rows, fmt), nl=False)
         say_more(more, len(rows))
 

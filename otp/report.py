@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from trustkit import spreadsheet
 
 from .errors import InvalidInput
-from .tables import STATUSES
+from .statuses import STATUSES
 
 FORMATS = ("table", "csv", "json")
 
@@ -216,3 +216,22 @@ def render(rows: list[KeyReport], fmt: str) -> str:
     if fmt == "table":
         return render_table(rows)
     raise InvalidInput(f"format must be one of {', '.join(FORMATS)}")
+
+
+def key_reports(rows: list[dict[str, Any]], history: Mapping[int, list[dict[str, Any]]] | None) -> list[KeyReport]:
+    """The report's rows from the store's key rows (otp.store.OtpStore.report_rows) and, unless None, their
+    events by key id (OtpStore.history): the import first, then the key's events in order."""
+    out = []
+    for r in rows:
+        events: tuple[dict[str, Any], ...] = ()
+        if history is not None:
+            events = ({"at": r["imported_at"], "event": "otp.key.imported", "user": None, "actor": r["actor"],
+                       "client_id": None, "source": None, "detail": {"import_id": r["import_id"], "format": r["format"]}},
+                      *history.get(r["id"], []))
+        out.append(KeyReport(
+            serial=r["serial"], public_id=r["public_id"], status=r["status"], user=r["user_name"],
+            last_user=r["last_user"], imported_at=r["imported_at"], enrolled_at=r["enrolled_at"],
+            last_used_at=r["last_used_at"], revoked_at=r["revoked_at"], deleted_at=r["deleted_at"],
+            blocked_until=r["blocked_until"], import_id=r["import_id"], import_format=r["format"],
+            history=events, key_id=r["id"]))
+    return out

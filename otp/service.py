@@ -24,7 +24,7 @@ from . import yubico
 from .config import OtpSettings, ThrottleSettings
 from .errors import REASON_TEXT, BackendError, Conflict, InvalidInput, NotFound, Reason
 from .kek import KekError, SecretBox
-from .report import KeyReport, ReportFilter
+from .report import KeyReport, ReportFilter, key_reports
 from .secrets_csv import LineIssue, SecretRecord, parse_secrets
 from .store import BACKEND_ERRORS, ClientRow, CounterUpdate, KeyMaterial, KeyState, NewKey, OtpStore
 from .tables import ACTIVE, REVOKED, UNASSIGNED, otp_yubikeys
@@ -656,19 +656,8 @@ class OtpService:
                       with_history: bool) -> list[KeyReport]:
         """Keys matching the filters, ordered by serial; every key ever assigned stays listed."""
         rows = await self.store.report_rows(self._where(flt), limit, start)
-        history = await self.store.history([r["id"] for r in rows]) if with_history else {}
-        out = []
-        for r in rows:
-            events = [{"at": r["imported_at"], "event": "otp.key.imported", "user": None, "actor": r["actor"],
-                       "client_id": None, "source": None, "detail": {"import_id": r["import_id"], "format": r["format"]}}]
-            events += history.get(r["id"], [])
-            out.append(KeyReport(
-                serial=r["serial"], public_id=r["public_id"], status=r["status"], user=r["user_name"],
-                last_user=r["last_user"], imported_at=r["imported_at"], enrolled_at=r["enrolled_at"],
-                last_used_at=r["last_used_at"], revoked_at=r["revoked_at"], deleted_at=r["deleted_at"],
-                blocked_until=r["blocked_until"], import_id=r["import_id"], import_format=r["format"],
-                history=tuple(events) if with_history else (), key_id=r["id"]))
-        return out
+        history = await self.store.history([r["id"] for r in rows]) if with_history else None
+        return key_reports(rows, history)
 
     async def _live_report(self, serial: int) -> KeyReport:
         rows = await self.report(ReportFilter(serial=serial, include_deleted=False))

@@ -7,11 +7,7 @@ metadata = sa.MetaData()
 
 TS = sa.DateTime(timezone=True)
 
-# Key statuses of the YubiKey report (Okta "YubiKey" page): imported, enrolled by a user, revoked.
-UNASSIGNED = "UNASSIGNED"
-ACTIVE = "ACTIVE"
-REVOKED = "REVOKED"
-STATUSES = (UNASSIGNED, ACTIVE, REVOKED)
+from .statuses import ACTIVE, REVOKED, STATUSES, UNASSIGNED  # noqa: F401 - the tables' users import them here
 
 otp_imports = sa.Table(
     "otp_imports",

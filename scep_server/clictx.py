@@ -9,7 +9,7 @@ This module and the command modules import the rest of the application on use, s
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Coroutine, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import click
 
@@ -57,6 +57,8 @@ class Context:
         """``fn(stores)`` for a listing command that reads ``stores.profiles.page`` or ``stores.certificates.list``:
         on the embedded SQLite database the standard library's sqlite3 reads (scep_server.store.sqlitereads; no
         SQLAlchemy, no services, and no event loop: those reads never wait), elsewhere the runtime's stores."""
+        from trustkit.sqlitereads import complete
+
         from .store.sqlitereads import open_reads
 
         reader = open_reads(self.settings())
@@ -84,17 +86,6 @@ def run(coro):
     import asyncio
 
     return asyncio.run(coro)
-
-
-def complete(coro: Coroutine[Any, Any, T]) -> T:
-    """The result of a coroutine that never waits for anything (asyncio is not even imported): RuntimeError if it
-    does wait."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value
-    coro.close()
-    raise RuntimeError("the coroutine waited: it needs an event loop (run)")
 
 
 pass_ctx = click.make_pass_decorator(Context)

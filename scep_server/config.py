@@ -458,6 +458,12 @@ class Settings(BaseModel):
         return self.data_dir / "ca" / (name or self.ca.name)
 
 
+def enabled(settings: Settings, capability: str) -> bool:
+    """Whether an optional capability ("otp", "binding", "challenge") is switched on; the others always are."""
+    section = getattr(settings, capability, None)
+    return bool(getattr(section, "enabled", True))
+
+
 def _format_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():

@@ -23,7 +23,7 @@ from trustkit.clock import Clock, utcnow
 from trustkit.db import create_engine
 
 from .ca.names import ca_names
-from .config import Settings
+from .config import Settings, enabled  # noqa: F401 - enabled: named here by the capabilities
 from .tokens import TokenStore
 
 if TYPE_CHECKING:
@@ -96,12 +96,6 @@ class Uses:
         """Add what the services asked for depend on (the services that sign need the CA keys)."""
         return dataclasses.replace(self, ca_keys=self.ca_keys or self.scep or self.crl or self.ocsp,
                                    revocation=self.revocation or self.scep or self.crl or self.ocsp or self.binding)
-
-
-def enabled(settings: Settings, capability: str) -> bool:
-    """Whether an optional capability ("otp", "binding", "challenge") is switched on; the others always are."""
-    section = getattr(settings, capability, None)
-    return bool(getattr(section, "enabled", True))
 
 
 @dataclass

@@ -12,6 +12,7 @@ from ..clictx import Context
 
 if TYPE_CHECKING:
     from otp.service import OtpService
+    from otp.sqlitereads import OtpReads
 
 
 @contextlib.asynccontextmanager
@@ -27,7 +28,31 @@ async def _open_service(*, with_kek: bool = True) -> AsyncIterator["OtpService"]
         yield runtime.otp
 
 
-yubikey, otp_client = build_cli(_open_service)
+def _open_reads() -> "OtpReads | None":
+    """The report's sqlite3 reader where the listing commands read directly (scep_server.store.sqlitereads) and
+    the capability is on and its key-encryption key file is in place; None: the command opens the service, which
+    names a capability switched off or a key-encryption key lost while keys are sealed under it."""
+    from ..config import enabled
+    from ..store.sqlitereads import reads_path
+
+    ctx = click.get_current_context().find_object(Context)
+    if ctx is None or not enabled(ctx.settings(), "otp"):
+        return None
+    settings = ctx.settings()
+    kek = settings.otp.kek_path(settings.data_dir)
+    path = reads_path(settings)
+    if path is None:
+        return None
+    from otp.sqlitereads import OtpReads
+
+    reads = OtpReads(path)
+    if kek is not None and not kek.exists() and reads.sealed_count():
+        reads.close()
+        return None
+    return reads
+
+
+yubikey, otp_client = build_cli(_open_service, _open_reads)
 
 
 @click.group("otp")
@@ -61,7 +86,8 @@ def kek_rotate() -> None:
 
     from ..ca.keys import durable_write, fsync_directory
     from ..clictx import cli_actor
-    from ..runtime import Uses, enabled
+    from ..config import enabled
+    from ..runtime import Uses
     from ..store.events import record_event
 
     ctx = click.get_current_context().find_object(Context)

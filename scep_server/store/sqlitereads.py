@@ -15,71 +15,18 @@ missing file) returns None and the command opens the runtime as before.
 """
 from __future__ import annotations
 
-import re
-import sqlite3
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from trustkit.paging import Page, PageRequest, take
+from trustkit.sqlitereads import after, bind_time, connect, parse_times, sqlite_path
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from ..ca.records import CertFilter, CertRecord
     from ..config import Settings
     from ..profilemodel import Profile
-
-# the URLs this reader takes: sqlite:///PATH with the default or one of the SQLite drivers, nothing after the path
-_SQLITE_URL = re.compile(r"\Asqlite(?:\+aiosqlite|\+pysqlite)?:///([^?#%]+)\Z")
-BUSY_TIMEOUT_SECONDS = 30  # as trustkit.db's engines: wait for a writer's lock rather than fail
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The database file of a SQLite URL this reader takes, or None."""
-    m = _SQLITE_URL.match(url)
-    if m is None or m.group(1) == ":memory:":
-        return None
-    return Path(m.group(1))
-
-
-def bind_time(value: datetime) -> str:
-    """A time as SQLAlchemy's SQLite dialect binds and stores it (the fields as given, no offset)."""
-    return (f"{value.year:04d}-{value.month:02d}-{value.day:02d} {value.hour:02d}:{value.minute:02d}:"
-            f"{value.second:02d}.{value.microsecond:06d}")
-
-
-def _value(value: Any) -> Any:
-    return bind_time(value) if isinstance(value, datetime) else value
-
-
-def after(columns: Sequence[str], key: Sequence[Any] | None, *, descending: bool = False
-          ) -> tuple[str, list[Any]]:
-    """:func:`trustkit.paging.after` as SQL text and parameters: the redundant bound, then the expanded OR."""
-    if key is None:
-        return "1 = 1", []
-    if len(columns) != len(key):
-        raise ValueError("the key and the columns differ in length")
-    op = "<" if descending else ">"
-    clauses, params = [], []
-    for i, column in enumerate(columns):
-        parts = [f"{c} = ?" for c in columns[:i]] + [f"{column} {op} ?"]
-        clauses.append("(" + " AND ".join(parts) + ")")
-        params += [_value(v) for v in key[:i]] + [_value(key[i])]
-    if len(columns) == 1:
-        return clauses[0], params
-    bound = f"{columns[0]} {'<=' if descending else '>='} ?"
-    return f"{bound} AND ({' OR '.join(clauses)})", [_value(key[0]), *params]
-
-
-def _row_factory(cursor: sqlite3.Cursor, row: tuple) -> dict[str, Any]:
-    return {d[0]: v for d, v in zip(cursor.description, row)}
-
-
-def _times(row: dict[str, Any], columns: Sequence[str]) -> dict[str, Any]:
-    """The time columns parsed as SQLAlchemy's SQLite dialect reads them (naive; the models make them UTC)."""
-    for c in columns:
-        if isinstance(row[c], str):
-            row[c] = datetime.fromisoformat(row[c])
-    return row
 
 
 class ProfileReads:
@@ -150,7 +97,7 @@ class CertificateReads:
             params.append(f.profile)
         sql = (f"SELECT * FROM certificates WHERE {' AND '.join(where)} "
                "ORDER BY issued_at DESC, serial DESC LIMIT ?")
-        rows = [record_from_row(_times(r, CERT_TIMES)) for r in self._conn.execute(sql, [*params, page.limit + 1])]
+        rows = [record_from_row(parse_times(r, CERT_TIMES)) for r in self._conn.execute(sql, [*params, page.limit + 1])]
         return take(rows, page.limit, key=lambda r: (r.issued_at, r.serial))
 
 
@@ -158,8 +105,7 @@ class SqliteReads:
     """One sqlite3 connection (autocommit, as the engines' connections) and the stores' reads over it."""
 
     def __init__(self, path: Path, *, device_links: bool) -> None:
-        self._conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
-        self._conn.row_factory = _row_factory
+        self._conn = connect(path)
         self.profiles = ProfileReads(self._conn)
         self.certificates = CertificateReads(self._conn, device_links=device_links)
 
@@ -173,12 +119,18 @@ class SqliteReads:
         self.close()
 
 
-def open_reads(settings: "Settings") -> SqliteReads | None:
-    """The sqlite3 reader of this deployment's database, or None where the runtime's stores must read (see the
-    module's docstring)."""
+def reads_path(settings: "Settings") -> Path | None:
+    """The database file a command of this deployment may read through sqlite3, or None where the runtime's
+    stores must read (see the module's docstring)."""
     if settings.audit.chain or not (settings.ca_dir() / "ca.crt").exists():
         return None  # the runtime seals on exit / names the missing CA as every command does
     path = sqlite_path(settings.database_url())
     if path is None or not path.is_file():
         return None
-    return SqliteReads(path, device_links=bool(getattr(settings.binding, "enabled", True)))
+    return path
+
+
+def open_reads(settings: "Settings") -> SqliteReads | None:
+    """The sqlite3 reader of this deployment's database, or None where the runtime's stores must read."""
+    path = reads_path(settings)
+    return None if path is None else SqliteReads(path, device_links=bool(getattr(settings.binding, "enabled", True)))

@@ -221,7 +221,7 @@ def test_listing_commands_print_the_same_through_either_reader(listed, monkeypat
 def test_a_coroutine_that_waits_is_not_completed_without_an_event_loop():
     import asyncio
 
-    from scep_server.clictx import complete
+    from trustkit.sqlitereads import complete
 
     async def reads():
         return 42

@@ -214,3 +214,44 @@ def test_database_failure_is_exit_1(cli, tmp_path):
     other = Cli(cli.data_dir, f"sqlite+aiosqlite:///{tmp_path}/not-migrated.db")
     r = other("yubikey", "report")
     assert r.exit_code == 1 and "database error" in r.stderr and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the sqlite3 reader is for a SQLite file only
+def test_report_prints_the_same_through_either_reader(cli, monkeypatch):
+    """On a SQLite file `yubikey report` reads through sqlite3 (otp.sqlitereads): what it prints is what the
+    service prints, page by page and in every format."""
+    from otp import sqlitereads as otp_reads
+    from scep_server.store import sqlitereads
+
+    keys = [make_key(40 + i) for i in range(5)]
+    assert cli("yubikey", "import", "-", input=secrets_file(keys).decode()).exit_code == 0
+    cli.run(lambda s: s.verify_signin("quinn", keys[1].otp()))
+    cli.run(lambda s: s.verify_signin("rosa", keys[3].otp()))
+    assert cli("yubikey", "revoke", "43").exit_code == 0
+    assert cli("yubikey", "delete", "43").exit_code == 0
+    opened, printed = [], {}
+    real = otp_reads.OtpReads
+    monkeypatch.setattr(otp_reads, "OtpReads", lambda path: opened.append(real(path)) or opened[-1])
+    for args in (["yubikey", "report"], ["yubikey", "report", "--format", "json"],
+                 ["yubikey", "report", "--format", "csv", "--exclude-deleted"], ["yubikey", "report", "--limit", "2"],
+                 ["yubikey", "report", "--limit", "2", "--all", "--format", "json"],
+                 ["yubikey", "report", "--user", "rosa", "--format", "json"], ["yubikey", "report", "--status", "active"]):
+        del opened[:]
+        fast = cli(*args)
+        assert fast.exit_code == 0 and len(opened) == 1, (args, fast.output)  # read through sqlite3
+        with monkeypatch.context() as m:
+            m.setattr(sqlitereads, "reads_path", lambda settings: None)
+            slow = cli(*args)
+        assert len(opened) == 1  # the service read
+        assert (slow.exit_code, slow.stdout, slow.stderr) == (0, fast.stdout, fast.stderr), args
+        printed[args[-1]] = fast.stdout
+    assert "quinn" in printed["active"] and "rosa" not in printed["active"]
+    assert '"count": 1' in printed["json"] and '"deleted_at": "' in printed["json"]  # rosa's deleted key
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_report_with_the_capability_off_is_refused_on_either_path(cli):
+    r = cli.runner.invoke(main, ["--data-dir", str(cli.data_dir), "yubikey", "report"],
+                          env={"SCEP_SERVER_DATABASE__URL": cli.db_url, "SCEP_SERVER_CONFIG": None,
+                               "SCEP_SERVER_OTP__ENABLED": "false"})
+    assert r.exit_code == 1 and "otp" in r.stderr, r.output
