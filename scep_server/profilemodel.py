@@ -10,11 +10,22 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .ca.template import CertificateTemplate, compile_pattern
+
+
+@dataclass(frozen=True)
+class StaticSecrets:
+    """A static profile's secrets as stored (SHA-256 hex): the current one, and the previous one with the end of
+    its grace period after a rotation (aware)."""
+
+    current_sha256: str | None
+    previous_sha256: str | None
+    previous_until: datetime | None
 
 if TYPE_CHECKING:
     from .ca.policy import IssuancePolicy

@@ -23,7 +23,7 @@ from trustkit.paging import Page, PageRequest, after, take
 
 from .profilemodel import (  # noqa: F401 - the profiles' model (scep_server.profilemodel), re-exported
     ChallengeKind, DeviceIdSource, InvalidSettings, NotStatic, Profile, ProfileError, ProfileExists, ProfileInUse,
-    ProfileSettings, STATIC_NAMES_NO_DEVICE, UnknownProfile, profile_from_row)
+    ProfileSettings, STATIC_NAMES_NO_DEVICE, StaticSecrets, UnknownProfile, profile_from_row)
 from .store.events import record_event
 from .store.tables import certificates, profiles, scep_transactions
 
@@ -31,6 +31,27 @@ NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # \Z: `$` also mat
 
 
 _log = structlog.get_logger("profiles")
+
+# a static profile's secrets as stored now (ProfileStore.static_secret_ok; the SQLite enrolment path runs the same
+# statement in its worker thread: scep_server.enrolment.sql)
+STATIC_SECRETS = sa.select(profiles.c.static_secret_sha256, profiles.c.previous_secret_sha256,
+                           profiles.c.previous_secret_until).where(
+    profiles.c.name == sa.bindparam("name"), profiles.c.challenge_kind == sa.literal_column("'static'"))
+
+
+def static_secret_matches(name: str, stored: StaticSecrets | None, challenge: str | None, now: datetime) -> bool:
+    """Whether `challenge` is profile `name`'s static secret (`stored`, read now; None: no such static profile),
+    or its previous one within the grace period after a rotation. Constant-time comparisons of the digests."""
+    if not challenge or stored is None:
+        return False
+    given = hashlib.sha256(challenge.encode()).hexdigest()
+    current = bool(stored.current_sha256) and hmac.compare_digest(given, stored.current_sha256)
+    previous = bool(stored.previous_sha256) and hmac.compare_digest(given, stored.previous_sha256)
+    until = stored.previous_until
+    if not current and previous and until is not None and now < until:
+        _log.warning("profile.previous_secret_used", profile=name, until=until.isoformat())
+        return True
+    return current
 MAX_GRACE = timedelta(days=30)
 """The longest a rotated static secret may keep working."""
 
@@ -147,25 +168,21 @@ class ProfileStore:
                                        .order_by(profiles.c.name).limit(request.limit + 1))).all()
         return take([_row_to_profile(r) for r in rows], request.limit, lambda p: (p.name,))
 
+    def static_secret_matches(self, name: str, stored: StaticSecrets | None, challenge: str | None) -> bool:
+        """:func:`static_secret_matches` now, on secrets the caller read (the SQLite enrolment path reads them in
+        its worker thread)."""
+        return static_secret_matches(name, stored, challenge, self._clock())
+
     async def static_secret_ok(self, name: str, challenge: str | None) -> bool:
         """Whether `challenge` is the static secret of profile `name` as stored now (read past the cache, so
         that a rotated secret or a deleted profile is refused at once by every process)."""
         if not challenge:
             return False
         async with self._engine.connect() as conn:
-            row = (await conn.execute(sa.select(
-                profiles.c.static_secret_sha256, profiles.c.previous_secret_sha256, profiles.c.previous_secret_until
-            ).where(profiles.c.name == name, profiles.c.challenge_kind == "static"))).first()
-        if row is None:
-            return False
-        given = hashlib.sha256(challenge.encode()).hexdigest()
-        current = bool(row.static_secret_sha256) and hmac.compare_digest(given, row.static_secret_sha256)
-        previous = bool(row.previous_secret_sha256) and hmac.compare_digest(given, row.previous_secret_sha256)
-        until = aware(row.previous_secret_until)
-        if not current and previous and until is not None and self._clock() < until:
-            _log.warning("profile.previous_secret_used", profile=name, until=until.isoformat())
-            return True
-        return current
+            row = (await conn.execute(STATIC_SECRETS, {"name": name})).first()
+        found = StaticSecrets(row.static_secret_sha256, row.previous_secret_sha256, aware(row.previous_secret_until)) \
+            if row is not None else None
+        return static_secret_matches(name, found, challenge, self._clock())
 
     async def create(self, name: str, *, ca: str, challenge_kind: ChallengeKind, now: datetime,
                      static_secret: str | None = None, settings: ProfileSettings | None = None,

@@ -22,14 +22,13 @@ from ..profiles import Profile, UnknownProfile
 from ..scep import message as codec
 from ..scep.types import FailInfo, MessageType, PKIStatus, SCEPFailure
 from .identity import NoDeviceId, device_id_of
-from .model import ChallengeRejected, ChallengeVerifier, EnrollmentRequest, Outcome, challenge_password, days
+from .model import (NOT_LOOKED_UP, ChallengeRejected, ChallengeVerifier, EnrollmentRequest, Outcome, challenge_password,
+                    days)
 
 if TYPE_CHECKING:
     from .service import ScepService
 
 log = structlog.get_logger("scep")
-
-NOT_LOOKED_UP = object()
 
 
 @dataclass
@@ -44,6 +43,7 @@ class Enrolment:
     public_key_sha256: str
     known: object = NOT_LOOKED_UP  # the transaction row when looked up in the decryption stage (None: none)
     policy_error: str | None = None  # the template's verdict, judged in the decryption stage
+    static_secrets: object = NOT_LOOKED_UP  # a static profile's secrets when read in the decryption stage
     signed_by_us: bool = False
     renewal_of: CertRecord | None = None  # the signing certificate, for a renewal
     device_id: str | None = None
@@ -58,7 +58,7 @@ class Enrolment:
         csr = self.content.csr
         return EnrollmentRequest(profile=self.profile, message=self.message, csr=csr, csr_der=self.content.der,
                                  challenge=challenge_password(csr), renewal_of=self.renewal_of,
-                                 device_id=self.device_id)
+                                 device_id=self.device_id, static_secrets=self.static_secrets)
 
 
 class Check(Protocol):

@@ -36,6 +36,9 @@ class CaNotLoaded(ServiceUnavailable):
     code = "ca_not_loaded"
 
 
+NOT_LOOKED_UP = object()  # a value the decryption stage did not read (the checks read it themselves)
+
+
 @dataclass(frozen=True)
 class EnrollmentRequest:
     """What challenge verifiers and hooks see of a PKCSReq/RenewalReq."""
@@ -48,6 +51,9 @@ class EnrollmentRequest:
     renewal_of: CertRecord | None
     # the device a trusted source named for this enrolment (challenge expectations, Intune, pre-registration)
     device_id: str | None = None
+    # a static profile's secrets (scep_server.profilemodel.StaticSecrets, None: no such static profile) as read in
+    # the decryption stage by an inline repository, or NOT_LOOKED_UP
+    static_secrets: object = NOT_LOOKED_UP
 
 
 class ChallengeVerifier(Protocol):
@@ -75,7 +81,9 @@ class StaticChallenge:
         if not req.challenge:
             raise ChallengeRejected("the CSR carries no challengePassword")
         fresh = getattr(self.profiles, "static_secret_ok", None)  # a store without it: the profile's own secret
-        if fresh is not None:
+        if fresh is not None and req.static_secrets is not NOT_LOOKED_UP:  # read in the decryption stage
+            ok = self.profiles.static_secret_matches(req.profile.name, req.static_secrets, req.challenge)
+        elif fresh is not None:
             ok = await fresh(req.profile.name, req.challenge)
         else:
             ok = req.profile.check_static_secret(req.challenge)

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Protocol
 
 from ..ca.inventory import CertRecord
+from ..profilemodel import StaticSecrets
 
 
 class Duplicate(Exception):
@@ -117,5 +118,8 @@ class InlineRepository(EnrolmentRepository, Protocol):
     """A repository whose lookups and writes run in the calling thread (``inline`` is True)."""
 
     def find_sync(self, profile: str, key: str) -> dict | None: ...
+
+    def static_secrets_sync(self, profile: str) -> StaticSecrets | None:
+        """The static profile's secrets as stored now (None: no static profile of that name)."""
 
     def record_sync(self, cert_row: dict, tx_row: dict, event: dict) -> None: ...

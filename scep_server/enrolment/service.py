@@ -163,9 +163,9 @@ class ScepService:
         opened = False
         await self.repository.prepare()
         try:
-            msg, inner, known, policy_error = await self._run(self._open, body, ca, profile)
+            msg, inner, known, policy_error, static_secrets = await self._run(self._open, body, ca, profile)
             opened = True
-            outcome = await self._dispatch(profile, ca, msg, inner, known, policy_error)
+            outcome = await self._dispatch(profile, ca, msg, inner, known, policy_error, static_secrets)
         except SCEPFailure as exc:
             if exc.message is None:
                 raise MalformedMessage(exc.text) from None
@@ -201,7 +201,7 @@ class ScepService:
         if content.cipher is ContentCipher.DES_CBC:
             log.warning("scep.single_des", profile=profile.name, transaction_id=msg.transaction_id,
                         message_type=type_name(msg.message_type))
-        known = NOT_LOOKED_UP
+        known = static_secrets = NOT_LOOKED_UP
         policy_error = None
         if content.csr is not None:
             self._check_signer_key(profile, ca, msg, content)
@@ -213,7 +213,9 @@ class ScepService:
                 policy_error = str(exc)
             if self.repository.inline:
                 known = self.repository.find_sync(profile.name, self.transaction_key(ca, msg))
-        return msg, content, known, policy_error
+                if profile.challenge_kind == "static":  # read now: the secret as stored, rotated or not
+                    static_secrets = self.repository.static_secrets_sync(profile.name)
+        return msg, content, known, policy_error, static_secrets
 
     def signed_by_us(self, ca: CertificateAuthority, msg: codec.PKIMessage) -> bool:
         """Signed by a certificate of ``ca``, or of another of our CAs (a CA that issued before a rollover: its
@@ -253,10 +255,11 @@ class ScepService:
                                     fail_text=outcome.fail_text, **kwargs)
 
     async def _dispatch(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
-                        inner: codec.RequestContent, known=NOT_LOOKED_UP, policy_error: str | None = None) -> Outcome:
+                        inner: codec.RequestContent, known=NOT_LOOKED_UP, policy_error: str | None = None,
+                        static_secrets=NOT_LOOKED_UP) -> Outcome:
         t = msg.message_type
         if t in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
-            return await self._enrol(profile, ca, msg, inner, known, policy_error)
+            return await self._enrol(profile, ca, msg, inner, known, policy_error, static_secrets)
         if t is MessageType.CERT_POLL:
             return await self._poll(profile, ca, msg, inner)
         if t is MessageType.GET_CERT:
@@ -266,12 +269,14 @@ class ScepService:
     # ------------------------------------------------------------------ enrolment
 
     async def _enrol(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
-                     content: codec.RequestContent, known=NOT_LOOKED_UP, policy_error: str | None = None) -> Outcome:
+                     content: codec.RequestContent, known=NOT_LOOKED_UP, policy_error: str | None = None,
+                     static_secrets=NOT_LOOKED_UP) -> Outcome:
         # parsed, key loaded and proof of possession checked in the decryption stage (codec.open_request)
         if self.refuse_issuing:  # before any check: no challenge is used up by a request that cannot succeed
             raise SCEPFailure(FailInfo.BAD_REQUEST, self.refuse_issuing, msg)
         e = Enrolment(profile=profile, ca=ca, message=msg, content=content, key=self.transaction_key(ca, msg),
                       public_key_sha256=inventory.public_key_sha256(content.public_key), known=known,
+                      static_secrets=static_secrets,
                       policy_error=policy_error, signed_by_us=self.signed_by_us(ca, msg))
         for check in self.checks:
             answer = await check(e)

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from trustkit import batching
+from trustkit.clock import aware
 from trustkit.db import is_sqlite, sqlite_pragmas, writer
 
 from ..binding.tables import device_certs, devices
@@ -26,8 +27,10 @@ from ..ca import inventory
 from ..ca.inventory import CertRecord, Reason
 from ..ca.revocation import change_status, lock_status
 from ..ca.status import CertStatus
+from ..profilemodel import StaticSecrets
+from ..profiles import STATIC_SECRETS
 from ..store.events import record_event
-from ..store.tables import certificates, events, scep_transactions
+from ..store.tables import certificates, events, profiles, scep_transactions
 from .repository import Binding, Duplicate, NotPending, SignerStanding, signer_changed
 
 _FIND_TRANSACTION = sa.select(scep_transactions).where(
@@ -311,6 +314,7 @@ class SqliteRepository(SqlRepository):
         self._queue_lock = threading.Lock()
         self._queue: list[_QueuedWrite] = []
         self._find: _Compiled | None = None
+        self._secrets: _Compiled | None = None
         self._record: list[_Compiled] = []
 
     async def prepare(self) -> None:
@@ -334,6 +338,22 @@ class SqliteRepository(SqlRepository):
             return self._find.row(cursor.fetchone())
         finally:
             raw.close()
+
+    def static_secrets_sync(self, profile: str) -> StaticSecrets | None:
+        assert self._sync is not None
+        if self._secrets is None:
+            self._secrets = _Compiled(STATIC_SECRETS, self._sync.dialect, [
+                profiles.c.static_secret_sha256, profiles.c.previous_secret_sha256, profiles.c.previous_secret_until])
+        raw = self._sync.raw_connection()
+        try:
+            row = self._secrets.row(raw.driver_connection.execute(
+                self._secrets.sql, self._secrets.params({"name": profile})).fetchone())
+        finally:
+            raw.close()
+        if row is None:
+            return None
+        return StaticSecrets(row["static_secret_sha256"], row["previous_secret_sha256"],
+                             aware(row["previous_secret_until"]))
 
     def record_sync(self, cert_row: dict, tx_row: dict, event: dict) -> None:
         """Record one issue durably; returns once the commit carrying it is on disk.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 from cryptography import x509
 
@@ -100,6 +101,28 @@ async def test_rotation_by_another_process_is_seen_at_once(server, admin, sessio
     created, _ = await _create(session, server, admin)
     old = created["secret"]
     assert (await enrol(session, server, "kiosk", rsa_key(), old, cn="warm")).status is PKIStatus.SUCCESS
+    engine = create_engine(server.settings.database_url())
+    try:
+        new = await ProfileStore(engine).rotate_secret("kiosk", now=server.runtime.clock(), actor="cli")
+    finally:
+        await engine.dispose()
+    assert (await enrol(session, server, "kiosk", rsa_key(), old, cn="old")).status is PKIStatus.FAILURE
+    assert (await enrol(session, server, "kiosk", rsa_key(), new, cn="new")).status is PKIStatus.SUCCESS
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_on_sqlite_the_secret_is_read_in_the_decryption_stage(server, admin, session, monkeypatch):
+    """On SQLite the enrolment's worker thread reads the secret as stored with its transaction lookup: no query
+    of its own on the event loop, and a rotation by another process is still refused at once."""
+    created, _ = await _create(session, server, admin)
+    old = created["secret"]
+
+    async def not_here(self, name, challenge):
+        raise AssertionError("the secret was read again on the event loop")
+
+    monkeypatch.setattr(ProfileStore, "static_secret_ok", not_here)
+    assert (await enrol(session, server, "kiosk", rsa_key(), old, cn="one")).status is PKIStatus.SUCCESS
+    assert (await enrol(session, server, "kiosk", rsa_key(), "wrong", cn="two")).status is PKIStatus.FAILURE
     engine = create_engine(server.settings.database_url())
     try:
         new = await ProfileStore(engine).rotate_secret("kiosk", now=server.runtime.clock(), actor="cli")
