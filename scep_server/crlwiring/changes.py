@@ -7,7 +7,10 @@
   ``resync`` since notifications sent meanwhile are lost.
 - SQLite has no notifications: one held connection reads ``PRAGMA data_version`` every
   ``SQLITE_INTERVAL`` seconds; the value changes when any other connection (of this process or another)
-  has committed, and only then is ``any`` reported, for the listener to run its "what changed" queries.
+  has committed. Only then does it look at what the commits brought, with the same payloads as PostgreSQL's
+  notifications: ``status`` when a status-change event is among the new audit events (ids only grow: SQLite
+  has one writer at a time), ``crl:<ca>`` for each CRL recorded since. Other writes (enrolments, above all)
+  cost one ``max(id)`` and one small read of ``crl_state``, and the listeners hear nothing.
 
 Either way, the periodic poll of each publisher (``crl.poll_interval``) stays as the safety net.
 """
@@ -19,7 +22,7 @@ from collections.abc import Callable
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ..store.events import CHANGES_CHANNEL
+from ..store.events import CHANGES_CHANNEL, STATUS_EVENTS
 
 log = structlog.get_logger("crl.changes")
 
@@ -113,15 +116,33 @@ class ChangeFeed:
                     pass
 
     async def _watch_sqlite(self, aconn) -> None:
-        async def data_version() -> int:
-            async with aconn.execute("PRAGMA data_version") as cur:
-                return (await cur.fetchone())[0]
+        async def one(sql: str, *params) -> int:
+            async with aconn.execute(sql, params) as cur:
+                return (await cur.fetchone())[0] or 0
 
-        seen = await data_version()
+        async def crls() -> dict[str, object]:
+            async with aconn.execute("SELECT ca, crl_number FROM crl_state") as cur:
+                return dict(await cur.fetchall())
+
+        seen = await one("PRAGMA data_version")
+        newest, recorded = await one("SELECT max(id) FROM events"), await crls()
         self._connected()
         while True:
             await asyncio.sleep(self.sqlite_interval)
-            now = await data_version()
-            if now != seen:
-                seen = now
-                self.listener("any")
+            now = await one("PRAGMA data_version")
+            if now == seen:
+                continue
+            seen = now
+            top = await one("SELECT max(id) FROM events")
+            if top > newest:
+                marks = ", ".join("?" * len(STATUS_EVENTS))
+                status = await one(f"SELECT count(*) FROM events WHERE id > ? AND kind IN ({marks})", newest,
+                                   *STATUS_EVENTS)
+                newest = top
+                if status:
+                    self.listener("status")
+            now_recorded = await crls()
+            for ca, number in now_recorded.items():
+                if recorded.get(ca) != number:
+                    self.listener(f"crl:{ca}")
+            recorded = now_recorded
