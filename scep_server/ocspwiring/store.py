@@ -4,7 +4,8 @@ Changes are found in the audit log: every status change records a status-change 
 transaction (`scep_server.ca.revocation.change_status`), and every issuance a ``pki.cert.issue`` event
 (a serial answered "unknown" before becomes known). Events are read by id above a floor; the floor trails
 the newest id seen by `WINDOW` ids, so that a transaction that took its id earlier but committed later
-(PostgreSQL sequences) is still seen; ids already handled are skipped.
+(PostgreSQL sequences) is still seen; ids already handled are skipped. SQLite has one writer at a time, so its
+ids are committed in order and the floor is the newest id itself.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class ChangeScanner:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.window = 0 if engine.dialect.name == "sqlite" else WINDOW
         self.newest = 0  # the highest event id seen
         self._seen: set[int] = set()  # ids handled above the floor
 
@@ -53,11 +55,11 @@ class ChangeScanner:
         """Everything before now counts as seen (nothing is cached yet)."""
         async with self.engine.connect() as conn:
             self.newest = int((await conn.execute(sa.select(sa.func.max(events.c.id)))).scalar() or 0)
-        self._seen = set(range(max(0, self.newest - WINDOW) + 1, self.newest + 1))
+        self._seen = set(range(max(0, self.newest - self.window) + 1, self.newest + 1))
 
     async def changed(self) -> set[str]:
         """The serials of the new events, with the certificates a renewal among them superseded."""
-        floor = max(0, self.newest - WINDOW)
+        floor = max(0, self.newest - self.window)
         e, c = events.c, certificates.c
         q = (sa.select(e.id, e.subject, c.renewal_of)
              .select_from(events.outerjoin(certificates, c.serial == e.subject))
@@ -76,6 +78,6 @@ class ChangeScanner:
             if row.renewal_of:
                 serials.add(row.renewal_of)
         self.newest = max(self.newest, int(top or 0))  # the floor follows every event, watched or not
-        floor = max(0, self.newest - WINDOW)
+        floor = max(0, self.newest - self.window)
         self._seen = {i for i in self._seen if i > floor}
         return serials
