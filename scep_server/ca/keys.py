@@ -96,6 +96,10 @@ class FileKey(SignsCertificates):
     def public_key(self) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
         return self._pub
 
+    def in_process_key(self) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+        """The private key object, for cryptography's builders (scep_server.ca.tbs.sign_certificate)."""
+        return self._key
+
     def sign(self, data: bytes, digest: hashes.HashAlgorithm) -> bytes:
         if isinstance(self._key, ec.EllipticCurvePrivateKey):
             return self._key.sign(data, ec.ECDSA(digest))

@@ -1,9 +1,11 @@
-"""Certificates signed from their TBSCertificate bytes: the one issuing path for every key backend.
+"""Certificates signed from their TBSCertificate bytes, for keys that only sign bytes (an HSM).
 
-cryptography's CertificateBuilder needs an in-process private key. Here the builder signs with a throwaway key
-of the CA key's family (RSA or EC), which yields the TBSCertificate with the right `signature` field
-(RFC 5280 §4.1.2.3); the throwaway signature is discarded, the TBS bytes are signed by the CA's KeyOps (a file
-key, an HSM key: anything that signs bytes), and the Certificate is assembled around them (§4.1.1).
+cryptography's CertificateBuilder needs an in-process private key. For a key that only signs bytes, the builder
+signs with a throwaway key of the CA key's family (RSA or EC), which yields the TBSCertificate with the right
+`signature` field (RFC 5280 §4.1.2.3); the throwaway signature is discarded, the TBS bytes are signed by the
+CA's KeyOps, and the Certificate is assembled around them (§4.1.1). A key held in process memory (a key file)
+hands the builder its private key instead (``in_process_key``): one signature, nothing re-parsed. Both give the
+same TBSCertificate (tests/app/test_tbs_issuance.py; with RSA PKCS#1 v1.5 the same bytes altogether).
 """
 from __future__ import annotations
 
@@ -74,6 +76,11 @@ def sign_certificate(builder: x509.CertificateBuilder, key, digest: hashes.HashA
     """Sign the certificate `builder` describes with `key` (KeyOps: `public_key()` and `sign(data, digest)`)."""
     public_key = key.public_key()
     digest = digest or digest_for(public_key)
+    in_process = getattr(key, "in_process_key", None)
+    if in_process is not None:
+        if (key_family(public_key), digest.name) not in _ALGORITHMS:
+            raise ValueError(f"no {key_family(public_key)} signature algorithm with {digest.name}")
+        return builder.sign(in_process(), digest)  # RSA: PKCS#1 v1.5, as KeyOps.sign
     tbs = tbs_certificate(builder, public_key, digest)
     return x509.load_der_x509_certificate(assemble(tbs, key.sign(tbs, digest)))
 

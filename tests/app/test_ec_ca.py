@@ -1,6 +1,7 @@
 """EC issuing CAs (P-256, P-384) with an RSA RA: creation, reloading, issuance, relying parties."""
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +12,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from scep_server.ca import tbs
 from scep_server.ca.authority import load_ca, random_serial
 from scep_server.ca.keys import FileKey
 from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
 from scep_server.cli import main
 from tests.factories import NOW, PASSPHRASE, csr, make_ca, pem, rsa_key
+from tests.app.test_tbs_issuance import BytesOnly
 from tests.helpers import require_tool
 
 SIGNATURE = {"rsa": x509.SignatureAlgorithmOID.RSA_WITH_SHA256,
@@ -53,15 +54,15 @@ def test_an_ec_ca_reloads_from_its_files_and_keeps_issuing(ec_ca):
     assert ca.issued_by_us(cert)
 
 
-def test_an_ec_tbs_is_the_one_the_builder_makes(ec_ca, monkeypatch):
+def test_an_ec_tbs_is_the_one_the_builder_makes(ec_ca):
     """ECDSA signatures are randomised: the TBS bytes and algorithm are compared, and both signatures verify."""
     _, _, ca = ec_ca
     request = csr(rsa_key(), "same", sans=[x509.DNSName("same.example.com")])
     policy = IssuancePolicy(CertificateTemplate(san_types=["dns"]))
-    ours = ca.issue(request, policy, serial=42, now=NOW)
-    monkeypatch.setattr(tbs, "sign_certificate", lambda b, key, digest=None: b.sign(
-        key._key, digest or tbs.digest_for(key.public_key())))
-    old = ca.issue(request, policy, serial=42, now=NOW)
+    signer = BytesOnly(ca.key)
+    ours = dataclasses.replace(ca, key=signer).issue(request, policy, serial=42, now=NOW)  # the TBS path
+    assert len(signer.calls) == 1
+    old = ca.issue(request, policy, serial=42, now=NOW)  # the key file's: the builder signs
     assert ours.tbs_certificate_bytes == old.tbs_certificate_bytes
     assert ours.signature_algorithm_oid == old.signature_algorithm_oid
     for cert in (ours, old):

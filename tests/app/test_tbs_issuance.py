@@ -1,4 +1,5 @@
-"""Certificates signed from their TBSCertificate bytes are the certificates the in-process builder made."""
+"""Certificates signed from their TBSCertificate bytes (a key that only signs bytes, as an HSM's) are the
+certificates the builder makes with an in-process private key (a key file's path)."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,11 +14,6 @@ from scep_server.ca import tbs
 from scep_server.ca.authority import random_serial
 from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
 from tests.factories import NOW, csr, make_ca, rsa_key
-
-
-def builder_signed(builder, key, digest=None):
-    """The former issuing path: cryptography's builder signs with the in-process private key."""
-    return builder.sign(key._key, digest or tbs.digest_for(key.public_key()))
 
 
 class BytesOnly:
@@ -43,12 +39,13 @@ def _policy() -> IssuancePolicy:
     return IssuancePolicy(CertificateTemplate(validity_days=30, san_types=["dns"]))
 
 
-def test_an_rsa_certificate_is_byte_identical_to_the_builder_signed_one(ca, monkeypatch):
+def test_an_rsa_certificate_is_byte_identical_to_the_builder_signed_one(ca):
     request = csr(rsa_key(), "same", sans=[x509.DNSName("same.example.com")])
     serial = random_serial()
-    ours = ca.issue(request, _policy(), serial=serial, now=NOW)
-    monkeypatch.setattr(tbs, "sign_certificate", builder_signed)
-    old = ca.issue(request, _policy(), serial=serial, now=NOW)
+    signer = BytesOnly(ca.key)
+    ours = dataclasses.replace(ca, key=signer).issue(request, _policy(), serial=serial, now=NOW)  # the TBS path
+    assert len(signer.calls) == 1
+    old = ca.issue(request, _policy(), serial=serial, now=NOW)  # the key file's: the builder signs
     # RSA PKCS#1 v1.5 is deterministic: the whole DER is the same, signature included
     assert ours.tbs_certificate_bytes == old.tbs_certificate_bytes
     assert ours.signature_algorithm_oid == old.signature_algorithm_oid == x509.SignatureAlgorithmOID.RSA_WITH_SHA256
