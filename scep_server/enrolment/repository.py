@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import Protocol
 
 from ..ca.inventory import CertRecord
-from ..profilemodel import StaticSecrets
 
 
 class Duplicate(Exception):
@@ -59,7 +58,7 @@ def signer_changed(status: str | None) -> SignerChanged:
 class EnrolmentRepository(Protocol):
     """The storage of the enrolment path."""
 
-    # True: find_sync and record_sync exist and may be called from the service's worker threads
+    # True: find_sync, lookup_sync and record_sync exist and may be called from the service's worker threads
     inline: bool
 
     async def prepare(self) -> None:
@@ -119,7 +118,8 @@ class InlineRepository(EnrolmentRepository, Protocol):
 
     def find_sync(self, profile: str, key: str) -> dict | None: ...
 
-    def static_secrets_sync(self, profile: str) -> StaticSecrets | None:
-        """The static profile's secrets as stored now (None: no static profile of that name)."""
+    def lookup_sync(self, profile: str, key: str, *, static_secrets: bool = False) -> tuple[dict | None, object]:
+        """``find_sync``'s row and, with ``static_secrets``, the static profile's secrets as stored now
+        (StaticSecrets; None: no static profile of that name; model.NOT_LOOKED_UP without)."""
 
     def record_sync(self, cert_row: dict, tx_row: dict, event: dict) -> None: ...

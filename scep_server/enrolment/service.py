@@ -212,9 +212,9 @@ class ScepService:
             except PolicyViolation as exc:
                 policy_error = str(exc)
             if self.repository.inline:
-                known = self.repository.find_sync(profile.name, self.transaction_key(ca, msg))
-                if profile.challenge_kind == "static":  # read now: the secret as stored, rotated or not
-                    static_secrets = self.repository.static_secrets_sync(profile.name)
+                # a static profile's secret is read now, as stored: rotated by another process or not
+                known, static_secrets = self.repository.lookup_sync(profile.name, self.transaction_key(ca, msg),
+                                                                    static_secrets=profile.challenge_kind == "static")
         return msg, content, known, policy_error, static_secrets
 
     def signed_by_us(self, ca: CertificateAuthority, msg: codec.PKIMessage) -> bool:

@@ -31,6 +31,7 @@ from ..profilemodel import StaticSecrets
 from ..profiles import STATIC_SECRETS
 from ..store.events import record_event
 from ..store.tables import certificates, events, profiles, scep_transactions
+from .model import NOT_LOOKED_UP
 from .repository import Binding, Duplicate, NotPending, SignerStanding, signer_changed
 
 _FIND_TRANSACTION = sa.select(scep_transactions).where(
@@ -330,30 +331,29 @@ class SqliteRepository(SqlRepository):
             weakref.finalize(self, sync.dispose)
 
     def find_sync(self, profile: str, key: str) -> dict | None:
-        assert self._sync is not None and self._find is not None
-        raw = self._sync.raw_connection()
-        try:
-            cursor = raw.driver_connection.execute(
-                self._find.sql, self._find.params({"profile": profile, "transaction_id": key}))
-            return self._find.row(cursor.fetchone())
-        finally:
-            raw.close()
+        return self.lookup_sync(profile, key)[0]
 
-    def static_secrets_sync(self, profile: str) -> StaticSecrets | None:
-        assert self._sync is not None
+    def lookup_sync(self, profile: str, key: str, *, static_secrets: bool = False) -> tuple[dict | None, object]:
+        """(the transaction row or None, and with ``static_secrets`` the static profile's secrets as stored now:
+        StaticSecrets, or None for no such static profile; NOT_LOOKED_UP without), on one connection."""
+        assert self._sync is not None and self._find is not None
         if self._secrets is None:
             self._secrets = _Compiled(STATIC_SECRETS, self._sync.dialect, [
                 profiles.c.static_secret_sha256, profiles.c.previous_secret_sha256, profiles.c.previous_secret_until])
+        secrets: object = NOT_LOOKED_UP
         raw = self._sync.raw_connection()
         try:
-            row = self._secrets.row(raw.driver_connection.execute(
-                self._secrets.sql, self._secrets.params({"name": profile})).fetchone())
+            db = raw.driver_connection
+            found = self._find.row(db.execute(
+                self._find.sql, self._find.params({"profile": profile, "transaction_id": key})).fetchone())
+            if static_secrets:
+                row = self._secrets.row(db.execute(self._secrets.sql,
+                                                   self._secrets.params({"name": profile})).fetchone())
+                secrets = None if row is None else StaticSecrets(
+                    row["static_secret_sha256"], row["previous_secret_sha256"], aware(row["previous_secret_until"]))
         finally:
             raw.close()
-        if row is None:
-            return None
-        return StaticSecrets(row["static_secret_sha256"], row["previous_secret_sha256"],
-                             aware(row["previous_secret_until"]))
+        return found, secrets
 
     def record_sync(self, cert_row: dict, tx_row: dict, event: dict) -> None:
         """Record one issue durably; returns once the commit carrying it is on disk.

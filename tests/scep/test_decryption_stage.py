@@ -173,9 +173,10 @@ async def test_altered_envelopes_of_a_captured_request_get_one_answer(scep, ca, 
     # every lookup the service makes for a request, counted: none may happen before the content parsed
     lookups = []
     store = scep.service.repository
-    for obj, name in ((store, "find"), (store, "find_sync"), (inventory, "get"), (inventory, "get_by_fingerprint")):
+    for obj, name in ((store, "find"), (store, "find_sync"), (store, "lookup_sync"), (inventory, "get"),
+                      (inventory, "get_by_fingerprint")):
         real = getattr(obj, name, None)
-        if real is None:  # find_sync: SQLite only
+        if real is None:  # find_sync, lookup_sync: SQLite only
             continue
         monkeypatch.setattr(obj, name, lambda *a, _real=real, _name=name, **k: lookups.append(_name) or _real(*a, **k))
 
