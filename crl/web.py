@@ -37,7 +37,7 @@ def _http_date(ts: float) -> str:
 class _Prepared:
     """Bodies and headers of one CRL for one second."""
 
-    __slots__ = ("crl", "second", "last_modified_ts", "forms")
+    __slots__ = ("crl", "second", "last_modified_ts", "_common", "_forms")
 
     def __init__(self, crl, second: int, max_age_cap: int) -> None:
         self.crl = crl
@@ -52,12 +52,20 @@ class _Prepared:
         else:  # nextUpdate has passed: the CRL is stale, let nobody cache it
             common["Cache-Control"] = "no-cache"
             common["Expires"] = _http_date(second)
-        # per representation: (body, ETag, headers of a 200, headers of a 304)
-        self.forms = {}
-        for form, body, etag, ctype in (("der", crl.der, crl.etag, DER_TYPE),
-                                        ("pem", crl.pem, crl.etag[:-1] + '-pem"', PEM_TYPE)):
-            self.forms[form] = (body, etag, CIMultiDict(common, **{"Content-Type": ctype, "ETag": etag}),
-                                CIMultiDict(common, ETag=etag))
+        self._common = common
+        self._forms: dict[str, tuple] = {}
+
+    def form(self, name: str) -> tuple:
+        """(body, ETag, headers of a 200, headers of a 304) of the "der" or "pem" representation, made when first
+        asked for: the PEM text of a CRL exists only once a client wants it."""
+        prepared = self._forms.get(name)
+        if prepared is None:
+            body, etag, ctype = ((self.crl.der, self.crl.etag, DER_TYPE) if name == "der" else
+                                 (self.crl.pem, self.crl.etag[:-1] + '-pem"', PEM_TYPE))
+            prepared = self._forms[name] = (body, etag, CIMultiDict(self._common, **{"Content-Type": ctype,
+                                                                                     "ETag": etag}),
+                                            CIMultiDict(self._common, ETag=etag))
+        return prepared
 
 
 def _etag_matches(header: str, etag: str) -> bool:
@@ -155,7 +163,7 @@ class CrlEndpoint:
         p = self._prepare(ca, pub, key)
         if not p:
             return self._missing(ca, p)
-        body, etag, ok_headers, not_modified_headers = p.forms[form]
+        body, etag, ok_headers, not_modified_headers = p.form(form)
         headers = request.headers
         if "If-None-Match" in headers or "If-Modified-Since" in headers:
             if self._not_modified(headers, etag, p.last_modified_ts):

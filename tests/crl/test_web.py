@@ -97,6 +97,8 @@ async def test_conditional_requests(aiohttp_client, served):
 async def test_pem_is_its_own_representation(aiohttp_client, served):
     app, holder, _ = served
     client = await aiohttp_client(app)
+    assert (await client.get("/crl/default.crl")).status == 200
+    assert "pem" not in vars(holder.current)  # the PEM text is made when first asked for, not held for every CRL
     resp = await client.get("/crl/default.pem")
     assert resp.status == 200 and resp.headers["Content-Type"] == "application/x-pem-file"
     body = await resp.read()
