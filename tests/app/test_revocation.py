@@ -198,3 +198,37 @@ async def test_notify_tells_each_changed_ca_once_after_the_commit(engine, ca, ke
     assert changes[2] is None and changes[0].record.revoked_at == NOW
     svc.notify(changes)
     assert told == [ca.name]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_the_crl_rows_read_directly_on_sqlite_are_the_core_querys(engine, ca, key):
+    """revoked_entries reads SQLite through the driver: the same rows as the SQLAlchemy statement, for the whole
+    CA and for each partition (statuses, expiry, other CAs, partitions, invalidity dates, microseconds)."""
+    import random
+
+    from scep_server.store.tables import cas, certificates
+
+    await register_ca(engine, ca)
+    rnd = random.Random(7)
+    rows = []
+    for i in range(300):
+        status = rnd.choice(["valid", "hold", "revoked", "revoked"])
+        at = NOW - timedelta(days=rnd.randrange(1, 90), microseconds=rnd.randrange(1_000_000))
+        rows.append(dict(
+            serial=format(rnd.getrandbits(127) | 1, "x"), ca=ca.name if i % 7 else "other", subject="CN=x", sans="[]",
+            not_before=at, not_after=NOW + timedelta(days=rnd.randrange(-30, 300)), status=status,
+            revocation_reason=None if status == "valid" else rnd.choice([None, 1, 4, 6]),
+            revoked_at=None if status == "valid" else at, invalidity_date=at - timedelta(hours=3) if i % 5 == 0 else None,
+            fingerprint_sha256=f"{i:064x}", public_key_sha256="0" * 64, der=b"", issued_at=at, updated_at=at,
+            crl_partition=i % 4 if i % 3 else None))
+    async with writer(engine).begin() as conn:
+        await conn.execute(cas.insert().values(name="other", kind="issuing", subject="CN=Other", cert_der=b"x",
+                                               ski_hex="01", fingerprint_sha256="e" * 64, created_at=NOW))
+        await conn.execute(certificates.insert(), rows)
+    async with engine.connect() as conn:
+        for partition in (None, 0, 1, 2, 3):
+            fast = await inventory.revoked_entries(conn, ca.name, now=NOW, partition=partition)
+            core = await inventory.revoked_entries_core(conn, ca.name, now=NOW, partition=partition)
+            assert sorted(fast) == sorted(core), partition
+            assert fast and all(e[1].tzinfo is not None for e in fast)
+        assert await inventory.revoked_entries(conn, "nope", now=NOW) == []
