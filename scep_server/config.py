@@ -53,8 +53,8 @@ class ServerSettings(BaseModel):
         "unset, so that they name http://0.0.0.0:...; without it such a server refuses to issue (a lab setting)")
     max_body_bytes: int = Field(256 * 1024, ge=4096, description="largest request body accepted")
     scep_threads: int | None = Field(
-        None, ge=1, le=256, description="threads of the SCEP service's own executor (parse, decrypt, sign); unset: "
-        "the number of CPUs")
+        None, ge=1, le=256, description="threads of the SCEP service's own executor (parse, decrypt, sign) in each "
+        "worker; unset: the number of CPUs divided by workers (at least 1)")
     trusted_proxies: list[str] = Field(
         default_factory=list, description="reverse proxies (CIDRs) whose forwarded client address is believed; "
         "from any other peer the forwarding headers are ignored")

@@ -172,7 +172,7 @@ def key_store(settings: Settings, pool_size: int | None = None):
     return Pkcs11Keys(HsmSettings(
         module=ca.pkcs11_module or "", token_label=ca.pkcs11_token_label or "", pin=pin,
         ca_key_label=ca.ca_key_label, ra_key_label=ca.ra_key_label,
-        pool_size=pool_size or scep_threads(settings.server.scep_threads) + 2))
+        pool_size=pool_size or scep_threads(settings.server.scep_threads, settings.server.workers) + 2))
 
 
 def _load_or_create_ca(settings: Settings, now: datetime, report: list[str]) -> "CertificateAuthority":
@@ -415,7 +415,7 @@ async def _seal_on_exit(runtime: Runtime) -> None:
 async def _open_scep(runtime: Runtime) -> AsyncIterator["ScepService"]:
     """The SCEP service, with the hooks of the capabilities that are open."""
     from .ca.lifecycle import pick_up_cas
-    from .enrolment import ScepService
+    from .enrolment import ScepService, scep_threads
 
     verifiers = {}
     if runtime.challenges is not None:
@@ -428,7 +428,8 @@ async def _open_scep(runtime: Runtime) -> AsyncIterator["ScepService"]:
         crl_source=runtime.crl.crl_source if runtime.crl is not None else None,
         device_identity=runtime.binding.devices.enrolment_device if runtime.binding is not None else None,
         ensure_device=runtime.binding.devices.ensure if runtime.binding is not None else None,
-        on_status_change=runtime.revocation.notify_changed, threads=runtime.settings.server.scep_threads,
+        on_status_change=runtime.revocation.notify_changed,
+        threads=scep_threads(runtime.settings.server.scep_threads, runtime.settings.server.workers),
         refuse_issuing=runtime.settings.server.issuing_refusal(), ocsp_aia=runtime.settings.ocsp.enabled,
         pick_up_cas=functools.partial(pick_up_cas, runtime))
     try:

@@ -44,9 +44,12 @@ log = structlog.get_logger("scep")
 DER = serialization.Encoding.DER
 
 
-def scep_threads(configured: int | None = None) -> int:
-    """The size of the SCEP service's executor: configured, else the number of CPUs (at least two)."""
-    return configured or max(2, os.cpu_count() or 1)
+def scep_threads(configured: int | None = None, workers: int = 1) -> int:
+    """The size of the SCEP service's executor: configured, else the CPUs' share of each of the `workers` processes
+    (at least one). More threads than that only contend for the process's GIL around the RSA operations: with two
+    workers on two CPUs, one thread each gave 0.27-0.31 of the RSA ceiling and a p99 of 123-130 ms at
+    concurrency 16, two threads each 0.25-0.26 and 174-175 ms (bench/README.md)."""
+    return configured or max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
 class ScepService:
