@@ -317,6 +317,22 @@ class SqliteRepository(SqlRepository):
         self._find: _Compiled | None = None
         self._secrets: _Compiled | None = None
         self._record: list[_Compiled] = []
+        # one connection per worker thread, kept: a pool's checkout and reset on return cost more than the lookup
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._synchronous = "FULL"
+
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection (made on first use, with the engines' pragmas; closed with the repository)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.engine.url.database, timeout=30, isolation_level=None, check_same_thread=False)
+            sqlite_pragmas(db, self._synchronous)
+            self._local.db = db
+            self._connections.append(db)
+        elif db.in_transaction:  # never left open by the code below; a connection is never handed on half-done
+            db.execute("ROLLBACK")
+        return db
 
     async def prepare(self) -> None:
         if self._sync is not None:
@@ -325,10 +341,11 @@ class SqliteRepository(SqlRepository):
         async with self.engine.connect() as conn:
             level = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
         if self._sync is None:
-            sync = _sync_sqlite_engine(self.engine, {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(level, "FULL"))
+            self._synchronous = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(level, "FULL")
+            sync = _sync_sqlite_engine(self.engine, self._synchronous)
             self._find = _Compiled(_FIND_TRANSACTION, sync.dialect, list(scep_transactions.columns))
             self._sync = sync
-            weakref.finalize(self, sync.dispose)
+            weakref.finalize(self, _close_all, sync, self._connections)
 
     def find_sync(self, profile: str, key: str) -> dict | None:
         return self.lookup_sync(profile, key)[0]
@@ -341,18 +358,13 @@ class SqliteRepository(SqlRepository):
             self._secrets = _Compiled(STATIC_SECRETS, self._sync.dialect, [
                 profiles.c.static_secret_sha256, profiles.c.previous_secret_sha256, profiles.c.previous_secret_until])
         secrets: object = NOT_LOOKED_UP
-        raw = self._sync.raw_connection()
-        try:
-            db = raw.driver_connection
-            found = self._find.row(db.execute(
-                self._find.sql, self._find.params({"profile": profile, "transaction_id": key})).fetchone())
-            if static_secrets:
-                row = self._secrets.row(db.execute(self._secrets.sql,
-                                                   self._secrets.params({"name": profile})).fetchone())
-                secrets = None if row is None else StaticSecrets(
-                    row["static_secret_sha256"], row["previous_secret_sha256"], aware(row["previous_secret_until"]))
-        finally:
-            raw.close()
+        db = self._db()
+        found = self._find.row(db.execute(
+            self._find.sql, self._find.params({"profile": profile, "transaction_id": key})).fetchone())
+        if static_secrets:
+            row = self._secrets.row(db.execute(self._secrets.sql, self._secrets.params({"name": profile})).fetchone())
+            secrets = None if row is None else StaticSecrets(
+                row["static_secret_sha256"], row["previous_secret_sha256"], aware(row["previous_secret_until"]))
         return found, secrets
 
     def record_sync(self, cert_row: dict, tx_row: dict, event: dict) -> None:
@@ -383,27 +395,23 @@ class SqliteRepository(SqlRepository):
         assert self._sync is not None
         started = time.perf_counter()
         try:
-            raw = self._sync.raw_connection()
+            db = self._db()
             try:
-                db = raw.driver_connection
-                try:
-                    db.execute("BEGIN IMMEDIATE")  # take the write lock now (see trustkit.db.writer)
-                    for item in batch:
-                        db.execute("SAVEPOINT one_write")
-                        try:
-                            for stmt in self._record:
-                                db.execute(stmt.sql, stmt.params(item.params))
-                        except sqlite3.IntegrityError as exc:
-                            db.execute("ROLLBACK TO one_write")
-                            item.error = Duplicate(str(exc))
-                        db.execute("RELEASE one_write")
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
-            finally:
-                raw.close()
+                db.execute("BEGIN IMMEDIATE")  # take the write lock now (see trustkit.db.writer)
+                for item in batch:
+                    db.execute("SAVEPOINT one_write")
+                    try:
+                        for stmt in self._record:
+                            db.execute(stmt.sql, stmt.params(item.params))
+                    except sqlite3.IntegrityError as exc:
+                        db.execute("ROLLBACK TO one_write")
+                        item.error = Duplicate(str(exc))
+                    db.execute("RELEASE one_write")
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
         except BaseException as exc:  # nothing of the batch was written: each caller gets the failure
             for item in batch:
                 item.error = exc
@@ -421,6 +429,12 @@ class SqliteRepository(SqlRepository):
     async def record(self, cert_row: dict, tx_row: dict, event: dict) -> None:
         await self.prepare()
         await in_executor(self.executor, self.record_sync, cert_row, tx_row, event)
+
+
+def _close_all(sync: sa.Engine, connections: list[sqlite3.Connection]) -> None:
+    for db in connections:
+        db.close()
+    sync.dispose()
 
 
 def _sync_sqlite_engine(engine: AsyncEngine, synchronous: str) -> sa.Engine:

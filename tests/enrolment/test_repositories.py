@@ -197,3 +197,26 @@ async def test_writes_queued_while_one_commits_share_the_next_commit_and_a_dupli
         assert (await sqlite_repo.find("p", "first"))["serial"] != writes[5][0]["serial"]
     finally:
         batching.set_observer(previous)
+
+
+async def test_each_worker_thread_keeps_one_connection_and_never_reuses_it_mid_transaction(sqlite_repo, ca, key):
+    """The inline reads and writes run on a connection per thread, kept across calls (no pool checkout per
+    enrolment); one found inside a transaction (a write cut short) is rolled back before it is used again."""
+    import threading
+
+    first = rows(ca, key, "kept")
+    sqlite_repo.record_sync(*first)
+    db = sqlite_repo._db()
+    assert sqlite_repo.lookup_sync("p", "kept")[0]["serial"] == first[0]["serial"]
+    assert sqlite_repo._db() is db
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("DELETE FROM scep_transactions")  # never committed
+    assert sqlite_repo._db() is db and not db.in_transaction
+    assert sqlite_repo.find_sync("p", "kept") is not None
+    other: list = []
+    worker = threading.Thread(target=lambda: other.append(sqlite_repo._db()))
+    worker.start()
+    worker.join()
+    assert other[0] is not db  # a connection of its own
+    sqlite_repo.record_sync(*rows(ca, key, "after"))  # the write lock was given back
+    assert await sqlite_repo.find("p", "after") is not None
