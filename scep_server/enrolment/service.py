@@ -13,7 +13,7 @@ import hashlib
 import os
 import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
 from typing import Awaitable, Callable
 
@@ -80,8 +80,12 @@ class ScepService:
         # SCEP's CPU work (parse, decrypt, sign) runs here, not on the loop's default executor: hostile requests
         # queue behind each other instead of starving everything else that uses threads
         self._executor = ThreadPoolExecutor(max_workers=scep_threads(threads), thread_name_prefix="scep")
+        # an inline repository's durable commit waits here while the signing thread signs the CertRep (the two
+        # overlap); a pool of its own, so that a signing thread never waits on work queued behind itself
+        self._commits: ThreadPoolExecutor | None = None
         if isinstance(repository, SqliteRepository):
             repository.executor = self._executor
+            self._commits = ThreadPoolExecutor(max_workers=scep_threads(threads), thread_name_prefix="scep-commit")
         # (profile, transactionID) -> the device id an administrator pre-registered for it (binding feature)
         self.device_identity = device_identity
         # (device id, actor): register a device an enrolment names, if new; False for a deleted device (binding
@@ -105,6 +109,8 @@ class ScepService:
         """Stop the executor once the requests in it have finished (queued work that never started is dropped)."""
         await asyncio.get_running_loop().run_in_executor(
             None, functools.partial(self._executor.shutdown, wait=True, cancel_futures=True))
+        if self._commits is not None:
+            self._commits.shutdown(wait=False)  # idle once the signing threads have finished
 
     async def ca_of(self, profile) -> CertificateAuthority:
         """The CA that issues for the profile. A profile may name a CA this process has not loaded yet: a
@@ -399,13 +405,27 @@ class ScepService:
                      actor=f"scep:{profile.name}",
                      data={"transaction_id": msg.transaction_id, "subject": cert_row["subject"],
                            "renewal_of": req.renewal_of.serial if req.renewal_of else None})
-        if inline:
-            try:
-                self.repository.record_sync(cert_row, tx_row, event)
-            except Duplicate as exc:
-                return cert, exc, None
+        committed = None
+        if inline:  # the commit (mostly the wait for the disk) runs while the CertRep is signed below
+            if self._commits is not None:
+                committed = self._commits.submit(self.repository.record_sync, cert_row, tx_row, event)
+            else:
+                try:
+                    self.repository.record_sync(cert_row, tx_row, event)
+                except Duplicate as exc:
+                    return cert, exc, None
         outcome = Outcome(PKIStatus.SUCCESS, content=codec.build_degenerate([der, ca.cert_der]), serial=serial)
-        outcome.reply = self._reply(ca, msg, outcome)
+        try:
+            outcome.reply = self._reply(ca, msg, outcome)
+        except BaseException:
+            if committed is not None:
+                wait([committed])  # never leave a write behind unawaited
+            raise
+        if committed is not None:
+            try:
+                committed.result()  # the reply leaves only once its rows are committed
+            except Duplicate as exc:
+                return cert, exc, None  # a lost insert: the reply signed above is dropped
         return cert, (cert_row, tx_row, event), outcome
 
     async def withdraw(self, ca: CertificateAuthority, serial: str, profile: str, key: str, why: str) -> None:
