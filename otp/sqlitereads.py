@@ -10,12 +10,11 @@ tests/otp/test_sqlitereads.py runs both on the same databases, so the two cannot
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from trustkit.clock import aware
 from trustkit.paging import Page, PageRequest, take
-from trustkit.sqlitereads import after, bind, connect, parse_times
+from trustkit.sqlitereads import Reader, after, parse_times, time_ranges
 
 from .report import KeyReport, ReportFilter, key_reports
 
@@ -39,34 +38,18 @@ def conditions(flt: ReportFilter) -> tuple[list[str], list[Any]]:
     if flt.public_id:
         where.append("k.public_id = ?")
         params.append(flt.public_id)
-    for column, low, high in (("imported_at", flt.imported_after, flt.imported_before),
-                              ("enrolled_at", flt.enrolled_after, flt.enrolled_before),
-                              ("last_used_at", flt.last_used_after, flt.last_used_before)):
-        if low is not None:
-            where.append(f"k.{column} >= ?")
-            params.append(bind(low))
-        if high is not None:
-            where.append(f"k.{column} < ?")
-            params.append(bind(high))
+    ranges, bound = time_ranges((("k.imported_at", flt.imported_after, flt.imported_before),
+                                 ("k.enrolled_at", flt.enrolled_after, flt.enrolled_before),
+                                 ("k.last_used_at", flt.last_used_after, flt.last_used_before)))
+    where += ranges
+    params += bound
     if not flt.include_deleted:
         where.append("k.deleted_at IS NULL")
     return where, params
 
 
-class OtpReads:
+class OtpReads(Reader):
     """One sqlite3 connection and the report's reads over it."""
-
-    def __init__(self, path: Path) -> None:
-        self._conn = connect(path)
-
-    def close(self) -> None:
-        self._conn.close()
-
-    def __enter__(self) -> "OtpReads":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def sealed_count(self) -> int:
         """How many live keys and active clients hold secrets sealed under some KEK (scep_server.otpwiring's

@@ -58,6 +58,21 @@ def after(columns: Sequence[str], key: Sequence[Any] | None, *, descending: bool
     return f"{bound} AND ({' OR '.join(clauses)})", [bind(key[0]), *params]
 
 
+def time_ranges(bounds: Sequence[tuple[str, "datetime | None", "datetime | None"]]) -> tuple[list[str], list[Any]]:
+    """``column >= low`` and ``column < high`` for each bound given, as SQL text and parameters (times bound as
+    the dialect binds them): the stores' range filters (``*_after`` inclusive, ``*_before`` exclusive)."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column, low, high in bounds:
+        if low is not None:
+            where.append(f"{column} >= ?")
+            params.append(bind_time(low))
+        if high is not None:
+            where.append(f"{column} < ?")
+            params.append(bind_time(high))
+    return where, params
+
+
 def row_factory(cursor: sqlite3.Cursor, row: tuple) -> dict[str, Any]:
     """Rows as dicts by column name."""
     return {d[0]: v for d, v in zip(cursor.description, row)}
@@ -76,6 +91,22 @@ def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
     conn.row_factory = row_factory
     return conn
+
+
+class Reader:
+    """One connection (:func:`connect`) held by a reader, closed with it (``with`` or :meth:`close`)."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = connect(path)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def complete(coro: Coroutine[Any, Any, T]) -> T:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trustkit.paging import Page, PageRequest, take
-from trustkit.sqlitereads import after, bind_time, connect, parse_times, sqlite_path
+from trustkit.sqlitereads import Reader, after, parse_times, sqlite_path, time_ranges
 
 if TYPE_CHECKING:
     import sqlite3
@@ -68,14 +68,10 @@ class CertificateReads:
                            "AND NOT device_certs.external"
                 params.append(f.device)
             where.append(f"serial IN ({serials})")
-        for column, low, high in (("issued_at", f.issued_after, f.issued_before),
-                                  ("not_after", f.expires_after, f.expires_before)):
-            if low is not None:
-                where.append(f"{column} >= ?")
-                params.append(bind_time(low))
-            if high is not None:
-                where.append(f"{column} < ?")
-                params.append(bind_time(high))
+        ranges, bound = time_ranges((("issued_at", f.issued_after, f.issued_before),
+                                     ("not_after", f.expires_after, f.expires_before)))
+        where += ranges
+        params += bound
         if f.serial_prefix is not None:
             where += ["serial >= ?", "serial < ?", "serial LIKE ?"]
             params += [f.serial_prefix, f.serial_prefix + "g", f.serial_prefix + "%"]
@@ -101,22 +97,13 @@ class CertificateReads:
         return take(rows, page.limit, key=lambda r: (r.issued_at, r.serial))
 
 
-class SqliteReads:
+class SqliteReads(Reader):
     """One sqlite3 connection (autocommit, as the engines' connections) and the stores' reads over it."""
 
     def __init__(self, path: Path, *, device_links: bool) -> None:
-        self._conn = connect(path)
+        super().__init__(path)
         self.profiles = ProfileReads(self._conn)
         self.certificates = CertificateReads(self._conn, device_links=device_links)
-
-    def close(self) -> None:
-        self._conn.close()
-
-    def __enter__(self) -> "SqliteReads":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def reads_path(settings: "Settings") -> Path | None:

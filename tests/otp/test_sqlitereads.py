@@ -18,19 +18,15 @@ from trustkit.db import writer
 from trustkit.paging import PageRequest, decode_cursor
 from trustkit.sqlitereads import sqlite_path
 
+from tests.app.test_sqlitereads import _pages as every_page
+
 from .conftest import import_keys, make_key
 
 SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the reader is for SQLite only
 
 
 async def _pages(fetch, limit: int) -> list[tuple[list, str | None]]:
-    pages, after = [], None
-    while True:
-        page = await fetch(PageRequest(limit=limit, after=after))
-        pages.append((page.items, page.next_cursor))
-        if page.next_cursor is None:
-            return pages
-        after = decode_cursor(page.next_cursor, REPORT_KEY)
+    return await every_page(fetch, limit, REPORT_KEY)
 
 
 async def _fill(service, clock, engine) -> None:
