@@ -68,6 +68,11 @@ async def test_clients_enrol_and_crls_are_signed_with_keys_in_the_token(aiohttp_
 
         # revocation reaches the CRL, signed in the token, and OpenSSL refuses the certificate
         crl_url = f"{server.url}/crl/default.crl"
+        publisher = server.runtime.crl.publishers["default"]
+        try:  # the first CRL is signed in the token when the server starts: on a loaded machine it may come late
+            await publisher.wait_newer(None, timeout=30)
+        except TimeoutError:
+            raise AssertionError(f"no CRL within 30 s: {publisher.health()}") from None
         der = await fetch(session, crl_url)
         assert x509.load_der_x509_crl(der).signature_algorithm_oid == SIGNATURE[ca_key_type]
         rc, out = await openssl_verify(openssl, ca_dir / "ca.crt", der, issued, tmp_path / "v0")
