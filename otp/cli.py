@@ -12,13 +12,13 @@ import click
 
 from trustkit.clipaging import collect, paging_options, say_more
 
+from .statuses import STATUSES
+
 if TYPE_CHECKING:
     from .service import ImportResult, OtpService
     from .sqlitereads import OtpReads
 
 T = TypeVar("T")
-
-from .statuses import STATUSES
 
 # the formats, spelled here so that building the commands imports no more of the package (`--help` stays
 # quick); they are otp.report.FORMATS

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from .statuses import ACTIVE, REVOKED, STATUSES, UNASSIGNED  # noqa: F401 - the tables' users import them here
+
 metadata = sa.MetaData()
 
 TS = sa.DateTime(timezone=True)
-
-from .statuses import ACTIVE, REVOKED, STATUSES, UNASSIGNED  # noqa: F401 - the tables' users import them here
 
 otp_imports = sa.Table(
     "otp_imports",

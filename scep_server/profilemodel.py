@@ -27,6 +27,7 @@ class StaticSecrets:
     previous_sha256: str | None
     previous_until: datetime | None
 
+
 if TYPE_CHECKING:
     from .ca.policy import IssuancePolicy
 

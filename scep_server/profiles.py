@@ -52,6 +52,8 @@ def static_secret_matches(name: str, stored: StaticSecrets | None, challenge: st
         _log.warning("profile.previous_secret_used", profile=name, until=until.isoformat())
         return True
     return current
+
+
 MAX_GRACE = timedelta(days=30)
 """The longest a rotated static secret may keep working."""
 

@@ -23,7 +23,7 @@ from trustkit.clock import Clock, utcnow
 from trustkit.db import create_engine
 
 from .ca.names import ca_names
-from .config import Settings, enabled  # noqa: F401 - enabled: named here by the capabilities
+from .config import Settings, enabled
 from .tokens import TokenStore
 
 if TYPE_CHECKING:

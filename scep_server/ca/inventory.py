@@ -103,7 +103,7 @@ async def revoked_entries(conn: AsyncConnection, ca: str, *, now: datetime, part
             params.append(partition)
         driver = (await conn.get_raw_connection()).driver_connection
         rows = await driver.execute_fetchall(sql, params)
-        return [(int(serial, 16), _utc_text(revoked), reason, _utc_text(invalid) if invalid else None)
+        return [(int(serial, 16), _utc_text(revoked), reason, _utc_text(invalid))
                 for serial, revoked, reason, invalid in rows]
     return await revoked_entries_core(conn, ca, now=now, partition=partition)
 

@@ -63,9 +63,7 @@ def check_message_digest(msg) -> None:
 
 
 @functools.lru_cache(maxsize=64)  # the CA's and RA's names, asked for every request
-@functools.lru_cache(maxsize=64)
 def _reserved_key(name: x509.Name) -> tuple:
-    """_name_key of a CA's or RA's own name: the same few names for every request, computed once each."""
     return _name_key(name)
 
 

@@ -55,12 +55,17 @@ def _throwaway_key(family: str):
         return key
 
 
-def tbs_certificate(builder: x509.CertificateBuilder, public_key, digest: hashes.HashAlgorithm) -> bytes:
-    """The DER TBSCertificate `builder` describes, with the signature algorithm of `public_key` and `digest`."""
+def _family_for(public_key, digest: hashes.HashAlgorithm) -> str:
+    """The key family, once a signature algorithm exists for it with `digest`; ValueError otherwise."""
     family = key_family(public_key)
     if (family, digest.name) not in _ALGORITHMS:
         raise ValueError(f"no {family} signature algorithm with {digest.name}")
-    return builder.sign(_throwaway_key(family), digest).tbs_certificate_bytes
+    return family
+
+
+def tbs_certificate(builder: x509.CertificateBuilder, public_key, digest: hashes.HashAlgorithm) -> bytes:
+    """The DER TBSCertificate `builder` describes, with the signature algorithm of `public_key` and `digest`."""
+    return builder.sign(_throwaway_key(_family_for(public_key, digest)), digest).tbs_certificate_bytes
 
 
 def assemble(tbs: bytes, signature: bytes) -> bytes:
@@ -78,8 +83,7 @@ def sign_certificate(builder: x509.CertificateBuilder, key, digest: hashes.HashA
     digest = digest or digest_for(public_key)
     in_process = getattr(key, "in_process_key", None)
     if in_process is not None:
-        if (key_family(public_key), digest.name) not in _ALGORITHMS:
-            raise ValueError(f"no {key_family(public_key)} signature algorithm with {digest.name}")
+        _family_for(public_key, digest)
         return builder.sign(in_process(), digest)  # RSA: PKCS#1 v1.5, as KeyOps.sign
     tbs = tbs_certificate(builder, public_key, digest)
     return x509.load_der_x509_certificate(assemble(tbs, key.sign(tbs, digest)))

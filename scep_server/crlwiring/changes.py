@@ -124,6 +124,7 @@ class ChangeFeed:
             async with aconn.execute("SELECT ca, crl_number FROM crl_state") as cur:
                 return dict(await cur.fetchall())
 
+        status_sql = f"SELECT count(*) FROM events WHERE id > ? AND kind IN ({', '.join('?' * len(STATUS_EVENTS))})"
         seen = await one("PRAGMA data_version")
         newest, recorded = await one("SELECT max(id) FROM events"), await crls()
         self._connected()
@@ -135,9 +136,7 @@ class ChangeFeed:
             seen = now
             top = await one("SELECT max(id) FROM events")
             if top > newest:
-                marks = ", ".join("?" * len(STATUS_EVENTS))
-                status = await one(f"SELECT count(*) FROM events WHERE id > ? AND kind IN ({marks})", newest,
-                                   *STATUS_EVENTS)
+                status = await one(status_sql, newest, *STATUS_EVENTS)
                 newest = top
                 if status:
                     self.listener("status")

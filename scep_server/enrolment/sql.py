@@ -310,7 +310,6 @@ class SqliteRepository(SqlRepository):
     def __init__(self, engine: AsyncEngine):
         super().__init__(engine)
         self.executor: ThreadPoolExecutor | None = None  # the SCEP service's (None: the loop's default)
-        self._sync: sa.Engine | None = None
         self._write_lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[_QueuedWrite] = []
@@ -335,17 +334,19 @@ class SqliteRepository(SqlRepository):
         return db
 
     async def prepare(self) -> None:
-        if self._sync is not None:
+        if self._find is not None:
             return
         # the durability the async engine was configured with (PRAGMA synchronous: 0 OFF .. 3 EXTRA)
         async with self.engine.connect() as conn:
             level = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
-        if self._sync is None:
+        if self._find is None:
             self._synchronous = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(level, "FULL")
-            sync = _sync_sqlite_engine(self.engine, self._synchronous)
-            self._find = _Compiled(_FIND_TRANSACTION, sync.dialect, list(scep_transactions.columns))
-            self._sync = sync
-            weakref.finalize(self, _close_all, sync, self._connections)
+            # the statements are compiled for the engine's dialect (SQLite's, qmark) and run on the threads' own
+            # sqlite3 connections (_db)
+            self._secrets = _Compiled(STATIC_SECRETS, self.engine.dialect, [
+                profiles.c.static_secret_sha256, profiles.c.previous_secret_sha256, profiles.c.previous_secret_until])
+            self._find = _Compiled(_FIND_TRANSACTION, self.engine.dialect, list(scep_transactions.columns))
+            weakref.finalize(self, _close_all, self._connections)
 
     def find_sync(self, profile: str, key: str) -> dict | None:
         return self.lookup_sync(profile, key)[0]
@@ -353,10 +354,7 @@ class SqliteRepository(SqlRepository):
     def lookup_sync(self, profile: str, key: str, *, static_secrets: bool = False) -> tuple[dict | None, object]:
         """(the transaction row or None, and with ``static_secrets`` the static profile's secrets as stored now:
         StaticSecrets, or None for no such static profile; NOT_LOOKED_UP without), on one connection."""
-        assert self._sync is not None and self._find is not None
-        if self._secrets is None:
-            self._secrets = _Compiled(STATIC_SECRETS, self._sync.dialect, [
-                profiles.c.static_secret_sha256, profiles.c.previous_secret_sha256, profiles.c.previous_secret_until])
+        assert self._find is not None and self._secrets is not None, "prepare() first"
         secrets: object = NOT_LOOKED_UP
         db = self._db()
         found = self._find.row(db.execute(
@@ -374,10 +372,10 @@ class SqliteRepository(SqlRepository):
         The holder commits the writes queued at that moment in one transaction (one durable commit for all),
         each in a savepoint of its own so that one write losing to a concurrent insert (Duplicate) fails
         alone. A thread whose write an earlier holder carried finds it done and returns."""
-        assert self._sync is not None
+        assert self._find is not None, "prepare() first"
         event_row = _event_row(**event)
         if not self._record:
-            self._record = [_Compiled(stmt, self._sync.dialect)
+            self._record = [_Compiled(stmt, self.engine.dialect)
                             for stmt in _record_statements(cert_row, tx_row, event_row, one_statement=False)]
         item = _QueuedWrite(_record_params(cert_row, tx_row, event_row))
         with self._queue_lock:
@@ -392,7 +390,7 @@ class SqliteRepository(SqlRepository):
 
     def _commit_group(self, batch: list["_QueuedWrite"]) -> None:
         """One transaction for the batch; every item ends done, with its error if it was not written."""
-        assert self._sync is not None
+        assert self._record, "record_sync compiles the statements"
         started = time.perf_counter()
         try:
             db = self._db()
@@ -431,23 +429,9 @@ class SqliteRepository(SqlRepository):
         await in_executor(self.executor, self.record_sync, cert_row, tx_row, event)
 
 
-def _close_all(sync: sa.Engine, connections: list[sqlite3.Connection]) -> None:
+def _close_all(connections: list[sqlite3.Connection]) -> None:
     for db in connections:
         db.close()
-    sync.dispose()
-
-
-def _sync_sqlite_engine(engine: AsyncEngine, synchronous: str) -> sa.Engine:
-    """A pysqlite engine on the async engine's database file, with the same pragmas (trustkit.db)."""
-    sync = sa.create_engine(engine.url.set(drivername="sqlite+pysqlite"), pool_size=8, max_overflow=8,
-                            connect_args={"timeout": 30, "check_same_thread": False})
-
-    @sa.event.listens_for(sync, "connect")
-    def _pragmas(dbapi_conn, _record):
-        dbapi_conn.isolation_level = None  # BEGIN and COMMIT are ours
-        sqlite_pragmas(dbapi_conn, synchronous)
-
-    return sync
 
 
 def repository_for(engine: AsyncEngine) -> SqlRepository:
