@@ -209,15 +209,20 @@ async def _partitioned(stage: str, n: int, partitions: int, revocations: int, di
             async with engine.connect() as conn:
                 return await inventory.partition_changes(conn, ca.name, since=since)
 
+        async def listed(serials, at):
+            async with engine.connect() as conn:
+                return await inventory.listed_entries(conn, ca.name, serials, now=at)
+
         valid = json.loads((directory / "valid.json").read_text())
         parts = PartitionSet(ca.name, partitions, url_for=lambda p: partition_cdp_url("http://bench", ca.name, p),
                              issuer=issuer, signer=signer, source=source, changed=changed, engine=engine,
-                             settings=crl_settings, clock=utcnow)
+                             settings=crl_settings, clock=utcnow, listed=listed)
         revocation = RevocationService(engine, on_status_change=lambda _ca: parts.notify_changed())
         started = time.perf_counter()
         await parts.publish_due()
         all_parts_s = time.perf_counter() - started
-        # a revocation, then the partition set's look for changes: only that partition is read and re-signed
+        # a revocation, then the partition set's look for changes: only that partition is re-signed, from its CRL
+        # signed here and the changed certificate's row
         await parts.publish_changed()  # the first look (nothing to do)
         samples = []
         for _ in range(5):  # the median of five
@@ -226,8 +231,14 @@ async def _partitioned(stage: str, n: int, partitions: int, revocations: int, di
             signed = await parts.publish_changed()
             samples.append(time.perf_counter() - started)
             assert len(signed) == 1, signed
+        full_samples = []
+        for _ in range(3):  # and one partition read and encoded in full, as the schedule re-signs it
+            started = time.perf_counter()
+            await parts.publishers[0].publish_now()
+            full_samples.append(time.perf_counter() - started)
         # revocations one after another, each timed from the call until its partition's served CRL (what
-        # /crl/{ca}/{p}.crl sends) lists it, with the partition set's own loop doing the work
+        # /crl/{ca}/{p}.crl sends) lists it, with the partition set's own loop doing the work; the time is taken
+        # when the CRL is served, before this script parses it to see whether it lists the serial
         await parts.start()
         latencies = []
         for serial in valid[:revocations]:
@@ -237,10 +248,11 @@ async def _partitioned(stage: str, n: int, partitions: int, revocations: int, di
             await revocation.revoke(format(serial, "x"), actor="bench")
             while True:
                 crl = await pub.wait_newer(before, timeout=60)
-                if crl.entries and serial in parse_crl(crl.der).index().codes:
+                served = time.perf_counter()
+                if crl.entries and serial in parse_crl(crl.der).index(offsets=False).codes:
                     break
                 before = crl.number
-            latencies.append(time.perf_counter() - started)
+            latencies.append(served - started)
         await parts.stop()
     finally:
         await engine.dispose()
@@ -251,6 +263,7 @@ async def _partitioned(stage: str, n: int, partitions: int, revocations: int, di
 
     sizes = [pub.current.entries for pub in parts.publishers.values()]
     return {"all_partitions_s": all_parts_s, "partition_resign_s": sorted(samples)[2],
+            "partition_full_resign_s": sorted(full_samples)[1],
             "partition_entries": [min(sizes), max(sizes)], "partition_bytes": len(parts.publishers[0].current.der),
             "revocations": len(latencies), "p50_s": pct(0.50), "p99_s": pct(0.99),
             "max_s": latencies[-1] if latencies else None, "peak_rss_mb": rss_mb()}
@@ -268,16 +281,19 @@ def partitioned_table(n: int, partitions: int, revocations: int) -> dict:
           f"Python {sys.version.split()[0]}, {os.cpu_count()} CPU(s)")
     print(f"  database fill: {r['fill_s']:.1f} s")
     print(f"  partitions (one process): every partition once {r['all_partitions_s']:.2f} s; one partition re-signed "
-          f"after a revocation (look for changes, read, build, sign, self-check, record; median of 5): "
-          f"{r['partition_resign_s'] * 1000:.0f} ms, {r['partition_bytes']:,} bytes")
+          f"after a revocation (look for changes, read the changed row, splice, sign, self-check, record; median of "
+          f"5): {r['partition_resign_s'] * 1000:.0f} ms; read and encoded in full, as scheduled (median of 3): "
+          f"{r['partition_full_resign_s'] * 1000:.0f} ms; {r['partition_bytes']:,} bytes")
     print(f"  revocation -> its partition's served CRL, {r['revocations']} revocations one after another: "
           f"p50 {r['p50_s'] * 1000:.0f} ms, p99 {r['p99_s'] * 1000:.0f} ms, max {r['max_s'] * 1000:.0f} ms; "
           f"peak RSS {r['peak_rss_mb']:.0f} MB")
     print(f"  full CRL (another process): first publication {r['full_s']:.2f} s, re-sign with a warm entry cache "
           f"{r['full_warm_s']:.2f} s, {r['full_bytes']:,} bytes; peak RSS {r['full_peak_rss_mb']:.0f} MB")
     ratio = r["partition_resign_s"] / min(r["full_s"], r["full_warm_s"])
+    full_ratio = r["partition_full_resign_s"] / min(r["full_s"], r["full_warm_s"])
     print(f"  targets: p99 < 1 s: {'met' if r['p99_s'] < 1 else 'MISSED'}; partition re-sign < 1/50 of the full "
-          f"CRL's (best of its two): {ratio:.4f} {'met' if ratio < 1 / 50 else 'MISSED'}; partitions' peak < 1 GB: "
+          f"CRL's (best of its two): {ratio:.4f} {'met' if ratio < 1 / 50 else 'MISSED'} (read in full: "
+          f"{full_ratio:.4f} {'met' if full_ratio < 1 / 50 else 'MISSED'}); partitions' peak < 1 GB: "
           f"{'met' if r['peak_rss_mb'] < 1024 else 'MISSED'}")
     print("RESULT " + json.dumps({"partitioned": r}))
     return r

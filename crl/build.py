@@ -264,6 +264,31 @@ def assemble(tbs: bytes, algorithm: bytes, signature: bytes) -> bytes:
     return b"".join((b"\x30", encode_length(len(tbs) + len(algorithm) + len(bits)), tbs, algorithm, bits))
 
 
+def patch_crl(*, base: bytes, entries_start: int, entries_end: int, drop: Iterable[tuple[int, int]],
+              add: Sequence[Entry], issuer: Issuer, signer: CrlSigner, number: int, this_update: datetime,
+              next_update: datetime, scope: "Scope | None" = None) -> bytes:
+    """A signed complete v2 CRL listing what `base` lists in base[entries_start:entries_end] (its
+    revokedCertificates contents), without the entries at the `drop` spans, and the `add` entries after them.
+
+    A re-sign after a few status changes then copies the unchanged entries instead of reading and encoding them
+    again; `base` must be a CRL of this issuer that was checked when it was signed or adopted."""
+    view = memoryview(base)
+    chunks: list = []
+    pos = entries_start
+    for start, end in sorted(drop):
+        if not entries_start <= pos <= start <= end <= entries_end:
+            raise CrlBuildError("entry spans to drop overlap or lie outside revokedCertificates")
+        chunks.append(view[pos:start])
+        pos = end
+    chunks.append(view[pos:entries_end])
+    chunks = [c for c in chunks if len(c)]
+    chunks += EntryEncoder(cache=False).encode(add)
+    tbs = build_tbs(issuer=issuer, algorithm=signer.algorithm, number=number, this_update=this_update,
+                    next_update=next_update, encoded_entries=chunks, scope=scope)
+    del chunks, view
+    return assemble(tbs, signer.algorithm, signer.sign(tbs))
+
+
 def build_crl(*, issuer: Issuer, signer: CrlSigner, number: int, this_update: datetime, next_update: datetime,
               entries: Sequence[Entry] = (), scope: "Scope | None" = None,
               encoder: "EntryEncoder | None" = None) -> bytes:

@@ -395,6 +395,49 @@ def index_entries(der: bytes, pos: int, end: int, *, offsets: bool = True) -> di
     return index
 
 
+def locate_entries(der: bytes, start: int, end: int, serials) -> dict[int, tuple[int, int]]:
+    """serial -> (start, end) of its revokedCertificates element in der[start:end], for each of `serials`
+    listed there (§5.1.2.6), without walking the other entries.
+
+    A serial's encoding (INTEGER tag, length, octets) is searched for; a hit counts only where an entry's
+    SEQUENCE header sits just before it and that entry, read on its own, names this serial. A caller that
+    rewrites the CRL around these spans still checks the result with a full walk (crl.selfcheck)."""
+    found: dict[int, tuple[int, int]] = {}
+    for serial in serials:
+        if serial <= 0:
+            continue
+        n = (serial.bit_length() + 8) >> 3
+        needle = b"\x02" + bytes((n,)) + serial.to_bytes(n, "big")
+        pos = der.find(needle, start, end)
+        while pos != -1:
+            span = _entry_around(der, start, end, pos, serial)
+            if span is not None:
+                found[serial] = span
+                break
+            pos = der.find(needle, pos + 1, end)
+    return found
+
+
+def _entry_around(der: bytes, start: int, end: int, serial_at: int, serial: int) -> "tuple[int, int] | None":
+    """The span of the entry whose userCertificate starts at `serial_at`, if one does and names `serial`."""
+    for head in (2, 3, 4):  # short form, then 0x81 xx, 0x82 xx xx lengths
+        entry = serial_at - head
+        if entry < start or der[entry] != 0x30:
+            continue
+        try:
+            _, _, c0, c1, _ = read(der, entry, end, strict=True)
+        except DERError:
+            continue
+        if c0 != serial_at:
+            continue
+        try:
+            if list(index_entries(der, entry, c1, offsets=False)) == [serial]:
+                return entry, c1
+        except CrlFormatError:
+            return None
+    return None
+
+
 def _entry_reason_code(der: bytes, pos: int, end: int) -> int:
     """Index code of crlEntryExtensions (§5.3); raises for unknown critical ones and indirect-CRL entries."""
     _, _, e0, e1, _ = expect(read(der, pos, end, strict=True), SEQUENCE, "crlEntryExtensions")

@@ -11,7 +11,9 @@ Each partition is published by a `Publisher` of its own (CRL scope ``<ca>/<parti
 CRL, hence the same behaviour with several processes on one database). One loop per CA (`PartitionSet`) drives
 them all: one query polls every partition's recorded number, a partition is re-signed on its schedule, and
 after a status change only the partitions whose certificates changed are re-signed, and only when their
-entries differ from what this process signed last.
+entries differ from what this process signed last. Given a `listed` source, such a re-sign starts from the
+partition's CRL signed here last and reads only the changed certificates (Publisher.publish_changes); the
+schedule's re-sign reads the whole partition again.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from trustkit.db import writer
 
 from .build import Entry, Issuer, Scope
 from .config import CrlSettings
-from .publish import PublishError, Publisher, PublisherHealth, RecordedHook, idle
+from .publish import ListedSource, PublishError, Publisher, PublisherHealth, RecordedHook, idle
 from .signing import CrlSigner
 from .tables import crl_partitioning, crl_state
 
@@ -39,8 +41,9 @@ log = structlog.get_logger("crl.partitions")
 
 # (partition, now) -> the partition's entries (held or revoked, unexpired certificates that name it)
 PartitionSource = Callable[[int, datetime], Awaitable[Sequence[Entry]]]
-# since -> a row (partition, serial, updated_at, status) per certificate of a partition changed at or after `since`
-Change = tuple[int, object, datetime, object]
+# since -> a row (partition, serial number, updated_at, status) per certificate of a partition changed at or after
+# `since`
+Change = tuple[int, int, datetime, object]
 ChangedSource = Callable[[datetime], Awaitable[Iterable[Change]]]
 
 MAX_PARTITIONS = 10_000
@@ -89,7 +92,7 @@ class PartitionSet:
     def __init__(self, ca: str, partitions: int, *, url_for: Callable[[int], str], issuer: Issuer,
                  signer: CrlSigner, source: PartitionSource, changed: ChangedSource, engine: AsyncEngine,
                  settings: "CrlSettings | None" = None, clock: Callable[[], datetime],
-                 executor: "Executor | None" = None,
+                 executor: "Executor | None" = None, listed: "ListedSource | None" = None,
                  on_recorded: "RecordedHook | None" = None, logger=None) -> None:
         if not 1 <= partitions <= MAX_PARTITIONS:
             raise ValueError(f"a CA has 1 to {MAX_PARTITIONS} CRL partitions, not {partitions}")
@@ -99,6 +102,7 @@ class PartitionSet:
         self._clock = clock
         self._engine = engine
         self._changed = changed
+        self._listed = listed
         self._log = logger or log
         self.publishers: dict[int, Publisher] = {}
         for p in range(partitions):
@@ -155,7 +159,8 @@ class PartitionSet:
 
     async def publish_changed(self) -> list[int]:
         """Re-sign the partitions holding a certificate changed since the last look (a change not looked at
-        yet), when their entries differ from what their CRL lists."""
+        yet), when their entries differ from what their CRL lists: from the CRL signed here last and the changed
+        certificates when there is a `listed` source, else from the whole partition."""
         self._dirty_since = None
         now = self._clock()
         since = (self._last_look or now) - LOOKBACK
@@ -177,7 +182,10 @@ class PartitionSet:
                 continue
             before = pub.current
             try:
-                after = await pub.publish_now(only_if_changed=True)
+                if self._listed is None:
+                    after = await pub.publish_now(only_if_changed=True)
+                else:
+                    after = await pub.publish_changes({int(c[1]) for c in fresh[p]}, self._listed)
             except PublishError:
                 continue  # logged; looked at again with the next change, and the schedule retries
             self._seen.update(fresh[p])  # committed before the scan, so read by this publication

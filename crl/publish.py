@@ -13,7 +13,7 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, Collection, Sequence
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -22,10 +22,10 @@ from trustkit.clock import utcnow
 from trustkit.der import utc_seconds
 from trustkit.progress import Progress, report
 
-from .build import Entry, EntryEncoder, Issuer, Scope, build_crl
+from .build import Entry, EntryEncoder, Issuer, Scope, build_crl, patch_crl
 from .config import CrlSettings
-from .parse import CrlFormatError, parse_crl, pem_from_der
-from .selfcheck import SelfCheckError, check_crl
+from .parse import CrlFormatError, locate_entries, parse_crl, pem_from_der
+from .selfcheck import Patched, SelfCheckError, check_crl
 from .signing import CrlSigner, UnsupportedAlgorithm, verify_signature
 from .store import CrlStateStore
 
@@ -34,6 +34,9 @@ log = structlog.get_logger("crl.publish")
 # The application's view of a CA's revocation state: (serial, revoked_at, reason, invalidity_date) tuples of
 # the held or revoked, unexpired certificates as of `now` (see scep_server.ca.inventory.revoked_entries).
 EntrySource = Callable[[datetime], Awaitable[Sequence[Entry]]]
+# (serials, now) -> the entries listed now among the certificates with these serial numbers (held or revoked,
+# unexpired): what a re-sign from the previous CRL reads (Publisher.publish_changes)
+ListedSource = Callable[[Collection[int], datetime], Awaitable[Sequence[Entry]]]
 # Called after a CRL signed here was recorded in the database (e.g. to notify the other processes).
 RecordedHook = Callable[["PublishedCrl"], Awaitable[None]]
 # a CRL this publisher signed and recorded: (the CRL, its entries, the CRL served before it, seconds from the
@@ -119,6 +122,10 @@ def entries_fingerprint(entries: Sequence[Entry]) -> tuple[int, int]:
     return len(entries), sum(map(hash, entries)) & 0xFFFF_FFFF_FFFF_FFFF
 
 
+# more changed certificates than this and a re-sign reads and encodes every entry again (publish_changes)
+PATCH_LIMIT = 1000
+
+
 class Publisher:
     """Keeps the current CRL of one CA scope, re-signing on schedule and soon after status changes."""
 
@@ -146,6 +153,8 @@ class Publisher:
         self._encoder = EntryEncoder(cache=encoder_cache)
         # what the CRL signed here last listed (entries_fingerprint); None after adopting another process's CRL
         self._fingerprint: "tuple[int, int] | None" = None
+        # the CRL served was signed here (not adopted): publish_changes may re-sign from it
+        self._own_base = False
         self._lock = asyncio.Lock()
         self._current: "PublishedCrl | None" = None
         self._published = asyncio.Event()
@@ -222,14 +231,47 @@ class Publisher:
         then the number of entries, once built, signed and checked) and "record" (0 then 1)."""
         async with self._lock:
             self._dirty_since = None
-            started = time.monotonic()
-            try:
-                published = await self._publish_locked(progress, only_if_changed)
-            except Exception as exc:  # noqa: BLE001 - every failure keeps the last good CRL and is reported
-                self._failed(exc)
-                raise PublishError(f"CRL for {self.ca} not published: {exc}") from exc
-            self.last_build_seconds = time.monotonic() - started
-            return published
+            return await self._guarded(self._publish_locked(progress, only_if_changed))
+
+    async def publish_changes(self, serials: Collection[int], listed: ListedSource) -> PublishedCrl:
+        """Re-sign after the certificates with these serial numbers changed status.
+
+        When the CRL served was signed here, the new one is that CRL with the entries of `serials` replaced by
+        what `listed` reads of them now (crl.build.patch_crl): the other entries are neither read nor encoded
+        again, and the self-check walks the whole list and checks the count and every changed serial. Otherwise
+        (no CRL yet, one adopted from another process, more than PATCH_LIMIT serials) it is a full build, as
+        publish_now(only_if_changed=True). Nothing is signed when the CRL served lists these certificates as they
+        are now. A certificate that expired meanwhile leaves the CRL at the next full build (the schedule's)."""
+        async with self._lock:
+            self._dirty_since = None
+            if self._current is None or not self._own_base or len(serials) > PATCH_LIMIT:
+                return await self._guarded(self._publish_locked(None, True))
+            return await self._guarded(self._patch_locked(frozenset(serials), listed))
+
+    async def _guarded(self, work: Awaitable[PublishedCrl]) -> PublishedCrl:
+        started = time.monotonic()
+        try:
+            published = await work
+        except Exception as exc:  # noqa: BLE001 - every failure keeps the last good CRL and is reported
+            self._failed(exc)
+            raise PublishError(f"CRL for {self.ca} not published: {exc}") from exc
+        self.last_build_seconds = time.monotonic() - started
+        return published
+
+    async def _patch_locked(self, serials: frozenset[int], listed: ListedSource) -> PublishedCrl:
+        started = time.monotonic()
+        served = self._current
+        assert served is not None
+        now = utc_seconds(self._clock())
+        number, this_update = await self._store.allocate(now, floor=max(self._floor, served.number))
+        this_update = utc_seconds(this_update)
+        next_update = this_update + self.settings.validity
+        rows = [tuple(e) for e in await listed(serials, now) if e[0] in serials]
+        published = await self._run(self._build_patch, served, serials, rows, number, this_update, next_update)
+        if published is None:
+            return served
+        return await self._record(published, rows, served, started, fingerprint=None,
+                                  reused=published.entries - len(rows))
 
     async def _publish_locked(self, progress: "Progress | None" = None, only_if_changed: bool = False
                               ) -> PublishedCrl:
@@ -253,6 +295,14 @@ class Publisher:
         report(progress, "sign", 0, len(entries))
         published = await self._run(self._build, number, this_update, next_update, entries, previous)
         report(progress, "sign", len(entries), len(entries))
+        return await self._record(published, entries, served, started, fingerprint=fingerprint,
+                                  reused=self._encoder.last_reused, progress=progress)
+
+    async def _record(self, published: PublishedCrl, entries: Sequence[Entry], served: "PublishedCrl | None",
+                      started: float, *, fingerprint: "tuple[int, int] | None", reused: int,
+                      progress: "Progress | None" = None) -> PublishedCrl:
+        """Record a CRL signed here and serve it, unless a higher number was recorded meanwhile (adopted then)."""
+        number, this_update, next_update = published.number, published.this_update, published.next_update
         report(progress, "record", 0, 1)
         saved = await self._store.save(number=number, this_update=this_update, next_update=next_update,
                                        der=published.der, sha256=published.sha256, entries=published.entries,
@@ -265,6 +315,7 @@ class Publisher:
             return self._current or published
         self._install(published)
         self._fingerprint = fingerprint
+        self._own_base = True
         self._succeeded()
         if self._on_signed is not None:
             try:
@@ -274,7 +325,7 @@ class Publisher:
                                   error=f"{type(exc).__name__}: {exc}")
         self._log.info("crl.published", ca=self.ca, number=number, entries=published.entries,
                        bytes=len(published.der), this_update=this_update.isoformat(),
-                       next_update=next_update.isoformat(), reused_entries=self._encoder.last_reused)
+                       next_update=next_update.isoformat(), reused_entries=reused)
         if self._on_recorded is not None:
             try:
                 await self._on_recorded(published)
@@ -296,6 +347,26 @@ class Publisher:
             raise
         return _published_from(self.ca, der, number, this_update, next_update, len(entries))
 
+    def _build_patch(self, served: PublishedCrl, serials: frozenset[int], rows: list[Entry], number: int,
+                     this_update: datetime, next_update: datetime) -> "PublishedCrl | None":
+        """Worker-thread part of publish_changes: locate the changed serials' entries in the CRL served, and
+        unless they already read as `rows` say, splice, sign once and self-check; None when nothing changed."""
+        base = parse_crl(served.der)
+        spans = locate_entries(served.der, base.entries_start, base.entries_end, serials)
+        now_listed = {e[0]: e for e in rows}
+        if spans.keys() == now_listed.keys():
+            encoded = EntryEncoder(cache=False).encode(list(now_listed.values()))
+            if all(served.der[slice(*spans[s])] == d for s, d in zip(now_listed, encoded)):
+                return None
+        count = served.entries - len(spans) + len(now_listed)
+        der = patch_crl(base=served.der, entries_start=base.entries_start, entries_end=base.entries_end,
+                        drop=spans.values(), add=list(now_listed.values()), issuer=self.issuer, signer=self.signer,
+                        number=number, this_update=this_update, next_update=next_update, scope=self.scope)
+        check_crl(der, issuer=self.issuer, number=number, this_update=this_update, next_update=next_update,
+                  entries=Patched(count, {s: now_listed.get(s) for s in serials}), previous_number=served.number,
+                  scope=self.scope)
+        return _published_from(self.ca, der, number, this_update, next_update, count)
+
     async def refresh_from_store(self) -> bool:
         """Adopt the newest CRL in the database if it is newer than ours (another process published it)."""
         stored = await self._store.load()
@@ -310,6 +381,7 @@ class Publisher:
             return False
         self._install(published)
         self._fingerprint = None
+        self._own_base = False
         self._log.info("crl.adopted", ca=self.ca, number=published.number, published_by=stored.published_by)
         return True
 
@@ -335,6 +407,8 @@ class Publisher:
 
     def _failed(self, exc: BaseException) -> None:
         self._failures += 1
+        # the changes this attempt was to list may be out of the next look's reach: the next re-sign reads all
+        self._own_base = False
         self._last_failure_at = self._clock()
         self._last_failure_mono = time.monotonic()
         self._last_error = f"{type(exc).__name__}: {exc}"

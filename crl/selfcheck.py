@@ -1,8 +1,9 @@
 """Checks before publishing: the RFC 5280 §5 profile points that matter, signature, entries vs source."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from trustkit.der import utc_seconds
 
@@ -11,6 +12,20 @@ from .parse import CrlFormatError, ParsedCrl, parse_crl
 from .signing import UnsupportedAlgorithm, verify_signature
 
 MAX_REPORTED = 5
+
+
+@dataclass(frozen=True)
+class Patched:
+    """What a CRL re-signed from its predecessor (crl.build.patch_crl) must list: `count` entries in all, and each
+    changed serial with its entry (listed with that reason) or None (not listed)."""
+
+    count: int
+    changed: Mapping[int, "Entry | None"]
+
+
+def expected_code(reason: "int | None") -> int:
+    """The index code (crl.parse.index_entries) of an entry written with `reason`: none for 0 or None."""
+    return 0 if not reason else int(reason) + 1
 
 
 class SelfCheckError(Exception):
@@ -22,9 +37,11 @@ class SelfCheckError(Exception):
 
 
 def check_crl(der: bytes, *, issuer: Issuer, number: int, this_update: datetime, next_update: datetime,
-              entries: Sequence[Entry], previous_number: "int | None" = None,
+              entries: "Sequence[Entry] | Patched", previous_number: "int | None" = None,
               scope: "Scope | None" = None) -> ParsedCrl:
-    """Parse `der` and verify it is the CRL we meant to sign; raise SelfCheckError listing every problem."""
+    """Parse `der` and verify it is the CRL we meant to sign; raise SelfCheckError listing every problem.
+
+    `entries`: what the CRL must list, every entry (a full build) or `Patched` (a re-sign from the previous CRL)."""
     try:
         crl = parse_crl(der)
     except CrlFormatError as exc:
@@ -58,9 +75,10 @@ def check_crl(der: bytes, *, issuer: Issuer, number: int, this_update: datetime,
         ext = crl.extension("2.5.29.28")
         if crl.scope is None or ext is None or not ext.critical or crl.scope.uris != tuple(scope.uris):
             problems.append("critical Issuing Distribution Point missing or not the partition's URI (§5.2.5)")
-    if entries and not crl.has_entries:
+    count = entries.count if isinstance(entries, Patched) else len(entries)
+    if count and not crl.has_entries:
         problems.append("revokedCertificates missing")
-    if not entries and crl.has_entries:
+    if not count and crl.has_entries:
         problems.append("revokedCertificates present but should be absent (§5.1.2.6)")
     if issuer.public_key is None:
         problems.append("no issuer public key to verify the signature with")
@@ -76,21 +94,30 @@ def check_crl(der: bytes, *, issuer: Issuer, number: int, this_update: datetime,
     return crl
 
 
-def _entry_problems(crl: ParsedCrl, entries: Sequence[Entry]) -> list[str]:
-    """Every source entry is listed once with its reasonCode, and nothing else is listed (§5.1.2.6, §5.3.1)."""
+def _entry_problems(crl: ParsedCrl, entries: "Sequence[Entry] | Patched") -> list[str]:
+    """Every source entry is listed once with its reasonCode, and nothing else is listed (§5.1.2.6, §5.3.1); for a
+    patched CRL: the count, every changed serial as it must be, and the whole list readable."""
     try:
         codes = crl.index(offsets=False).codes
     except CrlFormatError as exc:
         return [f"revokedCertificates unreadable: {exc}"]
     problems: list[str] = []
-    if len(codes) != len(entries):
-        problems.append(f"{len(codes)} entries listed, the source has {len(entries)} (duplicates in the source?)")
+    count = entries.count if isinstance(entries, Patched) else len(entries)
+    if len(codes) != count:
+        problems.append(f"{len(codes)} entries listed, the source has {count} (duplicates in the source?)")
     get = codes.get
+    if isinstance(entries, Patched):
+        for serial, entry in entries.changed.items():
+            if entry is None and serial in codes:
+                problems.append(f"serial {serial:x} is listed but should not be")
+                if len(problems) >= MAX_REPORTED:
+                    break
+        entries = [e for e in entries.changed.values() if e is not None]
     for serial, _at, reason, _inv in entries:
         code = get(serial)
         if code is None:
             problems.append(f"serial {serial:x} is missing")
-        elif code & 0xF != (0 if not reason else int(reason) + 1):
+        elif code & 0xF != expected_code(reason):
             problems.append(f"serial {serial:x} has the wrong reasonCode")
         else:
             continue

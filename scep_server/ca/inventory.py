@@ -121,13 +121,24 @@ async def revoked_entries_core(conn: AsyncConnection, ca: str, *, now: datetime,
             for r in (await conn.execute(q))]
 
 
+async def listed_entries(conn: AsyncConnection, ca: str, serials, *, now: datetime) -> list[tuple]:
+    """The rows of :func:`revoked_entries` among the certificates with these serial numbers (ints)."""
+    listed = sorted(s.value for s in LISTED)
+    q = (sa.select(certificates.c.serial, certificates.c.revoked_at, certificates.c.revocation_reason,
+                   certificates.c.invalidity_date)
+         .where(certificates.c.ca == ca, certificates.c.serial.in_([serial_hex(s) for s in serials]),
+                certificates.c.status.in_(listed), certificates.c.not_after > now))
+    return [(int(r.serial, 16), aware(r.revoked_at), r.revocation_reason, aware(r.invalidity_date))
+            for r in (await conn.execute(q))]
+
+
 async def partition_changes(conn: AsyncConnection, ca: str, *, since: datetime) -> list[tuple]:
-    """(CRL partition, serial, updated_at, status) of the certificates of `ca` in a CRL partition whose row changed
+    """(CRL partition, serial number, updated_at, status) of the certificates of `ca` in a CRL partition whose row changed
     at or after `since` (crl.partitions.PartitionSet.publish_changed)."""
     c = certificates.c
     q = (sa.select(c.crl_partition, c.serial, c.updated_at, c.status)
          .where(c.ca == ca, c.crl_partition.is_not(None), c.updated_at >= since))
-    return [(int(r.crl_partition), r.serial, aware(r.updated_at), r.status) for r in (await conn.execute(q))]
+    return [(int(r.crl_partition), int(r.serial, 16), aware(r.updated_at), r.status) for r in (await conn.execute(q))]
 
 
 def public_key_sha256(pub) -> str:

@@ -87,7 +87,8 @@ def inventory_source(runtime: Runtime, ca_name: str):
 
 
 def partition_sources(runtime: Runtime, ca_name: str):
-    """A partition set's sources: a partition's entries, and the certificates of partitions changed lately."""
+    """A partition set's sources: a partition's entries, the certificates of partitions changed lately, and the
+    entries of given certificates."""
     engine = runtime.engine
 
     async def source(partition: int, now: datetime):
@@ -98,7 +99,11 @@ def partition_sources(runtime: Runtime, ca_name: str):
         async with engine.connect() as conn:
             return await inventory.partition_changes(conn, ca_name, since=since)
 
-    return source, changed
+    async def listed(serials, now: datetime):
+        async with engine.connect() as conn:
+            return await inventory.listed_entries(conn, ca_name, serials, now=now)
+
+    return source, changed, listed
 
 
 class CrlService:
@@ -113,11 +118,11 @@ class CrlService:
         self.partitions: dict[str, PartitionSet] = {}
         for name, count in runtime.crl_partitions.items():
             ca = runtime.cas[name]
-            source, changed = partition_sources(runtime, name)
+            source, changed, listed = partition_sources(runtime, name)
             self.partitions[name] = PartitionSet(
                 name, count, url_for=lambda p, _name=name: partition_cdp_url(base, _name, p),
                 issuer=self.publishers[name].issuer, signer=self.publishers[name].signer, source=source,
-                changed=changed, engine=runtime.engine, settings=self.settings, clock=runtime.clock,
+                changed=changed, listed=listed, engine=runtime.engine, settings=self.settings, clock=runtime.clock,
                 on_recorded=self._announce_recorded)
         # CA name -> CRL Number served when a change was announced here (None: no CRL yet)
         self._pending: dict[str, int | None] = {}

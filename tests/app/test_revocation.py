@@ -39,9 +39,14 @@ async def test_hold_release_revoke_and_final(engine, ca, key):
     async with engine.connect() as conn:
         entries = await inventory.revoked_entries(conn, ca.name, now=NOW)
     assert entries == [(int(serial, 16), NOW, int(Reason.CERTIFICATE_HOLD), None)]
+    async with engine.connect() as conn:  # the same row read by serial number (a partition's re-sign)
+        assert await inventory.listed_entries(conn, ca.name, [int(serial, 16), 0x5EED], now=NOW) == entries
+        assert await inventory.listed_entries(conn, "other", [int(serial, 16)], now=NOW) == []
+        assert await inventory.listed_entries(conn, ca.name, [int(serial, 16)], now=NOW + timedelta(days=3650)) == []
     assert (await svc.release(serial, actor="admin")).status == "valid"
     async with engine.connect() as conn:
         assert await inventory.revoked_entries(conn, ca.name, now=NOW) == []
+        assert await inventory.listed_entries(conn, ca.name, [int(serial, 16)], now=NOW) == []
     rec = await svc.revoke(serial, Reason.KEY_COMPROMISE, actor="admin", invalidity_date=NOW - timedelta(days=1))
     assert rec.status == "revoked" and rec.revocation_reason == Reason.KEY_COMPROMISE
     with pytest.raises(InventoryError, match="for good"):

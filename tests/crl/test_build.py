@@ -9,7 +9,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtensionOID
 
-from crl.build import CrlBuildError, EntryEncoder, Issuer, Reason, Scope, build_crl, build_tbs, encode_entry
+from crl.build import (CrlBuildError, EntryEncoder, Issuer, Reason, Scope, build_crl, build_tbs, encode_entry,
+                       patch_crl)
+from crl.parse import locate_entries, parse_crl
 from crl.signing import ECDSA_SHA256, RSA_SHA256, CrlSigner
 from tests.crl.pki import key, make_ca
 
@@ -210,3 +212,67 @@ def test_scope_rules():
         Scope(())
     with pytest.raises(CrlBuildError):
         Scope(("http://x/a.crl",), only_user_certs=True, only_ca_certs=True)
+
+
+def _serials_and_reasons(der: bytes) -> dict:
+    crl = x509.load_der_x509_crl(der)
+    out = {}
+    for r in crl:
+        try:
+            reason = r.extensions.get_extension_for_class(x509.CRLReason).value.reason.name
+        except x509.ExtensionNotFound:
+            reason = None
+        out[r.serial_number] = (r.revocation_date_utc, reason)
+    return out
+
+
+def test_locate_entries_finds_only_real_entries():
+    # serial B's encoding (02 05 1a bb cc dd ee), even behind a SEQUENCE header, sits inside serial A's octets: a
+    # hit there is not B's entry
+    a = int.from_bytes(b"\x11\x30\x07\x02\x05\x1a\xbb\xcc\xdd\xee\x01", "big")
+    b = 0x1ABBCCDDEE
+    long_entry = (0x77, T0, 1, T0 - timedelta(days=3))  # reasonCode and invalidityDate
+    ca = make_ca("Locate CA", kind="ec", slot=8)
+    issuer, signer = Issuer.from_certificate(ca.cert), CrlSigner.for_private_key(ca.key)
+    for entries in ([(a, T0, None, None), long_entry], [(a, T0, None, None), (b, T0, 4, None), long_entry]):
+        der = build_crl(issuer=issuer, signer=signer, number=1, this_update=T0, next_update=T0 + timedelta(days=1),
+                        entries=entries)
+        crl = parse_crl(der)
+        spans = locate_entries(der, crl.entries_start, crl.entries_end, {a, b, 0x77, 0x99})
+        assert set(spans) == {e[0] for e in entries}
+        for serial, (start, end) in spans.items():
+            assert der[start:end] == encode_entry(*next(e for e in entries if e[0] == serial))
+
+
+def test_patch_crl_drops_and_adds_entries_around_the_unchanged_ones():
+    ca = make_ca("Patch CA", kind="rsa", slot=9)
+    issuer, signer = Issuer.from_certificate(ca.cert), CrlSigner.for_private_key(ca.key)
+    base_entries = [(s, T0 - timedelta(hours=s), (None, 1, 4, 6)[s % 4], None) for s in range(100, 140)]
+    scope = Scope(("http://127.0.0.1/crl/default/0.crl",), only_user_certs=True)
+    base = build_crl(issuer=issuer, signer=signer, number=1, this_update=T0, next_update=T0 + timedelta(days=1),
+                     entries=base_entries, scope=scope)
+    crl = parse_crl(base)
+    gone = {100, 117, 139}  # the first, a middle and the last entry
+    changed = {120: (120, T0, 1, None)}  # held, then revoked: its entry changes
+    added = [(5000, T0, 5, T0 - timedelta(days=1)), changed[120]]
+    spans = locate_entries(base, crl.entries_start, crl.entries_end, gone | set(changed) | {5000})
+    assert set(spans) == gone | {120}
+    der = patch_crl(base=base, entries_start=crl.entries_start, entries_end=crl.entries_end, drop=spans.values(),
+                    add=added, issuer=issuer, signer=signer, number=2, this_update=T0,
+                    next_update=T0 + timedelta(days=1), scope=scope)
+    expected = [e for e in base_entries if e[0] not in gone and e[0] not in changed] + added
+    full = build_crl(issuer=issuer, signer=signer, number=2, this_update=T0, next_update=T0 + timedelta(days=1),
+                     entries=expected, scope=scope)
+    assert _serials_and_reasons(der) == _serials_and_reasons(full)
+    assert x509.load_der_x509_crl(der).is_signature_valid(ca.cert.public_key())
+    # dropping every entry leaves no revokedCertificates at all (§5.1.2.6)
+    crl = parse_crl(der)
+    every = locate_entries(der, crl.entries_start, crl.entries_end, {e[0] for e in expected})
+    empty = patch_crl(base=der, entries_start=crl.entries_start, entries_end=crl.entries_end, drop=every.values(),
+                      add=[], issuer=issuer, signer=signer, number=3, this_update=T0,
+                      next_update=T0 + timedelta(days=1), scope=scope)
+    assert not parse_crl(empty).has_entries and len(x509.load_der_x509_crl(empty)) == 0
+    with pytest.raises(CrlBuildError):  # spans that overlap
+        patch_crl(base=base, entries_start=crl.entries_start, entries_end=crl.entries_end,
+                  drop=[(crl.entries_start, crl.entries_start + 10), (crl.entries_start + 5, crl.entries_start + 20)],
+                  add=[], issuer=issuer, signer=signer, number=2, this_update=T0, next_update=T0 + timedelta(days=1))

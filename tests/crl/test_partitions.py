@@ -24,10 +24,16 @@ class PartitionedSource:
         self.rows: dict[int, tuple] = {}
         self.changes: list[tuple] = []  # (partition, serial, updated_at, status)
         self.reads: list[int] = []
+        self.listed_reads: list[list[int]] = []
+        self.fail_listed = False
 
-    def revoke(self, serial: int, at: datetime, reason=None) -> None:
-        self.rows[serial] = (at, reason, None)
+    def revoke(self, serial: int, at: datetime, reason=None, invalidity=None) -> None:
+        self.rows[serial] = (at, reason, invalidity)
         self.touch(serial, at, "revoked")
+
+    def release(self, serial: int, at: datetime) -> None:
+        del self.rows[serial]
+        self.touch(serial, at, "valid")
 
     def touch(self, serial: int, at: datetime, status: str = "valid") -> None:
         self.changes.append((partition_of(serial, COUNT), serial, at, status))
@@ -38,6 +44,12 @@ class PartitionedSource:
 
     async def changed(self, since: datetime):
         return [c for c in self.changes if c[2] >= since]
+
+    async def listed(self, serials, now: datetime):
+        if self.fail_listed:
+            raise ConnectionError("database unreachable")
+        self.listed_reads.append(sorted(serials))
+        return [(s, at, r, inv) for s, (at, r, inv) in self.rows.items() if s in serials]
 
 
 def url(p: int) -> str:
@@ -178,3 +190,91 @@ def test_partition_count_is_bounded(engine, issuer, signer, clock, count):
     with pytest.raises(ValueError):
         PartitionSet("default", count, url_for=url, issuer=issuer, signer=signer, source=None, changed=None,
                      engine=engine, clock=clock)
+
+
+def listing(der: bytes) -> dict:
+    """serial -> (revocation date, reason name, invalidity date) as cryptography reads the CRL."""
+    out = {}
+    for r in x509.load_der_x509_crl(der):
+        ext = {type(e.value): e.value for e in r.extensions}
+        reason = ext.get(x509.CRLReason)
+        invalidity = ext.get(x509.InvalidityDate)
+        out[r.serial_number] = (r.revocation_date_utc, reason.reason.name if reason else None,
+                                invalidity.invalidity_date_utc if invalidity else None)
+    return out
+
+
+def full_listing(src: PartitionedSource, partition: int) -> dict:
+    reasons = {1: "key_compromise", 4: "superseded", 6: "certificate_hold", None: None}
+    return {s: (at.replace(microsecond=0), reasons[r], inv.replace(microsecond=0) if inv else None)
+            for s, (at, r, inv) in src.rows.items() if partition_of(s, COUNT) == partition}
+
+
+async def test_a_change_is_signed_from_the_crl_signed_here_reading_only_the_changed_certificates(
+        engine, issuer, signer, clock, rsa_ca):
+    src = PartitionedSource()
+    for i, s in enumerate(range(0x1000, 0x1000 + 200, COUNT)):  # 50 entries in partition 0
+        src.revoke(s, clock.now - timedelta(days=1, seconds=i), (None, 1, 4, 6)[i % 4])
+    parts = make_set(engine, issuer, signer, src, clock, listed=src.listed)
+    await parts.publish_due()
+    first = parts.publishers[0].current
+    clock.advance(10)
+    src.reads.clear()
+    src.revoke(0x2000, clock.now, 1, invalidity=clock.now - timedelta(days=2))  # a new entry
+    src.release(0x1000 + 4 * 3, clock.now)  # a held certificate released: its entry leaves
+    src.revoke(0x1000 + 4 * 7, clock.now, 1)  # held, now revoked: its entry changes
+    assert await parts.publish_changed() == [0]
+    assert src.reads == []  # the partition was not read again, only the three certificates
+    assert src.listed_reads == [sorted([0x2000, 0x100C, 0x101C])]
+    crl = parts.publishers[0].current
+    assert crl.number == first.number + 1 and crl.entries == 50
+    assert x509.load_der_x509_crl(crl.der).is_signature_valid(rsa_ca.cert.public_key())
+    assert listing(crl.der) == full_listing(src, 0)
+    # the schedule's re-sign reads the whole partition and lists the same
+    clock.advance(CrlSettings().resign_interval.total_seconds())
+    assert 0 in await parts.publish_due()
+    assert src.reads.count(0) == 1 and listing(parts.publishers[0].current.der) == full_listing(src, 0)
+    # a change that leaves the entries as they are signs nothing
+    src.listed_reads.clear()
+    served = parts.publishers[0].current
+    src.touch(0x2000, clock.now + timedelta(seconds=1), "revoked")
+    assert await parts.publish_changed() == []
+    assert src.listed_reads == [[0x2000]] and parts.publishers[0].current is served
+
+
+async def test_a_crl_adopted_from_another_process_or_a_failed_resign_means_a_full_read(
+        engine, db_url, issuer, signer, clock):
+    src = PartitionedSource()
+    src.revoke(0x100, clock.now - timedelta(hours=1))
+    other_engine = create_engine(db_url)
+    try:
+        a = make_set(engine, issuer, signer, src, clock, listed=src.listed)
+        b = make_set(other_engine, issuer, signer, src, clock, listed=src.listed)
+        await a.publish_due()
+        assert await b.poll() == COUNT  # b serves a's CRLs: it reads a partition in full before patching one
+        clock.advance(5)
+        src.revoke(0x104, clock.now)
+        src.reads.clear()
+        assert await b.publish_changed() == [0]
+        assert src.reads == [0] and set(listing(b.publishers[0].current.der)) == {0x100, 0x104}
+        clock.advance(5)
+        src.revoke(0x108, clock.now)
+        src.reads.clear()
+        assert await b.publish_changed() == [0]
+        assert src.reads == [] and set(listing(b.publishers[0].current.der)) == {0x100, 0x104, 0x108}
+
+        # after a re-sign that failed, the next one reads the whole partition (whatever went wrong)
+        clock.advance(5)
+        src.revoke(0x10C, clock.now)
+        src.fail_listed = True
+        assert await b.publish_changed() == []
+        assert b.publishers[0].health().state == "degraded"
+        src.fail_listed = False
+        clock.advance(5)
+        src.revoke(0x110, clock.now)
+        src.reads.clear()
+        assert await b.publish_changed() == [0]
+        assert src.reads == [0]
+        assert set(listing(b.publishers[0].current.der)) == {0x100, 0x104, 0x108, 0x10C, 0x110}
+    finally:
+        await other_engine.dispose()

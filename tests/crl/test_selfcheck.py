@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from crl.build import Issuer, Scope, build_crl
-from crl.selfcheck import SelfCheckError, check_crl
+from crl.selfcheck import Patched, SelfCheckError, check_crl
 from crl.signing import CrlSigner
 from tests.crl.pki import make_ca
 
@@ -62,3 +62,15 @@ def test_numbering_times_issuer_key_and_scope(made):
     assert any("no issuer public key" in p for p in problems(der, replace(issuer, public_key=None)))
     assert any("Issuing Distribution Point" in p for p in problems(der, issuer, scope=Scope(("http://x/1.crl",))))
     assert problems(b"\x30\x00", issuer)[0].startswith("does not parse")
+
+
+def test_a_patched_crl_is_checked_by_count_and_changed_serials(made):
+    _, issuer, der = made
+    good = Patched(3, {5: ENTRIES[0], 8: None})
+    assert check_crl(der, issuer=issuer, number=9, this_update=T0, next_update=T1, entries=good).crl_number == 9
+    assert any("the source has 4" in p for p in problems(der, issuer, entries=Patched(4, {5: ENTRIES[0]})))
+    assert any("serial 6 is listed but should not be" in p for p in problems(der, issuer, entries=Patched(3, {6: None})))
+    assert any("serial 8 is missing" in p for p in problems(der, issuer, entries=Patched(3, {8: (8, T0, None, None)})))
+    assert any("wrong reasonCode" in p for p in problems(der, issuer, entries=Patched(3, {6: (6, T0, 1, None)})))
+    empty = Patched(0, {})
+    assert any("should be absent" in p for p in problems(der, issuer, entries=empty))
