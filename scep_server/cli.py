@@ -91,6 +91,7 @@ def _interactive() -> bool:
 
 
 KEY_TYPES = ("rsa", "ec-p256", "ec-p384")  # the CA key; the RA key is always RSA
+RA_MODES = ("single", "split")  # one RA certificate, or a signing-only and an encryption-only one
 
 
 @main.command()
@@ -102,15 +103,21 @@ KEY_TYPES = ("rsa", "ec-p256", "ec-p384")  # the CA key; the RA key is always RS
               help="The CA certificate's validity in days (default: ca.validity_days).")
 @click.option("--base-url", metavar="URL", help="The public URL devices reach, written into certificates "
               "(default: server.base_url, else http://<server.listen>).")
+@click.option("--ra-mode", type=click.Choice(RA_MODES),
+              help="The new CA's RA certificates: single = one for signing and decryption; split = a signing-only "
+              "and an encryption-only one, as Microsoft NDES publishes them (default: ca.ra_mode, single; "
+              "docs/scep.md \"Split RA certificates\"); never asked.")
 @click.option("--default-profile/--no-default-profile", default=None,
               help="Create a static SCEP profile `default` when there is no profile (default: yes).")
 @click.option("--no-input", is_flag=True, help="Never ask; what is not given takes its default.")
 @pass_ctx
 def init(ctx: Context, ca_subject: str | None, key_type: str | None, key_size: int | None,
-         validity_days: int | None, base_url: str | None, default_profile: bool | None, no_input: bool) -> None:
+         validity_days: int | None, base_url: str | None, ra_mode: str | None, default_profile: bool | None,
+         no_input: bool) -> None:
     """Create the data directory, database schema, CA and default profile if missing.
 
-    On a terminal, what is not given is asked for (unless --no-input); otherwise it takes its default."""
+    On a terminal, what is not given is asked for (unless --no-input), except --ra-mode; otherwise it takes its
+    default."""
     from .runtime import initialise
 
     configured = ctx.settings()
@@ -134,7 +141,7 @@ def init(ctx: Context, ca_subject: str | None, key_type: str | None, key_size: i
     if ca_subject is not None:
         _subject(ca_subject)
     ca = {k: v for k, v in (("subject", ca_subject), ("key_type", key_type), ("key_size", key_size),
-                            ("validity_days", validity_days)) if v is not None}
+                            ("validity_days", validity_days), ("ra_mode", ra_mode)) if v is not None}
     overrides: dict[str, Any] = {}
     if ca:
         overrides["ca"] = ca
@@ -142,8 +149,9 @@ def init(ctx: Context, ca_subject: str | None, key_type: str | None, key_size: i
         overrides["server"] = {"base_url": base_url}
     settings = ctx.settings(**overrides) if overrides else configured
     if not new_ca and (ca or key_type is not None):
-        click.echo(f"a CA exists in {settings.ca_dir()}: --ca-subject, --key-type, --key-size and --validity-days "
-                   "do not change it", err=True)
+        click.echo(f"a CA exists in {settings.ca_dir()}: --ca-subject, --key-type, --key-size, --validity-days and "
+                   "--ra-mode do not change it" + (" (`scep-server ca renew-ra --mode` switches its RA certificates)"
+                                                   if ra_mode is not None else ""), err=True)
     report = _initialise(initialise, settings, default_profile=True if default_profile is None else default_profile)
     if base_url is not None and configured.server.public_base_url() != settings.server.public_base_url():
         report.append(f"serve reads the base URL from its configuration: set server.base_url = "

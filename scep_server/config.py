@@ -149,6 +149,10 @@ class CASettings(BaseModel):
     ra_subject: str = Field("CN=Device Trust SCEP RA,O=Device Trust",
                             description="subject of the RA certificate (decrypts and signs SCEP messages)")
     ra_validity_days: int = Field(730, ge=1, description="validity of the RA certificate, in days")
+    ra_mode: Literal["single", "split"] = Field(
+        "single", description="the RA certificates of a new CA: single (one RA certificate signs and decrypts) or "
+        "split (a signing-only and an encryption-only one, as Microsoft NDES publishes them; key_backend = file "
+        "only); an existing CA keeps its mode, `scep-server ca renew-ra --mode` switches it")
     ra_renew_before_days: int = Field(60, ge=1, description="the server renews the RA certificate (a new key) "
                                       "when it has less than this many days left")
     decrypt_with_ca_key: bool | None = Field(
@@ -186,6 +190,9 @@ class CASettings(BaseModel):
             if self.decrypt_with_ca_key:
                 raise ValueError("decrypt_with_ca_key = true needs key_backend = \"file\" (a token's CA key only "
                                  "signs)")
+            if self.ra_mode == "split":
+                raise ValueError("ra_mode = \"split\" needs key_backend = \"file\" (split RA certificates are not "
+                                 "made in a token)")
         return self
 
     def ca_key_decrypts(self) -> bool:

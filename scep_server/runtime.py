@@ -189,7 +189,7 @@ def _load_or_create_ca(settings: Settings, now: datetime, report: list[str]) -> 
             directory, name=settings.ca.name, subject=settings.ca.subject, ra_subject=settings.ca.ra_subject,
             key_size=settings.ca.key_size, validity_days=settings.ca.validity_days,
             ra_validity_days=settings.ca.ra_validity_days, passphrase=passphrase, base_url=base, now=now,
-            key_type=settings.ca.key_type, key_store=store)
+            key_type=settings.ca.key_type, key_store=store, ra_mode=settings.ca.ra_mode)
     finally:
         if store is not None:
             store.close()  # this process (a `serve` parent about to fork) keeps no session open
@@ -199,6 +199,8 @@ def _load_or_create_ca(settings: Settings, now: datetime, report: list[str]) -> 
                                                                    f"RSA {settings.ca.key_size}")
     report.append(f"created CA {ca.name!r} ({ca.cert.subject.rfc4514_string()}, {key_type} key) in {directory}")
     report.append(f"  CA certificate: {directory / 'ca.crt'}  SHA-256 {ca.fingerprint_sha256}")
+    if ca.ra_mode == "split":
+        report.append(f"  split RA certificates: {directory / 'ra.crt'} signs, {directory / 'ra-enc.crt'} decrypts")
     if store is not None:
         report.append(f"  keys {settings.ca.ca_key_label!r} (CA) and {settings.ca.ra_key_label!r} (RA) in PKCS#11 "
                       f"token {settings.ca.pkcs11_token_label!r}")

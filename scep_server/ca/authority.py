@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -20,7 +21,7 @@ from ..replycache import FailureReplies
 from . import tbs
 from .keys import FileKey, KeyOps, KeyStore, durable_write
 from .policy import IssuancePolicy
-from .rafiles import is_split, load_encryption_ras, load_ras
+from .rafiles import ENCRYPTION, is_split, load_encryption_ras, load_ras
 
 
 def random_serial() -> int:
@@ -189,6 +190,7 @@ class CertificateAuthority:
 
 # ---------------------------------------------------------------------------------------------
 # Creation and loading of CA material in the data directory: ca.crt, ca.key (encrypted), ra.crt, ra.key
+# (split RA certificates: also ra-enc.crt, ra-enc.key)
 
 
 def _ca_extensions(b: x509.CertificateBuilder, pub) -> x509.CertificateBuilder:
@@ -202,6 +204,7 @@ def _ca_extensions(b: x509.CertificateBuilder, pub) -> x509.CertificateBuilder:
 
 
 CA_FILES = ("ca.key", "ra.key", "ra.crt", "ca.crt")
+ENCRYPTION_FILES = (f"{ENCRYPTION}.key", f"{ENCRYPTION}.crt")  # split RA certificates (create_ca, ra.renew_ra)
 CERT_FILES = ("ra.crt", "ca.crt")  # what a CA whose keys are in a key store (PKCS#11 token) writes
 LOCK_FILE = "ca.lock"
 
@@ -232,9 +235,10 @@ def _directory_lock(directory: Path):
 
 def load_or_create_ca(directory: Path, *, name: str, subject: str, ra_subject: str, key_size: int,
                       validity_days: int, ra_validity_days: int, passphrase: bytes, base_url: str,
-                      now: datetime, key_type: str = "rsa",
-                      key_store: KeyStore | None = None) -> tuple[CertificateAuthority, bool]:
-    """The CA in ``directory``, created first if the directory holds none; (ca, created).
+                      now: datetime, key_type: str = "rsa", key_store: KeyStore | None = None,
+                      ra_mode: str = "single") -> tuple[CertificateAuthority, bool]:
+    """The CA in ``directory``, created first if the directory holds none; (ca, created). ``ra_mode`` only
+    matters to a new CA (create_ca); an existing one keeps the RA certificates it has.
 
     Instances starting together on one directory serialise on a lock: one creates, the others load its CA.
     A directory holding a key without ``ca.crt`` (a lost file, a crash mid-creation) is refused
@@ -245,21 +249,36 @@ def load_or_create_ca(directory: Path, *, name: str, subject: str, ra_subject: s
             return load_ca(directory, name=name, passphrase=passphrase, base_url=base_url, key_store=key_store), False
         return create_ca(directory, name=name, subject=subject, ra_subject=ra_subject, key_size=key_size,
                          validity_days=validity_days, ra_validity_days=ra_validity_days, passphrase=passphrase,
-                         base_url=base_url, now=now, key_type=key_type, key_store=key_store), True
+                         base_url=base_url, now=now, key_type=key_type, key_store=key_store, ra_mode=ra_mode), True
+
+
+RA_MODES = ("single", "split")
+RA_KEY_BITS = 2048
 
 
 def create_ca(directory: Path, *, name: str, subject: str, ra_subject: str, key_size: int, validity_days: int,
               ra_validity_days: int, passphrase: bytes, base_url: str, now: datetime,
-              key_type: str = "rsa", key_store: KeyStore | None = None) -> CertificateAuthority:
+              key_type: str = "rsa", key_store: KeyStore | None = None, ra_mode: str = "single"
+              ) -> CertificateAuthority:
     """Create a self-signed issuing CA and its RA certificate, and write them durably to `directory`.
 
     The CA key is RSA of `key_size` bits or EC (`key_type` "ec-p256", "ec-p384"); the RA key is always RSA
     (RFC 8894 §2.1.2: clients encrypt to it). With a `key_store` the keys are taken from it by label, or
     generated there, and no key file is written.
 
-    Raises CAFilesExist if any of the four files is already there (checked before the keys are generated).
+    ``ra_mode`` "split" starts the CA with split RA certificates, as `scep_server.ca.ra.renew_ra` switches an
+    existing one: ``ra.crt`` only signs, and the encryption RA certificate ``ra-enc.crt`` (its own key) is
+    written with :func:`write_ra`, as a renewal writes it. Not with a `key_store` (ValueError).
+
+    Raises CAFilesExist if any of the four files (or an encryption RA's) is already there (checked before the
+    keys are generated).
     """
-    present = [f for f in CA_FILES if (directory / f).exists()]
+    if ra_mode not in RA_MODES:
+        raise ValueError(f"unknown RA mode {ra_mode!r} (single or split)")
+    split = ra_mode == "split"
+    if split and key_store is not None:
+        raise ValueError("split RA certificates are not made with the keys in a PKCS#11 token")
+    present = [f for f in (*CA_FILES, *ENCRYPTION_FILES) if (directory / f).exists()]
     if present:
         raise CAFilesExist(directory, present)
     if key_store is None:
@@ -271,18 +290,50 @@ def create_ca(directory: Path, *, name: str, subject: str, ra_subject: str, key_
         x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
         .serial_number(random_serial()).not_valid_before(now - timedelta(minutes=5))
         .not_valid_after(now + timedelta(days=validity_days)), ca_key.public_key()), ca_key)
-    ra_key = FileKey.generate(2048) if key_store is None else key_store.ra_key(create=("rsa", 2048))
+    ra_key = FileKey.generate(RA_KEY_BITS) if key_store is None else key_store.ra_key(create=("rsa", RA_KEY_BITS))
     ra_cert = issue_ra_cert(ca_cert, ca_key, ra_key.public_key(), subject=ra_subject, validity_days=ra_validity_days,
-                            base_url=base_url, ca_name=name, now=now)
+                            base_url=base_url, ca_name=name, now=now, usage="sign" if split else "both")
+    ca = CertificateAuthority(name=name, cert=ca_cert, key=ca_key, ra_cert=ra_cert, ra_key=ra_key, base_url=base_url)
     directory.mkdir(parents=True, exist_ok=True)
     # each file is created exclusively (never an overwrite); ca.crt last: its presence marks the directory
     # complete (load_or_create_ca)
     if key_store is None:
         ca_key.save(directory / "ca.key", passphrase)
         ra_key.save(directory / "ra.key", passphrase)
+    if split:  # the encryption RA before the signing-only one, as a renewal writes them
+        enc_cert, enc_key = write_ra(directory, ENCRYPTION, ca, subject=ra_subject, validity_days=ra_validity_days,
+                                     passphrase=passphrase, now=now, usage="encrypt")
+        ca = dataclasses.replace(ca, ra_enc_cert=enc_cert, ra_enc_key=enc_key)
     durable_write(directory / "ra.crt", ra_cert.public_bytes(serialization.Encoding.PEM), mode=0o644, exclusive=True)
     durable_write(directory / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM), mode=0o644, exclusive=True)
-    return CertificateAuthority(name=name, cert=ca_cert, key=ca_key, ra_cert=ra_cert, ra_key=ra_key, base_url=base_url)
+    return ca
+
+
+def write_ra(directory: Path, stem: str, ca: CertificateAuthority, *, subject: str, validity_days: int,
+             passphrase: bytes, now: datetime, usage: str, key_store: KeyStore | None = None
+             ) -> tuple[x509.Certificate, KeyOps]:
+    """Issue an RA certificate (``usage``: issue_ra_cert) with a new key under ``ca`` and write it to
+    ``directory`` as ``<stem>.crt`` and ``<stem>.key`` (with a ``key_store``: the key generated in the token
+    under a new label, which ``<stem>.label`` records); the certificate and its key."""
+    label, file_key = None, None
+    key: KeyOps
+    if key_store is None:
+        key = file_key = FileKey.generate(RA_KEY_BITS)
+    else:
+        label = key_store.renewed_ra_label(now)
+        key = key_store.ra_key(create=("rsa", RA_KEY_BITS), label=label)
+    cert = issue_ra_cert(ca.cert, ca.key, key.public_key(), subject=subject, validity_days=validity_days,
+                         base_url=ca.base_url, ca_name=ca.name, now=now, usage=usage)
+    # the key (or its label) first, the certificate (which completes it) last: a key or label without its
+    # certificate is what a crash between the writes leaves, never used, replaced here
+    if file_key is None:
+        durable_write(directory / f"{stem}.label", f"{label}\n".encode(), mode=0o644)
+    else:
+        (directory / f"{stem}.key").unlink(missing_ok=True)
+        file_key.save(directory / f"{stem}.key", passphrase)
+    durable_write(directory / f"{stem}.crt", cert.public_bytes(serialization.Encoding.PEM), mode=0o644,
+                  exclusive=True)
+    return cert, key
 
 
 RA_USAGES = ("both", "sign", "encrypt")

@@ -2,7 +2,8 @@
 (``ra-<n>.crt``, ``ra-<n>.key``, n = 1, 2, ... in the order they were issued); in split mode also the
 encryption RA certificate (``ra-enc.crt``, ``ra-enc.key``) and its renewals (``ra-enc-<n>.crt``).
 
-Split mode (`scep-server ca ra-mode split`), as Microsoft NDES publishes its RA: the current RA certificate
+Split mode (`scep-server ca renew-ra --mode split`, or from the start: `scep-server init --ra-mode split`,
+scep_server.ca.authority.create_ca), as Microsoft NDES publishes its RA: the current RA certificate
 only signs (digitalSignature), and the newest encryption RA certificate (keyEncipherment, dataEncipherment)
 is the one clients that choose by key usage encrypt to. The mode is what the newest RA certificate says: one
 without keyEncipherment is split. A renewal in split mode renews both.
@@ -21,17 +22,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from .authority import CertificateAuthority, _directory_lock, issue_ra_cert, split_ras
-from .keys import FileKey, KeyOps, KeyStore, durable_write
+from .authority import CertificateAuthority, _directory_lock, split_ras, write_ra
+from .keys import KeyOps, KeyStore
 from .rafiles import (ENCRYPTION, _generation, _ra_cert_files, files_state, is_split, load_encryption_ras, load_ras,
                       ra_certificates)
 
 __all__ = ["files_state", "load_ras", "load_encryption_ras", "ra_certificates", "with_ras", "renewal_due",
            "renew_ra", "is_split"]
-
-RA_KEY_BITS = 2048
 
 
 def with_ras(ca: CertificateAuthority, ras: list[tuple[x509.Certificate, KeyOps]],
@@ -86,31 +84,9 @@ def renew_ra(directory: Path, ca: CertificateAuthority, *, validity_days: int, p
         if split:
             enc_files = _ra_cert_files(directory, ENCRYPTION)
             generation = _generation(enc_files[0].name, ENCRYPTION) + 1 if enc_files else 0
-            _write_ra(directory, ENCRYPTION if generation == 0 else f"{ENCRYPTION}-{generation}", ca,
-                      subject=subject, validity_days=validity_days, passphrase=passphrase, now=now, usage="encrypt")
-        return _write_ra(directory, f"ra-{(_generation(newest.name) or 0) + 1}", ca, subject=subject,
-                         validity_days=validity_days, passphrase=passphrase, now=now,
-                         usage="sign" if split else "both", key_store=key_store)
-
-
-def _write_ra(directory: Path, stem: str, ca: CertificateAuthority, *, subject: str, validity_days: int,
-              passphrase: bytes, now: datetime, usage: str, key_store: KeyStore | None = None) -> x509.Certificate:
-    label, file_key = None, None
-    key: KeyOps
-    if key_store is None:
-        key = file_key = FileKey.generate(RA_KEY_BITS)
-    else:
-        label = key_store.renewed_ra_label(now)
-        key = key_store.ra_key(create=("rsa", RA_KEY_BITS), label=label)
-    cert = issue_ra_cert(ca.cert, ca.key, key.public_key(), subject=subject, validity_days=validity_days,
-                         base_url=ca.base_url, ca_name=ca.name, now=now, usage=usage)
-    # the key (or its label) first, the certificate (which completes it) last: a key or label without its
-    # certificate is what a crash between the writes leaves, never used, replaced here
-    if file_key is None:
-        durable_write(directory / f"{stem}.label", f"{label}\n".encode(), mode=0o644)
-    else:
-        (directory / f"{stem}.key").unlink(missing_ok=True)
-        file_key.save(directory / f"{stem}.key", passphrase)
-    durable_write(directory / f"{stem}.crt", cert.public_bytes(serialization.Encoding.PEM), mode=0o644,
-                  exclusive=True)
-    return cert
+            write_ra(directory, ENCRYPTION if generation == 0 else f"{ENCRYPTION}-{generation}", ca,
+                     subject=subject, validity_days=validity_days, passphrase=passphrase, now=now, usage="encrypt")
+        cert, _ = write_ra(directory, f"ra-{(_generation(newest.name) or 0) + 1}", ca, subject=subject,
+                           validity_days=validity_days, passphrase=passphrase, now=now,
+                           usage="sign" if split else "both", key_store=key_store)
+        return cert

@@ -17,9 +17,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from .authority import CertificateAuthority, _ca_extensions, _directory_lock, issue_ra_cert, parse_name, random_serial
+from .authority import (RA_KEY_BITS, CertificateAuthority, _ca_extensions, _directory_lock, issue_ra_cert, parse_name,
+                        random_serial)
 from .keys import FileKey, durable_write
-from .ra import RA_KEY_BITS
 
 NEXT_FILES = ("next-ca.key", "next-ra.key", "next-ca.crt")
 ACTIVE_FILE = "active"

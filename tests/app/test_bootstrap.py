@@ -73,6 +73,18 @@ async def test_a_key_without_its_certificate_is_refused_and_left_untouched(tmp_p
     assert not (directory / "ca.crt").exists()
 
 
+@pytest.mark.parametrize("ra_mode", ["single", "split"])
+async def test_a_stray_encryption_ra_certificate_is_refused_not_taken_for_ours(tmp_path, ra_mode):
+    settings = settings_for(tmp_path / "data", ca={"ra_mode": ra_mode})
+    directory = settings.ca_dir()
+    directory.mkdir(parents=True)
+    (directory / "ra-enc.crt").write_bytes(b"someone else's")
+    with pytest.raises(CAFilesExist) as ei:
+        await runtime.initialise(settings)
+    assert "ra-enc.crt" in str(ei.value)
+    assert (directory / "ra-enc.crt").read_bytes() == b"someone else's" and not (directory / "ca.crt").exists()
+
+
 def test_the_cli_names_the_files_instead_of_a_traceback(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
@@ -89,7 +101,8 @@ def test_the_cli_names_the_files_instead_of_a_traceback(tmp_path, monkeypatch):
     assert (directory / "ca.key").read_bytes() == b"precious"
 
 
-def test_keys_and_certificates_are_written_durably(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ra_mode", ["single", "split"])
+def test_keys_and_certificates_are_written_durably(tmp_path, monkeypatch, ra_mode):
     synced: list[str] = []
     real_fsync = os.fsync
 
@@ -98,10 +111,10 @@ def test_keys_and_certificates_are_written_durably(tmp_path, monkeypatch):
         return real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
-    settings = _settings(tmp_path)
+    settings = settings_for(tmp_path / "data", ca={"ra_mode": ra_mode})
     runtime._load_or_create_ca(settings, NOW, [])
     directory = str(settings.ca_dir())
-    for name in ("ca.key", "ra.key", "ra.crt", "ca.crt"):
+    for name in ("ca.key", "ra.key", "ra.crt", "ca.crt", *(("ra-enc.key", "ra-enc.crt") if ra_mode == "split" else ())):
         # the bytes were synced in a temporary file of the same directory, renamed or linked afterwards
         assert any(Path(p).parent == Path(directory) and Path(p).name.startswith(f".{name}.") for p in synced), \
             (name, synced)

@@ -1,4 +1,5 @@
-"""`scep-server init` flags and questions, and `serve` refusing to make a CA of its own on a shared database."""
+"""`scep-server init` flags and questions (the RA mode among them), and `serve` refusing to make a CA of its own
+on a shared database."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +11,9 @@ from cryptography import x509
 
 from scep_server import cli as cli_module
 from scep_server.cli import main
+from scep_server.config import load_settings
 from scep_server.profiles import ProfileStore
+from scep_server.runtime import load_cas
 from trustkit.db import create_engine
 
 
@@ -23,9 +26,9 @@ def run_cli(tmp_path, monkeypatch):
     monkeypatch.setenv("SCEP_SERVER_CHALLENGE__SCRYPT_LOG2_N", "10")
     data = tmp_path / "data"
 
-    def invoke(*args: str, input: str | None = None, code: int = 0, tty: bool = False):
+    def invoke(*args: str, input: str | None = None, code: int = 0, tty: bool = False, data_dir: Path = data):
         monkeypatch.setattr(cli_module, "_interactive", lambda: tty)
-        result = CliRunner().invoke(main, ["--data-dir", str(data), *args], input=input)
+        result = CliRunner().invoke(main, ["--data-dir", str(data_dir), *args], input=input)
         assert result.exit_code == code, (result.output, result.exception)
         return result.output
 
@@ -139,6 +142,78 @@ def test_bad_flags_are_usage_errors(run_cli, args, message):
 def test_a_base_url_that_is_no_http_url_names_the_key(run_cli):
     out = run_cli("init", "--base-url", "scep.example.com", code=1)
     assert "server.base_url" in out and "http or https URL" in out
+    assert not (run_cli.data / "ca" / "default" / "ca.crt").exists()
+
+
+def _get_ca_cert(data: Path) -> list[x509.Certificate]:
+    """The certificates GetCACert serves for the CA in ``data``, as a server starting there loads them."""
+    ca = load_cas(load_settings(None, data_dir=str(data)))["default"]
+    return [x509.load_der_x509_certificate(d) for d in ca.ca_cert_ders]
+
+
+def _shape(cert: x509.Certificate) -> tuple:
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    return (cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca, usage.digital_signature,
+            usage.key_encipherment, usage.data_encipherment, cert.subject.rfc4514_string())
+
+
+def _ra_files(data: Path) -> list[str]:
+    return sorted(p.name for p in (data / "ca" / "default").glob("ra*.crt"))
+
+
+def test_ra_mode_split_starts_the_ca_as_renew_ra_mode_split_leaves_it(run_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCEP_SERVER_CA__KEY_SIZE", "2048")
+    out = run_cli("init", "--ra-mode", "split", "--no-input")
+    assert "split RA certificates" in out
+    signing, encryption, authority = certs = _get_ca_cert(run_cli.data)
+    assert [_shape(c)[:4] for c in certs] == [(False, True, False, False),   # signs only
+                                             (False, False, True, True),    # decrypts only
+                                             (True, True, False, False)]    # the CA
+    assert signing.subject == encryption.subject == _ra(run_cli.data).subject
+    assert signing.public_key() != encryption.public_key()
+    for cert in (signing, encryption):
+        cert.verify_directly_issued_by(authority)
+    assert _ra_files(run_cli.data) == ["ra-enc.crt", "ra.crt"]  # no single RA certificate beside them
+    # the same order and shape as a CA made with one RA certificate and switched by `ca renew-ra --mode split`
+    switched = tmp_path / "switched"
+    run_cli("init", "--no-input", data_dir=switched)
+    run_cli("ca", "renew-ra", "--mode", "split", data_dir=switched)
+    assert [_shape(c) for c in _get_ca_cert(switched)] == [_shape(c) for c in certs]
+
+
+@pytest.mark.parametrize("setting, args, mode", [
+    (None, [], "single"),
+    ("split", [], "split"),  # --ra-mode defaults to ca.ra_mode
+    ("split", ["--ra-mode", "single"], "single"),
+])
+def test_ra_mode_defaults_to_the_setting_which_defaults_to_one_ra_certificate(run_cli, monkeypatch, setting, args,
+                                                                               mode):
+    monkeypatch.setenv("SCEP_SERVER_CA__KEY_SIZE", "2048")
+    if setting:
+        monkeypatch.setenv("SCEP_SERVER_CA__RA_MODE", setting)
+    run_cli("init", "--no-input", *args)
+    certs = _get_ca_cert(run_cli.data)
+    if mode == "single":
+        assert [_shape(c)[:4] for c in certs] == [(False, True, True, False), (True, True, False, False)]
+        assert _ra_files(run_cli.data) == ["ra.crt"]
+    else:
+        assert len(certs) == 3 and _ra_files(run_cli.data) == ["ra-enc.crt", "ra.crt"]
+
+
+def test_ra_mode_does_not_change_an_existing_ca(run_cli, monkeypatch):
+    monkeypatch.setenv("SCEP_SERVER_CA__KEY_SIZE", "2048")
+    run_cli("init", "--no-input")
+    out = run_cli("init", "--ra-mode", "split")
+    assert "--ra-mode do not change it" in out and "ca renew-ra --mode" in out
+    assert len(_get_ca_cert(run_cli.data)) == 2 and _ra_files(run_cli.data) == ["ra.crt"]
+
+
+def test_ra_mode_split_is_refused_with_the_keys_in_a_token(run_cli, monkeypatch):
+    monkeypatch.setenv("SCEP_SERVER_CA__KEY_BACKEND", "pkcs11")
+    monkeypatch.setenv("SCEP_SERVER_CA__PKCS11_MODULE", "/nonexistent/libsofthsm2.so")
+    monkeypatch.setenv("SCEP_SERVER_CA__PKCS11_TOKEN_LABEL", "scep")
+    out = run_cli("init", "--ra-mode", "split", "--no-input", code=1)
+    assert 'ra_mode = "split" needs key_backend = "file"' in out
     assert not (run_cli.data / "ca" / "default" / "ca.crt").exists()
 
 

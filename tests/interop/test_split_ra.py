@@ -108,6 +108,11 @@ async def test_get_ca_cert_serves_the_ra_certificates_in_ndes_order(server, ra_m
         assert [der(c) for c in certs] == [ca.ra_cert_der, ca.cert_der]
         assert usage(certs[0]).digital_signature and usage(certs[0]).key_encipherment
         return
+    assert_split_get_ca_cert(certs, ca)
+
+
+def assert_split_get_ca_cert(certs: list[x509.Certificate], ca) -> None:
+    """GetCACert of split RA certificates, in NDES order: the signing RA certificate, the encryption one, the CA."""
     signing, encryption, authority = certs
     assert [der(c) for c in certs] == [ca.ra_cert_der, ca.ra_enc_cert_der, ca.cert_der]
     assert (usage(signing).digital_signature, usage(signing).key_encipherment, usage(signing).data_encipherment) \
@@ -119,6 +124,29 @@ async def test_get_ca_cert_serves_the_ra_certificates_in_ndes_order(server, ra_m
     for c in (signing, encryption):
         c.verify_directly_issued_by(authority)
         assert c.subject == ca.ra_cert.subject
+
+
+async def test_a_ca_created_split_serves_what_a_switched_one_serves(aiohttp_server, tmp_path, db_url):
+    """A CA created with split RA certificates (ca.ra_mode = "split", `init --ra-mode split`): GetCACert as after
+    `renew-ra --mode split`, without an earlier single RA certificate; a device that picks the encryption RA
+    certificate by key usage enrols; a restart loads split mode; a renewal renews both."""
+    server = await start_app(aiohttp_server, tmp_path, db_url, ca={"ra_mode": "split"})
+    ca = server.runtime.cas["default"]
+    assert ca.ra_mode == "split" and ca.previous_ras == [] and ca.previous_enc_ras == []
+    url = f"{server.url}/scep/default"
+    certs = await get_ca_cert(url)
+    assert_split_get_ca_cert(certs, ca)
+    key = rsa_key()
+    rep = await post(url, request(key, by_key_usage(certs), challenge=server.challenge(), cn="created-split"), key,
+                     der(certs[0]))
+    assert rep.status == PKIStatus.SUCCESS, rep.fail_text
+    assert load_cas(server.settings)["default"].ca_cert_ders == ca.ca_cert_ders  # what a restarted server loads
+    directory = server.data_dir / "ca" / "default"
+    assert sorted(p.name for p in directory.glob("ra*.crt")) == ["ra-enc.crt", "ra.crt"]
+    renewed = await lifecycle.renew(server.runtime, "default", actor="test")
+    assert renewed["ra_mode"] == "split"
+    assert sorted(p.name for p in directory.glob("ra*.crt")) == ["ra-1.crt", "ra-enc-1.crt", "ra-enc.crt", "ra.crt"]
+    assert_split_get_ca_cert(await get_ca_cert(url), server.runtime.cas["default"])
 
 
 @MODES
