@@ -104,12 +104,24 @@ _access_log = structlog.wrap_logger(None, wrapper_class=structlog.make_filtering
 _quote = json.encoder.encode_basestring_ascii  # a JSON string literal, escaped (C)
 
 
-_pending_access: list[str] = []  # access lines of this turn of the event loop, written together at its end
+# Access lines wait up to ACCESS_FLUSH_SECONDS, or until ACCESS_FLUSH_BYTES of them, and go out in one write: one
+# system call for every line of that time instead of one per line or per turn of the event loop (a write to a
+# file or pipe costs more than formatting the line). A worker's exit writes what is left (flush_access); a
+# process killed outright loses at most that much of its access log, never an answer.
+ACCESS_FLUSH_SECONDS = 0.25
+ACCESS_FLUSH_BYTES = 64 * 1024
+_pending_access: list[str] = []
+_pending_bytes = 0
 
 
-def _flush_access() -> None:
+def flush_access() -> None:
+    """Write the access lines waiting to go out (at once)."""
+    global _pending_bytes
+    if not _pending_access:
+        return
     lines = "".join(_pending_access)
     _pending_access.clear()
+    _pending_bytes = 0
     try:
         stream = sys.stderr
         stream.write(lines)
@@ -119,23 +131,26 @@ def _flush_access() -> None:
 
 
 def _emit_access(line: str) -> None:
-    """Queue one line; the lines of one turn of the event loop go out in one write when the turn ends (under load
-    many requests end in one turn: one system call for all of them instead of one each). Outside a loop the line
-    is written at once."""
+    """Queue one line: written with the others within ACCESS_FLUSH_SECONDS, or once ACCESS_FLUSH_BYTES wait.
+    Outside a loop the line is written at once."""
+    global _pending_bytes
     import asyncio  # loaded already wherever requests are served; the command line never needs it for this
 
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         _pending_access.append(line)
-        _flush_access()
+        flush_access()
         return
     if not _pending_access:
-        loop.call_soon(_flush_access)
+        loop.call_later(ACCESS_FLUSH_SECONDS, flush_access)
     _pending_access.append(line)
+    _pending_bytes += len(line)
+    if _pending_bytes >= ACCESS_FLUSH_BYTES:
+        flush_access()
 
 
-atexit.register(_flush_access)  # a turn the loop never finished (the process stopping)
+atexit.register(flush_access)  # lines still waiting when the process stops
 
 
 def access_line(*, method: str, route: str, status: int, duration_ms: float, client: str, request_id: str) -> None:

@@ -91,7 +91,8 @@ _multiproc_dir: str | None = None
 _pending: dict[Any, float] = {}
 
 
-def _flush_pending() -> None:
+def flush() -> None:
+    """Apply the increments waiting for the end of the current turn (before a scrape, and at a worker's exit)."""
     if not _pending:
         return
     items = list(_pending.items())
@@ -121,11 +122,11 @@ def _inc(child: Any, amount: float = 1.0) -> None:
         _apply(child, amount)
         return
     if not _pending:
-        loop.call_soon(_flush_pending)
+        loop.call_soon(flush)
     _pending[child] = _pending.get(child, 0.0) + amount
 
 
-atexit.register(_flush_pending)  # a turn the loop never finished (the process stopping)
+atexit.register(flush)  # a turn the loop never finished (the process stopping)
 
 
 # ---------------------------------------------------------------- multiprocess set-up (the serving parent)
@@ -402,7 +403,7 @@ def render(snapshot: Snapshot, accept: str | None = None) -> tuple[bytes, str]:
 
     activate()
     assert _active is not None
-    _flush_pending()  # this worker's increments of the current turn are in the answer
+    flush()  # this worker's increments of the current turn are in the answer
     scrape = CollectorRegistry(auto_describe=False)
     scrape.register(_SnapshotCollector(snapshot))
     ProcessCollector(registry=scrape)

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from .app import create_app
 from .config import Settings
-from .logs import configure
+from .logs import configure, flush_access
 
 log = structlog.get_logger("server")
 
@@ -104,6 +104,14 @@ def serve(settings: Settings, *, announce=print) -> int:
             metrics.cleanup_multiprocess(metrics_dir)
 
 
+def _flush_buffers() -> None:
+    """What a worker still holds for later writing: its access lines and its metric increments."""
+    from . import metrics
+
+    flush_access()
+    metrics.flush()
+
+
 def _worker_ready(fd: int) -> None:
     try:
         os.write(fd, b"r")
@@ -155,6 +163,7 @@ def _supervise(settings: Settings, sock: socket.socket, metrics_sock: socket.soc
             try:
                 _run_worker(settings, sock, metrics_sock, ready=lambda: _worker_ready(ready_w))
             finally:
+                _flush_buffers()  # os._exit runs no atexit handler
                 os._exit(0)
         children[pid] = slot
 

@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from scep_server.logs import configure
+from scep_server import logs
+from scep_server.logs import configure, flush_access
 from scep_server.web.access import UNMATCHED, request_id
 from tests.factories import NOW
 from tests.server import start_app
@@ -28,6 +29,7 @@ def json_logs():
         configure(level, "json")
 
     yield setup
+    flush_access()  # this test's lines, not the next one's
     for handler in list(root.handlers):
         if handler not in before[0]:
             root.removeHandler(handler)
@@ -39,6 +41,8 @@ def lines(capsys) -> list[dict]:
 
 
 def access_lines(capsys) -> list[dict]:
+    """The access lines written so far, after writing those still waiting (what a worker's exit does)."""
+    flush_access()
     return [line for line in lines(capsys) if line["event"] == "http.access"]
 
 
@@ -163,6 +167,16 @@ async def test_no_access_line_by_default_but_the_id_is_echoed(aiohttp_server, tm
 
 
 
+def test_a_worker_writes_its_waiting_lines_and_increments_before_it_exits(monkeypatch):
+    from scep_server import serve
+
+    done = []
+    monkeypatch.setattr(serve, "flush_access", lambda: done.append("access"))
+    monkeypatch.setattr("scep_server.metrics.flush", lambda: done.append("metrics"))
+    serve._flush_buffers()
+    assert sorted(done) == ["access", "metrics"]
+
+
 def test_the_json_access_line_escapes_what_it_is_given(json_logs, capsys):
     from scep_server.logs import access_line
 
@@ -270,8 +284,9 @@ def test_an_access_line_that_cannot_be_written_does_not_fail_the_request(json_lo
     access_line(method="GET", route="/healthz", status=200, duration_ms=0.1, client="127.0.0.1", request_id="r")
 
 
-async def test_the_access_lines_of_one_turn_of_the_loop_go_out_in_one_write(json_logs, monkeypatch):
-    """Under load many requests end in one turn of the event loop: their lines cost one write, not one each."""
+async def test_access_lines_wait_a_moment_or_for_a_batch_then_go_out_in_one_write(json_logs, monkeypatch):
+    """A write costs more than a line: the lines of ACCESS_FLUSH_SECONDS, or ACCESS_FLUSH_BYTES of them, go out in
+    one write."""
     from scep_server.logs import access_line
 
     json_logs("info")
@@ -288,9 +303,14 @@ async def test_the_access_lines_of_one_turn_of_the_loop_go_out_in_one_write(json
     for i in range(3):
         access_line(method="GET", route="/healthz", status=200, duration_ms=0.1, client="192.0.2.1",
                     request_id=f"r{i}")
-    assert writes == []  # not yet: the turn goes on
     await asyncio.sleep(0)
+    assert writes == []  # not yet: a few turns of the loop later, more may come
+    await asyncio.sleep(logs.ACCESS_FLUSH_SECONDS * 2)
     assert len(writes) == 1 and [json.loads(x)["request_id"] for x in writes[0].splitlines()] == ["r0", "r1", "r2"]
-    access_line(method="GET", route="/healthz", status=200, duration_ms=0.1, client="192.0.2.1", request_id="r3")
-    await asyncio.sleep(0)
-    assert len(writes) == 2 and json.loads(writes[1])["request_id"] == "r3"
+    monkeypatch.setattr(logs, "ACCESS_FLUSH_BYTES", 500)  # a line is about 200 bytes: three lines
+    for i in range(3, 7):
+        access_line(method="GET", route="/healthz", status=200, duration_ms=0.1, client="192.0.2.1",
+                    request_id=f"r{i}")
+    assert len(writes) == 2 and [json.loads(x)["request_id"] for x in writes[1].splitlines()] == ["r3", "r4", "r5"]
+    flush_access()  # what a worker's exit does
+    assert len(writes) == 3 and json.loads(writes[2])["request_id"] == "r6"
