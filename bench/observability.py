@@ -8,6 +8,11 @@ side: "on" with `[metrics] enabled = true`, the access log (`[log] access = true
 server has that setting) and a scraper reading `/metrics` every `--scrape-interval` seconds during its turns;
 "off" with `[metrics] enabled = false` and no access log. Both log at info (the production default).
 
+With `--anchor` (the default) a third instance of the deployment, observability off, starts before the two
+and runs throughout without being measured: what the instance started first does more than the others (on a
+shared PostgreSQL database it was the slower one, whichever it was, by more than the effect) falls on it, so
+both measured instances start in the same position. `--no-anchor` runs the two alone.
+
 Each round measures, in an order that alternates between rounds (on then off, then off then on):
 - SCEP: `--enrolments` PKCSReq enrolments at concurrency `--concurrency`, the load and its bodies as in
   bench/scep_enroll.py (built before timing, sent from a process of their own, every reply checked after);
@@ -193,6 +198,10 @@ def main() -> int:
                     "the instances differ by when nothing differs)")
     ap.add_argument("--start-order", choices=("on,off", "off,on"), default="on,off",
                     help="which instance starts first")
+    ap.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=True,
+                    help="start a third instance of the deployment first (observability off, not measured, left "
+                    "running): whatever the instance started first does more falls on it, not on one of the two "
+                    "measured ones")
     ap.add_argument("--scrape-interval", type=float, default=5.0, help="seconds between scrapes (Prometheus: 15-60)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
@@ -205,7 +214,8 @@ def main() -> int:
         pg_admin(f'CREATE DATABASE "{pg_name}"')
         db_url = PG_ADMIN.rsplit("/", 1)[0] + "/" + pg_name
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, database "
-          f"{'PostgreSQL' if args.pg else 'SQLite'}, {args.workers} workers per server; access log setting "
+          f"{'PostgreSQL' if args.pg else 'SQLite'}, {args.workers} workers per server"
+          f"{', a third instance started first' if args.anchor else ''}; access log setting "
           f"{'present' if access_log_setting() else 'absent (metrics only)'}; load average before {uptime()}")
     data_dir = tmp / "data"
     servers: dict[str, Server] = {}
@@ -213,6 +223,9 @@ def main() -> int:
     cpus: dict[str, dict[str, list[float]]] = {"enrol": {"on": [], "off": []}, "otp": {"on": [], "off": []}}
     scrapes = 0
     try:
+        if args.anchor:
+            servers["anchor"] = Server("anchor", data_dir, db_url, args.workers, tmp / "server-anchor.log",
+                                       observe=False)
         for mode in args.start_order.split(","):  # the first instance may differ (A/A runs show it on PostgreSQL)
             servers[mode] = Server(mode, data_dir, db_url, args.workers, tmp / f"server-{mode}.log",
                                    observe=not args.aa)
@@ -285,7 +298,7 @@ def main() -> int:
     print(f"scrapes of /metrics during the on turns: {scrapes}; load average after {uptime()}")
     print(f"target: cost < {100 * (1 - TARGET):.0f} % (ratio >= {TARGET}): {'met' if ok else 'NOT met'}")
     print("RESULT " + json.dumps({"database": "postgresql" if args.pg else "sqlite", "workers": args.workers,
-                                  "aa": args.aa, "start_order": args.start_order,
+                                  "aa": args.aa, "start_order": args.start_order, "anchor": args.anchor,
                                   "rounds": args.rounds, "access_log": access_log_setting(), **summary,
                                   "target_met": ok}))
     return 0 if ok else 1

@@ -112,6 +112,7 @@ ACCESS_FLUSH_SECONDS = 0.25
 ACCESS_FLUSH_BYTES = 64 * 1024
 _pending_access: list[str] = []
 _pending_bytes = 0
+_pending_loop = None  # the event loop whose flush is scheduled
 
 
 def flush_access() -> None:
@@ -133,7 +134,7 @@ def flush_access() -> None:
 def _emit_access(line: str) -> None:
     """Queue one line: written with the others within ACCESS_FLUSH_SECONDS, or once ACCESS_FLUSH_BYTES wait.
     Outside a loop the line is written at once."""
-    global _pending_bytes
+    global _pending_bytes, _pending_loop
     import asyncio  # loaded already wherever requests are served; the command line never needs it for this
 
     try:
@@ -142,8 +143,9 @@ def _emit_access(line: str) -> None:
         _pending_access.append(line)
         flush_access()
         return
-    if not _pending_access:
+    if not _pending_access or loop is not _pending_loop:
         loop.call_later(ACCESS_FLUSH_SECONDS, flush_access)
+        _pending_loop = loop
     _pending_access.append(line)
     _pending_bytes += len(line)
     if _pending_bytes >= ACCESS_FLUSH_BYTES:

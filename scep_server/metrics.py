@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -84,15 +85,19 @@ class _Metrics:
 _active: _Metrics | None = None
 _multiproc_dir: str | None = None
 
-# Counter and gauge increments of this turn of the event loop, added up per labelled child and applied together
-# when the turn ends. In a multi-worker server each increment is a locked write to a memory-mapped file: under
-# load many requests end in one turn, and one write per child and turn replaces one per request. Outside a
+# Counter and gauge increments made on the event loop are added up per labelled child and applied together at most
+# FLUSH_SECONDS later. In a multi-worker server each applied increment is a locked write to a memory-mapped file:
+# one write per child and period replaces one per request. A scrape applies its own worker's increments first, so
+# another worker's may show up to FLUSH_SECONDS late; a worker applies what waits before it exits. Outside a
 # running loop (a thread, the command line) an increment is applied at once.
+FLUSH_SECONDS = 0.25
 _pending: dict[Any, float] = {}
+_pending_thread: "int | None" = None  # the thread and event loop whose flush is scheduled
+_pending_loop: Any = None
 
 
 def flush() -> None:
-    """Apply the increments waiting for the end of the current turn (before a scrape, and at a worker's exit)."""
+    """Apply the increments waiting (before a scrape, and at a worker's exit)."""
     if not _pending:
         return
     items = list(_pending.items())
@@ -114,6 +119,10 @@ def _apply(child: Any, amount: float) -> None:
 
 
 def _inc(child: Any, amount: float = 1.0) -> None:
+    global _pending_thread, _pending_loop
+    if _pending and threading.get_ident() == _pending_thread and not _pending_loop.is_closed():
+        _pending[child] = _pending.get(child, 0.0) + amount  # a flush is scheduled on this thread's loop
+        return
     import asyncio  # loaded already wherever requests are served
 
     try:
@@ -121,12 +130,13 @@ def _inc(child: Any, amount: float = 1.0) -> None:
     except RuntimeError:
         _apply(child, amount)
         return
-    if not _pending:
-        loop.call_soon(flush)
+    if not _pending or loop is not _pending_loop:
+        loop.call_later(FLUSH_SECONDS, flush)
+        _pending_thread, _pending_loop = threading.get_ident(), loop
     _pending[child] = _pending.get(child, 0.0) + amount
 
 
-atexit.register(flush)  # a turn the loop never finished (the process stopping)
+atexit.register(flush)  # increments still waiting when the process stops
 
 
 # ---------------------------------------------------------------- multiprocess set-up (the serving parent)
@@ -403,7 +413,7 @@ def render(snapshot: Snapshot, accept: str | None = None) -> tuple[bytes, str]:
 
     activate()
     assert _active is not None
-    flush()  # this worker's increments of the current turn are in the answer
+    flush()  # the increments this worker holds are in the answer (the other workers' within FLUSH_SECONDS)
     scrape = CollectorRegistry(auto_describe=False)
     scrape.register(_SnapshotCollector(snapshot))
     ProcessCollector(registry=scrape)

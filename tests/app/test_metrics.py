@@ -17,6 +17,7 @@ from cryptography import x509
 from otp import yubico
 from scep_server.ca.inventory import Reason, serial_hex
 from scep_server.config import ConfigError, load_settings
+from scep_server.metrics import FLUSH_SECONDS
 from scep_server.scep import client
 from scep_server.scep.types import MessageType, PKIStatus
 from scep_server.tokens import TokenStore
@@ -303,6 +304,8 @@ async def test_two_workers_are_summed(tmp_path, db_url):
                     break
                 await asyncio.gather(*(http.get(url + "/healthz") for _ in range(8)))
         assert len(served) == 2 and all(v > 0 for v in served.values()), served
+        # a worker applies its increments within FLUSH_SECONDS: the sums are complete by then
+        await asyncio.sleep(FLUSH_SECONDS * 2)
         # every scrape, whichever worker answers it, reports the sum of both workers (scrapes four at a time: one
         # after another, the same idle worker may accept every connection)
         answered_by = set()
@@ -341,7 +344,7 @@ def test_multiprocess_directory_is_made_per_start_and_removed(tmp_path, monkeypa
     assert second != first
 
 
-# ---------------------------------------------------------------- increments of one turn of the loop, applied together
+# ---------------------------------------------------------------- increments on the loop, applied together
 
 @pytest.fixture
 def otp_writes():
@@ -372,21 +375,38 @@ def otp_count(status: str) -> float:
                  client="signin", status=status)
 
 
-async def test_the_increments_of_one_turn_are_applied_once_when_it_ends(otp_writes):
+async def test_the_increments_on_the_loop_are_applied_together_within_the_flush_period(otp_writes):
     from scep_server import metrics
 
     writes = otp_writes("REPLAYED_OTP")
     before = otp_count("REPLAYED_OTP")
     for _ in range(3):
         metrics.otp_verified("signin", "REPLAYED_OTP")
-    assert writes == []  # nothing written while the turn goes on
-    await asyncio.sleep(0)  # the turn ends
+        await asyncio.sleep(0)  # turns of the loop go by
+    assert writes == []  # nothing written yet
+    await asyncio.sleep(metrics.FLUSH_SECONDS * 2)
     assert writes == [3.0]  # one write for the three
     metrics.otp_verified("signin", "REPLAYED_OTP")
-    assert otp_count("REPLAYED_OTP") == before + 4  # a scrape in the same turn reports what came before it
+    assert otp_count("REPLAYED_OTP") == before + 4  # a scrape reports what this worker holds
     assert writes == [3.0, 1.0]
-    await asyncio.sleep(0)
+    await asyncio.sleep(metrics.FLUSH_SECONDS * 2)
     assert writes == [3.0, 1.0]  # nothing counted twice
+
+
+def test_increments_left_by_a_closed_loop_are_applied_with_the_next_loops(otp_writes):
+    from scep_server import metrics
+
+    writes = otp_writes("DELAYED_OTP")
+
+    async def count(then_wait: bool) -> None:
+        metrics.otp_verified("signin", "DELAYED_OTP")
+        if then_wait:
+            await asyncio.sleep(metrics.FLUSH_SECONDS * 2)
+
+    asyncio.run(count(False))  # the loop closes before its flush is due
+    assert writes == []
+    asyncio.run(count(True))  # another loop on the same thread: it schedules a flush of its own
+    assert writes == [2.0]
 
 
 def test_an_increment_outside_a_loop_is_applied_at_once(otp_writes):
