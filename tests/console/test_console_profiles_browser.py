@@ -47,7 +47,8 @@ async def test_rotate_the_secret_in_the_console_then_enrol_with_it(aiohttp_serve
             assert secret and secret != old
             await page.bring_to_front()  # the clipboard is written for a focused page only
             await page.click("#copy-secret")
-            await page.wait_for_function("document.getElementById('copy-secret').textContent === 'Copied'")
+            # a locator, not a string predicate: the console's CSP forbids the eval a string needs
+            await page.locator("#copy-secret", has_text="Copied").wait_for()
             assert await page.evaluate("navigator.clipboard.readText()") == secret
             # the secret is not shown again
             await page.click("#to-profile")
