@@ -2,6 +2,7 @@
 by a local aiohttp server and checked with crl.check.CrlChecker (RSA and ECDSA device keys)."""
 from __future__ import annotations
 
+import asyncio
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -100,6 +101,10 @@ class OpensslCa:
 async def add_external(server, name: str, cert_path: Path, policy: str) -> tuple[int, str]:
     rc, out, err = await run(sys.executable, "-m", "scep_server.cli", "--data-dir", str(server.data_dir),
                              "ca", "add-external", name, "--cert", str(cert_path), "--policy", policy)
+    if rc == 0:
+        # the server re-reads the registrations on an unknown issuer at most once a second
+        # (ExternalCas.maybe_reload): a CA added by another process is seen once that second has passed
+        await asyncio.sleep(1.0)
     return rc, out + err
 
 
