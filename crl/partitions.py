@@ -185,7 +185,7 @@ class PartitionSet:
                 if self._listed is None:
                     after = await pub.publish_now(only_if_changed=True)
                 else:
-                    after = await pub.publish_changes({int(c[1]) for c in fresh[p]}, self._listed)
+                    after = await pub.publish_changes({c[1] for c in fresh[p]}, self._listed)
             except PublishError:
                 continue  # logged; looked at again with the next change, and the schedule retries
             self._seen.update(fresh[p])  # committed before the scan, so read by this publication

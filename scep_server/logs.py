@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 
 import structlog
 
+from trustkit.deferred import DeferredFlush
+
 
 _format: "str | None" = None  # the format configured, None before configure()
 
@@ -112,7 +114,6 @@ ACCESS_FLUSH_SECONDS = 0.25
 ACCESS_FLUSH_BYTES = 64 * 1024
 _pending_access: list[str] = []
 _pending_bytes = 0
-_pending_loop = None  # the event loop whose flush is scheduled
 
 
 def flush_access() -> None:
@@ -134,24 +135,15 @@ def flush_access() -> None:
 def _emit_access(line: str) -> None:
     """Queue one line: written with the others within ACCESS_FLUSH_SECONDS, or once ACCESS_FLUSH_BYTES wait.
     Outside a loop the line is written at once."""
-    global _pending_bytes, _pending_loop
-    import asyncio  # loaded already wherever requests are served; the command line never needs it for this
-
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        _pending_access.append(line)
-        flush_access()
-        return
-    if not _pending_access or loop is not _pending_loop:
-        loop.call_later(ACCESS_FLUSH_SECONDS, flush_access)
-        _pending_loop = loop
+    global _pending_bytes
+    on_loop = _deferred.on_loop(bool(_pending_access))
     _pending_access.append(line)
     _pending_bytes += len(line)
-    if _pending_bytes >= ACCESS_FLUSH_BYTES:
+    if not on_loop or _pending_bytes >= ACCESS_FLUSH_BYTES:
         flush_access()
 
 
+_deferred = DeferredFlush(flush_access, ACCESS_FLUSH_SECONDS)
 atexit.register(flush_access)  # lines still waiting when the process stops
 
 

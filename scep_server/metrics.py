@@ -28,11 +28,12 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from trustkit.deferred import DeferredFlush
 
 if TYPE_CHECKING:
     from crl.publish import PublishedCrl
@@ -92,8 +93,6 @@ _multiproc_dir: str | None = None
 # running loop (a thread, the command line) an increment is applied at once.
 FLUSH_SECONDS = 0.25
 _pending: dict[Any, float] = {}
-_pending_thread: "int | None" = None  # the thread and event loop whose flush is scheduled
-_pending_loop: Any = None
 
 
 def flush() -> None:
@@ -118,22 +117,14 @@ def _apply(child: Any, amount: float) -> None:
         _log_failure_once("inc")
 
 
-def _inc(child: Any, amount: float = 1.0) -> None:
-    global _pending_thread, _pending_loop
-    if _pending and threading.get_ident() == _pending_thread and not _pending_loop.is_closed():
-        _pending[child] = _pending.get(child, 0.0) + amount  # a flush is scheduled on this thread's loop
-        return
-    import asyncio  # loaded already wherever requests are served
+_deferred = DeferredFlush(flush, FLUSH_SECONDS)
 
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
+
+def _inc(child: Any, amount: float = 1.0) -> None:
+    if _deferred.on_loop(bool(_pending)):
+        _pending[child] = _pending.get(child, 0.0) + amount
+    else:
         _apply(child, amount)
-        return
-    if not _pending or loop is not _pending_loop:
-        loop.call_later(FLUSH_SECONDS, flush)
-        _pending_thread, _pending_loop = threading.get_ident(), loop
-    _pending[child] = _pending.get(child, 0.0) + amount
 
 
 atexit.register(flush)  # increments still waiting when the process stops

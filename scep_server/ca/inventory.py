@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -108,8 +108,10 @@ async def revoked_entries(conn: AsyncConnection, ca: str, *, now: datetime, part
     return await revoked_entries_core(conn, ca, now=now, partition=partition)
 
 
-async def revoked_entries_core(conn: AsyncConnection, ca: str, *, now: datetime, partition: int | None = None):
-    """:func:`revoked_entries` through SQLAlchemy Core, on any database."""
+async def revoked_entries_core(conn: AsyncConnection, ca: str, *, now: datetime, partition: int | None = None,
+                               serials: Collection[int] | None = None):
+    """:func:`revoked_entries` through SQLAlchemy Core, on any database (among the certificates with these serial
+    numbers when `serials` is given)."""
     listed = sorted(s.value for s in LISTED)
     q = (sa.select(certificates.c.serial, certificates.c.revoked_at, certificates.c.revocation_reason,
                    certificates.c.invalidity_date)
@@ -117,19 +119,16 @@ async def revoked_entries_core(conn: AsyncConnection, ca: str, *, now: datetime,
                 certificates.c.not_after > now))
     if partition is not None:
         q = q.where(certificates.c.crl_partition == partition)
+    if serials is not None:
+        q = q.where(certificates.c.serial.in_([serial_hex(s) for s in serials]))
     return [(int(r.serial, 16), aware(r.revoked_at), r.revocation_reason, aware(r.invalidity_date))
             for r in (await conn.execute(q))]
 
 
-async def listed_entries(conn: AsyncConnection, ca: str, serials, *, now: datetime) -> list[tuple]:
-    """The rows of :func:`revoked_entries` among the certificates with these serial numbers (ints)."""
-    listed = sorted(s.value for s in LISTED)
-    q = (sa.select(certificates.c.serial, certificates.c.revoked_at, certificates.c.revocation_reason,
-                   certificates.c.invalidity_date)
-         .where(certificates.c.ca == ca, certificates.c.serial.in_([serial_hex(s) for s in serials]),
-                certificates.c.status.in_(listed), certificates.c.not_after > now))
-    return [(int(r.serial, 16), aware(r.revoked_at), r.revocation_reason, aware(r.invalidity_date))
-            for r in (await conn.execute(q))]
+async def listed_entries(conn: AsyncConnection, ca: str, serials: Collection[int], *, now: datetime) -> list[tuple]:
+    """The rows of :func:`revoked_entries` among the certificates with these serial numbers (a partition's
+    re-sign from its previous CRL: a few rows, by the primary key)."""
+    return await revoked_entries_core(conn, ca, now=now, serials=serials)
 
 
 async def partition_changes(conn: AsyncConnection, ca: str, *, since: datetime) -> list[tuple]:

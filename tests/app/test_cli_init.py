@@ -222,3 +222,14 @@ def test_serve_does_not_make_a_ca_on_a_shared_postgresql_database(run_cli, monke
     out = run_cli("serve", "--listen", "127.0.0.1:0", code=1)
     assert "run `scep-server init` once" in out and "PostgreSQL" in out
     assert not (run_cli.data / "ca").exists()
+
+
+def test_the_commands_spell_the_settings_choices():
+    """The command line spells the CA's choices itself (building it imports no settings model): the same ones."""
+    from typing import get_args
+
+    from scep_server.ca.authority import RA_MODES
+    from scep_server.config import CASettings
+
+    assert cli_module.RA_MODES == RA_MODES == get_args(CASettings.model_fields["ra_mode"].annotation)
+    assert cli_module.KEY_TYPES == get_args(CASettings.model_fields["key_type"].annotation)
