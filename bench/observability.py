@@ -66,6 +66,7 @@ def _load_otp_bench():
 otp_bench = _load_otp_bench()
 
 TARGET = 0.95
+OBSERVE = ("metrics", "access")  # what the "on" instance turns on (`--observe`)
 
 
 def access_log_setting() -> bool:
@@ -78,12 +79,12 @@ class Server(scep_enroll.Server):
     """One `scep-server serve` instance with the observability of `mode`."""
 
     def __init__(self, mode: str, data_dir: Path, db_url: str | None, workers: int, log_path: Path, *,
-                 observe: bool = True):
+                 observe: frozenset[str] = frozenset(OBSERVE)):
         self.mode = mode
-        on = mode == "on" and observe
-        env = {"SCEP_SERVER_METRICS__ENABLED": "true" if on else "false"}
+        on = observe if mode == "on" else frozenset()
+        env = {"SCEP_SERVER_METRICS__ENABLED": "true" if "metrics" in on else "false"}
         if access_log_setting():
-            env["SCEP_SERVER_LOG__ACCESS"] = "true" if on else "false"
+            env["SCEP_SERVER_LOG__ACCESS"] = "true" if "access" in on else "false"
         super().__init__(data_dir, db_url, workers, log_path, env_extra=env, name=f"the {mode} server")
         self.pids = server_pids(self.proc)
 
@@ -202,8 +203,14 @@ def main() -> int:
                     help="start a third instance of the deployment first (observability off, not measured, left "
                     "running): whatever the instance started first does more falls on it, not on one of the two "
                     "measured ones")
+    ap.add_argument("--observe", default=",".join(OBSERVE),
+                    help="what the \"on\" instance turns on, comma-separated: metrics (and the scraper), access "
+                    "(the access log); both by default, one of them to split the cost")
     ap.add_argument("--scrape-interval", type=float, default=5.0, help="seconds between scrapes (Prometheus: 15-60)")
     args = ap.parse_args()
+    observe = frozenset(x for x in args.observe.split(",") if x)
+    if not observe <= set(OBSERVE):
+        ap.error(f"--observe: choose among {', '.join(OBSERVE)}")
     if not shutil.which("wrk"):
         sys.exit("wrk is required (apt-get install wrk)")
 
@@ -225,10 +232,10 @@ def main() -> int:
     try:
         if args.anchor:
             servers["anchor"] = Server("anchor", data_dir, db_url, args.workers, tmp / "server-anchor.log",
-                                       observe=False)
+                                       observe=frozenset())
         for mode in args.start_order.split(","):  # the first instance may differ (A/A runs show it on PostgreSQL)
             servers[mode] = Server(mode, data_dir, db_url, args.workers, tmp / f"server-{mode}.log",
-                                   observe=not args.aa)
+                                   observe=frozenset() if args.aa else observe)
         turns = [(r, mode) for r in range(args.rounds) for mode in (("on", "off") if r % 2 == 0 else ("off", "on"))]
         # everything a turn sends is made before the timing starts
         from scep_server.scep import client
@@ -256,7 +263,8 @@ def main() -> int:
         for i, (r, mode) in enumerate(turns):
             server = servers[mode]
             bodies, keys_, key_of = prepared[i]
-            scraper = Scraper(server.url, args.scrape_interval) if mode == "on" and not args.aa else None
+            scrape = mode == "on" and not args.aa and "metrics" in observe
+            scraper = Scraper(server.url, args.scrape_interval) if scrape else None
             if scraper:
                 scraper.__enter__()
             try:
@@ -299,7 +307,8 @@ def main() -> int:
     print(f"target: cost < {100 * (1 - TARGET):.0f} % (ratio >= {TARGET}): {'met' if ok else 'NOT met'}")
     print("RESULT " + json.dumps({"database": "postgresql" if args.pg else "sqlite", "workers": args.workers,
                                   "aa": args.aa, "start_order": args.start_order, "anchor": args.anchor,
-                                  "rounds": args.rounds, "access_log": access_log_setting(), **summary,
+                                  "rounds": args.rounds, "access_log": access_log_setting(),
+                                  "observe": sorted(observe), **summary,
                                   "target_met": ok}))
     return 0 if ok else 1
 
