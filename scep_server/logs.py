@@ -12,7 +12,7 @@ import atexit
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+import time
 
 import structlog
 
@@ -106,60 +106,77 @@ _access_log = structlog.wrap_logger(None, wrapper_class=structlog.make_filtering
 _quote = json.encoder.encode_basestring_ascii  # a JSON string literal, escaped (C)
 
 
-# Access lines wait up to ACCESS_FLUSH_SECONDS, or until ACCESS_FLUSH_BYTES of them, and go out in one write: one
-# system call for every line of that time instead of one per line or per turn of the event loop (a write to a
-# file or pipe costs more than formatting the line). A worker's exit writes what is left (flush_access); a
-# process killed outright loses at most that much of its access log, never an answer.
+# A request only queues its access line's values; they wait up to ACCESS_FLUSH_SECONDS, or until ACCESS_FLUSH_LINES
+# of them, and are then formatted together and go out in one write: one system call for every line of that time
+# instead of one per line, and the formatting run as one loop (measured in a serving worker: a line formatted at
+# its request cost about three times what the same lines cost formatted in a row). A worker's exit writes what is
+# left (flush_access); a process killed outright loses at most that much of its access log, never an answer.
 ACCESS_FLUSH_SECONDS = 0.25
-ACCESS_FLUSH_BYTES = 64 * 1024
-_pending_access: list[str] = []
-_pending_bytes = 0
+ACCESS_FLUSH_LINES = 256
+_pending_access: list[tuple] = []  # (method, route, status, duration_ms, client, request_id, time.time())
+
+# The JSON literals of the values an access line repeats (methods, route templates, client addresses), each
+# escaped once; bounded, since client addresses are many.
+_QUOTED_MAX = 4096
+_quoted: dict[str, str] = {}
+
+
+def _quoted_literal(text: str) -> str:
+    found = _quoted.get(text)
+    if found is None:
+        if len(_quoted) >= _QUOTED_MAX:
+            _quoted.clear()
+        found = _quoted[text] = _quote(text)
+    return found
+
+
+def _json_lines(pending: list[tuple]) -> str:
+    """The JSON lines of queued access lines: the line structlog would write (same keys and order, its ISO
+    timestamp in UTC with `Z`), formatted without its processor chain."""
+    q, gmtime, strftime = _quoted_literal, time.gmtime, time.strftime
+    second, date = None, ""  # the timestamp to the second, made once per second of the batch
+    out = []
+    for method, route, status, duration_ms, client, request_id, at in pending:
+        whole = int(at)
+        if whole != second:
+            second, date = whole, strftime("%Y-%m-%dT%H:%M:%S", gmtime(whole))
+        out.append(f'{{"method": {q(method)}, "route": {q(route)}, "status": {int(status)}, '
+                   f'"duration_ms": {float(duration_ms):.3f}, "client": {q(client)}, '
+                   f'"request_id": {_quote(request_id)}, "event": "http.access", "level": "info", '
+                   f'"timestamp": "{date}.{int((at - whole) * 1e6):06d}Z"}}\n')
+    return "".join(out)
 
 
 def flush_access() -> None:
     """Write the access lines waiting to go out (at once)."""
-    global _pending_bytes
     if not _pending_access:
         return
-    lines = "".join(_pending_access)
+    pending = _pending_access[:]
     _pending_access.clear()
-    _pending_bytes = 0
     try:
         stream = sys.stderr
-        stream.write(lines)
+        stream.write(_json_lines(pending))
         stream.flush()
     except (OSError, ValueError):  # stderr gone (a collector that died): the requests are answered all the same
         pass
-
-
-def _emit_access(line: str) -> None:
-    """Queue one line: written with the others within ACCESS_FLUSH_SECONDS, or once ACCESS_FLUSH_BYTES wait.
-    Outside a loop the line is written at once."""
-    global _pending_bytes
-    on_loop = _deferred.on_loop(bool(_pending_access))
-    _pending_access.append(line)
-    _pending_bytes += len(line)
-    if not on_loop or _pending_bytes >= ACCESS_FLUSH_BYTES:
-        flush_access()
 
 
 _deferred = DeferredFlush(flush_access, ACCESS_FLUSH_SECONDS)
 atexit.register(flush_access)  # lines still waiting when the process stops
 
 
-def access_line(*, method: str, route: str, status: int, duration_ms: float, client: str, request_id: str) -> None:
-    """Write one `http.access` line. In JSON, the line structlog would write (same keys), formatted here
-    without its processor chain: there is one per request, so it must cost little (a few microseconds)."""
-    if _format == "json":
-        timestamp = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-        line = (f'{{"method": {_quote(method)}, "route": {_quote(route)}, "status": {int(status)}, '
-                f'"duration_ms": {float(duration_ms)!r}, "client": {_quote(client)}, '
-                f'"request_id": {_quote(request_id)}, "event": "http.access", "level": "info", '
-                f'"timestamp": "{timestamp}"}}\n')
-        _emit_access(line)
-    else:
-        _access_log.info("http.access", method=method, route=route, status=status, duration_ms=duration_ms,
-                         client=client, request_id=request_id)
+def access_line(method: str, route: str, status: int, duration_ms: float, client: str, request_id: str) -> None:
+    """Write one `http.access` line. In JSON (the default): within ACCESS_FLUSH_SECONDS on an event loop, with the
+    other lines of that time, at once outside one; there is one per request, so queueing it must cost little (under
+    a microsecond). In the console format (for a person at a terminal), at once, through structlog."""
+    if _format != "json":
+        _access_log.info("http.access", method=method, route=route, status=status,
+                         duration_ms=round(duration_ms, 3), client=client, request_id=request_id)
+        return
+    on_loop = _deferred.on_loop(bool(_pending_access))
+    _pending_access.append((method, route, status, duration_ms, client, request_id, time.time()))
+    if not on_loop or len(_pending_access) >= ACCESS_FLUSH_LINES:
+        flush_access()
 
 
 class _StderrHandler(logging.StreamHandler):

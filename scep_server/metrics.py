@@ -88,21 +88,28 @@ _multiproc_dir: str | None = None
 
 # Counter and gauge increments made on the event loop are added up per labelled child and applied together at most
 # FLUSH_SECONDS later. In a multi-worker server each applied increment is a locked write to a memory-mapped file:
-# one write per child and period replaces one per request. A scrape applies its own worker's increments first, so
-# another worker's may show up to FLUSH_SECONDS late; a worker applies what waits before it exits. Outside a
-# running loop (a thread, the command line) an increment is applied at once.
+# one write per child and period replaces one per request. Histogram observations on the loop wait the same way
+# (applied one by one, in a row, off the request's path; at most FLUSH_OBSERVATIONS wait). A scrape applies its own
+# worker's first, so another worker's may show up to FLUSH_SECONDS late; a worker applies what waits before it
+# exits. Outside a running loop (a thread, the command line) an increment or observation is applied at once.
 FLUSH_SECONDS = 0.25
+FLUSH_OBSERVATIONS = 4096
 _pending: dict[Any, float] = {}
+_pending_observations: list[tuple[Any, float]] = []  # histogram observations, the same way
 
 
 def flush() -> None:
-    """Apply the increments waiting (before a scrape, and at a worker's exit)."""
-    if not _pending:
-        return
-    items = list(_pending.items())
-    _pending.clear()
-    for child, amount in items:
-        _apply(child, amount)
+    """Apply the increments and observations waiting (before a scrape, and at a worker's exit)."""
+    if _pending:
+        items = list(_pending.items())
+        _pending.clear()
+        for child, amount in items:
+            _apply(child, amount)
+    if _pending_observations:
+        observations = _pending_observations[:]
+        _pending_observations.clear()
+        for child, value in observations:
+            _apply_observation(child, value)
 
 
 @functools.lru_cache(maxsize=None)
@@ -120,11 +127,27 @@ def _apply(child: Any, amount: float) -> None:
 _deferred = DeferredFlush(flush, FLUSH_SECONDS)
 
 
+def _apply_observation(child: Any, value: float) -> None:
+    try:
+        child.observe(value)
+    except Exception:  # noqa: BLE001 - as _apply
+        _log_failure_once("observe")
+
+
 def _inc(child: Any, amount: float = 1.0) -> None:
-    if _deferred.on_loop(bool(_pending)):
+    if _deferred.on_loop(bool(_pending or _pending_observations)):
         _pending[child] = _pending.get(child, 0.0) + amount
     else:
         _apply(child, amount)
+
+
+def _observe(child: Any, value: float) -> None:
+    if _deferred.on_loop(bool(_pending or _pending_observations)):
+        _pending_observations.append((child, value))
+        if len(_pending_observations) >= FLUSH_OBSERVATIONS:
+            flush()
+    else:
+        _apply_observation(child, value)
 
 
 atexit.register(flush)  # increments still waiting when the process stops
@@ -249,7 +272,7 @@ def scep_transaction(profile: str, message_type: int, outcome: str, fail_info: s
     if m is None:
         return
     _inc(m.child(m.enrolments, profile, _MESSAGE_TYPES.get(message_type, "other"), outcome, fail_info or "none"))
-    m.child(m.enrolment_seconds, profile).observe(seconds)
+    _observe(m.child(m.enrolment_seconds, profile), seconds)
 
 
 @_never_raises
@@ -273,7 +296,7 @@ def delegated_validation(provider: str, outcome: str, seconds: float) -> None:
     m = _active
     if m is not None:
         _inc(m.child(m.delegated, provider, outcome))
-        m.child(m.delegated_seconds, provider, outcome).observe(seconds)
+        _observe(m.child(m.delegated_seconds, provider, outcome), seconds)
 
 
 @_never_raises
@@ -296,8 +319,8 @@ def group_commit(store: str, items: int, seconds: float) -> None:
     """trustkit.batching's observer: one committed batch."""
     m = _active
     if m is not None:
-        m.child(m.batch_size, store).observe(items)
-        m.child(m.commit_seconds, store).observe(seconds)
+        _observe(m.child(m.batch_size, store), items)
+        _observe(m.child(m.commit_seconds, store), seconds)
 
 
 @_never_raises

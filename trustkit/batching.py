@@ -178,17 +178,18 @@ class GroupCommit(Generic[T, R]):
                         if not fut.done():
                             fut.set_result(result)
                 return
+            seconds = time.perf_counter() - started
             self.batches += 1
             self.items += len(items)
-            observer = self._observer or _observer
-            if observer is not None:
-                try:
-                    observer(self.name, len(items), time.perf_counter() - started)
-                except Exception:  # noqa: BLE001 - an observer never fails a commit
-                    log.exception("batch.observer_failed", extra={"batcher": self.name, "items": len(items)})
             for (_, fut, _), result in zip(batch, results):
                 if not fut.done():
                     fut.set_result(result)
+            observer = self._observer or _observer  # told after the callers have their results
+            if observer is not None:
+                try:
+                    observer(self.name, len(items), seconds)
+                except Exception:  # noqa: BLE001 - an observer never fails a commit
+                    log.exception("batch.observer_failed", extra={"batcher": self.name, "items": len(items)})
         except BaseException:
             for _, fut, _ in batch:
                 if not fut.done():

@@ -5,6 +5,7 @@ import asyncio
 import json
 import logging
 import re
+from datetime import datetime, timedelta, timezone
 
 import aiohttp
 import pytest
@@ -285,8 +286,8 @@ def test_an_access_line_that_cannot_be_written_does_not_fail_the_request(json_lo
 
 
 async def test_access_lines_wait_a_moment_or_for_a_batch_then_go_out_in_one_write(json_logs, monkeypatch):
-    """A write costs more than a line: the lines of ACCESS_FLUSH_SECONDS, or ACCESS_FLUSH_BYTES of them, go out in
-    one write."""
+    """A write costs more than a line: the lines of ACCESS_FLUSH_SECONDS, or ACCESS_FLUSH_LINES of them, go out in
+    one write, each stamped with the time it was queued (not the time of the write)."""
     from scep_server.logs import access_line
 
     json_logs("info")
@@ -300,14 +301,19 @@ async def test_access_lines_wait_a_moment_or_for_a_batch_then_go_out_in_one_writ
             pass
 
     monkeypatch.setattr("sys.stderr", Stream())
+    before = datetime.now(timezone.utc) - timedelta(milliseconds=1)  # the stamp is cut to the microsecond
     for i in range(3):
         access_line(method="GET", route="/healthz", status=200, duration_ms=0.1, client="192.0.2.1",
                     request_id=f"r{i}")
+    queued = datetime.now(timezone.utc)
     await asyncio.sleep(0)
     assert writes == []  # not yet: a few turns of the loop later, more may come
     await asyncio.sleep(logs.ACCESS_FLUSH_SECONDS * 2)
     assert len(writes) == 1 and [json.loads(x)["request_id"] for x in writes[0].splitlines()] == ["r0", "r1", "r2"]
-    monkeypatch.setattr(logs, "ACCESS_FLUSH_BYTES", 500)  # a line is about 200 bytes: three lines
+    for line in writes[0].splitlines():
+        stamp = json.loads(line)["timestamp"]
+        assert stamp.endswith("Z") and before <= datetime.fromisoformat(stamp[:-1] + "+00:00") <= queued
+    monkeypatch.setattr(logs, "ACCESS_FLUSH_LINES", 3)
     for i in range(3, 7):
         access_line(method="GET", route="/healthz", status=200, duration_ms=0.1, client="192.0.2.1",
                     request_id=f"r{i}")

@@ -415,3 +415,32 @@ def test_an_increment_outside_a_loop_is_applied_at_once(otp_writes):
     writes = otp_writes("BAD_OTP")
     metrics.otp_verified("signin", "BAD_OTP")
     assert writes == [1.0]
+
+
+async def test_histogram_observations_on_the_loop_wait_and_are_applied_in_order():
+    """A group commit's batch histograms are observed off the request's path: queued on the loop, applied within
+    the flush period (or by a scrape), each value once; outside a loop at once."""
+    from scep_server import metrics
+
+    metrics.activate()
+    m = metrics._active
+    child = m.child(m.batch_size, "deferred-test")
+    seen: list[float] = []
+    real_observe = child.observe
+    child.observe = lambda value: (seen.append(value), real_observe(value))
+    try:
+        for items in (3, 5):
+            metrics.group_commit("deferred-test", items, 0.002)
+            await asyncio.sleep(0)
+        assert seen == []  # not yet: the requests of the batch are answered first
+        await asyncio.sleep(metrics.FLUSH_SECONDS * 2)
+        assert seen == [3, 5]
+        metrics.group_commit("deferred-test", 7, 0.002)
+        metrics.flush()  # what a scrape does first
+        assert seen == [3, 5, 7]
+        await asyncio.sleep(metrics.FLUSH_SECONDS * 2)
+        assert seen == [3, 5, 7]  # nothing observed twice
+        await asyncio.to_thread(metrics.group_commit, "deferred-test", 9, 0.002)
+        assert seen == [3, 5, 7, 9]  # a thread applies at once
+    finally:
+        del child.observe
