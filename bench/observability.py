@@ -11,7 +11,9 @@ server has that setting) and a scraper reading `/metrics` every `--scrape-interv
 With `--anchor` (the default) a third instance of the deployment, observability off, starts before the two
 and runs throughout without being measured: what the instance started first does more than the others (on a
 shared PostgreSQL database it was the slower one, whichever it was, by more than the effect) falls on it, so
-both measured instances start in the same position. `--no-anchor` runs the two alone.
+both measured instances start in the same position. `--no-anchor` runs the two alone. `--observe metrics` or
+`--observe access` turns on only one of the two in the "on" instance (the scraper runs with the metrics), to
+split the cost.
 
 Each round measures, in an order that alternates between rounds (on then off, then off then on):
 - SCEP: `--enrolments` PKCSReq enrolments at concurrency `--concurrency`, the load and its bodies as in

@@ -7,9 +7,10 @@ single process (one worker, the tests' in-process servers) keeps them in memory.
 
 Recording is switched on per process by :func:`activate` (the application does it when ``[metrics] enabled``);
 until then every ``record`` function below returns at once, so a command-line process or a server with
-metrics off pays one attribute test per event. Counter increments made in a turn of the event loop are added
-up and applied when the turn ends (one write per series and turn, not one per request: in a multi-worker
-server each write is a locked update of a memory-mapped file); a scrape applies its own worker's first. Label values come from closed sets only: profiles that exist
+metrics off pays one attribute test per event. Counter increments and histogram observations made on the event
+loop wait up to FLUSH_SECONDS and are applied together (in a multi-worker server each write is a locked update
+of a memory-mapped file: one per series and period instead of one per request); a scrape applies its own
+worker's first. Label values come from closed sets only: profiles that exist
 (a request naming an unknown profile never reaches a recorder), the SCEP enums, the OTP and attestation
 reason codes, the configured CAs, the names of the group-commit stores: nothing a client writes becomes a label.
 
@@ -31,7 +32,7 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from trustkit.deferred import DeferredFlush
 
@@ -104,12 +105,12 @@ def flush() -> None:
         items = list(_pending.items())
         _pending.clear()
         for child, amount in items:
-            _apply(child, amount)
+            _apply(child.inc, amount)
     if _pending_observations:
         observations = _pending_observations[:]
         _pending_observations.clear()
         for child, value in observations:
-            _apply_observation(child, value)
+            _apply(child.observe, value)
 
 
 @functools.lru_cache(maxsize=None)
@@ -117,37 +118,36 @@ def _log_failure_once(what: str) -> None:
     logging.getLogger(__name__).exception("metrics.record_failed: %s", what)
 
 
-def _apply(child: Any, amount: float) -> None:
+def _apply(record: Callable[[float], Any], value: float) -> None:
+    """A child's ``inc`` or ``observe``, now."""
     try:
-        child.inc(amount)
+        record(value)
     except Exception:  # noqa: BLE001 - metrics are not worth an answer (a metrics file that cannot grow, say)
-        _log_failure_once("inc")
+        _log_failure_once(getattr(record, "__name__", "record"))
 
 
 _deferred = DeferredFlush(flush, FLUSH_SECONDS)
 
 
-def _apply_observation(child: Any, value: float) -> None:
-    try:
-        child.observe(value)
-    except Exception:  # noqa: BLE001 - as _apply
-        _log_failure_once("observe")
+def _on_loop() -> bool:
+    """On the event loop (what waits is flushed there within FLUSH_SECONDS), or not (apply at once)."""
+    return _deferred.on_loop(bool(_pending or _pending_observations))
 
 
 def _inc(child: Any, amount: float = 1.0) -> None:
-    if _deferred.on_loop(bool(_pending or _pending_observations)):
+    if _on_loop():
         _pending[child] = _pending.get(child, 0.0) + amount
     else:
-        _apply(child, amount)
+        _apply(child.inc, amount)
 
 
 def _observe(child: Any, value: float) -> None:
-    if _deferred.on_loop(bool(_pending or _pending_observations)):
+    if _on_loop():
         _pending_observations.append((child, value))
         if len(_pending_observations) >= FLUSH_OBSERVATIONS:
             flush()
     else:
-        _apply_observation(child, value)
+        _apply(child.observe, value)
 
 
 atexit.register(flush)  # increments still waiting when the process stops

@@ -444,3 +444,30 @@ async def test_histogram_observations_on_the_loop_wait_and_are_applied_in_order(
         assert seen == [3, 5, 7, 9]  # a thread applies at once
     finally:
         del child.observe
+
+
+def test_a_metric_write_that_fails_is_logged_once_and_never_raises(caplog):
+    """A metrics file that cannot grow: the increment or observation is dropped with one log line per kind, and
+    the caller (a request) carries on."""
+    from scep_server import metrics
+
+    metrics.activate()
+    metrics._log_failure_once.cache_clear()
+    m = metrics._active
+    counter, histogram = m.child(m.otp, "signin", "FAILING_WRITE"), m.child(m.batch_size, "failing-write")
+
+    def inc(_value):  # named as prometheus-client's methods
+        raise OSError("no space left on device")
+
+    def observe(_value):
+        raise OSError("no space left on device")
+
+    counter.inc, histogram.observe = inc, observe
+    try:
+        for _ in range(3):
+            metrics.otp_verified("signin", "FAILING_WRITE")  # outside a loop: applied (and failing) at once
+            metrics.group_commit("failing-write", 2, 0.001)
+    finally:
+        del counter.inc, histogram.observe
+    failures = sorted(r.getMessage() for r in caplog.records if "metrics.record_failed" in r.getMessage())
+    assert failures == ["metrics.record_failed: inc", "metrics.record_failed: observe"]  # once per kind
