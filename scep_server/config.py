@@ -52,6 +52,10 @@ class ServerSettings(BaseModel):
         False, description="issue certificates although listen is a wildcard address (0.0.0.0, ::) and base_url is "
         "unset, so that they name http://0.0.0.0:...; without it such a server refuses to issue (a lab setting)")
     max_body_bytes: int = Field(256 * 1024, ge=4096, description="largest request body accepted")
+    cpu_affinity: Literal["auto", "off"] = Field(
+        "auto", description="auto: when there are as many workers (more than one) as CPUs this server may run on, "
+        "each worker is kept on a CPU of its own, so that its threads hand requests to each other within one "
+        "core's caches instead of across cores; off: the kernel places every worker")
     scep_threads: int | None = Field(
         None, ge=1, le=256, description="threads of the SCEP service's own executor (parse, decrypt, sign) in each "
         "worker; unset: the number of CPUs divided by workers (at least 1)")

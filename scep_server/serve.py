@@ -7,7 +7,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import structlog
 from aiohttp import web
@@ -74,6 +74,17 @@ def _run_worker(settings: Settings, sock: socket.socket, metrics_sock: socket.so
     # before the body size limit applies (a 100 KB gzip is 128 MiB), or a 500 when it does not inflate
     web.run_app(app, sock=sock, print=None, handle_signals=True, access_log=None,
                 auto_decompress=False)
+
+
+def worker_cpus(mode: str, workers: int, usable: Iterable[int] | None = None) -> list[int] | None:
+    """The CPU each worker slot is kept on (server.cpu_affinity), or None: the kernel places the workers.
+
+    ``auto`` keeps each worker on a CPU of its own when there are exactly as many workers (more than one) as
+    CPUs this process may use; with fewer, more, or one, the kernel balances them."""
+    if mode != "auto" or workers < 2 or not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0) if usable is None else usable)
+    return cpus if len(cpus) == workers else None
 
 
 def serve(settings: Settings, *, announce=print) -> int:
@@ -154,12 +165,18 @@ def _supervise(settings: Settings, sock: socket.socket, metrics_sock: socket.soc
     stopping = False
     ready_r, ready_w = os.pipe()  # each worker writes one byte once it serves; the supervisor then tells systemd
 
+    cpus = worker_cpus(settings.server.cpu_affinity, settings.server.workers)
+    if cpus is not None:
+        announce(f"each worker kept on a CPU of its own ({', '.join(map(str, cpus))}; server.cpu_affinity)")
+
     def spawn(slot: int) -> None:
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.close(ready_r)
+            if cpus is not None:  # before any thread starts: the worker's threads inherit it (a restart too)
+                os.sched_setaffinity(0, {cpus[slot]})
             try:
                 _run_worker(settings, sock, metrics_sock, ready=lambda: _worker_ready(ready_w))
             finally:
