@@ -20,7 +20,7 @@ from crl.partitions import partition_of
 from ..replycache import FailureReplies
 from . import tbs
 from .keys import FileKey, KeyOps, KeyStore, durable_write
-from .policy import IssuancePolicy
+from .policy import IssuancePolicy, Vetted
 from .rafiles import ENCRYPTION, is_split, load_encryption_ras, load_ras
 
 
@@ -161,10 +161,11 @@ class CertificateAuthority:
         return known
 
     def issue(self, csr: x509.CertificateSigningRequest, policy: IssuancePolicy, *, serial: int,
-              now: datetime, ocsp: bool = False) -> x509.Certificate:
+              now: datetime, ocsp: bool = False, vetted: Vetted | None = None) -> x509.Certificate:
         """Sign a certificate for `csr` under `policy` (subject and SANs already vetted by the policy); with
-        ``ocsp`` its AIA names the OCSP responder too."""
-        subject, sans = policy.subject_and_sans(csr, reserved_names=self.reserved_names)
+        ``ocsp`` its AIA names the OCSP responder too. ``vetted``: what `policy` returned for `csr` and this CA's
+        reserved names (IssuancePolicy.check or subject_and_sans); judged here when None."""
+        subject, sans = vetted or policy.subject_and_sans(csr, reserved_names=self.reserved_names)
         not_before = now - timedelta(minutes=5)  # tolerate device clock skew
         not_after = min(now + timedelta(days=policy.validity_days), self.cert.not_valid_after_utc)
         b = (x509.CertificateBuilder()

@@ -155,14 +155,26 @@ def san_strings(cert: x509.Certificate) -> list[str]:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return []
+    return _san_strings(names)
+
+
+def _san_strings(names) -> list[str]:
     return [f"{_SAN_KINDS.get(type(n), type(n).__name__)}:{n.value}" for n in names]
 
 
 def certificate_row(cert: x509.Certificate, der: bytes, ca: str, profile: str | None, txid: str | None,
-                    pub_sha: str, now: datetime, crl_partition: int | None = None) -> dict:
-    """The inventory row of a newly issued certificate (`crl_partition`: the CRL partition its CDP names)."""
+                    pub_sha: str, now: datetime, crl_partition: int | None = None,
+                    names: tuple[x509.Name, list[x509.GeneralName]] | None = None) -> dict:
+    """The inventory row of a newly issued certificate (`crl_partition`: the CRL partition its CDP names).
+
+    ``names``: the subject and SANs the certificate was built with, when the caller has them (they are not read
+    back from the certificate then)."""
+    if names is None:
+        subject, sans = cert.subject, san_strings(cert)
+    else:
+        subject, sans = names[0], _san_strings(names[1])
     return dict(serial=serial_hex(cert.serial_number), ca=ca, profile=profile,
-                subject=cert.subject.rfc4514_string(), sans=json.dumps(san_strings(cert)),
+                subject=subject.rfc4514_string(), sans=json.dumps(sans),
                 not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc, status=CertStatus.VALID.value,
                 transaction_id=txid, fingerprint_sha256=hashlib.sha256(der).hexdigest(), public_key_sha256=pub_sha,
                 der=der, issued_at=now, updated_at=now, crl_partition=crl_partition)

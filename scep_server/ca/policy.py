@@ -23,6 +23,10 @@ from .template import (  # noqa: F401 - the certificate template (scep_server.ca
     _normalise_domain, compile_pattern)
 
 
+# the subject and subject alternative names a certificate gets, as a policy allowed them for one CSR and one CA
+Vetted = tuple[x509.Name, list[x509.GeneralName]]
+
+
 class PolicyViolation(Exception):
     """The CSR does not meet the profile's policy (answered with SCEP badRequest + the text)."""
 
@@ -198,7 +202,7 @@ class IssuancePolicy:
                                   f"{pattern!r}")
 
     def subject_and_sans(self, csr: x509.CertificateSigningRequest, *,
-                         reserved_names: Iterable[x509.Name] = ()) -> tuple[x509.Name, list[x509.GeneralName]]:
+                         reserved_names: Iterable[x509.Name] = ()) -> Vetted:
         """The subject and SANs the certificate gets, after the template's rules; PolicyViolation otherwise.
 
         ``reserved_names`` (the CA's and the RA's) are never issued as a subject.
@@ -236,8 +240,9 @@ class IssuancePolicy:
         return subject, sans
 
     def check(self, csr: x509.CertificateSigningRequest, *, reserved_names: Iterable[x509.Name] = (),
-              proof_checked: bool = False) -> None:
+              proof_checked: bool = False) -> Vetted:
         """All CSR checks, cheapest first: key, signature algorithm, subject and SANs, proof of possession, weak key.
+        Returns the subject and SANs the certificate gets (subject_and_sans).
 
         ``proof_checked``: the CSR's signature was verified already (the SCEP decryption stage does it, see
         scep.message.open_request). CPU-bound (the weak-key arithmetic, a signature verification unless
@@ -248,13 +253,14 @@ class IssuancePolicy:
         try:
             self.check_key(csr)
             self.check_signature_algorithm(csr)
-            self.subject_and_sans(csr, reserved_names=reserved_names)
+            vetted = self.subject_and_sans(csr, reserved_names=reserved_names)
             valid = proof_checked or csr_signature_valid(csr) is True
         except (ValueError, UnsupportedAlgorithm) as exc:
             raise PolicyViolation(f"the CSR cannot be checked: {exc}") from None
         if not valid:
             raise PolicyViolation("the CSR's signature does not verify (no proof of possession)")
         self.check_weak_key(csr)
+        return vetted
 
     def key_usage(self) -> x509.KeyUsage:
         flags = {n: n in self.template.key_usage for n in _KU_NAMES}

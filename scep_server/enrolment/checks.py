@@ -17,7 +17,7 @@ from cryptography import x509
 
 from ..ca.authority import CertificateAuthority
 from ..ca.inventory import CertRecord, Reason
-from ..ca.policy import PolicyViolation
+from ..ca.policy import PolicyViolation, Vetted
 from ..profiles import Profile, UnknownProfile
 from ..scep import message as codec
 from ..scep.types import FailInfo, MessageType, PKIStatus, SCEPFailure
@@ -43,6 +43,7 @@ class Enrolment:
     public_key_sha256: str
     known: object = NOT_LOOKED_UP  # the transaction row when looked up in the decryption stage (None: none)
     policy_error: str | None = None  # the template's verdict, judged in the decryption stage
+    vetted: Vetted | None = None  # and the subject and SANs it allowed (IssuancePolicy.check)
     static_secrets: object = NOT_LOOKED_UP  # a static profile's secrets when read in the decryption stage
     signed_by_us: bool = False
     renewal_of: CertRecord | None = None  # the signing certificate, for a renewal

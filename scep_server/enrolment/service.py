@@ -27,7 +27,7 @@ from trustkit.clock import Clock, utcnow
 from .. import metrics
 from ..ca import inventory
 from ..ca.authority import CertificateAuthority, random_serial
-from ..ca.policy import MESSAGE_DIGEST_CAPS, PolicyViolation, check_message_digest
+from ..ca.policy import MESSAGE_DIGEST_CAPS, PolicyViolation, Vetted, check_message_digest
 from ..profiles import Profile, ProfileStore
 from ..scep import message as codec
 from ..scep.types import ContentCipher, FailInfo, MalformedMessage, MessageType, PKIStatus, SCEPFailure
@@ -172,9 +172,9 @@ class ScepService:
         opened = False
         await self.repository.prepare()
         try:
-            msg, inner, known, policy_error, static_secrets = await self._run(self._open, body, ca, profile)
+            msg, inner, known, policy_error, static_secrets, vetted = await self._run(self._open, body, ca, profile)
             opened = True
-            outcome = await self._dispatch(profile, ca, msg, inner, known, policy_error, static_secrets)
+            outcome = await self._dispatch(profile, ca, msg, inner, known, policy_error, static_secrets, vetted)
         except SCEPFailure as exc:
             if exc.message is None:
                 raise MalformedMessage(exc.text) from None
@@ -211,20 +211,20 @@ class ScepService:
             log.warning("scep.single_des", profile=profile.name, transaction_id=msg.transaction_id,
                         message_type=type_name(msg.message_type))
         known = static_secrets = NOT_LOOKED_UP
-        policy_error = None
+        policy_error = vetted = None
         if content.csr is not None:
             self._check_signer_key(profile, ca, msg, content)
             # the template's rules, judged here in the same thread; applied after a retry is recognised
-            try:
-                profile.policy.check(content.csr, reserved_names=ca.reserved_names,
-                                     proof_checked=content.proof_checked)
+            try:  # vetted: the subject and SANs the certificate gets, used again when it is signed
+                vetted = profile.policy.check(content.csr, reserved_names=ca.reserved_names,
+                                              proof_checked=content.proof_checked)
             except PolicyViolation as exc:
                 policy_error = str(exc)
             if self.repository.inline:
                 # a static profile's secret is read now, as stored: rotated by another process or not
                 known, static_secrets = self.repository.lookup_sync(profile.name, self.transaction_key(ca, msg),
                                                                     static_secrets=profile.challenge_kind == "static")
-        return msg, content, known, policy_error, static_secrets
+        return msg, content, known, policy_error, static_secrets, vetted
 
     def signed_by_us(self, ca: CertificateAuthority, msg: codec.PKIMessage) -> bool:
         """Signed by a certificate of ``ca``, or of another of our CAs (a CA that issued before a rollover: its
@@ -265,10 +265,10 @@ class ScepService:
 
     async def _dispatch(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
                         inner: codec.RequestContent, known=NOT_LOOKED_UP, policy_error: str | None = None,
-                        static_secrets=NOT_LOOKED_UP) -> Outcome:
+                        static_secrets=NOT_LOOKED_UP, vetted: Vetted | None = None) -> Outcome:
         t = msg.message_type
         if t in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
-            return await self._enrol(profile, ca, msg, inner, known, policy_error, static_secrets)
+            return await self._enrol(profile, ca, msg, inner, known, policy_error, static_secrets, vetted)
         if t is MessageType.CERT_POLL:
             return await self._poll(profile, ca, msg, inner)
         if t is MessageType.GET_CERT:
@@ -279,14 +279,14 @@ class ScepService:
 
     async def _enrol(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
                      content: codec.RequestContent, known=NOT_LOOKED_UP, policy_error: str | None = None,
-                     static_secrets=NOT_LOOKED_UP) -> Outcome:
+                     static_secrets=NOT_LOOKED_UP, vetted: Vetted | None = None) -> Outcome:
         # parsed, key loaded and proof of possession checked in the decryption stage (codec.open_request)
         if self.refuse_issuing:  # before any check: no challenge is used up by a request that cannot succeed
             raise SCEPFailure(FailInfo.BAD_REQUEST, self.refuse_issuing, msg)
         e = Enrolment(profile=profile, ca=ca, message=msg, content=content, key=self.transaction_key(ca, msg),
                       public_key_sha256=inventory.public_key_sha256(content.public_key), known=known,
                       static_secrets=static_secrets,
-                      policy_error=policy_error, signed_by_us=self.signed_by_us(ca, msg))
+                      policy_error=policy_error, vetted=vetted, signed_by_us=self.signed_by_us(ca, msg))
         for check in self.checks:
             answer = await check(e)
             if answer is not None:
@@ -308,7 +308,7 @@ class ScepService:
             # One thread hop signs the certificate and its CertRep (and with an inline repository commits the rows
             # in between); the reply leaves only once the rows are committed.
             cert, rows, outcome = await self._run(self._sign, profile, ca, req, key, e.public_key_sha256, now,
-                                                  inline, state)
+                                                  inline, state, e.vetted)
             try:
                 if outcome is None:
                     raise rows  # the inline write's Duplicate
@@ -383,18 +383,22 @@ class ScepService:
         return True
 
     def _sign(self, profile: Profile, ca: CertificateAuthority, req: EnrollmentRequest, key: str, pub_sha: str,
-              now: datetime, inline: bool, state: str = "issued"):
+              now: datetime, inline: bool, state: str = "issued", vetted: Vetted | None = None):
         """Issue the certificate, write its rows when ``inline``, and build the CertRep SUCCESS (in a thread).
+
+        ``vetted``: the subject and SANs the profile's policy returned for this CSR and this CA in the decryption
+        stage (judged again here without them).
 
         Returns (certificate, (certificate row, transaction row, event), outcome), or (certificate, the
         Duplicate, None) when the inline write lost to a concurrent insert.
         """
         msg = req.message
+        names = vetted or profile.policy.subject_and_sans(req.csr, reserved_names=ca.reserved_names)
         cert = ca.issue(req.csr, profile.policy, serial=random_serial(), now=now,
-                        ocsp=self.ocsp_aia and profile.settings.ocsp_aia)
+                        ocsp=self.ocsp_aia and profile.settings.ocsp_aia, vetted=names)
         der = cert.public_bytes(DER)
         cert_row = inventory.certificate_row(cert, der, ca.name, profile.name, msg.transaction_id, pub_sha, now,
-                                             crl_partition=ca.partition_of(cert.serial_number))
+                                             crl_partition=ca.partition_of(cert.serial_number), names=names)
         cert_row.update(renewal_of=req.renewal_of.serial if req.renewal_of else None,
                         unused_since=unused_since(req.renewal_of, now) if req.renewal_of else None,
                         enrolled_device_id=req.device_id)

@@ -64,6 +64,31 @@ def test_issued_certificate_follows_the_template(ca, device_key):
     assert ca.issued_by_us(cert)
 
 
+def test_the_vetted_names_are_what_the_certificate_and_its_row_carry(ca, device_key):
+    """issue() and certificate_row() given the policy's verdict (as the SCEP service passes it) make what they
+    make when they judge and read the names themselves, for every SAN kind and a multi-attribute subject."""
+    from cryptography.hazmat.primitives import serialization
+    from ipaddress import ip_address
+    from scep_server.ca.inventory import certificate_row
+
+    sans = [x509.DNSName("dev1.example.com"), x509.RFC822Name("dev1@example.com"),
+            x509.UniformResourceIdentifier("tag:microsoft.com,2022-09-14:sid:S-1-5-21"),
+            x509.IPAddress(ip_address("192.0.2.7"))]
+    policy = IssuancePolicy(CertificateTemplate(san_types=["dns", "email", "uri", "ip"], subject="csr",
+                                                subject_attributes=["CN", "O", "OU"]))
+    request = x509.CertificateSigningRequestBuilder().subject_name(x509.Name.from_rfc4514_string(
+        "CN=dev1+OU=Fleet,O=Example\\, Inc.")).add_extension(x509.SubjectAlternativeName(sans), False).sign(
+        device_key, csr(device_key).signature_hash_algorithm)
+    vetted = policy.check(request, reserved_names=ca.reserved_names)
+    given = ca.issue(request, policy, serial=7, now=NOW, vetted=vetted)
+    judged = ca.issue(request, policy, serial=7, now=NOW)
+    assert given.tbs_certificate_bytes == judged.tbs_certificate_bytes
+    der = given.public_bytes(serialization.Encoding.DER)
+    row = certificate_row(given, der, ca.name, "p", "tx", "pub", NOW, names=vetted)
+    assert row == certificate_row(given, der, ca.name, "p", "tx", "pub", NOW)
+    assert row["subject"] == "CN=dev1+OU=Fleet,O=Example\\, Inc."
+
+
 def test_policy_refuses_weak_or_unexpected_requests(ca):
     policy = IssuancePolicy(CertificateTemplate(san_types=["dns"]))
     with pytest.raises(PolicyViolation, match="below the minimum"):

@@ -177,6 +177,28 @@ async def test_the_template_refuses_before_the_challenge_is_asked(h, keys):
     assert asked == [] and h.stored() == (0, 0, 0)
 
 
+async def test_the_template_judges_the_subject_and_sans_once_per_enrolment(h, keys, monkeypatch):
+    """The decryption stage's verdict (IssuancePolicy.check) is what the certificate and its inventory row get:
+    the subject and SANs are not judged a second time when the certificate is signed."""
+    from scep_server.ca.policy import IssuancePolicy
+
+    h.profiles.add("p", template=CertificateTemplate(san_types=["dns"]))
+    calls = []
+    judge = IssuancePolicy.subject_and_sans
+
+    def counting(self, csr, **kwargs):
+        calls.append(csr)
+        return judge(self, csr, **kwargs)
+
+    monkeypatch.setattr(IssuancePolicy, "subject_and_sans", counting)
+    rep = await h.enrol("p", keys[0], cn="laptop-7", sans=["laptop-7.example.com"])
+    assert rep.status is PKIStatus.SUCCESS and len(calls) == 1
+    cert = x509.load_der_x509_certificate(rep.certs[0])
+    row = h.repo.certificates[serial_of(rep)]
+    assert row["subject"] == cert.subject.rfc4514_string() == "CN=laptop-7"
+    assert row["sans"] == '["dns:laptop-7.example.com"]'
+
+
 async def test_a_verifier_may_name_the_device_and_withdraw_after_issue(h, keys):
     h.profiles.add("p")
 
