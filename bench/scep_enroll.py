@@ -3,6 +3,7 @@
     .venv/bin/python bench/scep_enroll.py              # SQLite (the embedded default), concurrency 1, 4, 16
     .venv/bin/python bench/scep_enroll.py --pg         # PostgreSQL at 127.0.0.1:5432 (a fresh database)
     .venv/bin/python bench/scep_enroll.py --compare-keys   # file vs SoftHSM keys, EC P-256 vs RSA-3072 CA
+    .venv/bin/python bench/scep_enroll.py --compare-env 'kept:;placed:SCEP_SERVER_SERVER__CPU_AFFINITY=off'
     .venv/bin/python bench/scep_enroll.py --vs-micromdm    # beside micromdm's scepserver (root: a netns of its own)
 
 Everything the client sends is built before timing: RSA-2048 client keys, a CSR per enrolment (distinct
@@ -336,8 +337,42 @@ def _softhsm_env(directory: Path) -> dict[str, str]:
 
 def compare_keys(args, setups: list[str]) -> int:
     """Enrolments/s of one server per CA key set-up, the set-ups interleaved within each round."""
-    level, count = int(args.concurrency.split(",")[0]), int(args.requests.split(",")[0])
     tmp = Path(tempfile.mkdtemp(prefix="scep-bench-keys-"))
+    envs = {}
+    for name in setups:
+        backend, key_type = KEY_SETUPS[name]
+        env = {"SCEP_SERVER_CA__KEY_TYPE": key_type, "SCEP_SERVER_CA__KEY_SIZE": "3072",
+               "SCEP_SERVER_CA__KEY_BACKEND": backend, "SCEP_SERVER_LOG__LEVEL": "warning"}
+        if backend == "pkcs11":
+            env.update(_softhsm_env(tmp / name / "softhsm"))
+        envs[name] = env
+    return compare_setups(args, envs, tmp, "compare_keys")
+
+
+def parse_env_setups(spec: str) -> dict[str, dict[str, str]]:
+    """'name:VAR=VALUE,VAR=VALUE;name2:' -> {name: {VAR: VALUE}} (a set-up with nothing: the defaults)."""
+    setups: dict[str, dict[str, str]] = {}
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        name, sep, assignments = part.partition(":")
+        if not sep or not name or name in setups:
+            raise ValueError(f"set-up {part!r}: NAME:VAR=VALUE,... with a name of its own")
+        env = {}
+        for assignment in filter(None, assignments.split(",")):
+            var, eq, value = assignment.partition("=")
+            if not eq or not var.startswith("SCEP_SERVER_"):
+                raise ValueError(f"set-up {name!r}: {assignment!r} is not SCEP_SERVER_...=VALUE")
+            env[var] = value
+        setups[name] = env
+    if len(setups) < 2:
+        raise ValueError("at least two set-ups to compare")
+    return setups
+
+
+def compare_setups(args, envs: dict[str, dict[str, str]], tmp: Path, label: str) -> int:
+    """Enrolments/s of one server per set-up (its environment), the set-ups interleaved within each round and
+    their order reversed every other round."""
+    setups = list(envs)
+    level, count = int(args.concurrency.split(",")[0]), int(args.requests.split(",")[0])
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, SQLite, {args.workers} server workers, "
           f"concurrency {level}, {count} timed enrolments per set-up and round, {args.rounds} round(s)")
     servers: dict[str, Server] = {}
@@ -352,13 +387,8 @@ def compare_keys(args, setups: list[str]) -> int:
         with ctx.Pool(2) as pool:
             keys = make_keys(args.keys, pool)
             for name in setups:
-                backend, key_type = KEY_SETUPS[name]
-                env = {"SCEP_SERVER_CA__KEY_TYPE": key_type, "SCEP_SERVER_CA__KEY_SIZE": "3072",
-                       "SCEP_SERVER_CA__KEY_BACKEND": backend, "SCEP_SERVER_LOG__LEVEL": "warning"}
-                if backend == "pkcs11":
-                    env.update(_softhsm_env(tmp / name / "softhsm"))
                 server = servers[name] = Server(tmp / name / "data", None, args.workers, tmp / f"{name}.log",
-                                                env_extra=env, name=name)
+                                                env_extra=envs[name], name=name)
                 ra_der = client.certs_in_order(server.get("/scep/default?operation=GetCACert"))[0]
                 challenge = (tmp / name / "data" / "default-challenge.txt").read_text().strip()
                 warmup = max(2 * level, 8)
@@ -388,7 +418,7 @@ def compare_keys(args, setups: list[str]) -> int:
     for name in setups:
         print(f"{name:<16} | {statistics.mean(rates[name]):>8.1f} | {statistics.mean(cpu[name]):>19.2f} | "
               f"{' '.join(f'{x:.1f}' for x in rates[name])}")
-    print("RESULT " + json.dumps({"compare_keys": {name: {"enrol_per_s": statistics.mean(rates[name]),
+    print("RESULT " + json.dumps({label: {name: {"enrol_per_s": statistics.mean(rates[name]),
                                                           "server_cpu_ms_per_enrol": statistics.mean(cpu[name]),
                                                           "per_round": rates[name]} for name in setups},
                                   "concurrency": level, "workers": args.workers, "failures": failures}))
@@ -586,6 +616,9 @@ def main() -> int:
     ap.add_argument("--compare-keys", nargs="?", const=",".join(KEY_SETUPS), metavar="SETUPS",
                     help="enrolments/s per CA key set-up in one run instead (SQLite; the first --concurrency and "
                          f"--requests): comma-separated, of {', '.join(KEY_SETUPS)} (default: all)")
+    ap.add_argument("--compare-env", metavar="SETUPS",
+                    help="enrolments/s per server environment in one run instead (SQLite; the first --concurrency "
+                         "and --requests): 'name:SCEP_SERVER_X=V,...;name2:...', interleaved per round")
     ap.add_argument("--vs-micromdm", action="store_true",
                     help="this server and micromdm's scepserver side by side, in a network namespace with loopback "
                          "only (needs root; SQLite; --concurrency and --requests as given, default 1,16 and 200,1000)")
@@ -603,6 +636,12 @@ def main() -> int:
         if unknown or not setups:
             ap.error(f"--compare-keys: unknown set-up {', '.join(unknown)} (one of {', '.join(KEY_SETUPS)})")
         return compare_keys(args, setups)
+    if args.compare_env:
+        try:
+            envs = parse_env_setups(args.compare_env)
+        except ValueError as exc:
+            ap.error(f"--compare-env: {exc}")
+        return compare_setups(args, envs, Path(tempfile.mkdtemp(prefix="scep-bench-env-")), "compare_env")
     levels = [int(c) for c in args.concurrency.split(",")]
     counts = [int(n) for n in args.requests.split(",")]
     if len(counts) == 1:

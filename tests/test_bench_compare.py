@@ -188,3 +188,19 @@ def test_a_run_over_its_time_is_stopped_with_the_processes_it_started(tmp_path):
     while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)  # killed; its parent is gone, so init reaps it
     assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split(")")[1][:3]
+
+
+def test_scep_enroll_reads_the_environments_it_compares(monkeypatch):
+    """bench/scep_enroll.py --compare-env: set-ups of SCEP_SERVER_ variables, at least two, named once."""
+    monkeypatch.setattr(sys, "path", [*sys.path, str(ROOT / "bench")])  # its helpers (measure.py), after ours
+    spec = importlib.util.spec_from_file_location("bench_scep_enroll", ROOT / "bench" / "scep_enroll.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    parse = module.parse_env_setups
+    assert parse("kept:;placed:SCEP_SERVER_SERVER__CPU_AFFINITY=off") == {
+        "kept": {}, "placed": {"SCEP_SERVER_SERVER__CPU_AFFINITY": "off"}}
+    assert parse("a:SCEP_SERVER_X=1,SCEP_SERVER_Y=a=b; b:") == {"a": {"SCEP_SERVER_X": "1", "SCEP_SERVER_Y": "a=b"},
+                                                             "b": {}}
+    for bad in ("a:", "a:;a:", "a:PATH=/x;b:", "a;b:", ":;b:"):
+        with pytest.raises(ValueError):
+            parse(bad)
