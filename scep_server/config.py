@@ -44,7 +44,7 @@ class ServerSettings(BaseModel):
     """The HTTP server: where it listens, how many processes, and the public URL certificates name."""
 
     listen: str = Field("127.0.0.1:8080", description="HOST:PORT the server listens on ([::]:PORT for IPv6)")
-    workers: int = Field(1, ge=1, le=64, description="worker processes sharing the listening socket")
+    workers: int = Field(1, ge=1, le=64, description="worker processes serving the listening port (see reuse_port)")
     base_url: str | None = Field(
         None, description="public base URL written into certificates (CRL Distribution Points, AIA caIssuers) and "
         "shown for profiles; unset: http://<listen>")
@@ -52,6 +52,11 @@ class ServerSettings(BaseModel):
         False, description="issue certificates although listen is a wildcard address (0.0.0.0, ::) and base_url is "
         "unset, so that they name http://0.0.0.0:...; without it such a server refuses to issue (a lab setting)")
     max_body_bytes: int = Field(256 * 1024, ge=4096, description="largest request body accepted")
+    reuse_port: bool = Field(
+        True, description="with several workers, each listens on a socket of its own on the same port "
+        "(SO_REUSEPORT, where the system has it) and the kernel spreads new connections across them; with one "
+        "shared socket the worker that wakes first takes every pending connection, so a client that keeps a few "
+        "connections open (a proxy, an MDM's connector) may be served by one worker alone")
     cpu_affinity: Literal["auto", "off"] = Field(
         "auto", description="auto: when there are as many workers (more than one) as CPUs this server may run on, "
         "each worker is kept on a CPU of its own, so that its threads hand requests to each other within one "

@@ -1,4 +1,4 @@
-"""Running the server: one process, or N worker processes sharing one listening socket."""
+"""Running the server: one process, or N worker processes on one port (a listening socket each, or one shared)."""
 from __future__ import annotations
 
 import os
@@ -19,10 +19,12 @@ from .logs import configure, flush_access
 log = structlog.get_logger("server")
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(1024)
     sock.setblocking(False)
@@ -88,14 +90,15 @@ def worker_cpus(mode: str, workers: int, usable: Iterable[int] | None = None) ->
 
 
 def serve(settings: Settings, *, announce=print) -> int:
-    """Serve until SIGINT/SIGTERM. With workers > 1, fork workers over a pre-bound socket and supervise them."""
+    """Serve until SIGINT/SIGTERM. With workers > 1, fork workers over sockets bound here and supervise them."""
     from . import metrics
 
     section = settings.metrics
     section.token()  # a token source that is empty stops the start here, once
     warn_wildcard_base_url(settings, announce)
-    sock = bind(settings.server.host, settings.server.port)
-    # [metrics] listen: one socket for every worker, like the main one
+    per_worker = settings.server.workers > 1 and settings.server.reuse_port and hasattr(socket, "SO_REUSEPORT")
+    sock = bind(settings.server.host, settings.server.port, reuse_port=per_worker)
+    # [metrics] listen: one socket for every worker
     metrics_sock = bind(section.host, section.port) if section.enabled and section.listen else None
     host, port = sock.getsockname()[:2]
     announce(f"listening on http://{host}:{port} with {settings.server.workers} worker(s)")
@@ -108,8 +111,14 @@ def serve(settings: Settings, *, announce=print) -> int:
         return 0
     # the workers' metrics are summed from files in a directory made for this start
     metrics_dir = metrics.prepare_multiprocess() if section.enabled else None
+    # server.reuse_port: one socket per worker slot on the same port, made here and kept open by the supervisor,
+    # so that connections queued on a slot's socket wait for its worker's restart instead of being reset
+    socks = [sock] + [bind(host, port, reuse_port=True) for _ in range(settings.server.workers - 1)] if per_worker \
+        else [sock] * settings.server.workers
+    if per_worker:
+        announce("each worker listens on a socket of its own (server.reuse_port): the kernel spreads connections")
     try:
-        return _supervise(settings, sock, metrics_sock, announce)
+        return _supervise(settings, socks, metrics_sock, announce)
     finally:
         if metrics_dir is not None:
             metrics.cleanup_multiprocess(metrics_dir)
@@ -159,7 +168,10 @@ def _a_child_exited() -> bool:
         return True
 
 
-def _supervise(settings: Settings, sock: socket.socket, metrics_sock: socket.socket | None, announce) -> int:
+def _supervise(settings: Settings, socks: list[socket.socket], metrics_sock: socket.socket | None, announce) -> int:
+    """Fork a worker per slot, serving ``socks[slot]`` (one shared socket, or one each: server.reuse_port), and
+    restart one that dies."""
+    sock = socks[0]
     from . import metrics
     children: dict[int, int] = {}
     stopping = False
@@ -177,8 +189,10 @@ def _supervise(settings: Settings, sock: socket.socket, metrics_sock: socket.soc
             os.close(ready_r)
             if cpus is not None:  # before any thread starts: the worker's threads inherit it (a restart too)
                 os.sched_setaffinity(0, {cpus[slot]})
+            for other in {id(s): s for s in socks if s is not socks[slot]}.values():
+                other.close()  # another slot's socket: only its own worker accepts there
             try:
-                _run_worker(settings, sock, metrics_sock, ready=lambda: _worker_ready(ready_w))
+                _run_worker(settings, socks[slot], metrics_sock, ready=lambda: _worker_ready(ready_w))
             finally:
                 _flush_buffers()  # os._exit runs no atexit handler
                 os._exit(0)
@@ -222,6 +236,7 @@ def _supervise(settings: Settings, sock: socket.socket, metrics_sock: socket.soc
             continue
         spawn(slot)
     os.close(ready_w)
-    sock.close()
+    for listening in {id(s): s for s in socks}.values():
+        listening.close()
     return 0
 
