@@ -161,7 +161,7 @@ def test_serve_warns_before_it_starts(monkeypatch):
     from scep_server import serve as serve_module
 
     real_bind = serve_module.bind
-    monkeypatch.setattr(serve_module, "bind", lambda host, port: real_bind("127.0.0.1", 0))  # nothing on 0.0.0.0
+    monkeypatch.setattr(serve_module, "bind", lambda host, port, **kw: real_bind("127.0.0.1", 0, **kw))  # nothing on 0.0.0.0
     started = []
     monkeypatch.setattr(serve_module, "_run_worker", lambda *args, **kwargs: started.append(kwargs))
     said: list[str] = []
