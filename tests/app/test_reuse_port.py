@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server import _prepare_for_scepclient, free_port
+from tests.server import _prepare_for_scepclient, child_pids, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 LISTEN, ESTABLISHED = "0A", "01"
@@ -41,13 +41,6 @@ def _tcp(port: int, state: str) -> set[int]:
     return found
 
 
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(p) for p in (task / "children").read_text().split()]
-    return found
-
-
 class Served:
     def __init__(self, tmp_path: Path, reuse_port: bool):
         data = tmp_path / "data"
@@ -64,14 +57,14 @@ class Served:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2):
                     pass
-                if len(_children(self.proc.pid)) == 2:
+                if len(child_pids(self.proc.pid)) == 2:
                     break
             except OSError:
                 pass
             assert self.proc.poll() is None and time.monotonic() < deadline, "the server did not start"
             time.sleep(0.1)
         time.sleep(0.5)  # both workers serving (each says so before its first request)
-        self.workers = _children(self.proc.pid)
+        self.workers = child_pids(self.proc.pid)
 
     def stop(self) -> str:
         self.proc.terminate()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from scep_server.serve import worker_cpus
-from tests.server import _prepare_for_scepclient, free_port
+from tests.server import _prepare_for_scepclient, child_pids, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,13 +28,6 @@ def test_auto_pins_only_when_workers_match_the_usable_cpus():
 def test_auto_reads_the_cpus_this_process_may_use():
     assert worker_cpus("auto", len(os.sched_getaffinity(0))) in (None, sorted(os.sched_getaffinity(0)))
     assert worker_cpus("auto", len(os.sched_getaffinity(0)) + 1) is None
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(p) for p in (task / "children").read_text().split()]
-    return found
 
 
 def _allowed(pid: int) -> set[int]:
@@ -63,13 +56,13 @@ def test_serve_keeps_each_worker_on_a_cpu_of_its_own(tmp_path, mode):
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
                     pass
-                if len(_children(proc.pid)) == 2:
+                if len(child_pids(proc.pid)) == 2:
                     break
             except OSError:
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
             time.sleep(0.1)
-        workers = _children(proc.pid)
+        workers = child_pids(proc.pid)
         masks = [_allowed(pid) for pid in workers]
         assert _allowed(proc.pid) == two  # the supervisor itself is not moved
         if mode == "auto":
