@@ -113,9 +113,9 @@ def serve(settings: Settings, *, announce=print) -> int:
     metrics_dir = metrics.prepare_multiprocess() if section.enabled else None
     # server.reuse_port: one socket per worker slot on the same port, made here and kept open by the supervisor,
     # so that connections queued on a slot's socket wait for its worker's restart instead of being reset
-    socks = [sock] + [bind(host, port, reuse_port=True) for _ in range(settings.server.workers - 1)] if per_worker \
-        else [sock] * settings.server.workers
+    socks = [sock] * settings.server.workers
     if per_worker:
+        socks[1:] = [bind(host, port, reuse_port=True) for _ in socks[1:]]
         announce("each worker listens on a socket of its own (server.reuse_port): the kernel spreads connections")
     try:
         return _supervise(settings, socks, metrics_sock, announce)
@@ -171,7 +171,6 @@ def _a_child_exited() -> bool:
 def _supervise(settings: Settings, socks: list[socket.socket], metrics_sock: socket.socket | None, announce) -> int:
     """Fork a worker per slot, serving ``socks[slot]`` (one shared socket, or one each: server.reuse_port), and
     restart one that dies."""
-    sock = socks[0]
     from . import metrics
     children: dict[int, int] = {}
     stopping = False
@@ -189,7 +188,7 @@ def _supervise(settings: Settings, socks: list[socket.socket], metrics_sock: soc
             os.close(ready_r)
             if cpus is not None:  # before any thread starts: the worker's threads inherit it (a restart too)
                 os.sched_setaffinity(0, {cpus[slot]})
-            for other in {id(s): s for s in socks if s is not socks[slot]}.values():
+            for other in set(socks) - {socks[slot]}:
                 other.close()  # another slot's socket: only its own worker accepts there
             try:
                 _run_worker(settings, socks[slot], metrics_sock, ready=lambda: _worker_ready(ready_w))
@@ -212,7 +211,7 @@ def _supervise(settings: Settings, socks: list[socket.socket], metrics_sock: soc
     for slot in range(settings.server.workers):
         spawn(slot)
     if _await_workers(ready_r, settings.server.workers, lambda: stopping):
-        host, port = sock.getsockname()[:2]
+        host, port = socks[0].getsockname()[:2]
         sd_notify(f"READY=1\nSTATUS=listening on {host}:{port} with {settings.server.workers} workers")
     os.close(ready_r)
     restarts: list[float] = []
@@ -236,7 +235,7 @@ def _supervise(settings: Settings, socks: list[socket.socket], metrics_sock: soc
             continue
         spawn(slot)
     os.close(ready_w)
-    for listening in {id(s): s for s in socks}.values():
+    for listening in set(socks):
         listening.close()
     return 0
 

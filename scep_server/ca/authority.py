@@ -165,7 +165,9 @@ class CertificateAuthority:
         """Sign a certificate for `csr` under `policy` (subject and SANs already vetted by the policy); with
         ``ocsp`` its AIA names the OCSP responder too. ``vetted``: what `policy` returned for `csr` and this CA's
         reserved names (IssuancePolicy.check or subject_and_sans); judged here when None."""
-        subject, sans = vetted or policy.subject_and_sans(csr, reserved_names=self.reserved_names)
+        if vetted is None:
+            vetted = policy.subject_and_sans(csr, reserved_names=self.reserved_names)
+        subject, sans = vetted
         not_before = now - timedelta(minutes=5)  # tolerate device clock skew
         not_after = min(now + timedelta(days=policy.validity_days), self.cert.not_valid_after_utc)
         b = (x509.CertificateBuilder()

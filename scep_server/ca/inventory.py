@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -158,7 +158,7 @@ def san_strings(cert: x509.Certificate) -> list[str]:
     return _san_strings(names)
 
 
-def _san_strings(names) -> list[str]:
+def _san_strings(names: Iterable[x509.GeneralName]) -> list[str]:
     return [f"{_SAN_KINDS.get(type(n), type(n).__name__)}:{n.value}" for n in names]
 
 

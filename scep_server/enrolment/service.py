@@ -393,12 +393,13 @@ class ScepService:
         Duplicate, None) when the inline write lost to a concurrent insert.
         """
         msg = req.message
-        names = vetted or profile.policy.subject_and_sans(req.csr, reserved_names=ca.reserved_names)
+        if vetted is None:
+            vetted = profile.policy.subject_and_sans(req.csr, reserved_names=ca.reserved_names)
         cert = ca.issue(req.csr, profile.policy, serial=random_serial(), now=now,
-                        ocsp=self.ocsp_aia and profile.settings.ocsp_aia, vetted=names)
+                        ocsp=self.ocsp_aia and profile.settings.ocsp_aia, vetted=vetted)
         der = cert.public_bytes(DER)
         cert_row = inventory.certificate_row(cert, der, ca.name, profile.name, msg.transaction_id, pub_sha, now,
-                                             crl_partition=ca.partition_of(cert.serial_number), names=names)
+                                             crl_partition=ca.partition_of(cert.serial_number), names=vetted)
         cert_row.update(renewal_of=req.renewal_of.serial if req.renewal_of else None,
                         unused_since=unused_since(req.renewal_of, now) if req.renewal_of else None,
                         enrolled_device_id=req.device_id)
