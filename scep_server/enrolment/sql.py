@@ -327,6 +327,11 @@ class SqliteRepository(SqlRepository):
         if db is None:
             db = sqlite3.connect(self.engine.url.database, timeout=30, isolation_level=None, check_same_thread=False)
             sqlite_pragmas(db, self._synchronous)
+            # a write's savepoint journal (see _commit_group) holds the original of every page the write changes,
+            # a leaf of each table and index: more than the 64 KiB SQLite keeps in memory, so with temporary
+            # storage on disk each commit created, wrote and deleted a file. These connections run only lookups
+            # by key and single-row inserts: nothing else of theirs is temporary.
+            db.execute("PRAGMA temp_store=MEMORY")
             self._local.db = db
             self._connections.append(db)
         elif db.in_transaction:  # never left open by the code below; a connection is never handed on half-done

@@ -220,3 +220,39 @@ async def test_each_worker_thread_keeps_one_connection_and_never_reuses_it_mid_t
     assert other[0] is not db  # a connection of its own
     sqlite_repo.record_sync(*rows(ca, key, "after"))  # the write lock was given back
     assert await sqlite_repo.find("p", "after") is not None
+
+
+async def test_a_recorded_issue_keeps_its_savepoint_journal_in_memory(sqlite_repo, ca, key):
+    """Each write of a group commit runs in a savepoint, whose journal holds the original of every page the
+    write changes: a leaf of each of the three tables and their indexes, more than SQLite keeps in memory by
+    default (64 KiB). Spilled, every commit created, wrote and deleted a temporary file. The repository's
+    connections keep temporary storage in memory: no such file is opened while a write is in its savepoint."""
+    import os
+
+    db = sqlite_repo._db()  # record_sync below runs on this thread: on this connection
+    open_during_write: list[list[str]] = []
+
+    def temporary_files() -> list[str]:
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if "etilqs_" in target:  # SQLite's name for its temporary files (unlinked once opened)
+                found.append(target)
+        return found
+
+    def traced(statement: str) -> None:
+        if statement.startswith("RELEASE"):  # the write's inserts ran: its savepoint journal is complete
+            open_during_write.append(temporary_files())
+
+    db.set_trace_callback(traced)
+    try:
+        for txid in ("one", "two"):
+            sqlite_repo.record_sync(*rows(ca, key, txid))
+    finally:
+        db.set_trace_callback(None)
+    assert open_during_write == [[], []]
+    assert db.execute("PRAGMA temp_store").fetchone()[0] == 2  # MEMORY
+    assert (await sqlite_repo.find("p", "two")) is not None
