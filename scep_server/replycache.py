@@ -2,7 +2,6 @@
 signature (RFC 8894 §3.3.2.2 FAILUREs are signed; verifying and signing again for the same bytes gains nothing)."""
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -10,6 +9,7 @@ from collections import OrderedDict
 
 class FailureReplies:
     """A bounded LRU of CertRep FAILUREs by (profile, SHA-256 of the request body), each kept ``ttl`` seconds.
+    The caller hashes the body (once per request: the HTTP layer needs the digest too).
 
     Only failures decided by the bytes alone belong here (a signature that does not verify, a malformed or
     undecryptable message): the same bytes always get the same answer, so answering from the cache is exact.
@@ -17,15 +17,11 @@ class FailureReplies:
 
     def __init__(self, size: int = 2048, ttl: float = 60.0, clock=time.monotonic):
         self._size, self._ttl, self._clock = size, ttl, clock
-        self._entries: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, bytes], tuple[float, bytes]] = OrderedDict()
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _key(profile: str, body: bytes) -> bytes:
-        return hashlib.sha256(profile.encode() + b"\0" + body).digest()
-
-    def get(self, profile: str, body: bytes) -> bytes | None:
-        key = self._key(profile, body)
+    def get(self, profile: str, body_sha256: bytes) -> bytes | None:
+        key = (profile, body_sha256)
         with self._lock:
             hit = self._entries.get(key)
             if hit is None:
@@ -36,8 +32,8 @@ class FailureReplies:
             self._entries.move_to_end(key)
             return hit[1]
 
-    def put(self, profile: str, body: bytes, reply: bytes) -> None:
-        key = self._key(profile, body)
+    def put(self, profile: str, body_sha256: bytes, reply: bytes) -> None:
+        key = (profile, body_sha256)
         with self._lock:
             self._entries[key] = (self._clock() + self._ttl, reply)
             self._entries.move_to_end(key)

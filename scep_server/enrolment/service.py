@@ -160,12 +160,15 @@ class ScepService:
 
     # ------------------------------------------------------------------ PKIOperation
 
-    async def pki_operation(self, profile_name: str, body: bytes) -> bytes:
-        """Handle one pkiMessage; MalformedMessage (HTTP 400) only when no signer can be answered."""
+    async def pki_operation(self, profile_name: str, body: bytes, body_sha256: bytes | None = None) -> bytes:
+        """Handle one pkiMessage; MalformedMessage (HTTP 400) only when no signer can be answered.
+
+        ``body_sha256``: the body's SHA-256 when the caller has it already (the HTTP layer does)."""
         started = time.perf_counter()
         profile = await self.profiles.get(profile_name)
         ca = await self.ca_of(profile)
-        cached = ca.failure_replies.get(profile.fingerprint, body)  # a replayed bad message: no second RA signature
+        digest = body_sha256 if body_sha256 is not None else hashlib.sha256(body).digest()
+        cached = ca.failure_replies.get(profile.fingerprint, digest)  # a replayed bad message: no second RA signature
         if cached is not None:
             return cached
         msg: codec.PKIMessage | None = None
@@ -182,7 +185,7 @@ class ScepService:
             outcome = Outcome(PKIStatus.FAILURE, fail_info=exc.fail_info, fail_text=exc.text)
         reply = outcome.reply or await self._run(self._reply, ca, msg, outcome)
         if not opened:  # failed on its bytes alone (signature, structure, envelope): same bytes, same answer
-            ca.failure_replies.put(profile.fingerprint, body, reply)
+            ca.failure_replies.put(profile.fingerprint, digest, reply)
         elapsed = time.perf_counter() - started
         fail_info = outcome.fail_info.name if outcome.fail_info is not None else None
         metrics.scep_transaction(profile.name, msg.message_type, outcome.status.name, fail_info, elapsed)

@@ -56,7 +56,8 @@ async def _pki_operation(service, profile: str, body: bytes) -> bytes:
     Copies that arrive while the first is being handled share its answer (the same bytes get the same
     answer: a FAILURE is then kept by the service for later copies, a retry of a good request is idempotent).
     """
-    key = (id(service), profile, hashlib.sha256(body).digest())
+    digest = hashlib.sha256(body).digest()  # hashed once: the service keys its cache of FAILUREs by it too
+    key = (id(service), profile, digest)
     first = _in_flight.get(key)
     if first is not None:
         try:
@@ -64,11 +65,11 @@ async def _pki_operation(service, profile: str, body: bytes) -> bytes:
         except asyncio.CancelledError:
             if not first.cancelled():
                 raise  # this request was cancelled
-            return await service.pki_operation(profile, body)  # the first one was: answer on our own
+            return await service.pki_operation(profile, body, digest)  # the first one was: answer on our own
     fut = asyncio.get_running_loop().create_future()
     _in_flight[key] = fut
     try:
-        reply = await service.pki_operation(profile, body)
+        reply = await service.pki_operation(profile, body, digest)
     except asyncio.CancelledError:
         fut.cancel()
         raise

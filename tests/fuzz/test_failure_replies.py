@@ -77,3 +77,32 @@ def test_the_cache_is_bounded_and_entries_expire():
     assert cache.get("other", b"\x04") is None  # per profile
     now[0] = 10.0
     assert cache.get("p", b"\x04") is None
+
+
+async def test_a_request_body_is_hashed_once(server, monkeypatch):
+    """The HTTP layer's digest of a pkiMessage (identical copies in flight share one answer) is also the key of
+    the cache of FAILUREs: each body is hashed once, whatever the answer."""
+    import hashlib
+
+    real, hashed = hashlib.sha256, []
+
+    def counting(data=b"", **kwargs):
+        hashed.append(bytes(data))
+        return real(data, **kwargs)
+
+    key = rsa_key()
+    url = f"{server.url}/scep/default"
+    async with aiohttp.ClientSession() as session:
+        ra_der, _ = await ra_and_ca(session, url)
+        good = pkcs_req(key, ra_der, challenge=server.challenge(), cn="hashed-once")
+        for body in (_bad_signature(pkcs_req(key, ra_der, challenge=server.challenge(), cn="bad")), good):
+            hashed.clear()
+            monkeypatch.setattr(hashlib, "sha256", counting)
+            try:
+                async with session.post(f"{url}?operation=PKIOperation", data=body) as resp:
+                    assert resp.status == 200
+                    reply = await resp.read()
+            finally:
+                monkeypatch.setattr(hashlib, "sha256", real)
+            assert sum(body in data for data in hashed) == 1
+    assert client.parse_cert_rep(reply, key, ra_cert_der=ra_der).status is PKIStatus.SUCCESS
