@@ -120,6 +120,10 @@ async def test_the_documented_calls_against_a_server(aiohttp_server, tmp_path):
         cert_pem = x509.load_der_x509_certificate(rep.certs[0]).public_bytes(serialization.Encoding.PEM).decode()
 
         values = {"<sign-in token>": signin, "<client certificate, PEM>": cert_pem, "<otp>": yubikey.otp()}
+        # the guide's calls are made once the server serves its CRLs: until the first one is signed (soon after
+        # the start, later on a loaded machine), /crl/{ca}.crl is a fair 503 with Retry-After
+        for publisher in server.runtime.crl.publishers.values():
+            await publisher.wait_newer(None, timeout=120)
         for e in exchanges():
             headers = {k: v.replace("<sign-in token>", signin) for k, v in e.headers.items() if k != "Host"}
             body = fill(e.body, values) if e.body is not None else None
