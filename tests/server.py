@@ -88,10 +88,12 @@ async def allow_single_des(settings: Settings, profile: str = "default", *, cloc
 
 
 async def start_app(aiohttp_server, tmp_path: Path, db_url: str | None = None, clock=None, *,
-                    single_des_on_default: bool = True, **extra) -> RunningServer:
+                    single_des_on_default: bool = True, first_crl: bool = True, **extra) -> RunningServer:
     """Initialise a data directory (CA, schema, default profile) and serve the app on a free port.
 
     ``single_des_on_default``: the `default` profile accepts single DES, for micromdm's scepclient.
+    ``first_crl``: return once every CA's first CRL is served. A server answers 503 "not published yet" (with
+    Retry-After) until its publisher has signed it, which a loaded machine may do after a test's first steps.
     """
     kwargs = {"clock": clock} if clock else {}
     for attempt in range(5):  # the free port may be taken by another process before the server binds it
@@ -108,7 +110,11 @@ async def start_app(aiohttp_server, tmp_path: Path, db_url: str | None = None, c
             if exc.errno != errno.EADDRINUSE or attempt == 4:
                 raise
             continue
-        return RunningServer(url=f"http://127.0.0.1:{port}", settings=settings, app=app)
+        running = RunningServer(url=f"http://127.0.0.1:{port}", settings=settings, app=app)
+        if first_crl and running.runtime.crl is not None:
+            for publisher in running.runtime.crl.publishers.values():
+                await publisher.wait_newer(None, timeout=120)
+        return running
     raise AssertionError("unreachable")
 
 
