@@ -438,5 +438,8 @@ def render(snapshot: Snapshot, accept: str | None = None) -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(scrape, path=path)
     else:
         scrape.register(_Own(_active.own))
-    encoder, content_type = choose_encoder(accept or "")
+    try:
+        encoder, content_type = choose_encoder(accept or "")
+    except (TypeError, ValueError):  # an Accept prometheus_client cannot read (`version=abc`): the text format
+        encoder, content_type = choose_encoder("")
     return encoder(scrape), content_type

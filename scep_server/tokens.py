@@ -73,7 +73,8 @@ class Grant:
 
 
 def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    # a header's or form's bytes that are not UTF-8 arrive as unpaired surrogates: hashed as they came, they match nothing
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _info(r) -> TokenInfo:

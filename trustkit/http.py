@@ -23,6 +23,7 @@ from sqlalchemy import exc as sa_exc
 
 from .problems import (RETRY_AFTER_SECONDS, BadRequest, DomainError, Forbidden, PayloadTooLarge, Unauthorized,
                        problem)
+from .text import unstorable
 
 # ---- failures ---------------------------------------------------------------------------------------------
 
@@ -116,10 +117,11 @@ def www_authenticate(scheme: str, realm: str, **params: str) -> dict[str, str]:
 
 
 def bearer_token(request: web.Request) -> str | None:
-    """The token of an ``Authorization: Bearer`` header, or None."""
+    """The token of an ``Authorization: Bearer`` header, or None (also for one that is not ASCII: no token
+    we issue is, and header bytes that are not UTF-8 arrive as unpaired surrogates)."""
     kind, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
-    return token if kind.lower() == "bearer" and token else None
+    return token if kind.lower() == "bearer" and token and token.isascii() else None
 
 
 async def bearer_caller(request: web.Request, scope: str, authenticate: Authenticate, *, realm: str) -> str:
@@ -174,12 +176,8 @@ def _check(value: Any) -> None:
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
-            if "\x00" in item:
-                raise BadJSON("a string contains a NUL character")
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                raise BadJSON("a string contains an unpaired surrogate") from None
+            if (why := unstorable(item)) is not None:
+                raise BadJSON(f"a string contains {why}")
         elif isinstance(item, float) and not math.isfinite(item):
             raise BadJSON("a number is out of range")
         elif isinstance(item, (dict, list)):

@@ -21,11 +21,12 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Generic, Mapping, Sequence, TypeVar
 
 from .clock import aware
 from .problems import BadRequest
+from .text import unstorable
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -74,13 +75,13 @@ def decode_cursor(text: str, kinds: Sequence[KeyPart]) -> tuple:
         if value is None:
             out.append(None)
         elif kind is datetime and isinstance(value, str):
-            try:
-                out.append(aware(datetime.fromisoformat(value)))
-            except ValueError:
+            try:  # as stored: UTC (an offset moved past year 1 or 9999 is no time of ours)
+                out.append(aware(datetime.fromisoformat(value)).astimezone(timezone.utc))
+            except (ValueError, OverflowError):
                 raise bad from None
         elif kind is int and type(value) is int and abs(value) < 2 ** 63:
             out.append(value)
-        elif kind is str and isinstance(value, str) and len(value) <= 512:
+        elif kind is str and isinstance(value, str) and len(value) <= 512 and unstorable(value) is None:
             out.append(value)
         else:
             raise bad

@@ -79,6 +79,8 @@ class ConsoleSessions:
     async def end(self, session_id: str, *, actor: str | None = None) -> None:
         """Sign out: the session is refused from now on, by every process. With `actor` (the session's
         principal signing out) an audit event ``security.console.signout``."""
+        if not (session_id and len(session_id) <= MAX_ID_CHARS and session_id.isascii()):
+            return  # no session has such an id (a cookie's bytes that are not UTF-8 arrive as surrogates)
         await self.end_digest(_digest(session_id), actor=actor)
 
     async def end_digest(self, digest: str, *, actor: str | None = None) -> None:

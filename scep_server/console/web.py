@@ -47,11 +47,13 @@ from yarl import URL
 
 from trustkit import paging
 from trustkit.problems import BadRequest, Conflict, DomainError, NotFound, PayloadTooLarge, Unprocessable
+from trustkit.text import unstorable
 
 from ..ca.inventory import CERT_KEY
 from ..ca.queries import FILTERS, parse_filters, parse_serial
 from ..ca.revocation import REASONS, parse_reason
 from ..web.auth import token_principal
+from ..web.errors import check_url_text
 from . import profiles, tokens
 from .dashboard import dashboard_context
 from .model import Session, csrf_matches
@@ -201,6 +203,7 @@ async def console_middleware(request: web.Request, handler):
 
 
 async def _guarded(request: web.Request, handler) -> web.StreamResponse:
+    check_url_text(request)
     path = request.path
     if path in PUBLIC or path.startswith(PREFIX + "/static/"):
         return await handler(request)
@@ -231,9 +234,14 @@ async def read_form(request: web.Request) -> Any:
     if request.content_type != "application/x-www-form-urlencoded":
         return MultiDict()
     try:
-        return await request.post()
-    except (ValueError, UnicodeDecodeError):
+        form = await request.post()
+    except (ValueError, LookupError):  # a body that does not decode, a charset Python does not know
         return MultiDict()
+    for name, value in form.items():  # a NUL or an unpaired surrogate (`%00`, `%ff`): no store holds it
+        why = unstorable(name) or (unstorable(value) if isinstance(value, str) else None)
+        if why is not None:
+            raise BadRequest(f"{name if unstorable(name) is None else 'a field name'}: {why}")
+    return form
 
 
 async def _read_multipart(request: web.Request) -> Any:

@@ -53,7 +53,8 @@ class SyncReport:
 
 
 def secret_sha256(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+    # a header's bytes that are not UTF-8 arrive as unpaired surrogates: hashed as they came, they match nothing
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def rules_of(settings) -> Rules:

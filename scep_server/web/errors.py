@@ -3,7 +3,9 @@
 Handlers raise; they do not build error responses. A :class:`~trustkit.problems.DomainError` becomes its
 problem document (RFC 9457, problem+json), an unavailable database a 503 problem with
 ``Retry-After`` on every path, a body that cannot be read a 400, anything else a 500 whose cause goes to
-the log and never to the client. Protocol routes marked with :func:`trustkit.http.text_errors` (SCEP,
+the log and never to the client. A path or query parameter that no store can hold (a NUL, an unpaired
+surrogate: what ``%00`` or bytes that are not UTF-8 decode to) is a 400 on every route, before any handler
+looks it up (:func:`check_url_text`; a sub-application, the console, calls it itself to answer in its pages). Protocol routes marked with :func:`trustkit.http.text_errors` (SCEP,
 the validation protocol) answer the 400 and the 500 in plain text, as their own errors are.
 """
 from __future__ import annotations
@@ -12,7 +14,8 @@ import structlog
 from aiohttp import web
 
 from trustkit.http import error_response, internal_error, unavailable, wants_text
-from trustkit.problems import DomainError
+from trustkit.problems import BadRequest, DomainError
+from trustkit.text import unstorable
 
 log = structlog.get_logger("http")
 
@@ -20,6 +23,8 @@ log = structlog.get_logger("http")
 @web.middleware
 async def errors(request: web.Request, handler):
     try:
+        if len(request.match_info.apps) <= 1:
+            check_url_text(request)
         return await handler(request)
     except web.HTTPException:
         raise
@@ -35,3 +40,12 @@ async def errors(request: web.Request, handler):
             log.warning("http.database_unavailable", method=request.method, path=request.path,
                         error=f"{exc.__class__.__name__}: {str(exc)[:200]}")
         return answer
+
+
+def check_url_text(request: web.Request) -> None:
+    """Raise BadRequest for a path or query parameter that holds text no store can hold."""
+    for where, items in (("path", request.match_info.items()), ("query", request.query.items())):
+        for name, value in items:
+            why = unstorable(name) or unstorable(value)
+            if why is not None:
+                raise BadRequest(f"a {where} parameter contains {why}", code="invalid_input")
