@@ -394,6 +394,9 @@ class OtpService:
                 return VerifyOutcome(Reason.ENROLLED if enrol else Reason.VERIFIED, state.serial, state.public_id,
                                      tok, user=user)
             if reason.counts_against_key:
+                # used up: an OTP shown to somebody else (typed into a phishing page) counts against its key
+                # once, not each time it is presented again, so one captured OTP cannot keep the key blocked
+                await self.store.use_up(conn, update)
                 reason = await self._note_key_failure(conn, reason, state, user=user, source=source, now=now)
         if reason.proves_nothing:  # revoked meanwhile
             return await self._fail(reason, material, user=user, client_id=None, source=source, caller=caller)

@@ -267,6 +267,13 @@ class OtpStore:
         res = await conn.execute(sa.update(k).where(*cond).values(**values))
         return res.rowcount == 1
 
+    async def use_up(self, conn: AsyncConnection, update: CounterUpdate) -> None:
+        """Move a key's counters past an OTP without accepting it (nor resetting its failures, nor counting a
+        use), inside the caller's transaction: the OTP is a replay from now on."""
+        await conn.execute(sa.update(k).where(k.c.id == update.key_id, _newer(update.usage_ctr, update.session_use))
+                           .values(usage_ctr=update.usage_ctr, session_use=update.session_use,
+                                   otp_timestamp=update.otp_timestamp))
+
     async def note_key_failure(self, conn: AsyncConnection, state: KeyState, now: datetime,
                                limits: ThrottleSettings) -> bool:
         """Count one failure against a key; True when this failure starts a block."""

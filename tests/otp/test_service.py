@@ -283,6 +283,23 @@ async def test_wrong_user_counts_against_the_presented_key_only(engine, kek, clo
         assert kinds == ["security.otp.wrong_user", "security.otp.key_throttled"]
 
 
+async def test_one_captured_otp_presented_for_another_user_counts_once(engine, kek, clock):
+    """A fresh OTP of the victim's key, captured (a phishing page) and presented for the attacker's own user
+    name again and again: used up by the first attempt, a replay after it, so it cannot block the key."""
+    limits = ThrottleSettings(max_failures=3, window_seconds=600, lockout_seconds=900)
+    async with OtpService(engine, OtpSettings(throttle_key=limits), kek, clock=clock) as service:
+        victim = make_key(310)
+        await import_keys(service, [victim])
+        assert (await service.verify_signin("victim", victim.otp())).enrolled
+        captured = victim.otp()
+        reasons = [(await service.verify_signin("mallory", captured)).reason for _ in range(10)]
+        assert reasons == [Reason.WRONG_USER] + [Reason.REPLAYED_OTP] * 9
+        assert (await service.verify_signin("victim", captured)).reason is Reason.REPLAYED_OTP
+        assert (await service.verify_signin("victim", victim.otp())).ok
+        assert [r.blocked_until for r in await service.report()] == [None]
+        assert [e["kind"] for e in await service.security_events()] == ["security.otp.wrong_user"]
+
+
 async def test_security_events_are_aggregated_per_source_and_minute_and_pruned(engine, kek, clock):
     settings = OtpSettings(throttle_source=ThrottleSettings(max_failures=1000), security_event_retention_days=30)
     async with OtpService(engine, settings, kek, clock=clock) as service:
