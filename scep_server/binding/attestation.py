@@ -51,7 +51,7 @@ from typing import Callable
 import sqlalchemy as sa
 import structlog
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -358,7 +358,11 @@ class AttestationService:
         if hit is not None:
             self._cache.move_to_end(fp)
             return hit
-        return _Cert(der, fp, x509.load_der_x509_certificate(der))
+        cert = x509.load_der_x509_certificate(der)
+        try:
+            return _Cert(der, fp, cert)
+        except UnsupportedAlgorithm as exc:  # a key algorithm or named curve the crypto library does not know
+            raise ValueError(f"its public key is of a kind this server cannot use ({exc})") from None
 
     def _remember(self, info: _Cert) -> None:
         """Cache a certificate whose issuer is established (ours, signature checked, or a registered external
@@ -390,7 +394,7 @@ class AttestationService:
                 pad = (padding.PKCS1v15() if kind == "pkcs1"
                        else padding.PSS(mgf=padding.MGF1(digest), salt_length=padding.PSS.AUTO))
                 key.verify(signature, data, pad, digest)
-        except InvalidSignature:
+        except (InvalidSignature, ValueError):  # ValueError: a key too small for the digest (PSS, PKCS#1 v1.5)
             return Verdict.SIGNATURE_INVALID
         return None
 

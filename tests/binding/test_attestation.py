@@ -233,3 +233,43 @@ async def test_tokens_and_scopes(server, api):
     ch = await api.post("/api/v1/attestation/challenge", {"device_id": "x"})
     assert len(base64.urlsafe_b64decode(ch["nonce"] + "=")) * 8 >= 128
     assert ch["expires_in"] == server.settings.binding.nonce_ttl_seconds
+
+
+def _der_with_key(public_key, signer) -> bytes:
+    from datetime import datetime, timedelta, timezone
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hostile")])
+    now = datetime.now(timezone.utc)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(public_key).serial_number(5)
+            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
+            .sign(signer, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+
+
+@pytest.mark.parametrize("kind", ["unknown key algorithm", "unknown named curve"])
+async def test_a_certificate_whose_key_cannot_be_loaded_is_malformed_not_a_500(server, api, kind):
+    eck = ec.generate_private_key(ec.SECP256R1())
+    der = _der_with_key(eck.public_key(), eck)
+    if kind == "unknown key algorithm":  # id-ecPublicKey 1.2.840.10045.2.1 -> .2.7
+        der = der.replace(bytes.fromhex("06072a8648ce3d0201"), bytes.fromhex("06072a8648ce3d0207"))
+    else:  # prime256v1 1.2.840.10045.3.1.7 -> .3.1.9
+        der = der.replace(bytes.fromhex("06082a8648ce3d030107"), bytes.fromhex("06082a8648ce3d030109"))
+    await api.add_device("dev-h")
+    nonce = await api.nonce("dev-h")
+    res = await api.post("/api/v1/attestation/verify", {
+        "device_id": "dev-h", "nonce": nonce, "certificate": base64.b64encode(der).decode(),
+        "signature": base64.b64encode(b"\x30\x06\x02\x01\x01\x02\x01\x01").decode()})
+    assert res["reason"] == Verdict.CERTIFICATE_MALFORMED.value and not res["managed"], res
+
+
+@pytest.mark.parametrize("algorithm", ["rsa-pss-sha512", "rsa-pss-sha384"])
+async def test_a_key_too_small_for_the_digest_is_a_bad_signature_not_a_500(server, api, algorithm):
+    """A 512-bit modulus (it need not even be a real one) cannot carry a SHA-512 PSS or PKCS#1 signature:
+    cryptography raises ValueError, not InvalidSignature."""
+    small = rsa.RSAPublicNumbers(65537, (1 << 511) | 0x12345).public_key()
+    der = _der_with_key(small, ec.generate_private_key(ec.SECP256R1()))
+    await api.add_device("dev-s")
+    nonce = await api.nonce("dev-s")
+    res = await api.post("/api/v1/attestation/verify", {
+        "device_id": "dev-s", "nonce": nonce, "certificate": base64.b64encode(der).decode(),
+        "signature": base64.b64encode(b"\x01" * 64).decode(), "algorithm": algorithm})
+    assert res["reason"] == Verdict.SIGNATURE_INVALID.value and not res["managed"], res
