@@ -181,10 +181,13 @@ class Challenge:
         verifier = self.service.verifiers.get(profile.challenge_kind)
         if verifier is None:
             raise e.refuse(f"challenge kind {profile.challenge_kind!r} is not available on this server")
-        try:
-            e.device_id = inherited or await verifier.verify(req)
+        try:  # asked even when the signer names its device: a re-validated renewal is the MDM's to refuse
+            named = await verifier.verify(req)
         except ChallengeRejected as exc:
             raise e.refuse(str(exc)) from None
+        if inherited is not None and named is not None and named != inherited:
+            raise e.refuse(f"the challenge names device {named!r}, the signing certificate device {inherited!r}")
+        e.device_id = inherited or named
         identity = self.service.device_identity
         if e.device_id is None and identity is not None and profile.settings.device_trust:
             e.device_id = await identity(profile.name, e.message.transaction_id)

@@ -370,3 +370,44 @@ async def test_a_check_added_to_the_chain_runs_before_issue(h, keys):
     assert refused(await h.enrol("p", keys[0], cn="test-1"), "test devices are not enrolled here")
     assert (await h.enrol("p", keys[1], cn="real-1")).status is PKIStatus.SUCCESS
     assert len(h.repo.certificates) == 1
+
+
+class NamingMdm:
+    """An MDM's verifier (Intune, a webhook) that names the device, as Intune's IntuneDeviceId SAN does, and can
+    be told to refuse it or to name another."""
+
+    def __init__(self):
+        self.asked = 0
+        self.allowed = True
+        self.device = "dev-1"
+
+    async def verify(self, req: EnrollmentRequest) -> str | None:
+        self.asked += 1
+        if not self.allowed:
+            raise ChallengeRejected("the MDM no longer allows this device")
+        return self.device
+
+    async def after_issue(self, req, cert) -> None:
+        return None
+
+    async def after_failure(self, req, text) -> None:
+        return None
+
+
+async def test_a_delegated_renewal_is_revalidated_though_its_signer_names_a_device(h, keys):
+    mdm = NamingMdm()
+    h.service.verifiers["delegated"] = mdm
+    h.profiles.add("mdm", kind="delegated", template=CertificateTemplate(validity_days=30))
+    first = await h.enrol("mdm", keys[0])
+    assert first.status is PKIStatus.SUCCESS, first.fail_text
+    assert h.repo.certificates[serial_of(first)]["enrolled_device_id"] == "dev-1"
+    h.clock.advance(days=21)
+    mdm.allowed, mdm.asked = False, 0  # retired or non-compliant in the MDM meanwhile
+    assert refused(await h.renew("mdm", first.certs[0], keys[0], keys[1]), "no longer allows")
+    assert mdm.asked == 1
+    mdm.allowed, mdm.device = True, "dev-2"  # the MDM names another device than the signer's
+    assert refused(await h.renew("mdm", first.certs[0], keys[0], keys[1]), "names device 'dev-2'")
+    mdm.device = "dev-1"
+    renewed = await h.renew("mdm", first.certs[0], keys[0], keys[1])
+    assert renewed.status is PKIStatus.SUCCESS, renewed.fail_text
+    assert h.repo.certificates[serial_of(renewed)]["enrolled_device_id"] == "dev-1"
