@@ -390,6 +390,7 @@ def _parse_content(message_type: MessageType | int, plain: bytes, cipher: Conten
         try:
             csr = x509.load_der_x509_csr(plain)
             public_key = csr.public_key()
+            list(csr.attributes)  # read now: cryptography refuses a multi-valued or empty attribute (ValueError)
         except Exception:  # noqa: BLE001 - ValueError, UnsupportedAlgorithm: one answer
             csr = None
         try:
