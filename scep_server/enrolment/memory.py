@@ -9,7 +9,7 @@ import json
 from datetime import datetime
 
 from ..ca.inventory import CertRecord, Reason
-from .repository import Binding, Duplicate, NotPending, SignerStanding, signer_changed
+from .repository import Binding, Duplicate, NotPending, SignerStanding, signer_changed, signer_renewed
 
 _RECORD_FIELDS = [f for f in CertRecord.__dataclass_fields__]
 
@@ -117,8 +117,8 @@ class InMemoryRepository:
     async def confirm_ack(self, profile: str, key: str, *, renewal_of: str | None, now: datetime,
                           supersede: bool) -> None:
         tx = self._in_state(profile, key, "awaiting_ack")
-        if supersede and renewal_of is not None:
-            self._guard_signer(renewal_of, now, supersede=True)
+        if renewal_of is not None:
+            self._guard_signer(renewal_of, now, supersede=supersede, renewing=False)
         tx.update(state="issued", updated_at=now)
 
     async def claim(self, row: dict, now: datetime) -> bool:
@@ -136,10 +136,15 @@ class InMemoryRepository:
             raise NotPending(key)
         return tx
 
-    def _guard_signer(self, serial: str, now: datetime, *, supersede: bool) -> None:
+    def _guard_signer(self, serial: str, now: datetime, *, supersede: bool, renewing: bool = True) -> None:
         cert = self.certificates.get(serial)
         if cert is None or cert["status"] != "valid":
             raise signer_changed(cert["status"] if cert is not None else None)
+        if renewing and not supersede:
+            successor = next((s for s, row in self.certificates.items()
+                              if row.get("renewal_of") == serial and row["status"] != "revoked"), None)
+            if successor is not None:
+                raise signer_renewed(successor)
         cert["updated_at"] = now
         if supersede:
             cert.update(status="revoked", revocation_reason=int(Reason.SUPERSEDED), revoked_at=now)

@@ -49,6 +49,10 @@ class SignerStanding:
     binding: Binding | None
 
 
+def signer_renewed(successor: str) -> SignerChanged:
+    return SignerChanged(f"the signing certificate is already renewed (as {successor}): the renewal was not issued")
+
+
 def signer_changed(status: str | None) -> SignerChanged:
     status = status or "unknown"
     return SignerChanged(f"the signing certificate is {'on hold' if status == 'hold' else status}: "
@@ -73,7 +77,8 @@ class EnrolmentRepository(Protocol):
     async def record_guarded(self, cert_row: dict, tx_row: dict, event: dict, *, renewal_of: str | None,
                              now: datetime, supersede: bool) -> None:
         """``record``, and for a renewal only while its signer is ``valid`` (revoked as superseded when
-        ``supersede``), in the same transaction: SignerChanged otherwise, with nothing written."""
+        ``supersede``; otherwise renewed by no certificate that is not revoked), in the same transaction:
+        SignerChanged otherwise, with nothing written."""
 
     async def insert_transaction(self, tx_row: dict) -> dict | None:
         """Insert a transaction row (a pending enrolment); on a concurrent duplicate return the existing row."""
@@ -102,8 +107,9 @@ class EnrolmentRepository(Protocol):
 
     async def confirm_ack(self, profile: str, key: str, *, renewal_of: str | None, now: datetime,
                           supersede: bool) -> None:
-        """``awaiting_ack`` -> ``issued``, superseding a renewal's signer in the same transaction. NotPending when
-        the transaction no longer awaits it, SignerChanged when the signer left ``valid``: nothing is written."""
+        """``awaiting_ack`` -> ``issued``, a renewal's signer still ``valid`` (superseded when ``supersede``) in the
+        same transaction. NotPending when the transaction no longer awaits it, SignerChanged when the signer left
+        ``valid``: nothing is written."""
 
     async def awaiting_ack(self, updated_before: datetime) -> list[dict]:
         """Transactions ``awaiting_ack`` untouched since ``updated_before``, with their certificate's der, ca,

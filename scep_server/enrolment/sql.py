@@ -32,7 +32,7 @@ from ..profiles import STATIC_SECRETS
 from ..store.events import record_event
 from ..store.tables import certificates, events, profiles, scep_transactions
 from .model import NOT_LOOKED_UP
-from .repository import Binding, Duplicate, NotPending, SignerStanding, signer_changed
+from .repository import Binding, Duplicate, NotPending, SignerStanding, signer_changed, signer_renewed
 
 _FIND_TRANSACTION = sa.select(scep_transactions).where(
     scep_transactions.c.profile == sa.bindparam("profile"),
@@ -138,10 +138,13 @@ class SqlRepository:
             raise Duplicate(str(exc.orig)) from exc
 
     @staticmethod
-    async def _guard_signer(conn: AsyncConnection, serial: str, now: datetime, *, supersede: bool) -> None:
+    async def _guard_signer(conn: AsyncConnection, serial: str, now: datetime, *, supersede: bool,
+                            renewing: bool = True) -> None:
         """Within the caller's transaction: the signer must still be ``valid`` (and is revoked as superseded when
         ``supersede``, with no event of its own: the renewal's event covers it); the update locks its row, so a
-        concurrent hold either waits for us or wins."""
+        concurrent hold either waits for us or wins. A signer that stays valid (``renewing``: a renewal about to
+        be recorded) must be renewed by no certificate that is not revoked: concurrent renewals of one
+        certificate wait for each other on its row, and the later one sees the earlier's."""
         if supersede:
             ok = await change_status(conn, serial, CertStatus.REVOKED, at=now, actor="scep:renewal",
                                      reason=Reason.SUPERSEDED, expect=CertStatus.VALID, record=False) is not None
@@ -151,6 +154,11 @@ class SqlRepository:
             current = (await conn.execute(sa.select(certificates.c.status).where(
                 certificates.c.serial == serial))).first()
             raise signer_changed(current.status if current is not None else None)
+        if renewing and not supersede:
+            successor = (await conn.execute(sa.select(certificates.c.serial).where(
+                certificates.c.renewal_of == serial, certificates.c.status != "revoked").limit(1))).first()
+            if successor is not None:
+                raise signer_renewed(successor.serial)
 
     async def insert_transaction(self, tx_row: dict) -> dict | None:
         try:
@@ -225,8 +233,8 @@ class SqlRepository:
     async def confirm_ack(self, profile: str, key: str, *, renewal_of: str | None, now: datetime,
                           supersede: bool) -> None:
         async with writer(self.engine).begin() as conn:
-            if supersede and renewal_of is not None:
-                await self._guard_signer(conn, renewal_of, now, supersede=True)
+            if renewal_of is not None:  # its own certificate renews the signer: no other must
+                await self._guard_signer(conn, renewal_of, now, supersede=supersede, renewing=False)
             res = await conn.execute(scep_transactions.update().where(
                 *_tx_where(profile, key, "awaiting_ack")).values(state="issued", updated_at=now))
             if res.rowcount != 1:

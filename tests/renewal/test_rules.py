@@ -269,3 +269,24 @@ async def test_delegated_profiles_ask_the_mdm_about_renewals_unless_told_not_to(
         rep = await renew(s, server, "mdm", rep2.certs[0], second, cn="win-2")
         assert rep.status is PKIStatus.SUCCESS, rep.fail_text
         assert verifier.calls == []
+
+
+async def test_concurrent_renewals_of_one_kept_certificate_issue_one(server, clock):
+    """With `supersede_on_renewal` off the signer stays valid: six RenewalReqs it signed, sent at once, are one
+    renewal; the others are refused at the write (they wait for each other on the signer's row)."""
+    import asyncio
+
+    from .conftest import pki, renewal_body
+
+    await static_profile(server, "keep", supersede_on_renewal=False)
+    async with aiohttp.ClientSession() as session:
+        key = rsa_key()
+        old = await issue(session, server, "keep", key)
+        clock.advance(days=300)  # within the last third of the default 365 days
+        bodies = [renewal_body(server, old, key, rsa_key()) for _ in range(6)]
+        reps = await asyncio.gather(*(pki(session, server, "keep", body, key) for body in bodies))
+    assert [r.status for r in reps].count(PKIStatus.SUCCESS) == 1, [(r.status, r.fail_text) for r in reps]
+    assert all("already renewed" in (r.fail_text or "") for r in reps if r.status is not PKIStatus.SUCCESS)
+    renewals = [c for c in await certs_of(server, "keep") if c["renewal_of"] == serial_of(old)]
+    assert len(renewals) == 1 and renewals[0]["status"] == "valid"
+    assert (await cert_row(server, old))["status"] == "valid"
