@@ -2,6 +2,7 @@
 learns the decision at its next CertPoll."""
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -53,6 +54,11 @@ class ApprovalWorkflow:
             renewal_of = await repo.certificate(m["renewal_of"])
             if renewal_of is None:
                 raise LookupError(f"the certificate renewed by enrolment {transaction_id!r} no longer exists")
+            why = await self._signer_left(renewal_of, now)
+            if why is not None:  # it will not come back: the renewal is rejected, as the device learns at its poll
+                text = f"the signing certificate {why} while the renewal waited"
+                await self.reject(profile_name, transaction_id, text, actor=actor, now=now, reason=text)
+                raise ApprovalRefused(text)
         supersede = renewal_of is not None and profile.settings.supersede_on_renewal
         try:
             cert = await svc._run(ca.issue, csr, profile.policy, serial=random_serial(), now=now)
@@ -64,6 +70,8 @@ class ApprovalWorkflow:
         serial = inventory.serial_hex(cert.serial_number)
         if renewal_of is not None:
             device_id = renewal_of.enrolled_device_id
+        elif m.get("device_id"):  # named by the challenge that authorised the request (a one-time challenge's)
+            device_id = m["device_id"]
         else:
             device_id = (await svc.device_identity(profile_name, transaction_id)
                          if svc.device_identity and profile.settings.device_trust else None)
@@ -89,6 +97,19 @@ class ApprovalWorkflow:
         if supersede:
             svc.on_status_change(ca.name)
         return serial
+
+    async def _signer_left(self, signer, now: datetime) -> str | None:
+        """Why a pending renewal's signer no longer renews (the renewal rules a RenewalReq is judged by, that time
+        can change: expiry, its binding and device), or None. Its status is checked where the renewal is written."""
+        if not signer.not_before <= now < signer.not_after:
+            return "has expired"
+        standing = await self.service.repository.signer_standing(hashlib.sha256(signer.der).hexdigest())
+        binding = standing.binding if standing is not None else None
+        if binding is not None and binding.state != "active":
+            return f"was retired from its binding to device {binding.device_id}"
+        if binding is not None and binding.device_status != "active":
+            return f"is bound to device {binding.device_id}, which became {binding.device_status}"
+        return None
 
     async def _named_device(self, profile, csr, transaction_id: str, *, actor: str, now: datetime) -> str:
         """The device a pending request names (profile `device_id`), registered if new; a request that names none

@@ -265,7 +265,8 @@ class Approval:
         existing = await self.service.repository.insert_transaction(dict(
             profile=e.profile.name, transaction_id=e.key, state="pending", message_type=int(msg.message_type),
             csr_der=e.content.der, public_key_sha256=e.public_key_sha256,
-            renewal_of=e.renewal_of.serial if e.renewal_of else None, created_at=now, updated_at=now))
+            renewal_of=e.renewal_of.serial if e.renewal_of else None, device_id=e.device_id, created_at=now,
+            updated_at=now))
         if existing is not None:  # a parallel retry won the insert
             return await self.service.replay(e.profile, msg, existing, e.public_key_sha256)
         return Outcome(PKIStatus.PENDING)

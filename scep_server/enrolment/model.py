@@ -23,7 +23,8 @@ class ChallengeRejected(Exception):
 
 
 class ApprovalRefused(Exception):
-    """An administrator approved a pending enrolment that the profile's template now refuses: it is rejected."""
+    """An administrator approved a pending enrolment that the profile's template now refuses, or a renewal whose
+    signer expired or left its device meanwhile: it is rejected."""
 
 
 class NoNextCA(Exception):

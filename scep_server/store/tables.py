@@ -102,6 +102,8 @@ scep_transactions = sa.Table(
     sa.Column("updated_at", TS, nullable=False),
     # a renewal: the serial of the signing certificate it renews (read when a pending renewal is approved)
     sa.Column("renewal_of", sa.String(42)),
+    # a pending enrolment: the device its challenge named (a one-time challenge's), its certificate's when approved
+    sa.Column("device_id", sa.String(255)),
     # the enrolment list's order, of one state or all; the state last: the dashboard's chart reads only this index
     sa.Index("ix_scep_transactions_state_created", "state", "created_at", "profile", "transaction_id"),
     sa.Index("ix_scep_transactions_created_state", "created_at", "profile", "transaction_id", "state"),

@@ -78,6 +78,28 @@ async def test_challenge_expectation_names_the_device_and_replaces_its_certifica
     assert (await api.attest("mac-2", pem(rep2.certs[0]), key2))["managed"]
 
 
+async def test_an_approved_one_time_enrolment_keeps_the_device_its_challenge_named(srv, api):
+    """The device a one-time challenge names is kept while its enrolment waits for approval: the certificate is
+    that device's, and another device presenting it is refused."""
+    rt = srv.runtime
+    await add_profile(srv, "jamf-approved", "dynamic", dynamic(), require_approval=True, device_trust=True)
+    for device in ("mac-2", "mac-3"):
+        await api.add_device(device)
+    issued = await rt.challenges.new_challenge("jamf-approved", source="api",
+                                               expectations=expectations_from({"device_id": "mac-2"}))
+    key = rsa_key()
+    rep = await scep_enrol(api.session, srv, "jamf-approved", key, issued.challenge, cn="mac-2",
+                           transaction_id="APPROVED-TX-1")
+    assert rep.status is PKIStatus.PENDING
+    serial = await rt.scep.decide("jamf-approved", "APPROVED-TX-1", approve=True, actor="admin")
+    async with rt.engine.connect() as conn:
+        approved = await inventory.get(conn, serial)
+    assert approved.enrolled_device_id == "mac-2"
+    res = await api.attest("mac-3", pem(approved.der), key)
+    assert (res["managed"], res["reason"]) == (False, "certificate_of_other_device")
+    assert (await api.attest("mac-2", pem(approved.der), key))["managed"]
+
+
 async def test_preregistered_transaction_names_the_device(srv, api):
     rt = srv.runtime
     from scep_server.profiles import ProfileSettings

@@ -411,3 +411,107 @@ async def test_a_delegated_renewal_is_revalidated_though_its_signer_names_a_devi
     renewed = await h.renew("mdm", first.certs[0], keys[0], keys[1])
     assert renewed.status is PKIStatus.SUCCESS, renewed.fail_text
     assert h.repo.certificates[serial_of(renewed)]["enrolled_device_id"] == "dev-1"
+
+
+async def test_two_pending_renewals_of_one_kept_certificate_issue_one_when_approved(h, keys):
+    renewal_profile(h, supersede_on_renewal=False, require_approval=True)
+    txid = client.transaction_id_for(keys[0].public_key())
+    assert (await h.enrol("r", keys[0], txid=txid)).status is PKIStatus.PENDING
+    await h.service.decide("r", txid, approve=True, actor="admin")
+    old = await h.poll("r", keys[0])
+    h.clock.advance(days=21)
+    for new_key in keys[1:3]:  # both wait for approval before either is issued
+        assert (await h.renew("r", old.certs[0], keys[0], new_key)).status is PKIStatus.PENDING
+    pending = [k for (_, k), t in h.repo.transactions.items() if t["state"] == "pending"]
+    assert len(pending) == 2
+    await h.service.decide("r", pending[0], approve=True, actor="admin")
+    with pytest.raises(LookupError, match="already renewed"):
+        await h.service.decide("r", pending[1], approve=True, actor="admin")
+    renewals = [r for r in h.repo.certificates.values() if r.get("renewal_of") == serial_of(old)]
+    assert len(renewals) == 1
+
+
+class AckFailsOnce:
+    """A delegated verifier whose acknowledgement fails once (the MDM unreachable): the certificate waits."""
+
+    def __init__(self):
+        self.fail_next = False
+
+    async def verify(self, req) -> None:
+        return None
+
+    async def after_issue(self, req, cert) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("connection reset while notifying the MDM")
+
+    async def after_failure(self, req, text) -> None:
+        return None
+
+
+@pytest.mark.parametrize("supersede", [True, False])
+async def test_a_waiting_renewal_of_a_signer_revoked_meanwhile_is_not_delivered(h, keys, supersede):
+    mdm = AckFailsOnce()
+    h.service.verifiers["delegated"] = mdm
+    h.profiles.add("mdm", kind="delegated", template=CertificateTemplate(validity_days=30),
+                   supersede_on_renewal=supersede)
+    old = await h.enrol("mdm", keys[0])
+    assert old.status is PKIStatus.SUCCESS, old.fail_text
+    h.clock.advance(days=21)
+    mdm.fail_next = True
+    assert (await h.renew("mdm", old.certs[0], keys[0], keys[1])).status is PKIStatus.PENDING  # awaiting_ack
+    h.repo.certificates[serial_of(old)].update(status="revoked", revocation_reason=int(Reason.KEY_COMPROMISE))
+    h.clock.advance(minutes=20)
+    outcomes = await h.service.reconcile_unacknowledged(older_than=timedelta(minutes=15))
+    assert list(outcomes.values()) == ["revoked"], outcomes
+
+
+class OneTimeForDevice:
+    """A one-time challenge whose expectations name device dev-1 (as DynamicVerifier's do)."""
+
+    async def verify(self, req) -> str:
+        return "dev-1"
+
+    async def after_issue(self, req, cert) -> None:
+        return None
+
+    async def after_failure(self, req, text) -> None:
+        return None
+
+
+async def test_an_approved_enrolment_keeps_the_device_its_challenge_named(h, keys):
+    h.service.verifiers["dynamic"] = OneTimeForDevice()
+    h.profiles.add("direct", kind="dynamic")
+    h.profiles.add("approved", kind="dynamic", require_approval=True)
+    direct = await h.enrol("direct", keys[0])
+    assert h.repo.certificates[serial_of(direct)]["enrolled_device_id"] == "dev-1"
+    txid = client.transaction_id_for(keys[1].public_key())
+    assert (await h.enrol("approved", keys[1], txid=txid)).status is PKIStatus.PENDING
+    serial = await h.service.decide("approved", txid, approve=True, actor="admin")
+    assert h.repo.certificates[serial]["enrolled_device_id"] == "dev-1"
+
+
+async def test_a_pending_renewal_whose_signer_expired_or_left_its_device_is_rejected_when_approved(h, keys):
+    from scep_server.enrolment.model import ApprovalRefused
+
+    renewal_profile(h, require_approval=True)
+    olds = []
+    for i, key in enumerate(keys[:2]):
+        txid = client.transaction_id_for(key.public_key())
+        assert (await h.enrol("r", key, cn=f"d{i}", txid=txid)).status is PKIStatus.PENDING
+        await h.service.decide("r", txid, approve=True, actor="admin")
+        olds.append(await h.poll("r", key, cn=f"d{i}"))
+    h.clock.advance(days=21)
+    keys_of = {}
+    for i, old in enumerate(olds):
+        assert (await h.renew("r", old.certs[0], keys[i], keys[2 + i], cn=f"d{i}")).status is PKIStatus.PENDING
+        keys_of[i] = next(k for (_, k), t in h.repo.transactions.items()
+                          if t["state"] == "pending" and t.get("renewal_of") == serial_of(old))
+    h.repo.bindings[serial_of(olds[0])] = Binding(state="active", device_id="dev-1", device_status="retired")
+    with pytest.raises(ApprovalRefused, match="bound to device dev-1, which became retired"):
+        await h.service.decide("r", keys_of[0], approve=True, actor="admin")
+    h.clock.advance(days=10)  # past the signers' 30 days
+    with pytest.raises(ApprovalRefused, match="has expired"):
+        await h.service.decide("r", keys_of[1], approve=True, actor="admin")
+    assert [r for r in h.repo.certificates.values() if r.get("renewal_of")] == []
+    assert {h.repo.transactions[("r", k)]["state"] for k in keys_of.values()} == {"rejected"}
