@@ -217,6 +217,18 @@ async def test_activate_then_enrol_and_renew_an_old_ca_certificate(aiohttp_serve
     renewed.verify_directly_issued_by(new_ca)
     rc, out, err = await run(openssl, "verify", "-CAfile", str(tmp_path / "new-ca.pem"), str(work / "issued.pem"))
     assert rc == 0 and ": OK" in out, out + err
+    # the superseded certificate is the old CA's: its CRL lists it soon after, not at its next scheduled re-sign
+    async with aiohttp.ClientSession() as session:
+        deadline = time.monotonic() + 10
+        while True:
+            async with session.get(f"{after.url}/crl/default.crl") as resp:
+                crl = x509.load_der_x509_crl(await resp.read())
+            entry = crl.get_revoked_certificate_by_serial_number(before.serial_number)
+            if entry is not None:
+                break
+            assert time.monotonic() < deadline, "the superseded certificate is not on its CA's CRL"
+            await asyncio.sleep(0.2)
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason is x509.ReasonFlags.superseded
 
     async with after.runtime.engine.connect() as conn:
         rows = (await conn.execute(sa.select(events).where(events.c.kind == "pki.ca.rollover.activate"))).all()
