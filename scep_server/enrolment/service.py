@@ -452,7 +452,9 @@ class ScepService:
         Clients derive the transactionID from the public key (RFC 8894 §3.2.1.1), so a renewal that keeps its
         key repeats the original enrolment's transactionID: a request signed by one of our certificates is
         therefore its own transaction, keyed by the signing certificate's serial as well. A key longer than the
-        column is stored hashed. A transactionID that no client sends (control characters such as NUL, more than
+        column is stored hashed. A client's own transactionID spelled like one of these keys (holding
+        ``/renewal/``, or starting ``sha256:``) is hashed under a prefix of its own: no enrolment can take the key
+        of another's renewal (whose transactionID and serial number are no secret). A transactionID that no client sends (control characters such as NUL, more than
         255 characters) is refused before anything is looked up or spent.
         """
         txid = msg.transaction_id
@@ -461,6 +463,8 @@ class ScepService:
                               f"{MAX_TRANSACTION_ID} printable characters", msg)
         if self.signed_by_us(ca, msg):
             txid = f"{txid}/renewal/{msg.signer_cert.serial_number:x}"
+        elif "/renewal/" in txid or txid.startswith("sha256:"):  # spelled like a key of ours: kept apart from them
+            return "sha256:" + hashlib.sha256(b"client:" + txid.encode("utf-8", "surrogatepass")).hexdigest()
         return txid if len(txid) <= 255 else "sha256:" + hashlib.sha256(txid.encode()).hexdigest()
 
     async def replay(self, profile: Profile, msg: codec.PKIMessage, row: dict, pub_sha: str) -> Outcome:

@@ -515,3 +515,22 @@ async def test_a_pending_renewal_whose_signer_expired_or_left_its_device_is_reje
         await h.service.decide("r", keys_of[1], approve=True, actor="admin")
     assert [r for r in h.repo.certificates.values() if r.get("renewal_of")] == []
     assert {h.repo.transactions[("r", k)]["state"] for k in keys_of.values()} == {"rejected"}
+
+
+async def test_an_enrolment_cannot_take_the_key_of_another_devices_renewal(h, keys):
+    """The victim's transactionID and serial number are no secret (any captured request, GetCert): an enrolment
+    whose transactionID spells the victim's renewal key gets a key of its own."""
+    renewal_profile(h)
+    victim_key, attacker_key = keys[0], keys[1]
+    victim_txid = client.transaction_id_for(victim_key.public_key())
+    victim = await h.enrol("r", victim_key, cn="victim", txid=victim_txid)
+    assert victim.status is PKIStatus.SUCCESS
+    victim_serial = x509.load_der_x509_certificate(victim.certs[0]).serial_number
+    squat = await h.enrol("r", attacker_key, cn="attacker", txid=f"{victim_txid}/renewal/{victim_serial:x}")
+    assert squat.status is PKIStatus.SUCCESS
+    h.clock.advance(days=21)
+    # the victim renews keeping its key, and so its transactionID (docs/scep.md)
+    body = h.body(MessageType.RENEWAL_REQ, victim_key, client.make_csr(victim_key, "victim", None, ()),
+                  txid=victim_txid, signer_der=victim.certs[0], signer_key=victim_key)
+    renewed = await h.send("r", body, victim_key)
+    assert renewed.status is PKIStatus.SUCCESS, renewed.fail_text
