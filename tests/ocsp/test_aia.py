@@ -64,3 +64,32 @@ async def test_switched_off_no_route_and_no_url(aiohttp_server, tmp_path, db_url
     http, _ = await post(srv.url, request_der(cert, srv.runtime.cas["default"].cert))
     assert http.status == 404
     assert not (srv.data_dir / "ca" / "default" / "ocsp.key").exists()
+
+
+async def test_a_certificate_issued_on_approval_names_the_responder_too(aiohttp_server, tmp_path, db_url):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from scep_server.ca import inventory
+    from scep_server.scep import MessageType, PKIStatus, client
+    from scep_server.store.tables import scep_transactions
+    from tests.crlwiring.conftest import _request, ra_and_ca, scep_operation
+
+    srv = await start_app(aiohttp_server, tmp_path, db_url)
+    rt = srv.runtime
+    profile = await rt.profiles.get("default")
+    await rt.profiles.update("default", now=rt.clock(),
+                             settings=profile.settings.model_copy(update={"require_approval": True}))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    url = srv.url
+    async with aiohttp.ClientSession() as session:
+        ra_der, _ = await ra_and_ca(session, url)
+        body = _request(key, ra_der, MessageType.PKCS_REQ, client.make_csr(key, "approved", srv.challenge()),
+                        client.make_self_signed_signer(key))
+        assert (await scep_operation(session, url, body, key, ra_der)).status is PKIStatus.PENDING
+    async with rt.engine.connect() as conn:
+        txid = (await conn.execute(sa.select(scep_transactions.c.transaction_id).where(
+            scep_transactions.c.state == "pending"))).scalar_one()
+    serial = await rt.scep.decide("default", txid, approve=True, actor="test")
+    async with rt.engine.connect() as conn:
+        cert = x509.load_der_x509_certificate((await inventory.get(conn, serial)).der)
+    assert aia(cert)[AuthorityInformationAccessOID.OCSP] == f"{srv.url}/ocsp/default"
