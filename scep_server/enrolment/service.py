@@ -454,8 +454,9 @@ class ScepService:
         therefore its own transaction, keyed by the signing certificate's serial as well. A key longer than the
         column is stored hashed. A client's own transactionID spelled like one of these keys (holding
         ``/renewal/``, or starting ``sha256:``) is hashed under a prefix of its own: no enrolment can take the key
-        of another's renewal (whose transactionID and serial number are no secret). A transactionID that no client sends (control characters such as NUL, more than
-        255 characters) is refused before anything is looked up or spent.
+        of another's renewal (whose transactionID and serial number are no secret). A transactionID that no
+        client sends (control characters such as NUL, more than 255 characters) is refused before anything is
+        looked up or spent.
         """
         txid = msg.transaction_id
         if len(txid) > MAX_TRANSACTION_ID or has_control_characters(txid):
