@@ -815,7 +815,7 @@ class AttestationService:
     async def _second_device(self, conn: AsyncConnection, info: _Cert, device_id: str, owner: str,
                              now: datetime, *, revoke: bool = True) -> list[str]:
         """A certificate presented by a device it is not bound to: a security event; optionally revoke it."""
-        await record_event(conn, at=now, kind="security.cert.second_device", subject=info.fp, actor=device_id,
+        await record_event(conn, at=now, kind="security.cert.second_device", subject=info.fp, actor="attestation",
                            data={"bound_to": owner, "presented_by": device_id, "serial": info.serial, "ca": info.ca})
         log.warning("security.cert.second_device", serial=info.serial, ca=info.ca, bound_to=owner,
                     presented_by=device_id)

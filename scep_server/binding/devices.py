@@ -162,8 +162,8 @@ class DeviceStore:
         log.info("device.create", device=device_id, actor=actor)
         return Device(device_id, name, S.ACTIVE, now, actor, now, actor, "registered")
 
-    async def ensure(self, device_id: str, actor: str) -> bool:
-        """Register a device an enrolment names (active) unless it exists; False when it exists and is deleted."""
+    async def ensure(self, device_id: str, actor: str) -> str:
+        """Register a device an enrolment names (active) unless it exists; its status (``active`` when new)."""
         if not DEVICE_ID.fullmatch(device_id):
             raise InvalidInput(f"device id {device_id!r}: not a device id")
         async with self.engine.connect() as conn:
@@ -175,7 +175,7 @@ class DeviceStore:
                 async with self.engine.connect() as conn:
                     status = (await conn.execute(sa.select(devices.c.status)
                                                  .where(devices.c.id == device_id))).scalar()
-        return status != S.DELETED.value
+        return status or S.ACTIVE.value
 
     async def get(self, device_id: str) -> Device:
         async with self.engine.connect() as conn:

@@ -122,7 +122,7 @@ class ApprovalWorkflow:
             text = f"the profile's device id setting refuses this request: {exc}"
             await self.reject(profile.name, transaction_id, text, actor=actor, now=now, reason=text)
             raise ApprovalRefused(text) from None
-        if svc.ensure_device is not None and not await svc.ensure_device(device_id, actor):
+        if svc.ensure_device is not None and await svc.ensure_device(device_id, actor) == "deleted":
             text = f"device {device_id} is deleted: its id is never enrolled again"
             await self.reject(profile.name, transaction_id, text, actor=actor, now=now, reason=text)
             raise ApprovalRefused(text)

@@ -220,9 +220,13 @@ class DeviceLinked:
         if e.device_id is not None and e.device_id != named:
             raise e.refuse("the request names another device than the one its challenge was issued for")
         e.device_id = named
-        if self.service.ensure_device is not None and not await self.service.ensure_device(
-                named, f"scep:{e.profile.name}"):
+        if self.service.ensure_device is None:
+            return
+        status = await self.service.ensure_device(named, f"scep:{e.profile.name}")
+        if status == "deleted":
             raise e.refuse(f"device {named} is deleted: its id is never enrolled again")
+        if status != "active":  # its certificates are on hold (deactivated) or refused (suspended): so is a new one
+            raise e.refuse(f"device {named} is {status}: it enrols again once it is active")
 
 
 class ForeignSigner:

@@ -61,7 +61,7 @@ class ScepService:
                  on_status_change: Callable[[str], None] | None = None, threads: int | None = None,
                  repository: EnrolmentRepository | None = None,
                  device_identity: Callable[[str, str], Awaitable[str | None]] | None = None,
-                 ensure_device: Callable[[str, str], Awaitable[bool]] | None = None,
+                 ensure_device: Callable[[str, str], Awaitable[str]] | None = None,
                  refuse_issuing: str | None = None, ocsp_aia: bool = False,
                  pick_up_cas: Callable[[], Awaitable[list[str]]] | None = None):
         if repository is None:

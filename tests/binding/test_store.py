@@ -209,3 +209,23 @@ async def test_upgrade_turns_device_trust_off_for_the_default_static_profile(eng
         await conn.run_sync(down)
     await upgrade(engine)
     assert (await store.get("default")).settings.device_trust is True
+
+
+async def test_a_device_id_never_stands_as_the_actor_of_an_event(engine, env, ca):
+    """Device ids come from requests (a CSR's CN) and may read like a principal: the security event of a
+    certificate presented by a second device names the attestation as its actor, the device in its data."""
+    import sqlalchemy as sa
+
+    from scep_server.store.tables import events
+
+    store, att, _, _ = env
+    key, der, _ = await issue(engine, ca)
+    await store.create("laptop-1", actor="t")
+    assert await store.ensure("cli:root", actor="scep:default") == "active"
+    assert (await attest(att, "laptop-1", key, der)).reason.value == "managed"
+    await attest(att, "cli:root", key, der)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(sa.select(events.c.actor, events.c.data).where(
+            events.c.kind == "security.cert.second_device"))).all()
+    assert [r.actor for r in rows] == ["attestation"]
+    assert '"presented_by": "cli:root"' in rows[0].data

@@ -132,6 +132,10 @@ async def test_an_enrolment_names_its_device_which_is_created_and_followed(srv, 
     await api.action(UDID, "deactivate")
     serial = x509.load_der_x509_certificate(rep.certs[0]).serial_number
     assert await _on_crl(api, serial, x509.ReasonFlags.certificate_hold)
+    # a deactivated device gets no new certificate (it would be valid, off the CRL, while the old one is held)
+    held = await rt.challenges.new_challenge("jamf", source="api")
+    refused = await enrol(api.session, srv, "jamf", rsa_key(), held.challenge, cn=UDID)
+    assert refused.status is PKIStatus.FAILURE and f"device {UDID} is deactivated" in refused.fail_text
     await api.action(UDID, "delete")
     assert await _on_crl(api, serial, x509.ReasonFlags.cessation_of_operation)
 
