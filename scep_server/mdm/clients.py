@@ -22,6 +22,7 @@ Microsoft Graph (application permissions DeviceManagementManagedDevices.Read.All
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -61,7 +62,7 @@ class _OAuthClient:
             body = await json_object(resp, MAX_RESPONSE)
         except ResponseTooLarge as exc:
             raise MdmUnavailable(f"{what}: {exc}") from None
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # TimeoutError: the total timeout
             raise MdmUnavailable(f"{what}: {type(exc).__name__}") from None
         if resp.status != 200 or body is None:
             raise MdmUnavailable(f"{what}: HTTP {resp.status}" + ("" if body is not None else " (not a JSON object)"))
@@ -77,7 +78,7 @@ class _OAuthClient:
         try:
             async with self.session.post(c.token_url, data=form, timeout=self.timeout) as resp:
                 body = await self._read(resp, "token request")
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # TimeoutError: the total timeout
             raise MdmUnavailable(f"token request: {type(exc).__name__}") from None
         token = body.get("access_token")
         if not isinstance(token, str) or not token:
@@ -96,7 +97,7 @@ class _OAuthClient:
             async with self.session.get(url, params=params, headers=headers, timeout=self.timeout,
                                         allow_redirects=False) as resp:
                 return await self._read(resp, f"GET {url.split('?')[0]}")
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # TimeoutError: the total timeout
             raise MdmUnavailable(f"GET {url.split('?')[0]}: {type(exc).__name__}") from None
 
 
@@ -135,8 +136,10 @@ class JamfClient(_OAuthClient):
                 if isinstance(item, dict):
                     yield item
             seen += len(results)
-            if not results or seen >= total:
+            if seen >= total:
                 return
+            if not results:  # a listing that stops short: the devices it leaves out must not look gone
+                raise MdmUnavailable(f"{path}: an empty page after {seen} of {total} devices")
         raise MdmUnavailable(f"{path}: more than {MAX_PAGES} pages")
 
     def _record(self, mdm_id: Any, udid: Any, serial: Any, name: Any, managed: Any) -> Record | None:

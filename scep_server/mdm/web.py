@@ -59,6 +59,8 @@ async def jamf_webhook(request: web.Request) -> web.Response:
     hook = body.get("webhook") if isinstance(body.get("webhook"), dict) else {}
     event = body.get("event") if isinstance(body.get("event"), dict) else {}
     kind = hook.get("webhookEvent")
+    if not isinstance(kind, str):
+        kind = None  # a list or an object is no event name (and not hashable)
     if kind in MANAGED_EVENTS:
         state = MdmState.MANAGED
     elif kind in UNMANAGED_EVENTS:

@@ -185,6 +185,10 @@ async def test_webhook_authentication_and_hostile_bodies(server, api, aiohttp_se
     async with api.session.post(hook, json={"webhook": {"webhookEvent": "MobileDeviceUnEnrolled"}, "event": {}},
                                 headers=headers) as r:
         assert r.status == 400  # no device named
+    for kind in ([], {"a": 1}, 7):  # an event name that is no string (a list is not even hashable)
+        async with api.session.post(hook, json={"webhook": {"webhookEvent": kind}, "event": {"udid": "d1"}},
+                                    headers=headers) as r:
+            assert r.status == 202 and (await r.json())["accepted"] is False, kind
     status, body = await jamf_webhook(api.session, hook, "ComputerPolicyFinished", "d1", secret=secret)
     assert status == 202 and body["accepted"] is False
     status, body = await jamf_webhook(api.session, hook, "MobileDeviceUnEnrolled", "unknown-device", secret=secret)
