@@ -8,7 +8,8 @@ said before (tracking) and our devices, so the rules are tested without a databa
 | gone from the inventory                       | deactivate at once, delete after the grace period   |
 
 A device the MDM never listed is not touched, nor one that is deleted here. A device an administrator took down is
-never brought back by an MDM: only a change whose actor is this MDM is undone by it.
+never brought back by an MDM: only a change whose actor is this MDM is undone by it, and only when the MDM took the
+device down from active (one it deactivated while an administrator had it suspended stays down).
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ class Tracked:
 class Ours:
     status: str  # active | suspended | deactivated | deleted
     status_changed_by: str | None
+    # the status before the run of changes its status_changed_by made (None: not known, taken as active)
+    taken_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,8 @@ def _take_down(action: str, ours: Ours, device_id: str, why: str) -> Change | No
 
 
 def _restore(ours: Ours, actor: str, device_id: str, why: str) -> Change | None:
-    if ours.status_changed_by != actor:
-        return None
+    if ours.status_changed_by != actor or ours.taken_from not in (None, "active"):
+        return None  # taken down by someone else, or by this MDM from someone else's suspension: theirs to undo
     if ours.status == "deactivated":
         return Change(device_id, "reactivate", why)
     if ours.status == "suspended":

@@ -27,6 +27,7 @@ from ..binding.devices import DeviceStore
 from ..binding.errors import InvalidTransition
 from ..binding.tables import devices, mdm_devices, mdm_sources
 from ..store.events import record_event
+from ..store.tables import events
 from .errors import MdmSourceExists, MdmSourceInvalid, MdmSourceNotFound
 from .plan import Change, MdmState, Ours, Record, Rules, Tracked, decide, plan
 
@@ -153,6 +154,22 @@ class MdmService:
                 rows = await conn.execute(sa.select(devices.c.id, devices.c.status, devices.c.status_changed_by)
                                           .where(devices.c.id.in_(ids[i:i + _CHUNK])))
                 out.update({r.id: Ours(r.status, r.status_changed_by) for r in rows})
+            mdm_down = sorted(i for i, o in out.items() if o.status not in ("active", "deleted")
+                              and (o.status_changed_by or "").startswith("mdm:"))
+            for i in range(0, len(mdm_down), _CHUNK):
+                rows = await conn.execute(sa.select(events.c.subject, events.c.actor, events.c.data).where(
+                    events.c.subject.in_(mdm_down[i:i + _CHUNK]), events.c.kind.like("device.%"))
+                    .order_by(events.c.id.desc()))
+                walked: set[str] = set()
+                for r in rows:  # newest first: back through the run of changes by the device's last changer
+                    if r.subject in walked:
+                        continue
+                    ours = out[r.subject]
+                    if r.actor != ours.status_changed_by:
+                        walked.add(r.subject)
+                        continue
+                    data = json.loads(r.data) if isinstance(r.data, str) else (r.data or {})
+                    out[r.subject] = Ours(ours.status, ours.status_changed_by, data.get("from"))
         return out
 
     async def _tracked(self, name: str) -> dict[str, Tracked]:

@@ -132,3 +132,27 @@ def _mdm_commands(cli, tmp_path):
     assert "nothing changed" in cli("mdm", "sync", "jamf", "--dry-run", code=1)
     cli("mdm", "remove", "jamf")
     assert "no MDM source" in cli("mdm", "show", "jamf", code=1)
+
+
+async def test_an_unenrol_and_enrol_again_does_not_undo_an_administrators_suspension(env):
+    """The holder of a device an administrator suspended unenrols it from the MDM (deactivated by the MDM) and
+    enrols it again: by a webhook event or by a sync, it stays down, as the administrator's to bring back."""
+    svc, devices, fake, clock = env
+    await svc.configure("jamf", "jamf", JAMF, actor="t")
+    for device in ("d1", "d2"):
+        await devices.create(device, actor="t")
+        await devices.transition(device, "suspend", actor="cli:root", reason="lost phone")
+    await svc.event("jamf", Record("d1", "1", MdmState.UNMANAGED))
+    assert (await devices.get("d1")).status.value == "deactivated"
+    assert await svc.event("jamf", Record("d1", "1", MdmState.MANAGED)) is None
+    assert (await devices.get("d1")).status.value == "deactivated"
+    fake.records = [Record("d2", "2", MdmState.UNMANAGED)]
+    await svc.sync("jamf", actor="mdm:jamf")
+    fake.records = [Record("d2", "2", MdmState.MANAGED)]
+    assert (await svc.sync("jamf", actor="mdm:jamf")).changes == []
+    assert (await devices.get("d2")).status.value == "deactivated"
+    # what this MDM took down from active, it brings back
+    await devices.create("d3", actor="t")
+    await svc.event("jamf", Record("d3", "3", MdmState.UNMANAGED))
+    assert (await svc.event("jamf", Record("d3", "3", MdmState.MANAGED))).action == "reactivate"
+    assert (await devices.get("d3")).status.value == "active"

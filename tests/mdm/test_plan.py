@@ -81,3 +81,12 @@ def test_removal_rules_are_settings():
     hold_only = Rules(removed="deactivate", removed_grace=timedelta(0))
     assert [c.action for c in plan({}, {"a": Tracked(M)}, ours, actor=ACTOR, rules=hold_only,
                                    now=NOW).changes] == ["deactivate"]
+
+
+def test_a_device_taken_down_from_an_administrators_suspension_is_not_restored():
+    """The MDM deactivated a device an administrator had suspended: managed again, it stays down (reactivating it
+    would undo the administrator's suspension too)."""
+    from_suspended = Ours("deactivated", ACTOR, taken_from="suspended")
+    assert decide(rec("a", M), from_suspended, actor=ACTOR, rules=Rules()) is None
+    assert decide(rec("a", M), Ours("deactivated", ACTOR, taken_from="active"), actor=ACTOR,
+                  rules=Rules()).action == "reactivate"
