@@ -84,7 +84,7 @@ def _etag_matches(header: str, etag: str) -> bool:
 def _not_modified_since(header: str, last_modified_ts: float) -> bool:
     try:
         since = parsedate_to_datetime(header)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # OverflowError: a year beyond a C long
         return False  # an unreadable date is ignored (RFC 9110 §13.1.3)
     if since.tzinfo is None:
         return False
