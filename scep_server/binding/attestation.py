@@ -478,7 +478,11 @@ class AttestationService:
     async def _crl_status(self, info: _Cert) -> CheckResult:
         ext = self.external
         assert ext is not None and info.ca is not None
-        res = ext.check_serial(info.ca, info.cert.serial_number, info.cdp)
+        try:  # a CA certificate is judged on the CRLs that cover CA certificates (an ARL), not the users' CRL
+            is_ca = info.cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        res = ext.check_serial(info.ca, info.cert.serial_number, info.cdp, is_ca=is_ca)
         if res.status is CheckStatus.UNKNOWN and res.reason == "no_crl":
             pending = [u for u in info.cdp if (info.ca, u) not in self._first_fetch_done]
             if pending:  # first sight of this CDP in this process: fetch it now once, then the job keeps it fresh
@@ -489,7 +493,7 @@ class AttestationService:
                         await asyncio.gather(*(ext.checker.refresh(info.ca, u) for u in pending))
                 except TimeoutError:
                     pass
-                res = ext.check_serial(info.ca, info.cert.serial_number, info.cdp)
+                res = ext.check_serial(info.ca, info.cert.serial_number, info.cdp, is_ca=is_ca)
         return res
 
     # ---------------------------------------------------------------- group commit
