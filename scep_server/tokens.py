@@ -24,7 +24,7 @@ from trustkit.paging import Page, PageRequest, after, order, take
 from trustkit.problems import NotFound, Unprocessable
 
 from .store.events import record_event
-from .store.tables import api_tokens
+from .store.tables import api_tokens, console_sessions
 
 SCOPES = ("admin", "signin")
 MAX_NAME = 255
@@ -251,7 +251,7 @@ class TokenStore:
 
     async def rotate(self, token_id: str, *, now: datetime, actor: str | None = None) -> str:
         """A new secret for an enabled token, same id, name, scope and expiry; the old secret is refused at once
-        here and within ``cache_seconds`` by every other process. UnknownToken when there is none, TokenError
+        here and within ``cache_seconds`` by every other process, and the console sessions it opened end at once. UnknownToken when there is none, TokenError
         for a disabled one. With `actor` the change is an audit event (``security.token.rotate``)."""
         if len(token_id) > 32:
             raise UnknownToken(f"no API token with id {token_id[:32]!r}...")
@@ -265,6 +265,9 @@ class TokenStore:
             token = f"dt_{row.scope}_{secrets.token_urlsafe(32)}"
             await conn.execute(api_tokens.update().where(api_tokens.c.id == token_id, api_tokens.c.disabled_at.is_(None))
                                .values(token_sha256=_digest(token)))
+            # the console sessions the old secret opened end with it (whoever held it is signed out everywhere)
+            await conn.execute(console_sessions.update().where(
+                console_sessions.c.token_id == token_id, console_sessions.c.ended_at.is_(None)).values(ended_at=now))
             if actor is not None:
                 await record_event(conn, at=now, kind="security.token.rotate", subject=token_id, actor=actor)
         self._cache.clear()

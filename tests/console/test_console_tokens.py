@@ -142,6 +142,21 @@ async def test_create_refusals_are_4xx_forms(console):
     assert await audit(console, "security.token.create") == []
 
 
+async def test_rotating_a_token_ends_the_sessions_its_old_secret_opened(console):
+    """Whoever signed in with a token's secret (a stolen one) is signed out when its owner rotates it, as the
+    API refuses the old secret."""
+    rt = console.srv.runtime
+    spare, stolen = await rt.tokens.create(scope="admin", name="spare", now=rt.clock())
+    thief, _ = await console.sign_in(stolen)
+    mine, _ = await console.sign_in()
+    assert (await console.get("/admin/tokens", thief))[0] == 200
+    await rt.tokens.rotate(spare, now=rt.clock(), actor="cli:owner")
+    assert await api_status(console, stolen) == 401
+    status, headers, _ = await console.get("/admin/tokens", thief)
+    assert status == 303 and headers["Location"].startswith("/admin/login")
+    assert (await console.get("/admin/tokens", mine))[0] == 200  # a session of another token goes on
+
+
 async def test_disable_refuses_the_token_and_is_audited(console):
     rt = console.srv.runtime
     target, secret = await rt.tokens.create(scope="admin", name="spare", now=rt.clock())
