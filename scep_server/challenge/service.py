@@ -63,6 +63,7 @@ class ChallengeService:
         self._hasher = ThreadPoolExecutor(max_workers=section.hash_workers, thread_name_prefix="challenge-scrypt")
         self._max_waiting = section.max_waiting_checks
         self._waiting = 0
+        self._per_address: dict[str, list] = {}  # address key -> [lock, requests holding or awaiting it]
         self._rehashed: set[tuple[str, str]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, tuple[str, object]] = {}
@@ -91,9 +92,31 @@ class ChallengeService:
     # ------------------------------------------------------------------ Basic login
 
     async def login(self, profile: str, creds: BasicCredentials, user: str, password: str, address: str) -> Login:
-        """Check Basic credentials under the shared throttle (per client address and per username)."""
-        now = self.runtime.clock()
+        """Check Basic credentials under the shared throttle (per client address and per username).
+
+        One check at a time per client address in this process: guesses sent together are counted one after the
+        other, so a burst gets no more checks than the address's limit (plus one per other server process). The
+        logins waiting here or for a hash worker are at most ``max_waiting_checks`` (beyond: busy, 503)."""
+        if self._waiting >= self._max_waiting:
+            return Login(False, 1, busy=True)
         by_address = address_key(profile, throttle_key(address))
+        entry = self._per_address.get(by_address)
+        if entry is None:
+            entry = self._per_address[by_address] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        self._waiting += 1
+        try:
+            async with entry[0]:
+                return await self._login(profile, creds, user, password, by_address)
+        finally:
+            self._waiting -= 1
+            entry[1] -= 1
+            if entry[1] == 0:
+                self._per_address.pop(by_address, None)
+
+    async def _login(self, profile: str, creds: BasicCredentials, user: str, password: str,
+                     by_address: str) -> Login:
+        now = self.runtime.clock()
         by_user = user_key(profile, creds.username) if username_matches(creds, user) else None
         blocked = await self.throttle.blocked([by_address] + ([by_user] if by_user else []), now)
         if by_address in blocked:
@@ -102,14 +125,8 @@ class ChallengeService:
             return Login(True)  # verified moments ago: not a guess, so the username's lock does not apply
         if by_user in blocked:
             return Login(False, blocked[by_user])
-        if self._waiting >= self._max_waiting:
-            return Login(False, 1, busy=True)
-        self._waiting += 1
-        try:
-            ok = await asyncio.get_running_loop().run_in_executor(
-                self._hasher, self.credentials.check, profile, creds, user, password)
-        finally:
-            self._waiting -= 1
+        ok = await asyncio.get_running_loop().run_in_executor(
+            self._hasher, self.credentials.check, profile, creds, user, password)
         now = self.runtime.clock()
         if not ok:
             limits = self.throttle.limits

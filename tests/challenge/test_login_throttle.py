@@ -176,3 +176,28 @@ async def test_logins_beyond_the_waiting_cap_are_turned_away(aiohttp_server, tmp
     async with aiohttp.ClientSession() as s:
         codes = await asyncio.gather(*(status(s, url, basic(USER, f"wrong-{i}")) for i in range(4)))
     assert sorted(codes) == [401, 401, 503, 503], codes
+
+
+async def test_guesses_sent_together_get_no_more_checks_than_the_address_limit(aiohttp_server, tmp_path, db_url,
+                                                                              clock, monkeypatch):
+    """16 wrong passwords from one address at once: as many are checked as the address may fail (5), the rest are
+    refused as the lockout they arrive in, not each given a password check."""
+    import asyncio
+    import time
+
+    srv = await start_app(aiohttp_server, tmp_path, db_url, clock=clock, challenge={"scrypt_log2_n": 10})
+    await add_profile(srv, "jamf", "dynamic", dynamic())
+    checked = []
+    original = CredentialChecker.check
+
+    def slow(self, profile, creds, user, password):
+        checked.append(password)
+        time.sleep(0.05)  # scrypt at its real cost takes longer
+        return original(self, profile, creds, user, password)
+
+    monkeypatch.setattr(CredentialChecker, "check", slow)
+    url = f"{srv.url}/scep/jamf/challenge"
+    async with aiohttp.ClientSession() as s:
+        codes = await asyncio.gather(*(status(s, url, basic(USER, f"guess-{i}")) for i in range(16)))
+    assert len(checked) == 5, (len(checked), sorted(codes))
+    assert sorted(codes) == [401] * 5 + [429] * 11
