@@ -296,6 +296,9 @@ class CrlService:
                 continue  # another instance has recorded a CRL with the change: adopted, not signed again
             woken.append(ca)
             if from_command_line:
+                parts = self.partitions.get(ca)
+                if parts is not None:  # the partition CRL the certificate's CDP names looks for the change too
+                    parts.notify_changed()
                 try:  # nobody else will: sign now (the change is already past any coalescing)
                     await pub.publish_now()
                 except PublishError as exc:  # the publisher's own loop retries on its schedule

@@ -175,3 +175,27 @@ async def test_turned_off_later_the_recorded_partitions_stay_published(server, a
     # a later setting never changes a recorded count: serials stay in their partition
     from crl.partitions import record_partitioning
     assert await record_partitioning(off.runtime.engine, "default", 7, off.runtime.clock()) == COUNT
+
+
+async def test_a_revocation_from_the_command_line_reaches_its_partition(server):
+    """`scep-server cert revoke` runs in a process of its own: the server steps in for it and signs the full CRL,
+    and the partition CRL that the certificate's CDP names lists it as soon."""
+    import asyncio
+
+    from scep_server.runtime import Uses, open_runtime
+
+    async with aiohttp.ClientSession() as session:
+        _, cert = await enrol_with_codec(session, server.url, server.challenge(), "cli-partition")
+        url = cdp_of(cert)
+        assert "/crl/default/" in url
+        await asyncio.sleep(1.0)  # the enrolment's own notice has come and gone
+        async with open_runtime(server.settings, uses=Uses(revocation=True)) as cli:  # what `cert revoke` opens
+            await cli.revocation.revoke(serial_hex(cert.serial_number), Reason.KEY_COMPROMISE, actor="cli")
+        deadline = time.monotonic() + 10
+        while True:
+            full = cert.serial_number in crl_serials(await fetch(session, f"{server.url}/crl/default.crl"))
+            part = cert.serial_number in crl_serials(await fetch(session, url))
+            if full and part:
+                break
+            assert time.monotonic() < deadline, f"after 10 s: on the full CRL {full}, on its partition's {part}"
+            await asyncio.sleep(0.1)
