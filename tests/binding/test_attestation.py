@@ -133,7 +133,8 @@ async def test_reason_codes(server, api, scepclient, tmp_path, clock):
     await check(Verdict.BOUND_TO_OTHER_DEVICE, await api.attest("dev-x", a.cert_pem, a.key))
     async with rt.engine.connect() as conn:
         ev = (await conn.execute(sa.select(events).where(events.c.kind == "security.cert.second_device"))).all()
-    assert len(ev) == 1 and ev[0].actor == "dev-x" and json.loads(ev[0].data)["bound_to"] == "dev-a"
+    assert len(ev) == 1 and ev[0].actor == "attestation"
+    assert json.loads(ev[0].data)["bound_to"] == "dev-a" and json.loads(ev[0].data)["presented_by"] == "dev-x"
     # still managed for its own device
     assert (await api.attest("dev-a", a.cert_pem, a.key))["managed"]
     # revoked / on hold before first use
