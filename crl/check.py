@@ -24,6 +24,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.exceptions import UnsupportedAlgorithm as UnsupportedAlgorithmError
+from cryptography.hazmat.primitives import serialization
 
 from trustkit.clock import utcnow
 
@@ -192,6 +193,10 @@ class _Source:
         self.last_failure_at: "datetime | None" = None
 
 
+def _spki(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 class _Ca:
     def __init__(self, name: str, cert: x509.Certificate, policy: Policy) -> None:
         self.name = name
@@ -349,6 +354,7 @@ class CrlChecker:
         old = self._cas.pop(ca_name, None)
         if old is not None:
             self._by_subject[old.subject].remove(old)
+        if old is not None and _spki(old.cert) == _spki(cert):  # the same CA (a policy change): its CRLs stand
             ca.sources = {u: s for u, s in old.sources.items()}
             ca.full = old.full
             for s in ca.sources.values():

@@ -148,7 +148,7 @@ class _Cert:
     """A parsed client certificate and what can be known about it once (cached per process)."""
 
     __slots__ = ("der", "fp", "cert", "key", "serial", "not_before", "not_after", "kind", "ca", "cdp", "summary",
-                 "cost")
+                 "cost", "generation")
 
     def __init__(self, der: bytes, fp: str, cert: x509.Certificate):
         self.der = der
@@ -160,6 +160,7 @@ class _Cert:
         self.not_after = cert.not_valid_after_utc
         self.kind: str | None = None  # "ours" | "external" once the issuer is established
         self.ca: str | None = None
+        self.generation = -1  # of the external CAs an external issuer was established among
         self.cdp: list[str] = []
         self.summary = {"serial": self.serial, "fingerprint_sha256": fp, "subject": cert.subject.rfc4514_string(),
                         "issuer": cert.issuer.rfc4514_string(), "not_after": self.not_after.isoformat()}
@@ -355,6 +356,11 @@ class AttestationService:
         """The cached certificate (one whose issuer was established), or a fresh parse of it (not cached)."""
         fp = hashlib.sha256(der).hexdigest()
         hit = self._cache.get(fp)
+        if hit is not None and hit.kind == "external" and (self.external is None
+                                                           or hit.generation != self.external.generation):
+            del self._cache[fp]  # an external CA was added, replaced or removed since: its issuer is looked up again
+            self.cache_used -= hit.cost
+            hit = None
         if hit is not None:
             self._cache.move_to_end(fp)
             return hit
@@ -418,6 +424,7 @@ class AttestationService:
         if first.reason in ("no_cdp", "no_http_cdp"):
             return fail(Verdict.CERTIFICATE_NO_CDP, first.detail)
         info.kind, info.ca, info.cdp = "external", first.ca, cdp_uris(info.cert) or []
+        info.generation = self.external.generation
         return first
 
     async def verify(self, *, device_id: str, nonce: str, certificate: bytes, signature: bytes,

@@ -125,6 +125,8 @@ class ExternalCas:
         self.reload_seconds = reload_seconds
         self._known: dict[str, str] = {}  # name -> fingerprint of what the checker holds
         self._loaded_at = 0.0
+        # moves on whenever a CA is added, replaced or removed here: an issuer established before is looked up again
+        self.generation = 0
         self.subjects: set[bytes] = set()
 
     @staticmethod
@@ -199,10 +201,12 @@ class ExternalCas:
                 log.warning("binding.external_ca.refused", ca=ca.name, error=str(exc))
                 continue
             self._known[ca.name] = ca.fingerprint_sha256 + ca.policy.value
+            self.generation += 1
             log.info("binding.external_ca.loaded", ca=ca.name, policy=ca.policy.value)
         for name in set(self._known) - seen:
             self.checker.remove_ca(name)
             del self._known[name]
+            self.generation += 1
         self.subjects = {ca.cert.subject.public_bytes() for ca in cas}
 
     async def maybe_reload(self) -> bool:

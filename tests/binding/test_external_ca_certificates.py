@@ -1,6 +1,7 @@
-"""A customer's CA certificate presented for attestation is judged on the CRLs that cover CA certificates: revoked
+"""Customer CAs in attestation. A customer's CA certificate is judged on the CRLs that cover CA certificates: revoked
 on the customer's ARL (onlyContainsCACerts), it is not managed, though its CDP also names the users' CRL
-(onlyContainsUserCerts), which does not list it."""
+(onlyContainsUserCerts), which does not list it. A CA registered again under its name with a new key keeps nothing
+of the old key's: neither its CRLs nor the certificates whose issuer was established as it."""
 from __future__ import annotations
 
 import base64
@@ -12,12 +13,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from crl.build import Issuer, Scope, build_crl
-from crl.check import CheckStatus
+from crl.check import CheckStatus, FailureKind
 from crl.config import Policy
 from crl.signing import CrlSigner
 from scep_server.binding.attestation import signed_bytes
 from tests.binding.conftest import api, clock, server  # noqa: F401 - fixtures
-from tests.crl.pki import NOW, key, make_ca
+from tests.crl.pki import NOW, issue, key, make_ca
 
 USER_URL = "http://127.0.0.1:9/crl/users.crl"
 ARL_URL = "http://127.0.0.1:9/crl/cas.crl"
@@ -65,3 +66,72 @@ async def test_a_revoked_customer_ca_certificate_is_not_managed(server, api, clo
         "certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
         "signature": sig, "algorithm": "ecdsa-sha256"})
     assert res["managed"] is False and res["crl"]["status"] == "revoked", res
+
+
+ACME_URL = "http://127.0.0.1:9/acme.crl"
+
+
+def acme_crl(ca, entries, number):
+    return build_crl(issuer=Issuer.from_certificate(ca.cert), signer=CrlSigner.for_private_key(ca.key),
+                     number=number, this_update=NOW, next_update=NOW + timedelta(days=7),
+                     entries=[(s, NOW - timedelta(hours=1), 1, None) for s in entries])
+
+
+async def test_a_ca_registered_again_with_a_new_key_keeps_none_of_the_old_keys_crls(server, clock):
+    """A customer CA removed and registered again under its name with a new key (after a compromise): the old
+    key's CRL no longer answers for it, and the new CA's first CRL is taken (not refused as a rollback)."""
+    clock.now = NOW + timedelta(minutes=5)
+    old = make_ca("Acme Device CA", kind="ec", slot=6, cdp="http://127.0.0.1:9/root.crl")
+    new = make_ca("Acme Device CA", kind="ec", slot=7, cdp="http://127.0.0.1:9/root.crl")
+    ext = server.runtime.binding.external
+    await ext.add("acme", old.cert, policy=Policy.FAIL_CLOSED, actor="test", now=clock())
+    await ext.reload()
+    assert (await ext.checker.install("acme", ACME_URL, acme_crl(old, [], 50))).ok
+
+    # another process (the command line) replaces the registration: this process sees both at its next reload
+    await ext.remove("acme", actor="cli", now=clock())
+    await ext.add("acme", new.cert, policy=Policy.FAIL_CLOSED, actor="cli", now=clock())
+    await ext.reload()
+
+    revoked_by_new_ca = issue(new, 0x7777, cdp=ACME_URL)
+    outcome = await ext.checker.install("acme", ACME_URL, acme_crl(new, [0x7777], 1))  # the new CA's first CRL
+    res = ext.check_serial("acme", revoked_by_new_ca.serial_number, [ACME_URL])
+    assert outcome.ok and outcome.failure is not FailureKind.ROLLBACK, outcome  # its number starts again
+    assert res.status is CheckStatus.REVOKED, res  # from the new CA's CRL, not the old key's
+
+
+async def attest(api, device, cert):
+    nonce = await api.nonce(device)
+    sig = base64.b64encode(key("ec", 9).sign(signed_bytes(nonce, device), ec.ECDSA(hashes.SHA256()))).decode()
+    return await api.post("/api/v1/attestation/verify", {
+        "device_id": device, "nonce": nonce, "certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
+        "signature": sig, "algorithm": "ecdsa-sha256"})
+
+
+async def test_a_certificate_of_a_replaced_ca_key_no_longer_attests(server, api, clock):
+    """A device certificate that attested under a customer CA is judged again once that CA is removed and its name
+    given to a new key: signed by the retired key, it is issued by no registered CA."""
+    clock.now = NOW + timedelta(minutes=5)
+    old = make_ca("Acme Device CA", kind="ec", slot=6, cdp="http://127.0.0.1:9/root.crl")
+    new = make_ca("Acme Device CA", kind="ec", slot=7, cdp="http://127.0.0.1:9/root.crl")
+    ext = server.runtime.binding.external
+    await ext.add("acme", old.cert, policy=Policy.FAIL_CLOSED, actor="test", now=clock())
+    await ext.reload()
+    assert (await ext.checker.install("acme", ACME_URL, acme_crl(old, [], 1))).ok
+    old_cert = issue(old, 0x4242, cdp=ACME_URL)
+    await api.add_device("dev-1")
+    assert (await attest(api, "dev-1", old_cert))["managed"] is True
+
+    # the old key is retired (compromised): the CA is removed and the new CA certificate registered under its name,
+    # each step seen by this process (as the API's handlers reload after add and remove)
+    await ext.remove("acme", actor="admin", now=clock())
+    await ext.reload()
+    assert (await attest(api, "dev-1", old_cert))["managed"] is False
+    await ext.add("acme", new.cert, policy=Policy.FAIL_CLOSED, actor="admin", now=clock())
+    await ext.reload()
+    assert (await ext.checker.install("acme", ACME_URL, acme_crl(new, [], 1))).ok
+
+    # a certificate signed by the retired key is not issued by any registered CA
+    assert ext.check(old_cert).reason == "not_issued_by_ca"
+    res = await attest(api, "dev-1", old_cert)
+    assert res["managed"] is False, res
