@@ -437,20 +437,25 @@ class CrlChecker:
     def _answer(self, ca: _Ca, serial: int, sources: Iterable[_Source], uris: "frozenset[str] | None",
                 is_ca: bool) -> CheckResult:
         now = self._now_ts()
-        stale = None
+        stale = fresh = None
         for src in sources:
             snap = src.snapshot
             if snap is None or not snap.covers(uris, is_ca):
                 continue
             if now < snap.fresh_until:
-                code = snap.codes.get(serial)
-                if code is None:
-                    return snap.good
-                if code & 0xF == REMOVE_FROM_CRL_CODE:
-                    return snap.removed
-                return snap.listed(ca.name, code, False)
-            if stale is None:
+                # the newest of the fresh CRLs that cover it: a mirror serving an older one (validly signed, not
+                # yet expired) does not answer over a newer one held from another URL
+                if fresh is None or (snap.number or 0) > (fresh.number or 0):
+                    fresh = snap
+            elif stale is None:
                 stale = snap
+        if fresh is not None:
+            code = fresh.codes.get(serial)
+            if code is None:
+                return fresh.good
+            if code & 0xF == REMOVE_FROM_CRL_CODE:
+                return fresh.removed
+            return fresh.listed(ca.name, code, False)
         if stale is None:
             return ca.unknown
         code = stale.codes.get(serial)

@@ -660,3 +660,39 @@ async def test_an_idp_naming_its_point_without_a_uri_covers_no_certificate_by_ur
     outcome = await c.install("cust", PART0, der)
     assert outcome.failure is FailureKind.SCOPE_MISMATCH and "without a URI" in outcome.detail
     assert c.check(issue(ca, 0x90, cdp=PART0)).reason == "no_crl"
+
+
+async def test_of_two_mirrors_the_newer_crl_answers_whichever_the_cdp_names_first():
+    """A certificate names two CDP mirrors. The checker holds CRL #5 from the second, which lists the certificate;
+    the first serves CRL #3 of the same CA (validly signed, not yet expired, from before the revocation)."""
+    from crl.build import Issuer, build_crl
+    from crl.signing import CrlSigner
+    from tests.crl.pki import key
+
+    first, second = "http://127.0.0.1:9/mirror-a/ca.crl", "http://127.0.0.1:9/mirror-b/ca.crl"
+    ca = make_ca("Mirrored Customer CA", kind="ec", slot=8, cdp="http://127.0.0.1:9/root.crl")
+
+    def crl(entries, number, this_update):
+        return build_crl(issuer=Issuer.from_certificate(ca.cert), signer=CrlSigner.for_private_key(ca.key),
+                         number=number, this_update=this_update, next_update=this_update + timedelta(days=7),
+                         entries=[(s, this_update - timedelta(minutes=1), 1, None) for s in entries])
+
+    cdp = x509.CRLDistributionPoints([x509.DistributionPoint(
+        full_name=[x509.UniformResourceIdentifier(first), x509.UniformResourceIdentifier(second)],
+        relative_name=None, reasons=None, crl_issuer=None)])
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "d")]))
+            .issuer_name(ca.cert.subject).public_key(key("ec", 9).public_key()).serial_number(0x3131)
+            .not_valid_before(NOW - timedelta(hours=1)).not_valid_after(NOW + timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
+            .add_extension(cdp, critical=False).sign(ca.key, hashes.SHA256()))
+    c = CrlChecker(settings=CheckerSettings(allow_networks=("127.0.0.1/32",)),
+                   clock=SettableClock(NOW + timedelta(hours=2)))
+    c.add_ca(ca.pem, name="cust")
+    try:
+        assert (await c.install("cust", second, crl([0x3131], 5, NOW + timedelta(hours=1)))).ok
+        assert (await c.install("cust", first, crl([], 3, NOW))).ok
+        for answer in (c.check(cert), c.check_serial("cust", 0x3131, urls=[first, second])):
+            assert (answer.status, answer.crl_number) == (CheckStatus.REVOKED, 5), answer
+    finally:
+        await c.stop()
