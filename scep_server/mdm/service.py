@@ -77,6 +77,16 @@ def _public(row) -> dict:
 Reader = Callable[[dict, dict], Awaitable[tuple[list[Record], dict]]]
 
 
+def _upsert(dialect: str, row: dict, update: dict):
+    """INSERT ... ON CONFLICT (source, device_id) DO UPDATE, in SQLite's or PostgreSQL's words."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(mdm_devices).values(**row)
+    return stmt.on_conflict_do_update(index_elements=[mdm_devices.c.source, mdm_devices.c.device_id], set_=update)
+
+
 class MdmService:
     def __init__(self, engine: AsyncEngine, device_store: DeviceStore, settings, *, reader: Reader,
                  clock: Clock = utcnow):
@@ -203,8 +213,9 @@ class MdmService:
                         continue
                     await conn.execute(mdm_devices.update().where(mdm_devices.c.source == name,
                                                                   mdm_devices.c.device_id == device_id).values(values))
-                else:
-                    await conn.execute(mdm_devices.insert().values(source=name, device_id=device_id, **values))
+                else:  # an upsert: two events for one device at once (Jamf posts enrolled and check-in together)
+                    await conn.execute(_upsert(conn.dialect.name, dict(source=name, device_id=device_id, **values),
+                                               values))
             for i in range(0, len(untrack), _CHUNK):
                 await conn.execute(mdm_devices.delete().where(mdm_devices.c.source == name,
                                                               mdm_devices.c.device_id.in_(untrack[i:i + _CHUNK])))

@@ -246,3 +246,24 @@ async def test_a_refused_client_secret_is_an_error_and_changes_nothing(aiohttp_s
                         "client_secret": {"env": "MDM_TEST_UNSET_VARIABLE"}, "id_field": "udid"}, {})
     finally:
         del os.environ["MDM_TEST_WRONG"]
+
+
+async def test_two_webhook_posts_for_one_device_at_once(server, api, secret_env):
+    """Jamf posts MobileDeviceEnrolled and MobileDeviceCheckIn together when a device enrols: both are answered,
+    and the device is tracked once."""
+    _, secret = await server.runtime.mdm.configure("jamf", "jamf", {
+        "url": "https://jamf.example", "client_id": CLIENT_ID, "client_secret": secret_env, "id_field": "udid"},
+        actor="cli:admin")
+    await api.add_device("d1")
+    hook = f"{server.url}/hooks/jamf"
+    for _ in range(3):
+        results = await asyncio.gather(*(jamf_webhook(api.session, hook, event, "d1", secret=secret)
+                                         for event in ("MobileDeviceEnrolled", "MobileDeviceCheckIn")))
+        assert [status for status, _ in results] == [200, 200], results
+    import sqlalchemy as sa
+
+    from scep_server.binding.tables import mdm_devices
+
+    async with server.runtime.engine.connect() as conn:
+        tracked = (await conn.execute(sa.select(mdm_devices.c.device_id, mdm_devices.c.state))).all()
+    assert [tuple(r) for r in tracked] == [("d1", "managed")]

@@ -156,3 +156,16 @@ async def test_an_unenrol_and_enrol_again_does_not_undo_an_administrators_suspen
     await svc.event("jamf", Record("d3", "3", MdmState.UNMANAGED))
     assert (await svc.event("jamf", Record("d3", "3", MdmState.MANAGED))).action == "reactivate"
     assert (await devices.get("d3")).status.value == "active"
+
+
+async def test_two_events_for_one_device_at_once_are_both_applied(env):
+    import asyncio
+
+    svc, devices, fake, clock = env
+    await svc.configure("jamf", "jamf", JAMF, actor="t")
+    await devices.create("d1", actor="t")
+    for state in (MdmState.MANAGED, MdmState.UNMANAGED):
+        results = await asyncio.gather(*(svc.event("jamf", Record("d1", "1", state)) for _ in range(2)),
+                                       return_exceptions=True)
+        assert not [r for r in results if isinstance(r, Exception)], results
+    assert (await devices.get("d1")).status.value == "deactivated"
