@@ -254,8 +254,10 @@ class ProfileStore:
         if grace is not None and not timedelta(0) < grace <= MAX_GRACE:
             raise ProfileError(f"grace: more than 0 and at most {MAX_GRACE.days} days")
         async with writer(self._engine).begin() as conn:
+            # locked (PostgreSQL; SQLite's writer holds the database): a concurrent rotation waits, then keeps this
+            # one's secret as the previous one, never the secret this one retires
             old = (await conn.execute(sa.select(profiles.c.static_secret_sha256).where(
-                profiles.c.name == name, profiles.c.challenge_kind == "static"))).scalar()
+                profiles.c.name == name, profiles.c.challenge_kind == "static").with_for_update())).scalar()
             res = await conn.execute(profiles.update().where(
                 profiles.c.name == name, profiles.c.challenge_kind == "static").values(
                 static_secret_sha256=hashlib.sha256(secret.encode()).hexdigest(), updated_at=now,

@@ -325,3 +325,59 @@ async def test_challenge_settings_stay_on_the_server_host(server, admin, session
     stored = await server.runtime.profiles.get("dyn")
     assert stored.settings.challenge["credentials"]["password_hash"].startswith("scrypt$")
     assert (await server.runtime.profiles.get("mdm")).settings.challenge == {}
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_a_rotation_at_once_is_not_undone_by_a_graceful_one_in_flight(engine, monkeypatch, tmp_path):
+    """A leaked secret is rotated without grace while another rotation, with grace, has read the profile: the
+    second waits for the first's row lock and keeps the first's new secret as the previous one, never the
+    leaked one (on SQLite the writer's lock on the database orders them the same way)."""
+    import asyncio
+
+    import scep_server.profiles as profiles_mod
+    from tests.factories import NOW, make_ca, register_ca
+    from trustkit.clock import utcnow
+
+    ca = make_ca(tmp_path)
+    await register_ca(engine, ca)
+    store = ProfileStore(engine)
+    await store.create("corp", ca=ca.name, challenge_kind="static", static_secret="leaked-secret-0", now=NOW)
+    real_writer = profiles_mod.writer
+    read, go = asyncio.Event(), asyncio.Event()
+
+    class Paused:  # the graceful rotation's transaction stops after its first statement (the read)
+        def __init__(self, conn):
+            self.conn, self.first = conn, True
+
+        async def execute(self, *args, **kwargs):
+            result = await self.conn.execute(*args, **kwargs)
+            if self.first:
+                self.first = False
+                read.set()
+                await go.wait()
+            return result
+
+    class Begin:
+        def __init__(self, cm):
+            self.cm = cm
+
+        async def __aenter__(self):
+            return Paused(await self.cm.__aenter__())
+
+        async def __aexit__(self, *exc):
+            return await self.cm.__aexit__(*exc)
+
+    class PausedWriter:
+        def begin(self):
+            return Begin(real_writer(engine).begin())
+
+    monkeypatch.setattr(profiles_mod, "writer", lambda e: PausedWriter())
+    graceful = asyncio.create_task(store.rotate_secret("corp", now=utcnow(), grace=timedelta(days=30)))
+    await read.wait()
+    monkeypatch.setattr(profiles_mod, "writer", real_writer)
+    at_once = asyncio.create_task(store.rotate_secret("corp", now=utcnow()))
+    await asyncio.sleep(0.3)
+    go.set()
+    await graceful
+    await at_once
+    assert not await store.static_secret_ok("corp", "leaked-secret-0")
