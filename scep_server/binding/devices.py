@@ -236,7 +236,9 @@ class DeviceStore:
                 raise ChangedConcurrently(f"device {device_id!r} changed concurrently; try again")
             await record_event(conn, at=now, kind=f"device.{action}", subject=device_id, actor=actor,
                                data={"from": current.value, "to": target.value, "reason": reason})
-            changes = await _apply_to_certificates(conn, device_id, target, now=now, actor=actor, reason=reason)
+            held_since = aware(row.status_changed_at) if current is S.DEACTIVATED else None
+            changes = await _apply_to_certificates(conn, device_id, target, now=now, actor=actor, reason=reason,
+                                                   held_since=held_since)
         log.info(f"device.{action}", device=device_id, actor=actor, reason=reason,
                  certificates=[c.serial for c in changes])
         for ca in sorted({c.ca for c in changes}):
@@ -323,11 +325,15 @@ async def _revoke_ours(conn: AsyncConnection, serial: str, *, now: datetime, act
 
 
 async def _apply_to_certificates(conn: AsyncConnection, device_id: str, target: DeviceStatus, *, now: datetime,
-                                 actor: str, reason: str | None) -> list[CertChange]:
-    """The certificate side of a lifecycle change (our certificates in the inventory; bindings)."""
+                                 actor: str, reason: str | None, held_since: datetime | None = None
+                                 ) -> list[CertChange]:
+    """The certificate side of a lifecycle change (our certificates in the inventory; bindings). A reactivation
+    (`held_since`: when the device was deactivated) releases the holds its deactivation placed, not one an
+    administrator placed on a certificate before it."""
     rows = (await conn.execute(
         sa.select(device_certs.c.fingerprint_sha256, device_certs.c.serial, device_certs.c.external,
-                  device_certs.c.state, certificates.c.status, certificates.c.revocation_reason, certificates.c.ca)
+                  device_certs.c.state, certificates.c.status, certificates.c.revocation_reason, certificates.c.ca,
+                  certificates.c.revoked_at)
         .select_from(device_certs.outerjoin(certificates,
                                             certificates.c.fingerprint_sha256 == device_certs.c.fingerprint_sha256))
         .where(device_certs.c.device_id == device_id))).all()
@@ -337,7 +343,7 @@ async def _apply_to_certificates(conn: AsyncConnection, device_id: str, target: 
     unbound = (await conn.execute(
         sa.select(certificates.c.fingerprint_sha256, certificates.c.serial, sa.literal(False).label("external"),
                   sa.literal("active").label("state"), certificates.c.status, certificates.c.revocation_reason,
-                  certificates.c.ca)
+                  certificates.c.ca, certificates.c.revoked_at)
         .where(certificates.c.enrolled_device_id == device_id, ~bound.exists()))).all()
     rows = [*rows, *unbound]
     changes: list[CertChange] = []
@@ -349,7 +355,8 @@ async def _apply_to_certificates(conn: AsyncConnection, device_id: str, target: 
                                          expect=CertStatus.VALID, data=data)
             if change:
                 changes.append(change)
-        elif target is S.ACTIVE and ours and r.state == "active" and r.status == CertStatus.HOLD:
+        elif (target is S.ACTIVE and ours and r.state == "active" and r.status == CertStatus.HOLD
+              and held_since is not None and (r.revoked_at is None or aware(r.revoked_at) >= held_since)):
             change = await change_status(conn, r.serial, CertStatus.VALID, at=now, actor=actor,
                                          expect=CertStatus.HOLD, data=data)
             if change:

@@ -250,3 +250,35 @@ async def test_default_profile_created_on_first_start_does_not_attest(aiohttp_se
         await api.add_device("laptop-1")
         res = await api.attest("laptop-1", dev.cert_pem, dev.key)
     assert (res["managed"], res["reason"]) == (False, "certificate_not_eligible")
+
+
+async def test_a_reactivation_releases_the_holds_of_its_deactivation_only(engine, env, ca):
+    """An administrator held one certificate of an active device (a suspected key compromise); the device is then
+    deactivated and reactivated (as an MDM does on an unenrol and a new enrolment): that hold stands, the one its
+    deactivation placed on the other certificate is released; an unsuspension releases no hold."""
+    from scep_server.ca import inventory
+    from scep_server.ca.revocation import RevocationService
+
+    store, att = env
+    await store.create("d1", actor="t")
+    held = await issue(engine, ca, enrolled_device_id="d1")
+    other = await issue(engine, ca, enrolled_device_id="d1")
+    revocation = RevocationService(engine, clock=store.clock)
+    await revocation.hold(held.serial, actor="cli:root")
+    store.clock.advance(60)
+
+    async def status(cred):
+        async with engine.connect() as conn:
+            return (await inventory.get(conn, cred.serial)).status
+
+    await store.transition("d1", "deactivate", actor="mdm:jamf")
+    assert (await status(held), await status(other)) == ("hold", "hold")
+    store.clock.advance(60)
+    await store.transition("d1", "reactivate", actor="mdm:jamf")
+    assert (await status(held), await status(other)) == ("hold", "valid")
+    await store.transition("d1", "suspend", actor="cli:root")
+    store.clock.advance(60)
+    await revocation.hold(other.serial, actor="cli:root")
+    store.clock.advance(60)
+    await store.transition("d1", "unsuspend", actor="cli:root")
+    assert (await status(held), await status(other)) == ("hold", "hold")
