@@ -76,6 +76,9 @@ def _public(row) -> dict:
 # reads a source's inventory: (records, the source row's Graph state to keep) -- see scep_server.mdm.readers
 Reader = Callable[[dict, dict], Awaitable[tuple[list[Record], dict]]]
 
+# how far a record's state lets a device be trusted: of two records of one device, the lower one counts
+_TRUST = {MdmState.DISABLED: 0, MdmState.UNMANAGED: 1, MdmState.MISSING: 1, MdmState.MANAGED: 2}
+
 
 def _upsert(dialect: str, row: dict, update: dict):
     """INSERT ... ON CONFLICT (source, device_id) DO UPDATE, in SQLite's or PostgreSQL's words."""
@@ -233,7 +236,10 @@ class MdmService:
             report.error = str(exc)[:500]
         if report.error is None:
             report.records = len(records)
-            by_id = {r.device_id: r for r in records}
+            by_id: dict[str, Record] = {}
+            for r in records:  # two records of one device (a stale one, a second enrolment): the least trusted wins
+                if r.device_id not in by_id or _TRUST[r.state] < _TRUST[by_id[r.device_id].state]:
+                    by_id[r.device_id] = r
             tracked = await self._tracked(name)
             ours = await self._ours(sorted(set(by_id) | set(tracked)))
             now = self.clock()

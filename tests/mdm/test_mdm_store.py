@@ -169,3 +169,16 @@ async def test_two_events_for_one_device_at_once_are_both_applied(env):
                                        return_exceptions=True)
         assert not [r for r in results if isinstance(r, Exception)], results
     assert (await devices.get("d1")).status.value == "deactivated"
+
+
+async def test_of_two_records_of_one_device_the_least_trusted_counts(env):
+    """Two inventory records name one device (a stale record, a second enrolment reporting the same serial): one
+    disabled or unmanaged is not outweighed by one managed, whichever comes last."""
+    svc, devices, fake, clock = env
+    await svc.configure("jamf", "jamf", JAMF, actor="t")
+    await devices.create("SN1", actor="t")
+    fake.records = [Record("SN1", "1", MdmState.UNMANAGED)]
+    assert [c.action for c in (await svc.sync("jamf", actor="t")).changes] == ["deactivate"]
+    fake.records = [Record("SN1", "1", MdmState.UNMANAGED), Record("SN1", "2", MdmState.MANAGED)]
+    assert (await svc.sync("jamf", actor="t")).changes == []
+    assert (await devices.get("SN1")).status.value == "deactivated"
