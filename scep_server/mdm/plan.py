@@ -48,6 +48,7 @@ class Ours:
     status_changed_by: str | None
     # the status before the run of changes its status_changed_by made (None: not known, taken as active)
     taken_from: str | None = None
+    changed_at: datetime | None = None  # when its status last changed
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ the source's last outcome). A dry run plans the same changes and applies none.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -164,9 +165,11 @@ class MdmService:
         out: dict[str, Ours] = {}
         async with self.engine.connect() as conn:
             for i in range(0, len(ids), _CHUNK):
-                rows = await conn.execute(sa.select(devices.c.id, devices.c.status, devices.c.status_changed_by)
+                rows = await conn.execute(sa.select(devices.c.id, devices.c.status, devices.c.status_changed_by,
+                                                    devices.c.status_changed_at)
                                           .where(devices.c.id.in_(ids[i:i + _CHUNK])))
-                out.update({r.id: Ours(r.status, r.status_changed_by) for r in rows})
+                out.update({r.id: Ours(r.status, r.status_changed_by, changed_at=aware(r.status_changed_at))
+                            for r in rows})
             mdm_down = sorted(i for i, o in out.items() if o.status not in ("active", "deleted")
                               and (o.status_changed_by or "").startswith("mdm:"))
             for i in range(0, len(mdm_down), _CHUNK):
@@ -182,7 +185,7 @@ class MdmService:
                         walked.add(r.subject)
                         continue
                     data = json.loads(r.data) if isinstance(r.data, str) else (r.data or {})
-                    out[r.subject] = Ours(ours.status, ours.status_changed_by, data.get("from"))
+                    out[r.subject] = dataclasses.replace(ours, taken_from=data.get("from"))
         return out
 
     async def _tracked(self, name: str) -> dict[str, Tracked]:
@@ -230,6 +233,7 @@ class MdmService:
         row = await self._row(name)
         report = SyncReport(name, dry_run)
         state = {"delta_link": row.delta_link, "directory_disabled": json.loads(row.directory_disabled or "[]")}
+        read_started = self.clock()
         try:
             records, state = await self.reader({"kind": row.kind, **json.loads(row.config)}, state)
         except MdmUnavailable as exc:
@@ -244,6 +248,13 @@ class MdmService:
             ours = await self._ours(sorted(set(by_id) | set(tracked)))
             now = self.clock()
             p = plan(by_id, tracked, ours, actor=f"mdm:{name}", rules=self.rules, now=now)
+            # a device whose status changed while the inventory was read (a webhook, an administrator) is newer
+            # than what was read about it: left alone until the next sync
+            moved = {d for d, o in ours.items() if o.changed_at is not None and o.changed_at > read_started}
+            for change in [c for c in p.changes if c.device_id in moved]:
+                report.skipped.append({**change.to_json(), "error": "changed_while_read"})
+            p.changes = [c for c in p.changes if c.device_id not in moved]
+            p.tracking = {d: t for d, t in p.tracking.items() if d not in moved}
             if dry_run:
                 report.changes = p.changes
             else:

@@ -25,11 +25,15 @@ class FakeMdm:
     def __init__(self):
         self.records: list[Record] = []
         self.fail = False
+        self.during_read = None  # called while the inventory is read (a webhook arriving meanwhile)
 
     async def __call__(self, config, state):
         if self.fail:
             raise MdmUnavailable("GET /api/v1/computers-inventory: HTTP 503")
-        return list(self.records), state
+        records = list(self.records)
+        if self.during_read is not None:
+            await self.during_read()
+        return records, state
 
 
 @pytest.fixture
@@ -182,3 +186,23 @@ async def test_of_two_records_of_one_device_the_least_trusted_counts(env):
     fake.records = [Record("SN1", "1", MdmState.UNMANAGED), Record("SN1", "2", MdmState.MANAGED)]
     assert (await svc.sync("jamf", actor="t")).changes == []
     assert (await devices.get("SN1")).status.value == "deactivated"
+
+
+async def test_a_sync_leaves_alone_a_device_that_changed_while_it_read(env):
+    """The sync reads the device as managed; meanwhile the MDM posts that it was unenrolled and it is deactivated.
+    The sync's older view does not bring it back; the next sync looks again."""
+    svc, devices, fake, clock = env
+    await svc.configure("jamf", "jamf", JAMF, actor="t")
+    await devices.create("d1", actor="t")
+    fake.records = [Record("d1", "1", MdmState.MANAGED)]
+    await svc.sync("jamf", actor="t")
+
+    async def unenrolled():
+        clock.advance(1)
+        assert (await svc.event("jamf", Record("d1", "1", MdmState.UNMANAGED))).action == "deactivate"
+
+    fake.during_read = unenrolled
+    clock.advance(60)
+    report = await svc.sync("jamf", actor="t")
+    assert report.changes == [] and [s["error"] for s in report.skipped] == ["changed_while_read"]
+    assert (await devices.get("d1")).status.value == "deactivated"
