@@ -89,6 +89,7 @@ class TokenStore:
         self._ttl = cache_seconds
         self._clock = clock
         self._cache: dict[str, tuple[float, Grant | None]] = {}
+        self._generation = 0  # moves on at each disable and rotation here: a lookup begun before caches nothing
         self._last_used_every = last_used_every
         self._noted: dict[str, float] = {}  # token id -> monotonic time of the last use queued for writing
         self._unwritten: dict[str, datetime] = {}  # token id -> last use not yet written
@@ -160,15 +161,23 @@ class TokenStore:
         hit = self._cache.get(key)
         if hit and hit[0] > time.monotonic():
             return hit[1]
+        generation = self._generation
         async with self._engine.connect() as conn:
             row = (await conn.execute(sa.select(api_tokens.c.id, api_tokens.c.scope, api_tokens.c.name,
                                                 api_tokens.c.expires_at).where(
                 which, api_tokens.c.disabled_at.is_(None)))).first()
         grant = Grant(row.id, row.scope, row.name, aware(row.expires_at)) if row else None
+        if generation != self._generation:  # disabled or rotated here while it was read: may be stale
+            return grant
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[key] = (time.monotonic() + self._ttl, grant)
         return grant
+
+    def _forget(self) -> None:
+        """A token changed here: no grant read before stays cached (nor is cached by a lookup in flight)."""
+        self._generation += 1
+        self._cache.clear()
 
     def _note_use(self, token_id: str, now: datetime) -> None:
         """Queue a last_used_at write unless one was queued for this token within the period."""
@@ -246,7 +255,7 @@ class TokenStore:
                     raise UnknownToken(f"no API token with id {token_id!r}")
             elif actor is not None:
                 await record_event(conn, at=now, kind="security.token.disable", subject=token_id, actor=actor)
-        self._cache.clear()
+        self._forget()
         return changed
 
     async def rotate(self, token_id: str, *, now: datetime, actor: str | None = None) -> str:
@@ -270,7 +279,7 @@ class TokenStore:
                 console_sessions.c.token_id == token_id, console_sessions.c.ended_at.is_(None)).values(ended_at=now))
             if actor is not None:
                 await record_event(conn, at=now, kind="security.token.rotate", subject=token_id, actor=actor)
-        self._cache.clear()
+        self._forget()
         return token
 
 

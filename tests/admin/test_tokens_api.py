@@ -199,3 +199,63 @@ async def test_rotate_gives_a_new_secret_and_refuses_the_old_one(server, admin, 
     assert status == 422 and problem["code"] == "invalid_token_request"
     status, _, _ = await call(session, "POST", f"{server.url}{API}/{token_id}/rotate", admin, json={"x": 1})
     assert status == 400
+
+
+class _Conn:
+    def __init__(self, cm, read, gate):
+        self.cm, self.read, self.gate = cm, read, gate
+
+    async def __aenter__(self):
+        conn = await self.cm.__aenter__()
+        read, gate = self.read, self.gate
+
+        class Wrapped:
+            async def execute(self, *a, **kw):
+                result = await conn.execute(*a, **kw)
+                read.set()          # the row is read (token still enabled) ...
+                await gate.wait()   # ... and the request is descheduled before it fills the cache
+                return result
+        return Wrapped()
+
+    async def __aexit__(self, *exc):
+        return await self.cm.__aexit__(*exc)
+
+
+class SlowReads:
+    """The engine, with reads that pause after their SELECT (a busy event loop, a slow database)."""
+
+    def __init__(self, real):
+        self.real, self.read, self.gate, self.slow = real, asyncio.Event(), asyncio.Event(), True
+
+    @property
+    def dialect(self):
+        return self.real.dialect
+
+    def execution_options(self, **kw):
+        return self.real.execution_options(**kw)
+
+    def begin(self):
+        return self.real.begin()
+
+    def connect(self):
+        if self.slow:
+            self.slow = False
+            return _Conn(self.real.connect(), self.read, self.gate)
+        return self.real.connect()
+
+
+async def test_a_token_disabled_here_is_refused_at_once_even_with_a_lookup_in_flight(engine):
+    """A lookup that read the token's row before the disable committed does not cache its stale grant: the
+    disabling process refuses the token at once (docs/api.md), the request in flight aside."""
+    from trustkit.clock import utcnow
+
+    slow = SlowReads(engine)
+    store = TokenStore(slow, cache_seconds=5.0)
+    token_id, secret = await store.create(scope="admin", name="stolen", now=utcnow())
+    in_flight = asyncio.create_task(store.identify(secret))   # a request authenticating with the token
+    await slow.read.wait()
+    assert await store.disable(token_id, now=utcnow())        # the admin disables it, in this process
+    slow.gate.set()
+    await in_flight                                           # the request in flight may finish; but then:
+    assert await store.identify(secret) is None, "the disabled token is accepted again by the disabling process"
+    await store.close()
