@@ -264,6 +264,10 @@ class Publisher:
         assert served is not None
         now = utc_seconds(self._clock())
         number, this_update = await self._store.allocate(now, floor=max(self._floor, served.number))
+        if number != served.number + 1:
+            # another number was taken since the CRL served here (another process's re-sign, which may list a
+            # change this one's look missed): the served CRL is no base to patch, the whole source is read
+            return await self._publish_locked(None, False, allocated=(number, this_update))
         this_update = utc_seconds(this_update)
         next_update = this_update + self.settings.validity
         rows = [tuple(e) for e in await listed(serials, now) if e[0] in serials]
@@ -273,8 +277,8 @@ class Publisher:
         return await self._record(published, rows, served, started, fingerprint=None,
                                   reused=published.entries - len(rows))
 
-    async def _publish_locked(self, progress: "Progress | None" = None, only_if_changed: bool = False
-                              ) -> PublishedCrl:
+    async def _publish_locked(self, progress: "Progress | None" = None, only_if_changed: bool = False, *,
+                              allocated: "tuple[int, datetime] | None" = None) -> PublishedCrl:
         report(progress, "read", 0, 1)
         started = time.monotonic()
         served = self._current
@@ -282,7 +286,7 @@ class Publisher:
         previous = self._current.number if self._current else None
         # the number is taken before the source is read: a CRL that loses to a higher number never hides a
         # change, because the higher number was allocated later and its source read saw at least as much
-        number, this_update = await self._store.allocate(now, floor=max(self._floor, previous or 0))
+        number, this_update = allocated or await self._store.allocate(now, floor=max(self._floor, previous or 0))
         this_update = utc_seconds(this_update)
         next_update = this_update + self.settings.validity
         rows = await self.source(now)

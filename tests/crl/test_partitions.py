@@ -278,3 +278,40 @@ async def test_a_crl_adopted_from_another_process_or_a_failed_resign_means_a_ful
         assert set(listing(b.publishers[0].current.der)) == {0x100, 0x104, 0x108, 0x10C, 0x110}
     finally:
         await other_engine.dispose()
+
+
+async def test_a_patch_is_not_built_on_a_crl_another_process_has_overtaken(engine, db_url, issuer, signer, clock):
+    """Process A's look finds Y changed; X changes just after it, and process B re-signs the partition (a full
+    read: X and Y) as #2. A's re-sign, #3, must list X too: built as a patch of A's #1 with Y only, it would be
+    recorded over #2 without X, and nothing would look at X again until the schedule's re-sign."""
+    X, Y = 0x408, 0x404  # both in partition 0 of 4
+    src = PartitionedSource()
+    other_engine = create_engine(db_url)
+    try:
+        a = make_set(engine, issuer, signer, src, clock, listed=src.listed)
+        b = make_set(other_engine, issuer, signer, src, clock, listed=src.listed)
+        await a.publish_due()
+        await b.poll()
+        clock.advance(5)
+        src.revoke(Y, clock.now)
+
+        a_changed = a._changed
+
+        async def a_look(since):
+            found = await a_changed(since)  # A's look: Y only
+            # just after A's look, X is revoked and B's schedule re-signs partition 0 (a full read: X and Y)
+            clock.advance(1)
+            src.revoke(X, clock.now)
+            await b.publishers[0].publish_now()
+            assert serials(b.publishers[0].current.der) == {X, Y}
+            return found
+
+        a._changed = a_look
+        await a.publish_changed()
+        await a.poll()
+        await b.poll()
+        stored = await CrlStateStore(engine, "default/0").load()
+        assert stored.number == 3 and serials(stored.der) == {X, Y}
+        assert X in serials(b.publishers[0].current.der)
+    finally:
+        await other_engine.dispose()
