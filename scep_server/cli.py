@@ -434,7 +434,7 @@ def profile_set_template(ctx: Context, name: str, template_json: str) -> None:
         async with ctx.runtime() as rt:
             current = await rt.profiles.get(name)
             settings = current.settings.model_copy(update={"template": template})
-            return await rt.profiles.update(name, settings=settings, now=utcnow())
+            return await rt.profiles.update(name, settings=settings, now=utcnow(), actor=cli_actor())
 
     try:
         p = run(go())

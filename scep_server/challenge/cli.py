@@ -127,7 +127,7 @@ def challenge_configure(ctx: Context, profile: str, **opts: Any) -> None:
                 raise click.ClickException(f"profile {profile!r} uses a static challenge; nothing to configure")
             validate_for(p.challenge_kind, current)
             settings = p.settings.model_copy(update={"challenge": current})
-            await rt.profiles.update(profile, settings=settings, now=utcnow())
+            await rt.profiles.update(profile, settings=settings, now=utcnow(), actor=cli_actor())
             return shown
 
     try:

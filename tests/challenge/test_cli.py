@@ -52,3 +52,12 @@ def test_delegated_profile_configuration(cli, tmp_path):
     ch = json.loads(cli("profile", "show", "hook"))["settings"]["challenge"]
     assert ch["webhook"]["require_success_ack"] is True and ch["webhook"]["url"] == "https://hooks.example/scep"
     assert "do not apply to a delegated" in cli("challenge", "configure", "hook", "--username", "u", code=2)
+
+
+def test_the_challenge_and_template_commands_are_audit_events(cli):
+    cli("profile", "add", "jamf", "--challenge", "dynamic")
+    cli("challenge", "configure", "jamf", "--username", "jamf-api")
+    cli("profile", "set-template", "jamf", '{"validity_days": 30}')
+    events = json.loads(cli("audit", "list", "--format", "json", "--subject", "jamf", "--kind", "pki.profile.*"))
+    kinds = [(e["kind"], e["actor"].startswith("cli:")) for e in events]
+    assert kinds.count(("pki.profile.update", True)) == 2, kinds
