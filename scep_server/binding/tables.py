@@ -126,4 +126,6 @@ mdm_devices = sa.Table(
     sa.Column("last_seen_at", TS),
     sa.Column("missing_since", TS),
     sa.Column("updated_at", TS, nullable=False),
+    # the time the MDM gave its latest webhook event about the device: an older one delivered later is not applied
+    sa.Column("last_event_at", TS),
 )

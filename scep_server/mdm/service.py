@@ -205,11 +205,13 @@ class MdmService:
                 report.changes.append(change)
 
     async def _track(self, name: str, tracking: dict[str, tuple[Tracked, str | None]], before: dict[str, Tracked],
-                     untrack: list[str], now: datetime) -> None:
+                     untrack: list[str], now: datetime, event_at: datetime | None = None) -> None:
         async with writer(self.engine).begin() as conn:
             for device_id, (t, mdm_id) in tracking.items():
                 seen = now if t.state is not MdmState.MISSING else None
                 values = {"state": t.state.value, "missing_since": t.missing_since, "updated_at": now}
+                if event_at is not None:
+                    values["last_event_at"] = event_at
                 if mdm_id:
                     values["mdm_id"] = mdm_id
                 if seen is not None:
@@ -313,8 +315,17 @@ class MdmService:
             raise MdmSourceNotFound("unknown source or wrong secret")
         return {"kind": row.kind, **json.loads(row.config)}
 
-    async def event(self, name: str, record: Record) -> Change | None:
-        """One device event of the MDM (a webhook): the change it asks for, applied, and remembered."""
+    async def superseded(self, name: str, device_id: str, at: datetime) -> bool:
+        """Whether the MDM gave a later time to an event about this device that was applied already (an older
+        event delivered late, or posted again)."""
+        async with self.engine.connect() as conn:
+            last = (await conn.execute(sa.select(mdm_devices.c.last_event_at).where(
+                mdm_devices.c.source == name, mdm_devices.c.device_id == device_id))).scalar()
+        return last is not None and at < aware(last)
+
+    async def event(self, name: str, record: Record, *, at: datetime | None = None) -> Change | None:
+        """One device event of the MDM (a webhook): the change it asks for, applied, and remembered (with the
+        time the MDM gave it, `at`, when it gave one)."""
         ours = (await self._ours([record.device_id])).get(record.device_id)
         if ours is None:
             return None
@@ -323,7 +334,8 @@ class MdmService:
         if change is not None:
             await self._apply(name, [change], report)
         before = await self._tracked_one(name, record.device_id)
-        await self._track(name, {record.device_id: (Tracked(record.state), record.mdm_id)}, before, [], self.clock())
+        await self._track(name, {record.device_id: (Tracked(record.state), record.mdm_id)}, before, [], self.clock(),
+                          event_at=at)
         return report.changes[0] if report.changes else None
 
     async def _tracked_one(self, name: str, device_id: str) -> dict[str, Tracked]:

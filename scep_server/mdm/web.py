@@ -13,6 +13,8 @@ events are acknowledged and ignored (202), as is an event for a device this serv
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from aiohttp import web
 
 from trustkit.http import read_json_object
@@ -44,6 +46,13 @@ def _field(event: dict, key: str) -> str | None:
     return value if isinstance(value, str) and 0 < len(value) <= 255 else None
 
 
+def _event_time(value: object) -> datetime | None:
+    """Jamf's `webhook.eventTimestamp` (milliseconds since the epoch) as a time, or None."""
+    if type(value) is not int or not 0 < value < 253402300800000:  # before the year 10000
+        return None
+    return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+
+
 async def jamf_webhook(request: web.Request) -> web.Response:
     name = request.match_info["source"]
     svc = _service(request)
@@ -71,7 +80,10 @@ async def jamf_webhook(request: web.Request) -> web.Response:
     if key is None:
         raise BadRequest("the event names no device (udid / serialNumber)")
     mdm_id = event.get("jssID", event.get("id", ""))
-    change = await svc.event(name, Record(device_id=key, mdm_id=str(mdm_id)[:255], state=state))
+    at = _event_time(hook.get("eventTimestamp"))
+    if at is not None and await svc.superseded(name, key, at):
+        return web.json_response({"accepted": False, "reason": "older than an event already applied"}, status=202)
+    change = await svc.event(name, Record(device_id=key, mdm_id=str(mdm_id)[:255], state=state), at=at)
     return web.json_response({"accepted": True, "device_id": key, "event": kind,
                               "change": change.to_json() if change else None})
 

@@ -248,6 +248,30 @@ async def test_a_refused_client_secret_is_an_error_and_changes_nothing(aiohttp_s
         del os.environ["MDM_TEST_WRONG"]
 
 
+async def test_an_older_event_delivered_late_does_not_undo_a_newer_one(server, api, secret_env):
+    """Jamf's eventTimestamp orders the events about one device: a check-in of before the unenrolment, delivered
+    after it (or posted again), is not applied."""
+    _, secret = await server.runtime.mdm.configure("jamf", "jamf", {
+        "url": "https://jamf.example", "client_id": CLIENT_ID, "client_secret": secret_env, "id_field": "udid"},
+        actor="cli:admin")
+    await api.add_device("d1")
+    hook = f"{server.url}/hooks/jamf"
+
+    async def post(event, ts):
+        body = {"webhook": {"id": 7, "webhookEvent": event, "eventTimestamp": ts},
+                "event": {"udid": "d1", "jssID": 4}}
+        async with api.session.post(hook, json=body, headers={"X-Webhook-Secret": secret}) as r:
+            return r.status, await r.json()
+
+    status, body = await post("MobileDeviceUnEnrolled", 1764676800000)
+    assert status == 200 and body["change"]["action"] == "deactivate"
+    status, body = await post("MobileDeviceCheckIn", 1764676700000)  # older, delivered after it
+    assert status == 202 and body["accepted"] is False
+    assert (await api.get("/api/v1/devices/d1"))["status"] == "deactivated"
+    status, body = await post("MobileDeviceCheckIn", 1764676900000)  # newer: applied
+    assert status == 200 and body["change"]["action"] == "reactivate"
+
+
 async def test_two_webhook_posts_for_one_device_at_once(server, api, secret_env):
     """Jamf posts MobileDeviceEnrolled and MobileDeviceCheckIn together when a device enrols: both are answered,
     and the device is tracked once."""
