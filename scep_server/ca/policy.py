@@ -8,6 +8,7 @@ possession (the CSR's signature) and last the known-weak-key tests (ROCA fingerp
 from __future__ import annotations
 
 import functools
+import ipaddress
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -15,6 +16,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ..scep.types import Digest, FailInfo, SCEPFailure
@@ -49,6 +51,11 @@ _SUBJECT_ATTRIBUTES: dict[str, tuple[x509.ObjectIdentifier, int]] = {
     "SN": (NameOID.SURNAME, 64), "title": (NameOID.TITLE, 64),
 }
 _ATTRIBUTE_NAME = {oid: name for name, (oid, _ub) in _SUBJECT_ATTRIBUTES.items()}
+# the string types a subject attribute may have (X.520's, IA5String for emailAddress and DC): an OCTET STRING, a
+# BIT STRING or a time whose bytes merely decode as text is refused, not copied into a certificate
+_DIRECTORY_STRINGS = frozenset({_ASN1Type.UTF8String, _ASN1Type.PrintableString, _ASN1Type.T61String,
+                                _ASN1Type.UniversalString, _ASN1Type.BMPString, _ASN1Type.IA5String,
+                                _ASN1Type.NumericString, _ASN1Type.VisibleString})
 _MAX_SAN_CHARS = {"dns": 253, "email": 254, "uri": 1024, "ip": 64}
 _CSR_HASHES = {"sha224", "sha256", "sha384", "sha512", "sha3-224", "sha3-256", "sha3-384", "sha3-512"}
 _EC_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384"}
@@ -165,7 +172,7 @@ class IssuancePolicy:
                 raise PolicyViolation(f"subject attribute {label} is not allowed by the profile (allowed: "
                                       f"{', '.join(t.subject_attributes) or 'none'})")
             value = attr.value
-            if not isinstance(value, str):
+            if not isinstance(value, str) or attr._type not in _DIRECTORY_STRINGS:
                 raise PolicyViolation(f"subject attribute {name} is not a string")
             limit = _SUBJECT_ATTRIBUTES[name][1]
             if not value or len(value) > limit or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
@@ -176,6 +183,9 @@ class IssuancePolicy:
 
     def _check_san(self, kind: str, name: x509.GeneralName) -> None:
         t = self.template
+        if kind == "ip" and not isinstance(name.value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+            # 8 or 32 octets read as an address and a mask (a name constraint's form), no address (RFC 5280 4.2.1.6)
+            raise PolicyViolation(f"subject alternative name IP:{str(name.value)[:60]!r} is not one IP address")
         value = str(name.value)
         label = f"{_SAN_LABEL[kind]}:{value}"
         if len(value) > _MAX_SAN_CHARS[kind] or not value.isascii() or not value.isprintable() or " " in value:

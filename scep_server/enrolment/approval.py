@@ -61,8 +61,10 @@ class ApprovalWorkflow:
                 raise ApprovalRefused(text)
         supersede = renewal_of is not None and profile.settings.supersede_on_renewal
         try:
+            # the whole template, as it is now: key, signature algorithm, names, weak key (it may have changed)
+            vetted = await svc._run(profile.policy.check, csr, reserved_names=ca.reserved_names)
             cert = await svc._run(ca.issue, csr, profile.policy, serial=random_serial(), now=now,
-                                  ocsp=svc.ocsp_aia and profile.settings.ocsp_aia)
+                                  ocsp=svc.ocsp_aia and profile.settings.ocsp_aia, vetted=vetted)
         except PolicyViolation as exc:  # the template changed while the enrolment waited
             text = f"the profile's certificate template refuses this request: {exc}"
             await self.reject(profile_name, transaction_id, text, actor=actor, now=now, reason=text)

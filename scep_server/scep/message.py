@@ -390,7 +390,8 @@ def _parse_content(message_type: MessageType | int, plain: bytes, cipher: Conten
         try:
             csr = x509.load_der_x509_csr(plain)
             public_key = csr.public_key()
-            list(csr.attributes)  # read now: cryptography refuses a multi-valued or empty attribute (ValueError)
+            list(csr.attributes)  # read now: cryptography refuses a multi-valued or empty attribute (ValueError),
+            list(csr.extensions)  # a repeated extension or a SAN of a type it does not read (not ValueErrors)
         except Exception:  # noqa: BLE001 - ValueError, UnsupportedAlgorithm: one answer
             csr = None
         try:

@@ -1,5 +1,6 @@
-"""A CSR whose attribute cryptography cannot read (a challengePassword with two values, or with none) is one more
-CSR that does not parse: a CertRep FAILURE, never a 500, and nothing is issued."""
+"""A CSR whose attributes or extensions cryptography cannot read (a challengePassword with two values, or with none;
+an extension twice; a SAN of a name type it does not read) is one more CSR that does not parse: a CertRep FAILURE,
+never a 500, and nothing is issued."""
 from __future__ import annotations
 
 import aiohttp
@@ -39,6 +40,37 @@ async def test_a_challenge_attribute_of_two_values_or_none_is_a_failure(server, 
     values = [core.PrintableString(server.challenge()), core.PrintableString("x")][:count]
     body = build(server, key, challenge=None, message_type=message_type,
                  content=csr_with_challenge_values(key, "device", values))
+    ca = next(iter(server.runtime.cas.values()))
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{server.url}/scep/default?operation=PKIOperation", data=body) as resp:
+            assert resp.status == 200, await resp.text()
+            rep = client.parse_cert_rep(await resp.read(), key, ra_cert_der=ca.ra_cert_der)
+    assert rep.status is PKIStatus.FAILURE and not rep.certs
+
+
+def csr_with_extensions(key, cn: str, challenge: str, extensions: list[bytes]) -> bytes:
+    """A CSR signed by `key` whose extensionRequest holds `extensions` (DER Extensions) as given."""
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    name = der.seq(der.set_of([der.seq(der.oid("2.5.4.3"), der.utf8(cn))]))
+    attrs = [der.seq(der.oid(CHALLENGE_PASSWORD), der.set_of([der.utf8(challenge)])),
+             der.seq(der.oid("1.2.840.113549.1.9.14"), der.set_of([der.seq(*extensions)]))]
+    tbs = der.seq(der.integer(0), name, spki, der.tlv(0xA0, b"".join(sorted(attrs))))
+    signature = key.sign(tbs, padding.PKCS1v15(), hashes.SHA256())
+    return der.seq(tbs, SHA256_WITH_RSA, der.tlv(0x03, b"\x00" + signature))
+
+
+def _san(*general_names: bytes) -> bytes:
+    return der.seq(der.oid("2.5.29.17"), der.octet_string(der.seq(*general_names)))
+
+
+@pytest.mark.parametrize("extensions", [
+    [_san(der.tlv(0x82, b"a.example.com")), _san(der.tlv(0x82, b"b.example.com"))],  # one extension twice
+    [_san(der.tlv(0xA3, der.seq()))],  # an x400Address, a name type cryptography does not read
+], ids=["repeated extension", "x400Address"])
+async def test_extensions_cryptography_refuses_are_a_failure(server, extensions):
+    key = rsa_key()
+    body = build(server, key, challenge=None,
+                 content=csr_with_extensions(key, "device", server.challenge(), extensions))
     ca = next(iter(server.runtime.cas.values()))
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{server.url}/scep/default?operation=PKIOperation", data=body) as resp:

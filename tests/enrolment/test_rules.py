@@ -534,3 +534,71 @@ async def test_an_enrolment_cannot_take_the_key_of_another_devices_renewal(h, ke
                   txid=victim_txid, signer_der=victim.certs[0], signer_key=victim_key)
     renewed = await h.send("r", body, victim_key)
     assert renewed.status is PKIStatus.SUCCESS, renewed.fail_text
+
+
+# ---------------------------------------------------------------- CSRs built by hand (what no library would make)
+
+def _signed_csr(key, name_der: bytes, challenge: str, extensions: list[bytes] = ()) -> bytes:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    from trustkit import der
+
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    attrs = [der.seq(der.oid("1.2.840.113549.1.9.7"), der.set_of([der.utf8(challenge)]))]
+    if extensions:
+        attrs.append(der.seq(der.oid("1.2.840.113549.1.9.14"), der.set_of([der.seq(*extensions)])))
+    tbs = der.seq(der.integer(0), name_der, spki, der.tlv(0xA0, b"".join(sorted(attrs))))
+    signature = key.sign(tbs, padding.PKCS1v15(), hashes.SHA256())
+    return der.seq(tbs, der.seq(der.oid("1.2.840.113549.1.1.11"), b"\x05\x00"), der.tlv(0x03, b"\x00" + signature))
+
+
+def _cn(value: bytes, tag: int = 0x0C) -> bytes:
+    from trustkit import der
+
+    return der.seq(der.set_of([der.seq(der.oid("2.5.4.3"), der.tlv(tag, value))]))
+
+
+def _san(*general_names: bytes) -> bytes:
+    from trustkit import der
+
+    return der.seq(der.oid("2.5.29.17"), der.octet_string(der.seq(*general_names)))
+
+
+async def _send_csr(h, profile: str, key, csr_der: bytes):
+    body = h.body(MessageType.PKCS_REQ, key, csr_der, txid=client.transaction_id_for(key.public_key()))
+    return await h.send(profile, body, key)
+
+
+async def test_a_subject_attribute_that_is_no_string_type_is_refused(h, keys):
+    """A CN tagged OCTET STRING decodes as text, but is no X.520 string: refused, not copied into a certificate."""
+    h.profiles.add("p")
+    rep = await _send_csr(h, "p", keys[0], _signed_csr(keys[0], _cn(b"device", tag=0x04), SECRET))
+    assert refused(rep, "subject attribute CN is not a string")
+    rep = await _send_csr(h, "p", keys[0], _signed_csr(keys[0], _cn(b"device", tag=0x13), SECRET))  # PrintableString
+    assert rep.status is PKIStatus.SUCCESS, rep.fail_text
+
+
+async def test_an_ip_san_of_an_address_and_a_mask_is_refused(h, keys):
+    """8 octets (a name constraint's address and mask) read as a network whose text matches the IP pattern."""
+    from trustkit import der
+
+    h.profiles.add("p", template=CertificateTemplate(san_types=["ip"], san_patterns={"ip": r"10\.1\..*"}))
+    network = der.tlv(0x87, bytes([10, 1, 0, 0, 255, 255, 0, 0]))
+    rep = await _send_csr(h, "p", keys[0], _signed_csr(keys[0], _cn(b"device"), SECRET, [_san(network)]))
+    assert refused(rep, "is not one IP address")
+    address = der.tlv(0x87, bytes([10, 1, 2, 3]))
+    rep = await _send_csr(h, "p", keys[1], _signed_csr(keys[1], _cn(b"device"), SECRET, [_san(address)]))
+    assert rep.status is PKIStatus.SUCCESS, rep.fail_text
+
+
+async def test_an_approval_applies_the_key_rules_the_template_has_then(h):
+    from scep_server.enrolment.model import ApprovalRefused
+
+    key = rsa_key(2048)
+    h.profiles.add("manual", require_approval=True, template=CertificateTemplate(min_rsa_bits=2048))
+    assert (await h.enrol("manual", key)).status is PKIStatus.PENDING
+    h.profiles.add("manual", require_approval=True, template=CertificateTemplate(min_rsa_bits=3072))
+    with pytest.raises(ApprovalRefused, match="3072"):
+        await h.service.decide("manual", client.transaction_id_for(key.public_key()), approve=True, actor="admin")
+    assert h.repo.certificates == {}
