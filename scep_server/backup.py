@@ -255,6 +255,7 @@ async def create_backup(settings: Settings, directory: Path, *, now: datetime, f
     from cryptography.hazmat.primitives import hashes
 
     from .ca.keys import FileKey, load_or_create_passphrase
+    from .ca.rollover import ACTIVE_FILE
 
     directory = Path(directory)
     url = settings.database_url()
@@ -304,13 +305,19 @@ async def create_backup(settings: Settings, directory: Path, *, now: datetime, f
             add(DATABASE_FILE)
             database = {"kind": "sqlite", "file": DATABASE_FILE}
             notes.append(f"database: {DATABASE_FILE} ({files[DATABASE_FILE]['bytes']} bytes)")
-        # 2. the CA directory
-        for src in sorted(ca_dir.iterdir()):
-            if src.is_file() and src.name not in _SKIPPED_CA_FILES and not src.name.startswith("."):
-                rel = f"ca/{settings.ca.name}/{src.name}"
-                _private_copy(src, directory / rel)
-                add(rel)
-        notes.append(f"CA directory: ca/{settings.ca.name}/")
+        # 2. the CA directory, and those of the CAs a rollover made (and `ca/active`, which of them issues)
+        others = sorted(p for p in ca_dir.parent.iterdir()
+                        if p.is_dir() and p != ca_dir and not p.name.startswith(".") and (p / "ca.crt").is_file())
+        for one in [ca_dir, *others]:
+            for src in sorted(one.iterdir()):
+                if src.is_file() and src.name not in _SKIPPED_CA_FILES and not src.name.startswith("."):
+                    rel = f"ca/{settings.ca.name if one == ca_dir else one.name}/{src.name}"
+                    _private_copy(src, directory / rel)
+                    add(rel)
+        notes.append(f"CA directory: ca/{settings.ca.name}/" + "".join(f", ca/{p.name}/" for p in others))
+        if (ca_dir.parent / ACTIVE_FILE).is_file():
+            _private_copy(ca_dir.parent / ACTIVE_FILE, directory / "ca" / ACTIVE_FILE)
+            add(f"ca/{ACTIVE_FILE}")
         for name in EXTRA_FILES:
             if (settings.data_dir / name).is_file():
                 _private_copy(settings.data_dir / name, directory / name)
@@ -540,6 +547,8 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
                 continue
             if rel.startswith(ca_rel + "/"):
                 _private_copy(source / rel, staging / "ca" / ca_name / rel[len(ca_rel) + 1:])
+            elif rel.startswith("ca/"):  # a CA a rollover made, `ca/active`
+                _private_copy(_inside(source, rel), staging / rel)
             elif rel in EXTRA_FILES:
                 _private_copy(source / rel, staging / rel)
         if pp.get("file"):
