@@ -25,6 +25,7 @@ import structlog
 from cryptography.hazmat.primitives import hashes
 
 from crl.build import Issuer
+from crl.parse import locate_entries, parse_crl
 from crl.partitions import PartitionSet
 from crl.publish import PublishedCrl, Publisher, PublishError
 from crl.signing import CrlSigner, algorithm_for_public_key
@@ -36,7 +37,7 @@ from ..ca import inventory
 from ..ca.authority import CertificateAuthority, cdp_url, partition_cdp_url
 from ..ca.tbs import digest_for
 from ..store.events import STATUS_EVENTS, announce
-from ..store.tables import events
+from ..store.tables import certificates, events
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -46,6 +47,9 @@ log = structlog.get_logger("crl.service")
 # seconds past the coalescing delay before an instance signs a change it did not make and nobody published,
 # and the most each instance adds to that at random
 STEP_IN_MARGIN = 0.4
+# a status change's time is taken in its transaction, before it commits: a CRL begun this soon after it may have
+# read its entries before the commit (the safety net then looks at the CRL itself)
+COMMIT_SLACK = timedelta(seconds=60)
 STEP_IN_SPREAD = 0.3
 
 
@@ -126,6 +130,7 @@ class CrlService:
                 on_recorded=self._announce_recorded)
         # CA name -> CRL Number served when a change was announced here (None: no CRL yet)
         self._pending: dict[str, int | None] = {}
+        self._shown: dict[tuple[str, int, datetime], bool] = {}  # (ca, CRL number, change): whether it shows it
         self._marker_seen: datetime | None = None
         # when the safety net should look again because another process announced a change (monotonic time)
         self.check_due: float | None = None
@@ -253,6 +258,39 @@ class CrlService:
         found = [aware(v) for v in row if v is not None]
         return max(found) if found else None
 
+    async def _shows(self, ca: str, crl: PublishedCrl, marker: datetime) -> bool:
+        """Whether `crl` is known to hold the status change recorded at `marker`.
+
+        A CRL begun at least COMMIT_SLACK after the change does. One begun sooner may have read its entries
+        before the change committed (its time is taken before its UPDATE, which may wait on a lock; PostgreSQL
+        does not make the CRL's read wait for it): then the CRL must list the certificate as it is now."""
+        if marker >= crl.this_update:
+            return False
+        if crl.this_update - marker >= COMMIT_SLACK:
+            return True
+        key = (ca, crl.number, marker)
+        known = self._shown.get(key)
+        if known is None:
+            known = await self._lists_as_now(ca, crl, marker)
+            if len(self._shown) > 64:
+                self._shown.clear()
+            self._shown[key] = known
+        return known
+
+    async def _lists_as_now(self, ca: str, crl: PublishedCrl, marker: datetime) -> bool:
+        c, cert = events.c, certificates.c
+        async with self.runtime.engine.connect() as conn:
+            serials = (await conn.execute(sa.select(c.subject).where(c.kind.in_(STATUS_EVENTS), c.at == marker)
+                                          .limit(16))).scalars().all()
+            rows = (await conn.execute(sa.select(cert.serial, cert.status).where(
+                cert.serial.in_(list(serials)), cert.ca == ca))).all() if serials else []
+        if not rows:
+            return True  # not a certificate of this CA
+        base = parse_crl(crl.der)
+        numbers = {int(r.serial, 16): r.status for r in rows}
+        listed = locate_entries(crl.der, base.entries_start, base.entries_end, numbers)
+        return all((n in listed) == (status != "valid") for n, status in numbers.items())
+
     async def _actor_of(self, marker: datetime) -> str | None:
         """Who made the status change recorded at `marker` (the newest one)."""
         c = events.c
@@ -282,7 +320,7 @@ class CrlService:
         from_command_line: bool | None = None  # read once, when a CA's CRL is older than the change
         for ca, pub in self.publishers.items():
             cur = pub.current
-            if cur is None or marker < cur.this_update:
+            if cur is None or await self._shows(ca, cur, marker):
                 continue
             if from_command_line is None:
                 from_command_line = is_command_line(await self._actor_of(marker))
@@ -292,7 +330,7 @@ class CrlService:
                 continue
             if ca in self._pending:
                 continue  # already announced here, the publisher is on it
-            if await pub.refresh_from_store() and marker < pub.current.this_update:
+            if await pub.refresh_from_store() and await self._shows(ca, pub.current, marker):
                 continue  # another instance has recorded a CRL with the change: adopted, not signed again
             woken.append(ca)
             if from_command_line:
