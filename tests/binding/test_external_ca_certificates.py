@@ -77,16 +77,22 @@ def acme_crl(ca, entries, number):
                      entries=[(s, NOW - timedelta(hours=1), 1, None) for s in entries])
 
 
-async def test_a_ca_registered_again_with_a_new_key_keeps_none_of_the_old_keys_crls(server, clock):
-    """A customer CA removed and registered again under its name with a new key (after a compromise): the old
-    key's CRL no longer answers for it, and the new CA's first CRL is taken (not refused as a rollback)."""
+async def acme_registered(server, clock, *, first_crl_number: int):
+    """Customer CA "acme" registered with its old key and that key's CRL installed; the new key's CA, not yet."""
     clock.now = NOW + timedelta(minutes=5)
     old = make_ca("Acme Device CA", kind="ec", slot=6, cdp="http://127.0.0.1:9/root.crl")
     new = make_ca("Acme Device CA", kind="ec", slot=7, cdp="http://127.0.0.1:9/root.crl")
     ext = server.runtime.binding.external
     await ext.add("acme", old.cert, policy=Policy.FAIL_CLOSED, actor="test", now=clock())
     await ext.reload()
-    assert (await ext.checker.install("acme", ACME_URL, acme_crl(old, [], 50))).ok
+    assert (await ext.checker.install("acme", ACME_URL, acme_crl(old, [], first_crl_number))).ok
+    return ext, old, new
+
+
+async def test_a_ca_registered_again_with_a_new_key_keeps_none_of_the_old_keys_crls(server, clock):
+    """A customer CA removed and registered again under its name with a new key (after a compromise): the old
+    key's CRL no longer answers for it, and the new CA's first CRL is taken (not refused as a rollback)."""
+    ext, old, new = await acme_registered(server, clock, first_crl_number=50)
 
     # another process (the command line) replaces the registration: this process sees both at its next reload
     await ext.remove("acme", actor="cli", now=clock())
@@ -111,13 +117,7 @@ async def attest(api, device, cert):
 async def test_a_certificate_of_a_replaced_ca_key_no_longer_attests(server, api, clock):
     """A device certificate that attested under a customer CA is judged again once that CA is removed and its name
     given to a new key: signed by the retired key, it is issued by no registered CA."""
-    clock.now = NOW + timedelta(minutes=5)
-    old = make_ca("Acme Device CA", kind="ec", slot=6, cdp="http://127.0.0.1:9/root.crl")
-    new = make_ca("Acme Device CA", kind="ec", slot=7, cdp="http://127.0.0.1:9/root.crl")
-    ext = server.runtime.binding.external
-    await ext.add("acme", old.cert, policy=Policy.FAIL_CLOSED, actor="test", now=clock())
-    await ext.reload()
-    assert (await ext.checker.install("acme", ACME_URL, acme_crl(old, [], 1))).ok
+    ext, old, new = await acme_registered(server, clock, first_crl_number=1)
     old_cert = issue(old, 0x4242, cdp=ACME_URL)
     await api.add_device("dev-1")
     assert (await attest(api, "dev-1", old_cert))["managed"] is True
