@@ -43,7 +43,11 @@ async def errors(request: web.Request, handler):
 
 
 def check_url_text(request: web.Request) -> None:
-    """Raise BadRequest for a path or query parameter that holds text no store can hold."""
+    """Raise BadRequest for a path or query parameter that holds text no store can hold. Only a URL with a `%00`
+    can: the HTTP parser refuses control characters and bytes beyond ASCII written as they are, and yarl leaves a
+    %-escape that is no UTF-8 as it is. Other URLs are not decoded again here."""
+    if "%00" not in request.raw_path:
+        return
     for where, items in (("path", request.match_info.items()), ("query", request.query.items())):
         for name, value in items:
             why = unstorable(name) or unstorable(value)

@@ -120,7 +120,8 @@ async def test_postgresql(armed):  # noqa: F811
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 async def test_a_nul_in_any_path_or_query_parameter_is_a_400(armed):  # noqa: F811
     """Every route of the router, with the right credential: each path parameter in turn, then an extra query
-    parameter, holding `%00`; answered 400 before any handler looks it up."""
+    parameter, holding `%00` (answered 400 before any handler looks it up) or an escape that is no UTF-8 (left as
+    it is by yarl: never a 500)."""
     creds = armed.credentials()
     wrong, tried = [], 0
     async with armed.session() as session:
@@ -130,15 +131,17 @@ async def test_a_nul_in_any_path_or_query_parameter_is_a_400(armed):  # noqa: F8
             need = required(canonical)
             headers = dict(creds[RIGHT[need]]) if need != "public" else {}
             names = re.findall(r"\{(\w+)\}", canonical)
-            variants = [re.sub(r"\{%s\}" % name, "%00", canonical) for name in names]
-            variants.append(canonical + ("&" if "?" in canonical else "?") + "x=%00")
-            for variant in variants:
+            sep = "&" if "?" in canonical else "?"
+            variants = [(re.sub(r"\{%s\}" % name, "%00", canonical), True) for name in names]
+            variants += [(re.sub(r"\{%s\}" % name, "a%FFb", canonical), False) for name in names]
+            variants += [(canonical + sep + "x=%00", True), (canonical + sep + "x=%ED%A0%80", False)]
+            for variant, nul in variants:  # yarl leaves a %-escape that is no UTF-8 as it is: no 400 needed there
                 body, ctype = body_for(armed, method, canonical)
                 path = armed.route_path(variant)
                 async with session.request(method, armed.raw_url(path), headers={**headers, **ctype}, data=body,
                                            allow_redirects=False) as resp:
                     tried += 1
-                    if resp.status != 400:
+                    if (resp.status != 400) if nul else (resp.status >= 500):
                         wrong.append(f"{method} {path} -> {resp.status} {(await resp.read())[:120]!r}")
     assert tried > 60
     assert not wrong, "\n".join(wrong)
