@@ -3,10 +3,11 @@
 Handlers raise; they do not build error responses. A :class:`~trustkit.problems.DomainError` becomes its
 problem document (RFC 9457, problem+json), an unavailable database a 503 problem with
 ``Retry-After`` on every path, a body that cannot be read a 400, anything else a 500 whose cause goes to
-the log and never to the client. A path or query parameter that no store can hold (a NUL, an unpaired
-surrogate: what ``%00`` or bytes that are not UTF-8 decode to) is a 400 on every route, before any handler
-looks it up (:func:`check_url_text`; a sub-application, the console, calls it itself to answer in its pages). Protocol routes marked with :func:`trustkit.http.text_errors` (SCEP,
-the validation protocol) answer the 400 and the 500 in plain text, as their own errors are.
+the log and never to the client. A path or query parameter that no store can hold (a NUL, what ``%00``
+decodes to) is a 400 on every route, before any handler looks it up (:func:`check_url_text`; a
+sub-application, the console, calls it itself to answer in its pages). Protocol routes marked with
+:func:`trustkit.http.text_errors` (SCEP, the validation protocol) answer the 400 and the 500 in plain text,
+as their own errors are.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ log = structlog.get_logger("http")
 @web.middleware
 async def errors(request: web.Request, handler):
     try:
-        if len(request.match_info.apps) <= 1:
+        if "%00" in request.raw_path and len(request.match_info.apps) <= 1:
             check_url_text(request)
         return await handler(request)
     except web.HTTPException:
