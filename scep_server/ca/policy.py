@@ -51,6 +51,16 @@ _SUBJECT_ATTRIBUTES: dict[str, tuple[x509.ObjectIdentifier, int]] = {
     "SN": (NameOID.SURNAME, 64), "title": (NameOID.TITLE, 64),
 }
 _ATTRIBUTE_NAME = {oid: name for name, (oid, _ub) in _SUBJECT_ATTRIBUTES.items()}
+
+
+def _unprintable(ch: str) -> bool:
+    """A control character (C0, DEL, C1) or a bidirectional formatting one: in a name a console or a log shows,
+    it hides or reorders what follows (`device\u202egpj.exe`)."""
+    code = ord(ch)
+    return code < 0x20 or 0x7F <= code <= 0x9F or code in _BIDI_CONTROLS
+
+
+_BIDI_CONTROLS = frozenset([0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)])
 # the string types a subject attribute may have (X.520's, IA5String for emailAddress and DC): an OCTET STRING, a
 # BIT STRING or a time whose bytes merely decode as text is refused, not copied into a certificate
 _DIRECTORY_STRINGS = frozenset({_ASN1Type.UTF8String, _ASN1Type.PrintableString, _ASN1Type.T61String,
@@ -175,7 +185,7 @@ class IssuancePolicy:
             if not isinstance(value, str) or attr._type not in _DIRECTORY_STRINGS:
                 raise PolicyViolation(f"subject attribute {name} is not a string")
             limit = _SUBJECT_ATTRIBUTES[name][1]
-            if not value or len(value) > limit or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+            if not value or len(value) > limit or any(_unprintable(ch) for ch in value):
                 raise PolicyViolation(f"subject attribute {name} must be 1 to {limit} printable characters")
             pattern = t.subject_patterns.get(name)
             if pattern is not None and not _compile(pattern).fullmatch(value):

@@ -602,3 +602,10 @@ async def test_an_approval_applies_the_key_rules_the_template_has_then(h):
     with pytest.raises(ApprovalRefused, match="3072"):
         await h.service.decide("manual", client.transaction_id_for(key.public_key()), approve=True, actor="admin")
     assert h.repo.certificates == {}
+
+
+@pytest.mark.parametrize("cn", ["laptop\u202egpj.exe", "laptop\u0085", "lap\u2066top\u2069", "laptop\x7f"])
+async def test_a_subject_with_control_or_bidi_characters_is_refused(h, keys, cn):
+    """A C1 control or a bidirectional override in a CN would hide or reorder what the console and the logs show."""
+    h.profiles.add("p")
+    assert refused(await h.enrol("p", keys[0], cn=cn), "printable characters")
