@@ -58,10 +58,7 @@ def run(name: str, n: int, bases: list[bytes], fn, rng: random.Random) -> bool:
         if spent > worst:
             worst, worst_len = spent, len(data)
     wall = time.perf_counter() - started
-    # Process CPU time also counts whatever else the process did meanwhile (the in-process server's background
-    # jobs, the garbage collector): an input over the budget is timed three more times, and counts only if it
-    # is over the budget every time.
-    confirmed = [d for d in suspects if min(_cpu(fn, d) for _ in range(3)) > harness.CPU_BUDGET]
+    confirmed = [d for d in suspects if harness.retimed(fn, d) > harness.CPU_BUDGET]
     label = "5xx" if name == "http" else "unexpected exceptions"
     print(f"{name:6} {n:>8,} inputs, {unexpected} {label}, {len(confirmed)} over 50 ms"
           + (f" ({over} at first, not on re-timing)" if over and not confirmed else "")
@@ -69,11 +66,6 @@ def run(name: str, n: int, bases: list[bytes], fn, rng: random.Random) -> bool:
           f"mean {total / max(n - over_cap, 1) * 1000:.3f} ms, {wall:.0f} s"
           + (f" ({over_cap:,} over the 64 KiB cap: HTTP 413, not counted)" if over_cap else ""))
     return unexpected == 0 and not confirmed and over <= len(suspects)
-
-
-def _cpu(fn, data: bytes) -> float:
-    spent = fn(data)
-    return spent[1] if isinstance(spent, tuple) else spent
 
 
 def main() -> int:

@@ -22,6 +22,19 @@ class Unexpected(AssertionError):
     """An input ended in something other than the codec's own error (or an HTTP 5xx)."""
 
 
+def retimed(fn, data: bytes, tries: int = 3) -> float:
+    """The least CPU time of ``tries`` more runs of ``fn`` on one input.
+
+    Process CPU time also counts whatever else the process did meanwhile (the in-process server's background
+    jobs, the garbage collector). The cost of parsing one input is the same every time, so an input over the
+    budget is timed again, and is over the budget only if it is every time.
+    """
+    def cpu() -> float:
+        spent = fn(data)
+        return spent[1] if isinstance(spent, tuple) else spent
+    return min(cpu() for _ in range(tries))
+
+
 def codec(data: bytes) -> float:
     """Parse and verify one pkiMessage; thread CPU seconds. Raises Unexpected for a foreign exception."""
     t = time.thread_time()
@@ -65,6 +78,7 @@ class Server:
         from aiohttp import web
 
         from scep_server.app import create_app
+        from scep_server.appkeys import RUNTIME
         from scep_server.runtime import initialise
         from tests.factories import settings_for
         from tests.openapi_check import attach as check_against_openapi
@@ -80,6 +94,10 @@ class Server:
             self._runner = web.AppRunner(check_against_openapi(create_app(settings)))
             await self._runner.setup()
             await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+            runtime = self._runner.app[RUNTIME]
+            if runtime.crl is not None:  # the first CRLs are signed in the background: not during a timed input
+                for publisher in runtime.crl.publishers.values():
+                    await publisher.wait_newer(None, timeout=120)
 
         def run():
             asyncio.set_event_loop(self._loop)
