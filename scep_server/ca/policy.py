@@ -83,6 +83,11 @@ def check_message_digest(msg) -> None:
                           f"{', '.join(MESSAGE_DIGEST_CAPS)} (GetCACaps)", msg)
 
 
+def _is_host_name(value: str) -> bool:
+    labels = value.rstrip(".").split(".")
+    return bool(value) and all(_DNS_LABEL.fullmatch(label) for label in labels)
+
+
 @functools.lru_cache(maxsize=64)  # the CA's and RA's names, asked for every request
 def _reserved_key(name: x509.Name) -> tuple:
     return _name_key(name)
@@ -190,6 +195,36 @@ class IssuancePolicy:
             pattern = t.subject_patterns.get(name)
             if pattern is not None and not _compile(pattern).fullmatch(value):
                 raise PolicyViolation(f"subject {name}={value!r} does not match the profile's pattern {pattern!r}")
+            if name in ("CN", "emailAddress"):
+                self._check_subject_name(name, value)
+        components = [a.value for a in subject if a.oid == NameOID.DOMAIN_COMPONENT]
+        if components and t.dns_suffixes:
+            domain = ".".join(reversed(components))
+            self._within_dns_suffixes(f"subject DC {domain!r}", domain)
+
+    def _check_subject_name(self, name: str, value: str) -> None:
+        """A CN or emailAddress that names a host or a mailbox is held to the rules of a SAN of its kind: a relying
+        party that maps a certificate by its subject (a VPN or RADIUS server by CN, a client by emailAddress)
+        reads it as one. An emailAddress is an e-mail address; a CN with an `@` is read as one, a CN of dotted
+        host-name labels as a host name; other CNs (`laptop-42`, `Jane Doe`) are names only."""
+        t = self.template
+        local, at, domain = value.rpartition("@")
+        if name == "emailAddress" or at:
+            if not local or not _is_host_name(domain):
+                if name == "emailAddress":
+                    raise PolicyViolation(f"subject emailAddress={value!r} is not an e-mail address")
+                return
+            if t.email_domains and _normalise_domain(domain) not in t.email_domains:
+                raise PolicyViolation(f"subject {name}={value!r} is outside the profile's e-mail domains "
+                                      f"({', '.join(t.email_domains)})")
+        elif t.dns_suffixes and "." in value.rstrip(".") and _is_host_name(value):
+            self._within_dns_suffixes(f"subject {name}={value!r}", value)
+
+    def _within_dns_suffixes(self, what: str, host: str) -> None:
+        suffixes = self.template.dns_suffixes
+        host = _normalise_domain(host)
+        if not any(host == s or host.endswith("." + s) for s in suffixes):
+            raise PolicyViolation(f"{what} is outside the profile's DNS suffixes ({', '.join(suffixes)})")
 
     def _check_san(self, kind: str, name: x509.GeneralName) -> None:
         t = self.template
@@ -205,10 +240,7 @@ class IssuancePolicy:
             if not all(_DNS_LABEL.fullmatch(part) for part in labels):
                 raise PolicyViolation(f"subject alternative name {label!r} is not a host name (no wildcards)")
             if t.dns_suffixes:
-                host = _normalise_domain(value)
-                if not any(host == s or host.endswith("." + s) for s in t.dns_suffixes):
-                    raise PolicyViolation(f"subject alternative name {label!r} is outside the profile's DNS "
-                                          f"suffixes ({', '.join(t.dns_suffixes)})")
+                self._within_dns_suffixes(f"subject alternative name {label!r}", value)
         elif kind == "email":
             local, at, domain = value.rpartition("@")
             if not at or not local or not domain or "@" in local:

@@ -609,3 +609,45 @@ async def test_a_subject_with_control_or_bidi_characters_is_refused(h, keys, cn)
     """A C1 control or a bidirectional override in a CN would hide or reorder what the console and the logs show."""
     h.profiles.add("p")
     assert refused(await h.enrol("p", keys[0], cn=cn), "printable characters")
+
+
+async def test_a_cn_naming_a_host_or_a_mailbox_is_held_to_the_san_domain_rules(h, keys):
+    """A relying party that maps a certificate by its CN (a VPN or RADIUS server by host name, a service by
+    e-mail address) reads it as the SAN it looks like: a profile limited to its own domains does not vouch for
+    another's in the CN."""
+    h.profiles.add("p", template=CertificateTemplate(dns_suffixes=["devices.example.com"],
+                                                     email_domains=["example.com"]))
+    for cn, text in (("vpn.example.org", "subject CN='vpn.example.org' is outside the profile's DNS suffixes"),
+                     ("admin@example.org", "subject CN='admin@example.org' is outside the profile's e-mail domains")):
+        assert refused(await h.enrol("p", keys[0], cn=cn), text)
+    for i, cn in enumerate(("laptop-42.devices.example.com", "alice@example.com", "laptop-42", "Jane Doe",
+                            "Jane Doe (laptop.2)")):
+        rep = await h.enrol("p", keys[i % len(keys)], cn=cn, txid=f"ok-{i}")
+        assert rep.status is PKIStatus.SUCCESS, (cn, rep.fail_text)
+
+
+@pytest.mark.parametrize("subject, text", [
+    ("CN=dev,CN=gw.example.org", "subject CN='gw.example.org' is outside the profile's DNS suffixes"),
+    ("emailAddress=ceo@example.org", "subject emailAddress='ceo@example.org' is outside the profile's e-mail"),
+    ("emailAddress=not-an-address", "subject emailAddress='not-an-address' is not an e-mail address"),
+    ("DC=example,DC=org,CN=dev", "subject DC 'example.org' is outside the profile's DNS suffixes"),
+])
+def test_every_subject_value_naming_a_host_or_a_mailbox_is_held_to_the_domain_rules(subject, text):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    from scep_server.ca.policy import IssuancePolicy, PolicyViolation
+
+    policy = IssuancePolicy(CertificateTemplate(subject_attributes=["CN", "emailAddress", "DC"],
+                                                dns_suffixes=["example.com"], email_domains=["example.com"]))
+    key = rsa_key()
+
+    def name(text: str) -> x509.Name:
+        return x509.Name.from_rfc4514_string(text, {"emailAddress": NameOID.EMAIL_ADDRESS})
+
+    def csr(text: str):
+        return x509.CertificateSigningRequestBuilder().subject_name(name(text)).sign(key, hashes.SHA256())
+    with pytest.raises(PolicyViolation, match=text.replace("(", r"\(")):
+        policy.subject_and_sans(csr(subject))
+    allowed = "DC=example,DC=com,CN=dev,CN=gw.example.com,emailAddress=ceo@example.com"
+    assert policy.subject_and_sans(csr(allowed))[0] == name(allowed)
