@@ -35,6 +35,7 @@ from trustkit.clock import aware
 from .. import metrics
 from ..ca import inventory
 from ..ca.authority import CertificateAuthority, cdp_url, partition_cdp_url
+from ..ca.status import LISTED
 from ..ca.tbs import digest_for
 from ..store.events import STATUS_EVENTS, announce
 from ..store.tables import certificates, events
@@ -50,6 +51,7 @@ STEP_IN_MARGIN = 0.4
 # a status change's time is taken in its transaction, before it commits: a CRL begun this soon after it may have
 # read its entries before the commit (the safety net then looks at the CRL itself)
 COMMIT_SLACK = timedelta(seconds=60)
+SHOWN_CHANGES = 1_000  # the changes of that minute looked for on a CRL, newest first
 STEP_IN_SPREAD = 0.3
 
 
@@ -259,11 +261,12 @@ class CrlService:
         return max(found) if found else None
 
     async def _shows(self, ca: str, crl: PublishedCrl, marker: datetime) -> bool:
-        """Whether `crl` is known to hold the status change recorded at `marker`.
+        """Whether `crl` is known to hold the status change recorded at `marker`, the newest.
 
         A CRL begun at least COMMIT_SLACK after the change does. One begun sooner may have read its entries
         before the change committed (its time is taken before its UPDATE, which may wait on a lock; PostgreSQL
-        does not make the CRL's read wait for it): then the CRL must list the certificate as it is now."""
+        does not make the CRL's read wait for it): then the CRL must list as they are now the certificates of
+        every change in the COMMIT_SLACK before it, not only the newest (an older one may commit last)."""
         if marker >= crl.this_update:
             return False
         if crl.this_update - marker >= COMMIT_SLACK:
@@ -278,18 +281,25 @@ class CrlService:
         return known
 
     async def _lists_as_now(self, ca: str, crl: PublishedCrl, marker: datetime) -> bool:
+        """Whether `crl` lists as they are now the certificates of the changes recorded in the COMMIT_SLACK before
+        it (the newest SHOWN_CHANGES): held or revoked and unexpired when it was begun, or else not listed."""
         c, cert = events.c, certificates.c
+        since = crl.this_update - COMMIT_SLACK
         async with self.runtime.engine.connect() as conn:
-            serials = (await conn.execute(sa.select(c.subject).where(c.kind.in_(STATUS_EVENTS), c.at == marker)
-                                          .limit(16))).scalars().all()
-            rows = (await conn.execute(sa.select(cert.serial, cert.status).where(
-                cert.serial.in_(list(serials)), cert.ca == ca))).all() if serials else []
+            serials = set((await conn.execute(
+                sa.select(c.subject).where(c.kind.in_(STATUS_EVENTS), c.at > since, c.at <= marker)
+                .order_by(c.at.desc()).limit(SHOWN_CHANGES))).scalars())
+            serials.discard(None)
+            rows = (await conn.execute(sa.select(cert.serial, cert.status, cert.not_after).where(
+                cert.serial.in_(sorted(serials)), cert.ca == ca))).all() if serials else []
         if not rows:
             return True  # not a certificate of this CA
         base = parse_crl(crl.der)
-        numbers = {int(r.serial, 16): r.status for r in rows}
-        listed = locate_entries(crl.der, base.entries_start, base.entries_end, numbers)
-        return all((n in listed) == (status != "valid") for n, status in numbers.items())
+        listed_statuses = {s.value for s in LISTED}
+        expected = {int(r.serial, 16): r.status in listed_statuses and aware(r.not_after) > crl.this_update
+                    for r in rows}
+        listed = locate_entries(crl.der, base.entries_start, base.entries_end, expected)
+        return all((n in listed) == on_crl for n, on_crl in expected.items())
 
     async def _actor_of(self, marker: datetime) -> str | None:
         """Who made the status change recorded at `marker` (the newest one)."""

@@ -15,6 +15,7 @@ from scep_server.ca.revocation import change_status
 from scep_server.ca.status import CertStatus, EventKind
 from trustkit.clock import SettableClock
 from scep_server.store.events import record_event
+from scep_server.store.tables import certificates
 from trustkit.db import writer
 from tests.server import start_app
 
@@ -139,6 +140,60 @@ async def test_a_change_committed_after_a_crl_began_is_still_signed(clocked, act
         return cert.serial_number in crl_serials(pub.current.der)
 
     await wait_for(listed, timeout=10)
+
+
+async def test_an_older_change_committed_late_is_signed_though_a_newer_one_is_on_the_crl(clocked):
+    """Two revocations a second apart: the older one's transaction commits last, after a CRL that holds the newer
+    one was begun. Its process dies without publishing: the safety net looks at every change of the minute before
+    that CRL, not only the newest, and has it signed."""
+    srv, clock = clocked
+    if srv.runtime.engine.dialect.name != "postgresql":
+        pytest.skip("on SQLite the CRL's number allocation waits for the revocation's write lock")
+    svc, pub = service(srv), publisher(srv)
+    async with aiohttp.ClientSession() as session:
+        _, late = await enrol_with_codec(session, srv.url, srv.challenge(), "late")
+        _, prompt = await enrol_with_codec(session, srv.url, srv.challenge(), "prompt")
+    await asyncio.sleep(0.3)
+    clock.advance(seconds=2)
+    async with writer(srv.runtime.engine).begin() as slow:
+        await change_status(slow, serial_hex(late.serial_number), CertStatus.REVOKED, at=clock(), actor="elsewhere",
+                            reason=Reason.KEY_COMPROMISE)
+        clock.advance(seconds=1)
+        async with writer(srv.runtime.engine).begin() as conn:
+            await change_status(conn, serial_hex(prompt.serial_number), CertStatus.REVOKED, at=clock(),
+                                actor="elsewhere", reason=Reason.KEY_COMPROMISE)
+        clock.advance(seconds=1)
+        during = await pub.publish_now()  # holds the newer change, not the older one still uncommitted
+        assert prompt.serial_number in crl_serials(during.der) and late.serial_number not in crl_serials(during.der)
+    clock.advance(seconds=svc.grace().total_seconds() + 5)
+    await svc.check_marker()
+
+    async def listed():
+        return late.serial_number in crl_serials(pub.current.der)
+
+    await wait_for(listed, timeout=10)
+
+
+async def test_a_revoked_certificate_past_its_expiry_does_not_have_the_crl_signed_again(clocked):
+    """An expired certificate is left off the CRL: its revocation is no reason for the safety net to re-sign."""
+    srv, clock = clocked
+    svc, pub = service(srv), publisher(srv)
+    async with aiohttp.ClientSession() as session:
+        _, cert = await enrol_with_codec(session, srv.url, srv.challenge(), "expired")
+    await asyncio.sleep(0.3)
+    async with writer(srv.runtime.engine).begin() as conn:
+        await conn.execute(certificates.update().where(certificates.c.serial == serial_hex(cert.serial_number))
+                           .values(not_after=clock() - timedelta(seconds=1)))
+    clock.advance(seconds=2)
+    async with writer(srv.runtime.engine).begin() as conn:
+        await change_status(conn, serial_hex(cert.serial_number), CertStatus.REVOKED, at=clock(), actor="elsewhere",
+                            reason=Reason.KEY_COMPROMISE)
+    clock.advance(seconds=1)
+    signed = await pub.publish_now()
+    assert cert.serial_number not in crl_serials(signed.der)
+    clock.advance(seconds=svc.grace().total_seconds() + 5)
+    assert await svc.check_marker() == []
+    assert pub.current.number == signed.number
 
 
 async def test_the_safety_net_watches_every_status_change_kind_and_only_those(clocked):
