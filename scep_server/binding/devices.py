@@ -162,12 +162,15 @@ class DeviceStore:
         log.info("device.create", device=device_id, actor=actor)
         return Device(device_id, name, S.ACTIVE, now, actor, now, actor, "registered")
 
-    async def ensure(self, device_id: str, actor: str) -> str:
-        """Register a device an enrolment names (active) unless it exists; its status (``active`` when new)."""
+    async def ensure(self, device_id: str, actor: str, *, register: bool = True) -> str | None:
+        """Register a device an enrolment names (active) unless it exists; its status (``active`` when new).
+        ``register=False``: only its status, None for a device not registered."""
         if not DEVICE_ID.fullmatch(device_id):
             raise InvalidInput(f"device id {device_id!r}: not a device id")
         async with self.engine.connect() as conn:
             status = (await conn.execute(sa.select(devices.c.status).where(devices.c.id == device_id))).scalar()
+        if not register:
+            return status
         if status is None:
             try:
                 await self.create(device_id, actor=actor)

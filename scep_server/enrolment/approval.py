@@ -80,6 +80,8 @@ class ApprovalWorkflow:
                          if svc.device_identity and profile.settings.device_trust else None)
             if device_id is None and profile.settings.device_id is not None:
                 device_id = await self._named_device(profile, csr, transaction_id, actor=actor, now=now)
+        if renewal_of is None and device_id is not None:
+            await self._device_active(profile_name, transaction_id, device_id, actor=actor, now=now)
         cert_row = inventory.certificate_row(cert, der, ca.name, profile_name, transaction_id, m["public_key_sha256"],
                                              now, crl_partition=ca.partition_of(cert.serial_number))
         cert_row["enrolled_device_id"] = device_id
@@ -113,6 +115,19 @@ class ApprovalWorkflow:
         if binding is not None and binding.device_status != "active":
             return f"is bound to device {binding.device_id}, which became {binding.device_status}"
         return None
+
+    async def _device_active(self, profile_name: str, transaction_id: str, device_id: str, *, actor: str,
+                             now: datetime) -> None:
+        """The device a new enrolment is for was taken down while it waited: deleted, the enrolment is rejected;
+        deactivated or suspended, it stays pending (approved once the device is active again)."""
+        svc = self.service
+        status = await svc.ensure_device(device_id, actor, register=False) if svc.ensure_device else None
+        if status == "deleted":
+            text = f"device {device_id} is deleted: its id is never enrolled again"
+            await self.reject(profile_name, transaction_id, text, actor=actor, now=now, reason=text)
+            raise ApprovalRefused(text)
+        if status is not None and status != "active":
+            raise Conflict(f"device {device_id} is {status}: the enrolment can be approved once it is active")
 
     async def _named_device(self, profile, csr, transaction_id: str, *, actor: str, now: datetime) -> str:
         """The device a pending request names (profile `device_id`), registered if new; a request that names none

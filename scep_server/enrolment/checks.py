@@ -208,7 +208,9 @@ async def device_named(e: Enrolment) -> None:
 
 class DeviceLinked:
     """The device the request names is the one its challenge was issued for (when the challenge names one), and is
-    registered (active) if new; a deleted device's id is never enrolled again."""
+    registered (active) if new; a deleted device's id is never enrolled again. A new enrolment for a device named
+    otherwise (by its one-time challenge, Intune, a pre-registration) is refused as well while that device is not
+    active."""
 
     def __init__(self, service: ScepService):
         self.service = service
@@ -216,17 +218,24 @@ class DeviceLinked:
     async def __call__(self, e: Enrolment) -> None:
         named = e.named_device
         if named is None:
+            if e.device_id is not None and e.renewal_of is None and self.service.ensure_device is not None:
+                status = await self.service.ensure_device(e.device_id, f"scep:{e.profile.name}", register=False)
+                if status is not None:
+                    self._refuse_unless_active(e, e.device_id, status)
             return
         if e.device_id is not None and e.device_id != named:
             raise e.refuse("the request names another device than the one its challenge was issued for")
         e.device_id = named
         if self.service.ensure_device is None:
             return
-        status = await self.service.ensure_device(named, f"scep:{e.profile.name}")
+        self._refuse_unless_active(e, named, await self.service.ensure_device(named, f"scep:{e.profile.name}"))
+
+    @staticmethod
+    def _refuse_unless_active(e: Enrolment, device_id: str, status: str | None) -> None:
         if status == "deleted":
-            raise e.refuse(f"device {named} is deleted: its id is never enrolled again")
+            raise e.refuse(f"device {device_id} is deleted: its id is never enrolled again")
         if status != "active":  # its certificates are on hold (deactivated) or refused (suspended): so is a new one
-            raise e.refuse(f"device {named} is {status}: it enrols again once it is active")
+            raise e.refuse(f"device {device_id} is {status}: it enrols again once it is active")
 
 
 class ForeignSigner:

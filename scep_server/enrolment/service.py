@@ -61,7 +61,7 @@ class ScepService:
                  on_status_change: Callable[[str], None] | None = None, threads: int | None = None,
                  repository: EnrolmentRepository | None = None,
                  device_identity: Callable[[str, str], Awaitable[str | None]] | None = None,
-                 ensure_device: Callable[[str, str], Awaitable[str]] | None = None,
+                 ensure_device: Callable[..., Awaitable[str | None]] | None = None,
                  refuse_issuing: str | None = None, ocsp_aia: bool = False,
                  pick_up_cas: Callable[[], Awaitable[list[str]]] | None = None):
         if repository is None:
@@ -88,8 +88,8 @@ class ScepService:
             self._commits = ThreadPoolExecutor(max_workers=scep_threads(threads), thread_name_prefix="scep-commit")
         # (profile, transactionID) -> the device id an administrator pre-registered for it (binding feature)
         self.device_identity = device_identity
-        # (device id, actor): register a device an enrolment names, if new; False for a deleted device (binding
-        # feature; profile `device_id`)
+        # (device id, actor): register a device an enrolment names, if new, and return its status (binding
+        # feature; profile `device_id`); with register=False only its status (None: not registered)
         self.ensure_device = ensure_device
         # why no certificate may be issued (server.base_url unset behind a wildcard listen address), or None:
         # enrolments and approvals are refused with this text; GetCACaps, GetCACert, CertPoll, GetCert still answer
