@@ -129,6 +129,12 @@ def _key_aad(public_id: str) -> bytes:
     return b"otp-yubikey:" + public_id.encode("ascii")
 
 
+def _gone(state: KeyState | None, material: KeyMaterial) -> bool:
+    """The key this process read its secrets from is no longer there: deleted, or deleted and its row id taken by
+    a key imported since (SQLite reuses the highest row id): the secrets are read again."""
+    return state is None or state.deleted or state.import_id != material.import_id
+
+
 def _client_aad(client_id: int) -> bytes:
     return b"otp-client:" + str(client_id).encode("ascii")
 
@@ -333,7 +339,8 @@ class OtpService:
                 reason = Reason.PRIVATE_ID_MISMATCH if exc.reason == "bad_private_id" else Reason.INVALID_OTP
                 return await self._fail(reason, material, user=user, client_id=client_id, source=source,
                                         caller=caller)
-            update = CounterUpdate(material.id, tok.usage_ctr, tok.session_use, tok.timestamp, nonce)
+            update = CounterUpdate(material.id, tok.usage_ctr, tok.session_use, tok.timestamp, nonce,
+                                   material.import_id)
             if user is None:
                 outcome = await self._commit_protocol(material, update, tok, client_id, source)
             else:
@@ -366,7 +373,7 @@ class OtpService:
         if await self._committer.submit((update, self._wsapi_statuses)):
             return VerifyOutcome(Reason.VERIFIED, material.serial, material.public_id, tok)
         state = await self.store.key_state(material.id)
-        if state is None or state.deleted:
+        if _gone(state, material):
             self._materials.pop(material.public_id, None)
             return None
         reason = self._classify(state, tok, update.nonce, None, self._wsapi_statuses, self._clock())
@@ -379,7 +386,7 @@ class OtpService:
         now = self._clock()
         async with self.store.begin_write() as conn:
             state = await self.store.key_state(material.id, conn, for_update=True)
-            if state is None or state.deleted:
+            if _gone(state, material):
                 self._materials.pop(material.public_id, None)
                 return None
             reason = self._classify(state, tok, None, user, (UNASSIGNED, ACTIVE), now)

@@ -50,6 +50,7 @@ class KeyMaterial:
     user_name: str | None
     secret_sealed: bytes
     kek_id: str
+    import_id: int  # the import that wrote these secrets: a row id reused by a later import is another key
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ class KeyState:
     failures: int
     failures_since: datetime | None
     blocked_until: datetime | None
+    import_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,9 @@ class CounterUpdate:
     session_use: int
     otp_timestamp: int
     nonce: str | None
+    # the import the verifying process read the key's secrets from (None: not checked): a process that still
+    # holds a deleted key's secrets never moves the counters of a key imported later under the same row id
+    import_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +113,9 @@ SECURITY_KINDS = ("security.otp.unknown_key", "security.otp.revoked_key", "secur
 
 
 _STATE_COLS = (k.c.id, k.c.serial, k.c.public_id, k.c.status, k.c.user_name, k.c.deleted_at, k.c.usage_ctr,
-               k.c.session_use, k.c.last_nonce, k.c.failures, k.c.failures_since, k.c.blocked_until)
-_MATERIAL_COLS = (k.c.id, k.c.serial, k.c.public_id, k.c.status, k.c.user_name, k.c.secret_sealed, k.c.kek_id)
+               k.c.session_use, k.c.last_nonce, k.c.failures, k.c.failures_since, k.c.blocked_until, k.c.import_id)
+_MATERIAL_COLS = (k.c.id, k.c.serial, k.c.public_id, k.c.status, k.c.user_name, k.c.secret_sealed, k.c.kek_id,
+                  k.c.import_id)
 
 # PostgreSQL: one statement, run in autocommit (durable when it returns), does every compare-and-set
 # of a batch and returns the accepted ids. The `locked` CTE, evaluated first as an InitPlan, takes the
@@ -117,19 +123,19 @@ _MATERIAL_COLS = (k.c.id, k.c.serial, k.c.public_id, k.c.status, k.c.user_name, 
 # of the verification hot path go straight to asyncpg on a pooled connection: SQLAlchemy's execution
 # layer cost more CPU per batch than the rest of a verification (profiled with bench/otp.py --profile).
 _PG_CAS_BATCH = (
-    "WITH v AS (SELECT * FROM unnest($1::int[], $2::int[], $3::int[], $4::int[], $5::varchar[]) "
-    "AS t(id, c, u, ts, n)), "
+    "WITH v AS (SELECT * FROM unnest($1::int[], $2::int[], $3::int[], $4::int[], $5::varchar[], $8::int[]) "
+    "AS t(id, c, u, ts, n, imp)), "
     "locked AS (SELECT id FROM otp_yubikeys WHERE id = ANY($1::int[]) ORDER BY id FOR UPDATE) "
     "UPDATE otp_yubikeys AS k SET usage_ctr = v.c, session_use = v.u, otp_timestamp = v.ts, last_nonce = v.n, "
     "last_used_at = $7, failures = 0, failures_since = NULL "
     "FROM v WHERE k.id = ANY($1::int[]) AND k.id = ANY(ARRAY(SELECT id FROM locked)) AND k.id = v.id "
-    "AND k.deleted_at IS NULL AND k.status = ANY($6::varchar[]) "
+    "AND k.deleted_at IS NULL AND k.status = ANY($6::varchar[]) AND (v.imp IS NULL OR k.import_id = v.imp) "
     "AND (k.blocked_until IS NULL OR k.blocked_until <= $7) "
     "AND (k.usage_ctr < v.c OR (k.usage_ctr = v.c AND k.session_use < v.u)) "
     "RETURNING k.id"
 )
 _PG_MATERIALS = (
-    "SELECT id, serial, public_id, status, user_name, secret_sealed, kek_id FROM otp_yubikeys "
+    "SELECT id, serial, public_id, status, user_name, secret_sealed, kek_id, import_id FROM otp_yubikeys "
     "WHERE public_id = ANY($1::varchar[]) AND deleted_at IS NULL"
 )
 # SQLite: the same single statement over a JSON array, inside BEGIN IMMEDIATE. The unary `+` keeps the
@@ -138,9 +144,10 @@ _PG_MATERIALS = (
 _SQLITE_CAS_BATCH = sa.text(
     "UPDATE otp_yubikeys SET usage_ctr = v.c, session_use = v.u, otp_timestamp = v.ts, last_nonce = v.n, "
     "last_used_at = :now, failures = 0, failures_since = NULL "
-    "FROM (SELECT value ->> 0 AS id, value ->> 1 AS c, value ->> 2 AS u, value ->> 3 AS ts, value ->> 4 AS n "
-    "FROM json_each(:batch)) AS v "
+    "FROM (SELECT value ->> 0 AS id, value ->> 1 AS c, value ->> 2 AS u, value ->> 3 AS ts, value ->> 4 AS n, "
+    "value ->> 5 AS imp FROM json_each(:batch)) AS v "
     "WHERE otp_yubikeys.id = v.id AND +otp_yubikeys.deleted_at IS NULL AND +otp_yubikeys.status IN :statuses "
+    "AND (v.imp IS NULL OR otp_yubikeys.import_id = v.imp) "
     "AND (otp_yubikeys.blocked_until IS NULL OR otp_yubikeys.blocked_until <= :now) "
     "AND (otp_yubikeys.usage_ctr < v.c OR (otp_yubikeys.usage_ctr = v.c AND otp_yubikeys.session_use < v.u)) "
     "RETURNING otp_yubikeys.id"
@@ -153,6 +160,10 @@ _SQLITE_CAS_BATCH = sa.text(
 def _newer(ctr, use):
     """SQL: the stored pair is strictly lower than (ctr, use) (docs/otp.md "Counters")."""
     return sa.or_(k.c.usage_ctr < ctr, sa.and_(k.c.usage_ctr == ctr, k.c.session_use < use))
+
+
+def _same_import(update: CounterUpdate) -> list:
+    return [] if update.import_id is None else [k.c.import_id == update.import_id]
 
 
 def _not_blocked(now):
@@ -216,7 +227,8 @@ class OtpStore:
         return KeyState(id=row.id, serial=row.serial, public_id=row.public_id, status=row.status,
                         user_name=row.user_name, deleted=row.deleted_at is not None, usage_ctr=row.usage_ctr,
                         session_use=row.session_use, last_nonce=row.last_nonce, failures=row.failures,
-                        failures_since=aware(row.failures_since), blocked_until=aware(row.blocked_until))
+                        failures_since=aware(row.failures_since), blocked_until=aware(row.blocked_until),
+                        import_id=row.import_id)
 
     async def key_materials(self, public_ids: Sequence[str]) -> dict[str, KeyMaterial]:
         """The live keys with these public IDs, by public ID."""
@@ -244,9 +256,10 @@ class OtpStore:
                 rows = await driver.fetch(
                     _PG_CAS_BATCH, [u.key_id for u in updates], [u.usage_ctr for u in updates],
                     [u.session_use for u in updates], [u.otp_timestamp for u in updates],
-                    [u.nonce for u in updates], list(statuses), now)
+                    [u.nonce for u in updates], list(statuses), now, [u.import_id for u in updates])
             return {r[0] for r in rows}
-        batch = json.dumps([[u.key_id, u.usage_ctr, u.session_use, u.otp_timestamp, u.nonce] for u in updates])
+        batch = json.dumps([[u.key_id, u.usage_ctr, u.session_use, u.otp_timestamp, u.nonce, u.import_id]
+                            for u in updates])
         async with self.begin_write() as conn:
             rows = await conn.execute(_SQLITE_CAS_BATCH, {"batch": batch, "statuses": list(statuses), "now": now})
             return {r[0] for r in rows}
@@ -258,7 +271,7 @@ class OtpStore:
                                       otp_timestamp=update.otp_timestamp, last_nonce=update.nonce,
                                       last_used_at=now, failures=0, failures_since=None)
         cond = [k.c.id == update.key_id, k.c.deleted_at.is_(None), _not_blocked(now),
-                _newer(update.usage_ctr, update.session_use)]
+                _newer(update.usage_ctr, update.session_use), *_same_import(update)]
         if enrol:
             cond.append(k.c.status == UNASSIGNED)
             values.update(status=ACTIVE, user_name=user, last_user=user, enrolled_at=now)
@@ -270,7 +283,8 @@ class OtpStore:
     async def use_up(self, conn: AsyncConnection, update: CounterUpdate) -> None:
         """Move a key's counters past an OTP without accepting it (nor resetting its failures, nor counting a
         use), inside the caller's transaction: the OTP is a replay from now on."""
-        await conn.execute(sa.update(k).where(k.c.id == update.key_id, _newer(update.usage_ctr, update.session_use))
+        await conn.execute(sa.update(k).where(k.c.id == update.key_id, _newer(update.usage_ctr, update.session_use),
+                                              *_same_import(update))
                            .values(usage_ctr=update.usage_ctr, session_use=update.session_use,
                                    otp_timestamp=update.otp_timestamp))
 
