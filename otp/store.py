@@ -400,8 +400,9 @@ class OtpStore:
                         detail: dict[str, Any] | None = None) -> None:
         """Append one history or security event inside the caller's transaction.
 
-        A security event of the same kind from the same source in the same minute only counts one more
-        occurrence on the first one's row: hostile traffic cannot grow the table faster than that."""
+        A security event of the same kind, from the same source, about the same key (or none) in the same minute
+        only counts one more occurrence on the first one's row: hostile traffic cannot grow the table faster than
+        that (the keys are the inventory's), and each key's history keeps the attempts against it."""
         values = dict(at=at, kind=kind, key_id=key_id, serial=serial, public_id=public_id, user_name=user,
                       client_id=client_id, source=source, actor=actor,
                       detail=json.dumps(detail or {}, sort_keys=True, default=str))
@@ -409,7 +410,7 @@ class OtpStore:
             await conn.execute(otp_events.insert().values(**values))
             return
         minute = at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M")
-        values["dedup_key"] = f"{kind}|{source or ''}|{minute}"[:160]
+        values["dedup_key"] = f"{kind}|{key_id if key_id is not None else ''}|{minute}|{source or ''}"[:160]
         ins = (postgresql.insert(otp_events) if conn.dialect.name == "postgresql" else sqlite.insert(otp_events))
         await conn.execute(ins.values(**values).on_conflict_do_update(
             index_elements=[otp_events.c.dedup_key], set_={"occurrences": otp_events.c.occurrences + 1}))
