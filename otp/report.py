@@ -8,13 +8,15 @@ from datetime import date, datetime, time, timezone
 from typing import Any, Mapping
 
 from trustkit import spreadsheet
+from trustkit.paging import RowId
+from trustkit.text import unstorable
 
 from .errors import InvalidInput
 from .statuses import STATUSES
 
 FORMATS = ("table", "csv", "json")
 
-REPORT_KEY = (int, int)
+REPORT_KEY = (int, RowId)  # serial (64-bit), id
 """The kinds of a report page's cursor: the serial, then the row id (a serial repeats among deleted keys)."""
 
 # (filter name, query/option name) of the date-range filters
@@ -90,10 +92,13 @@ class ReportFilter:
             kw["status"] = status
         if values.get("serial") not in (None, ""):
             kw["serial"] = parse_serial(values["serial"])
-        if values.get("user"):
-            kw["user"] = str(values["user"])
-        if values.get("public_id"):
-            kw["public_id"] = str(values["public_id"]).strip().lower()
+        for name in ("user", "public_id"):
+            if values.get(name):
+                text = str(values[name])
+                why = unstorable(text) or ("longer than 255 characters" if len(text) > 255 else None)
+                if why:
+                    raise InvalidInput(f"{name}: {why}")
+                kw[name] = text.strip().lower() if name == "public_id" else text
         for name in DATE_FILTERS:
             raw = values.get(name)
             if raw not in (None, ""):

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from trustkit import paging
 from trustkit.clock import utcnow
-from trustkit.paging import Page, PageRequest
+from trustkit.paging import Page, PageRequest, RowId
 from trustkit.progress import Progress, report
 
 from . import yubico
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 CLIENT_KEY_BYTES = 20  # as ykval-gen-clients: 20 random bytes, 28 base64 characters
 USER_MAX_LEN = 255
 MAX_CLIENT_ID = 2**31 - 1  # client ids are 32-bit integer keys
-CLIENT_LIST_KEY = (int,)  # the kinds of a client list's cursor: the id
+CLIENT_LIST_KEY = (RowId,)  # the kinds of a client list's cursor: the id
 # sl in replies: the percentage of validation servers that agreed. Counters live in one shared
 # database that every process commits to before answering, so the whole "pool" agrees.
 SYNC_LEVEL = 100

@@ -14,6 +14,7 @@ import logging
 from typing import Any, Awaitable, Callable
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from trustkit.http import Authenticate, bearer_caller, error_response, read_json_object, text_errors, unavailable
 from trustkit.paging import page_body, page_request
@@ -71,7 +72,8 @@ async def _upload(request: web.Request, limit: int) -> bytes:
                         if len(data) > limit:
                             raise PayloadTooLarge(f"the file is larger than {limit} bytes")
                     return bytes(data)
-        except (ValueError, AssertionError) as exc:  # aiohttp's multipart reader on a body that is not multipart
+        except (ValueError, AssertionError, HttpProcessingError) as exc:  # a body that is not multipart (a part
+            # header line that does not parse is aiohttp's InvalidHeader)
             raise InvalidInput(f"the multipart body does not parse: {str(exc)[:200]}") from None
         raise InvalidInput("the multipart body has no file part")
     return await _read_limited(request, limit)

@@ -36,7 +36,15 @@ MAX_LIMIT = 1000
 MAX_CURSOR_CHARS = 1024
 
 T = TypeVar("T")
-KeyPart = type  # str, int or datetime: the type of one column of the key
+KeyPart = type  # str, int, RowId or datetime: the type of one column of the key
+
+
+class RowId(int):
+    """The kind of a cursor value stored in a 32-bit integer column (an autoincrement id): a larger value is no
+    row's, and PostgreSQL would refuse to compare it."""
+
+
+_BOUND = {RowId: 2 ** 31, int: 2 ** 63}
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ def decode_cursor(text: str, kinds: Sequence[KeyPart]) -> tuple:
                 out.append(aware(datetime.fromisoformat(value)).astimezone(timezone.utc))
             except (ValueError, OverflowError):
                 raise bad from None
-        elif kind is int and type(value) is int and abs(value) < 2 ** 63:
+        elif kind in _BOUND and type(value) is int and abs(value) < _BOUND[kind]:
             out.append(value)
         elif kind is str and isinstance(value, str) and len(value) <= 512 and unstorable(value) is None:
             out.append(value)

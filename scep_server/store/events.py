@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from trustkit import paging
-from trustkit.paging import Page, PageRequest
+from trustkit.paging import Page, PageRequest, RowId
 
 from ..ca.status import STATUS_CHANGE_KINDS
 from .tables import events
@@ -41,7 +41,7 @@ async def record_event(conn: AsyncConnection, *, at: datetime, kind: str, subjec
         await announce(conn, "status")
 
 
-EVENT_KEY = (int,)
+EVENT_KEY = (RowId,)
 """The kinds of an event list's cursor: newest first by id."""
 
 
