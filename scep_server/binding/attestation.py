@@ -232,7 +232,7 @@ def _sqlite_spend_sql() -> str:
     return str(_spend_statement(sqlite.insert).compile(dialect=sqlite.dialect(paramstyle="named")))
 
 
-_LINEAGE_DEPTH = 16  # renewal generations followed back when looking for a device's current certificate
+_LINEAGE_DEPTH = 64  # renewal generations followed back when looking for a device's current certificate
 _RETRYABLE = ("40P01", "40001")  # PostgreSQL deadlock_detected, serialization_failure
 _LOOKUP_CHUNK = 200  # SQLite allows at most 500 terms in a compound select
 
@@ -314,13 +314,23 @@ class AttestationService:
         self.cache_used = 0  # bytes held by the cache (`_Cert.cost`)
         self.trust = ProfileTrust(engine)
         self._notify = notify_changed or (lambda ca: None)
-        self._our_subjects = {ca.cert.subject.public_bytes(): ca for ca in cas.values()}
+        self._our_subjects: dict[bytes, object] = {}
+        self._subjects_of: tuple = ()  # the CAs _our_subjects was built from (a rollover adds one at run time)
         self._first_fetch_done: set[str] = set()
         self.nonces = NonceKey(engine)
         self._max_batch = max_batch
         self._group: GroupCommit | None = None
         self._group_loop: asyncio.AbstractEventLoop | None = None
         self.read_only_batches = 0  # batches committed in one hand-off (SQLite, no decision wrote)
+
+    def our_subjects(self) -> dict[bytes, object]:
+        """Our CAs by the DER of their subject, rebuilt when the runtime's CAs change (a CA rollover activated
+        here or picked up from another process adds one: its certificates attest at once, no restart)."""
+        ids = tuple(id(ca) for ca in self.cas.values())
+        if ids != self._subjects_of:
+            self._our_subjects = {ca.cert.subject.public_bytes(): ca for ca in self.cas.values()}
+            self._subjects_of = ids
+        return self._our_subjects
 
     # ---------------------------------------------------------------- challenge
 
@@ -408,7 +418,7 @@ class AttestationService:
         """Establish who issued the certificate (cached). Returns a failure, a first CRL answer, or None."""
         if info.kind is not None:
             return None
-        ca = self._our_subjects.get(info.cert.issuer.public_bytes())
+        ca = self.our_subjects().get(info.cert.issuer.public_bytes())
         if ca is not None:
             if not ca.issued_by_us(info.cert):
                 return fail(Verdict.ISSUER_NOT_TRUSTED, "not issued by our CA (signature does not verify)")
@@ -748,13 +758,18 @@ class AttestationService:
         enrolled = row.enrolled_device_id if ours else None
         ancestors: list[str] = []
         owner = None  # the device the nearest bound ancestor is bound to
+        truncated = False
         if ours and row.renewal_of:
-            ancestors, owner = await self._lineage(conn, row.renewal_of)
+            ancestors, owner, truncated = await self._lineage(conn, row.renewal_of)
         refusal = None
         if enrolled is not None and enrolled != device_id:
             refusal = (Verdict.CERTIFICATE_OF_OTHER_DEVICE, "this certificate was enrolled for another device")
         elif owner is not None and owner != device_id:
             refusal = (Verdict.CERTIFICATE_OF_OTHER_DEVICE, "this certificate renews a certificate of another device")
+        elif truncated and owner is None:  # the device it renews for is further back than the walk goes
+            refusal = (Verdict.CERTIFICATE_OF_OTHER_DEVICE,
+                       f"this certificate renews more than {_LINEAGE_DEPTH} certificates none of which is bound: "
+                       "the device it was issued for is not known")
         elif row.current_fp is not None and row.current_fp != info.fp and enrolled != device_id and not (
                 not row.current_external and row.current_serial in ancestors):
             refusal = (Verdict.DEVICE_BOUND_TO_OTHER_CERTIFICATE,
@@ -772,9 +787,9 @@ class AttestationService:
         return fail(reason, detail + "; the attempt was recorded")
 
     @staticmethod
-    async def _lineage(conn: AsyncConnection, serial: str) -> tuple[list[str], str | None]:
-        """The serials a certificate renews, nearest first (at most `_LINEAGE_DEPTH`), and the device the
-        nearest bound one of them is bound to."""
+    async def _lineage(conn: AsyncConnection, serial: str) -> tuple[list[str], str | None, bool]:
+        """The serials a certificate renews, nearest first (at most `_LINEAGE_DEPTH`), the device the nearest bound
+        one of them is bound to, and whether the walk stopped at its depth with generations left."""
         ancestors: list[str] = []
         owner = None
         query = (sa.select(certificates.c.renewal_of, device_certs.c.device_id)
@@ -789,7 +804,8 @@ class AttestationService:
             if owner is None:
                 owner = found.device_id
             serial = found.renewal_of
-        return ancestors, owner
+        truncated = serial is not None and serial not in ancestors and len(ancestors) >= _LINEAGE_DEPTH
+        return ancestors, owner, truncated
 
     async def _bind(self, conn: AsyncConnection, info: _Cert, device_id: str, now: datetime,
                     expected_current: str | None) -> str | None:

@@ -282,3 +282,44 @@ async def test_a_reactivation_releases_the_holds_of_its_deactivation_only(engine
     store.clock.advance(60)
     await store.transition("d1", "unsuspend", actor="cli:root")
     assert (await status(held), await status(other)) == ("hold", "hold")
+
+
+async def test_a_renewal_further_back_than_the_walk_goes_never_binds_elsewhere(engine, env, ca, monkeypatch):
+    """A certificate renewed many times over without attesting: when the walk back to a bound certificate stops at
+    its depth, the device it was issued for is not known, and the certificate binds to no other device."""
+    from scep_server.binding import attestation
+
+    monkeypatch.setattr(attestation, "_LINEAGE_DEPTH", 4)
+    store, att = env
+    await store.create("victim-a", actor="t")
+    await store.create("fresh-b", actor="t")  # registered, never attested: no current certificate
+    cur = first = await issue(engine, ca)
+    assert await attest(att, "victim-a", first) is Verdict.MANAGED
+    for _ in range(5):
+        cur = await issue(engine, ca, renewal_of=cur)
+    assert await attest(att, "fresh-b", cur) is Verdict.CERTIFICATE_OF_OTHER_DEVICE
+    assert (await refusals(engine))[-1]["serial"] == cur.serial
+    assert (await bindings(engine))[first.serial][0] == "victim-a"
+    assert cur.serial not in await bindings(engine)
+
+
+async def test_a_ca_added_at_run_time_attests_without_a_restart(engine, env, ca, tmp_path):
+    """A CA rollover activated here, or picked up from another process, adds its CA to the runtime's CAs: the
+    certificates it issues attest at once."""
+    from scep_server.ca.authority import create_ca
+    from tests.factories import PASSPHRASE
+
+    store, _ = env
+    cas = {ca.name: ca}
+    att = AttestationService(engine, cas=cas, external=None, clock=SettableClock(START))
+    old = await issue(engine, ca)
+    await store.create("d-old", actor="t")
+    assert await attest(att, "d-old", old) is Verdict.MANAGED  # the subjects of the CAs were read
+    g2 = create_ca(tmp_path / "g2", name="default-g2", subject="CN=Test Device CA G2,O=Device Trust Tests",
+                   ra_subject="CN=Test SCEP RA G2,O=Device Trust Tests", key_size=2048, validity_days=3650,
+                   ra_validity_days=730, passphrase=PASSPHRASE, base_url="http://127.0.0.1:8080", now=NOW)
+    await register_ca(engine, g2)
+    await attesting_profile(engine, g2.name, "devices-g2")
+    cas[g2.name] = g2  # what scep_server.ca.lifecycle.pick_up_cas does
+    await store.create("d-g2", actor="t")
+    assert await attest(att, "d-g2", await issue(engine, g2, profile="devices-g2")) is Verdict.MANAGED
