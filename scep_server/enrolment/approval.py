@@ -16,7 +16,7 @@ from ..ca.authority import random_serial
 from ..ca.policy import PolicyViolation
 from .identity import NoDeviceId, device_id_of
 from .model import ApprovalRefused, unused_since
-from .repository import NotPending, SignerChanged
+from .repository import NotPending, SignerChanged, with_bound_device
 
 if TYPE_CHECKING:
     from .service import ScepService
@@ -54,7 +54,8 @@ class ApprovalWorkflow:
             renewal_of = await repo.certificate(m["renewal_of"])
             if renewal_of is None:
                 raise LookupError(f"the certificate renewed by enrolment {transaction_id!r} no longer exists")
-            why = await self._signer_left(renewal_of, now)
+            why, binding = await self._signer_left(renewal_of, now)
+            renewal_of = with_bound_device(renewal_of, binding)
             if why is not None:  # it will not come back: the renewal is rejected, as the device learns at its poll
                 text = f"the signing certificate {why} while the renewal waited"
                 await self.reject(profile_name, transaction_id, text, actor=actor, now=now, reason=text)
@@ -103,18 +104,19 @@ class ApprovalWorkflow:
             svc.on_status_change(ca.name)
         return serial
 
-    async def _signer_left(self, signer, now: datetime) -> str | None:
+    async def _signer_left(self, signer, now: datetime) -> tuple[str | None, object]:
         """Why a pending renewal's signer no longer renews (the renewal rules a RenewalReq is judged by, that time
-        can change: expiry, its binding and device), or None. Its status is checked where the renewal is written."""
-        if not signer.not_before <= now < signer.not_after:
-            return "has expired"
+        can change: expiry, its binding and device), or None; and its binding. Its status is checked where the
+        renewal is written."""
         standing = await self.service.repository.signer_standing(hashlib.sha256(signer.der).hexdigest())
         binding = standing.binding if standing is not None else None
+        if not signer.not_before <= now < signer.not_after:
+            return "has expired", binding
         if binding is not None and binding.state != "active":
-            return f"was retired from its binding to device {binding.device_id}"
+            return f"was retired from its binding to device {binding.device_id}", binding
         if binding is not None and binding.device_status != "active":
-            return f"is bound to device {binding.device_id}, which became {binding.device_status}"
-        return None
+            return f"is bound to device {binding.device_id}, which became {binding.device_status}", binding
+        return None, binding
 
     async def _device_active(self, profile_name: str, transaction_id: str, device_id: str, *, actor: str,
                              now: datetime) -> None:

@@ -24,6 +24,7 @@ from ..scep.types import FailInfo, MessageType, PKIStatus, SCEPFailure
 from .identity import NoDeviceId, device_id_of
 from .model import (NOT_LOOKED_UP, ChallengeRejected, ChallengeVerifier, EnrollmentRequest, Outcome, challenge_password,
                     days)
+from .repository import with_bound_device
 
 if TYPE_CHECKING:
     from .service import ScepService
@@ -159,7 +160,7 @@ class Renewal:
             raise refuse("the renewal request names subject alternative names the signing certificate does not have")
         if profile.settings.renewal_sans == "equal" and set(sans) != signer_sans:
             raise refuse("the renewal request's subject alternative names differ from the signing certificate's")
-        return record
+        return with_bound_device(record, standing.binding)
 
 
 class Challenge:

@@ -12,6 +12,7 @@ because it must not be handed out).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -47,6 +48,14 @@ class SignerStanding:
     record: CertRecord
     successor: str | None  # the serial of a renewal of it that is not revoked
     binding: Binding | None
+
+
+def with_bound_device(record: CertRecord, binding: Binding | None) -> CertRecord:
+    """A signing certificate bound to a device at attestation, though not enrolled for one: its renewal is for that
+    device (it follows the device's lifecycle from its issue, and never binds elsewhere)."""
+    if record.enrolled_device_id is None and binding is not None and binding.state == "active":
+        return dataclasses.replace(record, enrolled_device_id=binding.device_id)
+    return record
 
 
 def signer_renewed(successor: str) -> SignerChanged:

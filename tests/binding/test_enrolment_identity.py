@@ -140,11 +140,46 @@ async def test_preregistered_transaction_names_the_device(srv, api):
     assert [(c["serial"], c["current"]) for c in shown["certificates"]][-1] == (serial, True)
 
 
-async def test_a_renewal_records_its_lineage_and_keeps_the_enrolled_device(srv, api):
+async def _renew(srv, api, signer_der: bytes, key, cn: str):
+    new_key = rsa_key()
+    ca = next(iter(srv.runtime.cas.values()))
+    cipher = ContentCipher.AES128_CBC
+    body = client.build_request(
+        MessageType.RENEWAL_REQ, content=client.make_csr(new_key, cn, None, ()), signer_cert_der=signer_der,
+        signer_key=key, recipient_cert_der=ca.ra_cert_der, transaction_id=client.transaction_id_for(new_key.public_key()),
+        sender_nonce=os.urandom(16), cek=os.urandom(cipher.key_size), iv=os.urandom(cipher.block_size), cipher=cipher)
+    return await pki(api.session, srv, "default", body, key), new_key
+
+
+async def _renewals_any_time(srv) -> None:
     rt = srv.runtime
     profile = await rt.profiles.get("default")
     await rt.profiles.update("default", now=rt.clock(), settings=profile.settings.model_copy(
         update={"renewal_window_days": 100000}))
+
+
+async def test_a_renewal_of_a_certificate_bound_at_first_use_is_for_its_device(srv, api):
+    """A certificate enrolled for no device and bound at its first attestation: its renewal is enrolled for that
+    device, so that it follows the device's lifecycle before it ever attests (a stolen laptop deactivated before
+    its renewal is used), and renews no further once the device is gone."""
+    await _renewals_any_time(srv)
+    await api.add_device("lap-1")
+    key = rsa_key()
+    rep = await scep_enrol(api.session, srv, "default", key, srv.challenge(), cn="lap-1")
+    assert (await record(srv, rep.certs[0])).enrolled_device_id is None
+    assert (await api.attest("lap-1", pem(rep.certs[0]), key))["managed"]
+    renewed, new_key = await _renew(srv, api, rep.certs[0], key, "lap-1")
+    assert renewed.status is PKIStatus.SUCCESS, renewed.fail_text
+    new = await record(srv, renewed.certs[0])
+    assert new.enrolled_device_id == "lap-1"
+    await api.action("lap-1", "deactivate")
+    assert (await record(srv, renewed.certs[0])).status == "hold"
+    again, _ = await _renew(srv, api, renewed.certs[0], new_key, "lap-1")
+    assert again.status is PKIStatus.FAILURE and "on hold" in again.fail_text
+
+
+async def test_a_renewal_records_its_lineage_and_keeps_the_enrolled_device(srv, api):
+    await _renewals_any_time(srv)
     await api.add_device("tab-1")
     txid = os.urandom(8).hex().upper()
     await api.post("/api/v1/devices/tab-1/enrolments", {"profile": "default", "transaction_id": txid},
@@ -153,15 +188,8 @@ async def test_a_renewal_records_its_lineage_and_keeps_the_enrolled_device(srv, 
     rep = await scep_enrol(api.session, srv, "default", key, srv.challenge(), cn="tab-1", transaction_id=txid)
     old = await record(srv, rep.certs[0])
     assert (await api.attest("tab-1", pem(rep.certs[0]), key))["managed"]
-    # RenewalReq signed by the issued certificate, with a new key
-    new_key = rsa_key()
-    ca = next(iter(rt.cas.values()))
-    cipher = ContentCipher.AES128_CBC
-    body = client.build_request(
-        MessageType.RENEWAL_REQ, content=client.make_csr(new_key, "tab-1", None, ()), signer_cert_der=rep.certs[0],
-        signer_key=key, recipient_cert_der=ca.ra_cert_der, transaction_id=client.transaction_id_for(new_key.public_key()),
-        sender_nonce=os.urandom(16), cek=os.urandom(cipher.key_size), iv=os.urandom(cipher.block_size), cipher=cipher)
-    renewed = await pki(api.session, srv, "default", body, key)  # the reply is for the signing certificate
+    # RenewalReq signed by the issued certificate, with a new key (the reply is for the signing certificate)
+    renewed, new_key = await _renew(srv, api, rep.certs[0], key, "tab-1")
     assert renewed.status is PKIStatus.SUCCESS, renewed.fail_text
     new = await record(srv, renewed.certs[0])
     assert (new.renewal_of, new.enrolled_device_id) == (old.serial, "tab-1")
