@@ -232,6 +232,8 @@ def _sqlite_spend_sql() -> str:
     return str(_spend_statement(sqlite.insert).compile(dialect=sqlite.dialect(paramstyle="named")))
 
 
+MAX_RSA_BITS = 16384  # the largest RSA key whose signature is verified (as for SCEP request keys)
+MAX_RSA_EXPONENT = 2 ** 32  # and its public exponent below this (65537 in practice)
 _LINEAGE_DEPTH = 64  # renewal generations followed back when looking for a device's current certificate
 _RETRYABLE = ("40P01", "40001")  # PostgreSQL deadlock_detected, serialization_failure
 _LOOKUP_CHUNK = 200  # SQLite allows at most 500 terms in a compound select
@@ -407,6 +409,10 @@ class AttestationService:
             else:
                 if not isinstance(key, rsa.RSAPublicKey):
                     return Verdict.ALGORITHM_UNSUPPORTED
+                if key.key_size > MAX_RSA_BITS or key.public_numbers().e >= MAX_RSA_EXPONENT:
+                    # a verification costs a modular exponentiation by e: an exponent as large as the modulus
+                    # would make one request cost a hundred (a signature no device makes)
+                    return Verdict.ALGORITHM_UNSUPPORTED
                 pad = (padding.PKCS1v15() if kind == "pkcs1"
                        else padding.PSS(mgf=padding.MGF1(digest), salt_length=padding.PSS.AUTO))
                 key.verify(signature, data, pad, digest)
@@ -454,7 +460,8 @@ class AttestationService:
         if bad is not None:
             detail = ("the signature does not verify with the certificate's key over the nonce and device id"
                       if bad is Verdict.SIGNATURE_INVALID else
-                      f"algorithm {algorithm!r} is not supported for this key; one of: {', '.join(ALGORITHMS)}")
+                      f"algorithm {algorithm!r} is not supported for this key; one of: {', '.join(ALGORITHMS)} "
+                      f"(RSA keys of at most {MAX_RSA_BITS} bits, public exponent below 2^32)")
             return fail(bad, detail, device_id=device_id, certificate=info.summary)
         state, expires = await self.nonces.check(nonce, device_id, self.clock())
         if state is not None:

@@ -274,3 +274,20 @@ async def test_a_key_too_small_for_the_digest_is_a_bad_signature_not_a_500(serve
         "device_id": "dev-s", "nonce": nonce, "certificate": base64.b64encode(der).decode(),
         "signature": base64.b64encode(b"\x01" * 64).decode(), "algorithm": algorithm})
     assert res["reason"] == Verdict.SIGNATURE_INVALID.value and not res["managed"], res
+
+
+@pytest.mark.parametrize("what", ["an exponent as large as the modulus", "a modulus beyond 16384 bits"])
+async def test_an_rsa_key_whose_verification_costs_far_more_is_not_verified(server, api, what):
+    """A verification is an exponentiation by the public exponent: a self-signed certificate with e close to n
+    would make each request (no nonce needed) cost a hundred normal ones. Refused before any arithmetic."""
+    n = rsa.generate_private_key(65537, 2048).public_key().public_numbers().n
+    if what.startswith("an exponent"):
+        key = rsa.RSAPublicNumbers(n - 2, n).public_key()
+    else:
+        key = rsa.RSAPublicNumbers(65537, (n << 14400) | 1).public_key()
+    der = _der_with_key(key, ec.generate_private_key(ec.SECP256R1()))
+    await api.add_device("dev-e")
+    res = await api.post("/api/v1/attestation/verify", {
+        "device_id": "dev-e", "nonce": await api.nonce("dev-e"), "certificate": base64.b64encode(der).decode(),
+        "signature": base64.b64encode(b"\x01" * (key.key_size // 8)).decode(), "algorithm": "rsa-pkcs1v15-sha256"})
+    assert res["reason"] == Verdict.ALGORITHM_UNSUPPORTED.value and not res["managed"], res
