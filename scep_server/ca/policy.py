@@ -257,7 +257,7 @@ class IssuancePolicy:
                          reserved_names: Iterable[x509.Name] = ()) -> Vetted:
         """The subject and SANs the certificate gets, after the template's rules; PolicyViolation otherwise.
 
-        ``reserved_names`` (the CA's and the RA's) are never issued as a subject.
+        ``reserved_names`` (of every CA loaded, and of their RAs) are never issued as a subject.
         """
         try:
             subject = csr.subject
@@ -272,7 +272,7 @@ class IssuancePolicy:
         if list(subject):
             key = _name_key(subject)
             if any(key == _reserved_key(reserved) for reserved in reserved_names):
-                raise PolicyViolation(f"the subject {subject.rfc4514_string()!r} is the name of this CA or its RA")
+                raise PolicyViolation(f"the subject {subject.rfc4514_string()!r} is the name of a CA or an RA of this server")
         sans: list[x509.GeneralName] = []
         if ext is not None:
             if len(ext.value) > self.template.max_sans:

@@ -63,7 +63,7 @@ class ApprovalWorkflow:
         supersede = renewal_of is not None and profile.settings.supersede_on_renewal
         try:
             # the whole template, as it is now: key, signature algorithm, names, weak key (it may have changed)
-            vetted = await svc._run(profile.policy.check, csr, reserved_names=ca.reserved_names)
+            vetted = await svc._run(profile.policy.check, csr, reserved_names=svc.reserved_names())
             cert = await svc._run(ca.issue, csr, profile.policy, serial=random_serial(), now=now,
                                   ocsp=svc.ocsp_aia and profile.settings.ocsp_aia, vetted=vetted)
         except PolicyViolation as exc:  # the template changed while the enrolment waited

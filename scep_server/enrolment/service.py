@@ -76,6 +76,8 @@ class ScepService:
         self.crl_source = crl_source
         self.on_status_change = on_status_change or (lambda ca: None)
         self._cacert_cache: dict[str, tuple[CertificateAuthority, bytes]] = {}
+        self._reserved: tuple = ()
+        self._reserved_of: tuple = ()  # the CAs _reserved was built from (a rollover adds one at run time)
         self.repository: EnrolmentRepository = repository
         # SCEP's CPU work (parse, decrypt, sign) runs here, not on the loop's default executor: hostile requests
         # queue behind each other instead of starving everything else that uses threads
@@ -219,7 +221,7 @@ class ScepService:
             self._check_signer_key(profile, ca, msg, content)
             # the template's rules, judged here in the same thread; applied after a retry is recognised
             try:  # vetted: the subject and SANs the certificate gets, used again when it is signed
-                vetted = profile.policy.check(content.csr, reserved_names=ca.reserved_names,
+                vetted = profile.policy.check(content.csr, reserved_names=self.reserved_names(),
                                               proof_checked=content.proof_checked)
             except PolicyViolation as exc:
                 policy_error = str(exc)
@@ -228,6 +230,15 @@ class ScepService:
                 known, static_secrets = self.repository.lookup_sync(profile.name, self.transaction_key(ca, msg),
                                                                     static_secrets=profile.challenge_kind == "static")
         return msg, content, known, policy_error, static_secrets, vetted
+
+    def reserved_names(self) -> tuple:
+        """The names never issued to a requester: those of every CA loaded here (the one issuing, one that issued
+        before a rollover, a configured next one) and of their RAs."""
+        ids = tuple(id(ca) for ca in self.cas.values())
+        if ids != self._reserved_of:
+            self._reserved = tuple(dict.fromkeys(n for ca in self.cas.values() for n in ca.reserved_names))
+            self._reserved_of = ids
+        return self._reserved
 
     def signed_by_us(self, ca: CertificateAuthority, msg: codec.PKIMessage) -> bool:
         """Signed by a certificate of ``ca``, or of another of our CAs (a CA that issued before a rollover: its
@@ -397,7 +408,7 @@ class ScepService:
         """
         msg = req.message
         if vetted is None:
-            vetted = profile.policy.subject_and_sans(req.csr, reserved_names=ca.reserved_names)
+            vetted = profile.policy.subject_and_sans(req.csr, reserved_names=self.reserved_names())
         cert = ca.issue(req.csr, profile.policy, serial=random_serial(), now=now,
                         ocsp=self.ocsp_aia and profile.settings.ocsp_aia, vetted=vetted)
         der = cert.public_bytes(DER)

@@ -165,13 +165,13 @@ async def test_the_ca_and_ra_names_are_never_issued(svc):
     for name in (ca.cert.subject, ca.ra_cert.subject):
         key = rsa_key()
         rep = await svc.enrol(key, make_csr(key, name, challenge=svc.server.challenge()))
-        assert refused(rep, "is the name of this CA or its RA")
+        assert refused(rep, "is the name of a CA or an RA of this server")
     # the same name with other case and spacing is the same name (RFC 5280 §7.1)
     variant = x509.Name([x509.NameAttribute(a.oid, "  " + a.value.upper().replace(" ", "   ") + " ")
                          for a in ca.cert.subject])
     key = rsa_key()
     assert refused(await svc.enrol(key, make_csr(key, variant, challenge=svc.server.challenge())),
-                   "is the name of this CA or its RA")
+                   "is the name of a CA or an RA of this server")
     # cn_only keeps only the CN, and the CN alone is not the CA's name
     await svc.add_profile("cn-only", subject="cn_only")
     key = rsa_key()
