@@ -671,6 +671,8 @@ class OtpService:
 
     async def _live_report(self, serial: int) -> KeyReport:
         rows = await self.report(ReportFilter(serial=serial, include_deleted=False))
+        if not rows:  # deleted by another request since it was revoked
+            raise NotFound(f"YubiKey {serial} was revoked, then deleted from the inventory")
         return rows[0]
 
     async def revoke(self, serial: int, *, actor: str | None = None) -> KeyReport:
