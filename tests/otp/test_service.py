@@ -636,3 +636,17 @@ async def test_bulk_import_rows_read_back(service, clock):
     assert {r.imported_at for r in rows} == {clock()}
     # the sealed secrets open: a key from the middle of the file verifies
     assert (await service.verify_signin("bulk", keys[1234].otp())).reason is Reason.ENROLLED
+
+
+async def test_a_revocation_whose_key_is_deleted_meanwhile_is_not_found(service, monkeypatch):
+    """Another request deletes the key between the revocation's commit and the report it answers with."""
+    from otp.errors import NotFound
+
+    key = make_key(7301)
+    await import_keys(service, [key])
+
+    async def deleted_meanwhile(flt, *args, **kwargs):
+        return []
+    monkeypatch.setattr(service, "report", deleted_meanwhile)
+    with pytest.raises(NotFound):
+        await service.revoke(7301)
