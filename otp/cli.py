@@ -192,8 +192,8 @@ def build_cli(open_service: OpenService,
         if not yes and not click.confirm("Delete every YubiKey OTP key?", default=False, err=True):
             raise click.ClickException("nothing was deleted")
         counts = run(lambda s: s.delete_factor(actor=_actor()), with_kek=False)
-        click.echo(f"deleted the YubiKey OTP factor: {counts['unassigned_removed']} unassigned keys removed, "
-                   f"{counts['assigned_retired']} enrolled or revoked keys retired (kept in the report)")
+        click.echo(f"deleted the YubiKey OTP factor: {counts['unassigned_removed']} never-used unassigned keys removed, "
+                   f"{counts['assigned_retired']} used, enrolled or revoked keys retired (kept in the report)")
 
     @click.group("otp-client", help="API clients of the Yubico validation protocol 2.0 (/wsapi/2.0/verify).")
     def otp_client() -> None:

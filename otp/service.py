@@ -129,6 +129,12 @@ def _key_aad(public_id: str) -> bytes:
     return b"otp-yubikey:" + public_id.encode("ascii")
 
 
+def secret_fingerprint(aes_key: bytes, private_id: bytes) -> str:
+    """What identifies a key's secrets after they are wiped (SHA-256 of 176 random bits and a label: no way back to
+    them): a key imported again with the same secrets is known as the key it was."""
+    return hashlib.sha256(b"yubikey-otp-secrets\0" + aes_key + private_id).hexdigest()
+
+
 def _gone(state: KeyState | None, material: KeyMaterial) -> bool:
     """The key this process read its secrets from is no longer there: deleted, or deleted and its row id taken by
     a key imported since (SQLite reuses the highest row id): the secrets are read again."""
@@ -603,6 +609,7 @@ class OtpService:
                 import_id = await self.store.insert_import(conn, at=now, actor=actor, fmt=parsed.format,
                                                            file_sha256=hashlib.sha256(data).hexdigest(), keys=keys,
                                                            progress=progress)
+                carried = await self.store.carry_counters(conn, import_id)
         except IntegrityError:
             return result(0, [LineIssue(0, "another import added some of these keys at the same time; "
                                            "nothing was imported, run the import again to see which lines")])
@@ -613,14 +620,15 @@ class OtpService:
         except SQLAlchemyError as exc:  # statistics are an optimisation; the import itself is committed
             log.warning("otp.import.analyze_failed", exc_info=exc)
         log.info("otp.import", extra={"import_id": import_id, "keys": len(keys), "format": parsed.format,
-                                      "actor": actor})
+                                      "actor": actor, "counters_carried": carried})
         return result(len(keys), [], import_id)
 
     @staticmethod
     def _seal_records(box: SecretBox, records: tuple[SecretRecord, ...]) -> list[NewKey]:
         return [NewKey(serial=r.serial, public_id=r.public_id,
                        secret_sealed=box.seal(r.aes_key + r.private_id + (r.access_code or b""), _key_aad(r.public_id)),
-                       kek_id=box.kek_id, source_line=r.line) for r in records]
+                       kek_id=box.kek_id, source_line=r.line,
+                       secret_sha256=secret_fingerprint(r.aes_key, r.private_id)) for r in records]
 
     # ---- report, revoke, delete ---------------------------------------------------------------
 
@@ -705,9 +713,9 @@ class OtpService:
             if state.status == ACTIVE:
                 raise Conflict(f"YubiKey {serial} is ACTIVE for user {state.user_name!r}: an assigned key cannot be "
                                "deleted; revoke it first")
-            if state.status == UNASSIGNED:
+            if state.status == UNASSIGNED and state.usage_ctr < 0:  # never used: nothing to remember
                 await self.store.hard_delete(conn, state.id)
-            else:
+            else:  # its counters stay: imported again with the same secrets, it goes on from them
                 await self.store.soft_delete(conn, state.id, now)
             await self.store.add_event(conn, at=now, kind="otp.key.deleted", key_id=state.id, serial=state.serial,
                                        public_id=state.public_id, actor=actor, detail={"status_before": state.status})
@@ -716,7 +724,7 @@ class OtpService:
         return state.status
 
     async def delete_factor(self, *, actor: str | None = None) -> dict[str, int]:
-        """Remove every OTP-mode key (cannot be undone): unassigned ones vanish, the others stay only in history."""
+        """Remove every OTP-mode key (cannot be undone): never-used unassigned ones vanish, the others stay only in history."""
         now = self._clock()
         async with self.store.begin_write() as conn:
             removed, retired = await self.store.delete_factor(conn, now, actor)

@@ -93,6 +93,7 @@ class NewKey:
     secret_sealed: bytes
     kek_id: str
     source_line: int
+    secret_sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,7 +473,7 @@ class OtpStore:
         return found_serials, found_ids
 
     _IMPORT_COLUMNS = ("serial", "public_id", "status", "secret_sealed", "kek_id", "import_id", "source_line",
-                       "imported_at")
+                       "imported_at", "secret_sha256")
 
     async def insert_import(self, conn: AsyncConnection, *, at: datetime, actor: str | None, fmt: str,
                             file_sha256: str, keys: Sequence[NewKey], progress: "Progress | None" = None) -> int:
@@ -489,8 +490,8 @@ class OtpStore:
         if self.is_postgresql or self.is_sqlite:
             processor = k.c.imported_at.type.dialect_impl(dialect).bind_processor(dialect)
             at_db = processor(at) if processor else at
-            records = [(n.serial, n.public_id, UNASSIGNED, n.secret_sealed, n.kek_id, import_id, n.source_line, at_db)
-                       for n in keys]
+            records = [(n.serial, n.public_id, UNASSIGNED, n.secret_sealed, n.kek_id, import_id, n.source_line, at_db,
+                        n.secret_sha256) for n in keys]
             driver = (await conn.get_raw_connection()).driver_connection
             marks = ", ".join("?" * len(self._IMPORT_COLUMNS))
             insert = f"INSERT INTO {k.name} ({', '.join(self._IMPORT_COLUMNS)}) VALUES ({marks})"
@@ -506,13 +507,31 @@ class OtpStore:
                 report(progress, "write", i + len(part), len(records))
             return import_id
         rows = [dict(serial=n.serial, public_id=n.public_id, status=UNASSIGNED, secret_sealed=n.secret_sealed,
-                     kek_id=n.kek_id, import_id=import_id, source_line=n.source_line, imported_at=at)
-                for n in keys]
+                     kek_id=n.kek_id, import_id=import_id, source_line=n.source_line, imported_at=at,
+                     secret_sha256=n.secret_sha256) for n in keys]
         chunk = 2000
         for i in range(0, len(rows), chunk):
             await conn.execute(k.insert(), rows[i:i + chunk])
             report(progress, "write", i + len(rows[i:i + chunk]), len(rows))
         return import_id
+
+    @staticmethod
+    async def carry_counters(conn: AsyncConnection, import_id: int) -> int:
+        """Keys of import `import_id` whose secrets an earlier row of the same serial and public ID had (deleted,
+        revoked, or wiped) start at the highest counters those rows reached: an OTP answered before the key was
+        deleted is a replay after it is imported again. Inside the import's transaction; the keys carried."""
+        old = k.alias("old")
+        # a live row of the same serial cannot exist beside the new one: only deleted rows count
+        used = (sa.select(old.c.id).where(old.c.deleted_at.is_not(None), old.c.secret_sha256.is_not(None),
+                                          old.c.usage_ctr >= 0).limit(1))
+        if (await conn.execute(used)).first() is None:  # the usual case: one read, nothing to carry
+            return 0
+        same = sa.and_(old.c.serial == k.c.serial, old.c.public_id == k.c.public_id, old.c.deleted_at.is_not(None),
+                       old.c.secret_sha256 == k.c.secret_sha256, old.c.usage_ctr >= 0)
+        packed = sa.select(sa.func.max(old.c.usage_ctr * 256 + old.c.session_use)).where(same).scalar_subquery()
+        res = await conn.execute(sa.update(k).where(k.c.import_id == import_id, sa.exists().where(same))
+                                 .values(usage_ctr=packed // 256, session_use=packed % 256))
+        return res.rowcount or 0
 
     async def analyze(self) -> None:
         """Refresh the planner's statistics after a bulk import (PostgreSQL), so look-ups use the primary key."""
@@ -539,11 +558,12 @@ class OtpStore:
         await conn.execute(sa.delete(k).where(k.c.id == key_id))
 
     async def delete_factor(self, conn: AsyncConnection, now: datetime, actor: str | None) -> tuple[int, int]:
-        """Every live key out: never-assigned ones removed, the others revoked and marked deleted."""
-        live = (await conn.execute(sa.select(k.c.id, k.c.serial, k.c.public_id, k.c.status, k.c.user_name)
-                                   .where(k.c.deleted_at.is_(None)))).all()
-        unassigned = [r for r in live if r.status == UNASSIGNED]
-        kept = [r for r in live if r.status != UNASSIGNED]
+        """Every live key out: never-used unassigned ones removed, the others revoked (if active) and marked deleted,
+        their counters kept."""
+        live = (await conn.execute(sa.select(k.c.id, k.c.serial, k.c.public_id, k.c.status, k.c.user_name,
+                                             k.c.usage_ctr).where(k.c.deleted_at.is_(None)))).all()
+        unassigned = [r for r in live if r.status == UNASSIGNED and r.usage_ctr < 0]
+        kept = [r for r in live if not (r.status == UNASSIGNED and r.usage_ctr < 0)]
         if kept:
             events = [dict(at=now, kind="otp.key.deleted", key_id=r.id, serial=r.serial, public_id=r.public_id,
                            user_name=r.user_name, actor=actor,
@@ -553,10 +573,11 @@ class OtpStore:
                 await conn.execute(otp_events.insert(), events[i:i + 2000])
             await conn.execute(sa.update(k).where(k.c.deleted_at.is_(None), k.c.status == ACTIVE).values(
                 status=REVOKED, user_name=None, revoked_at=now))
-            await conn.execute(sa.update(k).where(k.c.deleted_at.is_(None), k.c.status == REVOKED).values(
-                deleted_at=now, secret_sealed=b""))
+            await conn.execute(sa.update(k).where(k.c.deleted_at.is_(None), sa.or_(
+                k.c.status == REVOKED, k.c.usage_ctr >= 0)).values(deleted_at=now, secret_sealed=b""))
         if unassigned:
-            await conn.execute(sa.delete(k).where(k.c.deleted_at.is_(None), k.c.status == UNASSIGNED))
+            await conn.execute(sa.delete(k).where(k.c.deleted_at.is_(None), k.c.status == UNASSIGNED,
+                                                  k.c.usage_ctr < 0))
         return len(unassigned), len(kept)
 
     # ---- report -------------------------------------------------------------------------------

@@ -36,6 +36,9 @@ otp_yubikeys = sa.Table(
     # emptied when the key is revoked.
     sa.Column("secret_sealed", sa.LargeBinary, nullable=False),
     sa.Column("kek_id", sa.String(16), nullable=False),
+    # SHA-256 of the AES key and private ID (otp.service.secret_fingerprint), kept when the secrets are wiped: a
+    # key imported again with the same secrets starts at the counters its earlier rows reached
+    sa.Column("secret_sha256", sa.String(64)),
     sa.Column("import_id", sa.Integer, sa.ForeignKey("otp_imports.id"), nullable=False),
     sa.Column("source_line", sa.Integer),
     sa.Column("imported_at", TS, nullable=False),

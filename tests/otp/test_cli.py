@@ -175,7 +175,7 @@ def test_delete_factor_needs_confirmation(cli):
     r = cli("yubikey", "delete-factor", input="")  # no answer at all: the default is no
     assert r.exit_code == 1
     r = cli("yubikey", "delete-factor", input="y\n")
-    assert r.exit_code == 0 and "1 unassigned keys removed, 1 enrolled or revoked keys retired" in r.stdout
+    assert r.exit_code == 0 and "1 never-used unassigned keys removed, 1 used, enrolled or revoked keys retired" in r.stdout
     assert cli("yubikey", "delete-factor", "--yes").exit_code == 0
 
 
