@@ -63,6 +63,7 @@ class DeviceStatus(str, Enum):
 
 S = DeviceStatus
 # action -> (allowed source states, target state)
+ANY_TIME = object()  # transition(judged_at=): not checked
 TRANSITIONS: dict[str, tuple[frozenset[DeviceStatus], DeviceStatus]] = {
     "suspend": (frozenset({S.ACTIVE}), S.SUSPENDED),
     "unsuspend": (frozenset({S.SUSPENDED}), S.ACTIVE),
@@ -216,9 +217,13 @@ class DeviceStore:
             return [{"at": aware(r.at).isoformat(), "kind": r.kind, "actor": r.actor, "data": json.loads(r.data)}
                     for r in rows]
 
-    async def transition(self, device_id: str, action: str, *, actor: str,
-                         reason: str | None = None) -> tuple[Device, list[CertChange]]:
-        """Apply a lifecycle action; returns the device after it and the certificate changes it made."""
+    async def transition(self, device_id: str, action: str, *, actor: str, reason: str | None = None,
+                         judged_at: datetime | None | object = ANY_TIME) -> tuple[Device, list[CertChange]]:
+        """Apply a lifecycle action; returns the device after it and the certificate changes it made.
+
+        ``judged_at``: the device's ``status_changed_at`` when the caller decided on the action (an MDM's sync or
+        webhook): ChangedConcurrently if its status changed since, even back to the same status (an
+        administrator's reactivate and deactivate in between are not undone)."""
         if action not in TRANSITIONS:
             raise InvalidInput(f"unknown action {action!r}; one of: {', '.join(TRANSITIONS)}")
         sources, target = TRANSITIONS[action]
@@ -231,8 +236,13 @@ class DeviceStore:
             if current not in sources:
                 raise InvalidTransition(f"device {device_id!r} is {current.value}: cannot {action} "
                                         f"(allowed from {', '.join(sorted(s.value for s in sources))})")
-            res = await conn.execute(devices.update().where(devices.c.id == device_id,
-                                                            devices.c.status == current.value)
+            unchanged = [devices.c.status == current.value]
+            if judged_at is not ANY_TIME:
+                if aware(row.status_changed_at) != judged_at:
+                    raise ChangedConcurrently(f"device {device_id!r} changed since it was read; try again")
+                unchanged.append(devices.c.status_changed_at.is_(None) if row.status_changed_at is None
+                                 else devices.c.status_changed_at == row.status_changed_at)
+            res = await conn.execute(devices.update().where(devices.c.id == device_id, *unchanged)
                                      .values(status=target.value, status_changed_at=now, status_changed_by=actor,
                                              status_reason=reason))
             if res.rowcount != 1:  # changed meanwhile by another process (PostgreSQL read committed)

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from trustkit.clock import Clock, aware, utcnow
 from trustkit.db import writer
 
-from ..binding.devices import DeviceStore
+from ..binding.devices import ANY_TIME, TRANSITIONS, DeviceStore
 from ..binding.errors import InvalidTransition
 from ..binding.tables import devices, mdm_devices, mdm_sources
 from ..store.events import record_event
@@ -38,6 +38,7 @@ SOURCE_NAME = re.compile(r"\A[a-z][a-z0-9-]{0,31}\Z")
 KINDS = ("jamf", "intune")
 ID_FIELDS = {"jamf": ("udid", "serial_number"), "intune": ("device_id", "azure_ad_device_id", "serial_number")}
 _CHUNK = 500
+_STATUS_KINDS = tuple(f"device.{action}" for action in TRANSITIONS)  # what changes a device's status
 
 
 @dataclass
@@ -174,7 +175,7 @@ class MdmService:
                               and (o.status_changed_by or "").startswith("mdm:"))
             for i in range(0, len(mdm_down), _CHUNK):
                 rows = await conn.execute(sa.select(events.c.subject, events.c.actor, events.c.data).where(
-                    events.c.subject.in_(mdm_down[i:i + _CHUNK]), events.c.kind.like("device.%"))
+                    events.c.subject.in_(mdm_down[i:i + _CHUNK]), events.c.kind.in_(_STATUS_KINDS))
                     .order_by(events.c.id.desc()))
                 walked: set[str] = set()
                 for r in rows:  # newest first: back through the run of changes by the device's last changer
@@ -194,11 +195,14 @@ class MdmService:
             return {r.device_id: Tracked(MdmState(r.state), aware(r.missing_since) if r.missing_since else None)
                     for r in rows}
 
-    async def _apply(self, name: str, changes: list[Change], report: SyncReport) -> None:
+    async def _apply(self, name: str, changes: list[Change], report: SyncReport, ours: dict[str, Ours]) -> None:
+        """Each change, unless the device's status changed after it was read (`ours`, its changed_at)."""
         actor = f"mdm:{name}"
         for change in changes:
+            seen = ours.get(change.device_id)
             try:
-                await self.devices.transition(change.device_id, change.action, actor=actor, reason=change.why)
+                await self.devices.transition(change.device_id, change.action, actor=actor, reason=change.why,
+                                              judged_at=seen.changed_at if seen is not None else ANY_TIME)
             except InvalidTransition as exc:  # changed meanwhile (an admin, a webhook): the next sync looks again
                 report.skipped.append({**change.to_json(), "error": exc.code})
             else:
@@ -260,7 +264,7 @@ class MdmService:
             if dry_run:
                 report.changes = p.changes
             else:
-                await self._apply(name, p.changes, report)
+                await self._apply(name, p.changes, report, ours)
                 await self._track(name, p.tracking, tracked, p.untrack, now)
         if not dry_run:
             await self._finish(name, report, state if report.error is None else None, actor)
@@ -332,7 +336,7 @@ class MdmService:
         change = decide(record, ours, actor=f"mdm:{name}", rules=self.rules)
         report = SyncReport(name, False)
         if change is not None:
-            await self._apply(name, [change], report)
+            await self._apply(name, [change], report, {record.device_id: ours})
         before = await self._tracked_one(name, record.device_id)
         await self._track(name, {record.device_id: (Tracked(record.state), record.mdm_id)}, before, [], self.clock(),
                           event_at=at)

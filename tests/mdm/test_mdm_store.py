@@ -206,3 +206,53 @@ async def test_a_sync_leaves_alone_a_device_that_changed_while_it_read(env):
     report = await svc.sync("jamf", actor="t")
     assert report.changes == [] and [s["error"] for s in report.skipped] == ["changed_while_read"]
     assert (await devices.get("d1")).status.value == "deactivated"
+
+
+async def test_an_unrelated_administrators_event_does_not_make_the_mdm_undo_a_suspension(env):
+    """The device an administrator suspended, then this MDM deactivated, stays down when the MDM manages it again,
+    even after an administrator's device event that changes no status (a pre-registration)."""
+    svc, devices, fake, clock = env
+    await svc.configure("jamf", "jamf", JAMF, actor="t")
+    await devices.create("D1", actor="cli:admin")
+    await devices.transition("D1", "suspend", actor="cli:admin", reason="lost")
+    fake.records = [Record("D1", "1", MdmState.UNMANAGED)]
+    clock.advance(timedelta(minutes=1))
+    assert [c.action for c in (await svc.sync("jamf", actor="mdm:jamf")).changes] == ["deactivate"]
+    clock.advance(timedelta(minutes=1))
+    await devices.preregister("D1", profile="default", transaction_id="tx-1", actor="cli:admin")
+    fake.records = [Record("D1", "1", MdmState.MANAGED)]
+    clock.advance(timedelta(minutes=1))
+    assert (await svc.sync("jamf", actor="mdm:jamf")).changes == []
+    assert (await devices.get("D1")).status.value == "deactivated"
+
+
+@pytest.mark.parametrize("by", ["webhook", "sync"])
+async def test_an_administrators_change_made_after_the_mdm_read_the_device_is_not_undone(env, by):
+    """The MDM read the device as taken down by itself; before it writes, an administrator reactivates and
+    deactivates it again (stolen): the status is the same, but the MDM's reactivation no longer applies."""
+    svc, devices, fake, clock = env
+    await svc.configure("jamf", "jamf", JAMF, actor="t")
+    await devices.create("D4", actor="cli:admin")
+    fake.records = [Record("D4", "4", MdmState.UNMANAGED)]
+    await svc.sync("jamf", actor="mdm:jamf")
+    assert (await devices.get("D4")).status.value == "deactivated"
+    clock.advance(timedelta(minutes=15))
+    real = svc._ours
+
+    async def read_then_administrator(ids):
+        out = await real(ids)
+        clock.advance(timedelta(seconds=1))
+        await devices.transition("D4", "reactivate", actor="cli:admin")
+        clock.advance(timedelta(seconds=1))
+        await devices.transition("D4", "deactivate", actor="cli:admin", reason="stolen")
+        return out
+
+    svc._ours = read_then_administrator
+    fake.records = [Record("D4", "4", MdmState.MANAGED)]
+    if by == "webhook":
+        assert await svc.event("jamf", Record("D4", "4", MdmState.MANAGED)) is None
+    else:
+        report = await svc.sync("jamf", actor="mdm:jamf")
+        assert report.changes == [] and report.skipped[0]["device_id"] == "D4"
+    device = await devices.get("D4")
+    assert (device.status.value, device.status_changed_by) == ("deactivated", "cli:admin")
