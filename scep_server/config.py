@@ -320,8 +320,8 @@ class ChallengeSection(BaseModel):
     max_throttle_rows: int = Field(100_000, ge=100, description="rows of the shared throttle table kept at most "
                                    "(the oldest expire first)")
     hash_workers: int = Field(2, ge=1, le=16, description="threads checking passwords")
-    max_waiting_checks: int = Field(16, ge=1, description="password checks waiting beyond which the endpoint "
-                                    "answers 503")
+    max_waiting_checks: int = Field(16, ge=1, description="password checks under way (one per client address) "
+                                    "beyond which the endpoint answers 503")
 
 
 class OtpSection(OtpSettings):

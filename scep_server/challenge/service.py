@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("challenge")
 
+PER_ADDRESS_QUEUE = 8  # Basic logins of one client address waiting for their turn in this process, at most
+
+
 class NotDynamic(Exception):
     """The profile does not use dynamic challenges."""
 
@@ -95,21 +98,27 @@ class ChallengeService:
         """Check Basic credentials under the shared throttle (per client address and per username).
 
         One check at a time per client address in this process: guesses sent together are counted one after the
-        other, so a burst gets no more checks than the address's limit (plus one per other server process). The
-        logins waiting here or for a hash worker are at most ``max_waiting_checks`` (beyond: busy, 503)."""
-        if self._waiting >= self._max_waiting:
-            return Login(False, 1, busy=True)
+        other, so a burst gets no more checks than the address's limit (plus one per other server process). At
+        most PER_ADDRESS_QUEUE logins of one address wait their turn (beyond: busy, 503, for that address only),
+        and the checks under way, one per address, are at most ``max_waiting_checks`` (beyond: busy): one
+        address, locked out or not, never takes the page away from the others."""
         by_address = address_key(profile, throttle_key(address))
         entry = self._per_address.get(by_address)
         if entry is None:
             entry = self._per_address[by_address] = [asyncio.Lock(), 0]
+        if entry[1] >= PER_ADDRESS_QUEUE:
+            return Login(False, 1, busy=True)
         entry[1] += 1
-        self._waiting += 1
         try:
             async with entry[0]:
-                return await self._login(profile, creds, user, password, by_address)
+                if self._waiting >= self._max_waiting:
+                    return Login(False, 1, busy=True)
+                self._waiting += 1
+                try:
+                    return await self._login(profile, creds, user, password, by_address)
+                finally:
+                    self._waiting -= 1
         finally:
-            self._waiting -= 1
             entry[1] -= 1
             if entry[1] == 0:
                 self._per_address.pop(by_address, None)

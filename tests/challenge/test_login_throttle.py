@@ -158,11 +158,12 @@ async def test_throttle_rows_are_pruned_and_bounded(engine):
 
 
 async def test_logins_beyond_the_waiting_cap_are_turned_away(aiohttp_server, tmp_path, db_url, clock, monkeypatch):
-    """A flood of logins does not queue without bound behind scrypt: past the cap the answer is 503."""
+    """A flood of logins from many addresses does not queue without bound behind scrypt: past the cap of checks
+    under way (one per address) the answer is 503."""
     import asyncio
     import time
 
-    srv = await start_app(aiohttp_server, tmp_path, db_url, clock=clock,
+    srv = await start_app(aiohttp_server, tmp_path, db_url, clock=clock, server={"trusted_proxies": ["127.0.0.1/32"]},
                           challenge={"scrypt_log2_n": 10, "hash_workers": 1, "max_waiting_checks": 2})
     await add_profile(srv, "jamf", "dynamic", dynamic())
     original = CredentialChecker.check
@@ -174,14 +175,16 @@ async def test_logins_beyond_the_waiting_cap_are_turned_away(aiohttp_server, tmp
     monkeypatch.setattr(CredentialChecker, "check", slow)
     url = f"{srv.url}/scep/jamf/challenge"
     async with aiohttp.ClientSession() as s:
-        codes = await asyncio.gather(*(status(s, url, basic(USER, f"wrong-{i}")) for i in range(4)))
+        codes = await asyncio.gather(*(status(s, url, basic(USER, f"wrong-{i}", f"203.0.113.{i}"))
+                                       for i in range(4)))
     assert sorted(codes) == [401, 401, 503, 503], codes
 
 
 async def test_guesses_sent_together_get_no_more_checks_than_the_address_limit(aiohttp_server, tmp_path, db_url,
                                                                               clock, monkeypatch):
-    """16 wrong passwords from one address at once: as many are checked as the address may fail (5), the rest are
-    refused as the lockout they arrive in, not each given a password check."""
+    """16 wrong passwords from one address at once: 8 wait their turn (the rest are busy, 503, for that address
+    only), as many are checked as the address may fail (5), the others are refused as the lockout they arrive in,
+    not each given a password check."""
     import asyncio
     import time
 
@@ -200,4 +203,33 @@ async def test_guesses_sent_together_get_no_more_checks_than_the_address_limit(a
     async with aiohttp.ClientSession() as s:
         codes = await asyncio.gather(*(status(s, url, basic(USER, f"guess-{i}")) for i in range(16)))
     assert len(checked) == 5, (len(checked), sorted(codes))
-    assert sorted(codes) == [401] * 5 + [429] * 11
+    assert sorted(codes) == [401] * 5 + [429] * 3 + [503] * 8
+
+
+async def test_a_locked_out_address_does_not_take_the_page_away_from_others(aiohttp_server, tmp_path, db_url, clock,
+                                                                             monkeypatch):
+    """An address that is locked out keeps many logins in flight: each waits for its own address's turn, and none
+    counts against the checks other addresses may have under way; the right password from another address is
+    answered."""
+    import asyncio
+
+    srv = await start_app(aiohttp_server, tmp_path, db_url, clock=clock, server={"trusted_proxies": ["127.0.0.1/32"]},
+                          challenge={"scrypt_log2_n": 10})
+    await add_profile(srv, "jamf", "dynamic", dynamic())
+    url = f"{srv.url}/scep/jamf/challenge"
+    attacker = basic("nobody", "wrong", "198.51.100.66")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        assert [await status(s, url, attacker) for _ in range(6)][-1] == 429
+        throttle = srv.runtime.challenges.throttle
+        original = throttle.blocked
+
+        async def slow_blocked(*args):  # each lockout look-up takes a while: the attacker's logins pile up
+            await asyncio.sleep(0.05)
+            return await original(*args)
+        monkeypatch.setattr(throttle, "blocked", slow_blocked)
+        flood = [asyncio.create_task(status(s, url, attacker)) for _ in range(40)]
+        await asyncio.sleep(0.1)
+        legit = await asyncio.gather(*(status(s, url, basic(USER, PASSWORD, f"203.0.113.{i}")) for i in range(3)))
+        codes = await asyncio.gather(*flood)
+    assert legit == [200, 200, 200], legit
+    assert set(codes) <= {429, 503}, codes
