@@ -100,7 +100,7 @@ class ProfileSettings(BaseModel):
     allow_renewal: bool = True
     # accept renewal only within this many days of the old certificate's expiry (None: the last third of its
     # validity)
-    renewal_window_days: int | None = Field(None, ge=1)
+    renewal_window_days: int | None = Field(None, ge=1, le=100_000)
     # profiles (besides this one) at which a certificate issued here may be renewed (planned migrations)
     renewal_to: list[str] = []
     # the renewed certificate's SANs: a subset of the signer's ("subset") or exactly the signer's ("equal")

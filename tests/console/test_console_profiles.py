@@ -179,6 +179,7 @@ async def test_edit_applies_a_merge_patch_and_refuses_bad_settings(console):
     assert status == 303 and (await rt.profiles.get("default")).settings.renewal_window_days is None
     # refused: the message on the form, the text kept, nothing changed
     for text_in, expected, message in (('{"renewal_window_days": 0}', 422, "settings.renewal_window_days"),
+                                       ('{"renewal_window_days": 1000000000000}', 422, "settings.renewal_window_days"),
                                        ('{"renewal_sans": "all"}', 422, "settings.renewal_sans"),
                                        ('{"challenge": {"url": "http://x"}}', 422, "challenge configure"),
                                        ("nope", 400, "settings: the text is not JSON"),
