@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -139,8 +140,10 @@ class ExternalCas:
             raise ExternalCaError(str(exc)) from None
 
     async def add(self, name: str, cert: x509.Certificate, *, policy: Policy, actor: str, now: datetime) -> ExternalCa:
-        if not name or len(name) > 64:
-            raise InvalidInput("external CA name: 1-64 characters")
+        if not name or len(name) > 64 or not name.isprintable() or not unicodedata.is_normalized("NFC", name):
+            # no controls, invisible or direction-changing characters, one spelling of each letter: two names that
+            # look alike are one name, and every name can be typed into the console's forms
+            raise InvalidInput("external CA name: 1-64 printable characters, in Unicode NFC form")
         self.validate(cert, name)
         der = cert.public_bytes(serialization.Encoding.DER)
         fp = hashlib.sha256(der).hexdigest()
