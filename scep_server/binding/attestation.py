@@ -754,7 +754,13 @@ class AttestationService:
                             device_status=status), touched
         if ours and row.first_used_at is None:
             wrote.append(True)
-            await inventory.mark_used(conn, info.serial, now)
+            if not await inventory.mark_used(conn, info.serial, now):  # revoked or held since it was read
+                now_status = (await inventory.get(conn, info.serial)).status
+                if now_status == CertStatus.HOLD:
+                    return fail(Verdict.CERTIFICATE_ON_HOLD, "the certificate was put on hold while it was being "
+                                "judged", device_status=status), touched
+                return fail(Verdict.CERTIFICATE_REVOKED, "the certificate was revoked while it was being judged",
+                            device_status=status), touched
         return Result(True, Verdict.MANAGED, "the device proved possession of its bound certificate",
                       device_status=status), touched
 

@@ -72,11 +72,18 @@ async def list_certs(conn: AsyncConnection, page: PageRequest, *, status: str | 
     return paging.take(rows, page.limit, key=lambda r: (r.issued_at, r.serial))
 
 
-async def mark_used(conn: AsyncConnection, serial: str, at: datetime) -> None:
-    """Record the first successful management attestation (read by the day-91 rule)."""
-    await conn.execute(certificates.update()
-                       .where(certificates.c.serial == serial, certificates.c.first_used_at.is_(None))
-                       .values(first_used_at=at))
+async def mark_used(conn: AsyncConnection, serial: str, at: datetime) -> bool:
+    """Record the first successful management attestation (read by the day-91 rule) of a certificate still valid;
+    False when it is no longer valid (revoked or held since it was read: the day-91 rule got there first, or a
+    deactivation); :func:`get` then says what it is."""
+    res = await conn.execute(certificates.update()
+                             .where(certificates.c.serial == serial, certificates.c.first_used_at.is_(None),
+                                    certificates.c.status == CertStatus.VALID.value)
+                             .values(first_used_at=at))
+    if res.rowcount == 1:
+        return True
+    status = (await conn.execute(sa.select(certificates.c.status).where(certificates.c.serial == serial))).scalar()
+    return status == CertStatus.VALID.value  # used meanwhile by another attestation
 
 
 def _utc_text(value: "str | None") -> "datetime | None":

@@ -323,3 +323,28 @@ async def test_a_ca_added_at_run_time_attests_without_a_restart(engine, env, ca,
     cas[g2.name] = g2  # what scep_server.ca.lifecycle.pick_up_cas does
     await store.create("d-g2", actor="t")
     assert await attest(att, "d-g2", await issue(engine, g2, profile="devices-g2")) is Verdict.MANAGED
+
+
+async def test_a_certificate_revoked_while_its_first_attestation_is_judged_is_not_managed(engine, env, ca,
+                                                                                         monkeypatch):
+    """The day-91 rule revokes a never-used certificate and commits after its first attestation read it as valid,
+    before that attestation records the first use: the answer is revoked, not managed."""
+    from scep_server.ca.inventory import Reason
+    from scep_server.ca.revocation import change_status
+    from scep_server.ca.status import CertStatus
+
+    store, att = env
+    await store.create("d1", actor="t")
+    cred = await issue(engine, ca)
+    bind = att._bind
+
+    async def bind_then_day91(conn, info, *args, **kwargs):
+        won = await bind(conn, info, *args, **kwargs)
+        await change_status(conn, cred.serial, CertStatus.REVOKED, at=NOW, actor="system:day-91",
+                            reason=Reason.CESSATION_OF_OPERATION)  # what a concurrent commit leaves for the write
+        return won
+    monkeypatch.setattr(att, "_bind", bind_then_day91)
+    assert await attest(att, "d1", cred) is Verdict.CERTIFICATE_REVOKED
+    async with engine.connect() as conn:
+        record = await inventory.get(conn, cred.serial)
+    assert record.status == CertStatus.REVOKED and record.first_used_at is None
