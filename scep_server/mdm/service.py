@@ -38,6 +38,7 @@ SOURCE_NAME = re.compile(r"\A[a-z][a-z0-9-]{0,31}\Z")
 KINDS = ("jamf", "intune")
 ID_FIELDS = {"jamf": ("udid", "serial_number"), "intune": ("device_id", "azure_ad_device_id", "serial_number")}
 _CHUNK = 500
+SYNC_READ_SKEW = timedelta(seconds=60)  # how far the MDM's clock may be behind ours
 _STATUS_KINDS = tuple(f"device.{action}" for action in TRANSITIONS)  # what changes a device's status
 
 
@@ -214,8 +215,9 @@ class MdmService:
             for device_id, (t, mdm_id) in tracking.items():
                 seen = now if t.state is not MdmState.MISSING else None
                 values = {"state": t.state.value, "missing_since": t.missing_since, "updated_at": now}
-                if event_at is not None:
-                    values["last_event_at"] = event_at
+                if event_at is not None:  # the newest time the MDM vouched for: never moved back
+                    last = mdm_devices.c.last_event_at
+                    values["last_event_at"] = sa.case((sa.or_(last.is_(None), last < event_at), event_at), else_=last)
                 if mdm_id:
                     values["mdm_id"] = mdm_id
                 if seen is not None:
@@ -226,7 +228,8 @@ class MdmService:
                     await conn.execute(mdm_devices.update().where(mdm_devices.c.source == name,
                                                                   mdm_devices.c.device_id == device_id).values(values))
                 else:  # an upsert: two events for one device at once (Jamf posts enrolled and check-in together)
-                    await conn.execute(_upsert(conn.dialect.name, dict(source=name, device_id=device_id, **values),
+                    first = {**values, "last_event_at": event_at} if event_at is not None else values
+                    await conn.execute(_upsert(conn.dialect.name, dict(source=name, device_id=device_id, **first),
                                                values))
             for i in range(0, len(untrack), _CHUNK):
                 await conn.execute(mdm_devices.delete().where(mdm_devices.c.source == name,
@@ -265,7 +268,9 @@ class MdmService:
                 report.changes = p.changes
             else:
                 await self._apply(name, p.changes, report, ours)
-                await self._track(name, p.tracking, tracked, p.untrack, now)
+                # what the inventory said of a device is as new as its reading (less the clocks' possible skew):
+                # an event the MDM dated before it, delivered late or posted again, is not applied over it
+                await self._track(name, p.tracking, tracked, p.untrack, now, event_at=read_started - SYNC_READ_SKEW)
         if not dry_run:
             await self._finish(name, report, state if report.error is None else None, actor)
         log.info("mdm.sync", source=name, dry_run=dry_run, records=report.records, changes=len(report.changes),
@@ -320,8 +325,9 @@ class MdmService:
         return {"kind": row.kind, **json.loads(row.config)}
 
     async def superseded(self, name: str, device_id: str, at: datetime) -> bool:
-        """Whether the MDM gave a later time to an event about this device that was applied already (an older
-        event delivered late, or posted again)."""
+        """Whether the MDM gave a later time to an event about this device that was applied already, or a sync read
+        the device after it (an older event delivered late, or posted again after a newer reading). Jamf posts two
+        events of one moment together (enrolled, check-in): the same time is not older."""
         async with self.engine.connect() as conn:
             last = (await conn.execute(sa.select(mdm_devices.c.last_event_at).where(
                 mdm_devices.c.source == name, mdm_devices.c.device_id == device_id))).scalar()

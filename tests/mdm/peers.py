@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import time
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -68,9 +69,11 @@ class JamfPeer:
 
 
 async def jamf_webhook(session: aiohttp.ClientSession, url: str, event: str, udid: str, *, secret: str | None,
-                       header: bool = False, serial: str = "DMPXYZ") -> tuple[int, dict]:
-    """Post one webhook as Jamf Pro does (Basic authentication, or header authentication)."""
-    body = {"webhook": {"id": 7, "name": "device trust", "webhookEvent": event, "eventTimestamp": 1764676800000},
+                       header: bool = False, serial: str = "DMPXYZ", at_ms: int | None = None) -> tuple[int, dict]:
+    """Post one webhook as Jamf Pro does (Basic authentication, or header authentication), dated now (Jamf's
+    clock: the real one, ahead of the tests' settable clocks) unless `at_ms` is given."""
+    stamp = at_ms if at_ms is not None else int(time.time() * 1000)
+    body = {"webhook": {"id": 7, "name": "device trust", "webhookEvent": event, "eventTimestamp": stamp},
             "event": {"udid": udid, "serialNumber": serial, "jssID": 42, "deviceName": "iPad"}}
     headers = {}
     if secret is not None:

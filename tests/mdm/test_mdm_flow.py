@@ -281,7 +281,8 @@ async def test_two_webhook_posts_for_one_device_at_once(server, api, secret_env)
     await api.add_device("d1")
     hook = f"{server.url}/hooks/jamf"
     for _ in range(3):
-        results = await asyncio.gather(*(jamf_webhook(api.session, hook, event, "d1", secret=secret)
+        at_ms = int(time.time() * 1000)  # one moment: Jamf gives both events its time
+        results = await asyncio.gather(*(jamf_webhook(api.session, hook, event, "d1", secret=secret, at_ms=at_ms)
                                          for event in ("MobileDeviceEnrolled", "MobileDeviceCheckIn")))
         assert [status for status, _ in results] == [200, 200], results
     import sqlalchemy as sa

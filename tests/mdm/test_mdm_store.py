@@ -256,3 +256,19 @@ async def test_an_administrators_change_made_after_the_mdm_read_the_device_is_no
         assert report.changes == [] and report.skipped[0]["device_id"] == "D4"
     device = await devices.get("D4")
     assert (device.status.value, device.status_changed_by) == ("deactivated", "cli:admin")
+
+
+async def test_an_event_dated_before_a_syncs_reading_is_not_applied_over_it(env):
+    """A sync read the device unmanaged an hour after the MDM dated an enrolment event, delivered late (or a
+    captured one posted again): what the sync read is newer, and the event is not applied."""
+    svc, devices, fake, clock = env
+    await svc.configure("jamf", "jamf", JAMF, actor="t")
+    await devices.create("D3", actor="cli:admin")
+    event_time = clock()
+    clock.advance(timedelta(hours=1))
+    fake.records = [Record("D3", "3", MdmState.UNMANAGED)]
+    assert [c.action for c in (await svc.sync("jamf", actor="mdm:jamf")).changes] == ["deactivate"]
+    clock.advance(timedelta(minutes=1))
+    assert await svc.superseded("jamf", "D3", event_time)
+    assert not await svc.superseded("jamf", "D3", clock())  # a new event is applied
+    assert (await svc.event("jamf", Record("D3", "3", MdmState.MANAGED), at=clock())).action == "reactivate"
