@@ -247,7 +247,8 @@ EVENTS: tuple[Event, ...] = (
     _e("otp.security", "warning", "reason user public_id client_id source subject blocked_until caller",
        "a security event: an OTP failure anybody can cause, a key presented for another user, or a throttle "
        "that started (reason `*_throttled`, with subject and blocked_until)"),
-    _e("otp.import", "info", "import_id keys format actor", "YubiKey secrets were imported"),
+    _e("otp.import", "info", "import_id keys format actor counters_carried",
+       "YubiKey secrets were imported (counters_carried: keys imported again that go on from their earlier counters)"),
     _e("otp.import.analyze_failed", "warning", "exception", "refreshing the planner statistics after an import failed"),
     _e("otp.key.revoked", "info", "serial actor", "a YubiKey was revoked"),
     _e("otp.key.deleted", "info", "serial actor status_before", "a YubiKey was deleted"),
