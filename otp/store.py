@@ -283,11 +283,13 @@ class OtpStore:
 
     async def use_up(self, conn: AsyncConnection, update: CounterUpdate) -> None:
         """Move a key's counters past an OTP without accepting it (nor resetting its failures, nor counting a
-        use), inside the caller's transaction: the OTP is a replay from now on."""
+        use), inside the caller's transaction: the OTP is a replay from now on. The last request's nonce is
+        forgotten with the counters it went with: a request never made (this OTP with that nonce) must not be
+        reported a replayed request."""
         await conn.execute(sa.update(k).where(k.c.id == update.key_id, _newer(update.usage_ctr, update.session_use),
                                               *_same_import(update))
                            .values(usage_ctr=update.usage_ctr, session_use=update.session_use,
-                                   otp_timestamp=update.otp_timestamp))
+                                   otp_timestamp=update.otp_timestamp, last_nonce=None))
 
     async def note_key_failure(self, conn: AsyncConnection, state: KeyState, now: datetime,
                                limits: ThrottleSettings) -> bool:

@@ -344,6 +344,21 @@ async def test_protocol_ok_replayed_request_replayed_otp(service, client):
     assert (await service.report())[0].status == "UNASSIGNED"
 
 
+async def test_an_otp_used_up_elsewhere_with_an_old_nonce_is_a_replayed_otp_not_a_replayed_request(service, client):
+    """REPLAYED_REQUEST says this very request was answered before; a wrong-user sign-in that uses up a phished
+    OTP moves the counters on, and that OTP sent with the key's last protocol nonce was never a request."""
+    cid, key = client
+    k = make_key(402)
+    await import_keys(service, [k])
+    assert (await service.verify_signin("alice", k.otp())).enrolled
+    nonce = "capturednonce12345"
+    assert (await protocol(service, cid, key, k.otp(), nonce=nonce))["status"] == "OK"
+    phished = k.otp()
+    assert (await service.verify_signin("mallory", phished)).reason.value == "wrong_user"
+    answer = await protocol(service, cid, key, phished, nonce=nonce)
+    assert answer["status"] == "REPLAYED_OTP", answer
+
+
 async def test_protocol_statuses(service, client):
     cid, key = client
     k = make_key(401)
