@@ -6,8 +6,8 @@ problem document (RFC 9457, problem+json), an unavailable database a 503 problem
 the log and never to the client. A path or query parameter that no store can hold (a NUL, what ``%00``
 decodes to) is a 400 on every route, before any handler looks it up (:func:`check_url_text`; a
 sub-application, the console, calls it itself to answer in its pages). Protocol routes marked with
-:func:`trustkit.http.text_errors` (SCEP, the validation protocol) answer the 400 and the 500 in plain text,
-as their own errors are.
+:func:`trustkit.http.text_errors` (SCEP, the validation protocol) answer an unreadable body (400) and the 500 in
+plain text, as their own errors are; a DomainError, the `%00` 400 included, is a problem document there too.
 """
 from __future__ import annotations
 
