@@ -31,3 +31,9 @@ async def json_object(resp: aiohttp.ClientResponse, cap: int) -> "dict[str, Any]
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def header_safe(token: object) -> bool:
+    """An access token that can go in an Authorization header as it is (printable ASCII, no space)."""
+    return (isinstance(token, str) and 0 < len(token) <= 16384 and token.isascii() and token.isprintable()
+            and " " not in token)

@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from .config import IntuneSettings
-from .http import ResponseTooLarge, json_object
+from .http import ResponseTooLarge, header_safe, json_object
 
 log = structlog.get_logger("challenge.intune")
 
@@ -82,13 +82,17 @@ class IntuneClient:
                     "client_secret": s.client_secret.read(), "scope": scope}
 
             async def once() -> dict[str, Any]:
-                async with self.session.post(url, data=form, timeout=self._timeout()) as resp:
+                # never a redirect (every call here): the form holds the client secret, the calls the token
+                async with self.session.post(url, data=form, timeout=self._timeout(),
+                                             allow_redirects=False) as resp:
                     body = await self._json(resp)
                     if resp.status >= 500:
                         raise _Retryable(f"token endpoint answered HTTP {resp.status}")
                     if resp.status != 200 or "access_token" not in body:
                         raise IntuneUnavailable(f"token request refused (HTTP {resp.status}): "
                                                 f"{body.get('error')}: {body.get('error_description', '')}"[:300])
+                    if not header_safe(body["access_token"]):
+                        raise IntuneUnavailable("token request: an access_token that cannot go in a header")
                     return body
 
             self.token_requests += 1
@@ -119,7 +123,7 @@ class IntuneClient:
             async def once() -> dict[str, Any]:
                 token = await self._token(scope)
                 async with self.session.get(url, headers={"Authorization": f"Bearer {token}"},
-                                            timeout=self._timeout()) as resp:
+                                            timeout=self._timeout(), allow_redirects=False) as resp:
                     body = await self._json(resp)
                     if resp.status == 401:
                         self._drop_token(scope)
@@ -155,7 +159,7 @@ class IntuneClient:
                        "client-request-id": str(uuid.uuid4()), "Content-Type": "application/json"}
             try:
                 async with self.session.post(f"{base}/ScepActions/{action}", json=payload, headers=headers,
-                                             timeout=self._timeout()) as resp:
+                                             timeout=self._timeout(), allow_redirects=False) as resp:
                     body = await self._json(resp)
                     if resp.status == 401:
                         self._drop_token(scope)

@@ -29,11 +29,12 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 
-from ..challenge.http import ResponseTooLarge, json_object
+from ..challenge.http import ResponseTooLarge, header_safe, json_object
 from .plan import MdmState, Record
 
 MAX_RESPONSE = 8 * 1024 * 1024  # one page of an inventory
 MAX_PAGES = 10_000  # 1,000,000 devices at 100 per page
+MAX_RECORDS = 1_000_000  # devices of one listing; a peer that lists more is unreadable, not believed
 PAGE_SIZE = 100
 
 
@@ -76,13 +77,17 @@ class _OAuthClient:
         if c.scope:
             form["scope"] = c.scope
         try:
-            async with self.session.post(c.token_url, data=form, timeout=self.timeout) as resp:
+            # never a redirect: the form holds the client secret, which goes to the token URL configured only
+            async with self.session.post(c.token_url, data=form, timeout=self.timeout,
+                                         allow_redirects=False) as resp:
                 body = await self._read(resp, "token request")
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # TimeoutError: the total timeout
             raise MdmUnavailable(f"token request: {type(exc).__name__}") from None
         token = body.get("access_token")
         if not isinstance(token, str) or not token:
             raise MdmUnavailable("token request: no access_token in the answer")
+        if not header_safe(token):
+            raise MdmUnavailable("token request: an access_token that cannot go in a header")
         try:
             lifetime = min(max(float(body.get("expires_in", 300)), 0.0), 86400.0)
         except (TypeError, ValueError):
@@ -123,42 +128,63 @@ class JamfClient(_OAuthClient):
         super().__init__(session, Credentials(f"{self.url}/api/oauth/token", client_id, client_secret),
                          timeout=timeout)
 
-    async def _pages(self, path: str) -> AsyncIterator[dict]:
-        seen = 0
+    async def _pages(self, path: str, id_key: str) -> AsyncIterator[dict]:
+        """Every record of a listing paged by offset. A listing that changes while it is read (records shift
+        between pages when one is added or deleted) or repeats itself is unreadable, never a verdict: the
+        devices it skipped would look gone. Each record must carry its Jamf id (`id_key`)."""
+        ids: set[str] = set()
+        first_total = None
         for page in range(MAX_PAGES):
             body = await self.get(f"{self.url}{path}", params=[("section", "GENERAL"), ("section", "HARDWARE"),
                                                               ("page", str(page)), ("page-size", str(PAGE_SIZE))])
             results = body.get("results")
             total = body.get("totalCount")
-            if not isinstance(results, list) or not isinstance(total, int):
+            if not isinstance(results, list) or not isinstance(total, int) or isinstance(total, bool):
                 raise MdmUnavailable(f"{path}: an answer without results and totalCount")
+            if total > MAX_RECORDS or len(results) > PAGE_SIZE:
+                raise MdmUnavailable(f"{path}: a listing of {total} devices, {len(results)} on a page of "
+                                     f"{PAGE_SIZE}")
+            if first_total is None:
+                first_total = total
+            elif total != first_total:
+                raise MdmUnavailable(f"{path}: the inventory changed while it was read ({first_total} then "
+                                     f"{total} devices); read again at the next sync")
             for item in results:
-                if isinstance(item, dict):
-                    yield item
-            seen += len(results)
-            if seen >= total:
+                jamf_id = item.get(id_key) if isinstance(item, dict) else None
+                if not isinstance(jamf_id, (str, int)) or isinstance(jamf_id, bool) or str(jamf_id) in ids:
+                    raise MdmUnavailable(f"{path}: a record without its {id_key}, or listed twice")
+                ids.add(str(jamf_id))
+                yield item
+            if len(ids) >= total:
                 return
             if not results:  # a listing that stops short: the devices it leaves out must not look gone
-                raise MdmUnavailable(f"{path}: an empty page after {seen} of {total} devices")
+                raise MdmUnavailable(f"{path}: an empty page after {len(ids)} of {total} devices")
         raise MdmUnavailable(f"{path}: more than {MAX_PAGES} pages")
 
-    def _record(self, mdm_id: Any, udid: Any, serial: Any, name: Any, managed: Any) -> Record | None:
+    def _record(self, item: dict, mdm_id: Any, udid: Any, serial: Any, name: Any, managed: Any) -> Record | None:
+        """A record's verdict. A record without the section its id or its managed flag is in (a section the API
+        role cannot read, a renamed field) makes the listing unreadable: read as a verdict, it would take every
+        device down. A record whose section is there but holds no such id names no device we can track."""
+        if not isinstance(item.get("general"), dict) or not isinstance(managed, bool):
+            raise MdmUnavailable("a device record without its management state (the GENERAL section)")
+        if self.id_field == "serial_number" and not isinstance(item.get("hardware"), dict):
+            raise MdmUnavailable("a device record without its serial number (the HARDWARE section)")
         key = udid if self.id_field == "udid" else serial
         if not isinstance(key, str) or not key:
             return None
-        state = MdmState.MANAGED if managed is True else MdmState.UNMANAGED
+        state = MdmState.MANAGED if managed else MdmState.UNMANAGED
         return Record(device_id=key, mdm_id=_text(str(mdm_id) if mdm_id is not None else ""), state=state,
                       name=_text(name))
 
     async def inventory(self) -> list[Record]:
         records: list[Record] = []
-        async for c in self._pages("/api/v1/computers-inventory"):
-            r = self._record(c.get("id"), c.get("udid"), _dig(c, "hardware", "serialNumber"),
+        async for c in self._pages("/api/v1/computers-inventory", "id"):
+            r = self._record(c, c.get("id"), c.get("udid"), _dig(c, "hardware", "serialNumber"),
                              _dig(c, "general", "name"), _dig(c, "general", "remoteManagement", "managed"))
             if r is not None:
                 records.append(r)
-        async for m in self._pages("/api/v2/mobile-devices/detail"):
-            r = self._record(m.get("mobileDeviceId"), _dig(m, "general", "udid"), _dig(m, "hardware", "serialNumber"),
+        async for m in self._pages("/api/v2/mobile-devices/detail", "mobileDeviceId"):
+            r = self._record(m, m.get("mobileDeviceId"), _dig(m, "general", "udid"), _dig(m, "hardware", "serialNumber"),
                              _dig(m, "general", "displayName"), _dig(m, "general", "managed"))
             if r is not None:
                 records.append(r)
@@ -179,22 +205,31 @@ class GraphClient(_OAuthClient):
                          timeout=timeout)
 
     async def _follow(self, url: str, params: Any = None) -> AsyncIterator[dict]:
-        """Every item of a paged Graph collection; the last page's body is returned through `self.last`."""
+        """Every item of a paged Graph collection; the last page's body is returned through `self.last`. A next
+        link seen before, or more than MAX_RECORDS items, makes the collection unreadable."""
+        links, count = {url}, 0
         for _ in range(MAX_PAGES):
             body = await self.get(url, params)
             params = None  # a next link carries its query
             value = body.get("value")
             if not isinstance(value, list):
                 raise MdmUnavailable(f"{url.split('?')[0]}: an answer without value")
+            count += len(value)
+            if count > MAX_RECORDS:
+                raise MdmUnavailable(f"{url.split('?')[0]}: more than {MAX_RECORDS} items")
             for item in value:
-                if isinstance(item, dict):
-                    yield item
+                if not isinstance(item, dict):
+                    raise MdmUnavailable(f"{url.split('?')[0]}: an item that is not an object")
+                yield item
             nxt = body.get("@odata.nextLink")
             if not isinstance(nxt, str):
                 self.last = body
                 return
             if not nxt.startswith(self.graph + "/"):
                 raise MdmUnavailable("a next link outside the Graph endpoint")
+            if nxt in links:
+                raise MdmUnavailable("a next link that was followed before")
+            links.add(nxt)
             url = nxt
         raise MdmUnavailable(f"more than {MAX_PAGES} pages")
 
