@@ -187,6 +187,7 @@ class _Source:
         self.last_modified: "str | None" = None
         self.due = 0.0  # monotonic time of the next fetch
         self.busy = False
+        self.inflight: "asyncio.Future[RefreshOutcome] | None" = None  # the running fetch, awaited by others
         self.last_success_at: "datetime | None" = None
         self.last_failure: "FailureKind | None" = None
         self.last_failure_detail: "str | None" = None
@@ -282,9 +283,20 @@ def cdp_uris(cert: x509.Certificate) -> "list[str] | None":
         if dp.crl_issuer:  # indirect: another entity issues the CRL; not supported
             continue
         for gn in dp.full_name or ():
-            if isinstance(gn, x509.UniformResourceIdentifier) and urlsplit(gn.value).scheme.lower() in ("http", "https"):
+            if not isinstance(gn, x509.UniformResourceIdentifier):
+                continue
+            try:
+                scheme = urlsplit(gn.value).scheme.lower()
+            except ValueError:  # e.g. "http://[bad": names no place to fetch from
+                continue
+            if scheme in ("http", "https"):
                 uris.append(gn.value)
     return uris
+
+
+def _newer(a: "_Snapshot", b: "_Snapshot") -> bool:
+    """Whether CRL `a` was issued after `b`: by thisUpdate, then CRL number."""
+    return (a.this_update, a.number or 0) > (b.this_update, b.number or 0)
 
 
 def _caused_by_refusal(exc: BaseException) -> bool:
@@ -398,7 +410,12 @@ class CrlChecker:
             cert = _load_cert(certificate)
         except ValueError as exc:
             return CheckResult(CheckStatus.UNKNOWN, False, "bad_certificate", detail=f"unreadable certificate: {exc}")
-        ca = self._issuer_of(cert)
+        try:  # a duplicated or unreadable extension: the certificate is unreadable, not our failure
+            ca = self._issuer_of(cert)
+            if ca is not None:
+                uris = cdp_uris(cert)
+        except (ValueError, x509.DuplicateExtension) as exc:
+            return CheckResult(CheckStatus.UNKNOWN, False, "bad_certificate", detail=f"unreadable certificate: {exc}")
         if ca is None:
             return CheckResult(CheckStatus.UNKNOWN, False, "unknown_issuer",
                                detail="the certificate's issuer is not a registered CA")
@@ -408,7 +425,10 @@ class CrlChecker:
             except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithmError):
                 return CheckResult(CheckStatus.UNKNOWN, False, "not_issued_by_ca", ca.name,
                                    detail=f"the certificate is not signed by {ca.name}")
-        uris = cdp_uris(cert)
+        if self._now_ts() > ca.cert.not_valid_after_utc.timestamp():  # its CRLs vouch for nothing any more
+            return CheckResult(CheckStatus.UNKNOWN, False, "ca_expired", ca.name,
+                               detail=f"the CA certificate of {ca.name} expired at "
+                                      f"{ca.cert.not_valid_after_utc.isoformat()}")
         if uris is None:
             return CheckResult(CheckStatus.UNKNOWN, False, "no_cdp", ca.name,
                                detail="the certificate has no CRL Distribution Points extension; "
@@ -442,12 +462,13 @@ class CrlChecker:
             snap = src.snapshot
             if snap is None or not snap.covers(uris, is_ca):
                 continue
+            # the newest of the CRLs that cover it (fresh first, else stale): a mirror serving an older one (validly
+            # signed) does not answer over a newer one held from another URL. Newest by thisUpdate, then number:
+            # CRLs without a number, and numbers of different scopes (a partition's, the full CRL's), compare so
             if now < snap.fresh_until:
-                # the newest of the fresh CRLs that cover it: a mirror serving an older one (validly signed, not
-                # yet expired) does not answer over a newer one held from another URL
-                if fresh is None or (snap.number or 0) > (fresh.number or 0):
+                if fresh is None or _newer(snap, fresh):
                     fresh = snap
-            elif stale is None:
+            elif stale is None or _newer(snap, stale):
                 stale = snap
         if fresh is not None:
             code = fresh.codes.get(serial)
@@ -481,6 +502,12 @@ class CrlChecker:
         for ca in candidates:
             if aki is not None and ca.key_id == aki:
                 return ca
+        for ca in reversed(candidates):  # no AKI (or none matches): the one whose key signed it
+            try:
+                cert.verify_directly_issued_by(ca.cert)
+                return ca
+            except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithmError):
+                continue
         return candidates[-1]
 
     def status(self) -> list[SourceStatus]:
@@ -533,14 +560,31 @@ class CrlChecker:
         return RefreshOutcome(ca, url, True, changed, crl_number=src.snapshot.number if src.snapshot else None)
 
     async def _fetch(self, src: _Source) -> RefreshOutcome:
-        if src.busy:
-            return RefreshOutcome(src.ca.name, src.url, False, False, detail="a fetch is already running")
+        """Fetch `src`; a caller that finds a fetch running waits for its outcome (an attestation that asked for
+        a CDP's first fetch is judged on it, not on the absence of a CRL)."""
+        if src.inflight is not None:
+            return await asyncio.shield(src.inflight)
+        fut = src.inflight = asyncio.get_running_loop().create_future()
+        outcome = RefreshOutcome(src.ca.name, src.url, False, False, detail="the fetch was cancelled")
+        try:
+            outcome = await self._fetch_once(src)
+            return outcome
+        finally:
+            src.inflight = None
+            fut.set_result(outcome)
+
+    async def _fetch_once(self, src: _Source) -> RefreshOutcome:
         src.busy = True
         try:
             async with self._sem:
-                data = await self._download(src)
-            changed = False if data is None else await self._accept(src, data)
-            if data is None and src.snapshot is not None:
+                fetched = await self._download(src)
+            changed = False
+            if fetched is not None:
+                data, validators = fetched
+                changed = await self._accept(src, data)
+                # the validators of a copy now held: those of a refused one would make its next fetch a 304
+                src.etag, src.last_modified = validators
+            if fetched is None and src.snapshot is not None:
                 self._log.info("crl.check.not_modified", ca=src.ca.name, url=src.url, number=src.snapshot.number)
             self._record_success(src)
         except Exception as exc:  # noqa: BLE001 - a fetch ends in an outcome, never in a task exception
@@ -586,8 +630,8 @@ class CrlChecker:
             self._own_session = True
         return self._session
 
-    async def _download(self, src: _Source) -> "bytes | None":
-        """GET the CRL (conditional when we hold one); None for 304 Not Modified."""
+    async def _download(self, src: _Source) -> "tuple[bytes, tuple[str | None, str | None]] | None":
+        """GET the CRL (conditional when we hold one) and its ETag and Last-Modified; None for 304 Not Modified."""
         refused = _refused_literal(src.url, self._allowed)
         if refused is not None:
             raise _Failure(FailureKind.FORBIDDEN_DESTINATION, f"{refused} is not a public address "
@@ -616,9 +660,7 @@ class CrlChecker:
                     buf += chunk
                     if len(buf) > cap:
                         raise _Failure(FailureKind.TOO_LARGE, f"more than {cap} bytes")
-                src.etag = resp.headers.get("ETag")
-                src.last_modified = resp.headers.get("Last-Modified")
-                return bytes(buf)
+                return bytes(buf), (resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
         except _Failure:
             raise
         except asyncio.TimeoutError:

@@ -435,7 +435,7 @@ class AttestationService:
         first = self.external.check(info.cert)
         if first.reason == "unknown_issuer" and await self.external.maybe_reload():
             first = self.external.check(info.cert)
-        if first.reason in ("unknown_issuer", "not_issued_by_ca", "bad_certificate"):
+        if first.reason in ("unknown_issuer", "not_issued_by_ca", "bad_certificate", "ca_expired"):
             return fail(Verdict.ISSUER_NOT_TRUSTED, first.detail or "the certificate's issuer is not a trusted CA")
         if first.reason in ("no_cdp", "no_http_cdp"):
             return fail(Verdict.CERTIFICATE_NO_CDP, first.detail)

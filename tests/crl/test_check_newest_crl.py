@@ -1,0 +1,56 @@
+"""Of several fresh CRLs covering a certificate, the newest answers, by thisUpdate then CRL number: CRLs without a
+CRL Number (v1, or `openssl ca -gencrl` without a crlnumber file) and numbers of different scopes (a partition's
+own sequence, the full CRL's) do not make an older copy answer over a newer one."""
+from datetime import timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from crl.check import CheckStatus, CrlChecker
+from crl.config import CheckerSettings
+from trustkit.clock import SettableClock
+
+from tests.crl.customer_ca import T0, Ca, idp
+
+A, B = "http://cdp.example/a.crl", "http://mirror.example/a.crl"
+
+
+def crl_without_number(ca, this_update, revoked=()):
+    b = (x509.CertificateRevocationListBuilder().issuer_name(ca.name).last_update(this_update)
+         .next_update(T0 + timedelta(hours=6)))
+    for serial in revoked:
+        b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(serial)
+                                      .revocation_date(this_update).build())
+    return b.sign(ca.key, hashes.SHA256()).public_bytes(Encoding.DER)
+
+
+async def test_mirror_with_older_unnumbered_crl_does_not_answer_over_newer():
+    clock = SettableClock(T0)
+    ca = Ca("Unnumbered CA", slot=21)
+    c = CrlChecker(settings=CheckerSettings(), clock=clock)
+    c.add_ca(ca.cert, name="cust", require_cdp=False)
+    leaf = ca.leaf(0x61, cdps=(A, B))
+    assert (await c.install("cust", A, crl_without_number(ca, T0 - timedelta(hours=2)))).ok  # lagging mirror
+    assert (await c.install("cust", B, crl_without_number(ca, T0 - timedelta(minutes=5), revoked=[0x61]))).ok
+    r = c.check(leaf)
+    assert r.status is CheckStatus.REVOKED, f"answered from the older copy at {r.crl_url}: {r.status} {r.reason}"
+
+
+async def test_partition_number_is_not_compared_with_full_crl_number():
+    clock = SettableClock(T0)
+    ca = Ca("Scopes CA", slot=22)
+    c = CrlChecker(settings=CheckerSettings(), clock=clock)
+    c.add_ca(ca.cert, name="cust", require_cdp=False)
+    P, F = "http://cdp.example/part/3.crl", "http://cdp.example/full.crl"
+    leaf = ca.leaf(0x62, cdps=(P, F))
+    # the full CRL (its own sequence, at 500) signed 3 hours ago; the partition CRL (its own sequence, at 7)
+    # signed 5 minutes ago lists the leaf
+    assert (await c.install("cust", F, ca.crl(number=500, this_update=T0 - timedelta(hours=3),
+                                               next_update=T0 + timedelta(days=1)))).ok
+    assert (await c.install("cust", P, ca.crl(number=7, this_update=T0 - timedelta(minutes=5),
+                                               next_update=T0 + timedelta(days=1), idp=idp([P], user=True),
+                                               revoked=[(0x62, x509.ReasonFlags.key_compromise)]))).ok
+    r = c.check(leaf)
+    assert r.status is CheckStatus.REVOKED, (f"answered from the older full CRL #{r.crl_number} at {r.crl_url}: "
+                                             f"{r.status} {r.reason}")
