@@ -81,6 +81,8 @@ async def jamf_webhook(request: web.Request) -> web.Response:
         raise BadRequest("the event names no device (udid / serialNumber)")
     mdm_id = event.get("jssID", event.get("id", ""))
     at = _event_time(hook.get("eventTimestamp"))
+    if at is not None:  # dated in the future (a clock ahead, seconds read as milliseconds): taken as dated now, so
+        at = min(at, svc.clock())  # that it cannot make the device's later, real events look older than itself
     if at is not None and await svc.superseded(name, key, at):
         return web.json_response({"accepted": False, "reason": "older than an event already applied"}, status=202)
     change = await svc.event(name, Record(device_id=key, mdm_id=str(mdm_id)[:255], state=state), at=at)

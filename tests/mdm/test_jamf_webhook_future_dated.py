@@ -1,0 +1,36 @@
+"""Jamf webhook event dating: an event dated in the future (a Jamf clock far ahead, seconds and milliseconds mixed
+up, a replay tool) is taken as dated now; it does not make every later, real event about that device "older than
+an event already applied"."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.binding.conftest import api, clock, server  # noqa: F401
+from tests.mdm.peers import CLIENT_ID, CLIENT_SECRET
+
+
+@pytest.fixture
+def secret_env(monkeypatch):
+    monkeypatch.setenv("MDM_TEST_SECRET", CLIENT_SECRET)
+    return {"env": "MDM_TEST_SECRET"}
+
+
+async def test_a_future_dated_event_does_not_silence_the_device(server, api, secret_env):
+    _, secret = await server.runtime.mdm.configure("jamf", "jamf", {
+        "url": "https://jamf.example", "client_id": CLIENT_ID, "client_secret": secret_env, "id_field": "udid"},
+        actor="cli:admin")
+    await api.add_device("d1")
+    hook = f"{server.url}/hooks/jamf"
+
+    async def post(event, ts):
+        body = {"webhook": {"id": 7, "webhookEvent": event, "eventTimestamp": ts}, "event": {"udid": "d1", "jssID": 4}}
+        async with api.session.post(hook, json=body, headers={"X-Webhook-Secret": secret}) as r:
+            return r.status, await r.json()
+
+    year_9000 = 221845392000000
+    await post("MobileDeviceCheckIn", year_9000)
+    status, body = await post("MobileDeviceUnEnrolled", int(time.time() * 1000))  # the real unenrolment, now
+    device = await api.get("/api/v1/devices/d1")
+    assert device["status"] == "deactivated", (status, body, device["status"])
