@@ -216,7 +216,8 @@ class DynamicVerifier:
         try:
             redeemed = await self.service.store.redeem(
                 req.profile.name, req.challenge, now=self.service.runtime.clock(),
-                transaction_id=req.message.transaction_id, check=lambda expected: check_csr(req.csr, expected))
+                transaction_id=req.message.transaction_id,
+                check=lambda expected: check_csr(req.csr, expected, named_device=req.named_device))
         except ChallengeRejected:
             metrics.challenge_redeemed(req.profile.name, "refused")
             raise

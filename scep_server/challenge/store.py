@@ -326,10 +326,13 @@ def csr_sans(csr) -> list[str]:
     return sorted(out)
 
 
-def check_csr(csr, expected: Expectations) -> None:
-    """Raise ChallengeRejected when the CSR does not match what the challenge was issued for."""
+def check_csr(csr, expected: Expectations, *, named_device: str | None = None) -> None:
+    """Raise ChallengeRejected when the CSR (and the device it names, `named_device`) does not match what the
+    challenge was issued for: the challenge is then not used up."""
     from cryptography import x509
 
+    if expected.device_id is not None and named_device is not None and named_device != expected.device_id:
+        raise ChallengeRejected("the request names another device than the one its challenge was issued for")
     if expected.subject is not None and csr.subject != x509.Name.from_rfc4514_string(expected.subject):
         raise ChallengeRejected(f"the CSR subject {csr.subject.rfc4514_string()!r} is not the one this challenge "
                                 f"was issued for ({expected.subject!r})")

@@ -60,7 +60,8 @@ class Enrolment:
         csr = self.content.csr
         return EnrollmentRequest(profile=self.profile, message=self.message, csr=csr, csr_der=self.content.der,
                                  challenge=challenge_password(csr), renewal_of=self.renewal_of,
-                                 device_id=self.device_id, static_secrets=self.static_secrets)
+                                 device_id=self.device_id, named_device=self.named_device,
+                                 static_secrets=self.static_secrets)
 
 
 class Check(Protocol):

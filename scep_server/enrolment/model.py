@@ -52,6 +52,8 @@ class EnrollmentRequest:
     renewal_of: CertRecord | None
     # the device a trusted source named for this enrolment (challenge expectations, Intune, pre-registration)
     device_id: str | None = None
+    # the device the request itself names (profile setting `device_id`; read before any challenge is spent)
+    named_device: str | None = None
     # a static profile's secrets (scep_server.profilemodel.StaticSecrets, None: no such static profile) as read in
     # the decryption stage by an inline repository, or NOT_LOOKED_UP
     static_secrets: object = NOT_LOOKED_UP
