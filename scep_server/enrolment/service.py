@@ -302,7 +302,12 @@ class ScepService:
                       static_secrets=static_secrets,
                       policy_error=policy_error, vetted=vetted, signed_by_us=self.signed_by_us(ca, msg))
         for check in self.checks:
-            answer = await check(e)
+            try:
+                answer = await check(e)
+            except SCEPFailure as exc:
+                if e.verifier is not None:  # a delegated challenge that allowed it is told it failed after all
+                    await e.verifier.after_failure(e.request(), exc.text)
+                raise
             if answer is not None:
                 return answer
         e.now = e.now or self.clock()
