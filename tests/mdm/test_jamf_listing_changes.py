@@ -8,6 +8,7 @@ from aiohttp import web
 
 from tests.binding.conftest import api, clock, server  # noqa: F401
 from tests.mdm.peers import CLIENT_ID, CLIENT_SECRET
+from tests.mdm.test_jamf_records_without_fields import jamf_peer
 
 VICTIM = "udid-100"
 
@@ -23,9 +24,6 @@ async def test_a_deletion_during_the_read_does_not_take_down_a_managed_device(se
     computers = [f"udid-{i:03d}" for i in range(150)]
     delete_after_page0 = {"armed": False}
 
-    async def token(request):
-        return web.json_response({"access_token": "t", "expires_in": 60})
-
     async def inventory(request):
         n, size = int(request.query["page"]), int(request.query["page-size"])
         items = [{"id": str(i), "udid": u, "general": {"remoteManagement": {"managed": True}}}
@@ -35,14 +33,7 @@ async def test_a_deletion_during_the_read_does_not_take_down_a_managed_device(se
             computers.remove("udid-000")  # an administrator deletes a computer in Jamf Pro meanwhile
         return web.json_response(body)
 
-    async def mobiles(request):
-        return web.json_response({"totalCount": 0, "results": []})
-
-    app = web.Application()
-    app.router.add_post("/api/oauth/token", token)
-    app.router.add_get("/api/v1/computers-inventory", inventory)
-    app.router.add_get("/api/v2/mobile-devices/detail", mobiles)
-    peer = await aiohttp_server(app, host="127.0.0.1")
+    peer = await jamf_peer(aiohttp_server, inventory)
     await api.add_device(VICTIM)
     await server.runtime.mdm.configure("jamf", "jamf", {"url": f"http://127.0.0.1:{peer.port}",
                                                         "client_id": CLIENT_ID, "client_secret": secret_env,

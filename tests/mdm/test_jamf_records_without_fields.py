@@ -16,12 +16,10 @@ def secret_env(monkeypatch):
     return {"env": "MDM_TEST_SECRET"}
 
 
-async def _jamf(aiohttp_server, answer: dict):
+async def jamf_peer(aiohttp_server, computers):
+    """A Jamf Pro server whose computers inventory is answered by `computers` (no mobile devices)."""
     async def token(request):
         return web.json_response({"access_token": "t", "expires_in": 60})
-
-    async def computers(request):
-        return web.json_response(answer["computers"])
 
     async def mobiles(request):
         return web.json_response({"totalCount": 0, "results": []})
@@ -45,7 +43,11 @@ FULL = [{"id": str(i), "udid": f"mac-{i}", "general": {"remoteManagement": {"man
 async def test_records_without_the_fields_read_take_nothing_down(server, api, aiohttp_server, secret_env,
                                                                  id_field, broken):
     answer = {"computers": {"totalCount": 3, "results": FULL}}
-    peer = await _jamf(aiohttp_server, answer)
+
+    async def computers(request):
+        return web.json_response(answer["computers"])
+
+    peer = await jamf_peer(aiohttp_server, computers)
     ids = [f"mac-{i}" if id_field == "udid" else f"SER{i}" for i in range(3)]
     for d in ids:
         await api.add_device(d)

@@ -3,12 +3,10 @@ up, a replay tool) is taken as dated now; it does not make every later, real eve
 an event already applied"."""
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.binding.conftest import api, clock, server  # noqa: F401
-from tests.mdm.peers import CLIENT_ID, CLIENT_SECRET
+from tests.mdm.peers import CLIENT_ID, CLIENT_SECRET, jamf_webhook
 
 
 @pytest.fixture
@@ -23,14 +21,9 @@ async def test_a_future_dated_event_does_not_silence_the_device(server, api, sec
         actor="cli:admin")
     await api.add_device("d1")
     hook = f"{server.url}/hooks/jamf"
-
-    async def post(event, ts):
-        body = {"webhook": {"id": 7, "webhookEvent": event, "eventTimestamp": ts}, "event": {"udid": "d1", "jssID": 4}}
-        async with api.session.post(hook, json=body, headers={"X-Webhook-Secret": secret}) as r:
-            return r.status, await r.json()
-
     year_9000 = 221845392000000
-    await post("MobileDeviceCheckIn", year_9000)
-    status, body = await post("MobileDeviceUnEnrolled", int(time.time() * 1000))  # the real unenrolment, now
+    await jamf_webhook(api.session, hook, "MobileDeviceCheckIn", "d1", secret=secret, header=True, at_ms=year_9000)
+    status, body = await jamf_webhook(api.session, hook, "MobileDeviceUnEnrolled", "d1", secret=secret,
+                                      header=True)  # the real unenrolment, now
     device = await api.get("/api/v1/devices/d1")
     assert device["status"] == "deactivated", (status, body, device["status"])
