@@ -186,7 +186,6 @@ class _Source:
         self.etag: "str | None" = None
         self.last_modified: "str | None" = None
         self.due = 0.0  # monotonic time of the next fetch
-        self.busy = False
         self.inflight: "asyncio.Future[RefreshOutcome] | None" = None  # the running fetch, awaited by others
         self.last_success_at: "datetime | None" = None
         self.last_failure: "FailureKind | None" = None
@@ -574,7 +573,6 @@ class CrlChecker:
             fut.set_result(outcome)
 
     async def _fetch_once(self, src: _Source) -> RefreshOutcome:
-        src.busy = True
         try:
             async with self._sem:
                 fetched = await self._download(src)
@@ -592,7 +590,6 @@ class CrlChecker:
             src.due = time.monotonic() + self.settings.retry_interval.total_seconds()
             return self._record_failure(src, f)
         finally:
-            src.busy = False
             self._wake.set()  # the schedule loop recomputes its wait with this source's new due time
         src.due = time.monotonic() + self._refresh_after(src.snapshot)
         return RefreshOutcome(src.ca.name, src.url, True, changed,
@@ -797,7 +794,7 @@ class CrlChecker:
         soonest = now + 3600.0
         for ca in list(self._cas.values()):
             for src in list(ca.sources.values()):
-                if src.busy:
+                if src.inflight is not None:
                     continue
                 if src.due <= now:
                     src.due = now + self.settings.timeout.total_seconds() + 1  # until the fetch sets it

@@ -165,7 +165,7 @@ class JamfClient(_OAuthClient):
         """A record's verdict. A record without the section its id or its managed flag is in (a section the API
         role cannot read, a renamed field) makes the listing unreadable: read as a verdict, it would take every
         device down. A record whose section is there but holds no such id names no device we can track."""
-        if not isinstance(item.get("general"), dict) or not isinstance(managed, bool):
+        if not isinstance(managed, bool):
             raise MdmUnavailable("a device record without its management state (the GENERAL section)")
         if self.id_field == "serial_number" and not isinstance(item.get("hardware"), dict):
             raise MdmUnavailable("a device record without its serial number (the HARDWARE section)")

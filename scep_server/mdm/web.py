@@ -46,11 +46,13 @@ def _field(event: dict, key: str) -> str | None:
     return value if isinstance(value, str) and 0 < len(value) <= 255 else None
 
 
-def _event_time(value: object) -> datetime | None:
-    """Jamf's `webhook.eventTimestamp` (milliseconds since the epoch) as a time, or None."""
+def _event_time(value: object, now: datetime) -> datetime | None:
+    """Jamf's `webhook.eventTimestamp` (milliseconds since the epoch) as a time, or None. A time after `now` (a
+    clock ahead, seconds read as milliseconds) is taken as `now`: it cannot make the device's later, real events
+    look older than itself."""
     if type(value) is not int or not 0 < value < 253402300800000:  # before the year 10000
         return None
-    return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+    return min(datetime.fromtimestamp(value / 1000, tz=timezone.utc), now)
 
 
 async def jamf_webhook(request: web.Request) -> web.Response:
@@ -80,9 +82,7 @@ async def jamf_webhook(request: web.Request) -> web.Response:
     if key is None:
         raise BadRequest("the event names no device (udid / serialNumber)")
     mdm_id = event.get("jssID", event.get("id", ""))
-    at = _event_time(hook.get("eventTimestamp"))
-    if at is not None:  # dated in the future (a clock ahead, seconds read as milliseconds): taken as dated now, so
-        at = min(at, svc.clock())  # that it cannot make the device's later, real events look older than itself
+    at = _event_time(hook.get("eventTimestamp"), svc.clock())
     if at is not None and await svc.superseded(name, key, at):
         return web.json_response({"accepted": False, "reason": "older than an event already applied"}, status=202)
     change = await svc.event(name, Record(device_id=key, mdm_id=str(mdm_id)[:255], state=state), at=at)
