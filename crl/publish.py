@@ -11,7 +11,7 @@ import os
 import socket
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Awaitable, Callable, Collection, Sequence
 
@@ -59,6 +59,9 @@ class PublishedCrl:
     der: bytes = field(repr=False)
     sha256: str
     entries: int
+    # the CRL recorded before it has the same thisUpdate second (two re-signs within one second): a client's
+    # If-Modified-Since of that second may name either, so crl.web answers it with this one
+    shares_second: bool = False
 
     @functools.cached_property
     def pem(self) -> bytes:
@@ -317,6 +320,8 @@ class Publisher:
             await self.refresh_from_store()
             self._succeeded()
             return self._current or published
+        if saved.shares_second:
+            published = replace(published, shares_second=True)
         self._install(published)
         self._fingerprint = fingerprint
         self._own_base = True
@@ -395,8 +400,9 @@ class Publisher:
             raise ValueError("stored CRL does not match its row")
         if not verify_signature(self.issuer.public_key, crl.signature_algorithm, crl.tbs, crl.signature):
             raise ValueError("stored CRL signature does not verify")
-        return _published_from(self.ca, stored.der, stored.number, crl.this_update, crl.next_update or
-                               stored.next_update, stored.entries)
+        published = _published_from(self.ca, stored.der, stored.number, crl.this_update, crl.next_update or
+                                    stored.next_update, stored.entries)
+        return replace(published, shares_second=True) if stored.shares_second else published
 
     def _install(self, published: PublishedCrl) -> None:
         self._current = published

@@ -23,6 +23,14 @@ class StoredCrl:
     sha256: str
     entries: int
     published_by: "str | None"
+    shares_second: bool = False  # its thisUpdate second is its predecessor's (crl.web answers such a date in full)
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A CRL recorded as the newest of its scope."""
+
+    shares_second: bool  # the CRL recorded before it had the same thisUpdate (two re-signs within one second)
 
 
 class CrlStateStore:
@@ -55,17 +63,21 @@ class CrlStateStore:
         return int(row.last_number), aware(row.last_this_update)
 
     async def save(self, *, number: int, this_update: datetime, next_update: datetime, der: bytes, sha256: str,
-                   entries: int, published_at: datetime, published_by: str) -> bool:
-        """Record a published CRL unless one with a number >= `number` is already recorded."""
+                   entries: int, published_at: datetime, published_by: str) -> "Saved | None":
+        """Record a published CRL unless one with a number >= `number` is already recorded (None then)."""
         c = crl_state.c
+        this_update_v = sa.literal(this_update, sa.DateTime(timezone=True))
         async with self._writer.begin() as conn:
-            res = await conn.execute(
+            row = (await conn.execute(
                 crl_state.update()
                 .where(c.ca == self.ca, sa.or_(c.crl_number.is_(None), c.crl_number < number),
                        c.last_number >= number)
+                # the right-hand side reads the row as it was: the CRL recorded before this one
                 .values(crl_number=number, this_update=this_update, next_update=next_update, der=der,
-                        sha256=sha256, entries=entries, published_at=published_at, published_by=published_by))
-            return res.rowcount == 1
+                        sha256=sha256, entries=entries, published_at=published_at, published_by=published_by,
+                        this_update_shared=sa.case((c.this_update == this_update_v, True), else_=False))
+                .returning(c.this_update_shared))).first()
+            return None if row is None else Saved(shares_second=bool(row.this_update_shared))
 
     async def published_number(self) -> "int | None":
         """The newest published CRL Number (the cheap poll)."""
@@ -78,13 +90,15 @@ class CrlStateStore:
         c = crl_state.c
         async with self.engine.connect() as conn:
             row = (await conn.execute(
-                sa.select(c.crl_number, c.this_update, c.next_update, c.der, c.sha256, c.entries, c.published_by)
+                sa.select(c.crl_number, c.this_update, c.next_update, c.der, c.sha256, c.entries, c.published_by,
+                          c.this_update_shared)
                 .where(c.ca == self.ca, c.crl_number.is_not(None)))).first()
         if row is None:
             return None
         return StoredCrl(number=int(row.crl_number), this_update=aware(row.this_update),
                          next_update=aware(row.next_update), der=bytes(row.der), sha256=row.sha256,
-                         entries=int(row.entries or 0), published_by=row.published_by)
+                         entries=int(row.entries or 0), published_by=row.published_by,
+                         shares_second=bool(row.this_update_shared))
 
     async def last_allocated(self) -> int:
         async with self.engine.connect() as conn:

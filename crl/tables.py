@@ -19,6 +19,9 @@ crl_state = sa.Table(
     # the newest published CRL (published number <= last_number)
     sa.Column("crl_number", sa.BigInteger),
     sa.Column("this_update", TS),
+    # its thisUpdate second is the one the CRL recorded before it had: a client's If-Modified-Since of that
+    # second may name either, so it is answered with the CRL (crl.web)
+    sa.Column("this_update_shared", sa.Boolean),
     sa.Column("next_update", TS),
     sa.Column("der", sa.LargeBinary),
     sa.Column("sha256", sa.String(64)),

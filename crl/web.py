@@ -37,12 +37,14 @@ def _http_date(ts: float) -> str:
 class _Prepared:
     """Bodies and headers of one CRL for one second."""
 
-    __slots__ = ("crl", "second", "last_modified_ts", "_common", "_forms")
+    __slots__ = ("crl", "second", "last_modified_ts", "shares_second", "_common", "_forms")
 
     def __init__(self, crl, second: int, max_age_cap: int) -> None:
         self.crl = crl
         self.second = second
         self.last_modified_ts = crl.this_update.timestamp()
+        # the CRL before it was served with the same Last-Modified: that date does not tell them apart
+        self.shares_second = getattr(crl, "shares_second", False)
         remaining = int(crl.next_update.timestamp()) - second
         common = {"Last-Modified": _http_date(self.last_modified_ts)}
         if remaining > 0:
@@ -81,13 +83,17 @@ def _etag_matches(header: str, etag: str) -> bool:
     return False
 
 
-def _not_modified_since(header: str, last_modified_ts: float) -> bool:
+def _not_modified_since(header: str, last_modified_ts: float, *, shares_second: bool = False) -> bool:
+    """Whether the CRL is unmodified since the date `header` gives. When the CRL before it had the same
+    thisUpdate second (`shares_second`), a client dated that second may hold either: only a later date is."""
     try:
         since = parsedate_to_datetime(header)
     except (TypeError, ValueError, IndexError, OverflowError):  # OverflowError: a year beyond a C long
         return False  # an unreadable date is ignored (RFC 9110 §13.1.3)
     if since.tzinfo is None:
         return False
+    if shares_second:
+        return int(last_modified_ts) < since.timestamp()
     return int(last_modified_ts) <= since.timestamp()
 
 
@@ -166,7 +172,7 @@ class CrlEndpoint:
         body, etag, ok_headers, not_modified_headers = p.form(form)
         headers = request.headers
         if "If-None-Match" in headers or "If-Modified-Since" in headers:
-            if self._not_modified(headers, etag, p.last_modified_ts):
+            if self._not_modified(headers, etag, p):
                 return web.Response(status=304, headers=not_modified_headers)
         return web.Response(body=body, headers=ok_headers)
 
@@ -176,12 +182,12 @@ class CrlEndpoint:
         return web.Response(status=404, text=f"no such CRL {name!r}: use /crl/<ca>.crl (DER) or /crl/<ca>.pem\n")
 
     @staticmethod
-    def _not_modified(headers, etag: str, last_modified_ts: float) -> bool:
+    def _not_modified(headers, etag: str, p: _Prepared) -> bool:
         """RFC 9110 §13.2.2: If-None-Match decides when present, else If-Modified-Since."""
         inm = headers.get("If-None-Match")
         if inm is not None:
             return _etag_matches(inm, etag)
-        return _not_modified_since(headers["If-Modified-Since"], last_modified_ts)
+        return _not_modified_since(headers["If-Modified-Since"], p.last_modified_ts, shares_second=p.shares_second)
 
     @staticmethod
     def _missing(ca: str, p) -> web.Response:

@@ -652,7 +652,8 @@ async def _restore_database(url: str, manifest: dict[str, Any], box, *, gap: int
                     # the published CRL is dropped: the first start signs a new one numbered above the floor,
                     # rather than serving one older than CRLs the old deployment may have published
                     values = dict(last_number=floor, crl_number=None, this_update=None, next_update=None, der=None,
-                                  sha256=None, entries=None, published_at=None, published_by=None)
+                                  sha256=None, entries=None, published_at=None, published_by=None,
+                                  this_update_shared=None)
                     res = await conn.execute(crl_state.update().where(crl_state.c.ca == ca).values(**values))
                     if res.rowcount == 0:
                         await conn.execute(crl_state.insert().values(ca=ca, **values))
