@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -43,26 +42,22 @@ def test_serve_keeps_each_worker_on_a_cpu_of_its_own(tmp_path, mode):
     _prepare_for_scepclient(data, None)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SCEP_SERVER_")}
+    # the supervisor says READY=1 once both workers serve: the masks are read from a server that is up
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(90)
     env.update({"SCEP_SERVER_LOG__LEVEL": "warning", "SCEP_SERVER_SERVER__CPU_AFFINITY": mode,
-                "PYTHONPATH": str(ROOT)})
+                "PYTHONPATH": str(ROOT), "NOTIFY_SOCKET": str(tmp_path / "notify")})
     # the server may use exactly two CPUs, and runs two workers
     proc = subprocess.Popen([sys.executable, "-m", "scep_server.cli", "--data-dir", str(data), "serve",
                              "--listen", f"127.0.0.1:{port}", "--workers", "2"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             preexec_fn=lambda: os.sched_setaffinity(0, two))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                    pass
-                if len(child_pids(proc.pid)) == 2:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
+        with notify:
+            assert notify.recv(4096).startswith(b"READY=1"), "the server did not start"
         workers = child_pids(proc.pid)
+        assert len(workers) == 2
         masks = [_allowed(pid) for pid in workers]
         assert _allowed(proc.pid) == two  # the supervisor itself is not moved
         if mode == "auto":
