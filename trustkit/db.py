@@ -5,6 +5,7 @@ On SQLite every connection gets the same pragmas (:func:`sqlite_pragmas`), and a
 engine this module makes, whoever begins the transaction."""
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -33,6 +34,23 @@ def is_sqlite(engine_or_url) -> bool:
 SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
+class RollbackOnClose(sqlite3.Connection):
+    """A SQLite connection that ends its transaction before it closes.
+
+    A connection closed inside a transaction while one of its statements is still part-way through (a task
+    cancelled between a query and its rows: the pool then closes the connection) is left open by SQLite until
+    that statement is finalized, and keeps the write lock as long: every other connection, in this process or
+    another, waits for it to its busy timeout. Rolled back first, it holds nothing once closed."""
+
+    def close(self) -> None:
+        if self.in_transaction:
+            try:
+                self.rollback()
+            except sqlite3.Error:  # pragma: no cover - closing anyway; SQLite rolls back what it can
+                pass
+        super().close()
+
+
 def sqlite_pragmas(dbapi_conn, synchronous: str = "FULL") -> None:
     """WAL, the durability level, enforced foreign keys and a busy wait, on one DB-API connection."""
     cur = dbapi_conn.cursor()
@@ -48,7 +66,7 @@ def create_engine(url: str, *, pool_size: int = 10, sqlite_synchronous: str = "F
         db = make_url(url).database
         if db and db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30, "factory": RollbackOnClose})
         sync = sqlite_synchronous.upper()
         if sync not in SQLITE_SYNCHRONOUS:
             raise ValueError(f"database.sqlite_synchronous: unknown value {sqlite_synchronous!r}")
