@@ -42,8 +42,9 @@ from trustkit.db import writer
 from trustkit.paging import Page, PageRequest
 from ..store.events import record_event
 from ..store.tables import certificates
-from .errors import ChangedConcurrently, DeviceExists, DeviceNotFound, InvalidInput, InvalidTransition
-from .tables import device_certs, device_enrolments, devices
+from .errors import (ChangedConcurrently, DeviceExists, DeviceNotFound, InvalidInput, InvalidTransition,
+                     SupersededByNewerEvent)
+from .tables import device_certs, device_enrolments, devices, mdm_devices
 
 log = structlog.get_logger("device")
 
@@ -133,6 +134,17 @@ def _binding(row) -> Binding:
                    retired_at=aware(m["retired_at"]))
 
 
+async def _no_newer_event(conn: AsyncConnection, device_id: str, source: str, at: datetime) -> None:
+    """SupersededByNewerEvent if `source` recorded an event about the device dated after `at`."""
+    query = sa.select(mdm_devices.c.last_event_at).where(mdm_devices.c.source == source,
+                                                         mdm_devices.c.device_id == device_id)
+    if conn.dialect.name == "postgresql":  # SQLite: the write lock taken at BEGIN serialises with the recording
+        query = query.with_for_update()
+    last = (await conn.execute(query)).scalar()
+    if last is not None and aware(last) > at:
+        raise SupersededByNewerEvent(f"a later event of {source!r} about device {device_id!r} decides")
+
+
 class DeviceStore:
     """Device records, their lifecycle and the certificate state it drives."""
 
@@ -218,17 +230,25 @@ class DeviceStore:
                     for r in rows]
 
     async def transition(self, device_id: str, action: str, *, actor: str, reason: str | None = None,
-                         judged_at: datetime | None | object = ANY_TIME) -> tuple[Device, list[CertChange]]:
+                         judged_at: datetime | None | object = ANY_TIME,
+                         mdm_event: tuple[str, datetime] | None = None) -> tuple[Device, list[CertChange]]:
         """Apply a lifecycle action; returns the device after it and the certificate changes it made.
 
         ``judged_at``: the device's ``status_changed_at`` when the caller decided on the action (an MDM's sync or
         webhook): ChangedConcurrently if its status changed since, even back to the same status (an
-        administrator's reactivate and deactivate in between are not undone)."""
+        administrator's reactivate and deactivate in between are not undone).
+
+        ``mdm_event``: (source, time) of the MDM event that asks for the action: SupersededByNewerEvent if the
+        source has since recorded a later event about the device (``mdm_devices.last_event_at``, locked until the
+        commit on PostgreSQL, so that a newer event recorded meanwhile either is seen here or reads the device
+        after this change)."""
         if action not in TRANSITIONS:
             raise InvalidInput(f"unknown action {action!r}; one of: {', '.join(TRANSITIONS)}")
         sources, target = TRANSITIONS[action]
         now = self.clock()
         async with writer(self.engine).begin() as conn:
+            if mdm_event is not None:
+                await _no_newer_event(conn, device_id, *mdm_event)
             row = (await conn.execute(sa.select(devices).where(devices.c.id == device_id))).first()
             if row is None:
                 raise DeviceNotFound(f"no device {device_id!r}")

@@ -33,6 +33,12 @@ class ChangedConcurrently(InvalidTransition):
     code = "changed_concurrently"
 
 
+class SupersededByNewerEvent(InvalidTransition):
+    """The MDM gave a later time to another event about the device since this one was judged: it decides."""
+
+    code = "superseded_by_newer_event"
+
+
 class InvalidInput(BindingError, problems.BadRequest):
     code = "invalid_input"
     status = 400

@@ -22,3 +22,7 @@ class MdmSourceExists(MdmError, problems.Conflict):
 class MdmSourceInvalid(MdmError, problems.BadRequest):
     code = "mdm_source_invalid"
     status = 400
+
+
+class EventSuperseded(Exception):
+    """A webhook event older than one already recorded about the device: not applied."""

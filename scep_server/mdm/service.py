@@ -29,7 +29,7 @@ from ..binding.errors import InvalidTransition
 from ..binding.tables import devices, mdm_devices, mdm_sources
 from ..store.events import record_event
 from ..store.tables import events
-from .errors import MdmSourceExists, MdmSourceInvalid, MdmSourceNotFound
+from .errors import EventSuperseded, MdmSourceExists, MdmSourceInvalid, MdmSourceNotFound
 from .plan import Change, MdmState, Ours, Record, Rules, Tracked, decide, plan
 
 log = structlog.get_logger("mdm")
@@ -196,21 +196,25 @@ class MdmService:
             return {r.device_id: Tracked(MdmState(r.state), aware(r.missing_since) if r.missing_since else None)
                     for r in rows}
 
-    async def _apply(self, name: str, changes: list[Change], report: SyncReport, ours: dict[str, Ours]) -> None:
-        """Each change, unless the device's status changed after it was read (`ours`, its changed_at)."""
+    async def _apply(self, name: str, changes: list[Change], report: SyncReport, ours: dict[str, Ours], *,
+                     event_at: datetime | None = None) -> None:
+        """Each change, unless the device's status changed after it was read (`ours`, its changed_at) or, for a
+        webhook event dated `event_at`, the MDM gave a later time to another event about the device since."""
         actor = f"mdm:{name}"
         for change in changes:
             seen = ours.get(change.device_id)
             try:
                 await self.devices.transition(change.device_id, change.action, actor=actor, reason=change.why,
-                                              judged_at=seen.changed_at if seen is not None else ANY_TIME)
+                                              judged_at=seen.changed_at if seen is not None else ANY_TIME,
+                                              mdm_event=(name, event_at) if event_at is not None else None)
             except InvalidTransition as exc:  # changed meanwhile (an admin, a webhook): the next sync looks again
                 report.skipped.append({**change.to_json(), "error": exc.code})
             else:
                 report.changes.append(change)
 
     async def _track(self, name: str, tracking: dict[str, tuple[Tracked, str | None]], before: dict[str, Tracked],
-                     untrack: list[str], now: datetime, event_at: datetime | None = None) -> None:
+                     untrack: list[str], now: datetime, event_at: datetime | None = None, *,
+                     from_event: bool = False) -> None:
         async with writer(self.engine).begin() as conn:
             for device_id, (t, mdm_id) in tracking.items():
                 seen = now if t.state is not MdmState.MISSING else None
@@ -225,8 +229,11 @@ class MdmService:
                 if device_id in before:
                     if before[device_id] == t and seen is None:
                         continue
-                    await conn.execute(mdm_devices.update().where(mdm_devices.c.source == name,
-                                                                  mdm_devices.c.device_id == device_id).values(values))
+                    where = [mdm_devices.c.source == name, mdm_devices.c.device_id == device_id]
+                    if from_event and event_at is not None:  # what a later event recorded meanwhile said stays
+                        where.append(sa.or_(mdm_devices.c.last_event_at.is_(None),
+                                            mdm_devices.c.last_event_at <= event_at))
+                    await conn.execute(mdm_devices.update().where(*where).values(values))
                 else:  # an upsert: two events for one device at once (Jamf posts enrolled and check-in together)
                     first = {**values, "last_event_at": event_at} if event_at is not None else values
                     await conn.execute(_upsert(conn.dialect.name, dict(source=name, device_id=device_id, **first),
@@ -335,18 +342,41 @@ class MdmService:
 
     async def event(self, name: str, record: Record, *, at: datetime | None = None) -> Change | None:
         """One device event of the MDM (a webhook): the change it asks for, applied, and remembered (with the
-        time the MDM gave it, `at`, when it gave one)."""
+        time the MDM gave it, `at`, when it gave one).
+
+        A dated event is recorded as the device's newest (EventSuperseded if a later one is) before the device is
+        read, and its change is refused if a later event is recorded before it is applied: of two events about
+        one device handled at once, the later one decides, whichever finishes first."""
+        if record.device_id not in await self._ours([record.device_id]):
+            return None
+        if at is not None and not await self._claim(name, record, at):
+            raise EventSuperseded(f"an event of {name!r} about {record.device_id!r} dated after {at} was recorded")
         ours = (await self._ours([record.device_id])).get(record.device_id)
         if ours is None:
             return None
         change = decide(record, ours, actor=f"mdm:{name}", rules=self.rules)
         report = SyncReport(name, False)
         if change is not None:
-            await self._apply(name, [change], report, {record.device_id: ours})
+            await self._apply(name, [change], report, {record.device_id: ours}, event_at=at)
         before = await self._tracked_one(name, record.device_id)
         await self._track(name, {record.device_id: (Tracked(record.state), record.mdm_id)}, before, [], self.clock(),
-                          event_at=at)
+                          event_at=at, from_event=True)
         return report.changes[0] if report.changes else None
+
+    async def _claim(self, name: str, record: Record, at: datetime) -> bool:
+        """Record `at` as the time of the newest event about the device, unless a later one is recorded (False)."""
+        last = mdm_devices.c.last_event_at
+        row = dict(source=name, device_id=record.device_id, state=record.state.value, updated_at=self.clock(),
+                   last_event_at=at)
+        async with writer(self.engine).begin() as conn:
+            if conn.dialect.name == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert
+            else:
+                from sqlalchemy.dialects.sqlite import insert
+            stmt = insert(mdm_devices).values(**row).on_conflict_do_update(
+                index_elements=[mdm_devices.c.source, mdm_devices.c.device_id], set_={"last_event_at": at},
+                where=sa.or_(last.is_(None), last <= at))
+            return (await conn.execute(stmt)).rowcount == 1
 
     async def _tracked_one(self, name: str, device_id: str) -> dict[str, Tracked]:
         async with self.engine.connect() as conn:

@@ -22,7 +22,7 @@ from trustkit.problems import BadRequest
 
 from ..appkeys import RUNTIME
 from ..web.auth import ACTOR, bad_webhook_secret, requires, webhook_secret
-from .errors import MdmSourceNotFound
+from .errors import EventSuperseded, MdmSourceNotFound
 from .plan import MdmState, Record
 from .service import SOURCE_NAME, MdmService
 
@@ -83,9 +83,10 @@ async def jamf_webhook(request: web.Request) -> web.Response:
         raise BadRequest("the event names no device (udid / serialNumber)")
     mdm_id = event.get("jssID", event.get("id", ""))
     at = _event_time(hook.get("eventTimestamp"), svc.clock())
-    if at is not None and await svc.superseded(name, key, at):
+    try:
+        change = await svc.event(name, Record(device_id=key, mdm_id=str(mdm_id)[:255], state=state), at=at)
+    except EventSuperseded:
         return web.json_response({"accepted": False, "reason": "older than an event already applied"}, status=202)
-    change = await svc.event(name, Record(device_id=key, mdm_id=str(mdm_id)[:255], state=state), at=at)
     return web.json_response({"accepted": True, "device_id": key, "event": kind,
                               "change": change.to_json() if change else None})
 
