@@ -83,14 +83,15 @@ Reader = Callable[[dict, dict], Awaitable[tuple[list[Record], dict]]]
 _TRUST = {MdmState.DISABLED: 0, MdmState.UNMANAGED: 1, MdmState.MISSING: 1, MdmState.MANAGED: 2}
 
 
-def _upsert(dialect: str, row: dict, update: dict):
-    """INSERT ... ON CONFLICT (source, device_id) DO UPDATE, in SQLite's or PostgreSQL's words."""
+def _upsert(dialect: str, row: dict, update: dict, where=None):
+    """INSERT ... ON CONFLICT (source, device_id) DO UPDATE [WHERE], in SQLite's or PostgreSQL's words."""
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
     stmt = insert(mdm_devices).values(**row)
-    return stmt.on_conflict_do_update(index_elements=[mdm_devices.c.source, mdm_devices.c.device_id], set_=update)
+    return stmt.on_conflict_do_update(index_elements=[mdm_devices.c.source, mdm_devices.c.device_id], set_=update,
+                                      where=where)
 
 
 class MdmService:
@@ -369,13 +370,7 @@ class MdmService:
         row = dict(source=name, device_id=record.device_id, state=record.state.value, updated_at=self.clock(),
                    last_event_at=at)
         async with writer(self.engine).begin() as conn:
-            if conn.dialect.name == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert
-            else:
-                from sqlalchemy.dialects.sqlite import insert
-            stmt = insert(mdm_devices).values(**row).on_conflict_do_update(
-                index_elements=[mdm_devices.c.source, mdm_devices.c.device_id], set_={"last_event_at": at},
-                where=sa.or_(last.is_(None), last <= at))
+            stmt = _upsert(conn.dialect.name, row, {"last_event_at": at}, where=sa.or_(last.is_(None), last <= at))
             return (await conn.execute(stmt)).rowcount == 1
 
     async def _tracked_one(self, name: str, device_id: str) -> dict[str, Tracked]:
