@@ -332,15 +332,6 @@ class MdmService:
             raise MdmSourceNotFound("unknown source or wrong secret")
         return {"kind": row.kind, **json.loads(row.config)}
 
-    async def superseded(self, name: str, device_id: str, at: datetime) -> bool:
-        """Whether the MDM gave a later time to an event about this device that was applied already, or a sync read
-        the device after it (an older event delivered late, or posted again after a newer reading). Jamf posts two
-        events of one moment together (enrolled, check-in): the same time is not older."""
-        async with self.engine.connect() as conn:
-            last = (await conn.execute(sa.select(mdm_devices.c.last_event_at).where(
-                mdm_devices.c.source == name, mdm_devices.c.device_id == device_id))).scalar()
-        return last is not None and at < aware(last)
-
     async def event(self, name: str, record: Record, *, at: datetime | None = None) -> Change | None:
         """One device event of the MDM (a webhook): the change it asks for, applied, and remembered (with the
         time the MDM gave it, `at`, when it gave one).

@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 from scep_server.binding.devices import DeviceStore
 from scep_server.config import MdmSettings
 from scep_server.mdm.clients import MdmUnavailable
-from scep_server.mdm.errors import MdmSourceInvalid, MdmSourceNotFound
+from scep_server.mdm.errors import EventSuperseded, MdmSourceInvalid, MdmSourceNotFound
 from scep_server.mdm.plan import MdmState, Record
 from scep_server.mdm.service import MdmService
 from trustkit.clock import SettableClock
@@ -269,6 +269,7 @@ async def test_an_event_dated_before_a_syncs_reading_is_not_applied_over_it(env)
     fake.records = [Record("D3", "3", MdmState.UNMANAGED)]
     assert [c.action for c in (await svc.sync("jamf", actor="mdm:jamf")).changes] == ["deactivate"]
     clock.advance(timedelta(minutes=1))
-    assert await svc.superseded("jamf", "D3", event_time)
-    assert not await svc.superseded("jamf", "D3", clock())  # a new event is applied
+    with pytest.raises(EventSuperseded):
+        await svc.event("jamf", Record("D3", "3", MdmState.MANAGED), at=event_time)
+    assert (await devices.get("D3")).status.value == "deactivated"
     assert (await svc.event("jamf", Record("D3", "3", MdmState.MANAGED), at=clock())).action == "reactivate"
