@@ -113,9 +113,9 @@ class PublisherHealth:
 
 
 def _published_from(ca: str, der: bytes, number: int, this_update: datetime, next_update: datetime,
-                    entries: int) -> PublishedCrl:
+                    entries: int, shares_second: bool = False) -> PublishedCrl:
     return PublishedCrl(ca=ca, number=number, this_update=this_update, next_update=next_update, der=der,
-                        sha256=hashlib.sha256(der).hexdigest(), entries=entries)
+                        sha256=hashlib.sha256(der).hexdigest(), entries=entries, shares_second=shares_second)
 
 
 def entries_fingerprint(entries: Sequence[Entry]) -> tuple[int, int]:
@@ -400,9 +400,8 @@ class Publisher:
             raise ValueError("stored CRL does not match its row")
         if not verify_signature(self.issuer.public_key, crl.signature_algorithm, crl.tbs, crl.signature):
             raise ValueError("stored CRL signature does not verify")
-        published = _published_from(self.ca, stored.der, stored.number, crl.this_update, crl.next_update or
-                                    stored.next_update, stored.entries)
-        return replace(published, shares_second=True) if stored.shares_second else published
+        return _published_from(self.ca, stored.der, stored.number, crl.this_update, crl.next_update or
+                               stored.next_update, stored.entries, stored.shares_second)
 
     def _install(self, published: PublishedCrl) -> None:
         self._current = published

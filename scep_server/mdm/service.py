@@ -339,7 +339,7 @@ class MdmService:
         A dated event is recorded as the device's newest (EventSuperseded if a later one is) before the device is
         read, and its change is refused if a later event is recorded before it is applied: of two events about
         one device handled at once, the later one decides, whichever finishes first."""
-        if record.device_id not in await self._ours([record.device_id]):
+        if not await self._known(record.device_id):
             return None
         if at is not None and not await self._claim(name, record, at):
             raise EventSuperseded(f"an event of {name!r} about {record.device_id!r} dated after {at} was recorded")
@@ -354,6 +354,10 @@ class MdmService:
         await self._track(name, {record.device_id: (Tracked(record.state), record.mdm_id)}, before, [], self.clock(),
                           event_at=at, from_event=True)
         return report.changes[0] if report.changes else None
+
+    async def _known(self, device_id: str) -> bool:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(sa.select(devices.c.id).where(devices.c.id == device_id))).first() is not None
 
     async def _claim(self, name: str, record: Record, at: datetime) -> bool:
         """Record `at` as the time of the newest event about the device, unless a later one is recorded (False)."""
