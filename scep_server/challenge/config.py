@@ -82,6 +82,13 @@ class IntuneSettings(BaseModel):
     # a larger answer (token, discovery or ScepActions) is refused unread: Intune is unavailable
     max_response_bytes: int = Field(256 * 1024, ge=1024, le=16 * 1024 * 1024)
 
+    @model_validator(mode="after")
+    def _https(self) -> "IntuneSettings":
+        # the client secret goes to the authority and a bearer token to Graph
+        outbound_url(self.authority_url, "authority_url")
+        outbound_url(self.graph_url, "graph_url")
+        return self
+
 
 class WebhookSettings(BaseModel):
     """A generic validator: HMAC-SHA256 signed JSON, ``{"allow": bool}`` reply, then notifications."""
@@ -117,6 +124,19 @@ def _loopback_url(url: str) -> bool:
         return host.lower() == "localhost" or ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def outbound_url(url: str, what: str) -> str:
+    """An endpoint a credential is sent to: https, or http to a loopback address only (a local test peer or a
+    local proxy). Returns it without a trailing slash; raises ValueError otherwise."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is not None and parts.hostname and (
+            parts.scheme == "https" or (parts.scheme == "http" and _loopback_url(url))):
+        return url.rstrip("/")
+    raise ValueError(f"{what}: an https:// URL (http:// only for a loopback address)")
 
 
 class DelegatedSettings(BaseModel):

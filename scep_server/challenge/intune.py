@@ -19,7 +19,7 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from .config import IntuneSettings
+from .config import IntuneSettings, outbound_url
 from .http import ResponseTooLarge, header_safe, json_object
 
 log = structlog.get_logger("challenge.intune")
@@ -141,8 +141,12 @@ class IntuneClient:
                 if not isinstance(ep, dict) or not isinstance(ep.get("uri"), str):
                     continue
                 if s.service_name in (ep.get("providerName"), ep.get("serviceName")) and ep.get("uri"):
-                    self._service = (ep["uri"].rstrip("/"), time.monotonic() + s.discovery_cache_seconds)
-                    return self._service[0]
+                    try:  # a bearer token and the device's CSR go there
+                        uri = outbound_url(ep["uri"], "the discovered service endpoint")
+                    except ValueError as exc:
+                        raise IntuneUnavailable(f"service discovery: {exc}") from None
+                    self._service = (uri, time.monotonic() + s.discovery_cache_seconds)
+                    return uri
             raise IntuneUnavailable(f"service discovery did not list {s.service_name}")
 
     # ------------------------------------------------------------------ ScepActions

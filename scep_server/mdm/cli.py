@@ -29,7 +29,7 @@ def _secret_ref(env: str | None, file: str | None) -> dict:
 
 
 def _url(url: str, what: str) -> str:
-    from .readers import outbound_url
+    from ..challenge.config import outbound_url
 
     try:
         return outbound_url(url, what)

@@ -1,31 +1,12 @@
 """Reading a source's inventory with its configuration (the client secret is read from the host at use time)."""
 from __future__ import annotations
 
-import ipaddress
-from urllib.parse import urlsplit
-
 import aiohttp
 
 from ..challenge.config import ChallengeConfigError, SecretRef
 from .clients import GraphClient, JamfClient, MdmUnavailable
 from .plan import Record
 from .service import Reader
-
-
-def outbound_url(url: str, what: str) -> str:
-    """An MDM endpoint: https, or http to a loopback address only (a local test peer or a local proxy)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme == "https" and host:
-        return url.rstrip("/")
-    if parts.scheme == "http" and host:
-        try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if loopback:
-            return url.rstrip("/")
-    raise ValueError(f"{what}: an https:// URL (http:// only for a loopback address)")
 
 
 def secret_of(config: dict) -> str:

@@ -62,6 +62,7 @@ class FakeIntune(Peer):
     tokens: dict[str, tuple[str, float]] = field(default_factory=dict)  # token -> (scope, expiry)
     padding: int = 0  # bytes of filler in every ScepActions answer
     chunked: bool = False  # answer without Content-Length
+    service_uri: str | None = None  # the endpoint discovery names (default: this server)
 
     def __post_init__(self) -> None:
         Peer.__init__(self)
@@ -105,7 +106,7 @@ class FakeIntune(Peer):
              "providerResourceId": None, "uri": f"{self.url}/other"},
             {"id": str(uuid.uuid4()), "capability": "ScepRequestValidationFEService", "providerId": None,
              "providerName": "ScepRequestValidationFEService", "providerResourceId": None,
-             "uri": f"{self.url}/ScepRequestValidationFEService/"}]})
+             "uri": self.service_uri or f"{self.url}/ScepRequestValidationFEService/"}]})
 
     async def action(self, request: web.Request) -> web.Response:
         name = request.match_info["action"]
