@@ -561,9 +561,17 @@ class OtpStore:
 
     async def delete_factor(self, conn: AsyncConnection, now: datetime, actor: str | None) -> tuple[int, int]:
         """Every live key out: never-used unassigned ones removed, the others revoked (if active) and marked deleted,
-        their counters kept."""
-        live = (await conn.execute(sa.select(k.c.id, k.c.serial, k.c.public_id, k.c.status, k.c.user_name,
-                                             k.c.usage_ctr).where(k.c.deleted_at.is_(None)))).all()
+        their counters kept.
+
+        The live rows are locked as they are read (FOR UPDATE on PostgreSQL; SQLite's write transaction already
+        excludes every other writer) and the writes name those rows by id, classified by that read: a first use
+        running meanwhile waits for the commit and then finds its key gone, rather than enrolling a key that a
+        later statement no longer matches."""
+        stmt = (sa.select(k.c.id, k.c.serial, k.c.public_id, k.c.status, k.c.user_name, k.c.usage_ctr)
+                .where(k.c.deleted_at.is_(None)).order_by(k.c.id))
+        if self.is_postgresql:
+            stmt = stmt.with_for_update()
+        live = (await conn.execute(stmt)).all()
         unassigned = [r for r in live if r.status == UNASSIGNED and r.usage_ctr < 0]
         kept = [r for r in live if not (r.status == UNASSIGNED and r.usage_ctr < 0)]
         if kept:
@@ -573,13 +581,13 @@ class OtpStore:
                       for r in kept]
             for i in range(0, len(events), 2000):
                 await conn.execute(otp_events.insert(), events[i:i + 2000])
-            await conn.execute(sa.update(k).where(k.c.deleted_at.is_(None), k.c.status == ACTIVE).values(
-                status=REVOKED, user_name=None, revoked_at=now))
-            await conn.execute(sa.update(k).where(k.c.deleted_at.is_(None), sa.or_(
-                k.c.status == REVOKED, k.c.usage_ctr >= 0)).values(deleted_at=now, secret_sealed=b""))
-        if unassigned:
-            await conn.execute(sa.delete(k).where(k.c.deleted_at.is_(None), k.c.status == UNASSIGNED,
-                                                  k.c.usage_ctr < 0))
+            for part in _chunks([r.id for r in kept if r.status == ACTIVE]):
+                await conn.execute(sa.update(k).where(k.c.id.in_(part)).values(
+                    status=REVOKED, user_name=None, revoked_at=now))
+            for part in _chunks([r.id for r in kept]):
+                await conn.execute(sa.update(k).where(k.c.id.in_(part)).values(deleted_at=now, secret_sealed=b""))
+        for part in _chunks([r.id for r in unassigned]):
+            await conn.execute(sa.delete(k).where(k.c.id.in_(part)))
         return len(unassigned), len(kept)
 
     # ---- report -------------------------------------------------------------------------------
@@ -662,6 +670,11 @@ class OtpStore:
             res = await conn.execute(sa.update(otp_clients).where(
                 otp_clients.c.id == client_id, otp_clients.c.disabled_at.is_(None)).values(disabled_at=now))
             return res.rowcount == 1
+
+
+def _chunks(ids: list[int], size: int = 5000) -> list[list[int]]:
+    """`ids` in slices small enough for one statement's parameters."""
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
 
 
 def _client_row(row) -> ClientRow:

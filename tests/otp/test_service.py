@@ -626,6 +626,56 @@ async def test_key_h_vector_verifies(service, client):
     assert bad["status"] == "BAD_OTP"
 
 
+class _PausedConnection:
+    """A connection whose statements of one kind wait for `gate` (a step of a transaction held open)."""
+
+    def __init__(self, conn, kind, reached: asyncio.Event, gate: asyncio.Event) -> None:
+        self._conn, self._kind, self._reached, self._gate = conn, kind, reached, gate
+
+    async def execute(self, statement, *args, **kwargs):
+        if isinstance(statement, self._kind):
+            self._reached.set()
+            await self._gate.wait()
+        return await self._conn.execute(statement, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+async def test_a_first_use_during_delete_factor_finds_the_key_gone(db_url, service, kek, clock, monkeypatch):
+    """Another process enrols a never-used key while the factor is being deleted: once "delete the OTP
+    factor" has answered, the key is gone either way and none of its OTPs verifies."""
+    from trustkit.db import create_engine
+
+    key = make_key(840)
+    await import_keys(service, [key])
+    reached, gate = asyncio.Event(), asyncio.Event()
+    real = service.store.delete_factor
+
+    async def paused_delete_factor(conn, now, actor):
+        return await real(_PausedConnection(conn, sa.Delete, reached, gate), now, actor)
+
+    monkeypatch.setattr(service.store, "delete_factor", paused_delete_factor)
+    other_engine = create_engine(db_url)
+    try:
+        async with OtpService(other_engine, OtpSettings(), kek, clock=clock) as other:
+            deleting = asyncio.create_task(service.delete_factor(actor="admin"))
+            await asyncio.wait_for(reached.wait(), 10)
+            first_use = asyncio.create_task(other.verify_signin("alice", key.otp()))
+            await asyncio.wait({first_use}, timeout=1)  # it waits for the deletion (or, unguarded, enrols)
+            gate.set()
+            counts = await deleting
+            outcome = await first_use
+            assert not outcome.ok, outcome
+            assert not (await other.verify_signin("alice", key.otp())).ok
+            assert not (await service.verify_signin("alice", key.otp())).ok
+    finally:
+        await other_engine.dispose()
+    rows = await service.report(ReportFilter(serial=840))
+    assert all(r.deleted for r in rows), [(r.status, r.deleted) for r in rows]
+    assert counts["unassigned_removed"] + counts["assigned_retired"] == 1
+
+
 async def test_import_racing_another_import_imports_nothing(service, monkeypatch):
     """The duplicate check and the bulk insert are not one statement: a key added in between by another
     import makes the bulk insert fail on the unique index, and nothing of the file is kept."""
