@@ -14,15 +14,16 @@ from pathlib import Path
 
 import structlog
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from crl.config import OcspSettings
 from crl.ocsp import ResponseSigner
-from crl.signing import RSA_SHA256
+from crl.signing import algorithm_for_public_key
 
 from ..ca.authority import CertificateAuthority, _directory_lock, random_serial
 from ..ca.keys import FileKey, durable_write
+from ..ca.tbs import digest_for
 
 log = structlog.get_logger("ocsp.signer")
 
@@ -31,15 +32,22 @@ CERT_FILE = "ocsp.crt"
 KEY_BITS = 2048
 
 
+def _signer(key, responder_der: bytes, certs: tuple[bytes, ...] = ()) -> ResponseSigner:
+    """Sign with ``key`` (a KeyOps) under the algorithm of its public key: sha256WithRSAEncryption for RSA,
+    ecdsa-with-SHA256 / SHA384 for P-256 / P-384 (the hash the CA signs its certificates and CRLs with)."""
+    digest = digest_for(key.public_key())
+    algorithm = algorithm_for_public_key(key.public_key(), digest.name)
+    return ResponseSigner(algorithm, lambda tbs: key.sign(tbs, digest), responder_der, certs)
+
+
 def ca_signer(ca: CertificateAuthority) -> ResponseSigner:
     """The CA key signs its responses itself (``ocsp.signer = "ca"``): no certificate is sent along."""
-    key = ca.key
-    return ResponseSigner(RSA_SHA256, lambda tbs: key.sign(tbs, hashes.SHA256()), ca.cert_der)
+    return _signer(ca.key, ca.cert_der)
 
 
 def _key_signer(key: FileKey, cert: x509.Certificate) -> ResponseSigner:
     der = cert.public_bytes(serialization.Encoding.DER)
-    return ResponseSigner(RSA_SHA256, lambda tbs: key.sign(tbs, hashes.SHA256()), der, (der,))
+    return _signer(key, der, (der,))
 
 
 def issue_signer_certificate(ca: CertificateAuthority, public_key, *, now: datetime,
@@ -62,7 +70,7 @@ def issue_signer_certificate(ca: CertificateAuthority, public_key, *, now: datet
          .add_extension(x509.OCSPNoCheck(), critical=False)
          .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
          .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca.ski), critical=False))
-    return ca.key.sign_certificate(b, hashes.SHA256())
+    return ca.key.sign_certificate(b, digest_for(ca.key.public_key()))
 
 
 class DelegatedSigner:

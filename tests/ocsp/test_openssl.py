@@ -87,3 +87,19 @@ async def test_openssl_request_over_get(server, device_key, tmp_path, openssl):
             out = await _ocsp(openssl, "-respin", str(tmp_path / f"{name}.resp"), "-issuer", ca_pem, "-sha256",
                               "-cert", str(path), "-CAfile", ca_pem, "-no_nonce")
             assert f"{path}: {'good' if name == 'good' else 'revoked'}" in out, out
+
+
+@pytest.mark.parametrize("key_type", ["ec-p256", "ec-p384"])
+async def test_openssl_verifies_responses_signed_by_an_ec_ca_key(aiohttp_server, tmp_path, db_url, device_key,
+                                                                 openssl, key_type):
+    """``ocsp.signer = "ca"`` with an EC CA key: openssl verifies the response against the CA certificate."""
+    from tests.server import start_app
+
+    srv = await start_app(aiohttp_server, tmp_path, db_url, ocsp={"signer": "ca"}, ca={"key_type": key_type})
+    certs = await _certs(srv, device_key, tmp_path)
+    ca_pem = str(tmp_path / "ca.pem")
+    url = f"{srv.url}/ocsp/default"
+    for nonce in ("-nonce", "-no_nonce"):
+        for name, (path, _cert) in certs.items():
+            out = await _ocsp(openssl, "-issuer", ca_pem, "-cert", str(path), "-url", url, "-CAfile", ca_pem, nonce)
+            assert f"{path}: {'good' if name == 'good' else 'revoked'}" in out, out

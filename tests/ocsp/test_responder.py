@@ -251,3 +251,25 @@ async def test_a_change_made_by_another_instance_is_answered_within_a_second(ser
             break
         assert time.monotonic() - started < 1.0, "the other instance still answers good"
         await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("key_type,digest,oid_name", [("ec-p256", hashes.SHA256, "ecdsa-with-SHA256"),
+                                                      ("ec-p384", hashes.SHA384, "ecdsa-with-SHA384")])
+async def test_an_ec_ca_key_signs_responses_under_ecdsa(aiohttp_server, tmp_path, db_url, device_key, key_type,
+                                                        digest, oid_name):
+    """With ``ocsp.signer = "ca"`` an EC CA key signs the responses: the signatureAlgorithm names ECDSA with
+    the hash the key signs with, so relying parties verify the response against the CA certificate."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.server import start_app
+
+    srv = await start_app(aiohttp_server, tmp_path, db_url, ocsp={"signer": "ca"}, ca={"key_type": key_type})
+    ca = ca_of(srv)
+    cert = await issue(srv, device_key)
+    for nonce in (None, b"0123456789abcdef"):  # pre-signed and signed fresh
+        resp = load((await post(srv.url, request_der(cert, ca.cert, nonce=nonce)))[1])
+        assert resp.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
+        assert resp.certificate_status is ocsp.OCSPCertStatus.GOOD
+        assert resp.signature_algorithm_oid._name == oid_name
+        assert isinstance(resp.signature_hash_algorithm, digest)
+        ca.cert.public_key().verify(resp.signature, resp.tbs_response_bytes, ec.ECDSA(digest()))
