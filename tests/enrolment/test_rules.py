@@ -651,3 +651,37 @@ def test_every_subject_value_naming_a_host_or_a_mailbox_is_held_to_the_domain_ru
         policy.subject_and_sans(csr(subject))
     allowed = "DC=example,DC=com,CN=dev,CN=gw.example.com,emailAddress=ceo@example.com"
     assert policy.subject_and_sans(csr(allowed))[0] == name(allowed)
+
+
+@pytest.mark.parametrize("subject", [
+    "CN=vpn.example.org ", "CN= vpn.example.org", "CN=vpn.example.org.", "CN=*.example.org", "CN=*.example.com",
+    "CN=vpn\uff0eexample\uff0eorg", "CN=vpn\u3002example\u3002org", "CN=\uff56\uff50\uff4e.example.org",
+    "CN=ceo@example.org ", "CN=ceo@example\uff0eorg", "CN=ceo@*.example.com", "CN=ceo@[192.0.2.1]",
+    "emailAddress=ceo@example.org ", "DC=*,DC=example,DC=com,CN=dev", "DC=example ,DC=org,CN=dev",
+])
+def test_a_subject_value_is_held_to_the_domain_rules_as_a_relying_party_reads_it(subject):
+    """Insignificant spaces, IDNA's other full stops, fullwidth letters and wildcards do not take a CN, an
+    emailAddress or a DC out of the domain rules: a relying party reads `vpn.example.org ` or `vpn．example．org`
+    as vpn.example.org."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    from scep_server.ca.policy import IssuancePolicy, PolicyViolation
+
+    policy = IssuancePolicy(CertificateTemplate(subject_attributes=["CN", "emailAddress", "DC"],
+                                                dns_suffixes=["example.com"], email_domains=["example.com"]))
+    key = rsa_key()
+
+    def csr(text: str):  # RFC 4514 order (the last RDN first), the values exactly as written
+        name = x509.Name([x509.RelativeDistinguishedName([x509.NameAttribute(
+            {"CN": NameOID.COMMON_NAME, "emailAddress": NameOID.EMAIL_ADDRESS,
+             "DC": NameOID.DOMAIN_COMPONENT}[k], v)]) for k, v in (p.split("=", 1) for p in reversed(text.split(",")))])
+        return x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+    with pytest.raises(PolicyViolation, match="outside the profile's|is not an e-mail address"):
+        policy.subject_and_sans(csr(subject))
+    # the same values within the domains, and names that are no host or address, are issued
+    for allowed in ("CN=vpn.example.com ", "CN=vpn\uff0eexample\uff0ecom", "CN=ceo@example.com ",
+                    "CN=Jane Doe (laptop.2)", "CN=Jane Doe @ home", "CN=laptop-42", "DC=example ,DC=com,CN=dev"):
+        policy.subject_and_sans(csr(allowed))
+    # without domain rules none of this is refused
+    IssuancePolicy(CertificateTemplate(subject_attributes=["CN", "emailAddress", "DC"])).subject_and_sans(csr(subject))
