@@ -5,6 +5,10 @@ and seals it again with the new one, in the caller's transaction: either every r
 none does. A row sealed under another KEK than the current one stops the rotation (nothing is written), as
 does a value that does not open. Deleted and revoked keys hold no material (their sealed value is empty)
 and are left as they are.
+
+The rows are locked as they are read (FOR UPDATE on PostgreSQL; SQLite's write transaction excludes every
+other writer), and a key's new value is written only while it still holds one: a revocation running
+meanwhile waits for the rotation, and a wiped secret is never written back.
 """
 from __future__ import annotations
 
@@ -24,9 +28,13 @@ async def reseal_all(conn: AsyncConnection, old_kek: bytes, new_kek: bytes) -> t
     if old.kek_id == new.kek_id:
         raise KekError("the new key-encryption key is the current one")
     k, c = otp_yubikeys, otp_clients
-    keys = (await conn.execute(sa.select(k.c.id, k.c.public_id, k.c.secret_sealed, k.c.kek_id)
-                               .where(sa.func.length(k.c.secret_sealed) > 0).order_by(k.c.id))).all()
-    clients = (await conn.execute(sa.select(c.c.id, c.c.secret_sealed, c.c.kek_id).order_by(c.c.id))).all()
+    key_rows = (sa.select(k.c.id, k.c.public_id, k.c.secret_sealed, k.c.kek_id)
+                .where(sa.func.length(k.c.secret_sealed) > 0).order_by(k.c.id))
+    client_rows = sa.select(c.c.id, c.c.secret_sealed, c.c.kek_id).order_by(c.c.id)
+    if conn.dialect.name == "postgresql":
+        key_rows, client_rows = key_rows.with_for_update(), client_rows.with_for_update()
+    keys = (await conn.execute(key_rows)).all()
+    clients = (await conn.execute(client_rows)).all()
     key_updates, client_updates = [], []
     for row in keys:
         if row.kek_id != old.kek_id:
@@ -39,7 +47,7 @@ async def reseal_all(conn: AsyncConnection, old_kek: bytes, new_kek: bytes) -> t
         aad = _client_aad(row.id)
         client_updates.append({"row_id": row.id, "sealed": new.seal(old.open(row.secret_sealed, aad), aad)})
     if key_updates:
-        await conn.execute(sa.update(k).where(k.c.id == sa.bindparam("row_id"))
+        await conn.execute(sa.update(k).where(k.c.id == sa.bindparam("row_id"), sa.func.length(k.c.secret_sealed) > 0)
                            .values(secret_sealed=sa.bindparam("sealed"), kek_id=new.kek_id), key_updates)
     if client_updates:
         await conn.execute(sa.update(c).where(c.c.id == sa.bindparam("row_id"))

@@ -1,6 +1,7 @@
 """Fixtures of the OTP factor tests: a KEK, settings, a service on the test database, key material."""
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -58,6 +59,22 @@ def key_h() -> TestKey:
 
 def secrets_file(keys: list[TestKey]) -> bytes:
     return ("\n".join(k.line() for k in keys) + "\n").encode()
+
+
+class PausedConnection:
+    """A connection whose statements of one kind wait for `gate` (a step of a transaction held open)."""
+
+    def __init__(self, conn, kind, reached: asyncio.Event, gate: asyncio.Event) -> None:
+        self._conn, self._kind, self._reached, self._gate = conn, kind, reached, gate
+
+    async def execute(self, statement, *args, **kwargs):
+        if isinstance(statement, self._kind):
+            self._reached.set()
+            await self._gate.wait()
+        return await self._conn.execute(statement, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 
 import sqlalchemy as sa
 
@@ -11,11 +12,12 @@ from otp.config import OtpSettings
 from otp.errors import Reason
 from otp.kek import SecretBox, read_kek_file
 from otp.service import OtpService, _client_aad
+from otp.rekey import reseal_all
 from otp.tables import otp_clients, otp_yubikeys
 from scep_server.store.tables import events
-from trustkit.db import create_engine
+from trustkit.db import create_engine, writer
 
-from .conftest import make_key, secrets_file
+from .conftest import PausedConnection, import_keys, make_key, secrets_file
 
 
 def _db(tmp_path) -> str:
@@ -143,3 +145,32 @@ async def test_a_key_under_an_unknown_kek_is_still_refused(cli, tmp_path):
             assert (await svc.verify_signin("alice", keys[0].otp())).reason is Reason.BACKEND_ERROR
     finally:
         await engine.dispose()
+
+
+async def test_a_key_revoked_during_a_rotation_keeps_no_secret(engine, service, kek):
+    """A revocation while the rotation re-seals: the revoked key ends with its secret wiped, never with the
+    rotation's re-sealed copy written back."""
+    keys = [make_key(820_301), make_key(820_302)]
+    await import_keys(service, keys)
+    reached, gate = asyncio.Event(), asyncio.Event()
+    new = secrets.token_bytes(32)
+
+    async def rotate():
+        async with writer(engine).begin() as conn:
+            return await reseal_all(PausedConnection(conn, sa.Update, reached, gate), kek, new)
+
+    rotation = asyncio.create_task(rotate())
+    await asyncio.wait_for(reached.wait(), 10)
+    revocation = asyncio.create_task(service.revoke(820_301, actor="admin"))
+    await asyncio.wait({revocation}, timeout=1)  # it waits for the rotation (or, unguarded, wipes the key now)
+    gate.set()
+    await rotation
+    assert (await revocation).status == "REVOKED"
+    async with engine.connect() as conn:
+        rows = {r.serial: r for r in await conn.execute(sa.select(
+            otp_yubikeys.c.serial, otp_yubikeys.c.status, otp_yubikeys.c.secret_sealed))}
+    assert (rows[820_301].status, rows[820_301].secret_sealed) == ("REVOKED", b"")
+    assert len(rows[820_302].secret_sealed) > 0
+    async with OtpService(engine, OtpSettings(), new) as after:
+        assert (await after.verify_signin("alice", keys[0].otp())).reason is Reason.REVOKED_KEY
+        assert (await after.verify_signin("bob", keys[1].otp())).reason is Reason.ENROLLED

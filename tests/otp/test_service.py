@@ -17,7 +17,7 @@ from otp.report import ReportFilter
 from trustkit.paging import PageRequest
 from otp.service import OtpService
 from otp.tables import metadata, otp_yubikeys
-from tests.otp.conftest import import_keys, key_h, make_key, secrets_file
+from tests.otp.conftest import PausedConnection, import_keys, key_h, make_key, secrets_file
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "otp"
 
@@ -626,22 +626,6 @@ async def test_key_h_vector_verifies(service, client):
     assert bad["status"] == "BAD_OTP"
 
 
-class _PausedConnection:
-    """A connection whose statements of one kind wait for `gate` (a step of a transaction held open)."""
-
-    def __init__(self, conn, kind, reached: asyncio.Event, gate: asyncio.Event) -> None:
-        self._conn, self._kind, self._reached, self._gate = conn, kind, reached, gate
-
-    async def execute(self, statement, *args, **kwargs):
-        if isinstance(statement, self._kind):
-            self._reached.set()
-            await self._gate.wait()
-        return await self._conn.execute(statement, *args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._conn, name)
-
-
 async def test_a_first_use_during_delete_factor_finds_the_key_gone(db_url, service, kek, clock, monkeypatch):
     """Another process enrols a never-used key while the factor is being deleted: once "delete the OTP
     factor" has answered, the key is gone either way and none of its OTPs verifies."""
@@ -653,7 +637,7 @@ async def test_a_first_use_during_delete_factor_finds_the_key_gone(db_url, servi
     real = service.store.delete_factor
 
     async def paused_delete_factor(conn, now, actor):
-        return await real(_PausedConnection(conn, sa.Delete, reached, gate), now, actor)
+        return await real(PausedConnection(conn, sa.Delete, reached, gate), now, actor)
 
     monkeypatch.setattr(service.store, "delete_factor", paused_delete_factor)
     other_engine = create_engine(db_url)
