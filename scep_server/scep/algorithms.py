@@ -143,8 +143,14 @@ def rsa_padding(scheme: str) -> padding.AsymmetricPadding:
     raise ValueError(f"unsupported key transport scheme {scheme!r}")
 
 
-def signature_scheme(data: bytes, alg: der.Element, digest: Digest) -> tuple[padding.AsymmetricPadding, hashes.HashAlgorithm]:
-    """Padding and hash to verify a SignerInfo signature (RFC 5652 §5.3, RFC 4056 §2)."""
+def signature_scheme(data: bytes, alg: der.Element, digest: Digest, *,
+                     key_size: int | None = None) -> tuple[padding.AsymmetricPadding, hashes.HashAlgorithm]:
+    """Padding and hash to verify a SignerInfo signature (RFC 5652 §5.3, RFC 4056 §2).
+
+    With the signer's ``key_size`` (bits), an RSASSA-PSS saltLength the key cannot carry (RFC 8017 §9.1.2:
+    emLen >= hLen + sLen + 2) is an unsupported algorithm. Signers take the hash length (RFC 4055 §3.1) or the
+    largest salt that fits (OpenSSL's "max").
+    """
     kids = der.children(data, der.expect(alg, der.SEQUENCE, "signatureAlgorithm"))
     if not kids or kids[0][0] != der.OID:
         raise der.DERError("signatureAlgorithm without an OID")
@@ -172,7 +178,21 @@ def signature_scheme(data: bytes, alg: der.Element, digest: Digest) -> tuple[pad
                     raise UnsupportedAlgorithm("unsupported PSS trailer field")
     if salt < 0:
         raise der.DERError("negative PSS salt length")
+    if key_size is not None and salt > pss_max_salt_length(key_size, h):
+        raise UnsupportedAlgorithm(f"an RSASSA-PSS saltLength of {_bounded_int(salt)} does not fit "
+                                   f"a {key_size}-bit key")
     return padding.PSS(mgf=padding.MGF1(mgf()), salt_length=salt), h()
+
+
+def pss_max_salt_length(key_size: int, h: type[hashes.HashAlgorithm]) -> int:
+    """The largest RSASSA-PSS salt a ``key_size``-bit key carries with hash ``h`` (RFC 8017 §9.1.1 step 3)."""
+    em_len = (key_size - 1 + 7) // 8  # emBits = modBits - 1
+    return em_len - h.digest_size - 2
+
+
+def _bounded_int(n: int) -> str:
+    """``n`` for a message, an absurd value shortened to its size."""
+    return str(n) if n.bit_length() <= 64 else f"a {n.bit_length()}-bit number"
 
 
 def _cipher_algorithm(cipher: ContentCipher, key: bytes):

@@ -43,10 +43,12 @@ def build_request(message_type: MessageType, *, content: bytes, signer_cert_der:
                   recipient_cert_der: bytes, transaction_id: str, sender_nonce: bytes,
                   cipher: ContentCipher = ContentCipher.AES128_CBC, digest: Digest = Digest.SHA256,
                   cek: bytes, iv: bytes, key_transport: str = "pkcs1v15", signing_time: datetime | None = None,
-                  recipient_key: rsa.RSAPublicKey | None = None, recipient_id_der: bytes | None = None) -> bytes:
+                  recipient_key: rsa.RSAPublicKey | None = None, recipient_id_der: bytes | None = None,
+                  sign: Signer | None = None, signature_alg_der: bytes | None = None) -> bytes:
     """A request pkiMessage: ``content`` enveloped to the RA, signed by the requester (RFC 8894 §3.2, §3.3);
     the recipient is named by issuer and serial unless ``recipient_id_der`` names it otherwise
-    (cms.subject_key_identifier_rid)."""
+    (cms.subject_key_identifier_rid). Signed with PKCS#1 v1.5 by ``signer_key`` unless ``sign`` signs
+    otherwise, ``signature_alg_der`` then naming the SignerInfo's signatureAlgorithm (e.g. RSASSA-PSS)."""
     if recipient_key is None:
         pub = x509.load_der_x509_certificate(recipient_cert_der).public_key()
         if not isinstance(pub, rsa.RSAPublicKey):
@@ -60,8 +62,9 @@ def build_request(message_type: MessageType, *, content: bytes, signer_cert_der:
         cms.attribute(oids.TRANSACTION_ID_DER, der.printable(transaction_id)),
         cms.attribute(oids.SENDER_NONCE_DER, der.octet_string(sender_nonce)),
     ]
-    return cms.build_signed_data(econtent=envelope, signer_cert_der=signer_cert_der, sign=rsa_signer(signer_key),
-                                 digest=digest, extra_attrs=attrs, signing_time=signing_time)
+    return cms.build_signed_data(econtent=envelope, signer_cert_der=signer_cert_der,
+                                 sign=sign or rsa_signer(signer_key), digest=digest, extra_attrs=attrs,
+                                 signing_time=signing_time, signature_alg_der=signature_alg_der)
 
 
 def issuer_and_subject(issuer: x509.Name, subject: x509.Name) -> bytes:

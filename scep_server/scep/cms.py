@@ -244,8 +244,9 @@ _VERSION_2 = der.integer(2)
 
 def build_signed_data(*, econtent: bytes, signer_cert_der: bytes, sign: Signer, digest: Digest,
                       extra_attrs: Sequence[bytes] = (), signing_time: datetime | None = None,
-                      certs: Sequence[bytes] | None = None) -> bytes:
-    """ContentInfo(SignedData) over id-data ``econtent`` with one signer and signed attributes (RFC 5652 §5)."""
+                      certs: Sequence[bytes] | None = None, signature_alg_der: bytes | None = None) -> bytes:
+    """ContentInfo(SignedData) over id-data ``econtent`` with one signer and signed attributes (RFC 5652 §5);
+    the signatureAlgorithm is rsaEncryption (PKCS#1 v1.5) unless ``signature_alg_der`` names what ``sign`` does."""
     attrs = [_CONTENT_TYPE_DATA_ATTR,
              attribute(oids.MESSAGE_DIGEST_DER, der.octet_string(algorithms.digest_bytes(digest, econtent)))]
     if signing_time is not None:
@@ -257,7 +258,7 @@ def build_signed_data(*, econtent: bytes, signer_cert_der: bytes, sign: Signer, 
     alg = algorithms.DIGEST_ALG_DER[digest]
     signer_info = der.seq(
         _VERSION_1, issuer_and_serial_der(signer_cert_der), alg, der.tlv(_A0, attrs_body),
-        algorithms.RSA_ENCRYPTION_ALG_DER, der.octet_string(signature),
+        signature_alg_der or algorithms.RSA_ENCRYPTION_ALG_DER, der.octet_string(signature),
     )
     cert_list = [signer_cert_der] if certs is None else list(certs)
     signed = der.seq(

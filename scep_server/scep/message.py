@@ -146,14 +146,14 @@ def _verify(data: bytes, sd: cms.SignedData, si: cms.SignerInfo, signer_cert: x5
     if si.signed_attrs is None:
         raise fail(FailInfo.BAD_REQUEST, "the SignerInfo has no signed attributes (RFC 8894 §3.2.1)")
     try:
-        pad, hash_alg = algorithms.signature_scheme(data, si.signature_alg, digest)
+        pad, hash_alg = algorithms.signature_scheme(data, si.signature_alg, digest, key_size=public_key.key_size)
     except algorithms.UnsupportedAlgorithm as exc:
         raise fail(FailInfo.BAD_ALG, str(exc)) from None
     except der.DERError as exc:
         raise fail(FailInfo.BAD_MESSAGE_CHECK, f"malformed signature algorithm: {exc}") from None
     try:
         public_key.verify(si.signature, sd.signed_attrs_der(si), pad, hash_alg)
-    except (InvalidSignature, ValueError):
+    except (InvalidSignature, ValueError, OverflowError):  # OverflowError: a parameter beyond OpenSSL's integers
         raise fail(FailInfo.BAD_MESSAGE_CHECK, "the signature does not verify") from None
 
     # The signed attributes are authentic now: check them against the content (RFC 5652 §5.6).

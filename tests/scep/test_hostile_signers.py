@@ -1,0 +1,78 @@
+"""Hostile signers over HTTP: what the SignerInfo, the signer certificate or the signer key ask for that cannot be
+done is a CertRep FAILURE or a 400, never a 500 (RFC 8894 §3.3.2)."""
+from __future__ import annotations
+
+import os
+
+import aiohttp
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from scep_server.scep import FailInfo, MessageType, PKIStatus, client, oids
+from scep_server.scep.client import CertRepResult
+from tests.challenge.conftest import clock, server  # noqa: F401 - fixtures
+from tests.factories import rsa_key
+from trustkit import der
+
+SHA256_ALG = der.seq(der.oid("2.16.840.1.101.3.4.2.1"), der.NULL_DER)
+
+
+async def post(srv, body: bytes, *, profile: str = "default") -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{srv.url}/scep/{profile}?operation=PKIOperation", data=body) as resp:
+            return resp.status, await resp.read()
+
+
+def cert_rep(srv, data: bytes, key) -> CertRepResult:
+    ca = next(iter(srv.runtime.cas.values()))
+    return client.parse_cert_rep(data, key, ra_cert_der=ca.ra_cert_der)
+
+
+def request(srv, key, *, message_type=MessageType.PKCS_REQ, content: bytes | None = None,
+            signer_cert_der: bytes | None = None, transaction_id: str = "hostile-signer", **kw) -> bytes:
+    ca = next(iter(srv.runtime.cas.values()))
+    return client.build_request(
+        message_type, content=content if content is not None else client.make_csr(key, "device", srv.challenge()),
+        signer_cert_der=signer_cert_der or client.make_self_signed_signer(key), signer_key=key,
+        recipient_cert_der=ca.ra_cert_der, transaction_id=transaction_id, sender_nonce=os.urandom(16),
+        cek=os.urandom(16), iv=os.urandom(16), **kw)
+
+
+# ---------------------------------------------------------------- RSASSA-PSS saltLength (RFC 4055 §3.1)
+
+def pss_alg(salt: int) -> bytes:
+    """id-RSASSA-PSS with SHA-256, MGF1-SHA-256 and ``salt``."""
+    params = der.seq(der.tlv(der.ctx(0), SHA256_ALG), der.tlv(der.ctx(1), der.seq(der.oid(oids.MGF1), SHA256_ALG)),
+                     der.tlv(der.ctx(2), der.integer(salt)))
+    return der.seq(der.oid(oids.RSASSA_PSS), params)
+
+
+def pss_signer(key, salt: int):
+    def sign(data: bytes, digest) -> bytes:
+        return key.sign(data, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=salt), hashes.SHA256())
+    return sign
+
+
+@pytest.mark.parametrize("salt", [2 ** 200, 2 ** 64, 2 ** 31, 223], ids=["2^200", "2^64", "2^31", "223"])
+# 223: one more than a 2048-bit key carries with SHA-256
+async def test_a_pss_salt_length_the_key_cannot_carry_is_bad_alg(server, salt):
+    key = rsa_key()
+    body = request(server, key, signature_alg_der=pss_alg(salt), transaction_id=f"pss-{salt.bit_length()}")
+    for _ in range(2):  # the same bytes again: the same answer
+        status, data = await post(server, body)
+        assert status == 200, data
+        rep = cert_rep(server, data, key)
+        assert rep.status is PKIStatus.FAILURE and rep.fail_info is FailInfo.BAD_ALG, rep.fail_text
+        assert "saltLength" in rep.fail_text
+
+
+@pytest.mark.parametrize("salt", [32, 222])  # the hash length, and the largest a 2048-bit key carries
+async def test_a_pss_signature_with_a_salt_that_fits_is_verified(server, salt):
+    key = rsa_key()
+    body = request(server, key, sign=pss_signer(key, salt), signature_alg_der=pss_alg(salt),
+                   transaction_id=f"pss-ok-{salt}")
+    status, data = await post(server, body)
+    assert status == 200, data
+    rep = cert_rep(server, data, key)
+    assert rep.status is PKIStatus.SUCCESS, rep.fail_text
