@@ -6,8 +6,11 @@ and reason for a revoked one (certificateHold for one on hold), ``unknown`` for 
 another issuer is answered ``unauthorized``, one that does not parse ``malformedRequest``.
 
 The hot path signs nothing: a request with one CertID and no nonce is answered with a response signed
-earlier (kept until half its validity has passed), looked up by the request's bytes, or else by its
-CertID. A request with a nonce, or with several CertIDs, is signed fresh.
+earlier (kept until half its validity has passed), looked up by a digest of the request's bytes, or else
+by its CertID. A request with a nonce, or with several CertIDs, is signed fresh. The digest is recorded
+for the request that was signed and for the canonical request of the CertID (no extension, signature or
+requestor name): bytes a client chooses freely (an ignored extension) never add cache entries without
+costing a signature.
 
 A cached response is dropped when its certificate's status changes (docs/ocsp.md "Freshness"):
 - in this process, the revocation service tells us after its commit; the next request waits for the
@@ -71,8 +74,22 @@ class _Entry:
     status: SerialStatus | None = None  # status entries: the serial's status (None: never issued by the CA)
 
 
+def _der_sequence(content: bytes) -> bytes:
+    n = len(content)
+    if n < 0x80:
+        return b"\x30" + bytes([n]) + content
+    length = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return b"\x30" + bytes([0x80 | len(length)]) + length + content
+
+
+def _canonical_request(cert_id_der: bytes) -> bytes:
+    """The DER OCSPRequest naming this CertID alone (RFC 6960 §4.1.1): version v1 (the default, absent), no
+    requestor name, no extension, no signature."""
+    return _der_sequence(_der_sequence(_der_sequence(_der_sequence(cert_id_der))))
+
+
 class ResponseCache:
-    """Pre-signed responses by (CA, CertID DER) and by (CA, request DER), and statuses by (CA, serial) (so a
+    """Pre-signed responses by (CA, CertID DER) and by (CA, request digest), and statuses by (CA, serial) (so a
     request with a nonce is signed without a database read), indexed by serial for invalidation; the oldest
     entries go first beyond ``capacity``."""
 
@@ -256,7 +273,8 @@ class OcspService:
             return Reply(error_response("unauthorized"), "unauthorized")
         await self._wait_local()
         now = self.clock()
-        hit = self.cache.get(("r", ca, der), now)
+        alias = ("r", ca, hashlib.sha256(der).digest())
+        hit = self.cache.get(alias, now)
         if hit is not None and hit.reply is not None:
             return hit.reply
         try:
@@ -272,7 +290,8 @@ class OcspService:
         if request.cacheable:
             hit = self.cache.get(("c", ca, request.cert_ids[0].der), now)
             if hit is not None and hit.reply is not None:
-                self.cache.put(("r", ca, der), hit)
+                if der == _canonical_request(request.cert_ids[0].der):  # one alias per CertID at most
+                    self.cache.put(alias, hit)
                 return hit.reply
         generation = self.cache.generation
         reply = await self._sign(ca, signer, request, now, generation)
@@ -280,7 +299,7 @@ class OcspService:
             validity = self.settings.response_validity
             entry = _Entry(reply, format(request.cert_ids[0].serial, "x"), reply.this_update + validity / 2)
             self.cache.put(("c", ca, request.cert_ids[0].der), entry)
-            self.cache.put(("r", ca, der), entry)
+            self.cache.put(alias, entry)
         return reply
 
     async def _statuses(self, ca: str, serials: set[str], now: datetime, generation: int

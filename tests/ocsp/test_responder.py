@@ -273,3 +273,57 @@ async def test_an_ec_ca_key_signs_responses_under_ecdsa(aiohttp_server, tmp_path
         assert resp.signature_algorithm_oid._name == oid_name
         assert isinstance(resp.signature_hash_algorithm, digest)
         ca.cert.public_key().verify(resp.signature, resp.tbs_response_bytes, ec.ECDSA(digest()))
+
+
+def _padded(der: bytes, pad: bytes) -> bytes:
+    """The same request with an ignored, non-critical request extension carrying ``pad``."""
+    from asn1crypto import ocsp as a_ocsp
+
+    one = a_ocsp.OCSPRequest.load(der)["tbs_request"]["request_list"][0]
+    return a_ocsp.OCSPRequest({"tbs_request": {"request_list": [one], "request_extensions": [
+        {"extn_id": "1.2.3.4.5", "critical": False, "extn_value": pad}]}}).dump()
+
+
+async def test_padded_variants_of_one_request_neither_fill_nor_evict_the_cache(aiohttp_server, tmp_path, db_url,
+                                                                               device_key, monkeypatch):
+    """1,000 variants of one request (an ignored extension with random bytes) cost one signature and leave
+    the cache holding a few small entries; another certificate's pre-signed response stays cached, and a
+    repeated request is answered from the cache."""
+    import dataclasses
+    import os
+
+    from tests.server import start_app
+
+    srv = await start_app(aiohttp_server, tmp_path, db_url, ocsp={"cache_entries": 1000})
+    service = srv.runtime.ocsp
+    ca = ca_of(srv)
+    signed = []
+    original = service.signers["default"]
+    service.signers["default"] = dataclasses.replace(original, sign=lambda tbs: signed.append(1) or original.sign(tbs))
+    target, other = await issue(srv, device_key, "target"), await issue(srv, device_key, "other")
+    other_der = request_der(other, ca.cert)
+    assert load((await post(srv.url, other_der))[1]).certificate_status is ocsp.OCSPCertStatus.GOOD
+    assert len(signed) == 1
+    der = request_der(target, ca.cert)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(1000):
+            async with session.post(f"{srv.url}/ocsp/default", data=_padded(der, os.urandom(3900)),
+                                    headers={"Content-Type": "application/ocsp-request"}) as resp:
+                assert resp.status == 200
+                assert load(await resp.read()).certificate_status is ocsp.OCSPCertStatus.GOOD
+    assert len(signed) == 2  # the first variant only
+    assert len(service.cache.entries) <= 8
+    held = sum(len(part) for key in service.cache.entries for part in key if isinstance(part, bytes))
+    assert held < 4096
+    assert load((await post(srv.url, other_der))[1]).certificate_status is ocsp.OCSPCertStatus.GOOD
+    assert load((await post(srv.url, der))[1]).certificate_status is ocsp.OCSPCertStatus.GOOD
+    assert len(signed) == 2  # still cached: neither evicted nor signed again
+    # a repeated request is answered by its digest, without parsing it again
+    import scep_server.ocspwiring.service as service_module
+
+    calls = []
+    real_parse = service_module.parse_request
+    monkeypatch.setattr(service_module, "parse_request", lambda *a, **k: calls.append(1) or real_parse(*a, **k))
+    for body in (other_der, der):
+        assert load((await post(srv.url, body))[1]).certificate_status is ocsp.OCSPCertStatus.GOOD
+    assert calls == [] and len(signed) == 2
