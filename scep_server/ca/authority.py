@@ -144,7 +144,10 @@ class CertificateAuthority:
 
     def issued_by_us(self, cert: x509.Certificate) -> bool:
         """True if `cert` carries a valid signature by this CA's key."""
-        if cert.issuer != self.cert.subject:
+        try:
+            if cert.issuer != self.cert.subject:
+                return False
+        except ValueError:  # an issuer Name that does not decode (cryptography reads Names when asked)
             return False
         # one SCEP request asks several times (idempotency key, renewal check): verify each certificate once
         fingerprint = cert.fingerprint(hashes.SHA256())

@@ -83,6 +83,7 @@ def parse_pki_message(data: bytes) -> PKIMessage:
     signer_der, ident = found
     try:
         signer_cert = x509.load_der_x509_certificate(signer_der)
+        _ = signer_cert.issuer, signer_cert.subject  # decoded when read: a Name that does not decode fails here
     except (ValueError, x509.InvalidVersion) as exc:
         raise MalformedMessage(f"the signer certificate does not parse: {exc}") from None
 

@@ -6,7 +6,8 @@ import os
 
 import aiohttp
 import pytest
-from cryptography.hazmat.primitives import hashes
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from scep_server.scep import FailInfo, MessageType, PKIStatus, client, oids
@@ -76,3 +77,43 @@ async def test_a_pss_signature_with_a_salt_that_fits_is_verified(server, salt):
     assert status == 200, data
     rep = cert_rep(server, data, key)
     assert rep.status is PKIStatus.SUCCESS, rep.fail_text
+
+
+# ---------------------------------------------------------------- signer certificate Names (RFC 5280 §4.1.2.4)
+
+GOOD_NAME = der.seq(der.tlv(der.SET, der.seq(der.oid("2.5.4.3"), der.utf8("SCEP SIGNER"))))
+BAD_NAME = der.seq(der.tlv(der.SET, der.seq(der.oid("2.5.4.3"), der.tlv(der.UTF8_STRING, b"\xff"))))  # not UTF-8
+
+
+def signer_with_names(key, issuer: bytes, subject: bytes) -> bytes:
+    """A certificate for ``key`` signed by ``key``, whose Names are written as given (cryptography reads a
+    certificate's Names only when asked: the certificate loads and its signature verifies)."""
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    sig_alg = der.seq(der.oid("1.2.840.113549.1.1.11"), der.NULL_DER)
+    validity = der.seq(der.tlv(0x17, b"200101000000Z"), der.tlv(0x17, b"490101000000Z"))
+    tbs = der.seq(der.tlv(der.ctx(0), der.integer(2)), der.integer(7), sig_alg, issuer, validity, subject, spki)
+    sig = key.sign(tbs, padding.PKCS1v15(), hashes.SHA256())
+    return der.seq(tbs, sig_alg, der.tlv(der.BIT_STRING, b"\x00" + sig))
+
+
+@pytest.mark.parametrize("issuer, subject", [(BAD_NAME, GOOD_NAME), (GOOD_NAME, BAD_NAME), (BAD_NAME, BAD_NAME)],
+                         ids=["bad-issuer", "bad-subject", "both"])
+@pytest.mark.parametrize("message_type", [MessageType.PKCS_REQ, MessageType.CERT_POLL], ids=["PKCSReq", "CertPoll"])
+async def test_a_signer_certificate_with_a_name_that_does_not_decode_is_malformed(server, issuer, subject,
+                                                                                 message_type):
+    key = rsa_key()
+    ca = next(iter(server.runtime.cas.values()))
+    content = (client.issuer_and_subject(ca.cert.subject, ca.cert.subject)
+               if message_type is MessageType.CERT_POLL else None)
+    body = request(server, key, message_type=message_type, content=content,
+                   signer_cert_der=signer_with_names(key, issuer, subject), transaction_id="bad-name")
+    status, data = await post(server, body)
+    assert status == 400, data  # as any signer certificate that does not parse: no signer to answer to
+    assert b"signer certificate" in data
+
+
+async def test_a_certificate_whose_issuer_does_not_decode_is_not_issued_by_us(server):
+    key = rsa_key()
+    ca = next(iter(server.runtime.cas.values()))
+    cert = x509.load_der_x509_certificate(signer_with_names(key, BAD_NAME, GOOD_NAME))
+    assert ca.issued_by_us(cert) is False
