@@ -680,7 +680,7 @@ class CrlChecker:
         src.snapshot = snap
         src.ca.full = max((s.snapshot for s in src.ca.sources.values()
                            if s.snapshot is not None and s.snapshot.crl.scope is None),
-                          key=lambda sn: sn.this_update, default=None)
+                          key=lambda sn: (sn.this_update, sn.number or 0), default=None)  # as _newer
         self._log.info("crl.check.updated", ca=src.ca.name, url=src.url, number=snap.number, entries=len(snap.codes),
                        this_update=snap.this_update.isoformat(),
                        next_update=snap.next_update.isoformat() if snap.next_update else None)

@@ -54,3 +54,19 @@ async def test_partition_number_is_not_compared_with_full_crl_number():
     r = c.check(leaf)
     assert r.status is CheckStatus.REVOKED, (f"answered from the older full CRL #{r.crl_number} at {r.crl_url}: "
                                              f"{r.status} {r.reason}")
+
+
+async def test_check_serial_answers_from_the_higher_numbered_full_crl_of_the_same_second():
+    """Two full CRLs with one thisUpdate (signed within one second), from two URLs: the serial check answers
+    from the higher CRL number, the newer one, whichever URL was installed first."""
+    for first, second in ((5, 6), (6, 5)):
+        c = CrlChecker(settings=CheckerSettings(), clock=SettableClock(T0))
+        ca = Ca("Same Second CA", slot=33)
+        c.add_ca(ca.cert, name="cust", require_cdp=False)
+        tu = T0 - timedelta(minutes=5)
+        crls = {5: ca.crl(number=5, this_update=tu),
+                6: ca.crl(number=6, this_update=tu, revoked=[(0x71, x509.ReasonFlags.key_compromise)])}
+        assert (await c.install("cust", A, crls[first])).ok
+        assert (await c.install("cust", B, crls[second])).ok
+        assert c.check_serial("cust", 0x71).status is CheckStatus.REVOKED, (first, second)
+        assert c.check(ca.leaf(0x71, cdps=(A, B))).status is CheckStatus.REVOKED, (first, second)
