@@ -62,10 +62,10 @@ from crl.check import CheckResult, CheckStatus, cdp_uris
 from .. import metrics
 from ..ca import inventory
 from ..ca.inventory import Reason
-from ..ca.revocation import change_status
+from ..ca.revocation import PERMANENT_REASON, change_status
 from ..ca.status import CHANGEABLE, CertStatus, EventKind
 from trustkit.batching import GroupCommit
-from trustkit.clock import Clock, utcnow
+from trustkit.clock import Clock, aware, utcnow
 from trustkit.db import on_sqlite_thread, writer
 from ..store.events import record_event
 from ..profiles import ProfileSettings
@@ -193,7 +193,8 @@ _LOOKUP_COLUMNS = (devices.c.status.label("device_status"), device_certs.c.devic
                    certificates.c.status.label("cert_status"), certificates.c.revocation_reason,
                    certificates.c.first_used_at, certificates.c.ca.label("cert_ca"),
                    certificates.c.profile.label("cert_profile"), certificates.c.renewal_of,
-                   certificates.c.enrolled_device_id, _current.c.fingerprint_sha256.label("current_fp"),
+                   certificates.c.enrolled_device_id, certificates.c.issued_at.label("cert_issued_at"),
+                   certificates.c.unused_since, _current.c.fingerprint_sha256.label("current_fp"),
                    _current.c.serial.label("current_serial"), _current.c.external.label("current_external"))
 
 
@@ -303,8 +304,11 @@ class AttestationService:
     def __init__(self, engine: AsyncEngine, *, cas: dict, external: ExternalCas | None, clock: Clock = utcnow,
                  nonce_ttl: timedelta = timedelta(minutes=2), revoke_on_second_device: bool = False,
                  cache_size: int = 10_000, cache_bytes: int = 32 << 20,
-                 notify_changed: Callable[[str], None] | None = None, max_batch: int = 256):
+                 notify_changed: Callable[[str], None] | None = None, max_batch: int = 256,
+                 unused_days: int | None = None):
         self.engine = engine
+        # the day-91 rule (scep_server.ca.revocation.revoke_unused): a first use after it is no use
+        self.unused_window = timedelta(days=unused_days) if unused_days else None
         self.cas = cas
         self.external = external
         self.clock = clock
@@ -725,6 +729,9 @@ class AttestationService:
             if row.cert_status == CertStatus.HOLD:
                 return fail(Verdict.CERTIFICATE_ON_HOLD, "the certificate is on hold (certificateHold)",
                             device_status=status), touched
+            if row.first_used_at is None and self.unused_window is not None and \
+                    aware(row.unused_since or row.cert_issued_at) + self.unused_window <= now:
+                return await self._unused_too_long(conn, info, now, status, wrote)
         else:
             assert crl is not None
             if crl.status is CheckStatus.REVOKED:
@@ -869,6 +876,19 @@ class AttestationService:
                                      data={"invalidity_date": now.isoformat(),
                                            "detail": f"presented by device {device_id}, bound to {owner}"})
         return [change.ca] if change else []
+
+
+    async def _unused_too_long(self, conn: AsyncConnection, info: _Cert, now: datetime, status: str | None,
+                               wrote: list[bool]) -> tuple[Result, list[str]]:
+        """A first use after the day-91 rule's window: the rule applies now, whether or not its job ran yet
+        (revoked as the job revokes, once; a certificate the job revoked meanwhile is left as it is)."""
+        days = self.unused_window.days if self.unused_window else 0
+        wrote.append(True)
+        change = await change_status(conn, info.serial, CertStatus.REVOKED, at=now, actor="system:day-91",
+                                     reason=PERMANENT_REASON, expect=CHANGEABLE, never_used=True,
+                                     data={"detail": f"never used within {days} days of issue"})
+        return fail(Verdict.CERTIFICATE_REVOKED, f"never used within {days} days of issue: revoked "
+                    f"(cessationOfOperation)", device_status=status), [change.ca] if change else []
 
 
 def _revoked_detail(code: int | None, where: str = "") -> str:

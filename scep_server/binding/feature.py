@@ -37,7 +37,7 @@ async def open_binding(runtime: "Runtime") -> AsyncIterator[BindingServices]:
             nonce_ttl=timedelta(seconds=cfg.nonce_ttl_seconds),
             revoke_on_second_device=cfg.revoke_on_second_device, cache_size=cfg.certificate_cache_size,
             cache_bytes=cfg.certificate_cache_bytes,
-            notify_changed=notify),
+            notify_changed=notify, unused_days=runtime.settings.crl.unused_days),
         external=external)
     try:
         yield svc

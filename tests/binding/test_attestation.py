@@ -291,3 +291,33 @@ async def test_an_rsa_key_whose_verification_costs_far_more_is_not_verified(serv
         "device_id": "dev-e", "nonce": await api.nonce("dev-e"), "certificate": base64.b64encode(der).decode(),
         "signature": base64.b64encode(b"\x01" * (key.key_size // 8)).decode(), "algorithm": "rsa-pkcs1v15-sha256"})
     assert res["reason"] == Verdict.ALGORITHM_UNSUPPORTED.value and not res["managed"], res
+
+
+async def test_a_first_use_after_the_day_91_window_is_refused_and_revokes(server, api, scepclient, tmp_path, clock):
+    """The day-91 rule holds at the first attestation itself: a certificate never used within `unused_days` of
+    issue is not used for the first time later, whether or not the hourly job has revoked it yet."""
+    late = await enrol(scepclient, server.url, server.challenge(), tmp_path / "late", "dev-late")
+    used = await enrol(scepclient, server.url, server.challenge(), tmp_path / "used", "dev-used")
+    for name in ("dev-late", "dev-used"):
+        await api.add_device(name)
+    clock.advance(days=10)
+    assert (await api.attest("dev-used", used.cert_pem, used.key))["managed"]
+    clock.advance(days=80, minutes=1)  # 90 days and a minute after issue; the job has not run since
+    assert (await _cert_status(server.runtime, late.serial)).status == "valid"
+    res = await api.attest("dev-late", late.cert_pem, late.key)
+    assert res["managed"] is False and res["reason"] == "certificate_revoked", res
+    assert "never used within 90 days" in res["detail"], res
+    record = await _cert_status(server.runtime, late.serial)
+    assert record.status == "revoked" and record.first_used_at is None
+    assert record.revocation_reason == Reason.CESSATION_OF_OPERATION
+    # not bound, revoked once, by the rule
+    async with server.runtime.engine.connect() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(device_certs).where(
+            device_certs.c.serial == late.serial))).scalar() == 0
+        revokes = (await conn.execute(sa.select(events.c.actor).where(
+            events.c.kind == "pki.cert.revoke", events.c.subject == late.serial))).scalars().all()
+    assert revokes == ["system:day-91"]
+    assert (await api.attest("dev-late", late.cert_pem, late.key))["reason"] == "certificate_revoked"
+    # a certificate used within the window stays managed
+    assert (await api.attest("dev-used", used.cert_pem, used.key))["managed"]
+    assert await server.runtime.revocation.revoke_unused(unused_days=90) == []
