@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import unicodedata
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -86,6 +87,17 @@ def check_message_digest(msg) -> None:
 def _is_host_name(value: str) -> bool:
     labels = value.rstrip(".").split(".")
     return bool(value) and all(_DNS_LABEL.fullmatch(label) for label in labels)
+
+
+# full stops that IDNA (UTS #46) reads as label separators, beside "."
+_LABEL_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+
+
+def _as_read(value: str) -> str:
+    """A subject value the way a relying party that maps it to a host or a mailbox reads it: compatibility
+    characters folded (NFKC: fullwidth letters and dots), every full stop IDNA knows a dot, and insignificant
+    spaces dropped (RFC 4518: leading, trailing, and runs of them)."""
+    return " ".join(unicodedata.normalize("NFKC", value).translate(_LABEL_DOTS).split())
 
 
 @functools.lru_cache(maxsize=64)  # the CA's and RA's names, asked for every request
@@ -199,26 +211,41 @@ class IssuancePolicy:
                 self._check_subject_name(name, value)
         components = [a.value for a in subject if a.oid == NameOID.DOMAIN_COMPONENT]
         if components and t.dns_suffixes:
-            domain = ".".join(reversed(components))
+            domain = ".".join(_as_read(c) for c in reversed(components))
+            if not _is_host_name(domain):
+                raise PolicyViolation(f"subject DC {domain!r} is not a host name (no wildcards), outside the "
+                                      f"profile's DNS suffixes ({', '.join(t.dns_suffixes)})")
             self._within_dns_suffixes(f"subject DC {domain!r}", domain)
 
     def _check_subject_name(self, name: str, value: str) -> None:
         """A CN or emailAddress that names a host or a mailbox is held to the rules of a SAN of its kind: a relying
         party that maps a certificate by its subject (a VPN or RADIUS server by CN, a client by emailAddress)
         reads it as one. An emailAddress is an e-mail address; a CN with an `@` is read as one, a CN of dotted
-        host-name labels as a host name; other CNs (`laptop-42`, `Jane Doe`) are names only."""
+        host-name labels as a host name; other CNs (`laptop-42`, `Jane Doe`) are names only.
+
+        The value is judged as read (_as_read): a CN with one word containing a dot or an `@` is read as a host name
+        or an address whatever its spacing, full stops or compatibility characters, and one the profile's domain
+        rules cannot place (a wildcard, a label that is not a host-name label) is refused while they are set."""
         t = self.template
-        local, at, domain = value.rpartition("@")
+        read = _as_read(value)
+        local, at, domain = read.rpartition("@")
         if name == "emailAddress" or at:
             if not local or not _is_host_name(domain):
                 if name == "emailAddress":
                     raise PolicyViolation(f"subject emailAddress={value!r} is not an e-mail address")
+                if t.email_domains and " " not in read:
+                    raise PolicyViolation(f"subject {name}={value!r} reads as an e-mail address whose domain is "
+                                          f"not a host name, outside the profile's e-mail domains "
+                                          f"({', '.join(t.email_domains)})")
                 return
             if t.email_domains and _normalise_domain(domain) not in t.email_domains:
                 raise PolicyViolation(f"subject {name}={value!r} is outside the profile's e-mail domains "
                                       f"({', '.join(t.email_domains)})")
-        elif t.dns_suffixes and "." in value.rstrip(".") and _is_host_name(value):
-            self._within_dns_suffixes(f"subject {name}={value!r}", value)
+        elif t.dns_suffixes and "." in read.rstrip(".") and " " not in read:
+            if not _is_host_name(read):
+                raise PolicyViolation(f"subject {name}={value!r} reads as a host name but is not one (no wildcards), "
+                                      f"outside the profile's DNS suffixes ({', '.join(t.dns_suffixes)})")
+            self._within_dns_suffixes(f"subject {name}={value!r}", read)
 
     def _within_dns_suffixes(self, what: str, host: str) -> None:
         suffixes = self.template.dns_suffixes
