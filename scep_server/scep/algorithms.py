@@ -143,6 +143,18 @@ def rsa_padding(scheme: str) -> padding.AsymmetricPadding:
     raise ValueError(f"unsupported key transport scheme {scheme!r}")
 
 
+def key_transport_capacity(scheme: str, key_size: int) -> int:
+    """The longest key a ``key_size``-bit RSA key carries under a key-transport scheme: k - 11 bytes for
+    PKCS#1 v1.5 (RFC 8017 §7.2.1), k - 2 hLen - 2 for OAEP (RFC 8017 §7.1.1); negative when none fits."""
+    k = (key_size + 7) // 8
+    if scheme == "pkcs1v15":
+        return k - 11
+    for cls, name in _HASH_NAME.items():
+        if scheme == "oaep-" + name:
+            return k - 2 * cls.digest_size - 2
+    raise ValueError(f"unsupported key transport scheme {scheme!r}")
+
+
 def signature_scheme(data: bytes, alg: der.Element, digest: Digest, *,
                      key_size: int | None = None) -> tuple[padding.AsymmetricPadding, hashes.HashAlgorithm]:
     """Padding and hash to verify a SignerInfo signature (RFC 5652 §5.3, RFC 4056 §2).

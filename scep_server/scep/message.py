@@ -191,6 +191,12 @@ def _verify(data: bytes, sd: cms.SignedData, si: cms.SignerInfo, signer_cert: x5
     f["key_transport"] = next((r.scheme for r in env.recipients if r.scheme), None)
     if f["key_transport"] is None:
         raise fail(FailInfo.BAD_ALG, env.recipients[0].unsupported or "unsupported key transport")
+    # the reply is enveloped to the signer key with the request's key transport and cipher: refused now when
+    # that cannot be done, before anything is issued or spent
+    scheme, cek_size = f["key_transport"], env.cipher.reply.key_size
+    if algorithms.key_transport_capacity(scheme, public_key.key_size) < cek_size:
+        raise fail(FailInfo.BAD_ALG, f"the signer's {public_key.key_size}-bit key cannot receive a {cek_size}-byte "
+                                     f"content key with {scheme}: the reply could not be encrypted to it")
 
 
 def decrypt_envelope(envelope: bytes | PKIMessage, decrypt_cek: DecryptCEK, *,
@@ -486,20 +492,13 @@ def build_cert_rep(*, request: PKIMessage, status: PKIStatus, ra_cert_der: bytes
     the leading bytes are used.
     """
     digest = request.digest.reply
-    attrs = [_MESSAGE_TYPE_CERT_REP, _STATUS_ATTR[PKIStatus(status)],
-             cms.attribute(oids.SENDER_NONCE_DER, der.octet_string(sender_nonce))]
+    attrs = [_MESSAGE_TYPE_CERT_REP, cms.attribute(oids.SENDER_NONCE_DER, der.octet_string(sender_nonce))]
     if request.transaction_id or request._transaction_id_der:
         attrs.append(cms.attribute(oids.TRANSACTION_ID_DER, _transaction_id_der(request)))
     if request.sender_nonce:
         attrs.append(cms.attribute(oids.RECIPIENT_NONCE_DER, der.octet_string(request.sender_nonce)))
     econtent = b""
-    if status == PKIStatus.FAILURE:
-        if fail_info is None:
-            raise ValueError("a FAILURE CertRep needs a fail_info")
-        attrs.append(_FAIL_INFO_ATTR[FailInfo(fail_info)])
-        if fail_text:
-            attrs.append(cms.attribute(oids.FAIL_INFO_TEXT_DER, der.utf8(fail_text)))
-    elif status == PKIStatus.SUCCESS:
+    if status == PKIStatus.SUCCESS:
         if content is None or cek is None or iv is None:
             raise ValueError("a SUCCESS CertRep needs content, cek and iv")
         cipher = request.reply_cipher
@@ -508,10 +507,22 @@ def build_cert_rep(*, request: PKIMessage, status: PKIStatus, ra_cert_der: bytes
         key = request._signer_key or request.signer_cert.public_key()
         if not isinstance(key, rsa.RSAPublicKey):
             raise ValueError("the request signer key is not RSA")
-        econtent = cms.build_enveloped_data(
-            content, recipient_cert_der=request.signer_cert_der, recipient_key=key, cipher=cipher,
-            cek=cek[:cipher.key_size], iv=iv[:cipher.block_size], key_transport=request.key_transport or "pkcs1v15",
-            recipient_id_der=request._signer_id_der or None)
+        scheme = request.key_transport or "pkcs1v15"
+        try:
+            econtent = cms.build_enveloped_data(
+                content, recipient_cert_der=request.signer_cert_der, recipient_key=key, cipher=cipher,
+                cek=cek[:cipher.key_size], iv=iv[:cipher.block_size], key_transport=scheme,
+                recipient_id_der=request._signer_id_der or None)
+        except ValueError:  # the signer key cannot receive the content key (refused by parse_pki_message already)
+            status, fail_info = PKIStatus.FAILURE, FailInfo.BAD_ALG
+            fail_text = f"the reply cannot be encrypted to the signer's {key.key_size}-bit key with {scheme}"
+    attrs.append(_STATUS_ATTR[PKIStatus(status)])  # (signed attributes are put in DER SET order when signed)
+    if status == PKIStatus.FAILURE:
+        if fail_info is None:
+            raise ValueError("a FAILURE CertRep needs a fail_info")
+        attrs.append(_FAIL_INFO_ATTR[FailInfo(fail_info)])
+        if fail_text:
+            attrs.append(cms.attribute(oids.FAIL_INFO_TEXT_DER, der.utf8(fail_text)))
     return cms.build_signed_data(econtent=econtent, signer_cert_der=ra_cert_der, sign=sign, digest=digest,
                                  extra_attrs=attrs, signing_time=signing_time, certs=(ra_cert_der,))
 

@@ -6,13 +6,15 @@ import os
 
 import aiohttp
 import pytest
+import sqlalchemy as sa
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from scep_server.scep import FailInfo, MessageType, PKIStatus, client, oids
 from scep_server.scep.client import CertRepResult
-from tests.challenge.conftest import clock, server  # noqa: F401 - fixtures
+from scep_server.store.tables import certificates
+from tests.challenge.conftest import add_profile, clock, dynamic, server  # noqa: F401 - fixtures
 from tests.factories import rsa_key
 from trustkit import der
 
@@ -117,3 +119,48 @@ async def test_a_certificate_whose_issuer_does_not_decode_is_not_issued_by_us(se
     ca = next(iter(server.runtime.cas.values()))
     cert = x509.load_der_x509_certificate(signer_with_names(key, BAD_NAME, GOOD_NAME))
     assert ca.issued_by_us(cert) is False
+
+
+# ---------------------------------------------------------------- a signer key the reply cannot be encrypted to
+
+def small_key():
+    return rsa_key(1024)  # k = 128 bytes: OAEP-SHA512 carries at most 128 - 2*64 - 2 < 0 bytes (RFC 8017 §7.1.1)
+
+
+async def test_get_crl_from_a_signer_key_that_cannot_receive_the_reply_is_bad_alg(server):
+    key = small_key()
+    ca = next(iter(server.runtime.cas.values()))
+    body = request(server, key, message_type=MessageType.GET_CRL, key_transport="oaep-sha512",
+                   content=client.issuer_and_serial(ca.cert.subject, ca.cert.serial_number), transaction_id="crl-1024")
+    status, data = await post(server, body)
+    assert status == 200, data
+    rep = cert_rep(server, data, key)
+    assert rep.status is PKIStatus.FAILURE and rep.fail_info is FailInfo.BAD_ALG, rep.fail_text
+    assert "oaep-sha512" in rep.fail_text
+
+
+async def count_certificates(srv) -> int:
+    async with srv.runtime.engine.connect() as conn:
+        return (await conn.execute(sa.select(sa.func.count()).select_from(certificates))).scalar_one()
+
+
+async def test_an_enrolment_whose_reply_cannot_be_encrypted_issues_nothing_and_spends_no_challenge(server):
+    await add_profile(server, "dyn", "dynamic", dynamic())
+    issued = await server.runtime.challenges.new_challenge("dyn", source="cli")
+    before = await count_certificates(server)
+    key, csr_key = small_key(), rsa_key()  # a self-signed signer need not hold the CSR's key (RFC 8894 §2.3)
+    csr = client.make_csr(csr_key, "device", issued.challenge)
+    body = request(server, key, key_transport="oaep-sha512", transaction_id="enrol-1024", content=csr)
+    for _ in range(2):  # and a retry: the same answer
+        status, data = await post(server, body, profile="dyn")
+        assert status == 200, data
+        rep = cert_rep(server, data, key)
+        assert rep.status is PKIStatus.FAILURE and rep.fail_info is FailInfo.BAD_ALG, rep.fail_text
+    assert await count_certificates(server) == before
+    # the same key with a key transport it can receive enrols, with the challenge still unused
+    body = request(server, key, key_transport="oaep-sha256", transaction_id="enrol-1024-sha256", content=csr)
+    status, data = await post(server, body, profile="dyn")
+    assert status == 200, data
+    rep = cert_rep(server, data, key)
+    assert rep.status is PKIStatus.SUCCESS and rep.key_transport == "oaep-sha256", rep.fail_text
+    assert await count_certificates(server) == before + 1

@@ -1,9 +1,12 @@
 """Round trips through the client and server codecs for every cipher, digest and message type (RFC 8894 §3)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from asn1crypto import cms as acms
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from scep_server.scep import (ContentCipher, Digest, FailInfo, MessageType, PKIStatus, SCEPFailure, build_cert_rep,
                               build_degenerate, decrypt_envelope, parse_issuer_and_serial, parse_issuer_and_subject,
@@ -175,6 +178,16 @@ def test_build_cert_rep_argument_errors(pki):
         cert_rep(pki, msg, PKIStatus.SUCCESS, content=None)
     with pytest.raises(ValueError, match="key bytes"):
         cert_rep(pki, msg, PKIStatus.SUCCESS, cek=b"short")
+
+
+def test_a_success_the_signer_key_cannot_receive_is_a_bad_alg_failure(pki):
+    """A 1024-bit key cannot receive a content key with OAEP-SHA512 (RFC 8017 §7.1.1): the CertRep says so."""
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    msg = dataclasses.replace(parse_pki_message(pki.request()), key_transport="oaep-sha512",
+                              _signer_key=small.public_key())
+    rep = client.parse_cert_rep(cert_rep(pki, msg), small, ra_cert_der=pki.ra_der)
+    assert rep.status is PKIStatus.FAILURE and rep.fail_info is FailInfo.BAD_ALG and rep.certs == []
+    assert "oaep-sha512" in rep.fail_text
 
 
 def test_failure_reply_to_an_unverified_message(pki):
