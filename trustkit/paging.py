@@ -60,7 +60,7 @@ class Page(Generic[T]):
 
 
 def encode_cursor(key: Sequence[Any]) -> str:
-    """The opaque cursor of a row key (str, int, datetime or None values)."""
+    """The opaque cursor of a row key (str, int or datetime values: no key column is nullable)."""
     values = [v.isoformat() if isinstance(v, datetime) else v for v in key]
     raw = json.dumps(values, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -80,9 +80,7 @@ def decode_cursor(text: str, kinds: Sequence[KeyPart]) -> tuple:
         raise bad
     out: list[Any] = []
     for value, kind in zip(values, kinds):
-        if value is None:
-            out.append(None)
-        elif kind is datetime and isinstance(value, str):
+        if kind is datetime and isinstance(value, str):
             try:  # as stored: UTC (an offset moved past year 1 or 9999 is no time of ours)
                 out.append(aware(datetime.fromisoformat(value)).astimezone(timezone.utc))
             except (ValueError, OverflowError):

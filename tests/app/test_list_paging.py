@@ -5,6 +5,7 @@ filter is a 400 problem, and the commands print a page and say how to read on (o
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import io
 import json
@@ -92,7 +93,8 @@ async def hostile_paging(admin: Admin, path: str, foreign_cursor: str) -> None:
     sep = "&" if "?" in path else "?"
     for limit in ("0", "1001", "-1", "abc", "1.5", "%C2%B2"):
         await admin.problem(f"{path}{sep}limit={limit}", "invalid_limit")
-    for cursor in ("not-a-cursor", "W10", "x" * 2000, foreign_cursor):
+    nulls = [base64.urlsafe_b64encode(json.dumps([None] * n).encode()).decode().rstrip("=") for n in (1, 2, 3)]
+    for cursor in ("not-a-cursor", "W10", "x" * 2000, foreign_cursor, *nulls):  # no key column is nullable
         await admin.problem(f"{path}{sep}cursor={cursor}", "invalid_cursor")
 
 
