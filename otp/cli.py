@@ -60,12 +60,15 @@ def _serial(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
 
 
 def _print_issues(result: "ImportResult") -> None:
-    for issue in result.errors:
-        click.echo(f"error: {issue}", err=True)
-    for issue in result.warnings:
-        click.echo(f"warning: {issue}", err=True)
-    for issue in result.skipped:
-        click.echo(f"skipped: {issue}", err=True)
+    """Every issue listed (the first MAX_ISSUES of each kind, by line), then how many more were found."""
+    unlisted = result.unlisted()
+    for label, kind, issues in (("error", "errors", result.errors), ("warning", "warnings", result.warnings),
+                                ("skipped", "skipped", result.skipped)):
+        for issue in issues:
+            click.echo(f"{label}: {issue}", err=True)
+        if kind in unlisted:
+            click.echo(f"{label}: ... and {unlisted[kind]} more not listed (the first {len(issues)} by line are)",
+                       err=True)
 
 
 def build_cli(open_service: OpenService,
@@ -111,7 +114,7 @@ def build_cli(open_service: OpenService,
             result = run(lambda s: s.import_secrets(data, dry_run=dry_run, actor=_actor(), progress=progress))
         _print_issues(result)
         if not result.ok:
-            n = len(result.errors)
+            n = result.errors_total
             raise click.ClickException(f"{n} problem{'s' if n != 1 else ''} in {file.name} "
                                        f"(format: {result.format}); nothing was imported")
         if dry_run:

@@ -1,18 +1,20 @@
-"""YubiKey OTP secrets files: detect the format, validate every line, report every problem.
+"""YubiKey OTP secrets files: detect the format, validate every line, report the problems.
 
 Formats (docs/otp.md "Secrets file formats"): the Personalization Tool's "Yubico format" and ykman's
 `--config-output` (serial, public ID, private ID, AES key, access code, timestamp), the YK-KSM
 provisioning format (`# ykksm 1`), and the Personalization Tool's "Traditional" log, which has no
 serial column. Pure: bytes in, records and per-line issues out; nothing is decided about the
-database here.
+database here. Every issue is counted, but only the first MAX_ISSUES of each kind (errors, warnings, skipped
+lines), by line, are kept: a hostile file of a million bad lines costs neither memory nor a huge answer.
 """
 from __future__ import annotations
 
 import csv
+import heapq
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable
+from typing import Callable, Iterable
 
 from . import modhex
 
@@ -21,6 +23,7 @@ PUBLIC_ID_STANDARD_LEN = 12
 PUBLIC_ID_MAX_LEN = 16  # an OTP is 32-48 characters (YK-VAL PUBID_MAX_LEN); longer IDs never validate
 SERIAL_PUBLIC_ID_PREFIX = "ff00"  # ykman --serial-public-id: ff 00 || serial (big-endian u32) = "vvcc..."
 BATCH_PUBLIC_ID_PREFIX = "0000"  # ykman examples/yubiotp_batch.py: 00 00 || serial
+MAX_ISSUES = 1000  # issues of each kind kept (the first by line); the others are only counted
 
 FORMAT_YUBICO = "yubico"  # Personalization Tool "Yubico format" (access code zero-padded to 12 hex)
 FORMAT_YKMAN = "ykman"  # ykman otp yubiotp -O (empty access code)
@@ -69,15 +72,42 @@ class LineIssue:
         return f"line {self.line}: {self.reason}" if self.line else self.reason
 
 
+def first_issues(issues: Iterable[LineIssue], limit: int = MAX_ISSUES) -> tuple[LineIssue, ...]:
+    """The first `limit` issues by line (a line's own in their order), holding no more than that many."""
+    return tuple(heapq.nsmallest(limit, issues, key=lambda i: i.line))
+
+
+class Issues:
+    """Issues of one kind: all counted, the first MAX_ISSUES by line kept (memory bounded by 2 x MAX_ISSUES);
+    it may start from issues already kept and their total."""
+
+    def __init__(self, kept: Iterable[LineIssue] = (), total: int = 0) -> None:
+        self.kept: list[LineIssue] = list(kept)
+        self.total = total
+
+    def append(self, issue: LineIssue) -> None:
+        self.total += 1
+        self.kept.append(issue)
+        if len(self.kept) >= 2 * MAX_ISSUES:
+            self.kept = list(first_issues(self.kept))
+
+    def first(self) -> tuple[LineIssue, ...]:
+        return first_issues(self.kept)
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedSecrets:
-    """The outcome of parsing: records, and the errors that reject the file, warnings and skips."""
+    """The outcome of parsing: records, and the errors that reject the file, warnings and skips (the first
+    MAX_ISSUES of each by line; the ``*_total`` fields count them all)."""
 
     format: str
     records: tuple[SecretRecord, ...]
     errors: tuple[LineIssue, ...]
     warnings: tuple[LineIssue, ...]
     skipped: tuple[LineIssue, ...]
+    errors_total: int = 0
+    warnings_total: int = 0
+    skipped_total: int = 0
 
     @property
     def ok(self) -> bool:
@@ -95,9 +125,9 @@ def _decode_text(data: bytes) -> str:
 class _Builder:
     def __init__(self) -> None:
         self.records: list[SecretRecord] = []
-        self.errors: list[LineIssue] = []
-        self.warnings: list[LineIssue] = []
-        self.skipped: list[LineIssue] = []
+        self.errors = Issues()
+        self.warnings = Issues()
+        self.skipped = Issues()
         self.formats: set[str] = set()
 
     def error(self, line: int, reason: str) -> None:
@@ -365,7 +395,7 @@ def parse_secrets(data: bytes, progress: Callable[[int, int], None] | None = Non
     if progress is not None:
         progress(len(lines), len(lines))
     _cross_line_checks(b)
-    if not b.records and not b.errors:
+    if not b.records and not b.errors.total:
         b.error(0, "no YubiKey OTP records found in the file")
     fmt = FORMAT_UNKNOWN
     if len(b.formats) == 1:
@@ -374,6 +404,6 @@ def parse_secrets(data: bytes, progress: Callable[[int, int], None] | None = Non
         fmt = FORMAT_YUBICO
     elif b.formats:
         fmt = FORMAT_MIXED
-    errors = tuple(sorted(b.errors, key=lambda i: i.line))
-    return ParsedSecrets(format=fmt, records=tuple(b.records), errors=errors,
-                         warnings=tuple(sorted(b.warnings, key=lambda i: i.line)), skipped=tuple(b.skipped))
+    return ParsedSecrets(format=fmt, records=tuple(b.records), errors=b.errors.first(), warnings=b.warnings.first(),
+                         skipped=b.skipped.first(), errors_total=b.errors.total, warnings_total=b.warnings.total,
+                         skipped_total=b.skipped.total)

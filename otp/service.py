@@ -25,7 +25,7 @@ from .config import OtpSettings, ThrottleSettings
 from .errors import REASON_TEXT, BackendError, Conflict, InvalidInput, NotFound, Reason
 from .kek import KekError, SecretBox
 from .report import KeyReport, ReportFilter, key_reports
-from .secrets_csv import LineIssue, SecretRecord, parse_secrets
+from .secrets_csv import Issues, LineIssue, SecretRecord, parse_secrets
 from .store import BACKEND_ERRORS, ClientRow, CounterUpdate, KeyMaterial, KeyState, NewKey, OtpStore
 from .tables import ACTIVE, REVOKED, UNASSIGNED, otp_yubikeys
 from .token import Token, TokenError, split_otp, verify_token
@@ -85,17 +85,28 @@ class ImportResult:
     warnings: tuple[LineIssue, ...]
     skipped: tuple[LineIssue, ...]
     import_id: int | None = None
+    errors_total: int = 0  # every issue counted; the tuples above hold the first MAX_ISSUES of each, by line
+    warnings_total: int = 0
+    skipped_total: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    def unlisted(self) -> dict[str, int]:
+        """How many issues of each kind are counted but not listed (kinds with none left out)."""
+        counts = {"errors": self.errors_total - len(self.errors), "warnings": self.warnings_total - len(self.warnings),
+                  "skipped": self.skipped_total - len(self.skipped)}
+        return {kind: n for kind, n in counts.items() if n > 0}
 
     def to_json(self) -> dict[str, Any]:
         def issues(items):
             return [{"line": i.line, "reason": i.reason} for i in items]
         return {"format": self.format, "dry_run": self.dry_run, "valid": self.ok, "records": self.records,
                 "imported": self.imported, "import_id": self.import_id, "errors": issues(self.errors),
-                "warnings": issues(self.warnings), "skipped": issues(self.skipped)}
+                "warnings": issues(self.warnings), "skipped": issues(self.skipped),
+                "errors_total": self.errors_total, "warnings_total": self.warnings_total,
+                "skipped_total": self.skipped_total}
 
 
 @dataclass(frozen=True)
@@ -577,7 +588,7 @@ class OtpService:
         the parsing thread), "seal" (keys encrypted) and "write" (keys written, before the commit)."""
         line_progress = None if progress is None else (lambda done, total: progress("read", done, total))
         parsed = await asyncio.to_thread(parse_secrets, data, line_progress)
-        errors = list(parsed.errors)
+        errors = Issues(parsed.errors, parsed.errors_total)
         records = parsed.records
         if records:
             dup_serials, dup_ids = await self.store.live_duplicates([r.serial for r in records],
@@ -588,14 +599,14 @@ class OtpService:
                                                     "key can be uploaded again once the old one is revoked and deleted)"))
                 if r.public_id in dup_ids:
                     errors.append(LineIssue(r.line, f"public ID {r.public_id} already belongs to a key in the inventory"))
-        errors.sort(key=lambda i: i.line)
 
-        def result(imported: int, errs: list[LineIssue], import_id: int | None = None) -> ImportResult:
+        def result(imported: int, errs: Issues, import_id: int | None = None) -> ImportResult:
             return ImportResult(format=parsed.format, dry_run=dry_run, records=len(records), imported=imported,
-                                errors=tuple(errs), warnings=parsed.warnings, skipped=parsed.skipped,
-                                import_id=import_id)
+                                errors=errs.first(), warnings=parsed.warnings, skipped=parsed.skipped,
+                                import_id=import_id, errors_total=errs.total, warnings_total=parsed.warnings_total,
+                                skipped_total=parsed.skipped_total)
 
-        if errors or dry_run:
+        if errors.total or dry_run:
             return result(0, errors)
         keys: list[NewKey] = []
         self.refresh_kek()  # never seal under a KEK rotated away since this process read it
@@ -611,8 +622,8 @@ class OtpService:
                                                            progress=progress)
                 carried = await self.store.carry_counters(conn, import_id)
         except IntegrityError:
-            return result(0, [LineIssue(0, "another import added some of these keys at the same time; "
-                                           "nothing was imported, run the import again to see which lines")])
+            return result(0, Issues([LineIssue(0, "another import added some of these keys at the same time; "
+                                                  "nothing was imported, run the import again to see which lines")], 1))
         for r in records:
             self._materials.pop(r.public_id, None)
         try:
@@ -621,7 +632,7 @@ class OtpService:
             log.warning("otp.import.analyze_failed", exc_info=exc)
         log.info("otp.import", extra={"import_id": import_id, "keys": len(keys), "format": parsed.format,
                                       "actor": actor, "counters_carried": carried})
-        return result(len(keys), [], import_id)
+        return result(len(keys), Issues(), import_id)
 
     @staticmethod
     def _seal_records(box: SecretBox, records: tuple[SecretRecord, ...]) -> list[NewKey]:

@@ -139,8 +139,9 @@ class _Routes:
         data = await _upload(request, self._service(request).settings.import_max_bytes)
         result = await self._service(request).import_secrets(data, dry_run=dry_run, actor=_actor(request))
         if not result.ok:
-            n = len(result.errors)
-            raise Unprocessable(f"{n} problem{'s' if n != 1 else ''} in the file; nothing was imported",
+            n = result.errors_total
+            listed = f" (the first {len(result.errors)} by line are listed)" if n > len(result.errors) else ""
+            raise Unprocessable(f"{n} problem{'s' if n != 1 else ''} in the file{listed}; nothing was imported",
                                 code="import_rejected", **result.to_json())
         return web.json_response(result.to_json(), status=200 if dry_run else 201)
 

@@ -255,3 +255,13 @@ def test_report_with_the_capability_off_is_refused_on_either_path(cli):
                           env={"SCEP_SERVER_DATABASE__URL": cli.db_url, "SCEP_SERVER_CONFIG": None,
                                "SCEP_SERVER_OTP__ENABLED": "false"})
     assert r.exit_code == 1 and "otp" in r.stderr, r.output
+
+
+def test_import_of_a_file_of_many_bad_lines_lists_the_first_and_counts_all(cli, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"x\n" * 1500)
+    r = cli("yubikey", "import", "--dry-run", str(bad))
+    assert r.exit_code == 1
+    assert r.stderr.count("error: line ") == 1000 and "error: line 1000: " in r.stderr
+    assert "error: ... and 500 more not listed (the first 1000 by line are)" in r.stderr
+    assert "1500 problems" in r.stderr and "nothing was imported" in r.stderr

@@ -180,3 +180,32 @@ def test_quoted_fields_still_parse():
     assert not parsed.errors and parsed.records[0].serial == 12345678
     broken = parse_secrets(b'12345678,"vvccccnrhbfu\n')
     assert broken.errors and not broken.records
+
+
+def test_a_file_of_bad_lines_keeps_the_first_issues_and_counts_them_all():
+    """1 MiB of one-character lines: half a million errors are counted, the first 1,000 by line kept, and
+    parsing holds memory bounded by the file, not by the number of bad lines."""
+    import tracemalloc
+
+    data = b"x\n" * (512 * 1024)
+    tracemalloc.start()
+    try:
+        result = parse_secrets(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * len(data), peak
+    assert result.errors_total == 512 * 1024 and len(result.errors) == 1000
+    assert [e.line for e in result.errors] == list(range(1, 1001))
+    assert not result.ok and result.records == ()
+
+
+def test_kept_issues_are_the_first_by_line_whenever_they_were_found():
+    """Duplicates are found after every line was read: the kept errors are still the first lines'."""
+    from tests.otp.conftest import make_key, secrets_file
+
+    key = make_key(4_000_001)
+    data = secrets_file([key]) * 2 + b"x\n" * 2000
+    result = parse_secrets(data)
+    assert result.errors_total == 2002  # line 2 repeats both the serial and the public ID
+    assert [e.line for e in result.errors[:3]] == [2, 2, 3] and len(result.errors) == 1000

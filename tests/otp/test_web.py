@@ -119,6 +119,18 @@ async def test_import_body_dry_run_and_rejection(api):
     assert [e["line"] for e in bad["errors"]] == [3]
 
 
+async def test_import_of_a_file_of_bad_lines_answers_a_bounded_problem(api):
+    """1 MiB of one-character lines: the 422 lists the first 1,000 errors, counts them all, and stays small."""
+    data = b"x\n" * (512 * 1024)
+    resp = await api.post("/api/v1/yubikeys/import?dry_run=1", data=data, headers=ADMIN)
+    raw = await resp.read()
+    assert resp.status == 422 and len(raw) < 1024 * 1024, len(raw)
+    body = json.loads(raw)
+    assert body["code"] == "import_rejected" and body["errors_total"] == 512 * 1024
+    assert len(body["errors"]) == 1000 and body["errors"][-1]["line"] == 1000
+    assert "524288 problems" in body["detail"] and "first 1000" in body["detail"]
+
+
 async def test_import_multipart_upload(api):
     form = FormData()
     form.add_field("file", (FIXTURES / "ykman-config-output.csv").read_bytes(), filename="secrets.csv",
