@@ -167,9 +167,12 @@ class DeviceStore:
             exists = (await conn.execute(sa.select(devices.c.status).where(devices.c.id == device_id))).first()
             if exists is not None:
                 raise DeviceExists(f"device {device_id!r} exists ({exists.status}); device ids are never reused")
-            await conn.execute(devices.insert().values(
-                id=device_id, name=name, status=S.ACTIVE.value, created_at=now, created_by=actor,
-                status_changed_at=now, status_changed_by=actor, status_reason="registered"))
+            try:
+                await conn.execute(devices.insert().values(
+                    id=device_id, name=name, status=S.ACTIVE.value, created_at=now, created_by=actor,
+                    status_changed_at=now, status_changed_by=actor, status_reason="registered"))
+            except IntegrityError:  # created meanwhile (PostgreSQL: both transactions saw it absent)
+                raise DeviceExists(f"device {device_id!r} exists; device ids are never reused") from None
             await record_event(conn, at=now, kind="device.create", subject=device_id, actor=actor,
                                data={"name": name})
         log.info("device.create", device=device_id, actor=actor)
@@ -297,9 +300,13 @@ class DeviceStore:
             if taken is not None:
                 raise DeviceExists(f"enrolment {transaction_id!r} of profile {profile!r} is pre-registered for "
                                    f"device {taken.device_id!r}")
-            await conn.execute(device_enrolments.insert().values(
-                profile=profile, transaction_id=transaction_id, device_id=device_id, created_at=now,
-                created_by=actor))
+            try:
+                await conn.execute(device_enrolments.insert().values(
+                    profile=profile, transaction_id=transaction_id, device_id=device_id, created_at=now,
+                    created_by=actor))
+            except IntegrityError:  # pre-registered meanwhile by another request or process
+                raise DeviceExists(f"enrolment {transaction_id!r} of profile {profile!r} is pre-registered "
+                                   f"already") from None
             await record_event(conn, at=now, kind="device.enrolment.preregister", subject=device_id, actor=actor,
                                data={"profile": profile, "transaction_id": transaction_id})
         log.info("device.enrolment.preregister", device=device_id, profile=profile, transaction_id=transaction_id,

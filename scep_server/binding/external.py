@@ -17,6 +17,7 @@ import sqlalchemy as sa
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from crl.check import CertificateRefused, CheckResult, CrlChecker
@@ -152,8 +153,11 @@ class ExternalCas:
                 sa.or_(external_cas.c.name == name, external_cas.c.fingerprint_sha256 == fp)))).first()
             if clash is not None:
                 raise ExternalCaError(f"an external CA {clash.name!r} with this name or certificate exists")
-            await conn.execute(external_cas.insert().values(name=name, cert_der=der, fingerprint_sha256=fp,
-                                                            policy=policy.value, created_at=now, created_by=actor))
+            try:
+                await conn.execute(external_cas.insert().values(name=name, cert_der=der, fingerprint_sha256=fp,
+                                                                policy=policy.value, created_at=now, created_by=actor))
+            except IntegrityError:  # added meanwhile (PostgreSQL: both transactions saw none)
+                raise ExternalCaError("an external CA with this name or certificate exists") from None
             await record_event(conn, at=now, kind="pki.ca.add", subject=name, actor=actor,
                                data={"subject": cert.subject.rfc4514_string(), "fingerprint_sha256": fp,
                                      "policy": policy.value})

@@ -229,3 +229,49 @@ async def test_a_device_id_never_stands_as_the_actor_of_an_event(engine, env, ca
             events.c.kind == "security.cert.second_device"))).all()
     assert [r.actor for r in rows] == ["attestation"]
     assert '"presented_by": "cli:root"' in rows[0].data
+
+
+async def test_a_device_or_an_enrolment_registered_meanwhile_is_a_conflict(engine, env):
+    """Another request's row, written after this one looked and committed while it waits on the row: a
+    DeviceExists (409), never a database error (500). On PostgreSQL both transactions see no row at first; on
+    SQLite the second waits for the first's write lock and then sees it."""
+    from scep_server.binding.tables import device_enrolments, devices
+
+    store, _att, clock, _ = env
+    await store.create("d0", actor="t")
+    for table, values, call in (
+            (devices, dict(id="d1", name="", status="active", created_at=NOW, status_changed_at=NOW),
+             lambda: store.create("d1", actor="t")),
+            (device_enrolments, dict(profile="p", transaction_id="tx", device_id="d0", created_at=NOW),
+             lambda: store.preregister("d0", profile="p", transaction_id="tx", actor="t"))):
+        async with writer(engine).connect() as other:
+            await other.begin()
+            await other.execute(table.insert().values(**values))
+            attempt = asyncio.create_task(call())
+            await asyncio.sleep(0.3)  # it has looked (PostgreSQL) or waits for the write lock (SQLite)
+            assert not attempt.done()
+            await other.commit()
+        with pytest.raises(DeviceExists):
+            await asyncio.wait_for(attempt, 10)
+
+
+async def test_an_external_ca_registered_meanwhile_is_refused_not_an_error(engine):
+    from crl.check import CrlChecker
+    from crl.config import CheckerSettings, Policy
+    from scep_server.binding.errors import ExternalCaError
+    from scep_server.binding.external import ExternalCas
+    from scep_server.binding.tables import external_cas
+    from tests.crl.pki import make_ca
+
+    ca = make_ca("Meanwhile Customer CA", kind="ec", slot=7, cdp="http://127.0.0.1:9/crl/meanwhile.crl")
+    ext = ExternalCas(engine, CrlChecker(settings=CheckerSettings(), clock=SettableClock(NOW)))
+    async with writer(engine).connect() as other:
+        await other.begin()
+        await other.execute(external_cas.insert().values(name="cust", cert_der=b"x", fingerprint_sha256="0" * 64,
+                                                         policy="fail-closed", created_at=NOW))
+        attempt = asyncio.create_task(ext.add("cust", ca.cert, policy=Policy.FAIL_CLOSED, actor="t", now=NOW))
+        await asyncio.sleep(0.3)
+        assert not attempt.done()
+        await other.commit()
+    with pytest.raises(ExternalCaError):
+        await asyncio.wait_for(attempt, 10)
