@@ -64,7 +64,7 @@ async def _attach(app: web.Application) -> None:
     runtime = app[RUNTIME]
     assert runtime.crl is not None
     app[ENDPOINT] = CrlEndpoint(runtime.crl.publishers, settings=runtime.settings.crl,
-                                partitions={ca: parts.publishers for ca, parts in runtime.crl.partitions.items()})
+                                partitions=runtime.crl.partition_publishers)  # live: grows with recorded counts
 
 
 class CrlFeature:

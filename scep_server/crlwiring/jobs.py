@@ -39,7 +39,8 @@ def change_feed(service: CrlService):
 
 def change_watcher(service: CrlService):
     """Every poll_interval, and once the grace period after a change announced by another process has
-    passed: re-sign where a status change was not published by the process that made it."""
+    passed: publish the partition CRLs of a CA whose partition count another instance recorded since, and
+    re-sign where a status change was not published by the process that made it."""
     async def watch_changes() -> None:
         interval = service.settings.poll_interval.total_seconds()
         next_regular = time.monotonic() + interval
@@ -59,6 +60,7 @@ def change_watcher(service: CrlService):
             if service.check_due is not None and now >= service.check_due:
                 service.check_due = None
             try:
+                await service.refresh_partitioning()
                 await service.check_marker()
             except asyncio.CancelledError:
                 raise

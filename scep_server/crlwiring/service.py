@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes
 
 from crl.build import Issuer
 from crl.parse import locate_entries, parse_crl
-from crl.partitions import PartitionSet
+from crl.partitions import PartitionSet, partition_count, record_partitioning, recorded_partitioning
 from crl.publish import PublishedCrl, Publisher, PublishError
 from crl.signing import CrlSigner, algorithm_for_public_key
 
@@ -119,17 +119,13 @@ class CrlService:
         self.runtime = runtime
         self.settings = runtime.settings.crl
         self.publishers: dict[str, Publisher] = {name: self._publisher(name, ca) for name, ca in runtime.cas.items()}
-        base = runtime.settings.server.public_base_url()
-        # the partition CRLs of the CAs that have a recorded partition count (crl.partitions)
+        # the partition CRLs of the CAs that have a recorded partition count (crl.partitions), and the mapping
+        # the endpoint serves them from (CA -> partition -> publisher): both grow when another instance records
+        # a CA's count after this one started (refresh_partitioning)
         self.partitions: dict[str, PartitionSet] = {}
+        self.partition_publishers: dict[str, dict[int, Publisher]] = {}
         for name, count in runtime.crl_partitions.items():
-            ca = runtime.cas[name]
-            source, changed, listed = partition_sources(runtime, name)
-            self.partitions[name] = PartitionSet(
-                name, count, url_for=lambda p, _name=name: partition_cdp_url(base, _name, p),
-                issuer=self.publishers[name].issuer, signer=self.publishers[name].signer, source=source,
-                changed=changed, listed=listed, engine=runtime.engine, settings=self.settings, clock=runtime.clock,
-                on_recorded=self._announce_recorded)
+            self._add_partitions(name, count)
         # CA name -> CRL Number served when a change was announced here (None: no CRL yet)
         self._pending: dict[str, int | None] = {}
         self._shown: dict[tuple[str, int, datetime], bool] = {}  # (ca, CRL number, change): whether it shows it
@@ -151,14 +147,53 @@ class CrlService:
                          settings=self.settings, clock=self.runtime.clock, on_recorded=self._announce_recorded,
                          on_signed=metrics.crl_signed)
 
+    def _add_partitions(self, name: str, count: int) -> PartitionSet:
+        base = self.runtime.settings.server.public_base_url()
+        source, changed, listed = partition_sources(self.runtime, name)
+        parts = self.partitions[name] = PartitionSet(
+            name, count, url_for=lambda p, _name=name: partition_cdp_url(base, _name, p),
+            issuer=self.publishers[name].issuer, signer=self.publishers[name].signer, source=source,
+            changed=changed, listed=listed, engine=self.runtime.engine, settings=self.settings,
+            clock=self.runtime.clock, on_recorded=self._announce_recorded)
+        self.partition_publishers[name] = parts.publishers
+        self.runtime.crl_partitions[name] = count
+        return parts
+
+    async def refresh_partitioning(self) -> list[str]:
+        """Publish the partition CRLs of the CAs whose partition count was recorded after this process started
+        (another instance started with ``crl.partitioning`` on: its certificates name them), running if the
+        others run; the CAs whose partitions were added. One query, and only while a CA has none."""
+        if not any(name not in self.partitions for name in self.publishers):
+            return []
+        recorded = await recorded_partitioning(self.runtime.engine)
+        added = []
+        for name, count in recorded.items():
+            if name in self.partitions or name not in self.publishers:  # added meanwhile; not our CA
+                continue
+            parts = self._add_partitions(name, count)
+            if self.running:
+                await parts.start()
+            added.append(name)
+        return added
+
     async def add_ca(self, name: str) -> None:
-        """A CA loaded after the start (scep_server.ca.lifecycle.pick_up_cas): its publisher, running if the
-        others run (the endpoint serves from the same mapping)."""
+        """A CA loaded after the start (scep_server.ca.lifecycle.pick_up_cas): its publisher, and its partition
+        CRLs when it has a recorded partition count (recorded now with ``crl.partitioning`` on, as at the
+        start), running if the others run (the endpoint serves from the same mappings)."""
         if name in self.publishers:
             return
-        pub = self.publishers[name] = self._publisher(name, self.runtime.cas[name])
+        ca = self.runtime.cas[name]
+        pub = self.publishers[name] = self._publisher(name, ca)
         if self.running:
             await pub.start()
+        try:
+            if self.settings.partitioning:
+                count = partition_count(self.settings.partition_expected_certificates,
+                                        self.settings.partition_target_size)
+                ca.crl_partitions = await record_partitioning(self.runtime.engine, name, count, self.runtime.clock())
+            await self.refresh_partitioning()
+        except Exception as exc:  # noqa: BLE001 - the change watcher's next poll adds the partitions
+            log.error("crl.partitions.loop_error", ca=name, error=f"{type(exc).__name__}: {exc}")
 
     # ---- status changes and the schedule
 

@@ -199,3 +199,64 @@ async def test_a_revocation_from_the_command_line_reaches_its_partition(server):
                 break
             assert time.monotonic() < deadline, f"after 10 s: on the full CRL {full}, on its partition's {part}"
             await asyncio.sleep(0.1)
+
+
+async def test_a_running_instance_serves_the_partitions_another_records_later(aiohttp_server, tmp_path, db_url):
+    """An instance started before partitioning was recorded (another instance restarted with it on) serves the
+    partition CRLs the new certificates name, and the revocations on them, without a restart."""
+    old = await start_app(aiohttp_server, tmp_path, db_url, crl=FAST_CRL)
+    assert old.runtime.crl_partitions == {}
+    new = await start_app(aiohttp_server, tmp_path, db_url, crl=PARTITIONED)
+    assert new.runtime.crl_partitions == {"default": COUNT}
+    async with aiohttp.ClientSession() as session:
+        _, cert = await enrol_with_codec(session, new.url, new.challenge(), "partitioned-later")
+        path = cdp_of(cert).split(new.url, 1)[1]
+        assert path.startswith("/crl/default/")
+
+        async def served():
+            async with session.get(old.url + path) as resp:
+                return resp.status == 200
+
+        await wait_for(served, timeout=10)
+        assert old.runtime.crl.partitions["default"].count == COUNT
+        await new.runtime.revocation.revoke(serial_hex(cert.serial_number), Reason.KEY_COMPROMISE, actor="test")
+
+        async def listed_by_the_old_one():
+            return cert.serial_number in crl_serials(await fetch(session, old.url + path))
+
+        await wait_for(listed_by_the_old_one, timeout=10)
+
+    async def ready():
+        return old.runtime.crl.readiness() == "ok"
+
+    await wait_for(ready, timeout=10)  # its readiness covers the partitions it now publishes
+
+
+async def test_a_ca_picked_up_after_a_rollover_publishes_its_partitions(server, aiohttp_server, tmp_path, db_url):
+    """A rollover activated in a partitioning instance: the new CA's count is recorded and its certificates name
+    its partitions, which that instance serves, and so does an instance with partitioning off once it picks the
+    CA up, without a restart."""
+    from scep_server.ca.lifecycle import activate_rollover, pick_up_cas, prepare_rollover
+    from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
+    from tests.factories import csr, rsa_key
+
+    off = await start_app(aiohttp_server, tmp_path, db_url, crl=FAST_CRL)
+    await prepare_rollover(server.runtime, "default", actor="test")
+    assert (await activate_rollover(server.runtime, "default", actor="test"))["active"] == "default-g2"
+    new_ca = server.runtime.cas["default-g2"]
+    assert new_ca.crl_partitions == COUNT
+    assert server.runtime.crl.partitions["default-g2"].count == COUNT
+    assert await pick_up_cas(off.runtime) == ["default-g2"]
+    assert off.runtime.cas["default-g2"].crl_partitions is None  # partitioning off there: it names none itself
+    issued = new_ca.issue(csr(rsa_key(), "after-rollover"), IssuancePolicy(CertificateTemplate()), serial=0x4242,
+                          now=server.runtime.clock())
+    assert cdp_of(issued) == f"{server.url}/crl/default-g2/{0x4242 % COUNT}.crl"
+    async with aiohttp.ClientSession() as session:
+        for srv in (server, off):
+            for part in range(COUNT):
+                async def served(url=f"{srv.url}/crl/default-g2/{part}.crl"):
+                    async with session.get(url) as resp:
+                        return resp.status == 200
+
+                await wait_for(served, timeout=10)
+
