@@ -53,6 +53,7 @@ DEVICE_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")  # \Z: `$` also 
 
 DEVICE_KEY = (datetime, str)
 """The kinds of a device list's cursor: registration time, then id."""
+MAX_HISTORY = 500  # the newest events of one device shown with it (as a certificate shows its newest 500)
 
 
 class DeviceStatus(str, Enum):
@@ -221,16 +222,17 @@ class DeviceStore:
                                       .order_by(device_certs.c.bound_at))
             return [_binding(r) for r in rows]
 
-    async def history(self, device_id: str) -> list[dict]:
-        """The recorded changes of a device (oldest first)."""
+    async def history(self, device_id: str, limit: int = MAX_HISTORY) -> list[dict]:
+        """The recorded changes of a device, oldest first: the newest ``limit`` of them (a device's history grows
+        with every refused attestation naming it; the audit trail, filtered by subject, lists them all)."""
         from ..store.tables import events
         import json
 
         async with self.engine.connect() as conn:
-            rows = await conn.execute(sa.select(events).where(events.c.subject == device_id)
-                                      .order_by(events.c.id))
-            return [{"at": aware(r.at).isoformat(), "kind": r.kind, "actor": r.actor, "data": json.loads(r.data)}
-                    for r in rows]
+            rows = (await conn.execute(sa.select(events).where(events.c.subject == device_id)
+                                       .order_by(events.c.id.desc()).limit(limit))).all()
+        return [{"at": aware(r.at).isoformat(), "kind": r.kind, "actor": r.actor, "data": json.loads(r.data)}
+                for r in reversed(rows)]
 
     async def transition(self, device_id: str, action: str, *, actor: str, reason: str | None = None,
                          judged_at: datetime | None | object = ANY_TIME,

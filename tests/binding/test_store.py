@@ -275,3 +275,20 @@ async def test_an_external_ca_registered_meanwhile_is_refused_not_an_error(engin
         await other.commit()
     with pytest.raises(ExternalCaError):
         await asyncio.wait_for(attempt, 10)
+
+
+async def test_a_device_shows_its_newest_events_only(engine, env):
+    """Every refused attestation naming a device adds to its history: what a device shows with it is bounded
+    (the newest, oldest first), as a certificate's events are."""
+    from scep_server.store.events import record_event
+
+    store, _att, clock, _ = env
+    await store.create("busy", actor="t")
+    async with writer(engine).begin() as conn:
+        for i in range(12):
+            await record_event(conn, at=NOW, kind="security.binding.refused", subject="busy", actor="attestation",
+                               data={"n": i})
+    shown = await store.history("busy", limit=5)
+    assert [h["data"].get("n") for h in shown] == [7, 8, 9, 10, 11]
+    everything = await store.history("busy", limit=100)
+    assert [h["kind"] for h in everything][0] == "device.create" and len(everything) == 13
