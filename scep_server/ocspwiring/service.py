@@ -43,6 +43,7 @@ from crl.ocsp import (
 )
 
 from ..ca.status import CertStatus
+from trustkit.der import seq
 from .signer import DelegatedSigner, ca_signer
 from .store import ChangeScanner, SerialStatus, statuses
 
@@ -74,18 +75,10 @@ class _Entry:
     status: SerialStatus | None = None  # status entries: the serial's status (None: never issued by the CA)
 
 
-def _der_sequence(content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        return b"\x30" + bytes([n]) + content
-    length = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return b"\x30" + bytes([0x80 | len(length)]) + length + content
-
-
 def _canonical_request(cert_id_der: bytes) -> bytes:
     """The DER OCSPRequest naming this CertID alone (RFC 6960 §4.1.1): version v1 (the default, absent), no
     requestor name, no extension, no signature."""
-    return _der_sequence(_der_sequence(_der_sequence(_der_sequence(cert_id_der))))
+    return seq(seq(seq(seq(cert_id_der))))
 
 
 class ResponseCache:
