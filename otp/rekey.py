@@ -9,15 +9,23 @@ and are left as they are.
 The rows are locked as they are read (FOR UPDATE on PostgreSQL; SQLite's write transaction excludes every
 other writer), and a key's new value is written only while it still holds one: a revocation running
 meanwhile waits for the rotation, and a wiped secret is never written back.
+
+The new KEK's id is recorded in ``otp_kek``. An import or a new OTP client, sealed before its write
+transaction, compares that record with its own KEK after its writes and seals again if a rotation came
+in between (otp/service.py). On PostgreSQL the rotation first locks the keys' and clients' tables against
+writers (SHARE ROW EXCLUSIVE): a transaction that wrote rows before it is waited for, and its rows are
+re-sealed here; one that writes after it waits for the commit, then sees the record.
 """
 from __future__ import annotations
+
+from datetime import datetime, timezone
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .kek import KekError, SecretBox
 from .service import _client_aad, _key_aad
-from .tables import otp_clients, otp_yubikeys
+from .tables import otp_clients, otp_kek, otp_yubikeys
 
 
 async def reseal_all(conn: AsyncConnection, old_kek: bytes, new_kek: bytes) -> tuple[int, int]:
@@ -28,6 +36,8 @@ async def reseal_all(conn: AsyncConnection, old_kek: bytes, new_kek: bytes) -> t
     if old.kek_id == new.kek_id:
         raise KekError("the new key-encryption key is the current one")
     k, c = otp_yubikeys, otp_clients
+    if conn.dialect.name == "postgresql":  # SQLite: the caller's BEGIN IMMEDIATE excludes every other writer
+        await conn.execute(sa.text(f"LOCK TABLE {k.name}, {c.name} IN SHARE ROW EXCLUSIVE MODE"))
     key_rows = (sa.select(k.c.id, k.c.public_id, k.c.secret_sealed, k.c.kek_id)
                 .where(sa.func.length(k.c.secret_sealed) > 0).order_by(k.c.id))
     client_rows = sa.select(c.c.id, c.c.secret_sealed, c.c.kek_id).order_by(c.c.id)
@@ -52,4 +62,6 @@ async def reseal_all(conn: AsyncConnection, old_kek: bytes, new_kek: bytes) -> t
     if client_updates:
         await conn.execute(sa.update(c).where(c.c.id == sa.bindparam("row_id"))
                            .values(secret_sealed=sa.bindparam("sealed"), kek_id=new.kek_id), client_updates)
+    await conn.execute(sa.delete(otp_kek))
+    await conn.execute(otp_kek.insert().values(id=1, kek_id=new.kek_id, rotated_at=datetime.now(timezone.utc)))
     return len(key_updates), len(client_updates)

@@ -41,6 +41,7 @@ CLIENT_LIST_KEY = (RowId,)  # the kinds of a client list's cursor: the id
 SYNC_LEVEL = 100
 SEAL_CHUNK = 5000  # keys encrypted per hand-off to a thread during an import
 KEK_REREAD_SECONDS = 1.0  # a key sealed under an unknown KEK makes the source be read again at most this often
+KEK_SWITCH_SECONDS = 5.0  # how long a write that met a rotation waits for the rotated KEK to be in its source
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,14 @@ class ImportResult:
                 "warnings": issues(self.warnings), "skipped": issues(self.skipped),
                 "errors_total": self.errors_total, "warnings_total": self.warnings_total,
                 "skipped_total": self.skipped_total}
+
+
+class _KekRotated(Exception):
+    """A write transaction found another KEK recorded by a rotation than the one it sealed under."""
+
+    def __init__(self, kek_id: str) -> None:
+        super().__init__(kek_id)
+        self.kek_id = kek_id
 
 
 @dataclass(frozen=True)
@@ -552,6 +561,33 @@ class OtpService:
         log.warning("otp.kek.reloaded", extra={"kek_id": box.kek_id, "previous_kek_id": previous})
         return True
 
+    async def _check_kek(self, conn: AsyncConnection, box: SecretBox) -> None:
+        """Inside a write transaction, after its writes: _KekRotated (the caller rolls back) when a rotation
+        recorded another KEK than the one `box` sealed these writes under (docs/otp.md "Rotating the
+        key-encryption key")."""
+        recorded = await self.store.recorded_kek_id(conn)
+        if recorded is not None and recorded != box.kek_id:
+            raise _KekRotated(recorded)
+
+    async def _rotated_box(self, rotated: _KekRotated, again: bool, what: str) -> SecretBox:
+        """The KEK a rotation recorded, from the KEK source read again (waiting up to KEK_SWITCH_SECONDS for the
+        rotating command to put it in place), to seal a rolled-back write again under. BackendError (503, nothing
+        written: the caller may retry) when the source does not hold it by then, or `again` (a second rotation)."""
+        deadline = time.monotonic() + KEK_SWITCH_SECONDS
+        while not again and self._reload_kek is not None:
+            self.refresh_kek()
+            if self._box.kek_id == rotated.kek_id:
+                return self._box
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.1)
+        log.error("otp.kek.mismatch", extra={"kek_id": rotated.kek_id,
+                                             "detail": f"the key-encryption key was rotated during this {what}; "
+                                                       f"this server has {self._box.kek_id}"})
+        raise BackendError(f"the key-encryption key was rotated to KEK {rotated.kek_id} while this {what} was "
+                           f"written and this server does not hold it yet (it has {self._box.kek_id}); nothing was "
+                           "written: try again once the new key-encryption key file is in place") from None
+
     def _open_key(self, material: KeyMaterial) -> tuple[bytes, bytes]:
         """AES key and private ID, decrypted in memory for this one verification."""
         plain = self._box_for(material.kek_id).open(material.secret_sealed, _key_aad(material.public_id))
@@ -608,22 +644,29 @@ class OtpService:
 
         if errors.total or dry_run:
             return result(0, errors)
-        keys: list[NewKey] = []
         self.refresh_kek()  # never seal under a KEK rotated away since this process read it
         box = self._box  # one KEK for the whole import
-        for i in range(0, len(records), SEAL_CHUNK):  # in chunks, so that the progress moves
-            keys += await asyncio.to_thread(self._seal_records, box, records[i:i + SEAL_CHUNK])
-            report(progress, "seal", len(keys), len(records))
         now = self._clock()
-        try:
-            async with self.store.begin_write() as conn:
-                import_id = await self.store.insert_import(conn, at=now, actor=actor, fmt=parsed.format,
-                                                           file_sha256=hashlib.sha256(data).hexdigest(), keys=keys,
-                                                           progress=progress)
-                carried = await self.store.carry_counters(conn, import_id)
-        except IntegrityError:
-            return result(0, Issues([LineIssue(0, "another import added some of these keys at the same time; "
-                                                  "nothing was imported, run the import again to see which lines")], 1))
+        again = False
+        while True:
+            keys: list[NewKey] = []
+            for i in range(0, len(records), SEAL_CHUNK):  # in chunks, so that the progress moves
+                keys += await asyncio.to_thread(self._seal_records, box, records[i:i + SEAL_CHUNK])
+                report(progress, "seal", len(keys), len(records))
+            try:
+                async with self.store.begin_write() as conn:
+                    import_id = await self.store.insert_import(conn, at=now, actor=actor, fmt=parsed.format,
+                                                               file_sha256=hashlib.sha256(data).hexdigest(),
+                                                               keys=keys, progress=progress)
+                    carried = await self.store.carry_counters(conn, import_id)
+                    await self._check_kek(conn, box)
+                break
+            except IntegrityError:
+                return result(0, Issues([LineIssue(0, "another import added some of these keys at the same time; "
+                                                      "nothing was imported, run the import again to see which "
+                                                      "lines")], 1))
+            except _KekRotated as rotated:  # rolled back: sealed again under the rotated KEK, once
+                box, again = await self._rotated_box(rotated, again, "import"), True
         for r in records:
             self._materials.pop(r.public_id, None)
         try:
@@ -761,12 +804,19 @@ class OtpService:
         secret = secrets.token_bytes(CLIENT_KEY_BYTES)
         now = self._clock()
         self.refresh_kek()  # never seal under a KEK rotated away since this process read it
-        async with self.store.begin_write() as conn:
-            client_id = await self.store.add_client(conn, name, now, allow_unsigned=allow_unsigned)
-            await self.store.set_client_secret(conn, client_id, self._box.seal(secret, _client_aad(client_id)),
-                                               self._box.kek_id)
-            await self.store.add_event(conn, at=now, kind="otp.client.added", client_id=client_id, actor=actor,
-                                       detail={"name": name, "allow_unsigned": allow_unsigned})
+        box, again = self._box, False
+        while True:
+            try:
+                async with self.store.begin_write() as conn:
+                    client_id = await self.store.add_client(conn, name, now, allow_unsigned=allow_unsigned)
+                    await self.store.set_client_secret(conn, client_id, box.seal(secret, _client_aad(client_id)),
+                                                       box.kek_id)
+                    await self.store.add_event(conn, at=now, kind="otp.client.added", client_id=client_id,
+                                               actor=actor, detail={"name": name, "allow_unsigned": allow_unsigned})
+                    await self._check_kek(conn, box)
+                break
+            except _KekRotated as rotated:  # rolled back: sealed again under the rotated KEK, once
+                box, again = await self._rotated_box(rotated, again, "client"), True
         log.info("otp.client.added", extra={"client_id": client_id, "allow_unsigned": allow_unsigned})
         return ClientInfo(client_id, name, now, None, allow_unsigned), base64.b64encode(secret).decode("ascii")
 

@@ -27,7 +27,7 @@ from trustkit.db import writer
 from trustkit.paging import Page, PageRequest
 
 from .config import ThrottleSettings
-from .tables import (ACTIVE, REVOKED, UNASSIGNED, otp_clients, otp_events, otp_imports, otp_throttle,
+from .tables import (ACTIVE, REVOKED, UNASSIGNED, otp_clients, otp_events, otp_imports, otp_kek, otp_throttle,
                      otp_verify_counts, otp_yubikeys)
 
 k = otp_yubikeys
@@ -516,6 +516,14 @@ class OtpStore:
             await conn.execute(k.insert(), rows[i:i + chunk])
             report(progress, "write", i + len(rows[i:i + chunk]), len(rows))
         return import_id
+
+    @staticmethod
+    async def recorded_kek_id(conn: AsyncConnection) -> str | None:
+        """The KEK id the last rotation recorded (otp/rekey.py), inside the caller's transaction; None before any.
+
+        Read after a transaction's own writes to the keys or clients: on PostgreSQL a rotation either waited for
+        them (its table lock) and re-seals them, or committed first and this read sees its record."""
+        return (await conn.execute(sa.select(otp_kek.c.kek_id).where(otp_kek.c.id == 1))).scalar_one_or_none()
 
     @staticmethod
     async def carry_counters(conn: AsyncConnection, import_id: int) -> int:

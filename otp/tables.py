@@ -126,3 +126,15 @@ otp_verify_counts = sa.Table(
     sa.Column("status", sa.String(32), primary_key=True),  # the protocol 2.0 status (OK, BAD_OTP, ...)
     sa.Column("count", sa.BigInteger, nullable=False),
 )
+
+# The key-encryption key every sealed value is under since the last rotation (`scep-server otp kek rotate`,
+# otp/rekey.py writes it): one row (id 1), none before the first rotation, when any KEK is taken. An import or a
+# new OTP client compares it, in its own write transaction, with the KEK it sealed under (otp/service.py), so
+# nothing is committed under a KEK rotated away meanwhile.
+otp_kek = sa.Table(
+    "otp_kek",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("kek_id", sa.String(16), nullable=False),
+    sa.Column("rotated_at", TS, nullable=False),
+)

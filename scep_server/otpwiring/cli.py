@@ -72,7 +72,8 @@ def kek_rotate() -> None:
 
     The new key is written beside the current one first; once the database committed, it takes the KEK
     file's name and the previous file is kept as <file>.<kek id>.previous until you remove it. The running
-    servers read the new key when they first meet a key sealed under it: no restart.
+    servers read the new key when they first meet a key sealed under it: no restart. An import or a new OTP
+    client written meanwhile is sealed again under the new key, or refused (503) until the file is in place.
     """
     import asyncio
     import base64

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import threading
 
+import pytest
 import sqlalchemy as sa
 
 from otp.config import OtpSettings
@@ -174,3 +176,148 @@ async def test_a_key_revoked_during_a_rotation_keeps_no_secret(engine, service, 
     async with OtpService(engine, OtpSettings(), new) as after:
         assert (await after.verify_signin("alice", keys[0].otp())).reason is Reason.REVOKED_KEY
         assert (await after.verify_signin("bob", keys[1].otp())).reason is Reason.ENROLLED
+
+
+# ---- imports and new clients racing a rotation --------------------------------------------------
+
+def _rotating_service(engine, kek, clock):
+    """A service whose KEK source the test switches, as `otp kek rotate` moves the new file into place."""
+    source = {"kek": kek}
+    return OtpService(engine, OtpSettings(), kek, clock=clock, reload_kek=lambda: source["kek"]), source
+
+
+async def _rotate(engine, old: bytes, new: bytes) -> tuple[int, int]:
+    async with writer(engine).begin() as conn:
+        return await reseal_all(conn, old, new)
+
+
+async def _signin_reason(engine, kek: bytes, clock, key) -> Reason:
+    """What a server started afresh with only `kek` answers to the key's next OTP."""
+    async with OtpService(engine, OtpSettings(), kek, clock=clock) as fresh:
+        return (await fresh.verify_signin("alice", key.otp())).reason
+
+
+async def test_an_import_sealed_before_a_rotation_is_sealed_again_under_the_new_kek(engine, kek, clock):
+    """The rotation commits between the import's sealing and its write transaction: the import is written
+    under the new KEK, usable after a restart, and the next rotation goes through."""
+    svc, source = _rotating_service(engine, kek, clock)
+    async with svc:
+        sealed, go_on = threading.Event(), threading.Event()
+        real_seal = OtpService._seal_records
+
+        def seal_then_pause(box, records):
+            out = real_seal(box, records)
+            sealed.set()
+            go_on.wait(10)
+            return out
+        svc._seal_records = seal_then_pause
+        key = make_key(820_401)
+        importing = asyncio.create_task(svc.import_secrets(secrets_file([key])))
+        assert await asyncio.to_thread(sealed.wait, 10)
+        new = secrets.token_bytes(32)
+        assert await _rotate(engine, kek, new) == (0, 0)
+        source["kek"] = new
+        go_on.set()
+        result = await importing
+    assert result.ok and result.imported == 1, result.errors
+    assert await _signin_reason(engine, new, clock, key) is Reason.ENROLLED
+    assert await _rotate(engine, new, secrets.token_bytes(32)) == (1, 0)
+
+
+async def test_an_import_written_before_a_rotation_is_re_sealed_by_it(engine, kek, clock, monkeypatch):
+    """The import wrote its keys and has not committed when the rotation starts: the rotation waits for it and
+    re-seals its keys too."""
+    svc, source = _rotating_service(engine, kek, clock)
+    async with svc:
+        reached, gate = asyncio.Event(), asyncio.Event()
+        real_carry = svc.store.carry_counters
+
+        async def written_then_pause(conn, import_id):
+            reached.set()
+            await gate.wait()
+            return await real_carry(conn, import_id)
+        monkeypatch.setattr(svc.store, "carry_counters", written_then_pause)
+        key = make_key(820_402)
+        importing = asyncio.create_task(svc.import_secrets(secrets_file([key])))
+        await asyncio.wait_for(reached.wait(), 10)
+        new = secrets.token_bytes(32)
+        rotating = asyncio.create_task(_rotate(engine, kek, new))
+        await asyncio.wait({rotating}, timeout=1)  # it waits for the import (or, unguarded, misses its keys)
+        gate.set()
+        result = await importing
+        await rotating
+        source["kek"] = new
+    assert result.ok and result.imported == 1, result.errors
+    assert await _signin_reason(engine, new, clock, key) is Reason.ENROLLED
+    assert await _rotate(engine, new, secrets.token_bytes(32)) == (1, 0)
+
+
+async def test_an_import_meeting_a_rotation_whose_kek_is_not_in_place_is_refused(engine, kek, clock, monkeypatch):
+    """The rotation committed but its KEK file is not in place (yet): the import is refused with a retryable
+    503, nothing is written, and it goes through once the file is there."""
+    from otp import service as service_module
+    from otp.errors import BackendError
+
+    monkeypatch.setattr(service_module, "KEK_SWITCH_SECONDS", 0.3)
+    svc, source = _rotating_service(engine, kek, clock)
+    async with svc:
+        new = secrets.token_bytes(32)
+        sealed, go_on = threading.Event(), threading.Event()
+        real_seal = OtpService._seal_records
+
+        def seal_then_pause(box, records):
+            out = real_seal(box, records)
+            sealed.set()
+            go_on.wait(10)
+            return out
+        svc._seal_records = seal_then_pause
+        key = make_key(820_403)
+        importing = asyncio.create_task(svc.import_secrets(secrets_file([key])))
+        assert await asyncio.to_thread(sealed.wait, 10)
+        await _rotate(engine, kek, new)
+        go_on.set()
+        with pytest.raises(BackendError) as exc:
+            await importing
+        assert exc.value.status == 503 and "nothing was written" in exc.value.detail
+        assert await svc.report() == []
+        source["kek"] = new
+        assert (await svc.import_secrets(secrets_file([key]))).imported == 1
+    assert await _signin_reason(engine, new, clock, key) is Reason.ENROLLED
+    assert await _rotate(engine, new, secrets.token_bytes(32)) == (1, 0)
+
+
+async def test_a_client_added_during_a_rotation_is_sealed_under_the_new_kek(engine, kek, clock, monkeypatch):
+    """The rotation commits between the client's KEK check and its write transaction: the client's key is
+    written under the new KEK, its requests verify after a restart, and the next rotation goes through."""
+    import base64
+    import contextlib
+
+    from otp import yubico
+
+    svc, source = _rotating_service(engine, kek, clock)
+    key = make_key(820_404)
+    async with svc:
+        await import_keys(svc, [key])
+        reached, gate = asyncio.Event(), asyncio.Event()
+        real_begin = svc.store.begin_write
+
+        @contextlib.asynccontextmanager
+        async def paused_begin():
+            reached.set()
+            await gate.wait()
+            async with real_begin() as conn:
+                yield conn
+        monkeypatch.setattr(svc.store, "begin_write", paused_begin)
+        adding = asyncio.create_task(svc.add_client("during the rotation"))
+        await asyncio.wait_for(reached.wait(), 10)
+        new = secrets.token_bytes(32)
+        assert await _rotate(engine, kek, new) == (1, 0)
+        source["kek"] = new
+        gate.set()
+        info, api_key = await adding
+    async with OtpService(engine, OtpSettings(), new, clock=clock) as fresh:
+        params = {"id": str(info.id), "otp": key.otp(), "nonce": secrets.token_hex(10)}
+        params["h"] = yubico.sign(params, base64.b64decode(api_key))
+        fields = yubico.decode_response(await fresh.verify_protocol(params))
+    assert fields["status"] == "OK", fields
+    assert await _rotate(engine, new, secrets.token_bytes(32)) == (1, 1)
