@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("scep")
 
+# a renewal is judged when it is made: one signed further from now than this (by its signingTime) is a request
+# kept and sent again later, e.g. a captured renewal refused before the window, replayed inside it
+RENEWAL_SIGNING_SKEW = timedelta(hours=24)
+
 
 @dataclass
 class Enrolment:
@@ -147,6 +151,11 @@ class Renewal:
         if record.not_after - now > window_td:
             raise refuse(f"renewal is accepted only within {days(window_td)} days of expiry "
                          f"(from {(record.not_after - window_td).isoformat()})")
+        signed = msg.signing_time
+        if signed is not None and abs(now - signed) > RENEWAL_SIGNING_SKEW:
+            hours = RENEWAL_SIGNING_SKEW.total_seconds() / 3600
+            raise refuse(f"the renewal request was signed at {signed.isoformat()}, more than {hours:.0f} hours "
+                         f"from now: sign it again", FailInfo.BAD_TIME)
         try:
             subject, sans = profile.policy.subject_and_sans(csr)
         except PolicyViolation as exc:

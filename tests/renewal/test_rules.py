@@ -290,3 +290,42 @@ async def test_concurrent_renewals_of_one_kept_certificate_issue_one(server, clo
     renewals = [c for c in await certs_of(server, "keep") if c["renewal_of"] == serial_of(old)]
     assert len(renewals) == 1 and renewals[0]["status"] == "valid"
     assert (await cert_row(server, old))["status"] == "valid"
+
+
+async def test_a_renewal_kept_and_sent_again_later_is_refused_by_its_signing_time(server, clock):
+    """A RenewalReq refused before the window (captured on the way) is not accepted when replayed inside it:
+    it would supersede the device's certificate with one the device never asked for now. A renewal signed
+    now, and a retry of a transaction already decided, are answered as before."""
+    import os
+
+    from scep_server.scep import MessageType, client
+
+    from .conftest import pki
+
+    await static_profile(server, "short", template={"validity_days": 30})
+    ca = next(iter(server.runtime.cas.values()))
+
+    def body(signer_der, signer_key, new_key):
+        return client.build_request(
+            MessageType.RENEWAL_REQ, content=client.make_csr(new_key, "device", None), signer_cert_der=signer_der,
+            signer_key=signer_key, recipient_cert_der=ca.ra_cert_der,
+            transaction_id=client.transaction_id_for(new_key.public_key()), sender_nonce=os.urandom(16),
+            cek=os.urandom(16), iv=os.urandom(16), signing_time=clock())
+
+    async with aiohttp.ClientSession() as s:
+        key = rsa_key()
+        der = await issue(s, server, "short", key)
+        early = body(der, key, rsa_key())
+        rep = await pki(s, server, "short", early, key)
+        assert rep.status is PKIStatus.FAILURE and "renewal is accepted only within" in rep.fail_text
+        clock.advance(days=21)  # inside the window
+        rep = await pki(s, server, "short", early, key)
+        assert rep.status is PKIStatus.FAILURE and rep.fail_info is FailInfo.BAD_TIME, rep.fail_text
+        assert "sign it again" in rep.fail_text
+        assert (await cert_row(server, der))["status"] == "valid" and len(await certs_of(server, "short")) == 1
+        now = body(der, key, rsa_key())
+        rep = await pki(s, server, "short", now, key)
+        assert rep.status is PKIStatus.SUCCESS, rep.fail_text
+        clock.advance(days=2)  # a retry of the decided transaction gets its certificate again
+        again = await pki(s, server, "short", now, key)
+        assert again.status is PKIStatus.SUCCESS and again.certs[0] == rep.certs[0]
