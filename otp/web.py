@@ -79,8 +79,14 @@ async def _upload(request: web.Request, limit: int) -> bytes:
     return await _read_limited(request, limit)
 
 
-def _flag(value: str | None) -> bool:
-    return value is not None and value.lower() in ("1", "true", "yes", "on", "")
+def _flag(name: str, value: str | None) -> bool:
+    """A yes/no query parameter (absent: no); InvalidInput for any other spelling, so that a typo in `dry_run`
+    never does what was not asked."""
+    if value is None or value.lower() in ("0", "false", "no", "off"):
+        return False
+    if value.lower() in ("1", "true", "yes", "on", ""):
+        return True
+    raise InvalidInput(f"{name} must be 1, true, yes or on (or 0, false, no or off)")
 
 
 def _actor(request: web.Request) -> str | None:
@@ -135,7 +141,7 @@ class _Routes:
     @requires_scope("admin")
     async def import_keys(self, request: web.Request) -> web.StreamResponse:
         """Import a secrets file (CSV body or multipart upload); `?dry_run=1` validates only."""
-        dry_run = _flag(request.query.get("dry_run")) if "dry_run" in request.query else False
+        dry_run = _flag("dry_run", request.query.get("dry_run"))
         data = await _upload(request, self._service(request).settings.import_max_bytes)
         result = await self._service(request).import_secrets(data, dry_run=dry_run, actor=_actor(request))
         if not result.ok:

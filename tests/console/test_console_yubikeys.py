@@ -178,6 +178,10 @@ async def test_import_preview_names_the_bad_line_and_imports_nothing_then_the_im
     status, text = await upload(console, cookie, data, csrf=token, step="import", digest=digest)
     assert status == 422 and set(re.findall(r'data-line="(\d+)"', text)) == {"1", "2"}  # duplicates
     assert sorted(await inventory(console)) == [700_201, 700_202]
+    # a file of more bad lines than are listed: the page counts them all and says which are shown
+    status, text = await upload(console, cookie, b"x\n" * 1500, csrf=token)
+    assert status == 422 and "1500 problems (the first 1000 by line are listed)" in text
+    assert len(re.findall(r'class="bad-line"', text)) == 1000
 
 
 async def test_import_hostile_bodies_end_in_4xx(console):

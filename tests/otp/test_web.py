@@ -119,6 +119,18 @@ async def test_import_body_dry_run_and_rejection(api):
     assert [e["line"] for e in bad["errors"]] == [3]
 
 
+async def test_a_dry_run_flag_spelled_otherwise_is_refused_not_taken_for_an_import(api):
+    data = (FIXTURES / "yubico-format.csv").read_bytes()
+    for spelling in ("y", "ja", "%ff", "tru", "2"):
+        await assert_problem(await api.post(f"/api/v1/yubikeys/import?dry_run={spelling}", data=data,
+                                            headers=ADMIN), 400, contains="dry_run")
+    assert (await (await api.get("/api/v1/yubikeys", headers=ADMIN)).json())["count"] == 0
+    for spelling in ("off", "0", "no", "false"):
+        resp = await api.post(f"/api/v1/yubikeys/import?dry_run={spelling}", data=data, headers=ADMIN)
+        assert resp.status in (201, 422), spelling  # an import (the first one imports, the others are duplicates)
+    assert (await (await api.get("/api/v1/yubikeys", headers=ADMIN)).json())["count"] == 3
+
+
 async def test_import_of_a_file_of_bad_lines_answers_a_bounded_problem(api):
     """1 MiB of one-character lines: the 422 lists the first 1,000 errors, counts them all, and stays small."""
     data = b"x\n" * (512 * 1024)
