@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import re
 import sys
 import time
 
@@ -96,8 +97,19 @@ class _MalformedRequests(logging.Filter):
         if self.level <= logging.INFO:
             peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
             log.info("http.malformed_request", peer=str(peer) if peer is not None else None, status=exc.code,
-                     error=type(exc).__name__, detail=str(exc.message)[:200])
+                     error=type(exc).__name__, detail=_without_quoted_bytes(str(exc.message)))
         return False
+
+
+def _without_quoted_bytes(message: str) -> str:
+    """What a parse error of aiohttp's says, without the bytes it quotes (the line that did not parse may be an
+    Authorization header, or a request line with a token in its query): its first line, up to the quote."""
+    first = message.split("\n", 1)[0]
+    quoted = _QUOTED.search(first)
+    return (first[:quoted.start()] if quoted else first).rstrip(" :")[:200]
+
+
+_QUOTED = re.compile(r"(?:\bb)?['\"]")
 
 
 # the access log's lines are written whatever log.level is (an operator who turns log.access on wants them)

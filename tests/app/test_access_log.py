@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import re
@@ -221,8 +222,12 @@ async def test_a_request_that_does_not_parse_is_one_info_line_without_traceback(
     json_logs("info")
     capsys.readouterr()
     host, port = server.url.removeprefix("http://").split(":")
+    secrets = (base64.b64encode(b"admin:S3cretPassw0rd").decode(), "dt_admin_TOPSECRET")
     for raw in (b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad\x01Header: y\r\n\r\n",
-                b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1e3\r\n\r\n"):
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1e3\r\n\r\n",
+                # a credential on the line that does not parse is not copied into the log
+                f"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {secrets[0]}\x01\r\n\r\n".encode(),
+                f"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secrets[1]}\x7f\r\n\r\n".encode()):
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(raw)
         answer = await asyncio.wait_for(reader.read(), 10)
@@ -230,7 +235,9 @@ async def test_a_request_that_does_not_parse_is_one_info_line_without_traceback(
         assert b" 400 Bad Request\r\n" in answer
     events = [e for e in lines(capsys) if e.get("logger") != "aiohttp.access"]  # the test server's own log
     malformed = [e for e in events if e["event"] == "http.malformed_request"]
-    assert [(e["level"], e["status"], e["peer"]) for e in malformed] == [("info", 400, "127.0.0.1")] * 2
+    assert [(e["level"], e["status"], e["peer"]) for e in malformed] == [("info", 400, "127.0.0.1")] * 4
+    assert not any(secret in json.dumps(events) for secret in secrets)
+    assert malformed[2]["detail"] == "Invalid header value char", malformed[2]
     assert "exception" not in json.dumps(malformed)
     assert not [e for e in events if e.get("logger") == "aiohttp.server"]
 
