@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -52,6 +53,8 @@ EXTRA_FILES = ("default-challenge.txt",)
 DEFAULT_CRL_NUMBER_GAP = 1_000_000
 # files of a CA directory that are not copied (the lock of concurrent first starts)
 _SKIPPED_CA_FILES = {"ca.lock"}
+# the CA names the configuration accepts (ca.name in config.py): one path component, no `..`, no separator
+CA_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # \Z: `$` also matches before a final newline
 
 
 class BackupError(Exception):
@@ -429,6 +432,9 @@ def _check_shape(manifest: dict[str, Any]) -> None:
     ca = manifest.get("ca")
     if not isinstance(ca, dict) or not isinstance(ca.get("name"), str) or not isinstance(ca.get("directory"), str):
         fail("names no CA")
+    if not CA_NAME.match(ca["name"]):
+        fail(f"the CA name {ca['name']!r} is not one the configuration accepts (letters, digits, `_.-`, "
+             "at most 64)")
     if not isinstance(manifest.get("database"), dict):
         fail("describes no database")
     secrets_ = manifest.get("secrets")
@@ -450,6 +456,14 @@ def _inside(directory: Path, rel: str) -> Path:
     if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in parts or rel.startswith("~"):
         raise BackupError(f"{MANIFEST}: the file name {rel!r} is not inside the backup")
     return directory / rel
+
+
+def _staged(staging: Path, rel: str | Path) -> Path:
+    """`staging/rel`, refusing a destination that does not resolve inside the staging directory."""
+    path = staging / rel
+    if not path.resolve().is_relative_to(staging.resolve()):
+        raise BackupError(f"{MANIFEST}: the destination {str(rel)!r} is not inside the restored data directory")
+    return path
 
 
 def _check_signature(data: bytes, signature_path: Path, ca_key) -> None:
@@ -546,11 +560,11 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
             if rel == DATABASE_FILE:
                 continue
             if rel.startswith(ca_rel + "/"):
-                _private_copy(source / rel, staging / "ca" / ca_name / rel[len(ca_rel) + 1:])
+                _private_copy(_inside(source, rel), _staged(staging, Path("ca", ca_name, rel[len(ca_rel) + 1:])))
             elif rel.startswith("ca/"):  # a CA a rollover made, `ca/active`
-                _private_copy(_inside(source, rel), staging / rel)
+                _private_copy(_inside(source, rel), _staged(staging, rel))
             elif rel in EXTRA_FILES:
-                _private_copy(source / rel, staging / rel)
+                _private_copy(_inside(source, rel), _staged(staging, rel))
         if pp.get("file"):
             _private_write(staging / "ca" / "passphrase", passphrase + b"\n")
             notes.append(f"CA passphrase written to {data_dir / 'ca' / 'passphrase'}")

@@ -1,0 +1,87 @@
+"""A backup from someone else can be hostile: its manifest is signed with the CA key inside the backup, so whoever
+made it can sign any manifest. A restore of such a backup is refused with a message, writes nothing in the
+target nor anywhere else, and never ends in a traceback."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+
+from .support import cli
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> Path:
+    """A backup of a data directory after `init`."""
+    root = tmp_path_factory.mktemp("hostile")
+    cli("--data-dir", str(root / "data"), "init")
+    cli("--data-dir", str(root / "data"), "backup", str(root / "backup"))
+    return root / "backup"
+
+
+@pytest.fixture
+def copy(made, tmp_path) -> Path:
+    target = tmp_path / "backup"
+    shutil.copytree(made, target)
+    return target
+
+
+def resign(backup: Path, change) -> None:
+    """Edit the manifest and sign it again with the backup's own CA key, as whoever made the backup can."""
+    from scep_server.ca.keys import FileKey
+
+    manifest = json.loads((backup / "manifest.json").read_text())
+    change(manifest)
+    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    (backup / "manifest.json").write_bytes(data)
+    passphrase = (backup / "ca-passphrase").read_bytes().strip()
+    key = FileKey.load(backup / "ca" / "default" / "ca.key", passphrase)
+    (backup / "manifest.sig").write_bytes(base64.b64encode(key.sign(data, hashes.SHA256())) + b"\n")
+
+
+def replace_member(backup: Path, rel: str, data: bytes) -> None:
+    """Replace a file of the backup, with its checksum in a manifest signed again."""
+    (backup / rel).write_bytes(data)
+    resign(backup, lambda m: m["files"].update({rel: {"sha256": hashlib.sha256(data).hexdigest(),
+                                                      "bytes": len(data)}}))
+
+
+def refused(tmp_path: Path, backup: Path) -> str:
+    new = tmp_path / "new" / "data"
+    new.parent.mkdir(exist_ok=True)
+    out = cli("restore", str(backup), "--data-dir", str(new), code=1)  # a message, not a traceback
+    assert "restore refused: " in out
+    assert not list(new.parent.iterdir())  # nothing written, no staging left
+    return out
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("name", ["../../../escaped", "ABSOLUTE", "default/../../../escaped", "a/b", ".."])
+def test_a_ca_name_that_is_not_a_name_is_refused_and_nothing_is_written_elsewhere(copy, tmp_path, name):
+    escaped = tmp_path / "elsewhere" / "escaped"
+    if name == "ABSOLUTE":
+        name = str(escaped)
+    resign(copy, lambda m: m["ca"].update(name=name))
+    before = files_under(tmp_path)
+    assert "is not one the configuration accepts" in refused(tmp_path, copy)
+    assert not escaped.exists() and not (tmp_path / "escaped").exists()
+    assert files_under(tmp_path) - {"new"} == before
+
+
+def test_a_destination_outside_the_staging_directory_is_refused(tmp_path):
+    from scep_server.backup import BackupError, _staged
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    assert _staged(staging, "ca/default/ca.crt") == staging / "ca" / "default" / "ca.crt"
+    for rel in ("../x", "ca/../../x", str(tmp_path / "x"), Path("ca", "default", "/etc/x")):
+        with pytest.raises(BackupError, match="not inside the restored data directory"):
+            _staged(staging, rel)
