@@ -469,12 +469,19 @@ def _staged(staging: Path, rel: str | Path) -> Path:
 def _check_signature(data: bytes, signature_path: Path, ca_key) -> None:
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+    public = ca_key.public_key()
     try:
         signature = base64.b64decode(signature_path.read_bytes().strip(), validate=True)
-        ca_key.public_key().verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
-    except (OSError, ValueError, InvalidSignature):
+        # as FileKey.sign signs: ECDSA with SHA-256 for an EC key, PKCS#1 v1.5 with SHA-256 for an RSA key
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(public, rsa.RSAPublicKey):
+            public.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            raise TypeError(f"a CA key of type {type(public).__name__}")
+    except (OSError, ValueError, TypeError, InvalidSignature):
         raise BackupError(f"{SIGNATURE} is missing or is not the CA key's signature of {MANIFEST}: the manifest "
                           "was changed; refusing to restore") from None
 

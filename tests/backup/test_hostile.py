@@ -85,3 +85,22 @@ def test_a_destination_outside_the_staging_directory_is_refused(tmp_path):
     for rel in ("../x", "ca/../../x", str(tmp_path / "x"), Path("ca", "default", "/etc/x")):
         with pytest.raises(BackupError, match="not inside the restored data directory"):
             _staged(staging, rel)
+
+
+@pytest.mark.parametrize("key_type", ["ec-p256", "ec-p384"])
+def test_a_backup_of_an_ec_ca_restores_and_its_ca_loads(tmp_path, key_type):
+    env = {"SCEP_SERVER_CA__KEY_TYPE": key_type}
+    cli("--data-dir", str(tmp_path / "data"), "init", env=env)
+    cli("--data-dir", str(tmp_path / "data"), "backup", str(tmp_path / "backup"), env=env)
+    new = tmp_path / "restored"
+    out = cli("restore", str(tmp_path / "backup"), "--data-dir", str(new), env=env)
+    assert "schema: head" in out
+    assert "default" in cli("--data-dir", str(new), "ca", "list", env=env)  # the restored CA keys open
+    from scep_server.ca.keys import FileKey
+
+    key = FileKey.load(new / "ca" / "default" / "ca.key", (new / "ca" / "passphrase").read_bytes().strip())
+    assert key.public_key().curve.name == {"ec-p256": "secp256r1", "ec-p384": "secp384r1"}[key_type]
+    # a manifest changed after the EC key signed it is refused, as with an RSA key
+    manifest = tmp_path / "backup" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"format": 1', '"format": 1, "extra": 1'))
+    assert "the manifest was changed" in refused(tmp_path, tmp_path / "backup")
