@@ -435,8 +435,14 @@ def _check_shape(manifest: dict[str, Any]) -> None:
     if not CA_NAME.match(ca["name"]):
         fail(f"the CA name {ca['name']!r} is not one the configuration accepts (letters, digits, `_.-`, "
              "at most 64)")
-    if not isinstance(manifest.get("database"), dict):
+    database = manifest.get("database")
+    if not isinstance(database, dict):
         fail("describes no database")
+    if database.get("kind") == "sqlite" and (database.get("file") != DATABASE_FILE
+                                             or DATABASE_FILE not in manifest["files"]):
+        # the database is the backup's own database.sqlite3, checked against its checksum: never another file
+        fail(f"the database must be the backup's {DATABASE_FILE}, listed with its checksum "
+             f"(the manifest names {database.get('file')!r})")
     secrets_ = manifest.get("secrets")
     if not isinstance(secrets_, dict):
         fail("describes no secrets")
@@ -580,7 +586,7 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
             notes.append(f"OTP key-encryption key written to {data_dir / 'otp-kek.key'}")
         if database.get("kind") == "sqlite":
             db_file = staging / "scep.db"
-            _private_copy(source / database["file"], db_file)
+            _private_copy(_inside(source, DATABASE_FILE), db_file)
             url = f"sqlite+aiosqlite:///{db_file.resolve()}"
             if verify:
                 await asyncio.to_thread(_integrity_check, db_file)

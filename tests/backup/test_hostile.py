@@ -104,3 +104,20 @@ def test_a_backup_of_an_ec_ca_restores_and_its_ca_loads(tmp_path, key_type):
     manifest = tmp_path / "backup" / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"format": 1', '"format": 1, "extra": 1'))
     assert "the manifest was changed" in refused(tmp_path, tmp_path / "backup")
+
+
+@pytest.mark.parametrize("where", ["absolute", "unlisted", "outside"])
+def test_the_database_is_the_backups_own_checked_file_and_no_other(made, copy, tmp_path, where):
+    if where == "absolute":  # any database on the host, here the one the backup was made from
+        name = str(made.parent / "data" / "scep.db")
+    elif where == "unlisted":  # inside the backup, but with no checksum in the manifest
+        shutil.copy(copy / "database.sqlite3", copy / "other.sqlite3")
+        name = "other.sqlite3"
+    else:
+        shutil.copy(copy / "database.sqlite3", tmp_path / "outside.sqlite3")
+        name = "../outside.sqlite3"
+    resign(copy, lambda m: m["database"].update(file=name))
+    assert "the database must be the backup's database.sqlite3" in refused(tmp_path, copy)
+    # and a database.sqlite3 the manifest does not list is not read either
+    resign(copy, lambda m: (m["database"].update(file="database.sqlite3"), m["files"].pop("database.sqlite3")))
+    assert "listed with its checksum" in refused(tmp_path, copy)
