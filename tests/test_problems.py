@@ -2,8 +2,10 @@
 document is built in one place only."""
 from __future__ import annotations
 
+import errno
 import json
 import re
+import socket
 from pathlib import Path
 
 import asyncpg
@@ -80,6 +82,11 @@ def test_www_authenticate_has_one_format_and_quotes_its_values():
     (asyncpg.exceptions.CannotConnectNowError("starting up"), True),
     (asyncpg.exceptions.TooManyConnectionsError("too many"), True),
     (TimeoutError(), True),
+    (OSError(errno.EHOSTUNREACH, "No route to host"), True),
+    (socket.gaierror(-2, "Name or service not known"), True),
+    # a file name too long or a missing file is the request's or the code's, not a database outage
+    (OSError(errno.ENAMETOOLONG, "File name too long"), False),
+    (FileNotFoundError(errno.ENOENT, "No such file or directory"), False),
     (sa_exc.IntegrityError("INSERT", {}, Exception("unique")), False),
     (sa_exc.ProgrammingError("SELECT", {}, Exception("no such column")), False),
     (ValueError("bad"), False),

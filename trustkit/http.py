@@ -12,9 +12,11 @@
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import re
+import socket
 from typing import Any, Awaitable, Callable
 
 import asyncpg
@@ -37,8 +39,14 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,  # a connection that was closed or broke
     asyncpg.exceptions.OperatorInterventionError,  # shutting down, cannot connect now, statement timeout
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
-    OSError,  # a socket refused or reset; TimeoutError (and asyncio's) is one too
+    ConnectionError,  # a socket refused, reset or broken
+    TimeoutError,  # asyncio's too
+    socket.gaierror,  # the database's host name does not resolve
 )
+# an OSError of these kinds is a network that does not reach the database; another (a file name too long, a
+# file that is not there) is the request's or the code's
+_NETWORK_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN,
+                             errno.ETIMEDOUT, errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE})
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -51,7 +59,7 @@ def unavailable(exc: BaseException) -> bool:
         if item is None or id(item) in seen:
             continue
         seen.add(id(item))
-        if isinstance(item, _UNAVAILABLE):
+        if isinstance(item, _UNAVAILABLE) or (isinstance(item, OSError) and item.errno in _NETWORK_ERRNOS):
             return True
         if isinstance(item, sa_exc.DBAPIError) and item.connection_invalidated:
             return True

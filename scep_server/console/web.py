@@ -205,7 +205,12 @@ async def console_middleware(request: web.Request, handler):
 async def _guarded(request: web.Request, handler) -> web.StreamResponse:
     check_url_text(request)
     path = request.path
-    if path in PUBLIC or path.startswith(PREFIX + "/static/"):
+    if path.startswith(PREFIX + "/static/"):
+        try:
+            return await handler(request)
+        except OSError:  # a name the file system refuses (too long, too deep): no such file
+            raise web.HTTPNotFound() from None
+    if path in PUBLIC:
         return await handler(request)
     found = await _session(request)
     if found is None:

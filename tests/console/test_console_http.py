@@ -46,6 +46,10 @@ async def test_sign_in_sets_a_strict_cookie_and_stores_only_its_digest(console):
     status, headers, _ = await console.get("/admin/static/console.css")
     assert status == 200
     assert_secure_headers(headers)
+    # a name the file system refuses is a file that is not there, not an unavailable database
+    for name in ("a" * 300, "a/" * 2100 + "x"):
+        status, headers, _ = await console.get("/admin/static/" + name)
+        assert status == 404 and "Retry-After" not in headers, (name[:10], status)
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
