@@ -104,7 +104,8 @@ async def pick_up_cas(runtime: "Runtime") -> list[str]:
                 try:
                     loaded[name] = await asyncio.to_thread(load_ca, s.ca_dir(name), name=name,
                                                            passphrase=_passphrase(runtime),
-                                                           base_url=s.server.public_base_url())
+                                                           base_url=s.server.public_base_url(),
+                                                           ca_decrypts=s.ca.ca_key_decrypts())
                 except (OSError, ValueError, TypeError) as exc:  # being written now: the next round loads it
                     log.warning("ca.load_failed", ca=name, error=f"{exc.__class__.__name__}: {exc}")
         names = [name for name in names if name in runtime.cas or name in loaded]

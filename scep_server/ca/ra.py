@@ -41,6 +41,7 @@ def with_ras(ca: CertificateAuthority, ras: list[tuple[x509.Certificate, KeyOps]
     (ra_cert, ra_key), *previous = ras
     return CertificateAuthority(name=ca.name, cert=ca.cert, key=ca.key, ra_cert=ra_cert, ra_key=ra_key,
                                 base_url=ca.base_url, previous_ras=previous, ca_decrypts=ca.ca_decrypts,
+                                crl_partitions=ca.crl_partitions,
                                 next_ca_certs=list(ca.next_ca_certs if next_ca_certs is None else next_ca_certs),
                                 **split_ras(ra_cert, enc_ras or []))
 

@@ -260,3 +260,19 @@ async def test_a_ca_picked_up_after_a_rollover_publishes_its_partitions(server, 
 
                 await wait_for(served, timeout=10)
 
+
+
+async def test_a_renewed_ra_keeps_the_cas_partitions(server):
+    """The CA object an RA renewal rebuilds names its certificates' partitions as before."""
+    from scep_server.ca.lifecycle import renew
+    from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
+    from tests.factories import csr, rsa_key
+
+    before = server.runtime.cas["default"]
+    await renew(server.runtime, "default", actor="test")
+    after = server.runtime.cas["default"]
+    assert after.ra_cert.serial_number != before.ra_cert.serial_number
+    assert after.crl_partitions == COUNT
+    issued = after.issue(csr(rsa_key(), "after-ra-renewal"), IssuancePolicy(CertificateTemplate()), serial=0x4343,
+                         now=server.runtime.clock())
+    assert cdp_of(issued) == f"{server.url}/crl/default/{0x4343 % COUNT}.crl"

@@ -372,3 +372,21 @@ async def test_the_server_renews_both_split_ra_certificates_when_due(aiohttp_ser
     rep = await post(url, request(key, by_key_usage(certs), challenge=server.challenge(), cn="renewed-split"), key,
                      ca.ra_cert_der)
     assert rep.status == PKIStatus.SUCCESS, rep.fail_text
+
+
+async def test_after_a_rollover_requests_to_the_new_ca_certificate_are_answered(aiohttp_server, tmp_path, db_url):
+    """The CA a rollover activates at run time decrypts what is addressed to its certificate, as the CA loaded
+    at start did (ca.decrypt_with_ca_key, on by default with key files), without a restart."""
+    from scep_server.ca.lifecycle import activate_rollover, prepare_rollover
+
+    server = await start_app(aiohttp_server, tmp_path, db_url)
+    await prepare_rollover(server.runtime, "default", actor="test")
+    await activate_rollover(server.runtime, "default", actor="test")
+    assert server.runtime.cas["default-g2"].ca_decrypts
+    url = f"{server.url}/scep/default"
+    certs = await get_ca_cert(url)
+    assert ca_certificate(certs) == server.runtime.cas["default-g2"].cert
+    key = rsa_key()
+    rep = await post(url, request(key, ca_certificate(certs), challenge=server.challenge(), cn="to-new-ca"), key,
+                     der(certs[0]))
+    assert rep.status == PKIStatus.SUCCESS, rep.fail_text
