@@ -53,6 +53,8 @@ EXTRA_FILES = ("default-challenge.txt",)
 DEFAULT_CRL_NUMBER_GAP = 1_000_000
 # files of a CA directory that are not copied (the lock of concurrent first starts)
 _SKIPPED_CA_FILES = {"ca.lock"}
+# the largest CRL Number the database stores (a signed 64-bit BIGINT): a restore raises no floor above it
+MAX_CRL_NUMBER = 2**63 - 1
 # the CA names the configuration accepts (ca.name in config.py): one path component, no `..`, no separator
 CA_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # \Z: `$` also matches before a final newline
 
@@ -407,6 +409,8 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         manifest = json.loads(raw)
     except ValueError as exc:
         raise BackupError(f"{directory / MANIFEST} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BackupError(f"{directory / MANIFEST} is not a backup manifest: nested too deeply") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BackupError(f"{directory / MANIFEST}: not a backup manifest of format {FORMAT}")
     files = manifest.get("files")
@@ -452,8 +456,11 @@ def _check_shape(manifest: dict[str, Any]) -> None:
                 isinstance(entry.get(k), (str, type(None))) for k in ("file", "env", "kek_id"))):
             fail(f"the entry of {name} is malformed")
     highest = manifest.get("highest_crl_number", {})
-    if not isinstance(highest, dict) or not all(isinstance(v, int) and v >= 0 for v in highest.values()):
-        fail("the CRL Numbers are malformed")
+    if not isinstance(highest, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_CRL_NUMBER for v in highest.values()):
+        fail(f"the CRL Numbers are malformed (each an integer from 0 to {MAX_CRL_NUMBER})")
+    if not isinstance(manifest.get("created_at"), str) or not isinstance(manifest.get("versions", {}), dict):
+        fail("the time or the versions of the backup are malformed")
 
 
 def _inside(directory: Path, rel: str) -> Path:
@@ -587,6 +594,7 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
         if database.get("kind") == "sqlite":
             db_file = staging / "scep.db"
             _private_copy(_inside(source, DATABASE_FILE), db_file)
+            await asyncio.to_thread(_check_sqlite, db_file)
             url = f"sqlite+aiosqlite:///{db_file.resolve()}"
             if verify:
                 await asyncio.to_thread(_integrity_check, db_file)
@@ -625,15 +633,32 @@ def _move_into(staging: Path, data_dir: Path) -> None:
 def _check_ca_pair(ca_dir: Path, keys: dict) -> None:
     """The certificates belong to the keys beside them (ca.crt to ca.key, ra.crt to ra.key)."""
     from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
     spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     for cert_name, key_name in (("ca.crt", "ca.key"), ("ra.crt", "ra.key")):
-        if not (ca_dir / cert_name).exists() or key_name not in keys:
+        if not (ca_dir / cert_name).is_file() or key_name not in keys:
             raise BackupError(f"{cert_name} or {key_name} is missing from the backup's CA directory")
-        cert = x509.load_pem_x509_certificate((ca_dir / cert_name).read_bytes())
-        if cert.public_key().public_bytes(*spki) != keys[key_name].public_key().public_bytes(*spki):
+        try:
+            cert = x509.load_pem_x509_certificate((ca_dir / cert_name).read_bytes())
+            public = cert.public_key().public_bytes(*spki)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise BackupError(f"{cert_name} of the backup is not a certificate this software reads: {exc}") from None
+        if public != keys[key_name].public_key().public_bytes(*spki):
             raise BackupError(f"{cert_name} is not the certificate of {key_name}")
+
+
+def _check_sqlite(path: Path) -> None:
+    """`path` is a SQLite database whose tables can be listed (BackupError otherwise)."""
+    try:
+        conn = sqlite3.connect(path)
+        try:
+            conn.execute("SELECT name FROM sqlite_master").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise BackupError(f"{DATABASE_FILE} is not a SQLite database this software reads: {exc}") from None
 
 
 def _integrity_check(path: Path) -> None:
@@ -657,10 +682,13 @@ async def _restore_database(url: str, manifest: dict[str, Any], box, *, gap: int
     try:
         async with engine.connect() as conn:
             names = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
-            revisions = sorted((await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalars()) \
+            revisions = list((await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalars()) \
                 if "alembic_version" in names else []
         if not revisions:
             raise BackupError("the database has no schema (no migration applied): is it the restored database?")
+        if not all(isinstance(r, str) for r in revisions):
+            raise BackupError("the database's migration revisions are not names: it is not this software's")
+        revisions.sort()
         state = schema_state(revisions)
         if state == "unknown":
             raise BackupError(f"the database's schema ({', '.join(revisions)}) is newer than this software knows "
@@ -673,9 +701,12 @@ async def _restore_database(url: str, manifest: dict[str, Any], box, *, gap: int
             if "crl_state" in names:
                 for ca, last, published in (await conn.execute(
                         sa.select(crl_state.c.ca, crl_state.c.last_number, crl_state.c.crl_number))).all():
-                    highest[ca] = max(highest.get(ca, 0), int(last or 0), int(published or 0))
+                    highest[ca] = max(highest.get(ca, 0), _crl_number(ca, last), _crl_number(ca, published))
                 for ca, seen in highest.items():
                     floor = seen + gap
+                    if floor > MAX_CRL_NUMBER:
+                        raise BackupError(f"the CRL Numbers of CA {ca} ({seen}) leave no room for the gap of {gap} "
+                                          f"below {MAX_CRL_NUMBER}")
                     # the published CRL is dropped: the first start signs a new one numbered above the floor,
                     # rather than serving one older than CRLs the old deployment may have published
                     values = dict(last_number=floor, crl_number=None, this_update=None, next_update=None, der=None,
@@ -688,9 +719,20 @@ async def _restore_database(url: str, manifest: dict[str, Any], box, *, gap: int
             await record_event(conn, at=now, kind="admin.restore", subject=str(manifest.get("created_at")),
                                actor=actor, data={"backup": str(source), "crl_number_floors": floors,
                                                   "schema": state})
+    except sa.exc.DBAPIError as exc:  # a file that is SQLite but not this software's database, say
+        raise BackupError(f"the database is not one this software reads: {exc.orig}") from None
     finally:
         await engine.dispose()
     return state, floors, checked
+
+
+def _crl_number(ca: str, value: Any) -> int:
+    """A CRL Number the database holds (0 for none); BackupError if it is not a number."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CRL_NUMBER:
+        raise BackupError(f"the database's CRL Numbers of CA {ca} are malformed ({value!r})")
+    return value
 
 
 async def _open_sealed(engine, box) -> dict[str, int]:
@@ -707,8 +749,10 @@ async def _open_sealed(engine, box) -> dict[str, int]:
             k.deleted_at.is_(None), sa.func.length(k.secret_sealed) > 0))
         for public_id, sealed in rows:
             try:
+                if not isinstance(sealed, (bytes, bytearray, memoryview)):
+                    raise TypeError("not bytes")
                 box.open(bytes(sealed), _key_aad(public_id))
-            except KekError:
+            except (KekError, TypeError, ValueError):
                 raise BackupError(f"the YubiKey {public_id}'s secret does not open with the OTP key-encryption "
                                   "key") from None
             counts["yubikeys"] += 1
@@ -716,8 +760,10 @@ async def _open_sealed(engine, box) -> dict[str, int]:
         rows = await conn.execute(sa.select(c.id, c.secret_sealed).where(sa.func.length(c.secret_sealed) > 0))
         for client_id, sealed in rows:
             try:
+                if not isinstance(sealed, (bytes, bytearray, memoryview)):
+                    raise TypeError("not bytes")
                 box.open(bytes(sealed), _client_aad(client_id))
-            except KekError:
+            except (KekError, TypeError, ValueError):
                 raise BackupError(f"the OTP client {client_id}'s secret does not open with the OTP "
                                   "key-encryption key") from None
             counts["clients"] += 1

@@ -121,3 +121,62 @@ def test_the_database_is_the_backups_own_checked_file_and_no_other(made, copy, t
     # and a database.sqlite3 the manifest does not list is not read either
     resign(copy, lambda m: (m["database"].update(file="database.sqlite3"), m["files"].pop("database.sqlite3")))
     assert "listed with its checksum" in refused(tmp_path, copy)
+
+
+def _foreign_sqlite() -> bytes:
+    """A SQLite database that is not this software's: its alembic_version has no version_num."""
+    import sqlite3
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        conn = sqlite3.connect(Path(tmp) / "db")
+        conn.execute("CREATE TABLE alembic_version (other TEXT)")
+        conn.execute("INSERT INTO alembic_version VALUES ('x')")
+        conn.commit()
+        conn.close()
+        return (Path(tmp) / "db").read_bytes()
+
+
+def _with_crl_number(backup: Path, value) -> None:
+    """The backup's database, its CA's last CRL Number set to `value`."""
+    import sqlite3
+
+    db = backup / "database.sqlite3"
+    conn = sqlite3.connect(db)
+    conn.execute("DELETE FROM crl_state")
+    conn.execute("INSERT INTO crl_state (ca, last_number) VALUES ('default', ?)", (value,))
+    conn.commit()
+    conn.close()
+    replace_member(backup, "database.sqlite3", db.read_bytes())
+
+
+MALFORMED = {
+    "database file a number": (lambda b: resign(b, lambda m: m["database"].update(file=7)), "the database must be"),
+    "CRL Number too large": (lambda b: resign(b, lambda m: m["highest_crl_number"].update(default=10**30)),
+                             "the CRL Numbers are malformed"),
+    "CA name with a NUL": (lambda b: resign(b, lambda m: m["ca"].update(name="de\0fault")),
+                           "is not one the configuration accepts"),
+    "no time": (lambda b: resign(b, lambda m: m.pop("created_at")), "the time or the versions"),
+    "manifest nested deeply": (lambda b: (b / "manifest.json").write_text("[" * 200_000 + "]" * 200_000),
+                               "nested too deeply"),
+    "garbage ca.crt": (lambda b: replace_member(b, "ca/default/ca.crt", b"garbage\n"),
+                       "ca.crt of the backup is not a certificate"),
+    "garbage ra.crt": (lambda b: replace_member(b, "ca/default/ra.crt", b"-----BEGIN CERTIFICATE-----\nAAAA\n"
+                                                                        b"-----END CERTIFICATE-----\n"),
+                       "ra.crt of the backup is not a certificate"),
+    "database CRL Number at the limit": (lambda b: _with_crl_number(b, 2**63 - 1), "leave no room for the gap"),
+    "database CRL Number not a number": (lambda b: _with_crl_number(b, "many"), "CRL Numbers of CA default are"),
+    "garbage database": (lambda b: replace_member(b, "database.sqlite3", b"garbage" * 1000),
+                         "database.sqlite3 is not a SQLite database"),
+    "foreign database": (lambda b: replace_member(b, "database.sqlite3", _foreign_sqlite()),
+                         "the database is not one this software reads"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_member_is_refused_with_a_message(copy, tmp_path, case):
+    spoil, reason = MALFORMED[case]
+    spoil(copy)
+    before = files_under(tmp_path)
+    assert reason in refused(tmp_path, copy)  # exit code 1, "restore refused: ...", never a traceback
+    assert files_under(tmp_path) - {"new"} == before
