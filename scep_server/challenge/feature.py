@@ -38,7 +38,8 @@ class ChallengeFeature:
     def add_routes(self, app: web.Application) -> None:
         from . import web as handlers
 
-        app.router.add_get("/scep/{profile}/challenge", handlers.get_challenge)
+        # a HEAD would issue a challenge nobody sees (and fill max_unused): GET only
+        app.router.add_get("/scep/{profile}/challenge", handlers.get_challenge, allow_head=False)
         app.router.add_post("/scep/{profile}/challenge", handlers.jamf_webhook)
         app.router.add_post("/api/v1/challenges/{profile}", handlers.api_new_challenge)
 

@@ -191,12 +191,3 @@ async def api_approve(request: web.Request) -> web.Response:
 async def api_reject(request: web.Request) -> web.Response:
     """POST /api/v1/enrolments/{profile}/reject {"transaction_id", "reason"?}"""
     return await _decide(request, False)
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/scep/{profile}/challenge", get_challenge)
-    app.router.add_post("/scep/{profile}/challenge", jamf_webhook)
-    app.router.add_post("/api/v1/challenges/{profile}", api_new_challenge)
-    app.router.add_get("/api/v1/enrolments", api_list_enrolments)
-    app.router.add_post("/api/v1/enrolments/{profile}/approve", api_approve)
-    app.router.add_post("/api/v1/enrolments/{profile}/reject", api_reject)
