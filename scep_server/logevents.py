@@ -69,8 +69,8 @@ EVENTS: tuple[Event, ...] = (
     _e("backup.restored", "info", "directory data_dir schema crl_number_floors",
        "a backup was restored into a new data directory; each CA's CRL Numbers continue above its floor"),
     _e("backup.restore_refused", "warning", "directory error",
-       "a restore was refused (a changed file or manifest, a wrong secret, an existing directory); nothing was "
-       "written"),
+       "a restore was refused (a changed file or manifest, a wrong secret, an existing directory, a malformed or "
+       "hostile backup); nothing was written"),
     _e("audit.seal.failed", "error", "error", "sealing the audit chain failed; the next round seals those events"),
     # background jobs
     _e("job.crashed", "error", "job error restart_in exception",
