@@ -95,3 +95,39 @@ async def test_the_comparisons_see_a_model_that_drifted(engine):
         ("modify_default", "otp_events", "occurrences"),
     }
     assert predicates == [("device_certs", "uq_device_certs_current", "not current", "current")]
+
+
+async def test_decided_transactions_forget_their_challenge_password_on_upgrade(tmp_path):
+    """core_0013: the rows written before it kept the CSR as sent, a static secret included; a decided one (issued
+    or rejected) keeps it without, a waiting one (pending, awaiting_ack) as it is."""
+    from datetime import datetime, timezone
+
+    from cryptography import x509
+
+    from scep_server.enrolment.model import challenge_password
+    from scep_server.scep import client
+    from scep_server.store.migrate import upgrade
+    from scep_server.store.tables import scep_transactions
+    from tests.factories import rsa_key
+    from trustkit.db import create_engine
+
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}")
+    try:
+        await upgrade(engine, "core_0012")
+        now = datetime(2026, 12, 1, tzinfo=timezone.utc)
+        csrs = {state: client.make_csr(rsa_key(), state, f"static-secret-{state}")
+                for state in ("issued", "rejected", "pending", "awaiting_ack")}
+        async with engine.begin() as conn:
+            for state, der in csrs.items():
+                await conn.execute(scep_transactions.insert().values(
+                    profile="p", transaction_id=f"tx-{state}", state=state, message_type=19, csr_der=der,
+                    public_key_sha256="0" * 64, created_at=now, updated_at=now))
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            kept = dict((await conn.execute(sa.select(scep_transactions.c.state, scep_transactions.c.csr_der))).all())
+    finally:
+        await engine.dispose()
+    for state, der in kept.items():
+        csr = x509.load_der_x509_csr(der)
+        assert csr.subject.rfc4514_string() == f"CN={state}"
+        assert (challenge_password(csr) == f"static-secret-{state}") is (state in ("pending", "awaiting_ack")), state

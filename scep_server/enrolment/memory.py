@@ -9,6 +9,7 @@ import json
 from datetime import datetime
 
 from ..ca.inventory import CertRecord, Reason
+from ..scep.message import without_challenge_password
 from .repository import Binding, Duplicate, NotPending, SignerStanding, signer_changed, signer_renewed
 
 _RECORD_FIELDS = [f for f in CertRecord.__dataclass_fields__]
@@ -95,13 +96,15 @@ class InMemoryRepository:
         if renewal_of is not None:
             self._guard_signer(renewal_of, now, supersede=supersede)
         self._insert_certificate(cert_row)
-        tx.update(state="issued", serial=cert_row["serial"], decided_by=actor, updated_at=now)
+        tx.update(state="issued", serial=cert_row["serial"], decided_by=actor, updated_at=now,
+                  csr_der=without_challenge_password(tx["csr_der"]))
         self._event(event)
 
     async def reject_pending(self, profile: str, key: str, fail_text: str, event: dict, *, actor: str,
                              now: datetime) -> None:
-        self._in_state(profile, key, "pending").update(state="rejected", fail_text=fail_text, decided_by=actor,
-                                                        updated_at=now)
+        tx = self._in_state(profile, key, "pending")
+        tx.update(state="rejected", fail_text=fail_text, decided_by=actor, updated_at=now,
+                  csr_der=without_challenge_password(tx["csr_der"]))
         self._event(event)
 
     async def withdraw(self, serial: str, profile: str, key: str, why: str, event: dict, *, now: datetime) -> None:
@@ -111,7 +114,7 @@ class InMemoryRepository:
                         updated_at=now)
         tx = self.transactions.get((profile, key))
         if tx is not None:
-            tx.update(state="rejected", fail_text=why, updated_at=now)
+            tx.update(state="rejected", fail_text=why, updated_at=now, csr_der=without_challenge_password(tx["csr_der"]))
         self._event(event)
 
     async def confirm_ack(self, profile: str, key: str, *, renewal_of: str | None, now: datetime,
@@ -119,7 +122,7 @@ class InMemoryRepository:
         tx = self._in_state(profile, key, "awaiting_ack")
         if renewal_of is not None:
             self._guard_signer(renewal_of, now, supersede=supersede, renewing=False)
-        tx.update(state="issued", updated_at=now)
+        tx.update(state="issued", updated_at=now, csr_der=without_challenge_password(tx["csr_der"]))
 
     async def claim(self, row: dict, now: datetime) -> bool:
         tx = self.transactions.get((row["profile"], row["transaction_id"]))

@@ -423,8 +423,11 @@ class ScepService:
                         unused_since=unused_since(req.renewal_of, now) if req.renewal_of else None,
                         enrolled_device_id=req.device_id)
         serial = cert_row["serial"]
+        # decided now: the CSR is kept without its challengePassword (a delegated one waits for its acknowledgement
+        # with it, see enrolment.sql._forget_challenge)
+        kept_csr = req.csr_der if state == "awaiting_ack" else codec.without_challenge_password(req.csr_der)
         tx_row = dict(profile=profile.name, transaction_id=key, state=state, message_type=int(msg.message_type),
-                      csr_der=req.csr_der, public_key_sha256=pub_sha, serial=serial, created_at=now, updated_at=now)
+                      csr_der=kept_csr, public_key_sha256=pub_sha, serial=serial, created_at=now, updated_at=now)
         event = dict(at=now, kind="pki.cert.renew" if req.renewal_of else "pki.cert.issue", subject=serial,
                      actor=f"scep:{profile.name}",
                      data={"transaction_id": msg.transaction_id, "subject": cert_row["subject"],

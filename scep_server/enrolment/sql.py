@@ -25,6 +25,7 @@ from trustkit.db import is_sqlite, sqlite_pragmas, writer
 from ..binding.tables import device_certs, devices
 from ..ca import inventory
 from ..ca.inventory import CertRecord, Reason
+from ..scep.message import without_challenge_password
 from ..ca.revocation import change_status, lock_status
 from ..ca.status import CertStatus
 from ..profilemodel import StaticSecrets
@@ -102,6 +103,15 @@ def _tx_where(profile: str, key: str, *states: str):
     if states:
         where.append(c.state == states[0])
     return where
+
+
+async def _forget_challenge(conn: AsyncConnection, profile: str, key: str) -> None:
+    """A decided transaction keeps its CSR without the challengePassword (it waited with it: an approval checks
+    the CSR's signature again, a delegated acknowledgement tells the MDM the CSR it validated)."""
+    c = scep_transactions.c
+    kept = (await conn.execute(sa.select(c.csr_der).where(*_tx_where(profile, key)))).scalar()
+    if kept is not None and (masked := without_challenge_password(kept)) != kept:
+        await conn.execute(scep_transactions.update().where(*_tx_where(profile, key)).values(csr_der=masked))
 
 
 class SqlRepository:
@@ -212,6 +222,7 @@ class SqlRepository:
                 state="issued", serial=cert_row["serial"], decided_by=actor, updated_at=now))
             if res.rowcount != 1:  # rolls the certificate back too
                 raise NotPending(key)
+            await _forget_challenge(conn, profile, key)
             await record_event(conn, **event)
 
     async def reject_pending(self, profile: str, key: str, fail_text: str, event: dict, *, actor: str,
@@ -221,6 +232,7 @@ class SqlRepository:
                 state="rejected", fail_text=fail_text, decided_by=actor, updated_at=now))
             if res.rowcount != 1:
                 raise NotPending(key)
+            await _forget_challenge(conn, profile, key)
             await record_event(conn, **event)
 
     async def withdraw(self, serial: str, profile: str, key: str, why: str, event: dict, *, now: datetime) -> None:
@@ -229,6 +241,7 @@ class SqlRepository:
                                 reason=Reason.CESSATION_OF_OPERATION, data=event["data"])
             await conn.execute(scep_transactions.update().where(*_tx_where(profile, key)).values(
                 state="rejected", fail_text=why, updated_at=now))
+            await _forget_challenge(conn, profile, key)
 
     async def confirm_ack(self, profile: str, key: str, *, renewal_of: str | None, now: datetime,
                           supersede: bool) -> None:
@@ -239,6 +252,7 @@ class SqlRepository:
                 *_tx_where(profile, key, "awaiting_ack")).values(state="issued", updated_at=now))
             if res.rowcount != 1:
                 raise NotPending(key)  # rolls the supersede back too
+            await _forget_challenge(conn, profile, key)
 
     async def awaiting_ack(self, updated_before: datetime) -> list[dict]:
         q = (sa.select(scep_transactions.c.profile, scep_transactions.c.transaction_id, scep_transactions.c.serial,

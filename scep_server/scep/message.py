@@ -427,6 +427,33 @@ def _parse_content(message_type: MessageType | int, plain: bytes, cipher: Conten
 
 # ---------------------------------------------------------------- envelope contents (RFC 8894 §3.3)
 
+_CHALLENGE_OID_DER = der.oid(oids.CHALLENGE_PASSWORD)
+# the filler of each string type: one character of its encoding that every one of them allows
+_FILLER = {der.BMP_STRING: b"\x00\x30", der.UNIVERSAL_STRING: b"\x00\x00\x00\x30"}
+
+
+def without_challenge_password(csr_der: bytes) -> bytes:
+    """The CSR with its challengePassword (PKCS#9) overwritten, for keeping once the challenge has done its work:
+    the same length and structure, the key, subject and extensions as they were (its signature no longer
+    verifies). The CSR as it is when it has none, or when it does not parse (nothing is kept from it then but
+    what it holds)."""
+    try:
+        info = der.children(csr_der, der.read_one(csr_der), limit=3)[0]
+        attributes = [el for el in der.children(csr_der, info, limit=8) if el[0] == der.ctx(0)]
+        spans = []
+        for attribute in der.children(csr_der, attributes[0], limit=64) if attributes else ():
+            kind, values = der.children(csr_der, attribute, limit=2)
+            if der.raw(csr_der, kind) == _CHALLENGE_OID_DER:
+                spans += [(v[0], v[2], v[3]) for v in der.children(csr_der, values, limit=16)]
+    except (der.DERError, ValueError):
+        return csr_der
+    out = bytearray(csr_der)
+    for ident, start, end in spans:
+        filler = _FILLER.get(ident, b"0")
+        out[start:end] = (filler * ((end - start) // len(filler) + 1))[:end - start]
+    return bytes(out)
+
+
 def _name(data: bytes, el: der.Element) -> x509.Name:
     """An X.501 Name as a cryptography Name (RFC 5280 §4.1.2.4)."""
     rdns = []

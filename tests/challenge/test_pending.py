@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from scep_server.profiles import ProfileSettings
 from scep_server.scep import MessageType, PKIStatus, algorithms, client, cms
@@ -218,3 +219,44 @@ async def test_approving_what_the_template_now_refuses_rejects_it_with_a_4xx(ser
     async with rt.engine.connect() as conn:
         import sqlalchemy as sa
         assert (await conn.execute(sa.text("SELECT count(*) FROM certificates"))).scalar() == 0
+
+
+async def test_a_decided_enrolment_keeps_no_challenge_password(server):
+    """A transaction's stored CSR keeps the challengePassword only while it waits: a static secret (or any
+    challenge) is not left in the database, nor in its backups, once the enrolment is decided."""
+    import sqlalchemy as sa
+
+    from scep_server.enrolment.model import challenge_password
+    from scep_server.store.tables import scep_transactions
+
+    async def stored(txid: str) -> x509.CertificateSigningRequest:
+        async with server.runtime.engine.connect() as conn:
+            der = (await conn.execute(sa.select(scep_transactions.c.csr_der).where(
+                scep_transactions.c.transaction_id == txid))).scalar_one()
+        assert SECRET.encode() not in der or challenge_password(x509.load_der_x509_csr(der)) == SECRET
+        return x509.load_der_x509_csr(der)
+
+    await approval_profile(server)
+    await server.runtime.profiles.create("open", ca=next(iter(server.runtime.cas)), challenge_kind="static",
+                                         static_secret=SECRET, now=server.runtime.clock())
+    async with aiohttp.ClientSession() as s:
+        issued_key, approved_key, rejected_key = rsa_key(), rsa_key(), rsa_key()
+        rep = await pki(s, server, "open", build(server, issued_key, challenge=SECRET, cn="at-once"), issued_key)
+        assert rep.status is PKIStatus.SUCCESS, rep.fail_text
+        for key, cn in ((approved_key, "approved"), (rejected_key, "rejected")):
+            rep = await pki(s, server, "manual", build(server, key, challenge=SECRET, cn=cn), key)
+            assert rep.status is PKIStatus.PENDING
+        waiting = client.transaction_id_for(approved_key.public_key())
+        assert challenge_password(await stored(waiting)) == SECRET  # an approval checks the CSR's signature again
+        await server.runtime.scep.decide("manual", waiting, approve=True, actor="admin")
+        await server.runtime.scep.decide("manual", client.transaction_id_for(rejected_key.public_key()),
+                                         approve=False, actor="admin")
+        for key, cn in ((issued_key, "at-once"), (approved_key, "approved"), (rejected_key, "rejected")):
+            csr = await stored(client.transaction_id_for(key.public_key()))
+            assert challenge_password(csr) != SECRET and SECRET.encode() not in csr.public_bytes(
+                serialization.Encoding.DER)
+            assert csr.subject.rfc4514_string() == f"CN={cn}"  # what is shown of it stays
+            assert csr.public_key().public_numbers() == key.public_key().public_numbers()
+        # a retry of a decided transaction is answered as before
+        rep = await pki(s, server, "open", build(server, issued_key, challenge=SECRET, cn="at-once"), issued_key)
+        assert rep.status is PKIStatus.SUCCESS

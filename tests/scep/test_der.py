@@ -129,3 +129,35 @@ def test_set_of_sorting_and_order_keeping():
     a, b = der.integer(2), der.integer(1)
     assert der.set_of([a, b]) == b"\x31\x06" + b + a
     assert der.set_of([a, b], sort=False) == b"\x31\x06" + a + b
+
+
+@pytest.mark.parametrize("tag", ["PrintableString", "UTF8String", "BMPString"])
+def test_a_kept_csr_has_its_challenge_overwritten_in_place(tag):
+    """What a decided transaction keeps: the same CSR (subject, key, length) with its challengePassword
+    overwritten by characters its string type allows; a CSR without one, or bytes that are none, as they are."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.name import _ASN1Type
+    from cryptography.x509.oid import AttributeOID, NameOID
+
+    from scep_server.enrolment.model import challenge_password
+    from scep_server.scep.message import without_challenge_password
+    from tests.factories import rsa_key
+
+    key = rsa_key()
+    value = "Secret-42" if tag != "BMPString" else "Sécret-42"
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev")]))
+    plain = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    csr = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, value.encode("utf-16-be" if tag == "BMPString"
+                                                                              else "utf-8"),
+                                _tag=getattr(_ASN1Type, tag)).sign(key, hashes.SHA256())
+    der = csr.public_bytes(serialization.Encoding.DER)
+    kept = without_challenge_password(der)
+    assert len(kept) == len(der) and kept != der
+    loaded = x509.load_der_x509_csr(kept)
+    assert loaded.subject == csr.subject and loaded.public_key() == csr.public_key()
+    assert set(challenge_password(loaded)) <= {"0", "\x00"}  # BMPString: "0" in UTF-16
+    assert value.encode() not in kept and value.encode("utf-16-be") not in kept
+    assert without_challenge_password(plain) == plain
+    assert without_challenge_password(b"\x30\x03\x02\x01") == b"\x30\x03\x02\x01"
