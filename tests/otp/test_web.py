@@ -30,7 +30,7 @@ SIGNIN = {"Authorization": "Bearer signin-token"}
 async def authenticate(request: web.Request, token: str):
     """What the application passes in: a token's scope and the caller's name, or None."""
     if token == "broken-store":
-        raise OSError("token store down")
+        raise ConnectionRefusedError("token store down")  # the database behind it cannot be reached
     scope = TOKENS.get(token)
     return (scope, f"token:{scope}") if scope else None
 
