@@ -191,6 +191,20 @@ async def _rotate(engine, old: bytes, new: bytes) -> tuple[int, int]:
         return await reseal_all(conn, old, new)
 
 
+def _pause_after_sealing(svc: OtpService) -> tuple[threading.Event, threading.Event]:
+    """An import of `svc` seals its keys, sets the first event and waits for the second before it writes."""
+    sealed, go_on = threading.Event(), threading.Event()
+    real_seal = OtpService._seal_records
+
+    def seal_then_pause(box, records):
+        out = real_seal(box, records)
+        sealed.set()
+        go_on.wait(10)
+        return out
+    svc._seal_records = seal_then_pause
+    return sealed, go_on
+
+
 async def _signin_reason(engine, kek: bytes, clock, key) -> Reason:
     """What a server started afresh with only `kek` answers to the key's next OTP."""
     async with OtpService(engine, OtpSettings(), kek, clock=clock) as fresh:
@@ -202,15 +216,7 @@ async def test_an_import_sealed_before_a_rotation_is_sealed_again_under_the_new_
     under the new KEK, usable after a restart, and the next rotation goes through."""
     svc, source = _rotating_service(engine, kek, clock)
     async with svc:
-        sealed, go_on = threading.Event(), threading.Event()
-        real_seal = OtpService._seal_records
-
-        def seal_then_pause(box, records):
-            out = real_seal(box, records)
-            sealed.set()
-            go_on.wait(10)
-            return out
-        svc._seal_records = seal_then_pause
+        sealed, go_on = _pause_after_sealing(svc)
         key = make_key(820_401)
         importing = asyncio.create_task(svc.import_secrets(secrets_file([key])))
         assert await asyncio.to_thread(sealed.wait, 10)
@@ -262,15 +268,7 @@ async def test_an_import_meeting_a_rotation_whose_kek_is_not_in_place_is_refused
     svc, source = _rotating_service(engine, kek, clock)
     async with svc:
         new = secrets.token_bytes(32)
-        sealed, go_on = threading.Event(), threading.Event()
-        real_seal = OtpService._seal_records
-
-        def seal_then_pause(box, records):
-            out = real_seal(box, records)
-            sealed.set()
-            go_on.wait(10)
-            return out
-        svc._seal_records = seal_then_pause
+        sealed, go_on = _pause_after_sealing(svc)
         key = make_key(820_403)
         importing = asyncio.create_task(svc.import_secrets(secrets_file([key])))
         assert await asyncio.to_thread(sealed.wait, 10)
