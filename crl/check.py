@@ -263,6 +263,11 @@ def _refused_literal(url: str, allowed: Networks) -> "str | None":
     return host if destination_refused(host, allowed) else None
 
 
+# what reading a hostile certificate's names and extensions raises besides ValueError: a duplicated extension,
+# a general name of a kind the library does not read (x400Address, ediPartyName), a name attribute of a wrong type
+_UNREADABLE = (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
+
+
 def _load_cert(certificate: "x509.Certificate | bytes") -> x509.Certificate:
     if isinstance(certificate, x509.Certificate):
         return certificate
@@ -407,13 +412,13 @@ class CrlChecker:
         """Status of a certificate from the local index of its issuer's CRL (RFC 5280 §6.3.3)."""
         try:
             cert = _load_cert(certificate)
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             return CheckResult(CheckStatus.UNKNOWN, False, "bad_certificate", detail=f"unreadable certificate: {exc}")
         try:  # a duplicated or unreadable extension: the certificate is unreadable, not our failure
             ca = self._issuer_of(cert)
             if ca is not None:
                 uris = cdp_uris(cert)
-        except (ValueError, x509.DuplicateExtension) as exc:
+        except _UNREADABLE as exc:
             return CheckResult(CheckStatus.UNKNOWN, False, "bad_certificate", detail=f"unreadable certificate: {exc}")
         if ca is None:
             return CheckResult(CheckStatus.UNKNOWN, False, "unknown_issuer",

@@ -380,11 +380,16 @@ class AttestationService:
         if hit is not None:
             self._cache.move_to_end(fp)
             return hit
-        cert = x509.load_der_x509_certificate(der)
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except x509.InvalidVersion as exc:  # not a ValueError
+            raise ValueError(f"unknown X.509 version ({exc})") from None
         try:
             return _Cert(der, fp, cert)
         except UnsupportedAlgorithm as exc:  # a key algorithm or named curve the crypto library does not know
             raise ValueError(f"its public key is of a kind this server cannot use ({exc})") from None
+        except TypeError as exc:  # a name attribute of a type it cannot have, e.g. a BIT STRING commonName
+            raise ValueError(f"unreadable name ({exc})") from None
 
     def _remember(self, info: _Cert) -> None:
         """Cache a certificate whose issuer is established (ours, signature checked, or a registered external

@@ -262,6 +262,52 @@ async def test_a_certificate_whose_key_cannot_be_loaded_is_malformed_not_a_500(s
     assert res["reason"] == Verdict.CERTIFICATE_MALFORMED.value and not res["managed"], res
 
 
+@pytest.mark.parametrize("kind", ["an unknown X.509 version", "a BIT STRING commonName"])
+async def test_a_certificate_with_an_unreadable_version_or_name_is_malformed_not_a_500(server, api, kind):
+    eck = ec.generate_private_key(ec.SECP256R1())
+    der = _der_with_key(eck.public_key(), eck)
+    if kind == "an unknown X.509 version":  # [0] INTEGER 2 (v3) -> 43
+        der = der.replace(bytes.fromhex("a003020102"), bytes.fromhex("a00302012b"), 1)
+    else:  # UTF8String "hostile" -> a BIT STRING of the same length
+        der = der.replace(bytes.fromhex("0c07") + b"hostile", bytes.fromhex("030700") + b"ostile")
+    await api.add_device("dev-h")
+    nonce = await api.nonce("dev-h")
+    res = await api.post("/api/v1/attestation/verify", {
+        "device_id": "dev-h", "nonce": nonce, "certificate": base64.b64encode(der).decode(),
+        "signature": sign(eck, nonce, "dev-h", "ecdsa-sha256"), "algorithm": "ecdsa-sha256"})
+    assert res["reason"] == Verdict.CERTIFICATE_MALFORMED.value and not res["managed"], res
+
+
+async def test_an_x400_address_in_the_crl_distribution_points_is_refused_not_a_500(server, api, clock):
+    """A certificate naming a registered customer CA as its issuer is read (its CDP) before its signature is
+    checked: a general name the library does not read (x400Address) makes it an untrusted issuer's."""
+    from datetime import timedelta
+
+    from crl.config import Policy
+    from cryptography.x509.oid import ExtensionOID
+    from tests.crl.pki import NOW, make_ca
+
+    clock.now = NOW + timedelta(minutes=5)
+    ca = make_ca("X400 Customer CA", kind="ec", slot=5, cdp="http://127.0.0.1:9/root.crl")
+    ext = server.runtime.binding.external
+    await ext.add("x400", ca.cert, policy=Policy.FAIL_CLOSED, actor="test", now=clock())
+    await ext.reload()
+    attacker = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev")]))
+            .issuer_name(ca.cert.subject).public_key(attacker.public_key()).serial_number(0x400)
+            .not_valid_before(NOW - timedelta(hours=1)).not_valid_after(NOW + timedelta(days=1))
+            .add_extension(x509.UnrecognizedExtension(ExtensionOID.CRL_DISTRIBUTION_POINTS,
+                                                      bytes.fromhex("30083006a004a002a300")), critical=False)
+            .sign(attacker, hashes.SHA256()))
+    await api.add_device("dev-x")
+    nonce = await api.nonce("dev-x")
+    res = await api.post("/api/v1/attestation/verify", {
+        "device_id": "dev-x", "nonce": nonce, "certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
+        "signature": sign(attacker, nonce, "dev-x", "ecdsa-sha256"), "algorithm": "ecdsa-sha256"})
+    assert res["reason"] in (Verdict.CERTIFICATE_MALFORMED.value, Verdict.ISSUER_NOT_TRUSTED.value), res
+    assert not res["managed"]
+
+
 @pytest.mark.parametrize("algorithm", ["rsa-pss-sha512", "rsa-pss-sha384"])
 async def test_a_key_too_small_for_the_digest_is_a_bad_signature_not_a_500(server, api, algorithm):
     """A 512-bit modulus (it need not even be a real one) cannot carry a SHA-512 PSS or PKCS#1 signature:
