@@ -214,6 +214,23 @@ class _Ca:
         self.full: "_Snapshot | None" = None  # the newest installed CRL without an Issuing Distribution Point
         self.unknown = CheckResult(CheckStatus.UNKNOWN, policy is Policy.FAIL_OPEN, "no_crl", name,
                                    detail="no CRL of this CA has been obtained yet")
+        # outside its certificate's validity period the CA vouches for nothing, its CRLs neither (§6.1.3 (a)(2))
+        self.valid_from = cert.not_valid_before_utc.timestamp()
+        self.valid_until = cert.not_valid_after_utc.timestamp()
+        self.expired = CheckResult(CheckStatus.UNKNOWN, False, "ca_expired", name,
+                                   detail=f"the CA certificate of {name} expired at "
+                                          f"{cert.not_valid_after_utc.isoformat()}")
+        self.not_yet_valid = CheckResult(CheckStatus.UNKNOWN, False, "ca_not_yet_valid", name,
+                                         detail=f"the CA certificate of {name} is valid only from "
+                                                f"{cert.not_valid_before_utc.isoformat()}")
+
+    def outside_validity(self, now: float) -> "CheckResult | None":
+        """The refusal when `now` (a timestamp) is outside the CA certificate's validity period, else None."""
+        if now > self.valid_until:
+            return self.expired
+        if now < self.valid_from:
+            return self.not_yet_valid
+        return None
 
 
 class DestinationRefused(OSError):
@@ -429,10 +446,9 @@ class CrlChecker:
             except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithmError):
                 return CheckResult(CheckStatus.UNKNOWN, False, "not_issued_by_ca", ca.name,
                                    detail=f"the certificate is not signed by {ca.name}")
-        if self._now_ts() > ca.cert.not_valid_after_utc.timestamp():  # its CRLs vouch for nothing any more
-            return CheckResult(CheckStatus.UNKNOWN, False, "ca_expired", ca.name,
-                               detail=f"the CA certificate of {ca.name} expired at "
-                                      f"{ca.cert.not_valid_after_utc.isoformat()}")
+        outside = ca.outside_validity(self._now_ts())
+        if outside is not None:
+            return outside
         if uris is None:
             return CheckResult(CheckStatus.UNKNOWN, False, "no_cdp", ca.name,
                                detail="the certificate has no CRL Distribution Points extension; "
@@ -445,13 +461,17 @@ class CrlChecker:
 
     def check_serial(self, ca: str, serial: int, *, urls: "Sequence[str] | None" = None,
                      is_ca: bool = False) -> CheckResult:
-        """Status of `serial` of CA `ca`: from the CRLs at `urls` (the certificate's CDP), else any full CRL."""
+        """Status of `serial` of CA `ca`: from the CRLs at `urls` (the certificate's CDP), else any full CRL;
+        `ca_expired` / `ca_not_yet_valid` (refused) outside the CA certificate's validity period."""
         c = self._cas.get(ca)
         if c is None:
             return CheckResult(CheckStatus.UNKNOWN, False, "unknown_issuer", detail=f"no registered CA {ca!r}")
+        now = self._now_ts()
+        if not c.valid_from <= now <= c.valid_until:
+            return c.outside_validity(now)  # type: ignore[return-value]
         if urls is None:
             snap = c.full
-            if snap is not None and self._now_ts() < snap.fresh_until:  # the common case, kept short
+            if snap is not None and now < snap.fresh_until:  # the common case, kept short
                 code = snap.codes.get(serial)
                 return snap.good if code is None else snap.by_code[code & 0xF]
             return self._answer(c, serial, c.sources.values(), None, is_ca)

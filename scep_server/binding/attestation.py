@@ -78,6 +78,8 @@ from .tables import attestation_spent_nonces, device_certs, devices
 log = structlog.get_logger("attestation")
 
 SIGNED_PREFIX = b"device-trust-attestation-v1\n"
+# CRL checker reasons of a customer CA outside its certificate's validity period: the issuer is not trusted
+_CA_OUTSIDE = ("ca_expired", "ca_not_yet_valid")
 
 
 def signed_bytes(nonce: str, device_id: str) -> bytes:
@@ -444,7 +446,7 @@ class AttestationService:
         first = self.external.check(info.cert)
         if first.reason == "unknown_issuer" and await self.external.maybe_reload():
             first = self.external.check(info.cert)
-        if first.reason in ("unknown_issuer", "not_issued_by_ca", "bad_certificate", "ca_expired"):
+        if first.reason in ("unknown_issuer", "not_issued_by_ca", "bad_certificate") or first.reason in _CA_OUTSIDE:
             return fail(Verdict.ISSUER_NOT_TRUSTED, first.detail or "the certificate's issuer is not a trusted CA")
         if first.reason in ("no_cdp", "no_http_cdp"):
             return fail(Verdict.CERTIFICATE_NO_CDP, first.detail)
@@ -480,8 +482,13 @@ class AttestationService:
                          certificate=info.summary))
         job = _Job(info, device_id, nonce_hash(decode_nonce(nonce)), expires)
         issuer = await self._issuer(info)
+        crl = None
         if not isinstance(issuer, Result):
             self._remember(info)
+            if info.kind == "external":
+                crl = job.crl = await self._crl_status(info)
+                if crl.reason in _CA_OUTSIDE:  # the CA's certificate expired (or is not valid yet) since first sight
+                    issuer = fail(Verdict.ISSUER_NOT_TRUSTED, crl.detail)
         if isinstance(issuer, Result):
             # the nonce is still spent: a signed, fresh request was answered
             job.spend_only = True
@@ -491,9 +498,6 @@ class AttestationService:
                 return spent
             issuer.device_id, issuer.certificate = device_id, info.summary
             return issuer
-        crl = None
-        if info.kind == "external":
-            crl = job.crl = await self._crl_status(info)
         result, touched = await self._committer().submit(job)
         assert result is not None
         for ca in touched:

@@ -20,13 +20,14 @@ def key(slot=0):
 
 
 class Ca:
-    def __init__(self, cn="Customer CA", slot=0, cdp=None, ski=True, not_after=None):
+    def __init__(self, cn="Customer CA", slot=0, cdp=None, ski=True, not_after=None, not_before=None):
         self.key = key(slot)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
         self.name = name
         b = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
                      .public_key(self.key.public_key()).serial_number(1000 + slot)
-                     .not_valid_before(T0 - timedelta(days=30)).not_valid_after(not_after or T0 + timedelta(days=3650))
+                     .not_valid_before(not_before or T0 - timedelta(days=30))
+                     .not_valid_after(not_after or T0 + timedelta(days=3650))
                      .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
                      .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
                                     critical=True))

@@ -22,3 +22,26 @@ async def test_certificate_of_expired_customer_ca_is_not_good():
     r = c.check(leaf)
     assert ca.cert.not_valid_after_utc < clock()
     assert not r.allowed, f"certificate of a CA expired at {ca.cert.not_valid_after_utc} answered {r.status} {r.reason}"
+
+
+async def test_check_serial_refuses_once_the_ca_certificate_expires_and_before_it_is_valid():
+    """`check_serial` (asked at every attestation of a known certificate) judges the CA's validity period too."""
+    clock = SettableClock(T0)
+    url = "http://cdp.example/a.crl"
+    ca = Ca("Expiring CA", slot=32, not_after=T0 + timedelta(days=1))
+    c = CrlChecker(settings=CheckerSettings(), clock=clock)
+    c.add_ca(ca.cert, name="cust", require_cdp=False)
+    assert (await c.install("cust", url, ca.crl(number=1, next_update=T0 + timedelta(days=7)))).ok
+    assert c.check_serial("cust", 0x71, urls=[url]).allowed
+    clock.advance(timedelta(days=2))
+    for urls in ([url], None):
+        r = c.check_serial("cust", 0x71, urls=urls)
+        assert not r.allowed and r.reason == "ca_expired", r
+
+    future = Ca("Future CA", slot=33, not_before=T0 + timedelta(days=30))
+    c = CrlChecker(settings=CheckerSettings(), clock=SettableClock(T0))
+    c.add_ca(future.cert, name="future", require_cdp=False)
+    assert (await c.install("future", url, future.crl(number=1))).ok
+    leaf = future.leaf(0x72, cdps=(url,))
+    for r in (c.check(leaf), c.check_serial("future", 0x72, urls=[url])):
+        assert not r.allowed and r.reason == "ca_not_yet_valid", r
