@@ -84,9 +84,10 @@ def test_www_authenticate_has_one_format_and_quotes_its_values():
     (TimeoutError(), True),
     (OSError(errno.EHOSTUNREACH, "No route to host"), True),
     (socket.gaierror(-2, "Name or service not known"), True),
-    # a file name too long or a missing file is the request's or the code's, not a database outage
+    (OSError("Multiple exceptions: [Errno 111] Connect call failed"), True),  # every address of a host refused
+    (FileNotFoundError(errno.ENOENT, "No such file or directory"), True),  # PostgreSQL's Unix socket not there
+    # a file name too long is the request's or the code's, not a database outage
     (OSError(errno.ENAMETOOLONG, "File name too long"), False),
-    (FileNotFoundError(errno.ENOENT, "No such file or directory"), False),
     (sa_exc.IntegrityError("INSERT", {}, Exception("unique")), False),
     (sa_exc.ProgrammingError("SELECT", {}, Exception("no such column")), False),
     (ValueError("bad"), False),

@@ -16,7 +16,6 @@ import errno
 import json
 import math
 import re
-import socket
 from typing import Any, Awaitable, Callable
 
 import asyncpg
@@ -39,14 +38,12 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,  # a connection that was closed or broke
     asyncpg.exceptions.OperatorInterventionError,  # shutting down, cannot connect now, statement timeout
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
-    ConnectionError,  # a socket refused, reset or broken
-    TimeoutError,  # asyncio's too
-    socket.gaierror,  # the database's host name does not resolve
+    OSError,  # a socket refused or reset, every address of a host refused (no errno), a Unix socket not there,
+    # TLS broken; TimeoutError (and asyncio's) is one too
 )
-# an OSError of these kinds is a network that does not reach the database; another (a file name too long, a
-# file that is not there) is the request's or the code's
-_NETWORK_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN,
-                             errno.ETIMEDOUT, errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE})
+# an OSError of these kinds names a path no file system takes (a name too long, too many links, a file where a
+# directory should be): the request's or the code's, never an unreachable database
+_PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR})
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -59,7 +56,7 @@ def unavailable(exc: BaseException) -> bool:
         if item is None or id(item) in seen:
             continue
         seen.add(id(item))
-        if isinstance(item, _UNAVAILABLE) or (isinstance(item, OSError) and item.errno in _NETWORK_ERRNOS):
+        if isinstance(item, _UNAVAILABLE) and not (isinstance(item, OSError) and item.errno in _PATH_ERRNOS):
             return True
         if isinstance(item, sa_exc.DBAPIError) and item.connection_invalidated:
             return True
