@@ -10,7 +10,8 @@ any salt length) and ``ecdsa-sha256|384|512`` (DER-encoded signature).
 
 Order of the checks (the first failing one gives the reason): request shape, certificate readable,
 signature, nonce (unknown / expired / reused), device known, issuer trusted, certificate known,
-certificate eligible (issued by a profile marked ``device_trust``, or by a registered external CA),
+certificate eligible (issued by a profile marked ``device_trust``, or by a registered external CA as a
+device's client certificate: see `_not_eligible`),
 binding (retired, or bound to another device), device state, validity period, certificate status
 (our inventory, or the external CA's CRL), then, for a certificate not bound yet, the evidence that it
 belongs to this device, and the binding compare-and-set.
@@ -54,6 +55,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -450,6 +452,9 @@ class AttestationService:
             return fail(Verdict.ISSUER_NOT_TRUSTED, first.detail or "the certificate's issuer is not a trusted CA")
         if first.reason in ("no_cdp", "no_http_cdp"):
             return fail(Verdict.CERTIFICATE_NO_CDP, first.detail)
+        refused = _not_eligible(info.cert)
+        if refused is not None:
+            return refused
         info.kind, info.ca, info.cdp = "external", first.ca, cdp_uris(info.cert) or []
         info.generation = self.external.generation
         return first
@@ -515,11 +520,8 @@ class AttestationService:
     async def _crl_status(self, info: _Cert) -> CheckResult:
         ext = self.external
         assert ext is not None and info.ca is not None
-        try:  # a CA certificate is judged on the CRLs that cover CA certificates (an ARL), not the users' CRL
-            is_ca = info.cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        except x509.ExtensionNotFound:
-            is_ca = False
-        res = ext.check_serial(info.ca, info.cert.serial_number, info.cdp, is_ca=is_ca)
+        # a CA certificate never gets here (`_not_eligible`): the CRLs that cover user certificates answer
+        res = ext.check_serial(info.ca, info.cert.serial_number, info.cdp)
         if res.status is CheckStatus.UNKNOWN and res.reason == "no_crl":
             pending = [u for u in info.cdp if (info.ca, u) not in self._first_fetch_done]
             if pending:  # first sight of this CDP in this process: fetch it now once, then the job keeps it fresh
@@ -530,7 +532,7 @@ class AttestationService:
                         await asyncio.gather(*(ext.checker.refresh(info.ca, u) for u in pending))
                 except TimeoutError:
                     pass
-                res = ext.check_serial(info.ca, info.cert.serial_number, info.cdp, is_ca=is_ca)
+                res = ext.check_serial(info.ca, info.cert.serial_number, info.cdp)
         return res
 
     # ---------------------------------------------------------------- group commit
@@ -898,6 +900,51 @@ class AttestationService:
                                      data={"detail": f"never used within {days} days of issue"})
         return fail(Verdict.CERTIFICATE_REVOKED, f"never used within {days} days of issue: revoked "
                     f"(cessationOfOperation)", device_status=status), [change.ca] if change else []
+
+
+# extensions a customer CA's device certificate may mark critical: those RFC 5280 §4.2 has a relying party process
+_KNOWN_CRITICAL = frozenset({
+    ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE, ExtensionOID.EXTENDED_KEY_USAGE,
+    ExtensionOID.SUBJECT_ALTERNATIVE_NAME, ExtensionOID.CRL_DISTRIBUTION_POINTS,
+    ExtensionOID.AUTHORITY_KEY_IDENTIFIER, ExtensionOID.SUBJECT_KEY_IDENTIFIER, ExtensionOID.CERTIFICATE_POLICIES,
+    ExtensionOID.NAME_CONSTRAINTS, ExtensionOID.POLICY_CONSTRAINTS, ExtensionOID.INHIBIT_ANY_POLICY,
+    ExtensionOID.AUTHORITY_INFORMATION_ACCESS})
+_CLIENT_EKUS = (ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE)
+
+
+def _not_eligible(cert: x509.Certificate) -> Result | None:
+    """Whether a customer CA's certificate may attest, from its extensions alone: a refusal or None. It must not
+    carry a critical extension outside `_KNOWN_CRITICAL` (RFC 5280 §4.2), nor be a CA certificate; an extended
+    key usage must allow clientAuth (or anyExtendedKeyUsage), a key usage digitalSignature (the attestation is
+    a signature). Our own certificates are judged by their profile's `device_trust` instead: a template may
+    legitimately issue them without clientAuth or digitalSignature."""
+    try:
+        exts = cert.extensions
+        for ext in exts:
+            if ext.critical and ext.oid not in _KNOWN_CRITICAL:
+                return fail(Verdict.CERTIFICATE_NOT_ELIGIBLE, f"unknown critical extension {ext.oid.dotted_string} "
+                                                              f"(RFC 5280 §4.2)")
+        try:
+            if exts.get_extension_for_class(x509.BasicConstraints).value.ca:
+                return fail(Verdict.CERTIFICATE_NOT_ELIGIBLE, "a CA certificate (basicConstraints cA) is not a "
+                                                              "device certificate")
+        except x509.ExtensionNotFound:
+            pass
+        try:
+            eku = exts.get_extension_for_class(x509.ExtendedKeyUsage).value
+            if not any(oid in eku for oid in _CLIENT_EKUS):
+                return fail(Verdict.CERTIFICATE_NOT_ELIGIBLE, "its extended key usage does not allow client "
+                                                              "authentication (clientAuth)")
+        except x509.ExtensionNotFound:
+            pass
+        try:
+            if not exts.get_extension_for_class(x509.KeyUsage).value.digital_signature:
+                return fail(Verdict.CERTIFICATE_NOT_ELIGIBLE, "its key usage does not allow digitalSignature")
+        except x509.ExtensionNotFound:
+            pass
+    except (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+        return fail(Verdict.CERTIFICATE_MALFORMED, f"unreadable certificate: {exc}")
+    return None
 
 
 def _revoked_detail(code: int | None, where: str = "") -> str:

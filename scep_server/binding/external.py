@@ -234,5 +234,6 @@ class ExternalCas:
     def check(self, cert: x509.Certificate) -> CheckResult:
         return self.checker.check(cert)
 
-    def check_serial(self, ca: str, serial: int, urls: list[str], *, is_ca: bool = False) -> CheckResult:
-        return self.checker.check_serial(ca, serial, urls=urls, is_ca=is_ca)
+    def check_serial(self, ca: str, serial: int, urls: list[str]) -> CheckResult:
+        """The status of a device certificate (never a CA certificate: those do not attest)."""
+        return self.checker.check_serial(ca, serial, urls=urls)

@@ -1,7 +1,8 @@
-"""Customer CAs in attestation. A customer's CA certificate is judged on the CRLs that cover CA certificates: revoked
-on the customer's ARL (onlyContainsCACerts), it is not managed, though its CDP also names the users' CRL
-(onlyContainsUserCerts), which does not list it. A CA registered again under its name with a new key keeps nothing
-of the old key's: neither its CRLs nor the certificates whose issuer was established as it."""
+"""Customer CAs in attestation. A customer's CA certificate never attests (it is not a device certificate), and the
+checker judges it on the CRLs that cover CA certificates: revoked on the customer's ARL (onlyContainsCACerts), though
+its CDP also names the users' CRL (onlyContainsUserCerts), which does not list it. A CA registered again under its
+name with a new key keeps nothing of the old key's: neither its CRLs nor the certificates whose issuer was
+established as it."""
 from __future__ import annotations
 
 import base64
@@ -65,7 +66,7 @@ async def test_a_revoked_customer_ca_certificate_is_not_managed(server, api, clo
         "device_id": "dev-1", "nonce": nonce,
         "certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
         "signature": sig, "algorithm": "ecdsa-sha256"})
-    assert res["managed"] is False and res["crl"]["status"] == "revoked", res
+    assert res["managed"] is False and res["reason"] == "certificate_not_eligible", res
 
 
 ACME_URL = "http://127.0.0.1:9/acme.crl"
