@@ -24,6 +24,7 @@ from trustkit.paging import Page, PageRequest, after, take
 from .profilemodel import (  # noqa: F401 - the profiles' model (scep_server.profilemodel), re-exported
     ChallengeKind, DeviceIdSource, InvalidSettings, NotStatic, Profile, ProfileError, ProfileExists, ProfileInUse,
     ProfileSettings, STATIC_NAMES_NO_DEVICE, StaticSecrets, UnknownProfile, profile_from_row)
+from .scep.message import without_challenge_password
 from .store.events import record_event
 from .store.tables import certificates, profiles, scep_transactions
 
@@ -291,10 +292,17 @@ class ProfileStore:
             if live and not force:
                 raise ProfileInUse(f"profile {name!r} has {live} certificate(s) valid or on hold: revoke them first, "
                                    "or delete with force", live)
+            pending = (await conn.execute(sa.select(scep_transactions.c.transaction_id, scep_transactions.c.csr_der)
+                                          .where(scep_transactions.c.profile == name,
+                                                 scep_transactions.c.state == "pending"))).all()
             rejected = (await conn.execute(scep_transactions.update().where(
                 scep_transactions.c.profile == name, scep_transactions.c.state == "pending").values(
                 state="rejected", fail_text="the profile was deleted", decided_by=actor or "admin",
                 updated_at=now))).rowcount
+            for key, csr_der in pending:  # decided: kept without their challengePassword, as any decided enrolment
+                await conn.execute(scep_transactions.update().where(
+                    scep_transactions.c.profile == name, scep_transactions.c.transaction_id == key).values(
+                    csr_der=without_challenge_password(csr_der)))
             # its one-time challenges go with it (ON DELETE CASCADE)
             await conn.execute(profiles.delete().where(profiles.c.name == name))
             counts = {"certificates": live, "rejected_enrolments": rejected}

@@ -260,3 +260,22 @@ async def test_a_decided_enrolment_keeps_no_challenge_password(server):
         # a retry of a decided transaction is answered as before
         rep = await pki(s, server, "open", build(server, issued_key, challenge=SECRET, cn="at-once"), issued_key)
         assert rep.status is PKIStatus.SUCCESS
+
+
+
+async def test_the_enrolments_a_deleted_profile_rejects_keep_no_challenge_password(server):
+    import sqlalchemy as sa
+
+    from scep_server.store.tables import scep_transactions
+
+    await approval_profile(server)
+    key = rsa_key()
+    async with aiohttp.ClientSession() as s:
+        rep = await pki(s, server, "manual", build(server, key, challenge=SECRET, cn="waits"), key)
+        assert rep.status is PKIStatus.PENDING
+    await server.runtime.profiles.delete("manual", now=server.runtime.clock(), actor="admin")
+    async with server.runtime.engine.connect() as conn:
+        state, der = (await conn.execute(sa.select(scep_transactions.c.state, scep_transactions.c.csr_der).where(
+            scep_transactions.c.transaction_id == client.transaction_id_for(key.public_key())))).one()
+    assert state == "rejected" and SECRET.encode() not in der
+    assert x509.load_der_x509_csr(der).subject.rfc4514_string() == "CN=waits"
