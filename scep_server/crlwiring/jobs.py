@@ -59,13 +59,13 @@ def change_watcher(service: CrlService):
                 next_regular = now + interval
             if service.check_due is not None and now >= service.check_due:
                 service.check_due = None
-            try:
-                await service.refresh_partitioning()
-                await service.check_marker()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a database hiccup must not end the watcher
-                log.error("crl.watch.failed", error=f"{type(exc).__name__}: {exc}")
+            for step in (service.refresh_partitioning, service.check_marker):  # one failing skips not the other
+                try:
+                    await step()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a database hiccup must not end the watcher
+                    log.error("crl.watch.failed", error=f"{type(exc).__name__}: {exc}")
 
     return watch_changes
 

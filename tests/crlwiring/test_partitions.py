@@ -276,3 +276,33 @@ async def test_a_renewed_ra_keeps_the_cas_partitions(server):
     issued = after.issue(csr(rsa_key(), "after-ra-renewal"), IssuancePolicy(CertificateTemplate()), serial=0x4343,
                          now=server.runtime.clock())
     assert cdp_of(issued) == f"{server.url}/crl/default/{0x4343 % COUNT}.crl"
+
+
+async def test_a_failing_partition_refresh_does_not_stop_the_watcher_re_signing():
+    """The change watcher's two steps fail alone: a partition count it cannot publish does not keep it from
+    re-signing after another process's status change."""
+    import asyncio
+    import types
+    from datetime import timedelta
+
+    from scep_server.crlwiring.jobs import change_watcher
+
+    marker_checks = []
+
+    async def refresh_partitioning():
+        raise ValueError("a partition count this process refuses")
+
+    async def check_marker():
+        marker_checks.append(1)
+
+    service = types.SimpleNamespace(settings=types.SimpleNamespace(poll_interval=timedelta(seconds=0.02)),
+                                    check_due=None, watch_wake=asyncio.Event(),
+                                    refresh_partitioning=refresh_partitioning, check_marker=check_marker)
+    task = asyncio.create_task(change_watcher(service)())
+    try:
+        async def checked():
+            return len(marker_checks) >= 2
+
+        await wait_for(checked, timeout=5)
+    finally:
+        task.cancel()
