@@ -494,6 +494,12 @@ class CrlChecker:
                     fresh = snap
             elif stale is None or _newer(snap, stale):
                 stale = snap
+        if fresh is not None and stale is not None and _newer(stale, fresh):
+            # a newer CRL, past its nextUpdate, that lists it: an older one still fresh (a lagging mirror's) does not
+            # vouch it back to good; it is refused under either policy, as when it is the last good CRL
+            code = stale.codes.get(serial)
+            if code is not None and code & 0xF != REMOVE_FROM_CRL_CODE:
+                return stale.listed(ca.name, code, True)
         if fresh is not None:
             code = fresh.codes.get(serial)
             if code is None:

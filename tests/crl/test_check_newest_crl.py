@@ -3,12 +3,13 @@ CRL Number (v1, or `openssl ca -gencrl` without a crlnumber file) and numbers of
 own sequence, the full CRL's) do not make an older copy answer over a newer one."""
 from datetime import timedelta
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from crl.check import CheckStatus, CrlChecker
-from crl.config import CheckerSettings
+from crl.config import CheckerSettings, Policy
 from trustkit.clock import SettableClock
 
 from tests.crl.customer_ca import T0, Ca, idp
@@ -70,3 +71,23 @@ async def test_check_serial_answers_from_the_higher_numbered_full_crl_of_the_sam
         assert (await c.install("cust", B, crls[second])).ok
         assert c.check_serial("cust", 0x71).status is CheckStatus.REVOKED, (first, second)
         assert c.check(ca.leaf(0x71, cdps=(A, B))).status is CheckStatus.REVOKED, (first, second)
+
+
+@pytest.mark.parametrize("policy", [Policy.FAIL_OPEN, Policy.FAIL_CLOSED])
+async def test_an_older_fresh_crl_does_not_answer_good_over_a_newer_stale_one_that_lists_it(policy):
+    """A lagging mirror's CRL, still fresh, and the issuer's newer CRL, which lists the certificate but has passed its
+    nextUpdate (its successor could not be fetched): the newer one's word stands, under either policy."""
+    clock = SettableClock(T0)
+    ca = Ca("Stale Newer CA", slot=22)
+    c = CrlChecker(settings=CheckerSettings(policy=policy), clock=clock)
+    c.add_ca(ca.cert, name="cust", require_cdp=False)
+    leaf = ca.leaf(0x71, cdps=(A, B))
+    old = ca.crl(number=1, this_update=T0 - timedelta(hours=2), next_update=T0 + timedelta(days=7))
+    new = ca.crl(number=2, this_update=T0 - timedelta(minutes=30), next_update=T0 + timedelta(hours=1),
+                 revoked=[(0x71, x509.ReasonFlags.key_compromise)])
+    assert (await c.install("cust", A, old)).ok and (await c.install("cust", B, new)).ok
+    assert c.check(leaf).status is CheckStatus.REVOKED
+    clock.advance(timedelta(hours=2))
+    for r in (c.check(leaf), c.check_serial("cust", 0x71, urls=[A, B])):
+        assert r.status is CheckStatus.REVOKED and not r.allowed, (
+            f"answered from the older CRL at {r.crl_url}: {r.status} {r.reason}")
