@@ -220,7 +220,8 @@ async def test_expired_crl_is_not_used(customer, cdp, checker, policy, allowed):
 
 @pytest.mark.parametrize("policy", [Policy.FAIL_CLOSED, Policy.FAIL_OPEN])
 async def test_last_good_crl_past_next_update(customer, checker, policy):
-    clock = SettableClock(NOW)
+    # not before the CA certificate (`openssl req -x509` dates it on the real clock, after NOW)
+    clock = SettableClock(max(NOW, x509.load_pem_x509_certificate(customer.cert_pem).not_valid_before_utc))
     c = checker(opts={"policy": policy}, clock=clock)
     c.add_ca(customer.cert_pem, name="customer")
     url = f"http://127.0.0.1:{customer.port}/customer.crl"
