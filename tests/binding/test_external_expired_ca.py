@@ -42,20 +42,26 @@ async def serve_crl(aiohttp_server, url: str, crl: bytes) -> None:
     await aiohttp_server(app, host="127.0.0.1", port=int(host_port.split(":")[1]))
 
 
+async def _registered(api, aiohttp_server, now, name: str, serial: int, cn: str, **validity):
+    """A customer CA registered fail-closed with a fresh CRL served at its CDP, device dev-1, and the PEM of a
+    certificate of the CA for it."""
+    cdp = f"http://127.0.0.1:{free_port()}/c.crl"
+    ca = Ca(cn, cdp=cdp, **validity)
+    await serve_crl(aiohttp_server, cdp, ca.crl(this_update=now - timedelta(hours=1),
+                                                next_update=now + timedelta(days=7)))
+    await api.post("/api/v1/external-cas", {"name": name, "certificate": ca.cert.public_bytes(
+        serialization.Encoding.PEM).decode(), "policy": "fail-closed"}, admin=True, expect=201)
+    await api.add_device("dev-1")
+    return ca, ca.leaf(serial, cdps=(cdp,)).public_bytes(serialization.Encoding.PEM)
+
+
 async def test_a_bound_device_is_no_longer_managed_once_its_customer_ca_certificate_expires(server, api, clock,
                                                                                           aiohttp_server):
     """The CA's validity is judged at every attestation, not only at the certificate's first sight: a device whose
     certificate is cached (and bound) stops being managed when the CA certificate expires, its CRL still fresh."""
     now = clock.now = datetime.now(timezone.utc).replace(microsecond=0)
-    cdp = f"http://127.0.0.1:{free_port()}/c.crl"
-    ca = Ca("Expiring Customer CA", slot=13, cdp=cdp, not_after=now + timedelta(days=1))
-    leaf = ca.leaf(0x5152, cdps=(cdp,))
-    await serve_crl(aiohttp_server, cdp, ca.crl(this_update=now - timedelta(hours=1),
-                                                next_update=now + timedelta(days=7)))
-    await api.post("/api/v1/external-cas", {"name": "expiring", "certificate": ca.cert.public_bytes(
-        serialization.Encoding.PEM).decode(), "policy": "fail-closed"}, admin=True, expect=201)
-    await api.add_device("dev-1")
-    pem = leaf.public_bytes(serialization.Encoding.PEM)
+    ca, pem = await _registered(api, aiohttp_server, now, "expiring", 0x5152, "Expiring Customer CA", slot=13,
+                                not_after=now + timedelta(days=1))
     assert (await api.attest("dev-1", pem, ca.leaf_key, algorithm="ecdsa-sha256"))["reason"] == "managed"
 
     clock.advance(timedelta(days=2))
@@ -69,15 +75,8 @@ async def test_a_bound_device_is_no_longer_managed_once_its_customer_ca_certific
 
 async def test_certificate_of_a_customer_ca_not_yet_valid_is_not_managed(server, api, clock, aiohttp_server):
     now = clock.now = datetime.now(timezone.utc).replace(microsecond=0)
-    cdp = f"http://127.0.0.1:{free_port()}/c.crl"
-    ca = Ca("Future Customer CA", slot=14, cdp=cdp, not_before=now + timedelta(days=30))
-    leaf = ca.leaf(0x5153, cdps=(cdp,))
-    await serve_crl(aiohttp_server, cdp, ca.crl(this_update=now - timedelta(hours=1),
-                                                next_update=now + timedelta(days=7)))
-    await api.post("/api/v1/external-cas", {"name": "future", "certificate": ca.cert.public_bytes(
-        serialization.Encoding.PEM).decode(), "policy": "fail-closed"}, admin=True, expect=201)
-    await api.add_device("dev-1")
-    pem = leaf.public_bytes(serialization.Encoding.PEM)
+    ca, pem = await _registered(api, aiohttp_server, now, "future", 0x5153, "Future Customer CA", slot=14,
+                                not_before=now + timedelta(days=30))
     res = await api.attest("dev-1", pem, ca.leaf_key, algorithm="ecdsa-sha256")
     assert not res["managed"] and res["reason"] == "issuer_not_trusted", (
         f"managed via a CA certificate valid only from {ca.cert.not_valid_before_utc}: {res['reason']}")
