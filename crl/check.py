@@ -12,7 +12,7 @@ import ipaddress
 import socket
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
@@ -198,7 +198,8 @@ def _spki(cert: x509.Certificate) -> bytes:
 
 
 class _Ca:
-    def __init__(self, name: str, cert: x509.Certificate, policy: Policy) -> None:
+    def __init__(self, name: str, cert: x509.Certificate, policy: Policy,
+                 clock_skew: timedelta = timedelta(0)) -> None:
         self.name = name
         self.cert = cert
         self.subject = cert.subject.public_bytes()
@@ -214,8 +215,9 @@ class _Ca:
         self.full: "_Snapshot | None" = None  # the newest installed CRL without an Issuing Distribution Point
         self.unknown = CheckResult(CheckStatus.UNKNOWN, policy is Policy.FAIL_OPEN, "no_crl", name,
                                    detail="no CRL of this CA has been obtained yet")
-        # outside its certificate's validity period the CA vouches for nothing, its CRLs neither (§6.1.3 (a)(2))
-        self.valid_from = cert.not_valid_before_utc.timestamp()
+        # outside its certificate's validity period the CA vouches for nothing, its CRLs neither (§6.1.3 (a)(2));
+        # a CA certificate issued moments ago counts from clock_skew earlier (our clock may be a little behind)
+        self.valid_from = cert.not_valid_before_utc.timestamp() - clock_skew.total_seconds()
         self.valid_until = cert.not_valid_after_utc.timestamp()
         self.expired = CheckResult(CheckStatus.UNKNOWN, False, "ca_expired", name,
                                    detail=f"the CA certificate of {name} expired at "
@@ -383,7 +385,7 @@ class CrlChecker:
                                                f"extension; CAs without one are refused")
         for url in crl_urls:
             self._check_url(url)
-        ca = _Ca(ca_name, cert, policy or self.settings.policy)
+        ca = _Ca(ca_name, cert, policy or self.settings.policy, self.settings.clock_skew)
         old = self._cas.pop(ca_name, None)
         if old is not None:
             self._by_subject[old.subject].remove(old)

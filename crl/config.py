@@ -27,7 +27,8 @@ class CheckerSettings(BaseModel):
     max_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="size cap of one CRL download")
     policy: Policy = Field(default=Policy.FAIL_CLOSED,
                            description="the answer when no fresh CRL is available: fail-closed (refused) or fail-open")
-    clock_skew: timedelta = Field(default=timedelta(minutes=5), description="tolerance for thisUpdate in the future")
+    clock_skew: timedelta = Field(default=timedelta(minutes=5), description="tolerance for thisUpdate, and a customer "
+                                  "CA certificate's notBefore, in the future")
     missing_next_update_validity: timedelta = Field(
         default=timedelta(hours=24), description="how long a CRL without nextUpdate counts as fresh")
     max_concurrent_fetches: int = Field(default=4, gt=0, description="CRL downloads running at once")

@@ -45,3 +45,10 @@ async def test_check_serial_refuses_once_the_ca_certificate_expires_and_before_i
     leaf = future.leaf(0x72, cdps=(url,))
     for r in (c.check(leaf), c.check_serial("future", 0x72, urls=[url])):
         assert not r.allowed and r.reason == "ca_not_yet_valid", r
+
+    # a CA certificate issued moments ago, our clock a little behind: within crl.checker.clock_skew it is valid
+    fresh = Ca("Just Issued CA", slot=34, not_before=T0 + timedelta(minutes=2))
+    c = CrlChecker(settings=CheckerSettings(), clock=SettableClock(T0))
+    c.add_ca(fresh.cert, name="fresh", require_cdp=False)
+    assert (await c.install("fresh", url, fresh.crl(number=1, this_update=T0 + timedelta(minutes=2)))).ok
+    assert c.check(fresh.leaf(0x73, cdps=(url,))).allowed and c.check_serial("fresh", 0x73, urls=[url]).allowed
