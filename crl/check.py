@@ -469,8 +469,9 @@ class CrlChecker:
         if c is None:
             return CheckResult(CheckStatus.UNKNOWN, False, "unknown_issuer", detail=f"no registered CA {ca!r}")
         now = self._now_ts()
-        if not c.valid_from <= now <= c.valid_until:
-            return c.outside_validity(now)  # type: ignore[return-value]
+        outside = c.outside_validity(now)
+        if outside is not None:
+            return outside
         if urls is None:
             snap = c.full
             if snap is not None and now < snap.fresh_until:  # the common case, kept short

@@ -36,12 +36,11 @@ async def reseal_all(conn: AsyncConnection, old_kek: bytes, new_kek: bytes) -> t
     if old.kek_id == new.kek_id:
         raise KekError("the new key-encryption key is the current one")
     k, c = otp_yubikeys, otp_clients
-    if conn.dialect.name == "postgresql":  # SQLite: the caller's BEGIN IMMEDIATE excludes every other writer
-        await conn.execute(sa.text(f"LOCK TABLE {k.name}, {c.name} IN SHARE ROW EXCLUSIVE MODE"))
     key_rows = (sa.select(k.c.id, k.c.public_id, k.c.secret_sealed, k.c.kek_id)
                 .where(sa.func.length(k.c.secret_sealed) > 0).order_by(k.c.id))
     client_rows = sa.select(c.c.id, c.c.secret_sealed, c.c.kek_id).order_by(c.c.id)
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql":  # SQLite: the caller's BEGIN IMMEDIATE excludes every other writer
+        await conn.execute(sa.text(f"LOCK TABLE {k.name}, {c.name} IN SHARE ROW EXCLUSIVE MODE"))
         key_rows, client_rows = key_rows.with_for_update(), client_rows.with_for_update()
     keys = (await conn.execute(key_rows)).all()
     clients = (await conn.execute(client_rows)).all()

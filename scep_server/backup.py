@@ -39,7 +39,7 @@ from sqlalchemy.engine import make_url
 
 from trustkit.db import create_engine, is_sqlite, normalise_url, writer
 
-from .config import Settings
+from .config import CA_NAME_PATTERN, Settings
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -55,8 +55,6 @@ DEFAULT_CRL_NUMBER_GAP = 1_000_000
 _SKIPPED_CA_FILES = {"ca.lock"}
 # the largest CRL Number the database stores (a signed 64-bit BIGINT): a restore raises no floor above it
 MAX_CRL_NUMBER = 2**63 - 1
-# the CA names the configuration accepts (ca.name in config.py): one path component, no `..`, no separator
-CA_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # \Z: `$` also matches before a final newline
 
 
 class BackupError(Exception):
@@ -436,7 +434,7 @@ def _check_shape(manifest: dict[str, Any]) -> None:
     ca = manifest.get("ca")
     if not isinstance(ca, dict) or not isinstance(ca.get("name"), str) or not isinstance(ca.get("directory"), str):
         fail("names no CA")
-    if not CA_NAME.match(ca["name"]):
+    if not re.fullmatch(CA_NAME_PATTERN, ca["name"]):  # fullmatch: no final newline either
         fail(f"the CA name {ca['name']!r} is not one the configuration accepts (letters, digits, `_.-`, "
              "at most 64)")
     database = manifest.get("database")

@@ -143,10 +143,14 @@ class DatabaseSettings(BaseModel):
     pool_size: int = Field(10, ge=1, le=200, description="connections per process (PostgreSQL)")
 
 
+# a CA's name: one path component (its directory), no `..` and no separator; restore holds a backup's to it too
+CA_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
 class CASettings(BaseModel):
     """The issuing CA and its SCEP RA (created by `init` or the first start, in <data_dir>/ca/<name>)."""
 
-    name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+    name: str = Field("default", pattern=CA_NAME_PATTERN,
                       description="the CA's name: its directory, /crl/<name>.crl and /ca/<name>.crt")
     subject: str = Field("CN=Device Trust Issuing CA,O=Device Trust",
                          description="subject of a new CA certificate (RFC 4514)")

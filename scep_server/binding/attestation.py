@@ -888,7 +888,6 @@ class AttestationService:
                                            "detail": f"presented by device {device_id}, bound to {owner}"})
         return [change.ca] if change else []
 
-
     async def _unused_too_long(self, conn: AsyncConnection, info: _Cert, now: datetime, status: str | None,
                                wrote: list[bool]) -> tuple[Result, list[str]]:
         """A first use after the day-91 rule's window: the rule applies now, whether or not its job ran yet
@@ -919,32 +918,23 @@ def _not_eligible(cert: x509.Certificate) -> Result | None:
     a signature). Our own certificates are judged by their profile's `device_trust` instead: a template may
     legitimately issue them without clientAuth or digitalSignature."""
     try:
-        exts = cert.extensions
-        for ext in exts:
-            if ext.critical and ext.oid not in _KNOWN_CRITICAL:
-                return fail(Verdict.CERTIFICATE_NOT_ELIGIBLE, f"unknown critical extension {ext.oid.dotted_string} "
-                                                              f"(RFC 5280 §4.2)")
-        try:
-            if exts.get_extension_for_class(x509.BasicConstraints).value.ca:
-                return fail(Verdict.CERTIFICATE_NOT_ELIGIBLE, "a CA certificate (basicConstraints cA) is not a "
-                                                              "device certificate")
-        except x509.ExtensionNotFound:
-            pass
-        try:
-            eku = exts.get_extension_for_class(x509.ExtendedKeyUsage).value
-            if not any(oid in eku for oid in _CLIENT_EKUS):
-                return fail(Verdict.CERTIFICATE_NOT_ELIGIBLE, "its extended key usage does not allow client "
-                                                              "authentication (clientAuth)")
-        except x509.ExtensionNotFound:
-            pass
-        try:
-            if not exts.get_extension_for_class(x509.KeyUsage).value.digital_signature:
-                return fail(Verdict.CERTIFICATE_NOT_ELIGIBLE, "its key usage does not allow digitalSignature")
-        except x509.ExtensionNotFound:
-            pass
+        exts = {ext.oid: ext for ext in cert.extensions}
     except (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
         return fail(Verdict.CERTIFICATE_MALFORMED, f"unreadable certificate: {exc}")
-    return None
+    unknown = next((oid for oid, ext in exts.items() if ext.critical and oid not in _KNOWN_CRITICAL), None)
+    basic, eku, usage = (exts.get(oid) for oid in (ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.EXTENDED_KEY_USAGE,
+                                                   ExtensionOID.KEY_USAGE))
+    if unknown is not None:
+        why = f"unknown critical extension {unknown.dotted_string} (RFC 5280 §4.2)"
+    elif basic is not None and basic.value.ca:
+        why = "a CA certificate (basicConstraints cA) is not a device certificate"
+    elif eku is not None and not any(oid in eku.value for oid in _CLIENT_EKUS):
+        why = "its extended key usage does not allow client authentication (clientAuth)"
+    elif usage is not None and not usage.value.digital_signature:
+        why = "its key usage does not allow digitalSignature"
+    else:
+        return None
+    return fail(Verdict.CERTIFICATE_NOT_ELIGIBLE, why)
 
 
 def _revoked_detail(code: int | None, where: str = "") -> str:

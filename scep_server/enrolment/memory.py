@@ -114,7 +114,8 @@ class InMemoryRepository:
                         updated_at=now)
         tx = self.transactions.get((profile, key))
         if tx is not None:
-            tx.update(state="rejected", fail_text=why, updated_at=now, csr_der=without_challenge_password(tx["csr_der"]))
+            tx.update(state="rejected", fail_text=why, updated_at=now,
+                      csr_der=without_challenge_password(tx["csr_der"]))
         self._event(event)
 
     async def confirm_ack(self, profile: str, key: str, *, renewal_of: str | None, now: datetime,

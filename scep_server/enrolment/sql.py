@@ -25,11 +25,11 @@ from trustkit.db import is_sqlite, sqlite_pragmas, writer
 from ..binding.tables import device_certs, devices
 from ..ca import inventory
 from ..ca.inventory import CertRecord, Reason
-from ..scep.message import without_challenge_password
 from ..ca.revocation import change_status, lock_status
 from ..ca.status import CertStatus
 from ..profilemodel import StaticSecrets
 from ..profiles import STATIC_SECRETS
+from ..scep.message import without_challenge_password
 from ..store.events import record_event
 from ..store.tables import certificates, events, profiles, scep_transactions
 from .model import NOT_LOOKED_UP

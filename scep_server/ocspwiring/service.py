@@ -42,8 +42,9 @@ from crl.ocsp import (
     parse_request,
 )
 
-from ..ca.status import CertStatus
 from trustkit.der import seq
+
+from ..ca.status import CertStatus
 from .signer import DelegatedSigner, ca_signer
 from .store import ChangeScanner, SerialStatus, statuses
 
