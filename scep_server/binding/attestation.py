@@ -32,8 +32,10 @@ share of one write transaction: concurrent verifications are group-committed (`t
 and a batch spends its nonces with one INSERT (the primary key lets one use of a nonce commit, across
 processes), reads device, binding and inventory rows of every request in one indexed query inside the
 same transaction (so a status change committed before it is always seen), and writes only for a
-first bind, a first use or a security event. Nobody is answered before that transaction committed;
-if it fails, its requests are run again one by one.
+first bind, a first use or a security event. A first bind on PostgreSQL (read committed) also holds the
+device's row until the commit: a device change (deactivate, delete) committed after the lookup makes the
+request be judged again, and one made after the bind waits for it and finds the certificate to hold or revoke.
+Nobody is answered before that transaction committed; if it fails, its requests are run again one by one.
 """
 from __future__ import annotations
 
@@ -268,6 +270,13 @@ class _CurrentChanged(IntegrityError):
 
     def __init__(self, device_id: str):
         super().__init__("bind", None, RuntimeError(f"the current certificate of {device_id!r} changed"))
+
+
+class _DeviceChanged(IntegrityError):
+    """The device's status changed between the judgement and the bind (PostgreSQL): judge again."""
+
+    def __init__(self, device_id: str):
+        super().__init__("bind", None, RuntimeError(f"the status of device {device_id!r} changed"))
 
 
 class ProfileTrust:
@@ -759,6 +768,13 @@ class AttestationService:
                             device_status=status), touched
         if row.bound_device is None:
             wrote.append(True)
+            if conn.dialect.name == "postgresql":
+                # the device's row is held (FOR SHARE) until the commit: a status change made meanwhile (read
+                # committed) makes us judge again, and one made after the bind waits for it and finds the binding
+                locked = (await conn.execute(sa.select(devices.c.status).where(devices.c.id == device_id)
+                                             .with_for_update(read=True))).scalar()
+                if locked != status:
+                    raise _DeviceChanged(device_id)
             refused = await self._evidence(conn, info, device_id, row, now)
             if refused is not None:
                 refused.device_status = status

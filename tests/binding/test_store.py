@@ -142,6 +142,42 @@ async def test_concurrent_binds_of_one_certificate_have_one_winner(engine, env, 
     assert n == len(ids) - 1
 
 
+@pytest.mark.parametrize("action", ["delete", "deactivate"])
+async def test_a_first_bind_racing_a_device_change_leaves_no_valid_certificate_behind(engine, env, ca, monkeypatch,
+                                                                                      action):
+    """The device is deleted (deactivated) while its first attestation is being judged: either the attestation
+    sees the change (not managed, nothing bound), or the change sees the binding and revokes (holds) the
+    certificate; never a valid certificate bound to a device taken down."""
+    store, att, _, _ = env
+    key, der, serial = await issue(engine, ca)
+    await store.create("d1", actor="t")
+    judge = AttestationService._judge
+    judging, go = asyncio.Event(), asyncio.Event()
+
+    async def paused(self, *args, **kwargs):
+        if not judging.is_set():
+            judging.set()
+            await go.wait()
+        return await judge(self, *args, **kwargs)
+
+    monkeypatch.setattr(AttestationService, "_judge", paused)
+    attesting = asyncio.create_task(attest(att, "d1", key, der))
+    await judging.wait()
+    changing = asyncio.create_task(store.transition("d1", action, actor="t"))
+    await asyncio.wait({changing}, timeout=0.5)  # PostgreSQL: done meanwhile; SQLite: waits for the writer
+    go.set()
+    result, _ = await asyncio.gather(attesting, changing)
+    async with engine.connect() as conn:
+        status = (await inventory.get(conn, serial)).status
+        bound = (await conn.execute(sa.select(device_certs.c.state))).scalars().all()
+    taken_down = "revoked" if action == "delete" else "hold"
+    if result.managed:  # judged before the change: the change found the binding
+        assert status == taken_down and bound == (["retired"] if action == "delete" else ["active"])
+    else:
+        assert result.reason is (Verdict.DEVICE_DELETED if action == "delete" else Verdict.DEVICE_DEACTIVATED)
+        assert bound == [] and status == "valid"
+
+
 async def test_second_device_optionally_revokes_key_compromise(engine, env, ca):
     store, att, clock, notified = env
     att.revoke_on_second_device = True
