@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Iterable
@@ -67,6 +68,12 @@ _BIDI_CONTROLS = frozenset([0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *ran
 _DIRECTORY_STRINGS = frozenset({_ASN1Type.UTF8String, _ASN1Type.PrintableString, _ASN1Type.T61String,
                                 _ASN1Type.UniversalString, _ASN1Type.BMPString, _ASN1Type.IA5String,
                                 _ASN1Type.NumericString, _ASN1Type.VisibleString})
+# what an attribute is issued as (RFC 5280 §4.1.2.4: a DirectoryString as PrintableString or UTF8String; X.520's
+# countryName and serialNumber are PrintableString, emailAddress and DC IA5String): whatever string type a CSR
+# chose, a certificate carries one a relying party decodes
+_ISSUED_TYPE = {"C": _ASN1Type.PrintableString, "serialNumber": _ASN1Type.PrintableString,
+                "DC": _ASN1Type.IA5String, "emailAddress": _ASN1Type.IA5String}
+_PRINTABLE_STRING = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]+")
 _MAX_SAN_CHARS = {"dns": 253, "email": 254, "uri": 1024, "ip": 64}
 _CSR_HASHES = {"sha224", "sha256", "sha384", "sha512", "sha3-224", "sha3-256", "sha3-384", "sha3-512"}
 _EC_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384"}
@@ -110,6 +117,21 @@ def _name_key(name: x509.Name) -> tuple:
     def norm(value) -> object:
         return " ".join(value.split()).casefold() if isinstance(value, str) else value
     return tuple(frozenset((a.oid.dotted_string, norm(a.value)) for a in rdn) for rdn in name.rdns)
+
+
+def _as_issued(subject: x509.Name) -> x509.Name:
+    """The subject (its attributes checked) with each value in the string type it is issued as: _ISSUED_TYPE's, else
+    a PrintableString kept as one and every other type (BMPString, UniversalString, TeletexString, IA5String, ...)
+    as UTF8String. Names compare equal whatever their types (RFC 5280 §7.1, and cryptography's Name)."""
+    def issued(attr: x509.NameAttribute) -> x509.NameAttribute:
+        kind = _ISSUED_TYPE.get(_ATTRIBUTE_NAME[attr.oid])
+        if kind is None:
+            kind = _ASN1Type.PrintableString if attr._type is _ASN1Type.PrintableString else _ASN1Type.UTF8String
+        return attr if attr._type is kind else x509.NameAttribute(attr.oid, attr.value, kind)
+    try:
+        return x509.Name([x509.RelativeDistinguishedName([issued(a) for a in rdn]) for rdn in subject.rdns])
+    except ValueError as exc:  # an RDN that names one value twice
+        raise PolicyViolation(f"the subject cannot be issued: {exc}") from None
 
 
 def _describe_san(name: x509.GeneralName) -> str:
@@ -204,6 +226,14 @@ class IssuancePolicy:
             limit = _SUBJECT_ATTRIBUTES[name][1]
             if not value or len(value) > limit or any(_unprintable(ch) for ch in value):
                 raise PolicyViolation(f"subject attribute {name} must be 1 to {limit} printable characters")
+            issued_as = _ISSUED_TYPE.get(name)
+            if issued_as is _ASN1Type.PrintableString and not _PRINTABLE_STRING.fullmatch(value):
+                raise PolicyViolation(f"subject attribute {name} must be a PrintableString (letters, digits, space "
+                                      f"and '()+,-./:=?)")
+            if issued_as is _ASN1Type.IA5String and not value.isascii():
+                raise PolicyViolation(f"subject attribute {name} must be ASCII (IA5String)")
+            if name == "C" and len(value) != 2:
+                raise PolicyViolation("subject attribute C must be a two-letter country code")
             pattern = t.subject_patterns.get(name)
             if pattern is not None and not _compile(pattern).fullmatch(value):
                 raise PolicyViolation(f"subject {name}={value!r} does not match the profile's pattern {pattern!r}")
@@ -296,6 +326,7 @@ class IssuancePolicy:
         if self.template.subject == "cn_only":
             subject = x509.Name([a for a in subject if a.oid == NameOID.COMMON_NAME])
         self._check_subject(subject)
+        subject = _as_issued(subject)
         if list(subject):
             key = _name_key(subject)
             if any(key == _reserved_key(reserved) for reserved in reserved_names):

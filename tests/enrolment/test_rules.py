@@ -579,6 +579,64 @@ async def test_a_subject_attribute_that_is_no_string_type_is_refused(h, keys):
     assert rep.status is PKIStatus.SUCCESS, rep.fail_text
 
 
+def _name(*attributes: tuple[str, int, bytes]) -> bytes:
+    """A Name of one-attribute RDNs: (OID, string tag, encoded value) each."""
+    from trustkit import der
+
+    return der.seq(*(der.set_of([der.seq(der.oid(oid), der.tlv(tag, value))]) for oid, tag, value in attributes))
+
+
+def pkilint_findings(cert_der: bytes, tmp_path) -> str:
+    """What pkilint's RFC 5280 profile finds in a certificate (warnings and worse); empty when it finds nothing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.helpers import require_tool
+
+    lint = require_tool(str(Path(sys.executable).parent / "lint_pkix_cert"))
+    path = tmp_path / f"leaf-{hashlib.sha256(cert_der).hexdigest()[:12]}.der"
+    path.write_bytes(cert_der)
+    out = subprocess.run([lint, "lint", "-s", "WARNING", path], capture_output=True, text=True)
+    return "" if out.returncode == 0 else out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("tag, encoding", [(0x16, "ascii"), (0x1A, "ascii"), (0x12, "ascii"), (0x14, "latin-1"),
+                                           (0x1E, "utf-16-be"), (0x1C, "utf-32-be")],
+                         ids=["IA5String", "VisibleString", "NumericString", "TeletexString", "BMPString",
+                              "UniversalString"])
+async def test_a_subject_is_issued_in_the_string_types_rfc_5280_names(h, keys, tmp_path, tag, encoding):
+    """A CSR chooses its subject's string types; the certificate carries a DirectoryString as UTF8String (or a
+    PrintableString kept), countryName and serialNumber as PrintableString: an IA5String CN or a UTF8String C is
+    no X.520 name a relying party decodes (pkilint: invalid ASN.1 syntax), a UniversalString one few parse."""
+    from cryptography.x509.name import _ASN1Type
+    from cryptography.x509.oid import NameOID
+
+    h.profiles.add("p")
+    name = _name(("2.5.4.6", tag, "DE".encode(encoding)), ("2.5.4.5", tag, "0042".encode(encoding)),
+                 ("2.5.4.3", tag, "1234".encode(encoding)))
+    rep = await _send_csr(h, "p", keys[0], _signed_csr(keys[0], name, SECRET))
+    assert rep.status is PKIStatus.SUCCESS, rep.fail_text
+    cert = x509.load_der_x509_certificate(rep.certs[0])
+    assert [(a.oid, a.value, a._type) for a in cert.subject] == [
+        (NameOID.COUNTRY_NAME, "DE", _ASN1Type.PrintableString),
+        (NameOID.SERIAL_NUMBER, "0042", _ASN1Type.PrintableString),
+        (NameOID.COMMON_NAME, "1234", _ASN1Type.UTF8String)]
+    assert pkilint_findings(rep.certs[0], tmp_path) == ""
+
+
+async def test_a_subject_value_its_issued_string_type_cannot_carry_is_refused(h, keys):
+    """serialNumber and C are PrintableStrings (no `_`, `@`, `*` or letters beyond ASCII), C two letters."""
+    h.profiles.add("p")
+    for i, (oid, value, text) in enumerate((
+            ("2.5.4.5", "C02_X1", "subject attribute serialNumber must be a PrintableString"),
+            ("2.5.4.5", "C02X1\u00e9", "subject attribute serialNumber must be a PrintableString"),
+            ("2.5.4.6", "D", "subject attribute C must be a two-letter country code"))):
+        name = _name((oid, 0x0C, value.encode()), ("2.5.4.3", 0x0C, b"device"))
+        rep = await _send_csr(h, "p", keys[i], _signed_csr(keys[i], name, SECRET))
+        assert refused(rep, text), rep.fail_text
+
+
 async def test_an_ip_san_of_an_address_and_a_mask_is_refused(h, keys):
     """8 octets (a name constraint's address and mask) read as a network whose text matches the IP pattern."""
     from trustkit import der
