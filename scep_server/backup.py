@@ -28,10 +28,11 @@ import platform
 import re
 import shutil
 import sqlite3
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import sqlalchemy as sa
@@ -237,8 +238,6 @@ async def _pg_facts(url: str) -> tuple[list[str], dict[str, dict[str, int | None
     return revisions, crl
 
 
-def _ca_key_paths(ca_dir: Path) -> list[Path]:
-    return sorted(p for p in ca_dir.iterdir() if p.is_file() and p.suffix == ".key")
 
 
 @dataclass
@@ -396,9 +395,70 @@ class RestoreResult:
     notes: list[str] = field(default_factory=list)
 
 
+def _check_tree(directory: Path) -> None:
+    """Every entry under `directory` is a directory or a regular file with one link (BackupError otherwise): a
+    symbolic link, a hard link, a device, a FIFO or a socket in a backup could make a restore read (and copy into
+    the new data directory) a file of the host outside the backup."""
+    def fail(exc: OSError) -> None:
+        raise BackupError(f"{exc.filename}: cannot read the backup ({exc.strerror})")
+
+    for dirpath, dirnames, filenames in os.walk(directory, onerror=fail):
+        for name in (*dirnames, *filenames):
+            path = Path(dirpath, name)
+            try:
+                st = os.lstat(path)
+            except OSError as exc:
+                fail(exc)
+            rel = path.relative_to(directory)
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                what = "a symbolic link"
+            elif not stat.S_ISREG(st.st_mode):
+                what = "not a regular file (a device, FIFO or socket)"
+            elif st.st_nlink > 1:
+                what = f"a hard link ({st.st_nlink} names of one file)"
+            else:
+                continue
+            raise BackupError(f"{rel} is {what}: a backup holds regular files and directories only (copy it with "
+                              "`cp -r` to resolve links made on purpose); refusing to restore it")
+
+
+def _open_member(path: Path):
+    """`path` opened for reading without following a symbolic link, checked again to be a regular file with one
+    link (it may have been replaced since :func:`_check_tree`)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise BackupError(f"{path}: cannot read the backup's file ({exc.strerror})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        os.close(fd)
+        raise BackupError(f"{path} is not a regular file with one link; refusing to restore it")
+    return os.fdopen(fd, "rb")
+
+
+def _copy_member(src: Path, dst: Path) -> None:
+    """Copy a file of the backup into the staging directory (a new file, mode 0600, fsynced)."""
+    dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with _open_member(src) as inp:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(inp, out)
+            out.flush()
+            os.fsync(out.fileno())
+
+
+def _read_member(path: Path) -> bytes:
+    with _open_member(path) as fh:
+        return fh.read()
+
+
 def read_manifest(directory: Path) -> dict[str, Any]:
-    """The manifest, once every file it lists is there with its size and SHA-256 (BackupError otherwise)."""
+    """The manifest, once every file it lists is there with its size and SHA-256 (BackupError otherwise), and the
+    backup holds nothing but regular files and directories (:func:`_check_tree`)."""
     directory = Path(directory)
+    _check_tree(directory)
     try:
         raw = (directory / MANIFEST).read_bytes()
     except OSError as exc:
@@ -416,6 +476,8 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise BackupError(f"{directory / MANIFEST}: lists no files")
     for rel, meta in files.items():
         path = _inside(directory, rel)
+        if PurePosixPath(rel).as_posix() != rel:  # `./`, `//`, a final `/`: one file must have one name
+            raise BackupError(f"{MANIFEST}: the file name {rel!r} is not in its plain form")
         if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
             raise BackupError(f"{MANIFEST}: the entry of {rel} has no checksum")
         if not path.is_file():
@@ -437,6 +499,14 @@ def _check_shape(manifest: dict[str, Any]) -> None:
     if not re.fullmatch(CA_NAME_PATTERN, ca["name"]):  # fullmatch: no final newline either
         fail(f"the CA name {ca['name']!r} is not one the configuration accepts (letters, digits, `_.-`, "
              "at most 64)")
+    if ca["directory"] != f"ca/{ca['name']}":
+        fail(f"the CA directory {ca['directory']!r} is not ca/{ca['name']}")
+    for rel in manifest["files"]:
+        parts = rel.split("/")
+        # ca/<name>/<file>: a CA directory (the CA's, or one a rollover made) holds files, each under a CA's name
+        if parts[0] == "ca" and rel != "ca/active" and (len(parts) != 3 or not re.fullmatch(CA_NAME_PATTERN, parts[1])
+                                                        or parts[2].startswith(".")):
+            fail(f"{rel} is not a file of a CA directory (ca/<CA name>/<file>)")
     database = manifest.get("database")
     if not isinstance(database, dict):
         fail("describes no database")
@@ -453,6 +523,9 @@ def _check_shape(manifest: dict[str, Any]) -> None:
         if entry is not None and (not isinstance(entry, dict) or not all(
                 isinstance(entry.get(k), (str, type(None))) for k in ("file", "env", "kek_id"))):
             fail(f"the entry of {name} is malformed")
+        own = {"ca_passphrase": PASSPHRASE_FILE, "otp_kek": KEK_FILE}[name]
+        if entry and entry.get("file") not in (None, own):  # the backup's own file, never another one
+            fail(f"the file of {name} must be the backup's {own} (the manifest names {entry.get('file')!r})")
     highest = manifest.get("highest_crl_number", {})
     if not isinstance(highest, dict) or not all(
             isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_CRL_NUMBER for v in highest.values()):
@@ -484,7 +557,7 @@ def _check_signature(data: bytes, signature_path: Path, ca_key) -> None:
 
     public = ca_key.public_key()
     try:
-        signature = base64.b64decode(signature_path.read_bytes().strip(), validate=True)
+        signature = base64.b64decode(_read_member(signature_path).strip(), validate=True)
         # as FileKey.sign signs: ECDSA with SHA-256 for an EC key, PKCS#1 v1.5 with SHA-256 for an RSA key
         if isinstance(public, ec.EllipticCurvePublicKey):
             public.verify(signature, data, ec.ECDSA(hashes.SHA256()))
@@ -492,7 +565,7 @@ def _check_signature(data: bytes, signature_path: Path, ca_key) -> None:
             public.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
         else:
             raise TypeError(f"a CA key of type {type(public).__name__}")
-    except (OSError, ValueError, TypeError, InvalidSignature):
+    except (OSError, ValueError, TypeError, InvalidSignature, BackupError):
         raise BackupError(f"{SIGNATURE} is missing or is not the CA key's signature of {MANIFEST}: the manifest "
                           "was changed; refusing to restore") from None
 
@@ -501,7 +574,7 @@ def _read_secret(given: Path | None, default: Path | None, env: str | None, what
     """(the secret's bytes, where it came from): the given file, the backup's own file, or the environment."""
     for path in (given, default):
         if path is not None and path.is_file():
-            return path.read_bytes(), str(path)
+            return (path.read_bytes() if path is given else _read_member(path)), str(path)
         if path is not None and path is given:
             raise BackupError(f"{what}: {path} does not exist")
     if env and os.environ.get(env):
@@ -545,15 +618,17 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
     if pp_from != f"${pp.get('env') or settings.ca.passphrase_env}":
         passphrase = passphrase.strip()  # a file's trailing newline, as the server reads it
     keys = {}
-    for path in _ca_key_paths(ca_src):
-        try:
-            keys[path.name] = FileKey.load(path, passphrase)
-        except (ValueError, TypeError) as exc:
-            raise BackupError(f"{ca_rel}/{path.name} does not open with the passphrase from {pp_from}: {exc}") from None
+    for rel in sorted(manifest["files"]):  # the keys the manifest lists, never another file
+        name = rel[len(ca_rel) + 1:]
+        if rel.startswith(ca_rel + "/") and name.endswith(".key"):
+            try:
+                keys[name] = FileKey.from_pem(_read_member(_inside(source, rel)), passphrase)
+            except (ValueError, TypeError) as exc:
+                raise BackupError(f"{rel} does not open with the passphrase from {pp_from}: {exc}") from None
     if "ca.key" not in keys:
         raise BackupError(f"{ca_rel}/ca.key is not in the backup")
-    _check_signature((source / MANIFEST).read_bytes(), source / SIGNATURE, keys["ca.key"])
-    _check_ca_pair(ca_src, keys)
+    _check_signature(_read_member(source / MANIFEST), source / SIGNATURE, keys["ca.key"])
+    _check_ca_pair(source, ca_rel, manifest["files"], keys)
     # the OTP key-encryption key
     kek_entry = secrets_.get("otp_kek")
     box = None
@@ -578,11 +653,11 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
             if rel == DATABASE_FILE:
                 continue
             if rel.startswith(ca_rel + "/"):
-                _private_copy(_inside(source, rel), _staged(staging, Path("ca", ca_name, rel[len(ca_rel) + 1:])))
+                _copy_member(_inside(source, rel), _staged(staging, Path("ca", ca_name, rel[len(ca_rel) + 1:])))
             elif rel.startswith("ca/"):  # a CA a rollover made, `ca/active`
-                _private_copy(_inside(source, rel), _staged(staging, rel))
+                _copy_member(_inside(source, rel), _staged(staging, rel))
             elif rel in EXTRA_FILES:
-                _private_copy(_inside(source, rel), _staged(staging, rel))
+                _copy_member(_inside(source, rel), _staged(staging, rel))
         if pp.get("file"):
             _private_write(staging / "ca" / "passphrase", passphrase + b"\n")
             notes.append(f"CA passphrase written to {data_dir / 'ca' / 'passphrase'}")
@@ -591,7 +666,7 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
             notes.append(f"OTP key-encryption key written to {data_dir / 'otp-kek.key'}")
         if database.get("kind") == "sqlite":
             db_file = staging / "scep.db"
-            _private_copy(_inside(source, DATABASE_FILE), db_file)
+            _copy_member(_inside(source, DATABASE_FILE), db_file)
             await asyncio.to_thread(_check_sqlite, db_file)
             url = f"sqlite+aiosqlite:///{db_file.resolve()}"
             if verify:
@@ -628,18 +703,19 @@ def _move_into(staging: Path, data_dir: Path) -> None:
     os.chmod(data_dir, 0o700)
 
 
-def _check_ca_pair(ca_dir: Path, keys: dict) -> None:
-    """The certificates belong to the keys beside them (ca.crt to ca.key, ra.crt to ra.key)."""
+def _check_ca_pair(source: Path, ca_rel: str, files: dict[str, Any], keys: dict) -> None:
+    """The certificates belong to the keys beside them (ca.crt to ca.key, ra.crt to ra.key), both listed in the
+    manifest."""
     from cryptography import x509
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
     spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     for cert_name, key_name in (("ca.crt", "ca.key"), ("ra.crt", "ra.key")):
-        if not (ca_dir / cert_name).is_file() or key_name not in keys:
+        if f"{ca_rel}/{cert_name}" not in files or key_name not in keys:
             raise BackupError(f"{cert_name} or {key_name} is missing from the backup's CA directory")
         try:
-            cert = x509.load_pem_x509_certificate((ca_dir / cert_name).read_bytes())
+            cert = x509.load_pem_x509_certificate(_read_member(source / ca_rel / cert_name))
             public = cert.public_key().public_bytes(*spki)
         except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             raise BackupError(f"{cert_name} of the backup is not a certificate this software reads: {exc}") from None

@@ -79,11 +79,15 @@ class FileKey(SignsCertificates):
 
     @classmethod
     def load(cls, path: Path, passphrase: bytes) -> "FileKey":
-        key = serialization.load_pem_private_key(path.read_bytes(), password=passphrase)
+        return cls.from_pem(path.read_bytes(), passphrase, name=str(path))
+
+    @classmethod
+    def from_pem(cls, pem: bytes, passphrase: bytes, *, name: str = "the key") -> "FileKey":
+        key = serialization.load_pem_private_key(pem, password=passphrase)
         if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name in ("secp256r1", "secp384r1"):
             return cls(key)
         if not isinstance(key, rsa.RSAPrivateKey):
-            raise ValueError(f"{path}: only RSA and EC P-256/P-384 keys are supported for the CA and RA")
+            raise ValueError(f"{name}: only RSA and EC P-256/P-384 keys are supported for the CA and RA")
         return cls(key)
 
     def save(self, path: Path, passphrase: bytes, *, replace: bool = False) -> None:

@@ -180,3 +180,52 @@ def test_a_malformed_member_is_refused_with_a_message(copy, tmp_path, case):
     before = files_under(tmp_path)
     assert reason in refused(tmp_path, copy)  # exit code 1, "restore refused: ...", never a traceback
     assert files_under(tmp_path) - {"new"} == before
+
+
+def _link_outside(backup: Path, tmp_path: Path, kind: str) -> None:
+    """Make a member of the backup something else than a regular file of its own, pointing outside it."""
+    import os
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    member = backup / "ca" / "default" / "ra.crt"
+    if kind == "symbolic link to a file":  # same content: its checksum holds, only the link is wrong
+        shutil.copy(member, outside / "ra.crt")
+        member.unlink()
+        member.symlink_to(outside / "ra.crt")
+    elif kind == "symbolic link to a directory":
+        shutil.move(backup / "ca", outside / "ca")
+        (backup / "ca").symlink_to(outside / "ca")
+    elif kind == "unlisted symbolic link":  # named as a secret, read though the manifest does not list it
+        (outside / "secret").write_bytes((backup / "ca-passphrase").read_bytes())
+        (backup / "ca-passphrase").unlink()
+        (backup / "ca-passphrase").symlink_to(outside / "secret")
+    elif kind == "hard link":
+        os.link(member, outside / "ra.crt")
+    elif kind == "fifo":
+        os.mkfifo(backup / "ca" / "default" / "extra.key")
+
+
+@pytest.mark.parametrize("kind", ["symbolic link to a file", "symbolic link to a directory", "unlisted symbolic link",
+                                  "hard link", "fifo"])
+def test_a_member_that_is_not_a_regular_file_of_its_own_is_refused(copy, tmp_path, kind):
+    _link_outside(copy, tmp_path, kind)
+    before = files_under(tmp_path)
+    assert "a backup holds regular files and directories only" in refused(tmp_path, copy)
+    assert files_under(tmp_path) - {"new"} == before
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda m: m["secrets"]["ca_passphrase"].update(file="database.sqlite3"), "must be the backup's ca-passphrase"),
+    (lambda m: m["secrets"].update(otp_kek={"file": "ca/default/ca.key"}), "must be the backup's otp-kek.key"),
+    (lambda m: m["ca"].update(directory="."), "is not ca/default"),
+    (lambda m: m["files"].update({"ca/default/./ca.crt": m["files"]["ca/default/ca.crt"]}), "not in its plain form"),
+    (lambda m: m["files"].update({"ca//default/ca.crt": m["files"]["ca/default/ca.crt"]}), "not in its plain form"),
+    (lambda m: m["files"].update({"ca/default/sub/ca.crt": m["files"]["ca/default/ca.crt"]}),
+     "is not a file of a CA directory"),
+])
+def test_a_member_named_otherwise_than_the_backup_names_it_is_refused(copy, tmp_path, change, reason):
+    (copy / "ca" / "default" / "sub").mkdir()
+    shutil.copy(copy / "ca" / "default" / "ca.crt", copy / "ca" / "default" / "sub" / "ca.crt")
+    resign(copy, change)
+    assert reason in refused(tmp_path, copy)  # a message: two names of one file were a traceback
