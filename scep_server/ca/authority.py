@@ -181,7 +181,7 @@ class CertificateAuthority:
              .not_valid_before(not_before)
              .not_valid_after(not_after)
              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-             .add_extension(policy.key_usage(), critical=True)
+             .add_extension(policy.key_usage(csr.public_key()), critical=True)
              .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False)
              .add_extension(self._aki, critical=False)
              .add_extension(self._cdp_for(serial), critical=False)

@@ -36,6 +36,9 @@ class PolicyViolation(Exception):
 
 
 _KU_NAMES = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement")
+# the key usages a key of each type cannot have (RFC 3279 §2.3.1: an RSA key does not agree keys; RFC 5480 §3: an EC
+# key does not encipher): left out of its certificate when the template names them
+_KU_NOT_FOR = {"RSA": frozenset({"key_agreement"}), "EC": frozenset({"key_encipherment", "data_encipherment"})}
 _EKU = {"client_auth": ExtendedKeyUsageOID.CLIENT_AUTH, "server_auth": ExtendedKeyUsageOID.SERVER_AUTH,
         "email_protection": ExtendedKeyUsageOID.EMAIL_PROTECTION, "code_signing": ExtendedKeyUsageOID.CODE_SIGNING}
 _SAN_TYPES = {"dns": x509.DNSName, "email": x509.RFC822Name, "uri": x509.UniformResourceIdentifier,
@@ -194,6 +197,10 @@ class IssuancePolicy:
         else:
             kinds = "RSA, P-256 or P-384" if t.allow_ec else "RSA required"
             raise PolicyViolation(f"key type {type(pub).__name__.lstrip('_')} is not allowed ({kinds})")
+        if not self._usages(pub):  # a keyUsage extension sets at least one bit (RFC 5280 §4.2.1.3)
+            kind = "EC" if isinstance(pub, ec.EllipticCurvePublicKey) else "RSA"
+            raise PolicyViolation(f"the profile's key usage ({', '.join(t.key_usage) or 'none'}) leaves nothing an "
+                                  f"{kind} key may be used for")
 
     @staticmethod
     def check_weak_key(csr: x509.CertificateSigningRequest) -> None:
@@ -372,8 +379,15 @@ class IssuancePolicy:
         self.check_weak_key(csr)
         return vetted
 
-    def key_usage(self) -> x509.KeyUsage:
-        flags = {n: n in self.template.key_usage for n in _KU_NAMES}
+    def _usages(self, public_key) -> set[str]:
+        """The template's key usages a key of this type may have."""
+        kind = "EC" if isinstance(public_key, ec.EllipticCurvePublicKey) else "RSA"
+        return set(self.template.key_usage) - _KU_NOT_FOR[kind]
+
+    def key_usage(self, public_key) -> x509.KeyUsage:
+        """The keyUsage of a certificate for ``public_key``: the template's, less what its key type cannot do."""
+        usages = self._usages(public_key)
+        flags = {n: n in usages for n in _KU_NAMES}
         return x509.KeyUsage(**flags, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False)
 
     def extended_key_usage(self) -> x509.ExtendedKeyUsage | None:

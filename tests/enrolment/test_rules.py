@@ -637,6 +637,44 @@ async def test_a_subject_value_its_issued_string_type_cannot_carry_is_refused(h,
         assert refused(rep, text), rep.fail_text
 
 
+@pytest.mark.parametrize("usages, key_type, issued", [
+    (["digital_signature", "key_encipherment"], "EC", {"digital_signature"}),
+    (["digital_signature", "key_encipherment", "data_encipherment", "key_agreement"], "EC",
+     {"digital_signature", "key_agreement"}),
+    (["digital_signature", "key_agreement"], "RSA", {"digital_signature"}),
+    (["key_encipherment", "data_encipherment"], "RSA", {"key_encipherment", "data_encipherment"}),
+])
+async def test_a_certificate_carries_only_the_key_usages_its_key_type_can_have(h, keys, tmp_path, usages, key_type,
+                                                                               issued):
+    """A template that names keyEncipherment (what Intune and Jamf profiles commonly ask for) on a profile that
+    allows EC: an EC key never enciphers (RFC 5480 §3), an RSA key never agrees keys (RFC 3279 §2.3.1); a
+    certificate claiming so is malformed (pkilint: prohibited key usage)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    h.profiles.add("p", template=CertificateTemplate(allow_ec=True, key_usage=usages))
+    key = ec.generate_private_key(ec.SECP256R1()) if key_type == "EC" else keys[1]
+    body = h.body(MessageType.PKCS_REQ, keys[0], client.make_csr(key, "device", SECRET),
+                  txid=client.transaction_id_for(key.public_key()))
+    rep = await h.send("p", body, keys[0])
+    assert rep.status is PKIStatus.SUCCESS, rep.fail_text
+    ku = x509.load_der_x509_certificate(rep.certs[0]).extensions.get_extension_for_class(x509.KeyUsage).value
+    names = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement")
+    assert {n for n in names if getattr(ku, n)} == issued
+    assert pkilint_findings(rep.certs[0], tmp_path) == ""
+
+
+async def test_a_key_type_the_template_leaves_no_key_usage_is_refused(h, keys):
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    h.profiles.add("p", template=CertificateTemplate(allow_ec=True, key_usage=["key_encipherment"]))
+    key = ec.generate_private_key(ec.SECP256R1())
+    body = h.body(MessageType.PKCS_REQ, keys[0], client.make_csr(key, "device", SECRET),
+                  txid=client.transaction_id_for(key.public_key()))
+    assert refused(await h.send("p", body, keys[0]),
+                   "the profile's key usage (key_encipherment) leaves nothing an EC key may be used for")
+    assert (await h.enrol("p", keys[1])).status is PKIStatus.SUCCESS
+
+
 async def test_an_ip_san_of_an_address_and_a_mask_is_refused(h, keys):
     """8 octets (a name constraint's address and mask) read as a network whose text matches the IP pattern."""
     from trustkit import der
