@@ -16,7 +16,7 @@ from ..ca.authority import random_serial
 from ..ca.policy import PolicyViolation
 from .identity import NoDeviceId, device_id_of
 from .model import ApprovalRefused, unused_since
-from .repository import NotPending, SignerChanged, with_bound_device
+from .repository import DeviceTakenDown, NotPending, SignerChanged, with_bound_device
 
 if TYPE_CHECKING:
     from .service import ScepService
@@ -100,6 +100,12 @@ class ApprovalWorkflow:
             raise LookupError(f"enrolment {transaction_id!r} cannot be approved: {exc}") from None
         except NotPending:
             raise decided_concurrently(transaction_id) from None
+        except DeviceTakenDown as exc:  # taken down since _device_active read it
+            if exc.status == "deleted":
+                await self.reject(profile_name, transaction_id, str(exc), actor=actor, now=now, reason=str(exc))
+                raise ApprovalRefused(str(exc)) from None
+            raise Conflict(f"device {exc.device_id} is {exc.status}: the enrolment can be approved once it is "
+                           "active") from None
         if supersede:
             svc.on_status_change(ca.name)
         return serial

@@ -32,6 +32,16 @@ class NotPending(Exception):
     """The transaction is no longer in the state the write expected (decided, or reconciled, meanwhile)."""
 
 
+class DeviceTakenDown(Exception):
+    """The device the certificate is issued for was deleted, deactivated or suspended while it was issued (by
+    another request, process or instance): nothing was written."""
+
+    def __init__(self, device_id: str, status: str):
+        self.device_id, self.status = device_id, status
+        super().__init__(f"device {device_id} is deleted: its id is never enrolled again" if status == "deleted"
+                         else f"device {device_id} is {status}: it enrols again once it is active")
+
+
 @dataclass(frozen=True)
 class Binding:
     """The device binding of a renewal's signing certificate."""
@@ -81,7 +91,11 @@ class EnrolmentRepository(Protocol):
         """The transaction row, or None."""
 
     async def record(self, cert_row: dict, tx_row: dict, event: dict) -> None:
-        """Certificate, transaction and audit event, all or nothing; Duplicate when the transaction or serial exists."""
+        """Certificate, transaction and audit event, all or nothing; Duplicate when the transaction or serial exists,
+        DeviceTakenDown when the device it is for (``enrolled_device_id``) is registered and no longer active.
+        Every write of a certificate checks its device in its own transaction, so that a device change and an
+        issue at the same moment end as if one came after the other (the change holds or revokes the certificate,
+        or the issue is refused)."""
 
     async def record_guarded(self, cert_row: dict, tx_row: dict, event: dict, *, renewal_of: str | None,
                              now: datetime, supersede: bool) -> None:

@@ -36,7 +36,7 @@ from .checks import NOT_LOOKED_UP, Check, Enrolment, default_checks
 from .model import (ACK_STALE_AFTER, MAX_TRANSACTION_ID, ChallengeRejected, ChallengeVerifier, EnrollmentRequest,
                     CaNotLoaded, NoNextCA, Outcome, StaticChallenge, bounded, has_control_characters, type_name, unused_since)
 from .reconcile import AckReconciler
-from .repository import Duplicate, EnrolmentRepository, NotPending, SignerChanged
+from .repository import DeviceTakenDown, Duplicate, EnrolmentRepository, NotPending, SignerChanged
 from .sql import SqliteRepository, in_executor, repository_for
 
 log = structlog.get_logger("scep")
@@ -330,7 +330,7 @@ class ScepService:
                                                   inline, state, e.vetted)
             try:
                 if outcome is None:
-                    raise rows  # the inline write's Duplicate
+                    raise rows  # the inline write's Duplicate or DeviceTakenDown
                 if renewal or ack:
                     await self.repository.record_guarded(
                         *rows, renewal_of=req.renewal_of.serial if renewal else None, now=now,
@@ -343,7 +343,7 @@ class ScepService:
                 if existing is not None:
                     return await self.replay(profile, msg, existing, e.public_key_sha256)
                 continue  # the random serial (127 bits) was taken: sign again with a fresh one
-            except SignerChanged as exc:
+            except (SignerChanged, DeviceTakenDown) as exc:
                 if verifier is not None:
                     await verifier.after_failure(req, str(exc))
                 raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None
@@ -409,7 +409,7 @@ class ScepService:
         stage (judged again here without them).
 
         Returns (certificate, (certificate row, transaction row, event), outcome), or (certificate, the
-        Duplicate, None) when the inline write lost to a concurrent insert.
+        Duplicate or DeviceTakenDown, None) when the inline write lost to a concurrent insert or device change.
         """
         msg = req.message
         if vetted is None:
@@ -439,7 +439,7 @@ class ScepService:
             else:
                 try:
                     self.repository.record_sync(cert_row, tx_row, event)
-                except Duplicate as exc:
+                except (Duplicate, DeviceTakenDown) as exc:
                     return cert, exc, None
         outcome = Outcome(PKIStatus.SUCCESS, content=codec.build_degenerate([der, ca.cert_der]), serial=serial)
         try:
@@ -451,8 +451,8 @@ class ScepService:
         if committed is not None:
             try:
                 committed.result()  # the reply leaves only once its rows are committed
-            except Duplicate as exc:
-                return cert, exc, None  # a lost insert: the reply signed above is dropped
+            except (Duplicate, DeviceTakenDown) as exc:
+                return cert, exc, None  # nothing written: the reply signed above is dropped
         return cert, (cert_row, tx_row, event), outcome
 
     async def withdraw(self, ca: CertificateAuthority, serial: str, profile: str, key: str, why: str) -> None:

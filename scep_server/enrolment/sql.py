@@ -33,7 +33,8 @@ from ..scep.message import without_challenge_password
 from ..store.events import record_event
 from ..store.tables import certificates, events, profiles, scep_transactions
 from .model import NOT_LOOKED_UP
-from .repository import Binding, Duplicate, NotPending, SignerStanding, signer_changed, signer_renewed
+from .repository import (Binding, DeviceTakenDown, Duplicate, NotPending, SignerStanding, signer_changed,
+                         signer_renewed)
 
 _FIND_TRANSACTION = sa.select(scep_transactions).where(
     scep_transactions.c.profile == sa.bindparam("profile"),
@@ -105,6 +106,21 @@ def _tx_where(profile: str, key: str, *states: str):
     return where
 
 
+_DEVICE_STATUS = sa.select(devices.c.status).where(devices.c.id == sa.bindparam("device_id"))
+
+
+async def _guard_device(conn: AsyncConnection, device_id: str | None) -> None:
+    """Within the caller's write transaction, before anything is written: the device a certificate is issued for
+    is still active (or not registered). On PostgreSQL its row is held (FOR SHARE) until the commit, so a device
+    change waits for the certificate and then holds or revokes it; SQLite's writers run one at a time."""
+    if device_id is None:
+        return
+    query = _DEVICE_STATUS.with_for_update(read=True) if conn.dialect.name == "postgresql" else _DEVICE_STATUS
+    status = (await conn.execute(query, {"device_id": device_id})).scalar()
+    if status is not None and status != "active":
+        raise DeviceTakenDown(device_id, status)
+
+
 async def _forget_challenge(conn: AsyncConnection, profile: str, key: str) -> None:
     """A decided transaction keeps its CSR without the challengePassword (it waited with it: an approval checks
     the CSR's signature again, a delegated acknowledgement tells the MDM the CSR it validated)."""
@@ -139,6 +155,7 @@ class SqlRepository:
                              now: datetime, supersede: bool) -> None:
         try:
             async with writer(self.engine).begin() as conn:
+                await _guard_device(conn, cert_row.get("enrolled_device_id"))
                 if renewal_of is not None:
                     await self._guard_signer(conn, renewal_of, now, supersede=supersede)
                 await conn.execute(certificates.insert(), cert_row)
@@ -215,6 +232,7 @@ class SqlRepository:
     async def approve(self, profile: str, key: str, cert_row: dict, event: dict, *, renewal_of: str | None,
                       now: datetime, supersede: bool, actor: str) -> None:
         async with writer(self.engine).begin() as conn:
+            await _guard_device(conn, cert_row.get("enrolled_device_id"))
             if renewal_of is not None:
                 await self._guard_signer(conn, renewal_of, now, supersede=supersede)
             await conn.execute(certificates.insert().values(cert_row))
@@ -279,6 +297,7 @@ class PostgresRepository(SqlRepository):
         super().__init__(engine)
         self._find: _Compiled | None = None
         self._record: _Compiled | None = None
+        self._device: _Compiled | None = None
 
     async def find(self, profile: str, key: str) -> dict | None:
         params = {"profile": profile, "transaction_id": key}
@@ -289,17 +308,29 @@ class PostgresRepository(SqlRepository):
             return self._find.row(await driver.fetchrow(self._find.sql, *self._find.params(params)))
 
     async def record(self, cert_row: dict, tx_row: dict, event: dict) -> None:
-        """Insert the certificate, its transaction and the audit event in one statement."""
+        """Insert the certificate, its transaction and the audit event in one statement; a certificate issued for a
+        device in a transaction that first holds the device's row (FOR SHARE, see _guard_device)."""
         import asyncpg
 
         event_row = _event_row(**event)
         if self._record is None:
             stmt, = _record_statements(cert_row, tx_row, event_row, one_statement=True)
             self._record = _Compiled(stmt, self.engine.dialect)
+            self._device = _Compiled(_DEVICE_STATUS.with_for_update(read=True), self.engine.dialect)
+        device_id = cert_row.get("enrolled_device_id")
+        params = self._record.params(_record_params(cert_row, tx_row, event_row))
         async with self.engine.connect() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
-            try:  # no transaction is open on the connection: the statement commits by itself
-                await driver.execute(self._record.sql, *self._record.params(_record_params(cert_row, tx_row, event_row)))
+            try:
+                if device_id is None:  # no transaction is open on the connection: the statement commits by itself
+                    await driver.execute(self._record.sql, *params)
+                    return
+                assert self._device is not None
+                async with driver.transaction():
+                    status = await driver.fetchval(self._device.sql, *self._device.params({"device_id": device_id}))
+                    if status is not None and status != "active":
+                        raise DeviceTakenDown(device_id, status)
+                    await driver.execute(self._record.sql, *params)
             except asyncpg.IntegrityConstraintViolationError as exc:
                 raise Duplicate(str(exc)) from exc
 
@@ -338,6 +369,7 @@ class SqliteRepository(SqlRepository):
         self._find: _Compiled | None = None
         self._secrets: _Compiled | None = None
         self._record: list[_Compiled] = []
+        self._device: _Compiled | None = None
         # one connection per worker thread, kept: a pool's checkout and reset on return cost more than the lookup
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -373,6 +405,7 @@ class SqliteRepository(SqlRepository):
             self._secrets = _Compiled(STATIC_SECRETS, self.engine.dialect, [
                 profiles.c.static_secret_sha256, profiles.c.previous_secret_sha256, profiles.c.previous_secret_until])
             self._find = _Compiled(_FIND_TRANSACTION, self.engine.dialect, list(scep_transactions.columns))
+            self._device = _Compiled(_DEVICE_STATUS, self.engine.dialect)
             weakref.finalize(self, _close_all, self._connections)
 
     def find_sync(self, profile: str, key: str) -> dict | None:
@@ -398,7 +431,8 @@ class SqliteRepository(SqlRepository):
         Group commit among the process's signing threads: each write queues, then waits for the write lock.
         The holder commits the writes queued at that moment in one transaction (one durable commit for all),
         each in a savepoint of its own so that one write losing to a concurrent insert (Duplicate) fails
-        alone. A thread whose write an earlier holder carried finds it done and returns."""
+        alone (as does one whose device is no longer active: DeviceTakenDown, see _guard_device). A thread whose
+        write an earlier holder carried finds it done and returns."""
         assert self._find is not None, "prepare() first"
         event_row = _event_row(**event)
         if not self._record:
@@ -417,13 +451,19 @@ class SqliteRepository(SqlRepository):
 
     def _commit_group(self, batch: list["_QueuedWrite"]) -> None:
         """One transaction for the batch; every item ends done, with its error if it was not written."""
-        assert self._record, "record_sync compiles the statements"
+        assert self._record and self._device is not None, "prepare() and record_sync compile the statements"
         started = time.perf_counter()
         try:
             db = self._db()
             try:
                 db.execute("BEGIN IMMEDIATE")  # take the write lock now (see trustkit.db.writer)
                 for item in batch:
+                    device_id = item.params.get("c_enrolled_device_id")
+                    if device_id is not None:
+                        status = db.execute(self._device.sql, self._device.params({"device_id": device_id})).fetchone()
+                        if status is not None and status[0] != "active":
+                            item.error = DeviceTakenDown(device_id, status[0])
+                            continue
                     db.execute("SAVEPOINT one_write")
                     try:
                         for stmt in self._record:
