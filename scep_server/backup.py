@@ -617,18 +617,18 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
                                        pp.get("env") or settings.ca.passphrase_env, "the CA passphrase")
     if pp_from != f"${pp.get('env') or settings.ca.passphrase_env}":
         passphrase = passphrase.strip()  # a file's trailing newline, as the server reads it
-    keys = {}
+    keys: dict[str, dict[str, Any]] = {}  # CA directory -> key file -> key: every CA's, a rollover's too
     for rel in sorted(manifest["files"]):  # the keys the manifest lists, never another file
-        name = rel[len(ca_rel) + 1:]
-        if rel.startswith(ca_rel + "/") and name.endswith(".key"):
+        directory, _, name = rel.rpartition("/")
+        if directory.startswith("ca/") and name.endswith(".key"):
             try:
-                keys[name] = FileKey.from_pem(_read_member(_inside(source, rel)), passphrase)
+                keys.setdefault(directory, {})[name] = FileKey.from_pem(_read_member(_inside(source, rel)), passphrase)
             except (ValueError, TypeError) as exc:
                 raise BackupError(f"{rel} does not open with the passphrase from {pp_from}: {exc}") from None
-    if "ca.key" not in keys:
+    if "ca.key" not in keys.get(ca_rel, {}):
         raise BackupError(f"{ca_rel}/ca.key is not in the backup")
-    _check_signature(_read_member(source / MANIFEST), source / SIGNATURE, keys["ca.key"])
-    _check_ca_pair(source, ca_rel, manifest["files"], keys)
+    _check_signature(_read_member(source / MANIFEST), source / SIGNATURE, keys[ca_rel]["ca.key"])
+    _check_ca_dirs(source, ca_rel, manifest["files"], keys)
     # the OTP key-encryption key
     kek_entry = secrets_.get("otp_kek")
     box = None
@@ -703,24 +703,48 @@ def _move_into(staging: Path, data_dir: Path) -> None:
     os.chmod(data_dir, 0o700)
 
 
-def _check_ca_pair(source: Path, ca_rel: str, files: dict[str, Any], keys: dict) -> None:
-    """The certificates belong to the keys beside them (ca.crt to ca.key, ra.crt to ra.key), both listed in the
-    manifest."""
+def _check_ca_dirs(source: Path, ca_rel: str, files: dict[str, Any], keys: dict[str, dict[str, Any]]) -> None:
+    """Every CA directory of the backup (the CA's, and those a CA rollover made) holds ca.crt and ra.crt, and every
+    certificate belongs to the key beside it: ca.crt to ca.key, each RA certificate (ra.crt, ra-<n>.crt, ra-enc.crt
+    ...) to its key, a prepared next CA's next-ca.crt to next-ca.key and next-ra.key; ``ca/active`` names one of
+    these directories."""
+    from .ca.rafiles import ENCRYPTION, SIGNING, _generation
+    from .ca.rollover import ACTIVE_FILE
+
+    directories = sorted({rel.rpartition("/")[0] for rel in files if rel.startswith("ca/") and rel.count("/") == 2})
+    for directory in directories:
+        names = {rel.rpartition("/")[2] for rel in files if rel.rpartition("/")[0] == directory}
+        ras = [n for n in names if _generation(n, SIGNING) is not None or _generation(n, ENCRYPTION) is not None]
+        for cert_name in ["ca.crt", "ra.crt", *sorted(set(ras) - {"ra.crt"})]:
+            key_name = cert_name[:-4] + ".key"
+            if cert_name not in names or key_name not in keys.get(directory, {}):
+                raise BackupError(f"{directory}: {cert_name} or {key_name} is missing from the backup's CA directory")
+            _check_pair(source, f"{directory}/{cert_name}", 0, keys[directory][key_name], key_name)
+        if "next-ca.crt" in names:  # a prepared rollover: the next CA's certificate, then its RA's
+            for index, key_name in enumerate(("next-ca.key", "next-ra.key")):
+                if key_name not in keys.get(directory, {}):
+                    raise BackupError(f"{directory}: next-ca.crt without {key_name}")
+                _check_pair(source, f"{directory}/next-ca.crt", index, keys[directory][key_name], key_name)
+    if f"ca/{ACTIVE_FILE}" in files:
+        active = _read_member(source / "ca" / ACTIVE_FILE).decode("utf-8", "replace").strip()
+        if f"ca/{active}" not in directories:
+            raise BackupError(f"ca/{ACTIVE_FILE} names {active[:80]!r}, which is not a CA directory of the backup")
+
+
+def _check_pair(source: Path, cert_rel: str, index: int, key, key_name: str) -> None:
+    """The `index`-th certificate of the PEM file `cert_rel` is the certificate of `key` (BackupError otherwise)."""
     from cryptography import x509
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
     spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    for cert_name, key_name in (("ca.crt", "ca.key"), ("ra.crt", "ra.key")):
-        if f"{ca_rel}/{cert_name}" not in files or key_name not in keys:
-            raise BackupError(f"{cert_name} or {key_name} is missing from the backup's CA directory")
-        try:
-            cert = x509.load_pem_x509_certificate(_read_member(source / ca_rel / cert_name))
-            public = cert.public_key().public_bytes(*spki)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise BackupError(f"{cert_name} of the backup is not a certificate this software reads: {exc}") from None
-        if public != keys[key_name].public_key().public_bytes(*spki):
-            raise BackupError(f"{cert_name} is not the certificate of {key_name}")
+    try:
+        certs = x509.load_pem_x509_certificates(_read_member(source / cert_rel))
+        public = certs[index].public_key().public_bytes(*spki)
+    except (ValueError, TypeError, IndexError, UnsupportedAlgorithm) as exc:
+        raise BackupError(f"{cert_rel} of the backup is not a certificate this software reads: {exc}") from None
+    if public != key.public_key().public_bytes(*spki):
+        raise BackupError(f"{cert_rel} is not the certificate of {key_name}")
 
 
 def _check_sqlite(path: Path) -> None:

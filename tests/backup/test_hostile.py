@@ -229,3 +229,67 @@ def test_a_member_named_otherwise_than_the_backup_names_it_is_refused(copy, tmp_
     shutil.copy(copy / "ca" / "default" / "ca.crt", copy / "ca" / "default" / "sub" / "ca.crt")
     resign(copy, change)
     assert reason in refused(tmp_path, copy)  # a message: two names of one file were a traceback
+
+
+def _other_ca(backup: Path, *, crt: str = "ca.crt", ra_crt: str = "ra.crt", key: bytes | None = None) -> None:
+    """A CA directory `ca/other/` (as a rollover makes) of the CA's files, its certificates taken from `crt` and
+    `ra_crt` of the CA, its key `key` (the CA's by default)."""
+    ca = backup / "ca" / "default"
+    (backup / "ca" / "other").mkdir()
+    for name, data in (("ca.key", key or (ca / "ca.key").read_bytes()), ("ra.key", (ca / "ra.key").read_bytes()),
+                       ("ca.crt", (ca / crt).read_bytes()), ("ra.crt", (ca / ra_crt).read_bytes())):
+        replace_member(backup, f"ca/other/{name}", data)
+
+
+def _key_under_another_passphrase(backup: Path) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    from scep_server.ca.keys import FileKey
+
+    key = FileKey.load(backup / "ca" / "default" / "ca.key", (backup / "ca-passphrase").read_bytes().strip())
+    return key.in_process_key().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.BestAvailableEncryption(b"another passphrase"))
+
+
+CA_DIRECTORIES = {
+    "a rollover's ca.crt of another key": (lambda b: _other_ca(b, crt="ra.crt"),
+                                           "ca/other/ca.crt is not the certificate of ca.key"),
+    "a rollover's ra.crt of another key": (lambda b: _other_ca(b, ra_crt="ca.crt"),
+                                           "ca/other/ra.crt is not the certificate of ra.key"),
+    "a rollover's key under another passphrase": (lambda b: _other_ca(b, key=_key_under_another_passphrase(b)),
+                                                  "ca/other/ca.key does not open with the passphrase"),
+    "a rollover without its RA": (lambda b: (_other_ca(b), resign(b, lambda m: (m["files"].pop("ca/other/ra.crt")))),
+                                  "ca/other: ra.crt or ra.key is missing"),
+    "an RA renewal of another key": (lambda b: (replace_member(b, "ca/default/ra-1.crt",
+                                                               (b / "ca/default/ca.crt").read_bytes()),
+                                                replace_member(b, "ca/default/ra-1.key",
+                                                               (b / "ca/default/ra.key").read_bytes())),
+                                     "ca/default/ra-1.crt is not the certificate of ra-1.key"),
+    "a prepared next CA of another key": (lambda b: (replace_member(b, "ca/default/next-ca.crt",
+                                                                    (b / "ca/default/ra.crt").read_bytes()
+                                                                    + (b / "ca/default/ra.crt").read_bytes()),
+                                                     replace_member(b, "ca/default/next-ca.key",
+                                                                    (b / "ca/default/ca.key").read_bytes()),
+                                                     replace_member(b, "ca/default/next-ra.key",
+                                                                    (b / "ca/default/ra.key").read_bytes())),
+                                          "ca/default/next-ca.crt is not the certificate of next-ca.key"),
+    "ca/active naming a path": (lambda b: replace_member(b, "ca/active", b"../../../../tmp/elsewhere\n"),
+                                "which is not a CA directory of the backup"),
+    "ca/active naming no CA of the backup": (lambda b: replace_member(b, "ca/active", b"default-g9\n"),
+                                             "which is not a CA directory of the backup"),
+}
+
+
+@pytest.mark.parametrize("case", list(CA_DIRECTORIES))
+def test_every_ca_directory_holds_certificates_of_its_keys(copy, tmp_path, case):
+    spoil, reason = CA_DIRECTORIES[case]
+    spoil(copy)
+    assert reason in refused(tmp_path, copy)
+
+
+def test_a_ca_directory_of_matching_files_and_ca_active_naming_it_restore(copy, tmp_path):
+    _other_ca(copy)
+    replace_member(copy, "ca/active", b"other\n")
+    new = tmp_path / "new" / "data"
+    cli("restore", str(copy), "--data-dir", str(new))
+    assert (new / "ca" / "active").read_text() == "other\n" and (new / "ca" / "other" / "ca.crt").is_file()
