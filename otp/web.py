@@ -206,7 +206,8 @@ class _Routes:
             raise InvalidInput("allow_unsigned must be true or false")
         info, key = await self._service(request).add_client(name, allow_unsigned=allow_unsigned,
                                                                  actor=_actor(request))
-        return web.json_response({**info.to_json(), "api_key": key}, status=201)
+        return web.json_response({**info.to_json(), "api_key": key}, status=201,
+                                 headers={"Cache-Control": "no-store"})  # the key: shown once, kept by no cache
 
     @requires_scope("admin")
     async def change_client(self, request: web.Request) -> web.StreamResponse:

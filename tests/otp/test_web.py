@@ -266,6 +266,7 @@ async def test_otp_clients(api):
     await assert_problem(await api.post("/api/v1/otp-clients/x/disable", headers=ADMIN), 400)
     no_body = await api.post("/api/v1/otp-clients", headers=ADMIN)
     assert no_body.status == 201 and (await no_body.json())["name"] == ""
+    assert no_body.headers["Cache-Control"] == "no-store"  # the answer holds the API key: kept by no cache
     await assert_problem(await api.post("/api/v1/otp-clients", json={"name": 3}, headers=ADMIN), 400)
 
 
