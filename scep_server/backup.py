@@ -56,6 +56,11 @@ DEFAULT_CRL_NUMBER_GAP = 1_000_000
 _SKIPPED_CA_FILES = {"ca.lock"}
 # the largest CRL Number the database stores (a signed 64-bit BIGINT): a restore raises no floor above it
 MAX_CRL_NUMBER = 2**63 - 1
+# the largest file but the database a restore reads or copies (certificates, keys, secrets, the manifest are a few
+# KB): a hostile backup's huge (or sparse) member is refused before it is hashed, read into memory or copied
+MAX_MEMBER_BYTES = 1 << 20
+# room a restore leaves free on the new data directory's file system beyond the files it copies
+FREE_MARGIN_BYTES = 64 << 20
 
 
 class BackupError(Exception):
@@ -424,9 +429,9 @@ def _check_tree(directory: Path) -> None:
                               "`cp -r` to resolve links made on purpose); refusing to restore it")
 
 
-def _open_member(path: Path):
+def _open_member(path: Path, limit: int | None = MAX_MEMBER_BYTES):
     """`path` opened for reading without following a symbolic link, checked again to be a regular file with one
-    link (it may have been replaced since :func:`_check_tree`)."""
+    link (it may have been replaced since :func:`_check_tree`) of at most `limit` bytes."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
@@ -435,13 +440,16 @@ def _open_member(path: Path):
     if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
         os.close(fd)
         raise BackupError(f"{path} is not a regular file with one link; refusing to restore it")
+    if limit is not None and st.st_size > limit:
+        os.close(fd)
+        raise BackupError(f"{path} is larger than {limit} bytes: not a file of a backup; refusing to restore it")
     return os.fdopen(fd, "rb")
 
 
-def _copy_member(src: Path, dst: Path) -> None:
+def _copy_member(src: Path, dst: Path, limit: int | None = MAX_MEMBER_BYTES) -> None:
     """Copy a file of the backup into the staging directory (a new file, mode 0600, fsynced)."""
     dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with _open_member(src) as inp:
+    with _open_member(src, limit) as inp:
         fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
             shutil.copyfileobj(inp, out)
@@ -454,15 +462,14 @@ def _read_member(path: Path) -> bytes:
         return fh.read()
 
 
-def read_manifest(directory: Path) -> dict[str, Any]:
+def read_manifest(directory: Path, *, room: Path | None = None) -> dict[str, Any]:
     """The manifest, once every file it lists is there with its size and SHA-256 (BackupError otherwise), and the
-    backup holds nothing but regular files and directories (:func:`_check_tree`)."""
+    backup holds nothing but regular files and directories (:func:`_check_tree`). Every file but the database is
+    at most MAX_MEMBER_BYTES; with `room` (a directory on the file system restored to), the files must fit in its
+    free space (less FREE_MARGIN_BYTES). Both are checked before any file is hashed."""
     directory = Path(directory)
     _check_tree(directory)
-    try:
-        raw = (directory / MANIFEST).read_bytes()
-    except OSError as exc:
-        raise BackupError(f"{directory / MANIFEST}: cannot read the manifest ({exc.strerror})") from None
+    raw = _read_member(directory / MANIFEST)
     try:
         manifest = json.loads(raw)
     except ValueError as exc:
@@ -474,6 +481,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise BackupError(f"{directory / MANIFEST}: lists no files")
+    total = 0
     for rel, meta in files.items():
         path = _inside(directory, rel)
         if PurePosixPath(rel).as_posix() != rel:  # `./`, `//`, a final `/`: one file must have one name
@@ -482,6 +490,18 @@ def read_manifest(directory: Path) -> dict[str, Any]:
             raise BackupError(f"{MANIFEST}: the entry of {rel} has no checksum")
         if not path.is_file():
             raise BackupError(f"{rel} is missing from the backup")
+        size = path.stat().st_size
+        if rel != DATABASE_FILE and size > MAX_MEMBER_BYTES:
+            raise BackupError(f"{rel} is larger than {MAX_MEMBER_BYTES} bytes: not a file of a backup (only the "
+                              "database is that large); refusing to restore it")
+        total += size
+    if room is not None:
+        free = shutil.disk_usage(room).free
+        if total + FREE_MARGIN_BYTES > free:
+            raise BackupError(f"the backup's files ({total} bytes) do not fit in the {free} bytes free on the file "
+                              f"system of {room} (less a margin of {FREE_MARGIN_BYTES} bytes)")
+    for rel, meta in files.items():
+        path = directory / rel
         if path.stat().st_size != meta.get("bytes") or sha256_file(path) != meta["sha256"]:
             raise BackupError(f"{rel} does not match its checksum in the manifest: the backup was changed or "
                               "damaged; refusing to restore it")
@@ -603,7 +623,8 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
     source, data_dir = Path(source), Path(data_dir)
     if data_dir.exists() and not _is_empty_dir(data_dir):
         raise BackupError(f"{data_dir} exists and is not empty: a backup is restored into a new data directory")
-    manifest = read_manifest(source)
+    room = next(p for p in (data_dir.absolute(), *data_dir.absolute().parents) if p.is_dir())
+    manifest = read_manifest(source, room=room)
     _check_shape(manifest)
     ca_name, ca_rel = manifest["ca"]["name"], manifest["ca"]["directory"]
     ca_src = _inside(source, ca_rel)
@@ -666,7 +687,7 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
             notes.append(f"OTP key-encryption key written to {data_dir / 'otp-kek.key'}")
         if database.get("kind") == "sqlite":
             db_file = staging / "scep.db"
-            _copy_member(_inside(source, DATABASE_FILE), db_file)
+            _copy_member(_inside(source, DATABASE_FILE), db_file, limit=None)  # the free space was checked
             await asyncio.to_thread(_check_sqlite, db_file)
             url = f"sqlite+aiosqlite:///{db_file.resolve()}"
             if verify:

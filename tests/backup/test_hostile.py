@@ -293,3 +293,40 @@ def test_a_ca_directory_of_matching_files_and_ca_active_naming_it_restore(copy, 
     new = tmp_path / "new" / "data"
     cli("restore", str(copy), "--data-dir", str(new))
     assert (new / "ca" / "active").read_text() == "other\n" and (new / "ca" / "other" / "ca.crt").is_file()
+
+
+def _sparse(path: Path, size: int) -> dict:
+    """`path` made a sparse file of `size` bytes (a few KB on disk, zeros when read); its manifest entry."""
+    with path.open("r+b") as fh:
+        fh.truncate(size)
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"sha256": digest.hexdigest(), "bytes": size}
+
+
+@pytest.mark.parametrize("rel", ["default-challenge.txt", "ca/default/ca.crt", "ca-passphrase", "manifest.json"])
+def test_a_huge_member_is_refused_before_it_is_read_or_copied(copy, tmp_path, rel):
+    """A sparse file takes a few KB in the backup and its full size once copied: every file but the database is
+    at most MAX_MEMBER_BYTES, checked before it is hashed, read or copied."""
+    from scep_server.backup import MAX_MEMBER_BYTES
+
+    if rel == "manifest.json":
+        (copy / rel).write_text(json.dumps({"format": 1, "padding": " " * MAX_MEMBER_BYTES}))
+    else:
+        entry = _sparse(copy / rel, 64 * MAX_MEMBER_BYTES)
+        if rel != "ca-passphrase":  # the secrets are not listed (they are kept apart)
+            resign(copy, lambda m: m["files"].update({rel: entry}))
+    assert f"is larger than {MAX_MEMBER_BYTES} bytes" in refused(tmp_path, copy)
+
+
+def test_a_database_larger_than_the_free_space_is_refused_before_it_is_hashed(copy, tmp_path, monkeypatch):
+    import scep_server.backup as backup
+
+    size = (copy / "database.sqlite3").stat().st_size
+    real = shutil.disk_usage
+    monkeypatch.setattr(backup.shutil, "disk_usage",
+                        lambda path: real(path)._replace(free=backup.FREE_MARGIN_BYTES + size - 1))
+    monkeypatch.setattr(backup, "sha256_file", lambda path: pytest.fail("hashed before the size was checked"))
+    assert "do not fit in the" in refused(tmp_path, copy)
