@@ -77,6 +77,12 @@ _DIRECTORY_STRINGS = frozenset({_ASN1Type.UTF8String, _ASN1Type.PrintableString,
 _ISSUED_TYPE = {"C": _ASN1Type.PrintableString, "serialNumber": _ASN1Type.PrintableString,
                 "DC": _ASN1Type.IA5String, "emailAddress": _ASN1Type.IA5String}
 _PRINTABLE_STRING = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]+")
+# SAN syntax (RFC 5280 §4.2.1.6): a dNSName in the preferred name syntax (letters, digits, hyphens; no trailing
+# dot), an rfc822Name a Mailbox (RFC 5321: a dot-string local part, a domain), a URI absolute (RFC 3986)
+_LDH_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_STRING = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
+_ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?:[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+")
 _MAX_SAN_CHARS = {"dns": 253, "email": 254, "uri": 1024, "ip": 64}
 _CSR_HASHES = {"sha224", "sha256", "sha384", "sha512", "sha3-224", "sha3-256", "sha3-384", "sha3-512"}
 _EC_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384"}
@@ -92,6 +98,11 @@ def check_message_digest(msg) -> None:
     if msg.digest not in MESSAGE_DIGESTS:
         raise SCEPFailure(FailInfo.BAD_ALG, f"the message digest {msg.digest.name} is not accepted; use one of "
                           f"{', '.join(MESSAGE_DIGEST_CAPS)} (GetCACaps)", msg)
+
+
+def _is_dns_name(value: str) -> bool:
+    """A host name in RFC 5280's preferred name syntax (RFC 1034 §3.5, RFC 1123 §2.1): no `_`, no trailing dot."""
+    return all(_LDH_LABEL.fullmatch(label) for label in value.split("."))
 
 
 def _is_host_name(value: str) -> bool:
@@ -300,18 +311,22 @@ class IssuancePolicy:
         if len(value) > _MAX_SAN_CHARS[kind] or not value.isascii() or not value.isprintable() or " " in value:
             raise PolicyViolation(f"subject alternative name {label[:80]!r} is not a valid {_SAN_LABEL[kind]} name")
         if kind == "dns":
-            labels = value.rstrip(".").split(".")
-            if not all(_DNS_LABEL.fullmatch(part) for part in labels):
-                raise PolicyViolation(f"subject alternative name {label!r} is not a host name (no wildcards)")
+            if not _is_dns_name(value):
+                raise PolicyViolation(f"subject alternative name {label!r} is not a host name (no wildcards), "
+                                      f"as RFC 5280 reads one: letters, digits and hyphens in dot-separated labels, "
+                                      f"no trailing dot")
             if t.dns_suffixes:
                 self._within_dns_suffixes(f"subject alternative name {label!r}", value)
         elif kind == "email":
             local, at, domain = value.rpartition("@")
-            if not at or not local or not domain or "@" in local:
+            if not at or len(local) > 64 or not _DOT_STRING.fullmatch(local) or not _is_dns_name(domain):
                 raise PolicyViolation(f"subject alternative name {label!r} is not an e-mail address")
             if t.email_domains and _normalise_domain(domain) not in t.email_domains:
                 raise PolicyViolation(f"subject alternative name {label!r} is outside the profile's e-mail "
                                       f"domains ({', '.join(t.email_domains)})")
+        elif kind == "uri" and not _ABSOLUTE_URI.fullmatch(value):
+            raise PolicyViolation(f"subject alternative name {label[:80]!r} is not an absolute URI (RFC 3986: a "
+                                  f"scheme, `:` and the rest)")
         pattern = t.san_patterns.get(kind)
         if pattern is not None and not _compile(pattern).fullmatch(value):
             raise PolicyViolation(f"subject alternative name {label!r} does not match the profile's pattern "

@@ -688,6 +688,40 @@ async def test_an_ip_san_of_an_address_and_a_mask_is_refused(h, keys):
     assert rep.status is PKIStatus.SUCCESS, rep.fail_text
 
 
+@pytest.mark.parametrize("san, text", [
+    (x509.DNSName("dev-1.example.com."), "'DNS:dev-1.example.com.' is not a host name"),
+    (x509.DNSName("_dev-1.example.com"), "'DNS:_dev-1.example.com' is not a host name"),
+    (x509.DNSName("dev_1.example.com"), "'DNS:dev_1.example.com' is not a host name"),
+    (x509.RFC822Name("a..b@example.com"), "'email:a..b@example.com' is not an e-mail address"),
+    (x509.RFC822Name(".a@example.com"), "'email:.a@example.com' is not an e-mail address"),
+    (x509.RFC822Name("a@-example_.com"), "'email:a@-example_.com' is not an e-mail address"),
+    (x509.RFC822Name("a@example.com."), "'email:a@example.com.' is not an e-mail address"),
+    (x509.RFC822Name("x" * 65 + "@example.com"), "is not an e-mail address"),
+    (x509.UniformResourceIdentifier("device-1"), "'URI:device-1' is not an absolute URI"),
+    (x509.UniformResourceIdentifier("//devices.example.com/1"), "is not an absolute URI"),
+    (x509.UniformResourceIdentifier("https://example.com/<x>"), "is not an absolute URI"),
+    (x509.UniformResourceIdentifier("https://example.com/%zz"), "is not an absolute URI"),
+])
+async def test_a_san_outside_rfc_5280s_syntax_for_its_type_is_refused(h, keys, san, text):
+    """RFC 5280 §4.2.1.6: a dNSName in the preferred name syntax (no `_`, no trailing dot), an rfc822Name a
+    Mailbox, a URI absolute. A relying party that parses them strictly (pkilint: invalid syntax) or one that
+    compares them loosely would each read such a name their own way."""
+    h.profiles.add("p", template=CertificateTemplate(san_types=["dns", "email", "uri"]))
+    assert refused(await h.enrol("p", keys[0], sans=[san]), text)
+
+
+async def test_sans_of_every_type_in_rfc_5280s_syntax_are_issued(h, keys, tmp_path):
+    sans = [x509.DNSName("Dev-1.example.com"), x509.DNSName("1.example.com"),
+            x509.RFC822Name("first.last+tag@example.com"),
+            x509.UniformResourceIdentifier("https://devices.example.com/d/1?x=%20y#f")]
+    h.profiles.add("p", template=CertificateTemplate(san_types=["dns", "email", "uri"]))
+    rep = await h.enrol("p", keys[0], sans=sans)
+    assert rep.status is PKIStatus.SUCCESS, rep.fail_text
+    cert = x509.load_der_x509_certificate(rep.certs[0])
+    assert list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value) == sans
+    assert pkilint_findings(rep.certs[0], tmp_path) == ""
+
+
 async def test_an_approval_applies_the_key_rules_the_template_has_then(h):
     from scep_server.enrolment.model import ApprovalRefused
 
