@@ -344,6 +344,11 @@ class ScepService:
                     return await self.replay(profile, msg, existing, e.public_key_sha256)
                 continue  # the random serial (127 bits) was taken: sign again with a fresh one
             except (SignerChanged, DeviceTakenDown) as exc:
+                # a retry of this transaction, sent at the same time (to another process or instance), renewed the
+                # signer first: its answer, not a refusal of a renewal that was issued
+                existing = await self.repository.find(profile.name, key)
+                if existing is not None:
+                    return await self.replay(profile, msg, existing, e.public_key_sha256)
                 if verifier is not None:
                     await verifier.after_failure(req, str(exc))
                 raise SCEPFailure(FailInfo.BAD_REQUEST, str(exc), msg) from None

@@ -292,6 +292,44 @@ async def test_concurrent_renewals_of_one_kept_certificate_issue_one(server, clo
     assert (await cert_row(server, old))["status"] == "valid"
 
 
+async def test_a_renewal_sent_twice_at_once_is_answered_its_certificate_both_times(server, clock, monkeypatch):
+    """A client's retry of a RenewalReq (same transaction, a new senderNonce) reaches another process or instance
+    while the first copy is issued: both copies passed the checks, the first records the renewal and supersedes
+    the signer, and the retry gets the same certificate, not a FAILURE that leaves the device with its old
+    certificate revoked."""
+    import asyncio
+
+    from scep_server.enrolment.service import ScepService
+
+    from .conftest import pki, renewal_body
+
+    await static_profile(server, "short", template={"validity_days": 30})
+    issue_one = ScepService._issue
+    checked: list[object] = []
+    both = asyncio.Event()
+
+    async def after_both_checked(self, e):
+        checked.append(e)
+        if len(checked) == 2:
+            both.set()
+        await asyncio.wait_for(both.wait(), 5)
+        return await issue_one(self, e)
+
+    async with aiohttp.ClientSession() as session:
+        key = rsa_key()
+        old = await issue(session, server, "short", key)
+        clock.advance(days=21)
+        new_key = rsa_key()
+        copies = [renewal_body(server, old, key, new_key, transaction_id="RETRIED-1") for _ in range(2)]
+        monkeypatch.setattr(ScepService, "_issue", after_both_checked)
+        reps = await asyncio.gather(*(pki(session, server, "short", body, key) for body in copies))
+    assert [r.status for r in reps] == [PKIStatus.SUCCESS] * 2, [r.fail_text for r in reps]
+    assert reps[0].certs[0] == reps[1].certs[0]
+    renewals = [c for c in await certs_of(server, "short") if c["renewal_of"] == serial_of(old)]
+    assert [c["serial"] for c in renewals] == [serial_of(reps[0].certs[0])]
+    assert (await cert_row(server, old))["status"] == "revoked"
+
+
 async def test_a_renewal_kept_and_sent_again_later_is_refused_by_its_signing_time(server, clock):
     """A RenewalReq refused before the window (captured on the way) is not accepted when replayed inside it:
     it would supersede the device's certificate with one the device never asked for now. A renewal signed
