@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -666,9 +667,11 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
             raise BackupError(f"the OTP key-encryption key from {kek_from} is not the one of the backup "
                               f"(id {box.kek_id}, the backup's {kek_entry['kek_id']})")
     database = manifest.get("database") or {}
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.restore-", dir=data_dir.parent))
+    created = [p for p in data_dir.absolute().parents if not p.exists()]  # removed again if the restore fails
+    staging = None
     try:
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.restore-", dir=data_dir.parent))
         os.chmod(staging, 0o700)
         for rel in manifest["files"]:
             if rel == DATABASE_FILE:
@@ -706,9 +709,21 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
         if data_dir.exists():
             _move_into(staging, data_dir)
         else:
-            os.rename(staging, data_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+            try:
+                os.rename(staging, data_dir)
+            except OSError as exc:  # made meanwhile, and not empty
+                raise BackupError(f"cannot move the restored files into {data_dir}: {exc.strerror}") from None
+    except BaseException as exc:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        for path in created:  # the deepest first; never one that is not empty
+            try:
+                path.rmdir()
+            except OSError:
+                break
+        if isinstance(exc, OSError):  # no room left, no permission: a message, nothing left behind
+            raise BackupError(f"cannot write the restored files beside {data_dir}: {exc.strerror or exc} "
+                              f"({exc.filename}); nothing was left") from None
         raise
     if state == "upgradable":
         notes.append("the schema is behind this software's: `scep-server db upgrade` (or the first start) "
@@ -717,9 +732,20 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
 
 
 def _move_into(staging: Path, data_dir: Path) -> None:
-    """`data_dir` exists and is empty: move the staged files into it, then drop the staging directory."""
-    for entry in staging.iterdir():
-        os.rename(entry, data_dir / entry.name)
+    """`data_dir` exists and is empty: move the staged files into it, then drop the staging directory. All or
+    nothing: when one cannot be moved, those moved go back and `data_dir` is left empty (BackupError)."""
+    moved: list[str] = []
+    try:
+        for entry in sorted(staging.iterdir()):
+            if os.path.lexists(data_dir / entry.name):  # made meanwhile: never replaced
+                raise FileExistsError(errno.EEXIST, "made meanwhile", str(data_dir / entry.name))
+            os.rename(entry, data_dir / entry.name)
+            moved.append(entry.name)
+    except OSError as exc:
+        for name in reversed(moved):
+            os.rename(data_dir / name, staging / name)
+        raise BackupError(f"cannot move the restored files into {data_dir}: {exc.strerror} ({exc.filename}); "
+                          "nothing was left in it") from None
     staging.rmdir()
     os.chmod(data_dir, 0o700)
 

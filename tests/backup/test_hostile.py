@@ -330,3 +330,30 @@ def test_a_database_larger_than_the_free_space_is_refused_before_it_is_hashed(co
                         lambda path: real(path)._replace(free=backup.FREE_MARGIN_BYTES + size - 1))
     monkeypatch.setattr(backup, "sha256_file", lambda path: pytest.fail("hashed before the size was checked"))
     assert "do not fit in the" in refused(tmp_path, copy)
+
+
+def test_a_refused_restore_removes_the_directories_it_made(copy, tmp_path):
+    replace_member(copy, "database.sqlite3", b"garbage" * 1000)  # refused after the staging directory is made
+    new = tmp_path / "made" / "by" / "restore" / "data"
+    cli("restore", str(copy), "--data-dir", str(new), code=1)
+    assert not (tmp_path / "made").exists()
+
+
+@pytest.mark.parametrize("failing", ["ca", "scep.db"])
+def test_a_restore_into_an_empty_directory_failing_half_way_leaves_it_empty(copy, tmp_path, monkeypatch, failing):
+    import os
+
+    import scep_server.backup as backup
+
+    new = tmp_path / "new" / "data"
+    new.mkdir(parents=True)
+    rename = os.rename
+
+    def flaky(src, dst):
+        if Path(dst).parent == new and Path(dst).name == failing:
+            raise OSError(28, "No space left on device", str(dst))
+        return rename(src, dst)
+    monkeypatch.setattr(backup.os, "rename", flaky)
+    out = cli("restore", str(copy), "--data-dir", str(new), code=1)  # a message, not a traceback
+    assert "restore refused: cannot move the restored files" in out
+    assert list(new.iterdir()) == [] and list(new.parent.iterdir()) == [new]  # no half restore, no staging
