@@ -105,6 +105,26 @@ def _is_dns_name(value: str) -> bool:
     return all(_LDH_LABEL.fullmatch(label) for label in value.split("."))
 
 
+def _uri_host(uri: str) -> str | None:
+    """The host a URI's authority names (RFC 3986 §3.2.2: after any userinfo, before any port; an IP literal without
+    its brackets), "" for an authority naming none, None for a URI without an authority."""
+    rest = uri.partition(":")[2]
+    if not rest.startswith("//"):
+        return None
+    host = re.split(r"[/?#]", rest[2:], maxsplit=1)[0].rpartition("@")[2]
+    if host.startswith("["):
+        return host[1:host.index("]")] if "]" in host else ""
+    return host.partition(":")[0]
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_host_name(value: str) -> bool:
     labels = value.rstrip(".").split(".")
     return bool(value) and all(_DNS_LABEL.fullmatch(label) for label in labels)
@@ -331,6 +351,15 @@ class IssuancePolicy:
         if pattern is not None and not _compile(pattern).fullmatch(value):
             raise PolicyViolation(f"subject alternative name {label!r} does not match the profile's pattern "
                                   f"{pattern!r}")
+        host = _uri_host(value) if kind == "uri" else None
+        if host is not None and not _is_ip(host):
+            # RFC 5280 §4.2.1.6: a URI with an authority names a host name or an IP address; a host a relying party
+            # (or a name constraint, §4.2.1.10) reads as a domain is held to the DNS suffixes as a DNS SAN is. An
+            # undotted one (Intune's IntuneDeviceId://<id>) is a name only, as a CN is.
+            if not _is_dns_name(host):
+                raise PolicyViolation(f"subject alternative name {label[:80]!r} names no host name or IP address")
+            if t.dns_suffixes and "." in host:
+                self._within_dns_suffixes(f"subject alternative name {label!r}", host)
 
     def subject_and_sans(self, csr: x509.CertificateSigningRequest, *,
                          reserved_names: Iterable[x509.Name] = ()) -> Vetted:

@@ -722,6 +722,27 @@ async def test_sans_of_every_type_in_rfc_5280s_syntax_are_issued(h, keys, tmp_pa
     assert pkilint_findings(rep.certs[0], tmp_path) == ""
 
 
+async def test_a_uri_san_naming_a_host_is_held_to_the_dns_suffixes(h, keys):
+    """A profile limited to its own domains does not vouch for another's host in a URI SAN (what a name constraint,
+    RFC 5280 §4.2.1.10, and a relying party matching URIs read as its domain), userinfo or not; a URI whose
+    authority names no host is refused. Undotted hosts (Intune's IntuneDeviceId://<id>), IP addresses and URIs
+    without an authority are names only."""
+    h.profiles.add("p", template=CertificateTemplate(san_types=["dns", "uri"], dns_suffixes=["devices.example.com"]))
+    for i, (uri, text) in enumerate((
+            ("https://vpn.example.org/", "'URI:https://vpn.example.org/' is outside the profile's DNS suffixes"),
+            ("https://devices.example.com@vpn.example.org:443/", "is outside the profile's DNS suffixes"),
+            ("https://vpn.devices.example.com.evil.example/x", "is outside the profile's DNS suffixes"),
+            ("https:///etc/passwd", "names no host name or IP address"),
+            ("ldap://[2001:db8::1/", "names no host name or IP address"))):
+        rep = await h.enrol("p", keys[i % len(keys)], sans=[x509.UniformResourceIdentifier(uri)], txid=f"no-{i}")
+        assert refused(rep, text), (uri, rep.fail_text)
+    for i, uri in enumerate(("https://Dev-1.Devices.example.com:8443/a?b", "IntuneDeviceId://1b2c3d4e-aaaa",
+                             "https://[2001:db8::1]/x", "tag:microsoft.com,2022-09-14:sid:S-1-5-21",
+                             "urn:udid:a1b2c3")):
+        rep = await h.enrol("p", keys[i % len(keys)], sans=[x509.UniformResourceIdentifier(uri)], txid=f"ok-{i}")
+        assert rep.status is PKIStatus.SUCCESS, (uri, rep.fail_text)
+
+
 async def test_an_approval_applies_the_key_rules_the_template_has_then(h):
     from scep_server.enrolment.model import ApprovalRefused
 
