@@ -795,15 +795,23 @@ def _check_pair(source: Path, cert_rel: str, index: int, key, key_name: str) -> 
 
 
 def _check_sqlite(path: Path) -> None:
-    """`path` is a SQLite database whose tables can be listed (BackupError otherwise)."""
+    """`path` is a SQLite database whose tables can be listed, holding tables and indexes only (BackupError
+    otherwise): this software's schema has no trigger nor view, and a hostile backup's trigger would run in the
+    restore (setting a CRL Number back after the restore raised it) and in every server after it (undoing a
+    revocation, say)."""
     try:
         conn = sqlite3.connect(path)
         try:
-            conn.execute("SELECT name FROM sqlite_master").fetchall()
+            others = conn.execute("SELECT type, name FROM sqlite_master WHERE type NOT IN ('table', 'index') "
+                                  "ORDER BY type, name").fetchall()
         finally:
             conn.close()
     except sqlite3.Error as exc:
         raise BackupError(f"{DATABASE_FILE} is not a SQLite database this software reads: {exc}") from None
+    if others:
+        listed = ", ".join(f"{kind} {name!r}" for kind, name in others[:5])
+        raise BackupError(f"{DATABASE_FILE} holds what this software's schema never has ({listed}): "
+                          "refusing to restore it")
 
 
 def _integrity_check(path: Path) -> None:

@@ -357,3 +357,24 @@ def test_a_restore_into_an_empty_directory_failing_half_way_leaves_it_empty(copy
     out = cli("restore", str(copy), "--data-dir", str(new), code=1)  # a message, not a traceback
     assert "restore refused: cannot move the restored files" in out
     assert list(new.iterdir()) == [] and list(new.parent.iterdir()) == [new]  # no half restore, no staging
+
+
+@pytest.mark.parametrize("statement", [
+    # it would set the CRL Number back after the restore raised it above the floor
+    "CREATE TRIGGER keep_low AFTER UPDATE ON crl_state BEGIN UPDATE crl_state SET last_number = 0; END",
+    # it would undo every revocation in the restored server
+    "CREATE TRIGGER keep_valid AFTER UPDATE OF status ON certificates BEGIN "
+    "UPDATE certificates SET status = OLD.status WHERE rowid = NEW.rowid; END",
+    "CREATE VIEW shadow AS SELECT 1",
+])
+def test_a_database_with_a_trigger_or_a_view_is_refused(copy, tmp_path, statement):
+    import sqlite3
+
+    _with_crl_number(copy, 5)
+    db = copy / "database.sqlite3"
+    conn = sqlite3.connect(db)
+    conn.execute(statement)
+    conn.commit()
+    conn.close()
+    replace_member(copy, "database.sqlite3", db.read_bytes())
+    assert "holds what this software's schema never has" in refused(tmp_path, copy)
