@@ -1,7 +1,11 @@
 """One-time challenges: random, stored as SHA-256, bound to a profile, expiring, redeemed once.
 
 Redemption is a single compare-and-set UPDATE (unused, unexpired, this profile), so two enrolments
-racing for one challenge can never both win, on SQLite or PostgreSQL, in one process or many.
+racing for one challenge can never both win, on SQLite or PostgreSQL, in one process or many. The
+challenge keeps the transactionID that used it: a retry of that same transaction (the same request sent
+again, to another process or instance while the first copy is being issued, or after the process that
+redeemed it died before recording anything) is let through again, since an enrolment is idempotent by
+its transaction and issues at most one certificate for it.
 Concurrent issuances (and redemptions) share one write transaction (group commit), so a burst of
 requests costs one disk flush rather than one each.
 """
@@ -144,6 +148,11 @@ class _Use:
     transaction_id: str
 
 
+def _same_transaction(used_by: str | None, transaction_id: str) -> bool:
+    """A used challenge's transactionID is this request's (stored whole: at most 255 characters)."""
+    return used_by is not None and len(transaction_id) <= 255 and used_by == transaction_id
+
+
 class ChallengeStore:
     """Issuance and redemption go through group commits: many concurrent requests share one transaction."""
 
@@ -213,15 +222,21 @@ class ChallengeStore:
         m = row._mapping
         if m["profile"] != profile:
             raise ChallengeRejected("this challenge password was issued for another SCEP profile")
-        if m["used_at"] is not None:
+        retry = m["used_at"] is not None
+        if retry and not _same_transaction(m["transaction_id"], transaction_id):
             raise ChallengeRejected("this challenge password has already been used")
         if _utc(m["expires_at"]) <= now:
             raise ChallengeRejected(f"this challenge password expired at {_utc(m['expires_at']).isoformat()}")
         expectations = Expectations.from_json(m["expectations"])
         if check is not None:
             check(expectations)
-        if not await self._redeemer.submit(_Use(h=h, profile=profile, now=now, transaction_id=transaction_id[:255])):
-            raise ChallengeRejected("this challenge password has already been used")
+        if not retry and not await self._redeemer.submit(
+                _Use(h=h, profile=profile, now=now, transaction_id=transaction_id[:255])):
+            async with self.engine.connect() as conn:  # lost to a concurrent use: by this very transaction?
+                used_by = (await conn.execute(sa.select(challenges.c.transaction_id)
+                                              .where(challenges.c.challenge_sha256 == h))).scalar()
+            if not _same_transaction(used_by, transaction_id):
+                raise ChallengeRejected("this challenge password has already been used")
         return Redeemed(profile=profile, source=m["source"], payload_identifier=m["payload_identifier"],
                         expectations=expectations)
 

@@ -56,6 +56,62 @@ async def test_parallel_redemptions_in_process(server):
             certificates.c.profile == "race"))).scalar_one() == 1
 
 
+async def test_a_request_sent_again_at_once_gets_one_certificate_both_times(server, monkeypatch):
+    """A device's PKCSReq and its retry (same key and transactionID, a new senderNonce) reach two processes or
+    instances at once: the challenge is used once, by that transaction, and both copies get its one certificate
+    (the copy that lost the challenge's compare-and-set used to be refused "already been used")."""
+    from scep_server.enrolment.service import ScepService
+
+    await add_profile(server, "race", "dynamic", dynamic())
+    issued = await server.runtime.challenges.new_challenge("race", source="cli")
+    issue = ScepService._issue
+    arrived: list[object] = []
+    both = asyncio.Event()
+
+    async def after_both_checked(self, e):
+        arrived.append(e)
+        if len(arrived) == 2:
+            both.set()
+        try:
+            await asyncio.wait_for(both.wait(), 2)
+        except TimeoutError:
+            pass  # the other copy was refused before it got here
+        return await issue(self, e)
+
+    monkeypatch.setattr(ScepService, "_issue", after_both_checked)
+    key = rsa_key()
+    copies = [build(server, key, challenge=issued.challenge, cn="retried", transaction_id="RETRIED-1")
+              for _ in range(2)]
+    async with aiohttp.ClientSession() as s:
+        reps = await asyncio.gather(*(pki(s, server, "race", body, key) for body in copies))
+    assert [r.status for r in reps] == [PKIStatus.SUCCESS] * 2, [r.fail_text for r in reps]
+    assert reps[0].certs[0] == reps[1].certs[0]
+    async with server.runtime.engine.connect() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(certificates).where(
+            certificates.c.profile == "race"))).scalar_one() == 1
+
+
+async def test_a_challenge_used_by_a_transaction_that_recorded_nothing_serves_its_retry_only(server):
+    """The process that redeemed a challenge was killed before it recorded the certificate: the device's retry of
+    that transaction enrols; any other transaction is still refused."""
+    rt = server.runtime
+    await add_profile(server, "race", "dynamic", dynamic())
+    issued = await rt.challenges.new_challenge("race", source="cli")
+    await rt.challenges.store.redeem("race", issued.challenge, now=rt.clock(), transaction_id="KILLED-1")
+    key, other_key, third_key = rsa_key(), rsa_key(), rsa_key()
+    async with aiohttp.ClientSession() as s:
+        other = await pki(s, server, "race", build(server, other_key, challenge=issued.challenge, cn="other",
+                                                   transaction_id="OTHER-1"), other_key)
+        retry = await pki(s, server, "race", build(server, key, challenge=issued.challenge, cn="retried",
+                                                   transaction_id="KILLED-1"), key)
+        again = await pki(s, server, "race", build(server, third_key, challenge=issued.challenge, cn="third",
+                                                  transaction_id="KILLED-1"), third_key)
+    assert other.status is PKIStatus.FAILURE and "already been used" in other.fail_text
+    assert retry.status is PKIStatus.SUCCESS, retry.fail_text
+    # the transaction is recorded now: the same transactionID with another key is a different request
+    assert again.status is PKIStatus.FAILURE and "different key" in again.fail_text
+
+
 @pytest.mark.slow
 async def test_parallel_redemptions_across_processes(tmp_path, db_url):
     settings = settings_for(tmp_path / "data", db_url)
