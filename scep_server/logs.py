@@ -30,7 +30,10 @@ def configure(level: str = "info", fmt: str = "json", *, cache: bool = False) ->
     global _format
     lvl = getattr(logging, level.upper())
     _format = fmt
-    renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    if fmt == "json":
+        rendering: list = [structlog.processors.JSONRenderer()]
+    else:
+        rendering = [_one_line, structlog.dev.ConsoleRenderer(colors=False)]
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
@@ -38,7 +41,7 @@ def configure(level: str = "info", fmt: str = "json", *, cache: bool = False) ->
             structlog.processors.add_log_level,
             timestamper,
             structlog.processors.format_exc_info,
-            renderer,
+            *rendering,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr) if cache else _StderrLoggerFactory(),
@@ -55,7 +58,7 @@ def configure(level: str = "info", fmt: str = "json", *, cache: bool = False) ->
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
-            renderer,
+            *rendering,
         ],
     )
     root = logging.getLogger()
@@ -74,6 +77,21 @@ def configure(level: str = "info", fmt: str = "json", *, cache: bool = False) ->
 
 
 log = structlog.get_logger("http")
+
+# Characters that end or rewrite a line at a terminal or in a line-based collector: C0 and C1 controls, DEL and
+# the Unicode line and paragraph separators.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_MULTILINE_KEYS = frozenset({"exception", "stack"})  # a traceback keeps its lines
+
+
+def _one_line(_logger: object, _name: str, event_dict: dict) -> dict:
+    """The console format writes text values as they are; a value a client chose (a Basic user name, a header)
+    with a line break in it would start a line of its own that reads as another event. Its control characters
+    are written escaped (``\\n``, ``\\x1b``); JSON lines escape them already."""
+    for key, value in event_dict.items():
+        if type(value) is str and key not in _MULTILINE_KEYS and _CONTROLS.search(value):
+            event_dict[key] = _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), value)
+    return event_dict
 
 
 class _MalformedRequests(logging.Filter):

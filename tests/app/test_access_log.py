@@ -10,10 +10,11 @@ from datetime import datetime, timedelta, timezone
 
 import aiohttp
 import pytest
+import structlog
 from aiohttp import web
 
 from scep_server import logs
-from scep_server.logs import configure, flush_access
+from scep_server.logs import access_line, configure, flush_access
 from scep_server.web.access import UNMATCHED, request_id
 from tests.factories import NOW
 from tests.server import start_app
@@ -200,6 +201,34 @@ async def test_console_format_writes_the_access_line_too(aiohttp_server, tmp_pat
             rid = r.headers["X-Request-ID"]
         (line,) = [x for x in capsys.readouterr().err.splitlines() if "http.access" in x]
         assert "route=/healthz" in line and "status=200" in line and f"request_id={rid}" in line
+    finally:
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+
+
+def test_console_format_escapes_the_control_characters_a_client_chose(capsys):
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    configure("info", "console")
+    try:
+        capsys.readouterr()
+        # no space, quote or line break: such a value is written unquoted, as it is
+        forged = "admin\x1b[2K\x1b[1Gotp.verified\u2028\x85\x00"
+        structlog.get_logger("challenge").warning("challenge.page_refused", username=forged)
+        logging.getLogger("otp").warning("otp.refused", extra={"user": forged})
+        access_line(method="GET", route="/x", status=400, duration_ms=1.0, client=forged, request_id="r-1")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            structlog.get_logger("x").exception("failed")
+        err = capsys.readouterr().err
+        lines = err.splitlines()
+        for event in ("challenge.page_refused", "otp.refused", "http.access"):
+            (line,) = [x for x in lines if event in x]
+            assert r"admin\x1b[2K\x1b[1Gotp.verified\u2028\x85\x00" in line
+        assert "\x1b" not in err and "\u2028" not in err  # nothing that moves a terminal's cursor or ends a line
+        assert "Traceback (most recent call last):\n" in err  # a traceback keeps its lines
     finally:
         for handler in list(root.handlers):
             if handler not in handlers:
