@@ -99,6 +99,22 @@ async def template_policy(e: Enrolment) -> None:
         raise e.refuse(e.policy_error)
 
 
+class CompromisedKey:
+    """A key a certificate of ours was revoked for as compromised (keyCompromise: by an administrator, or presented
+    by a second device under `binding.revoke_on_second_device`) is never certified again, by a new enrolment or a
+    renewal: its holder, whoever that is, would otherwise enrol it anew with any challenge (CA/Browser Forum BR
+    §6.1.1.3 asks the same of public CAs)."""
+
+    def __init__(self, service: ScepService):
+        self.service = service
+
+    async def __call__(self, e: Enrolment) -> None:
+        serial = await self.service.repository.compromised_key(e.public_key_sha256)
+        if serial is not None:
+            raise e.refuse(f"the public key is compromised: certificate {serial} for it was revoked for "
+                           f"keyCompromise; generate a new key")
+
+
 class Renewal:
     """RFC 8894 §2.3: a request signed by a certificate we issued is a renewal authenticated by it.
 
@@ -297,12 +313,12 @@ class Approval:
 
 
 def default_checks(service: ScepService) -> list[Check]:
-    """The chain, in order: recognise a retry, the message's and template's local rules, the renewal rules, the
-    challenge, the foreign-signer note, approval."""
-    return [Replay(service), renewal_req_signed, template_policy, Renewal(service), device_named, Challenge(service),
-            DeviceLinked(service), ForeignSigner(service), Approval(service)]
+    """The chain, in order: recognise a retry, the message's and template's local rules, a compromised key, the
+    renewal rules, the challenge, the foreign-signer note, approval."""
+    return [Replay(service), renewal_req_signed, template_policy, CompromisedKey(service), Renewal(service),
+            device_named, Challenge(service), DeviceLinked(service), ForeignSigner(service), Approval(service)]
 
 
-__all__ = ["Approval", "Challenge", "Check", "DeviceLinked", "Enrolment", "ForeignSigner", "NOT_LOOKED_UP", "Renewal",
+__all__ = ["Approval", "Challenge", "Check", "CompromisedKey", "DeviceLinked", "Enrolment", "ForeignSigner", "NOT_LOOKED_UP", "Renewal",
            "Replay", "device_named",
            "default_checks", "renewal_req_signed", "template_policy"]

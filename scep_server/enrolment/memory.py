@@ -51,6 +51,11 @@ class InMemoryRepository:
                 if r["profile"] == profile and r["public_key_sha256"] == public_key_sha256
                 and r["status"] == "valid" and r["not_after"] > now][:10]
 
+    async def compromised_key(self, public_key_sha256: str) -> str | None:
+        return next((r["serial"] for r in self.certificates.values()
+                     if r["public_key_sha256"] == public_key_sha256 and r["status"] == "revoked"
+                     and r["revocation_reason"] == int(Reason.KEY_COMPROMISE)), None)
+
     async def awaiting_ack(self, updated_before: datetime) -> list[dict]:
         out = []
         for row in self.transactions.values():

@@ -225,6 +225,13 @@ class SqlRepository:
                 c.profile == profile, c.public_key_sha256 == public_key_sha256, c.status == "valid",
                 c.not_after > now).limit(10))).scalars().all())
 
+    async def compromised_key(self, public_key_sha256: str) -> str | None:
+        c = certificates.c
+        async with self.engine.connect() as conn:
+            return (await conn.execute(sa.select(c.serial).where(
+                c.public_key_sha256 == public_key_sha256, c.status == "revoked",
+                c.revocation_reason == int(Reason.KEY_COMPROMISE)).limit(1))).scalar()
+
     async def record_event(self, event: dict) -> None:
         async with writer(self.engine).begin() as conn:
             await record_event(conn, **event)

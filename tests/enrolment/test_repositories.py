@@ -140,6 +140,26 @@ async def test_withdraw_revokes_and_rejects(repo, ca, key):
     assert await repo.valid_serials_for_key("p", cert_row["public_key_sha256"], AT) == []
 
 
+async def test_a_key_revoked_for_key_compromise_is_found_by_its_public_key(repo, ca, key):
+    withdrawn = rows(ca, key, "w")
+    await repo.record(*withdrawn)
+    await repo.withdraw(withdrawn[0]["serial"], "p", "w", "refused", dict(withdrawn[2], kind="pki.cert.revoke"), now=AT)
+    pub = withdrawn[0]["public_key_sha256"]
+    assert await repo.compromised_key(pub) is None  # revoked, but not as compromised
+    serial = withdrawn[0]["serial"]
+    if isinstance(repo, InMemoryRepository):
+        repo.certificates[serial]["revocation_reason"] = int(Reason.KEY_COMPROMISE)
+    else:
+        from scep_server.store.tables import certificates
+        from trustkit.db import writer
+
+        async with writer(repo.engine).begin() as conn:
+            await conn.execute(certificates.update().where(certificates.c.serial == serial).values(
+                revocation_reason=int(Reason.KEY_COMPROMISE)))
+    assert await repo.compromised_key(pub) == serial
+    assert await repo.compromised_key("0" * 64) is None
+
+
 # ---------------------------------------------------------------- SQLite: signing threads share one durable commit
 
 @pytest.fixture

@@ -339,6 +339,25 @@ async def test_a_revoked_held_or_unbound_signer_is_refused(h, keys):
     assert len(h.repo.certificates) == 3
 
 
+async def test_a_key_revoked_as_compromised_is_never_certified_again(h, keys):
+    """A certificate revoked for keyCompromise (by an administrator, or presented by a second device): its key is
+    refused at a new enrolment (any profile) and as a renewal's new key, before a challenge is asked; a key whose
+    certificate was revoked otherwise (superseded, withdrawn) enrols again."""
+    renewal_profile(h)
+    h.profiles.add("other")
+    stolen = await h.enrol("r", keys[0], cn="d0")
+    h.repo.certificates[serial_of(stolen)].update(status="revoked", revocation_reason=int(Reason.KEY_COMPROMISE))
+    for profile in ("r", "other"):
+        rep = await h.enrol(profile, keys[0], cn="d0", txid=f"again-{profile}")
+        assert refused(rep, f"certificate {serial_of(stolen)} for it was revoked for keyCompromise"), rep.fail_text
+    kept = await h.enrol("r", keys[1], cn="d1")
+    h.clock.advance(days=21)
+    assert refused(await h.renew("r", kept.certs[0], keys[1], keys[0], cn="d1"), "the public key is compromised")
+    h.repo.certificates[serial_of(stolen)]["revocation_reason"] = int(Reason.CESSATION_OF_OPERATION)
+    assert (await h.enrol("other", keys[0], cn="d0", txid="withdrawn")).status is PKIStatus.SUCCESS
+    assert len(h.repo.certificates) == 3
+
+
 async def test_a_renewal_is_renewed_only_at_its_own_profile_unless_listed(h, keys):
     renewal_profile(h, "a")
     renewal_profile(h, "b")
