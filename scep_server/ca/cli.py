@@ -91,7 +91,7 @@ def rollover_prepare(ctx: Context, name: str | None, cross_sign: bool, subject: 
 
     try:
         prepared = run(go())
-    except (RolloverPrepared, ValueError) as exc:
+    except (RolloverPrepared, lifecycle.RolloverInToken, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     if fmt == "json":
         click.echo(json.dumps(prepared, indent=2))
@@ -189,7 +189,7 @@ def rollover_activate(ctx: Context, name: str | None, fmt: str) -> None:
 
     try:
         done = run(go())
-    except NotPrepared as exc:
+    except (NotPrepared, lifecycle.RolloverInToken) as exc:
         raise click.ClickException(str(exc)) from None
     if fmt == "json":
         click.echo(json.dumps(done, indent=2))

@@ -45,6 +45,19 @@ class RaInToken(Conflict):
     code = "ra_key_in_token"
 
 
+class RolloverInToken(Conflict):
+    """A CA rollover asked for with the keys in a PKCS#11 token: the next CA's key would be a file (and the
+    processes load only the CA of ``ca.name`` from the token), so it is refused before anything is written."""
+
+    code = "rollover_key_in_token"
+
+
+def _no_rollover_in_token(runtime: "Runtime", name: str) -> None:
+    if runtime.settings.ca.key_backend != "file":
+        raise RolloverInToken(f"the keys of CA {name!r} are in a PKCS#11 token: a CA rollover is not made there "
+                              "(its next CA's key would be a file)")
+
+
 def _passphrase(runtime: "Runtime") -> bytes:
     from .keys import load_or_create_passphrase
 
@@ -197,6 +210,7 @@ async def prepare_rollover(runtime: "Runtime", name: str, *, actor: str, subject
     ca = runtime.cas.get(name)
     if ca is None:
         raise UnknownCA(f"no CA named {name!r}")
+    _no_rollover_in_token(runtime, name)
     s, now = runtime.settings, runtime.clock()
     certs = await asyncio.to_thread(prepare, s.ca_dir(name), ca, key_size=s.ca.key_size,
                                     validity_days=s.ca.validity_days, ra_validity_days=s.ca.ra_validity_days,
@@ -228,6 +242,7 @@ async def activate_rollover(runtime: "Runtime", name: str, *, actor: str) -> dic
 
     if name not in runtime.cas:
         raise UnknownCA(f"no CA named {name!r}")
+    _no_rollover_in_token(runtime, name)
     s, now = runtime.settings, runtime.clock()
     new_name = await asyncio.to_thread(activate, s.ca_dir(name).parent, name)
     new_ca = await asyncio.to_thread(load_ca, s.ca_dir(new_name), name=new_name, passphrase=_passphrase(runtime),
