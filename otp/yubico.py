@@ -122,8 +122,9 @@ def parse_verify_request(params: Mapping[str, str], client_id: int) -> VerifyReq
         raise ProtocolError(Status.MISSING_PARAMETER, "nonce must be 16-40 letters or digits")
     sl = params.get("sl")
     if sl is not None:
-        sl = sl.strip()
-        # 0-100, "fast" or "secure" (V2.0); YK-VAL also rejects 0, which the spec allows: we accept it.
+        sl = sl.strip().lower()
+        # 0-100, "fast" or "secure" (V2.0, the words in any case, as YK-VAL reads them); YK-VAL also rejects 0,
+        # which the spec allows: we accept it.
         if sl not in ("fast", "secure") and not (_DIGITS.fullmatch(sl) and int(sl) <= 100):
             raise ProtocolError(Status.MISSING_PARAMETER, "sl must be 0-100, fast or secure")
     timeout_raw = params.get("timeout")

@@ -93,6 +93,8 @@ def test_request_validation(change, status):
 def test_request_parses_options():
     req = yubico.parse_verify_request(GOOD | {"timestamp": "1", "sl": "secure", "timeout": "8", "h": "x"}, 7)
     assert (req.client_id, req.want_timestamp, req.sl, req.timeout, req.signed) == (7, True, "secure", 8, True)
+    for word in ("SECURE", "Fast"):  # YK-VAL reads the words in any case
+        assert yubico.parse_verify_request(GOOD | {"sl": word}, 7).sl == word.lower()
     req = yubico.parse_verify_request(GOOD | {"timestamp": "0", "sl": "0"}, 7)
     assert not req.want_timestamp and req.sl == "0" and not req.signed
     assert yubico.parse_verify_request(GOOD | {"otp": " " + GOOD["otp"] + " "}, 1).otp == GOOD["otp"]
