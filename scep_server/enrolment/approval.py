@@ -46,8 +46,9 @@ class ApprovalWorkflow:
             await self.reject(profile_name, transaction_id, reason or "rejected by an administrator", actor=actor,
                               now=now, reason=reason)
             return "rejected"
-        if svc.refuse_issuing:  # the enrolment stays pending: it can be approved once server.base_url is set
-            raise Conflict(svc.refuse_issuing)
+        refusal = svc.cannot_issue(ca, now)
+        if refusal:  # the enrolment stays pending: approved once server.base_url is set or a new CA is active
+            raise Conflict(refusal)
         csr = x509.load_der_x509_csr(m["csr_der"])
         renewal_of = None
         if m.get("renewal_of"):

@@ -295,8 +295,9 @@ class ScepService:
                      content: codec.RequestContent, known=NOT_LOOKED_UP, policy_error: str | None = None,
                      static_secrets=NOT_LOOKED_UP, vetted: Vetted | None = None) -> Outcome:
         # parsed, key loaded and proof of possession checked in the decryption stage (codec.open_request)
-        if self.refuse_issuing:  # before any check: no challenge is used up by a request that cannot succeed
-            raise SCEPFailure(FailInfo.BAD_REQUEST, self.refuse_issuing, msg)
+        refusal = self.cannot_issue(ca, self.clock())
+        if refusal:  # before any check: no challenge is used up by a request that cannot succeed
+            raise SCEPFailure(FailInfo.BAD_REQUEST, refusal, msg)
         e = Enrolment(profile=profile, ca=ca, message=msg, content=content, key=self.transaction_key(ca, msg),
                       public_key_sha256=inventory.public_key_sha256(content.public_key), known=known,
                       static_secrets=static_secrets,
@@ -312,6 +313,17 @@ class ScepService:
                 return answer
         e.now = e.now or self.clock()
         return await self._issue(e)
+
+    def cannot_issue(self, ca: CertificateAuthority, now: datetime) -> str | None:
+        """Why no certificate can be issued now, or None: ``refuse_issuing``, or a CA certificate that has expired
+        (a certificate ends with its CA's: one issued now would end before it starts)."""
+        if self.refuse_issuing:
+            return self.refuse_issuing
+        expiry = ca.cert.not_valid_after_utc
+        if now >= expiry:
+            return (f"the certificate of CA {ca.name!r} expired at {expiry.isoformat()}: no certificate is issued "
+                    f"until a new CA is activated (CA rollover)")
+        return None
 
     async def _issue(self, e: Enrolment) -> Outcome:
         """Sign, record and answer. A delegated enrolment is recorded ``awaiting_ack`` and delivered only once the

@@ -247,6 +247,23 @@ async def test_a_pending_enrolment_is_issued_once_approved(h, keys):
         await h.service.decide("manual", txid, approve=False, actor="admin")
 
 
+async def test_once_the_ca_certificate_expired_enrolments_and_approvals_are_refused_not_failed(h, keys, ca):
+    """A certificate ends with its CA's: one issued after the CA expired would end before it starts (cryptography
+    refuses to build it, which was an HTTP 500). The request gets a FAILURE naming the expiry before a challenge
+    is used; a pending enrolment stays pending (409) until a new CA is active."""
+    h.profiles.add("p")
+    h.profiles.add("manual", require_approval=True)
+    assert (await h.enrol("manual", keys[1])).status is PKIStatus.PENDING
+    for i, late in enumerate((timedelta(0), timedelta(days=1))):
+        h.clock.set(ca.cert.not_valid_after_utc + late)
+        rep = await h.enrol("p", keys[0], txid=f"late-{i}")
+        assert refused(rep, "the certificate of CA 'default' expired at"), rep.fail_text
+    assert h.repo.certificates == {}
+    with pytest.raises(Conflict, match="expired at"):
+        await h.service.decide("manual", client.transaction_id_for(keys[1].public_key()), approve=True, actor="admin")
+    assert [t["state"] for t in h.repo.transactions.values()] == ["pending"]
+
+
 async def test_a_rejected_enrolment_fails_at_its_next_poll_and_is_not_decided_twice(h, keys):
     h.profiles.add("manual", require_approval=True)
     assert (await h.enrol("manual", keys[0])).status is PKIStatus.PENDING
