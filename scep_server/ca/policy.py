@@ -398,6 +398,14 @@ class IssuancePolicy:
                 sans.append(name)
         if not list(subject) and not sans:
             raise PolicyViolation("the CSR has neither a subject nor subject alternative names")
+        # RFC 5280 §4.1.2.6: a certificate with an e-mail address has it as an rfc822Name SAN; an emailAddress in
+        # the subject is the deprecated legacy copy of one, never the only place it is
+        mailboxes = {name.value for name in sans if isinstance(name, x509.RFC822Name)}
+        for attr in subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
+            if attr.value not in mailboxes:
+                raise PolicyViolation(f"subject emailAddress={attr.value!r} is not also an e-mail subject alternative "
+                                      f"name, where RFC 5280 §4.1.2.6 puts an address (the profile's san_types must "
+                                      f"allow email)")
         return subject, sans
 
     def check(self, csr: x509.CertificateSigningRequest, *, reserved_names: Iterable[x509.Name] = (),
