@@ -5,7 +5,7 @@ Two counters per profile: one per client address (an IPv6 client by its /64), on
 username (failures with that username from all addresses together, the guard against a distributed
 guess). A counter reaching its limit within the window blocks further attempts for the lockout; a
 blocked login is refused before any password check. Each failure is one upsert; rows whose window and
-lockout have passed are pruned, and the table is held to `max_throttle_rows`.
+lockout have passed are pruned, and the table is held to `max_throttle_rows` (address counters go first).
 """
 from __future__ import annotations
 
@@ -46,8 +46,14 @@ def address_key(profile: str, address: str) -> str:
     return _key("address", profile, address)
 
 
+# A username's counter is told apart from an address's by its first character (not a hex digit), so that
+# pruning never forgets it to make room for address counters: failures from many addresses (an IPv6 client
+# has /64s by the thousand) must not reset the guard against a distributed guess.
+USER_KEY_PREFIX = "u"
+
+
 def user_key(profile: str, username: str) -> str:
-    return _key("user", profile, username)
+    return USER_KEY_PREFIX + _key("user", profile, username)[1:]
 
 
 class LoginThrottle:
@@ -108,7 +114,9 @@ class LoginThrottle:
             count = (await conn.execute(sa.select(sa.func.count()).select_from(t))).scalar_one()
             excess = count - self.limits.max_rows
             if excess > 0:
-                oldest = sa.select(t.c.key_sha256).order_by(  # counters first, oldest first; blocks last
-                    sa.case((t.c.blocked_until.is_(None), 0), else_=1), t.c.failures_since).limit(excess)
+                # address counters first, oldest first; then username counters; blocks last
+                oldest = sa.select(t.c.key_sha256).order_by(sa.case(
+                    (t.c.blocked_until.is_not(None), 2), (t.c.key_sha256.startswith(USER_KEY_PREFIX), 1),
+                    else_=0), t.c.failures_since).limit(excess)
                 removed += (await conn.execute(sa.delete(t).where(t.c.key_sha256.in_(oldest)))).rowcount
         return removed or 0

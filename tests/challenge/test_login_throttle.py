@@ -16,7 +16,7 @@ from aiohttp import web
 from scep_server.app import create_app
 from scep_server.challenge.basic import CredentialChecker, check_password, hash_params, hash_password
 from scep_server.challenge.tables import login_throttle
-from scep_server.challenge.throttle import Limits, LoginThrottle
+from scep_server.challenge.throttle import Limits, LoginThrottle, address_key, user_key
 from tests.openapi_check import attach as check_against_openapi
 from scep_server.store.tables import profiles
 from tests.challenge.conftest import PASSWORD, USER, add_profile, dynamic
@@ -155,6 +155,26 @@ async def test_throttle_rows_are_pruned_and_bounded(engine):
     await throttle.prune(now + timedelta(seconds=200))
     async with engine.connect() as conn:
         assert (await conn.execute(sa.select(sa.func.count()).select_from(login_throttle))).scalar_one() == 0
+
+
+async def test_a_flood_of_address_counters_does_not_push_out_the_username_counter(engine):
+    """Guesses at the configured username from many addresses (IPv6 /64s are plenty) count on the username's
+    counter; failures from yet more addresses must not make room by forgetting that counter."""
+    from datetime import datetime, timezone
+
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+    throttle = LoginThrottle(engine, Limits(failures_per_address=5, failures_per_user=20, window_seconds=300,
+                                            max_rows=100))
+    by_user = user_key("default", USER)
+    for i in range(19):  # 19 guesses at the real username, each from an address of its own
+        await throttle.failed([(address_key("default", f"2001:db8:{i:x}::"), 5), (by_user, 20)], now)
+    for i in range(150):  # then one failure each from 150 more addresses, with another username
+        await throttle.failed([(address_key("default", f"2001:db9:{i:x}::"), 5)], now + timedelta(seconds=1 + i * 0.1))
+    await throttle.prune(now + timedelta(seconds=30))
+    async with engine.connect() as conn:
+        keys = set((await conn.execute(sa.select(login_throttle.c.key_sha256))).scalars())
+    assert len(keys) == 100 and by_user in keys
+    assert await throttle.failed([(by_user, 20)], now + timedelta(seconds=40)) is True  # the 20th guess locks
 
 
 async def test_logins_beyond_the_waiting_cap_are_turned_away(aiohttp_server, tmp_path, db_url, clock, monkeypatch):
