@@ -202,7 +202,8 @@ EVENTS: tuple[Event, ...] = (
     _e("mdm.remove", "info", "source actor", "an MDM source was removed"),
     _e("mdm.sync", "info", "source dry_run records changes skipped error",
        "an MDM's inventory was read (error: it could not be read in full, nothing changed)"),
-    _e("mdm.sync_failed", "error", "exception", "the periodic MDM sync raised (it runs again next period)"),
+    _e("mdm.sync_failed", "error", "exception", "an MDM sync raised (the periodic one runs again next period); a "
+       "reading of the inventory that raised is the sync's recorded error"),
     # challenges
     _e("challenge.issued", "info", "profile source requested_by payload_identifier expires_at",
        "a one-time challenge was issued"),

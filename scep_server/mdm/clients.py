@@ -90,7 +90,7 @@ class _OAuthClient:
             raise MdmUnavailable("token request: an access_token that cannot go in a header")
         try:
             lifetime = min(max(float(body.get("expires_in", 300)), 0.0), 86400.0)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an integer of hundreds of digits
             lifetime = 0.0
         self._token = (token, time.monotonic() + lifetime - min(30.0, lifetime / 10))
         return token

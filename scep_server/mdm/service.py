@@ -255,6 +255,9 @@ class MdmService:
             records, state = await self.reader({"kind": row.kind, **json.loads(row.config)}, state)
         except MdmUnavailable as exc:
             report.error = str(exc)[:500]
+        except Exception as exc:  # noqa: BLE001 - an answer no check foresaw: a failed sync, not a 500
+            log.exception("mdm.sync_failed")
+            report.error = f"the inventory could not be read: {type(exc).__name__}"
         if report.error is None:
             report.records = len(records)
             by_id: dict[str, Record] = {}
