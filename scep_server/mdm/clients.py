@@ -255,12 +255,18 @@ class GraphClient(_OAuthClient):
 
     def records(self, managed: list[dict], enabled: dict[str, bool]) -> list[Record]:
         """Records of the managed devices; one whose Entra device is disabled is `disabled`."""
+        field_of = {"device_id": "id", "azure_ad_device_id": "azureADDeviceId", "serial_number": "serialNumber"}
         out = []
         for d in managed:
+            # a record without its id or the field read (a $select Graph did not honour, an answer of another
+            # shape) makes the listing unreadable: read as a verdict, every device would look gone
+            if not isinstance(d.get("id"), str) or not d["id"] or field_of[self.id_field] not in d:
+                raise MdmUnavailable(f"a managed device without its id or {field_of[self.id_field]}")
             aad = d.get("azureADDeviceId")
-            key = {"device_id": d.get("id"), "azure_ad_device_id": aad, "serial_number": d.get("serialNumber")}[
-                self.id_field]
-            if not isinstance(key, str) or not key:
+            key = d[field_of[self.id_field]]
+            if key is not None and not isinstance(key, str):
+                raise MdmUnavailable(f"a managed device whose {field_of[self.id_field]} is not a string")
+            if not key:  # a device with no such value (no serial number known): it names no device of ours
                 continue
             state = MdmState.DISABLED if isinstance(aad, str) and enabled.get(aad) is False else MdmState.MANAGED
             out.append(Record(device_id=key, mdm_id=_text(d.get("id")), state=state, name=_text(d.get("deviceName"))))
