@@ -43,6 +43,8 @@ def _networks(v: list[str]) -> list[str]:
 class ServerSettings(BaseModel):
     """The HTTP server: where it listens, how many processes, and the public URL certificates name."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, never a default silently kept
+
     listen: str = Field("127.0.0.1:8080", description="HOST:PORT the server listens on ([::]:PORT for IPv6)")
     workers: int = Field(1, ge=1, le=64, description="worker processes serving the listening port (see reuse_port)")
     base_url: str | None = Field(
@@ -132,6 +134,8 @@ class ServerSettings(BaseModel):
 class DatabaseSettings(BaseModel):
     """The database: embedded SQLite in the data directory, or PostgreSQL shared by several instances."""
 
+    model_config = ConfigDict(extra="forbid")
+
     url: str | None = Field(
         None, description="SQLAlchemy URL, e.g. postgresql://user:password@host/db; unset: SQLite "
         "<data_dir>/scep.db", json_schema_extra={"secret": True})
@@ -149,6 +153,8 @@ CA_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 class CASettings(BaseModel):
     """The issuing CA and its SCEP RA (created by `init` or the first start, in <data_dir>/ca/<name>)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str = Field("default", pattern=CA_NAME_PATTERN,
                       description="the CA's name: its directory, /crl/<name>.crl and /ca/<name>.crt")
@@ -225,6 +231,8 @@ class CASettings(BaseModel):
 
 class BindingSettings(BaseModel):
     """Device binding and management attestation."""
+
+    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="off: no /api/v1/devices, attestation or external-CA routes, no "
                           "binding jobs, no `device`/`ca` commands")
@@ -311,6 +319,8 @@ def _is_number(text: str) -> bool:
 class ChallengeSection(BaseModel):
     """Dynamic and delegated challenges (scep_server.challenge) and their endpoint's HTTP Basic login."""
 
+    model_config = ConfigDict(extra="forbid")
+
     enabled: bool = Field(True, description="off: only static profiles enrol; no challenge or enrolment routes, "
                           "jobs or commands")
     scrypt_log2_n: int = Field(17, ge=10, le=20, description="scrypt cost (log2 of n, r = 8, p = 1) of new "
@@ -337,6 +347,9 @@ class OtpSection(OtpSettings):
 
 class AuditSettings(BaseModel):
     """The audit trail's hash chain (scep_server/store/chain.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     chain: bool = Field(False, description="seal the events table into a SHA-256 hash chain (`scep-server audit "
                         "verify` checks it); every process sharing a database should have the same value")
     seal_interval: float = Field(1.0, gt=0, le=3600, description="seconds between two seals of a server process")
@@ -384,6 +397,8 @@ def _host_port(v: str) -> str:
 
 class MetricsSettings(BaseModel):
     """Prometheus metrics (scep_server.metrics): `/metrics` on every worker, or on a listen address of its own."""
+
+    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="off: no /metrics")
     listen: str | None = Field(None, description="HOST:PORT to serve /metrics on instead of server.listen; every "
@@ -529,6 +544,7 @@ def load_settings(config_file: str | os.PathLike | None = None, **overrides: Any
     if config_file is not None:
         data = _read_toml(config_file)
     data = _deep_merge(data, {k: v for k, v in overrides.items() if v is not None})
+    _refuse_unknown_sections()
     try:
         # The file is the lowest layer: environment variables must win over it, so the file goes
         # through a temporary env-free model first, then env settings are applied on top.
@@ -553,6 +569,22 @@ CREDENTIALS: dict[str, tuple[str, str]] = {
     "otp-kek": ("otp", "kek_file"),
     "database-url": ("database", "url_file"),
 }
+
+
+def _refuse_unknown_sections(environ: Mapping[str, str] | None = None) -> None:
+    """A variable ``SCEP_SERVER_<SECTION>__<KEY>`` whose section does not exist (``SCEP_SERVER_DATABSE__URL``) is a
+    ConfigError naming it: ignored, it would leave the setting it meant at its default (SQLite instead of the
+    shared database, say). A variable of a section's key that does not exist is refused by the section."""
+    prefix = ENV_PREFIX.lower()
+    sections = sorted(Settings.model_fields)
+    for name in (os.environ if environ is None else environ):
+        lowered = name.lower()
+        if not lowered.startswith(prefix) or ENV_NESTED_DELIMITER not in lowered[len(prefix):]:
+            continue
+        section = lowered[len(prefix):].split(ENV_NESTED_DELIMITER, 1)[0]
+        if section not in sections:
+            raise ConfigError(f"invalid configuration:\n  environment variable {name}: there is no section "
+                              f"{section!r} (sections: {', '.join(s for s in sections if s != 'data_dir')})")
 
 
 def credential_values(environ: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -44,3 +44,46 @@ def test_unreadable_configuration(tmp_path):
     bad.write_text("[server\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(bad)
+
+
+def _sections(model, prefix=()):
+    """(path, model) of every section and sub-section of the settings."""
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield (*prefix, name), field.annotation
+            yield from _sections(field.annotation, (*prefix, name))
+
+
+def _all_sections():
+    from scep_server.config import Settings
+
+    return [".".join(path) for path, _ in _sections(Settings)]
+
+
+@pytest.mark.parametrize("section", _all_sections())
+def test_a_misspelt_key_is_refused_in_every_section(tmp_path, monkeypatch, section):
+    """`[server] base_ur = ...` or SCEP_SERVER_SERVER__BASEURL is an error naming it, not a setting that silently
+    keeps its default (a certificate naming the wrong URL, a database nobody meant)."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[{section}]\nno_such_key = 1\n")
+    with pytest.raises(ConfigError, match=rf"{section}\.no_such_key"):
+        load_settings(cfg)
+    from scep_server.config import check_file
+
+    with pytest.raises(ConfigError, match=rf"{section}\.no_such_key"):
+        check_file(cfg)
+    monkeypatch.setenv("SCEP_SERVER_" + section.upper().replace(".", "__") + "__NO_SUCH_KEY", "1")
+    with pytest.raises(ConfigError, match=rf"{section}\.no_such_key"):
+        load_settings()
+
+
+def test_a_variable_of_a_section_that_does_not_exist_is_refused(monkeypatch):
+    """SCEP_SERVER_DATABSE__URL would leave the server on SQLite in its data directory without a word."""
+    monkeypatch.setenv("SCEP_SERVER_DATABSE__URL", "postgresql://db.example/scep")
+    with pytest.raises(ConfigError, match="SCEP_SERVER_DATABSE__URL: there is no section 'databse'"):
+        load_settings()
+    monkeypatch.delenv("SCEP_SERVER_DATABSE__URL")
+    monkeypatch.setenv("SCEP_SERVER_CONFIG", "/nowhere.toml")  # the command line's own variable, not a setting
+    assert load_settings().database.url is None

@@ -126,8 +126,8 @@ def test_each_variable_reads_as_pydantic_settings_read_it(environ, path, annotat
     ([("SCEP_SERVER_CRL__CHECKER__POLICY", "fail-open")], "ok"),                         # its value
     ([("SCEP_SERVER_CRL__VALIDITY", "7200.5"), ("SCEP_SERVER_CRL__POLL_INTERVAL", "PT2S")], "ok"),
     ([("SCEP_SERVER_DATA_DIR", "/srv/data"), ("SCEP_SERVER_NOSUCH", "1")], "ok"),        # unknown top level: ignored
-    ([("SCEP_SERVER_SERVER__NOSUCH", "1")], "ok"),                                       # a section that ignores extras
-    ([("SCEP_SERVER_OTP__NOSUCH", "1")], "invalid"),                                     # one that forbids them
+    ([("SCEP_SERVER_SERVER__NOSUCH", "1")], "invalid"),                                  # every section forbids extras
+    ([("SCEP_SERVER_OTP__NOSUCH", "1")], "invalid"),
     ([("SCEP_SERVER_OTP__THROTTLE_KEY__MAX_FAILURES", "4"), ("SCEP_SERVER_OTP__KEK_FILE", "/k")], "ok"),
     ([("SCEP_SERVER_SERVER__WORKERS", "0")], "invalid"),
     ([("SCEP_SERVER_BINDING__ENABLED", "maybe")], "invalid"),
