@@ -178,10 +178,11 @@ def _initialise(initialise, settings, **kwargs: Any) -> list[str]:
     """First-start set-up; CA files that would be overwritten are a clear error naming them, not a traceback."""
     from .ca.authority import CAFilesExist
     from .ca.pkcs11 import HsmError
+    from .store.migrate import SchemaTooNew
 
     try:
         return run(initialise(settings, **kwargs))
-    except (CAFilesExist, HsmError) as exc:
+    except (CAFilesExist, HsmError, SchemaTooNew) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -224,9 +225,12 @@ def db() -> None:
 @pass_ctx
 def db_upgrade(ctx: Context) -> None:
     """Apply all schema migrations."""
-    from .store.migrate import upgrade_url
+    from .store.migrate import SchemaTooNew, upgrade_url
 
-    upgrade_url(ctx.settings().database_url())
+    try:
+        upgrade_url(ctx.settings().database_url())
+    except SchemaTooNew as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo("database schema is up to date")
 
 

@@ -131,3 +131,52 @@ async def test_decided_transactions_forget_their_challenge_password_on_upgrade(t
         csr = x509.load_der_x509_csr(der)
         assert csr.subject.rfc4514_string() == f"CN={state}"
         assert (challenge_password(csr) == f"static-secret-{state}") is (state in ("pending", "awaiting_ack")), state
+
+
+async def test_a_schema_newer_than_this_version_is_refused_with_a_message(engine):
+    """A newer version migrated the database (a rolling upgrade, a downgrade of the package): the start and `db
+    upgrade` of this one stop naming the revision, and leave the schema as it is (Alembic's own error was a
+    traceback)."""
+    import pytest
+
+    from scep_server.store.migrate import SchemaTooNew, upgrade
+
+    async with engine.begin() as conn:
+        core = (await conn.execute(sa.text(
+            "SELECT version_num FROM alembic_version WHERE version_num LIKE 'core%'"))).scalar_one()
+        await conn.execute(sa.text("UPDATE alembic_version SET version_num = 'core_9999' WHERE version_num = :v"),
+                           {"v": core})
+    try:
+        with pytest.raises(SchemaTooNew, match=r"at core_9999, which this version of scep-server does not know "
+                                               rf"\(its latest: .*{core}.*\): a newer version has upgraded it"):
+            await upgrade(engine)
+        async with engine.connect() as conn:
+            versions = set((await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalars())
+        assert "core_9999" in versions and core not in versions
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("UPDATE alembic_version SET version_num = :v WHERE version_num = 'core_9999'"),
+                               {"v": core})
+
+
+def test_the_commands_on_a_newer_schema_say_so_without_a_traceback(tmp_path, sqlite_template, monkeypatch):
+    import shutil
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from scep_server.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(sqlite_template, data / "scep.db")
+    with sqlite3.connect(data / "scep.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = 'core_9999' WHERE version_num LIKE 'core%'")
+    monkeypatch.delenv("SCEP_SERVER_DATABASE__URL", raising=False)
+    monkeypatch.setenv("SCEP_CA_PASSPHRASE", "pw")
+    for args in (["db", "upgrade"], ["init", "--no-input", "--key-size", "2048"]):
+        result = CliRunner().invoke(main, ["--data-dir", str(data), *args])
+        assert result.exit_code == 1, (args, result.output)
+        assert isinstance(result.exception, SystemExit), result.exception  # a message, not an exception's traceback
+        assert "the database schema is at core_9999, which this version of scep-server does not know" in result.output
+    assert not (data / "ca").exists()  # nothing made beside a database it cannot use

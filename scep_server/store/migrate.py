@@ -34,7 +34,35 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+class SchemaTooNew(Exception):
+    """The database's schema is at a revision this software does not know: a newer version migrated it."""
+
+
+def _refuse_unknown_revisions(connection, cfg: Config) -> None:
+    """Raise SchemaTooNew when the database records a revision none of our migrations is (Alembic's own
+    "Can't locate revision" would end the start in a traceback)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    script = ScriptDirectory.from_config(cfg)
+    unknown = []
+    for revision in MigrationContext.configure(connection).get_current_heads():
+        try:
+            known = script.get_revision(revision) is not None
+        except CommandError:
+            known = False
+        if not known:
+            unknown.append(revision)
+    if unknown:
+        raise SchemaTooNew(
+            f"the database schema is at {', '.join(sorted(unknown))}, which this version of scep-server does not "
+            f"know (its latest: {', '.join(sorted(script.get_heads()))}): a newer version has upgraded it; run "
+            "that version (or a newer one) here too")
+
+
 def _upgrade_sync(connection, cfg: Config, target: str) -> None:
+    _refuse_unknown_revisions(connection, cfg)
     cfg.attributes["connection"] = connection
     command.upgrade(cfg, target)
 
@@ -48,7 +76,8 @@ MIGRATION_LOCK_KEY = 0x7363_6570_2D6D_6967
 async def upgrade(engine: AsyncEngine, target: str = "heads") -> None:
     """Bring the schema to `target` (all branch heads by default), in one transaction that holds the migration
     lock: a PostgreSQL advisory lock (transaction-scoped, released by the commit) or, on SQLite, the database
-    lock itself (BEGIN EXCLUSIVE; a second process waits for it within the busy timeout)."""
+    lock itself (BEGIN EXCLUSIVE; a second process waits for it within the busy timeout). Raises SchemaTooNew,
+    touching nothing, when a newer version migrated the database."""
     cfg = alembic_config(str(engine.url.render_as_string(hide_password=False)))
     if engine.dialect.name == "sqlite":
         engine = engine.execution_options(sqlite_begin="EXCLUSIVE")
