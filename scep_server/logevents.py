@@ -92,6 +92,10 @@ EVENTS: tuple[Event, ...] = (
     _e("ca.ra.loaded", "info", "ca serial not_after", "this process now uses a renewed RA certificate"),
     _e("ca.ra.renew_failed", "error", "ca error",
        "the automatic RA renewal failed; retried every ca.ra_check_interval (readiness fails 14 days before expiry)"),
+    _e("ca.key.sign_failed", "error", "backend key error",
+       "a CA or RA private key failed to sign (an error the PKCS#11 token answered, a key that cannot sign): "
+       "nothing was signed, the request is answered 503 `ca_key_failed` (a CRL is not published, an OCSP answer "
+       "is tryLater); with a token, readiness check ca.token fails until the key signs again"),
     _e("ca.pkcs11.session_lost", "warning", "token error",
        "a key operation found its PKCS#11 session gone (the token restarted or was removed): the sessions are "
        "reopened and the operation tried once more"),

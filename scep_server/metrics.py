@@ -70,6 +70,7 @@ class _Metrics:
     batch_size: Any
     commit_seconds: Any
     worker_requests: Any
+    key_sign_failures: Any
     # CA -> the (serial, revoked_at) listed in the last CRL signed here and newer than the CRL before it
     crl_recent: dict[str, frozenset] = field(default_factory=dict)
     # (id of the metric, *label values) -> the labelled child: `labels()` costs more than the increment itself.
@@ -237,6 +238,8 @@ def activate() -> None:
         worker_requests=Gauge("scep_server_worker_requests", "HTTP requests answered by this worker since it "
                               "started (one series per live worker, by pid, in a multi-worker server)",
                               registry=own, multiprocess_mode="liveall"),
+        key_sign_failures=counter("ca_key_sign_failures", "Signatures a CA or RA private key failed to make "
+                                  "(the token away or erring, a key that cannot sign)", ["backend"]),
     )
     _active = m
     from trustkit import batching
@@ -321,6 +324,14 @@ def group_commit(store: str, items: int, seconds: float) -> None:
     if m is not None:
         _observe(m.child(m.batch_size, store), items)
         _observe(m.child(m.commit_seconds, store), seconds)
+
+
+@_never_raises
+def key_sign_failed(backend: str) -> None:
+    """``backend``: file | pkcs11 (scep_server.ca.keys.sign_failed)."""
+    m = _active
+    if m is not None:
+        _inc(m.child(m.key_sign_failures, backend))
 
 
 @_never_raises

@@ -13,13 +13,36 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+import structlog
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from trustkit.problems import ServiceUnavailable
+
 from .tbs import SignsCertificates
+
+log = structlog.get_logger("ca")
 
 CA_KEY_TYPES = ("rsa", "ec-p256", "ec-p384")
 _CURVES = {"ec-p256": ec.SECP256R1, "ec-p384": ec.SECP384R1}
+
+
+class KeyFailed(ServiceUnavailable):
+    """A CA or RA private key failed to sign (any error of cryptography, or of a PKCS#11 token that is not its
+    absence): nothing was signed, the failure is logged and counted (:func:`sign_failed`), the client is answered
+    503 and tries again; the detail names no internals."""
+
+    code = "ca_key_failed"
+
+
+def sign_failed(backend: str, key: str, exc: BaseException) -> KeyFailed:
+    """Log (``ca.key.sign_failed``) and count (``ca_key_sign_failures_total``) a failed signature of the key
+    ``key`` (a key file's name, a token key's label); the KeyFailed to raise."""
+    from .. import metrics
+
+    log.error("ca.key.sign_failed", backend=backend, key=key, error=f"{type(exc).__name__}: {exc}".rstrip(": ")[:300])
+    metrics.key_sign_failed(backend)
+    return KeyFailed("a CA key could not sign now; try again shortly")
 
 
 class KeyOps(Protocol):
@@ -64,9 +87,10 @@ def rsa_decrypt(key: rsa.RSAPrivateKey, ciphertext: bytes, scheme: str) -> bytes
 class FileKey(SignsCertificates):
     """An RSA or EC (P-256, P-384) key held in process memory, loaded from an encrypted PEM file."""
 
-    def __init__(self, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+    def __init__(self, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, name: str = "generated key"):
         self._key = key
         self._pub = key.public_key()
+        self.name = name  # the key file's name, for the log of a failed signature
 
     @classmethod
     def generate(cls, bits: int, key_type: str = "rsa") -> "FileKey":
@@ -79,7 +103,9 @@ class FileKey(SignsCertificates):
 
     @classmethod
     def load(cls, path: Path, passphrase: bytes) -> "FileKey":
-        return cls.from_pem(path.read_bytes(), passphrase, name=str(path))
+        key = cls.from_pem(path.read_bytes(), passphrase, name=str(path))
+        key.name = path.name
+        return key
 
     @classmethod
     def from_pem(cls, pem: bytes, passphrase: bytes, *, name: str = "the key") -> "FileKey":
@@ -105,9 +131,12 @@ class FileKey(SignsCertificates):
         return self._key
 
     def sign(self, data: bytes, digest: hashes.HashAlgorithm) -> bytes:
-        if isinstance(self._key, ec.EllipticCurvePrivateKey):
-            return self._key.sign(data, ec.ECDSA(digest))
-        return self._key.sign(data, padding.PKCS1v15(), digest)
+        try:
+            if isinstance(self._key, ec.EllipticCurvePrivateKey):
+                return self._key.sign(data, ec.ECDSA(digest))
+            return self._key.sign(data, padding.PKCS1v15(), digest)
+        except Exception as exc:  # noqa: BLE001 - nothing signed: a 503, logged and counted
+            raise sign_failed("file", self.name, exc) from None
 
     def decrypt(self, ciphertext: bytes, scheme: str) -> bytes:
         if not isinstance(self._key, rsa.RSAPrivateKey):

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from trustkit.problems import ServiceUnavailable
 
+from .keys import sign_failed
 from .tbs import SignsCertificates
 
 log = structlog.get_logger("ca.pkcs11")
@@ -164,6 +165,8 @@ class SessionPool:
         self.timeout = CALL_TIMEOUT
         self.reconnects = 0  # successful reopenings
         self._labels: set[str] = set()  # the key labels used so far: found again when the sessions are reopened
+        # label -> (why its last signature failed, a probe signature): while set, the token is not ready (probe)
+        self._sign_failures: dict[str, tuple[str, Callable[[float], object]]] = {}
         self._generation = 1
         with self._lock:
             self._state: _Sessions | None = self._open(lib, generation=1)
@@ -291,6 +294,16 @@ class SessionPool:
                 self._labels.add(label)
         return key
 
+    def sign_failed(self, label: str, error: str, retry: Callable[[float], object]) -> None:
+        """The key ``label`` failed to sign (the token answered an error, not its absence): :meth:`probe` reports
+        the token not ready until ``retry(timeout)``, a signature with that key, succeeds."""
+        self._sign_failures[label] = (error, retry)
+
+    def signed(self, label: str) -> None:
+        """The key ``label`` signed: whatever failure it had is over."""
+        if self._sign_failures:
+            self._sign_failures.pop(label, None)
+
     def track(self, label: str) -> None:
         """A key label the deployment uses: found again when the sessions are reopened, and by :meth:`probe`."""
         self._labels.add(label)
@@ -396,6 +409,11 @@ class SessionPool:
             return f"error: {exc}"
         except pkcs11.PKCS11Error as exc:
             return f"error: PKCS#11 token {self.label!r}: {type(exc).__name__} {exc}".rstrip()
+        for label, (error, retry) in list(self._sign_failures.items()):  # a key whose last signature failed
+            try:
+                retry(timeout)  # signs once more; clears the failure when it does
+            except Exception:  # noqa: BLE001 - reported: the token is not ready
+                return f"error: the key {label!r} in PKCS#11 token {self.label!r} failed to sign: {error}"
         return "ok"
 
     def close(self) -> None:
@@ -426,6 +444,27 @@ class Pkcs11Key(SignsCertificates):
         return self._pub
 
     def sign(self, data: bytes, digest: hashes.HashAlgorithm) -> bytes:
+        """The signature, made in the token. TokenUnavailable (a 503) while the token is away; any other failure
+        (an error the token answers, CKR_GENERAL_ERROR say) is logged and counted and raised as KeyFailed (a
+        503 too), and the token is not ready (SessionPool.probe) until this key signs again."""
+        try:
+            signature = self._sign(data, digest)
+        except TokenUnavailable:
+            from .. import metrics
+
+            metrics.key_sign_failed("pkcs11")
+            raise
+        except Exception as exc:  # noqa: BLE001 - nothing signed: a 503, logged and counted
+            self.pool.sign_failed(self.label, f"{type(exc).__name__} {exc}".rstrip(), self._probe_sign)
+            raise sign_failed("pkcs11", self.label, exc) from None
+        self.pool.signed(self.label)
+        return signature
+
+    def _probe_sign(self, timeout: float) -> None:
+        self._sign(b"readiness probe", hashes.SHA256(), timeout=timeout)
+        self.pool.signed(self.label)
+
+    def _sign(self, data: bytes, digest: hashes.HashAlgorithm, timeout: float | None = None) -> bytes:
         import pkcs11
         from pkcs11.util.ec import encode_ecdsa_signature
 
@@ -434,13 +473,13 @@ class Pkcs11Key(SignsCertificates):
             if mechanism is None:
                 raise ValueError(f"no RSA signature with {digest.name} in PKCS#11")
             return self.pool.call(lambda s, key: key(self.label).sign(
-                data, mechanism=getattr(pkcs11.Mechanism, mechanism)))
+                data, mechanism=getattr(pkcs11.Mechanism, mechanism)), timeout=timeout)
         h = hashes.Hash(digest)
         h.update(data)
         tbs = h.finalize()
         # CKM_ECDSA over a digest made here: tokens without CKM_ECDSA_SHA384 (SoftHSM) sign all the same
         return encode_ecdsa_signature(self.pool.call(lambda s, key: key(self.label).sign(
-            tbs, mechanism=pkcs11.Mechanism.ECDSA)))
+            tbs, mechanism=pkcs11.Mechanism.ECDSA), timeout=timeout))
 
     def decrypt(self, ciphertext: bytes, scheme: str) -> bytes:
         import pkcs11

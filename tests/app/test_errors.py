@@ -127,6 +127,48 @@ async def test_scep_keeps_its_answers_but_an_unavailable_database_is_503(srv, mo
             assert r.status == 500 and r.content_type == "text/plain" and "secret" not in await r.text()
 
 
+async def test_a_key_that_fails_to_sign_a_certrep_is_a_503_logged_and_counted(srv, monkeypatch):
+    """The RA key file's signature fails (cryptography raises): the PKIOperation is a 503 `ca_key_failed` with
+    Retry-After, not a 500, and the same request succeeds once the key signs again."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from scep_server import metrics
+    from scep_server.scep import MessageType, PKIStatus, client
+    from tests.crlwiring.conftest import _request, ra_and_ca, scep_operation
+
+    ra_key = srv.runtime.cas["default"].ra_key
+
+    class Refusing:
+        def __init__(self, key):
+            self._key = key
+
+        def sign(self, *args):
+            raise ValueError("the key cannot sign")
+
+        def __getattr__(self, name):
+            return getattr(self._key, name)
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    metrics.activate()
+    async with aiohttp.ClientSession() as http:
+        ra_der, _ = await ra_and_ca(http, srv.url)
+        body = _request(key, ra_der, MessageType.PKCS_REQ, client.make_csr(key, "refused", srv.challenge()),
+                        client.make_self_signed_signer(key))
+        monkeypatch.setattr(ra_key, "_key", Refusing(ra_key._key))
+        with structlog.testing.capture_logs() as logs:
+            async with http.post(f"{srv.url}/scep/default?operation=PKIOperation", data=body) as r:
+                assert r.status == 503 and r.content_type == PROBLEM and r.headers["Retry-After"], await r.text()
+                assert (await r.json())["code"] == "ca_key_failed"
+        failed = [e for e in logs if e["event"] == "ca.key.sign_failed"]
+        assert [(e["backend"], e["key"]) for e in failed] == [("file", "ra.key")], logs
+        assert "the key cannot sign" in failed[0]["error"]
+        async with http.get(f"{srv.url}/metrics") as r:
+            assert 'ca_key_sign_failures_total{backend="file"}' in await r.text()
+        monkeypatch.undo()
+        rep = await scep_operation(http, srv.url, body, key, ra_der)
+        assert rep.status is PKIStatus.SUCCESS, rep.fail_text
+
+
 async def test_a_lost_race_is_a_409_conflict_and_a_missing_enrolment_a_404(srv, monkeypatch):
     admin = await _admin(srv)
     raised: list[Exception] = []

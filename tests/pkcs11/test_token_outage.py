@@ -110,3 +110,72 @@ async def test_the_token_check_probes_at_most_once_per_ttl_and_bounds_a_slow_pro
 
     slow = TokenCheck(lambda: [Pool("ok", delay=0.8)], timeout=0.1, clock=lambda: now[0])
     assert (await slow()).startswith("error: the PKCS#11 token did not answer within")
+
+
+async def test_a_token_that_answers_an_error_to_a_signature_is_a_503_and_not_ready_until_it_signs(
+        aiohttp_server, tmp_path, db_url, softhsm, monkeypatch):
+    """The token is there but answers CKR_GENERAL_ERROR to the CA key's signatures: an enrolment is a 503
+    `ca_key_failed` (never a 500), logged and counted, readiness fails; once the key signs again a probe clears
+    it and the same request succeeds."""
+    import pkcs11
+    import structlog
+
+    from scep_server.ca.pkcs11 import SessionPool
+
+    failing = {"on": False}
+
+    class Erring:
+        def __init__(self, key):
+            self._key = key
+
+        def sign(self, *args, **kwargs):
+            if failing["on"]:
+                raise pkcs11.GeneralError()
+            return self._key.sign(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self._key, name)
+
+    real = SessionPool._private_key
+    ca_label = "scep-ca"
+
+    def private_key(self, state, session, label, key_class=None):
+        key = real(self, state, session, label, key_class)
+        return Erring(key) if label == ca_label else key
+
+    monkeypatch.setattr(SessionPool, "_private_key", private_key)
+    server = await start_app(aiohttp_server, tmp_path, db_url, ca=softhsm.ca_settings(ca_key_label=ca_label))
+    runtime = server.runtime
+    check = runtime.readiness["ca.token"]
+    check.ttl = 0.1
+    url = server.url
+    async with aiohttp.ClientSession() as session:
+        async def ready():
+            status, body = await readyz(session, url)
+            return status == 200 and body["checks"]["ca.token"] == "ok"
+
+        await wait_for(ready, timeout=10, interval=0.1)
+        failing["on"] = True
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        ra_der, _ = await ra_and_ca(session, url)
+        request = _request(key, ra_der, MessageType.PKCS_REQ, client.make_csr(key, "erring", server.challenge()),
+                           client.make_self_signed_signer(key))
+        with structlog.testing.capture_logs() as logs:
+            async with session.post(f"{url}/scep/default?operation=PKIOperation", data=request) as resp:
+                assert resp.status == 503, await resp.text()
+                problem = await resp.json(content_type=None)
+                assert problem["code"] == "ca_key_failed" and resp.headers["Retry-After"]
+                assert "GeneralError" not in problem["detail"]
+        failed = [e for e in logs if e["event"] == "ca.key.sign_failed"]
+        assert failed and failed[0]["backend"] == "pkcs11" and failed[0]["key"] == ca_label
+        assert "GeneralError" in failed[0]["error"]
+        async with session.get(f"{url}/metrics") as resp:
+            assert 'ca_key_sign_failures_total{backend="pkcs11"}' in await resp.text()
+        await asyncio.sleep(0.15)
+        status, body = await readyz(session, url)
+        assert status == 503 and body["checks"]["ca.token"] == "failed", body
+
+        failing["on"] = False  # the token signs again: a probe's signature clears the failure
+        await wait_for(ready, timeout=10, interval=0.1)
+        rep = await scep_operation(session, url, request, key, ra_der)
+        assert rep.status is PKIStatus.SUCCESS, rep.fail_text
