@@ -274,6 +274,14 @@ class MdmSettings(BaseModel):
         "manages it again")
     timeout_seconds: float = Field(30.0, gt=0, le=300, description="timeout of each outbound call to the MDM "
                                    "(token, inventory pages)")
+    brake_share: float = Field(
+        0.1, ge=0, le=1, description="a sync that would take down (suspend, deactivate or delete) more than this "
+        "share of the source's known devices, and more than brake_devices of them, applies nothing until an "
+        "administrator confirms it (`scep-server mdm sync NAME --confirm-takedowns N`): an MDM that answers an "
+        "empty or cut inventory must not take the fleet down")
+    brake_devices: int = Field(
+        10, ge=0, description="a sync may always take down this many devices without confirmation, whatever "
+        "brake_share says")
 
 
 class CrlSection(CrlSettings):

@@ -206,6 +206,9 @@ EVENTS: tuple[Event, ...] = (
     _e("mdm.remove", "info", "source actor", "an MDM source was removed"),
     _e("mdm.sync", "info", "source dry_run records changes skipped error",
        "an MDM's inventory was read (error: it could not be read in full, nothing changed)"),
+    _e("mdm.sync_held", "warning", "source takedowns devices limit",
+       "a sync would take down more of the source's devices than the brake allows ([mdm] brake_share, "
+       "brake_devices): nothing was changed until an administrator confirms (mdm sync --confirm-takedowns)"),
     _e("mdm.sync_failed", "error", "exception", "an MDM sync raised (the periodic one runs again next period); a "
        "reading of the inventory that raised is the sync's recorded error"),
     # challenges

@@ -114,16 +114,29 @@ def mdm_show(ctx: Context, name: str) -> None:
 @mdm.command("sync")
 @click.argument("name")
 @click.option("--dry-run", is_flag=True, help="Print what the sync would change; change nothing.")
+@click.option("--confirm-takedowns", type=click.IntRange(0, 1_000_000),
+              help="Apply a sync that takes down more devices than the brake allows ([mdm] brake_share, "
+                   "brake_devices), if it takes down at most this many.")
 @pass_ctx
-def mdm_sync(ctx: Context, name: str, dry_run: bool) -> None:
+def mdm_sync(ctx: Context, name: str, dry_run: bool, confirm_takedowns: int | None) -> None:
     """Read the source's inventory now and apply what it asks for."""
-    report = _call(ctx, lambda svc: svc.sync(name, dry_run=dry_run, actor=cli_actor()))
+    report = _call(ctx, lambda svc: svc.sync(name, dry_run=dry_run, actor=cli_actor(),
+                                             confirm_takedowns=confirm_takedowns))
     for c in report.changes:
         click.echo(f"{'would ' if dry_run else ''}{c.action}\t{c.device_id}\t{c.why}")
     for s in report.skipped:
         click.echo(f"skipped {s['action']}\t{s['device_id']}\t{s['error']}")
     if report.error:
         raise click.ClickException(f"the MDM could not be read, nothing changed: {report.error}")
+    if report.held is not None:
+        for c in report.held["changes"] if not dry_run else []:
+            click.echo(f"held {c['action']}\t{c['device_id']}\t{c['why']}")
+        message = (f"{report.held['takedowns']} of {report.held['devices']} devices would be taken down, more than "
+                   f"the brake allows ({report.held['limit']})")
+        if not dry_run:
+            raise click.ClickException(f"{message}; nothing changed. If the MDM's inventory is right, run again "
+                                       f"with --confirm-takedowns {report.held['takedowns']}")
+        click.echo(f"{message}: a sync would be held", err=True)
     click.echo(f"{report.records} records, {len(report.changes)} changes{' (dry run)' if dry_run else ''}", err=True)
 
 

@@ -40,6 +40,7 @@ ID_FIELDS = {"jamf": ("udid", "serial_number"), "intune": ("device_id", "azure_a
 _CHUNK = 500
 SYNC_READ_SKEW = timedelta(seconds=60)  # how far the MDM's clock may be behind ours
 _STATUS_KINDS = tuple(f"device.{action}" for action in TRANSITIONS)  # what changes a device's status
+TAKE_DOWNS = frozenset({"suspend", "deactivate", "delete"})  # what the brake counts
 
 
 @dataclass
@@ -50,10 +51,14 @@ class SyncReport:
     changes: list[Change] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # changes the device store refused (changed meanwhile)
     error: str | None = None
+    # the brake: {"takedowns", "devices", "limit", "changes"} of a plan that takes down too many devices to be
+    # applied without an administrator's confirmation (None: not held)
+    held: dict | None = None
 
     def to_json(self) -> dict:
         return {"source": self.source, "dry_run": self.dry_run, "records": self.records,
-                "changes": [c.to_json() for c in self.changes], "skipped": self.skipped, "error": self.error}
+                "changes": [c.to_json() for c in self.changes], "skipped": self.skipped, "error": self.error,
+                "held": self.held}
 
 
 def secret_sha256(secret: str) -> str:
@@ -243,8 +248,20 @@ class MdmService:
                 await conn.execute(mdm_devices.delete().where(mdm_devices.c.source == name,
                                                               mdm_devices.c.device_id.in_(untrack[i:i + _CHUNK])))
 
-    async def sync(self, name: str, *, dry_run: bool = False, actor: str) -> SyncReport:
-        """Read the source's whole inventory and apply what it asks for (none of it on a dry run)."""
+    def _brake(self, changes: list[Change], ours: dict[str, Ours], confirmed: int | None) -> dict | None:
+        """What holds a plan back: more take-downs than `brake_devices` and than `brake_share` of the devices the
+        source knows of ours, unless an administrator confirmed at least that many (None: the plan may apply)."""
+        downs = [c for c in changes if c.action in TAKE_DOWNS]
+        known = sum(1 for o in ours.values() if o.status != "deleted")
+        limit = max(self.settings.brake_devices, int(self.settings.brake_share * known))
+        if len(downs) <= limit or (confirmed is not None and len(downs) <= confirmed):
+            return None
+        return {"takedowns": len(downs), "devices": known, "limit": limit, "changes": [c.to_json() for c in downs]}
+
+    async def sync(self, name: str, *, dry_run: bool = False, actor: str,
+                   confirm_takedowns: int | None = None) -> SyncReport:
+        """Read the source's whole inventory and apply what it asks for (none of it on a dry run, nor when the
+        brake holds it: more devices taken down than the settings allow and `confirm_takedowns` confirms)."""
         from .clients import MdmUnavailable
 
         row = await self._row(name)
@@ -275,15 +292,19 @@ class MdmService:
                 report.skipped.append({**change.to_json(), "error": "changed_while_read"})
             p.changes = [c for c in p.changes if c.device_id not in moved]
             p.tracking = {d: t for d, t in p.tracking.items() if d not in moved}
+            report.held = self._brake(p.changes, ours, confirm_takedowns)
+            if report.held is not None:
+                log.warning("mdm.sync_held", source=name, takedowns=report.held["takedowns"],
+                            devices=report.held["devices"], limit=report.held["limit"])
             if dry_run:
                 report.changes = p.changes
-            else:
+            elif report.held is None:  # held: nothing applied, nothing remembered (a device gone is not "missing")
                 await self._apply(name, p.changes, report, ours)
                 # what the inventory said of a device is as new as its reading (less the clocks' possible skew):
                 # an event the MDM dated before it, delivered late or posted again, is not applied over it
                 await self._track(name, p.tracking, tracked, p.untrack, now, event_at=read_started - SYNC_READ_SKEW)
         if not dry_run:
-            await self._finish(name, report, state if report.error is None else None, actor)
+            await self._finish(name, report, state if report.error is None and report.held is None else None, actor)
         log.info("mdm.sync", source=name, dry_run=dry_run, records=report.records, changes=len(report.changes),
                  skipped=len(report.skipped), error=report.error)
         return report
@@ -292,6 +313,10 @@ class MdmService:
         now = self.clock()
         outcome = f"error: {report.error}" if report.error else \
             f"ok: {report.records} records, {len(report.changes)} changes"
+        if report.held is not None:
+            outcome = (f"held: {report.held['takedowns']} of {report.held['devices']} devices would be taken down "
+                       f"(limit {report.held['limit']}); nothing changed until confirmed (mdm sync "
+                       f"--confirm-takedowns)")
         values: dict[str, Any] = {"last_sync_at": now, "last_sync_outcome": outcome[:500]}
         if state is not None:
             values.update(delta_link=state.get("delta_link"),
@@ -300,7 +325,8 @@ class MdmService:
             await conn.execute(mdm_sources.update().where(mdm_sources.c.name == name).values(**values))
             await record_event(conn, at=now, kind="mdm.sync", subject=name, actor=actor,
                                data={"records": report.records, "changes": len(report.changes),
-                                     "skipped": len(report.skipped), "error": report.error})
+                                     "skipped": len(report.skipped), "error": report.error,
+                                     "held": report.held["takedowns"] if report.held else None})
 
     async def claim(self, name: str, *, hold: timedelta) -> bool:
         """Whether this process runs the source's periodic sync now: due, and not claimed by another process."""

@@ -4,7 +4,8 @@
                                              HTTP Basic, or the X-Webhook-Secret header)
     GET  /api/v1/mdm                         the configured sources
     GET  /api/v1/mdm/{source}                one source
-    POST /api/v1/mdm/{source}/sync           {"dry_run"?: bool} -> the sync's report
+    POST /api/v1/mdm/{source}/sync           {"dry_run"?: bool, "confirm_takedowns"?: int} -> the sync's report
+                                             (409 when the brake held it, 502 when the MDM could not be read)
     DELETE /api/v1/mdm/{source}              forget a source (devices keep their state)
 
 Jamf Pro's webhook events and what they mean here (docs/mdm.md): MobileDeviceEnrolled, ComputerAdded,
@@ -21,6 +22,7 @@ from trustkit.http import read_json_object
 from trustkit.problems import BadRequest
 
 from ..appkeys import RUNTIME
+from ..binding.errors import InvalidInput
 from ..web.auth import ACTOR, bad_webhook_secret, requires, webhook_secret
 from .errors import EventSuperseded, MdmSourceNotFound
 from .plan import MdmState, Record
@@ -107,9 +109,13 @@ async def sync_source(request: web.Request) -> web.Response:
     body = await read_json_object(request, empty={})
     dry_run = body.get("dry_run", False)
     if not isinstance(dry_run, bool):
-        raise BadRequest("dry_run: true or false")
-    report = await _service(request).sync(name, dry_run=dry_run, actor=request[ACTOR])
-    return web.json_response(report.to_json(), status=200 if report.error is None else 502)
+        raise InvalidInput("dry_run: true or false")
+    confirm = body.get("confirm_takedowns")
+    if confirm is not None and (type(confirm) is not int or not 0 <= confirm <= 1_000_000):
+        raise InvalidInput("confirm_takedowns: a number of devices, 0 to 1000000")
+    report = await _service(request).sync(name, dry_run=dry_run, actor=request[ACTOR], confirm_takedowns=confirm)
+    status = 502 if report.error is not None else 409 if report.held is not None and not dry_run else 200
+    return web.json_response(report.to_json(), status=status)
 
 
 @requires("admin")
