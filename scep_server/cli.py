@@ -178,11 +178,12 @@ def _initialise(initialise, settings, **kwargs: Any) -> list[str]:
     """First-start set-up; CA files that would be overwritten are a clear error naming them, not a traceback."""
     from .ca.authority import CAFilesExist
     from .ca.pkcs11 import HsmError
+    from .runtime import ForeignCa
     from .store.migrate import SchemaTooNew
 
     try:
         return run(initialise(settings, **kwargs))
-    except (CAFilesExist, HsmError, SchemaTooNew) as exc:
+    except (CAFilesExist, HsmError, SchemaTooNew, ForeignCa) as exc:
         raise click.ClickException(str(exc)) from None
 
 

@@ -60,6 +60,11 @@ class CaKeysUnavailable(Exception):
     """The CA's private keys cannot be read (a wrong passphrase, an unreadable file)."""
 
 
+class ForeignCa(Exception):
+    """The database records another CA under this CA's name: the data directory and the database belong to
+    different deployments (or this instance was not given the deployment's CA directory)."""
+
+
 @dataclass(frozen=True)
 class Uses:
     """What a process opens. The core (engine, profiles, tokens) is always there; the rest on demand.
@@ -243,7 +248,19 @@ async def initialise(settings: Settings, *, clock: Clock = utcnow, default_profi
     engine = _engine(settings)
     try:
         await upgrade(engine)
+        recorded = await _recorded_ca(engine, settings.ca.name)
+        if recorded is not None and _no_ca_files(settings.ca_dir()):
+            raise ForeignCa(
+                f"the database records CA {settings.ca.name!r} (SHA-256 {recorded}), made by another instance (or "
+                f"before this CA directory was emptied), and {settings.ca_dir()} holds no CA: give this instance "
+                "that CA directory and its passphrase (a shared volume or a copy) instead of making a second CA under "
+                "the same name; nothing was written")
         ca = _load_or_create_ca(settings, now, report)
+        if recorded is not None and recorded != ca.fingerprint_sha256:
+            raise ForeignCa(
+                f"the CA in {settings.ca_dir()} (SHA-256 {ca.fingerprint_sha256}) is not the CA {settings.ca.name!r} "
+                f"the database records (SHA-256 {recorded}): this data directory and the database belong to "
+                "different deployments")
         async with writer(engine).begin() as conn:
             await inventory.register_ca(conn, ca, now)
         store = ProfileStore(engine)
@@ -262,6 +279,22 @@ async def initialise(settings: Settings, *, clock: Clock = utcnow, default_profi
     if report:
         report.insert(0, f"database: {settings.database_url()}")
     return report
+
+
+def _no_ca_files(directory: Path) -> bool:
+    """Whether a CA directory holds nothing a start would load (a key without its certificate is
+    authority.CAFilesExist's to name)."""
+    return not directory.is_dir() or all(p.name == "ca.lock" for p in directory.iterdir())
+
+
+async def _recorded_ca(engine: AsyncEngine, name: str) -> str | None:
+    """The SHA-256 of the CA certificate the database records under `name`, or None."""
+    import sqlalchemy as sa
+
+    from .store.tables import cas
+
+    async with engine.connect() as conn:
+        return (await conn.execute(sa.select(cas.c.fingerprint_sha256).where(cas.c.name == name))).scalar()
 
 
 def load_cas(settings: Settings) -> "dict[str, CertificateAuthority]":

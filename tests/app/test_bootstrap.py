@@ -126,3 +126,39 @@ def test_keys_and_certificates_are_written_durably(tmp_path, monkeypatch, ra_mod
     key = serialization.load_pem_private_key((settings.ca_dir() / "ca.key").read_bytes(),
                                              settings.passphrase_path().read_bytes().strip())
     assert key.public_key().public_numbers() == cert.public_key().public_numbers()
+
+
+async def test_an_instance_without_the_deployments_ca_directory_makes_no_second_ca(tmp_path, db_url, monkeypatch):
+    """`init` (or a first start) on a second host, with a data directory of its own but the deployment's database,
+    made a second CA under the same name: it issued and signed CRLs beside the first. It is refused, with nothing
+    written, and so is a data directory whose CA is not the one the database records."""
+    import shutil
+
+    monkeypatch.delenv("SCEP_CA_PASSPHRASE", raising=False)
+    assert await runtime.initialise(settings_for(tmp_path / "a", db_url))
+    with pytest.raises(runtime.ForeignCa, match=r"the database records CA 'default' \(SHA-256 [0-9a-f]{64}\), made "
+                                                r"by another instance .* holds no CA"):
+        await runtime.initialise(settings_for(tmp_path / "b", db_url))
+    assert not (tmp_path / "b" / "ca").exists()
+    await runtime.initialise(settings_for(tmp_path / "c"))  # a CA of another deployment (its own SQLite database)
+    with pytest.raises(runtime.ForeignCa, match="is not the CA 'default' the database records .* different "
+                                                "deployments"):
+        await runtime.initialise(settings_for(tmp_path / "c", db_url))
+    shutil.copytree(tmp_path / "a" / "ca", tmp_path / "d" / "ca")  # given the deployment's CA directory: it starts
+    assert await runtime.initialise(settings_for(tmp_path / "d", db_url), default_profile=None) == []
+
+
+def test_the_cli_says_so_without_a_traceback(tmp_path, sqlite_template, monkeypatch):
+    from click.testing import CliRunner
+
+    from scep_server.cli import main
+
+    monkeypatch.setenv("SCEP_CA_PASSPHRASE", "pw")
+    monkeypatch.setenv("SCEP_SERVER_DATABASE__URL", f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}")
+    args = ["init", "--no-input", "--key-size", "2048"]
+    assert CliRunner().invoke(main, ["--data-dir", str(tmp_path / "a"), *args]).exit_code == 0
+    result = CliRunner().invoke(main, ["--data-dir", str(tmp_path / "b"), *args])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "Error: the database records CA 'default'" in result.output
+    assert not (tmp_path / "b" / "ca").exists()
+
