@@ -239,7 +239,7 @@ async def initialise(settings: Settings, *, clock: Clock = utcnow, default_profi
 
     from .ca import inventory
     from .ca.keys import write_private_file
-    from .profiles import ProfileSettings, ProfileStore, new_static_secret
+    from .profiles import ProfileStore, new_static_secret
     from .store.migrate import upgrade
 
     report: list[str] = []
@@ -266,10 +266,8 @@ async def initialise(settings: Settings, *, clock: Clock = utcnow, default_profi
         store = ProfileStore(engine)
         if default_profile is None:
             default_profile = bool(report)  # the CA was created just now
-        if default_profile and not await store.list():
-            secret = new_static_secret()
-            await store.create("default", ca=ca.name, challenge_kind="static", static_secret=secret, now=now,
-                               settings=ProfileSettings(device_trust=False))
+        secret = new_static_secret()
+        if default_profile and not await store.list() and await _create_default_profile(store, ca.name, secret, now):
             path = settings.data_dir / "default-challenge.txt"
             write_private_file(path, secret.encode() + b"\n")
             report.append(f"created static SCEP profile 'default': {settings.server.public_base_url()}/scep/default")
@@ -295,6 +293,19 @@ async def _recorded_ca(engine: AsyncEngine, name: str) -> str | None:
 
     async with engine.connect() as conn:
         return (await conn.execute(sa.select(cas.c.fingerprint_sha256).where(cas.c.name == name))).scalar()
+
+
+async def _create_default_profile(store: "ProfileStore", ca: str, secret: str, now: datetime) -> bool:
+    """Make the `default` static profile; False when another process starting at the same moment made it first
+    (its secret is the one in default-challenge.txt, which this process leaves alone)."""
+    from .profiles import ProfileExists, ProfileSettings
+
+    try:
+        await store.create("default", ca=ca, challenge_kind="static", static_secret=secret, now=now,
+                           settings=ProfileSettings(device_trust=False))
+    except ProfileExists:
+        return False
+    return True
 
 
 def load_cas(settings: Settings) -> "dict[str, CertificateAuthority]":

@@ -162,3 +162,19 @@ def test_the_cli_says_so_without_a_traceback(tmp_path, sqlite_template, monkeypa
     assert "Error: the database records CA 'default'" in result.output
     assert not (tmp_path / "b" / "ca").exists()
 
+
+async def test_a_default_profile_made_by_another_process_at_the_same_moment_is_kept(tmp_path, db_url, monkeypatch):
+    """Two `init` at once on a CA without profiles: both saw no profile, the second one's create failed with
+    ProfileExists, a traceback. The second now finds it made and leaves it (and its challenge file) alone."""
+    from scep_server.profiles import ProfileStore
+
+    settings = settings_for(tmp_path / "data", db_url)
+    await runtime.initialise(settings)
+    written = (tmp_path / "data" / "default-challenge.txt").read_bytes()
+
+    async def nothing_yet(self, *args, **kwargs):  # the other process's create lands after this one's list
+        return []
+
+    monkeypatch.setattr(ProfileStore, "list", nothing_yet)
+    assert await runtime.initialise(settings) == []
+    assert (tmp_path / "data" / "default-challenge.txt").read_bytes() == written
