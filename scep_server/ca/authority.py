@@ -392,8 +392,9 @@ def load_ca(directory: Path, *, name: str, passphrase: bytes, base_url: str,
             key_store: KeyStore | None = None, ca_decrypts: bool = False) -> CertificateAuthority:
     """Load CA material written by create_ca (plus an optional next CA for GetNextCACert: next-ca.crt).
 
-    With a `key_store`, the keys come from it and must be the keys of ca.crt and of the RA certificates
-    (ValueError if not): a renewed RA's key by the label recorded beside its certificate (scep_server.ca.rafiles)."""
+    Every key must be the key of its certificate (ValueError if not: a key file or certificate restored from
+    another CA, a token key under the wrong label). With a `key_store`, the keys come from it: a renewed RA's key
+    by the label recorded beside its certificate (scep_server.ca.rafiles)."""
     def cert(fname: str) -> x509.Certificate:
         return x509.load_pem_x509_certificate((directory / fname).read_bytes())
 
@@ -408,9 +409,9 @@ def load_ca(directory: Path, *, name: str, passphrase: bytes, base_url: str,
         (ra_cert, ra_key), *previous = load_ras(directory, passphrase, key_store=key_store)
         enc_ras = []  # split RA certificates are not made with the keys in a token
     ca_cert = cert("ca.crt")
-    for what, key, c in (("CA", ca_key, ca_cert), ("RA", ra_key, ra_cert)):
-        if key_store is not None and key.public_key() != c.public_key():
-            raise ValueError(f"the {what} key in the key store is not the key of {what.lower()}.crt")  # RA: above
+    where = "the key store" if key_store is not None else directory / "ca.key"
+    if ca_key.public_key() != ca_cert.public_key():  # it would sign what ca.crt does not verify
+        raise ValueError(f"the CA key in {where} is not the key of ca.crt")
     return CertificateAuthority(
         name=name, cert=ca_cert, key=ca_key, ra_cert=ra_cert, ra_key=ra_key, base_url=base_url,
         next_ca_certs=next_certs, previous_ras=previous, ca_decrypts=ca_decrypts,

@@ -68,8 +68,15 @@ def load_ras(directory: Path, passphrase: bytes, *, now: datetime | None = None,
     now = now or datetime.now().astimezone()
     kept = [certs[0]] + [(c, k) for c, k in certs[1:] if c.not_valid_after_utc > now]
     if key_store is None:
-        return [(c, FileKey.load(k, passphrase)) for c, k in kept]
+        return [(c, _file_key(c, k, passphrase)) for c, k in kept]
     return [(c, _token_key(key_store, c, k)) for c, k in kept]
+
+
+def _file_key(cert: x509.Certificate, key_path: Path, passphrase: bytes) -> KeyOps:
+    key = FileKey.load(key_path, passphrase)
+    if key.public_key() != cert.public_key():
+        raise ValueError(f"{key_path} is not the key of {key_path.with_suffix('.crt').name}")
+    return key
 
 
 def _token_key(key_store: KeyStore, cert: x509.Certificate, key_path: Path) -> KeyOps:
@@ -96,7 +103,7 @@ def load_encryption_ras(directory: Path, passphrase: bytes, *, split: bool, now:
     certs = ra_certificates(directory, ENCRYPTION)
     now = now or datetime.now().astimezone()
     kept = [(c, k) for i, (c, k) in enumerate(certs) if (split and i == 0) or c.not_valid_after_utc > now]
-    return [(c, FileKey.load(k, passphrase)) for c, k in kept]
+    return [(c, _file_key(c, k, passphrase)) for c, k in kept]
 
 
 def key_files(directory: Path) -> list[Path]:

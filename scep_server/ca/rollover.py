@@ -104,10 +104,13 @@ class NotPrepared(Exception):
     """No next CA is prepared in the CA directory."""
 
 
-def activate(root: Path, name: str) -> str:
+def activate(root: Path, name: str, passphrase: bytes | None = None) -> str:
     """Make the prepared next CA of CA ``name`` (in ``root``/``name``) a CA of its own, ``root``/<successor
     name> (its key, RA key and certificates), and the issuing one (``root``/active); the CA ``name`` stops
-    announcing it. The new CA's name. Idempotent: a second call after a completed one changes nothing."""
+    announcing it. The new CA's name. Idempotent: a second call after a completed one changes nothing.
+
+    With the ``passphrase``, ``next-ca.key`` and ``next-ra.key`` must open with it and be the keys of the new CA
+    and RA certificates in ``next-ca.crt`` (NotPrepared otherwise, before anything is written)."""
     directory, new_name = root / name, successor_name(name)
     target = root / new_name
     with _directory_lock(directory):
@@ -119,6 +122,8 @@ def activate(root: Path, name: str) -> str:
             raise NotPrepared(f"no next CA is prepared for {name!r} ({', '.join(missing)} missing): run "
                               "`ca rollover prepare` first")
         new_ca, ra_cert, *cross = x509.load_pem_x509_certificates((directory / "next-ca.crt").read_bytes())
+        if passphrase is not None:
+            _check_next_keys(directory, name, passphrase, new_ca, ra_cert)
         target.mkdir(parents=True, exist_ok=True)
         for leftover in target.iterdir():  # what an interrupted activation wrote; ca.crt (written last) is absent
             leftover.unlink()
@@ -134,3 +139,16 @@ def activate(root: Path, name: str) -> str:
         (directory / "next-ca.crt").replace(directory / "next-ca.crt.activated")  # no longer announced
         return new_name
 
+
+def _check_next_keys(directory: Path, name: str, passphrase: bytes, new_ca: x509.Certificate,
+                     ra_cert: x509.Certificate) -> None:
+    """NotPrepared unless next-ca.key and next-ra.key open and are the keys of the next CA's certificates."""
+    for fname, cert in (("next-ca.key", new_ca), ("next-ra.key", ra_cert)):
+        try:
+            key = FileKey.load(directory / fname, passphrase)
+        except (ValueError, TypeError) as exc:
+            raise NotPrepared(f"the next CA of {name!r} cannot be activated: {fname} cannot be read with the CA "
+                              f"passphrase ({exc})") from None
+        if key.public_key() != cert.public_key():
+            raise NotPrepared(f"the next CA of {name!r} cannot be activated: {fname} is not the key of its "
+                              f"certificate in next-ca.crt") from None

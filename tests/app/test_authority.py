@@ -39,6 +39,43 @@ def test_ca_and_ra_keys_are_encrypted_and_reload(tmp_path):
         load_ca(tmp_path, name="default", passphrase=b"wrong", base_url="http://x")
 
 
+@pytest.mark.parametrize("swapped", ["ca.key", "ra.key", "ra-1.key"])
+def test_a_key_file_that_is_not_its_certificates_key_is_refused_at_load(tmp_path, swapped):
+    """A key file restored from another CA (same passphrase) would sign what its certificate does not verify."""
+    import shutil
+
+    from scep_server.ca.ra import renew_ra
+
+    made = make_ca(tmp_path / "ca")
+    renew_ra(tmp_path / "ca", made, validity_days=30, passphrase=PASSPHRASE, now=NOW)
+    make_ca(tmp_path / "other")
+    shutil.copy(tmp_path / "other" / swapped.replace("-1", ""), tmp_path / "ca" / swapped)
+    with pytest.raises(ValueError, match=rf"{swapped} is not the key of .*{swapped[:-4]}\.crt"):
+        load_ca(tmp_path / "ca", name="default", passphrase=PASSPHRASE, base_url="http://x")
+
+
+def test_a_rollover_whose_next_key_is_not_its_certificates_is_not_activated(tmp_path):
+    import shutil
+
+    from scep_server.ca.rollover import ACTIVE_FILE, NotPrepared, activate, prepare
+
+    made = make_ca(tmp_path / "default")
+    prepare(tmp_path / "default", made, key_size=2048, validity_days=365, ra_validity_days=30,
+            passphrase=PASSPHRASE, now=NOW)
+    make_ca(tmp_path / "other")
+    for fname in ("next-ca.key", "next-ra.key"):
+        kept = (tmp_path / "default" / fname).read_bytes()
+        shutil.copy(tmp_path / "other" / fname.removeprefix("next-"), tmp_path / "default" / fname)
+        with pytest.raises(NotPrepared, match=f"{fname} is not the key of its certificate"):
+            activate(tmp_path, "default", PASSPHRASE)
+        (tmp_path / "default" / fname).write_bytes(kept)
+    with pytest.raises(NotPrepared, match="cannot be read with the CA passphrase"):
+        activate(tmp_path, "default", b"wrong")
+    assert not (tmp_path / ACTIVE_FILE).exists() and not (tmp_path / "default-g2").exists()
+    assert activate(tmp_path, "default", PASSPHRASE) == "default-g2"
+    load_ca(tmp_path / "default-g2", name="default-g2", passphrase=PASSPHRASE, base_url="http://x")
+
+
 def test_ra_certificate_key_usage(ca):
     ku = ca.ra_cert.extensions.get_extension_for_class(x509.KeyUsage).value
     assert ku.digital_signature and ku.key_encipherment and not ku.key_cert_sign
