@@ -56,6 +56,9 @@ _SUBJECT_ATTRIBUTES: dict[str, tuple[x509.ObjectIdentifier, int]] = {
     "SN": (NameOID.SURNAME, 64), "title": (NameOID.TITLE, 64),
 }
 _ATTRIBUTE_NAME = {oid: name for name, (oid, _ub) in _SUBJECT_ATTRIBUTES.items()}
+# attributes in one subject: a device's names take a handful; a CSR's 64 KiB would otherwise carry thousands into a
+# certificate every relying party parses and into the inventory, the audit trail and the console
+MAX_SUBJECT_ATTRIBUTES = 32
 
 
 def _unprintable(ch: str) -> bool:
@@ -252,6 +255,9 @@ class IssuancePolicy:
     def _check_subject(self, subject: x509.Name) -> None:
         t = self.template
         allowed = set(t.subject_attributes)
+        count = len(list(subject))
+        if count > MAX_SUBJECT_ATTRIBUTES:
+            raise PolicyViolation(f"the subject has {count} attributes, more than {MAX_SUBJECT_ATTRIBUTES}")
         for attr in subject:
             name = _ATTRIBUTE_NAME.get(attr.oid)
             if name is None or name not in allowed:

@@ -668,6 +668,17 @@ async def test_a_subject_is_issued_in_the_string_types_rfc_5280_names(h, keys, t
     assert pkilint_findings(rep.certs[0], tmp_path) == ""
 
 
+async def test_a_subject_of_more_attributes_than_any_device_sends_is_refused(h, keys):
+    """Each value is within RFC 5280's upper bound, but 2,000 of them (26 KB, within a request's 64 KiB) would make a
+    certificate every relying party parses, and an inventory row, an audit event and a console page, that size."""
+    h.profiles.add("p", template=CertificateTemplate(subject_attributes=["CN", "OU"]))
+    many = _name(*[("2.5.4.11", 0x0C, b"x")] * 2000, ("2.5.4.3", 0x0C, b"device"))
+    rep = await _send_csr(h, "p", keys[0], _signed_csr(keys[0], many, SECRET))
+    assert refused(rep, "the subject has 2001 attributes, more than 32"), rep.fail_text
+    most = _name(*[("2.5.4.11", 0x0C, b"x%d" % i) for i in range(31)], ("2.5.4.3", 0x0C, b"device"))
+    assert (await _send_csr(h, "p", keys[1], _signed_csr(keys[1], most, SECRET))).status is PKIStatus.SUCCESS
+
+
 async def test_a_subject_value_its_issued_string_type_cannot_carry_is_refused(h, keys):
     """serialNumber and C are PrintableStrings (no `_`, `@`, `*` or letters beyond ASCII), C two letters."""
     h.profiles.add("p")
