@@ -26,3 +26,8 @@ class MdmSourceInvalid(MdmError, problems.BadRequest):
 
 class EventSuperseded(Exception):
     """A webhook event older than one already recorded about the device: not applied."""
+
+
+class DeviceNotListed(Exception):
+    """A webhook event about a device the source's inventory does not list (not ours, another source's, or not
+    read by a sync yet): not applied."""

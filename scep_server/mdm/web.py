@@ -10,7 +10,8 @@
 
 Jamf Pro's webhook events and what they mean here (docs/mdm.md): MobileDeviceEnrolled, ComputerAdded,
 MobileDeviceCheckIn and ComputerCheckIn say "managed"; MobileDeviceUnEnrolled says "no longer managed". Other
-events are acknowledged and ignored (202), as is an event for a device this server does not know.
+events are acknowledged and ignored (202), as is an event for a device this server does not know or this source's
+inventory has not listed (another source's device, one a sync has not read yet).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from trustkit.problems import BadRequest
 from ..appkeys import RUNTIME
 from ..binding.errors import InvalidInput
 from ..web.auth import ACTOR, bad_webhook_secret, requires, webhook_secret
-from .errors import EventSuperseded, MdmSourceNotFound
+from .errors import DeviceNotListed, EventSuperseded, MdmSourceNotFound
 from .plan import MdmState, Record
 from .service import SOURCE_NAME, MdmService
 
@@ -89,6 +90,9 @@ async def jamf_webhook(request: web.Request) -> web.Response:
         change = await svc.event(name, Record(device_id=key, mdm_id=str(mdm_id)[:255], state=state), at=at)
     except EventSuperseded:
         return web.json_response({"accepted": False, "reason": "older than an event already applied"}, status=202)
+    except DeviceNotListed:
+        return web.json_response({"accepted": False, "reason": "a device this source's inventory does not list"},
+                                 status=202)
     return web.json_response({"accepted": True, "device_id": key, "event": kind,
                               "change": change.to_json() if change else None})
 

@@ -156,15 +156,19 @@ async def test_the_jamf_guide(tmp_path, db_url, scepclient, aiohttp_server):
             async def post(event: str, password: str, udid: str = UDID_DYNAMIC) -> tuple[int, dict]:
                 """One webhook as Jamf Pro posts it: Basic authentication, a JSON body."""
                 body = {"webhook": {"id": 7, "name": "scep-server " + event, "webhookEvent": event,
-                                    "eventTimestamp": 1764676800000},
+                                    "eventTimestamp": int(time.time() * 1000)},
                         "event": {"udid": udid, "serialNumber": "C02XYZ", "jssID": 42, "deviceName": "Mac"}}
                 async with session.post(hook_url, json=body, headers=basic(hook["Username"][1][0], password)) as r:
                     return r.status, await r.json(content_type=None)
 
             assert (await post("MobileDeviceUnEnrolled", "not-the-secret"))[0] == 401
+            # the webhook follows the devices the source's inventory listed: a first sync reads them
+            jamf.computer(UDID_DYNAMIC, managed=True)
+            _, err = await cli(["scep-server", "mdm", "sync", "jamf"])
+            assert "1 records, 0 changes" in err, err
             # the static profile's device is known to nobody here: the webhook leaves its certificate alone
             status, body = await post("MobileDeviceUnEnrolled", hook_secret, UDID_STATIC)
-            assert status == 200 and body["change"] is None, body
+            assert status == 202 and body["accepted"] is False, body
             status, body = await post("MobileDeviceUnEnrolled", hook_secret)
             assert status == 200 and body["change"]["action"] == "deactivate", body
             await _await_crl(session, crl_url, serial, x509.ReasonFlags.certificate_hold)

@@ -12,7 +12,7 @@ from scep_server.mdm.errors import EventSuperseded
 from scep_server.mdm.plan import MdmState, Record
 from tests.binding.conftest import api, clock, server  # noqa: F401
 from tests.mdm.peers import CLIENT_ID, CLIENT_SECRET, jamf_webhook
-from tests.mdm.test_mdm_store import JAMF, env  # noqa: F401 - the store fixture (SQLite and PostgreSQL)
+from tests.mdm.test_mdm_store import JAMF, env, listed  # noqa: F401 - the store fixture (SQLite and PostgreSQL)
 
 
 @pytest.fixture
@@ -28,6 +28,7 @@ async def test_an_older_event_overtaken_by_a_newer_one_changes_nothing(server, a
         "url": "https://jamf.example", "client_id": CLIENT_ID, "client_secret": secret_env, "id_field": "udid"},
         actor="cli:admin")
     await api.add_device("d1")
+    await listed(svc, "jamf", "d1")
     hook = f"{server.url}/hooks/jamf"
     now_ms = int(svc.clock().timestamp() * 1000)
     older, newer = now_ms - 60_000, now_ms - 30_000
@@ -76,6 +77,7 @@ async def test_on_either_database_the_later_event_decides_when_it_overtakes_an_o
     svc, devices, _fake, clock = env
     await svc.configure("jamf", "jamf", JAMF, actor="t")
     await devices.create("D1", actor="cli:admin")
+    await listed(svc, "jamf", "D1")
     older, newer = clock() - timedelta(minutes=2), clock() - timedelta(minutes=1)
     real_transition = devices.transition
     overtaken = []

@@ -7,6 +7,7 @@ import pytest
 
 from tests.binding.conftest import api, clock, server  # noqa: F401
 from tests.mdm.peers import CLIENT_ID, CLIENT_SECRET, jamf_webhook
+from tests.mdm.test_mdm_store import listed
 
 
 @pytest.fixture
@@ -20,6 +21,7 @@ async def test_a_future_dated_event_does_not_silence_the_device(server, api, sec
         "url": "https://jamf.example", "client_id": CLIENT_ID, "client_secret": secret_env, "id_field": "udid"},
         actor="cli:admin")
     await api.add_device("d1")
+    await listed(server.runtime.mdm, "jamf", "d1")
     hook = f"{server.url}/hooks/jamf"
     year_9000 = 221845392000000
     await jamf_webhook(api.session, hook, "MobileDeviceCheckIn", "d1", secret=secret, header=True, at_ms=year_9000)

@@ -12,7 +12,7 @@ from scep_server.binding.devices import DeviceStore
 from scep_server.config import MdmSettings
 from scep_server.mdm.clients import MdmUnavailable
 from scep_server.mdm.errors import EventSuperseded, MdmSourceInvalid, MdmSourceNotFound
-from scep_server.mdm.plan import MdmState, Record
+from scep_server.mdm.plan import MdmState, Record, Tracked
 from scep_server.mdm.service import MdmService
 from trustkit.clock import SettableClock
 
@@ -34,6 +34,12 @@ class FakeMdm:
         if self.during_read is not None:
             await self.during_read()
         return records, state
+
+
+async def listed(svc: MdmService, name: str, *device_ids: str) -> None:
+    """Devices the source's inventory listed, tracked as a sync leaves them (no event time recorded): a webhook
+    event changes only such a device."""
+    await svc._track(name, {d: (Tracked(MdmState.MANAGED), "") for d in device_ids}, {}, [], svc.clock())
 
 
 @pytest.fixture
@@ -146,6 +152,7 @@ async def test_an_unenrol_and_enrol_again_does_not_undo_an_administrators_suspen
     for device in ("d1", "d2"):
         await devices.create(device, actor="t")
         await devices.transition(device, "suspend", actor="cli:root", reason="lost phone")
+    await listed(svc, "jamf", "d1")
     await svc.event("jamf", Record("d1", "1", MdmState.UNMANAGED))
     assert (await devices.get("d1")).status.value == "deactivated"
     assert await svc.event("jamf", Record("d1", "1", MdmState.MANAGED)) is None
@@ -157,6 +164,7 @@ async def test_an_unenrol_and_enrol_again_does_not_undo_an_administrators_suspen
     assert (await devices.get("d2")).status.value == "deactivated"
     # what this MDM took down from active, it brings back
     await devices.create("d3", actor="t")
+    await listed(svc, "jamf", "d3")
     await svc.event("jamf", Record("d3", "3", MdmState.UNMANAGED))
     assert (await svc.event("jamf", Record("d3", "3", MdmState.MANAGED))).action == "reactivate"
     assert (await devices.get("d3")).status.value == "active"
@@ -168,6 +176,7 @@ async def test_two_events_for_one_device_at_once_are_both_applied(env):
     svc, devices, fake, clock = env
     await svc.configure("jamf", "jamf", JAMF, actor="t")
     await devices.create("d1", actor="t")
+    await listed(svc, "jamf", "d1")
     for state in (MdmState.MANAGED, MdmState.UNMANAGED):
         results = await asyncio.gather(*(svc.event("jamf", Record("d1", "1", state)) for _ in range(2)),
                                        return_exceptions=True)
