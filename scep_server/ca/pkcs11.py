@@ -541,6 +541,12 @@ class Pkcs11Keys:
                            f"(ca.{'ca' if ca else 'ra'}_key_label; `scep-server init` generates it)")
         if not ca and not isinstance(public, rsa.RSAPublicKey):
             raise HsmError(f"the RA key {label!r} in token {self.pool.label!r} must be RSA (clients encrypt to it)")
+        if isinstance(public, rsa.RSAPublicKey) and public.key_size < 2048:
+            raise HsmError(f"the {'CA' if ca else 'RA'} key {label!r} in token {self.pool.label!r} is RSA of "
+                           f"{public.key_size} bits: at least 2048 (ca.key_size)")
+        if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name not in _CURVES.values():
+            raise HsmError(f"the CA key {label!r} in token {self.pool.label!r} is on the curve "
+                           f"{public.curve.name}: P-256 or P-384 (ca.key_type)")
         self.pool.track(label)
         return Pkcs11Key(self.pool, label, public, store=self)
 
@@ -549,8 +555,9 @@ def _find_public(session, label: str, token: str):
     """The public key of the private key labelled `label`, or None when no private key has that label."""
     import pkcs11
     from pkcs11 import Attribute, KeyType, ObjectClass
-    from pkcs11.util.ec import encode_ec_public_key
-    from pkcs11.util.rsa import encode_rsa_public_key
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+    from pkcs11.util.ec import encode_ec_public_key, encode_ecdsa_signature
 
     privates = list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: label}))
     if not privates:
@@ -559,19 +566,30 @@ def _find_public(session, label: str, token: str):
         raise HsmError(f"{len(privates)} private keys are labelled {label!r} in token {token!r}: labels must be "
                        "unique")
     private = privates[0]
-    publics = list(session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.LABEL: label}))
     try:
         if private.key_type == KeyType.RSA:
-            if publics:
-                return serialization.load_der_public_key(encode_rsa_public_key(publics[0]))  # PKCS#1 DER
-            # the modulus and exponent are public attributes of an RSA private key, sensitive or not
+            # the modulus and exponent are public attributes of an RSA private key, sensitive or not: its own
+            # public key, whatever public key objects share its label
             n = int.from_bytes(private[Attribute.MODULUS], "big")
             e = int.from_bytes(private[Attribute.PUBLIC_EXPONENT], "big")
             return rsa.RSAPublicNumbers(e, n).public_key()
         if private.key_type == KeyType.EC:
+            publics = list(session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.LABEL: label}))
             if not publics:
                 raise HsmError(f"the EC key {label!r} in token {token!r} has no public key object with its label")
-            return serialization.load_der_public_key(encode_ec_public_key(publics[0]))
+            # an EC private key does not hold its point: the public key object with the label that verifies its
+            # signature (a stray one under the same label, left by an earlier key, is not it)
+            challenge = secrets.token_bytes(32)
+            signature = encode_ecdsa_signature(private.sign(challenge, mechanism=pkcs11.Mechanism.ECDSA))
+            for candidate in publics:
+                public = serialization.load_der_public_key(encode_ec_public_key(candidate))
+                try:
+                    public.verify(signature, challenge, ec.ECDSA(Prehashed(hashes.SHA256())))
+                except (InvalidSignature, ValueError, TypeError):
+                    continue
+                return public
+            raise HsmError(f"no public key object labelled {label!r} in token {token!r} is the public key of the "
+                           f"private key with that label ({len(publics)} found)")
     except pkcs11.PKCS11Error as exc:
         raise HsmError(f"cannot read the public key of {label!r} in token {token!r}: {exc!r}") from None
     raise HsmError(f"the key {label!r} in token {token!r} is {private.key_type.name}, not RSA or EC")

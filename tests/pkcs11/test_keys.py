@@ -107,6 +107,72 @@ def test_a_missing_module_token_pin_or_key_is_a_clear_error(softhsm, tmp_path):
         ra_is_ec.close()
 
 
+@pytest.mark.parametrize("key_type", ["rsa", "ec-p256"])
+def test_a_stray_public_key_under_the_label_is_not_taken_for_the_keys(softhsm, store, key_type):
+    """A public key object left under the label by an earlier key (its private half deleted) is not the key's:
+    the key found is the one whose private half signs, before and after the key was made."""
+    from pkcs11 import Attribute, KeyType
+    from pkcs11.util.ec import encode_named_curve_parameters
+
+    def stray(session, _key) -> None:
+        if key_type == "rsa":
+            _, private = session.generate_keypair(KeyType.RSA, 2048, label="scep-ca", store=True)
+        else:
+            params = session.create_domain_parameters(
+                KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True)
+            _, private = params.generate_keypair(label="scep-ca", store=True)
+        private.destroy()
+
+    store.pool.call(stray)
+    made = store.ca_key(create=(key_type, 2048))
+    again = keys(softhsm)
+    try:
+        key = again.ca_key()
+        assert key.public_key() == made.public_key()
+        signature = key.sign(b"tbs", hashes.SHA256())
+        if key_type == "rsa":
+            key.public_key().verify(signature, b"tbs", padding.PKCS1v15(), hashes.SHA256())
+        else:
+            key.public_key().verify(signature, b"tbs", ec.ECDSA(hashes.SHA256()))
+    finally:
+        again.close()
+
+    def orphan_only(session, _key) -> None:  # an EC key whose only public key object under its label is another's
+        from cryptography.hazmat.primitives import serialization
+        from pkcs11.util.ec import encode_ec_public_key
+
+        for obj in session.get_objects({Attribute.CLASS: pkcs11.ObjectClass.PUBLIC_KEY, Attribute.LABEL: "scep-ca"}):
+            if serialization.load_der_public_key(encode_ec_public_key(obj)) == made.public_key():
+                obj.destroy()
+
+    if key_type == "ec-p256":
+        store.pool.call(orphan_only)
+        with pytest.raises(HsmError, match="no public key object labelled 'scep-ca' .* is the public key"):
+            keys(softhsm).ca_key()
+
+
+def test_a_token_key_too_weak_or_on_another_curve_is_refused(softhsm, store):
+    from pkcs11 import Attribute, KeyType
+    from pkcs11.util.ec import encode_named_curve_parameters
+
+    def make(session, _key) -> None:
+        session.generate_keypair(KeyType.RSA, 1024, label="weak", store=True)
+        params = session.create_domain_parameters(
+            KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp521r1")}, local=True)
+        params.generate_keypair(label="p521", store=True)
+
+    store.pool.call(make)
+    for label, why in (("weak", "RSA of 1024 bits: at least 2048"), ("p521", "curve secp521r1: P-256 or P-384")):
+        other = keys(softhsm, ca_label=label)
+        try:
+            with pytest.raises(HsmError, match=why):
+                other.ca_key()
+        finally:
+            other.close()
+    with pytest.raises(HsmError, match="RA key 'weak' .* RSA of 1024 bits"):
+        store.ra_key(label="weak")
+
+
 def test_the_pin_comes_from_the_environment_or_a_file(tmp_path, monkeypatch):
     monkeypatch.delenv("TEST_PIN", raising=False)
     with pytest.raises(HsmError, match=r"set \$TEST_PIN or ca.pkcs11_pin_file"):
