@@ -20,7 +20,7 @@ import queue
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -48,7 +48,7 @@ class HsmError(RuntimeError):
 class HsmSettings:
     module: str
     token_label: str
-    pin: str
+    pin: str = field(repr=False)  # never in a log line, an error or a traceback that shows this object
     ca_key_label: str
     ra_key_label: str
     pool_size: int

@@ -173,6 +173,18 @@ def test_a_token_key_too_weak_or_on_another_curve_is_refused(softhsm, store):
         store.ra_key(label="weak")
 
 
+def test_the_pin_is_in_no_representation_nor_error(softhsm):
+    """The settings object is what a traceback renderer or a debug line would show: it does not show the PIN."""
+    with pytest.raises(HsmError) as wrong:
+        keys(softhsm, pin="97531")
+    assert "97531" not in str(wrong.value) and "97531" not in repr(wrong.value)
+    store = keys(softhsm)
+    try:
+        assert PIN not in repr(store.settings) and "pin=" not in repr(store.pool.settings)
+    finally:
+        store.close()
+
+
 def test_the_pin_comes_from_the_environment_or_a_file(tmp_path, monkeypatch):
     monkeypatch.delenv("TEST_PIN", raising=False)
     with pytest.raises(HsmError, match=r"set \$TEST_PIN or ca.pkcs11_pin_file"):
