@@ -78,7 +78,13 @@ def serve(ctx: Context, listen: str | None, workers: int | None) -> None:
     configure(settings.log.level, settings.log.format)
     for line in _initialise(initialise, settings, default_profile=None):
         click.echo(line)
-    sys.exit(run_server(settings, announce=click.echo))
+    from .serve import ListenError
+
+    try:
+        code = run_server(settings, announce=click.echo)
+    except ListenError as exc:
+        raise click.ClickException(exc.strerror) from None
+    sys.exit(code)
 
 
 def _shared_database(settings) -> bool:
@@ -178,12 +184,12 @@ def _initialise(initialise, settings, **kwargs: Any) -> list[str]:
     """First-start set-up; CA files that would be overwritten are a clear error naming them, not a traceback."""
     from .ca.authority import CAFilesExist
     from .ca.pkcs11 import HsmError
-    from .runtime import ForeignCa
+    from .runtime import CaKeysUnavailable, ForeignCa, StartError
     from .store.migrate import SchemaTooNew
 
     try:
         return run(initialise(settings, **kwargs))
-    except (CAFilesExist, HsmError, SchemaTooNew, ForeignCa) as exc:
+    except (CAFilesExist, HsmError, SchemaTooNew, ForeignCa, StartError, CaKeysUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
 
 

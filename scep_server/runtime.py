@@ -60,6 +60,10 @@ class CaKeysUnavailable(Exception):
     """The CA's private keys cannot be read (a wrong passphrase, an unreadable file)."""
 
 
+class StartError(Exception):
+    """The data directory or the database cannot be used (not writable, full, unreachable, not a database)."""
+
+
 class ForeignCa(Exception):
     """The database records another CA under this CA's name: the data directory and the database belong to
     different deployments (or this instance was not given the deployment's CA directory)."""
@@ -186,15 +190,19 @@ def _load_or_create_ca(settings: Settings, now: datetime, report: list[str]) -> 
 
     directory = settings.ca_dir()
     store = key_store(settings, pool_size=1)
-    passphrase = (load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
-                  if store is None else b"")
     base = settings.server.public_base_url()
     try:
+        passphrase = (load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
+                      if store is None else b"")
         ca, created = load_or_create_ca(
             directory, name=settings.ca.name, subject=settings.ca.subject, ra_subject=settings.ca.ra_subject,
             key_size=settings.ca.key_size, validity_days=settings.ca.validity_days,
             ra_validity_days=settings.ca.ra_validity_days, passphrase=passphrase, base_url=base, now=now,
             key_type=settings.ca.key_type, key_store=store, ra_mode=settings.ca.ra_mode)
+    except (ValueError, TypeError) as exc:  # a wrong passphrase, a key that is not the certificate's
+        raise _keys_unavailable(settings, directory, exc) from None
+    except OSError as exc:  # not writable, no room left, not a directory
+        raise StartError(f"cannot create or read the CA in {directory}: {_reason(exc)}") from None
     finally:
         if store is not None:
             store.close()  # this process (a `serve` parent about to fork) keeps no session open
@@ -235,20 +243,27 @@ async def initialise(settings: Settings, *, clock: Clock = utcnow, default_profi
     ``default_profile``: True makes the `default` profile when there is no profile, False never, None only on the
     start that creates the CA (a server's restart does not bring back a profile an administrator deleted).
     """
+    from sqlalchemy.exc import SQLAlchemyError
+
     from trustkit.db import writer
 
     from .ca import inventory
-    from .ca.keys import write_private_file
-    from .profiles import ProfileStore, new_static_secret
+    from .profiles import ProfileStore
     from .store.migrate import upgrade
 
     report: list[str] = []
     now = clock()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartError(f"cannot create the data directory {settings.data_dir}: {_reason(exc)}") from None
     engine = _engine(settings)
     try:
-        await upgrade(engine)
-        recorded = await _recorded_ca(engine, settings.ca.name)
+        try:
+            await upgrade(engine)
+            recorded = await _recorded_ca(engine, settings.ca.name)
+        except (SQLAlchemyError, OSError) as exc:  # unreachable, refused, not a database, read-only, full
+            raise StartError(f"cannot use the database {_shown_url(settings)}: {_reason(exc)}") from None
         if recorded is not None and _no_ca_files(settings.ca_dir()):
             raise ForeignCa(
                 f"the database records CA {settings.ca.name!r} (SHA-256 {recorded}), made by another instance (or "
@@ -261,22 +276,50 @@ async def initialise(settings: Settings, *, clock: Clock = utcnow, default_profi
                 f"the CA in {settings.ca_dir()} (SHA-256 {ca.fingerprint_sha256}) is not the CA {settings.ca.name!r} "
                 f"the database records (SHA-256 {recorded}): this data directory and the database belong to "
                 "different deployments")
-        async with writer(engine).begin() as conn:
-            await inventory.register_ca(conn, ca, now)
-        store = ProfileStore(engine)
         if default_profile is None:
             default_profile = bool(report)  # the CA was created just now
-        secret = new_static_secret()
-        if default_profile and not await store.list() and await _create_default_profile(store, ca.name, secret, now):
-            path = settings.data_dir / "default-challenge.txt"
-            write_private_file(path, secret.encode() + b"\n")
-            report.append(f"created static SCEP profile 'default': {settings.server.public_base_url()}/scep/default")
-            report.append(f"  its challenge password is in {path}")
+        try:
+            async with writer(engine).begin() as conn:
+                await inventory.register_ca(conn, ca, now)
+            store = ProfileStore(engine)
+            if default_profile and not await store.list():
+                path = settings.data_dir / "default-challenge.txt"
+                if await _create_default_profile(store, ca.name, path, now):
+                    report.append(f"created static SCEP profile 'default': "
+                                  f"{settings.server.public_base_url()}/scep/default")
+                    report.append(f"  its challenge password is in {path}")
+        except SQLAlchemyError as exc:
+            raise StartError(f"cannot use the database {_shown_url(settings)}: {_reason(exc)}") from None
     finally:
         await engine.dispose()
     if report:
         report.insert(0, f"database: {settings.database_url()}")
     return report
+
+
+def _reason(exc: BaseException) -> str:
+    """One line saying why: the driver's own error for a database error, the system's for an OSError."""
+    cause = getattr(exc, "orig", None) or exc
+    text = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+    lines = text.strip().splitlines()
+    kind = type(cause).__name__
+    return f"{'' if kind == 'Error' else kind + ': '}{lines[0] if lines else ''}".rstrip(": ")
+
+
+def _shown_url(settings: Settings) -> str:
+    """The database's URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(settings.database_url()).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot read: its scheme only
+        return settings.database_url().split(":", 1)[0]
+
+
+def _keys_unavailable(settings: Settings, directory: Path, exc: Exception) -> CaKeysUnavailable:
+    hint = (f" (is ${settings.ca.passphrase_env} or {settings.passphrase_path()} the right passphrase?)"
+            if any(word in str(exc).lower() for word in ("password", "decrypt")) else "")
+    return CaKeysUnavailable(f"cannot read the CA keys in {directory}{hint}: {exc}")
 
 
 def _no_ca_files(directory: Path) -> bool:
@@ -295,16 +338,34 @@ async def _recorded_ca(engine: AsyncEngine, name: str) -> str | None:
         return (await conn.execute(sa.select(cas.c.fingerprint_sha256).where(cas.c.name == name))).scalar()
 
 
-async def _create_default_profile(store: "ProfileStore", ca: str, secret: str, now: datetime) -> bool:
-    """Make the `default` static profile; False when another process starting at the same moment made it first
-    (its secret is the one in default-challenge.txt, which this process leaves alone)."""
-    from .profiles import ProfileExists, ProfileSettings
+async def _create_default_profile(store: "ProfileStore", ca: str, path: Path, now: datetime) -> bool:
+    """Make the `default` static profile, its secret in `path`; False when another process starting at the same
+    moment made it first (its secret is the one in `path`, which this process leaves alone).
 
+    The secret is written (durably, under a name of its own) before the profile exists and renamed to `path`
+    once it does: a write that fails (no room left) leaves no profile whose secret nobody has, and the next
+    start makes it again."""
+    import os
+
+    from .ca.keys import durable_write, fsync_directory
+    from .profiles import ProfileExists, ProfileSettings, new_static_secret
+
+    secret = new_static_secret()
+    staged = path.with_name(f"{path.name}.{os.getpid()}.new")
+    try:
+        durable_write(staged, secret.encode() + b"\n")
+    except OSError as exc:
+        raise StartError(f"cannot write {path}: {_reason(exc)}; the default profile was not made") from None
     try:
         await store.create("default", ca=ca, challenge_kind="static", static_secret=secret, now=now,
                            settings=ProfileSettings(device_trust=False))
-    except ProfileExists:
-        return False
+    except BaseException as exc:
+        staged.unlink(missing_ok=True)
+        if isinstance(exc, ProfileExists):
+            return False
+        raise
+    os.replace(staged, path)
+    fsync_directory(path.parent)
     return True
 
 

@@ -19,13 +19,22 @@ from .logs import configure, flush_access
 log = structlog.get_logger("server")
 
 
+class ListenError(OSError):
+    """An address the server cannot listen on (in use, not this host's, a privileged port); the message names it."""
+
+
 def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ListenError(exc.errno, f"cannot listen on {shown}: {exc.strerror or exc}") from None
     sock.listen(1024)
     sock.setblocking(False)
     return sock
