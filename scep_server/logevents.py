@@ -209,6 +209,9 @@ EVENTS: tuple[Event, ...] = (
     _e("mdm.sync_held", "warning", "source takedowns devices limit",
        "a sync would take down more of the source's devices than the brake allows ([mdm] brake_share, "
        "brake_devices): nothing was changed until an administrator confirms (mdm sync --confirm-takedowns)"),
+    _e("mdm.event_held", "warning", "source device takedowns limit",
+       "a webhook event would take a device down when the source already took down as many devices in the last "
+       "sync interval as the brake allows a sync: not applied; the next sync reads the device"),
     _e("mdm.sync_failed", "error", "exception", "an MDM sync raised (the periodic one runs again next period); a "
        "reading of the inventory that raised is the sync's recorded error"),
     # challenges

@@ -31,3 +31,8 @@ class EventSuperseded(Exception):
 class DeviceNotListed(Exception):
     """A webhook event about a device the source's inventory does not list (not ours, another source's, or not
     read by a sync yet): not applied."""
+
+
+class EventHeld(Exception):
+    """A webhook event that takes a device down when the source's take-downs of the last sync interval reach the
+    brake's limit: not applied (the next sync reads the device)."""

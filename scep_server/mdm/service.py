@@ -7,6 +7,7 @@ the source's last outcome). A dry run plans the same changes and applies none.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import hmac
@@ -29,7 +30,7 @@ from ..binding.errors import InvalidTransition
 from ..binding.tables import devices, mdm_devices, mdm_sources
 from ..store.events import record_event
 from ..store.tables import events
-from .errors import DeviceNotListed, EventSuperseded, MdmSourceExists, MdmSourceInvalid, MdmSourceNotFound
+from .errors import DeviceNotListed, EventHeld, EventSuperseded, MdmSourceExists, MdmSourceInvalid, MdmSourceNotFound
 from .plan import Change, MdmState, Ours, Record, Rules, Tracked, decide, plan
 
 log = structlog.get_logger("mdm")
@@ -108,6 +109,7 @@ class MdmService:
         self.rules = rules_of(settings)
         self.reader = reader
         self.clock = clock
+        self._takedown_locks: dict[str, asyncio.Lock] = {}  # per source: webhook take-downs counted one at a time
 
     # ------------------------------------------------------------------ sources
 
@@ -371,7 +373,11 @@ class MdmService:
 
         A dated event is recorded as the device's newest (EventSuperseded if a later one is) before the device is
         read, and its change is refused if a later event is recorded before it is applied: of two events about
-        one device handled at once, the later one decides, whichever finishes first."""
+        one device handled at once, the later one decides, whichever finishes first.
+
+        The brake holds webhooks too: an event that takes a device down when the source's take-downs of the last
+        sync interval (webhooks and syncs) already reach the sync's limit is not applied (EventHeld); the next
+        sync reads the device's state, under its own brake."""
         if not await self._listed(name, record.device_id):
             raise DeviceNotListed(f"{record.device_id!r} is not in the inventory of {name!r}")
         if at is not None and not await self._claim(name, record, at):
@@ -381,12 +387,32 @@ class MdmService:
             return None
         change = decide(record, ours, actor=f"mdm:{name}", rules=self.rules)
         report = SyncReport(name, False)
-        if change is not None:
+        if change is not None and change.action in TAKE_DOWNS:
+            async with self._takedown_locks.setdefault(name, asyncio.Lock()):
+                recent, limit = await self._recent_takedowns(name)
+                if recent >= limit:
+                    log.warning("mdm.event_held", source=name, device=record.device_id, takedowns=recent,
+                                limit=limit)
+                    raise EventHeld(f"{recent} devices taken down by {name!r} in the last sync interval")
+                await self._apply(name, [change], report, {record.device_id: ours}, event_at=at)
+        elif change is not None:
             await self._apply(name, [change], report, {record.device_id: ours}, event_at=at)
         before = await self._tracked_one(name, record.device_id)
         await self._track(name, {record.device_id: (Tracked(record.state), record.mdm_id)}, before, [], self.clock(),
                           event_at=at, from_event=True)
         return report.changes[0] if report.changes else None
+
+    async def _recent_takedowns(self, name: str) -> tuple[int, int]:
+        """The devices the source took down in the last sync interval, and what the brake allows in one."""
+        since = self.clock() - timedelta(seconds=self.settings.sync_interval_seconds)
+        async with self.engine.connect() as conn:
+            recent = (await conn.execute(sa.select(sa.func.count()).select_from(events).where(
+                events.c.kind.in_([f"device.{a}" for a in sorted(TAKE_DOWNS)]), events.c.at >= since,
+                events.c.actor == f"mdm:{name}"))).scalar_one()
+            known = (await conn.execute(sa.select(sa.func.count()).select_from(mdm_devices).join(
+                devices, devices.c.id == mdm_devices.c.device_id).where(
+                mdm_devices.c.source == name, devices.c.status != "deleted"))).scalar_one()
+        return recent, max(self.settings.brake_devices, int(self.settings.brake_share * known))
 
     async def _listed(self, name: str, device_id: str) -> bool:
         """Whether the device is ours and tracked by the source (its inventory listed it)."""

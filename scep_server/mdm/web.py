@@ -25,7 +25,7 @@ from trustkit.problems import BadRequest
 from ..appkeys import RUNTIME
 from ..binding.errors import InvalidInput
 from ..web.auth import ACTOR, bad_webhook_secret, requires, webhook_secret
-from .errors import DeviceNotListed, EventSuperseded, MdmSourceNotFound
+from .errors import DeviceNotListed, EventHeld, EventSuperseded, MdmSourceNotFound
 from .plan import MdmState, Record
 from .service import SOURCE_NAME, MdmService
 
@@ -90,6 +90,9 @@ async def jamf_webhook(request: web.Request) -> web.Response:
         change = await svc.event(name, Record(device_id=key, mdm_id=str(mdm_id)[:255], state=state), at=at)
     except EventSuperseded:
         return web.json_response({"accepted": False, "reason": "older than an event already applied"}, status=202)
+    except EventHeld:
+        return web.json_response({"accepted": False, "reason": "held by the brake: too many devices taken down by "
+                                  "this source since its last sync interval began"}, status=202)
     except DeviceNotListed:
         return web.json_response({"accepted": False, "reason": "a device this source's inventory does not list"},
                                  status=202)
