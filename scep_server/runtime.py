@@ -293,7 +293,7 @@ async def initialise(settings: Settings, *, clock: Clock = utcnow, default_profi
     finally:
         await engine.dispose()
     if report:
-        report.insert(0, f"database: {settings.database_url()}")
+        report.insert(0, f"database: {_shown_url(settings)}")  # never its password: the output goes to logs
     return report
 
 

@@ -112,3 +112,14 @@ def test_an_address_in_use(tmp_path, cli):
         port = taken.getsockname()[1]
         line = cli("--data-dir", str(data), "serve", "--listen", f"127.0.0.1:{port}")
     assert line == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+async def test_the_first_start_names_the_database_without_its_password(tmp_path, pg_url):
+    """The report `init` and the first `serve` print (to a terminal, a journal, a container log) showed the
+    database URL as configured, its password included."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(pg_url).set(password="s3cret-pw").render_as_string(hide_password=False)  # trust: any password
+    report = await runtime.initialise(settings_for(tmp_path / "data", url))
+    assert report[0].startswith("database: postgresql") and ":***@" in report[0]
+    assert not [line for line in report if "s3cret-pw" in line]
