@@ -376,12 +376,24 @@ class ConsoleSettings(BaseModel):
         description="sign-in by a header an authenticating (OIDC) reverse proxy sets, e.g. X-Auth-Request-Email; "
         "believed only from a peer in trusted_header_networks")
     trusted_header_networks: list[str] = Field(
-        default_factory=list, description="networks (CIDR) of the proxies trusted_header is believed from")
+        default_factory=list, description="networks (CIDR) of the proxies trusted_header is believed from; "
+        "required with trusted_header, and never a network of every address (0.0.0.0/0, ::/0)")
 
     @field_validator("trusted_header_networks")
     @classmethod
     def _networks(cls, v: list[str]) -> list[str]:
-        return _networks(v)
+        for net in _networks(v):
+            if ip_network(net, strict=False).prefixlen == 0:  # 0.0.0.0/0, ::/0
+                raise ValueError(f"{net!r} is every address: whoever connects could sign in as any user by "
+                                 "sending the header; list the authenticating proxy's own networks")
+        return v
+
+    @model_validator(mode="after")
+    def _header_needs_networks(self) -> "ConsoleSettings":
+        if self.trusted_header and not self.trusted_header_networks:
+            raise ValueError("trusted_header needs trusted_header_networks, the networks of the proxy it is believed "
+                             "from (without them it is never believed)")
+        return self
 
 
 class LogSettings(BaseModel):

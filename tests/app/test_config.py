@@ -87,3 +87,17 @@ def test_a_variable_of_a_section_that_does_not_exist_is_refused(monkeypatch):
     monkeypatch.delenv("SCEP_SERVER_DATABSE__URL")
     monkeypatch.setenv("SCEP_SERVER_CONFIG", "/nowhere.toml")  # the command line's own variable, not a setting
     assert load_settings().database.url is None
+
+
+@pytest.mark.parametrize("console, message", [
+    ({"trusted_header": "X-Auth-Request-Email"}, "trusted_header needs trusted_header_networks"),
+    ({"trusted_header": "X-Auth-Request-Email", "trusted_header_networks": ["0.0.0.0/0"]}, "'0.0.0.0/0' is every address"),
+    ({"trusted_header": "X-User", "trusted_header_networks": ["10.0.0.5/32", "::/0"]}, "'::/0' is every address"),
+])
+def test_a_console_trusted_header_believed_from_nowhere_or_from_everywhere_is_refused(console, message):
+    """Without networks the header sign-in silently never worked; with 0.0.0.0/0 whoever connects was signed in
+    as the user the header names."""
+    with pytest.raises(ConfigError, match=rf"console: Value error, {message}|console\.trusted_header_networks: "
+                                          rf"Value error, {message}"):
+        load_settings(console=console)
+    assert load_settings(console={"trusted_header": "X-User", "trusted_header_networks": ["10.0.0.5/32"]})
