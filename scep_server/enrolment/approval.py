@@ -49,6 +49,12 @@ class ApprovalWorkflow:
         refusal = svc.cannot_issue(ca, now)
         if refusal:  # the enrolment stays pending: approved once server.base_url is set or a new CA is active
             raise Conflict(refusal)
+        compromised = await repo.compromised_key(m["public_key_sha256"])
+        if compromised is not None:  # revoked as compromised while the enrolment waited (enrolment.checks)
+            text = (f"the public key is compromised: certificate {compromised} for it was revoked for keyCompromise "
+                    f"while the enrolment waited")
+            await self.reject(profile_name, transaction_id, text, actor=actor, now=now, reason=text)
+            raise ApprovalRefused(text)
         csr = x509.load_der_x509_csr(m["csr_der"])
         renewal_of = None
         if m.get("renewal_of"):

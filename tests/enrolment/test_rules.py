@@ -375,6 +375,20 @@ async def test_a_key_revoked_as_compromised_is_never_certified_again(h, keys):
     assert len(h.repo.certificates) == 3
 
 
+async def test_an_enrolment_waiting_for_approval_whose_key_was_revoked_as_compromised_is_rejected(h, keys):
+    from scep_server.enrolment.model import ApprovalRefused
+
+    h.profiles.add("manual", require_approval=True)
+    h.profiles.add("other")
+    assert (await h.enrol("manual", keys[0])).status is PKIStatus.PENDING
+    other = await h.enrol("other", keys[0], txid="other")
+    h.repo.certificates[serial_of(other)].update(status="revoked", revocation_reason=int(Reason.KEY_COMPROMISE))
+    with pytest.raises(ApprovalRefused, match="revoked for keyCompromise while the enrolment waited"):
+        await h.service.decide("manual", client.transaction_id_for(keys[0].public_key()), approve=True, actor="admin")
+    assert refused(await h.poll("manual", keys[0]), "revoked for keyCompromise")
+    assert len(h.repo.certificates) == 1
+
+
 async def test_a_renewal_is_renewed_only_at_its_own_profile_unless_listed(h, keys):
     renewal_profile(h, "a")
     renewal_profile(h, "b")
