@@ -155,10 +155,15 @@ class JamfClient(_OAuthClient):
                     raise MdmUnavailable(f"{path}: a record without its {id_key}, or listed twice")
                 ids.add(str(jamf_id))
                 yield item
-            if len(ids) >= total:
+            # the total only hints where the listing ends: it ends at a page that is not full, and then with
+            # exactly the total (a total too small stopped the read early and made the later pages' devices
+            # look gone; a listing that stops short leaves out devices that must not look gone either)
+            if len(ids) > total:
+                raise MdmUnavailable(f"{path}: more records than its total of {total} devices")
+            if len(results) < PAGE_SIZE:
+                if len(ids) < total:
+                    raise MdmUnavailable(f"{path}: a listing that stops after {len(ids)} of {total} devices")
                 return
-            if not results:  # a listing that stops short: the devices it leaves out must not look gone
-                raise MdmUnavailable(f"{path}: an empty page after {len(ids)} of {total} devices")
         raise MdmUnavailable(f"{path}: more than {MAX_PAGES} pages")
 
     def _record(self, item: dict, mdm_id: Any, udid: Any, serial: Any, name: Any, managed: Any) -> Record | None:
