@@ -169,6 +169,8 @@ class ResponseSigner:
     sign: Callable[[bytes], bytes]
     cert_der: bytes
     include_certs: tuple[bytes, ...] = ()
+    # the signing function waits on a device (a key in a PKCS#11 token): call build_response off the event loop
+    blocking: bool = False
 
     def __post_init__(self) -> None:
         cert = asn1_x509.Certificate.load(self.cert_der)

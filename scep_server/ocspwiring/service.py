@@ -338,8 +338,11 @@ class OcspService:
                 answers.append(Answer(cid, "revoked", st.revoked_at or now, st.reason or None))
         this_update = now.replace(microsecond=0)
         next_update = this_update + self.settings.response_validity
-        body = build_response(answers, signer, produced_at=now, this_update=this_update, next_update=next_update,
-                              nonce=request.nonce)
+        build = functools.partial(build_response, answers, signer, produced_at=now, this_update=this_update,
+                                  next_update=next_update, nonce=request.nonce)
+        # a key in a PKCS#11 token signs in a thread: the token's answer (up to its timeout, while it hangs or
+        # its sessions serve SCEP) never holds the event loop; a key in memory signs here, quicker than a hop
+        body = await asyncio.to_thread(build) if signer.blocking else build()
         return Reply(body, "successful", this_update, next_update, cacheable=request.cacheable)
 
     def readiness(self) -> str:

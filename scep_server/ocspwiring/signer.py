@@ -37,7 +37,8 @@ def _signer(key, responder_der: bytes, certs: tuple[bytes, ...] = ()) -> Respons
     ecdsa-with-SHA256 / SHA384 for P-256 / P-384 (the hash the CA signs its certificates and CRLs with)."""
     digest = digest_for(key.public_key())
     algorithm = algorithm_for_public_key(key.public_key(), digest.name)
-    return ResponseSigner(algorithm, lambda tbs: key.sign(tbs, digest), responder_der, certs)
+    return ResponseSigner(algorithm, lambda tbs: key.sign(tbs, digest), responder_der, certs,
+                          blocking=getattr(key, "in_process_key", None) is None)  # a token's key: in a thread
 
 
 def ca_signer(ca: CertificateAuthority) -> ResponseSigner:

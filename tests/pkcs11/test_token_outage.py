@@ -179,3 +179,35 @@ async def test_a_token_that_answers_an_error_to_a_signature_is_a_503_and_not_rea
         await wait_for(ready, timeout=10, interval=0.1)
         rep = await scep_operation(session, url, request, key, ra_der)
         assert rep.status is PKIStatus.SUCCESS, rep.fail_text
+
+
+async def test_an_ocsp_answer_waiting_on_a_hung_token_does_not_hold_the_event_loop(aiohttp_server, tmp_path,
+                                                                                  softhsm):
+    """The CA key in the token signs OCSP responses in a thread: while the token hangs, other requests are
+    answered at once and the OCSP client gets tryLater after the token's timeout, then a signed answer."""
+    import time
+
+    from cryptography.x509 import ocsp
+
+    from tests.factories import rsa_key
+    from tests.ocsp.conftest import OCSP_REQUEST, issue, request_der
+
+    server = await start_app(aiohttp_server, tmp_path, ca=softhsm.ca_settings(key_type="ec-p256"))
+    ca = server.runtime.cas["default"]
+    der = request_der(await issue(server, rsa_key(), "ocsp-device"), ca.cert, nonce=b"n" * 16)
+    ca.key.pool.timeout = 2.0
+    async with aiohttp.ClientSession() as session:
+        async def ask() -> ocsp.OCSPResponse:
+            async with session.post(f"{server.url}/ocsp/default", data=der,
+                                    headers={"Content-Type": OCSP_REQUEST}) as resp:
+                return ocsp.load_der_ocsp_response(await resp.read())
+
+        with _call_lock(softhsm.module):  # another call holds the module and does not return
+            started = time.monotonic()
+            answer = asyncio.create_task(ask())
+            await asyncio.sleep(0.1)
+            async with session.get(f"{server.url}/healthz") as resp:
+                assert resp.status == 200
+            assert time.monotonic() - started < 1.0  # not after the token's 2 s
+            assert (await answer).response_status is ocsp.OCSPResponseStatus.TRY_LATER
+        assert (await ask()).response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
