@@ -119,6 +119,9 @@ async def test_the_first_start_names_the_database_without_its_password(tmp_path,
     database URL as configured, its password included."""
     from sqlalchemy.engine import make_url
 
+    from tests.conftest import _truncate_pg
+
+    await _truncate_pg(pg_url)  # the session's database, as another test left it
     url = make_url(pg_url).set(password="s3cret-pw").render_as_string(hide_password=False)  # trust: any password
     report = await runtime.initialise(settings_for(tmp_path / "data", url))
     assert report[0].startswith("database: postgresql") and ":***@" in report[0]

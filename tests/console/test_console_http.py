@@ -55,7 +55,7 @@ async def test_sign_in_sets_a_strict_cookie_and_stores_only_its_digest(console):
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_cookie_is_secure_behind_a_trusted_https_proxy_only(aiohttp_server, tmp_path, db_url):
     proxied = await open_console(aiohttp_server, tmp_path / "a", db_url, server={"trusted_proxies": ["127.0.0.1/32"]})
-    direct = await open_console(aiohttp_server, tmp_path / "b", db_url)
+    direct = await open_console(aiohttp_server, tmp_path / "a", db_url)  # another instance: the same CA directory
     try:
         https = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "192.0.2.7"}
         _, jar = await proxied.sign_in(headers=https)
