@@ -55,6 +55,12 @@ EVENTS: tuple[Event, ...] = (
     _e("server.base_url.wildcard", "warning", "listen issuing",
        "server.base_url is not set and server.listen is a wildcard address (0.0.0.0, ::): certificates would name "
        "it, so none is issued (issuing false) unless server.allow_wildcard_base_url is true"),
+    _e("server.console.plain_http", "warning", "listen base_url",
+       "the admin console is on and the server listens beyond loopback with a plain http base URL: administrator "
+       "tokens and session cookies would cross the network in clear (serve it behind TLS or switch it off)"),
+    _e("server.metrics.open", "warning", "listen",
+       "/metrics is served beyond loopback without a token (metrics.token_env or token_file): whoever reaches the "
+       "address reads it"),
     _e("systemd.notify_failed", "warning", "error",
        "the readiness notification to systemd ($NOTIFY_SOCKET) could not be sent; the server runs on"),
     _e("readyz.check_failed", "warning", "check detail", "a readiness check started failing (logged once per change)"),

@@ -8,6 +8,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
+from ipaddress import ip_address
 
 import structlog
 from aiohttp import web
@@ -52,6 +53,32 @@ def warn_wildcard_base_url(settings: Settings, announce=print) -> None:
     else:
         announce(f"warning: server.base_url is not set: certificates name {server.public_base_url()} as their CRL "
                  "and CA certificate location (server.allow_wildcard_base_url = true)")
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: whatever it resolves to, not only this host
+
+
+def warn_exposed(settings: Settings, announce=print) -> None:
+    """Say (and log) at start what is open beyond this host without protection: /metrics without a token, the
+    admin console over plain http."""
+    server, section = settings.server, settings.metrics
+    if section.enabled and not (section.token_env or section.token_file):
+        listen = section.listen or server.listen
+        if not _loopback(section.host if section.listen else server.host):
+            log.warning("server.metrics.open", listen=listen)
+            announce(f"warning: /metrics answers whoever reaches {listen} (no metrics.token_env or token_file): "
+                     "set a token, or metrics.listen on a loopback or private address")
+    if settings.console.enabled and not _loopback(server.host) and not server.public_base_url().startswith("https://"):
+        log.warning("server.console.plain_http", listen=server.listen, base_url=server.public_base_url())
+        announce(f"warning: the admin console (/admin/) on {server.listen} takes administrator tokens over plain "
+                 f"http (server.base_url is {server.public_base_url()}): serve it behind a TLS proxy and set "
+                 "server.base_url to its https URL, or set console.enabled = false")
 
 
 def sd_notify(message: str, environ: Mapping[str, str] | None = None) -> bool:
@@ -105,6 +132,7 @@ def serve(settings: Settings, *, announce=print) -> int:
     section = settings.metrics
     section.token()  # a token source that is empty stops the start here, once
     warn_wildcard_base_url(settings, announce)
+    warn_exposed(settings, announce)
     per_worker = settings.server.workers > 1 and settings.server.reuse_port and hasattr(socket, "SO_REUSEPORT")
     sock = bind(settings.server.host, settings.server.port, reuse_port=per_worker)
     # [metrics] listen: one socket for every worker
