@@ -71,6 +71,7 @@ class _Metrics:
     commit_seconds: Any
     worker_requests: Any
     key_sign_failures: Any
+    brake_holds: Any
     # CA -> the (serial, revoked_at) listed in the last CRL signed here and newer than the CRL before it
     crl_recent: dict[str, frozenset] = field(default_factory=dict)
     # (id of the metric, *label values) -> the labelled child: `labels()` costs more than the increment itself.
@@ -240,6 +241,8 @@ def activate() -> None:
                               registry=own, multiprocess_mode="liveall"),
         key_sign_failures=counter("ca_key_sign_failures", "Signatures a CA or RA private key failed to make "
                                   "(the token away or erring, a key that cannot sign)", ["backend"]),
+        brake_holds=counter("mdm_brake_holds", "MDM syncs and webhook events the brake held: they would take "
+                            "down more devices than [mdm] brake_share and brake_devices allow", ["what"]),
     )
     _active = m
     from trustkit import batching
@@ -332,6 +335,14 @@ def key_sign_failed(backend: str) -> None:
     m = _active
     if m is not None:
         _inc(m.child(m.key_sign_failures, backend))
+
+
+@_never_raises
+def mdm_brake_held(what: str) -> None:
+    """``what``: sync | event (scep_server.mdm.service)."""
+    m = _active
+    if m is not None:
+        _inc(m.child(m.brake_holds, what))
 
 
 @_never_raises

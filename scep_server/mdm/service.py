@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from trustkit.clock import Clock, aware, utcnow
 from trustkit.db import writer
 
+from .. import metrics
 from ..binding.devices import ANY_TIME, TRANSITIONS, DeviceStore
 from ..binding.errors import InvalidTransition
 from ..binding.tables import devices, mdm_devices, mdm_sources
@@ -296,6 +297,8 @@ class MdmService:
             p.tracking = {d: t for d, t in p.tracking.items() if d not in moved}
             report.held = self._brake(p.changes, ours, confirm_takedowns)
             if report.held is not None:
+                if not dry_run:
+                    metrics.mdm_brake_held("sync")
                 log.warning("mdm.sync_held", source=name, takedowns=report.held["takedowns"],
                             devices=report.held["devices"], limit=report.held["limit"])
             if dry_run:
@@ -391,6 +394,7 @@ class MdmService:
             async with self._takedown_locks.setdefault(name, asyncio.Lock()):
                 recent, limit = await self._recent_takedowns(name)
                 if recent >= limit:
+                    metrics.mdm_brake_held("event")
                     log.warning("mdm.event_held", source=name, device=record.device_id, takedowns=recent,
                                 limit=limit)
                     raise EventHeld(f"{recent} devices taken down by {name!r} in the last sync interval")

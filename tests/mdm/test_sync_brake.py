@@ -19,6 +19,15 @@ def secret_env(monkeypatch):
     return {"env": "MDM_TEST_SECRET"}
 
 
+def brake_holds(what: str) -> float:
+    """mdm_brake_holds_total{what} of this process (recording turned on)."""
+    from scep_server import metrics
+
+    metrics.activate()
+    metrics.flush()
+    return metrics._active.own.get_sample_value("mdm_brake_holds_total", {"what": what}) or 0.0
+
+
 async def _statuses(api, ids):
     return {(await api.get(f"/api/v1/devices/{d}"))["status"] for d in ids}
 
@@ -38,6 +47,7 @@ async def test_an_empty_jamf_inventory_is_held_until_confirmed(server, api, aioh
     assert (await api.post("/api/v1/mdm/jamf/sync", {}, admin=True))["changes"] == []
 
     getattr(jamf, kind).clear()  # Jamf answers 200 with no devices
+    holds = brake_holds("sync")
     for _ in range(2):  # the periodic sync keeps holding it; nothing starts the grace period
         report = await api.post("/api/v1/mdm/jamf/sync", {}, admin=True, expect=409)
         assert report["changes"] == [] and report["error"] is None
@@ -53,6 +63,7 @@ async def test_an_empty_jamf_inventory_is_held_until_confirmed(server, api, aioh
     for bad in (-1, "30", True, 1.5):
         await api.post("/api/v1/mdm/jamf/sync", {"confirm_takedowns": bad}, admin=True, expect=400)
 
+    assert brake_holds("sync") - holds == 3  # counted (not the dry run): /metrics shows an MDM held back
     report = await api.post("/api/v1/mdm/jamf/sync", {"confirm_takedowns": 30}, admin=True)
     assert report["held"] is None and {c["action"] for c in report["changes"]} == {"deactivate"}
     assert await _statuses(api, ids) == {"deactivated"}  # held at once; the grace period starts now

@@ -12,6 +12,7 @@ import pytest
 from tests.binding.conftest import api, clock, server  # noqa: F401
 from tests.mdm.peers import CLIENT_ID, CLIENT_SECRET, jamf_webhook
 from tests.mdm.test_mdm_store import listed
+from tests.mdm.test_sync_brake import brake_holds
 
 
 @pytest.fixture
@@ -31,11 +32,13 @@ async def test_webhook_take_downs_are_held_past_the_brake(server, api, clock, se
     await listed(svc, "jamf", *ids)
     hook = f"{server.url}/hooks/jamf"
     at_ms = int(clock().timestamp() * 1000)
+    holds = brake_holds("event")
     results = await asyncio.gather(*(jamf_webhook(api.session, hook, "MobileDeviceUnEnrolled", d, secret=secret,
                                                   at_ms=at_ms) for d in ids))
     applied = [d for d, (status, body) in zip(ids, results) if status == 200 and body["change"]]
     held = [d for d, (status, body) in zip(ids, results) if status == 202 and body["accepted"] is False]
     assert len(applied) == 10 and len(held) == 20, results  # brake_devices: 10 (10 % of 30 is 3)
+    assert brake_holds("event") - holds == 20
     statuses = {d: (await api.get(f"/api/v1/devices/{d}"))["status"] for d in ids}
     assert sorted(d for d, s in statuses.items() if s == "deactivated") == sorted(applied)
 
