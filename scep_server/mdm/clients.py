@@ -160,9 +160,9 @@ class JamfClient(_OAuthClient):
             # look gone; a listing that stops short leaves out devices that must not look gone either)
             if len(ids) > total:
                 raise MdmUnavailable(f"{path}: more records than its total of {total} devices")
-            if len(results) < PAGE_SIZE:
-                if len(ids) < total:
-                    raise MdmUnavailable(f"{path}: a listing that stops after {len(ids)} of {total} devices")
+            if not results and len(ids) < total:
+                raise MdmUnavailable(f"{path}: an empty page after {len(ids)} of {total} devices")
+            if len(results) < PAGE_SIZE and len(ids) == total:
                 return
         raise MdmUnavailable(f"{path}: more than {MAX_PAGES} pages")
 
