@@ -192,8 +192,8 @@ def _load_or_create_ca(settings: Settings, now: datetime, report: list[str]) -> 
     store = key_store(settings, pool_size=1)
     base = settings.server.public_base_url()
     try:
-        passphrase = (load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
-                      if store is None else b"")
+        passphrase = (load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path(),
+                                                keys_in=directory.parent) if store is None else b"")
         ca, created = load_or_create_ca(
             directory, name=settings.ca.name, subject=settings.ca.subject, ra_subject=settings.ca.ra_subject,
             key_size=settings.ca.key_size, validity_days=settings.ca.validity_days,
@@ -376,7 +376,11 @@ def load_cas(settings: Settings) -> "dict[str, CertificateAuthority]":
     names = ca_names(settings)
     if settings.ca.key_backend == "pkcs11":
         return _load_token_cas(settings)  # one CA, its keys in the token (its renewed RAs too; no CA rollover there)
-    passphrase = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
+    try:
+        passphrase = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path(),
+                                               keys_in=settings.ca_dir().parent)
+    except ValueError as exc:  # none, and the CA keys need one: never a new random one
+        raise CaKeysUnavailable(str(exc)) from None
     cas = {}
     for name in names:
         directory = settings.ca_dir(name)

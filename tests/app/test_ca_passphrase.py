@@ -84,3 +84,24 @@ def test_an_empty_or_unchanged_new_passphrase_is_refused(cli, tmp_path, value):
     current = (tmp_path / "data" / "ca" / "passphrase").read_text().strip()
     chosen.write_text(current if value == "same" else "")
     assert "must be non-empty and differ" in cli("ca", "passphrase", "change", "--new-from-file", str(chosen), code=1)
+
+
+async def test_a_missing_passphrase_is_a_clear_error_and_no_new_one_is_made(tmp_path, monkeypatch):
+    """Keys encrypted with the passphrase of $SCEP_CA_PASSPHRASE, started without it: the start stops saying
+    the passphrase is missing, and no random passphrase file (which could never open the keys) is written."""
+    from scep_server.runtime import CaKeysUnavailable, initialise, load_cas
+    from tests.factories import settings_for
+
+    monkeypatch.setenv("SCEP_CA_PASSPHRASE", "kept-in-the-environment")
+    settings = settings_for(tmp_path / "data")
+    await initialise(settings)
+    monkeypatch.delenv("SCEP_CA_PASSPHRASE")
+    for start in (lambda: initialise(settings), lambda: _async(load_cas, settings)):
+        with pytest.raises(CaKeysUnavailable, match=r"no CA passphrase: \$SCEP_CA_PASSPHRASE is not set .*/ca\.key is "
+                                                    "encrypted with one"):
+            await start()
+        assert not settings.passphrase_path().exists()
+
+
+async def _async(fn, *args):
+    return fn(*args)
