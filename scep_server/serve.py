@@ -7,9 +7,11 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from ipaddress import ip_address
 
+import click
 import structlog
 from aiohttp import web
 
@@ -220,18 +222,27 @@ def _supervise(settings: Settings, socks: list[socket.socket], metrics_sock: soc
     def spawn(slot: int) -> None:
         pid = os.fork()
         if pid == 0:
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.close(ready_r)
-            if cpus is not None:  # before any thread starts: the worker's threads inherit it (a restart too)
-                os.sched_setaffinity(0, {cpus[slot]})
-            for other in set(socks) - {socks[slot]}:
-                other.close()  # another slot's socket: only its own worker accepts there
+            # the child never returns into the supervisor's frames (their `finally` would remove the live metrics
+            # directory): it ends here, 0 once served, 1 with its error said
+            code = 1
             try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                if ready_r >= 0:  # a restart, after the start, finds it closed already (its number maybe reused)
+                    os.close(ready_r)
+                if cpus is not None:  # before any thread starts: the worker's threads inherit it (a restart too)
+                    os.sched_setaffinity(0, {cpus[slot]})
+                for other in set(socks) - {socks[slot]}:
+                    other.close()  # another slot's socket: only its own worker accepts there
                 _run_worker(settings, socks[slot], metrics_sock, ready=lambda: _worker_ready(ready_w))
+                code = 0
+            except click.ClickException as exc:  # a start error the worker met (the OTP key unreadable, say)
+                exc.show()
+            except BaseException:  # noqa: BLE001 - said, and the supervisor sees the exit status
+                traceback.print_exc()
             finally:
                 _flush_buffers()  # os._exit runs no atexit handler
-                os._exit(0)
+                os._exit(code)
         children[pid] = slot
 
     def stop(signum, _frame) -> None:
@@ -247,10 +258,17 @@ def _supervise(settings: Settings, socks: list[socket.socket], metrics_sock: soc
     signal.signal(signal.SIGINT, stop)
     for slot in range(settings.server.workers):
         spawn(slot)
+    failed = False
     if _await_workers(ready_r, settings.server.workers, lambda: stopping):
         host, port = socks[0].getsockname()[:2]
         sd_notify(f"READY=1\nSTATUS=listening on {host}:{port} with {settings.server.workers} workers")
+    elif not stopping and _a_child_exited():
+        # a worker could not start (what it said is above): the others would not either; exit 1
+        announce("a worker could not start; stopping")
+        failed = True
+        stop(signal.SIGTERM, None)
     os.close(ready_r)
+    ready_r = -1
     restarts: list[float] = []
     while children:
         try:
@@ -268,11 +286,12 @@ def _supervise(settings: Settings, socks: list[socket.socket], metrics_sock: soc
         restarts = [t for t in restarts if now - t < 60] + [now]
         if len(restarts) > 10:
             announce("workers keep exiting; stopping")
+            failed = True
             stop(signal.SIGTERM, None)
             continue
         spawn(slot)
     os.close(ready_w)
     for listening in set(socks):
         listening.close()
-    return 0
+    return 1 if failed else 0  # a server that gave up is a failure to its service manager (Restart=on-failure)
 
