@@ -232,12 +232,17 @@ def db() -> None:
 @pass_ctx
 def db_upgrade(ctx: Context) -> None:
     """Apply all schema migrations."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .runtime import database_unusable
     from .store.migrate import SchemaTooNew, upgrade_url
 
     try:
         upgrade_url(ctx.settings().database_url())
     except SchemaTooNew as exc:
         raise click.ClickException(str(exc)) from None
+    except (SQLAlchemyError, OSError) as exc:  # unreachable, refused, not a database, read-only, full
+        raise click.ClickException(str(database_unusable(ctx.settings(), exc))) from None
     click.echo("database schema is up to date")
 
 

@@ -263,7 +263,7 @@ async def initialise(settings: Settings, *, clock: Clock = utcnow, default_profi
             await upgrade(engine)
             recorded = await _recorded_ca(engine, settings.ca.name)
         except (SQLAlchemyError, OSError) as exc:  # unreachable, refused, not a database, read-only, full
-            raise StartError(f"cannot use the database {_shown_url(settings)}: {_reason(exc)}") from None
+            raise database_unusable(settings, exc) from None
         if recorded is not None and _no_ca_files(settings.ca_dir()):
             raise ForeignCa(
                 f"the database records CA {settings.ca.name!r} (SHA-256 {recorded}), made by another instance (or "
@@ -289,12 +289,17 @@ async def initialise(settings: Settings, *, clock: Clock = utcnow, default_profi
                                   f"{settings.server.public_base_url()}/scep/default")
                     report.append(f"  its challenge password is in {path}")
         except SQLAlchemyError as exc:
-            raise StartError(f"cannot use the database {_shown_url(settings)}: {_reason(exc)}") from None
+            raise database_unusable(settings, exc) from None
     finally:
         await engine.dispose()
     if report:
         report.insert(0, f"database: {_shown_url(settings)}")  # never its password: the output goes to logs
     return report
+
+
+def database_unusable(settings: Settings, exc: BaseException) -> StartError:
+    """The StartError of a database that cannot be used: its URL without the password, and the driver's reason."""
+    return StartError(f"cannot use the database {_shown_url(settings)}: {_reason(exc)}")
 
 
 def _reason(exc: BaseException) -> str:

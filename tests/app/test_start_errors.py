@@ -126,3 +126,16 @@ async def test_the_first_start_names_the_database_without_its_password(tmp_path,
     report = await runtime.initialise(settings_for(tmp_path / "data", url))
     assert report[0].startswith("database: postgresql") and ":***@" in report[0]
     assert not [line for line in report if "s3cret-pw" in line]
+
+
+def test_db_upgrade_on_a_database_it_cannot_use(tmp_path, cli):
+    """`db upgrade` (systemd's ExecStartPre) ended in the driver's traceback, the URL's password in it."""
+    from tests.server import free_port
+
+    url = f"postgresql://scep:s3cret@127.0.0.1:{free_port()}/scep"
+    line = cli("--data-dir", str(tmp_path / "data"), "db", "upgrade", env={"SCEP_SERVER_DATABASE__URL": url})
+    assert "cannot use the database postgresql://scep:***@127.0.0.1:" in line and "s3cret" not in line
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "scep.db").write_bytes(b"not a database" * 500)
+    line = cli("--data-dir", str(tmp_path / "data"), "db", "upgrade")
+    assert "cannot use the database sqlite+aiosqlite:///" in line and "file is not a database" in line
