@@ -535,7 +535,13 @@ class Pkcs11Keys:
                 found = _generate(s, label, *create, ca=ca)
             return found
 
-        public = self.pool.call(find)
+        import pkcs11
+
+        try:
+            public = self.pool.call(find)
+        except pkcs11.PKCS11Error as exc:  # the token refused the search or the generation: a message, no traceback
+            raise HsmError(f"cannot {'find or generate' if create else 'find'} the key {label!r} in PKCS#11 token "
+                           f"{self.pool.label!r}: {type(exc).__name__} {exc}".rstrip()) from None
         if public is None:
             raise HsmError(f"no private key labelled {label!r} in PKCS#11 token {self.pool.label!r} "
                            f"(ca.{'ca' if ca else 'ra'}_key_label; `scep-server init` generates it)")

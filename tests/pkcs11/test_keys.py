@@ -185,6 +185,23 @@ def test_the_pin_is_in_no_representation_nor_error(softhsm):
         store.close()
 
 
+def test_a_token_that_refuses_the_search_or_the_generation_is_a_clear_error(softhsm, store, monkeypatch):
+    """An error the token answers while the keys are looked up or made (init, a start, an RA renewal) is an
+    HsmError naming the key and the error (a message at the command line), not the library's exception."""
+    from scep_server.ca import pkcs11 as module
+
+    def refused(*args, **kwargs):
+        raise pkcs11.DeviceMemory()
+
+    monkeypatch.setattr(module, "_find_public", refused)
+    with pytest.raises(HsmError, match="cannot find the key 'scep-ca' in PKCS#11 token .*: DeviceMemory"):
+        store.ca_key()
+    monkeypatch.undo()
+    monkeypatch.setattr(module, "_generate", refused)
+    with pytest.raises(HsmError, match="cannot find or generate the key 'scep-ra' .*: DeviceMemory"):
+        store.ra_key(create=("rsa", 2048))
+
+
 def test_the_pin_comes_from_the_environment_or_a_file(tmp_path, monkeypatch):
     monkeypatch.delenv("TEST_PIN", raising=False)
     with pytest.raises(HsmError, match=r"set \$TEST_PIN or ca.pkcs11_pin_file"):
