@@ -29,8 +29,8 @@ class EventSuperseded(Exception):
 
 
 class DeviceNotListed(Exception):
-    """A webhook event about a device the source's inventory does not list (not ours, another source's, or not
-    read by a sync yet): not applied."""
+    """A webhook event about a device that is not ours, or that another source follows and this source's
+    inventory has not listed: not applied."""
 
 
 class EventHeld(Exception):

@@ -31,7 +31,8 @@ from ..binding.errors import InvalidTransition
 from ..binding.tables import devices, mdm_devices, mdm_sources
 from ..store.events import record_event
 from ..store.tables import events
-from .errors import DeviceNotListed, EventHeld, EventSuperseded, MdmSourceExists, MdmSourceInvalid, MdmSourceNotFound
+from .errors import (DeviceNotListed, EventHeld, EventSuperseded, MdmSourceExists, MdmSourceInvalid,
+                     MdmSourceNotFound)
 from .plan import Change, MdmState, Ours, Record, Rules, Tracked, decide, plan
 
 log = structlog.get_logger("mdm")
@@ -370,9 +371,10 @@ class MdmService:
         """One device event of the MDM (a webhook): the change it asks for, applied, and remembered (with the
         time the MDM gave it, `at`, when it gave one).
 
-        Only a device this source's inventory listed (a sync tracks it) is changed or remembered by an event
-        (DeviceNotListed otherwise): an event naming a device of another source, or one the MDM never listed,
-        would make the source's next sync find it "gone" and take it down.
+        An event changes and remembers a device of ours that this source tracks, or that no source tracks yet (a
+        device enrolled since the last sync: its unenrolment or deletion must not be missed). One that another
+        source follows and this one's inventory has not listed is left alone (DeviceNotListed): remembered, the
+        source's next sync would find it "gone" and take it down.
 
         A dated event is recorded as the device's newest (EventSuperseded if a later one is) before the device is
         read, and its change is refused if a later event is recorded before it is applied: of two events about
@@ -381,8 +383,8 @@ class MdmService:
         The brake holds webhooks too: an event that takes a device down when the source's take-downs of the last
         sync interval (webhooks and syncs) already reach the sync's limit is not applied (EventHeld); the next
         sync reads the device's state, under its own brake."""
-        if not await self._listed(name, record.device_id):
-            raise DeviceNotListed(f"{record.device_id!r} is not in the inventory of {name!r}")
+        if not await self._followed(name, record.device_id):
+            raise DeviceNotListed(f"{record.device_id!r} is unknown, or another source's and not {name!r}'s")
         if at is not None and not await self._claim(name, record, at):
             raise EventSuperseded(f"an event of {name!r} about {record.device_id!r} dated after {at} was recorded")
         ours = (await self._ours([record.device_id])).get(record.device_id)
@@ -418,21 +420,23 @@ class MdmService:
                 mdm_devices.c.source == name, devices.c.status != "deleted"))).scalar_one()
         return recent, max(self.settings.brake_devices, int(self.settings.brake_share * known))
 
-    async def _listed(self, name: str, device_id: str) -> bool:
-        """Whether the device is ours and tracked by the source (its inventory listed it)."""
+    async def _followed(self, name: str, device_id: str) -> bool:
+        """Whether the device is ours and tracked by this source or by none (not another source's alone)."""
         async with self.engine.connect() as conn:
-            return (await conn.execute(sa.select(devices.c.id).join(mdm_devices, sa.and_(
-                mdm_devices.c.device_id == devices.c.id, mdm_devices.c.source == name))
-                .where(devices.c.id == device_id))).first() is not None
+            if (await conn.execute(sa.select(devices.c.id).where(devices.c.id == device_id))).first() is None:
+                return False
+            sources = set((await conn.execute(sa.select(mdm_devices.c.source).where(
+                mdm_devices.c.device_id == device_id))).scalars())
+        return not sources or name in sources
 
     async def _claim(self, name: str, record: Record, at: datetime) -> bool:
         """Record `at` as the time of the newest event about the device, unless a later one is recorded (False)."""
         last = mdm_devices.c.last_event_at
+        row = dict(source=name, device_id=record.device_id, state=record.state.value, updated_at=self.clock(),
+                   last_event_at=at)
         async with writer(self.engine).begin() as conn:
-            res = await conn.execute(mdm_devices.update().where(
-                mdm_devices.c.source == name, mdm_devices.c.device_id == record.device_id,
-                sa.or_(last.is_(None), last <= at)).values(last_event_at=at))
-            return res.rowcount == 1
+            stmt = _upsert(conn.dialect.name, row, {"last_event_at": at}, where=sa.or_(last.is_(None), last <= at))
+            return (await conn.execute(stmt)).rowcount == 1
 
     async def _tracked_one(self, name: str, device_id: str) -> dict[str, Tracked]:
         async with self.engine.connect() as conn:

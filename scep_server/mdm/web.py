@@ -10,8 +10,8 @@
 
 Jamf Pro's webhook events and what they mean here (docs/mdm.md): MobileDeviceEnrolled, ComputerAdded,
 MobileDeviceCheckIn and ComputerCheckIn say "managed"; MobileDeviceUnEnrolled says "no longer managed". Other
-events are acknowledged and ignored (202), as is an event for a device this server does not know or this source's
-inventory has not listed (another source's device, one a sync has not read yet).
+events are acknowledged and ignored (202), as is an event for a device this server does not know, or that another
+source follows and this source's inventory has not listed.
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ async def jamf_webhook(request: web.Request) -> web.Response:
         return web.json_response({"accepted": False, "reason": "held by the brake: too many devices taken down by "
                                   "this source since its last sync interval began"}, status=202)
     except DeviceNotListed:
-        return web.json_response({"accepted": False, "reason": "a device this source's inventory does not list"},
+        return web.json_response({"accepted": False, "reason": "an unknown device, or another source's"},
                                  status=202)
     return web.json_response({"accepted": True, "device_id": key, "event": kind,
                               "change": change.to_json() if change else None})

@@ -54,3 +54,25 @@ async def test_an_event_about_another_sources_device_changes_nothing(server, api
     status, body = await jamf_webhook(api.session, hook, "MobileDeviceUnEnrolled", "mac-0", secret=secret,
                                       at_ms=int(clock().timestamp() * 1000))
     assert status == 200 and body["change"]["action"] == "deactivate", body
+
+
+async def test_an_unenrolment_before_the_first_sync_is_not_missed(server, api, aiohttp_server, clock, secret_env):
+    """A device enrolled (its certificate issued) and unenrolled, then deleted in Jamf Pro before any sync read
+    it: no source follows it yet, so the event is applied and remembered; the next sync, not finding it, keeps it
+    held and deletes it after the grace period."""
+    jamf = JamfPeer()
+    jamf.computer("mac-0")
+    jpeer = await aiohttp_server(jamf.app(), host="127.0.0.1")
+    _, secret = await server.runtime.mdm.configure("jamf", "jamf", {
+        "url": f"http://127.0.0.1:{jpeer.port}", "client_id": CLIENT_ID, "client_secret": secret_env,
+        "id_field": "udid"}, actor="cli:admin")
+    assert (await api.post("/api/v1/mdm/jamf/sync", {}, admin=True))["changes"] == []
+    await api.add_device("new-ipad")  # enrolled since the last sync
+    status, body = await jamf_webhook(api.session, f"{server.url}/hooks/jamf", "MobileDeviceUnEnrolled", "new-ipad",
+                                      secret=secret, at_ms=int(clock().timestamp() * 1000))
+    assert status == 200 and body["change"]["action"] == "deactivate", body
+    report = await api.post("/api/v1/mdm/jamf/sync", {}, admin=True)
+    assert report["changes"] == []  # deleted in Jamf: gone, and held already
+    clock.advance(timedelta(days=8))
+    report = await api.post("/api/v1/mdm/jamf/sync", {}, admin=True)
+    assert [(c["device_id"], c["action"]) for c in report["changes"]] == [("new-ipad", "delete")]
