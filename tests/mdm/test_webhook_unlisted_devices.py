@@ -1,7 +1,7 @@
-"""A Jamf webhook event changes only a device the source's own inventory listed. An event naming a device of
-another source (an Intune device, a serial number both MDMs know) or one the source never listed was applied and
-made the device tracked by the source, so that its next sync found the device "gone": held at once and revoked
-after the grace period, by an MDM that never managed it."""
+"""A Jamf webhook event leaves alone a device another MDM source follows and this source's inventory has not
+listed. Such an event (an Intune device, a serial number both MDMs know) was applied and made the device tracked by
+the source, so that its next sync found the device "gone": held at once and revoked after the grace period, by an
+MDM that never managed it. A device no source follows yet is still the posting source's from its first event."""
 from __future__ import annotations
 
 from datetime import timedelta
