@@ -156,6 +156,19 @@ def _name_key(name: x509.Name) -> tuple:
     return tuple(frozenset((a.oid.dotted_string, norm(a.value)) for a in rdn) for rdn in name.rdns)
 
 
+def subject_mailboxes(subject: x509.Name, sans: Iterable[x509.GeneralName]) -> list[x509.RFC822Name]:
+    """The subject's emailAddress values that are not e-mail SANs already, as rfc822Name SANs. RFC 5280 §4.1.2.6:
+    a certificate names an address in an rfc822Name SAN; an emailAddress in the subject is only the deprecated
+    legacy copy of one, so the certificate gets the SAN beside it (Intune's "CN and e-mail" subject, say)."""
+    have = {name.value for name in sans if isinstance(name, x509.RFC822Name)}
+    out = []
+    for attr in subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
+        if isinstance(attr.value, str) and attr.value not in have:
+            have.add(attr.value)
+            out.append(x509.RFC822Name(attr.value))
+    return out
+
+
 def _as_issued(subject: x509.Name) -> x509.Name:
     """The subject (its attributes checked) with each value in the string type it is issued as: _ISSUED_TYPE's, else
     a PrintableString kept as one and every other type (BMPString, UniversalString, TeletexString, IA5String, ...)
@@ -404,14 +417,13 @@ class IssuancePolicy:
                 sans.append(name)
         if not list(subject) and not sans:
             raise PolicyViolation("the CSR has neither a subject nor subject alternative names")
-        # RFC 5280 §4.1.2.6: a certificate with an e-mail address has it as an rfc822Name SAN; an emailAddress in
-        # the subject is the deprecated legacy copy of one, never the only place it is
-        mailboxes = {name.value for name in sans if isinstance(name, x509.RFC822Name)}
-        for attr in subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
-            if attr.value not in mailboxes:
-                raise PolicyViolation(f"subject emailAddress={attr.value!r} is not also an e-mail subject alternative "
-                                      f"name, where RFC 5280 §4.1.2.6 puts an address (the profile's san_types must "
-                                      f"allow email)")
+        for name in subject_mailboxes(subject, sans):
+            try:  # held to the e-mail SAN syntax and the profile's e-mail rules
+                self._check_san("email", name)
+            except PolicyViolation as exc:
+                raise PolicyViolation(f"subject emailAddress={name.value!r} is issued as an e-mail subject "
+                                      f"alternative name too (RFC 5280 §4.1.2.6), and {exc}") from None
+            sans.append(name)
         return subject, sans
 
     def check(self, csr: x509.CertificateSigningRequest, *, reserved_names: Iterable[x509.Name] = (),

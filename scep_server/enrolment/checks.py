@@ -17,7 +17,7 @@ from cryptography import x509
 
 from ..ca.authority import CertificateAuthority
 from ..ca.inventory import CertRecord, Reason
-from ..ca.policy import PolicyViolation, Vetted
+from ..ca.policy import PolicyViolation, Vetted, subject_mailboxes
 from ..profiles import Profile, UnknownProfile
 from ..scep import message as codec
 from ..scep.types import FailInfo, MessageType, PKIStatus, SCEPFailure
@@ -182,6 +182,7 @@ class Renewal:
             signer_sans = set(signer.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
         except x509.ExtensionNotFound:
             signer_sans = set()
+        signer_sans.update(subject_mailboxes(signer.subject, signer_sans))  # an address only in its subject
         if not set(sans) <= signer_sans:
             raise refuse("the renewal request names subject alternative names the signing certificate does not have")
         if profile.settings.renewal_sans == "equal" and set(sans) != signer_sans:

@@ -367,3 +367,39 @@ async def test_a_renewal_kept_and_sent_again_later_is_refused_by_its_signing_tim
         clock.advance(days=2)  # a retry of the decided transaction gets its certificate again
         again = await pki(s, server, "short", now, key)
         assert again.status is PKIStatus.SUCCESS and again.certs[0] == rep.certs[0]
+
+
+async def test_a_certificate_with_its_address_only_in_the_subject_renews(server, clock, monkeypatch):
+    """A certificate whose subject emailAddress has no e-mail SAN beside it (as certificates were issued before
+    the SAN was added) renews: the renewal's certificate gets that SAN, which names nothing new."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    from scep_server.ca import policy
+    from scep_server.scep import client
+
+    def make_csr(key, cn, challenge=None, sans=(), **_):  # Intune's "CN and e-mail" subject
+        builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([
+            x509.NameAttribute(NameOID.COMMON_NAME, cn), x509.NameAttribute(NameOID.EMAIL_ADDRESS, "ops@example.com")]))
+        if challenge is not None:
+            builder = builder.add_attribute(x509.oid.AttributeOID.CHALLENGE_PASSWORD, challenge.encode())
+        return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+    monkeypatch.setattr(client, "make_csr", make_csr)
+    await static_profile(server, "mail", template={"validity_days": 30, "subject_attributes": ["CN", "emailAddress"]})
+    async with aiohttp.ClientSession() as s:
+        keys = {"subset": rsa_key(), "equal": rsa_key()}
+        with monkeypatch.context() as m:
+            m.setattr(policy, "subject_mailboxes", lambda subject, sans: [])  # issued the way it was before
+            old = {mode: await issue(s, server, "mail", key) for mode, key in keys.items()}
+        for der in old.values():
+            assert not [e for e in x509.load_der_x509_certificate(der).extensions
+                        if isinstance(e.value, x509.SubjectAlternativeName)]
+        clock.advance(days=21)
+        for mode, key in keys.items():
+            await change_settings(server, "mail", renewal_sans=mode)
+            rep = await renew(s, server, "mail", old[mode], key)
+            assert rep.status is PKIStatus.SUCCESS, (mode, rep.fail_text)
+            new = x509.load_der_x509_certificate(rep.certs[0])
+            assert new.extensions.get_extension_for_class(x509.SubjectAlternativeName).value == \
+                x509.SubjectAlternativeName([x509.RFC822Name("ops@example.com")])
