@@ -83,6 +83,10 @@ _PRINTABLE_STRING = re.compile(r"[A-Za-z0-9 '()+,\-./:=?]+")
 # SAN syntax (RFC 5280 §4.2.1.6): a dNSName in the preferred name syntax (letters, digits, hyphens; no trailing
 # dot), an rfc822Name a Mailbox (RFC 5321: a dot-string local part, a domain), a URI absolute (RFC 3986)
 _LDH_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+# a host label as issued in a DNS SAN or a URI's host: LDH, plus `_` inside a label, which Windows computer names
+# carry (DESKTOP_01.corp.example.com) and relying parties (OpenSSL, Go, Windows, NSS) match; a label starting with
+# `_` is a service label (_ldap._tcp), never a host, and none ends with one
+_HOST_LABEL = re.compile(r"(?![-_])[A-Za-z0-9_-]{1,63}(?<![-_])")
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _DOT_STRING = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
 _ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(?:[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+")
@@ -106,6 +110,11 @@ def check_message_digest(msg) -> None:
 def _is_dns_name(value: str) -> bool:
     """A host name in RFC 5280's preferred name syntax (RFC 1034 §3.5, RFC 1123 §2.1): no `_`, no trailing dot."""
     return all(_LDH_LABEL.fullmatch(label) for label in value.split("."))
+
+
+def _is_host(value: str) -> bool:
+    """A host a DNS SAN or a URI names: _is_dns_name's syntax, but a `_` inside a label (a Windows computer name)."""
+    return all(_HOST_LABEL.fullmatch(label) for label in value.split("."))
 
 
 def _uri_host(uri: str) -> str | None:
@@ -350,10 +359,10 @@ class IssuancePolicy:
         if len(value) > _MAX_SAN_CHARS[kind] or not value.isascii() or not value.isprintable() or " " in value:
             raise PolicyViolation(f"subject alternative name {label[:80]!r} is not a valid {_SAN_LABEL[kind]} name")
         if kind == "dns":
-            if not _is_dns_name(value):
+            if not _is_host(value):
                 raise PolicyViolation(f"subject alternative name {label!r} is not a host name (no wildcards), "
-                                      f"as RFC 5280 reads one: letters, digits and hyphens in dot-separated labels, "
-                                      f"no trailing dot")
+                                      f"as RFC 5280 reads one: letters, digits and hyphens in dot-separated labels "
+                                      f"(an `_` inside one), no trailing dot")
             if t.dns_suffixes:
                 self._within_dns_suffixes(f"subject alternative name {label!r}", value)
         elif kind == "email":
@@ -375,7 +384,7 @@ class IssuancePolicy:
             # RFC 5280 §4.2.1.6: a URI with an authority names a host name or an IP address; a host a relying party
             # (or a name constraint, §4.2.1.10) reads as a domain is held to the DNS suffixes as a DNS SAN is. An
             # undotted one (Intune's IntuneDeviceId://<id>) is a name only, as a CN is.
-            if not _is_dns_name(host):
+            if not _is_host(host):
                 raise PolicyViolation(f"subject alternative name {label[:80]!r} names no host name or IP address")
             if t.dns_suffixes and "." in host:
                 self._within_dns_suffixes(f"subject alternative name {label!r}", host)

@@ -788,7 +788,8 @@ async def test_an_ip_san_of_an_address_and_a_mask_is_refused(h, keys):
 @pytest.mark.parametrize("san, text", [
     (x509.DNSName("dev-1.example.com."), "'DNS:dev-1.example.com.' is not a host name"),
     (x509.DNSName("_dev-1.example.com"), "'DNS:_dev-1.example.com' is not a host name"),
-    (x509.DNSName("dev_1.example.com"), "'DNS:dev_1.example.com' is not a host name"),
+    (x509.DNSName("dev_.example.com"), "'DNS:dev_.example.com' is not a host name"),
+    (x509.DNSName("dev-1._tcp.example.com"), "'DNS:dev-1._tcp.example.com' is not a host name"),
     (x509.RFC822Name("a..b@example.com"), "'email:a..b@example.com' is not an e-mail address"),
     (x509.RFC822Name(".a@example.com"), "'email:.a@example.com' is not an e-mail address"),
     (x509.RFC822Name("a@-example_.com"), "'email:a@-example_.com' is not an e-mail address"),
@@ -817,6 +818,27 @@ async def test_sans_of_every_type_in_rfc_5280s_syntax_are_issued(h, keys, tmp_pa
     cert = x509.load_der_x509_certificate(rep.certs[0])
     assert list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value) == sans
     assert pkilint_findings(rep.certs[0], tmp_path) == ""
+
+
+async def test_windows_computer_names_with_underscores_are_issued_and_renewed(h, keys):
+    """Windows computer names may hold an `_` (DESKTOP_7K2): Intune and Workspace ONE put the device's FQDN in a DNS
+    SAN (and a URI), and its certificates issued before must renew. A label starting with `_` (a service label) or
+    ending with one is still no host name; the DNS suffixes still hold."""
+    h.profiles.add("r", template=CertificateTemplate(validity_days=30, san_types=["dns", "uri"],
+                                                     dns_suffixes=["corp.example.com"]))
+    sans = [x509.DNSName("DESKTOP_7K2.corp.example.com"),
+            x509.UniformResourceIdentifier("https://ws_01.corp.example.com/")]
+    old = await h.enrol("r", keys[0], sans=sans)
+    assert old.status is PKIStatus.SUCCESS, old.fail_text
+    cert = x509.load_der_x509_certificate(old.certs[0])
+    assert list(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value) == sans
+    h.clock.advance(days=21)
+    renewed = await h.renew("r", old.certs[0], keys[0], keys[1], sans=sans)
+    assert renewed.status is PKIStatus.SUCCESS, renewed.fail_text
+    for i, san in enumerate((x509.DNSName("DESKTOP_7K2.other.example.com"),
+                             x509.UniformResourceIdentifier("https://ws_01.other.example.com/"))):
+        rep = await h.enrol("r", keys[2 + i], sans=[san], txid=f"outside-{i}")
+        assert refused(rep, "is outside the profile's DNS suffixes"), rep.fail_text
 
 
 async def test_a_uri_san_naming_a_host_is_held_to_the_dns_suffixes(h, keys):
