@@ -25,7 +25,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Callable
+from typing import Awaitable, Callable
 
 import sqlalchemy as sa
 import structlog
@@ -236,7 +236,9 @@ class DeviceStore:
 
     async def transition(self, device_id: str, action: str, *, actor: str, reason: str | None = None,
                          judged_at: datetime | None | object = ANY_TIME,
-                         mdm_event: tuple[str, datetime] | None = None) -> tuple[Device, list[CertChange]]:
+                         mdm_event: tuple[str, datetime] | None = None,
+                         guard: Callable[[AsyncConnection], Awaitable[None]] | None = None,
+                         ) -> tuple[Device, list[CertChange]]:
         """Apply a lifecycle action; returns the device after it and the certificate changes it made.
 
         ``judged_at``: the device's ``status_changed_at`` when the caller decided on the action (an MDM's sync or
@@ -246,12 +248,17 @@ class DeviceStore:
         ``mdm_event``: (source, time) of the MDM event that asks for the action: SupersededByNewerEvent if the
         source has since recorded a later event about the device (``mdm_devices.last_event_at``, locked until the
         commit on PostgreSQL, so that a newer event recorded meanwhile either is seen here or reads the device
-        after this change)."""
+        after this change).
+
+        ``guard``: run first in the action's transaction (which holds SQLite's write lock); what it raises refuses
+        the action, nothing written (an MDM source's brake counts and locks what it needs there)."""
         if action not in TRANSITIONS:
             raise InvalidInput(f"unknown action {action!r}; one of: {', '.join(TRANSITIONS)}")
         sources, target = TRANSITIONS[action]
         now = self.clock()
         async with writer(self.engine).begin() as conn:
+            if guard is not None:
+                await guard(conn)
             if mdm_event is not None:
                 await _no_newer_event(conn, device_id, *mdm_event)
             row = (await conn.execute(sa.select(devices).where(devices.c.id == device_id))).first()

@@ -36,3 +36,8 @@ class DeviceNotListed(Exception):
 class EventHeld(Exception):
     """A webhook event that takes a device down when the source's take-downs of the last sync interval reach the
     brake's limit: not applied (the next sync reads the device)."""
+
+    def __init__(self, message: str, *, recent: int, limit: int):
+        super().__init__(message)
+        self.recent = recent
+        self.limit = limit

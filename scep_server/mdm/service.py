@@ -7,7 +7,6 @@ the source's last outcome). A dry run plans the same changes and applies none.
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import hmac
@@ -20,7 +19,7 @@ from typing import Any, Awaitable, Callable
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from trustkit.clock import Clock, aware, utcnow
 from trustkit.db import writer
@@ -111,7 +110,6 @@ class MdmService:
         self.rules = rules_of(settings)
         self.reader = reader
         self.clock = clock
-        self._takedown_locks: dict[str, asyncio.Lock] = {}  # per source: webhook take-downs counted one at a time
 
     # ------------------------------------------------------------------ sources
 
@@ -207,7 +205,8 @@ class MdmService:
                     for r in rows}
 
     async def _apply(self, name: str, changes: list[Change], report: SyncReport, ours: dict[str, Ours], *,
-                     event_at: datetime | None = None) -> None:
+                     event_at: datetime | None = None,
+                     guard: Callable[[AsyncConnection], Awaitable[None]] | None = None) -> None:
         """Each change, unless the device's status changed after it was read (`ours`, its changed_at) or, for a
         webhook event dated `event_at`, the MDM gave a later time to another event about the device since."""
         actor = f"mdm:{name}"
@@ -216,7 +215,8 @@ class MdmService:
             try:
                 await self.devices.transition(change.device_id, change.action, actor=actor, reason=change.why,
                                               judged_at=seen.changed_at if seen is not None else ANY_TIME,
-                                              mdm_event=(name, event_at) if event_at is not None else None)
+                                              mdm_event=(name, event_at) if event_at is not None else None,
+                                              guard=guard)
             except InvalidTransition as exc:  # changed meanwhile (an admin, a webhook): the next sync looks again
                 report.skipped.append({**change.to_json(), "error": exc.code})
             else:
@@ -392,33 +392,43 @@ class MdmService:
             return None
         change = decide(record, ours, actor=f"mdm:{name}", rules=self.rules)
         report = SyncReport(name, False)
-        if change is not None and change.action in TAKE_DOWNS:
-            async with self._takedown_locks.setdefault(name, asyncio.Lock()):
-                recent, limit = await self._recent_takedowns(name)
-                if recent >= limit:
-                    metrics.mdm_brake_held("event")
-                    log.warning("mdm.event_held", source=name, device=record.device_id, takedowns=recent,
-                                limit=limit)
-                    raise EventHeld(f"{recent} devices taken down by {name!r} in the last sync interval")
-                await self._apply(name, [change], report, {record.device_id: ours}, event_at=at)
-        elif change is not None:
-            await self._apply(name, [change], report, {record.device_id: ours}, event_at=at)
+        if change is not None:
+            guard = self._brake_guard(name) if change.action in TAKE_DOWNS else None
+            try:
+                await self._apply(name, [change], report, {record.device_id: ours}, event_at=at, guard=guard)
+            except EventHeld as held:
+                metrics.mdm_brake_held("event")
+                log.warning("mdm.event_held", source=name, device=record.device_id, takedowns=held.recent,
+                            limit=held.limit)
+                raise
         before = await self._tracked_one(name, record.device_id)
         await self._track(name, {record.device_id: (Tracked(record.state), record.mdm_id)}, before, [], self.clock(),
                           event_at=at, from_event=True)
         return report.changes[0] if report.changes else None
 
-    async def _recent_takedowns(self, name: str) -> tuple[int, int]:
-        """The devices the source took down in the last sync interval, and what the brake allows in one."""
-        since = self.clock() - timedelta(seconds=self.settings.sync_interval_seconds)
-        async with self.engine.connect() as conn:
+    def _brake_guard(self, name: str) -> Callable[[AsyncConnection], Awaitable[None]]:
+        """What a webhook's take-down runs in its own transaction: EventHeld when the source's take-downs of the
+        last sync interval (webhooks and syncs, whichever process or instance applied them) reach what the brake
+        allows one sync. The count and the take-down are one transaction under a lock of the source (its row,
+        FOR UPDATE, on PostgreSQL; SQLite's write lock, taken at BEGIN), so events taken at once by several
+        processes are counted one after another."""
+        async def guard(conn: AsyncConnection) -> None:
+            source = sa.select(mdm_sources.c.name).where(mdm_sources.c.name == name)
+            if conn.dialect.name == "postgresql":
+                source = source.with_for_update()
+            await conn.execute(source)
+            since = self.clock() - timedelta(seconds=self.settings.sync_interval_seconds)
             recent = (await conn.execute(sa.select(sa.func.count()).select_from(events).where(
                 events.c.kind.in_([f"device.{a}" for a in sorted(TAKE_DOWNS)]), events.c.at >= since,
                 events.c.actor == f"mdm:{name}"))).scalar_one()
             known = (await conn.execute(sa.select(sa.func.count()).select_from(mdm_devices).join(
                 devices, devices.c.id == mdm_devices.c.device_id).where(
                 mdm_devices.c.source == name, devices.c.status != "deleted"))).scalar_one()
-        return recent, max(self.settings.brake_devices, int(self.settings.brake_share * known))
+            limit = max(self.settings.brake_devices, int(self.settings.brake_share * known))
+            if recent >= limit:
+                raise EventHeld(f"{recent} devices taken down by {name!r} in the last sync interval",
+                                recent=recent, limit=limit)
+        return guard
 
     async def _followed(self, name: str, device_id: str) -> bool:
         """Whether the device is ours and tracked by this source or by none (not another source's alone)."""

@@ -50,3 +50,37 @@ async def test_webhook_take_downs_are_held_past_the_brake(server, api, clock, se
     status, body = await jamf_webhook(api.session, hook, "MobileDeviceUnEnrolled", held[0], secret=secret,
                                       at_ms=int(clock().timestamp() * 1000))
     assert status == 200 and body["change"]["action"] == "deactivate", body
+
+
+async def test_the_webhook_brake_counts_the_take_downs_of_every_process(engine):
+    """The processes and instances of a deployment take webhook events for one source at once (a Jamf bulk action
+    posts device after device to whichever worker the load balancer picks): the brake counts the take-downs they
+    all applied, not each process its own, so together they take down no more than it allows."""
+    from scep_server.binding.devices import DeviceStore
+    from scep_server.config import MdmSettings
+    from scep_server.mdm.errors import EventHeld
+    from scep_server.mdm.plan import MdmState, Record
+    from scep_server.mdm.service import MdmService
+    from trustkit.clock import SettableClock
+
+    from tests.binding.conftest import START
+    from tests.mdm.test_mdm_store import JAMF, FakeMdm
+
+    clock = SettableClock(START)
+    devices = DeviceStore(engine, clock=clock)
+    processes = [MdmService(engine, devices, MdmSettings(), reader=FakeMdm(), clock=clock) for _ in range(6)]
+    await processes[0].configure("jamf", "jamf", JAMF, actor="t")
+    ids = [f"dev-{i:02}" for i in range(30)]
+    for d in ids:
+        await devices.create(d, actor="t")
+    await listed(processes[0], "jamf", *ids)
+
+    async def unenrolled(i: int, device_id: str) -> bool:
+        try:
+            return await processes[i % len(processes)].event("jamf", Record(device_id, "1", MdmState.UNMANAGED),
+                                                             at=clock()) is not None
+        except EventHeld:
+            return False
+
+    applied = await asyncio.gather(*(unenrolled(i, d) for i, d in enumerate(ids)))
+    assert sum(applied) == 10  # brake_devices: 10 (10 % of 30 is 3), whichever process took each event
