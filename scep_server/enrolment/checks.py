@@ -50,6 +50,7 @@ class Enrolment:
     policy_error: str | None = None  # the template's verdict, judged in the decryption stage
     vetted: Vetted | None = None  # and the subject and SANs it allowed (IssuancePolicy.check)
     static_secrets: object = NOT_LOOKED_UP  # a static profile's secrets when read in the decryption stage
+    compromised: object = NOT_LOOKED_UP  # CompromisedKey's answer when read in the decryption stage (None: none)
     signed_by_us: bool = False
     renewal_of: CertRecord | None = None  # the signing certificate, for a renewal
     device_id: str | None = None
@@ -109,7 +110,9 @@ class CompromisedKey:
         self.service = service
 
     async def __call__(self, e: Enrolment) -> None:
-        serial = await self.service.repository.compromised_key(e.public_key_sha256)
+        serial = e.compromised  # read with the transaction in the decryption stage (SQLite), else here
+        if serial is NOT_LOOKED_UP:
+            serial = await self.service.repository.compromised_key(e.public_key_sha256)
         if serial is not None:
             raise e.refuse(f"the public key is compromised: certificate {serial} for it was revoked for "
                            f"keyCompromise; generate a new key")

@@ -154,4 +154,7 @@ class InlineRepository(EnrolmentRepository, Protocol):
         """``find_sync``'s row and, with ``static_secrets``, the static profile's secrets as stored now
         (StaticSecrets; None: no static profile of that name; model.NOT_LOOKED_UP without)."""
 
+    def compromised_sync(self, public_key_sha256: str) -> str | None:
+        """``compromised_key``, on the calling thread's connection."""
+
     def record_sync(self, cert_row: dict, tx_row: dict, event: dict) -> None: ...

@@ -177,9 +177,11 @@ class ScepService:
         opened = False
         await self.repository.prepare()
         try:
-            msg, inner, known, policy_error, static_secrets, vetted = await self._run(self._open, body, ca, profile)
+            msg, inner, known, policy_error, static_secrets, vetted, compromised = await self._run(
+                self._open, body, ca, profile)
             opened = True
-            outcome = await self._dispatch(profile, ca, msg, inner, known, policy_error, static_secrets, vetted)
+            outcome = await self._dispatch(profile, ca, msg, inner, known, policy_error, static_secrets, vetted,
+                                           compromised)
         except SCEPFailure as exc:
             if exc.message is None:
                 raise MalformedMessage(exc.text) from None
@@ -215,7 +217,7 @@ class ScepService:
         if content.cipher is ContentCipher.DES_CBC:
             log.warning("scep.single_des", profile=profile.name, transaction_id=msg.transaction_id,
                         message_type=type_name(msg.message_type))
-        known = static_secrets = NOT_LOOKED_UP
+        known = static_secrets = compromised = NOT_LOOKED_UP
         policy_error = vetted = None
         if content.csr is not None:
             self._check_signer_key(profile, ca, msg, content)
@@ -229,7 +231,9 @@ class ScepService:
                 # a static profile's secret is read now, as stored: rotated by another process or not
                 known, static_secrets = self.repository.lookup_sync(profile.name, self.transaction_key(ca, msg),
                                                                     static_secrets=profile.challenge_kind == "static")
-        return msg, content, known, policy_error, static_secrets, vetted
+                # on the same connection: the compromised-key check (checks.CompromisedKey) costs no round trip
+                compromised = self.repository.compromised_sync(inventory.public_key_sha256(content.public_key))
+        return msg, content, known, policy_error, static_secrets, vetted, compromised
 
     def reserved_names(self) -> tuple:
         """The names never issued to a requester: those of every CA loaded here (the one issuing, one that issued
@@ -279,10 +283,12 @@ class ScepService:
 
     async def _dispatch(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
                         inner: codec.RequestContent, known=NOT_LOOKED_UP, policy_error: str | None = None,
-                        static_secrets=NOT_LOOKED_UP, vetted: Vetted | None = None) -> Outcome:
+                        static_secrets=NOT_LOOKED_UP, vetted: Vetted | None = None,
+                        compromised=NOT_LOOKED_UP) -> Outcome:
         t = msg.message_type
         if t in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
-            return await self._enrol(profile, ca, msg, inner, known, policy_error, static_secrets, vetted)
+            return await self._enrol(profile, ca, msg, inner, known, policy_error, static_secrets, vetted,
+                                     compromised)
         if t is MessageType.CERT_POLL:
             return await self._poll(profile, ca, msg, inner)
         if t is MessageType.GET_CERT:
@@ -293,14 +299,15 @@ class ScepService:
 
     async def _enrol(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
                      content: codec.RequestContent, known=NOT_LOOKED_UP, policy_error: str | None = None,
-                     static_secrets=NOT_LOOKED_UP, vetted: Vetted | None = None) -> Outcome:
+                     static_secrets=NOT_LOOKED_UP, vetted: Vetted | None = None,
+                     compromised=NOT_LOOKED_UP) -> Outcome:
         # parsed, key loaded and proof of possession checked in the decryption stage (codec.open_request)
         refusal = self.cannot_issue(ca, self.clock())
         if refusal:  # before any check: no challenge is used up by a request that cannot succeed
             raise SCEPFailure(FailInfo.BAD_REQUEST, refusal, msg)
         e = Enrolment(profile=profile, ca=ca, message=msg, content=content, key=self.transaction_key(ca, msg),
                       public_key_sha256=inventory.public_key_sha256(content.public_key), known=known,
-                      static_secrets=static_secrets,
+                      static_secrets=static_secrets, compromised=compromised,
                       policy_error=policy_error, vetted=vetted, signed_by_us=self.signed_by_us(ca, msg))
         for check in self.checks:
             try:

@@ -107,6 +107,15 @@ def _tx_where(profile: str, key: str, *states: str):
 
 
 _DEVICE_STATUS = sa.select(devices.c.status).where(devices.c.id == sa.bindparam("device_id"))
+# a certificate for the key revoked as compromised, or NULL (ix_certificates_public_key: one index probe); every
+# parameter named, as _Compiled binds them by name
+_COMPROMISED = sa.select(sa.func.min(certificates.c.serial)).where(
+    certificates.c.public_key_sha256 == sa.bindparam("public_key_sha256"),
+    certificates.c.status == sa.bindparam("revoked"), certificates.c.revocation_reason == sa.bindparam("reason"))
+
+
+def _compromised_params(public_key_sha256: str) -> dict:
+    return {"public_key_sha256": public_key_sha256, "revoked": "revoked", "reason": int(Reason.KEY_COMPROMISE)}
 
 
 async def _guard_device(conn: AsyncConnection, device_id: str | None) -> None:
@@ -226,11 +235,8 @@ class SqlRepository:
                 c.not_after > now).limit(10))).scalars().all())
 
     async def compromised_key(self, public_key_sha256: str) -> str | None:
-        c = certificates.c
         async with self.engine.connect() as conn:
-            return (await conn.execute(sa.select(c.serial).where(
-                c.public_key_sha256 == public_key_sha256, c.status == "revoked",
-                c.revocation_reason == int(Reason.KEY_COMPROMISE)).limit(1))).scalar()
+            return (await conn.execute(_COMPROMISED, _compromised_params(public_key_sha256))).scalar()
 
     async def record_event(self, event: dict) -> None:
         async with writer(self.engine).begin() as conn:
@@ -305,6 +311,16 @@ class PostgresRepository(SqlRepository):
         self._find: _Compiled | None = None
         self._record: _Compiled | None = None
         self._device: _Compiled | None = None
+        self._compromised: _Compiled | None = None
+
+    async def compromised_key(self, public_key_sha256: str) -> str | None:
+        """One index probe per enrolment, on the driver connection (no SQLAlchemy execution overhead)."""
+        if self._compromised is None:
+            self._compromised = _Compiled(_COMPROMISED, self.engine.dialect)
+        async with self.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            return await driver.fetchval(self._compromised.sql,
+                                         *self._compromised.params(_compromised_params(public_key_sha256)))
 
     async def find(self, profile: str, key: str) -> dict | None:
         params = {"profile": profile, "transaction_id": key}
@@ -377,6 +393,7 @@ class SqliteRepository(SqlRepository):
         self._secrets: _Compiled | None = None
         self._record: list[_Compiled] = []
         self._device: _Compiled | None = None
+        self._compromised: _Compiled | None = None
         # one connection per worker thread, kept: a pool's checkout and reset on return cost more than the lookup
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -413,10 +430,19 @@ class SqliteRepository(SqlRepository):
                 profiles.c.static_secret_sha256, profiles.c.previous_secret_sha256, profiles.c.previous_secret_until])
             self._find = _Compiled(_FIND_TRANSACTION, self.engine.dialect, list(scep_transactions.columns))
             self._device = _Compiled(_DEVICE_STATUS, self.engine.dialect)
+            self._compromised = _Compiled(_COMPROMISED, self.engine.dialect)
             weakref.finalize(self, _close_all, self._connections)
 
     def find_sync(self, profile: str, key: str) -> dict | None:
         return self.lookup_sync(profile, key)[0]
+
+    def compromised_sync(self, public_key_sha256: str) -> str | None:
+        """compromised_key on the calling thread's connection (the decryption stage's, beside lookup_sync): no
+        round trip through the async engine per enrolment."""
+        assert self._compromised is not None, "prepare() first"
+        row = self._db().execute(self._compromised.sql,
+                                 self._compromised.params(_compromised_params(public_key_sha256))).fetchone()
+        return None if row is None else row[0]
 
     def lookup_sync(self, profile: str, key: str, *, static_secrets: bool = False) -> tuple[dict | None, object]:
         """(the transaction row or None, and with ``static_secrets`` the static profile's secrets as stored now:

@@ -13,7 +13,7 @@ from cryptography import x509
 from scep_server.enrolment.sql import SqliteRepository
 from scep_server.scep import MessageType, PKIStatus, client
 from scep_server.store.tables import certificates
-from tests.scep.test_decryption_stage import _contents, _request, _service, ca, device_key  # noqa: F401 - fixtures
+from tests.scep.test_decryption_stage import SECRET, _contents, _request, _service, ca, device_key  # noqa: F401 - fixtures
 
 SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -67,3 +67,33 @@ async def test_a_commit_that_fails_sends_no_certificate(engine, ca, device_key, 
     monkeypatch.undo()
     rep = await scep.send(body, device_key)  # the same request again, once the disk is back: issued
     assert rep.status is PKIStatus.SUCCESS, rep.fail_text
+
+
+@SQLITE
+async def test_the_compromised_key_check_costs_no_round_trip_through_the_async_engine(engine, ca, device_key,
+                                                                                      monkeypatch):
+    """On SQLite the compromised-key lookup of every enrolment runs beside the transaction lookup, on the decryption
+    thread's own connection, not as a query of its own through the async engine; a key revoked as compromised is
+    still refused."""
+    from scep_server.ca.inventory import Reason
+    from tests.factories import rsa_key
+    from trustkit.db import writer
+
+    scep = await _service(engine, ca)
+    first = await scep.send(_request(ca, device_key, MessageType.PKCS_REQ, _contents(ca, device_key)[MessageType.PKCS_REQ]),
+                            device_key)
+    assert first.status is PKIStatus.SUCCESS, first.fail_text
+    async with writer(engine).begin() as conn:
+        await conn.execute(certificates.update().values(status="revoked", revocation_reason=int(Reason.KEY_COMPROMISE)))
+
+    async def no_round_trip(self, public_key_sha256):
+        raise AssertionError("compromised_key went through the async engine")
+
+    monkeypatch.setattr(SqliteRepository, "compromised_key", no_round_trip)
+    again = await scep.send(_request(ca, device_key, MessageType.PKCS_REQ, _contents(ca, device_key)[MessageType.PKCS_REQ],
+                                     transaction_id="again"), device_key)
+    assert again.status is PKIStatus.FAILURE and "the public key is compromised" in again.fail_text, again.fail_text
+    other = rsa_key()
+    fresh = await scep.send(_request(ca, other, MessageType.PKCS_REQ, client.make_csr(other, "device-2", SECRET),
+                                     transaction_id="fresh"), other)
+    assert fresh.status is PKIStatus.SUCCESS, fresh.fail_text
