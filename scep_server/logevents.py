@@ -56,8 +56,9 @@ EVENTS: tuple[Event, ...] = (
        "server.base_url is not set and server.listen is a wildcard address (0.0.0.0, ::): certificates would name "
        "it, so none is issued (issuing false) unless server.allow_wildcard_base_url is true"),
     _e("server.console.plain_http", "warning", "listen base_url",
-       "the admin console is on and the server listens beyond loopback with a plain http base URL: administrator "
-       "tokens and session cookies would cross the network in clear (serve it behind TLS or switch it off)"),
+       "the admin console is on and the server listens beyond loopback with a plain http base URL and no trusted "
+       "proxy: administrator tokens and session cookies would cross the network in clear (serve it behind a TLS "
+       "proxy listed in server.trusted_proxies, or switch it off)"),
     _e("server.metrics.open", "warning", "listen",
        "/metrics is served beyond loopback without a token (metrics.token_env or token_file): whoever reaches the "
        "address reads it"),

@@ -76,11 +76,14 @@ def warn_exposed(settings: Settings, announce=print) -> None:
             log.warning("server.metrics.open", listen=listen)
             announce(f"warning: /metrics answers whoever reaches {listen} (no metrics.token_env or token_file): "
                      "set a token, or metrics.listen on a loopback or private address")
-    if settings.console.enabled and not _loopback(server.host) and not server.public_base_url().startswith("https://"):
+    # base_url names the plain-http address of CRLs, AIA and OCSP (docs/deployment.md): an http base_url behind a
+    # trusted proxy (the TLS proxy the console is reached through) is the documented deployment, not an exposure
+    if (settings.console.enabled and not _loopback(server.host) and not server.trusted_proxies
+            and not server.public_base_url().startswith("https://")):
         log.warning("server.console.plain_http", listen=server.listen, base_url=server.public_base_url())
         announce(f"warning: the admin console (/admin/) on {server.listen} takes administrator tokens over plain "
-                 f"http (server.base_url is {server.public_base_url()}): serve it behind a TLS proxy and set "
-                 "server.base_url to its https URL, or set console.enabled = false")
+                 f"http (no server.trusted_proxies, server.base_url is {server.public_base_url()}): serve it "
+                 "behind a TLS proxy listed in server.trusted_proxies, or set console.enabled = false")
 
 
 def sd_notify(message: str, environ: Mapping[str, str] | None = None) -> bool:

@@ -45,6 +45,10 @@ def test_the_console_over_plain_http_beyond_loopback_is_named():
      "console": {"enabled": False}},
     {"server": {"listen": "0.0.0.0:8080", "base_url": "https://pki.example.com"},
      "metrics": {"listen": "127.0.0.1:9100"}},
+    # docs/deployment.md: instances behind a TLS proxy they trust, base_url the plain-http address certificates
+    # name (CRLs, AIA and OCSP are fetched over http); the console is reached through the proxy's https
+    {"server": {"listen": "0.0.0.0:8080", "base_url": "http://pki.example.com", "trusted_proxies": ["10.0.0.0/8"]},
+     "metrics": {"token_env": "METRICS_TOKEN"}},
 ])
 def test_nothing_is_said_of_what_is_protected_or_local(overrides):
     assert _warnings(**overrides) == ([], [])
