@@ -15,6 +15,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from fractions import Fraction
 from typing import Any, Awaitable, Callable
 
 import sqlalchemy as sa
@@ -252,12 +253,17 @@ class MdmService:
                 await conn.execute(mdm_devices.delete().where(mdm_devices.c.source == name,
                                                               mdm_devices.c.device_id.in_(untrack[i:i + _CHUNK])))
 
+    def _brake_limit(self, known: int) -> int:
+        """The take-downs the brake allows among `known` devices: brake_devices, or brake_share of them if more
+        (the share as written: 0.29 of 100 is 29, where floating point makes it 28.999999999999996)."""
+        return max(self.settings.brake_devices, int(Fraction(str(self.settings.brake_share)) * known))
+
     def _brake(self, changes: list[Change], ours: dict[str, Ours], confirmed: int | None) -> dict | None:
         """What holds a plan back: more take-downs than `brake_devices` and than `brake_share` of the devices the
         source knows of ours, unless an administrator confirmed at least that many (None: the plan may apply)."""
         downs = [c for c in changes if c.action in TAKE_DOWNS]
         known = sum(1 for o in ours.values() if o.status != "deleted")
-        limit = max(self.settings.brake_devices, int(self.settings.brake_share * known))
+        limit = self._brake_limit(known)
         if len(downs) <= limit or (confirmed is not None and len(downs) <= confirmed):
             return None
         return {"takedowns": len(downs), "devices": known, "limit": limit, "changes": [c.to_json() for c in downs]}
@@ -424,7 +430,7 @@ class MdmService:
             known = (await conn.execute(sa.select(sa.func.count()).select_from(mdm_devices).join(
                 devices, devices.c.id == mdm_devices.c.device_id).where(
                 mdm_devices.c.source == name, devices.c.status != "deleted"))).scalar_one()
-            limit = max(self.settings.brake_devices, int(self.settings.brake_share * known))
+            limit = self._brake_limit(known)
             if recent >= limit:
                 raise EventHeld(f"{recent} devices taken down by {name!r} in the last sync interval",
                                 recent=recent, limit=limit)
