@@ -2,10 +2,11 @@
 
 Redemption is a single compare-and-set UPDATE (unused, unexpired, this profile), so two enrolments
 racing for one challenge can never both win, on SQLite or PostgreSQL, in one process or many. The
-challenge keeps the transactionID that used it: a retry of that same transaction (the same request sent
-again, to another process or instance while the first copy is being issued, or after the process that
-redeemed it died before recording anything) is let through again, since an enrolment is idempotent by
-its transaction and issues at most one certificate for it.
+challenge keeps the transactionID and the public key that used it: a retry of that same transaction with
+that same key (the same request sent again, to another process or instance while the first copy is being
+issued, or after the process that redeemed it died before recording anything) is let through again, since an
+enrolment is idempotent by its transaction and issues at most one certificate for it; another key under that
+transactionID is refused as any other use is.
 Concurrent issuances (and redemptions) share one write transaction (group commit), so a burst of
 requests costs one disk flush rather than one each.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import secrets
 import time
@@ -146,11 +148,17 @@ class _Use:
     profile: str
     now: datetime
     transaction_id: str
+    public_key_sha256: str | None
 
 
-def _same_transaction(used_by: str | None, transaction_id: str) -> bool:
-    """A used challenge's transactionID is this request's (stored whole: at most 255 characters)."""
-    return used_by is not None and len(transaction_id) <= 255 and used_by == transaction_id
+def _same_request(used_by: tuple[str | None, str | None] | None, transaction_id: str, key: str | None) -> bool:
+    """A used challenge's transactionID and public key are this request's (the transactionID stored whole: at
+    most 255 characters). A use recorded without a key (before the key was kept) is no one's retry."""
+    if used_by is None or key is None:
+        return False
+    used_txid, used_key = used_by
+    return used_txid is not None and used_key is not None and len(transaction_id) <= 255 and \
+        used_txid == transaction_id and hmac.compare_digest(used_key, key)
 
 
 class ChallengeStore:
@@ -206,10 +214,13 @@ class ChallengeStore:
         return results
 
     async def redeem(self, profile: str, challenge: str | None, *, now: datetime, transaction_id: str,
+                     public_key_sha256: str | None = None,
                      check: Callable[[Expectations], None] | None = None) -> Redeemed:
         """Use a challenge once for ``profile``; ChallengeRejected says why it cannot be used.
 
         ``check`` sees the stored expectations first and may reject the CSR without using up the challenge.
+        ``public_key_sha256`` (of the CSR's SubjectPublicKeyInfo) is kept with the use: a retry of the same
+        transaction with the same key may pass again (see the module's text); without it, none may.
         """
         if not challenge or not challenge.strip():
             raise ChallengeRejected("the CSR carries no challengePassword")
@@ -223,7 +234,8 @@ class ChallengeStore:
         if m["profile"] != profile:
             raise ChallengeRejected("this challenge password was issued for another SCEP profile")
         retry = m["used_at"] is not None
-        if retry and not _same_transaction(m["transaction_id"], transaction_id):
+        if retry and not _same_request((m["transaction_id"], m["public_key_sha256"]), transaction_id,
+                                       public_key_sha256):
             raise ChallengeRejected("this challenge password has already been used")
         if _utc(m["expires_at"]) <= now:
             raise ChallengeRejected(f"this challenge password expired at {_utc(m['expires_at']).isoformat()}")
@@ -231,11 +243,12 @@ class ChallengeStore:
         if check is not None:
             check(expectations)
         if not retry and not await self._redeemer.submit(
-                _Use(h=h, profile=profile, now=now, transaction_id=transaction_id[:255])):
-            async with self.engine.connect() as conn:  # lost to a concurrent use: by this very transaction?
-                used_by = (await conn.execute(sa.select(challenges.c.transaction_id)
-                                              .where(challenges.c.challenge_sha256 == h))).scalar()
-            if not _same_transaction(used_by, transaction_id):
+                _Use(h=h, profile=profile, now=now, transaction_id=transaction_id[:255],
+                     public_key_sha256=public_key_sha256)):
+            async with self.engine.connect() as conn:  # lost to a concurrent use: by this very request?
+                used_by = (await conn.execute(sa.select(challenges.c.transaction_id, challenges.c.public_key_sha256)
+                                              .where(challenges.c.challenge_sha256 == h))).first()
+            if not _same_request(tuple(used_by) if used_by else None, transaction_id, public_key_sha256):
                 raise ChallengeRejected("this challenge password has already been used")
         return Redeemed(profile=profile, source=m["source"], payload_identifier=m["payload_identifier"],
                         expectations=expectations)
@@ -248,9 +261,10 @@ class ChallengeStore:
         c = challenges.c
         hashes = sorted({it.h for it in items})
         txid = sa.case({it.h: it.transaction_id for it in reversed(items)}, value=c.challenge_sha256)
+        key = sa.case({it.h: it.public_key_sha256 for it in reversed(items)}, value=c.challenge_sha256)
         res = await conn.execute(challenges.update().where(
             c.challenge_sha256.in_(hashes), c.used_at.is_(None), c.expires_at > now,
-        ).values(used_at=now, transaction_id=txid).returning(c.challenge_sha256, c.profile))
+        ).values(used_at=now, transaction_id=txid, public_key_sha256=key).returning(c.challenge_sha256, c.profile))
         won = {h: profile for h, profile in res.all()}
         results = []
         for it in items:

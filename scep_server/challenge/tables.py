@@ -17,8 +17,10 @@ challenges = sa.Table(
     sa.Column("created_at", TS, nullable=False),
     sa.Column("expires_at", TS, nullable=False),
     sa.Column("used_at", TS),
-    # the SCEP transaction that redeemed it
+    # the SCEP transaction that redeemed it, and the SHA-256 of its CSR's SubjectPublicKeyInfo (migration 0018):
+    # only a retry of that transaction with that key gets past the used challenge
     sa.Column("transaction_id", sa.String(255)),
+    sa.Column("public_key_sha256", sa.String(64)),
     # page | json | webhook | cli | api
     sa.Column("source", sa.String(16), nullable=False),
     sa.Column("requested_by", sa.String(255)),

@@ -18,7 +18,7 @@ from scep_server.scep import PKIStatus
 from trustkit.db import create_engine
 from scep_server.store.tables import certificates
 from tests.challenge.conftest import add_profile, build, dynamic, pki
-from tests.factories import rsa_key, settings_for
+from tests.factories import csr, rsa_key, settings_for
 from tests.server import serve_processes
 
 N = 20
@@ -93,23 +93,43 @@ async def test_a_request_sent_again_at_once_gets_one_certificate_both_times(serv
 
 async def test_a_challenge_used_by_a_transaction_that_recorded_nothing_serves_its_retry_only(server):
     """The process that redeemed a challenge was killed before it recorded the certificate: the device's retry of
-    that transaction enrols; any other transaction is still refused."""
+    that transaction, with its key, enrols; any other transaction, or another key under that transactionID (whoever
+    captured the request knows it: it travels in clear), is still refused."""
+    from scep_server.challenge.service import _public_key_sha256
+
     rt = server.runtime
     await add_profile(server, "race", "dynamic", dynamic())
     issued = await rt.challenges.new_challenge("race", source="cli")
-    await rt.challenges.store.redeem("race", issued.challenge, now=rt.clock(), transaction_id="KILLED-1")
-    key, other_key, third_key = rsa_key(), rsa_key(), rsa_key()
+    key, other_key, third_key, fourth_key = rsa_key(), rsa_key(), rsa_key(), rsa_key()
+    await rt.challenges.store.redeem("race", issued.challenge, now=rt.clock(), transaction_id="KILLED-1",
+                                     public_key_sha256=_public_key_sha256(csr(key)))
     async with aiohttp.ClientSession() as s:
         other = await pki(s, server, "race", build(server, other_key, challenge=issued.challenge, cn="other",
                                                    transaction_id="OTHER-1"), other_key)
+        stolen = await pki(s, server, "race", build(server, fourth_key, challenge=issued.challenge, cn="retried",
+                                                    transaction_id="KILLED-1"), fourth_key)
         retry = await pki(s, server, "race", build(server, key, challenge=issued.challenge, cn="retried",
                                                    transaction_id="KILLED-1"), key)
         again = await pki(s, server, "race", build(server, third_key, challenge=issued.challenge, cn="third",
                                                   transaction_id="KILLED-1"), third_key)
     assert other.status is PKIStatus.FAILURE and "already been used" in other.fail_text
+    assert stolen.status is PKIStatus.FAILURE and "already been used" in stolen.fail_text
     assert retry.status is PKIStatus.SUCCESS, retry.fail_text
     # the transaction is recorded now: the same transactionID with another key is a different request
     assert again.status is PKIStatus.FAILURE and "different key" in again.fail_text
+
+
+async def test_a_challenge_used_before_its_key_was_kept_serves_no_retry(server):
+    """A use recorded without the request's key (by an earlier version) lets no retry through."""
+    rt = server.runtime
+    await add_profile(server, "race", "dynamic", dynamic())
+    issued = await rt.challenges.new_challenge("race", source="cli")
+    await rt.challenges.store.redeem("race", issued.challenge, now=rt.clock(), transaction_id="OLD-1")
+    key = rsa_key()
+    async with aiohttp.ClientSession() as s:
+        retry = await pki(s, server, "race", build(server, key, challenge=issued.challenge, transaction_id="OLD-1"),
+                          key)
+    assert retry.status is PKIStatus.FAILURE and "already been used" in retry.fail_text
 
 
 @pytest.mark.slow
