@@ -81,7 +81,8 @@ log = structlog.get_logger("http")
 # Characters that end or rewrite a line at a terminal or in a line-based collector: C0 and C1 controls, DEL and
 # the Unicode line and paragraph separators.
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_MULTILINE_KEYS = frozenset({"exception", "stack"})  # a traceback keeps its lines
+_CONTROLS_BUT_LINES = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+_MULTILINE_KEYS = frozenset({"exception", "stack"})  # a traceback keeps its line breaks (\n), and only them
 
 
 def _one_line(_logger: object, _name: str, event_dict: dict) -> dict:
@@ -89,9 +90,15 @@ def _one_line(_logger: object, _name: str, event_dict: dict) -> dict:
     with a line break in it would start a line of its own that reads as another event. Its control characters
     are written escaped (``\\n``, ``\\x1b``); JSON lines escape them already."""
     for key, value in event_dict.items():
-        if type(value) is str and key not in _MULTILINE_KEYS and _CONTROLS.search(value):
-            event_dict[key] = _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), value)
+        if type(value) is str:
+            controls = _CONTROLS_BUT_LINES if key in _MULTILINE_KEYS else _CONTROLS
+            if controls.search(value):
+                event_dict[key] = controls.sub(_escaped, value)
     return event_dict
+
+
+def _escaped(match: re.Match) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
 
 
 class _MalformedRequests(logging.Filter):
