@@ -109,8 +109,8 @@ async def test_an_intune_tenant_that_answers_no_devices_is_held(server, api, aio
     assert await _statuses(api, [f"intune-{i}" for i in range(12)]) == {"deactivated"}
 
 
-async def test_a_held_sync_remembers_nothing_on_the_store(engine):
-    """On SQLite and PostgreSQL: a held sync leaves the tracking as it was, and the settings set the limit."""
+async def _synced(engine, count: int, **brake):
+    """An MDM service on the store with ``count`` devices, all listed by its fake Jamf and synced once."""
     from scep_server.binding.devices import DeviceStore
     from scep_server.config import MdmSettings
     from scep_server.mdm.plan import MdmState, Record
@@ -122,42 +122,34 @@ async def test_a_held_sync_remembers_nothing_on_the_store(engine):
     clock = SettableClock(START)
     devices = DeviceStore(engine, clock=clock)
     fake = FakeMdm()
-    svc = MdmService(engine, devices, MdmSettings(brake_share=0.5, brake_devices=1), reader=fake, clock=clock)
+    svc = MdmService(engine, devices, MdmSettings(**brake), reader=fake, clock=clock)
     await svc.configure("jamf", "jamf", JAMF, actor="t")
-    for i in range(4):
-        await devices.create(f"d{i}", actor="t")
-    fake.records = [Record(f"d{i}", str(i), MdmState.MANAGED) for i in range(4)]
+    for i in range(count):
+        await devices.create(f"d{i:03}", actor="t")
+    fake.records = [Record(f"d{i:03}", str(i), MdmState.MANAGED) for i in range(count)]
     await svc.sync("jamf", actor="t")
+    return svc, fake
+
+
+async def test_a_held_sync_remembers_nothing_on_the_store(engine):
+    """On SQLite and PostgreSQL: a held sync leaves the tracking as it was, and the settings set the limit."""
+    from scep_server.mdm.plan import MdmState, Record
+
+    svc, fake = await _synced(engine, 4, brake_share=0.5, brake_devices=1)
     before = await svc._tracked("jamf")
     fake.records = fake.records[:1]  # three of four gone: more than half
     report = await svc.sync("jamf", actor="t")
     assert report.held["takedowns"] == 3 and report.held["limit"] == 2 and report.changes == []
     assert await svc._tracked("jamf") == before
-    fake.records = [Record(f"d{i}", str(i), MdmState.MANAGED) for i in range(2)]  # two gone: at the limit
+    fake.records = [Record(f"d{i:03}", str(i), MdmState.MANAGED) for i in range(2)]  # two gone: at the limit
     report = await svc.sync("jamf", actor="t")
-    assert report.held is None and sorted(c.device_id for c in report.changes) == ["d2", "d3"]
+    assert report.held is None and sorted(c.device_id for c in report.changes) == ["d002", "d003"]
 
 
 async def test_the_limit_is_the_configured_share_of_the_devices_exactly(engine):
     """brake_share 0.29 of 100 devices allows 29 take-downs: the share times the count in floating point
     (28.999999999999996) made it 28, and a sync of exactly the share allowed was held."""
-    from scep_server.binding.devices import DeviceStore
-    from scep_server.config import MdmSettings
-    from scep_server.mdm.plan import MdmState, Record
-    from scep_server.mdm.service import MdmService
-    from tests.binding.conftest import START
-    from tests.mdm.test_mdm_store import JAMF, FakeMdm
-    from trustkit.clock import SettableClock
-
-    clock = SettableClock(START)
-    devices = DeviceStore(engine, clock=clock)
-    fake = FakeMdm()
-    svc = MdmService(engine, devices, MdmSettings(brake_share=0.29, brake_devices=0), reader=fake, clock=clock)
-    await svc.configure("jamf", "jamf", JAMF, actor="t")
-    for i in range(100):
-        await devices.create(f"d{i:03}", actor="t")
-    fake.records = [Record(f"d{i:03}", str(i), MdmState.MANAGED) for i in range(100)]
-    await svc.sync("jamf", actor="t")
+    svc, fake = await _synced(engine, 100, brake_share=0.29, brake_devices=0)
     fake.records = fake.records[29:]  # 29 of 100 gone: the share allowed
     report = await svc.sync("jamf", actor="t")
     assert report.held is None and len(report.changes) == 29

@@ -21,6 +21,14 @@ async def readyz(session: aiohttp.ClientSession, url: str) -> tuple[int, dict]:
         return resp.status, await resp.json()
 
 
+def token_ready(session: aiohttp.ClientSession, url: str):
+    """A probe for wait_for: /readyz answers 200 with its ca.token check ok."""
+    async def ready() -> bool:
+        status, body = await readyz(session, url)
+        return status == 200 and body["checks"]["ca.token"] == "ok"
+    return ready
+
+
 async def token_metric(session: aiohttp.ClientSession, url: str, label: str) -> str | None:
     async with session.get(f"{url}/metrics") as resp:
         text = await resp.text()
@@ -39,10 +47,7 @@ async def test_readiness_and_enrolment_follow_the_token(aiohttp_server, tmp_path
     check.ttl = 0.1
     url = server.url
     async with aiohttp.ClientSession() as session:
-        async def ready():
-            status, body = await readyz(session, url)
-            return status == 200 and body["checks"]["ca.token"] == "ok"
-
+        ready = token_ready(session, url)
         await wait_for(ready, timeout=10, interval=0.1)  # the first CRL signed (in the token), the token probed
         assert await token_metric(session, url, softhsm.label) == "1.0"
         await enrol_with_codec(session, url, server.challenge(), "before")
@@ -150,10 +155,7 @@ async def test_a_token_that_answers_an_error_to_a_signature_is_a_503_and_not_rea
     check.ttl = 0.1
     url = server.url
     async with aiohttp.ClientSession() as session:
-        async def ready():
-            status, body = await readyz(session, url)
-            return status == 200 and body["checks"]["ca.token"] == "ok"
-
+        ready = token_ready(session, url)
         await wait_for(ready, timeout=10, interval=0.1)
         failing["on"] = True
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
