@@ -165,7 +165,9 @@ def test_serve_warns_before_it_starts(monkeypatch):
     started = []
     monkeypatch.setattr(serve_module, "_run_worker", lambda *args, **kwargs: started.append(kwargs))
     said: list[str] = []
-    settings = load_settings(None, server={"listen": "0.0.0.0:8080"}, metrics={"enabled": False})
+    # without the console, whose plain-http warning on 0.0.0.0 is another test's (test_exposure_warnings)
+    settings = load_settings(None, server={"listen": "0.0.0.0:8080"}, metrics={"enabled": False},
+                             console={"enabled": False})
     with capture_logs() as logs:
         assert serve_module.serve(settings, announce=said.append) == 0
     assert "server.base_url" in said[0] and "issues no certificates" in said[0]
