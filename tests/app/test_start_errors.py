@@ -15,6 +15,21 @@ from tests.factories import settings_for
 INIT = ["init", "--no-input", "--key-size", "2048"]
 
 
+@pytest.fixture(autouse=True)
+def _logging_as_it_was():
+    """`serve` run in this process configures logging (the root handler, its level): later tests of this process
+    must not see its lines in what they capture."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
 @pytest.fixture
 def cli(monkeypatch):
     monkeypatch.setenv("SCEP_CA_PASSPHRASE", "pw")
