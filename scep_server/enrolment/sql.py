@@ -114,6 +114,9 @@ _COMPROMISED = sa.select(sa.func.min(certificates.c.serial)).where(
     certificates.c.status == sa.bindparam("revoked"), certificates.c.revocation_reason == sa.bindparam("reason"))
 
 
+_TX_ID_INDEX = list(scep_transactions.columns).index(scep_transactions.c.transaction_id)
+
+
 def _compromised_params(public_key_sha256: str) -> dict:
     return {"public_key_sha256": public_key_sha256, "revoked": "revoked", "reason": int(Reason.KEY_COMPROMISE)}
 
@@ -312,6 +315,7 @@ class PostgresRepository(SqlRepository):
         self._record: _Compiled | None = None
         self._device: _Compiled | None = None
         self._compromised: _Compiled | None = None
+        self._find_both: _Compiled | None = None
 
     async def compromised_key(self, public_key_sha256: str) -> str | None:
         """One index probe per enrolment, on the driver connection (no SQLAlchemy execution overhead)."""
@@ -321,6 +325,24 @@ class PostgresRepository(SqlRepository):
             driver = (await conn.get_raw_connection()).driver_connection
             return await driver.fetchval(self._compromised.sql,
                                          *self._compromised.params(_compromised_params(public_key_sha256)))
+
+    async def find_with_compromised(self, profile: str, key: str, public_key_sha256: str) -> tuple[dict | None,
+                                                                                                     str | None]:
+        """find() and compromised_key() in one statement, one round trip (checks.Replay asks both)."""
+        if self._find_both is None:
+            t = scep_transactions
+            one = sa.select(sa.literal_column("1").label("one")).subquery()
+            stmt = sa.select(_COMPROMISED.scalar_subquery().label("compromised"), *t.columns).select_from(
+                one.outerjoin(t, sa.and_(t.c.profile == sa.bindparam("profile"),
+                                         t.c.transaction_id == sa.bindparam("transaction_id"))))
+            self._find_both = _Compiled(stmt, self.engine.dialect, list(t.columns))
+        params = {"profile": profile, "transaction_id": key, **_compromised_params(public_key_sha256)}
+        async with self.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            raw = await driver.fetchrow(self._find_both.sql, *self._find_both.params(params))
+        values = tuple(raw)
+        found = self._find_both.row(values[1:]) if values[1 + _TX_ID_INDEX] is not None else None
+        return found, values[0]
 
     async def find(self, profile: str, key: str) -> dict | None:
         params = {"profile": profile, "transaction_id": key}

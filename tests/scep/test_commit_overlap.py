@@ -16,6 +16,7 @@ from scep_server.store.tables import certificates
 from tests.scep.test_decryption_stage import SECRET, _contents, _request, _service, ca, device_key  # noqa: F401 - fixtures
 
 SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+POSTGRESQL = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 
 
 @SQLITE
@@ -76,7 +77,6 @@ async def test_the_compromised_key_check_costs_no_round_trip_through_the_async_e
     thread's own connection, not as a query of its own through the async engine; a key revoked as compromised is
     still refused."""
     from scep_server.ca.inventory import Reason
-    from tests.factories import rsa_key
     from trustkit.db import writer
 
     scep = await _service(engine, ca)
@@ -90,6 +90,39 @@ async def test_the_compromised_key_check_costs_no_round_trip_through_the_async_e
         raise AssertionError("compromised_key went through the async engine")
 
     monkeypatch.setattr(SqliteRepository, "compromised_key", no_round_trip)
+    await _compromised_refused_fresh_issued(scep, ca, device_key)
+
+
+@POSTGRESQL
+async def test_the_compromised_key_check_shares_the_transaction_lookups_round_trip(engine, ca, device_key,
+                                                                                  monkeypatch):
+    """On PostgreSQL the compromised-key lookup of every enrolment is one statement with the transaction lookup:
+    no round trip of its own; a key revoked as compromised is still refused, a retry still recognised."""
+    from scep_server.ca.inventory import Reason
+    from scep_server.enrolment.sql import PostgresRepository
+    from trustkit.db import writer
+
+    scep = await _service(engine, ca)
+    body = _request(ca, device_key, MessageType.PKCS_REQ, _contents(ca, device_key)[MessageType.PKCS_REQ])
+
+    async def no_round_trip(self, *args):
+        raise AssertionError("a lookup of its own")
+
+    monkeypatch.setattr(PostgresRepository, "compromised_key", no_round_trip)
+    monkeypatch.setattr(PostgresRepository, "find", no_round_trip)
+    first = await scep.send(body, device_key)
+    assert first.status is PKIStatus.SUCCESS, first.fail_text
+    retry = await scep.send(body, device_key)  # the transaction found: the same certificate
+    assert retry.status is PKIStatus.SUCCESS and retry.certs == first.certs, retry.fail_text
+    async with writer(engine).begin() as conn:
+        await conn.execute(certificates.update().values(status="revoked", revocation_reason=int(Reason.KEY_COMPROMISE)))
+    await _compromised_refused_fresh_issued(scep, ca, device_key)
+
+
+async def _compromised_refused_fresh_issued(scep, ca, device_key) -> None:
+    """A new transaction for the revoked key is refused as compromised; another key's is issued."""
+    from tests.factories import rsa_key
+
     again = await scep.send(_request(ca, device_key, MessageType.PKCS_REQ, _contents(ca, device_key)[MessageType.PKCS_REQ],
                                      transaction_id="again"), device_key)
     assert again.status is PKIStatus.FAILURE and "the public key is compromised" in again.fail_text, again.fail_text
