@@ -69,6 +69,24 @@ def _record_statements(cert_row: dict, tx_row: dict, event_row: dict, *, one_sta
     return [events.insert().values(values(events, event_row, "e_")).add_cte(c).add_cte(t)]
 
 
+def _guarded_record_statement(cert_row: dict, tx_row: dict, event_row: dict):
+    """PostgreSQL, for a certificate issued for a device: the three inserts of _record_statements in one statement
+    that first holds the device's row (FOR SHARE, as _guard_device does) and inserts nothing unless the device is
+    active or not registered. RETURNING says whether it wrote (one row) or not (none)."""
+    d = _DEVICE_STATUS.with_for_update(read=True).cte("d")
+    ok = sa.select(sa.literal_column("1").label("one")).where(~sa.exists(
+        sa.select(sa.literal_column("1")).select_from(d).where(d.c.status != sa.literal_column("'active'")))).cte("ok")
+
+    def insert(table: sa.Table, row: dict, prefix: str):
+        names = list(row)
+        chosen = sa.select(*[sa.bindparam(prefix + k, type_=table.c[k].type) for k in names]).select_from(ok)
+        return table.insert().from_select(names, chosen)
+
+    c = insert(certificates, cert_row, "c_").cte("c")
+    t = insert(scep_transactions, tx_row, "t_").cte("t")
+    return insert(events, event_row, "e_").add_cte(d).add_cte(ok).add_cte(c).add_cte(t).returning(events.c.id)
+
+
 def _record_params(cert_row: dict, tx_row: dict, event_row: dict) -> dict:
     return {**{"c_" + k: v for k, v in cert_row.items()}, **{"t_" + k: v for k, v in tx_row.items()},
             **{"e_" + k: v for k, v in event_row.items()}}
@@ -316,6 +334,7 @@ class PostgresRepository(SqlRepository):
         self._device: _Compiled | None = None
         self._compromised: _Compiled | None = None
         self._find_both: _Compiled | None = None
+        self._guarded: _Compiled | None = None
 
     async def compromised_key(self, public_key_sha256: str) -> str | None:
         """One index probe per enrolment, on the driver connection (no SQLAlchemy execution overhead)."""
@@ -361,21 +380,20 @@ class PostgresRepository(SqlRepository):
         if self._record is None:
             stmt, = _record_statements(cert_row, tx_row, event_row, one_statement=True)
             self._record = _Compiled(stmt, self.engine.dialect)
-            self._device = _Compiled(_DEVICE_STATUS.with_for_update(read=True), self.engine.dialect)
+            self._guarded = _Compiled(_guarded_record_statement(cert_row, tx_row, event_row), self.engine.dialect)
+            self._device = _Compiled(_DEVICE_STATUS, self.engine.dialect)
         device_id = cert_row.get("enrolled_device_id")
-        params = self._record.params(_record_params(cert_row, tx_row, event_row))
+        values = _record_params(cert_row, tx_row, event_row)
         async with self.engine.connect() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
-            try:
-                if device_id is None:  # no transaction is open on the connection: the statement commits by itself
-                    await driver.execute(self._record.sql, *params)
+            try:  # no transaction is open on the connection: the statement commits by itself, one round trip
+                if device_id is None:
+                    await driver.execute(self._record.sql, *self._record.params(values))
                     return
-                assert self._device is not None
-                async with driver.transaction():
+                assert self._guarded is not None and self._device is not None
+                if not await driver.fetch(self._guarded.sql, *self._guarded.params({**values, "device_id": device_id})):
                     status = await driver.fetchval(self._device.sql, *self._device.params({"device_id": device_id}))
-                    if status is not None and status != "active":
-                        raise DeviceTakenDown(device_id, status)
-                    await driver.execute(self._record.sql, *params)
+                    raise DeviceTakenDown(device_id, status if status not in (None, "active") else "no longer active")
             except asyncpg.IntegrityConstraintViolationError as exc:
                 raise Duplicate(str(exc)) from exc
 
