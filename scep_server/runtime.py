@@ -330,7 +330,9 @@ def _keys_unavailable(settings: Settings, directory: Path, exc: Exception) -> Ca
 def _no_ca_files(directory: Path) -> bool:
     """Whether a CA directory holds nothing a start would load (a key without its certificate is
     authority.CAFilesExist's to name)."""
-    return not directory.is_dir() or all(p.name == "ca.lock" for p in directory.iterdir())
+    from .ca.authority import LOCK_FILE
+
+    return not directory.is_dir() or all(p.name == LOCK_FILE for p in directory.iterdir())
 
 
 async def _recorded_ca(engine: AsyncEngine, name: str) -> str | None:
