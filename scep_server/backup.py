@@ -539,12 +539,11 @@ def _check_shape(manifest: dict[str, Any]) -> None:
     secrets_ = manifest.get("secrets")
     if not isinstance(secrets_, dict):
         fail("describes no secrets")
-    for name in ("ca_passphrase", "otp_kek"):
+    for name, own in (("ca_passphrase", PASSPHRASE_FILE), ("otp_kek", KEK_FILE)):
         entry = secrets_.get(name)
         if entry is not None and (not isinstance(entry, dict) or not all(
                 isinstance(entry.get(k), (str, type(None))) for k in ("file", "env", "kek_id"))):
             fail(f"the entry of {name} is malformed")
-        own = {"ca_passphrase": PASSPHRASE_FILE, "otp_kek": KEK_FILE}[name]
         if entry and entry.get("file") not in (None, own):  # the backup's own file, never another one
             fail(f"the file of {name} must be the backup's {own} (the manifest names {entry.get('file')!r})")
     highest = manifest.get("highest_crl_number", {})
