@@ -129,14 +129,15 @@ def mdm_sync(ctx: Context, name: str, dry_run: bool, confirm_takedowns: int | No
     if report.error:
         raise click.ClickException(f"the MDM could not be read, nothing changed: {report.error}")
     if report.held is not None:
-        for c in report.held["changes"] if not dry_run else []:
-            click.echo(f"held {c['action']}\t{c['device_id']}\t{c['why']}")
         message = (f"{report.held['takedowns']} of {report.held['devices']} devices would be taken down, more than "
                    f"the brake allows ({report.held['limit']})")
-        if not dry_run:
+        if dry_run:
+            click.echo(f"{message}: a sync would be held", err=True)
+        else:
+            for c in report.held["changes"]:
+                click.echo(f"held {c['action']}\t{c['device_id']}\t{c['why']}")
             raise click.ClickException(f"{message}; nothing changed. If the MDM's inventory is right, run again "
                                        f"with --confirm-takedowns {report.held['takedowns']}")
-        click.echo(f"{message}: a sync would be held", err=True)
     click.echo(f"{report.records} records, {len(report.changes)} changes{' (dry run)' if dry_run else ''}", err=True)
 
 
