@@ -81,14 +81,12 @@ class Replay:
         self.service = service
 
     async def __call__(self, e: Enrolment) -> Outcome | None:
-        existing = e.known
-        if existing is NOT_LOOKED_UP:
-            repository = self.service.repository
-            both = getattr(repository, "find_with_compromised", None)  # one round trip for CompromisedKey's answer too
-            if both is not None and e.compromised is NOT_LOOKED_UP:
-                existing, e.compromised = await both(e.profile.name, e.key, e.public_key_sha256)
-            else:
-                existing = await repository.find(e.profile.name, e.key)
+        existing, repository = e.known, self.service.repository
+        if existing is NOT_LOOKED_UP and e.compromised is NOT_LOOKED_UP:  # CompromisedKey's answer read with it
+            existing, e.compromised = await repository.find_with_compromised(e.profile.name, e.key,
+                                                                             e.public_key_sha256)
+        elif existing is NOT_LOOKED_UP:
+            existing = await repository.find(e.profile.name, e.key)
         if existing is None:
             return None
         return await self.service.replay(e.profile, e.message, existing, e.public_key_sha256)

@@ -56,6 +56,10 @@ class InMemoryRepository:
                      if r["public_key_sha256"] == public_key_sha256 and r["status"] == "revoked"
                      and r["revocation_reason"] == int(Reason.KEY_COMPROMISE)), None)
 
+    async def find_with_compromised(self, profile: str, key: str,
+                                    public_key_sha256: str) -> tuple[dict | None, str | None]:
+        return await self.find(profile, key), await self.compromised_key(public_key_sha256)
+
     async def awaiting_ack(self, updated_before: datetime) -> list[dict]:
         out = []
         for row in self.transactions.values():

@@ -117,6 +117,10 @@ class EnrolmentRepository(Protocol):
     async def compromised_key(self, public_key_sha256: str) -> str | None:
         """The serial of a certificate for this key revoked for keyCompromise (any CA, any profile), or None."""
 
+    async def find_with_compromised(self, profile: str, key: str,
+                                    public_key_sha256: str) -> tuple[dict | None, str | None]:
+        """``find`` and ``compromised_key`` together (one round trip where the store allows it)."""
+
     async def record_event(self, event: dict) -> None: ...
 
     async def approve(self, profile: str, key: str, cert_row: dict, event: dict, *, renewal_of: str | None,

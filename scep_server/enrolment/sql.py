@@ -259,6 +259,10 @@ class SqlRepository:
         async with self.engine.connect() as conn:
             return (await conn.execute(_COMPROMISED, _compromised_params(public_key_sha256))).scalar()
 
+    async def find_with_compromised(self, profile: str, key: str,
+                                    public_key_sha256: str) -> tuple[dict | None, str | None]:
+        return await self.find(profile, key), await self.compromised_key(public_key_sha256)
+
     async def record_event(self, event: dict) -> None:
         async with writer(self.engine).begin() as conn:
             await record_event(conn, **event)
@@ -332,21 +336,11 @@ class PostgresRepository(SqlRepository):
         self._find: _Compiled | None = None
         self._record: _Compiled | None = None
         self._device: _Compiled | None = None
-        self._compromised: _Compiled | None = None
         self._find_both: _Compiled | None = None
         self._guarded: _Compiled | None = None
 
-    async def compromised_key(self, public_key_sha256: str) -> str | None:
-        """One index probe per enrolment, on the driver connection (no SQLAlchemy execution overhead)."""
-        if self._compromised is None:
-            self._compromised = _Compiled(_COMPROMISED, self.engine.dialect)
-        async with self.engine.connect() as conn:
-            driver = (await conn.get_raw_connection()).driver_connection
-            return await driver.fetchval(self._compromised.sql,
-                                         *self._compromised.params(_compromised_params(public_key_sha256)))
-
-    async def find_with_compromised(self, profile: str, key: str, public_key_sha256: str) -> tuple[dict | None,
-                                                                                                     str | None]:
+    async def find_with_compromised(self, profile: str, key: str,
+                                    public_key_sha256: str) -> tuple[dict | None, str | None]:
         """find() and compromised_key() in one statement, one round trip (checks.Replay asks both)."""
         if self._find_both is None:
             t = scep_transactions
