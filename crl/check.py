@@ -284,7 +284,7 @@ def _refused_literal(url: str, allowed: Networks) -> "str | None":
 
 # what reading a hostile certificate's names and extensions raises besides ValueError: a duplicated extension,
 # a general name of a kind the library does not read (x400Address, ediPartyName), a name attribute of a wrong type
-_UNREADABLE = (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
+UNREADABLE = (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
 
 
 def _load_cert(certificate: "x509.Certificate | bytes") -> x509.Certificate:
@@ -437,7 +437,7 @@ class CrlChecker:
             ca = self._issuer_of(cert)
             if ca is not None:
                 uris = cdp_uris(cert)
-        except _UNREADABLE as exc:
+        except UNREADABLE as exc:
             return CheckResult(CheckStatus.UNKNOWN, False, "bad_certificate", detail=f"unreadable certificate: {exc}")
         if ca is None:
             return CheckResult(CheckStatus.UNKNOWN, False, "unknown_issuer",

@@ -61,7 +61,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from crl.check import CheckResult, CheckStatus, cdp_uris
+from crl.check import UNREADABLE, CheckResult, CheckStatus, cdp_uris
 
 from .. import metrics
 from ..ca import inventory
@@ -935,7 +935,7 @@ def _not_eligible(cert: x509.Certificate) -> Result | None:
     legitimately issue them without clientAuth or digitalSignature."""
     try:
         exts = {ext.oid: ext for ext in cert.extensions}
-    except (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+    except UNREADABLE as exc:
         return fail(Verdict.CERTIFICATE_MALFORMED, f"unreadable certificate: {exc}")
     unknown = next((oid for oid, ext in exts.items() if ext.critical and oid not in _KNOWN_CRITICAL), None)
     basic, eku, usage = (exts.get(oid) for oid in (ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.EXTENDED_KEY_USAGE,
