@@ -243,9 +243,9 @@ async def activate_rollover(runtime: "Runtime", name: str, *, actor: str) -> dic
     if name not in runtime.cas:
         raise UnknownCA(f"no CA named {name!r}")
     _no_rollover_in_token(runtime, name)
-    s, now = runtime.settings, runtime.clock()
-    new_name = await asyncio.to_thread(activate, s.ca_dir(name).parent, name, _passphrase(runtime))
-    new_ca = await asyncio.to_thread(load_ca, s.ca_dir(new_name), name=new_name, passphrase=_passphrase(runtime),
+    s, now, passphrase = runtime.settings, runtime.clock(), _passphrase(runtime)
+    new_name = await asyncio.to_thread(activate, s.ca_dir(name).parent, name, passphrase)
+    new_ca = await asyncio.to_thread(load_ca, s.ca_dir(new_name), name=new_name, passphrase=passphrase,
                                      base_url=s.server.public_base_url(), ca_decrypts=s.ca.ca_key_decrypts())
     import sqlalchemy as sa
 
