@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,9 +12,8 @@ import aiohttp
 import sqlalchemy as sa
 import structlog
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 
+from ..ca.inventory import public_key_sha256
 from ..enrolment import ChallengeRejected, EnrollmentRequest
 from .. import metrics
 from ..profiles import Profile, ProfileSettings
@@ -205,17 +203,6 @@ class ChallengeService:
         self._clients.clear()
 
 
-def _public_key_sha256(csr: x509.CertificateSigningRequest) -> str | None:
-    """SHA-256 of the CSR's SubjectPublicKeyInfo (hex), kept with the challenge it uses; None when the key
-    cannot be read (the request is then refused by the template's key checks anyway)."""
-    try:
-        spki = csr.public_key().public_bytes(serialization.Encoding.DER,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo)
-    except (ValueError, UnsupportedAlgorithm):
-        return None
-    return hashlib.sha256(spki).hexdigest()
-
-
 class DynamicVerifier:
     """A one-time challenge of this profile, unused and unexpired, whose expectations the CSR meets."""
 
@@ -230,7 +217,7 @@ class DynamicVerifier:
         try:
             redeemed = await self.service.store.redeem(
                 req.profile.name, req.challenge, now=self.service.runtime.clock(),
-                transaction_id=req.message.transaction_id, public_key_sha256=_public_key_sha256(req.csr),
+                transaction_id=req.message.transaction_id, public_key_sha256=public_key_sha256(req.csr.public_key()),
                 check=lambda expected: check_csr(req.csr, expected, named_device=req.named_device))
         except ChallengeRejected:
             metrics.challenge_redeemed(req.profile.name, "refused")

@@ -18,7 +18,7 @@ from scep_server.scep import PKIStatus
 from trustkit.db import create_engine
 from scep_server.store.tables import certificates
 from tests.challenge.conftest import add_profile, build, dynamic, pki
-from tests.factories import csr, rsa_key, settings_for
+from tests.factories import rsa_key, settings_for
 from tests.server import serve_processes
 
 N = 20
@@ -95,14 +95,14 @@ async def test_a_challenge_used_by_a_transaction_that_recorded_nothing_serves_it
     """The process that redeemed a challenge was killed before it recorded the certificate: the device's retry of
     that transaction, with its key, enrols; any other transaction, or another key under that transactionID (whoever
     captured the request knows it: it travels in clear), is still refused."""
-    from scep_server.challenge.service import _public_key_sha256
+    from scep_server.ca.inventory import public_key_sha256
 
     rt = server.runtime
     await add_profile(server, "race", "dynamic", dynamic())
     issued = await rt.challenges.new_challenge("race", source="cli")
     key, other_key, third_key, fourth_key = rsa_key(), rsa_key(), rsa_key(), rsa_key()
     await rt.challenges.store.redeem("race", issued.challenge, now=rt.clock(), transaction_id="KILLED-1",
-                                     public_key_sha256=_public_key_sha256(csr(key)))
+                                     public_key_sha256=public_key_sha256(key.public_key()))
     async with aiohttp.ClientSession() as s:
         other = await pki(s, server, "race", build(server, other_key, challenge=issued.challenge, cn="other",
                                                    transaction_id="OTHER-1"), other_key)
