@@ -366,8 +366,9 @@ class PostgresRepository(SqlRepository):
             return self._find.row(await driver.fetchrow(self._find.sql, *self._find.params(params)))
 
     async def record(self, cert_row: dict, tx_row: dict, event: dict) -> None:
-        """Insert the certificate, its transaction and the audit event in one statement; a certificate issued for a
-        device in a transaction that first holds the device's row (FOR SHARE, see _guard_device)."""
+        """Insert the certificate, its transaction and the audit event in one statement; for a certificate issued
+        for a device, one that first holds the device's row and writes nothing unless it is active
+        (_guarded_record_statement)."""
         import asyncpg
 
         event_row = _event_row(**event)
