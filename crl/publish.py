@@ -454,9 +454,10 @@ class Publisher:
         await self.stop()
 
     def _seconds_until_resign(self) -> float:
-        """Scheduled re-sign: every resign_interval, and never later than half-way to nextUpdate."""
+        """Scheduled re-sign: every resign_interval, and never later than half-way to nextUpdate; at once after a
+        failed one (the loops hold it back until retry_interval has passed), which may have been for a change."""
         cur = self._current
-        if cur is None:
+        if cur is None or self._failures:
             return 0.0
         due = min(cur.this_update + self.settings.resign_interval,
                   cur.this_update + (cur.next_update - cur.this_update) / 2)
