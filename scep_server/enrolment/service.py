@@ -44,6 +44,13 @@ log = structlog.get_logger("scep")
 DER = serialization.Encoding.DER
 
 
+_LOOKUPS = (MessageType.CERT_POLL, MessageType.GET_CERT, MessageType.GET_CRL)
+
+
+def _ra_ders(ca: CertificateAuthority) -> list[bytes]:
+    return [cert_der for cert_der, _ in ca.ra_recipients]
+
+
 def scep_threads(configured: int | None = None, workers: int = 1) -> int:
     """The size of the SCEP service's executor: configured, else the CPUs' share of each of the `workers` processes
     (at least one). More threads than that only contend for the process's GIL around the RSA operations: with two
@@ -177,7 +184,7 @@ class ScepService:
         opened = False
         await self.repository.prepare()
         try:
-            msg, inner, known, policy_error, static_secrets, vetted, compromised = await self._run(
+            ca, msg, inner, known, policy_error, static_secrets, vetted, compromised = await self._run(
                 self._open, body, ca, profile)
             opened = True
             outcome = await self._dispatch(profile, ca, msg, inner, known, policy_error, static_secrets, vetted,
@@ -209,6 +216,7 @@ class ScepService:
         """
         msg = codec.parse_pki_message(body)
         check_message_digest(msg)  # badAlg for a digest GetCACaps does not offer (MD5)
+        ca = self.addressed_ca(ca, msg)
         try:
             content = codec.open_request(msg, None, recipients=ca.ra_recipients,
                                          allow_single_des=profile.settings.allow_single_des, issuer=ca.cert.subject)
@@ -233,7 +241,16 @@ class ScepService:
                                                                     static_secrets=profile.challenge_kind == "static")
                 # on the same connection: the compromised-key check (checks.CompromisedKey) costs no round trip
                 compromised = self.repository.compromised_sync(inventory.public_key_sha256(content.public_key))
-        return msg, content, known, policy_error, static_secrets, vetted, compromised
+        return ca, msg, content, known, policy_error, static_secrets, vetted, compromised
+
+    def addressed_ca(self, ca: CertificateAuthority, msg: codec.PKIMessage) -> CertificateAuthority:
+        """The CA that answers a request: the profile's; a CertPoll, GetCert or GetCRL encrypted to the RA of
+        another CA of this server and not to the profile's, that CA (a device told PENDING before a CA rollover
+        was activated polls with the RA certificate and the CA name it had then): its RA decrypts the request
+        and signs the reply, and the request must name it."""
+        if msg.message_type not in _LOOKUPS or len(self.cas) < 2 or codec.addressed_to(msg, _ra_ders(ca)):
+            return ca
+        return next((c for c in self.cas.values() if c is not ca and codec.addressed_to(msg, _ra_ders(c))), ca)
 
     def reserved_names(self) -> tuple:
         """The names never issued to a requester: those of every CA loaded here (the one issuing, one that issued

@@ -24,7 +24,7 @@ from .types import (REQUEST_TYPES, ContentCipher, Digest, FailInfo, MalformedMes
 
 __all__ = [
     "PKIMessage", "parse_pki_message", "decrypt_envelope", "parse_issuer_and_subject", "parse_issuer_and_serial",
-    "RequestContent", "open_request",
+    "RequestContent", "open_request", "addressed_to",
     "build_cert_rep", "build_degenerate", "parse_degenerate", "build_next_ca_cert", "decode_get_message",
 ]
 
@@ -255,6 +255,20 @@ def open_request(message: PKIMessage, decrypt_cek: DecryptCEK | None, *, recipie
     if not ok:
         raise SCEPFailure(FailInfo.BAD_MESSAGE_CHECK, _BAD_ENVELOPE, message)
     return content
+
+
+def addressed_to(message: PKIMessage, cert_ders: Sequence[bytes]) -> bool:
+    """Whether a RecipientInfo of the request's pkcsPKIEnvelope names one of ``cert_ders`` (by issuerAndSerialNumber
+    or subjectKeyIdentifier), as open_request picks the key it decrypts with. Nothing is decrypted."""
+    env = message._envelope
+    for r in env.recipients if env is not None else ():
+        for cert_der in cert_ders:
+            try:
+                if cms.rid_matches(env.data, r.rid, cert_der):
+                    return True
+            except der.DERError:
+                break
+    return False
 
 
 def _addressed(envelope: bytes | PKIMessage, message: PKIMessage | None, recipient_cert_der: bytes | None,
