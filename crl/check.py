@@ -370,22 +370,27 @@ class CrlChecker:
         """Register a customer CA and the CDP URLs of its CRL; refuses non-CAs, no cRLSign, no CDP (§4.2.1.13)."""
         # Okta requires a CDP in an uploaded CA certificate too; pass require_cdp=False for a self-signed root.
         cert = _load_cert(certificate)
-        ca_name = name or cert.subject.rfc4514_string()
-        if not _is_ca(cert):
+        try:  # a name, extension or key the library cannot read (a hostile certificate): refused, not raised
+            ca_name = name or cert.subject.rfc4514_string()
+            ca = _Ca(ca_name, cert, policy or self.settings.policy, self.settings.clock_skew)
+            is_ca, cdp = _is_ca(cert), cdp_uris(cert)
+            try:
+                crl_sign = cert.extensions.get_extension_for_class(x509.KeyUsage).value.crl_sign
+            except x509.ExtensionNotFound:
+                crl_sign = True
+        except (*UNREADABLE, UnsupportedAlgorithmError) as exc:
+            raise CertificateRefused("unreadable", f"{name or 'the CA certificate'}: unreadable certificate "
+                                                   f"({exc})") from None
+        if not is_ca:
             raise CertificateRefused("not_a_ca", f"{ca_name}: basicConstraints cA is not set (RFC 5280 §4.2.1.9)")
-        try:
-            ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-            if not ku.crl_sign:
-                raise CertificateRefused("no_crl_sign", f"{ca_name}: keyUsage lacks cRLSign, so it cannot sign its "
-                                                        f"CRL (RFC 5280 §4.2.1.3, §6.3.3 (f))")
-        except x509.ExtensionNotFound:
-            pass
-        if require_cdp and cdp_uris(cert) is None:
+        if not crl_sign:
+            raise CertificateRefused("no_crl_sign", f"{ca_name}: keyUsage lacks cRLSign, so it cannot sign its "
+                                                    f"CRL (RFC 5280 §4.2.1.3, §6.3.3 (f))")
+        if require_cdp and cdp is None:
             raise CertificateRefused("no_cdp", f"{ca_name}: the CA certificate has no CRL Distribution Points "
                                                f"extension; CAs without one are refused")
         for url in crl_urls:
             self._check_url(url)
-        ca = _Ca(ca_name, cert, policy or self.settings.policy, self.settings.clock_skew)
         old = self._cas.pop(ca_name, None)
         if old is not None:
             self._by_subject[old.subject].remove(old)
