@@ -44,32 +44,43 @@ class Context:
 
     @contextlib.asynccontextmanager
     async def runtime(self, uses: "Uses | None" = None) -> AsyncIterator["Runtime"]:
-        from .runtime import CaKeysUnavailable, CapabilityOff, Uses, open_runtime
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from .runtime import CaKeysUnavailable, CapabilityOff, Uses, database_unusable, open_runtime
 
         try:
             async with open_runtime(self.settings(), uses=uses or Uses()) as rt:
                 yield rt
         except (FileNotFoundError, CapabilityOff, CaKeysUnavailable) as exc:
             raise click.ClickException(str(exc)) from None
+        except SQLAlchemyError as exc:  # unreachable, refused, read-only (a role without the right), not a database
+            raise click.ClickException(str(database_unusable(self.settings(), exc))) from None
 
 
     def read(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         """``fn(stores)`` for a listing command that reads ``stores.profiles.page`` or ``stores.certificates.list``:
         on the embedded SQLite database the standard library's sqlite3 reads (scep_server.store.sqlitereads; no
         SQLAlchemy, no services, and no event loop: those reads never wait), elsewhere the runtime's stores."""
+        import sqlite3
+
         from trustkit.sqlitereads import complete
 
         from .store.sqlitereads import open_reads
 
-        reader = open_reads(self.settings())
-        if reader is None:
-            async def go() -> T:
-                async with self.runtime() as rt:
-                    return await fn(rt)
+        try:
+            reader = open_reads(self.settings())
+            if reader is None:
+                async def go() -> T:
+                    async with self.runtime() as rt:
+                        return await fn(rt)
 
-            return run(go())
-        with reader:
-            return complete(fn(reader))
+                return run(go())
+            with reader:
+                return complete(fn(reader))
+        except sqlite3.Error as exc:  # unreadable, not a database, a WAL database in a directory it cannot write
+            from .runtime import database_unusable
+
+            raise click.ClickException(str(database_unusable(self.settings(), exc))) from None
 
 
 def cli_actor() -> str:

@@ -299,7 +299,21 @@ async def initialise(settings: Settings, *, clock: Clock = utcnow, default_profi
 
 def database_unusable(settings: Settings, exc: BaseException) -> StartError:
     """The StartError of a database that cannot be used: its URL without the password, and the driver's reason."""
-    return StartError(f"cannot use the database {_shown_url(settings)}: {_reason(exc)}")
+    return StartError(f"cannot use the database {_shown_url(settings)}: {_reason(exc)}{_unwritable_directory(settings)}")
+
+
+def _unwritable_directory(settings: Settings) -> str:
+    """Where the SQLite database's directory cannot be written, a note saying so: SQLite keeps a WAL database's
+    -wal and -shm files beside it, and needs them even to read it ("attempt to write a readonly database")."""
+    import os
+
+    from trustkit.sqlitereads import sqlite_path
+
+    path = sqlite_path(settings.database_url())
+    if path is None or not path.parent.is_dir() or os.access(path.parent, os.W_OK):
+        return ""
+    return (f" ({path.parent} is not writable: SQLite keeps the database's -wal and -shm files there, even to "
+            "read it)")
 
 
 def _reason(exc: BaseException) -> str:
