@@ -261,10 +261,13 @@ def addressed_to(message: PKIMessage, cert_ders: Sequence[bytes]) -> bool:
     """Whether a RecipientInfo of the request's pkcsPKIEnvelope names one of ``cert_ders`` (by issuerAndSerialNumber
     or subjectKeyIdentifier), as open_request picks the key it decrypts with. Nothing is decrypted."""
     env = message._envelope
-    for r in env.recipients if env is not None else ():
-        for cert_der in cert_ders:
+    if env is None:
+        return False
+    idents = [(cert_der, cms.cert_identity(cert_der)) for cert_der in cert_ders]  # read once, not per recipient
+    for r in env.recipients:
+        for cert_der, ident in idents:
             try:
-                if cms.rid_matches(env.data, r.rid, cert_der):
+                if cms.rid_matches(env.data, r.rid, cert_der, ident):
                     return True
             except der.DERError:
                 break
