@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import inspect
 import json
+import re
 import sys
 import types
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ from .config import ENV_NESTED_DELIMITER, ENV_PREFIX, Settings
 
 DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 REDACTED = "***"
+# the password of a URL's user part as SQLAlchemy reads it (everything up to the next `@`): it may hold a `/`, `?` or
+# `#` that a generic URL parser takes for the end of the host part
+_URL_PASSWORD = re.compile(r"[\w+]+://[^:/]*:([^@]*)@")
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,9 @@ def _secret_paths() -> set[tuple[str, ...]]:
 
 def redact(value: str) -> str:
     """A secret setting as shown: a URL keeps all but its password; anything else is hidden."""
+    found = _URL_PASSWORD.match(value)
+    if found:
+        value = value[:found.start(1)] + REDACTED + value[found.end(1):]
     try:
         parts = urlsplit(value)
     except ValueError:

@@ -98,6 +98,10 @@ def test_config_show_defaults_ignores_the_file_and_environment(tmp_path):
     ("postgresql://db/scep?user=scep&password=pw&sslmode=require",
      "postgresql://db/scep?user=scep&password=***&sslmode=require"),
     ("sqlite+aiosqlite:////srv/scep.db", "sqlite+aiosqlite:////srv/scep.db"),
+    # SQLAlchemy reads a password up to the `@`: a `/`, `?` or `#` in it (base64 has `/`) was shown in clear
+    ("postgresql://scep:Zm9v/YmFy+cQ==@db:5432/scep", "postgresql://scep:***@db:5432/scep"),
+    ("postgresql+asyncpg://scep:a?b#c@db/scep?ssl=require", "postgresql+asyncpg://scep:***@db/scep?ssl=require"),
+    ("postgresql://scep:x[y@db/scep", "postgresql://scep:***@db/scep"),
 ])
 def test_database_urls_keep_everything_but_the_password(url, shown):
     assert configdoc.redact(url) == shown
