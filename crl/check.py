@@ -763,6 +763,13 @@ class CrlChecker:
                 named = ", ".join(scope.uris) or "a distribution point without a URI"
                 raise _Failure(FailureKind.SCOPE_MISMATCH, f"the Issuing Distribution Point names {named}, "
                                                            f"not {url} (§5.2.5)")
+            if prev is not None and ((scope.only_ca_certs and not prev.only_ca)
+                                     or (scope.only_user_certs and not prev.only_user)):
+                # another CRL of the CA (its ARL) in place of this URL's: the certificates the last good one covers
+                # would have no CRL here, and a serial it lists would no longer be refused under fail-open
+                raise _Failure(FailureKind.SCOPE_MISMATCH, "the CRL covers fewer kinds of certificate (onlyContains"
+                                                           "UserCerts, onlyContainsCACerts) than the last good one "
+                                                           "from this URL (§5.2.5)")
         now = self._clock()
         if crl.this_update > now + self.settings.clock_skew:
             raise _Failure(FailureKind.NOT_YET_VALID, f"thisUpdate {crl.this_update.isoformat()} is in the future")
