@@ -39,7 +39,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from trustkit.db import create_engine, is_sqlite, normalise_url, writer
+from trustkit.db import create_engine, is_sqlite, normalise_url, shown_url, writer
 
 from .config import CA_NAME_PATTERN, Settings
 
@@ -699,7 +699,7 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
             if is_sqlite(normalise_url(url)):
                 raise BackupError("the backup holds no database (PostgreSQL): restore it with pg_restore into an "
                                   "empty database, and configure its URL (database.url) for the restore")
-            notes.append(f"database: the PostgreSQL database at {make_url(normalise_url(url)).render_as_string()}")
+            notes.append(f"database: the PostgreSQL database at {shown_url(normalise_url(url))}")
         else:
             raise BackupError(f"{MANIFEST}: unknown database kind {database.get('kind')!r}")
         _private_dirs(staging)

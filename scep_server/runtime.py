@@ -327,10 +327,10 @@ def _reason(exc: BaseException) -> str:
 
 def _shown_url(settings: Settings) -> str:
     """The database's URL without its password."""
-    from sqlalchemy.engine import make_url
+    from trustkit.db import shown_url
 
     try:
-        return make_url(settings.database_url()).render_as_string(hide_password=True)
+        return shown_url(settings.database_url())
     except Exception:  # noqa: BLE001 - a URL SQLAlchemy cannot read: its scheme only
         return settings.database_url().split(":", 1)[0]
 

@@ -5,6 +5,7 @@ On SQLite every connection gets the same pragmas (:func:`sqlite_pragmas`), and a
 engine this module makes, whoever begins the transaction."""
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -24,6 +25,15 @@ def normalise_url(url: str) -> str:
     elif u.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
         u = u.set(drivername="postgresql+asyncpg")
     return u.render_as_string(hide_password=False)
+
+
+def shown_url(url: str) -> str:
+    """A database URL as a person may see it (a log line, an error, a report): without its password, whether in
+    its user part or in a ``password`` query parameter (libpq's, which the drivers take as well)."""
+    return _QUERY_PASSWORD.sub(r"\1***", make_url(url).render_as_string(hide_password=True))
+
+
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)  # the query as SQLAlchemy renders it
 
 
 def is_sqlite(engine_or_url) -> bool:

@@ -67,6 +67,17 @@ def test_a_database_that_does_not_answer_is_named_without_its_password(tmp_path,
     assert not (tmp_path / "data" / "ca").exists()
 
 
+@pytest.mark.parametrize("command", [INIT, ["db", "upgrade"]])
+def test_a_password_in_the_query_of_the_database_url_is_not_shown_either(tmp_path, cli, command):
+    """libpq's `?password=` (which asyncpg takes as well) was named in clear: SQLAlchemy hides the user part's only."""
+    from tests.server import free_port
+
+    url = f"postgresql://scep@127.0.0.1:{free_port()}/scep?password=s3cret"
+    line = cli("--data-dir", str(tmp_path / "data"), *command, env={"SCEP_SERVER_DATABASE__URL": url})
+    assert "cannot use the database postgresql://scep@127.0.0.1:" in line and "password=***" in line
+    assert "s3cret" not in line
+
+
 def test_a_wrong_passphrase_or_a_key_of_another_ca(tmp_path, cli):
     data = tmp_path / "data"
     assert CliRunner().invoke(main, ["--data-dir", str(data), *INIT]).exit_code == 0
