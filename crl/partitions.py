@@ -115,7 +115,9 @@ class PartitionSet:
                 settings=self.settings, clock=clock, scope=Scope((url_for(p),), only_user_certs=True),
                 executor=executor, logger=logger, on_recorded=on_recorded, encoder_cache=False)
         self._names = {scope_name(ca, p): p for p in range(partitions)}
-        self._dirty_since: "float | None" = None
+        # the loop's first look comes right after its first poll: a change made while no process of this set ran
+        # (a command-line revocation, a server that stopped before signing) is in no partition CRL yet
+        self._dirty_since: "float | None" = time.monotonic()
         self._last_look: "datetime | None" = None
         self._seen: set[Change] = set()  # changes whose partition was read since they were committed
         self._poll_requested = True
@@ -163,7 +165,7 @@ class PartitionSet:
         certificates when there is a `listed` source, else from the whole partition."""
         self._dirty_since = None
         now = self._clock()
-        since = (self._last_look or now) - LOOKBACK
+        since = (self._last_look or self._first_since(now)) - LOOKBACK
         try:
             changes = [tuple(c) for c in await self._changed(since)]
         except Exception:
@@ -193,6 +195,12 @@ class PartitionSet:
                 signed.append(p)
                 self.resigned_after_change += 1
         return signed
+
+    def _first_since(self, now: datetime) -> datetime:
+        """Where the first look starts: at the oldest partition CRL served (adopted from the database), as far back
+        as the schedule leaves it (an older one is re-signed in full as due)."""
+        served = [pub.current.this_update for pub in self.publishers.values() if pub.current is not None]
+        return max(min([*served, now]), now - self.settings.resign_interval)
 
     async def publish_due(self) -> list[int]:
         """Sign the partitions without a CRL and re-sign those whose schedule says so."""
