@@ -269,6 +269,12 @@ class CrlService:
         self.forget_published()
         done = []
         for ca in list(self._pending):
+            parts = self.partitions.get(ca)
+            if parts is not None:  # the partition its certificate's CDP names: nobody else signs it
+                try:
+                    await parts.publish_changed()
+                except Exception as exc:  # noqa: BLE001 - a partition re-sign failing is logged (crl.publish.failed)
+                    log.error("crl.flush.failed", ca=ca, error=f"{type(exc).__name__}: {exc}")
             try:
                 done.append(await self.publishers[ca].publish_now())
             except PublishError as exc:  # the server processes' safety net re-signs after the grace period
