@@ -134,7 +134,9 @@ class StoredTransaction:
 
 # RFC 8894 transactionIDs are PrintableStrings (clients send a hash of the key in hex or base64)
 MAX_TRANSACTION_ID = 255
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0, DEL, C1 (U+009B is a terminal's CSI) and the bidirectional formatting characters, as in a subject
+# (ca.policy): a transactionID is shown where pending enrolments are decided on
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 # an ``awaiting_ack`` certificate untouched for this long is reconciled (longer than any notification may take)
 ACK_STALE_AFTER = timedelta(minutes=15)
 
