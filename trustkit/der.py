@@ -47,6 +47,15 @@ def ctx(n: int, constructed: bool = True) -> int:
 
 
 MAX_DEPTH = 40
+MAX_INDEFINITE_ELEMENTS = 1024
+"""The most TLVs an indefinite-length value may hold, counted through the indefinite-length values inside it.
+Its end is found by reading every one of them, and again each time a value around it is read: without a
+bound a body of thousands of tiny elements costs a hundred times a real message (BER from real clients holds
+a few dozen: the structure and 1000-octet string segments)."""
+MAX_STRING_SEGMENTS = 1024
+"""The most segments of a constructed string (X.690 §8.7.3), counted through its nested segments."""
+MAX_STRING_DEPTH = 4
+"""The deepest nesting of constructed string segments (encoders nest none: segments are primitive)."""
 
 
 class DERError(ValueError):
@@ -56,11 +65,13 @@ class DERError(ValueError):
 Element = tuple[int, int, int, int, int]
 
 
-def read(data: bytes, pos: int, end: int, depth: int = 0, strict: bool = False) -> Element:
+def read(data: bytes, pos: int, end: int, depth: int = 0, strict: bool = False,
+         _budget: list[int] | None = None) -> Element:
     """Read one TLV starting at ``pos`` that must end by ``end`` (X.690 §8.1; §10.1 when ``strict``).
 
     High tag numbers (§8.1.2.4) are read over; their identifier is the first octet, so they never match
-    a tag constant."""
+    a tag constant. An indefinite length holds at most MAX_INDEFINITE_ELEMENTS TLVs (``_budget``: what is
+    left of the enclosing one's)."""
     if pos + 2 <= end:  # fast path: low tag number, short definite length (both modes)
         ident = data[pos]
         first = data[pos + 1]
@@ -94,13 +105,17 @@ def read(data: bytes, pos: int, end: int, depth: int = 0, strict: bool = False) 
             raise DERError("indefinite length on a primitive value")
         if depth >= MAX_DEPTH:
             raise DERError("nesting too deep")
+        budget = _budget if _budget is not None else [MAX_INDEFINITE_ELEMENTS]
         q = p
         while True:
             if q + 2 > end:
                 raise DERError("truncated: missing end-of-contents")
             if data[q] == 0 and data[q + 1] == 0:
                 return ident, pos, p, q, q + 2
-            q = read(data, q, end, depth + 1)[4]
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise DERError(f"an indefinite length holding more than {MAX_INDEFINITE_ELEMENTS} elements")
+            q = read(data, q, end, depth + 1, False, budget)[4]
     else:
         n = first & 0x7F
         if n > 4 or first == 0xFF:
@@ -168,15 +183,25 @@ def raw(data: bytes, el: Element) -> bytes:
     return data[el[1]:el[4]]
 
 
-def string_bytes(data: bytes, el: Element, depth: int = 0, strict: bool = False) -> bytes:
-    """The value of a string type in primitive or (BER only) constructed form (X.690 §8.7.3, §8.21.6, §10.2)."""
+def string_bytes(data: bytes, el: Element, depth: int = 0, strict: bool = False,
+                 _segments: list[int] | None = None) -> bytes:
+    """The value of a string type in primitive or (BER only) constructed form (X.690 §8.7.3, §8.21.6, §10.2):
+    at most MAX_STRING_SEGMENTS segments, nested at most MAX_STRING_DEPTH deep."""
     if not el[0] & CONSTRUCTED:
         return data[el[2]:el[3]]
     if strict:
         raise DERError("constructed string (not DER)")
-    if depth >= MAX_DEPTH:
-        raise DERError("nesting too deep")
-    return b"".join(string_bytes(data, c, depth + 1) for c in children(data, el))
+    if depth >= MAX_STRING_DEPTH:
+        raise DERError("constructed string segments nested too deep")
+    left = _segments if _segments is not None else [MAX_STRING_SEGMENTS]
+    try:
+        kids = children(data, el, left[0])
+    except DERError as exc:
+        if str(exc).startswith("more than"):
+            raise DERError(f"a constructed string of more than {MAX_STRING_SEGMENTS} segments") from None
+        raise
+    left[0] -= len(kids)
+    return b"".join(string_bytes(data, c, depth + 1, False, left) for c in kids)
 
 
 def decode_integer(body: bytes, strict: bool = False) -> int:

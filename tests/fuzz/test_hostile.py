@@ -137,6 +137,43 @@ def test_the_crl_seed_parses():
     assert parse_crl(seeds().crl).summary()["entries"] == 4
 
 
+def _indefinite(tag: int, body: bytes) -> bytes:
+    return bytes((tag, 0x80)) + body + b"\x00\x00"
+
+
+def with_econtent(econtent_tlv: bytes) -> bytes:
+    """The PKCSReq seed, every level down to its eContent in BER indefinite lengths, the eContent replaced."""
+    data = seeds().scep[0]
+    ci = der.children(data, der.read_one(data))
+    sd = der.children(data, der.children(data, ci[1])[0])
+    eci = der.children(data, sd[2])
+    eci_ber = _indefinite(der.SEQUENCE, der.raw(data, eci[0]) + _indefinite(0xA0, econtent_tlv))
+    body = der.raw(data, sd[0]) + der.raw(data, sd[1]) + eci_ber + b"".join(der.raw(data, el) for el in sd[3:])
+    return _indefinite(der.SEQUENCE, der.raw(data, ci[0]) + _indefinite(0xA0, _indefinite(der.SEQUENCE, body)))
+
+
+def nested_segments(depth: int, count: int) -> bytes:
+    """A constructed OCTET STRING of ``count`` empty segments, ``depth`` indefinite levels deep."""
+    inner = der.octet_string(b"") * count
+    for _ in range(depth):
+        inner = _indefinite(0x24, inner)
+    return inner
+
+
+@pytest.mark.parametrize("depth", [1, 30])
+def test_an_econtent_of_thousands_of_tiny_segments_is_malformed_before_any_check(depth):
+    hostile = with_econtent(nested_segments(depth, 25_000))
+    assert len(hostile) <= MAX_MESSAGE_BYTES
+    with pytest.raises(MalformedMessage, match="more than 1024"):
+        parse_pki_message(hostile)
+
+
+def test_an_econtent_in_1000_octet_ber_segments_parses():
+    envelope = cms.parse_signed_data(seeds().scep[0]).econtent
+    segments = b"".join(der.octet_string(envelope[i:i + 1000]) for i in range(0, len(envelope), 1000))
+    assert parse_pki_message(with_econtent(_indefinite(0x24, segments))).envelope == envelope
+
+
 # ---------------------------------------------------------------- HTTP
 
 @pytest.fixture
@@ -155,6 +192,12 @@ async def test_http_an_oversized_oid_is_a_400_with_a_reason(server):
     assert status == 400, body[:300]
     assert b"not a signed SCEP message" in body
 
+
+
+async def test_http_an_econtent_of_thousands_of_tiny_segments_is_a_400(server):
+    status, body = await _post(server.url, with_econtent(nested_segments(30, 25_000)))
+    assert status == 400, body[:300]
+    assert b"more than 1024" in body
 
 async def test_http_a_malformed_signing_time_is_a_signed_failure(server):
     status, body = await _post(server.url, request_with_signing_time(der.tlv(der.UTC_TIME, b"\xff" * 13)))

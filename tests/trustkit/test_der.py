@@ -104,3 +104,35 @@ def test_time_writers_want_aware_values_and_drop_fractions():
     with pytest.raises(ValueError):
         der.encode_generalized_time(datetime(2025, 1, 1))
     assert der.utc_seconds(datetime(2025, 1, 1, 0, 0, 0, 5)) == datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+def _indefinite(tag: int, body: bytes) -> bytes:
+    return bytes((tag, 0x80)) + body + b"\x00\x00"
+
+
+def test_an_indefinite_length_holding_thousands_of_elements_is_refused():
+    # finding its end reads every element, again for each value around it that is read: bounded
+    with pytest.raises(der.DERError, match="more than 1024 elements"):
+        der.read_one(_indefinite(der.SEQUENCE, der.NULL_DER * 20_000))
+    nested = _indefinite(der.SEQUENCE, _indefinite(der.SEQUENCE, der.NULL_DER * 1000) + der.NULL_DER * 100)
+    with pytest.raises(der.DERError, match="more than 1024 elements"):  # counted through nested ones
+        der.read_one(nested)
+    fits = _indefinite(der.SEQUENCE, _indefinite(der.SEQUENCE, der.NULL_DER * 900) + der.NULL_DER * 100)
+    assert der.read_one(fits)[4] == len(fits)
+
+
+@pytest.mark.parametrize("data", [
+    pytest.param(der.tlv(0x24, der.octet_string(b"") * 20_000), id="definite"),
+    pytest.param(_indefinite(0x24, der.tlv(0x24, der.octet_string(b"") * 1000) * 2), id="nested-definite"),
+    pytest.param(_indefinite(0x24, _indefinite(0x24, _indefinite(0x24, _indefinite(
+        0x24, _indefinite(0x24, der.octet_string(b"x")))))), id="nested-deep"),
+])
+def test_a_constructed_string_of_thousands_of_segments_or_deeply_nested_is_refused(data):
+    with pytest.raises(der.DERError, match="constructed string"):
+        der.string_bytes(data, der.read_one(data))
+
+
+def test_a_constructed_string_in_1000_octet_segments_reads():
+    value = bytes(range(256)) * 250  # 64000 octets: 64 segments, as BER streaming encoders write them
+    data = _indefinite(0x24, b"".join(der.octet_string(value[i:i + 1000]) for i in range(0, len(value), 1000)))
+    assert der.string_bytes(data, der.read_one(data)) == value
