@@ -313,6 +313,9 @@ class ProfileStore:
 
 
 def describe(profile: Profile) -> dict[str, Any]:
-    """A JSON-ready view of a profile (no secrets)."""
-    return {"name": profile.name, "ca": profile.ca, "challenge": profile.challenge_kind,
-            "settings": json.loads(profile.settings.model_dump_json())}
+    """A JSON-ready view of a profile (no secrets: the hash of the challenge's Basic password is "(set)")."""
+    settings = json.loads(profile.settings.model_dump_json())
+    credentials = settings.get("challenge", {}).get("credentials")
+    if isinstance(credentials, dict) and "password_hash" in credentials:
+        credentials["password_hash"] = "(set)"
+    return {"name": profile.name, "ca": profile.ca, "challenge": profile.challenge_kind, "settings": settings}

@@ -3,21 +3,32 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
+from contextlib import closing
 
 
 from scep_server.challenge.basic import check_password
 
 
-def test_dynamic_profile_configuration(cli):
+def _stored_challenge(tmp_path, profile: str) -> dict:
+    with closing(sqlite3.connect(tmp_path / "data" / "scep.db")) as db:
+        (settings,) = db.execute("SELECT settings FROM profiles WHERE name = ?", (profile,)).fetchone()
+    return json.loads(settings)["challenge"]
+
+
+def test_dynamic_profile_configuration(cli, tmp_path):
     cli("profile", "add", "jamf", "--challenge", "dynamic")
     out = cli("challenge", "configure", "jamf", "--username", "jamf-api")
     password = re.search(r"password: (\S+)", out).group(1)
     cli("challenge", "configure", "jamf", "--ttl-minutes", "30", "--max-unused", "2", "--page-encoding", "utf-16le")
-    shown = json.loads(cli("profile", "show", "jamf"))
-    ch = shown["settings"]["challenge"]
-    assert ch["ttl_minutes"] == 30 and ch["max_unused"] == 2 and ch["page_encoding"] == "utf-16le"
-    assert ch["credentials"]["username"] == "jamf-api"
-    assert password not in json.dumps(shown) and check_password(password, ch["credentials"]["password_hash"])
+    stored = _stored_challenge(tmp_path, "jamf")
+    assert check_password(password, stored["credentials"]["password_hash"])
+    # the password's hash is shown as the API shows it, as "(set)" (`profile show` says: no secrets)
+    for shown in (cli("profile", "show", "jamf"), cli("profile", "update", "jamf", "--settings-json", "{}")):
+        ch = json.loads(shown)["settings"]["challenge"]
+        assert ch["ttl_minutes"] == 30 and ch["max_unused"] == 2 and ch["page_encoding"] == "utf-16le"
+        assert ch["credentials"] == {"username": "jamf-api", "password_hash": "(set)"}
+        assert password not in shown and stored["credentials"]["password_hash"] not in shown
 
     first = json.loads(cli("challenge", "new", "jamf", "--json"))
     assert re.fullmatch(r"[0-9A-F]{40}", first["challenge"])
