@@ -99,7 +99,7 @@ class IntuneClient:
             body = await self._retrying("token", once)
             try:
                 lifetime = min(max(float(body.get("expires_in", 3600)), 0.0), 86400.0)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: an integer of hundreds of digits
                 lifetime = 0.0  # an unreadable lifetime: use the token once
             # refresh a little before the expiry (a tenth of the lifetime, at most a minute)
             self._tokens[scope] = (body["access_token"], time.monotonic() + lifetime - min(60.0, lifetime / 10))
@@ -182,10 +182,12 @@ class IntuneClient:
 
         body = await self._retrying(action, once)
         code = str(body.get("code", ""))[:100]
+        # the peer's value as bounded text: a structure nested deep enough cannot be rendered into the log line
+        description = str(body.get("errorDescription") or "")[:300]
         log.info("intune.action", action=action, transaction_id=transaction_id, code=code or None,
-                 description=body.get("errorDescription"))
+                 description=description or None)
         if code != "Success":
-            raise IntuneRejected(code or "NoCode", str(body.get("errorDescription") or "")[:300])
+            raise IntuneRejected(code or "NoCode", description)
         return body
 
     async def _retrying(self, what: str, once):
