@@ -5,6 +5,8 @@ A backup directory holds:
 - ``database.sqlite3``: the SQLite database, copied through SQLite's online backup API (a consistent snapshot
   taken while servers keep writing; PostgreSQL is backed up with ``pg_dump`` instead, see :func:`pg_dump_command`);
 - ``ca/<name>/``: the CA directory (``ca.key`` and ``ra.key`` encrypted with the CA passphrase, the certificates);
+- ``default-challenge.txt``, when the data directory has it: the ``default`` profile's first challenge password, in
+  clear (a secret until that profile's secret is rotated);
 - ``otp-kek.key``: the OTP key-encryption key, and ``ca-passphrase``: the CA passphrase, when they are files (from
   the environment they are not copied). Both are secrets that open the rest: they are meant to be stored apart
   from the other files (``restore --kek-file`` / ``--passphrase-file`` read them from wherever they are kept);
@@ -330,6 +332,8 @@ async def create_backup(settings: Settings, directory: Path, *, now: datetime, f
             if (settings.data_dir / name).is_file():
                 _private_copy(settings.data_dir / name, directory / name)
                 add(name)
+                notes.append(f"{name}: the `default` profile's challenge password as first made (it enrols devices "
+                             "until that profile's secret is rotated)")
         # 3. the secrets, each in a file of its own
         secrets_: dict[str, Any] = {}
         if from_env:

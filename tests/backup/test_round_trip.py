@@ -53,6 +53,9 @@ async def test_backup_restore_round_trip_serves_what_was_there(aiohttp_server, t
     backup = tmp_path / "backup"
     out = await asyncio.to_thread(cli, "--data-dir", str(srv.data_dir), "backup", str(backup))
     assert "otp-kek.key" in out and "store it apart" in out
+    # a secret of its own that the backup holds in clear, and says so
+    assert "default-challenge.txt: the `default` profile's challenge password" in out
+    assert (backup / "default-challenge.txt").read_text().strip() == srv.challenge()
     manifest = json.loads((backup / "manifest.json").read_text())
     assert manifest["highest_crl_number"]["default"] >= seen
     assert manifest["database"] == {"kind": "sqlite", "file": "database.sqlite3"}
