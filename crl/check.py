@@ -635,11 +635,14 @@ class CrlChecker:
                               crl_number=src.snapshot.number if src.snapshot else None)
 
     def _refresh_after(self, snap: "_Snapshot | None") -> float:
-        """Seconds to the next fetch: refresh_interval, or sooner so the copy is renewed half-way to nextUpdate."""
+        """Seconds to the next fetch: refresh_interval, or sooner so the copy is renewed half-way to nextUpdate;
+        retry_interval once it is past nextUpdate (the CDP still serves it: as after a failure, not every second)."""
         interval = self.settings.refresh_interval.total_seconds()
         if snap is not None and snap.next_update is not None:
             half = (snap.next_update - snap.this_update).total_seconds() / 2
             left = snap.fresh_until - self._now_ts()
+            if left <= 0:
+                return min(interval, self.settings.retry_interval.total_seconds())
             interval = min(interval, max(half if left > half else left / 2, 1.0))
         return interval
 
