@@ -79,6 +79,34 @@ def test_the_cache_is_bounded_and_entries_expire():
     assert cache.get("p", b"\x04") is None
 
 
+
+def test_the_cache_is_bounded_in_bytes_too():
+    cache = FailureReplies(size=100, max_bytes=1000)
+    for i in range(10):
+        cache.put("p", bytes([i]), bytes(300))
+    assert len(cache) == 3 and cache.get("p", b"\x09") is not None and cache.get("p", b"\x06") is None
+    cache.put("p", b"big", bytes(5000))  # a reply beyond the bound is not kept, and keeps nothing out
+    assert cache.get("p", b"big") is None and len(cache) == 3
+
+
+async def test_failures_echoing_a_long_transaction_id_are_held_within_the_byte_bound(server):
+    """A FAILURE echoes the transactionID as it came: 200 bad-signature requests whose transactionID is 60,000
+    characters leave at most 8 MiB of replies in the cache (not 200 of 60 KB each)."""
+    ca = next(iter(server.runtime.scep.cas.values()))
+    key = rsa_key()
+    url = f"{server.url}/scep/default"
+    async with aiohttp.ClientSession() as session:
+        ra_der, _ = await ra_and_ca(session, url)
+        size = 0
+        for i in range(200):
+            body = _bad_signature(pkcs_req(key, ra_der, challenge=None, transaction_id=f"{i:06d}" + "T" * 60_000))
+            async with session.post(f"{url}?operation=PKIOperation", data=body) as resp:
+                assert resp.status == 200
+                size = len(await resp.read())
+    assert size > 60_000
+    assert 0 < len(ca.failure_replies) <= (8 << 20) // size < 200
+
+
 async def test_a_request_body_is_hashed_once(server, monkeypatch):
     """The HTTP layer's digest of a pkiMessage (identical copies in flight share one answer) is also the key of
     the cache of FAILUREs: each body is hashed once, whatever the answer."""
