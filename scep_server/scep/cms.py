@@ -29,6 +29,10 @@ _A1 = der.ctx(1)
 MAX_CERTIFICATES = 32
 MAX_SIGNER_INFOS = 8
 MAX_ATTRIBUTES = 64
+# a pkcsPKIEnvelope names the certificates its content key was encrypted to: one RA certificate, or every
+# certificate GetCACert returned (micromdm's scepclient: the RA certificates and the CA); each is parsed and
+# compared with every RA certificate that may be addressed
+MAX_RECIPIENTS = 16
 
 
 # ---------------------------------------------------------------- certificates
@@ -338,7 +342,7 @@ def parse_enveloped_data(data: bytes) -> EnvelopedData:
         raise der.DERError("malformed EnvelopedData")
     recipients: list[Recipient] = []
     others = 0
-    for ri in der.children(data, der.expect(ed[i], der.SET, "recipientInfos")):
+    for ri in der.children(data, der.expect(ed[i], der.SET, "recipientInfos"), MAX_RECIPIENTS):
         if ri[0] != der.SEQUENCE:  # kari [1], kekri [2], pwri [3], ori [4]
             others += 1
             continue
