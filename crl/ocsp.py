@@ -6,7 +6,8 @@ Pure code: no I/O, no knowledge of where certificate status is kept. ``parse_req
 answer of a request that cannot be answered (malformedRequest, unauthorized, tryLater, internalError).
 
 Bounds (the request is parsed before anything about it is trusted): the DER size (`MAX_REQUEST_BYTES` unless
-the caller names another), the number of CertIDs (`MAX_CERT_IDS`), the nonce length (RFC 8954: 1 to 32 octets).
+the caller names another), the number of CertIDs (`MAX_CERT_IDS`), the nonce length (RFC 8954: 1 to 32 octets),
+the serial number's length (`MAX_SERIAL_OCTETS`).
 Only SHA-1 and SHA-256 CertID hashes are matched; an unparsable request of any kind raises `MalformedRequest`.
 """
 from __future__ import annotations
@@ -24,6 +25,10 @@ from trustkit import der
 MAX_REQUEST_BYTES = 4096
 MAX_CERT_IDS = 8
 MAX_NONCE = 32  # RFC 8954 §2.1
+# RFC 5280 §4.1.2.2: a serial number is at most 20 octets (21 as some CAs encode a 160-bit one); no certificate has
+# a longer one, and a CertID holding one is echoed and kept with its pre-signed response: a 4,000-octet serial made
+# each response cached ten times the size of a real one
+MAX_SERIAL_OCTETS = 21
 HASHES = {"sha1": hashlib.sha1, "sha256": hashlib.sha256}
 DIGEST_LENGTHS = {"sha1": 20, "sha256": 32}
 # RFC 6960 §2.2: a "revoked" answer for a serial never issued carries this revocation time and
@@ -97,6 +102,8 @@ def _parse(der: bytes, max_cert_ids: int) -> OcspRequest:
         name_hash, key_hash = cid["issuer_name_hash"].native, cid["issuer_key_hash"].native
         if not isinstance(name_hash, bytes) or not isinstance(key_hash, bytes):
             raise MalformedRequest("a CertID lacks its issuer hashes")
+        if len(cid["serial_number"].contents or b"") > MAX_SERIAL_OCTETS:
+            raise MalformedRequest(f"a CertID's serial number is longer than {MAX_SERIAL_OCTETS} octets")
         serial = cid["serial_number"].native
         if not isinstance(serial, int):
             raise MalformedRequest("a CertID lacks its serial number")

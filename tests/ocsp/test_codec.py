@@ -77,6 +77,23 @@ def test_bounds(pki):
         parse_request(b"")
 
 
+
+def _with_serial(der: bytes, serial: int) -> bytes:
+    one = a_ocsp.OCSPRequest.load(der)["tbs_request"]["request_list"][0]
+    cid = dict(one["req_cert"].native, serial_number=serial)
+    return a_ocsp.OCSPRequest({"tbs_request": {"request_list": [{"req_cert": cid}]}}).dump()
+
+
+def test_a_serial_number_beyond_21_octets_is_malformed(pki):
+    ca, cert = pki
+    der = _request(cert, ca.cert)
+    for serial in (2 ** 159 - 1, 2 ** 160 + 5):  # 20 octets; 21, as a 160-bit serial is encoded
+        (cid,) = parse_request(_with_serial(der, serial)).cert_ids
+        assert cid.serial == serial
+    for serial in (2 ** 168, 2 ** 31_000):  # 22 octets; a 3,876-octet one, echoed and cached with its response
+        with pytest.raises(MalformedRequest, match="longer than 21 octets"):
+            parse_request(_with_serial(der, serial))
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=600))
 def test_garbage_raises_only_malformed(data):

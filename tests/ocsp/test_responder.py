@@ -178,6 +178,23 @@ async def test_hostile_requests_never_end_in_a_500(server, device_key):
     assert load(answer).response_status is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
 
 
+async def test_a_serial_number_no_certificate_has_is_malformed_and_nothing_is_kept(server, device_key):
+    """A CertID's serial of thousands of octets (echoed in the response, kept with it in the cache) is a
+    malformedRequest: 50 of them leave the cache as it was."""
+    from asn1crypto import ocsp as a_ocsp
+
+    ca = ca_of(server)
+    one = a_ocsp.OCSPRequest.load(request_der(await issue(server, device_key), ca.cert))["tbs_request"]
+    cid = one["request_list"][0]["req_cert"].native
+    held = len(server.runtime.ocsp.cache.entries)
+    for i in range(50):
+        hostile = a_ocsp.OCSPRequest({"tbs_request": {"request_list": [
+            {"req_cert": dict(cid, serial_number=(i + 1) << 30_000)}]}}).dump()
+        http, answer = await post(server.url, hostile)
+        assert http.status == 200
+        assert load(answer).response_status is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    assert len(server.runtime.ocsp.cache.entries) == held
+
 async def test_several_cert_ids_are_answered_in_order(server, device_key):
     from asn1crypto import ocsp as a_ocsp
 
