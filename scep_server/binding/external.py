@@ -104,7 +104,7 @@ def load_certificate(data: bytes) -> x509.Certificate:
         if data.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_certificate(data)
         return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise InvalidInput(f"not an X.509 certificate (PEM or DER): {exc}") from None
 
 

@@ -1,8 +1,9 @@
-"""A CA certificate offered for registration as a customer's CA whose extensions or name cannot be read (an extension
-twice, a general name of a kind the library does not read in its CRL Distribution Points, a BIT STRING common name)
-is refused with a 4xx by the API and a one-line error by `ca add-external`, never a 500 or a traceback."""
+"""A CA certificate offered for registration as a customer's CA whose version, extensions or name cannot be read (an
+unknown X.509 version, an extension twice, a general name of a kind the library does not read in its CRL
+Distribution Points, a BIT STRING common name) is refused with a 4xx by the API and a one-line error by `ca add-external`, never a 500 or a traceback."""
 from __future__ import annotations
 
+import base64
 import sys
 from datetime import timedelta
 
@@ -16,7 +17,7 @@ from tests.crl.customer_ca import Ca, T0
 from tests.crl.test_check_bad_cdp import _resign_with_duplicate_extension
 from tests.server import run
 
-KINDS = ["an extension twice", "an x400Address CDP", "a BIT STRING common name"]
+KINDS = ["an extension twice", "an x400Address CDP", "a BIT STRING common name", "an unknown X.509 version"]
 
 
 def hostile_ca(kind: str) -> bytes:
@@ -38,12 +39,14 @@ def hostile_ca(kind: str) -> bytes:
     der = b.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
     if kind == "a BIT STRING common name":  # UTF8String "hostile" -> a BIT STRING of the same length (signature
         der = der.replace(bytes.fromhex("0c07") + b"hostile", bytes.fromhex("030700") + b"ostile")  # moot here)
+    if kind == "an unknown X.509 version":  # [0] INTEGER 2 (v3) -> 43
+        der = der.replace(bytes.fromhex("a003020102"), bytes.fromhex("a00302012b"), 1)
     return der
 
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_the_api_refuses_an_unreadable_ca_certificate(server, api, kind):
-    pem = x509.load_der_x509_certificate(hostile_ca(kind)).public_bytes(serialization.Encoding.PEM).decode()
+    pem = "-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(hostile_ca(kind)).decode() + "-----END CERTIFICATE-----\n"
     res = await api.post("/api/v1/external-cas", {"name": "hostile", "certificate": pem}, admin=True, expect=None)
     status = res.get("status") if isinstance(res, dict) else None
     assert status is not None and 400 <= status < 500, res
