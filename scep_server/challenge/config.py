@@ -115,6 +115,8 @@ class WebhookSettings(BaseModel):
                     self.allow_http_loopback and _loopback_url(url)):
                 raise ValueError(f"{name} must be https (http only for a loopback receiver with "
                                  f"allow_http_loopback)")
+            if url is not None:
+                _host_looked_up(urlsplit(url).hostname or "", name)
         return self
 
 
@@ -126,6 +128,15 @@ def _loopback_url(url: str) -> bool:
         return False
 
 
+def _host_looked_up(host: str, what: str) -> None:
+    """ValueError where the resolver cannot take `host`: it encodes it as IDNA, where an empty label or one of
+    over 63 characters raises UnicodeError at the call."""
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise ValueError(f"{what}: {host[:100]!r} is not a host name that can be looked up") from None
+
+
 def outbound_url(url: str, what: str) -> str:
     """An endpoint a credential is sent to: https, or http to a loopback address only (a local test peer or a
     local proxy). Returns it without a trailing slash; raises ValueError otherwise."""
@@ -135,6 +146,7 @@ def outbound_url(url: str, what: str) -> str:
         parts = None
     if parts is not None and parts.hostname and (
             parts.scheme == "https" or (parts.scheme == "http" and _loopback_url(url))):
+        _host_looked_up(parts.hostname, what)
         return url.rstrip("/")
     raise ValueError(f"{what}: an https:// URL (http:// only for a loopback address)")
 

@@ -10,8 +10,8 @@ from aiohttp import web
 
 from scep_server.scep import PKIStatus
 from tests.challenge.conftest import add_profile, build, enrol
-from tests.challenge.peers import FakeIntune
-from tests.challenge.test_delegated import intune_settings, secret_file  # noqa: F401
+from tests.challenge.peers import FakeIntune, WebhookReceiver
+from tests.challenge.test_delegated import hook_secret, intune_settings, secret_file, webhook_settings  # noqa: F401
 from tests.factories import rsa_key
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # about HTTP, not storage
@@ -58,3 +58,25 @@ async def test_a_deeply_nested_error_description_is_a_scep_failure(server, secre
             async with s.post(f"{server.url}/scep/intune?operation=PKIOperation", data=body) as resp:
                 assert resp.status == 200, (depth, await resp.text())  # a CertRep FAILURE, not an internal error
     assert len(fake.actions()) == 150
+
+
+@pytest.mark.parametrize("host", ["intune..example.net", "a" * 64 + ".example.net"])
+async def test_a_discovered_endpoint_whose_host_cannot_be_looked_up_is_a_scep_failure(server, secret_file, host):
+    """A host name with an empty label or one of more than 63 characters: the resolver's IDNA encoding raised
+    UnicodeError, which no retry expected (HTTP 500)."""
+    async with FakeIntune() as fake, aiohttp.ClientSession() as s:
+        await add_profile(server, "intune", "delegated", intune_settings(fake, secret_file, retries=0))
+        fake.service_uri = f"https://{host}/ScepRequestValidationFEService/"
+        rep = await enrol(s, server, "intune", rsa_key(), "intune-challenge")
+    assert rep.status is PKIStatus.FAILURE and "unavailable" in rep.fail_text, rep.fail_text
+    assert fake.actions() == []
+
+
+async def test_a_webhook_whose_host_cannot_be_looked_up_is_a_scep_failure(server, hook_secret):
+    """The same host names as a profile's webhook URL: the profile is misconfigured (the call raised UnicodeError,
+    an HTTP 500 at every enrolment)."""
+    async with WebhookReceiver(allowed={"ok"}) as hook, aiohttp.ClientSession() as s:
+        await add_profile(server, "hook", "delegated", webhook_settings(hook, hook_secret,
+                                                                        url="https://hook..example.net/hook"))
+        rep = await enrol(s, server, "hook", rsa_key(), "ok")
+    assert rep.status is PKIStatus.FAILURE and "misconfigured" in rep.fail_text, rep.fail_text
