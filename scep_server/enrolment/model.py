@@ -3,7 +3,7 @@ answer being built, the errors, and the small rules about transaction ids and re
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -47,8 +47,9 @@ class EnrollmentRequest:
     profile: Profile
     message: codec.PKIMessage
     csr: x509.CertificateSigningRequest
-    csr_der: bytes
-    challenge: str | None
+    # never in a log line, an error or a traceback that shows this object: the challengePassword (the CSR has it)
+    csr_der: bytes = field(repr=False)
+    challenge: str | None = field(repr=False)
     renewal_of: CertRecord | None
     # the device a trusted source named for this enrolment (challenge expectations, Intune, pre-registration)
     device_id: str | None = None

@@ -220,7 +220,7 @@ def decrypt_envelope(envelope: bytes | PKIMessage, decrypt_cek: DecryptCEK, *,
 class RequestContent:
     """The decrypted and parsed pkcsPKIEnvelope of a request (RFC 8894 §3.3), by message type."""
 
-    der: bytes                                             # the inner content, as decrypted
+    der: bytes = field(repr=False)                         # the inner content, as decrypted (its challengePassword)
     cipher: ContentCipher
     csr: x509.CertificateSigningRequest | None = None      # PKCSReq, RenewalReq: signature verified
     public_key: object = None                              # PKCSReq, RenewalReq: the CSR's public key
