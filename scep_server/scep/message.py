@@ -471,12 +471,21 @@ def without_challenge_password(csr_der: bytes) -> bytes:
     return bytes(out)
 
 
+MAX_NAME_ATTRIBUTES = 64
+"""The attributes a Name in a CertPoll, GetCert or GetCRL may hold: a CA's name has a handful, a subject at most
+ca.policy.MAX_SUBJECT_ATTRIBUTES (32); a 64 KiB request would otherwise make thousands of them be built."""
+
+
 def _name(data: bytes, el: der.Element) -> x509.Name:
-    """An X.501 Name as a cryptography Name (RFC 5280 §4.1.2.4)."""
+    """An X.501 Name as a cryptography Name (RFC 5280 §4.1.2.4), of at most MAX_NAME_ATTRIBUTES attributes."""
     rdns = []
-    for rdn in der.children(data, der.expect(el, der.SEQUENCE, "Name")):
+    count = 0
+    for rdn in der.children(data, der.expect(el, der.SEQUENCE, "Name"), MAX_NAME_ATTRIBUTES):
         atvs = []
-        for atv in der.children(data, der.expect(rdn, der.SET, "RelativeDistinguishedName")):
+        for atv in der.children(data, der.expect(rdn, der.SET, "RelativeDistinguishedName"), MAX_NAME_ATTRIBUTES):
+            count += 1
+            if count > MAX_NAME_ATTRIBUTES:
+                raise der.DERError(f"more than {MAX_NAME_ATTRIBUTES} attributes in a Name")
             kids = der.children(data, der.expect(atv, der.SEQUENCE, "AttributeTypeAndValue"))
             if len(kids) != 2 or kids[0][0] != der.OID:
                 raise der.DERError("malformed AttributeTypeAndValue")
