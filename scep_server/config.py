@@ -138,7 +138,7 @@ class DatabaseSettings(BaseModel):
 
     url: str | None = Field(
         None, description="SQLAlchemy URL, e.g. postgresql://user:password@host/db; unset: SQLite "
-        "<data_dir>/scep.db", json_schema_extra={"secret": True})
+        "<data_dir>/scep.db", json_schema_extra={"secret": True}, repr=False)  # its password: in no repr
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = Field(
         "FULL", description="SQLite PRAGMA synchronous: FULL survives power loss (an accepted OTP stays accepted)")
     url_file: str | None = Field(

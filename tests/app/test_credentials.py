@@ -55,6 +55,15 @@ def test_the_database_url_comes_from_its_file(tmp_path):
     assert both.database_url() == "postgresql://other/db"
 
 
+def test_the_database_url_is_in_no_representation_of_the_settings():
+    """database.url is the one setting that holds a secret itself (its password): a repr of the settings (a log line,
+    an error or a traceback that shows them) leaves it out, as `config show` redacts it."""
+    settings = load_settings(None, database={"url": "postgresql://scep:s3cret-pw@db.example/scep"})
+    assert settings.database_url() == "postgresql://scep:s3cret-pw@db.example/scep"
+    for shown in (repr(settings), str(settings), repr(settings.database), str(settings.database)):
+        assert "s3cret-pw" not in shown and "pool_size=" in shown
+
+
 @pytest.mark.parametrize("content", [None, "", "\n"])
 def test_an_unreadable_or_empty_url_file_is_a_configuration_error_naming_the_key(tmp_path, content):
     url_file = tmp_path / "db-url"
