@@ -325,6 +325,10 @@ async def create_backup(settings: Settings, directory: Path, *, now: datetime, f
                     _private_copy(src, directory / rel)
                     add(rel)
         notes.append(f"CA directory: ca/{settings.ca.name}/" + "".join(f", ca/{p.name}/" for p in others))
+        previous = sorted(rel for rel in files if rel.endswith(".key.previous"))
+        if previous:
+            notes.append(f"{', '.join(previous)}: the keys encrypted with the passphrase before the last `ca passphrase "
+                         "change` (kept in the CA directory until removed; this backup's passphrase does not open them)")
         if (ca_dir.parent / ACTIVE_FILE).is_file():
             _private_copy(ca_dir.parent / ACTIVE_FILE, directory / "ca" / ACTIVE_FILE)
             add(f"ca/{ACTIVE_FILE}")

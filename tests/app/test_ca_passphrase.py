@@ -67,6 +67,17 @@ def test_change_reencrypts_every_key_and_replaces_the_passphrase_file(cli, tmp_p
     assert json.loads(rows[0].data)["keys"] == [f"default/{k}" for k in keys]
 
 
+def test_a_backup_names_the_keys_kept_under_the_previous_passphrase(cli, tmp_path):
+    """The <key>.previous files a change leaves open with the passphrase it retired: a backup copies them with the
+    rest of the CA directory, and says so."""
+    cli("ca", "passphrase", "change")
+    out = cli("backup", str(tmp_path / "backup"))
+    manifest = json.loads((tmp_path / "backup" / "manifest.json").read_text())
+    assert {"ca/default/ca.key.previous", "ca/default/ra.key.previous"} <= set(manifest["files"])
+    assert "ca/default/ca.key.previous, ca/default/ra.key.previous: the keys encrypted with the passphrase before " \
+           "the last `ca passphrase change`" in out
+
+
 def test_a_wrong_current_passphrase_changes_nothing(cli, tmp_path, monkeypatch):
     data = tmp_path / "data"
     directory = data / "ca" / "default"
