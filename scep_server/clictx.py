@@ -44,6 +44,8 @@ class Context:
 
     @contextlib.asynccontextmanager
     async def runtime(self, uses: "Uses | None" = None) -> AsyncIterator["Runtime"]:
+        import socket
+
         from sqlalchemy.exc import SQLAlchemyError
 
         from .runtime import CaKeysUnavailable, CapabilityOff, Uses, database_unusable, open_runtime
@@ -53,7 +55,8 @@ class Context:
                 yield rt
         except (FileNotFoundError, CapabilityOff, CaKeysUnavailable) as exc:
             raise click.ClickException(str(exc)) from None
-        except SQLAlchemyError as exc:  # unreachable, refused, read-only (a role without the right), not a database
+        except (SQLAlchemyError, ConnectionError, socket.gaierror, TimeoutError) as exc:
+            # refused, read-only (a role without the right), not a database; the driver's own connection errors
             raise click.ClickException(str(database_unusable(self.settings(), exc))) from None
 
 

@@ -171,3 +171,21 @@ def test_listing_commands_on_postgresql_with_select_rights_only(readonly_pg):
         (line,) = result.output.splitlines()
         assert line.startswith(f"Error: cannot use the database {url}: ProgrammingError: permission denied for "
                                "table "), line
+
+
+def test_commands_on_a_database_that_does_not_answer(tmp_path):
+    """The driver's own connection errors (refused, a host name that does not resolve) ended in a traceback."""
+    from tests.server import free_port
+
+    data = tmp_path / "data"
+    runner = CliRunner()
+    assert runner.invoke(main, ["--data-dir", str(data), "init", "--no-input"], env=_env()).exit_code == 0
+    for url in (f"postgresql://scep:s3cret@127.0.0.1:{free_port()}/scep",
+                "postgresql://scep:s3cret@no-such-host.invalid:5432/scep"):
+        for args in (["device", "list"], ["token", "list"], ["profile", "list"], ["otp-client", "list"],
+                     ["device", "add", "dev-2"]):
+            result = runner.invoke(main, ["--data-dir", str(data), *args], env=_env(SCEP_SERVER_DATABASE__URL=url))
+            assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (args, result.exception)
+            (line,) = result.output.splitlines()
+            assert line.startswith("Error: cannot use the database postgresql://scep:***@"), line
+            assert "s3cret" not in line
