@@ -149,13 +149,16 @@ async def bearer_caller(request: web.Request, scope: str, authenticate: Authenti
 # ---- JSON bodies ------------------------------------------------------------------------------------------
 
 MAX_DEPTH = 16
+MAX_VALUES = 10_000
+"""The most values (objects, arrays, keys, strings, numbers) a body may hold: the API's bodies hold a few dozen,
+and checking each value of a body of 120,000 numbers cost ten times the work of a request."""
 
 
 class BadJSON(BadRequest, ValueError):
     """The body is not an acceptable JSON object; the message says why (safe to show the caller).
 
     Refused: bytes that are not UTF-8 JSON, a top level that is not an object, nesting deeper than
-    ``MAX_DEPTH``, a repeated key in one object (parsers disagree on which one wins), NaN/Infinity and
+    ``MAX_DEPTH``, more than ``MAX_VALUES`` values, a repeated key in one object (parsers disagree on which one wins), NaN/Infinity and
     numbers too large for a float or for Python's integer-parsing limit, strings with a NUL or an unpaired
     surrogate (neither can be stored in PostgreSQL or encoded as UTF-8). The API bodies are flat, so none of
     these refusals costs a legitimate caller anything.
@@ -176,10 +179,14 @@ def _constant(name: str) -> Any:
 
 
 def _check(value: Any) -> None:
-    """Depth, strings and numbers of a parsed document, walked without recursion."""
+    """Depth, size, strings and numbers of a parsed document, walked without recursion."""
     stack = [(value, 1)]
+    seen = 0
     while stack:
         item, depth = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise BadJSON(f"the body holds more than {MAX_VALUES} values")
         if isinstance(item, str):
             if (why := unstorable(item)) is not None:
                 raise BadJSON(f"a string contains {why}")
@@ -222,6 +229,6 @@ async def read_json_object(request: web.Request, *, empty: dict[str, Any] | None
     return loads_object(raw)
 
 
-__all__ = ["MAX_DEPTH", "Authenticate", "BadJSON", "bearer_caller", "bearer_token",
+__all__ = ["MAX_DEPTH", "MAX_VALUES", "Authenticate", "BadJSON", "bearer_caller", "bearer_token",
            "error_response", "internal_error", "loads_object", "read_json_object", "text_errors", "unavailable",
            "wants_text", "www_authenticate"]

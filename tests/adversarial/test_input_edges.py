@@ -36,6 +36,15 @@ def test_a_body_that_is_not_one_plain_object_is_refused(raw):
         loads_object(raw)
 
 
+@pytest.mark.parametrize("raw", [
+    b'{"a": [' + b",".join([b"0"] * 120_000) + b"]}",            # 240 KB of numbers
+    b"{" + b",".join(b'"k%d": null' % i for i in range(10_000)) + b"}",  # 10,000 keys and their values
+])
+def test_a_body_of_more_than_10000_values_is_refused(raw):
+    with pytest.raises(BadJSON, match="more than 10000 values"):
+        loads_object(raw)
+    assert len(loads_object(b'{"a": [' + b",".join([b"0"] * 9_000) + b"]}")["a"]) == 9_000
+
 def test_a_plain_object_is_read():
     nested = {"a": "b"}
     for _ in range(MAX_DEPTH - 2):
