@@ -128,6 +128,8 @@ class CrlService:
             self._add_partitions(name, count)
         # CA name -> CRL Number served when a change was announced here (None: no CRL yet)
         self._pending: dict[str, int | None] = {}
+        # CAs with a status change made here: their partition sets look for unsigned changes on the way out (flush)
+        self._changed_here: set[str] = set()
         self._shown: dict[tuple[str, int, datetime], bool] = {}  # (ca, CRL number, change): whether it shows it
         self._marker_seen: datetime | None = None
         # when the safety net should look again because another process announced a change (monotonic time)
@@ -204,6 +206,7 @@ class CrlService:
             return
         if ca not in self._pending:
             self._pending[ca] = pub.current.number if pub.current else None
+        self._changed_here.add(ca)
         pub.notify_changed()
         parts = self.partitions.get(ca)
         if parts is not None:
@@ -265,16 +268,18 @@ class CrlService:
             await parts.stop()
 
     async def flush(self) -> list[PublishedCrl]:
-        """Publish now for every CA whose status changed here and has no CRL signed since (before exiting)."""
-        self.forget_published()
-        done = []
-        for ca in list(self._pending):
+        """Publish now for every CA whose status changed here and has no CRL signed since, and its partitions whose
+        changes are not signed yet (before exiting)."""
+        for ca in sorted(self._changed_here):
             parts = self.partitions.get(ca)
-            if parts is not None:  # the partition its certificate's CDP names: nobody else signs it
-                try:
+            if parts is not None:  # the partition a certificate's CDP names: nobody else signs it (the full CRL
+                try:  # shows the change); a change already signed here is not signed again
                     await parts.publish_changed()
                 except Exception as exc:  # noqa: BLE001 - a partition re-sign failing is logged (crl.publish.failed)
                     log.error("crl.flush.failed", ca=ca, error=f"{type(exc).__name__}: {exc}")
+        self.forget_published()
+        done = []
+        for ca in list(self._pending):
             try:
                 done.append(await self.publishers[ca].publish_now())
             except PublishError as exc:  # the server processes' safety net re-signs after the grace period
