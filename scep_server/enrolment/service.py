@@ -545,7 +545,15 @@ class ScepService:
         if record is None or record.status == "revoked":
             return Outcome(PKIStatus.FAILURE, fail_info=FailInfo.BAD_REQUEST,
                            fail_text="the certificate of this transaction has been revoked")
-        ca = self.cas[record.ca]
+        ca = self.cas.get(record.ca)
+        if ca is None and self.pick_up_cas is not None:  # issued by a CA another process activated just now
+            try:
+                await self.pick_up_cas()
+            except Exception as exc:  # noqa: BLE001 - answered 503 below, as ca_of does
+                log.warning("ca.load_failed", ca=record.ca, error=f"{exc.__class__.__name__}: {exc}")
+            ca = self.cas.get(record.ca)
+        if ca is None:
+            raise CaNotLoaded(f"the CA {record.ca!r} of certificate {record.serial} is not loaded here yet")
         return Outcome(PKIStatus.SUCCESS, content=codec.build_degenerate([record.der, ca.cert_der]),
                        serial=record.serial)
 

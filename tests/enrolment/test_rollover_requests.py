@@ -14,6 +14,7 @@ from cryptography import x509
 from scep_server.ca.authority import load_ca
 from scep_server.ca.rollover import activate, prepare
 from scep_server.enrolment import ScepService
+from scep_server.enrolment.model import CaNotLoaded
 from scep_server.enrolment.memory import InMemoryRepository
 from scep_server.profiles import Profile, ProfileSettings
 from scep_server.scep import FailInfo, MessageType, PKIStatus, client
@@ -123,3 +124,24 @@ async def test_get_cert_and_get_crl_of_the_previous_ca_after_activation(r):
     rep = await r.send(MessageType.GET_CERT, other, client.issuer_and_serial(r.new.cert.subject, int(before, 16)),
                        r.new, "get-cert-new")
     assert rep.status is PKIStatus.FAILURE and rep.fail_info is FailInfo.BAD_CERT_ID
+
+
+async def test_a_poll_at_a_process_that_has_not_loaded_the_new_ca_yet_is_answered_try_again(r):
+    """Another process activated the rollover and issued the certificate on approval; this one still reads the
+    profile on the previous CA and has not loaded the new one: the poll is answered 503 (try again, CaNotLoaded),
+    as a request for a profile whose CA is not loaded yet is, not an internal error."""
+    key = rsa_key()
+    txid = client.transaction_id_for(key.public_key())
+    enrolled = await r.send(MessageType.PKCS_REQ, key, client.make_csr(key, "dev", SECRET, ()), r.old, txid)
+    assert enrolled.status is PKIStatus.PENDING
+    await r.activate()
+    await r.service.decide("p", txid, approve=True, actor="admin")  # at the process that activated it
+    r.profile("default")  # what the lagging process's profile cache still says
+    poll = client.issuer_and_subject(r.old.cert.subject, x509.Name.from_rfc4514_string("CN=dev"))
+    lagging_service = r.make_service({"default": r.old})
+    try:
+        with pytest.raises(CaNotLoaded, match="default-g2"):
+            await lagging_service.pki_operation("p", request(MessageType.CERT_POLL, key, poll, r.old.ra_cert_der,
+                                                             txid))
+    finally:
+        await lagging_service.close()
