@@ -63,6 +63,9 @@ otp_yubikeys = sa.Table(
     sa.Index("ix_otp_yubikeys_status_serial", "status", "serial", "id"),  # the report of one status, in order
     sa.Index("ix_otp_yubikeys_user", "user_name"),
     sa.Index("ix_otp_yubikeys_last_user", "last_user"),
+    # the live keys sealed under another KEK than the one in use (/readyz at each call): two ranges of it
+    sa.Index("ix_otp_yubikeys_live_kek", "kek_id",
+             postgresql_where=sa.text("deleted_at IS NULL"), sqlite_where=sa.text("deleted_at IS NULL")),
 )
 
 # Key history and security events (enrolment, revocation, deletion, unknown/revoked key use...).

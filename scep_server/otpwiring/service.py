@@ -72,11 +72,19 @@ async def _sealed_keys(runtime: "Runtime") -> int:
     return keys + clients
 
 
+def other_kek_count(kek_id: str) -> sa.Select:
+    """How many live keys are sealed under another KEK than ``kek_id``: the keys below it and those above it, two
+    ranges of ix_otp_yubikeys_live_kek (an unauthenticated /readyz asks at each call: never a walk of every key)."""
+    def count(other: sa.ColumnElement[bool]) -> sa.ScalarSelect:
+        return (sa.select(sa.func.count()).select_from(otp_yubikeys)
+                .where(otp_yubikeys.c.deleted_at.is_(None), other).scalar_subquery())
+    return sa.select(count(otp_yubikeys.c.kek_id < kek_id) + count(otp_yubikeys.c.kek_id > kek_id))
+
+
 async def _kek_readiness(service: OtpService) -> str:
     """"ok" when every live key was sealed under the KEK in use (a replaced KEK fails every OTP)."""
     async with service.store.engine.connect() as conn:
-        others = (await conn.execute(sa.select(sa.func.count()).select_from(otp_yubikeys).where(
-            otp_yubikeys.c.deleted_at.is_(None), otp_yubikeys.c.kek_id != service.kek_id))).scalar_one()
+        others = (await conn.execute(other_kek_count(service.kek_id))).scalar_one()
     if others:
         return f"error: {others} YubiKey(s) sealed under another key-encryption key"
     return "ok"
