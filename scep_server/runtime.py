@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from trustkit.clock import Clock, utcnow
 from trustkit.db import create_engine
 
+from .ca.loaded import LoadedCas
 from .ca.names import ca_names
 from .config import Settings, enabled
 from .tokens import TokenStore
@@ -116,7 +117,7 @@ class Runtime:
     clock: Clock
     tokens: TokenStore
     # CA name -> CA (with its private keys); empty when the process did not open the keys
-    cas: "dict[str, CertificateAuthority]" = field(default_factory=dict)
+    cas: "LoadedCas" = field(default_factory=LoadedCas)
     revocation: "RevocationService | None" = None
     scep: "ScepService | None" = None
     crl: "CrlService | None" = None
@@ -463,7 +464,7 @@ async def open_runtime(settings: Settings, *, clock: Clock = utcnow, uses: Uses 
     try:
         async with contextlib.AsyncExitStack() as stack:
             runtime = Runtime(settings=settings, engine=engine, clock=clock, tokens=TokenStore(engine, clock=clock),
-                              cas=load_cas(settings) if uses.ca_keys else {})
+                              cas=LoadedCas(load_cas(settings) if uses.ca_keys else {}))
             stack.callback(release_keys, runtime.cas)  # last, after the SCEP threads have stopped
             if uses.revocation:
                 from .ca.revocation import RevocationService

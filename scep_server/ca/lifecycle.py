@@ -124,8 +124,7 @@ async def pick_up_cas(runtime: "Runtime") -> list[str]:
         names = [name for name in names if name in runtime.cas or name in loaded]
         ordered = {name: runtime.cas.get(name) or loaded[name] for name in names}
         ordered.update((name, ca) for name, ca in runtime.cas.items() if name not in ordered)
-        runtime.cas.clear()  # the same mapping: the SCEP service and the others read it
-        runtime.cas.update(ordered)
+        runtime.cas.replace(ordered)  # the same mapping, which the SCEP service's threads read (ca/loaded.py)
         for name in loaded:
             log.info("ca.loaded", ca=name, issuing=name == names[0],
                      subject=loaded[name].cert.subject.rfc4514_string())
