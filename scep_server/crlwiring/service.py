@@ -31,6 +31,7 @@ from crl.publish import PublishedCrl, Publisher, PublishError
 from crl.signing import CrlSigner, algorithm_for_public_key
 
 from trustkit.clock import aware
+from trustkit.problems import ServiceUnavailable
 
 from .. import metrics
 from ..ca import inventory
@@ -61,6 +62,12 @@ def is_command_line(actor: str | None) -> bool:
     return actor is not None and (actor == "cli" or actor.startswith("cli:"))
 
 _HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+
+
+class CrlNotReady(ServiceUnavailable):
+    """SCEP GetCRL for a CA whose CRL this process cannot give yet (HTTP 503, try again)."""
+
+    code = "crl_not_ready"
 
 
 class CrlError(Exception):
@@ -462,11 +469,18 @@ class CrlService:
         return await pub.publish_now()
 
     async def crl_source(self, ca: str) -> bytes:
-        """SCEP GetCRL (RFC 8894 §3.3.4): the same DER bytes as /crl/{ca}.crl."""
-        pub = self.publisher(ca)
+        """SCEP GetCRL (RFC 8894 §3.3.4): the same DER bytes as /crl/{ca}.crl. CrlNotReady (try again) while this
+        process has none to give: a CA just picked up (a rollover activated elsewhere) whose publisher is not made
+        yet, or a first CRL that could not be signed."""
+        pub = self.publishers.get(ca)
+        if pub is None:
+            raise CrlNotReady(f"the CRL of CA {ca!r} is not published by this process yet; try again")
         cur = pub.current
         if cur is None:
-            cur = await self.current(ca)
+            try:
+                cur = await self.current(ca)
+            except PublishError:  # logged by the publisher
+                raise CrlNotReady(f"the CRL of CA {ca!r} could not be signed; try again") from None
         return cur.der
 
     def readiness(self) -> str:
