@@ -88,9 +88,11 @@ class ServerSettings(BaseModel):
             parts = urlsplit(v)
         except ValueError:
             parts = None
+        # user info would be written into every certificate's CRL and CA certificate URLs, for anyone to read
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
-                or parts.fragment:
-            raise ValueError("expected an http or https URL without query or fragment, e.g. https://scep.example.com")
+                or parts.fragment or "@" in parts.netloc:
+            raise ValueError("expected an http or https URL without user info, query or fragment, e.g. "
+                             "https://scep.example.com")
         return v
 
     @field_validator("listen")

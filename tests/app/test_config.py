@@ -28,6 +28,10 @@ def test_file_then_environment_then_flags(tmp_path, monkeypatch):
     ('[ca]\nkey_size = 1024\n', "ca.key_size"),
     ('[database]\nsqlite_synchronous = "SOMETIMES"\n', "database.sqlite_synchronous"),
     ('[nosuchsection]\nx = 1\n', "nosuchsection"),
+    # user info in the base URL would be written into every certificate's CRL and CA certificate URLs
+    ('[server]\nbase_url = "https://admin:s3cret@scep.example.com"\n', "server.base_url"),
+    ('[server]\nbase_url = "https://admin@scep.example.com"\n', "server.base_url"),
+    ('[server]\nbase_url = "https://scep.example.com/?a=b"\n', "server.base_url"),
 ])
 def test_invalid_configuration_names_the_key(tmp_path, text, key):
     cfg = tmp_path / "c.toml"
