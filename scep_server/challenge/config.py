@@ -78,6 +78,11 @@ class IntuneSettings(BaseModel):
     api_version: str = "2018-02-20"
     timeout_seconds: float = Field(10.0, gt=0, le=120)
     retries: int = Field(2, ge=0, le=5)
+    # the retries nest (a 404 rediscovers the endpoint, a discovery may fetch a token, each with its retries): one
+    # ScepActions call with all it needs ends within this, well under a SCEP client's HTTP timeout (60-120 s)
+    deadline_seconds: float = Field(20.0, gt=0, le=60, description=(
+        "the longest one ScepActions call (validateRequest, a success or failure notification) may take, with the "
+        "token and service-discovery requests it needs and every retry; past it Intune is unavailable"))
     discovery_cache_seconds: int = Field(3600, ge=0)
     # a larger answer (token, discovery or ScepActions) is refused unread: Intune is unavailable
     max_response_bytes: int = Field(256 * 1024, ge=1024, le=16 * 1024 * 1024)

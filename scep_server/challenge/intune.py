@@ -3,7 +3,8 @@
 OAuth2 client credentials (Entra app with ``scep_challenge_provider``), service discovery through
 Microsoft Graph (``ScepRequestValidationFEService``), then ``ScepActions/validateRequest``,
 ``successNotification`` and ``failureNotification``. Tokens and the discovered URL are cached; every
-call has a timeout and a bounded number of retries; a 401 drops the token and retries once.
+call has a timeout and a bounded number of retries; a 401 drops the token and retries once. One ScepActions call,
+with the token and discovery requests it needs and all their retries, ends within ``deadline_seconds``.
 """
 from __future__ import annotations
 
@@ -180,7 +181,12 @@ class IntuneClient:
                 self._service = None
                 raise
 
-        body = await self._retrying(action, once)
+        try:
+            async with asyncio.timeout(s.deadline_seconds):
+                body = await self._retrying(action, once)
+        except TimeoutError:  # the deadline's (a call's own time-out is retried, then IntuneUnavailable)
+            raise IntuneUnavailable(f"{action}: no answer within the deadline of {s.deadline_seconds:g}s (token, "
+                                    f"service discovery and retries included)") from None
         code = str(body.get("code", ""))[:100]
         # the peer's value as bounded text: a structure nested deep enough cannot be rendered into the log line
         description = str(body.get("errorDescription") or "")[:300]
