@@ -276,6 +276,10 @@ class MdmSettings(BaseModel):
         "manages it again")
     timeout_seconds: float = Field(30.0, gt=0, le=300, description="timeout of each outbound call to the MDM "
                                    "(token, inventory pages)")
+    sync_timeout_seconds: float = Field(
+        3600.0, gt=0, le=86400, description="a sync that has not read the whole inventory (every page of every "
+        "listing, token requests included) within this fails and changes nothing; the periodic sync's claim of a "
+        "source lasts sync_interval_seconds plus this, so that no other process reads the source meanwhile")
     brake_share: float = Field(
         0.1, ge=0, le=1, description="a sync that would take down (suspend, deactivate or delete) more than this "
         "share of the source's known devices, and more than brake_devices of them, applies nothing until an "

@@ -3,7 +3,6 @@ periodic sync of every configured source (one process of the deployment per sour
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import structlog
@@ -45,8 +44,7 @@ class MdmFeature:
             while True:
                 try:
                     for source in await svc.sources():
-                        if await svc.claim(source["name"], hold=timedelta(seconds=interval)):
-                            await svc.sync(source["name"], actor=f"mdm:{source['name']}")
+                        await svc.periodic_sync(source["name"])
                 except Exception:  # noqa: BLE001 - a database or MDM fault must not end the job
                     log.exception("mdm.sync_failed")
                 await asyncio.sleep(min(60.0, interval))

@@ -7,6 +7,7 @@ the source's last outcome). A dry run plans the same changes and applies none.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import hmac
@@ -278,13 +279,20 @@ class MdmService:
         report = SyncReport(name, dry_run)
         state = {"delta_link": row.delta_link, "directory_disabled": json.loads(row.directory_disabled or "[]")}
         read_started = self.clock()
+        # a peer answering each page just inside timeout_seconds could keep one sync reading for days
+        deadline = asyncio.timeout(self.settings.sync_timeout_seconds)
         try:
-            records, state = await self.reader({"kind": row.kind, **json.loads(row.config)}, state)
+            async with deadline:
+                records, state = await self.reader({"kind": row.kind, **json.loads(row.config)}, state)
         except MdmUnavailable as exc:
             report.error = str(exc)[:500]
         except Exception as exc:  # noqa: BLE001 - an answer no check foresaw: a failed sync, not a 500
-            log.exception("mdm.sync_failed")
-            report.error = f"the inventory could not be read: {type(exc).__name__}"
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                report.error = (f"the inventory was not read within {self.settings.sync_timeout_seconds:g} s "
+                                f"([mdm] sync_timeout_seconds)")
+            else:
+                log.exception("mdm.sync_failed")
+                report.error = f"the inventory could not be read: {type(exc).__name__}"
         if report.error is None:
             report.records = len(records)
             by_id: dict[str, Record] = {}
@@ -358,6 +366,32 @@ class MdmService:
             res = await conn.execute(mdm_sources.update().where(mdm_sources.c.name == name, cond)
                                      .values(sync_claimed_until=now + hold))
             return res.rowcount == 1
+
+    async def periodic_sync(self, name: str) -> SyncReport | None:
+        """The source's periodic sync, when it is due and no other process has claimed it (None: not run here).
+
+        The claim lasts the sync interval plus ``sync_timeout_seconds``: no other process (of any instance) reads
+        the source while this sync may still be reading it. Once the sync has ended, the claim is cut back to one
+        interval from when it was made, so the period stays the interval."""
+        interval = timedelta(seconds=self.settings.sync_interval_seconds)
+        claimed_at = self.clock()
+        if not await self.claim(name, hold=interval + timedelta(seconds=self.settings.sync_timeout_seconds)):
+            return None
+        try:
+            return await self.sync(name, actor=f"mdm:{name}")
+        finally:
+            await self._release(name, until=claimed_at + interval)
+
+    async def _release(self, name: str, *, until: datetime) -> None:
+        """End the source's claim at `until` when it lasts longer."""
+        async with writer(self.engine).begin() as conn:
+            row = (await conn.execute(sa.select(mdm_sources.c.sync_claimed_until)
+                                      .where(mdm_sources.c.name == name))).first()
+            if row is None or row.sync_claimed_until is None or aware(row.sync_claimed_until) <= until:
+                return
+            await conn.execute(mdm_sources.update().where(
+                mdm_sources.c.name == name, mdm_sources.c.sync_claimed_until == row.sync_claimed_until)
+                .values(sync_claimed_until=until))
 
     # ------------------------------------------------------------------ webhooks
 
