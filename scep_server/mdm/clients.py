@@ -23,6 +23,7 @@ Microsoft Graph (application permissions DeviceManagementManagedDevices.Read.All
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
@@ -37,6 +38,9 @@ MAX_PAGES = 10_000  # 1,000,000 devices at 100 per page
 MAX_RECORDS = 1_000_000  # devices of one listing; a peer that lists more is unreadable, not believed
 PAGE_SIZE = 100
 MANAGED_DEVICE_FIELDS = ("id", "azureADDeviceId", "serialNumber", "deviceName")  # what records are read from
+# what a sync holds is bounded by its records, not by the size of the answers: a device id longer than ours (the
+# devices table's 64 characters) names no device of ours and is not kept, nor is a longer Jamf id
+MAX_ID = 64
 
 
 class MdmUnavailable(Exception):
@@ -111,6 +115,17 @@ def _text(value: Any, limit: int = 255) -> str:
     return value[:limit] if isinstance(value, str) else ""
 
 
+def _kept(key: str, value: Any) -> Any:
+    """What is kept of a Graph managed device's property: a string cut short (an id cut to one character more
+    than ours still names none of our devices; the name to 255 characters), None, or False for anything else (not
+    a string either, and no longer held)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return False
+    return value[:255] if key == "deviceName" else value[:MAX_ID + 1]
+
+
 def _dig(item: Any, *path: str) -> Any:
     for key in path:
         if not isinstance(item, dict):
@@ -152,8 +167,10 @@ class JamfClient(_OAuthClient):
                                      f"{total} devices); read again at the next sync")
             for item in results:
                 jamf_id = item.get(id_key) if isinstance(item, dict) else None
-                if not isinstance(jamf_id, (str, int)) or isinstance(jamf_id, bool) or str(jamf_id) in ids:
-                    raise MdmUnavailable(f"{path}: a record without its {id_key}, or listed twice")
+                if not isinstance(jamf_id, (str, int)) or isinstance(jamf_id, bool) or len(str(jamf_id)) > MAX_ID \
+                        or str(jamf_id) in ids:
+                    raise MdmUnavailable(f"{path}: a record without its {id_key}, one of more than {MAX_ID} "
+                                         f"characters, or one listed twice")
                 ids.add(str(jamf_id))
                 yield item
             # the total only hints where the listing ends: it ends at a page that is not full, and then with
@@ -176,7 +193,7 @@ class JamfClient(_OAuthClient):
         if self.id_field == "serial_number" and not isinstance(item.get("hardware"), dict):
             raise MdmUnavailable("a device record without its serial number (the HARDWARE section)")
         key = udid if self.id_field == "udid" else serial
-        if not isinstance(key, str) or not key:
+        if not isinstance(key, str) or not key or len(key) > MAX_ID:
             return None
         state = MdmState.MANAGED if managed else MdmState.UNMANAGED
         return Record(device_id=key, mdm_id=_text(str(mdm_id) if mdm_id is not None else ""), state=state,
@@ -213,7 +230,8 @@ class GraphClient(_OAuthClient):
     async def _follow(self, url: str, params: Any = None) -> AsyncIterator[dict]:
         """Every item of a paged Graph collection; the last page's body is returned through `self.last`. A next
         link seen before, or more than MAX_RECORDS items, makes the collection unreadable."""
-        links, count = {url}, 0
+        # the links followed, as digests: a next link may be as long as a page
+        links, count = {hashlib.sha256(url.encode()).digest()}, 0
         for _ in range(MAX_PAGES):
             body = await self.get(url, params)
             params = None  # a next link carries its query
@@ -233,9 +251,10 @@ class GraphClient(_OAuthClient):
                 return
             if not nxt.startswith(self.graph + "/"):
                 raise MdmUnavailable("a next link outside the Graph endpoint")
-            if nxt in links:
+            digest = hashlib.sha256(nxt.encode("utf-8", "surrogatepass")).digest()
+            if digest in links:
                 raise MdmUnavailable("a next link that was followed before")
-            links.add(nxt)
+            links.add(digest)
             url = nxt
         raise MdmUnavailable(f"more than {MAX_PAGES} pages")
 
@@ -243,7 +262,7 @@ class GraphClient(_OAuthClient):
         """The managed devices, each with the properties asked for only (a Graph that does not honour $select
         answers all of them: kept, they would hold kilobytes per device)."""
         url = f"{self.graph}/v1.0/deviceManagement/managedDevices"
-        return [{k: d[k] for k in MANAGED_DEVICE_FIELDS if k in d}
+        return [{k: _kept(k, d[k]) for k in MANAGED_DEVICE_FIELDS if k in d}
                 async for d in self._follow(url, {"$select": ",".join(MANAGED_DEVICE_FIELDS)})]
 
     async def entra_changes(self, delta_link: str | None) -> tuple[dict[str, bool | None], str | None]:
@@ -256,7 +275,7 @@ class GraphClient(_OAuthClient):
         out: dict[str, bool | None] = {}
         async for d in self._follow(url, params):
             device_id = d.get("deviceId")
-            if not isinstance(device_id, str):
+            if not isinstance(device_id, str) or len(device_id) > MAX_ID:  # names no device we can track
                 continue
             out[device_id] = None if "@removed" in d else d.get("accountEnabled") is not False
         link = self.last.get("@odata.deltaLink")
@@ -275,8 +294,8 @@ class GraphClient(_OAuthClient):
             key = d[field_of[self.id_field]]
             if key is not None and not isinstance(key, str):
                 raise MdmUnavailable(f"a managed device whose {field_of[self.id_field]} is not a string")
-            if not key:  # a device with no such value (no serial number known): it names no device of ours
-                continue
+            if not key or len(key) > MAX_ID:  # no such value (no serial number known), or one longer than ours:
+                continue  # it names no device of ours
             state = MdmState.DISABLED if isinstance(aad, str) and enabled.get(aad) is False else MdmState.MANAGED
             out.append(Record(device_id=key, mdm_id=_text(d.get("id")), state=state, name=_text(d.get("deviceName"))))
         return out
