@@ -7,7 +7,7 @@ answer of a request that cannot be answered (malformedRequest, unauthorized, try
 
 Bounds (the request is parsed before anything about it is trusted): the DER size (`MAX_REQUEST_BYTES` unless
 the caller names another), the number of CertIDs (`MAX_CERT_IDS`), the nonce length (RFC 8954: 1 to 32 octets),
-the serial number's length (`MAX_SERIAL_OCTETS`).
+the serial number's length (`MAX_SERIAL_OCTETS`), the hash algorithm's parameters (absent or NULL).
 Only SHA-1 and SHA-256 CertID hashes are matched; an unparsable request of any kind raises `MalformedRequest`.
 """
 from __future__ import annotations
@@ -98,6 +98,9 @@ def _parse(der: bytes, max_cert_ids: int) -> OcspRequest:
     for item in requests:
         cid = item["req_cert"]
         alg = cid["hash_algorithm"]["algorithm"]
+        if cid["hash_algorithm"].contents not in (alg.dump(), alg.dump() + b"\x05\x00"):
+            # echoed with the CertID and kept with its response, as a serial number is (RFC 5754 §2: absent or NULL)
+            raise MalformedRequest("a CertID's hash algorithm has parameters (only an absent or NULL one is read)")
         name = alg.native if alg.dotted in _HASH_OIDS else alg.dotted
         name_hash, key_hash = cid["issuer_name_hash"].native, cid["issuer_key_hash"].native
         if not isinstance(name_hash, bytes) or not isinstance(key_hash, bytes):
