@@ -348,24 +348,25 @@ class MdmService:
                                      "skipped": len(report.skipped), "error": report.error,
                                      "held": report.held["takedowns"] if report.held else None})
 
-    async def claim(self, name: str, *, hold: timedelta) -> bool:
-        """Whether this process runs the source's periodic sync now: due, and not claimed by another process."""
+    async def claim(self, name: str, *, hold: timedelta) -> datetime | None:
+        """Whether this process runs the source's periodic sync now: due, and not claimed by another process. The
+        end of the claim it made (truthy), or None."""
         now = self.clock()
         interval = timedelta(seconds=self.settings.sync_interval_seconds)
         async with writer(self.engine).begin() as conn:
             row = (await conn.execute(sa.select(mdm_sources.c.sync_claimed_until, mdm_sources.c.last_sync_at)
                                       .where(mdm_sources.c.name == name))).first()
             if row is None:
-                return False
+                return None
             claimed = aware(row.sync_claimed_until) if row.sync_claimed_until else None
             last = aware(row.last_sync_at) if row.last_sync_at else None
             if (claimed is not None and claimed > now) or (last is not None and now - last < interval):
-                return False
+                return None
             cond = (mdm_sources.c.sync_claimed_until.is_(None) if row.sync_claimed_until is None
                     else mdm_sources.c.sync_claimed_until == row.sync_claimed_until)
             res = await conn.execute(mdm_sources.update().where(mdm_sources.c.name == name, cond)
                                      .values(sync_claimed_until=now + hold))
-            return res.rowcount == 1
+            return now + hold if res.rowcount == 1 else None
 
     async def periodic_sync(self, name: str) -> SyncReport | None:
         """The source's periodic sync, when it is due and no other process has claimed it (None: not run here).
@@ -375,19 +376,22 @@ class MdmService:
         interval from when it was made, so the period stays the interval."""
         interval = timedelta(seconds=self.settings.sync_interval_seconds)
         claimed_at = self.clock()
-        if not await self.claim(name, hold=interval + timedelta(seconds=self.settings.sync_timeout_seconds)):
+        claimed = await self.claim(name, hold=interval + timedelta(seconds=self.settings.sync_timeout_seconds))
+        if claimed is None:
             return None
         try:
             return await self.sync(name, actor=f"mdm:{name}")
         finally:
-            await self._release(name, until=claimed_at + interval)
+            await self._release(name, claimed=claimed, until=claimed_at + interval)
 
-    async def _release(self, name: str, *, until: datetime) -> None:
-        """End the source's claim at `until` when it lasts longer."""
+    async def _release(self, name: str, *, claimed: datetime, until: datetime) -> None:
+        """End this process's claim (the one ending at `claimed`) at `until` when it lasts longer; a claim another
+        process made since (this sync outlasted its own) is left as it is."""
         async with writer(self.engine).begin() as conn:
             row = (await conn.execute(sa.select(mdm_sources.c.sync_claimed_until)
                                       .where(mdm_sources.c.name == name))).first()
-            if row is None or row.sync_claimed_until is None or aware(row.sync_claimed_until) <= until:
+            if row is None or row.sync_claimed_until is None or aware(row.sync_claimed_until) != claimed \
+                    or claimed <= until:
                 return
             await conn.execute(mdm_sources.update().where(
                 mdm_sources.c.name == name, mdm_sources.c.sync_claimed_until == row.sync_claimed_until)

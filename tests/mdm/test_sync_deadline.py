@@ -123,3 +123,40 @@ async def test_the_periodic_claim_outlasts_the_sync_and_the_period_stays_the_int
     clock.advance(timedelta(seconds=900))  # a finished sync's claim does not hold the next period back
     assert (await svc.periodic_sync("jamf")).error is None
     assert len(reads) == 3
+
+
+async def test_a_sync_that_outlasts_its_claim_leaves_the_next_claim_alone(engine):
+    """A sync still running when its claim ran out (it applied changes for longer than an interval after reading):
+    the process that claimed the source since and reads it now keeps its claim; the first one ending did not
+    cut it back to one interval from its own claim (in the past), and a third process read the source at once."""
+    clock = SettableClock(START)
+    devices = DeviceStore(engine, clock=clock)
+    fake = FakeMdm()
+    settings = MdmSettings(sync_interval_seconds=900, sync_timeout_seconds=3600)
+    first, second, third = (MdmService(engine, devices, settings, reader=fake, clock=clock) for _ in range(3))
+    await first.configure("jamf", "jamf", JAMF, actor="t")
+    await devices.create("dev-0", actor="t")
+    fake.records = [Record("dev-0", "1", MdmState.MANAGED)]
+    reads, tasks = [], []
+    second_reading, second_may_end = asyncio.Event(), asyncio.Event()
+
+    async def read():
+        reads.append(clock())
+        if len(reads) == 1:  # the first sync runs past its claim: the second process claims and reads
+            clock.advance(timedelta(seconds=900 + 3600 + 100))
+            tasks.append(asyncio.create_task(second.periodic_sync("jamf")))
+            await asyncio.wait_for(second_reading.wait(), 10)
+        elif len(reads) == 2:
+            second_reading.set()
+            await asyncio.wait_for(second_may_end.wait(), 10)
+
+    fake.during_read = read
+    assert (await first.periodic_sync("jamf")).error is None
+    clock.advance(timedelta(seconds=900))  # one interval after the first sync ended: the second is still reading
+    try:
+        assert await third.periodic_sync("jamf") is None
+        assert len(reads) == 2
+    finally:
+        second_may_end.set()
+        second_report = await asyncio.wait_for(tasks[0], 10)
+    assert second_report.error is None and len(reads) == 2
