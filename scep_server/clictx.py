@@ -53,11 +53,18 @@ class Context:
         try:
             async with open_runtime(self.settings(), uses=uses or Uses()) as rt:
                 yield rt
-        except (FileNotFoundError, CapabilityOff, CaKeysUnavailable) as exc:
-            raise click.ClickException(str(exc)) from None
         except (SQLAlchemyError, ConnectionError, socket.gaierror, TimeoutError) as exc:
             # refused, read-only (a role without the right), not a database; the driver's own connection errors
             raise click.ClickException(str(database_unusable(self.settings(), exc))) from None
+        except OSError as exc:
+            if exc.errno is not None and exc.filename is None:  # the driver's: no route to the host (EHOSTUNREACH,
+                # ENETUNREACH), no PostgreSQL socket in the ?host= directory (ENOENT); a file's error names the file
+                raise click.ClickException(str(database_unusable(self.settings(), exc))) from None
+            if isinstance(exc, FileNotFoundError):  # no CA yet
+                raise click.ClickException(str(exc)) from None
+            raise
+        except (CapabilityOff, CaKeysUnavailable) as exc:
+            raise click.ClickException(str(exc)) from None
 
 
     def read(self, fn: Callable[[Any], Awaitable[T]]) -> T:

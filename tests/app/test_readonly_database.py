@@ -189,3 +189,32 @@ def test_commands_on_a_database_that_does_not_answer(tmp_path):
             (line,) = result.output.splitlines()
             assert line.startswith("Error: cannot use the database postgresql://scep:***@"), line
             assert "s3cret" not in line
+
+
+def test_commands_on_a_database_the_system_cannot_reach(tmp_path):
+    """The system's own errors on the way to the database (no route to its host, no PostgreSQL socket in the
+    `?host=` directory) ended in a traceback, or in "[Errno 2] No such file or directory" naming nothing."""
+    import socket
+
+    data = tmp_path / "data"
+    runner = CliRunner()
+    assert runner.invoke(main, ["--data-dir", str(data), "init", "--no-input"], env=_env()).exit_code == 0
+    (tmp_path / "sockets").mkdir()
+    real_connect = socket.socket.connect
+
+    def no_route(sock, address):  # the kernel's answer for an address no route leads to
+        if isinstance(address, tuple) and address[0] == "192.0.2.1":
+            raise OSError(113, "No route to host")
+        return real_connect(sock, address)
+
+    for url, reason in ((f"postgresql://scep:s3cret@/scep?host={tmp_path}/sockets", "No such file or directory"),
+                        ("postgresql://scep:s3cret@192.0.2.1:5432/scep", "No route to host")):
+        for args in (["device", "list"], ["profile", "list"], ["device", "add", "dev-2"]):
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(socket.socket, "connect", no_route)
+                result = runner.invoke(main, ["--data-dir", str(data), *args],
+                                       env=_env(SCEP_SERVER_DATABASE__URL=url))
+            assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (args, result.exception)
+            (line,) = result.output.splitlines()
+            assert line.startswith("Error: cannot use the database postgresql://scep:***@"), line
+            assert reason in line and "s3cret" not in line, line
