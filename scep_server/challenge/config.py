@@ -82,7 +82,8 @@ class IntuneSettings(BaseModel):
     # ScepActions call with all it needs ends within this, well under a SCEP client's HTTP timeout (60-120 s)
     deadline_seconds: float = Field(20.0, gt=0, le=60, description=(
         "the longest one ScepActions call (validateRequest, a success or failure notification) may take, with the "
-        "token and service-discovery requests it needs and every retry; past it Intune is unavailable"))
+        "token and service-discovery requests it needs and every retry (never less than timeout_seconds); past it "
+        "Intune is unavailable"))
     discovery_cache_seconds: int = Field(3600, ge=0)
     # a larger answer (token, discovery or ScepActions) is refused unread: Intune is unavailable
     max_response_bytes: int = Field(256 * 1024, ge=1024, le=16 * 1024 * 1024)

@@ -181,11 +181,14 @@ class IntuneClient:
                 self._service = None
                 raise
 
+        # never shorter than one call's own time-out: a profile whose timeout_seconds is longer (up to 120) had each
+        # call wait that long, and a slow but answering Intune enrols as it did
+        deadline = max(s.deadline_seconds, s.timeout_seconds)
         try:
-            async with asyncio.timeout(s.deadline_seconds):
+            async with asyncio.timeout(deadline):
                 body = await self._retrying(action, once)
         except TimeoutError:  # the deadline's (a call's own time-out is retried, then IntuneUnavailable)
-            raise IntuneUnavailable(f"{action}: no answer within the deadline of {s.deadline_seconds:g}s (token, "
+            raise IntuneUnavailable(f"{action}: no answer within the deadline of {deadline:g}s (token, "
                                     f"service discovery and retries included)") from None
         code = str(body.get("code", ""))[:100]
         # the peer's value as bounded text: a structure nested deep enough cannot be rendered into the log line

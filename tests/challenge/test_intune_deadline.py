@@ -65,3 +65,15 @@ def test_the_deadline_is_well_under_a_scep_clients_timeout():
     for bad in (0, 61):
         with pytest.raises(ValidationError):
             IntuneSettings(**base, deadline_seconds=bad)
+
+
+@sqlite_only
+async def test_the_deadline_never_cuts_one_call_short_of_its_own_time_out(server, secret_file):
+    """A profile whose timeout_seconds is longer than deadline_seconds (timeout_seconds may be up to 120, the
+    deadline's default is 20): a validateRequest answered within its time-out still enrols, as before the deadline."""
+    async with FakeIntune(delays={"validateRequest": 1.0}) as fake, aiohttp.ClientSession() as s:
+        await add_profile(server, "intune", "delegated", intune_settings(
+            fake, secret_file, timeout_seconds=3, retries=0, deadline_seconds=0.5))
+        rep = await asyncio.wait_for(enrol(s, server, "intune", rsa_key(), "intune-challenge"), 10)
+    assert rep.status is PKIStatus.SUCCESS, rep.fail_text
+    assert fake.actions() == ["validateRequest", "successNotification"]
