@@ -11,21 +11,9 @@ from cryptography import x509
 
 from scep_server.scep import MessageType, PKIStatus, client, cms, oids
 from scep_server.scep.types import Digest
-from tests.enrolment.test_rules import SECRET, Harness, refused
-from tests.factories import make_ca, rsa_key
+from tests.enrolment.test_rules import SECRET, Harness, ca, h, refused  # noqa: F401  (fixtures)
+from tests.factories import rsa_key
 from trustkit import der
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory):
-    return make_ca(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture
-async def h(ca):
-    harness = Harness(ca)
-    yield harness
-    await harness.service.close()
 
 
 def request(h: Harness, message_type: MessageType, key, content: bytes, txid: str) -> bytes:

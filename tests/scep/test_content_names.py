@@ -12,23 +12,11 @@ from cryptography import x509
 
 from scep_server.scep import FailInfo, MessageType, PKIStatus, SCEPFailure, client, parse_issuer_and_serial
 from scep_server.scep import parse_issuer_and_subject
-from tests.enrolment.test_rules import Harness
-from tests.factories import make_ca, rsa_key
+from tests.enrolment.test_rules import ca, h  # noqa: F401  (fixtures)
+from tests.factories import rsa_key
 from trustkit import der
 
 MAX_NAME_ATTRIBUTES = 64  # scep_server.scep.message.MAX_NAME_ATTRIBUTES
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory):
-    return make_ca(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture
-async def h(ca):
-    harness = Harness(ca)
-    yield harness
-    await harness.service.close()
 
 
 def name_of(n: int, *, one_rdn: bool = False) -> bytes:

@@ -13,7 +13,7 @@ from cryptography import x509
 
 from scep_server.scep import FailInfo, MessageType, PKIStatus, client, cms, oids
 from scep_server.scep.types import ContentCipher, Digest
-from tests.enrolment.test_rules import SECRET, Harness
+from tests.enrolment.test_rules import SECRET, Harness, ca, h  # noqa: F401  (fixtures)
 from tests.factories import make_ca, rsa_key
 from trustkit import der
 
@@ -21,21 +21,9 @@ MAX_RECIPIENTS = 16  # scep_server.scep.cms.MAX_RECIPIENTS
 
 
 @pytest.fixture(scope="module")
-def ca(tmp_path_factory):
-    return make_ca(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture(scope="module")
 def stranger(tmp_path_factory):
     """Another CA: its RA certificate is named by the RecipientInfos that are not ours."""
     return make_ca(tmp_path_factory.mktemp("stranger"))
-
-
-@pytest.fixture
-async def h(ca):
-    harness = Harness(ca)
-    yield harness
-    await harness.service.close()
 
 
 def envelope(content: bytes, ours: bytes, other: bytes, extra: int, *, tiny: bool) -> bytes:
