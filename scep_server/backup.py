@@ -305,12 +305,20 @@ async def create_backup(settings: Settings, directory: Path, *, now: datetime, f
 
         # 1. the database (the online backup runs on a thread: the event loop, if a server shares it, keeps going)
         if postgres:
-            revisions, crl_numbers = await _pg_facts(url)
+            try:
+                revisions, crl_numbers = await _pg_facts(url)
+            except Exception as exc:
+                _database_unusable(settings, exc)
+                raise
             database = {"kind": "postgresql", "included": False}
             notes.append(f"database: not included (PostgreSQL): {pg_dump_command(url, directory)}")
         else:
             target = directory / DATABASE_FILE
-            await asyncio.to_thread(_online_backup, _sqlite_path(url), target)
+            try:
+                await asyncio.to_thread(_online_backup, _sqlite_path(url), target)
+            except sqlite3.Error as exc:  # not a database, unreadable; or the copy cannot be written
+                raise BackupError(f"cannot copy the database {_sqlite_path(url)}: {type(exc).__name__}: {exc}") \
+                    from None
             revisions, crl_numbers = await asyncio.to_thread(_read_copy, target)
             add(DATABASE_FILE)
             database = {"kind": "sqlite", "file": DATABASE_FILE}
@@ -377,6 +385,14 @@ async def create_backup(settings: Settings, directory: Path, *, now: datetime, f
             directory.rmdir()
         raise
     return BackupResult(directory, manifest, notes)
+
+
+def _database_unusable(settings: Settings, exc: BaseException) -> None:
+    """BackupError naming the configured database (never its password) and why, where `exc` is its failure."""
+    from .runtime import database_failure, database_unusable
+
+    if database_failure(exc):
+        raise BackupError(str(database_unusable(settings, exc))) from None
 
 
 def _backup_kek(settings: Settings, directory: Path, notes: list[str]) -> dict[str, Any] | None:
@@ -711,8 +727,13 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
         else:
             raise BackupError(f"{MANIFEST}: unknown database kind {database.get('kind')!r}")
         _private_dirs(staging)
-        state, floors, checked = await _restore_database(url, manifest, box, gap=crl_number_gap,
-                                                         actor=actor, now=now, source=source)
+        try:
+            state, floors, checked = await _restore_database(url, manifest, box, gap=crl_number_gap,
+                                                             actor=actor, now=now, source=source)
+        except Exception as exc:
+            if database.get("kind") == "postgresql":  # the configured database (a SQLite one is the copy)
+                _database_unusable(settings, exc)
+            raise
         if data_dir.exists():
             _move_into(staging, data_dir)
         else:

@@ -303,6 +303,17 @@ def database_unusable(settings: Settings, exc: BaseException) -> StartError:
     return StartError(f"cannot use the database {_shown_url(settings)}: {_reason(exc)}{_unwritable_directory(settings)}")
 
 
+def database_failure(exc: BaseException) -> bool:
+    """Whether `exc` is the database's or the way to it: the driver's error, a connection refused or timed out, a
+    host name that does not resolve, no route to the host, no PostgreSQL socket (an OSError naming no file)."""
+    import socket
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return isinstance(exc, (SQLAlchemyError, ConnectionError, socket.gaierror, TimeoutError)) or (
+        isinstance(exc, OSError) and exc.errno is not None and exc.filename is None)
+
+
 def _unwritable_directory(settings: Settings) -> str:
     """Where the SQLite database's directory cannot be written, a note saying so: SQLite keeps a WAL database's
     -wal and -shm files beside it, and needs them even to read it ("attempt to write a readonly database")."""
