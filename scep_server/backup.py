@@ -39,9 +39,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
-from trustkit.db import create_engine, is_sqlite, normalise_url, shown_url, writer
+from trustkit.db import create_engine, is_sqlite, make_url, normalise_url, shown_url, writer
 
 from .config import CA_NAME_PATTERN, Settings
 
@@ -160,8 +159,8 @@ def pg_dump_command(url: str, directory: Path) -> str:
 
     u = make_url(normalise_url(url))
     parts = ["pg_dump", "--format=custom", f"--file={directory / 'database.pgdump'}"]
-    if u.host:
-        parts.append(f"--host={u.host}")
+    if u.host:  # what is before an @ in it is the end of a password holding an unencoded @: not shown
+        parts.append(f"--host={u.host.rpartition('@')[2]}")
     if u.port:
         parts.append(f"--port={u.port}")
     if u.username:

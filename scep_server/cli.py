@@ -269,7 +269,10 @@ def backup(ctx: Context, directory, files_only: bool) -> None:
     own: store them apart from the rest. On PostgreSQL the command prints the pg_dump command to run instead."""
     import structlog
 
+    from sqlalchemy.exc import ArgumentError
+
     from .backup import BackupError, PostgresBackup, create_backup, record_backup
+    from .runtime import database_unusable
 
     _cli_logging(ctx)
     now = utcnow()
@@ -279,6 +282,8 @@ def backup(ctx: Context, directory, files_only: bool) -> None:
         raise click.ClickException(str(exc)) from None
     except BackupError as exc:
         raise click.ClickException(f"backup refused: {exc}") from None
+    except ArgumentError as exc:  # a database URL SQLAlchemy cannot read
+        raise click.ClickException(str(database_unusable(ctx.settings(), exc))) from None
     run(record_backup(ctx.settings(), result, actor=cli_actor(), now=now))
     log = structlog.get_logger("backup")
     log.info("backup.created", directory=str(directory), database=result.manifest["database"]["kind"],
@@ -307,7 +312,10 @@ def restore(ctx: Context, directory, new_data_dir, verify: bool, kek_file, passp
     """Restore a backup made by `scep-server backup` into a new data directory, checking it first."""
     import structlog
 
+    from sqlalchemy.exc import ArgumentError
+
     from .backup import BackupError, restore_backup
+    from .runtime import database_unusable
 
     _cli_logging(ctx)
     log = structlog.get_logger("backup")
@@ -318,6 +326,8 @@ def restore(ctx: Context, directory, new_data_dir, verify: bool, kek_file, passp
     except BackupError as exc:
         log.warning("backup.restore_refused", directory=str(directory), error=str(exc))
         raise click.ClickException(f"restore refused: {exc}") from None
+    except ArgumentError as exc:  # a database URL SQLAlchemy cannot read
+        raise click.ClickException(str(database_unusable(ctx.settings(), exc))) from None
     log.info("backup.restored", directory=str(directory), data_dir=str(new_data_dir), schema=result.schema,
              crl_number_floors=result.crl_floors)
     click.echo(f"restored {directory} (made {result.manifest['created_at']}) into {new_data_dir}")

@@ -258,7 +258,10 @@ async def initialise(settings: Settings, *, clock: Clock = utcnow, default_profi
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StartError(f"cannot create the data directory {settings.data_dir}: {_reason(exc)}") from None
-    engine = _engine(settings)
+    try:
+        engine = _engine(settings)
+    except SQLAlchemyError as exc:  # a URL SQLAlchemy cannot read
+        raise database_unusable(settings, exc) from None
     try:
         try:
             await upgrade(engine)

@@ -11,10 +11,22 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL
+from sqlalchemy.engine import make_url as _make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 R = TypeVar("R")
+
+
+def make_url(url: str) -> URL:
+    """SQLAlchemy's reading of a database URL; a port that is not a number is an ArgumentError that does not repeat
+    it: a password holding an unencoded ``@`` makes the rest of the password the "port", which ValueError quoted."""
+    try:
+        return _make_url(url)
+    except ValueError:
+        raise ArgumentError("the database URL's port is not a number (an @ in the password must be written "
+                            "%40)") from None
 
 
 def normalise_url(url: str) -> str:
@@ -30,7 +42,10 @@ def normalise_url(url: str) -> str:
 def shown_url(url: str) -> str:
     """A database URL as a person may see it (a log line, an error, a report): without its password, whether in
     its user part or in a ``password`` query parameter (libpq's, which the drivers take as well)."""
-    return _QUERY_PASSWORD.sub(r"\1***", make_url(url).render_as_string(hide_password=True))
+    u = make_url(url)
+    if u.host and "@" in u.host:  # a password holding an unencoded @: SQLAlchemy takes the rest of it for the host
+        u = u.set(host=u.host.rpartition("@")[2], password=u.password or "")
+    return _QUERY_PASSWORD.sub(r"\1***", u.render_as_string(hide_password=True))
 
 
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)  # the query as SQLAlchemy renders it

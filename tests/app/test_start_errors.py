@@ -165,3 +165,20 @@ def test_db_upgrade_on_a_database_it_cannot_use(tmp_path, cli):
     (tmp_path / "data" / "scep.db").write_bytes(b"not a database" * 500)
     line = cli("--data-dir", str(tmp_path / "data"), "db", "upgrade")
     assert "cannot use the database sqlite+aiosqlite:///" in line and "file is not a database" in line
+
+
+@pytest.mark.parametrize("command", [INIT, ["db", "upgrade"], ["device", "list"], ["backup", "--files-only", "B"],
+                                     ["backup", "B"]])
+def test_a_password_holding_an_unencoded_at_sign_is_not_shown(tmp_path, cli, command):
+    """SQLAlchemy reads a password up to its first @: the rest of it was taken for the host, and shown in the
+    database's URL and pg_dump's --host, or for the port, which the ValueError of a traceback quoted."""
+    from tests.server import free_port
+
+    data = tmp_path / "data"
+    assert CliRunner().invoke(main, ["--data-dir", str(data), *INIT]).exit_code == 0
+    command = [str(tmp_path / "b") if arg == "B" else arg for arg in command]
+    for url in ("postgresql://scep:pa@ss:w0rd-tail@127.0.0.1/scep",
+                f"postgresql://scep:pa@ss-tail@127.0.0.1:{free_port()}/scep"):
+        result = CliRunner().invoke(main, ["--data-dir", str(data), *command], env={"SCEP_SERVER_DATABASE__URL": url})
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (url, result.exception)
+        assert "Error: " in result.output and "tail" not in result.output, result.output
