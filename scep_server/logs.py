@@ -66,6 +66,7 @@ def configure(level: str = "info", fmt: str = "json", *, cache: bool = False) ->
         root.removeHandler(handler)  # configured again (a CLI command after another, in one process)
     handler = _StderrHandler()
     handler.setFormatter(formatter)
+    handler.addFilter(_CancelledCloses(lvl))  # a handler's filter sees the records of every logger below the root
     root.addHandler(handler)
     root.setLevel(lvl)
     # Alembic announces each of its plugins at info at every start: noise for an operator below debug
@@ -99,6 +100,29 @@ def _one_line(_logger: object, _name: str, event_dict: dict) -> dict:
 
 def _escaped(match: re.Match) -> str:
     return match.group().encode("unicode_escape").decode("ascii")
+
+
+class _CancelledCloses(logging.Filter):
+    """SQLAlchemy's pool logs a connection close that a task's cancellation interrupted (a worker stopped while it
+    starts, a time limit around a query) as an error with a traceback. Nothing is lost there: what was not
+    committed is not, and the connection is dropped. Such a record is kept for debug, in one line."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or not record.name.startswith("sqlalchemy.pool"):
+            return True
+        import asyncio
+
+        if not isinstance(record.exc_info[1], asyncio.CancelledError):
+            return True
+        if self.level > logging.DEBUG:
+            return False
+        record.exc_info, record.exc_text = None, None
+        record.msg = f"{record.msg} (cancelled)"
+        return True
 
 
 class _MalformedRequests(logging.Filter):
