@@ -170,6 +170,7 @@ async def renew(runtime: "Runtime", name: str, *, actor: str, only_if_due: timed
     if runtime.settings.ca.key_backend != "file" and mode == "split":
         raise RaInToken(f"the RA key of CA {name!r} is in a PKCS#11 token: split RA certificates are not made "
                         "there")
+    await _database_answers(runtime)
     now = runtime.clock()
     previous = ca.ra_cert
     store = _key_store(runtime, name)
@@ -195,6 +196,14 @@ async def renew(runtime: "Runtime", name: str, *, actor: str, only_if_due: timed
     return describe_ras(renewed)
 
 
+async def _database_answers(runtime: "Runtime") -> None:
+    """Before a CA's files change: a write transaction, opened and closed. A database that cannot take one (down,
+    read-only) ends the change here, before files are written that no audit event (and, for an activation, no
+    profile) would follow; its SQLAlchemyError is the command line's one-line error."""
+    async with writer(runtime.engine).begin():
+        pass
+
+
 PREPARE_KIND = "pki.ca.rollover.prepare"
 """The audit event of a prepared CA rollover (subject: the CA's name)."""
 
@@ -210,6 +219,7 @@ async def prepare_rollover(runtime: "Runtime", name: str, *, actor: str, subject
     if ca is None:
         raise UnknownCA(f"no CA named {name!r}")
     _no_rollover_in_token(runtime, name)
+    await _database_answers(runtime)
     s, now = runtime.settings, runtime.clock()
     certs = await asyncio.to_thread(prepare, s.ca_dir(name), ca, key_size=s.ca.key_size,
                                     validity_days=s.ca.validity_days, ra_validity_days=s.ca.ra_validity_days,
@@ -242,6 +252,7 @@ async def activate_rollover(runtime: "Runtime", name: str, *, actor: str) -> dic
     if name not in runtime.cas:
         raise UnknownCA(f"no CA named {name!r}")
     _no_rollover_in_token(runtime, name)
+    await _database_answers(runtime)
     s, now, passphrase = runtime.settings, runtime.clock(), _passphrase(runtime)
     new_name = await asyncio.to_thread(activate, s.ca_dir(name).parent, name, passphrase)
     new_ca = await asyncio.to_thread(load_ca, s.ca_dir(new_name), name=new_name, passphrase=passphrase,
