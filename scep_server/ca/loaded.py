@@ -54,7 +54,9 @@ class LoadedCas(MutableMapping):
         self._cas = {**self._cas, name: ca}
 
     def __delitem__(self, name: str) -> None:
-        self._cas = {n: ca for n, ca in self._cas.items() if n != name} if name in self._cas else self._cas[name]
+        if name not in self._cas:
+            raise KeyError(name)
+        self._cas = {n: ca for n, ca in self._cas.items() if n != name}
 
     def replace(self, cas: "dict[str, CertificateAuthority]") -> None:
         """All of them at once, in this order."""

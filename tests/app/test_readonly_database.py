@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from sqlalchemy.engine import make_url
 
 from scep_server.cli import main
+from tests.app.test_start_errors import _logging_as_it_was  # noqa: F401  (autouse fixture)
 from tests.helpers import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,19 +41,6 @@ for args in json.loads(sys.argv[1]):
                   "exception": None if r.exception is None else type(r.exception).__name__})
 print("ENDED " + json.dumps(ended))
 """
-
-
-@pytest.fixture(autouse=True)
-def _logging_as_it_was():
-    import logging
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
 
 
 def _env(**extra: str) -> dict[str, str]:

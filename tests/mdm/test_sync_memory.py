@@ -13,19 +13,11 @@ import pytest
 from aiohttp import web
 
 from scep_server.mdm.clients import GraphClient, JamfClient, MdmUnavailable
+from tests.mdm.test_paging_bounds import _token_app
 
 PAGES = 40
 LONG = 10_000  # characters of each over-long value: pages of about 1 MB
 HELD = 12 << 20  # at most this much more memory at the peak of a read of PAGES such pages (before: over 40 MiB)
-
-
-def _token_app() -> web.Application:
-    async def token(request):
-        return web.json_response({"access_token": "t", "expires_in": 3600})
-    app = web.Application()
-    app.router.add_post("/api/oauth/token", token)
-    app.router.add_post("/{tenant}/oauth2/v2.0/token", token)
-    return app
 
 
 async def _peak(coro):
