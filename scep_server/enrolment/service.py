@@ -125,15 +125,20 @@ class ScepService:
         """The CA that issues for the profile. A profile may name a CA this process has not loaded yet: a
         rollover activated by another process moved it there. That CA is loaded now; until it can be, the
         request is answered 503 (try again), never with the previous CA."""
-        ca = self.cas.get(profile.ca)
+        return await self._loaded(profile.ca, f"of profile {profile.name!r}")
+
+    async def _loaded(self, name: str, of: str) -> CertificateAuthority:
+        """The CA ``name``, loaded now if this process has not loaded it yet (a rollover activated by another
+        process); CaNotLoaded (503, try again) until it can be."""
+        ca = self.cas.get(name)
         if ca is None and self.pick_up_cas is not None:
             try:
                 await self.pick_up_cas()
             except Exception as exc:  # noqa: BLE001 - answered 503 below; the RA job tries again
-                log.warning("ca.load_failed", ca=profile.ca, error=f"{exc.__class__.__name__}: {exc}")
-            ca = self.cas.get(profile.ca)
+                log.warning("ca.load_failed", ca=name, error=f"{exc.__class__.__name__}: {exc}")
+            ca = self.cas.get(name)
         if ca is None:
-            raise CaNotLoaded(f"the CA {profile.ca!r} of profile {profile.name!r} is not loaded here yet")
+            raise CaNotLoaded(f"the CA {name!r} {of} is not loaded here yet")
         return ca
 
     # ------------------------------------------------------------------ GetCACaps / GetCACert
@@ -545,15 +550,7 @@ class ScepService:
         if record is None or record.status == "revoked":
             return Outcome(PKIStatus.FAILURE, fail_info=FailInfo.BAD_REQUEST,
                            fail_text="the certificate of this transaction has been revoked")
-        ca = self.cas.get(record.ca)
-        if ca is None and self.pick_up_cas is not None:  # issued by a CA another process activated just now
-            try:
-                await self.pick_up_cas()
-            except Exception as exc:  # noqa: BLE001 - answered 503 below, as ca_of does
-                log.warning("ca.load_failed", ca=record.ca, error=f"{exc.__class__.__name__}: {exc}")
-            ca = self.cas.get(record.ca)
-        if ca is None:
-            raise CaNotLoaded(f"the CA {record.ca!r} of certificate {record.serial} is not loaded here yet")
+        ca = await self._loaded(record.ca, f"of certificate {record.serial}")  # maybe activated elsewhere just now
         return Outcome(PKIStatus.SUCCESS, content=codec.build_degenerate([record.der, ca.cert_der]),
                        serial=record.serial)
 
