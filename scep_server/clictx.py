@@ -44,27 +44,20 @@ class Context:
 
     @contextlib.asynccontextmanager
     async def runtime(self, uses: "Uses | None" = None) -> AsyncIterator["Runtime"]:
-        import socket
-
-        from sqlalchemy.exc import SQLAlchemyError
-
-        from .runtime import CaKeysUnavailable, CapabilityOff, Uses, database_unusable, open_runtime
+        from .runtime import CaKeysUnavailable, CapabilityOff, Uses, database_failure, database_unusable, open_runtime
 
         try:
             async with open_runtime(self.settings(), uses=uses or Uses()) as rt:
                 yield rt
-        except (SQLAlchemyError, ConnectionError, socket.gaierror, TimeoutError) as exc:
-            # refused, read-only (a role without the right), not a database; the driver's own connection errors
-            raise click.ClickException(str(database_unusable(self.settings(), exc))) from None
-        except OSError as exc:
-            if exc.errno is not None and exc.filename is None:  # the driver's: no route to the host (EHOSTUNREACH,
-                # ENETUNREACH), no PostgreSQL socket in the ?host= directory (ENOENT); a file's error names the file
-                raise click.ClickException(str(database_unusable(self.settings(), exc))) from None
-            if isinstance(exc, FileNotFoundError):  # no CA yet
-                raise click.ClickException(str(exc)) from None
-            raise
         except (CapabilityOff, CaKeysUnavailable) as exc:
             raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            # refused, read-only (a role without the right), not a database, no route to it (runtime.database_failure)
+            if database_failure(exc):
+                raise click.ClickException(str(database_unusable(self.settings(), exc))) from None
+            if isinstance(exc, FileNotFoundError):  # no CA yet (a file's error names the file)
+                raise click.ClickException(str(exc)) from None
+            raise
 
 
     def read(self, fn: Callable[[Any], Awaitable[T]]) -> T:
