@@ -313,7 +313,8 @@ class ProfileStore:
 
 
 def describe(profile: Profile) -> dict[str, Any]:
-    """A JSON-ready view of a profile (no secrets: the hash of the challenge's Basic password is "(set)")."""
+    """A JSON-ready view of a profile (no secrets: the hash of the challenge's Basic password is "(set)"), as the
+    command line, the API and the console show it."""
     settings = json.loads(profile.settings.model_dump_json())
     credentials = settings.get("challenge", {}).get("credentials")
     if isinstance(credentials, dict) and "password_hash" in credentials:

@@ -36,16 +36,12 @@ if TYPE_CHECKING:
 
 KINDS = ("static", "dynamic", "delegated")
 NO_STORE = {"Cache-Control": "no-store"}
-REDACTED = "(set)"
 
 
 def view(rt: "Runtime", profile: Profile) -> dict[str, Any]:
-    """The profile as the API shows it: no secret, and the challenge's Basic password hash left out; ``url``
-    is its SCEP URL (what an MDM is given)."""
+    """The profile as the API shows it: as `describe` gives it (no secret; the challenge's Basic password hash is
+    "(set)"), and ``url``, its SCEP URL (what an MDM is given)."""
     shown = describe(profile)
-    credentials = shown["settings"].get("challenge", {}).get("credentials")
-    if isinstance(credentials, dict) and "password_hash" in credentials:
-        credentials["password_hash"] = REDACTED
     shown["url"] = f"{rt.settings.server.public_base_url()}/scep/{profile.name}"
     return shown
 
