@@ -286,7 +286,7 @@ async def create_backup(settings: Settings, directory: Path, *, now: datetime, f
     from_env = bool(os.environ.get(settings.ca.passphrase_env))
     if not from_env and not passphrase_path.exists():
         raise BackupError(f"the CA passphrase is neither in ${settings.ca.passphrase_env} nor in {passphrase_path}")
-    passphrase = load_or_create_passphrase(settings.ca.passphrase_env, passphrase_path)
+    passphrase = load_or_create_passphrase(settings.ca.passphrase_env, passphrase_path, keys_in=ca_dir.parent)
     try:
         ca_key = FileKey.load(ca_dir / "ca.key", passphrase)  # it signs the manifest
     except (OSError, ValueError, TypeError) as exc:

@@ -135,7 +135,11 @@ def passphrase_change(ctx: Context, new_file: str | None) -> None:
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
     from_env = bool(os.environ.get(settings.ca.passphrase_env))
-    old = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
+    try:
+        old = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path(),
+                                        keys_in=settings.ca_dir().parent)
+    except ValueError as exc:  # none set, and the keys are encrypted with one: never a new random one
+        raise click.ClickException(str(exc)) from None
     if new_file:
         lines = Path(new_file).read_bytes().splitlines()
         new = lines[0].strip() if lines else b""

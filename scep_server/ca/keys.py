@@ -184,11 +184,12 @@ def _write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
     durable_write(path, data, mode=0o600, exclusive=exclusive)
 
 
-def load_or_create_passphrase(env_name: str, path: Path, *, keys_in: Path | None = None) -> bytes:
+def load_or_create_passphrase(env_name: str, path: Path, *, keys_in: Path) -> bytes:
     """The key passphrase: from the environment if set, else from `path` (created, mode 0600, if absent).
 
-    ``keys_in``: the directory of the CA directories; when one of them holds a CA (its encrypted key and its
-    certificate), no passphrase is created (a new random one could not open it): ValueError saying where the passphrase is looked for."""
+    ``keys_in``: the directory of the CA directories (``Settings.ca_dir().parent``); when one of them holds a CA
+    (its encrypted key and its certificate), no passphrase is created (a new random one could not open it):
+    ValueError saying where the passphrase is looked for."""
     value = os.environ.get(env_name)
     if value:
         return value.encode()
@@ -197,14 +198,14 @@ def load_or_create_passphrase(env_name: str, path: Path, *, keys_in: Path | None
         if not data:
             raise ValueError(f"{path} is empty")
         return data
-    if keys_in is not None and (keys := sorted(k for k in keys_in.glob("*/ca.key") if k.with_suffix(".crt").exists())):
+    if (keys := sorted(k for k in keys_in.glob("*/ca.key") if k.with_suffix(".crt").exists())):
         raise ValueError(f"no CA passphrase: ${env_name} is not set and {path} does not exist, but {keys[0]} is "
                          "encrypted with one; set it (or ca.passphrase_file) to the passphrase of the CA keys")
     data = secrets.token_urlsafe(32).encode()
     try:
         _write_private(path, data + b"\n", exclusive=True)
     except FileExistsError:  # another instance created it first: use theirs, the keys are encrypted with it
-        return load_or_create_passphrase(env_name, path)
+        return load_or_create_passphrase(env_name, path, keys_in=keys_in)
     return data
 
 

@@ -62,7 +62,7 @@ def _passphrase(runtime: "Runtime") -> bytes:
     from .keys import load_or_create_passphrase
 
     s = runtime.settings
-    return load_or_create_passphrase(s.ca.passphrase_env, s.passphrase_path())
+    return load_or_create_passphrase(s.ca.passphrase_env, s.passphrase_path(), keys_in=s.ca_dir().parent)
 
 
 def _key_store(runtime: "Runtime", name: str):

@@ -149,8 +149,9 @@ class OcspService:
         # with the CA keys in a PKCS#11 token no key file is written: the CA key signs the responses itself
         self._passphrase: bytes | None = None
         if self.settings.signer == "delegated" and runtime.settings.ca.key_backend == "file":
-            passphrase = self._passphrase = load_or_create_passphrase(runtime.settings.ca.passphrase_env,
-                                                                      runtime.settings.passphrase_path())
+            s = runtime.settings
+            passphrase = self._passphrase = load_or_create_passphrase(s.ca.passphrase_env, s.passphrase_path(),
+                                                                      keys_in=s.ca_dir().parent)
             self.delegated = {name: DelegatedSigner(ca, runtime.settings.ca_dir(name), passphrase, self.settings)
                               for name, ca in runtime.cas.items()}
         else:

@@ -116,3 +116,13 @@ async def test_a_missing_passphrase_is_a_clear_error_and_no_new_one_is_made(tmp_
 
 async def _async(fn, *args):
     return fn(*args)
+
+
+def test_a_passphrase_change_without_the_current_passphrase_makes_no_new_one(cli, tmp_path):
+    """`ca passphrase change` with the passphrase file gone (and none in the environment) wrote a random one, which
+    opens no key, left it behind, and the next start failed on it as on a wrong passphrase."""
+    path = tmp_path / "data" / "ca" / "passphrase"
+    path.unlink()
+    out = cli("ca", "passphrase", "change", code=1)
+    assert "no CA passphrase" in out and "is encrypted with one" in out
+    assert not path.exists()

@@ -240,7 +240,8 @@ async def test_get_next_ca_cert_serves_a_configured_rollover(scep, tmp_path):
     directory = settings.ca_dir()
     successor = make_ca(tmp_path / "next", name="default")
     (directory / "next-ca.crt").write_bytes(pem(successor.cert))
-    passphrase = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
+    passphrase = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path(),
+                                           keys_in=settings.ca_dir().parent)
     # what a restart after the operator dropped next-ca.crt into the CA directory loads
     scep.server.runtime.cas["default"] = load_ca(directory, name="default", passphrase=passphrase,
                                                  base_url=settings.server.public_base_url())

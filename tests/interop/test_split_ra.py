@@ -346,7 +346,8 @@ async def test_the_server_renews_both_split_ra_certificates_when_due(aiohttp_ser
     await initialise_in_the_past(tmp_path, db_url, 700)
     settings = settings_for(tmp_path / "data", db_url)
     directory = settings.ca_dir()
-    passphrase = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path())
+    passphrase = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path(),
+                                           keys_in=settings.ca_dir().parent)
     authority = load_ca(directory, name="default", passphrase=passphrase, base_url=settings.server.public_base_url())
     # switched to split RA certificates 700 days ago: both have 30 days left, renewal is due (60 days before)
     ra.renew_ra(directory, authority, validity_days=730, passphrase=passphrase, mode="split",
