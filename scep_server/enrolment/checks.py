@@ -82,11 +82,9 @@ class Replay:
 
     async def __call__(self, e: Enrolment) -> Outcome | None:
         existing, repository = e.known, self.service.repository
-        if existing is NOT_LOOKED_UP and e.compromised is NOT_LOOKED_UP:  # CompromisedKey's answer read with it
+        if existing is NOT_LOOKED_UP:  # not read in the decryption stage: with CompromisedKey's answer, as there
             existing, e.compromised = await repository.find_with_compromised(e.profile.name, e.key,
                                                                              e.public_key_sha256)
-        elif existing is NOT_LOOKED_UP:
-            existing = await repository.find(e.profile.name, e.key)
         if existing is None:
             return None
         return await self.service.replay(e.profile, e.message, existing, e.public_key_sha256)
