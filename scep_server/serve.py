@@ -9,11 +9,12 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
-from ipaddress import ip_address
 
 import click
 import structlog
 from aiohttp import web
+
+from trustkit.http import is_loopback_host
 
 from .app import create_app
 from .config import Settings
@@ -57,28 +58,19 @@ def warn_wildcard_base_url(settings: Settings, announce=print) -> None:
                  "and CA certificate location (server.allow_wildcard_base_url = true)")
 
 
-def _loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: whatever it resolves to, not only this host
-
-
 def warn_exposed(settings: Settings, announce=print) -> None:
     """Say (and log) at start what is open beyond this host without protection: /metrics without a token, the
     admin console over plain http."""
     server, section = settings.server, settings.metrics
     if section.enabled and not (section.token_env or section.token_file):
         listen = section.listen or server.listen
-        if not _loopback(section.host if section.listen else server.host):
+        if not is_loopback_host(section.host if section.listen else server.host):
             log.warning("server.metrics.open", listen=listen)
             announce(f"warning: /metrics answers whoever reaches {listen} (no metrics.token_env or token_file): "
                      "set a token, or metrics.listen on a loopback or private address")
     # base_url names the plain-http address of CRLs, AIA and OCSP (docs/deployment.md): an http base_url behind a
     # trusted proxy (the TLS proxy the console is reached through) is the documented deployment, not an exposure
-    if (settings.console.enabled and not _loopback(server.host) and not server.trusted_proxies
+    if (settings.console.enabled and not is_loopback_host(server.host) and not server.trusted_proxies
             and not server.public_base_url().startswith("https://")):
         log.warning("server.console.plain_http", listen=server.listen, base_url=server.public_base_url())
         announce(f"warning: the admin console (/admin/) on {server.listen} takes administrator tokens over plain "

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import math
 import re
@@ -146,6 +147,17 @@ async def bearer_caller(request: web.Request, scope: str, authenticate: Authenti
     return actor
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether a host (a URL's hostname, a listen address's host) is this machine only: ``localhost`` or a loopback
+    address. A host name is not, whatever it resolves to now."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 # ---- JSON bodies ------------------------------------------------------------------------------------------
 
 MAX_DEPTH = 16
@@ -230,5 +242,5 @@ async def read_json_object(request: web.Request, *, empty: dict[str, Any] | None
 
 
 __all__ = ["MAX_DEPTH", "MAX_VALUES", "Authenticate", "BadJSON", "bearer_caller", "bearer_token",
-           "error_response", "internal_error", "loads_object", "read_json_object", "text_errors", "unavailable",
+           "error_response", "internal_error", "is_loopback_host", "loads_object", "read_json_object", "text_errors", "unavailable",
            "wants_text", "www_authenticate"]

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
-from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trustkit.http import is_loopback_host
 
 
 class ChallengeConfigError(Exception):
@@ -129,9 +130,9 @@ class WebhookSettings(BaseModel):
 def _loopback_url(url: str) -> bool:
     try:
         host = urlsplit(url).hostname or ""
-        return host.lower() == "localhost" or ip_address(host).is_loopback
     except ValueError:
         return False
+    return is_loopback_host(host)
 
 
 def _host_looked_up(host: str, what: str) -> None:
