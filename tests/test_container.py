@@ -104,6 +104,42 @@ def test_compose_runs_two_instances_on_postgresql_after_one_init():
     assert len(ports) == len(servers)
 
 
+def _preparation() -> str:
+    """The shell commands compose.yaml's header gives for creating ./secrets."""
+    return "\n".join(line[4:] for line in COMPOSE.read_text().splitlines() if line.startswith("#   "))
+
+
+def _image_uid() -> int:
+    return int(re.search(r"useradd [^\n]*--uid (\d+)", DOCKERFILE.read_text()).group(1))
+
+
+def test_compose_secrets_are_readable_only_by_the_container_that_reads_them(tmp_path):
+    """Compose bind-mounts file secrets with their host owner and mode: the recipe leaves none readable by other
+    users of the host, and gives each to the uid of the container that reads it."""
+    doc = yaml.safe_load(COMPOSE.read_text())
+    script = _preparation()
+    root = subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip() == "0"
+    if not root:  # chown needs root; the modes are still checked
+        script = re.sub(r"(?m)^chown .*$", ":", script)
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    readers = {}
+    for name, service in doc["services"].items():
+        uid = 999 if service.get("image", "").startswith("postgres:") else _image_uid()
+        for secret in service.get("secrets", []):
+            readers.setdefault(secret, set()).add(uid)
+    assert (tmp_path / "secrets").stat().st_mode & 0o077 == 0
+    for secret, spec in doc["secrets"].items():
+        path = tmp_path / spec["file"]
+        st = path.stat()
+        assert path.read_text().strip(), secret
+        assert st.st_mode & 0o077 == 0, (secret, oct(st.st_mode))
+        assert len(readers[secret]) == 1, secret
+        if root:
+            assert st.st_uid == next(iter(readers[secret])), secret
+
+
 def _docker_daemon() -> bool:
     try:
         return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
