@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from trustkit.clock import utcnow
-from .clictx import Context, cli_actor, pass_ctx, run
+from .clictx import Context, cli_actor, pass_ctx, run, secret_from
 from trustkit.clipaging import collect, paging_options, say_more
 
 
@@ -356,16 +356,23 @@ def profile() -> None:
 @click.argument("name")
 @click.option("--challenge", "kind", type=click.Choice(["static", "dynamic", "delegated"]), default="static",
               show_default=True)
-@click.option("--secret", help="Static challenge (default: a random one, printed once).")
+@click.option("--secret", help="Static challenge (default: a random one, printed once). Visible to other users of "
+              "the host in the process list: prefer --secret-file.")
+@click.option("--secret-file", type=click.File("r", encoding="utf-8"),
+              help="File holding the static challenge on its first line (- : standard input).")
 @click.option("--validity-days", type=click.IntRange(1, 3650))
 @click.option("--require-approval", is_flag=True, help="Enrolments wait for `enrolment approve`.")
 @click.option("--settings-json", help="Full profile settings as JSON (see README).")
 @pass_ctx
-def profile_add(ctx: Context, name: str, kind: str, secret: str | None, validity_days: int | None,
+def profile_add(ctx: Context, name: str, kind: str, secret: str | None, secret_file: Any, validity_days: int | None,
                 require_approval: bool, settings_json: str | None) -> None:
     """Create a profile; a static profile's secret is printed once."""
     from .profiles import InvalidSettings, ProfileError, ProfileSettings, new_static_secret, parse_settings
 
+    given = secret_from(secret, secret_file, option="secret")
+    if given is not None and kind != "static":
+        raise click.UsageError(f"a {kind} profile has no static secret (--secret, --secret-file)")
+    secret = given
     try:
         settings = parse_settings(_json_arg(settings_json), kind=kind) if settings_json else ProfileSettings()
     except InvalidSettings as exc:
@@ -393,7 +400,7 @@ def profile_add(ctx: Context, name: str, kind: str, secret: str | None, validity
         raise click.ClickException(str(exc)) from None
     base = ctx.settings().server.public_base_url()
     click.echo(f"profile {name!r} created: {base}/scep/{name}")
-    if kind == "static":
+    if kind == "static" and given is None:  # a secret the administrator gave is not printed back
         click.echo(f"challenge: {secret}")
 
 

@@ -86,6 +86,24 @@ class Context:
             raise click.ClickException(str(database_unusable(self.settings(), exc))) from None
 
 
+MAX_SECRET_FILE = 4096  # characters read from a secret's file: a secret is a line, never a document
+
+
+def secret_from(value: str | None, file: Any, *, option: str) -> str | None:
+    """A secret given on the command line (``--X``) or, kept out of the process list, in a file (``--X-file``;
+    ``-`` reads standard input): the file's first line without its line end. None when neither is given."""
+    if file is None:
+        return value
+    if value is not None:
+        raise click.UsageError(f"give --{option} or --{option}-file, not both")
+    text = file.read(MAX_SECRET_FILE + 1)
+    line = text.splitlines()[0] if text else ""
+    if not line or len(line) > MAX_SECRET_FILE:
+        raise click.BadParameter(f"its first line must hold the secret (1 to {MAX_SECRET_FILE} characters)",
+                                 param_hint=f"--{option}-file")
+    return line
+
+
 def cli_actor() -> str:
     """The actor of a change made on the command line: ``cli:<os user>`` (``cli`` where no user name exists)."""
     import getpass

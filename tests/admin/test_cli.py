@@ -79,6 +79,32 @@ def test_profile_update_rotate_delete(cli, tmp_path):
         "pki.profile.create", "pki.profile.update", "pki.profile.rotate_secret", "pki.profile.delete"]
 
 
+def test_profile_add_takes_its_static_secret_from_a_file_kept_out_of_the_process_list(cli, tmp_path):
+    """A secret the administrator chooses (the one an MDM profile already holds) need not be an argument, which
+    every user of the host can read in the process list: --secret-file reads it, and it is not printed back."""
+    import asyncio
+
+    from scep_server.config import load_settings
+    from scep_server.runtime import open_runtime
+
+    chosen = tmp_path / "jamf-challenge"
+    chosen.write_text("Correct-Horse-Battery-Staple-42\n")
+    out = cli("profile", "add", "jamf", "--secret-file", str(chosen))
+    assert "Correct-Horse" not in out and "challenge:" not in out
+
+    async def check(secret):
+        async with open_runtime(load_settings(None, data_dir=str(tmp_path / "data"))) as rt:
+            return await rt.profiles.static_secret_ok("jamf", secret)
+
+    assert asyncio.run(check("Correct-Horse-Battery-Staple-42")) is True
+    assert asyncio.run(check("Correct-Horse-Battery-Staple-42\n")) is False
+    assert "not both" in cli("profile", "add", "x", "--secret", "a", "--secret-file", str(chosen), code=2)
+    assert "no static secret" in cli("profile", "add", "y", "--challenge", "dynamic", "--secret-file", str(chosen),
+                                     code=2)
+    (tmp_path / "empty").write_text("\n")
+    assert "first line" in cli("profile", "add", "z", "--secret-file", str(tmp_path / "empty"), code=2)
+
+
 def test_profile_add_refuses_unknown_settings(cli):
     assert "settings.bogus" in cli("profile", "add", "x", "--settings-json", '{"bogus": true}', code=1)
     cli("profile", "add", "x", "--settings-json", '{"template": {"validity_days": 5}}')
