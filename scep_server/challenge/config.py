@@ -107,6 +107,11 @@ class WebhookSettings(BaseModel):
     notify_url: str | None = Field(None, pattern=r"^https?://")
     timeout_seconds: float = Field(10.0, gt=0, le=120)
     retries: int = Field(1, ge=0, le=5)
+    # the retries add up (each attempt up to timeout_seconds): one call with all its retries ends within this, well
+    # under a SCEP client's HTTP timeout (60-120 s), as Intune's deadline_seconds
+    deadline_seconds: float = Field(20.0, gt=0, le=60, description=(
+        "the longest one call of the webhook (the validation, a success or failure notification) may take with "
+        "every retry (never less than timeout_seconds); past it the webhook is unavailable"))
     # a failed success notification withdraws the certificate (off: notifications are best effort)
     require_success_ack: bool = False
     # a larger answer is refused unread: the webhook is unavailable

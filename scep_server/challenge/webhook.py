@@ -2,7 +2,8 @@
 
 Every request is JSON signed with HMAC-SHA256 over the exact body, sent in ``X-Signature`` as
 ``sha256=<hex>``; the receiver answers a validation with ``{"allow": true|false, "error": {"message": ...}}``.
-After issuance a ``scep.success`` notification is sent, after a later failure ``scep.failure``.
+After issuance a ``scep.success`` notification is sent, after a later failure ``scep.failure``. One call, with
+all its retries, ends within ``deadline_seconds`` (or ``timeout_seconds`` where that is longer).
 """
 from __future__ import annotations
 
@@ -74,6 +75,21 @@ class WebhookClient:
         body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self.settings.secret.read(), body),
                    ID_HEADER: str(uuid.uuid4())}
+        # never shorter than one attempt's own time-out: a profile whose timeout_seconds is longer (up to 120) had
+        # each attempt wait that long, and a slow but answering receiver is asked as it was
+        deadline = max(self.settings.deadline_seconds, self.settings.timeout_seconds)
+        tried: list[str] = []
+        try:
+            async with asyncio.timeout(deadline):
+                return await self._attempts(url, payload, body, headers, tried)
+        except TimeoutError:  # the deadline's (an attempt's own time-out is retried, then WebhookUnavailable)
+            last = f"; the last attempt: {tried[-1]}" if tried else ""
+            raise WebhookUnavailable(f"the validation webhook failed: no answer within the deadline of {deadline:g}s "
+                                     f"(retries included){last}") from None
+
+    async def _attempts(self, url: str, payload: dict[str, Any], body: bytes, headers: dict[str, str],
+                        tried: list[str]) -> tuple[int, dict[str, Any]]:
+        """The attempts of one call (`tried`: why each failed one failed)."""
         attempts = self.settings.retries + 1
         last = ""
         for attempt in range(attempts):
@@ -93,6 +109,7 @@ class WebhookClient:
                 last = f"timed out after {self.settings.timeout_seconds:g}s"
             except aiohttp.ClientError as exc:
                 last = str(exc) or type(exc).__name__
+            tried.append(last)
             log.warning("webhook.retry", url=url, type=payload.get("type"), attempt=attempt + 1, of=attempts,
                         error=last)
             if attempt + 1 < attempts:
