@@ -242,15 +242,33 @@ class DestinationRefused(OSError):
 Networks = "tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]"
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix: a DNS64 name of an IPv4-only host
+
+
+def _carried_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address leads to: IPv4-mapped (::ffff:a.b.c.d), 6to4 (2002:AABB:CCDD::/48, which
+    a 6to4 relay or route delivers to the IPv4 host) or NAT64 (64:ff9b::a.b.c.d, which the NAT64 gateway
+    connects to)."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def destination_refused(address: str, allowed: Networks = ()) -> bool:
     """Whether a fetch may not connect to this IP address: anything but a public unicast address, unless
-    one of the `allowed` networks holds it (an IPv4-mapped IPv6 address is judged as its IPv4 address)."""
+    one of the `allowed` networks holds it. An IPv6 address that leads to an IPv4 host (IPv4-mapped, 6to4,
+    NAT64) is judged as that IPv4 address: 2002:7f00:1:: is loopback, 64:ff9b::a00:1 is 10.0.0.1, and a NAT64
+    name of a public IPv4 host (an IPv6-only network's DNS64) is fetched."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return True
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        ip = _carried_ipv4(ip) or ip
     if any(ip in net for net in allowed):
         return False
     return not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified

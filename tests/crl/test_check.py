@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import socket
 import time
 from datetime import timedelta
@@ -13,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtensionOID, ObjectIdentifier
 
-from crl.check import CertificateRefused, CheckStatus, CrlChecker, FailureKind
+from crl.check import CertificateRefused, CheckStatus, CrlChecker, FailureKind, destination_refused
 from crl.config import CheckerSettings, Policy
 from crl.parse import pem_from_der
 from tests.crl.conftest import RecordingLogger
@@ -475,6 +476,25 @@ async def test_non_public_destinations_are_refused_by_default(customer, cdp_peer
     assert cdp_peer.requests == []
     assert "crl.check.forbidden_destination" in log.events("warning")
     assert c.check(customer.leaves[GOOD]).status is CheckStatus.UNKNOWN
+
+
+@pytest.mark.parametrize("address,refused,refused_beside_10_8", [
+    ("2002:7f00:1::1", True, True),  # 6to4 of 127.0.0.1
+    ("2002:a00:1::", True, False),  # 6to4 of 10.0.0.1
+    ("2002:a9fe:a9fe::1", True, True),  # 6to4 of 169.254.169.254, the cloud metadata address
+    ("64:ff9b::a00:1", True, False),  # NAT64 of 10.0.0.1
+    ("64:ff9b::7f00:1", True, True),  # NAT64 of 127.0.0.1
+    ("::ffff:10.0.0.1", True, False),
+    ("2002:808:808::1", False, False),  # 6to4 of a public address
+    ("64:ff9b::808:808", False, False),  # DNS64's name of a public IPv4-only CRL server
+    ("2001:4860:4860::8888", False, False),
+])
+def test_an_ipv6_address_that_leads_to_an_ipv4_host_is_judged_as_that_host(address, refused, refused_beside_10_8):
+    """6to4 and NAT64 addresses are delivered to the IPv4 address they carry: a CDP naming 2002:7f00:1:: reached
+    loopback through a 6to4 route, and an IPv6-only network's DNS64 name of a public CRL server was refused. An
+    allowed IPv4 network allows the IPv6 addresses that lead to it."""
+    assert destination_refused(address) is refused
+    assert destination_refused(address, (ipaddress.IPv4Network("10.0.0.0/8"),)) is refused_beside_10_8
 
 
 async def test_allowed_network_is_fetched_and_others_stay_refused(customer, cdp_peer, checker):
