@@ -1,7 +1,9 @@
 """Revocation checking of certificates from a customer's own CA ("bring your own CA", RFC 5280 §6.3)."""
 # CRLs are fetched from the CRL Distribution Points in the background (never on the request path),
 # validated (issuer, AKI, signature by a key allowed to sign CRLs, scope, unknown critical extensions,
-# freshness, no rollback of CRL Number or thisUpdate), indexed once, and kept as the last good copy.
+# freshness, no rollback of CRL Number or thisUpdate), indexed once, and kept as the last good copy; with a
+# CheckerState, what the rollback and scope rules need of it is recorded too, so that a restart and every other
+# process refuse an older CRL as this one does (CrlChecker.forget is the administrator's way out).
 # `check()` answers from that local index: good, revoked, on hold, or unknown with the policy's verdict.
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -64,6 +66,36 @@ class FailureKind(str, Enum):
     ROLLBACK = "rollback"
     FORBIDDEN_DESTINATION = "forbidden_destination"  # loopback, link-local, private, multicast... (not allowed)
     TOO_MANY_URLS = "too_many_urls"
+    STATE_UNAVAILABLE = "state_unavailable"  # the recorded last good CRL could not be read or written
+
+
+# the refusals an administrator may have to clear when the CA itself went back (restored from a backup) or
+# narrowed a URL's scope on purpose: their log event carries the checker's `forget_hint` as `remedy`
+NEEDS_FORGET = (FailureKind.ROLLBACK, FailureKind.SCOPE_MISMATCH)
+
+
+@dataclass(frozen=True)
+class AcceptedCrl:
+    """What the replay rules need of the last good CRL of one URL: the newest CRL Number and thisUpdate
+    taken, its digest (the same CRL is no replay) and the kinds of certificate it covers."""
+
+    number: "int | None"
+    this_update: datetime
+    sha256: str
+    only_user: bool = False
+    only_ca: bool = False
+
+
+class CheckerState(Protocol):
+    """Where the checker records the last good CRL of each (CA, issuer key, URL), so that a restart or another
+    process refuses an older CRL as this one does. `issuer` is the SHA-256 (hex) of the CA's public key."""
+
+    async def last_accepted(self, ca: str, issuer: str, url: str) -> "AcceptedCrl | None":
+        """The CRL recorded for the URL, or None."""
+
+    async def record(self, ca: str, issuer: str, url: str, crl: AcceptedCrl, *, replacing: "str | None") -> bool:
+        """Record `crl` if the record is still the one read (its sha256 `replacing`, None: no record); False
+        when another process changed it meanwhile (nothing written)."""
 
 
 class CertificateRefused(ValueError):
@@ -133,6 +165,9 @@ class _Snapshot:
     __slots__ = ("crl", "codes", "sha256", "fresh_until", "number", "this_update", "next_update", "uris",
                  "only_user", "only_ca", "good", "removed", "url", "_listed", "by_code")
 
+    def accepted(self) -> AcceptedCrl:
+        return AcceptedCrl(self.number, self.this_update, self.sha256, self.only_user, self.only_ca)
+
     def __init__(self, ca: str, url: str, crl: ParsedCrl, codes: dict[int, int], sha256: str,
                  fresh_until: datetime) -> None:
         self.crl = crl
@@ -191,6 +226,8 @@ class _Source:
         self.last_failure: "FailureKind | None" = None
         self.last_failure_detail: "str | None" = None
         self.last_failure_at: "datetime | None" = None
+        # forgotten by the administrator (CrlChecker.forget): the next valid CRL is taken whatever its age
+        self.forgotten = False
 
 
 def _spki(cert: x509.Certificate) -> bytes:
@@ -205,6 +242,7 @@ class _Ca:
         self.subject = cert.subject.public_bytes()
         self.subject_name = cert.subject
         self.public_key = cert.public_key()
+        self.issuer_key = hashlib.sha256(_spki(cert)).hexdigest()  # the key of its records in CheckerState
         try:
             self.key_id: "bytes | None" = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
         except x509.ExtensionNotFound:
@@ -364,8 +402,15 @@ class CrlChecker:
     def __init__(self, *, settings: "CheckerSettings | None" = None, session: "aiohttp.ClientSession | None" = None,
                  clock: "Callable[[], datetime] | None" = None,
                  on_update: "Callable[[str, str, bytes], None] | None" = None, logger=None,
-                 resolver: "aiohttp.abc.AbstractResolver | None" = None) -> None:
+                 resolver: "aiohttp.abc.AbstractResolver | None" = None, state: "CheckerState | None" = None,
+                 forget_hint: "Callable[[str], str] | None" = None) -> None:
+        """`state`: where the last good CRL of each URL is recorded (read at each download that brings a CRL
+        other than the one held, written when one is taken): an older CRL is then refused after a restart and
+        by every process as by the one that took the newer. `forget_hint(ca)`: what an administrator runs to
+        clear the record of a CA (:meth:`forget`), told in the rollback and scope_mismatch events."""
         self.settings = settings or CheckerSettings()
+        self._state = state
+        self._forget_hint = forget_hint
         self._resolver = resolver
         self._session = session
         self._own_session = session is None
@@ -427,6 +472,21 @@ class CrlChecker:
         ca = self._cas.pop(name, None)
         if ca is not None:
             self._by_subject[ca.subject].remove(ca)
+
+    def forget(self, name: str) -> bool:
+        """Take the next valid CRL of every URL of CA `name` whatever its CRL Number, thisUpdate or scope (the
+        administrator's way out when the CA went back, e.g. restored from a backup, or narrowed a URL's scope):
+        the CRLs held keep answering until then, and every URL is fetched again now. The records of the CA in
+        the checker's state are the caller's to delete (every process forgets them at once). False: no such CA."""
+        ca = self._cas.get(name)
+        if ca is None:
+            return False
+        for src in ca.sources.values():
+            src.forgotten = True
+            src.etag = src.last_modified = None  # a 304 would keep the copy held
+            src.due = 0.0
+        self._wake.set()
+        return True
 
     @staticmethod
     def _check_url(url: str) -> None:
@@ -673,8 +733,10 @@ class CrlChecker:
         src.last_failure_detail = f.detail
         src.last_failure_at = self._clock()
         snap = src.snapshot
+        remedy = (self._forget_hint(src.ca.name) if f.kind in NEEDS_FORGET and self._forget_hint is not None
+                  else None)
         self._log.warning(f"crl.check.{f.kind.value}", ca=src.ca.name, url=src.url, detail=f.detail,
-                          keeping=snap.number if snap else None)
+                          keeping=snap.number if snap else None, remedy=remedy)
         return RefreshOutcome(src.ca.name, src.url, False, False, f.kind, f.detail)
 
     async def _session_for_fetch(self) -> aiohttp.ClientSession:
@@ -729,14 +791,30 @@ class CrlChecker:
         except Exception as exc:  # noqa: BLE001 - e.g. an invalid URL or header: the fetch failed, nothing else
             raise _Failure(FailureKind.UNREACHABLE, f"{type(exc).__name__}: {exc}") from None
 
-    async def _accept(self, src: _Source, data: bytes) -> bool:
-        """Validate off the event loop, then install if it is newer; False when it is the copy we hold."""
+    async def _accept(self, src: _Source, data: bytes, tries: int = 3) -> bool:
+        """Validate off the event loop, then record and install if it is newer; False when it is the copy we hold."""
         prev = src.snapshot
-        snap = await asyncio.to_thread(self._validate, src.ca, src.url, data, prev)
-        if snap is None:
-            return False
+        forgotten = src.forgotten
+        recorded = await self._recorded(src)
+        snap = await asyncio.to_thread(self._validate, src.ca, src.url, data, prev,
+                                       None if forgotten else prev, recorded)
         if src.snapshot is not prev:  # another fetch installed meanwhile: validate against it again
-            return await self._accept(src, data)
+            return await self._accept(src, data, tries)
+        if snap is None:  # the copy held: recorded unless a record stands (none after a forget, or before)
+            if prev is not None and recorded is None:
+                await self._record(src, prev, None)
+            if src.forgotten is forgotten:
+                src.forgotten = False
+            return False
+        if recorded is None or recorded.sha256 != snap.sha256:
+            if not await self._record(src, snap, recorded):  # another process recorded one meanwhile
+                if tries <= 1:
+                    raise _Failure(FailureKind.STATE_UNAVAILABLE, "the recorded last good CRL kept changing")
+                return await self._accept(src, data, tries - 1)
+            if src.snapshot is not prev:
+                return await self._accept(src, data, tries)
+        if src.forgotten is forgotten:
+            src.forgotten = False
         src.snapshot = snap
         src.ca.full = max((s.snapshot for s in src.ca.sources.values()
                            if s.snapshot is not None and s.snapshot.crl.scope is None),
@@ -748,8 +826,53 @@ class CrlChecker:
             self._on_update(src.ca.name, src.url, snap.crl.der)
         return True
 
-    def _validate(self, ca: _Ca, url: str, data: bytes, prev: "_Snapshot | None") -> "_Snapshot | None":
-        """RFC 5280 §6.3.3 checks of a downloaded CRL, then the index (worker thread)."""
+    async def _recorded(self, src: _Source) -> "AcceptedCrl | None":
+        if self._state is None:
+            return None
+        try:
+            return await self._state.last_accepted(src.ca.name, src.ca.issuer_key, src.url)
+        except Exception as exc:  # noqa: BLE001 - unknown floor: take nothing (the copy held stands), retry later
+            raise _Failure(FailureKind.STATE_UNAVAILABLE, f"reading the last good CRL recorded: "
+                                                          f"{type(exc).__name__}: {exc}") from None
+
+    async def _record(self, src: _Source, snap: _Snapshot, recorded: "AcceptedCrl | None") -> bool:
+        if self._state is None:
+            return True
+        try:
+            return await self._state.record(src.ca.name, src.ca.issuer_key, src.url, snap.accepted(),
+                                            replacing=None if recorded is None else recorded.sha256)
+        except Exception as exc:  # noqa: BLE001 - a CRL taken without its record would be replayable after a restart
+            raise _Failure(FailureKind.STATE_UNAVAILABLE, f"recording the last good CRL: "
+                                                          f"{type(exc).__name__}: {exc}") from None
+
+    @staticmethod
+    def _narrower(crl: ParsedCrl, last: "_Snapshot | AcceptedCrl", whose: str) -> None:
+        """Refuse a CRL covering fewer kinds of certificate than the last good one from its URL (`whose`)."""
+        scope = crl.scope
+        if scope is not None and ((scope.only_ca_certs and not last.only_ca)
+                                  or (scope.only_user_certs and not last.only_user)):
+            # another CRL of the CA (its ARL) in place of this URL's: the certificates the last good one covers
+            # would have no CRL here, and a serial it lists would no longer be refused under fail-open
+            raise _Failure(FailureKind.SCOPE_MISMATCH, "the CRL covers fewer kinds of certificate (onlyContains"
+                                                       f"UserCerts, onlyContainsCACerts) than the last good one "
+                                                       f"from this URL{whose} (§5.2.5)")
+
+    @staticmethod
+    def _older(crl: ParsedCrl, last: "_Snapshot | AcceptedCrl", whose: str) -> None:
+        """Refuse a CRL older than the last good one from its URL (`whose`), or another under its CRL Number."""
+        if crl.crl_number is not None and last.number is not None and crl.crl_number <= last.number:
+            what = "goes backwards" if crl.crl_number < last.number else "is reused for different content"
+            raise _Failure(FailureKind.ROLLBACK, f"CRL Number {crl.crl_number} {what} "
+                                                 f"(last good {last.number}{whose})")
+        if crl.this_update < last.this_update:
+            raise _Failure(FailureKind.ROLLBACK, f"thisUpdate {crl.this_update.isoformat()} is older than "
+                                                 f"the last good CRL's {last.this_update.isoformat()}{whose}")
+
+    def _validate(self, ca: _Ca, url: str, data: bytes, prev: "_Snapshot | None", floor: "_Snapshot | None" = None,
+                  recorded: "AcceptedCrl | None" = None) -> "_Snapshot | None":
+        """RFC 5280 §6.3.3 checks of a downloaded CRL, then the index (worker thread). None: it is `prev`, the
+        copy held. No rollback or narrower scope than `floor` (the copy held, unless forgotten) and `recorded`
+        (the last good CRL recorded for the URL, by any process: the same CRL is no replay)."""
         try:
             crl = parse_crl(der_from_bytes(data))
         except CrlFormatError as exc:
@@ -784,26 +907,17 @@ class CrlChecker:
                 named = ", ".join(scope.uris) or "a distribution point without a URI"
                 raise _Failure(FailureKind.SCOPE_MISMATCH, f"the Issuing Distribution Point names {named}, "
                                                            f"not {url} (§5.2.5)")
-            if prev is not None and ((scope.only_ca_certs and not prev.only_ca)
-                                     or (scope.only_user_certs and not prev.only_user)):
-                # another CRL of the CA (its ARL) in place of this URL's: the certificates the last good one covers
-                # would have no CRL here, and a serial it lists would no longer be refused under fail-open
-                raise _Failure(FailureKind.SCOPE_MISMATCH, "the CRL covers fewer kinds of certificate (onlyContains"
-                                                           "UserCerts, onlyContainsCACerts) than the last good one "
-                                                           "from this URL (§5.2.5)")
+        lasts = [(last, whose) for last, whose in ((floor, ""), (recorded, ", recorded"))
+                 if last is not None and not (whose and last.sha256 == digest)]  # the CRL recorded is no replay
+        for last, whose in lasts:
+            self._narrower(crl, last, whose)
         now = self._clock()
         if crl.this_update > now + self.settings.clock_skew:
             raise _Failure(FailureKind.NOT_YET_VALID, f"thisUpdate {crl.this_update.isoformat()} is in the future")
         if crl.next_update is not None and crl.next_update <= now:
             raise _Failure(FailureKind.EXPIRED, f"nextUpdate {crl.next_update.isoformat()} has passed")
-        if prev is not None:
-            if crl.crl_number is not None and prev.number is not None and crl.crl_number <= prev.number:
-                what = "goes backwards" if crl.crl_number < prev.number else "is reused for different content"
-                raise _Failure(FailureKind.ROLLBACK, f"CRL Number {crl.crl_number} {what} "
-                                                     f"(last good {prev.number})")
-            if crl.this_update < prev.this_update:
-                raise _Failure(FailureKind.ROLLBACK, f"thisUpdate {crl.this_update.isoformat()} is older than "
-                                                     f"the last good CRL's {prev.this_update.isoformat()}")
+        for last, whose in lasts:
+            self._older(crl, last, whose)
         try:
             codes = crl.index(offsets=False).codes
         except UnsupportedCrl as exc:

@@ -39,3 +39,32 @@ crl_partitioning = sa.Table(
     sa.Column("partitions", sa.Integer, nullable=False),
     sa.Column("since", TS, nullable=False),
 )
+
+# The checker of customers' CAs (crl.check): per CA, issuer key and CDP URL, the last good CRL taken (its CRL
+# Number, thisUpdate, digest and scope), so that a restart, or another process, refuses an older CRL as the
+# process that took the newer does. Written when a CRL is taken, never per check.
+crl_checker_state = sa.Table(
+    "crl_checker_state",
+    metadata,
+    sa.Column("ca", sa.String(64), primary_key=True),
+    sa.Column("issuer", sa.String(64), primary_key=True),  # SHA-256 (hex) of the CA's SubjectPublicKeyInfo
+    sa.Column("url", sa.Text, primary_key=True),
+    sa.Column("crl_number", sa.String(50)),  # decimal: up to 20 octets (RFC 5280 §5.2.3), beyond a BIGINT
+    sa.Column("this_update", TS, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("only_user", sa.Boolean, nullable=False),
+    sa.Column("only_ca", sa.Boolean, nullable=False),
+    sa.Column("recorded_at", TS, nullable=False),
+)
+
+# One row per customer CA whose checker records were forgotten by an administrator: every process forgets the
+# CRLs it holds as a floor when the generation moves on (the row stays when the CA is removed, so a CA added
+# again under the name and forgotten moves it on still).
+crl_checker_resets = sa.Table(
+    "crl_checker_resets",
+    metadata,
+    sa.Column("ca", sa.String(64), primary_key=True),
+    sa.Column("generation", sa.BigInteger, nullable=False),
+    sa.Column("reset_at", TS, nullable=False),
+    sa.Column("reset_by", sa.String(255)),
+)

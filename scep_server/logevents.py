@@ -28,7 +28,7 @@ def _e(name: str, level: str, fields: str, meaning: str) -> Event:
 
 _CRL_CHECK_FAILURES = ("unreachable", "timeout", "http_error", "too_large", "malformed", "unsupported",
                        "wrong_issuer", "wrong_signer", "bad_signature", "scope_mismatch", "not_yet_valid",
-                       "expired", "rollback", "forbidden_destination", "too_many_urls")
+                       "expired", "rollback", "forbidden_destination", "too_many_urls", "state_unavailable")
 _DEVICE_ACTIONS = ("suspend", "unsuspend", "deactivate", "reactivate", "delete")
 _STATUS_CHANGES = {"pki.cert.revoke": "a certificate revoked (CLI, API, device lifecycle)",
                    "pki.cert.lifecycle.hold": "a certificate put on hold (certificateHold)",
@@ -187,10 +187,18 @@ EVENTS: tuple[Event, ...] = (
     _e("crl.check.updated", "info", "ca url number entries this_update next_update",
        "a customer CA's CRL was fetched and taken"),
     _e("crl.check.not_modified", "info", "ca url number", "a customer CA's CRL has not changed"),
-    *(_e(name, "warning", "ca url detail keeping" + (" cap" if name == "crl.check.too_many_urls" else ""),
+    *(_e(name, "warning", "ca url detail keeping remedy" + (" cap" if name == "crl.check.too_many_urls" else ""),
          f"a customer CA's CRL was not taken: {name.rsplit('.', 1)[1].replace('_', ' ')}; keeping is the CRL "
-         "number still used") for name in DYNAMIC["crl/check.py:f'crl.check.{f.kind.value}'"]),
+         "number still used" + ("; remedy: the command that forgets the CA's recorded CRLs, to run if the CA "
+                                "went back (restored from a backup) or narrowed the URL's scope on purpose"
+                                if name in ("crl.check.rollback", "crl.check.scope_mismatch") else
+                                "; the recorded last good CRL could not be read or written (the database)"
+                                if name == "crl.check.state_unavailable" else ""))
+      for name in DYNAMIC["crl/check.py:f'crl.check.{f.kind.value}'"]),
     _e("binding.external_ca.loaded", "info", "ca policy", "a customer CA was loaded"),
+    _e("binding.external_ca.crls_forgotten", "info", "ca generation",
+       "the recorded CRLs of a customer CA were forgotten (ca forget-external-crls): the next valid CRL of each "
+       "of its URLs is taken whatever its age or scope"),
     _e("binding.external_ca.refused", "warning", "ca error", "a registered customer CA could not be loaded"),
     _e("binding.external_ca.reload_failed", "error", "exception", "reloading the customer CAs failed"),
     # devices and attestation

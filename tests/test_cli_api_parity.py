@@ -39,6 +39,7 @@ PAIRS: dict[str, tuple[str, str]] = {
     "device preregister": ("POST", "/api/v1/devices/{device_id}/enrolments"),
     "ca add-external": ("POST", "/api/v1/external-cas"),
     "ca remove-external": ("DELETE", "/api/v1/external-cas/{name}"),
+    "ca forget-external-crls": ("POST", "/api/v1/external-cas/{name}/forget-crls"),
     "yubikey import": ("POST", "/api/v1/yubikeys/import"),
     "yubikey revoke": ("POST", "/api/v1/yubikeys/{serial}/revoke"),
     "yubikey delete": ("DELETE", "/api/v1/yubikeys/{serial}"),

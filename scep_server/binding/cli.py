@@ -1,4 +1,4 @@
-"""`scep-server device ...` and `scep-server ca add-external|remove-external|list-external`."""
+"""`scep-server device ...` and `scep-server ca add-external|remove-external|forget-external-crls|list-external`."""
 from __future__ import annotations
 
 import json
@@ -186,6 +186,22 @@ def ca_remove_external(ctx: Context, name: str) -> None:
 
     c = _call(ctx, go)
     click.echo(f"external CA {c.name!r} removed: {c.cert.subject.rfc4514_string()} SHA-256 {c.fingerprint_sha256}")
+
+
+@ca.command("forget-external-crls")
+@click.argument("name")
+@pass_ctx
+def ca_forget_external_crls(ctx: Context, name: str) -> None:
+    """Forget the last good CRLs recorded for a customer's CA: the next valid CRL of each of its URLs is taken
+    whatever its CRL Number, thisUpdate or scope (the way out when the CA was restored from a backup, its CRLs
+    refused as rollback, or narrowed a URL's scope on purpose, refused as scope_mismatch). Running servers
+    follow within binding.external_ca_reload_seconds."""
+    async def go(svc, rt):
+        return await svc.external.forget_crls(name, actor=_actor(), now=rt.clock())
+
+    done = _call(ctx, go)
+    click.echo(f"external CA {done['name']!r}: {done['forgotten']} recorded CRL(s) forgotten; the next valid CRL "
+               f"of each of its URLs is taken")
 
 
 @ca.command("list-external")

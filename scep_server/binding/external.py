@@ -20,7 +20,9 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from crl import checkstore
 from crl.check import CertificateRefused, CheckResult, CrlChecker
+from crl.checkstore import CheckerStateStore
 from crl.config import CheckerSettings, CrlSettings, Policy
 
 from trustkit import paging
@@ -130,6 +132,8 @@ class ExternalCas:
         # moves on whenever a CA is added, replaced or removed here: an issuer established before is looked up again
         self.generation = 0
         self.subjects: set[bytes] = set()
+        self.state = CheckerStateStore(engine)
+        self._forgotten: "dict[str, int] | None" = None  # CA name -> times its CRL records were forgotten
 
     @staticmethod
     def validate(cert: x509.Certificate, name: str) -> None:
@@ -173,11 +177,28 @@ class ExternalCas:
                 raise ExternalCaNotFound(f"no external CA {name!r}")
             ca = _external_ca(row)
             await conn.execute(external_cas.delete().where(external_cas.c.name == name))
+            await checkstore.drop(conn, name)  # added again, it starts afresh
             await record_event(conn, at=now, kind="pki.ca.remove", subject=name, actor=actor,
                                data={"subject": ca.cert.subject.rfc4514_string(),
                                      "fingerprint_sha256": ca.fingerprint_sha256, "policy": ca.policy.value})
         self._loaded_at = 0.0
         return ca
+
+    async def forget_crls(self, name: str, *, actor: str, now: datetime) -> dict:
+        """Forget the last good CRLs recorded for CA `name` (a ``pki.ca.forget_crls`` event): every process takes
+        the next valid CRL of each of its URLs whatever its CRL Number, thisUpdate or scope (within
+        ``binding.external_ca_reload_seconds``; this process at its next reload). The way out when the CA went
+        back (restored from a backup: its CRLs are refused as `rollback`) or narrowed a URL's scope on purpose
+        (refused as `scope_mismatch`). Returns {"name", "forgotten"}: how many URL records were deleted."""
+        async with writer(self.engine).begin() as conn:
+            row = (await conn.execute(sa.select(external_cas.c.name).where(external_cas.c.name == name))).first()
+            if row is None:
+                raise ExternalCaNotFound(f"no external CA {name!r}")
+            deleted = await checkstore.forget(conn, name, now=now, actor=actor)
+            await record_event(conn, at=now, kind="pki.ca.forget_crls", subject=name, actor=actor,
+                               data={"records": deleted})
+        self._loaded_at = 0.0
+        return {"name": name, "forgotten": deleted}
 
     async def list(self) -> list[ExternalCa]:
         """Every registered CA (the checker's reload: a deployment registers a handful)."""
@@ -215,6 +236,12 @@ class ExternalCas:
             del self._known[name]
             self.generation += 1
         self.subjects = {ca.cert.subject.public_bytes() for ca in cas}
+        forgotten = await self.state.generations()
+        if self._forgotten is not None:  # at the first load the checker holds no CRL yet
+            for name in seen:
+                if forgotten.get(name, 0) != self._forgotten.get(name, 0) and self.checker.forget(name):
+                    log.info("binding.external_ca.crls_forgotten", ca=name, generation=forgotten.get(name, 0))
+        self._forgotten = forgotten
 
     async def maybe_reload(self) -> bool:
         """On an unknown issuer: re-read the registrations, at most once per second."""

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 from datetime import timedelta
 from typing import TYPE_CHECKING, AsyncIterator
+from urllib.parse import quote
 
 import structlog
 
 from crl.check import CrlChecker
+from crl.checkstore import CheckerStateStore
 
 from .attestation import AttestationService
 from .devices import DeviceStore
@@ -23,12 +26,20 @@ if TYPE_CHECKING:
 log = structlog.get_logger("binding")
 
 
+def forget_hint(ca: str) -> str:
+    """What the rollback and scope_mismatch events of a customer CA's CRL tell the operator to run."""
+    return (f"if the CA itself went back (restored from a backup) or narrowed this URL's scope on purpose, run "
+            f"scep-server ca forget-external-crls {shlex.quote(ca)} "
+            f"(or POST /api/v1/external-cas/{quote(ca, safe='')}/forget-crls)")
+
+
 @contextlib.asynccontextmanager
 async def open_binding(runtime: "Runtime") -> AsyncIterator[BindingServices]:
     cfg = runtime.settings.binding
     assert runtime.revocation is not None
     notify = runtime.revocation.notify_changed
-    checker = CrlChecker(settings=checker_settings(runtime.settings.crl), clock=runtime.clock)
+    checker = CrlChecker(settings=checker_settings(runtime.settings.crl), clock=runtime.clock,
+                         state=CheckerStateStore(runtime.engine, clock=runtime.clock), forget_hint=forget_hint)
     external = ExternalCas(runtime.engine, checker, reload_seconds=cfg.external_ca_reload_seconds)
     svc = BindingServices(
         devices=DeviceStore(runtime.engine, clock=runtime.clock, notify_changed=notify),

@@ -11,6 +11,7 @@
     POST /api/v1/devices/{id}/enrolments {"profile", "transaction_id"}  (pre-register an enrolment)
     GET  /api/v1/external-cas[?limit=&cursor=]      POST /api/v1/external-cas {"name", "certificate", "policy"?}
     DELETE /api/v1/external-cas/{name}   (unregister: its certificates then have an unknown issuer)
+    POST /api/v1/external-cas/{name}/forget-crls   (the next valid CRL of each of its URLs is taken, whatever its age)
 
 The lists are cursor-paged (docs/api.md "Pagination"): {"devices"|"external_cas": [...], "next_cursor", "next"}.
 The actor of every change is the caller's token (``token:<id>:<name>``, scep_server.web.auth.ACTOR); a body
@@ -199,6 +200,15 @@ async def remove_external(request: web.Request) -> web.Response:
     return web.json_response(ca.to_json())
 
 
+@requires("admin")
+async def forget_external_crls(request: web.Request) -> web.Response:
+    rt = request.app[RUNTIME]
+    done = await services(rt).external.forget_crls(request.match_info["name"], actor=_actor(request),
+                                                   now=rt.clock())
+    await services(rt).external.reload()
+    return web.json_response(done)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/attestation/challenge", challenge)
     app.router.add_post("/api/v1/attestation/verify", verify)
@@ -212,3 +222,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/external-cas", list_external)
     app.router.add_post("/api/v1/external-cas", add_external)
     app.router.add_delete("/api/v1/external-cas/{name}", remove_external)
+    app.router.add_post("/api/v1/external-cas/{name}/forget-crls", forget_external_crls)
