@@ -16,7 +16,7 @@ from .audit import web as audit_web
 from .ca import lifecycle as ra_lifecycle
 from .runtime import Uses, open_runtime
 from .web import (access, admin_cas, admin_certs, admin_profiles, admin_tokens, apidoc, auth, ca, client, errors, health,
-                  metrics, scep)
+                  metrics, protocol, scep)
 
 JOBS = web.AppKey("jobs", Supervisor)  # the supervisor of the background jobs, while the server runs
 
@@ -26,7 +26,8 @@ def create_app(settings: Settings, *, clock: Clock = utcnow, metrics_sock: socke
     """The application. ``metrics_sock``: the pre-bound socket of ``[metrics] listen`` (`serve` binds it once
     for all workers); without it the application binds that address itself."""
     # outermost first: the request id and access line see every answer (problems, 404, 405, 500)
-    app = web.Application(client_max_size=settings.server.max_body_bytes,
+    # handler_args: the HTTP parser's limits (a SCEP GET's request line may pass aiohttp's 8190 bytes)
+    app = web.Application(client_max_size=settings.server.max_body_bytes, handler_args=protocol.LIMITS,
                           middlewares=[access.middleware(settings.log.access),
                                        client.middleware(settings.server.trusted_proxies,
                                                          settings.server.forwarded_header),

@@ -47,7 +47,8 @@ EVENTS: tuple[Event, ...] = (
        "one request answered (log.access; written whatever log.level is); route is the route's template or "
        "`<unmatched>`, method one of the standard methods or OTHER"),
     _e("http.malformed_request", "info", "peer status error detail",
-       "a request that does not parse as HTTP was answered 400 (aiohttp's own error line, without its traceback)"),
+       "a request that does not parse as HTTP was answered with a problem document, 400, 414 (request line too "
+       "long) or 431 (header too large, too many) (aiohttp's own error line, without its traceback)"),
     _e("http.unhandled", "error", "method path exception", "a handler failed unexpectedly; the client got a 500"),
     _e("http.bad_body", "info", "method path detail", "a request body could not be read; the client got a 400"),
     _e("http.database_unavailable", "warning", "method path error",

@@ -158,7 +158,7 @@ def _without_quoted_bytes(message: str) -> str:
     return (first[:quoted.start()] if quoted else first).rstrip(" :")[:200]
 
 
-_QUOTED = re.compile(r"(?:\bb)?['\"]")
+_QUOTED = re.compile(r"(?:bytearray\(b|\bb)?['\"]")  # b'...', bytearray(b'...'), '...'; what aiohttp quotes
 
 
 # the access log's lines are written whatever log.level is (an operator who turns log.access on wants them)

@@ -19,6 +19,7 @@ from trustkit.http import is_loopback_host
 from .app import create_app
 from .config import Settings
 from .logs import configure, flush_access
+from .web import protocol
 
 log = structlog.get_logger("server")
 
@@ -106,9 +107,10 @@ def _run_worker(settings: Settings, sock: socket.socket, metrics_sock: socket.so
 
         app.on_startup.append(_ready)
     # auto_decompress off: no client of ours compresses a request, and inflating one costs unbounded CPU
-    # before the body size limit applies (a 100 KB gzip is 128 MiB), or a 500 when it does not inflate
-    web.run_app(app, sock=sock, print=None, handle_signals=True, access_log=None,
-                auto_decompress=False)
+    # before the body size limit applies (a 100 KB gzip is 128 MiB), or a 500 when it does not inflate.
+    # protocol.run_app: aiohttp's run_app whose connections answer a request the parser refuses with a
+    # problem document (keep-alive 75 s, as aiohttp's run_app keeps it)
+    protocol.run_app(app, sock=sock, access_log=None, auto_decompress=False, keepalive_timeout=75.0)
 
 
 def worker_cpus(mode: str, workers: int, usable: Iterable[int] | None = None) -> list[int] | None:
