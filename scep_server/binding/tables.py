@@ -108,6 +108,8 @@ mdm_sources = sa.Table(
     sa.Column("delta_link", sa.Text),  # Microsoft Graph: where the next delta query of Entra devices starts
     sa.Column("directory_disabled", sa.Text),  # Microsoft Graph: JSON list of the Entra device ids disabled
     sa.Column("sync_claimed_until", TS),  # the process that claims a sync holds it until then
+    # when the sync holding the claim began (NULL: none runs; a claim then only keeps the periodic sync's period)
+    sa.Column("sync_started_at", TS),
     sa.Column("last_sync_at", TS),
     sa.Column("last_sync_outcome", sa.Text),
     sa.Column("created_at", TS, nullable=False),

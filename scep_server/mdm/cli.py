@@ -119,7 +119,7 @@ def mdm_show(ctx: Context, name: str) -> None:
                    "brake_devices), if it takes down at most this many.")
 @pass_ctx
 def mdm_sync(ctx: Context, name: str, dry_run: bool, confirm_takedowns: int | None) -> None:
-    """Read the source's inventory now and apply what it asks for."""
+    """Read the source's inventory now and apply what it asks for (refused while another sync of it runs)."""
     report = _call(ctx, lambda svc: svc.sync(name, dry_run=dry_run, actor=cli_actor(),
                                              confirm_takedowns=confirm_takedowns))
     for c in report.changes:

@@ -1,6 +1,8 @@
 """Typed errors of MDM sources (`trustkit.problems.DomainError`s: HTTP status and stable code)."""
 from __future__ import annotations
 
+from datetime import datetime
+
 from trustkit import problems
 
 
@@ -22,6 +24,21 @@ class MdmSourceExists(MdmError, problems.Conflict):
 class MdmSourceInvalid(MdmError, problems.BadRequest):
     code = "mdm_source_invalid"
     status = 400
+
+
+class MdmSyncRunning(MdmError, problems.Conflict):
+    """Another sync of the source (the periodic one, or one asked for in any process or instance) holds its claim."""
+
+    code = "mdm_sync_running"
+    status = 409
+
+    def __init__(self, source: str, since: datetime, until: datetime):
+        super().__init__(f"a sync of MDM source {source!r} is running since {since.isoformat()}; nothing was "
+                         f"changed, try again when it has ended (its claim ends by {until.isoformat()} at the "
+                         f"latest)", source=source, running_since=since.isoformat(), claimed_until=until.isoformat())
+        self.source = source
+        self.since = since
+        self.until = until
 
 
 class EventSuperseded(Exception):

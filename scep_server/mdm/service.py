@@ -3,7 +3,9 @@ lifecycle changes it drives (through the device store: every change is an audit 
 ``mdm:<source>``, and the certificates follow the device as for any other change).
 
 A sync reads the MDM's whole inventory first; when that fails, nothing is changed (and the failure is kept as
-the source's last outcome). A dry run plans the same changes and applies none.
+the source's last outcome). A dry run plans the same changes and applies none. Every other sync, periodic or asked
+for, holds the source's claim in the database while it runs: one sync of a source at a time, in all processes and
+instances.
 """
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ from ..binding.errors import InvalidTransition
 from ..binding.tables import devices, mdm_devices, mdm_sources
 from ..store.events import record_event
 from ..store.tables import events
-from .errors import (DeviceNotListed, EventHeld, EventSuperseded, MdmSourceExists, MdmSourceInvalid,
-                     MdmSourceNotFound)
+from .errors import (DeviceNotListed, EventHeld, EventSuperseded, MdmError, MdmSourceExists, MdmSourceInvalid,
+                     MdmSourceNotFound, MdmSyncRunning)
 from .plan import Change, MdmState, Ours, Record, Rules, Tracked, decide, plan
 
 log = structlog.get_logger("mdm")
@@ -90,6 +92,11 @@ Reader = Callable[[dict, dict], Awaitable[tuple[list[Record], dict]]]
 
 # how far a record's state lets a device be trusted: of two records of one device, the lower one counts
 _TRUST = {MdmState.DISABLED: 0, MdmState.UNMANAGED: 1, MdmState.MISSING: 1, MdmState.MANAGED: 2}
+
+
+def _is(column, value):
+    """`column` holds `value` (a value read from it, None included)."""
+    return column.is_(None) if value is None else column == value
 
 
 def _upsert(dialect: str, row: dict, update: dict, where=None):
@@ -271,8 +278,25 @@ class MdmService:
 
     async def sync(self, name: str, *, dry_run: bool = False, actor: str,
                    confirm_takedowns: int | None = None) -> SyncReport:
-        """Read the source's whole inventory and apply what it asks for (none of it on a dry run, nor when the
-        brake holds it: more devices taken down than the settings allow and `confirm_takedowns` confirms)."""
+        """A sync asked for now (`mdm sync`, its API twin): read the source's whole inventory and apply what it
+        asks for (none of it on a dry run, nor when the brake holds it: more devices taken down than the settings
+        allow and `confirm_takedowns` confirms).
+
+        It takes the source's claim, as the periodic sync does, whether or not that one is due: no two syncs of a
+        source (the periodic one, another administrator's, in any process or instance sharing the database) read
+        it and apply what they read at once. MdmSyncRunning while another sync holds the claim. A dry run changes
+        nothing (no device, no tracking, not the source's last outcome): it takes no claim and runs alongside."""
+        if dry_run:
+            return await self._sync(name, dry_run=True, actor=actor, confirm_takedowns=confirm_takedowns)
+        hold = timedelta(seconds=self.settings.sync_interval_seconds + self.settings.sync_timeout_seconds)
+        claimed, before = await self._claim_now(name, hold=hold)
+        try:
+            return await self._sync(name, dry_run=False, actor=actor, confirm_takedowns=confirm_takedowns)
+        finally:
+            await self._release(name, claimed=claimed, until=before)
+
+    async def _sync(self, name: str, *, dry_run: bool, actor: str, confirm_takedowns: int | None) -> SyncReport:
+        """The sync itself; the caller holds the source's claim (a dry run needs none)."""
         from .clients import MdmUnavailable
 
         row = await self._row(name)
@@ -362,14 +386,38 @@ class MdmService:
             last = aware(row.last_sync_at) if row.last_sync_at else None
             if (claimed is not None and claimed > now) or (last is not None and now - last < interval):
                 return None
-            cond = (mdm_sources.c.sync_claimed_until.is_(None) if row.sync_claimed_until is None
-                    else mdm_sources.c.sync_claimed_until == row.sync_claimed_until)
-            res = await conn.execute(mdm_sources.update().where(mdm_sources.c.name == name, cond)
-                                     .values(sync_claimed_until=now + hold))
+            res = await conn.execute(mdm_sources.update().where(
+                mdm_sources.c.name == name, _is(mdm_sources.c.sync_claimed_until, row.sync_claimed_until))
+                .values(sync_claimed_until=now + hold, sync_started_at=now))
             return now + hold if res.rowcount == 1 else None
 
+    async def _claim_now(self, name: str, *, hold: timedelta) -> tuple[datetime, datetime | None]:
+        """Claim the source for a sync asked for now, due or not: the end of this claim, and the end of the one it
+        replaces when that only kept the periodic sync's period (a finished sync's: given back at the end, so the
+        period stays). MdmSyncRunning while a sync holds the claim (begun, its claim not run out: a process that
+        died in a sync holds it until then); MdmSourceNotFound."""
+        for _ in range(5):
+            now = self.clock()
+            async with writer(self.engine).begin() as conn:
+                row = (await conn.execute(sa.select(mdm_sources.c.sync_claimed_until, mdm_sources.c.sync_started_at)
+                                          .where(mdm_sources.c.name == name))).first()
+                if row is None:
+                    raise MdmSourceNotFound(f"no MDM source {name!r}")
+                claimed = aware(row.sync_claimed_until) if row.sync_claimed_until else None
+                if claimed is not None and claimed > now and row.sync_started_at is not None:
+                    raise MdmSyncRunning(name, aware(row.sync_started_at), claimed)
+                res = await conn.execute(mdm_sources.update().where(
+                    mdm_sources.c.name == name, _is(mdm_sources.c.sync_claimed_until, row.sync_claimed_until),
+                    _is(mdm_sources.c.sync_started_at, row.sync_started_at))
+                    .values(sync_claimed_until=now + hold, sync_started_at=now))
+                if res.rowcount == 1:
+                    return now + hold, claimed if claimed is not None and claimed > now else None
+            # another process claimed it between the read and the update: read again, it is running now
+        raise MdmError(f"the claim of MDM source {name!r} kept changing; try again")
+
     async def periodic_sync(self, name: str) -> SyncReport | None:
-        """The source's periodic sync, when it is due and no other process has claimed it (None: not run here).
+        """The source's periodic sync, when it is due and no sync (periodic or an administrator's, of any process)
+        holds its claim (None: not run here).
 
         The claim lasts the sync interval plus ``sync_timeout_seconds``: no other process (of any instance) reads
         the source while this sync may still be reading it. Once the sync has ended, the claim is cut back to one
@@ -380,22 +428,25 @@ class MdmService:
         if claimed is None:
             return None
         try:
-            return await self.sync(name, actor=f"mdm:{name}")
+            return await self._sync(name, dry_run=False, actor=f"mdm:{name}", confirm_takedowns=None)
         finally:
             await self._release(name, claimed=claimed, until=claimed_at + interval)
 
-    async def _release(self, name: str, *, claimed: datetime, until: datetime) -> None:
-        """End this process's claim (the one ending at `claimed`) at `until` when it lasts longer; a claim another
-        process made since (this sync outlasted its own) is left as it is."""
+    async def _release(self, name: str, *, claimed: datetime, until: datetime | None) -> None:
+        """End this process's sync: its claim (the one ending at `claimed`) no longer marks a sync running, and
+        ends at `until` when it lasts longer (None: no claim left); a claim another process made since (this sync
+        outlasted its own) is left as it is."""
         async with writer(self.engine).begin() as conn:
             row = (await conn.execute(sa.select(mdm_sources.c.sync_claimed_until)
                                       .where(mdm_sources.c.name == name))).first()
-            if row is None or row.sync_claimed_until is None or aware(row.sync_claimed_until) != claimed \
-                    or claimed <= until:
+            if row is None or row.sync_claimed_until is None or aware(row.sync_claimed_until) != claimed:
                 return
+            values: dict[str, Any] = {"sync_started_at": None}
+            if until is None or claimed > until:
+                values["sync_claimed_until"] = until
             await conn.execute(mdm_sources.update().where(
                 mdm_sources.c.name == name, mdm_sources.c.sync_claimed_until == row.sync_claimed_until)
-                .values(sync_claimed_until=until))
+                .values(**values))
 
     # ------------------------------------------------------------------ webhooks
 

@@ -5,7 +5,8 @@
     GET  /api/v1/mdm                         the configured sources
     GET  /api/v1/mdm/{source}                one source
     POST /api/v1/mdm/{source}/sync           {"dry_run"?: bool, "confirm_takedowns"?: int} -> the sync's report
-                                             (409 when the brake held it, 502 when the MDM could not be read)
+                                             (409 when the brake held it or another sync of the source
+                                             runs, 502 when the MDM could not be read)
     DELETE /api/v1/mdm/{source}              forget a source (devices keep their state)
 
 Jamf Pro's webhook events and what they mean here (docs/mdm.md): MobileDeviceEnrolled, ComputerAdded,

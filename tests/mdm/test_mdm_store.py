@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 from scep_server.binding.devices import DeviceStore
 from scep_server.config import MdmSettings
 from scep_server.mdm.clients import MdmUnavailable
-from scep_server.mdm.errors import EventSuperseded, MdmSourceInvalid, MdmSourceNotFound
+from scep_server.mdm.errors import EventSuperseded, MdmSourceInvalid, MdmSourceNotFound, MdmSyncRunning
 from scep_server.mdm.plan import MdmState, Record, Tracked
 from scep_server.mdm.service import MdmService
 from trustkit.clock import SettableClock
@@ -78,7 +78,9 @@ async def test_the_periodic_sync_is_claimed_by_one_process_per_period(env, engin
     hold = timedelta(seconds=900)
     assert await svc.claim("jamf", hold=hold)
     assert not await other.claim("jamf", hold=hold)
-    await svc.sync("jamf", actor="mdm:jamf")
+    with pytest.raises(MdmSyncRunning):  # nor does an administrator's sync run meanwhile
+        await other.sync("jamf", actor="admin")
+    await svc._sync("jamf", dry_run=False, actor="mdm:jamf", confirm_takedowns=None)
     clock.advance(timedelta(seconds=899))
     assert not await other.claim("jamf", hold=hold)
     clock.advance(timedelta(seconds=2))
