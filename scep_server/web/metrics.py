@@ -21,7 +21,7 @@ from trustkit.problems import Unauthorized
 from .. import metrics
 from ..appkeys import RUNTIME
 from ..config import Settings
-from . import errors
+from . import errors, protocol
 from .health import check_details
 
 REALM = "metrics"
@@ -75,13 +75,13 @@ def install(app: web.Application, settings: Settings, *, sock: socket.socket | N
         app[_TOKEN] = digest
         app.router.add_get("/metrics", serve_metrics)
         return
-    side = web.Application(middlewares=[errors.errors])
+    side = web.Application(middlewares=[errors.errors], handler_args=protocol.LIMITS)
     side[_TOKEN] = digest
     side[_MAIN] = app
     side.router.add_get("/metrics", serve_metrics)
 
     async def listener(_app: web.Application) -> AsyncIterator[None]:
-        runner = web.AppRunner(side, access_log=None)
+        runner = protocol.AppRunner(side, access_log=None)  # what its parser refuses: a problem document too
         await runner.setup()
         site = (web.SockSite(runner, sock) if sock is not None
                 else web.TCPSite(runner, section.host, section.port, reuse_address=True))

@@ -23,7 +23,7 @@ from scep_server.web import protocol
 from tests.app.test_access_log import json_logs, lines  # noqa: F401 - the JSON logging fixture
 from tests.app.test_reuse_port import ROOT
 from tests.factories import settings_for
-from tests.server import _prepare_for_scepclient, child_pids, free_port
+from tests.server import _prepare_for_scepclient, child_pids, free_port, start_app
 
 SECRET = "dt_admin_TOPSECRET"  # on every line that does not parse: never in an answer or the log
 
@@ -159,3 +159,11 @@ def test_serve_answers_what_its_parser_refuses_with_a_problem_document(tmp_path)
     assert proc.returncode == 0, text[-2000:]
     assert "Traceback" not in text and SECRET not in text, text[-3000:]
     assert text.count('"http.malformed_request"') == 2 * (len(CASES) - 1), text[-3000:]
+
+
+async def test_the_metrics_address_answers_what_its_parser_refuses_with_a_problem_document(aiohttp_server, tmp_path):
+    """[metrics] listen: /metrics served on an address of its own, by a runner of its own."""
+    port = free_port()
+    await start_app(aiohttp_server, tmp_path, metrics={"listen": f"127.0.0.1:{port}"})
+    for name in ("request line over the limit", "header over the limit", "malformed request line", "bad chunk size"):
+        check(name, *await exchange(port, CASES[name][0]))
