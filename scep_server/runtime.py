@@ -577,6 +577,7 @@ async def _open_scep(runtime: Runtime) -> AsyncIterator["ScepService"]:
         ensure_device=runtime.binding.devices.ensure if runtime.binding is not None else None,
         on_status_change=runtime.revocation.notify_changed,
         threads=scep_threads(runtime.settings.server.scep_threads, runtime.settings.server.workers),
+        getcrl_queue=runtime.settings.server.scep_getcrl_queue,
         refuse_issuing=runtime.settings.server.issuing_refusal(), ocsp_aia=runtime.settings.ocsp.enabled,
         pick_up_cas=functools.partial(pick_up_cas, runtime))
     try:

@@ -33,6 +33,7 @@ from ..scep import message as codec
 from ..scep.types import ContentCipher, FailInfo, MalformedMessage, MessageType, PKIStatus, SCEPFailure
 from .approval import ApprovalWorkflow
 from .checks import NOT_LOOKED_UP, Check, Enrolment, default_checks
+from .getcrl import GETCRL_QUEUE, GetCrlLane
 from .model import (ACK_STALE_AFTER, MAX_TRANSACTION_ID, ChallengeRejected, ChallengeVerifier, EnrollmentRequest,
                     CaNotLoaded, NoNextCA, Outcome, StaticChallenge, bounded, has_control_characters, type_name, unused_since)
 from .reconcile import AckReconciler
@@ -70,7 +71,7 @@ class ScepService:
                  device_identity: Callable[[str, str], Awaitable[str | None]] | None = None,
                  ensure_device: Callable[..., Awaitable[str | None]] | None = None,
                  refuse_issuing: str | None = None, ocsp_aia: bool = False,
-                 pick_up_cas: Callable[[], Awaitable[list[str]]] | None = None):
+                 pick_up_cas: Callable[[], Awaitable[list[str]]] | None = None, getcrl_queue: int = GETCRL_QUEUE):
         if repository is None:
             if engine is None:
                 raise TypeError("ScepService needs an engine or a repository")
@@ -95,6 +96,9 @@ class ScepService:
         if isinstance(repository, SqliteRepository):
             repository.executor = self._executor
             self._commits = ThreadPoolExecutor(max_workers=scep_threads(threads), thread_name_prefix="scep-commit")
+        # a GetCRL answer's work in proportion to the CRL runs in a lane of its own (one thread, at most
+        # `getcrl_queue` GetCRLs, then 503): a flood of GetCRLs never holds the threads that serve enrolments
+        self.getcrl = GetCrlLane(getcrl_queue)
         # (profile, transactionID) -> the device id an administrator pre-registered for it (binding feature)
         self.device_identity = device_identity
         # (device id, actor): register a device an enrolment names, if new, and return its status (binding
@@ -118,6 +122,7 @@ class ScepService:
         """Stop the executor once the requests in it have finished (queued work that never started is dropped)."""
         await asyncio.get_running_loop().run_in_executor(
             None, functools.partial(self._executor.shutdown, wait=True, cancel_futures=True))
+        await self.getcrl.close()
         if self._commits is not None:
             self._commits.shutdown(wait=False)  # idle once the signing threads have finished
 
@@ -579,8 +584,10 @@ class ScepService:
         self._issuer_and_serial(ca, msg, inner)
         if self.crl_source is None:
             raise SCEPFailure(FailInfo.BAD_REQUEST, "no CRL is published by this server", msg)
-        crl_der = await self.crl_source(ca.name)
-        return Outcome(PKIStatus.SUCCESS, content=codec.build_degenerate([], [crl_der]))
+        content, reply = await self.getcrl.answer(
+            ca.name, lambda: self.crl_source(ca.name),
+            lambda content: self._reply(ca, msg, Outcome(PKIStatus.SUCCESS, content=content)))
+        return Outcome(PKIStatus.SUCCESS, content=content, reply=reply)
 
     def _issuer_and_serial(self, ca: CertificateAuthority, msg: codec.PKIMessage, inner: codec.RequestContent):
         if inner.issuer != ca.cert.subject:
