@@ -46,6 +46,8 @@ def create_app(settings: Settings, *, clock: Clock = utcnow, metrics_sock: socke
             # delegated certificates left awaiting the MDM's acknowledgement: delivered or revoked
             assert runtime.scep is not None
             supervisor.start("scep.ack_reconciler", runtime.scep.ack_reconciler, runtime.readiness)
+            # pending enrolments nobody decided within their profile's pending_expiry_days: rejected
+            supervisor.start("scep.pending_expiry", runtime.scep.pending_expiry, runtime.readiness)
             # RA certificates: renewed before they expire, a renewal made elsewhere picked up
             supervisor.start("ca.ra_lifecycle", ra_lifecycle.ra_job(runtime), runtime.readiness)
             runtime.readiness.add("ca.ra", functools.partial(ra_lifecycle.ra_readiness, runtime))

@@ -131,6 +131,9 @@ EVENTS: tuple[Event, ...] = (
        "the MDM's acknowledgement of an issued certificate failed; the reconciler retries or revokes"),
     _e("scep.enrolment.reconcile", "info", "profile serial outcome detail",
        "a certificate left awaiting the MDM's acknowledgement was delivered or revoked"),
+    _e("scep.enrolment.expire", "info", "profile transaction_id created_at expiry_days",
+       "a pending enrolment nobody decided within its profile's pending_expiry_days was rejected (at its next "
+       "CertPoll or decision, or by the job scep.pending_expiry); audit event `scep.enrolment.expire`"),
     _e("security.scep.foreign_signer", "warning",
        "profile transaction_id public_key_sha256 signer_fingerprint_sha256 valid_certificates",
        "a key holding a valid certificate was enrolled again under another signer"),

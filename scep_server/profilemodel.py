@@ -113,6 +113,9 @@ class ProfileSettings(BaseModel):
     supersede_on_renewal: bool = True
     # enrolments wait for an administrator's approval (SCEP PENDING, then CertPoll)
     require_approval: bool = False
+    # with require_approval: a pending enrolment nobody decided within this many days of its request is rejected
+    # (the device's next CertPoll gets FAILURE; it can no longer be approved); 0: pending until decided
+    pending_expiry_days: int = Field(30, ge=0, le=3650)
     # legacy single-DES requests are decrypted (micromdm scepclient sends them), each use logged; replies never
     # use DES. Off on new profiles; settings stored without the field (before it defaulted off) keep it on.
     allow_single_des: bool = False

@@ -210,7 +210,7 @@ def enrolment_list(ctx: Context, profile: str | None, state: str, fmt: str, limi
         async with ctx.runtime(Uses()) as rt:
             async def fetch(page):
                 return await page_enrolments(rt.engine, page, state=None if state == "all" else state,
-                                             profile=profile)
+                                             profile=profile, now=rt.clock())
             return await collect(fetch, limit=limit, cursor=cursor, all_rows=all_rows, kinds=ENROLMENT_KEY)
 
     rows, more = run(go())

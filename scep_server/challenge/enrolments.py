@@ -9,10 +9,12 @@ from cryptography import x509
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from trustkit import paging
-from trustkit.clock import aware
+from trustkit.clock import aware, utcnow
 from trustkit.paging import Page, PageRequest
 
-from ..store.tables import scep_transactions
+from ..enrolment.model import EXPIRY_ACTOR, expired_text, pending_expiry
+from ..profilemodel import ProfileError, ProfileSettings, profile_from_row
+from ..store.tables import profiles, scep_transactions
 from .store import csr_sans
 
 STATES = ("pending", "issued", "rejected")
@@ -22,26 +24,70 @@ ENROLMENT_KEY = (datetime, str, str)
 """The kinds of an enrolment list's cursor: creation time, profile, transaction id (oldest first)."""
 
 
+class _Expiry:
+    """The profiles' ``pending_expiry_days`` as a listing applies them (a read: the rows stay as they are until
+    the enrolment service rejects them, scep_server.enrolment.expiry): a pending enrolment past its profile's
+    expiry is listed, filtered and shown as the rejection it is about to become."""
+
+    def __init__(self, settings: dict[str, ProfileSettings], now: datetime):
+        self.settings = settings
+        self.cutoffs = {name: now - expiry for name, s in settings.items()
+                        if (expiry := pending_expiry(s)) is not None}
+
+    @classmethod
+    async def read(cls, conn, profile: str | None, now: datetime) -> "_Expiry":
+        q = sa.select(profiles)
+        if profile:
+            q = q.where(profiles.c.name == profile)
+        settings = {}
+        for r in (await conn.execute(q)).all():
+            try:
+                settings[r.name] = profile_from_row(r._mapping).settings
+            except ProfileError:  # unreadable settings: its enrolments are listed as stored
+                continue
+        return cls(settings, now)
+
+    def expired(self) -> sa.ColumnElement[bool]:
+        """The SQL condition of a row (of any state) received before its profile's expiry cutoff."""
+        t = scep_transactions.c
+        return sa.or_(sa.false(), *(sa.and_(t.profile == name, t.created_at <= cutoff)
+                                    for name, cutoff in self.cutoffs.items()))
+
+    def shown(self, row: dict[str, Any], created_at: datetime) -> dict[str, Any]:
+        cutoff = self.cutoffs.get(row["profile"])
+        if row["state"] != "pending" or cutoff is None or aware(created_at) > cutoff:
+            return row
+        return {**row, "state": "rejected", "fail_text": expired_text(self.settings[row["profile"]]),
+                "decided_by": EXPIRY_ACTOR}
+
+
 async def page_enrolments(engine: AsyncEngine, page: PageRequest, *, state: str | None = "pending",
-                          profile: str | None = None) -> Page[dict[str, Any]]:
+                          profile: str | None = None, now: datetime | None = None) -> Page[dict[str, Any]]:
     """One page of the enrolments in `state` (all when None), of one profile or all, oldest first
-    (docs/api.md "Pagination"): an index range of ix_scep_transactions_state_created or _created_state."""
+    (docs/api.md "Pagination"): an index range of ix_scep_transactions_state_created or _created_state. A
+    pending enrolment past its profile's ``pending_expiry_days`` (at ``now``) is a rejected one."""
     t = scep_transactions.c
     key = [t.created_at, t.profile, t.transaction_id]
     q = (sa.select(scep_transactions).where(paging.after(key, page.after)).order_by(*paging.order(key))
          .limit(page.limit + 1))
-    if state:
-        q = q.where(t.state == state)
     if profile:
         q = q.where(t.profile == profile)
     async with engine.connect() as conn:
+        expiry = await _Expiry.read(conn, profile, now or utcnow())
+        if state == "pending":
+            q = q.where(t.state == "pending", sa.not_(expiry.expired()))
+        elif state == "rejected":
+            q = q.where(sa.or_(t.state == "rejected", sa.and_(t.state == "pending", expiry.expired())))
+        elif state:
+            q = q.where(t.state == state)
         rows = (await conn.execute(q)).all()
     # the cursor carries the creation time as the ISO text the row shows: the same instant
-    return paging.take([_row(r) for r in rows], page.limit,
+    return paging.take([expiry.shown(_row(r), r.created_at) for r in rows], page.limit,
                        key=lambda r: (r["created_at"], r["profile"], r["transaction_id"]))
 
 
-async def find_enrolment(engine: AsyncEngine, profile: str, transaction_id: str) -> dict[str, Any] | None:
+async def find_enrolment(engine: AsyncEngine, profile: str, transaction_id: str,
+                         now: datetime | None = None) -> dict[str, Any] | None:
     """One enrolment (any state) as the list shows it, with what an approver checks of its request: the
     public key's algorithm and size, whether it renews a certificate, when it last changed; None when absent."""
     from ..ca.keyinfo import describe
@@ -50,14 +96,15 @@ async def find_enrolment(engine: AsyncEngine, profile: str, transaction_id: str)
     async with engine.connect() as conn:
         row = (await conn.execute(sa.select(scep_transactions).where(
             t.profile == profile, t.transaction_id == transaction_id))).first()
-    if row is None:
-        return None
+        if row is None:
+            return None
+        expiry = await _Expiry.read(conn, profile, now or utcnow())
     try:
         key = describe(x509.load_der_x509_csr(row.csr_der).public_key())
     except (ValueError, TypeError):  # an unreadable request or key
         key = None
-    return {**_row(row), "key": key, "renewal_of": row.renewal_of, "message_type": row.message_type,
-            "updated_at": aware(row.updated_at).isoformat()}
+    return {**expiry.shown(_row(row), row.created_at), "key": key, "renewal_of": row.renewal_of,
+            "message_type": row.message_type, "updated_at": aware(row.updated_at).isoformat()}
 
 
 def _row(row) -> dict[str, Any]:

@@ -348,15 +348,16 @@ class DelegatedVerifier:
 
 
 async def enrolments(engine: AsyncEngine, page: "PageRequest", *, state: str | None,
-                     profile: str | None) -> "Page[dict]":
+                     profile: str | None, now: datetime | None = None) -> "Page[dict]":
     """A page of the enrolments in `state` (all when None), of one profile or all, for the admin API: approval
     works on every profile, so this needs no challenge service (the capability may be switched off)."""
-    return await page_enrolments(engine, page, state=state, profile=profile)
+    return await page_enrolments(engine, page, state=state, profile=profile, now=now)
 
 
-async def enrolment(engine: AsyncEngine, profile: str, transaction_id: str) -> "dict | None":
+async def enrolment(engine: AsyncEngine, profile: str, transaction_id: str,
+                    now: datetime | None = None) -> "dict | None":
     """One enrolment (any state) with its request's key, for the admin pages; None when there is none."""
-    return await find_enrolment(engine, profile, transaction_id)
+    return await find_enrolment(engine, profile, transaction_id, now=now)
 
 
 async def enrolment_counts(engine: AsyncEngine, since: datetime, until: datetime) -> list[tuple[datetime, str, int]]:

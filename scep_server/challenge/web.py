@@ -150,8 +150,9 @@ async def api_list_enrolments(request: web.Request) -> web.Response:
     profile = request.query.get("profile") or None
     if profile is not None and (len(profile) > 64 or not profile.isprintable()):
         raise BadRequest("profile: a profile name (at most 64 printable characters)", code="invalid_input")
-    page = await enrolments(request.app[RUNTIME].engine, page_request(request.query, ENROLMENT_KEY),
-                            state=None if state == "all" else state, profile=profile)
+    rt = request.app[RUNTIME]
+    page = await enrolments(rt.engine, page_request(request.query, ENROLMENT_KEY),
+                            state=None if state == "all" else state, profile=profile, now=rt.clock())
     body, headers = page_body("enrolments", page.items, page, request.rel_url)
     return web.json_response(body, headers=headers)
 

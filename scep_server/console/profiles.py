@@ -32,7 +32,7 @@ from .pages import form as _form, page as _page, redirect as _redirect, runtime 
 MAX_SETTINGS_CHARS = 65536
 RENEWAL = ("allow_renewal", "renewal_window_days", "renewal_to", "renewal_sans", "renewal_revalidate",
            "renewal_requires_approval", "supersede_on_renewal")
-ENROLMENT = ("require_approval", "allow_single_des", "require_signer_csr_key", "device_trust")
+ENROLMENT = ("require_approval", "pending_expiry_days", "allow_single_des", "require_signer_csr_key", "device_trust")
 
 
 def _text(form: Any, name: str, cap: int) -> str:

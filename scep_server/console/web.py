@@ -445,8 +445,9 @@ async def enrolment_list(request: web.Request) -> web.Response:
             raise BadRequest(f"state: one of {', '.join(_enrolment_states())}", code="invalid_input")
         if profile is not None and (len(profile) > 64 or not profile.isprintable()):
             raise BadRequest("profile: a profile name (at most 64 printable characters)", code="invalid_input")
-        page = await enrolments(_runtime(request).engine, paging.page_request(request.query, ENROLMENT_KEY, default=50),
-                                state=None if state == "all" else state, profile=profile)
+        rt = _runtime(request)
+        page = await enrolments(rt.engine, paging.page_request(request.query, ENROLMENT_KEY, default=50),
+                                state=None if state == "all" else state, profile=profile, now=rt.clock())
         rows, next_url = page.items, paging.next_link(request.rel_url, page)
     except BadRequest as exc:
         error = exc.detail
@@ -458,7 +459,8 @@ async def enrolment_list(request: web.Request) -> web.Response:
 async def _enrolment(request: web.Request, profile: str, txid: str) -> dict[str, Any]:
     from ..challenge.service import enrolment
 
-    found = await enrolment(_runtime(request).engine, profile, txid)
+    rt = _runtime(request)
+    found = await enrolment(rt.engine, profile, txid, now=rt.clock())
     if found is None:
         raise NotFound(f"no enrolment {txid!r} on profile {profile!r}")
     return found

@@ -15,7 +15,7 @@ from ..ca import inventory
 from ..ca.authority import random_serial
 from ..ca.policy import PolicyViolation
 from .identity import NoDeviceId, device_id_of
-from .model import ApprovalRefused, unused_since
+from .model import ApprovalRefused, expired_text, pending_expired, unused_since
 from .repository import DeviceTakenDown, NotPending, SignerChanged, with_bound_device
 
 if TYPE_CHECKING:
@@ -42,6 +42,14 @@ class ApprovalWorkflow:
         m = await repo.find(profile_name, transaction_id)
         if m is None or m["state"] != "pending":
             raise LookupError(f"no pending enrolment {transaction_id!r} on profile {profile_name!r}")
+        if pending_expired(profile.settings, m["created_at"], now):
+            # nobody decided it in time (profile pending_expiry_days): rejected as expired, never approved; a
+            # rejection asked for finds it rejected
+            if not await svc.expiry.expire(profile, transaction_id, m["created_at"], now=now):
+                raise decided_concurrently(transaction_id)
+            if not approve:
+                return "rejected"
+            raise ApprovalRefused(expired_text(profile.settings))
         if not approve:
             await self.reject(profile_name, transaction_id, reason or "rejected by an administrator", actor=actor,
                               now=now, reason=reason)

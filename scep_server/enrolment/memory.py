@@ -70,6 +70,15 @@ class InMemoryRepository:
                             "renewal_of": cert.get("renewal_of")})
         return out[:1000]
 
+    async def pending_profiles(self) -> list[str]:
+        return sorted({row["profile"] for row in self.transactions.values() if row["state"] == "pending"})
+
+    async def pending_before(self, profile: str, created_before: datetime, *, limit: int) -> list[dict]:
+        rows = sorted((row["created_at"], row["transaction_id"]) for row in self.transactions.values()
+                      if row["state"] == "pending" and row["profile"] == profile
+                      and row["created_at"] <= created_before)
+        return [{"transaction_id": key, "created_at": at} for at, key in rows[:limit]]
+
     # ------------------------------------------------------------------ writing
 
     async def record(self, cert_row: dict, tx_row: dict, event: dict) -> None:

@@ -10,6 +10,7 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.x509.oid import AttributeOID
 
+from trustkit.clock import aware
 from trustkit.problems import ServiceUnavailable
 
 from ..ca.inventory import CertRecord
@@ -23,8 +24,9 @@ class ChallengeRejected(Exception):
 
 
 class ApprovalRefused(Exception):
-    """An administrator approved a pending enrolment that the profile's template now refuses, or a renewal whose
-    signer expired or left its device meanwhile: it is rejected."""
+    """An administrator approved a pending enrolment that the profile's template now refuses, one past its
+    profile's ``pending_expiry_days``, or a renewal whose signer expired or left its device meanwhile: it is
+    rejected."""
 
 
 class NoNextCA(Exception):
@@ -140,6 +142,29 @@ MAX_TRANSACTION_ID = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 # an ``awaiting_ack`` certificate untouched for this long is reconciled (longer than any notification may take)
 ACK_STALE_AFTER = timedelta(minutes=15)
+
+
+# the actor of a pending enrolment rejected because nobody decided it in time (profile ``pending_expiry_days``)
+EXPIRY_ACTOR = "system:expiry"
+
+
+def pending_expiry(settings) -> timedelta | None:
+    """How long a pending enrolment of a profile (its ProfileSettings) waits for a decision; None: until decided."""
+    days = settings.pending_expiry_days
+    return timedelta(days=days) if days else None
+
+
+def pending_expired(settings, created_at: datetime, now: datetime) -> bool:
+    """Whether a pending enrolment received at ``created_at`` is past its profile's ``pending_expiry_days``."""
+    expiry = pending_expiry(settings)
+    return expiry is not None and now >= aware(created_at) + expiry
+
+
+def expired_text(settings) -> str:
+    """The failInfoText of an enrolment rejected by its expiry (the device reads it at its next CertPoll)."""
+    days = settings.pending_expiry_days
+    return (f"the enrolment expired: no administrator approved it within {days} day{'' if days == 1 else 's'}; "
+            "enrol again with a new request")
 
 
 def bounded(text: str, limit: int = 64) -> str:

@@ -132,6 +132,13 @@ class EnrolmentRepository(Protocol):
                              now: datetime) -> None:
         """A pending transaction becomes ``rejected``; NotPending with nothing written."""
 
+    async def pending_profiles(self) -> list[str]:
+        """The profiles that have pending transactions."""
+
+    async def pending_before(self, profile: str, created_before: datetime, *, limit: int) -> list[dict]:
+        """The pending transactions of the profile received at or before ``created_before`` (transaction_id,
+        created_at), oldest first, at most ``limit``."""
+
     async def withdraw(self, serial: str, profile: str, key: str, why: str, event: dict, *, now: datetime) -> None:
         """Revoke the certificate (cessationOfOperation) and mark its transaction rejected."""
 

@@ -34,8 +34,10 @@ from ..scep.types import ContentCipher, FailInfo, MalformedMessage, MessageType,
 from .approval import ApprovalWorkflow
 from .checks import NOT_LOOKED_UP, Check, Enrolment, default_checks
 from .getcrl import GETCRL_QUEUE, GetCrlLane
+from .expiry import PendingExpiry
 from .model import (ACK_STALE_AFTER, MAX_TRANSACTION_ID, ChallengeRejected, ChallengeVerifier, EnrollmentRequest,
-                    CaNotLoaded, NoNextCA, Outcome, StaticChallenge, bounded, has_control_characters, type_name, unused_since)
+                    CaNotLoaded, NoNextCA, Outcome, StaticChallenge, bounded, expired_text, has_control_characters,
+                    pending_expired, type_name, unused_since)
 from .reconcile import AckReconciler
 from .repository import DeviceTakenDown, Duplicate, EnrolmentRepository, NotPending, SignerChanged
 from .sql import SqliteRepository, in_executor, repository_for
@@ -114,6 +116,7 @@ class ScepService:
         self.checks: list[Check] = default_checks(self)
         self.approvals = ApprovalWorkflow(self)
         self.reconciler = AckReconciler(self)
+        self.expiry = PendingExpiry(self)
 
     async def _run(self, fn, /, *args, **kwargs):
         return await in_executor(self._executor, fn, *args, **kwargs)
@@ -546,6 +549,14 @@ class ScepService:
 
     async def state_outcome(self, profile: Profile, msg: codec.PKIMessage, row: dict) -> Outcome:
         state = row["state"]
+        if state == "pending" and pending_expired(profile.settings, row["created_at"], now := self.clock()):
+            # nobody decided it in time (profile pending_expiry_days): rejected now, as the sweep would
+            if await self.expiry.expire(profile, row["transaction_id"], row["created_at"], now=now):
+                return Outcome(PKIStatus.FAILURE, fail_info=FailInfo.BAD_REQUEST,
+                               fail_text=expired_text(profile.settings))
+            decided = await self.repository.find(profile.name, row["transaction_id"])  # decided meanwhile
+            if decided is not None and decided["state"] != "pending":
+                return await self.state_outcome(profile, msg, decided)
         if state in ("pending", "awaiting_ack"):  # awaiting_ack: delivered once the MDM acknowledged it
             return Outcome(PKIStatus.PENDING)
         if state == "rejected":
@@ -609,4 +620,15 @@ class ScepService:
         """A background job: reconcile leftovers at start-up, then periodically."""
         while True:
             await self.reconcile_unacknowledged()
+            await asyncio.sleep(every_seconds)
+
+    async def expire_pending(self) -> dict[str, int]:
+        """Reject the pending enrolments nobody decided within their profile's ``pending_expiry_days``
+        (scep_server.enrolment.expiry). Returns {profile: count}."""
+        return await self.expiry.run()
+
+    async def pending_expiry(self, every_seconds: float = 60.0) -> None:
+        """A background job: expire pending enrolments at start-up, then periodically."""
+        while True:
+            await self.expire_pending()
             await asyncio.sleep(every_seconds)

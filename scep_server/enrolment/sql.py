@@ -291,6 +291,19 @@ class SqlRepository:
             await _forget_challenge(conn, profile, key)
             await record_event(conn, **event)
 
+    async def pending_profiles(self) -> list[str]:
+        c = scep_transactions.c  # an index range of ix_scep_transactions_state_created
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(sa.select(c.profile).where(c.state == "pending").distinct())).scalars())
+
+    async def pending_before(self, profile: str, created_before: datetime, *, limit: int) -> list[dict]:
+        c = scep_transactions.c
+        q = (sa.select(c.transaction_id, c.created_at)
+             .where(c.state == "pending", c.profile == profile, c.created_at <= created_before)
+             .order_by(c.created_at, c.transaction_id).limit(limit))
+        async with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in (await conn.execute(q)).all()]
+
     async def withdraw(self, serial: str, profile: str, key: str, why: str, event: dict, *, now: datetime) -> None:
         async with writer(self.engine).begin() as conn:
             await change_status(conn, serial, CertStatus.REVOKED, at=now, actor=event["actor"],

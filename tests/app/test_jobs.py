@@ -106,7 +106,7 @@ async def test_a_crashing_app_job_is_restarted_and_readyz_shows_it(aiohttp_serve
         "crl.run_publishers", "crl.listen_changes", "crl.watch_changes", "crl.revoke_unused",
         "ocsp.scan_changes", "ocsp.renew_signers", "otp.prune", "otp.flush",
         "challenge.prune", "binding.external_cas", "binding.external_crls", "binding.purge_nonces", "mdm.sync_sources",
-        "scep.ack_reconciler", "ca.ra_lifecycle"}
+        "scep.ack_reconciler", "scep.pending_expiry", "ca.ra_lifecycle"}
 
     async def failing() -> bool:
         status, text = await _readyz(srv.url)

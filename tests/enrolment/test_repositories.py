@@ -276,3 +276,21 @@ async def test_a_recorded_issue_keeps_its_savepoint_journal_in_memory(sqlite_rep
     assert open_during_write == [[], []]
     assert db.execute("PRAGMA temp_store").fetchone()[0] == 2  # MEMORY
     assert (await sqlite_repo.find("p", "two")) is not None
+
+
+async def test_pending_transactions_are_found_by_profile_and_age_oldest_first(repo, ca, key):
+    """What the sweep of expired pending enrolments reads (scep_server.enrolment.expiry)."""
+    for name, profile, age in (("a", "p", 3), ("b", "p", 1), ("c", "q", 5), ("d", "p", 4)):
+        _, tx_row, _ = rows(ca, key, name, state="pending")
+        at = AT - timedelta(days=age)
+        await repo.insert_transaction({**{k: v for k, v in tx_row.items() if k != "serial"}, "profile": profile,
+                                       "created_at": at, "updated_at": at})
+    issued = rows(ca, key, "e")
+    await repo.record(*issued)
+    assert sorted(await repo.pending_profiles()) == ["p", "q"]
+    found = await repo.pending_before("p", AT - timedelta(days=2), limit=10)
+    assert [r["transaction_id"] for r in found] == ["d", "a"]
+    assert [r["transaction_id"] for r in await repo.pending_before("p", AT, limit=1)] == ["d"]
+    await repo.reject_pending("p", "d", "expired", dict(at=AT, kind="scep.enrolment.expire", subject="d",
+                                                        actor="system:expiry", data={}), actor="system:expiry", now=AT)
+    assert [r["transaction_id"] for r in await repo.pending_before("p", AT, limit=10)] == ["a", "b"]

@@ -252,7 +252,7 @@ async def test_once_the_ca_certificate_expired_enrolments_and_approvals_are_refu
     refuses to build it, which was an HTTP 500). The request gets a FAILURE naming the expiry before a challenge
     is used; a pending enrolment stays pending (409) until a new CA is active."""
     h.profiles.add("p")
-    h.profiles.add("manual", require_approval=True)
+    h.profiles.add("manual", require_approval=True, pending_expiry_days=0)  # waits years, for the CA alone
     assert (await h.enrol("manual", keys[1])).status is PKIStatus.PENDING
     for i, late in enumerate((timedelta(0), timedelta(days=1))):
         h.clock.set(ca.cert.not_valid_after_utc + late)
