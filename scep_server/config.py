@@ -54,6 +54,13 @@ class ServerSettings(BaseModel):
         False, description="issue certificates although listen is a wildcard address (0.0.0.0, ::) and base_url is "
         "unset, so that they name http://0.0.0.0:...; without it such a server refuses to issue (a lab setting)")
     max_body_bytes: int = Field(256 * 1024, ge=4096, description="largest request body accepted")
+    body_timeout_seconds: float = Field(
+        20.0, gt=0, le=3600, description="time a request's body has to arrive, extended by one second for every "
+        "body_min_rate bytes received: a client sending slower (or not at all) gets a 408 and its connection "
+        "is closed. Only the receiving of the body counts, not what the route does with it")
+    body_min_rate: int = Field(
+        4096, ge=1, description="bytes per second a request body must arrive at, on average, once "
+        "body_timeout_seconds have passed; the announced Content-Length buys no time, only bytes sent do")
     reuse_port: bool = Field(
         True, description="with several workers, each listens on a socket of its own on the same port "
         "(SO_REUSEPORT, where the system has it) and the kernel spreads new connections across them; with one "

@@ -51,6 +51,10 @@ EVENTS: tuple[Event, ...] = (
        "long) or 431 (header too large, too many) (aiohttp's own error line, without its traceback)"),
     _e("http.unhandled", "error", "method path exception", "a handler failed unexpectedly; the client got a 500"),
     _e("http.bad_body", "info", "method path detail", "a request body could not be read; the client got a 400"),
+    _e("http.body_timeout", "info", "method path client received announced seconds",
+       "a request body did not arrive within server.body_timeout_seconds plus one second per server.body_min_rate "
+       "bytes received (received: bytes in, announced: its Content-Length or null); the client got a 408 and its "
+       "connection was closed"),
     _e("http.database_unavailable", "warning", "method path error",
        "the database is unreachable; the client got a 503"),
     _e("server.base_url.wildcard", "warning", "listen issuing",
