@@ -25,8 +25,11 @@ import socket
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http import RawRequestMessage
 from aiohttp.http_exceptions import (BadHttpMessage, BadHttpMethod, BadStatusLine, HttpProcessingError,
                                      InvalidHeader, InvalidURLError, LineTooLong, PayloadEncodingError)
+from aiohttp.streams import StreamReader
+from aiohttp.web import RequestPayloadError
 
 from trustkit.problems import problem
 
@@ -93,9 +96,43 @@ def _limit(exc: LineTooLong) -> int | None:
 
 
 class ProblemRequestHandler(web.RequestHandler):
-    """aiohttp's connection handler, answering a request its parser refused with a problem document."""
+    """aiohttp's connection handler, answering a request its parser refused with a problem document.
 
-    __slots__ = ()
+    It also ends the body of a request whose framing breaks after its route started reading it (a chunk size
+    that does not parse, in a later packet than the headers). aiohttp's C parser then drops that body and queues
+    the parse error as a request of its own, after the one still being read: the route would wait on the body
+    for ever (until the body deadline, :mod:`scep_server.web.bodytime`) and the 400 would come after its answer.
+    Here the body fails at once with ``RequestPayloadError``, as aiohttp's pure-Python parser fails it, which the
+    route's errors answer as a 400 (``http.bad_body``); the connection takes no more bytes and is closed after
+    that answer, the queued error left unanswered. This reads aiohttp's queue of parsed requests (``_messages``,
+    ``_request_count``) and writes none of it."""
+
+    __slots__ = ("_receiving",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._receiving: StreamReader | None = None  # the body the parser is feeding, until its end
+
+    def data_received(self, data: bytes) -> None:
+        count = self._request_count
+        super().data_received(data)
+        added = self._request_count - count
+        if not added:
+            return
+        messages = self._messages
+        for index in range(len(messages) - added, len(messages)):
+            message, payload = messages[index]
+            if isinstance(message, RawRequestMessage):
+                self._receiving = None if payload.is_eof() else payload
+                continue
+            body = self._receiving  # a parse error: in the body still arriving, or in a request of its own
+            self._receiving = None
+            if body is not None and not body.is_eof():
+                self.close()  # nothing more is parsed, and the connection is closed after the route's answer (the
+                # queued error with it, unanswered)
+                body.set_exception(RequestPayloadError("the chunked framing of the request body is broken"))
+                body.feed_eof()  # ended: aiohttp does not linger reading it after the answer
+            return
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:

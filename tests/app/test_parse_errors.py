@@ -114,6 +114,31 @@ async def test_a_request_the_parser_refuses_is_a_problem_document(running, name,
     assert not [e for e in events if e.get("logger") == "aiohttp.server"]
 
 
+async def test_a_chunk_that_breaks_after_the_route_started_reading_ends_the_request(running, capsys):
+    """The headers and a good chunk first, the bad chunk size in a later packet, when the route is reading the
+    body: the body fails at once (400, the route's own answer to an unreadable body), the connection is closed,
+    one log line. (aiohttp's C parser dropped that body: the route waited for ever.)"""
+    capsys.readouterr()
+    reader, writer = await asyncio.open_connection("127.0.0.1", running)
+    try:
+        writer.write(b"POST /scep/default?operation=PKIOperation HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                     b"\r\n4\r\n0123\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the route is waiting for the rest of the body
+        writer.write(b"zz" + SECRET.encode() + b"\r\n0\r\n\r\n")
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 5)  # EOF: the server closed the connection
+    finally:
+        writer.close()
+    assert data.startswith(b"HTTP/1.1 400 "), data
+    assert data.endswith(b"\r\n\r\nthe request body could not be read\n"), data  # SCEP answers it in text
+    assert data.count(b"HTTP/1.1 ") == 1 and SECRET.encode() not in data, data
+    events = lines(capsys)
+    assert [(e["event"], e["path"]) for e in events if e["event"].startswith("http.")] == [
+        ("http.bad_body", "/scep/default")], events
+    assert "Traceback" not in json.dumps(events) and SECRET not in json.dumps(events)
+
+
 async def test_a_request_that_parses_is_answered_as_before(running):
     status_line, headers, body = await exchange(running, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert status_line.startswith(b"HTTP/1.1 200 ")
