@@ -9,8 +9,14 @@
                                                CRL Distribution Point, a name or certificate already registered)
     GET|POST /admin/external-cas/remove?name=  a confirmation form, then the CA is unregistered: its certificates
                                                have an unknown issuer from then on (their devices are unmanaged)
+    GET|POST /admin/external-cas/forget-crls?name=   a confirmation form saying when to use it, then the last good
+                                               CRLs recorded for the CA are forgotten (ExternalCas.forget_crls, as by
+                                               `ca forget-external-crls` and the API's .../{name}/forget-crls): the
+                                               next valid CRL of each of its URLs is taken whatever its age or scope;
+                                               the answer says how many URL records were forgotten
 
-Adding and removing are ``pki.ca.add`` / ``pki.ca.remove`` events whose actor is the session's principal.
+Adding, removing and forgetting the CRLs are ``pki.ca.add`` / ``pki.ca.remove`` / ``pki.ca.forget_crls`` events
+whose actor is the session's principal.
 """
 from __future__ import annotations
 
@@ -25,6 +31,13 @@ from .pages import MULTIPART, PREFIX, SESSION, UPLOAD, form as _form, page as _p
 
 MAX_CERT_BYTES = 32768  # the API's bound on a certificate
 NEW_PATH = PREFIX + "/external-cas/new"
+
+def _forget_refusals() -> tuple[str, ...]:
+    """The checker's refusals that forgetting the recorded CRLs clears (crl.check.NEEDS_FORGET): rollback and
+    scope_mismatch; the list points to the action from a CA whose last failure is one of them."""
+    from crl.check import NEEDS_FORGET
+
+    return tuple(kind.value for kind in NEEDS_FORGET)
 
 
 def _external(request: web.Request):
@@ -84,7 +97,7 @@ async def external_list(request: web.Request) -> web.Response:
         error = exc.detail
     return _page(request, "external_cas.jinja2", {
         "filters": values, "rows": rows, "policies": [p.value for p in Policy], "states": OUTCOME_STATES,
-        "error": error}, status=400 if error else 200)
+        "refusals": _forget_refusals(), "error": error}, status=400 if error else 200)
 
 
 def _new_form(request: web.Request, *, error: str | None = None, name: str = "", policy: str = "fail-closed",
@@ -128,15 +141,20 @@ async def add_external(request: web.Request) -> web.Response:
     return _redirect(str(URL(PREFIX + "/external-cas").with_query(name=name)))
 
 
-async def remove_confirm(request: web.Request) -> web.Response:
-    external = _external(request)
-    name = _name(request.query.get("name"))
+async def _registered(external, name: str):
+    """The registered CA `name` (ExternalCaNotFound: 404)."""
     found = [ca for ca in await external.list() if ca.name == name]
     if not found:
         from ..binding.errors import ExternalCaNotFound
 
         raise ExternalCaNotFound(f"no external CA {name!r}")
-    return _page(request, "external_ca_remove.jinja2", {"ca": found[0].to_json()})
+    return found[0]
+
+
+async def remove_confirm(request: web.Request) -> web.Response:
+    external = _external(request)
+    ca = await _registered(external, _name(request.query.get("name")))
+    return _page(request, "external_ca_remove.jinja2", {"ca": ca.to_json()})
 
 
 async def remove_external(request: web.Request) -> web.Response:
@@ -147,6 +165,23 @@ async def remove_external(request: web.Request) -> web.Response:
     return _redirect(PREFIX + "/external-cas")
 
 
+async def forget_confirm(request: web.Request) -> web.Response:
+    external = _external(request)
+    ca = await _registered(external, _name(request.query.get("name")))
+    return _page(request, "external_ca_forget_crls.jinja2",
+                 {"ca": _row(ca, external.outcomes().get(ca.name)), "refusals": _forget_refusals()})
+
+
+async def forget_crls(request: web.Request) -> web.Response:
+    """The API's forget-crls: the records deleted and the event written by ``ExternalCas.forget_crls``, then this
+    process's checker reloaded (it takes the next valid CRL at once; the others within their reload interval)."""
+    external = _external(request)
+    name = _name(_form(request).get("name"))
+    done = await external.forget_crls(name, actor=request[SESSION].principal, now=_runtime(request).clock())
+    await external.reload()
+    return _page(request, "external_ca_crls_forgotten.jinja2", {"name": done["name"], "forgotten": done["forgotten"]})
+
+
 def add_routes(app: web.Application) -> None:
     MULTIPART[NEW_PATH] = lambda request: MAX_CERT_BYTES
     app.router.add_get("/external-cas", external_list)
@@ -154,3 +189,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/external-cas/new", add_external)
     app.router.add_get("/external-cas/remove", remove_confirm)
     app.router.add_post("/external-cas/remove", remove_external)
+    app.router.add_get("/external-cas/forget-crls", forget_confirm)
+    app.router.add_post("/external-cas/forget-crls", forget_crls)
