@@ -196,3 +196,14 @@ async def test_a_request_without_a_body_arms_nothing(running, monkeypatch):
     # a body still to come arms one timer (one that came with the headers is in already: none)
     await exchange(running, head(SCEP_POST, 10, close=True), [(0.1, b"E" * 10)])
     assert len(armed) == 1
+
+
+@pytest.mark.parametrize("target", [b"/ocsp/default", b"/wsapi/2.0/verify", b"/admin/login"])
+async def test_every_route_reading_a_body_gets_the_deadline(running, target):
+    """OCSP, the OTP validation protocol and the console's sign-in (its HTML error page): a 408, the connection
+    closed. None needs a credential before reading (1000 bytes announced: within what each of them reads)."""
+    elapsed, status_line, headers, body = await exchange(
+        running, head(target, 1000).replace(b"application/x-pki-message", b"application/x-www-form-urlencoded")
+        + b"a=1")
+    assert status_line.startswith(b"HTTP/1.1 408 "), (status_line, body[:300])
+    assert elapsed < BASE + 2, elapsed
