@@ -290,8 +290,9 @@ class MdmSettings(BaseModel):
                                    "(token, inventory pages)")
     sync_timeout_seconds: float = Field(
         3600.0, gt=0, le=86400, description="a sync that has not read the whole inventory (every page of every "
-        "listing, token requests included) within this fails and changes nothing; the periodic sync's claim of a "
-        "source lasts sync_interval_seconds plus this, so that no other process reads the source meanwhile")
+        "listing, token requests included) within this fails and changes nothing; a sync's claim of a source "
+        "(periodic, or asked for with mdm sync) lasts sync_interval_seconds plus this, so that no other sync reads "
+        "the source meanwhile")
     brake_share: float = Field(
         0.1, ge=0, le=1, description="a sync that would take down (suspend, deactivate or delete) more than this "
         "share of the source's known devices, and more than brake_devices of them, applies nothing until an "
