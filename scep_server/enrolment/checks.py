@@ -46,6 +46,8 @@ class Enrolment:
     content: codec.RequestContent
     key: str  # the idempotency key (ScepService.transaction_key)
     public_key_sha256: str
+    # SHA-256 of the key that signed the request (stored with the transaction: its CertPolls must come from it)
+    signer_key_sha256: str | None = None
     known: object = NOT_LOOKED_UP  # the transaction row when looked up in the decryption stage (None: none)
     policy_error: str | None = None  # the template's verdict, judged in the decryption stage
     vetted: Vetted | None = None  # and the subject and SANs it allowed (IssuancePolicy.check)
@@ -313,7 +315,7 @@ class Approval:
             profile=e.profile.name, transaction_id=e.key, state="pending", message_type=int(msg.message_type),
             csr_der=e.content.der, public_key_sha256=e.public_key_sha256,
             renewal_of=e.renewal_of.serial if e.renewal_of else None, device_id=e.device_id, created_at=now,
-            updated_at=now))
+            updated_at=now, signer_key_sha256=e.signer_key_sha256))
         if existing is not None:  # a parallel retry won the insert
             return await self.service.replay(e.profile, msg, existing, e.public_key_sha256)
         return Outcome(PKIStatus.PENDING)

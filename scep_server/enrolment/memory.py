@@ -100,7 +100,7 @@ class InMemoryRepository:
         if key in self.transactions:
             return dict(self.transactions[key])
         self.transactions[key] = {"serial": None, "fail_text": None, "decided_by": None, "renewal_of": None,
-                                  **tx_row}
+                                  "device_id": None, "signer_key_sha256": None, **tx_row}
         return None
 
     async def record_event(self, event: dict) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import hmac
 import os
 import secrets
 import time
@@ -337,6 +338,7 @@ class ScepService:
             raise SCEPFailure(FailInfo.BAD_REQUEST, refusal, msg)
         e = Enrolment(profile=profile, ca=ca, message=msg, content=content, key=self.transaction_key(ca, msg),
                       public_key_sha256=inventory.public_key_sha256(content.public_key), known=known,
+                      signer_key_sha256=inventory.public_key_sha256(msg.signer_cert.public_key()),
                       static_secrets=static_secrets, compromised=compromised,
                       policy_error=policy_error, vetted=vetted, signed_by_us=self.signed_by_us(ca, msg))
         for check in self.checks:
@@ -376,7 +378,7 @@ class ScepService:
             # One thread hop signs the certificate and its CertRep (and with an inline repository commits the rows
             # in between); the reply leaves only once the rows are committed.
             cert, rows, outcome = await self._run(self._sign, profile, ca, req, key, e.public_key_sha256, now,
-                                                  inline, state, e.vetted)
+                                                  inline, state, e.vetted, e.signer_key_sha256)
             try:
                 if outcome is None:
                     raise rows  # the inline write's Duplicate or DeviceTakenDown
@@ -456,7 +458,8 @@ class ScepService:
         return True
 
     def _sign(self, profile: Profile, ca: CertificateAuthority, req: EnrollmentRequest, key: str, pub_sha: str,
-              now: datetime, inline: bool, state: str = "issued", vetted: Vetted | None = None):
+              now: datetime, inline: bool, state: str = "issued", vetted: Vetted | None = None,
+              signer_sha: str | None = None):
         """Issue the certificate, write its rows when ``inline``, and build the CertRep SUCCESS (in a thread).
 
         ``vetted``: the subject and SANs the profile's policy returned for this CSR and this CA in the decryption
@@ -481,7 +484,8 @@ class ScepService:
         # with it, see enrolment.sql._forget_challenge)
         kept_csr = req.csr_der if state == "awaiting_ack" else codec.without_challenge_password(req.csr_der)
         tx_row = dict(profile=profile.name, transaction_id=key, state=state, message_type=int(msg.message_type),
-                      csr_der=kept_csr, public_key_sha256=pub_sha, serial=serial, created_at=now, updated_at=now)
+                      csr_der=kept_csr, public_key_sha256=pub_sha, serial=serial, created_at=now, updated_at=now,
+                      signer_key_sha256=signer_sha)
         event = dict(at=now, kind="pki.cert.renew" if req.renewal_of else "pki.cert.issue", subject=serial,
                      actor=f"scep:{profile.name}",
                      data={"transaction_id": msg.transaction_id, "subject": cert_row["subject"],
@@ -576,9 +580,20 @@ class ScepService:
         if inner.issuer != ca.cert.subject:
             raise SCEPFailure(FailInfo.BAD_CERT_ID, "CertPoll names an issuer that is not this CA", msg)
         row = await self.repository.find(profile.name, self.transaction_key(ca, msg))
-        if row is None:
+        if row is None or not self._polled_by_requester(msg, row):  # another signer learns nothing of it
             raise SCEPFailure(FailInfo.BAD_CERT_ID, "no enrolment with this transactionID", msg)
         return await self.state_outcome(profile, msg, row)
+
+    @staticmethod
+    def _polled_by_requester(msg: codec.PKIMessage, row: dict) -> bool:
+        """A CertPoll comes from the requester (RFC 8894 §3.3.3): signed by the key that signed the request, or by
+        the CSR's key. A renewal's is also keyed by the signing certificate's serial (transaction_key). A row
+        written before the signer was stored (migration core_0014) is answered to any signer, as it was."""
+        stored = row.get("signer_key_sha256")
+        if stored is None:
+            return True
+        asker = inventory.public_key_sha256(msg.signer_cert.public_key())
+        return hmac.compare_digest(asker, stored) or hmac.compare_digest(asker, row["public_key_sha256"])
 
     async def _get_cert(self, ca: CertificateAuthority, msg: codec.PKIMessage,
                         inner: codec.RequestContent) -> Outcome:

@@ -104,6 +104,9 @@ scep_transactions = sa.Table(
     sa.Column("renewal_of", sa.String(42)),
     # a pending enrolment: the device its challenge named (a one-time challenge's), its certificate's when approved
     sa.Column("device_id", sa.String(255)),
+    # SHA-256 of the SubjectPublicKeyInfo of the key that signed the request (migration core_0014; NULL before):
+    # a CertPoll for the transaction is answered only when signed by that key, or by the CSR's
+    sa.Column("signer_key_sha256", sa.String(64)),
     # the enrolment list's order, of one state or all; the state last: the dashboard's chart reads only this index
     sa.Index("ix_scep_transactions_state_created", "state", "created_at", "profile", "transaction_id"),
     sa.Index("ix_scep_transactions_created_state", "created_at", "profile", "transaction_id", "state"),
