@@ -98,6 +98,14 @@ class CheckerState(Protocol):
         when another process changed it meanwhile (nothing written)."""
 
 
+def _is_copy(data: bytes, sha256: str) -> bool:
+    """Whether downloaded `data` is the CRL whose digest is `sha256` (False when unsure: it is then validated)."""
+    try:
+        return hashlib.sha256(der_from_bytes(data)).hexdigest() == sha256
+    except Exception:  # noqa: BLE001 - bytes that do not even unwrap: the validation says what they are
+        return False
+
+
 class CertificateRefused(ValueError):
     """A CA certificate the checker will not work with; `reason` is a stable code."""
 
@@ -795,6 +803,10 @@ class CrlChecker:
         """Validate off the event loop, then record and install if it is newer; False when it is the copy we hold."""
         prev = src.snapshot
         forgotten = src.forgotten
+        if prev is not None and not forgotten and await asyncio.to_thread(_is_copy, data, prev.sha256):
+            if src.snapshot is not prev:  # another fetch installed meanwhile: validate against it
+                return await self._accept(src, data, tries)
+            return False  # the copy held: no record to read or write (its own stands), none per refresh
         recorded = await self._recorded(src)
         snap = await asyncio.to_thread(self._validate, src.ca, src.url, data, prev,
                                        None if forgotten else prev, recorded)
