@@ -40,7 +40,7 @@ NOT_JSON = {"/scep/{profile}", "/scep/{profile}/", "/scep/{profile}/pkiclient.ex
             "/admin/yubikeys/{serial}/{action}", "/admin/profiles", "/admin/profiles/{name}/edit",
             "/admin/profiles/{name}/rotate-secret", "/admin/tokens", "/admin/tokens/{id}/disable",
             "/admin/otp-clients/new", "/admin/otp-clients/{id}/{action}", "/admin/external-cas/new",
-            "/admin/external-cas/remove",  # the console's forms
+            "/admin/external-cas/remove", "/admin/external-cas/forget-crls",  # the console's forms
             "/ocsp/{ca}"}  # OCSP requests (application/ocsp-request)
 
 
