@@ -217,7 +217,8 @@ class DynamicVerifier:
         try:
             redeemed = await self.service.store.redeem(
                 req.profile.name, req.challenge, now=self.service.runtime.clock(),
-                transaction_id=req.message.transaction_id, public_key_sha256=public_key_sha256(req.csr.public_key()),
+                transaction_id=req.message.transaction_id,
+                public_key_sha256=req.public_key_sha256 or public_key_sha256(req.csr.public_key()),
                 check=lambda expected: check_csr(req.csr, expected, named_device=req.named_device))
         except ChallengeRejected:
             metrics.challenge_redeemed(req.profile.name, "refused")

@@ -68,7 +68,7 @@ class Enrolment:
         return EnrollmentRequest(profile=self.profile, message=self.message, csr=csr, csr_der=self.content.der,
                                  challenge=challenge_password(csr), renewal_of=self.renewal_of,
                                  device_id=self.device_id, named_device=self.named_device,
-                                 static_secrets=self.static_secrets)
+                                 static_secrets=self.static_secrets, public_key_sha256=self.public_key_sha256)
 
 
 class Check(Protocol):
@@ -282,7 +282,8 @@ class ForeignSigner:
         self.service = service
 
     async def __call__(self, e: Enrolment) -> None:
-        if e.renewal_of is not None or not self.service.foreign_signer(e.ca, e.message, e.content):
+        if e.renewal_of is not None or not self.service.foreign_signer(e.ca, e.message, e.public_key_sha256,
+                                                                         e.signer_key_sha256 or ""):
             return
         now = e.now = e.now or self.service.clock()
         profile, msg, pub_sha = e.profile, e.message, e.public_key_sha256

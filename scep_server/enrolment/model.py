@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography import x509
 from cryptography.x509.oid import AttributeOID
@@ -14,9 +14,13 @@ from trustkit.clock import aware
 from trustkit.problems import ServiceUnavailable
 
 from ..ca.inventory import CertRecord
+from ..ca.policy import Vetted
 from ..profiles import Profile, ProfileStore
 from ..scep import message as codec
 from ..scep.types import FailInfo, MessageType, PKIStatus
+
+if TYPE_CHECKING:
+    from ..ca.authority import CertificateAuthority
 
 
 class ChallengeRejected(Exception):
@@ -60,6 +64,8 @@ class EnrollmentRequest:
     # a static profile's secrets (scep_server.profilemodel.StaticSecrets, None: no such static profile) as read in
     # the decryption stage by an inline repository, or NOT_LOOKED_UP
     static_secrets: object = NOT_LOOKED_UP
+    # SHA-256 of the CSR's public key (SubjectPublicKeyInfo), as the enrolment computed it (None: not computed)
+    public_key_sha256: str | None = None
 
 
 class ChallengeVerifier(Protocol):
@@ -126,6 +132,23 @@ class Outcome:
     fail_text: str | None = None
     serial: str | None = None
     reply: bytes | None = None  # the signed CertRep, when built together with the certificate
+
+
+@dataclass
+class Opened:
+    """What the decryption stage (ScepService._open, in a thread) made of a pkiMessage: the CA that answers it, the
+    message and its content, and for a PKCSReq or RenewalReq what it judged and read there."""
+
+    ca: CertificateAuthority
+    message: codec.PKIMessage
+    content: codec.RequestContent
+    public_key_sha256: str | None = None  # of the CSR's key, computed once for the whole enrolment
+    signer_key_sha256: str | None = None  # of the signer's key, likewise
+    policy_error: str | None = None  # the template's verdict
+    vetted: Vetted | None = None  # and the subject and SANs it allowed
+    known: object = NOT_LOOKED_UP  # the transaction row, read by an inline repository (None: none)
+    static_secrets: object = NOT_LOOKED_UP  # a static profile's secrets as stored now, read with it
+    compromised: object = NOT_LOOKED_UP  # checks.CompromisedKey's answer, read with it
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,11 @@ from ..profiles import Profile, ProfileStore
 from ..scep import message as codec
 from ..scep.types import ContentCipher, FailInfo, MalformedMessage, MessageType, PKIStatus, SCEPFailure
 from .approval import ApprovalWorkflow
-from .checks import NOT_LOOKED_UP, Check, Enrolment, default_checks
+from .checks import Check, Enrolment, default_checks
 from .getcrl import GETCRL_QUEUE, GetCrlLane
 from .expiry import PendingExpiry
 from .model import (ACK_STALE_AFTER, MAX_TRANSACTION_ID, ChallengeRejected, ChallengeVerifier, EnrollmentRequest,
-                    CaNotLoaded, NoNextCA, Outcome, StaticChallenge, bounded, expired_text, has_control_characters,
+                    CaNotLoaded, NoNextCA, Opened, Outcome, StaticChallenge, bounded, expired_text, has_control_characters,
                     pending_expired, type_name, unused_since)
 from .reconcile import AckReconciler
 from .repository import DeviceTakenDown, Duplicate, EnrolmentRepository, NotPending, SignerChanged
@@ -198,11 +198,9 @@ class ScepService:
         opened = False
         await self.repository.prepare()
         try:
-            ca, msg, inner, known, policy_error, static_secrets, vetted, compromised = await self._run(
-                self._open, body, ca, profile)
-            opened = True
-            outcome = await self._dispatch(profile, ca, msg, inner, known, policy_error, static_secrets, vetted,
-                                           compromised)
+            request = await self._run(self._open, body, ca, profile)
+            ca, msg, opened = request.ca, request.message, True
+            outcome = await self._dispatch(profile, request)
         except SCEPFailure as exc:
             if exc.message is None:
                 raise MalformedMessage(exc.text) from None
@@ -220,7 +218,7 @@ class ScepService:
                  duration_ms=round(elapsed * 1000, 2))
         return reply
 
-    def _open(self, body: bytes, ca: CertificateAuthority, profile: Profile):
+    def _open(self, body: bytes, ca: CertificateAuthority, profile: Profile) -> Opened:
         """Parse, verify, decrypt and parse the content (CPU work, run in a thread); with an inline repository,
         also find an enrolment's transaction.
 
@@ -239,23 +237,27 @@ class ScepService:
         if content.cipher is ContentCipher.DES_CBC:
             log.warning("scep.single_des", profile=profile.name, transaction_id=msg.transaction_id,
                         message_type=type_name(msg.message_type))
-        known = static_secrets = compromised = NOT_LOOKED_UP
-        policy_error = vetted = None
+        opened = Opened(ca, msg, content)
         if content.csr is not None:
-            self._check_signer_key(profile, ca, msg, content)
+            # the digests of the CSR's key and of the signer's, computed once for the whole enrolment
+            opened.public_key_sha256 = inventory.public_key_sha256(content.public_key)
+            signer_key = msg.signer_cert.public_key()
+            opened.signer_key_sha256 = (opened.public_key_sha256 if signer_key == content.public_key
+                                        else inventory.public_key_sha256(signer_key))
+            self._check_signer_key(profile, ca, msg, opened.public_key_sha256, opened.signer_key_sha256)
             # the template's rules, judged here in the same thread; applied after a retry is recognised
             try:  # vetted: the subject and SANs the certificate gets, used again when it is signed
-                vetted = profile.policy.check(content.csr, reserved_names=self.reserved_names(),
-                                              proof_checked=content.proof_checked)
+                opened.vetted = profile.policy.check(content.csr, reserved_names=self.reserved_names(),
+                                                     proof_checked=content.proof_checked)
             except PolicyViolation as exc:
-                policy_error = str(exc)
+                opened.policy_error = str(exc)
             if self.repository.inline:
                 # a static profile's secret is read now, as stored: rotated by another process or not
-                known, static_secrets = self.repository.lookup_sync(profile.name, self.transaction_key(ca, msg),
-                                                                    static_secrets=profile.challenge_kind == "static")
+                opened.known, opened.static_secrets = self.repository.lookup_sync(
+                    profile.name, self.transaction_key(ca, msg), static_secrets=profile.challenge_kind == "static")
                 # on the same connection: the compromised-key check (checks.CompromisedKey) costs no round trip
-                compromised = self.repository.compromised_sync(inventory.public_key_sha256(content.public_key))
-        return ca, msg, content, known, policy_error, static_secrets, vetted, compromised
+                opened.compromised = self.repository.compromised_sync(opened.public_key_sha256)
+        return opened
 
     def addressed_ca(self, ca: CertificateAuthority, msg: codec.PKIMessage) -> CertificateAuthority:
         """The CA that answers a request: the profile's; a CertPoll, GetCert or GetCRL encrypted to the RA of
@@ -282,17 +284,17 @@ class ScepService:
         return any(signer.issuer == c.cert.subject and c.issued_by_us(signer)
                    for c in (ca, *(c for c in self.cas.values() if c is not ca)))
 
-    def foreign_signer(self, ca: CertificateAuthority, msg: codec.PKIMessage, content: codec.RequestContent) -> bool:
-        """A self-signed request (not a renewal by one of our certificates) whose signer key is not the CSR's."""
-        if self.signed_by_us(ca, msg):
-            return False
-        return inventory.public_key_sha256(msg.signer_cert.public_key()) != inventory.public_key_sha256(
-            content.public_key)
+    def foreign_signer(self, ca: CertificateAuthority, msg: codec.PKIMessage, public_key_sha256: str,
+                       signer_key_sha256: str) -> bool:
+        """A self-signed request (not a renewal by one of our certificates) whose signer key is not the CSR's (by the
+        SHA-256 of each key)."""
+        return signer_key_sha256 != public_key_sha256 and not self.signed_by_us(ca, msg)
 
     def _check_signer_key(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
-                          content: codec.RequestContent) -> None:
+                          public_key_sha256: str, signer_key_sha256: str) -> None:
         """Profile setting ``require_signer_csr_key``: the self-signed signer must hold the CSR's key (RFC 8894 §2.3)."""
-        if profile.settings.require_signer_csr_key and self.foreign_signer(ca, msg, content):
+        if profile.settings.require_signer_csr_key and self.foreign_signer(ca, msg, public_key_sha256,
+                                                                             signer_key_sha256):
             raise SCEPFailure(FailInfo.BAD_REQUEST,
                               "the request is signed by a key other than the CSR's (this profile requires the CSR's "
                               "key)", msg)
@@ -312,14 +314,11 @@ class ScepService:
                                     signing_time=self.clock(), fail_info=outcome.fail_info,
                                     fail_text=outcome.fail_text, **kwargs)
 
-    async def _dispatch(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
-                        inner: codec.RequestContent, known=NOT_LOOKED_UP, policy_error: str | None = None,
-                        static_secrets=NOT_LOOKED_UP, vetted: Vetted | None = None,
-                        compromised=NOT_LOOKED_UP) -> Outcome:
+    async def _dispatch(self, profile: Profile, request: Opened) -> Outcome:
+        ca, msg, inner = request.ca, request.message, request.content
         t = msg.message_type
         if t in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
-            return await self._enrol(profile, ca, msg, inner, known, policy_error, static_secrets, vetted,
-                                     compromised)
+            return await self._enrol(profile, request)
         if t is MessageType.CERT_POLL:
             return await self._poll(profile, ca, msg, inner)
         if t is MessageType.GET_CERT:
@@ -328,19 +327,19 @@ class ScepService:
 
     # ------------------------------------------------------------------ enrolment
 
-    async def _enrol(self, profile: Profile, ca: CertificateAuthority, msg: codec.PKIMessage,
-                     content: codec.RequestContent, known=NOT_LOOKED_UP, policy_error: str | None = None,
-                     static_secrets=NOT_LOOKED_UP, vetted: Vetted | None = None,
-                     compromised=NOT_LOOKED_UP) -> Outcome:
+    async def _enrol(self, profile: Profile, request: Opened) -> Outcome:
         # parsed, key loaded and proof of possession checked in the decryption stage (codec.open_request)
+        ca, msg, content = request.ca, request.message, request.content
         refusal = self.cannot_issue(ca, self.clock())
         if refusal:  # before any check: no challenge is used up by a request that cannot succeed
             raise SCEPFailure(FailInfo.BAD_REQUEST, refusal, msg)
+        assert request.public_key_sha256 is not None  # computed in the decryption stage for every CSR
         e = Enrolment(profile=profile, ca=ca, message=msg, content=content, key=self.transaction_key(ca, msg),
-                      public_key_sha256=inventory.public_key_sha256(content.public_key), known=known,
-                      signer_key_sha256=inventory.public_key_sha256(msg.signer_cert.public_key()),
-                      static_secrets=static_secrets, compromised=compromised,
-                      policy_error=policy_error, vetted=vetted, signed_by_us=self.signed_by_us(ca, msg))
+                      public_key_sha256=request.public_key_sha256, known=request.known,
+                      signer_key_sha256=request.signer_key_sha256,
+                      static_secrets=request.static_secrets, compromised=request.compromised,
+                      policy_error=request.policy_error, vetted=request.vetted,
+                      signed_by_us=self.signed_by_us(ca, msg))
         for check in self.checks:
             try:
                 answer = await check(e)
