@@ -1,5 +1,6 @@
 import re
 
+import pytest
 import sqlalchemy as sa
 
 from scep_server.store import tables
@@ -180,3 +181,53 @@ def test_the_commands_on_a_newer_schema_say_so_without_a_traceback(tmp_path, sql
         assert isinstance(result.exception, SystemExit), result.exception  # a message, not an exception's traceback
         assert "the database schema is at core_9999, which this version of scep-server does not know" in result.output
     assert not (data / "ca").exists()  # nothing made beside a database it cannot use
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+async def test_profiles_stored_before_the_pending_expiry_keep_their_enrolments_waiting(tmp_path, dialect):
+    """core_0015: an upgrade rejects nothing a device was told is PENDING. A profile stored before
+    pending_expiry_days existed keeps its enrolments waiting until decided (0, explicit in its settings); one made
+    after the upgrade gets the default, 30 days."""
+    import json
+    import uuid
+    from datetime import datetime, timezone
+
+    from scep_server.enrolment.model import pending_expiry
+    from scep_server.profiles import ProfileSettings, ProfileStore
+    from scep_server.store.migrate import upgrade
+    from tests.conftest import PG_ADMIN_URL, _pg_admin
+    from trustkit.db import create_engine
+
+    if dialect == "sqlite":
+        url, drop = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}", None
+    else:
+        from sqlalchemy.engine import make_url
+
+        name = f"scep_m_{uuid.uuid4().hex[:12]}"
+        await _pg_admin(f'CREATE DATABASE "{name}"')
+        url, drop = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False), name
+    engine = create_engine(url)
+    try:
+        await upgrade(engine, "core_0014")
+        now = datetime(2026, 12, 1, tzinfo=timezone.utc)
+        before = json.loads(ProfileSettings().model_dump_json())
+        before.pop("pending_expiry_days")  # what the version before the setting stored: every setting it had
+        async with engine.begin() as conn:
+            await conn.execute(tables.cas.insert().values(name="ca", kind="issuing", subject="CN=ca", cert_der=b"0",
+                                                          ski_hex="00", fingerprint_sha256="0" * 64, created_at=now))
+            await conn.execute(tables.profiles.insert().values(name="byod", ca="ca", challenge_kind="static",
+                                                               settings=json.dumps(before), created_at=now,
+                                                               updated_at=now))
+        await upgrade(engine)
+        store = ProfileStore(engine, cache_seconds=0)
+        kept = await store.get("byod")
+        await store.create("new", ca="ca", challenge_kind="static", static_secret="s" * 24, now=now)
+        made = await store.get("new")
+    finally:
+        await engine.dispose()
+        if drop:
+            await _pg_admin(f'DROP DATABASE IF EXISTS "{drop}" WITH (FORCE)')
+    assert kept.settings.pending_expiry_days == 0 and pending_expiry(kept.settings) is None
+    assert kept.settings.model_dump(exclude={"pending_expiry_days"}) == \
+        ProfileSettings().model_dump(exclude={"pending_expiry_days"})
+    assert made.settings.pending_expiry_days == 30
