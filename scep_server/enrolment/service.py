@@ -34,8 +34,8 @@ from ..scep import message as codec
 from ..scep.types import ContentCipher, FailInfo, MalformedMessage, MessageType, PKIStatus, SCEPFailure
 from .approval import ApprovalWorkflow
 from .checks import Check, Enrolment, default_checks
-from .getcrl import GETCRL_QUEUE, GetCrlLane
 from .expiry import PendingExpiry
+from .getcrl import GETCRL_QUEUE, GetCrlLane
 from .model import (ACK_STALE_AFTER, MAX_TRANSACTION_ID, ChallengeRejected, ChallengeVerifier, EnrollmentRequest,
                     CaNotLoaded, NoNextCA, Opened, Outcome, StaticChallenge, bounded, expired_text, has_control_characters,
                     pending_expired, type_name, unused_since)
