@@ -3,18 +3,10 @@ one-time challenge's redemption, the foreign-signer rule, a CertPoll's requester
 decryption stage, and handed on."""
 from __future__ import annotations
 
-import pytest
 
 from scep_server.ca import inventory
 from scep_server.scep import PKIStatus
-from tests.enrolment.test_rules import Harness, ca, keys  # noqa: F401 - fixtures
-
-
-@pytest.fixture
-async def h(ca):  # noqa: F811
-    harness = Harness(ca)
-    yield harness
-    await harness.service.close()
+from tests.enrolment.test_rules import ca, h, keys  # noqa: F401 - fixtures
 
 
 async def test_the_csr_keys_digest_is_computed_once_per_enrolment(h, keys, monkeypatch):

@@ -12,16 +12,9 @@ import pytest
 from scep_server.enrolment import ApprovalRefused
 from scep_server.profiles import ProfileSettings
 from scep_server.scep import FailInfo, PKIStatus, client
-from tests.enrolment.test_rules import Harness, ca, keys  # noqa: F401 - fixtures
+from tests.enrolment.test_rules import ca, h, keys  # noqa: F401 - fixtures
 
 DAY = timedelta(days=1)
-
-
-@pytest.fixture
-async def h(ca):  # noqa: F811
-    harness = Harness(ca)
-    yield harness
-    await harness.service.close()
 
 
 def txid(key) -> str:

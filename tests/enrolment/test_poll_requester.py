@@ -7,15 +7,7 @@ from __future__ import annotations
 from cryptography import x509
 
 from scep_server.scep import FailInfo, MessageType, PKIStatus, client
-from tests.enrolment.test_rules import Harness, SECRET, ca, keys  # noqa: F401 - fixtures
-import pytest
-
-
-@pytest.fixture
-async def h(ca):  # noqa: F811
-    harness = Harness(ca)
-    yield harness
-    await harness.service.close()
+from tests.enrolment.test_rules import SECRET, Harness, ca, h, keys  # noqa: F401 - fixtures
 
 
 def txid(key) -> str:
