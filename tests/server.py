@@ -87,6 +87,27 @@ async def allow_single_des(settings: Settings, profile: str = "default", *, cloc
         await engine.dispose()
 
 
+
+@contextlib.asynccontextmanager
+async def served_as_serve_does(settings: Settings):
+    """The application of `settings` (initialised) on a loopback port, behind the runner `serve` uses
+    (scep_server.web.protocol: its parser limits and answers); yields the port."""
+    from aiohttp import web
+
+    from scep_server.serve import bind
+    from scep_server.web import protocol
+
+    await initialise(settings)
+    sock = bind("127.0.0.1", 0)
+    runner = protocol.AppRunner(create_app(settings), access_log=None, auto_decompress=False)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        yield sock.getsockname()[1]
+    finally:
+        await runner.cleanup()
+        sock.close()
+
 async def start_app(aiohttp_server, tmp_path: Path, db_url: str | None = None, clock=None, *,
                     single_des_on_default: bool = True, first_crl: bool = True, **extra) -> RunningServer:
     """Initialise a data directory (CA, schema, default profile) and serve the app on a free port.

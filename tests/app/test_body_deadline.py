@@ -10,14 +10,11 @@ import json
 import time
 
 import pytest
-from aiohttp import web
 
-from scep_server.app import create_app
-from scep_server.runtime import initialise
-from scep_server.serve import bind
-from scep_server.web import bodytime, protocol, scep
+from scep_server.web import bodytime, scep
 from tests.app.test_access_log import json_logs, lines  # noqa: F401 - the JSON logging fixture
 from tests.factories import settings_for
+from tests.server import served_as_serve_does
 
 BASE = 0.5  # server.body_timeout_seconds here
 RATE = 1000  # server.body_min_rate here (bytes per second)
@@ -102,16 +99,8 @@ async def running(tmp_path, json_logs, monkeypatch):  # noqa: F811
     monkeypatch.setattr(scep, "_pki_operation", slow_operation)
     settings = settings_for(tmp_path / "data", None,
                             server={"body_timeout_seconds": BASE, "body_min_rate": RATE})
-    await initialise(settings)
-    sock = bind("127.0.0.1", 0)
-    runner = protocol.AppRunner(create_app(settings), access_log=None, auto_decompress=False)
-    await runner.setup()
-    try:
-        await web.SockSite(runner, sock).start()
-        yield sock.getsockname()[1]
-    finally:
-        await runner.cleanup()
-        sock.close()
+    async with served_as_serve_does(settings) as port:
+        yield port
 
 
 async def test_a_body_announced_and_not_sent_is_a_408_and_the_connection_is_closed(running, capsys):

@@ -14,16 +14,12 @@ import time
 import urllib.request
 
 import pytest
-from aiohttp import web
 
-from scep_server.app import create_app
-from scep_server.runtime import initialise
-from scep_server.serve import bind
 from scep_server.web import protocol
 from tests.app.test_access_log import json_logs, lines  # noqa: F401 - the JSON logging fixture
 from tests.app.test_reuse_port import ROOT
 from tests.factories import settings_for
-from tests.server import _prepare_for_scepclient, child_pids, free_port, start_app
+from tests.server import _prepare_for_scepclient, child_pids, free_port, served_as_serve_does, start_app
 
 SECRET = "dt_admin_TOPSECRET"  # on every line that does not parse: never in an answer or the log
 
@@ -85,17 +81,8 @@ def check(name: str, status_line: bytes, headers: dict[str, str], body: bytes) -
 async def running(tmp_path, json_logs):  # noqa: F811
     """The application served by the runner `serve` uses, on a loopback port."""
     json_logs("info")
-    settings = settings_for(tmp_path / "data", None)
-    await initialise(settings)
-    sock = bind("127.0.0.1", 0)
-    runner = protocol.AppRunner(create_app(settings), access_log=None, auto_decompress=False)
-    await runner.setup()
-    try:
-        await web.SockSite(runner, sock).start()
-        yield sock.getsockname()[1]
-    finally:
-        await runner.cleanup()
-        sock.close()
+    async with served_as_serve_does(settings_for(tmp_path / "data", None)) as port:
+        yield port
 
 
 @pytest.mark.parametrize("name", list(CASES))
