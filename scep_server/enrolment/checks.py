@@ -16,7 +16,7 @@ import structlog
 from cryptography import x509
 
 from ..ca.authority import CertificateAuthority
-from ..ca.inventory import CertRecord, Reason
+from ..ca.inventory import CertRecord, Reason, serial_hex
 from ..ca.policy import PolicyViolation, Vetted, subject_mailboxes
 from ..profiles import Profile, UnknownProfile
 from ..scep import message as codec
@@ -54,6 +54,7 @@ class Enrolment:
     static_secrets: object = NOT_LOOKED_UP  # a static profile's secrets when read in the decryption stage
     compromised: object = NOT_LOOKED_UP  # CompromisedKey's answer when read in the decryption stage (None: none)
     signed_by_us: bool = False
+    refused_before: bool = False  # a request signed by us that was refused before (Renewal): not remembered again
     renewal_of: CertRecord | None = None  # the signing certificate, for a renewal
     device_id: str | None = None
     named_device: str | None = None  # the device the request itself names (profile setting `device_id`)
@@ -135,6 +136,14 @@ class Renewal:
 
     async def __call__(self, e: Enrolment) -> None:
         if e.signed_by_us:
+            # Before any other rule: a request refused once (too early, a signer on hold, a device not active...) is
+            # never issued later, when the reason no longer holds: it may be a captured one replayed inside the
+            # window. A client signs each attempt anew (a new senderNonce), so its next attempt is judged afresh.
+            msg = e.message
+            if await self.service.repository.renewal_refused_before(serial_hex(msg.signer_cert.serial_number),
+                                                                    msg.signed_sha256.hex()):
+                e.refused_before = True
+                raise e.refuse("this renewal request was refused before; sign a new one")
             e.renewal_of = await self._signer_record(e)
 
     async def _signer_record(self, e: Enrolment) -> CertRecord:

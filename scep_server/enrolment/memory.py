@@ -10,7 +10,8 @@ from datetime import datetime
 
 from ..ca.inventory import CertRecord, Reason
 from ..scep.message import without_challenge_password
-from .repository import Binding, Duplicate, NotPending, SignerStanding, signer_changed, signer_renewed
+from .repository import (RENEWAL_REFUSALS_PER_SIGNER, Binding, Duplicate, NotPending, SignerStanding, signer_changed,
+                         signer_renewed)
 
 _RECORD_FIELDS = [f for f in CertRecord.__dataclass_fields__]
 
@@ -23,6 +24,8 @@ class InMemoryRepository:
         self.transactions: dict[tuple[str, str], dict] = {}  # (profile, transaction id) -> row
         self.bindings: dict[str, Binding] = {}  # serial -> the device binding of that certificate
         self.events: list[dict] = []
+        # signer serial -> {request sha256: (refused at, signer not after)}
+        self.renewal_refusals: dict[str, dict[str, tuple[datetime, datetime]]] = {}
 
     # ------------------------------------------------------------------ reading
 
@@ -102,6 +105,26 @@ class InMemoryRepository:
         self.transactions[key] = {"serial": None, "fail_text": None, "decided_by": None, "renewal_of": None,
                                   "device_id": None, "signer_key_sha256": None, **tx_row}
         return None
+
+    async def renewal_refused_before(self, signer_serial: str, request_sha256: str) -> bool:
+        return request_sha256 in self.renewal_refusals.get(signer_serial, {})
+
+    async def remember_refused_renewal(self, signer_serial: str, request_sha256: str, *, signer_not_after: datetime,
+                                       now: datetime) -> None:
+        for serial in [s for s, rows in self.renewal_refusals.items()
+                       if any(not_after <= now for _, not_after in rows.values())]:
+            rows = {k: v for k, v in self.renewal_refusals[serial].items() if v[1] > now}
+            if rows:
+                self.renewal_refusals[serial] = rows
+            else:
+                del self.renewal_refusals[serial]
+        rows = self.renewal_refusals.setdefault(signer_serial, {})
+        if request_sha256 in rows:
+            return
+        others = sorted(rows, key=lambda k: (rows[k][0], k), reverse=True)
+        for old in others[RENEWAL_REFUSALS_PER_SIGNER - 1:]:  # the newest others, and this one
+            del rows[old]
+        rows[request_sha256] = (now, signer_not_after)
 
     async def record_event(self, event: dict) -> None:
         self._event(event)

@@ -78,6 +78,10 @@ def signer_changed(status: str | None) -> SignerChanged:
                          "the renewal was not issued")
 
 
+# refused renewal requests remembered per signing certificate (an attacker makes them only for certificates it holds)
+RENEWAL_REFUSALS_PER_SIGNER = 64
+
+
 class EnrolmentRepository(Protocol):
     """The storage of the enrolment path."""
 
@@ -122,6 +126,14 @@ class EnrolmentRepository(Protocol):
         """``find`` and ``compromised_key`` together (one round trip where the store allows it)."""
 
     async def record_event(self, event: dict) -> None: ...
+
+    async def renewal_refused_before(self, signer_serial: str, request_sha256: str) -> bool:
+        """Whether this request (by the SHA-256 of its signed attributes) signed by this certificate was refused."""
+
+    async def remember_refused_renewal(self, signer_serial: str, request_sha256: str, *, signer_not_after: datetime,
+                                       now: datetime) -> None:
+        """Remember a refused request signed by one of our certificates; keeps the newest
+        RENEWAL_REFUSALS_PER_SIGNER of the signer and forgets those of every signer expired by ``now``."""
 
     async def approve(self, profile: str, key: str, cert_row: dict, event: dict, *, renewal_of: str | None,
                       now: datetime, supersede: bool, actor: str) -> None:

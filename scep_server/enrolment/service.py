@@ -330,27 +330,37 @@ class ScepService:
     async def _enrol(self, profile: Profile, request: Opened) -> Outcome:
         # parsed, key loaded and proof of possession checked in the decryption stage (codec.open_request)
         ca, msg, content = request.ca, request.message, request.content
-        refusal = self.cannot_issue(ca, self.clock())
-        if refusal:  # before any check: no challenge is used up by a request that cannot succeed
-            raise SCEPFailure(FailInfo.BAD_REQUEST, refusal, msg)
-        assert request.public_key_sha256 is not None  # computed in the decryption stage for every CSR
-        e = Enrolment(profile=profile, ca=ca, message=msg, content=content, key=self.transaction_key(ca, msg),
-                      public_key_sha256=request.public_key_sha256, known=request.known,
-                      signer_key_sha256=request.signer_key_sha256,
-                      static_secrets=request.static_secrets, compromised=request.compromised,
-                      policy_error=request.policy_error, vetted=request.vetted,
-                      signed_by_us=self.signed_by_us(ca, msg))
-        for check in self.checks:
-            try:
-                answer = await check(e)
-            except SCEPFailure as exc:
-                if e.verifier is not None:  # a delegated challenge that allowed it is told it failed after all
-                    await e.verifier.after_failure(e.request(), exc.text)
-                raise
-            if answer is not None:
-                return answer
-        e.now = e.now or self.clock()
-        return await self._issue(e)
+        signed_by_us = self.signed_by_us(ca, msg)
+        e: Enrolment | None = None
+        try:
+            refusal = self.cannot_issue(ca, self.clock())
+            if refusal:  # before any check: no challenge is used up by a request that cannot succeed
+                raise SCEPFailure(FailInfo.BAD_REQUEST, refusal, msg)
+            assert request.public_key_sha256 is not None  # computed in the decryption stage for every CSR
+            e = Enrolment(profile=profile, ca=ca, message=msg, content=content, key=self.transaction_key(ca, msg),
+                          public_key_sha256=request.public_key_sha256, known=request.known,
+                          signer_key_sha256=request.signer_key_sha256,
+                          static_secrets=request.static_secrets, compromised=request.compromised,
+                          policy_error=request.policy_error, vetted=request.vetted, signed_by_us=signed_by_us)
+            for check in self.checks:
+                try:
+                    answer = await check(e)
+                except SCEPFailure as exc:
+                    if e.verifier is not None:  # a delegated challenge that allowed it is told it failed after all
+                        await e.verifier.after_failure(e.request(), exc.text)
+                    raise
+                if answer is not None:
+                    return answer
+            e.now = e.now or self.clock()
+            return await self._issue(e)
+        except SCEPFailure:
+            # a renewal refused is refused for good (checks.Renewal): the same request, captured and sent again
+            # once the reason no longer holds, is not issued; a refusal is the only write
+            if signed_by_us and not (e is not None and e.refused_before):
+                await self.repository.remember_refused_renewal(
+                    inventory.serial_hex(msg.signer_cert.serial_number), msg.signed_sha256.hex(),
+                    signer_not_after=msg.signer_cert.not_valid_after_utc, now=self.clock())
+            raise
 
     def cannot_issue(self, ca: CertificateAuthority, now: datetime) -> str | None:
         """Why no certificate can be issued now, or None: ``refuse_issuing``, or a CA certificate that has expired

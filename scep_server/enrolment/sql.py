@@ -31,14 +31,18 @@ from ..profilemodel import StaticSecrets
 from ..profiles import STATIC_SECRETS
 from ..scep.message import without_challenge_password
 from ..store.events import record_event
-from ..store.tables import certificates, events, profiles, scep_transactions
+from ..store.tables import certificates, events, profiles, renewal_refusals, scep_transactions
 from .model import NOT_LOOKED_UP
-from .repository import (Binding, DeviceTakenDown, Duplicate, NotPending, SignerStanding, signer_changed,
-                         signer_renewed)
+from .repository import (RENEWAL_REFUSALS_PER_SIGNER, Binding, DeviceTakenDown, Duplicate, NotPending,
+                         SignerStanding, signer_changed, signer_renewed)
 
 _FIND_TRANSACTION = sa.select(scep_transactions).where(
     scep_transactions.c.profile == sa.bindparam("profile"),
     scep_transactions.c.transaction_id == sa.bindparam("transaction_id"))
+
+
+_REFUSED_BEFORE = sa.select(sa.literal(1)).where(renewal_refusals.c.signer_serial == sa.bindparam("serial"),
+                                                 renewal_refusals.c.request_sha256 == sa.bindparam("sha"))
 
 
 async def in_executor(executor: ThreadPoolExecutor | None, fn, /, *args, **kwargs):
@@ -262,6 +266,30 @@ class SqlRepository:
     async def find_with_compromised(self, profile: str, key: str,
                                     public_key_sha256: str) -> tuple[dict | None, str | None]:
         return await self.find(profile, key), await self.compromised_key(public_key_sha256)
+
+    async def renewal_refused_before(self, signer_serial: str, request_sha256: str) -> bool:
+        async with self.engine.connect() as conn:  # one lookup by the primary key
+            return (await conn.execute(_REFUSED_BEFORE, {"serial": signer_serial, "sha": request_sha256})).first() \
+                is not None
+
+    async def remember_refused_renewal(self, signer_serial: str, request_sha256: str, *, signer_not_after: datetime,
+                                       now: datetime) -> None:
+        r = renewal_refusals.c
+        try:
+            async with writer(self.engine).begin() as conn:
+                await conn.execute(renewal_refusals.insert().values(
+                    signer_serial=signer_serial, request_sha256=request_sha256, refused_at=now,
+                    signer_not_after=signer_not_after))
+                await conn.execute(renewal_refusals.delete().where(r.signer_not_after <= now))
+                newest = (sa.select(r.request_sha256)
+                          .where(r.signer_serial == signer_serial, r.request_sha256 != request_sha256)
+                          .order_by(r.refused_at.desc(), r.request_sha256.desc())
+                          .limit(RENEWAL_REFUSALS_PER_SIGNER - 1))
+                await conn.execute(renewal_refusals.delete().where(
+                    r.signer_serial == signer_serial, r.request_sha256 != request_sha256,
+                    r.request_sha256.not_in(newest)))
+        except IntegrityError:  # remembered already (the same request refused twice at once)
+            pass
 
     async def record_event(self, event: dict) -> None:
         async with writer(self.engine).begin() as conn:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,6 +47,10 @@ class PKIMessage:
     signing_time: datetime | None = None
     cipher: ContentCipher | None = None  # the envelope's content cipher
     key_transport: str | None = None     # "pkcs1v15" or "oaep-<hash>"
+    # SHA-256 of the signed attributes the signature covers: the request as its signer made it (its senderNonce,
+    # transactionID and the envelope's messageDigest); unlike the body's, no re-encoding of the unsigned parts
+    # (the certificates, unsigned attributes) changes it
+    signed_sha256: bytes = b""
     _transaction_id_der: bytes = field(default=b"", repr=False, compare=False)
     _signer_id_der: bytes = field(default=b"", repr=False, compare=False)
     _signer_key: object = field(default=None, repr=False, compare=False)
@@ -152,12 +157,14 @@ def _verify(data: bytes, sd: cms.SignedData, si: cms.SignerInfo, signer_cert: x5
         raise fail(FailInfo.BAD_ALG, str(exc)) from None
     except der.DERError as exc:
         raise fail(FailInfo.BAD_MESSAGE_CHECK, f"malformed signature algorithm: {exc}") from None
+    signed_attrs = sd.signed_attrs_der(si)
     try:
-        public_key.verify(si.signature, sd.signed_attrs_der(si), pad, hash_alg)
+        public_key.verify(si.signature, signed_attrs, pad, hash_alg)
     except (InvalidSignature, ValueError, OverflowError):  # OverflowError: a parameter beyond OpenSSL's integers
         raise fail(FailInfo.BAD_MESSAGE_CHECK, "the signature does not verify") from None
 
     # The signed attributes are authentic now: check them against the content (RFC 5652 §5.6).
+    f["signed_sha256"] = hashlib.sha256(signed_attrs).digest()
     el = attrs.get(oids.CONTENT_TYPE)
     if el is None or el[0] != der.OID or der.decode_oid(der.contents(data, el)) != sd.econtent_type:
         raise fail(FailInfo.BAD_MESSAGE_CHECK, "the contentType attribute does not match the content")

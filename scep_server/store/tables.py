@@ -112,6 +112,20 @@ scep_transactions = sa.Table(
     sa.Index("ix_scep_transactions_created_state", "created_at", "profile", "transaction_id", "state"),
 )
 
+# A RenewalReq signed by one of our certificates that was refused (too early, a signer on hold, a device not
+# active...): the same request is refused again, never issued once the reason stops holding (a captured request
+# replayed inside the renewal window). request_sha256: of its signed attributes (PKIMessage.signed_sha256). At most
+# RENEWAL_REFUSALS_PER_SIGNER per signer, and none once the signer has expired (pruned on write).
+renewal_refusals = sa.Table(
+    "renewal_refusals",
+    metadata,
+    sa.Column("signer_serial", sa.String(42), primary_key=True),
+    sa.Column("request_sha256", sa.String(64), primary_key=True),
+    sa.Column("refused_at", TS, nullable=False),
+    sa.Column("signer_not_after", TS, nullable=False),
+    sa.Index("ix_renewal_refusals_signer_not_after", "signer_not_after"),
+)
+
 api_tokens = sa.Table(
     "api_tokens",
     metadata,

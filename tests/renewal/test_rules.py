@@ -331,9 +331,10 @@ async def test_a_renewal_sent_twice_at_once_is_answered_its_certificate_both_tim
 
 
 async def test_a_renewal_kept_and_sent_again_later_is_refused_by_its_signing_time(server, clock):
-    """A RenewalReq refused before the window (captured on the way) is not accepted when replayed inside it:
-    it would supersede the device's certificate with one the device never asked for now. A renewal signed
-    now, and a retry of a transaction already decided, are answered as before."""
+    """A RenewalReq refused before the window (captured on the way) is not accepted when replayed inside it
+    (remembered as refused, test_refused_replay.py); one never sent before but signed more than a day ago is
+    refused by its signingTime. A renewal signed now, and a retry of a transaction already decided, are answered as
+    before."""
     import os
 
     from scep_server.scep import MessageType, client
@@ -358,6 +359,11 @@ async def test_a_renewal_kept_and_sent_again_later_is_refused_by_its_signing_tim
         assert rep.status is PKIStatus.FAILURE and "renewal is accepted only within" in rep.fail_text
         clock.advance(days=21)  # inside the window
         rep = await pki(s, server, "short", early, key)
+        assert rep.status is PKIStatus.FAILURE and rep.fail_info is FailInfo.BAD_REQUEST, rep.fail_text
+        assert rep.fail_text == "this renewal request was refused before; sign a new one"
+        kept = body(der, key, rsa_key())  # signed now, sent two days later
+        clock.advance(days=2)
+        rep = await pki(s, server, "short", kept, key)
         assert rep.status is PKIStatus.FAILURE and rep.fail_info is FailInfo.BAD_TIME, rep.fail_text
         assert "sign it again" in rep.fail_text
         assert (await cert_row(server, der))["status"] == "valid" and len(await certs_of(server, "short")) == 1
