@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..clictx import Context, cli_actor, pass_ctx
+from ..clictx import Context, cli_actor, pass_ctx, secret_from
 from ..clictx import run as _run
 from trustkit.clipaging import collect, paging_options, say_more
 
@@ -68,7 +68,10 @@ def challenge_new(ctx: Context, profile: str, subject: str | None, sans: tuple[s
 @challenge.command("configure")
 @click.argument("profile")
 @click.option("--username", help="Dynamic: HTTP Basic username of /scep/PROFILE/challenge.")
-@click.option("--password", help="Dynamic: its password (default: a random one, printed once).")
+@click.option("--password", help="Dynamic: its password (default: a random one, printed once). Visible to other "
+              "users of the host in the process list: prefer --password-file.")
+@click.option("--password-file", type=click.File("r", encoding="utf-8"),
+              help="Dynamic: a file holding its password on the first line (- : standard input).")
 @click.option("--ttl-minutes", type=click.IntRange(1, 7 * 24 * 60), help="Dynamic: challenge lifetime (60).")
 @click.option("--max-unused", type=click.IntRange(0, 1_000_000), help="Dynamic: cap of unused challenges (0: none).")
 @click.option("--page-encoding", type=click.Choice(["utf-8", "utf-16le"]), help="Dynamic: NDES page encoding.")
@@ -92,6 +95,7 @@ def challenge_new(ctx: Context, profile: str, subject: str | None, sans: tuple[s
 def challenge_configure(ctx: Context, profile: str, **opts: Any) -> None:
     """Set the dynamic or delegated challenge settings of PROFILE (merged with the current ones)."""
     from trustkit.clock import utcnow
+    opts["password"] = secret_from(opts["password"], opts.pop("password_file"), option="password")
     from ..profiles import ProfileError
     from ..runtime import Uses
     from .basic import hash_password

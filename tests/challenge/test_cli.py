@@ -16,6 +16,23 @@ def _stored_challenge(tmp_path, profile: str) -> dict:
     return json.loads(settings)["challenge"]
 
 
+def test_a_basic_password_given_in_a_file_stays_out_of_the_process_list(cli, tmp_path):
+    """The page's Basic password an MDM already holds (Jamf's webhook credentials) is read from a file or standard
+    input, not from an argument every user of the host sees in the process list; it is not printed back."""
+    cli("profile", "add", "jamf", "--challenge", "dynamic")
+    chosen = tmp_path / "jamf-basic"
+    chosen.write_text("Jamf-Webhook-Password-7\n")
+    out = cli("challenge", "configure", "jamf", "--username", "jamf-api", "--password-file", str(chosen))
+    assert "Jamf-Webhook" not in out and "password:" not in out
+    stored = _stored_challenge(tmp_path, "jamf")
+    assert check_password("Jamf-Webhook-Password-7", stored["credentials"]["password_hash"])
+    assert "not both" in cli("challenge", "configure", "jamf", "--password", "x", "--password-file", str(chosen),
+                             code=2)
+    cli("profile", "add", "hook", "--challenge", "delegated")
+    assert "do not apply to a delegated" in cli("challenge", "configure", "hook", "--password-file", str(chosen),
+                                                code=2)
+
+
 def test_dynamic_profile_configuration(cli, tmp_path):
     cli("profile", "add", "jamf", "--challenge", "dynamic")
     out = cli("challenge", "configure", "jamf", "--username", "jamf-api")
