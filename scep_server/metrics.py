@@ -72,6 +72,7 @@ class _Metrics:
     worker_requests: Any
     key_sign_failures: Any
     brake_holds: Any
+    getcrl_busy: Any
     # CA -> the (serial, revoked_at) listed in the last CRL signed here and newer than the CRL before it
     crl_recent: dict[str, frozenset] = field(default_factory=dict)
     # (id of the metric, *label values) -> the labelled child: `labels()` costs more than the increment itself.
@@ -243,6 +244,8 @@ def activate() -> None:
                                   "(the token away or erring, a key that cannot sign)", ["backend"]),
         brake_holds=counter("mdm_brake_holds", "MDM syncs and webhook events the brake held: they would take "
                             "down more devices than [mdm] brake_share and brake_devices allow", ["what"]),
+        getcrl_busy=counter("scep_getcrl_busy", "SCEP GetCRLs answered 503 because the worker's GetCRL lane was full "
+                            "(server.scep_getcrl_queue)", ["ca"]),
     )
     _active = m
     from trustkit import batching
@@ -343,6 +346,14 @@ def mdm_brake_held(what: str) -> None:
     m = _active
     if m is not None:
         _inc(m.child(m.brake_holds, what))
+
+
+@_never_raises
+def getcrl_busy(ca: str) -> None:
+    """A GetCRL refused because the lane was full (scep_server.enrolment.getcrl); ``ca``: a CA loaded here."""
+    m = _active
+    if m is not None:
+        _inc(m.child(m.getcrl_busy, ca))
 
 
 @_never_raises

@@ -19,6 +19,7 @@ from typing import Awaitable, Callable
 
 from trustkit.problems import ServiceUnavailable
 
+from .. import metrics
 from ..scep import message as codec
 
 GETCRL_QUEUE = 8
@@ -61,9 +62,12 @@ class GetCrlLane:
         """(the degenerate PKCS#7 holding `ca`'s CRL, ``reply(it)``: the CertRep built in the lane). GetCrlBusy
         when the lane is full; `crl` (which may answer CrlNotReady) is awaited once a place is taken."""
         with self._lock:
-            if self._in_lane >= self.limit:
-                raise GetCrlBusy(f"{self.limit} GetCRL answers are being built or waiting here; try again")
-            self._in_lane += 1
+            busy = self._in_lane >= self.limit
+            if not busy:
+                self._in_lane += 1
+        if busy:
+            metrics.getcrl_busy(ca)
+            raise GetCrlBusy(f"{self.limit} GetCRL answers are being built or waiting here; try again")
         submitted = False
         try:
             crl_der = await crl()

@@ -106,6 +106,15 @@ async def test_an_enrolment_is_answered_while_getcrl_answers_are_being_built(eng
         await service.close()
 
 
+def _busy_count(ca: str) -> float:
+    """scep_getcrl_busy_total{ca} of this process (recording turned on)."""
+    from scep_server import metrics
+
+    metrics.activate()
+    metrics.flush()
+    return metrics._active.own.get_sample_value("scep_getcrl_busy_total", {"ca": ca}) or 0.0
+
+
 @SQLITE
 async def test_a_getcrl_beyond_the_lane_is_told_to_try_again(engine, ca, requesters, monkeypatch):
     """With `getcrl_queue` answers being built or waiting, one more GetCRL is refused at once: 503 getcrl_busy with
@@ -129,8 +138,10 @@ async def test_a_getcrl_beyond_the_lane_is_told_to_try_again(engine, ca, request
         await getcrls.wait_held()  # being built
         second = asyncio.create_task(_crl_of(service, ca, requesters[1], _get_crl(ca, requesters[1], 1)))
         await asyncio.wait_for(two_in.wait(), GUARD)  # waiting in the lane
+        busy_before = _busy_count(ca.name)
         with pytest.raises(GetCrlBusy) as refused:
             await service.pki_operation("p", _get_crl(ca, requesters[2], 2))
+        assert _busy_count(ca.name) == busy_before + 1  # scep_getcrl_busy_total{ca}: an operator sees the refusals
         answer = refused.value.response()
         assert answer.status == 503 and answer.content_type == "application/problem+json"
         assert refused.value.code == "getcrl_busy" and int(answer.headers["Retry-After"]) > 0
