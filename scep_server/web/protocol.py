@@ -167,8 +167,9 @@ class AppRunner(web.AppRunner):
 
 
 def run_app(app: web.Application, *, sock: socket.socket, **kwargs: Any) -> None:
-    """Serve `app` on the listening socket `sock` until SIGINT or SIGTERM, as ``aiohttp.web.run_app`` does (its
-    defaults: a 60 s shutdown, 75 s keep-alive), through :class:`AppRunner`. `kwargs` go to the runner."""
+    """Serve `app` on the listening socket `sock` until SIGINT or SIGTERM, as ``aiohttp.web.run_app`` does (a 60 s
+    shutdown), through :class:`AppRunner`. `kwargs` go to the runner: its keep-alive is aiohttp's handler default
+    (3630 s) unless ``keepalive_timeout`` is given (``web.run_app`` gives 75 s)."""
     loop = asyncio.new_event_loop()
 
     async def serve() -> None:
