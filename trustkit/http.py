@@ -170,10 +170,10 @@ class BadJSON(BadRequest, ValueError):
     """The body is not an acceptable JSON object; the message says why (safe to show the caller).
 
     Refused: bytes that are not UTF-8 JSON, a top level that is not an object, nesting deeper than
-    ``MAX_DEPTH``, more than ``MAX_VALUES`` values, a repeated key in one object (parsers disagree on which one wins), NaN/Infinity and
-    numbers too large for a float or for Python's integer-parsing limit, strings with a NUL or an unpaired
-    surrogate (neither can be stored in PostgreSQL or encoded as UTF-8). The API bodies are flat, so none of
-    these refusals costs a legitimate caller anything.
+    ``MAX_DEPTH``, more than ``MAX_VALUES`` values, a repeated key in one object (parsers disagree on which one
+    wins), NaN/Infinity and numbers too large for a float or for Python's integer-parsing limit, strings with a
+    NUL or an unpaired surrogate (neither can be stored in PostgreSQL or encoded as UTF-8). The API bodies are
+    flat, so none of these refusals costs a legitimate caller anything.
     """
 
     code = "invalid_input"
@@ -242,5 +242,5 @@ async def read_json_object(request: web.Request, *, empty: dict[str, Any] | None
 
 
 __all__ = ["MAX_DEPTH", "MAX_VALUES", "Authenticate", "BadJSON", "bearer_caller", "bearer_token",
-           "error_response", "internal_error", "is_loopback_host", "loads_object", "read_json_object", "text_errors", "unavailable",
-           "wants_text", "www_authenticate"]
+           "error_response", "internal_error", "is_loopback_host", "loads_object", "read_json_object", "text_errors",
+           "unavailable", "wants_text", "www_authenticate"]
