@@ -96,10 +96,13 @@ def secret_from(value: str | None, file: Any, *, option: str) -> str | None:
         return value
     if value is not None:
         raise click.UsageError(f"give --{option} or --{option}-file, not both")
-    text = file.read(MAX_SECRET_FILE + 1)
+    try:
+        text = file.read(MAX_SECRET_FILE + 1)
+    except UnicodeDecodeError:
+        text = ""  # not text: refused below, as an empty file is
     line = text.splitlines()[0] if text else ""
     if not line or len(line) > MAX_SECRET_FILE:
-        raise click.BadParameter(f"its first line must hold the secret (1 to {MAX_SECRET_FILE} characters)",
+        raise click.BadParameter(f"its first line must hold the secret (1 to {MAX_SECRET_FILE} characters of UTF-8)",
                                  param_hint=f"--{option}-file")
     return line
 

@@ -141,3 +141,10 @@ def test_profile_rotate_secret_with_grace(cli, tmp_path):
         finally:
             await engine.dispose()
     assert asyncio.run(ok(old)) and asyncio.run(ok(new)) and not asyncio.run(ok("other"))
+
+
+def test_a_secret_file_that_is_not_utf8_is_a_usage_error_not_a_traceback(cli, tmp_path):
+    """A --secret-file holding bytes that are not UTF-8 (a binary file given by mistake) is refused with a usage
+    error naming the option, as an empty one is."""
+    (tmp_path / "binary").write_bytes(b"\xff\xfe\x00secret\n")
+    assert "--secret-file" in cli("profile", "add", "z", "--secret-file", str(tmp_path / "binary"), code=2)
