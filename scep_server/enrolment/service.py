@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import hmac
 import os
 import secrets
 import time
@@ -558,6 +557,8 @@ class ScepService:
         """A retry of a known transaction: same answer, never a second certificate (RFC 8894 §3.3.1)."""
         if row["public_key_sha256"] != pub_sha:
             raise SCEPFailure(FailInfo.BAD_REQUEST, "this transactionID was already used with a different key", msg)
+        if not self._from_requester(msg, row):  # a captured request re-signed by someone else: not theirs to learn
+            raise SCEPFailure(FailInfo.BAD_REQUEST, "this transactionID was already used by another requester", msg)
         return await self.state_outcome(profile, msg, row)
 
     async def state_outcome(self, profile: Profile, msg: codec.PKIMessage, row: dict) -> Outcome:
@@ -589,20 +590,23 @@ class ScepService:
         if inner.issuer != ca.cert.subject:
             raise SCEPFailure(FailInfo.BAD_CERT_ID, "CertPoll names an issuer that is not this CA", msg)
         row = await self.repository.find(profile.name, self.transaction_key(ca, msg))
-        if row is None or not self._polled_by_requester(msg, row):  # another signer learns nothing of it
+        if row is None or not self._from_requester(msg, row):  # another signer learns nothing of it
             raise SCEPFailure(FailInfo.BAD_CERT_ID, "no enrolment with this transactionID", msg)
         return await self.state_outcome(profile, msg, row)
 
     @staticmethod
-    def _polled_by_requester(msg: codec.PKIMessage, row: dict) -> bool:
-        """A CertPoll comes from the requester (RFC 8894 §3.3.3): signed by the key that signed the request, or by
-        the CSR's key. A renewal's is also keyed by the signing certificate's serial (transaction_key). A row
-        written before the signer was stored (migration core_0014) is answered to any signer, as it was."""
+    def _from_requester(msg: codec.PKIMessage, row: dict) -> bool:
+        """Whether a CertPoll (RFC 8894 §3.3.3) or a retried request comes from the requester of the transaction:
+        signed by the key that signed the request, or by the CSR's key. The answer (state, failInfoText,
+        certificate) goes to nobody else: the request's envelope can be captured and signed again by anyone. A
+        renewal's is also keyed by the signing certificate's serial (transaction_key). A row written before the
+        signer was stored (migration core_0014) is answered to any signer, as it was. The digests are of public
+        keys: no secret to compare in constant time."""
         stored = row.get("signer_key_sha256")
         if stored is None:
             return True
         asker = inventory.public_key_sha256(msg.signer_cert.public_key())
-        return hmac.compare_digest(asker, stored) or hmac.compare_digest(asker, row["public_key_sha256"])
+        return asker in (stored, row["public_key_sha256"])
 
     async def _get_cert(self, ca: CertificateAuthority, msg: codec.PKIMessage,
                         inner: codec.RequestContent) -> Outcome:

@@ -99,3 +99,41 @@ async def test_a_pending_renewal_is_polled_by_its_signing_certificate(h, keys):
                        signer_key=keys[0])
     assert (await h.send("r", by_signer, keys[0])).status is PKIStatus.PENDING
     assert unknown(await poll_as(h, "r", txid(keys[1]), keys[2]))
+
+
+def refused_to_another(rep: client.CertRepResult) -> bool:
+    """The answer to a known transaction's request signed by neither the requester's key nor the CSR's."""
+    return (rep.status is PKIStatus.FAILURE and rep.fail_info is FailInfo.BAD_REQUEST
+            and rep.fail_text == "this transactionID was already used by another requester" and not rep.certs)
+
+
+async def test_a_captured_request_signed_again_by_another_key_gets_no_certificate(h, keys):
+    """The envelope of a captured PKCSReq is signed again by an attacker's key (the CSR inside is the device's):
+    the retry is not the requester's, so it learns nothing of the transaction; the device's own retry still is."""
+    h.profiles.add("p")
+    assert (await h.enrol("p", keys[0])).status is PKIStatus.SUCCESS
+    assert refused_to_another(await enrol_signed_by(h, "p", keys[0], keys[1]))
+    again = await h.enrol("p", keys[0])
+    assert again.status is PKIStatus.SUCCESS and again.certs
+
+
+async def test_a_captured_request_signed_again_learns_neither_the_state_nor_the_rejection(h, keys):
+    h.profiles.add("manual", require_approval=True)
+    assert (await h.enrol("manual", keys[0])).status is PKIStatus.PENDING
+    assert (await h.enrol("manual", keys[2])).status is PKIStatus.PENDING
+    assert refused_to_another(await enrol_signed_by(h, "manual", keys[0], keys[1]))
+    await h.service.decide("manual", txid(keys[2]), approve=False, actor="admin", reason="lost laptop of J. Doe")
+    assert refused_to_another(await enrol_signed_by(h, "manual", keys[2], keys[1]))
+    assert (await h.enrol("manual", keys[0])).status is PKIStatus.PENDING
+    rejected = await h.enrol("manual", keys[2])
+    assert rejected.status is PKIStatus.FAILURE and rejected.fail_text == "lost laptop of J. Doe"
+
+
+async def test_a_request_signed_by_another_key_is_retried_by_that_key_or_the_csrs(h, keys):
+    h.profiles.add("p")
+    first = await enrol_signed_by(h, "p", keys[0], keys[1])
+    assert first.status is PKIStatus.SUCCESS
+    assert (await enrol_signed_by(h, "p", keys[0], keys[1])).certs == first.certs
+    assert (await h.enrol("p", keys[0])).certs == first.certs
+    assert refused_to_another(await enrol_signed_by(h, "p", keys[0], keys[2]))
+    assert len([r for r in h.repo.transactions if r[0] == "p"]) == 1
