@@ -50,7 +50,8 @@ EVENTS: tuple[Event, ...] = (
        "a request that does not parse as HTTP was answered with a problem document, 400, 414 (request line too "
        "long) or 431 (header too large, too many) (aiohttp's own error line, without its traceback)"),
     _e("http.unhandled", "error", "method path exception", "a handler failed unexpectedly; the client got a 500"),
-    _e("http.bad_body", "info", "method path detail", "a request body could not be read; the client got a 400"),
+    _e("http.bad_body", "info", "method path detail",
+       "a request body could not be read; the client got a 400 (`detail`: the kind of failure, never the bytes)"),
     _e("http.body_timeout", "info", "method path client received announced seconds",
        "a request body did not arrive within server.body_timeout_seconds plus one second per server.body_min_rate "
        "bytes received (received: bytes in, announced: its Content-Length or null); the client got a 408 and its "

@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable
 
 import asyncpg
 from aiohttp import web
+from aiohttp.http_exceptions import PayloadEncodingError
 from sqlalchemy import exc as sa_exc
 
 from .problems import (RETRY_AFTER_SECONDS, BadRequest, DomainError, Forbidden, PayloadTooLarge, Unauthorized,
@@ -81,12 +82,18 @@ def _text(status: int, text: str, headers: dict[str, str] | None = None) -> web.
     return web.Response(status=status, text=text + "\n", content_type="text/plain", headers=headers)
 
 
+UNREADABLE_BODY = (web.RequestPayloadError, PayloadEncodingError)
+"""What reading a request body raises when its framing or content coding is broken: aiohttp's C parser fails the
+body with RequestPayloadError, its pure-Python parser (no C extension, or ``AIOHTTP_NO_EXTENSIONS``) with the
+PayloadEncodingError it met (TransferEncodingError, ContentLengthError, ContentEncodingError)."""
+
+
 def error_response(exc: BaseException, *, text: bool = False) -> web.Response | None:
     """The answer to a failure a handler raised, or None when it is none of the known kinds (a 500 is then
     the caller's to log and answer: :func:`internal_error`). `text` answers an unreadable body in plain text."""
     if isinstance(exc, DomainError):
         return exc.response()
-    if isinstance(exc, web.RequestPayloadError):  # framing or content coding broken: the client's fault
+    if isinstance(exc, UNREADABLE_BODY):  # framing or content coding broken: the client's fault
         if text:
             return _text(400, "the request body could not be read")
         return problem(400, "the request body could not be read", code="unreadable_body")

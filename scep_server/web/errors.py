@@ -14,7 +14,7 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 
-from trustkit.http import error_response, internal_error, unavailable, wants_text
+from trustkit.http import UNREADABLE_BODY, error_response, internal_error, unavailable, wants_text
 from trustkit.problems import BadRequest, DomainError
 from trustkit.text import unstorable
 
@@ -35,8 +35,10 @@ async def errors(request: web.Request, handler):
         if answer is None:
             log.exception("http.unhandled", method=request.method, path=request.path)
             return internal_error(text=text)
-        if isinstance(exc, web.RequestPayloadError):
-            log.info("http.bad_body", method=request.method, path=request.path, detail=str(exc)[:200])
+        if isinstance(exc, UNREADABLE_BODY):
+            # named, not quoted: aiohttp's parsers quote the bytes they could not parse in their messages
+            detail = (exc.__cause__ or exc).__class__.__name__
+            log.info("http.bad_body", method=request.method, path=request.path, detail=detail)
         elif not isinstance(exc, DomainError) and unavailable(exc):
             log.warning("http.database_unavailable", method=request.method, path=request.path,
                         error=f"{exc.__class__.__name__}: {str(exc)[:200]}")

@@ -101,10 +101,22 @@ async def test_a_request_the_parser_refuses_is_a_problem_document(running, name,
     assert not [e for e in events if e.get("logger") == "aiohttp.server"]
 
 
-async def test_a_chunk_that_breaks_after_the_route_started_reading_ends_the_request(running, capsys):
+@pytest.fixture(params=["C parser", "pure-Python parser"])
+def parser(request, monkeypatch):
+    """aiohttp's parser of requests: its C extension, or its pure-Python parser (no C extension for the platform, or
+    ``AIOHTTP_NO_EXTENSIONS`` set), which fails a body with the TransferEncodingError it met."""
+    if request.param == "pure-Python parser":
+        from aiohttp import http_parser, web_protocol
+
+        monkeypatch.setattr(web_protocol, "HttpRequestParser", http_parser.HttpRequestParserPy)
+    return request.param
+
+
+async def test_a_chunk_that_breaks_after_the_route_started_reading_ends_the_request(parser, running, capsys):
     """The headers and a good chunk first, the bad chunk size in a later packet, when the route is reading the
     body: the body fails at once (400, the route's own answer to an unreadable body), the connection is closed,
-    one log line. (aiohttp's C parser dropped that body: the route waited for ever.)"""
+    one log line. (aiohttp's C parser dropped that body: the route waited for ever; its pure-Python parser failed
+    the body with an error that was a 500.)"""
     capsys.readouterr()
     reader, writer = await asyncio.open_connection("127.0.0.1", running)
     try:
