@@ -38,6 +38,9 @@ log = structlog.get_logger("crl.check")
 
 HOLD_CODE = 6 + 1  # index code of certificateHold (RFC 5280 §5.3.1)
 REMOVE_FROM_CRL_CODE = 8 + 1
+# the longest CRL URL fetched (characters): twice the 8000 octets RFC 9110 §4.1 asks every HTTP party to handle,
+# beyond what servers take; a certificate's CDP URI longer than that names no CRL the checker fetches
+MAX_URL_LENGTH = 16384
 ACCEPT = "application/pkix-crl, application/x-pem-file;q=0.9, */*;q=0.1"
 
 
@@ -360,7 +363,8 @@ def _load_cert(certificate: "x509.Certificate | bytes") -> x509.Certificate:
 
 
 def cdp_uris(cert: x509.Certificate) -> "list[str] | None":
-    """HTTP(S) fullName URIs of the CRL Distribution Points (§4.2.1.13); None without the extension."""
+    """HTTP(S) fullName URIs of the CRL Distribution Points (§4.2.1.13), of at most MAX_URL_LENGTH characters;
+    None without the extension."""
     try:
         cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     except x509.ExtensionNotFound:
@@ -370,7 +374,7 @@ def cdp_uris(cert: x509.Certificate) -> "list[str] | None":
         if dp.crl_issuer:  # indirect: another entity issues the CRL; not supported
             continue
         for gn in dp.full_name or ():
-            if not isinstance(gn, x509.UniformResourceIdentifier):
+            if not isinstance(gn, x509.UniformResourceIdentifier) or len(gn.value) > MAX_URL_LENGTH:
                 continue
             try:
                 scheme = urlsplit(gn.value).scheme.lower()
@@ -497,14 +501,24 @@ class CrlChecker:
         return True
 
     @staticmethod
-    def _check_url(url: str) -> None:
+    def _check_length(url: str) -> None:
+        if len(url) > MAX_URL_LENGTH:
+            raise ValueError(f"CRL URL {url[:64]!r}... is {len(url)} characters long; URLs of more than "
+                             f"{MAX_URL_LENGTH} characters are not fetched")
+
+    @classmethod
+    def _check_url(cls, url: str) -> None:
+        cls._check_length(url)
         if urlsplit(url).scheme.lower() not in ("http", "https"):
             raise ValueError(f"CRL URL {url!r}: only http and https are fetched")
 
     def _watch(self, ca: _Ca, url: str) -> "_Source | None":
-        """The source of `url`, watched from now on; None past `max_urls_per_ca` URLs of this CA."""
+        """The source of `url`, watched from now on; None past `max_urls_per_ca` URLs of this CA, or for a URL
+        longer than MAX_URL_LENGTH (which cdp_uris leaves out, and refresh and install refuse saying why)."""
         src = ca.sources.get(url)
         if src is None:
+            if len(url) > MAX_URL_LENGTH:
+                return None
             if len(ca.sources) >= self.settings.max_urls_per_ca:
                 if not ca.over_cap_logged:
                     ca.over_cap_logged = True
@@ -548,7 +562,8 @@ class CrlChecker:
                                       "certificates without one are refused")
         if not uris:
             return CheckResult(CheckStatus.UNKNOWN, False, "no_http_cdp", ca.name,
-                               detail="the certificate's CRL Distribution Points name no http(s) URI")
+                               detail=f"the certificate's CRL Distribution Points name no http(s) URI (of at most "
+                                      f"{MAX_URL_LENGTH} characters)")
         sources = [src for src in (self._watch(ca, url) for url in uris) if src is not None]
         return self._answer(ca, cert.serial_number, sources, frozenset(uris), _is_ca(cert))
 
@@ -670,6 +685,10 @@ class CrlChecker:
 
     async def install(self, ca: str, url: str, data: bytes) -> RefreshOutcome:
         """Validate and take a CRL obtained another way (a saved last-good copy, an upload) for `url`."""
+        try:
+            self._check_length(url)
+        except ValueError as exc:
+            return RefreshOutcome(ca, url, False, False, FailureKind.UNSUPPORTED, str(exc))
         src = self._watch(self._cas[ca], url)
         if src is None:
             return RefreshOutcome(ca, url, False, False, FailureKind.TOO_MANY_URLS,

@@ -2,6 +2,7 @@
 administrator's forgetting of a CA's records (every process forgets the CRLs it holds as a floor)."""
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Callable
 
@@ -16,6 +17,12 @@ from .check import AcceptedCrl
 from .tables import crl_checker_resets, crl_checker_state
 
 
+def url_key(url: str) -> str:
+    """The key of a URL's record: the SHA-256 (hex) of the URL in UTF-8. A URL is the certificate's, of any length;
+    a PostgreSQL index row holds at most about 2.7 KB, so the URL itself is kept beside its key, not in it."""
+    return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 class CheckerStateStore:
     """crl.check.CheckerState on the `crl_checker_state` table: one small read per download that brings another
     CRL than the one held, one conditional write per CRL taken (none per check)."""
@@ -28,7 +35,7 @@ class CheckerStateStore:
     @staticmethod
     def _key(ca: str, issuer: str, url: str):
         c = crl_checker_state.c
-        return sa.and_(c.ca == ca, c.issuer == issuer, c.url == url)
+        return sa.and_(c.ca == ca, c.issuer == issuer, c.url_sha256 == url_key(url))
 
     async def last_accepted(self, ca: str, issuer: str, url: str) -> "AcceptedCrl | None":
         c = crl_checker_state.c
@@ -46,8 +53,9 @@ class CheckerStateStore:
         async with self._writer.begin() as conn:
             if replacing is None:
                 dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
-                stmt = dialect.insert(crl_checker_state).values(ca=ca, issuer=issuer, url=url, **values)
-                res = await conn.execute(stmt.on_conflict_do_nothing(index_elements=["ca", "issuer", "url"]))
+                stmt = dialect.insert(crl_checker_state).values(ca=ca, issuer=issuer, url_sha256=url_key(url), url=url,
+                                                                **values)
+                res = await conn.execute(stmt.on_conflict_do_nothing(index_elements=["ca", "issuer", "url_sha256"]))
             else:
                 res = await conn.execute(crl_checker_state.update().where(
                     self._key(ca, issuer, url), crl_checker_state.c.sha256 == replacing).values(**values))

@@ -42,13 +42,15 @@ crl_partitioning = sa.Table(
 
 # The checker of customers' CAs (crl.check): per CA, issuer key and CDP URL, the last good CRL taken (its CRL
 # Number, thisUpdate, digest and scope), so that a restart, or another process, refuses an older CRL as the
-# process that took the newer does. Written when a CRL is taken, never per check.
+# process that took the newer does. Written when a CRL is taken, never per check. Keyed by the URL's SHA-256, not
+# the URL: a CDP URL is the certificate's, of any length, and a PostgreSQL index row holds at most about 2.7 KB.
 crl_checker_state = sa.Table(
     "crl_checker_state",
     metadata,
     sa.Column("ca", sa.String(64), primary_key=True),
     sa.Column("issuer", sa.String(64), primary_key=True),  # SHA-256 (hex) of the CA's SubjectPublicKeyInfo
-    sa.Column("url", sa.Text, primary_key=True),
+    sa.Column("url_sha256", sa.String(64), primary_key=True),  # SHA-256 (hex) of the URL in UTF-8 (checkstore.url_key)
+    sa.Column("url", sa.Text, nullable=False),  # the URL itself, for display
     sa.Column("crl_number", sa.String(50)),  # decimal: up to 20 octets (RFC 5280 §5.2.3), beyond a BIGINT
     sa.Column("this_update", TS, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
