@@ -411,7 +411,7 @@ def load_cas(settings: Settings) -> "dict[str, CertificateAuthority]":
 
     names = ca_names(settings)
     if settings.ca.key_backend == "pkcs11":
-        return _load_token_cas(settings)  # one CA, its keys in the token (its renewed RAs too; no CA rollover there)
+        return _load_token_cas(settings, names)  # every CA's keys in the token, by its directory's labels
     try:
         passphrase = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path(),
                                                keys_in=settings.ca_dir().parent)
@@ -430,21 +430,25 @@ def load_cas(settings: Settings) -> "dict[str, CertificateAuthority]":
     return cas
 
 
-def _load_token_cas(settings: Settings) -> "dict[str, CertificateAuthority]":
+def _load_token_cas(settings: Settings, names: list[str]) -> "dict[str, CertificateAuthority]":
+    """The CAs whose keys are in the token, over one pool of sessions: the first CA's keys by the settings'
+    labels, those of a CA made by a rollover by the labels its directory records (scep_server.ca.keylabels)."""
     from .ca.authority import load_ca
     from .ca.pkcs11 import HsmError
 
-    store = None
+    store, cas, name = None, {}, names[0]
     try:
         store = key_store(settings)
-        ca = load_ca(settings.ca_dir(), name=settings.ca.name, passphrase=b"", key_store=store,
-                     base_url=settings.server.public_base_url(), ca_decrypts=settings.ca.ca_key_decrypts())
+        for name in names:
+            cas[name] = load_ca(settings.ca_dir(name), name=name, passphrase=b"", key_store=store,
+                                base_url=settings.server.public_base_url(), ca_decrypts=settings.ca.ca_key_decrypts())
     except (HsmError, ValueError) as exc:
         if store is not None:
             store.close()
-        raise CaKeysUnavailable(f"cannot use the CA keys in PKCS#11 token {settings.ca.pkcs11_token_label!r}: "
+        where = f" for CA {name!r}" if len(names) > 1 else ""
+        raise CaKeysUnavailable(f"cannot use the CA keys in PKCS#11 token {settings.ca.pkcs11_token_label!r}{where}: "
                                 f"{exc}") from None
-    return {ca.name: ca}
+    return cas
 
 
 def release_keys(cas: "dict[str, CertificateAuthority]") -> None:

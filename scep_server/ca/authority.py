@@ -19,6 +19,7 @@ from crl.partitions import partition_of
 
 from ..replycache import FailureReplies
 from . import tbs
+from .keylabels import directory_store
 from .keys import FileKey, KeyOps, KeyStore, durable_write
 from .policy import IssuancePolicy, Vetted
 from .rafiles import ENCRYPTION, is_split, load_encryption_ras, load_ras
@@ -393,8 +394,9 @@ def load_ca(directory: Path, *, name: str, passphrase: bytes, base_url: str,
     """Load CA material written by create_ca (plus an optional next CA for GetNextCACert: next-ca.crt).
 
     Every key must be the key of its certificate (ValueError if not: a key file or certificate restored from
-    another CA, a token key under the wrong label). With a `key_store`, the keys come from it: a renewed RA's key
-    by the label recorded beside its certificate (scep_server.ca.rafiles)."""
+    another CA, a token key under the wrong label). With a `key_store`, the keys come from it: those of a CA made
+    by a rollover by the labels its directory records (scep_server.ca.keylabels), the others by the settings'
+    labels, a renewed RA's key by the label recorded beside its certificate (scep_server.ca.rafiles)."""
     def cert(fname: str) -> x509.Certificate:
         return x509.load_pem_x509_certificate((directory / fname).read_bytes())
 
@@ -404,7 +406,8 @@ def load_ca(directory: Path, *, name: str, passphrase: bytes, base_url: str,
         ca_key: KeyOps = FileKey.load(directory / "ca.key", passphrase)
         (ra_cert, ra_key), *previous = load_ras(directory, passphrase)  # the current RA and those still valid
         enc_ras = load_encryption_ras(directory, passphrase, split=is_split(ra_cert))
-    else:
+    else:  # a CA made by a rollover in the token: its keys by the labels recorded in its directory
+        key_store = directory_store(directory, key_store)
         ca_key = key_store.ca_key()
         (ra_cert, ra_key), *previous = load_ras(directory, passphrase, key_store=key_store)
         enc_ras = []  # split RA certificates are not made with the keys in a token

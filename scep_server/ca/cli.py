@@ -80,7 +80,7 @@ def rollover_prepare(ctx: Context, name: str | None, cross_sign: bool, subject: 
     server serves it at GetNextCACert within ca.ra_check_interval."""
     from ..runtime import Uses
     from . import lifecycle
-    from .rollover import RolloverPrepared
+    from .rollover import LabelTaken, RolloverPrepared
 
     name = _ca_name(ctx, name)
 
@@ -91,7 +91,7 @@ def rollover_prepare(ctx: Context, name: str | None, cross_sign: bool, subject: 
 
     try:
         prepared = run(go())
-    except (RolloverPrepared, lifecycle.RolloverInToken, ValueError) as exc:
+    except (RolloverPrepared, LabelTaken, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     if fmt == "json":
         click.echo(json.dumps(prepared, indent=2))
@@ -193,7 +193,7 @@ def rollover_activate(ctx: Context, name: str | None, fmt: str) -> None:
 
     try:
         done = run(go())
-    except (NotPrepared, lifecycle.RolloverInToken) as exc:
+    except NotPrepared as exc:
         raise click.ClickException(str(exc)) from None
     if fmt == "json":
         click.echo(json.dumps(done, indent=2))

@@ -70,6 +70,16 @@ class KeyStore(Protocol):
     def renewed_ra_label(self, now: datetime) -> str:
         """A new label for the key of an RA renewed at ``now``, used by no other key."""
 
+    def for_labels(self, labels: tuple[str, str] | None) -> "KeyStore":
+        """The store whose CA and RA keys have these labels (a CA made by a rollover:
+        scep_server.ca.keylabels); None: the deployment's (the settings' labels)."""
+
+    def labels(self) -> tuple[str, str]:
+        """(the CA key's label, the first RA key's label)."""
+
+    def label_taken(self, label: str) -> bool:
+        """Whether an object of the store has this label already."""
+
 
 _OAEP_HASHES = {"sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256, "sha384": hashes.SHA384,
                 "sha512": hashes.SHA512}

@@ -1,4 +1,5 @@
-"""The RA certificate's lifecycle in a running deployment (and the pick-up of a prepared CA rollover): renewal (`scep-server ca renew-ra`,
+"""The RA certificate's lifecycle in a running deployment (and the pick-up of a prepared CA rollover, with the
+keys in files or in a PKCS#11 token): renewal (`scep-server ca renew-ra`,
 ``POST /api/v1/cas/{ca}/ra/renew``, and automatically ``ca.ra_renew_before_days`` before it expires), the
 pick-up of a renewal made by another process, and the readiness check of an RA that is about to expire.
 
@@ -45,19 +46,6 @@ class RaInToken(Conflict):
     code = "ra_key_in_token"
 
 
-class RolloverInToken(Conflict):
-    """A CA rollover asked for with the keys in a PKCS#11 token: the next CA's key would be a file (and the
-    processes load only the CA of ``ca.name`` from the token), so it is refused before anything is written."""
-
-    code = "rollover_key_in_token"
-
-
-def _no_rollover_in_token(runtime: "Runtime", name: str) -> None:
-    if runtime.settings.ca.key_backend != "file":
-        raise RolloverInToken(f"the keys of CA {name!r} are in a PKCS#11 token: a CA rollover is not made there "
-                              "(its next CA's key would be a file)")
-
-
 def _passphrase(runtime: "Runtime") -> bytes:
     from .keys import load_or_create_passphrase
 
@@ -70,6 +58,18 @@ def _key_store(runtime: "Runtime", name: str):
     if runtime.settings.ca.key_backend == "file":
         return None
     return getattr(runtime.cas[name].key, "store", None)
+
+
+def _deployment_key_store(runtime: "Runtime"):
+    """The key store (a PKCS#11 token) with the settings' labels, over the sessions the loaded CAs use; None for
+    key files."""
+    if runtime.settings.ca.key_backend == "file":
+        return None
+    for ca in runtime.cas.values():
+        store = getattr(ca.key, "store", None)
+        if store is not None:
+            return store.for_labels(None)
+    return None
 
 
 def _ra_passphrase(runtime: "Runtime", store) -> bytes:
@@ -101,8 +101,8 @@ async def pick_up_cas(runtime: "Runtime") -> list[str]:
     """Load the CAs of the deployment that this process has not loaded yet (a CA rollover activated by the
     command line or another process) and put the issuing one first; the services that keep something per CA
     (CRL publishers, the OCSP responder) hear of each through ``runtime.ca_listeners``. The CAs loaded."""
-    if runtime.settings.ca.key_backend != "file" or not runtime.cas:
-        return []  # no rollover with keys in a token; a process that did not open the CA keys
+    if not runtime.cas:
+        return []  # a process that did not open the CA keys
     from .names import ca_names
     from .authority import load_ca
 
@@ -111,14 +111,16 @@ async def pick_up_cas(runtime: "Runtime") -> list[str]:
         if names[:1] == list(runtime.cas)[:1] and set(names) <= set(runtime.cas):
             return []
         s = runtime.settings
+        # the keys in a token: the sessions this process holds, each CA's keys by its directory's labels
+        store = _deployment_key_store(runtime)
         loaded = {}
         for name in names:
             if name not in runtime.cas:
                 try:
                     loaded[name] = await asyncio.to_thread(load_ca, s.ca_dir(name), name=name,
-                                                           passphrase=_passphrase(runtime),
+                                                           passphrase=_ra_passphrase(runtime, store),
                                                            base_url=s.server.public_base_url(),
-                                                           ca_decrypts=s.ca.ca_key_decrypts())
+                                                           ca_decrypts=s.ca.ca_key_decrypts(), key_store=store)
                 except (OSError, ValueError, TypeError) as exc:  # being written now: the next round loads it
                     log.warning("ca.load_failed", ca=name, error=f"{exc.__class__.__name__}: {exc}")
         names = [name for name in names if name in runtime.cas or name in loaded]
@@ -218,12 +220,13 @@ async def prepare_rollover(runtime: "Runtime", name: str, *, actor: str, subject
     ca = runtime.cas.get(name)
     if ca is None:
         raise UnknownCA(f"no CA named {name!r}")
-    _no_rollover_in_token(runtime, name)
     await _database_answers(runtime)
     s, now = runtime.settings, runtime.clock()
+    store = _key_store(runtime, name)  # a token: the next keys are made there, under labels of their own
     certs = await asyncio.to_thread(prepare, s.ca_dir(name), ca, key_size=s.ca.key_size,
                                     validity_days=s.ca.validity_days, ra_validity_days=s.ca.ra_validity_days,
-                                    passphrase=_passphrase(runtime), now=now, subject=subject, cross_sign=cross_sign)
+                                    passphrase=_ra_passphrase(runtime, store), now=now, subject=subject,
+                                    cross_sign=cross_sign, key_store=store, key_type=s.ca.key_type)
     async with writer(runtime.engine).begin() as conn:
         await record_event(conn, at=now, kind=PREPARE_KIND, subject=name, actor=actor, data={
             "subject": certs[0].subject.rfc4514_string(), "serial": format(certs[0].serial_number, "x"),
@@ -251,12 +254,13 @@ async def activate_rollover(runtime: "Runtime", name: str, *, actor: str) -> dic
 
     if name not in runtime.cas:
         raise UnknownCA(f"no CA named {name!r}")
-    _no_rollover_in_token(runtime, name)
     await _database_answers(runtime)
-    s, now, passphrase = runtime.settings, runtime.clock(), _passphrase(runtime)
-    new_name = await asyncio.to_thread(activate, s.ca_dir(name).parent, name, passphrase)
+    store = _key_store(runtime, name)  # a token: the next keys by the labels its prepare recorded
+    s, now, passphrase = runtime.settings, runtime.clock(), _ra_passphrase(runtime, store)
+    new_name = await asyncio.to_thread(activate, s.ca_dir(name).parent, name, passphrase, store)
     new_ca = await asyncio.to_thread(load_ca, s.ca_dir(new_name), name=new_name, passphrase=passphrase,
-                                     base_url=s.server.public_base_url(), ca_decrypts=s.ca.ca_key_decrypts())
+                                     base_url=s.server.public_base_url(), ca_decrypts=s.ca.ca_key_decrypts(),
+                                     key_store=store)
     import sqlalchemy as sa
 
     async with writer(runtime.engine).begin() as conn:

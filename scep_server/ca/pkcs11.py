@@ -14,6 +14,7 @@ forked worker has its own module instance and its own lock.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import queue
@@ -502,11 +503,46 @@ class Pkcs11Key(SignsCertificates):
 
 
 class Pkcs11Keys:
-    """The CA and RA keys of one deployment in one token (scep_server.ca.authority's key store)."""
+    """The CA and RA keys of one deployment in one token (scep_server.ca.authority's key store).
 
-    def __init__(self, settings: HsmSettings):
+    The labels are the settings' (``ca.ca_key_label``, ``ca.ra_key_label``) for the deployment's first CA; a CA
+    made by a rollover has labels of its own, recorded in its directory (scep_server.ca.keylabels), and its keys
+    come from :meth:`for_labels`: a store with those labels over the same sessions."""
+
+    def __init__(self, settings: HsmSettings, *, pool: SessionPool | None = None, root: "Pkcs11Keys | None" = None):
         self.settings = settings
-        self.pool = SessionPool(settings)
+        self.pool = pool if pool is not None else SessionPool(settings)
+        self.root = root if root is not None else self  # the store with the settings' labels
+
+    def for_labels(self, labels: tuple[str, str] | None) -> "Pkcs11Keys":
+        """The store whose CA and RA keys are labelled ``labels`` = (CA label, RA label), over the same sessions;
+        None: the store with the settings' labels."""
+        if labels is None:
+            return self.root
+        if labels == self.labels():
+            return self
+        ca_label, ra_label = labels
+        return Pkcs11Keys(dataclasses.replace(self.root.settings, ca_key_label=ca_label, ra_key_label=ra_label),
+                          pool=self.pool, root=self.root)
+
+    def labels(self) -> tuple[str, str]:
+        """(the CA key's label, the first RA key's label)."""
+        return self.settings.ca_key_label, self.settings.ra_key_label
+
+    def label_taken(self, label: str) -> bool:
+        """Whether any object of the token (a private or public key, a certificate, ...) has this label."""
+        from pkcs11 import Attribute
+
+        import pkcs11
+
+        def find(s, _key) -> bool:
+            return bool(list(s.get_objects({Attribute.LABEL: label})))
+
+        try:
+            return self.pool.call(find)
+        except pkcs11.PKCS11Error as exc:
+            raise HsmError(f"cannot search the token {self.pool.label!r} for the label {label!r}: "
+                           f"{type(exc).__name__} {exc}".rstrip()) from None
 
     def close(self) -> None:
         self.pool.close()

@@ -187,22 +187,3 @@ async def test_split_ra_and_the_ca_key_as_recipient_are_refused_with_keys_in_the
     with pytest.raises(lifecycle.RaInToken, match="split RA certificates"):
         await lifecycle.renew(server.runtime, "default", actor="test", mode="split")
     assert server.runtime.cas["default"].ra_mode == "single"
-
-
-
-async def test_a_ca_rollover_is_refused_with_keys_in_the_token(aiohttp_server, tmp_path, db_url, softhsm):
-    """A rollover would make the next CA's key a file (and a passphrase for it), and after activation the profiles
-    would name a CA no process loads from the token: prepare and activate are refused, nothing is written."""
-    from scep_server.ca import lifecycle
-
-    server = await start_app(aiohttp_server, tmp_path, db_url, ca=softhsm.ca_settings())
-    runtime = server.runtime
-    directory = runtime.settings.ca_dir("default")
-    before = sorted(p.name for p in directory.iterdir())
-    with pytest.raises(lifecycle.RolloverInToken, match="PKCS#11 token"):
-        await lifecycle.prepare_rollover(runtime, "default", actor="test")
-    with pytest.raises(lifecycle.RolloverInToken, match="PKCS#11 token"):
-        await lifecycle.activate_rollover(runtime, "default", actor="test")
-    assert sorted(p.name for p in directory.iterdir()) == before
-    assert not runtime.settings.passphrase_path().exists()
-    assert not (directory.parent / "active").exists() and list(runtime.cas) == ["default"]
