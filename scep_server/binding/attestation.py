@@ -25,6 +25,12 @@ has no current certificate and the next eligible one binds. A certificate enroll
 or renewing a certificate bound to another device, never binds here. A refusal leaves the bound
 certificate untouched and records a security event.
 
+A certificate is identified by its issuer and serial (`_lookup_key`), never by the SHA-256 of its DER alone:
+an ECDSA signature is malleable, so a second encoding of a certificate (same TBSCertificate, a valid signature
+of its CA) is that certificate, bound where it is bound (or found by the fingerprint of the DER presented, for
+a binding made under an earlier registration name of a customer CA). One of ours is bound under the fingerprint
+of the DER we issued, and another encoding of it must carry the TBSCertificate our inventory holds.
+
 Nonces are stateless (`nonces.py`: an HMAC over device id, expiry and 128 random bits, under a key
 every process reads from the database), so issuing one writes nothing and an unknown, other-device or
 expired nonce is refused without the database. A verification then costs one signature check and a
@@ -42,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import functools
 import hashlib
 import time
@@ -150,6 +157,12 @@ def fail(reason: Verdict, detail: str, **kw) -> Result:
     return Result(False, reason, detail, **kw)
 
 
+def _stored_fp(info: "_Cert", row) -> str:
+    """The fingerprint a certificate is bound under: for ours, the inventory's (the DER this server issued),
+    whatever encoding of it was presented; for an external CA's, the DER presented first."""
+    return row.cert_fp if info.kind == "ours" and row.cert_fp else info.fp
+
+
 class _Cert:
     """A parsed client certificate and what can be known about it once (cached per process)."""
 
@@ -201,25 +214,50 @@ _LOOKUP_COLUMNS = (devices.c.status.label("device_status"), device_certs.c.devic
                    certificates.c.profile.label("cert_profile"), certificates.c.renewal_of,
                    certificates.c.enrolled_device_id, certificates.c.issued_at.label("cert_issued_at"),
                    certificates.c.unused_since, _current.c.fingerprint_sha256.label("current_fp"),
-                   _current.c.serial.label("current_serial"), _current.c.external.label("current_external"))
+                   _current.c.serial.label("current_serial"), _current.c.external.label("current_external"),
+                   device_certs.c.fingerprint_sha256.label("bound_fp"),
+                   certificates.c.fingerprint_sha256.label("cert_fp"))
+
+
+def _lookup_key(device_id: str, info: "_Cert") -> tuple[str, str | None, str, str | None, str]:
+    """What a verification's rows are looked up by: the device id, the certificate's issuer (our CA's or the
+    registered external CA's name) and serial, the serial again for our inventory when the CA is ours, and the
+    fingerprint of the DER presented (a binding recorded under an earlier registration name of its CA).
+
+    A certificate is identified by its issuer and serial (RFC 5280 §4.1.2.2, as its CRL identifies it), never by
+    the digest of its DER: an ECDSA signature is malleable (s and n - s both verify), so anyone holding a
+    certificate signed with ECDSA can make a second encoding of it, with the same TBSCertificate and a valid
+    signature of the CA, but another SHA-256 fingerprint."""
+    return device_id, info.ca, info.serial, info.serial if info.kind == "ours" else None, info.fp
 
 
 @functools.lru_cache(maxsize=256)
 def _lookup_query(n: int):
-    """Device, binding and inventory row of `n` (device id ``d{i}``, fingerprint ``f{i}``) pairs: one indexed
-    select per pair, joined with UNION ALL into one statement (built once per size; a pair without a
-    row is an unknown device)."""
+    """Device, binding and inventory row of `n` (device id ``d{i}``, CA ``c{i}``, serial ``s{i}``, serial in
+    our inventory ``o{i}``: NULL for an external CA's certificate, fingerprint ``f{i}``) keys (`_lookup_key`):
+    one indexed select per key, joined with UNION ALL into one statement (built once per size; a key without a
+    row is an unknown device). The binding is found by (ca, serial) (uq_device_certs_ca_serial) or by the
+    fingerprint of the DER presented (the primary key), the inventory row by serial."""
     selects = []
     for i in range(n):
-        fp = sa.bindparam(f"f{i}", type_=sa.String)
+        ca, serial = sa.bindparam(f"c{i}", type_=sa.String), sa.bindparam(f"s{i}", type_=sa.String)
+        ours, fp = sa.bindparam(f"o{i}", type_=sa.String), sa.bindparam(f"f{i}", type_=sa.String)
         selects.append(
             sa.select(sa.literal(i, sa.Integer).label("i"), *_LOOKUP_COLUMNS)
-            .select_from(devices.outerjoin(device_certs, device_certs.c.fingerprint_sha256 == fp)
-                         .outerjoin(certificates, certificates.c.fingerprint_sha256 == fp)
+            .select_from(devices.outerjoin(device_certs, sa.or_(
+                sa.and_(device_certs.c.ca == ca, device_certs.c.serial == serial),
+                device_certs.c.fingerprint_sha256 == fp))
+                         .outerjoin(certificates, certificates.c.serial == ours)
                          .outerjoin(_current, sa.and_(_current.c.device_id == devices.c.id,
                                                       _current.c.current.is_(True))))
             .where(devices.c.id == sa.bindparam(f"d{i}", type_=sa.String)))
     return selects[0] if n == 1 else sa.union_all(*selects)
+
+
+def _lookup_params(i: int, key: tuple) -> dict:
+    """The parameters of the `i`-th select of `_lookup_query` for a `_lookup_key`."""
+    device_id, ca, serial, ours, fp = key
+    return {f"d{i}": device_id, f"c{i}": ca, f"s{i}": serial, f"o{i}": ours, f"f{i}": fp}
 
 
 _Row = namedtuple("_Row", ["i"] + [c.name for c in _LOOKUP_COLUMNS])
@@ -566,12 +604,12 @@ class AttestationService:
                     out[i] = (None, [])
                 else:
                     todo.append(i)
-            rows = await self._lookup(conn, [(jobs[i].device_id, jobs[i].info.fp) for i in todo])
+            rows = await self._lookup(conn, [_lookup_key(jobs[i].device_id, jobs[i].info) for i in todo])
             dirty = False
             for i, row in zip(todo, rows):
                 job = jobs[i]
                 if dirty:
-                    row = (await self._lookup(conn, [(job.device_id, job.info.fp)]))[0]
+                    row = (await self._lookup(conn, [_lookup_key(job.device_id, job.info)]))[0]
                 wrote: list[bool] = []
                 out[i] = await self._judge(conn, job.info, job.device_id, job.crl, now, row, wrote)
                 dirty = dirty or bool(wrote)
@@ -588,8 +626,8 @@ class AttestationService:
             return True
         if row.bound_device != job.device_id:
             return False
-        if ours:
-            return row.first_used_at is not None
+        if ours:  # another encoding of one of our certificates is compared with the inventory's (a read)
+            return row.first_used_at is not None and row.cert_fp == job.info.fp
         return job.crl is None or job.crl.status is not CheckStatus.REVOKED
 
     async def _flush_sqlite(self, jobs: list[_Job], now: datetime) -> list[tuple[Result | None, list[str]]] | None:
@@ -605,26 +643,26 @@ class AttestationService:
         used_at = to_db(now)
         spends = [{"nonce_sha256": h, "device_id": jobs[i].device_id, "expires_at": to_db(jobs[i].expires),
                    "used_at": used_at} for h, i in sorted(first.items())]
-        pairs = list(dict.fromkeys((job.device_id, job.info.fp) for job in jobs if not job.spend_only))
+        keys = list(dict.fromkeys(_lookup_key(job.device_id, job.info) for job in jobs if not job.spend_only))
         spend_sql = _sqlite_spend_sql()
 
         def run(db):
             db.execute("BEGIN IMMEDIATE")
             try:
                 won = {h for row in spends for (h,) in db.execute(spend_sql, row).fetchall()}
-                found: dict[tuple[str, str], _Row] = {}
-                for start in range(0, len(pairs), _LOOKUP_CHUNK):
-                    chunk = pairs[start:start + _LOOKUP_CHUNK]
+                found: dict[tuple, _Row] = {}
+                for start in range(0, len(keys), _LOOKUP_CHUNK):
+                    chunk = keys[start:start + _LOOKUP_CHUNK]
                     sql, params = _sqlite_sql(len(chunk))
                     params = dict(params)
-                    for k, (device_id, fp) in enumerate(chunk):
-                        params[f"d{k}"], params[f"f{k}"] = device_id, fp
+                    for k, key in enumerate(chunk):
+                        params.update(_lookup_params(k, key))
                     for r in db.execute(sql, params).fetchall():
                         found[chunk[r[0]]] = _Row(*r)
                 for h, i in first.items():
                     job = jobs[i]
                     if h in won and not job.spend_only and \
-                            not self._reads_only(job, found.get((job.device_id, job.info.fp))):
+                            not self._reads_only(job, found.get(_lookup_key(job.device_id, job.info))):
                         db.execute("ROLLBACK")
                         return None
                 db.execute("COMMIT")
@@ -648,12 +686,15 @@ class AttestationService:
             else:
                 wrote: list[bool] = []
                 out.append(await self._judge(None, job.info, job.device_id, job.crl, now,  # type: ignore[arg-type]
-                                             found.get((job.device_id, job.info.fp)), wrote))
+                                             found.get(_lookup_key(job.device_id, job.info)), wrote))
                 assert not wrote
         return out
 
     async def _single(self, job: _Job) -> tuple[Result | None, list[str]]:
-        """One verification in its own transaction (after a failed batch), retried on a concurrent change."""
+        """One verification in its own transaction (after a failed batch), retried on a concurrent change. When
+        every attempt fails, the nonce is still spent (a transaction of its own): the answer is `conflict`, and
+        the same signed request replayed is `nonce_reused`, so a request that keeps failing costs its attempts
+        once, not at each replay."""
         for _ in range(3):
             try:
                 return (await self._flush([job]))[0]
@@ -664,7 +705,15 @@ class AttestationService:
                 if getattr(exc.orig, "sqlstate", None) not in _RETRYABLE:
                     raise
                 log.info("attestation.retry", device=job.device_id, error=type(exc.orig).__name__)
-        return fail(Verdict.CONFLICT, "concurrent changes to this device's binding; try again"), []
+        try:
+            spent, _ = (await self._flush([dataclasses.replace(job, spend_only=True)]))[0]
+        except DBAPIError as exc:  # IntegrityError included: the nonce's use is what is left undecided
+            log.info("attestation.retry", device=job.device_id, error=type(exc.orig).__name__ if exc.orig else "")
+            spent = None
+        if spent is not None:  # another use of the nonce committed meanwhile
+            return spent, []
+        return fail(Verdict.CONFLICT, "concurrent changes to this device's binding; ask for a new challenge and "
+                                      "try again"), []
 
     async def _spend(self, conn: AsyncConnection, jobs: list[_Job], now: datetime) -> set[int]:
         """Insert the batch's nonce hashes; the indexes of the jobs whose insert committed their nonce's use.
@@ -681,18 +730,18 @@ class AttestationService:
         inserted = (await conn.execute(_spend_statement(insert), rows)).scalars().all()
         return {first[h] for h in inserted}
 
-    async def _lookup(self, conn: AsyncConnection, pairs: list[tuple[str, str]]) -> list:
-        """Rows of `_LOOKUP_COLUMNS` for each (device id, fingerprint), None for an unknown device."""
-        found: dict[tuple[str, str], object] = {}
-        distinct = list(dict.fromkeys(pairs))
+    async def _lookup(self, conn: AsyncConnection, keys: list[tuple]) -> list:
+        """Rows of `_LOOKUP_COLUMNS` for each `_lookup_key`, None for an unknown device."""
+        found: dict[tuple, object] = {}
+        distinct = list(dict.fromkeys(keys))
         for start in range(0, len(distinct), _LOOKUP_CHUNK):
             chunk = distinct[start:start + _LOOKUP_CHUNK]
             params = {}
-            for i, (device_id, fp) in enumerate(chunk):
-                params[f"d{i}"], params[f"f{i}"] = device_id, fp
+            for i, key in enumerate(chunk):
+                params.update(_lookup_params(i, key))
             for row in (await conn.execute(_lookup_query(len(chunk)), params)).all():
                 found[chunk[row.i]] = row
-        return [found.get(p) for p in pairs]
+        return [found.get(k) for k in keys]
 
     async def _judge(self, conn: AsyncConnection, info: _Cert, device_id: str, crl: CheckResult | None,
                      now: datetime, row, wrote: list[bool]) -> tuple[Result, list[str]]:
@@ -710,6 +759,9 @@ class AttestationService:
                             device_status=status), touched
             return fail(Verdict.ISSUER_NOT_TRUSTED, "not issued by our CA (signature does not verify)",
                         device_status=status), touched
+        if ours and row.cert_fp != info.fp and not await self._as_issued(conn, info):
+            return fail(Verdict.CERTIFICATE_UNKNOWN, "signed by our CA, but not the certificate the inventory holds "
+                        "under its serial", device_status=status), touched
         if ours and not await self.trust.trusted(row.cert_profile):
             return fail(Verdict.CERTIFICATE_NOT_ELIGIBLE, f"issued by profile {row.cert_profile!r}, whose "
                         f"certificates do not attest (device_trust is off)", device_status=status), touched
@@ -721,7 +773,7 @@ class AttestationService:
                                                       f"({row.retired_reason})", device_status=status))
         if row.bound_device is not None and row.bound_device != device_id:
             wrote.append(True)
-            touched = await self._second_device(conn, info, device_id, row.bound_device, now,
+            touched = await self._second_device(conn, info, row.bound_fp, device_id, row.bound_device, now,
                                                 revoke=not retired)
             if retired:
                 return gone, touched
@@ -757,7 +809,7 @@ class AttestationService:
             if crl.status is CheckStatus.REVOKED:
                 if row.bound_device == device_id:
                     wrote.append(True)
-                    await retire(conn, info.fp, "revoked", now)
+                    await retire(conn, row.bound_fp, "revoked", now)
                 return fail(Verdict.CERTIFICATE_REVOKED, _revoked_detail(crl.revocation_reason, "on the CA's CRL"),
                             device_status=status), touched
             if crl.status is CheckStatus.ON_HOLD:
@@ -779,10 +831,11 @@ class AttestationService:
             if refused is not None:
                 refused.device_status = status
                 return refused, touched
-            lost_to = await self._bind(conn, info, device_id, now, row.current_fp)
+            lost_to = await self._bind(conn, info, _stored_fp(info, row), device_id, now, row.current_fp)
             if lost_to is not None:
+                owner, bound_fp = lost_to
                 wrote.append(True)
-                touched = await self._second_device(conn, info, device_id, lost_to, now)
+                touched = await self._second_device(conn, info, bound_fp, device_id, owner, now)
                 return fail(Verdict.BOUND_TO_OTHER_DEVICE, "this certificate was just bound to another "
                                                            "device; the attempt was recorded",
                             device_status=status), touched
@@ -817,7 +870,7 @@ class AttestationService:
             refusal = (Verdict.CERTIFICATE_OF_OTHER_DEVICE,
                        f"this certificate renews more than {_LINEAGE_DEPTH} certificates none of which is bound: "
                        "the device it was issued for is not known")
-        elif row.current_fp is not None and row.current_fp != info.fp and enrolled != device_id and not (
+        elif row.current_fp is not None and row.current_fp != _stored_fp(info, row) and enrolled != device_id and not (
                 not row.current_external and row.current_serial in ancestors):
             refusal = (Verdict.DEVICE_BOUND_TO_OTHER_CERTIFICATE,
                        "the device has a current certificate, which this one neither renews nor replaces by "
@@ -826,7 +879,8 @@ class AttestationService:
             return None
         reason, detail = refusal
         await record_event(conn, at=now, kind="security.binding.refused", subject=device_id, actor="attestation",
-                           data={"reason": reason.value, "fingerprint_sha256": info.fp, "serial": info.serial,
+                           data={"reason": reason.value, "fingerprint_sha256": _stored_fp(info, row),
+                                 "serial": info.serial,
                                  "ca": info.ca, "current_serial": row.current_serial, "enrolled_device_id": enrolled,
                                  "renews_certificate_of": owner})
         log.warning("security.binding.refused", device=device_id, serial=info.serial, ca=info.ca, reason=reason.value,
@@ -854,48 +908,59 @@ class AttestationService:
         truncated = serial is not None and serial not in ancestors and len(ancestors) >= _LINEAGE_DEPTH
         return ancestors, owner, truncated
 
-    async def _bind(self, conn: AsyncConnection, info: _Cert, device_id: str, now: datetime,
-                    expected_current: str | None) -> str | None:
-        """Compare-and-set: bind an unbound certificate to this device, replacing the current certificate the
-        judgement saw (`expected_current`; _CurrentChanged when the device's current certificate is another by
-        now). Returns the winner when another device bound the certificate."""
-        values = dict(fingerprint_sha256=info.fp, device_id=device_id, ca=info.ca, external=info.kind == "external",
+    async def _bind(self, conn: AsyncConnection, info: _Cert, fp: str, device_id: str, now: datetime,
+                    expected_current: str | None) -> tuple[str, str] | None:
+        """Compare-and-set: bind an unbound certificate (recorded under fingerprint `fp`) to this device, replacing
+        the current certificate the judgement saw (`expected_current`; _CurrentChanged when the device's current
+        certificate is another by now). Returns the winner and the fingerprint it is bound under when another
+        device bound the certificate (any encoding of it: the same CA and serial, or the same DER)."""
+        values = dict(fingerprint_sha256=fp, device_id=device_id, ca=info.ca, external=info.kind == "external",
                       serial=info.serial, not_after=info.not_after, current=False, state="active", bound_at=now)
         if conn.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:
             from sqlalchemy.dialects.sqlite import insert
-        res = await conn.execute(insert(device_certs).values(**values)
-                                 .on_conflict_do_nothing(index_elements=["fingerprint_sha256"]))
+        # no conflict target: a row of the same (ca, serial) (uq_device_certs_ca_serial: another encoding of the
+        # certificate) is the existing binding as much as one of the same fingerprint, never an IntegrityError
+        res = await conn.execute(insert(device_certs).values(**values).on_conflict_do_nothing())
         if res.rowcount != 1:
-            owner = (await conn.execute(sa.select(device_certs.c.device_id).where(
-                device_certs.c.fingerprint_sha256 == info.fp))).scalar()
-            return None if owner == device_id else owner
+            d = device_certs.c
+            found = (await conn.execute(sa.select(d.device_id, d.fingerprint_sha256).where(
+                sa.or_(sa.and_(d.ca == info.ca, d.serial == info.serial), d.fingerprint_sha256 == fp))
+                .order_by((d.fingerprint_sha256 == fp).desc()).limit(1))).first()
+            if found is None:  # a row removed meanwhile (not done by this server): judge again
+                raise _CurrentChanged(device_id)
+            return None if found.device_id == device_id else (found.device_id, found.fingerprint_sha256)
         old = (await conn.execute(sa.select(device_certs.c.fingerprint_sha256, device_certs.c.serial).where(
             device_certs.c.device_id == device_id, device_certs.c.current.is_(True)))).all()
-        if [fp for fp, _ in old] != ([expected_current] if expected_current else []):
+        if [old_fp for old_fp, _ in old] != ([expected_current] if expected_current else []):
             raise _CurrentChanged(device_id)
-        for fp, serial in old:
-            await retire(conn, fp, "superseded", now)
+        for old_fp, old_serial in old:
+            await retire(conn, old_fp, "superseded", now)
             await record_event(conn, at=now, kind=EventKind.UNBIND, subject=device_id, actor="attestation",
-                               data={"fingerprint_sha256": fp, "serial": serial, "reason": "superseded"})
-        await conn.execute(device_certs.update().where(device_certs.c.fingerprint_sha256 == info.fp)
+                               data={"fingerprint_sha256": old_fp, "serial": old_serial, "reason": "superseded"})
+        await conn.execute(device_certs.update().where(device_certs.c.fingerprint_sha256 == fp)
                            .values(current=True))
         await record_event(conn, at=now, kind=EventKind.BIND, subject=device_id, actor="attestation",
-                           data={"fingerprint_sha256": info.fp, "serial": info.serial, "ca": info.ca})
+                           data={"fingerprint_sha256": fp, "serial": info.serial, "ca": info.ca})
         log.info(EventKind.BIND.value, device=device_id, serial=info.serial, ca=info.ca)
         return None
 
-    async def _second_device(self, conn: AsyncConnection, info: _Cert, device_id: str, owner: str,
+    async def _second_device(self, conn: AsyncConnection, info: _Cert, bound_fp: str, device_id: str, owner: str,
                              now: datetime, *, revoke: bool = True) -> list[str]:
-        """A certificate presented by a device it is not bound to: a security event; optionally revoke it."""
-        await record_event(conn, at=now, kind="security.cert.second_device", subject=info.fp, actor="attestation",
-                           data={"bound_to": owner, "presented_by": device_id, "serial": info.serial, "ca": info.ca})
+        """A certificate (bound under fingerprint `bound_fp`) presented by a device it is not bound to: a security
+        event; optionally retire and revoke it. The event names the certificate by the fingerprint it is bound
+        under, and the presented one when it is another encoding of it."""
+        data = {"bound_to": owner, "presented_by": device_id, "serial": info.serial, "ca": info.ca}
+        if info.fp != bound_fp:
+            data["presented_fingerprint_sha256"] = info.fp
+        await record_event(conn, at=now, kind="security.cert.second_device", subject=bound_fp, actor="attestation",
+                           data=data)
         log.warning("security.cert.second_device", serial=info.serial, ca=info.ca, bound_to=owner,
                     presented_by=device_id)
         if not (self.revoke_on_second_device and revoke):
             return []
-        await retire(conn, info.fp, "key_compromise", now)
+        await retire(conn, bound_fp, "key_compromise", now)
         if info.kind != "ours":
             return []
         change = await change_status(conn, info.serial, CertStatus.REVOKED, at=now, actor="attestation",
@@ -903,6 +968,20 @@ class AttestationService:
                                      data={"invalidity_date": now.isoformat(),
                                            "detail": f"presented by device {device_id}, bound to {owner}"})
         return [change.ca] if change else []
+
+    @staticmethod
+    async def _as_issued(conn: AsyncConnection, info: _Cert) -> bool:
+        """Whether another encoding of a certificate our CA signed (another DER than the inventory's) has the
+        TBSCertificate the inventory holds under its serial: the same certificate, its signature re-encoded
+        (ECDSA: s -> n - s). Our CA never signs two certificates with one serial; a difference means a
+        certificate this server did not issue."""
+        der = (await conn.execute(sa.select(certificates.c.der).where(certificates.c.serial == info.serial))).scalar()
+        if der is None:
+            return False
+        try:
+            return x509.load_der_x509_certificate(der).tbs_certificate_bytes == info.cert.tbs_certificate_bytes
+        except ValueError:
+            return False
 
     async def _unused_too_long(self, conn: AsyncConnection, info: _Cert, now: datetime, status: str | None,
                                wrote: list[bool]) -> tuple[Result, list[str]]:
