@@ -50,8 +50,8 @@ class OtpSettings(BaseModel):
     wsapi_accept_unassigned: bool = Field(
         True, description="/wsapi/2.0/verify accepts keys nobody has enrolled yet (the service maps keys to users)")
     client_cache_seconds: float = Field(
-        5.0, ge=0, description="how long a process trusts its cached view of an API client (a disable takes effect "
-        "after this)")
+        5.0, ge=0, description="how long a process trusts its cached view of an API client (a disable or "
+        "signature change takes effect at once in the process that made it, in the others after this)")
     key_cache_size: int = Field(
         100_000, ge=0, description="public IDs whose sealed key material a process keeps in memory (state is always "
         "re-checked)")

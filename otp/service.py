@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from trustkit import paging
 from trustkit.clock import utcnow
+from trustkit.lookupcache import LookupCache
 from trustkit.paging import Page, PageRequest, RowId
 from trustkit.progress import Progress, report
 
@@ -215,7 +216,9 @@ class OtpService:
                                                        max_inflight=inflight)
         self._loader = self.store.material_loader(max_inflight=settings.commit_inflight)
         self._materials: dict[str, KeyMaterial] = {}
-        self._clients: dict[int, tuple[float, _Client | None]] = {}
+        # protocol 2.0 clients by id, emptied at each change of a client here (a lookup in flight then caches
+        # nothing); other processes see a change when their entry expires
+        self._clients: LookupCache[int, _Client | None] = LookupCache(lambda: self.settings.client_cache_seconds)
         self._blocked: dict[str, datetime] = {}  # throttled sources and clients, until when
         self._wsapi_statuses = (UNASSIGNED, ACTIVE) if settings.wsapi_accept_unassigned else (ACTIVE,)
         # verifications per (hour, api, protocol 2.0 status) not yet added to the store (flush_verify_counts)
@@ -596,23 +599,18 @@ class OtpService:
     async def _client(self, client_id: int) -> _Client | None:
         if not 0 < client_id <= MAX_CLIENT_ID:
             return None
-        now = time.monotonic()
-        cached = self._clients.get(client_id)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        return await self._clients.get(client_id, lambda: self._read_client(client_id))
+
+    async def _read_client(self, client_id: int) -> _Client | None:
         row = await self.store.client(client_id)
-        client = None
-        if row is not None and row.disabled_at is None:
-            try:
-                client = _Client(row.id, self._box_for(row.kek_id).open(row.secret_sealed, _client_aad(row.id)),
-                                 row.allow_unsigned)
-            except KekError as exc:
-                log.error("otp.kek.mismatch", extra={"client_id": client_id, "detail": str(exc)})
-                raise BackendError("client key does not open under this server's KEK") from None
-        if len(self._clients) > 10_000:
-            self._clients.clear()
-        self._clients[client_id] = (now + self.settings.client_cache_seconds, client)
-        return client
+        if row is None or row.disabled_at is not None:
+            return None
+        try:
+            return _Client(row.id, self._box_for(row.kek_id).open(row.secret_sealed, _client_aad(row.id)),
+                           row.allow_unsigned)
+        except KekError as exc:
+            log.error("otp.kek.mismatch", extra={"client_id": client_id, "detail": str(exc)})
+            raise BackendError("client key does not open under this server's KEK") from None
 
     # ---- import -------------------------------------------------------------------------------
 
@@ -817,6 +815,7 @@ class OtpService:
                 break
             except _KekRotated as rotated:  # rolled back: sealed again under the rotated KEK, once
                 box, again = await self._rotated_box(rotated, again, "client"), True
+        self._clients.changed()  # an id looked up before it existed is no longer "no such client" here
         log.info("otp.client.added", extra={"client_id": client_id, "allow_unsigned": allow_unsigned})
         return ClientInfo(client_id, name, now, None, allow_unsigned), base64.b64encode(secret).decode("ascii")
 
@@ -833,8 +832,8 @@ class OtpService:
         return _client_info(row)
 
     async def set_client_unsigned(self, client_id: int, allow: bool, *, actor: str | None = None) -> ClientInfo:
-        """Let a legacy client send unsigned requests, or require its signatures again (other processes:
-        within client_cache_seconds)."""
+        """Let a legacy client send unsigned requests, or require its signatures again: at once in this process
+        (a request in flight aside), within client_cache_seconds in the others."""
         if not isinstance(allow, bool):
             raise InvalidInput("allow_unsigned must be true or false")
         now = self._clock()
@@ -843,22 +842,24 @@ class OtpService:
                 raise NotFound(f"no OTP client with id {client_id}")
             await self.store.add_event(conn, at=now, kind="otp.client.changed", client_id=client_id, actor=actor,
                                        detail={"allow_unsigned": allow})
-        self._clients.pop(client_id, None)
+        self._clients.changed()
         log.warning("otp.client.changed", extra={"client_id": client_id, "allow_unsigned": allow})
         row = await self.store.client(client_id)
         assert row is not None
         return _client_info(row)
 
     async def disable_client(self, client_id: int, *, actor: str | None = None) -> ClientInfo:
-        """Disable a client: its requests get NO_SUCH_CLIENT (other processes: within client_cache_seconds)."""
+        """Disable a client: its requests get NO_SUCH_CLIENT, at once in this process (a request in flight
+        aside), within client_cache_seconds in the others."""
         now = self._clock()
-        if not await self.store.disable_client(client_id, now):
+        disabled = await self.store.disable_client(client_id, now)
+        self._clients.changed()
+        if not disabled:
             row = await self.store.client(client_id)
             if row is None:
                 raise NotFound(f"no OTP client with id {client_id}")
             raise Conflict(f"OTP client {client_id} is already disabled")
         await self.store.record_event(at=now, kind="otp.client.disabled", client_id=client_id, actor=actor)
-        self._clients.pop(client_id, None)
         row = await self.store.client(client_id)
         assert row is not None
         return _client_info(row)

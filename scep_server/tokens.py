@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from trustkit.clock import Clock, aware, utcnow
 from trustkit.db import writer
+from trustkit.lookupcache import LookupCache
 from trustkit.paging import Page, PageRequest, after, order, take
 from trustkit.problems import NotFound, Unprocessable
 
@@ -88,8 +89,8 @@ class TokenStore:
         self._engine = engine
         self._ttl = cache_seconds
         self._clock = clock
-        self._cache: dict[str, tuple[float, Grant | None]] = {}
-        self._generation = 0  # moves on at each disable and rotation here: a lookup begun before caches nothing
+        # emptied at each disable and rotation here; a lookup in flight then caches nothing
+        self._cache: LookupCache[str, Grant | None] = LookupCache(lambda: self._ttl)
         self._last_used_every = last_used_every
         self._noted: dict[str, float] = {}  # token id -> monotonic time of the last use queued for writing
         self._unwritten: dict[str, datetime] = {}  # token id -> last use not yet written
@@ -158,26 +159,18 @@ class TokenStore:
 
     async def _cached(self, key: str, which: sa.ColumnElement[bool]) -> Grant | None:
         """The grant of the enabled token `which` selects (expired or not), from the cache while it is fresh."""
-        hit = self._cache.get(key)
-        if hit and hit[0] > time.monotonic():
-            return hit[1]
-        generation = self._generation
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(sa.select(api_tokens.c.id, api_tokens.c.scope, api_tokens.c.name,
-                                                api_tokens.c.expires_at).where(
-                which, api_tokens.c.disabled_at.is_(None)))).first()
-        grant = Grant(row.id, row.scope, row.name, aware(row.expires_at)) if row else None
-        if generation != self._generation:  # disabled or rotated here while it was read: may be stale
-            return grant
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[key] = (time.monotonic() + self._ttl, grant)
-        return grant
+        async def load() -> Grant | None:
+            async with self._engine.connect() as conn:
+                row = (await conn.execute(sa.select(api_tokens.c.id, api_tokens.c.scope, api_tokens.c.name,
+                                                    api_tokens.c.expires_at).where(
+                    which, api_tokens.c.disabled_at.is_(None)))).first()
+            return Grant(row.id, row.scope, row.name, aware(row.expires_at)) if row else None
+
+        return await self._cache.get(key, load)
 
     def _forget(self) -> None:
         """A token changed here: no grant read before stays cached (nor is cached by a lookup in flight)."""
-        self._generation += 1
-        self._cache.clear()
+        self._cache.changed()
 
     def _note_use(self, token_id: str, now: datetime) -> None:
         """Queue a last_used_at write unless one was queued for this token within the period."""

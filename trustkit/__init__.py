@@ -12,4 +12,6 @@
   answer to a failure a handler raised.
 - `trustkit.paging`: cursor pagination of lists (keyset pages, checked `limit` and `cursor`, the page's body
   and `Link`); `trustkit.clipaging`: the same lists on a command line (`--limit`, `--cursor`, `--all`).
+- `trustkit.lookupcache`: a per-process cache of lookups that a change made in the process empties at once,
+  without a lookup in flight putting its stale answer back.
 """

@@ -423,7 +423,7 @@ async def test_kek_mismatch_is_a_backend_error(engine, service, client, clock):
         body = await other.verify_protocol({"id": str(cid), "otp": k.otp(), "nonce": "abcdefghijklmnop"})
         assert yubico.decode_response(body)["status"] == "BACKEND_ERROR"
         # the key's own data can't be opened either
-        other._clients[cid] = (float("inf"), type("C", (), {"id": cid, "key": key})())  # noqa: SLF001
+        other._clients.put(cid, type("C", (), {"id": cid, "key": key})(), other._clients.generation)  # noqa: SLF001
         assert (await protocol(other, cid, key, k.otp()))["status"] == "BACKEND_ERROR"
     assert (await protocol(service, cid, key, k.otp()))["status"] == "OK"
 
