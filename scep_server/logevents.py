@@ -141,7 +141,8 @@ EVENTS: tuple[Event, ...] = (
        "CertPoll or decision, or by the job scep.pending_expiry); audit event `scep.enrolment.expire`"),
     _e("security.scep.foreign_signer", "warning",
        "profile transaction_id public_key_sha256 signer_fingerprint_sha256 valid_certificates",
-       "a key holding a valid certificate was enrolled again under another signer"),
+       "a key the profile knows (a transaction or a certificate) was sent again under another signer than itself; "
+       "refused (`valid_certificates`: its valid ones)"),
     _e("enrolment.decided", "info", "profile transaction_id approve actor",
        "a pending enrolment was approved or rejected"),
     # certificates

@@ -284,8 +284,13 @@ class DeviceLinked:
 
 
 class ForeignSigner:
-    """A key that holds a valid certificate of the profile, enrolled again under a signer that is not that key:
-    a captured request re-wrapped by someone else looks like this. Recorded as a security event; it passes."""
+    """A key the profile knows (a transaction in any state, a certificate in any status), enrolled again under a
+    signer that is not that key: a captured request whose envelope someone else signed again, under a transactionID
+    of their own, looks like this. Refused, and recorded as a security event. A request signed by another key than
+    the CSR's (``require_signer_csr_key`` off) is accepted only for a key the profile has never seen: the key's
+    holder signs its own later requests (or renews with its certificate). Otherwise a captured envelope, with the
+    static challenge inside, would be a bearer token that never expires: certificates for the device's key without
+    end, pending enrolments that look like the device's, a fresh certificate after a revocation or a hold."""
 
     def __init__(self, service: ScepService):
         self.service = service
@@ -296,9 +301,10 @@ class ForeignSigner:
             return
         now = e.now = e.now or self.service.clock()
         profile, msg, pub_sha = e.profile, e.message, e.public_key_sha256
-        serials = await self.service.repository.valid_serials_for_key(profile.name, pub_sha, now)
-        if not serials:
+        repository = self.service.repository
+        if not await repository.key_enrolled(profile.name, pub_sha):
             return
+        serials = await repository.valid_serials_for_key(profile.name, pub_sha, now)
         signer = hashlib.sha256(msg.signer_cert_der).hexdigest()
         await self.service.repository.record_event(dict(
             at=now, kind="security.scep.foreign_signer", subject=msg.transaction_id, actor=f"scep:{profile.name}",
@@ -306,6 +312,8 @@ class ForeignSigner:
                   "valid_certificates": list(serials)}))
         log.warning("security.scep.foreign_signer", profile=profile.name, transaction_id=msg.transaction_id,
                     public_key_sha256=pub_sha, signer_fingerprint_sha256=signer, valid_certificates=list(serials))
+        raise e.refuse("this key is enrolled at this profile already: its requests must be signed by the key itself "
+                       "(or, to renew, by its certificate)")
 
 
 class Approval:

@@ -54,6 +54,10 @@ class InMemoryRepository:
                 if r["profile"] == profile and r["public_key_sha256"] == public_key_sha256
                 and r["status"] == "valid" and r["not_after"] > now][:10]
 
+    async def key_enrolled(self, profile: str, public_key_sha256: str) -> bool:
+        return any(r["profile"] == profile and r["public_key_sha256"] == public_key_sha256
+                   for rows in (self.transactions.values(), self.certificates.values()) for r in rows)
+
     async def compromised_key(self, public_key_sha256: str) -> str | None:
         return next((r["serial"] for r in self.certificates.values()
                      if r["public_key_sha256"] == public_key_sha256 and r["status"] == "revoked"

@@ -118,6 +118,9 @@ class EnrolmentRepository(Protocol):
     async def valid_serials_for_key(self, profile: str, public_key_sha256: str, now: datetime) -> list[str]:
         """Up to ten serials of unexpired ``valid`` certificates of the profile for this key."""
 
+    async def key_enrolled(self, profile: str, public_key_sha256: str) -> bool:
+        """Whether the profile has a transaction (any state) or a certificate (any status) for this key."""
+
     async def compromised_key(self, public_key_sha256: str) -> str | None:
         """The serial of a certificate for this key revoked for keyCompromise (any CA, any profile), or None."""
 

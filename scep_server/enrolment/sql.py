@@ -259,6 +259,15 @@ class SqlRepository:
                 c.profile == profile, c.public_key_sha256 == public_key_sha256, c.status == "valid",
                 c.not_after > now).limit(10))).scalars().all())
 
+    async def key_enrolled(self, profile: str, public_key_sha256: str) -> bool:
+        t, c = scep_transactions.c, certificates.c
+        async with self.engine.connect() as conn:  # index lookups: ix_scep_transactions_key, ix_certificates_public_key
+            for stmt in (sa.select(sa.literal(1)).where(t.public_key_sha256 == public_key_sha256, t.profile == profile),
+                         sa.select(sa.literal(1)).where(c.public_key_sha256 == public_key_sha256, c.profile == profile)):
+                if (await conn.execute(stmt.limit(1))).first() is not None:
+                    return True
+        return False
+
     async def compromised_key(self, public_key_sha256: str) -> str | None:
         async with self.engine.connect() as conn:
             return (await conn.execute(_COMPROMISED, _compromised_params(public_key_sha256))).scalar()

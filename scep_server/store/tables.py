@@ -110,6 +110,9 @@ scep_transactions = sa.Table(
     # the enrolment list's order, of one state or all; the state last: the dashboard's chart reads only this index
     sa.Index("ix_scep_transactions_state_created", "state", "created_at", "profile", "transaction_id"),
     sa.Index("ix_scep_transactions_created_state", "created_at", "profile", "transaction_id", "state"),
+    # a profile's transactions of one key (migration core_0017): whether a request signed by another key than the
+    # CSR's names a key the profile knows (enrolment.checks.ForeignSigner)
+    sa.Index("ix_scep_transactions_key", "public_key_sha256", "profile"),
 )
 
 # A RenewalReq signed by one of our certificates that was refused (too early, a signer on hold, a device not

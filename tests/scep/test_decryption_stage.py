@@ -319,7 +319,11 @@ async def _security_events(engine) -> list[dict]:
     return [dict(r._mapping) for r in rows]
 
 
-async def test_a_rewrapped_captured_pkcsreq_is_a_security_event(scep, engine, ca, device_key, attacker):
+FOREIGN_REFUSAL = ("this key is enrolled at this profile already: its requests must be signed by the key itself (or, "
+                   "to renew, by its certificate)")
+
+
+async def test_a_rewrapped_captured_pkcsreq_is_refused_and_a_security_event(scep, engine, ca, device_key, attacker):
     csr = client.make_csr(device_key, "device-1", SECRET)
     captured = _request(ca, device_key, MessageType.PKCS_REQ, csr, transaction_id="original")
     first = await scep.send(captured, device_key)
@@ -331,7 +335,8 @@ async def test_a_rewrapped_captured_pkcsreq_is_a_security_event(scep, engine, ca
 
     envelope = parse_pki_message(captured).envelope
     rep = await scep.send(_rewrap(envelope, attacker, MessageType.PKCS_REQ, "replayed", b"r" * 16), attacker[0])
-    assert rep.status is PKIStatus.SUCCESS  # the setting is off by default: clients may sign with another key
+    assert (rep.status, rep.fail_info, rep.fail_text, rep.certs) == (PKIStatus.FAILURE, FailInfo.BAD_REQUEST,
+                                                                     FOREIGN_REFUSAL, [])
     found = await _security_events(engine)
     assert [e["kind"] for e in found] == ["security.scep.foreign_signer"]
     data = json.loads(found[0]["data"])
@@ -339,6 +344,67 @@ async def test_a_rewrapped_captured_pkcsreq_is_a_security_event(scep, engine, ca
     assert data["signer_fingerprint_sha256"] == hashes_hex(attacker[1])
     issued = {inventory.serial_hex(x509.load_der_x509_certificate(r.certs[0]).serial_number) for r in (first, again)}
     assert set(data["valid_certificates"]) == issued
+
+
+async def _certificates_of(engine, key) -> dict[str, str]:
+    from scep_server.store.tables import certificates
+
+    digest = inventory.public_key_sha256(key.public_key())
+    async with engine.connect() as conn:
+        rows = (await conn.execute(sa.select(certificates.c.serial, certificates.c.status)
+                                   .where(certificates.c.public_key_sha256 == digest))).all()
+    return {r.serial: r.status for r in rows}
+
+
+@pytest.mark.parametrize("status", ["valid", "hold", "revoked"])
+async def test_a_captured_envelope_is_no_bearer_token_for_new_transactions(scep, engine, ca, device_key, attacker,
+                                                                          status):
+    """A captured PKCSReq (the static challenge inside) signed again by someone else under transactionIDs of their
+    own: no certificate for the device's key, however often, and none after its certificate was put on hold or
+    revoked (the key's holder would otherwise undo the decision with a request it kept)."""
+    from scep_server.store.tables import certificates
+
+    captured = _request(ca, device_key, MessageType.PKCS_REQ, client.make_csr(device_key, "victim", SECRET),
+                        transaction_id="victim-tx")
+    assert (await scep.send(captured, device_key)).status is PKIStatus.SUCCESS
+    (serial,) = await _certificates_of(engine, device_key)
+    if status != "valid":
+        async with writer(engine).begin() as conn:
+            await conn.execute(certificates.update().where(certificates.c.serial == serial).values(status=status))
+    envelope = parse_pki_message(captured).envelope
+    for i in range(3):
+        rep = await scep.send(_rewrap(envelope, attacker, MessageType.PKCS_REQ, f"theirs-{i}", bytes([i]) * 16),
+                              attacker[0])
+        assert (rep.status, rep.fail_text, rep.certs) == (PKIStatus.FAILURE, FOREIGN_REFUSAL, [])
+    assert await _certificates_of(engine, device_key) == {serial: status}
+    assert len(await _security_events(engine)) == 3
+
+
+async def test_a_captured_pending_enrolment_is_not_copied_under_other_transactions(engine, ca, device_key, attacker):
+    """On a profile that requires approval, copies of the device's pending enrolment would look like it to the
+    approver (approving one sends the certificate to the attacker's poll): none is made."""
+    from scep_server.store.tables import scep_transactions
+
+    scep = await _service(engine, ca, require_approval=True)
+    captured = _request(ca, device_key, MessageType.PKCS_REQ, client.make_csr(device_key, "victim", SECRET),
+                        transaction_id="victim-tx")
+    assert (await scep.send(captured, device_key)).status is PKIStatus.PENDING
+    envelope = parse_pki_message(captured).envelope
+    rep = await scep.send(_rewrap(envelope, attacker, MessageType.PKCS_REQ, "theirs", b"t" * 16), attacker[0])
+    assert (rep.status, rep.fail_text) == (PKIStatus.FAILURE, FOREIGN_REFUSAL)
+    async with engine.connect() as conn:
+        txids = (await conn.execute(sa.select(scep_transactions.c.transaction_id))).scalars().all()
+    assert txids == ["victim-tx"]
+
+
+async def test_a_request_signed_by_another_key_enrols_a_key_the_profile_never_saw(scep, engine, ca, attacker):
+    """``require_signer_csr_key`` off (the default): a client may sign its first request with another key."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    body = _request(ca, key, MessageType.PKCS_REQ, client.make_csr(key, "new-device", SECRET),
+                    signer=attacker, transaction_id="first")
+    rep = await scep.send(body, attacker[0])
+    assert rep.status is PKIStatus.SUCCESS and rep.certs
+    assert await _security_events(engine) == []
 
 
 def hashes_hex(der_bytes: bytes) -> str:
