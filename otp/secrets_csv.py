@@ -140,6 +140,25 @@ class _Builder:
         self.skipped.append(LineIssue(line, reason))
 
 
+def _shape(raw: str) -> str:
+    """What a field looks like, never what it holds: a field in the wrong column may be a private ID, an AES key
+    or an access code, and an issue goes into answers, pages and terminals."""
+    if _HEX_ANY.fullmatch(raw.lower()):
+        kind = "decimal digits" if _DECIMAL.fullmatch(raw) else "hex digits"
+    else:
+        kind = "characters that are not all hex digits"
+    return f"{len(raw)} {kind}"
+
+
+def _shape_hint(raw: str) -> str:
+    """A hint when a field has the shape of a secret: the columns are likely out of order."""
+    if not _HEX_ANY.fullmatch(raw.lower()):
+        return ""
+    like = {12: "a private ID or an access code", 32: "an AES key"}.get(len(raw))
+    return (f" (the shape of {like}: are the columns in the order serial, public ID, private ID, AES key?)"
+            if like else "")
+
+
 def _parse_serial(raw: str, line: int, b: _Builder) -> int | None:
     if raw.lower() == "none":
         b.error(line, "serial is 'None': the tool could not read the key's serial number "
@@ -148,34 +167,38 @@ def _parse_serial(raw: str, line: int, b: _Builder) -> int | None:
     if not raw:
         b.error(line, "serial number is missing")
         return None
-    if not _DECIMAL.fullmatch(raw) or len(raw) > 12:
-        b.error(line, f"serial {raw!r} is not a decimal number")
+    if not _DECIMAL.fullmatch(raw):
+        b.error(line, f"serial (field 1) is not a decimal number: it has {_shape(raw)}{_shape_hint(raw)}")
         return None
-    value = int(raw)
+    digits = raw.lstrip("0")
+    value = int(digits or "0") if len(digits) <= 12 else SERIAL_MAX + 1  # no huge int from a hostile field
     if value == 0:
         b.error(line, "serial is 0: the key does not expose its serial number (the Personalization Tool "
                       "writes 0 then); enable 'serial number visible' or use ykman")
         return None
     if value > SERIAL_MAX:
-        b.error(line, f"serial {raw} is larger than a YubiKey serial (32 bits)")
+        b.error(line, f"serial (field 1) is larger than a YubiKey serial (32 bits, at most {SERIAL_MAX}): it has "
+                      f"{_shape(raw)}{_shape_hint(raw)}")
         return None
     return value
 
 
-def _check_public_id(raw: str, line: int, b: _Builder) -> str | None:
+def _check_public_id(raw: str, line: int, b: _Builder, column: int = 2) -> str | None:
     if not raw:
         b.error(line, "public ID is empty: the key was programmed without a public identity "
                       "(click Generate for the Public Identity, or use ykman -S/-P)")
         return None
     if not modhex.is_modhex(raw):
-        b.error(line, f"public ID {raw!r} is not ModHex (letters cbdefghijklnrtuv, even length)")
+        b.error(line, f"public ID (field {column}) is not ModHex (letters cbdefghijklnrtuv, even length): it has "
+                      f"{_shape(raw)}{_shape_hint(raw) if column == 2 else ''}")
         return None
     if len(raw) > PUBLIC_ID_MAX_LEN:
-        b.error(line, f"public ID {raw!r} is longer than {PUBLIC_ID_MAX_LEN} characters: its OTPs would exceed "
-                      "48 characters, which validation clients refuse")
+        b.error(line, f"public ID (field {column}) is longer than {PUBLIC_ID_MAX_LEN} characters (it has {len(raw)}): "
+                      "its OTPs would exceed 48 characters, which validation clients refuse")
         return None
     if len(raw) != PUBLIC_ID_STANDARD_LEN:
-        b.warn(line, f"public ID {raw!r} is {len(raw)} characters long, not the standard {PUBLIC_ID_STANDARD_LEN}")
+        b.warn(line, f"public ID (field {column}) is {len(raw)} characters long, not the standard "
+                     f"{PUBLIC_ID_STANDARD_LEN}")
     return raw
 
 
@@ -221,7 +244,7 @@ def _check_timestamp(raw: str, line: int, b: _Builder) -> bool:
             return True
         except ValueError:
             pass
-    b.error(line, f"timestamp {raw!r} is not YYYY-MM-DDThh:mm:ss")
+    b.error(line, f"timestamp (field 6) is not YYYY-MM-DDThh:mm:ss: it has {_shape(raw)}{_shape_hint(raw)}")
     return False
 
 
@@ -289,12 +312,15 @@ def _traditional_row(fields: list[str], line: int, b: _Builder) -> None:
     b.formats.add(FORMAT_TRADITIONAL)
     event = fields[0]
     if event.lower() != "yubico otp":
-        b.skip(line, f"{event!r} configuration, not Yubico OTP")
+        known = next((e for e in _TRADITIONAL_EVENTS if event.lower().startswith(e)), None)
+        # an event this server does not know is not quoted: in a file of shifted columns it may be a secret
+        b.skip(line, f"{event[:len(known)]!r} configuration, not Yubico OTP" if known else
+               f"not a Yubico OTP configuration (field 1, the event, has {_shape(event)})")
         return
     if len(fields) < 6:
         b.error(line, f"Traditional log line has {len(fields)} fields, expected 18")
         return
-    public_id = _check_public_id(fields[3].lower().replace(" ", ""), line, b)
+    public_id = _check_public_id(fields[3].lower().replace(" ", ""), line, b, column=4)
     private_id = _check_private_id(fields[4].lower().replace(" ", ""), line, b)
     aes_key = _check_aes_key(fields[5].lower().replace(" ", ""), line, b)
     if public_id is None or private_id is None or aes_key is None:
