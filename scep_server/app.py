@@ -16,7 +16,7 @@ from .audit import web as audit_web
 from .ca import lifecycle as ra_lifecycle
 from .runtime import Uses, open_runtime
 from .web import (access, admin_cas, admin_certs, admin_profiles, admin_tokens, apidoc, auth, bodytime, ca, client,
-                  errors, health, metrics, protocol, scep)
+                  errors, health, metrics, protocol, scep, sendtime)
 
 JOBS = web.AppKey("jobs", Supervisor)  # the supervisor of the background jobs, while the server runs
 
@@ -28,12 +28,15 @@ def create_app(settings: Settings, *, clock: Clock = utcnow, metrics_sock: socke
     # outermost first: the request id and access line see every answer (problems, 404, 405, 500)
     # handler_args: the HTTP parser's limits (a SCEP GET's request line may pass aiohttp's 8190 bytes)
     # bodytime: the deadline for receiving a body, armed before any route or check reads it
+    # sendtime: the deadline for sending a large answer, whatever route or error made it
     app = web.Application(client_max_size=settings.server.max_body_bytes, handler_args=protocol.LIMITS,
                           middlewares=[access.middleware(settings.log.access),
                                        client.middleware(settings.server.trusted_proxies,
                                                          settings.server.forwarded_header),
                                        bodytime.middleware(settings.server.body_timeout_seconds,
                                                            settings.server.body_min_rate),
+                                       sendtime.middleware(settings.server.send_timeout_seconds,
+                                                           settings.server.send_min_rate),
                                        errors.errors, auth.bearer_auth])
 
     loaded = features.load(settings)  # the capabilities switched on: their routes, jobs and services only

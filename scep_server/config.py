@@ -61,6 +61,15 @@ class ServerSettings(BaseModel):
     body_min_rate: int = Field(
         4096, ge=1, description="bytes per second a request body must arrive at, on average, once "
         "body_timeout_seconds have passed; the announced Content-Length buys no time, only bytes sent do")
+    send_timeout_seconds: float = Field(
+        20.0, gt=0, le=3600, description="time a large answer (32 KiB or more: a CRL, a SCEP GetCRL) has to be "
+        "sent, extended by one second for every send_min_rate bytes sent, and the longest a large answer may make "
+        "no progress: a client reading slower (or not at all) has its connection reset, so it holds neither the "
+        "answer nor the connection. Smaller answers are not timed")
+    send_min_rate: int = Field(
+        65536, ge=1, description="bytes per second a large answer must leave at, on average, once "
+        "send_timeout_seconds have passed (64 KiB/s: a 46 MB CRL may take 12 minutes); bytes the system's socket "
+        "buffers took count as sent")
     reuse_port: bool = Field(
         True, description="with several workers, each listens on a socket of its own on the same port "
         "(SO_REUSEPORT, where the system has it) and the kernel spreads new connections across them; with one "
@@ -75,7 +84,8 @@ class ServerSettings(BaseModel):
         "worker; unset: the number of CPUs divided by workers (at least 1)")
     scep_getcrl_queue: int = Field(
         8, ge=1, le=1024, description="SCEP GetCRL answers each worker builds (one at a time, on a thread of their "
-        "own, apart from the enrolment threads) or holds waiting; one more is answered 503 with Retry-After "
+        "own, apart from the enrolment threads), holds waiting, or has built and is still sending (until sent, cut "
+        "by send_timeout_seconds, or the client gone); one more is answered 503 with Retry-After "
         "(getcrl_busy). Each answer costs time and memory in proportion to the CRL (the CRL encrypted to the "
         "requester and signed); a fleet whose devices fetch the CRL over SCEP at the same moment may need more")
     trusted_proxies: list[str] = Field(

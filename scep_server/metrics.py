@@ -73,6 +73,7 @@ class _Metrics:
     key_sign_failures: Any
     brake_holds: Any
     getcrl_busy: Any
+    send_timeouts: Any
     # CA -> the (serial, revoked_at) listed in the last CRL signed here and newer than the CRL before it
     crl_recent: dict[str, frozenset] = field(default_factory=dict)
     # (id of the metric, *label values) -> the labelled child: `labels()` costs more than the increment itself.
@@ -246,6 +247,9 @@ def activate() -> None:
                             "down more devices than [mdm] brake_share and brake_devices allow", ["what"]),
         getcrl_busy=counter("scep_getcrl_busy", "SCEP GetCRLs answered 503 because the worker's GetCRL lane was full "
                             "(server.scep_getcrl_queue)", ["ca"]),
+        send_timeouts=counter("http_send_timeouts", "Large answers whose connection was reset because the client "
+                              "read them slower than server.send_min_rate or stopped reading (server.send_timeout_"
+                              "seconds, scep_server.web.sendtime)", ["route"]),
     )
     _active = m
     from trustkit import batching
@@ -354,6 +358,14 @@ def getcrl_busy(ca: str) -> None:
     m = _active
     if m is not None:
         _inc(m.child(m.getcrl_busy, ca))
+
+
+@_never_raises
+def send_timeout(route: str) -> None:
+    """A large answer cut by the send deadline (scep_server.web.sendtime); ``route``: a route's template."""
+    m = _active
+    if m is not None:
+        _inc(m.child(m.send_timeouts, route))
 
 
 @_never_raises

@@ -185,7 +185,11 @@ def _as_request(request: web.Request, body: bytes | None) -> _Request:
 def _as_response(response: web.StreamResponse) -> _Response:
     from multidict import CIMultiDict
 
+    from scep_server.web.sendtime import PacedBody
+
     body = getattr(response, "body", None)
+    if isinstance(body, PacedBody):  # a large answer, sent in slices of these bytes
+        body = body.value
     if isinstance(body, str):
         body = body.encode()
     elif not isinstance(body, (bytes, bytearray)):

@@ -10,10 +10,12 @@ from trustkit.http import text_errors
 
 from ..appkeys import RUNTIME
 from ..enrolment import NoNextCA
+from ..enrolment.getcrl import delivering
 from ..profiles import UnknownProfile
 from trustkit.der import DERError
 from ..scep.message import decode_get_message
 from ..scep.types import MalformedMessage
+from . import sendtime
 
 CT_CAPS = "text/plain"
 CT_CA_RA = "application/x-x509-ca-ra-cert"
@@ -114,7 +116,12 @@ async def scep(request: web.Request) -> web.StreamResponse:
                 body = decode_get_message(raw)
             if not body:
                 return _text(400, "empty PKIOperation message")
-            return web.Response(body=await _pki_operation(service, profile, body), content_type=CT_PKI)
+            # a GetCRL answer keeps its place in the GetCRL lane until it has been sent (or cut, or the request
+            # ended otherwise): built answers waiting on slow readers are bounded by the lane too
+            with delivering() as delivery:
+                sendtime.after_send(request, delivery.done)
+                reply = await _pki_operation(service, profile, body)
+            return web.Response(body=reply, content_type=CT_PKI)
     except UnknownProfile as exc:
         return _text(404, str(exc))
     except NoNextCA as exc:

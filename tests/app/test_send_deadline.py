@@ -1,0 +1,92 @@
+"""The send deadline's middleware (scep_server.web.sendtime) paces only large bodies: a body under LARGE bytes, a
+HEAD, a streamed, chunked or compressed answer is left as aiohttp writes it (no timer, nothing per request but a
+length test); a large body is written in slices of the answer itself, byte for byte."""
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from scep_server.web import sendtime
+
+BODY = bytes(range(256)) * (3 * sendtime.CHUNK // 256 + 7)  # several slices and a part of one
+
+
+async def answered(response: web.StreamResponse, method: str = "GET") -> web.StreamResponse:
+    async def handler(request):
+        return response
+
+    return await sendtime.middleware(20.0, 65536)(make_mocked_request(method, "/x"), handler)
+
+
+@pytest.mark.parametrize("size", [0, 100, sendtime.LARGE - 1])
+async def test_a_small_body_is_left_alone(size):
+    body = bytes(size)
+    response = await answered(web.Response(body=body, content_type="application/pkix-crl"))
+    assert response.body is body
+
+
+async def test_a_large_body_is_paced_with_its_type_and_length():
+    response = await answered(web.Response(body=BODY, content_type="application/pkix-crl"))
+    assert isinstance(response.body, sendtime.PacedBody)
+    assert response.body.size == len(BODY) and response.content_type == "application/pkix-crl"
+    assert await response.body.as_bytes() == BODY
+
+
+@pytest.mark.parametrize("make", [
+    lambda: web.StreamResponse(),
+    lambda: _compressed(web.Response(body=BODY)),
+    lambda: _chunked(web.Response(body=BODY)),
+])
+async def test_streamed_compressed_and_chunked_answers_are_left_alone(make):
+    response = make()
+    before = getattr(response, "body", None)
+    assert getattr(await answered(response), "body", None) is before
+
+
+async def test_a_head_is_left_alone():
+    response = await answered(web.Response(body=BODY), method="HEAD")
+    assert response.body is BODY
+
+
+def _compressed(response: web.Response) -> web.Response:
+    response.enable_compression()
+    return response
+
+
+def _chunked(response: web.Response) -> web.Response:
+    response.enable_chunked_encoding()
+    return response
+
+
+class _Writer:
+    """Records what a PacedBody hands to aiohttp's writer."""
+
+    def __init__(self):
+        self.chunks: list[bytes] = []
+
+    async def write(self, chunk):
+        self.chunks.append(bytes(chunk))
+
+    async def drain(self):
+        pass
+
+
+class _Transport:
+    def is_closing(self):
+        return False
+
+    def get_write_buffer_size(self):
+        return 0
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+
+async def test_a_large_body_is_written_in_slices_byte_for_byte(monkeypatch):
+    request = make_mocked_request("GET", "/x", transport=_Transport())
+    paced = sendtime.PacedBody(BODY, request, 20.0, 65536, "application/pkix-crl")
+    writer = _Writer()
+    await paced.write(writer)
+    assert b"".join(writer.chunks) == BODY
+    assert max(map(len, writer.chunks)) == sendtime.CHUNK and len(writer.chunks) == -(-len(BODY) // sendtime.CHUNK)
