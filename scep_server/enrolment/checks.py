@@ -24,7 +24,7 @@ from ..scep.types import FailInfo, MessageType, PKIStatus, SCEPFailure
 from .identity import NoDeviceId, device_id_of
 from .model import (NOT_LOOKED_UP, ChallengeRejected, ChallengeVerifier, EnrollmentRequest, Outcome, challenge_password,
                     days)
-from .repository import with_bound_device
+from .repository import SignerStanding, with_bound_device
 
 if TYPE_CHECKING:
     from .service import ScepService
@@ -54,7 +54,9 @@ class Enrolment:
     static_secrets: object = NOT_LOOKED_UP  # a static profile's secrets when read in the decryption stage
     compromised: object = NOT_LOOKED_UP  # CompromisedKey's answer when read in the decryption stage (None: none)
     signed_by_us: bool = False
-    refused_before: bool = False  # a request signed by us that was refused before (Renewal): not remembered again
+    # a refusal of a request signed by us is remembered (Renewal) unless it was remembered before, or it holds only
+    # at the profile it was sent to
+    remember_refusal: bool = True
     renewal_of: CertRecord | None = None  # the signing certificate, for a renewal
     device_id: str | None = None
     named_device: str | None = None  # the device the request itself names (profile setting `device_id`)
@@ -135,23 +137,45 @@ class Renewal:
         self.service = service
 
     async def __call__(self, e: Enrolment) -> None:
-        if e.signed_by_us:
-            # Before any other rule: a request refused once (too early, a signer on hold, a device not active...) is
-            # never issued later, when the reason no longer holds: it may be a captured one replayed inside the
-            # window. A client signs each attempt anew (a new senderNonce), so its next attempt is judged afresh.
-            msg = e.message
-            if await self.service.repository.renewal_refused_before(serial_hex(msg.signer_cert.serial_number),
-                                                                    msg.signed_sha256.hex()):
-                e.refused_before = True
-                raise e.refuse("this renewal request was refused before; sign a new one")
-            e.renewal_of = await self._signer_record(e)
+        if not e.signed_by_us:
+            return
+        msg, repository = e.message, self.service.repository
+        standing = None
+        if e.profile.settings.allow_renewal:
+            standing = await repository.signer_standing(hashlib.sha256(msg.signer_cert_der).hexdigest())
+        # A request sent to a profile that never renews this signer is refused and not remembered: that refusal
+        # holds for as long as the profile's settings, and remembered it would block the same request at the
+        # profile that does renew it (a captured request sent to the wrong profile first).
+        elsewhere = await self._renewed_elsewhere(e.profile, standing)
+        if elsewhere is not None:
+            e.remember_refusal = False
+            raise e.refuse(elsewhere)
+        # Then, before the other rules: a request refused once (too early, a signer on hold, a device not active...)
+        # is never issued later, when the reason no longer holds: it may be a captured one replayed inside the
+        # window. A client signs each attempt anew (a new senderNonce), so its next attempt is judged afresh.
+        if await repository.renewal_refused_before(serial_hex(msg.signer_cert.serial_number), msg.signed_sha256.hex()):
+            e.remember_refusal = False
+            raise e.refuse("this renewal request was refused before; sign a new one")
+        e.renewal_of = await self._signer_record(e, standing)
 
-    async def _signer_record(self, e: Enrolment) -> CertRecord:
-        profile, msg, csr, refuse = e.profile, e.message, e.content.csr, e.refuse
+    async def _renewed_elsewhere(self, profile: Profile, standing: SignerStanding | None) -> str | None:
+        """Why ``profile`` never renews the signer (renewal off, a certificate of a profile whose ``renewal_to`` does
+        not name it), or None."""
         if not profile.settings.allow_renewal:
-            raise refuse("renewal is not enabled on this profile")
+            return "renewal is not enabled on this profile"
+        if standing is None or standing.record.profile == profile.name:
+            return None
+        try:
+            issuing = await self.service.profiles.get(standing.record.profile or "")
+        except UnknownProfile:
+            issuing = None
+        if issuing is None or profile.name not in issuing.settings.renewal_to:
+            return f"a certificate issued at profile {standing.record.profile!r} is renewed only there"
+        return None
+
+    async def _signer_record(self, e: Enrolment, standing: SignerStanding | None) -> CertRecord:
+        profile, msg, csr, refuse = e.profile, e.message, e.content.csr, e.refuse
         signer = msg.signer_cert
-        standing = await self.service.repository.signer_standing(hashlib.sha256(msg.signer_cert_der).hexdigest())
         if standing is None:
             raise refuse("the signing certificate is not in this CA's inventory", FailInfo.BAD_CERT_ID)
         record = standing.record
@@ -172,13 +196,6 @@ class Renewal:
             if binding.device_status != "active":
                 raise refuse(f"the signing certificate is bound to device {binding.device_id}, which is "
                              f"{binding.device_status}")
-        if record.profile != profile.name:
-            try:
-                issuing = await self.service.profiles.get(record.profile or "")
-            except UnknownProfile:
-                issuing = None
-            if issuing is None or profile.name not in issuing.settings.renewal_to:
-                raise refuse(f"a certificate issued at profile {record.profile!r} is renewed only there")
         window = profile.settings.renewal_window_days
         window_td = timedelta(days=window) if window is not None else (record.not_after - record.not_before) / 3
         if record.not_after - now > window_td:

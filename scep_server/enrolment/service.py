@@ -355,7 +355,7 @@ class ScepService:
         except SCEPFailure:
             # a renewal refused is refused for good (checks.Renewal): the same request, captured and sent again
             # once the reason no longer holds, is not issued; a refusal is the only write
-            if signed_by_us and not (e is not None and e.refused_before):
+            if signed_by_us and (e is None or e.remember_refusal):
                 await self.repository.remember_refused_renewal(
                     inventory.serial_hex(msg.signer_cert.serial_number), msg.signed_sha256.hex(),
                     signer_not_after=msg.signer_cert.not_valid_after_utc, now=self.clock())

@@ -92,3 +92,41 @@ async def test_a_renewal_refused_while_its_signer_was_on_hold_stays_refused_afte
     async with rt.engine.connect() as conn:
         rows = (await conn.execute(sa.select(renewal_refusals))).all()
     assert [r.signer_serial for r in rows] == [serial_of(der)]
+
+
+async def test_a_renewal_sent_first_to_a_profile_that_never_renews_it_is_not_blocked_where_it_renews(server, clock):
+    """A captured RenewalReq sent to another profile first (one that does not renew the signer, or does not renew at
+    all): refused there, and not remembered, so the device's request is still judged at its own profile."""
+    await static_profile(server, "short", template={"validity_days": 30}, supersede_on_renewal=True)
+    await static_profile(server, "other", template={"validity_days": 30})
+    await static_profile(server, "closed", template={"validity_days": 30}, allow_renewal=False)
+    async with aiohttp.ClientSession() as s:
+        key = rsa_key()
+        der = await issue(s, server, "short", key)
+        clock.advance(days=21)  # inside the window
+        request, _ = captured(server, der, key, rsa_key())
+        rep = await pki(s, server, "other", request, key)
+        assert rep.status is PKIStatus.FAILURE and rep.fail_text == "a certificate issued at profile 'short' is renewed only there"
+        rep = await pki(s, server, "closed", request, key)
+        assert rep.status is PKIStatus.FAILURE and rep.fail_text == "renewal is not enabled on this profile"
+        rep = await pki(s, server, "short", request, key)
+        assert rep.status is PKIStatus.SUCCESS, rep.fail_text
+        assert (await cert_row(server, rep.certs[0]))["renewal_of"] == serial_of(der)
+
+
+async def test_a_renewal_refused_at_a_profile_that_renews_it_is_refused_at_every_such_profile(server, clock):
+    """Refused as too early at the issuing profile, the same request is refused for good at a profile the issuing
+    profile renews to as well (it would be issued there once inside the window)."""
+    await static_profile(server, "short", template={"validity_days": 30}, renewal_to=["next"])
+    await static_profile(server, "next", template={"validity_days": 30})
+    async with aiohttp.ClientSession() as s:
+        key = rsa_key()
+        der = await issue(s, server, "short", key)
+        request, _ = captured(server, der, key, rsa_key())
+        rep = await pki(s, server, "short", request, key)
+        assert rep.status is PKIStatus.FAILURE and "renewal is accepted only within" in rep.fail_text
+        clock.advance(days=21)
+        for profile in ("next", "short"):
+            rep = await pki(s, server, profile, request, key)
+            assert rep.status is PKIStatus.FAILURE and rep.fail_text == REFUSED_BEFORE, (profile, rep.fail_text)
+        assert len(await certs_of(server, "next")) == 0
