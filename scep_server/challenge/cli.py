@@ -27,8 +27,11 @@ def challenge() -> None:
 
 @challenge.command("new")
 @click.argument("profile")
-@click.option("--subject", help="RFC 4514 subject the CSR must carry, e.g. 'CN=dev1,O=Example'.")
-@click.option("--san", "sans", multiple=True, help="SAN the CSR must carry (dns:, email:, ip:, uri:); repeatable.")
+@click.option("--subject", help="RFC 4514 subject the certificate must get (as the profile's template issues "
+              "it), e.g. 'CN=dev1,O=Example'.")
+@click.option("--san", "sans", multiple=True, help="SAN the certificate must get (dns:, email:, ip:, uri:); "
+              "repeatable. The certificate's SANs must be exactly these: the CSR's and an e-mail SAN for each "
+              "subject emailAddress.")
 @click.option("--json", "as_json", is_flag=True, help="Print {challenge, expires_at} as JSON.")
 @pass_ctx
 def challenge_new(ctx: Context, profile: str, subject: str | None, sans: tuple[str, ...], as_json: bool) -> None:

@@ -15,7 +15,7 @@ from trustkit.paging import Page, PageRequest
 from ..enrolment.model import EXPIRY_ACTOR, expired_text, pending_expiry
 from ..profilemodel import ProfileError, ProfileSettings, profile_from_row
 from ..store.tables import profiles, scep_transactions
-from .store import csr_sans
+from .store import csr_sans, san_strings
 
 STATES = ("pending", "issued", "rejected")
 
@@ -82,8 +82,8 @@ async def page_enrolments(engine: AsyncEngine, page: PageRequest, *, state: str 
             q = q.where(t.state == state)
         rows = (await conn.execute(q)).all()
     # the cursor carries the creation time as the ISO text the row shows: the same instant
-    return paging.take([expiry.shown(_row(r), r.created_at) for r in rows], page.limit,
-                       key=lambda r: (r["created_at"], r["profile"], r["transaction_id"]))
+    return paging.take([expiry.shown(_row(r, expiry.settings.get(r.profile)), r.created_at) for r in rows],
+                       page.limit, key=lambda r: (r["created_at"], r["profile"], r["transaction_id"]))
 
 
 async def find_enrolment(engine: AsyncEngine, profile: str, transaction_id: str,
@@ -103,16 +103,33 @@ async def find_enrolment(engine: AsyncEngine, profile: str, transaction_id: str,
         key = describe(x509.load_der_x509_csr(row.csr_der).public_key())
     except (ValueError, TypeError):  # an unreadable request or key
         key = None
-    return {**expiry.shown(_row(row), row.created_at), "key": key, "renewal_of": row.renewal_of,
-            "message_type": row.message_type, "updated_at": aware(row.updated_at).isoformat()}
+    return {**expiry.shown(_row(row, expiry.settings.get(row.profile)), row.created_at), "key": key,
+            "renewal_of": row.renewal_of, "message_type": row.message_type,
+            "updated_at": aware(row.updated_at).isoformat()}
 
 
-def _row(row) -> dict[str, Any]:
-    """An enrolment as the API and the command line show it."""
+def names(csr: x509.CertificateSigningRequest, settings: ProfileSettings | None) -> tuple[str, list[str]]:
+    """The subject (RFC 4514) and SANs (``kind:value``) an approver decides on: those the certificate gets, as the
+    profile's template computes them now (an e-mail SAN for each subject emailAddress beside the CSR's own, the
+    subject `cn_only` keeps), which an approval issues; the CSR's own where the template refuses the request (an
+    approval is then refused too) or the profile is gone or unreadable."""
+    from ..ca.policy import IssuancePolicy, PolicyViolation
+
+    if settings is not None:
+        try:
+            subject, sans = IssuancePolicy(settings.template).subject_and_sans(csr)
+            return subject.rfc4514_string(), san_strings(sans)
+        except (PolicyViolation, ValueError):
+            pass
+    return csr.subject.rfc4514_string(), csr_sans(csr)
+
+
+def _row(row, settings: ProfileSettings | None = None) -> dict[str, Any]:
+    """An enrolment as the API, the console and the command line show it (`settings`: its profile's)."""
     m = row._mapping
     try:
         csr = x509.load_der_x509_csr(m["csr_der"])
-        subject, sans = csr.subject.rfc4514_string(), csr_sans(csr)
+        subject, sans = names(csr, settings)
     except ValueError:
         subject, sans = None, []
     return {"profile": m["profile"], "transaction_id": m["transaction_id"], "state": m["state"],

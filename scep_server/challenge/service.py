@@ -26,7 +26,7 @@ from .config import (BasicCredentials, ChallengeConfigError, DelegatedSettings, 
 from .intune import IntuneClient, IntuneRejected, IntuneUnavailable
 # ENROLMENT_STATES, ENROLMENT_KEY, CacheFull and expectations_from are also what the HTTP handlers use of the stores
 from .enrolments import ENROLMENT_KEY, STATES as ENROLMENT_STATES, find_enrolment, hourly_outcomes, page_enrolments
-from .store import CacheFull, ChallengeStore, Expectations, IssuedChallenge, check_csr, expectations_from
+from .store import CacheFull, ChallengeStore, Expectations, IssuedChallenge, check_expectations, expectations_from
 from .throttle import Limits, LoginThrottle, address_key, user_key
 from .webhook import WebhookClient, WebhookDenied, WebhookUnavailable
 
@@ -203,8 +203,31 @@ class ChallengeService:
         self._clients.clear()
 
 
+def certificate_names(req: EnrollmentRequest):
+    """The subject and SANs the certificate of `req` gets (ca.policy.Vetted): as the enrolment vetted them, else
+    as the profile's policy computes them now; ChallengeRejected when the policy refuses the request."""
+    if req.vetted is not None:
+        return req.vetted
+    from ..ca.policy import PolicyViolation
+
+    try:
+        return req.profile.policy.subject_and_sans(req.csr)
+    except PolicyViolation as exc:
+        raise ChallengeRejected(str(exc)) from None
+
+
+def _names_or_none(req: EnrollmentRequest):
+    """certificate_names, or None when the policy refuses the request (a notification still describes it)."""
+    try:
+        return certificate_names(req)
+    except ChallengeRejected:
+        return None
+
+
 class DynamicVerifier:
-    """A one-time challenge of this profile, unused and unexpired, whose expectations the CSR meets."""
+    """A one-time challenge of this profile, unused and unexpired, whose expectations the certificate meets: its
+    subject and SANs as the profile's policy computes them (the SANs it derives from the subject included), never
+    only what the CSR writes."""
 
     def __init__(self, service: ChallengeService):
         self.service = service
@@ -215,11 +238,12 @@ class DynamicVerifier:
         except ChallengeConfigError as exc:
             raise ChallengeRejected(f"this profile is misconfigured: {exc}") from None
         try:
+            names = certificate_names(req)
             redeemed = await self.service.store.redeem(
                 req.profile.name, req.challenge, now=self.service.runtime.clock(),
                 transaction_id=req.message.transaction_id,
                 public_key_sha256=req.public_key_sha256 or public_key_sha256(req.csr.public_key()),
-                check=lambda expected: check_csr(req.csr, expected, named_device=req.named_device))
+                check=lambda expected: check_expectations(names, expected, named_device=req.named_device))
         except ChallengeRejected:
             metrics.challenge_redeemed(req.profile.name, "refused")
             raise
@@ -293,7 +317,7 @@ class DelegatedVerifier:
                 await client.validate(txid, req.csr_der)
             else:
                 await client.validate(profile=req.profile.name, transaction_id=txid, challenge=req.challenge,
-                                      csr=req.csr, csr_der=req.csr_der)
+                                      csr=req.csr, csr_der=req.csr_der, names=certificate_names(req))
         except IntuneRejected as exc:
             log.warning("challenge.intune.rejected", profile=req.profile.name, transaction_id=txid, code=exc.code,
                         description=exc.description)
@@ -327,7 +351,7 @@ class DelegatedVerifier:
             return
         try:
             await client.success(profile=req.profile.name, transaction_id=txid, csr=req.csr, csr_der=req.csr_der,
-                                 cert=cert)
+                                 cert=cert, names=_names_or_none(req))
         except (WebhookUnavailable, ChallengeConfigError) as exc:
             log.warning("challenge.webhook.success_notification_failed", profile=req.profile.name,
                         transaction_id=txid, error=str(exc))
@@ -342,7 +366,7 @@ class DelegatedVerifier:
                 await client.failure(txid, req.csr_der, text)
             else:
                 await client.failure(profile=req.profile.name, transaction_id=txid, csr=req.csr,
-                                     csr_der=req.csr_der, reason=text)
+                                     csr_der=req.csr_der, reason=text, names=_names_or_none(req))
         except (IntuneRejected, IntuneUnavailable, WebhookUnavailable, ChallengeConfigError) as exc:
             log.warning("challenge.failure_notification_failed", profile=req.profile.name, transaction_id=txid,
                         error=str(exc))

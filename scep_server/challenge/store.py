@@ -20,7 +20,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -30,6 +30,9 @@ from ..enrolment import ChallengeRejected
 from trustkit.db import writer
 from ..store.tables import profiles
 from .tables import challenges
+
+if TYPE_CHECKING:
+    from ..ca.policy import Vetted
 
 # 20 random bytes = 160 bits, written as 40 upper-case hex digits (safe in a PrintableString and for scrapers)
 CHALLENGE_BYTES = 20
@@ -334,16 +337,13 @@ def _norm_san(s: str) -> str:
     return f"{kind}:{value}"
 
 
-def csr_sans(csr) -> list[str]:
-    """The CSR's SANs in the ``kind:value`` form expectations use."""
+def san_strings(names) -> list[str]:
+    """GeneralNames in the ``kind:value`` form expectations use (DNS names and addresses in lower case), sorted;
+    other kinds of name are left out."""
     from cryptography import x509
 
-    try:
-        ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
     out = []
-    for name in ext:
+    for name in names:
         if isinstance(name, x509.DNSName):
             out.append(f"dns:{name.value.lower()}")
         elif isinstance(name, x509.RFC822Name):
@@ -355,16 +355,34 @@ def csr_sans(csr) -> list[str]:
     return sorted(out)
 
 
-def check_csr(csr, expected: Expectations, *, named_device: str | None = None) -> None:
-    """Raise ChallengeRejected when the CSR (and the device it names, `named_device`) does not match what the
-    challenge was issued for: the challenge is then not used up."""
+def csr_sans(csr) -> list[str]:
+    """The SANs a CSR writes, in the ``kind:value`` form expectations use. Not what its certificate carries: a
+    profile's policy adds one for each subject emailAddress (IssuancePolicy.subject_and_sans); judge those."""
     from cryptography import x509
 
+    try:
+        ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return san_strings(ext)
+
+
+def check_expectations(vetted: "Vetted", expected: Expectations, *, named_device: str | None = None) -> None:
+    """Raise ChallengeRejected when the certificate a request would get (``vetted``: the subject and SANs its
+    profile's policy computed, IssuancePolicy.check or subject_and_sans, the SANs the policy derives from the
+    subject included), and the device the request names (`named_device`), are not what the challenge was issued
+    for: the challenge is then not used up. Never the CSR's own subject and SANs: a certificate carries more than
+    the CSR's SAN extension (an e-mail SAN for each subject emailAddress) and less of its subject (`cn_only`)."""
+    from cryptography import x509
+
+    subject, sans = vetted
     if expected.device_id is not None and named_device is not None and named_device != expected.device_id:
         raise ChallengeRejected("the request names another device than the one its challenge was issued for")
-    if expected.subject is not None and csr.subject != x509.Name.from_rfc4514_string(expected.subject):
-        raise ChallengeRejected(f"the CSR subject {csr.subject.rfc4514_string()!r} is not the one this challenge "
-                                f"was issued for ({expected.subject!r})")
-    if expected.sans is not None and csr_sans(csr) != sorted(expected.sans):
-        raise ChallengeRejected(f"the CSR subjectAltNames {csr_sans(csr)} are not the ones this challenge was "
-                                f"issued for {sorted(expected.sans)}")
+    if expected.subject is not None and subject != x509.Name.from_rfc4514_string(expected.subject):
+        raise ChallengeRejected(f"the certificate's subject {subject.rfc4514_string()!r} is not the one this "
+                                f"challenge was issued for ({expected.subject!r})")
+    issued = san_strings(sans)
+    if expected.sans is not None and issued != sorted(expected.sans):
+        raise ChallengeRejected(f"the certificate's subjectAltNames {issued} (those of the CSR and one for each "
+                                f"subject emailAddress) are not the ones this challenge was issued for "
+                                f"{sorted(expected.sans)}")

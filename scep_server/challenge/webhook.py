@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .config import WebhookSettings
 from .http import ResponseTooLarge, json_object
-from .store import csr_sans
+from .store import csr_sans, san_strings
 
 log = structlog.get_logger("challenge.webhook")
 
@@ -49,7 +49,11 @@ def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
     return bool(header) and hmac.compare_digest(sign(secret, body), header)
 
 
-def describe_csr(csr: x509.CertificateSigningRequest, csr_der: bytes) -> dict[str, Any]:
+def describe_csr(csr: x509.CertificateSigningRequest, csr_der: bytes, names=None) -> dict[str, Any]:
+    """The request as a receiver sees it. ``names`` (ca.policy.Vetted): the subject and SANs the certificate gets
+    as the profile's policy computed them; ``subject``, ``commonName`` and ``sans`` are those (the e-mail SAN the
+    policy adds for each subject emailAddress included), the CSR's own only when there are none (``raw`` is the
+    CSR as sent)."""
     key = csr.public_key()
     if isinstance(key, rsa.RSAPublicKey):
         alg, size = "RSA", key.key_size
@@ -57,10 +61,11 @@ def describe_csr(csr: x509.CertificateSigningRequest, csr_der: bytes) -> dict[st
         alg, size = "EC", key.curve.key_size
     else:
         alg, size = type(key).__name__, None
-    cns = csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    subject, sans = (names[0], san_strings(names[1])) if names is not None else (csr.subject, csr_sans(csr))
+    cns = subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return {"subject": csr.subject.rfc4514_string(), "commonName": str(cns[0].value) if cns else None,
-            "sans": csr_sans(csr), "publicKeyAlgorithm": alg, "publicKeySize": size,
+    return {"subject": subject.rfc4514_string(), "commonName": str(cns[0].value) if cns else None,
+            "sans": sans, "publicKeyAlgorithm": alg, "publicKeySize": size,
             "publicKeySha256": hashlib.sha256(spki).hexdigest(),
             "signatureAlgorithm": csr.signature_algorithm_oid.dotted_string,
             "raw": base64.b64encode(csr_der).decode()}
@@ -122,9 +127,9 @@ class WebhookClient:
                 "transactionId": transaction_id}
 
     async def validate(self, *, profile: str, transaction_id: str, challenge: str | None,
-                       csr: x509.CertificateSigningRequest, csr_der: bytes) -> None:
+                       csr: x509.CertificateSigningRequest, csr_der: bytes, names=None) -> None:
         payload = self._base("scep.challenge", profile, transaction_id)
-        payload.update(challenge=challenge, x509CertificateRequest=describe_csr(csr, csr_der))
+        payload.update(challenge=challenge, x509CertificateRequest=describe_csr(csr, csr_der, names))
         status, data = await self._post(self.settings.url, payload)
         if status != 200:
             raise WebhookUnavailable(f"the validation webhook answered HTTP {status}")
@@ -135,10 +140,10 @@ class WebhookClient:
             raise WebhookDenied(str(err.get("message") or "the validation webhook did not allow this enrolment")[:300])
 
     async def success(self, *, profile: str, transaction_id: str, csr: x509.CertificateSigningRequest,
-                      csr_der: bytes, cert: x509.Certificate) -> None:
+                      csr_der: bytes, cert: x509.Certificate, names=None) -> None:
         payload = self._base("scep.success", profile, transaction_id)
         der = cert.public_bytes(serialization.Encoding.DER)
-        payload.update(x509CertificateRequest=describe_csr(csr, csr_der), certificate={
+        payload.update(x509CertificateRequest=describe_csr(csr, csr_der, names), certificate={
             "serialNumber": f"{cert.serial_number:x}", "subject": cert.subject.rfc4514_string(),
             "notAfter": cert.not_valid_after_utc.isoformat(),
             "sha256Fingerprint": cert.fingerprint(hashes.SHA256()).hex(), "raw": base64.b64encode(der).decode()})
@@ -147,9 +152,9 @@ class WebhookClient:
             raise WebhookUnavailable(f"the success notification was answered with HTTP {status}")
 
     async def failure(self, *, profile: str, transaction_id: str, csr: x509.CertificateSigningRequest,
-                      csr_der: bytes, reason: str) -> None:
+                      csr_der: bytes, reason: str, names=None) -> None:
         payload = self._base("scep.failure", profile, transaction_id)
-        payload.update(x509CertificateRequest=describe_csr(csr, csr_der), error={"message": reason[:500]})
+        payload.update(x509CertificateRequest=describe_csr(csr, csr_der, names), error={"message": reason[:500]})
         status, _ = await self._post(self.settings.notify_url or self.settings.url, payload)
         if not 200 <= status < 300:
             raise WebhookUnavailable(f"the failure notification was answered with HTTP {status}")

@@ -71,7 +71,8 @@ class Enrolment:
         return EnrollmentRequest(profile=self.profile, message=self.message, csr=csr, csr_der=self.content.der,
                                  challenge=challenge_password(csr), renewal_of=self.renewal_of,
                                  device_id=self.device_id, named_device=self.named_device,
-                                 static_secrets=self.static_secrets, public_key_sha256=self.public_key_sha256)
+                                 static_secrets=self.static_secrets, public_key_sha256=self.public_key_sha256,
+                                 vetted=self.vetted)
 
 
 class Check(Protocol):

@@ -66,6 +66,9 @@ class EnrollmentRequest:
     static_secrets: object = NOT_LOOKED_UP
     # SHA-256 of the CSR's public key (SubjectPublicKeyInfo), as the enrolment computed it (None: not computed)
     public_key_sha256: str | None = None
+    # the subject and SANs the certificate gets, as the profile's policy vetted them (None: not vetted): what a
+    # verifier judges, not the CSR's own names (the policy adds an e-mail SAN for each subject emailAddress)
+    vetted: Vetted | None = None
 
 
 class ChallengeVerifier(Protocol):

@@ -9,8 +9,9 @@ import sqlalchemy as sa
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from scep_server.challenge.store import (CHALLENGE_BYTES, CacheFull, ChallengeStore, Expectations, check_csr,
-                                         digest, expectations_from)
+from scep_server.ca.policy import CertificateTemplate, IssuancePolicy
+from scep_server.challenge.store import (CHALLENGE_BYTES, CacheFull, ChallengeStore, Expectations,
+                                         check_expectations, digest, expectations_from)
 from scep_server.challenge.tables import challenges
 from scep_server.enrolment import ChallengeRejected
 from scep_server.profiles import ProfileStore
@@ -105,6 +106,13 @@ async def test_parallel_redemptions_exactly_one_wins(store):
 
     results = await asyncio.gather(*(one(i) for i in range(20)))
     assert results.count(True) == 1
+
+
+def check_csr(csr, expected):
+    """The expectations judged on what a profile allowing these names issues for `csr`."""
+    policy = IssuancePolicy(CertificateTemplate(subject_attributes=["CN", "O", "emailAddress"],
+                                                san_types=["dns", "ip", "email"]))
+    check_expectations(policy.subject_and_sans(csr), expected)
 
 
 async def test_expectations(store):
