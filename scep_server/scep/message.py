@@ -89,7 +89,8 @@ def parse_pki_message(data: bytes) -> PKIMessage:
     try:
         signer_cert = x509.load_der_x509_certificate(signer_der)
         _ = signer_cert.issuer, signer_cert.subject  # decoded when read: a Name that does not decode fails here
-    except (ValueError, x509.InvalidVersion) as exc:
+    except (ValueError, TypeError, x509.InvalidVersion) as exc:  # TypeError: a name attribute of a type it cannot
+        # have (a BIT STRING commonName), which cryptography refuses with a TypeError
         raise MalformedMessage(f"the signer certificate does not parse: {exc}") from None
 
     # From here on every problem is a CertRep FAILURE to this signer; collect what addresses it first.
@@ -421,6 +422,7 @@ def _parse_content(message_type: MessageType | int, plain: bytes, cipher: Conten
         try:
             csr = x509.load_der_x509_csr(plain)
             public_key = csr.public_key()
+            _ = csr.subject  # decoded when read: a name attribute of a type it cannot have is a TypeError
             list(csr.attributes)  # read now: cryptography refuses a multi-valued or empty attribute (ValueError),
             list(csr.extensions)  # a repeated extension or a SAN of a type it does not read (not ValueErrors)
         except Exception:  # noqa: BLE001 - ValueError, UnsupportedAlgorithm: one answer
