@@ -15,7 +15,7 @@ from ..ca import inventory
 from ..ca.authority import random_serial
 from ..ca.policy import PolicyViolation
 from .identity import NoDeviceId, device_id_of
-from .model import ApprovalRefused, expired_text, pending_expired, unused_since
+from .model import ApprovalRefused, bounded, expired_text, pending_expired, unused_since
 from .repository import DeviceTakenDown, NotPending, SignerChanged, with_bound_device
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 def decided_concurrently(transaction_id: str) -> Exception:
     """The error of a decision that lost to another one (the transaction left ``pending`` meanwhile): 409."""
-    return Conflict(f"enrolment {transaction_id!r} was decided concurrently")
+    return Conflict(f"enrolment {bounded(transaction_id)!r} was decided concurrently")
 
 
 class ApprovalWorkflow:
@@ -41,7 +41,7 @@ class ApprovalWorkflow:
         now = svc.clock()
         m = await repo.find(profile_name, transaction_id)
         if m is None or m["state"] != "pending":
-            raise LookupError(f"no pending enrolment {transaction_id!r} on profile {profile_name!r}")
+            raise LookupError(f"no pending enrolment {bounded(transaction_id)!r} on profile {profile_name!r}")
         if pending_expired(profile.settings, m["created_at"], now):
             # nobody decided it in time (profile pending_expiry_days): rejected as expired, never approved; a
             # rejection asked for finds it rejected
@@ -68,7 +68,7 @@ class ApprovalWorkflow:
         if m.get("renewal_of"):
             renewal_of = await repo.certificate(m["renewal_of"])
             if renewal_of is None:
-                raise LookupError(f"the certificate renewed by enrolment {transaction_id!r} no longer exists")
+                raise LookupError(f"the certificate renewed by enrolment {bounded(transaction_id)!r} no longer exists")
             why, binding = await self._signer_left(renewal_of, now)
             renewal_of = with_bound_device(renewal_of, binding)
             if why is not None:  # it will not come back: the renewal is rejected, as the device learns at its poll
@@ -112,7 +112,7 @@ class ApprovalWorkflow:
                                renewal_of=renewal_of.serial if renewal_of else None, now=now, supersede=supersede,
                                actor=actor)
         except SignerChanged as exc:
-            raise LookupError(f"enrolment {transaction_id!r} cannot be approved: {exc}") from None
+            raise LookupError(f"enrolment {bounded(transaction_id)!r} cannot be approved: {exc}") from None
         except NotPending:
             raise decided_concurrently(transaction_id) from None
         except DeviceTakenDown as exc:  # taken down since _device_active read it

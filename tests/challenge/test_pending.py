@@ -279,3 +279,17 @@ async def test_the_enrolments_a_deleted_profile_rejects_keep_no_challenge_passwo
             scep_transactions.c.transaction_id == client.transaction_id_for(key.public_key())))).one()
     assert state == "rejected" and SECRET.encode() not in der
     assert x509.load_der_x509_csr(der).subject.rfc4514_string() == "CN=waits"
+
+
+async def test_an_unknown_transaction_id_of_any_length_is_a_short_404(server):
+    """The transaction_id an administrator's call names is echoed bounded: a 100 KiB one is not sent back whole."""
+    await approval_profile(server)
+    _, token = await server.runtime.tokens.create(scope="admin", name="t", now=server.runtime.clock())
+    long_id = "x" * 100_000
+    async with aiohttp.ClientSession() as s:
+        for action in ("approve", "reject"):
+            async with s.post(f"{server.url}/api/v1/enrolments/manual/{action}",
+                              headers={"Authorization": f"Bearer {token}"}, json={"transaction_id": long_id}) as resp:
+                body = await resp.read()
+                assert resp.status == 404 and len(body) < 1024, (action, resp.status, body[:200])
+                assert "(100000 characters)" in (await resp.json())["detail"]
