@@ -77,7 +77,10 @@ class _Sending:
 
     def _check(self) -> None:
         transport = self._transport
-        if transport.is_closing():  # the client went away, or the server closes: the write fails on its own
+        if transport.is_closing() and not transport.get_write_buffer_size():
+            # closed with nothing left to send (the client went away, or the server closes): the write ends on its
+            # own. A transport closing with bytes still buffered waits for the client to read them: a client that
+            # half-closes (FIN) and reads nothing makes asyncio close the transport that way, so the deadline holds
             return
         sent = self.handed - transport.get_write_buffer_size()
         due = self._start + self._base + sent / self._rate

@@ -90,3 +90,47 @@ async def test_a_large_body_is_written_in_slices_byte_for_byte(monkeypatch):
     await paced.write(writer)
     assert b"".join(writer.chunks) == BODY
     assert max(map(len, writer.chunks)) == sendtime.CHUNK and len(writer.chunks) == -(-len(BODY) // sendtime.CHUNK)
+
+
+async def test_a_client_that_half_closes_and_reads_nothing_is_cut_too():
+    """A FIN from the client makes asyncio close the transport once its buffer has drained (aiohttp does not keep a
+    half-closed connection open): the transport is closing with the answer still buffered, and a client that never
+    reads would hold the answer and the route's task for ever. It is cut at the deadline like one that keeps its
+    side open, and whatever the route keeps until its answer is sent is released."""
+    import asyncio
+    import socket
+
+    released: dict[str, bool] = {}
+
+    async def big(request):
+        tag = request.query["tag"]
+        released[tag] = False
+        sendtime.after_send(request, lambda: released.__setitem__(tag, True))
+        return web.Response(body=b"x" * (8 * 1024 * 1024), content_type="application/pkix-crl")
+
+    app = web.Application(middlewares=[sendtime.middleware(1.0, 65536)])
+    app.router.add_get("/big", big)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    socks = []
+    try:
+        for tag in ("open", "half-closed"):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", port))
+            s.sendall(f"GET /big?tag={tag} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            socks.append(s)
+        await asyncio.sleep(0.5)  # the answers are being written: the buffers are full
+        socks[1].shutdown(socket.SHUT_WR)
+        for _ in range(100):  # cut at about 1 s (nothing leaves: the stall rule), 10 s at most
+            if released == {"open": True, "half-closed": True}:
+                break
+            await asyncio.sleep(0.1)
+        assert released == {"open": True, "half-closed": True}
+    finally:
+        for s in socks:
+            s.close()
+        await runner.cleanup()
