@@ -90,6 +90,9 @@ EVENTS: tuple[Event, ...] = (
        "a restore was refused (a changed file or manifest, a wrong secret, an existing directory, a malformed or "
        "hostile backup); nothing was written"),
     _e("audit.seal.failed", "error", "error", "sealing the audit chain failed; the next round seals those events"),
+    _e("audit.seal.skipped", "info", "reason",
+       "a command ended without sealing the audit chain because it may not write the database (a SELECT-only role, "
+       "a read-only file, a standby); a running server or the next command that may write seals the events"),
     # background jobs
     _e("job.crashed", "error", "job error restart_in exception",
        "a background job raised; it restarts after restart_in"),

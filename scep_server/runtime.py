@@ -554,12 +554,25 @@ def _certificate_queries(settings: Settings, engine: AsyncEngine) -> "Certificat
 async def _seal_on_exit(runtime: Runtime) -> None:
     from .audit.service import seal
 
+    import structlog
+
     try:
         await seal(runtime)
     except Exception as exc:  # noqa: BLE001 - a running server's sealer, or the next command, seals them
-        import structlog
+        log = structlog.get_logger(__name__)
+        if _may_not_write(exc):  # a listing on a SELECT-only role, a read-only file or a standby: it wrote nothing
+            log.info("audit.seal.skipped", reason=f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
+        else:
+            log.error("audit.seal.failed", error=f"{exc.__class__.__name__}: {exc}")
 
-        structlog.get_logger(__name__).error("audit.seal.failed", error=f"{exc.__class__.__name__}: {exc}")
+
+def _may_not_write(exc: BaseException) -> bool:
+    """Whether a failure says this process may not write the database at all: PostgreSQL's permission denied
+    (SQLSTATE 42501) or read-only transaction (25006, a standby), SQLite's read-only database."""
+    orig = getattr(exc, "orig", exc)
+    if getattr(orig, "sqlstate", None) in ("42501", "25006"):
+        return True
+    return "attempt to write a readonly database" in str(orig)
 
 
 @contextlib.asynccontextmanager

@@ -161,6 +161,21 @@ def test_listing_commands_on_postgresql_with_select_rights_only(readonly_pg):
                                "table "), line
 
 
+def test_a_listing_on_a_select_only_role_with_the_audit_chain_on_logs_no_failure(readonly_pg):
+    """With `[audit] chain` on, a command seals the events written since the last seal when it ends. A listing on a
+    SELECT-only role cannot, and logged an error (`audit.seal.failed`, permission denied) after every listing; it
+    now says at info that it did not seal (`audit.seal.skipped`), and the events wait for a process that may."""
+    data, url = readonly_pg
+    result = CliRunner().invoke(main, ["--data-dir", str(data), "device", "list"],
+                                env=_env(SCEP_SERVER_DATABASE__URL=url, SCEP_SERVER_AUDIT__CHAIN="true"))
+    assert result.exit_code == 0 and "dev-1" in result.output, (result.output, result.exception)
+    assert "audit.seal.failed" not in result.output and "error" not in result.output, result.output
+    verbose = CliRunner().invoke(main, ["--data-dir", str(data), "device", "list"],
+                                 env=_env(SCEP_SERVER_DATABASE__URL=url, SCEP_SERVER_AUDIT__CHAIN="true",
+                                          SCEP_SERVER_LOG__LEVEL="info"))
+    assert "audit.seal.skipped" in verbose.output and "permission denied" in verbose.output, verbose.output
+
+
 def test_commands_on_a_database_that_does_not_answer(tmp_path):
     """The driver's own connection errors (refused, a host name that does not resolve) ended in a traceback."""
     from tests.server import free_port
