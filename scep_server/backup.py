@@ -613,8 +613,12 @@ def _check_signature(data: bytes, signature_path: Path, ca_key) -> None:
                           "was changed; refusing to restore") from None
 
 
-def _read_secret(given: Path | None, default: Path | None, env: str | None, what: str) -> tuple[bytes, str]:
-    """(the secret's bytes, where it came from): the given file, the backup's own file, or the environment."""
+def _read_secret(given: Path | None, default: Path | None, env: str | None, what: str,
+                 backup_env: str | None = None) -> tuple[bytes, str]:
+    """(the secret's bytes, where it came from): the given file, the backup's own file, or the environment variable
+    this deployment's settings name (`env`). The variable the backup's manifest names (`backup_env`, where the
+    secret was when it was made) is only mentioned: a manifest is written by whoever made the backup, and a
+    restore reads no variable it chose."""
     for path in (given, default):
         if path is not None and path.is_file():
             return (path.read_bytes() if path is given else _read_member(path)), str(path)
@@ -622,8 +626,10 @@ def _read_secret(given: Path | None, default: Path | None, env: str | None, what
             raise BackupError(f"{what}: {path} does not exist")
     if env and os.environ.get(env):
         return os.environ[env].encode(), f"${env}"
+    hint = (f" (the backup was made with it in ${backup_env}: set the setting naming that variable)"
+            if backup_env and backup_env != env else "")
     raise BackupError(f"{what}: not in the backup; give it with the option naming its file"
-                      + (f" or in ${env}" if env else ""))
+                      + (f" or in ${env}" if env else "") + hint)
 
 
 async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, kek_file: Path | None = None,
@@ -658,8 +664,8 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
     # the CA passphrase opens every key of the CA directory; the CA key signed the manifest
     pp = secrets_.get("ca_passphrase") or {}
     passphrase, pp_from = _read_secret(passphrase_file, _inside(source, pp["file"]) if pp.get("file") else None,
-                                       pp.get("env") or settings.ca.passphrase_env, "the CA passphrase")
-    if pp_from != f"${pp.get('env') or settings.ca.passphrase_env}":
+                                       settings.ca.passphrase_env, "the CA passphrase", pp.get("env"))
+    if pp_from != f"${settings.ca.passphrase_env}":
         passphrase = passphrase.strip()  # a file's trailing newline, as the server reads it
     keys: dict[str, dict[str, Any]] = {}  # CA directory -> key file -> key: every CA's, a rollover's too
     for rel in sorted(manifest["files"]):  # the keys the manifest lists, never another file
@@ -678,7 +684,7 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
     box = None
     if kek_entry:
         raw, kek_from = _read_secret(kek_file, _inside(source, kek_entry["file"]) if kek_entry.get("file") else None,
-                                     kek_entry.get("env"), "the OTP key-encryption key")
+                                     settings.otp.kek_env, "the OTP key-encryption key", kek_entry.get("env"))
         from otp.kek import _parse_kek
 
         try:

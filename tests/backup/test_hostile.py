@@ -378,3 +378,24 @@ def test_a_database_with_a_trigger_or_a_view_is_refused(copy, tmp_path, statemen
     conn.close()
     replace_member(copy, "database.sqlite3", db.read_bytes())
     assert "holds what this software's schema never has" in refused(tmp_path, copy)
+
+
+def test_a_manifest_cannot_choose_the_environment_variable_a_restore_reads(copy, tmp_path):
+    """A backup signs its own manifest, so whoever made it chooses the names in it. A restore read the variable its
+    manifest named for a secret missing from the backup, and wrote that variable's value into the new data
+    directory as the OTP key-encryption key (any 32-byte value of this host's environment). It reads only the
+    variable this deployment's settings name, and mentions the backup's."""
+    def change(manifest):
+        manifest["secrets"]["otp_kek"] = {"file": "otp-kek.key", "env": "UNRELATED_DEPLOY_SECRET"}
+
+    resign(copy, change)
+    (copy / "otp-kek.key").unlink(missing_ok=True)
+    new = tmp_path / "new" / "data"
+    out = cli("restore", str(copy), "--data-dir", str(new), env={"UNRELATED_DEPLOY_SECRET": "ab" * 32}, code=1)
+    assert "the OTP key-encryption key: not in the backup" in out and "$UNRELATED_DEPLOY_SECRET" in out, out
+    assert not (new / "otp-kek.key").exists() and not new.exists()
+    # the deployment's own variable is read
+    out = cli("restore", str(copy), "--data-dir", str(new), env={"UNRELATED_DEPLOY_SECRET": "ab" * 32,
+                                                                 "SCEP_SERVER_OTP__KEK_ENV": "MY_KEK",
+                                                                 "MY_KEK": "cd" * 32}, code=0)
+    assert (new / "otp-kek.key").read_text().strip() == "cd" * 32, out
