@@ -10,6 +10,10 @@ A backup directory holds:
 - ``otp-kek.key``: the OTP key-encryption key, and ``ca-passphrase``: the CA passphrase, when they are files (from
   the environment they are not copied). Both are secrets that open the rest: they are meant to be stored apart
   from the other files (``restore --kek-file`` / ``--passphrase-file`` read them from wherever they are kept);
+- with ``backup --secrets-dir SECRETS``, ``ca-passphrase``, ``otp-kek.key`` and ``default-challenge.txt`` are
+  written to SECRETS (a directory of its own, neither inside the backup nor holding it) instead: the manifest
+  records that they were written apart (never where), and the SHA-256 of the default challenge, and
+  ``restore --secrets-dir SECRETS`` reads them from there;
 - ``manifest.json``: format, time, versions, the migration heads and the CRL Numbers of the copied database, and
   the SHA-256 of every other file; ``manifest.sig``: its signature by the CA key, so that an edited manifest is
   refused as surely as an edited file.
@@ -51,7 +55,10 @@ DATABASE_FILE = "database.sqlite3"
 KEK_FILE = "otp-kek.key"
 PASSPHRASE_FILE = "ca-passphrase"
 # data-directory files copied beside the CA directory when present
-EXTRA_FILES = ("default-challenge.txt",)
+CHALLENGE_FILE = "default-challenge.txt"
+EXTRA_FILES = (CHALLENGE_FILE,)
+# the secrets of a backup, each under the name of its file (in the backup, or in the directory of `--secrets-dir`)
+SECRET_FILES = {"ca_passphrase": PASSPHRASE_FILE, "otp_kek": KEK_FILE, "default_challenge": CHALLENGE_FILE}
 # how far a restore raises each CA's CRL Number above the highest number the backup saw (see the module doc)
 DEFAULT_CRL_NUMBER_GAP = 1_000_000
 # files of a CA directory that are not copied (the lock of concurrent first starts)
@@ -254,9 +261,29 @@ class BackupResult:
     notes: list[str] = field(default_factory=list)
 
 
-async def create_backup(settings: Settings, directory: Path, *, now: datetime, files_only: bool = False
-                        ) -> BackupResult:
+def _check_secrets_dir(directory: Path, secrets_dir: Path) -> None:
+    """`secrets_dir` can receive a backup's secrets apart from `directory` (BackupError otherwise): neither is
+    inside the other (nor the same), and it is absent or an empty directory."""
+    backup_at, secrets_at = directory.resolve(), secrets_dir.resolve()
+    if secrets_at == backup_at or secrets_at.is_relative_to(backup_at):
+        raise BackupError(f"the secrets directory {secrets_dir} is inside the backup directory {directory}: the "
+                          "secrets are written apart from the backup, to a directory outside it")
+    if backup_at.is_relative_to(secrets_at):
+        raise BackupError(f"the backup directory {directory} is inside the secrets directory {secrets_dir}: the "
+                          "secrets are written apart from the backup, to a directory that does not hold it")
+    if os.path.lexists(secrets_dir) and not (secrets_dir.is_dir() and not secrets_dir.is_symlink()
+                                             and _is_empty_dir(secrets_dir)):
+        raise BackupError(f"{secrets_dir} is not an empty directory: a backup's secrets are written into a new or "
+                          "empty one")
+
+
+async def create_backup(settings: Settings, directory: Path, *, now: datetime, files_only: bool = False,
+                        secrets_dir: Path | None = None) -> BackupResult:
     """Back up the deployment of `settings` into `directory` (absent or empty; created 0700).
+
+    With `secrets_dir` (absent or empty, created 0700; neither inside `directory` nor holding it), the CA
+    passphrase, the OTP key-encryption key and the default challenge are written there instead of into
+    `directory`, and the manifest records that they were (not where).
 
     On PostgreSQL this raises PostgresBackup (nothing written) unless `files_only`: then the CA directory and the
     secrets are copied and the manifest records the database's migration heads and CRL Numbers, and the
@@ -278,6 +305,9 @@ async def create_backup(settings: Settings, directory: Path, *, now: datetime, f
             "database, then `scep-server restore` with database.url set to it)")
     if directory.exists() and not _is_empty_dir(directory):
         raise BackupError(f"{directory} is not an empty directory: a backup is written into a new or empty one")
+    if secrets_dir is not None:
+        secrets_dir = Path(secrets_dir)
+        _check_secrets_dir(directory, secrets_dir)
     ca_dir = settings.ca_dir()
     if not (ca_dir / "ca.crt").exists():
         raise BackupError(f"no CA in {ca_dir}: nothing to back up (run `scep-server init` first)")
@@ -292,9 +322,18 @@ async def create_backup(settings: Settings, directory: Path, *, now: datetime, f
     except (OSError, ValueError, TypeError) as exc:
         raise BackupError(f"cannot open the CA key {ca_dir / 'ca.key'} with the passphrase: {exc}") from None
     created = not directory.exists()
+    secrets_created = secrets_dir is not None and not secrets_dir.exists()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     try:
+        if secrets_dir is not None:
+            secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(secrets_dir, 0o700)
+        # where the secrets go: the backup itself, or the directory apart from it
+        secrets_to = directory if secrets_dir is None else secrets_dir
+        apart = {"apart": True} if secrets_dir is not None else {}
+        where = ("store it apart from the backup" if secrets_dir is None
+                 else f"in {secrets_dir}, apart from the backup")
         notes: list[str] = []
         files: dict[str, dict[str, Any]] = {}
 
@@ -339,22 +378,26 @@ async def create_backup(settings: Settings, directory: Path, *, now: datetime, f
         if (ca_dir.parent / ACTIVE_FILE).is_file():
             _private_copy(ca_dir.parent / ACTIVE_FILE, directory / "ca" / ACTIVE_FILE)
             add(f"ca/{ACTIVE_FILE}")
-        for name in EXTRA_FILES:
-            if (settings.data_dir / name).is_file():
-                _private_copy(settings.data_dir / name, directory / name)
-                add(name)
-                notes.append(f"{name}: the `default` profile's challenge password as first made (it enrols devices "
-                             "until that profile's secret is rotated)")
         # 3. the secrets, each in a file of its own
         secrets_: dict[str, Any] = {}
+        for name in EXTRA_FILES:
+            if (settings.data_dir / name).is_file():
+                _private_copy(settings.data_dir / name, secrets_to / name)
+                if secrets_dir is None:
+                    add(name)
+                else:  # its checksum (the database holds the SHA-256 of the secret anyway), and that it is apart
+                    secrets_["default_challenge"] = {"file": name, "sha256": sha256_file(secrets_dir / name),
+                                                     "bytes": (secrets_dir / name).stat().st_size, **apart}
+                notes.append(f"{name}: the `default` profile's challenge password as first made (it enrols devices "
+                             "until that profile's secret is rotated)" + ("" if secrets_dir is None else f"; {where}"))
         if from_env:
             secrets_["ca_passphrase"] = {"env": settings.ca.passphrase_env}
             notes.append(f"CA passphrase: not copied (from ${settings.ca.passphrase_env}); keep it safe")
         else:
-            _private_copy(passphrase_path, directory / PASSPHRASE_FILE)
-            secrets_["ca_passphrase"] = {"file": PASSPHRASE_FILE}
-            notes.append(f"CA passphrase: {PASSPHRASE_FILE} (store it apart from the backup)")
-        secrets_["otp_kek"] = _backup_kek(settings, directory, notes)
+            _private_copy(passphrase_path, secrets_to / PASSPHRASE_FILE)
+            secrets_["ca_passphrase"] = {"file": PASSPHRASE_FILE, **apart}
+            notes.append(f"CA passphrase: {PASSPHRASE_FILE} ({where})")
+        secrets_["otp_kek"] = _backup_kek(settings, secrets_to, notes, apart=bool(apart), where=where)
         # 4. the manifest, signed by the CA key
         manifest = {
             "format": FORMAT,
@@ -373,15 +416,20 @@ async def create_backup(settings: Settings, directory: Path, *, now: datetime, f
         _private_write(directory / MANIFEST, data)
         _private_write(directory / SIGNATURE, base64.b64encode(ca_key.sign(data, hashes.SHA256())) + b"\n")
         _private_dirs(directory)
+        if secrets_dir is not None:
+            _private_dirs(secrets_dir)
     except BaseException:
-        # a failed backup leaves nothing behind: the directory was new or empty
-        for entry in directory.iterdir():
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        if created:
-            directory.rmdir()
+        # a failed backup leaves nothing behind: the directories were new or empty
+        for root, made in ((directory, created), (secrets_dir, secrets_created)):
+            if root is None or not root.is_dir():
+                continue
+            for entry in root.iterdir():
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            if made:
+                root.rmdir()
         raise
     return BackupResult(directory, manifest, notes)
 
@@ -394,7 +442,8 @@ def _database_unusable(settings: Settings, exc: BaseException) -> None:
         raise BackupError(str(database_unusable(settings, exc))) from None
 
 
-def _backup_kek(settings: Settings, directory: Path, notes: list[str]) -> dict[str, Any] | None:
+def _backup_kek(settings: Settings, directory: Path, notes: list[str], *, apart: bool = False,
+                where: str = "store it apart from the backup") -> dict[str, Any] | None:
     from otp.kek import SecretBox, read_kek_file
 
     if not settings.otp.enabled:
@@ -407,8 +456,8 @@ def _backup_kek(settings: Settings, directory: Path, notes: list[str]) -> dict[s
         return None
     kek = read_kek_file(path)
     _private_copy(path, directory / KEK_FILE)
-    notes.append(f"OTP key-encryption key: {KEK_FILE} (store it apart from the backup)")
-    return {"file": KEK_FILE, "kek_id": SecretBox(kek).kek_id}
+    notes.append(f"OTP key-encryption key: {KEK_FILE} ({where})")
+    return {"file": KEK_FILE, "kek_id": SecretBox(kek).kek_id, **({"apart": True} if apart else {})}
 
 
 # ---------------------------------------------------------------------------------------------- restore
@@ -562,13 +611,23 @@ def _check_shape(manifest: dict[str, Any]) -> None:
     secrets_ = manifest.get("secrets")
     if not isinstance(secrets_, dict):
         fail("describes no secrets")
-    for name, own in (("ca_passphrase", PASSPHRASE_FILE), ("otp_kek", KEK_FILE)):
+    for name, own in SECRET_FILES.items():
         entry = secrets_.get(name)
         if entry is not None and (not isinstance(entry, dict) or not all(
-                isinstance(entry.get(k), (str, type(None))) for k in ("file", "env", "kek_id"))):
+                isinstance(entry.get(k), (str, type(None))) for k in ("file", "env", "kek_id", "sha256"))
+                or entry.get("apart") not in (None, True)
+                or not isinstance(entry.get("bytes", 0), int) or isinstance(entry.get("bytes"), bool)):
             fail(f"the entry of {name} is malformed")
         if entry and entry.get("file") not in (None, own):  # the backup's own file, never another one
             fail(f"the file of {name} must be the backup's {own} (the manifest names {entry.get('file')!r})")
+        if entry and entry.get("apart") and (not entry.get("file") or entry.get("env")):
+            fail(f"the entry of {name} says it was written apart, but names no file of its own")
+    challenge = secrets_.get("default_challenge")
+    if challenge and not (challenge.get("apart") and isinstance(challenge.get("sha256"), str)
+                          and isinstance(challenge.get("bytes"), int)):
+        fail("the default challenge's entry is malformed (a file written apart, with its SHA-256 and size)")
+    if challenge and CHALLENGE_FILE in manifest["files"]:
+        fail(f"{CHALLENGE_FILE} is both in the backup and written apart from it")
     highest = manifest.get("highest_crl_number", {})
     if not isinstance(highest, dict) or not all(
             isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_CRL_NUMBER for v in highest.values()):
@@ -614,12 +673,12 @@ def _check_signature(data: bytes, signature_path: Path, ca_key) -> None:
 
 
 def _read_secret(given: Path | None, default: Path | None, env: str | None, what: str,
-                 backup_env: str | None = None) -> tuple[bytes, str]:
-    """(the secret's bytes, where it came from): the given file, the backup's own file, or the environment variable
-    this deployment's settings name (`env`). The variable the backup's manifest names (`backup_env`, where the
-    secret was when it was made) is only mentioned: a manifest is written by whoever made the backup, and a
-    restore reads no variable it chose."""
-    for path in (given, default):
+                 backup_env: str | None = None, *, apart: Path | None = None) -> tuple[bytes, str]:
+    """(the secret's bytes, where it came from): the given file, its file in the directory of `--secrets-dir`
+    (`apart`), the backup's own file, or the environment variable this deployment's settings name (`env`). The
+    variable the backup's manifest names (`backup_env`, where the secret was when it was made) is only mentioned:
+    a manifest is written by whoever made the backup, and a restore reads no variable it chose."""
+    for path in (given, apart, default):
         if path is not None and path.is_file():
             return (path.read_bytes() if path is given else _read_member(path)), str(path)
         if path is not None and path is given:
@@ -628,12 +687,25 @@ def _read_secret(given: Path | None, default: Path | None, env: str | None, what
         return os.environ[env].encode(), f"${env}"
     hint = (f" (the backup was made with it in ${backup_env}: set the setting naming that variable)"
             if backup_env and backup_env != env else "")
-    raise BackupError(f"{what}: not in the backup; give it with the option naming its file"
+    where = ("not in the backup" if apart is None else f"not in {apart.parent}, where the backup wrote it apart"
+             if default is None else f"neither in the backup nor in {apart.parent}")
+    raise BackupError(f"{what}: {where}; give it with the option naming its file"
                       + (f" or in ${env}" if env else "") + hint)
 
 
+def _apart_missing(secrets_: dict[str, Any], settings: Settings, *, kek_file: Path | None,
+                   passphrase_file: Path | None) -> list[str]:
+    """The files of the secrets the backup wrote apart from it that nothing else gives (no `--…-file` option, no
+    variable of this deployment's settings): a restore without `--secrets-dir` cannot do without them."""
+    given = {"ca_passphrase": passphrase_file is not None or bool(os.environ.get(settings.ca.passphrase_env)),
+             "otp_kek": kek_file is not None or bool(settings.otp.kek_env and os.environ.get(settings.otp.kek_env)),
+             "default_challenge": False}
+    return [own for name, own in SECRET_FILES.items()
+            if (secrets_.get(name) or {}).get("apart") and not given[name]]
+
+
 async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, kek_file: Path | None = None,
-                         passphrase_file: Path | None = None, verify: bool = False,
+                         passphrase_file: Path | None = None, secrets_dir: Path | None = None, verify: bool = False,
                          crl_number_gap: int = DEFAULT_CRL_NUMBER_GAP, actor: str = "cli",
                          now: datetime) -> RestoreResult:
     """Restore the backup in `source` into the new data directory `data_dir`.
@@ -641,7 +713,9 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
     Everything is checked before anything is written: the manifest's checksums and signature, that the CA keys
     open with the passphrase, that the KEK is the one the backup was made with and opens every sealed YubiKey
     and client secret, that the schema is this software's (at head or upgradable). With `verify`, also that the
-    database passes SQLite's integrity check. The files are written into a temporary
+    database passes SQLite's integrity check. The secrets a backup made with `--secrets-dir` wrote apart are read
+    from `secrets_dir` (the `--…-file` options still come first), and checked as those of the backup are (the
+    default challenge against its SHA-256 in the manifest). The files are written into a temporary
     directory beside `data_dir` which is renamed into place at the end: `data_dir` holds the whole restore or
     does not exist. For a backup without its database (PostgreSQL), the database at the configured URL is the
     one restored with pg_restore: it is checked and its CRL Numbers raised in the same way."""
@@ -661,10 +735,27 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
         raise BackupError(f"{ca_rel} is missing from the backup")
     secrets_ = manifest.get("secrets") or {}
     notes: list[str] = []
+    if secrets_dir is None and (missing := _apart_missing(secrets_, settings, kek_file=kek_file,
+                                                          passphrase_file=passphrase_file)):
+        raise BackupError(f"the backup was made with --secrets-dir: {', '.join(missing)} "
+                          f"{'was' if len(missing) == 1 else 'were'} written apart from it; give the directory "
+                          "holding them with --secrets-dir")
+    secrets_dir = Path(secrets_dir) if secrets_dir is not None else None
+
+    def places(entry: dict[str, Any]) -> dict[str, Path | None]:
+        """Where the file of a secret is read: in `secrets_dir` when given, else in the backup (never for a
+        secret the backup wrote apart)."""
+        if not entry.get("file"):
+            return {"default": None, "apart": None}
+        if entry.get("apart"):
+            return {"default": None, "apart": secrets_dir / entry["file"] if secrets_dir is not None else None}
+        return {"default": _inside(source, entry["file"]),
+                "apart": secrets_dir / entry["file"] if secrets_dir is not None else None}
+
     # the CA passphrase opens every key of the CA directory; the CA key signed the manifest
     pp = secrets_.get("ca_passphrase") or {}
-    passphrase, pp_from = _read_secret(passphrase_file, _inside(source, pp["file"]) if pp.get("file") else None,
-                                       settings.ca.passphrase_env, "the CA passphrase", pp.get("env"))
+    passphrase, pp_from = _read_secret(passphrase_file, **places(pp), env=settings.ca.passphrase_env,
+                                       what="the CA passphrase", backup_env=pp.get("env"))
     if pp_from != f"${settings.ca.passphrase_env}":
         passphrase = passphrase.strip()  # a file's trailing newline, as the server reads it
     keys: dict[str, dict[str, Any]] = {}  # CA directory -> key file -> key: every CA's, a rollover's too
@@ -683,8 +774,8 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
     kek_entry = secrets_.get("otp_kek")
     box = None
     if kek_entry:
-        raw, kek_from = _read_secret(kek_file, _inside(source, kek_entry["file"]) if kek_entry.get("file") else None,
-                                     settings.otp.kek_env, "the OTP key-encryption key", kek_entry.get("env"))
+        raw, kek_from = _read_secret(kek_file, **places(kek_entry), env=settings.otp.kek_env,
+                                     what="the OTP key-encryption key", backup_env=kek_entry.get("env"))
         from otp.kek import _parse_kek
 
         try:
@@ -694,6 +785,18 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
         if kek_entry.get("kek_id") and box.kek_id != kek_entry["kek_id"]:
             raise BackupError(f"the OTP key-encryption key from {kek_from} is not the one of the backup "
                               f"(id {box.kek_id}, the backup's {kek_entry['kek_id']})")
+    # the default challenge written apart: the file of `secrets_dir`, as the manifest's checksum has it
+    challenge_entry = secrets_.get("default_challenge")
+    challenge = None
+    if challenge_entry:
+        path = secrets_dir / CHALLENGE_FILE
+        if not path.is_file():
+            raise BackupError(f"{CHALLENGE_FILE}: not in {secrets_dir}, where the backup wrote it apart")
+        challenge = _read_member(path)
+        if (len(challenge) != challenge_entry["bytes"]
+                or hashlib.sha256(challenge).hexdigest() != challenge_entry["sha256"]):
+            raise BackupError(f"{path} does not match its checksum in the manifest: it is not the default "
+                              "challenge written apart from this backup; refusing to restore it")
     database = manifest.get("database") or {}
     created = [p for p in data_dir.absolute().parents if not p.exists()]  # removed again if the restore fails
     staging = None
@@ -710,6 +813,8 @@ async def restore_backup(settings: Settings, source: Path, data_dir: Path, *, ke
                 _copy_member(_inside(source, rel), _staged(staging, rel))
             elif rel in EXTRA_FILES:
                 _copy_member(_inside(source, rel), _staged(staging, rel))
+        if challenge is not None:
+            _private_write(staging / CHALLENGE_FILE, challenge)
         if pp.get("file"):
             _private_write(staging / "ca" / "passphrase", passphrase + b"\n")
             notes.append(f"CA passphrase written to {data_dir / 'ca' / 'passphrase'}")

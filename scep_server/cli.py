@@ -261,12 +261,16 @@ def _cli_logging(ctx: Context) -> None:
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--files-only", is_flag=True,
               help="PostgreSQL: copy the CA directory and the secrets only (the database is pg_dump's).")
+@click.option("--secrets-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write the secrets (ca-passphrase, otp-kek.key, default-challenge.txt) to this directory (new or "
+                   "empty, outside DIRECTORY) instead of into the backup. Recommended.")
 @pass_ctx
-def backup(ctx: Context, directory, files_only: bool) -> None:
+def backup(ctx: Context, directory, files_only: bool, secrets_dir) -> None:
     """Back up the database (SQLite), the CA directory and the secrets into DIRECTORY (new or empty).
 
     The OTP key-encryption key (otp-kek.key) and the CA passphrase (ca-passphrase) are written to files of their
-    own: store them apart from the rest. On PostgreSQL the command prints the pg_dump command to run instead."""
+    own: store them apart from the rest, or have them written apart with --secrets-dir (with the default
+    challenge, default-challenge.txt). On PostgreSQL the command prints the pg_dump command to run instead."""
     import structlog
 
     from sqlalchemy.exc import ArgumentError
@@ -277,7 +281,8 @@ def backup(ctx: Context, directory, files_only: bool) -> None:
     _cli_logging(ctx)
     now = utcnow()
     try:
-        result = run(create_backup(ctx.settings(), directory, now=now, files_only=files_only))
+        result = run(create_backup(ctx.settings(), directory, now=now, files_only=files_only,
+                                   secrets_dir=secrets_dir))
     except PostgresBackup as exc:
         raise click.ClickException(str(exc)) from None
     except BackupError as exc:
@@ -304,10 +309,13 @@ def backup(ctx: Context, directory, files_only: bool) -> None:
 @click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True,
                                                    path_type=Path),
               help="The CA passphrase, where it was stored apart (default: the backup's ca-passphrase).")
+@click.option("--secrets-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The directory the secrets were written to by `backup --secrets-dir` (or moved to): "
+                   "ca-passphrase, otp-kek.key, default-challenge.txt.")
 @click.option("--crl-number-gap", type=click.IntRange(1, 10**15), default=1_000_000, show_default=True,
               help="Raise each CA's next CRL Number this far above the highest number the backup saw.")
 @pass_ctx
-def restore(ctx: Context, directory, new_data_dir, verify: bool, kek_file, passphrase_file,
+def restore(ctx: Context, directory, new_data_dir, verify: bool, kek_file, passphrase_file, secrets_dir,
             crl_number_gap: int) -> None:
     """Restore a backup made by `scep-server backup` into a new data directory, checking it first."""
     import structlog
@@ -321,7 +329,8 @@ def restore(ctx: Context, directory, new_data_dir, verify: bool, kek_file, passp
     log = structlog.get_logger("backup")
     try:
         result = run(restore_backup(ctx.settings(), directory, new_data_dir, kek_file=kek_file,
-                                    passphrase_file=passphrase_file, verify=verify, crl_number_gap=crl_number_gap,
+                                    passphrase_file=passphrase_file, secrets_dir=secrets_dir, verify=verify,
+                                    crl_number_gap=crl_number_gap,
                                     actor=cli_actor(), now=utcnow()))
     except BackupError as exc:
         log.warning("backup.restore_refused", directory=str(directory), error=str(exc))
