@@ -247,6 +247,12 @@ EVENTS: tuple[Event, ...] = (
        "sync interval as the brake allows a sync: not applied; the next sync reads the device"),
     _e("mdm.sync_failed", "error", "exception", "an MDM sync raised (the periodic one runs again next period); a "
        "reading of the inventory that raised is the sync's recorded error"),
+    _e("mdm.sync_claim_taken", "warning", "source running_since renewed_at",
+       "a sync took the claim of a source whose holder had not renewed it for the lease (60 s; its process was "
+       "killed in a sync, or lost the database): that sync, if still running, applies nothing more"),
+    _e("mdm.sync_claim_lost", "warning", "source running_since",
+       "a sync found its claim of the source taken by another sync (it had not renewed it in time): it applies and "
+       "records nothing more"),
     # challenges
     _e("challenge.issued", "info", "profile source requested_by payload_identifier expires_at",
        "a one-time challenge was issued"),

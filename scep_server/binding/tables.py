@@ -110,6 +110,10 @@ mdm_sources = sa.Table(
     sa.Column("sync_claimed_until", TS),  # the process that claims a sync holds it until then
     # when the sync holding the claim began (NULL: none runs; a claim then only keeps the periodic sync's period)
     sa.Column("sync_started_at", TS),
+    # when the process holding that claim last renewed it (every few seconds while its sync runs): not renewed for
+    # scep_server.mdm.service.SYNC_LEASE_SECONDS, the claim can be taken. NULL or before sync_started_at: made by a
+    # version that does not renew, honoured until sync_claimed_until
+    sa.Column("sync_renewed_at", TS),
     sa.Column("last_sync_at", TS),
     sa.Column("last_sync_outcome", sa.Text),
     sa.Column("created_at", TS, nullable=False),

@@ -32,13 +32,26 @@ class MdmSyncRunning(MdmError, problems.Conflict):
     code = "mdm_sync_running"
     status = 409
 
-    def __init__(self, source: str, since: datetime, until: datetime):
+    def __init__(self, source: str, since: datetime, until: datetime, renewed: datetime | None = None,
+                 lease_seconds: float | None = None):
+        if renewed is not None:
+            ends = (f"its holder last renewed its claim at {renewed.isoformat()}; a claim not renewed for "
+                    f"{lease_seconds:g} s is free, and it ends by {until.isoformat()} at the latest")
+        else:  # made by a version that does not renew its claims
+            ends = f"its claim ends by {until.isoformat()} at the latest"
         super().__init__(f"a sync of MDM source {source!r} is running since {since.isoformat()}; nothing was "
-                         f"changed, try again when it has ended (its claim ends by {until.isoformat()} at the "
-                         f"latest)", source=source, running_since=since.isoformat(), claimed_until=until.isoformat())
+                         f"changed, try again when it has ended ({ends})", source=source,
+                         running_since=since.isoformat(), claimed_until=until.isoformat(),
+                         last_renewed_at=renewed.isoformat() if renewed is not None else None)
         self.source = source
         self.since = since
         self.until = until
+        self.renewed = renewed
+
+
+class SyncClaimLost(Exception):
+    """A sync's claim of its source was taken by another sync (it had not been renewed in time): from then on the
+    sync applies and records nothing."""
 
 
 class EventSuperseded(Exception):

@@ -5,7 +5,9 @@ lifecycle changes it drives (through the device store: every change is an audit 
 A sync reads the MDM's whole inventory first; when that fails, nothing is changed (and the failure is kept as
 the source's last outcome). A dry run plans the same changes and applies none. Every other sync, periodic or asked
 for, holds the source's claim in the database while it runs: one sync of a source at a time, in all processes and
-instances.
+instances. The claim is a lease: its process renews it while the sync runs, and one not renewed for
+SYNC_LEASE_SECONDS (its process was killed, or lost the database) is taken by the next sync; a sync whose claim was
+taken applies and records nothing more.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from ..binding.tables import devices, mdm_devices, mdm_sources
 from ..store.events import record_event
 from ..store.tables import events
 from .errors import (DeviceNotListed, EventHeld, EventSuperseded, MdmError, MdmSourceExists, MdmSourceInvalid,
-                     MdmSourceNotFound, MdmSyncRunning)
+                     MdmSourceNotFound, MdmSyncRunning, SyncClaimLost)
 from .plan import Change, MdmState, Ours, Record, Rules, Tracked, decide, plan
 
 log = structlog.get_logger("mdm")
@@ -47,6 +49,34 @@ _CHUNK = 500
 SYNC_READ_SKEW = timedelta(seconds=60)  # how far the MDM's clock may be behind ours
 _STATUS_KINDS = tuple(f"device.{action}" for action in TRANSITIONS)  # what changes a device's status
 TAKE_DOWNS = frozenset({"suspend", "deactivate", "delete"})  # what the brake counts
+# A sync's claim of its source is a lease: the process holding it renews it (sync_renewed_at) every
+# SYNC_LEASE_SECONDS / 3 while its sync runs, and a claim not renewed for SYNC_LEASE_SECONDS (or sync_timeout_seconds
+# when shorter) is stale: its process died in the sync (killed, out of memory, its node lost) or lost the database,
+# and the next sync, periodic or asked for, takes it. A claim whose sync_renewed_at is NULL or before its
+# sync_started_at was made by a version that does not renew: it is honoured until sync_claimed_until, as that
+# version honours every claim (taken early, its sync, still running, would apply a second time).
+SYNC_LEASE_SECONDS = 60.0
+CLAIM_LOST = ("another sync took this sync's claim of the source (not renewed for {lease:g} s); nothing more was "
+              "applied or recorded")
+
+
+@dataclass
+class _Lease:
+    """A claim this process holds: the source's sync_started_at and sync_claimed_until as it wrote them (another
+    sync's claim has another start: a stale claim is taken later than it was last renewed)."""
+
+    name: str
+    started: datetime
+    until: datetime
+    lost: bool = False
+
+
+def _heartbeat(row) -> datetime | None:
+    """When the claim in `row` was last renewed (None: its maker does not renew claims)."""
+    if row.sync_renewed_at is None or row.sync_started_at is None:
+        return None
+    renewed = aware(row.sync_renewed_at)
+    return renewed if renewed >= aware(row.sync_started_at) else None
 
 
 @dataclass
@@ -119,6 +149,7 @@ class MdmService:
         self.rules = rules_of(settings)
         self.reader = reader
         self.clock = clock
+        self._leases: dict[str, _Lease] = {}  # the claims of the syncs this process runs, by source
 
     # ------------------------------------------------------------------ sources
 
@@ -233,8 +264,11 @@ class MdmService:
 
     async def _track(self, name: str, tracking: dict[str, tuple[Tracked, str | None]], before: dict[str, Tracked],
                      untrack: list[str], now: datetime, event_at: datetime | None = None, *,
-                     from_event: bool = False) -> None:
+                     from_event: bool = False, guard: Callable[[AsyncConnection], Awaitable[None]] | None = None
+                     ) -> None:
         async with writer(self.engine).begin() as conn:
+            if guard is not None:
+                await guard(conn)
             for device_id, (t, mdm_id) in tracking.items():
                 seen = now if t.state is not MdmState.MISSING else None
                 values = {"state": t.state.value, "missing_since": t.missing_since, "updated_at": now}
@@ -289,14 +323,13 @@ class MdmService:
         if dry_run:
             return await self._sync(name, dry_run=True, actor=actor, confirm_takedowns=confirm_takedowns)
         hold = timedelta(seconds=self.settings.sync_interval_seconds + self.settings.sync_timeout_seconds)
-        claimed, before = await self._claim_now(name, hold=hold)
-        try:
-            return await self._sync(name, dry_run=False, actor=actor, confirm_takedowns=confirm_takedowns)
-        finally:
-            await self._release(name, claimed=claimed, until=before)
+        lease, before = await self._claim_now(name, hold=hold)
+        return await self._holding(lease, actor=actor, confirm_takedowns=confirm_takedowns, release_to=before)
 
-    async def _sync(self, name: str, *, dry_run: bool, actor: str, confirm_takedowns: int | None) -> SyncReport:
-        """The sync itself; the caller holds the source's claim (a dry run needs none)."""
+    async def _sync(self, name: str, *, dry_run: bool, actor: str, confirm_takedowns: int | None,
+                    lease: _Lease | None = None) -> SyncReport:
+        """The sync itself; the caller holds the source's claim, `lease` (a dry run needs none): each change, the
+        tracking and the outcome are written only while it still holds it."""
         from .clients import MdmUnavailable
 
         row = await self._row(name)
@@ -343,17 +376,29 @@ class MdmService:
             if dry_run:
                 report.changes = p.changes
             elif report.held is None:  # held: nothing applied, nothing remembered (a device gone is not "missing")
-                await self._apply(name, p.changes, report, ours)
-                # what the inventory said of a device is as new as its reading (less the clocks' possible skew):
-                # an event the MDM dated before it, delivered late or posted again, is not applied over it
-                await self._track(name, p.tracking, tracked, p.untrack, now, event_at=read_started - SYNC_READ_SKEW)
-        if not dry_run:
-            await self._finish(name, report, state if report.error is None and report.held is None else None, actor)
+                guard = self._lease_guard(lease) if lease is not None else None
+                try:
+                    await self._apply(name, p.changes, report, ours, guard=guard)
+                    # what the inventory said of a device is as new as its reading (less the clocks' possible
+                    # skew): an event the MDM dated before it, delivered late or posted again, is not applied over it
+                    await self._track(name, p.tracking, tracked, p.untrack, now,
+                                      event_at=read_started - SYNC_READ_SKEW, guard=guard)
+                except SyncClaimLost:
+                    report.error = CLAIM_LOST.format(lease=self.lease_seconds())
+        if lease is not None and lease.lost:  # the sync that took the claim records its own outcome
+            report.error = report.error or CLAIM_LOST.format(lease=self.lease_seconds())
+        elif not dry_run:
+            try:
+                await self._finish(name, report, state if report.error is None and report.held is None else None,
+                                   actor, guard=self._lease_guard(lease) if lease is not None else None)
+            except SyncClaimLost:
+                report.error = CLAIM_LOST.format(lease=self.lease_seconds())
         log.info("mdm.sync", source=name, dry_run=dry_run, records=report.records, changes=len(report.changes),
                  skipped=len(report.skipped), error=report.error)
         return report
 
-    async def _finish(self, name: str, report: SyncReport, state: dict | None, actor: str) -> None:
+    async def _finish(self, name: str, report: SyncReport, state: dict | None, actor: str, *,
+                      guard: Callable[[AsyncConnection], Awaitable[None]] | None = None) -> None:
         now = self.clock()
         outcome = f"error: {report.error}" if report.error else \
             f"ok: {report.records} records, {len(report.changes)} changes"
@@ -366,52 +411,92 @@ class MdmService:
             values.update(delta_link=state.get("delta_link"),
                           directory_disabled=json.dumps(sorted(state.get("directory_disabled") or [])))
         async with writer(self.engine).begin() as conn:
+            if guard is not None:
+                await guard(conn)
             await conn.execute(mdm_sources.update().where(mdm_sources.c.name == name).values(**values))
             await record_event(conn, at=now, kind="mdm.sync", subject=name, actor=actor,
                                data={"records": report.records, "changes": len(report.changes),
                                      "skipped": len(report.skipped), "error": report.error,
                                      "held": report.held["takedowns"] if report.held else None})
 
+    def lease_seconds(self) -> float:
+        """How long a claim not renewed stays its holder's (SYNC_LEASE_SECONDS, at most sync_timeout_seconds)."""
+        return min(SYNC_LEASE_SECONDS, float(self.settings.sync_timeout_seconds))
+
+    def _running(self, row, now: datetime) -> bool:
+        """Whether the claim in `row` marks a sync that runs: begun, not run out, and renewed within the lease (or
+        made by a version that does not renew)."""
+        if row.sync_started_at is None or row.sync_claimed_until is None or aware(row.sync_claimed_until) <= now:
+            return False
+        renewed = _heartbeat(row)
+        return renewed is None or (now - renewed).total_seconds() < self.lease_seconds()
+
+    def _taking(self, name: str, row, now: datetime) -> None:
+        """Log that the claim in `row`, stale, is taken."""
+        if row.sync_started_at is not None and row.sync_claimed_until is not None \
+                and aware(row.sync_claimed_until) > now:
+            renewed = _heartbeat(row)
+            log.warning("mdm.sync_claim_taken", source=name, running_since=aware(row.sync_started_at).isoformat(),
+                        renewed_at=renewed.isoformat() if renewed else None)
+
+    _CLAIM_COLUMNS = (mdm_sources.c.sync_claimed_until, mdm_sources.c.sync_started_at, mdm_sources.c.sync_renewed_at)
+
+    def _unchanged(self, name: str, row):
+        """The source's row still holds the claim read in `row` (none renewed it, nor took it, meanwhile)."""
+        return sa.and_(mdm_sources.c.name == name, _is(mdm_sources.c.sync_claimed_until, row.sync_claimed_until),
+                       _is(mdm_sources.c.sync_started_at, row.sync_started_at),
+                       _is(mdm_sources.c.sync_renewed_at, row.sync_renewed_at))
+
     async def claim(self, name: str, *, hold: timedelta) -> datetime | None:
         """Whether this process runs the source's periodic sync now: due, and not claimed by another process. The
         end of the claim it made (truthy), or None."""
+        lease = await self._claim_periodic(name, hold=hold)
+        return lease.until if lease is not None else None
+
+    async def _claim_periodic(self, name: str, *, hold: timedelta) -> _Lease | None:
         now = self.clock()
         interval = timedelta(seconds=self.settings.sync_interval_seconds)
         async with writer(self.engine).begin() as conn:
-            row = (await conn.execute(sa.select(mdm_sources.c.sync_claimed_until, mdm_sources.c.last_sync_at)
+            row = (await conn.execute(sa.select(*self._CLAIM_COLUMNS, mdm_sources.c.last_sync_at)
                                       .where(mdm_sources.c.name == name))).first()
             if row is None:
                 return None
             claimed = aware(row.sync_claimed_until) if row.sync_claimed_until else None
             last = aware(row.last_sync_at) if row.last_sync_at else None
-            if (claimed is not None and claimed > now) or (last is not None and now - last < interval):
+            if self._running(row, now) or (last is not None and now - last < interval):
                 return None
-            res = await conn.execute(mdm_sources.update().where(
-                mdm_sources.c.name == name, _is(mdm_sources.c.sync_claimed_until, row.sync_claimed_until))
-                .values(sync_claimed_until=now + hold, sync_started_at=now))
-            return now + hold if res.rowcount == 1 else None
+            if claimed is not None and claimed > now and row.sync_started_at is None:
+                return None  # the period of the sync that ended last
+            res = await conn.execute(mdm_sources.update().where(self._unchanged(name, row))
+                                     .values(sync_claimed_until=now + hold, sync_started_at=now, sync_renewed_at=now))
+            if res.rowcount != 1:
+                return None
+            self._taking(name, row, now)
+            return _Lease(name, now, now + hold)
 
-    async def _claim_now(self, name: str, *, hold: timedelta) -> tuple[datetime, datetime | None]:
-        """Claim the source for a sync asked for now, due or not: the end of this claim, and the end of the one it
-        replaces when that only kept the periodic sync's period (a finished sync's: given back at the end, so the
-        period stays). MdmSyncRunning while a sync holds the claim (begun, its claim not run out: a process that
-        died in a sync holds it until then); MdmSourceNotFound."""
+    async def _claim_now(self, name: str, *, hold: timedelta) -> tuple[_Lease, datetime | None]:
+        """Claim the source for a sync asked for now, due or not: this claim, and the end of the one it replaces
+        when that only kept the periodic sync's period (a finished sync's: given back at the end, so the period
+        stays). MdmSyncRunning while a sync holds the claim (begun, its claim not run out, and renewed within the
+        lease, or made by a version that does not renew: then until it runs out); MdmSourceNotFound."""
         for _ in range(5):
             now = self.clock()
             async with writer(self.engine).begin() as conn:
-                row = (await conn.execute(sa.select(mdm_sources.c.sync_claimed_until, mdm_sources.c.sync_started_at)
-                                          .where(mdm_sources.c.name == name))).first()
+                row = (await conn.execute(sa.select(*self._CLAIM_COLUMNS).where(mdm_sources.c.name == name))).first()
                 if row is None:
                     raise MdmSourceNotFound(f"no MDM source {name!r}")
                 claimed = aware(row.sync_claimed_until) if row.sync_claimed_until else None
-                if claimed is not None and claimed > now and row.sync_started_at is not None:
-                    raise MdmSyncRunning(name, aware(row.sync_started_at), claimed)
-                res = await conn.execute(mdm_sources.update().where(
-                    mdm_sources.c.name == name, _is(mdm_sources.c.sync_claimed_until, row.sync_claimed_until),
-                    _is(mdm_sources.c.sync_started_at, row.sync_started_at))
-                    .values(sync_claimed_until=now + hold, sync_started_at=now))
+                if self._running(row, now):
+                    raise MdmSyncRunning(name, aware(row.sync_started_at), claimed, _heartbeat(row),
+                                         self.lease_seconds())
+                res = await conn.execute(mdm_sources.update().where(self._unchanged(name, row))
+                                         .values(sync_claimed_until=now + hold, sync_started_at=now,
+                                                 sync_renewed_at=now))
                 if res.rowcount == 1:
-                    return now + hold, claimed if claimed is not None and claimed > now else None
+                    self._taking(name, row, now)
+                    period = claimed if claimed is not None and claimed > now and row.sync_started_at is None \
+                        else None
+                    return _Lease(name, now, now + hold), period
             # another process claimed it between the read and the update: read again, it is running now
         raise MdmError(f"the claim of MDM source {name!r} kept changing; try again")
 
@@ -423,14 +508,69 @@ class MdmService:
         the source while this sync may still be reading it. Once the sync has ended, the claim is cut back to one
         interval from when it was made, so the period stays the interval."""
         interval = timedelta(seconds=self.settings.sync_interval_seconds)
-        claimed_at = self.clock()
-        claimed = await self.claim(name, hold=interval + timedelta(seconds=self.settings.sync_timeout_seconds))
-        if claimed is None:
+        lease = await self._claim_periodic(name, hold=interval + timedelta(seconds=self.settings.sync_timeout_seconds))
+        if lease is None:
             return None
+        return await self._holding(lease, actor=f"mdm:{name}", confirm_takedowns=None,
+                                   release_to=lease.started + interval)
+
+    async def _holding(self, lease: _Lease, *, actor: str, confirm_takedowns: int | None,
+                       release_to: datetime | None) -> SyncReport:
+        """Run the sync of a claim this process has just made, renewing the claim while it runs, then give it back
+        (its end cut back to `release_to`)."""
+        self._leases[lease.name] = lease
+        renewer = asyncio.create_task(self._renewing(lease))
         try:
-            return await self._sync(name, dry_run=False, actor=f"mdm:{name}", confirm_takedowns=None)
+            return await self._sync(lease.name, dry_run=False, actor=actor, confirm_takedowns=confirm_takedowns,
+                                    lease=lease)
         finally:
-            await self._release(name, claimed=claimed, until=claimed_at + interval)
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+            if self._leases.get(lease.name) is lease:
+                del self._leases[lease.name]
+            await self._release(lease.name, claimed=lease.until, until=release_to)
+
+    async def _renewing(self, lease: _Lease) -> None:
+        """Renew the claim every third of the lease until it is lost (or this task cancelled)."""
+        while not lease.lost:
+            await asyncio.sleep(self.lease_seconds() / 3)
+            try:
+                await self._renew_one(lease)
+            except Exception:  # noqa: BLE001 - the database unreachable a while: the next renewal tries again
+                log.exception("mdm.sync_failed")
+
+    async def renew_claims(self) -> None:
+        """Renew now the claims of the syncs this process runs (their renewers do it every third of the lease)."""
+        for lease in list(self._leases.values()):
+            await self._renew_one(lease)
+
+    async def _renew_one(self, lease: _Lease) -> bool:
+        if lease.lost:
+            return False
+        async with writer(self.engine).begin() as conn:
+            return await self._renew(conn, lease)
+
+    async def _renew(self, conn: AsyncConnection, lease: _Lease) -> bool:
+        """Renew the claim in `conn`'s transaction, if this sync still holds it (False, and it is lost, if another
+        sync took it). In the transaction that applies a change, the source's row stays locked until the commit
+        (PostgreSQL; SQLite's write lock): a sync taking the claim meanwhile finds it renewed and is refused."""
+        res = await conn.execute(mdm_sources.update().where(
+            mdm_sources.c.name == lease.name, mdm_sources.c.sync_started_at == lease.started,
+            mdm_sources.c.sync_claimed_until == lease.until).values(sync_renewed_at=self.clock()))
+        if res.rowcount == 1:
+            return True
+        if not lease.lost:
+            lease.lost = True
+            log.warning("mdm.sync_claim_lost", source=lease.name, running_since=lease.started.isoformat())
+        return False
+
+    def _lease_guard(self, lease: _Lease) -> Callable[[AsyncConnection], Awaitable[None]]:
+        """What each write of a sync runs first in its transaction: SyncClaimLost unless the sync still holds its
+        claim (renewed there)."""
+        async def guard(conn: AsyncConnection) -> None:
+            if lease.lost or not await self._renew(conn, lease):
+                raise SyncClaimLost(lease.name)
+        return guard
 
     async def _release(self, name: str, *, claimed: datetime, until: datetime | None) -> None:
         """End this process's sync: its claim (the one ending at `claimed`) no longer marks a sync running, and
@@ -441,7 +581,7 @@ class MdmService:
                                       .where(mdm_sources.c.name == name))).first()
             if row is None or row.sync_claimed_until is None or aware(row.sync_claimed_until) != claimed:
                 return
-            values: dict[str, Any] = {"sync_started_at": None}
+            values: dict[str, Any] = {"sync_started_at": None, "sync_renewed_at": None}
             if until is None or claimed > until:
                 values["sync_claimed_until"] = until
             await conn.execute(mdm_sources.update().where(

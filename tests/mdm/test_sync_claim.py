@@ -16,7 +16,7 @@ from scep_server.binding.devices import DeviceStore
 from scep_server.config import MdmSettings
 from scep_server.mdm.errors import MdmError
 from scep_server.mdm.plan import MdmState, Record
-from scep_server.mdm.service import MdmService
+from scep_server.mdm.service import SYNC_LEASE_SECONDS, MdmService
 from tests.binding.conftest import START, api, clock, server  # noqa: F401
 from tests.mdm.test_mdm_store import JAMF, FakeMdm
 from trustkit.clock import SettableClock
@@ -100,6 +100,7 @@ async def test_an_administrators_sync_and_the_periodic_sync_never_run_at_once(en
             return
         seen["periodic"] = "reading"
         clock.advance(timedelta(seconds=1000))  # the periodic sync is due (an interval is 900 s)
+        await admin.renew_claims()  # the administrator's sync, alive, renews its claim all along
         seen["periodic"] = await periodic.periodic_sync("jamf")
         try:
             await periodic.sync("jamf", actor="cli:other")
@@ -119,15 +120,16 @@ async def test_an_administrators_sync_and_the_periodic_sync_never_run_at_once(en
 
 
 async def test_the_claim_of_a_sync_whose_process_died_runs_out(engine):
+    """Once not renewed for the lease (tests/mdm/test_sync_lease.py), long before it would end."""
     clock, devices, fake, (dead, admin) = services(engine, 2)
     await admin.configure("jamf", "jamf", JAMF, actor="t")
     hold = timedelta(seconds=SETTINGS.sync_interval_seconds + SETTINGS.sync_timeout_seconds)
     assert await dead.claim("jamf", hold=hold)  # a periodic sync began, and its process died
-    clock.advance(hold - timedelta(seconds=1))
+    clock.advance(timedelta(seconds=SYNC_LEASE_SECONDS - 1))
     with pytest.raises(MdmError) as caught:
         await admin.sync("jamf", actor="cli:root")
     assert refused(caught.value, START), caught.value
-    assert f"its claim ends by {(START + hold).isoformat()}" in str(caught.value)
+    assert f"ends by {(START + hold).isoformat()} at the latest" in str(caught.value)
     clock.advance(timedelta(seconds=2))
     assert (await admin.sync("jamf", actor="cli:root")).error is None
     # an administrator's sync that ends gives the claim back: the next one is not refused

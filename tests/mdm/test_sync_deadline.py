@@ -109,6 +109,7 @@ async def test_the_periodic_claim_outlasts_the_sync_and_the_period_stays_the_int
         reads.append(clock())
         if len(reads) == 1:  # the first sync reads for longer than one interval
             clock.advance(timedelta(seconds=1800))
+            await svc.renew_claims()  # alive, it renews its claim all along
             assert await other.periodic_sync("jamf") is None  # still claimed: not read twice at once
             assert len(reads) == 1
 
@@ -128,7 +129,8 @@ async def test_the_periodic_claim_outlasts_the_sync_and_the_period_stays_the_int
 async def test_a_sync_that_outlasts_its_claim_leaves_the_next_claim_alone(engine):
     """A sync still running when its claim ran out (it applied changes for longer than an interval after reading):
     the process that claimed the source since and reads it now keeps its claim; the first one ending did not
-    cut it back to one interval from its own claim (in the past), and a third process read the source at once."""
+    cut it back to one interval from its own claim (in the past), and a third process read the source at once.
+    The first one, its claim taken, applies and records nothing after its read."""
     clock = SettableClock(START)
     devices = DeviceStore(engine, clock=clock)
     fake = FakeMdm()
@@ -151,8 +153,9 @@ async def test_a_sync_that_outlasts_its_claim_leaves_the_next_claim_alone(engine
             await asyncio.wait_for(second_may_end.wait(), 10)
 
     fake.during_read = read
-    assert (await first.periodic_sync("jamf")).error is None
+    assert "another sync took this sync's claim" in (await first.periodic_sync("jamf")).error
     clock.advance(timedelta(seconds=900))  # one interval after the first sync ended: the second is still reading
+    await second.renew_claims()  # and renews its claim
     try:
         assert await third.periodic_sync("jamf") is None
         assert len(reads) == 2
