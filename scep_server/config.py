@@ -370,6 +370,10 @@ class ChallengeSection(BaseModel):
     lockout_seconds: int = Field(300, ge=1, description="how long a lockout lasts")
     max_throttle_rows: int = Field(100_000, ge=100, description="rows of the shared throttle table kept at most "
                                    "(the oldest expire first)")
+    known_address_hours: int = Field(24, ge=0, le=8760, description="a client address that logged in with a "
+                                     "profile's username and password within this many hours is not held back by "
+                                     "the username's lockout (its own per-address limit still applies), so failures "
+                                     "from others cannot lock the real client out; 0: every address is")
     hash_workers: int = Field(2, ge=1, le=16, description="threads checking passwords")
     max_waiting_checks: int = Field(16, ge=1, description="password checks under way (one per client address) "
                                     "beyond which the endpoint answers 503")

@@ -261,8 +261,13 @@ EVENTS: tuple[Event, ...] = (
     _e("challenge.pruned", "info", "removed", "expired one-time challenges were deleted"),
     _e("challenge.login_throttle_pruned", "info", "removed", "expired login throttle rows were deleted"),
     _e("challenge.auth_failed", "warning", "profile remote username", "a Basic login to the challenge URL failed"),
-    _e("challenge.auth_blocked", "warning", "profile remote username",
-       "a Basic login was refused by the throttle (429)"),
+    _e("challenge.auth_blocked", "warning", "profile remote username blocked_by",
+       "a Basic login was refused by the throttle (429); blocked_by: address (its own failures) or username "
+       "(failures from all addresses; an address that logged in within challenge.known_address_hours is not "
+       "held back by it)"),
+    _e("challenge.username_locked", "warning", "profile username lockout_seconds known_address_hours",
+       "failed logins with a profile's username from all addresses reached challenge.failures_per_user: for "
+       "lockout_seconds only addresses that logged in within known_address_hours may log in with it"),
     _e("challenge.auth_busy", "warning", "profile remote", "too many logins waiting for a password check (503)"),
     _e("challenge.password_rehashed", "info", "profile log2_n",
        "a Basic password hash was upgraded to the current cost"),

@@ -61,6 +61,7 @@ class _Metrics:
     enrolment_seconds: Any
     challenges_issued: Any
     challenge_redemptions: Any
+    challenge_lockouts: Any
     delegated: Any
     delegated_seconds: Any
     crl_publish_seconds: Any
@@ -221,6 +222,9 @@ def activate() -> None:
         challenges_issued=counter("scep_challenges_issued", "One-time challenges issued", ["profile"]),
         challenge_redemptions=counter("scep_challenge_redemptions", "One-time challenges presented in enrolments",
                                       ["profile", "outcome"]),
+        challenge_lockouts=counter("scep_challenge_login_lockouts", "Lockouts of the challenge endpoint's Basic "
+                                   "login, by profile and scope (address: one client address; username: failures "
+                                   "from all addresses)", ["profile", "scope"]),
         delegated=counter("scep_delegated_validations", "Requests validated by Intune or a webhook",
                           ["provider", "outcome"]),
         delegated_seconds=histogram("scep_delegated_validation_duration_seconds",
@@ -301,6 +305,14 @@ def challenge_redeemed(profile: str, outcome: str) -> None:
     m = _active
     if m is not None:
         _inc(m.child(m.challenge_redemptions, profile, outcome))
+
+
+@_never_raises
+def challenge_login_lockout(profile: str, scope: str) -> None:
+    """``scope``: address | username."""
+    m = _active
+    if m is not None:
+        _inc(m.child(m.challenge_lockouts, profile, scope))
 
 
 @_never_raises

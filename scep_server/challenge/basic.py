@@ -75,7 +75,8 @@ def username_matches(creds: BasicCredentials, user: str) -> bool:
 
 class CredentialChecker:
     """Checks Basic credentials; a verified pair is remembered briefly (keyed by a keyed hash, never in clear),
-    so that a scraper fetching many challenges does not pay scrypt every time."""
+    so that a scraper fetching many challenges does not pay scrypt every time. The memory slides: each use keeps
+    the pair for `remember_seconds` more (a changed password hash is another pair)."""
 
     def __init__(self, *, remember_seconds: float = 300.0, size: int = 256):
         self._key = secrets.token_bytes(32)
@@ -90,7 +91,15 @@ class CredentialChecker:
     def cached(self, profile: str, creds: BasicCredentials, user: str, password: str) -> bool:
         key = self._cache_key(profile, creds, user, password)
         until = self._ok.get(key)
-        return until is not None and until > time.monotonic()
+        now = time.monotonic()
+        if until is None or until <= now:
+            return False
+        self._ok[key] = now + self._ttl
+        try:
+            self._ok.move_to_end(key)
+        except KeyError:  # pushed out meanwhile by a check on a hashing thread
+            pass
+        return True
 
     def check(self, profile: str, creds: BasicCredentials, user: str, password: str) -> bool:
         """Constant-time for the username; scrypt for the password (run this on the hashing executor)."""

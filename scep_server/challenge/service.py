@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,7 +28,7 @@ from .intune import IntuneClient, IntuneRejected, IntuneUnavailable
 # ENROLMENT_STATES, ENROLMENT_KEY, CacheFull and expectations_from are also what the HTTP handlers use of the stores
 from .enrolments import ENROLMENT_KEY, STATES as ENROLMENT_STATES, find_enrolment, hourly_outcomes, page_enrolments
 from .store import CacheFull, ChallengeStore, Expectations, IssuedChallenge, check_expectations, expectations_from
-from .throttle import Limits, LoginThrottle, address_key, user_key
+from .throttle import Limits, LoginThrottle, address_key, known_key, user_key
 from .webhook import WebhookClient, WebhookDenied, WebhookUnavailable
 
 if TYPE_CHECKING:
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("challenge")
 
 PER_ADDRESS_QUEUE = 8  # Basic logins of one client address waiting for their turn in this process, at most
+# a login answered from the credential cache records its address as known again at most this often (a process
+# remembers when it last did, for this many addresses at most)
+REMEMBER_EVERY = timedelta(hours=1)
+REMEMBERED_ADDRESSES = 1024
 
 
 class NotDynamic(Exception):
@@ -48,11 +53,13 @@ class NotDynamic(Exception):
 
 @dataclass(frozen=True)
 class Login:
-    """The outcome of a Basic login: ok, or refused (401), blocked (429, retry_after) or busy (503)."""
+    """The outcome of a Basic login: ok, or refused (401), blocked (429, retry_after; `blocked_by` "address" or
+    "username") or busy (503)."""
 
     ok: bool
     retry_after: "int | None" = None
     busy: bool = False
+    blocked_by: "str | None" = None
 
 
 class ChallengeService:
@@ -69,6 +76,7 @@ class ChallengeService:
         self._waiting = 0
         self._per_address: dict[str, list] = {}  # address key -> [lock, requests holding or awaiting it]
         self._rehashed: set[tuple[str, str]] = set()
+        self._remembered: OrderedDict[str, datetime] = OrderedDict()  # known_key -> when this process recorded it
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, tuple[str, object]] = {}
 
@@ -116,7 +124,7 @@ class ChallengeService:
                     return Login(False, 1, busy=True)
                 self._waiting += 1
                 try:
-                    return await self._login(profile, creds, user, password, by_address)
+                    return await self._login(profile, creds, user, password, throttle_key(address))
                 finally:
                     self._waiting -= 1
         finally:
@@ -125,16 +133,23 @@ class ChallengeService:
                 self._per_address.pop(by_address, None)
 
     async def _login(self, profile: str, creds: BasicCredentials, user: str, password: str,
-                     by_address: str) -> Login:
+                     address: str) -> Login:
+        """The username's lock does not hold back a pair verified moments ago in this process (not a guess), nor
+        an address that logged in with this username within `known_address_hours` (recorded in the database for
+        every process and instance): failures from others cannot lock the real client out. An address's own
+        lock holds back every login from it."""
         now = self.runtime.clock()
+        by_address = address_key(profile, address)
         by_user = user_key(profile, creds.username) if username_matches(creds, user) else None
+        known = known_key(profile, creds.username, address)
         blocked = await self.throttle.blocked([by_address] + ([by_user] if by_user else []), now)
         if by_address in blocked:
-            return Login(False, blocked[by_address])
+            return Login(False, blocked[by_address], blocked_by="address")
         if self.credentials.cached(profile, creds, user, password):
-            return Login(True)  # verified moments ago: not a guess, so the username's lock does not apply
-        if by_user in blocked:
-            return Login(False, blocked[by_user])
+            await self._remember(known, now, refresh=True)
+            return Login(True)
+        if by_user in blocked and not await self.throttle.known(known, now):
+            return Login(False, blocked[by_user], blocked_by="username")
         ok = await asyncio.get_running_loop().run_in_executor(
             self._hasher, self.credentials.check, profile, creds, user, password)
         now = self.runtime.clock()
@@ -143,15 +158,39 @@ class ChallengeService:
             keys = [(by_address, limits.failures_per_address)]
             if by_user is not None:
                 keys.append((by_user, limits.failures_per_user))
-            await self.throttle.failed(keys, now)
+            locked = await self.throttle.failed_keys(keys, now)
+            if by_address in locked:
+                metrics.challenge_login_lockout(profile, "address")
+            if by_user is not None and by_user in locked:
+                metrics.challenge_login_lockout(profile, "username")
+                log.warning("challenge.username_locked", profile=profile, username=creds.username[:64],
+                            lockout_seconds=limits.lockout_seconds,
+                            known_address_hours=limits.known_address_seconds // 3600)
             return Login(False)
         await self.throttle.succeeded(by_address)
+        await self._remember(known, now, refresh=False)
         if hash_params(creds.password_hash) != (self.scrypt_log2_n, R, P):
             try:
                 await self._rehash(profile, creds, password)
             except Exception:  # noqa: BLE001 - the login stands; the old hash stays until the next one
                 log.exception("challenge.password_rehash_failed", profile=profile)
         return Login(True)
+
+    async def _remember(self, known: str, now: datetime, *, refresh: bool) -> None:
+        """Record a good login of an address in the database: always after a password check; for a login the
+        credential cache answered, when this process has not recorded that address for REMEMBER_EVERY (the
+        record must outlive the cache, which slides)."""
+        if self.throttle.limits.known_address_seconds <= 0:
+            return
+        every = min(REMEMBER_EVERY, timedelta(seconds=self.throttle.limits.known_address_seconds) / 4)
+        last = self._remembered.get(known)
+        if refresh and last is not None and timedelta(0) <= now - last < every:
+            return
+        await self.throttle.remember(known, now)
+        self._remembered[known] = now
+        self._remembered.move_to_end(known)
+        while len(self._remembered) > REMEMBERED_ADDRESSES:
+            self._remembered.popitem(last=False)
 
     async def _rehash(self, profile: str, creds: BasicCredentials, password: str) -> None:
         """Replace a hash of another cost after a good login (compare-and-set: a concurrent change wins)."""

@@ -45,3 +45,15 @@ login_throttle = sa.Table(
     sa.Column("blocked_until", TS),
     sa.Index("ix_challenge_login_throttle_since", "failures_since"),
 )
+
+# addresses that logged in with a profile's Basic credentials recently: they are not held back by the username's
+# lockout (their own address counter still applies); shared by every process and instance
+# (migration: store/migrations/versions/0024_challenge_login_known.py)
+login_known = sa.Table(
+    "challenge_login_known",
+    metadata,
+    # SHA-256 of "known \0 profile \0 username \0 address": fixed size, neither in clear
+    sa.Column("key_sha256", sa.String(64), primary_key=True),
+    sa.Column("last_login", TS, nullable=False),
+    sa.Index("ix_challenge_login_known_last", "last_login"),
+)

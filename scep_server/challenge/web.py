@@ -60,7 +60,8 @@ async def _authorise(request: web.Request, service: ChallengeService, name: str)
         raise ServiceUnavailable("too many logins are being checked; try again shortly",
                                  headers={"Retry-After": str(login.retry_after)})
     if login.retry_after is not None:
-        log.warning("challenge.auth_blocked", profile=profile.name, remote=remote, username=user[:64])
+        log.warning("challenge.auth_blocked", profile=profile.name, remote=remote, username=user[:64],
+                    blocked_by=login.blocked_by)
         raise TooManyRequests("too many failed attempts; try again later",
                               headers={"Retry-After": str(login.retry_after)})
     if not login.ok:
