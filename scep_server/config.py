@@ -301,8 +301,9 @@ class MdmSettings(BaseModel):
     sync_timeout_seconds: float = Field(
         3600.0, gt=0, le=86400, description="a sync that has not read the whole inventory (every page of every "
         "listing, token requests included) within this fails and changes nothing; a sync's claim of a source "
-        "(periodic, or asked for with mdm sync) lasts sync_interval_seconds plus this, so that no other sync reads "
-        "the source meanwhile")
+        "(periodic, or asked for with mdm sync) lasts sync_interval_seconds plus this at most, so that no other "
+        "sync reads the source meanwhile; its process renews it while the sync runs, and a claim not renewed for "
+        "60 s (or this, when shorter: a process killed in a sync) is taken by the next sync")
     brake_share: float = Field(
         0.1, ge=0, le=1, description="a sync that would take down (suspend, deactivate or delete) more than this "
         "share of the source's known devices, and more than brake_devices of them, applies nothing until an "
