@@ -427,18 +427,11 @@ class IssuancePolicy:
         if not list(subject) and not sans:
             raise PolicyViolation("the CSR has neither a subject nor subject alternative names")
         # the only SANs a certificate gets that its CSR did not ask for: one per subject emailAddress (RFC 5280
-        # §4.1.2.6). They are SANs of the certificate like any other: allowed by san_types, counted in max_sans,
-        # held to the e-mail SAN rules; whatever judges "the SANs" (a one-time challenge's expectations, a webhook,
-        # an approver) sees them in what this returns
+        # §4.1.2.6), held to the e-mail SAN rules. The subject's address is allowed by subject_attributes, so
+        # san_types and max_sans (what a CSR may ask for as SANs) do not hold it back: profiles that issued such
+        # certificates keep issuing and renewing them. Whatever judges "the SANs" (a one-time challenge's
+        # expectations, a webhook, an approver) sees them in what this returns
         derived = subject_mailboxes(subject, sans)
-        if derived and "email" not in self.template.san_types:
-            raise PolicyViolation(f"subject emailAddress={derived[0].value!r} would be issued as an e-mail subject "
-                                  f"alternative name too (RFC 5280 §4.1.2.6), which the profile does not allow "
-                                  f"(allowed SAN types: {', '.join(self.template.san_types) or 'none'}): allow "
-                                  f"email SANs or leave emailAddress out of the subject")
-        if len(sans) + len(derived) > self.template.max_sans:
-            raise PolicyViolation(f"{len(sans) + len(derived)} subject alternative names (with the subject's "
-                                  f"e-mail addresses) exceed the profile's limit of {self.template.max_sans}")
         for name in derived:
             try:  # held to the e-mail SAN syntax and the profile's e-mail rules
                 self._check_san("email", name)

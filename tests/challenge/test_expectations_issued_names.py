@@ -89,8 +89,10 @@ async def test_a_subject_expectation_is_judged_on_the_subject_the_certificate_ge
     assert x509.load_der_x509_certificate(rep.certs[0]).subject == x509.Name.from_rfc4514_string("CN=laptop-1")
 
 
-async def test_a_profile_without_email_sans_refuses_a_subject_emailaddress(server):
-    """The e-mail SAN a subject emailAddress becomes is a SAN like the others: allowed by san_types or refused."""
+async def test_a_profile_without_email_sans_judges_the_subjects_address_by_the_expectation(server):
+    """A profile whose san_types leave out email still issues a subject emailAddress with its e-mail SAN (profiles
+    that issued such certificates keep issuing and renewing them); a challenge expecting only a DNS name refuses
+    it all the same, since that SAN is one of the certificate's."""
     await add_profile(server, "laptops", "dynamic", dynamic(),
                       template={"subject_attributes": ["CN", "emailAddress"], "san_types": ["dns"]})
     issued = await server.runtime.challenges.new_challenge(
@@ -98,10 +100,14 @@ async def test_a_profile_without_email_sans_refuses_a_subject_emailaddress(serve
     async with aiohttp.ClientSession() as s:
         rep = await send(s, server, "laptops", lambda key: csr(key, issued.challenge))
         assert rep.status is PKIStatus.FAILURE
-        assert f"subject emailAddress={MAIL!r} would be issued as an e-mail subject alternative name" in rep.fail_text
-        assert "allowed SAN types: dns" in rep.fail_text
+        assert f"email:{MAIL}" in rep.fail_text and "not the ones this challenge was issued for" in rep.fail_text
         rep = await send(s, server, "laptops", lambda key: csr(key, issued.challenge, email=None))
+        assert rep.status is PKIStatus.SUCCESS, rep.fail_text
+        both = await server.runtime.challenges.new_challenge(
+            "laptops", source="api", expectations=expectations_from({"sans": [f"dns:{HOST}", f"email:{MAIL}"]}))
+        rep = await send(s, server, "laptops", lambda key: csr(key, both.challenge))
     assert rep.status is PKIStatus.SUCCESS, rep.fail_text
+    assert issued_sans(rep) == [f"DNSName:{HOST}", f"RFC822Name:{MAIL}"]
 
 
 async def test_the_webhook_is_shown_the_sans_the_certificate_gets(server, tmp_path):

@@ -392,8 +392,7 @@ async def test_a_certificate_with_its_address_only_in_the_subject_renews(server,
         return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
     monkeypatch.setattr(client, "make_csr", make_csr)
-    await static_profile(server, "mail", template={"validity_days": 30, "subject_attributes": ["CN", "emailAddress"],
-                                                   "san_types": ["email"]})
+    await static_profile(server, "mail", template={"validity_days": 30, "subject_attributes": ["CN", "emailAddress"]})
     async with aiohttp.ClientSession() as s:
         keys = {"subset": rsa_key(), "equal": rsa_key()}
         with monkeypatch.context() as m:
