@@ -359,9 +359,10 @@ class Approval:
 
 def default_checks(service: ScepService) -> list[Check]:
     """The chain, in order: recognise a retry, the message's and template's local rules, a compromised key, the
-    renewal rules, the challenge, the foreign-signer note, approval."""
+    renewal rules, a foreign signer of a known key (before the challenge: a one-time challenge is not used up by a
+    request refused anyway, a delegated validator not asked), the challenge, approval."""
     return [Replay(service), renewal_req_signed, template_policy, CompromisedKey(service), Renewal(service),
-            device_named, Challenge(service), DeviceLinked(service), ForeignSigner(service), Approval(service)]
+            device_named, ForeignSigner(service), Challenge(service), DeviceLinked(service), Approval(service)]
 
 
 __all__ = ["Approval", "Challenge", "Check", "CompromisedKey", "DeviceLinked", "Enrolment", "ForeignSigner", "NOT_LOOKED_UP", "Renewal",
