@@ -223,8 +223,9 @@ EVENTS: tuple[Event, ...] = (
     _e("attestation.verify", "info", "device serial ca managed reason", "an attestation was answered"),
     _e("attestation.retry", "info", "device error", "an attestation met a concurrent change and is tried again"),
     _e("security.binding.refused", "warning",
-       "device serial ca reason current_serial enrolled_device_id renews_certificate_of",
-       "a certificate was refused a binding to a device"),
+       "device serial ca reason current_serial enrolled_device_id renews_certificate_of bound_to",
+       "a certificate was refused a binding to a device (bound_to: the device a binding of another certificate "
+       "of the same CA name and serial is bound to)"),
     _e("security.cert.second_device", "warning", "serial ca bound_to presented_by",
        "a certificate bound to one device was presented for another"),
     _e("binding.nonce_purge_failed", "error", "exception", "purging spent attestation nonces failed"),

@@ -25,11 +25,15 @@ has no current certificate and the next eligible one binds. A certificate enroll
 or renewing a certificate bound to another device, never binds here. A refusal leaves the bound
 certificate untouched and records a security event.
 
-A certificate is identified by its issuer and serial (`_lookup_key`), never by the SHA-256 of its DER alone:
-an ECDSA signature is malleable, so a second encoding of a certificate (same TBSCertificate, a valid signature
-of its CA) is that certificate, bound where it is bound (or found by the fingerprint of the DER presented, for
-a binding made under an earlier registration name of a customer CA). One of ours is bound under the fingerprint
-of the DER we issued, and another encoding of it must carry the TBSCertificate our inventory holds.
+A binding is looked up by the certificate's issuer and serial (`_lookup_key`) and by the SHA-256 of its DER,
+and the certificate presented is the bound one only when its DER or its TBSCertificate is the one bound
+(`_same_certificate`): an ECDSA signature is malleable, so a second encoding of a certificate (same
+TBSCertificate, a valid signature of its CA) is that certificate, bound where it is bound; but an issuer is
+known by a registration name only (a customer CA removed and registered again under its name may be another CA),
+so a certificate of the same name and serial with another TBSCertificate is another certificate, judged as such
+and never bound in its place. A binding made before its TBSCertificate's digest was recorded (binding_0008) is
+the certificate of its fingerprint only. One of ours is bound under the fingerprint of the DER we issued, and
+another encoding of it must carry the TBSCertificate our inventory holds.
 
 Nonces are stateless (`nonces.py`: an HMAC over device id, expiry and 128 random bits, under a key
 every process reads from the database), so issuing one writes nothing and an unknown, other-device or
@@ -166,12 +170,13 @@ def _stored_fp(info: "_Cert", row) -> str:
 class _Cert:
     """A parsed client certificate and what can be known about it once (cached per process)."""
 
-    __slots__ = ("der", "fp", "cert", "key", "serial", "not_before", "not_after", "kind", "ca", "cdp", "summary",
-                 "cost", "generation")
+    __slots__ = ("der", "fp", "tbs", "cert", "key", "serial", "not_before", "not_after", "kind", "ca", "cdp",
+                 "summary", "cost", "generation")
 
     def __init__(self, der: bytes, fp: str, cert: x509.Certificate):
         self.der = der
         self.fp = fp
+        self.tbs = hashlib.sha256(cert.tbs_certificate_bytes).hexdigest()  # the same in every encoding of it
         self.cert = cert
         self.key = cert.public_key()
         self.serial = inventory.serial_hex(cert.serial_number)
@@ -216,19 +221,62 @@ _LOOKUP_COLUMNS = (devices.c.status.label("device_status"), device_certs.c.devic
                    certificates.c.unused_since, _current.c.fingerprint_sha256.label("current_fp"),
                    _current.c.serial.label("current_serial"), _current.c.external.label("current_external"),
                    device_certs.c.fingerprint_sha256.label("bound_fp"),
-                   certificates.c.fingerprint_sha256.label("cert_fp"))
+                   certificates.c.fingerprint_sha256.label("cert_fp"),
+                   device_certs.c.tbs_sha256.label("bound_tbs"))
+# the binding's columns, all NULL when the binding a lookup found is of another certificate (`_resolve`)
+_BINDING_COLUMNS = ("bound_device", "binding_state", "retired_reason", "bound_fp", "bound_tbs")
 
 
-def _lookup_key(device_id: str, info: "_Cert") -> tuple[str, str | None, str, str | None, str]:
+def _lookup_key(device_id: str, info: "_Cert") -> tuple[str, str | None, str, str | None, str, str]:
     """What a verification's rows are looked up by: the device id, the certificate's issuer (our CA's or the
     registered external CA's name) and serial, the serial again for our inventory when the CA is ours, and the
-    fingerprint of the DER presented (a binding recorded under an earlier registration name of its CA).
+    fingerprint of the DER presented (a binding recorded under an earlier registration name of its CA); last,
+    the SHA-256 of its TBSCertificate, which tells whether the binding found is of this certificate
+    (`_same_certificate`).
 
     A certificate is identified by its issuer and serial (RFC 5280 §4.1.2.2, as its CRL identifies it), never by
     the digest of its DER: an ECDSA signature is malleable (s and n - s both verify), so anyone holding a
     certificate signed with ECDSA can make a second encoding of it, with the same TBSCertificate and a valid
     signature of the CA, but another SHA-256 fingerprint."""
-    return device_id, info.ca, info.serial, info.serial if info.kind == "ours" else None, info.fp
+    return device_id, info.ca, info.serial, info.serial if info.kind == "ours" else None, info.fp, info.tbs
+
+
+def _same_certificate(key: tuple, row) -> bool:
+    """Whether the binding of a lookup's row is the certificate presented (`key`: its `_lookup_key`): the same
+    DER, or the same TBSCertificate (another encoding of its signature), or, for one of ours, the certificate the
+    inventory holds under its serial (whose TBSCertificate `_judge` compares with the one presented). A CA's name
+    and serial alone never make two certificates one: a customer CA is known by a registration name, which a
+    removal frees for another CA. A row without a binding has nothing to compare."""
+    if row.bound_fp is None:
+        return True
+    _, _, _, ours, fp, tbs = key
+    return (row.bound_fp == fp or (row.bound_tbs is not None and row.bound_tbs == tbs)
+            or (ours is not None and row.cert_fp is not None and row.bound_fp == row.cert_fp))
+
+
+def _rank(key: tuple, row) -> int:
+    """Which of the rows a lookup found for `key` is used (the lowest): the binding of the DER presented, then
+    one of the same certificate, then another certificate's (a binding of the same fingerprint under an earlier
+    name of its CA, and one of the same (ca, serial), can both be found)."""
+    if row.bound_fp is not None and row.bound_fp == key[4]:
+        return 0
+    return 1 if _same_certificate(key, row) else 2
+
+
+def _keep(found: dict, key: tuple, row) -> None:
+    """Keep `row` for `key` in `found` when it ranks before the one kept (`_rank`): the same row whatever the
+    order the rows came in."""
+    row = _Row(*row)
+    kept = found.get(key)
+    if kept is None or _rank(key, row) < _rank(key, kept):
+        found[key] = row
+
+
+def _resolve(key: tuple, row):
+    """The row a verification is judged by: a binding of another certificate is no binding of this one."""
+    if row is None or _same_certificate(key, row):
+        return row
+    return row._replace(**{name: None for name in _BINDING_COLUMNS})
 
 
 @functools.lru_cache(maxsize=256)
@@ -256,7 +304,7 @@ def _lookup_query(n: int):
 
 def _lookup_params(i: int, key: tuple) -> dict:
     """The parameters of the `i`-th select of `_lookup_query` for a `_lookup_key`."""
-    device_id, ca, serial, ours, fp = key
+    device_id, ca, serial, ours, fp, _ = key
     return {f"d{i}": device_id, f"c{i}": ca, f"s{i}": serial, f"o{i}": ours, f"f{i}": fp}
 
 
@@ -658,7 +706,8 @@ class AttestationService:
                     for k, key in enumerate(chunk):
                         params.update(_lookup_params(k, key))
                     for r in db.execute(sql, params).fetchall():
-                        found[chunk[r[0]]] = _Row(*r)
+                        _keep(found, chunk[r[0]], r)
+                found = {key: _resolve(key, row) for key, row in found.items()}
                 for h, i in first.items():
                     job = jobs[i]
                     if h in won and not job.spend_only and \
@@ -740,8 +789,8 @@ class AttestationService:
             for i, key in enumerate(chunk):
                 params.update(_lookup_params(i, key))
             for row in (await conn.execute(_lookup_query(len(chunk)), params)).all():
-                found[chunk[row.i]] = row
-        return [found.get(k) for k in keys]
+                _keep(found, chunk[row.i], row)
+        return [_resolve(k, found.get(k)) for k in keys]
 
     async def _judge(self, conn: AsyncConnection, info: _Cert, device_id: str, crl: CheckResult | None,
                      now: datetime, row, wrote: list[bool]) -> tuple[Result, list[str]]:
@@ -833,8 +882,10 @@ class AttestationService:
                 return refused, touched
             lost_to = await self._bind(conn, info, _stored_fp(info, row), device_id, now, row.current_fp)
             if lost_to is not None:
-                owner, bound_fp = lost_to
+                owner, bound_fp, same = lost_to
                 wrote.append(True)
+                if not same:
+                    return await self._serial_taken(conn, info, device_id, owner, bound_fp, now, status), touched
                 touched = await self._second_device(conn, info, bound_fp, device_id, owner, now)
                 return fail(Verdict.BOUND_TO_OTHER_DEVICE, "this certificate was just bound to another "
                                                            "device; the attempt was recorded",
@@ -909,13 +960,16 @@ class AttestationService:
         return ancestors, owner, truncated
 
     async def _bind(self, conn: AsyncConnection, info: _Cert, fp: str, device_id: str, now: datetime,
-                    expected_current: str | None) -> tuple[str, str] | None:
+                    expected_current: str | None) -> tuple[str, str, bool] | None:
         """Compare-and-set: bind an unbound certificate (recorded under fingerprint `fp`) to this device, replacing
         the current certificate the judgement saw (`expected_current`; _CurrentChanged when the device's current
-        certificate is another by now). Returns the winner and the fingerprint it is bound under when another
-        device bound the certificate (any encoding of it: the same CA and serial, or the same DER)."""
-        values = dict(fingerprint_sha256=fp, device_id=device_id, ca=info.ca, external=info.kind == "external",
-                      serial=info.serial, not_after=info.not_after, current=False, state="active", bound_at=now)
+        certificate is another by now). When a binding of the same DER or the same (ca, serial) is there already:
+        None when it is this certificate's (any encoding of it: the same DER or TBSCertificate) bound to this
+        device, else its device, the fingerprint it is bound under and whether it is this certificate's (False:
+        another certificate holds this CA name and serial, nothing was bound)."""
+        values = dict(fingerprint_sha256=fp, tbs_sha256=info.tbs, device_id=device_id, ca=info.ca,
+                      external=info.kind == "external", serial=info.serial, not_after=info.not_after, current=False,
+                      state="active", bound_at=now)
         if conn.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:
@@ -925,12 +979,17 @@ class AttestationService:
         res = await conn.execute(insert(device_certs).values(**values).on_conflict_do_nothing())
         if res.rowcount != 1:
             d = device_certs.c
-            found = (await conn.execute(sa.select(d.device_id, d.fingerprint_sha256).where(
-                sa.or_(sa.and_(d.ca == info.ca, d.serial == info.serial), d.fingerprint_sha256 == fp))
-                .order_by((d.fingerprint_sha256 == fp).desc()).limit(1))).first()
-            if found is None:  # a row removed meanwhile (not done by this server): judge again
+            rows = (await conn.execute(sa.select(d.device_id, d.fingerprint_sha256, d.tbs_sha256).where(
+                sa.or_(sa.and_(d.ca == info.ca, d.serial == info.serial), d.fingerprint_sha256 == fp)))).all()
+            if not rows:  # a row removed meanwhile (not done by this server): judge again
                 raise _CurrentChanged(device_id)
-            return None if found.device_id == device_id else (found.device_id, found.fingerprint_sha256)
+            # the binding of this DER first, then one of this TBSCertificate, then another certificate's
+            found = min(rows, key=lambda r: (r.fingerprint_sha256 != fp,
+                                             r.tbs_sha256 is None or r.tbs_sha256 != info.tbs))
+            same = found.fingerprint_sha256 == fp or found.tbs_sha256 == info.tbs
+            if same and found.device_id == device_id:
+                return None
+            return found.device_id, found.fingerprint_sha256, same
         old = (await conn.execute(sa.select(device_certs.c.fingerprint_sha256, device_certs.c.serial).where(
             device_certs.c.device_id == device_id, device_certs.c.current.is_(True)))).all()
         if [old_fp for old_fp, _ in old] != ([expected_current] if expected_current else []):
@@ -968,6 +1027,21 @@ class AttestationService:
                                      data={"invalidity_date": now.isoformat(),
                                            "detail": f"presented by device {device_id}, bound to {owner}"})
         return [change.ca] if change else []
+
+    async def _serial_taken(self, conn: AsyncConnection, info: _Cert, device_id: str, owner: str, bound_fp: str,
+                            now: datetime, status: str | None) -> Result:
+        """A certificate that cannot bind: another certificate of the same CA name and serial is bound (to
+        `owner`, under `bound_fp`). Its CA issued two certificates with one serial, or a customer CA was removed
+        and another registered under its name. A security event; the binding there is left as it is."""
+        await record_event(conn, at=now, kind="security.binding.refused", subject=device_id, actor="attestation",
+                           data={"reason": Verdict.CERTIFICATE_UNKNOWN.value, "fingerprint_sha256": info.fp,
+                                 "serial": info.serial, "ca": info.ca, "bound_fingerprint_sha256": bound_fp,
+                                 "bound_to": owner})
+        log.warning("security.binding.refused", device=device_id, serial=info.serial, ca=info.ca,
+                    reason=Verdict.CERTIFICATE_UNKNOWN.value, bound_to=owner)
+        return fail(Verdict.CERTIFICATE_UNKNOWN, f"another certificate of CA {info.ca!r} with serial {info.serial} is "
+                    "bound: the CA issued two certificates with one serial, or another CA was registered under its "
+                    "name (register it under a name of its own); the attempt was recorded", device_status=status)
 
     @staticmethod
     async def _as_issued(conn: AsyncConnection, info: _Cert) -> bool:

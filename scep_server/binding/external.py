@@ -8,10 +8,12 @@ CA's policy decides (fail-closed: not managed; fail-open: managed unless the las
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Callable, Iterable
 
 import sqlalchemy as sa
 import structlog
@@ -29,11 +31,27 @@ from trustkit import paging
 from trustkit.clock import aware
 from trustkit.db import writer
 from trustkit.paging import Page, PageRequest
+from ..ca.rollover import successor_name
 from ..store.events import record_event
+from ..store.tables import cas
 from .errors import ExternalCaError, ExternalCaNotFound, InvalidInput
 from .tables import external_cas
 
 log = structlog.get_logger("binding.external")
+
+
+def _lineage_base(name: str) -> str:
+    """A CA name without its rollover generation ("default-g3" -> "default"; see `successor_name`)."""
+    m = re.fullmatch(r"(.+)-g(\d+)", name)
+    return m.group(1) if m else name
+
+
+def _ours(name: str, our_names: Iterable[str]) -> str | None:
+    """The CA of ours whose name `name` is, or would be after rollovers (``default``, ``default-g2``,
+    ``default-g3`` ...), or None. A binding names its certificate's CA by name: an external CA under such a name
+    could issue certificates with the serials of ours."""
+    base = _lineage_base(name)
+    return next((ours for ours in our_names if ours == name or _lineage_base(ours) == base), None)
 
 
 @dataclass(frozen=True)
@@ -123,8 +141,12 @@ def checker_settings(crl_section) -> CheckerSettings:
 class ExternalCas:
     """The registered external CAs (in the database) and this process's CRL checker for them."""
 
-    def __init__(self, engine: AsyncEngine, checker: CrlChecker, *, reload_seconds: float = 10.0):
+    def __init__(self, engine: AsyncEngine, checker: CrlChecker, *, reload_seconds: float = 10.0,
+                 our_names: Callable[[], Iterable[str]] | None = None):
         self.engine = engine
+        # the names of this deployment's own CAs known to the process (its runtime's, its CA directory's): with those
+        # the database records, no external CA may be registered under one of them (`_ours`)
+        self.our_names = our_names or (lambda: ())
         self.checker = checker
         self.reload_seconds = reload_seconds
         self._known: dict[str, str] = {}  # name -> fingerprint of what the checker holds
@@ -153,6 +175,12 @@ class ExternalCas:
         der = cert.public_bytes(serialization.Encoding.DER)
         fp = hashlib.sha256(der).hexdigest()
         async with writer(self.engine).begin() as conn:
+            ours = _ours(name, [*self.our_names(), *(await conn.execute(
+                sa.select(cas.c.name).where(cas.c.kind == "issuing"))).scalars()])
+            if ours is not None:
+                raise ExternalCaError(
+                    f"{name!r} is a name of this server's CA {ours!r} or of one of its rollover successors "
+                    f"({successor_name(ours)!r}, ...): choose another name for the external CA")
             clash = (await conn.execute(sa.select(external_cas.c.name).where(
                 sa.or_(external_cas.c.name == name, external_cas.c.fingerprint_sha256 == fp)))).first()
             if clash is not None:

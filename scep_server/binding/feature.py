@@ -33,6 +33,18 @@ def forget_hint(ca: str) -> str:
             f"(or POST /api/v1/external-cas/{quote(ca, safe='')}/forget-crls)")
 
 
+def _our_ca_names(runtime: "Runtime") -> list[str]:
+    """This deployment's CA names known here: the configured one, the runtime's, the CA directory's."""
+    from ..ca.names import ca_names
+
+    names = [runtime.settings.ca.name, *runtime.cas]
+    try:
+        names += ca_names(runtime.settings)
+    except OSError:  # no CA directory here (another instance holds it): the database's record of our CAs counts
+        pass
+    return names
+
+
 @contextlib.asynccontextmanager
 async def open_binding(runtime: "Runtime") -> AsyncIterator[BindingServices]:
     cfg = runtime.settings.binding
@@ -40,7 +52,8 @@ async def open_binding(runtime: "Runtime") -> AsyncIterator[BindingServices]:
     notify = runtime.revocation.notify_changed
     checker = CrlChecker(settings=checker_settings(runtime.settings.crl), clock=runtime.clock,
                          state=CheckerStateStore(runtime.engine, clock=runtime.clock), forget_hint=forget_hint)
-    external = ExternalCas(runtime.engine, checker, reload_seconds=cfg.external_ca_reload_seconds)
+    external = ExternalCas(runtime.engine, checker, reload_seconds=cfg.external_ca_reload_seconds,
+                           our_names=lambda: _our_ca_names(runtime))
     svc = BindingServices(
         devices=DeviceStore(runtime.engine, clock=runtime.clock, notify_changed=notify),
         attestation=AttestationService(

@@ -29,6 +29,10 @@ device_certs = sa.Table(
     "device_certs",
     metadata,
     sa.Column("fingerprint_sha256", sa.String(64), primary_key=True),  # SHA-256 of the certificate DER
+    # SHA-256 of its TBSCertificate: another encoding of the certificate (an ECDSA signature re-encoded) has the
+    # same; a certificate of the same (ca, serial) with another TBSCertificate is another certificate. NULL for a
+    # binding made before binding_0008: only its fingerprint identifies it
+    sa.Column("tbs_sha256", sa.String(64)),
     sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id"), nullable=False),
     sa.Column("ca", sa.String(64), nullable=False),  # our CA's name, or a registered external CA's
     sa.Column("external", sa.Boolean, nullable=False),
