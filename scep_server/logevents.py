@@ -135,6 +135,10 @@ EVENTS: tuple[Event, ...] = (
        "activated by the command line or another process); `issuing`: it now issues from it"),
     _e("ca.load_failed", "warning", "ca error", "a CA added since the start could not be loaded yet (its files "
        "being written); the next round of the RA job tries again"),
+    _e("ca.skipped", "warning", "ca error", "with the keys in a PKCS#11 token, a CA other than the issuing one "
+       "was left out: the token does not hold its keys, or not as the keys of its certificates (an old "
+       "generation's key deleted, a directory of a file-based rollover); the server starts without it and its "
+       "CRL is no longer published; a restart loads it again once its keys are back"),
     # SCEP and enrolment
     _e("scep.transaction", "info", "profile transaction_id message_type outcome serial fail_info fail_text duration_ms",
        "one SCEP PKIOperation answered (SUCCESS, FAILURE or PENDING)"),

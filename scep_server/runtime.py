@@ -132,6 +132,8 @@ class Runtime:
     # told of each CA loaded after the start (a rollover activated elsewhere: scep_server.ca.lifecycle)
     ca_listeners: "list[Callable[[str], Awaitable[None]]]" = field(default_factory=list)
     ca_pick_up: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    # CA name -> why: an earlier CA whose keys are not in the PKCS#11 token, not loaded (runtime._load_token_cas)
+    skipped_cas: dict[str, str] = field(default_factory=dict)
     _profiles: "ProfileStore | None" = field(default=None, repr=False)
     _certificates: "CertificateQueries | None" = field(default=None, repr=False)
     _mdm: "MdmService | None" = field(default=None, repr=False)
@@ -405,13 +407,16 @@ async def _create_default_profile(store: "ProfileStore", ca: str, path: Path, no
     return True
 
 
-def load_cas(settings: Settings) -> "dict[str, CertificateAuthority]":
+def load_cas(settings: Settings, skipped: dict[str, str] | None = None) -> "dict[str, CertificateAuthority]":
+    """The CAs of the deployment with their keys, the issuing one first. With the keys in a PKCS#11 token a CA
+    other than the issuing one whose keys are not there (or not its) is left out, named in ``skipped`` with
+    why (see _load_token_cas)."""
     from .ca.authority import load_ca
     from .ca.keys import load_or_create_passphrase
 
     names = ca_names(settings)
-    if settings.ca.key_backend == "pkcs11":
-        return _load_token_cas(settings, names)  # every CA's keys in the token, by its directory's labels
+    if settings.ca.key_backend == "pkcs11":  # every CA's keys in the token, by its directory's labels
+        return _load_token_cas(settings, names, {} if skipped is None else skipped)
     try:
         passphrase = load_or_create_passphrase(settings.ca.passphrase_env, settings.passphrase_path(),
                                                keys_in=settings.ca_dir().parent)
@@ -430,19 +435,38 @@ def load_cas(settings: Settings) -> "dict[str, CertificateAuthority]":
     return cas
 
 
-def _load_token_cas(settings: Settings, names: list[str]) -> "dict[str, CertificateAuthority]":
+def _load_token_cas(settings: Settings, names: list[str], skipped: dict[str, str]
+                    ) -> "dict[str, CertificateAuthority]":
     """The CAs whose keys are in the token, over one pool of sessions: the first CA's keys by the settings'
-    labels, those of a CA made by a rollover by the labels its directory records (scep_server.ca.keylabels)."""
-    from .ca.authority import load_ca
-    from .ca.pkcs11 import HsmError
+    labels, those of a CA made by a rollover by the labels its directory records (scep_server.ca.keylabels).
 
+    The issuing CA (``names[0]``) must load (CaKeysUnavailable otherwise), and so must every CA while the token
+    cannot be used. An earlier CA whose keys the token does not hold, or holds but not as the keys of its
+    certificates (an old generation's key deleted from the token, a directory of a file-based rollover made
+    before the keys moved to the token), is left out with a warning (``ca.skipped``) and recorded in
+    ``skipped``: the server issues, and that CA's CRL is no longer published (README "PKCS#11")."""
+    from .ca.authority import load_ca
+    import structlog
+
+    from .ca.pkcs11 import HsmError, TokenUnavailable
+
+    log = structlog.get_logger("ca")
     store, cas, name = None, {}, names[0]
     try:
         store = key_store(settings)
         for name in names:
-            cas[name] = load_ca(settings.ca_dir(name), name=name, passphrase=b"", key_store=store,
-                                base_url=settings.server.public_base_url(), ca_decrypts=settings.ca.ca_key_decrypts())
-    except (HsmError, ValueError) as exc:
+            try:
+                cas[name] = load_ca(settings.ca_dir(name), name=name, passphrase=b"", key_store=store,
+                                    base_url=settings.server.public_base_url(),
+                                    ca_decrypts=settings.ca.ca_key_decrypts())
+            except TokenUnavailable:
+                raise
+            except (HsmError, ValueError, TypeError) as exc:
+                if name == names[0]:
+                    raise
+                skipped[name] = f"{exc.__class__.__name__}: {exc}"
+                log.warning("ca.skipped", ca=name, error=skipped[name])
+    except (HsmError, ValueError, TypeError) as exc:
         if store is not None:
             store.close()
         where = f" for CA {name!r}" if len(names) > 1 else ""
@@ -481,8 +505,9 @@ async def open_runtime(settings: Settings, *, clock: Clock = utcnow, uses: Uses 
     engine = _engine(settings)
     try:
         async with contextlib.AsyncExitStack() as stack:
+            skipped: dict[str, str] = {}
             runtime = Runtime(settings=settings, engine=engine, clock=clock, tokens=TokenStore(engine, clock=clock),
-                              cas=LoadedCas(load_cas(settings) if uses.ca_keys else {}))
+                              cas=LoadedCas(load_cas(settings, skipped) if uses.ca_keys else {}), skipped_cas=skipped)
             stack.callback(release_keys, runtime.cas)  # last, after the SCEP threads have stopped
             if uses.revocation:
                 from .ca.revocation import RevocationService

@@ -80,7 +80,7 @@ def rollover_prepare(ctx: Context, name: str | None, cross_sign: bool, subject: 
     server serves it at GetNextCACert within ca.ra_check_interval."""
     from ..runtime import Uses
     from . import lifecycle
-    from .rollover import LabelTaken, RolloverPrepared
+    from .rollover import LabelTaken, PrepareNotUndone, RolloverPrepared
 
     name = _ca_name(ctx, name)
 
@@ -91,7 +91,7 @@ def rollover_prepare(ctx: Context, name: str | None, cross_sign: bool, subject: 
 
     try:
         prepared = run(go())
-    except (RolloverPrepared, LabelTaken, ValueError) as exc:
+    except (RolloverPrepared, LabelTaken, PrepareNotUndone, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     if fmt == "json":
         click.echo(json.dumps(prepared, indent=2))

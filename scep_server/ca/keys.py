@@ -80,6 +80,9 @@ class KeyStore(Protocol):
     def label_taken(self, label: str) -> bool:
         """Whether an object of the store has this label already."""
 
+    def discard_generated(self) -> list[str]:
+        """Delete the keys this store generated (a prepare that failed after making some); their labels."""
+
 
 _OAEP_HASHES = {"sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256, "sha384": hashes.SHA384,
                 "sha512": hashes.SHA512}

@@ -105,24 +105,35 @@ async def pick_up_cas(runtime: "Runtime") -> list[str]:
         return []  # a process that did not open the CA keys
     from .names import ca_names
     from .authority import load_ca
+    from .pkcs11 import HsmError, TokenUnavailable
 
     async with runtime.ca_pick_up:
         names = await asyncio.to_thread(ca_names, runtime.settings)
-        if names[:1] == list(runtime.cas)[:1] and set(names) <= set(runtime.cas):
+        # an earlier CA left out because its keys are not in the token (runtime._load_token_cas, or below) is
+        # not looked for again; the issuing one always is
+        wanted = [name for i, name in enumerate(names) if i == 0 or name not in runtime.skipped_cas]
+        if names[:1] == list(runtime.cas)[:1] and set(wanted) <= set(runtime.cas):
             return []
         s = runtime.settings
         # the keys in a token: the sessions this process holds, each CA's keys by its directory's labels
         store = _deployment_key_store(runtime)
         loaded = {}
-        for name in names:
-            if name not in runtime.cas:
-                try:
-                    loaded[name] = await asyncio.to_thread(load_ca, s.ca_dir(name), name=name,
-                                                           passphrase=_ra_passphrase(runtime, store),
-                                                           base_url=s.server.public_base_url(),
-                                                           ca_decrypts=s.ca.ca_key_decrypts(), key_store=store)
-                except (OSError, ValueError, TypeError) as exc:  # being written now: the next round loads it
-                    log.warning("ca.load_failed", ca=name, error=f"{exc.__class__.__name__}: {exc}")
+        for name in wanted:
+            if name in runtime.cas:
+                continue
+            try:
+                loaded[name] = await asyncio.to_thread(load_ca, s.ca_dir(name), name=name,
+                                                       passphrase=_ra_passphrase(runtime, store),
+                                                       base_url=s.server.public_base_url(),
+                                                       ca_decrypts=s.ca.ca_key_decrypts(), key_store=store)
+            except (OSError, ValueError, TypeError, HsmError) as exc:
+                error = f"{exc.__class__.__name__}: {exc}"
+                if store is not None and name != names[0] and not isinstance(exc, (OSError, TokenUnavailable)):
+                    # an earlier CA whose keys the token does not hold (or not its): left out, as at the start
+                    runtime.skipped_cas[name] = error
+                    log.warning("ca.skipped", ca=name, error=error)
+                else:  # being written now, or the token away: the next round loads it
+                    log.warning("ca.load_failed", ca=name, error=error)
         names = [name for name in names if name in runtime.cas or name in loaded]
         ordered = {name: runtime.cas.get(name) or loaded[name] for name in names}
         ordered.update((name, ca) for name, ca in runtime.cas.items() if name not in ordered)

@@ -309,6 +309,16 @@ class SessionPool:
         """A key label the deployment uses: found again when the sessions are reopened, and by :meth:`probe`."""
         self._labels.add(label)
 
+    def untrack(self, label: str) -> None:
+        """A key label no longer used (its key was deleted): neither looked for when the sessions are reopened nor
+        by :meth:`probe`, and no key object of it is kept."""
+        self._labels.discard(label)
+        self._sign_failures.pop(label, None)
+        state = self._state
+        if state is not None:
+            for cache_key in [k for k in list(state.keys) if k[1] == label]:
+                state.keys.pop(cache_key, None)
+
     def private_key(self, session, label: str, key_class=None):
         """The private key object labelled `label` as seen from `session` (looked up once per session)."""
         state = self._state
@@ -513,6 +523,9 @@ class Pkcs11Keys:
         self.settings = settings
         self.pool = pool if pool is not None else SessionPool(settings)
         self.root = root if root is not None else self  # the store with the settings' labels
+        # (label, CKA_ID) of each key pair this store generated: the ID is random, given at generation, so an
+        # object with both is one of them (discard_generated)
+        self.generated: list[tuple[str, bytes]] = []
 
     def for_labels(self, labels: tuple[str, str] | None) -> "Pkcs11Keys":
         """The store whose CA and RA keys are labelled ``labels`` = (CA label, RA label), over the same sessions;
@@ -544,6 +557,30 @@ class Pkcs11Keys:
             raise HsmError(f"cannot search the token {self.pool.label!r} for the label {label!r}: "
                            f"{type(exc).__name__} {exc}".rstrip()) from None
 
+    def discard_generated(self) -> list[str]:
+        """Delete from the token the key pairs this store generated (a CA rollover's prepare that failed after
+        making some): the objects with the label and the random CKA_ID each was given, no other. The labels of
+        the pairs deleted; HsmError when the token refuses or cannot be reached (the pairs stay listed)."""
+        import pkcs11
+        from pkcs11 import Attribute
+
+        pairs = list(self.generated)
+
+        def delete(s, _key) -> None:
+            for label, key_id in pairs:
+                for obj in list(s.get_objects({Attribute.LABEL: label, Attribute.ID: key_id})):
+                    obj.destroy()
+
+        try:
+            self.pool.call(delete)
+        except pkcs11.PKCS11Error as exc:
+            raise HsmError(f"cannot delete the keys {', '.join(repr(label) for label, _ in pairs)} from PKCS#11 "
+                           f"token {self.pool.label!r}: {type(exc).__name__} {exc}".rstrip()) from None
+        for label, _ in pairs:
+            self.pool.untrack(label)
+        self.generated.clear()
+        return [label for label, _ in pairs]
+
     def close(self) -> None:
         self.pool.close()
 
@@ -568,7 +605,9 @@ class Pkcs11Keys:
         def find(s, _key):
             found = _find_public(s, label, self.pool.label)
             if found is None and create is not None:
-                found = _generate(s, label, *create, ca=ca)
+                key_id = secrets.token_bytes(16)
+                self.generated.append((label, key_id))  # before the call: a generation that fails half way too
+                found = _generate(s, label, *create, ca=ca, key_id=key_id)
             return found
 
         import pkcs11
@@ -637,13 +676,13 @@ def _find_public(session, label: str, token: str):
     raise HsmError(f"the key {label!r} in token {token!r} is {private.key_type.name}, not RSA or EC")
 
 
-def _generate(session, label: str, key_type: str, bits: int, *, ca: bool):
-    """A key pair made in the token: the private half sensitive, never extractable, stored on the token."""
+def _generate(session, label: str, key_type: str, bits: int, *, ca: bool, key_id: bytes):
+    """A key pair made in the token (CKA_ID ``key_id``): the private half sensitive, never extractable, stored on
+    the token."""
     from pkcs11 import Attribute, KeyType
     from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
     from pkcs11.util.rsa import encode_rsa_public_key
 
-    key_id = secrets.token_bytes(16)
     private = {Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.PRIVATE: True,
                Attribute.TOKEN: True, Attribute.SIGN: True, Attribute.DECRYPT: not ca,
                Attribute.UNWRAP: False, Attribute.DERIVE: False}

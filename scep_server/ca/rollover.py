@@ -46,6 +46,11 @@ class RolloverPrepared(Exception):
     """The CA directory already holds a next CA (or part of one)."""
 
 
+class PrepareNotUndone(RuntimeError):
+    """A prepare in the PKCS#11 token failed and what it had made (the next labels' record, key pairs it
+    generated) could not be removed; the message names what to delete before preparing again."""
+
+
 class LabelTaken(Exception):
     """A label the next CA's keys would get in the PKCS#11 token is there already: nothing is overwritten."""
 
@@ -83,22 +88,26 @@ def prepare(directory: Path, ca: CertificateAuthority, *, key_size: int, validit
     With a ``key_store`` (the current CA's: a PKCS#11 token) the keys are generated there, the CA key of
     ``key_type`` and ``key_size`` as `scep-server init` makes it, under :func:`next_labels`, which
     ``next-key-labels.json`` records (written before the keys are made: an interrupted prepare names them).
+    When anything fails after that record was written (a key the token refuses to generate, a full token, the
+    token gone), the key pairs generated in this call and then the record are removed, and the failure raised:
+    a retry starts afresh.
 
-    Raises RolloverPrepared when a next CA is there already, LabelTaken when a next label is in the token
-    already, ValueError for a subject that does not parse or that is the current CA's.
+    Raises RolloverPrepared when a next CA is there already (or a prepare was interrupted: the message names
+    what to delete), LabelTaken when a next label is in the token already, PrepareNotUndone when a failed
+    prepare could not remove what it made (the message names it), ValueError for a subject that does not parse
+    or that is the current CA's.
     """
     name = parse_name(subject) if subject else next_subject(ca.cert.subject)
     if name == ca.cert.subject:
         raise ValueError("the next CA needs a name of its own (the current CA's is taken)")
     with _directory_lock(directory):
         present = [f for f in (*NEXT_FILES, NEXT_LABELS_FILE) if (directory / f).exists()]
+        if present == [NEXT_LABELS_FILE] and not (directory / "next-ca.crt.activated").exists():
+            raise RolloverPrepared(f"a prepare of the next CA of {ca.name!r} was interrupted: "
+                                   f"{_leftover(directory)}, then prepare again")
         if present:
             raise RolloverPrepared(f"a next CA is already prepared in {directory} ({', '.join(present)})")
-        key: KeyOps
-        ra_key: KeyOps
-        if key_store is None:
-            key = FileKey.generate(key_size)
-        else:
+        if key_store is not None:
             labels = next_labels(key_store)
             taken = [label for label in labels if key_store.label_taken(label)]
             if taken:
@@ -108,38 +117,93 @@ def prepare(directory: Path, ca: CertificateAuthority, *, key_size: int, validit
                                  "interrupted prepare left there with the token's tools first)")
             write_labels(directory / NEXT_LABELS_FILE, labels)
             next_store = key_store.for_labels(labels)
-            key = next_store.ca_key(create=(key_type, key_size))
-        not_before = now - timedelta(minutes=5)
-        not_after = now + timedelta(days=validity_days)
-        builder = (x509.CertificateBuilder().subject_name(name).public_key(key.public_key())
-                   .not_valid_before(not_before).not_valid_after(not_after))
-        new_ca = key.sign_certificate(_ca_extensions(
-            builder.issuer_name(name).serial_number(random_serial()), key.public_key()), hashes.SHA256())
-        if key_store is None:
-            ra_key = FileKey.generate(RA_KEY_BITS)
-        else:
-            ra_key = next_store.ra_key(create=("rsa", RA_KEY_BITS))
-        ra_cert = issue_ra_cert(new_ca, key, ra_key.public_key(), subject=ca.ra_cert.subject.rfc4514_string(),
-                                validity_days=ra_validity_days, base_url=ca.base_url,
-                                ca_name=successor_name(ca.name), now=now)
-        out = [new_ca, ra_cert]
-        if cross_sign:
-            cross = (x509.CertificateBuilder().subject_name(name).issuer_name(ca.cert.subject)
-                     .public_key(key.public_key()).serial_number(random_serial()).not_valid_before(not_before)
-                     .not_valid_after(min(not_after, ca.cert.not_valid_after_utc)))
-            ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-            cross = (cross.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                     .add_extension(new_ca.extensions.get_extension_for_class(x509.KeyUsage).value, critical=True)
-                     .add_extension(ski, critical=False)
-                     .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca.ski),
-                                    critical=False))
-            out.append(ca.key.sign_certificate(cross, hashes.SHA256()))
-        if isinstance(key, FileKey) and isinstance(ra_key, FileKey):
-            key.save(directory / "next-ca.key", passphrase)
-            ra_key.save(directory / "next-ra.key", passphrase)
-        durable_write(directory / "next-ca.crt",
-                      b"".join(c.public_bytes(serialization.Encoding.PEM) for c in out), mode=0o644, exclusive=True)
-        return out
+        try:
+            return _prepare(directory, ca, name, key_size=key_size, validity_days=validity_days,
+                            ra_validity_days=ra_validity_days, passphrase=passphrase, now=now, cross_sign=cross_sign,
+                            next_store=next_store if key_store is not None else None, key_type=key_type)
+        except BaseException as exc:
+            if key_store is not None and not (directory / "next-ca.crt").exists():
+                _undo_prepare(directory, ca.name, next_store, exc)
+            raise
+
+
+def _leftover(directory: Path) -> str:
+    """What to delete after a prepare in the token that stopped before writing next-ca.crt."""
+    path = directory / NEXT_LABELS_FILE
+    try:
+        labels = read_labels(path)
+    except ValueError:
+        labels = None
+    keys = (f"the key objects labelled {labels[0]!r} and {labels[1]!r} it may have left in the PKCS#11 token "
+            "(with the token's tools), then ") if labels else ""
+    return f"delete {keys}{path}"
+
+
+def _undo_prepare(directory: Path, name: str, next_store: KeyStore, exc: BaseException) -> None:
+    """A prepare in the token failed after recording the next labels: delete the key pairs it generated (by
+    label and the CKA_ID each got, none other) and then the record, so that a retry works. PrepareNotUndone,
+    naming what is left to remove, when that fails."""
+    left: list[str] = []
+    try:
+        next_store.discard_generated()
+    except Exception as cleanup:  # noqa: BLE001 - reported below with what to remove
+        ca_label, ra_label = next_store.labels()
+        left.append(f"the key objects labelled {ca_label!r} and {ra_label!r} in the PKCS#11 token ({cleanup})")
+    if not left:  # the record goes last: while keys it names may be in the token, it names them
+        try:
+            (directory / NEXT_LABELS_FILE).unlink(missing_ok=True)
+        except OSError as cleanup:
+            left.append(f"{directory / NEXT_LABELS_FILE} ({cleanup.strerror})")
+    else:
+        left.append(str(directory / NEXT_LABELS_FILE))
+    if left:
+        raise PrepareNotUndone(f"preparing the next CA of {name!r} failed ({type(exc).__name__}: {exc}) and what it "
+                               f"made could not be removed: delete {' and then '.join(left)} (the keys with the "
+                               "token's tools), then prepare again") from exc
+
+
+def _prepare(directory: Path, ca: CertificateAuthority, name: x509.Name, *, key_size: int, validity_days: int,
+             ra_validity_days: int, passphrase: bytes, now: datetime, cross_sign: bool, next_store: KeyStore | None,
+             key_type: str) -> list[x509.Certificate]:
+    """`prepare` once the next CA may be written: its keys (in files, or generated in ``next_store``'s token),
+    its certificates, and last next-ca.crt."""
+    key: KeyOps
+    ra_key: KeyOps
+    if next_store is None:
+        key = FileKey.generate(key_size)
+    else:
+        key = next_store.ca_key(create=(key_type, key_size))
+    not_before = now - timedelta(minutes=5)
+    not_after = now + timedelta(days=validity_days)
+    builder = (x509.CertificateBuilder().subject_name(name).public_key(key.public_key())
+               .not_valid_before(not_before).not_valid_after(not_after))
+    new_ca = key.sign_certificate(_ca_extensions(
+        builder.issuer_name(name).serial_number(random_serial()), key.public_key()), hashes.SHA256())
+    if next_store is None:
+        ra_key = FileKey.generate(RA_KEY_BITS)
+    else:
+        ra_key = next_store.ra_key(create=("rsa", RA_KEY_BITS))
+    ra_cert = issue_ra_cert(new_ca, key, ra_key.public_key(), subject=ca.ra_cert.subject.rfc4514_string(),
+                            validity_days=ra_validity_days, base_url=ca.base_url,
+                            ca_name=successor_name(ca.name), now=now)
+    out = [new_ca, ra_cert]
+    if cross_sign:
+        cross = (x509.CertificateBuilder().subject_name(name).issuer_name(ca.cert.subject)
+                 .public_key(key.public_key()).serial_number(random_serial()).not_valid_before(not_before)
+                 .not_valid_after(min(not_after, ca.cert.not_valid_after_utc)))
+        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        cross = (cross.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                 .add_extension(new_ca.extensions.get_extension_for_class(x509.KeyUsage).value, critical=True)
+                 .add_extension(ski, critical=False)
+                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca.ski),
+                                critical=False))
+        out.append(ca.key.sign_certificate(cross, hashes.SHA256()))
+    if isinstance(key, FileKey) and isinstance(ra_key, FileKey):
+        key.save(directory / "next-ca.key", passphrase)
+        ra_key.save(directory / "next-ra.key", passphrase)
+    durable_write(directory / "next-ca.crt",
+                  b"".join(c.public_bytes(serialization.Encoding.PEM) for c in out), mode=0o644, exclusive=True)
+    return out
 
 
 class NotPrepared(Exception):
@@ -170,6 +234,9 @@ def activate(root: Path, name: str, passphrase: bytes | None = None, key_store: 
                               f"{'in a PKCS#11 token' if in_token else 'files'} now (ca.key_backend): it cannot be "
                               "activated")
         missing = [f for f in (NEXT_TOKEN_FILES if in_token else NEXT_FILES) if not (directory / f).exists()]
+        if in_token and missing == ["next-ca.crt"] and not (directory / "next-ca.crt.activated").exists():
+            raise NotPrepared(f"no next CA is prepared for {name!r}: its prepare was interrupted; "
+                              f"{_leftover(directory)} and run `ca rollover prepare` again")
         if missing:
             raise NotPrepared(f"no next CA is prepared for {name!r} ({', '.join(missing)} missing): run "
                               "`ca rollover prepare` first")

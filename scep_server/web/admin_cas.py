@@ -35,7 +35,7 @@ async def renew_ra(request: web.Request) -> web.Response:
 
 @requires("admin")
 async def prepare_rollover(request: web.Request) -> web.Response:
-    from ..ca.rollover import LabelTaken, RolloverPrepared
+    from ..ca.rollover import LabelTaken, PrepareNotUndone, RolloverPrepared
 
     body = await read_json_object(request, empty={})
     unknown = sorted(set(body) - {"cross_sign", "subject"})
@@ -53,6 +53,8 @@ async def prepare_rollover(request: web.Request) -> web.Response:
         raise Conflict(str(exc), code="rollover_prepared") from None
     except LabelTaken as exc:
         raise Conflict(str(exc), code="key_label_taken") from None
+    except PrepareNotUndone as exc:
+        raise Conflict(str(exc), code="rollover_prepare_not_undone") from None
     except ValueError as exc:
         raise BadRequest(f"subject: {exc}", code="invalid_input") from None
     return web.json_response(prepared)
