@@ -68,8 +68,8 @@ class ServerSettings(BaseModel):
         "answer nor the connection. Smaller answers are not timed")
     send_min_rate: int = Field(
         65536, ge=1, description="bytes per second a large answer must leave at, on average, once "
-        "send_timeout_seconds have passed (64 KiB/s: a 46 MB CRL may take 12 minutes); bytes the system's socket "
-        "buffers took count as sent")
+        "send_timeout_seconds have passed (64 KiB/s: a 46 MB CRL may take 12 minutes); sent is what the client's "
+        "side took (on Linux what its TCP acknowledged), not what the system's send buffer holds")
     reuse_port: bool = Field(
         True, description="with several workers, each listens on a socket of its own on the same port "
         "(SO_REUSEPORT, where the system has it) and the kernel spreads new connections across them; with one "

@@ -58,8 +58,8 @@ EVENTS: tuple[Event, ...] = (
        "connection was closed"),
     _e("http.send_timeout", "info", "method route client sent size seconds",
        "a large answer (32 KiB or more) was not sent within server.send_timeout_seconds plus one second per "
-       "server.send_min_rate bytes sent, or made no progress for server.send_timeout_seconds (sent: bytes that left "
-       "the process, size: the body's): the client reads slower than that or not at all; its connection was reset "
+       "server.send_min_rate bytes sent, or made no progress for server.send_timeout_seconds (sent: bytes the "
+       "client's side took, size: the body's): the client reads slower than that or not at all; its connection was reset "
        "(http_send_timeouts_total)"),
     _e("http.database_unavailable", "warning", "method path error",
        "the database is unreachable; the client got a 503"),

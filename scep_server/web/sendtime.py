@@ -12,11 +12,14 @@ Here a body of :data:`LARGE` bytes or more is written in slices of :data:`CHUNK`
 high-water mark), each written once the transport has drained below its low-water mark. The body must have been
 sent within ``server.send_timeout_seconds`` plus one second for every ``server.send_min_rate`` bytes sent so far
 (the rule of the request body's deadline, :mod:`scep_server.web.bodytime`, in the other direction), and the
-transport must take a slice at least every ``server.send_timeout_seconds`` (nginx's ``send_timeout``). "Sent" is
-what left this process: the bytes the system took, in its socket buffers or on the wire. The system's buffers take
-a few MB at once from a client that reads nothing, which the rate alone would credit with minutes; the second rule
-cuts that client ``send_timeout_seconds`` after they are full. A client that keeps reading at least the rate is
-never cut, however large the answer. Past the deadline the connection is reset (closed at once, what this
+client must take more of it at least every ``server.send_timeout_seconds`` (nginx's ``send_timeout``). "Sent" is
+what the client's side took: on Linux the bytes its TCP acknowledged (what this process handed the system, less
+what the system still holds unacknowledged, SIOCOUTQ), elsewhere what the system took. The system's send buffer
+takes megabytes at once and wakes a writer only once a third of it has drained, so what this process hands it
+says neither that a client reads (one reading at the rate may not drain a third of a 4 MB buffer within the
+stall time) nor that it stopped. A client that reads nothing still has its receive buffer filled; the second
+rule cuts it ``send_timeout_seconds`` after that. A client that keeps reading at least the rate is never cut,
+however large the answer. Past the deadline the connection is reset (closed at once, what this
 process and the system had buffered for it dropped, as nginx's ``reset_timedout_connection``), the log has one
 ``http.send_timeout`` line and the metric ``http_send_timeouts_total`` counts it by route.
 
@@ -31,8 +34,10 @@ or cut, or its connection is gone: the request's task runs the route and then se
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import socket
 import struct
+import termios
 from typing import Callable
 
 import structlog
@@ -53,6 +58,19 @@ CHUNK = 64 * 1024
 
 
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
+_SIOCOUTQ = getattr(termios, "TIOCOUTQ", None)  # Linux: a TCP socket's bytes sent but not acknowledged, or unsent
+
+
+def _unacknowledged(sock: socket.socket | None) -> int:
+    """The bytes of a TCP socket's send buffer the client's side has not acknowledged (Linux SIOCOUTQ), 0 where
+    the system cannot say. The system's buffer takes megabytes at once and wakes a writer only once a third of it
+    drained: what the transport handed it is not what the client took."""
+    if sock is None or _SIOCOUTQ is None:
+        return 0
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):  # closed meanwhile, or not a TCP socket
+        return 0
 
 
 class _Sending:
@@ -60,7 +78,7 @@ class _Sending:
     rate and keeps leaving, and aborts the connection when it falls behind or stalls."""
 
     __slots__ = ("_request", "_transport", "_loop", "_start", "_base", "_rate", "_size", "handed", "progress",
-                 "handle")
+                 "acked", "handle")
 
     def __init__(self, request: web.BaseRequest, transport: asyncio.Transport, base: float, rate: int,
                  size: int) -> None:
@@ -68,7 +86,8 @@ class _Sending:
         self._request = request
         self._transport = transport
         self._loop = loop
-        self._start = self.progress = loop.time()  # progress: when the transport last took a slice
+        self._start = self.progress = loop.time()  # progress: when the client last took more of the answer
+        self.acked = 0  # bytes the client's side has taken, as last seen
         self._base = base
         self._rate = rate
         self._size = size
@@ -82,9 +101,12 @@ class _Sending:
             # own. A transport closing with bytes still buffered waits for the client to read them: a client that
             # half-closes (FIN) and reads nothing makes asyncio close the transport that way, so the deadline holds
             return
-        sent = self.handed - transport.get_write_buffer_size()
-        due = self._start + self._base + sent / self._rate
+        sock = transport.get_extra_info("socket")
+        sent = self.handed - transport.get_write_buffer_size() - _unacknowledged(sock)
         now = self._loop.time()
+        if sent > self.acked:  # the client took more since the last look: it is reading
+            self.acked, self.progress = sent, now
+        due = self._start + self._base + sent / self._rate
         stalled_until = self.progress + self._base
         if now < due and now < stalled_until:  # still leaving, at the minimum rate
             self.handle = self._loop.call_at(min(due, stalled_until), self._check)
@@ -94,7 +116,6 @@ class _Sending:
         log.info("http.send_timeout", method=request.method, route=route, client=client.client_address(request),
                  sent=sent, size=self._size, seconds=round(now - self._start, 1))
         metrics.send_timeout(route)
-        sock = transport.get_extra_info("socket")
         if sock is not None:  # reset, not closed: the system drops what its buffers hold for this client too
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
@@ -138,15 +159,13 @@ class PacedBody(Payload):
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the connection was closed before the answer was sent")
         sending = _Sending(self._request, transport, self._base, self._rate, len(view))
-        loop = asyncio.get_running_loop()
         try:
             for offset in range(0, len(view), CHUNK):
                 chunk = view[offset:offset + CHUNK]
-                # aiohttp's write hands the slice to the transport and, once it holds more than 64 KiB, waits
-                # for it to drain (the only wait, and the one the deadline ends)
-                await writer.write(chunk)
+                # aiohttp's write hands the slice to the transport at once and, once it holds more than 64 KiB,
+                # waits for it to drain (the only wait, and the one the deadline ends): counted as handed before
                 sending.handed += len(chunk)
-                sending.progress = loop.time()
+                await writer.write(chunk)
         finally:
             sending.handle.cancel()
 

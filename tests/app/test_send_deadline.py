@@ -134,3 +134,51 @@ async def test_a_client_that_half_closes_and_reads_nothing_is_cut_too():
         for s in socks:
             s.close()
         await runner.cleanup()
+
+
+async def test_a_client_reading_at_the_rate_is_not_cut_by_the_systems_send_buffer():
+    """The system's send buffer wakes a writer only once a third of it has drained: what the transport handed the
+    system says nothing of a client reading. One reading at four times the minimum rate, slower than a third of the
+    buffer drains within the stall time, was cut at the first wait; it gets the whole answer. (Linux grows the
+    buffer to 4 MB, a 21 s wait at 64 KiB/s; here 128 KiB, the stall time and the rates scaled down with it.)"""
+    import asyncio
+    import socket
+    import time
+
+    body = bytes(range(256)) * 768  # 192 KiB: more than the system's buffer takes at once
+
+    async def big(request):
+        sock = request.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)  # the system doubles it
+        return web.Response(body=body, content_type="application/pkix-crl")
+
+    app = web.Application(middlewares=[sendtime.middleware(0.5, 8 * 1024)])  # 0.5 s, then 8 KiB/s
+    app.router.add_get("/big", big)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+
+    def fetch(rate: int) -> bytes:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", port))
+            s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            s.settimeout(10)
+            data, started = b"", time.monotonic()
+            while True:
+                try:
+                    chunk = s.recv(2048)
+                except OSError:  # reset: cut
+                    return data
+                if not chunk:
+                    return data
+                data += chunk
+                time.sleep(max(0.0, started + len(data) / rate - time.monotonic()))
+
+    try:
+        got = await asyncio.get_running_loop().run_in_executor(None, fetch, 32 * 1024)
+    finally:
+        await runner.cleanup()
+    assert got.endswith(body) and len(got) - len(body) < 1024, len(got)  # the headers and the whole body
