@@ -243,7 +243,8 @@ class SqlRepository:
             binding = (await conn.execute(
                 sa.select(device_certs.c.state, device_certs.c.device_id, devices.c.status)
                 .join(devices, devices.c.id == device_certs.c.device_id)
-                .where(device_certs.c.ca == record.ca, device_certs.c.serial == record.serial))).first()
+                .where(device_certs.c.ca == record.ca, device_certs.c.serial == record.serial,
+                       device_certs.c.external.is_(False)))).first()  # ours: never a customer CA's of that name
             if binding is None and record.enrolled_device_id:
                 named = (await conn.execute(sa.select(devices.c.status).where(
                     devices.c.id == record.enrolled_device_id))).first()
