@@ -92,6 +92,18 @@ async def test_a_large_body_is_written_in_slices_byte_for_byte(monkeypatch):
     assert max(map(len, writer.chunks)) == sendtime.CHUNK and len(writer.chunks) == -(-len(BODY) // sendtime.CHUNK)
 
 
+async def serving(route, base: float, rate: int) -> tuple[web.AppRunner, int]:
+    """`route` at GET /big behind the send deadline (`base` seconds, then `rate` bytes a second), on a loopback
+    port: the runner (to clean up) and the port."""
+    app = web.Application(middlewares=[sendtime.middleware(base, rate)])
+    app.router.add_get("/big", route)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]
+
+
 async def test_a_client_that_half_closes_and_reads_nothing_is_cut_too():
     """A FIN from the client makes asyncio close the transport once its buffer has drained (aiohttp does not keep a
     half-closed connection open): the transport is closing with the answer still buffered, and a client that never
@@ -108,13 +120,7 @@ async def test_a_client_that_half_closes_and_reads_nothing_is_cut_too():
         sendtime.after_send(request, lambda: released.__setitem__(tag, True))
         return web.Response(body=b"x" * (8 * 1024 * 1024), content_type="application/pkix-crl")
 
-    app = web.Application(middlewares=[sendtime.middleware(1.0, 65536)])
-    app.router.add_get("/big", big)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    runner, port = await serving(big, 1.0, 65536)
     socks = []
     try:
         for tag in ("open", "half-closed"):
@@ -152,13 +158,7 @@ async def test_a_client_reading_at_the_rate_is_not_cut_by_the_systems_send_buffe
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)  # the system doubles it
         return web.Response(body=body, content_type="application/pkix-crl")
 
-    app = web.Application(middlewares=[sendtime.middleware(0.5, 8 * 1024)])  # 0.5 s, then 8 KiB/s
-    app.router.add_get("/big", big)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    runner, port = await serving(big, 0.5, 8 * 1024)  # 0.5 s, then 8 KiB/s
 
     def fetch(rate: int) -> bytes:
         with socket.socket() as s:
