@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
+from pathlib import Path
 
 import aiohttp
 import structlog
@@ -27,6 +28,20 @@ def cli(*args: str, env: dict | None = None, code: int = 0) -> str:
     if code and result.exception is not None and not isinstance(result.exception, SystemExit):
         raise AssertionError(f"the command failed with a traceback, not a message: {result.exception!r}")
     return result.output
+
+
+def data_with_a_key(root: Path, serial: int) -> Path:
+    """A data directory under `root` after `init`, with the OTP key of YubiKey `serial` imported."""
+    from scep_server.cli import main
+    from tests.otp.conftest import make_key, secrets_file
+
+    data = root / "data"
+    cli("--data-dir", str(data), "init")
+    result = CliRunner().invoke(main, ["--data-dir", str(data), "yubikey", "import", "-"],
+                                input=secrets_file([make_key(serial)]).decode(),
+                                env={"SCEP_SERVER_LOG__LEVEL": "warning"})
+    assert result.exit_code == 0, result.output
+    return data
 
 
 async def ra_der(url: str) -> bytes:

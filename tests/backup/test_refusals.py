@@ -10,25 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from .support import cli
+from .support import cli, data_with_a_key
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> tuple[Path, Path]:
     """(a data directory after `init` with an OTP key imported, a backup of it)."""
-    from tests.otp.conftest import make_key, secrets_file
-
     root = tmp_path_factory.mktemp("made")
-    data = root / "data"
-    cli("--data-dir", str(data), "init")
-    from click.testing import CliRunner
-
-    from scep_server.cli import main
-
-    result = CliRunner().invoke(main, ["--data-dir", str(data), "yubikey", "import", "-"],
-                                input=secrets_file([make_key(800_001)]).decode(),
-                                env={"SCEP_SERVER_LOG__LEVEL": "warning"})
-    assert result.exit_code == 0, result.output
+    data = data_with_a_key(root, 800_001)
     cli("--data-dir", str(data), "backup", str(root / "backup"))
     return data, root / "backup"
 

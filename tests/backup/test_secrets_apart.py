@@ -17,7 +17,7 @@ from tests.otp.conftest import make_key, secrets_file
 from tests.scep_load.conftest import distinct_keys
 from tests.server import start_app
 
-from .support import cli, enrol, ra_der
+from .support import cli, data_with_a_key, enrol, ra_der
 
 SECRETS = {"ca-passphrase", "otp-kek.key", "default-challenge.txt"}
 
@@ -96,17 +96,8 @@ async def test_secrets_written_apart_are_not_in_the_backup_and_restore_from_thei
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(a data directory after `init` with an OTP key imported, a backup of it, its secrets written apart)."""
-    from click.testing import CliRunner
-
-    from scep_server.cli import main
-
     root = tmp_path_factory.mktemp("apart")
-    data = root / "data"
-    cli("--data-dir", str(data), "init")
-    result = CliRunner().invoke(main, ["--data-dir", str(data), "yubikey", "import", "-"],
-                                input=secrets_file([make_key(800_101)]).decode(),
-                                env={"SCEP_SERVER_LOG__LEVEL": "warning"})
-    assert result.exit_code == 0, result.output
+    data = data_with_a_key(root, 800_101)
     cli("--data-dir", str(data), "backup", str(root / "backup"), "--secrets-dir", str(root / "secrets"))
     return data, root / "backup", root / "secrets"
 
