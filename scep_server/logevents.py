@@ -258,6 +258,9 @@ EVENTS: tuple[Event, ...] = (
     _e("mdm.sync_claim_lost", "warning", "source running_since",
        "a sync found its claim of the source taken by another sync (it had not renewed it in time): it applies and "
        "records nothing more"),
+    _e("mdm.sync_claim_renew_failed", "warning", "source error",
+       "a running sync could not renew its claim of the source (the database unreachable a while); it tries again "
+       "a third of the lease later, and its writes renew it too"),
     # challenges
     _e("challenge.issued", "info", "profile source requested_by payload_identifier expires_at",
        "a one-time challenge was issued"),

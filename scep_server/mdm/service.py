@@ -50,8 +50,8 @@ SYNC_READ_SKEW = timedelta(seconds=60)  # how far the MDM's clock may be behind 
 _STATUS_KINDS = tuple(f"device.{action}" for action in TRANSITIONS)  # what changes a device's status
 TAKE_DOWNS = frozenset({"suspend", "deactivate", "delete"})  # what the brake counts
 # A sync's claim of its source is a lease: the process holding it renews it (sync_renewed_at) every
-# SYNC_LEASE_SECONDS / 3 while its sync runs, and a claim not renewed for SYNC_LEASE_SECONDS (or sync_timeout_seconds
-# when shorter) is stale: its process died in the sync (killed, out of memory, its node lost) or lost the database,
+# SYNC_LEASE_SECONDS / 3 while its sync runs, and a claim not renewed for SYNC_LEASE_SECONDS (the same for every
+# process, whatever its settings) is stale: its process died in the sync (killed, out of memory, its node lost) or lost the database,
 # and the next sync, periodic or asked for, takes it. A claim whose sync_renewed_at is NULL or before its
 # sync_started_at was made by a version that does not renew: it is honoured until sync_claimed_until, as that
 # version honours every claim (taken early, its sync, still running, would apply a second time).
@@ -294,6 +294,8 @@ class MdmService:
             for i in range(0, len(untrack), _CHUNK):
                 await conn.execute(mdm_devices.delete().where(mdm_devices.c.source == name,
                                                               mdm_devices.c.device_id.in_(untrack[i:i + _CHUNK])))
+            if guard is not None:  # renewed again as it commits: a write of a large inventory may outlast the lease,
+                await guard(conn)  # and what others read once it commits is the time it ended, not began
 
     def _brake_limit(self, known: int) -> int:
         """The take-downs the brake allows among `known` devices: brake_devices, or brake_share of them if more
@@ -420,8 +422,9 @@ class MdmService:
                                      "held": report.held["takedowns"] if report.held else None})
 
     def lease_seconds(self) -> float:
-        """How long a claim not renewed stays its holder's (SYNC_LEASE_SECONDS, at most sync_timeout_seconds)."""
-        return min(SYNC_LEASE_SECONDS, float(self.settings.sync_timeout_seconds))
+        """How long a claim not renewed stays its holder's: SYNC_LEASE_SECONDS, the same in every process (a
+        process judging by its own settings would take the live claims of one that renews on another rhythm)."""
+        return SYNC_LEASE_SECONDS
 
     def _running(self, row, now: datetime) -> bool:
         """Whether the claim in `row` marks a sync that runs: begun, not run out, and renewed within the lease (or
@@ -536,8 +539,9 @@ class MdmService:
             await asyncio.sleep(self.lease_seconds() / 3)
             try:
                 await self._renew_one(lease)
-            except Exception:  # noqa: BLE001 - the database unreachable a while: the next renewal tries again
-                log.exception("mdm.sync_failed")
+            except Exception as exc:  # noqa: BLE001 - the database unreachable a while: the next renewal tries again
+                log.warning("mdm.sync_claim_renew_failed", source=lease.name,
+                            error=f"{exc.__class__.__name__}: {str(exc)[:200]}")
 
     async def renew_claims(self) -> None:
         """Renew now the claims of the syncs this process runs (their renewers do it every third of the lease)."""
@@ -554,9 +558,13 @@ class MdmService:
         """Renew the claim in `conn`'s transaction, if this sync still holds it (False, and it is lost, if another
         sync took it). In the transaction that applies a change, the source's row stays locked until the commit
         (PostgreSQL; SQLite's write lock): a sync taking the claim meanwhile finds it renewed and is refused."""
+        now, renewed = self.clock(), mdm_sources.c.sync_renewed_at
+        # never moved back: a renewal that waited on the row's lock while a long write of this sync renewed it
+        # later (at its end) keeps the later time
         res = await conn.execute(mdm_sources.update().where(
             mdm_sources.c.name == lease.name, mdm_sources.c.sync_started_at == lease.started,
-            mdm_sources.c.sync_claimed_until == lease.until).values(sync_renewed_at=self.clock()))
+            mdm_sources.c.sync_claimed_until == lease.until).values(
+                sync_renewed_at=sa.case((sa.or_(renewed.is_(None), renewed < now), now), else_=renewed)))
         if res.rowcount == 1:
             return True
         if not lease.lost:

@@ -200,3 +200,33 @@ async def test_a_dry_run_takes_no_claim(engine):
     async with engine.connect() as conn:
         row = (await conn.execute(sa.select(mdm_sources).where(mdm_sources.c.name == "jamf"))).first()
     assert row.sync_started_at is None and row.sync_renewed_at is None and row.sync_claimed_until is None
+
+
+async def test_the_lease_is_the_same_for_every_process_whatever_its_sync_timeout(engine):
+    """A process whose sync_timeout_seconds is shorter than the lease judged claims by it (min(lease, timeout)):
+    it took the live claim of a process that renews every 20 s, over and over."""
+    clock, devices, fake, (holder, _) = await setup(engine, 2)
+    short = MdmService(engine, devices, MdmSettings(sync_timeout_seconds=10), reader=fake, clock=clock)
+    assert await holder.claim("jamf", hold=HOLD)
+    clock.advance(timedelta(seconds=35))  # not renewed for 35 s: within the lease, beyond the other's timeout
+    with pytest.raises(MdmError) as caught:
+        await short.sync("jamf", actor="cli:root")
+    assert running(caught.value, START), caught.value
+
+
+async def test_a_renewal_never_moves_the_heartbeat_back(engine):
+    """A renewal that waited on the row's lock while a long write of the same sync renewed the claim at its end
+    keeps the later time: others judge the claim by it as soon as both commit."""
+    from scep_server.mdm.service import _Lease
+
+    clock, devices, fake, (holder,) = await setup(engine, 1)
+    until = await holder.claim("jamf", hold=HOLD)
+    lease = _Lease("jamf", START, until)
+    later = START + timedelta(seconds=50)
+    async with engine.begin() as conn:
+        await conn.execute(mdm_sources.update().where(mdm_sources.c.name == "jamf").values(sync_renewed_at=later))
+    clock.advance(timedelta(seconds=10))  # the waiting renewal's own time is earlier than the write's
+    assert await holder._renew_one(lease)
+    async with engine.connect() as conn:
+        renewed = (await conn.execute(sa.select(mdm_sources.c.sync_renewed_at))).scalar_one()
+    assert renewed.replace(tzinfo=later.tzinfo) == later
