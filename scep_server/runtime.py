@@ -448,7 +448,7 @@ def _load_token_cas(settings: Settings, names: list[str], skipped: dict[str, str
     from .ca.authority import load_ca
     import structlog
 
-    from .ca.pkcs11 import HsmError, TokenUnavailable
+    from .ca.pkcs11 import HsmError, KeyNotInToken
 
     log = structlog.get_logger("ca")
     store, cas, name = None, {}, names[0]
@@ -459,9 +459,10 @@ def _load_token_cas(settings: Settings, names: list[str], skipped: dict[str, str
                 cas[name] = load_ca(settings.ca_dir(name), name=name, passphrase=b"", key_store=store,
                                     base_url=settings.server.public_base_url(),
                                     ca_decrypts=settings.ca.ca_key_decrypts())
-            except TokenUnavailable:
-                raise
-            except (HsmError, ValueError, TypeError) as exc:
+            except (KeyNotInToken, ValueError, TypeError) as exc:
+                # the token's answer: no such key, or not this CA's (a key that does not match its certificate is
+                # a ValueError). Any other failure of the token (it is away, a search refused) is no answer about
+                # the key: the start fails, rather than leave out a CA whose CRL must go on being published
                 if name == names[0]:
                     raise
                 skipped[name] = f"{exc.__class__.__name__}: {exc}"

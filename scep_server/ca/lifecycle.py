@@ -105,7 +105,7 @@ async def pick_up_cas(runtime: "Runtime") -> list[str]:
         return []  # a process that did not open the CA keys
     from .names import ca_names
     from .authority import load_ca
-    from .pkcs11 import HsmError, TokenUnavailable
+    from .pkcs11 import HsmError, KeyNotInToken
 
     async with runtime.ca_pick_up:
         names = await asyncio.to_thread(ca_names, runtime.settings)
@@ -128,7 +128,7 @@ async def pick_up_cas(runtime: "Runtime") -> list[str]:
                                                        ca_decrypts=s.ca.ca_key_decrypts(), key_store=store)
             except (OSError, ValueError, TypeError, HsmError) as exc:
                 error = f"{exc.__class__.__name__}: {exc}"
-                if store is not None and name != names[0] and not isinstance(exc, (OSError, TokenUnavailable)):
+                if store is not None and name != names[0] and isinstance(exc, (KeyNotInToken, ValueError, TypeError)):
                     # an earlier CA whose keys the token does not hold (or not its): left out, as at the start
                     runtime.skipped_cas[name] = error
                     log.warning("ca.skipped", ca=name, error=error)

@@ -99,6 +99,11 @@ def _library(module: str):
     return lib
 
 
+class KeyNotInToken(HsmError):
+    """The token holds no usable key under a label: none, or one of a kind or size the CA cannot use. What the
+    token answers about it is no doubt, unlike a failure of the search itself (a plain HsmError)."""
+
+
 class TokenUnavailable(HsmError, ServiceUnavailable):
     """The token cannot be used now (gone, restarting, or its sessions could not be reopened): the operation
     failed without waiting, a later one tries the token again. Answered 503 to a client."""
@@ -618,15 +623,16 @@ class Pkcs11Keys:
             raise HsmError(f"cannot {'find or generate' if create else 'find'} the key {label!r} in PKCS#11 token "
                            f"{self.pool.label!r}: {type(exc).__name__} {exc}".rstrip()) from None
         if public is None:
-            raise HsmError(f"no private key labelled {label!r} in PKCS#11 token {self.pool.label!r} "
+            raise KeyNotInToken(f"no private key labelled {label!r} in PKCS#11 token {self.pool.label!r} "
                            f"(ca.{'ca' if ca else 'ra'}_key_label; `scep-server init` generates it)")
         if not ca and not isinstance(public, rsa.RSAPublicKey):
-            raise HsmError(f"the RA key {label!r} in token {self.pool.label!r} must be RSA (clients encrypt to it)")
+            raise KeyNotInToken(f"the RA key {label!r} in token {self.pool.label!r} must be RSA (clients encrypt to "
+                                "it)")
         if isinstance(public, rsa.RSAPublicKey) and public.key_size < 2048:
-            raise HsmError(f"the {'CA' if ca else 'RA'} key {label!r} in token {self.pool.label!r} is RSA of "
+            raise KeyNotInToken(f"the {'CA' if ca else 'RA'} key {label!r} in token {self.pool.label!r} is RSA of "
                            f"{public.key_size} bits: at least 2048 (ca.key_size)")
         if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name not in _CURVES.values():
-            raise HsmError(f"the CA key {label!r} in token {self.pool.label!r} is on the curve "
+            raise KeyNotInToken(f"the CA key {label!r} in token {self.pool.label!r} is on the curve "
                            f"{public.curve.name}: P-256 or P-384 (ca.key_type)")
         self.pool.track(label)
         return Pkcs11Key(self.pool, label, public, store=self)

@@ -172,3 +172,25 @@ async def test_the_pick_up_skips_an_earlier_ca_whose_key_is_gone_once(aiohttp_se
         assert await lifecycle.pick_up_cas(runtime) == []
     assert [(e["event"], e["ca"]) for e in logs if e["event"].startswith("ca.")] == [("ca.skipped", "default")]
     assert list(runtime.cas) == ["default-g2"] and list(runtime.skipped_cas) == ["default"]
+
+
+async def test_a_token_failure_while_loading_an_earlier_ca_stops_the_start(aiohttp_server, tmp_path, db_url, softhsm,
+                                                                           monkeypatch):
+    """Only the token's answer that it holds no such key (or not the CA's) leaves an earlier CA out. A failure of
+    the search itself (the token's memory exhausted) says nothing about the key: leaving the CA out on it would stop its CRL
+    until the next restart, so the start fails as it does for the active CA."""
+    server = await start_app(aiohttp_server, tmp_path, db_url, ca=softhsm.ca_settings(**TOKEN_CA))
+    runtime = server.runtime
+    await lifecycle.prepare_rollover(runtime, "default", actor="test")
+    await lifecycle.activate_rollover(runtime, "default", actor="test")
+    real = token_module._find_public
+
+    def device_error(session, label, token):
+        if label == "scep-ca":  # the earlier CA's key: the token fails the search
+            raise pkcs11.DeviceMemory()
+        return real(session, label, token)
+
+    monkeypatch.setattr(token_module, "_find_public", device_error)
+    with pytest.raises(CaKeysUnavailable, match="for CA 'default'.*DeviceMemory"):
+        async with open_runtime(runtime.settings, uses=Uses(ca_keys=True)):
+            pass
