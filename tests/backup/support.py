@@ -44,6 +44,17 @@ def data_with_a_key(root: Path, serial: int) -> Path:
     return data
 
 
+def refused(tmp_path: Path, backup: Path, *extra: str) -> str:
+    """`restore` of `backup` into a new data directory under `tmp_path`, refused: its output. Nothing is written,
+    no staging directory is left."""
+    new = tmp_path / "new" / "data"
+    new.parent.mkdir(exist_ok=True)
+    out = cli("restore", str(backup), "--data-dir", str(new), *extra, code=1)
+    assert "restore refused" in out
+    assert not list(new.parent.iterdir())  # nothing written, no staging left
+    return out
+
+
 async def ra_der(url: str) -> bytes:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{url}/scep/default?operation=GetCACert") as resp:

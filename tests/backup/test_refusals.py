@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import cli, data_with_a_key
+from .support import cli, data_with_a_key, refused
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +27,6 @@ def copy(made, tmp_path) -> Path:
     target = tmp_path / "backup"
     shutil.copytree(made[1], target)
     return target
-
-
-def refused(tmp_path: Path, backup: Path, *extra: str) -> str:
-    new = tmp_path / "new" / "data"
-    new.parent.mkdir(exist_ok=True)
-    out = cli("restore", str(backup), "--data-dir", str(new), *extra, code=1)
-    assert "restore refused" in out
-    assert not list(new.parent.iterdir())  # nothing written, no staging left
-    return out
 
 
 def _edit_manifest(backup: Path, change) -> None:

@@ -17,7 +17,7 @@ from tests.otp.conftest import make_key, secrets_file
 from tests.scep_load.conftest import distinct_keys
 from tests.server import start_app
 
-from .support import cli, data_with_a_key, enrol, ra_der
+from .support import cli, data_with_a_key, enrol, ra_der, refused
 
 SECRETS = {"ca-passphrase", "otp-kek.key", "default-challenge.txt"}
 
@@ -107,15 +107,6 @@ def copies(made, tmp_path) -> tuple[Path, Path]:
     shutil.copytree(made[1], tmp_path / "backup")
     shutil.copytree(made[2], tmp_path / "secrets")
     return tmp_path / "backup", tmp_path / "secrets"
-
-
-def refused(tmp_path: Path, backup: Path, *extra: str) -> str:
-    new = tmp_path / "new" / "data"
-    new.parent.mkdir(exist_ok=True)
-    out = cli("restore", str(backup), "--data-dir", str(new), *extra, code=1)
-    assert "restore refused" in out
-    assert not list(new.parent.iterdir())  # nothing written, no staging left
-    return out
 
 
 @pytest.mark.parametrize("where", ["inside", "same", "holding"])
