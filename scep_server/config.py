@@ -303,7 +303,7 @@ class MdmSettings(BaseModel):
         "listing, token requests included) within this fails and changes nothing; a sync's claim of a source "
         "(periodic, or asked for with mdm sync) lasts sync_interval_seconds plus this at most, so that no other "
         "sync reads the source meanwhile; its process renews it while the sync runs, and a claim not renewed for "
-        "60 s (or this, when shorter: a process killed in a sync) is taken by the next sync")
+        "60 s (a process killed in a sync) is taken by the next sync")
     brake_share: float = Field(
         0.1, ge=0, le=1, description="a sync that would take down (suspend, deactivate or delete) more than this "
         "share of the source's known devices, and more than brake_devices of them, applies nothing until an "

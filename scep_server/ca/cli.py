@@ -80,6 +80,7 @@ def rollover_prepare(ctx: Context, name: str | None, cross_sign: bool, subject: 
     server serves it at GetNextCACert within ca.ra_check_interval."""
     from ..runtime import Uses
     from . import lifecycle
+    from .pkcs11 import HsmError
     from .rollover import LabelTaken, PrepareNotUndone, RolloverPrepared
 
     name = _ca_name(ctx, name)
@@ -91,7 +92,8 @@ def rollover_prepare(ctx: Context, name: str | None, cross_sign: bool, subject: 
 
     try:
         prepared = run(go())
-    except (RolloverPrepared, LabelTaken, PrepareNotUndone, ValueError) as exc:
+    except (RolloverPrepared, LabelTaken, PrepareNotUndone, ValueError, HsmError) as exc:  # HsmError: the token
+        # refused or failed a key (what it made is removed), or is away
         raise click.ClickException(str(exc)) from None
     if fmt == "json":
         click.echo(json.dumps(prepared, indent=2))
@@ -183,6 +185,7 @@ def rollover_activate(ctx: Context, name: str | None, fmt: str) -> None:
     CA keeps publishing its CRL (docs/scep.md "CA rollover")."""
     from ..runtime import Uses
     from . import lifecycle
+    from .pkcs11 import HsmError
     from .rollover import NotPrepared
 
     name = _ca_name(ctx, name)
@@ -193,7 +196,7 @@ def rollover_activate(ctx: Context, name: str | None, fmt: str) -> None:
 
     try:
         done = run(go())
-    except NotPrepared as exc:
+    except (NotPrepared, HsmError) as exc:
         raise click.ClickException(str(exc)) from None
     if fmt == "json":
         click.echo(json.dumps(done, indent=2))

@@ -35,6 +35,7 @@ async def renew_ra(request: web.Request) -> web.Response:
 
 @requires("admin")
 async def prepare_rollover(request: web.Request) -> web.Response:
+    from ..ca.pkcs11 import HsmError, TokenUnavailable
     from ..ca.rollover import LabelTaken, PrepareNotUndone, RolloverPrepared
 
     body = await read_json_object(request, empty={})
@@ -55,6 +56,11 @@ async def prepare_rollover(request: web.Request) -> web.Response:
         raise Conflict(str(exc), code="key_label_taken") from None
     except PrepareNotUndone as exc:
         raise Conflict(str(exc), code="rollover_prepare_not_undone") from None
+    except HsmError as exc:
+        if isinstance(exc, TokenUnavailable):
+            raise  # its own answer: 503, try again
+        # the token refused or failed a key (a mechanism, full): what the prepare made is removed
+        raise Conflict(str(exc), code="token_refused") from None
     except ValueError as exc:
         raise BadRequest(f"subject: {exc}", code="invalid_input") from None
     return web.json_response(prepared)

@@ -14,6 +14,7 @@ from scep_server.ca import lifecycle
 from scep_server.ca import pkcs11 as token_module
 from scep_server.ca.pkcs11 import HsmError
 from scep_server.runtime import CaKeysUnavailable, Uses, open_runtime
+from tests.app.test_start_errors import _logging_as_it_was  # noqa: F401 - fixture: the command sets up logging
 from tests.server import start_app
 
 from .test_rollover import TOKEN_CA, key_files, token_keys
@@ -194,3 +195,28 @@ async def test_a_token_failure_while_loading_an_earlier_ca_stops_the_start(aioht
     with pytest.raises(CaKeysUnavailable, match="for CA 'default'.*DeviceMemory"):
         async with open_runtime(runtime.settings, uses=Uses(ca_keys=True)):
             pass
+
+
+async def test_a_prepare_the_token_refuses_is_a_409_and_one_command_line(aiohttp_server, tmp_path, db_url, softhsm,
+                                                                         monkeypatch, _logging_as_it_was):
+    """What the token answered (a mechanism refused, a full token) once the prepare removed what it made: a 409
+    `token_refused` from the API and one line from the command, never a 500 or a traceback."""
+    import asyncio
+
+    from .test_rollover import admin_post
+
+    server = await start_app(aiohttp_server, tmp_path, db_url, ca=softhsm.ca_settings(**TOKEN_CA))
+    fail_second_generation(monkeypatch)
+    status, problem = await admin_post(server, "default/rollover/prepare")
+    assert (status, problem["code"]) == (409, "token_refused") and "scep-ra-g2" in problem["detail"], problem
+    monkeypatch.undo()
+    fail_second_generation(monkeypatch)
+    from click.testing import CliRunner
+
+    from scep_server.cli import main
+
+    result = await asyncio.to_thread(CliRunner().invoke, main, ["--data-dir", str(server.data_dir), "ca", "rollover",
+                                                                 "prepare"],
+                                     env={**softhsm.env(), "SCEP_SERVER_LOG__LEVEL": "warning"})
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.output, result.exception)
+    assert "scep-ra-g2" in result.output and "Traceback" not in result.output, result.output
