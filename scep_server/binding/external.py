@@ -8,7 +8,6 @@ CA's policy decides (fail-closed: not managed; fail-open: managed unless the las
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from trustkit import paging
 from trustkit.clock import aware
 from trustkit.db import writer
 from trustkit.paging import Page, PageRequest
-from ..ca.rollover import successor_name
+from ..ca.rollover import generation, successor_name
 from ..store.events import record_event
 from ..store.tables import cas
 from .errors import ExternalCaError, ExternalCaNotFound, InvalidInput
@@ -40,18 +39,12 @@ from .tables import external_cas
 log = structlog.get_logger("binding.external")
 
 
-def _lineage_base(name: str) -> str:
-    """A CA name without its rollover generation ("default-g3" -> "default"; see `successor_name`)."""
-    m = re.fullmatch(r"(.+)-g(\d+)", name)
-    return m.group(1) if m else name
-
-
 def _ours(name: str, our_names: Iterable[str]) -> str | None:
     """The CA of ours whose name `name` is, or would be after rollovers (``default``, ``default-g2``,
     ``default-g3`` ...), or None. A binding names its certificate's CA by name: an external CA under such a name
     could issue certificates with the serials of ours."""
-    base = _lineage_base(name)
-    return next((ours for ours in our_names if ours == name or _lineage_base(ours) == base), None)
+    base = generation(name)[0]
+    return next((ours for ours in our_names if ours == name or generation(ours)[0] == base), None)
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,16 @@ ACTIVE_FILE = "active"
 """In the directory of the CA directories: the name of the CA that issues (after a rollover's activation)."""
 
 
+def generation(name: str) -> tuple[str, int]:
+    """A CA name's lineage and rollover generation: "default" -> ("default", 1), "default-g3" -> ("default", 3)."""
+    m = re.fullmatch(r"(.+)-g(\d+)", name)
+    return (m.group(1), int(m.group(2))) if m else (name, 1)
+
+
 def successor_name(name: str) -> str:
     """The name the next CA of CA ``name`` gets on activation: "default" -> "default-g2" -> "default-g3"."""
-    m = re.fullmatch(r"(.*)-g(\d+)", name)
-    return f"{m.group(1)}-g{int(m.group(2)) + 1}" if m else f"{name}-g2"
+    base, n = generation(name)
+    return f"{base}-g{n + 1}"
 
 
 class RolloverPrepared(Exception):
