@@ -1,6 +1,7 @@
 """ix_scep_transactions_key: a profile's transactions of one key, found without a scan. A request signed by
 another key than its CSR's is refused when the profile knows that key already (a transaction in any state, a
-certificate in any status): a captured request signed again by someone else (enrolment.checks.ForeignSigner)
+certificate in any status), as a captured request signed again by someone else would be
+(enrolment.checks.ForeignSigner)
 
 Revision ID: core_0017
 Revises: core_0016
